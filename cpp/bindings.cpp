@@ -1,0 +1,308 @@
+// pybind11 module pytransformer._core: the raw kernels over NumPy arrays.
+//
+// Every array argument is checked here for what memory safety needs (dtype, C-contiguity, element count,
+// writeability) and never converted or copied; pytransformer/ops.py checks shapes and aliasing with friendlier
+// messages and is the public face. Pointers are read with the GIL held; kernels run with it released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <sstream>
+#include <string>
+
+#include "pytransformer/dispatch.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() { return "float32"; }
+template <>
+const char* dtype_name<int64_t>() { return "int64"; }
+template <>
+const char* dtype_name<uint8_t>() { return "uint8"; }
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); i++) s << (i ? ", " : "") << a.shape(i);
+  s << (a.ndim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// The data pointer of `obj` after checking it is a C-contiguous array of T with `size` elements
+// (writeable when `out`). None gives nullptr when `optional`.
+template <class T>
+T* array_data(const py::object& obj, const char* name, int64_t size, bool out = false, bool optional = false) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array, got None");
+  }
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array of " + dtype_name<T>() + ", got " +
+                         std::string(py::str(py::type::of(obj))));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must be " + dtype_name<T>() + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
+  if (a.size() != size)
+    throw py::value_error(std::string(name) + " must have " + std::to_string(size) + " elements, got shape " +
+                          shape_str(a));
+  if (out && !a.writeable()) throw py::value_error(std::string(name) + " is read-only; outputs must be writeable");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+void check_ids(const int64_t* ids, int64_t n, int64_t V, const char* name, bool allow_ignore = false,
+               int64_t ignore_index = 0) {
+  for (int64_t i = 0; i < n; i++) {
+    if (allow_ignore && ids[i] == ignore_index) continue;
+    if (ids[i] < 0 || ids[i] >= V)
+      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+                            " is outside [0, " + std::to_string(V) + ")");
+  }
+}
+
+void check_nonneg(std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes)
+    if (s < 0) throw py::value_error("sizes must be non-negative");
+}
+
+using py::arg;
+using O = const py::object&;
+const auto& K() { return pt::active(); }
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pytransformer kernels (float32, C-contiguous); see pytransformer.ops for the checked API";
+
+  m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
+  m.def("active_isa", [] { return std::string(pt::active().isa); });
+  m.def("set_isa", &pt::set_isa, arg("name"));
+  m.def("have_openmp", &pt::have_openmp);
+  m.def("get_num_threads", &pt::num_threads);
+  m.def("set_num_threads", &pt::set_num_threads, arg("n"));
+
+  m.def("matmul_forward", [](O out, O inp, O weight, O bias, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    float* o = array_data<float>(out, "out", N * OC, true);
+    const float* x = array_data<float>(inp, "inp", N * IC);
+    const float* w = array_data<float>(weight, "weight", OC * IC);
+    const float* b = array_data<float>(bias, "bias", OC, false, true);
+    py::gil_scoped_release nogil;
+    K().matmul_forward(o, x, w, b, N, IC, OC);
+  });
+  m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
+                              int64_t OC) {
+    check_nonneg({N, IC, OC});
+    float* dx = array_data<float>(dinp, "dinp", N * IC, true, true);
+    float* dw = array_data<float>(dweight, "dweight", OC * IC, true, true);
+    float* db = array_data<float>(dbias, "dbias", OC, true, true);
+    const float* g = array_data<float>(dout, "dout", N * OC);
+    const float* x = array_data<float>(inp, "inp", N * IC);
+    const float* w = array_data<float>(weight, "weight", OC * IC);
+    py::gil_scoped_release nogil;
+    K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
+  });
+
+  m.def("layernorm_forward", [](O out, O mean, O rstd, O inp, O weight, O bias, int64_t N, int64_t C, float eps) {
+    check_nonneg({N, C});
+    float* o = array_data<float>(out, "out", N * C, true);
+    float* mu = array_data<float>(mean, "mean", N, true);
+    float* rs = array_data<float>(rstd, "rstd", N, true);
+    const float* x = array_data<float>(inp, "inp", N * C);
+    const float* w = array_data<float>(weight, "weight", C);
+    const float* b = array_data<float>(bias, "bias", C);
+    py::gil_scoped_release nogil;
+    K().layernorm_forward(o, mu, rs, x, w, b, N, C, eps);
+  });
+  m.def("layernorm_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, O mean, O rstd, int64_t N,
+                                 int64_t C) {
+    check_nonneg({N, C});
+    float* dx = array_data<float>(dinp, "dinp", N * C, true, true);
+    float* dw = array_data<float>(dweight, "dweight", C, true, true);
+    float* db = array_data<float>(dbias, "dbias", C, true, true);
+    const float* g = array_data<float>(dout, "dout", N * C);
+    const float* x = array_data<float>(inp, "inp", N * C);
+    const float* w = array_data<float>(weight, "weight", C);
+    const float* mu = array_data<float>(mean, "mean", N);
+    const float* rs = array_data<float>(rstd, "rstd", N);
+    py::gil_scoped_release nogil;
+    K().layernorm_backward(dx, dw, db, g, x, w, mu, rs, N, C);
+  });
+
+  m.def("gelu_forward", [](O out, O inp, int64_t n, bool approximate_tanh) {
+    check_nonneg({n});
+    float* o = array_data<float>(out, "out", n, true);
+    const float* x = array_data<float>(inp, "inp", n);
+    py::gil_scoped_release nogil;
+    K().gelu_forward(o, x, n, approximate_tanh ? 1 : 0);
+  });
+  m.def("gelu_backward", [](O dinp, O inp, O dout, int64_t n, bool approximate_tanh) {
+    check_nonneg({n});
+    float* dx = array_data<float>(dinp, "dinp", n, true);
+    const float* x = array_data<float>(inp, "inp", n);
+    const float* g = array_data<float>(dout, "dout", n);
+    py::gil_scoped_release nogil;
+    K().gelu_backward(dx, x, g, n, approximate_tanh ? 1 : 0);
+  });
+  m.def("relu_forward", [](O out, O inp, int64_t n) {
+    check_nonneg({n});
+    float* o = array_data<float>(out, "out", n, true);
+    const float* x = array_data<float>(inp, "inp", n);
+    py::gil_scoped_release nogil;
+    K().relu_forward(o, x, n);
+  });
+  m.def("relu_backward", [](O dinp, O inp, O dout, int64_t n) {
+    check_nonneg({n});
+    float* dx = array_data<float>(dinp, "dinp", n, true);
+    const float* x = array_data<float>(inp, "inp", n);
+    const float* g = array_data<float>(dout, "dout", n);
+    py::gil_scoped_release nogil;
+    K().relu_backward(dx, x, g, n);
+  });
+
+  m.def("softmax_forward", [](O out, O inp, int64_t N, int64_t C) {
+    check_nonneg({N, C});
+    float* o = array_data<float>(out, "out", N * C, true);
+    const float* x = array_data<float>(inp, "inp", N * C);
+    py::gil_scoped_release nogil;
+    K().softmax_forward(o, x, N, C);
+  });
+  m.def("softmax_backward", [](O dinp, O out, O dout, int64_t N, int64_t C) {
+    check_nonneg({N, C});
+    float* dx = array_data<float>(dinp, "dinp", N * C, true);
+    const float* y = array_data<float>(out, "out", N * C);
+    const float* g = array_data<float>(dout, "dout", N * C);
+    py::gil_scoped_release nogil;
+    K().softmax_backward(dx, y, g, N, C);
+  });
+
+  m.def("crossentropy_forward", [](O losses, O lse, O logits, O targets, int64_t N, int64_t V,
+                                   int64_t ignore_index) {
+    check_nonneg({N, V});
+    float* l = array_data<float>(losses, "losses", N, true);
+    float* s = array_data<float>(lse, "lse", N, true);
+    const float* x = array_data<float>(logits, "logits", N * V);
+    const int64_t* t = array_data<int64_t>(targets, "targets", N);
+    check_ids(t, N, V, "targets", true, ignore_index);
+    py::gil_scoped_release nogil;
+    return K().crossentropy_forward(l, s, x, t, N, V, ignore_index);
+  });
+  m.def("crossentropy_backward", [](O dlogits, O logits, O lse, O targets, float dloss, int64_t N, int64_t V,
+                                    int64_t ignore_index) {
+    check_nonneg({N, V});
+    float* dx = array_data<float>(dlogits, "dlogits", N * V, true);
+    const float* x = array_data<float>(logits, "logits", N * V);
+    const float* s = array_data<float>(lse, "lse", N);
+    const int64_t* t = array_data<int64_t>(targets, "targets", N);
+    check_ids(t, N, V, "targets", true, ignore_index);
+    py::gil_scoped_release nogil;
+    K().crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index);
+  });
+
+  m.def("embedding_forward", [](O out, O ids, O table, int64_t N, int64_t V, int64_t C) {
+    check_nonneg({N, V, C});
+    float* o = array_data<float>(out, "out", N * C, true);
+    const int64_t* id = array_data<int64_t>(ids, "ids", N);
+    const float* w = array_data<float>(table, "table", V * C);
+    check_ids(id, N, V, "ids");
+    py::gil_scoped_release nogil;
+    K().embedding_forward(o, id, w, N, V, C);
+  });
+  m.def("embedding_backward", [](O dtable, O dout, O ids, int64_t N, int64_t V, int64_t C) {
+    check_nonneg({N, V, C});
+    float* dw = array_data<float>(dtable, "dtable", V * C, true);
+    const float* g = array_data<float>(dout, "dout", N * C);
+    const int64_t* id = array_data<int64_t>(ids, "ids", N);
+    check_ids(id, N, V, "ids");
+    py::gil_scoped_release nogil;
+    K().embedding_backward(dw, g, id, N, V, C);
+  });
+
+  m.def("residual_forward", [](O out, O a, O b, int64_t n) {
+    check_nonneg({n});
+    float* o = array_data<float>(out, "out", n, true);
+    const float* x = array_data<float>(a, "a", n);
+    const float* y = array_data<float>(b, "b", n);
+    py::gil_scoped_release nogil;
+    K().residual_forward(o, x, y, n);
+  });
+  m.def("residual_backward", [](O da, O db, O dout, int64_t n) {
+    check_nonneg({n});
+    float* dx = array_data<float>(da, "da", n, true, true);
+    float* dy = array_data<float>(db, "db", n, true, true);
+    const float* g = array_data<float>(dout, "dout", n);
+    py::gil_scoped_release nogil;
+    K().residual_backward(dx, dy, g, n);
+  });
+
+  m.def("dropout_forward", [](O out, O inp, int64_t n, float p, uint64_t seed) {
+    check_nonneg({n});
+    if (!(p >= 0.f && p < 1.f)) throw py::value_error("dropout p must be in [0, 1)");
+    float* o = array_data<float>(out, "out", n, true);
+    const float* x = array_data<float>(inp, "inp", n);
+    py::gil_scoped_release nogil;
+    K().dropout_forward(o, x, n, p, seed);
+  });
+  m.def("dropout_backward", [](O dinp, O dout, int64_t n, float p, uint64_t seed) {
+    check_nonneg({n});
+    if (!(p >= 0.f && p < 1.f)) throw py::value_error("dropout p must be in [0, 1)");
+    float* dx = array_data<float>(dinp, "dinp", n, true);
+    const float* g = array_data<float>(dout, "dout", n);
+    py::gil_scoped_release nogil;
+    K().dropout_backward(dx, g, n, p, seed);
+  });
+
+  m.def("attention_forward", [](O out, O lse, O q, O k, O v, O key_mask, int64_t B, int64_t NH, int64_t Tq,
+                                int64_t Tk, int64_t HS, bool causal, float scale) {
+    check_nonneg({B, NH, Tq, Tk, HS});
+    float* o = array_data<float>(out, "out", B * NH * Tq * HS, true);
+    float* l = array_data<float>(lse, "lse", B * NH * Tq, true);
+    const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
+    const float* kp = array_data<float>(k, "k", B * NH * Tk * HS);
+    const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
+    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
+    py::gil_scoped_release nogil;
+    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale);
+  });
+  m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
+                                 int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale) {
+    check_nonneg({B, NH, Tq, Tk, HS});
+    float* dqp = array_data<float>(dq, "dq", B * NH * Tq * HS, true);
+    float* dkp = array_data<float>(dk, "dk", B * NH * Tk * HS, true);
+    float* dvp = array_data<float>(dv, "dv", B * NH * Tk * HS, true);
+    const float* g = array_data<float>(dout, "dout", B * NH * Tq * HS);
+    const float* o = array_data<float>(out, "out", B * NH * Tq * HS);
+    const float* l = array_data<float>(lse, "lse", B * NH * Tq);
+    const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
+    const float* kp = array_data<float>(k, "k", B * NH * Tk * HS);
+    const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
+    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
+    py::gil_scoped_release nogil;
+    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale);
+  });
+
+  m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, int64_t step) {
+    check_nonneg({n});
+    if (step < 1) throw py::value_error("adamw step must be >= 1");
+    float* p = array_data<float>(params, "params", n, true);
+    float* mm = array_data<float>(m_, "m", n, true);
+    float* vv = array_data<float>(v_, "v", n, true);
+    const float* g = array_data<float>(grads, "grads", n);
+    py::gil_scoped_release nogil;
+    K().adamw_step(p, mm, vv, g, n, lr, beta1, beta2, eps, weight_decay, step);
+  });
+  m.def("sum_squares", [](O x, int64_t n) {
+    check_nonneg({n});
+    const float* p = array_data<float>(x, "x", n);
+    py::gil_scoped_release nogil;
+    return K().sum_squares(p, n);
+  });
+}

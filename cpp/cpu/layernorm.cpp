@@ -1,0 +1,135 @@
+// LayerNorm over the last axis, forward and backward.
+#include <vector>
+
+#include "simd.h"
+
+namespace pt {
+namespace PT_NS {
+using namespace simd;
+
+namespace {
+inline float row_sum(const float* x, int64_t C) {
+  V acc0 = zero(), acc1 = zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= C; i += 2 * W) {
+    acc0 = add(acc0, load(x + i));
+    acc1 = add(acc1, load(x + i + W));
+  }
+  for (; i + W <= C; i += W) acc0 = add(acc0, load(x + i));
+  if (i < C) acc1 = add(acc1, load_partial(x + i, C - i));
+  return reduce_add(add(acc0, acc1));
+}
+
+inline float row_centered_sumsq(const float* x, float mean, int64_t C) {
+  V m = set1(mean), acc0 = zero(), acc1 = zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= C; i += 2 * W) {
+    V d0 = sub(load(x + i), m), d1 = sub(load(x + i + W), m);
+    acc0 = fma(d0, d0, acc0);
+    acc1 = fma(d1, d1, acc1);
+  }
+  for (; i + W <= C; i += W) {
+    V d = sub(load(x + i), m);
+    acc0 = fma(d, d, acc0);
+  }
+  float s = reduce_add(add(acc0, acc1));
+  for (; i < C; i++) s += (x[i] - mean) * (x[i] - mean);
+  return s;
+}
+}  // namespace
+
+// out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved. Two passes over each row.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int64_t N, int64_t C, float eps) {
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+  for (int64_t n = 0; n < N; n++) {
+    const float* x = inp + n * C;
+    float* y = out + n * C;
+    float mu = row_sum(x, C) / (float)C;
+    float rs = 1.f / std::sqrt(row_centered_sumsq(x, mu, C) / (float)C + eps);
+    mean[n] = mu;
+    rstd[n] = rs;
+    V vm = set1(mu), vr = set1(rs);
+    int64_t i = 0;
+    for (; i + W <= C; i += W)
+      store(y + i, fma(mul(sub(load(x + i), vm), vr), load(weight + i), load(bias + i)));
+    if (i < C) {
+      int64_t r = C - i;
+      store_partial(y + i,
+                    fma(mul(sub(load_partial(x + i, r), vm), vr), load_partial(weight + i, r),
+                        load_partial(bias + i, r)),
+                    r);
+    }
+  }
+}
+
+// dinp (N, C) overwritten; dweight, dbias (C) accumulated. Per-thread partial sums of dweight/dbias are
+// reduced in a fixed order, so results are deterministic for a given thread count.
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C) {
+  const int nt = (N * C > 4096) ? threads() : 1;
+  std::vector<float> partial((size_t)nt * 2 * C, 0.f);  // [thread][dweight | dbias]
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), nteam = omp_get_num_threads();
+#else
+    const int tid = 0, nteam = 1;
+#endif
+    float* pw = partial.data() + (size_t)tid * 2 * C;
+    float* pb = pw + C;
+    int64_t n0 = N * tid / nteam, n1 = N * (tid + 1) / nteam;
+    for (int64_t n = n0; n < n1; n++) {
+      const float* x = inp + n * C;
+      const float* g = dout + n * C;
+      const V vm = set1(mean[n]), vr = set1(rstd[n]);
+      // pass 1: sums of dnorm and dnorm * norm; parameter partials
+      V s_dn = zero(), s_dnn = zero();
+      int64_t i = 0;
+      for (; i < C; i += W) {
+        int64_t r = C - i < W ? C - i : W;
+        V xv = loadn(x + i, r);
+        V gv = loadn(g + i, r);
+        V wv = loadn(weight + i, r);
+        V norm = mul(sub(xv, vm), vr);
+        V dn = mul(gv, wv);
+        s_dn = add(s_dn, dn);
+        s_dnn = fma(dn, norm, s_dnn);
+        V pwv = loadn(pw + i, r);
+        V pbv = loadn(pb + i, r);
+        pwv = fma(gv, norm, pwv);
+        pbv = add(pbv, gv);
+        storen(pw + i, pwv, r);
+        storen(pb + i, pbv, r);
+      }
+      const V mean_dn = set1(reduce_add(s_dn) / (float)C), mean_dnn = set1(reduce_add(s_dnn) / (float)C);
+      // pass 2: dinp = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+      if (dinp) {
+        float* dx = dinp + n * C;
+        for (i = 0; i < C; i += W) {
+          int64_t r = C - i < W ? C - i : W;
+          V xv = loadn(x + i, r);
+          V gv = loadn(g + i, r);
+          V wv = loadn(weight + i, r);
+          V norm = mul(sub(xv, vm), vr);
+          V dx_v = mul(vr, fnma(norm, mean_dnn, sub(mul(gv, wv), mean_dn)));
+          storen(dx + i, dx_v, r);
+        }
+      }
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+      float sw = 0.f, sb = 0.f;
+      for (int t = 0; t < nteam; t++) {
+        sw += partial[(size_t)t * 2 * C + c];
+        sb += partial[(size_t)t * 2 * C + C + c];
+      }
+      if (dweight) dweight[c] += sw;
+      if (dbias) dbias[c] += sb;
+    }
+  }
+}
+
+}  // namespace PT_NS
+}  // namespace pt

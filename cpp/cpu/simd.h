@@ -1,0 +1,278 @@
+// Small per-ISA vector helpers. Each kernel source is compiled once per variant; PT_ISA_* says which.
+//   AVX512: 16 floats (zmm), AVX2: 8 (ymm, FMA), BASELINE: 4 (SSE2) on x86-64, 1 (scalar) elsewhere.
+// Every helper has the same name and meaning in each variant, so kernels are written once.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2) || (defined(PT_ISA_BASELINE) && defined(__SSE2__))
+#include <immintrin.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "pytransformer/dispatch.h"
+
+namespace pt {
+namespace PT_NS {
+namespace simd {
+
+#if defined(PT_ISA_AVX512)
+constexpr int W = 16;
+struct V { __m512 v; };
+inline V zero() { return {_mm512_setzero_ps()}; }
+inline V set1(float x) { return {_mm512_set1_ps(x)}; }
+inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
+inline __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+inline V load_partial(const float* p, int64_t n) { return {_mm512_maskz_loadu_ps(tail_mask(n), p)}; }
+inline void store_partial(float* p, V a, int64_t n) { _mm512_mask_storeu_ps(p, tail_mask(n), a.v); }
+inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline V sub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline V div(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }    // a * b + c
+inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a * b
+inline V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
+inline V sqrt_v(V a) { return {_mm512_sqrt_ps(a.v)}; }
+inline V min(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
+inline float reduce_add(V a) { return _mm512_reduce_add_ps(a.v); }
+inline float reduce_max(V a) { return _mm512_reduce_max_ps(a.v); }
+inline V round_nearest(V a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+// 2^n for integral-valued n in [-126, 127]
+inline V pow2i(V n) {
+  __m512i i = _mm512_cvtps_epi32(n.v);
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(127)), 23))};
+}
+inline V select_lt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)}; }  // a < b ? x : y
+inline V select_gt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ), y.v, x.v)}; }
+
+#elif defined(PT_ISA_AVX2)
+constexpr int W = 8;
+struct V { __m256 v; };
+inline V zero() { return {_mm256_setzero_ps()}; }
+inline V set1(float x) { return {_mm256_set1_ps(x)}; }
+inline V load(const float* p) { return {_mm256_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm256_storeu_ps(p, a.v); }
+inline __m256i tail_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline V load_partial(const float* p, int64_t n) { return {_mm256_maskload_ps(p, tail_mask(n))}; }
+inline void store_partial(float* p, V a, int64_t n) { _mm256_maskstore_ps(p, tail_mask(n), a.v); }
+inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline V sub(V a, V b) { return {_mm256_sub_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline V div(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
+inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline V fnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
+inline V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
+inline V sqrt_v(V a) { return {_mm256_sqrt_ps(a.v)}; }
+inline V min(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }
+inline float hsum128(__m128 x) {
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+inline float hmax128(__m128 x) {
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+inline float reduce_add(V a) { return hsum128(_mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1))); }
+inline float reduce_max(V a) { return hmax128(_mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1))); }
+inline V round_nearest(V a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+inline V pow2i(V n) {
+  __m256i i = _mm256_cvtps_epi32(n.v);
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(i, _mm256_set1_epi32(127)), 23))};
+}
+inline V select_lt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))}; }
+inline V select_gt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ))}; }
+
+#elif defined(__SSE2__)
+constexpr int W = 4;
+struct V { __m128 v; };
+inline V zero() { return {_mm_setzero_ps()}; }
+inline V set1(float x) { return {_mm_set1_ps(x)}; }
+inline V load(const float* p) { return {_mm_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm_storeu_ps(p, a.v); }
+inline V load_partial(const float* p, int64_t n) {
+  alignas(16) float t[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t i = 0; i < n; i++) t[i] = p[i];
+  return {_mm_load_ps(t)};
+}
+inline void store_partial(float* p, V a, int64_t n) {
+  alignas(16) float t[4];
+  _mm_store_ps(t, a.v);
+  for (int64_t i = 0; i < n; i++) p[i] = t[i];
+}
+inline V add(V a, V b) { return {_mm_add_ps(a.v, b.v)}; }
+inline V sub(V a, V b) { return {_mm_sub_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm_mul_ps(a.v, b.v)}; }
+inline V div(V a, V b) { return {_mm_div_ps(a.v, b.v)}; }
+inline V fma(V a, V b, V c) { return {_mm_add_ps(_mm_mul_ps(a.v, b.v), c.v)}; }
+inline V fnma(V a, V b, V c) { return {_mm_sub_ps(c.v, _mm_mul_ps(a.v, b.v))}; }
+inline V max(V a, V b) { return {_mm_max_ps(a.v, b.v)}; }
+inline V sqrt_v(V a) { return {_mm_sqrt_ps(a.v)}; }
+inline V min(V a, V b) { return {_mm_min_ps(a.v, b.v)}; }
+inline float reduce_add(V a) {
+  __m128 x = _mm_add_ps(a.v, _mm_movehl_ps(a.v, a.v));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+inline float reduce_max(V a) {
+  __m128 x = _mm_max_ps(a.v, _mm_movehl_ps(a.v, a.v));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+inline V round_nearest(V a) { return {_mm_cvtepi32_ps(_mm_cvtps_epi32(a.v))}; }  // |a| < 2^31 here
+inline V pow2i(V n) {
+  __m128i i = _mm_cvtps_epi32(n.v);
+  return {_mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(i, _mm_set1_epi32(127)), 23))};
+}
+inline V select_mask(__m128 m, V x, V y) { return {_mm_or_ps(_mm_and_ps(m, x.v), _mm_andnot_ps(m, y.v))}; }
+inline V select_lt(V a, V b, V x, V y) { return select_mask(_mm_cmplt_ps(a.v, b.v), x, y); }
+inline V select_gt(V a, V b, V x, V y) { return select_mask(_mm_cmpgt_ps(a.v, b.v), x, y); }
+
+#else  // portable scalar fallback (aarch64 and others build this as their baseline)
+constexpr int W = 1;
+struct V { float v; };
+inline V zero() { return {0.f}; }
+inline V set1(float x) { return {x}; }
+inline V load(const float* p) { return {*p}; }
+inline void store(float* p, V a) { *p = a.v; }
+inline V load_partial(const float* p, int64_t n) { return {n > 0 ? *p : 0.f}; }
+inline void store_partial(float* p, V a, int64_t n) { if (n > 0) *p = a.v; }
+inline V add(V a, V b) { return {a.v + b.v}; }
+inline V sub(V a, V b) { return {a.v - b.v}; }
+inline V mul(V a, V b) { return {a.v * b.v}; }
+inline V div(V a, V b) { return {a.v / b.v}; }
+inline V fma(V a, V b, V c) { return {a.v * b.v + c.v}; }
+inline V fnma(V a, V b, V c) { return {c.v - a.v * b.v}; }
+inline V max(V a, V b) { return {a.v > b.v ? a.v : b.v}; }
+inline V sqrt_v(V a) { return {std::sqrt(a.v)}; }
+inline V min(V a, V b) { return {a.v < b.v ? a.v : b.v}; }
+inline float reduce_add(V a) { return a.v; }
+inline float reduce_max(V a) { return a.v; }
+inline V round_nearest(V a) { return {std::nearbyint(a.v)}; }
+inline V pow2i(V n) {
+  int32_t bits = ((int32_t)n.v + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return {f};
+}
+inline V select_lt(V a, V b, V x, V y) { return a.v < b.v ? x : y; }
+inline V select_gt(V a, V b, V x, V y) { return a.v > b.v ? x : y; }
+#endif
+
+// r = min(W, remaining) lanes: a full vector or a masked tail
+inline V loadn(const float* p, int64_t r) { return r >= W ? load(p) : load_partial(p, r); }
+inline void storen(float* p, V a, int64_t r) {
+  if (r >= W)
+    store(p, a);
+  else
+    store_partial(p, a, r);
+}
+
+// a with the lanes from r on set to 0
+inline V keep_first(V a, int64_t r) {
+  if (r >= W) return a;
+#if defined(PT_ISA_AVX512)
+  return {_mm512_maskz_mov_ps(tail_mask(r), a.v)};
+#elif defined(PT_ISA_AVX2)
+  return {_mm256_and_ps(a.v, _mm256_castsi256_ps(tail_mask(r)))};
+#else
+  alignas(64) float t[W];
+  store(t, a);
+  for (int64_t j = r; j < W; j++) t[j] = 0.f;
+  return load(t);
+#endif
+}
+
+// exp(x), relative error ~2 ulp over the float range; exp(x) = 0 for x < -87.3 (including -inf).
+inline V exp(V x) {
+  const V lo = set1(-87.33654f), hi = set1(88.72283f);
+  V xc = min(hi, max(lo, x));  // operand order keeps NaN (the second operand wins)
+  V n = round_nearest(mul(xc, set1(1.44269504088896341f)));
+  V r = fnma(n, set1(0.693359375f), xc);  // Cody-Waite: ln2 split in a high and a low part
+  r = fnma(n, set1(-2.12194440e-4f), r);
+  V p = set1(1.9875691500e-4f);
+  p = fma(p, r, set1(1.3981999507e-3f));
+  p = fma(p, r, set1(8.3334519073e-3f));
+  p = fma(p, r, set1(4.1665795894e-2f));
+  p = fma(p, r, set1(1.6666665459e-1f));
+  p = fma(p, r, set1(5.0000001201e-1f));
+  p = fma(p, mul(r, r), add(r, set1(1.f)));
+  // split 2^n in two factors so that n = 128 (x near the top of the range) does not overflow the exponent
+  V n1 = round_nearest(mul(n, set1(0.5f)));
+  V y = mul(mul(p, pow2i(n1)), pow2i(sub(n, n1)));
+  return select_lt(x, lo, zero(), y);
+}
+
+// erf(x): rational approximation (as in Eigen), |error| < 2e-7 absolute, inputs clamped to [-4, 4].
+inline V erf(V a) {
+  V x = min(set1(4.f), max(set1(-4.f), a));  // NaN propagates
+  V x2 = mul(x, x);
+  V p = set1(-2.72614225801306e-10f);
+  p = fma(x2, p, set1(2.77068142495902e-08f));
+  p = fma(x2, p, set1(-2.10102402082508e-06f));
+  p = fma(x2, p, set1(-5.69250639462346e-05f));
+  p = fma(x2, p, set1(-7.34990630326855e-04f));
+  p = fma(x2, p, set1(-2.95459980854025e-03f));
+  p = fma(x2, p, set1(-1.60960333262415e-02f));
+  p = mul(x, p);
+  V q = set1(-1.45660718464996e-05f);
+  q = fma(x2, q, set1(-2.13374055278905e-04f));
+  q = fma(x2, q, set1(-1.68282697438203e-03f));
+  q = fma(x2, q, set1(-7.37332916720468e-03f));
+  q = fma(x2, q, set1(-1.42647390514189e-02f));
+  return div(p, q);
+}
+
+// 1 / (1 + exp(-x)), safe for any x
+inline V sigmoid(V x) { return div(set1(1.f), add(set1(1.f), exp(sub(zero(), x)))); }
+
+}  // namespace simd
+
+// Threads for the next parallel region (1 without OpenMP).
+inline int threads() { return pt::num_threads(); }
+
+}  // namespace PT_NS
+}  // namespace pt
+
+namespace pt {
+namespace PT_NS {
+// Runs f(begin, end) over [0, n) in chunks spread over the threads; serial when n is small.
+template <class F>
+inline void parallel_chunks(int64_t n, int64_t chunk, F f) {
+  int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; c++) {
+    int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
+    f(b, e);
+  }
+}
+
+// Applies a vector function elementwise over [b, e) with a masked tail: g(simd::V) -> simd::V.
+template <class G>
+inline void map_vec(float* out, const float* in, int64_t b, int64_t e, G g) {
+  using namespace simd;
+  int64_t i = b;
+  for (; i + W <= e; i += W) store(out + i, g(load(in + i)));
+  if (i < e) store_partial(out + i, g(load_partial(in + i, e - i)), e - i);
+}
+
+// Same for two inputs: g(V x, V y) -> V.
+template <class G>
+inline void map_vec2(float* out, const float* in0, const float* in1, int64_t b, int64_t e, G g) {
+  using namespace simd;
+  int64_t i = b;
+  for (; i + W <= e; i += W) store(out + i, g(load(in0 + i), load(in1 + i)));
+  if (i < e) store_partial(out + i, g(load_partial(in0 + i, e - i), load_partial(in1 + i, e - i)), e - i);
+}
+
+constexpr int64_t kElementChunk = 1 << 15;  // elements per task in elementwise kernels (128 KiB)
+}  // namespace PT_NS
+}  // namespace pt

@@ -1,0 +1,122 @@
+// Softmax over the last axis, and cross-entropy fused with softmax, forward and backward.
+#include <limits>
+#include <vector>
+
+#include "simd.h"
+
+namespace pt {
+namespace PT_NS {
+using namespace simd;
+
+namespace {
+inline float row_max(const float* x, int64_t C) {
+  V m = set1(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + W <= C; i += W) m = max(m, load(x + i));
+  float s = reduce_max(m);
+  for (; i < C; i++) s = x[i] > s ? x[i] : s;
+  return s;
+}
+
+// y = exp(x - shift), returns sum(y); y may be null (sum only)
+inline float row_exp_shifted(float* y, const float* x, float shift, int64_t C) {
+  V sh = set1(shift), acc = zero();
+  for (int64_t i = 0; i < C; i += W) {
+    int64_t r = C - i < W ? C - i : W;
+    V e = keep_first(exp(sub(loadn(x + i, r), sh)), r);
+    acc = add(acc, e);
+    if (y) storen(y + i, e, r);
+  }
+  return reduce_add(acc);
+}
+
+inline float row_dot(const float* a, const float* b, int64_t C) {
+  V acc = zero();
+  for (int64_t i = 0; i < C; i += W) {
+    int64_t r = C - i < W ? C - i : W;
+    acc = fma(loadn(a + i, r), loadn(b + i, r), acc);  // masked tails load zeros
+  }
+  return reduce_add(acc);
+}
+}  // namespace
+
+// out (N, C) = softmax(inp) over C
+void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+  for (int64_t n = 0; n < N; n++) {
+    const float* x = inp + n * C;
+    float* y = out + n * C;
+    float sum = row_exp_shifted(y, x, row_max(x, C), C);
+    V inv = set1(1.f / sum);
+    for (int64_t i = 0; i < C; i += W) {
+      int64_t r = C - i < W ? C - i : W;
+      storen(y + i, mul(loadn(y + i, r), inv), r);
+    }
+  }
+}
+
+// dinp (N, C) = out * (dout - sum(dout * out)); dinp may alias dout
+void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C) {
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+  for (int64_t n = 0; n < N; n++) {
+    const float* y = out + n * C;
+    const float* g = dout + n * C;
+    float* dx = dinp + n * C;
+    V d = set1(row_dot(g, y, C));
+    for (int64_t i = 0; i < C; i += W) {
+      int64_t r = C - i < W ? C - i : W;
+      storen(dx + i, mul(loadn(y + i, r), sub(loadn(g + i, r), d)), r);
+    }
+  }
+}
+
+// losses (N): lse - logits[target] (0 where target == ignore_index); lse (N) saved (0 where ignored).
+// Returns the mean over rows that count (NaN when none does, as torch).
+double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets, int64_t N,
+                            int64_t vocab, int64_t ignore_index) {
+  double total = 0.0;
+  int64_t count = 0;
+#pragma omp parallel for num_threads(threads()) schedule(static) reduction(+ : total, count) if (N * vocab > 4096)
+  for (int64_t n = 0; n < N; n++) {
+    if (targets[n] == ignore_index) {
+      losses[n] = 0.f;
+      lse[n] = 0.f;
+      continue;
+    }
+    const float* x = logits + n * vocab;
+    float m = row_max(x, vocab);
+    float l = m + std::log(row_exp_shifted(nullptr, x, m, vocab));
+    lse[n] = l;
+    losses[n] = l - x[targets[n]];
+    total += losses[n];
+    count += 1;
+  }
+  return count ? total / (double)count : std::numeric_limits<double>::quiet_NaN();
+}
+
+// dlogits (N, V) = (softmax(logits) - onehot(target)) * dloss / count; rows that are ignored get 0.
+// dlogits may be the logits buffer itself (each row is read before it is written).
+void crossentropy_backward(float* dlogits, const float* logits, const float* lse, const int64_t* targets,
+                           float dloss, int64_t N, int64_t vocab, int64_t ignore_index) {
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; n++) count += targets[n] != ignore_index;
+  const float scale = count ? dloss / (float)count : 0.f;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab > 4096)
+  for (int64_t n = 0; n < N; n++) {
+    const float* x = logits + n * vocab;
+    float* dx = dlogits + n * vocab;
+    if (targets[n] == ignore_index) {
+      std::memset(dx, 0, vocab * sizeof(float));
+      continue;
+    }
+    const V l = set1(lse[n]), s = set1(scale);
+    for (int64_t i = 0; i < vocab; i += W) {
+      int64_t r = vocab - i < W ? vocab - i : W;
+      storen(dx + i, mul(exp(sub(loadn(x + i, r), l)), s), r);
+    }
+    dx[targets[n]] -= scale;
+  }
+}
+
+}  // namespace PT_NS
+}  // namespace pt

@@ -1,0 +1,90 @@
+// pytransformer kernels: every op's forward and backward, float32, C-contiguous buffers.
+//
+// Letters: B batch, T sequence, C channels, NH heads, HS head size (C = NH * HS), V vocabulary,
+// N rows (B * T, or any product of leading dimensions), IC / OC input / output channels.
+// Argument order: outputs, saved-for-backward, inputs, parameters, sizes, options.
+// Gradient convention (every op): input gradients (dinp, dq, ...) are OVERWRITTEN; parameter gradients
+// (dweight, dbias, dtable) are ACCUMULATED (+=), so a model zeroes its flat gradient buffer once per step and
+// tied or reused parameters add up. A null gradient pointer means "not wanted".
+//
+// The same declarations live in one namespace per ISA variant (pt::baseline, pt::avx2, pt::avx512); each
+// variant is the same source compiled with its own flags. dispatch.h picks one at run time.
+#pragma once
+#include <cstdint>
+
+#define PT_DECLARE_KERNELS                                                                                   \
+  /* out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias (OC) [bias may be null] */                         \
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,       \
+                      int64_t IC, int64_t OC);                                                               \
+  /* dinp (N, IC) = dout @ weight; dweight (OC, IC) += dout^T @ inp; dbias (OC) += sum_n dout */              \
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,       \
+                       const float* weight, int64_t N, int64_t IC, int64_t OC);                              \
+  /* out (N, C); mean, rstd (N) saved for backward */                                                         \
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,        \
+                         const float* bias, int64_t N, int64_t C, float eps);                                \
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,    \
+                          const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C);  \
+  /* approximate: 1 = tanh approximation (GPT-2), 0 = exact erf (BERT) */                                     \
+  void gelu_forward(float* out, const float* inp, int64_t n, int approximate);                               \
+  void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, int approximate);          \
+  void relu_forward(float* out, const float* inp, int64_t n);                                                \
+  void relu_backward(float* dinp, const float* inp, const float* dout, int64_t n);                           \
+  /* softmax over the last axis of (N, C) */                                                                  \
+  void softmax_forward(float* out, const float* inp, int64_t N, int64_t C);                                  \
+  void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C);             \
+  /* losses (N) per row (0 where ignored), lse (N) log-sum-exp saved; returns the mean over counted rows */   \
+  double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets,        \
+                              int64_t N, int64_t V, int64_t ignore_index);                                   \
+  /* dlogits (N, V) = d(mean loss)/dlogits * dloss; dlogits may be the logits buffer itself */                \
+  void crossentropy_backward(float* dlogits, const float* logits, const float* lse, const int64_t* targets,  \
+                             float dloss, int64_t N, int64_t V, int64_t ignore_index);                       \
+  /* out (N, C) = table (V, C)[ids (N)]; dtable += scatter of dout (N, C), repeated ids accumulate */         \
+  void embedding_forward(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V,           \
+                         int64_t C);                                                                         \
+  void embedding_backward(float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V,        \
+                          int64_t C);                                                                        \
+  void residual_forward(float* out, const float* a, const float* b, int64_t n);                              \
+  void residual_backward(float* da, float* db, const float* dout, int64_t n);                                \
+  /* keep element i when uniform(seed, i) >= p, scaled by 1 / (1 - p); the mask is recomputed in backward */ \
+  void dropout_forward(float* out, const float* inp, int64_t n, float p, uint64_t seed);                     \
+  void dropout_backward(float* dinp, const float* dout, int64_t n, float p, uint64_t seed);                  \
+  /* q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) 1 = attend (may be null);                   \
+     out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible to query i when                      \
+     j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0. */         \
+  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
+                         const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, \
+                         bool causal, float scale);                                                          \
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
+                          const float* lse, const float* q, const float* k, const float* v,                  \
+                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk,            \
+                          int64_t HS, bool causal, float scale);                                             \
+  /* one AdamW step (torch.optim.AdamW semantics) over flat buffers of n floats; step counts from 1 */        \
+  void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,    \
+                  float beta2, float eps, float weight_decay, int64_t step);                                 \
+  /* sum of squares in double, for the global gradient norm */                                                \
+  double sum_squares(const float* x, int64_t n);
+
+#define PT_KERNEL_LIST(X)                                                                                    \
+  X(matmul_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
+  X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
+  X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
+  X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
+  X(attention_backward) X(adamw_step) X(sum_squares)
+
+namespace pt {
+namespace baseline { PT_DECLARE_KERNELS }
+namespace avx2 { PT_DECLARE_KERNELS }
+namespace avx512 { PT_DECLARE_KERNELS }
+
+// One ISA variant's kernels, as function pointers.
+struct Kernels {
+  const char* isa;
+#define PT_KERNEL_FIELD(name) decltype(&baseline::name) name;
+  PT_KERNEL_LIST(PT_KERNEL_FIELD)
+#undef PT_KERNEL_FIELD
+};
+
+namespace baseline { const Kernels* kernels(); }
+namespace avx2 { const Kernels* kernels(); }
+namespace avx512 { const Kernels* kernels(); }
+}  // namespace pt

@@ -1,0 +1,93 @@
+"""Argument checks shared by the ops: dtype, rank, named dimensions, contiguity, outputs and aliasing.
+
+Errors name the argument and say what was expected and what came, e.g.
+`q must be float32 (B, NH, Tq, HS), got float64 (2, 4, 8)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.dtype(np.float32)
+I64 = np.dtype(np.int64)
+
+
+def _spec_str(spec, dims):
+    names = ", ".join(str(s) for s in spec)
+    bound = [f"{s}={dims[s]}" for s in spec if isinstance(s, str) and s in dims]
+    return f"({names})" + (f" with {', '.join(bound)}" if bound else "")
+
+
+def array(x, name, spec, dims, dtype=F32):
+    """Check x against spec, a tuple of dimension names (bound in `dims` on first sight) or ints; a leading
+    '...' takes any number of leading dimensions. Returns x unchanged (never a copy)."""
+    dtype = np.dtype(dtype)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of {dtype} {_spec_str(spec, dims)}, got {type(x).__name__}")
+    lead = spec[0] == "..."
+    fixed = spec[1:] if lead else spec
+    if x.dtype != dtype or (x.ndim < len(fixed) if lead else x.ndim != len(fixed)):
+        err = TypeError if x.dtype != dtype else ValueError
+        raise err(f"{name} must be {dtype} {_spec_str(spec, dims)}, got {x.dtype} {tuple(x.shape)}")
+    shape = x.shape[x.ndim - len(fixed):]
+    for size, want in zip(shape, fixed):
+        if isinstance(want, str):
+            if dims.setdefault(want, size) != size:
+                raise ValueError(f"{name} must be {dtype} {_spec_str(spec, dims)}, got {x.dtype} {tuple(x.shape)}")
+        elif size != want:
+            raise ValueError(f"{name} must be {dtype} {_spec_str(spec, dims)}, got {x.dtype} {tuple(x.shape)}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (strides {x.strides} for shape {tuple(x.shape)}); "
+                         "pass np.ascontiguousarray(...)")
+    return x
+
+
+def output(out, name, shape, avoid=(), dtype=F32, zero=False):
+    """A fresh array of `shape` when out is None, else `out` after checking it matches exactly, is writeable
+    and does not overlap the inputs in `avoid` (name, array) that the kernel reads while writing it."""
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    if out is None:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of {dtype} {shape}, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype} {shape}, got {out.dtype} {tuple(out.shape)}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"{name} must be {dtype} {shape}, got {out.dtype} {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous: outputs are written in place, never copied")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only; outputs are written in place")
+    for other_name, other in avoid:
+        if other is not None and np.may_share_memory(out, other):
+            raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing {name}")
+    return out
+
+
+def key_mask_bytes(key_mask, dims):
+    """key_mask (B, Tk) of bool or uint8 (1 = attend) as a uint8 view, or None."""
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, np.ndarray) or key_mask.dtype not in (np.bool_, np.uint8):
+        got = key_mask.dtype if isinstance(key_mask, np.ndarray) else type(key_mask).__name__
+        raise TypeError(f"key_mask must be a bool or uint8 array (B, Tk), got {got}")
+    array(key_mask, "key_mask", ("B", "Tk"), dims, key_mask.dtype)
+    return key_mask.view(np.uint8)
+
+
+def integer(x, name):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    return int(x)
+
+
+def finite_float(x, name, lo=None, hi=None, hi_open=False):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, got {type(x).__name__}") from None
+    if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+        rng = f" in [{lo}, {hi}{')' if hi_open else ']'}" if lo is not None and hi is not None else ""
+        raise ValueError(f"{name} must be a finite float{rng}, got {x!r}")
+    return v

@@ -1,0 +1,337 @@
+"""The checked Python face of every kernel.
+
+Each op has `<op>_forward` / `<op>_backward` with the same positional arguments as `pytransformer.reference`.
+Inputs must be C-contiguous arrays of the right dtype (float32; int64 ids and targets; bool/uint8 masks):
+nothing is converted or copied. Outputs are allocated unless passed with the keyword arguments (`out=`, ...),
+in which case they are written in place. Gradient convention: input gradients (dinp, dq, ...) are
+overwritten; parameter gradients (dweight, dbias, dtable) are accumulated into when passed, zero-initialised
+when not. Letters: N rows, C channels, IC/OC in/out channels, V vocabulary, B batch, NH heads, T sequence,
+HS head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _core
+from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
+
+# --- matmul (Linear) -----------------------------------------------------------------------------------------
+
+
+def matmul_forward(inp, weight, bias=None, *, out=None):
+    """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC)."""
+    d = {}
+    array(weight, "weight", ("OC", "IC"), d)
+    array(inp, "inp", ("...", "IC"), d)
+    if bias is not None:
+        array(bias, "bias", ("OC",), d)
+    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("weight", weight), ("bias", bias)])
+    _core.matmul_forward(out, inp, weight, bias, _rows(inp), d["IC"], d["OC"])
+    return out
+
+
+def _rows(x):
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
+
+
+def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, compute_dinp=True,
+                    compute_dbias=True):
+    """-> dinp (..., IC) overwritten, dweight (OC, IC) and dbias (OC) accumulated (None when not computed)."""
+    d = {}
+    array(weight, "weight", ("OC", "IC"), d)
+    array(inp, "inp", ("...", "IC"), d)
+    array(dout, "dout", ("...", "OC"), d)
+    if dout.shape[:-1] != inp.shape[:-1]:
+        raise ValueError(f"dout {tuple(dout.shape)} and inp {tuple(inp.shape)} must share leading dimensions")
+    reads = [("dout", dout), ("inp", inp), ("weight", weight)]
+    dinp = output(dinp, "dinp", inp.shape, reads) if compute_dinp else None
+    dweight = output(dweight, "dweight", weight.shape, reads + [("dinp", dinp)], zero=True)
+    dbias = output(dbias, "dbias", (d["OC"],), reads, zero=True) if compute_dbias else None
+    _core.matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
+    return dinp, dweight, dbias
+
+
+# --- layernorm -----------------------------------------------------------------------------------------------
+
+
+def layernorm_forward(inp, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=None):
+    """out (..., C) = (inp - mean) * rstd * weight + bias over the last axis -> (out, mean (N,), rstd (N,))."""
+    d = {}
+    array(inp, "inp", ("...", "C"), d)
+    array(weight, "weight", ("C",), d)
+    array(bias, "bias", ("C",), d)
+    eps = finite_float(eps, "eps", 0.0, 1.0)
+    N = _rows(inp)
+    out = output(out, "out", inp.shape, [("weight", weight), ("bias", bias)])
+    mean = output(mean, "mean", (N,), [("inp", inp), ("out", out)])
+    rstd = output(rstd, "rstd", (N,), [("inp", inp), ("out", out), ("mean", mean)])
+    _core.layernorm_forward(out, mean, rstd, inp, weight, bias, N, d["C"], eps)
+    return out, mean, rstd
+
+
+def layernorm_backward(dout, inp, weight, mean, rstd, *, dinp=None, dweight=None, dbias=None):
+    """-> dinp (..., C) overwritten, dweight (C) and dbias (C) accumulated."""
+    d = {}
+    array(inp, "inp", ("...", "C"), d)
+    array(dout, "dout", ("...", "C"), d)
+    array(weight, "weight", ("C",), d)
+    N = _rows(inp)
+    d["N"] = N
+    array(mean, "mean", ("N",), d)
+    array(rstd, "rstd", ("N",), d)
+    if dout.shape != inp.shape:
+        raise ValueError(f"dout {tuple(dout.shape)} must have the shape of inp {tuple(inp.shape)}")
+    reads = [("inp", inp), ("weight", weight), ("mean", mean), ("rstd", rstd)]
+    dinp = output(dinp, "dinp", inp.shape, reads)
+    dweight = output(dweight, "dweight", (d["C"],), reads + [("dout", dout), ("dinp", dinp)], zero=True)
+    dbias = output(dbias, "dbias", (d["C"],), reads + [("dout", dout), ("dinp", dinp), ("dweight", dweight)],
+                   zero=True)
+    _core.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, d["C"])
+    return dinp, dweight, dbias
+
+
+# --- activations ---------------------------------------------------------------------------------------------
+
+
+def _approximate(approximate):
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"approximate must be 'tanh' or 'none' (exact erf), got {approximate!r}")
+    return approximate == "tanh"
+
+
+def gelu_forward(inp, approximate="tanh", *, out=None):
+    """GELU, 'tanh' approximation (GPT-2) or 'none' (exact erf, BERT). Any shape; out may be inp."""
+    array(inp, "inp", ("...",), {})
+    tanh = _approximate(approximate)
+    out = output(out, "out", inp.shape)
+    _core.gelu_forward(out, inp, inp.size, tanh)
+    return out
+
+
+def gelu_backward(dout, inp, approximate="tanh", *, dinp=None):
+    array(inp, "inp", ("...",), {})
+    _same_shape(dout, "dout", inp, "inp")
+    tanh = _approximate(approximate)
+    dinp = output(dinp, "dinp", inp.shape)
+    _core.gelu_backward(dinp, inp, dout, inp.size, tanh)
+    return dinp
+
+
+def relu_forward(inp, *, out=None):
+    array(inp, "inp", ("...",), {})
+    out = output(out, "out", inp.shape)
+    _core.relu_forward(out, inp, inp.size)
+    return out
+
+
+def relu_backward(dout, inp, *, dinp=None):
+    array(inp, "inp", ("...",), {})
+    _same_shape(dout, "dout", inp, "inp")
+    dinp = output(dinp, "dinp", inp.shape)
+    _core.relu_backward(dinp, inp, dout, inp.size)
+    return dinp
+
+
+def _same_shape(x, name, ref, ref_name, dtype=F32):
+    array(x, name, ("...",), {}, dtype)
+    if x.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
+
+
+# --- softmax and cross-entropy -------------------------------------------------------------------------------
+
+
+def softmax_forward(inp, *, out=None):
+    """Softmax over the last axis of inp (..., C)."""
+    d = {}
+    array(inp, "inp", ("...", "C"), d)
+    out = output(out, "out", inp.shape)
+    _core.softmax_forward(out, inp, _rows(inp), d["C"])
+    return out
+
+
+def softmax_backward(dout, out, *, dinp=None):
+    d = {}
+    array(out, "out", ("...", "C"), d)
+    _same_shape(dout, "dout", out, "out")
+    dinp = output(dinp, "dinp", out.shape, [("out", out)])
+    _core.softmax_backward(dinp, out, dout, _rows(out), d["C"])
+    return dinp
+
+
+def crossentropy_forward(logits, targets, ignore_index=-100, *, losses=None, lse=None):
+    """Mean cross-entropy of logits (N, V) against int64 targets (N,), rows with target == ignore_index left
+    out (NaN when every row is) -> (loss, losses (N,), lse (N,))."""
+    d = {}
+    array(logits, "logits", ("N", "V"), d)
+    array(targets, "targets", ("N",), d, I64)
+    ignore_index = integer(ignore_index, "ignore_index")
+    losses = output(losses, "losses", (d["N"],), [("logits", logits)])
+    lse = output(lse, "lse", (d["N"],), [("logits", logits), ("losses", losses)])
+    loss = _core.crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index)
+    return loss, losses, lse
+
+
+def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *, dlogits=None):
+    """dlogits (N, V) of the mean loss times dloss; dlogits may be logits itself (in place)."""
+    d = {}
+    array(logits, "logits", ("N", "V"), d)
+    array(targets, "targets", ("N",), d, I64)
+    array(lse, "lse", ("N",), d)
+    dloss = finite_float(dloss, "dloss")
+    ignore_index = integer(ignore_index, "ignore_index")
+    dlogits = output(dlogits, "dlogits", logits.shape, [("lse", lse)])
+    _core.crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index)
+    return dlogits
+
+
+# --- embedding -----------------------------------------------------------------------------------------------
+
+
+def embedding_forward(ids, table, *, out=None):
+    """out (..., C) = table (V, C)[ids (...)], ids int64 in [0, V)."""
+    d = {}
+    array(table, "table", ("V", "C"), d)
+    array(ids, "ids", ("...",), d, I64)
+    out = output(out, "out", ids.shape + (d["C"],), [("table", table)])
+    _core.embedding_forward(out, ids, table, ids.size, d["V"], d["C"])
+    return out
+
+
+def embedding_backward(dout, ids, V, *, dtable=None):
+    """dtable (V, C) += scatter-add of dout (..., C) at ids (...); repeated ids add up."""
+    d = {"V": integer(V, "V")}
+    array(ids, "ids", ("...",), d, I64)
+    array(dout, "dout", ("...", "C"), d)
+    if dout.shape[:-1] != ids.shape:
+        raise ValueError(f"dout {tuple(dout.shape)} must be ids.shape + (C,) with ids {tuple(ids.shape)}")
+    dtable = output(dtable, "dtable", (d["V"], d["C"]), [("dout", dout)], zero=True)
+    _core.embedding_backward(dtable, dout, ids, ids.size, d["V"], d["C"])
+    return dtable
+
+
+# --- residual and dropout ------------------------------------------------------------------------------------
+
+
+def residual_forward(a, b, *, out=None):
+    """out = a + b (same shapes); out may be a or b."""
+    array(a, "a", ("...",), {})
+    _same_shape(b, "b", a, "a")
+    out = output(out, "out", a.shape)
+    _core.residual_forward(out, a, b, a.size)
+    return out
+
+
+def residual_backward(dout, *, da=None, db=None):
+    """-> (da, db), both equal to dout."""
+    array(dout, "dout", ("...",), {})
+    da = output(da, "da", dout.shape)
+    db = output(db, "db", dout.shape, [("da", da)])
+    _core.residual_backward(da, db, dout, dout.size)
+    return da, db
+
+
+def _dropout_args(p, seed):
+    p = finite_float(p, "p", 0.0, 1.0, hi_open=True)
+    seed = integer(seed, "seed")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return p, seed
+
+
+def dropout_forward(inp, p, seed, *, out=None):
+    """Zero each element with probability p and scale the rest by 1 / (1 - p); the mask depends on (seed,
+    element index) only, so it is reproducible and the same for any thread count."""
+    array(inp, "inp", ("...",), {})
+    p, seed = _dropout_args(p, seed)
+    out = output(out, "out", inp.shape)
+    _core.dropout_forward(out, inp, inp.size, p, seed)
+    return out
+
+
+def dropout_backward(dout, p, seed, *, dinp=None):
+    array(dout, "dout", ("...",), {})
+    p, seed = _dropout_args(p, seed)
+    dinp = output(dinp, "dinp", dout.shape)
+    _core.dropout_backward(dinp, dout, dout.size, p, seed)
+    return dinp
+
+
+# --- attention -----------------------------------------------------------------------------------------------
+
+
+def _attention_args(q, k, v, key_mask, scale):
+    d = {}
+    array(q, "q", ("B", "NH", "Tq", "HS"), d)
+    array(k, "k", ("B", "NH", "Tk", "HS"), d)
+    array(v, "v", ("B", "NH", "Tk", "HS"), d)
+    mask = key_mask_bytes(key_mask, d)
+    scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
+    return d, mask, scale
+
+
+def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, out=None, lse=None):
+    """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
+
+    q (B, NH, Tq, HS), k and v (B, NH, Tk, HS); causal: key j visible to query i when j <= i + Tk - Tq;
+    key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
+    -> out (B, NH, Tq, HS), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
+    """
+    d, mask, scale = _attention_args(q, k, v, key_mask, scale)
+    reads = [("q", q), ("k", k), ("v", v)]
+    out = output(out, "out", q.shape, reads)
+    lse = output(lse, "lse", q.shape[:3], reads + [("out", out)])
+    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["HS"], bool(causal),
+                            scale)
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, dq=None, dk=None,
+                       dv=None):
+    """-> dq, dk, dv (overwritten), from the forward's out and lse."""
+    d, mask, scale = _attention_args(q, k, v, key_mask, scale)
+    array(out, "out", ("B", "NH", "Tq", "HS"), d)
+    array(dout, "dout", ("B", "NH", "Tq", "HS"), d)
+    array(lse, "lse", ("B", "NH", "Tq"), d)
+    reads = [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout), ("lse", lse)]
+    dq = output(dq, "dq", q.shape, reads)
+    dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
+    dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
+    _core.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"],
+                             d["HS"], bool(causal), scale)
+    return dq, dk, dv
+
+
+# --- optimizer -----------------------------------------------------------------------------------------------
+
+
+def adamw_step(params, grads, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
+    """One torch.optim.AdamW step over flat float32 buffers; params, m and v are updated in place."""
+    d = {}
+    array(params, "params", ("...",), d)
+    for name, x in (("grads", grads), ("m", m), ("v", v)):
+        _same_shape(x, name, params, "params")
+    output(m, "m", params.shape, [("params", params), ("grads", grads)])
+    output(v, "v", params.shape, [("params", params), ("grads", grads), ("m", m)])
+    output(params, "params", params.shape, [("grads", grads)])
+    step = integer(step, "step")
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    _core.adamw_step(params, m, v, grads, params.size, finite_float(lr, "lr"), finite_float(beta1, "beta1", 0, 1, True),
+                     finite_float(beta2, "beta2", 0, 1, True), finite_float(eps, "eps"),
+                     finite_float(weight_decay, "weight_decay"), step)
+    return params, m, v
+
+
+def sum_squares(x):
+    """Sum of squares of a float32 array, accumulated in double."""
+    array(x, "x", ("...",), {})
+    return float(_core.sum_squares(x, x.size))
+
+
+def global_norm(x):
+    """L2 norm of a flat gradient buffer (for clipping)."""
+    return math.sqrt(sum_squares(x))

@@ -1,0 +1,247 @@
+"""The executable specification: every op's forward and backward in plain NumPy float64.
+
+Same names and positional arguments as `pytransformer.ops`, returning fresh arrays (gradients are returned,
+not accumulated). Slow and obvious on purpose: tests check the C++ kernels against these, and these against
+central finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --- matmul (Linear): out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias (OC) -----------------------------
+
+
+def matmul_forward(inp, weight, bias=None):
+    out = np.asarray(inp, np.float64) @ np.asarray(weight, np.float64).T
+    return out if bias is None else out + bias
+
+
+def matmul_backward(dout, inp, weight):
+    """-> dinp (.., IC), dweight (OC, IC), dbias (OC)."""
+    dout = np.asarray(dout, np.float64)
+    inp2 = np.asarray(inp, np.float64).reshape(-1, inp.shape[-1])
+    dout2 = dout.reshape(-1, dout.shape[-1])
+    return dout @ np.asarray(weight, np.float64), dout2.T @ inp2, dout2.sum(0)
+
+
+# --- layernorm over the last axis ----------------------------------------------------------------------------
+
+
+def layernorm_forward(inp, weight, bias, eps=1e-5):
+    """-> out (.., C), mean (N,), rstd (N,) with N the product of the leading dimensions."""
+    x = np.asarray(inp, np.float64)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    out = (x - mean) * rstd * weight + bias
+    return out, mean.reshape(-1), rstd.reshape(-1)
+
+
+def layernorm_backward(dout, inp, weight, mean, rstd):
+    """-> dinp, dweight (C), dbias (C)."""
+    C = inp.shape[-1]
+    x = np.asarray(inp, np.float64).reshape(-1, C)
+    g = np.asarray(dout, np.float64).reshape(-1, C)
+    norm = (x - mean[:, None]) * rstd[:, None]
+    dnorm = g * weight
+    dinp = rstd[:, None] * (dnorm - dnorm.mean(-1, keepdims=True) - norm * (dnorm * norm).mean(-1, keepdims=True))
+    return dinp.reshape(inp.shape), (g * norm).sum(0), g.sum(0)
+
+
+# --- activations ---------------------------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def gelu_forward(inp, approximate="tanh"):
+    """approximate='tanh' (GPT-2) or 'none' (exact erf, BERT)."""
+    x = np.asarray(inp, np.float64)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def gelu_backward(dout, inp, approximate="tanh"):
+    x = np.asarray(inp, np.float64)
+    if approximate == "tanh":
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
+        t = np.tanh(u)
+        du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x**2)
+        grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+    else:
+        grad = 0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dout * grad
+
+
+def relu_forward(inp):
+    return np.maximum(np.asarray(inp, np.float64), 0.0)
+
+
+def relu_backward(dout, inp):
+    return np.where(np.asarray(inp) > 0, np.asarray(dout, np.float64), 0.0)
+
+
+# --- softmax and cross-entropy -------------------------------------------------------------------------------
+
+
+def softmax_forward(inp):
+    x = np.asarray(inp, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def softmax_backward(dout, out):
+    g = np.asarray(dout, np.float64)
+    return out * (g - (g * out).sum(-1, keepdims=True))
+
+
+def crossentropy_forward(logits, targets, ignore_index=-100):
+    """Mean over rows whose target != ignore_index. -> loss, losses (N,), lse (N,)."""
+    x = np.asarray(logits, np.float64)
+    m = x.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
+    valid = targets != ignore_index
+    safe = np.where(valid, targets, 0)
+    losses = np.where(valid, lse - x[np.arange(len(x)), safe], 0.0)
+    lse = np.where(valid, lse, 0.0)
+    loss = losses.sum() / valid.sum() if valid.any() else float("nan")
+    return loss, losses, lse
+
+
+def crossentropy_backward(logits, targets, dloss=1.0, ignore_index=-100):
+    x = np.asarray(logits, np.float64)
+    valid = targets != ignore_index
+    count = valid.sum()
+    grad = softmax_forward(x)
+    grad[np.arange(len(x))[valid], targets[valid]] -= 1.0
+    grad[~valid] = 0.0
+    return grad * (dloss / count if count else 0.0)
+
+
+# --- embedding -----------------------------------------------------------------------------------------------
+
+
+def embedding_forward(ids, table):
+    return np.asarray(table, np.float64)[ids]
+
+
+def embedding_backward(dout, ids, V):
+    """-> dtable (V, C): repeated ids add up."""
+    C = dout.shape[-1]
+    dtable = np.zeros((V, C))
+    np.add.at(dtable, np.asarray(ids).reshape(-1), np.asarray(dout, np.float64).reshape(-1, C))
+    return dtable
+
+
+# --- residual and dropout ------------------------------------------------------------------------------------
+
+
+def residual_forward(a, b):
+    return np.asarray(a, np.float64) + b
+
+
+def residual_backward(dout):
+    """-> da, db."""
+    return np.array(dout, np.float64), np.array(dout, np.float64)
+
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def dropout_mask(n, p, seed):
+    """Keep-mask of n elements: the same counter-based hash (splitmix64 finaliser) as the kernel."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.arange(n, dtype=np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u24 = (z >> np.uint64(40)).astype(np.uint32)
+    return u24 >= np.uint32(int(np.float64(np.float32(p)) * 16777216.0))
+
+
+def dropout_forward(inp, p, seed):
+    keep = dropout_mask(inp.size, p, seed).reshape(inp.shape)
+    return np.where(keep, np.asarray(inp, np.float64) / (1.0 - np.float64(np.float32(p))), 0.0)
+
+
+def dropout_backward(dout, p, seed):
+    return dropout_forward(dout, p, seed)
+
+
+# --- attention -----------------------------------------------------------------------------------------------
+
+
+def attention_visible(Tq, Tk, causal=False, key_mask=None):
+    """(B or 1, 1, Tq, Tk) bool: key j visible to query i (causal: j <= i + Tk - Tq; key_mask (B, Tk))."""
+    vis = np.ones((1, 1, Tq, Tk), bool)
+    if causal:
+        vis = vis & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq))
+    if key_mask is not None:
+        vis = vis & np.asarray(key_mask, bool)[:, None, None, :]
+    return vis
+
+
+def _masked_scores(q, k, causal, key_mask, scale):
+    HS = q.shape[-1]
+    scale = 1.0 / math.sqrt(HS) if scale is None else scale
+    s = np.asarray(q, np.float64) @ np.swapaxes(np.asarray(k, np.float64), -1, -2) * scale
+    return np.where(attention_visible(q.shape[2], k.shape[2], causal, key_mask), s, -np.inf)
+
+
+def _masked_softmax(s):
+    """-> p, lse over the last axis; rows that are all -inf give p = 0 and lse = -inf."""
+    m = s.max(-1, keepdims=True)
+    any_visible = np.isfinite(m)
+    e = np.exp(s - np.where(any_visible, m, 0.0))
+    denom = np.where(any_visible, e.sum(-1, keepdims=True), 1.0)
+    p = np.where(any_visible, e / denom, 0.0)
+    lse = np.where(any_visible, m + np.log(denom), -np.inf)[..., 0]
+    return p, lse
+
+
+def attention_forward(q, k, v, causal=False, key_mask=None, scale=None):
+    """q (B, NH, Tq, HS), k, v (B, NH, Tk, HS) -> out (B, NH, Tq, HS), lse (B, NH, Tq). Dense, O(Tq * Tk)."""
+    p, lse = _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))
+    return p @ np.asarray(v, np.float64), lse
+
+
+def attention_probs(q, k, causal=False, key_mask=None, scale=None):
+    """The softmax weights (B, NH, Tq, Tk); rows with no visible key are 0."""
+    return _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))[0]
+
+
+def attention_backward(dout, q, k, v, causal=False, key_mask=None, scale=None):
+    """-> dq, dk, dv."""
+    HS = q.shape[-1]
+    scale = 1.0 / math.sqrt(HS) if scale is None else scale
+    q, k, v, dout = (np.asarray(a, np.float64) for a in (q, k, v, dout))
+    p = attention_probs(q, k, causal, key_mask, scale)
+    dv = np.swapaxes(p, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
+
+
+# --- optimizer -----------------------------------------------------------------------------------------------
+
+
+def adamw_step(params, grads, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
+    """torch.optim.AdamW, one step. -> params, m, v (new arrays)."""
+    p, g = np.asarray(params, np.float64), np.asarray(grads, np.float64)
+    m = beta1 * np.asarray(m, np.float64) + (1 - beta1) * g
+    v = beta2 * np.asarray(v, np.float64) + (1 - beta2) * g * g
+    p = p * (1 - lr * weight_decay)
+    mhat = m / (1 - beta1**step)
+    vhat = v / (1 - beta2**step)
+    return p - lr * mhat / (np.sqrt(vhat) + eps), m, v
+
+
+def sum_squares(x):
+    x = np.asarray(x, np.float64)
+    return float((x * x).sum())
