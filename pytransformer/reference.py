@@ -114,11 +114,12 @@ def crossentropy_forward(logits, targets, ignore_index=-100):
     return loss, losses, lse
 
 
-def crossentropy_backward(logits, targets, dloss=1.0, ignore_index=-100):
+def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100):
+    """dlogits (N, V) of the mean loss times dloss, from the forward's lse; ignored rows get 0."""
     x = np.asarray(logits, np.float64)
     valid = targets != ignore_index
     count = valid.sum()
-    grad = softmax_forward(x)
+    grad = np.exp(x - np.asarray(lse, np.float64)[:, None])
     grad[np.arange(len(x))[valid], targets[valid]] -= 1.0
     grad[~valid] = 0.0
     return grad * (dloss / count if count else 0.0)
@@ -216,15 +217,17 @@ def attention_probs(q, k, causal=False, key_mask=None, scale=None):
     return _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))[0]
 
 
-def attention_backward(dout, q, k, v, causal=False, key_mask=None, scale=None):
-    """-> dq, dk, dv."""
+def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None):
+    """-> dq, dk, dv, recomputing the probabilities from the forward's lse as the kernel does."""
     HS = q.shape[-1]
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
-    q, k, v, dout = (np.asarray(a, np.float64) for a in (q, k, v, dout))
-    p = attention_probs(q, k, causal, key_mask, scale)
+    q, k, v, dout, out = (np.asarray(a, np.float64) for a in (q, k, v, dout, out))
+    s = _masked_scores(q, k, causal, key_mask, scale)
+    lse = np.asarray(lse, np.float64)[..., None]
+    p = np.where(np.isfinite(s) & np.isfinite(lse), np.exp(s - np.where(np.isfinite(lse), lse, 0.0)), 0.0)
     dv = np.swapaxes(p, -1, -2) @ dout
     dp = dout @ np.swapaxes(v, -1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+    ds = p * (dp - (dout * out).sum(-1, keepdims=True)) * scale
     return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
 
 

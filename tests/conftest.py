@@ -1,0 +1,54 @@
+"""Shared fixtures: a seeded rng, every ISA variant this machine runs, torch when installed, a closeness check."""
+
+from __future__ import annotations
+
+import pathlib
+import zlib
+
+import numpy as np
+import pytest
+
+import pytransformer
+
+ISAS = pytransformer.cpu_info()["available_isas"]
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def rng(request):
+    # a different but fixed stream per test
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test once per ISA variant supported here, restoring the default afterwards."""
+    before = pytransformer.cpu_info()["isa"]
+    pytransformer.set_isa(request.param)
+    yield request.param
+    pytransformer.set_isa(before)
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+def rel_err(actual, expected, floor=0.0):
+    """max |actual - expected| / max(max |expected|, floor) (scale-free; 0 when both are 0)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
+    scale = max(np.abs(expected).max() if expected.size else 0.0, floor)
+    diff = np.abs(actual - expected).max() if expected.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def assert_close(actual, expected, tol, what="", floor=0.0):
+    err = rel_err(actual, expected, floor)
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)

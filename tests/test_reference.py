@@ -1,0 +1,134 @@
+"""Step 1 of the ladder: every backward in reference.py against central finite differences in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytransformer import reference as ref
+
+
+def numeric_grad(f, x, h=1e-6):
+    """d sum(f()) / dx by central differences; f reads x (modified in place)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f()
+        flat[i] = old - h
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return g
+
+
+def check(f, x, analytic, tol=1e-6):
+    num = numeric_grad(f, x)
+    err = np.abs(num - analytic).max() / max(np.abs(num).max(), 1e-12)
+    assert err < tol, f"finite differences disagree: relative error {err:.3g}"
+
+
+@pytest.fixture
+def r():
+    return np.random.default_rng(1234)
+
+
+def test_matmul_backward_matches_finite_differences(r):
+    x, w, b, g = r.standard_normal((2, 3, 5)), r.standard_normal((4, 5)), r.standard_normal(4), r.standard_normal((2, 3, 4))
+    dx, dw, db = ref.matmul_backward(g, x, w)
+    loss = lambda: (ref.matmul_forward(x, w, b) * g).sum()
+    check(loss, x, dx)
+    check(loss, w, dw)
+    check(loss, b, db)
+
+
+def test_layernorm_backward_matches_finite_differences(r):
+    x, w, b, g = r.standard_normal((3, 7)), r.standard_normal(7), r.standard_normal(7), r.standard_normal((3, 7))
+    _, mean, rstd = ref.layernorm_forward(x, w, b)
+    dx, dw, db = ref.layernorm_backward(g, x, w, mean, rstd)
+    loss = lambda: (ref.layernorm_forward(x, w, b)[0] * g).sum()
+    check(loss, x, dx)
+    check(loss, w, dw)
+    check(loss, b, db)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_backward_matches_finite_differences(r, approximate):
+    x, g = r.standard_normal(40) * 3, r.standard_normal(40)
+    check(lambda: (ref.gelu_forward(x, approximate) * g).sum(), x, ref.gelu_backward(g, x, approximate))
+
+
+def test_relu_backward_matches_finite_differences(r):
+    x = r.standard_normal(30)
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    g = r.standard_normal(30)
+    check(lambda: (ref.relu_forward(x) * g).sum(), x, ref.relu_backward(g, x))
+
+
+def test_softmax_backward_matches_finite_differences(r):
+    x, g = r.standard_normal((4, 9)), r.standard_normal((4, 9))
+    check(lambda: (ref.softmax_forward(x) * g).sum(), x, ref.softmax_backward(g, ref.softmax_forward(x)))
+
+
+def test_crossentropy_backward_matches_finite_differences(r):
+    x = r.standard_normal((6, 11))
+    t = r.integers(0, 11, 6)
+    t[2] = -100
+    _, _, lse = ref.crossentropy_forward(x, t)
+    check(lambda: ref.crossentropy_forward(x, t)[0] * 0.7, x, ref.crossentropy_backward(x, t, lse, 0.7))
+
+
+def test_embedding_backward_matches_finite_differences(r):
+    table, ids, g = r.standard_normal((5, 3)), np.array([[1, 4, 1], [0, 1, 4]]), r.standard_normal((2, 3, 3))
+    check(lambda: (ref.embedding_forward(ids, table) * g).sum(), table, ref.embedding_backward(g, ids, 5))
+
+
+def test_residual_backward_matches_finite_differences(r):
+    a, b, g = r.standard_normal(8), r.standard_normal(8), r.standard_normal(8)
+    da, db = ref.residual_backward(g)
+    check(lambda: (ref.residual_forward(a, b) * g).sum(), a, da)
+    check(lambda: (ref.residual_forward(a, b) * g).sum(), b, db)
+
+
+def test_dropout_backward_matches_finite_differences(r):
+    x, g = r.standard_normal(50), r.standard_normal(50)
+    check(lambda: (ref.dropout_forward(x, 0.3, 7) * g).sum(), x, ref.dropout_backward(g, 0.3, 7))
+
+
+@pytest.mark.parametrize("causal,masked,Tq,Tk", [(False, False, 3, 5), (True, False, 4, 4), (True, True, 3, 5),
+                                                  (False, True, 4, 2)])
+def test_attention_backward_matches_finite_differences(r, causal, masked, Tq, Tk):
+    B, NH, HS = 2, 2, 3
+    q, k, v = r.standard_normal((B, NH, Tq, HS)), r.standard_normal((B, NH, Tk, HS)), r.standard_normal((B, NH, Tk, HS))
+    g = r.standard_normal((B, NH, Tq, HS))
+    mask = None
+    if masked:
+        mask = np.ones((B, Tk), bool)
+        mask[1, 1:] = False
+    out, lse = ref.attention_forward(q, k, v, causal, mask)
+    dq, dk, dv = ref.attention_backward(g, q, k, v, out, lse, causal, mask)
+    loss = lambda: (ref.attention_forward(q, k, v, causal, mask)[0] * g).sum()
+    check(loss, q, dq)
+    check(loss, k, dk)
+    check(loss, v, dv)
+
+
+def test_attention_reference_matches_explicit_softmax(r):
+    q, k, v = r.standard_normal((1, 1, 3, 2)), r.standard_normal((1, 1, 3, 2)), r.standard_normal((1, 1, 3, 2))
+    out, lse = ref.attention_forward(q, k, v, causal=True)
+    s = q[0, 0] @ k[0, 0].T / np.sqrt(2)
+    for i in range(3):
+        p = np.exp(s[i, : i + 1] - s[i, : i + 1].max())
+        p /= p.sum()
+        np.testing.assert_allclose(out[0, 0, i], p @ v[0, 0, : i + 1], rtol=1e-12)
+        np.testing.assert_allclose(lse[0, 0, i], np.log(np.exp(s[i, : i + 1]).sum()), rtol=1e-12)
+
+
+def test_adamw_reference_matches_handwritten_step():
+    p, g, m, v = np.array([1.0, -2.0]), np.array([0.5, 0.1]), np.zeros(2), np.zeros(2)
+    p1, m1, v1 = ref.adamw_step(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=1)
+    # step 1: mhat = g, vhat = g^2, update = g / |g| = sign(g)
+    np.testing.assert_allclose(p1, p * (1 - 0.01) - 0.1 * np.sign(g), rtol=1e-6)
+    np.testing.assert_allclose(m1, 0.1 * g)
+    np.testing.assert_allclose(v1, 0.01 * g * g)
