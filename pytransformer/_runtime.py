@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from . import _core
 
+# Choose the kernel variant now, so that a bad PYTRANSFORMER_ISA fails at import with its message.
+_core.active_isa()
+
 
 def cpu_info() -> dict:
     """What the kernels run on: the active ISA, the ISAs this CPU and build support, OpenMP and threads."""

@@ -1,0 +1,57 @@
+"""cpu_info, ISA choice (automatic, forced by PYTRANSFORMER_ISA, switched at run time) and the CLI self-check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pytransformer
+
+
+def test_cpu_info_reports_the_machine():
+    info = pytransformer.cpu_info()
+    assert set(info) >= {"isa", "available_isas", "openmp", "num_threads", "cuda"}
+    assert info["isa"] in info["available_isas"]
+    assert info["available_isas"][0] == "baseline"
+    assert info["isa"] == info["available_isas"][-1]  # the best supported variant is the default
+    assert info["num_threads"] >= 1
+    assert info["cuda"] is False
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd="/")
+
+
+@pytest.mark.parametrize("isa", pytransformer.cpu_info()["available_isas"])
+def test_environment_variable_forces_the_isa(isa):
+    r = run_python("import pytransformer; print('ISA=' + pytransformer.cpu_info()['isa'] + ';')", PYTRANSFORMER_ISA=isa)
+    assert r.returncode == 0, r.stderr
+    assert f"ISA={isa};" in r.stdout
+
+
+def test_unknown_isa_in_the_environment_is_a_clear_error():
+    r = run_python("import pytransformer", PYTRANSFORMER_ISA="sse9")
+    assert r.returncode != 0
+    assert "PYTRANSFORMER_ISA=sse9 is unknown" in r.stderr
+
+
+def test_set_isa_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown ISA 'mmx'"):
+        pytransformer.set_isa("mmx")
+
+
+def test_omp_num_threads_is_honoured():
+    r = run_python("import pytransformer; print(f'THREADS={pytransformer.get_num_threads()};')", OMP_NUM_THREADS="1")
+    assert "THREADS=1;" in r.stdout, r.stderr
+
+
+def test_info_command_prints_the_machine_and_passes_its_self_check():
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "info"], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"isa: {pytransformer.cpu_info()['isa']}" in r.stdout
+    assert "FAIL" not in r.stdout
+    assert r.stdout.count("pass") >= 12
