@@ -296,18 +296,18 @@ def case_adamw(rng, n):
     tmp = np.empty_like(pn)
 
     def numpy_adamw():
-        pn *= np.float32(1 - 1e-5)
-        mn *= np.float32(0.9)
-        mn += np.float32(0.1) * g
-        vn *= np.float32(0.95)
+        np.multiply(pn, np.float32(1 - 1e-5), out=pn)
+        np.multiply(mn, np.float32(0.9), out=mn)
+        mn[...] += np.float32(0.1) * g
+        np.multiply(vn, np.float32(0.95), out=vn)
         np.multiply(g, g, out=tmp)
-        tmp *= np.float32(0.05)
-        vn += tmp
+        np.multiply(tmp, np.float32(0.05), out=tmp)
+        np.add(vn, tmp, out=vn)
         np.sqrt(vn, out=tmp)
-        tmp += np.float32(1e-8)
+        np.add(tmp, np.float32(1e-8), out=tmp)
         np.divide(mn, tmp, out=tmp)
-        tmp *= np.float32(1e-4)
-        pn -= tmp
+        np.multiply(tmp, np.float32(1e-4), out=tmp)
+        np.subtract(pn, tmp, out=pn)
 
     fns = {"ours": ours, "numpy": numpy_adamw}
     if torch:

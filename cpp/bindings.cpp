@@ -299,6 +299,12 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     K().adamw_step(p, mm, vv, g, n, lr, beta1, beta2, eps, weight_decay, step);
   });
+  m.def("fma_probe", [](int64_t iters) {
+    check_nonneg({iters});
+    float sink = 0.f;
+    py::gil_scoped_release nogil;
+    return K().fma_probe(&sink, iters);
+  }, "benchmark probe: flops done by independent FMA chains on every thread", arg("iters"));
   m.def("sum_squares", [](O x, int64_t n) {
     check_nonneg({n});
     const float* p = array_data<float>(x, "x", n);

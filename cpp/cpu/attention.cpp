@@ -22,12 +22,6 @@ constexpr int64_t BQ = 32;  // queries per forward task
 constexpr int KV = (int)(BK / W);  // vectors per row of scores
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-template <class T>
-T* scratch(std::vector<T>& buf, size_t n) {
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
 struct Visibility {
   const uint8_t* key_mask;  // (Tk) of this batch row, or null
   bool causal;
@@ -124,8 +118,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     float* L = lse + bh * Tq + i0;
     const Visibility visible{key_mask ? key_mask + b * Tk : nullptr, causal, Tk - Tq};
 
-    static thread_local std::vector<float> buf;
-    float* KT = scratch(buf, (size_t)HS * BK + BK + 2 * BQ);
+    static thread_local ScratchBuffer buf;
+    float* KT = buf.floats((size_t)HS * BK + BK + 2 * BQ);
     float* s = KT + HS * BK;
     float* m = s + BK;
     float* l = m + BQ;
@@ -195,8 +189,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     float* dV = dv + bh * Tk * HS;
     const Visibility visible{key_mask ? key_mask + b * Tk : nullptr, causal, Tk - Tq};
 
-    static thread_local std::vector<float> buf;
-    float* KT = scratch(buf, (size_t)2 * HS * BK + 3 * BK + Tq);
+    static thread_local ScratchBuffer buf;
+    float* KT = buf.floats((size_t)2 * HS * BK + 3 * BK + Tq);
     float* VT = KT + HS * BK;
     float* p = VT + HS * BK;
     float* dp = p + BK;

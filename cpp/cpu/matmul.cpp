@@ -1,10 +1,12 @@
 // Linear layers: out = inp @ weight^T + bias, and its backward (dinp, dweight, dbias).
 //
 // One blocked GEMM serves all three products: C (M, N) [+]= A (M, K) @ B (K, N), where A and B are strided
-// views, so transposes cost nothing but a different packing order. The structure is the classic one
-// (Goto / BLIS): B is packed into KC x NR micro-panels shared by the threads, each thread packs an MC x KC
-// block of A into MR x KC micro-panels, and a register-blocked MR x NR micro-kernel (MR broadcasts of A,
-// NR / W vector loads of B per k) accumulates in vector registers. Small-M products (decode, M < 4) skip the
+// views, so transposes cost nothing but a different packing order. The structure follows Goto / BLIS with the
+// roles chosen for row-major C: vectors run along N. Each thread owns blocks of columns: it packs its KC x NB
+// block of B (sized for its L2) into NR-wide micro-panels, then walks the rows MR at a time, packing that
+// MR x KC sliver of A (it stays in L1) and sweeping it across the B micro-panels streamed from L2 with a
+// register-blocked MR x NR micro-kernel (MR broadcasts of A, NR / W vector loads of B per k). When there are
+// fewer column blocks than threads the rows are split too. Small-M products (decode, M < 4) skip the
 // packing: one dot product per output over contiguous weight rows.
 #include <algorithm>
 #include <vector>
@@ -24,9 +26,8 @@ constexpr int MR = 6, NV = 2;   // 6 x 16 tile: 12 ymm accumulators
 constexpr int MR = 4, NV = 2;   // 4 x 8 (SSE2) or 4 x 2 (scalar)
 #endif
 constexpr int NR = NV * W;
-constexpr int64_t KC = 256;        // k-depth of packed panels (an MR x KC and a KC x NR panel stay in L1/L2)
-constexpr int64_t MC_MAX = MR * 16;  // rows of A packed per task (~200 KB at KC = 256: in L2)
-constexpr int64_t NC = 3072;       // columns of B packed per round (KC x NC floats, 3 MB: in L3)
+constexpr int64_t KC = 256;      // k-depth of packed panels: an MR x KC sliver of A is 12 KB (L1)
+constexpr int64_t NB_MAX = 1024; // columns of B packed per block: KC x NB_MAX floats = 1 MB (half an L2)
 
 struct View {  // element (i, j) at p[i * rs + j * cs]
   const float* p;
@@ -34,31 +35,21 @@ struct View {  // element (i, j) at p[i * rs + j * cs]
   const float* at(int64_t i, int64_t j) const { return p + i * rs + j * cs; }
 };
 
-template <class T>
-T* scratch(std::vector<T>& buf, size_t n) {
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
-// dst: ceil(mc / MR) panels, each kc x MR (k-major), rows past mc zero-filled.
-void pack_A(float* dst, View A, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
-  for (int64_t p = 0; p < mc; p += MR) {
-    const int64_t mr = std::min<int64_t>(MR, mc - p);
-    float* d = dst + p * kc;
-    if (A.rs == 1) {  // MR rows are contiguous for each k
-      for (int64_t k = 0; k < kc; k++) {
-        const float* s = A.at(i0 + p, k0 + k);
-        for (int64_t r = 0; r < mr; r++) d[k * MR + r] = s[r];
-        for (int64_t r = mr; r < MR; r++) d[k * MR + r] = 0.f;
-      }
-    } else {
-      for (int64_t r = 0; r < MR; r++) {
-        if (r < mr) {
-          const float* s = A.at(i0 + p + r, k0);
-          for (int64_t k = 0; k < kc; k++) d[k * MR + r] = s[k * A.cs];
-        } else {
-          for (int64_t k = 0; k < kc; k++) d[k * MR + r] = 0.f;
-        }
+// dst (kc x MR, k-major) = rows [i0, i0 + mr) of A over k in [k0, k0 + kc); rows past mr zero-filled.
+void pack_A(float* dst, View A, int64_t i0, int64_t mr, int64_t k0, int64_t kc) {
+  if (A.rs == 1) {  // MR rows are contiguous for each k
+    for (int64_t k = 0; k < kc; k++) {
+      const float* s = A.at(i0, k0 + k);
+      for (int64_t r = 0; r < mr; r++) dst[k * MR + r] = s[r];
+      for (int64_t r = mr; r < MR; r++) dst[k * MR + r] = 0.f;
+    }
+  } else {
+    for (int64_t r = 0; r < MR; r++) {
+      if (r < mr) {
+        const float* s = A.at(i0 + r, k0);
+        for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = s[k * A.cs];
+      } else {
+        for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = 0.f;
       }
     }
   }
@@ -136,43 +127,40 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] = bias ? bias[j] : 0.f;
     return;
   }
-  const int nt = threads();
-  // A rows per task: as many as fit in L2, but at least 2 tasks per thread when M allows.
-  int64_t mblocks = std::max<int64_t>((M + MC_MAX - 1) / MC_MAX, std::min<int64_t>(2 * nt, (M + MR - 1) / MR));
-  int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
-  mblocks = (M + mc - 1) / mc;
+  const int64_t nt = threads();
+  const int64_t npanels = (N + NR - 1) / NR;
+  // column blocks: at most NB_MAX wide, a multiple of the thread count when there are enough panels
+  int64_t ncb = (N + NB_MAX - 1) / NB_MAX;
+  ncb = std::min(npanels, (ncb + nt - 1) / nt * nt);
+  const int64_t nb = (npanels + ncb - 1) / ncb * NR;  // block width, whole micro-panels
+  ncb = (N + nb - 1) / nb;
+  // row blocks: split the rows when the column blocks alone cannot feed every thread
+  const int64_t rows_panels = (M + MR - 1) / MR;
+  const int64_t nrb = std::min(rows_panels, (nt + ncb - 1) / ncb);
+  const int64_t mb = (rows_panels + nrb - 1) / nrb * MR;
+  const int64_t ntasks = ncb * ((M + mb - 1) / mb);
+  const int64_t nrb_real = (M + mb - 1) / mb;
 
-  static thread_local std::vector<float> b_buf;
-  float* Bp = scratch(b_buf, (size_t)KC * ((std::min(N, NC) + NR - 1) / NR * NR));
-
-  for (int64_t jc = 0; jc < N; jc += NC) {
-    const int64_t nc = std::min(NC, N - jc);
-    const int64_t npanels = (nc + NR - 1) / NR;
-    // split the columns too when there are few row blocks, so every thread has work
-    const int64_t nsplit = std::min<int64_t>(npanels, std::max<int64_t>(1, (2 * nt + mblocks - 1) / mblocks));
-    const int64_t ntasks = mblocks * nsplit;
+#pragma omp parallel for num_threads((int)nt) schedule(static) if (ntasks > 1 && M * N * K > 65536)
+  for (int64_t t = 0; t < ntasks; t++) {
+    const int64_t j0 = (t / nrb_real) * nb, ncur = std::min(nb, N - j0);
+    const int64_t i0 = (t % nrb_real) * mb, mcur = std::min(mb, M - i0);
+    const int64_t np = (ncur + NR - 1) / NR;
+    static thread_local ScratchBuffer b_buf, a_buf;
+    float* Bp = b_buf.floats((size_t)KC * np * NR);
+    float* Ap = a_buf.floats((size_t)KC * MR);
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc);
       const bool overwrite = !accumulate && pc == 0;
-#pragma omp parallel num_threads(nt) if (M * N * kc > 32768)
-      {
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < npanels; p++) pack_B(Bp, B, pc, kc, jc, nc, p, p + 1);
-        static thread_local std::vector<float> a_buf;
-        float* Ap = scratch(a_buf, (size_t)mc * KC + MR * KC);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < ntasks; t++) {
-          const int64_t ib = t / nsplit, js = t % nsplit;
-          const int64_t i0 = ib * mc, mcur = std::min(mc, M - i0);
-          const int64_t p0 = npanels * js / nsplit, p1 = npanels * (js + 1) / nsplit;
-          pack_A(Ap, A, i0, mcur, pc, kc);
-          for (int64_t p = p0; p < p1; p++) {
-            const int64_t j = p * NR, nr = std::min<int64_t>(NR, nc - j);
-            const float* bias_j = bias ? bias + jc + j : nullptr;
-            for (int64_t ir = 0; ir < mcur; ir += MR)
-              micro_kernel(kc, Ap + ir * kc, Bp + p * kc * NR, C + (i0 + ir) * ldc + jc + j, ldc,
-                           std::min<int64_t>(MR, mcur - ir), nr, overwrite, bias_j);
-          }
+      pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
+      for (int64_t ir = 0; ir < mcur; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, mcur - ir);
+        pack_A(Ap, A, i0 + ir, mr, pc, kc);
+        float* c_row = C + (i0 + ir) * ldc + j0;
+        for (int64_t p = 0; p < np; p++) {
+          const int64_t j = p * NR;
+          micro_kernel(kc, Ap, Bp + p * kc * NR, c_row + j, ldc, mr, std::min<int64_t>(NR, ncur - j), overwrite,
+                       bias ? bias + j0 + j : nullptr);
         }
       }
     }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2) || (defined(PT_ISA_BASELINE) && defined(__SSE2__))
@@ -39,8 +40,22 @@ inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c
 inline V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline V sqrt_v(V a) { return {_mm512_sqrt_ps(a.v)}; }
 inline V min(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
-inline float reduce_add(V a) { return _mm512_reduce_add_ps(a.v); }
-inline float reduce_max(V a) { return _mm512_reduce_max_ps(a.v); }
+// halves folded with shuffles (gcc 12's _mm512_reduce_* trip -Wuninitialized inside its own headers)
+inline __m256 fold512(__m512 a, __m512 (*op)(__m512, __m512)) {
+  return _mm512_castps512_ps256(op(a, _mm512_shuffle_f32x4(a, a, 0xEE)));
+}
+inline float reduce_add(V a) {
+  __m256 x = fold512(a.v, [](__m512 p, __m512 q) { return _mm512_add_ps(p, q); });
+  __m128 y = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  y = _mm_add_ps(y, _mm_movehl_ps(y, y));
+  return _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps(y, y, 1)));
+}
+inline float reduce_max(V a) {
+  __m256 x = fold512(a.v, [](__m512 p, __m512 q) { return _mm512_max_ps(p, q); });
+  __m128 y = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  y = _mm_max_ps(y, _mm_movehl_ps(y, y));
+  return _mm_cvtss_f32(_mm_max_ss(y, _mm_shuffle_ps(y, y, 1)));
+}
 inline V round_nearest(V a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
 // 2^n for integral-valued n in [-126, 127]
 inline V pow2i(V n) {
@@ -273,6 +288,30 @@ inline void map_vec2(float* out, const float* in0, const float* in1, int64_t b, 
   if (i < e) store_partial(out + i, g(load_partial(in0 + i, e - i), load_partial(in1 + i, e - i)), e - i);
 }
 
-constexpr int64_t kElementChunk = 1 << 15;  // elements per task in elementwise kernels (128 KiB)
+constexpr int64_t kElementChunk = 1 << 15;
+
+// A per-thread scratch area, 64-byte aligned (a full-vector load never splits a cache line), grown on
+// demand and kept for the thread's lifetime: declare it `static thread_local`.
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { std::free(data_); }
+  float* floats(size_t n) {
+    if (n > size_) {
+      std::free(data_);
+      size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!data_) std::abort();  // a few MB per thread; nothing sensible is left to do without them
+      size_ = bytes / sizeof(float);
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t size_ = 0;
+};  // elements per task in elementwise kernels (128 KiB)
 }  // namespace PT_NS
 }  // namespace pt

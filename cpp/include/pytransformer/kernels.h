@@ -62,14 +62,16 @@
   void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,    \
                   float beta2, float eps, float weight_decay, int64_t step);                                 \
   /* sum of squares in double, for the global gradient norm */                                                \
-  double sum_squares(const float* x, int64_t n);
+  double sum_squares(const float* x, int64_t n);                                                             \
+  /* benchmark probe: iters rounds of 16 independent FMA chains per thread; returns the flops done */          \
+  double fma_probe(float* sink, int64_t iters);
 
 #define PT_KERNEL_LIST(X)                                                                                    \
   X(matmul_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
-  X(attention_backward) X(adamw_step) X(sum_squares)
+  X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe)
 
 namespace pt {
 namespace baseline { PT_DECLARE_KERNELS }
