@@ -144,3 +144,14 @@ def test_dropout_scale_matches_torch_convention(torch, isa, rng):
     y = ops.dropout_forward(x, 0.2, 5)
     kept = y != 0
     np.testing.assert_allclose(y[kept], x[kept] / np.float32(0.8), rtol=1e-6)
+
+
+def test_residual_matches_torch(torch, isa, rng):
+    a, b, g = f32(rng, 3, 130), f32(rng, 3, 130), f32(rng, 3, 130)
+    ta, tb = t64(torch, a), t64(torch, b)
+    ty = ta + tb
+    ty.backward(torch.from_numpy(g).double())
+    assert_close(ops.residual_forward(a, b), ty.detach().numpy(), 1e-7, "out")
+    da, db = ops.residual_backward(g)
+    assert_close(da, ta.grad.numpy(), 0.0, "da")
+    assert_close(db, tb.grad.numpy(), 0.0, "db")
