@@ -349,10 +349,11 @@ CASES = [  # (group, label, factory, args)
 
 
 def attention_extra_bytes(B, NH, T, HS, nthreads):
-    """Scratch the fused kernel allocates per call (cpp/cpu/attention.cpp: BK = 64 keys, BQ = 32 queries)."""
-    BK, BQ = 64, 32
-    fwd = (HS * BK + BK + 2 * BQ) * 4 * nthreads
-    bwd = (2 * HS * BK + 3 * BK + T) * 4 * nthreads
+    """Scratch the fused kernel holds per call (cpp/cpu/attention.cpp: BK = BQ = 64, HS padded to HSP)."""
+    BK = BQ = 64
+    HSP = (HS + 15) // 16 * 16
+    fwd = (HS * BK + BK * HSP + BQ * BK + BQ * HSP + 2 * BQ) * 4 * nthreads
+    bwd = (3 * T * HSP + T + 2 * HS * BK + 3 * BK * HSP + 2 * BQ * BK) * 4 * nthreads
     return fwd, bwd
 
 

@@ -4,11 +4,13 @@
 // lse (B, NH, Tq) = log-sum-exp of each row's scaled scores, saved for backward (-inf for a fully masked row).
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
 // (identical to the usual lower triangle when Tq == Tk).
-// Memory: per thread a BK-key tile of K (and V) transposed, one row of scores and BQ accumulator rows, so
-// the extra memory is O(BK * HS + BQ * HS) per thread, plus Tq floats per head in backward: never Tq * Tk.
+//
+// Every product is a small register-blocked GEMM over tiles (tile_gemm): scores S = Q K^T for a BQ x BK tile,
+// O += P V, and in backward dP = dO V^T, dV += P^T dO, dK += dS^T Q, dQ += dS K. Memory: per thread one tile of
+// K and V (transposed and padded), a BQ x BK tile of scores and BQ accumulator rows in forward; in backward
+// also padded copies of one head's Q, dO and dQ. Extra memory is O(T * HS) per thread, never O(Tq * Tk).
 #include <algorithm>
 #include <limits>
-#include <vector>
 
 #include "simd.h"
 
@@ -18,93 +20,114 @@ using namespace simd;
 
 namespace {
 constexpr int64_t BK = 64;  // keys per tile
-constexpr int64_t BQ = 32;  // queries per forward task
-constexpr int KV = (int)(BK / W);  // vectors per row of scores
+constexpr int64_t BQ = 64;  // queries per tile
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+#if defined(PT_ISA_AVX512)
+constexpr int TM = 6, TV = 4;  // tile_gemm register block: 6 rows x 4 vectors (24 zmm accumulators)
+#elif defined(PT_ISA_AVX2)
+constexpr int TM = 6, TV = 2;  // 6 x 2 ymm
+#else
+constexpr int TM = 4, TV = 2;
+#endif
 
-struct Visibility {
-  const uint8_t* key_mask;  // (Tk) of this batch row, or null
-  bool causal;
-  int64_t offset;  // Tk - Tq
-  bool operator()(int64_t i, int64_t j) const {
-    if (key_mask && !key_mask[j]) return false;
-    return !causal || j <= i + offset;
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// C (R x NV*W) [+]= A (R x k) . B (k x NV*W). A element (r, p) at A[r * ars + p * acs]; B row-major (ldb).
+template <int R, int NV>
+inline void tile_block(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
+                       int64_t ldb, int64_t k, bool accumulate) {
+  V acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[r][v] = accumulate ? load(C + r * ldc + v * W) : zero();
+  for (int64_t p = 0; p < k; p++) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) b[v] = load(B + p * ldb + v * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      const V a = set1(A[r * ars + p * acs]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) acc[r][v] = fma(a, b[v], acc[r][v]);
+    }
   }
-  // last key (exclusive) that any of queries [i0, i1) may see
-  int64_t key_end(int64_t i1, int64_t Tk) const { return causal ? std::min(Tk, i1 - 1 + offset + 1) : Tk; }
-};
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) store(C + r * ldc + v * W, acc[r][v]);
+}
 
-// KT (HS x BK) = X[j0 : j0 + nk, :]^T, columns past nk zeroed
-void transpose_tile(float* KT, const float* X, int64_t nk, int64_t HS) {
+template <int NV>
+void tile_rows(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
+               int64_t m, int64_t k, bool accumulate) {
+  int64_t i = 0;
+  for (; i + TM <= m; i += TM) tile_block<TM, NV>(C + i * ldc, ldc, A + i * ars, ars, acs, B, ldb, k, accumulate);
+  for (; i < m; i++) tile_block<1, NV>(C + i * ldc, ldc, A + i * ars, ars, acs, B, ldb, k, accumulate);
+}
+
+// C (m x n) [+]= A (m x k) . B (k x n), n a multiple of W (callers pad their tiles).
+void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
+               int64_t m, int64_t n, int64_t k, bool accumulate) {
+  for (int64_t j = 0; j < n; j += TV * W) {
+    const int64_t nv = std::min<int64_t>(TV, (n - j) / W);
+    if (nv == TV) {
+      tile_rows<TV>(C + j, ldc, A, ars, acs, B + j, ldb, m, k, accumulate);
+    } else {
+      for (int64_t v = 0; v < nv; v++)
+        tile_rows<1>(C + j + v * W, ldc, A, ars, acs, B + j + v * W, ldb, m, k, accumulate);
+    }
+  }
+}
+
+// dst (BK x HS) = the nk x HS rows of X transposed into HS x BK, columns past nk zeroed
+void transpose_tile(float* dst, const float* X, int64_t nk, int64_t HS) {
   for (int64_t d = 0; d < HS; d++) {
-    float* row = KT + d * BK;
+    float* row = dst + d * BK;
     for (int64_t j = 0; j < nk; j++) row[j] = X[j * HS + d];
     for (int64_t j = nk; j < BK; j++) row[j] = 0.f;
   }
 }
 
-// s (BK) = x (HS) . KT (HS x BK) * scale
-inline void row_times_tile(float* s, const float* x, const float* KT, int64_t HS, float scale) {
-  V acc[KV];
-#pragma GCC unroll 16
-  for (int v = 0; v < KV; v++) acc[v] = zero();
-  for (int64_t d = 0; d < HS; d++) {
-    const V xd = set1(x[d]);
-    const float* kt = KT + d * BK;
-#pragma GCC unroll 16
-    for (int v = 0; v < KV; v++) acc[v] = fma(xd, load(kt + v * W), acc[v]);
+// dst (n x HSP) = X (n x HS) with the columns from HS to HSP zeroed
+void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP) {
+  for (int64_t i = 0; i < n; i++) {
+    std::memcpy(dst + i * HSP, X + i * HS, HS * sizeof(float));
+    std::fill(dst + i * HSP + HS, dst + (i + 1) * HSP, 0.f);
   }
-  const V sc = set1(scale);
-#pragma GCC unroll 16
-  for (int v = 0; v < KV; v++) store(s + v * W, mul(acc[v], sc));
 }
 
-// y (HS) = y * keep + sum_j p[j] * X[j, :] for j < nk (X rows of length HS); four vectors at a time
-inline void accumulate_rows(float* y, float keep, const float* p, const float* X, int64_t nk, int64_t HS) {
-  const V kv = set1(keep);
-  for (int64_t d0 = 0; d0 < HS; d0 += 4 * W) {
-    V acc[4];
-    int64_t rem[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; u++) {
-      rem[u] = HS - d0 - u * W;
-      acc[u] = rem[u] > 0 ? mul(loadn(y + d0 + u * W, rem[u]), kv) : zero();
+// Scores of one tile are masked with kbias (BK): 0 for visible keys, -inf for padded-out keys and for the
+// columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit).
+struct TileMask {
+  alignas(64) float kbias[BK];
+  alignas(64) float iota[BK];
+  TileMask() {
+    for (int64_t j = 0; j < BK; j++) iota[j] = (float)j;
+  }
+  void set(const uint8_t* key_mask, int64_t j0, int64_t nk) {
+    for (int64_t j = 0; j < BK; j++) kbias[j] = (j < nk && (!key_mask || key_mask[j0 + j])) ? 0.f : kNegInf;
+  }
+  // s = s * scale + kbias, and -inf where j > limit (limit < BK: causal); returns the row max
+  float apply(float* s, float scale, int64_t limit) const {
+    const V sc = set1(scale), lim = set1((float)limit), ninf = set1(kNegInf);
+    V mx = ninf;
+    for (int64_t j = 0; j < BK; j += W) {
+      V x = fma(load(s + j), sc, load(kbias + j));
+      if (limit < BK) x = select_gt(load(iota + j), lim, ninf, x);
+      store(s + j, x);
+      mx = max(mx, x);
     }
-    for (int64_t j = 0; j < nk; j++) {
-      const V pj = set1(p[j]);
-      const float* x = X + j * HS + d0;
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; u++)
-        if (rem[u] > 0) acc[u] = fma(pj, loadn(x + u * W, rem[u]), acc[u]);
-    }
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; u++)
-      if (rem[u] > 0) storen(y + d0 + u * W, acc[u], rem[u]);
+    return reduce_max(mx);
   }
-}
-
-// y (HS) += a * x (HS)
-inline void axpy(float* y, float a, const float* x, int64_t HS) {
-  const V av = set1(a);
-  for (int64_t d = 0; d < HS; d += W) {
-    const int64_t r = std::min<int64_t>(W, HS - d);
-    storen(y + d, fma(av, loadn(x + d, r), loadn(y + d, r)), r);
-  }
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  V acc = zero();
-  for (int64_t d = 0; d < n; d += W) {
-    const int64_t r = std::min<int64_t>(W, n - d);
-    acc = fma(loadn(a + d, r), loadn(b + d, r), acc);
-  }
-  return reduce_add(acc);
-}
+};
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
                        bool causal, float scale) {
+  const int64_t HSP = round_up(HS, W);
+  const int64_t offset = Tk - Tq;
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
@@ -114,56 +137,62 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const float* Q = q + (bh * Tq + i0) * HS;
     const float* K = k + bh * Tk * HS;
     const float* Vv = v + bh * Tk * HS;
-    float* O = out + (bh * Tq + i0) * HS;
-    float* L = lse + bh * Tq + i0;
-    const Visibility visible{key_mask ? key_mask + b * Tk : nullptr, causal, Tk - Tq};
+    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
-    float* KT = buf.floats((size_t)HS * BK + BK + 2 * BQ);
-    float* s = KT + HS * BK;
-    float* m = s + BK;
+    static thread_local TileMask tm;
+    float* Kt = buf.floats((size_t)HS * BK + BK * HSP + BQ * BK + BQ * HSP + 2 * BQ);
+    float* Vp = Kt + HS * BK;
+    float* S = Vp + BK * HSP;
+    float* O = S + BQ * BK;
+    float* m = O + BQ * HSP;
     float* l = m + BQ;
     std::fill(m, m + nq, kNegInf);
     std::fill(l, l + nq, 0.f);
-    std::fill(O, O + nq * HS, 0.f);  // the output rows double as accumulators
+    std::fill(O, O + nq * HSP, 0.f);
 
-    const int64_t kend = visible.key_end(i0 + nq, Tk);
+    const int64_t kend = causal ? std::min(Tk, i0 + nq + offset) : Tk;
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
-      transpose_tile(KT, K + j0 * HS, nk, HS);
+      transpose_tile(Kt, K + j0 * HS, nk, HS);
+      pad_rows(Vp, Vv + j0 * HS, nk, HS, HSP);
+      tm.set(mask, j0, nk);
+      tile_gemm(S, BK, Q, HS, 1, Kt, BK, nq, BK, HS, false);
       for (int64_t i = 0; i < nq; i++) {
-        row_times_tile(s, Q + i * HS, KT, HS, scale);
-        float mx = kNegInf;
-        for (int64_t j = 0; j < nk; j++) {
-          if (!visible(i0 + i, j0 + j)) s[j] = kNegInf;
-          mx = std::max(mx, s[j]);
+        float* s = S + i * BK;
+        const int64_t limit = causal ? i0 + i + offset - j0 : BK;
+        const float mx = limit < 0 ? kNegInf : tm.apply(s, scale, limit);
+        if (mx == kNegInf) {  // nothing visible in this tile: the row adds nothing
+          std::fill(s, s + BK, 0.f);
+          continue;
         }
-        if (mx == kNegInf) continue;  // nothing visible in this tile
         const float m_new = std::max(m[i], mx);
-        float sum = 0.f;
-        for (int64_t j = 0; j < nk; j += W) {
-          const int64_t r = std::min<int64_t>(W, nk - j);
-          V p = keep_first(exp(sub(loadn(s + j, r), set1(m_new))), r);
-          storen(s + j, p, r);
-          sum += reduce_add(p);
-        }
         const float keep = m[i] == kNegInf ? 0.f : std::exp(m[i] - m_new);
-        l[i] = l[i] * keep + sum;
+        V sum = zero();
+        const V mn = set1(m_new);
+        for (int64_t j = 0; j < BK; j += W) {
+          V p = exp(sub(load(s + j), mn));
+          store(s + j, p);
+          sum = add(sum, p);
+        }
+        l[i] = l[i] * keep + reduce_add(sum);
         m[i] = m_new;
-        accumulate_rows(O + i * HS, keep, s, Vv + j0 * HS, nk, HS);
+        if (keep != 1.f) {
+          const V kv = set1(keep);
+          for (int64_t d = 0; d < HSP; d += W) store(O + i * HSP + d, mul(load(O + i * HSP + d), kv));
+        }
       }
+      tile_gemm(O, HSP, S, BK, 1, Vp, HSP, nq, HSP, nk, true);
     }
     for (int64_t i = 0; i < nq; i++) {
+      float* dst = out + (bh * Tq + i0 + i) * HS;
       if (l[i] > 0.f) {
-        const V inv = set1(1.f / l[i]);
-        for (int64_t d = 0; d < HS; d += W) {
-          const int64_t r = std::min<int64_t>(W, HS - d);
-          storen(O + i * HS + d, mul(loadn(O + i * HS + d, r), inv), r);
-        }
-        L[i] = m[i] + std::log(l[i]);
+        const float inv = 1.f / l[i];
+        for (int64_t d = 0; d < HS; d++) dst[d] = O[i * HSP + d] * inv;
+        lse[bh * Tq + i0 + i] = m[i] + std::log(l[i]);
       } else {
-        std::fill(O + i * HS, O + (i + 1) * HS, 0.f);
-        L[i] = kNegInf;
+        std::fill(dst, dst + HS, 0.f);
+        lse[bh * Tq + i0 + i] = kNegInf;
       }
     }
   }
@@ -174,6 +203,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
                         int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale) {
+  const int64_t HSP = round_up(HS, W);
+  const int64_t offset = Tk - Tq;
   const int64_t ntasks = B * NH;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
   for (int64_t bh = 0; bh < ntasks; bh++) {
@@ -184,49 +215,70 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     const float* dO = dout + bh * Tq * HS;
     const float* O = out + bh * Tq * HS;
     const float* L = lse + bh * Tq;
-    float* dQ = dq + bh * Tq * HS;
-    float* dK = dk + bh * Tk * HS;
-    float* dV = dv + bh * Tk * HS;
-    const Visibility visible{key_mask ? key_mask + b * Tk : nullptr, causal, Tk - Tq};
+    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
-    float* KT = buf.floats((size_t)2 * HS * BK + 3 * BK + Tq);
-    float* VT = KT + HS * BK;
-    float* p = VT + HS * BK;
-    float* dp = p + BK;
-    float* ds = dp + BK;
-    float* D = ds + BK;  // D_i = dout_i . out_i
-    for (int64_t i = 0; i < Tq; i++) D[i] = dot(dO + i * HS, O + i * HS, HS);
-    std::fill(dQ, dQ + Tq * HS, 0.f);
-    std::fill(dK, dK + Tk * HS, 0.f);
-    std::fill(dV, dV + Tk * HS, 0.f);
+    static thread_local TileMask tm;
+    float* Qp = buf.floats((size_t)3 * Tq * HSP + Tq + 2 * HS * BK + 3 * BK * HSP + 2 * BQ * BK);
+    float* dOp = Qp + Tq * HSP;
+    float* dQp = dOp + Tq * HSP;
+    float* D = dQp + Tq * HSP;  // D_i = dout_i . out_i
+    float* Kt = D + Tq;
+    float* Vt = Kt + HS * BK;
+    float* Kp = Vt + HS * BK;
+    float* dKa = Kp + BK * HSP;
+    float* dVa = dKa + BK * HSP;
+    float* P = dVa + BK * HSP;
+    float* dS = P + BQ * BK;
+    pad_rows(Qp, Q, Tq, HS, HSP);
+    pad_rows(dOp, dO, Tq, HS, HSP);
+    std::fill(dQp, dQp + Tq * HSP, 0.f);
+    for (int64_t i = 0; i < Tq; i++) {
+      float acc = 0.f;
+      for (int64_t d = 0; d < HS; d++) acc += dO[i * HS + d] * O[i * HS + d];
+      D[i] = acc;
+    }
 
     for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
       const int64_t nk = std::min(BK, Tk - j0);
-      transpose_tile(KT, K + j0 * HS, nk, HS);
-      transpose_tile(VT, Vv + j0 * HS, nk, HS);
-      const int64_t i_start = causal ? std::max<int64_t>(0, j0 - visible.offset) : 0;
-      for (int64_t i = i_start; i < Tq; i++) {
-        if (L[i] == kNegInf) continue;  // fully masked row: no gradient flows
-        row_times_tile(p, Q + i * HS, KT, HS, scale);
-        row_times_tile(dp, dO + i * HS, VT, HS, 1.f);
-        const V li = set1(L[i]), Di = set1(D[i]), sc = set1(scale);
-        for (int64_t j = 0; j < nk; j += W) {
-          const int64_t r = std::min<int64_t>(W, nk - j);
-          V pj = keep_first(exp(sub(loadn(p + j, r), li)), r);
-          storen(p + j, pj, r);
-          storen(ds + j, mul(mul(pj, sub(loadn(dp + j, r), Di)), sc), r);
+      transpose_tile(Kt, K + j0 * HS, nk, HS);
+      transpose_tile(Vt, Vv + j0 * HS, nk, HS);
+      pad_rows(Kp, K + j0 * HS, nk, HS, HSP);
+      std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
+      tm.set(mask, j0, nk);
+      const int64_t i_first = causal ? std::max<int64_t>(0, j0 - offset) : 0;
+      for (int64_t i0 = i_first; i0 < Tq; i0 += BQ) {
+        const int64_t nq = std::min(BQ, Tq - i0);
+        tile_gemm(P, BK, Q + i0 * HS, HS, 1, Kt, BK, nq, BK, HS, false);
+        tile_gemm(dS, BK, dO + i0 * HS, HS, 1, Vt, BK, nq, BK, HS, false);
+        for (int64_t i = 0; i < nq; i++) {
+          float* p = P + i * BK;
+          float* ds = dS + i * BK;
+          const float li = L[i0 + i];
+          const int64_t limit = causal ? i0 + i + offset - j0 : BK;
+          if (li == kNegInf || limit < 0) {  // the row sees no key here: no gradient flows
+            std::fill(p, p + BK, 0.f);
+            std::fill(ds, ds + BK, 0.f);
+            continue;
+          }
+          tm.apply(p, scale, limit);
+          const V lv = set1(li), Dv = set1(D[i0 + i]), sc = set1(scale);
+          for (int64_t j = 0; j < BK; j += W) {
+            const V pj = exp(sub(load(p + j), lv));
+            store(p + j, pj);
+            store(ds + j, mul(mul(pj, sub(load(ds + j), Dv)), sc));
+          }
         }
-        for (int64_t j = 0; j < nk; j++)
-          if (!visible(i, j0 + j)) p[j] = ds[j] = 0.f;
-        for (int64_t j = 0; j < nk; j++) {
-          if (p[j] == 0.f && ds[j] == 0.f) continue;
-          axpy(dV + (j0 + j) * HS, p[j], dO + i * HS, HS);
-          axpy(dK + (j0 + j) * HS, ds[j], Q + i * HS, HS);
-        }
-        accumulate_rows(dQ + i * HS, 1.f, ds, K + j0 * HS, nk, HS);
+        tile_gemm(dVa, HSP, P, 1, BK, dOp + i0 * HSP, HSP, nk, HSP, nq, true);   // dV += P^T dO
+        tile_gemm(dKa, HSP, dS, 1, BK, Qp + i0 * HSP, HSP, nk, HSP, nq, true);   // dK += dS^T Q
+        tile_gemm(dQp + i0 * HSP, HSP, dS, BK, 1, Kp, HSP, nq, HSP, nk, true);   // dQ += dS K
+      }
+      for (int64_t j = 0; j < nk; j++) {
+        std::memcpy(dk + (bh * Tk + j0 + j) * HS, dKa + j * HSP, HS * sizeof(float));
+        std::memcpy(dv + (bh * Tk + j0 + j) * HS, dVa + j * HSP, HS * sizeof(float));
       }
     }
+    for (int64_t i = 0; i < Tq; i++) std::memcpy(dq + (bh * Tq + i) * HS, dQp + i * HSP, HS * sizeof(float));
   }
 }
 
