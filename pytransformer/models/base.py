@@ -1,0 +1,87 @@
+"""What every model shares: the flat parameter buffer, the dropout RNG, cross-entropy heads, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..nn import Dropout, FlatParameters, Module
+
+
+class Model(Module):
+    """A module tree that owns its parameters: call `_build(seed)` at the end of __init__."""
+
+    def _build(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.params = FlatParameters(self, rng)
+        self.dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.rng = self.dropout_rng
+
+    def children(self):
+        for name, child in super().children():
+            yield name, child
+
+    def zero_grad(self) -> None:
+        self.params.zero_grad()
+
+    def num_parameters(self) -> int:
+        return self.params.size
+
+    def named_parameters_dict(self) -> dict:
+        return {name: p for name, p in self.params}
+
+    def state_dict(self) -> dict:
+        """name -> float32 array (views into the flat buffer)."""
+        return {name: p.data for name, p in self.params}
+
+    def grad_dict(self) -> dict:
+        return {name: p.grad for name, p in self.params}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""
+        named = self.named_parameters_dict()
+        missing = [n for n in named if n not in state]
+        extra = [n for n in state if n not in named]
+        if strict and (missing or extra):
+            raise ValueError(f"state dict does not match the model: missing {missing}, unexpected {extra}")
+        for name, p in named.items():
+            if name in state:
+                value = np.asarray(state[name])
+                if value.shape != p.shape:
+                    raise ValueError(f"{name}: expected shape {p.shape}, got {value.shape}")
+                p.data[...] = value
+
+
+def check_ids(ids, name, max_T=None):
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer numpy array (B, T), got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be (B, T), got shape {ids.shape}")
+    if max_T is not None and ids.shape[1] > max_T:
+        raise ValueError(f"{name} has {ids.shape[1]} positions; the model takes at most {max_T}")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+class CrossEntropyHead:
+    """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored; keeps what the
+    backward needs and writes dlogits in place over the logits."""
+
+    def loss(self, logits, targets, ignore_index=-100):
+        V = logits.shape[-1]
+        self._logits = logits.reshape(-1, V)
+        self._targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
+        if self._targets.shape[0] != self._logits.shape[0]:
+            raise ValueError(f"targets {targets.shape} do not match logits {logits.shape}")
+        self._ignore = ignore_index
+        loss, _, self._lse = ops.crossentropy_forward(self._logits, self._targets, ignore_index)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss}: non-finite logits, or every target is ignore_index")
+        return loss
+
+    def backward(self, dloss=1.0):
+        """dlogits, in the logits' shape (the logits buffer is overwritten)."""
+        ops.crossentropy_backward(self._logits, self._targets, self._lse, dloss, self._ignore, dlogits=self._logits)
+        return self._logits

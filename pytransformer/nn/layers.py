@@ -1,0 +1,160 @@
+"""The basic layers: Linear, LayerNorm, Embedding, positional encodings, activations, Dropout.
+
+Shapes: B batch, T sequence, C channels. Every layer keeps what its backward needs from its last forward;
+call forward and backward in pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from .module import Module, Parameter, normal, ones, zeros
+
+
+class Linear(Module):
+    """y (..., out) = x (..., in) @ W^T + b; W (out, in) as in torch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
+        self.weight = Parameter((out_features, in_features), normal(std))
+        self.bias = Parameter((out_features,), zeros) if bias else None
+
+    def forward(self, x):
+        self._x = x
+        return ops.matmul_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
+
+    def backward(self, dout):
+        dx, _, _ = ops.matmul_backward(dout, self._x, self.weight.data, dweight=self.weight.grad,
+                                       dbias=self.bias.grad if self.bias is not None else None,
+                                       compute_dbias=self.bias is not None)
+        return dx
+
+
+class LayerNorm(Module):
+    """Normalise the last axis (C), then scale and shift."""
+
+    def __init__(self, C: int, eps: float = 1e-5):
+        self.weight = Parameter((C,), ones)
+        self.bias = Parameter((C,), zeros)
+        self.eps = eps
+
+    def forward(self, x):
+        out, self._mean, self._rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
+        self._x = x
+        return out
+
+    def backward(self, dout):
+        dx, _, _ = ops.layernorm_backward(dout, self._x, self.weight.data, self._mean, self._rstd,
+                                          dweight=self.weight.grad, dbias=self.bias.grad)
+        return dx
+
+
+class Embedding(Module):
+    """out (..., C) = table (V, C)[ids (...)]."""
+
+    def __init__(self, V: int, C: int, std: float = 0.02):
+        self.weight = Parameter((V, C), normal(std))
+
+    def forward(self, ids):
+        self._ids = ids
+        return ops.embedding_forward(ids, self.weight.data)
+
+    def backward(self, dout):
+        ops.embedding_backward(dout, self._ids, self.weight.shape[0], dtable=self.weight.grad)
+        return None  # ids have no gradient
+
+
+class LearnedPositions(Module):
+    """x (B, T, C) + table (T_max, C)[0:T] (GPT-2, BERT, ViT)."""
+
+    def __init__(self, max_positions: int, C: int, std: float = 0.02):
+        self.weight = Parameter((max_positions, C), normal(std))
+
+    def forward(self, x):
+        T = x.shape[1]
+        if T > self.weight.shape[0]:
+            raise ValueError(f"sequence length {T} exceeds the {self.weight.shape[0]} learned positions")
+        return ops.residual_forward(x, np.broadcast_to(self.weight.data[:T], x.shape).copy())
+
+    def backward(self, dout):
+        T = dout.shape[1]
+        self.weight.grad[:T] += dout.sum(axis=0)
+        return dout
+
+
+def sinusoidal_table(T: int, C: int) -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/C)), PE[pos, 2i+1] = cos(...) (Vaswani et al., 2017)."""
+    pos = np.arange(T)[:, None]
+    i = np.arange(0, C, 2)[None, :]
+    angle = pos / np.power(10000.0, i / C)
+    table = np.zeros((T, C))
+    table[:, 0::2] = np.sin(angle)
+    table[:, 1::2] = np.cos(angle[:, : C // 2])
+    return table.astype(np.float32)
+
+
+class SinusoidalPositions(Module):
+    """x (B, T, C) + the fixed sinusoidal table; no parameters."""
+
+    def __init__(self, max_positions: int, C: int):
+        self.table = sinusoidal_table(max_positions, C)
+
+    def forward(self, x):
+        T = x.shape[1]
+        if T > self.table.shape[0]:
+            raise ValueError(f"sequence length {T} exceeds the {self.table.shape[0]} positions of the table")
+        return ops.residual_forward(x, np.ascontiguousarray(np.broadcast_to(self.table[:T], x.shape)))
+
+    def backward(self, dout):
+        return dout
+
+
+class Activation(Module):
+    """'gelu' (tanh approximation, GPT-2), 'gelu_exact' (erf, BERT/ViT) or 'relu' (2017 paper)."""
+
+    def __init__(self, kind: str = "gelu"):
+        if kind not in ("gelu", "gelu_exact", "relu"):
+            raise ValueError(f"activation must be 'gelu', 'gelu_exact' or 'relu', got {kind!r}")
+        self.kind = kind
+
+    def forward(self, x):
+        self._x = x
+        if self.kind == "relu":
+            return ops.relu_forward(x)
+        return ops.gelu_forward(x, "tanh" if self.kind == "gelu" else "none")
+
+    def backward(self, dout):
+        if self.kind == "relu":
+            return ops.relu_backward(dout, self._x)
+        return ops.gelu_backward(dout, self._x, "tanh" if self.kind == "gelu" else "none")
+
+
+class Dropout(Module):
+    """Inverted dropout, active only in training mode. Each forward draws a fresh seed from `rng` (shared by
+    the model's dropout layers and saved in its checkpoints), so runs are reproducible."""
+
+    def __init__(self, p: float = 0.0):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self.rng: np.random.Generator | None = None
+        self._seed = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._seed = None
+            return x
+        if self.rng is None:
+            raise RuntimeError("Dropout.rng is unset: build the layer inside a model (Model.seed_dropout)")
+        self._seed = int(self.rng.integers(0, 2**63))
+        return ops.dropout_forward(x, self.p, self._seed)
+
+    def backward(self, dout):
+        return dout if self._seed is None else ops.dropout_backward(dout, self.p, self._seed)
+
+
+def init_std_residual(std: float, n_layer: int) -> float:
+    """GPT-2's scaled init for projections that feed the residual stream: std / sqrt(2 * n_layer)."""
+    return std / math.sqrt(2 * n_layer)

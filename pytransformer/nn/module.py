@@ -1,0 +1,123 @@
+"""Parameters, modules and the flat buffer that holds a model's parameters and gradients.
+
+A layer declares its parameters as `Parameter(shape, init)`; when a model is built, `FlatParameters` walks
+the module tree (in declaration order), allocates one float32 buffer for all values and one for all
+gradients, and makes every `Parameter.data` / `.grad` a C-contiguous view into them. Zeroing the gradients
+or stepping the optimizer is then one call over one array. A Parameter reached twice (tied weights) is
+stored once, and its gradient accumulates from both uses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+def normal(std: float) -> Callable:
+    return lambda rng, shape: rng.standard_normal(shape) * std
+
+
+def zeros(rng, shape):
+    return np.zeros(shape)
+
+
+def ones(rng, shape):
+    return np.ones(shape)
+
+
+def uniform(bound: float) -> Callable:
+    return lambda rng, shape: rng.uniform(-bound, bound, shape)
+
+
+class Parameter:
+    """A named slot for a float32 array and its gradient; both become views into the model's flat buffers."""
+
+    def __init__(self, shape, init: Callable = zeros):
+        self.shape = tuple(int(s) for s in shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.init = init
+        self.data: np.ndarray | None = None
+        self.grad: np.ndarray | None = None
+
+    def __repr__(self):
+        return f"Parameter{self.shape}"
+
+
+class Module:
+    """Base of every layer: forward(...) keeps what backward needs; backward(dout) returns input gradients and
+    accumulates parameter gradients into Parameter.grad."""
+
+    training = True
+
+    def children(self) -> Iterator[tuple[str, "Module"]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every (dotted name, Parameter) in declaration order; tied parameters appear once (first name)."""
+        seen = set()
+        for name, p in self._walk_parameters(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _walk_parameters(self, prefix):
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child._walk_parameters(f"{prefix}{name}.")
+
+    def modules(self) -> Iterator["Module"]:
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+
+class FlatParameters:
+    """One float32 buffer for a module tree's parameter values (`data`) and one for their gradients (`grad`)."""
+
+    def __init__(self, module: Module, rng: np.random.Generator):
+        named = list(module.named_parameters())
+        for _, p in named:  # initial values in declaration order, whatever the layout below
+            p.data = np.asarray(p.init(rng, p.shape), np.float32)
+        # matrices (weights, embeddings: decayed by AdamW) first, then vectors (biases, LayerNorm: not decayed),
+        # so that each group is one contiguous slice: data[:decay_size] and data[decay_size:]
+        self.named = [(n, p) for n, p in named if len(p.shape) >= 2] + [(n, p) for n, p in named if len(p.shape) < 2]
+        self.decay_size = sum(p.size for _, p in self.named if len(p.shape) >= 2)
+        total = sum(p.size for _, p in self.named)
+        self.data = np.empty(total, np.float32)
+        self.grad = np.zeros(total, np.float32)
+        self.offsets = {}
+        offset = 0
+        for name, p in self.named:
+            initial = p.data
+            p.data = self.data[offset: offset + p.size].reshape(p.shape)
+            p.grad = self.grad[offset: offset + p.size].reshape(p.shape)
+            p.data[...] = initial
+            self.offsets[name] = (offset, p.size)
+            offset += p.size
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0.0)
+
+    def __iter__(self):
+        return iter(self.named)

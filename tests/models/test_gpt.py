@@ -1,0 +1,113 @@
+"""GPT against a PyTorch mirror (logits, loss, every gradient, ten AdamW steps) and its own invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytransformer.models import GPT, GPTConfig
+from pytransformer.optim import AdamW
+
+import torch_mirror as tm
+
+CFG = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24)
+
+
+def batch(rng, B=3, T=17, V=37):
+    idx = rng.integers(0, V, (B, T))
+    return idx, np.roll(idx, -1, axis=1)
+
+
+def test_gpt_matches_torch_mirror_logits_loss_and_every_gradient(torch, rng):
+    model = GPT(CFG, seed=3)
+    idx, targets = batch(rng)
+    targets[0, :3] = -100
+    P = tm.params_from(model, torch)
+    logits_t = tm.gpt_logits(torch, P, idx, CFG)
+    loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, CFG.vocab_size), torch.from_numpy(targets).reshape(-1))
+    loss_t.backward()
+
+    logits = model.forward(idx)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    model.zero_grad()
+    loss = model.loss(idx, targets)
+    assert abs(loss - loss_t.item()) < 1e-5 * abs(loss_t.item())
+    model.backward()
+    for name, p in model.params:
+        want = P[name].grad.numpy()
+        # floor: the key bias gets an exactly zero gradient (softmax ignores a per-row shift)
+        err = np.abs(p.grad - want).max() / max(np.abs(want).max(), 1e-4)
+        assert err < 1e-3, f"{name}: gradient relative error {err:.2e}"
+
+
+def test_gpt_ten_adamw_steps_match_torch(torch, rng):
+    model = GPT(CFG, seed=5)
+    P = tm.params_from(model, torch)
+    decay = [P[n] for n, p in model.params if len(p.shape) >= 2]
+    no_decay = [P[n] for n, p in model.params if len(p.shape) < 2]
+    opt_t = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                              lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = AdamW(model.params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    idx, targets = batch(rng)
+    losses = []
+    for step in range(10):
+        opt_t.zero_grad()
+        loss_t = torch.nn.functional.cross_entropy(tm.gpt_logits(torch, P, idx, CFG).reshape(-1, CFG.vocab_size),
+                                                   torch.from_numpy(targets).reshape(-1))
+        loss_t.backward()
+        opt_t.step()
+        model.zero_grad()
+        loss = model.loss(idx, targets)
+        model.backward()
+        opt.step()
+        assert abs(loss - loss_t.item()) < 2e-4 * abs(loss_t.item()), f"step {step}: {loss} vs {loss_t.item()}"
+        losses.append(loss)
+    assert losses[-1] < 0.95 * losses[0]  # and it learned something
+
+
+def test_causal_outputs_ignore_future_tokens(rng):
+    model = GPT(CFG, seed=1)
+    idx, _ = batch(rng, B=2, T=12)
+    changed = idx.copy()
+    changed[:, 8:] = (changed[:, 8:] + 1) % CFG.vocab_size
+    a, b = model.forward(idx), model.forward(changed)
+    np.testing.assert_allclose(a[:, :8], b[:, :8], rtol=1e-6, atol=1e-6)
+    assert np.abs(a[:, 8:] - b[:, 8:]).max() > 1e-3
+
+
+def test_parameters_and_gradients_are_views_into_one_buffer():
+    model = GPT(CFG, seed=0)
+    for _, p in model.params:
+        assert p.data.base is model.params.data and p.grad.base is model.params.grad
+    assert model.num_parameters() == sum(p.size for _, p in model.params)
+    # the LM head is tied to the token embedding: one parameter, not two
+    assert "wte.weight" in model.named_parameters_dict()
+
+
+def test_generate_greedy_is_deterministic_and_extends(rng):
+    model = GPT(CFG, seed=2)
+    idx, _ = batch(rng, B=2, T=5)
+    a = model.generate(idx, 6, temperature=0.0)
+    b = model.generate(idx, 6, temperature=0.0)
+    assert a.shape == (2, 11)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[:, :5], idx)
+
+
+def test_bad_ids_raise():
+    model = GPT(CFG, seed=0)
+    with pytest.raises(ValueError, match="at most 24"):
+        model.forward(np.zeros((1, 30), np.int64))
+    with pytest.raises(ValueError, match=r"\[0, 37\)"):
+        model.forward(np.full((1, 3), 40))
+    with pytest.raises(TypeError):
+        model.forward(np.zeros((1, 3), np.float32))
+
+
+def test_dropout_is_reproducible_and_off_in_eval(rng):
+    cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
+    idx, targets = batch(rng, T=10)
+    a, b = GPT(cfg, seed=4), GPT(cfg, seed=4)
+    assert a.loss(idx, targets) == b.loss(idx, targets)
+    a.eval()
+    np.testing.assert_array_equal(a.forward(idx), a.forward(idx))
