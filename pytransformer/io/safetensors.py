@@ -1,0 +1,152 @@
+"""safetensors read and write, in pytransformer itself (no dependency).
+
+Layout: an 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}} (plus an
+optional "__metadata__" of strings), then the data. The file is a security boundary: every field of the
+header is checked against the file size before a byte of data is trusted, and a bad file raises ValueError
+naming the tensor, never a crash or a huge allocation. Reading maps the file (mmap); float32 tensors are then
+read-only views of it, other float dtypes (F16, BF16, F64) are converted to float32. Writing is atomic: a
+temporary file in the same folder, flushed and fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_NAMES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
+          np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
+          np.dtype("?"): "BOOL"}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
+    """Validate a header -> (tensors {name: (dtype str, shape tuple, begin, end)}, metadata, data start)."""
+    where = f"{path}: " if path else ""
+    if file_size < 8 or len(raw) < 8:
+        raise ValueError(f"{where}not a safetensors file: {file_size} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > file_size - 8 or n > MAX_HEADER:
+        raise ValueError(f"{where}header length {n} exceeds the file ({file_size} bytes) or the {MAX_HEADER}-byte limit")
+    if len(raw) < 8 + n:
+        raise ValueError(f"{where}truncated header")
+    try:
+        header = json.loads(raw[8: 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{where}header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}header must be a JSON object")
+    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError(f"{where}__metadata__ must map strings to strings")
+    data_len = file_size - 8 - n
+    tensors = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"{where}tensor {name!r}: expected keys dtype, shape, data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _DTYPES:
+            raise ValueError(f"{where}tensor {name!r}: unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise ValueError(f"{where}tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise ValueError(f"{where}tensor {name!r}: data_offsets must be two ints, got {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise ValueError(f"{where}tensor {name!r}: data_offsets {offsets} outside the {data_len}-byte data")
+        count = 1
+        for s in shape:
+            count *= s
+        if count * _DTYPES[dtype].itemsize != end - begin:
+            raise ValueError(f"{where}tensor {name!r}: shape {shape} of {dtype} needs "
+                             f"{count * _DTYPES[dtype].itemsize} bytes, data_offsets give {end - begin}")
+        tensors[name] = (dtype, tuple(shape), begin, end)
+    spans = sorted((b, e, name) for name, (_, _, b, e) in tensors.items() if e > b)
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ValueError(f"{where}tensors {n0!r} and {n1!r} overlap")
+    return tensors, metadata, 8 + n
+
+
+def _to_array(buf, dtype, shape, begin, end):
+    raw = np.frombuffer(buf, dtype=_DTYPES[dtype], count=(end - begin) // _DTYPES[dtype].itemsize, offset=begin)
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if dtype in ("F16", "F64"):
+        return raw.astype(np.float32).reshape(shape)
+    return raw.reshape(shape)
+
+
+def load_file(path, names=None) -> dict:
+    """name -> numpy array. F32 (and integer) tensors are read-only views of the mapped file."""
+    tensors, _, data, buf = _open(path)
+    out = {}
+    for name, (dtype, shape, begin, end) in tensors.items():
+        if names is None or name in names:
+            out[name] = _to_array(buf, dtype, shape, data + begin, data + end)
+    return out
+
+
+def read_metadata(path) -> dict:
+    return _open(path)[1]
+
+
+def _open(path):
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8:
+            (n,) = struct.unpack("<Q", head)
+            head += f.read(min(n, MAX_HEADER, max(size - 8, 0)))
+        tensors, metadata, data = parse_header(head, size, path)
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else b""
+    return tensors, metadata, data, buf
+
+
+def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
+    """Write name -> array (C order, little-endian) atomically."""
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        key = np.dtype(arr.dtype.str.replace(">", "<").replace("=", "<"))
+        if key not in _NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
+        header[name] = {"dtype": _NAMES[key], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        blobs.append(arr)
+        offset += arr.nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned
+    atomic_write(path, [struct.pack("<Q", len(raw)), raw] + [memoryview(a).cast("B") for a in blobs])
+
+
+def atomic_write(path, chunks) -> None:
+    """Write byte chunks to a temporary file beside `path`, fsync, then rename it over `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
