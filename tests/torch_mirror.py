@@ -68,3 +68,81 @@ def gpt_logits(torch, P, idx, cfg):
                      lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "gelu"))
     x = layer_norm(torch, x, P, "ln_f.", eps)
     return x @ P["wte.weight"].T
+
+
+def bert_hidden(torch, P, ids, cfg, attention_mask=None, token_type_ids=None):
+    T = ids.shape[1]
+    tt = np.zeros_like(ids) if token_type_ids is None else token_type_ids
+    x = P["word.weight"][torch.from_numpy(ids)] + P["token_type.weight"][torch.from_numpy(tt)] + P["position.weight"][:T]
+    x = layer_norm(torch, x, P, "emb_ln.", cfg.layer_norm_eps)
+    for l in range(cfg.num_hidden_layers):
+        pre = f"blocks.{l}."
+        x = residual(torch, x, P, pre + "attn.", "post", cfg.layer_norm_eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.num_attention_heads, False,
+                                         attention_mask))
+        x = residual(torch, x, P, pre + "ffn.", "post", cfg.layer_norm_eps,
+                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", cfg.hidden_act))
+    return x
+
+
+def bert_mlm_logits(torch, P, ids, cfg, attention_mask=None, token_type_ids=None):
+    h = bert_hidden(torch, P, ids, cfg, attention_mask, token_type_ids)
+    h = torch.nn.functional.gelu(linear(torch, h, P, "mlm_dense."))
+    h = torch.nn.functional.layer_norm(h, h.shape[-1:], P["mlm_ln.weight"], P["mlm_ln.bias"], cfg.layer_norm_eps)
+    return h @ P["word.weight"].T + P["mlm_bias"]
+
+
+def bert_classify_logits(torch, P, ids, cfg, attention_mask=None):
+    h = bert_hidden(torch, P, ids, cfg, attention_mask)
+    pooled = torch.tanh(linear(torch, h[:, 0], P, "pooler."))
+    return linear(torch, pooled, P, "cls_head.")
+
+
+def transformer_logits(torch, P, src, tgt, cfg, src_mask=None):
+    C, eps = cfg.d_model, cfg.layer_norm_eps
+    from pytransformer.nn import sinusoidal_table
+    pe_s = torch.tensor(sinusoidal_table(src.shape[1], C), dtype=torch.float64)
+    pe_t = torch.tensor(sinusoidal_table(tgt.shape[1], C), dtype=torch.float64)
+    tgt_table = P["tgt_emb.weight"] if "tgt_emb.weight" in P else P["src_emb.weight"]
+    x = P["src_emb.weight"][torch.from_numpy(src)] * math.sqrt(C) + pe_s
+    for l in range(cfg.n_encoder_layers):
+        pre = f"encoder.{l}."
+        x = residual(torch, x, P, pre + "attn.", "post", eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, False, src_mask))
+        x = residual(torch, x, P, pre + "ffn.", "post", eps,
+                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "relu"))
+    y = tgt_table[torch.from_numpy(tgt)] * math.sqrt(C) + pe_t
+    for l in range(cfg.n_decoder_layers):
+        pre = f"decoder.{l}."
+        y = residual(torch, y, P, pre + "attn.", "post", eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, True))
+        y = residual(torch, y, P, pre + "cross.", "post", eps,
+                     lambda h: attention(torch, h, x, P, pre + "cross.sublayer.", cfg.n_head, False, src_mask))
+        y = residual(torch, y, P, pre + "ffn.", "post", eps,
+                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "relu"))
+    return y @ tgt_table.T
+
+
+def vit_logits(torch, P, images, cfg):
+    from pytransformer.nn import image_to_patches
+    patches = torch.from_numpy(image_to_patches(images, cfg.patch_size)).double()
+    x = linear(torch, patches, P, "patch.proj.")
+    cls = P["patch.cls_token"].expand(x.shape[0], 1, x.shape[2])
+    x = torch.cat([cls, x], 1) + P["pos.weight"]
+    for l in range(cfg.num_hidden_layers):
+        pre = f"blocks.{l}."
+        x = residual(torch, x, P, pre + "attn.", "pre", cfg.layer_norm_eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.num_attention_heads, False))
+        x = residual(torch, x, P, pre + "ffn.", "pre", cfg.layer_norm_eps,
+                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "gelu_exact"))
+    x = layer_norm(torch, x, P, "ln.", cfg.layer_norm_eps)
+    return linear(torch, x[:, 0], P, "classifier.")
+
+
+def check_grads(model, P, tol=1e-3, floor=1e-4):
+    """Every parameter's gradient against the mirror's, relative to max(|torch grad|, floor)."""
+    for name, p in model.params:
+        want = P[name].grad
+        want = np.zeros(p.shape) if want is None else want.numpy()
+        err = np.abs(p.grad - want).max() / max(np.abs(want).max(), floor)
+        assert err < tol, f"{name}: gradient relative error {err:.2e}"

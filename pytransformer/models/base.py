@@ -71,6 +71,7 @@ class CrossEntropyHead:
 
     def loss(self, logits, targets, ignore_index=-100):
         V = logits.shape[-1]
+        self._shape = logits.shape
         self._logits = logits.reshape(-1, V)
         self._targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
         if self._targets.shape[0] != self._logits.shape[0]:
@@ -84,4 +85,4 @@ class CrossEntropyHead:
     def backward(self, dloss=1.0):
         """dlogits, in the logits' shape (the logits buffer is overwritten)."""
         ops.crossentropy_backward(self._logits, self._targets, self._lse, dloss, self._ignore, dlogits=self._logits)
-        return self._logits
+        return self._logits.reshape(self._shape)

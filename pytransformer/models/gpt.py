@@ -86,7 +86,7 @@ class GPT(Model):
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
-        dlogits = self.head.backward(dloss).reshape(self._x.shape[:2] + (-1,))
+        dlogits = self.head.backward(dloss)
         dx, _, _ = ops.matmul_backward(dlogits, self._x, self.wte.weight.data, dweight=self.wte.weight.grad,
                                        compute_dbias=False)
         dx = self.ln_f.backward(dx)

@@ -1,0 +1,174 @@
+"""BERT: a post-LN encoder with token, position and segment (token type) embeddings, and its heads:
+masked-LM (tied to the token embedding), [CLS] sequence classification (through the tanh pooler), and token
+classification. One loss per call; backward() follows whichever head computed it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .. import ops
+from ..nn import Activation, Dropout, Embedding, EncoderBlock, LayerNorm, LearnedPositions, Linear, Parameter
+from ..nn.module import zeros
+from .base import CrossEntropyHead, Model, check_ids
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    hidden_act: str = "gelu_exact"
+    num_labels: int = 2            # [CLS] classification head (0: none)
+    num_token_labels: int = 0      # token classification head (0: none)
+    mlm: bool = True               # masked-LM head
+    pooler: bool = True
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "BertConfig":
+        presets = {"bert-base": cls(), "bert-large": cls(hidden_size=1024, num_hidden_layers=24,
+                                                          num_attention_heads=16, intermediate_size=4096),
+                   "bert-tiny": cls(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)}
+        if name not in presets:
+            raise ValueError(f"unknown BERT preset {name!r}; choose from {', '.join(presets)}")
+        return replace(presets[name], **overrides)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class BERT(Model):
+    def __init__(self, config: BertConfig, seed: int = 0):
+        c = self.config = config
+        C = c.hidden_size
+        self.word = Embedding(c.vocab_size, C)
+        self.position = LearnedPositions(c.max_position_embeddings, C)
+        self.token_type = Embedding(c.type_vocab_size, C)
+        self.emb_ln = LayerNorm(C, c.layer_norm_eps)
+        self.emb_drop = Dropout(c.hidden_dropout_prob)
+        self.blocks = [EncoderBlock(C, c.num_attention_heads, c.intermediate_size, c.hidden_act, "post",
+                                    c.hidden_dropout_prob, c.layer_norm_eps) for _ in range(c.num_hidden_layers)]
+        if c.mlm:
+            self.mlm_dense = Linear(C, C)
+            self.mlm_act = Activation(c.hidden_act)
+            self.mlm_ln = LayerNorm(C, c.layer_norm_eps)
+            self.mlm_bias = Parameter((c.vocab_size,), zeros)  # decoder weight is tied to the token embedding
+        if c.pooler:
+            self.pooler = Linear(C, C)
+            self.cls_drop = Dropout(c.hidden_dropout_prob)
+            if c.num_labels:
+                self.cls_head = Linear(C, c.num_labels)
+        if c.num_token_labels:
+            self.tok_drop = Dropout(c.hidden_dropout_prob)
+            self.token_head = Linear(C, c.num_token_labels)
+        self.head = CrossEntropyHead()
+        self._build(seed)
+
+    # --- encoder ------------------------------------------------------------------------------------------
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        """-> last hidden state (B, T, C). attention_mask (B, T): 1 = real token, 0 = padding."""
+        ids = check_ids(input_ids, "input_ids", self.config.max_position_embeddings)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
+        tt = np.zeros_like(ids) if token_type_ids is None else check_ids(token_type_ids, "token_type_ids")
+        if tt.shape != ids.shape:
+            raise ValueError(f"token_type_ids {tt.shape} must match input_ids {ids.shape}")
+        mask = None
+        if attention_mask is not None:
+            mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
+        x = ops.residual_forward(self.word.forward(ids), self.token_type.forward(tt))
+        x = self.emb_drop.forward(self.emb_ln.forward(self.position.forward(x)))
+        for block in self.blocks:
+            x = block.forward(x, mask)
+        self._hidden = x
+        return x
+
+    def _encoder_backward(self, dhidden):
+        d = dhidden
+        for block in reversed(self.blocks):
+            d = block.backward(d)
+        d = self.position.backward(self.emb_ln.backward(self.emb_drop.backward(d)))
+        self.word.backward(d)
+        self.token_type.backward(d)
+
+    # --- heads --------------------------------------------------------------------------------------------
+
+    def mlm_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Masked-LM logits (B, T, V)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        self._mlm_h = self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden)))
+        return ops.matmul_forward(self._mlm_h, self.word.weight.data, self.mlm_bias.data)
+
+    __call__ = mlm_logits
+
+    def mlm_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
+        """Mean cross-entropy over positions whose label != -100 (the masked ones)."""
+        loss = self.head.loss(self.mlm_logits(input_ids, attention_mask, token_type_ids), labels)
+        self._backward_head = self._mlm_backward
+        return loss
+
+    def _mlm_backward(self, dlogits):
+        dh, _, _ = ops.matmul_backward(dlogits, self._mlm_h, self.word.weight.data, dweight=self.word.weight.grad,
+                                       dbias=self.mlm_bias.grad)
+        return self.mlm_dense.backward(self.mlm_act.backward(self.mlm_ln.backward(dh)))
+
+    def pooled(self, input_ids, attention_mask=None, token_type_ids=None):
+        """tanh(W h[CLS] + b): (B, C)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        self._pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
+        return self._pooled
+
+    def classify_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+        """[CLS] sequence classification logits (B, num_labels)."""
+        return self.cls_head.forward(self.cls_drop.forward(self.pooled(input_ids, attention_mask, token_type_ids)))
+
+    def classify_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
+        loss = self.head.loss(self.classify_logits(input_ids, attention_mask, token_type_ids), labels)
+        self._backward_head = self._classify_backward
+        return loss
+
+    def _classify_backward(self, dlogits):
+        dpooled = self.cls_drop.backward(self.cls_head.backward(dlogits))
+        dcls = self.pooler.backward(np.ascontiguousarray(dpooled * (1.0 - self._pooled * self._pooled)))
+        dhidden = np.zeros_like(self._hidden)
+        dhidden[:, 0] = dcls
+        return dhidden
+
+    def token_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Token classification logits (B, T, num_token_labels)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.token_head.forward(self.tok_drop.forward(hidden))
+
+    def token_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
+        loss = self.head.loss(self.token_logits(input_ids, attention_mask, token_type_ids), labels)
+        self._backward_head = lambda d: self.tok_drop.backward(self.token_head.backward(d))
+        return loss
+
+    def backward(self, dloss=1.0):
+        """After one of the *_loss calls: accumulate every parameter's gradient."""
+        self._encoder_backward(self._backward_head(self.head.backward(dloss)))
+
+
+def mask_tokens(ids, rng, vocab_size, mask_id, special_ids=(), prob=0.15):
+    """BERT's masking: select `prob` of the non-special positions; of those 80% become [MASK], 10% a random
+    token, 10% stay. -> (inputs, labels) with labels = -100 where not selected."""
+    ids = np.asarray(ids, np.int64)
+    special = np.isin(ids, np.asarray(list(special_ids), np.int64))
+    selected = (rng.random(ids.shape) < prob) & ~special
+    labels = np.where(selected, ids, -100)
+    roll = rng.random(ids.shape)
+    inputs = ids.copy()
+    inputs[selected & (roll < 0.8)] = mask_id
+    randomised = selected & (roll >= 0.8) & (roll < 0.9)
+    inputs[randomised] = rng.integers(0, vocab_size, randomised.sum())
+    return inputs, labels

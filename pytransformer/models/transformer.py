@@ -1,0 +1,159 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (2017): sinusoidal positions, post-LN
+blocks, ReLU feed-forward, embeddings scaled by sqrt(d_model), the encoder output feeding every decoder
+block's cross-attention, and the output projection tied to the target embedding. Greedy and beam search."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import ops
+from ..nn import DecoderBlock, Dropout, Embedding, EncoderBlock, SinusoidalPositions
+from .base import CrossEntropyHead, Model, check_ids
+
+
+@dataclass
+class TransformerConfig:
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 512
+    n_head: int = 8
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    d_ff: int = 2048
+    dropout: float = 0.1
+    max_len: int = 512
+    share_embeddings: bool = False  # one table for source and target (needs equal vocabularies)
+    layer_norm_eps: float = 1e-5
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Transformer(Model):
+    """forward(src (B, S), tgt_in (B, T), src_mask (B, S) or None) -> logits (B, T, V_tgt)."""
+
+    def __init__(self, config: TransformerConfig, seed: int = 0):
+        c = self.config = config
+        std = c.d_model ** -0.5  # so that embedding * sqrt(d_model) has unit scale
+        self.src_emb = Embedding(c.src_vocab_size, c.d_model, std)
+        if c.share_embeddings:
+            if c.src_vocab_size != c.tgt_vocab_size:
+                raise ValueError("share_embeddings needs equal source and target vocabularies")
+            self.tgt_emb = self.src_emb
+        else:
+            self.tgt_emb = Embedding(c.tgt_vocab_size, c.d_model, std)
+        self.src_pos = SinusoidalPositions(c.max_len, c.d_model)
+        self.tgt_pos = SinusoidalPositions(c.max_len, c.d_model)
+        self.src_drop, self.tgt_drop = Dropout(c.dropout), Dropout(c.dropout)
+        self.encoder = [EncoderBlock(c.d_model, c.n_head, c.d_ff, "relu", "post", c.dropout, c.layer_norm_eps)
+                        for _ in range(c.n_encoder_layers)]
+        self.decoder = [DecoderBlock(c.d_model, c.n_head, c.d_ff, True, "relu", "post", c.dropout, c.layer_norm_eps)
+                        for _ in range(c.n_decoder_layers)]
+        self.head = CrossEntropyHead()
+        self.scale = np.float32(math.sqrt(c.d_model))
+        self._build(seed)
+
+    def encode(self, src, src_mask=None):
+        """-> memory (B, S, C)."""
+        src = check_ids(src, "src", self.config.max_len)
+        self._src_mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        x = self.src_emb.forward(src) * self.scale
+        x = self.src_drop.forward(self.src_pos.forward(x))
+        for block in self.encoder:
+            x = block.forward(x, self._src_mask)
+        return x
+
+    def decode(self, tgt_in, memory, src_mask=None):
+        """-> logits (B, T, V_tgt) for target inputs (shifted right, starting with BOS)."""
+        tgt_in = check_ids(tgt_in, "tgt", self.config.max_len)
+        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        y = self.tgt_emb.forward(tgt_in) * self.scale
+        y = self.tgt_drop.forward(self.tgt_pos.forward(y))
+        for block in self.decoder:
+            y = block.forward(y, memory, mask)
+        self._y = y
+        return ops.matmul_forward(y, self.tgt_emb.weight.data)
+
+    def forward(self, src, tgt_in, src_mask=None):
+        return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
+
+    __call__ = forward
+
+    def loss(self, src, tgt_in, tgt_out, src_mask=None, ignore_index=-100):
+        """Mean cross-entropy of predicting tgt_out (B, T) from tgt_in (teacher forcing)."""
+        return self.head.loss(self.forward(src, tgt_in, src_mask), tgt_out, ignore_index)
+
+    def backward(self, dloss=1.0):
+        dlogits = self.head.backward(dloss)
+        dy, _, _ = ops.matmul_backward(dlogits, self._y, self.tgt_emb.weight.data, dweight=self.tgt_emb.weight.grad,
+                                       compute_dbias=False)
+        dmemory = None
+        for block in reversed(self.decoder):
+            dy, dm = block.backward(dy)
+            dmemory = dm if dmemory is None else ops.residual_forward(dmemory, dm)
+        self.tgt_emb.backward(self.tgt_pos.backward(self.tgt_drop.backward(dy)) * self.scale)
+        dx = dmemory
+        for block in reversed(self.encoder):
+            dx = block.backward(dx)
+        self.src_emb.backward(self.src_pos.backward(self.src_drop.backward(dx)) * self.scale)
+
+    # --- decoding ------------------------------------------------------------------------------------------
+
+    def greedy_decode(self, src, bos_id, eos_id, max_len, src_mask=None):
+        """-> (B, <= max_len + 1) ids starting with BOS; a finished row is padded with EOS."""
+        was = self.training
+        self.eval()
+        try:
+            memory = self.encode(src, src_mask)
+            out = np.full((memory.shape[0], 1), bos_id, np.int64)
+            done = np.zeros(memory.shape[0], bool)
+            for _ in range(max_len):
+                nxt = self.decode(out, memory, src_mask)[:, -1].argmax(-1)
+                nxt = np.where(done, eos_id, nxt)
+                out = np.concatenate([out, nxt[:, None]], axis=1)
+                done |= nxt == eos_id
+                if done.all():
+                    break
+        finally:
+            self.train(was)
+        return out
+
+    def beam_search(self, src, bos_id, eos_id, max_len, beam_size=4, length_penalty=0.6, src_mask=None):
+        """One source sequence src (1, S) -> the best (1, T) ids, scored by log-prob / ((5 + len) / 6)^alpha
+        (Wu et al., 2016, as the 2017 paper uses)."""
+        src = check_ids(src, "src")
+        if src.shape[0] != 1:
+            raise ValueError("beam_search decodes one sequence at a time: src must be (1, S)")
+        was = self.training
+        self.eval()
+        try:
+            memory = self.encode(src, src_mask)
+            beams = [(0.0, [bos_id])]
+            finished = []
+            for _ in range(max_len):
+                seqs = np.array([b[1] for b in beams], np.int64)
+                mem = np.ascontiguousarray(np.repeat(memory, len(beams), axis=0))
+                mask = None if src_mask is None else np.repeat(np.asarray(src_mask), len(beams), axis=0)
+                logits = self.decode(seqs, mem, mask)[:, -1].astype(np.float64)
+                logp = logits - logits.max(-1, keepdims=True)
+                logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+                candidates = []
+                for (score, seq), row in zip(beams, logp):
+                    for tok in np.argsort(row)[-beam_size:]:
+                        candidates.append((score + row[tok], seq + [int(tok)]))
+                candidates.sort(key=lambda c: c[0], reverse=True)
+                beams = []
+                for score, seq in candidates:
+                    (finished if seq[-1] == eos_id else beams).append((score, seq))
+                    if len(beams) == beam_size:
+                        break
+                if not beams or len(finished) >= beam_size:
+                    break
+            pool = finished or beams
+            best = max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
+        finally:
+            self.train(was)
+        return np.array([best[1]], np.int64)

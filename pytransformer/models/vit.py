@@ -1,0 +1,70 @@
+"""ViT (Dosovitskiy et al., 2020): image patches through one shared linear layer, a class token, learned
+positions, a pre-LN encoder with exact GELU, a final LayerNorm, and a classification head on the class token."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..nn import Dropout, EncoderBlock, LayerNorm, LearnedPositions, Linear, PatchEmbedding
+from .base import CrossEntropyHead, Model
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-12
+    num_labels: int = 1000
+    dropout: float = 0.0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class ViT(Model):
+    """forward(pixel_values (B, Ch, H, W)) -> logits (B, num_labels)."""
+
+    def __init__(self, config: ViTConfig, seed: int = 0):
+        c = self.config = config
+        n_patches = (c.image_size // c.patch_size) ** 2
+        self.patch = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size)
+        self.pos = LearnedPositions(n_patches + 1, c.hidden_size)
+        self.drop = Dropout(c.dropout)
+        self.blocks = [EncoderBlock(c.hidden_size, c.num_attention_heads, c.intermediate_size, "gelu_exact", "pre",
+                                    c.dropout, c.layer_norm_eps) for _ in range(c.num_hidden_layers)]
+        self.ln = LayerNorm(c.hidden_size, c.layer_norm_eps)
+        self.classifier = Linear(c.hidden_size, c.num_labels)
+        self.head = CrossEntropyHead()
+        self._build(seed)
+
+    def encode(self, pixel_values):
+        """-> last hidden state after the final LayerNorm (B, 1 + patches, C)."""
+        x = self.drop.forward(self.pos.forward(self.patch.forward(pixel_values)))
+        for block in self.blocks:
+            x = block.forward(x)
+        self._hidden = self.ln.forward(x)
+        return self._hidden
+
+    def forward(self, pixel_values):
+        return self.classifier.forward(np.ascontiguousarray(self.encode(pixel_values)[:, 0]))
+
+    __call__ = forward
+
+    def loss(self, pixel_values, labels):
+        return self.head.loss(self.forward(pixel_values), labels)
+
+    def backward(self, dloss=1.0):
+        dcls = self.classifier.backward(self.head.backward(dloss))
+        d = np.zeros_like(self._hidden)
+        d[:, 0] = dcls
+        d = self.ln.backward(d)
+        for block in reversed(self.blocks):
+            d = block.backward(d)
+        self.patch.backward(self.pos.backward(self.drop.backward(d)))
