@@ -36,11 +36,100 @@ def cmd_info(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_train(args) -> int:
+    import os
+
+    import numpy as np
+
+    from .data import read_text, stdlib_corpus
+    from .models import GPT, GPTConfig
+    from .tokenizers import CharTokenizer
+    from .train import TrainConfig, TrainingDiverged, evaluate, plot_history, train_lm
+
+    if args.data:
+        text, source = read_text(args.data), args.data
+    else:
+        text, source = stdlib_corpus(), "the Python standard library's source (no download needed)"
+    tok = CharTokenizer.from_text(text)
+    data = tok.encode(text)
+    split = int(0.9 * len(data))
+    train_data, val_data = data[:split], data[split:]
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=args.context, n_layer=args.layers, n_head=args.heads,
+                       n_embd=args.embd, dropout=args.dropout)
+    model = GPT(config, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt = os.path.join(args.out, "ckpt.safetensors")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 10,
+                      warmup=max(1, args.steps // 20), eval_every=args.eval_every, checkpoint=ckpt,
+                      checkpoint_every=args.eval_every, seed=args.seed)
+    print(f"data: {source}: {len(text):,} characters, vocabulary {tok.vocab_size}, last 10% held out")
+    print(f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
+          f"{config.block_size}: {model.num_parameters():,} parameters; isa {_runtime.cpu_info()['isa']}, "
+          f"{_runtime.get_num_threads()} threads")
+    try:
+        hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=print)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    val = evaluate(model, val_data, cfg.batch_size, config.block_size, cfg.eval_batches)
+    print(f"final validation loss {val:.4f} nats/char; {hist.tokens_per_s:,.0f} tokens/s; checkpoint {ckpt}")
+    png = os.path.join(args.out, "loss.png")
+    if plot_history(hist, png, f"char-level GPT on {os.path.basename(args.data) if args.data else 'stdlib'}"):
+        print(f"loss curve: {png}")
+    prompt = tok.encode(text[split: split + 16])[None, :]
+    out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=20, rng=np.random.default_rng(args.seed))
+    print("sample:\n" + tok.decode(out[0]))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .tokenizers import CharTokenizer
+
+    loaded = load_checkpoint(args.checkpoint)
+    model = loaded["model"].eval()
+    if loaded["tokenizer"] is None:
+        print("error: this checkpoint carries no tokenizer", file=sys.stderr)
+        return 1
+    tok = CharTokenizer.from_json(loaded["tokenizer"])
+    prompt = tok.encode(args.prompt or tok.chars[0])[None, :]
+    out = model.generate(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                         rng=np.random.default_rng(args.seed))
+    print(tok.decode(out[0]))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pytransformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print the machine, ISA and threads, then self-check every kernel")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("train", help="train a char-level GPT (default corpus: the Python standard library)")
+    p.add_argument("--data", help="a UTF-8 text file to train on")
+    p.add_argument("--out", default="pytransformer-run", help="folder for the checkpoint and the loss curve")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--embd", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--sample-tokens", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.safetensors")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sample", help="generate text from a checkpoint written by `train`")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
     args = parser.parse_args(argv)
     return args.func(args)
 

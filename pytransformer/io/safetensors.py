@@ -118,7 +118,9 @@ def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
     """Write name -> array (C order, little-endian) atomically."""
     header, blobs, offset = {}, [], 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])
+        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+            arr = arr.copy(order="C")
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         key = np.dtype(arr.dtype.str.replace(">", "<").replace("=", "<"))

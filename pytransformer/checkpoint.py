@@ -1,0 +1,75 @@
+"""Training checkpoints: one safetensors file with the parameters (model names), the optimizer state
+(`optim.*`), and in its metadata the step, the model family and config, the tokenizer and every RNG state
+(data sampling, dropout) as JSON, so that a resumed run continues with exactly the same losses. Written
+atomically (temporary file + fsync + rename): a crash mid-write leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .io.safetensors import load_file, read_metadata, save_file
+from .models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
+
+FAMILIES = {"gpt": (GPT, GPTConfig), "bert": (BERT, BertConfig), "transformer": (Transformer, TransformerConfig),
+            "vit": (ViT, ViTConfig)}
+
+
+def family_of(model) -> str:
+    for name, (cls, _) in FAMILIES.items():
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f"not a pytransformer model: {type(model).__name__}")
+
+
+def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=None, extra=None) -> None:
+    tensors = {f"model.{name}": p.data for name, p in model.params}
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            tensors[f"optim.{key}"] = np.asarray(value)
+    meta = {
+        "format": "pytransformer-checkpoint-1",
+        "family": family_of(model),
+        "config": json.dumps(model.config.to_dict()),
+        "step": str(int(step)),
+        "rngs": json.dumps({name: rng.bit_generator.state for name, rng in (rngs or {}).items()}),
+        "dropout_rng": json.dumps(model.dropout_rng.bit_generator.state),
+    }
+    if tokenizer is not None:
+        meta["tokenizer"] = tokenizer.to_json()
+    if extra:
+        meta["extra"] = json.dumps(extra)
+    save_file(tensors, path, meta)
+
+
+def load_checkpoint(path, optimizer_factory=None):
+    """-> dict(model, optimizer or None, step, rngs {name: Generator}, tokenizer json or None, extra)."""
+    meta = read_metadata(path)
+    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") not in FAMILIES:
+        raise ValueError(f"{path}: not a pytransformer checkpoint (format {meta.get('format')!r})")
+    cls, config_cls = FAMILIES[meta["family"]]
+    model = cls(config_cls(**json.loads(meta["config"])))
+    optimizer = optimizer_factory(model) if optimizer_factory is not None else None
+    step, rngs = restore_checkpoint(path, model, optimizer)
+    return {"model": model, "optimizer": optimizer, "step": step, "rngs": rngs,
+            "tokenizer": meta.get("tokenizer"), "extra": json.loads(meta.get("extra", "null"))}
+
+
+def restore_checkpoint(path, model, optimizer=None):
+    """Load a checkpoint's state into an existing model (and optimizer) -> (step, rngs {name: Generator})."""
+    meta = read_metadata(path)
+    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") != family_of(model):
+        raise ValueError(f"{path}: not a {family_of(model)} checkpoint of pytransformer")
+    if json.loads(meta["config"]) != model.config.to_dict():
+        raise ValueError(f"{path}: its model config differs from the model being trained")
+    tensors = load_file(path)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.dropout_rng.bit_generator.state = json.loads(meta["dropout_rng"])
+    if optimizer is not None:
+        optimizer.load_state_dict({k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")})
+    rngs = {}
+    for name, state in json.loads(meta.get("rngs", "{}")).items():
+        rngs[name] = np.random.default_rng()
+        rngs[name].bit_generator.state = state
+    return int(meta["step"]), rngs

@@ -1,0 +1,167 @@
+"""The training loop for language models: batches, warmup + cosine LR, gradient accumulation and clipping,
+evaluation, progress (step, loss, tokens/s, ETA), atomic checkpoints and exact resume.
+
+A NaN or infinite loss (or gradient norm) stops training with TrainingDiverged; checkpoints are only ever
+written after a good step, so the last one on disk stays usable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .checkpoint import restore_checkpoint, save_checkpoint
+from .optim import AdamW, clip_grad_norm, cosine_lr
+
+
+class TrainingDiverged(FloatingPointError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    accum: int = 1
+    eval_every: int = 100
+    eval_batches: int = 10
+    log_every: int = 10
+    checkpoint: str | None = None      # path of the checkpoint file (written every checkpoint_every steps)
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class History:
+    step: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    val_step: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    tokens_per_s: float = 0.0
+
+
+def get_batch(data, batch_size, block_size, rng):
+    """Random windows of a 1-D token array -> inputs (B, T) and next-token targets (B, T)."""
+    if len(data) <= block_size:
+        raise ValueError(f"the data ({len(data)} tokens) must be longer than the context ({block_size})")
+    starts = rng.integers(0, len(data) - block_size, batch_size)
+    x = np.stack([data[s: s + block_size] for s in starts])
+    y = np.stack([data[s + 1: s + 1 + block_size] for s in starts])
+    return x, y
+
+
+def evaluate(model, data, batch_size, block_size, batches, seed=1234):
+    """Mean loss over `batches` fixed random batches (its own RNG: evaluation never shifts training batches)."""
+    if len(data) <= block_size:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    was = model.training
+    model.eval()
+    try:
+        return float(np.mean([model.loss(*get_batch(data, batch_size, block_size, rng)) for _ in range(batches)]))
+    finally:
+        model.train(was)
+
+
+def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None):
+    """Train a GPT on 1-D token arrays; returns a History. With resume=True and cfg.checkpoint present, it
+    continues from that checkpoint exactly as if never interrupted."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    T = model.config.block_size
+    opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)
+    data_rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if resume and cfg.checkpoint and os.path.exists(cfg.checkpoint):
+        start, rngs = restore_checkpoint(cfg.checkpoint, model, opt)
+        data_rng = rngs["data"]
+        log(f"resumed from {cfg.checkpoint} at step {start}")
+    hist = History()
+    model.train()
+    tokens_per_step = cfg.batch_size * T * cfg.accum
+    t0, timed_steps = time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        lr = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
+        model.zero_grad()
+        loss = 0.0
+        for _ in range(cfg.accum):
+            x, y = get_batch(train_data, cfg.batch_size, T, data_rng)
+            try:
+                micro = model.loss(x, y)
+            except FloatingPointError as e:
+                raise TrainingDiverged(_diverged(step, str(e), cfg)) from None
+            model.backward(1.0 / cfg.accum)
+            loss += micro / cfg.accum
+        norm = clip_grad_norm(model.params, cfg.grad_clip)
+        if not math.isfinite(norm):
+            raise TrainingDiverged(_diverged(step, f"gradient norm is {norm}", cfg))
+        opt.step(lr)
+        timed_steps += 1
+        hist.step.append(step + 1)
+        hist.loss.append(loss)
+        hist.lr.append(lr)
+        elapsed = time.perf_counter() - t0
+        tps = timed_steps * tokens_per_step / elapsed
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.log_every == 0 or last or step == start:
+            eta = (cfg.steps - step - 1) * elapsed / timed_steps
+            log(f"step {step + 1:5d}/{cfg.steps}  loss {loss:.4f}  lr {lr:.2e}  |g| {norm:.2f}  "
+                f"{tps:,.0f} tok/s  ETA {_fmt_time(eta)}")
+        if val_data is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+            val = evaluate(model, val_data, cfg.batch_size, T, cfg.eval_batches)
+            hist.val_step.append(step + 1)
+            hist.val_loss.append(val)
+            log(f"step {step + 1:5d}  val loss {val:.4f}")
+        if cfg.checkpoint and ((step + 1) % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(cfg.checkpoint, model, opt, step + 1, {"data": data_rng}, tokenizer,
+                            {"train": asdict(cfg)})
+    hist.tokens_per_s = timed_steps * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+    return hist
+
+
+def _diverged(step, why, cfg):
+    keep = f"; the last good checkpoint is {cfg.checkpoint}" if cfg.checkpoint and os.path.exists(cfg.checkpoint) else ""
+    return f"training stopped at step {step + 1}: {why}{keep}"
+
+
+def _fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def plot_history(hist: History, path, title="loss", extra=None) -> bool:
+    """Loss curve PNG (train and validation; `extra` {label: (steps, losses)} adds curves). False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(hist.step, hist.loss, label="train", lw=1)
+    if hist.val_step:
+        ax.plot(hist.val_step, hist.val_loss, "o-", label="validation")
+    for label, (steps, losses) in (extra or {}).items():
+        ax.plot(steps, losses, label=label, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
