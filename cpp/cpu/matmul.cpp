@@ -81,9 +81,12 @@ void pack_B(float* dst, View B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
   }
 }
 
-// C (mr x nr, leading dim ldc) = or += Ap (kc x MR) . Bp (kc x NR); bias (nr) added when overwriting.
-inline void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t mr,
-                         int64_t nr, bool overwrite, const float* bias) {
+// C (mr x nr, leading dim ldc) = or += A (MR x kc) . Bp (kc x NR); bias (nr) added when overwriting.
+// A element (r, k) at A[r * a_rs + k * a_cs]: a packed sliver (a_rs = 1, a_cs = MR), or rows of a row-major
+// matrix read in place (a_rs = lda, a_cs = 1), which saves transposing them into a sliver.
+template <bool kPacked>
+inline void micro_kernel(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C, int64_t ldc,
+                         int64_t mr, int64_t nr, bool overwrite, const float* bias) {
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; r++)
@@ -95,7 +98,7 @@ inline void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C,
     for (int v = 0; v < NV; v++) b[v] = load(Bp + k * NR + v * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
-      V a = set1(Ap[k * MR + r]);
+      V a = set1(kPacked ? A[k * MR + r] : A[r * lda + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; v++) acc[r][v] = fma(a, b[v], acc[r][v]);
     }
@@ -155,12 +158,18 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
       pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
       for (int64_t ir = 0; ir < mcur; ir += MR) {
         const int64_t mr = std::min<int64_t>(MR, mcur - ir);
-        pack_A(Ap, A, i0 + ir, mr, pc, kc);
+        // full slivers of a row-major A are read in place; others are packed (zero-padded rows)
+        const bool in_place = A.cs == 1 && mr == MR;
+        if (!in_place) pack_A(Ap, A, i0 + ir, mr, pc, kc);
+        const float* a = in_place ? A.at(i0 + ir, pc) : Ap;
         float* c_row = C + (i0 + ir) * ldc + j0;
         for (int64_t p = 0; p < np; p++) {
-          const int64_t j = p * NR;
-          micro_kernel(kc, Ap, Bp + p * kc * NR, c_row + j, ldc, mr, std::min<int64_t>(NR, ncur - j), overwrite,
-                       bias ? bias + j0 + j : nullptr);
+          const int64_t j = p * NR, nr = std::min<int64_t>(NR, ncur - j);
+          const float* bias_j = bias ? bias + j0 + j : nullptr;
+          if (in_place)
+            micro_kernel<false>(kc, a, A.rs, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
+          else
+            micro_kernel<true>(kc, a, 0, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
         }
       }
     }
