@@ -133,7 +133,7 @@ def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned
-    atomic_write(path, [struct.pack("<Q", len(raw)), raw] + [memoryview(a).cast("B") for a in blobs])
+    atomic_write(path, [struct.pack("<Q", len(raw)), raw] + [a.reshape(-1).view(np.uint8).data for a in blobs])
 
 
 def atomic_write(path, chunks) -> None:
