@@ -146,3 +146,24 @@ def check_grads(model, P, tol=1e-3, floor=1e-4):
         want = np.zeros(p.shape) if want is None else want.numpy()
         err = np.abs(p.grad - want).max() / max(np.abs(want).max(), floor)
         assert err < tol, f"{name}: gradient relative error {err:.2e}"
+
+
+def adamw_steps_agree(torch, model, P, torch_loss, our_loss, steps=10, lr=1e-3, tol=2e-4):
+    """Ten (or `steps`) AdamW steps in both worlds from the same weights; every step's loss must agree."""
+    from pytransformer.optim import AdamW
+
+    opt_t = torch.optim.AdamW(list(P.values()), lr=lr, weight_decay=0.0)
+    opt = AdamW(model.params, lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        opt_t.zero_grad()
+        lt = torch_loss()
+        lt.backward()
+        opt_t.step()
+        model.zero_grad()
+        loss = our_loss()
+        model.backward()
+        opt.step()
+        assert abs(loss - lt.item()) < tol * abs(lt.item()), f"step {step}: {loss} vs {lt.item()}"
+        losses.append(loss)
+    assert losses[-1] < losses[0]

@@ -146,3 +146,24 @@ def test_vit_rejects_wrong_image_shape():
     model = ViT(VIT_CFG)
     with pytest.raises(ValueError, match=r"images must be \(B, 3, 8, 8\)"):
         model.forward(np.zeros((1, 3, 9, 8), np.float32))
+
+
+def test_transformer_ten_adamw_steps_match_torch(torch, rng):
+    model = Transformer(TR_CFG, seed=2)
+    src, tgt, tgt_out = rng.integers(0, 23, (2, 9)), rng.integers(0, 19, (2, 7)), rng.integers(0, 19, (2, 7))
+    P = tm.params_from(model, torch)
+    tm.adamw_steps_agree(
+        torch, model, P,
+        lambda: torch.nn.functional.cross_entropy(tm.transformer_logits(torch, P, src, tgt, TR_CFG).reshape(-1, 19),
+                                                  torch.from_numpy(tgt_out).reshape(-1)),
+        lambda: model.loss(src, tgt, tgt_out))
+
+
+def test_vit_ten_adamw_steps_match_torch(torch, rng):
+    model = ViT(VIT_CFG, seed=2)
+    images, labels = rng.standard_normal((4, 3, 8, 8)).astype(np.float32), rng.integers(0, 5, 4)
+    P = tm.params_from(model, torch)
+    tm.adamw_steps_agree(
+        torch, model, P,
+        lambda: torch.nn.functional.cross_entropy(tm.vit_logits(torch, P, images, VIT_CFG), torch.from_numpy(labels)),
+        lambda: model.loss(images, labels))
