@@ -4,4 +4,18 @@ from ._version import __version__
 from ._runtime import cpu_info, get_num_threads, set_isa, set_num_threads
 from . import ops, reference
 
-__all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "ops", "reference"]
+
+def __getattr__(name):  # heavier pieces load on first use
+    if name == "SentenceEncoder":
+        from .sentence import SentenceEncoder
+
+        return SentenceEncoder
+    if name == "from_pretrained":
+        from .io.hf import from_pretrained
+
+        return from_pretrained
+    raise AttributeError(f"module 'pytransformer' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "ops", "reference",
+           "SentenceEncoder", "from_pretrained"]

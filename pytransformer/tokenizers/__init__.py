@@ -1,5 +1,6 @@
-"""Tokenizers: char-level (here); WordPiece and byte-level BPE arrive with the weights issue."""
+"""Tokenizers, no runtime dependency: char-level and BERT WordPiece."""
 
 from .char import CharTokenizer
+from .wordpiece import WordPieceTokenizer
 
-__all__ = ["CharTokenizer"]
+__all__ = ["CharTokenizer", "WordPieceTokenizer"]

