@@ -392,7 +392,18 @@ class pinned_threads:
             self.limits.unregister()
 
 
-def run(threads, only=None, quick=False):
+def limit_of(row, limits):
+    """The machine limit a kernel is measured against: FMA peak of the active ISA for GFLOP/s kernels, the
+    L3-resident bandwidth for GB/s kernels (their arrays are 25 MB or less) -- at the same thread count."""
+    if limits is None:
+        return None
+    if row["unit"] == "GFLOP/s":
+        return limits["fma"].get(pytransformer.cpu_info()["isa"], {}).get(row["threads"])
+    key = "bandwidth_dram" if "124M" in row["kernel"] or "50304" in row["kernel"] else "bandwidth_l3"
+    return limits[key].get(row["threads"])
+
+
+def run(threads, only=None, quick=False, limits=None):
     header = machine_header()
     rows = []
     for group, label, factory, args in CASES:
@@ -411,6 +422,8 @@ def run(threads, only=None, quick=False):
                    "rate": work / ours / 1e9,
                    "vs_numpy": times["numpy"] / ours if "numpy" in times else None,
                    "vs_torch": times["torch"] / ours if "torch" in times else None}
+            lim = limit_of(row, limits)
+            row["pct_limit"] = 100.0 * row["rate"] / lim if lim else None
             if group == "attention":
                 B, NH, T, HS, bwd = args
                 f, b = attention_extra_bytes(B, NH, T, HS, n)
@@ -428,7 +441,7 @@ def print_header(header):
     print(f"# cpu: {header['cpu']}, {header['cores']} cores")
     print(f"# numpy {header['numpy']} ({header['numpy_blas']}), torch {header['torch']}, python {header['python']}")
     print(f"{'kernel':<46} {'thr':>3} {'ours ms':>9} {'numpy ms':>9} {'torch ms':>9} {'rate':>15} "
-          f"{'x numpy':>8} {'x torch':>8}")
+          f"{'%limit':>6} {'x numpy':>8} {'x torch':>8}")
 
 
 def print_row(r):
@@ -436,8 +449,9 @@ def print_row(r):
     fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9}"
     ratio = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
     extra = f"  scratch {r['extra_bytes'] / 1024:.0f} KiB" if "extra_bytes" in r else ""
+    pct = f"{r['pct_limit']:5.0f}%" if r.get("pct_limit") is not None else f"{'-':>6}"
     print(f"{r['kernel']:<46} {r['threads']:>3} {fmt(ms['ours'])} {fmt(ms.get('numpy'))} {fmt(ms.get('torch'))} "
-          f"{r['rate']:8.1f} {r['unit']:<6} {ratio(r['vs_numpy'])} {ratio(r['vs_torch'])}{extra}")
+          f"{r['rate']:8.1f} {r['unit']:<6} {pct} {ratio(r['vs_numpy'])} {ratio(r['vs_torch'])}{extra}")
 
 
 def main():
@@ -447,15 +461,62 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip the largest shapes")
     ap.add_argument("--json", default="bench/results/kernels.json", help="where to write the results")
     ap.add_argument("--keep-openblas-env", action="store_true", help="do not unset OPENBLAS_CORETYPE/L2_SIZE")
+    ap.add_argument("--plot", action="store_true", help="also draw bench/results/kernels.png (needs matplotlib)")
+    ap.add_argument("--from-json", help="only plot the results of an earlier run")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        plot(saved["results"], os.path.splitext(args.from_json)[0] + ".png")
+        return
     header = machine_header()
     print_header(header)
-    header, rows = run(args.threads, [o for o in args.only.split(",") if o], args.quick)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import limits as machine_limits
+
+    lim = machine_limits.measure(args.threads)
+    for isa, per in lim["fma"].items():
+        print(f"# FMA peak {isa}: " + ", ".join(f"{n} thr {v:.0f} GFLOP/s" for n, v in per.items()))
+    for key in ("bandwidth_l3", "bandwidth_dram"):
+        print(f"# {key}: " + ", ".join(f"{n} thr {v:.1f} GB/s" for n, v in lim[key].items()))
+    header["limits"] = lim
+    header, rows = run(args.threads, [o for o in args.only.split(",") if o], args.quick, lim)
+    header["limits"] = lim
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": header, "results": rows}, f, indent=1)
         print(f"# wrote {args.json}")
+    if args.plot:
+        plot(rows, os.path.splitext(args.json or "bench/results/kernels.json")[0] + ".png")
+
+
+def plot(rows, path):
+    """Per kernel and thread count: % of the machine limit, and the speed ratio to torch and to numpy."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("# --plot needs matplotlib (pip install matplotlib)")
+        return
+    labels = [f"{r['kernel']} [{r['threads']}t]" for r in rows]
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(16, 0.28 * len(rows) + 2), sharey=True)
+    axes[0].barh(y, [r.get("pct_limit") or 0 for r in rows], color="tab:blue")
+    axes[0].set_xlabel("% of machine limit (FMA peak or bandwidth)")
+    axes[0].axvline(85, color="gray", ls="--", lw=0.8)
+    axes[1].barh(y - 0.2, [r.get("vs_torch") or 0 for r in rows], height=0.4, label="vs torch")
+    axes[1].barh(y + 0.2, [min(r.get("vs_numpy") or 0, 10) for r in rows], height=0.4, label="vs numpy (capped 10)")
+    axes[1].axvline(1.0, color="black", lw=0.8)
+    axes[1].set_xlabel("speed ratio (peer time / our time)")
+    axes[1].legend()
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"# wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""This machine's limits, measured in the same run as the kernels: FMA throughput per ISA variant (independent
+FMA chains on every thread) and memory bandwidth of a threaded a + b -> out pass at an L3-resident (25 MB per
+array) and a DRAM-sized (400 MB) working set.
+
+    python bench/limits.py [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import pytransformer
+from pytransformer import _core, ops
+
+
+def fma_peak(threads, isa=None, seconds=0.3):
+    """Best GFLOP/s of independent FMA chains on `threads` threads with the given (or active) ISA."""
+    before = pytransformer.cpu_info()["isa"]
+    if isa:
+        pytransformer.set_isa(isa)
+    pytransformer.set_num_threads(threads)
+    try:
+        _core.fma_probe(10**5)
+        best, start = 0.0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            flops = _core.fma_probe(2 * 10**6)
+            best = max(best, flops / (time.perf_counter() - t) / 1e9)
+        return best
+    finally:
+        pytransformer.set_isa(before)
+
+
+def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):
+    """GB/s of out = a + b (3 arrays, 2 read + 1 written, write-allocate not counted), median over reps."""
+    pytransformer.set_num_threads(threads)
+    n = nbytes_per_array // 4
+    a, b, out = np.ones(n, np.float32), np.ones(n, np.float32), np.empty(n, np.float32)
+    ops.residual_forward(a, b, out=out)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        ops.residual_forward(a, b, out=out)
+        times.append(time.perf_counter() - t)
+    return 3 * n * 4 / float(np.median(times)) / 1e9
+
+
+def measure(threads=(1, 2)):
+    """-> {"fma": {isa: {threads: GFLOP/s}}, "bandwidth_l3": {threads: GB/s}, "bandwidth_dram": {...}}"""
+    before = pytransformer.get_num_threads()
+    isas = [i for i in pytransformer.cpu_info()["available_isas"] if i != "baseline"] or ["baseline"]
+    try:
+        return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas},
+                "bandwidth_l3": {n: bandwidth(n) for n in threads},
+                "bandwidth_dram": {n: bandwidth(n, 400 * 2**20, reps=5) for n in threads}}
+    finally:
+        pytransformer.set_num_threads(before)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    lim = measure(args.threads)
+    for isa, per in lim["fma"].items():
+        print(f"FMA peak {isa:>7}: " + ", ".join(f"{n} thr {v:6.1f} GFLOP/s" for n, v in per.items()))
+    for key in ("bandwidth_l3", "bandwidth_dram"):
+        print(f"{key:>15}: " + ", ".join(f"{n} thr {v:5.1f} GB/s" for n, v in lim[key].items()))
+
+
+if __name__ == "__main__":
+    main()
