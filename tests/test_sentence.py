@@ -51,3 +51,19 @@ def test_long_input_is_truncated_at_max_seq_length(encoder):
 def test_similar_sentences_are_closer(encoder):
     e = encoder.encode(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell today."])
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_cli_embed_and_search(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "embed", "a cat", "a kitten", "--similarity"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "cosine similarity" in r.stdout
+    f = tmp_path / "lines.txt"
+    f.write_text("stock prices fell\nhow to bake bread\nthe cat sleeps\n")
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "search", str(f), "baking a loaf", "--top", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("how to bake bread")

@@ -80,8 +80,15 @@ class GPT(Model):
 
     __call__ = forward
 
-    def loss(self, idx, targets, ignore_index=-100):
-        """Mean next-token cross-entropy: targets (B, T) are the ids each position should predict."""
+    def loss(self, idx, targets=None, ignore_index=-100, labels=None):
+        """Mean next-token cross-entropy. Either targets (B, T), the id each position should predict, or
+        labels (B, T) as transformers takes them (aligned with idx, shifted by one inside; -100 ignored)."""
+        if (targets is None) == (labels is None):
+            raise ValueError("pass exactly one of targets (already shifted) or labels (shifted inside)")
+        if labels is not None:
+            labels = np.asarray(labels, np.int64)
+            targets = np.full_like(labels, ignore_index)
+            targets[:, :-1] = labels[:, 1:]
         return self.head.loss(self.forward(idx), targets, ignore_index)
 
     def backward(self, dloss=1.0):
