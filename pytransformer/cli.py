@@ -143,6 +143,60 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    import os
+
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .tokenizers import CharTokenizer
+
+    source = args.model
+    if source.endswith(".safetensors") and os.path.isfile(source):
+        loaded = load_checkpoint(source)
+        model, tok = loaded["model"], CharTokenizer.from_json(loaded["tokenizer"])
+        ids = tok.encode(args.sentence)[None, :]
+        labels = list(args.sentence)
+        maps = model.attention_maps(ids)
+    else:
+        from .io.hf import load_bert
+        from .sentence import default_model_path
+        from .tokenizers import WordPieceTokenizer
+
+        folder = default_model_path() if source == "minilm" else source
+        model = load_bert(folder)
+        tok = WordPieceTokenizer.from_file(os.path.join(folder, "vocab.txt"))
+        ids = np.array([tok.encode(args.sentence)], np.int64)
+        labels = [tok.inv[i] for i in ids[0]]
+        maps = model.attention_maps(ids)
+    L, NH = maps.shape[:2]
+    if not (0 <= args.layer < L and 0 <= args.head < NH):
+        print(f"error: the model has {L} layers and {NH} heads (0-based)", file=sys.stderr)
+        return 1
+    m = maps[args.layer, args.head]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("error: drawing the map needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 1
+    size = max(4.0, 0.35 * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    ax.set_title(f"layer {args.layer}, head {args.head}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} ({len(labels)} tokens, layer {args.layer} of {L}, head {args.head} of {NH})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pytransformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +239,13 @@ def main(argv=None) -> int:
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("attention", help="draw one head's attention map for a sentence")
+    p.add_argument("model", help="a checkpoint from `train`, a BERT folder, or 'minilm' (the packaged model)")
+    p.add_argument("sentence")
+    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--head", type=int, default=0)
+    p.add_argument("--out", default="attention.png")
+    p.set_defaults(func=cmd_attention)
     args = parser.parse_args(argv)
     return args.func(args)
 

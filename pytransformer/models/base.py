@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..nn import Dropout, FlatParameters, Module
+from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention
 
 
 class Model(Module):
@@ -38,6 +38,21 @@ class Model(Module):
 
     def grad_dict(self) -> dict:
         return {name: p.grad for name, p in self.params}
+
+    def attention_maps(self, *inputs, **kwargs) -> np.ndarray:
+        """Softmax attention weights (L, NH, Tq, Tk) of every self-attention layer for the first input of the
+        batch, recomputed on request (the fused kernel never materialises them)."""
+        was = self.training
+        self.eval()
+        try:
+            self._attention_forward(*inputs, **kwargs)
+        finally:
+            self.train(was)
+        layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention) and not m._cross]
+        return np.stack([m.attention_probs()[0] for m in layers])
+
+    def _attention_forward(self, *inputs, **kwargs):
+        return self.forward(*inputs, **kwargs)
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""

@@ -154,6 +154,9 @@ class BERT(Model):
         self._backward_head = lambda d: self.tok_drop.backward(self.token_head.backward(d))
         return loss
 
+    def _attention_forward(self, *inputs, **kwargs):
+        return self.encode(*inputs, **kwargs)
+
     def backward(self, dloss=1.0):
         """After one of the *_loss calls: accumulate every parameter's gradient."""
         self._encoder_backward(self._backward_head(self.head.backward(dloss)))

@@ -60,6 +60,9 @@ class ViT(Model):
     def loss(self, pixel_values, labels):
         return self.head.loss(self.forward(pixel_values), labels)
 
+    def _attention_forward(self, *inputs, **kwargs):
+        return self.encode(*inputs, **kwargs)
+
     def backward(self, dloss=1.0):
         dcls = self.classifier.backward(self.head.backward(dloss))
         d = np.zeros_like(self._hidden)

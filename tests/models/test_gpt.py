@@ -111,3 +111,35 @@ def test_dropout_is_reproducible_and_off_in_eval(rng):
     assert a.loss(idx, targets) == b.loss(idx, targets)
     a.eval()
     np.testing.assert_array_equal(a.forward(idx), a.forward(idx))
+
+
+def test_attention_maps_are_causal_softmax_rows(rng):
+    model = GPT(CFG, seed=1)
+    idx, _ = batch(rng, B=2, T=9)
+    maps = model.attention_maps(idx)
+    assert maps.shape == (CFG.n_layer, CFG.n_head, 9, 9)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert np.abs(np.triu(maps, 1)).max() == 0.0
+    # the first layer's map is softmax(q k^T / sqrt(HS)) of that layer's own projections
+    from pytransformer import reference as ref
+    attn = model.blocks[0].attn.sublayer
+    q, k = attn._saved[0], attn._saved[1]
+    np.testing.assert_allclose(maps[0], ref.attention_probs(q, k, causal=True)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_attention_map_png(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    from pytransformer.checkpoint import save_checkpoint
+    from pytransformer.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,!?ABCDEFGHIJKL")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16))
+    save_checkpoint(tmp_path / "c.safetensors", model, tokenizer=tok)
+    out = tmp_path / "map.png"
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "attention", str(tmp_path / "c.safetensors"),
+                        "hello world", "--layer", "1", "--head", "1", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
