@@ -64,7 +64,7 @@ def restore_checkpoint(path, model, optimizer=None):
     if json.loads(meta["config"]) != model.config.to_dict():
         raise ValueError(f"{path}: its model config differs from the model being trained")
     tensors = load_file(path)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_params({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     model.dropout_rng.bit_generator.state = json.loads(meta["dropout_rng"])
     if optimizer is not None:
         optimizer.load_state_dict({k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")})

@@ -140,7 +140,7 @@ def load_bert(path):
     model = BERT(cfg)
     names = NameMap(bert_pairs(cfg.num_hidden_layers, prefix, mlm, pooler, num_labels > 0),
                     ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
-    model.load_state_dict(names.to_ours(hf, {n: p.shape for n, p in model.params}))
+    model.load_params(names.to_ours(hf, {n: p.shape for n, p in model.params}))
     return model.eval()
 
 
@@ -159,7 +159,7 @@ def load_vit(path):
     model = ViT(cfg)
     names = NameMap(vit_pairs(cfg.num_hidden_layers, cfg.hidden_size, n_patches, cfg.num_channels, cfg.patch_size),
                     ignore=("pooler.dense.weight", "pooler.dense.bias"))
-    model.load_state_dict(names.to_ours(hf, {n: p.shape for n, p in model.params}))
+    model.load_params(names.to_ours(hf, {n: p.shape for n, p in model.params}))
     return model.eval()
 
 
@@ -176,3 +176,58 @@ def from_pretrained(path):
     if model_type == "vit":
         return load_vit(path)
     raise ValueError(f"{path}: unsupported model_type {model_type!r} (supported: gpt2, bert, vit)")
+
+
+class HFFormat:
+    """How one model's parameters and config look in transformers: to_hf / to_ours convert name dicts."""
+
+    def __init__(self, to_hf, to_ours, config):
+        self.to_hf, self.to_ours, self.config = to_hf, to_ours, config
+
+
+def hf_format(model):
+    """The Hugging Face layout of a GPT, BERT or ViT model (None for the encoder-decoder Transformer)."""
+    from ..models import BERT, GPT, ViT
+
+    shapes = lambda m: {n: p.shape for n, p in m.params}
+    if isinstance(model, GPT):
+        from .hf_gpt2 import hf_to_ours, ours_to_hf
+
+        c = model.config
+        config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
+                  "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+                  "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": c.layer_norm_eps,
+                  "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+                  "scale_attn_weights": True}
+        return HFFormat(lambda d: ours_to_hf(d, c.n_layer), lambda d, m: hf_to_ours(d, c.n_layer), config)
+    if isinstance(model, BERT):
+        c = model.config
+        cls = c.pooler and c.num_labels > 0
+        arch = "BertForMaskedLM" if c.mlm else "BertForSequenceClassification" if cls else "BertModel"
+        prefix = "" if arch == "BertModel" else "bert."
+        names = NameMap(bert_pairs(c.num_hidden_layers, prefix, c.mlm, c.pooler, cls),
+                        ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
+        config = {"model_type": "bert", "architectures": [arch], "vocab_size": c.vocab_size,
+                  "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+                  "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+                  "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
+                  "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.hidden_dropout_prob,
+                  "attention_probs_dropout_prob": 0.0, "pad_token_id": 0, "tie_word_embeddings": True}
+        if cls:
+            config["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
+            config["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        return HFFormat(names.to_hf, lambda d, m: names.to_ours(d, shapes(m)), config)
+    if isinstance(model, ViT):
+        c = model.config
+        n_patches = (c.image_size // c.patch_size) ** 2
+        names = NameMap(vit_pairs(c.num_hidden_layers, c.hidden_size, n_patches, c.num_channels, c.patch_size),
+                        ignore=("pooler.dense.weight", "pooler.dense.bias"))
+        config = {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": c.image_size,
+                  "patch_size": c.patch_size, "num_channels": c.num_channels, "hidden_size": c.hidden_size,
+                  "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+                  "intermediate_size": c.intermediate_size, "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu",
+                  "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": 0.0, "qkv_bias": True,
+                  "id2label": {str(i): f"LABEL_{i}" for i in range(c.num_labels)},
+                  "label2id": {f"LABEL_{i}": i for i in range(c.num_labels)}}
+        return HFFormat(names.to_hf, lambda d, m: names.to_ours(d, shapes(m)), config)
+    return None

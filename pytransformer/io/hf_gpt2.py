@@ -56,7 +56,19 @@ def hf_to_ours(hf: dict, n_layer: int, prefix: str = "transformer.") -> dict:
     out["ln_f.bias"] = take(prefix + "ln_f.bias")
     if missing:
         raise ValueError(f"GPT-2 checkpoint is missing tensors: {missing}")
+    known = {k for k in _hf_names(n_layer, prefix)}
+    extra = [k for k in hf if k not in known and not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))]
+    if extra:
+        raise ValueError(f"GPT-2 checkpoint has unexpected tensors: {extra}")
     return out
+
+
+def _hf_names(n_layer, prefix):
+    names = [prefix + "wte.weight", prefix + "wpe.weight", prefix + "ln_f.weight", prefix + "ln_f.bias"]
+    for i in range(n_layer):
+        for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            names += [f"{prefix}h.{i}.{part}.weight", f"{prefix}h.{i}.{part}.bias"]
+    return names
 
 
 def ours_to_hf(ours: dict, n_layer: int, prefix: str = "transformer.") -> dict:
@@ -85,5 +97,5 @@ def load_gpt2(path) -> GPT:
     hf = load_file(os.path.join(path, "model.safetensors"))
     prefix = "transformer." if "transformer.wte.weight" in hf else ""
     model = GPT(config)
-    model.load_state_dict(hf_to_ours(hf, config.n_layer, prefix))
+    model.load_params(hf_to_ours(hf, config.n_layer, prefix))
     return model

@@ -32,12 +32,45 @@ class Model(Module):
     def named_parameters_dict(self) -> dict:
         return {name: p for name, p in self.params}
 
-    def state_dict(self) -> dict:
-        """name -> float32 array (views into the flat buffer)."""
+    def params_dict(self) -> dict:
+        """Our parameter name -> float32 array (views into the flat buffer)."""
         return {name: p.data for name, p in self.params}
 
+    def _hf(self):
+        from ..io.hf import hf_format
+
+        return hf_format(self)
+
+    def state_dict(self) -> dict:
+        """Parameter values under the Hugging Face names (ours for a family transformers does not have)."""
+        fmt = self._hf()
+        return fmt.to_hf(self.params_dict()) if fmt else self.params_dict()
+
     def grad_dict(self) -> dict:
-        return {name: p.grad for name, p in self.params}
+        """Gradients (after backward) under the same names as state_dict()."""
+        grads = {name: p.grad for name, p in self.params}
+        fmt = self._hf()
+        return fmt.to_hf(grads) if fmt else grads
+
+    def load_state_dict(self, state: dict) -> None:
+        """Values under the names state_dict() uses; missing, extra or mis-shaped tensors raise ValueError."""
+        fmt = self._hf()
+        self.load_params(fmt.to_ours(state, self) if fmt else state)
+
+    def save_pretrained(self, folder) -> None:
+        """config.json + model.safetensors, as transformers writes them (GPT-2, BERT, ViT)."""
+        import json
+        import os
+
+        from ..io.safetensors import atomic_write, save_file
+
+        fmt = self._hf()
+        if fmt is None:
+            raise ValueError(f"{type(self).__name__} has no Hugging Face counterpart; use checkpoint.save_checkpoint")
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()},
+                  os.path.join(folder, "model.safetensors"), {"format": "pt"})
+        atomic_write(os.path.join(folder, "config.json"), [json.dumps(fmt.config, indent=2).encode()])
 
     def attention_maps(self, *inputs, **kwargs) -> np.ndarray:
         """Softmax attention weights (L, NH, Tq, Tk) of every self-attention layer for the first input of the
@@ -54,8 +87,8 @@ class Model(Module):
     def _attention_forward(self, *inputs, **kwargs):
         return self.forward(*inputs, **kwargs)
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""
+    def load_params(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays (our names) into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""
         named = self.named_parameters_dict()
         missing = [n for n in named if n not in state]
         extra = [n for n in state if n not in named]

@@ -109,7 +109,25 @@ class BERT(Model):
         self._mlm_h = self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden)))
         return ops.matmul_forward(self._mlm_h, self.word.weight.data, self.mlm_bias.data)
 
-    __call__ = mlm_logits
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        """As transformers: MLM logits with the masked-LM head, else [CLS] classification logits with that head,
+        else the last hidden state."""
+        if self.config.mlm:
+            return self.mlm_logits(input_ids, attention_mask, token_type_ids)
+        if self.config.pooler and self.config.num_labels:
+            return self.classify_logits(input_ids, attention_mask, token_type_ids)
+        return self.encode(input_ids, attention_mask, token_type_ids)
+
+    def loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
+        """The loss transformers computes for this model's head: masked-LM (labels (B, T), -100 ignored, no
+        shift), else sequence classification (labels (B,)), else token classification (labels (B, T))."""
+        if self.config.mlm:
+            return self.mlm_loss(input_ids, labels, attention_mask, token_type_ids)
+        if self.config.pooler and self.config.num_labels:
+            return self.classify_loss(input_ids, labels, attention_mask, token_type_ids)
+        if self.config.num_token_labels:
+            return self.token_loss(input_ids, labels, attention_mask, token_type_ids)
+        raise ValueError("this BERT has no head to compute a loss with")
 
     def mlm_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
         """Mean cross-entropy over positions whose label != -100 (the masked ones)."""

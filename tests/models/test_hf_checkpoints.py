@@ -47,3 +47,34 @@ def test_missing_tensors_are_listed(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"missing \['vit.layernorm.bias'\]"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["bert-mlm-tiny", "vit-tiny"])
+def test_state_dict_uses_hf_names_and_save_pretrained_round_trips(tmp_path, name):
+    from pytransformer.io import load_file
+
+    model = from_pretrained(HF / name)
+    stored = load_file(HF / name / "model.safetensors")
+    sd = model.state_dict()
+    assert set(sd) <= set(stored)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(np.asarray(v).reshape(stored[k].shape), stored[k])
+    model.save_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
+    np.testing.assert_array_equal(again.params.data, model.params.data)
+
+
+def test_bert_loss_and_grad_dict_follow_transformers_conventions():
+    ref = np.load(HF / "bert-mlm-tiny" / "ref.npz")
+    model = from_pretrained(HF / "bert-mlm-tiny")
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    labels = np.where(mask.astype(bool), ids, -100)
+    logits = model(ids, mask, ref["token_type_ids"])
+    valid = labels != -100
+    x = logits[valid].astype(np.float64)
+    want = np.mean(np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1) - x[np.arange(len(x)), labels[valid]])
+    model.zero_grad()
+    assert abs(model.loss(ids, labels, mask, ref["token_type_ids"]) - want) < 1e-5 * want
+    model.backward()
+    grads = model.grad_dict()
+    assert "bert.embeddings.word_embeddings.weight" in grads and np.abs(grads["cls.predictions.bias"]).sum() > 0
