@@ -42,7 +42,8 @@ class Transformer(Model):
         if c.share_embeddings:
             if c.src_vocab_size != c.tgt_vocab_size:
                 raise ValueError("share_embeddings needs equal source and target vocabularies")
-            self.tgt_emb = self.src_emb
+            self.tgt_emb = Embedding(c.tgt_vocab_size, c.d_model, std)
+            self.tgt_emb.weight = self.src_emb.weight  # one table, two lookups (each keeps its own ids)
         else:
             self.tgt_emb = Embedding(c.tgt_vocab_size, c.d_model, std)
         self.src_pos = SinusoidalPositions(c.max_len, c.d_model)

@@ -97,13 +97,16 @@ def test_mask_tokens_follows_bert_recipe():
     np.testing.assert_array_equal(inputs[~selected], ids[~selected])
 
 
-def test_transformer_matches_torch_mirror(torch, rng):
-    model = Transformer(TR_CFG, seed=1)
-    src, tgt = rng.integers(0, 23, (2, 9)), rng.integers(0, 19, (2, 7))
+@pytest.mark.parametrize("shared", [False, True])
+def test_transformer_matches_torch_mirror(torch, rng, shared):
+    cfg = TransformerConfig(**{**TR_CFG.to_dict(), "share_embeddings": shared,
+                               "src_vocab_size": 19 if shared else 23})
+    model = Transformer(cfg, seed=1)
+    src, tgt = rng.integers(0, cfg.src_vocab_size, (2, 9)), rng.integers(0, 19, (2, 7))
     src_mask = padded_mask(2, 9, [9, 6])
     tgt_out = rng.integers(0, 19, (2, 7))
     P = tm.params_from(model, torch)
-    logits_t = tm.transformer_logits(torch, P, src, tgt, TR_CFG, src_mask)
+    logits_t = tm.transformer_logits(torch, P, src, tgt, cfg, src_mask)
     loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, 19), torch.from_numpy(tgt_out).reshape(-1))
     loss_t.backward()
     np.testing.assert_allclose(model.forward(src, tgt, src_mask), logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
