@@ -45,7 +45,7 @@ def encode_batch(seqs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--test", type=int, default=1000)
     args = ap.parse_args()
