@@ -6,7 +6,7 @@ namespace PT_NS {
 using namespace simd;
 
 void residual_forward(float* out, const float* a, const float* b, int64_t n) {
-  parallel_chunks(n, kElementChunk, [&](int64_t lo, int64_t hi) { map_vec2(out, a, b, lo, hi, add); });
+  parallel_chunks(n, kElementChunk, [&](int64_t lo, int64_t hi) { map_vec2(out, a, b, lo, hi, [](V x, V y) { return add(x, y); }); });
 }
 
 // da = db = dout (input gradients are overwritten; either may be null)

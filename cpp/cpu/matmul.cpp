@@ -176,19 +176,58 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   }
 }
 
-// out (M, OC) = inp (M, IC) @ weight (OC, IC)^T + bias, for M < 4: one pass over each weight row.
+// out (M, OC) = inp (M, IC) @ weight (OC, IC)^T + bias, for M < 4: one pass over each weight row. Four output
+// channels at a time, two accumulators each, so 8 (M = 1) to 24 (M = 3) independent FMA chains hide the latency.
+template <int M>
+void small_m_block(float* out, const float* inp, const float* weight, const float* bias, int64_t IC, int64_t OC,
+                   int64_t o0, int64_t no) {
+  V acc[4][M][2];
+  for (int u = 0; u < 4; u++)
+    for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
+  const float* w[4];
+  for (int u = 0; u < 4; u++) w[u] = weight + (o0 + (u < no ? u : 0)) * IC;
+  int64_t i = 0;
+  for (; i + 2 * W <= IC; i += 2 * W) {
+    V x[M][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < M; m++) {
+      x[m][0] = load(inp + m * IC + i);
+      x[m][1] = load(inp + m * IC + i + W);
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++) {
+      const V w0 = load(w[u] + i), w1 = load(w[u] + i + W);
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        acc[u][m][0] = fma(w0, x[m][0], acc[u][m][0]);
+        acc[u][m][1] = fma(w1, x[m][1], acc[u][m][1]);
+      }
+    }
+  }
+  for (; i < IC; i += W) {
+    const int64_t r = std::min<int64_t>(W, IC - i);
+    for (int u = 0; u < 4; u++) {
+      const V wv = loadn(w[u] + i, r);
+      for (int m = 0; m < M; m++) acc[u][m][0] = fma(wv, loadn(inp + m * IC + i, r), acc[u][m][0]);
+    }
+  }
+  for (int u = 0; u < no; u++)
+    for (int m = 0; m < M; m++)
+      out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) + (bias ? bias[o0 + u] : 0.f);
+}
+
 void matmul_forward_small_m(float* out, const float* inp, const float* weight, const float* bias, int64_t M,
                             int64_t IC, int64_t OC) {
+  const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (OC * IC > 65536)
-  for (int64_t o = 0; o < OC; o++) {
-    const float* w = weight + o * IC;
-    V acc[4] = {zero(), zero(), zero(), zero()};
-    for (int64_t i = 0; i < IC; i += W) {
-      const int64_t r = std::min<int64_t>(W, IC - i);
-      const V wv = loadn(w + i, r);
-      for (int64_t m = 0; m < M; m++) acc[m] = fma(wv, loadn(inp + m * IC + i, r), acc[m]);
-    }
-    for (int64_t m = 0; m < M; m++) out[m * OC + o] = reduce_add(acc[m]) + (bias ? bias[o] : 0.f);
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
+    if (M == 1)
+      small_m_block<1>(out, inp, weight, bias, IC, OC, o0, no);
+    else if (M == 2)
+      small_m_block<2>(out, inp, weight, bias, IC, OC, o0, no);
+    else
+      small_m_block<3>(out, inp, weight, bias, IC, OC, o0, no);
   }
 }
 }  // namespace
