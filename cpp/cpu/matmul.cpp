@@ -218,11 +218,12 @@ void small_m_block(float* out, const float* inp, const float* weight, const floa
 
 void matmul_forward_small_m(float* out, const float* inp, const float* weight, const float* bias, int64_t M,
                             int64_t IC, int64_t OC) {
+  if (M <= 0) return;
   const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (OC * IC > 65536)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-    if (M == 1)
+    if (M == 1)  // M is 1, 2 or 3 here
       small_m_block<1>(out, inp, weight, bias, IC, OC, o0, no);
     else if (M == 2)
       small_m_block<2>(out, inp, weight, bias, IC, OC, o0, no);
