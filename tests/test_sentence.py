@@ -58,12 +58,12 @@ def test_cli_embed_and_search(tmp_path):
     import sys
 
     r = subprocess.run([sys.executable, "-m", "pytransformer", "embed", "a cat", "a kitten", "--similarity"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "cosine similarity" in r.stdout
     f = tmp_path / "lines.txt"
     f.write_text("stock prices fell\nhow to bake bread\nthe cat sleeps\n")
     r = subprocess.run([sys.executable, "-m", "pytransformer", "search", str(f), "baking a loaf", "--top", "1"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("how to bake bread")

@@ -116,11 +116,11 @@ def test_cli_train_then_sample(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "pytransformer", "train", "--data", str(corpus), "--out", str(out),
                         "--steps", "30", "--layers", "1", "--embd", "32", "--heads", "2", "--context", "32",
-                        "--eval-every", "15", "--sample-tokens", "20"], capture_output=True, text=True)
+                        "--eval-every", "15", "--sample-tokens", "20"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "final validation loss" in r.stdout and "sample:" in r.stdout
     assert os.path.exists(out / "ckpt.safetensors")
     r = subprocess.run([sys.executable, "-m", "pytransformer", "sample", str(out / "ckpt.safetensors"),
-                        "--prompt", "to be", "--tokens", "10"], capture_output=True, text=True)
+                        "--prompt", "to be", "--tokens", "10"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "to be" in r.stdout

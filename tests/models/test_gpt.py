@@ -140,6 +140,6 @@ def test_cli_attention_map_png(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", model, tokenizer=tok)
     out = tmp_path / "map.png"
     r = subprocess.run([sys.executable, "-m", "pytransformer", "attention", str(tmp_path / "c.safetensors"),
-                        "hello world", "--layer", "1", "--head", "1", "--out", str(out)], capture_output=True, text=True)
+                        "hello world", "--layer", "1", "--head", "1", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
