@@ -33,6 +33,10 @@ def _is_cjk(cp):
             or 0x2F800 <= cp <= 0x2FA1F)
 
 
+# ASCII fast path of the cleaning step: tab/newline/return become spaces, other control characters go
+_ASCII_CLEAN = {i: None for i in range(32)} | {9: " ", 10: " ", 13: " ", 127: None}
+
+
 class WordPieceTokenizer:
     def __init__(self, vocab: list[str], lowercase=True, strip_accents=None, max_length=512,
                  unk="[UNK]", cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", max_chars_per_word=100):
@@ -47,6 +51,7 @@ class WordPieceTokenizer:
                 raise ValueError(f"special token {tok!r} is not in the vocabulary")
             setattr(self, f"{name}_id", self.vocab[tok])
         self.mask_id = self.vocab.get(mask)
+        self._chunk_cache: dict[str, list[int]] = {}
 
     @classmethod
     def from_file(cls, path, **kwargs) -> "WordPieceTokenizer":
@@ -59,7 +64,10 @@ class WordPieceTokenizer:
 
     # --- pre-tokenization --------------------------------------------------------------------------------------
 
-    def basic_tokenize(self, text: str) -> list[str]:
+    def _clean(self, text: str) -> str:
+        """Drop control characters, put spaces around CJK characters, turn every whitespace into ' '."""
+        if text.isascii():
+            return text.translate(_ASCII_CLEAN)
         chars = []
         for ch in text:
             cp = ord(ch)
@@ -71,24 +79,37 @@ class WordPieceTokenizer:
                 chars.append(" ")
             else:
                 chars.append(ch)
-        words = []
-        for word in "".join(chars).split():
-            if self.lowercase:
-                word = word.lower()
-            if self.strip_accents:
-                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
-            current = []
-            for ch in word:
-                if _is_punctuation(ch):
-                    if current:
-                        words.append("".join(current))
-                        current = []
-                    words.append(ch)
-                else:
-                    current.append(ch)
-            if current:
-                words.append("".join(current))
+        return "".join(chars)
+
+    def _split_chunk(self, chunk: str) -> list[str]:
+        """One whitespace-free chunk -> words: lowercased, accents stripped, punctuation split off."""
+        if self.lowercase:
+            chunk = chunk.lower()
+        if self.strip_accents and not chunk.isascii():
+            chunk = "".join(c for c in unicodedata.normalize("NFD", chunk) if unicodedata.category(c) != "Mn")
+        words, current = [], []
+        for ch in chunk:
+            if _is_punctuation(ch):
+                if current:
+                    words.append("".join(current))
+                    current = []
+                words.append(ch)
+            else:
+                current.append(ch)
+        if current:
+            words.append("".join(current))
         return words
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        return [w for chunk in self._clean(text).split(" ") if chunk for w in self._split_chunk(chunk)]
+
+    def _chunk_ids(self, chunk: str) -> list[int]:
+        ids = self._chunk_cache.get(chunk)
+        if ids is None:
+            ids = [i for w in self._split_chunk(chunk) for i in self.wordpiece(w)]
+            if len(self._chunk_cache) < 200_000:
+                self._chunk_cache[chunk] = ids
+        return ids
 
     def wordpiece(self, word: str) -> list[int]:
         if len(word) > self.max_chars_per_word:
@@ -113,7 +134,7 @@ class WordPieceTokenizer:
 
     def encode(self, text: str, max_length: int | None = None, add_special_tokens=True) -> list[int]:
         """[CLS] pieces [SEP], truncated so that the whole fits max_length (default: the tokenizer's)."""
-        ids = [i for w in self.basic_tokenize(text) for i in self.wordpiece(w)]
+        ids = [i for chunk in self._clean(text).split(" ") if chunk for i in self._chunk_ids(chunk)]
         limit = max_length or self.max_length
         if add_special_tokens:
             return [self.cls_id] + ids[: max(limit - 2, 0)] + [self.sep_id]
