@@ -12,6 +12,11 @@ from functools import lru_cache
 
 import numpy as np
 
+try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
+    from ._fast import bpe_merge as _bpe_merge_fast
+except ImportError:
+    _bpe_merge_fast = None
+
 
 @lru_cache(maxsize=None)
 def bytes_to_unicode() -> dict:
@@ -84,6 +89,29 @@ def pre_tokenize(text: str) -> list[str]:
     return out
 
 
+def bpe_merge(word: list, ranks: dict) -> list:
+    """Merge the adjacent pair of lowest rank until none is left (pure Python; _fast.pyx is the same)."""
+    while len(word) > 1:
+        best, best_rank = None, None
+        for i in range(len(word) - 1):
+            r = ranks.get((word[i], word[i + 1]))
+            if r is not None and (best_rank is None or r < best_rank):
+                best, best_rank = i, r
+        if best is None:
+            break
+        a, b = word[best], word[best + 1]
+        merged, i = [], 0
+        while i < len(word):
+            if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
+                merged.append(a + b)
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        word = merged
+    return word
+
+
 class GPT2Tokenizer:
     def __init__(self, encoder: dict, merges: list[tuple[str, str]]):
         self.encoder = encoder
@@ -111,24 +139,7 @@ class GPT2Tokenizer:
         if cached is not None:
             return cached
         word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        while len(word) > 1:
-            best, best_rank = None, None
-            for i in range(len(word) - 1):
-                r = self.ranks.get((word[i], word[i + 1]))
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = i, r
-            if best is None:
-                break
-            a, b = word[best], word[best + 1]
-            merged, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
+        word = (_bpe_merge_fast or bpe_merge)(word, self.ranks)
         ids = [self.encoder[t] for t in word]
         if len(self.cache) < 100_000:
             self.cache[piece] = ids

@@ -9,6 +9,11 @@ import unicodedata
 
 import numpy as np
 
+try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python method below otherwise
+    from ._fast import wordpiece as _wordpiece_fast
+except ImportError:
+    _wordpiece_fast = None
+
 
 def _is_control(ch):
     if ch in "\t\n\r":
@@ -112,6 +117,12 @@ class WordPieceTokenizer:
         return ids
 
     def wordpiece(self, word: str) -> list[int]:
+        if _wordpiece_fast is not None:
+            return _wordpiece_fast(word, self.vocab, self.unk_id, self.max_chars_per_word)
+        return self.wordpiece_python(word)
+
+    def wordpiece_python(self, word: str) -> list[int]:
+        """Greedy longest-match-first pieces of one word (the pure-Python twin of _fast.wordpiece)."""
         if len(word) > self.max_chars_per_word:
             return [self.unk_id]
         ids, start = [], 0

@@ -80,3 +80,17 @@ def test_char_tokenizer_round_trip_and_unknown_characters():
     assert tok.decode(tok.encode("hello")) == "hello"
     with pytest.raises(ValueError, match="not in the vocabulary"):
         tok.encode("xyz")
+
+
+def test_compiled_and_pure_python_hot_loops_agree(gpt2_pair, bert_pair):
+    """The Cython loops (when built) and their pure-Python twins give the same pieces."""
+    from pytransformer.tokenizers import bpe, wordpiece
+
+    ours_bpe, _ = gpt2_pair
+    ours_wp, _ = bert_pair
+    words = ["hello", "Ġworld", "unbelievable", "ĠÃ©t", "x" * 40, "zzqqxxjj", "ĠThe"]
+    for w in words:
+        assert bpe.bpe_merge(list(w), ours_bpe.ranks) == (bpe._bpe_merge_fast or bpe.bpe_merge)(list(w), ours_bpe.ranks)
+    for w in ["unaffable", "hello", "zzqqxxjj", "a" * 150, "running", "##ing"]:
+        assert ours_wp.wordpiece_python(w) == ours_wp.wordpiece(w)
+    assert wordpiece._wordpiece_fast is not None or bpe._bpe_merge_fast is None  # built together or not at all
