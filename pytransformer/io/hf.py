@@ -96,7 +96,7 @@ def bert_pairs(n_layer, prefix="bert.", mlm=True, pooler=True, classifier=False)
     return p
 
 
-def vit_pairs(n_layer, C, n_patches, channels, patch, prefix="vit."):
+def vit_pairs(n_layer, C, n_patches, channels, patch, prefix="vit.", classifier=True):
     p = [(f"{prefix}embeddings.cls_token", "patch.cls_token", None),
          (f"{prefix}embeddings.patch_embeddings.projection.weight", "patch.proj.weight", (C, channels, patch, patch)),
          (f"{prefix}embeddings.patch_embeddings.projection.bias", "patch.proj.bias", None),
@@ -108,8 +108,9 @@ def vit_pairs(n_layer, C, n_patches, channels, patch, prefix="vit."):
                               ("attention.output.dense", "attn.sublayer.o"), ("layernorm_after", "ffn.ln"),
                               ("intermediate.dense", "ffn.sublayer.fc1"), ("output.dense", "ffn.sublayer.fc2")):
             p += [(f"{h}{hf_part}.weight", f"{o}{ours}.weight", None), (f"{h}{hf_part}.bias", f"{o}{ours}.bias", None)]
-    p += [(f"{prefix}layernorm.weight", "ln.weight", None), (f"{prefix}layernorm.bias", "ln.bias", None),
-          ("classifier.weight", "classifier.weight", None), ("classifier.bias", "classifier.bias", None)]
+    p += [(f"{prefix}layernorm.weight", "ln.weight", None), (f"{prefix}layernorm.bias", "ln.bias", None)]
+    if classifier:
+        p += [("classifier.weight", "classifier.weight", None), ("classifier.bias", "classifier.bias", None)]
     return p
 
 
@@ -150,15 +151,20 @@ def load_vit(path):
     config, hf = read_folder(path)
     _act(config, ("gelu",))
     n_patches = (config["image_size"] // config["patch_size"]) ** 2
-    num_labels = len(config.get("id2label", {})) or config.get("num_labels", 2)
+    arch = (config.get("architectures") or ["ViTModel"])[0]
+    if arch not in ("ViTModel", "ViTForImageClassification"):
+        raise ValueError(f"unsupported ViT architecture {arch!r}")
+    has_head = "classifier.weight" in hf
+    prefix = "vit." if any(k.startswith("vit.") for k in hf) else ""
+    num_labels = (len(config.get("id2label", {})) or config.get("num_labels", 2)) if has_head else 0
     cfg = ViTConfig(image_size=config["image_size"], patch_size=config["patch_size"],
                     num_channels=config.get("num_channels", 3), hidden_size=config["hidden_size"],
                     num_hidden_layers=config["num_hidden_layers"], num_attention_heads=config["num_attention_heads"],
                     intermediate_size=config["intermediate_size"], layer_norm_eps=config.get("layer_norm_eps", 1e-12),
                     num_labels=num_labels)
     model = ViT(cfg)
-    names = NameMap(vit_pairs(cfg.num_hidden_layers, cfg.hidden_size, n_patches, cfg.num_channels, cfg.patch_size),
-                    ignore=("pooler.dense.weight", "pooler.dense.bias"))
+    names = NameMap(vit_pairs(cfg.num_hidden_layers, cfg.hidden_size, n_patches, cfg.num_channels, cfg.patch_size,
+                              prefix, has_head), ignore=("pooler.dense.weight", "pooler.dense.bias"))
     model.load_params(names.to_ours(hf, {n: p.shape for n, p in model.params}))
     return model.eval()
 
@@ -220,9 +226,11 @@ def hf_format(model):
     if isinstance(model, ViT):
         c = model.config
         n_patches = (c.image_size // c.patch_size) ** 2
-        names = NameMap(vit_pairs(c.num_hidden_layers, c.hidden_size, n_patches, c.num_channels, c.patch_size),
-                        ignore=("pooler.dense.weight", "pooler.dense.bias"))
-        config = {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": c.image_size,
+        head = c.num_labels > 0
+        names = NameMap(vit_pairs(c.num_hidden_layers, c.hidden_size, n_patches, c.num_channels, c.patch_size,
+                                  "vit." if head else "", head), ignore=("pooler.dense.weight", "pooler.dense.bias"))
+        config = {"model_type": "vit", "architectures": ["ViTForImageClassification" if head else "ViTModel"],
+                  "image_size": c.image_size,
                   "patch_size": c.patch_size, "num_channels": c.num_channels, "hidden_size": c.hidden_size,
                   "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
                   "intermediate_size": c.intermediate_size, "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu",

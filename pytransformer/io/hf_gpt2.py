@@ -6,13 +6,9 @@ and the fused c_attn (C, 3C) is split into our separate q, k and v projections. 
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from ..models.gpt import GPT, GPTConfig
-from .safetensors import load_file
 
 
 def config_from_hf(cfg: dict) -> GPTConfig:
@@ -90,11 +86,11 @@ def ours_to_hf(ours: dict, n_layer: int, prefix: str = "transformer.") -> dict:
 
 
 def load_gpt2(path) -> GPT:
-    """A GPT from a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
+    """A GPT from a Hugging Face GPT-2 folder (config.json + model.safetensors or a sharded index)."""
+    from .hf import read_folder
+
+    cfg, hf = read_folder(path)
     config = config_from_hf(cfg)
-    hf = load_file(os.path.join(path, "model.safetensors"))
     prefix = "transformer." if "transformer.wte.weight" in hf else ""
     model = GPT(config)
     model.load_params(hf_to_ours(hf, config.n_layer, prefix))

@@ -21,7 +21,7 @@ class ViTConfig:
     num_attention_heads: int = 12
     intermediate_size: int = 3072
     layer_norm_eps: float = 1e-12
-    num_labels: int = 1000
+    num_labels: int = 1000        # 0: no classification head (ViTModel); forward returns the hidden state
     dropout: float = 0.0
 
     def to_dict(self):
@@ -40,7 +40,7 @@ class ViT(Model):
         self.blocks = [EncoderBlock(c.hidden_size, c.num_attention_heads, c.intermediate_size, "gelu_exact", "pre",
                                     c.dropout, c.layer_norm_eps) for _ in range(c.num_hidden_layers)]
         self.ln = LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.classifier = Linear(c.hidden_size, c.num_labels)
+        self.classifier = Linear(c.hidden_size, c.num_labels) if c.num_labels else None
         self.head = CrossEntropyHead()
         self._build(seed)
 
@@ -53,11 +53,16 @@ class ViT(Model):
         return self._hidden
 
     def forward(self, pixel_values):
+        """-> logits (B, num_labels), or the last hidden state (B, 1 + patches, C) without a head."""
+        if self.classifier is None:
+            return self.encode(pixel_values)
         return self.classifier.forward(np.ascontiguousarray(self.encode(pixel_values)[:, 0]))
 
     __call__ = forward
 
     def loss(self, pixel_values, labels):
+        if self.classifier is None:
+            raise ValueError("this ViT has no classification head (num_labels = 0)")
         return self.head.loss(self.forward(pixel_values), labels)
 
     def _attention_forward(self, *inputs, **kwargs):

@@ -78,3 +78,28 @@ def test_bert_loss_and_grad_dict_follow_transformers_conventions():
     model.backward()
     grads = model.grad_dict()
     assert "bert.embeddings.word_embeddings.weight" in grads and np.abs(grads["cls.predictions.bias"]).sum() > 0
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
+    import json
+    import shutil
+
+    from pytransformer.io import load_file, save_file
+
+    shutil.copy(HF / "gpt2-tiny" / "config.json", tmp_path / "config.json")
+    tensors = dict(load_file(HF / "gpt2-tiny" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, tmp_path / shard)
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    ref = np.load(HF / "gpt2-tiny" / "ref.npz")
+    assert rel(from_pretrained(tmp_path).forward(ref["input_ids"]), ref["logits"]) < 1e-4
+
+
+def test_unknown_architecture_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+        from_pretrained(tmp_path)

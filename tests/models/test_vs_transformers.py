@@ -94,3 +94,26 @@ def test_models_saved_here_load_in_transformers(tmp_path, rng, kind):
     hf = load.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert rel(ours, run(hf).numpy()) < 1e-4
+
+
+def test_random_gpt2_model_and_vit_model_without_heads(tmp_path, rng):
+    torch.manual_seed(3)
+    g = transformers.GPT2Model(transformers.GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=40,
+                                                       n_positions=16)).eval()
+    perturb_layernorms(g)
+    g.save_pretrained(tmp_path / "g")
+    ids = rng.integers(0, 40, (2, 7))
+    with torch.no_grad():
+        hidden = g(torch.from_numpy(ids)).last_hidden_state
+        logits = (hidden @ g.wte.weight.T).numpy()  # GPT2Model + the tied head
+    assert rel(from_pretrained(tmp_path / "g").forward(ids), logits) < 1e-4
+
+    v = transformers.ViTModel(transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                                                     num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32)).eval()
+    perturb_layernorms(v)
+    v.save_pretrained(tmp_path / "v")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = v(pixel_values=torch.from_numpy(x)).last_hidden_state.numpy()
+    assert rel(from_pretrained(tmp_path / "v").forward(x), want) < 1e-4
