@@ -49,19 +49,18 @@ class _Residual(Module):
     def backward(self, dout):
         """-> dx, plus the sublayer's extra input gradient (cross-attention memory) when it returns two."""
         if self.norm == "pre":
-            dsub = self.sublayer.backward(self.drop.backward(dout))
-            extra = None
-            if isinstance(dsub, tuple):
-                dsub, extra = dsub
+            dsub, extra = _pair(self.sublayer.backward(self.drop.backward(dout)))
             dx = ops.residual_forward(dout, self.ln.backward(dsub))
         else:
             dh = self.ln.backward(dout)
-            dsub = self.sublayer.backward(self.drop.backward(dh))
-            extra = None
-            if isinstance(dsub, tuple):
-                dsub, extra = dsub
+            dsub, extra = _pair(self.sublayer.backward(self.drop.backward(dh)))
             dx = ops.residual_forward(dh, dsub)
         return dx if extra is None else (dx, extra)
+
+
+def _pair(grad):
+    """A sublayer's backward returns dx, or (dx, dmemory) for cross-attention."""
+    return grad if isinstance(grad, tuple) else (grad, None)
 
 
 class EncoderBlock(Module):
