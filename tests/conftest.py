@@ -52,3 +52,18 @@ def assert_close(actual, expected, tol, what="", floor=0.0):
 
 def f32(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def central_difference(loss, x, indices, h):
+    """d loss() / d x.flat[i] for each i by central differences (x is modified in place and restored)."""
+    flat = x.reshape(-1)
+    out = []
+    for i in indices:
+        old = flat[i]
+        flat[i] = old + h
+        up = loss()
+        flat[i] = old - h
+        down = loss()
+        flat[i] = old
+        out.append((up - down) / (2 * h))
+    return np.array(out)

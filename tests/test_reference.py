@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import central_difference
 
 from pytransformer import reference as ref
 
 
 def numeric_grad(f, x, h=1e-6):
-    """d sum(f()) / dx by central differences; f reads x (modified in place)."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return g
+    """d f() / dx by central differences over every element; f reads x (modified in place)."""
+    return central_difference(f, x, range(x.size), h).reshape(x.shape)
 
 
 def check(f, x, analytic, tol=1e-6):
