@@ -26,7 +26,7 @@ constexpr int MR = 6, NV = 2;   // 6 x 16 tile: 12 ymm accumulators
 constexpr int MR = 4, NV = 2;   // 4 x 8 (SSE2) or 4 x 2 (scalar)
 #endif
 constexpr int NR = NV * W;
-constexpr int64_t KC = 256;      // k-depth of packed panels: an MR x KC sliver of A is 12 KB (L1)
+constexpr int64_t KC = 384;      // max k-depth of packed panels: an MR x KC sliver of A is 18 KB (L1)
 constexpr int64_t NB_MAX = 1024; // columns of B packed per block: KC x NB_MAX floats = 1 MB (half an L2)
 
 struct View {  // element (i, j) at p[i * rs + j * cs]
@@ -152,8 +152,10 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
     static thread_local ScratchBuffer b_buf, a_buf;
     float* Bp = b_buf.floats((size_t)KC * np * NR);
     float* Ap = a_buf.floats((size_t)KC * MR);
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min(KC, K - pc);
+    // equal k-blocks of at most KC (K = 384 is one block, 512 two of 256): no thin last block
+    const int64_t nkb = (K + KC - 1) / KC, kstep = (K + nkb - 1) / nkb;
+    for (int64_t pc = 0; pc < K; pc += kstep) {
+      const int64_t kc = std::min(kstep, K - pc);
       const bool overwrite = !accumulate && pc == 0;
       pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
       for (int64_t ir = 0; ir < mcur; ir += MR) {
