@@ -69,13 +69,13 @@ void pack_B(float* dst, View B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
         }
       }
     } else {  // B^T row-major (weight in forward): each column is contiguous along k
-      for (int64_t c = 0; c < NR; c++) {
-        if (c < nr) {
-          const float* s = B.at(k0, j0 + j + c);
-          for (int64_t k = 0; k < kc; k++) d[k * NR + c] = s[k * B.rs];
-        } else {
-          for (int64_t k = 0; k < kc; k++) d[k * NR + c] = 0.f;
-        }
+      // k outer: the panel is written sequentially (one store stream), the NR columns are read as NR
+      // sequential streams; column-outer order wrote each 128-byte row of the panel NR times instead
+      const float* cols[NR];
+      for (int64_t c = 0; c < NR; c++) cols[c] = c < nr ? B.at(k0, j0 + j + c) : nullptr;
+      for (int64_t k = 0; k < kc; k++) {
+        float* row = d + k * NR;
+        for (int64_t c = 0; c < NR; c++) row[c] = cols[c] ? cols[c][k * B.rs] : 0.f;
       }
     }
   }
