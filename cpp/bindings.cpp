@@ -87,6 +87,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("have_openmp", &pt::have_openmp);
   m.def("get_num_threads", &pt::num_threads);
   m.def("set_num_threads", &pt::set_num_threads, arg("n"));
+  m.def("have_amx", &pt::amx::supported, "AMX-BF16 usable here (CPU, OS permission, build)");
+  m.def("get_matmul_precision", &pt::matmul_precision);
+  m.def("set_matmul_precision", &pt::set_matmul_precision, arg("precision"));
 
   m.def("matmul_forward", [](O out, O inp, O weight, O bias, int64_t N, int64_t IC, int64_t OC) {
     check_nonneg({N, IC, OC});
@@ -95,7 +98,10 @@ PYBIND11_MODULE(_core, m) {
     const float* w = array_data<float>(weight, "weight", OC * IC);
     const float* b = array_data<float>(bias, "bias", OC, false, true);
     py::gil_scoped_release nogil;
-    K().matmul_forward(o, x, w, b, N, IC, OC);
+    if (pt::matmul_bf16())
+      pt::amx::matmul_forward(o, x, w, b, N, IC, OC);
+    else
+      K().matmul_forward(o, x, w, b, N, IC, OC);
   });
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {
@@ -107,7 +113,12 @@ PYBIND11_MODULE(_core, m) {
     const float* x = array_data<float>(inp, "inp", N * IC);
     const float* w = array_data<float>(weight, "weight", OC * IC);
     py::gil_scoped_release nogil;
-    K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
+    if (pt::matmul_bf16()) {
+      pt::amx::matmul_backward(dx, dw, g, x, w, N, IC, OC);
+      if (db) K().matmul_backward(nullptr, nullptr, db, g, x, w, N, IC, OC);
+    } else {
+      K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
+    }
   });
 
   m.def("layernorm_forward", [](O out, O mean, O rstd, O inp, O weight, O bias, int64_t N, int64_t C, float eps) {

@@ -93,6 +93,7 @@ const Kernels* choose_default() {
 
 std::atomic<const Kernels*> g_active{nullptr};
 std::atomic<int> g_threads{0};
+std::atomic<bool> g_bf16{false};
 
 }  // namespace
 
@@ -151,5 +152,33 @@ void set_num_threads(int n) {
   omp_set_num_threads(n);
 #endif
 }
+
+std::string matmul_precision() { return g_bf16.load(std::memory_order_relaxed) ? "bfloat16" : "float32"; }
+
+void set_matmul_precision(const std::string& name) {
+  if (name == "float32") {
+    g_bf16.store(false, std::memory_order_relaxed);
+  } else if (name == "bfloat16") {
+    if (!amx::supported())
+      throw std::runtime_error(
+          "matmul precision 'bfloat16' needs Intel AMX-BF16 (Sapphire Rapids or newer) with OS support for tile "
+          "state, and a build that compiled it; not available here");
+    g_bf16.store(true, std::memory_order_relaxed);
+  } else {
+    throw std::invalid_argument("matmul precision must be 'float32' or 'bfloat16', got '" + name + "'");
+  }
+}
+
+#ifndef PT_HAVE_AMX
+namespace amx {  // this build has no AMX kernels: precision stays float32
+bool supported() { return false; }
+void matmul_forward(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t) {
+  throw std::logic_error("AMX kernels are not built");
+}
+void matmul_backward(float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t) {
+  throw std::logic_error("AMX kernels are not built");
+}
+}  // namespace amx
+#endif
 
 }  // namespace pt

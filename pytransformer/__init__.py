@@ -1,7 +1,8 @@
 """pytransformer: a transformer engine for CPU-only Python (C++ SIMD + OpenMP kernels, NumPy in and out)."""
 
 from ._version import __version__
-from ._runtime import cpu_info, get_num_threads, set_isa, set_num_threads
+from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
+                       set_matmul_precision, set_num_threads)
 from . import ops, reference
 
 
@@ -17,5 +18,5 @@ def __getattr__(name):  # heavier pieces load on first use
     raise AttributeError(f"module 'pytransformer' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "ops", "reference",
-           "SentenceEncoder", "from_pretrained"]
+__all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "set_matmul_precision",
+           "get_matmul_precision", "matmul_precision", "ops", "reference", "SentenceEncoder", "from_pretrained"]

@@ -16,6 +16,8 @@ def cpu_info() -> dict:
         "openmp": bool(_core.have_openmp()),
         "num_threads": int(_core.get_num_threads()),
         "cuda": False,  # the CUDA extension arrives in its own issue; the CPU package never needs it
+        "amx_bf16": bool(_core.have_amx()),
+        "matmul_precision": _core.get_matmul_precision(),
     }
 
 
@@ -37,3 +39,40 @@ def set_isa(name: str) -> None:
     PYTRANSFORMER_ISA=<name> in the environment does the same at import.
     """
     _core.set_isa(name)
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Choose how Linear products are computed: "float32" (default) or "bfloat16".
+
+    "bfloat16" rounds both inputs of every matmul (forward and the dinp/dweight products) to bfloat16 and
+    accumulates in float32 on Intel AMX tiles -- what torch calls set_float32_matmul_precision("medium") and
+    mixed-precision training relies on. Everything else (parameters, optimizer state, layernorm, softmax,
+    attention, bias gradients) stays float32. Raises RuntimeError where AMX-BF16 is not usable.
+    """
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a str, got {type(precision).__name__}")
+    try:
+        _core.set_matmul_precision(precision)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def get_matmul_precision() -> str:
+    """"float32" or "bfloat16": see set_matmul_precision."""
+    return _core.get_matmul_precision()
+
+
+class matmul_precision:
+    """Context manager: `with matmul_precision("bfloat16"): ...` restores the previous setting on exit."""
+
+    def __init__(self, precision: str):
+        self.precision = precision
+
+    def __enter__(self):
+        self._previous = get_matmul_precision()
+        set_matmul_precision(self.precision)
+        return self
+
+    def __exit__(self, *exc):
+        set_matmul_precision(self._previous)
+        return False

@@ -27,6 +27,14 @@ def matmul_backward(dout, inp, weight):
     return dout @ np.asarray(weight, np.float64), dout2.T @ inp2, dout2.sum(0)
 
 
+def round_bfloat16(x):
+    """x rounded to the nearest bfloat16 (ties to even), returned as float64: what the "bfloat16" matmul
+    precision does to both inputs of a product before multiplying them exactly and summing in float32."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
 # --- layernorm over the last axis ----------------------------------------------------------------------------
 
 

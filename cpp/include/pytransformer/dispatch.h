@@ -16,4 +16,20 @@ void set_isa(const std::string& name);
 bool have_openmp();
 int num_threads();
 void set_num_threads(int n);
+
+// Matmul precision: "float32" (default) or "bfloat16" (inputs rounded to bf16, float32 sums, on AMX).
+// Setting "bfloat16" throws std::runtime_error where AMX-BF16 is not usable (CPU, OS or build).
+std::string matmul_precision();
+void set_matmul_precision(const std::string& name);
+inline bool matmul_bf16() { return matmul_precision() == "bfloat16"; }
+
+// The bf16 products (cpp/cpu/matmul_amx.cpp): same shapes and gradient conventions as the float32 kernels;
+// dbias is left to them (it is a float32 column sum either way).
+namespace amx {
+bool supported();  // CPU has AMX-BF16 + AVX512-BF16, the OS saves tile state and granted it to this process
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
+                    int64_t OC);
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                     int64_t N, int64_t IC, int64_t OC);
+}  // namespace amx
 }  // namespace pt

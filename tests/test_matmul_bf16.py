@@ -1,0 +1,124 @@
+"""The "bfloat16" matmul precision (AMX): products of bf16-rounded inputs summed in float32.
+
+The spec is reference.round_bfloat16 applied to both inputs, then the float64 product: the kernel must match it
+to float32 summation error, so a wrong tile layout, a missed edge or an unrounded input all fail.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import pytransformer
+from pytransformer import ops
+from pytransformer import reference as R
+
+from conftest import assert_close, f32
+
+HAVE_AMX = pytransformer.cpu_info()["amx_bf16"]
+needs_amx = pytest.mark.skipif(not HAVE_AMX, reason="this CPU/OS has no usable AMX-BF16")
+
+# tile edges (16 rows/columns, 32 k), odd sizes, one row, and the GPT shapes
+SHAPES = [(1, 1, 1), (3, 5, 7), (16, 32, 16), (17, 33, 31), (31, 64, 47), (64, 100, 96), (100, 300, 50),
+          (2, 768, 65), (130, 384, 1152), (257, 1536, 384)]
+
+
+@pytest.fixture
+def bf16():
+    with pytransformer.matmul_precision("bfloat16"):
+        yield
+
+
+@needs_amx
+@pytest.mark.parametrize("N,IC,OC", SHAPES)
+def test_forward_matches_bf16_rounded_reference(bf16, rng, N, IC, OC):
+    x, w, b = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, OC)
+    out = ops.matmul_forward(x, w, b)
+    assert_close(out, R.matmul_forward(R.round_bfloat16(x), R.round_bfloat16(w), b), 2e-6 * max(1, IC / 64) ** 0.5,
+                 "forward")
+
+
+@needs_amx
+@pytest.mark.parametrize("N,IC,OC", SHAPES)
+def test_backward_matches_bf16_rounded_reference(bf16, rng, N, IC, OC):
+    x, w, g = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, N, OC)
+    dw0, db0 = f32(rng, OC, IC), f32(rng, OC)
+    dinp, dweight, dbias = ops.matmul_backward(g, x, w, dweight=dw0.copy(), dbias=db0.copy())
+    rdx, rdw, _ = R.matmul_backward(R.round_bfloat16(g), R.round_bfloat16(x), R.round_bfloat16(w))
+    tol = 2e-6 * max(1, max(N, OC) / 64) ** 0.5
+    assert_close(dinp, rdx, tol, "dinp")
+    assert_close(dweight, dw0 + rdw, tol, "dweight accumulates")
+    # the bias gradient is a float32 column sum of the unrounded dout
+    assert_close(dbias, db0 + g.astype(np.float64).sum(0), 1e-6 * max(1, N / 64) ** 0.5, "dbias")
+
+
+@needs_amx
+def test_bf16_is_really_used_and_differs_from_float32(rng):
+    x, w = f32(rng, 64, 256), f32(rng, 96, 256)
+    full = ops.matmul_forward(x, w)
+    with pytransformer.matmul_precision("bfloat16"):
+        half = ops.matmul_forward(x, w)
+    exact = R.matmul_forward(x, w)
+    assert_close(full, exact, 2e-6, "float32")
+    err = np.abs(half - exact).max() / np.abs(exact).max()
+    assert 1e-4 < err < 2e-2, f"bf16 error {err:.3g} is not what rounding to 8 bits of mantissa gives"
+
+
+@needs_amx
+def test_writes_out_in_place_and_thread_counts_agree(bf16, rng):
+    x, w, b = f32(rng, 200, 96), f32(rng, 80, 96), f32(rng, 80)
+    out = np.full((200, 80), np.nan, np.float32)
+    assert ops.matmul_forward(x, w, b, out=out) is out
+    before = pytransformer.get_num_threads()
+    try:
+        pytransformer.set_num_threads(1)
+        one = ops.matmul_forward(x, w, b)
+    finally:
+        pytransformer.set_num_threads(before)
+    np.testing.assert_array_equal(out, one)  # every C tile sums the whole k range in one place
+
+
+@needs_amx
+def test_two_python_threads_at_once(bf16, rng):
+    xs = [f32(rng, 300, 128) for _ in range(2)]
+    w = f32(rng, 200, 128)
+    want = [ops.matmul_forward(x, w) for x in xs]
+    got = [None, None]
+
+    def run(i):
+        with pytransformer.matmul_precision("bfloat16"):  # the setting is process-wide; both set the same
+            for _ in range(20):
+                got[i] = ops.matmul_forward(xs[i], w)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, e in zip(got, want):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_precision_setting_is_checked_and_restored():
+    assert pytransformer.get_matmul_precision() == "float32"
+    with pytest.raises(ValueError, match="float32"):
+        pytransformer.set_matmul_precision("float16")
+    with pytest.raises(TypeError):
+        pytransformer.set_matmul_precision(16)
+    if HAVE_AMX:
+        with pytransformer.matmul_precision("bfloat16"):
+            assert pytransformer.cpu_info()["matmul_precision"] == "bfloat16"
+        assert pytransformer.get_matmul_precision() == "float32"
+    else:
+        with pytest.raises(RuntimeError, match="AMX"):
+            pytransformer.set_matmul_precision("bfloat16")
+
+
+def test_round_bfloat16_reference():
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, -2.5, 1e-30, 3.0e38], np.float32)
+    r = R.round_bfloat16(x)
+    # ties to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 -> 1; 1 + 3 * 2^-8 -> 1 + 2^-6
+    np.testing.assert_array_equal(r[:4], [1.0, 1.0, 1 + 2**-6, -2.5])
+    assert abs(r[4] - 1e-30) / 1e-30 < 2**-7 and abs(r[5] - 3.0e38) / 3.0e38 < 2**-8
