@@ -2,6 +2,11 @@
 same initial weights, the same batches and the same AdamW schedule (2 threads each, pinned).
 
     python bench/train_shakespeare.py [--steps 200] [--batch 16] [--layers 6 --heads 6 --embd 384 --context 256]
+                                      [--precision bfloat16] [--torch-bf16]
+
+--precision bfloat16 runs our matmuls on AMX in bf16 (float32 sums, float32 master weights and everything else);
+torch always runs float32 eager as well, and --torch-bf16 adds a torch run under torch.autocast("cpu", bfloat16),
+the like-for-like mixed-precision comparison.
 
 Writes bench/results/shakespeare.json and bench/results/shakespeare.png (both loss curves); prints final
 validation losses and tokens/s. The corpus is ../shared/data/tinyshakespeare.txt (last 10% held out).
@@ -41,6 +46,8 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--data", default=CORPUS)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--torch-bf16", action="store_true", help="also run torch under autocast(bfloat16)")
     args = ap.parse_args()
 
     text = open(args.data, encoding="utf-8").read()
@@ -51,9 +58,11 @@ def main():
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.context, n_layer=args.layers, n_head=args.heads,
                     n_embd=args.embd)
     pytransformer.set_num_threads(args.threads)
+    pytransformer.set_matmul_precision(args.precision)
     model = GPT(cfg, seed=0)
     print(f"# GPT {args.layers}L {args.heads}H {args.embd}C ctx {args.context}, {model.num_parameters():,} params, "
-          f"batch {args.batch}, {args.steps} steps, {args.threads} threads, isa {pytransformer.cpu_info()['isa']}")
+          f"batch {args.batch}, {args.steps} steps, {args.threads} threads, isa {pytransformer.cpu_info()['isa']}, "
+          f"matmul precision {args.precision}")
 
     results = {"config": vars(args)}
     runs = [("pytransformer", None)]
@@ -63,9 +72,10 @@ def main():
         torch.set_num_threads(args.threads)
         from torch_gpt import TorchGPT
 
-        tmodel = TorchGPT(model)  # same initial weights
         results["torch_version"] = torch.__version__
-        runs.append(("torch", tmodel))
+        runs.append(("torch", TorchGPT(model)))  # same initial weights
+        if args.torch_bf16:
+            runs.append(("torch-bf16", TorchGPT(model)))
 
     hists = {}
     for name, tmodel in runs:
@@ -90,7 +100,8 @@ def main():
                 for g in opt.param_groups:
                     g["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                lt = tmodel(torch.from_numpy(x), torch.from_numpy(y))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "torch-bf16"):
+                    lt = tmodel(torch.from_numpy(x), torch.from_numpy(y))
                 lt.backward()
                 torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
                 opt.step()
@@ -102,7 +113,7 @@ def main():
                 if tmodel is None:
                     v = evaluate(model, val, args.batch, args.context, args.eval_batches)
                 else:
-                    with torch.no_grad():
+                    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "torch-bf16"):
                         vr = np.random.default_rng(1234)
                         v = float(np.mean([tmodel(*(torch.from_numpy(a) for a in get_batch(val, args.batch, args.context, vr))).item()
                                            for _ in range(args.eval_batches)]))
@@ -126,8 +137,13 @@ def main():
         extra = {"torch train": (t.step, t.loss), "torch validation": (t.val_step, t.val_loss)}
         print(f"final val loss: pytransformer {ours.val_loss[-1]:.4f}, torch {t.val_loss[-1]:.4f} "
               f"({100 * abs(ours.val_loss[-1] - t.val_loss[-1]) / t.val_loss[-1]:.2f}% apart)")
-        print(f"tokens/s: pytransformer {ours.tokens_per_s:,.0f}, torch {t.tokens_per_s:,.0f} "
+        print(f"tokens/s: pytransformer ({args.precision}) {ours.tokens_per_s:,.0f}, torch {t.tokens_per_s:,.0f} "
               f"({ours.tokens_per_s / t.tokens_per_s:.2f}x)")
+    if "torch-bf16" in hists:
+        t = hists["torch-bf16"]
+        extra.update({"torch bf16 train": (t.step, t.loss), "torch bf16 validation": (t.val_step, t.val_loss)})
+        print(f"torch autocast bf16: val {t.val_loss[-1]:.4f}, {t.tokens_per_s:,.0f} tokens/s "
+              f"(pytransformer {ours.tokens_per_s / t.tokens_per_s:.2f}x)")
     png = os.path.join(out, "shakespeare.png")
     if plot_history(ours, png, "Tiny Shakespeare, char-level GPT: pytransformer vs torch", extra):
         print(f"loss curves: {png}")

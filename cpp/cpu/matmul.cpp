@@ -248,17 +248,31 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
   if (dinp) gemm(N, IC, OC, View{dout, OC, 1}, View{weight, IC, 1}, dinp, IC, false, nullptr);
   // dweight (OC, IC) += dout^T (OC, N) @ inp (N, IC)
   if (dweight) gemm(OC, IC, N, View{dout, 1, OC}, View{inp, IC, 1}, dweight, IC, true, nullptr);
-  // dbias (OC) += column sums of dout; threads split the columns
+  // dbias (OC) += column sums of dout: threads split the columns into slices of SV vectors, each slice summed
+  // in SV registers while streaming down the rows (one pass over dout, contiguous within every row)
   if (dbias) {
-    const int64_t slice = 16 * W;
+    constexpr int SV = 8;
+    const int64_t slice = SV * W, nslices = (OC + slice - 1) / slice;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC > 65536)
-    for (int64_t j0 = 0; j0 < OC; j0 += slice) {
-      const int64_t j1 = std::min(OC, j0 + slice);
-      for (int64_t j = j0; j < j1; j += W) {
-        const int64_t r = std::min<int64_t>(W, j1 - j);
-        V acc = zero();
-        for (int64_t n = 0; n < N; n++) acc = add(acc, loadn(dout + n * OC + j, r));
-        storen(dbias + j, add(loadn(dbias + j, r), acc), r);
+    for (int64_t s = 0; s < nslices; s++) {
+      const int64_t j0 = s * slice, nj = std::min(slice, OC - j0);
+      V acc[SV];
+      for (int v = 0; v < SV; v++) acc[v] = zero();
+      if (nj == slice) {
+        for (int64_t n = 0; n < N; n++) {
+          const float* row = dout + n * OC + j0;
+#pragma GCC unroll 8
+          for (int v = 0; v < SV; v++) acc[v] = add(acc[v], load(row + v * W));
+        }
+      } else {
+        for (int64_t n = 0; n < N; n++) {
+          const float* row = dout + n * OC + j0;
+          for (int v = 0; v * W < nj; v++) acc[v] = add(acc[v], loadn(row + v * W, std::min<int64_t>(W, nj - v * W)));
+        }
+      }
+      for (int v = 0; v * W < nj; v++) {
+        const int64_t r = std::min<int64_t>(W, nj - v * W);
+        storen(dbias + j0 + v * W, add(loadn(dbias + j0 + v * W, r), acc[v]), r);
       }
     }
   }
