@@ -159,18 +159,28 @@ void pack_B_tile(uint16_t* dst, View B, int64_t k0, int64_t j0, int64_t K, int64
   for (int r = 0; r < 16; r++) _mm512_store_si512(dst + r * 32, rows[r]);
 }
 
-// acc (4 tiles of 16 x 16 float32: [a0 b0, a0 b1, a1 b0, a1 b1]) = A rows (two tiles) . B columns (two tiles),
-// over nkb k-tiles; a0/a1/b0/b1 point at their first k-tile, the next ones follow every TILE elements.
+// Four 16 x 16 float32 tiles [a0 b0, a0 b1, a1 b0, a1 b1] = init + A rows (two tiles) . B columns (two tiles),
+// over nkb k-tiles; a0/a1/b0/b1 point at their first k-tile, the next ones follow every TILE elements. Tile t
+// starts from init + init_off[t] (stride init_stride bytes), or from zero when init is null, and is stored at
+// out + off[t] (stride out_stride bytes): C itself for whole blocks, a scratch block at the edges.
 // Software-pipelined: each tile register is reloaded for k-tile kb + 1 right after its last reader for kb is
 // issued, and the products come first. Tile registers are not renamed, so loading a register that a queued
 // product still reads, or multiplying a just-loaded one, stalls; the naive order (load, multiply, load, ...)
 // measured 29 ns per product against 8.9 for this one (bench/NOTES.md).
 inline void kernel_2x2(const uint16_t* a0, const uint16_t* a1, const uint16_t* b0, const uint16_t* b1,
-                       int64_t nkb, float* acc) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+                       int64_t nkb, const float* init, int64_t init_stride, const int64_t init_off[4], float* out,
+                       int64_t out_stride, const int64_t off[4]) {
+  if (init) {
+    _tile_loadd(0, init + init_off[0], init_stride);
+    _tile_loadd(1, init + init_off[1], init_stride);
+    _tile_loadd(2, init + init_off[2], init_stride);
+    _tile_loadd(3, init + init_off[3], init_stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
   _tile_loadd(4, a0, 64);
   _tile_loadd(5, a1, 64);
   _tile_loadd(6, b0, 64);
@@ -190,10 +200,10 @@ inline void kernel_2x2(const uint16_t* a0, const uint16_t* a1, const uint16_t* b
   _tile_dpbf16ps(2, 5, 6);
   _tile_dpbf16ps(1, 4, 7);
   _tile_dpbf16ps(3, 5, 7);
-  _tile_stored(0, acc, 64);
-  _tile_stored(1, acc + 256, 64);
-  _tile_stored(2, acc + 512, 64);
-  _tile_stored(3, acc + 768, 64);
+  _tile_stored(0, out + off[0], out_stride);
+  _tile_stored(1, out + off[1], out_stride);
+  _tile_stored(2, out + off[2], out_stride);
+  _tile_stored(3, out + off[3], out_stride);
 }
 
 // C[i0 .., j0 ..] (a 16 x 16 tile clipped to M x N) = acc + bias, or += acc.
@@ -241,7 +251,8 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   const int64_t nbt = ((nt / 2 + ncb - 1) / ncb) * 2;
   static thread_local Scratch a_buf, b_buf;
   uint16_t* Ap = a_buf.get((size_t)(mt * nkb * TILE));
-  uint16_t* Bp = b_buf.get((size_t)(nbt * nkb * TILE));
+  uint16_t* Bp = b_buf.get((size_t)(nbt * nkb * TILE + nbt * 16 * 16 * 2));
+  float* bias_rows = reinterpret_cast<float*>(Bp + nbt * nkb * TILE);  // 16 x (nbt * 16), 64-byte aligned
   const int nthreads = pt::num_threads();
   const bool parallel = M * N * K > (1 << 18);
 
@@ -259,6 +270,11 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
     }
     for (int64_t jb = 0; jb < nt; jb += nbt) {
       const int64_t nbc = std::min(nbt, nt - jb);  // tiles in this column block
+      if (bias) {  // 16 identical rows of this block's bias (nbt * 16 floats each): the C tiles start from it
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < 16; r++)
+          for (int64_t j = 0; j < nbc * 16; j++) bias_rows[r * nbt * 16 + j] = jb * 16 + j < N ? bias[jb * 16 + j] : 0.f;
+      }
       const bool b_k_inner = B.rs == 1 && B.cs != 1;  // columns contiguous along k
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < nbc * nkb; t++) {
@@ -271,12 +287,25 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
         for (int64_t jp = 0; jp < nbc / 2; jp++) {
           const uint16_t* a0 = Ap + (2 * ip) * nkb * TILE;
           const uint16_t* b0 = Bp + (2 * jp) * nkb * TILE;
-          kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, acc);
           const int64_t i0 = ip * 32, j0 = (jb + 2 * jp) * 16;
-          write_tile(C, ldc, acc, i0, j0, M, N, accumulate, bias);
-          write_tile(C, ldc, acc + 256, i0, j0 + 16, M, N, accumulate, bias);
-          write_tile(C, ldc, acc + 512, i0 + 16, j0, M, N, accumulate, bias);
-          write_tile(C, ldc, acc + 768, i0 + 16, j0 + 16, M, N, accumulate, bias);
+          if (i0 + 32 <= M && j0 + 32 <= N) {  // whole block: start from C or the bias rows, store into C
+            float* c = C + i0 * ldc + j0;
+            const int64_t off[4] = {0, 16, 16 * ldc, 16 * ldc + 16}, boff[4] = {0, 16, 0, 16};
+            if (accumulate)
+              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, c, ldc * 4, off, c, ldc * 4, off);
+            else if (bias)
+              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, bias_rows + (2 * jp) * 16, nbt * 64, boff,
+                         c, ldc * 4, off);
+            else
+              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, nullptr, 0, off, c, ldc * 4, off);
+          } else {  // edge block: through scratch, clipped
+            const int64_t off[4] = {0, 256, 512, 768};
+            kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, nullptr, 0, off, acc, 64, off);
+            write_tile(C, ldc, acc, i0, j0, M, N, accumulate, bias);
+            write_tile(C, ldc, acc + 256, i0, j0 + 16, M, N, accumulate, bias);
+            write_tile(C, ldc, acc + 512, i0 + 16, j0, M, N, accumulate, bias);
+            write_tile(C, ldc, acc + 768, i0 + 16, j0 + 16, M, N, accumulate, bias);
+          }
         }
       // implicit barrier: nobody still reads the block when the next one is packed
     }
