@@ -61,11 +61,14 @@ def cmd_train(args) -> int:
     ckpt = os.path.join(args.out, "ckpt.safetensors")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 10,
                       warmup=max(1, args.steps // 20), eval_every=args.eval_every, checkpoint=ckpt,
-                      checkpoint_every=args.eval_every, seed=args.seed)
+                      checkpoint_every=args.eval_every, seed=args.seed, precision=args.precision)
+    if args.precision == "bfloat16" and not _runtime.cpu_info()["amx_bf16"]:
+        print("error: --precision bfloat16 needs Intel AMX-BF16, which this CPU/OS does not offer", file=sys.stderr)
+        return 2
     print(f"data: {source}: {len(text):,} characters, vocabulary {tok.vocab_size}, last 10% held out")
     print(f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
           f"{config.block_size}: {model.num_parameters():,} parameters; isa {_runtime.cpu_info()['isa']}, "
-          f"{_runtime.get_num_threads()} threads")
+          f"{_runtime.get_num_threads()} threads, matmul precision {args.precision}")
     try:
         hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=print)
     except TrainingDiverged as e:
@@ -217,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-tokens", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.safetensors")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="matmul precision: bfloat16 runs the Linear layers on AMX tiles (float32 sums and weights)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("sample", help="generate text from a checkpoint written by `train`")
     p.add_argument("checkpoint")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._runtime import matmul_precision
 from .checkpoint import restore_checkpoint, save_checkpoint
 from .optim import AdamW, clip_grad_norm, cosine_lr
 
@@ -40,6 +41,7 @@ class TrainConfig:
     checkpoint: str | None = None      # path of the checkpoint file (written every checkpoint_every steps)
     checkpoint_every: int = 100
     seed: int = 0
+    precision: str = "float32"         # matmul precision during training: "float32" or "bfloat16" (AMX)
 
 
 @dataclass
@@ -77,7 +79,12 @@ def evaluate(model, data, batch_size, block_size, batches, seed=1234):
 
 def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None):
     """Train a GPT on 1-D token arrays; returns a History. With resume=True and cfg.checkpoint present, it
-    continues from that checkpoint exactly as if never interrupted."""
+    continues from that checkpoint exactly as if never interrupted. cfg.precision applies while it runs."""
+    with matmul_precision(cfg.precision):
+        return _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log)
+
+
+def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log):
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     T = model.config.block_size
     opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)

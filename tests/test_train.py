@@ -124,3 +124,19 @@ def test_cli_train_then_sample(tmp_path):
                         "--prompt", "to be", "--tokens", "10"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "to be" in r.stdout
+
+
+@pytest.mark.skipif(not __import__("pytransformer").cpu_info()["amx_bf16"], reason="no usable AMX-BF16 here")
+def test_bfloat16_training_tracks_float32_and_restores_the_setting():
+    import pytransformer
+
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=4, eval_every=0, log_every=100, seed=2,
+                          precision=precision)
+        losses[precision] = train_lm(GPT(CFG, seed=1), data(), None, cfg, log=quiet).loss
+        assert pytransformer.get_matmul_precision() == "float32"
+    f32, bf16 = np.array(losses["float32"]), np.array(losses["bfloat16"])
+    assert f32[-5:].mean() < 0.8 * f32[:5].mean()  # it learns
+    assert abs(bf16[-5:].mean() - f32[-5:].mean()) < 0.03 * f32[-5:].mean(), (f32[-5:], bf16[-5:])
+    assert not np.array_equal(f32, bf16)  # the bf16 path really ran
