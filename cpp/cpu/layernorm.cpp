@@ -45,6 +45,10 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;
     float* y = out + n * C;
+    if (n + 1 < N) {
+      prefetch_row(x + C, C);
+      prefetch_row_for_write(y + C, C);
+    }
     float mu = row_sum(x, C) / (float)C;
     float rs = 1.f / std::sqrt(row_centered_sumsq(x, mu, C) / (float)C + eps);
     mean[n] = mu;
@@ -82,6 +86,11 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     for (int64_t n = n0; n < n1; n++) {
       const float* x = inp + n * C;
       const float* g = dout + n * C;
+      if (n + 1 < n1) {
+        prefetch_row(x + C, C);
+        prefetch_row(g + C, C);
+        if (dinp) prefetch_row_for_write(dinp + (n + 1) * C, C);
+      }
       const V vm = set1(mean[n]), vr = set1(rstd[n]);
       // pass 1: sums of dnorm and dnorm * norm; parameter partials
       V s_dn = zero(), s_dnn = zero();

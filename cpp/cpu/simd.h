@@ -288,6 +288,21 @@ inline void map_vec2(float* out, const float* in0, const float* in1, int64_t b, 
   if (i < e) store_partial(out + i, g(load_partial(in0 + i, e - i), load_partial(in1 + i, e - i)), e - i);
 }
 
+// Row kernels (layernorm, softmax) ask for the next row while they work on this one: at each row start
+// the hardware prefetcher has not caught up and the loads stall (bench/NOTES.md). Rows longer than
+// kPrefetchRowMax are left to the hardware prefetcher. Prefetches never fault, but callers stay in bounds.
+constexpr int64_t kPrefetchRowMax = 16384;  // bytes
+inline void prefetch_row(const float* p, int64_t n) {
+  if (n * 4 > kPrefetchRowMax) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < n * 4; i += 64) __builtin_prefetch(c + i, 0, 3);
+}
+inline void prefetch_row_for_write(float* p, int64_t n) {
+  if (n * 4 > kPrefetchRowMax) return;
+  char* c = reinterpret_cast<char*>(p);
+  for (int64_t i = 0; i < n * 4; i += 64) __builtin_prefetch(c + i, 1, 3);
+}
+
 constexpr int64_t kElementChunk = 1 << 15;
 
 // A per-thread scratch area, 64-byte aligned (a full-vector load never splits a cache line), grown on

@@ -53,6 +53,10 @@ void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;
     float* y = out + n * C;
+    if (n + 1 < N) {
+      prefetch_row(x + C, C);
+      prefetch_row_for_write(y + C, C);
+    }
     float sum = row_exp_shifted(y, x, row_max(x, C), C);
     V inv = set1(1.f / sum);
     for (int64_t i = 0; i < C; i += W) {
@@ -69,6 +73,10 @@ void softmax_backward(float* dinp, const float* out, const float* dout, int64_t 
     const float* y = out + n * C;
     const float* g = dout + n * C;
     float* dx = dinp + n * C;
+    if (n + 1 < N) {
+      prefetch_row(y + C, C);
+      prefetch_row(g + C, C);
+    }
     V d = set1(row_dot(g, y, C));
     for (int64_t i = 0; i < C; i += W) {
       int64_t r = C - i < W ? C - i : W;
@@ -91,6 +99,7 @@ double crossentropy_forward(float* losses, float* lse, const float* logits, cons
       continue;
     }
     const float* x = logits + n * vocab;
+    if (n + 1 < N) prefetch_row(x + vocab, vocab);
     float m = row_max(x, vocab);
     float l = m + std::log(row_exp_shifted(nullptr, x, m, vocab));
     lse[n] = l;
@@ -116,6 +125,7 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
       std::memset(dx, 0, vocab * sizeof(float));
       continue;
     }
+    if (n + 1 < N) prefetch_row(x + vocab, vocab);
     const V l = set1(lse[n]), s = set1(scale);
     for (int64_t i = 0; i < vocab; i += W) {
       int64_t r = vocab - i < W ? vocab - i : W;
