@@ -86,6 +86,43 @@ def case_matmul_backward(rng, N, IC, OC):
     return 4.0 * N * IC * OC, "GFLOP/s", fns
 
 
+def _in_bf16(fn):
+    """fn run with pytransformer's bfloat16 matmul precision (AMX), restoring the setting after."""
+    def run():
+        with pytransformer.matmul_precision("bfloat16"):
+            return fn()
+    return run
+
+
+def case_matmul_bf16_forward(rng, N, IC, OC):
+    """bf16 products (fp32 in and out, inputs rounded to bf16): ours on AMX vs torch under autocast(bfloat16),
+    which also converts the fp32 operands on every call. NumPy has no bf16 matmul."""
+    x, w, b = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, OC)
+    out = np.empty((N, OC), np.float32)
+    fns = {"ours": _in_bf16(lambda: ops.matmul_forward(x, w, b, out=out))}
+    if torch:
+        tx, tw, tb = map(torch.from_numpy, (x, w, b))
+
+        def torch_fwd():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return F.linear(tx, tw, tb)
+        fns["torch"] = torch_fwd
+    return 2.0 * N * IC * OC, "GFLOP/s", fns
+
+
+def case_matmul_bf16_backward(rng, N, IC, OC):
+    x, w, g = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, N, OC)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros(OC, np.float32)
+    fns = {"ours": _in_bf16(lambda: ops.matmul_backward(g, x, w, dinp=dx, dweight=dw, dbias=db))}
+    if torch:
+        tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, np.zeros(OC, np.float32)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ty = F.linear(tx, tw, tb)
+        tg = torch.from_numpy(g).bfloat16()
+        fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
+    return 4.0 * N * IC * OC, "GFLOP/s", fns
+
+
 def case_layernorm_forward(rng, N, C):
     x, w, b = f32(rng, N, C), f32(rng, C), f32(rng, C)
     out, mean, rstd = np.empty_like(x), np.empty(N, np.float32), np.empty(N, np.float32)
@@ -327,6 +364,10 @@ CASES = [  # (group, label, factory, args)
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
     *[("matmul", f"matmul_backward N={N} {IC}x{OC}", case_matmul_backward, (N, IC, OC))
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304)]],
+    *[("matmul_bf16", f"matmul_bf16_forward N={N} {IC}x{OC}", case_matmul_bf16_forward, (N, IC, OC))
+      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
+    *[("matmul_bf16", f"matmul_bf16_backward N={N} {IC}x{OC}", case_matmul_bf16_backward, (N, IC, OC))
+      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
     ("rowops", "layernorm_forward 8192x768", case_layernorm_forward, (8192, 768)),
     ("rowops", "layernorm_backward 8192x768", case_layernorm_backward, (8192, 768)),
     ("rowops", "gelu_forward tanh 8192x768", case_gelu_forward, (8192, 768)),
@@ -393,10 +434,12 @@ class pinned_threads:
 
 
 def limit_of(row, limits):
-    """The machine limit a kernel is measured against: FMA peak of the active ISA for GFLOP/s kernels, the
-    L3-resident bandwidth for GB/s kernels (their arrays are 25 MB or less) -- at the same thread count."""
+    """The machine limit a kernel is measured against: FMA peak of the active ISA for GFLOP/s kernels (the AMX
+    bf16 tile peak for the bf16 matmuls), the L3-resident bandwidth for GB/s kernels (their arrays are 25 MB or less) -- at the same thread count."""
     if limits is None:
         return None
+    if row["group"] == "matmul_bf16":
+        return limits.get("amx_bf16", {}).get(row["threads"])
     if row["unit"] == "GFLOP/s":
         return limits["fma"].get(pytransformer.cpu_info()["isa"], {}).get(row["threads"])
     key = "bandwidth_dram" if "124M" in row["kernel"] or "50304" in row["kernel"] else "bandwidth_l3"
@@ -408,6 +451,8 @@ def run(threads, only=None, quick=False, limits=None):
     rows = []
     for group, label, factory, args in CASES:
         if only and group not in only and not any(o in label for o in only):
+            continue
+        if group == "matmul_bf16" and not pytransformer.cpu_info()["amx_bf16"]:
             continue
         if quick and ("50304" in label or "124M" in label or "T=1024" in label):
             continue
@@ -457,7 +502,8 @@ def print_row(r):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", default="", help="comma-separated groups (matmul, rowops, attention, adamw) or names")
+    ap.add_argument("--only", default="",
+                    help="comma-separated groups (matmul, matmul_bf16, rowops, attention, adamw) or names")
     ap.add_argument("--quick", action="store_true", help="skip the largest shapes")
     ap.add_argument("--json", default="bench/results/kernels.json", help="where to write the results")
     ap.add_argument("--keep-openblas-env", action="store_true", help="do not unset OPENBLAS_CORETYPE/L2_SIZE")
@@ -477,6 +523,8 @@ def main():
     lim = machine_limits.measure(args.threads)
     for isa, per in lim["fma"].items():
         print(f"# FMA peak {isa}: " + ", ".join(f"{n} thr {v:.0f} GFLOP/s" for n, v in per.items()))
+    if lim.get("amx_bf16"):
+        print("# AMX bf16 peak: " + ", ".join(f"{n} thr {v:.0f} GFLOP/s" for n, v in lim["amx_bf16"].items()))
     for key in ("bandwidth_l3", "bandwidth_dram"):
         print(f"# {key}: " + ", ".join(f"{n} thr {v:.1f} GB/s" for n, v in lim[key].items()))
     header["limits"] = lim

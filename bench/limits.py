@@ -34,6 +34,20 @@ def fma_peak(threads, isa=None, seconds=0.3):
         pytransformer.set_isa(before)
 
 
+def amx_peak(threads, seconds=0.3):
+    """Best GFLOP/s of independent bf16 tile products (TDPBF16PS) on `threads` threads; None without AMX."""
+    if not pytransformer.cpu_info()["amx_bf16"]:
+        return None
+    pytransformer.set_num_threads(threads)
+    _core.amx_probe(10**4)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        flops = _core.amx_probe(2 * 10**5)
+        best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):
     """GB/s of a = a + b over all threads (2 streams read, 1 written back in place, so no write-allocate
     traffic: the ceiling a kernel can reach), median over reps."""
@@ -50,11 +64,13 @@ def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):
 
 
 def measure(threads=(1, 2)):
-    """-> {"fma": {isa: {threads: GFLOP/s}}, "bandwidth_l3": {threads: GB/s}, "bandwidth_dram": {...}}"""
+    """-> {"fma": {isa: {threads: GFLOP/s}}, "amx_bf16": {threads: GFLOP/s} (empty without AMX),
+    "bandwidth_l3": {threads: GB/s}, "bandwidth_dram": {...}}"""
     before = pytransformer.get_num_threads()
     isas = [i for i in pytransformer.cpu_info()["available_isas"] if i != "baseline"] or ["baseline"]
     try:
-        return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas},
+        amx = {n: amx_peak(n) for n in threads} if pytransformer.cpu_info()["amx_bf16"] else {}
+        return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas}, "amx_bf16": amx,
                 "bandwidth_l3": {n: bandwidth(n) for n in threads},
                 "bandwidth_dram": {n: bandwidth(n, 400 * 2**20, reps=5) for n in threads}}
     finally:
@@ -68,6 +84,8 @@ def main():
     lim = measure(args.threads)
     for isa, per in lim["fma"].items():
         print(f"FMA peak {isa:>7}: " + ", ".join(f"{n} thr {v:6.1f} GFLOP/s" for n, v in per.items()))
+    if lim["amx_bf16"]:
+        print("AMX bf16 peak   : " + ", ".join(f"{n} thr {v:6.1f} GFLOP/s" for n, v in lim["amx_bf16"].items()))
     for key in ("bandwidth_l3", "bandwidth_dram"):
         print(f"{key:>15}: " + ", ".join(f"{n} thr {v:5.1f} GB/s" for n, v in lim[key].items()))
 

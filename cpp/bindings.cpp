@@ -88,6 +88,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &pt::num_threads);
   m.def("set_num_threads", &pt::set_num_threads, arg("n"));
   m.def("have_amx", &pt::amx::supported, "AMX-BF16 usable here (CPU, OS permission, build)");
+  m.def("amx_probe", [](int64_t iters) {
+    check_nonneg({iters});
+    if (!pt::amx::supported()) throw py::value_error("amx_probe: no usable AMX-BF16 here");
+    py::gil_scoped_release nogil;
+    return pt::amx::probe(iters);
+  }, "benchmark probe: flops done by independent bf16 tile products on every thread", arg("iters"));
   m.def("get_matmul_precision", &pt::matmul_precision);
   m.def("set_matmul_precision", &pt::set_matmul_precision, arg("precision"));
 

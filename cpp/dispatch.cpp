@@ -172,6 +172,7 @@ void set_matmul_precision(const std::string& name) {
 #ifndef PT_HAVE_AMX
 namespace amx {  // this build has no AMX kernels: precision stays float32
 bool supported() { return false; }
+double probe(int64_t) { throw std::logic_error("AMX kernels are not built"); }
 void matmul_forward(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t) {
   throw std::logic_error("AMX kernels are not built");
 }

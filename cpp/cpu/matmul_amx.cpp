@@ -342,6 +342,33 @@ bool supported() {
   return ok;
 }
 
+double probe(int64_t iters) {
+  double flops = 0.0;
+#pragma omp parallel num_threads(pt::num_threads()) reduction(+ : flops)
+  {
+    configure_tiles();
+    _tile_zero(0);  // zeros: no denormal or overflow slow paths
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t i = 0; i < iters; i++) {
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    alignas(64) float sink[256];
+    _tile_stored(0, sink, 64);
+    _tile_release();
+    flops += 4.0 * 2.0 * 16 * 16 * 32 * (double)iters + 0.0 * sink[0];
+  }
+  return flops;
+}
+
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
                     int64_t OC) {
   gemm(N, OC, IC, View{inp, IC, 1}, View{weight, 1, IC}, out, OC, false, bias);

@@ -27,6 +27,7 @@ inline bool matmul_bf16() { return matmul_precision() == "bfloat16"; }
 // dbias is left to them (it is a float32 column sum either way).
 namespace amx {
 bool supported();  // CPU has AMX-BF16 + AVX512-BF16, the OS saves tile state and granted it to this process
+double probe(int64_t iters);  // benchmark probe: iters rounds of 4 independent tile products per thread -> flops
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
                     int64_t OC);
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
