@@ -1,6 +1,7 @@
 """Every pytransformer kernel against NumPy and PyTorch, in one run, at 1 and 2 threads.
 
     python bench/kernels.py [--threads 1 2] [--quick] [--only matmul,attention] [--json out.json]
+    python bench/kernels.py --isa avx2 --only matmul   # all three held to AVX2 (OpenBLAS Haswell kernels)
 
 Threads are pinned for all three (pytransformer.set_num_threads, torch.set_num_threads, threadpoolctl for
 NumPy's BLAS); each number is the median over repeats after warm-up. Ratios are peer time / our time, so
@@ -17,6 +18,15 @@ import platform
 import statistics
 import sys
 import time
+
+# --isa avx2: every library held to AVX2 (ours via PYTRANSFORMER_ISA, OpenBLAS's Haswell kernels, torch's ATen and
+# MKL), set before any of them loads
+if "--isa" in sys.argv and "PYTRANSFORMER_ISA" not in os.environ:
+    isa = sys.argv[sys.argv.index("--isa") + 1]
+    env = dict(os.environ, PYTRANSFORMER_ISA=isa)
+    if isa == "avx2":
+        env.update(OPENBLAS_CORETYPE="Haswell", ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    os.execve(sys.executable, [sys.executable, *sys.argv, "--keep-openblas-env"], env)
 
 if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")) and "--keep-openblas-env" not in sys.argv:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -507,6 +517,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip the largest shapes")
     ap.add_argument("--json", default="bench/results/kernels.json", help="where to write the results")
     ap.add_argument("--keep-openblas-env", action="store_true", help="do not unset OPENBLAS_CORETYPE/L2_SIZE")
+    ap.add_argument("--isa", choices=["baseline", "avx2", "avx512"],
+                    help="our kernel variant; avx2 also holds OpenBLAS (Haswell), torch and MKL to AVX2")
     ap.add_argument("--plot", action="store_true", help="also draw bench/results/kernels.png (needs matplotlib)")
     ap.add_argument("--from-json", help="only plot the results of an earlier run")
     args = ap.parse_args()
