@@ -263,45 +263,57 @@ def dropout_backward(dout, p, seed, *, dinp=None):
 # --- attention -----------------------------------------------------------------------------------------------
 
 
-def _attention_args(q, k, v, key_mask, scale):
+_LAYOUTS = {"bhtd": ("B", "NH", "{T}", "HS"), "bthd": ("B", "{T}", "NH", "HS")}
+
+
+def _heads(layout, T):
+    """The dimension names of a (B, NH, T, HS) array in `layout`, T being "Tq" or "Tk"."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be 'bhtd' (B, NH, T, HS) or 'bthd' (B, T, NH, HS), got {layout!r}")
+    return tuple(n.format(T=T) for n in _LAYOUTS[layout])
+
+
+def _attention_args(q, k, v, key_mask, scale, layout):
     d = {}
-    array(q, "q", ("B", "NH", "Tq", "HS"), d)
-    array(k, "k", ("B", "NH", "Tk", "HS"), d)
-    array(v, "v", ("B", "NH", "Tk", "HS"), d)
+    array(q, "q", _heads(layout, "Tq"), d)
+    array(k, "k", _heads(layout, "Tk"), d)
+    array(v, "v", _heads(layout, "Tk"), d)
     mask = key_mask_bytes(key_mask, d)
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
     return d, mask, scale
 
 
-def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, out=None, lse=None):
+def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
 
     q (B, NH, Tq, HS), k and v (B, NH, Tk, HS); causal: key j visible to query i when j <= i + Tk - Tq;
     key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
-    -> out (B, NH, Tq, HS), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
+    layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
+    to heads without a copy.
+    -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale)
+    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
     reads = [("q", q), ("k", k), ("v", v)]
     out = output(out, "out", q.shape, reads)
-    lse = output(lse, "lse", q.shape[:3], reads + [("out", out)])
+    lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
     _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["HS"], bool(causal),
-                            scale)
+                            scale, layout == "bthd")
     return out, lse
 
 
-def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, dq=None, dk=None,
-                       dv=None):
-    """-> dq, dk, dv (overwritten), from the forward's out and lse."""
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale)
-    array(out, "out", ("B", "NH", "Tq", "HS"), d)
-    array(dout, "dout", ("B", "NH", "Tq", "HS"), d)
+def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, layout="bhtd",
+                       dq=None, dk=None, dv=None):
+    """-> dq, dk, dv (overwritten, shaped like q, k, v), from the forward's out and lse."""
+    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
+    array(out, "out", _heads(layout, "Tq"), d)
+    array(dout, "dout", _heads(layout, "Tq"), d)
     array(lse, "lse", ("B", "NH", "Tq"), d)
     reads = [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout), ("lse", lse)]
     dq = output(dq, "dq", q.shape, reads)
     dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
     dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
     _core.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"],
-                             d["HS"], bool(causal), scale)
+                             d["HS"], bool(causal), scale, layout == "bthd")
     return dq, dk, dv
 
 

@@ -194,6 +194,27 @@ def test_attention_matches_reference(isa, rng, B, NH, Tq, Tk, HS, causal, masked
         assert_close(a, b, TOL, name)
 
 
+@pytest.mark.parametrize("B,NH,Tq,Tk,HS,causal,masked", [(2, 3, 17, 17, 8, True, False), (1, 2, 5, 70, 20, True, True),
+                                                      (2, 4, 65, 33, 16, False, True), (1, 1, 1, 1, 4, True, False)])
+def test_attention_bthd_layout_reads_heads_in_place(isa, rng, B, NH, Tq, Tk, HS, causal, masked):
+    """layout="bthd": q, k, v, out and the gradients as (B, T, NH, HS) -- the same numbers, transposed."""
+    q, k, v = f32(rng, B, NH, Tq, HS), f32(rng, B, NH, Tk, HS), f32(rng, B, NH, Tk, HS)
+    g = f32(rng, B, NH, Tq, HS)
+    mask = (rng.random((B, Tk)) < 0.7) if masked else None
+    t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3))  # noqa: E731  (B, NH, T, HS) <-> (B, T, NH, HS)
+    out, lse = ops.attention_forward(t(q), t(k), t(v), causal, mask, layout="bthd")
+    want_out, want_lse = ref.attention_forward(q, k, v, causal, mask)
+    assert out.shape == (B, Tq, NH, HS) and lse.shape == (B, NH, Tq)
+    assert_close(t(out), want_out, TOL, "out")
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+    got = ops.attention_backward(t(g), t(q), t(k), t(v), out, lse, causal, mask, layout="bthd")
+    want = ref.attention_backward(g, q, k, v, want_out, want_lse, causal, mask)
+    for name, a, e in zip(("dq", "dk", "dv"), got, want):
+        assert_close(t(a), e, TOL, name)
+    with pytest.raises(ValueError, match="layout"):
+        ops.attention_forward(q, k, v, layout="bhdt")
+
+
 def test_attention_fully_masked_rows_are_zero_not_nan(isa, rng):
     q, k, v = f32(rng, 1, 2, 5, 8), f32(rng, 1, 2, 3, 8), f32(rng, 1, 2, 3, 8)
     out, lse = ops.attention_forward(q, k, v, causal=True)  # Tq > Tk: the first two queries see no key

@@ -2,6 +2,8 @@
 //
 // q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) with 1 = attend (or null), out (B, NH, Tq, HS),
 // lse (B, NH, Tq) = log-sum-exp of each row's scaled scores, saved for backward (-inf for a fully masked row).
+// With bthd every (B, NH, T, HS) array (q, k, v, out and their gradients) is laid out (B, T, NH, HS) instead:
+// the (B, T, C) output of a Linear read per head in place, rows of one head NH * HS floats apart.
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
 // (identical to the usual lower triangle when Tq == Tk).
 //
@@ -31,6 +33,14 @@ constexpr int TM = 4, TV = 2;
 #endif
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Where head (b, h) of a (B, NH, T, HS) array starts, and how far apart its rows are, in either layout.
+struct Heads {
+  int64_t NH, HS;
+  bool bthd;
+  int64_t row_stride() const { return bthd ? NH * HS : HS; }
+  int64_t offset(int64_t b, int64_t h, int64_t T) const { return bthd ? (b * T * NH + h) * HS : (b * NH + h) * T * HS; }
+};
 
 // C (R x NV*W) [+]= A (R x k) . B (k x NV*W). A element (r, p) at A[r * ars + p * acs]; B row-major (ldb).
 template <int R, int NV>
@@ -80,19 +90,19 @@ void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
   }
 }
 
-// dst (BK x HS) = the nk x HS rows of X transposed into HS x BK, columns past nk zeroed
-void transpose_tile(float* dst, const float* X, int64_t nk, int64_t HS) {
+// dst (BK x HS) = the nk x HS rows of X (rs apart) transposed into HS x BK, columns past nk zeroed
+void transpose_tile(float* dst, const float* X, int64_t nk, int64_t HS, int64_t rs) {
   for (int64_t d = 0; d < HS; d++) {
     float* row = dst + d * BK;
-    for (int64_t j = 0; j < nk; j++) row[j] = X[j * HS + d];
+    for (int64_t j = 0; j < nk; j++) row[j] = X[j * rs + d];
     for (int64_t j = nk; j < BK; j++) row[j] = 0.f;
   }
 }
 
-// dst (n x HSP) = X (n x HS) with the columns from HS to HSP zeroed
-void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP) {
+// dst (n x HSP) = X (n x HS, rows rs apart) with the columns from HS to HSP zeroed
+void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP, int64_t rs) {
   for (int64_t i = 0; i < n; i++) {
-    std::memcpy(dst + i * HSP, X + i * HS, HS * sizeof(float));
+    std::memcpy(dst + i * HSP, X + i * rs, HS * sizeof(float));
     std::fill(dst + i * HSP + HS, dst + (i + 1) * HSP, 0.f);
   }
 }
@@ -125,18 +135,20 @@ struct TileMask {
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
-                       bool causal, float scale) {
+                       bool causal, float scale, bool bthd) {
   const int64_t HSP = round_up(HS, W);
+  const Heads heads{NH, HS, bthd};
+  const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
   for (int64_t t = 0; t < ntasks; t++) {
-    const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH;
+    const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
-    const float* Q = q + (bh * Tq + i0) * HS;
-    const float* K = k + bh * Tk * HS;
-    const float* Vv = v + bh * Tk * HS;
+    const float* Q = q + heads.offset(b, h, Tq) + i0 * rs;
+    const float* K = k + heads.offset(b, h, Tk);
+    const float* Vv = v + heads.offset(b, h, Tk);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
@@ -154,10 +166,10 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t kend = causal ? std::min(Tk, i0 + nq + offset) : Tk;
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
-      transpose_tile(Kt, K + j0 * HS, nk, HS);
-      pad_rows(Vp, Vv + j0 * HS, nk, HS, HSP);
+      transpose_tile(Kt, K + j0 * rs, nk, HS, rs);
+      pad_rows(Vp, Vv + j0 * rs, nk, HS, HSP, rs);
       tm.set(mask, j0, nk);
-      tile_gemm(S, BK, Q, HS, 1, Kt, BK, nq, BK, HS, false);
+      tile_gemm(S, BK, Q, rs, 1, Kt, BK, nq, BK, HS, false);
       for (int64_t i = 0; i < nq; i++) {
         float* s = S + i * BK;
         const int64_t limit = causal ? i0 + i + offset - j0 : BK;
@@ -185,7 +197,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       tile_gemm(O, HSP, S, BK, 1, Vp, HSP, nq, HSP, nk, true);
     }
     for (int64_t i = 0; i < nq; i++) {
-      float* dst = out + (bh * Tq + i0 + i) * HS;
+      float* dst = out + heads.offset(b, h, Tq) + (i0 + i) * rs;
       if (l[i] > 0.f) {
         const float inv = 1.f / l[i];
         for (int64_t d = 0; d < HS; d++) dst[d] = O[i * HSP + d] * inv;
@@ -202,18 +214,21 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 // one task per (batch, head) so no two threads touch the same gradient row.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale) {
+                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd) {
   const int64_t HSP = round_up(HS, W);
+  const Heads heads{NH, HS, bthd};
+  const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
   const int64_t ntasks = B * NH;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
   for (int64_t bh = 0; bh < ntasks; bh++) {
-    const int64_t b = bh / NH;
-    const float* Q = q + bh * Tq * HS;
-    const float* K = k + bh * Tk * HS;
-    const float* Vv = v + bh * Tk * HS;
-    const float* dO = dout + bh * Tq * HS;
-    const float* O = out + bh * Tq * HS;
+    const int64_t b = bh / NH, h = bh % NH;
+    const int64_t q_off = heads.offset(b, h, Tq), k_off = heads.offset(b, h, Tk);
+    const float* Q = q + q_off;
+    const float* K = k + k_off;
+    const float* Vv = v + k_off;
+    const float* dO = dout + q_off;
+    const float* O = out + q_off;
     const float* L = lse + bh * Tq;
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
@@ -230,27 +245,27 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     float* dVa = dKa + BK * HSP;
     float* P = dVa + BK * HSP;
     float* dS = P + BQ * BK;
-    pad_rows(Qp, Q, Tq, HS, HSP);
-    pad_rows(dOp, dO, Tq, HS, HSP);
+    pad_rows(Qp, Q, Tq, HS, HSP, rs);
+    pad_rows(dOp, dO, Tq, HS, HSP, rs);
     std::fill(dQp, dQp + Tq * HSP, 0.f);
     for (int64_t i = 0; i < Tq; i++) {
       float acc = 0.f;
-      for (int64_t d = 0; d < HS; d++) acc += dO[i * HS + d] * O[i * HS + d];
+      for (int64_t d = 0; d < HS; d++) acc += dO[i * rs + d] * O[i * rs + d];
       D[i] = acc;
     }
 
     for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
       const int64_t nk = std::min(BK, Tk - j0);
-      transpose_tile(Kt, K + j0 * HS, nk, HS);
-      transpose_tile(Vt, Vv + j0 * HS, nk, HS);
-      pad_rows(Kp, K + j0 * HS, nk, HS, HSP);
+      transpose_tile(Kt, K + j0 * rs, nk, HS, rs);
+      transpose_tile(Vt, Vv + j0 * rs, nk, HS, rs);
+      pad_rows(Kp, K + j0 * rs, nk, HS, HSP, rs);
       std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
       tm.set(mask, j0, nk);
       const int64_t i_first = causal ? std::max<int64_t>(0, j0 - offset) : 0;
       for (int64_t i0 = i_first; i0 < Tq; i0 += BQ) {
         const int64_t nq = std::min(BQ, Tq - i0);
-        tile_gemm(P, BK, Q + i0 * HS, HS, 1, Kt, BK, nq, BK, HS, false);
-        tile_gemm(dS, BK, dO + i0 * HS, HS, 1, Vt, BK, nq, BK, HS, false);
+        tile_gemm(P, BK, Q + i0 * rs, rs, 1, Kt, BK, nq, BK, HS, false);
+        tile_gemm(dS, BK, dO + i0 * rs, rs, 1, Vt, BK, nq, BK, HS, false);
         for (int64_t i = 0; i < nq; i++) {
           float* p = P + i * BK;
           float* ds = dS + i * BK;
@@ -274,11 +289,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         tile_gemm(dQp + i0 * HSP, HSP, dS, BK, 1, Kp, HSP, nq, HSP, nk, true);   // dQ += dS K
       }
       for (int64_t j = 0; j < nk; j++) {
-        std::memcpy(dk + (bh * Tk + j0 + j) * HS, dKa + j * HSP, HS * sizeof(float));
-        std::memcpy(dv + (bh * Tk + j0 + j) * HS, dVa + j * HSP, HS * sizeof(float));
+        std::memcpy(dk + k_off + (j0 + j) * rs, dKa + j * HSP, HS * sizeof(float));
+        std::memcpy(dv + k_off + (j0 + j) * rs, dVa + j * HSP, HS * sizeof(float));
       }
     }
-    for (int64_t i = 0; i < Tq; i++) std::memcpy(dq + (bh * Tq + i) * HS, dQp + i * HSP, HS * sizeof(float));
+    for (int64_t i = 0; i < Tq; i++) std::memcpy(dq + q_off + i * rs, dQp + i * HSP, HS * sizeof(float));
   }
 }
 

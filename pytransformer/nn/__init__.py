@@ -1,6 +1,6 @@
 """Layers with explicit forward(...) and backward(dout): no autograd anywhere."""
 
-from .attention import MultiHeadAttention, merge_heads, split_heads
+from .attention import MultiHeadAttention, heads, merge_heads
 from .blocks import DecoderBlock, EncoderBlock, FeedForward
 from .layers import (Activation, Dropout, Embedding, LayerNorm, LearnedPositions, Linear, SinusoidalPositions,
                      sinusoidal_table)
@@ -9,4 +9,4 @@ from .patch import PatchEmbedding, image_to_patches
 
 __all__ = ["Activation", "DecoderBlock", "Dropout", "Embedding", "EncoderBlock", "FeedForward", "FlatParameters",
            "LayerNorm", "LearnedPositions", "Linear", "Module", "MultiHeadAttention", "Parameter", "PatchEmbedding",
-           "SinusoidalPositions", "image_to_patches", "merge_heads", "sinusoidal_table", "split_heads"]
+           "SinusoidalPositions", "image_to_patches", "heads", "merge_heads", "sinusoidal_table"]

@@ -13,16 +13,16 @@ from .layers import Linear
 from .module import Module
 
 
-def split_heads(x, NH):
-    """(B, T, C) -> (B, NH, T, HS), contiguous."""
+def heads(x, NH):
+    """(B, T, C) -> (B, T, NH, HS): a view, no copy (the attention kernel's "bthd" layout)."""
     B, T, C = x.shape
-    return np.ascontiguousarray(x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3))
+    return x.reshape(B, T, NH, C // NH)
 
 
 def merge_heads(x):
-    """(B, NH, T, HS) -> (B, T, C), contiguous."""
-    B, NH, T, HS = x.shape
-    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, T, NH * HS)
+    """(B, T, NH, HS) -> (B, T, C): a view, no copy."""
+    B, T, NH, HS = x.shape
+    return x.reshape(B, T, NH * HS)
 
 
 class MultiHeadAttention(Module):
@@ -46,17 +46,17 @@ class MultiHeadAttention(Module):
     def forward(self, x, memory=None, key_mask=None):
         kv = x if memory is None else memory
         self._cross = memory is not None
-        q = split_heads(self.q.forward(x), self.NH)
-        k = split_heads(self.k.forward(kv), self.NH)
-        v = split_heads(self.v.forward(kv), self.NH)
-        out, lse = ops.attention_forward(q, k, v, self.causal, key_mask)
+        q = heads(self.q.forward(x), self.NH)
+        k = heads(self.k.forward(kv), self.NH)
+        v = heads(self.v.forward(kv), self.NH)
+        out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
         self._saved = (q, k, v, out, lse, key_mask)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):
         q, k, v, out, lse, key_mask = self._saved
-        dattn = split_heads(self.o.backward(dout), self.NH)
-        dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask)
+        dattn = heads(self.o.backward(dout), self.NH)
+        dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, layout="bthd")
         dx = self.q.backward(merge_heads(dq))
         dkv = self.k.backward(merge_heads(dk))
         dkv += self.v.backward(merge_heads(dv))
@@ -68,6 +68,7 @@ class MultiHeadAttention(Module):
     def attention_probs(self):
         """The softmax weights (B, NH, Tq, Tk) of the last forward, recomputed on request (float32)."""
         q, k, _, _, _, key_mask = self._saved
+        q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, NH, T, HS)
         Tq, Tk, HS = q.shape[2], k.shape[2], q.shape[3]
         s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(HS))
         visible = np.ones((1, 1, Tq, Tk), bool)

@@ -123,7 +123,7 @@ def test_attention_maps_are_causal_softmax_rows(rng):
     # the first layer's map is softmax(q k^T / sqrt(HS)) of that layer's own projections
     from pytransformer import reference as ref
     attn = model.blocks[0].attn.sublayer
-    q, k = attn._saved[0], attn._saved[1]
+    q, k = (a.transpose(0, 2, 1, 3) for a in attn._saved[:2])  # kept as (B, T, NH, HS)
     np.testing.assert_allclose(maps[0], ref.attention_probs(q, k, causal=True)[0], rtol=1e-4, atol=1e-6)
 
 

@@ -50,14 +50,15 @@
   void dropout_backward(float* dinp, const float* dout, int64_t n, float p, uint64_t seed);                  \
   /* q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) 1 = attend (may be null);                   \
      out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible to query i when                      \
-     j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0. */         \
+     j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0.           \
+     bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head. */     \
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, \
-                         bool causal, float scale);                                                          \
+                         bool causal, float scale, bool bthd);                                               \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk,            \
-                          int64_t HS, bool causal, float scale);                                             \
+                          int64_t HS, bool causal, float scale, bool bthd);                                  \
   /* one AdamW step (torch.optim.AdamW semantics) over flat buffers of n floats; step counts from 1 */        \
   void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,    \
                   float beta2, float eps, float weight_decay, int64_t step);                                 \
