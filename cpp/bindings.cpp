@@ -286,7 +286,10 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    if (pt::matmul_bf16())
+      pt::amx_attention::attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    else
+      K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
                                  int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
@@ -303,7 +306,11 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    if (pt::matmul_bf16())
+      pt::amx_attention::attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal,
+                                            scale, bthd);
+    else
+      K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
   });
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,

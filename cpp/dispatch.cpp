@@ -180,6 +180,17 @@ void matmul_backward(float*, float*, const float*, const float*, const float*, i
   throw std::logic_error("AMX kernels are not built");
 }
 }  // namespace amx
+namespace amx_attention {
+void attention_forward(float*, float*, const float*, const float*, const float*, const uint8_t*, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, bool, float, bool) {
+  throw std::logic_error("AMX kernels are not built");
+}
+void attention_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
+                        const float*, const float*, const uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                        bool, float, bool) {
+  throw std::logic_error("AMX kernels are not built");
+}
+}  // namespace amx_attention
 #endif
 
 }  // namespace pt

@@ -44,10 +44,11 @@ def set_isa(name: str) -> None:
 def set_matmul_precision(precision: str) -> None:
     """Choose how Linear products are computed: "float32" (default) or "bfloat16".
 
-    "bfloat16" rounds both inputs of every matmul (forward and the dinp/dweight products) to bfloat16 and
-    accumulates in float32 on Intel AMX tiles -- what torch calls set_float32_matmul_precision("medium") and
-    mixed-precision training relies on. Everything else (parameters, optimizer state, layernorm, softmax,
-    attention, bias gradients) stays float32. Raises RuntimeError where AMX-BF16 is not usable.
+    "bfloat16" rounds both inputs of every matmul (forward and the dinp/dweight products) and of attention's
+    products (Q K^T, P V and their backward) to bfloat16 and accumulates in float32 on Intel AMX tiles -- what
+    torch.autocast("cpu", torch.bfloat16) does to Linear and attention. Everything else (parameters, optimizer
+    state, layernorm, the softmax, bias gradients) stays float32. Raises RuntimeError where AMX-BF16 is not
+    usable.
     """
     if not isinstance(precision, str):
         raise TypeError(f"precision must be a str, got {type(precision).__name__}")

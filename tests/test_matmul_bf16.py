@@ -1,4 +1,4 @@
-"""The "bfloat16" matmul precision (AMX): products of bf16-rounded inputs summed in float32.
+"""The "bfloat16" matmul precision (AMX): Linear and attention products of bf16-rounded inputs, float32 sums.
 
 The spec is reference.round_bfloat16 applied to both inputs, then the float64 product: the kernel must match it
 to float32 summation error, so a wrong tile layout, a missed edge or an unrounded input all fail.
@@ -122,3 +122,43 @@ def test_round_bfloat16_reference():
     # ties to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 -> 1; 1 + 3 * 2^-8 -> 1 + 2^-6
     np.testing.assert_array_equal(r[:4], [1.0, 1.0, 1 + 2**-6, -2.5])
     assert abs(r[4] - 1e-30) / 1e-30 < 2**-7 and abs(r[5] - 3.0e38) / 3.0e38 < 2**-8
+
+
+# --- attention under the bfloat16 precision: its products on tiles, softmax and sums in float32 -------------
+# The error budget is bf16's: q, k rounded (2^-9 relative each) move the scores, and the probabilities are
+# rounded before P V. 2e-2 of the largest reference value is ~5x what these shapes show; a wrong tile layout,
+# mask or transposition gives errors of order 1.
+
+ATTENTION_SHAPES = [(2, 3, 17, 17, 8, True, False), (1, 2, 5, 70, 20, True, True), (2, 4, 65, 33, 16, False, True),
+                    (1, 2, 130, 130, 64, True, False), (2, 2, 64, 64, 64, False, False)]
+
+
+@needs_amx
+@pytest.mark.parametrize("layout", ["bhtd", "bthd"])
+@pytest.mark.parametrize("B,NH,Tq,Tk,HS,causal,masked", ATTENTION_SHAPES)
+def test_attention_in_bf16_matches_reference(bf16, rng, B, NH, Tq, Tk, HS, causal, masked, layout):
+    q, k, v, g = f32(rng, B, NH, Tq, HS), f32(rng, B, NH, Tk, HS), f32(rng, B, NH, Tk, HS), f32(rng, B, NH, Tq, HS)
+    mask = (rng.random((B, Tk)) < 0.7) if masked else None
+    t = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3))) if layout == "bthd" else (lambda a: a)
+    out, lse = ops.attention_forward(t(q), t(k), t(v), causal, mask, layout=layout)
+    grads = ops.attention_backward(t(g), t(q), t(k), t(v), out, lse, causal, mask, layout=layout)
+    want_out, want_lse = R.attention_forward(q, k, v, causal, mask)
+    want = R.attention_backward(g, q, k, v, want_out, want_lse, causal, mask)
+    assert_close(t(out), want_out, 2e-2, "out")
+    seen = np.isfinite(want_lse)
+    np.testing.assert_array_equal(np.isfinite(lse), seen)
+    np.testing.assert_allclose(lse[seen], want_lse[seen], atol=2e-2)
+    for name, a, e in zip(("dq", "dk", "dv"), grads, want):
+        assert_close(t(a), e, 2e-2, name, floor=1e-3)
+
+
+@needs_amx
+def test_attention_bf16_path_is_taken(rng):
+    q, k, v = (f32(rng, 1, 2, 40, 32) for _ in range(3))
+    full, _ = ops.attention_forward(q, k, v, True)
+    with pytransformer.matmul_precision("bfloat16"):
+        half, _ = ops.attention_forward(q, k, v, True)
+    want = R.attention_forward(q, k, v, True)[0]
+    assert_close(full, want, 2e-5, "float32")
+    err = np.abs(half - want).max() / np.abs(want).max()
+    assert 1e-4 < err < 2e-2, f"bf16 attention error {err:.3g}"

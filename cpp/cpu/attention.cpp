@@ -15,6 +15,9 @@
 #include <limits>
 
 #include "simd.h"
+#ifdef PT_ATTENTION_AMX
+#include "amx_tiles.h"
+#endif
 
 namespace pt {
 namespace PT_NS {
@@ -76,6 +79,17 @@ void tile_rows(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
   for (; i < m; i++) tile_block<1, NV>(C + i * ldc, ldc, A + i * ars, ars, acs, B, ldb, k, accumulate);
 }
 
+#ifdef PT_ATTENTION_AMX
+// The bf16 build (matmul precision "bfloat16"): every product on AMX tiles, operands rounded to bf16, float32
+// sums; the softmax and everything else stays float32.
+void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
+               int64_t m, int64_t n, int64_t k, bool accumulate) {
+  amx::tile_product(C, ldc, amx::View{A, ars, acs}, amx::View{B, ldb, 1}, m, n, k, accumulate);
+}
+struct TileUse : amx::TileScope {};
+#else
+struct TileUse {};  // the float32 builds hold no tile state
+
 // C (m x n) [+]= A (m x k) . B (k x n), n a multiple of W (callers pad their tiles).
 void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
                int64_t m, int64_t n, int64_t k, bool accumulate) {
@@ -89,13 +103,18 @@ void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
     }
   }
 }
+#endif
 
-// dst (BK x HS) = the nk x HS rows of X (rs apart) transposed into HS x BK, columns past nk zeroed
+// dst (HS x BK) = the nk x HS rows of X (rs apart) transposed, columns past nk zeroed; W x W blocks in registers
 void transpose_tile(float* dst, const float* X, int64_t nk, int64_t HS, int64_t rs) {
-  for (int64_t d = 0; d < HS; d++) {
-    float* row = dst + d * BK;
-    for (int64_t j = 0; j < nk; j++) row[j] = X[j * rs + d];
-    for (int64_t j = nk; j < BK; j++) row[j] = 0.f;
+  for (int64_t j0 = 0; j0 < BK; j0 += W) {
+    for (int64_t d0 = 0; d0 < HS; d0 += W) {
+      const int64_t nd = std::min<int64_t>(W, HS - d0);
+      V r[W];
+      for (int64_t jj = 0; jj < W; jj++) r[jj] = j0 + jj < nk ? loadn(X + (j0 + jj) * rs + d0, nd) : zero();
+      transpose(r);
+      for (int64_t dd = 0; dd < nd; dd++) store(dst + (d0 + dd) * BK + j0, r[dd]);
+    }
   }
 }
 
@@ -144,6 +163,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   const int64_t ntasks = B * NH * nqb;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
   for (int64_t t = 0; t < ntasks; t++) {
+    [[maybe_unused]] const TileUse tiles;
     const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
     const float* Q = q + heads.offset(b, h, Tq) + i0 * rs;
@@ -222,6 +242,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t ntasks = B * NH;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
   for (int64_t bh = 0; bh < ntasks; bh++) {
+    [[maybe_unused]] const TileUse tiles;
     const int64_t b = bh / NH, h = bh % NH;
     const int64_t q_off = heads.offset(b, h, Tq), k_off = heads.offset(b, h, Tk);
     const float* Q = q + q_off;

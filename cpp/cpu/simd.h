@@ -182,6 +182,53 @@ inline V select_lt(V a, V b, V x, V y) { return a.v < b.v ? x : y; }
 inline V select_gt(V a, V b, V x, V y) { return a.v > b.v ? x : y; }
 #endif
 
+// r[i][j] <- r[j][i]: a W x W block of floats, one row per vector
+inline void transpose(V r[W]) {
+#if defined(PT_ISA_AVX512)
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+  }
+  auto lo64 = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  auto hi64 = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  for (int i = 0; i < 4; i++) {  // u[4i + c], 128-bit lane L = column 4L + c of rows 4i .. 4i + 3
+    u[4 * i + 0] = lo64(t[4 * i + 0], t[4 * i + 2]);
+    u[4 * i + 1] = hi64(t[4 * i + 0], t[4 * i + 2]);
+    u[4 * i + 2] = lo64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = hi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; c++) {  // 4 x 4 transpose of 128-bit lanes
+    __m512 p0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), p1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    __m512 p2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), p3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c].v = _mm512_shuffle_f32x4(p0, p2, 0x88);
+    r[4 + c].v = _mm512_shuffle_f32x4(p0, p2, 0xDD);
+    r[8 + c].v = _mm512_shuffle_f32x4(p1, p3, 0x88);
+    r[12 + c].v = _mm512_shuffle_f32x4(p1, p3, 0xDD);
+  }
+#elif defined(PT_ISA_AVX2)
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; i++) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+  }
+  for (int h = 0; h < 2; h++) {
+    s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; c++) {
+    r[c].v = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    r[4 + c].v = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
+#elif defined(__SSE2__)
+  _MM_TRANSPOSE4_PS(r[0].v, r[1].v, r[2].v, r[3].v);
+#else
+  (void)r;  // 1 x 1
+#endif
+}
+
 // r = min(W, remaining) lanes: a full vector or a masked tail
 inline V loadn(const float* p, int64_t r) { return r >= W ? load(p) : load_partial(p, r); }
 inline void storen(float* p, V a, int64_t r) {

@@ -17,7 +17,8 @@ bool have_openmp();
 int num_threads();
 void set_num_threads(int n);
 
-// Matmul precision: "float32" (default) or "bfloat16" (inputs rounded to bf16, float32 sums, on AMX).
+// Matmul precision: "float32" (default) or "bfloat16" (inputs rounded to bf16, float32 sums, on AMX): the
+// Linear products and attention's products.
 // Setting "bfloat16" throws std::runtime_error where AMX-BF16 is not usable (CPU, OS or build).
 std::string matmul_precision();
 void set_matmul_precision(const std::string& name);
@@ -33,4 +34,15 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                      int64_t N, int64_t IC, int64_t OC);
 }  // namespace amx
+
+// attention.cpp built with its products on AMX tiles (bf16 operands, float32 softmax and sums): the
+// attention kernels under the "bfloat16" precision. Same arguments as the float32 kernels.
+namespace amx_attention {
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
+                       bool causal, float scale, bool bthd);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
+                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);
+}  // namespace amx_attention
 }  // namespace pt
