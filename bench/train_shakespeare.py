@@ -8,7 +8,7 @@ same initial weights, the same batches and the same AdamW schedule (2 threads ea
 torch always runs float32 eager as well, and --torch-bf16 adds a torch run under torch.autocast("cpu", bfloat16),
 the like-for-like mixed-precision comparison.
 
-Writes bench/results/shakespeare.json and bench/results/shakespeare.png (both loss curves); prints final
+Writes bench/results/<name>.json and <name>.png (--name, default shakespeare; all loss curves); prints final
 validation losses and tokens/s. The corpus is ../shared/data/tinyshakespeare.txt (last 10% held out).
 """
 
@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--torch-bf16", action="store_true", help="also run torch under autocast(bfloat16)")
+    ap.add_argument("--name", default="shakespeare", help="file name of the results under bench/results/")
     args = ap.parse_args()
 
     text = open(args.data, encoding="utf-8").read()
@@ -128,7 +129,7 @@ def main():
 
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "shakespeare.json"), "w") as f:
+    with open(os.path.join(out, args.name + ".json"), "w") as f:
         json.dump(results, f)
     ours = hists["pytransformer"]
     extra = {}
@@ -144,7 +145,7 @@ def main():
         extra.update({"torch bf16 train": (t.step, t.loss), "torch bf16 validation": (t.val_step, t.val_loss)})
         print(f"torch autocast bf16: val {t.val_loss[-1]:.4f}, {t.tokens_per_s:,.0f} tokens/s "
               f"(pytransformer {ours.tokens_per_s / t.tokens_per_s:.2f}x)")
-    png = os.path.join(out, "shakespeare.png")
+    png = os.path.join(out, args.name + ".png")
     if plot_history(ours, png, "Tiny Shakespeare, char-level GPT: pytransformer vs torch", extra):
         print(f"loss curves: {png}")
 
