@@ -17,6 +17,8 @@ def cmd_info(args) -> int:
     print(f"openmp: {'yes' if info['openmp'] else 'no (kernels run serially)'}")
     print(f"threads: {info['num_threads']}")
     print(f"cuda: {'available' if info['cuda'] else 'not available (CPU build)'}")
+    amx = "yes (train --precision bfloat16, set_matmul_precision)" if info["amx_bf16"] else "no (float32 only)"
+    print(f"amx-bf16: {amx}")
     print(f"\nself-check: every kernel, forward and backward, vs the float64 reference (tolerance {selfcheck.TOLERANCE:g})")
     results = selfcheck.run()
     isas = list(results)

@@ -19,6 +19,21 @@ def test_cpu_info_reports_the_machine():
     assert info["isa"] == info["available_isas"][-1]  # the best supported variant is the default
     assert info["num_threads"] >= 1
     assert info["cuda"] is False
+    assert info["matmul_precision"] == "float32"
+
+
+def test_amx_is_reported_only_where_the_cpu_has_it():
+    info = pytransformer.cpu_info()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    has = {"amx_bf16", "amx_tile", "avx512_bf16"} <= flags
+    if info["amx_bf16"]:
+        assert has
+    elif has and int(os.uname().release.split(".")[0]) >= 6:  # Linux grants tile state since 5.16
+        pytest.fail("the CPU and kernel have AMX-BF16 but pytransformer does not use it")
 
 
 def run_python(code, **env):
