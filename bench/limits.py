@@ -16,6 +16,17 @@ import pytransformer
 from pytransformer import _core, ops
 
 
+def _best_rate(probe, warmup_iters, iters, seconds):
+    """Best GFLOP/s of probe(iters) (which returns the flops it did) over `seconds`, after one warm-up call."""
+    probe(warmup_iters)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        flops = probe(iters)
+        best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def fma_peak(threads, isa=None, seconds=0.3):
     """Best GFLOP/s of independent FMA chains on `threads` threads with the given (or active) ISA."""
     before = pytransformer.cpu_info()["isa"]
@@ -23,13 +34,7 @@ def fma_peak(threads, isa=None, seconds=0.3):
         pytransformer.set_isa(isa)
     pytransformer.set_num_threads(threads)
     try:
-        _core.fma_probe(10**5)
-        best, start = 0.0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            flops = _core.fma_probe(2 * 10**6)
-            best = max(best, flops / (time.perf_counter() - t) / 1e9)
-        return best
+        return _best_rate(_core.fma_probe, 10**5, 2 * 10**6, seconds)
     finally:
         pytransformer.set_isa(before)
 
@@ -39,13 +44,7 @@ def amx_peak(threads, seconds=0.3):
     if not pytransformer.cpu_info()["amx_bf16"]:
         return None
     pytransformer.set_num_threads(threads)
-    _core.amx_probe(10**4)
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        flops = _core.amx_probe(2 * 10**5)
-        best = max(best, flops / (time.perf_counter() - t) / 1e9)
-    return best
+    return _best_rate(_core.amx_probe, 10**4, 2 * 10**5, seconds)
 
 
 def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):

@@ -222,6 +222,34 @@ class Scratch {
   size_t n_ = 0;
 };
 
+// The 32 x 32 block of C at (i0, j0), clipped to M x N: C = A . B (+ bias), or C += A . B when accumulate.
+// a0 / b0: the first of two packed row / column tiles (nkb k-tiles each, the second follows). A whole block
+// starts its tiles from C (accumulate) or from bias_rows (16 equal rows of these 32 bias values, bias_stride
+// bytes apart) and stores straight into C; an edge block goes through scratch and is clipped.
+inline void block_2x2(const uint16_t* a0, const uint16_t* b0, int64_t nkb, float* C, int64_t ldc, int64_t i0,
+                      int64_t j0, int64_t M, int64_t N, bool accumulate, const float* bias, const float* bias_rows,
+                      int64_t bias_stride) {
+  const uint16_t *a1 = a0 + nkb * TILE, *b1 = b0 + nkb * TILE;
+  if (i0 + 32 <= M && j0 + 32 <= N) {
+    float* c = C + i0 * ldc + j0;
+    const int64_t off[4] = {0, 16, 16 * ldc, 16 * ldc + 16}, boff[4] = {0, 16, 0, 16};
+    if (accumulate)
+      kernel_2x2(a0, a1, b0, b1, nkb, c, ldc * 4, off, c, ldc * 4, off);
+    else if (bias_rows)
+      kernel_2x2(a0, a1, b0, b1, nkb, bias_rows, bias_stride, boff, c, ldc * 4, off);
+    else
+      kernel_2x2(a0, a1, b0, b1, nkb, nullptr, 0, off, c, ldc * 4, off);
+    return;
+  }
+  alignas(64) float acc[4 * 256];
+  const int64_t off[4] = {0, 256, 512, 768};
+  kernel_2x2(a0, a1, b0, b1, nkb, nullptr, 0, off, acc, 64, off);
+  write_tile(C, ldc, acc, i0, j0, M, N, accumulate, bias);
+  write_tile(C, ldc, acc + 256, i0, j0 + 16, M, N, accumulate, bias);
+  write_tile(C, ldc, acc + 512, i0 + 16, j0, M, N, accumulate, bias);
+  write_tile(C, ldc, acc + 768, i0 + 16, j0 + 16, M, N, accumulate, bias);
+}
+
 // C (m x n, ldc) [+]= A (m x k) . B (k x n), serially on this thread's (configured) tiles; any sizes. For the
 // small products inside attention: both operands are packed here, so transposed views cost no extra pass.
 inline void tile_product(float* C, int64_t ldc, View A, View B, int64_t m, int64_t n, int64_t k, bool accumulate) {
@@ -235,26 +263,10 @@ inline void tile_product(float* C, int64_t ldc, View A, View B, int64_t m, int64
     for (int64_t kb = 0; kb < nkb; kb++) pack_A_tile(Ap + (it * nkb + kb) * TILE, A, it * 16, kb * 32, m, k);
   for (int64_t jt = 0; jt < nt; jt++)
     for (int64_t kb = 0; kb < nkb; kb++) pack_B_tile(Bp + (jt * nkb + kb) * TILE, B, kb * 32, jt * 16, k, n);
-  alignas(64) float acc[4 * 256];
   for (int64_t ip = 0; ip < mt / 2; ip++)
-    for (int64_t jp = 0; jp < nt / 2; jp++) {
-      const uint16_t* a0 = Ap + 2 * ip * nkb * TILE;
-      const uint16_t* b0 = Bp + 2 * jp * nkb * TILE;
-      const int64_t i0 = ip * 32, j0 = jp * 32;
-      if (i0 + 32 <= m && j0 + 32 <= n) {
-        float* c = C + i0 * ldc + j0;
-        const int64_t off[4] = {0, 16, 16 * ldc, 16 * ldc + 16};
-        kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, accumulate ? c : nullptr, ldc * 4, off, c,
-                   ldc * 4, off);
-      } else {
-        const int64_t off[4] = {0, 256, 512, 768};
-        kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, nullptr, 0, off, acc, 64, off);
-        write_tile(C, ldc, acc, i0, j0, m, n, accumulate, nullptr);
-        write_tile(C, ldc, acc + 256, i0, j0 + 16, m, n, accumulate, nullptr);
-        write_tile(C, ldc, acc + 512, i0 + 16, j0, m, n, accumulate, nullptr);
-        write_tile(C, ldc, acc + 768, i0 + 16, j0 + 16, m, n, accumulate, nullptr);
-      }
-    }
+    for (int64_t jp = 0; jp < nt / 2; jp++)
+      block_2x2(Ap + 2 * ip * nkb * TILE, Bp + 2 * jp * nkb * TILE, nkb, C, ldc, ip * 32, jp * 32, m, n, accumulate,
+                nullptr, nullptr, 0);
 }
 
 // Configures this thread's tiles for its lifetime in a scope and releases them at its end.

@@ -52,7 +52,6 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
 #pragma omp parallel num_threads(nthreads) if (parallel)
   {
     configure_tiles();
-    alignas(64) float acc[4 * 256];
     // tiles are packed in the order that reads memory sequentially: along k when A's rows are contiguous,
     // else across the row tiles of one k-tile (k rows of A^T), so every cache line is used whole at once
     const bool a_k_inner = A.cs == 1;
@@ -78,27 +77,8 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
 #pragma omp for collapse(2) schedule(static)
       for (int64_t ip = 0; ip < mt / 2; ip++)
         for (int64_t jp = 0; jp < nbc / 2; jp++) {
-          const uint16_t* a0 = Ap + (2 * ip) * nkb * TILE;
-          const uint16_t* b0 = Bp + (2 * jp) * nkb * TILE;
-          const int64_t i0 = ip * 32, j0 = (jb + 2 * jp) * 16;
-          if (i0 + 32 <= M && j0 + 32 <= N) {  // whole block: start from C or the bias rows, store into C
-            float* c = C + i0 * ldc + j0;
-            const int64_t off[4] = {0, 16, 16 * ldc, 16 * ldc + 16}, boff[4] = {0, 16, 0, 16};
-            if (accumulate)
-              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, c, ldc * 4, off, c, ldc * 4, off);
-            else if (bias)
-              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, bias_rows + (2 * jp) * 16, nbt * 64, boff,
-                         c, ldc * 4, off);
-            else
-              kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, nullptr, 0, off, c, ldc * 4, off);
-          } else {  // edge block: through scratch, clipped
-            const int64_t off[4] = {0, 256, 512, 768};
-            kernel_2x2(a0, a0 + nkb * TILE, b0, b0 + nkb * TILE, nkb, nullptr, 0, off, acc, 64, off);
-            write_tile(C, ldc, acc, i0, j0, M, N, accumulate, bias);
-            write_tile(C, ldc, acc + 256, i0, j0 + 16, M, N, accumulate, bias);
-            write_tile(C, ldc, acc + 512, i0 + 16, j0, M, N, accumulate, bias);
-            write_tile(C, ldc, acc + 768, i0 + 16, j0 + 16, M, N, accumulate, bias);
-          }
+          block_2x2(Ap + 2 * ip * nkb * TILE, Bp + 2 * jp * nkb * TILE, nkb, C, ldc, ip * 32, (jb + 2 * jp) * 16, M,
+                    N, accumulate, bias, bias ? bias_rows + 2 * jp * 16 : nullptr, nbt * 64);
         }
       // implicit barrier: nobody still reads the block when the next one is packed
     }
