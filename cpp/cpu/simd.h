@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2) || (defined(PT_ISA_BASELINE) && defined(__SSE2__))
 #include <immintrin.h>
@@ -383,7 +386,20 @@ class ScratchBuffer {
     if (n > size_) {
       std::free(data_);
       size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
-      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      size_t align = 64;
+#if defined(__linux__)
+      // large buffers on 2 MB pages when the kernel allows it (THP "madvise"): GEMM panels are streamed
+      // from L2 and a 4 KB page per 64 panel rows costs TLB misses (nested page walks in a VM)
+      constexpr size_t kHuge = size_t(2) << 20;
+      if (bytes >= kHuge / 4) {
+        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+        align = kHuge;
+      }
+#endif
+      data_ = static_cast<float*>(std::aligned_alloc(align, bytes));
+#if defined(__linux__)
+      if (data_ && align > 64) madvise(data_, bytes, MADV_HUGEPAGE);
+#endif
       if (!data_) std::abort();  // a few MB per thread; nothing sensible is left to do without them
       size_ = bytes / sizeof(float);
     }
