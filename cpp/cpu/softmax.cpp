@@ -9,11 +9,19 @@ namespace PT_NS {
 using namespace simd;
 
 namespace {
+// four independent accumulators: one chain of vector max / fma would wait 4 cycles per vector
 inline float row_max(const float* x, int64_t C) {
-  V m = set1(-std::numeric_limits<float>::infinity());
+  const V ninf = set1(-std::numeric_limits<float>::infinity());
+  V m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
   int64_t i = 0;
-  for (; i + W <= C; i += W) m = max(m, load(x + i));
-  float s = reduce_max(m);
+  for (; i + 4 * W <= C; i += 4 * W) {
+    m0 = max(m0, load(x + i));
+    m1 = max(m1, load(x + i + W));
+    m2 = max(m2, load(x + i + 2 * W));
+    m3 = max(m3, load(x + i + 3 * W));
+  }
+  for (; i + W <= C; i += W) m0 = max(m0, load(x + i));
+  float s = reduce_max(max(max(m0, m1), max(m2, m3)));
   for (; i < C; i++) s = x[i] > s ? x[i] : s;
   return s;
 }
@@ -38,12 +46,19 @@ inline float row_exp_shifted(float* y, const float* x, float shift, int64_t C) {
 }
 
 inline float row_dot(const float* a, const float* b, int64_t C) {
-  V acc = zero();
-  for (int64_t i = 0; i < C; i += W) {
-    int64_t r = C - i < W ? C - i : W;
-    acc = fma(loadn(a + i, r), loadn(b + i, r), acc);  // masked tails load zeros
+  V acc0 = zero(), acc1 = zero(), acc2 = zero(), acc3 = zero();
+  int64_t i = 0;
+  for (; i + 4 * W <= C; i += 4 * W) {
+    acc0 = fma(load(a + i), load(b + i), acc0);
+    acc1 = fma(load(a + i + W), load(b + i + W), acc1);
+    acc2 = fma(load(a + i + 2 * W), load(b + i + 2 * W), acc2);
+    acc3 = fma(load(a + i + 3 * W), load(b + i + 3 * W), acc3);
   }
-  return reduce_add(acc);
+  for (; i < C; i += W) {
+    int64_t r = C - i < W ? C - i : W;
+    acc0 = fma(loadn(a + i, r), loadn(b + i, r), acc0);  // masked tails load zeros
+  }
+  return reduce_add(add(add(acc0, acc1), add(acc2, acc3)));
 }
 }  // namespace
 
