@@ -7,10 +7,12 @@
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
 // (identical to the usual lower triangle when Tq == Tk).
 //
-// Every product is a small register-blocked GEMM over tiles (tile_gemm): scores S = Q K^T for a BQ x BK tile,
-// O += P V, and in backward dP = dO V^T, dV += P^T dO, dK += dS^T Q, dQ += dS K. Memory: per thread one tile of
-// K and V (transposed and padded), a BQ x BK tile of scores and BQ accumulator rows in forward; in backward
-// also padded copies of one head's Q, dO and dQ. Extra memory is O(T * HS) per thread, never O(Tq * Tk).
+// Every product is a small register-blocked GEMM over tiles (tile_gemm). Forward works transposed, so that
+// the online softmax runs across W queries per vector: S^T = K Q^T for a BK x BQ tile, O^T += V^T P^T (K and V
+// read in place as the broadcast operand; the query block transposed once). Backward, per row: S = Q K^T,
+// dP = dO V^T, dV += P^T dO, dK += dS^T Q, dQ += dS K. Memory: forward per thread Q^T and O^T (HS x BQ) and
+// one score tile; backward also padded copies of one head's Q, dO and dQ and one tile of K and V (transposed
+// and padded). Extra memory is O(T * HS) per thread, never O(Tq * Tk).
 #include <algorithm>
 #include <limits>
 
@@ -34,6 +36,9 @@ constexpr int TM = 6, TV = 2;  // 6 x 2 ymm
 #else
 constexpr int TM = 4, TV = 2;
 #endif
+
+static_assert(TM <= 6, "tile_rows handles at most TM - 1 = 5 remainder rows");
+constexpr int64_t QV = BQ / W;  // query vectors per tile row in the forward's transposed scores
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -76,7 +81,17 @@ void tile_rows(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
                int64_t m, int64_t k, bool accumulate) {
   int64_t i = 0;
   for (; i + TM <= m; i += TM) tile_block<TM, NV>(C + i * ldc, ldc, A + i * ars, ars, acs, B, ldb, k, accumulate);
-  for (; i < m; i++) tile_block<1, NV>(C + i * ldc, ldc, A + i * ars, ars, acs, B, ldb, k, accumulate);
+  // the last m % TM rows in one block (row by row, each would be one latency-bound FMA chain per vector)
+  C += i * ldc;
+  A += i * ars;
+  switch (m - i) {
+    case 1: return tile_block<1, NV>(C, ldc, A, ars, acs, B, ldb, k, accumulate);
+    case 2: return tile_block<2, NV>(C, ldc, A, ars, acs, B, ldb, k, accumulate);
+    case 3: return tile_block<3, NV>(C, ldc, A, ars, acs, B, ldb, k, accumulate);
+    case 4: return tile_block<4, NV>(C, ldc, A, ars, acs, B, ldb, k, accumulate);
+    case 5: return tile_block<5, NV>(C, ldc, A, ars, acs, B, ldb, k, accumulate);
+    default: return;
+  }
 }
 
 #ifdef PT_ATTENTION_AMX
@@ -105,15 +120,16 @@ void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
 }
 #endif
 
-// dst (HS x BK) = the nk x HS rows of X (rs apart) transposed, columns past nk zeroed; W x W blocks in registers
-void transpose_tile(float* dst, const float* X, int64_t nk, int64_t HS, int64_t rs) {
-  for (int64_t j0 = 0; j0 < BK; j0 += W) {
+// dst (HS x width) = the n x HS rows of X (rs apart) transposed, columns n .. width zeroed; W x W blocks in
+// registers (width a multiple of W)
+void transpose_tile(float* dst, const float* X, int64_t n, int64_t HS, int64_t rs, int64_t width) {
+  for (int64_t j0 = 0; j0 < width; j0 += W) {
     for (int64_t d0 = 0; d0 < HS; d0 += W) {
       const int64_t nd = std::min<int64_t>(W, HS - d0);
       V r[W];
-      for (int64_t jj = 0; jj < W; jj++) r[jj] = j0 + jj < nk ? loadn(X + (j0 + jj) * rs + d0, nd) : zero();
+      for (int64_t jj = 0; jj < W; jj++) r[jj] = j0 + jj < n ? loadn(X + (j0 + jj) * rs + d0, nd) : zero();
       transpose(r);
-      for (int64_t dd = 0; dd < nd; dd++) store(dst + (d0 + dd) * BK + j0, r[dd]);
+      for (int64_t dd = 0; dd < nd; dd++) store(dst + (d0 + dd) * width + j0, r[dd]);
     }
   }
 }
@@ -152,10 +168,12 @@ struct TileMask {
 };
 }  // namespace
 
+// Forward works on transposed tiles so that the online softmax runs across queries, W rows per vector, with no
+// horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
+// V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
                        bool causal, float scale, bool bthd) {
-  const int64_t HSP = round_up(HS, W);
   const Heads heads{NH, HS, bthd};
   const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
@@ -172,59 +190,85 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
-    static thread_local TileMask tm;
-    float* Kt = buf.floats((size_t)HS * BK + BK * HSP + BQ * BK + BQ * HSP + 2 * BQ);
-    float* Vp = Kt + HS * BK;
-    float* S = Vp + BK * HSP;
-    float* O = S + BQ * BK;
-    float* m = O + BQ * HSP;
-    float* l = m + BQ;
-    std::fill(m, m + nq, kNegInf);
-    std::fill(l, l + nq, 0.f);
-    std::fill(O, O + nq * HSP, 0.f);
+    float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ + BQ);
+    float* Ot = Qt + HS * BQ;  // (HS x BQ)
+    float* St = Ot + HS * BQ;  // (BK x BQ) scores, then probabilities
+    float* inv = St + BK * BQ;  // (BQ) 1 / row sum
+    transpose_tile(Qt, Q, nq, HS, rs, BQ);
+    std::fill(Ot, Ot + HS * BQ, 0.f);
 
+    const V sc = set1(scale), ninf = set1(kNegInf);
+    V m[QV], l[QV], qi[QV];  // running max and sum per query; query index within the block
+    for (int64_t u = 0; u < QV; u++) {
+      m[u] = ninf;
+      l[u] = zero();
+      alignas(64) float idx[W];
+      for (int64_t e = 0; e < W; e++) idx[e] = (float)(u * W + e);
+      qi[u] = load(idx);
+    }
     const int64_t kend = causal ? std::min(Tk, i0 + nq + offset) : Tk;
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
-      transpose_tile(Kt, K + j0 * rs, nk, HS, rs);
-      pad_rows(Vp, Vv + j0 * rs, nk, HS, HSP, rs);
-      tm.set(mask, j0, nk);
-      tile_gemm(S, BK, Q, rs, 1, Kt, BK, nq, BK, HS, false);
-      for (int64_t i = 0; i < nq; i++) {
-        float* s = S + i * BK;
-        const int64_t limit = causal ? i0 + i + offset - j0 : BK;
-        const float mx = limit < 0 ? kNegInf : tm.apply(s, scale, limit);
-        if (mx == kNegInf) {  // nothing visible in this tile: the row adds nothing
-          std::fill(s, s + BK, 0.f);
+      tile_gemm(St, BQ, K + j0 * rs, rs, 1, Qt, BQ, nk, BQ, HS, false);
+      // key j0 + j is hidden from query i0 + i when j0 + j > i0 + i + offset, i.e. i < j0 + j - i0 - offset
+      const bool diagonal = causal && j0 + nk - 1 > i0 + offset;
+      V mx[QV];
+      for (int64_t u = 0; u < QV; u++) mx[u] = ninf;
+      for (int64_t j = 0; j < nk; j++) {
+        float* s = St + j * BQ;
+        if (mask && !mask[j0 + j]) {  // padded-out key: no query sees it
+          for (int64_t u = 0; u < QV; u++) store(s + u * W, ninf);
           continue;
         }
-        const float m_new = std::max(m[i], mx);
-        const float keep = m[i] == kNegInf ? 0.f : std::exp(m[i] - m_new);
-        V sum = zero();
-        const V mn = set1(m_new);
-        for (int64_t j = 0; j < BK; j += W) {
-          V p = exp(sub(load(s + j), mn));
-          store(s + j, p);
-          sum = add(sum, p);
-        }
-        l[i] = l[i] * keep + reduce_add(sum);
-        m[i] = m_new;
-        if (keep != 1.f) {
-          const V kv = set1(keep);
-          for (int64_t d = 0; d < HSP; d += W) store(O + i * HSP + d, mul(load(O + i * HSP + d), kv));
+        const V hidden_below = set1((float)(j0 + j - i0 - offset));
+        for (int64_t u = 0; u < QV; u++) {
+          V x = mul(load(s + u * W), sc);
+          if (diagonal) x = select_lt(qi[u], hidden_below, ninf, x);
+          store(s + u * W, x);
+          mx[u] = max(mx[u], x);
         }
       }
-      tile_gemm(O, HSP, S, BK, 1, Vp, HSP, nq, HSP, nk, true);
+      V shift[QV], keep[QV], sum[QV];
+      for (int64_t u = 0; u < QV; u++) {
+        const V m_new = max(m[u], mx[u]);
+        shift[u] = select_gt(m_new, ninf, m_new, zero());  // a query that has seen no key yet: exp(-inf) = 0
+        keep[u] = exp(sub(m[u], shift[u]));
+        m[u] = m_new;
+        sum[u] = zero();
+      }
+      for (int64_t j = 0; j < nk; j++) {
+        float* s = St + j * BQ;
+        for (int64_t u = 0; u < QV; u++) {
+          const V p = exp(sub(load(s + u * W), shift[u]));
+          store(s + u * W, p);
+          sum[u] = add(sum[u], p);
+        }
+      }
+      for (int64_t u = 0; u < QV; u++) l[u] = fma(l[u], keep[u], sum[u]);
+      for (int64_t d = 0; d < HS; d++)
+        for (int64_t u = 0; u < QV; u++) store(Ot + d * BQ + u * W, mul(load(Ot + d * BQ + u * W), keep[u]));
+      tile_gemm(Ot, BQ, Vv + j0 * rs, 1, rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
     }
-    for (int64_t i = 0; i < nq; i++) {
-      float* dst = out + heads.offset(b, h, Tq) + (i0 + i) * rs;
-      if (l[i] > 0.f) {
-        const float inv = 1.f / l[i];
-        for (int64_t d = 0; d < HS; d++) dst[d] = O[i * HSP + d] * inv;
-        lse[bh * Tq + i0 + i] = m[i] + std::log(l[i]);
-      } else {
-        std::fill(dst, dst + HS, 0.f);
-        lse[bh * Tq + i0 + i] = kNegInf;
+    // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible)
+    alignas(64) float mf[BQ], lf[BQ];
+    for (int64_t u = 0; u < QV; u++) {
+      store(mf + u * W, m[u]);
+      store(lf + u * W, l[u]);
+    }
+    for (int64_t i = 0; i < BQ; i++) {
+      const bool seen = i < nq && lf[i] > 0.f;
+      inv[i] = seen ? 1.f / lf[i] : 0.f;
+      if (i < nq) lse[bh * Tq + i0 + i] = seen ? mf[i] + std::log(lf[i]) : kNegInf;
+    }
+    float* O = out + heads.offset(b, h, Tq) + i0 * rs;
+    for (int64_t i = 0; i < nq; i += W) {
+      const V iv = load(inv + i);
+      for (int64_t d0 = 0; d0 < HS; d0 += W) {
+        const int64_t nd = std::min<int64_t>(W, HS - d0);
+        V r[W];
+        for (int64_t dd = 0; dd < W; dd++) r[dd] = dd < nd ? mul(load(Ot + (d0 + dd) * BQ + i), iv) : zero();
+        transpose(r);
+        for (int64_t ii = 0; ii < W && i + ii < nq; ii++) storen(O + (i + ii) * rs + d0, r[ii], nd);
       }
     }
   }
@@ -277,8 +321,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 
     for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
       const int64_t nk = std::min(BK, Tk - j0);
-      transpose_tile(Kt, K + j0 * rs, nk, HS, rs);
-      transpose_tile(Vt, Vv + j0 * rs, nk, HS, rs);
+      transpose_tile(Kt, K + j0 * rs, nk, HS, rs, BK);
+      transpose_tile(Vt, Vv + j0 * rs, nk, HS, rs, BK);
       pad_rows(Kp, K + j0 * rs, nk, HS, HSP, rs);
       std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
       tm.set(mask, j0, nk);
