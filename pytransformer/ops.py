@@ -34,7 +34,7 @@ def matmul_forward(inp, weight, bias=None, *, out=None):
 
 
 def _rows(x):
-    return int(np.prod(x.shape[:-1], dtype=np.int64))
+    return math.prod(x.shape[:-1])  # (np.prod took 5 us, a quarter of a small matmul call's Python overhead)
 
 
 def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, compute_dinp=True,
