@@ -12,9 +12,10 @@ from pytransformer import reference as ref
 
 TOL = 2e-5  # float32 kernels vs float64 reference, relative to the largest reference magnitude
 
-MATMUL_SHAPES = [  # (N, IC, OC): small-M path, edge tiles, several K blocks (IC > 256), several N blocks (OC > 3072)
+MATMUL_SHAPES = [  # (N, IC, OC): small-M path, edge tiles, several K blocks (IC > 384), several N blocks (OC > 1024),
+    # rows 4 KB apart (IC or OC = 1024: slivers packed instead of read in place)
     (1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (4, 3, 1), (17, 63, 65), (65, 130, 3), (130, 65, 130),
-    (63, 600, 17), (5, 520, 3100), (256, 256, 192),
+    (63, 600, 17), (5, 520, 3100), (256, 256, 192), (26, 1024, 1024),
 ]
 
 

@@ -173,8 +173,9 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
       pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
       for (int64_t ir = 0; ir < mcur; ir += MR) {
         const int64_t mr = std::min<int64_t>(MR, mcur - ir);
-        // full slivers of a row-major A are read in place; others are packed (zero-padded rows)
-        const bool in_place = A.cs == 1 && mr == MR;
+        // full slivers of a row-major A are read in place; others are packed (zero-padded rows), and so are
+        // rows a multiple of 4 KB apart (K = 1024, 3072, ...): in place all MR of them would share L1 sets
+        const bool in_place = A.cs == 1 && mr == MR && (A.rs * sizeof(float)) % 4096 != 0;
         if (!in_place) pack_A(Ap, A, i0 + ir, mr, pc, kc);
         const float* a = in_place ? A.at(i0 + ir, pc) : Ap;
         float* c_row = C + (i0 + ir) * ldc + j0;
