@@ -2,12 +2,12 @@
 //
 // One blocked GEMM serves all three products: C (M, N) [+]= A (M, K) @ B (K, N), where A and B are strided
 // views, so transposes cost nothing but a different packing order. The structure follows Goto / BLIS with the
-// roles chosen for row-major C: vectors run along N. Each thread owns blocks of columns: it packs its KC x NB
-// block of B (sized for its L2) into NR-wide micro-panels, then walks the rows MR at a time, packing that
-// MR x KC sliver of A (it stays in L1) and sweeping it across the B micro-panels streamed from L2 with a
-// register-blocked MR x NR micro-kernel (MR broadcasts of A, NR / W vector loads of B per k). When there are
-// fewer column blocks than threads the rows are split too. Small-M products (decode, M < 4) skip the
-// packing: one dot product per output over contiguous weight rows.
+// roles chosen for row-major C: vectors run along N. A task is a block of columns (and rows): it packs its
+// KC x NB block of B (sized for its L2) into NR-wide micro-panels, then walks the rows MR at a time, reading
+// that MR x KC sliver of A in place or packed (it stays in L1) and sweeping it across the B micro-panels
+// streamed from L2 with a register-blocked MR x NR micro-kernel (MR broadcasts of A, NR / W vector loads of B
+// per k). Threads split the rows when C is taller than wide, else the columns. Small-M products (decode,
+// M < 4) skip the packing: one dot product per output over contiguous weight rows.
 #include <algorithm>
 #include <vector>
 
@@ -147,20 +147,26 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   const int64_t npanels = (N + NR - 1) / NR;
   // column blocks: at most NB_MAX wide, a multiple of the thread count when there are enough panels
   int64_t ncb = (N + NB_MAX - 1) / NB_MAX;
-  ncb = std::min(npanels, (ncb + nt - 1) / nt * nt);
+  // Threads split the rows when C is taller than wide: each then reads half of A (the larger operand) and packs
+  // all of B, instead of every thread reading all of A (+5-9% on the (4096 x 384) products of a GPT training
+  // step). Otherwise the columns, in a multiple of the thread count of blocks.
+  const bool rows_first = M > N && (M + MR - 1) / MR >= nt;
+  if (!rows_first) ncb = std::min(npanels, (ncb + nt - 1) / nt * nt);
   const int64_t nb = (npanels + ncb - 1) / ncb * NR;  // block width, whole micro-panels
   ncb = (N + nb - 1) / nb;
-  // row blocks: split the rows when the column blocks alone cannot feed every thread
+  // row blocks: one per thread, or as many as the column blocks alone leave threads unfed
   const int64_t rows_panels = (M + MR - 1) / MR;
-  const int64_t nrb = std::min(rows_panels, (nt + ncb - 1) / ncb);
+  const int64_t nrb = rows_first ? nt : std::min(rows_panels, (nt + ncb - 1) / ncb);
   const int64_t mb = (rows_panels + nrb - 1) / nrb * MR;
   const int64_t ntasks = ncb * ((M + mb - 1) / mb);
   const int64_t nrb_real = (M + mb - 1) / mb;
 
 #pragma omp parallel for num_threads((int)nt) schedule(static) if (ntasks > 1 && M * N * K > 65536)
   for (int64_t t = 0; t < ntasks; t++) {
-    const int64_t j0 = (t / nrb_real) * nb, ncur = std::min(nb, N - j0);
-    const int64_t i0 = (t % nrb_real) * mb, mcur = std::min(mb, M - i0);
+    // consecutive tasks (one thread's share under the static schedule) keep to one row block when splitting rows
+    const int64_t jb = rows_first ? t % ncb : t / nrb_real, ib = rows_first ? t / ncb : t % nrb_real;
+    const int64_t j0 = jb * nb, ncur = std::min(nb, N - j0);
+    const int64_t i0 = ib * mb, mcur = std::min(mb, M - i0);
     const int64_t np = (ncur + NR - 1) / NR;
     static thread_local ScratchBuffer b_buf, a_buf;
     float* Bp = b_buf.floats((size_t)KC * np * NR);
