@@ -142,8 +142,8 @@ void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP, in
   }
 }
 
-// Scores of one tile are masked with kbias (BK): 0 for visible keys, -inf for padded-out keys and for the
-// columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit).
+// Backward: scores of one tile are masked with kbias (BK): 0 for visible keys, -inf for padded-out keys and for
+// the columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit).
 struct TileMask {
   alignas(64) float kbias[BK];
   alignas(64) float iota[BK];
@@ -153,17 +153,10 @@ struct TileMask {
   void set(const uint8_t* key_mask, int64_t j0, int64_t nk) {
     for (int64_t j = 0; j < BK; j++) kbias[j] = (j < nk && (!key_mask || key_mask[j0 + j])) ? 0.f : kNegInf;
   }
-  // s = s * scale + kbias, and -inf where j > limit (limit < BK: causal); returns the row max
-  float apply(float* s, float scale, int64_t limit) const {
-    const V sc = set1(scale), lim = set1((float)limit), ninf = set1(kNegInf);
-    V mx = ninf;
-    for (int64_t j = 0; j < BK; j += W) {
-      V x = fma(load(s + j), sc, load(kbias + j));
-      if (limit < BK) x = select_gt(load(iota + j), lim, ninf, x);
-      store(s + j, x);
-      mx = max(mx, x);
-    }
-    return reduce_max(mx);
+  // scores j .. j + W of row s: s * scale + kbias, and -inf where j > limit (limit < BK: causal)
+  V scores(const float* s, int64_t j, V scale, int64_t limit) const {
+    const V x = fma(load(s + j), scale, load(kbias + j));
+    return limit < BK ? select_gt(load(iota + j), set1((float)limit), set1(kNegInf), x) : x;
   }
 };
 }  // namespace
@@ -341,10 +334,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             std::fill(ds, ds + BK, 0.f);
             continue;
           }
-          tm.apply(p, scale, limit);
           const V lv = set1(li), Dv = set1(D[i0 + i]), sc = set1(scale);
           for (int64_t j = 0; j < BK; j += W) {
-            const V pj = exp(sub(load(p + j), lv));
+            const V pj = exp(sub(tm.scores(p, j, sc, limit), lv));
             store(p + j, pj);
             store(ds + j, mul(mul(pj, sub(load(ds + j), Dv)), sc));
           }
