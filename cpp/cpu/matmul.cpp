@@ -28,6 +28,7 @@ constexpr int MR = 4, NV = 2;   // 4 x 8 (SSE2) or 4 x 2 (scalar)
 constexpr int NR = NV * W;
 constexpr int64_t KC = 384;      // max k-depth of packed panels: an MR x KC sliver of A is 18 KB (L1)
 constexpr int64_t NB_MAX = 1024; // columns of B packed per block: KC x NB_MAX floats = 1 MB (half an L2)
+constexpr int64_t MC = 16 * MR;  // rows of A packed at a time (when packed): MC x KC floats, 288 KB on AVX-512
 
 struct View {  // element (i, j) at p[i * rs + j * cs]
   const float* p;
@@ -35,23 +36,34 @@ struct View {  // element (i, j) at p[i * rs + j * cs]
   const float* at(int64_t i, int64_t j) const { return p + i * rs + j * cs; }
 };
 
-// dst (kc x MR, k-major) = rows [i0, i0 + mr) of A over k in [k0, k0 + kc); rows past mr zero-filled.
-void pack_A(float* dst, View A, int64_t i0, int64_t mr, int64_t k0, int64_t kc) {
-  if (A.rs == 1) {  // MR rows are contiguous for each k
+// dst = rows [i0, i0 + mc) of A over k in [k0, k0 + kc) as consecutive MR-row slivers, each kc x MR
+// (k-major); rows past mc zero-filled.
+void pack_A(float* dst, View A, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+  const int64_t ns = (mc + MR - 1) / MR;
+  if (A.rs == 1) {  // A^T (dweight's dout^T): the mc rows are contiguous for each k, so each k reads one
+                    // segment whole; sliver by sliver, every cache line was fetched (from L3) once per sliver
     for (int64_t k = 0; k < kc; k++) {
       const float* s = A.at(i0, k0 + k);
-      for (int64_t r = 0; r < MR; r += W) {  // masked vectors: lanes past mr load as zero
-        const int64_t n = std::min<int64_t>(W, MR - r);
-        storen(dst + k * MR + r, mr > r ? loadn(s + r, std::min(n, mr - r)) : zero(), n);
+      for (int64_t sl = 0; sl < ns; sl++) {
+        const int64_t r0 = sl * MR, mr = std::min<int64_t>(MR, mc - r0);
+        float* d = dst + sl * kc * MR + k * MR;
+        for (int64_t r = 0; r < MR; r += W) {  // masked vectors: lanes past mr load as zero
+          const int64_t n = std::min<int64_t>(W, MR - r);
+          storen(d + r, mr > r ? loadn(s + r0 + r, std::min(n, mr - r)) : zero(), n);
+        }
       }
     }
   } else {
-    for (int64_t r = 0; r < MR; r++) {
-      if (r < mr) {
-        const float* s = A.at(i0 + r, k0);
-        for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = s[k * A.cs];
-      } else {
-        for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = 0.f;
+    for (int64_t sl = 0; sl < ns; sl++) {
+      float* d = dst + sl * kc * MR;
+      for (int64_t r = 0; r < MR; r++) {
+        const int64_t i = sl * MR + r;
+        if (i < mc) {
+          const float* s = A.at(i0 + i, k0);
+          for (int64_t k = 0; k < kc; k++) d[k * MR + r] = s[k * A.cs];
+        } else {
+          for (int64_t k = 0; k < kc; k++) d[k * MR + r] = 0.f;
+        }
       }
     }
   }
@@ -170,28 +182,35 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
     const int64_t np = (ncur + NR - 1) / NR;
     static thread_local ScratchBuffer b_buf, a_buf;
     float* Bp = b_buf.floats((size_t)KC * np * NR);
-    float* Ap = a_buf.floats((size_t)KC * MR);
+    float* Ap = a_buf.floats((size_t)KC * MC);
     // equal k-blocks of at most KC (K = 384 is one block, 512 two of 256): no thin last block
     const int64_t nkb = (K + KC - 1) / KC, kstep = (K + nkb - 1) / nkb;
     for (int64_t pc = 0; pc < K; pc += kstep) {
       const int64_t kc = std::min(kstep, K - pc);
       const bool overwrite = !accumulate && pc == 0;
       pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
-      for (int64_t ir = 0; ir < mcur; ir += MR) {
-        const int64_t mr = std::min<int64_t>(MR, mcur - ir);
-        // full slivers of a row-major A are read in place; others are packed (zero-padded rows), and so are
-        // rows a multiple of 4 KB apart (K = 1024, 3072, ...): in place all MR of them would share L1 sets
-        const bool in_place = A.cs == 1 && mr == MR && (A.rs * sizeof(float)) % 4096 != 0;
-        if (!in_place) pack_A(Ap, A, i0 + ir, mr, pc, kc);
-        const float* a = in_place ? A.at(i0 + ir, pc) : Ap;
-        float* c_row = C + (i0 + ir) * ldc + j0;
-        for (int64_t p = 0; p < np; p++) {
-          const int64_t j = p * NR, nr = std::min<int64_t>(NR, ncur - j);
-          const float* bias_j = bias ? bias + j0 + j : nullptr;
-          if (in_place)
-            micro_kernel<false>(kc, a, A.rs, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
-          else
-            micro_kernel<true>(kc, a, 0, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
+      for (int64_t ic = 0; ic < mcur; ic += MC) {
+        const int64_t mc = std::min(MC, mcur - ic), ns = (mc + MR - 1) / MR;
+        // full slivers of a row-major A are read in place, others packed (zero-padded rows); so are all slivers
+        // of A^T and of rows a multiple of 4 KB apart (K = 1024, 3072, ...: in place all MR rows share L1 sets)
+        const bool pack_all = A.cs != 1 || (A.rs * sizeof(float)) % 4096 == 0;
+        if (pack_all)
+          pack_A(Ap, A, i0 + ic, mc, pc, kc);
+        else if (mc % MR)  // the last, partial sliver
+          pack_A(Ap + (ns - 1) * kc * MR, A, i0 + ic + (ns - 1) * MR, mc % MR, pc, kc);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int64_t mr = std::min<int64_t>(MR, mc - ir);
+          const bool in_place = !pack_all && mr == MR;
+          const float* a = in_place ? A.at(i0 + ic + ir, pc) : Ap + (ir / MR) * kc * MR;
+          float* c_row = C + (i0 + ic + ir) * ldc + j0;
+          for (int64_t p = 0; p < np; p++) {
+            const int64_t j = p * NR, nr = std::min<int64_t>(NR, ncur - j);
+            const float* bias_j = bias ? bias + j0 + j : nullptr;
+            if (in_place)
+              micro_kernel<false>(kc, a, A.rs, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
+            else
+              micro_kernel<true>(kc, a, 0, Bp + p * kc * NR, c_row + j, ldc, mr, nr, overwrite, bias_j);
+          }
         }
       }
     }
