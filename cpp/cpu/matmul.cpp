@@ -4,9 +4,9 @@
 // views, so transposes cost nothing but a different packing order. The structure follows Goto / BLIS with the
 // roles chosen for row-major C: vectors run along N. A task is a block of columns (and rows): it packs its
 // KC x NB block of B (sized for its L2) into NR-wide micro-panels, then walks the rows MR at a time, reading
-// that MR x KC sliver of A in place or packed (it stays in L1) and sweeping it across the B micro-panels
-// streamed from L2 with a register-blocked MR x NR micro-kernel (MR broadcasts of A, NR / W vector loads of B
-// per k). Threads split the rows when C is taller than wide, else the columns. Small-M products (decode,
+// each MR x KC sliver of A in place or from a packed MC x KC block (L2), and sweeps the sliver (now in L1)
+// across the B micro-panels streamed from L2 with a register-blocked MR x NR micro-kernel (MR broadcasts of
+// A, NR / W vector loads of B per k). Threads split the rows when C is taller than wide, else the columns. Small-M products (decode,
 // M < 4) skip the packing: one dot product per output over contiguous weight rows.
 #include <algorithm>
 #include <vector>
