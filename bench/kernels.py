@@ -403,7 +403,7 @@ def attention_extra_bytes(B, NH, T, HS, nthreads):
     """Scratch the fused kernel holds per call (cpp/cpu/attention.cpp: BK = BQ = 64, HS padded to HSP)."""
     BK = BQ = 64
     HSP = (HS + 15) // 16 * 16
-    fwd = (2 * HS * BQ + BK * BQ + BQ) * 4 * nthreads
+    fwd = (2 * HS * BQ + BK * BQ) * 4 * nthreads
     bwd = (3 * T * HSP + T + 2 * HS * BK + 3 * BK * HSP + 2 * BQ * BK) * 4 * nthreads
     return fwd, bwd
 

@@ -120,20 +120,6 @@ void tile_gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, 
 }
 #endif
 
-// dst (HS x width) = the n x HS rows of X (rs apart) transposed, columns n .. width zeroed; W x W blocks in
-// registers (width a multiple of W)
-void transpose_tile(float* dst, const float* X, int64_t n, int64_t HS, int64_t rs, int64_t width) {
-  for (int64_t j0 = 0; j0 < width; j0 += W) {
-    for (int64_t d0 = 0; d0 < HS; d0 += W) {
-      const int64_t nd = std::min<int64_t>(W, HS - d0);
-      V r[W];
-      for (int64_t jj = 0; jj < W; jj++) r[jj] = j0 + jj < n ? loadn(X + (j0 + jj) * rs + d0, nd) : zero();
-      transpose(r);
-      for (int64_t dd = 0; dd < nd; dd++) store(dst + (d0 + dd) * width + j0, r[dd]);
-    }
-  }
-}
-
 // dst (n x HSP) = X (n x HS, rows rs apart) with the columns from HS to HSP zeroed
 void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP, int64_t rs) {
   for (int64_t i = 0; i < n; i++) {
@@ -183,11 +169,10 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
-    float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ + BQ);
+    float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ);
     float* Ot = Qt + HS * BQ;  // (HS x BQ)
     float* St = Ot + HS * BQ;  // (BK x BQ) scores, then probabilities
-    float* inv = St + BK * BQ;  // (BQ) 1 / row sum
-    transpose_tile(Qt, Q, nq, HS, rs, BQ);
+    transpose_rows(Qt, BQ, Q, rs, nq, HS, BQ);
     std::fill(Ot, Ot + HS * BQ, 0.f);
 
     const V sc = set1(scale), ninf = set1(kNegInf);
@@ -243,7 +228,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       tile_gemm(Ot, BQ, Vv + j0 * rs, 1, rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
     }
     // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible)
-    alignas(64) float mf[BQ], lf[BQ];
+    alignas(64) float mf[BQ], lf[BQ], inv[BQ];  // inv: 1 / row sum
     for (int64_t u = 0; u < QV; u++) {
       store(mf + u * W, m[u]);
       store(lf + u * W, l[u]);
@@ -314,8 +299,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 
     for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
       const int64_t nk = std::min(BK, Tk - j0);
-      transpose_tile(Kt, K + j0 * rs, nk, HS, rs, BK);
-      transpose_tile(Vt, Vv + j0 * rs, nk, HS, rs, BK);
+      transpose_rows(Kt, BK, K + j0 * rs, rs, nk, HS, BK);
+      transpose_rows(Vt, BK, Vv + j0 * rs, rs, nk, HS, BK);
       pad_rows(Kp, K + j0 * rs, nk, HS, HSP, rs);
       std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
       tm.set(mask, j0, nk);

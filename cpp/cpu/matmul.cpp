@@ -6,8 +6,8 @@
 // KC x NB block of B (sized for its L2) into NR-wide micro-panels, then walks the rows MR at a time, reading
 // each MR x KC sliver of A in place or from a packed MC x KC block (L2), and sweeps the sliver (now in L1)
 // across the B micro-panels streamed from L2 with a register-blocked MR x NR micro-kernel (MR broadcasts of
-// A, NR / W vector loads of B per k). Threads split the rows when C is taller than wide, else the columns. Small-M products (decode,
-// M < 4) skip the packing: one dot product per output over contiguous weight rows.
+// A, NR / W vector loads of B per k). Threads split the rows when C is taller than wide, else the columns.
+// Small-M products (decode, M < 4) skip the packing: one dot product per output over contiguous weight rows.
 #include <algorithm>
 #include <vector>
 
@@ -82,23 +82,11 @@ void pack_B(float* dst, View B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
           store(d + k * NR + v * W, r >= W ? load(s + v * W) : r > 0 ? load_partial(s + v * W, r) : zero());
         }
       }
-    } else {  // B^T row-major (weight in forward): each column is contiguous along k
-      // W x W blocks: W columns read as W vectors along k, transposed in registers into W panel rows
-      // (scalar gathers of 32 column streams cost 8% of the forward GEMM)
-      for (int64_t g = 0; g < NV; g++) {
-        const float* cols[W];
-        for (int64_t c = 0; c < W; c++) {
-          const int64_t col = g * W + c;
-          cols[c] = col < nr ? B.at(k0, j0 + j + col) : nullptr;
-        }
-        for (int64_t k = 0; k < kc; k += W) {
-          const int64_t kr = std::min<int64_t>(W, kc - k);
-          V r[W];
-          for (int64_t c = 0; c < W; c++) r[c] = cols[c] ? loadn(cols[c] + k, kr) : zero();
-          transpose(r);
-          for (int64_t kk = 0; kk < kr; kk++) store(d + (k + kk) * NR + g * W, r[kk]);
-        }
-      }
+    } else {  // B^T row-major (the forward's weight, B.rs == 1): each column is contiguous along k
+      // W columns at a time, transposed W x W in registers into the panel's rows (scalar gathers of 32
+      // column streams cost 8% of the forward GEMM)
+      for (int64_t g = 0; g < NV; g++)
+        transpose_rows(d + g * W, NR, B.at(k0, j0 + j + g * W), B.cs, nr - g * W, kc, W);
     }
   }
 }
@@ -111,7 +99,7 @@ inline void micro_kernel(int64_t kc, const float* A, int64_t lda, const float* B
                          int64_t mr, int64_t nr, bool overwrite, const float* bias) {
   // the C tile is read (or written) after the k loop: ask for its lines now, so they arrive from L3 meanwhile
   for (int64_t r = 0; r < mr; r++)
-    for (int64_t c = 0; c < nr; c += 16) __builtin_prefetch(C + r * ldc + c, 1, 3);
+    for (int64_t c = 0; c < nr; c += 64 / sizeof(float)) __builtin_prefetch(C + r * ldc + c, 1, 3);
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; r++)

@@ -241,6 +241,22 @@ inline void storen(float* p, V a, int64_t r) {
     store_partial(p, a, r);
 }
 
+// dst[d * ldd + j] = X[j * rs + d] for the n rows j of X (len floats each, rs apart), d < len; columns
+// n .. width of dst zeroed (width a multiple of W). W x W blocks transposed in registers: the GEMM's weight
+// panels and attention's key / query tiles.
+inline void transpose_rows(float* dst, int64_t ldd, const float* X, int64_t rs, int64_t n, int64_t len,
+                           int64_t width) {
+  for (int64_t j0 = 0; j0 < width; j0 += W) {
+    for (int64_t d0 = 0; d0 < len; d0 += W) {
+      const int64_t nd = len - d0 < W ? len - d0 : W;
+      V r[W];
+      for (int64_t jj = 0; jj < W; jj++) r[jj] = j0 + jj < n ? loadn(X + (j0 + jj) * rs + d0, nd) : zero();
+      transpose(r);
+      for (int64_t dd = 0; dd < nd; dd++) store(dst + (d0 + dd) * ldd + j0, r[dd]);
+    }
+  }
+}
+
 // a with the lanes from r on set to 0
 inline V keep_first(V a, int64_t r) {
   if (r >= W) return a;
@@ -256,8 +272,8 @@ inline V keep_first(V a, int64_t r) {
 #endif
 }
 
-// exp(x), relative error ~2 ulp over the float range; exp(x) = 0 for x < -87.3 (including -inf).
-// Below lo the result is 0: exp(-86) = 4.5e-38 is still a normal float, and keeping every intermediate normal
+// exp(x), relative error ~2 ulp over the float range; exp(x) = 0 for x < -86 (including -inf).
+// exp(-86) = 4.5e-38 is still a normal float, and keeping every intermediate normal
 // matters -- an instruction that produces a denormal takes a microcode assist (measured 245 instead of 11
 // cycles per vector when masked -inf lanes underflowed in vscalefps).
 inline V exp(V x) {
