@@ -1,4 +1,5 @@
-// pybind11 module pytransformer._core: the raw kernels over NumPy arrays.
+// pybind11 module pytransformer._core: the raw kernels over NumPy arrays. No policy here: every op calls
+// pt::active() (dispatch.cpp chooses the table: ISA variant and matmul precision).
 //
 // Every array argument is checked here for what memory safety needs (dtype, C-contiguity, element count,
 // writeability) and never converted or copied; pytransformer/ops.py checks shapes and aliasing with friendlier
@@ -82,17 +83,17 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pytransformer kernels (float32, C-contiguous); see pytransformer.ops for the checked API";
 
   m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
-  m.def("active_isa", [] { return std::string(pt::active().isa); });
+  m.def("active_isa", &pt::active_isa);
   m.def("set_isa", &pt::set_isa, arg("name"));
   m.def("have_openmp", &pt::have_openmp);
   m.def("get_num_threads", &pt::num_threads);
   m.def("set_num_threads", &pt::set_num_threads, arg("n"));
-  m.def("have_amx", &pt::amx::supported, "AMX-BF16 usable here (CPU, OS permission, build)");
+  m.def("have_amx", &pt::have_amx, "AMX-BF16 usable here (CPU, OS permission, build)");
   m.def("amx_probe", [](int64_t iters) {
     check_nonneg({iters});
-    if (!pt::amx::supported()) throw py::value_error("amx_probe: no usable AMX-BF16 here");
+    if (!pt::have_amx()) throw py::value_error("amx_probe: no usable AMX-BF16 here");
     py::gil_scoped_release nogil;
-    return pt::amx::probe(iters);
+    return pt::amx_probe(iters);
   }, "benchmark probe: flops done by independent bf16 tile products on every thread", arg("iters"));
   m.def("get_matmul_precision", &pt::matmul_precision);
   m.def("set_matmul_precision", &pt::set_matmul_precision, arg("precision"));
@@ -104,10 +105,7 @@ PYBIND11_MODULE(_core, m) {
     const float* w = array_data<float>(weight, "weight", OC * IC);
     const float* b = array_data<float>(bias, "bias", OC, false, true);
     py::gil_scoped_release nogil;
-    if (pt::matmul_bf16())
-      pt::amx::matmul_forward(o, x, w, b, N, IC, OC);
-    else
-      K().matmul_forward(o, x, w, b, N, IC, OC);
+    K().matmul_forward(o, x, w, b, N, IC, OC);
   });
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {
@@ -119,12 +117,7 @@ PYBIND11_MODULE(_core, m) {
     const float* x = array_data<float>(inp, "inp", N * IC);
     const float* w = array_data<float>(weight, "weight", OC * IC);
     py::gil_scoped_release nogil;
-    if (pt::matmul_bf16()) {
-      pt::amx::matmul_backward(dx, dw, g, x, w, N, IC, OC);
-      if (db) K().matmul_backward(nullptr, nullptr, db, g, x, w, N, IC, OC);
-    } else {
-      K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
-    }
+    K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
   });
 
   m.def("layernorm_forward", [](O out, O mean, O rstd, O inp, O weight, O bias, int64_t N, int64_t C, float eps) {
@@ -286,10 +279,7 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    if (pt::matmul_bf16())
-      pt::amx_attention::attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
-    else
-      K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
                                  int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
@@ -306,11 +296,7 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    if (pt::matmul_bf16())
-      pt::amx_attention::attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal,
-                                            scale, bthd);
-    else
-      K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
   });
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,

@@ -1,18 +1,16 @@
-// Picks the kernel variant once: the best ISA that this build compiled, the CPU has and the OS saves
-// registers for (cpuid + xgetbv). PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one.
+// The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
+// and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. The
+// precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles.
 #include "pytransformer/dispatch.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #define PT_X86 1
-#endif
-#ifdef PT_HAVE_OPENMP
-#include <omp.h>
 #endif
 
 namespace pt {
@@ -51,49 +49,85 @@ CpuFeatures detect() {
 
 struct Variant {
   const char* name;
-  const Kernels* (*get)();
+  const Kernels* f32;  // the variant's own table
+  Kernels bf16;        // the same with the products on AMX tiles (equal to *f32 where AMX is not built)
   bool supported;
 };
 
-std::vector<Variant> variants() {
-  std::vector<Variant> v;
-#ifdef PT_X86
-  CpuFeatures f = detect();
+#ifdef PT_HAVE_AMX
+// The bf16 products leave dbias to the float32 kernels (a column sum either way). AMX implies AVX-512, so the
+// AVX-512 table's dbias is always usable where this runs.
+void amx_matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                         const float* weight, int64_t N, int64_t IC, int64_t OC) {
+  amx::matmul_backward(dinp, dweight, dout, inp, weight, N, IC, OC);
+  if (dbias) avx512::kernels()->matmul_backward(nullptr, nullptr, dbias, dout, inp, weight, N, IC, OC);
+}
 #endif
-#ifdef PT_HAVE_BASELINE
-  v.push_back({"baseline", &baseline::kernels, true});
+
+Kernels on_tiles(const Kernels& base) {
+  Kernels k = base;
+#ifdef PT_HAVE_AMX
+  k.matmul_forward = &amx::matmul_forward;
+  k.matmul_backward = &amx_matmul_backward;
+  k.attention_forward = &amx_attention::attention_forward;
+  k.attention_backward = &amx_attention::attention_backward;
 #endif
-#ifdef PT_HAVE_AVX2
-  v.push_back({"avx2", &avx2::kernels, f.avx2});
-#endif
-#ifdef PT_HAVE_AVX512
-  v.push_back({"avx512", &avx512::kernels, f.avx512});
-#endif
-  return v;
+  return k;
 }
 
-const Kernels* choose_default() {
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> all = [] {
+    std::vector<Variant> v;
+#ifdef PT_X86
+    CpuFeatures f = detect();
+#endif
+    auto add = [&v](const char* name, const Kernels* table, bool supported) {
+      v.push_back({name, table, on_tiles(*table), supported});
+    };
+#ifdef PT_HAVE_BASELINE
+    add("baseline", baseline::kernels(), true);
+#endif
+#ifdef PT_HAVE_AVX2
+    add("avx2", avx2::kernels(), f.avx2);
+#endif
+#ifdef PT_HAVE_AVX512
+    add("avx512", avx512::kernels(), f.avx512);
+#endif
+    return v;
+  }();
+  return all;
+}
+
+const Variant* choose_default() {
   const char* forced = std::getenv("PYTRANSFORMER_ISA");
-  auto all = variants();
+  const auto& all = variants();
   if (forced && *forced) {
     for (auto& v : all)
       if (v.name == std::string(forced)) {
         if (!v.supported)
           throw std::runtime_error(std::string("PYTRANSFORMER_ISA=") + forced + " is not supported by this CPU/OS");
-        return v.get();
+        return &v;
       }
     throw std::runtime_error(std::string("PYTRANSFORMER_ISA=") + forced +
                              " is unknown; expected one of baseline, avx2, avx512 (as built here)");
   }
-  const Kernels* best = nullptr;
+  const Variant* best = nullptr;
   for (auto& v : all)
-    if (v.supported) best = v.get();
+    if (v.supported) best = &v;
   return best;
 }
 
+// The choice (variant, precision) and the table it gives, which is what every op call reads.
+std::mutex g_choice_mutex;
+const Variant* g_variant = nullptr;
+bool g_bf16 = false;
 std::atomic<const Kernels*> g_active{nullptr};
-std::atomic<int> g_threads{0};
-std::atomic<bool> g_bf16{false};
+
+void choose(const Variant* variant, bool bf16) {  // with g_choice_mutex held
+  g_variant = variant;
+  g_bf16 = bf16;
+  g_active.store(bf16 ? &variant->bf16 : variant->f32, std::memory_order_release);
+}
 
 }  // namespace
 
@@ -107,17 +141,25 @@ std::vector<std::string> available_isas() {
 const Kernels& active() {
   const Kernels* k = g_active.load(std::memory_order_acquire);
   if (!k) {
-    k = choose_default();
-    g_active.store(k, std::memory_order_release);
+    std::lock_guard<std::mutex> lock(g_choice_mutex);
+    if (!g_variant) choose(choose_default(), false);
+    k = g_active.load(std::memory_order_acquire);
   }
   return *k;
+}
+
+std::string active_isa() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_variant->name;
 }
 
 void set_isa(const std::string& name) {
   for (auto& v : variants())
     if (v.name == name) {
       if (!v.supported) throw std::invalid_argument("ISA '" + name + "' is not supported by this CPU/OS");
-      g_active.store(v.get(), std::memory_order_release);
+      std::lock_guard<std::mutex> lock(g_choice_mutex);
+      choose(&v, g_bf16);
       return;
     }
   std::string known;
@@ -125,72 +167,39 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("unknown ISA '" + name + "'; this build has: " + known);
 }
 
-bool have_openmp() {
-#ifdef PT_HAVE_OPENMP
-  return true;
+std::string matmul_precision() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_bf16 ? "bfloat16" : "float32";
+}
+
+void set_matmul_precision(const std::string& name) {
+  if (name != "float32" && name != "bfloat16")
+    throw std::invalid_argument("matmul precision must be 'float32' or 'bfloat16', got '" + name + "'");
+  if (name == "bfloat16" && !have_amx())
+    throw std::runtime_error(
+        "matmul precision 'bfloat16' needs Intel AMX-BF16 (Sapphire Rapids or newer) with OS support for tile "
+        "state, and a build that compiled it; not available here");
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  choose(g_variant, name == "bfloat16");
+}
+
+bool have_amx() {
+#ifdef PT_HAVE_AMX
+  return amx::supported();
 #else
   return false;
 #endif
 }
 
-// The user's set_num_threads() caps every thread's team; threadpoolctl (omp_set_num_threads on the
-// calling thread) and OMP_NUM_THREADS are honoured through omp_get_max_threads().
-int num_threads() {
-#ifdef PT_HAVE_OPENMP
-  int n = omp_get_max_threads();
-  int cap = g_threads.load(std::memory_order_relaxed);
-  return cap > 0 ? std::min(n, cap) : n;
+double amx_probe(int64_t iters) {
+  if (!have_amx()) throw std::runtime_error("amx_probe: no usable AMX-BF16 here");
+#ifdef PT_HAVE_AMX
+  return amx::probe(iters);
 #else
-  return 1;
+  return 0.0;
 #endif
 }
-
-void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
-#ifdef PT_HAVE_OPENMP
-  g_threads.store(n, std::memory_order_relaxed);
-  omp_set_num_threads(n);
-#endif
-}
-
-std::string matmul_precision() { return g_bf16.load(std::memory_order_relaxed) ? "bfloat16" : "float32"; }
-
-void set_matmul_precision(const std::string& name) {
-  if (name == "float32") {
-    g_bf16.store(false, std::memory_order_relaxed);
-  } else if (name == "bfloat16") {
-    if (!amx::supported())
-      throw std::runtime_error(
-          "matmul precision 'bfloat16' needs Intel AMX-BF16 (Sapphire Rapids or newer) with OS support for tile "
-          "state, and a build that compiled it; not available here");
-    g_bf16.store(true, std::memory_order_relaxed);
-  } else {
-    throw std::invalid_argument("matmul precision must be 'float32' or 'bfloat16', got '" + name + "'");
-  }
-}
-
-#ifndef PT_HAVE_AMX
-namespace amx {  // this build has no AMX kernels: precision stays float32
-bool supported() { return false; }
-double probe(int64_t) { throw std::logic_error("AMX kernels are not built"); }
-void matmul_forward(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t) {
-  throw std::logic_error("AMX kernels are not built");
-}
-void matmul_backward(float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t) {
-  throw std::logic_error("AMX kernels are not built");
-}
-}  // namespace amx
-namespace amx_attention {
-void attention_forward(float*, float*, const float*, const float*, const float*, const uint8_t*, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, bool, float, bool) {
-  throw std::logic_error("AMX kernels are not built");
-}
-void attention_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
-                        const float*, const float*, const uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                        bool, float, bool) {
-  throw std::logic_error("AMX kernels are not built");
-}
-}  // namespace amx_attention
-#endif
 
 }  // namespace pt

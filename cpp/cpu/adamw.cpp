@@ -1,6 +1,4 @@
 // AdamW over one flat parameter buffer, and the sum of squares behind global-norm gradient clipping.
-#include <vector>
-
 #include "simd.h"
 
 namespace pt {
@@ -36,7 +34,8 @@ void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n
 double sum_squares(const float* x, int64_t n) {
   const int64_t chunk = 1 << 14;
   const int64_t nchunks = (n + chunk - 1) / chunk;
-  std::vector<double> partial(nchunks > 0 ? nchunks : 1, 0.0);
+  static thread_local ScratchBuffer buf;  // the calling thread's, one slot per chunk
+  double* partial = buf.doubles(nchunks > 0 ? nchunks : 1);
   parallel_chunks(n, chunk, [&](int64_t lo, int64_t hi) {
     V acc0 = zero(), acc1 = zero();
     int64_t i = lo;
@@ -52,7 +51,7 @@ double sum_squares(const float* x, int64_t n) {
     partial[lo / chunk] = (double)reduce_add(add(acc0, acc1));
   });
   double total = 0.0;
-  for (double p : partial) total += p;
+  for (int64_t c = 0; c < nchunks; c++) total += partial[c];
   return total;
 }
 

@@ -1,5 +1,5 @@
 // LayerNorm over the last axis, forward and backward.
-#include <vector>
+#include <cstring>
 
 #include "simd.h"
 
@@ -71,8 +71,10 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 // reduced in a fixed order, so results are deterministic for a given thread count.
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C) {
+  if (N == 0 || C == 0) return;
   const int nt = (N * C > 4096) ? threads() : 1;
-  std::vector<float> partial((size_t)nt * 2 * C, 0.f);  // [thread][dweight | dbias]
+  static thread_local ScratchBuffer buf;  // the calling thread's, shared by its team
+  float* partial = buf.floats((size_t)nt * 2 * C);  // [thread][dweight | dbias]
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -80,8 +82,9 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 #else
     const int tid = 0, nteam = 1;
 #endif
-    float* pw = partial.data() + (size_t)tid * 2 * C;
+    float* pw = partial + (size_t)tid * 2 * C;
     float* pb = pw + C;
+    std::memset(pw, 0, sizeof(float) * 2 * C);
     int64_t n0 = N * tid / nteam, n1 = N * (tid + 1) / nteam;
     for (int64_t n = n0; n < n1; n++) {
       const float* x = inp + n * C;

@@ -20,7 +20,8 @@
 #include <cpuid.h>
 
 #include "amx_tiles.h"
-#include "pytransformer/dispatch.h"
+#include "pytransformer/kernels.h"
+#include "pytransformer/runtime.h"
 
 #ifdef _OPENMP
 #include <omp.h>

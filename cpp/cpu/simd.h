@@ -18,7 +18,7 @@
 #include <omp.h>
 #endif
 
-#include "pytransformer/dispatch.h"
+#include "pytransformer/runtime.h"
 
 namespace pt {
 namespace PT_NS {
@@ -424,6 +424,7 @@ class ScratchBuffer {
     }
     return data_;
   }
+  double* doubles(size_t n) { return reinterpret_cast<double*>(floats(2 * n)); }
 
  private:
   float* data_ = nullptr;

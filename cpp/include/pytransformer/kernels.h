@@ -90,4 +90,26 @@ struct Kernels {
 namespace baseline { const Kernels* kernels(); }
 namespace avx2 { const Kernels* kernels(); }
 namespace avx512 { const Kernels* kernels(); }
+
+// bfloat16 products on Intel AMX tiles (cpp/cpu/matmul_amx.cpp, built only when the compiler knows AMX):
+// inputs rounded to bf16, float32 sums. Same shapes and gradient conventions as the float32 kernels; dbias is
+// not computed here (a float32 column sum either way: dispatch.cpp adds it from the float32 table).
+namespace amx {
+bool supported();  // CPU has AMX-BF16 + AVX512-BF16, the OS saves tile state and granted it to this process
+double probe(int64_t iters);  // benchmark probe: iters rounds of 4 independent tile products per thread -> flops
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
+                    int64_t OC);
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                     int64_t N, int64_t IC, int64_t OC);
+}  // namespace amx
+
+// attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
+namespace amx_attention {
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
+                       bool causal, float scale, bool bthd);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
+                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);
+}  // namespace amx_attention
 }  // namespace pt

@@ -1,0 +1,10 @@
+// Threads: OpenMP when built with it, else one. Kernels size their teams with num_threads().
+#pragma once
+
+namespace pt {
+bool have_openmp();
+// The user's set_num_threads() caps every thread's team; threadpoolctl (omp_set_num_threads on the calling
+// thread) and OMP_NUM_THREADS are honoured through omp_get_max_threads().
+int num_threads();
+void set_num_threads(int n);  // throws std::invalid_argument for n < 1
+}  // namespace pt
