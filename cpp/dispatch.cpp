@@ -79,7 +79,7 @@ const std::vector<Variant>& variants() {
   static const std::vector<Variant> all = [] {
     std::vector<Variant> v;
 #ifdef PT_X86
-    CpuFeatures f = detect();
+    [[maybe_unused]] CpuFeatures f = detect();
 #endif
     auto add = [&v](const char* name, const Kernels* table, bool supported) {
       v.push_back({name, table, on_tiles(*table), supported});
@@ -193,7 +193,7 @@ bool have_amx() {
 #endif
 }
 
-double amx_probe(int64_t iters) {
+double amx_probe([[maybe_unused]] int64_t iters) {
   if (!have_amx()) throw std::runtime_error("amx_probe: no usable AMX-BF16 here");
 #ifdef PT_HAVE_AMX
   return amx::probe(iters);
