@@ -337,7 +337,7 @@ def case_adamw(rng, n):
 
     def ours():
         state["step"] += 1
-        ops.adamw_step(p, g, m, v, 1e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
+        ops.adamw_step(p, m, v, g, 1e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
 
     pn, mn, vn = p.copy(), m.copy(), v.copy()
     tmp = np.empty_like(pn)

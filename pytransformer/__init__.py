@@ -4,6 +4,7 @@ from ._version import __version__
 from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
                        set_matmul_precision, set_num_threads)
 from . import ops, reference
+from .io import from_pretrained  # loads the model-family registry, which Model.state_dict() and friends read
 
 
 def __getattr__(name):  # heavier pieces load on first use
@@ -11,10 +12,6 @@ def __getattr__(name):  # heavier pieces load on first use
         from .sentence import SentenceEncoder
 
         return SentenceEncoder
-    if name == "from_pretrained":
-        from .io.hf import from_pretrained
-
-        return from_pretrained
     raise AttributeError(f"module 'pytransformer' has no attribute {name!r}")
 
 

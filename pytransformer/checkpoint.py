@@ -9,18 +9,13 @@ import json
 
 import numpy as np
 
+from .io.families import FAMILIES, family_named
+from .io.families import family_of as _family_of
 from .io.safetensors import load_file, read_metadata, save_file
-from .models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
-
-FAMILIES = {"gpt": (GPT, GPTConfig), "bert": (BERT, BertConfig), "transformer": (Transformer, TransformerConfig),
-            "vit": (ViT, ViTConfig)}
 
 
 def family_of(model) -> str:
-    for name, (cls, _) in FAMILIES.items():
-        if isinstance(model, cls):
-            return name
-    raise TypeError(f"not a pytransformer model: {type(model).__name__}")
+    return _family_of(model).name
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=None, extra=None) -> None:
@@ -46,10 +41,10 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
 def load_checkpoint(path, optimizer_factory=None):
     """-> dict(model, optimizer or None, step, rngs {name: Generator}, tokenizer json or None, extra)."""
     meta = read_metadata(path)
-    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") not in FAMILIES:
+    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") not in {f.name for f in FAMILIES}:
         raise ValueError(f"{path}: not a pytransformer checkpoint (format {meta.get('format')!r})")
-    cls, config_cls = FAMILIES[meta["family"]]
-    model = cls(config_cls(**json.loads(meta["config"])))
+    family = family_named(meta["family"])
+    model = family.model_class(family.config_class(**json.loads(meta["config"])))
     optimizer = optimizer_factory(model) if optimizer_factory is not None else None
     step, rngs = restore_checkpoint(path, model, optimizer)
     return {"model": model, "optimizer": optimizer, "step": step, "rngs": rngs,

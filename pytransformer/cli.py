@@ -164,7 +164,7 @@ def cmd_attention(args) -> int:
         labels = list(args.sentence)
         maps = model.attention_maps(ids)
     else:
-        from .io.hf import load_bert
+        from .io.hf_bert import load_bert
         from .sentence import default_model_path
         from .tokenizers import WordPieceTokenizer
 

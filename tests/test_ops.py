@@ -237,8 +237,8 @@ def test_adamw_matches_reference_over_steps(isa, rng, n):
     rp, rm, rv = p.astype(np.float64), np.zeros(n), np.zeros(n)
     for step in range(1, 4):
         g = f32(rng, n)
-        ops.adamw_step(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
-        rp, rm, rv = ref.adamw_step(rp, g, rm, rv, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        ops.adamw_step(p, m, v, g, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        rp, rm, rv = ref.adamw_step(rp, rm, rv, g, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
     assert_close(p, rp, 1e-5, "params")
     assert_close(m, rm, 1e-5, "m")
     assert_close(v, rv, 1e-5, "v")

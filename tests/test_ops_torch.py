@@ -134,7 +134,7 @@ def test_adamw_matches_torch_over_ten_steps(torch, isa, rng):
         g = f32(rng, n)
         tp.grad = torch.from_numpy(g.copy())
         opt.step()
-        ops.adamw_step(p, g, m, v, 3e-3, 0.9, 0.95, 1e-8, 0.1, step)
+        ops.adamw_step(p, m, v, g, 3e-3, 0.9, 0.95, 1e-8, 0.1, step)
     assert_close(p, tp.detach().numpy(), 1e-5, "params")
 
 

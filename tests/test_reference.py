@@ -118,7 +118,7 @@ def test_attention_reference_matches_explicit_softmax(r):
 
 def test_adamw_reference_matches_handwritten_step():
     p, g, m, v = np.array([1.0, -2.0]), np.array([0.5, 0.1]), np.zeros(2), np.zeros(2)
-    p1, m1, v1 = ref.adamw_step(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=1)
+    p1, m1, v1 = ref.adamw_step(p, m, v, g, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=1)
     # step 1: mhat = g, vhat = g^2, update = g / |g| = sign(g)
     np.testing.assert_allclose(p1, p * (1 - 0.01) - 0.1 * np.sign(g), rtol=1e-6)
     np.testing.assert_allclose(m1, 0.1 * g)

@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import ops
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention
 
 
+# How each family looks in Hugging Face transformers: model class -> a function of a built model giving its
+# format (to_hf / to_ours name conversion, save). Filled by the family registry (pytransformer.io.families) when
+# the package loads: models never import io, and state_dict() and friends delegate through this table.
+_HF_FORMATS: dict = {}
+
+
+def register_hf_format(model_class, make_format) -> None:
+    _HF_FORMATS[model_class] = make_format
+
+
+class _ShapesOnly(threading.local):
+    active = False
+
+
+_shapes_only = _ShapesOnly()
+
+
+def count_parameters(model_class, config) -> int:
+    """The parameter count of model_class(config), from its module tree's shapes alone: nothing is allocated
+    (so a 175B-parameter config counts in microseconds). Tied parameters count once, as in the built model."""
+    _shapes_only.active = True
+    try:
+        model = model_class(config)
+    finally:
+        _shapes_only.active = False
+    return sum(p.size for _, p in model.named_parameters())
+
+
 class Model(Module):
     """A module tree that owns its parameters: call `_build(seed)` at the end of __init__."""
 
     def _build(self, seed: int) -> None:
+        if _shapes_only.active:
+            return  # counting parameters (config.num_params()): the tree's shapes are all that is wanted
         rng = np.random.default_rng(seed)
         self.params = FlatParameters(self, rng)
         self.dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
         for m in self.modules():
             if isinstance(m, Dropout):
                 m.rng = self.dropout_rng
-
-    def children(self):
-        for name, child in super().children():
-            yield name, child
 
     def zero_grad(self) -> None:
         self.params.zero_grad()
@@ -37,9 +65,11 @@ class Model(Module):
         return {name: p.data for name, p in self.params}
 
     def _hf(self):
-        from ..io.hf import hf_format
-
-        return hf_format(self)
+        """This model's Hugging Face format, or None for a family transformers does not have."""
+        for cls in type(self).__mro__:
+            if cls in _HF_FORMATS:
+                return _HF_FORMATS[cls](self)
+        return None
 
     def state_dict(self) -> dict:
         """Parameter values under the Hugging Face names (ours for a family transformers does not have)."""
@@ -55,32 +85,20 @@ class Model(Module):
     def load_state_dict(self, state: dict) -> None:
         """Values under the names state_dict() uses; missing, extra or mis-shaped tensors raise ValueError."""
         fmt = self._hf()
-        self.load_params(fmt.to_ours(state, self) if fmt else state)
+        self.load_params(fmt.to_ours(state) if fmt else state)
 
     def save_pretrained(self, folder) -> None:
         """config.json + model.safetensors, as transformers writes them (GPT-2, BERT, ViT)."""
-        import json
-        import os
-
-        from ..io.safetensors import atomic_write, save_file
-
         fmt = self._hf()
         if fmt is None:
             raise ValueError(f"{type(self).__name__} has no Hugging Face counterpart; use checkpoint.save_checkpoint")
-        os.makedirs(folder, exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()},
-                  os.path.join(folder, "model.safetensors"), {"format": "pt"})
-        atomic_write(os.path.join(folder, "config.json"), [json.dumps(fmt.config, indent=2).encode()])
+        fmt.save(self, folder)
 
     def attention_maps(self, *inputs, **kwargs) -> np.ndarray:
         """Softmax attention weights (L, NH, Tq, Tk) of every self-attention layer for the first input of the
         batch, recomputed on request (the fused kernel never materialises them)."""
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             self._attention_forward(*inputs, **kwargs)
-        finally:
-            self.train(was)
         layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention) and not m._cross]
         return np.stack([m.attention_probs()[0] for m in layers])
 

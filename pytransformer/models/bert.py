@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .. import ops
-from ..nn import Activation, Dropout, Embedding, EncoderBlock, LayerNorm, LearnedPositions, Linear, Parameter
+from ..nn import (Activation, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear,
+                  MultiHeadAttention, Parameter, TiedLMHead)
 from ..nn.module import zeros
-from .base import CrossEntropyHead, Model, check_ids
+from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
 @dataclass
@@ -43,6 +44,10 @@ class BertConfig:
     def to_dict(self):
         return asdict(self)
 
+    def num_params(self) -> int:
+        """The parameter count of BERT(self), from the config alone (nothing allocated)."""
+        return count_parameters(BERT, self)
+
 
 class BERT(Model):
     def __init__(self, config: BertConfig, seed: int = 0):
@@ -53,13 +58,16 @@ class BERT(Model):
         self.token_type = Embedding(c.type_vocab_size, C)
         self.emb_ln = LayerNorm(C, c.layer_norm_eps)
         self.emb_drop = Dropout(c.hidden_dropout_prob)
-        self.blocks = [EncoderBlock(C, c.num_attention_heads, c.intermediate_size, c.hidden_act, "post",
-                                    c.hidden_dropout_prob, c.layer_norm_eps) for _ in range(c.num_hidden_layers)]
+        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.num_attention_heads),
+                                    ffn=FeedForward(C, c.intermediate_size, c.hidden_act),
+                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="post",
+                                    dropout=c.hidden_dropout_prob) for _ in range(c.num_hidden_layers)]
         if c.mlm:
             self.mlm_dense = Linear(C, C)
             self.mlm_act = Activation(c.hidden_act)
             self.mlm_ln = LayerNorm(C, c.layer_norm_eps)
-            self.mlm_bias = Parameter((c.vocab_size,), zeros)  # decoder weight is tied to the token embedding
+            self.mlm_bias = Parameter((c.vocab_size,), zeros)
+            self.mlm_decoder = TiedLMHead(self.word.weight, self.mlm_bias)  # weight tied to the token embedding
         if c.pooler:
             self.pooler = Linear(C, C)
             self.cls_drop = Dropout(c.hidden_dropout_prob)
@@ -106,8 +114,7 @@ class BERT(Model):
     def mlm_logits(self, input_ids, attention_mask=None, token_type_ids=None):
         """Masked-LM logits (B, T, V)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        self._mlm_h = self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden)))
-        return ops.matmul_forward(self._mlm_h, self.word.weight.data, self.mlm_bias.data)
+        return self.mlm_decoder.forward(self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden))))
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         """As transformers: MLM logits with the masked-LM head, else [CLS] classification logits with that head,
@@ -136,9 +143,7 @@ class BERT(Model):
         return loss
 
     def _mlm_backward(self, dlogits):
-        dh, _, _ = ops.matmul_backward(dlogits, self._mlm_h, self.word.weight.data, dweight=self.word.weight.grad,
-                                       dbias=self.mlm_bias.grad)
-        return self.mlm_dense.backward(self.mlm_act.backward(self.mlm_ln.backward(dh)))
+        return self.mlm_dense.backward(self.mlm_act.backward(self.mlm_ln.backward(self.mlm_decoder.backward(dlogits))))
 
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None):
         """tanh(W h[CLS] + b): (B, C)."""

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .. import ops
-from ..nn import DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositions
-from .base import CrossEntropyHead, Model, check_ids
+from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
+                  TiedLMHead)
+from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
 @dataclass
@@ -22,6 +22,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_eps: float = 1e-5
+    head_dim: int | None = None   # channels per head; None: n_embd // n_head (attention width n_head * head_dim)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -32,22 +33,30 @@ class GPTConfig:
     def to_dict(self):
         return asdict(self)
 
+    def num_params(self) -> int:
+        """The parameter count of GPT(self), from the config alone (nothing allocated)."""
+        return count_parameters(GPT, self)
 
-# GPT-2 small, and the GPT-3 paper's Table 2.1 (n_ctx 2048; GPT-3 alternates dense and locally banded sparse
-# attention, these configs use dense attention throughout).
+
+# GPT-2, and the GPT-3 paper's Table 2.1 as printed (n_layer, d_model, n_head, d_head; n_ctx 2048). GPT-3
+# alternates dense and locally banded sparse attention; these configs use dense attention throughout.
+# Two rows contradict themselves in the paper, and we resolve them like this:
+# - XL prints 24 heads of 128 (an attention width of 3072) on d_model 2048, which would be 1.5B parameters,
+#   not the 1.3B printed; 16 heads of 128 (attention width = d_model = 2048) give 1.32B, so we take that.
+# - 13B prints d_model 5140, which is not 40 heads x 128; we use 5120 = 40 x 128 (12.9B parameters).
 GPT_PRESETS = {
     "gpt2": GPTConfig(50257, 1024, 12, 12, 768),
     "gpt2-medium": GPTConfig(50257, 1024, 24, 16, 1024),
     "gpt2-large": GPTConfig(50257, 1024, 36, 20, 1280),
     "gpt2-xl": GPTConfig(50257, 1024, 48, 25, 1600),
-    "gpt3-small": GPTConfig(50257, 2048, 12, 12, 768),
-    "gpt3-medium": GPTConfig(50257, 2048, 24, 16, 1024),
-    "gpt3-large": GPTConfig(50257, 2048, 24, 16, 1536),
-    "gpt3-xl": GPTConfig(50257, 2048, 24, 24, 2048),
-    "gpt3-2.7b": GPTConfig(50257, 2048, 32, 32, 2560),
-    "gpt3-6.7b": GPTConfig(50257, 2048, 32, 32, 4096),
-    "gpt3-13b": GPTConfig(50257, 2048, 40, 40, 5120),
-    "gpt3-175b": GPTConfig(50257, 2048, 96, 96, 12288),
+    "gpt3-small": GPTConfig(50257, 2048, 12, 12, 768, head_dim=64),
+    "gpt3-medium": GPTConfig(50257, 2048, 24, 16, 1024, head_dim=64),
+    "gpt3-large": GPTConfig(50257, 2048, 24, 16, 1536, head_dim=96),
+    "gpt3-xl": GPTConfig(50257, 2048, 24, 16, 2048, head_dim=128),
+    "gpt3-2.7b": GPTConfig(50257, 2048, 32, 32, 2560, head_dim=80),
+    "gpt3-6.7b": GPTConfig(50257, 2048, 32, 32, 4096, head_dim=128),
+    "gpt3-13b": GPTConfig(50257, 2048, 40, 40, 5120, head_dim=128),
+    "gpt3-175b": GPTConfig(50257, 2048, 96, 96, 12288, head_dim=128),
 }
 
 
@@ -57,14 +66,17 @@ class GPT(Model):
     def __init__(self, config: GPTConfig, seed: int = 0):
         c = config
         self.config = c
-        std, out_std = 0.02, 0.02 / math.sqrt(2 * c.n_layer)
-        self.wte = Embedding(c.vocab_size, c.n_embd, std)
-        self.wpe = LearnedPositions(c.block_size, c.n_embd, 0.01)
+        C, std, out_std = c.n_embd, 0.02, 0.02 / math.sqrt(2 * c.n_layer)
+        self.wte = Embedding(c.vocab_size, C, std)
+        self.wpe = LearnedPositions(c.block_size, C, 0.01)
         self.drop = Dropout(c.dropout)
-        self.blocks = [DecoderBlock(c.n_embd, c.n_head, 4 * c.n_embd, cross=False, activation="gelu", norm="pre",
-                                    dropout=c.dropout, eps=c.layer_norm_eps, bias=c.bias, std=std, out_std=out_std)
+        self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True, bias=c.bias, std=std,
+                                                            out_std=out_std, head_dim=c.head_dim),
+                                    ffn=FeedForward(C, 4 * C, "gelu", c.bias, std, out_std),
+                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="pre", dropout=c.dropout)
                        for _ in range(c.n_layer)]
-        self.ln_f = LayerNorm(c.n_embd, c.layer_norm_eps)
+        self.ln_f = LayerNorm(C, c.layer_norm_eps)
+        self.lm_head = TiedLMHead(self.wte.weight)
         self.head = CrossEntropyHead()
         self._build(seed)
 
@@ -75,8 +87,7 @@ class GPT(Model):
         x = self.drop.forward(self.wpe.forward(self.wte.forward(idx)))
         for block in self.blocks:
             x = block.forward(x)
-        self._x = self.ln_f.forward(x)
-        return ops.matmul_forward(self._x, self.wte.weight.data)  # tied LM head: (B, T, V)
+        return self.lm_head.forward(self.ln_f.forward(x))  # (B, T, V)
 
     __call__ = forward
 
@@ -93,10 +104,7 @@ class GPT(Model):
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
-        dlogits = self.head.backward(dloss)
-        dx, _, _ = ops.matmul_backward(dlogits, self._x, self.wte.weight.data, dweight=self.wte.weight.grad,
-                                       compute_dbias=False)
-        dx = self.ln_f.backward(dx)
+        dx = self.ln_f.backward(self.lm_head.backward(self.head.backward(dloss)))
         for block in reversed(self.blocks):
             dx = block.backward(dx)
         self.wte.backward(self.wpe.backward(self.drop.backward(dx)))
@@ -105,15 +113,11 @@ class GPT(Model):
         """Append max_new_tokens sampled ids to idx (B, T); temperature 0 is greedy."""
         idx = check_ids(idx, "idx")
         rng = rng or np.random.default_rng()
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             for _ in range(max_new_tokens):
                 context = np.ascontiguousarray(idx[:, -self.config.block_size:])
                 logits = self.forward(context)[:, -1, :].astype(np.float64)
                 idx = np.concatenate([idx, sample_next(logits, temperature, top_k, rng)[:, None]], axis=1)
-        finally:
-            self.train(was_training)
         return idx
 
 

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import ops
-from ..nn import DecoderBlock, Dropout, Embedding, EncoderBlock, SinusoidalPositions
-from .base import CrossEntropyHead, Model, check_ids
+from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
+                  SinusoidalPositions, TiedLMHead)
+from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
 @dataclass
@@ -31,6 +32,10 @@ class TransformerConfig:
     def to_dict(self):
         return asdict(self)
 
+    def num_params(self) -> int:
+        """The parameter count of Transformer(self), from the config alone (nothing allocated)."""
+        return count_parameters(Transformer, self)
+
 
 class Transformer(Model):
     """forward(src (B, S), tgt_in (B, T), src_mask (B, S) or None) -> logits (B, T, V_tgt)."""
@@ -49,10 +54,16 @@ class Transformer(Model):
         self.src_pos = SinusoidalPositions(c.max_len, c.d_model)
         self.tgt_pos = SinusoidalPositions(c.max_len, c.d_model)
         self.src_drop, self.tgt_drop = Dropout(c.dropout), Dropout(c.dropout)
-        self.encoder = [EncoderBlock(c.d_model, c.n_head, c.d_ff, "relu", "post", c.dropout, c.layer_norm_eps)
+        C = c.d_model
+        norm = lambda: LayerNorm(C, c.layer_norm_eps)  # noqa: E731
+        self.encoder = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head), ffn=FeedForward(C, c.d_ff, "relu"),
+                                     norm=norm, placement="post", dropout=c.dropout)
                         for _ in range(c.n_encoder_layers)]
-        self.decoder = [DecoderBlock(c.d_model, c.n_head, c.d_ff, True, "relu", "post", c.dropout, c.layer_norm_eps)
+        self.decoder = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True), ffn=FeedForward(C, c.d_ff, "relu"),
+                                     norm=norm, placement="post", dropout=c.dropout,
+                                     cross=MultiHeadAttention(C, c.n_head))
                         for _ in range(c.n_decoder_layers)]
+        self.out = TiedLMHead(self.tgt_emb.weight)  # the output projection shares the target embedding
         self.head = CrossEntropyHead()
         self.scale = np.float32(math.sqrt(c.d_model))
         self._build(seed)
@@ -75,8 +86,7 @@ class Transformer(Model):
         y = self.tgt_drop.forward(self.tgt_pos.forward(y))
         for block in self.decoder:
             y = block.forward(y, memory, mask)
-        self._y = y
-        return ops.matmul_forward(y, self.tgt_emb.weight.data)
+        return self.out.forward(y)
 
     def forward(self, src, tgt_in, src_mask=None):
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
@@ -88,13 +98,11 @@ class Transformer(Model):
         return self.head.loss(self.forward(src, tgt_in, src_mask), tgt_out, ignore_index)
 
     def backward(self, dloss=1.0):
-        dlogits = self.head.backward(dloss)
-        dy, _, _ = ops.matmul_backward(dlogits, self._y, self.tgt_emb.weight.data, dweight=self.tgt_emb.weight.grad,
-                                       compute_dbias=False)
+        dy = self.out.backward(self.head.backward(dloss))
         dmemory = None
         for block in reversed(self.decoder):
             dy, dm = block.backward(dy)
-            dmemory = dm if dmemory is None else ops.residual_forward(dmemory, dm)
+            dmemory = dm if dmemory is None else ops.add_into(dmemory, dm)
         self.tgt_emb.backward(self.tgt_pos.backward(self.tgt_drop.backward(dy)) * self.scale)
         dx = dmemory
         for block in reversed(self.encoder):
@@ -105,9 +113,7 @@ class Transformer(Model):
 
     def greedy_decode(self, src, bos_id, eos_id, max_len, src_mask=None):
         """-> (B, <= max_len + 1) ids starting with BOS; a finished row is padded with EOS."""
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             memory = self.encode(src, src_mask)
             out = np.full((memory.shape[0], 1), bos_id, np.int64)
             done = np.zeros(memory.shape[0], bool)
@@ -118,8 +124,6 @@ class Transformer(Model):
                 done |= nxt == eos_id
                 if done.all():
                     break
-        finally:
-            self.train(was)
         return out
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size=4, length_penalty=0.6, src_mask=None):
@@ -128,9 +132,7 @@ class Transformer(Model):
         src = check_ids(src, "src")
         if src.shape[0] != 1:
             raise ValueError("beam_search decodes one sequence at a time: src must be (1, S)")
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             memory = self.encode(src, src_mask)
             beams = [(0.0, [bos_id])]
             finished = []
@@ -155,6 +157,4 @@ class Transformer(Model):
                     break
             pool = finished or beams
             best = max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
-        finally:
-            self.train(was)
         return np.array([best[1]], np.int64)

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..nn import Dropout, EncoderBlock, LayerNorm, LearnedPositions, Linear, PatchEmbedding
-from .base import CrossEntropyHead, Model
+from ..nn import Dropout, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention, PatchEmbedding
+from .base import CrossEntropyHead, Model, count_parameters
 
 
 @dataclass
@@ -27,6 +27,10 @@ class ViTConfig:
     def to_dict(self):
         return asdict(self)
 
+    def num_params(self) -> int:
+        """The parameter count of ViT(self), from the config alone (nothing allocated)."""
+        return count_parameters(ViT, self)
+
 
 class ViT(Model):
     """forward(pixel_values (B, Ch, H, W)) -> logits (B, num_labels)."""
@@ -37,8 +41,11 @@ class ViT(Model):
         self.patch = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size)
         self.pos = LearnedPositions(n_patches + 1, c.hidden_size)
         self.drop = Dropout(c.dropout)
-        self.blocks = [EncoderBlock(c.hidden_size, c.num_attention_heads, c.intermediate_size, "gelu_exact", "pre",
-                                    c.dropout, c.layer_norm_eps) for _ in range(c.num_hidden_layers)]
+        C = c.hidden_size
+        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.num_attention_heads),
+                                    ffn=FeedForward(C, c.intermediate_size, "gelu_exact"),
+                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="pre", dropout=c.dropout)
+                       for _ in range(c.num_hidden_layers)]
         self.ln = LayerNorm(c.hidden_size, c.layer_norm_eps)
         self.classifier = Linear(c.hidden_size, c.num_labels) if c.num_labels else None
         self.head = CrossEntropyHead()

@@ -1,12 +1,12 @@
 """Layers with explicit forward(...) and backward(dout): no autograd anywhere."""
 
 from .attention import MultiHeadAttention, heads, merge_heads
-from .blocks import DecoderBlock, EncoderBlock, FeedForward
+from .blocks import DecoderBlock, EncoderBlock, FeedForward, Residual
 from .layers import (Activation, Dropout, Embedding, LayerNorm, LearnedPositions, Linear, SinusoidalPositions,
-                     sinusoidal_table)
+                     TiedLMHead, sinusoidal_table)
 from .module import FlatParameters, Module, Parameter
 from .patch import PatchEmbedding, image_to_patches
 
 __all__ = ["Activation", "DecoderBlock", "Dropout", "Embedding", "EncoderBlock", "FeedForward", "FlatParameters",
            "LayerNorm", "LearnedPositions", "Linear", "Module", "MultiHeadAttention", "Parameter", "PatchEmbedding",
-           "SinusoidalPositions", "image_to_patches", "heads", "merge_heads", "sinusoidal_table"]
+           "Residual", "SinusoidalPositions", "TiedLMHead", "image_to_patches", "heads", "merge_heads", "sinusoidal_table"]

@@ -1,7 +1,10 @@
-"""Multi-head attention: self-attention (causal or bidirectional, with key padding) and cross-attention.
+"""Multi-head attention: self-attention (causal or bidirectional, with key padding) and cross-attention, with
+grouped key/value heads.
 
-Q, K and V each have their own projection (C -> C, i.e. NH heads of HS = C / NH channels, concatenated);
-the heads run through the fused attention kernel and are concatenated and projected by W_O.
+Shapes: NH query heads and NKV key/value heads of HS channels each. Q projects C -> NH * HS, K and V project
+C -> NKV * HS, W_O projects NH * HS -> C; HS defaults to C / NH but is a parameter of its own (the GPT-3 table
+has models whose NH * HS differs from C), and NKV (default NH) must divide NH: query head h reads key/value head
+h // (NH / NKV), as in Llama's grouped-query attention. The heads run through the fused attention kernel.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from .module import Module
 
 
 def heads(x, NH):
-    """(B, T, C) -> (B, T, NH, HS): a view, no copy (the attention kernel's "bthd" layout)."""
+    """(B, T, NH * HS) -> (B, T, NH, HS): a view, no copy (the attention kernel's "bthd" layout)."""
     B, T, C = x.shape
     return x.reshape(B, T, NH, C // NH)
 
 
 def merge_heads(x):
-    """(B, T, NH, HS) -> (B, T, C): a view, no copy."""
+    """(B, T, NH, HS) -> (B, T, NH * HS): a view, no copy."""
     B, T, NH, HS = x.shape
     return x.reshape(B, T, NH * HS)
 
@@ -30,25 +33,41 @@ class MultiHeadAttention(Module):
 
     Self-attention when memory is None (keys and values from x), cross-attention otherwise. causal applies
     the lower-triangular mask; key_mask (1 = attend) hides padded keys. backward returns dx, or (dx, dmemory)
-    for cross-attention.
+    for cross-attention. n_kv_head (default n_head) and head_dim (default C / n_head) are free parameters.
     """
 
     def __init__(self, C: int, NH: int, causal: bool = False, bias: bool = True, std: float = 0.02,
-                 out_std: float | None = None):
-        if C % NH:
-            raise ValueError(f"channels {C} must be divisible by heads {NH}")
-        self.NH, self.causal = NH, causal
-        self.q = Linear(C, C, bias, std)
-        self.k = Linear(C, C, bias, std)
-        self.v = Linear(C, C, bias, std)
-        self.o = Linear(C, C, bias, std if out_std is None else out_std)
+                 out_std: float | None = None, *, n_kv_head: int | None = None, head_dim: int | None = None):
+        if head_dim is None:
+            if C % NH:
+                raise ValueError(f"channels {C} must be divisible by heads {NH} (or give head_dim)")
+            head_dim = C // NH
+        NKV = NH if n_kv_head is None else n_kv_head
+        if NKV < 1 or NH % NKV:
+            raise ValueError(f"key/value heads {NKV} must divide query heads {NH}")
+        self.NH, self.NKV, self.HS, self.causal = NH, NKV, head_dim, causal
+        self.q = Linear(C, NH * head_dim, bias, std)
+        self.k = Linear(C, NKV * head_dim, bias, std)
+        self.v = Linear(C, NKV * head_dim, bias, std)
+        self.o = Linear(NH * head_dim, C, bias, std if out_std is None else out_std)
+
+    def _expand(self, kv):
+        """(B, T, NKV, HS) -> (B, T, NH, HS): each key/value head repeated for its group of query heads."""
+        return kv if self.NKV == self.NH else np.repeat(kv, self.NH // self.NKV, axis=2)
+
+    def _reduce(self, dkv):
+        """The adjoint of _expand: (B, T, NH, HS) -> (B, T, NKV * HS), the group's gradients summed."""
+        B, T = dkv.shape[:2]
+        if self.NKV != self.NH:
+            dkv = dkv.reshape(B, T, self.NKV, self.NH // self.NKV, self.HS).sum(axis=3)
+        return np.ascontiguousarray(dkv.reshape(B, T, self.NKV * self.HS))
 
     def forward(self, x, memory=None, key_mask=None):
         kv = x if memory is None else memory
         self._cross = memory is not None
         q = heads(self.q.forward(x), self.NH)
-        k = heads(self.k.forward(kv), self.NH)
-        v = heads(self.v.forward(kv), self.NH)
+        k = self._expand(heads(self.k.forward(kv), self.NKV))
+        v = self._expand(heads(self.v.forward(kv), self.NKV))
         out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
         self._saved = (q, k, v, out, lse, key_mask)
         return self.o.forward(merge_heads(out))
@@ -58,12 +77,11 @@ class MultiHeadAttention(Module):
         dattn = heads(self.o.backward(dout), self.NH)
         dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, layout="bthd")
         dx = self.q.backward(merge_heads(dq))
-        dkv = self.k.backward(merge_heads(dk))
-        dkv += self.v.backward(merge_heads(dv))
+        dkv = self.k.backward(self._reduce(dk))
+        ops.add_into(dkv, self.v.backward(self._reduce(dv)))
         if self._cross:
             return dx, dkv
-        dx += dkv
-        return dx
+        return ops.add_into(dx, dkv)
 
     def attention_probs(self):
         """The softmax weights (B, NH, Tq, Tk) of the last forward, recomputed on request (float32)."""

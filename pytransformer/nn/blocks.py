@@ -1,19 +1,20 @@
-"""FeedForward, EncoderBlock and DecoderBlock, each with residual connections and post-LN (2017 paper, BERT)
-or pre-LN (GPT-2) as a choice.
+"""Blocks composed from parts: an attention layer, a feed-forward, a norm (a factory: each residual branch
+gets its own), each branch wrapped in a residual connection with dropout, the norm pre or post.
 
-post-LN: x = LN(x + Dropout(Sublayer(x)))       pre-LN: x = x + Dropout(Sublayer(LN(x)))
+post (2017 paper, BERT): x = norm(x + Dropout(sublayer(x)))     pre (GPT-2, ViT): x = x + Dropout(sublayer(norm(x)))
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .. import ops
-from .attention import MultiHeadAttention
-from .layers import Activation, Dropout, LayerNorm, Linear
+from .layers import Activation, Dropout, Linear
 from .module import Module
 
 
 class FeedForward(Module):
-    """Linear(C, hidden) -> activation (ReLU as in the paper, GELU as in GPT/BERT) -> Linear(hidden, C)."""
+    """The MLP part: Linear(C, hidden) -> activation (ReLU as in the paper, GELU as in GPT/BERT) -> Linear(hidden, C)."""
 
     def __init__(self, C: int, hidden: int, activation: str = "gelu", bias: bool = True, std: float = 0.02,
                  out_std: float | None = None):
@@ -28,19 +29,20 @@ class FeedForward(Module):
         return self.fc1.backward(self.act.backward(self.fc2.backward(dout)))
 
 
-class _Residual(Module):
-    """One sublayer with its LayerNorm, dropout and residual connection, pre- or post-LN."""
+class Residual(Module):
+    """One sublayer with its norm (attribute `ln`, the name checkpoints use), dropout and the residual
+    connection, the norm placed "pre" or "post"."""
 
-    def __init__(self, sublayer: Module, C: int, norm: str, dropout: float, eps: float):
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+    def __init__(self, sublayer: Module, norm: Module, placement: str, dropout: float = 0.0):
+        if placement not in ("pre", "post"):
+            raise ValueError(f"norm placement must be 'pre' or 'post', got {placement!r}")
         self.sublayer = sublayer
-        self.ln = LayerNorm(C, eps)
+        self.ln = norm
         self.drop = Dropout(dropout)
-        self.norm = norm
+        self.placement = placement
 
     def forward(self, x, *args, **kwargs):
-        if self.norm == "pre":
+        if self.placement == "pre":
             y = self.drop.forward(self.sublayer.forward(self.ln.forward(x), *args, **kwargs))
             return ops.residual_forward(x, y)
         y = self.drop.forward(self.sublayer.forward(x, *args, **kwargs))
@@ -48,13 +50,13 @@ class _Residual(Module):
 
     def backward(self, dout):
         """-> dx, plus the sublayer's extra input gradient (cross-attention memory) when it returns two."""
-        if self.norm == "pre":
+        if self.placement == "pre":
             dsub, extra = _pair(self.sublayer.backward(self.drop.backward(dout)))
-            dx = ops.residual_forward(dout, self.ln.backward(dsub))
+            dx = ops.add_into(self.ln.backward(dsub), dout)  # the norm's fresh output takes the skip path's gradient
         else:
             dh = self.ln.backward(dout)
             dsub, extra = _pair(self.sublayer.backward(self.drop.backward(dh)))
-            dx = ops.residual_forward(dh, dsub)
+            dx = ops.add_into(dh, dsub)
         return dx if extra is None else (dx, extra)
 
 
@@ -64,13 +66,14 @@ def _pair(grad):
 
 
 class EncoderBlock(Module):
-    """Bidirectional self-attention (with key padding) + feed-forward."""
+    """Bidirectional self-attention (with key padding) + feed-forward, each in a Residual.
 
-    def __init__(self, C: int, NH: int, hidden: int, activation: str = "gelu", norm: str = "post",
-                 dropout: float = 0.0, eps: float = 1e-5, bias: bool = True, std: float = 0.02,
-                 out_std: float | None = None):
-        self.attn = _Residual(MultiHeadAttention(C, NH, False, bias, std, out_std), C, norm, dropout, eps)
-        self.ffn = _Residual(FeedForward(C, hidden, activation, bias, std, out_std), C, norm, dropout, eps)
+    attn: a MultiHeadAttention (causal=False); ffn: a feed-forward part; norm: () -> a fresh norm module."""
+
+    def __init__(self, attn: Module, ffn: Module, norm: Callable[[], Module], placement: str = "post",
+                 dropout: float = 0.0):
+        self.attn = Residual(attn, norm(), placement, dropout)
+        self.ffn = Residual(ffn, norm(), placement, dropout)
 
     def forward(self, x, key_mask=None):
         return self.ffn.forward(self.attn.forward(x, None, key_mask))
@@ -80,15 +83,15 @@ class EncoderBlock(Module):
 
 
 class DecoderBlock(Module):
-    """Causal self-attention, optional cross-attention over an encoder's output (memory), feed-forward.
-    Without cross-attention this is the GPT block. backward returns dx, or (dx, dmemory) with cross."""
+    """Causal self-attention, optional cross-attention over an encoder's output (memory), feed-forward, each
+    in a Residual. Without cross-attention this is the GPT block. backward returns dx, or (dx, dmemory) with
+    cross. attn: a causal MultiHeadAttention; cross: a non-causal one or None; norm: () -> a fresh norm."""
 
-    def __init__(self, C: int, NH: int, hidden: int, cross: bool = False, activation: str = "gelu",
-                 norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5, bias: bool = True, std: float = 0.02,
-                 out_std: float | None = None):
-        self.attn = _Residual(MultiHeadAttention(C, NH, True, bias, std, out_std), C, norm, dropout, eps)
-        self.cross = _Residual(MultiHeadAttention(C, NH, False, bias, std, out_std), C, norm, dropout, eps) if cross else None
-        self.ffn = _Residual(FeedForward(C, hidden, activation, bias, std, out_std), C, norm, dropout, eps)
+    def __init__(self, attn: Module, ffn: Module, norm: Callable[[], Module], placement: str = "pre",
+                 dropout: float = 0.0, cross: Module | None = None):
+        self.attn = Residual(attn, norm(), placement, dropout)
+        self.cross = Residual(cross, norm(), placement, dropout) if cross is not None else None
+        self.ffn = Residual(ffn, norm(), placement, dropout)
 
     def forward(self, x, memory=None, memory_mask=None):
         x = self.attn.forward(x)

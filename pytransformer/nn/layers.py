@@ -32,6 +32,27 @@ class Linear(Module):
         return dx
 
 
+class TiedLMHead(Module):
+    """logits (..., V) = x (..., C) @ table (V, C)^T (+ bias (V)): the output layer that shares its weight with
+    the token embedding (GPT-2, BERT's masked-LM decoder, the 2017 paper). Holds the embedding's Parameter (and
+    an optional bias Parameter the model declares), so both are stored once and the table's gradient adds up
+    from both uses."""
+
+    def __init__(self, table: Parameter, bias: Parameter | None = None):
+        self.weight = table
+        self.bias = bias
+
+    def forward(self, x):
+        self._x = x
+        return ops.matmul_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, dlogits):
+        dx, _, _ = ops.matmul_backward(dlogits, self._x, self.weight.data, dweight=self.weight.grad,
+                                       dbias=None if self.bias is None else self.bias.grad,
+                                       compute_dbias=self.bias is not None)
+        return dx
+
+
 class LayerNorm(Module):
     """Normalise the last axis (C), then scale and shift."""
 

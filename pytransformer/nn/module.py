@@ -9,6 +9,7 @@ stored once, and its gradient accumulates from both uses.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
@@ -86,6 +87,16 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    @contextmanager
+    def evaluating(self):
+        """`with model.evaluating():` runs the body in eval mode and restores the training flag after."""
+        was = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was)
 
 
 class FlatParameters:

@@ -49,15 +49,28 @@ def x3(rng, shape=(B, T, C)):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def encoder_block(activation, placement):
+    return nn.EncoderBlock(attn=nn.MultiHeadAttention(C, 3), ffn=nn.FeedForward(C, 20, activation),
+                           norm=lambda: nn.LayerNorm(C), placement=placement)
+
+
+def decoder_block(placement, cross, activation="gelu"):
+    return nn.DecoderBlock(attn=nn.MultiHeadAttention(C, 3, causal=True), ffn=nn.FeedForward(C, 20, activation),
+                           norm=lambda: nn.LayerNorm(C), placement=placement,
+                           cross=nn.MultiHeadAttention(C, 3) if cross else None)
+
+
 @pytest.mark.parametrize("make", [
     lambda: nn.Linear(C, 7), lambda: nn.LayerNorm(C), lambda: nn.Activation("gelu"),
     lambda: nn.Activation("gelu_exact"), lambda: nn.Activation("relu"), lambda: nn.LearnedPositions(8, C),
     lambda: nn.SinusoidalPositions(8, C), lambda: nn.FeedForward(C, 20, "gelu"),
     lambda: nn.MultiHeadAttention(C, 3, causal=False), lambda: nn.MultiHeadAttention(C, 3, causal=True),
-    lambda: nn.EncoderBlock(C, 3, 20, "gelu_exact", "post"), lambda: nn.EncoderBlock(C, 3, 20, "gelu", "pre"),
-    lambda: nn.DecoderBlock(C, 3, 20, cross=False, norm="pre"),
+    lambda: nn.MultiHeadAttention(C, 6, causal=True, n_kv_head=2), lambda: nn.MultiHeadAttention(C, 3, head_dim=5),
+    lambda: nn.MultiHeadAttention(C, 4, causal=True, n_kv_head=1, head_dim=7, bias=False),
+    lambda: encoder_block("gelu_exact", "post"), lambda: encoder_block("gelu", "pre"),
+    lambda: decoder_block("pre", cross=False),
 ], ids=["linear", "layernorm", "gelu", "gelu_exact", "relu", "learned_pos", "sinusoidal", "ffn", "mha", "mha_causal",
-        "encoder_post", "encoder_pre", "decoder_pre"])
+        "mha_grouped_kv", "mha_head_dim", "mha_one_kv_head_dim_7", "encoder_post", "encoder_pre", "decoder_pre"])
 def test_layer_backward_matches_finite_differences(make, rng):
     layer = build(make())
     x = x3(rng)
@@ -73,9 +86,89 @@ def test_cross_attention_backward_matches_finite_differences(rng):
 
 
 def test_decoder_block_with_cross_attention_backward(rng):
-    layer = build(nn.DecoderBlock(C, 3, 20, cross=True, activation="gelu_exact", norm="post"))  # (ReLU kinks defeat finite differences; the Transformer test checks ReLU blocks against torch)
+    # (ReLU kinks defeat finite differences; the Transformer test checks ReLU blocks against torch)
+    layer = build(decoder_block("post", cross=True, activation="gelu_exact"))
     x, mem = x3(rng), x3(rng, (B, 6, C))
     fd_check(lambda: layer.forward(x, mem), layer.backward, [x, mem], params_of(layer), rng)
+
+
+def test_grouped_cross_attention_backward_matches_finite_differences(rng):
+    layer = build(nn.MultiHeadAttention(C, 4, n_kv_head=2, head_dim=4))
+    x, mem = x3(rng), x3(rng, (B, 7, C))
+    fd_check(lambda: layer.forward(x, mem), layer.backward, [x, mem], params_of(layer), rng)
+
+
+def grouped_attention_reference(x, layer, causal):
+    """float64 attention written out head by head: query head h reads key/value head h // (NH / NKV)."""
+    NH, NKV, HS = layer.NH, layer.NKV, layer.HS
+    lin = lambda m, a: a.astype(np.float64) @ m.weight.data.T.astype(np.float64) + (
+        0 if m.bias is None else m.bias.data)
+    q, k, v = lin(layer.q, x), lin(layer.k, x), lin(layer.v, x)
+    out = np.zeros(x.shape[:2] + (NH * HS,))
+    for b in range(x.shape[0]):
+        for h in range(NH):
+            g = h // (NH // NKV)
+            qh, kh, vh = q[b, :, h * HS:(h + 1) * HS], k[b, :, g * HS:(g + 1) * HS], v[b, :, g * HS:(g + 1) * HS]
+            s = qh @ kh.T / np.sqrt(HS)
+            if causal:
+                s = np.where(np.tril(np.ones_like(s, bool)), s, -np.inf)
+            p = np.exp(s - s.max(1, keepdims=True))
+            out[b, :, h * HS:(h + 1) * HS] = (p / p.sum(1, keepdims=True)) @ vh
+    return lin(layer.o, out)
+
+
+@pytest.mark.parametrize("NH,NKV,HS", [(4, 4, 3), (4, 2, 5), (6, 1, 4), (2, 1, 16)])
+def test_grouped_query_attention_matches_a_head_by_head_reference(rng, NH, NKV, HS):
+    layer = build(nn.MultiHeadAttention(C, NH, causal=True, n_kv_head=NKV, head_dim=HS))
+    assert layer.q.weight.shape == (NH * HS, C) and layer.k.weight.shape == (NKV * HS, C)
+    assert layer.o.weight.shape == (C, NH * HS)
+    x = x3(rng)
+    want = grouped_attention_reference(x, layer, causal=True)
+    got = layer.forward(x)
+    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
+
+
+def test_attention_rejects_heads_that_do_not_fit():
+    with pytest.raises(ValueError, match="divisible by heads"):
+        nn.MultiHeadAttention(C, 5)
+    with pytest.raises(ValueError, match="must divide query heads"):
+        nn.MultiHeadAttention(C, 4, n_kv_head=3)
+    with pytest.raises(ValueError, match="placement must be 'pre' or 'post'"):
+        nn.Residual(nn.Linear(C, C), nn.LayerNorm(C), "middle")
+
+
+def test_tied_lm_head_shares_and_accumulates_into_the_embedding(rng):
+    emb = nn.Embedding(9, C)
+    head = nn.TiedLMHead(emb.weight, nn.Parameter((9,)))
+    holder = nn.Module()
+    holder.emb, holder.head = emb, head
+    build(holder)
+    assert [n for n, _ in holder.named_parameters()] == ["emb.weight", "head.bias"]  # the table stored once
+    x = x3(rng)
+    fd_check(lambda: head.forward(x), head.backward, [x], [emb.weight, head.bias], rng)
+    ids = rng.integers(0, 9, (B, T))
+    g_emb, g_head = x3(rng), x3(rng, (B, T, 9))
+    emb.weight.grad[...] = 0
+    emb.forward(ids)
+    emb.backward(g_emb)
+    head.forward(x)
+    head.backward(g_head)
+    want = np.zeros((9, C))
+    np.add.at(want, ids.reshape(-1), g_emb.reshape(-1, C))
+    want += g_head.reshape(-1, 9).T.astype(np.float64) @ x.reshape(-1, C)
+    assert np.abs(emb.weight.grad - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_evaluating_restores_the_training_flag():
+    layer = nn.Dropout(0.5)
+    with layer.evaluating():
+        assert not layer.training
+    assert layer.training
+    layer.eval()
+    with pytest.raises(RuntimeError):
+        with layer.evaluating():
+            raise RuntimeError
+    assert not layer.training
 
 
 def test_embedding_and_patch_embedding_parameter_gradients(rng):

@@ -1,0 +1,64 @@
+"""The one registry of model families: what checkpoints, Hugging Face loading and saving all read.
+
+Adding a family is one `Family(...)` entry here (and, when transformers has it, one io/hf_<name>.py with its
+name map as data). Models never import io; the registry hands each model class its Hugging Face layout
+(models.base.register_hf_format), which is what `model.state_dict()`, `grad_dict()`, `load_state_dict()` and
+`save_pretrained()` delegate to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from ..models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
+from ..models.base import register_hf_format
+from . import hf_bert, hf_gpt2, hf_vit
+from .hf_common import HFFormat, HFLayout
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                      # as checkpoints record it
+    config_class: type
+    model_class: type
+    hf: HFLayout | None = None     # its Hugging Face counterpart, if transformers has one
+
+    @property
+    def hf_architectures(self) -> tuple:
+        return self.hf.architectures if self.hf else ()
+
+
+FAMILIES = (
+    Family("gpt", GPTConfig, GPT, hf_gpt2.LAYOUT),
+    Family("bert", BertConfig, BERT, hf_bert.LAYOUT),
+    Family("transformer", TransformerConfig, Transformer),
+    Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
+)
+
+for _family in FAMILIES:
+    if _family.hf is not None:
+        register_hf_format(_family.model_class, partial(HFFormat, _family.hf))
+
+
+def family_named(name: str) -> Family:
+    for f in FAMILIES:
+        if f.name == name:
+            return f
+    raise ValueError(f"unknown model family {name!r} (known: {', '.join(f.name for f in FAMILIES)})")
+
+
+def family_of(model) -> Family:
+    for f in FAMILIES:
+        if isinstance(model, f.model_class):
+            return f
+    raise TypeError(f"not a pytransformer model: {type(model).__name__}")
+
+
+def family_for_model_type(model_type) -> Family:
+    """The family whose Hugging Face config.json says this model_type."""
+    for f in FAMILIES:
+        if f.hf is not None and f.hf.model_type == model_type:
+            return f
+    supported = ", ".join(f.hf.model_type for f in FAMILIES if f.hf is not None)
+    raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")

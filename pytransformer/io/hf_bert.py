@@ -1,0 +1,73 @@
+"""Hugging Face BERT (BertModel / BertForMaskedLM / BertForSequenceClassification) <-> pytransformer's BERT.
+One table of rules; the masked-LM decoder weight is tied to the word embedding (not stored twice)."""
+
+from __future__ import annotations
+
+from ..models.bert import BERT, BertConfig
+from .hf_common import HFLayout, NameMap, check_activation, detect_prefix, labels, load, rule
+
+PREFIX = "bert."
+ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
+
+# (Hugging Face part of encoder layer i, ours under blocks.i), each a Linear or LayerNorm (weight and bias)
+LAYER_PARTS = (("attention.self.query", "attn.sublayer.q"), ("attention.self.key", "attn.sublayer.k"),
+               ("attention.self.value", "attn.sublayer.v"), ("attention.output.dense", "attn.sublayer.o"),
+               ("attention.output.LayerNorm", "attn.ln"), ("intermediate.dense", "ffn.sublayer.fc1"),
+               ("output.dense", "ffn.sublayer.fc2"), ("output.LayerNorm", "ffn.ln"))
+
+
+def _pair(hf, ours):
+    return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
+
+
+def from_hf(cfg: dict, tensors: dict):
+    check_activation(cfg, "hidden_act", ("gelu",), "gelu")
+    arch = (cfg.get("architectures") or ["BertModel"])[0]
+    prefix = detect_prefix(tensors, PREFIX)
+    num_labels = (len(cfg.get("id2label", {})) or 2) if arch == "BertForSequenceClassification" else 0
+    config = BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+                        intermediate_size=cfg["intermediate_size"],
+                        max_position_embeddings=cfg["max_position_embeddings"],
+                        type_vocab_size=cfg.get("type_vocab_size", 2), layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
+                        hidden_dropout_prob=0.0, num_labels=num_labels, mlm=arch == "BertForMaskedLM",
+                        pooler=any(k.startswith(prefix + "pooler.") for k in tensors))
+    return config, prefix
+
+
+def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:
+    """Every rule a BERT can need; those of heads the model lacks are skipped by the NameMap."""
+    p = prefix
+    rules = [rule(f"{p}embeddings.word_embeddings.weight", "word.weight"),
+             rule(f"{p}embeddings.position_embeddings.weight", "position.weight"),
+             rule(f"{p}embeddings.token_type_embeddings.weight", "token_type.weight"),
+             *_pair(f"{p}embeddings.LayerNorm", "emb_ln")]
+    for i in range(c.num_hidden_layers):
+        for hf_part, ours in LAYER_PARTS:
+            rules += _pair(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
+    rules += [*_pair(f"{p}pooler.dense", "pooler"), *_pair("cls.predictions.transform.dense", "mlm_dense"),
+              *_pair("cls.predictions.transform.LayerNorm", "mlm_ln"), rule("cls.predictions.bias", "mlm_bias"),
+              *_pair("classifier", "cls_head")]
+    return NameMap(rules, ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
+
+
+def to_hf(c: BertConfig):
+    cls = c.pooler and c.num_labels > 0
+    arch = "BertForMaskedLM" if c.mlm else "BertForSequenceClassification" if cls else "BertModel"
+    config = {"model_type": "bert", "architectures": [arch], "vocab_size": c.vocab_size,
+              "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+              "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
+              "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.hidden_dropout_prob,
+              "attention_probs_dropout_prob": 0.0, "pad_token_id": 0, "tie_word_embeddings": True}
+    if cls:
+        config.update(labels(c.num_labels))
+    return config, "" if arch == "BertModel" else PREFIX
+
+
+LAYOUT = HFLayout("bert", ARCHITECTURES, from_hf, names, to_hf)
+
+
+def load_bert(path) -> BERT:
+    """A BERT from a Hugging Face folder (BertModel, BertForMaskedLM or BertForSequenceClassification)."""
+    return load(LAYOUT, BERT, path)

@@ -1,0 +1,208 @@
+"""What every Hugging Face family shares: reading a folder (config.json + model.safetensors or a sharded
+index), name maps written as data (one rule per Hugging Face tensor, read in both directions), and the generic
+load / export / save that the family registry (families.py) runs for each family."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .safetensors import atomic_write, load_file, save_file
+
+
+def read_config(path) -> dict:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ValueError(f"{path}: no config.json")
+    with open(cfg_path) as f:
+        return json.load(f)
+
+
+def read_folder(path):
+    """-> (config dict, {name: array}) from config.json and model.safetensors or model.safetensors.index.json."""
+    config = read_config(path)
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return config, load_file(single)
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            if os.path.basename(shard) != shard:
+                raise ValueError(f"{index}: shard name {shard!r} must be a file in the folder")
+            tensors.update(load_file(os.path.join(path, shard)))
+        return config, tensors
+    raise ValueError(f"{path}: no model.safetensors (or sharded index) found")
+
+
+# --- layouts: how our tensors (one or several) become one Hugging Face tensor, and back --------------------------
+
+
+class Same:
+    """One tensor, the same values; only the shape may differ (hf_shape, e.g. a conv kernel or (1, T, C))."""
+
+    def __init__(self, hf_shape=None):
+        self.hf_shape = hf_shape
+
+    def to_ours(self, value, shapes):
+        return [value.reshape(shapes[0])]
+
+    def to_hf(self, values):
+        return values[0] if self.hf_shape is None else np.asarray(values[0]).reshape(self.hf_shape)
+
+
+class Transposed:
+    """GPT-2's Conv1D keeps a Linear's weight as (in, out); ours is (out, in)."""
+
+    def to_ours(self, value, shapes):
+        return [np.ascontiguousarray(value.reshape(shapes[0][::-1]).T)]
+
+    def to_hf(self, values):
+        return np.ascontiguousarray(np.asarray(values[0]).T)
+
+
+class Fused:
+    """Several of ours side by side in one Hugging Face tensor (GPT-2's c_attn: q, k, v): weights (in, sum of
+    outs) concatenated along axis 1 after the Conv1D transpose, biases along axis 0."""
+
+    def __init__(self, transposed: bool):
+        self.transposed = transposed
+
+    def to_ours(self, value, shapes):
+        sizes = [s[0] for s in shapes]
+        cuts = np.cumsum(sizes)[:-1]
+        if self.transposed:
+            return [np.ascontiguousarray(part.T) for part in np.split(value.reshape(-1, sum(sizes)), cuts, axis=1)]
+        return [np.ascontiguousarray(part) for part in np.split(value.reshape(-1), cuts)]
+
+    def to_hf(self, values):
+        if self.transposed:
+            return np.concatenate([np.asarray(v).T for v in values], axis=1)
+        return np.concatenate([np.asarray(v) for v in values])
+
+
+SAME, TRANSPOSED = Same(), Transposed()
+
+
+@dataclass(frozen=True)
+class Rule:
+    hf: str                 # the Hugging Face tensor name
+    ours: tuple             # our parameter name(s) it holds
+    layout: object = SAME
+
+
+def rule(hf, *ours, layout=SAME) -> Rule:
+    return Rule(hf, tuple(ours), layout)
+
+
+class NameMap:
+    """The rules between one model's parameters and a Hugging Face state dict. Rules whose parameters the
+    model lacks (an absent head) are skipped. `to_ours` checks that every tensor the model needs is present with
+    the right size, and names whatever is missing, mis-shaped or (when strict) left over."""
+
+    def __init__(self, rules, ignore=(), strict=False):
+        self.rules = list(rules)
+        self.ignore = tuple(ignore)  # Hugging Face names (suffixes) that are never ours: buffers, tied copies
+        self.strict = strict         # unexpected tensors are an error, not skipped
+
+    def to_ours(self, hf: dict, shapes: dict) -> dict:
+        out, missing, bad, used = {}, [], [], set()
+        for r in self.rules:
+            if not all(n in shapes for n in r.ours):
+                continue
+            used.add(r.hf)
+            if r.hf not in hf:
+                missing.append(r.hf)
+                continue
+            value = np.asarray(hf[r.hf], np.float32)
+            want = [shapes[n] for n in r.ours]
+            if value.size != sum(int(np.prod(s)) for s in want):
+                bad.append(f"{r.hf} {value.shape} (expected {' + '.join(str(s) for s in want)})")
+                continue
+            out.update(zip(r.ours, r.layout.to_ours(value, want)))
+        extra = [n for n in hf if n not in used and not n.endswith(self.ignore)]
+        if missing or bad or (self.strict and extra):
+            raise ValueError(f"checkpoint does not fit the model: missing {missing}, mis-shaped {bad}, "
+                             f"unexpected {extra}")
+        return out
+
+    def to_hf(self, ours: dict) -> dict:
+        return {r.hf: r.layout.to_hf([ours[n] for n in r.ours]) for r in self.rules if all(n in ours for n in r.ours)}
+
+
+def detect_prefix(tensors: dict, prefix: str) -> str:
+    """The base-model prefix ("bert.", "vit.", "transformer.") when the checkpoint's names carry it, else ""."""
+    return prefix if any(k.startswith(prefix) for k in tensors) else ""
+
+
+def check_activation(config: dict, key: str, allowed, default):
+    act = config.get(key, default)
+    if act not in allowed:
+        raise ValueError(f"{key} {act!r} is not supported (expected one of {tuple(allowed)})")
+
+
+def labels(n: int) -> dict:
+    return {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """How one family looks in transformers.
+
+    model_type:       config.json's "model_type"
+    architectures:    the architectures this loader takes
+    from_hf:          (config.json dict, tensors) -> (our config, name prefix the tensors use)
+    names:            (our config, prefix) -> NameMap
+    to_hf:            our config -> (config.json dict, prefix to save under)
+    """
+
+    model_type: str
+    architectures: tuple
+    from_hf: Callable
+    names: Callable
+    to_hf: Callable
+
+
+def shapes_of(model) -> dict:
+    return {n: p.shape for n, p in model.params}
+
+
+class HFFormat:
+    """One built model's Hugging Face face: state dicts both ways, its config.json, save_pretrained."""
+
+    def __init__(self, layout: HFLayout, model):
+        self.config, prefix = layout.to_hf(model.config)
+        self.names = layout.names(model.config, prefix)
+        self.shapes = shapes_of(model)
+
+    def to_hf(self, ours: dict) -> dict:
+        return self.names.to_hf(ours)
+
+    def to_ours(self, hf: dict) -> dict:
+        return self.names.to_ours(hf, self.shapes)
+
+    def save(self, model, folder) -> None:
+        """config.json + model.safetensors, as transformers writes them."""
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.to_hf(model.params_dict()).items()},
+                  os.path.join(folder, "model.safetensors"), {"format": "pt"})
+        atomic_write(os.path.join(folder, "config.json"), [json.dumps(self.config, indent=2).encode()])
+
+
+def load(layout: HFLayout, model_class, path):
+    """A model of model_class from a Hugging Face folder in this layout, in eval mode."""
+    config_json, tensors = read_folder(path)
+    arch = (config_json.get("architectures") or [layout.architectures[0]])[0]
+    if arch not in layout.architectures:
+        raise ValueError(f"unsupported {layout.model_type} architecture {arch!r} "
+                         f"(supported: {', '.join(layout.architectures)})")
+    config, prefix = layout.from_hf(config_json, tensors)
+    model = model_class(config)
+    model.load_params(layout.names(config, prefix).to_ours(tensors, shapes_of(model)))
+    return model.eval()

@@ -1,0 +1,62 @@
+"""Hugging Face ViT (ViTModel / ViTForImageClassification) <-> pytransformer's ViT. One table of rules; the
+patch projection is a stride-p convolution there (C, channels, p, p) and a Linear here (C, channels * p * p)."""
+
+from __future__ import annotations
+
+from ..models.vit import ViT, ViTConfig
+from .hf_common import HFLayout, NameMap, Same, check_activation, detect_prefix, labels, load, rule
+
+PREFIX = "vit."
+
+LAYER_PARTS = (("layernorm_before", "attn.ln"), ("attention.attention.query", "attn.sublayer.q"),
+               ("attention.attention.key", "attn.sublayer.k"), ("attention.attention.value", "attn.sublayer.v"),
+               ("attention.output.dense", "attn.sublayer.o"), ("layernorm_after", "ffn.ln"),
+               ("intermediate.dense", "ffn.sublayer.fc1"), ("output.dense", "ffn.sublayer.fc2"))
+
+
+def _pair(hf, ours):
+    return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
+
+
+def from_hf(cfg: dict, tensors: dict):
+    check_activation(cfg, "hidden_act", ("gelu",), "gelu")
+    has_head = "classifier.weight" in tensors
+    config = ViTConfig(image_size=cfg["image_size"], patch_size=cfg["patch_size"],
+                       num_channels=cfg.get("num_channels", 3), hidden_size=cfg["hidden_size"],
+                       num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+                       intermediate_size=cfg["intermediate_size"], layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
+                       num_labels=(len(cfg.get("id2label", {})) or cfg.get("num_labels", 2)) if has_head else 0)
+    return config, detect_prefix(tensors, PREFIX)
+
+
+def names(c: ViTConfig, prefix: str = PREFIX) -> NameMap:
+    p, C, patch = prefix, c.hidden_size, c.patch_size
+    n_patches = (c.image_size // patch) ** 2
+    rules = [rule(f"{p}embeddings.cls_token", "patch.cls_token"),
+             rule(f"{p}embeddings.patch_embeddings.projection.weight", "patch.proj.weight",
+                  layout=Same((C, c.num_channels, patch, patch))),
+             rule(f"{p}embeddings.patch_embeddings.projection.bias", "patch.proj.bias"),
+             rule(f"{p}embeddings.position_embeddings", "pos.weight", layout=Same((1, n_patches + 1, C)))]
+    for i in range(c.num_hidden_layers):
+        for hf_part, ours in LAYER_PARTS:
+            rules += _pair(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
+    rules += [*_pair(f"{p}layernorm", "ln"), *_pair("classifier", "classifier")]
+    return NameMap(rules, ignore=("pooler.dense.weight", "pooler.dense.bias"))
+
+
+def to_hf(c: ViTConfig):
+    head = c.num_labels > 0
+    config = {"model_type": "vit", "architectures": ["ViTForImageClassification" if head else "ViTModel"],
+              "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,
+              "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+              "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+              "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.dropout,
+              "attention_probs_dropout_prob": 0.0, "qkv_bias": True, **labels(c.num_labels)}
+    return config, PREFIX if head else ""
+
+
+LAYOUT = HFLayout("vit", ("ViTModel", "ViTForImageClassification"), from_hf, names, to_hf)
+
+
+def load_vit(path) -> ViT:
+    return load(LAYOUT, ViT, path)

@@ -1,0 +1,98 @@
+"""The package's modules import one way: a walk over every `import` statement in pytransformer/ (static, by
+`ast`, function bodies included) finds no cycle, and the layers keep their order (models never import io)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pytransformer"
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports. `from X import name` counts as importing X.name when that is
+    a module, else X. A package's own __init__ importing its children is an edge like any other; the implicit
+    import of a parent package (Python runs it before a child) is not, since it is not written anywhere."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    # compiled modules are leaves: the pybind11 core (its stub _core.pyi) and the Cython tokenizer loops
+    leaves = {module_name(p) for p in (*PACKAGE.rglob("*.pyi"), *PACKAGE.rglob("*.pyx"))}
+    known = set(files) | leaves
+    graph = {name: set() for name in leaves}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == "pytransformer")
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.split(".")[0] != "pytransformer":
+                    continue
+                for alias in node.names:
+                    edges.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target)
+        graph[name] = {e for e in edges if e in known and e != name}
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None (depth-first search with colours)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_walk_sees_the_package():
+    graph = import_graph()
+    assert "pytransformer.ops" in graph and "pytransformer.models.gpt" in graph
+    assert "pytransformer.ops" in graph["pytransformer.nn.layers"]
+
+
+def test_the_walk_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_in_the_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("lower,upper", [("pytransformer.models", "pytransformer.io"),
+                                         ("pytransformer.nn", "pytransformer.models"),
+                                         ("pytransformer.nn", "pytransformer.io"),
+                                         ("pytransformer.ops", "pytransformer.nn")])
+def test_lower_layers_never_import_upper_ones(lower, upper):
+    graph = import_graph()
+    offenders = sorted(f"{m} -> {e}" for m, edges in graph.items() if m.startswith(lower)
+                       for e in edges if e.startswith(upper))
+    assert not offenders, offenders
