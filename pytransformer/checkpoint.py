@@ -56,7 +56,8 @@ def restore_checkpoint(path, model, optimizer=None):
     meta = read_metadata(path)
     if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") != family_of(model):
         raise ValueError(f"{path}: not a {family_of(model)} checkpoint of pytransformer")
-    if json.loads(meta["config"]) != model.config.to_dict():
+    # compared through the config class, so fields added since the checkpoint was written take their defaults
+    if type(model.config)(**json.loads(meta["config"])).to_dict() != model.config.to_dict():
         raise ValueError(f"{path}: its model config differs from the model being trained")
     tensors = load_file(path)
     model.load_params({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -27,19 +27,21 @@ def attention(torch, x, memory, P, prefix, NH, causal, key_mask=None):
     kv = x if memory is None else memory
     B, Tq, C = x.shape
     Tk = kv.shape[1]
-    q = linear(torch, x, P, prefix + "q.").view(B, Tq, NH, C // NH).transpose(1, 2)
-    k = linear(torch, kv, P, prefix + "k.").view(B, Tk, NH, C // NH).transpose(1, 2)
-    v = linear(torch, kv, P, prefix + "v.").view(B, Tk, NH, C // NH).transpose(1, 2)
+    HS = P[prefix + "q.weight"].shape[0] // NH          # head size: C // NH unless given apart
+    NKV = P[prefix + "k.weight"].shape[0] // HS         # key/value heads: NH unless grouped
+    q = linear(torch, x, P, prefix + "q.").view(B, Tq, NH, HS).transpose(1, 2)
+    k = linear(torch, kv, P, prefix + "k.").view(B, Tk, NKV, HS).transpose(1, 2).repeat_interleave(NH // NKV, 1)
+    v = linear(torch, kv, P, prefix + "v.").view(B, Tk, NKV, HS).transpose(1, 2).repeat_interleave(NH // NKV, 1)
     mask = torch.ones(Tq, Tk, dtype=torch.bool)
     if causal:
         mask = torch.arange(Tk)[None, :] <= torch.arange(Tq)[:, None] + (Tk - Tq)
     mask = mask[None, None]
     if key_mask is not None:
         mask = mask & torch.from_numpy(np.asarray(key_mask, bool))[:, None, None, :]
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(C // NH)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(HS)
     s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, -1).nan_to_num(0.0)
-    return linear(torch, (p @ v).transpose(1, 2).reshape(B, Tq, C), P, prefix + "o.")
+    return linear(torch, (p @ v).transpose(1, 2).reshape(B, Tq, NH * HS), P, prefix + "o.")
 
 
 def feed_forward(torch, x, P, prefix, activation):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import torch_mirror as tm
-from pytransformer.models import BERT, BertConfig, Transformer, TransformerConfig, ViT, ViTConfig, mask_tokens
+from pytransformer.models import GPT, BERT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig, mask_tokens
 from pytransformer.optim import AdamW
 
 BERT_CFG = BertConfig(vocab_size=41, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
@@ -170,3 +170,23 @@ def test_vit_ten_adamw_steps_match_torch(torch, rng):
         torch, model, P,
         lambda: torch.nn.functional.cross_entropy(tm.vit_logits(torch, P, images, VIT_CFG), torch.from_numpy(labels)),
         lambda: model.loss(images, labels))
+
+
+@pytest.mark.parametrize("config", [
+    GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24),
+    GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=8, bias=False, head_dim=6),
+    BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
+               max_position_embeddings=16),
+    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
+               max_position_embeddings=8, mlm=False, pooler=False, num_token_labels=3),
+    TransformerConfig(20, 22, d_model=24, n_head=3, n_encoder_layers=2, n_decoder_layers=1, d_ff=40, max_len=16),
+    TransformerConfig(20, 20, d_model=16, n_head=2, n_encoder_layers=1, n_decoder_layers=2, d_ff=24, max_len=8,
+                      share_embeddings=True),
+    ViTConfig(image_size=8, patch_size=4, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+              intermediate_size=40, num_labels=5),
+    ViTConfig(image_size=8, patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+              intermediate_size=20, num_labels=0),
+], ids=lambda c: type(c).__name__)
+def test_num_params_from_the_config_equals_the_built_model(config):
+    model_class = {GPTConfig: GPT, BertConfig: BERT, TransformerConfig: Transformer, ViTConfig: ViT}[type(config)]
+    assert config.num_params() == model_class(config).num_parameters()

@@ -104,6 +104,50 @@ def test_bad_ids_raise():
         model.forward(np.zeros((1, 3), np.float32))
 
 
+def test_gpt_with_head_size_apart_from_the_width_matches_torch_mirror(torch, rng):
+    cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24, head_dim=10)  # attention 30 wide
+    model = GPT(cfg, seed=5)
+    assert model.blocks[0].attn.sublayer.q.weight.shape == (30, 24)
+    idx, targets = batch(rng)
+    P = tm.params_from(model, torch)
+    logits_t = tm.gpt_logits(torch, P, idx, cfg)
+    torch.nn.functional.cross_entropy(logits_t.reshape(-1, 37), torch.from_numpy(targets).reshape(-1)).backward()
+    model.zero_grad()
+    model.loss(idx, targets)
+    model.backward()
+    np.testing.assert_allclose(model.forward(idx), logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for name, p in model.params:
+        want = P[name].grad.numpy()
+        err = np.abs(p.grad - want).max() / max(np.abs(want).max(), 1e-4)
+        assert err < 1e-3, f"{name}: gradient relative error {err:.2e}"
+
+
+# the GPT-3 paper's Table 2.1: parameter counts as printed
+GPT3_TABLE = {"gpt3-small": 125e6, "gpt3-medium": 350e6, "gpt3-large": 760e6, "gpt3-xl": 1.3e9, "gpt3-2.7b": 2.7e9,
+              "gpt3-6.7b": 6.7e9, "gpt3-13b": 13.0e9, "gpt3-175b": 175.0e9}
+
+
+@pytest.mark.parametrize("name", list(GPT3_TABLE))
+def test_gpt3_presets_count_the_papers_parameters_without_allocating(name):
+    cfg = GPTConfig.preset(name)
+    assert abs(cfg.num_params() / GPT3_TABLE[name] - 1) < 0.02, f"{name}: {cfg.num_params() / 1e9:.3f}B"
+    # d_model / heads / d_head as the paper prints them (XL: 16 heads x 128, see GPT_PRESETS)
+    assert cfg.n_head * cfg.head_dim == cfg.n_embd
+
+
+def test_gpt3_xl_builds_with_its_heads_of_128(rng):
+    cfg = GPTConfig.preset("gpt3-xl", vocab_size=64, block_size=8, n_layer=1)  # the XL block shapes, one layer
+    model = GPT(cfg)
+    attn = model.blocks[0].attn.sublayer
+    assert (attn.NH, attn.HS) == (16, 128)
+    assert model.num_parameters() == cfg.num_params()
+    assert model.forward(rng.integers(0, 64, (1, 8))).shape == (1, 8, 64)
+
+
+def test_gpt2_preset_counts_124m():
+    assert GPTConfig.preset("gpt2").num_params() == 124_439_808  # GPT-2 small with its tied head
+
+
 def test_dropout_is_reproducible_and_off_in_eval(rng):
     cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
     idx, targets = batch(rng, T=10)
