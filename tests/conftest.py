@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded rng, every ISA variant this machine runs, torch when installed, a closeness check."""
+"""Shared fixtures: a seeded rng, every ISA variant this machine runs, torch when installed, a closeness check
+(rel_err is the op-case registry's, the one comparison the tests, the self-check and the bench share)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import pytransformer
+from pytransformer.opcases import rel_err
 
 ISAS = pytransformer.cpu_info()["available_isas"]
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -32,16 +34,6 @@ def isa(request):
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")
-
-
-def rel_err(actual, expected, floor=0.0):
-    """max |actual - expected| / max(max |expected|, floor) (scale-free; 0 when both are 0)."""
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
-    scale = max(np.abs(expected).max() if expected.size else 0.0, floor)
-    diff = np.abs(actual - expected).max() if expected.size else 0.0
-    return diff / scale if scale > 0 else diff
 
 
 def assert_close(actual, expected, tol, what="", floor=0.0):

@@ -1,0 +1,530 @@
+"""One registry of op cases, in the manner of ggml's test-backend-ops: each `Case` is one description of an op
+call (the op, its sizes, options, tolerance) that three users iterate:
+
+- the test suite (tests/test_op_cases.py): every case tagged "test", under every ISA variant here, against the
+  float64 reference (pytransformer.reference), forward and backward;
+- `pytransformer info`'s self-check (selfcheck.py): the small cases tagged "check";
+- bench/kernels.py: the cases tagged "bench", timed against NumPy and PyTorch on the same inputs.
+
+An `Op` says how to exercise one op family: inputs from the sizes (`make`), every output of ours (`ours`) and
+of the reference (`reference`) on them, per-output tolerance floors, and for the bench the calls to time (with
+preallocated outputs) and the work each does. Adding an op means one Op and its cases here; the tests, the
+self-check and the bench pick them up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ops
+from . import reference as ref
+from ._runtime import matmul_precision
+
+TOL = 2e-5  # float32 kernels vs the float64 reference, relative to the largest reference magnitude
+
+
+def rel_err(actual, expected, floor=0.0) -> float:
+    """max |actual - expected| / max(max |expected|, floor), scale-free (0 when both are 0). Equal infinities
+    (an lse of -inf where a row sees no key) count as exact; any other non-finite value is an infinite error."""
+    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape {a.shape} != {b.shape}")
+    if a.size == 0:
+        return 0.0
+    same = a == b
+    if not (np.isfinite(a) | same).all():
+        return math.inf
+    with np.errstate(invalid="ignore"):  # -inf - -inf where both are -inf; masked out by `same`
+        diff = float(np.where(same, 0.0, np.abs(a - b)).max())
+    finite = np.abs(b[np.isfinite(b)])
+    scale = max(float(finite.max()) if finite.size else 0.0, floor)
+    return diff / scale if scale > 0 else diff
+
+
+def f32(rng, *shape, scale=1.0, shift=0.0):
+    return (rng.standard_normal(shape) * scale + shift).astype(np.float32)
+
+
+class Op:
+    """How to exercise one op family. Subclasses fill in the methods; `s` is the case's sizes, `o` its options."""
+
+    floors: dict = {}   # output name -> floor under the error's scale (e.g. GELU's 1 + erf cancellation)
+    exact: tuple = ()   # outputs that must equal the reference rounded to float32, bit for bit
+    group = "rowops"    # the bench's group
+
+    def make(self, rng, s, o) -> dict:
+        raise NotImplementedError
+
+    def ours(self, x, o) -> dict:
+        raise NotImplementedError
+
+    def reference(self, x, o) -> dict:
+        raise NotImplementedError
+
+    def calls(self, x, o) -> dict:
+        """Bench: direction -> a call of ours with its outputs preallocated."""
+        raise NotImplementedError
+
+    def work(self, s, o, direction):
+        """Bench: (amount, unit) that one call of `direction` does (bytes moved or flops)."""
+        raise NotImplementedError
+
+
+class Matmul(Op):
+    group = "matmul"
+
+    def make(self, rng, s, o):
+        N, IC, OC = s["N"], s["IC"], s["OC"]
+        return {"inp": f32(rng, N, IC), "weight": f32(rng, OC, IC), "bias": f32(rng, OC), "dout": f32(rng, N, OC)}
+
+    def ours(self, x, o):
+        dinp, dweight, dbias = ops.matmul_backward(x["dout"], x["inp"], x["weight"])
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"]),
+                "out_no_bias": ops.matmul_forward(x["inp"], x["weight"]),
+                "dinp": dinp, "dweight": dweight, "dbias": dbias}
+
+    def reference(self, x, o):
+        dinp, dweight, dbias = ref.matmul_backward(x["dout"], x["inp"], x["weight"])
+        return {"out": ref.matmul_forward(x["inp"], x["weight"], x["bias"]),
+                "out_no_bias": ref.matmul_forward(x["inp"], x["weight"]),
+                "dinp": dinp, "dweight": dweight, "dbias": dbias}
+
+    def calls(self, x, o):
+        out = np.empty(x["dout"].shape, np.float32)
+        dx, dw, db = np.empty_like(x["inp"]), np.zeros_like(x["weight"]), np.zeros_like(x["bias"])
+        calls = {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out),
+                 "backward": lambda: ops.matmul_backward(x["dout"], x["inp"], x["weight"], dinp=dx, dweight=dw,
+                                                         dbias=db)}
+        precision = o.get("precision", "float32")
+        return {k: _under(precision, fn) for k, fn in calls.items()}
+
+    def work(self, s, o, direction):
+        return (2.0 if direction == "forward" else 4.0) * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
+
+
+def _under(precision, fn):
+    """fn run under a matmul precision ("bfloat16": the products on AMX tiles), the setting restored after."""
+    if precision == "float32":
+        return fn
+
+    def run():
+        with matmul_precision(precision):
+            return fn()
+    return run
+
+
+class LayerNorm(Op):
+    def make(self, rng, s, o):
+        N, C = s["N"], s["C"]
+        return {"inp": f32(rng, N, C, scale=3.0, shift=1.0), "weight": f32(rng, C), "bias": f32(rng, C),
+                "dout": f32(rng, N, C)}
+
+    def ours(self, x, o):
+        out, mean, rstd = ops.layernorm_forward(x["inp"], x["weight"], x["bias"], 1e-5)
+        dinp, dweight, dbias = ops.layernorm_backward(x["dout"], x["inp"], x["weight"], mean, rstd)
+        return {"out": out, "mean": mean, "rstd": rstd, "dinp": dinp, "dweight": dweight, "dbias": dbias}
+
+    def reference(self, x, o):
+        out, mean, rstd = ref.layernorm_forward(x["inp"], x["weight"], x["bias"], 1e-5)
+        dinp, dweight, dbias = ref.layernorm_backward(x["dout"], x["inp"], x["weight"], mean, rstd)
+        return {"out": out, "mean": mean, "rstd": rstd, "dinp": dinp, "dweight": dweight, "dbias": dbias}
+
+    def calls(self, x, o):
+        inp, w, b = x["inp"], x["weight"], x["bias"]
+        out, mean, rstd = np.empty_like(inp), np.empty(len(inp), np.float32), np.empty(len(inp), np.float32)
+        ops.layernorm_forward(inp, w, b, out=out, mean=mean, rstd=rstd)
+        dx, dw, db = np.empty_like(inp), np.zeros_like(w), np.zeros_like(b)
+        return {"forward": lambda: ops.layernorm_forward(inp, w, b, out=out, mean=mean, rstd=rstd),
+                "backward": lambda: ops.layernorm_backward(x["dout"], inp, w, mean, rstd, dinp=dx, dweight=dw,
+                                                           dbias=db)}
+
+    def work(self, s, o, direction):  # forward reads x, writes y; backward reads x and dout, writes dinp
+        return (2.0 if direction == "forward" else 3.0) * s["N"] * s["C"] * 4, "GB/s"
+
+
+class Gelu(Op):
+    floors = {"out": 1.0, "dinp": 1.0}  # 1 + erf(x / sqrt 2) cancels for x << 0 in float32 (as in torch)
+
+    def make(self, rng, s, o):
+        return {"inp": f32(rng, s["n"], scale=3.0), "dout": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        a = o["approximate"]
+        return {"out": ops.gelu_forward(x["inp"], a), "dinp": ops.gelu_backward(x["dout"], x["inp"], a)}
+
+    def reference(self, x, o):
+        a = o["approximate"]
+        return {"out": ref.gelu_forward(x["inp"], a), "dinp": ref.gelu_backward(x["dout"], x["inp"], a)}
+
+    def calls(self, x, o):
+        a, out, dx = o["approximate"], np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        return {"forward": lambda: ops.gelu_forward(x["inp"], a, out=out),
+                "backward": lambda: ops.gelu_backward(x["dout"], x["inp"], a, dinp=dx)}
+
+    def work(self, s, o, direction):
+        return (2.0 if direction == "forward" else 3.0) * s["n"] * 4, "GB/s"
+
+
+class Relu(Op):
+    exact = ("out", "dinp")
+
+    def make(self, rng, s, o):
+        return {"inp": f32(rng, s["n"]), "dout": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        return {"out": ops.relu_forward(x["inp"]), "dinp": ops.relu_backward(x["dout"], x["inp"])}
+
+    def reference(self, x, o):
+        return {"out": ref.relu_forward(x["inp"]), "dinp": ref.relu_backward(x["dout"], x["inp"])}
+
+    def calls(self, x, o):
+        out, dx = np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        return {"forward": lambda: ops.relu_forward(x["inp"], out=out),
+                "backward": lambda: ops.relu_backward(x["dout"], x["inp"], dinp=dx)}
+
+    def work(self, s, o, direction):
+        return (2.0 if direction == "forward" else 3.0) * s["n"] * 4, "GB/s"
+
+
+class Softmax(Op):
+    def make(self, rng, s, o):
+        return {"inp": f32(rng, s["N"], s["C"], scale=5.0), "dout": f32(rng, s["N"], s["C"])}
+
+    def ours(self, x, o):
+        out = ops.softmax_forward(x["inp"])
+        return {"out": out, "dinp": ops.softmax_backward(x["dout"], out)}
+
+    def reference(self, x, o):
+        out = ref.softmax_forward(x["inp"])
+        return {"out": out, "dinp": ref.softmax_backward(x["dout"], out)}
+
+    def calls(self, x, o):
+        out, dx = ops.softmax_forward(x["inp"]), np.empty_like(x["inp"])
+        return {"forward": lambda: ops.softmax_forward(x["inp"], out=out),
+                "backward": lambda: ops.softmax_backward(x["dout"], out, dinp=dx)}
+
+    def work(self, s, o, direction):
+        return (2.0 if direction == "forward" else 3.0) * s["N"] * s["C"] * 4, "GB/s"
+
+
+class CrossEntropy(Op):
+    floors = {"loss": 1.0}
+
+    def make(self, rng, s, o):
+        N, V = s["N"], s["V"]
+        targets = rng.integers(0, V, N)
+        if N > 2 and o.get("ignored", True):
+            targets[1] = -100  # one ignored row
+        return {"logits": f32(rng, N, V, scale=4.0), "targets": targets}
+
+    def ours(self, x, o):
+        loss, losses, lse = ops.crossentropy_forward(x["logits"], x["targets"])
+        return {"loss": loss, "losses": losses, "lse": lse,
+                "dlogits": ops.crossentropy_backward(x["logits"], x["targets"], lse, 0.5)}
+
+    def reference(self, x, o):
+        loss, losses, lse = ref.crossentropy_forward(x["logits"], x["targets"])
+        return {"loss": loss, "losses": losses, "lse": lse,
+                "dlogits": ref.crossentropy_backward(x["logits"], x["targets"], lse, 0.5)}
+
+    def calls(self, x, o):
+        N = len(x["targets"])
+        losses, lse, dx = np.empty(N, np.float32), np.empty(N, np.float32), np.empty_like(x["logits"])
+        ops.crossentropy_forward(x["logits"], x["targets"], losses=losses, lse=lse)
+        return {"forward": lambda: ops.crossentropy_forward(x["logits"], x["targets"], losses=losses, lse=lse),
+                "backward": lambda: ops.crossentropy_backward(x["logits"], x["targets"], lse, dlogits=dx)}
+
+    def work(self, s, o, direction):  # forward reads the logits; backward reads them and writes dlogits
+        return (1.0 if direction == "forward" else 2.0) * s["N"] * s["V"] * 4, "GB/s"
+
+
+class Embedding(Op):
+    exact = ("out",)
+
+    def make(self, rng, s, o):  # with N > V, ids repeat
+        N, V, C = s["N"], s["V"], s["C"]
+        return {"table": f32(rng, V, C), "ids": rng.integers(0, V, N), "dout": f32(rng, N, C)}
+
+    def ours(self, x, o):
+        V = x["table"].shape[0]
+        return {"out": ops.embedding_forward(x["ids"], x["table"]),
+                "dtable": ops.embedding_backward(x["dout"], x["ids"], V)}
+
+    def reference(self, x, o):
+        V = x["table"].shape[0]
+        return {"out": ref.embedding_forward(x["ids"], x["table"]),
+                "dtable": ref.embedding_backward(x["dout"], x["ids"], V)}
+
+    def calls(self, x, o):
+        out, dtable = np.empty(x["dout"].shape, np.float32), np.zeros_like(x["table"])
+        V = x["table"].shape[0]
+        return {"forward": lambda: ops.embedding_forward(x["ids"], x["table"], out=out),
+                "backward": lambda: ops.embedding_backward(x["dout"], x["ids"], V, dtable=dtable)}
+
+    def work(self, s, o, direction):  # rows gathered and written; backward reads dout, reads and writes rows
+        return (2.0 if direction == "forward" else 3.0) * s["N"] * s["C"] * 4, "GB/s"
+
+
+class Residual(Op):
+    exact = ("out", "da", "db")
+
+    def make(self, rng, s, o):
+        return {"a": f32(rng, s["n"]), "b": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        da, db = ops.residual_backward(x["a"])
+        return {"out": ops.residual_forward(x["a"], x["b"]), "da": da, "db": db}
+
+    def reference(self, x, o):
+        da, db = ref.residual_backward(x["a"])
+        return {"out": ref.residual_forward(x["a"], x["b"]), "da": da, "db": db}
+
+    def calls(self, x, o):
+        out, da, db = np.empty_like(x["a"]), np.empty_like(x["a"]), np.empty_like(x["a"])
+        return {"forward": lambda: ops.residual_forward(x["a"], x["b"], out=out),
+                "backward": lambda: ops.residual_backward(x["a"], da=da, db=db)}
+
+    def work(self, s, o, direction):
+        return 3.0 * s["n"] * 4, "GB/s"
+
+
+class Dropout(Op):
+    def make(self, rng, s, o):
+        return {"inp": f32(rng, s["n"]), "dout": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        p, seed = o["p"], o["seed"]
+        return {"out": ops.dropout_forward(x["inp"], p, seed), "dinp": ops.dropout_backward(x["dout"], p, seed)}
+
+    def reference(self, x, o):
+        p, seed = o["p"], o["seed"]
+        return {"out": ref.dropout_forward(x["inp"], p, seed), "dinp": ref.dropout_backward(x["dout"], p, seed)}
+
+    def calls(self, x, o):
+        p, seed, out, dx = o["p"], o["seed"], np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        return {"forward": lambda: ops.dropout_forward(x["inp"], p, seed, out=out),
+                "backward": lambda: ops.dropout_backward(x["dout"], p, seed, dinp=dx)}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["n"] * 4, "GB/s"
+
+
+class Attention(Op):
+    group = "attention"
+
+    def make(self, rng, s, o):
+        B, NH, Tq, Tk, HS = s["B"], s["NH"], s["Tq"], s["Tk"], s["HS"]
+        x = {"q": f32(rng, B, NH, Tq, HS), "k": f32(rng, B, NH, Tk, HS), "v": f32(rng, B, NH, Tk, HS),
+             "dout": f32(rng, B, NH, Tq, HS), "key_mask": None}
+        if o.get("masked"):
+            mask = rng.random((B, Tk)) > 0.3
+            mask[0, -1] = False
+            if B > 1:
+                mask[1] = False  # a sequence with no visible key: zeros, never NaN
+            x["key_mask"] = mask
+        return x
+
+    def ours(self, x, o):
+        causal = o.get("causal", False)
+        out, lse = ops.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
+        dq, dk, dv = ops.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
+        return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+
+    def reference(self, x, o):
+        causal = o.get("causal", False)
+        out, lse = ref.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
+        dq, dk, dv = ref.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
+        return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+
+    def calls(self, x, o):
+        q, k, v, g, mask, causal = x["q"], x["k"], x["v"], x["dout"], x["key_mask"], o.get("causal", False)
+        out, lse = np.empty_like(q), np.empty(q.shape[:3], np.float32)
+        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+
+        def forward():
+            ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse)
+
+        def forward_backward():
+            forward()
+            ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv)
+
+        return {"forward": forward, "fwd+bwd": forward_backward}
+
+    def work(self, s, o, direction):
+        # QK^T and PV forward; dV, dP, dQ, dK backward (the recomputed QK^T not counted); causal halves it
+        products = 2 if direction == "forward" else 6
+        full = products * 2.0 * s["B"] * s["NH"] * s["Tq"] * s["Tk"] * s["HS"]
+        return full / 2 if o.get("causal") else full, "GFLOP/s"
+
+
+class AdamW(Op):
+    group = "adamw"
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+
+    def make(self, rng, s, o):
+        n, steps = s["n"], o.get("steps", 3)
+        return {"params": f32(rng, n), "grads": [f32(rng, n) for _ in range(steps)]}
+
+    def ours(self, x, o):
+        p = x["params"].copy()
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        for step, g in enumerate(x["grads"], 1):
+            ops.adamw_step(p, m, v, g, step=step, **self.hyper)
+        return {"params": p, "m": m, "v": v}
+
+    def reference(self, x, o):
+        p, m, v = x["params"].astype(np.float64), np.zeros(x["params"].size), np.zeros(x["params"].size)
+        for step, g in enumerate(x["grads"], 1):
+            p, m, v = ref.adamw_step(p, m, v, g, step=step, **self.hyper)
+        return {"params": p, "m": m, "v": v}
+
+    def calls(self, x, o):
+        p, g = x["params"], x["grads"][0] * np.float32(1e-3)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        state = {"step": 0}
+
+        def step():
+            state["step"] += 1
+            ops.adamw_step(p, m, v, g, 1e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
+
+        return {"step": step}
+
+    def work(self, s, o, direction):
+        return 7.0 * s["n"] * 4, "GB/s"  # read p, g, m, v; write p, m, v
+
+
+class SumSquares(Op):
+    floors = {"sum": 1.0, "norm": 1.0}
+
+    def make(self, rng, s, o):
+        return {"x": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        return {"sum": ops.sum_squares(x["x"]), "norm": ops.global_norm(x["x"])}
+
+    def reference(self, x, o):
+        total = ref.sum_squares(x["x"])
+        return {"sum": total, "norm": math.sqrt(total)}
+
+    def calls(self, x, o):
+        return {"forward": lambda: ops.sum_squares(x["x"])}
+
+    def work(self, s, o, direction):
+        return 1.0 * s["n"] * 4, "GB/s"
+
+
+OPS = {"matmul": Matmul(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
+       "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
+       "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op call: the op, its sizes and options, the tolerance, and who runs it (tags: test, check, bench)."""
+
+    op: str
+    sizes: tuple                      # ((name, value), ...) in the op's letters
+    options: tuple = ()               # ((name, value), ...)
+    tol: float = TOL
+    tags: frozenset = field(default_factory=lambda: frozenset({"test"}))
+
+    @property
+    def s(self) -> dict:
+        return dict(self.sizes)
+
+    @property
+    def o(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def spec(self) -> Op:
+        return OPS[self.op]
+
+    @property
+    def label(self) -> str:
+        parts = [self.op] + [f"{k}={v}" for k, v in self.sizes]
+        parts += [k if v is True else f"{k}={v}" for k, v in self.options if v is not False]
+        return " ".join(parts)
+
+    def make(self, rng) -> dict:
+        return self.spec.make(rng, self.s, self.o)
+
+    def errors(self, x) -> dict:
+        """output name -> (relative error of ours against the float64 reference, its tolerance)."""
+        got, want = self.spec.ours(x, self.o), self.spec.reference(x, self.o)
+        errors = {}
+        for name in want:
+            if name in self.spec.exact:  # the correctly rounded float32 of the reference, bit for bit
+                errors[name] = (rel_err(got[name], np.asarray(want[name], np.float32)), 0.0)
+            else:
+                errors[name] = (rel_err(got[name], want[name], self.spec.floors.get(name, 0.0)), self.tol)
+        return errors
+
+    def calls(self, x) -> dict:
+        return self.spec.calls(x, self.o)
+
+    def work(self, direction):
+        return self.spec.work(self.s, self.o, direction)
+
+
+def case(op, tags=("test",), tol=TOL, **kw):
+    """A Case from keyword sizes and options: upper-case keys (N, IC, Tq, ...) and n are sizes, the rest options."""
+    sizes = tuple((k, v) for k, v in kw.items() if k[0].isupper() or k == "n")
+    options = tuple((k, v) for k, v in kw.items() if not (k[0].isupper() or k == "n"))
+    return Case(op, sizes, options, tol, frozenset(tags))
+
+
+# --- the cases -------------------------------------------------------------------------------------------------
+# Test sizes are awkward on purpose: 1, 3, 17, 63, 65, 130 (vector tails, tile edges), T = 1, HS not a multiple
+# of 16, several K blocks (IC > 384), several N blocks (OC > 1024), rows 4 KB apart (IC or OC = 1024: packed
+# instead of read in place). "check" marks the small ones `pytransformer info` runs; "bench" the timed ones.
+
+TEST, CHECK, BENCH = ("test",), ("test", "check"), ("bench",)
+
+CASES = [
+    *[case("matmul", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC) for N, IC, OC in [
+        (1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (4, 3, 1), (17, 63, 65), (65, 130, 3), (130, 65, 130),
+        (63, 600, 17), (5, 520, 3100), (256, 256, 192), (26, 1024, 1024)]],
+    *[case("layernorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
+      for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768)]],
+    *[case("gelu", CHECK if n == 130 else TEST, n=n, approximate=a)
+      for a in ("tanh", "none") for n in [1, 3, 17, 63, 65, 130, 70000]],
+    *[case("relu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
+    *[case("softmax", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
+      for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768), (4, 50304)]],
+    *[case("crossentropy", CHECK if (N, V) == (17, 65) else TEST, N=N, V=V)
+      for N, V in [(1, 1), (3, 17), (17, 65), (64, 1000), (5, 50304)]],
+    *[case("embedding", CHECK if (N, V, Ch) == (65, 10, 63) else TEST, N=N, V=V, C=Ch)
+      for N, V, Ch in [(1, 1, 1), (3, 5, 17), (65, 10, 63), (130, 7, 130), (4096, 50, 768)]],
+    case("residual", CHECK, n=195),
+    *[case("dropout", CHECK if n == 130 else TEST, tol=1e-6, n=n, p=p, seed=seed)
+      for n, p, seed in [(1, 0.5, 0), (130, 0.1, 3), (100003, 0.37, 2**63 + 5)]],
+    *[case("attention", CHECK if (Bt, NH, Tq, HS) == (2, 3, 17, 8) else TEST, B=Bt, NH=NH, Tq=Tq, Tk=Tk, HS=HS,
+           causal=causal, masked=masked)
+      for Bt, NH, Tq, Tk, HS in [(1, 1, 1, 1, 1), (2, 3, 17, 17, 8), (1, 2, 65, 65, 63), (2, 2, 1, 130, 17),
+                                 (1, 1, 130, 65, 16), (1, 2, 17, 33, 5), (2, 4, 64, 64, 64), (1, 1, 3, 130, 130)]
+      for causal in (False, True) for masked in (False, True)],
+    *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
+    *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
+    # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
+    *[case("matmul", BENCH, N=N, IC=IC, OC=OC)
+      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
+    *[case("matmul", BENCH, N=N, IC=IC, OC=OC, precision="bfloat16")
+      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
+    case("layernorm", BENCH, N=8192, C=768),
+    case("gelu", BENCH, n=8192 * 768, approximate="tanh"),
+    case("gelu", BENCH, n=8192 * 768, approximate="none"),
+    case("softmax", BENCH, N=8192, C=768),
+    case("crossentropy", BENCH, N=8192, V=768, ignored=False),
+    case("crossentropy", BENCH, N=1024, V=50304, ignored=False),
+    case("embedding", BENCH, N=8192, V=50304, C=768),
+    *[case("attention", BENCH, B=4, NH=12, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (128, 512, 1024)],
+    case("adamw", BENCH, n=124_000_000, steps=1),
+]
+
+
+def cases(tag: str) -> list:
+    return [c for c in CASES if tag in c.tags]
