@@ -1,4 +1,5 @@
-"""Every pytransformer kernel against NumPy and PyTorch, in one run, at 1 and 2 threads.
+"""Every pytransformer kernel against NumPy and PyTorch, in one run, at 1 and 2 threads: the op-case registry's
+"bench" cases (pytransformer/opcases.py gives the inputs, our calls and the work; the peers are below).
 
     python bench/kernels.py [--threads 1 2] [--quick] [--only matmul,attention] [--json out.json]
     python bench/kernels.py --isa avx2 --only matmul   # all three held to AVX2 (OpenBLAS Haswell kernels)
@@ -35,7 +36,7 @@ if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")) and "
 import numpy as np  # noqa: E402
 
 import pytransformer  # noqa: E402
-from pytransformer import ops  # noqa: E402
+from pytransformer import opcases, ops  # noqa: E402
 
 try:
     import torch
@@ -60,246 +61,172 @@ def median_time(fn, min_time=0.25, min_reps=5, max_reps=200, warmup=2):
     return statistics.median(times)
 
 
-def f32(rng, *shape):
-    return rng.standard_normal(shape, dtype=np.float32)
+# --- peers: for a registry case (pytransformer/opcases.py, tag "bench") and its inputs, NumPy's and PyTorch's
+# version of each timed call, on the same arrays. Our side, the inputs and the work come from the registry. ------
 
 
-# --- cases: each returns (work, unit, {"ours": fn, "numpy": fn, "torch": fn}) ---------------------------------
-
-
-def case_matmul_forward(rng, N, IC, OC):
-    x, w, b = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, OC)
-    out = np.empty((N, OC), np.float32)
-    fns = {"ours": lambda: ops.matmul_forward(x, w, b, out=out),
-           "numpy": lambda: np.add(np.matmul(x, w.T, out=out), b, out=out)}
-    if torch:
-        tx, tw, tb = map(torch.from_numpy, (x, w, b))
-        fns["torch"] = lambda: F.linear(tx, tw, tb)
-    return 2.0 * N * IC * OC, "GFLOP/s", fns
-
-
-def case_matmul_backward(rng, N, IC, OC):
-    x, w, g = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, N, OC)
-    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros(OC, np.float32)
-
-    def numpy_bwd():
-        np.matmul(g, w, out=dx)
-        dw[...] += g.T @ x
-        db[...] += g.sum(0)
-
-    fns = {"ours": lambda: ops.matmul_backward(g, x, w, dinp=dx, dweight=dw, dbias=db), "numpy": numpy_bwd}
-    if torch:
-        tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, np.zeros(OC, np.float32)))
-        ty = F.linear(tx, tw, tb)
-        tg = torch.from_numpy(g)
-        fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
-    return 4.0 * N * IC * OC, "GFLOP/s", fns
-
-
-def _in_bf16(fn):
-    """fn run with pytransformer's bfloat16 matmul precision (AMX), restoring the setting after."""
-    def run():
-        with pytransformer.matmul_precision("bfloat16"):
-            return fn()
-    return run
-
-
-def case_matmul_bf16_forward(rng, N, IC, OC):
-    """bf16 products (fp32 in and out, inputs rounded to bf16): ours on AMX vs torch under autocast(bfloat16),
-    which also converts the fp32 operands on every call. NumPy has no bf16 matmul."""
-    x, w, b = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, OC)
-    out = np.empty((N, OC), np.float32)
-    fns = {"ours": _in_bf16(lambda: ops.matmul_forward(x, w, b, out=out))}
-    if torch:
-        tx, tw, tb = map(torch.from_numpy, (x, w, b))
-
-        def torch_fwd():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return F.linear(tx, tw, tb)
-        fns["torch"] = torch_fwd
-    return 2.0 * N * IC * OC, "GFLOP/s", fns
-
-
-def case_matmul_bf16_backward(rng, N, IC, OC):
-    x, w, g = f32(rng, N, IC), f32(rng, OC, IC), f32(rng, N, OC)
-    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros(OC, np.float32)
-    fns = {"ours": _in_bf16(lambda: ops.matmul_backward(g, x, w, dinp=dx, dweight=dw, dbias=db))}
-    if torch:
-        tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, np.zeros(OC, np.float32)))
+def peers_matmul(case, x, direction):
+    inp, w, b, g = x["inp"], x["weight"], x["bias"], x["dout"]
+    if case.o.get("precision") == "bfloat16":  # NumPy has no bf16 matmul; torch's autocast converts every call
+        if not torch:
+            return {}
+        tx, tw, tb = (torch.from_numpy(a).requires_grad_(direction == "backward") for a in (inp, w, b))
+        if direction == "forward":
+            def torch_fwd():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return F.linear(tx, tw, tb)
+            return {"torch": torch_fwd}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ty = F.linear(tx, tw, tb)
         tg = torch.from_numpy(g).bfloat16()
-        fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
-    return 4.0 * N * IC * OC, "GFLOP/s", fns
+        return {"torch": lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)}
+    if direction == "forward":
+        out = np.empty(g.shape, np.float32)
+        fns = {"numpy": lambda: np.add(np.matmul(inp, w.T, out=out), b, out=out)}
+        if torch:
+            tx, tw, tb = map(torch.from_numpy, (inp, w, b))
+            fns["torch"] = lambda: F.linear(tx, tw, tb)
+        return fns
+    dx, dw, db = np.empty_like(inp), np.zeros_like(w), np.zeros_like(b)
 
+    def numpy_bwd():
+        np.matmul(g, w, out=dx)
+        dw[...] += g.T @ inp
+        db[...] += g.sum(0)
 
-def case_layernorm_forward(rng, N, C):
-    x, w, b = f32(rng, N, C), f32(rng, C), f32(rng, C)
-    out, mean, rstd = np.empty_like(x), np.empty(N, np.float32), np.empty(N, np.float32)
-
-    def numpy_ln():
-        mu = x.mean(-1, keepdims=True)
-        xc = x - mu
-        rs = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5)
-        return xc * rs * w + b
-
-    fns = {"ours": lambda: ops.layernorm_forward(x, w, b, out=out, mean=mean, rstd=rstd), "numpy": numpy_ln}
+    fns = {"numpy": numpy_bwd}
     if torch:
-        tx, tw, tb = map(torch.from_numpy, (x, w, b))
-        fns["torch"] = lambda: F.layer_norm(tx, (C,), tw, tb, 1e-5)
-    return 2.0 * N * C * 4, "GB/s", fns  # read x, write y
+        tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (inp, w, b))
+        ty, tg = F.linear(tx, tw, tb), torch.from_numpy(g)
+        fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
+    return fns
 
 
-def case_layernorm_backward(rng, N, C):
-    x, w, b, g = f32(rng, N, C), f32(rng, C), f32(rng, C), f32(rng, N, C)
-    _, mean, rstd = ops.layernorm_forward(x, w, b)
-    dx, dw, db = np.empty_like(x), np.zeros(C, np.float32), np.zeros(C, np.float32)
+def peers_layernorm(case, x, direction):
+    inp, w, b, g = x["inp"], x["weight"], x["bias"], x["dout"]
+    C = inp.shape[1]
+    if direction == "forward":
+        def numpy_ln():
+            mu = inp.mean(-1, keepdims=True)
+            xc = inp - mu
+            rs = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5)
+            return xc * rs * w + b
+
+        fns = {"numpy": numpy_ln}
+        if torch:
+            tx, tw, tb = map(torch.from_numpy, (inp, w, b))
+            fns["torch"] = lambda: F.layer_norm(tx, (C,), tw, tb, 1e-5)
+        return fns
+    _, mean, rstd = ops.layernorm_forward(inp, w, b)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
 
     def numpy_ln_bwd():
-        norm = (x - mean[:, None]) * rstd[:, None]
+        norm = (inp - mean[:, None]) * rstd[:, None]
         dn = g * w
         dw[...] += (g * norm).sum(0)
         db[...] += g.sum(0)
         return rstd[:, None] * (dn - dn.mean(-1, keepdims=True) - norm * (dn * norm).mean(-1, keepdims=True))
 
-    fns = {"ours": lambda: ops.layernorm_backward(g, x, w, mean, rstd, dinp=dx, dweight=dw, dbias=db),
-           "numpy": numpy_ln_bwd}
+    fns = {"numpy": numpy_ln_bwd}
     if torch:
-        tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
-        ty = F.layer_norm(tx, (C,), tw, tb, 1e-5)
-        tg = torch.from_numpy(g)
+        tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (inp, w, b))
+        ty, tg = F.layer_norm(tx, (C,), tw, tb, 1e-5), torch.from_numpy(g)
         fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
-    return 3.0 * N * C * 4, "GB/s", fns  # read x, dout; write dinp
+    return fns
 
 
-def case_gelu_forward(rng, N, C, approximate="tanh"):
-    x = f32(rng, N, C)
-    out = np.empty_like(x)
+def peers_gelu(case, x, direction):
+    inp, g, approximate = x["inp"], x["dout"], case.o["approximate"]
     c = np.float32(np.sqrt(2 / np.pi))
-    fns = {"ours": lambda: ops.gelu_forward(x, approximate, out=out)}
-    if approximate == "tanh":
-        fns["numpy"] = lambda: 0.5 * x * (1 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
-    if torch:
-        tx = torch.from_numpy(x)
-        fns["torch"] = lambda: F.gelu(tx, approximate=approximate)
-    return 2.0 * N * C * 4, "GB/s", fns
-
-
-def case_gelu_backward(rng, N, C, approximate="tanh"):
-    x, g = f32(rng, N, C), f32(rng, N, C)
-    dx = np.empty_like(x)
-    c = np.float32(np.sqrt(2 / np.pi))
-
-    def numpy_gelu_bwd():
-        u = c * (x + np.float32(0.044715) * x * x * x)
-        t = np.tanh(u)
-        return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + np.float32(3 * 0.044715) * x * x))
-
-    fns = {"ours": lambda: ops.gelu_backward(g, x, approximate, dinp=dx)}
-    if approximate == "tanh":
+    fns = {}
+    if approximate == "tanh" and direction == "forward":
+        fns["numpy"] = lambda: 0.5 * inp * (1 + np.tanh(c * (inp + np.float32(0.044715) * inp * inp * inp)))
+    if approximate == "tanh" and direction == "backward":
+        def numpy_gelu_bwd():
+            t = np.tanh(c * (inp + np.float32(0.044715) * inp * inp * inp))
+            return g * (0.5 * (1 + t) + 0.5 * inp * (1 - t * t) * c * (1 + np.float32(3 * 0.044715) * inp * inp))
         fns["numpy"] = numpy_gelu_bwd
     if torch:
-        tx = torch.from_numpy(x.copy()).requires_grad_()
-        ty = F.gelu(tx, approximate=approximate)
-        tg = torch.from_numpy(g)
+        if direction == "forward":
+            tx = torch.from_numpy(inp)
+            fns["torch"] = lambda: F.gelu(tx, approximate=approximate)
+        else:
+            tx = torch.from_numpy(inp.copy()).requires_grad_()
+            ty, tg = F.gelu(tx, approximate=approximate), torch.from_numpy(g)
+            fns["torch"] = lambda: torch.autograd.grad(ty, (tx,), tg, retain_graph=True)
+    return fns
+
+
+def peers_softmax(case, x, direction):
+    inp, g = x["inp"], x["dout"]
+    if direction == "forward":
+        def numpy_softmax():
+            e = np.exp(inp - inp.max(-1, keepdims=True))
+            return e / e.sum(-1, keepdims=True)
+
+        fns = {"numpy": numpy_softmax}
+        if torch:
+            tx = torch.from_numpy(inp)
+            fns["torch"] = lambda: torch.softmax(tx, -1)
+        return fns
+    y = ops.softmax_forward(inp)
+    fns = {"numpy": lambda: y * (g - (g * y).sum(-1, keepdims=True))}
+    if torch:
+        tx = torch.from_numpy(inp.copy()).requires_grad_()
+        ty, tg = torch.softmax(tx, -1), torch.from_numpy(g)
         fns["torch"] = lambda: torch.autograd.grad(ty, (tx,), tg, retain_graph=True)
-    return 3.0 * N * C * 4, "GB/s", fns
+    return fns
 
 
-def case_softmax_forward(rng, N, C):
-    x = f32(rng, N, C)
-    out = np.empty_like(x)
+def peers_crossentropy(case, x, direction):
+    logits, t = x["logits"], x["targets"]
+    N = len(t)
+    if direction == "forward":
+        def numpy_ce():
+            m = logits.max(-1, keepdims=True)
+            lse = np.log(np.exp(logits - m).sum(-1)) + m[:, 0]
+            return (lse - logits[np.arange(N), t]).mean()
 
-    def numpy_softmax():
-        e = np.exp(x - x.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    fns = {"ours": lambda: ops.softmax_forward(x, out=out), "numpy": numpy_softmax}
-    if torch:
-        tx = torch.from_numpy(x)
-        fns["torch"] = lambda: torch.softmax(tx, -1)
-    return 2.0 * N * C * 4, "GB/s", fns
-
-
-def case_softmax_backward(rng, N, C):
-    y, g = ops.softmax_forward(f32(rng, N, C)), f32(rng, N, C)
-    dx = np.empty_like(y)
-    fns = {"ours": lambda: ops.softmax_backward(g, y, dinp=dx),
-           "numpy": lambda: y * (g - (g * y).sum(-1, keepdims=True))}
-    if torch:
-        tx = torch.from_numpy(f32(rng, N, C)).requires_grad_()
-        ty = torch.softmax(tx, -1)
-        tg = torch.from_numpy(g)
-        fns["torch"] = lambda: torch.autograd.grad(ty, (tx,), tg, retain_graph=True)
-    return 3.0 * N * C * 4, "GB/s", fns
-
-
-def case_crossentropy_forward(rng, N, V):
-    x, t = f32(rng, N, V), rng.integers(0, V, N)
-    losses, lse = np.empty(N, np.float32), np.empty(N, np.float32)
-
-    def numpy_ce():
-        m = x.max(-1, keepdims=True)
-        l = np.log(np.exp(x - m).sum(-1)) + m[:, 0]
-        return (l - x[np.arange(N), t]).mean()
-
-    fns = {"ours": lambda: ops.crossentropy_forward(x, t, losses=losses, lse=lse), "numpy": numpy_ce}
-    if torch:
-        tx, tt = torch.from_numpy(x), torch.from_numpy(t)
-        fns["torch"] = lambda: F.cross_entropy(tx, tt)
-    return 1.0 * N * V * 4, "GB/s", fns
-
-
-def case_crossentropy_backward(rng, N, V):
-    x, t = f32(rng, N, V), rng.integers(0, V, N)
-    _, _, lse = ops.crossentropy_forward(x, t)
-    dx = np.empty_like(x)
+        fns = {"numpy": numpy_ce}
+        if torch:
+            tx, tt = torch.from_numpy(logits), torch.from_numpy(t)
+            fns["torch"] = lambda: F.cross_entropy(tx, tt)
+        return fns
+    _, _, lse = ops.crossentropy_forward(logits, t)
 
     def numpy_ce_bwd():
-        p = np.exp(x - lse[:, None])
+        p = np.exp(logits - lse[:, None])
         p[np.arange(N), t] -= 1
         return p / N
 
-    fns = {"ours": lambda: ops.crossentropy_backward(x, t, lse, dlogits=dx), "numpy": numpy_ce_bwd}
+    fns = {"numpy": numpy_ce_bwd}
     if torch:
-        tx, tt = torch.from_numpy(x.copy()).requires_grad_(), torch.from_numpy(t)
+        tx, tt = torch.from_numpy(logits.copy()).requires_grad_(), torch.from_numpy(t)
         tl = F.cross_entropy(tx, tt)
         fns["torch"] = lambda: torch.autograd.grad(tl, (tx,), retain_graph=True)
-    return 2.0 * N * V * 4, "GB/s", fns
+    return fns
 
 
-def case_embedding_forward(rng, N, V, C):
-    table, ids = f32(rng, V, C), rng.integers(0, V, N)
-    out = np.empty((N, C), np.float32)
-    fns = {"ours": lambda: ops.embedding_forward(ids, table, out=out),
-           "numpy": lambda: np.take(table, ids, axis=0, out=out)}
-    if torch:
-        tt, ti = torch.from_numpy(table), torch.from_numpy(ids)
-        fns["torch"] = lambda: F.embedding(ti, tt)
-    return 2.0 * N * C * 4, "GB/s", fns
-
-
-def case_embedding_backward(rng, N, V, C):
-    g, ids = f32(rng, N, C), rng.integers(0, V, N)
-    dtable = np.zeros((V, C), np.float32)
-    fns = {"ours": lambda: ops.embedding_backward(g, ids, V, dtable=dtable),
-           "numpy": lambda: np.add.at(dtable, ids, g)}
+def peers_embedding(case, x, direction):
+    table, ids, g = x["table"], x["ids"], x["dout"]
+    if direction == "forward":
+        out = np.empty(g.shape, np.float32)
+        fns = {"numpy": lambda: np.take(table, ids, axis=0, out=out)}
+        if torch:
+            tt, ti = torch.from_numpy(table), torch.from_numpy(ids)
+            fns["torch"] = lambda: F.embedding(ti, tt)
+        return fns
+    dtable = np.zeros_like(table)
+    fns = {"numpy": lambda: np.add.at(dtable, ids, g)}
     if torch:
         tdt, ti, tg = torch.from_numpy(dtable.copy()), torch.from_numpy(ids), torch.from_numpy(g)
         fns["torch"] = lambda: tdt.index_add_(0, ti, tg)
-    return 3.0 * N * C * 4, "GB/s", fns
+    return fns
 
 
-def case_attention(rng, B, NH, T, HS, backward):
-    q, k, v, g = (f32(rng, B, NH, T, HS) for _ in range(4))
-    out, lse = np.empty_like(q), np.empty((B, NH, T), np.float32)
-    dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
-
-    def ours():
-        ops.attention_forward(q, k, v, True, out=out, lse=lse)
-        if backward:
-            ops.attention_backward(g, q, k, v, out, lse, True, dq=dq, dk=dk, dv=dv)
-
+def peers_attention(case, x, direction):
+    q, k, v, g = x["q"], x["k"], x["v"], x["dout"]
+    backward, HS, T = direction != "forward", q.shape[-1], q.shape[2]
     tri = np.triu(np.ones((T, T), bool), 1)
 
     def numpy_attention():
@@ -315,7 +242,7 @@ def case_attention(rng, B, NH, T, HS, backward):
             return o, ds @ k, ds.swapaxes(-1, -2) @ q, dvn
         return o
 
-    fns = {"ours": ours, "numpy": numpy_attention}
+    fns = {"numpy": numpy_attention}
     if torch:
         tq, tk, tv = (torch.from_numpy(a.copy()).requires_grad_(backward) for a in (q, k, v))
         tg = torch.from_numpy(g)
@@ -325,40 +252,31 @@ def case_attention(rng, B, NH, T, HS, backward):
             if backward:
                 torch.autograd.grad(o, (tq, tk, tv), tg)
 
-        fns["torch"] = torch_attention if backward else (lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True))
-    products = 6 if backward else 2  # QK^T and PV forward; dV, dP, dQ, dK backward (recompute not counted)
-    return products * 2.0 * B * NH * T * T * HS / 2, "GFLOP/s", fns
+        fns["torch"] = torch_attention
+    return fns
 
 
-def case_adamw(rng, n):
-    p, g = f32(rng, n), f32(rng, n) * np.float32(1e-3)
-    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    state = {"step": 0}
-
-    def ours():
-        state["step"] += 1
-        ops.adamw_step(p, m, v, g, 1e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
-
-    pn, mn, vn = p.copy(), m.copy(), v.copy()
-    tmp = np.empty_like(pn)
+def peers_adamw(case, x, direction):
+    p, g = x["params"].copy(), x["grads"][0] * np.float32(1e-3)
+    m, v, tmp = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
 
     def numpy_adamw():
-        np.multiply(pn, np.float32(1 - 1e-5), out=pn)
-        np.multiply(mn, np.float32(0.9), out=mn)
-        mn[...] += np.float32(0.1) * g
-        np.multiply(vn, np.float32(0.95), out=vn)
+        np.multiply(p, np.float32(1 - 1e-5), out=p)
+        np.multiply(m, np.float32(0.9), out=m)
+        m[...] += np.float32(0.1) * g
+        np.multiply(v, np.float32(0.95), out=v)
         np.multiply(g, g, out=tmp)
         np.multiply(tmp, np.float32(0.05), out=tmp)
-        np.add(vn, tmp, out=vn)
-        np.sqrt(vn, out=tmp)
+        np.add(v, tmp, out=v)
+        np.sqrt(v, out=tmp)
         np.add(tmp, np.float32(1e-8), out=tmp)
-        np.divide(mn, tmp, out=tmp)
+        np.divide(m, tmp, out=tmp)
         np.multiply(tmp, np.float32(1e-4), out=tmp)
-        np.subtract(pn, tmp, out=pn)
+        np.subtract(p, tmp, out=p)
 
-    fns = {"ours": ours, "numpy": numpy_adamw}
+    fns = {"numpy": numpy_adamw}
     if torch:
-        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+        tp = torch.nn.Parameter(torch.from_numpy(x["params"].copy()))
         tp.grad = torch.from_numpy(g)
         try:
             opt = torch.optim.AdamW([tp], lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
@@ -366,37 +284,28 @@ def case_adamw(rng, n):
         except (RuntimeError, TypeError):
             opt = torch.optim.AdamW([tp], lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
         fns["torch"] = opt.step
-    return 7.0 * n * 4, "GB/s", fns  # read p, g, m, v; write p, m, v
+    return fns
 
 
-CASES = [  # (group, label, factory, args)
-    *[("matmul", f"matmul_forward N={N} {IC}x{OC}", case_matmul_forward, (N, IC, OC))
-      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
-    *[("matmul", f"matmul_backward N={N} {IC}x{OC}", case_matmul_backward, (N, IC, OC))
-      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304)]],
-    *[("matmul_bf16", f"matmul_bf16_forward N={N} {IC}x{OC}", case_matmul_bf16_forward, (N, IC, OC))
-      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
-    *[("matmul_bf16", f"matmul_bf16_backward N={N} {IC}x{OC}", case_matmul_bf16_backward, (N, IC, OC))
-      for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
-    ("rowops", "layernorm_forward 8192x768", case_layernorm_forward, (8192, 768)),
-    ("rowops", "layernorm_backward 8192x768", case_layernorm_backward, (8192, 768)),
-    ("rowops", "gelu_forward tanh 8192x768", case_gelu_forward, (8192, 768)),
-    ("rowops", "gelu_backward tanh 8192x768", case_gelu_backward, (8192, 768)),
-    ("rowops", "gelu_forward erf 8192x768", case_gelu_forward, (8192, 768, "none")),
-    ("rowops", "softmax_forward 8192x768", case_softmax_forward, (8192, 768)),
-    ("rowops", "softmax_backward 8192x768", case_softmax_backward, (8192, 768)),
-    ("rowops", "crossentropy_forward 8192x768", case_crossentropy_forward, (8192, 768)),
-    ("rowops", "crossentropy_backward 8192x768", case_crossentropy_backward, (8192, 768)),
-    ("rowops", "crossentropy_forward 1024x50304", case_crossentropy_forward, (1024, 50304)),
-    ("rowops", "crossentropy_backward 1024x50304", case_crossentropy_backward, (1024, 50304)),
-    ("rowops", "embedding_forward 8192 of 50304x768", case_embedding_forward, (8192, 50304, 768)),
-    ("rowops", "embedding_backward 8192 of 50304x768", case_embedding_backward, (8192, 50304, 768)),
-    *[("attention", f"attention_forward causal B=4 NH=12 T={T} HS=64", case_attention, (4, 12, T, 64, False))
-      for T in (128, 512, 1024)],
-    *[("attention", f"attention_fwd+bwd causal B=4 NH=12 T={T} HS=64", case_attention, (4, 12, T, 64, True))
-      for T in (128, 512, 1024)],
-    ("adamw", "adamw_step 124M params", case_adamw, (124_000_000,)),
-]
+PEERS = {"matmul": peers_matmul, "layernorm": peers_layernorm, "gelu": peers_gelu, "softmax": peers_softmax,
+         "crossentropy": peers_crossentropy, "embedding": peers_embedding, "attention": peers_attention,
+         "adamw": peers_adamw}
+
+
+def group_of(case):
+    return "matmul_bf16" if case.o.get("precision") == "bfloat16" else case.spec.group
+
+
+def label_of(case, direction):
+    """e.g. "matmul_forward N=1024 IC=768 OC=768", "attention_fwd+bwd B=4 ... causal"."""
+    head, _, rest = case.label.partition(" ")
+    return f"{head}_{direction} {rest}".strip() if direction != "step" else case.label
+
+
+def footprint(x):
+    """Bytes of a case's input arrays: past the last-level cache, its limit is DRAM bandwidth."""
+    arrays = [a for v in x.values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, np.ndarray)]
+    return sum(a.nbytes for a in arrays)
 
 
 def attention_extra_bytes(B, NH, T, HS, nthreads):
@@ -445,48 +354,58 @@ class pinned_threads:
 
 def limit_of(row, limits):
     """The machine limit a kernel is measured against: FMA peak of the active ISA for GFLOP/s kernels (the AMX
-    bf16 tile peak for the bf16 matmuls), the L3-resident bandwidth for GB/s kernels (their arrays are 25 MB or less) -- at the same thread count."""
+    bf16 tile peak for the bf16 matmuls), for GB/s kernels the L3-resident bandwidth when the inputs fit in 64 MB
+    and the DRAM bandwidth past that -- at the same thread count."""
     if limits is None:
         return None
     if row["group"] == "matmul_bf16":
         return limits.get("amx_bf16", {}).get(row["threads"])
     if row["unit"] == "GFLOP/s":
         return limits["fma"].get(pytransformer.cpu_info()["isa"], {}).get(row["threads"])
-    key = "bandwidth_dram" if "124M" in row["kernel"] or "50304" in row["kernel"] else "bandwidth_l3"
+    key = "bandwidth_dram" if row["bytes"] > 64 << 20 else "bandwidth_l3"
     return limits[key].get(row["threads"])
 
 
 def run(threads, only=None, quick=False, limits=None):
     header = machine_header()
     rows = []
-    for group, label, factory, args in CASES:
-        if only and group not in only and not any(o in label for o in only):
+    for case in opcases.cases("bench"):
+        group = group_of(case)
+        wanted = lambda label: not only or group in only or any(o in label for o in only)  # noqa: E731
+        if not any(wanted(label_of(case, d)) for d in ("forward", "backward", "fwd+bwd", "step")):
             continue
         if group == "matmul_bf16" and not pytransformer.cpu_info()["amx_bf16"]:
             continue
-        if quick and ("50304" in label or "124M" in label or "T=1024" in label):
+        if quick and ("50304" in case.label or "124000000" in case.label or "Tq=1024" in case.label):
             continue
-        rng = np.random.default_rng(0)
-        work, unit, fns = factory(rng, *args)
-        for n in threads:
-            with pinned_threads(n):
-                times = {name: median_time(fn) for name, fn in fns.items()}
-            ours = times["ours"]
-            row = {"kernel": label, "group": group, "threads": n, "unit": unit,
-                   "ms": {k: v * 1e3 for k, v in times.items()},
-                   "rate": work / ours / 1e9,
-                   "vs_numpy": times["numpy"] / ours if "numpy" in times else None,
-                   "vs_torch": times["torch"] / ours if "torch" in times else None}
-            lim = limit_of(row, limits)
-            row["pct_limit"] = 100.0 * row["rate"] / lim if lim else None
-            if group == "attention":
-                B, NH, T, HS, bwd = args
-                f, b = attention_extra_bytes(B, NH, T, HS, n)
-                row["extra_bytes"] = f + (b if bwd else 0)
-            rows.append(row)
-            print_row(row)
-            sys.stdout.flush()
-        del fns
+        x = case.make(np.random.default_rng(0))
+        nbytes = footprint(x)
+        for direction, ours in case.calls(x).items():
+            label = label_of(case, direction)
+            if not wanted(label):
+                continue
+            fns = {"ours": ours, **PEERS.get(case.op, lambda *_: {})(case, x, direction)}
+            work, unit = case.work(direction)
+            for n in threads:
+                with pinned_threads(n):
+                    times = {name: median_time(fn) for name, fn in fns.items()}
+                ours_t = times["ours"]
+                row = {"kernel": label, "group": group, "threads": n, "unit": unit, "bytes": nbytes,
+                       "ms": {k: v * 1e3 for k, v in times.items()},
+                       "rate": work / ours_t / 1e9,
+                       "vs_numpy": times["numpy"] / ours_t if "numpy" in times else None,
+                       "vs_torch": times["torch"] / ours_t if "torch" in times else None}
+                lim = limit_of(row, limits)
+                row["pct_limit"] = 100.0 * row["rate"] / lim if lim else None
+                if case.op == "attention":
+                    s = case.s
+                    f, b = attention_extra_bytes(s["B"], s["NH"], s["Tq"], s["HS"], n)
+                    row["extra_bytes"] = f + (b if direction != "forward" else 0)
+                rows.append(row)
+                print_row(row)
+                sys.stdout.flush()
+            del fns
+        del x
     return header, rows
 
 
@@ -495,7 +414,7 @@ def print_header(header):
           f"{', '.join(header['available_isas'])})  openmp={header['openmp']}")
     print(f"# cpu: {header['cpu']}, {header['cores']} cores")
     print(f"# numpy {header['numpy']} ({header['numpy_blas']}), torch {header['torch']}, python {header['python']}")
-    print(f"{'kernel':<46} {'thr':>3} {'ours ms':>9} {'numpy ms':>9} {'torch ms':>9} {'rate':>15} "
+    print(f"{'kernel':<52} {'thr':>3} {'ours ms':>9} {'numpy ms':>9} {'torch ms':>9} {'rate':>15} "
           f"{'%limit':>6} {'x numpy':>8} {'x torch':>8}")
 
 
@@ -505,7 +424,7 @@ def print_row(r):
     ratio = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
     extra = f"  scratch {r['extra_bytes'] / 1024:.0f} KiB" if "extra_bytes" in r else ""
     pct = f"{r['pct_limit']:5.0f}%" if r.get("pct_limit") is not None else f"{'-':>6}"
-    print(f"{r['kernel']:<46} {r['threads']:>3} {fmt(ms['ours'])} {fmt(ms.get('numpy'))} {fmt(ms.get('torch'))} "
+    print(f"{r['kernel']:<52} {r['threads']:>3} {fmt(ms['ours'])} {fmt(ms.get('numpy'))} {fmt(ms.get('torch'))} "
           f"{r['rate']:8.1f} {r['unit']:<6} {pct} {ratio(r['vs_numpy'])} {ratio(r['vs_torch'])}{extra}")
 
 
