@@ -70,3 +70,23 @@ def test_info_command_prints_the_machine_and_passes_its_self_check():
     assert f"isa: {pytransformer.cpu_info()['isa']}" in r.stdout
     assert "FAIL" not in r.stdout
     assert r.stdout.count("pass") >= 12
+
+
+def test_core_stub_names_every_bound_function_with_its_arity():
+    """pytransformer/_core.pyi types the pybind11 module: the same functions, each with as many arguments."""
+    import ast
+    import pathlib
+    import re
+
+    from pytransformer import _core
+
+    stub = pathlib.Path(pytransformer.__file__).with_name("_core.pyi").read_text()
+    stubbed = {f.name: len(f.args.args) for f in ast.parse(stub).body if isinstance(f, ast.FunctionDef)}
+    bound = {}
+    for name in dir(_core):
+        fn = getattr(_core, name)
+        if not name.startswith("_") and callable(fn):
+            signature = fn.__doc__.splitlines()[0]
+            args = re.match(rf"{name}\((.*)\) ->", signature).group(1)
+            bound[name] = 0 if not args else len(re.findall(r"(?:^|, )\w+:", args))
+    assert stubbed == bound
