@@ -4,7 +4,8 @@ One table of rules; the masked-LM decoder weight is tied to the word embedding (
 from __future__ import annotations
 
 from ..models.bert import BERT, BertConfig
-from .hf_common import HFLayout, NameMap, check_activation, detect_prefix, labels, load, rule
+from .hf_common import (HFLayout, NameMap, check_activation, detect_prefix, labels, load, rule,
+                        weight_and_bias)
 
 PREFIX = "bert."
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
@@ -14,10 +15,6 @@ LAYER_PARTS = (("attention.self.query", "attn.sublayer.q"), ("attention.self.key
                ("attention.self.value", "attn.sublayer.v"), ("attention.output.dense", "attn.sublayer.o"),
                ("attention.output.LayerNorm", "attn.ln"), ("intermediate.dense", "ffn.sublayer.fc1"),
                ("output.dense", "ffn.sublayer.fc2"), ("output.LayerNorm", "ffn.ln"))
-
-
-def _pair(hf, ours):
-    return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
 
 
 def from_hf(cfg: dict, tensors: dict):
@@ -41,13 +38,13 @@ def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:
     rules = [rule(f"{p}embeddings.word_embeddings.weight", "word.weight"),
              rule(f"{p}embeddings.position_embeddings.weight", "position.weight"),
              rule(f"{p}embeddings.token_type_embeddings.weight", "token_type.weight"),
-             *_pair(f"{p}embeddings.LayerNorm", "emb_ln")]
+             *weight_and_bias(f"{p}embeddings.LayerNorm", "emb_ln")]
     for i in range(c.num_hidden_layers):
         for hf_part, ours in LAYER_PARTS:
-            rules += _pair(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
-    rules += [*_pair(f"{p}pooler.dense", "pooler"), *_pair("cls.predictions.transform.dense", "mlm_dense"),
-              *_pair("cls.predictions.transform.LayerNorm", "mlm_ln"), rule("cls.predictions.bias", "mlm_bias"),
-              *_pair("classifier", "cls_head")]
+            rules += weight_and_bias(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
+    rules += [*weight_and_bias(f"{p}pooler.dense", "pooler"), *weight_and_bias("cls.predictions.transform.dense", "mlm_dense"),
+              *weight_and_bias("cls.predictions.transform.LayerNorm", "mlm_ln"), rule("cls.predictions.bias", "mlm_bias"),
+              *weight_and_bias("classifier", "cls_head")]
     return NameMap(rules, ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
 
 

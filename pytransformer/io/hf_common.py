@@ -101,6 +101,11 @@ def rule(hf, *ours, layout=SAME) -> Rule:
     return Rule(hf, tuple(ours), layout)
 
 
+def weight_and_bias(hf, ours) -> list:
+    """The two rules of a Linear or LayerNorm: hf.weight -> ours.weight, hf.bias -> ours.bias."""
+    return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
+
+
 class NameMap:
     """The rules between one model's parameters and a Hugging Face state dict. Rules whose parameters the
     model lacks (an absent head) are skipped. `to_ours` checks that every tensor the model needs is present with

@@ -4,7 +4,8 @@ patch projection is a stride-p convolution there (C, channels, p, p) and a Linea
 from __future__ import annotations
 
 from ..models.vit import ViT, ViTConfig
-from .hf_common import HFLayout, NameMap, Same, check_activation, detect_prefix, labels, load, rule
+from .hf_common import (HFLayout, NameMap, Same, check_activation, detect_prefix, labels, load, rule,
+                        weight_and_bias)
 
 PREFIX = "vit."
 
@@ -12,10 +13,6 @@ LAYER_PARTS = (("layernorm_before", "attn.ln"), ("attention.attention.query", "a
                ("attention.attention.key", "attn.sublayer.k"), ("attention.attention.value", "attn.sublayer.v"),
                ("attention.output.dense", "attn.sublayer.o"), ("layernorm_after", "ffn.ln"),
                ("intermediate.dense", "ffn.sublayer.fc1"), ("output.dense", "ffn.sublayer.fc2"))
-
-
-def _pair(hf, ours):
-    return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
 
 
 def from_hf(cfg: dict, tensors: dict):
@@ -39,8 +36,8 @@ def names(c: ViTConfig, prefix: str = PREFIX) -> NameMap:
              rule(f"{p}embeddings.position_embeddings", "pos.weight", layout=Same((1, n_patches + 1, C)))]
     for i in range(c.num_hidden_layers):
         for hf_part, ours in LAYER_PARTS:
-            rules += _pair(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
-    rules += [*_pair(f"{p}layernorm", "ln"), *_pair("classifier", "classifier")]
+            rules += weight_and_bias(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
+    rules += [*weight_and_bias(f"{p}layernorm", "ln"), *weight_and_bias("classifier", "classifier")]
     return NameMap(rules, ignore=("pooler.dense.weight", "pooler.dense.bias"))
 
 
