@@ -18,6 +18,7 @@ def cpu_info() -> dict:
         "cuda": False,  # the CUDA extension arrives in its own issue; the CPU package never needs it
         "amx_bf16": bool(_core.have_amx()),
         "matmul_precision": _core.get_matmul_precision(),
+        "forked_child": bool(_core.in_forked_child()),  # a fork() child runs every kernel on one thread
     }
 
 

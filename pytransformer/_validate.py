@@ -42,9 +42,11 @@ def array(x, name, spec, dims, dtype=F32):
     return x
 
 
-def output(out, name, shape, avoid=(), dtype=F32, zero=False):
-    """A fresh array of `shape` when out is None, else `out` after checking it matches exactly, is writeable
-    and does not overlap the inputs in `avoid` (name, array) that the kernel reads while writing it."""
+def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
+    """A fresh array of `shape` when out is None, else `out` after checking it matches exactly, is writeable and
+    shares no memory with any array in `reads` ((name, array) pairs: every other argument of the op, inputs and
+    outputs, whatever their dtype), judged by memory bounds. Arguments named in `same` may be the very same
+    array as out (an in-place call: same address, dtype, shape and strides), never a shifted or partial view."""
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     if out is None:
@@ -59,10 +61,21 @@ def output(out, name, shape, avoid=(), dtype=F32, zero=False):
         raise ValueError(f"{name} must be C-contiguous: outputs are written in place, never copied")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only; outputs are written in place")
-    for other_name, other in avoid:
-        if other is not None and np.may_share_memory(out, other):
-            raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing {name}")
+    for other_name, other in reads:
+        if not isinstance(other, np.ndarray) or other is out and other_name in same:
+            continue
+        if np.may_share_memory(out, other):
+            if other_name in same and _same_array(out, other):
+                continue
+            allowed = f" (it may be {other_name} itself, not a view into it)" if other_name in same else ""
+            raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing "
+                             f"{name}{allowed}")
     return out
+
+
+def _same_array(a, b) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.dtype == b.dtype
+            and a.shape == b.shape and a.strides == b.strides)
 
 
 def key_mask_bytes(key_mask, dims):

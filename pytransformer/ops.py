@@ -49,7 +49,8 @@ def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, c
     reads = [("dout", dout), ("inp", inp), ("weight", weight)]
     dinp = output(dinp, "dinp", inp.shape, reads) if compute_dinp else None
     dweight = output(dweight, "dweight", weight.shape, reads + [("dinp", dinp)], zero=True)
-    dbias = output(dbias, "dbias", (d["OC"],), reads, zero=True) if compute_dbias else None
+    dbias = output(dbias, "dbias", (d["OC"],), reads + [("dinp", dinp), ("dweight", dweight)],
+                   zero=True) if compute_dbias else None
     _core.matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
     return dinp, dweight, dbias
 
@@ -65,9 +66,12 @@ def layernorm_forward(inp, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=
     array(bias, "bias", ("C",), d)
     eps = finite_float(eps, "eps", 0.0, 1.0)
     N = _rows(inp)
-    out = output(out, "out", inp.shape, [("weight", weight), ("bias", bias)])
-    mean = output(mean, "mean", (N,), [("inp", inp), ("out", out)])
-    rstd = output(rstd, "rstd", (N,), [("inp", inp), ("out", out), ("mean", mean)])
+    if d["C"] == 0:
+        raise ValueError(f"inp {tuple(inp.shape)} has no channels to normalise over (C = 0)")
+    reads = [("inp", inp), ("weight", weight), ("bias", bias)]
+    out = output(out, "out", inp.shape, reads, same=("inp",))
+    mean = output(mean, "mean", (N,), reads + [("out", out)])
+    rstd = output(rstd, "rstd", (N,), reads + [("out", out), ("mean", mean)])
     _core.layernorm_forward(out, mean, rstd, inp, weight, bias, N, d["C"], eps)
     return out, mean, rstd
 
@@ -84,11 +88,10 @@ def layernorm_backward(dout, inp, weight, mean, rstd, *, dinp=None, dweight=None
     array(rstd, "rstd", ("N",), d)
     if dout.shape != inp.shape:
         raise ValueError(f"dout {tuple(dout.shape)} must have the shape of inp {tuple(inp.shape)}")
-    reads = [("inp", inp), ("weight", weight), ("mean", mean), ("rstd", rstd)]
-    dinp = output(dinp, "dinp", inp.shape, reads)
-    dweight = output(dweight, "dweight", (d["C"],), reads + [("dout", dout), ("dinp", dinp)], zero=True)
-    dbias = output(dbias, "dbias", (d["C"],), reads + [("dout", dout), ("dinp", dinp), ("dweight", dweight)],
-                   zero=True)
+    reads = [("dout", dout), ("inp", inp), ("weight", weight), ("mean", mean), ("rstd", rstd)]
+    dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
+    dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
+    dbias = output(dbias, "dbias", (d["C"],), reads + [("dinp", dinp), ("dweight", dweight)], zero=True)
     _core.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, d["C"])
     return dinp, dweight, dbias
 
@@ -106,7 +109,7 @@ def gelu_forward(inp, approximate="tanh", *, out=None):
     """GELU, 'tanh' approximation (GPT-2) or 'none' (exact erf, BERT). Any shape; out may be inp."""
     array(inp, "inp", ("...",), {})
     tanh = _approximate(approximate)
-    out = output(out, "out", inp.shape)
+    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
     _core.gelu_forward(out, inp, inp.size, tanh)
     return out
 
@@ -115,14 +118,14 @@ def gelu_backward(dout, inp, approximate="tanh", *, dinp=None):
     array(inp, "inp", ("...",), {})
     _same_shape(dout, "dout", inp, "inp")
     tanh = _approximate(approximate)
-    dinp = output(dinp, "dinp", inp.shape)
+    dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
     _core.gelu_backward(dinp, inp, dout, inp.size, tanh)
     return dinp
 
 
 def relu_forward(inp, *, out=None):
     array(inp, "inp", ("...",), {})
-    out = output(out, "out", inp.shape)
+    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
     _core.relu_forward(out, inp, inp.size)
     return out
 
@@ -130,7 +133,7 @@ def relu_forward(inp, *, out=None):
 def relu_backward(dout, inp, *, dinp=None):
     array(inp, "inp", ("...",), {})
     _same_shape(dout, "dout", inp, "inp")
-    dinp = output(dinp, "dinp", inp.shape)
+    dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
     _core.relu_backward(dinp, inp, dout, inp.size)
     return dinp
 
@@ -148,7 +151,7 @@ def softmax_forward(inp, *, out=None):
     """Softmax over the last axis of inp (..., C)."""
     d = {}
     array(inp, "inp", ("...", "C"), d)
-    out = output(out, "out", inp.shape)
+    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
     _core.softmax_forward(out, inp, _rows(inp), d["C"])
     return out
 
@@ -157,7 +160,7 @@ def softmax_backward(dout, out, *, dinp=None):
     d = {}
     array(out, "out", ("...", "C"), d)
     _same_shape(dout, "dout", out, "out")
-    dinp = output(dinp, "dinp", out.shape, [("out", out)])
+    dinp = output(dinp, "dinp", out.shape, [("dout", dout), ("out", out)], same=("dout",))
     _core.softmax_backward(dinp, out, dout, _rows(out), d["C"])
     return dinp
 
@@ -169,8 +172,9 @@ def crossentropy_forward(logits, targets, ignore_index=-100, *, losses=None, lse
     array(logits, "logits", ("N", "V"), d)
     array(targets, "targets", ("N",), d, I64)
     ignore_index = integer(ignore_index, "ignore_index")
-    losses = output(losses, "losses", (d["N"],), [("logits", logits)])
-    lse = output(lse, "lse", (d["N"],), [("logits", logits), ("losses", losses)])
+    reads = [("logits", logits), ("targets", targets)]
+    losses = output(losses, "losses", (d["N"],), reads)
+    lse = output(lse, "lse", (d["N"],), reads + [("losses", losses)])
     loss = _core.crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index)
     return loss, losses, lse
 
@@ -183,7 +187,8 @@ def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *,
     array(lse, "lse", ("N",), d)
     dloss = finite_float(dloss, "dloss")
     ignore_index = integer(ignore_index, "ignore_index")
-    dlogits = output(dlogits, "dlogits", logits.shape, [("lse", lse)])
+    dlogits = output(dlogits, "dlogits", logits.shape, [("logits", logits), ("targets", targets), ("lse", lse)],
+                     same=("logits",))
     _core.crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index)
     return dlogits
 
@@ -196,7 +201,7 @@ def embedding_forward(ids, table, *, out=None):
     d = {}
     array(table, "table", ("V", "C"), d)
     array(ids, "ids", ("...",), d, I64)
-    out = output(out, "out", ids.shape + (d["C"],), [("table", table)])
+    out = output(out, "out", ids.shape + (d["C"],), [("ids", ids), ("table", table)])
     _core.embedding_forward(out, ids, table, ids.size, d["V"], d["C"])
     return out
 
@@ -208,7 +213,7 @@ def embedding_backward(dout, ids, V, *, dtable=None):
     array(dout, "dout", ("...", "C"), d)
     if dout.shape[:-1] != ids.shape:
         raise ValueError(f"dout {tuple(dout.shape)} must be ids.shape + (C,) with ids {tuple(ids.shape)}")
-    dtable = output(dtable, "dtable", (d["V"], d["C"]), [("dout", dout)], zero=True)
+    dtable = output(dtable, "dtable", (d["V"], d["C"]), [("dout", dout), ("ids", ids)], zero=True)
     _core.embedding_backward(dtable, dout, ids, ids.size, d["V"], d["C"])
     return dtable
 
@@ -220,7 +225,7 @@ def residual_forward(a, b, *, out=None):
     """out = a + b (same shapes); out may be a or b."""
     array(a, "a", ("...",), {})
     _same_shape(b, "b", a, "a")
-    out = output(out, "out", a.shape)
+    out = output(out, "out", a.shape, [("a", a), ("b", b)], same=("a", "b"))
     _core.residual_forward(out, a, b, a.size)
     return out
 
@@ -237,8 +242,8 @@ def add_into(dst, src):
 def residual_backward(dout, *, da=None, db=None):
     """-> (da, db), both equal to dout."""
     array(dout, "dout", ("...",), {})
-    da = output(da, "da", dout.shape)
-    db = output(db, "db", dout.shape, [("da", da)])
+    da = output(da, "da", dout.shape, [("dout", dout)], same=("dout",))
+    db = output(db, "db", dout.shape, [("dout", dout), ("da", da)], same=("dout", "da"))
     _core.residual_backward(da, db, dout, dout.size)
     return da, db
 
@@ -256,7 +261,7 @@ def dropout_forward(inp, p, seed, *, out=None):
     element index) only, so it is reproducible and the same for any thread count."""
     array(inp, "inp", ("...",), {})
     p, seed = _dropout_args(p, seed)
-    out = output(out, "out", inp.shape)
+    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
     _core.dropout_forward(out, inp, inp.size, p, seed)
     return out
 
@@ -264,7 +269,7 @@ def dropout_forward(inp, p, seed, *, out=None):
 def dropout_backward(dout, p, seed, *, dinp=None):
     array(dout, "dout", ("...",), {})
     p, seed = _dropout_args(p, seed)
-    dinp = output(dinp, "dinp", dout.shape)
+    dinp = output(dinp, "dinp", dout.shape, [("dout", dout)], same=("dout",))
     _core.dropout_backward(dinp, dout, dout.size, p, seed)
     return dinp
 
@@ -288,6 +293,8 @@ def _attention_args(q, k, v, key_mask, scale, layout):
     array(k, "k", _heads(layout, "Tk"), d)
     array(v, "v", _heads(layout, "Tk"), d)
     mask = key_mask_bytes(key_mask, d)
+    if d["HS"] == 0:
+        raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
     return d, mask, scale
 
@@ -302,7 +309,7 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
     d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
-    reads = [("q", q), ("k", k), ("v", v)]
+    reads = [("q", q), ("k", k), ("v", v), ("key_mask", key_mask)]
     out = output(out, "out", q.shape, reads)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
     _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["HS"], bool(causal),
@@ -317,7 +324,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     array(out, "out", _heads(layout, "Tq"), d)
     array(dout, "dout", _heads(layout, "Tq"), d)
     array(lse, "lse", ("B", "NH", "Tq"), d)
-    reads = [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout), ("lse", lse)]
+    reads = [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout), ("lse", lse), ("key_mask", key_mask)]
     dq = output(dq, "dq", q.shape, reads)
     dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
     dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
@@ -336,9 +343,9 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     array(params, "params", ("...",), d)
     for name, x in (("grads", grads), ("m", m), ("v", v)):
         _same_shape(x, name, params, "params")
-    output(m, "m", params.shape, [("params", params), ("grads", grads)])
-    output(v, "v", params.shape, [("params", params), ("grads", grads), ("m", m)])
-    output(params, "params", params.shape, [("grads", grads)])
+    output(params, "params", params.shape, [("m", m), ("v", v), ("grads", grads)])
+    output(m, "m", params.shape, [("params", params), ("v", v), ("grads", grads)])
+    output(v, "v", params.shape, [("params", params), ("m", m), ("grads", grads)])
     step = integer(step, "step")
     if step < 1:
         raise ValueError(f"step counts from 1, got {step}")

@@ -22,8 +22,9 @@ def matmul_forward(inp, weight, bias=None):
 def matmul_backward(dout, inp, weight):
     """-> dinp (.., IC), dweight (OC, IC), dbias (OC)."""
     dout = np.asarray(dout, np.float64)
-    inp2 = np.asarray(inp, np.float64).reshape(-1, inp.shape[-1])
-    dout2 = dout.reshape(-1, dout.shape[-1])
+    rows = int(np.prod(inp.shape[:-1]))  # (not -1: a reshape cannot infer it when a size is 0)
+    inp2 = np.asarray(inp, np.float64).reshape(rows, inp.shape[-1])
+    dout2 = dout.reshape(rows, dout.shape[-1])
     return dout @ np.asarray(weight, np.float64), dout2.T @ inp2, dout2.sum(0)
 
 

@@ -60,7 +60,8 @@ class SentenceEncoder:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids, mask = self.tokenizer.batch_encode([sentences[j] for j in idx])
-            hidden = self.model.encode(ids, mask)
+            with self.model.evaluating():  # inference: nothing kept, safe to share across threads
+                hidden = self.model.encode(ids, mask)
             m = mask[:, :, None].astype(np.float32)
             pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -153,6 +153,7 @@ struct TileMask {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
                        bool causal, float scale, bool bthd) {
+  if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
   const Heads heads{NH, HS, bthd};
   const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
@@ -257,6 +258,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
                         int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd) {
+  if (B == 0 || NH == 0 || HS == 0) return;
   const int64_t HSP = round_up(HS, W);
   const Heads heads{NH, HS, bthd};
   const int64_t rs = heads.row_stride();

@@ -41,6 +41,7 @@ inline float row_centered_sumsq(const float* x, float mean, int64_t C) {
 // out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved. Two passes over each row.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int64_t N, int64_t C, float eps) {
+  if (N == 0 || C == 0) return;  // C = 0 is refused by ops.layernorm_forward
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;

@@ -264,6 +264,7 @@ void matmul_forward_small_m(float* out, const float* inp, const float* weight, c
 
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
                     int64_t OC) {
+  if (N == 0 || OC == 0) return;
   if (N < 4) return matmul_forward_small_m(out, inp, weight, bias, N, IC, OC);
   // B (IC, OC) = weight^T: element (k, j) at weight[j * IC + k]
   gemm(N, OC, IC, View{inp, IC, 1}, View{weight, 1, IC}, out, OC, false, bias);

@@ -64,6 +64,7 @@ inline float row_dot(const float* a, const float* b, int64_t C) {
 
 // out (N, C) = softmax(inp) over C
 void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
+  if (N == 0 || C == 0) return;  // nothing to write: never loop over empty rows
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;
@@ -83,6 +84,7 @@ void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
 
 // dinp (N, C) = out * (dout - sum(dout * out)); dinp may alias dout
 void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C) {
+  if (N == 0 || C == 0) return;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
   for (int64_t n = 0; n < N; n++) {
     const float* y = out + n * C;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -18,6 +19,9 @@ _HF_FORMATS: dict = {}
 
 def register_hf_format(model_class, make_format) -> None:
     _HF_FORMATS[model_class] = make_format
+
+
+_STEPS = itertools.count(1)  # thread-safe in CPython: each training-mode forward takes a fresh number
 
 
 class _ShapesOnly(threading.local):
@@ -50,6 +54,34 @@ class Model(Module):
         for m in self.modules():
             if isinstance(m, Dropout):
                 m.rng = self.dropout_rng
+
+    # --- one training step at a time: loss() in training mode, then exactly one backward() --------------------
+    # A forward saves activations in the layers; another one before backward() (another thread's call, a second
+    # loss()) would replace them, and a second backward() would read dlogits that the
+    # first one wrote over the logits. Both raise RuntimeError instead of giving wrong gradients. Eval-mode
+    # Forwards under `with model.evaluating():` (generate, evaluation, attention maps) keep nothing and are never
+    # in the way; eval mode alone (dropout off) still keeps state, so gradients of an eval-mode model work.
+    _step = None       # the forward whose saved state the layers hold
+    _loss_step = None  # the forward a pending loss() was computed from; None when no backward() is due
+
+    def _begin_forward(self) -> None:
+        """Called by each family at the start of a forward; one that keeps state owns the layers' saved state."""
+        if self.keeps_state:
+            self._step = next(_STEPS)
+
+    def _loss_computed(self) -> None:
+        if self.keeps_state:
+            self._loss_step = self._step
+
+    def _begin_backward(self) -> None:
+        if self._loss_step is None:
+            raise RuntimeError("backward() needs a loss() first, once per backward() (a second backward(), or one "
+                               "after a loss() under evaluating(), has nothing to use)")
+        if self._loss_step != self._step:
+            raise RuntimeError("another forward ran between loss() and backward() (another thread, or a second "
+                               "call): its activations replaced the ones this backward() needs; run inference "
+                               "under `with model.evaluating():`, or call loss() again")
+        self._loss_step = None
 
     def zero_grad(self) -> None:
         self.params.zero_grad()
@@ -97,10 +129,16 @@ class Model(Module):
     def attention_maps(self, *inputs, **kwargs) -> np.ndarray:
         """Softmax attention weights (L, NH, Tq, Tk) of every self-attention layer for the first input of the
         batch, recomputed on request (the fused kernel never materialises them)."""
-        with self.evaluating():
-            self._attention_forward(*inputs, **kwargs)
-        layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention) and not m._cross]
-        return np.stack([m.attention_probs()[0] for m in layers])
+        layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
+        for m in layers:
+            m.keep_probs = True
+        try:
+            with self.evaluating():
+                self._attention_forward(*inputs, **kwargs)
+        finally:
+            for m in layers:
+                m.keep_probs = False
+        return np.stack([m.attention_probs()[0] for m in layers if not m._saved[-1]])  # self-attention only
 
     def _attention_forward(self, *inputs, **kwargs):
         return self.forward(*inputs, **kwargs)
@@ -132,23 +170,33 @@ def check_ids(ids, name, max_T=None):
 
 
 class CrossEntropyHead:
-    """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored; keeps what the
-    backward needs and writes dlogits in place over the logits."""
+    """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored. With keep (the model's
+    keeps_state) it keeps what the backward needs and writes dlogits in place over the logits."""
 
-    def loss(self, logits, targets, ignore_index=-100):
+    _saved = None
+
+    def loss(self, logits, targets, ignore_index=-100, keep=True):
         V = logits.shape[-1]
-        self._shape = logits.shape
-        self._logits = logits.reshape(-1, V)
-        self._targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
-        if self._targets.shape[0] != self._logits.shape[0]:
-            raise ValueError(f"targets {targets.shape} do not match logits {logits.shape}")
-        self._ignore = ignore_index
-        loss, _, self._lse = ops.crossentropy_forward(self._logits, self._targets, ignore_index)
+        if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":
+            raise TypeError(f"targets must be an integer numpy array {tuple(logits.shape[:-1])}, got "
+                            f"{getattr(targets, 'dtype', type(targets).__name__)}")
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (one per position), got "
+                             f"{tuple(targets.shape)}")
+        flat_logits = logits.reshape(-1, V)
+        flat_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
+        loss, _, lse = ops.crossentropy_forward(flat_logits, flat_targets, ignore_index)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}: non-finite logits, or every target is ignore_index")
+        if keep:  # (a loss under evaluating() leaves a pending training step's state alone)
+            self._saved = (flat_logits, flat_targets, lse, ignore_index, logits.shape)
         return loss
 
     def backward(self, dloss=1.0):
         """dlogits, in the logits' shape (the logits buffer is overwritten)."""
-        ops.crossentropy_backward(self._logits, self._targets, self._lse, dloss, self._ignore, dlogits=self._logits)
-        return self._logits.reshape(self._shape)
+        if self._saved is None:
+            raise RuntimeError("backward() needs a loss() first, once per backward()")
+        logits, targets, lse, ignore, shape = self._saved
+        self._saved = None  # dlogits now sit where the logits were: a second backward() has nothing to use
+        ops.crossentropy_backward(logits, targets, lse, dloss, ignore, dlogits=logits)
+        return logits.reshape(shape)

@@ -94,11 +94,13 @@ class BERT(Model):
             mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
             if mask.shape != ids.shape:
                 raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
+        self._begin_forward()
         x = ops.residual_forward(self.word.forward(ids), self.token_type.forward(tt))
         x = self.emb_drop.forward(self.emb_ln.forward(self.position.forward(x)))
         for block in self.blocks:
             x = block.forward(x, mask)
-        self._hidden = x
+        if self.keeps_state:
+            self._hidden_shape = x.shape
         return x
 
     def _encoder_backward(self, dhidden):
@@ -138,8 +140,13 @@ class BERT(Model):
 
     def mlm_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
         """Mean cross-entropy over positions whose label != -100 (the masked ones)."""
-        loss = self.head.loss(self.mlm_logits(input_ids, attention_mask, token_type_ids), labels)
-        self._backward_head = self._mlm_backward
+        return self._head_loss(self.mlm_logits(input_ids, attention_mask, token_type_ids), labels, self._mlm_backward)
+
+    def _head_loss(self, logits, labels, head_backward):
+        loss = self.head.loss(logits, labels, keep=self.keeps_state)
+        if self.keeps_state:
+            self._backward_head = head_backward
+        self._loss_computed()
         return loss
 
     def _mlm_backward(self, dlogits):
@@ -148,22 +155,23 @@ class BERT(Model):
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None):
         """tanh(W h[CLS] + b): (B, C)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        self._pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
-        return self._pooled
+        pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
+        if self.keeps_state:
+            self._pooled = pooled
+        return pooled
 
     def classify_logits(self, input_ids, attention_mask=None, token_type_ids=None):
         """[CLS] sequence classification logits (B, num_labels)."""
         return self.cls_head.forward(self.cls_drop.forward(self.pooled(input_ids, attention_mask, token_type_ids)))
 
     def classify_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
-        loss = self.head.loss(self.classify_logits(input_ids, attention_mask, token_type_ids), labels)
-        self._backward_head = self._classify_backward
-        return loss
+        return self._head_loss(self.classify_logits(input_ids, attention_mask, token_type_ids), labels,
+                               self._classify_backward)
 
     def _classify_backward(self, dlogits):
         dpooled = self.cls_drop.backward(self.cls_head.backward(dlogits))
         dcls = self.pooler.backward(np.ascontiguousarray(dpooled * (1.0 - self._pooled * self._pooled)))
-        dhidden = np.zeros_like(self._hidden)
+        dhidden = np.zeros(self._hidden_shape, np.float32)
         dhidden[:, 0] = dcls
         return dhidden
 
@@ -173,15 +181,15 @@ class BERT(Model):
         return self.token_head.forward(self.tok_drop.forward(hidden))
 
     def token_loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
-        loss = self.head.loss(self.token_logits(input_ids, attention_mask, token_type_ids), labels)
-        self._backward_head = lambda d: self.tok_drop.backward(self.token_head.backward(d))
-        return loss
+        return self._head_loss(self.token_logits(input_ids, attention_mask, token_type_ids), labels,
+                               lambda d: self.tok_drop.backward(self.token_head.backward(d)))
 
     def _attention_forward(self, *inputs, **kwargs):
         return self.encode(*inputs, **kwargs)
 
     def backward(self, dloss=1.0):
         """After one of the *_loss calls: accumulate every parameter's gradient."""
+        self._begin_backward()
         self._encoder_backward(self._backward_head(self.head.backward(dloss)))
 
 

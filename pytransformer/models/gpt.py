@@ -84,6 +84,7 @@ class GPT(Model):
         idx = check_ids(idx, "idx", self.config.block_size)
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
+        self._begin_forward()
         x = self.drop.forward(self.wpe.forward(self.wte.forward(idx)))
         for block in self.blocks:
             x = block.forward(x)
@@ -97,13 +98,16 @@ class GPT(Model):
         if (targets is None) == (labels is None):
             raise ValueError("pass exactly one of targets (already shifted) or labels (shifted inside)")
         if labels is not None:
-            labels = np.asarray(labels, np.int64)
+            labels = check_ids(labels, "labels")
             targets = np.full_like(labels, ignore_index)
             targets[:, :-1] = labels[:, 1:]
-        return self.head.loss(self.forward(idx), targets, ignore_index)
+        loss = self.head.loss(self.forward(idx), targets, ignore_index, self.keeps_state)
+        self._loss_computed()
+        return loss
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
+        self._begin_backward()
         dx = self.ln_f.backward(self.lm_head.backward(self.head.backward(dloss)))
         for block in reversed(self.blocks):
             dx = block.backward(dx)

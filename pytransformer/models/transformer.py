@@ -71,17 +71,19 @@ class Transformer(Model):
     def encode(self, src, src_mask=None):
         """-> memory (B, S, C)."""
         src = check_ids(src, "src", self.config.max_len)
-        self._src_mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        self._begin_forward()
         x = self.src_emb.forward(src) * self.scale
         x = self.src_drop.forward(self.src_pos.forward(x))
         for block in self.encoder:
-            x = block.forward(x, self._src_mask)
+            x = block.forward(x, mask)
         return x
 
     def decode(self, tgt_in, memory, src_mask=None):
         """-> logits (B, T, V_tgt) for target inputs (shifted right, starting with BOS)."""
         tgt_in = check_ids(tgt_in, "tgt", self.config.max_len)
         mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        self._begin_forward()
         y = self.tgt_emb.forward(tgt_in) * self.scale
         y = self.tgt_drop.forward(self.tgt_pos.forward(y))
         for block in self.decoder:
@@ -95,9 +97,12 @@ class Transformer(Model):
 
     def loss(self, src, tgt_in, tgt_out, src_mask=None, ignore_index=-100):
         """Mean cross-entropy of predicting tgt_out (B, T) from tgt_in (teacher forcing)."""
-        return self.head.loss(self.forward(src, tgt_in, src_mask), tgt_out, ignore_index)
+        loss = self.head.loss(self.forward(src, tgt_in, src_mask), tgt_out, ignore_index, self.keeps_state)
+        self._loss_computed()
+        return loss
 
     def backward(self, dloss=1.0):
+        self._begin_backward()
         dy = self.out.backward(self.head.backward(dloss))
         dmemory = None
         for block in reversed(self.decoder):

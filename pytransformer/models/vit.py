@@ -53,11 +53,14 @@ class ViT(Model):
 
     def encode(self, pixel_values):
         """-> last hidden state after the final LayerNorm (B, 1 + patches, C)."""
+        self._begin_forward()
         x = self.drop.forward(self.pos.forward(self.patch.forward(pixel_values)))
         for block in self.blocks:
             x = block.forward(x)
-        self._hidden = self.ln.forward(x)
-        return self._hidden
+        hidden = self.ln.forward(x)
+        if self.keeps_state:
+            self._hidden_shape = hidden.shape
+        return hidden
 
     def forward(self, pixel_values):
         """-> logits (B, num_labels), or the last hidden state (B, 1 + patches, C) without a head."""
@@ -70,14 +73,17 @@ class ViT(Model):
     def loss(self, pixel_values, labels):
         if self.classifier is None:
             raise ValueError("this ViT has no classification head (num_labels = 0)")
-        return self.head.loss(self.forward(pixel_values), labels)
+        loss = self.head.loss(self.forward(pixel_values), labels, keep=self.keeps_state)
+        self._loss_computed()
+        return loss
 
     def _attention_forward(self, *inputs, **kwargs):
         return self.encode(*inputs, **kwargs)
 
     def backward(self, dloss=1.0):
+        self._begin_backward()
         dcls = self.classifier.backward(self.head.backward(dloss))
-        d = np.zeros_like(self._hidden)
+        d = np.zeros(self._hidden_shape, np.float32)
         d[:, 0] = dcls
         d = self.ln.backward(d)
         for block in reversed(self.blocks):

@@ -62,30 +62,33 @@ class MultiHeadAttention(Module):
             dkv = dkv.reshape(B, T, self.NKV, self.NH // self.NKV, self.HS).sum(axis=3)
         return np.ascontiguousarray(dkv.reshape(B, T, self.NKV * self.HS))
 
+    _saved = None
+    keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)
+
     def forward(self, x, memory=None, key_mask=None):
         kv = x if memory is None else memory
-        self._cross = memory is not None
         q = heads(self.q.forward(x), self.NH)
         k = self._expand(heads(self.k.forward(kv), self.NKV))
         v = self._expand(heads(self.v.forward(kv), self.NKV))
         out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
-        self._saved = (q, k, v, out, lse, key_mask)
+        if self.keeps_state or self.keep_probs:
+            self._saved = (q, k, v, out, lse, key_mask, memory is not None)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):
-        q, k, v, out, lse, key_mask = self._saved
+        q, k, v, out, lse, key_mask, cross = self.saved(self._saved)
         dattn = heads(self.o.backward(dout), self.NH)
         dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, layout="bthd")
         dx = self.q.backward(merge_heads(dq))
         dkv = self.k.backward(self._reduce(dk))
         ops.add_into(dkv, self.v.backward(self._reduce(dv)))
-        if self._cross:
+        if cross:
             return dx, dkv
         return ops.add_into(dx, dkv)
 
     def attention_probs(self):
         """The softmax weights (B, NH, Tq, Tk) of the last forward, recomputed on request (float32)."""
-        q, k, _, _, _, key_mask = self._saved
+        q, k, _, _, _, key_mask, _ = self.saved(self._saved, "attention_probs")
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, NH, T, HS)
         Tq, Tk, HS = q.shape[2], k.shape[2], q.shape[3]
         s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(HS))

@@ -21,12 +21,15 @@ class Linear(Module):
         self.weight = Parameter((out_features, in_features), normal(std))
         self.bias = Parameter((out_features,), zeros) if bias else None
 
+    _x = None
+
     def forward(self, x):
-        self._x = x
+        if self.keeps_state:
+            self._x = x
         return ops.matmul_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
 
     def backward(self, dout):
-        dx, _, _ = ops.matmul_backward(dout, self._x, self.weight.data, dweight=self.weight.grad,
+        dx, _, _ = ops.matmul_backward(dout, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=self.bias.grad if self.bias is not None else None,
                                        compute_dbias=self.bias is not None)
         return dx
@@ -42,12 +45,15 @@ class TiedLMHead(Module):
         self.weight = table
         self.bias = bias
 
+    _x = None
+
     def forward(self, x):
-        self._x = x
+        if self.keeps_state:
+            self._x = x
         return ops.matmul_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, dlogits):
-        dx, _, _ = ops.matmul_backward(dlogits, self._x, self.weight.data, dweight=self.weight.grad,
+        dx, _, _ = ops.matmul_backward(dlogits, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=None if self.bias is None else self.bias.grad,
                                        compute_dbias=self.bias is not None)
         return dx
@@ -61,14 +67,18 @@ class LayerNorm(Module):
         self.bias = Parameter((C,), zeros)
         self.eps = eps
 
+    _saved = None
+
     def forward(self, x):
-        out, self._mean, self._rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
-        self._x = x
+        out, mean, rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
+        if self.keeps_state:
+            self._saved = (x, mean, rstd)
         return out
 
     def backward(self, dout):
-        dx, _, _ = ops.layernorm_backward(dout, self._x, self.weight.data, self._mean, self._rstd,
-                                          dweight=self.weight.grad, dbias=self.bias.grad)
+        x, mean, rstd = self.saved(self._saved)
+        dx, _, _ = ops.layernorm_backward(dout, x, self.weight.data, mean, rstd, dweight=self.weight.grad,
+                                          dbias=self.bias.grad)
         return dx
 
 
@@ -78,12 +88,15 @@ class Embedding(Module):
     def __init__(self, V: int, C: int, std: float = 0.02):
         self.weight = Parameter((V, C), normal(std))
 
+    _ids = None
+
     def forward(self, ids):
-        self._ids = ids
+        if self.keeps_state:
+            self._ids = ids
         return ops.embedding_forward(ids, self.weight.data)
 
     def backward(self, dout):
-        ops.embedding_backward(dout, self._ids, self.weight.shape[0], dtable=self.weight.grad)
+        ops.embedding_backward(dout, self.saved(self._ids), self.weight.shape[0], dtable=self.weight.grad)
         return None  # ids have no gradient
 
 
@@ -140,16 +153,20 @@ class Activation(Module):
             raise ValueError(f"activation must be 'gelu', 'gelu_exact' or 'relu', got {kind!r}")
         self.kind = kind
 
+    _x = None
+
     def forward(self, x):
-        self._x = x
+        if self.keeps_state:
+            self._x = x
         if self.kind == "relu":
             return ops.relu_forward(x)
         return ops.gelu_forward(x, "tanh" if self.kind == "gelu" else "none")
 
     def backward(self, dout):
+        x = self.saved(self._x)
         if self.kind == "relu":
-            return ops.relu_backward(dout, self._x)
-        return ops.gelu_backward(dout, self._x, "tanh" if self.kind == "gelu" else "none")
+            return ops.relu_backward(dout, x)
+        return ops.gelu_backward(dout, x, "tanh" if self.kind == "gelu" else "none")
 
 
 class Dropout(Module):
@@ -164,7 +181,9 @@ class Dropout(Module):
         self._seed = None
 
     def forward(self, x):
-        if not self.training or self.p == 0.0:
+        if not self.training:
+            return x
+        if self.p == 0.0:
             self._seed = None
             return x
         if self.rng is None:

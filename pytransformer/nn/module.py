@@ -9,6 +9,7 @@ stored once, and its gradient accumulates from both uses.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -45,11 +46,40 @@ class Parameter:
         return f"Parameter{self.shape}"
 
 
+# Per thread: the ids of the modules that `evaluating()` holds in eval mode in this thread (other threads see the
+# modules' own flag), so that inference in one thread never changes what a training step in another computes.
+_local = threading.local()
+
+
 class Module:
     """Base of every layer: forward(...) keeps what backward needs; backward(dout) returns input gradients and
-    accumulates parameter gradients into Parameter.grad."""
+    accumulates parameter gradients into Parameter.grad.
 
-    training = True
+    Two switches, as in torch: `train()` / `eval()` (dropout on or off; the module's own flag, every thread sees
+    it) and `with module.evaluating():` (this thread only, like torch.inference_mode: eval mode, and forwards keep
+    nothing for backward, so threads may run inference on one model while another trains it)."""
+
+    _training = True
+
+    @property
+    def training(self) -> bool:
+        return self._training and id(self) not in getattr(_local, "evaluating", ())
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether a forward saves what backward needs: always, except under evaluating() in this thread."""
+        return id(self) not in getattr(_local, "evaluating", ())
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self._training = bool(mode)
+
+    def saved(self, value, what="backward"):
+        """A forward's saved value, or a RuntimeError when there is none (no training-mode forward ran)."""
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}() needs a forward first (a forward under "
+                               "evaluating() keeps nothing)")
+        return value
 
     def children(self) -> Iterator[tuple[str, "Module"]]:
         for name, value in vars(self).items():
@@ -90,13 +120,15 @@ class Module:
 
     @contextmanager
     def evaluating(self):
-        """`with model.evaluating():` runs the body in eval mode and restores the training flag after."""
-        was = self.training
-        self.eval()
+        """`with model.evaluating():` runs the body for inference in this thread only: eval mode (no dropout, the
+        dropout RNG untouched) and nothing kept for backward; other threads (a training loop) still see the
+        model's own mode and state."""
+        before = getattr(_local, "evaluating", frozenset())
+        _local.evaluating = before | {id(m) for m in self.modules()}
         try:
             yield self
         finally:
-            self.train(was)
+            _local.evaluating = before
 
 
 class FlatParameters:

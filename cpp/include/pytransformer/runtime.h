@@ -7,4 +7,6 @@ bool have_openmp();
 // thread) and OMP_NUM_THREADS are honoured through omp_get_max_threads().
 int num_threads();
 void set_num_threads(int n);  // throws std::invalid_argument for n < 1
+// True in a child process made by fork() after this module loaded: kernels then run on one thread.
+bool in_forked_child();
 }  // namespace pt
