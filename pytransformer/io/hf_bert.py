@@ -4,8 +4,8 @@ One table of rules; the masked-LM decoder weight is tied to the word embedding (
 from __future__ import annotations
 
 from ..models.bert import BERT, BertConfig
-from .hf_common import (HFLayout, NameMap, check_activation, detect_prefix, labels, load, rule,
-                        weight_and_bias)
+from .hf_common import (MAX_LAYERS, HFLayout, NameMap, check_activation, detect_prefix, divisible, float_field,
+                        int_field, label_count, labels, load, rule, weight_and_bias)
 
 PREFIX = "bert."
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
@@ -21,14 +21,17 @@ def from_hf(cfg: dict, tensors: dict):
     check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     arch = (cfg.get("architectures") or ["BertModel"])[0]
     prefix = detect_prefix(tensors, PREFIX)
-    num_labels = (len(cfg.get("id2label", {})) or 2) if arch == "BertForSequenceClassification" else 0
-    config = BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-                        intermediate_size=cfg["intermediate_size"],
-                        max_position_embeddings=cfg["max_position_embeddings"],
-                        type_vocab_size=cfg.get("type_vocab_size", 2), layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
+    num_labels = label_count(cfg) if arch == "BertForSequenceClassification" else 0
+    config = BertConfig(vocab_size=int_field(cfg, "vocab_size"), hidden_size=int_field(cfg, "hidden_size"),
+                        num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                        num_attention_heads=int_field(cfg, "num_attention_heads"),
+                        intermediate_size=int_field(cfg, "intermediate_size"),
+                        max_position_embeddings=int_field(cfg, "max_position_embeddings"),
+                        type_vocab_size=int_field(cfg, "type_vocab_size", default=2),
+                        layer_norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
                         hidden_dropout_prob=0.0, num_labels=num_labels, mlm=arch == "BertForMaskedLM",
                         pooler=any(k.startswith(prefix + "pooler.") for k in tensors))
+    divisible(cfg, "hidden_size", "num_attention_heads")
     return config, prefix
 
 
@@ -65,6 +68,6 @@ def to_hf(c: BertConfig):
 LAYOUT = HFLayout("bert", ARCHITECTURES, from_hf, names, to_hf)
 
 
-def load_bert(path) -> BERT:
+def load_bert(path, mmap=True) -> BERT:
     """A BERT from a Hugging Face folder (BertModel, BertForMaskedLM or BertForSequenceClassification)."""
-    return load(LAYOUT, BERT, path)
+    return load(LAYOUT, BERT, path, mmap)

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..models.base import parameter_shapes
 from .safetensors import atomic_write, load_file, save_file
 
 
@@ -18,27 +19,79 @@ def read_config(path) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{path}: no config.json")
-    with open(cfg_path) as f:
-        return json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{cfg_path}: nested too deeply to be a config") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path}: must be a JSON object, got {type(config).__name__}")
+    return config
 
 
-def read_folder(path):
-    """-> (config dict, {name: array}) from config.json and model.safetensors or model.safetensors.index.json."""
+def read_folder(path, mmap=True):
+    """-> (config dict, {name: array}) from config.json and model.safetensors or model.safetensors.index.json.
+    mmap=False reads the weights into private memory (see safetensors.load_file)."""
     config = read_config(path)
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(single):
-        return config, load_file(single)
+        return config, load_file(single, mmap=mmap)
     if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+            weight_map = None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: expected a JSON object with a weight_map of tensor name -> shard file")
         tensors = {}
-        for shard in shards:
-            if os.path.basename(shard) != shard:
+        for shard in sorted(set(weight_map.values())):
+            if os.path.basename(shard) != shard or not shard:
                 raise ValueError(f"{index}: shard name {shard!r} must be a file in the folder")
-            tensors.update(load_file(os.path.join(path, shard)))
+            tensors.update(load_file(os.path.join(path, shard), mmap=mmap))
         return config, tensors
     raise ValueError(f"{path}: no model.safetensors (or sharded index) found")
+
+
+# --- config.json fields, checked before anything is built ---------------------------------------------------------
+
+MAX_LAYERS = 4096   # far above any real model (GPT-3 175B has 96); a claim past it is refused before a build
+MAX_SIZE = 2**31 - 1
+_MISSING = object()
+
+
+def int_field(cfg: dict, name: str, lo: int = 1, hi: int = MAX_SIZE, default=_MISSING) -> int:
+    value = cfg.get(name, default)
+    if value is _MISSING:
+        raise ValueError(f"config.json has no {name}")
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"config.json: {name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def float_field(cfg: dict, name: str, lo: float, hi: float, default=_MISSING) -> float:
+    value = cfg.get(name, default)
+    if value is _MISSING:
+        raise ValueError(f"config.json has no {name}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value < hi:
+        raise ValueError(f"config.json: {name} must be a number in ({lo}, {hi}), got {value!r}")
+    return float(value)
+
+
+def label_count(cfg: dict) -> int:
+    """The classes of a classification head: len(id2label), else num_labels, else 2 (transformers' default)."""
+    id2label = cfg.get("id2label", {})
+    if not isinstance(id2label, dict):
+        raise ValueError(f"config.json: id2label must be an object, got {type(id2label).__name__}")
+    return len(id2label) or int_field(cfg, "num_labels", default=2)
+
+
+def divisible(cfg: dict, width: str, heads: str) -> None:
+    if cfg[width] % cfg[heads]:
+        raise ValueError(f"config.json: {width} {cfg[width]} must be a multiple of {heads} {cfg[heads]}")
 
 
 # --- layouts: how our tensors (one or several) become one Hugging Face tensor, and back --------------------------
@@ -148,7 +201,7 @@ def detect_prefix(tensors: dict, prefix: str) -> str:
 
 def check_activation(config: dict, key: str, allowed, default):
     act = config.get(key, default)
-    if act not in allowed:
+    if not isinstance(act, str) or act not in allowed:
         raise ValueError(f"{key} {act!r} is not supported (expected one of {tuple(allowed)})")
 
 
@@ -200,14 +253,18 @@ class HFFormat:
         atomic_write(os.path.join(folder, "config.json"), [json.dumps(self.config, indent=2).encode()])
 
 
-def load(layout: HFLayout, model_class, path):
-    """A model of model_class from a Hugging Face folder in this layout, in eval mode."""
-    config_json, tensors = read_folder(path)
-    arch = (config_json.get("architectures") or [layout.architectures[0]])[0]
+def load(layout: HFLayout, model_class, path, mmap=True):
+    """A model of model_class from a Hugging Face folder in this layout, in eval mode. Everything is checked
+    before the model is allocated: config.json's fields (types, ranges), then every tensor the config implies
+    against the file's (names and sizes, from a shapes-only build of the model)."""
+    config_json, tensors = read_folder(path, mmap)
+    arch = (config_json.get("architectures") or [layout.architectures[0]])
+    arch = arch[0] if isinstance(arch, list) else arch
     if arch not in layout.architectures:
         raise ValueError(f"unsupported {layout.model_type} architecture {arch!r} "
                          f"(supported: {', '.join(layout.architectures)})")
     config, prefix = layout.from_hf(config_json, tensors)
+    ours = layout.names(config, prefix).to_ours(tensors, parameter_shapes(model_class, config))
     model = model_class(config)
-    model.load_params(layout.names(config, prefix).to_ours(tensors, shapes_of(model)))
+    model.load_params(ours)
     return model.eval()

@@ -8,16 +8,19 @@ tied to wte (not stored twice).
 from __future__ import annotations
 
 from ..models.gpt import GPT, GPTConfig
-from .hf_common import TRANSPOSED, Fused, HFLayout, NameMap, check_activation, detect_prefix, load, rule
+from .hf_common import (MAX_LAYERS, TRANSPOSED, Fused, HFLayout, NameMap, check_activation, detect_prefix, divisible,
+                        float_field, int_field, load, rule)
 
 PREFIX = "transformer."
 
 
 def from_hf(cfg: dict, tensors: dict):
     check_activation(cfg, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
-    config = GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["n_positions"], n_layer=cfg["n_layer"],
-                       n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0,
-                       layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5))
+    config = GPTConfig(vocab_size=int_field(cfg, "vocab_size"), block_size=int_field(cfg, "n_positions"),
+                       n_layer=int_field(cfg, "n_layer", hi=MAX_LAYERS), n_head=int_field(cfg, "n_head"),
+                       n_embd=int_field(cfg, "n_embd"), dropout=0.0,
+                       layer_norm_eps=float_field(cfg, "layer_norm_epsilon", 0.0, 1.0, 1e-5))
+    divisible(cfg, "n_embd", "n_head")
     return config, detect_prefix(tensors, PREFIX)
 
 
@@ -52,6 +55,6 @@ def to_hf(c: GPTConfig):
 LAYOUT = HFLayout("gpt2", ("GPT2LMHeadModel", "GPT2Model"), from_hf, names, to_hf)
 
 
-def load_gpt2(path) -> GPT:
+def load_gpt2(path, mmap=True) -> GPT:
     """A GPT from a Hugging Face GPT-2 folder (config.json + model.safetensors or a sharded index)."""
-    return load(LAYOUT, GPT, path)
+    return load(LAYOUT, GPT, path, mmap)

@@ -4,8 +4,8 @@ patch projection is a stride-p convolution there (C, channels, p, p) and a Linea
 from __future__ import annotations
 
 from ..models.vit import ViT, ViTConfig
-from .hf_common import (HFLayout, NameMap, Same, check_activation, detect_prefix, labels, load, rule,
-                        weight_and_bias)
+from .hf_common import (MAX_LAYERS, HFLayout, NameMap, Same, check_activation, detect_prefix, divisible, float_field,
+                        int_field, label_count, labels, load, rule, weight_and_bias)
 
 PREFIX = "vit."
 
@@ -18,11 +18,15 @@ LAYER_PARTS = (("layernorm_before", "attn.ln"), ("attention.attention.query", "a
 def from_hf(cfg: dict, tensors: dict):
     check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     has_head = "classifier.weight" in tensors
-    config = ViTConfig(image_size=cfg["image_size"], patch_size=cfg["patch_size"],
-                       num_channels=cfg.get("num_channels", 3), hidden_size=cfg["hidden_size"],
-                       num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-                       intermediate_size=cfg["intermediate_size"], layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
-                       num_labels=(len(cfg.get("id2label", {})) or cfg.get("num_labels", 2)) if has_head else 0)
+    config = ViTConfig(image_size=int_field(cfg, "image_size"), patch_size=int_field(cfg, "patch_size"),
+                       num_channels=int_field(cfg, "num_channels", default=3), hidden_size=int_field(cfg, "hidden_size"),
+                       num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                       num_attention_heads=int_field(cfg, "num_attention_heads"),
+                       intermediate_size=int_field(cfg, "intermediate_size"),
+                       layer_norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
+                       num_labels=label_count(cfg) if has_head else 0)
+    divisible(cfg, "hidden_size", "num_attention_heads")
+    divisible(cfg, "image_size", "patch_size")
     return config, detect_prefix(tensors, PREFIX)
 
 
@@ -55,5 +59,5 @@ def to_hf(c: ViTConfig):
 LAYOUT = HFLayout("vit", ("ViTModel", "ViTForImageClassification"), from_hf, names, to_hf)
 
 
-def load_vit(path) -> ViT:
-    return load(LAYOUT, ViT, path)
+def load_vit(path, mmap=True) -> ViT:
+    return load(LAYOUT, ViT, path, mmap)

@@ -15,6 +15,7 @@ import mmap
 import os
 import struct
 import tempfile
+import threading
 
 import numpy as np
 
@@ -43,6 +44,8 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
         header = json.loads(raw[8: 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{where}header is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{where}header JSON is nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise ValueError(f"{where}header must be a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
@@ -87,9 +90,13 @@ def _to_array(buf, dtype, shape, begin, end):
     return raw.reshape(shape)
 
 
-def load_file(path, names=None) -> dict:
-    """name -> numpy array. F32 (and integer) tensors are read-only views of the mapped file."""
-    tensors, _, data, buf = _open(path)
+def load_file(path, names=None, mmap=True) -> dict:
+    """name -> numpy array. F32 (and integer) tensors are read-only views of the mapped file.
+
+    A mapped file must stay whole while its arrays live: if another process truncates it, touching a page past
+    the new end kills the process with SIGBUS (no Python error can be raised then). mmap=False reads the file
+    into private memory instead (it costs the file's size in RAM, and any later change to the file is unseen)."""
+    tensors, _, data, buf = _open(path, mmap)
     out = {}
     for name, (dtype, shape, begin, end) in tensors.items():
         if names is None or name in names:
@@ -101,7 +108,7 @@ def read_metadata(path) -> dict:
     return _open(path)[1]
 
 
-def _open(path):
+def _open(path, use_mmap=True):
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -110,7 +117,15 @@ def _open(path):
             (n,) = struct.unpack("<Q", head)
             head += f.read(min(n, MAX_HEADER, max(size - 8, 0)))
         tensors, metadata, data = parse_header(head, size, path)
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else b""
+        if size == 0:
+            buf = b""
+        elif use_mmap:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            f.seek(0)
+            buf = f.read()
+            if len(buf) != size:
+                raise ValueError(f"{path}: the file changed size while it was read ({size} -> {len(buf)} bytes)")
     return tensors, metadata, data, buf
 
 
@@ -136,12 +151,20 @@ def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
     atomic_write(path, [struct.pack("<Q", len(raw)), raw] + [a.reshape(-1).view(np.uint8).data for a in blobs])
 
 
+TEMP_PREFIX = ".tmp-"
+
+
 def atomic_write(path, chunks) -> None:
-    """Write byte chunks to a temporary file beside `path`, fsync, then rename it over `path`."""
+    """Write byte chunks to a temporary file beside `path`, fsync, then rename it over `path`. The file gets the
+    usual mode for a new file (0666 less the umask). Temporary files that a killed writer of the same path left
+    behind (their process is gone) are removed first."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    base = os.path.basename(path)
+    _remove_stale_temporaries(folder, base)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{base}.{os.getpid()}.", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -152,3 +175,40 @@ def atomic_write(path, chunks) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _remove_stale_temporaries(folder, base):
+    prefix = f"{TEMP_PREFIX}{base}."
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _alive(pid) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    with _umask_lock:  # the only portable read of the umask sets it; put it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 
 import numpy as np
@@ -31,15 +32,20 @@ class _ShapesOnly(threading.local):
 _shapes_only = _ShapesOnly()
 
 
-def count_parameters(model_class, config) -> int:
-    """The parameter count of model_class(config), from its module tree's shapes alone: nothing is allocated
-    (so a 175B-parameter config counts in microseconds). Tied parameters count once, as in the built model."""
+def parameter_shapes(model_class, config) -> dict:
+    """{name: shape} of model_class(config)'s parameters, from its module tree alone: nothing is allocated (a
+    175B-parameter config is described in milliseconds). Tied parameters appear once, as in the built model."""
     _shapes_only.active = True
     try:
         model = model_class(config)
     finally:
         _shapes_only.active = False
-    return sum(p.size for _, p in model.named_parameters())
+    return {name: p.shape for name, p in model.named_parameters()}
+
+
+def count_parameters(model_class, config) -> int:
+    """The parameter count of model_class(config), without allocating it."""
+    return sum(math.prod(shape) for shape in parameter_shapes(model_class, config).values())
 
 
 class Model(Module):

@@ -121,3 +121,43 @@ def test_fuzzed_files_never_crash(tmp_path):
             pass
 
     mutate()
+
+
+def test_a_writer_killed_mid_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "ckpt.safetensors"
+    code = ("import time, sys; from pytransformer.io.safetensors import atomic_write\n"
+            "def chunks():\n    yield b'x' * 1000000\n    sys.stdout.write('writing\\n'); sys.stdout.flush()\n"
+            "    time.sleep(60)\n    yield b'y'\n"
+            f"atomic_write({str(target)!r}, chunks())\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    while child.stdout.readline().strip() != "writing":  # (an editable install's rebuild may print first)
+        pass
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    assert leftovers and not target.exists()  # the kill left a temporary, never a half-written target
+    from pytransformer.io import save_file
+    save_file({"a": np.ones(3, np.float32)}, target)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from pytransformer.io import save_file
+    old = os.umask(0o027)
+    try:
+        save_file({"a": np.ones(3, np.float32)}, tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.safetensors").st_mode) == 0o640
+    save_file({"a": np.ones(3, np.float32)}, tmp_path / "b.safetensors")
+    assert stat.S_IMODE(os.stat(tmp_path / "b.safetensors").st_mode) == 0o666 & ~old
