@@ -35,6 +35,8 @@ if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")) and "
 
 import numpy as np  # noqa: E402
 
+# threads pinned means pinned: no load-adaptive team size while timing against peers that have none
+os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")
 import pytransformer  # noqa: E402
 from pytransformer import opcases, ops  # noqa: E402
 

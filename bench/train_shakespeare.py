@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")  # pinned threads, like the torch side
 import numpy as np
 
 import pytransformer

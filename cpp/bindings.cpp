@@ -89,6 +89,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &pt::num_threads);
   m.def("set_num_threads", &pt::set_num_threads, arg("n"));
   m.def("in_forked_child", &pt::in_forked_child, "True in a child made by fork(): kernels run on one thread");
+  m.def("threads_capped_by_load", &pt::threads_capped_by_load,
+        "True while a busy machine has kernels running on one thread (load-adaptive team size)");
   m.def("have_amx", &pt::have_amx, "AMX-BF16 usable here (CPU, OS permission, build)");
   m.def("amx_probe", [](int64_t iters) {
     check_nonneg({iters});

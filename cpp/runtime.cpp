@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -29,6 +31,68 @@ void on_fork_child() { g_forked.store(true, std::memory_order_relaxed); }
 
 bool in_forked_child() { return g_forked.load(std::memory_order_relaxed); }
 
+#ifdef PT_HAVE_OPENMP
+namespace {
+// Load-adaptive team size. On a machine where other processes keep cores busy, a team member that the OS has
+// descheduled holds every parallel region at its barrier for a time slice: two threads then run slower than one
+// (a GPT training step 1.5x, decoding 1.8x slower on 2 cores with one busy, bench/contention.py). So every
+// kProbeEvery one caller times a few empty regions of the full team; if any took longer than kLate (a member
+// was not running), kernels use one thread until the next probe, kRecheck later. On a quiet machine a probe
+// costs a few microseconds per kProbeEvery. PYTRANSFORMER_ADAPTIVE_THREADS=0 turns it off.
+constexpr int64_t kProbeEvery = 50'000'000;   // ns
+constexpr int64_t kRecheck = 1'000'000'000;   // ns
+constexpr int64_t kLate = 200'000;            // ns: far above a quiet fork/join (1-50 us, futex wake included)
+constexpr int kProbes = 4;
+
+std::atomic<int64_t> g_next_probe{0};
+std::atomic<bool> g_probing{false};
+std::atomic<bool> g_capped{false};
+const bool g_adaptive = [] {
+  const char* v = std::getenv("PYTRANSFORMER_ADAPTIVE_THREADS");
+  return !(v && std::string(v) == "0");
+}();
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool team_is_late(int n) {
+#pragma omp parallel num_threads(n)
+  { __asm__ __volatile__("" ::: "memory"); }  // untimed: the first region of a team creates its threads
+  for (int i = 0; i < kProbes; i++) {
+    const int64_t t0 = now_ns();
+#pragma omp parallel num_threads(n)
+    { __asm__ __volatile__("" ::: "memory"); }
+    if (now_ns() - t0 > kLate) return true;
+  }
+  return false;
+}
+
+int adapt(int n) {
+  const int64_t now = now_ns();
+  if (now >= g_next_probe.load(std::memory_order_relaxed) && !omp_in_parallel()) {
+    bool idle = false;
+    if (g_probing.compare_exchange_strong(idle, true)) {  // one caller probes; the others keep the last verdict
+      const bool late = team_is_late(n);
+      g_capped.store(late, std::memory_order_relaxed);
+      g_next_probe.store(now_ns() + (late ? kRecheck : kProbeEvery), std::memory_order_relaxed);
+      g_probing.store(false);
+    }
+  }
+  return g_capped.load(std::memory_order_relaxed) ? 1 : n;
+}
+}  // namespace
+#endif
+
+bool threads_capped_by_load() {
+#ifdef PT_HAVE_OPENMP
+  return g_capped.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
 bool have_openmp() {
 #ifdef PT_HAVE_OPENMP
   return true;
@@ -43,6 +107,15 @@ int num_threads() {
   int n = omp_get_max_threads();
   int cap = g_threads.load(std::memory_order_relaxed);
   return cap > 0 ? std::min(n, cap) : n;
+#else
+  return 1;
+#endif
+}
+
+int kernel_threads() {
+#ifdef PT_HAVE_OPENMP
+  const int n = num_threads();
+  return n > 1 && g_adaptive ? adapt(n) : n;
 #else
   return 1;
 #endif

@@ -83,3 +83,56 @@ def test_set_num_threads_rejects_nonsense():
         pytransformer.set_num_threads(0)
     with pytest.raises(TypeError):
         pytransformer.set_num_threads(1.5)
+
+
+def _outputs(case, seed):
+    from pytransformer import opcases  # noqa: F401  (the registry's own ours())
+
+    x = case.make(np.random.default_rng(seed))
+    return case.spec.ours(x, case.o)
+
+
+def test_every_op_case_is_bit_identical_for_any_thread_count(restore_threads):
+    """Reductions never depend on the team size (it may change with the machine's load): every registry case,
+    forward and backward, gives the same bits on 1 and 2 threads. So a resumed run continues bit-exactly at any
+    thread count."""
+    from pytransformer import opcases
+
+    big = [c for c in opcases.cases("test") if c.op in ("layernorm", "crossentropy", "matmul", "attention",
+                                                         "embedding", "softmax", "sum_squares", "adamw", "gelu")]
+    big.append(opcases.case("layernorm", N=4096, C=512))
+    big.append(opcases.case("crossentropy", N=2048, V=300))
+    for case in big:
+        pytransformer.set_num_threads(1)
+        one = _outputs(case, 3)
+        pytransformer.set_num_threads(2)
+        two = _outputs(case, 3)
+        for name in one:
+            np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(two[name]), err_msg=f"{case.label} {name}")
+
+
+def test_a_busy_machine_caps_kernels_at_one_thread_and_a_quiet_one_lets_them_go(restore_threads):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if (os.cpu_count() or 1) < 2 or pytransformer.get_num_threads() < 2 or not pytransformer.cpu_info()["openmp"]:
+        pytest.skip("needs two threads")
+    x = np.ones((256, 256), np.float32)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count())]
+    try:
+        capped, deadline = False, time.time() + 10
+        while not capped and time.time() < deadline:
+            ops.matmul_forward(x, x)
+            capped = pytransformer.cpu_info()["capped_by_load"]
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert capped, "every core was busy, yet the kernels kept a team of two"
+    deadline = time.time() + 10
+    while pytransformer.cpu_info()["capped_by_load"] and time.time() < deadline:
+        ops.matmul_forward(x, x)
+        time.sleep(0.05)
+    assert not pytransformer.cpu_info()["capped_by_load"], "the machine is quiet again, yet kernels stay on one thread"

@@ -159,7 +159,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   const int64_t offset = Tk - Tq;
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
-#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
+#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
   for (int64_t t = 0; t < ntasks; t++) {
     [[maybe_unused]] const TileUse tiles;
     const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
@@ -264,7 +264,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
   const int64_t ntasks = B * NH;
-#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1)
+#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
   for (int64_t bh = 0; bh < ntasks; bh++) {
     [[maybe_unused]] const TileUse tiles;
     const int64_t b = bh / NH, h = bh % NH;

@@ -8,7 +8,7 @@ using namespace simd;
 // out (N, C) = table (V, C)[ids (N)]; ids are checked to lie in [0, V) by the caller.
 void embedding_forward(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V, int64_t C) {
   if (N == 0 || C == 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 16384)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
   for (int64_t n = 0; n < N; n++) std::memcpy(out + n * C, table + ids[n] * C, C * sizeof(float));
 }
 
@@ -16,7 +16,7 @@ void embedding_forward(float* out, const int64_t* ids, const float* table, int64
 // repeated ids never race and the summation order (rows in order) is the same for any thread count.
 void embedding_backward(float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V, int64_t C) {
   if (N == 0 || C == 0) return;  // (the slice width divides by C)
-  const int64_t nt = (N * C > 16384) ? threads() : 1;
+  const int64_t nt = (N * C >= kParallelElements) ? threads() : 1;
   // column slices of whole vectors, at least 4 vectors wide
   int64_t slice = (C + nt - 1) / nt;
   slice = (slice + 4 * W - 1) / (4 * W) * (4 * W);

@@ -1,4 +1,5 @@
 // LayerNorm over the last axis, forward and backward.
+#include <algorithm>
 #include <cstring>
 
 #include "simd.h"
@@ -42,7 +43,7 @@ inline float row_centered_sumsq(const float* x, float mean, int64_t C) {
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int64_t N, int64_t C, float eps) {
   if (N == 0 || C == 0) return;  // C = 0 is refused by ops.layernorm_forward
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;
     float* y = out + n * C;
@@ -68,75 +69,67 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   }
 }
 
-// dinp (N, C) overwritten; dweight, dbias (C) accumulated. Per-thread partial sums of dweight/dbias are
-// reduced in a fixed order, so results are deterministic for a given thread count.
+// dinp (N, C) overwritten; dweight, dbias (C) accumulated. dweight/dbias are summed per block of rows (the
+// blocks depend on N alone) and the block sums added in block order, so the result is bit-identical for any
+// thread count (the team size may change with the machine's load, runtime.cpp).
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
-  const int nt = (N * C > 4096) ? threads() : 1;
+  const int nt = (N * C >= kParallelElements) ? threads() : 1;
+  const int64_t rows = std::max<int64_t>(16, (N + 63) / 64), nblocks = (N + rows - 1) / rows;  // <= 64 blocks
   static thread_local ScratchBuffer buf;  // the calling thread's, shared by its team
-  float* partial = buf.floats((size_t)nt * 2 * C);  // [thread][dweight | dbias]
+  float* partial = buf.floats((size_t)nblocks * 2 * C);  // [block][dweight | dbias]
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), nteam = omp_get_num_threads();
-#else
-    const int tid = 0, nteam = 1;
-#endif
-    float* pw = partial + (size_t)tid * 2 * C;
-    float* pb = pw + C;
-    std::memset(pw, 0, sizeof(float) * 2 * C);
-    int64_t n0 = N * tid / nteam, n1 = N * (tid + 1) / nteam;
-    for (int64_t n = n0; n < n1; n++) {
-      const float* x = inp + n * C;
-      const float* g = dout + n * C;
-      if (n + 1 < n1) {
-        prefetch_row(x + C, C);
-        prefetch_row(g + C, C);
-        if (dinp) prefetch_row_for_write(dinp + (n + 1) * C, C);
-      }
-      const V vm = set1(mean[n]), vr = set1(rstd[n]);
-      // pass 1: sums of dnorm and dnorm * norm; parameter partials
-      V s_dn = zero(), s_dnn = zero();
-      int64_t i = 0;
-      for (; i < C; i += W) {
-        int64_t r = C - i < W ? C - i : W;
-        V xv = loadn(x + i, r);
-        V gv = loadn(g + i, r);
-        V wv = loadn(weight + i, r);
-        V norm = mul(sub(xv, vm), vr);
-        V dn = mul(gv, wv);
-        s_dn = add(s_dn, dn);
-        s_dnn = fma(dn, norm, s_dnn);
-        V pwv = loadn(pw + i, r);
-        V pbv = loadn(pb + i, r);
-        pwv = fma(gv, norm, pwv);
-        pbv = add(pbv, gv);
-        storen(pw + i, pwv, r);
-        storen(pb + i, pbv, r);
-      }
-      const V mean_dn = set1(reduce_add(s_dn) / (float)C), mean_dnn = set1(reduce_add(s_dnn) / (float)C);
-      // pass 2: dinp = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
-      if (dinp) {
-        float* dx = dinp + n * C;
-        for (i = 0; i < C; i += W) {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      float* pw = partial + (size_t)blk * 2 * C;
+      float* pb = pw + C;
+      std::memset(pw, 0, sizeof(float) * 2 * C);
+      const int64_t n0 = blk * rows, n1 = std::min(N, n0 + rows);
+      for (int64_t n = n0; n < n1; n++) {
+        const float* x = inp + n * C;
+        const float* g = dout + n * C;
+        if (n + 1 < n1) {
+          prefetch_row(x + C, C);
+          prefetch_row(g + C, C);
+          if (dinp) prefetch_row_for_write(dinp + (n + 1) * C, C);
+        }
+        const V vm = set1(mean[n]), vr = set1(rstd[n]);
+        // pass 1: sums of dnorm and dnorm * norm; parameter partials
+        V s_dn = zero(), s_dnn = zero();
+        int64_t i = 0;
+        for (; i < C; i += W) {
           int64_t r = C - i < W ? C - i : W;
           V xv = loadn(x + i, r);
           V gv = loadn(g + i, r);
           V wv = loadn(weight + i, r);
           V norm = mul(sub(xv, vm), vr);
-          V dx_v = mul(vr, fnma(norm, mean_dnn, sub(mul(gv, wv), mean_dn)));
-          storen(dx + i, dx_v, r);
+          V dn = mul(gv, wv);
+          s_dn = add(s_dn, dn);
+          s_dnn = fma(dn, norm, s_dnn);
+          storen(pw + i, fma(gv, norm, loadn(pw + i, r)), r);
+          storen(pb + i, add(loadn(pb + i, r), gv), r);
+        }
+        const V mean_dn = set1(reduce_add(s_dn) / (float)C), mean_dnn = set1(reduce_add(s_dnn) / (float)C);
+        // pass 2: dinp = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+        if (dinp) {
+          float* dx = dinp + n * C;
+          for (i = 0; i < C; i += W) {
+            int64_t r = C - i < W ? C - i : W;
+            V norm = mul(sub(loadn(x + i, r), vm), vr);
+            V dx_v = mul(vr, fnma(norm, mean_dnn, sub(mul(loadn(g + i, r), loadn(weight + i, r)), mean_dn)));
+            storen(dx + i, dx_v, r);
+          }
         }
       }
     }
-#pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; c++) {
       float sw = 0.f, sb = 0.f;
-      for (int t = 0; t < nteam; t++) {
-        sw += partial[(size_t)t * 2 * C + c];
-        sb += partial[(size_t)t * 2 * C + C + c];
+      for (int64_t blk = 0; blk < nblocks; blk++) {
+        sw += partial[(size_t)blk * 2 * C + c];
+        sb += partial[(size_t)blk * 2 * C + C + c];
       }
       if (dweight) dweight[c] += sw;
       if (dbias) dbias[c] += sb;

@@ -161,7 +161,7 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   const int64_t ntasks = ncb * ((M + mb - 1) / mb);
   const int64_t nrb_real = (M + mb - 1) / mb;
 
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (ntasks > 1 && M * N * K > 65536)
+#pragma omp parallel for num_threads((int)nt) schedule(static) if (ntasks > 1 && M * N * K >= kParallelMacs)
   for (int64_t t = 0; t < ntasks; t++) {
     // consecutive tasks (one thread's share under the static schedule) keep to one row block when splitting rows
     const int64_t jb = rows_first ? t % ncb : t / nrb_real, ib = rows_first ? t / ncb : t % nrb_real;
@@ -249,7 +249,7 @@ void matmul_forward_small_m(float* out, const float* inp, const float* weight, c
                             int64_t IC, int64_t OC) {
   if (M <= 0) return;
   const int64_t nblocks = (OC + 3) / 4;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (OC * IC > 65536)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (M * OC * IC >= kParallelGemvMacs)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
     if (M == 1)  // M is 1, 2 or 3 here
@@ -281,7 +281,7 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
   if (dbias) {
     constexpr int SV = 8;
     const int64_t slice = SV * W, nslices = (OC + slice - 1) / slice;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC > 65536)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC >= kParallelElements)
     for (int64_t s = 0; s < nslices; s++) {
       const int64_t j0 = s * slice, nj = std::min(slice, OC - j0);
       V acc[SV];

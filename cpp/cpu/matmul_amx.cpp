@@ -47,7 +47,7 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   uint16_t* Ap = a_buf.get((size_t)(mt * nkb * TILE));
   uint16_t* Bp = b_buf.get((size_t)(nbt * nkb * TILE + nbt * 16 * 16 * 2));
   float* bias_rows = reinterpret_cast<float*>(Bp + nbt * nkb * TILE);  // 16 x (nbt * 16), 64-byte aligned
-  const int nthreads = pt::num_threads();
+  const int nthreads = pt::kernel_threads();
   const bool parallel = M * N * K > (1 << 18);
 
 #pragma omp parallel num_threads(nthreads) if (parallel)
@@ -118,7 +118,7 @@ bool supported() {
 
 double probe(int64_t iters) {
   double flops = 0.0;
-#pragma omp parallel num_threads(pt::num_threads()) reduction(+ : flops)
+#pragma omp parallel num_threads(pt::kernel_threads()) reduction(+ : flops)
   {
     configure_tiles();
     _tile_zero(0);  // zeros: no denormal or overflow slow paths

@@ -325,18 +325,26 @@ inline V sigmoid(V x) { return div(set1(1.f), add(set1(1.f), exp(sub(zero(), x))
 }  // namespace simd
 
 // Threads for the next parallel region (1 without OpenMP).
-inline int threads() { return pt::num_threads(); }
+inline int threads() { return pt::kernel_threads(); }
 
 }  // namespace PT_NS
 }  // namespace pt
 
 namespace pt {
 namespace PT_NS {
+// Below these sizes a kernel runs on the calling thread alone: the work (about 20-60 us on one core) is too
+// small to pay for waking a team, and on a busy machine a team member that the OS has descheduled would hold
+// every small op for a whole time slice (bench/contention.py measures it). Elements for streaming kernels,
+// multiply-adds for products.
+constexpr int64_t kParallelElements = 1 << 16;
+constexpr int64_t kParallelMacs = 1 << 20;
+constexpr int64_t kParallelGemvMacs = 1 << 18;  // a product with 1-3 rows streams its weights from memory
+
 // Runs f(begin, end) over [0, n) in chunks spread over the threads; serial when n is small.
 template <class F>
 inline void parallel_chunks(int64_t n, int64_t chunk, F f) {
   int64_t nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (nchunks > 1)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (nchunks > 1 && n >= kParallelElements)
   for (int64_t c = 0; c < nchunks; c++) {
     int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
     f(b, e);

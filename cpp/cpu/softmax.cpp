@@ -65,7 +65,7 @@ inline float row_dot(const float* a, const float* b, int64_t C) {
 // out (N, C) = softmax(inp) over C
 void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;  // nothing to write: never loop over empty rows
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     const float* x = inp + n * C;
     float* y = out + n * C;
@@ -85,7 +85,7 @@ void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
 // dinp (N, C) = out * (dout - sum(dout * out)); dinp may alias dout
 void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C > 4096)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     const float* y = out + n * C;
     const float* g = dout + n * C;
@@ -106,9 +106,7 @@ void softmax_backward(float* dinp, const float* out, const float* dout, int64_t 
 // Returns the mean over rows that count (NaN when none does, as torch).
 double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets, int64_t N,
                             int64_t vocab, int64_t ignore_index) {
-  double total = 0.0;
-  int64_t count = 0;
-#pragma omp parallel for num_threads(threads()) schedule(static) reduction(+ : total, count) if (N * vocab > 4096)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     if (targets[n] == ignore_index) {
       losses[n] = 0.f;
@@ -121,6 +119,12 @@ double crossentropy_forward(float* losses, float* lse, const float* logits, cons
     float l = m + std::log(row_exp_shifted(nullptr, x, m, vocab));
     lse[n] = l;
     losses[n] = l - x[targets[n]];
+  }
+  // the mean in row order, whatever the thread count (a parallel reduction's order would depend on it)
+  double total = 0.0;
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; n++) {
+    if (targets[n] == ignore_index) continue;
     total += losses[n];
     count += 1;
   }
@@ -134,7 +138,7 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
   int64_t count = 0;
   for (int64_t n = 0; n < N; n++) count += targets[n] != ignore_index;
   const float scale = count ? dloss / (float)count : 0.f;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab > 4096)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     const float* x = logits + n * vocab;
     float* dx = dlogits + n * vocab;
