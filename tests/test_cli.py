@@ -1,0 +1,145 @@
+"""The command line under bad input and interruption: every user error is one line on stderr and a non-zero
+exit, never a traceback; run folders are not overwritten by accident; --resume needs no repeated options;
+Ctrl-C saves and says how to continue; a closed pipe ends quietly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+CORPUS = "to be or not to be, that is the question. " * 200
+SMALL = ["--layers", "1", "--embd", "32", "--heads", "2", "--context", "32", "--eval-every", "10",
+         "--sample-tokens", "0"]
+
+
+def cli(*args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "pytransformer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, **kw)
+
+
+def error_lines(r):
+    """stderr without an editable install's rebuild chatter (a developer's `pip install -e`; CI has none)."""
+    return [line for line in r.stderr.splitlines()
+            if line.strip() and not line.startswith(("Running cmake", "ninja:", "-- "))]
+
+
+def one_line_error(r, code, *words):
+    lines = error_lines(r)
+    assert r.returncode == code, r.stderr
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text(CORPUS)
+    return path
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--batch", "0"], ["--batch", ">= 1"]), (["train", "--layers", "0"], ["--layers"]),
+    (["train", "--eval-every", "0"], ["--eval-every"]), (["train", "--context", "0"], ["--context"]),
+    (["train", "--steps", "-1"], ["--steps", ">= 0"]), (["train", "--lr", "-0.1"], ["--lr", "> 0"]),
+    (["train", "--dropout", "1.5"], ["--dropout"]), (["train", "--batch", "many"], ["expected an integer"]),
+    (["sample", "x.st", "--temperature", "-1"], ["--temperature"]), (["sample", "x.st", "--top-k", "0"], ["--top-k"]),
+    (["sample", "x.st", "--tokens", "-5"], ["--tokens"]), (["embed", "a", "--batch-size", "0"], ["--batch-size"]),
+    (["search", "f", "q", "--top", "0"], ["--top"]), (["nonsense"], ["invalid choice"]),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, words):
+    one_line_error(cli(*args, cwd=tmp_path), 2, "error:", *words)
+
+
+def test_bad_files_are_one_line_and_exit_1(tmp_path, corpus):
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 20)
+    (tmp_path / "short.txt").write_text("abc " * 20)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 500)
+    cases = [(["train", "--data", "missing.txt"], "no such file"), (["train", "--data", "empty.txt"], "empty"),
+             (["train", "--data", "bin.dat"], "binary"), (["train", "--data", "short.txt"], "too few"),
+             (["train", "--data", "latin1.txt"], "not UTF-8"), (["train", "--data", str(tmp_path)], "folder"),
+             (["train", "--data", str(corpus), "--embd", "10", "--heads", "3"], "multiple of --heads"),
+             (["sample", "missing.st"], "no such checkpoint"), (["sample", str(corpus)], "not a safetensors"),
+             (["train", "--resume", "--out", "nothing-here"], "no checkpoint")]
+    for args, words in cases:
+        one_line_error(cli(*args, cwd=tmp_path), 1, "error:", words)
+
+
+def test_run_folders_resume_and_force(tmp_path, corpus):
+    r = cli("train", "--data", corpus, "--out", "run", "--steps", "20", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    one_line_error(cli("train", "--data", corpus, "--out", "run", "--steps", "20", cwd=tmp_path), 1,
+                   "already holds a run", "--resume", "--force")
+    r = cli("train", "--out", "run", "--resume", cwd=tmp_path)  # nothing repeated: the run's settings
+    assert r.returncode == 0 and "complete (20 of 20 steps)" in r.stdout, r.stderr
+    one_line_error(cli("train", "--out", "run", "--resume", "--layers", "3", cwd=tmp_path), 1,
+                   "--layers 3 differs from the run's 1")
+    r = cli("train", "--out", "run", "--resume", "--steps", "30", cwd=tmp_path)
+    assert r.returncode == 0 and "step    30/30" in r.stdout, r.stderr
+    from pytransformer.train import read_history
+    assert read_history(tmp_path / "run" / "ckpt.safetensors")["step"] == list(range(1, 31))  # the whole run
+    r = cli("train", "--data", corpus, "--out", "run", "--steps", "5", "--force", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_steps_zero_writes_nothing(tmp_path, corpus):
+    r = cli("train", "--data", corpus, "--out", "run0", "--steps", "0", cwd=tmp_path)
+    assert r.returncode == 0 and "nothing was written" in r.stdout
+    assert not (tmp_path / "run0").exists()
+
+
+def test_prompt_characters_outside_the_vocabulary_are_named(tmp_path, corpus):
+    cli("train", "--data", corpus, "--out", "run", "--steps", "2", *SMALL, cwd=tmp_path)
+    one_line_error(cli("sample", "run/ckpt.safetensors", "--prompt", "to be Z%", cwd=tmp_path), 1,
+                   "never saw", "'%Z'")
+
+
+def test_ctrl_c_saves_and_says_how_to_continue(tmp_path, corpus):
+    p = subprocess.Popen([sys.executable, "-m", "pytransformer", "train", "--data", str(corpus), "--out", "run",
+                          "--steps", "100000", *SMALL], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "step " not in (line := p.stdout.readline()):
+        pass
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "continue with: pytransformer train --resume --out run" in err
+    from pytransformer.io.safetensors import read_metadata
+    step = int(read_metadata(tmp_path / "run" / "ckpt.safetensors")["step"])
+    assert f"interrupted after step {step}" in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, corpus):
+    """As `pytransformer sample ... | head -c 10`: the reader is gone before the text is written."""
+    cli("train", "--data", corpus, "--out", "run", "--steps", "2", *SMALL, cwd=tmp_path)
+    code = ("import sys, pytransformer.cli as c; print('ready', flush=True); sys.stdin.readline(); "
+            "sys.argv = ['pytransformer', 'sample', 'run/ckpt.safetensors', '--tokens', '50']; sys.exit(c.run())")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    while p.stdout.readline().strip() != "ready":  # (after an editable install's rebuild chatter, if any)
+        pass
+    p.stdout.close()
+    p.stdin.write("go\n")
+    p.stdin.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_version_and_help_with_defaults(tmp_path):
+    r = cli("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("pytransformer ")
+    r = cli("train", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for text in ("--steps", "default 300", "--resume", "--force", "pytransformer-run"):
+        assert text in r.stdout
+    assert "(default: None)" not in r.stdout
+    assert "default: 0.8" in cli("sample", "--help", cwd=tmp_path).stdout
