@@ -205,8 +205,8 @@ def _masked_scores(q, k, causal, key_mask, scale):
 
 
 def _masked_softmax(s):
-    """-> p, lse over the last axis; rows that are all -inf give p = 0 and lse = -inf."""
-    m = s.max(-1, keepdims=True)
+    """-> p, lse over the last axis; rows that are all -inf (or empty: no key at all) give p = 0 and lse = -inf."""
+    m = s.max(-1, keepdims=True, initial=-np.inf)
     any_visible = np.isfinite(m)
     e = np.exp(s - np.where(any_visible, m, 0.0))
     denom = np.where(any_visible, e.sum(-1, keepdims=True), 1.0)
