@@ -106,8 +106,9 @@ def test_ctrl_c_saves_and_says_how_to_continue(tmp_path, corpus):
                           "--steps", "100000", *SMALL], cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and "step " not in (line := p.stdout.readline()):
+    while time.time() < deadline and (line := p.stdout.readline()) and "step " not in line:
         pass
+    assert "step " in line, p.stderr.read()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
@@ -124,8 +125,9 @@ def test_a_closed_pipe_ends_quietly(tmp_path, corpus):
             "sys.argv = ['pytransformer', 'sample', 'run/ckpt.safetensors', '--tokens', '50']; sys.exit(c.run())")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    while p.stdout.readline().strip() != "ready":  # (after an editable install's rebuild chatter, if any)
+    while (line := p.stdout.readline()) and line.strip() != "ready":  # (after an editable install's chatter)
         pass
+    assert line, p.stderr.read()
     p.stdout.close()
     p.stdin.write("go\n")
     p.stdin.close()

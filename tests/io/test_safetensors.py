@@ -135,9 +135,11 @@ def test_a_writer_killed_mid_save_leaves_a_temporary_that_the_next_save_removes(
             "def chunks():\n    yield b'x' * 1000000\n    sys.stdout.write('writing\\n'); sys.stdout.flush()\n"
             "    time.sleep(60)\n    yield b'y'\n"
             f"atomic_write({str(target)!r}, chunks())\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    while child.stdout.readline().strip() != "writing":  # (an editable install's rebuild may print first)
+    # (cwd: not the source tree, whose pytransformer/ has no compiled _core, would shadow the installed one)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    while (line := child.stdout.readline()) and line.strip() != "writing":  # (an editable install may print first)
         pass
+    assert line, "the writer died before writing"
     child.send_signal(signal.SIGKILL)
     child.wait()
     leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
