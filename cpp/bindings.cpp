@@ -273,16 +273,17 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("attention_forward", [](O out, O lse, O q, O k, O v, O key_mask, int64_t B, int64_t NH, int64_t Tq,
-                                int64_t Tk, int64_t HS, bool causal, float scale, bool bthd) {
-    check_nonneg({B, NH, Tq, Tk, HS});
+                                int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+    check_nonneg({B, NH, Tq, Tk, Tkv, HS});
+    if (Tk > Tkv) throw py::value_error("attention_forward: Tk must not exceed the k/v rows Tkv");
     float* o = array_data<float>(out, "out", B * NH * Tq * HS, true);
     float* l = array_data<float>(lse, "lse", B * NH * Tq, true);
     const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
-    const float* kp = array_data<float>(k, "k", B * NH * Tk * HS);
-    const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
+    const float* kp = array_data<float>(k, "k", B * NH * Tkv * HS);
+    const float* vp = array_data<float>(v, "v", B * NH * Tkv * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, Tkv, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
                                  int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,

@@ -287,11 +287,14 @@ def _heads(layout, T):
     return tuple(n.format(T=T) for n in _LAYOUTS[layout])
 
 
-def _attention_args(q, k, v, key_mask, scale, layout):
+def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
     d = {}
     array(q, "q", _heads(layout, "Tq"), d)
-    array(k, "k", _heads(layout, "Tk"), d)
-    array(v, "v", _heads(layout, "Tk"), d)
+    array(k, "k", _heads(layout, "Tkv"), d)
+    array(v, "v", _heads(layout, "Tkv"), d)
+    d["Tk"] = d["Tkv"] if kv_len is None else integer(kv_len, "kv_len")
+    if not 0 <= d["Tk"] <= d["Tkv"]:
+        raise ValueError(f"kv_len must be in [0, {d['Tkv']}] (the rows k and v hold), got {d['Tk']}")
     mask = key_mask_bytes(key_mask, d)
     if d["HS"] == 0:
         raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
@@ -299,21 +302,24 @@ def _attention_args(q, k, v, key_mask, scale, layout):
     return d, mask, scale
 
 
-def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None):
+def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None,
+                      kv_len=None):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
 
     q (B, NH, Tq, HS), k and v (B, NH, Tk, HS); causal: key j visible to query i when j <= i + Tk - Tq;
     key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
     layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
     to heads without a copy.
+    kv_len: k and v are a KV cache holding more rows per sequence than are in use; the first kv_len are the keys
+    (Tk = kv_len; key_mask is then (B, kv_len)). Read in place, no copy.
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
+    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout, kv_len)
     reads = [("q", q), ("k", k), ("v", v), ("key_mask", key_mask)]
     out = output(out, "out", q.shape, reads)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
-    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["HS"], bool(causal),
-                            scale, layout == "bthd")
+    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["Tkv"], d["HS"],
+                            bool(causal), scale, layout == "bthd")
     return out, lse
 
 

@@ -151,8 +151,8 @@ struct TileMask {
 // horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
 // V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
-                       bool causal, float scale, bool bthd) {
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv,
+                       int64_t HS, bool causal, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
   const Heads heads{NH, HS, bthd};
   const int64_t rs = heads.row_stride();
@@ -165,8 +165,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
     const float* Q = q + heads.offset(b, h, Tq) + i0 * rs;
-    const float* K = k + heads.offset(b, h, Tk);
-    const float* Vv = v + heads.offset(b, h, Tk);
+    const float* K = k + heads.offset(b, h, Tkv);  // a cache holds Tkv rows per sequence, Tk of them in use
+    const float* Vv = v + heads.offset(b, h, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
                   TiedLMHead)
+from ..generate import KVCache, generate, stream
 from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
@@ -80,15 +81,33 @@ class GPT(Model):
         self.head = CrossEntropyHead()
         self._build(seed)
 
-    def forward(self, idx):
+    def forward(self, idx, cache=None, position_ids=None, key_mask=None):
+        """idx (B, T) -> logits (B, T, V). For generation (pytransformer.generate): cache, a KVCache whose
+        `length` positions come before idx (the new keys and values are written into it); position_ids (B, T);
+        key_mask (B, cache.length + T), 0 for padding."""
         idx = check_ids(idx, "idx", self.config.block_size)
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
         self._begin_forward()
-        x = self.drop.forward(self.wpe.forward(self.wte.forward(idx)))
-        for block in self.blocks:
-            x = block.forward(x)
+        x = self.drop.forward(self.wpe.forward(self.wte.forward(idx), position_ids))
+        if cache is None:
+            for block in self.blocks:
+                x = block.forward(x, key_mask=key_mask) if key_mask is not None else block.forward(x)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block.forward(x, cache=cache.layer(i), key_mask=key_mask)
+            cache.length += idx.shape[1]
         return self.lm_head.forward(self.ln_f.forward(x))  # (B, T, V)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.block_size
+
+    def new_cache(self, B, T_max):
+        """A KV cache for B sequences of up to T_max positions (float32, every layer)."""
+        attn = self.blocks[0].attn.sublayer if self.blocks else None
+        NKV, HS = (attn.NKV, attn.HS) if attn else (1, 1)
+        return KVCache(self.config.n_layer, B, T_max, NKV, HS)
 
     __call__ = forward
 
@@ -113,26 +132,12 @@ class GPT(Model):
             dx = block.backward(dx)
         self.wte.backward(self.wpe.backward(self.drop.backward(dx)))
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
-        """Append max_new_tokens sampled ids to idx (B, T); temperature 0 is greedy."""
-        idx = check_ids(idx, "idx")
-        rng = rng or np.random.default_rng()
-        with self.evaluating():
-            for _ in range(max_new_tokens):
-                context = np.ascontiguousarray(idx[:, -self.config.block_size:])
-                logits = self.forward(context)[:, -1, :].astype(np.float64)
-                idx = np.concatenate([idx, sample_next(logits, temperature, top_k, rng)[:, None]], axis=1)
-        return idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None, **kw):
+        """idx (B, T) followed by up to max_new_tokens new ids, with a KV cache; temperature 0 is greedy. More
+        options (top_p, repetition_penalty, seed, stop, attention_mask for left-padded batches): see
+        pytransformer.generate.stream."""
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng, **kw)
 
-
-def sample_next(logits, temperature, top_k, rng):
-    """logits (B, V) -> ids (B,): argmax at temperature 0, else a sample from softmax(logits / T) (top-k)."""
-    if temperature == 0:
-        return logits.argmax(-1).astype(np.int64)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.array([rng.choice(p.shape[-1], p=row) for row in p], np.int64)
+    def stream(self, idx, max_new_tokens, temperature=1.0, **kw):
+        """Yields each new token (B,) as it is generated (pytransformer.generate.stream)."""
+        return stream(self, idx, max_new_tokens, temperature=temperature, **kw)

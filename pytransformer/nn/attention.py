@@ -65,7 +65,12 @@ class MultiHeadAttention(Module):
     _saved = None
     keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)
 
-    def forward(self, x, memory=None, key_mask=None):
+    def forward(self, x, memory=None, key_mask=None, cache=None):
+        """cache: (k, v, start) for incremental decoding, k and v (B, T_max, NKV, HS) preallocated: the new keys
+        and values go to rows start .. start + Tq and the queries attend to rows 0 .. start + Tq (key_mask is
+        then (B, start + Tq)). Inference only: nothing is kept for backward."""
+        if cache is not None:
+            return self._forward_cached(x, key_mask, *cache)
         kv = x if memory is None else memory
         q = heads(self.q.forward(x), self.NH)
         k = self._expand(heads(self.k.forward(kv), self.NKV))
@@ -73,6 +78,21 @@ class MultiHeadAttention(Module):
         out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
         if self.keeps_state or self.keep_probs:
             self._saved = (q, k, v, out, lse, key_mask, memory is not None)
+        return self.o.forward(merge_heads(out))
+
+    def _forward_cached(self, x, key_mask, k_cache, v_cache, start):
+        T = x.shape[1]
+        end = start + T
+        if end > k_cache.shape[1]:
+            raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
+        q = heads(self.q.forward(x), self.NH)
+        k_cache[:, start:end] = heads(self.k.forward(x), self.NKV)
+        v_cache[:, start:end] = heads(self.v.forward(x), self.NKV)
+        if self.NKV == self.NH:  # read in place: the kernel skips the rows past `end`
+            out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
+        else:  # grouped heads: repeated for now (a kernel that reads them grouped is the Llama work's)
+            k, v = (np.ascontiguousarray(self._expand(c[:, :end])) for c in (k_cache, v_cache))
+            out, _ = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):

@@ -93,8 +93,10 @@ class DecoderBlock(Module):
         self.cross = Residual(cross, norm(), placement, dropout) if cross is not None else None
         self.ffn = Residual(ffn, norm(), placement, dropout)
 
-    def forward(self, x, memory=None, memory_mask=None):
-        x = self.attn.forward(x)
+    def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None):
+        """cache (k, v, start) and key_mask (B, start + T): incremental decoding (MultiHeadAttention.forward)."""
+        x = self.attn.forward(x, None, key_mask, cache=cache) if cache is not None or key_mask is not None \
+            else self.attn.forward(x)
         if self.cross is not None:
             x = self.cross.forward(x, memory, memory_mask)
         return self.ffn.forward(x)

@@ -106,13 +106,32 @@ class LearnedPositions(Module):
     def __init__(self, max_positions: int, C: int, std: float = 0.02):
         self.weight = Parameter((max_positions, C), normal(std))
 
-    def forward(self, x):
+    _position_ids = None
+
+    def forward(self, x, position_ids=None):
+        """position_ids (B, T): each row's own positions (a left-padded batch counts from its first real
+        token); default 0 .. T-1 for every row."""
         T = x.shape[1]
-        if T > self.weight.shape[0]:
-            raise ValueError(f"sequence length {T} exceeds the {self.weight.shape[0]} learned positions")
-        return ops.residual_forward(x, np.broadcast_to(self.weight.data[:T], x.shape).copy())
+        if position_ids is None:
+            if T > self.weight.shape[0]:
+                raise ValueError(f"sequence length {T} exceeds the {self.weight.shape[0]} learned positions")
+            if self.keeps_state:
+                self._position_ids = None
+            return ops.residual_forward(x, np.broadcast_to(self.weight.data[:T], x.shape).copy())
+        position_ids = np.asarray(position_ids)
+        if position_ids.shape != x.shape[:2] or position_ids.size and (
+                position_ids.min() < 0 or position_ids.max() >= self.weight.shape[0]):
+            raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.weight.shape[0]})")
+        if self.keeps_state:
+            self._position_ids = position_ids
+        return ops.residual_forward(x, ops.embedding_forward(np.ascontiguousarray(position_ids, np.int64),
+                                                             self.weight.data))
 
     def backward(self, dout):
+        if self._position_ids is not None:
+            ops.embedding_backward(dout, np.ascontiguousarray(self._position_ids, np.int64), self.weight.shape[0],
+                                   dtable=self.weight.grad)
+            return dout
         T = dout.shape[1]
         self.weight.grad[:T] += dout.sum(axis=0)
         return dout

@@ -51,10 +51,11 @@
   /* q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) 1 = attend (may be null);                   \
      out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible to query i when                      \
      j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0.           \
-     bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head. */     \
+     bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head.        \
+     forward: k, v hold Tkv >= Tk rows per sequence (a KV cache's capacity), of which the first Tk are used. */ \
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
-                         const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, \
-                         bool causal, float scale, bool bthd);                                               \
+                         const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv, \
+                         int64_t HS, bool causal, float scale, bool bthd);                                   \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk,            \
@@ -106,8 +107,8 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 // attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
 namespace amx_attention {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS,
-                       bool causal, float scale, bool bthd);
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv,
+                       int64_t HS, bool causal, float scale, bool bthd);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
                         int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);

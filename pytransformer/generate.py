@@ -1,0 +1,176 @@
+"""Generation for every decoder model: a KV cache preallocated for the whole sequence, the prompt in one pass
+(prefill), then one position per step over the cache; samplers apart from the model.
+
+A model takes part by providing `new_cache(B, T_max) -> KVCache`, `max_positions` and
+`forward(ids (B, T), cache=, position_ids=, key_mask=) -> logits (B, T, V)` that writes the new keys and values
+into the cache. Everything runs under `model.evaluating()`: nothing is kept for backward, the dropout RNG is not
+touched, and other threads may use the model meanwhile.
+
+Batches follow the Hugging Face convention: prompts left-padded to one length, `attention_mask` (B, T) with 1 for
+real tokens; positions count from each row's first real token, and each row's new tokens are those it would get
+alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class KVCache:
+    """Keys and values of every self-attention layer: k[l], v[l] (B, T_max, NKV, HS) float32, allocated once;
+    `length` positions are filled (the same count for every row: a left-padded batch masks its pads)."""
+
+    def __init__(self, n_layer, B, T_max, NKV, HS):
+        self.k = [np.zeros((B, T_max, NKV, HS), np.float32) for _ in range(n_layer)]
+        self.v = [np.zeros((B, T_max, NKV, HS), np.float32) for _ in range(n_layer)]
+        self.length = 0
+        self.capacity = T_max
+
+    def layer(self, i):
+        return self.k[i], self.v[i], self.length
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+
+@dataclass
+class Sampler:
+    """How the next token is chosen from the logits (B, V).
+
+    temperature 0 is greedy (argmax); otherwise logits / temperature, then top_k (keep the k largest), then top_p
+    (keep the smallest set of tokens whose probability reaches p, the likeliest always kept), then a draw.
+    repetition_penalty (transformers' rule): a token already in the row has its logit divided by the penalty when
+    positive and multiplied by it when negative."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 (or None), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (or None), got {self.top_p}")
+        if not (self.repetition_penalty > 0.0 and np.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def __call__(self, logits, seen, rng):
+        """logits (B, V), seen (B, V) bool (tokens already in each row) -> ids (B,)."""
+        logits = np.asarray(logits, np.float64)
+        if self.repetition_penalty != 1.0:
+            penalised = np.where(logits > 0, logits / self.repetition_penalty, logits * self.repetition_penalty)
+            logits = np.where(seen, penalised, logits)
+        if self.temperature == 0.0:
+            return logits.argmax(-1).astype(np.int64)
+        logits = logits / self.temperature
+        V = logits.shape[-1]
+        if self.top_k is not None and self.top_k < V:
+            kth = np.partition(logits, -self.top_k, axis=-1)[:, -self.top_k][:, None]
+            logits = np.where(logits < kth, -np.inf, logits)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        if self.top_p is not None and self.top_p < 1.0:
+            order = np.argsort(-p, axis=-1, kind="stable")
+            sorted_p = np.take_along_axis(p, order, -1)
+            before = np.cumsum(sorted_p, -1) - sorted_p  # probability of the tokens ranked above each one
+            keep_sorted = before < self.top_p  # the likeliest token always stays (nothing ranks above it)
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, -1)
+            p = np.where(keep, p, 0.0)
+            p /= p.sum(-1, keepdims=True)
+        u = rng.random((p.shape[0], 1))
+        ids = (np.cumsum(p, -1) < u).sum(-1)  # inverse CDF
+        return np.minimum(ids, V - 1).astype(np.int64)
+
+
+def _check_prompt(model, ids, attention_mask):
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or ids.ndim != 2:
+        raise TypeError(f"ids must be an integer numpy array (B, T), got {getattr(ids, 'dtype', type(ids).__name__)} "
+                        f"{getattr(ids, 'shape', '')}")
+    ids = np.ascontiguousarray(ids, np.int64)
+    if attention_mask is None:
+        mask = np.ones(ids.shape, bool)
+    else:
+        mask = np.asarray(attention_mask) != 0
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask {mask.shape} must match ids {ids.shape}")
+        if (mask[:, 1:] < mask[:, :-1]).any():
+            raise ValueError("attention_mask must be left-padded: zeros (padding) before the ones of each row")
+        if ids.shape[1] and not mask[:, -1].all():
+            raise ValueError("every row needs at least one real token (attention_mask all zero in a row)")
+    if ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token per row")
+    return ids, mask
+
+
+def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+           rng=None, seed=None, stop=None, attention_mask=None):
+    """Yields the next token of every row, (B,) int64, as each is generated (at most max_new_tokens times).
+    A row that produced a stop id keeps yielding that id; the iteration ends when every row has stopped."""
+    sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
+    ids, mask = _check_prompt(model, ids, attention_mask)
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    stop_ids = np.asarray([] if stop is None else np.atleast_1d(stop), np.int64)
+    B, T = ids.shape
+    V = model.config.vocab_size
+    seen = np.zeros((B, V), bool)
+    np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
+    done = np.zeros(B, bool)
+    window = model.max_positions
+    with model.evaluating():
+        tokens, mask_all = ids, mask
+        cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, T + max_new_tokens)
+        for _ in range(int(max_new_tokens)):
+            nxt = sampler(logits, seen, rng)
+            if stop_ids.size:
+                nxt = np.where(done, stop_ids[0], nxt)
+                done |= np.isin(nxt, stop_ids)
+            seen[np.arange(B), nxt] = True
+            yield nxt
+            if done.all():
+                return
+            tokens = np.concatenate([tokens, nxt[:, None]], 1)
+            mask_all = np.concatenate([mask_all, np.ones((B, 1), bool)], 1)
+            if cache.length < cache.capacity:
+                logits = _decode(model, cache, tokens, mask_all)
+            else:  # past the model's positions: the last `window` tokens again, as recomputing would see them
+                cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, window)
+
+
+def generate(model, ids, max_new_tokens, **kw):
+    """The prompt (B, T) followed by the generated tokens: (B, T + n), n <= max_new_tokens (fewer when every row
+    stopped). Options as `stream`."""
+    ids = np.asarray(ids)
+    new = list(stream(model, ids, max_new_tokens, **kw))
+    if not new:
+        return np.ascontiguousarray(ids, np.int64)
+    return np.concatenate([np.ascontiguousarray(ids, np.int64), np.stack(new, 1)], 1)
+
+
+def _positions(mask):
+    """Each row's positions counted from its first real token (pads get 0; they are masked anyway)."""
+    return np.maximum(np.cumsum(mask, 1) - 1, 0)
+
+
+def _prefill(model, tokens, mask, window, total):
+    """A fresh cache for min(total, window) positions, filled with the prompt -> (cache, last logits (B, V))."""
+    B, T = tokens.shape
+    cache = model.new_cache(B, min(max(total, T), window))
+    key_mask = None if mask.all() else mask
+    logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask)
+    return cache, logits[:, -1]
+
+
+def _decode(model, cache, tokens, mask):
+    """One position per row over the cache -> logits (B, V)."""
+    position = _positions(mask)[:, -1:]
+    key_mask = None if mask.all() else np.ascontiguousarray(mask)
+    return model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask)[:, -1]
