@@ -1,0 +1,151 @@
+"""Generation with a KV cache: the same tokens as recomputing the whole sequence every step, batches of
+left-padded prompts giving each row what it gets alone, samplers that do what they say, seeds, streaming, stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytransformer import ops
+from pytransformer import reference as ref
+from pytransformer.generate import KVCache, Sampler, generate
+from pytransformer.models import GPT, GPTConfig
+
+CFG = GPTConfig(vocab_size=41, block_size=24, n_layer=2, n_head=3, n_embd=24)
+
+
+def recompute_greedy(model, ids, n):
+    """The definition: every step, the whole context (its last block_size tokens) through the model."""
+    ids = ids.copy()
+    with model.evaluating():
+        for _ in range(n):
+            logits = model.forward(np.ascontiguousarray(ids[:, -model.config.block_size:]))[:, -1]
+            ids = np.concatenate([ids, logits.argmax(-1)[:, None]], 1)
+    return ids
+
+
+@pytest.mark.parametrize("T,n", [(1, 5), (7, 10), (20, 15), (24, 3), (30, 4)])  # past block_size too
+def test_greedy_with_the_cache_equals_recomputing(rng, T, n):
+    model = GPT(CFG, seed=2)
+    ids = rng.integers(0, 41, (2, T))
+    np.testing.assert_array_equal(model.generate(ids, n, temperature=0.0), recompute_greedy(model, ids, n))
+
+
+def test_cached_logits_match_a_full_forward(rng):
+    model = GPT(CFG, seed=4)
+    ids = rng.integers(0, 41, (3, 12))
+    with model.evaluating():
+        full = model.forward(ids)
+        cache = model.new_cache(3, 12)
+        first = model.forward(ids[:, :7], cache=cache, position_ids=np.broadcast_to(np.arange(7), (3, 7)))
+        steps = [model.forward(ids[:, t:t + 1], cache=cache, position_ids=np.full((3, 1), t))[:, 0]
+                 for t in range(7, 12)]
+    np.testing.assert_allclose(first, full[:, :7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(steps, 1), full[:, 7:], rtol=1e-5, atol=1e-5)
+    assert cache.length == 12
+
+
+def test_left_padded_batch_rows_equal_each_prompt_alone(rng):
+    model = GPT(CFG, seed=5)
+    prompts = [rng.integers(0, 41, n) for n in (3, 9, 6)]
+    T = max(len(p) for p in prompts)
+    ids = np.zeros((3, T), np.int64)
+    mask = np.zeros((3, T), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
+    out = model.generate(ids, 8, temperature=0.0, attention_mask=mask)
+    for i, p in enumerate(prompts):
+        alone = model.generate(p[None, :], 8, temperature=0.0)
+        np.testing.assert_array_equal(out[i, T:], alone[0, len(p):])
+
+
+def test_same_seed_same_tokens_and_stream_equals_generate(rng):
+    model = GPT(CFG, seed=6)
+    ids = rng.integers(0, 41, (2, 5))
+    kw = dict(temperature=0.9, top_k=10, top_p=0.9, repetition_penalty=1.3)
+    a = model.generate(ids, 12, seed=7, **kw)
+    b = model.generate(ids, 12, seed=7, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, model.generate(ids, 12, seed=8, **kw))
+    streamed = np.stack(list(model.stream(ids, 12, seed=7, **kw)), 1)
+    np.testing.assert_array_equal(streamed, a[:, 5:])
+
+
+def test_stop_ids_end_rows_and_pad_them(rng):
+    model = GPT(CFG, seed=7)
+    ids = rng.integers(0, 41, (2, 4))
+    free = model.generate(ids, 10, temperature=0.0)
+    stop = int(free[0, 6])  # a token row 0 produces at its third step
+    out = model.generate(ids, 10, temperature=0.0, stop=stop)
+    first = int(np.argmax(out[0, 4:] == stop))
+    assert (out[0, 4 + first:] == stop).all()  # padded with the stop id after it
+    np.testing.assert_array_equal(out[0, :4 + first + 1], free[0, :4 + first + 1])
+    if not (free[1, 4:] == stop).any():
+        np.testing.assert_array_equal(out[1], free[1])  # the other row runs to the end
+    everyone = model.generate(ids[:1], 10, temperature=0.0, stop=int(free[0, 4]))
+    assert everyone.shape == (1, 5)  # every row stopped: generation ends early
+
+
+def test_top_k_one_and_a_tiny_top_p_are_greedy(rng):
+    model = GPT(CFG, seed=8)
+    ids = rng.integers(0, 41, (2, 6))
+    greedy = model.generate(ids, 8, temperature=0.0)
+    np.testing.assert_array_equal(model.generate(ids, 8, temperature=1.5, top_k=1, seed=1), greedy)
+    np.testing.assert_array_equal(model.generate(ids, 8, temperature=1.5, top_p=1e-9, seed=1), greedy)
+
+
+def test_sampler_follows_its_definition():
+    logits = np.array([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    seen = np.array([[True, False, False, True, False]])
+    assert Sampler(temperature=0.0)(logits, seen, None)[0] == 0
+    # a seen positive logit is divided by the penalty (2.0 -> 0.8 < 1.0), a seen negative one multiplied
+    assert Sampler(temperature=0.0, repetition_penalty=2.5)(logits, seen, None)[0] == 1
+    # a penalty below 1 favours what was seen: token 3 (logit 1 in -logits) becomes 1 / 0.1 = 10, the largest
+    assert Sampler(temperature=0.0, repetition_penalty=0.1)(-logits, seen, None)[0] == 3
+
+    draws = np.array([Sampler(temperature=1.0, top_k=2)(logits, seen, np.random.default_rng(i))[0]
+                      for i in range(400)])
+    assert set(draws) <= {0, 1}
+    p = np.exp([2.0, 1.0]) / np.exp([2.0, 1.0]).sum()
+    assert abs((draws == 0).mean() - p[0]) < 0.08
+    nucleus = np.array([Sampler(temperature=1.0, top_p=0.5)(logits, seen, np.random.default_rng(i))[0]
+                        for i in range(50)])
+    assert set(nucleus) == {0}  # token 0 alone holds more than half the probability
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampler(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        Sampler(top_k=0)
+
+
+def test_generation_keeps_nothing_and_checks_its_input(rng):
+    model = GPT(CFG, seed=1)
+    model.generate(rng.integers(0, 41, (1, 3)), 3, temperature=0.0)
+    assert all(getattr(m, "_x", None) is None for m in model.modules())
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, np.ones((1, 3), np.int64), 2, attention_mask=np.array([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, np.ones((1, 3), np.int64), -1)
+    with pytest.raises(TypeError, match="integer numpy array"):
+        generate(model, np.ones((1, 3), np.float32), 2)
+    assert generate(model, np.ones((1, 3), np.int64), 0).shape == (1, 3)
+
+
+def test_attention_reads_a_cache_in_place(rng):
+    B, NH, HS, cap, used = 2, 3, 8, 16, 9
+    q = rng.standard_normal((B, 2, NH, HS)).astype(np.float32)
+    k = rng.standard_normal((B, cap, NH, HS)).astype(np.float32)
+    v = rng.standard_normal((B, cap, NH, HS)).astype(np.float32)
+    k[:, used:], v[:, used:] = np.nan, np.nan  # rows past the length must never be read
+    out, _ = ops.attention_forward(q, k, v, True, layout="bthd", kv_len=used)
+    t = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+    want, _ = ref.attention_forward(t(q), t(k[:, :used]), t(v[:, :used]), True)
+    np.testing.assert_allclose(t(out), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="kv_len"):
+        ops.attention_forward(q, k, v, True, layout="bthd", kv_len=cap + 1)
+
+
+def test_cache_memory_is_what_it_says():
+    cache = KVCache(2, 3, 10, 4, 8)
+    assert cache.nbytes == 2 * 2 * 3 * 10 * 4 * 8 * 4
