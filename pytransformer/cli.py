@@ -200,14 +200,19 @@ def cmd_sample(args) -> int:
     unknown = sorted(set(args.prompt) - set(tok.chars))
     if unknown:
         raise UsageError(f"the prompt has characters the model never saw: {''.join(unknown)!r}")
-    prompt = tok.encode(args.prompt or tok.chars[0])[None, :]
-    try:
-        out = model.generate(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                             rng=np.random.default_rng(args.seed))
+    text = args.prompt or tok.chars[0]
+    prompt = tok.encode(text)[None, :]
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    try:  # printed as it is generated
+        for token in model.stream(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                                  rng=np.random.default_rng(args.seed)):
+            sys.stdout.write(tok.decode(token))
+            sys.stdout.flush()
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    print(tok.decode(out[0]))
+    sys.stdout.write("\n")
     return 0
 
 

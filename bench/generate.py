@@ -1,0 +1,139 @@
+"""Greedy decoding of GPT-2 small (124M, random weights) with a KV cache: pytransformer against a plain PyTorch
+eager loop with a KV cache over the same weights, in one run, at 1 and 2 threads.
+
+    python bench/generate.py [--threads 1 2] [--prompt 64] [--new 32] [--batch 1] [--json bench/results/generate.json]
+
+Reports prefill time of the prompt, decode tokens/s (new tokens after the first), and the bandwidth bound: the
+float32 weights read once per token over the read bandwidth bench/limits.py measures in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")  # pinned threads, like the torch side
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pytransformer  # noqa: E402
+from pytransformer.models import GPT, GPTConfig  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+
+class TorchKVGPT:
+    """The same GPT in torch eager with a preallocated KV cache: what a torch user writes for fast decoding."""
+
+    def __init__(self, model):
+        self.c = model.config
+        self.p = {name: torch.from_numpy(p.data.copy()) for name, p in model.params}
+
+    def ln(self, x, prefix):
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + "weight"], self.p[prefix + "bias"], self.c.layer_norm_eps)
+
+    def lin(self, x, prefix):
+        return F.linear(x, self.p[prefix + "weight"], self.p[prefix + "bias"])
+
+    @torch.inference_mode()
+    def generate(self, ids, new):
+        c, p = self.c, self.p
+        B, T = ids.shape
+        NH, HS = c.n_head, c.n_embd // c.n_head
+        total = T + new
+        ks = [torch.zeros(B, NH, total, HS) for _ in range(c.n_layer)]
+        vs = [torch.zeros(B, NH, total, HS) for _ in range(c.n_layer)]
+        out = [ids]
+        x_ids, start = ids, 0
+        for step in range(new):
+            Tn = x_ids.shape[1]
+            x = p["wte.weight"][x_ids] + p["wpe.weight"][start:start + Tn]
+            for l in range(c.n_layer):
+                pre = f"blocks.{l}."
+                h = self.ln(x, pre + "attn.ln.")
+                q, k, v = (self.lin(h, f"{pre}attn.sublayer.{n}.").view(B, Tn, NH, HS).transpose(1, 2) for n in "qkv")
+                ks[l][:, :, start:start + Tn] = k
+                vs[l][:, :, start:start + Tn] = v
+                a = F.scaled_dot_product_attention(q, ks[l][:, :, :start + Tn], vs[l][:, :, :start + Tn],
+                                                   is_causal=Tn > 1)
+                x = x + self.lin(a.transpose(1, 2).reshape(B, Tn, -1), pre + "attn.sublayer.o.")
+                h = self.ln(x, pre + "ffn.ln.")
+                x = x + self.lin(F.gelu(self.lin(h, pre + "ffn.sublayer.fc1."), approximate="tanh"),
+                                 pre + "ffn.sublayer.fc2.")
+            logits = self.ln(x[:, -1:], "ln_f.") @ p["wte.weight"].T
+            start += Tn
+            x_ids = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(x_ids)
+        return torch.cat(out, 1)
+
+
+def timed(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--json", default="bench/results/generate.json")
+    args = ap.parse_args()
+    import limits
+
+    model = GPT(GPTConfig.preset("gpt2"), seed=0).eval()
+    ids = np.random.default_rng(0).integers(0, 50257, (args.batch, args.prompt))
+    weight_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
+    info = pytransformer.cpu_info()
+    print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
+          f"GPT-2 small {model.num_parameters() / 1e6:.0f}M float32, batch {args.batch}, prompt {args.prompt}, "
+          f"{args.new} new tokens, greedy")
+    tmodel = TorchKVGPT(model) if torch else None
+    rows = []
+    for n in args.threads:
+        pytransformer.set_num_threads(n)
+        if torch:
+            torch.set_num_threads(n)
+        bw = limits.measure([n])["bandwidth_dram"][n]
+        ours_prefill, _ = timed(lambda: model.generate(ids, 1, temperature=0.0))
+        ours_total, ours_out = timed(lambda: model.generate(ids, args.new, temperature=0.0))
+        row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / weight_bytes,
+               "ours_prefill_ms": ours_prefill * 1e3,
+               "ours_decode_tok_s": (args.new - 1) * args.batch / (ours_total - ours_prefill)}
+        if torch:
+            tids = torch.from_numpy(ids)
+            torch_prefill, _ = timed(lambda: tmodel.generate(tids, 1))
+            torch_total, torch_out = timed(lambda: tmodel.generate(tids, args.new))
+            row.update(torch_prefill_ms=torch_prefill * 1e3,
+                       torch_decode_tok_s=(args.new - 1) * args.batch / (torch_total - torch_prefill),
+                       same_tokens=bool((torch_out.numpy() == ours_out).all()))
+        rows.append(row)
+        line = (f"threads {n}: prefill ours {row['ours_prefill_ms']:.1f} ms; decode ours {row['ours_decode_tok_s']:.1f} "
+                f"tok/s ({100 * row['ours_decode_tok_s'] / args.batch / row['bound_tok_s']:.0f}% of the "
+                f"{row['bound_tok_s']:.1f} tok/s bound at {bw:.1f} GB/s)")
+        if torch:
+            line += (f"; torch prefill {row['torch_prefill_ms']:.1f} ms, decode {row['torch_decode_tok_s']:.1f} tok/s; "
+                     f"ours/torch decode {row['ours_decode_tok_s'] / row['torch_decode_tok_s']:.2f}x, prefill "
+                     f"{row['torch_prefill_ms'] / row['ours_prefill_ms']:.2f}x; same tokens: {row['same_tokens']}")
+        print(line)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
