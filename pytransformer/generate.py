@@ -174,3 +174,46 @@ def _decode(model, cache, tokens, mask):
     position = _positions(mask)[:, -1:]
     key_mask = None if mask.all() else np.ascontiguousarray(mask)
     return model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask)[:, -1]
+
+
+def score(model, ids, attention_mask=None):
+    """log p(ids[:, t + 1] | ids[:, :t + 1]) for every t: (B, T - 1) float64, through the fused cross-entropy
+    kernel (no (B, T, V) softmax materialised beyond the logits). In a left-padded batch, a target that is padding or
+    a row's first real token (it has no context) gives 0. Sequences longer than the model's positions: see pytransformer.generate.perplexity."""
+    from . import ops
+
+    ids, mask = _check_prompt(model, ids, attention_mask)
+    B, T = ids.shape
+    if T > model.max_positions:
+        raise ValueError(f"score takes at most {model.max_positions} positions, got {T}; use perplexity() for long "
+                         "texts")
+    if T < 2:
+        return np.zeros((B, 0))
+    with model.evaluating():
+        logits = model.forward(ids, position_ids=_positions(mask), key_mask=None if mask.all() else mask)
+    # a target counts when it and the position predicting it are real (a row's first real token has no context)
+    targets = np.where(mask[:, 1:] & mask[:, :-1], ids[:, 1:], -100).reshape(-1)
+    V = logits.shape[-1]
+    _, losses, _ = ops.crossentropy_forward(np.ascontiguousarray(logits[:, :-1].reshape(-1, V)), targets)
+    return -losses.astype(np.float64).reshape(B, T - 1)
+
+
+def perplexity(model, ids, stride=None):
+    """exp(mean negative log-likelihood) of a 1-D token array, with a sliding window of the model's positions
+    (as transformers' perplexity recipe): windows start `stride` apart (default half the window) and each scores
+    only the tokens the previous windows did not, the rest of it serving as context. The first token has no
+    context and is not scored. -> (perplexity, tokens scored)."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    window = model.max_positions
+    stride = max(1, window // 2) if stride is None else stride
+    if isinstance(stride, bool) or int(stride) != stride or not 1 <= stride <= window:
+        raise ValueError(f"stride must be an integer in [1, {window}], got {stride}")
+    total, count, scored_to, begin = 0.0, 0, 1, 0
+    while scored_to < len(ids):
+        end = min(begin + window, len(ids))
+        logp = score(model, ids[None, begin:end])[0]  # logp[j] scores token begin + j + 1
+        new = logp[max(scored_to, begin + 1) - (begin + 1):]
+        total -= float(new.sum())
+        count += len(new)
+        scored_to, begin = end, begin + stride
+    return (float(np.exp(total / count)) if count else float("nan")), count

@@ -149,3 +149,62 @@ def test_attention_reads_a_cache_in_place(rng):
 def test_cache_memory_is_what_it_says():
     cache = KVCache(2, 3, 10, 4, 8)
     assert cache.nbytes == 2 * 2 * 3 * 10 * 4 * 8 * 4
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def test_score_is_the_log_probability_of_each_next_token(rng):
+    model = GPT(CFG, seed=9)
+    ids = rng.integers(0, 41, (2, 11))
+    with model.evaluating():
+        logp = log_softmax(model.forward(ids))
+    want = np.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(model.score(ids), want, rtol=1e-5, atol=1e-5)
+
+
+def test_score_of_a_left_padded_row_equals_the_row_alone(rng):
+    model = GPT(CFG, seed=9)
+    short = rng.integers(0, 41, 6)
+    ids = np.concatenate([np.zeros(4, np.int64), short])[None, :]
+    mask = np.concatenate([np.zeros(4), np.ones(6)])[None, :]
+    got = model.score(ids, attention_mask=mask)
+    assert (got[0, :4] == 0).all()  # padding, and the first real token (no context), score 0
+    np.testing.assert_allclose(got[0, 4:], model.score(short[None, :])[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,stride", [(20, None), (60, None), (60, 24), (61, 7), (200, 10)])
+def test_perplexity_scores_every_token_once_with_a_sliding_window(rng, L, stride):
+    from pytransformer.generate import perplexity
+
+    model = GPT(CFG, seed=3)
+    ids = rng.integers(0, 41, L)
+    ppl, count = perplexity(model, ids, stride)
+    assert count == L - 1
+    window, stride = CFG.block_size, stride or CFG.block_size // 2
+    nll, scored_to, begin = [], 1, 0  # transformers' recipe, written out in float64
+    while scored_to < L:
+        end = min(begin + window, L)
+        with model.evaluating():
+            logp = log_softmax(model.forward(ids[None, begin:end]))[0]
+        for t in range(max(scored_to, begin + 1), end):
+            nll.append(-logp[t - begin - 1, ids[t]])
+        scored_to, begin = end, begin + stride
+    assert abs(ppl - np.exp(np.mean(nll))) < 1e-4 * ppl
+
+
+def test_score_matches_transformers_loss_on_the_gpt2_fixture():
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "hf" / "gpt2-tiny"
+    if not folder.exists():
+        pytest.skip("shared data absent")
+    from pytransformer import from_pretrained
+
+    ref_ = np.load(folder / "ref.npz")
+    model = from_pretrained(folder)
+    loss = -model.score(ref_["input_ids"]).mean()  # transformers: mean over every (row, next-token) pair
+    assert abs(loss - float(ref_["loss"])) < 1e-4 * abs(float(ref_["loss"]))

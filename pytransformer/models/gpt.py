@@ -9,7 +9,7 @@ import numpy as np
 
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
                   TiedLMHead)
-from ..generate import KVCache, generate, stream
+from ..generate import KVCache, generate, score, stream
 from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
@@ -137,6 +137,10 @@ class GPT(Model):
         options (top_p, repetition_penalty, seed, stop, attention_mask for left-padded batches): see
         pytransformer.generate.stream."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng, **kw)
+
+    def score(self, idx, attention_mask=None):
+        """Per-token log-probabilities (B, T - 1) of each next token (pytransformer.generate.score)."""
+        return score(self, idx, attention_mask)
 
     def stream(self, idx, max_new_tokens, temperature=1.0, **kw):
         """Yields each new token (B,) as it is generated (pytransformer.generate.stream)."""
