@@ -210,3 +210,27 @@ def test_score_matches_transformers_loss_on_the_gpt2_fixture():
     model = from_pretrained(folder)
     loss = -model.score(ref_["input_ids"]).mean()  # transformers: mean over every (row, next-token) pair
     assert abs(loss - float(ref_["loss"])) < 1e-4 * abs(float(ref_["loss"]))
+
+
+def test_encoder_decoder_greedy_with_the_cache_equals_recomputing(rng):
+    from pytransformer.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=2, n_decoder_layers=2,
+                                          d_ff=40, max_len=16), seed=3)
+    src = rng.integers(2, 13, (3, 9))
+    src_mask = np.ones((3, 9), bool)
+    src_mask[1, 6:] = False  # a padded source
+    got = model.greedy_decode(src, 0, 1, 12, src_mask=src_mask)
+    with model.evaluating():  # the definition: the whole target prefix through the decoder every step
+        memory = model.encode(src, src_mask)
+        out = np.zeros((3, 1), np.int64)
+        done = np.zeros(3, bool)
+        for _ in range(12):
+            nxt = np.where(done, 1, model.decode(out, memory, src_mask)[:, -1].argmax(-1))
+            out = np.concatenate([out, nxt[:, None]], 1)
+            done |= nxt == 1
+            if done.all():
+                break
+    np.testing.assert_array_equal(got, out)
+    with pytest.raises(ValueError, match="positions"):
+        model.greedy_decode(src, 0, 1, 16)

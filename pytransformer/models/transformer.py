@@ -12,6 +12,7 @@ import numpy as np
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
                   SinusoidalPositions, TiedLMHead)
+from ..generate import KVCache
 from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
 
@@ -117,19 +118,37 @@ class Transformer(Model):
     # --- decoding ------------------------------------------------------------------------------------------
 
     def greedy_decode(self, src, bos_id, eos_id, max_len, src_mask=None):
-        """-> (B, <= max_len + 1) ids starting with BOS; a finished row is padded with EOS."""
+        """-> (B, <= max_len + 1) ids starting with BOS; a finished row is padded with EOS. The decoder runs one
+        position per step over a KV cache, and cross-attention's keys and values are computed once."""
+        if max_len + 1 > self.config.max_len:
+            raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_len} positions")
         with self.evaluating():
             memory = self.encode(src, src_mask)
-            out = np.full((memory.shape[0], 1), bos_id, np.int64)
-            done = np.zeros(memory.shape[0], bool)
-            for _ in range(max_len):
-                nxt = self.decode(out, memory, src_mask)[:, -1].argmax(-1)
+            mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+            memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
+            B = memory.shape[0]
+            attn = self.decoder[0].attn.sublayer if self.decoder else None
+            cache = KVCache(len(self.decoder), B, max_len + 1, attn.NKV if attn else 1, attn.HS if attn else 1)
+            out = np.full((B, 1), bos_id, np.int64)
+            done = np.zeros(B, bool)
+            for step in range(max_len):
+                last = np.ascontiguousarray(out[:, -1:])
+                nxt = self._decode_step(last, cache, memory_kv, mask, step)[:, -1].argmax(-1)
                 nxt = np.where(done, eos_id, nxt)
                 out = np.concatenate([out, nxt[:, None]], axis=1)
                 done |= nxt == eos_id
                 if done.all():
                     break
         return out
+
+    def _decode_step(self, tokens, cache, memory_kv, mask, position):
+        """tokens (B, 1) at `position` -> logits (B, 1, V), the decoder's keys and values appended to the cache."""
+        y = self.tgt_emb.forward(tokens) * self.scale
+        y = self.tgt_drop.forward(self.tgt_pos.forward(y, np.full(tokens.shape, position)))
+        for i, block in enumerate(self.decoder):
+            y = block.forward(y, None, mask, cache=cache.layer(i), memory_kv=memory_kv[i])
+        cache.length += tokens.shape[1]
+        return self.out.forward(y)
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size=4, length_penalty=0.6, src_mask=None):
         """One source sequence src (1, S) -> the best (1, T) ids, scored by log-prob / ((5 + len) / 6)^alpha

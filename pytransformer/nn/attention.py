@@ -65,12 +65,23 @@ class MultiHeadAttention(Module):
     _saved = None
     keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)
 
-    def forward(self, x, memory=None, key_mask=None, cache=None):
+    def memory_kv(self, memory):
+        """Cross-attention's keys and values of an encoder output (B, S, C), computed once per source and given
+        back to forward(..., memory_kv=) at every decoding step: (k, v), each (B, S, NH, HS)."""
+        k = np.ascontiguousarray(self._expand(heads(self.k.forward(memory), self.NKV)))
+        v = np.ascontiguousarray(self._expand(heads(self.v.forward(memory), self.NKV)))
+        return k, v
+
+    def forward(self, x, memory=None, key_mask=None, cache=None, memory_kv=None):
         """cache: (k, v, start) for incremental decoding, k and v (B, T_max, NKV, HS) preallocated: the new keys
         and values go to rows start .. start + Tq and the queries attend to rows 0 .. start + Tq (key_mask is
         then (B, start + Tq)). Inference only: nothing is kept for backward."""
         if cache is not None:
             return self._forward_cached(x, key_mask, *cache)
+        if memory_kv is not None:  # cross-attention over keys and values computed once (inference)
+            out, _ = ops.attention_forward(heads(self.q.forward(x), self.NH), *memory_kv, self.causal, key_mask,
+                                           layout="bthd")
+            return self.o.forward(merge_heads(out))
         kv = x if memory is None else memory
         q = heads(self.q.forward(x), self.NH)
         k = self._expand(heads(self.k.forward(kv), self.NKV))

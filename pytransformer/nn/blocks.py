@@ -93,12 +93,14 @@ class DecoderBlock(Module):
         self.cross = Residual(cross, norm(), placement, dropout) if cross is not None else None
         self.ffn = Residual(ffn, norm(), placement, dropout)
 
-    def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None):
-        """cache (k, v, start) and key_mask (B, start + T): incremental decoding (MultiHeadAttention.forward)."""
+    def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None, memory_kv=None):
+        """cache (k, v, start) and key_mask (B, start + T): incremental decoding (MultiHeadAttention.forward);
+        memory_kv: cross-attention's keys and values computed once per source (MultiHeadAttention.memory_kv)."""
         x = self.attn.forward(x, None, key_mask, cache=cache) if cache is not None or key_mask is not None \
             else self.attn.forward(x)
         if self.cross is not None:
-            x = self.cross.forward(x, memory, memory_mask)
+            x = self.cross.forward(x, memory, memory_mask, memory_kv=memory_kv) if memory_kv is not None \
+                else self.cross.forward(x, memory, memory_mask)
         return self.ffn.forward(x)
 
     def backward(self, dout):

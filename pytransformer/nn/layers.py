@@ -154,8 +154,15 @@ class SinusoidalPositions(Module):
     def __init__(self, max_positions: int, C: int):
         self.table = sinusoidal_table(max_positions, C)
 
-    def forward(self, x):
+    def forward(self, x, position_ids=None):
+        """position_ids (B, T): each row's own positions (incremental decoding); default 0 .. T-1."""
         T = x.shape[1]
+        if position_ids is not None:
+            position_ids = np.asarray(position_ids)
+            if position_ids.shape != x.shape[:2] or position_ids.size and (
+                    position_ids.min() < 0 or position_ids.max() >= self.table.shape[0]):
+                raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.table.shape[0]})")
+            return ops.residual_forward(x, np.ascontiguousarray(self.table[position_ids]))
         if T > self.table.shape[0]:
             raise ValueError(f"sequence length {T} exceeds the {self.table.shape[0]} positions of the table")
         return ops.residual_forward(x, np.ascontiguousarray(np.broadcast_to(self.table[:T], x.shape)))
