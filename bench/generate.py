@@ -1,7 +1,7 @@
 """Greedy decoding of GPT-2 small (124M, random weights) with a KV cache: pytransformer against a plain PyTorch
 eager loop with a KV cache over the same weights, in one run, at 1 and 2 threads.
 
-    python bench/generate.py [--threads 1 2] [--prompt 64] [--new 32] [--batch 1] [--json bench/results/generate.json]
+    python bench/generate.py [--threads 1 2] [--prompt 64] [--new 32] [--batch 1] [--dtype float32|bfloat16]
 
 Reports prefill time of the prompt, decode tokens/s (new tokens after the first), and the bandwidth bound: the
 float32 weights read once per token over the read bandwidth bench/limits.py measures in the same run.
@@ -90,18 +90,23 @@ def main():
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="our weights (torch stays float32, as the issue's targets compare)")
     ap.add_argument("--json", default="bench/results/generate.json")
     args = ap.parse_args()
     import limits
 
     model = GPT(GPTConfig.preset("gpt2"), seed=0).eval()
     ids = np.random.default_rng(0).integers(0, 50257, (args.batch, args.prompt))
+    tmodel = TorchKVGPT(model) if torch else None  # float32 weights, copied before ours may narrow
     weight_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
+    if args.dtype == "bfloat16":
+        model.set_weight_dtype("bfloat16")
+        weight_bytes //= 2
     info = pytransformer.cpu_info()
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
           f"GPT-2 small {model.num_parameters() / 1e6:.0f}M float32, batch {args.batch}, prompt {args.prompt}, "
-          f"{args.new} new tokens, greedy")
-    tmodel = TorchKVGPT(model) if torch else None
+          f"{args.new} new tokens, greedy; our weights {args.dtype}")
     rows = []
     for n in args.threads:
         pytransformer.set_num_threads(n)

@@ -289,7 +289,17 @@ def peers_adamw(case, x, direction):
     return fns
 
 
-PEERS = {"matmul": peers_matmul, "layernorm": peers_layernorm, "gelu": peers_gelu, "softmax": peers_softmax,
+def peers_matmul_bf16_weights(case, x, direction):
+    """torch with the weight in bfloat16 and the activations in float32 casts per call (F.linear wants one dtype);
+    the fair peer is its bf16 Linear on bf16 inputs, which rounds the activations too."""
+    if not torch:
+        return {}
+    tw = torch.from_numpy(x["weight"].view(np.int16)).view(torch.bfloat16)
+    tx, tb = torch.from_numpy(x["inp"]).bfloat16(), torch.from_numpy(x["bias"]).bfloat16()
+    return {"torch": lambda: F.linear(tx, tw, tb)}
+
+
+PEERS = {"matmul": peers_matmul, "matmul_bf16_weights": peers_matmul_bf16_weights, "layernorm": peers_layernorm, "gelu": peers_gelu, "softmax": peers_softmax,
          "crossentropy": peers_crossentropy, "embedding": peers_embedding, "attention": peers_attention,
          "adamw": peers_adamw}
 

@@ -25,6 +25,8 @@ template <>
 const char* dtype_name<int64_t>() { return "int64"; }
 template <>
 const char* dtype_name<uint8_t>() { return "uint8"; }
+template <>
+const char* dtype_name<uint16_t>() { return "uint16 (bfloat16 bits)"; }
 
 std::string shape_str(const py::array& a) {
   std::ostringstream s;
@@ -109,6 +111,15 @@ PYBIND11_MODULE(_core, m) {
     const float* b = array_data<float>(bias, "bias", OC, false, true);
     py::gil_scoped_release nogil;
     K().matmul_forward(o, x, w, b, N, IC, OC);
+  });
+  m.def("matmul_w16_forward", [](O out, O inp, O weight, O bias, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    float* o = array_data<float>(out, "out", N * OC, true);
+    const float* x = array_data<float>(inp, "inp", N * IC);
+    const uint16_t* w = array_data<uint16_t>(weight, "weight", OC * IC);
+    const float* b = array_data<float>(bias, "bias", OC, false, true);
+    py::gil_scoped_release nogil;
+    K().matmul_w16_forward(o, x, w, b, N, IC, OC);
   });
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {

@@ -116,6 +116,31 @@ def _under(precision, fn):
     return run
 
 
+class MatmulBf16Weights(Op):
+    """The product with bfloat16 weights (uint16 bits) used for inference: forward only."""
+
+    group = "matmul"
+
+    def make(self, rng, s, o):
+        N, IC, OC = s["N"], s["IC"], s["OC"]
+        return {"inp": f32(rng, N, IC), "weight": ops.to_bfloat16(f32(rng, OC, IC)), "bias": f32(rng, OC)}
+
+    def ours(self, x, o):
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"]),
+                "out_no_bias": ops.matmul_forward(x["inp"], x["weight"])}
+
+    def reference(self, x, o):
+        return {"out": ref.matmul_forward(x["inp"], x["weight"], x["bias"]),
+                "out_no_bias": ref.matmul_forward(x["inp"], x["weight"])}
+
+    def calls(self, x, o):
+        out = np.empty((x["inp"].shape[0], x["weight"].shape[0]), np.float32)
+        return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out)}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
+
+
 class LayerNorm(Op):
     def make(self, rng, s, o):
         N, C = s["N"], s["C"]
@@ -416,7 +441,7 @@ class SumSquares(Op):
         return 1.0 * s["n"] * 4, "GB/s"
 
 
-OPS = {"matmul": Matmul(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
+OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares()}
 
@@ -488,6 +513,9 @@ CASES = [
     *[case("matmul", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC) for N, IC, OC in [
         (1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (4, 3, 1), (17, 63, 65), (65, 130, 3), (130, 65, 130),
         (63, 600, 17), (5, 520, 3100), (256, 256, 192), (26, 1024, 1024)]],
+    *[case("matmul_bf16_weights", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC)
+      for N, IC, OC in [(1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (17, 63, 65), (5, 520, 3100),
+                        (130, 65, 130), (64, 1024, 1100)]],
     *[case("layernorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768), (130, 1024)]],
     *[case("gelu", CHECK if n == 130 else TEST, n=n, approximate=a)
@@ -512,6 +540,7 @@ CASES = [
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
     *[case("matmul", BENCH, N=N, IC=IC, OC=OC)
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
+    *[case("matmul_bf16_weights", BENCH, N=N, IC=IC, OC=OC) for N, IC, OC in [(1, 768, 3072), (1024, 768, 768)]],
     *[case("matmul", BENCH, N=N, IC=IC, OC=OC, precision="bfloat16")
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
     case("layernorm", BENCH, N=8192, C=768),

@@ -18,19 +18,30 @@ import numpy as np
 from . import _core
 from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
 
+U16 = np.dtype(np.uint16)
+
 # --- matmul (Linear) -----------------------------------------------------------------------------------------
 
 
 def matmul_forward(inp, weight, bias=None, *, out=None):
-    """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC)."""
+    """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). weight may be float32, or bfloat16 bits in a
+    uint16 array (to_bfloat16; inference weights: widened exactly, float32 sums, half the bytes read)."""
     d = {}
-    array(weight, "weight", ("OC", "IC"), d)
+    narrow = isinstance(weight, np.ndarray) and weight.dtype == U16
+    array(weight, "weight", ("OC", "IC"), d, U16 if narrow else F32)
     array(inp, "inp", ("...", "IC"), d)
     if bias is not None:
         array(bias, "bias", ("OC",), d)
     out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("weight", weight), ("bias", bias)])
-    _core.matmul_forward(out, inp, weight, bias, _rows(inp), d["IC"], d["OC"])
+    (_core.matmul_w16_forward if narrow else _core.matmul_forward)(out, inp, weight, bias, _rows(inp), d["IC"],
+                                                                     d["OC"])
     return out
+
+
+def to_bfloat16(x):
+    """float32 values -> their nearest bfloat16 (ties to even) as uint16 bits, the form matmul_forward takes."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def _rows(x):

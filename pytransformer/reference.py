@@ -14,7 +14,13 @@ import numpy as np
 # --- matmul (Linear): out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias (OC) -----------------------------
 
 
+def from_bfloat16(bits):
+    """uint16 bfloat16 bits -> float64 (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
 def matmul_forward(inp, weight, bias=None):
+    weight = from_bfloat16(weight) if np.asarray(weight).dtype == np.uint16 else weight
     out = np.asarray(inp, np.float64) @ np.asarray(weight, np.float64).T
     return out if bias is None else out + bias
 

@@ -207,13 +207,19 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
 
 // out (M, OC) = inp (M, IC) @ weight (OC, IC)^T + bias, for M < 4: one pass over each weight row. Four output
 // channels at a time, two accumulators each, so 8 (M = 1) to 24 (M = 3) independent FMA chains hide the latency.
-template <int M>
-void small_m_block(float* out, const float* inp, const float* weight, const float* bias, int64_t IC, int64_t OC,
+// The weight's element: float32, or bfloat16 bits widened in registers (inference weights, half the bytes).
+inline V loadw(const float* p) { return load(p); }
+inline V loadw(const uint16_t* p) { return load_bf16(p); }
+inline V loadwn(const float* p, int64_t r) { return loadn(p, r); }
+inline V loadwn(const uint16_t* p, int64_t r) { return loadn_bf16(p, r); }
+
+template <int M, class WT>
+void small_m_block(float* out, const float* inp, const WT* weight, const float* bias, int64_t IC, int64_t OC,
                    int64_t o0, int64_t no) {
   V acc[4][M][2];
   for (int u = 0; u < 4; u++)
     for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
-  const float* w[4];
+  const WT* w[4];
   for (int u = 0; u < 4; u++) w[u] = weight + (o0 + (u < no ? u : 0)) * IC;
   int64_t i = 0;
   for (; i + 2 * W <= IC; i += 2 * W) {
@@ -225,7 +231,7 @@ void small_m_block(float* out, const float* inp, const float* weight, const floa
     }
 #pragma GCC unroll 4
     for (int u = 0; u < 4; u++) {
-      const V w0 = load(w[u] + i), w1 = load(w[u] + i + W);
+      const V w0 = loadw(w[u] + i), w1 = loadw(w[u] + i + W);
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         acc[u][m][0] = fma(w0, x[m][0], acc[u][m][0]);
@@ -236,7 +242,7 @@ void small_m_block(float* out, const float* inp, const float* weight, const floa
   for (; i < IC; i += W) {
     const int64_t r = std::min<int64_t>(W, IC - i);
     for (int u = 0; u < 4; u++) {
-      const V wv = loadn(w[u] + i, r);
+      const V wv = loadwn(w[u] + i, r);
       for (int m = 0; m < M; m++) acc[u][m][0] = fma(wv, loadn(inp + m * IC + i, r), acc[u][m][0]);
     }
   }
@@ -245,7 +251,8 @@ void small_m_block(float* out, const float* inp, const float* weight, const floa
       out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) + (bias ? bias[o0 + u] : 0.f);
 }
 
-void matmul_forward_small_m(float* out, const float* inp, const float* weight, const float* bias, int64_t M,
+template <class WT>
+void matmul_forward_small_m(float* out, const float* inp, const WT* weight, const float* bias, int64_t M,
                             int64_t IC, int64_t OC) {
   if (M <= 0) return;
   const int64_t nblocks = (OC + 3) / 4;
@@ -268,6 +275,26 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
   if (N < 4) return matmul_forward_small_m(out, inp, weight, bias, N, IC, OC);
   // B (IC, OC) = weight^T: element (k, j) at weight[j * IC + k]
   gemm(N, OC, IC, View{inp, IC, 1}, View{weight, 1, IC}, out, OC, false, bias);
+}
+
+// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias with the weight stored as bfloat16 bits (inference):
+// float32 products of the exactly widened weights, float32 sums. Few rows (decoding) read the bf16 rows straight
+// into registers, so a token streams half the bytes; more rows widen blocks of weight rows into float32 scratch
+// (about 4 MB) and run the float32 GEMM on each block.
+void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N,
+                        int64_t IC, int64_t OC) {
+  if (N == 0 || OC == 0) return;
+  if (N < 4) return matmul_forward_small_m(out, inp, weight, bias, N, IC, OC);
+  const int64_t rows = std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(IC, 1));
+  static thread_local ScratchBuffer buf;
+  float* wf = buf.floats((size_t)std::min(rows, OC) * IC);
+  for (int64_t j0 = 0; j0 < OC; j0 += rows) {
+    const int64_t nr = std::min(rows, OC - j0);
+    parallel_chunks(nr * IC, kElementChunk, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i += W) storen(wf + i, loadn_bf16(weight + j0 * IC + i, hi - i), hi - i);
+    });
+    gemm(N, nr, IC, View{inp, IC, 1}, View{wf, 1, IC}, out + j0, OC, false, bias ? bias + j0 : nullptr);
+  }
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

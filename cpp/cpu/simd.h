@@ -234,6 +234,31 @@ inline void transpose(V r[W]) {
 
 // r = min(W, remaining) lanes: a full vector or a masked tail
 inline V loadn(const float* p, int64_t r) { return r >= W ? load(p) : load_partial(p, r); }
+
+// bfloat16 (the top 16 bits of a float32, stored as uint16) widened to float32 in registers: exact.
+inline float bf16_to_float(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline V load_bf16(const uint16_t* p) {
+#if defined(PT_ISA_AVX512)
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16))};
+#elif defined(PT_ISA_AVX2)
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16))};
+#elif defined(__SSE2__)
+  return {_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i*)p)))};
+#else
+  return {bf16_to_float(p[0])};
+#endif
+}
+inline V loadn_bf16(const uint16_t* p, int64_t r) {
+  if (r >= W) return load_bf16(p);
+  alignas(64) float tmp[W] = {};
+  for (int64_t i = 0; i < r; i++) tmp[i] = bf16_to_float(p[i]);
+  return load(tmp);
+}
 inline void storen(float* p, V a, int64_t r) {
   if (r >= W)
     store(p, a);

@@ -92,6 +92,17 @@ class Model(Module):
     def zero_grad(self) -> None:
         self.params.zero_grad()
 
+    def set_weight_dtype(self, dtype: str) -> "Model":
+        """"bfloat16": every Linear and tied output layer multiplies with a bfloat16 copy of its weight (inference:
+        half the bytes a decoded token reads; products widened exactly, sums in float32; embeddings, norms and
+        activations stay float32). "float32" goes back (training needs it). -> self"""
+        from ..nn.layers import NarrowWeights
+
+        for m in self.modules():
+            if isinstance(m, NarrowWeights):
+                m.set_weight_dtype(dtype)
+        return self
+
     def num_parameters(self) -> int:
         return self.params.size
 

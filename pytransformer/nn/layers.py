@@ -14,7 +14,30 @@ from .. import ops
 from .module import Module, Parameter, normal, ones, zeros
 
 
-class Linear(Module):
+class NarrowWeights:
+    """A layer whose product may read a bfloat16 copy of its weight (inference: half the bytes per use, the sums
+    in float32). The float32 Parameter stays, so set_weight_dtype("float32") returns to training."""
+
+    weight16 = None
+
+    def set_weight_dtype(self, dtype: str) -> None:
+        if dtype == "float32":
+            self.weight16 = None
+        elif dtype == "bfloat16":
+            self.weight16 = ops.to_bfloat16(self.weight.data)
+        else:
+            raise ValueError(f"weight dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+
+    def product_weight(self):
+        return self.weight.data if self.weight16 is None else self.weight16
+
+    def check_trainable(self):
+        if self.weight16 is not None:
+            raise RuntimeError(f"{type(self).__name__} multiplies with bfloat16 weights (inference); call "
+                               "model.set_weight_dtype('float32') before training")
+
+
+class Linear(NarrowWeights, Module):
     """y (..., out) = x (..., in) @ W^T + b; W (out, in) as in torch."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
@@ -26,16 +49,17 @@ class Linear(Module):
     def forward(self, x):
         if self.keeps_state:
             self._x = x
-        return ops.matmul_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
+        return ops.matmul_forward(x, self.product_weight(), self.bias.data if self.bias is not None else None)
 
     def backward(self, dout):
+        self.check_trainable()
         dx, _, _ = ops.matmul_backward(dout, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=self.bias.grad if self.bias is not None else None,
                                        compute_dbias=self.bias is not None)
         return dx
 
 
-class TiedLMHead(Module):
+class TiedLMHead(NarrowWeights, Module):
     """logits (..., V) = x (..., C) @ table (V, C)^T (+ bias (V)): the output layer that shares its weight with
     the token embedding (GPT-2, BERT's masked-LM decoder, the 2017 paper). Holds the embedding's Parameter (and
     an optional bias Parameter the model declares), so both are stored once and the table's gradient adds up
@@ -50,9 +74,10 @@ class TiedLMHead(Module):
     def forward(self, x):
         if self.keeps_state:
             self._x = x
-        return ops.matmul_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        return ops.matmul_forward(x, self.product_weight(), None if self.bias is None else self.bias.data)
 
     def backward(self, dlogits):
+        self.check_trainable()
         dx, _, _ = ops.matmul_backward(dlogits, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=None if self.bias is None else self.bias.grad,
                                        compute_dbias=self.bias is not None)

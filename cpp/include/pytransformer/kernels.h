@@ -16,6 +16,9 @@
   /* out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias (OC) [bias may be null] */                         \
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,       \
                       int64_t IC, int64_t OC);                                                               \
+  /* the same with weight (OC, IC) stored as bfloat16 bits (inference): widened exactly, float32 sums */       \
+  void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N, \
+                          int64_t IC, int64_t OC);                                                           \
   /* dinp (N, IC) = dout @ weight; dweight (OC, IC) += dout^T @ inp; dbias (OC) += sum_n dout */              \
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,       \
                        const float* weight, int64_t N, int64_t IC, int64_t OC);                              \
@@ -69,7 +72,7 @@
   double fma_probe(float* sink, int64_t iters);
 
 #define PT_KERNEL_LIST(X)                                                                                    \
-  X(matmul_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
+  X(matmul_forward) X(matmul_w16_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
