@@ -90,7 +90,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
                     help="our weights (torch stays float32, as the issue's targets compare)")
     ap.add_argument("--json", default="bench/results/generate.json")
     args = ap.parse_args()
@@ -100,9 +100,9 @@ def main():
     ids = np.random.default_rng(0).integers(0, 50257, (args.batch, args.prompt))
     tmodel = TorchKVGPT(model) if torch else None  # float32 weights, copied before ours may narrow
     weight_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
-    if args.dtype == "bfloat16":
-        model.set_weight_dtype("bfloat16")
-        weight_bytes //= 2
+    if args.dtype != "float32":
+        model.set_weight_dtype(args.dtype)
+        weight_bytes //= 2 if args.dtype == "bfloat16" else 4
     info = pytransformer.cpu_info()
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
           f"GPT-2 small {model.num_parameters() / 1e6:.0f}M float32, batch {args.batch}, prompt {args.prompt}, "

@@ -27,6 +27,8 @@ template <>
 const char* dtype_name<uint8_t>() { return "uint8"; }
 template <>
 const char* dtype_name<uint16_t>() { return "uint16 (bfloat16 bits)"; }
+template <>
+const char* dtype_name<int8_t>() { return "int8"; }
 
 std::string shape_str(const py::array& a) {
   std::ostringstream s;
@@ -120,6 +122,16 @@ PYBIND11_MODULE(_core, m) {
     const float* b = array_data<float>(bias, "bias", OC, false, true);
     py::gil_scoped_release nogil;
     K().matmul_w16_forward(o, x, w, b, N, IC, OC);
+  });
+  m.def("matmul_w8_forward", [](O out, O inp, O weight, O scale, O bias, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    float* o = array_data<float>(out, "out", N * OC, true);
+    const float* x = array_data<float>(inp, "inp", N * IC);
+    const int8_t* w = array_data<int8_t>(weight, "weight", OC * IC);
+    const float* s = array_data<float>(scale, "weight_scale", OC);
+    const float* b = array_data<float>(bias, "bias", OC, false, true);
+    py::gil_scoped_release nogil;
+    K().matmul_w8_forward(o, x, w, s, b, N, IC, OC);
   });
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {

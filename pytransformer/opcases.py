@@ -141,6 +141,31 @@ class MatmulBf16Weights(Op):
         return 2.0 * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
 
 
+class MatmulInt8Weights(Op):
+    """The product with int8 weights and a float32 scale per output row (inference): forward only."""
+
+    group = "matmul"
+
+    def make(self, rng, s, o):
+        N, IC, OC = s["N"], s["IC"], s["OC"]
+        q, scale = ops.quantize_int8(f32(rng, OC, IC))
+        return {"inp": f32(rng, N, IC), "weight": q, "scale": scale, "bias": f32(rng, OC)}
+
+    def ours(self, x, o):
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"], weight_scale=x["scale"])}
+
+    def reference(self, x, o):
+        return {"out": ref.matmul_forward(x["inp"], x["weight"], x["bias"], weight_scale=x["scale"])}
+
+    def calls(self, x, o):
+        out = np.empty((x["inp"].shape[0], x["weight"].shape[0]), np.float32)
+        return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out,
+                                                      weight_scale=x["scale"])}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
+
+
 class LayerNorm(Op):
     def make(self, rng, s, o):
         N, C = s["N"], s["C"]
@@ -441,7 +466,8 @@ class SumSquares(Op):
         return 1.0 * s["n"] * 4, "GB/s"
 
 
-OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
+OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
+       "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares()}
 
@@ -516,6 +542,9 @@ CASES = [
     *[case("matmul_bf16_weights", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC)
       for N, IC, OC in [(1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (17, 63, 65), (5, 520, 3100),
                         (130, 65, 130), (64, 1024, 1100)]],
+    *[case("matmul_int8_weights", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC)
+      for N, IC, OC in [(1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (17, 63, 65), (5, 520, 3100),
+                        (130, 65, 130), (64, 1024, 1100)]],
     *[case("layernorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768), (130, 1024)]],
     *[case("gelu", CHECK if n == 130 else TEST, n=n, approximate=a)
@@ -541,6 +570,7 @@ CASES = [
     *[case("matmul", BENCH, N=N, IC=IC, OC=OC)
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
     *[case("matmul_bf16_weights", BENCH, N=N, IC=IC, OC=OC) for N, IC, OC in [(1, 768, 3072), (1024, 768, 768)]],
+    *[case("matmul_int8_weights", BENCH, N=N, IC=IC, OC=OC) for N, IC, OC in [(1, 768, 3072), (1024, 768, 768)]],
     *[case("matmul", BENCH, N=N, IC=IC, OC=OC, precision="bfloat16")
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (4096, 384, 1536)]],
     case("layernorm", BENCH, N=8192, C=768),

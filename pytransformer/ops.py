@@ -18,24 +18,43 @@ import numpy as np
 from . import _core
 from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
 
-U16 = np.dtype(np.uint16)
+U16, I8 = np.dtype(np.uint16), np.dtype(np.int8)
 
 # --- matmul (Linear) -----------------------------------------------------------------------------------------
 
 
-def matmul_forward(inp, weight, bias=None, *, out=None):
-    """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). weight may be float32, or bfloat16 bits in a
-    uint16 array (to_bfloat16; inference weights: widened exactly, float32 sums, half the bytes read)."""
+def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
+    """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). For inference the weight may also be
+    narrow: bfloat16 bits in a uint16 array (to_bfloat16: widened exactly, half the bytes), or int8 with a float32
+    weight_scale (OC,) per output row (quantize_int8: a quarter of the bytes); the sums stay float32."""
     d = {}
-    narrow = isinstance(weight, np.ndarray) and weight.dtype == U16
-    array(weight, "weight", ("OC", "IC"), d, U16 if narrow else F32)
+    kind = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype in (U16, I8) else F32
+    array(weight, "weight", ("OC", "IC"), d, kind)
     array(inp, "inp", ("...", "IC"), d)
     if bias is not None:
         array(bias, "bias", ("OC",), d)
-    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("weight", weight), ("bias", bias)])
-    (_core.matmul_w16_forward if narrow else _core.matmul_forward)(out, inp, weight, bias, _rows(inp), d["IC"],
-                                                                     d["OC"])
+    if (kind == I8) != (weight_scale is not None):
+        raise ValueError("weight_scale (OC,) goes with an int8 weight, and only with one")
+    if kind == I8:
+        array(weight_scale, "weight_scale", ("OC",), d)
+    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("weight", weight), ("bias", bias),
+                                                           ("weight_scale", weight_scale)])
+    if kind == I8:
+        _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, _rows(inp), d["IC"], d["OC"])
+    else:
+        (_core.matmul_w16_forward if kind == U16 else _core.matmul_forward)(out, inp, weight, bias, _rows(inp),
+                                                                           d["IC"], d["OC"])
     return out
+
+
+def quantize_int8(x):
+    """float32 (OC, IC) -> (int8 (OC, IC), float32 scale (OC,)): symmetric per output row, scale = max |row| / 127,
+    values rounded to nearest; weight ~ q * scale[:, None]. The form matmul_forward takes."""
+    x = np.asarray(x, np.float32)
+    scale = np.abs(x).max(axis=-1) / np.float32(127.0) if x.size else np.zeros(x.shape[:-1], np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(x / scale[..., None]), -127, 127).astype(np.int8)
+    return q, scale
 
 
 def to_bfloat16(x):

@@ -19,8 +19,12 @@ def from_bfloat16(bits):
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
-def matmul_forward(inp, weight, bias=None):
-    weight = from_bfloat16(weight) if np.asarray(weight).dtype == np.uint16 else weight
+def matmul_forward(inp, weight, bias=None, weight_scale=None):
+    """Narrow weights as ops.matmul_forward takes them: bfloat16 bits (uint16), or int8 times weight_scale."""
+    if np.asarray(weight).dtype == np.uint16:
+        weight = from_bfloat16(weight)
+    elif np.asarray(weight).dtype == np.int8:
+        weight = np.asarray(weight, np.float64) * np.asarray(weight_scale, np.float64)[:, None]
     out = np.asarray(inp, np.float64) @ np.asarray(weight, np.float64).T
     return out if bias is None else out + bias
 

@@ -274,6 +274,10 @@ def test_bfloat16_weights_are_for_inference_and_float32_comes_back(rng):
     assert np.isfinite(model.params.grad).all()
     with pytest.raises(ValueError, match="weight dtype"):
         model.set_weight_dtype("int4")
+    model.set_weight_dtype("int8")
+    model.loss(ids, np.roll(ids, -1, 1))
+    with pytest.raises(RuntimeError, match="int8 weights"):
+        model.backward()
 
 
 def test_bfloat16_greedy_tokens_equal_float32_on_the_gpt2_fixture():
@@ -292,3 +296,17 @@ def test_bfloat16_greedy_tokens_equal_float32_on_the_gpt2_fixture():
     with full.evaluating(), half.evaluating():
         a, b = full.forward(ref_["input_ids"]), half.forward(ref_["input_ids"])
     assert np.abs(a - b).max() < 2e-2 * np.abs(a).max()
+
+
+def test_int8_weights_agree_with_float32_on_the_next_token(rng):
+    """The accuracy guard: top-1 agreement of the next-token prediction over many positions."""
+    model = GPT(GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=64), seed=13)
+    ids = rng.integers(0, 97, (8, 64))
+    with model.evaluating():
+        full = model.forward(ids)
+    model.set_weight_dtype("int8")
+    with model.evaluating():
+        narrow = model.forward(ids)
+    agree = (full.argmax(-1) == narrow.argmax(-1)).mean()
+    assert agree >= 0.98, agree
+    assert np.abs(full - narrow).max() < 0.05 * np.abs(full).max()

@@ -212,10 +212,12 @@ inline V loadw(const float* p) { return load(p); }
 inline V loadw(const uint16_t* p) { return load_bf16(p); }
 inline V loadwn(const float* p, int64_t r) { return loadn(p, r); }
 inline V loadwn(const uint16_t* p, int64_t r) { return loadn_bf16(p, r); }
+inline V loadw(const int8_t* p) { return load_i8(p); }
+inline V loadwn(const int8_t* p, int64_t r) { return loadn_i8(p, r); }
 
 template <int M, class WT>
-void small_m_block(float* out, const float* inp, const WT* weight, const float* bias, int64_t IC, int64_t OC,
-                   int64_t o0, int64_t no) {
+void small_m_block(float* out, const float* inp, const WT* weight, const float* scale, const float* bias, int64_t IC,
+                   int64_t OC, int64_t o0, int64_t no) {
   V acc[4][M][2];
   for (int u = 0; u < 4; u++)
     for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
@@ -248,23 +250,24 @@ void small_m_block(float* out, const float* inp, const WT* weight, const float* 
   }
   for (int u = 0; u < no; u++)
     for (int m = 0; m < M; m++)
-      out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) + (bias ? bias[o0 + u] : 0.f);
+      out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) * (scale ? scale[o0 + u] : 1.f) +
+                             (bias ? bias[o0 + u] : 0.f);
 }
 
 template <class WT>
-void matmul_forward_small_m(float* out, const float* inp, const WT* weight, const float* bias, int64_t M,
-                            int64_t IC, int64_t OC) {
+void matmul_forward_small_m(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
+                            int64_t M, int64_t IC, int64_t OC) {
   if (M <= 0) return;
   const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (M * OC * IC >= kParallelGemvMacs)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
     if (M == 1)  // M is 1, 2 or 3 here
-      small_m_block<1>(out, inp, weight, bias, IC, OC, o0, no);
+      small_m_block<1>(out, inp, weight, scale, bias, IC, OC, o0, no);
     else if (M == 2)
-      small_m_block<2>(out, inp, weight, bias, IC, OC, o0, no);
+      small_m_block<2>(out, inp, weight, scale, bias, IC, OC, o0, no);
     else
-      small_m_block<3>(out, inp, weight, bias, IC, OC, o0, no);
+      small_m_block<3>(out, inp, weight, scale, bias, IC, OC, o0, no);
   }
 }
 }  // namespace
@@ -272,29 +275,47 @@ void matmul_forward_small_m(float* out, const float* inp, const WT* weight, cons
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
                     int64_t OC) {
   if (N == 0 || OC == 0) return;
-  if (N < 4) return matmul_forward_small_m(out, inp, weight, bias, N, IC, OC);
+  if (N < 4) return matmul_forward_small_m(out, inp, weight, nullptr, bias, N, IC, OC);
   // B (IC, OC) = weight^T: element (k, j) at weight[j * IC + k]
   gemm(N, OC, IC, View{inp, IC, 1}, View{weight, 1, IC}, out, OC, false, bias);
 }
 
-// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias with the weight stored as bfloat16 bits (inference):
-// float32 products of the exactly widened weights, float32 sums. Few rows (decoding) read the bf16 rows straight
-// into registers, so a token streams half the bytes; more rows widen blocks of weight rows into float32 scratch
-// (about 4 MB) and run the float32 GEMM on each block.
-void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N,
-                        int64_t IC, int64_t OC) {
+namespace {
+// Narrow weights (inference): few rows (decoding) read them straight into registers, so a token streams their
+// bytes only; more rows widen blocks of weight rows into float32 scratch (about 4 MB, the row scale applied) and
+// run the float32 GEMM on each block.
+template <class WT>
+void narrow_weight_forward(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
+                           int64_t N, int64_t IC, int64_t OC) {
   if (N == 0 || OC == 0) return;
-  if (N < 4) return matmul_forward_small_m(out, inp, weight, bias, N, IC, OC);
+  if (N < 4) return matmul_forward_small_m(out, inp, weight, scale, bias, N, IC, OC);
   const int64_t rows = std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(IC, 1));
   static thread_local ScratchBuffer buf;
   float* wf = buf.floats((size_t)std::min(rows, OC) * IC);
   for (int64_t j0 = 0; j0 < OC; j0 += rows) {
     const int64_t nr = std::min(rows, OC - j0);
-    parallel_chunks(nr * IC, kElementChunk, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; i += W) storen(wf + i, loadn_bf16(weight + j0 * IC + i, hi - i), hi - i);
-    });
+#pragma omp parallel for num_threads(threads()) schedule(static) if (nr * IC >= kParallelElements)
+    for (int64_t r = 0; r < nr; r++) {
+      const WT* src = weight + (j0 + r) * IC;
+      const V s = set1(scale ? scale[j0 + r] : 1.f);
+      for (int64_t i = 0; i < IC; i += W) storen(wf + r * IC + i, mul(loadwn(src + i, IC - i), s), IC - i);
+    }
     gemm(N, nr, IC, View{inp, IC, 1}, View{wf, 1, IC}, out + j0, OC, false, bias ? bias + j0 : nullptr);
   }
+}
+}  // namespace
+
+// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias, the weight stored as bfloat16 bits: widened exactly,
+// float32 sums.
+void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N,
+                        int64_t IC, int64_t OC) {
+  narrow_weight_forward(out, inp, weight, nullptr, bias, N, IC, OC);
+}
+
+// The same with int8 weights and a float32 scale per output row: out = (inp @ weight^T) * scale + bias.
+void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const float* scale, const float* bias,
+                       int64_t N, int64_t IC, int64_t OC) {
+  narrow_weight_forward(out, inp, weight, scale, bias, N, IC, OC);
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

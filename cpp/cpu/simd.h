@@ -253,6 +253,28 @@ inline V load_bf16(const uint16_t* p) {
   return {bf16_to_float(p[0])};
 #endif
 }
+// int8 widened to float32 in registers (int8 weights; their per-row scale is applied to the sums).
+inline V load_i8(const int8_t* p) {
+#if defined(PT_ISA_AVX512)
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
+#elif defined(PT_ISA_AVX2)
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)))};
+#elif defined(__SSE2__)
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  __m128i x = _mm_cvtsi32_si128(four);
+  x = _mm_unpacklo_epi8(x, x);                                   // each byte twice
+  return {_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(x, x), 24))};  // sign-extended to 32 bits
+#else
+  return {(float)p[0]};
+#endif
+}
+inline V loadn_i8(const int8_t* p, int64_t r) {
+  if (r >= W) return load_i8(p);
+  alignas(64) float tmp[W] = {};
+  for (int64_t i = 0; i < r; i++) tmp[i] = (float)p[i];
+  return load(tmp);
+}
 inline V loadn_bf16(const uint16_t* p, int64_t r) {
   if (r >= W) return load_bf16(p);
   alignas(64) float tmp[W] = {};

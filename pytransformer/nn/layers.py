@@ -15,25 +15,32 @@ from .module import Module, Parameter, normal, ones, zeros
 
 
 class NarrowWeights:
-    """A layer whose product may read a bfloat16 copy of its weight (inference: half the bytes per use, the sums
-    in float32). The float32 Parameter stays, so set_weight_dtype("float32") returns to training."""
+    """A layer whose product may read a narrow copy of its weight for inference: bfloat16 (half the bytes) or
+    int8 with a scale per output row (a quarter); the sums stay float32. The float32 Parameter stays, so
+    set_weight_dtype("float32") returns to training."""
 
-    weight16 = None
+    narrow = None  # (weight, weight_scale or None) when narrow
 
     def set_weight_dtype(self, dtype: str) -> None:
         if dtype == "float32":
-            self.weight16 = None
+            self.narrow = None
         elif dtype == "bfloat16":
-            self.weight16 = ops.to_bfloat16(self.weight.data)
+            self.narrow = (ops.to_bfloat16(self.weight.data), None)
+        elif dtype == "int8":
+            self.narrow = ops.quantize_int8(self.weight.data)
         else:
-            raise ValueError(f"weight dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+            raise ValueError(f"weight dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
 
-    def product_weight(self):
-        return self.weight.data if self.weight16 is None else self.weight16
+    def product(self, x, bias):
+        if self.narrow is None:
+            return ops.matmul_forward(x, self.weight.data, bias)
+        weight, scale = self.narrow
+        return ops.matmul_forward(x, weight, bias, weight_scale=scale)
 
     def check_trainable(self):
-        if self.weight16 is not None:
-            raise RuntimeError(f"{type(self).__name__} multiplies with bfloat16 weights (inference); call "
+        if self.narrow is not None:
+            kind = "bfloat16" if self.narrow[1] is None else "int8"
+            raise RuntimeError(f"{type(self).__name__} multiplies with {kind} weights (inference); call "
                                "model.set_weight_dtype('float32') before training")
 
 
@@ -49,7 +56,7 @@ class Linear(NarrowWeights, Module):
     def forward(self, x):
         if self.keeps_state:
             self._x = x
-        return ops.matmul_forward(x, self.product_weight(), self.bias.data if self.bias is not None else None)
+        return self.product(x, self.bias.data if self.bias is not None else None)
 
     def backward(self, dout):
         self.check_trainable()
@@ -74,7 +81,7 @@ class TiedLMHead(NarrowWeights, Module):
     def forward(self, x):
         if self.keeps_state:
             self._x = x
-        return ops.matmul_forward(x, self.product_weight(), None if self.bias is None else self.bias.data)
+        return self.product(x, None if self.bias is None else self.bias.data)
 
     def backward(self, dlogits):
         self.check_trainable()

@@ -19,6 +19,9 @@
   /* the same with weight (OC, IC) stored as bfloat16 bits (inference): widened exactly, float32 sums */       \
   void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N, \
                           int64_t IC, int64_t OC);                                                           \
+  /* ... and with int8 weight (OC, IC) and a scale (OC) per output row: out = (inp @ weight^T) * scale + bias */ \
+  void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const float* scale,              \
+                         const float* bias, int64_t N, int64_t IC, int64_t OC);                              \
   /* dinp (N, IC) = dout @ weight; dweight (OC, IC) += dout^T @ inp; dbias (OC) += sum_n dout */              \
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,       \
                        const float* weight, int64_t N, int64_t IC, int64_t OC);                              \
@@ -72,7 +75,7 @@
   double fma_probe(float* sink, int64_t iters);
 
 #define PT_KERNEL_LIST(X)                                                                                    \
-  X(matmul_forward) X(matmul_w16_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
+  X(matmul_forward) X(matmul_w16_forward) X(matmul_w8_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
