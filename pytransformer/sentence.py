@@ -25,9 +25,11 @@ def default_model_path() -> str:
 
 
 class SentenceEncoder:
-    def __init__(self, path=None):
+    """dtype: the weights the products read ("float32", or "bfloat16" / "int8" for inference speed)."""
+
+    def __init__(self, path=None, dtype="float32"):
         path = os.fspath(path) if path is not None else default_model_path()
-        self.model = load_bert(path)
+        self.model = load_bert(path).set_weight_dtype(dtype)
         lowercase = True
         tok_cfg = os.path.join(path, "tokenizer_config.json")
         if os.path.exists(tok_cfg):
@@ -46,17 +48,19 @@ class SentenceEncoder:
     def dim(self) -> int:
         return self.model.config.hidden_size
 
-    def encode(self, sentences, batch_size: int = 32) -> np.ndarray:
-        """list of str -> (N, dim) float32, unit-norm rows. Sentences are batched by length (padding is
-        masked, so the batching never changes a result)."""
+    def encode(self, sentences, batch_size: int = 32, normalize: bool = True, show_progress: bool = False):
+        """list of str -> (N, dim) float32, unit-norm rows (mean pooling; normalize=False keeps the raw means).
+        Sentences are batched by length (padding is masked, so the batching never changes a result).
+        show_progress: a progress bar on stderr (tqdm when installed, a plain counter otherwise)."""
         if isinstance(sentences, str):
             raise TypeError("encode takes a list of strings; wrap a single sentence in a list")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
         sentences = list(sentences)
         out = np.zeros((len(sentences), self.dim), np.float32)
         lengths = [len(self.tokenizer.encode(s)) for s in sentences]
         order = np.argsort(lengths, kind="stable")
+        progress = _progress(len(sentences)) if show_progress else None
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids, mask = self.tokenizer.batch_encode([sentences[j] for j in idx])
@@ -64,7 +68,12 @@ class SentenceEncoder:
                 hidden = self.model.encode(ids, mask)
             m = mask[:, :, None].astype(np.float32)
             pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12) if normalize \
+                else pooled
+            if progress:
+                progress(len(idx))
+        if progress:
+            progress(0, done=True)
         return out
 
     def similarity(self, a, b=None) -> np.ndarray:
@@ -72,3 +81,27 @@ class SentenceEncoder:
         ea = self.encode(a)
         eb = ea if b is None else self.encode(b)
         return ea @ eb.T
+
+
+def _progress(total):
+    """update(n, done=False): tqdm's bar when tqdm is installed, else a counter rewritten in place on stderr."""
+    import sys
+
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="sentence", file=sys.stderr)
+
+        def update(n, done=False):
+            bar.update(n)
+            if done:
+                bar.close()
+        return update
+    except ImportError:
+        seen = [0]
+
+        def update(n, done=False):
+            seen[0] += n
+            sys.stderr.write(f"\rembedded {seen[0]:,} of {total:,} sentences" + ("\n" if done else ""))
+            sys.stderr.flush()
+        return update

