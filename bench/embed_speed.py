@@ -26,16 +26,22 @@ def main():
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default=["float32"], nargs="+", choices=["float32", "bfloat16", "int8"],
+                    help="our weights; each is timed and compared (cosine) with float32")
     args = ap.parse_args()
     lines = [l for l in open(CORPUS, encoding="utf-8").read().split("\n") if l.strip()][: args.n]
     pytransformer.set_num_threads(args.threads)
-    enc = SentenceEncoder()
-    enc.encode(lines[:64], args.batch)
-    t = time.perf_counter()
-    ours = enc.encode(lines, args.batch)
-    t_ours = time.perf_counter() - t
     print(f"# {len(lines)} sentences, batch {args.batch}, {args.threads} threads, isa {pytransformer.cpu_info()['isa']}")
-    print(f"pytransformer SentenceEncoder: {len(lines) / t_ours:,.0f} sentences/s")
+    results = {}
+    for dtype in dict.fromkeys(["float32", *args.dtype]):
+        enc = SentenceEncoder(dtype=dtype)
+        enc.encode(lines[:64], args.batch)
+        t = time.perf_counter()
+        results[dtype] = (enc.encode(lines, args.batch), time.perf_counter() - t)
+        cos = np.sum(results[dtype][0] * results["float32"][0], axis=1).min()
+        print(f"pytransformer SentenceEncoder ({dtype} weights): {len(lines) / results[dtype][1]:,.0f} sentences/s"
+              f"{'' if dtype == 'float32' else f', min cosine to float32 {cos:.4f}'}")
+    ours, t_ours = results["float32"]
     import torch
 
     torch.set_num_threads(args.threads)
@@ -69,6 +75,9 @@ def main():
     t_theirs = time.perf_counter() - t
     print(f"{name}: {len(lines) / t_theirs:,.0f} sentences/s  (ours {t_theirs / t_ours:.2f}x; "
           f"max |difference| {np.abs(ours - theirs).max():.2e})")
+    for dtype, (_, t) in results.items():
+        if dtype != "float32":
+            print(f"  ours with {dtype} weights: {t_theirs / t:.2f}x {name}")
 
 
 if __name__ == "__main__":
