@@ -10,6 +10,7 @@
 
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "pytransformer/dispatch.h"
 
@@ -81,6 +82,20 @@ using py::arg;
 using O = const py::object&;
 const auto& K() { return pt::active(); }
 
+// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T [* scale (OC)] + bias for a weight of element WT: float32,
+// bfloat16 bits (uint16) or int8 (with its scale). The arrays checked, the kernel run without the GIL.
+template <class WT, class Kernel>
+void product_forward(O out, O inp, O weight, O scale, O bias, int64_t N, int64_t IC, int64_t OC, Kernel kernel) {
+  check_nonneg({N, IC, OC});
+  float* o = array_data<float>(out, "out", N * OC, true);
+  const float* x = array_data<float>(inp, "inp", N * IC);
+  const WT* w = array_data<WT>(weight, "weight", OC * IC);
+  const float* s = array_data<float>(scale, "weight_scale", OC, false, !std::is_same<WT, int8_t>::value);
+  const float* b = array_data<float>(bias, "bias", OC, false, true);
+  py::gil_scoped_release nogil;
+  kernel(o, x, w, s, b, N, IC, OC);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -106,32 +121,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_matmul_precision", &pt::set_matmul_precision, arg("precision"));
 
   m.def("matmul_forward", [](O out, O inp, O weight, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    float* o = array_data<float>(out, "out", N * OC, true);
-    const float* x = array_data<float>(inp, "inp", N * IC);
-    const float* w = array_data<float>(weight, "weight", OC * IC);
-    const float* b = array_data<float>(bias, "bias", OC, false, true);
-    py::gil_scoped_release nogil;
-    K().matmul_forward(o, x, w, b, N, IC, OC);
+    product_forward<float>(out, inp, weight, py::none(), bias, N, IC, OC,
+                           [](float* o, const float* x, const float* w, const float*, const float* b, int64_t n,
+                              int64_t ic, int64_t oc) { K().matmul_forward(o, x, w, b, n, ic, oc); });
   });
   m.def("matmul_w16_forward", [](O out, O inp, O weight, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    float* o = array_data<float>(out, "out", N * OC, true);
-    const float* x = array_data<float>(inp, "inp", N * IC);
-    const uint16_t* w = array_data<uint16_t>(weight, "weight", OC * IC);
-    const float* b = array_data<float>(bias, "bias", OC, false, true);
-    py::gil_scoped_release nogil;
-    K().matmul_w16_forward(o, x, w, b, N, IC, OC);
+    product_forward<uint16_t>(out, inp, weight, py::none(), bias, N, IC, OC,
+                              [](float* o, const float* x, const uint16_t* w, const float*, const float* b, int64_t n,
+                                 int64_t ic, int64_t oc) { K().matmul_w16_forward(o, x, w, b, n, ic, oc); });
   });
   m.def("matmul_w8_forward", [](O out, O inp, O weight, O scale, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    float* o = array_data<float>(out, "out", N * OC, true);
-    const float* x = array_data<float>(inp, "inp", N * IC);
-    const int8_t* w = array_data<int8_t>(weight, "weight", OC * IC);
-    const float* s = array_data<float>(scale, "weight_scale", OC);
-    const float* b = array_data<float>(bias, "bias", OC, false, true);
-    py::gil_scoped_release nogil;
-    K().matmul_w8_forward(o, x, w, s, b, N, IC, OC);
+    product_forward<int8_t>(out, inp, weight, scale, bias, N, IC, OC,
+                            [](float* o, const float* x, const int8_t* w, const float* s, const float* b, int64_t n,
+                               int64_t ic, int64_t oc) { K().matmul_w8_forward(o, x, w, s, b, n, ic, oc); });
   });
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {

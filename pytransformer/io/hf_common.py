@@ -12,23 +12,15 @@ from typing import Callable
 import numpy as np
 
 from ..models.base import parameter_shapes
-from .safetensors import atomic_write, load_file, save_file
+from .safetensors import atomic_write, load_file, parse_json, save_file
 
 
 def read_config(path) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{path}: no config.json")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{cfg_path}: nested too deeply to be a config") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path}: must be a JSON object, got {type(config).__name__}")
-    return config
+    with open(cfg_path, "rb") as f:
+        return parse_json(f.read(), cfg_path)
 
 
 def read_folder(path, mmap=True):
@@ -40,11 +32,8 @@ def read_folder(path, mmap=True):
     if os.path.exists(single):
         return config, load_file(single, mmap=mmap)
     if os.path.exists(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
-            weight_map = None
+        with open(index, "rb") as f:
+            weight_map = parse_json(f.read(), index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{index}: expected a JSON object with a weight_map of tensor name -> shard file")
         tensors = {}

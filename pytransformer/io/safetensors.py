@@ -41,14 +41,7 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
                          f"or the {MAX_HEADER}-byte limit")
     if len(raw) < 8 + n:
         raise ValueError(f"{where}truncated header")
-    try:
-        header = json.loads(raw[8: 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{where}header is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{where}header JSON is nested too deeply to be a safetensors header") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{where}header must be a JSON object")
+    header = parse_json(raw[8: 8 + n], f"{where}header")
     metadata = header.pop("__metadata__", {}) or {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ValueError(f"{where}__metadata__ must map strings to strings")
@@ -80,6 +73,20 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
         if b1 < e0:
             raise ValueError(f"{where}tensors {n0!r} and {n1!r} overlap")
     return tensors, metadata, 8 + n
+
+
+def parse_json(raw: bytes, what: str) -> dict:
+    """A JSON object from untrusted bytes, or ValueError saying what is wrong with `what` (never RecursionError or
+    UnicodeDecodeError)."""
+    try:
+        value = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be what it claims") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _to_array(buf, dtype, shape, begin, end):
