@@ -147,6 +147,64 @@ struct TileMask {
 };
 }  // namespace
 
+// A few queries (decoding: one new position per sequence) over many keys: one row at a time, scores in scratch,
+// then the softmax and the weighted sum of V rows, all vectorised along the keys or the head. The tiled path
+// below would pad every query block to BQ rows and do BQ times the work.
+constexpr int64_t kRowQueries = 4;
+
+static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
+                    int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale,
+                    bool bthd) {
+  const Heads heads{NH, HS, bthd};
+  const int64_t rs = heads.row_stride(), offset = Tk - Tq, ntasks = B * NH * Tq;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
+  for (int64_t t = 0; t < ntasks; t++) {
+    const int64_t bh = t / Tq, i = t % Tq, b = bh / NH, h = bh % NH;
+    const float* Q = q + heads.offset(b, h, Tq) + i * rs;
+    const float* K = k + heads.offset(b, h, Tkv);
+    const float* Vv = v + heads.offset(b, h, Tkv);
+    float* O = out + heads.offset(b, h, Tq) + i * rs;
+    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
+    const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
+    static thread_local ScratchBuffer buf;
+    float* sc = buf.floats((size_t)std::max<int64_t>(kend, 1) + W);
+    float m = kNegInf;
+    for (int64_t j = 0; j < kend; j++) {
+      if (mask && !mask[j]) {
+        sc[j] = kNegInf;
+        continue;
+      }
+      const float* kr = K + j * rs;
+      V acc = zero();
+      for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(kr + d, HS - d), acc);
+      sc[j] = reduce_add(acc) * scale;
+      m = std::max(m, sc[j]);
+    }
+    if (m == kNegInf) {  // no visible key: zeros, as the tiled path
+      for (int64_t d = 0; d < HS; d += W) storen(O + d, zero(), HS - d);
+      lse[bh * Tq + i] = kNegInf;
+      continue;
+    }
+    const V vm = set1(m);
+    V vsum = zero();
+    for (int64_t j = 0; j < kend; j += W) {
+      const int64_t r = std::min<int64_t>(W, kend - j);
+      const V p = exp(sub(loadn(sc + j, r), vm));  // masked keys: exp(-inf) = 0
+      storen(sc + j, p, r);
+      vsum = add(vsum, r == W ? p : load_partial(sc + j, r));
+    }
+    const float l = reduce_add(vsum);
+    for (int64_t d = 0; d < HS; d += W) {
+      const int64_t nd = std::min<int64_t>(W, HS - d);
+      V acc = zero();
+      for (int64_t j = 0; j < kend; j++)
+        if (sc[j] != 0.f) acc = fma(set1(sc[j]), loadn(Vv + j * rs + d, nd), acc);
+      storen(O + d, mul(acc, set1(1.f / l)), nd);
+    }
+    lse[bh * Tq + i] = m + std::log(l);
+  }
+}
+
 // Forward works on transposed tiles so that the online softmax runs across queries, W rows per vector, with no
 // horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
 // V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
@@ -154,6 +212,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv,
                        int64_t HS, bool causal, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
+  if (Tq <= kRowQueries) return attention_rows(out, lse, q, k, v, key_mask, B, NH, Tq, Tk, Tkv, HS, causal, scale, bthd);
   const Heads heads{NH, HS, bthd};
   const int64_t rs = heads.row_stride();
   const int64_t offset = Tk - Tq;
