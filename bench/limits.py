@@ -62,6 +62,19 @@ def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):
     return 3 * n * 4 / float(np.median(times)) / 1e9
 
 
+def read_bandwidth(threads, nbytes=400 * 2**20, reps=9):
+    """GB/s of reading memory only (what a decoded token does with the weights): the sum of squares of one of two
+    arrays of nbytes each, taken in turn so that neither stays in cache, median over reps."""
+    pytransformer.set_num_threads(threads)
+    arrays = [np.ones(nbytes // 4, np.float32) for _ in range(2)]
+    times = []
+    for i in range(reps + 2):
+        t = time.perf_counter()
+        ops.sum_squares(arrays[i % 2])
+        times.append(time.perf_counter() - t)
+    return nbytes / float(np.median(times[2:])) / 1e9
+
+
 def measure(threads=(1, 2)):
     """-> {"fma": {isa: {threads: GFLOP/s}}, "amx_bf16": {threads: GFLOP/s} (empty without AMX),
     "bandwidth_l3": {threads: GB/s}, "bandwidth_dram": {...}}"""
@@ -71,7 +84,8 @@ def measure(threads=(1, 2)):
         amx = {n: amx_peak(n) for n in threads} if pytransformer.cpu_info()["amx_bf16"] else {}
         return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas}, "amx_bf16": amx,
                 "bandwidth_l3": {n: bandwidth(n) for n in threads},
-                "bandwidth_dram": {n: bandwidth(n, 400 * 2**20, reps=5) for n in threads}}
+                "bandwidth_dram": {n: bandwidth(n, 400 * 2**20, reps=5) for n in threads},
+                "bandwidth_read": {n: read_bandwidth(n) for n in threads}}
     finally:
         pytransformer.set_num_threads(before)
 
