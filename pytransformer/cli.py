@@ -216,6 +216,34 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    import os
+
+    from .checkpoint import load_checkpoint
+    from .generate import perplexity
+    from .tokenizers import CharTokenizer
+
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"{args.checkpoint}: no such checkpoint file")
+    loaded = load_checkpoint(args.checkpoint)
+    if loaded["tokenizer"] is None:
+        raise UsageError(f"{args.checkpoint} carries no tokenizer (was it written by `pytransformer train`?)")
+    tok = CharTokenizer.from_json(loaded["tokenizer"])
+    text = read_corpus(args.file)
+    unknown = sorted(set(text) - set(tok.chars))
+    if unknown:
+        shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
+        raise UsageError(f"{args.file} has {len(unknown)} characters the model never saw: {shown!r}")
+    model = loaded["model"]
+    window = model.max_positions
+    if args.stride is not None and args.stride > window:
+        raise UsageError(f"--stride {args.stride} exceeds the model's context of {window}")
+    ppl, count = perplexity(model, tok.encode(text), args.stride)
+    print(f"perplexity {ppl:.4f} ({count:,} characters scored, window {window}, stride "
+          f"{args.stride or max(1, window // 2)}): {__import__('math').log(ppl):.4f} nats/char")
+    return 0
+
+
 def _encoder(args):
     from .sentence import SentenceEncoder
 
@@ -383,6 +411,11 @@ def build_parser():
     p.add_argument("--top-k", type=POSITIVE, default=20, dest="top_k", help="sample among the k likeliest")
     p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("perplexity", help="perplexity of a text under a checkpoint written by `train`")
+    p.add_argument("checkpoint", help="a checkpoint file (OUT/ckpt.safetensors)")
+    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("--stride", type=POSITIVE, help="tokens between sliding windows (default: half the context)")
+    p.set_defaults(func=cmd_perplexity)
     p = sub.add_parser("embed", help="sentence embeddings (all-MiniLM-L6-v2) of the given texts")
     p.add_argument("texts", nargs="+", help="sentences to embed")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")

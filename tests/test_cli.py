@@ -145,3 +145,18 @@ def test_version_and_help_with_defaults(tmp_path):
         assert text in r.stdout
     assert "(default: None)" not in r.stdout
     assert "default: 0.8" in cli("sample", "--help", cwd=tmp_path).stdout
+
+
+def test_perplexity_of_a_text(tmp_path, corpus):
+    cli("train", "--data", corpus, "--out", "run", "--steps", "30", *SMALL, cwd=tmp_path)
+    r = cli("perplexity", "run/ckpt.safetensors", corpus, "--stride", "8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ppl = float(r.stdout.split()[r.stdout.split().index("perplexity") + 1])
+    from pytransformer.checkpoint import load_checkpoint
+    from pytransformer.generate import perplexity
+    from pytransformer.tokenizers import CharTokenizer
+    loaded = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
+    ids = CharTokenizer.from_json(loaded["tokenizer"]).encode(CORPUS)
+    assert abs(ppl - perplexity(loaded["model"], ids, 8)[0]) < 1e-3 * ppl
+    (tmp_path / "other.txt").write_text("zzz~~~ " * 50)
+    one_line_error(cli("perplexity", "run/ckpt.safetensors", "other.txt", cwd=tmp_path), 1, "never saw")
