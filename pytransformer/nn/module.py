@@ -131,29 +131,39 @@ class Module:
             _local.evaluating = before
 
 
+def _initialise(p: Parameter, rng, chunk_elements: int = 1 << 20) -> None:
+    """p.data = p.init(rng, p.shape), drawn straight into the flat buffer a block of rows at a time (the same
+    values as one draw: the generator is a stream), so building a model never holds a second copy of it."""
+    if len(p.shape) == 0 or p.size <= chunk_elements:
+        p.data[...] = p.init(rng, p.shape)
+        return
+    rows = max(1, chunk_elements // max(1, p.size // p.shape[0]))
+    for r0 in range(0, p.shape[0], rows):
+        r1 = min(p.shape[0], r0 + rows)
+        p.data[r0:r1] = p.init(rng, (r1 - r0,) + p.shape[1:])
+
+
 class FlatParameters:
     """One float32 buffer for a module tree's parameter values (`data`) and one for their gradients (`grad`)."""
 
     def __init__(self, module: Module, rng: np.random.Generator):
         named = list(module.named_parameters())
-        for _, p in named:  # initial values in declaration order, whatever the layout below
-            p.data = np.asarray(p.init(rng, p.shape), np.float32)
         # matrices (weights, embeddings: decayed by AdamW) first, then vectors (biases, LayerNorm: not decayed),
         # so that each group is one contiguous slice: data[:decay_size] and data[decay_size:]
         self.named = [(n, p) for n, p in named if len(p.shape) >= 2] + [(n, p) for n, p in named if len(p.shape) < 2]
         self.decay_size = sum(p.size for _, p in self.named if len(p.shape) >= 2)
         total = sum(p.size for _, p in self.named)
         self.data = np.empty(total, np.float32)
-        self.grad = np.zeros(total, np.float32)
+        self.grad = np.zeros(total, np.float32)  # (calloc: pages cost memory only once a gradient is written)
         self.offsets = {}
         offset = 0
         for name, p in self.named:
-            initial = p.data
             p.data = self.data[offset: offset + p.size].reshape(p.shape)
             p.grad = self.grad[offset: offset + p.size].reshape(p.shape)
-            p.data[...] = initial
             self.offsets[name] = (offset, p.size)
             offset += p.size
+        for _, p in named:  # initial values in declaration order, whatever the layout above
+            _initialise(p, rng)
 
     @property
     def size(self) -> int:

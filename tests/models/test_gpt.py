@@ -187,3 +187,19 @@ def test_cli_attention_map_png(tmp_path):
                         "hello world", "--layer", "1", "--head", "1", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_building_a_model_holds_one_copy_of_its_parameters():
+    """Initial values go straight into the flat buffer (no second copy, no float64 temporary of a whole table):
+    peak memory during the build is the parameters plus small change (inference memory = weights + cache)."""
+    import tracemalloc
+
+    cfg = GPTConfig(vocab_size=20000, block_size=64, n_layer=2, n_head=4, n_embd=256)
+    tracemalloc.start()
+    try:
+        model = GPT(cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    values = model.params.data.nbytes
+    assert peak < 1.2 * values + (8 << 20), f"peak {peak / 2**20:.1f} MiB for {values / 2**20:.1f} MiB of values"
