@@ -202,4 +202,6 @@ def test_building_a_model_holds_one_copy_of_its_parameters():
     finally:
         tracemalloc.stop()
     values = model.params.data.nbytes
-    assert peak < 1.2 * values + (8 << 20), f"peak {peak / 2**20:.1f} MiB for {values / 2**20:.1f} MiB of values"
+    # values + the gradient buffer (tracemalloc counts its calloc; pages cost memory only once written) + one
+    # block of draws; before, every initial value was held beside the buffer with a float64 copy of the largest
+    assert peak < 2 * values + (16 << 20), f"peak {peak / 2**20:.1f} MiB for {values / 2**20:.1f} MiB of values"
