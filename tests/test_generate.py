@@ -310,3 +310,44 @@ def test_int8_weights_agree_with_float32_on_the_next_token(rng):
     agree = (full.argmax(-1) == narrow.argmax(-1)).mean()
     assert agree >= 0.98, agree
     assert np.abs(full - narrow).max() < 0.05 * np.abs(full).max()
+
+
+def recompute_beam_search(model, src, bos, eos, max_len, beam_size, alpha, src_mask=None):
+    """The definition: every step, every beam's whole prefix through the decoder."""
+    with model.evaluating():
+        memory = model.encode(src, src_mask)
+        beams, finished = [(0.0, [bos])], []
+        for _ in range(max_len):
+            seqs = np.array([b[1] for b in beams], np.int64)
+            mem = np.ascontiguousarray(np.repeat(memory, len(beams), axis=0))
+            mask = None if src_mask is None else np.repeat(np.asarray(src_mask), len(beams), axis=0)
+            logits = model.decode(seqs, mem, mask)[:, -1].astype(np.float64)
+            logp = logits - logits.max(-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+            candidates = [(score + row[t], seq + [int(t)]) for (score, seq), row in zip(beams, logp)
+                          for t in np.argsort(row)[-beam_size:]]
+            candidates.sort(key=lambda c: c[0], reverse=True)
+            beams = []
+            for score, seq in candidates:
+                (finished if seq[-1] == eos else beams).append((score, seq))
+                if len(beams) == beam_size:
+                    break
+            if not beams or len(finished) >= beam_size:
+                break
+        pool = finished or beams
+        return max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** alpha))[1]
+
+
+@pytest.mark.parametrize("beam_size,masked", [(1, False), (3, False), (4, True)])
+def test_beam_search_on_the_cache_equals_recomputing(rng, beam_size, masked):
+    from pytransformer.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
+                                          d_ff=32, max_len=16), seed=beam_size)
+    src = rng.integers(2, 11, (1, 8))
+    mask = None
+    if masked:
+        mask = np.ones((1, 8), bool)
+        mask[0, 6:] = False
+    got = model.beam_search(src, 0, 1, 10, beam_size=beam_size, src_mask=mask)
+    assert got[0].tolist() == recompute_beam_search(model, src, 0, 1, 10, beam_size, 0.6, mask)

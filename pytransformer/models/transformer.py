@@ -152,33 +152,61 @@ class Transformer(Model):
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size=4, length_penalty=0.6, src_mask=None):
         """One source sequence src (1, S) -> the best (1, T) ids, scored by log-prob / ((5 + len) / 6)^alpha
-        (Wu et al., 2016, as the 2017 paper uses)."""
+        (Wu et al., 2016, as the 2017 paper uses). The beams are the rows of one KV cache, reordered after each
+        step to follow their parents; cross-attention's keys and values are computed once."""
         src = check_ids(src, "src")
         if src.shape[0] != 1:
             raise ValueError("beam_search decodes one sequence at a time: src must be (1, S)")
+        if max_len + 1 > self.config.max_len:
+            raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_len} positions")
         with self.evaluating():
             memory = self.encode(src, src_mask)
+            mask = None if src_mask is None else np.repeat(np.asarray(src_mask) != 0, beam_size, axis=0)
+            memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, beam_size, axis=0))
+                               for a in block.cross.sublayer.memory_kv(memory)) for block in self.decoder]
+            attn = self.decoder[0].attn.sublayer if self.decoder else None
+            cache = KVCache(len(self.decoder), beam_size, max_len + 1, attn.NKV if attn else 1, attn.HS if attn else 1)
             beams = [(0.0, [bos_id])]
             finished = []
-            for _ in range(max_len):
-                seqs = np.array([b[1] for b in beams], np.int64)
-                mem = np.ascontiguousarray(np.repeat(memory, len(beams), axis=0))
-                mask = None if src_mask is None else np.repeat(np.asarray(src_mask), len(beams), axis=0)
-                logits = self.decode(seqs, mem, mask)[:, -1].astype(np.float64)
-                logp = logits - logits.max(-1, keepdims=True)
+            for step in range(max_len):
+                nb = len(beams)
+                rows = _CacheRows(cache, nb)
+                last = np.array([[b[1][-1]] for b in beams], np.int64)
+                kv = [(k[:nb], v[:nb]) for k, v in memory_kv]
+                logits = self._decode_step(last, rows, kv, None if mask is None else mask[:nb], step)
+                cache.length = rows.length
+                logp = logits[:, -1].astype(np.float64)
+                logp = logp - logp.max(-1, keepdims=True)
                 logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
                 candidates = []
-                for (score, seq), row in zip(beams, logp):
+                for parent, ((score, seq), row) in enumerate(zip(beams, logp)):
                     for tok in np.argsort(row)[-beam_size:]:
-                        candidates.append((score + row[tok], seq + [int(tok)]))
+                        candidates.append((score + row[tok], seq + [int(tok)], parent))
                 candidates.sort(key=lambda c: c[0], reverse=True)
-                beams = []
-                for score, seq in candidates:
-                    (finished if seq[-1] == eos_id else beams).append((score, seq))
+                beams, parents = [], []
+                for score, seq, parent in candidates:
+                    if seq[-1] == eos_id:
+                        finished.append((score, seq))
+                    else:
+                        beams.append((score, seq))
+                        parents.append(parent)
                     if len(beams) == beam_size:
                         break
                 if not beams or len(finished) >= beam_size:
                     break
+                for k, v in zip(cache.k, cache.v):  # each surviving beam takes its parent's keys and values
+                    k[:len(parents), :cache.length] = k[parents, :cache.length]
+                    v[:len(parents), :cache.length] = v[parents, :cache.length]
             pool = finished or beams
             best = max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
         return np.array([best[1]], np.int64)
+
+
+class _CacheRows:
+    """The first `rows` sequences of a KVCache, as a cache of its own (the live beams of beam search)."""
+
+    def __init__(self, cache, rows):
+        self.cache, self.rows, self.length = cache, rows, cache.length
+
+    def layer(self, i):
+        return self.cache.k[i][:self.rows], self.cache.v[i][:self.rows], self.length
