@@ -1,7 +1,8 @@
 """Greedy decoding of GPT-2 small (124M, random weights) with a KV cache: pytransformer against a plain PyTorch
 eager loop with a KV cache over the same weights, in one run, at 1 and 2 threads.
 
-    python bench/generate.py [--threads 1 2] [--prompt 64] [--new 32] [--batch 1] [--dtype float32|bfloat16]
+    python bench/generate.py [--threads 1 2] [--prompt 64] [--new 32] [--batch 1] [--dtype float32 bfloat16 int8]
+                             [--json bench/results/generate.json] [--plot]
 
 Reports prefill time of the prompt, decode tokens/s (new tokens after the first), and the bandwidth bound: the
 weights' bytes read once per token over the read bandwidth bench/limits.py measures in the same run
@@ -91,54 +92,87 @@ def main():
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
-                    help="our weights (torch stays float32, as the issue's targets compare)")
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "int8"],
+                    help="our weights, each timed in the same run (torch stays float32, as the targets compare)")
     ap.add_argument("--json", default="bench/results/generate.json")
+    ap.add_argument("--plot", action="store_true", help="also draw the JSON's PNG (needs matplotlib)")
     args = ap.parse_args()
     import limits
 
     model = GPT(GPTConfig.preset("gpt2"), seed=0).eval()
     ids = np.random.default_rng(0).integers(0, 50257, (args.batch, args.prompt))
-    tmodel = TorchKVGPT(model) if torch else None  # float32 weights, copied before ours may narrow
-    weight_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
-    if args.dtype != "float32":
-        model.set_weight_dtype(args.dtype)
-        weight_bytes //= 2 if args.dtype == "bfloat16" else 4
+    tmodel = TorchKVGPT(model) if torch else None  # float32 weights
+    f32_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
     info = pytransformer.cpu_info()
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
-          f"GPT-2 small {model.num_parameters() / 1e6:.0f}M float32, batch {args.batch}, prompt {args.prompt}, "
-          f"{args.new} new tokens, greedy; our weights {args.dtype}")
+          f"GPT-2 small {model.num_parameters() / 1e6:.0f}M, batch {args.batch}, prompt {args.prompt}, "
+          f"{args.new} new tokens, greedy")
     rows = []
     for n in args.threads:
         pytransformer.set_num_threads(n)
         if torch:
             torch.set_num_threads(n)
         bw = limits.read_bandwidth(n)
-        ours_prefill, _ = timed(lambda: model.generate(ids, 1, temperature=0.0))
-        ours_total, ours_out = timed(lambda: model.generate(ids, args.new, temperature=0.0))
-        row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / weight_bytes,
-               "ours_prefill_ms": ours_prefill * 1e3,
-               "ours_decode_tok_s": (args.new - 1) * args.batch / (ours_total - ours_prefill)}
+        torch_row = {}
         if torch:
             tids = torch.from_numpy(ids)
             torch_prefill, _ = timed(lambda: tmodel.generate(tids, 1))
             torch_total, torch_out = timed(lambda: tmodel.generate(tids, args.new))
-            row.update(torch_prefill_ms=torch_prefill * 1e3,
-                       torch_decode_tok_s=(args.new - 1) * args.batch / (torch_total - torch_prefill),
-                       same_tokens=bool((torch_out.numpy() == ours_out).all()))
-        rows.append(row)
-        line = (f"threads {n}: prefill ours {row['ours_prefill_ms']:.1f} ms; decode ours {row['ours_decode_tok_s']:.1f} "
-                f"tok/s ({100 * row['ours_decode_tok_s'] / args.batch / row['bound_tok_s']:.0f}% of the "
-                f"{row['bound_tok_s']:.1f} tok/s bound at {bw:.1f} GB/s)")
-        if torch:
-            line += (f"; torch prefill {row['torch_prefill_ms']:.1f} ms, decode {row['torch_decode_tok_s']:.1f} tok/s; "
-                     f"ours/torch decode {row['ours_decode_tok_s'] / row['torch_decode_tok_s']:.2f}x, prefill "
-                     f"{row['torch_prefill_ms'] / row['ours_prefill_ms']:.2f}x; same tokens: {row['same_tokens']}")
-        print(line)
+            torch_row = dict(torch_prefill_ms=torch_prefill * 1e3,
+                             torch_decode_tok_s=(args.new - 1) * args.batch / (torch_total - torch_prefill))
+        for dtype in args.dtype:
+            model.set_weight_dtype(dtype)
+            weight_bytes = f32_bytes // {"float32": 1, "bfloat16": 2, "int8": 4}[dtype]
+            ours_prefill, _ = timed(lambda: model.generate(ids, 1, temperature=0.0))
+            ours_total, ours_out = timed(lambda: model.generate(ids, args.new, temperature=0.0))
+            row = {"threads": n, "dtype": dtype, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / weight_bytes,
+                   "ours_prefill_ms": ours_prefill * 1e3,
+                   "ours_decode_tok_s": (args.new - 1) * args.batch / (ours_total - ours_prefill), **torch_row}
+            line = (f"threads {n}, {dtype:8s}: prefill ours {row['ours_prefill_ms']:.1f} ms; decode ours "
+                    f"{row['ours_decode_tok_s']:.1f} tok/s ({100 * row['ours_decode_tok_s'] / args.batch / row['bound_tok_s']:.0f}% "
+                    f"of the {row['bound_tok_s']:.1f} tok/s bound at {bw:.1f} GB/s)")
+            if torch:
+                row["same_tokens"] = bool((torch_out.numpy() == ours_out).all())
+                line += (f"; torch float32 prefill {row['torch_prefill_ms']:.1f} ms, decode "
+                         f"{row['torch_decode_tok_s']:.1f} tok/s; ours/torch decode "
+                         f"{row['ours_decode_tok_s'] / row['torch_decode_tok_s']:.2f}x, prefill "
+                         f"{row['torch_prefill_ms'] / row['ours_prefill_ms']:.2f}x; same tokens: {row['same_tokens']}")
+            rows.append(row)
+            print(line)
+        model.set_weight_dtype("float32")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "cpu_info": info, "rows": rows}, f, indent=1)
+        if args.plot:
+            plot(rows, os.path.splitext(args.json)[0] + ".png", args)
+
+
+def plot(rows, path, args):
+    """Decode tokens/s per weight dtype and thread count, ours beside torch's float32 KV-cache loop."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("# --plot needs matplotlib")
+        return
+    labels = [f"{r['dtype']}\n{r['threads']} thr" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 4))
+    ax.bar(x - 0.2, [r["ours_decode_tok_s"] for r in rows], 0.4, label="pytransformer")
+    if "torch_decode_tok_s" in rows[0]:
+        ax.bar(x + 0.2, [r["torch_decode_tok_s"] for r in rows], 0.4, label="torch float32 KV-cache loop")
+    ax.scatter(x - 0.2, [r["bound_tok_s"] * args.batch for r in rows], marker="_", s=400, color="black",
+               label="bandwidth bound (ours)")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"GPT-2 small greedy decoding, batch {args.batch}, prompt {args.prompt}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"# wrote {path}")
 
 
 if __name__ == "__main__":
