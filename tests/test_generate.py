@@ -351,3 +351,24 @@ def test_beam_search_on_the_cache_equals_recomputing(rng, beam_size, masked):
         mask[0, 6:] = False
     got = model.beam_search(src, 0, 1, 10, beam_size=beam_size, src_mask=mask)
     assert got[0].tolist() == recompute_beam_search(model, src, 0, 1, 10, beam_size, 0.6, mask)
+
+
+def test_fused_qkv_follows_the_weights(rng):
+    """Decoding multiplies by q|k|v at once: a view of the flat buffer in float32 (so training updates show at
+    once), a concatenation of the narrow copies otherwise (rebuilt when they change)."""
+    model = GPT(CFG, seed=14)
+    ids = rng.integers(0, 41, (1, 6))
+    attn = model.blocks[0].attn.sublayer
+    first = model.generate(ids, 6, temperature=0.0)
+    assert attn._fused[1] is not None and np.shares_memory(attn._fused[1], model.params.data)
+    model.params.data[:] *= np.float32(1.5)  # as an optimizer step would, in place
+    np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), recompute_greedy(model, ids, 6))
+    model.set_weight_dtype("int8")
+    narrow = model.generate(ids, 6, temperature=0.0)
+    assert attn._fused[2] is not None  # int8 scales
+    with model.evaluating():  # the unfused int8 path, as a check
+        x = rng.standard_normal((1, 3, CFG.n_embd)).astype(np.float32)
+        q, k, v = attn._qkv_product(x)
+        np.testing.assert_allclose(q, attn.q.forward(x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(v, attn.v.forward(x), rtol=1e-6, atol=1e-6)
+    assert narrow.shape == first.shape

@@ -91,14 +91,33 @@ class MultiHeadAttention(Module):
             self._saved = (q, k, v, out, lse, key_mask, memory is not None)
         return self.o.forward(merge_heads(out))
 
+    _fused = None  # (key, weight, weight_scale, bias) of the fused q|k|v product used when decoding
+
+    def _qkv_product(self, x):
+        """q, k, v of x in one product over the concatenated weights (one call, one pass for the threads): in
+        float32 the three weights lie next to each other in the model's flat buffer, so the fused weight is a
+        view of them; narrow copies are concatenated once per set_weight_dtype."""
+        layers = (self.q, self.k, self.v)
+        key = tuple(m.narrow for m in layers)  # the narrow copies themselves (held, so never mistaken for new ones)
+        if self._fused is None or any(a is not b for a, b in zip(self._fused[0], key)):
+            self._fused = (key, *_fuse(layers))
+        _, weight, scale, bias = self._fused
+        if weight is None:  # (weights not adjacent: a layer built outside a model)
+            return tuple(m.forward(x) for m in layers)
+        qkv = ops.matmul_forward(x, weight, bias, weight_scale=scale)
+        a, b = self.NH * self.HS, (self.NH + self.NKV) * self.HS
+        return np.ascontiguousarray(qkv[..., :a]), qkv[..., a:b], qkv[..., b:]
+
     def _forward_cached(self, x, key_mask, k_cache, v_cache, start):
         T = x.shape[1]
         end = start + T
         if end > k_cache.shape[1]:
             raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
-        q = heads(self.q.forward(x), self.NH)
-        k_cache[:, start:end] = heads(self.k.forward(x), self.NKV)
-        v_cache[:, start:end] = heads(self.v.forward(x), self.NKV)
+        q, k, v = self._qkv_product(x)
+        q = heads(q, self.NH)
+        B = x.shape[0]
+        k_cache[:, start:end] = k.reshape(B, T, self.NKV, self.HS)
+        v_cache[:, start:end] = v.reshape(B, T, self.NKV, self.HS)
         if self.NKV == self.NH:  # read in place: the kernel skips the rows past `end`
             out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         else:  # grouped heads: repeated for now (a kernel that reads them grouped is the Llama work's)
@@ -131,3 +150,42 @@ class MultiHeadAttention(Module):
         s = np.where(visible, s, np.float32(-1e30)).astype(np.float32)
         p = ops.softmax_forward(np.ascontiguousarray(s))
         return np.where(visible, p, 0.0).astype(np.float32)
+
+
+def _adjacent(arrays):
+    """One array viewing the given C-contiguous arrays when they lie back to back in one buffer, else None."""
+    root = arrays[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    start = arrays[0].__array_interface__["data"][0]
+    cursor = start
+    for a in arrays:
+        if a.__array_interface__["data"][0] != cursor or a.dtype != arrays[0].dtype:
+            return None
+        cursor += a.nbytes
+    base = root.__array_interface__["data"][0]
+    if not (base <= start and cursor <= base + root.nbytes) or not root.flags.c_contiguous:
+        return None
+    flat = root.reshape(-1)
+    first = (start - base) // arrays[0].itemsize
+    return flat[first: first + (cursor - start) // arrays[0].itemsize]
+
+
+def _fuse(layers):
+    """(weight, weight_scale, bias) of the q|k|v Linears as one product, or (None, None, None)."""
+    if any((m.bias is None) != (layers[0].bias is None) for m in layers):
+        return None, None, None
+    bias = None
+    if layers[0].bias is not None:
+        bias = _adjacent([m.bias.data for m in layers])
+        if bias is None:
+            bias = np.concatenate([m.bias.data for m in layers])
+    IC = layers[0].weight.shape[1]
+    if all(m.narrow is None for m in layers):
+        weight = _adjacent([m.weight.data for m in layers])
+        return (None if weight is None else weight.reshape(-1, IC)), None, bias
+    if any(m.narrow is None for m in layers) or len({m.narrow[0].dtype for m in layers}) != 1:
+        return None, None, None
+    weight = np.concatenate([m.narrow[0] for m in layers])
+    scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
+    return weight, scale, bias
