@@ -22,6 +22,7 @@ os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")  # pinned threads, 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plotting import pyplot  # noqa: E402
 import pytransformer  # noqa: E402
 from pytransformer.models import GPT, GPTConfig  # noqa: E402
 
@@ -150,13 +151,8 @@ def main():
 
 def plot(rows, path, args):
     """Decode tokens/s per weight dtype and thread count, ours beside torch's float32 KV-cache loop."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("# --plot needs matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     labels = [f"{r['dtype']}\n{r['threads']} thr" for r in rows]
     x = np.arange(len(rows))

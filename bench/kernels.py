@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 # threads pinned means pinned: no load-adaptive team size while timing against peers that have none
 os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")
+from plotting import pyplot  # noqa: E402
 import pytransformer  # noqa: E402
 from pytransformer import opcases, ops  # noqa: E402
 
@@ -484,13 +485,8 @@ def main():
 
 def plot(rows, path):
     """Per kernel and thread count: % of the machine limit, and the speed ratio to torch and to numpy."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("# --plot needs matplotlib (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     labels = [f"{r['kernel']} [{r['threads']}t]" for r in rows]
     y = np.arange(len(rows))
