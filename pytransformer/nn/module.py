@@ -131,7 +131,7 @@ class Module:
             _local.evaluating = before
 
 
-def _initialise(p: Parameter, rng, chunk_elements: int = 1 << 20) -> None:
+def _initialise(p: Parameter, rng, chunk_elements: int = 1 << 18) -> None:
     """p.data = p.init(rng, p.shape), drawn straight into the flat buffer a block of rows at a time (the same
     values as one draw: the generator is a stream), so building a model never holds a second copy of it."""
     if len(p.shape) == 0 or p.size <= chunk_elements:
