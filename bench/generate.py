@@ -78,6 +78,21 @@ class TorchKVGPT:
         return torch.cat(out, 1)
 
 
+def hf_gpt2(model):
+    """transformers' GPT2LMHeadModel with our weights (through save_pretrained's names), or None."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    hf.generation_config.pad_token_id = hf.generation_config.eos_token_id
+    return hf
+
+
 def timed(fn, repeats=3):
     times = []
     for _ in range(repeats):
@@ -103,6 +118,7 @@ def main():
     model = GPT(GPTConfig.preset("gpt2"), seed=0).eval()
     ids = np.random.default_rng(0).integers(0, 50257, (args.batch, args.prompt))
     tmodel = TorchKVGPT(model) if torch else None  # float32 weights
+    hf = hf_gpt2(model) if torch else None
     f32_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
     info = pytransformer.cpu_info()
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
@@ -121,6 +137,13 @@ def main():
             torch_total, torch_out = timed(lambda: tmodel.generate(tids, args.new))
             torch_row = dict(torch_prefill_ms=torch_prefill * 1e3,
                              torch_decode_tok_s=(args.new - 1) * args.batch / (torch_total - torch_prefill))
+            if hf is not None:
+                with torch.inference_mode():
+                    gen = lambda k: hf.generate(tids, max_new_tokens=k, do_sample=False)  # noqa: E731
+                    hf_prefill, _ = timed(lambda: gen(1))
+                    hf_total, hf_out = timed(lambda: gen(args.new))
+                torch_row.update(transformers_decode_tok_s=(args.new - 1) * args.batch / (hf_total - hf_prefill),
+                                 transformers_tokens=hf_out.numpy())
         for dtype in args.dtype:
             model.set_weight_dtype(dtype)
             weight_bytes = f32_bytes // {"float32": 1, "bfloat16": 2, "int8": 4}[dtype]
@@ -132,12 +155,19 @@ def main():
             line = (f"threads {n}, {dtype:8s}: prefill ours {row['ours_prefill_ms']:.1f} ms; decode ours "
                     f"{row['ours_decode_tok_s']:.1f} tok/s ({100 * row['ours_decode_tok_s'] / args.batch / row['bound_tok_s']:.0f}% "
                     f"of the {row['bound_tok_s']:.1f} tok/s bound at {bw:.1f} GB/s)")
+            if "transformers_tokens" in row:
+                hf_tokens = row.pop("transformers_tokens")
+                row["same_tokens_as_transformers"] = bool(np.array_equal(hf_tokens, ours_out))
             if torch:
                 row["same_tokens"] = bool((torch_out.numpy() == ours_out).all())
                 line += (f"; torch float32 prefill {row['torch_prefill_ms']:.1f} ms, decode "
                          f"{row['torch_decode_tok_s']:.1f} tok/s; ours/torch decode "
                          f"{row['ours_decode_tok_s'] / row['torch_decode_tok_s']:.2f}x, prefill "
                          f"{row['torch_prefill_ms'] / row['ours_prefill_ms']:.2f}x; same tokens: {row['same_tokens']}")
+            if "transformers_decode_tok_s" in row:
+                line += (f"; transformers generate {row['transformers_decode_tok_s']:.1f} tok/s (ours "
+                         f"{row['ours_decode_tok_s'] / row['transformers_decode_tok_s']:.2f}x, same tokens: "
+                         f"{row['same_tokens_as_transformers']})")
             rows.append(row)
             print(line)
         model.set_weight_dtype("float32")
