@@ -36,13 +36,15 @@ namespace {
 // Load-adaptive team size. On a machine where other processes keep cores busy, a team member that the OS has
 // descheduled holds every parallel region at its barrier for a time slice: two threads then run slower than one
 // (a GPT training step 1.5x, decoding 1.8x slower on 2 cores with one busy, bench/contention.py). So every
-// kProbeEvery one caller times a few empty regions of the full team; if any took longer than kLate (a member
-// was not running), kernels use one thread until the next probe, kRecheck later. On a quiet machine a probe
-// costs a few microseconds per kProbeEvery. PYTRANSFORMER_ADAPTIVE_THREADS=0 turns it off.
+// kProbeEvery one caller times kProbes empty regions of the full team and counts those longer than kLate (a
+// member was not running). A majority late caps kernels at one thread (rechecked every kRecheck); the cap lifts
+// when at most one region of a probe is late. The vote and the gap between the two thresholds keep a VM's
+// occasional stolen millisecond from capping a quiet machine, and a busy one from flapping. On a quiet machine a
+// probe costs a few microseconds per kProbeEvery. PYTRANSFORMER_ADAPTIVE_THREADS=0 turns it off.
 constexpr int64_t kProbeEvery = 50'000'000;   // ns
 constexpr int64_t kRecheck = 1'000'000'000;   // ns
 constexpr int64_t kLate = 200'000;            // ns: far above a quiet fork/join (1-50 us, futex wake included)
-constexpr int kProbes = 4;
+constexpr int kProbes = 5;
 
 std::atomic<int64_t> g_next_probe{0};
 std::atomic<bool> g_probing{false};
@@ -57,16 +59,17 @@ int64_t now_ns() {
       .count();
 }
 
-bool team_is_late(int n) {
+int late_regions(int n) {
 #pragma omp parallel num_threads(n)
   { __asm__ __volatile__("" ::: "memory"); }  // untimed: the first region of a team creates its threads
+  int late = 0;
   for (int i = 0; i < kProbes; i++) {
     const int64_t t0 = now_ns();
 #pragma omp parallel num_threads(n)
     { __asm__ __volatile__("" ::: "memory"); }
-    if (now_ns() - t0 > kLate) return true;
+    late += now_ns() - t0 > kLate;
   }
-  return false;
+  return late;
 }
 
 int adapt(int n) {
@@ -74,9 +77,10 @@ int adapt(int n) {
   if (now >= g_next_probe.load(std::memory_order_relaxed) && !omp_in_parallel()) {
     bool idle = false;
     if (g_probing.compare_exchange_strong(idle, true)) {  // one caller probes; the others keep the last verdict
-      const bool late = team_is_late(n);
-      g_capped.store(late, std::memory_order_relaxed);
-      g_next_probe.store(now_ns() + (late ? kRecheck : kProbeEvery), std::memory_order_relaxed);
+      const int late = late_regions(n);
+      const bool capped = g_capped.load(std::memory_order_relaxed) ? late > 1 : late * 2 > kProbes;
+      g_capped.store(capped, std::memory_order_relaxed);
+      g_next_probe.store(now_ns() + (capped ? kRecheck : kProbeEvery), std::memory_order_relaxed);
       g_probing.store(false);
     }
   }
