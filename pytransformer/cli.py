@@ -206,7 +206,8 @@ def cmd_sample(args) -> int:
     sys.stdout.flush()
     try:  # printed as it is generated
         for token in model.stream(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                                  rng=np.random.default_rng(args.seed)):
+                                  rng=np.random.default_rng(args.seed), stop_strings=args.stop or None,
+                                  decode=tok.decode):
             sys.stdout.write(tok.decode(token))
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -410,6 +411,8 @@ def build_parser():
     p.add_argument("--temperature", type=_number(float, 0.0), default=0.8, help="0 is greedy")
     p.add_argument("--top-k", type=POSITIVE, default=20, dest="top_k", help="sample among the k likeliest")
     p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the generated text contains TEXT "
+                   "(repeatable)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("perplexity", help="perplexity of a text under a checkpoint written by `train`")
     p.add_argument("checkpoint", help="a checkpoint file (OUT/ckpt.safetensors)")

@@ -110,29 +110,45 @@ def _check_prompt(model, ids, attention_mask):
 
 
 def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-           rng=None, seed=None, stop=None, attention_mask=None):
+           rng=None, seed=None, stop=None, stop_strings=None, decode=None, pad_id=None, attention_mask=None):
     """Yields the next token of every row, (B,) int64, as each is generated (at most max_new_tokens times).
-    A row that produced a stop id keeps yielding that id; the iteration ends when every row has stopped."""
+
+    stop: token id(s) that end a row (the id itself is yielded). stop_strings: text that ends a row once its
+    generated text contains it (the token completing it is yielded); decode(ids) -> str gives that text. A
+    stopped row yields pad_id from then on (default: the first stop id, else 0); the iteration ends when every
+    row has stopped."""
     sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
     ids, mask = _check_prompt(model, ids, attention_mask)
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     stop_ids = np.asarray([] if stop is None else np.atleast_1d(stop), np.int64)
+    stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
+    if stop_strings and decode is None:
+        raise ValueError("stop_strings needs decode=, a function from token ids to text (a tokenizer's decode)")
+    if any(not isinstance(s, str) or not s for s in stop_strings):
+        raise ValueError("stop_strings must be non-empty strings")
+    pad = int(pad_id) if pad_id is not None else int(stop_ids[0]) if stop_ids.size else 0
+    longest = max((len(s) for s in stop_strings), default=0)
     B, T = ids.shape
     V = model.config.vocab_size
     seen = np.zeros((B, V), bool)
     np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
     done = np.zeros(B, bool)
+    generated = [[] for _ in range(B)]
     window = model.max_positions
     with model.evaluating():
         tokens, mask_all = ids, mask
         cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, T + max_new_tokens)
         for _ in range(int(max_new_tokens)):
-            nxt = sampler(logits, seen, rng)
-            if stop_ids.size:
-                nxt = np.where(done, stop_ids[0], nxt)
-                done |= np.isin(nxt, stop_ids)
+            nxt = np.where(done, pad, sampler(logits, seen, rng))
+            finished = np.isin(nxt, stop_ids) & ~done if stop_ids.size else np.zeros(B, bool)
+            if stop_strings:
+                for r in np.flatnonzero(~done & ~finished):
+                    generated[r].append(int(nxt[r]))
+                    tail = decode(generated[r][-(longest + 8):])  # (a token is at least one character)
+                    finished[r] = any(s in tail for s in stop_strings)
+            done |= finished
             seen[np.arange(B), nxt] = True
             yield nxt
             if done.all():

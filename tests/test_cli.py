@@ -160,3 +160,14 @@ def test_perplexity_of_a_text(tmp_path, corpus):
     assert abs(ppl - perplexity(loaded["model"], ids, 8)[0]) < 1e-3 * ppl
     (tmp_path / "other.txt").write_text("zzz~~~ " * 50)
     one_line_error(cli("perplexity", "run/ckpt.safetensors", "other.txt", cwd=tmp_path), 1, "never saw")
+
+
+def test_sample_stops_at_a_stop_string(tmp_path, corpus):
+    cli("train", "--data", corpus, "--out", "run", "--steps", "40", *SMALL, cwd=tmp_path)
+    full = cli("sample", "run/ckpt.safetensors", "--prompt", "to ", "--tokens", "60", "--temperature", "0",
+               cwd=tmp_path).stdout.splitlines()[-1]
+    stop = full[6:8]  # two characters the model writes early
+    r = cli("sample", "run/ckpt.safetensors", "--prompt", "to ", "--tokens", "60", "--temperature", "0", "--stop",
+            stop, cwd=tmp_path)
+    out = r.stdout.splitlines()[-1]
+    assert r.returncode == 0 and out == full[:full.index(stop, 3) + len(stop)]

@@ -372,3 +372,20 @@ def test_fused_qkv_follows_the_weights(rng):
         np.testing.assert_allclose(q, attn.q.forward(x), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(v, attn.v.forward(x), rtol=1e-6, atol=1e-6)
     assert narrow.shape == first.shape
+
+
+def test_stop_strings_end_a_row_when_its_text_contains_them(rng):
+    from pytransformer.generate import stream
+
+    model = GPT(CFG, seed=7)
+    ids = rng.integers(0, 41, (2, 4))
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789 .,:;"
+    decode = lambda toks: "".join(letters[t] for t in toks)  # noqa: E731
+    free = model.generate(ids, 12, temperature=0.0)
+    target = decode(free[0, 7:9])  # two tokens row 0 produces at its 4th and 5th steps
+    out = model.generate(ids, 12, temperature=0.0, stop_strings=[target], decode=decode, pad_id=40)
+    text0 = decode(out[0, 4:])
+    end = text0.index(target) + len(target)
+    assert decode(free[0, 4:4 + end]) == text0[:end] and (out[0, 4 + end:] == 40).all()
+    with pytest.raises(ValueError, match="decode="):
+        list(stream(model, ids, 3, stop_strings=["x"]))
