@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import ops
-from .layers import Activation, Dropout, Linear
+from .layers import Activation, Dropout, Linear, add
 from .module import Module
 
 
@@ -44,9 +44,9 @@ class Residual(Module):
     def forward(self, x, *args, **kwargs):
         if self.placement == "pre":
             y = self.drop.forward(self.sublayer.forward(self.ln.forward(x), *args, **kwargs))
-            return ops.residual_forward(x, y)
+            return add(x, y)
         y = self.drop.forward(self.sublayer.forward(x, *args, **kwargs))
-        return self.ln.forward(ops.residual_forward(x, y))
+        return self.ln.forward(add(x, y))
 
     def backward(self, dout):
         """-> dx, plus the sublayer's extra input gradient (cross-attention memory) when it returns two."""

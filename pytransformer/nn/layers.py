@@ -16,6 +16,22 @@ from .module import Module, Parameter, normal, ones, zeros
 _F32 = np.dtype(np.float32)
 
 
+def _ready(x, width) -> bool:
+    """x needs no checking before a kernel: a float32 C-contiguous array whose last axis is `width` wide (the
+    layers' own parameters are known-good; anything else takes the checked ops call, which names the problem)."""
+    return type(x) is np.ndarray and x.dtype == _F32 and x.ndim >= 1 and x.shape[-1] == width and x.flags.c_contiguous
+
+
+def add(a, b):
+    """a + b for two activations of one shape (the residual stream): straight to the kernel when both are ready."""
+    if type(b) is np.ndarray and b.shape == a.shape and _ready(a, a.shape[-1] if a.ndim else 0) and _ready(
+            b, b.shape[-1] if b.ndim else 0):
+        out = np.empty(a.shape, np.float32)
+        _core.residual_forward(out, a, b, a.size)
+        return out
+    return ops.residual_forward(a, b)
+
+
 class NarrowWeights:
     """A layer whose product may read a narrow copy of its weight for inference: bfloat16 (half the bytes) or
     int8 with a scale per output row (a quarter); the sums stay float32. The float32 Parameter stays, so
@@ -39,7 +55,7 @@ class NarrowWeights:
         makes ~100 of these calls); anything else takes the checked ops call, which names the problem."""
         weight, scale = (self.weight.data, None) if self.narrow is None else self.narrow
         OC, IC = weight.shape
-        if type(x) is np.ndarray and x.dtype == _F32 and x.ndim >= 1 and x.shape[-1] == IC and x.flags.c_contiguous:
+        if _ready(x, IC):
             out = np.empty(x.shape[:-1] + (OC,), np.float32)
             rows = x.size // IC if IC else math.prod(x.shape[:-1])
             if scale is not None:
@@ -116,7 +132,13 @@ class LayerNorm(Module):
     _saved = None
 
     def forward(self, x):
-        out, mean, rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
+        C = self.weight.shape[0]
+        if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
+            rows = x.size // C
+            out, mean, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32), np.empty(rows, np.float32)
+            _core.layernorm_forward(out, mean, rstd, x, self.weight.data, self.bias.data, rows, C, self.eps)
+        else:
+            out, mean, rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
         if self.keeps_state:
             self._saved = (x, mean, rstd)
         return out
