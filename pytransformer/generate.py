@@ -28,6 +28,12 @@ class KVCache:
         self.length = 0
         self.capacity = T_max
 
+    @classmethod
+    def for_blocks(cls, blocks, B, T_max):
+        """A cache for the self-attention of these decoder blocks (their key/value heads and head size)."""
+        attn = blocks[0].attn.sublayer if blocks else None
+        return cls(len(blocks), B, T_max, attn.NKV if attn else 1, attn.HS if attn else 1)
+
     def layer(self, i):
         return self.k[i], self.v[i], self.length
 
@@ -195,7 +201,8 @@ def _decode(model, cache, tokens, mask):
 def score(model, ids, attention_mask=None):
     """log p(ids[:, t + 1] | ids[:, :t + 1]) for every t: (B, T - 1) float64, through the fused cross-entropy
     kernel (no (B, T, V) softmax materialised beyond the logits). In a left-padded batch, a target that is padding or
-    a row's first real token (it has no context) gives 0. Sequences longer than the model's positions: see pytransformer.generate.perplexity."""
+    a row's first real token (it has no context) gives 0.
+    Sequences longer than the model's positions: see pytransformer.generate.perplexity."""
     from . import ops
 
     ids, mask = _check_prompt(model, ids, attention_mask)

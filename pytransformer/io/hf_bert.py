@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..models.bert import BERT, BertConfig
 from .hf_common import (MAX_LAYERS, HFLayout, NameMap, check_activation, detect_prefix, divisible, float_field,
-                        int_field, label_count, labels, load, rule, weight_and_bias)
+                        encoder_layer_rules, int_field, label_count, labels, load, rule, weight_and_bias)
 
 PREFIX = "bert."
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
@@ -42,11 +42,11 @@ def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:
              rule(f"{p}embeddings.position_embeddings.weight", "position.weight"),
              rule(f"{p}embeddings.token_type_embeddings.weight", "token_type.weight"),
              *weight_and_bias(f"{p}embeddings.LayerNorm", "emb_ln")]
-    for i in range(c.num_hidden_layers):
-        for hf_part, ours in LAYER_PARTS:
-            rules += weight_and_bias(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
-    rules += [*weight_and_bias(f"{p}pooler.dense", "pooler"), *weight_and_bias("cls.predictions.transform.dense", "mlm_dense"),
-              *weight_and_bias("cls.predictions.transform.LayerNorm", "mlm_ln"), rule("cls.predictions.bias", "mlm_bias"),
+    rules += encoder_layer_rules(p, c.num_hidden_layers, LAYER_PARTS)
+    rules += [*weight_and_bias(f"{p}pooler.dense", "pooler"),
+              *weight_and_bias("cls.predictions.transform.dense", "mlm_dense"),
+              *weight_and_bias("cls.predictions.transform.LayerNorm", "mlm_ln"),
+              rule("cls.predictions.bias", "mlm_bias"),
               *weight_and_bias("classifier", "cls_head")]
     return NameMap(rules, ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
 

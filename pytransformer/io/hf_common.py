@@ -148,6 +148,13 @@ def weight_and_bias(hf, ours) -> list:
     return [rule(f"{hf}.weight", f"{ours}.weight"), rule(f"{hf}.bias", f"{ours}.bias")]
 
 
+def encoder_layer_rules(prefix, n_layer, parts) -> list:
+    """Every layer's rules of a transformers encoder ({prefix}encoder.layer.i.<part> -> blocks.i.<ours>), from a
+    family's table of (Hugging Face part, our part) pairs, each a Linear or LayerNorm."""
+    return [r for i in range(n_layer) for hf_part, ours in parts
+            for r in weight_and_bias(f"{prefix}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")]
+
+
 class NameMap:
     """The rules between one model's parameters and a Hugging Face state dict. Rules whose parameters the
     model lacks (an absent head) are skipped. `to_ours` checks that every tensor the model needs is present with

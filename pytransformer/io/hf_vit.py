@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..models.vit import ViT, ViTConfig
 from .hf_common import (MAX_LAYERS, HFLayout, NameMap, Same, check_activation, detect_prefix, divisible, float_field,
-                        int_field, label_count, labels, load, rule, weight_and_bias)
+                        encoder_layer_rules, int_field, label_count, labels, load, rule, weight_and_bias)
 
 PREFIX = "vit."
 
@@ -19,7 +19,8 @@ def from_hf(cfg: dict, tensors: dict):
     check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     has_head = "classifier.weight" in tensors
     config = ViTConfig(image_size=int_field(cfg, "image_size"), patch_size=int_field(cfg, "patch_size"),
-                       num_channels=int_field(cfg, "num_channels", default=3), hidden_size=int_field(cfg, "hidden_size"),
+                       num_channels=int_field(cfg, "num_channels", default=3),
+                       hidden_size=int_field(cfg, "hidden_size"),
                        num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
                        num_attention_heads=int_field(cfg, "num_attention_heads"),
                        intermediate_size=int_field(cfg, "intermediate_size"),
@@ -38,9 +39,7 @@ def names(c: ViTConfig, prefix: str = PREFIX) -> NameMap:
                   layout=Same((C, c.num_channels, patch, patch))),
              rule(f"{p}embeddings.patch_embeddings.projection.bias", "patch.proj.bias"),
              rule(f"{p}embeddings.position_embeddings", "pos.weight", layout=Same((1, n_patches + 1, C)))]
-    for i in range(c.num_hidden_layers):
-        for hf_part, ours in LAYER_PARTS:
-            rules += weight_and_bias(f"{p}encoder.layer.{i}.{hf_part}", f"blocks.{i}.{ours}")
+    rules += encoder_layer_rules(p, c.num_hidden_layers, LAYER_PARTS)
     rules += [*weight_and_bias(f"{p}layernorm", "ln"), *weight_and_bias("classifier", "classifier")]
     return NameMap(rules, ignore=("pooler.dense.weight", "pooler.dense.bias"))
 

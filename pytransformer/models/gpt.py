@@ -105,9 +105,7 @@ class GPT(Model):
 
     def new_cache(self, B, T_max):
         """A KV cache for B sequences of up to T_max positions (float32, every layer)."""
-        attn = self.blocks[0].attn.sublayer if self.blocks else None
-        NKV, HS = (attn.NKV, attn.HS) if attn else (1, 1)
-        return KVCache(self.config.n_layer, B, T_max, NKV, HS)
+        return KVCache.for_blocks(self.blocks, B, T_max)
 
     __call__ = forward
 

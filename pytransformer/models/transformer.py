@@ -60,7 +60,8 @@ class Transformer(Model):
         self.encoder = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head), ffn=FeedForward(C, c.d_ff, "relu"),
                                      norm=norm, placement="post", dropout=c.dropout)
                         for _ in range(c.n_encoder_layers)]
-        self.decoder = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True), ffn=FeedForward(C, c.d_ff, "relu"),
+        self.decoder = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True),
+                                     ffn=FeedForward(C, c.d_ff, "relu"),
                                      norm=norm, placement="post", dropout=c.dropout,
                                      cross=MultiHeadAttention(C, c.n_head))
                         for _ in range(c.n_decoder_layers)]
@@ -127,8 +128,7 @@ class Transformer(Model):
             mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
             memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
             B = memory.shape[0]
-            attn = self.decoder[0].attn.sublayer if self.decoder else None
-            cache = KVCache(len(self.decoder), B, max_len + 1, attn.NKV if attn else 1, attn.HS if attn else 1)
+            cache = KVCache.for_blocks(self.decoder, B, max_len + 1)
             out = np.full((B, 1), bos_id, np.int64)
             done = np.zeros(B, bool)
             for step in range(max_len):
@@ -164,8 +164,7 @@ class Transformer(Model):
             mask = None if src_mask is None else np.repeat(np.asarray(src_mask) != 0, beam_size, axis=0)
             memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, beam_size, axis=0))
                                for a in block.cross.sublayer.memory_kv(memory)) for block in self.decoder]
-            attn = self.decoder[0].attn.sublayer if self.decoder else None
-            cache = KVCache(len(self.decoder), beam_size, max_len + 1, attn.NKV if attn else 1, attn.HS if attn else 1)
+            cache = KVCache.for_blocks(self.decoder, beam_size, max_len + 1)
             beams = [(0.0, [bos_id])]
             finished = []
             for step in range(max_len):

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..nn import Dropout, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention, PatchEmbedding
+from ..nn import (Dropout, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention,
+                  PatchEmbedding)
 from .base import CrossEntropyHead, Model, count_parameters
 
 

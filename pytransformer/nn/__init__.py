@@ -9,4 +9,5 @@ from .patch import PatchEmbedding, image_to_patches
 
 __all__ = ["Activation", "DecoderBlock", "Dropout", "Embedding", "EncoderBlock", "FeedForward", "FlatParameters",
            "LayerNorm", "LearnedPositions", "Linear", "Module", "MultiHeadAttention", "Parameter", "PatchEmbedding",
-           "Residual", "SinusoidalPositions", "TiedLMHead", "image_to_patches", "heads", "merge_heads", "sinusoidal_table"]
+           "Residual", "SinusoidalPositions", "TiedLMHead", "image_to_patches", "heads", "merge_heads",
+           "sinusoidal_table"]

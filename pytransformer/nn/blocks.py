@@ -14,7 +14,8 @@ from .module import Module
 
 
 class FeedForward(Module):
-    """The MLP part: Linear(C, hidden) -> activation (ReLU as in the paper, GELU as in GPT/BERT) -> Linear(hidden, C)."""
+    """The MLP part: Linear(C, hidden) -> activation (ReLU as in the paper, GELU as in GPT/BERT) ->
+    Linear(hidden, C)."""
 
     def __init__(self, C: int, hidden: int, activation: str = "gelu", bias: bool = True, std: float = 0.02,
                  out_std: float | None = None):
