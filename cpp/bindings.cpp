@@ -78,6 +78,18 @@ void check_nonneg(std::initializer_list<int64_t> sizes) {
     if (s < 0) throw py::value_error("sizes must be non-negative");
 }
 
+void check_groups(int64_t NH, int64_t NKV) {
+  if (NKV < 1 || NH % NKV) throw py::value_error("key/value heads NKV must be >= 1 and divide the query heads NH");
+}
+
+int64_t row_bytes(int qtype, int64_t C) {
+  const int64_t rb = pt::quant_row_bytes(qtype, C);
+  if (rb < 0)
+    throw py::value_error("unsupported GGUF type " + std::to_string(qtype) + " or a row of " + std::to_string(C) +
+                          " values that is not a whole number of its blocks");
+  return rb;
+}
+
 using py::arg;
 using O = const py::object&;
 const auto& K() { return pt::active(); }
@@ -297,35 +309,115 @@ PYBIND11_MODULE(_core, m) {
     K().dropout_backward(dx, g, n, p, seed);
   });
 
-  m.def("attention_forward", [](O out, O lse, O q, O k, O v, O key_mask, int64_t B, int64_t NH, int64_t Tq,
-                                int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+  m.def("attention_forward", [](O out, O lse, O q, O k, O v, O key_mask, int64_t B, int64_t NH, int64_t NKV,
+                                int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
     check_nonneg({B, NH, Tq, Tk, Tkv, HS});
+    check_groups(NH, NKV);
     if (Tk > Tkv) throw py::value_error("attention_forward: Tk must not exceed the k/v rows Tkv");
     float* o = array_data<float>(out, "out", B * NH * Tq * HS, true);
     float* l = array_data<float>(lse, "lse", B * NH * Tq, true);
     const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
-    const float* kp = array_data<float>(k, "k", B * NH * Tkv * HS);
-    const float* vp = array_data<float>(v, "v", B * NH * Tkv * HS);
+    const float* kp = array_data<float>(k, "k", B * NKV * Tkv * HS);
+    const float* vp = array_data<float>(v, "v", B * NKV * Tkv * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, Tq, Tk, Tkv, HS, causal, scale, bthd);
+    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
-                                 int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
-                                 bool bthd) {
+                                 int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal,
+                                 float scale, bool bthd) {
     check_nonneg({B, NH, Tq, Tk, HS});
+    check_groups(NH, NKV);
     float* dqp = array_data<float>(dq, "dq", B * NH * Tq * HS, true);
-    float* dkp = array_data<float>(dk, "dk", B * NH * Tk * HS, true);
-    float* dvp = array_data<float>(dv, "dv", B * NH * Tk * HS, true);
+    float* dkp = array_data<float>(dk, "dk", B * NKV * Tk * HS, true);
+    float* dvp = array_data<float>(dv, "dv", B * NKV * Tk * HS, true);
     const float* g = array_data<float>(dout, "dout", B * NH * Tq * HS);
     const float* o = array_data<float>(out, "out", B * NH * Tq * HS);
     const float* l = array_data<float>(lse, "lse", B * NH * Tq);
     const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
-    const float* kp = array_data<float>(k, "k", B * NH * Tk * HS);
-    const float* vp = array_data<float>(v, "v", B * NH * Tk * HS);
+    const float* kp = array_data<float>(k, "k", B * NKV * Tk * HS);
+    const float* vp = array_data<float>(v, "v", B * NKV * Tk * HS);
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
     py::gil_scoped_release nogil;
-    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, Tq, Tk, HS, causal, scale, bthd);
+    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, HS, causal, scale, bthd);
+  });
+
+  m.def("rmsnorm_forward", [](O out, O rstd, O inp, O weight, int64_t N, int64_t C, float eps) {
+    check_nonneg({N, C});
+    float* o = array_data<float>(out, "out", N * C, true);
+    float* rs = array_data<float>(rstd, "rstd", N, true);
+    const float* x = array_data<float>(inp, "inp", N * C);
+    const float* w = array_data<float>(weight, "weight", C);
+    py::gil_scoped_release nogil;
+    K().rmsnorm_forward(o, rs, x, w, N, C, eps);
+  });
+  m.def("rmsnorm_backward", [](O dinp, O dweight, O dout, O inp, O weight, O rstd, int64_t N, int64_t C) {
+    check_nonneg({N, C});
+    float* dx = array_data<float>(dinp, "dinp", N * C, true, true);
+    float* dw = array_data<float>(dweight, "dweight", C, true, true);
+    const float* g = array_data<float>(dout, "dout", N * C);
+    const float* x = array_data<float>(inp, "inp", N * C);
+    const float* w = array_data<float>(weight, "weight", C);
+    const float* rs = array_data<float>(rstd, "rstd", N);
+    py::gil_scoped_release nogil;
+    K().rmsnorm_backward(dx, dw, g, x, w, rs, N, C);
+  });
+  auto rope = [](bool forward) {
+    return [forward](O out, O inp, O cos, O sin, O positions, int64_t N, int64_t NH, int64_t HS, int64_t P) {
+      check_nonneg({N, NH, HS, P});
+      if (HS % 2) throw py::value_error("rope: the head size must be even");
+      float* o = array_data<float>(out, forward ? "out" : "dinp", N * NH * HS, true);
+      const float* x = array_data<float>(inp, forward ? "inp" : "dout", N * NH * HS);
+      const float* c = array_data<float>(cos, "cos", P * (HS / 2));
+      const float* s = array_data<float>(sin, "sin", P * (HS / 2));
+      const int64_t* pos = array_data<int64_t>(positions, "positions", N);
+      check_ids(pos, N, P, "positions");
+      py::gil_scoped_release nogil;
+      (forward ? K().rope_forward : K().rope_backward)(o, x, c, s, pos, N, NH, HS, P);
+    };
+  };
+  m.def("rope_forward", rope(true));
+  m.def("rope_backward", rope(false));
+  m.def("swiglu_forward", [](O out, O gate, O up, int64_t n) {
+    check_nonneg({n});
+    float* o = array_data<float>(out, "out", n, true);
+    const float* g = array_data<float>(gate, "gate", n);
+    const float* u = array_data<float>(up, "up", n);
+    py::gil_scoped_release nogil;
+    K().swiglu_forward(o, g, u, n);
+  });
+  m.def("swiglu_backward", [](O dgate, O dup, O dout, O gate, O up, int64_t n) {
+    check_nonneg({n});
+    float* dg = array_data<float>(dgate, "dgate", n, true);
+    float* du = array_data<float>(dup, "dup", n, true);
+    const float* d = array_data<float>(dout, "dout", n);
+    const float* g = array_data<float>(gate, "gate", n);
+    const float* u = array_data<float>(up, "up", n);
+    py::gil_scoped_release nogil;
+    K().swiglu_backward(dg, du, d, g, u, n);
+  });
+  m.def("quant_row_bytes", [](int qtype, int64_t C) { return pt::quant_row_bytes(qtype, C); },
+        "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
+  m.def("matmul_q_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    const int64_t rb = row_bytes(qtype, IC);
+    float* o = array_data<float>(out, "out", N * OC, true);
+    const float* x = array_data<float>(inp, "inp", N * IC);
+    const uint8_t* w = array_data<uint8_t>(weight, "weight", OC * rb);
+    const float* b = array_data<float>(bias, "bias", OC, false, true);
+    py::gil_scoped_release nogil;
+    K().matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
+  });
+  m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
+    check_nonneg({rows, N, C});
+    const int64_t rb = row_bytes(qtype, C);
+    float* o = array_data<float>(out, "out", N * C, true);
+    const uint8_t* s = array_data<uint8_t>(src, "src", rows * rb);
+    const int64_t* id = array_data<int64_t>(ids, "ids", N, false, true);
+    if (id) check_ids(id, N, rows, "ids");
+    else if (N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
+    py::gil_scoped_release nogil;
+    K().dequantize_rows(o, s, qtype, id, N, C);
   });
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,

@@ -367,7 +367,8 @@ class Attention(Op):
 
     def make(self, rng, s, o):
         B, NH, Tq, Tk, HS = s["B"], s["NH"], s["Tq"], s["Tk"], s["HS"]
-        x = {"q": f32(rng, B, NH, Tq, HS), "k": f32(rng, B, NH, Tk, HS), "v": f32(rng, B, NH, Tk, HS),
+        NKV = s.get("NKV", NH)  # grouped-query attention when fewer key/value heads
+        x = {"q": f32(rng, B, NH, Tq, HS), "k": f32(rng, B, NKV, Tk, HS), "v": f32(rng, B, NKV, Tk, HS),
              "dout": f32(rng, B, NH, Tq, HS), "key_mask": None}
         if o.get("masked"):
             mask = rng.random((B, Tk)) > 0.3
@@ -408,6 +409,128 @@ class Attention(Op):
         products = 2 if direction == "forward" else 6
         full = products * 2.0 * s["B"] * s["NH"] * s["Tq"] * s["Tk"] * s["HS"]
         return full / 2 if o.get("causal") else full, "GFLOP/s"
+
+
+class RMSNorm(Op):
+    floors = {"dinp": 1.0}  # C = 1: dinp ~ eps is what remains of dnorm - norm * mean(dnorm * norm), |norm| ~ 1
+
+    def make(self, rng, s, o):
+        N, C = s["N"], s["C"]
+        return {"inp": f32(rng, N, C, scale=3.0, shift=1.0), "weight": f32(rng, C), "dout": f32(rng, N, C)}
+
+    def ours(self, x, o):
+        out, rstd = ops.rmsnorm_forward(x["inp"], x["weight"], 1e-5)
+        dinp, dweight = ops.rmsnorm_backward(x["dout"], x["inp"], x["weight"], rstd)
+        return {"out": out, "rstd": rstd, "dinp": dinp, "dweight": dweight}
+
+    def reference(self, x, o):
+        out, rstd = ref.rmsnorm_forward(x["inp"], x["weight"], 1e-5)
+        dinp, dweight = ref.rmsnorm_backward(x["dout"], x["inp"], x["weight"], rstd)
+        return {"out": out, "rstd": rstd, "dinp": dinp, "dweight": dweight}
+
+    def calls(self, x, o):
+        inp, w = x["inp"], x["weight"]
+        out, rstd = np.empty_like(inp), np.empty(len(inp), np.float32)
+        ops.rmsnorm_forward(inp, w, out=out, rstd=rstd)
+        dx, dw = np.empty_like(inp), np.zeros_like(w)
+        return {"forward": lambda: ops.rmsnorm_forward(inp, w, out=out, rstd=rstd),
+                "backward": lambda: ops.rmsnorm_backward(x["dout"], inp, w, rstd, dinp=dx, dweight=dw)}
+
+    def work(self, s, o, direction):
+        return (2.0 if direction == "forward" else 3.0) * s["N"] * s["C"] * 4, "GB/s"
+
+
+class Rope(Op):
+    """Rotary positions on (B, T, NH, HS) rows at arbitrary positions (a KV cache's, or left-padded rows')."""
+
+    def make(self, rng, s, o):
+        B, T, NH, HS, P = s["B"], s["T"], s["NH"], s["HS"], s["P"]
+        cos, sin = ops.rope_tables(P, HS, o.get("base", 10000.0))
+        return {"inp": f32(rng, B, T, NH, HS), "dout": f32(rng, B, T, NH, HS), "cos": cos, "sin": sin,
+                "positions": rng.integers(0, P, (B, T)).astype(np.int64), "P": P, "HS": HS}
+
+    def ours(self, x, o):
+        args = (x["cos"], x["sin"], x["positions"])
+        return {"out": ops.rope_forward(x["inp"], *args), "dinp": ops.rope_backward(x["dout"], *args)}
+
+    def reference(self, x, o):
+        # the reference's own float64 tables: checks ops.rope_tables too
+        cos, sin = ref.rope_tables(x["P"], x["HS"], o.get("base", 10000.0))
+        return {"out": ref.rope_forward(x["inp"], cos, sin, x["positions"]),
+                "dinp": ref.rope_backward(x["dout"], cos, sin, x["positions"])}
+
+    def calls(self, x, o):
+        out, args = np.empty_like(x["inp"]), (x["cos"], x["sin"], x["positions"])
+        return {"forward": lambda: ops.rope_forward(x["inp"], *args, out=out),
+                "backward": lambda: ops.rope_backward(x["dout"], *args, dinp=out)}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["B"] * s["T"] * s["NH"] * s["HS"] * 4, "GB/s"
+
+
+class SwiGLU(Op):
+    def make(self, rng, s, o):
+        return {"gate": f32(rng, s["n"], scale=3.0), "up": f32(rng, s["n"]), "dout": f32(rng, s["n"])}
+
+    def ours(self, x, o):
+        dgate, dup = ops.swiglu_backward(x["dout"], x["gate"], x["up"])
+        return {"out": ops.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+
+    def reference(self, x, o):
+        dgate, dup = ref.swiglu_backward(x["dout"], x["gate"], x["up"])
+        return {"out": ref.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+
+    def calls(self, x, o):
+        out, dg, du = (np.empty_like(x["gate"]) for _ in range(3))
+        return {"forward": lambda: ops.swiglu_forward(x["gate"], x["up"], out=out),
+                "backward": lambda: ops.swiglu_backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
+
+    def work(self, s, o, direction):
+        return (3.0 if direction == "forward" else 5.0) * s["n"] * 4, "GB/s"
+
+
+def random_blocks(rng, qtype, rows, cols):
+    """A (rows, cols) matrix in a GGUF block format from random bytes (every bit pattern of the quantised values
+    is a valid block) with finite fp16 scales in +-0.1: uint8 (rows, row_bytes)."""
+    dense = {"F32": np.float32, "F16": np.float16}
+    if qtype in dense:
+        return np.ascontiguousarray(rng.standard_normal((rows, cols)).astype(dense[qtype]).view(np.uint8))
+    if qtype == "BF16":
+        return np.ascontiguousarray(ops.to_bfloat16(f32(rng, rows, cols)).view(np.uint8))
+    size, scales = {"Q4_0": (18, [0]), "Q4_1": (20, [0, 2]), "Q8_0": (34, [0]), "Q4_K": (144, [0, 2]),
+                    "Q6_K": (210, [208])}[qtype]
+    data = rng.integers(0, 256, (rows, cols // (256 if qtype.endswith("_K") else 32) * size), dtype=np.uint8)
+    blocks = data.reshape(-1, size)
+    for at in scales:
+        blocks[:, at:at + 2] = rng.uniform(-0.1, 0.1, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+    return data
+
+
+class MatmulQuantized(Op):
+    """The product with a GGUF block-quantised weight (inference): forward only; and the table lookup."""
+    group = "matmul"
+
+    def make(self, rng, s, o):
+        N, IC, OC = s["N"], s["IC"], s["OC"]
+        data = random_blocks(rng, o["qtype"], OC, IC)
+        return {"inp": f32(rng, N, IC), "weight": ops.Quantized(data, o["qtype"], (OC, IC)), "bias": f32(rng, OC),
+                "ids": rng.integers(0, OC, N).astype(np.int64)}
+
+    def ours(self, x, o):
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"]),
+                "rows": ops.dequantize(x["weight"], x["ids"])}
+
+    def reference(self, x, o):
+        w = x["weight"]
+        dense = ref.dequantize(w.data, w.qtype, w.shape[1])
+        return {"out": ref.matmul_forward(x["inp"], dense, x["bias"]), "rows": dense[x["ids"]]}
+
+    def calls(self, x, o):
+        out = np.empty((x["inp"].shape[0], x["weight"].shape[0]), np.float32)
+        return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out)}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
 
 
 class AdamW(Op):
@@ -469,7 +592,8 @@ class SumSquares(Op):
 OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
-       "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares()}
+       "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
+       "rope": Rope(), "swiglu": SwiGLU(), "matmul_quantized": MatmulQuantized()}
 
 
 @dataclass(frozen=True)
@@ -564,6 +688,19 @@ CASES = [
       for Bt, NH, Tq, Tk, HS in [(1, 1, 1, 1, 1), (2, 3, 17, 17, 8), (1, 2, 65, 65, 63), (2, 2, 1, 130, 17),
                                  (1, 1, 130, 65, 16), (1, 2, 17, 33, 5), (2, 4, 64, 64, 64), (1, 1, 3, 130, 130)]
       for causal in (False, True) for masked in (False, True)],
+    *[case("attention", TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
+      for Bt, NH, NKV, Tq, Tk, HS in [(1, 9, 3, 17, 17, 64), (2, 4, 1, 1, 130, 17), (1, 6, 2, 130, 65, 16),
+                                      (2, 4, 2, 65, 65, 8)]
+      for causal in (False, True) for masked in (False, True)],
+    *[case("rmsnorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
+      for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (64, 576), (130, 1024)]],
+    *[case("rope", CHECK if (Bt, Tt, NH, HS) == (2, 5, 3, 8) else TEST, B=Bt, T=Tt, NH=NH, HS=HS, P=P, base=base)
+      for Bt, Tt, NH, HS, P, base in [(1, 1, 1, 2, 1, 10000.0), (2, 5, 3, 8, 9, 10000.0), (1, 17, 9, 64, 40, 1e5),
+                                      (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]],
+    *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
+    *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=IC, OC=OC, qtype=qtype)
+      for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
+      for N, IC, OC in [(1, 256, 1), (3, 512, 67), (2, 768, 130), (9, 256, 33), (70, 1536, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
@@ -582,6 +719,14 @@ CASES = [
     case("embedding", BENCH, N=8192, V=50304, C=768),
     *[case("attention", BENCH, B=4, NH=12, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (128, 512, 1024)],
     case("adamw", BENCH, n=124_000_000, steps=1),
+    # SmolLM2-135M's shapes: decode products on Q4_1 weights (and the Q8_0 tied head), prefill of 512 tokens
+    *[case("matmul_quantized", BENCH, N=N, IC=IC, OC=OC, qtype=qt)
+      for N, IC, OC, qt in [(1, 576, 1536, "Q4_1"), (1, 1536, 576, "Q4_1"), (1, 576, 49152, "Q8_0"),
+                            (512, 576, 1536, "Q4_1"), (1, 576, 1536, "Q4_K")]],
+    case("rmsnorm", BENCH, N=8192, C=576),
+    case("swiglu", BENCH, n=512 * 1536),
+    case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),
+    *[case("attention", BENCH, B=1, NH=9, NKV=3, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (512,)],
 ]
 
 

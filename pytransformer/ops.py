@@ -26,7 +26,10 @@ U16, I8 = np.dtype(np.uint16), np.dtype(np.int8)
 def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). For inference the weight may also be
     narrow: bfloat16 bits in a uint16 array (to_bfloat16: widened exactly, half the bytes), or int8 with a float32
-    weight_scale (OC,) per output row (quantize_int8: a quarter of the bytes); the sums stay float32."""
+    weight_scale (OC,) per output row (quantize_int8: a quarter of the bytes), or a Quantized matrix in a GGUF
+    block format (dequantised in registers); the sums stay float32."""
+    if isinstance(weight, Quantized):
+        return _matmul_quantized(inp, weight, bias, out)
     d = {}
     kind = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype in (U16, I8) else F32
     array(weight, "weight", ("OC", "IC"), d, kind)
@@ -44,6 +47,16 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     else:
         (_core.matmul_w16_forward if kind == U16 else _core.matmul_forward)(out, inp, weight, bias, _rows(inp),
                                                                            d["IC"], d["OC"])
+    return out
+
+
+def _matmul_quantized(inp, weight, bias, out):
+    d = {"OC": weight.shape[0], "IC": weight.shape[1]}
+    array(inp, "inp", ("...", "IC"), d)
+    if bias is not None:
+        array(bias, "bias", ("OC",), d)
+    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("bias", bias)])
+    _core.matmul_q_forward(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
     return out
 
 
@@ -307,21 +320,23 @@ def dropout_backward(dout, p, seed, *, dinp=None):
 # --- attention -----------------------------------------------------------------------------------------------
 
 
-_LAYOUTS = {"bhtd": ("B", "NH", "{T}", "HS"), "bthd": ("B", "{T}", "NH", "HS")}
+_LAYOUTS = {"bhtd": ("B", "{H}", "{T}", "HS"), "bthd": ("B", "{T}", "{H}", "HS")}
 
 
-def _heads(layout, T):
-    """The dimension names of a (B, NH, T, HS) array in `layout`, T being "Tq" or "Tk"."""
+def _heads(layout, T, H="NH"):
+    """The dimension names of a (B, H, T, HS) array in `layout`, T being "Tq" or "Tk", H "NH" or "NKV"."""
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be 'bhtd' (B, NH, T, HS) or 'bthd' (B, T, NH, HS), got {layout!r}")
-    return tuple(n.format(T=T) for n in _LAYOUTS[layout])
+    return tuple(n.format(T=T, H=H) for n in _LAYOUTS[layout])
 
 
 def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
     d = {}
     array(q, "q", _heads(layout, "Tq"), d)
-    array(k, "k", _heads(layout, "Tkv"), d)
-    array(v, "v", _heads(layout, "Tkv"), d)
+    array(k, "k", _heads(layout, "Tkv", "NKV"), d)
+    array(v, "v", _heads(layout, "Tkv", "NKV"), d)
+    if d["NKV"] == 0 or d["NH"] % d["NKV"]:
+        raise ValueError(f"k and v have {d['NKV']} heads, which must divide q's {d['NH']} (grouped-query attention)")
     d["Tk"] = d["Tkv"] if kv_len is None else integer(kv_len, "kv_len")
     if not 0 <= d["Tk"] <= d["Tkv"]:
         raise ValueError(f"kv_len must be in [0, {d['Tkv']}] (the rows k and v hold), got {d['Tk']}")
@@ -336,7 +351,8 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
                       kv_len=None):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
 
-    q (B, NH, Tq, HS), k and v (B, NH, Tk, HS); causal: key j visible to query i when j <= i + Tk - Tq;
+    q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS) with NKV dividing NH (grouped-query attention: query head h
+    reads key/value head h // (NH / NKV), in place); causal: key j visible to query i when j <= i + Tk - Tq;
     key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
     layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
     to heads without a copy.
@@ -348,14 +364,15 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
     reads = [("q", q), ("k", k), ("v", v), ("key_mask", key_mask)]
     out = output(out, "out", q.shape, reads)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
-    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"], d["Tkv"], d["HS"],
-                            bool(causal), scale, layout == "bthd")
+    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
+                            d["HS"], bool(causal), scale, layout == "bthd")
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, layout="bhtd",
                        dq=None, dk=None, dv=None):
-    """-> dq, dk, dv (overwritten, shaped like q, k, v), from the forward's out and lse."""
+    """-> dq, dk, dv (overwritten, shaped like q, k, v; a grouped key/value head sums its query heads'), from the
+    forward's out and lse."""
     d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
     array(out, "out", _heads(layout, "Tq"), d)
     array(dout, "dout", _heads(layout, "Tq"), d)
@@ -364,9 +381,149 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     dq = output(dq, "dq", q.shape, reads)
     dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
     dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
-    _core.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["Tq"], d["Tk"],
-                             d["HS"], bool(causal), scale, layout == "bthd")
+    _core.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
+                             d["Tk"], d["HS"], bool(causal), scale, layout == "bthd")
     return dq, dk, dv
+
+
+# --- Llama parts: RMSNorm, rotary positions, SwiGLU -------------------------------------------------------------
+
+
+def rmsnorm_forward(inp, weight, eps=1e-5, *, out=None, rstd=None):
+    """out (..., C) = inp * rstd * weight, rstd (N,) = 1 / sqrt(mean(inp^2) + eps) over the last axis -> (out, rstd)."""
+    d = {}
+    array(inp, "inp", ("...", "C"), d)
+    array(weight, "weight", ("C",), d)
+    eps = finite_float(eps, "eps", 0.0, 1.0)
+    if d["C"] == 0:
+        raise ValueError(f"inp {tuple(inp.shape)} has no channels to normalise over (C = 0)")
+    N = _rows(inp)
+    reads = [("inp", inp), ("weight", weight)]
+    out = output(out, "out", inp.shape, reads, same=("inp",))
+    rstd = output(rstd, "rstd", (N,), reads + [("out", out)])
+    _core.rmsnorm_forward(out, rstd, inp, weight, N, d["C"], eps)
+    return out, rstd
+
+
+def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
+    """-> dinp (..., C) overwritten, dweight (C) accumulated."""
+    d = {}
+    array(inp, "inp", ("...", "C"), d)
+    _same_shape(dout, "dout", inp, "inp")
+    array(weight, "weight", ("C",), d)
+    d["N"] = _rows(inp)
+    array(rstd, "rstd", ("N",), d)
+    reads = [("dout", dout), ("inp", inp), ("weight", weight), ("rstd", rstd)]
+    dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
+    dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
+    _core.rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, d["N"], d["C"])
+    return dinp, dweight
+
+
+def rope_tables(positions, head_size, base=10000.0):
+    """(cos, sin), each float32 (positions, head_size / 2): angle p * base^(-2i / head_size), computed in float64."""
+    P, HS = integer(positions, "positions"), integer(head_size, "head_size")
+    base = finite_float(base, "base", 1.0)
+    if P < 0 or HS < 2 or HS % 2:
+        raise ValueError(f"rope tables need positions >= 0 and an even head size >= 2, got {P}, {HS}")
+    angle = np.arange(P, dtype=np.float64)[:, None] * base ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def _rope_args(x, name, cos, sin, positions):
+    d = {}
+    array(x, name, ("...", "NH", "HS"), d)
+    array(cos, "cos", ("P", "H2"), d)
+    array(sin, "sin", ("P", "H2"), d)
+    array(positions, "positions", ("...",), d, I64)
+    if d["HS"] != 2 * d["H2"]:
+        raise ValueError(f"cos and sin have {d['H2']} columns; a head of {d['HS']} needs {d['HS'] // 2} (and HS even)")
+    if positions.shape != x.shape[:-2]:
+        raise ValueError(f"positions {tuple(positions.shape)} must have the shape of {name} without its last two "
+                         f"axes, {tuple(x.shape[:-2])}")
+    return d, positions.size
+
+
+def rope_forward(inp, cos, sin, positions, *, out=None):
+    """Rotary positions on inp (..., NH, HS): the pairs (i, i + HS/2) of each head of row n rotated by the angles of
+    positions[n] (int64, shaped inp.shape[:-2], each < len(cos)); cos, sin from rope_tables. out may be inp."""
+    d, N = _rope_args(inp, "inp", cos, sin, positions)
+    out = output(out, "out", inp.shape, [("inp", inp), ("cos", cos), ("sin", sin)], same=("inp",))
+    _core.rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"])
+    return out
+
+
+def rope_backward(dout, cos, sin, positions, *, dinp=None):
+    """dinp: dout rotated back (the rotation's transpose). dinp may be dout."""
+    d, N = _rope_args(dout, "dout", cos, sin, positions)
+    dinp = output(dinp, "dinp", dout.shape, [("dout", dout), ("cos", cos), ("sin", sin)], same=("dout",))
+    _core.rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"])
+    return dinp
+
+
+def swiglu_forward(gate, up, *, out=None):
+    """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
+    array(gate, "gate", ("...",), {})
+    _same_shape(up, "up", gate, "gate")
+    out = output(out, "out", gate.shape, [("gate", gate), ("up", up)], same=("gate", "up"))
+    _core.swiglu_forward(out, gate, up, gate.size)
+    return out
+
+
+def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
+    """-> (dgate, dup), both overwritten; either may be dout."""
+    array(gate, "gate", ("...",), {})
+    _same_shape(up, "up", gate, "gate")
+    _same_shape(dout, "dout", gate, "gate")
+    reads = [("dout", dout), ("gate", gate), ("up", up)]
+    dgate = output(dgate, "dgate", gate.shape, reads, same=("dout",))
+    dup = output(dup, "dup", gate.shape, reads + [("dgate", dgate)], same=("dout",))
+    _core.swiglu_backward(dgate, dup, dout, gate, up, gate.size)
+    return dgate, dup
+
+
+# --- GGUF block-quantised weights (inference) ----------------------------------------------------------------
+
+QTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
+
+
+class Quantized:
+    """A (rows, cols) matrix kept in a GGUF block format: data is uint8 (rows, row_bytes), e.g. a memory-mapped
+    slice of the file; qtype a name in QTYPES. matmul_forward takes it as a weight; dequantize widens rows."""
+
+    __slots__ = ("data", "qtype", "code", "shape")
+
+    def __init__(self, data, qtype, shape):
+        if qtype not in QTYPES:
+            raise ValueError(f"unsupported tensor type {qtype!r} (supported: {', '.join(QTYPES)})")
+        rows, cols = (integer(n, "shape") for n in shape)
+        code = QTYPES[qtype]
+        rb = _core.quant_row_bytes(code, cols)
+        if rb < 0:
+            raise ValueError(f"a {qtype} row of {cols} values is not a whole number of blocks")
+        array(data, "data", ("rows", "row_bytes"), {"rows": rows, "row_bytes": rb}, np.dtype(np.uint8))
+        self.data, self.qtype, self.code, self.shape = data, qtype, code, (rows, cols)
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+    def __repr__(self):
+        return f"Quantized({self.qtype}, shape={self.shape})"
+
+
+def dequantize(weight: Quantized, ids=None, *, out=None):
+    """float32 rows of a Quantized matrix: all (rows, cols), or those at int64 ids (...) -> (..., cols)."""
+    rows, C = weight.shape
+    if ids is None:
+        out = output(out, "out", (rows, C), [("data", weight.data)])
+        _core.dequantize_rows(out, weight.data, weight.code, None, rows, rows, C)
+        return out
+    array(ids, "ids", ("...",), {}, I64)
+    out = output(out, "out", ids.shape + (C,), [("data", weight.data), ("ids", ids)])
+    _core.dequantize_rows(out, weight.data, weight.code, ids, rows, ids.size, C)
+    return out
 
 
 # --- optimizer -----------------------------------------------------------------------------------------------

@@ -225,10 +225,16 @@ def _masked_softmax(s):
     return p, lse
 
 
+def _grouped(kv, NH):
+    """(B, NKV, T, HS) -> (B, NH, T, HS): key/value head g repeated for query heads g * NH/NKV .. (g+1) * NH/NKV."""
+    return np.repeat(np.asarray(kv, np.float64), NH // kv.shape[1], axis=1)
+
+
 def attention_forward(q, k, v, causal=False, key_mask=None, scale=None):
-    """q (B, NH, Tq, HS), k, v (B, NH, Tk, HS) -> out (B, NH, Tq, HS), lse (B, NH, Tq). Dense, O(Tq * Tk)."""
+    """q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) -> out (B, NH, Tq, HS), lse (B, NH, Tq). Dense, O(Tq * Tk)."""
+    k, v = _grouped(k, q.shape[1]), _grouped(v, q.shape[1])
     p, lse = _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))
-    return p @ np.asarray(v, np.float64), lse
+    return p @ v, lse
 
 
 def attention_probs(q, k, causal=False, key_mask=None, scale=None):
@@ -238,16 +244,133 @@ def attention_probs(q, k, causal=False, key_mask=None, scale=None):
 
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None):
     """-> dq, dk, dv, recomputing the probabilities from the forward's lse as the kernel does."""
-    HS = q.shape[-1]
+    HS, NH, NKV = q.shape[-1], q.shape[1], k.shape[1]
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
-    q, k, v, dout, out = (np.asarray(a, np.float64) for a in (q, k, v, dout, out))
+    k, v = _grouped(k, NH), _grouped(v, NH)
+    q, dout, out = (np.asarray(a, np.float64) for a in (q, dout, out))
     s = _masked_scores(q, k, causal, key_mask, scale)
     lse = np.asarray(lse, np.float64)[..., None]
     p = np.where(np.isfinite(s) & np.isfinite(lse), np.exp(s - np.where(np.isfinite(lse), lse, 0.0)), 0.0)
     dv = np.swapaxes(p, -1, -2) @ dout
     dp = dout @ np.swapaxes(v, -1, -2)
     ds = p * (dp - (dout * out).sum(-1, keepdims=True)) * scale
-    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
+    dk = np.swapaxes(ds, -1, -2) @ q
+
+    def summed(g):  # a grouped head's gradient: the sum over its query heads
+        B, _, T, _ = g.shape
+        return g.reshape(B, NKV, NH // NKV, T, HS).sum(axis=2)
+    return ds @ k, summed(dk), summed(dv)
+
+
+# --- Llama parts ---------------------------------------------------------------------------------------------
+
+
+def rmsnorm_forward(inp, weight, eps=1e-5):
+    """-> out = inp * rstd * weight, rstd = 1 / sqrt(mean(inp^2) + eps) per row (N,)."""
+    x = np.asarray(inp, np.float64)
+    rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    return x * rstd * weight, rstd.reshape(-1)
+
+
+def rmsnorm_backward(dout, inp, weight, rstd):
+    """-> dinp, dweight."""
+    x, g = np.asarray(inp, np.float64), np.asarray(dout, np.float64)
+    r = np.asarray(rstd, np.float64).reshape(x.shape[:-1] + (1,))
+    norm = x * r
+    dn = g * weight
+    dinp = r * (dn - norm * (dn * norm).mean(-1, keepdims=True))
+    return dinp, (g * norm).reshape(-1, x.shape[-1]).sum(0)
+
+
+def rope_tables(positions, head_size, base=10000.0):
+    """(cos, sin) float64 (positions, head_size / 2): angle p * base^(-2i / head_size)."""
+    angle = np.arange(positions, dtype=np.float64)[:, None] * base ** (-np.arange(0, head_size, 2) / head_size)
+    return np.cos(angle), np.sin(angle)
+
+
+def _rotate(x, cos, sin, positions, sign):
+    x = np.asarray(x, np.float64)
+    h = x.shape[-1] // 2
+    c = np.asarray(cos, np.float64)[positions][..., None, :]  # (..., 1, HS/2): every head of a row alike
+    s = sign * np.asarray(sin, np.float64)[positions][..., None, :]
+    x1, x2 = x[..., :h], x[..., h:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def rope_forward(inp, cos, sin, positions):
+    """inp (..., NH, HS), positions (...): Hugging Face's q * cos + rotate_half(q) * sin."""
+    return _rotate(inp, cos, sin, positions, 1.0)
+
+
+def rope_backward(dout, cos, sin, positions):
+    return _rotate(dout, cos, sin, positions, -1.0)
+
+
+def _silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def swiglu_forward(gate, up):
+    g = np.asarray(gate, np.float64)
+    return _silu(g) * up
+
+
+def swiglu_backward(dout, gate, up):
+    """-> dgate, dup."""
+    g, u, d = (np.asarray(a, np.float64) for a in (gate, up, dout))
+    s = 1.0 / (1.0 + np.exp(-g))
+    return d * u * s * (1.0 + g * (1.0 - s)), d * g * s
+
+
+# --- GGUF block formats (ggml-quants.c), the numbers each block stands for ------------------------------------
+
+
+def _f16(b):
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float64)
+
+
+def dequantize(data, qtype, cols):
+    """uint8 (rows, row_bytes) in GGUF type qtype ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
+    -> float64 (rows, cols)."""
+    data = np.asarray(data, np.uint8)
+    rows = data.shape[0]
+    if qtype == "F32":
+        return data.view(np.float32).astype(np.float64).reshape(rows, cols)
+    if qtype == "F16":
+        return data.view(np.float16).astype(np.float64).reshape(rows, cols)
+    if qtype == "BF16":
+        return from_bfloat16(data.view(np.uint16)).reshape(rows, cols)
+    size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210}[qtype]
+    b = data.reshape(-1, size)
+    if qtype == "Q8_0":
+        y = _f16(b[:, :2]) * b[:, 2:].view(np.int8)
+    elif qtype in ("Q4_0", "Q4_1"):
+        head = 2 if qtype == "Q4_0" else 4
+        qs = b[:, head:]
+        q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float64)
+        d = _f16(b[:, :2])
+        y = (q - 8) * d if qtype == "Q4_0" else q * d + _f16(b[:, 2:4])
+    elif qtype == "Q4_K":
+        d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
+        sc = b[:, 4:16].astype(np.int64)
+        scale = np.concatenate([sc[:, 0:4] & 63, (sc[:, 8:12] & 15) | ((sc[:, 0:4] >> 6) << 4)], axis=1)
+        mins = np.concatenate([sc[:, 4:8] & 63, (sc[:, 8:12] >> 4) | ((sc[:, 4:8] >> 6) << 4)], axis=1)
+        qs = b[:, 16:].reshape(-1, 4, 32)
+        q = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float64)  # sub-block order
+        y = (d[:, :, None] * scale[:, :, None] * q - dmin[:, :, None] * mins[:, :, None]).reshape(-1, 256)
+    else:  # Q6_K
+        ql, qh = b[:, :128].astype(np.int64), b[:, 128:192].astype(np.int64)
+        sc = b[:, 192:208].view(np.int8).astype(np.float64)
+        d = _f16(b[:, 208:210])
+        y = np.empty((b.shape[0], 256))
+        for n in range(2):
+            l_, h_ = ql[:, 64 * n: 64 * n + 64], qh[:, 32 * n: 32 * n + 32]
+            parts = [(l_[:, :32] & 15) | ((h_ & 3) << 4), (l_[:, 32:] & 15) | (((h_ >> 2) & 3) << 4),
+                     (l_[:, :32] >> 4) | (((h_ >> 4) & 3) << 4), (l_[:, 32:] >> 4) | (((h_ >> 6) & 3) << 4)]
+            for k, q in enumerate(parts):
+                s = np.repeat(sc[:, 8 * n + 2 * k: 8 * n + 2 * k + 2], 16, axis=1)
+                y[:, 128 * n + 32 * k: 128 * n + 32 * k + 32] = d * s * (q - 32)
+    return y.reshape(rows, cols)
 
 
 # --- optimizer -----------------------------------------------------------------------------------------------

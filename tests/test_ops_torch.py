@@ -155,3 +155,60 @@ def test_residual_matches_torch(torch, isa, rng):
     da, db = ops.residual_backward(g)
     assert_close(da, ta.grad.numpy(), 0.0, "da")
     assert_close(db, tb.grad.numpy(), 0.0, "db")
+
+
+@pytest.mark.parametrize("NH,NKV,Tq,Tk", [(9, 3, 17, 17), (4, 1, 1, 40), (6, 2, 70, 70)])
+def test_grouped_query_attention_matches_torch_sdpa(torch, isa, rng, NH, NKV, Tq, Tk):
+    B, HS = 2, 16
+    q, g = f32(rng, B, NH, Tq, HS), f32(rng, B, NH, Tq, HS)
+    k, v = f32(rng, B, NKV, Tk, HS), f32(rng, B, NKV, Tk, HS)
+    tq, tk, tv = t64(torch, q), t64(torch, k), t64(torch, v)
+    vis = torch.arange(Tk)[None, :] <= torch.arange(Tq)[:, None] + (Tk - Tq)
+    ty = torch.nn.functional.scaled_dot_product_attention(tq, tk.repeat_interleave(NH // NKV, 1),
+                                                          tv.repeat_interleave(NH // NKV, 1), attn_mask=vis)
+    ty.backward(torch.from_numpy(g).double())
+    out, lse = ops.attention_forward(q, k, v, True)
+    assert_close(out, ty.detach().numpy(), TOL, "out")
+    for name, a, b in zip(("dq", "dk", "dv"), ops.attention_backward(g, q, k, v, out, lse, True),
+                          (tq.grad, tk.grad, tv.grad)):
+        assert_close(a, b.numpy(), TOL, name, floor=0.1)
+
+
+def test_rmsnorm_matches_torch(torch, isa, rng):
+    x, w, g = f32(rng, 3, 5, 130) * 2 + 1, f32(rng, 130), f32(rng, 3, 5, 130)
+    tx, tw = t64(torch, x), t64(torch, w)
+    ty = torch.nn.functional.rms_norm(tx, (130,), tw, 1e-5)
+    ty.backward(torch.from_numpy(g).double())
+    y, rstd = ops.rmsnorm_forward(x, w, 1e-5)
+    assert_close(y, ty.detach().numpy(), TOL, "out")
+    dx, dw = ops.rmsnorm_backward(g, x, w, rstd)
+    assert_close(dx, tx.grad.numpy(), TOL, "dinp")
+    assert_close(dw, tw.grad.numpy(), TOL, "dweight")
+
+
+def test_swiglu_matches_torch(torch, isa, rng):
+    gate, up, g = f32(rng, 1000, scale=3.0), f32(rng, 1000), f32(rng, 1000)
+    tg, tu = t64(torch, gate), t64(torch, up)
+    ty = torch.nn.functional.silu(tg) * tu
+    ty.backward(torch.from_numpy(g).double())
+    assert_close(ops.swiglu_forward(gate, up), ty.detach().numpy(), TOL, "out")
+    dgate, dup = ops.swiglu_backward(g, gate, up)
+    assert_close(dgate, tg.grad.numpy(), TOL, "dgate")
+    assert_close(dup, tu.grad.numpy(), TOL, "dup")
+
+
+def test_rope_matches_transformers_llama_rotary(torch, isa, rng):
+    """Hugging Face's apply_rotary_pov_emb (q * cos + rotate_half(q) * sin) with its own cos/sin tables, and the
+    gradient through it by autograd."""
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    B, T, NH, HS, base = 2, 9, 3, 64, 100000.0
+    x, g = f32(rng, B, T, NH, HS), f32(rng, B, T, NH, HS)
+    pos = np.stack([np.arange(T), np.arange(T) + 5]).astype(np.int64)
+    inv = 1.0 / (base ** (torch.arange(0, HS, 2, dtype=torch.float64) / HS))
+    emb = torch.cat([torch.from_numpy(pos).double()[..., None] * inv] * 2, -1)  # (B, T, HS)
+    tx = t64(torch, x.transpose(0, 2, 1, 3))  # (B, NH, T, HS)
+    ty, _ = llama.apply_rotary_pos_emb(tx, tx, emb.cos(), emb.sin())
+    ty.backward(torch.from_numpy(g.transpose(0, 2, 1, 3).copy()).double())
+    cos, sin = ops.rope_tables(T + 5, HS, base)
+    assert_close(ops.rope_forward(x, cos, sin, pos), ty.detach().numpy().transpose(0, 2, 1, 3), TOL, "out")
+    assert_close(ops.rope_backward(g, cos, sin, pos), tx.grad.numpy().transpose(0, 2, 1, 3), TOL, "dinp")

@@ -123,3 +123,49 @@ def test_adamw_reference_matches_handwritten_step():
     np.testing.assert_allclose(p1, p * (1 - 0.01) - 0.1 * np.sign(g), rtol=1e-6)
     np.testing.assert_allclose(m1, 0.1 * g)
     np.testing.assert_allclose(v1, 0.01 * g * g)
+
+
+def test_grouped_attention_backward_matches_finite_differences(r):
+    B, NH, NKV, Tq, Tk, HS = 2, 4, 2, 3, 5, 3
+    q, g = r.standard_normal((B, NH, Tq, HS)), r.standard_normal((B, NH, Tq, HS))
+    k, v = r.standard_normal((B, NKV, Tk, HS)), r.standard_normal((B, NKV, Tk, HS))
+    out, lse = ref.attention_forward(q, k, v, True)
+    dq, dk, dv = ref.attention_backward(g, q, k, v, out, lse, True)
+    loss = lambda: (ref.attention_forward(q, k, v, True)[0] * g).sum()
+    check(loss, q, dq)
+    check(loss, k, dk)
+    check(loss, v, dv)
+
+
+def test_rmsnorm_backward_matches_finite_differences(r):
+    x, w, g = r.standard_normal((3, 7)), r.standard_normal(7), r.standard_normal((3, 7))
+    _, rstd = ref.rmsnorm_forward(x, w)
+    dx, dw = ref.rmsnorm_backward(g, x, w, rstd)
+    loss = lambda: (ref.rmsnorm_forward(x, w)[0] * g).sum()
+    check(loss, x, dx)
+    check(loss, w, dw)
+
+
+def test_rope_backward_matches_finite_differences(r):
+    x, g = r.standard_normal((2, 3, 2, 6)), r.standard_normal((2, 3, 2, 6))
+    cos, sin = ref.rope_tables(10, 6, 100.0)
+    pos = r.integers(0, 10, (2, 3))
+    check(lambda: (ref.rope_forward(x, cos, sin, pos) * g).sum(), x, ref.rope_backward(g, cos, sin, pos))
+
+
+def test_rope_reference_is_hugging_face_rotate_half(r):
+    x = r.standard_normal((1, 4, 1, 8))
+    cos, sin = ref.rope_tables(4, 8, 10000.0)
+    c = np.concatenate([cos, cos], -1)[:, None, :]
+    s = np.concatenate([sin, sin], -1)[:, None, :]
+    rotate_half = np.concatenate([-x[..., 4:], x[..., :4]], -1)
+    np.testing.assert_allclose(ref.rope_forward(x, cos, sin, np.arange(4)[None]), x * c + rotate_half * s,
+                               rtol=1e-12)
+
+
+def test_swiglu_backward_matches_finite_differences(r):
+    gate, up, g = r.standard_normal(20) * 3, r.standard_normal(20), r.standard_normal(20)
+    dgate, dup = ref.swiglu_backward(g, gate, up)
+    loss = lambda: (ref.swiglu_forward(gate, up) * g).sum()
+    check(loss, gate, dgate)
+    check(loss, up, dup)

@@ -1,4 +1,6 @@
-// GELU (tanh approximation and exact erf) and ReLU, forward and backward. Arrays are flat, n elements.
+// GELU (tanh approximation and exact erf), ReLU and SwiGLU, forward and backward. Arrays are flat, n elements.
+#include <algorithm>
+
 #include "simd.h"
 
 namespace pt {
@@ -62,6 +64,32 @@ void relu_forward(float* out, const float* inp, int64_t n) {
 void relu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
   parallel_chunks(n, kElementChunk, [&](int64_t b, int64_t e) {
     map_vec2(dinp, inp, dout, b, e, [](V x, V g) { return select_gt(x, zero(), g, zero()); });
+  });
+}
+
+// SwiGLU: out = silu(gate) * up, silu(g) = g * sigmoid(g).
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+  parallel_chunks(n, kElementChunk, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i += W) {
+      const int64_t r = std::min<int64_t>(W, e - i);
+      const V g = loadn(gate + i, r);
+      storen(out + i, mul(mul(g, sigmoid(g)), loadn(up + i, r)), r);
+    }
+  });
+}
+
+// dgate = dout * up * silu'(gate), silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g); dup = dout * silu(gate).
+// dgate or dup may be dout itself (each element is read before it is written).
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+  parallel_chunks(n, kElementChunk, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i += W) {
+      const int64_t r = std::min<int64_t>(W, e - i);
+      const V g = loadn(gate + i, r), u = loadn(up + i, r), d = loadn(dout + i, r);
+      const V s = sigmoid(g);
+      const V dsilu = mul(s, fma(g, sub(set1(1.f), s), set1(1.f)));
+      storen(dgate + i, mul(mul(d, u), dsilu), r);
+      storen(dup + i, mul(d, mul(g, s)), r);
+    }
   });
 }
 

@@ -1,11 +1,12 @@
 // Multi-head scaled dot-product attention, fused and tiled with an online softmax (FlashAttention-style).
 //
-// q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) with 1 = attend (or null), out (B, NH, Tq, HS),
+// q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS), key_mask (B, Tk) with 1 = attend (or null), out (B, NH, Tq, HS),
 // lse (B, NH, Tq) = log-sum-exp of each row's scaled scores, saved for backward (-inf for a fully masked row).
 // With bthd every (B, NH, T, HS) array (q, k, v, out and their gradients) is laid out (B, T, NH, HS) instead:
 // the (B, T, C) output of a Linear read per head in place, rows of one head NH * HS floats apart.
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
-// (identical to the usual lower triangle when Tq == Tk).
+// (identical to the usual lower triangle when Tq == Tk). Grouped-query attention: NKV key/value heads divide the
+// NH query heads, and query head h reads key/value head h / (NH / NKV) in place (no repeated copies).
 //
 // Every product is a small register-blocked GEMM over tiles (tile_gemm). Forward works transposed, so that
 // the online softmax runs across W queries per vector: S^T = K Q^T for a BK x BQ tile, O^T += V^T P^T (K and V
@@ -153,16 +154,17 @@ struct TileMask {
 constexpr int64_t kRowQueries = 4;
 
 static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
-                    int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale,
-                    bool bthd) {
-  const Heads heads{NH, HS, bthd};
+                    int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
+                    float scale, bool bthd) {
+  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
+  const int64_t group = NH / NKV, kv_rs = kv_heads.row_stride();
   const int64_t rs = heads.row_stride(), offset = Tk - Tq, ntasks = B * NH * Tq;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
   for (int64_t t = 0; t < ntasks; t++) {
     const int64_t bh = t / Tq, i = t % Tq, b = bh / NH, h = bh % NH;
     const float* Q = q + heads.offset(b, h, Tq) + i * rs;
-    const float* K = k + heads.offset(b, h, Tkv);
-    const float* Vv = v + heads.offset(b, h, Tkv);
+    const float* K = k + kv_heads.offset(b, h / group, Tkv);
+    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     float* O = out + heads.offset(b, h, Tq) + i * rs;
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
     const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
@@ -174,7 +176,7 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
         sc[j] = kNegInf;
         continue;
       }
-      const float* kr = K + j * rs;
+      const float* kr = K + j * kv_rs;
       V acc = zero();
       for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(kr + d, HS - d), acc);
       sc[j] = reduce_add(acc) * scale;
@@ -198,7 +200,7 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
       const int64_t nd = std::min<int64_t>(W, HS - d);
       V acc = zero();
       for (int64_t j = 0; j < kend; j++)
-        if (sc[j] != 0.f) acc = fma(set1(sc[j]), loadn(Vv + j * rs + d, nd), acc);
+        if (sc[j] != 0.f) acc = fma(set1(sc[j]), loadn(Vv + j * kv_rs + d, nd), acc);
       storen(O + d, mul(acc, set1(1.f / l)), nd);
     }
     lse[bh * Tq + i] = m + std::log(l);
@@ -209,12 +211,13 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
 // horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
 // V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv,
-                       int64_t HS, bool causal, float scale, bool bthd) {
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                       int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
-  if (Tq <= kRowQueries) return attention_rows(out, lse, q, k, v, key_mask, B, NH, Tq, Tk, Tkv, HS, causal, scale, bthd);
-  const Heads heads{NH, HS, bthd};
-  const int64_t rs = heads.row_stride();
+  if (Tq <= kRowQueries)
+    return attention_rows(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
+  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
+  const int64_t rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), group = NH / NKV;
   const int64_t offset = Tk - Tq;
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
@@ -224,8 +227,9 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
     const float* Q = q + heads.offset(b, h, Tq) + i0 * rs;
-    const float* K = k + heads.offset(b, h, Tkv);  // a cache holds Tkv rows per sequence, Tk of them in use
-    const float* Vv = v + heads.offset(b, h, Tkv);
+    // query head h reads key/value head h / group; a cache holds Tkv rows per sequence, Tk of them in use
+    const float* K = k + kv_heads.offset(b, h / group, Tkv);
+    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
@@ -247,7 +251,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t kend = causal ? std::min(Tk, i0 + nq + offset) : Tk;
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
-      tile_gemm(St, BQ, K + j0 * rs, rs, 1, Qt, BQ, nk, BQ, HS, false);
+      tile_gemm(St, BQ, K + j0 * kv_rs, kv_rs, 1, Qt, BQ, nk, BQ, HS, false);
       // key j0 + j is hidden from query i0 + i when j0 + j > i0 + i + offset, i.e. i < j0 + j - i0 - offset
       const bool diagonal = causal && j0 + nk - 1 > i0 + offset;
       V mx[QV];
@@ -285,7 +289,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       for (int64_t u = 0; u < QV; u++) l[u] = fma(l[u], keep[u], sum[u]);
       for (int64_t d = 0; d < HS; d++)
         for (int64_t u = 0; u < QV; u++) store(Ot + d * BQ + u * W, mul(load(Ot + d * BQ + u * W), keep[u]));
-      tile_gemm(Ot, BQ, Vv + j0 * rs, 1, rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
+      tile_gemm(Ot, BQ, Vv + j0 * kv_rs, 1, kv_rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
     }
     // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible)
     alignas(64) float mf[BQ], lf[BQ], inv[BQ];  // inv: 1 / row sum
@@ -312,28 +316,26 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   }
 }
 
-// dq (B, NH, Tq, HS), dk, dv (B, NH, Tk, HS) overwritten. Recomputes the probabilities from lse, tile by tile;
-// one task per (batch, head) so no two threads touch the same gradient row.
+// dq (B, NH, Tq, HS), dk, dv (B, NKV, Tk, HS) overwritten. Recomputes the probabilities from lse, tile by tile;
+// one task per (batch, key/value head), which walks the group of query heads that read it and sums their dk, dv
+// (the first head writes them, the rest add), so no two threads touch the same gradient row.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd) {
+                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
+                        bool bthd) {
   if (B == 0 || NH == 0 || HS == 0) return;
   const int64_t HSP = round_up(HS, W);
-  const Heads heads{NH, HS, bthd};
-  const int64_t rs = heads.row_stride();
+  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
+  const int64_t rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), group = NH / NKV;
   const int64_t offset = Tk - Tq;
-  const int64_t ntasks = B * NH;
+  const int64_t ntasks = B * NKV;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
-  for (int64_t bh = 0; bh < ntasks; bh++) {
+  for (int64_t bkv = 0; bkv < ntasks; bkv++) {
     [[maybe_unused]] const TileUse tiles;
-    const int64_t b = bh / NH, h = bh % NH;
-    const int64_t q_off = heads.offset(b, h, Tq), k_off = heads.offset(b, h, Tk);
-    const float* Q = q + q_off;
+    const int64_t b = bkv / NKV, kvh = bkv % NKV;
+    const int64_t k_off = kv_heads.offset(b, kvh, Tk);
     const float* K = k + k_off;
     const float* Vv = v + k_off;
-    const float* dO = dout + q_off;
-    const float* O = out + q_off;
-    const float* L = lse + bh * Tq;
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
@@ -349,54 +351,72 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     float* dVa = dKa + BK * HSP;
     float* P = dVa + BK * HSP;
     float* dS = P + BQ * BK;
-    pad_rows(Qp, Q, Tq, HS, HSP, rs);
-    pad_rows(dOp, dO, Tq, HS, HSP, rs);
-    std::fill(dQp, dQp + Tq * HSP, 0.f);
-    for (int64_t i = 0; i < Tq; i++) {
-      float acc = 0.f;
-      for (int64_t d = 0; d < HS; d++) acc += dO[i * rs + d] * O[i * rs + d];
-      D[i] = acc;
-    }
+    for (int64_t g = 0; g < group; g++) {
+      const int64_t h = kvh * group + g, bh = b * NH + h;
+      const int64_t q_off = heads.offset(b, h, Tq);
+      const float* Q = q + q_off;
+      const float* dO = dout + q_off;
+      const float* O = out + q_off;
+      const float* L = lse + bh * Tq;
+      pad_rows(Qp, Q, Tq, HS, HSP, rs);
+      pad_rows(dOp, dO, Tq, HS, HSP, rs);
+      std::fill(dQp, dQp + Tq * HSP, 0.f);
+      for (int64_t i = 0; i < Tq; i++) {
+        float acc = 0.f;
+        for (int64_t d = 0; d < HS; d++) acc += dO[i * rs + d] * O[i * rs + d];
+        D[i] = acc;
+      }
 
-    for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
-      const int64_t nk = std::min(BK, Tk - j0);
-      transpose_rows(Kt, BK, K + j0 * rs, rs, nk, HS, BK);
-      transpose_rows(Vt, BK, Vv + j0 * rs, rs, nk, HS, BK);
-      pad_rows(Kp, K + j0 * rs, nk, HS, HSP, rs);
-      std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
-      tm.set(mask, j0, nk);
-      const int64_t i_first = causal ? std::max<int64_t>(0, j0 - offset) : 0;
-      for (int64_t i0 = i_first; i0 < Tq; i0 += BQ) {
-        const int64_t nq = std::min(BQ, Tq - i0);
-        tile_gemm(P, BK, Q + i0 * rs, rs, 1, Kt, BK, nq, BK, HS, false);
-        tile_gemm(dS, BK, dO + i0 * rs, rs, 1, Vt, BK, nq, BK, HS, false);
-        for (int64_t i = 0; i < nq; i++) {
-          float* p = P + i * BK;
-          float* ds = dS + i * BK;
-          const float li = L[i0 + i];
-          const int64_t limit = causal ? i0 + i + offset - j0 : BK;
-          if (li == kNegInf || limit < 0) {  // the row sees no key here: no gradient flows
-            std::fill(p, p + BK, 0.f);
-            std::fill(ds, ds + BK, 0.f);
-            continue;
+      for (int64_t j0 = 0; j0 < Tk; j0 += BK) {
+        const int64_t nk = std::min(BK, Tk - j0);
+        transpose_rows(Kt, BK, K + j0 * kv_rs, kv_rs, nk, HS, BK);
+        transpose_rows(Vt, BK, Vv + j0 * kv_rs, kv_rs, nk, HS, BK);
+        pad_rows(Kp, K + j0 * kv_rs, nk, HS, HSP, kv_rs);
+        std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
+        tm.set(mask, j0, nk);
+        const int64_t i_first = causal ? std::max<int64_t>(0, j0 - offset) : 0;
+        for (int64_t i0 = i_first; i0 < Tq; i0 += BQ) {
+          const int64_t nq = std::min(BQ, Tq - i0);
+          tile_gemm(P, BK, Q + i0 * rs, rs, 1, Kt, BK, nq, BK, HS, false);
+          tile_gemm(dS, BK, dO + i0 * rs, rs, 1, Vt, BK, nq, BK, HS, false);
+          for (int64_t i = 0; i < nq; i++) {
+            float* p = P + i * BK;
+            float* ds = dS + i * BK;
+            const float li = L[i0 + i];
+            const int64_t limit = causal ? i0 + i + offset - j0 : BK;
+            if (li == kNegInf || limit < 0) {  // the row sees no key here: no gradient flows
+              std::fill(p, p + BK, 0.f);
+              std::fill(ds, ds + BK, 0.f);
+              continue;
+            }
+            const V lv = set1(li), Dv = set1(D[i0 + i]), sc = set1(scale);
+            for (int64_t j = 0; j < BK; j += W) {
+              const V pj = exp(sub(tm.scores(p, j, sc, limit), lv));
+              store(p + j, pj);
+              store(ds + j, mul(mul(pj, sub(load(ds + j), Dv)), sc));
+            }
           }
-          const V lv = set1(li), Dv = set1(D[i0 + i]), sc = set1(scale);
-          for (int64_t j = 0; j < BK; j += W) {
-            const V pj = exp(sub(tm.scores(p, j, sc, limit), lv));
-            store(p + j, pj);
-            store(ds + j, mul(mul(pj, sub(load(ds + j), Dv)), sc));
+          tile_gemm(dVa, HSP, P, 1, BK, dOp + i0 * HSP, HSP, nk, HSP, nq, true);   // dV += P^T dO
+          tile_gemm(dKa, HSP, dS, 1, BK, Qp + i0 * HSP, HSP, nk, HSP, nq, true);   // dK += dS^T Q
+          tile_gemm(dQp + i0 * HSP, HSP, dS, BK, 1, Kp, HSP, nq, HSP, nk, true);   // dQ += dS K
+        }
+        for (int64_t j = 0; j < nk; j++) {
+          float* dkr = dk + k_off + (j0 + j) * kv_rs;
+          float* dvr = dv + k_off + (j0 + j) * kv_rs;
+          if (g == 0) {
+            std::memcpy(dkr, dKa + j * HSP, HS * sizeof(float));
+            std::memcpy(dvr, dVa + j * HSP, HS * sizeof(float));
+          } else {
+            for (int64_t d = 0; d < HS; d += W) {
+              const int64_t nd = std::min<int64_t>(W, HS - d);
+              storen(dkr + d, add(loadn(dkr + d, nd), loadn(dKa + j * HSP + d, nd)), nd);
+              storen(dvr + d, add(loadn(dvr + d, nd), loadn(dVa + j * HSP + d, nd)), nd);
+            }
           }
         }
-        tile_gemm(dVa, HSP, P, 1, BK, dOp + i0 * HSP, HSP, nk, HSP, nq, true);   // dV += P^T dO
-        tile_gemm(dKa, HSP, dS, 1, BK, Qp + i0 * HSP, HSP, nk, HSP, nq, true);   // dK += dS^T Q
-        tile_gemm(dQp + i0 * HSP, HSP, dS, BK, 1, Kp, HSP, nq, HSP, nk, true);   // dQ += dS K
       }
-      for (int64_t j = 0; j < nk; j++) {
-        std::memcpy(dk + k_off + (j0 + j) * rs, dKa + j * HSP, HS * sizeof(float));
-        std::memcpy(dv + k_off + (j0 + j) * rs, dVa + j * HSP, HS * sizeof(float));
-      }
+      for (int64_t i = 0; i < Tq; i++) std::memcpy(dq + q_off + i * rs, dQp + i * HSP, HS * sizeof(float));
     }
-    for (int64_t i = 0; i < Tq; i++) std::memcpy(dq + q_off + i * rs, dQp + i * HSP, HS * sizeof(float));
   }
 }
 

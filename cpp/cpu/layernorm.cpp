@@ -1,4 +1,4 @@
-// LayerNorm over the last axis, forward and backward.
+// LayerNorm and RMSNorm over the last axis, forward and backward.
 #include <algorithm>
 #include <cstring>
 
@@ -133,6 +133,88 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
       }
       if (dweight) dweight[c] += sw;
       if (dbias) dbias[c] += sb;
+    }
+  }
+}
+
+namespace {
+inline float row_sumsq(const float* x, int64_t C) {
+  V acc0 = zero(), acc1 = zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= C; i += 2 * W) {
+    const V a = load(x + i), b = load(x + i + W);
+    acc0 = fma(a, a, acc0);
+    acc1 = fma(b, b, acc1);
+  }
+  for (; i < C; i += W) {
+    const V a = loadn(x + i, C - i);
+    acc0 = fma(a, a, acc0);
+  }
+  return reduce_add(add(acc0, acc1));
+}
+}  // namespace
+
+// RMSNorm (Llama): out (N, C) = inp * rstd * weight, rstd (N) = 1 / sqrt(mean(inp^2) + eps) saved.
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
+                     float eps) {
+  if (N == 0 || C == 0) return;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
+  for (int64_t n = 0; n < N; n++) {
+    const float* x = inp + n * C;
+    float* y = out + n * C;
+    const float rs = 1.f / std::sqrt(row_sumsq(x, C) / (float)C + eps);
+    rstd[n] = rs;
+    const V vr = set1(rs);
+    for (int64_t i = 0; i < C; i += W) {
+      const int64_t r = std::min<int64_t>(W, C - i);
+      storen(y + i, mul(mul(loadn(x + i, r), vr), loadn(weight + i, r)), r);
+    }
+  }
+}
+
+// dinp = rstd * (dnorm - norm * mean(dnorm * norm)), dnorm = dout * weight, norm = inp * rstd; dweight (C)
+// accumulated from per-block partial sums added in block order (bit-identical for any thread count).
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t N, int64_t C) {
+  if (N == 0 || C == 0) return;
+  const int nt = (N * C >= kParallelElements) ? threads() : 1;
+  const int64_t rows = std::max<int64_t>(16, (N + 63) / 64), nblocks = (N + rows - 1) / rows;
+  static thread_local ScratchBuffer buf;
+  float* partial = buf.floats((size_t)nblocks * C);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      float* pw = partial + (size_t)blk * C;
+      std::memset(pw, 0, sizeof(float) * C);
+      const int64_t n0 = blk * rows, n1 = std::min(N, n0 + rows);
+      for (int64_t n = n0; n < n1; n++) {
+        const float* x = inp + n * C;
+        const float* g = dout + n * C;
+        const V vr = set1(rstd[n]);
+        V s_dnn = zero();
+        for (int64_t i = 0; i < C; i += W) {
+          const int64_t r = std::min<int64_t>(W, C - i);
+          const V norm = mul(loadn(x + i, r), vr), gv = loadn(g + i, r);
+          s_dnn = fma(mul(gv, loadn(weight + i, r)), norm, s_dnn);
+          storen(pw + i, fma(gv, norm, loadn(pw + i, r)), r);
+        }
+        if (dinp) {
+          const V mean_dnn = set1(reduce_add(s_dnn) / (float)C);
+          float* dx = dinp + n * C;
+          for (int64_t i = 0; i < C; i += W) {
+            const int64_t r = std::min<int64_t>(W, C - i);
+            const V norm = mul(loadn(x + i, r), vr);
+            storen(dx + i, mul(vr, fnma(norm, mean_dnn, mul(loadn(g + i, r), loadn(weight + i, r)))), r);
+          }
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+      float sw = 0.f;
+      for (int64_t blk = 0; blk < nblocks; blk++) sw += partial[(size_t)blk * C + c];
+      if (dweight) dweight[c] += sw;
     }
   }
 }

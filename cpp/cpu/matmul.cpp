@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "pytransformer/kernels.h"
+#include "quant.h"
 #include "simd.h"
 
 namespace pt {
@@ -215,14 +217,16 @@ inline V loadwn(const uint16_t* p, int64_t r) { return loadn_bf16(p, r); }
 inline V loadw(const int8_t* p) { return load_i8(p); }
 inline V loadwn(const int8_t* p, int64_t r) { return loadn_i8(p, r); }
 
+// Output channels o0 .. o0 + no (no <= 4); their weight rows start at row w0 of weight (w0 = o0, or 0 for rows
+// widened into scratch).
 template <int M, class WT>
 void small_m_block(float* out, const float* inp, const WT* weight, const float* scale, const float* bias, int64_t IC,
-                   int64_t OC, int64_t o0, int64_t no) {
+                   int64_t OC, int64_t o0, int64_t no, int64_t w0) {
   V acc[4][M][2];
   for (int u = 0; u < 4; u++)
     for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
   const WT* w[4];
-  for (int u = 0; u < 4; u++) w[u] = weight + (o0 + (u < no ? u : 0)) * IC;
+  for (int u = 0; u < 4; u++) w[u] = weight + (w0 + (u < no ? u : 0)) * IC;
   int64_t i = 0;
   for (; i + 2 * W <= IC; i += 2 * W) {
     V x[M][2];
@@ -255,6 +259,17 @@ void small_m_block(float* out, const float* inp, const WT* weight, const float* 
 }
 
 template <class WT>
+inline void small_m_dispatch(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
+                             int64_t M, int64_t IC, int64_t OC, int64_t o0, int64_t no, int64_t w0) {
+  if (M == 1)  // M is 1, 2 or 3 here
+    small_m_block<1>(out, inp, weight, scale, bias, IC, OC, o0, no, w0);
+  else if (M == 2)
+    small_m_block<2>(out, inp, weight, scale, bias, IC, OC, o0, no, w0);
+  else
+    small_m_block<3>(out, inp, weight, scale, bias, IC, OC, o0, no, w0);
+}
+
+template <class WT>
 void matmul_forward_small_m(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
                             int64_t M, int64_t IC, int64_t OC) {
   if (M <= 0) return;
@@ -262,12 +277,7 @@ void matmul_forward_small_m(float* out, const float* inp, const WT* weight, cons
 #pragma omp parallel for num_threads(threads()) schedule(static) if (M * OC * IC >= kParallelGemvMacs)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-    if (M == 1)  // M is 1, 2 or 3 here
-      small_m_block<1>(out, inp, weight, scale, bias, IC, OC, o0, no);
-    else if (M == 2)
-      small_m_block<2>(out, inp, weight, scale, bias, IC, OC, o0, no);
-    else
-      small_m_block<3>(out, inp, weight, scale, bias, IC, OC, o0, no);
+    small_m_dispatch(out, inp, weight, scale, bias, M, IC, OC, o0, no, o0);
   }
 }
 }  // namespace
@@ -281,27 +291,33 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 namespace {
-// Narrow weights (inference): few rows (decoding) read them straight into registers, so a token streams their
-// bytes only; more rows widen blocks of weight rows into float32 scratch (about 4 MB, the row scale applied) and
-// run the float32 GEMM on each block.
-template <class WT>
-void narrow_weight_forward(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
-                           int64_t N, int64_t IC, int64_t OC) {
-  if (N == 0 || OC == 0) return;
-  if (N < 4) return matmul_forward_small_m(out, inp, weight, scale, bias, N, IC, OC);
+// Many rows of a narrow weight (prefill, batches): blocks of weight rows widened into float32 scratch (about
+// 4 MB; widen(row, dst) writes one row) and the float32 GEMM run on each block.
+template <class Widen>
+void widened_gemm(float* out, const float* inp, const float* bias, int64_t N, int64_t IC, int64_t OC, Widen widen) {
   const int64_t rows = std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(IC, 1));
   static thread_local ScratchBuffer buf;
   float* wf = buf.floats((size_t)std::min(rows, OC) * IC);
   for (int64_t j0 = 0; j0 < OC; j0 += rows) {
     const int64_t nr = std::min(rows, OC - j0);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nr * IC >= kParallelElements)
-    for (int64_t r = 0; r < nr; r++) {
-      const WT* src = weight + (j0 + r) * IC;
-      const V s = set1(scale ? scale[j0 + r] : 1.f);
-      for (int64_t i = 0; i < IC; i += W) storen(wf + r * IC + i, mul(loadwn(src + i, IC - i), s), IC - i);
-    }
+    for (int64_t r = 0; r < nr; r++) widen(j0 + r, wf + r * IC);
     gemm(N, nr, IC, View{inp, IC, 1}, View{wf, 1, IC}, out + j0, OC, false, bias ? bias + j0 : nullptr);
   }
+}
+
+// Narrow weights (inference): few rows (decoding) read them straight into registers, so a token streams their
+// bytes only; more rows go through widened_gemm (the row scale applied while widening).
+template <class WT>
+void narrow_weight_forward(float* out, const float* inp, const WT* weight, const float* scale, const float* bias,
+                           int64_t N, int64_t IC, int64_t OC) {
+  if (N == 0 || OC == 0) return;
+  if (N < 4) return matmul_forward_small_m(out, inp, weight, scale, bias, N, IC, OC);
+  widened_gemm(out, inp, bias, N, IC, OC, [&](int64_t row, float* dst) {
+    const WT* src = weight + row * IC;
+    const V s = set1(scale ? scale[row] : 1.f);
+    for (int64_t i = 0; i < IC; i += W) storen(dst + i, mul(loadwn(src + i, IC - i), s), IC - i);
+  });
 }
 }  // namespace
 
@@ -316,6 +332,30 @@ void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, co
 void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const float* scale, const float* bias,
                        int64_t N, int64_t IC, int64_t OC) {
   narrow_weight_forward(out, inp, weight, scale, bias, N, IC, OC);
+}
+
+// GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
+// memory): few rows dequantise four weight rows at a time into L1 scratch and run the same register-blocked dot
+// products as the float32 weights, so a token streams the quantised bytes once; more rows widen blocks of rows
+// for the GEMM.
+void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                      int64_t IC, int64_t OC) {
+  const int64_t rb = quant_row_bytes(qtype, IC);
+  if (N == 0 || OC == 0 || rb < 0) return;
+  if (N < 4) {
+    const int64_t nblocks = (OC + 3) / 4;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
+      static thread_local ScratchBuffer buf;
+      float* rows = buf.floats((size_t)4 * IC);
+      for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
+      small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
+    }
+    return;
+  }
+  widened_gemm(out, inp, bias, N, IC, OC,
+               [&](int64_t row, float* dst) { dequantize_row(dst, weight + row * rb, qtype, IC); });
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

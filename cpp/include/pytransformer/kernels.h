@@ -30,6 +30,28 @@
                          const float* bias, int64_t N, int64_t C, float eps);                                \
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,    \
                           const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C);  \
+  /* RMSNorm (Llama): out (N, C) = inp * rstd * weight, rstd (N) = 1 / sqrt(mean(inp^2) + eps) saved */      \
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,  \
+                       float eps);                                                                           \
+  void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight, \
+                        const float* rstd, int64_t N, int64_t C);                                            \
+  /* rotary positions: inp, out (N, NH, HS) (out may be inp), row n at position positions[n] < P; cos, sin    \
+     (P, HS / 2) tables; pairs (i, i + HS / 2) rotated by the angle (the Hugging Face "rotate_half" form).    \
+     backward rotates dout by minus the angle. */                                                             \
+  void rope_forward(float* out, const float* inp, const float* cos, const float* sin, const int64_t* positions, \
+                    int64_t N, int64_t NH, int64_t HS, int64_t P);                                           \
+  void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin,                     \
+                     const int64_t* positions, int64_t N, int64_t NH, int64_t HS, int64_t P);               \
+  /* SwiGLU (Llama's gated feed-forward): out = silu(gate) * up, n elements; backward -> dgate, dup */        \
+  void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);                            \
+  void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,       \
+                       int64_t n);                                                                           \
+  /* GGUF block-quantised weights (inference): weight (OC rows of quant_row_bytes(qtype, IC) bytes),          \
+     out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias, dequantised in registers / L1, float32 sums */     \
+  void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,    \
+                        int64_t N, int64_t IC, int64_t OC);                                                  \
+  /* out (N, C) = dequant(src rows ids[n]) (ids null: rows 0 .. N-1); src rows of quant_row_bytes(qtype, C) */ \
+  void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C);  \
   /* approximate: 1 = tanh approximation (GPT-2), 0 = exact erf (BERT) */                                     \
   void gelu_forward(float* out, const float* inp, int64_t n, int approximate);                               \
   void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, int approximate);          \
@@ -54,18 +76,19 @@
   /* keep element i when uniform(seed, i) >= p, scaled by 1 / (1 - p); the mask is recomputed in backward */ \
   void dropout_forward(float* out, const float* inp, int64_t n, float p, uint64_t seed);                     \
   void dropout_backward(float* dinp, const float* dout, int64_t n, float p, uint64_t seed);                  \
-  /* q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), key_mask (B, Tk) 1 = attend (may be null);                   \
+  /* q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) (NKV divides NH: query head h reads key/value head             \
+     h / (NH / NKV)), key_mask (B, Tk) 1 = attend (may be null);                                              \
      out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible to query i when                      \
      j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0.           \
      bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head.        \
      forward: k, v hold Tkv >= Tk rows per sequence (a KV cache's capacity), of which the first Tk are used. */ \
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
-                         const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv, \
-                         int64_t HS, bool causal, float scale, bool bthd);                                   \
+                         const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,            \
+                         int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);           \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
-                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk,            \
-                          int64_t HS, bool causal, float scale, bool bthd);                                  \
+                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,           \
+                          int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);                      \
   /* one AdamW step (torch.optim.AdamW semantics) over flat buffers of n floats; step counts from 1 */        \
   void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,    \
                   float beta2, float eps, float weight_decay, int64_t step);                                 \
@@ -79,9 +102,33 @@
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
-  X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe)
+  X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
+  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows)
 
 namespace pt {
+// GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks:
+// F32 (1 value, 4 bytes), F16 (1, 2), BF16 (1, 2), Q4_0 (32 values, 18 bytes: fp16 d, 16 bytes of nibbles),
+// Q4_1 (32, 20: fp16 d, fp16 m), Q8_0 (32, 34: fp16 d, 32 int8), Q4_K (256, 144), Q6_K (256, 210).
+enum QType : int { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14, kBF16 = 30 };
+inline bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
+  switch (qtype) {
+    case kF32: *values = 1; *bytes = 4; return true;
+    case kF16: case kBF16: *values = 1; *bytes = 2; return true;
+    case kQ4_0: *values = 32; *bytes = 18; return true;
+    case kQ4_1: *values = 32; *bytes = 20; return true;
+    case kQ8_0: *values = 32; *bytes = 34; return true;
+    case kQ4_K: *values = 256; *bytes = 144; return true;
+    case kQ6_K: *values = 256; *bytes = 210; return true;
+    default: return false;
+  }
+}
+// Bytes of one row of C values, or -1 for an unknown type or C not a whole number of blocks.
+inline int64_t quant_row_bytes(int qtype, int64_t C) {
+  int64_t values, bytes;
+  if (!quant_block(qtype, &values, &bytes) || C < 0 || C % values) return -1;
+  return C / values * bytes;
+}
+
 namespace baseline { PT_DECLARE_KERNELS }
 namespace avx2 { PT_DECLARE_KERNELS }
 namespace avx512 { PT_DECLARE_KERNELS }
@@ -113,10 +160,11 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 // attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
 namespace amx_attention {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t Tkv,
-                       int64_t HS, bool causal, float scale, bool bthd);
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                       int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);
+                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
+                        bool bthd);
 }  // namespace amx_attention
 }  // namespace pt
