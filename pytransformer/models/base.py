@@ -155,7 +155,7 @@ class Model(Module):
         finally:
             for m in layers:
                 m.keep_probs = False
-        return np.stack([m.attention_probs()[0] for m in layers if not m._saved[-1]])  # self-attention only
+        return np.stack([m.attention_probs()[0] for m in layers if not m._saved[6]])  # self-attention only
 
     def _attention_forward(self, *inputs, **kwargs):
         return self.forward(*inputs, **kwargs)

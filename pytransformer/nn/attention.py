@@ -4,7 +4,8 @@ grouped key/value heads.
 Shapes: NH query heads and NKV key/value heads of HS channels each. Q projects C -> NH * HS, K and V project
 C -> NKV * HS, W_O projects NH * HS -> C; HS defaults to C / NH but is a parameter of its own (the GPT-3 table
 has models whose NH * HS differs from C), and NKV (default NH) must divide NH: query head h reads key/value head
-h // (NH / NKV), as in Llama's grouped-query attention. The heads run through the fused attention kernel.
+h // (NH / NKV), as in Llama's grouped-query attention; the fused attention kernel reads the grouped heads in
+place. `rope` (an nn.Rotary) rotates queries and keys by their positions (Llama) before attention.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class MultiHeadAttention(Module):
     """
 
     def __init__(self, C: int, NH: int, causal: bool = False, bias: bool = True, std: float = 0.02,
-                 out_std: float | None = None, *, n_kv_head: int | None = None, head_dim: int | None = None):
+                 out_std: float | None = None, *, n_kv_head: int | None = None, head_dim: int | None = None,
+                 rope=None):
         if head_dim is None:
             if C % NH:
                 raise ValueError(f"channels {C} must be divisible by heads {NH} (or give head_dim)")
@@ -46,49 +48,52 @@ class MultiHeadAttention(Module):
         if NKV < 1 or NH % NKV:
             raise ValueError(f"key/value heads {NKV} must divide query heads {NH}")
         self.NH, self.NKV, self.HS, self.causal = NH, NKV, head_dim, causal
+        self.rope = rope
         self.q = Linear(C, NH * head_dim, bias, std)
         self.k = Linear(C, NKV * head_dim, bias, std)
         self.v = Linear(C, NKV * head_dim, bias, std)
         self.o = Linear(NH * head_dim, C, bias, std if out_std is None else out_std)
-
-    def _expand(self, kv):
-        """(B, T, NKV, HS) -> (B, T, NH, HS): each key/value head repeated for its group of query heads."""
-        return kv if self.NKV == self.NH else np.repeat(kv, self.NH // self.NKV, axis=2)
-
-    def _reduce(self, dkv):
-        """The adjoint of _expand: (B, T, NH, HS) -> (B, T, NKV * HS), the group's gradients summed."""
-        B, T = dkv.shape[:2]
-        if self.NKV != self.NH:
-            dkv = dkv.reshape(B, T, self.NKV, self.NH // self.NKV, self.HS).sum(axis=3)
-        return np.ascontiguousarray(dkv.reshape(B, T, self.NKV * self.HS))
 
     _saved = None
     keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)
 
     def memory_kv(self, memory):
         """Cross-attention's keys and values of an encoder output (B, S, C), computed once per source and given
-        back to forward(..., memory_kv=) at every decoding step: (k, v), each (B, S, NH, HS)."""
-        k = np.ascontiguousarray(self._expand(heads(self.k.forward(memory), self.NKV)))
-        v = np.ascontiguousarray(self._expand(heads(self.v.forward(memory), self.NKV)))
-        return k, v
+        back to forward(..., memory_kv=) at every decoding step: (k, v), each (B, S, NKV, HS)."""
+        return heads(self.k.forward(memory), self.NKV), heads(self.v.forward(memory), self.NKV)
 
-    def forward(self, x, memory=None, key_mask=None, cache=None, memory_kv=None):
+    def _positions(self, x, positions, start=0):
+        """int64 (B, T) positions for rotary attention: as given, or start .. start + T for every row."""
+        B, T = x.shape[:2]
+        if positions is None:
+            return np.broadcast_to(np.arange(start, start + T, dtype=np.int64), (B, T))
+        positions = np.asarray(positions)
+        if positions.shape != (B, T) or positions.dtype.kind not in "iu":
+            raise ValueError(f"positions must be integers of shape {(B, T)}, got {positions.dtype} {positions.shape}")
+        return positions.astype(np.int64, copy=False)
+
+    def forward(self, x, memory=None, key_mask=None, cache=None, memory_kv=None, positions=None):
         """cache: (k, v, start) for incremental decoding, k and v (B, T_max, NKV, HS) preallocated: the new keys
         and values go to rows start .. start + Tq and the queries attend to rows 0 .. start + Tq (key_mask is
-        then (B, start + Tq)). Inference only: nothing is kept for backward."""
+        then (B, start + Tq)). Inference only: nothing is kept for backward. positions (B, Tq): each query's
+        position for rotary attention (default 0 .. Tq - 1, or start .. start + Tq - 1 with a cache)."""
         if cache is not None:
-            return self._forward_cached(x, key_mask, *cache)
+            return self._forward_cached(x, key_mask, *cache, positions)
         if memory_kv is not None:  # cross-attention over keys and values computed once (inference)
             out, _ = ops.attention_forward(heads(self.q.forward(x), self.NH), *memory_kv, self.causal, key_mask,
                                            layout="bthd")
             return self.o.forward(merge_heads(out))
         kv = x if memory is None else memory
         q = heads(self.q.forward(x), self.NH)
-        k = self._expand(heads(self.k.forward(kv), self.NKV))
-        v = self._expand(heads(self.v.forward(kv), self.NKV))
+        k = heads(self.k.forward(kv), self.NKV)
+        v = heads(self.v.forward(kv), self.NKV)
+        if self.rope is not None:  # (self-attention: queries and keys share positions)
+            positions = self._positions(x, positions)
+            self.rope.forward(q, positions, out=q)
+            self.rope.forward(k, positions, out=k)
         out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
         if self.keeps_state or self.keep_probs:
-            self._saved = (q, k, v, out, lse, key_mask, memory is not None)
+            self._saved = (q, k, v, out, lse, key_mask, memory is not None, positions)
         return self.o.forward(merge_heads(out))
 
     _fused = None  # (key, weight, weight_scale, bias) of the fused q|k|v product used when decoding
@@ -108,7 +113,7 @@ class MultiHeadAttention(Module):
         a, b = self.NH * self.HS, (self.NH + self.NKV) * self.HS
         return np.ascontiguousarray(qkv[..., :a]), qkv[..., a:b], qkv[..., b:]
 
-    def _forward_cached(self, x, key_mask, k_cache, v_cache, start):
+    def _forward_cached(self, x, key_mask, k_cache, v_cache, start, positions=None):
         T = x.shape[1]
         end = start + T
         if end > k_cache.shape[1]:
@@ -116,29 +121,35 @@ class MultiHeadAttention(Module):
         q, k, v = self._qkv_product(x)
         q = heads(q, self.NH)
         B = x.shape[0]
-        k_cache[:, start:end] = k.reshape(B, T, self.NKV, self.HS)
+        k = k.reshape(B, T, self.NKV, self.HS)
+        if self.rope is not None:
+            positions = self._positions(x, positions, start)
+            self.rope.forward(q, positions, out=q)
+            k = self.rope.forward(np.ascontiguousarray(k), positions)
+        k_cache[:, start:end] = k
         v_cache[:, start:end] = v.reshape(B, T, self.NKV, self.HS)
-        if self.NKV == self.NH:  # read in place: the kernel skips the rows past `end`
-            out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
-        else:  # grouped heads: repeated for now (a kernel that reads them grouped is the Llama work's)
-            k, v = (np.ascontiguousarray(self._expand(c[:, :end])) for c in (k_cache, v_cache))
-            out, _ = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
+        # read in place, grouped heads too: the kernel skips the rows past `end`
+        out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):
-        q, k, v, out, lse, key_mask, cross = self.saved(self._saved)
+        q, k, v, out, lse, key_mask, cross, positions = self.saved(self._saved)
         dattn = heads(self.o.backward(dout), self.NH)
         dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, layout="bthd")
+        if self.rope is not None:
+            self.rope.backward(dq, positions)
+            self.rope.backward(dk, positions)
         dx = self.q.backward(merge_heads(dq))
-        dkv = self.k.backward(self._reduce(dk))
-        ops.add_into(dkv, self.v.backward(self._reduce(dv)))
+        dkv = self.k.backward(merge_heads(dk))
+        ops.add_into(dkv, self.v.backward(merge_heads(dv)))
         if cross:
             return dx, dkv
         return ops.add_into(dx, dkv)
 
     def attention_probs(self):
         """The softmax weights (B, NH, Tq, Tk) of the last forward, recomputed on request (float32)."""
-        q, k, _, _, _, key_mask, _ = self.saved(self._saved, "attention_probs")
+        q, k, _, _, _, key_mask, _, _ = self.saved(self._saved, "attention_probs")
+        k = np.repeat(k, self.NH // self.NKV, axis=2)  # grouped key heads, one per query head
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, NH, T, HS)
         Tq, Tk, HS = q.shape[2], k.shape[2], q.shape[3]
         s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(HS))

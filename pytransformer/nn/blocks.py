@@ -30,6 +30,28 @@ class FeedForward(Module):
         return self.fc1.backward(self.act.backward(self.fc2.backward(dout)))
 
 
+class GatedFeedForward(Module):
+    """Llama's MLP (SwiGLU): down(silu(gate(x)) * up(x)), three Linears without bias."""
+
+    def __init__(self, C: int, hidden: int, bias: bool = False, std: float = 0.02, out_std: float | None = None):
+        self.gate = Linear(C, hidden, bias, std)
+        self.up = Linear(C, hidden, bias, std)
+        self.down = Linear(hidden, C, bias, std if out_std is None else out_std)
+
+    _saved = None
+
+    def forward(self, x):
+        g, u = self.gate.forward(x), self.up.forward(x)
+        if self.keeps_state:
+            self._saved = (g, u)
+        return self.down.forward(ops.swiglu_forward(g, u, out=u if not self.keeps_state else None))
+
+    def backward(self, dout):
+        g, u = self.saved(self._saved)
+        dg, du = ops.swiglu_backward(self.down.backward(dout), g, u)
+        return ops.add_into(self.gate.backward(dg), self.up.backward(du))
+
+
 class Residual(Module):
     """One sublayer with its norm (attribute `ln`, the name checkpoints use), dropout and the residual
     connection, the norm placed "pre" or "post"."""
@@ -94,11 +116,16 @@ class DecoderBlock(Module):
         self.cross = Residual(cross, norm(), placement, dropout) if cross is not None else None
         self.ffn = Residual(ffn, norm(), placement, dropout)
 
-    def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None, memory_kv=None):
+    def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None, memory_kv=None, positions=None):
         """cache (k, v, start) and key_mask (B, start + T): incremental decoding (MultiHeadAttention.forward);
-        memory_kv: cross-attention's keys and values computed once per source (MultiHeadAttention.memory_kv)."""
-        x = self.attn.forward(x, None, key_mask, cache=cache) if cache is not None or key_mask is not None \
-            else self.attn.forward(x)
+        memory_kv: cross-attention's keys and values computed once per source (MultiHeadAttention.memory_kv);
+        positions (B, T): each token's position, for rotary attention."""
+        if positions is not None:
+            x = self.attn.forward(x, None, key_mask, cache=cache, positions=positions)
+        elif cache is not None or key_mask is not None:
+            x = self.attn.forward(x, None, key_mask, cache=cache)
+        else:
+            x = self.attn.forward(x)
         if self.cross is not None:
             x = self.cross.forward(x, memory, memory_mask, memory_kv=memory_kv) if memory_kv is not None \
                 else self.cross.forward(x, memory, memory_mask)

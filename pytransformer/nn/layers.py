@@ -1,4 +1,5 @@
-"""The basic layers: Linear, LayerNorm, Embedding, positional encodings, activations, Dropout.
+"""The basic layers: Linear, LayerNorm, RMSNorm, Embedding, positional encodings (learned, sinusoidal, rotary),
+activations, Dropout.
 
 Shapes: B batch, T sequence, C channels. Every layer keeps what its backward needs from its last forward;
 call forward and backward in pairs.
@@ -35,11 +36,29 @@ def add(a, b):
 class NarrowWeights:
     """A layer whose product may read a narrow copy of its weight for inference: bfloat16 (half the bytes) or
     int8 with a scale per output row (a quarter); the sums stay float32. The float32 Parameter stays, so
-    set_weight_dtype("float32") returns to training."""
+    set_weight_dtype("float32") returns to training.
 
-    narrow = None  # (weight, weight_scale or None) when narrow
+    A layer loaded from a GGUF file holds its weight quantised instead (`set_quantized`: an ops.Quantized, e.g.
+    Q4_1 blocks memory-mapped from the file) and its float32 Parameter is left unwritten (no memory used) until
+    set_weight_dtype widens the blocks into it."""
+
+    narrow = None     # (weight, weight_scale or None) when narrow; (Quantized, None) when quantised
+    quantized = None  # the Quantized weight this layer's values come from, while the Parameter is unwritten
+
+    def set_quantized(self, weight) -> None:
+        if weight.shape != self.weight.shape:
+            raise ValueError(f"quantised weight {weight.shape} does not fit {type(self).__name__} {self.weight.shape}")
+        self.quantized = weight
+        self.narrow = (weight, None)
+
+    def _widen_quantized(self) -> None:
+        if self.quantized is not None:
+            ops.dequantize(self.quantized, out=self.weight.data)
+            self.quantized = None
 
     def set_weight_dtype(self, dtype: str) -> None:
+        if dtype in ("float32", "bfloat16", "int8"):
+            self._widen_quantized()
         if dtype == "float32":
             self.narrow = None
         elif dtype == "bfloat16":
@@ -58,7 +77,9 @@ class NarrowWeights:
         if _ready(x, IC):
             out = np.empty(x.shape[:-1] + (OC,), np.float32)
             rows = x.size // IC if IC else math.prod(x.shape[:-1])
-            if scale is not None:
+            if type(weight) is ops.Quantized:
+                _core.matmul_q_forward(out, x, weight.data, weight.code, bias, rows, IC, OC)
+            elif scale is not None:
                 _core.matmul_w8_forward(out, x, weight, scale, bias, rows, IC, OC)
             elif weight.dtype == _F32:
                 _core.matmul_forward(out, x, weight, bias, rows, IC, OC)
@@ -69,7 +90,8 @@ class NarrowWeights:
 
     def check_trainable(self):
         if self.narrow is not None:
-            kind = "bfloat16" if self.narrow[1] is None else "int8"
+            kind = self.narrow[0].qtype if self.quantized is not None else \
+                "bfloat16" if self.narrow[1] is None else "int8"
             raise RuntimeError(f"{type(self).__name__} multiplies with {kind} weights (inference); call "
                                "model.set_weight_dtype('float32') before training")
 
@@ -150,20 +172,69 @@ class LayerNorm(Module):
         return dx
 
 
+class RMSNorm(Module):
+    """Llama's norm: x * rsqrt(mean(x^2) + eps) * weight over the last axis (C); no shift."""
+
+    def __init__(self, C: int, eps: float = 1e-5):
+        self.weight = Parameter((C,), ones)
+        self.eps = eps
+
+    _saved = None
+
+    def forward(self, x):
+        C = self.weight.shape[0]
+        if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
+            rows = x.size // C
+            out, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32)
+            _core.rmsnorm_forward(out, rstd, x, self.weight.data, rows, C, self.eps)
+        else:
+            out, rstd = ops.rmsnorm_forward(x, self.weight.data, self.eps)
+        if self.keeps_state:
+            self._saved = (x, rstd)
+        return out
+
+    def backward(self, dout):
+        x, rstd = self.saved(self._saved)
+        dx, _ = ops.rmsnorm_backward(dout, x, self.weight.data, rstd, dweight=self.weight.grad)
+        return dx
+
+
 class Embedding(Module):
-    """out (..., C) = table (V, C)[ids (...)]."""
+    """out (..., C) = table (V, C)[ids (...)]. The table may be held quantised (a GGUF file's, set_quantized):
+    rows are then dequantised as they are looked up."""
 
     def __init__(self, V: int, C: int, std: float = 0.02):
         self.weight = Parameter((V, C), normal(std))
 
     _ids = None
+    quantized = None
+
+    def set_quantized(self, table) -> None:
+        if table.shape != self.weight.shape:
+            raise ValueError(f"quantised table {table.shape} does not fit the embedding {self.weight.shape}")
+        self.quantized = table
+
+    def set_weight_dtype(self, dtype: str) -> None:
+        """Any dtype widens a quantised table into the float32 Parameter (lookups are float32 either way)."""
+        if self.quantized is not None:
+            ops.dequantize(self.quantized, out=self.weight.data)
+            self.quantized = None
 
     def forward(self, ids):
         if self.keeps_state:
             self._ids = ids
+        if self.quantized is not None:
+            V = self.weight.shape[0]
+            ids = np.asarray(ids)
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                raise ValueError(f"ids must lie in [0, {V})")
+            return ops.dequantize(self.quantized, np.ascontiguousarray(ids, np.int64))
         return ops.embedding_forward(ids, self.weight.data)
 
     def backward(self, dout):
+        if self.quantized is not None:
+            raise RuntimeError("the embedding holds a quantised table (inference); call "
+                               "model.set_weight_dtype('float32') before training")
         ops.embedding_backward(dout, self.saved(self._ids), self.weight.shape[0], dtable=self.weight.grad)
         return None  # ids have no gradient
 
@@ -237,6 +308,32 @@ class SinusoidalPositions(Module):
 
     def backward(self, dout):
         return dout
+
+
+class Rotary:
+    """Rotary positions (RoPE) for one attention layer's queries and keys (B, T, heads, head_dim), Hugging Face's
+    rotate_half layout, base theta; no parameters. The cos/sin tables (positions, head_dim / 2) are computed once
+    in float64 (rounded to float32) and grown when a longer position is asked for."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048):
+        self.head_dim, self.base = head_dim, base
+        self.cos, self.sin = ops.rope_tables(max(1, positions), head_dim, base)
+
+    def tables(self, max_position):
+        if max_position >= self.cos.shape[0]:
+            self.cos, self.sin = ops.rope_tables(max(2 * self.cos.shape[0], max_position + 1), self.head_dim,
+                                                 self.base)
+        return self.cos, self.sin
+
+    def forward(self, x, positions, out=None):
+        """x (B, T, H, HS), positions int64 (B, T) (checked: >= 0) -> rotated (out may be x)."""
+        if positions.size and positions.min() < 0:
+            raise ValueError("positions must be >= 0")
+        cos, sin = self.tables(int(positions.max()) if positions.size else 0)
+        return ops.rope_forward(x, cos, sin, positions, out=out)
+
+    def backward(self, dout, positions):
+        return ops.rope_backward(dout, self.cos, self.sin, positions, dinp=dout)
 
 
 class Activation(Module):
