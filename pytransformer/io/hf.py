@@ -6,18 +6,27 @@ from __future__ import annotations
 import os
 
 from .families import family_for_model_type
+from .gguf import is_gguf
 from .hf_common import load, read_config
 
 
-def from_pretrained(path, mmap=True, dtype="float32"):
-    """A pytransformer model (eval mode) from a Hugging Face folder: GPT-2, BERT or ViT.
+def from_pretrained(path, mmap=True, dtype=None):
+    """A pytransformer model (eval mode) from a Hugging Face folder (GPT-2, BERT, ViT, Llama) or a GGUF file
+    (the Llama family; its matrices stay in the file's quantised blocks unless dtype says otherwise).
 
     config.json and every tensor's name and size are checked before the model is allocated; a bad folder raises
     ValueError naming the file and the field. The weights are read by mmap and copied into the model's flat
     buffer; mmap=False reads each file into private memory first (no mapping that a truncation by another
-    process could turn into SIGBUS while loading). dtype="bfloat16" gives inference weights
-    (Model.set_weight_dtype)."""
+    process could turn into SIGBUS while loading). dtype "float32" (a folder's default), "bfloat16" or "int8"
+    gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks."""
     path = os.fspath(path)
+    if os.path.isfile(path) and is_gguf(path):
+        from .gguf_llama import load_llama_gguf
+
+        model = load_llama_gguf(path, mmap)
+        return model if dtype is None else model.set_weight_dtype(dtype)
+    if dtype is None:
+        dtype = "float32"
     try:
         family = family_for_model_type(read_config(path).get("model_type"))
         model = load(family.hf, family.model_class, path, mmap)

@@ -1,9 +1,10 @@
-"""Model families: GPT (decoder-only), BERT (encoder), the 2017 encoder-decoder Transformer, ViT."""
+"""Model families: GPT (decoder-only), BERT (encoder), the 2017 encoder-decoder Transformer, ViT, Llama."""
 
 from .bert import BERT, BertConfig, mask_tokens
 from .gpt import GPT, GPT_PRESETS, GPTConfig
+from .llama import Llama, LlamaConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
-__all__ = ["BERT", "BertConfig", "GPT", "GPTConfig", "GPT_PRESETS", "Transformer", "TransformerConfig", "ViT",
+__all__ = ["BERT", "BertConfig", "GPT", "GPTConfig", "GPT_PRESETS", "Llama", "LlamaConfig", "Transformer", "TransformerConfig", "ViT",
            "ViTConfig", "mask_tokens"]

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from .. import ops
+from ..generate import KVCache, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention
 
 
@@ -30,6 +31,25 @@ class _ShapesOnly(threading.local):
 
 
 _shapes_only = _ShapesOnly()
+
+
+class _Unwritten(threading.local):
+    active = False
+
+
+_unwritten = _Unwritten()
+
+
+class unwritten_parameters:
+    """`with unwritten_parameters(): model = Family(config)` builds the model with its flat buffers allocated but
+    never written (no initial values drawn): pages the loader then fills cost memory, the others (weights kept
+    quantised elsewhere, e.g. in a mapped GGUF file) cost none."""
+
+    def __enter__(self):
+        _unwritten.active = True
+
+    def __exit__(self, *exc):
+        _unwritten.active = False
 
 
 def parameter_shapes(model_class, config) -> dict:
@@ -55,7 +75,7 @@ class Model(Module):
         if _shapes_only.active:
             return  # counting parameters (config.num_params()): the tree's shapes are all that is wanted
         rng = np.random.default_rng(seed)
-        self.params = FlatParameters(self, rng)
+        self.params = FlatParameters(self, rng, initialise=not _unwritten.active)
         self.dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
         for m in self.modules():
             if isinstance(m, Dropout):
@@ -96,10 +116,10 @@ class Model(Module):
         """"bfloat16" or "int8": every Linear and tied output layer multiplies with a narrow copy of its weight
         (inference: half or a quarter of the bytes a decoded token reads; int8 symmetric per output row; sums in
         float32; embeddings, norms and activations stay float32). "float32" goes back (training needs it). -> self"""
-        from ..nn.layers import NarrowWeights
+        from ..nn.layers import Embedding, NarrowWeights
 
         for m in self.modules():
-            if isinstance(m, NarrowWeights):
+            if isinstance(m, (NarrowWeights, Embedding)):
                 m.set_weight_dtype(dtype)
         return self
 
@@ -217,3 +237,43 @@ class CrossEntropyHead:
         self._saved = None  # dlogits now sit where the logits were: a second backward() has nothing to use
         ops.crossentropy_backward(logits, targets, lse, dloss, ignore, dlogits=logits)
         return logits.reshape(shape)
+
+
+class CausalLM(Model):
+    """What every decoder-only language model shares (GPT, Llama): the next-token loss, KV-cache generation,
+    streaming and scoring (pytransformer.generate). A family provides forward(idx, cache=, position_ids=,
+    key_mask=), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
+
+    def new_cache(self, B, T_max):
+        """A KV cache for B sequences of up to T_max positions (float32, every layer)."""
+        return KVCache.for_blocks(self.blocks, B, T_max)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def loss(self, idx, targets=None, ignore_index=-100, labels=None):
+        """Mean next-token cross-entropy. Either targets (B, T), the id each position should predict, or
+        labels (B, T) as transformers takes them (aligned with idx, shifted by one inside; -100 ignored)."""
+        if (targets is None) == (labels is None):
+            raise ValueError("pass exactly one of targets (already shifted) or labels (shifted inside)")
+        if labels is not None:
+            labels = check_ids(labels, "labels")
+            targets = np.full_like(labels, ignore_index)
+            targets[:, :-1] = labels[:, 1:]
+        loss = self.head.loss(self.forward(idx), targets, ignore_index, self.keeps_state)
+        self._loss_computed()
+        return loss
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None, **kw):
+        """idx (B, T) followed by up to max_new_tokens new ids, with a KV cache; temperature 0 is greedy. More
+        options (top_p, repetition_penalty, seed, stop, attention_mask for left-padded batches): see
+        pytransformer.generate.stream."""
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng, **kw)
+
+    def score(self, idx, attention_mask=None):
+        """Per-token log-probabilities (B, T - 1) of each next token (pytransformer.generate.score)."""
+        return score(self, idx, attention_mask)
+
+    def stream(self, idx, max_new_tokens, temperature=1.0, **kw):
+        """Yields each new token (B,) as it is generated (pytransformer.generate.stream)."""
+        return stream(self, idx, max_new_tokens, temperature=temperature, **kw)

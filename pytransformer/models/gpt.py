@@ -9,8 +9,7 @@ import numpy as np
 
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
                   TiedLMHead)
-from ..generate import KVCache, generate, score, stream
-from .base import CrossEntropyHead, Model, check_ids, count_parameters
+from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters
 
 
 @dataclass
@@ -61,7 +60,7 @@ GPT_PRESETS = {
 }
 
 
-class GPT(Model):
+class GPT(CausalLM):
     """forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean cross-entropy; backward()."""
 
     def __init__(self, config: GPTConfig, seed: int = 0):
@@ -103,25 +102,6 @@ class GPT(Model):
     def max_positions(self) -> int:
         return self.config.block_size
 
-    def new_cache(self, B, T_max):
-        """A KV cache for B sequences of up to T_max positions (float32, every layer)."""
-        return KVCache.for_blocks(self.blocks, B, T_max)
-
-    __call__ = forward
-
-    def loss(self, idx, targets=None, ignore_index=-100, labels=None):
-        """Mean next-token cross-entropy. Either targets (B, T), the id each position should predict, or
-        labels (B, T) as transformers takes them (aligned with idx, shifted by one inside; -100 ignored)."""
-        if (targets is None) == (labels is None):
-            raise ValueError("pass exactly one of targets (already shifted) or labels (shifted inside)")
-        if labels is not None:
-            labels = check_ids(labels, "labels")
-            targets = np.full_like(labels, ignore_index)
-            targets[:, :-1] = labels[:, 1:]
-        loss = self.head.loss(self.forward(idx), targets, ignore_index, self.keeps_state)
-        self._loss_computed()
-        return loss
-
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
@@ -129,17 +109,3 @@ class GPT(Model):
         for block in reversed(self.blocks):
             dx = block.backward(dx)
         self.wte.backward(self.wpe.backward(self.drop.backward(dx)))
-
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None, **kw):
-        """idx (B, T) followed by up to max_new_tokens new ids, with a KV cache; temperature 0 is greedy. More
-        options (top_p, repetition_penalty, seed, stop, attention_mask for left-padded batches): see
-        pytransformer.generate.stream."""
-        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng, **kw)
-
-    def score(self, idx, attention_mask=None):
-        """Per-token log-probabilities (B, T - 1) of each next token (pytransformer.generate.score)."""
-        return score(self, idx, attention_mask)
-
-    def stream(self, idx, max_new_tokens, temperature=1.0, **kw):
-        """Yields each new token (B,) as it is generated (pytransformer.generate.stream)."""
-        return stream(self, idx, max_new_tokens, temperature=temperature, **kw)

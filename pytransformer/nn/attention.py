@@ -195,8 +195,15 @@ def _fuse(layers):
     if all(m.narrow is None for m in layers):
         weight = _adjacent([m.weight.data for m in layers])
         return (None if weight is None else weight.reshape(-1, IC)), None, bias
-    if any(m.narrow is None for m in layers) or len({m.narrow[0].dtype for m in layers}) != 1:
-        return None, None, None
+    if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
+        return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
+    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked as they are
+        data = np.concatenate([m.narrow[0].data for m in layers])
+        return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
     weight = np.concatenate([m.narrow[0] for m in layers])
     scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
     return weight, scale, bias
+
+
+def _kind(weight):
+    return weight.qtype if type(weight) is ops.Quantized else weight.dtype

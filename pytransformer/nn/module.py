@@ -146,7 +146,7 @@ def _initialise(p: Parameter, rng, chunk_elements: int = 1 << 18) -> None:
 class FlatParameters:
     """One float32 buffer for a module tree's parameter values (`data`) and one for their gradients (`grad`)."""
 
-    def __init__(self, module: Module, rng: np.random.Generator):
+    def __init__(self, module: Module, rng: np.random.Generator, initialise: bool = True):
         named = list(module.named_parameters())
         # matrices (weights, embeddings: decayed by AdamW) first, then vectors (biases, LayerNorm: not decayed),
         # so that each group is one contiguous slice: data[:decay_size] and data[decay_size:]
@@ -163,7 +163,8 @@ class FlatParameters:
             self.offsets[name] = (offset, p.size)
             offset += p.size
         for _, p in named:  # initial values in declaration order, whatever the layout above
-            _initialise(p, rng)
+            if initialise:
+                _initialise(p, rng)
 
     @property
     def size(self) -> int:

@@ -1,11 +1,16 @@
-"""GPT-2's byte-level BPE (from `encoder.json` + `vocab.bpe`), without the `regex` module.
+"""Byte-level BPE without the `regex` module: GPT-2's (from `encoder.json` + `vocab.bpe`) and the GGUF vocabularies
+of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the file's metadata).
 
 Text is split like GPT-2's pattern  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
 (spelt out below with unicodedata categories), each piece's UTF-8 bytes are mapped to printable characters,
-and the merges are applied lowest rank first."""
+and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
+(Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
+control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
+tokenizers match added tokens."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import unicodedata
 from functools import lru_cache
@@ -154,3 +159,167 @@ class GPT2Tokenizer:
     def decode(self, ids) -> str:
         data = bytes(self.byte_decoder[c] for i in ids for c in self.decoder[int(i)])
         return data.decode("utf-8", errors="replace")
+
+
+def split_digits(text: str) -> list[str]:
+    """Every numeric character (Unicode N*) a piece of its own; the runs between them kept whole."""
+    out, start = [], 0
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch)[0] == "N":
+            if start < i:
+                out.append(text[start:i])
+            out.append(ch)
+            start = i + 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
+
+PRE_TOKENIZERS = ("gpt2", "smollm")
+
+# GGUF token types (llama.cpp's llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+class ByteLevelBPETokenizer(GPT2Tokenizer):
+    """A byte-level BPE vocabulary with special tokens and a pre-tokenizer of PRE_TOKENIZERS, as GGUF files carry
+    them: encode(text) -> ids (special tokens in the text matched first), decode(ids) -> text, the chat template,
+    and the ids that end a turn (stop_ids)."""
+
+    def __init__(self, tokens: list[str], merges: list[tuple[str, str]], special: dict | None = None,
+                 pre: str = "gpt2", bos_id=None, eos_id=None, eot_id=None, chat_template=None, add_bos=False):
+        if pre not in PRE_TOKENIZERS:
+            raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})")
+        super().__init__({t: i for i, t in enumerate(tokens)}, merges)
+        self.decoder = dict(enumerate(tokens))  # (ids are positions: a repeated token string keeps both ids)
+        self.special = dict(special or {})  # text -> id, matched literally before pre-tokenizing
+        self._special_by_length = sorted(self.special, key=len, reverse=True)
+        self._special_ids = set(self.special.values())
+        self.pre = pre
+        self.bos_id, self.eos_id, self.eot_id, self.add_bos = bos_id, eos_id, eot_id, add_bos
+        self.chat_template = chat_template
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.decoder)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end a generated turn: end-of-turn (ChatML's <|im_end|>) and end-of-text."""
+        ids = [self.eot_id, self.eos_id, self.special.get("<|im_end|>"), self.special.get("<|eot_id|>")]
+        return sorted({i for i in ids if i is not None})
+
+    def _split_special(self, text: str):
+        """-> [(piece, id or None)]: special tokens found left to right (longest first at each place)."""
+        if not self.special:
+            return [(text, None)]
+        out, i, start, n = [], 0, 0, len(text)
+        firsts = {t[0] for t in self.special}
+        while i < n:
+            if text[i] in firsts:
+                for t in self._special_by_length:
+                    if text.startswith(t, i):
+                        if start < i:
+                            out.append((text[start:i], None))
+                        out.append((t, self.special[t]))
+                        i += len(t)
+                        start = i
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        if start < n:
+            out.append((text[start:], None))
+        return out
+
+    def _pieces(self, text: str):
+        if self.pre == "smollm":
+            return [p for part in split_digits(text) for p in pre_tokenize(part)]
+        return pre_tokenize(text)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = [self.bos_id] if add_special_tokens and self.add_bos and self.bos_id is not None else []
+        for part, special_id in self._split_special(text):
+            if special_id is not None:
+                ids.append(special_id)
+            else:
+                ids.extend(i for piece in self._pieces(part) for i in self._bpe(piece))
+        return ids
+
+    def token_bytes(self, i: int) -> bytes:
+        token = self.decoder[int(i)]
+        if int(i) in self._special_ids:
+            return token.encode("utf-8")
+        try:
+            return bytes(self.byte_decoder[c] for c in token)
+        except KeyError:  # a token outside the byte alphabet: its own text
+            return token.encode("utf-8")
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        data = b"".join(self.token_bytes(i) for i in ids
+                        if not (skip_special_tokens and int(i) in self._special_ids))
+        return data.decode("utf-8", errors="replace")
+
+    def stream_text(self, token_stream, skip_special_tokens=True):
+        """Text pieces as tokens arrive from a generation stream (arrays (1,) or ints), a multi-byte character
+        held back until its last byte has come; stop tokens end it and are not shown."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = set(self.stop_ids)
+        for tok in token_stream:
+            i = int(tok[0]) if hasattr(tok, "__len__") else int(tok)
+            if i in stops:
+                break
+            if skip_special_tokens and i in self._special_ids:
+                continue
+            piece = decoder.decode(self.token_bytes(i))
+            if piece:
+                yield piece
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def apply_chat_template(self, messages, add_generation_prompt=True) -> str:
+        """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
+        jinja2's sandbox, as transformers does, when jinja2 is installed), else ChatML."""
+        from .chat import render_chat
+
+        return render_chat(self.chat_template, messages, add_generation_prompt,
+                           bos_token=self.decoder.get(self.bos_id, ""), eos_token=self.decoder.get(self.eos_id, ""))
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict) -> "ByteLevelBPETokenizer":
+        """From a GGUF file's tokenizer.ggml.* entries (model "gpt2"); ValueError names what is missing."""
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(f"tokenizer model {model!r} is not supported (byte-level BPE, 'gpt2', is)")
+        tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
+        if not isinstance(tokens, list) or not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+            raise ValueError("tokenizer.ggml.tokens and tokenizer.ggml.merges must be lists of strings")
+        pairs = []
+        for m in merges:
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise ValueError(f"tokenizer.ggml.merges: {m!r} is not two symbols separated by a space")
+            pairs.append((a, b))
+        types = metadata.get("tokenizer.ggml.token_type")
+        special = {}
+        if types is not None:
+            if len(types) != len(tokens):
+                raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+            special = {tokens[i]: i for i in np.flatnonzero((np.asarray(types) == CONTROL) |
+                                                              (np.asarray(types) == USER_DEFINED)).tolist()}
+
+        def token_id(key):
+            v = metadata.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
+                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {v!r}")
+            return v
+
+        pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+        pre = "gpt2" if pre in ("default", "gpt-2") else pre
+        return cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
+                   token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
+                   metadata.get("tokenizer.chat_template"), bool(metadata.get("tokenizer.ggml.add_bos_token", False)))
