@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
+from ..models import BERT, GPT, BertConfig, GPTConfig, Llama, LlamaConfig, Transformer, TransformerConfig, ViT, ViTConfig
 from ..models.base import register_hf_format
-from . import hf_bert, hf_gpt2, hf_vit
+from . import hf_bert, hf_gpt2, hf_llama, hf_vit
 from .hf_common import HFFormat, HFLayout
 
 
@@ -34,6 +34,7 @@ FAMILIES = (
     Family("bert", BertConfig, BERT, hf_bert.LAYOUT),
     Family("transformer", TransformerConfig, Transformer),
     Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
+    Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT),
 )
 
 for _family in FAMILIES:

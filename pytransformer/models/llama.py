@@ -90,7 +90,8 @@ class Llama(CausalLM):
         x = self.embed.forward(idx)
         start = cache.length if cache is not None else 0
         if position_ids is None:
-            position_ids = np.broadcast_to(np.arange(start, start + idx.shape[1], dtype=np.int64), idx.shape)
+            position_ids = np.ascontiguousarray(
+                np.broadcast_to(np.arange(start, start + idx.shape[1], dtype=np.int64), idx.shape))
         for i, block in enumerate(self.blocks):
             x = block.forward(x, cache=None if cache is None else cache.layer(i), key_mask=key_mask,
                               positions=position_ids)

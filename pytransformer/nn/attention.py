@@ -66,11 +66,11 @@ class MultiHeadAttention(Module):
         """int64 (B, T) positions for rotary attention: as given, or start .. start + T for every row."""
         B, T = x.shape[:2]
         if positions is None:
-            return np.broadcast_to(np.arange(start, start + T, dtype=np.int64), (B, T))
+            return np.ascontiguousarray(np.broadcast_to(np.arange(start, start + T, dtype=np.int64), (B, T)))
         positions = np.asarray(positions)
         if positions.shape != (B, T) or positions.dtype.kind not in "iu":
             raise ValueError(f"positions must be integers of shape {(B, T)}, got {positions.dtype} {positions.shape}")
-        return positions.astype(np.int64, copy=False)
+        return np.ascontiguousarray(positions, np.int64)
 
     def forward(self, x, memory=None, key_mask=None, cache=None, memory_kv=None, positions=None):
         """cache: (k, v, start) for incremental decoding, k and v (B, T_max, NKV, HS) preallocated: the new keys

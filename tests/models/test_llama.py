@@ -1,0 +1,126 @@
+"""Llama against transformers' LlamaForCausalLM (tiny random models built here, grouped-query attention, tied and
+untied heads): logits, loss, every parameter's gradient, ten AdamW steps; generation on the KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytransformer import optim
+from pytransformer.io.hf import from_pretrained
+from pytransformer.models import Llama, LlamaConfig
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def hf_tiny(tmp_path, tie, n_kv=2, head_dim=None, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                   num_attention_heads=6, num_key_value_heads=n_kv, max_position_embeddings=64,
+                                   rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=tie, head_dim=head_dim)
+    model = transformers.LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # norms away from 1, so that their gradients and placement are tested
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path / f"llama-{tie}-{n_kv}-{head_dim}"
+    model.save_pretrained(folder, safe_serialization=True)
+    return model, folder
+
+
+@pytest.mark.parametrize("tie,n_kv,head_dim", [(True, 2, None), (False, 3, None), (False, 6, 10), (True, 1, None)])
+def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, tie, n_kv, head_dim):
+    hf, folder = hf_tiny(tmp_path, tie, n_kv, head_dim)
+    ours = from_pretrained(folder).train()
+    assert isinstance(ours, Llama) and ours.config.n_kv_head == n_kv
+    ids = rng.integers(0, 101, (3, 17))
+    out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
+    out.loss.backward()
+    assert rel(ours(ids), out.logits.detach().numpy()) < 1e-4
+    ours.zero_grad()
+    loss = ours.loss(ids, labels=ids)
+    assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item()
+    ours.backward()
+    grads = ours.grad_dict()
+    named = dict(hf.named_parameters())
+    assert set(grads) == set(named) - ({"lm_head.weight"} if tie else set())
+    for name, g in grads.items():
+        assert rel(g, named[name].grad.numpy()) < 1e-4, name
+
+
+def test_ten_adamw_steps_match_torch(tmp_path, rng):
+    hf, folder = hf_tiny(tmp_path, False, 2)
+    hf.train()
+    ours = from_pretrained(folder).train()
+    opt_t = torch.optim.AdamW(hf.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt = optim.AdamW(ours.params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                       decay_vectors=True)  # (torch decays every parameter it is given)
+    for _ in range(10):
+        ids = rng.integers(0, 101, (2, 12))
+        opt_t.zero_grad()
+        hf(torch.from_numpy(ids), labels=torch.from_numpy(ids)).loss.backward()
+        opt_t.step()
+        ours.zero_grad()
+        ours.loss(ids, labels=ids)
+        ours.backward()
+        opt.step()
+    named = dict(hf.named_parameters())
+    for name, v in ours.state_dict().items():
+        assert rel(v, named[name].detach().numpy()) < 1e-4, name
+
+
+def test_greedy_generation_matches_transformers_and_batches_left_padded(tmp_path, rng):
+    hf, folder = hf_tiny(tmp_path, True, 2)
+    ours = from_pretrained(folder)
+    prompt = rng.integers(0, 101, (1, 7))
+    want = hf.generate(torch.from_numpy(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(ours.generate(prompt, 12, temperature=0.0), want)
+    # a batch of different lengths, left-padded: each row as if alone
+    short = rng.integers(0, 101, (1, 4))
+    batch = np.zeros((2, 7), np.int64)
+    batch[0] = prompt[0]
+    batch[1, 3:] = short[0]
+    mask = np.ones((2, 7), np.int64)
+    mask[1, :3] = 0
+    got = ours.generate(batch, 6, temperature=0.0, attention_mask=mask)
+    np.testing.assert_array_equal(got[0, 7:], ours.generate(prompt, 6, temperature=0.0)[0, 7:])
+    np.testing.assert_array_equal(got[1, 7:], ours.generate(short, 6, temperature=0.0)[0, 4:])
+
+
+def test_cache_decoding_equals_recomputation_past_the_table(rng):
+    """Greedy decoding over the KV cache equals recomputing the whole sequence each step, also beyond the rotary
+    tables' first size (they grow)."""
+    model = Llama(LlamaConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=40,
+                              max_positions=400), seed=3).eval()
+    ids = rng.integers(0, 50, (1, 250))
+    got = model.generate(ids, 10, temperature=0.0)
+    seq = ids
+    for _ in range(10):
+        with model.evaluating():
+            nxt = model(seq)[:, -1].argmax(-1)
+        seq = np.concatenate([seq, nxt[:, None]], 1)
+    np.testing.assert_array_equal(got, seq)
+
+
+def test_save_pretrained_loads_in_transformers(tmp_path, rng):
+    model = Llama(LlamaConfig(vocab_size=60, n_layer=1, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=48,
+                              tie_word_embeddings=False), seed=1)
+    model.save_pretrained(tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).float().eval()
+    ids = rng.integers(0, 60, (2, 9))
+    with model.evaluating():
+        assert rel(model(ids), hf(torch.from_numpy(ids)).logits.detach().numpy()) < 1e-4
+
+
+def test_config_counts_parameters_like_transformers():
+    cfg = LlamaConfig(vocab_size=101, n_layer=3, n_embd=48, n_head=6, n_kv_head=2, intermediate_size=80,
+                      tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, tie_word_embeddings=False))
+    assert cfg.num_params() == sum(p.numel() for p in hf.parameters()) == Llama(cfg).num_parameters()
