@@ -10,6 +10,8 @@ from . import __version__, _runtime, selfcheck
 
 
 def cmd_info(args) -> int:
+    if args.model:
+        return _model_info(args.model)
     info = _runtime.cpu_info()
     print(f"pytransformer {__version__} (Python {platform.python_version()}, {platform.machine()})")
     print(f"isa: {info['isa']}")
@@ -42,6 +44,130 @@ def cmd_info(args) -> int:
 
 class UsageError(Exception):
     """A mistake in what the user asked for: one line on stderr, exit status 1, no traceback."""
+
+
+# --- language models from files: GGUF (llama.cpp's) and Hugging Face folders ---------------------------------
+
+
+def load_language_model(path, need_tokenizer=True):
+    """(model, tokenizer) from a GGUF file or a Hugging Face folder, or UsageError saying why not."""
+    import os
+
+    from .io.gguf import is_gguf
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or folder")
+    if os.path.isfile(path) and not is_gguf(path):
+        raise UsageError(f"{path}: not a GGUF file (and not a Hugging Face folder)")
+    from .io.hf import from_pretrained
+
+    model = from_pretrained(path)
+    if not hasattr(model, "stream"):
+        raise UsageError(f"{path}: a {type(model).__name__}, not a language model that generates text")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None and need_tokenizer:
+        why = getattr(model, "tokenizer_error", "the folder has no tokenizer pytransformer reads")
+        raise UsageError(f"{path}: no tokenizer ({why})")
+    return model, tokenizer
+
+
+def _model_info(path) -> int:
+    import os
+
+    from .io.gguf import is_gguf, read_gguf
+
+    model, tokenizer = load_language_model(path, need_tokenizer=False)
+    c = model.config
+    print(f"{path}")
+    print(f"architecture: {type(model).__name__.lower()} ({c.n_layer} blocks, width {c.n_embd}, "
+          f"{c.n_head} query heads / {getattr(c, 'n_kv_head', c.n_head)} key-value heads of "
+          f"{getattr(c, 'head_size', c.n_embd // c.n_head)}, feed-forward {getattr(c, 'intermediate_size', 4 * c.n_embd)})")
+    print(f"context: {model.max_positions} positions" + (f", rope base {c.rope_theta:g}" if hasattr(c, "rope_theta") else ""))
+    print(f"parameters: {c.num_params():,}")
+    if os.path.isfile(path) and is_gguf(path):
+        f = read_gguf(path)
+        kinds = {}
+        for info in f.tensors.values():
+            n, b = kinds.get(info.qtype, (0, 0))
+            kinds[info.qtype] = (n + 1, b + info.nbytes)
+        print(f"file: GGUF v{f.version}, {os.path.getsize(path) / 2**20:.1f} MiB, {len(f.tensors)} tensors: " +
+              ", ".join(f"{n} {k} ({b / 2**20:.1f} MiB)" for k, (n, b) in sorted(kinds.items(), key=lambda x: -x[1][1])))
+    if tokenizer is not None:
+        print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size:,} tokens ({tokenizer.pre} pre-tokenizer), "
+              f"chat template: {'yes' if tokenizer.chat_template else 'ChatML (built in)'}")
+    return 0
+
+
+def _sampling(args):
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repeat_penalty, seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    model, tok = load_language_model(args.model)
+    text = args.prompt
+    if args.chat:
+        text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
+    ids = tok.encode(text)
+    if not ids:
+        raise UsageError("the prompt is empty")
+    if not args.chat:
+        sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    try:
+        for piece in tok.stream_text(model.stream(np.array([ids], np.int64), args.tokens,
+                                                  stop_strings=args.stop or None, decode=tok.decode,
+                                                  stop=tok.stop_ids, **_sampling(args))):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """An interactive loop: each line a user turn, the reply streamed; Ctrl-C stops a reply and keeps the
+    conversation; Ctrl-D (or /exit) leaves; /reset forgets the history."""
+    model, tok = load_language_model(args.model)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.model} -- Ctrl-C stops a reply, Ctrl-D or /exit leaves, /reset starts over",
+              file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> " if interactive else "")
+        except EOFError:
+            if interactive:
+                print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit", "/bye"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": line})
+        reply = []
+        try:
+            for piece in model.chat_stream(history, args.tokens, **_sampling(args)):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(reply)})
 
 
 TRAIN_DEFAULTS = {"data": None, "steps": 300, "batch": 16, "context": 128, "layers": 4, "heads": 4, "embd": 128,
@@ -218,30 +344,42 @@ def cmd_sample(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
+    import math
     import os
 
-    from .checkpoint import load_checkpoint
-    from .generate import perplexity
-    from .tokenizers import CharTokenizer
+    import numpy as np
 
-    if not os.path.isfile(args.checkpoint):
-        raise UsageError(f"{args.checkpoint}: no such checkpoint file")
-    loaded = load_checkpoint(args.checkpoint)
-    if loaded["tokenizer"] is None:
-        raise UsageError(f"{args.checkpoint} carries no tokenizer (was it written by `pytransformer train`?)")
-    tok = CharTokenizer.from_json(loaded["tokenizer"])
-    text = read_corpus(args.file)
-    unknown = sorted(set(text) - set(tok.chars))
-    if unknown:
-        shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
-        raise UsageError(f"{args.file} has {len(unknown)} characters the model never saw: {shown!r}")
-    model = loaded["model"]
-    window = model.max_positions
+    from .generate import perplexity
+    from .io.gguf import is_gguf
+
+    if os.path.isdir(args.checkpoint) or (os.path.isfile(args.checkpoint) and is_gguf(args.checkpoint)):
+        model, tok = load_language_model(args.checkpoint)
+        text = read_corpus(args.file)
+        ids, unit = np.asarray(tok.encode(text), np.int64), "token"
+    else:
+        from .checkpoint import load_checkpoint
+        from .tokenizers import CharTokenizer
+
+        if not os.path.isfile(args.checkpoint):
+            raise UsageError(f"{args.checkpoint}: no such checkpoint file")
+        loaded = load_checkpoint(args.checkpoint)
+        if loaded["tokenizer"] is None:
+            raise UsageError(f"{args.checkpoint} carries no tokenizer (was it written by `pytransformer train`?)")
+        tok = CharTokenizer.from_json(loaded["tokenizer"])
+        text = read_corpus(args.file)
+        unknown = sorted(set(text) - set(tok.chars))
+        if unknown:
+            shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
+            raise UsageError(f"{args.file} has {len(unknown)} characters the model never saw: {shown!r}")
+        model, ids, unit = loaded["model"], tok.encode(text), "char"
+    window = min(model.max_positions, args.window) if args.window else model.max_positions
     if args.stride is not None and args.stride > window:
-        raise UsageError(f"--stride {args.stride} exceeds the model's context of {window}")
-    ppl, count = perplexity(model, tok.encode(text), args.stride)
-    print(f"perplexity {ppl:.4f} ({count:,} characters scored, window {window}, stride "
-          f"{args.stride or max(1, window // 2)}): {__import__('math').log(ppl):.4f} nats/char")
+        raise UsageError(f"--stride {args.stride} exceeds the window of {window}")
+    if len(ids) < 2:
+        raise UsageError(f"{args.file} is too short to score (fewer than two {unit}s)")
+    ppl, count = perplexity(model, ids, args.stride, window=window)
+    print(f"perplexity {ppl:.4f} ({count:,} {unit}s scored, window {window}, stride "
+          f"{args.stride or max(1, window // 2)}): {math.log(ppl):.4f} nats/{unit}")
     return 0
 
 
@@ -377,8 +515,32 @@ def build_parser():
     parser = Parser(prog="pytransformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pytransformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("info", help="print the machine, ISA and threads, then self-check every kernel")
+    p = sub.add_parser("info", help="print the machine, ISA and threads, then self-check every kernel; or, given a "
+                       "MODEL, its architecture, sizes and tensor types")
+    p.add_argument("model", nargs="?", help="a GGUF file or a Hugging Face folder")
     p.set_defaults(func=cmd_info)
+    for name, helptext in (("generate", "continue a prompt with a language model (GGUF file or Hugging Face "
+                                        "folder), printing the text as it is generated"),
+                           ("chat", "chat with a language model: each line a turn, replies streamed")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("model", help="a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) or a Hugging Face folder")
+        if name == "generate":
+            p.add_argument("-p", "--prompt", required=True, help="the text to continue")
+            p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+            p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the text contains TEXT")
+        else:
+            p.add_argument("--system", help="a system message at the start of the conversation")
+        p.add_argument("-n", "--tokens", type=COUNT, default=128 if name == "generate" else 512,
+                       help="the most tokens to generate (per reply)")
+        p.add_argument("--temperature", type=_number(float, 0.0), default=0.0 if name == "generate" else 0.7,
+                       help="0 is greedy")
+        p.add_argument("--top-k", type=POSITIVE, dest="top_k", help="sample among the k likeliest")
+        p.add_argument("--top-p", type=_number(float, 0.0, lo_open=True, hi=1.0), dest="top_p",
+                       default=None if name == "generate" else 0.9, help="nucleus sampling")
+        p.add_argument("--repeat-penalty", type=_number(float, 0.0, lo_open=True), default=1.0,
+                       dest="repeat_penalty", help="transformers' repetition penalty (1: none)")
+        p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
+        p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a char-level GPT (default corpus: the Python standard library)",
                        description="Train a character-level GPT and sample from it. With --resume, the run's "
@@ -414,10 +576,12 @@ def build_parser():
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the generated text contains TEXT "
                    "(repeatable)")
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("perplexity", help="perplexity of a text under a checkpoint written by `train`")
-    p.add_argument("checkpoint", help="a checkpoint file (OUT/ckpt.safetensors)")
+    p = sub.add_parser("perplexity", help="perplexity of a text under a language model (a checkpoint written by "
+                       "`train`, a GGUF file or a Hugging Face folder)")
+    p.add_argument("checkpoint", metavar="MODEL", help="OUT/ckpt.safetensors, a GGUF file or a Hugging Face folder")
     p.add_argument("file", help="a UTF-8 text file")
-    p.add_argument("--stride", type=POSITIVE, help="tokens between sliding windows (default: half the context)")
+    p.add_argument("--window", type=_number(int, 2), help="positions per window (default: the model's context)")
+    p.add_argument("--stride", type=POSITIVE, help="tokens between sliding windows (default: half the window)")
     p.set_defaults(func=cmd_perplexity)
     p = sub.add_parser("embed", help="sentence embeddings (all-MiniLM-L6-v2) of the given texts")
     p.add_argument("texts", nargs="+", help="sentences to embed")

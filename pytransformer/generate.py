@@ -221,13 +221,16 @@ def score(model, ids, attention_mask=None):
     return -losses.astype(np.float64).reshape(B, T - 1)
 
 
-def perplexity(model, ids, stride=None):
+def perplexity(model, ids, stride=None, window=None):
     """exp(mean negative log-likelihood) of a 1-D token array, with a sliding window of the model's positions
-    (as transformers' perplexity recipe): windows start `stride` apart (default half the window) and each scores
-    only the tokens the previous windows did not, the rest of it serving as context. The first token has no
-    context and is not scored. -> (perplexity, tokens scored)."""
+    (or `window`, fewer: a long-context model on a long text) as transformers' perplexity recipe: windows start
+    `stride` apart (default half the window) and each scores only the tokens the previous windows did not, the
+    rest of it serving as context. The first token has no context and is not scored. -> (perplexity, tokens
+    scored)."""
     ids = np.asarray(ids, np.int64).reshape(-1)
-    window = model.max_positions
+    window = model.max_positions if window is None else min(int(window), model.max_positions)
+    if window < 2:
+        raise ValueError(f"window must be at least 2 positions, got {window}")
     stride = max(1, window // 2) if stride is None else stride
     if isinstance(stride, bool) or int(stride) != stride or not 1 <= stride <= window:
         raise ValueError(f"stride must be an integer in [1, {window}], got {stride}")

