@@ -360,15 +360,15 @@ def test_fused_qkv_follows_the_weights(rng):
     ids = rng.integers(0, 41, (1, 6))
     attn = model.blocks[0].attn.sublayer
     first = model.generate(ids, 6, temperature=0.0)
-    assert attn._fused[1] is not None and np.shares_memory(attn._fused[1], model.params.data)
+    assert attn._qkv.fused[0] is not None and np.shares_memory(attn._qkv.fused[0], model.params.data)
     model.params.data[:] *= np.float32(1.5)  # as an optimizer step would, in place
     np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), recompute_greedy(model, ids, 6))
     model.set_weight_dtype("int8")
     narrow = model.generate(ids, 6, temperature=0.0)
-    assert attn._fused[2] is not None  # int8 scales
+    assert attn._qkv.fused[1] is not None  # int8 scales
     with model.evaluating():  # the unfused int8 path, as a check
         x = rng.standard_normal((1, 3, CFG.n_embd)).astype(np.float32)
-        q, k, v = attn._qkv_product(x)
+        q, k, v = attn._qkv(x)
         np.testing.assert_allclose(q, attn.q.forward(x), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(v, attn.v.forward(x), rtol=1e-6, atol=1e-6)
     assert narrow.shape == first.shape

@@ -334,10 +334,92 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
   narrow_weight_forward(out, inp, weight, scale, bias, N, IC, OC);
 }
 
+namespace {
+// One 32-value block of row u as two halves' weights (lo: values 0..15, hi: 16..31 for Q4_0 / Q4_1; Q8_0's two
+// halves are values 0..15 and 16..31 as well), W lanes at a time: dequantised in registers.
+template <int QT>
+struct Block32 {
+  static constexpr int64_t kBytes = QT == kQ4_0 ? 18 : QT == kQ4_1 ? 20 : 34;
+  V d, m;
+  const uint8_t* q;
+  explicit Block32(const uint8_t* b) : q(b + (QT == kQ4_1 ? 4 : 2)) {
+    const float df = half_at(b);
+    d = set1(df);
+    m = set1(QT == kQ4_1 ? half_at(b + 2) : QT == kQ4_0 ? -8.f * df : 0.f);
+  }
+  // values j .. j + W (j < 16) and 16 + j .. 16 + j + W
+  void halves(int64_t j, V& lo, V& hi) const {
+    if (QT == kQ8_0) {
+      lo = mul(load_i8((const int8_t*)q + j), d);
+      hi = mul(load_i8((const int8_t*)q + 16 + j), d);
+    } else {
+      nibble_pair(q + j, lo, hi);
+      lo = fma(lo, d, m);
+      hi = fma(hi, d, m);
+    }
+  }
+};
+
+// out rows o0 .. o0 + no (no <= 4) of M inputs, the blocks of four weight rows dequantised in registers and
+// multiplied as they come: each input vector loaded once for the four rows, two accumulators per (row, input).
+template <int M, int QT>
+void q_small_m_block(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t IC,
+                     int64_t OC, int64_t o0, int64_t no) {
+  V acc[4][M][2];
+  for (int u = 0; u < 4; u++)
+    for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
+  const uint8_t* w[4];
+  for (int u = 0; u < 4; u++) w[u] = weight + (o0 + (u < no ? u : 0)) * rb;
+  // The four rows are read block by block side by side: four short strided streams that the hardware prefetcher
+  // follows poorly (a third of the bandwidth from DRAM). The rows after them lie next in memory: ask for those
+  // bytes now, one sequential stream that arrives while these rows are multiplied.
+  const int64_t first = (o0 + 8) * rb, last = std::min(OC * rb, first + 4 * rb);
+  for (int64_t off = first; off < last; off += 64) __builtin_prefetch(weight + off, 0, 0);
+  constexpr int64_t kB = Block32<QT>::kBytes;
+  for (int64_t b = 0; b < IC / 32; b++) {
+    Block32<QT> blk[4] = {Block32<QT>(w[0] + b * kB), Block32<QT>(w[1] + b * kB), Block32<QT>(w[2] + b * kB),
+                          Block32<QT>(w[3] + b * kB)};
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < 16; j += W) {
+      V x[M][2];
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        x[m][0] = load(inp + m * IC + b * 32 + j);
+        x[m][1] = load(inp + m * IC + b * 32 + 16 + j);
+      }
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) {
+        V lo, hi;
+        blk[u].halves(j, lo, hi);
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          acc[u][m][0] = fma(lo, x[m][0], acc[u][m][0]);
+          acc[u][m][1] = fma(hi, x[m][1], acc[u][m][1]);
+        }
+      }
+    }
+  }
+  for (int u = 0; u < no; u++)
+    for (int m = 0; m < M; m++)
+      out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) + (bias ? bias[o0 + u] : 0.f);
+}
+
+template <int QT>
+void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias,
+                        int64_t M, int64_t IC, int64_t OC, int64_t o0, int64_t no) {
+  if (M == 1)
+    q_small_m_block<1, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+  else if (M == 2)
+    q_small_m_block<2, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+  else
+    q_small_m_block<3, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+}
+}  // namespace
+
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory): few rows dequantise four weight rows at a time into L1 scratch and run the same register-blocked dot
-// products as the float32 weights, so a token streams the quantised bytes once; more rows widen blocks of rows
-// for the GEMM.
+// memory). Few rows (decoding): Q4_0, Q4_1 and Q8_0 blocks are dequantised in registers and multiplied as they
+// are read, four weight rows at a time; the other types dequantise four rows into L1 scratch and run the float32
+// dot products. More rows widen blocks of rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
                       int64_t IC, int64_t OC) {
   const int64_t rb = quant_row_bytes(qtype, IC);
@@ -347,10 +429,17 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
     for (int64_t blk = 0; blk < nblocks; blk++) {
       const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-      static thread_local ScratchBuffer buf;
-      float* rows = buf.floats((size_t)4 * IC);
-      for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
-      small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
+      switch (qtype) {
+        case kQ4_0: q_small_m_dispatch<kQ4_0>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
+        case kQ4_1: q_small_m_dispatch<kQ4_1>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
+        case kQ8_0: q_small_m_dispatch<kQ8_0>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
+        default: {
+          static thread_local ScratchBuffer buf;
+          float* rows = buf.floats((size_t)4 * IC);
+          for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
+          small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
+        }
+      }
     }
     return;
   }

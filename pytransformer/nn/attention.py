@@ -10,10 +10,12 @@ place. `rope` (an nn.Rotary) rotates queries and keys by their positions (Llama)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .. import ops
-from .layers import Linear
+from .. import _core, ops
+from .layers import FusedProduct, Linear
 from .module import Module
 
 
@@ -96,40 +98,39 @@ class MultiHeadAttention(Module):
             self._saved = (q, k, v, out, lse, key_mask, memory is not None, positions)
         return self.o.forward(merge_heads(out))
 
-    _fused = None  # (key, weight, weight_scale, bias) of the fused q|k|v product used when decoding
-
-    def _qkv_product(self, x):
-        """q, k, v of x in one product over the concatenated weights (one call, one pass for the threads): in
-        float32 the three weights lie next to each other in the model's flat buffer, so the fused weight is a
-        view of them; narrow copies are concatenated once per set_weight_dtype."""
-        layers = (self.q, self.k, self.v)
-        key = tuple(m.narrow for m in layers)  # the narrow copies themselves (held, so never mistaken for new ones)
-        if self._fused is None or any(a is not b for a, b in zip(self._fused[0], key)):
-            self._fused = (key, *_fuse(layers))
-        _, weight, scale, bias = self._fused
-        if weight is None:  # (weights not adjacent: a layer built outside a model)
-            return tuple(m.forward(x) for m in layers)
-        qkv = ops.matmul_forward(x, weight, bias, weight_scale=scale)
-        a, b = self.NH * self.HS, (self.NH + self.NKV) * self.HS
-        return np.ascontiguousarray(qkv[..., :a]), qkv[..., a:b], qkv[..., b:]
+    _qkv = None  # the fused q|k|v product used when decoding
 
     def _forward_cached(self, x, key_mask, k_cache, v_cache, start, positions=None):
-        T = x.shape[1]
+        """The per-token path of decoding: q|k|v in one product, rotary positions applied and the new keys and
+        values written into the cache, attention over the cache in place. Its arrays are the layer's own (shapes
+        and dtypes known), so the kernels are called directly; the bindings still check every size and index."""
+        B, T = x.shape[:2]
         end = start + T
         if end > k_cache.shape[1]:
             raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
-        q, k, v = self._qkv_product(x)
-        q = heads(q, self.NH)
-        B = x.shape[0]
-        k = k.reshape(B, T, self.NKV, self.HS)
+        if self._qkv is None:
+            self._qkv = FusedProduct((self.q, self.k, self.v))
+        NH, NKV, HS = self.NH, self.NKV, self.HS
+        q, k, v = self._qkv(x)
+        q = np.ascontiguousarray(q).reshape(B, T, NH, HS)
+        k = k.reshape(B, T, NKV, HS)
         if self.rope is not None:
             positions = self._positions(x, positions, start)
-            self.rope.forward(q, positions, out=q)
-            k = self.rope.forward(np.ascontiguousarray(k), positions)
+            cos, sin = self.rope.tables(int(positions.max()))
+            _core.rope_forward(q, q, cos, sin, positions, B * T, NH, HS, cos.shape[0])
+            rotated = np.empty(k.shape, np.float32)
+            _core.rope_forward(rotated, np.ascontiguousarray(k), cos, sin, positions, B * T, NKV, HS, cos.shape[0])
+            k = rotated
         k_cache[:, start:end] = k
-        v_cache[:, start:end] = v.reshape(B, T, self.NKV, self.HS)
+        v_cache[:, start:end] = v.reshape(B, T, NKV, HS)
         # read in place, grouped heads too: the kernel skips the rows past `end`
-        out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
+        if key_mask is None and k_cache.flags.c_contiguous and v_cache.flags.c_contiguous \
+                and k_cache.dtype == v_cache.dtype == np.float32 and k_cache.shape[2:] == (NKV, HS):
+            out, lse = np.empty(q.shape, np.float32), np.empty((B, NH, T), np.float32)
+            _core.attention_forward(out, lse, q, k_cache, v_cache, None, B, NH, NKV, T, end, k_cache.shape[1], HS,
+                                    self.causal, 1.0 / math.sqrt(HS), True)
+        else:
+            out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):
@@ -161,49 +162,3 @@ class MultiHeadAttention(Module):
         s = np.where(visible, s, np.float32(-1e30)).astype(np.float32)
         p = ops.softmax_forward(np.ascontiguousarray(s))
         return np.where(visible, p, 0.0).astype(np.float32)
-
-
-def _adjacent(arrays):
-    """One array viewing the given C-contiguous arrays when they lie back to back in one buffer, else None."""
-    root = arrays[0]
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    start = arrays[0].__array_interface__["data"][0]
-    cursor = start
-    for a in arrays:
-        if a.__array_interface__["data"][0] != cursor or a.dtype != arrays[0].dtype:
-            return None
-        cursor += a.nbytes
-    base = root.__array_interface__["data"][0]
-    if not (base <= start and cursor <= base + root.nbytes) or not root.flags.c_contiguous:
-        return None
-    flat = root.reshape(-1)
-    first = (start - base) // arrays[0].itemsize
-    return flat[first: first + (cursor - start) // arrays[0].itemsize]
-
-
-def _fuse(layers):
-    """(weight, weight_scale, bias) of the q|k|v Linears as one product, or (None, None, None)."""
-    if any((m.bias is None) != (layers[0].bias is None) for m in layers):
-        return None, None, None
-    bias = None
-    if layers[0].bias is not None:
-        bias = _adjacent([m.bias.data for m in layers])
-        if bias is None:
-            bias = np.concatenate([m.bias.data for m in layers])
-    IC = layers[0].weight.shape[1]
-    if all(m.narrow is None for m in layers):
-        weight = _adjacent([m.weight.data for m in layers])
-        return (None if weight is None else weight.reshape(-1, IC)), None, bias
-    if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
-        return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
-    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked as they are
-        data = np.concatenate([m.narrow[0].data for m in layers])
-        return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
-    weight = np.concatenate([m.narrow[0] for m in layers])
-    scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
-    return weight, scale, bias
-
-
-def _kind(weight):
-    return weight.qtype if type(weight) is ops.Quantized else weight.dtype

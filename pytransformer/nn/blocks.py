@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import ops
-from .layers import Activation, Dropout, Linear, add
+import numpy as np
+
+from .. import _core, ops
+from .layers import Activation, Dropout, FusedProduct, Linear, add
 from .module import Module
 
 
@@ -39,12 +41,22 @@ class GatedFeedForward(Module):
         self.down = Linear(hidden, C, bias, std if out_std is None else out_std)
 
     _saved = None
+    _gate_up = None  # gate and up as one product (inference)
 
     def forward(self, x):
-        g, u = self.gate.forward(x), self.up.forward(x)
         if self.keeps_state:
+            g, u = self.gate.forward(x), self.up.forward(x)
             self._saved = (g, u)
-        return self.down.forward(ops.swiglu_forward(g, u, out=u if not self.keeps_state else None))
+            return self.down.forward(ops.swiglu_forward(g, u))
+        if self._gate_up is None:
+            self._gate_up = FusedProduct((self.gate, self.up))
+        g, u = self._gate_up(x)
+        if g.flags.c_contiguous and u.flags.c_contiguous:  # (one row: the decoding path, straight to the kernel)
+            h = np.empty(g.shape, np.float32)
+            _core.swiglu_forward(h, g, u, g.size)
+        else:
+            h = ops.swiglu_forward(np.ascontiguousarray(g), np.ascontiguousarray(u))
+        return self.down.forward(h)
 
     def backward(self, dout):
         g, u = self.saved(self._saved)

@@ -33,6 +33,27 @@ def add(a, b):
     return ops.residual_forward(a, b)
 
 
+def linear_product(x, weight, scale=None, bias=None):
+    """x (..., IC) @ weight^T (* scale) + bias for a weight of any kind (float32, bfloat16 bits, int8 with its row
+    scale, ops.Quantized). Weights and biases come from layers (known-good), so an input that is already float32,
+    C-contiguous and IC wide goes straight to the kernel (the per-token path of decoding makes ~150 of these
+    calls); anything else takes the checked ops call, which names the problem."""
+    OC, IC = weight.shape
+    if _ready(x, IC):
+        out = np.empty(x.shape[:-1] + (OC,), np.float32)
+        rows = x.size // IC if IC else math.prod(x.shape[:-1])
+        if type(weight) is ops.Quantized:
+            _core.matmul_q_forward(out, x, weight.data, weight.code, bias, rows, IC, OC)
+        elif scale is not None:
+            _core.matmul_w8_forward(out, x, weight, scale, bias, rows, IC, OC)
+        elif weight.dtype == _F32:
+            _core.matmul_forward(out, x, weight, bias, rows, IC, OC)
+        else:
+            _core.matmul_w16_forward(out, x, weight, bias, rows, IC, OC)
+        return out
+    return ops.matmul_forward(x, weight, bias, weight_scale=scale)
+
+
 class NarrowWeights:
     """A layer whose product may read a narrow copy of its weight for inference: bfloat16 (half the bytes) or
     int8 with a scale per output row (a quarter); the sums stay float32. The float32 Parameter stays, so
@@ -69,24 +90,9 @@ class NarrowWeights:
             raise ValueError(f"weight dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
 
     def product(self, x, bias):
-        """x (..., IC) @ weight^T + bias. The layer's own weight and bias are known-good, so an input that is
-        already float32, C-contiguous and IC wide goes straight to the kernel (the per-token path of decoding
-        makes ~100 of these calls); anything else takes the checked ops call, which names the problem."""
+        """x (..., IC) @ weight^T + bias (linear_product)."""
         weight, scale = (self.weight.data, None) if self.narrow is None else self.narrow
-        OC, IC = weight.shape
-        if _ready(x, IC):
-            out = np.empty(x.shape[:-1] + (OC,), np.float32)
-            rows = x.size // IC if IC else math.prod(x.shape[:-1])
-            if type(weight) is ops.Quantized:
-                _core.matmul_q_forward(out, x, weight.data, weight.code, bias, rows, IC, OC)
-            elif scale is not None:
-                _core.matmul_w8_forward(out, x, weight, scale, bias, rows, IC, OC)
-            elif weight.dtype == _F32:
-                _core.matmul_forward(out, x, weight, bias, rows, IC, OC)
-            else:
-                _core.matmul_w16_forward(out, x, weight, bias, rows, IC, OC)
-            return out
-        return ops.matmul_forward(x, weight, bias, weight_scale=scale)
+        return linear_product(x, weight, scale, bias)
 
     def check_trainable(self):
         if self.narrow is not None:
@@ -116,6 +122,76 @@ class Linear(NarrowWeights, Module):
                                        dbias=self.bias.grad if self.bias is not None else None,
                                        compute_dbias=self.bias is not None)
         return dx
+
+
+def _adjacent(arrays):
+    """One array viewing the given C-contiguous arrays when they lie back to back in one buffer, else None."""
+    root = arrays[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    start = arrays[0].__array_interface__["data"][0]
+    cursor = start
+    for a in arrays:
+        if a.__array_interface__["data"][0] != cursor or a.dtype != arrays[0].dtype:
+            return None
+        cursor += a.nbytes
+    base = root.__array_interface__["data"][0]
+    if not (base <= start and cursor <= base + root.nbytes) or not root.flags.c_contiguous:
+        return None
+    flat = root.reshape(-1)
+    first = (start - base) // arrays[0].itemsize
+    return flat[first: first + (cursor - start) // arrays[0].itemsize]
+
+
+def _fuse(layers):
+    """(weight, weight_scale, bias) of Linears over one input as one product, or (None, None, None)."""
+    if any((m.bias is None) != (layers[0].bias is None) for m in layers):
+        return None, None, None
+    bias = None
+    if layers[0].bias is not None:
+        bias = _adjacent([m.bias.data for m in layers])
+        if bias is None:
+            bias = np.concatenate([m.bias.data for m in layers])
+    IC = layers[0].weight.shape[1]
+    if all(m.narrow is None for m in layers):
+        weight = _adjacent([m.weight.data for m in layers])
+        return (None if weight is None else weight.reshape(-1, IC)), None, bias
+    if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
+        return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
+    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked as they are
+        data = np.concatenate([m.narrow[0].data for m in layers])
+        return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
+    weight = np.concatenate([m.narrow[0] for m in layers])
+    scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
+    return weight, scale, bias
+
+
+def _kind(weight):
+    return weight.qtype if type(weight) is ops.Quantized else weight.dtype
+
+
+class FusedProduct:
+    """Several Linears of one input (attention's q, k, v; a gated feed-forward's gate and up) as one product for
+    inference: one kernel call, one pass of the threads over all their weights. In float32 the weights lie next to
+    each other in the model's flat buffer, so the fused weight is a view of them; narrow and quantised weights
+    (of one kind) are concatenated once per set_weight_dtype. Weights that cannot be fused (not adjacent, mixed
+    kinds) take one product each. __call__(x) -> one output per layer (views of one array)."""
+
+    def __init__(self, layers):
+        self.layers = tuple(layers)
+        self.key, self.fused = None, None
+        self.cuts = np.cumsum([m.weight.shape[0] for m in self.layers])[:-1].tolist()
+
+    def __call__(self, x):
+        key = tuple(m.narrow for m in self.layers)  # the narrow copies themselves (held: never mistaken for new)
+        if self.fused is None or any(a is not b for a, b in zip(self.key, key)):
+            self.key, self.fused = key, _fuse(self.layers)
+        weight, scale, bias = self.fused
+        if weight is None:
+            return tuple(m.forward(x) for m in self.layers)
+        y = linear_product(x, weight, scale, bias)
+        bounds = [0] + self.cuts + [y.shape[-1]]
+        return tuple(y[..., a:b] for a, b in zip(bounds, bounds[1:]))
 
 
 class TiedLMHead(NarrowWeights, Module):

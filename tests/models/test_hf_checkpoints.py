@@ -100,6 +100,6 @@ def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
 
 
 def test_unknown_architecture_is_a_clear_error(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+    (tmp_path / "config.json").write_text('{"model_type": "mamba"}')
+    with pytest.raises(ValueError, match="unsupported model_type 'mamba'"):
         from_pretrained(tmp_path)

@@ -124,3 +124,20 @@ def test_config_counts_parameters_like_transformers():
         vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
         num_key_value_heads=2, tie_word_embeddings=False))
     assert cfg.num_params() == sum(p.numel() for p in hf.parameters()) == Llama(cfg).num_parameters()
+
+
+def test_fused_gate_up_and_qkv_equal_separate_products(rng):
+    """Inference multiplies by gate|up and q|k|v at once (views of the flat buffer): the same numbers as each Linear
+    on its own, and the same logits as the training-mode path."""
+    model = Llama(LlamaConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=48),
+                  seed=5)
+    ids = rng.integers(0, 40, (2, 9))
+    train_logits = model(ids)
+    with model.evaluating():
+        np.testing.assert_allclose(model(ids), train_logits, rtol=1e-5, atol=1e-5)
+        ffn = model.blocks[0].ffn.sublayer
+        x = rng.standard_normal((1, 1, 32)).astype(np.float32)
+        g, u = ffn._gate_up(x)
+        np.testing.assert_allclose(g, ffn.gate.forward(x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(u, ffn.up.forward(x), rtol=1e-6, atol=1e-6)
+        assert np.shares_memory(ffn._gate_up.fused[0], model.params.data)
