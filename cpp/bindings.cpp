@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "pytransformer/decode.h"
 #include "pytransformer/dispatch.h"
 
 namespace py = pybind11;
@@ -89,6 +90,39 @@ int64_t row_bytes(int qtype, int64_t C) {
                           " values that is not a whole number of its blocks");
   return rb;
 }
+
+// A weight spec from Python: (kind, data, scale or None, OC, IC); kind -1 float32, -2 bfloat16 bits, -3 int8 with
+// its row scale, else a GGUF block type. The arrays are checked and kept alive by `keep`.
+pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) {
+  auto t = py::reinterpret_borrow<py::tuple>(spec);
+  if (t.size() != 5) throw py::value_error("a weight spec is (kind, data, scale, OC, IC)");
+  pt::WeightRef w;
+  w.kind = t[0].cast<int>();
+  w.OC = t[3].cast<int64_t>();
+  w.IC = t[4].cast<int64_t>();
+  check_nonneg({w.OC, w.IC});
+  py::object data = py::reinterpret_borrow<py::object>(t[1]);
+  switch (w.kind) {
+    case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", w.OC * w.IC); break;
+    case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", w.OC * w.IC); break;
+    case pt::WeightRef::kInt8: {
+      w.data = array_data<int8_t>(data, "weight", w.OC * w.IC);
+      py::object scale = py::reinterpret_borrow<py::object>(t[2]);
+      w.scale = array_data<float>(scale, "weight_scale", w.OC);
+      keep.push_back(scale);
+      break;
+    }
+    default: w.data = array_data<uint8_t>(data, "weight", w.OC * row_bytes(w.kind, w.IC));
+  }
+  keep.push_back(data);
+  return w;
+}
+
+// The decoding plan of a Llama-family model (decode.h) with the Python arrays it points into.
+struct PyDecodePlan {
+  pt::DecodePlan plan;
+  std::vector<py::object> keep;
+};
 
 using py::arg;
 using O = const py::object&;
@@ -419,6 +453,83 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     K().dequantize_rows(o, s, qtype, id, N, C);
   });
+
+  py::class_<PyDecodePlan>(m, "DecodePlan", "one decoding step of a Llama-family model in C++ (decode.h)")
+      .def(py::init([](py::tuple dims, float eps, py::list layers, O final_norm, py::tuple head) {
+             auto p = std::make_unique<PyDecodePlan>();
+             pt::DecodePlan& d = p->plan;
+             if (dims.size() != 6) throw py::value_error("dims are (C, NH, NKV, HS, F, V)");
+             d.C = dims[0].cast<int64_t>(); d.NH = dims[1].cast<int64_t>(); d.NKV = dims[2].cast<int64_t>();
+             d.HS = dims[3].cast<int64_t>(); d.F = dims[4].cast<int64_t>(); d.V = dims[5].cast<int64_t>();
+             check_nonneg({d.C, d.NH, d.NKV, d.HS, d.F, d.V});
+             check_groups(d.NH, d.NKV);
+             if (d.HS % 2) throw py::value_error("rotary attention needs an even head size");
+             d.eps = eps;
+             auto vec = [&](O obj, const char* name, int64_t n) {
+               p->keep.push_back(obj);
+               return array_data<float>(obj, name, n);
+             };
+             auto group = [&](const py::handle& specs, int64_t in, int64_t total, const char* what) {
+               std::vector<pt::WeightRef> ws;
+               int64_t out = 0;
+               for (const py::handle& s : specs) {
+                 ws.push_back(weight_ref(s, p->keep));
+                 if (ws.back().IC != in) throw py::value_error(std::string(what) + ": wrong input width");
+                 out += ws.back().OC;
+               }
+               if (out != total) throw py::value_error(std::string(what) + ": output widths do not add up");
+               return ws;
+             };
+             for (const py::handle& item : layers) {
+               auto t = py::reinterpret_borrow<py::tuple>(item);
+               if (t.size() != 6) throw py::value_error("a layer is (attn_norm, qkv, o, ffn_norm, gate_up, down)");
+               pt::DecodeLayer L;
+               L.attn_norm = vec(py::reinterpret_borrow<py::object>(t[0]), "attn_norm", d.C);
+               L.qkv = group(t[1], d.C, (d.NH + 2 * d.NKV) * d.HS, "qkv");
+               L.o = weight_ref(t[2], p->keep);
+               L.ffn_norm = vec(py::reinterpret_borrow<py::object>(t[3]), "ffn_norm", d.C);
+               L.gate_up = group(t[4], d.C, 2 * d.F, "gate_up");
+               L.down = weight_ref(t[5], p->keep);
+               if (L.o.IC != d.NH * d.HS || L.o.OC != d.C || L.down.IC != d.F || L.down.OC != d.C)
+                 throw py::value_error("o or down has the wrong shape");
+               if (L.gate_up.size() == 2 && L.gate_up[0].OC != d.F) throw py::value_error("gate_up: gate width");
+               d.layers.push_back(std::move(L));
+             }
+             d.final_norm = vec(final_norm, "final_norm", d.C);
+             d.head = weight_ref(head, p->keep);
+             if (d.head.IC != d.C || d.head.OC != d.V) throw py::value_error("head has the wrong shape");
+             return p;
+           }),
+           arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"))
+      .def("step", [](const PyDecodePlan& p, O x, O logits, int64_t pos, py::list k, py::list v, O cos, O sin) {
+             const pt::DecodePlan& d = p.plan;
+             const size_t n = d.layers.size();
+             if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
+             float* xp = array_data<float>(x, "x", d.C, true);
+             float* lp = array_data<float>(logits, "logits", d.V, true);
+             const int64_t row = d.NKV * d.HS;
+             int64_t capacity = -1;
+             std::vector<float*> kp(n), vp(n);
+             for (size_t l = 0; l < n; l++) {
+               for (int which = 0; which < 2; which++) {
+                 py::object c = which ? v[l] : k[l];
+                 if (!py::isinstance<py::array>(c)) throw py::type_error("caches must be numpy arrays");
+                 const int64_t size = py::reinterpret_borrow<py::array>(c).size();
+                 if (size % row || (capacity >= 0 && size / row != capacity))
+                   throw py::value_error("every cache must hold capacity x NKV x HS floats");
+                 capacity = size / row;
+                 (which ? vp : kp)[l] = array_data<float>(c, "cache", size, true);
+               }
+             }
+             if (n && (pos < 0 || pos >= capacity)) throw py::value_error("pos outside the cache");
+             if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
+             const int64_t P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
+             const float* cp = array_data<float>(cos, "cos", P * (d.HS / 2));
+             const float* sp = array_data<float>(sin, "sin", P * (d.HS / 2));
+             if (pos >= P) throw py::value_error("pos outside the rotary tables");
+             py::gil_scoped_release nogil;
+             d.step(xp, lp, pos, kp.data(), vp.data(), capacity, cp, sp, P);
+           });
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,
                          float weight_decay, int64_t step) {

@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import _core
 from ..nn import (DecoderBlock, Embedding, GatedFeedForward, Linear, MultiHeadAttention, RMSNorm, Rotary,
                   TiedLMHead)
+from ..nn.layers import FusedProduct, weight_spec
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters
 
 
@@ -69,7 +71,11 @@ class Llama(CausalLM):
         self.lm_head = TiedLMHead(self.embed.weight) if c.tie_word_embeddings else Linear(C, c.vocab_size, False, std)
         self.head = CrossEntropyHead()
         self.tokenizer = None  # set by the loaders that know one (GGUF metadata)
+        self.rope = rope
+        self._plan = None      # the C++ decoding step (_core.DecodePlan), made on first use
         self._build(seed)
+
+    decode_in_cpp = True  # one new token of one sequence: the C++ plan (False: the layers' Python path)
 
     @property
     def max_positions(self) -> int:
@@ -82,6 +88,10 @@ class Llama(CausalLM):
         idx = check_ids(idx, "idx")
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
+        if self.decode_in_cpp and cache is not None and idx.shape == (1, 1) and key_mask is None and \
+                not self.keeps_state and (
+                position_ids is None or int(np.asarray(position_ids).reshape(-1)[0]) == cache.length):
+            return self._decode_step(idx, cache)
         self._begin_forward()
         if position_ids is not None:
             position_ids = np.ascontiguousarray(position_ids, np.int64)
@@ -98,6 +108,43 @@ class Llama(CausalLM):
         if cache is not None:
             cache.length += idx.shape[1]
         return self.lm_head.forward(self.norm.forward(x))
+
+    def _decode_step(self, idx, cache):
+        """One new token of one sequence at position cache.length, run by the C++ plan (one call for every layer;
+        the same kernels in the same order as the layers' cached path, so the same numbers)."""
+        if self._plan is None:
+            self._plan = self._make_plan()
+        pos = cache.length
+        if pos >= cache.capacity:
+            raise ValueError(f"the KV cache holds {cache.capacity} positions; {pos + 1} were asked for")
+        cos, sin = self.rope.tables(pos)
+        x = self.embed.forward(idx)
+        logits = np.empty((1, 1, self.config.vocab_size), np.float32)
+        self._plan.step(x.reshape(-1), logits.reshape(-1), pos, cache.k, cache.v, cos, sin)
+        cache.length += 1
+        return logits
+
+    def _make_plan(self):
+        c = self.config
+        layers = []
+        for block in self.blocks:
+            attn, ffn = block.attn.sublayer, block.ffn.sublayer
+            if attn._qkv is None:
+                attn._qkv = FusedProduct((attn.q, attn.k, attn.v))
+            if ffn._gate_up is None:
+                ffn._gate_up = FusedProduct((ffn.gate, ffn.up))
+            layers.append((block.attn.ln.weight.data, attn._qkv.specs(), _spec(attn.o), block.ffn.ln.weight.data,
+                           ffn._gate_up.specs(), _spec(ffn.down)))
+        return _core.DecodePlan((c.n_embd, c.n_head, c.n_kv_head, c.head_size, c.intermediate_size, c.vocab_size),
+                                c.rms_norm_eps, layers, self.norm.weight.data, _spec(self.lm_head))
+
+    def set_weight_dtype(self, dtype: str) -> "Llama":
+        self._plan = None  # (it points at the weights of the old dtype)
+        return super().set_weight_dtype(dtype)
+
+    def load_params(self, state: dict, strict: bool = True) -> None:
+        self._plan = None
+        super().load_params(state, strict)
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
@@ -125,3 +172,7 @@ class Llama(CausalLM):
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer (load it from a GGUF file, or set model.tokenizer)")
         return self.tokenizer
+
+
+def _spec(layer):
+    return weight_spec(*((layer.weight.data, None) if layer.narrow is None else layer.narrow))

@@ -170,6 +170,16 @@ def _kind(weight):
     return weight.qtype if type(weight) is ops.Quantized else weight.dtype
 
 
+def weight_spec(weight, scale=None):
+    """(kind, data, scale, OC, IC) of a weight for _core.DecodePlan: kind -1 float32, -2 bfloat16 bits, -3 int8
+    (with its row scale), else the GGUF type id of an ops.Quantized."""
+    OC, IC = weight.shape
+    if type(weight) is ops.Quantized:
+        return (weight.code, weight.data, None, OC, IC)
+    kind = {np.dtype(np.float32): -1, np.dtype(np.uint16): -2, np.dtype(np.int8): -3}[weight.dtype]
+    return (kind, weight, scale, OC, IC)
+
+
 class FusedProduct:
     """Several Linears of one input (attention's q, k, v; a gated feed-forward's gate and up) as one product for
     inference: one kernel call, one pass of the threads over all their weights. In float32 the weights lie next to
@@ -182,11 +192,21 @@ class FusedProduct:
         self.key, self.fused = None, None
         self.cuts = np.cumsum([m.weight.shape[0] for m in self.layers])[:-1].tolist()
 
-    def __call__(self, x):
+    def _current(self):
         key = tuple(m.narrow for m in self.layers)  # the narrow copies themselves (held: never mistaken for new)
         if self.fused is None or any(a is not b for a, b in zip(self.key, key)):
             self.key, self.fused = key, _fuse(self.layers)
-        weight, scale, bias = self.fused
+        return self.fused
+
+    def specs(self):
+        """weight_spec of the fused weight, or of each layer's when they do not fuse (biases not included)."""
+        weight, scale, _ = self._current()
+        if weight is not None:
+            return [weight_spec(weight, scale)]
+        return [weight_spec(*((m.weight.data, None) if m.narrow is None else m.narrow)) for m in self.layers]
+
+    def __call__(self, x):
+        weight, scale, bias = self._current()
         if weight is None:
             return tuple(m.forward(x) for m in self.layers)
         y = linear_product(x, weight, scale, bias)

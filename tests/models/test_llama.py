@@ -141,3 +141,50 @@ def test_fused_gate_up_and_qkv_equal_separate_products(rng):
         np.testing.assert_allclose(g, ffn.gate.forward(x), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(u, ffn.up.forward(x), rtol=1e-6, atol=1e-6)
         assert np.shares_memory(ffn._gate_up.fused[0], model.params.data)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "Q4_1", "Q8_0+Q4_K"])
+def test_cpp_decode_step_equals_the_layers_path(rng, dtype):
+    """One token of one sequence runs as one C++ call (DecodePlan): the same kernels in the same order as the
+    layers' cached path, so the same logits, for every kind of weight, over a cache that grows past 64 rows."""
+    from pytransformer import ops
+    from pytransformer.opcases import random_blocks
+
+    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
+    model = Llama(cfg, seed=2).eval()
+    if dtype in ("bfloat16", "int8"):
+        model.set_weight_dtype(dtype)
+    elif dtype != "float32":
+        kinds = dtype.split("+")
+        for i, (name, layer) in enumerate((n, m) for n, m in _linears(model)):
+            qt = kinds[i % len(kinds)]
+            OC, IC = layer.weight.shape
+            if qt.endswith("_K") and IC % 256:
+                qt = "Q8_0"
+            layer.set_quantized(ops.Quantized(random_blocks(rng, qt, OC, IC), qt, (OC, IC)))
+    ids = rng.integers(0, 64, (1, 70))
+    got = model.generate(ids, 8, temperature=0.0)
+    model.decode_in_cpp = False
+    want = model.generate(ids, 8, temperature=0.0)
+    np.testing.assert_array_equal(got, want)
+    cache_a, cache_b = model.new_cache(1, 80), model.new_cache(1, 80)
+    with model.evaluating():
+        model(ids, cache=cache_a)
+        model(ids, cache=cache_b)
+        b = model(ids[:, :1], cache=cache_b)
+        model.decode_in_cpp = True
+        a = model(ids[:, :1], cache=cache_a)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    np.testing.assert_allclose(cache_a.k[1][:, :71], cache_b.k[1][:, :71], rtol=1e-6, atol=1e-6)
+
+
+def _linears(model):
+    from pytransformer.nn import Linear
+
+    return [(n, m) for n, m in _named(model) if isinstance(m, Linear)]
+
+
+def _named(module, prefix=""):
+    for name, child in module.children():
+        yield prefix + name, child
+        yield from _named(child, f"{prefix}{name}.")

@@ -1,0 +1,71 @@
+// The Llama-family decoding step (decode.h): the same kernels, in the same order, as the Python layers' cached
+// path (nn/attention.py _forward_cached, nn/blocks.py GatedFeedForward, Residual), for one sequence.
+#include "pytransformer/decode.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "pytransformer/dispatch.h"
+
+namespace pt {
+
+void WeightRef::product(float* out, const float* inp, int64_t N) const {
+  const Kernels& K = active();
+  switch (kind) {
+    case kFloat32: K.matmul_forward(out, inp, (const float*)data, nullptr, N, IC, OC); break;
+    case kBFloat16: K.matmul_w16_forward(out, inp, (const uint16_t*)data, nullptr, N, IC, OC); break;
+    case kInt8: K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, nullptr, N, IC, OC); break;
+    default: K.matmul_q_forward(out, inp, (const uint8_t*)data, kind, nullptr, N, IC, OC);
+  }
+}
+
+namespace {
+// products of one input into consecutive slices of out (a fused weight is one product)
+void products(const std::vector<WeightRef>& ws, float* out, const float* inp) {
+  for (const WeightRef& w : ws) {
+    w.product(out, inp, 1);
+    out += w.OC;
+  }
+}
+}  // namespace
+
+void DecodePlan::step(float* x, float* logits, int64_t pos, float* const* k, float* const* v, int64_t capacity,
+                      const float* cos, const float* sin, int64_t P) const {
+  const Kernels& K = active();
+  const int64_t QD = NH * HS, KD = NKV * HS;
+  static thread_local std::vector<float> buf;
+  buf.resize((size_t)(C + QD + 2 * KD + QD + C + 2 * F + F + 1 + NH));
+  float* h = buf.data();
+  float* qkv = h + C;
+  float* att = qkv + QD + 2 * KD;
+  float* tmp = att + QD;
+  float* gu = tmp + C;
+  float* act = gu + 2 * F;
+  float* rstd = act + F;
+  float* lse = rstd + 1;
+  const float scale = 1.f / std::sqrt((float)HS);
+  for (size_t l = 0; l < layers.size(); l++) {
+    const DecodeLayer& L = layers[l];
+    K.rmsnorm_forward(h, rstd, x, L.attn_norm, 1, C, eps);
+    products(L.qkv, qkv, h);
+    float* q = qkv;
+    const float* kn = qkv + QD;
+    const float* vn = kn + KD;
+    K.rope_forward(q, q, cos, sin, &pos, 1, NH, HS, P);
+    K.rope_forward(k[l] + pos * KD, kn, cos, sin, &pos, 1, NKV, HS, P);  // rotated straight into the cache
+    std::memcpy(v[l] + pos * KD, vn, sizeof(float) * KD);
+    K.attention_forward(att, lse, q, k[l], v[l], nullptr, 1, NH, NKV, 1, pos + 1, capacity, HS, true, scale, true);
+    L.o.product(tmp, att, 1);
+    K.residual_forward(x, x, tmp, C);
+    K.rmsnorm_forward(h, rstd, x, L.ffn_norm, 1, C, eps);
+    products(L.gate_up, gu, h);
+    K.swiglu_forward(act, gu, gu + F, F);
+    L.down.product(tmp, act, 1);
+    K.residual_forward(x, x, tmp, C);
+  }
+  K.rmsnorm_forward(h, rstd, x, final_norm, 1, C, eps);
+  head.product(logits, h, 1);
+}
+
+}  // namespace pt
