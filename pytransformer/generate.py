@@ -2,7 +2,8 @@
 (prefill), then one position per step over the cache; samplers apart from the model.
 
 A model takes part by providing `new_cache(B, T_max) -> KVCache`, `max_positions` and
-`forward(ids (B, T), cache=, position_ids=, key_mask=) -> logits (B, T, V)` that writes the new keys and values
+`forward(ids (B, T), cache=, position_ids=, key_mask=, last_only=) -> logits (B, T, V)` (last_only: (B, 1, V),
+the last position's) that writes the new keys and values
 into the cache. Everything runs under `model.evaluating()`: nothing is kept for backward, the dropout RNG is not
 touched, and other threads may use the model meanwhile.
 
@@ -187,7 +188,7 @@ def _prefill(model, tokens, mask, window, total):
     B, T = tokens.shape
     cache = model.new_cache(B, min(max(total, T), window))
     key_mask = None if mask.all() else mask
-    logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask)
+    logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask, last_only=True)
     return cache, logits[:, -1]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from ..models.base import parameter_shapes, unwritten_parameters
 from ..models.llama import Llama, LlamaConfig
 from ..tokenizers.bpe import ByteLevelBPETokenizer
@@ -105,18 +106,38 @@ def load_llama_gguf(path, mmap=True) -> Llama:
         model = Llama(config)
     params = model.named_parameters_dict()
     layers = {name: m for name, m in _named_modules(model)}
+    weights, copied = {}, []
     for gguf_name, ours in mapping.items():
         info = f.tensors[gguf_name]
-        owner = layers[ours.rsplit(".", 1)[0]]
         if len(info.shape) == 1:
             params[ours].data[...] = f.tensor(gguf_name)
             continue
         weight = f.quantized(gguf_name)
         for proj, heads in (("q", config.n_head), ("k", config.n_kv_head)):
             if gguf_name.endswith(f"attn_{proj}.weight"):
-                rows = unpermute_rows(heads, weight.shape[0])
-                weight = type(weight)(np.ascontiguousarray(weight.data[rows]), weight.qtype, weight.shape)
-        owner.set_quantized(weight)
+                weight = ops.Quantized(weight.data[unpermute_rows(heads, weight.shape[0])], weight.qtype,
+                                       weight.shape)
+                copied.append(gguf_name)
+        weights[ours] = weight
+    # q|k|v and gate|up of one type are stacked once into one array here (their products then run as one, and the
+    # layers hold views of it): the file's pages of those tensors are never touched, so they cost no memory twice
+    for i in range(config.n_layer):
+        b = f"blocks.{i}."
+        for group in (("attn.sublayer.q", "attn.sublayer.k", "attn.sublayer.v"),
+                      ("ffn.sublayer.gate", "ffn.sublayer.up")):
+            names_ = [f"{b}{g}.weight" for g in group]
+            parts = [weights[n] for n in names_]
+            if len({p.qtype for p in parts}) == 1:
+                stacked = np.concatenate([p.data for p in parts])
+                copied += [g for g, o in mapping.items() if o in names_]
+                row = 0
+                for n, p in zip(names_, parts):
+                    weights[n] = ops.Quantized(stacked[row: row + p.shape[0]], p.qtype, p.shape)
+                    row += p.shape[0]
+    for ours, weight in weights.items():
+        layers[ours.rsplit(".", 1)[0]].set_quantized(weight)
+    for gguf_name in copied:  # read once to copy: the mapped originals need not stay resident
+        f.release(gguf_name)
     if config.tie_word_embeddings:
         model.lm_head.set_quantized(model.embed.quantized)
     try:
@@ -124,6 +145,8 @@ def load_llama_gguf(path, mmap=True) -> Llama:
     except ValueError as e:
         model.tokenizer = None
         model.tokenizer_error = str(e)
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        f.metadata.pop(key, None)  # (now the tokenizer's; 100k strings not kept twice)
     model.gguf = f
     return model.eval()
 

@@ -80,10 +80,10 @@ class GPT(CausalLM):
         self.head = CrossEntropyHead()
         self._build(seed)
 
-    def forward(self, idx, cache=None, position_ids=None, key_mask=None):
+    def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False):
         """idx (B, T) -> logits (B, T, V). For generation (pytransformer.generate): cache, a KVCache whose
         `length` positions come before idx (the new keys and values are written into it); position_ids (B, T);
-        key_mask (B, cache.length + T), 0 for padding."""
+        key_mask (B, cache.length + T), 0 for padding. last_only: logits of the last position only (B, 1, V)."""
         idx = check_ids(idx, "idx", self.config.block_size)
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
@@ -96,6 +96,8 @@ class GPT(CausalLM):
             for i, block in enumerate(self.blocks):
                 x = block.forward(x, cache=cache.layer(i), key_mask=key_mask)
             cache.length += idx.shape[1]
+        if last_only:  # (generation's prefill: only the last position's next token is wanted)
+            x = np.ascontiguousarray(x[:, -1:])
         return self.lm_head.forward(self.ln_f.forward(x))  # (B, T, V)
 
     @property

