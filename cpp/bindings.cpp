@@ -397,7 +397,8 @@ PYBIND11_MODULE(_core, m) {
     K().rmsnorm_backward(dx, dw, g, x, w, rs, N, C);
   });
   auto rope = [](bool forward) {
-    return [forward](O out, O inp, O cos, O sin, O positions, int64_t N, int64_t NH, int64_t HS, int64_t P) {
+    return [forward](O out, O inp, O cos, O sin, O positions, int64_t N, int64_t NH, int64_t HS, int64_t P,
+                     bool interleaved) {
       check_nonneg({N, NH, HS, P});
       if (HS % 2) throw py::value_error("rope: the head size must be even");
       float* o = array_data<float>(out, forward ? "out" : "dinp", N * NH * HS, true);
@@ -407,7 +408,7 @@ PYBIND11_MODULE(_core, m) {
       const int64_t* pos = array_data<int64_t>(positions, "positions", N);
       check_ids(pos, N, P, "positions");
       py::gil_scoped_release nogil;
-      (forward ? K().rope_forward : K().rope_backward)(o, x, c, s, pos, N, NH, HS, P);
+      (forward ? K().rope_forward : K().rope_backward)(o, x, c, s, pos, N, NH, HS, P, interleaved);
     };
   };
   m.def("rope_forward", rope(true));
@@ -455,7 +456,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<PyDecodePlan>(m, "DecodePlan", "one decoding step of a Llama-family model in C++ (decode.h)")
-      .def(py::init([](py::tuple dims, float eps, py::list layers, O final_norm, py::tuple head) {
+      .def(py::init([](py::tuple dims, float eps, py::list layers, O final_norm, py::tuple head, bool interleaved) {
              auto p = std::make_unique<PyDecodePlan>();
              pt::DecodePlan& d = p->plan;
              if (dims.size() != 6) throw py::value_error("dims are (C, NH, NKV, HS, F, V)");
@@ -465,6 +466,7 @@ PYBIND11_MODULE(_core, m) {
              check_groups(d.NH, d.NKV);
              if (d.HS % 2) throw py::value_error("rotary attention needs an even head size");
              d.eps = eps;
+             d.interleaved = interleaved;
              auto vec = [&](O obj, const char* name, int64_t n) {
                p->keep.push_back(obj);
                return array_data<float>(obj, name, n);
@@ -500,7 +502,7 @@ PYBIND11_MODULE(_core, m) {
              if (d.head.IC != d.C || d.head.OC != d.V) throw py::value_error("head has the wrong shape");
              return p;
            }),
-           arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"))
+           arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"), arg("interleaved") = false)
       .def("step", [](const PyDecodePlan& p, O x, O logits, int64_t pos, py::list k, py::list v, O cos, O sin) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();

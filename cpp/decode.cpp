@@ -52,8 +52,8 @@ void DecodePlan::step(float* x, float* logits, int64_t pos, float* const* k, flo
     float* q = qkv;
     const float* kn = qkv + QD;
     const float* vn = kn + KD;
-    K.rope_forward(q, q, cos, sin, &pos, 1, NH, HS, P);
-    K.rope_forward(k[l] + pos * KD, kn, cos, sin, &pos, 1, NKV, HS, P);  // rotated straight into the cache
+    K.rope_forward(q, q, cos, sin, &pos, 1, NH, HS, P, interleaved);
+    K.rope_forward(k[l] + pos * KD, kn, cos, sin, &pos, 1, NKV, HS, P, interleaved);  // straight into the cache
     std::memcpy(v[l] + pos * KD, vn, sizeof(float) * KD);
     K.attention_forward(att, lse, q, k[l], v[l], nullptr, 1, NH, NKV, 1, pos + 1, capacity, HS, true, scale, true);
     L.o.product(tmp, att, 1);

@@ -450,17 +450,19 @@ class Rope(Op):
                 "positions": rng.integers(0, P, (B, T)).astype(np.int64), "P": P, "HS": HS}
 
     def ours(self, x, o):
-        args = (x["cos"], x["sin"], x["positions"])
-        return {"out": ops.rope_forward(x["inp"], *args), "dinp": ops.rope_backward(x["dout"], *args)}
+        args, il = (x["cos"], x["sin"], x["positions"]), o.get("interleaved", False)
+        return {"out": ops.rope_forward(x["inp"], *args, interleaved=il),
+                "dinp": ops.rope_backward(x["dout"], *args, interleaved=il)}
 
     def reference(self, x, o):
         # the reference's own float64 tables: checks ops.rope_tables too
         cos, sin = ref.rope_tables(x["P"], x["HS"], o.get("base", 10000.0))
-        return {"out": ref.rope_forward(x["inp"], cos, sin, x["positions"]),
-                "dinp": ref.rope_backward(x["dout"], cos, sin, x["positions"])}
+        il = o.get("interleaved", False)
+        return {"out": ref.rope_forward(x["inp"], cos, sin, x["positions"], il),
+                "dinp": ref.rope_backward(x["dout"], cos, sin, x["positions"], il)}
 
     def calls(self, x, o):
-        out, args = np.empty_like(x["inp"]), (x["cos"], x["sin"], x["positions"])
+        out, args = np.empty_like(x["inp"]), (x["cos"], x["sin"], x["positions"])  # (rotate_half layout)
         return {"forward": lambda: ops.rope_forward(x["inp"], *args, out=out),
                 "backward": lambda: ops.rope_backward(x["dout"], *args, dinp=out)}
 
@@ -694,9 +696,11 @@ CASES = [
       for causal in (False, True) for masked in (False, True)],
     *[case("rmsnorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (64, 576), (130, 1024)]],
-    *[case("rope", CHECK if (Bt, Tt, NH, HS) == (2, 5, 3, 8) else TEST, B=Bt, T=Tt, NH=NH, HS=HS, P=P, base=base)
+    *[case("rope", CHECK if (Bt, Tt, NH, HS) == (2, 5, 3, 8) else TEST, B=Bt, T=Tt, NH=NH, HS=HS, P=P, base=base,
+           interleaved=il)
       for Bt, Tt, NH, HS, P, base in [(1, 1, 1, 2, 1, 10000.0), (2, 5, 3, 8, 9, 10000.0), (1, 17, 9, 64, 40, 1e5),
-                                      (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]],
+                                      (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]
+      for il in (False, True)],
     *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
     *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=IC, OC=OC, qtype=qtype)
       for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")

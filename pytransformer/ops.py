@@ -444,20 +444,21 @@ def _rope_args(x, name, cos, sin, positions):
     return d, positions.size
 
 
-def rope_forward(inp, cos, sin, positions, *, out=None):
-    """Rotary positions on inp (..., NH, HS): the pairs (i, i + HS/2) of each head of row n rotated by the angles of
-    positions[n] (int64, shaped inp.shape[:-2], each < len(cos)); cos, sin from rope_tables. out may be inp."""
+def rope_forward(inp, cos, sin, positions, *, interleaved=False, out=None):
+    """Rotary positions on inp (..., NH, HS): the pairs (i, i + HS/2) of each head of row n (Hugging Face's
+    rotate_half; interleaved: the pairs (2i, 2i + 1), llama.cpp's) rotated by the angles of positions[n] (int64,
+    shaped inp.shape[:-2], each < len(cos)); cos, sin from rope_tables. out may be inp."""
     d, N = _rope_args(inp, "inp", cos, sin, positions)
     out = output(out, "out", inp.shape, [("inp", inp), ("cos", cos), ("sin", sin)], same=("inp",))
-    _core.rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"])
+    _core.rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return out
 
 
-def rope_backward(dout, cos, sin, positions, *, dinp=None):
+def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     """dinp: dout rotated back (the rotation's transpose). dinp may be dout."""
     d, N = _rope_args(dout, "dout", cos, sin, positions)
     dinp = output(dinp, "dinp", dout.shape, [("dout", dout), ("cos", cos), ("sin", sin)], same=("dout",))
-    _core.rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"])
+    _core.rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return dinp
 
 

@@ -288,22 +288,26 @@ def rope_tables(positions, head_size, base=10000.0):
     return np.cos(angle), np.sin(angle)
 
 
-def _rotate(x, cos, sin, positions, sign):
+def _rotate(x, cos, sin, positions, sign, interleaved):
     x = np.asarray(x, np.float64)
     h = x.shape[-1] // 2
     c = np.asarray(cos, np.float64)[positions][..., None, :]  # (..., 1, HS/2): every head of a row alike
     s = sign * np.asarray(sin, np.float64)[positions][..., None, :]
+    if interleaved:  # pairs (2i, 2i + 1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return np.stack([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).reshape(x.shape)
     x1, x2 = x[..., :h], x[..., h:]
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
-def rope_forward(inp, cos, sin, positions):
-    """inp (..., NH, HS), positions (...): Hugging Face's q * cos + rotate_half(q) * sin."""
-    return _rotate(inp, cos, sin, positions, 1.0)
+def rope_forward(inp, cos, sin, positions, interleaved=False):
+    """inp (..., NH, HS), positions (...): Hugging Face's q * cos + rotate_half(q) * sin; interleaved: the pairs
+    (2i, 2i + 1) rotated instead (llama.cpp's)."""
+    return _rotate(inp, cos, sin, positions, 1.0, interleaved)
 
 
-def rope_backward(dout, cos, sin, positions):
-    return _rotate(dout, cos, sin, positions, -1.0)
+def rope_backward(dout, cos, sin, positions, interleaved=False):
+    return _rotate(dout, cos, sin, positions, -1.0, interleaved)
 
 
 def _silu(x):

@@ -169,3 +169,15 @@ def test_swiglu_backward_matches_finite_differences(r):
     loss = lambda: (ref.swiglu_forward(gate, up) * g).sum()
     check(loss, gate, dgate)
     check(loss, up, dup)
+
+
+def test_interleaved_rope_is_rotate_half_on_permuted_rows(r):
+    """llama.cpp's pairs (2i, 2i + 1) on a vector permuted the way GGUF files store q and k = Hugging Face's
+    rotate_half on the vector itself, permuted alike (so attention scores agree); and its backward is the adjoint."""
+    x, g = r.standard_normal((2, 3, 2, 8)), r.standard_normal((2, 3, 2, 8))
+    cos, sin = ref.rope_tables(6, 8, 100.0)
+    pos = r.integers(0, 6, (2, 3))
+    perm = np.arange(8).reshape(2, 4).T.reshape(-1)  # GGUF position 2i + j holds Hugging Face index j * 4 + i
+    np.testing.assert_allclose(ref.rope_forward(x[..., perm], cos, sin, pos, True),
+                               ref.rope_forward(x, cos, sin, pos)[..., perm], rtol=1e-12)
+    check(lambda: (ref.rope_forward(x, cos, sin, pos, True) * g).sum(), x, ref.rope_backward(g, cos, sin, pos, True))

@@ -81,11 +81,17 @@ def test_core_stub_names_every_bound_function_with_its_arity():
     from pytransformer import _core
 
     stub = pathlib.Path(pytransformer.__file__).with_name("_core.pyi").read_text()
-    stubbed = {f.name: len(f.args.args) for f in ast.parse(stub).body if isinstance(f, ast.FunctionDef)}
+    tree = ast.parse(stub).body
+    stubbed = {f.name: len(f.args.args) for f in tree if isinstance(f, ast.FunctionDef)}
+    classes = {c.name: sorted(f.name for f in c.body if isinstance(f, ast.FunctionDef)) for c in tree
+               if isinstance(c, ast.ClassDef)}
+    bound_classes = {name: sorted(m for m in ("__init__", "step") if hasattr(getattr(_core, name), m))
+                     for name in dir(_core) if isinstance(getattr(_core, name), type)}
+    assert classes == bound_classes
     bound = {}
     for name in dir(_core):
         fn = getattr(_core, name)
-        if not name.startswith("_") and callable(fn):
+        if not name.startswith("_") and callable(fn) and not isinstance(fn, type):
             signature = fn.__doc__.splitlines()[0]
             args = re.match(rf"{name}\((.*)\) ->", signature).group(1)
             bound[name] = 0 if not args else len(re.findall(r"(?:^|, )\w+:", args))

@@ -4,6 +4,8 @@
 // into the cos / sin tables (P, HS / 2) that the caller builds once (angle p * base^(-2i / HS)). Each head's
 // pairs (i, i + HS / 2) are rotated by the angle of frequency i, the Hugging Face "rotate_half" layout:
 //   out[i] = x[i] cos - x[i + h] sin,   out[i + h] = x[i + h] cos + x[i] sin   (h = HS / 2)
+// interleaved: the pairs are (2i, 2i + 1) instead (llama.cpp's layout, in which GGUF files store llama's q and k
+// projections: the same attention scores, since q and k are permuted alike).
 // A rotation's adjoint is the rotation by minus the angle, so backward is the same loop with sin negated.
 #include <algorithm>
 
@@ -15,8 +17,25 @@ using namespace simd;
 
 namespace {
 void rotate(float* out, const float* inp, const float* cos, const float* sin, const int64_t* positions, int64_t N,
-            int64_t NH, int64_t HS, float sign) {
+            int64_t NH, int64_t HS, float sign, bool interleaved) {
   const int64_t half = HS / 2;
+  if (interleaved) {  // (a few hundred values per token: plain loops)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * NH * HS >= kParallelElements)
+    for (int64_t n = 0; n < N; n++) {
+      const float* c = cos + positions[n] * half;
+      const float* s = sin + positions[n] * half;
+      for (int64_t h = 0; h < NH; h++) {
+        const float* x = inp + (n * NH + h) * HS;
+        float* y = out + (n * NH + h) * HS;
+        for (int64_t i = 0; i < half; i++) {
+          const float x1 = x[2 * i], x2 = x[2 * i + 1], si = sign * s[i];
+          y[2 * i] = x1 * c[i] - x2 * si;
+          y[2 * i + 1] = x2 * c[i] + x1 * si;
+        }
+      }
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * NH * HS >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     const float* c = cos + positions[n] * half;
@@ -37,13 +56,13 @@ void rotate(float* out, const float* inp, const float* cos, const float* sin, co
 }  // namespace
 
 void rope_forward(float* out, const float* inp, const float* cos, const float* sin, const int64_t* positions,
-                  int64_t N, int64_t NH, int64_t HS, int64_t) {
-  rotate(out, inp, cos, sin, positions, N, NH, HS, 1.f);
+                  int64_t N, int64_t NH, int64_t HS, int64_t, bool interleaved) {
+  rotate(out, inp, cos, sin, positions, N, NH, HS, 1.f, interleaved);
 }
 
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, const int64_t* positions,
-                   int64_t N, int64_t NH, int64_t HS, int64_t) {
-  rotate(dinp, dout, cos, sin, positions, N, NH, HS, -1.f);
+                   int64_t N, int64_t NH, int64_t HS, int64_t, bool interleaved) {
+  rotate(dinp, dout, cos, sin, positions, N, NH, HS, -1.f, interleaved);
 }
 
 }  // namespace PT_NS

@@ -6,15 +6,15 @@ memory-mapped from the file (Linear.set_quantized, Embedding.set_quantized): the
 are allocated but never written, so loading costs the file's pages and the small float32 tensors (norms) only.
 
 GGUF files store the query and key projections of llama with their rows permuted (llama.cpp rotates adjacent
-pairs; Hugging Face's rotate_half rotates pairs HS/2 apart): the rows are put back in Hugging Face's order here,
-so one rotary convention serves both sources.
+pairs; Hugging Face's rotate_half rotates pairs HS/2 apart). The rows stay as stored (no copy) and the model
+rotates adjacent pairs (LlamaConfig.rope_interleaved): q and k permuted alike give the same attention scores.
+save_pretrained writes them back in Hugging Face's order (io/hf_llama.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
 from ..models.base import parameter_shapes, unwritten_parameters
 from ..models.llama import Llama, LlamaConfig
 from ..tokenizers.bpe import ByteLevelBPETokenizer
@@ -61,7 +61,7 @@ def config_from_metadata(md: dict, tensors: dict) -> LlamaConfig:
                        rms_norm_eps=_field(md, f"{a}.attention.layer_norm_rms_epsilon", float, 0.0, 1.0, 1e-5),
                        rope_theta=_field(md, f"{a}.rope.freq_base", float, 0.0, 1e12, 10000.0),
                        tie_word_embeddings="output.weight" not in tensors,
-                       head_dim=None if head_dim * n_head == n_embd else head_dim)
+                       head_dim=None if head_dim * n_head == n_embd else head_dim, rope_interleaved=True)
 
 
 def names(c: LlamaConfig) -> dict:
@@ -81,14 +81,6 @@ def names(c: LlamaConfig) -> dict:
     return out
 
 
-def unpermute_rows(n_head: int, rows: int) -> np.ndarray:
-    """Row order that undoes llama.cpp's permutation of a q or k projection: Hugging Face row (h, j, i) (head h,
-    half j, index i within the half) is GGUF row h * HS + 2 i + j."""
-    hs = rows // n_head
-    h, j, i = np.meshgrid(np.arange(n_head), np.arange(2), np.arange(hs // 2), indexing="ij")
-    return (h * hs + 2 * i + j).reshape(-1)
-
-
 def load_llama_gguf(path, mmap=True) -> Llama:
     """A Llama (eval mode) from a GGUF file, its matrices kept quantised; model.tokenizer from the metadata."""
     f = GGUFFile(path, mmap)
@@ -106,38 +98,11 @@ def load_llama_gguf(path, mmap=True) -> Llama:
         model = Llama(config)
     params = model.named_parameters_dict()
     layers = {name: m for name, m in _named_modules(model)}
-    weights, copied = {}, []
     for gguf_name, ours in mapping.items():
-        info = f.tensors[gguf_name]
-        if len(info.shape) == 1:
+        if len(f.tensors[gguf_name].shape) == 1:
             params[ours].data[...] = f.tensor(gguf_name)
-            continue
-        weight = f.quantized(gguf_name)
-        for proj, heads in (("q", config.n_head), ("k", config.n_kv_head)):
-            if gguf_name.endswith(f"attn_{proj}.weight"):
-                weight = ops.Quantized(weight.data[unpermute_rows(heads, weight.shape[0])], weight.qtype,
-                                       weight.shape)
-                copied.append(gguf_name)
-        weights[ours] = weight
-    # q|k|v and gate|up of one type are stacked once into one array here (their products then run as one, and the
-    # layers hold views of it): the file's pages of those tensors are never touched, so they cost no memory twice
-    for i in range(config.n_layer):
-        b = f"blocks.{i}."
-        for group in (("attn.sublayer.q", "attn.sublayer.k", "attn.sublayer.v"),
-                      ("ffn.sublayer.gate", "ffn.sublayer.up")):
-            names_ = [f"{b}{g}.weight" for g in group]
-            parts = [weights[n] for n in names_]
-            if len({p.qtype for p in parts}) == 1:
-                stacked = np.concatenate([p.data for p in parts])
-                copied += [g for g, o in mapping.items() if o in names_]
-                row = 0
-                for n, p in zip(names_, parts):
-                    weights[n] = ops.Quantized(stacked[row: row + p.shape[0]], p.qtype, p.shape)
-                    row += p.shape[0]
-    for ours, weight in weights.items():
-        layers[ours.rsplit(".", 1)[0]].set_quantized(weight)
-    for gguf_name in copied:  # read once to copy: the mapped originals need not stay resident
-        f.release(gguf_name)
+        else:  # the file's blocks, mapped: read as they are used, never copied
+            layers[ours.rsplit(".", 1)[0]].set_quantized(f.quantized(gguf_name))
     if config.tie_word_embeddings:
         model.lm_head.set_quantized(model.embed.quantized)
     try:

@@ -28,6 +28,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = True
     head_dim: int | None = None      # None: n_embd // n_head
+    rope_interleaved: bool = False   # q and k projection rows in llama.cpp's order (GGUF): rotary pairs (2i, 2i + 1)
 
     def __post_init__(self):
         hs = self.head_size
@@ -61,7 +62,7 @@ class Llama(CausalLM):
         c = self.config = config
         C, std = c.n_embd, 0.02
         self.embed = Embedding(c.vocab_size, C, std)
-        rope = Rotary(c.head_size, c.rope_theta, 256)  # one set of tables for every layer, grown on demand
+        rope = Rotary(c.head_size, c.rope_theta, 256, c.rope_interleaved)  # one table for every layer, grown on demand
         self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True, bias=False, std=std,
                                                             n_kv_head=c.n_kv_head, head_dim=c.head_dim, rope=rope),
                                     ffn=GatedFeedForward(C, c.intermediate_size, bias=False, std=std),
@@ -138,7 +139,8 @@ class Llama(CausalLM):
             layers.append((block.attn.ln.weight.data, attn._qkv.specs(), _spec(attn.o), block.ffn.ln.weight.data,
                            ffn._gate_up.specs(), _spec(ffn.down)))
         return _core.DecodePlan((c.n_embd, c.n_head, c.n_kv_head, c.head_size, c.intermediate_size, c.vocab_size),
-                                c.rms_norm_eps, layers, self.norm.weight.data, _spec(self.lm_head))
+                                c.rms_norm_eps, layers, self.norm.weight.data, _spec(self.lm_head),
+                                c.rope_interleaved)
 
     def set_weight_dtype(self, dtype: str) -> "Llama":
         self._plan = None  # (it points at the weights of the old dtype)

@@ -117,9 +117,11 @@ class MultiHeadAttention(Module):
         if self.rope is not None:
             positions = self._positions(x, positions, start)
             cos, sin = self.rope.tables(int(positions.max()))
-            _core.rope_forward(q, q, cos, sin, positions, B * T, NH, HS, cos.shape[0])
+            il = self.rope.interleaved
+            _core.rope_forward(q, q, cos, sin, positions, B * T, NH, HS, cos.shape[0], il)
             rotated = np.empty(k.shape, np.float32)
-            _core.rope_forward(rotated, np.ascontiguousarray(k), cos, sin, positions, B * T, NKV, HS, cos.shape[0])
+            _core.rope_forward(rotated, np.ascontiguousarray(k), cos, sin, positions, B * T, NKV, HS, cos.shape[0],
+                               il)
             k = rotated
         k_cache[:, start:end] = k
         v_cache[:, start:end] = v.reshape(B, T, NKV, HS)

@@ -158,10 +158,11 @@ def _fuse(layers):
         return (None if weight is None else weight.reshape(-1, IC)), None, bias
     if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
         return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
-    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: stacked (a view when they lie so)
-        data = _adjacent([m.narrow[0].data for m in layers])
-        data = np.concatenate([m.narrow[0].data for m in layers]) if data is None else \
-            data.reshape(-1, layers[0].narrow[0].data.shape[1])
+    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: one view when they lie back to back;
+        data = _adjacent([m.narrow[0].data for m in layers])  # never a copy (they are a mapped file's pages)
+        if data is None:
+            return None, None, None
+        data = data.reshape(-1, layers[0].narrow[0].data.shape[1])
         return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
     weight = np.concatenate([m.narrow[0] for m in layers])
     scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
@@ -409,12 +410,13 @@ class SinusoidalPositions(Module):
 
 
 class Rotary:
-    """Rotary positions (RoPE) for one attention layer's queries and keys (B, T, heads, head_dim), Hugging Face's
-    rotate_half layout, base theta; no parameters. The cos/sin tables (positions, head_dim / 2) are computed once
-    in float64 (rounded to float32) and grown when a longer position is asked for."""
+    """Rotary positions (RoPE) for one attention layer's queries and keys (B, T, heads, head_dim), base theta; no
+    parameters. Pairs (i, i + head_dim / 2) as Hugging Face's rotate_half, or (2i, 2i + 1) when interleaved (q and
+    k projections whose rows are in llama.cpp's order, as GGUF files store them). The cos/sin tables (positions,
+    head_dim / 2) are computed once in float64 (rounded to float32) and grown when a longer position is asked for."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048):
-        self.head_dim, self.base = head_dim, base
+    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048, interleaved: bool = False):
+        self.head_dim, self.base, self.interleaved = head_dim, base, interleaved
         self.cos, self.sin = ops.rope_tables(max(1, positions), head_dim, base)
 
     def tables(self, max_position):
@@ -428,10 +430,10 @@ class Rotary:
         if positions.size and positions.min() < 0:
             raise ValueError("positions must be >= 0")
         cos, sin = self.tables(int(positions.max()) if positions.size else 0)
-        return ops.rope_forward(x, cos, sin, positions, out=out)
+        return ops.rope_forward(x, cos, sin, positions, interleaved=self.interleaved, out=out)
 
     def backward(self, dout, positions):
-        return ops.rope_backward(dout, self.cos, self.sin, positions, dinp=dout)
+        return ops.rope_backward(dout, self.cos, self.sin, positions, interleaved=self.interleaved, dinp=dout)
 
 
 class Activation(Module):

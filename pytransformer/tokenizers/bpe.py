@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import sys
 import unicodedata
 from functools import lru_cache
 
@@ -177,6 +178,7 @@ def split_digits(text: str) -> list[str]:
 
 PRE_TOKENIZERS = ("gpt2", "smollm")
 
+
 # GGUF token types (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -190,8 +192,11 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
                  pre: str = "gpt2", bos_id=None, eos_id=None, eot_id=None, chat_template=None, add_bos=False):
         if pre not in PRE_TOKENIZERS:
             raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})")
+        # the merges' symbols are tokens already: one (interned) string object each, shared by every table
+        tokens = [sys.intern(t) for t in tokens]
+        merges = [(sys.intern(a), sys.intern(b)) for a, b in merges]
         super().__init__({t: i for i, t in enumerate(tokens)}, merges)
-        self.decoder = dict(enumerate(tokens))  # (ids are positions: a repeated token string keeps both ids)
+        self.decoder = list(tokens)  # id -> token (ids are positions: a repeated token string keeps both ids)
         self.special = dict(special or {})  # text -> id, matched literally before pre-tokenizing
         self._special_by_length = sorted(self.special, key=len, reverse=True)
         self._special_ids = set(self.special.values())
@@ -285,7 +290,10 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         from .chat import render_chat
 
         return render_chat(self.chat_template, messages, add_generation_prompt,
-                           bos_token=self.decoder.get(self.bos_id, ""), eos_token=self.decoder.get(self.eos_id, ""))
+                           bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id))
+
+    def _token(self, i):
+        return "" if i is None else self.decoder[i]
 
     @classmethod
     def from_gguf_metadata(cls, metadata: dict) -> "ByteLevelBPETokenizer":

@@ -188,3 +188,17 @@ def _named(module, prefix=""):
     for name, child in module.children():
         yield prefix + name, child
         yield from _named(child, f"{prefix}{name}.")
+
+
+def test_interleaved_rope_model_saves_in_hugging_face_order(tmp_path, rng):
+    """A model whose q and k rows are in llama.cpp's order (as loaded from GGUF) computes what its Hugging Face
+    save computes in transformers."""
+    model = Llama(LlamaConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=40,
+                              rope_interleaved=True, tie_word_embeddings=False), seed=4)
+    model.save_pretrained(tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).float().eval()
+    ids = rng.integers(0, 50, (2, 11))
+    with model.evaluating():
+        assert rel(model(ids), hf(torch.from_numpy(ids)).logits.detach().numpy()) < 1e-4
+    back = from_pretrained(tmp_path)  # (read back in Hugging Face's order)
+    assert not back.config.rope_interleaved and rel(back(ids), model(ids)) < 1e-5

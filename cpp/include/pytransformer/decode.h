@@ -32,6 +32,7 @@ struct DecodeLayer {
 struct DecodePlan {
   int64_t C, NH, NKV, HS, F, V;
   float eps;
+  bool interleaved = false;  // rotary pairs (2i, 2i + 1): q and k rows in llama.cpp's order (GGUF files)
   std::vector<DecodeLayer> layers;
   const float* final_norm;
   WeightRef head;

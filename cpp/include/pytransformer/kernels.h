@@ -36,12 +36,12 @@
   void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight, \
                         const float* rstd, int64_t N, int64_t C);                                            \
   /* rotary positions: inp, out (N, NH, HS) (out may be inp), row n at position positions[n] < P; cos, sin    \
-     (P, HS / 2) tables; pairs (i, i + HS / 2) rotated by the angle (the Hugging Face "rotate_half" form).    \
-     backward rotates dout by minus the angle. */                                                             \
+     (P, HS / 2) tables; pairs (i, i + HS / 2) rotated by the angle (the Hugging Face "rotate_half" form), or  \
+     pairs (2i, 2i + 1) when interleaved (llama.cpp's). backward rotates dout by minus the angle. */          \
   void rope_forward(float* out, const float* inp, const float* cos, const float* sin, const int64_t* positions, \
-                    int64_t N, int64_t NH, int64_t HS, int64_t P);                                           \
+                    int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved);                         \
   void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin,                     \
-                     const int64_t* positions, int64_t N, int64_t NH, int64_t HS, int64_t P);               \
+                     const int64_t* positions, int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved); \
   /* SwiGLU (Llama's gated feed-forward): out = silu(gate) * up, n elements; backward -> dgate, dup */        \
   void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);                            \
   void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,       \
