@@ -159,6 +159,25 @@ print(rss('VmHWM'), base)
     return peak, base
 
 
+def worker(args, path):
+    """Time one engine at one thread count (its own process: no other library's threads around) and print
+    {"decode", "prefill", "tokens"} as one JSON line."""
+    n = args.threads[0]
+    engine = {"pytransformer": lambda: Ours(path), "llama.cpp": lambda: LlamaCpp(path, args.prompt + args.new +
+                                                                                 args.prefill + 16),
+              "transformers": lambda: Transformers(path)}[args.worker]()
+    engine.set_threads(n)
+    tok = pytransformer.from_pretrained(path).tokenizer if args.worker != "pytransformer" else engine.model.tokenizer
+    short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
+    engine.generate(short, 4)  # warm-up
+    t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats)
+    out = {}
+    t_total = median_time(lambda: out.__setitem__("tokens", engine.generate(short, args.new)), args.repeats)
+    t_prefill = median_time(lambda: engine.prefill(long), args.repeats)
+    print(json.dumps({"decode": (args.new - 1) / (t_total - t_prompt), "prefill": args.prefill / t_prefill,
+                      "tokens": [int(t) for t in out["tokens"]]}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
@@ -169,55 +188,53 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-transformers", action="store_true", help="leave transformers out (slow to load)")
     ap.add_argument("--json", default="bench/results/llm.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # (one engine at one thread count, in its own process)
     ap.add_argument("--plot", action="store_true", help="also draw the JSON's PNG (needs matplotlib)")
     args = ap.parse_args()
     import limits
 
     path = args.model or default_model()
+    if args.worker:
+        return worker(args, path)
+    engines = ["pytransformer", "llama.cpp"] + ([] if args.no_transformers else ["transformers"])
     ours = Ours(path)
-    engines = [ours]
-    try:
-        engines.append(LlamaCpp(path, args.prompt + args.new + args.prefill + 16))
-    except ImportError:
-        print("# llama-cpp-python not installed (pip install '.[bench]'): llama.cpp left out")
-    if not args.no_transformers:
-        try:
-            engines.append(Transformers(path))
-        except ImportError:
-            print("# transformers/torch/gguf/accelerate not installed: transformers left out")
     tok = ours.model.tokenizer
-    short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     wbytes = weight_bytes(ours.model)
+    del ours
     info = pytransformer.cpu_info()
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}; {os.path.basename(path)} "
           f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
-          f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}")
+          f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}; each engine in its own process")
     rows = []
     for n in args.threads:
         bw = limits.read_bandwidth(n)
         row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / wbytes}
         tokens = {}
-        for e in engines:
-            e.set_threads(n)
-            e.generate(short, 4)  # warm-up
-            t_prompt = median_time(lambda: e.generate(short, 1), args.repeats)
-            t_total = median_time(lambda: tokens.__setitem__(e.name, e.generate(short, args.new)), args.repeats)
-            t_prefill = median_time(lambda: e.prefill(long), args.repeats)
-            row[f"{e.name}_decode_tok_s"] = (args.new - 1) / (t_total - t_prompt)
-            row[f"{e.name}_prefill_tok_s"] = args.prefill / t_prefill
-        for e in engines[1:]:  # how many leading greedy tokens agree with ours
-            same = np.cumprod(tokens[e.name][:args.new] == tokens["pytransformer"][:args.new])
-            row[f"same_tokens_as_{e.name}"] = int(same.sum())
+        for name in list(engines):
+            cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
+                   "--new", str(args.new), "--prefill", str(args.prefill), "--repeats", str(args.repeats),
+                   "--model", path]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+            if r.returncode or not lines:
+                print(f"# {name} left out: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+                engines.remove(name)
+                continue
+            result = json.loads(lines[-1])
+            row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = result["decode"], result["prefill"]
+            tokens[name] = np.array(result["tokens"])
+        for name in engines[1:]:  # how many leading greedy tokens agree with ours
+            row[f"same_tokens_as_{name}"] = int(np.cumprod(tokens[name] == tokens["pytransformer"]).sum())
         rows.append(row)
         line = (f"threads {n}: decode ours {row['pytransformer_decode_tok_s']:.1f} tok/s "
                 f"({100 * row['pytransformer_decode_tok_s'] / row['bound_tok_s']:.0f}% of the "
                 f"{row['bound_tok_s']:.0f} tok/s bound at {bw:.1f} GB/s), prefill {row['pytransformer_prefill_tok_s']:.0f} tok/s")
-        for e in engines[1:]:
-            d, p = row[f"{e.name}_decode_tok_s"], row[f"{e.name}_prefill_tok_s"]
-            line += (f"; {e.name} decode {d:.1f} ({row['pytransformer_decode_tok_s'] / d:.2f}x), prefill {p:.0f} "
-                     f"({row['pytransformer_prefill_tok_s'] / p:.2f}x), first {row[f'same_tokens_as_{e.name}']} "
+        for name in engines[1:]:
+            d, p = row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]
+            line += (f"; {name} decode {d:.1f} ({row['pytransformer_decode_tok_s'] / d:.2f}x), prefill {p:.0f} "
+                     f"({row['pytransformer_prefill_tok_s'] / p:.2f}x), first {row[f'same_tokens_as_{name}']} "
                      f"greedy tokens equal")
-        print(line)
+        print(line, flush=True)
     peak, base = peak_rss(path, args.new)
     size = os.path.getsize(path) / 2**20
     print(f"peak RSS loading and generating: {peak:.0f} MiB ({peak / size:.2f}x the {size:.0f} MiB file); after "
@@ -226,11 +243,11 @@ def main():
     print("\n| threads | engine | decode tok/s | prefill tok/s | ours / engine (decode, prefill) |")
     print("|---|---|---|---|---|")
     for row in rows:
-        for e in engines:
-            d, p = row[f"{e.name}_decode_tok_s"], row[f"{e.name}_prefill_tok_s"]
-            ratio = "" if e is ours else (f"{row['pytransformer_decode_tok_s'] / d:.2f}x, "
-                                          f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
-            print(f"| {row['threads']} | {e.name} | {d:.1f} | {p:.0f} | {ratio} |")
+        for name in engines:
+            d, p = row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]
+            ratio = "" if name == "pytransformer" else (f"{row['pytransformer_decode_tok_s'] / d:.2f}x, "
+                                                        f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
+            print(f"| {row['threads']} | {name} | {d:.1f} | {p:.0f} | {ratio} |")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
@@ -238,7 +255,7 @@ def main():
                        "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
                        "file_MiB": size, "rows": rows}, f, indent=1)
         if args.plot:
-            plot(rows, [e.name for e in engines], os.path.splitext(args.json)[0] + ".png", args, os.path.basename(path))
+            plot(rows, engines, os.path.splitext(args.json)[0] + ".png", args, os.path.basename(path))
 
 
 def plot(rows, names, path, args, model):

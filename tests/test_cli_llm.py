@@ -34,7 +34,7 @@ def test_generate_streams_the_greedy_continuation(tmp_path):
 
 
 def test_chat_keeps_the_conversation(tmp_path):
-    r = cli("chat", MODEL, "--temperature", "0", "-n", "40", cwd=tmp_path,
+    r = cli("chat", "smollm2", "--temperature", "0", "-n", "40", cwd=tmp_path,  # (the packaged model by name)
             input="What is the capital of France? One word.\nAnd of Italy? One word.\n")
     assert r.returncode == 0, r.stderr
     lines = [line for line in stdout(r).splitlines() if line.strip()]
