@@ -694,6 +694,10 @@ CASES = [
       for Bt, NH, NKV, Tq, Tk, HS in [(1, 9, 3, 17, 17, 64), (2, 4, 1, 1, 130, 17), (1, 6, 2, 130, 65, 16),
                                       (2, 4, 2, 65, 65, 8)]
       for causal in (False, True) for masked in (False, True)],
+    # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
+    *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
+      for NH, Tq, Tk, HS in [(1, 1, 3000, 64), (1, 2, 1100, 17), (2, 1, 4099, 8)]
+      for causal in (False, True) for masked in (False, True)],
     *[case("rmsnorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (64, 576), (130, 1024)]],
     *[case("rope", CHECK if (Bt, Tt, NH, HS) == (2, 5, 3, 8) else TEST, B=Bt, T=Tt, NH=NH, HS=HS, P=P, base=base,

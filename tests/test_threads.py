@@ -138,3 +138,27 @@ def test_a_busy_machine_caps_kernels_at_one_thread_and_a_quiet_one_lets_them_go(
         lifted = not pytransformer.cpu_info()["capped_by_load"]
         time.sleep(0.05)
     assert lifted, "the machine is quiet again, yet kernels stay on one thread"
+
+
+def test_split_key_attention_equals_one_thread(rng):
+    """One query over a long cache with fewer heads than threads splits the keys across threads (split-K, merged
+    by log-sum-exp): the same output as one thread within float32 rounding, masks and causality included."""
+    from pytransformer import ops, reference
+
+    q = rng.standard_normal((1, 1, 1, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 1, 5000, 64)).astype(np.float32) for _ in range(2))
+    mask = rng.random((1, 5000)) > 0.2
+    mask[0, :3000] = False  # a whole chunk of hidden keys
+    before = pytransformer.get_num_threads()
+    try:
+        results = []
+        for n in (1, 4):
+            pytransformer.set_num_threads(n)
+            results.append(ops.attention_forward(q, k, v, True, mask))
+    finally:
+        pytransformer.set_num_threads(before)
+    (o1, l1), (o4, l4) = results
+    want, lse = reference.attention_forward(q, k, v, True, mask)
+    for o, l in results:
+        assert np.abs(o - want).max() < 2e-5 * np.abs(want).max() and np.abs(l - lse).max() < 2e-5 * np.abs(lse).max()
+    np.testing.assert_allclose(o4, o1, rtol=1e-5, atol=1e-6)

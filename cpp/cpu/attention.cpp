@@ -207,6 +207,93 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
   }
 }
 
+// Fewer (sequence, head, query) rows than threads (one sequence decoding with few heads on many cores): each
+// row's keys are split into chunks across the threads (split-K), each chunk giving its running max m, sum l and
+// unnormalised output; the chunks are then merged with their log-sum-exp weights: M = max m_c,
+// L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L.
+constexpr int64_t kSplitKeys = 256;  // keys per chunk at least
+
+static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
+                                 const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                                 int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+  const int64_t nt = threads(), rows = B * NH * Tq;
+  if (rows >= nt || Tk < 2 * kSplitKeys || B * NH * Tq * Tk * HS < kParallelMacs / 4) return false;
+  const int64_t chunks = std::min<int64_t>((nt + rows - 1) / rows, Tk / kSplitKeys);
+  const int64_t csize = (Tk + chunks - 1) / chunks;
+  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
+  const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), offset = Tk - Tq;
+  const int64_t part = HS + 2;  // o (HS), m, l
+  static thread_local ScratchBuffer parts_buf;
+  float* parts = parts_buf.floats((size_t)(rows * chunks * part));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < rows * chunks; t++) {
+    const int64_t row = t / chunks, c = t % chunks;
+    const int64_t bh = row / Tq, i = row % Tq, b = bh / NH, h = bh % NH;
+    const float* Q = q + heads.offset(b, h, Tq) + i * rs;
+    const float* K = k + kv_heads.offset(b, h / group, Tkv);
+    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
+    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
+    const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
+    const int64_t j0 = c * csize, j1 = std::min(kend, j0 + csize);
+    float* P = parts + t * part;
+    static thread_local ScratchBuffer buf;
+    float* sc = buf.floats((size_t)std::max<int64_t>(j1 - j0, 1) + W);
+    float m = kNegInf;
+    for (int64_t j = j0; j < j1; j++) {
+      float s = kNegInf;
+      if (!mask || mask[j]) {
+        V acc = zero();
+        for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(K + j * kv_rs + d, HS - d), acc);
+        s = reduce_add(acc) * scale;
+      }
+      sc[j - j0] = s;
+      m = std::max(m, s);
+    }
+    float l = 0.f;
+    for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
+    if (m != kNegInf) {
+      for (int64_t j = j0; j < j1; j++) {
+        const float p = sc[j - j0] == kNegInf ? 0.f : std::exp(sc[j - j0] - m);
+        sc[j - j0] = p;
+        l += p;
+      }
+      for (int64_t d = 0; d < HS; d += W) {
+        const int64_t nd = std::min<int64_t>(W, HS - d);
+        V acc = zero();
+        for (int64_t j = j0; j < j1; j++)
+          if (sc[j - j0] != 0.f) acc = fma(set1(sc[j - j0]), loadn(Vv + j * kv_rs + d, nd), acc);
+        storen(P + d, acc, nd);
+      }
+    }
+    P[HS] = m;
+    P[HS + 1] = l;
+  }
+  for (int64_t row = 0; row < rows; row++) {  // merge the chunks of each row
+    const int64_t bh = row / Tq, i = row % Tq, b = bh / NH, h = bh % NH;
+    float* O = out + heads.offset(b, h, Tq) + i * rs;
+    const float* P = parts + row * chunks * part;
+    float M = kNegInf;
+    for (int64_t c = 0; c < chunks; c++) M = std::max(M, P[c * part + HS]);
+    if (M == kNegInf) {  // no visible key: zeros, as the other paths
+      for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
+      lse[bh * Tq + i] = kNegInf;
+      continue;
+    }
+    float L = 0.f;
+    for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
+    for (int64_t c = 0; c < chunks; c++) {
+      const float mc = P[c * part + HS];
+      if (mc == kNegInf) continue;
+      const float w = std::exp(mc - M);
+      L += P[c * part + HS + 1] * w;
+      for (int64_t d = 0; d < HS; d++) O[d] += P[c * part + d] * w;
+    }
+    for (int64_t d = 0; d < HS; d++) O[d] /= L;
+    lse[bh * Tq + i] = M + std::log(L);
+  }
+  return true;
+}
+
 // Forward works on transposed tiles so that the online softmax runs across queries, W rows per vector, with no
 // horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
 // V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
@@ -214,8 +301,10 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                        int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
-  if (Tq <= kRowQueries)
+  if (Tq <= kRowQueries) {
+    if (attention_rows_split(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd)) return;
     return attention_rows(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
+  }
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), group = NH / NKV;
   const int64_t offset = Tk - Tq;
