@@ -268,26 +268,28 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("crossentropy_forward", [](O losses, O lse, O logits, O targets, int64_t N, int64_t V,
-                                   int64_t ignore_index) {
+                                   int64_t ignore_index, float smoothing) {
     check_nonneg({N, V});
     float* l = array_data<float>(losses, "losses", N, true);
     float* s = array_data<float>(lse, "lse", N, true);
     const float* x = array_data<float>(logits, "logits", N * V);
     const int64_t* t = array_data<int64_t>(targets, "targets", N);
     check_ids(t, N, V, "targets", true, ignore_index);
+    if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
     py::gil_scoped_release nogil;
-    return K().crossentropy_forward(l, s, x, t, N, V, ignore_index);
+    return K().crossentropy_forward(l, s, x, t, N, V, ignore_index, smoothing);
   });
   m.def("crossentropy_backward", [](O dlogits, O logits, O lse, O targets, float dloss, int64_t N, int64_t V,
-                                    int64_t ignore_index) {
+                                    int64_t ignore_index, float smoothing) {
     check_nonneg({N, V});
     float* dx = array_data<float>(dlogits, "dlogits", N * V, true);
     const float* x = array_data<float>(logits, "logits", N * V);
     const float* s = array_data<float>(lse, "lse", N);
     const int64_t* t = array_data<int64_t>(targets, "targets", N);
     check_ids(t, N, V, "targets", true, ignore_index);
+    if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
     py::gil_scoped_release nogil;
-    K().crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index);
+    K().crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index, smoothing);
   });
 
   m.def("embedding_forward", [](O out, O ids, O table, int64_t N, int64_t V, int64_t C) {

@@ -261,7 +261,7 @@ class Softmax(Op):
 
 
 class CrossEntropy(Op):
-    floors = {"loss": 1.0}
+    floors = {"loss": 1.0, "losses": 1.0}  # (V = 1: every loss is 0, what is left is rounding)
 
     def make(self, rng, s, o):
         N, V = s["N"], s["V"]
@@ -271,14 +271,16 @@ class CrossEntropy(Op):
         return {"logits": f32(rng, N, V, scale=4.0), "targets": targets}
 
     def ours(self, x, o):
-        loss, losses, lse = ops.crossentropy_forward(x["logits"], x["targets"])
+        eps = o.get("smoothing", 0.0)
+        loss, losses, lse = ops.crossentropy_forward(x["logits"], x["targets"], label_smoothing=eps)
         return {"loss": loss, "losses": losses, "lse": lse,
-                "dlogits": ops.crossentropy_backward(x["logits"], x["targets"], lse, 0.5)}
+                "dlogits": ops.crossentropy_backward(x["logits"], x["targets"], lse, 0.5, label_smoothing=eps)}
 
     def reference(self, x, o):
-        loss, losses, lse = ref.crossentropy_forward(x["logits"], x["targets"])
+        eps = o.get("smoothing", 0.0)
+        loss, losses, lse = ref.crossentropy_forward(x["logits"], x["targets"], label_smoothing=eps)
         return {"loss": loss, "losses": losses, "lse": lse,
-                "dlogits": ref.crossentropy_backward(x["logits"], x["targets"], lse, 0.5)}
+                "dlogits": ref.crossentropy_backward(x["logits"], x["targets"], lse, 0.5, label_smoothing=eps)}
 
     def calls(self, x, o):
         N = len(x["targets"])
@@ -678,8 +680,8 @@ CASES = [
     *[case("relu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
     *[case("softmax", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768), (4, 50304)]],
-    *[case("crossentropy", CHECK if (N, V) == (17, 65) else TEST, N=N, V=V)
-      for N, V in [(1, 1), (3, 17), (17, 65), (64, 1000), (5, 50304)]],
+    *[case("crossentropy", CHECK if (N, V, eps) == (17, 65, 0.0) else TEST, N=N, V=V, smoothing=eps)
+      for N, V in [(1, 1), (3, 17), (17, 65), (64, 1000), (5, 50304)] for eps in (0.0, 0.1)],
     *[case("embedding", CHECK if (N, V, Ch) == (65, 10, 63) else TEST, N=N, V=V, C=Ch)
       for N, V, Ch in [(1, 1, 1), (3, 5, 17), (65, 10, 63), (130, 7, 130), (4096, 50, 768)]],
     case("residual", CHECK, n=195),

@@ -208,9 +208,10 @@ def softmax_backward(dout, out, *, dinp=None):
     return dinp
 
 
-def crossentropy_forward(logits, targets, ignore_index=-100, *, losses=None, lse=None):
+def crossentropy_forward(logits, targets, ignore_index=-100, *, label_smoothing=0.0, losses=None, lse=None):
     """Mean cross-entropy of logits (N, V) against int64 targets (N,), rows with target == ignore_index left
-    out (NaN when every row is) -> (loss, losses (N,), lse (N,))."""
+    out (NaN when every row is) -> (loss, losses (N,), lse (N,)). label_smoothing eps: the target distribution is
+    (1 - eps) onehot + eps / V (torch's label_smoothing; the 2017 paper used 0.1)."""
     d = {}
     array(logits, "logits", ("N", "V"), d)
     array(targets, "targets", ("N",), d, I64)
@@ -218,11 +219,13 @@ def crossentropy_forward(logits, targets, ignore_index=-100, *, losses=None, lse
     reads = [("logits", logits), ("targets", targets)]
     losses = output(losses, "losses", (d["N"],), reads)
     lse = output(lse, "lse", (d["N"],), reads + [("losses", losses)])
-    loss = _core.crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index)
+    eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+    loss = _core.crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index, eps)
     return loss, losses, lse
 
 
-def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *, dlogits=None):
+def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *, label_smoothing=0.0,
+                          dlogits=None):
     """dlogits (N, V) of the mean loss times dloss; dlogits may be logits itself (in place)."""
     d = {}
     array(logits, "logits", ("N", "V"), d)
@@ -232,7 +235,8 @@ def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *,
     ignore_index = integer(ignore_index, "ignore_index")
     dlogits = output(dlogits, "dlogits", logits.shape, [("logits", logits), ("targets", targets), ("lse", lse)],
                      same=("logits",))
-    _core.crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index)
+    eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+    _core.crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index, eps)
     return dlogits
 
 

@@ -96,3 +96,12 @@ def cosine_lr(step: int, max_lr: float, warmup: int, total: int, min_lr: float =
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def inverse_sqrt_lr(step: int, d_model: int, warmup: int = 4000, factor: float = 1.0) -> float:
+    """"Attention Is All You Need", section 5.3: lr = factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5),
+    rising linearly for `warmup` steps, then falling as 1 / sqrt(step) (step counts from 1; step 0 is taken as 1)."""
+    if d_model < 1 or warmup < 1:
+        raise ValueError(f"d_model and warmup must be >= 1, got {d_model}, {warmup}")
+    step = max(int(step), 1)
+    return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)

@@ -120,26 +120,30 @@ def softmax_backward(dout, out):
     return out * (g - (g * out).sum(-1, keepdims=True))
 
 
-def crossentropy_forward(logits, targets, ignore_index=-100):
-    """Mean over rows whose target != ignore_index. -> loss, losses (N,), lse (N,)."""
+def crossentropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):
+    """Mean over rows whose target != ignore_index of -sum_j q_j log softmax(x)_j with the target distribution
+    q = (1 - eps) onehot + eps / V (eps = label_smoothing). -> loss, losses (N,), lse (N,)."""
     x = np.asarray(logits, np.float64)
     m = x.max(-1, keepdims=True)
     lse = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
     valid = targets != ignore_index
     safe = np.where(valid, targets, 0)
-    losses = np.where(valid, lse - x[np.arange(len(x)), safe], 0.0)
+    eps = label_smoothing
+    per_row = lse - (1 - eps) * x[np.arange(len(x)), safe] - eps * x.mean(-1) if len(x) else lse
+    losses = np.where(valid, per_row, 0.0)
     lse = np.where(valid, lse, 0.0)
     loss = losses.sum() / valid.sum() if valid.any() else float("nan")
     return loss, losses, lse
 
 
-def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100):
+def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, label_smoothing=0.0):
     """dlogits (N, V) of the mean loss times dloss, from the forward's lse; ignored rows get 0."""
     x = np.asarray(logits, np.float64)
     valid = targets != ignore_index
     count = valid.sum()
-    grad = np.exp(x - np.asarray(lse, np.float64)[:, None])
-    grad[np.arange(len(x))[valid], targets[valid]] -= 1.0
+    eps = label_smoothing
+    grad = np.exp(x - np.asarray(lse, np.float64)[:, None]) - eps / max(x.shape[-1], 1)
+    grad[np.arange(len(x))[valid], targets[valid]] -= 1.0 - eps
     grad[~valid] = 0.0
     return grad * (dloss / count if count else 0.0)
 

@@ -212,3 +212,14 @@ def test_rope_matches_transformers_llama_rotary(torch, isa, rng):
     cos, sin = ops.rope_tables(T + 5, HS, base)
     assert_close(ops.rope_forward(x, cos, sin, pos), ty.detach().numpy().transpose(0, 2, 1, 3), TOL, "out")
     assert_close(ops.rope_backward(g, cos, sin, pos), tx.grad.numpy().transpose(0, 2, 1, 3), TOL, "dinp")
+
+
+def test_label_smoothing_matches_torch(torch, isa, rng):
+    x, t = f32(rng, 9, 50, scale=3.0), rng.integers(0, 50, 9)
+    t[2] = -100
+    tx = t64(torch, x)
+    tl = torch.nn.functional.cross_entropy(tx, torch.from_numpy(t), ignore_index=-100, label_smoothing=0.1)
+    tl.backward()
+    loss, _, lse = ops.crossentropy_forward(x, t, label_smoothing=0.1)
+    assert abs(loss - tl.item()) < 1e-5 * abs(tl.item())
+    assert_close(ops.crossentropy_backward(x, t, lse, label_smoothing=0.1), tx.grad.numpy(), TOL, "dlogits")

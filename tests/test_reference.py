@@ -181,3 +181,10 @@ def test_interleaved_rope_is_rotate_half_on_permuted_rows(r):
     np.testing.assert_allclose(ref.rope_forward(x[..., perm], cos, sin, pos, True),
                                ref.rope_forward(x, cos, sin, pos)[..., perm], rtol=1e-12)
     check(lambda: (ref.rope_forward(x, cos, sin, pos, True) * g).sum(), x, ref.rope_backward(g, cos, sin, pos, True))
+
+
+def test_label_smoothed_crossentropy_backward_matches_finite_differences(r):
+    x, t = r.standard_normal((4, 7)), np.array([1, -100, 6, 0])
+    _, _, lse = ref.crossentropy_forward(x, t, label_smoothing=0.1)
+    check(lambda: ref.crossentropy_forward(x, t, label_smoothing=0.1)[0], x,
+          ref.crossentropy_backward(x, t, lse, label_smoothing=0.1))

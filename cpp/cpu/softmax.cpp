@@ -2,6 +2,8 @@
 #include <limits>
 #include <vector>
 
+#include <algorithm>
+
 #include "simd.h"
 
 namespace pt {
@@ -102,10 +104,11 @@ void softmax_backward(float* dinp, const float* out, const float* dout, int64_t 
   }
 }
 
-// losses (N): lse - logits[target] (0 where target == ignore_index); lse (N) saved (0 where ignored).
-// Returns the mean over rows that count (NaN when none does, as torch).
+// losses (N): lse - (1 - eps) logits[target] - eps mean(logits) (eps = label smoothing: the target distribution
+// is (1 - eps) onehot + eps / V, as torch's label_smoothing); 0 where target == ignore_index; lse (N) saved (0
+// where ignored). Returns the mean over rows that count (NaN when none does, as torch).
 double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets, int64_t N,
-                            int64_t vocab, int64_t ignore_index) {
+                            int64_t vocab, int64_t ignore_index, float smoothing) {
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     if (targets[n] == ignore_index) {
@@ -118,7 +121,13 @@ double crossentropy_forward(float* losses, float* lse, const float* logits, cons
     float m = row_max(x, vocab);
     float l = m + std::log(row_exp_shifted(nullptr, x, m, vocab));
     lse[n] = l;
-    losses[n] = l - x[targets[n]];
+    if (smoothing == 0.f) {
+      losses[n] = l - x[targets[n]];
+    } else {
+      V acc = zero();
+      for (int64_t i = 0; i < vocab; i += W) acc = add(acc, loadn(x + i, std::min<int64_t>(W, vocab - i)));
+      losses[n] = l - (1.f - smoothing) * x[targets[n]] - smoothing * reduce_add(acc) / (float)vocab;
+    }
   }
   // the mean in row order, whatever the thread count (a parallel reduction's order would depend on it)
   double total = 0.0;
@@ -131,10 +140,10 @@ double crossentropy_forward(float* losses, float* lse, const float* logits, cons
   return count ? total / (double)count : std::numeric_limits<double>::quiet_NaN();
 }
 
-// dlogits (N, V) = (softmax(logits) - onehot(target)) * dloss / count; rows that are ignored get 0.
-// dlogits may be the logits buffer itself (each row is read before it is written).
+// dlogits (N, V) = (softmax(logits) - (1 - eps) onehot(target) - eps / V) * dloss / count; rows that are ignored
+// get 0. dlogits may be the logits buffer itself (each row is read before it is written).
 void crossentropy_backward(float* dlogits, const float* logits, const float* lse, const int64_t* targets,
-                           float dloss, int64_t N, int64_t vocab, int64_t ignore_index) {
+                           float dloss, int64_t N, int64_t vocab, int64_t ignore_index, float smoothing) {
   int64_t count = 0;
   for (int64_t n = 0; n < N; n++) count += targets[n] != ignore_index;
   const float scale = count ? dloss / (float)count : 0.f;
@@ -147,12 +156,12 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
       continue;
     }
     if (n + 1 < N) prefetch_row(x + vocab, vocab);
-    const V l = set1(lse[n]), s = set1(scale);
+    const V l = set1(lse[n]), s = set1(scale), uniform = set1(smoothing / (float)vocab);
     for (int64_t i = 0; i < vocab; i += W) {
       int64_t r = vocab - i < W ? vocab - i : W;
-      storen(dx + i, mul(exp(sub(loadn(x + i, r), l)), s), r);
+      storen(dx + i, mul(sub(exp(sub(loadn(x + i, r), l)), uniform), s), r);
     }
-    dx[targets[n]] -= scale;
+    dx[targets[n]] -= scale * (1.f - smoothing);
   }
 }
 

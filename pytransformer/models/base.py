@@ -207,10 +207,16 @@ def check_ids(ids, name, max_T=None):
 
 
 class CrossEntropyHead:
-    """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored. With keep (the model's
-    keeps_state) it keeps what the backward needs and writes dlogits in place over the logits."""
+    """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored, optionally label-smoothed
+    (the target distribution (1 - eps) onehot + eps / V). With keep (the model's keeps_state) it keeps what the
+    backward needs and writes dlogits in place over the logits."""
 
     _saved = None
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = label_smoothing
 
     def loss(self, logits, targets, ignore_index=-100, keep=True):
         V = logits.shape[-1]
@@ -222,7 +228,8 @@ class CrossEntropyHead:
                              f"{tuple(targets.shape)}")
         flat_logits = logits.reshape(-1, V)
         flat_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
-        loss, _, lse = ops.crossentropy_forward(flat_logits, flat_targets, ignore_index)
+        loss, _, lse = ops.crossentropy_forward(flat_logits, flat_targets, ignore_index,
+                                                label_smoothing=self.label_smoothing)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}: non-finite logits, or every target is ignore_index")
         if keep:  # (a loss under evaluating() leaves a pending training step's state alone)
@@ -235,7 +242,8 @@ class CrossEntropyHead:
             raise RuntimeError("backward() needs a loss() first, once per backward()")
         logits, targets, lse, ignore, shape = self._saved
         self._saved = None  # dlogits now sit where the logits were: a second backward() has nothing to use
-        ops.crossentropy_backward(logits, targets, lse, dloss, ignore, dlogits=logits)
+        ops.crossentropy_backward(logits, targets, lse, dloss, ignore, label_smoothing=self.label_smoothing,
+                                  dlogits=logits)
         return logits.reshape(shape)
 
 

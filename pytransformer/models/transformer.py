@@ -29,6 +29,7 @@ class TransformerConfig:
     max_len: int = 512
     share_embeddings: bool = False  # one table for source and target (needs equal vocabularies)
     layer_norm_eps: float = 1e-5
+    label_smoothing: float = 0.0    # the paper trained with 0.1 (section 5.4)
 
     def to_dict(self):
         return asdict(self)
@@ -66,7 +67,7 @@ class Transformer(Model):
                                      cross=MultiHeadAttention(C, c.n_head))
                         for _ in range(c.n_decoder_layers)]
         self.out = TiedLMHead(self.tgt_emb.weight)  # the output projection shares the target embedding
-        self.head = CrossEntropyHead()
+        self.head = CrossEntropyHead(c.label_smoothing)
         self.scale = np.float32(math.sqrt(c.d_model))
         self._build(seed)
 

@@ -60,12 +60,13 @@
   /* softmax over the last axis of (N, C) */                                                                  \
   void softmax_forward(float* out, const float* inp, int64_t N, int64_t C);                                  \
   void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C);             \
-  /* losses (N) per row (0 where ignored), lse (N) log-sum-exp saved; returns the mean over counted rows */   \
+  /* losses (N) per row (0 where ignored), lse (N) log-sum-exp saved; returns the mean over counted rows;     \
+     smoothing eps: targets (1 - eps) onehot + eps / V (label smoothing, 0: none) */                         \
   double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets,        \
-                              int64_t N, int64_t V, int64_t ignore_index);                                   \
+                              int64_t N, int64_t V, int64_t ignore_index, float smoothing);                  \
   /* dlogits (N, V) = d(mean loss)/dlogits * dloss; dlogits may be the logits buffer itself */                \
   void crossentropy_backward(float* dlogits, const float* logits, const float* lse, const int64_t* targets,  \
-                             float dloss, int64_t N, int64_t V, int64_t ignore_index);                       \
+                             float dloss, int64_t N, int64_t V, int64_t ignore_index, float smoothing);      \
   /* out (N, C) = table (V, C)[ids (N)]; dtable += scatter of dout (N, C), repeated ids accumulate */         \
   void embedding_forward(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V,           \
                          int64_t C);                                                                         \
