@@ -10,6 +10,8 @@ from . import __version__, _runtime, selfcheck
 
 
 def cmd_info(args) -> int:
+    if args.gpt3:
+        return _gpt3_table()
     if args.model:
         return _model_info(args.model)
     info = _runtime.cpu_info()
@@ -87,6 +89,22 @@ def load_language_model(path, need_tokenizer=True):
         why = getattr(model, "tokenizer_error", "the folder has no tokenizer pytransformer reads")
         raise UsageError(f"{path}: no tokenizer ({why})")
     return model, tokenizer
+
+
+def _gpt3_table() -> int:
+    from .models import gpt3_table
+
+    print("GPT-3 (Brown et al. 2020, Table 2.1), parameters counted from the configs; vocabulary 50,257, context 2,048")
+    print(f"{'model':<12} {'parameters':>15} {'(paper)':>8} {'layers':>6} {'d_model':>7} {'heads':>5} {'d_head':>6} "
+          f"{'batch tokens':>12} {'lr':>8}")
+    for r in gpt3_table():
+        paper = r["paper_parameters"]
+        paper = f"{paper / 1e9:.1f}B" if paper >= 1e9 else f"{paper / 1e6:.0f}M"
+        print(f"{r['name']:<12} {r['parameters']:>15,} {paper:>8} {r['n_layer']:>6} {r['d_model']:>7} "
+              f"{r['n_head']:>5} {r['d_head']:>6} {r['batch_tokens'] / 1e6:>11.1f}M {r['learning_rate']:>8.1e}")
+    print("13B: the paper prints d_model 5140, which is not 40 heads x 128; the preset uses 5120 (= 40 x 128). XL: "
+          "24 heads of 128 would not fit d_model 2048; the preset uses 16 (see models/gpt.py).")
+    return 0
 
 
 def _model_info(path) -> int:
@@ -538,6 +556,7 @@ def build_parser():
     p = sub.add_parser("info", help="print the machine, ISA and threads, then self-check every kernel; or, given a "
                        "MODEL, its architecture, sizes and tensor types")
     p.add_argument("model", nargs="?", help="a GGUF file or a Hugging Face folder")
+    p.add_argument("--gpt3", action="store_true", help="print the GPT-3 paper's size table computed from the presets")
     p.set_defaults(func=cmd_info)
     for name, helptext in (("generate", "continue a prompt with a language model (GGUF file or Hugging Face "
                                         "folder), printing the text as it is generated"),

@@ -59,6 +59,25 @@ GPT_PRESETS = {
     "gpt3-175b": GPTConfig(50257, 2048, 96, 96, 12288, head_dim=128),
 }
 
+# The rest of Table 2.1: (parameters as printed, batch size in tokens, learning rate), per GPT-3 preset.
+GPT3_TRAINING = {
+    "gpt3-small": (125e6, 0.5e6, 6.0e-4), "gpt3-medium": (350e6, 0.5e6, 3.0e-4),
+    "gpt3-large": (760e6, 0.5e6, 2.5e-4), "gpt3-xl": (1.3e9, 1e6, 2.0e-4), "gpt3-2.7b": (2.7e9, 1e6, 1.6e-4),
+    "gpt3-6.7b": (6.7e9, 2e6, 1.2e-4), "gpt3-13b": (13.0e9, 2e6, 1.0e-4), "gpt3-175b": (175.0e9, 3.2e6, 0.6e-4),
+}
+
+
+def gpt3_table() -> list[dict]:
+    """Table 2.1 of the GPT-3 paper computed from the presets: each row's parameter count is counted from the
+    config (nothing allocated) beside the paper's, with its shape and training batch and learning rate."""
+    rows = []
+    for name, (paper, batch, lr) in GPT3_TRAINING.items():
+        c = GPT_PRESETS[name]
+        rows.append({"name": name, "parameters": c.num_params(), "paper_parameters": paper, "n_layer": c.n_layer,
+                     "d_model": c.n_embd, "n_head": c.n_head, "d_head": c.head_dim, "batch_tokens": batch,
+                     "learning_rate": lr})
+    return rows
+
 
 class GPT(CausalLM):
     """forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean cross-entropy; backward()."""

@@ -375,22 +375,31 @@ class LearnedPositions(Module):
         return dout
 
 
-def sinusoidal_table(T: int, C: int) -> np.ndarray:
-    """PE[pos, 2i] = sin(pos / 10000^(2i/C)), PE[pos, 2i+1] = cos(...) (Vaswani et al., 2017)."""
+def sinusoidal_table(T: int, C: int, layout: str = "interleaved") -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/C)), PE[pos, 2i+1] = cos(...): sine and cosine interleaved, as the paper's
+    formula (Vaswani et al., 2017). layout="halves": every sine first, then every cosine (how some explainers draw
+    it, and tensor2tensor's code); the same columns up to a fixed permutation of the channels."""
+    if layout not in ("interleaved", "halves"):
+        raise ValueError(f"layout must be 'interleaved' or 'halves', got {layout!r}")
     pos = np.arange(T)[:, None]
     i = np.arange(0, C, 2)[None, :]
     angle = pos / np.power(10000.0, i / C)
     table = np.zeros((T, C))
-    table[:, 0::2] = np.sin(angle)
-    table[:, 1::2] = np.cos(angle[:, : C // 2])
+    if layout == "halves":
+        half = (C + 1) // 2
+        table[:, :half] = np.sin(angle)
+        table[:, half:] = np.cos(angle[:, : C // 2])
+    else:
+        table[:, 0::2] = np.sin(angle)
+        table[:, 1::2] = np.cos(angle[:, : C // 2])
     return table.astype(np.float32)
 
 
 class SinusoidalPositions(Module):
-    """x (B, T, C) + the fixed sinusoidal table; no parameters."""
+    """x (B, T, C) + the fixed sinusoidal table (sine and cosine interleaved, or in two halves); no parameters."""
 
-    def __init__(self, max_positions: int, C: int):
-        self.table = sinusoidal_table(max_positions, C)
+    def __init__(self, max_positions: int, C: int, layout: str = "interleaved"):
+        self.table = sinusoidal_table(max_positions, C, layout)
 
     def forward(self, x, position_ids=None):
         """position_ids (B, T): each row's own positions (incremental decoding); default 0 .. T-1."""
