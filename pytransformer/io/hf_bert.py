@@ -1,4 +1,5 @@
-"""Hugging Face BERT (BertModel / BertForMaskedLM / BertForSequenceClassification) <-> pytransformer's BERT.
+"""Hugging Face BERT (BertModel, BertForMaskedLM, BertForPreTraining, BertForNextSentencePrediction,
+BertForSequenceClassification, BertForTokenClassification) <-> pytransformer's BERT.
 One table of rules; the masked-LM decoder weight is tied to the word embedding (not stored twice)."""
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from .hf_common import (MAX_LAYERS, HFLayout, NameMap, check_activation, detect_
                         encoder_layer_rules, int_field, label_count, labels, load, rule, weight_and_bias)
 
 PREFIX = "bert."
-ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
+ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
+                 "BertForSequenceClassification", "BertForTokenClassification")
 
 # (Hugging Face part of encoder layer i, ours under blocks.i), each a Linear or LayerNorm (weight and bias)
 LAYER_PARTS = (("attention.self.query", "attn.sublayer.q"), ("attention.self.key", "attn.sublayer.k"),
@@ -22,6 +24,7 @@ def from_hf(cfg: dict, tensors: dict):
     arch = (cfg.get("architectures") or ["BertModel"])[0]
     prefix = detect_prefix(tensors, PREFIX)
     num_labels = label_count(cfg) if arch == "BertForSequenceClassification" else 0
+    token_labels = label_count(cfg) if arch == "BertForTokenClassification" else 0
     config = BertConfig(vocab_size=int_field(cfg, "vocab_size"), hidden_size=int_field(cfg, "hidden_size"),
                         num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
                         num_attention_heads=int_field(cfg, "num_attention_heads"),
@@ -29,8 +32,12 @@ def from_hf(cfg: dict, tensors: dict):
                         max_position_embeddings=int_field(cfg, "max_position_embeddings"),
                         type_vocab_size=int_field(cfg, "type_vocab_size", default=2),
                         layer_norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
-                        hidden_dropout_prob=0.0, num_labels=num_labels, mlm=arch == "BertForMaskedLM",
-                        pooler=any(k.startswith(prefix + "pooler.") for k in tensors))
+                        hidden_dropout_prob=0.0, num_labels=num_labels, num_token_labels=token_labels,
+                        mlm=arch in ("BertForMaskedLM", "BertForPreTraining"),
+                        nsp=arch in ("BertForPreTraining", "BertForNextSentencePrediction"),
+                        pooler=any(k.startswith(prefix + "pooler.") for k in tensors),
+                        pad_token_id=None if cfg.get("pad_token_id", 0) is None else int_field(cfg, "pad_token_id", 0,
+                                                                                              default=0))
     divisible(cfg, "hidden_size", "num_attention_heads")
     return config, prefix
 
@@ -47,21 +54,25 @@ def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:
               *weight_and_bias("cls.predictions.transform.dense", "mlm_dense"),
               *weight_and_bias("cls.predictions.transform.LayerNorm", "mlm_ln"),
               rule("cls.predictions.bias", "mlm_bias"),
-              *weight_and_bias("classifier", "cls_head")]
+              *weight_and_bias("cls.seq_relationship", "nsp_head"),
+              *weight_and_bias("classifier", "cls_head"),
+              *weight_and_bias("classifier", "token_head")]  # (a model has one of the two)
     return NameMap(rules, ignore=("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
 
 
 def to_hf(c: BertConfig):
     cls = c.pooler and c.num_labels > 0
-    arch = "BertForMaskedLM" if c.mlm else "BertForSequenceClassification" if cls else "BertModel"
+    arch = ("BertForPreTraining" if c.mlm and c.nsp else "BertForMaskedLM" if c.mlm else
+            "BertForNextSentencePrediction" if c.nsp else "BertForSequenceClassification" if cls else
+            "BertForTokenClassification" if c.num_token_labels else "BertModel")
     config = {"model_type": "bert", "architectures": [arch], "vocab_size": c.vocab_size,
               "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
               "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
               "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
               "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.hidden_dropout_prob,
-              "attention_probs_dropout_prob": 0.0, "pad_token_id": 0, "tie_word_embeddings": True}
-    if cls:
-        config.update(labels(c.num_labels))
+              "attention_probs_dropout_prob": 0.0, "pad_token_id": c.pad_token_id, "tie_word_embeddings": True}
+    if cls or c.num_token_labels:
+        config.update(labels(c.num_labels if cls else c.num_token_labels))
     return config, "" if arch == "BertModel" else PREFIX
 
 

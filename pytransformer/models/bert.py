@@ -1,6 +1,7 @@
 """BERT: a post-LN encoder with token, position and segment (token type) embeddings, and its heads:
-masked-LM (tied to the token embedding), [CLS] sequence classification (through the tanh pooler), and token
-classification. One loss per call; backward() follows whichever head computed it."""
+masked-LM (tied to the token embedding), next-sentence prediction and [CLS] sequence classification (through the
+tanh pooler), and token classification; pre-training sums masked-LM and next-sentence losses. One loss per call;
+backward() follows whichever head (or pair) computed it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class BertConfig:
     num_token_labels: int = 0      # token classification head (0: none)
     mlm: bool = True               # masked-LM head
     pooler: bool = True
+    nsp: bool = False              # next-sentence prediction head (on the pooled [CLS]: is B the sentence after A?)
+    pad_token_id: int | None = 0   # its embedding row gets no gradient (transformers' padding_idx)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "BertConfig":
@@ -53,7 +56,7 @@ class BERT(Model):
     def __init__(self, config: BertConfig, seed: int = 0):
         c = self.config = config
         C = c.hidden_size
-        self.word = Embedding(c.vocab_size, C)
+        self.word = Embedding(c.vocab_size, C, padding_idx=c.pad_token_id)
         self.position = LearnedPositions(c.max_position_embeddings, C)
         self.token_type = Embedding(c.type_vocab_size, C)
         self.emb_ln = LayerNorm(C, c.layer_norm_eps)
@@ -73,10 +76,15 @@ class BERT(Model):
             self.cls_drop = Dropout(c.hidden_dropout_prob)
             if c.num_labels:
                 self.cls_head = Linear(C, c.num_labels)
+        if c.nsp:
+            if not c.pooler:
+                raise ValueError("the next-sentence head reads the pooled [CLS]: it needs pooler=True")
+            self.nsp_head = Linear(C, 2)
         if c.num_token_labels:
             self.tok_drop = Dropout(c.hidden_dropout_prob)
             self.token_head = Linear(C, c.num_token_labels)
         self.head = CrossEntropyHead()
+        self.nsp_ce = CrossEntropyHead()  # (pre-training sums two losses: each keeps its own state)
         self._build(seed)
 
     # --- encoder ------------------------------------------------------------------------------------------
@@ -123,15 +131,26 @@ class BERT(Model):
         else the last hidden state."""
         if self.config.mlm:
             return self.mlm_logits(input_ids, attention_mask, token_type_ids)
+        if self.config.nsp:
+            return self.nsp_logits(input_ids, attention_mask, token_type_ids)
         if self.config.pooler and self.config.num_labels:
             return self.classify_logits(input_ids, attention_mask, token_type_ids)
+        if self.config.num_token_labels:
+            return self.token_logits(input_ids, attention_mask, token_type_ids)
         return self.encode(input_ids, attention_mask, token_type_ids)
 
-    def loss(self, input_ids, labels, attention_mask=None, token_type_ids=None):
-        """The loss transformers computes for this model's head: masked-LM (labels (B, T), -100 ignored, no
-        shift), else sequence classification (labels (B,)), else token classification (labels (B, T))."""
+    def loss(self, input_ids, labels, attention_mask=None, token_type_ids=None, next_sentence_label=None):
+        """The loss transformers computes for this model's head: pre-training (masked-LM + next-sentence, with
+        next_sentence_label (B,)), masked-LM (labels (B, T), -100 ignored, no shift), next-sentence prediction
+        (labels (B,): 0 = B follows A), sequence classification (labels (B,)), token classification (labels
+        (B, T))."""
+        if self.config.mlm and self.config.nsp and next_sentence_label is not None:
+            return self.pretraining_loss(input_ids, labels, next_sentence_label, attention_mask, token_type_ids)
         if self.config.mlm:
             return self.mlm_loss(input_ids, labels, attention_mask, token_type_ids)
+        if self.config.nsp:
+            return self._head_loss(self.nsp_logits(input_ids, attention_mask, token_type_ids), labels,
+                                   self._nsp_backward)
         if self.config.pooler and self.config.num_labels:
             return self.classify_loss(input_ids, labels, attention_mask, token_type_ids)
         if self.config.num_token_labels:
@@ -169,11 +188,39 @@ class BERT(Model):
                                self._classify_backward)
 
     def _classify_backward(self, dlogits):
-        dpooled = self.cls_drop.backward(self.cls_head.backward(dlogits))
+        return self._pooled_backward(self.cls_drop.backward(self.cls_head.backward(dlogits)))
+
+    def nsp_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Next-sentence prediction logits (B, 2) from the pooled [CLS] (index 0: sentence B follows A)."""
+        return self.nsp_head.forward(self.pooled(input_ids, attention_mask, token_type_ids))
+
+    def _pooled_backward(self, dpooled):
         dcls = self.pooler.backward(np.ascontiguousarray(dpooled * (1.0 - self._pooled * self._pooled)))
         dhidden = np.zeros(self._hidden_shape, np.float32)
         dhidden[:, 0] = dcls
         return dhidden
+
+    def _nsp_backward(self, dlogits):
+        return self._pooled_backward(self.nsp_head.backward(dlogits))
+
+    def pretraining_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+        """(masked-LM logits (B, T, V), next-sentence logits (B, 2)) of one encoder pass (BertForPreTraining)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        mlm = self.mlm_decoder.forward(self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden))))
+        pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
+        if self.keeps_state:
+            self._pooled = pooled
+        return mlm, self.nsp_head.forward(pooled)
+
+    def pretraining_loss(self, input_ids, labels, next_sentence_label, attention_mask=None, token_type_ids=None):
+        """BERT's pre-training loss as transformers' BertForPreTraining: masked-LM + next-sentence prediction."""
+        mlm, nsp = self.pretraining_logits(input_ids, attention_mask, token_type_ids)
+        keep = self.keeps_state
+        loss = self.head.loss(mlm, labels, keep=keep) + self.nsp_ce.loss(nsp, next_sentence_label, keep=keep)
+        if keep:
+            self._backward_head = None  # backward() sees both losses
+        self._loss_computed()
+        return loss
 
     def token_logits(self, input_ids, attention_mask=None, token_type_ids=None):
         """Token classification logits (B, T, num_token_labels)."""
@@ -190,6 +237,10 @@ class BERT(Model):
     def backward(self, dloss=1.0):
         """After one of the *_loss calls: accumulate every parameter's gradient."""
         self._begin_backward()
+        if self._backward_head is None:  # pre-training: both heads' gradients into the hidden state
+            dhidden = self._mlm_backward(self.head.backward(dloss))
+            ops.add_into(dhidden, self._nsp_backward(self.nsp_ce.backward(dloss)))
+            return self._encoder_backward(dhidden)
         self._encoder_backward(self._backward_head(self.head.backward(dloss)))
 
 

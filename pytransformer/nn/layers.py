@@ -299,11 +299,12 @@ class RMSNorm(Module):
 
 
 class Embedding(Module):
-    """out (..., C) = table (V, C)[ids (...)]. The table may be held quantised (a GGUF file's, set_quantized):
-    rows are then dequantised as they are looked up."""
+    """out (..., C) = table (V, C)[ids (...)]. padding_idx (as torch): that row gets no gradient. The table may be
+    held quantised (a GGUF file's, set_quantized): rows are then dequantised as they are looked up."""
 
-    def __init__(self, V: int, C: int, std: float = 0.02):
+    def __init__(self, V: int, C: int, std: float = 0.02, padding_idx: int | None = None):
         self.weight = Parameter((V, C), normal(std))
+        self.padding_idx = padding_idx
 
     _ids = None
     quantized = None
@@ -334,7 +335,12 @@ class Embedding(Module):
         if self.quantized is not None:
             raise RuntimeError("the embedding holds a quantised table (inference); call "
                                "model.set_weight_dtype('float32') before training")
-        ops.embedding_backward(dout, self.saved(self._ids), self.weight.shape[0], dtable=self.weight.grad)
+        ids = self.saved(self._ids)
+        if self.padding_idx is not None:
+            keep = (np.asarray(ids) != self.padding_idx)[..., None]
+            if not keep.all():
+                dout = np.ascontiguousarray(np.where(keep, dout, np.float32(0)))
+        ops.embedding_backward(dout, ids, self.weight.shape[0], dtable=self.weight.grad)
         return None  # ids have no gradient
 
 
