@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import os
 import sys
@@ -23,18 +24,16 @@ STEPS = []
 
 def step(title, text):
     def register(fn):
-        STEPS.append((title, textwrap.dedent(text).strip(), fn))
+        STEPS.append((title, " ".join(inspect.cleandoc(text).split("\n")), fn))
         return fn
     return register
 
 
 def source(fn):
     """The body of a step function, as shown in the tour."""
-    import inspect
-
     lines = inspect.getsource(fn).splitlines()
-    body = [line for line in lines[2:]]  # (after the decorator and def lines)
-    return textwrap.dedent("\n".join(body)).strip()
+    start = next(i for i, line in enumerate(lines) if line.startswith("def ")) + 1
+    return textwrap.dedent("\n".join(lines[start:])).strip()
 
 
 # --- the steps --------------------------------------------------------------------------------------------------
@@ -392,7 +391,9 @@ def main():
         before = len(ctx.pictures)
         with contextlib.redirect_stdout(buf):
             fn(ctx)
-        output = buf.getvalue().rstrip()
+        # (a developer's editable install prints its rebuild on import: not part of the tour)
+        output = "\n".join(line for line in buf.getvalue().rstrip().splitlines()
+                           if not line.startswith(("Running cmake", "ninja:", "-- ")))
         print(f"## {title}\n{output}\n")
         md += [f"## {title}", "", text, "", "```python", source(fn), "```", "", "```", output, "```", ""]
         md += [f"![{name}](tour/{name})" for name in ctx.pictures[before:]] + [""]
