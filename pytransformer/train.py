@@ -7,6 +7,7 @@ written after a good step, so the last one on disk stays usable.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -70,6 +71,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
+    log_file: str | None = None   # JSON lines: step, loss, lr, tokens/s (rank 0 writes)
     accum: int = 1
     eval_every: int = 100
     eval_batches: int = 10
@@ -119,7 +121,16 @@ def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokeni
 
 
 def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, stop):
+    from .distributed import GradientSync, world
+
+    mpi = world()  # one process (rank 0 of 1), or one rank of a data-parallel job under mpiexec
+    if cfg.batch_size % mpi.size:
+        raise ValueError(f"the global batch {cfg.batch_size} must be a multiple of the {mpi.size} ranks")
+    rows = slice(mpi.rank * (cfg.batch_size // mpi.size), (mpi.rank + 1) * (cfg.batch_size // mpi.size))
+    sync = GradientSync(model, mpi) if mpi.size > 1 else None
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not mpi.is_root:  # rank 0 speaks and writes for the job
+        log = lambda msg: None  # noqa: E731
     T = model.config.block_size
     opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)
     data_rng = np.random.default_rng(cfg.seed)
@@ -135,8 +146,10 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
 
     def save(step):
         nonlocal saved
-        save_checkpoint(cfg.checkpoint, model, opt, step, {"data": data_rng}, tokenizer,
-                        {"train": asdict(cfg), "history": asdict(hist), **(extra or {})})
+        if mpi.is_root:  # (every rank holds the same state)
+            save_checkpoint(cfg.checkpoint, model, opt, step, {"data": data_rng}, tokenizer,
+                            {"train": asdict(cfg), "history": asdict(hist), **(extra or {})})
+        mpi.barrier()  # (no rank goes on, or stops, before the checkpoint is whole)
         saved = cfg.checkpoint
 
     model.train()
@@ -146,14 +159,18 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
         lr = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
         model.zero_grad()
         loss = 0.0
-        for _ in range(cfg.accum):
-            x, y = get_batch(train_data, cfg.batch_size, T, data_rng)
+        for micro_step in range(cfg.accum):
+            x, y = get_batch(train_data, cfg.batch_size, T, data_rng)  # the global batch (the same on every rank)
             try:
-                micro = model.loss(x, y)
+                micro = model.loss(x[rows], y[rows])  # this rank's rows
             except FloatingPointError as e:
                 raise TrainingDiverged(_diverged(step, str(e), saved)) from None
-            model.backward(1.0 / cfg.accum)
-            loss += micro / cfg.accum
+            if sync is not None and micro_step == cfg.accum - 1:
+                with sync:  # gradients averaged across ranks, bucket by bucket as backward finishes them
+                    model.backward(1.0 / cfg.accum)
+            else:
+                model.backward(1.0 / cfg.accum)
+            loss += mpi.mean(micro) / cfg.accum
         norm = clip_grad_norm(model.params, cfg.grad_clip)
         if not math.isfinite(norm):
             raise TrainingDiverged(_diverged(step, f"gradient norm is {norm}", saved))
@@ -169,6 +186,10 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
             eta = (cfg.steps - step - 1) * elapsed / timed_steps
             log(f"step {step + 1:5d}/{cfg.steps}  loss {loss:.4f}  lr {lr:.2e}  |g| {norm:.2f}  "
                 f"{tps:,.0f} tok/s  ETA {_fmt_time(eta)}")
+        if cfg.log_file and mpi.is_root:  # one JSON line per step, for comparing runs
+            with open(cfg.log_file, "a") as f:
+                f.write(json.dumps({"step": step + 1, "loss": loss, "lr": lr, "tokens_per_s": tps,
+                                    "ranks": mpi.size}) + "\n")
         if val_data is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             val = evaluate(model, val_data, cfg.batch_size, T, cfg.eval_batches)
             hist.val_step.append(step + 1)
@@ -191,7 +212,6 @@ def _diverged(step, why, saved):
 
 def read_history(path):
     """The History (as a dict) a checkpoint written by train_lm carries, or None."""
-    import json
 
     from .io.safetensors import read_metadata
 

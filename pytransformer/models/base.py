@@ -87,6 +87,7 @@ class Model(Module):
     # first one wrote over the logits. Both raise RuntimeError instead of giving wrong gradients. Eval-mode
     # Forwards under `with model.evaluating():` (generate, evaluation, attention maps) keep nothing and are never
     # in the way; eval mode alone (dropout off) still keeps state, so gradients of an eval-mode model work.
+    on_block_done = None  # called with each block's index as backward finishes it (distributed.GradientSync)
     _step = None       # the forward whose saved state the layers hold
     _loss_step = None  # the forward a pending loss() was computed from; None when no backward() is due
 

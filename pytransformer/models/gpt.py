@@ -127,6 +127,8 @@ class GPT(CausalLM):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
         dx = self.ln_f.backward(self.lm_head.backward(self.head.backward(dloss)))
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
+        for i in reversed(range(len(self.blocks))):
+            dx = self.blocks[i].backward(dx)
+            if self.on_block_done is not None:
+                self.on_block_done(i)
         self.wte.backward(self.wpe.backward(self.drop.backward(dx)))

@@ -154,8 +154,10 @@ class Llama(CausalLM):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
         dx = self.norm.backward(self.lm_head.backward(self.head.backward(dloss)))
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
+        for i in reversed(range(len(self.blocks))):
+            dx = self.blocks[i].backward(dx)
+            if self.on_block_done is not None:
+                self.on_block_done(i)
         self.embed.backward(dx)
 
     # --- chat ------------------------------------------------------------------------------------------------
