@@ -144,6 +144,7 @@ class GradientSync:
         self.rest = rest
         self.requests = []
         self.active = False
+        self.wait_seconds = 0.0  # time spent waiting for the reductions after backward (not hidden by it)
 
     def __enter__(self):
         """Synchronise during the next backward (the last micro-batch of a step)."""
@@ -162,8 +163,12 @@ class GradientSync:
             self.finish()
 
     def finish(self):
+        import time
+
         grad = self.model.params.grad
         self.requests += [self.world.start_sum(grad[a:b]) for a, b in self.rest]
+        t = time.perf_counter()
         self.world.wait(self.requests)
+        self.wait_seconds += time.perf_counter() - t
         self.requests = []
         grad *= np.float32(1.0 / self.world.size)

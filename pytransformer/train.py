@@ -189,7 +189,9 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
         if cfg.log_file and mpi.is_root:  # one JSON line per step, for comparing runs
             with open(cfg.log_file, "a") as f:
                 f.write(json.dumps({"step": step + 1, "loss": loss, "lr": lr, "tokens_per_s": tps,
-                                    "ranks": mpi.size}) + "\n")
+                                    "ranks": mpi.size,
+                                    "allreduce_wait_s": sync.wait_seconds if sync is not None else 0.0,
+                                    "elapsed_s": elapsed}) + "\n")
         if val_data is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             val = evaluate(model, val_data, cfg.batch_size, T, cfg.eval_batches)
             hist.val_step.append(step + 1)
