@@ -135,6 +135,19 @@ def _model_info(path) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"pytransformer serve: listening on {args.host}, beyond this machine"
+              + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
+    try:
+        serve(args.model, args.host, args.port, args.embedding_model, args.api_key, args.max_queue)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _sampling(args):
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 repetition_penalty=args.repeat_penalty, seed=args.seed)
@@ -628,6 +641,16 @@ def build_parser():
                        dest="repeat_penalty", help="transformers' repetition penalty (1: none)")
         p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
+    p = sub.add_parser("serve", help="serve a language model over the OpenAI HTTP API (needs the serve extra)")
+    p.add_argument("model", help="a GGUF file, a Hugging Face folder, or 'smollm2'")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=_number(int, 1, hi=65535), default=8000, help="the port")
+    p.add_argument("--embedding-model", dest="embedding_model",
+                   help="a sentence-transformers folder, or 'minilm' (the packaged all-MiniLM-L6-v2), for /v1/embeddings")
+    p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
+                   help="requests that may wait; more get 503 with Retry-After")
+    p.set_defaults(func=cmd_serve)
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a char-level GPT (default corpus: the Python standard library)",
                        description="Train a character-level GPT and sample from it. With --resume, the run's "

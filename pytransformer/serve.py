@@ -1,0 +1,373 @@
+"""`pytransformer serve MODEL`: the OpenAI HTTP API over a model the engine runs (Starlette + uvicorn, the optional
+`serve` extra: `pip install "pytransformer[serve]"`).
+
+    POST /v1/chat/completions   messages through the model's chat template; "stream": true -> server-sent events
+    POST /v1/completions        a prompt continued; "logprobs": k -> the chosen tokens' log-probabilities, top k
+    POST /v1/embeddings         sentence embeddings (MiniLM or another BERT-family encoder), floats or base64
+    GET  /v1/models, GET /health
+
+The model runs on one worker thread (the event loop never waits on a kernel). Requests join the worker's running
+set as they arrive and leave as they finish, one token each per round (continuous batching at the request level);
+a client that disconnects frees its place at once. Bad requests get a 4xx with an OpenAI-style error object; the
+queue of waiting requests is bounded (503 with Retry-After beyond it); --api-key asks for a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import queue
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from .generate import Sampler
+
+
+class RequestError(Exception):
+    """A client's mistake: an HTTP status and an OpenAI-style error object."""
+
+    def __init__(self, message, param=None, status=400, kind="invalid_request_error"):
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+
+    def body(self):
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}}
+
+
+# --- request parameters, checked --------------------------------------------------------------------------------
+
+
+def _number(body, name, lo, hi, default, kind=float):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise RequestError(f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
+    if not lo <= value <= hi:
+        raise RequestError(f"'{name}' must be in [{lo}, {hi}], got {value}", name)
+    return kind(value)
+
+
+def _stops(body):
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError("'stop' must be a non-empty string or a list of at most 4 of them", "stop")
+    return stop
+
+
+class Job:
+    """One completion being generated: its prompt, sampling settings, cache and where its tokens go."""
+
+    def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out):
+        self.ids, self.max_tokens, self.sampler, self.stop, self.logprobs = ids, max_tokens, sampler, stop, logprobs
+        self.rng = np.random.default_rng(seed)
+        self.loop, self.out = loop, out
+        self.cancelled = False
+        self.generated, self.text = [], ""
+        self.cache = self.logits = None
+
+    def emit(self, item):
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+class Engine:
+    """The model on one worker thread. submit() from the event loop; results come back on each job's queue as
+    ("token", text, logprob info) items and one ("done", finish_reason, usage) or ("error", message)."""
+
+    def __init__(self, model, tokenizer, max_queue=64, max_running=16):
+        self.model, self.tok = model, tokenizer
+        self.waiting = queue.Queue(maxsize=max_queue)
+        self.max_running = max_running
+        self.running: list[Job] = []
+        self.thread = threading.Thread(target=self._work, name="pytransformer-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, job):
+        try:
+            self.waiting.put_nowait(job)
+        except queue.Full:
+            raise RequestError("the server is busy: too many requests waiting", status=503,
+                               kind="server_busy") from None
+
+    def _work(self):
+        model = self.model
+        while True:
+            if not self.running:
+                self.running.append(self.waiting.get())  # (idle: wait for work)
+            while len(self.running) < self.max_running:
+                try:
+                    self.running.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
+            for job in list(self.running):
+                try:
+                    self._step(model, job)
+                except Exception as e:  # a job's failure ends that job, never the worker
+                    job.emit(("error", f"{type(e).__name__}: {e}"))
+                    self.running.remove(job)
+
+    def _step(self, model, job):
+        if job.cancelled:
+            self.running.remove(job)
+            return
+        with model.evaluating():
+            if job.cache is None:  # prefill: the prompt in one pass
+                job.cache = model.new_cache(1, min(model.max_positions, len(job.ids) + job.max_tokens))
+                job.logits = model(np.array([job.ids], np.int64), cache=job.cache, last_only=True)[0, -1]
+            logits = job.logits
+            seen = np.zeros((1, logits.shape[-1]), bool)
+            if job.sampler.repetition_penalty != 1.0:
+                seen[0, job.ids + job.generated] = True
+            tok = int(job.sampler(logits[None], seen, job.rng)[0])
+            info = None
+            if job.logprobs is not None:
+                x = logits.astype(np.float64)
+                lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+                top = np.argsort(-lp)[:job.logprobs]
+                info = (float(lp[tok]), [(self.tok.decode([int(i)]), float(lp[i])) for i in top])
+            job.generated.append(tok)
+            finish = None
+            if tok in self.tok.stop_ids:
+                finish = "stop"
+            else:
+                piece = self.tok.decode(job.generated)[len(job.text):]
+                if not piece.endswith("\ufffd"):  # (a character still arriving: wait for its last byte)
+                    job.text += piece
+                    cut = min((job.text.find(s) for s in job.stop if s in job.text), default=-1)
+                    if cut >= 0:
+                        piece = piece[:max(0, len(piece) - (len(job.text) - cut))]
+                        job.text, finish = job.text[:cut], "stop"
+                    if piece:
+                        job.emit(("token", piece, info))
+                if finish is None and (len(job.generated) >= job.max_tokens or
+                                       job.cache.length >= job.cache.capacity):
+                    finish = "length"
+            if finish is None:
+                job.logits = model(np.array([[tok]], np.int64), cache=job.cache)[0, -1]
+                return
+        usage = {"prompt_tokens": len(job.ids), "completion_tokens": len(job.generated),
+                 "total_tokens": len(job.ids) + len(job.generated)}
+        job.emit(("done", finish, usage))
+        self.running.remove(job)
+
+
+# --- the HTTP application ------------------------------------------------------------------------------------------
+
+
+def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_queue=64):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    engine = Engine(model, tokenizer, max_queue)
+    created = int(time.time())
+
+    def error(e: RequestError):
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    async def read(request):
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise RequestError("invalid or missing API key", status=401, kind="authentication_error")
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise RequestError("the body must be a JSON object")
+        return body
+
+    def job_for(body, ids, loop, out):
+        if len(ids) == 0:
+            raise RequestError("the prompt is empty", "prompt")
+        room = model.max_positions - len(ids)
+        if room < 1:
+            raise RequestError(f"the prompt has {len(ids)} tokens; the model's context is {model.max_positions}",
+                               "messages" if "messages" in body else "prompt")
+        max_tokens = _number(body, "max_tokens", 1, room, min(256, room), int)
+        n = _number(body, "n", 1, 1, 1, int)
+        del n  # (one choice per request)
+        temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
+        top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
+        seed = _number(body, "seed", 0, 2**63 - 1, None, int) if body.get("seed") is not None else None
+        logprobs = body.get("logprobs")
+        if logprobs is not None:
+            if isinstance(logprobs, bool):  # chat: logprobs true + top_logprobs k
+                logprobs = _number(body, "top_logprobs", 0, 20, 0, int) if logprobs else None
+            else:
+                logprobs = _number(body, "logprobs", 0, 20, 0, int)
+        sampler = Sampler(temperature, None, top_p if top_p < 1.0 else None)
+        return Job(list(ids), max_tokens, sampler, seed, _stops(body), logprobs, loop, out)
+
+    async def run_job(request, body, ids, kind):
+        loop = asyncio.get_running_loop()
+        out = asyncio.Queue()
+        job = job_for(body, ids, loop, out)
+        engine.submit(job)
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        name = body.get("model") or model_name
+
+        def chunk(delta=None, finish=None, info=None, usage=None):
+            if kind == "chat":
+                choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+                obj = "chat.completion.chunk"
+            else:
+                choice = {"index": 0, "text": (delta or {}).get("content", ""), "finish_reason": finish,
+                          "logprobs": None}
+                obj = "text_completion"
+            out_ = {"id": rid, "object": obj, "created": int(time.time()), "model": name, "choices": [choice]}
+            if usage:
+                out_["usage"] = usage
+            return "data: " + json.dumps(out_) + "\n\n"
+
+        if body.get("stream"):
+            async def events():
+                try:
+                    if kind == "chat":
+                        yield chunk({"role": "assistant", "content": ""})
+                    while True:
+                        item = await out.get()
+                        if item[0] == "token":
+                            yield chunk({"content": item[1]})
+                        elif item[0] == "done":
+                            yield chunk(finish=item[1], usage=item[2])
+                            yield "data: [DONE]\n\n"
+                            return
+                        else:
+                            yield "data: " + json.dumps({"error": {"message": item[1], "type": "server_error"}}) + \
+                                  "\n\n"
+                            return
+                finally:
+                    job.cancelled = True  # (a client gone mid-stream frees its place at the next round)
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        pieces, tokens_info = [], []
+        try:
+            while True:
+                item = await out.get()
+                if item[0] == "token":
+                    pieces.append(item[1])
+                    tokens_info.append((item[1], item[2]))
+                elif item[0] == "done":
+                    finish, usage = item[1], item[2]
+                    break
+                else:
+                    return JSONResponse({"error": {"message": item[1], "type": "server_error", "param": None,
+                                                   "code": None}}, status_code=500)
+        finally:
+            job.cancelled = True
+        text = "".join(pieces)
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+            obj = "chat.completion"
+        else:
+            lp = None
+            if job.logprobs is not None:
+                lp = {"tokens": [t for t, _ in tokens_info], "token_logprobs": [i[0] for _, i in tokens_info],
+                      "top_logprobs": [dict(i[1]) for _, i in tokens_info], "text_offset": []}
+                offset = 0
+                for t, _ in tokens_info:
+                    lp["text_offset"].append(offset)
+                    offset += len(t)
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}
+            obj = "text_completion"
+        return JSONResponse({"id": rid, "object": obj, "created": int(time.time()), "model": name,
+                             "choices": [choice], "usage": usage})
+
+    async def chat(request):
+        try:
+            body = await read(request)
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages):
+                raise RequestError("'messages' must be a non-empty list of {role, content} strings", "messages")
+            ids = tokenizer.encode(tokenizer.apply_chat_template(
+                [{"role": m["role"], "content": m["content"]} for m in messages]))
+            return await run_job(request, body, ids, "chat")
+        except RequestError as e:
+            return error(e)
+
+    async def completions(request):
+        try:
+            body = await read(request)
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise RequestError("'prompt' must be a string", "prompt")
+            return await run_job(request, body, tokenizer.encode(prompt), "completion")
+        except RequestError as e:
+            return error(e)
+
+    async def embeddings(request):
+        try:
+            body = await read(request)
+            if encoder is None:
+                raise RequestError("this server has no embedding model (start it with --embedding-model)",
+                                   status=404, kind="not_found_error")
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else texts
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise RequestError("'input' must be a string or a non-empty list of strings", "input")
+            fmt = body.get("encoding_format", "float")
+            if fmt not in ("float", "base64"):
+                raise RequestError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+            emb = await asyncio.get_running_loop().run_in_executor(None, encoder.encode, texts)
+            data = [{"object": "embedding", "index": i,
+                     "embedding": base64.b64encode(np.ascontiguousarray(e, "<f4").tobytes()).decode()
+                     if fmt == "base64" else [float(v) for v in e]} for i, e in enumerate(emb)]
+            count = sum(len(encoder.tokenizer.encode(t)) for t in texts)
+            return JSONResponse({"object": "list", "data": data, "model": body.get("model") or "embedding",
+                                 "usage": {"prompt_tokens": count, "total_tokens": count}})
+        except RequestError as e:
+            return error(e)
+
+    async def models(request):
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            return error(RequestError("invalid or missing API key", status=401, kind="authentication_error"))
+        data = [{"id": model_name, "object": "model", "created": created, "owned_by": "pytransformer"}]
+        if encoder is not None:
+            data.append({"id": "embedding", "object": "model", "created": created, "owned_by": "pytransformer"})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "running": len(engine.running), "waiting": engine.waiting.qsize()})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/completions", completions, methods=["POST"]),
+                            Route("/v1/embeddings", embeddings, methods=["POST"]),
+                            Route("/v1/models", models, methods=["GET"]),
+                            Route("/health", health, methods=["GET"])])
+    app.state.engine = engine
+    return app
+
+
+def serve(model_path, host="127.0.0.1", port=8000, embedding_model=None, api_key=None, max_queue=64):
+    """Load the model (and the encoder) and serve until interrupted."""
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise RuntimeError('serving needs the serve extra: pip install "pytransformer[serve]"') from None
+    from .cli import load_language_model
+
+    model, tokenizer = load_language_model(model_path)
+    encoder = None
+    if embedding_model:
+        from .sentence import SentenceEncoder
+
+        encoder = SentenceEncoder(None if embedding_model == "minilm" else embedding_model)
+    name = os.path.basename(os.path.normpath(model_path))
+    app = create_app(model, tokenizer, name, encoder, api_key, max_queue)
+    print(f"serving {name} on http://{host}:{port}/v1 (OpenAI API)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

