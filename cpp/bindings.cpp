@@ -505,6 +505,48 @@ PYBIND11_MODULE(_core, m) {
              return p;
            }),
            arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"), arg("interleaved") = false)
+      .def("step_batch", [](const PyDecodePlan& p, O x, O logits, O slots, O positions, py::list k, py::list v,
+                            O cos, O sin) {
+             const pt::DecodePlan& d = p.plan;
+             const size_t n = d.layers.size();
+             if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
+             if (!py::isinstance<py::array>(slots)) throw py::type_error("slots must be a numpy array");
+             const int64_t B = py::reinterpret_borrow<py::array>(slots).size();
+             float* xp = array_data<float>(x, "x", B * d.C, true);
+             float* lp = array_data<float>(logits, "logits", B * d.V, true);
+             const int64_t* sp = array_data<int64_t>(slots, "slots", B);
+             const int64_t* pp = array_data<int64_t>(positions, "positions", B);
+             std::vector<float*> kp(n), vp(n);
+             int64_t S = -1, capacity = -1;
+             for (size_t l = 0; l < n; l++) {
+               for (int which = 0; which < 2; which++) {
+                 py::object c = which ? v[l] : k[l];
+                 if (!py::isinstance<py::array>(c)) throw py::type_error("caches must be numpy arrays");
+                 py::array a = py::reinterpret_borrow<py::array>(c);
+                 if (a.ndim() != 4 || a.shape(2) != d.NKV || a.shape(3) != d.HS ||
+                     (S >= 0 && (a.shape(0) != S || a.shape(1) != capacity)))
+                   throw py::value_error("every cache must be (slots, capacity, NKV, HS), all alike");
+                 S = a.shape(0);
+                 capacity = a.shape(1);
+                 (which ? vp : kp)[l] = array_data<float>(c, "cache", a.size(), true);
+               }
+             }
+             for (int64_t b = 0; b < B; b++) {
+               if (sp[b] < 0 || sp[b] >= S) throw py::value_error("a slot outside the caches");
+               if (pp[b] < 0 || pp[b] >= capacity) throw py::value_error("a position outside the cache");
+               for (int64_t c = 0; c < b; c++)
+                 if (sp[c] == sp[b]) throw py::value_error("two rows in one slot");
+             }
+             if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
+             const int64_t P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
+             const float* cp = array_data<float>(cos, "cos", P * (d.HS / 2));
+             const float* snp = array_data<float>(sin, "sin", P * (d.HS / 2));
+             for (int64_t b = 0; b < B; b++)
+               if (pp[b] >= P) throw py::value_error("a position outside the rotary tables");
+             if (n == 0 || B == 0) return;
+             py::gil_scoped_release nogil;
+             d.step_batch(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P);
+           })
       .def("step", [](const PyDecodePlan& p, O x, O logits, int64_t pos, py::list k, py::list v, O cos, O sin) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();

