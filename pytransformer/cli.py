@@ -166,10 +166,15 @@ def cmd_generate(args) -> int:
     if not args.chat:
         sys.stdout.write(args.prompt)
     sys.stdout.flush()
+    return _print_stream(tok.stream_text(model.stream(np.array([ids], np.int64), args.tokens,
+                                                      stop_strings=args.stop or None, decode=tok.decode,
+                                                      stop=tok.stop_ids, **_sampling(args))))
+
+
+def _print_stream(pieces) -> int:
+    """Text pieces to stdout as they come, then a newline; Ctrl-C stops (exit status 130)."""
     try:
-        for piece in tok.stream_text(model.stream(np.array([ids], np.int64), args.tokens,
-                                                  stop_strings=args.stop or None, decode=tok.decode,
-                                                  stop=tok.stop_ids, **_sampling(args))):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -390,17 +395,9 @@ def cmd_sample(args) -> int:
     prompt = tok.encode(text)[None, :]
     sys.stdout.write(text)
     sys.stdout.flush()
-    try:  # printed as it is generated
-        for token in model.stream(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                                  rng=np.random.default_rng(args.seed), stop_strings=args.stop or None,
-                                  decode=tok.decode):
-            sys.stdout.write(tok.decode(token))
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    sys.stdout.write("\n")
-    return 0
+    stream = model.stream(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                          rng=np.random.default_rng(args.seed), stop_strings=args.stop or None, decode=tok.decode)
+    return _print_stream(tok.decode(token) for token in stream)  # printed as it is generated
 
 
 def cmd_perplexity(args) -> int:
