@@ -136,13 +136,17 @@ def _model_info(path) -> int:
 
 
 def cmd_serve(args) -> int:
+    import os
+
     from .serve import serve
 
+    model, tokenizer = load_language_model(args.model)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"pytransformer serve: listening on {args.host}, beyond this machine"
               + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
     try:
-        serve(args.model, args.host, args.port, args.embedding_model, args.api_key, args.max_queue)
+        serve(model, tokenizer, os.path.basename(os.path.normpath(args.model)), args.host, args.port,
+              args.embedding_model, args.api_key, args.max_queue)
     except KeyboardInterrupt:
         return 0
     return 0

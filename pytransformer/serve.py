@@ -416,23 +416,18 @@ def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_que
     return app
 
 
-def serve(model_path, host="127.0.0.1", port=8000, embedding_model=None, api_key=None, max_queue=64):
-    """Load the model (and the encoder) and serve until interrupted."""
-    import os
-
+def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=None, api_key=None, max_queue=64):
+    """Serve a loaded model (and an encoder from embedding_model, 'minilm' for the packaged one) until
+    interrupted."""
     try:
         import uvicorn
     except ImportError:
         raise RuntimeError('serving needs the serve extra: pip install "pytransformer[serve]"') from None
-    from .cli import load_language_model
-
-    model, tokenizer = load_language_model(model_path)
     encoder = None
     if embedding_model:
         from .sentence import SentenceEncoder
 
         encoder = SentenceEncoder(None if embedding_model == "minilm" else embedding_model)
-    name = os.path.basename(os.path.normpath(model_path))
     app = create_app(model, tokenizer, name, encoder, api_key, max_queue)
     print(f"serving {name} on http://{host}:{port}/v1 (OpenAI API)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
