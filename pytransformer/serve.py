@@ -62,6 +62,16 @@ def _stops(body):
     return stop
 
 
+class _Tagged:
+    """A job's view of its request's queue: every item it puts goes in as (choice index, item)."""
+
+    def __init__(self, out, index):
+        self.out, self.index = out, index
+
+    def put_nowait(self, item):
+        self.out.put_nowait((self.index, item))
+
+
 class Job:
     """One completion being generated: its prompt, sampling settings, cache and where its tokens go."""
 
@@ -249,7 +259,8 @@ def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_que
             raise RequestError("the body must be a JSON object")
         return body
 
-    def job_for(body, ids, loop, out):
+    def jobs_for(body, ids, loop, out):
+        """One job per requested choice (n), each with its own seed; their items reach `out` tagged by index."""
         if len(ids) == 0:
             raise RequestError("the prompt is empty", "prompt")
         room = model.max_positions - len(ids)
@@ -257,34 +268,40 @@ def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_que
             raise RequestError(f"the prompt has {len(ids)} tokens; the model's context is {model.max_positions}",
                                "messages" if "messages" in body else "prompt")
         max_tokens = _number(body, "max_tokens", 1, room, min(256, room), int)
-        n = _number(body, "n", 1, 1, 1, int)
-        del n  # (one choice per request)
+        n = _number(body, "n", 1, 8, 1, int)
         temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
         top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
-        seed = _number(body, "seed", 0, 2**63 - 1, None, int) if body.get("seed") is not None else None
+        seed = _number(body, "seed", 0, 2**63 - 9, None, int) if body.get("seed") is not None else None
         logprobs = body.get("logprobs")
         if logprobs is not None:
             if isinstance(logprobs, bool):  # chat: logprobs true + top_logprobs k
                 logprobs = _number(body, "top_logprobs", 0, 20, 0, int) if logprobs else None
             else:
                 logprobs = _number(body, "logprobs", 0, 20, 0, int)
-        sampler = Sampler(temperature, None, top_p if top_p < 1.0 else None)
-        return Job(list(ids), max_tokens, sampler, seed, _stops(body), logprobs, loop, out)
+        stops = _stops(body)
+        jobs = []
+        for i in range(n):
+            tagged = _Tagged(out, i)
+            sampler = Sampler(temperature, None, top_p if top_p < 1.0 else None)
+            jobs.append(Job(list(ids), max_tokens, sampler, None if seed is None else seed + i, stops, logprobs, loop,
+                            tagged))
+        return jobs
 
     async def run_job(request, body, ids, kind):
         loop = asyncio.get_running_loop()
         out = asyncio.Queue()
-        job = job_for(body, ids, loop, out)
-        engine.submit(job)
+        jobs = jobs_for(body, ids, loop, out)
+        for job in jobs:
+            engine.submit(job)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         name = body.get("model") or model_name
 
-        def chunk(delta=None, finish=None, info=None, usage=None):
+        def chunk(index, delta=None, finish=None, usage=None):
             if kind == "chat":
-                choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+                choice = {"index": index, "delta": delta or {}, "finish_reason": finish}
                 obj = "chat.completion.chunk"
             else:
-                choice = {"index": 0, "text": (delta or {}).get("content", ""), "finish_reason": finish,
+                choice = {"index": index, "text": (delta or {}).get("content", ""), "finish_reason": finish,
                           "logprobs": None}
                 obj = "text_completion"
             out_ = {"id": rid, "object": obj, "created": int(time.time()), "model": name, "choices": [choice]}
@@ -292,60 +309,71 @@ def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_que
                 out_["usage"] = usage
             return "data: " + json.dumps(out_) + "\n\n"
 
+        def total(usages):
+            return {"prompt_tokens": len(ids), "completion_tokens": sum(u["completion_tokens"] for u in usages),
+                    "total_tokens": len(ids) + sum(u["completion_tokens"] for u in usages)}
+
         if body.get("stream"):
             async def events():
                 try:
                     if kind == "chat":
-                        yield chunk({"role": "assistant", "content": ""})
-                    while True:
-                        item = await out.get()
+                        for i in range(len(jobs)):
+                            yield chunk(i, {"role": "assistant", "content": ""})
+                    usages, left = [], len(jobs)
+                    while left:
+                        index, item = await out.get()
                         if item[0] == "token":
-                            yield chunk({"content": item[1]})
+                            yield chunk(index, {"content": item[1]})
                         elif item[0] == "done":
-                            yield chunk(finish=item[1], usage=item[2])
-                            yield "data: [DONE]\n\n"
-                            return
+                            usages.append(item[2])
+                            left -= 1
+                            yield chunk(index, finish=item[1], usage=total(usages) if not left else None)
                         else:
                             yield "data: " + json.dumps({"error": {"message": item[1], "type": "server_error"}}) + \
                                   "\n\n"
                             return
+                    yield "data: [DONE]\n\n"
                 finally:
-                    job.cancelled = True  # (a client gone mid-stream frees its place at the next round)
+                    for job in jobs:  # (a client gone mid-stream frees its places at the next round)
+                        job.cancelled = True
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        pieces, tokens_info = [], []
+        pieces = [[] for _ in jobs]
+        finishes, usages = [None] * len(jobs), []
         try:
-            while True:
-                item = await out.get()
+            left = len(jobs)
+            while left:
+                index, item = await out.get()
                 if item[0] == "token":
-                    pieces.append(item[1])
-                    tokens_info.append((item[1], item[2]))
+                    pieces[index].append((item[1], item[2]))
                 elif item[0] == "done":
-                    finish, usage = item[1], item[2]
-                    break
+                    finishes[index] = item[1]
+                    usages.append(item[2])
+                    left -= 1
                 else:
                     return JSONResponse({"error": {"message": item[1], "type": "server_error", "param": None,
                                                    "code": None}}, status_code=500)
         finally:
-            job.cancelled = True
-        text = "".join(pieces)
-        if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": None}
-            obj = "chat.completion"
-        else:
+            for job in jobs:
+                job.cancelled = True
+        choices = []
+        for i, job in enumerate(jobs):
+            text = "".join(t for t, _ in pieces[i])
+            if kind == "chat":
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "finish_reason": finishes[i], "logprobs": None})
+                continue
             lp = None
             if job.logprobs is not None:
-                lp = {"tokens": [t for t, _ in tokens_info], "token_logprobs": [i[0] for _, i in tokens_info],
-                      "top_logprobs": [dict(i[1]) for _, i in tokens_info], "text_offset": []}
+                lp = {"tokens": [t for t, _ in pieces[i]], "token_logprobs": [info[0] for _, info in pieces[i]],
+                      "top_logprobs": [dict(info[1]) for _, info in pieces[i]], "text_offset": []}
                 offset = 0
-                for t, _ in tokens_info:
+                for t, _ in pieces[i]:
                     lp["text_offset"].append(offset)
                     offset += len(t)
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}
-            obj = "text_completion"
-        return JSONResponse({"id": rid, "object": obj, "created": int(time.time()), "model": name,
-                             "choices": [choice], "usage": usage})
+            choices.append({"index": i, "text": text, "finish_reason": finishes[i], "logprobs": lp})
+        return JSONResponse({"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+                             "created": int(time.time()), "model": name, "choices": choices, "usage": total(usages)})
 
     async def chat(request):
         try:

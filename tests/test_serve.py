@@ -152,3 +152,21 @@ def test_concurrent_requests_each_get_their_own_answer(server):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         together = list(pool.map(ask, prompts))
     assert together == alone
+
+
+def test_n_choices(server):
+    url, _ = server
+    c = client(url)
+    r = c.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=12, temperature=1.0, n=3,
+                             seed=5)
+    assert [ch.index for ch in r.choices] == [0, 1, 2] and len({ch.text for ch in r.choices}) > 1
+    assert r.usage.completion_tokens <= 36
+    again = c.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=12, temperature=1.0, n=3,
+                                 seed=5)
+    assert [ch.text for ch in again.choices] == [ch.text for ch in r.choices]  # seeded: the same draws
+    texts = {}
+    for chunk in c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=8, temperature=0, n=2,
+                                           stream=True):
+        for ch in chunk.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+    assert texts[0] == texts[1] and texts[0]  # temperature 0: both choices alike
