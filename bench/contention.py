@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_time  # noqa: E402
 
 import pytransformer  # noqa: E402
 from pytransformer import ops  # noqa: E402
@@ -35,17 +35,6 @@ except ImportError:
     torch = None
 
 
-def median_time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def workloads(repeats):
     """name -> {library: seconds} for this moment's load."""
     rng = np.random.default_rng(0)
@@ -56,7 +45,7 @@ def workloads(repeats):
     def ours_decode():
         small.generate(prompt, 32, temperature=0.0)
 
-    out["decode 32 tokens (GPT 4L/128)"] = {"ours": median_time(ours_decode, repeats)}
+    out["decode 32 tokens (GPT 4L/128)"] = {"ours": median_time(ours_decode, repeats, warmup=2)}
     big = GPT(GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=256), seed=0)
     opt = AdamW(big.params, lr=1e-3, weight_decay=0.1)
     xb = rng.integers(0, 65, (16, 128))
@@ -68,7 +57,7 @@ def workloads(repeats):
         big.backward()
         opt.step()
 
-    out["train step (GPT 4L/256, 16x128)"] = {"ours": median_time(ours_step, repeats)}
+    out["train step (GPT 4L/256, 16x128)"] = {"ours": median_time(ours_step, repeats, warmup=2)}
     x, w = rng.standard_normal((1, 768), dtype=np.float32), rng.standard_normal((768, 768), dtype=np.float32)
     lw, lb = np.ones(768, np.float32), np.zeros(768, np.float32)
 
@@ -76,7 +65,7 @@ def workloads(repeats):
         for _ in range(100):
             ops.layernorm_forward(ops.matmul_forward(x, w), lw, lb)
 
-    out["small ops: 1x768 linear + layernorm (x100)"] = {"ours": median_time(ours_pair, repeats)}
+    out["small ops: 1x768 linear + layernorm (x100)"] = {"ours": median_time(ours_pair, repeats, warmup=2)}
     if torch:
         from torch_gpt import TorchGPT
 
@@ -104,9 +93,9 @@ def workloads(repeats):
                 for _ in range(100):
                     F.layer_norm(F.linear(tx, tw), (768,), tlw, tlb)
 
-        out["decode 32 tokens (GPT 4L/128)"]["torch"] = median_time(torch_decode, repeats)
-        out["train step (GPT 4L/256, 16x128)"]["torch"] = median_time(torch_step, repeats)
-        out["small ops: 1x768 linear + layernorm (x100)"]["torch"] = median_time(torch_pair, repeats)
+        out["decode 32 tokens (GPT 4L/128)"]["torch"] = median_time(torch_decode, repeats, warmup=2)
+        out["train step (GPT 4L/256, 16x128)"]["torch"] = median_time(torch_step, repeats, warmup=2)
+        out["small ops: 1x768 linear + layernorm (x100)"]["torch"] = median_time(torch_pair, repeats, warmup=2)
     return out
 
 

@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plotting import pyplot  # noqa: E402
+from timing import median_time  # noqa: E402
 import pytransformer  # noqa: E402
 
 TEXT_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
@@ -47,15 +47,6 @@ def prompt_ids(tokenizer, n):
     while len(ids) < n:
         ids = ids + ids
     return np.array([ids[:n]], np.int64)
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 class Ours:
