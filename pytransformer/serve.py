@@ -62,6 +62,28 @@ def _stops(body):
     return stop
 
 
+# fields a client may send with the type each must have (values are checked where they are used)
+_FIELD_TYPES = {"model": str, "stream": bool, "user": str, "echo": bool, "stream_options": dict,
+                "presence_penalty": (int, float), "frequency_penalty": (int, float), "logit_bias": dict}
+
+
+def _check_types(body):
+    for name, kind in _FIELD_TYPES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        wrong = isinstance(value, bool) and kind == (int, float) or not isinstance(value, kind)
+        if wrong:
+            raise RequestError(f"'{name}' must be {getattr(kind, '__name__', 'a number')}, got {value!r}", name)
+    for name in ("presence_penalty", "frequency_penalty"):  # accepted at 0 (the default) only: not implemented
+        if body.get(name) not in (None, 0, 0.0):
+            raise RequestError(f"'{name}' is not supported (use 0)", name)
+    if body.get("logit_bias"):
+        raise RequestError("'logit_bias' is not supported", "logit_bias")
+    if body.get("echo"):
+        raise RequestError("'echo' is not supported", "echo")
+
+
 class _Tagged:
     """A job's view of its request's queue: every item it puts goes in as (choice index, item)."""
 
@@ -257,6 +279,7 @@ def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_que
             raise RequestError("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise RequestError("the body must be a JSON object")
+        _check_types(body)
         return body
 
     def jobs_for(body, ids, loop, out):

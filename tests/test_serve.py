@@ -116,6 +116,13 @@ def test_models_and_errors(server):
         assert e.value.status_code == 400 and param in str(e.value)
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model="smollm2", messages=[{"role": "user"}])
+    for field, value in (("stream", "yes"), ("model", 5), ("presence_penalty", 0.5), ("user", [1])):
+        req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({"messages": MESSAGES, field: value}).encode(),
+                                     headers={"Authorization": f"Bearer {KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == field
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
     req = urllib.request.Request(url + "/v1/completions", data=b"{not json", method="POST",
