@@ -189,7 +189,6 @@ def main():
         return worker(args, path)
     engines = ["pytransformer", "llama.cpp"] + ([] if args.no_transformers else ["transformers"])
     ours = Ours(path)
-    tok = ours.model.tokenizer
     wbytes = weight_bytes(ours.model)
     del ours
     info = pytransformer.cpu_info()
