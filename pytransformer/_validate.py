@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cuda import DeviceArray
+
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
 
@@ -22,7 +24,7 @@ def array(x, name, spec, dims, dtype=F32):
     """Check x against spec, a tuple of dimension names (bound in `dims` on first sight) or ints; a leading
     '...' takes any number of leading dimensions. Returns x unchanged (never a copy)."""
     dtype = np.dtype(dtype)
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, (np.ndarray, DeviceArray)):
         raise TypeError(f"{name} must be a numpy array of {dtype} {_spec_str(spec, dims)}, got {type(x).__name__}")
     lead = spec[0] == "..."
     fixed = spec[1:] if lead else spec
@@ -36,7 +38,7 @@ def array(x, name, spec, dims, dtype=F32):
                 raise ValueError(f"{name} must be {dtype} {_spec_str(spec, dims)}, got {x.dtype} {tuple(x.shape)}")
         elif size != want:
             raise ValueError(f"{name} must be {dtype} {_spec_str(spec, dims)}, got {x.dtype} {tuple(x.shape)}")
-    if not x.flags.c_contiguous:
+    if type(x) is not DeviceArray and not x.flags.c_contiguous:  # (device arrays are always contiguous)
         raise ValueError(f"{name} must be C-contiguous (strides {x.strides} for shape {tuple(x.shape)}); "
                          "pass np.ascontiguousarray(...)")
     return x
@@ -50,7 +52,11 @@ def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     if out is None:
+        if reads and type(reads[0][1]) is DeviceArray:  # outputs live where the op's first input does
+            return DeviceArray.zeros(shape, dtype) if zero else DeviceArray.empty(shape, dtype)
         return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    if type(out) is DeviceArray:
+        return _device_output(out, name, shape, reads, dtype, same)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of {dtype} {shape}, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -73,6 +79,22 @@ def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
     return out
 
 
+def _device_output(out, name, shape, reads, dtype, same):
+    if out.dtype != dtype or out.shape != shape:
+        raise (TypeError if out.dtype != dtype else ValueError)(
+            f"{name} must be {dtype} {shape}, got {out.dtype} {out.shape}")
+    for other_name, other in reads:
+        if type(other) is not DeviceArray or other is out and other_name in same:
+            continue
+        if out.overlaps(other):
+            if other_name in same and out.ptr == other.ptr and out.dtype == other.dtype and out.shape == other.shape:
+                continue
+            allowed = f" (it may be {other_name} itself, not a view into it)" if other_name in same else ""
+            raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing "
+                             f"{name}{allowed}")
+    return out
+
+
 def _same_array(a, b) -> bool:
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.dtype == b.dtype
             and a.shape == b.shape and a.strides == b.strides)
@@ -82,8 +104,8 @@ def key_mask_bytes(key_mask, dims):
     """key_mask (B, Tk) of bool or uint8 (1 = attend) as a uint8 view, or None."""
     if key_mask is None:
         return None
-    if not isinstance(key_mask, np.ndarray) or key_mask.dtype not in (np.bool_, np.uint8):
-        got = key_mask.dtype if isinstance(key_mask, np.ndarray) else type(key_mask).__name__
+    if not isinstance(key_mask, (np.ndarray, DeviceArray)) or key_mask.dtype not in (np.bool_, np.uint8):
+        got = key_mask.dtype if isinstance(key_mask, (np.ndarray, DeviceArray)) else type(key_mask).__name__
         raise TypeError(f"key_mask must be a bool or uint8 array (B, Tk), got {got}")
     array(key_mask, "key_mask", ("B", "Tk"), dims, key_mask.dtype)
     return key_mask.view(np.uint8)

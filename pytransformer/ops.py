@@ -16,9 +16,17 @@ import math
 import numpy as np
 
 from . import _core
+from .cuda import DeviceArray
+from .cuda import kernels as _cuda_kernels
 from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
 
 U16, I8 = np.dtype(np.uint16), np.dtype(np.int8)
+
+
+def _kernels(x):
+    """The one place a backend is chosen: the C++ CPU core for NumPy arrays, the CUDA module (pytransformer.cuda)
+    for device arrays. Mixing the two in one call is a TypeError from the kernel module's checks."""
+    return _core if type(x) is not DeviceArray else _cuda_kernels()
 
 # --- matmul (Linear) -----------------------------------------------------------------------------------------
 
@@ -30,6 +38,8 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     block format (dequantised in registers); the sums stay float32."""
     if isinstance(weight, Quantized):
         return _matmul_quantized(inp, weight, bias, out)
+    if type(inp) is DeviceArray and weight.dtype != F32:
+        raise TypeError(f"weight must be float32 on a CUDA device (narrow weights are CPU-only), got {weight.dtype}")
     d = {}
     kind = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype in (U16, I8) else F32
     array(weight, "weight", ("OC", "IC"), d, kind)
@@ -45,8 +55,9 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     if kind == I8:
         _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, _rows(inp), d["IC"], d["OC"])
     else:
-        (_core.matmul_w16_forward if kind == U16 else _core.matmul_forward)(out, inp, weight, bias, _rows(inp),
-                                                                           d["IC"], d["OC"])
+        k = _kernels(out)
+        (k.matmul_w16_forward if kind == U16 else k.matmul_forward)(out, inp, weight, bias, _rows(inp), d["IC"],
+                                                                   d["OC"])
     return out
 
 
@@ -94,7 +105,7 @@ def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, c
     dweight = output(dweight, "dweight", weight.shape, reads + [("dinp", dinp)], zero=True)
     dbias = output(dbias, "dbias", (d["OC"],), reads + [("dinp", dinp), ("dweight", dweight)],
                    zero=True) if compute_dbias else None
-    _core.matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
+    _kernels(dout).matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
     return dinp, dweight, dbias
 
 
@@ -115,7 +126,7 @@ def layernorm_forward(inp, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=
     out = output(out, "out", inp.shape, reads, same=("inp",))
     mean = output(mean, "mean", (N,), reads + [("out", out)])
     rstd = output(rstd, "rstd", (N,), reads + [("out", out), ("mean", mean)])
-    _core.layernorm_forward(out, mean, rstd, inp, weight, bias, N, d["C"], eps)
+    _kernels(out).layernorm_forward(out, mean, rstd, inp, weight, bias, N, d["C"], eps)
     return out, mean, rstd
 
 
@@ -135,7 +146,7 @@ def layernorm_backward(dout, inp, weight, mean, rstd, *, dinp=None, dweight=None
     dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
     dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
     dbias = output(dbias, "dbias", (d["C"],), reads + [("dinp", dinp), ("dweight", dweight)], zero=True)
-    _core.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, d["C"])
+    _kernels(dinp).layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, d["C"])
     return dinp, dweight, dbias
 
 
@@ -153,7 +164,7 @@ def gelu_forward(inp, approximate="tanh", *, out=None):
     array(inp, "inp", ("...",), {})
     tanh = _approximate(approximate)
     out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
-    _core.gelu_forward(out, inp, inp.size, tanh)
+    _kernels(out).gelu_forward(out, inp, inp.size, tanh)
     return out
 
 
@@ -162,14 +173,14 @@ def gelu_backward(dout, inp, approximate="tanh", *, dinp=None):
     _same_shape(dout, "dout", inp, "inp")
     tanh = _approximate(approximate)
     dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
-    _core.gelu_backward(dinp, inp, dout, inp.size, tanh)
+    _kernels(dinp).gelu_backward(dinp, inp, dout, inp.size, tanh)
     return dinp
 
 
 def relu_forward(inp, *, out=None):
     array(inp, "inp", ("...",), {})
     out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
-    _core.relu_forward(out, inp, inp.size)
+    _kernels(out).relu_forward(out, inp, inp.size)
     return out
 
 
@@ -177,7 +188,7 @@ def relu_backward(dout, inp, *, dinp=None):
     array(inp, "inp", ("...",), {})
     _same_shape(dout, "dout", inp, "inp")
     dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
-    _core.relu_backward(dinp, inp, dout, inp.size)
+    _kernels(dinp).relu_backward(dinp, inp, dout, inp.size)
     return dinp
 
 
@@ -195,7 +206,7 @@ def softmax_forward(inp, *, out=None):
     d = {}
     array(inp, "inp", ("...", "C"), d)
     out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
-    _core.softmax_forward(out, inp, _rows(inp), d["C"])
+    _kernels(out).softmax_forward(out, inp, _rows(inp), d["C"])
     return out
 
 
@@ -204,7 +215,7 @@ def softmax_backward(dout, out, *, dinp=None):
     array(out, "out", ("...", "C"), d)
     _same_shape(dout, "dout", out, "out")
     dinp = output(dinp, "dinp", out.shape, [("dout", dout), ("out", out)], same=("dout",))
-    _core.softmax_backward(dinp, out, dout, _rows(out), d["C"])
+    _kernels(dinp).softmax_backward(dinp, out, dout, _rows(out), d["C"])
     return dinp
 
 
@@ -220,7 +231,7 @@ def crossentropy_forward(logits, targets, ignore_index=-100, *, label_smoothing=
     losses = output(losses, "losses", (d["N"],), reads)
     lse = output(lse, "lse", (d["N"],), reads + [("losses", losses)])
     eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
-    loss = _core.crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index, eps)
+    loss = _kernels(losses).crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index, eps)
     return loss, losses, lse
 
 
@@ -236,7 +247,7 @@ def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *,
     dlogits = output(dlogits, "dlogits", logits.shape, [("logits", logits), ("targets", targets), ("lse", lse)],
                      same=("logits",))
     eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
-    _core.crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index, eps)
+    _kernels(dlogits).crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index, eps)
     return dlogits
 
 
@@ -249,7 +260,7 @@ def embedding_forward(ids, table, *, out=None):
     array(table, "table", ("V", "C"), d)
     array(ids, "ids", ("...",), d, I64)
     out = output(out, "out", ids.shape + (d["C"],), [("ids", ids), ("table", table)])
-    _core.embedding_forward(out, ids, table, ids.size, d["V"], d["C"])
+    _kernels(out).embedding_forward(out, ids, table, ids.size, d["V"], d["C"])
     return out
 
 
@@ -261,7 +272,7 @@ def embedding_backward(dout, ids, V, *, dtable=None):
     if dout.shape[:-1] != ids.shape:
         raise ValueError(f"dout {tuple(dout.shape)} must be ids.shape + (C,) with ids {tuple(ids.shape)}")
     dtable = output(dtable, "dtable", (d["V"], d["C"]), [("dout", dout), ("ids", ids)], zero=True)
-    _core.embedding_backward(dtable, dout, ids, ids.size, d["V"], d["C"])
+    _kernels(dtable).embedding_backward(dtable, dout, ids, ids.size, d["V"], d["C"])
     return dtable
 
 
@@ -273,7 +284,7 @@ def residual_forward(a, b, *, out=None):
     array(a, "a", ("...",), {})
     _same_shape(b, "b", a, "a")
     out = output(out, "out", a.shape, [("a", a), ("b", b)], same=("a", "b"))
-    _core.residual_forward(out, a, b, a.size)
+    _kernels(out).residual_forward(out, a, b, a.size)
     return out
 
 
@@ -282,7 +293,7 @@ def add_into(dst, src):
     array(dst, "dst", ("...",), {})
     _same_shape(src, "src", dst, "dst")
     output(dst, "dst", dst.shape, [("src", src)])
-    _core.residual_forward(dst, dst, src, dst.size)
+    _kernels(dst).residual_forward(dst, dst, src, dst.size)
     return dst
 
 
@@ -291,7 +302,7 @@ def residual_backward(dout, *, da=None, db=None):
     array(dout, "dout", ("...",), {})
     da = output(da, "da", dout.shape, [("dout", dout)], same=("dout",))
     db = output(db, "db", dout.shape, [("dout", dout), ("da", da)], same=("dout", "da"))
-    _core.residual_backward(da, db, dout, dout.size)
+    _kernels(dout).residual_backward(da, db, dout, dout.size)
     return da, db
 
 
@@ -309,7 +320,7 @@ def dropout_forward(inp, p, seed, *, out=None):
     array(inp, "inp", ("...",), {})
     p, seed = _dropout_args(p, seed)
     out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
-    _core.dropout_forward(out, inp, inp.size, p, seed)
+    _kernels(out).dropout_forward(out, inp, inp.size, p, seed)
     return out
 
 
@@ -317,7 +328,7 @@ def dropout_backward(dout, p, seed, *, dinp=None):
     array(dout, "dout", ("...",), {})
     p, seed = _dropout_args(p, seed)
     dinp = output(dinp, "dinp", dout.shape, [("dout", dout)], same=("dout",))
-    _core.dropout_backward(dinp, dout, dout.size, p, seed)
+    _kernels(dinp).dropout_backward(dinp, dout, dout.size, p, seed)
     return dinp
 
 
@@ -368,7 +379,7 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
     reads = [("q", q), ("k", k), ("v", v), ("key_mask", key_mask)]
     out = output(out, "out", q.shape, reads)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
-    _core.attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
+    _kernels(out).attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
                             d["HS"], bool(causal), scale, layout == "bthd")
     return out, lse
 
@@ -385,7 +396,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     dq = output(dq, "dq", q.shape, reads)
     dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
     dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
-    _core.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
+    _kernels(dq).attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
                              d["Tk"], d["HS"], bool(causal), scale, layout == "bthd")
     return dq, dk, dv
 
@@ -405,7 +416,7 @@ def rmsnorm_forward(inp, weight, eps=1e-5, *, out=None, rstd=None):
     reads = [("inp", inp), ("weight", weight)]
     out = output(out, "out", inp.shape, reads, same=("inp",))
     rstd = output(rstd, "rstd", (N,), reads + [("out", out)])
-    _core.rmsnorm_forward(out, rstd, inp, weight, N, d["C"], eps)
+    _kernels(out).rmsnorm_forward(out, rstd, inp, weight, N, d["C"], eps)
     return out, rstd
 
 
@@ -420,7 +431,7 @@ def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
     reads = [("dout", dout), ("inp", inp), ("weight", weight), ("rstd", rstd)]
     dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
     dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
-    _core.rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, d["N"], d["C"])
+    _kernels(dinp).rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, d["N"], d["C"])
     return dinp, dweight
 
 
@@ -454,7 +465,7 @@ def rope_forward(inp, cos, sin, positions, *, interleaved=False, out=None):
     shaped inp.shape[:-2], each < len(cos)); cos, sin from rope_tables. out may be inp."""
     d, N = _rope_args(inp, "inp", cos, sin, positions)
     out = output(out, "out", inp.shape, [("inp", inp), ("cos", cos), ("sin", sin)], same=("inp",))
-    _core.rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
+    _kernels(out).rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return out
 
 
@@ -462,7 +473,7 @@ def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     """dinp: dout rotated back (the rotation's transpose). dinp may be dout."""
     d, N = _rope_args(dout, "dout", cos, sin, positions)
     dinp = output(dinp, "dinp", dout.shape, [("dout", dout), ("cos", cos), ("sin", sin)], same=("dout",))
-    _core.rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
+    _kernels(dinp).rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return dinp
 
 
@@ -471,7 +482,7 @@ def swiglu_forward(gate, up, *, out=None):
     array(gate, "gate", ("...",), {})
     _same_shape(up, "up", gate, "gate")
     out = output(out, "out", gate.shape, [("gate", gate), ("up", up)], same=("gate", "up"))
-    _core.swiglu_forward(out, gate, up, gate.size)
+    _kernels(out).swiglu_forward(out, gate, up, gate.size)
     return out
 
 
@@ -483,7 +494,7 @@ def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
     reads = [("dout", dout), ("gate", gate), ("up", up)]
     dgate = output(dgate, "dgate", gate.shape, reads, same=("dout",))
     dup = output(dup, "dup", gate.shape, reads + [("dgate", dgate)], same=("dout",))
-    _core.swiglu_backward(dgate, dup, dout, gate, up, gate.size)
+    _kernels(dout).swiglu_backward(dgate, dup, dout, gate, up, gate.size)
     return dgate, dup
 
 
@@ -547,7 +558,7 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     step = integer(step, "step")
     if step < 1:
         raise ValueError(f"step counts from 1, got {step}")
-    _core.adamw_step(params, m, v, grads, params.size, finite_float(lr, "lr"), finite_float(beta1, "beta1", 0, 1, True),
+    _kernels(params).adamw_step(params, m, v, grads, params.size, finite_float(lr, "lr"), finite_float(beta1, "beta1", 0, 1, True),
                      finite_float(beta2, "beta2", 0, 1, True), finite_float(eps, "eps"),
                      finite_float(weight_decay, "weight_decay"), step)
     return params, m, v
@@ -556,7 +567,7 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
 def sum_squares(x):
     """Sum of squares of a float32 array, accumulated in double."""
     array(x, "x", ("...",), {})
-    return float(_core.sum_squares(x, x.size))
+    return float(_kernels(x).sum_squares(x, x.size))
 
 
 def global_norm(x):
