@@ -15,12 +15,18 @@ def cpu_info() -> dict:
         "available_isas": list(_core.available_isas()),
         "openmp": bool(_core.have_openmp()),
         "num_threads": int(_core.get_num_threads()),
-        "cuda": False,  # the CUDA extension arrives in its own issue; the CPU package never needs it
+        "cuda": _cuda_available(),  # the _cuda module is built and a device answers (loads it: never at import)
         "amx_bf16": bool(_core.have_amx()),
         "matmul_precision": _core.get_matmul_precision(),
         "forked_child": bool(_core.in_forked_child()),  # a fork() child runs every kernel on one thread
         "capped_by_load": bool(_core.threads_capped_by_load()),  # a busy machine: kernels on one thread for now
     }
+
+
+def _cuda_available() -> bool:
+    from . import cuda
+
+    return cuda.is_available()
 
 
 def set_num_threads(n: int) -> None:

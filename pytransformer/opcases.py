@@ -22,6 +22,7 @@ import numpy as np
 from . import ops
 from . import reference as ref
 from ._runtime import matmul_precision
+from .cuda import DeviceArray
 
 TOL = 2e-5  # float32 kernels vs the float64 reference, relative to the largest reference magnitude
 
@@ -42,6 +43,19 @@ def rel_err(actual, expected, floor=0.0) -> float:
     finite = np.abs(b[np.isfinite(b)])
     scale = max(float(finite.max()) if finite.size else 0.0, floor)
     return diff / scale if scale > 0 else diff
+
+
+def empty(shape, like):
+    """float32 `shape` where `like` lives (host, or a CUDA device for a DeviceArray)."""
+    return DeviceArray.empty(shape) if type(like) is DeviceArray else np.empty(shape, np.float32)
+
+
+def empty_like(x):
+    return DeviceArray.empty(x.shape, x.dtype) if type(x) is DeviceArray else np.empty_like(x)
+
+
+def zeros_like(x):
+    return DeviceArray.zeros(x.shape, x.dtype) if type(x) is DeviceArray else np.zeros_like(x)
 
 
 def f32(rng, *shape, scale=1.0, shift=0.0):
@@ -93,8 +107,8 @@ class Matmul(Op):
                 "dinp": dinp, "dweight": dweight, "dbias": dbias}
 
     def calls(self, x, o):
-        out = np.empty(x["dout"].shape, np.float32)
-        dx, dw, db = np.empty_like(x["inp"]), np.zeros_like(x["weight"]), np.zeros_like(x["bias"])
+        out = empty(x["dout"].shape, like=x["inp"])
+        dx, dw, db = empty_like(x["inp"]), zeros_like(x["weight"]), zeros_like(x["bias"])
         calls = {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out),
                  "backward": lambda: ops.matmul_backward(x["dout"], x["inp"], x["weight"], dinp=dx, dweight=dw,
                                                          dbias=db)}
@@ -126,7 +140,7 @@ class InferenceProduct(Op):
         return {}
 
     def calls(self, x, o):
-        out = np.empty((x["inp"].shape[0], x["weight"].shape[0]), np.float32)
+        out = empty((x["inp"].shape[0], x["weight"].shape[0]), like=x["inp"])
         kw = self.weight_kw(x)
         return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out, **kw)}
 
@@ -186,9 +200,9 @@ class LayerNorm(Op):
 
     def calls(self, x, o):
         inp, w, b = x["inp"], x["weight"], x["bias"]
-        out, mean, rstd = np.empty_like(inp), np.empty(len(inp), np.float32), np.empty(len(inp), np.float32)
+        out, mean, rstd = empty_like(inp), empty(len(inp), like=inp), empty(len(inp), like=inp)
         ops.layernorm_forward(inp, w, b, out=out, mean=mean, rstd=rstd)
-        dx, dw, db = np.empty_like(inp), np.zeros_like(w), np.zeros_like(b)
+        dx, dw, db = empty_like(inp), zeros_like(w), zeros_like(b)
         return {"forward": lambda: ops.layernorm_forward(inp, w, b, out=out, mean=mean, rstd=rstd),
                 "backward": lambda: ops.layernorm_backward(x["dout"], inp, w, mean, rstd, dinp=dx, dweight=dw,
                                                            dbias=db)}
@@ -212,7 +226,7 @@ class Gelu(Op):
         return {"out": ref.gelu_forward(x["inp"], a), "dinp": ref.gelu_backward(x["dout"], x["inp"], a)}
 
     def calls(self, x, o):
-        a, out, dx = o["approximate"], np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        a, out, dx = o["approximate"], empty_like(x["inp"]), empty_like(x["inp"])
         return {"forward": lambda: ops.gelu_forward(x["inp"], a, out=out),
                 "backward": lambda: ops.gelu_backward(x["dout"], x["inp"], a, dinp=dx)}
 
@@ -233,7 +247,7 @@ class Relu(Op):
         return {"out": ref.relu_forward(x["inp"]), "dinp": ref.relu_backward(x["dout"], x["inp"])}
 
     def calls(self, x, o):
-        out, dx = np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        out, dx = empty_like(x["inp"]), empty_like(x["inp"])
         return {"forward": lambda: ops.relu_forward(x["inp"], out=out),
                 "backward": lambda: ops.relu_backward(x["dout"], x["inp"], dinp=dx)}
 
@@ -254,7 +268,7 @@ class Softmax(Op):
         return {"out": out, "dinp": ref.softmax_backward(x["dout"], out)}
 
     def calls(self, x, o):
-        out, dx = ops.softmax_forward(x["inp"]), np.empty_like(x["inp"])
+        out, dx = ops.softmax_forward(x["inp"]), empty_like(x["inp"])
         return {"forward": lambda: ops.softmax_forward(x["inp"], out=out),
                 "backward": lambda: ops.softmax_backward(x["dout"], out, dinp=dx)}
 
@@ -286,7 +300,7 @@ class CrossEntropy(Op):
 
     def calls(self, x, o):
         N = len(x["targets"])
-        losses, lse, dx = np.empty(N, np.float32), np.empty(N, np.float32), np.empty_like(x["logits"])
+        losses, lse, dx = empty(N, like=x["logits"]), empty(N, like=x["logits"]), empty_like(x["logits"])
         ops.crossentropy_forward(x["logits"], x["targets"], losses=losses, lse=lse)
         return {"forward": lambda: ops.crossentropy_forward(x["logits"], x["targets"], losses=losses, lse=lse),
                 "backward": lambda: ops.crossentropy_backward(x["logits"], x["targets"], lse, dlogits=dx)}
@@ -313,7 +327,7 @@ class Embedding(Op):
                 "dtable": ref.embedding_backward(x["dout"], x["ids"], V)}
 
     def calls(self, x, o):
-        out, dtable = np.empty(x["dout"].shape, np.float32), np.zeros_like(x["table"])
+        out, dtable = empty(x["dout"].shape, like=x["table"]), zeros_like(x["table"])
         V = x["table"].shape[0]
         return {"forward": lambda: ops.embedding_forward(x["ids"], x["table"], out=out),
                 "backward": lambda: ops.embedding_backward(x["dout"], x["ids"], V, dtable=dtable)}
@@ -337,7 +351,7 @@ class Residual(Op):
         return {"out": ref.residual_forward(x["a"], x["b"]), "da": da, "db": db}
 
     def calls(self, x, o):
-        out, da, db = np.empty_like(x["a"]), np.empty_like(x["a"]), np.empty_like(x["a"])
+        out, da, db = empty_like(x["a"]), empty_like(x["a"]), empty_like(x["a"])
         return {"forward": lambda: ops.residual_forward(x["a"], x["b"], out=out),
                 "backward": lambda: ops.residual_backward(x["a"], da=da, db=db)}
 
@@ -358,7 +372,7 @@ class Dropout(Op):
         return {"out": ref.dropout_forward(x["inp"], p, seed), "dinp": ref.dropout_backward(x["dout"], p, seed)}
 
     def calls(self, x, o):
-        p, seed, out, dx = o["p"], o["seed"], np.empty_like(x["inp"]), np.empty_like(x["inp"])
+        p, seed, out, dx = o["p"], o["seed"], empty_like(x["inp"]), empty_like(x["inp"])
         return {"forward": lambda: ops.dropout_forward(x["inp"], p, seed, out=out),
                 "backward": lambda: ops.dropout_backward(x["dout"], p, seed, dinp=dx)}
 
@@ -396,8 +410,8 @@ class Attention(Op):
 
     def calls(self, x, o):
         q, k, v, g, mask, causal = x["q"], x["k"], x["v"], x["dout"], x["key_mask"], o.get("causal", False)
-        out, lse = np.empty_like(q), np.empty(q.shape[:3], np.float32)
-        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        out, lse = empty_like(q), empty(q.shape[:3], like=q)
+        dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
 
         def forward():
             ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse)
@@ -434,9 +448,9 @@ class RMSNorm(Op):
 
     def calls(self, x, o):
         inp, w = x["inp"], x["weight"]
-        out, rstd = np.empty_like(inp), np.empty(len(inp), np.float32)
+        out, rstd = empty_like(inp), empty(len(inp), like=inp)
         ops.rmsnorm_forward(inp, w, out=out, rstd=rstd)
-        dx, dw = np.empty_like(inp), np.zeros_like(w)
+        dx, dw = empty_like(inp), zeros_like(w)
         return {"forward": lambda: ops.rmsnorm_forward(inp, w, out=out, rstd=rstd),
                 "backward": lambda: ops.rmsnorm_backward(x["dout"], inp, w, rstd, dinp=dx, dweight=dw)}
 
@@ -466,7 +480,7 @@ class Rope(Op):
                 "dinp": ref.rope_backward(x["dout"], cos, sin, x["positions"], il)}
 
     def calls(self, x, o):
-        out, args = np.empty_like(x["inp"]), (x["cos"], x["sin"], x["positions"])  # (rotate_half layout)
+        out, args = empty_like(x["inp"]), (x["cos"], x["sin"], x["positions"])  # (rotate_half layout)
         return {"forward": lambda: ops.rope_forward(x["inp"], *args, out=out),
                 "backward": lambda: ops.rope_backward(x["dout"], *args, dinp=out)}
 
@@ -487,7 +501,7 @@ class SwiGLU(Op):
         return {"out": ref.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
 
     def calls(self, x, o):
-        out, dg, du = (np.empty_like(x["gate"]) for _ in range(3))
+        out, dg, du = (empty_like(x["gate"]) for _ in range(3))
         return {"forward": lambda: ops.swiglu_forward(x["gate"], x["up"], out=out),
                 "backward": lambda: ops.swiglu_backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
 
@@ -532,6 +546,8 @@ class MatmulQuantized(InferenceProduct):
 
 class AdamW(Op):
     group = "adamw"
+    # m sums (1 - beta1) g terms that can cancel to ~1e-8: its rounding is relative to those terms (~0.1), not to m
+    floors = {"m": 0.1}
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
 
     def make(self, rng, s, o):
@@ -540,7 +556,7 @@ class AdamW(Op):
 
     def ours(self, x, o):
         p = x["params"].copy()
-        m, v = np.zeros_like(p), np.zeros_like(p)
+        m, v = zeros_like(p), zeros_like(p)
         for step, g in enumerate(x["grads"], 1):
             ops.adamw_step(p, m, v, g, step=step, **self.hyper)
         return {"params": p, "m": m, "v": v}
@@ -552,8 +568,8 @@ class AdamW(Op):
         return {"params": p, "m": m, "v": v}
 
     def calls(self, x, o):
-        p, g = x["params"], x["grads"][0] * np.float32(1e-3)
-        m, v = np.zeros_like(p), np.zeros_like(p)
+        p, g = x["params"], x["grads"][0]
+        m, v = zeros_like(p), zeros_like(p)
         state = {"step": 0}
 
         def step():

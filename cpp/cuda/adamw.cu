@@ -15,10 +15,11 @@ __global__ void adamw_kernel(float* params, float* m, float* v, const float* gra
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float g = grads[i];
-  const float mi = beta1 * m[i] + (1.f - beta1) * g;
-  const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
-  const float denom = sqrtf(vi) * vscale + eps;
-  params[i] = params[i] * decay - step_size * (mi / denom);
+  // the CPU kernel's roundings, fused where it fuses (so a tiny m or v comes out the same)
+  const float mi = fmaf(beta1, m[i], mul_rn(1.f - beta1, g));
+  const float vi = fmaf(beta2, v[i], mul_rn(1.f - beta2, mul_rn(g, g)));
+  const float denom = mul_rn(sqrtf(vi), vscale) + eps;
+  params[i] = fmaf(-step_size, mi / denom, mul_rn(params[i], decay));
   m[i] = mi;
   v[i] = vi;
 }

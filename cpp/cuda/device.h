@@ -47,6 +47,16 @@ void launch(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, size_t 
 #endif
 }
 
+// a * b rounded on its own: never contracted into a neighbouring add (the CPU kernels' rounding where they do not fuse)
+__device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef PT_CUDA_EMULATE
+  volatile float r = a * b;
+  return r;
+#else
+  return __fmul_rn(a, b);
+#endif
+}
+
 // Sums and maxima over a warp's 32 lanes, every lane gets the result (a butterfly: the same order each run).
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,0 +1,189 @@
+"""The CUDA path (pytransformer.cuda, cpp/cuda): every kernel forward and backward against the float64 reference
+on the op-case registry's cases (the same sizes and tolerances as the CPU's), dropout masks equal to the CPU's bit
+for bit, deterministic backward passes, device arrays, and errors.
+
+These run wherever a `_cuda` module loads: on a GPU, or here under the CPU emulator of the CUDA execution model
+(`PYTRANSFORMER_CUDA_MODULE=<a build with PYTRANSFORMER_CUDA=EMULATE>`, which `.ci/cuda` sets); elsewhere they skip.
+Whatever the build, the tests at the bottom check that the CPU package never needs CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pytransformer import cuda, ops, opcases
+from pytransformer import reference as ref
+from pytransformer.cuda import DeviceArray, to_device, to_host
+
+needs_cuda = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA module and device (or emulator) here")
+
+CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized"}  # narrow weights: CPU inference
+# The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 20,000 query-key
+# pairs (seconds each there) run on a GPU only; every other case runs everywhere.
+
+
+def _device(x):
+    if isinstance(x, np.ndarray):
+        return to_device(x)
+    if isinstance(x, list):
+        return [_device(v) for v in x]
+    return x
+
+
+def _small(case):
+    if case.op != "attention" or not cuda.emulated():
+        return True
+    s = case.s
+    B, NH, NKV, Tq, Tk = s["B"], s["NH"], s.get("NKV", s["NH"]), s["Tq"], s["Tk"]
+    blocks = B * NH * -(-Tq // 8) + B * NKV * -(-Tk // 8)
+    return blocks <= 200 and B * NH * Tq * Tk <= 20_000
+
+
+CUDA_CASES = [c for c in opcases.cases("test") if c.op not in CPU_ONLY]
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda c: c.label)
+def test_cuda_kernel_matches_float64_reference(rng, case):
+    if not _small(case):
+        pytest.skip("too large for the emulator (runs on a GPU)")
+    x = case.make(rng)
+    got = {k: to_host(v) for k, v in case.spec.ours({k: _device(v) for k, v in x.items()}, case.o).items()}
+    want = case.spec.reference(x, case.o)
+    for name in want:
+        floor = case.spec.floors.get(name, 0.0)
+        err = opcases.rel_err(got[name], want[name], floor)
+        tol = 0.0 if name in case.spec.exact else case.tol
+        if name in case.spec.exact:
+            err = opcases.rel_err(got[name], np.asarray(want[name], np.float32))
+        assert err <= tol, f"{case.label}: {name} relative error {err:.3g} > {tol:.3g}"
+
+
+def test_every_cuda_op_has_cases():
+    assert {c.op for c in CUDA_CASES} == set(opcases.OPS) - CPU_ONLY
+
+
+@needs_cuda
+def test_dropout_masks_equal_the_cpus_bit_for_bit(rng):
+    x = rng.standard_normal(70001).astype(np.float32)
+    for p, seed in [(0.1, 0), (0.5, 2**64 - 1), (0.37, 12345)]:
+        np.testing.assert_array_equal(ops.dropout_forward(to_device(x), p, seed).numpy(), ops.dropout_forward(x, p, seed))
+
+
+@needs_cuda
+def test_backward_passes_are_deterministic(rng):
+    """Repeated ids (embedding) and many queries per key (attention) add in a fixed order: equal bits each run."""
+    ids = to_device(rng.integers(0, 5, 300))
+    dout = to_device(rng.standard_normal((300, 40)).astype(np.float32))
+    runs = [ops.embedding_backward(dout, ids, 5).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    q, k, v, g = (to_device(rng.standard_normal((1, 2, 20, 8)).astype(np.float32)) for _ in range(4))
+    out, lse = ops.attention_forward(q, k, v, True)
+    a = [t.numpy() for t in ops.attention_backward(g, q, k, v, out, lse, True)]
+    b = [t.numpy() for t in ops.attention_backward(g, q, k, v, out, lse, True)]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@needs_cuda
+def test_attention_layouts_and_a_kv_cache_with_spare_rows(rng):
+    """bthd (a Linear's (B, T, C) output read per head) and k/v holding more rows than are used (kv_len)."""
+    B, NH, NKV, Tq, Tkv, Tk, HS = 2, 4, 2, 3, 12, 9, 16
+    q = rng.standard_normal((B, Tq, NH, HS)).astype(np.float32)
+    k = rng.standard_normal((B, Tkv, NKV, HS)).astype(np.float32)
+    v = rng.standard_normal((B, Tkv, NKV, HS)).astype(np.float32)
+    mask = rng.random((B, Tk)) > 0.2
+    want, want_lse = ops.attention_forward(q, k, v, True, mask, layout="bthd", kv_len=Tk)
+    got, lse = ops.attention_forward(to_device(q), to_device(k), to_device(v), True, to_device(mask),
+                                     layout="bthd", kv_len=Tk)
+    assert opcases.rel_err(got.numpy(), want) < 2e-6 and opcases.rel_err(lse.numpy(), want_lse) < 2e-6
+    g = rng.standard_normal(q.shape).astype(np.float32)
+    kk, vv = np.ascontiguousarray(k[:, :Tk]), np.ascontiguousarray(v[:, :Tk])
+    want_grads = ops.attention_backward(g, q, kk, vv, want, want_lse, True, mask, layout="bthd")
+    got_grads = ops.attention_backward(to_device(g), to_device(q), to_device(kk), to_device(vv), got, lse, True,
+                                       to_device(mask), layout="bthd")
+    for a, b in zip(got_grads, want_grads):
+        assert opcases.rel_err(a.numpy(), b) < 2e-6
+
+
+@needs_cuda
+def test_outputs_are_written_in_place_and_gradients_accumulate(rng):
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in [(4, 6), (3, 6)])
+    g = rng.standard_normal((4, 3)).astype(np.float32)
+    out = DeviceArray.empty((4, 3))
+    assert ops.matmul_forward(to_device(x), to_device(w), out=out) is out
+    dw = to_device(np.ones((3, 6), np.float32))
+    ops.matmul_backward(to_device(g), to_device(x), to_device(w), dweight=dw)
+    np.testing.assert_allclose(dw.numpy(), 1 + g.T @ x, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_device_arrays(rng):
+    a = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    d = DeviceArray.from_numpy(a)
+    assert d.shape == (3, 4, 5) and d.dtype == np.float32 and d.nbytes == a.nbytes
+    np.testing.assert_array_equal(d.numpy(), a)
+    np.testing.assert_array_equal(d[1].numpy(), a[1])
+    np.testing.assert_array_equal(d[1:3].reshape(-1, 5).numpy(), a[1:3].reshape(-1, 5))
+    np.testing.assert_array_equal(d.copy().numpy(), a)
+    iface = d.__cuda_array_interface__
+    assert iface["shape"] == (3, 4, 5) and iface["typestr"] == "<f4" and iface["data"] == (d.ptr, False)
+
+    class Foreign:  # what CuPy or torch hand over
+        __cuda_array_interface__ = iface
+
+    view = DeviceArray.from_cuda_array(Foreign())
+    assert view.ptr == d.ptr
+    np.testing.assert_array_equal(view.numpy(), a)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        DeviceArray.from_cuda_array(type("T", (), {"__cuda_array_interface__": dict(iface, strides=(4, 12, 48))})())
+    with pytest.raises(TypeError, match="numpy"):
+        np.asarray(d)
+    with pytest.raises(IndexError):
+        d[3]
+    with pytest.raises(ValueError, match="reshape"):
+        d.reshape(7, -1)
+
+
+@needs_cuda
+def test_bad_calls_are_python_errors(rng):
+    x, w = to_device(rng.standard_normal((4, 6)).astype(np.float32)), to_device(np.ones((3, 6), np.float32))
+    with pytest.raises(TypeError, match="device array"):
+        ops.matmul_forward(x, np.ones((3, 6), np.float32))  # host and device arrays mixed
+    with pytest.raises(ValueError, match="IC"):
+        ops.matmul_forward(x, to_device(np.ones((3, 5), np.float32)))
+    with pytest.raises(ValueError, match="out of range"):
+        ops.embedding_forward(to_device(np.array([0, 7])), w)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.crossentropy_forward(to_device(np.ones((2, 3), np.float32)), to_device(np.array([1, 3])))
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.matmul_forward(x, w, out=x.ravel()[:12].reshape(4, 3))
+    with pytest.raises(TypeError, match="CPU-only"):
+        ops.matmul_forward(x, ops.to_bfloat16(np.ones((3, 6), np.float32)))
+    with pytest.raises(MemoryError):
+        DeviceArray.empty((1 << 50,))
+
+
+def test_importing_pytransformer_loads_no_cuda_library():
+    code = ("import sys, pytransformer, pytransformer.ops; "
+            "maps = open('/proc/self/maps').read(); "
+            "print('pytransformer._cuda' in sys.modules, 'libcublas' in maps or 'libcuda.so' in maps)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTRANSFORMER_CUDA_MODULE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines()[-1].split() == ["False", "False"]
+
+
+def test_cpu_info_tells_the_truth_about_cuda():
+    import pytransformer
+
+    assert pytransformer.cpu_info()["cuda"] == cuda.is_available()
+
+
+@pytest.mark.skipif(cuda.is_available(), reason="a CUDA module and device are here")
+def test_without_cuda_device_arrays_say_why():
+    with pytest.raises(RuntimeError, match="CUDA"):
+        DeviceArray.from_numpy(np.ones(3, np.float32))
