@@ -46,7 +46,9 @@ def _load():
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
         else:
-            from . import _cuda as mod  # type: ignore[attr-defined]
+            import importlib
+
+            mod = importlib.import_module(__name__.rsplit(".", 1)[0] + "._cuda")
         _module = mod
     except ImportError as e:
         _module_error = str(e)
@@ -280,6 +282,11 @@ def to_device(x):
     if hasattr(x, "__cuda_array_interface__"):
         return DeviceArray.from_cuda_array(x)
     return DeviceArray.from_numpy(x)
+
+
+def zeros_like(x):
+    """Zeros of x's shape and dtype where x lives (host or device)."""
+    return DeviceArray.zeros(x.shape, x.dtype) if isinstance(x, DeviceArray) else np.zeros_like(x)
 
 
 def to_host(x):

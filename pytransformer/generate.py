@@ -18,14 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cuda import DeviceArray, to_host
+
 
 class KVCache:
     """Keys and values of every self-attention layer: k[l], v[l] (B, T_max, NKV, HS) float32, allocated once;
     `length` positions are filled (the same count for every row: a left-padded batch masks its pads)."""
 
-    def __init__(self, n_layer, B, T_max, NKV, HS):
-        self.k = [np.zeros((B, T_max, NKV, HS), np.float32) for _ in range(n_layer)]
-        self.v = [np.zeros((B, T_max, NKV, HS), np.float32) for _ in range(n_layer)]
+    def __init__(self, n_layer, B, T_max, NKV, HS, device="cpu"):
+        zeros = DeviceArray.zeros if device == "cuda" else (lambda shape: np.zeros(shape, np.float32))
+        self.k = [zeros((B, T_max, NKV, HS)) for _ in range(n_layer)]
+        self.v = [zeros((B, T_max, NKV, HS)) for _ in range(n_layer)]
         self.length = 0
         self.capacity = T_max
 
@@ -37,10 +40,10 @@ class KVCache:
         return cache
 
     @classmethod
-    def for_blocks(cls, blocks, B, T_max):
+    def for_blocks(cls, blocks, B, T_max, device="cpu"):
         """A cache for the self-attention of these decoder blocks (their key/value heads and head size)."""
         attn = blocks[0].attn.sublayer if blocks else None
-        return cls(len(blocks), B, T_max, attn.NKV if attn else 1, attn.HS if attn else 1)
+        return cls(len(blocks), B, T_max, attn.NKV if attn else 1, attn.HS if attn else 1, device)
 
     def layer(self, i):
         return self.k[i], self.v[i], self.length
@@ -196,14 +199,14 @@ def _prefill(model, tokens, mask, window, total):
     cache = model.new_cache(B, min(max(total, T), window))
     key_mask = None if mask.all() else mask
     logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask, last_only=True)
-    return cache, logits[:, -1]
+    return cache, to_host(logits)[:, -1]
 
 
 def _decode(model, cache, tokens, mask):
     """One position per row over the cache -> logits (B, V)."""
     position = _positions(mask)[:, -1:]
     key_mask = None if mask.all() else np.ascontiguousarray(mask)
-    return model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask)[:, -1]
+    return to_host(model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask))[:, -1]
 
 
 def score(model, ids, attention_mask=None):
@@ -221,7 +224,7 @@ def score(model, ids, attention_mask=None):
     if T < 2:
         return np.zeros((B, 0))
     with model.evaluating():
-        logits = model.forward(ids, position_ids=_positions(mask), key_mask=None if mask.all() else mask)
+        logits = to_host(model.forward(ids, position_ids=_positions(mask), key_mask=None if mask.all() else mask))
     # a target counts when it and the position predicting it are real (a row's first real token has no context)
     targets = np.where(mask[:, 1:] & mask[:, :-1], ids[:, 1:], -100).reshape(-1)
     V = logits.shape[-1]

@@ -564,6 +564,18 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     return params, m, v
 
 
+def scale_(x, factor):
+    """x *= factor in place (float32), returned: gradient clipping's rescale, on either device."""
+    array(x, "x", ("...",), {})
+    output(x, "x", x.shape)
+    factor = finite_float(factor, "factor")
+    if type(x) is DeviceArray:
+        _cuda_kernels().scale_inplace(x, x.size, factor)
+    else:
+        x *= np.float32(factor)
+    return x
+
+
 def sum_squares(x):
     """Sum of squares of a float32 array, accumulated in double."""
     array(x, "x", ("...",), {})

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import ops
+from .cuda import DeviceArray, to_device, to_host, zeros_like
 from .nn import FlatParameters
 
 
@@ -20,12 +21,15 @@ class AdamW:
         self.params = params
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.decay_vectors = decay_vectors
-        self.m = np.zeros_like(params.data)
-        self.v = np.zeros_like(params.data)
+        self.m = zeros_like(params.data)
+        self.v = zeros_like(params.data)
         self.step_count = 0
 
     def step(self, lr=None):
         lr = self.lr if lr is None else lr
+        if type(self.m) is not type(self.params.data):  # the model moved (Model.to) after this was made
+            self.m, self.v = (to_device(a) if type(self.params.data) is DeviceArray else to_host(a)
+                              for a in (self.m, self.v))
         self.step_count += 1
         b1, b2 = self.betas
         p, g, m, v, k = self.params.data, self.params.grad, self.m, self.v, self.params.decay_size
@@ -37,11 +41,15 @@ class AdamW:
                 ops.adamw_step(p[sl], m[sl], v[sl], g[sl], lr, b1, b2, self.eps, wd, self.step_count)
 
     def state_dict(self):
-        return {"m": self.m, "v": self.v, "step": np.array(self.step_count, np.int64)}
+        return {"m": to_host(self.m), "v": to_host(self.v), "step": np.array(self.step_count, np.int64)}
 
     def load_state_dict(self, state):
-        self.m[...] = state["m"]
-        self.v[...] = state["v"]
+        if type(self.m) is DeviceArray:
+            self.m.copy_from(np.asarray(state["m"], np.float32))
+            self.v.copy_from(np.asarray(state["v"], np.float32))
+        else:
+            self.m[...] = state["m"]
+            self.v[...] = state["v"]
         self.step_count = int(state["step"])
 
 
@@ -84,7 +92,7 @@ def clip_grad_norm(params: FlatParameters, max_norm: float) -> float:
     """Scale the gradients so that their global L2 norm is at most max_norm; returns the norm before."""
     norm = ops.global_norm(params.grad)
     if max_norm > 0 and norm > max_norm:
-        params.grad *= np.float32(max_norm / (norm + 1e-6))
+        ops.scale_(params.grad, max_norm / (norm + 1e-6))
     return norm
 
 

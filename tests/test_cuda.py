@@ -168,6 +168,50 @@ def test_bad_calls_are_python_errors(rng):
         DeviceArray.empty((1 << 50,))
 
 
+@needs_cuda
+def test_a_gpt_trains_and_generates_on_the_device_as_on_the_cpu(rng):
+    """The whole model: loss, every gradient, clipping and AdamW steps (dropout on: the masks are the CPU's), then
+    greedy generation through the KV cache; the same numbers as the CPU path."""
+    from pytransformer import optim
+    from pytransformer.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    cpu, dev = GPT(cfg, seed=3), GPT(cfg, seed=3, device="cuda")
+    assert type(dev.params.data) is DeviceArray and type(dev.blocks[0].attn.sublayer.q.weight.data) is DeviceArray
+    idx, targets = rng.integers(0, 61, (2, 9)), rng.integers(0, 61, (2, 9))
+    targets[0, 2] = -100
+    opt_cpu, opt_dev = optim.AdamW(cpu.params, lr=1e-2), optim.AdamW(dev.params, lr=1e-2)
+    for _ in range(3):
+        cpu.zero_grad()
+        dev.zero_grad()
+        loss_cpu, loss_dev = cpu.loss(idx, targets), dev.loss(idx, targets)
+        assert abs(loss_dev - loss_cpu) <= 1e-5 * abs(loss_cpu)
+        cpu.backward()
+        dev.backward()
+        assert opcases.rel_err(dev.params.grad.numpy(), cpu.params.grad) <= 1e-5
+        assert optim.clip_grad_norm(dev.params, 0.5) == pytest.approx(optim.clip_grad_norm(cpu.params, 0.5), 1e-5)
+        opt_cpu.step()
+        opt_dev.step()
+    # (AdamW moves every parameter by ~lr whatever its gradient's size: near-zero gradients amplify rounding)
+    assert opcases.rel_err(dev.params.data.numpy(), cpu.params.data) <= 1e-4
+    prompt = idx[:, :4]
+    np.testing.assert_array_equal(dev.generate(prompt, 6, temperature=0), cpu.generate(prompt, 6, temperature=0))
+    with dev.evaluating(), cpu.evaluating():
+        assert opcases.rel_err(dev.forward(idx).numpy(), cpu.forward(idx)) <= 1e-5
+    dev.to("cpu")
+    assert type(dev.params.data) is np.ndarray
+    assert opcases.rel_err(dev.forward(idx), cpu.forward(idx)) <= 1e-4
+
+
+@needs_cuda
+def test_narrow_weights_stay_on_the_cpu():
+    from pytransformer.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8)).set_weight_dtype("bfloat16")
+    with pytest.raises(RuntimeError, match="float32"):
+        model.to("cuda")
+
+
 def test_importing_pytransformer_loads_no_cuda_library():
     code = ("import sys, pytransformer, pytransformer.ops; "
             "maps = open('/proc/self/maps').read(); "
@@ -185,5 +229,9 @@ def test_cpu_info_tells_the_truth_about_cuda():
 
 @pytest.mark.skipif(cuda.is_available(), reason="a CUDA module and device are here")
 def test_without_cuda_device_arrays_say_why():
+    from pytransformer.models.gpt import GPT, GPTConfig
+
     with pytest.raises(RuntimeError, match="CUDA"):
         DeviceArray.from_numpy(np.ones(3, np.float32))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), device="cuda")

@@ -284,6 +284,11 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     cu::residual_forward(o, x, y, n);
   });
+  m.def("scale_inplace", [](py::object x, int64_t n, float factor) {
+    auto* p = dev<float>(x, "x", n);
+    py::gil_scoped_release release;
+    cu::scale_inplace(p, n, factor);
+  });
   m.def("residual_backward", [](py::object da, py::object db, py::object dout, int64_t n) {
     auto* x = dev<float>(da, "da", n, true);
     auto* y = dev<float>(db, "db", n, true);

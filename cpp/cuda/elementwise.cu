@@ -8,6 +8,11 @@ namespace cuda {
 namespace {
 constexpr int kThreads = 256;
 
+__global__ void scale_kernel(float* x, int64_t n, float factor) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= factor;
+}
+
 __global__ void residual_forward_kernel(float* out, const float* a, const float* b, int64_t n) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = a[i] + b[i];
@@ -33,6 +38,11 @@ __global__ void dropout_kernel(float* out, const float* in, int64_t n, uint32_t 
 void residual_forward(float* out, const float* a, const float* b, int64_t n) {
   launch("residual_forward", residual_forward_kernel, dim3((unsigned)cdiv(n, kThreads)), dim3(kThreads), 0, out, a,
          b, n);
+}
+
+// x (n) *= factor, in place (gradient clipping)
+void scale_inplace(float* x, int64_t n, float factor) {
+  launch("scale_inplace", scale_kernel, dim3((unsigned)cdiv(n, kThreads)), dim3(kThreads), 0, x, n, factor);
 }
 
 // da = db = dout (overwritten; either may be null or dout itself)

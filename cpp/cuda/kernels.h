@@ -66,6 +66,7 @@ void embedding_forward(float* out, const int64_t* ids, const float* table, int64
 void embedding_backward(float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V, int64_t C);
 // --- elementwise.cu ---
 void residual_forward(float* out, const float* a, const float* b, int64_t n);
+void scale_inplace(float* x, int64_t n, float factor);  // x *= factor (the CPU path scales with NumPy)
 void residual_backward(float* da, float* db, const float* dout, int64_t n);
 void dropout_forward(float* out, const float* inp, int64_t n, float p, uint64_t seed);
 void dropout_backward(float* dinp, const float* dout, int64_t n, float p, uint64_t seed);

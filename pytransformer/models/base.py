@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from .. import ops
+from ..cuda import DeviceArray, to_device
 from ..generate import KVCache, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention
 
@@ -113,6 +114,30 @@ class Model(Module):
     def zero_grad(self) -> None:
         self.params.zero_grad()
 
+    device = "cpu"
+
+    def to(self, device: str) -> "Model":
+        """Move the parameters and gradients to "cuda" (pytransformer.cuda: forward, backward, the optimizer
+        step and generation then run there, inputs and targets given as NumPy arrays as before) or back to
+        "cpu". Weights must be float32 (narrow and GGUF weights are CPU inference). -> self"""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            from .. import cuda
+
+            cuda.kernels()  # (a clear error when there is no CUDA module or device)
+            for m in self.modules():
+                if getattr(m, "narrow", None) is not None or getattr(m, "quantized", None) is not None:
+                    raise RuntimeError(f"{type(m).__name__} holds narrow or quantised weights (CPU inference); "
+                                       "call set_weight_dtype('float32') before moving the model to cuda")
+        self.params.to(device)
+        for m in self.modules():  # products and plans made over the old buffers
+            for cached in ("_qkv", "_gate_up", "_plan"):
+                if cached in vars(m):
+                    setattr(m, cached, None)
+        self.device = device
+        return self
+
     def set_weight_dtype(self, dtype: str) -> "Model":
         """"bfloat16" or "int8": every Linear and tied output layer multiplies with a narrow copy of its weight
         (inference: half or a quarter of the bytes a decoded token reads; int8 symmetric per output row; sums in
@@ -196,6 +221,15 @@ class Model(Module):
                 p.data[...] = value
 
 
+def last_rows(x):
+    """x (B, T, C) -> (B, 1, C), each sequence's last position (generation's prefill), on x's device."""
+    if type(x) is not DeviceArray:
+        return np.ascontiguousarray(x[:, -1:])
+    B, T, C = x.shape
+    rows = to_device(np.arange(1, B + 1, dtype=np.int64) * T - 1)  # (gathered as embedding rows)
+    return ops.embedding_forward(rows, x.reshape(B * T, C)).reshape(B, 1, C)
+
+
 def check_ids(ids, name, max_T=None):
     if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer numpy array (B, T), got "
@@ -229,6 +263,8 @@ class CrossEntropyHead:
                              f"{tuple(targets.shape)}")
         flat_logits = logits.reshape(-1, V)
         flat_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
+        if type(logits) is DeviceArray:
+            flat_targets = to_device(flat_targets)
         loss, _, lse = ops.crossentropy_forward(flat_logits, flat_targets, ignore_index,
                                                 label_smoothing=self.label_smoothing)
         if not np.isfinite(loss):
@@ -254,8 +290,8 @@ class CausalLM(Model):
     key_mask=), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
 
     def new_cache(self, B, T_max):
-        """A KV cache for B sequences of up to T_max positions (float32, every layer)."""
-        return KVCache.for_blocks(self.blocks, B, T_max)
+        """A KV cache for B sequences of up to T_max positions (float32, every layer, on the model's device)."""
+        return KVCache.for_blocks(self.blocks, B, T_max, self.device)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

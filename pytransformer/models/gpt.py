@@ -9,7 +9,8 @@ import numpy as np
 
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
                   TiedLMHead)
-from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters
+from ..cuda import to_device
+from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 
 @dataclass
@@ -82,7 +83,7 @@ def gpt3_table() -> list[dict]:
 class GPT(CausalLM):
     """forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean cross-entropy; backward()."""
 
-    def __init__(self, config: GPTConfig, seed: int = 0):
+    def __init__(self, config: GPTConfig, seed: int = 0, device: str = "cpu"):
         c = config
         self.config = c
         C, std, out_std = c.n_embd, 0.02, 0.02 / math.sqrt(2 * c.n_layer)
@@ -98,6 +99,8 @@ class GPT(CausalLM):
         self.lm_head = TiedLMHead(self.wte.weight)
         self.head = CrossEntropyHead()
         self._build(seed)
+        if device != "cpu":
+            self.to(device)
 
     def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False):
         """idx (B, T) -> logits (B, T, V). For generation (pytransformer.generate): cache, a KVCache whose
@@ -107,6 +110,10 @@ class GPT(CausalLM):
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
         self._begin_forward()
+        if self.device == "cuda":
+            idx = to_device(idx)
+            if key_mask is not None:
+                key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.drop.forward(self.wpe.forward(self.wte.forward(idx), position_ids))
         if cache is None:
             for block in self.blocks:
@@ -116,7 +123,7 @@ class GPT(CausalLM):
                 x = block.forward(x, cache=cache.layer(i), key_mask=key_mask)
             cache.length += idx.shape[1]
         if last_only:  # (generation's prefill: only the last position's next token is wanted)
-            x = np.ascontiguousarray(x[:, -1:])
+            x = last_rows(x)
         return self.lm_head.forward(self.ln_f.forward(x))  # (B, T, V)
 
     @property

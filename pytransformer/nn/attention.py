@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .. import _core, ops
+from ..cuda import DeviceArray
 from .layers import FusedProduct, Linear
 from .module import Module
 
@@ -108,6 +109,8 @@ class MultiHeadAttention(Module):
         end = start + T
         if end > k_cache.shape[1]:
             raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
+        if type(x) is DeviceArray:
+            return self._forward_cached_device(x, key_mask, k_cache, v_cache, start, end)
         if self._qkv is None:
             self._qkv = FusedProduct((self.q, self.k, self.v))
         NH, NKV, HS = self.NH, self.NKV, self.HS
@@ -133,6 +136,21 @@ class MultiHeadAttention(Module):
                                     self.causal, 1.0 / math.sqrt(HS), True)
         else:
             out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
+        return self.o.forward(merge_heads(out))
+
+    def _forward_cached_device(self, x, key_mask, k_cache, v_cache, start, end):
+        """_forward_cached on a CUDA device: the three products, the new rows copied into each sequence's cache
+        rows start .. end, attention over the cache in place."""
+        if self.rope is not None:
+            raise NotImplementedError("rotary attention is CPU-only for now (the CUDA path runs GPT-style models)")
+        B = x.shape[0]
+        k = heads(self.k.forward(x), self.NKV)
+        v = heads(self.v.forward(x), self.NKV)
+        for b in range(B):
+            k_cache[b][start:end].copy_from(k[b])
+            v_cache[b][start:end].copy_from(v[b])
+        out, _ = ops.attention_forward(heads(self.q.forward(x), self.NH), k_cache, v_cache, self.causal, key_mask,
+                                       layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .. import _core, ops
+from ..cuda import DeviceArray, to_device
 from .module import Module, Parameter, normal, ones, zeros
 
 _F32 = np.dtype(np.float32)
@@ -356,6 +357,8 @@ class LearnedPositions(Module):
         """position_ids (B, T): each row's own positions (a left-padded batch counts from its first real
         token); default 0 .. T-1 for every row."""
         T = x.shape[1]
+        if position_ids is None and type(x) is DeviceArray:  # (on a GPU: the rows gathered like embeddings)
+            position_ids = np.broadcast_to(np.arange(T, dtype=np.int64), x.shape[:2])
         if position_ids is None:
             if T > self.weight.shape[0]:
                 raise ValueError(f"sequence length {T} exceeds the {self.weight.shape[0]} learned positions")
@@ -366,15 +369,16 @@ class LearnedPositions(Module):
         if position_ids.shape != x.shape[:2] or position_ids.size and (
                 position_ids.min() < 0 or position_ids.max() >= self.weight.shape[0]):
             raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.weight.shape[0]})")
+        position_ids = np.ascontiguousarray(position_ids, np.int64)
+        if type(x) is DeviceArray:
+            position_ids = to_device(position_ids)
         if self.keeps_state:
             self._position_ids = position_ids
-        return ops.residual_forward(x, ops.embedding_forward(np.ascontiguousarray(position_ids, np.int64),
-                                                             self.weight.data))
+        return ops.residual_forward(x, ops.embedding_forward(position_ids, self.weight.data))
 
     def backward(self, dout):
         if self._position_ids is not None:
-            ops.embedding_backward(dout, np.ascontiguousarray(self._position_ids, np.int64), self.weight.shape[0],
-                                   dtable=self.weight.grad)
+            ops.embedding_backward(dout, self._position_ids, self.weight.shape[0], dtable=self.weight.grad)
             return dout
         T = dout.shape[1]
         self.weight.grad[:T] += dout.sum(axis=0)

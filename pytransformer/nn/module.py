@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..cuda import DeviceArray, to_device, to_host
+
 
 def normal(std: float) -> Callable:
     return lambda rng, shape: rng.standard_normal(shape) * std
@@ -171,7 +173,20 @@ class FlatParameters:
         return self.data.size
 
     def zero_grad(self) -> None:
-        self.grad.fill(0.0)
+        if type(self.grad) is DeviceArray:
+            self.grad.fill_zero()
+        else:
+            self.grad.fill(0.0)
+
+    def to(self, device: str) -> None:
+        """Move values and gradients to "cuda" (DeviceArrays) or "cpu" (NumPy), every Parameter's data and grad
+        becoming a view into the moved buffers at the same offsets."""
+        move = to_device if device == "cuda" else to_host
+        self.data, self.grad = move(self.data), move(self.grad)
+        for name, p in self.named:
+            offset, size = self.offsets[name]
+            p.data = self.data[offset: offset + size].reshape(p.shape)
+            p.grad = self.grad[offset: offset + size].reshape(p.shape)
 
     def __iter__(self):
         return iter(self.named)
