@@ -3,6 +3,7 @@
 
     python bench/kernels.py [--threads 1 2] [--quick] [--only matmul,attention] [--json out.json]
     python bench/kernels.py --isa avx2 --only matmul   # all three held to AVX2 (OpenBLAS Haswell kernels)
+    python bench/kernels.py --device cuda              # the CUDA kernels against torch on the same GPU
 
 Threads are pinned for all three (pytransformer.set_num_threads, torch.set_num_threads, threadpoolctl for
 NumPy's BLAS); each number is the median over repeats after warm-up. Ratios are peer time / our time, so
@@ -422,6 +423,75 @@ def run(threads, only=None, quick=False, limits=None):
     return header, rows
 
 
+# --- the CUDA kernels (--device cuda): the same registry cases on device arrays, against torch on the same GPU (the
+# CPU peers' torch calls, their tensors made on the GPU); every call timed to its device synchronisation. ---------
+
+CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized"}
+
+
+def synced(fn, sync):
+    def run():
+        fn()
+        sync()
+    return run
+
+
+class _TorchOnCuda:
+    """Within it, torch.from_numpy gives GPU tensors, so the CPU peers above build their calls on the GPU."""
+
+    def __enter__(self):
+        self.real = torch.from_numpy
+        torch.from_numpy = lambda a: self.real(a).cuda()
+
+    def __exit__(self, *exc):
+        torch.from_numpy = self.real
+
+
+def run_cuda(only=None, quick=False):
+    from pytransformer import cuda
+
+    if not cuda.is_available():
+        sys.exit("--device cuda: no CUDA module and device here (build with PYTRANSFORMER_CUDA=ON)")
+    torch_cuda = torch is not None and torch.cuda.is_available()
+    print(f"# device: {cuda.device_name()}{' (emulated)' if cuda.emulated() else ''}; torch on cuda: "
+          f"{torch.cuda.get_device_name() if torch_cuda else 'no'}")
+    print(f"{'kernel':<52} {'ours ms':>9} {'torch ms':>9} {'rate':>15} {'x torch':>8}")
+    rows = []
+    for case in opcases.cases("bench"):
+        if case.op in CPU_ONLY or group_of(case) == "matmul_bf16":
+            continue
+        group = group_of(case)
+        wanted = lambda label: not only or group in only or any(o in label for o in only)  # noqa: E731
+        if not any(wanted(label_of(case, d)) for d in ("forward", "backward", "fwd+bwd", "step")):
+            continue
+        if quick and ("50304" in case.label or "124000000" in case.label or "Tq=1024" in case.label):
+            continue
+        x = case.make(np.random.default_rng(0))
+        xd = {k: [cuda.to_device(a) for a in v] if isinstance(v, list) else
+              cuda.to_device(v) if isinstance(v, np.ndarray) else v for k, v in x.items()}
+        for direction, ours in case.calls(xd).items():
+            label = label_of(case, direction)
+            if not wanted(label):
+                continue
+            fns = {"ours": synced(ours, cuda.synchronize)}
+            if torch_cuda and case.op in PEERS:
+                with _TorchOnCuda():
+                    peer = PEERS[case.op](case, x, direction).get("torch")
+                if peer is not None:
+                    fns["torch"] = synced(peer, torch.cuda.synchronize)
+            times = {name: median_time(fn) for name, fn in fns.items()}
+            work, unit = case.work(direction)
+            row = {"kernel": label, "group": group, "device": "cuda", "unit": unit,
+                   "ms": {k: v * 1e3 for k, v in times.items()}, "rate": work / times["ours"] / 1e9,
+                   "vs_torch": times["torch"] / times["ours"] if "torch" in times else None}
+            rows.append(row)
+            ratio = f"{row['vs_torch']:8.2f}" if row["vs_torch"] else f"{'-':>8}"
+            torch_ms = f"{row['ms']['torch']:9.3f}" if "torch" in row["ms"] else f"{'-':>9}"
+            print(f"{label:<52} {row['ms']['ours']:9.3f} {torch_ms} {row['rate']:8.1f} {unit:<6} {ratio}")
+            sys.stdout.flush()
+    return rows
+
+
 def print_header(header):
     print(f"# pytransformer {header['pytransformer']}  isa={header['isa']} (available: "
           f"{', '.join(header['available_isas'])})  openmp={header['openmp']}")
@@ -453,7 +523,18 @@ def main():
                     help="our kernel variant; avx2 also holds OpenBLAS (Haswell), torch and MKL to AVX2")
     ap.add_argument("--plot", action="store_true", help="also draw bench/results/kernels.png (needs matplotlib)")
     ap.add_argument("--from-json", help="only plot the results of an earlier run")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the CUDA kernels against torch on the same GPU")
     args = ap.parse_args()
+    if args.device == "cuda":
+        rows = run_cuda([o for o in args.only.split(",") if o], args.quick)
+        if args.json:
+            path = args.json.replace("kernels.json", "kernels_cuda.json")
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w") as f:
+                json.dump({"results": rows}, f, indent=1)
+            print(f"# wrote {path}")
+        return
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)

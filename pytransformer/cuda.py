@@ -14,7 +14,7 @@ with the same checks, results (float32, within rounding) and gradient convention
 DeviceArrays. The backend is chosen in one place (`ops._kernels`) from the type of the op's first array.
 
 Testing without a GPU: `PYTRANSFORMER_CUDA_MODULE=/path/to/_cuda*.so` loads that build of the module instead,
-e.g. one built with `PYTRANSFORMER_CUDA=EMULATE` (the kernels on CPU threads; `.ci/cuda`).
+e.g. one built with `PYTRANSFORMER_CUDA=EMULATE` (the kernels run as fibers on the CPU; `.ci/cuda`).
 """
 
 from __future__ import annotations

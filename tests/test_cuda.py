@@ -198,6 +198,7 @@ def test_a_gpt_trains_and_generates_on_the_device_as_on_the_cpu(rng):
     np.testing.assert_array_equal(dev.generate(prompt, 6, temperature=0), cpu.generate(prompt, 6, temperature=0))
     with dev.evaluating(), cpu.evaluating():
         assert opcases.rel_err(dev.forward(idx).numpy(), cpu.forward(idx)) <= 1e-5
+        assert opcases.rel_err(dev.forward(idx[:1]).numpy(), cpu.forward(idx[:1])) <= 1e-5  # (read-only positions)
     dev.to("cpu")
     assert type(dev.params.data) is np.ndarray
     assert opcases.rel_err(dev.forward(idx), cpu.forward(idx)) <= 1e-4

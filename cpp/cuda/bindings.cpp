@@ -60,8 +60,11 @@ void* host_ptr(py::array& a, size_t bytes, bool writeable) {
   if ((size_t)a.nbytes() != bytes)
     throw py::value_error("host array has " + std::to_string(a.nbytes()) + " bytes, expected " +
                           std::to_string(bytes));
-  if (writeable && !a.writeable()) throw py::value_error("host array is read-only");
-  return a.mutable_data();
+  if (writeable) {
+    if (!a.writeable()) throw py::value_error("host array is read-only");
+    return a.mutable_data();
+  }
+  return const_cast<void*>(a.data());  // (only read)
 }
 
 // Every index in ids (a device array of n int64) must lie in [0, hi), or equal `ignore` when allow_ignore: the

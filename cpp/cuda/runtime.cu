@@ -12,7 +12,7 @@ namespace cuda {
 #ifdef PT_CUDA_EMULATE
 bool emulated() { return true; }
 int device_count() { return 1; }
-std::string device_name(int) { return "CUDA emulator on CPU threads (pytransformer tests)"; }
+std::string device_name(int) { return "CUDA emulator (CPU fibers, pytransformer tests)"; }
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
