@@ -205,11 +205,44 @@ def test_a_gpt_trains_and_generates_on_the_device_as_on_the_cpu(rng):
 
 
 @needs_cuda
-def test_narrow_weights_stay_on_the_cpu():
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_llama_trains_and_generates_on_the_device_as_on_the_cpu(rng, interleaved):
+    """RMSNorm, rotary positions (both layouts), grouped-query attention and SwiGLU: loss, gradients, greedy
+    generation through the KV cache."""
+    from pytransformer.models.llama import Llama, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=40,
+                      rope_interleaved=interleaved)
+    cpu, dev = Llama(cfg, seed=1), Llama(cfg, seed=1, device="cuda")
+    idx, targets = rng.integers(0, 50, (2, 7)), rng.integers(0, 50, (2, 7))
+    loss_cpu, loss_dev = cpu.loss(idx, targets), dev.loss(idx, targets)
+    assert abs(loss_dev - loss_cpu) <= 1e-5 * abs(loss_cpu)
+    cpu.backward()
+    dev.backward()
+    assert opcases.rel_err(dev.params.grad.numpy(), cpu.params.grad) <= 1e-5
+    np.testing.assert_array_equal(dev.generate(idx[:, :3], 5, temperature=0), cpu.generate(idx[:, :3], 5,
+                                                                                           temperature=0))
+
+
+@needs_cuda
+def test_narrow_weights_move_to_the_device_as_float32(rng):
     from pytransformer.models.gpt import GPT, GPTConfig
 
-    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8)).set_weight_dtype("bfloat16")
-    with pytest.raises(RuntimeError, match="float32"):
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    idx = rng.integers(0, 11, (1, 5))
+    cpu = GPT(cfg)
+    dev = GPT(cfg).set_weight_dtype("bfloat16").to("cuda")
+    with cpu.evaluating(), dev.evaluating():
+        assert opcases.rel_err(dev.forward(idx).numpy(), cpu.forward(idx)) <= 1e-5
+
+
+@needs_cuda
+def test_encoder_families_say_they_run_on_the_cpu():
+    from pytransformer.models.bert import BERT, BertConfig
+
+    model = BERT(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                            intermediate_size=8, max_position_embeddings=8))
+    with pytest.raises(NotImplementedError, match="CPU only"):
         model.to("cuda")
 
 

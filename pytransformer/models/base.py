@@ -115,21 +115,24 @@ class Model(Module):
         self.params.zero_grad()
 
     device = "cpu"
+    runs_on_cuda = False  # the families whose layers run on device arrays (CausalLM: GPT, Llama)
 
     def to(self, device: str) -> "Model":
         """Move the parameters and gradients to "cuda" (pytransformer.cuda: forward, backward, the optimizer
         step and generation then run there, inputs and targets given as NumPy arrays as before) or back to
-        "cpu". Weights must be float32 (narrow and GGUF weights are CPU inference). -> self"""
+        "cpu". Narrow and GGUF-quantised weights are widened to float32 first (their products on the GPU are
+        float32). -> self"""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
             from .. import cuda
 
+            if not self.runs_on_cuda:
+                raise NotImplementedError(f"{type(self).__name__} runs on the CPU only for now (GPT and Llama run "
+                                          "on CUDA devices)")
             cuda.kernels()  # (a clear error when there is no CUDA module or device)
-            for m in self.modules():
-                if getattr(m, "narrow", None) is not None or getattr(m, "quantized", None) is not None:
-                    raise RuntimeError(f"{type(m).__name__} holds narrow or quantised weights (CPU inference); "
-                                       "call set_weight_dtype('float32') before moving the model to cuda")
+            # narrow (bf16, int8) and GGUF-quantised weights are CPU inference: the device gets their float32 values
+            self.set_weight_dtype("float32")
         self.params.to(device)
         for m in self.modules():  # products and plans made over the old buffers
             for cached in ("_qkv", "_gate_up", "_plan"):
@@ -288,6 +291,8 @@ class CausalLM(Model):
     """What every decoder-only language model shares (GPT, Llama): the next-token loss, KV-cache generation,
     streaming and scoring (pytransformer.generate). A family provides forward(idx, cache=, position_ids=,
     key_mask=), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
+
+    runs_on_cuda = True
 
     def new_cache(self, B, T_max):
         """A KV cache for B sequences of up to T_max positions (float32, every layer, on the model's device)."""

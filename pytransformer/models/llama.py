@@ -12,7 +12,8 @@ from .. import _core
 from ..nn import (DecoderBlock, Embedding, GatedFeedForward, Linear, MultiHeadAttention, RMSNorm, Rotary,
                   TiedLMHead)
 from ..nn.layers import FusedProduct, weight_spec
-from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters
+from ..cuda import to_device
+from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Llama(CausalLM):
     the names: embed.weight, blocks.i.attn.ln.weight (input RMSNorm), blocks.i.attn.sublayer.{q,k,v,o}.weight,
     blocks.i.ffn.ln.weight, blocks.i.ffn.sublayer.{gate,up,down}.weight, norm.weight, lm_head.weight (untied)."""
 
-    def __init__(self, config: LlamaConfig, seed: int = 0):
+    def __init__(self, config: LlamaConfig, seed: int = 0, device: str = "cpu"):
         c = self.config = config
         C, std = c.n_embd, 0.02
         self.embed = Embedding(c.vocab_size, C, std)
@@ -75,6 +76,8 @@ class Llama(CausalLM):
         self.rope = rope
         self._plan = None      # the C++ decoding step (_core.DecodePlan), made on first use
         self._build(seed)
+        if device != "cpu":
+            self.to(device)
 
     decode_in_cpp = True  # one new token of one sequence: the C++ plan (False: the layers' Python path)
 
@@ -89,7 +92,8 @@ class Llama(CausalLM):
         idx = check_ids(idx, "idx")
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
-        if self.decode_in_cpp and cache is not None and idx.shape == (1, 1) and key_mask is None and \
+        if self.decode_in_cpp and self.device == "cpu" and cache is not None and idx.shape == (1, 1) and \
+                key_mask is None and \
                 not self.keeps_state and (
                 position_ids is None or int(np.asarray(position_ids).reshape(-1)[0]) == cache.length):
             return self._decode_step(idx, cache)
@@ -98,6 +102,10 @@ class Llama(CausalLM):
             position_ids = np.ascontiguousarray(position_ids, np.int64)
             if position_ids.shape != idx.shape:
                 raise ValueError(f"position_ids must have the shape of idx {idx.shape}, got {position_ids.shape}")
+        if self.device == "cuda":
+            idx = to_device(idx)
+            if key_mask is not None:
+                key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.embed.forward(idx)
         start = cache.length if cache is not None else 0
         if position_ids is None:
@@ -109,7 +117,7 @@ class Llama(CausalLM):
         if cache is not None:
             cache.length += idx.shape[1]
         if last_only:  # (generation's prefill: only the last position's next token is wanted)
-            x = np.ascontiguousarray(x[:, -1:])
+            x = last_rows(x)
         return self.lm_head.forward(self.norm.forward(x))
 
     def _decode_step(self, idx, cache):

@@ -110,7 +110,7 @@ class MultiHeadAttention(Module):
         if end > k_cache.shape[1]:
             raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
         if type(x) is DeviceArray:
-            return self._forward_cached_device(x, key_mask, k_cache, v_cache, start, end)
+            return self._forward_cached_device(x, key_mask, k_cache, v_cache, start, end, positions)
         if self._qkv is None:
             self._qkv = FusedProduct((self.q, self.k, self.v))
         NH, NKV, HS = self.NH, self.NKV, self.HS
@@ -138,19 +138,21 @@ class MultiHeadAttention(Module):
             out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 
-    def _forward_cached_device(self, x, key_mask, k_cache, v_cache, start, end):
+    def _forward_cached_device(self, x, key_mask, k_cache, v_cache, start, end, positions):
         """_forward_cached on a CUDA device: the three products, the new rows copied into each sequence's cache
         rows start .. end, attention over the cache in place."""
-        if self.rope is not None:
-            raise NotImplementedError("rotary attention is CPU-only for now (the CUDA path runs GPT-style models)")
         B = x.shape[0]
+        q = heads(self.q.forward(x), self.NH)
         k = heads(self.k.forward(x), self.NKV)
         v = heads(self.v.forward(x), self.NKV)
+        if self.rope is not None:
+            positions = self._positions(x, positions, start)
+            self.rope.forward(q, positions, out=q)
+            self.rope.forward(k, positions, out=k)
         for b in range(B):
             k_cache[b][start:end].copy_from(k[b])
             v_cache[b][start:end].copy_from(v[b])
-        out, _ = ops.attention_forward(heads(self.q.forward(x), self.NH), k_cache, v_cache, self.causal, key_mask,
-                                       layout="bthd", kv_len=end)
+        out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):

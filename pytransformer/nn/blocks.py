@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .. import _core, ops
+from ..cuda import DeviceArray
 from .layers import Activation, Dropout, FusedProduct, Linear, add
 from .module import Module
 
@@ -44,9 +45,10 @@ class GatedFeedForward(Module):
     _gate_up = None  # gate and up as one product (inference)
 
     def forward(self, x):
-        if self.keeps_state:
+        if self.keeps_state or type(x) is DeviceArray:  # (on a device: no fused product of column slices)
             g, u = self.gate.forward(x), self.up.forward(x)
-            self._saved = (g, u)
+            if self.keeps_state:
+                self._saved = (g, u)
             return self.down.forward(ops.swiglu_forward(g, u))
         if self._gate_up is None:
             self._gate_up = FusedProduct((self.gate, self.up))

@@ -330,6 +330,10 @@ class Embedding(Module):
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"ids must lie in [0, {V})")
             return ops.dequantize(self.quantized, np.ascontiguousarray(ids, np.int64))
+        if type(self.weight.data) is DeviceArray and type(ids) is not DeviceArray:  # (the model is on a GPU)
+            ids = to_device(np.ascontiguousarray(ids, np.int64))
+            if self.keeps_state:
+                self._ids = ids
         return ops.embedding_forward(ids, self.weight.data)
 
     def backward(self, dout):
@@ -444,15 +448,27 @@ class Rotary:
                                                  self.base)
         return self.cos, self.sin
 
+    _device_tables = None  # (cos, sin, positions) as DeviceArrays, for x on a CUDA device
+
+    def _on(self, x, positions):
+        """The tables and positions where x lives (device copies of the tables kept until they grow)."""
+        if type(x) is not DeviceArray:
+            return self.cos, self.sin, positions
+        if self._device_tables is None or self._device_tables[0].shape != self.cos.shape:
+            self._device_tables = (to_device(self.cos), to_device(self.sin))
+        return (*self._device_tables, to_device(np.ascontiguousarray(positions, np.int64)))
+
     def forward(self, x, positions, out=None):
         """x (B, T, H, HS), positions int64 (B, T) (checked: >= 0) -> rotated (out may be x)."""
         if positions.size and positions.min() < 0:
             raise ValueError("positions must be >= 0")
-        cos, sin = self.tables(int(positions.max()) if positions.size else 0)
+        self.tables(int(positions.max()) if positions.size else 0)
+        cos, sin, positions = self._on(x, positions)
         return ops.rope_forward(x, cos, sin, positions, interleaved=self.interleaved, out=out)
 
     def backward(self, dout, positions):
-        return ops.rope_backward(dout, self.cos, self.sin, positions, interleaved=self.interleaved, dinp=dout)
+        cos, sin, positions = self._on(dout, positions)
+        return ops.rope_backward(dout, cos, sin, positions, interleaved=self.interleaved, dinp=dout)
 
 
 class Activation(Module):
