@@ -192,6 +192,29 @@ def relu_backward(dout, inp, *, dinp=None):
     return dinp
 
 
+def tanh_forward(inp, *, out=None):
+    """tanh, elementwise (BERT's pooler): NumPy on the CPU, a kernel on a CUDA device."""
+    array(inp, "inp", ("...",), {})
+    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    if type(inp) is DeviceArray:
+        _cuda_kernels().tanh_forward(out, inp, inp.size)
+    else:
+        np.tanh(inp, out=out)
+    return out
+
+
+def tanh_backward(dout, out, *, dinp=None):
+    """dinp = dout * (1 - out^2), from tanh_forward's output."""
+    array(out, "out", ("...",), {})
+    _same_shape(dout, "dout", out, "out")
+    dinp = output(dinp, "dinp", out.shape, [("dout", dout), ("out", out)], same=("dout",))
+    if type(out) is DeviceArray:
+        _cuda_kernels().tanh_backward(dinp, out, dout, out.size)
+    else:
+        np.multiply(dout, np.float32(1.0) - out * out, out=dinp)
+    return dinp
+
+
 def _same_shape(x, name, ref, ref_name, dtype=F32):
     array(x, name, ("...",), {}, dtype)
     if x.shape != ref.shape:

@@ -236,14 +236,67 @@ def test_narrow_weights_move_to_the_device_as_float32(rng):
         assert opcases.rel_err(dev.forward(idx).numpy(), cpu.forward(idx)) <= 1e-5
 
 
-@needs_cuda
-def test_encoder_families_say_they_run_on_the_cpu():
+def _bert():
     from pytransformer.models.bert import BERT, BertConfig
 
-    model = BERT(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                            intermediate_size=8, max_position_embeddings=8))
-    with pytest.raises(NotImplementedError, match="CPU only"):
-        model.to("cuda")
+    return BERT(BertConfig(vocab_size=50, max_position_embeddings=16, num_hidden_layers=2, hidden_size=32,
+                           num_attention_heads=2, intermediate_size=40, hidden_dropout_prob=0.1, pad_token_id=0,
+                           nsp=True), seed=1)
+
+
+def _vit():
+    from pytransformer.models.vit import ViT, ViTConfig
+
+    return ViT(ViTConfig(image_size=8, patch_size=4, num_channels=3, num_hidden_layers=1, hidden_size=16,
+                         num_attention_heads=2, intermediate_size=20, num_labels=3), seed=1)
+
+
+def _transformer():
+    from pytransformer.models.transformer import Transformer, TransformerConfig
+
+    return Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=40, n_encoder_layers=1, n_decoder_layers=2,
+                                         d_model=32, n_head=2, d_ff=40, dropout=0.1, label_smoothing=0.1), seed=1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("family", ["bert", "vit", "transformer"])
+def test_encoder_families_train_on_the_device_as_on_the_cpu(rng, family):
+    """BERT (padding mask, padding_idx, masked-LM + next-sentence, the tanh pooler), ViT (patches and the class
+    token) and the 2017 encoder-decoder (scaled embeddings, cross-attention, label smoothing, greedy decoding)."""
+    make = {"bert": _bert, "vit": _vit, "transformer": _transformer}[family]
+    cpu, dev = make(), make().to("cuda")
+    ids = rng.integers(0, 40, (2, 7))
+    ids[1, 5:] = 0  # padding
+    if family == "bert":
+        mask = (ids != 0).astype(np.int64)
+        labels = np.where(rng.random((2, 7)) < 0.4, rng.integers(0, 50, (2, 7)), -100)
+        run = lambda m: m.loss(ids, labels, attention_mask=mask, next_sentence_label=np.array([0, 1]))  # noqa: E731
+    elif family == "vit":
+        pixels = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+        run = lambda m: m.loss(pixels, np.array([0, 2]))  # noqa: E731
+    else:
+        src_mask = (ids != 0).astype(np.int64)
+        run = lambda m: m.loss(ids, ids[:, :5], ids[:, 1:6], src_mask=src_mask)  # noqa: E731
+    loss_cpu, loss_dev = run(cpu), run(dev)
+    assert abs(loss_dev - loss_cpu) <= 1e-5 * abs(loss_cpu)
+    cpu.backward()
+    dev.backward()
+    assert opcases.rel_err(dev.params.grad.numpy(), cpu.params.grad) <= 1e-5
+    if family == "transformer":
+        np.testing.assert_array_equal(dev.greedy_decode(ids, 1, 2, 6, src_mask), cpu.greedy_decode(ids, 1, 2, 6,
+                                                                                                  src_mask))
+        with pytest.raises(NotImplementedError, match="CPU"):
+            dev.beam_search(ids[:1], 1, 2, 4)
+
+
+@needs_cuda
+def test_tanh_kernels_match_float64(rng):
+    x = rng.standard_normal(1000).astype(np.float32) * 3
+    g = rng.standard_normal(1000).astype(np.float32)
+    out = ops.tanh_forward(to_device(x))
+    want = np.tanh(x.astype(np.float64))
+    assert opcases.rel_err(out.numpy(), want) <= 2e-6
+    assert opcases.rel_err(ops.tanh_backward(to_device(g), out).numpy(), g * (1 - want * want)) <= 2e-6
 
 
 def test_importing_pytransformer_loads_no_cuda_library():

@@ -46,6 +46,17 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
   dinp[i] = dout[i] * d;
 }
 
+__global__ void tanh_forward_kernel(float* out, const float* inp, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = tanhf(inp[i]);
+}
+
+// dinp = dout (1 - out^2), from the forward's output
+__global__ void tanh_backward_kernel(float* dinp, const float* out, const float* dout, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dinp[i] = dout[i] * (1.f - out[i] * out[i]);
+}
+
 __global__ void relu_forward_kernel(float* out, const float* inp, int64_t n) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = inp[i] > 0.f ? inp[i] : 0.f;
@@ -82,6 +93,12 @@ void gelu_forward(float* out, const float* inp, int64_t n, int approximate) {
 }
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, int approximate) {
   launch("gelu_backward", gelu_backward_kernel, grid(n), dim3(kThreads), 0, dinp, inp, dout, n, approximate);
+}
+void tanh_forward(float* out, const float* inp, int64_t n) {
+  launch("tanh_forward", tanh_forward_kernel, grid(n), dim3(kThreads), 0, out, inp, n);
+}
+void tanh_backward(float* dinp, const float* out, const float* dout, int64_t n) {
+  launch("tanh_backward", tanh_backward_kernel, grid(n), dim3(kThreads), 0, dinp, out, dout, n);
 }
 void relu_forward(float* out, const float* inp, int64_t n) {
   launch("relu_forward", relu_forward_kernel, grid(n), dim3(kThreads), 0, out, inp, n);

@@ -60,22 +60,40 @@ __device__ __forceinline__ void stage(float* a_tile, float* b_tile, const float*
   }
 }
 
+// A query-row block's place: 8 consecutive queries i of one (sequence b, head h) reading key/value head g, this
+// warp's row i (active when i < Tq), and the keys the block needs: [0, kend) (causal: query i sees j <= i + shift).
+struct QueryRows {
+  int64_t bh, b, h, g, i, shift, kend;
+  int lane;
+  bool active;
+};
+__device__ __forceinline__ QueryRows query_rows(const Layout& L, int64_t Tk, bool causal) {
+  QueryRows r;
+  const int64_t blocks_per_head = cdiv(L.Tq, kRows);
+  r.bh = blockIdx.x / blocks_per_head;
+  const int64_t i0 = (blockIdx.x % blocks_per_head) * kRows;
+  r.b = r.bh / L.NH;
+  r.h = r.bh % L.NH;
+  r.g = r.h / (L.NH / L.NKV);
+  r.lane = threadIdx.x % kWarp;
+  r.i = i0 + threadIdx.x / kWarp;
+  r.active = r.i < L.Tq;
+  r.shift = Tk - L.Tq;
+  const int64_t last_row = (i0 + kRows < L.Tq ? i0 + kRows : L.Tq) - 1, needed = last_row + r.shift + 1;
+  r.kend = !causal ? Tk : needed < 0 ? 0 : needed < Tk ? needed : Tk;
+  return r;
+}
+
 __global__ void attention_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
                                          const uint8_t* key_mask, Layout L, int64_t Tk, bool causal, float scale,
                                          int64_t tile) {
   PT_DYNAMIC_SHARED(float, smem);
   float* k_tile = smem;
   float* v_tile = smem + tile * L.HS;
-  const int64_t blocks_per_head = cdiv(L.Tq, kRows);
-  const int64_t bh = blockIdx.x / blocks_per_head, i0 = (blockIdx.x % blocks_per_head) * kRows;
-  const int64_t b = bh / L.NH, h = bh % L.NH, g = h / (L.NH / L.NKV);
-  const int lane = threadIdx.x % kWarp;
-  const int64_t i = i0 + threadIdx.x / kWarp;
-  const bool active = i < L.Tq;
-  const int64_t shift = Tk - L.Tq;  // causal: query i sees keys j <= i + shift
-  const int64_t last_row = (i0 + kRows < L.Tq ? i0 + kRows : L.Tq) - 1;
-  int64_t kend = Tk;
-  if (causal) kend = last_row + shift + 1 < Tk ? (last_row + shift + 1 > 0 ? last_row + shift + 1 : 0) : Tk;
+  const QueryRows r = query_rows(L, Tk, causal);
+  const int64_t bh = r.bh, b = r.b, h = r.h, g = r.g, i = r.i, shift = r.shift, kend = r.kend;
+  const int lane = r.lane;
+  const bool active = r.active;
 
   float qs[kMaxSlots], acc[kMaxSlots];
   load_slots(qs, q + L.q_row(b, h, active ? i : 0), L.HS, lane, scale);
@@ -122,16 +140,10 @@ __global__ void attention_dq_kernel(float* dq, float* D, const float* dout, cons
   PT_DYNAMIC_SHARED(float, smem);
   float* k_tile = smem;
   float* v_tile = smem + tile * L.HS;
-  const int64_t blocks_per_head = cdiv(L.Tq, kRows);
-  const int64_t bh = blockIdx.x / blocks_per_head, i0 = (blockIdx.x % blocks_per_head) * kRows;
-  const int64_t b = bh / L.NH, h = bh % L.NH, g = h / (L.NH / L.NKV);
-  const int lane = threadIdx.x % kWarp;
-  const int64_t i = i0 + threadIdx.x / kWarp;
-  const bool active = i < L.Tq;
-  const int64_t shift = Tk - L.Tq;
-  const int64_t last_row = (i0 + kRows < L.Tq ? i0 + kRows : L.Tq) - 1;
-  int64_t kend = Tk;
-  if (causal) kend = last_row + shift + 1 < Tk ? (last_row + shift + 1 > 0 ? last_row + shift + 1 : 0) : Tk;
+  const QueryRows r = query_rows(L, Tk, causal);
+  const int64_t bh = r.bh, b = r.b, h = r.h, g = r.g, i = r.i, shift = r.shift, kend = r.kend;
+  const int lane = r.lane;
+  const bool active = r.active;
 
   const int64_t row = L.q_row(b, h, active ? i : 0);
   float qs[kMaxSlots], gs[kMaxSlots], os[kMaxSlots], acc[kMaxSlots];

@@ -199,6 +199,19 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     cu::gelu_backward(dx, x, g, n, approximate);
   });
+  m.def("tanh_forward", [](py::object out, py::object inp, int64_t n) {
+    auto* o = dev<float>(out, "out", n);
+    auto* x = dev<float>(inp, "inp", n);
+    py::gil_scoped_release release;
+    cu::tanh_forward(o, x, n);
+  });
+  m.def("tanh_backward", [](py::object dinp, py::object out, py::object dout, int64_t n) {
+    auto* dx = dev<float>(dinp, "dinp", n);
+    auto* o = dev<float>(out, "out", n);
+    auto* g = dev<float>(dout, "dout", n);
+    py::gil_scoped_release release;
+    cu::tanh_backward(dx, o, g, n);
+  });
   m.def("relu_forward", [](py::object out, py::object inp, int64_t n) {
     auto* o = dev<float>(out, "out", n);
     auto* x = dev<float>(inp, "inp", n);

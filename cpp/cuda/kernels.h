@@ -51,6 +51,9 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 void gelu_forward(float* out, const float* inp, int64_t n, int approximate);
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, int approximate);
 void relu_forward(float* out, const float* inp, int64_t n);
+// tanh (BERT's pooler; the CPU path uses NumPy): backward from the forward's output, dinp = dout (1 - out^2)
+void tanh_forward(float* out, const float* inp, int64_t n);
+void tanh_backward(float* dinp, const float* out, const float* dout, int64_t n);
 void relu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);

@@ -115,7 +115,7 @@ class Model(Module):
         self.params.zero_grad()
 
     device = "cpu"
-    runs_on_cuda = False  # the families whose layers run on device arrays (CausalLM: GPT, Llama)
+    runs_on_cuda = False  # the families whose layers run on device arrays (GPT, Llama, BERT, ViT, Transformer)
 
     def to(self, device: str) -> "Model":
         """Move the parameters and gradients to "cuda" (pytransformer.cuda: forward, backward, the optimizer
@@ -128,8 +128,7 @@ class Model(Module):
             from .. import cuda
 
             if not self.runs_on_cuda:
-                raise NotImplementedError(f"{type(self).__name__} runs on the CPU only for now (GPT and Llama run "
-                                          "on CUDA devices)")
+                raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
             cuda.kernels()  # (a clear error when there is no CUDA module or device)
             # narrow (bf16, int8) and GGUF-quantised weights are CPU inference: the device gets their float32 values
             self.set_weight_dtype("float32")
@@ -224,13 +223,31 @@ class Model(Module):
                 p.data[...] = value
 
 
+def row_at(x, t):
+    """x (B, T, C) -> (B, C), every sequence's position t (a [CLS] token, the last position), on x's device."""
+    if type(x) is not DeviceArray:
+        return np.ascontiguousarray(x[:, t])
+    B, T, C = x.shape
+    rows = to_device(np.arange(B, dtype=np.int64) * T + t % T)  # (gathered as embedding rows)
+    return ops.embedding_forward(rows, x.reshape(B * T, C))
+
+
+def row_at_backward(drow, shape, t):
+    """row_at's gradient: zeros of shape (B, T, C) with drow (B, C) at position t, on drow's device."""
+    B, T, C = shape
+    if type(drow) is not DeviceArray:
+        d = np.zeros(shape, np.float32)
+        d[:, t] = drow
+        return d
+    rows = to_device(np.arange(B, dtype=np.int64) * T + t % T)
+    return ops.embedding_backward(drow, rows, B * T).reshape(B, T, C)
+
+
 def last_rows(x):
     """x (B, T, C) -> (B, 1, C), each sequence's last position (generation's prefill), on x's device."""
     if type(x) is not DeviceArray:
         return np.ascontiguousarray(x[:, -1:])
-    B, T, C = x.shape
-    rows = to_device(np.arange(1, B + 1, dtype=np.int64) * T - 1)  # (gathered as embedding rows)
-    return ops.embedding_forward(rows, x.reshape(B * T, C)).reshape(B, 1, C)
+    return row_at(x, -1).reshape(x.shape[0], 1, x.shape[2])
 
 
 def check_ids(ids, name, max_T=None):

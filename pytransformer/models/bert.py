@@ -13,7 +13,7 @@ from .. import ops
 from ..nn import (Activation, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear,
                   MultiHeadAttention, Parameter, TiedLMHead)
 from ..nn.module import zeros
-from .base import CrossEntropyHead, Model, check_ids, count_parameters
+from .base import CrossEntropyHead, Model, check_ids, count_parameters, row_at, row_at_backward
 
 
 @dataclass
@@ -53,6 +53,8 @@ class BertConfig:
 
 
 class BERT(Model):
+    runs_on_cuda = True
+
     def __init__(self, config: BertConfig, seed: int = 0):
         c = self.config = config
         C = c.hidden_size
@@ -174,7 +176,7 @@ class BERT(Model):
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None):
         """tanh(W h[CLS] + b): (B, C)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
+        pooled = ops.tanh_forward(self.pooler.forward(row_at(hidden, 0)))
         if self.keeps_state:
             self._pooled = pooled
         return pooled
@@ -195,10 +197,8 @@ class BERT(Model):
         return self.nsp_head.forward(self.pooled(input_ids, attention_mask, token_type_ids))
 
     def _pooled_backward(self, dpooled):
-        dcls = self.pooler.backward(np.ascontiguousarray(dpooled * (1.0 - self._pooled * self._pooled)))
-        dhidden = np.zeros(self._hidden_shape, np.float32)
-        dhidden[:, 0] = dcls
-        return dhidden
+        dcls = self.pooler.backward(ops.tanh_backward(dpooled, self._pooled))
+        return row_at_backward(dcls, self._hidden_shape, 0)
 
     def _nsp_backward(self, dlogits):
         return self._pooled_backward(self.nsp_head.backward(dlogits))
@@ -207,7 +207,7 @@ class BERT(Model):
         """(masked-LM logits (B, T, V), next-sentence logits (B, 2)) of one encoder pass (BertForPreTraining)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         mlm = self.mlm_decoder.forward(self.mlm_ln.forward(self.mlm_act.forward(self.mlm_dense.forward(hidden))))
-        pooled = np.tanh(self.pooler.forward(np.ascontiguousarray(hidden[:, 0])))
+        pooled = ops.tanh_forward(self.pooler.forward(row_at(hidden, 0)))
         if self.keeps_state:
             self._pooled = pooled
         return mlm, self.nsp_head.forward(pooled)

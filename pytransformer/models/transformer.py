@@ -12,6 +12,7 @@ import numpy as np
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
                   SinusoidalPositions, TiedLMHead)
+from ..cuda import DeviceArray, to_host
 from ..generate import KVCache
 from .base import CrossEntropyHead, Model, check_ids, count_parameters
 
@@ -39,7 +40,14 @@ class TransformerConfig:
         return count_parameters(Transformer, self)
 
 
+def _scaled(x, scale):
+    """x * scale: a new array on the CPU; on a device, x (an embedding's fresh output or gradient) in place."""
+    return ops.scale_(x, float(scale)) if type(x) is DeviceArray else x * scale
+
+
 class Transformer(Model):
+    runs_on_cuda = True
+
     """forward(src (B, S), tgt_in (B, T), src_mask (B, S) or None) -> logits (B, T, V_tgt)."""
 
     def __init__(self, config: TransformerConfig, seed: int = 0):
@@ -76,7 +84,7 @@ class Transformer(Model):
         src = check_ids(src, "src", self.config.max_len)
         mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
         self._begin_forward()
-        x = self.src_emb.forward(src) * self.scale
+        x = _scaled(self.src_emb.forward(src), self.scale)
         x = self.src_drop.forward(self.src_pos.forward(x))
         for block in self.encoder:
             x = block.forward(x, mask)
@@ -87,7 +95,7 @@ class Transformer(Model):
         tgt_in = check_ids(tgt_in, "tgt", self.config.max_len)
         mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
         self._begin_forward()
-        y = self.tgt_emb.forward(tgt_in) * self.scale
+        y = _scaled(self.tgt_emb.forward(tgt_in), self.scale)
         y = self.tgt_drop.forward(self.tgt_pos.forward(y))
         for block in self.decoder:
             y = block.forward(y, memory, mask)
@@ -111,11 +119,11 @@ class Transformer(Model):
         for block in reversed(self.decoder):
             dy, dm = block.backward(dy)
             dmemory = dm if dmemory is None else ops.add_into(dmemory, dm)
-        self.tgt_emb.backward(self.tgt_pos.backward(self.tgt_drop.backward(dy)) * self.scale)
+        self.tgt_emb.backward(_scaled(self.tgt_pos.backward(self.tgt_drop.backward(dy)), self.scale))
         dx = dmemory
         for block in reversed(self.encoder):
             dx = block.backward(dx)
-        self.src_emb.backward(self.src_pos.backward(self.src_drop.backward(dx)) * self.scale)
+        self.src_emb.backward(_scaled(self.src_pos.backward(self.src_drop.backward(dx)), self.scale))
 
     # --- decoding ------------------------------------------------------------------------------------------
 
@@ -129,12 +137,12 @@ class Transformer(Model):
             mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
             memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
             B = memory.shape[0]
-            cache = KVCache.for_blocks(self.decoder, B, max_len + 1)
+            cache = KVCache.for_blocks(self.decoder, B, max_len + 1, self.device)
             out = np.full((B, 1), bos_id, np.int64)
             done = np.zeros(B, bool)
             for step in range(max_len):
                 last = np.ascontiguousarray(out[:, -1:])
-                nxt = self._decode_step(last, cache, memory_kv, mask, step)[:, -1].argmax(-1)
+                nxt = to_host(self._decode_step(last, cache, memory_kv, mask, step))[:, -1].argmax(-1)
                 nxt = np.where(done, eos_id, nxt)
                 out = np.concatenate([out, nxt[:, None]], axis=1)
                 done |= nxt == eos_id
@@ -144,7 +152,7 @@ class Transformer(Model):
 
     def _decode_step(self, tokens, cache, memory_kv, mask, position):
         """tokens (B, 1) at `position` -> logits (B, 1, V), the decoder's keys and values appended to the cache."""
-        y = self.tgt_emb.forward(tokens) * self.scale
+        y = _scaled(self.tgt_emb.forward(tokens), self.scale)
         y = self.tgt_drop.forward(self.tgt_pos.forward(y, np.full(tokens.shape, position)))
         for i, block in enumerate(self.decoder):
             y = block.forward(y, None, mask, cache=cache.layer(i), memory_kv=memory_kv[i])
@@ -156,6 +164,9 @@ class Transformer(Model):
         (Wu et al., 2016, as the 2017 paper uses). The beams are the rows of one KV cache, reordered after each
         step to follow their parents; cross-attention's keys and values are computed once."""
         src = check_ids(src, "src")
+        if self.device != "cpu":
+            raise NotImplementedError("beam_search runs on the CPU for now (greedy_decode runs on the device): "
+                                      "model.to('cpu')")
         if src.shape[0] != 1:
             raise ValueError("beam_search decodes one sequence at a time: src must be (1, S)")
         if max_len + 1 > self.config.max_len:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..nn import (Dropout, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention,
                   PatchEmbedding)
-from .base import CrossEntropyHead, Model, count_parameters
+from .base import CrossEntropyHead, Model, count_parameters, row_at, row_at_backward
 
 
 @dataclass
@@ -34,6 +34,8 @@ class ViTConfig:
 
 
 class ViT(Model):
+    runs_on_cuda = True
+
     """forward(pixel_values (B, Ch, H, W)) -> logits (B, num_labels)."""
 
     def __init__(self, config: ViTConfig, seed: int = 0):
@@ -67,7 +69,7 @@ class ViT(Model):
         """-> logits (B, num_labels), or the last hidden state (B, 1 + patches, C) without a head."""
         if self.classifier is None:
             return self.encode(pixel_values)
-        return self.classifier.forward(np.ascontiguousarray(self.encode(pixel_values)[:, 0]))
+        return self.classifier.forward(row_at(self.encode(pixel_values), 0))
 
     __call__ = forward
 
@@ -84,9 +86,7 @@ class ViT(Model):
     def backward(self, dloss=1.0):
         self._begin_backward()
         dcls = self.classifier.backward(self.head.backward(dloss))
-        d = np.zeros(self._hidden_shape, np.float32)
-        d[:, 0] = dcls
-        d = self.ln.backward(d)
+        d = self.ln.backward(row_at_backward(dcls, self._hidden_shape, 0))
         for block in reversed(self.blocks):
             d = block.backward(d)
         self.patch.backward(self.pos.backward(self.drop.backward(d)))

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .. import _core, ops
-from ..cuda import DeviceArray
+from ..cuda import DeviceArray, to_device
 from .layers import FusedProduct, Linear
 from .module import Module
 
@@ -80,6 +80,8 @@ class MultiHeadAttention(Module):
         and values go to rows start .. start + Tq and the queries attend to rows 0 .. start + Tq (key_mask is
         then (B, start + Tq)). Inference only: nothing is kept for backward. positions (B, Tq): each query's
         position for rotary attention (default 0 .. Tq - 1, or start .. start + Tq - 1 with a cache)."""
+        if key_mask is not None and type(x) is DeviceArray and type(key_mask) is not DeviceArray:
+            key_mask = to_device(np.ascontiguousarray(key_mask, bool))  # (the model is on a GPU)
         if cache is not None:
             return self._forward_cached(x, key_mask, *cache, positions)
         if memory_kv is not None:  # cross-attention over keys and values computed once (inference)

@@ -341,6 +341,11 @@ class Embedding(Module):
             raise RuntimeError("the embedding holds a quantised table (inference); call "
                                "model.set_weight_dtype('float32') before training")
         ids = self.saved(self._ids)
+        if self.padding_idx is not None and type(ids) is DeviceArray:  # (on a GPU: the padding row put back)
+            row = self.weight.grad[self.padding_idx].copy()
+            ops.embedding_backward(dout, ids, self.weight.shape[0], dtable=self.weight.grad)
+            self.weight.grad[self.padding_idx].copy_from(row)
+            return None
         if self.padding_idx is not None:
             keep = (np.asarray(ids) != self.padding_idx)[..., None]
             if not keep.all():
@@ -423,10 +428,14 @@ class SinusoidalPositions(Module):
             if position_ids.shape != x.shape[:2] or position_ids.size and (
                     position_ids.min() < 0 or position_ids.max() >= self.table.shape[0]):
                 raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.table.shape[0]})")
-            return ops.residual_forward(x, np.ascontiguousarray(self.table[position_ids]))
+            return ops.residual_forward(x, self._where(x, np.ascontiguousarray(self.table[position_ids])))
         if T > self.table.shape[0]:
             raise ValueError(f"sequence length {T} exceeds the {self.table.shape[0]} positions of the table")
-        return ops.residual_forward(x, np.ascontiguousarray(np.broadcast_to(self.table[:T], x.shape)))
+        return ops.residual_forward(x, self._where(x, np.ascontiguousarray(np.broadcast_to(self.table[:T], x.shape))))
+
+    @staticmethod
+    def _where(x, rows):
+        return to_device(rows) if type(x) is DeviceArray else rows
 
     def backward(self, dout):
         return dout
