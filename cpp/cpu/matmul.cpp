@@ -9,10 +9,12 @@
 // A, NR / W vector loads of B per k). Threads split the rows when C is taller than wide, else the columns.
 // Small-M products (decode, M < 4) skip the packing: one dot product per output over contiguous weight rows.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "pytransformer/kernels.h"
 #include "quant.h"
+
 #include "simd.h"
 
 namespace pt {
@@ -431,16 +433,124 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
   else
     q_small_m_block<3, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
 }
+
+// A small batch of rows (continuous batching's decode step, 4 <= N <= kSmallBatchRows) with the inputs
+// transposed: xT (IC, NV * W) holds input row m in lane m of every k's NV vectors, so one output channel's N sums
+// are NV vectors and each weight value is one broadcast FMA per NV vectors: no horizontal sums, and every
+// dequantised weight serves all N rows. kR output channels at a time (kR * NV independent FMA chains); their
+// 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
+// other block types).
+template <int NV>
+constexpr int batch_rows() { return NV == 1 ? 12 : 6; }
+
+template <int NV, int QT>
+void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
+                   int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
+  constexpr int kR = batch_rows<NV>();
+  alignas(64) float tiles[2][kR * 32];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
+                                        // loads never wait on the vector stores that wrote them
+  V acc[kR][NV];
+  for (int r = 0; r < kR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = zero();
+  const uint8_t* w[kR];
+  for (int r = 0; r < kR; r++) w[r] = weight + (o0 + (r < no ? r : 0)) * rb;
+  float* rows = nullptr;
+  if (QT < 0) {
+    static thread_local ScratchBuffer buf;
+    rows = buf.floats((size_t)kR * IC);
+    for (int r = 0; r < kR; r++) dequantize_row(rows + r * IC, w[r], qtype, IC);
+  }
+  auto dequantize_block = [&](int64_t b, float* tile) {
+    if constexpr (QT >= 0) {
+      constexpr int64_t kB = Block32<QT>::kBytes;
+      for (int r = 0; r < kR; r++) {
+        const Block32<QT> blk(w[r] + b * kB);
+        for (int64_t j = 0; j < 16; j += W) {
+          V lo, hi;
+          blk.halves(j, lo, hi);
+          store(tile + r * 32 + j, lo);
+          store(tile + r * 32 + 16 + j, hi);
+        }
+      }
+    }
+  };
+  const int64_t first = (o0 + 2 * kR) * rb, last = std::min(OC * rb, first + kR * rb);  // the next rows, early
+  for (int64_t off = first; off < last; off += 64) __builtin_prefetch(weight + off, 0, 0);
+  const int64_t nb = IC / 32;
+  if (nb > 0) dequantize_block(0, tiles[0]);
+  for (int64_t b = 0; b < nb; b++) {
+    if (b + 1 < nb) dequantize_block(b + 1, tiles[(b + 1) & 1]);
+    const float* wt = QT >= 0 ? tiles[b & 1] : rows + b * 32;
+    const int64_t ld = QT >= 0 ? 32 : IC;
+    const float* xb = xT + b * 32 * NV * W;
+#pragma GCC unroll 2
+    for (int k = 0; k < 32; k++) {
+      V x[NV];
+      for (int v = 0; v < NV; v++) x[v] = load(xb + (k * NV + v) * W);
+#pragma GCC unroll 12
+      for (int r = 0; r < kR; r++) {
+        const V wv = set1(wt[r * ld + k]);
+        for (int v = 0; v < NV; v++) acc[r][v] = fma(wv, x[v], acc[r][v]);
+      }
+    }
+  }
+  alignas(64) float lanes[NV * W];
+  for (int r = 0; r < no; r++) {
+    for (int v = 0; v < NV; v++) store(lanes + v * W, acc[r][v]);
+    const float bo = bias ? bias[o0 + r] : 0.f;
+    for (int64_t m = 0; m < N; m++) out[m * OC + o0 + r] = lanes[m] + bo;
+  }
+}
+
+template <int QT>
+void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
+                     int64_t IC, int64_t OC, int qtype = -1) {
+  if (N > 4 * W) {  // (narrow vectors: the batch in chunks of at most 4 vectors)
+    for (int64_t m0 = 0; m0 < N; m0 += 4 * W)
+      q_batch_forward<QT>(out + m0 * OC, inp + m0 * IC, weight, rb, bias, std::min<int64_t>(4 * W, N - m0), IC, OC,
+                          qtype);
+    return;
+  }
+  const int NV = (int)((N + W - 1) / W);
+  static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
+  float* xT = buf.floats((size_t)IC * NV * W);
+  for (int64_t k = 0; k < IC; k++)
+    for (int64_t m = 0; m < NV * W; m++) xT[k * NV * W + m] = m < N ? inp[m * IC + k] : 0.f;
+  auto run = [&](auto nv) {
+    constexpr int kNV = decltype(nv)::value, kR = batch_rows<kNV>();
+    const int64_t nblocks = (OC + kR - 1) / kR;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
+      q_batch_block<kNV, QT>(out, xT, weight, rb, bias, N, IC, OC, o0, no, qtype);
+    }
+  };
+  if (NV == 1)
+    run(std::integral_constant<int, 1>());
+  else if (NV == 2)
+    run(std::integral_constant<int, 2>());
+  else if (NV == 3)
+    run(std::integral_constant<int, 3>());
+  else
+    run(std::integral_constant<int, 4>());
+}
 }  // namespace
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory). Few rows (decoding): Q4_0, Q4_1 and Q8_0 blocks are dequantised in registers and multiplied as they
-// are read, four weight rows at a time; the other types dequantise four rows into L1 scratch and run the float32
-// dot products. More rows widen blocks of rows for the GEMM.
+// memory). Few rows (decoding, N < 4; N < 6 in two passes): Q4_0, Q4_1 and Q8_0 blocks are dequantised in
+// registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows
+// into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the
+// inputs transposed so that each dequantised weight is one broadcast FMA for every row. More rows widen blocks of
+// rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
                       int64_t IC, int64_t OC) {
   const int64_t rb = quant_row_bytes(qtype, IC);
   if (N == 0 || OC == 0 || rb < 0) return;
+  const bool in_registers = qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0;
+  if (N >= 4 && N < 6 && in_registers) {  // (two passes of the in-register path beat one of the batch path here)
+    matmul_q_forward(out, inp, weight, qtype, bias, 3, IC, OC);
+    return matmul_q_forward(out + 3 * OC, inp + 3 * IC, weight, qtype, bias, N - 3, IC, OC);
+  }
   if (N < 4) {
     const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
@@ -461,21 +571,12 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
     return;
   }
   if (N <= kSmallBatchRows) {
-    // a small batch (continuous batching's decode step): four weight rows at a time widened into L1 once, then
-    // every input row multiplied against them three at a time. The widened-GEMM path below would write the whole
-    // matrix out as float32 per call (5x slower at N = 4..16 for SmolLM2's shapes).
-    const int64_t nblocks = (OC + 3) / 4;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-      const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-      static thread_local ScratchBuffer buf;
-      float* rows = buf.floats((size_t)4 * IC);
-      for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
-      for (int64_t m0 = 0; m0 < N; m0 += 3)
-        small_m_dispatch(out + m0 * OC, inp + m0 * IC, rows, (const float*)nullptr, bias, std::min<int64_t>(3, N - m0),
-                         IC, OC, o0, no, 0);
+    switch (qtype) {
+      case kQ4_0: return q_batch_forward<kQ4_0>(out, inp, weight, rb, bias, N, IC, OC);
+      case kQ4_1: return q_batch_forward<kQ4_1>(out, inp, weight, rb, bias, N, IC, OC);
+      case kQ8_0: return q_batch_forward<kQ8_0>(out, inp, weight, rb, bias, N, IC, OC);
+      default: return q_batch_forward<-1>(out, inp, weight, rb, bias, N, IC, OC, qtype);
     }
-    return;
   }
   widened_gemm(out, inp, bias, N, IC, OC,
                [&](int64_t row, float* dst) { dequantize_row(dst, weight + row * rb, qtype, IC); });
