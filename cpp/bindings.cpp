@@ -506,14 +506,23 @@ PYBIND11_MODULE(_core, m) {
            }),
            arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"), arg("interleaved") = false)
       .def("step_batch", [](const PyDecodePlan& p, O x, O logits, O slots, O positions, py::list k, py::list v,
-                            O cos, O sin) {
+                            O cos, O sin, O logit_rows) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();
              if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
              if (!py::isinstance<py::array>(slots)) throw py::type_error("slots must be a numpy array");
              const int64_t B = py::reinterpret_borrow<py::array>(slots).size();
              float* xp = array_data<float>(x, "x", B * d.C, true);
-             float* lp = array_data<float>(logits, "logits", B * d.V, true);
+             int64_t R = B;
+             const int64_t* rows = nullptr;
+             if (!logit_rows.is_none()) {
+               if (!py::isinstance<py::array>(logit_rows)) throw py::type_error("logit_rows must be a numpy array");
+               R = py::reinterpret_borrow<py::array>(logit_rows).size();
+               rows = array_data<int64_t>(logit_rows, "logit_rows", R);
+               for (int64_t r = 0; r < R; r++)
+                 if (rows[r] < 0 || rows[r] >= B) throw py::value_error("a logit row outside the batch");
+             }
+             float* lp = array_data<float>(logits, "logits", R * d.V, true);
              const int64_t* sp = array_data<int64_t>(slots, "slots", B);
              const int64_t* pp = array_data<int64_t>(positions, "positions", B);
              std::vector<float*> kp(n), vp(n);
@@ -534,8 +543,9 @@ PYBIND11_MODULE(_core, m) {
              for (int64_t b = 0; b < B; b++) {
                if (sp[b] < 0 || sp[b] >= S) throw py::value_error("a slot outside the caches");
                if (pp[b] < 0 || pp[b] >= capacity) throw py::value_error("a position outside the cache");
-               for (int64_t c = 0; c < b; c++)
-                 if (sp[c] == sp[b]) throw py::value_error("two rows in one slot");
+               for (int64_t c = 0; c < b; c++)  // (rows of one slot: in increasing positions, each attending the last)
+                 if (sp[c] == sp[b] && pp[c] >= pp[b])
+                   throw py::value_error("rows of one slot must come in increasing positions");
              }
              if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
              const int64_t P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
@@ -545,8 +555,9 @@ PYBIND11_MODULE(_core, m) {
                if (pp[b] >= P) throw py::value_error("a position outside the rotary tables");
              if (n == 0 || B == 0) return;
              py::gil_scoped_release nogil;
-             d.step_batch(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P);
-           })
+             d.step_batch(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);
+           }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos"), arg("sin"),
+           arg("logit_rows") = py::none())
       .def("step", [](const PyDecodePlan& p, O x, O logits, int64_t pos, py::list k, py::list v, O cos, O sin) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();

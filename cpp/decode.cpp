@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "pytransformer/dispatch.h"
+#include "pytransformer/runtime.h"
 
 namespace pt {
 
@@ -80,12 +81,12 @@ void DecodePlan::step(float* x, float* logits, int64_t pos, float* const* k, flo
 
 void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos,
                             float* const* k, float* const* v, int64_t S, int64_t capacity, const float* cos,
-                            const float* sin, int64_t P) const {
+                            const float* sin, int64_t P, const int64_t* logit_rows, int64_t R) const {
   (void)S;
   const Kernels& K = active();
   const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD;
   static thread_local std::vector<float> buf;
-  buf.resize((size_t)(B * (C + QKV + QD + C + 2 * F + F + 1) + NH));
+  buf.resize((size_t)(B * (C + QKV + QD + C + 2 * F + F + 1 + NH)));
   float* h = buf.data();
   float* qkv = h + B * C;
   float* att = qkv + B * QKV;
@@ -96,22 +97,27 @@ void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* s
   float* lse = rstd + B;
   std::vector<float> gate((size_t)(B * F)), up((size_t)(B * F));
   const float scale = 1.f / std::sqrt((float)HS);
+  const int nt = kernel_threads();
   for (size_t l = 0; l < layers.size(); l++) {
     const DecodeLayer& L = layers[l];
     K.rmsnorm_forward(h, rstd, x, L.attn_norm, B, C, eps);
     products(L.qkv, qkv, h, B);
-    for (int64_t b = 0; b < B; b++) {  // each row over its own cache
+    // each row over its own cache, the rows split across the threads: first every row's rotary positions and
+    // cache writes, then every row's attention (a prompt's rows in one slot see all of their earlier rows)
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && B > 1)
+    for (int64_t b = 0; b < B; b++) {
       float* q = qkv + b * QKV;
       const float* kn = q + QD;
       const float* vn = kn + KD;
-      float* kc = k[l] + slots[b] * capacity * KD;
-      float* vc = v[l] + slots[b] * capacity * KD;
       K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, P, interleaved);
-      K.rope_forward(kc + pos[b] * KD, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);
-      std::memcpy(vc + pos[b] * KD, vn, sizeof(float) * KD);
-      K.attention_forward(att + b * QD, lse, q, kc, vc, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
-                          scale, true);
+      K.rope_forward(k[l] + (slots[b] * capacity + pos[b]) * KD, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);
+      std::memcpy(v[l] + (slots[b] * capacity + pos[b]) * KD, vn, sizeof(float) * KD);
     }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && B > 1)
+    for (int64_t b = 0; b < B; b++)
+      K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + slots[b] * capacity * KD,
+                          v[l] + slots[b] * capacity * KD, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
+                          scale, true);
     L.o.product(tmp, att, B);
     K.residual_forward(x, x, tmp, B * C);
     K.rmsnorm_forward(h, rstd, x, L.ffn_norm, B, C, eps);
@@ -123,6 +129,12 @@ void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* s
     K.swiglu_forward(act, gate.data(), up.data(), B * F);
     L.down.product(tmp, act, B);
     K.residual_forward(x, x, tmp, B * C);
+  }
+  if (logit_rows) {  // only the rows whose next token is wanted (a prompt's last): the head is the largest product
+    for (int64_t r = 0; r < R; r++) std::memcpy(tmp + r * C, x + logit_rows[r] * C, sizeof(float) * C);
+    K.rmsnorm_forward(h, rstd, tmp, final_norm, R, C, eps);
+    head.product(logits, h, R);
+    return;
   }
   K.rmsnorm_forward(h, rstd, x, final_norm, B, C, eps);
   head.product(logits, h, B);

@@ -104,6 +104,7 @@ class Job:
         self.cancelled = False
         self.generated, self.text = [], ""
         self.cache = self.logits = self.slot = None
+        self.pending, self.fed, self.reused = [], 0, 0  # prompt tokens not yet in the cache, those that are
 
     def emit(self, item):
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -120,6 +121,46 @@ def _zeros(shape):
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         m.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(m, np.float32, int(np.prod(shape))).reshape(shape)
+
+
+class PrefixStore:
+    """The keys and values of recent prompts, so that a prompt sharing a prefix with one of them (a chat
+    template's system prompt, a few-shot preamble, an earlier turn of the conversation) prefills only the rest:
+    the shared rows are copied into its cache slot (as vLLM's prefix caching and llama.cpp's prompt cache do).
+    The copied rows are the ones the earlier prefill computed, so a reply can differ from a cold one by float
+    rounding only."""
+
+    min_tokens = 16  # shorter shared prefixes are not worth a copy
+    entries = 8      # prompts kept (least recently used dropped)
+
+    def __init__(self):
+        self.items = []  # (token ids, [k per layer (T, NKV, HS)], [v per layer]), most recently used last
+
+    def restore(self, ids, slot, k, v) -> int:
+        """Copy the longest stored prefix of ids (at most len(ids) - 1 tokens: the last one is prefilled for its
+        logits) into slot's rows of the caches k, v -> its length (0: none)."""
+        best, best_len = None, 0
+        for item in self.items:
+            n = min(len(item[0]), len(ids) - 1)
+            same = np.flatnonzero(np.asarray(item[0][:n]) != np.asarray(ids[:n]))
+            length = int(same[0]) if same.size else n
+            if length > best_len:
+                best, best_len = item, length
+        if best is None or best_len < self.min_tokens:
+            return 0
+        self.items.remove(best)
+        self.items.append(best)
+        for dst, src in zip(k, best[1]):
+            dst[slot, :best_len] = src[:best_len]
+        for dst, src in zip(v, best[2]):
+            dst[slot, :best_len] = src[:best_len]
+        return best_len
+
+    def keep(self, ids, slot, k, v) -> None:
+        """Store the prompt ids whose keys and values fill slot's first len(ids) rows."""
+        n = len(ids)
+        self.items.append((list(ids), [a[slot, :n].copy() for a in k], [a[slot, :n].copy() for a in v]))
+        del self.items[:-self.entries]
 
 
 class Engine:
@@ -143,6 +184,7 @@ class Engine:
             self.k = [_zeros(shape) for _ in model.blocks]
             self.v = [_zeros(shape) for _ in model.blocks]
             self.free = list(range(max_running))
+            self.prefixes = PrefixStore()
         self.thread = threading.Thread(target=self._work, name="pytransformer-engine", daemon=True)
         self.thread.start()
 
@@ -178,13 +220,13 @@ class Engine:
             return
         try:
             with self.model.evaluating():
-                if self.batched:
+                if self.batched:  # the prompt is fed to the next rounds' steps, beside the other jobs' tokens
                     job.slot = self.free.pop()
-                    job.cache = KVCache.of([a[job.slot:job.slot + 1] for a in self.k],
-                                           [a[job.slot:job.slot + 1] for a in self.v])
+                    job.fed = job.reused = self.prefixes.restore(job.ids, job.slot, self.k, self.v)
+                    job.pending = list(job.ids[job.fed:])
                 else:
                     job.cache = self.model.new_cache(1, self.context)
-                job.logits = self.model(np.array([job.ids], np.int64), cache=job.cache, last_only=True)[0, -1]
+                    job.logits = self.model(np.array([job.ids], np.int64), cache=job.cache, last_only=True)[0, -1]
             self.running.append(job)
         except Exception as e:
             job.emit(("error", f"{type(e).__name__}: {e}"))
@@ -195,10 +237,12 @@ class Engine:
             self.free.append(job.slot)
             job.slot = None
 
+    prompt_rows = 128  # prompt tokens fed per step at most (a long prompt over several steps: others keep going)
+
     def _round(self):
         going = []
         for job in list(self.running):
-            finish = None if job.cancelled else self._sample(job)
+            finish = None if job.cancelled or job.pending else self._sample(job)
             if job.cancelled or finish is not None:
                 if finish is not None:
                     job.emit(("done", finish, {"prompt_tokens": len(job.ids),
@@ -212,15 +256,42 @@ class Engine:
             return
         with self.model.evaluating():
             if self.batched:
-                positions = np.array([len(j.ids) + len(j.generated) - 1 for j in going], np.int64)
-                logits = self.model.decode_batch(np.array([j.generated[-1] for j in going], np.int64),
-                                                 np.array([j.slot for j in going], np.int64), positions,
-                                                 self.k, self.v)
-                for j, row in zip(going, logits):
-                    j.logits = row
+                self._step(going)
             else:
                 for j in going:
                     j.logits = self.model(np.array([[j.generated[-1]]], np.int64), cache=j.cache)[0, -1]
+
+    def _step(self, going):
+        """One batched step: every decoding job's last token, and prompt tokens of the jobs still prefilling (rows
+        of one slot in increasing positions); logits for the rows whose next token is wanted."""
+        ids, slots, positions, wanted, owners, complete = [], [], [], [], [], []
+        budget = self.prompt_rows
+        for j in going:
+            if j.pending:
+                take = j.pending[:max(1, budget)]
+                budget -= len(take)
+                ids += take
+                slots += [j.slot] * len(take)
+                positions += range(j.fed, j.fed + len(take))
+                j.fed += len(take)
+                j.pending = j.pending[len(take):]
+                if j.pending:
+                    continue
+                complete.append(j)
+            else:
+                ids.append(j.generated[-1])
+                slots.append(j.slot)
+                positions.append(len(j.ids) + len(j.generated) - 1)
+            wanted.append(len(ids) - 1)
+            owners.append(j)
+        logits = self.model.decode_batch(np.array(ids, np.int64), np.array(slots, np.int64),
+                                         np.array(positions, np.int64), self.k, self.v,
+                                         logit_rows=np.array(wanted, np.int64))
+        for j, row in zip(owners, logits):
+            j.logits = row
+        for j in complete:  # (after the step wrote their rows) prompts with something new to share
+            if j.reused < len(j.ids) - PrefixStore.min_tokens:
+                self.prefixes.keep(j.ids, j.slot, self.k, self.v)
 
     def _sample(self, job):
         """The job's next token from its logits, emitted -> the finish reason, or None to go on."""

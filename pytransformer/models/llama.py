@@ -135,19 +135,23 @@ class Llama(CausalLM):
         cache.length += 1
         return logits
 
-    def decode_batch(self, ids, slots, positions, k, v):
-        """One new token for each of B sequences held in slots of shared caches (continuous batching): ids, slots,
-        positions int64 (B,), k and v per layer (S, T_max, NKV, HS) -> logits (B, V). Row b's token sits at
-        positions[b] of slot slots[b] (its earlier positions filled). One C++ call for every layer; the products
-        read each weight once for all rows."""
+    def decode_batch(self, ids, slots, positions, k, v, logit_rows=None):
+        """One token for each of B rows held in slots of shared caches (continuous batching): ids, slots,
+        positions int64 (B,), k and v per layer (S, T_max, NKV, HS) -> logits (B, V), or (R, V) for the rows
+        logit_rows (R,) only. Row b's token sits at positions[b] of slot slots[b] and attends to that slot's
+        positions up to its own, which must be filled before it or by earlier rows of the same slot: rows may share
+        a slot in increasing positions, so a prompt is prefilled within a decode step. One C++ call for every
+        layer; the products read each weight once for all rows."""
         if self._plan is None:
             self._plan = self._make_plan()
         ids = np.ascontiguousarray(ids, np.int64)
         cos, sin = self.rope.tables(int(np.max(positions)) if len(positions) else 0)
         x = np.ascontiguousarray(self.embed.forward(ids.reshape(-1, 1)).reshape(len(ids), -1))
-        logits = np.empty((len(ids), self.config.vocab_size), np.float32)
+        if logit_rows is not None:
+            logit_rows = np.ascontiguousarray(logit_rows, np.int64)
+        logits = np.empty((len(ids) if logit_rows is None else len(logit_rows), self.config.vocab_size), np.float32)
         self._plan.step_batch(x, logits, np.ascontiguousarray(slots, np.int64),
-                              np.ascontiguousarray(positions, np.int64), k, v, cos, sin)
+                              np.ascontiguousarray(positions, np.int64), k, v, cos, sin, logit_rows)
         return logits
 
     def _make_plan(self):

@@ -225,5 +225,28 @@ def test_batched_decode_over_slots_equals_one_sequence_at_a_time(rng):
         for row, (slot, p) in enumerate(prompts.items()):
             want = model(np.concatenate([p, nxt[row:row + 1]])[None])[0, -1]
             np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    with pytest.raises(ValueError, match="slot"):
-        model.decode_batch(nxt, np.array([0, 0, 1]), positions, k, v)
+    with pytest.raises(ValueError, match="increasing positions"):  # rows of one slot must come in order
+        model.decode_batch(nxt, np.array([0, 0, 1]), np.array([6, 5, 2]), k, v)
+
+
+def test_a_prompt_prefilled_as_rows_of_a_decode_step(rng):
+    """decode_batch rows may share a slot in increasing positions: a prompt fed beside another sequence's decode
+    row gives the prefill's logits at its last row (logit_rows: only the rows asked for)."""
+    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
+    model = Llama(cfg, seed=4).eval()
+    S, T = 3, 32
+    k = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
+    v = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
+    first, prompt = rng.integers(0, 64, 6), rng.integers(0, 64, 9)
+    with model.evaluating():
+        model.decode_batch(first, np.zeros(6, np.int64), np.arange(6), k, v)  # slot 0: a prompt alone
+        nxt = int(rng.integers(0, 64))
+        ids = np.concatenate([[nxt], prompt])
+        slots = np.array([0] + [2] * len(prompt), np.int64)
+        positions = np.concatenate([[6], np.arange(len(prompt))]).astype(np.int64)
+        got = model.decode_batch(ids, slots, positions, k, v, logit_rows=np.array([0, len(prompt)]))
+        assert got.shape == (2, 64)
+        want_decode = model(np.concatenate([first, [nxt]])[None])[0, -1]
+        want_prompt = model(prompt[None])[0, -1]
+    np.testing.assert_allclose(got[0], want_decode, rtol=1e-5, atol=1e-5 * np.abs(want_decode).max())
+    np.testing.assert_allclose(got[1], want_prompt, rtol=1e-5, atol=1e-5 * np.abs(want_prompt).max())

@@ -41,10 +41,13 @@ struct DecodePlan {
   // capacity rows of NKV * HS, rows 0 .. pos - 1 filled; row pos is written. cos, sin (P, HS / 2), pos < P.
   void step(float* x, float* logits, int64_t pos, float* const* k, float* const* v, int64_t capacity,
             const float* cos, const float* sin, int64_t P) const;
-  // B sequences at once (continuous batching): x (B, C), logits (B, V); row b is sequence slots[b] of the layer
-  // caches k[l], v[l] (S slots of capacity rows), at position pos[b]. The products read each weight once for all
-  // B rows; rotary positions, the cache writes and attention run row by row over each row's own cache.
+  // B rows at once (continuous batching): x (B, C); row b is the token at position pos[b] of sequence slots[b] of
+  // the layer caches k[l], v[l] (S slots of capacity rows), which attends to that slot's rows 0 .. pos[b]. Rows may
+  // share a slot in increasing positions (a prompt's tokens prefilled within a decode step): each row's key and
+  // value are written before the next row of its slot attends. The products read each weight once for all B rows.
+  // logits (R, V): the rows logit_rows[0 .. R) (all B rows when logit_rows is null, R = B).
   void step_batch(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
-                  float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P) const;
+                  float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P,
+                  const int64_t* logit_rows = nullptr, int64_t R = -1) const;
 };
 }  // namespace pt
