@@ -441,7 +441,10 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
 // 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
 // other block types).
 template <int NV>
-constexpr int batch_rows() { return NV == 1 ? 12 : 6; }
+constexpr int batch_rows() {  // accumulators that fit the vector registers beside the inputs and a broadcast
+  constexpr int regs = W == 16 ? 32 : 16;
+  return (regs - NV - 2) / NV < 16 ? (regs - NV - 2) / NV : 16;
+}
 
 template <int NV, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
@@ -487,7 +490,7 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
     for (int k = 0; k < 32; k++) {
       V x[NV];
       for (int v = 0; v < NV; v++) x[v] = load(xb + (k * NV + v) * W);
-#pragma GCC unroll 12
+#pragma GCC unroll 16
       for (int r = 0; r < kR; r++) {
         const V wv = set1(wt[r * ld + k]);
         for (int v = 0; v < NV; v++) acc[r][v] = fma(wv, x[v], acc[r][v]);
