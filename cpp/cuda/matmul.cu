@@ -1,5 +1,6 @@
 // Linear layers on the GPU: the products on cuBLAS (float32 inputs and sums; TF32 is not enabled, so results
-// match the CPU's float32 within rounding), the bias and its gradient in small kernels.
+// match the CPU's float32 within rounding); the forward's bias in cuBLASLt's epilogue (no second pass over the
+// output), its gradient in a small kernel.
 //
 // cuBLAS is column-major; a row-major (R, C) array is the column-major (C, R) matrix, its transpose. So each
 // row-major product below is written as the column-major product of the transposes (comments give both).
@@ -9,6 +10,7 @@
 #include "kernels.h"
 
 #ifndef PT_CUDA_EMULATE
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #endif
 
@@ -61,6 +63,73 @@ void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, in
 #endif
 }
 
+#ifndef PT_CUDA_EMULATE
+cublasLtHandle_t lt_handle() {
+  static std::once_flag once;
+  static cublasLtHandle_t h = nullptr;
+  std::call_once(once, [] { check_cublas(cublasLtCreate(&h), "cublasLtCreate"); });
+  return h;
+}
+
+// The descriptors of one cuBLASLt call, destroyed however the call ends.
+struct LtCall {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~LtCall() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+#endif
+
+// C (m, n) = op(A) op(B) + bias (m) added to every column: cuBLASLt with its bias epilogue (float32 compute, no
+// TF32), one pass over C. Returns false when cuBLASLt offers no algorithm for it (the caller adds the bias itself).
+bool sgemm_bias(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                int64_t ldb, const float* bias, float* C, int64_t ldc) {
+#ifdef PT_CUDA_EMULATE
+  sgemm(ta, tb, m, n, k, A, lda, B, ldb, 0.f, C, ldc);
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < m; i++) C[i + j * ldc] += bias[i];
+  return true;
+#else
+  LtCall call;
+  check_cublas(cublasLtMatmulDescCreate(&call.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  check_cublas(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)),
+               "cublasLtMatmulDescSetAttribute");
+  check_cublas(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)),
+               "cublasLtMatmulDescSetAttribute");
+  check_cublas(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+               "cublasLtMatmulDescSetAttribute");
+  check_cublas(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
+               "cublasLtMatmulDescSetAttribute");
+  check_cublas(cublasLtMatrixLayoutCreate(&call.a, CUDA_R_32F, ta ? k : m, ta ? m : k, lda), "cublasLtMatrixLayoutCreate");
+  check_cublas(cublasLtMatrixLayoutCreate(&call.b, CUDA_R_32F, tb ? n : k, tb ? k : n, ldb), "cublasLtMatrixLayoutCreate");
+  check_cublas(cublasLtMatrixLayoutCreate(&call.c, CUDA_R_32F, m, n, ldc), "cublasLtMatrixLayoutCreate");
+  check_cublas(cublasLtMatmulPreferenceCreate(&call.pref), "cublasLtMatmulPreferenceCreate");
+  const size_t workspace = 0;
+  check_cublas(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                    sizeof(workspace)),
+               "cublasLtMatmulPreferenceSetAttribute");
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  check_cublas(cublasLtMatmulAlgoGetHeuristic(lt_handle(), call.op, call.a, call.b, call.c, call.c, call.pref, 1,
+                                              &result, &found),
+               "cublasLtMatmulAlgoGetHeuristic");
+  if (found == 0) return false;
+  const float one = 1.f, zero = 0.f;
+  check_cublas(cublasLtMatmul(lt_handle(), call.op, &one, A, call.a, B, call.b, &zero, C, call.c, C, call.c,
+                              &result.algo, nullptr, 0, 0),
+               "cublasLtMatmul");
+  return true;
+#endif
+}
+
 // out (N, OC) += bias (OC), or = bias when `assign` (an empty product: IC = 0)
 __global__ void add_bias_kernel(float* out, const float* bias, int64_t N, int64_t OC, bool assign) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -89,6 +158,7 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
            N, OC, true);
     return;
   }
+  if (bias && sgemm_bias(true, false, OC, N, IC, weight, IC, inp, IC, bias, out, OC)) return;
   sgemm(true, false, OC, N, IC, weight, IC, inp, IC, 0.f, out, OC);
   if (bias)
     launch("matmul_forward", add_bias_kernel, dim3((unsigned)cdiv(N * OC, kThreads)), dim3(kThreads), 0, out, bias,
