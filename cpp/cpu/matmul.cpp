@@ -440,21 +440,43 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
 // dequantised weight serves all N rows. kR output channels at a time (kR * NV independent FMA chains); their
 // 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
 // other block types).
-template <int NV>
+// The vectors the batch kernel accumulates in: the variant's own (W lanes), or on AVX-512 also 8-lane halves for
+// batches of at most 8 rows (half the multiply-adds of a 16-lane vector holding 8 rows).
+struct FullLanes {
+  using T = V;
+  static constexpr int kW = W, kRegs = W == 16 ? 32 : 16;
+  static T zero() { return simd::zero(); }
+  static T load(const float* p) { return simd::load(p); }
+  static T set1(float x) { return simd::set1(x); }
+  static T fma(T a, T b, T c) { return simd::fma(a, b, c); }
+  static void store(float* p, T a) { simd::store(p, a); }
+};
+#if defined(PT_ISA_AVX512)
+struct HalfLanes {
+  using T = __m256;
+  static constexpr int kW = 8, kRegs = 32;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static T set1(float x) { return _mm256_set1_ps(x); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, T a) { _mm256_storeu_ps(p, a); }
+};
+#endif
+
+template <class L, int NV>
 constexpr int batch_rows() {  // accumulators that fit the vector registers beside the inputs and a broadcast
-  constexpr int regs = W == 16 ? 32 : 16;
-  return (regs - NV - 2) / NV < 16 ? (regs - NV - 2) / NV : 16;
+  return (L::kRegs - NV - 2) / NV < 16 ? (L::kRegs - NV - 2) / NV : 16;
 }
 
-template <int NV, int QT>
+template <class L, int NV, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                    int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
-  constexpr int kR = batch_rows<NV>();
+  constexpr int kR = batch_rows<L, NV>(), LW = L::kW;
   alignas(64) float tiles[2][kR * 32];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
                                         // loads never wait on the vector stores that wrote them
-  V acc[kR][NV];
+  typename L::T acc[kR][NV];
   for (int r = 0; r < kR; r++)
-    for (int v = 0; v < NV; v++) acc[r][v] = zero();
+    for (int v = 0; v < NV; v++) acc[r][v] = L::zero();
   const uint8_t* w[kR];
   for (int r = 0; r < kR; r++) w[r] = weight + (o0 + (r < no ? r : 0)) * rb;
   float* rows = nullptr;
@@ -485,23 +507,40 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
     if (b + 1 < nb) dequantize_block(b + 1, tiles[(b + 1) & 1]);
     const float* wt = QT >= 0 ? tiles[b & 1] : rows + b * 32;
     const int64_t ld = QT >= 0 ? 32 : IC;
-    const float* xb = xT + b * 32 * NV * W;
+    const float* xb = xT + b * 32 * NV * LW;
 #pragma GCC unroll 2
     for (int k = 0; k < 32; k++) {
-      V x[NV];
-      for (int v = 0; v < NV; v++) x[v] = load(xb + (k * NV + v) * W);
+      typename L::T x[NV];
+      for (int v = 0; v < NV; v++) x[v] = L::load(xb + (k * NV + v) * LW);
 #pragma GCC unroll 16
       for (int r = 0; r < kR; r++) {
-        const V wv = set1(wt[r * ld + k]);
-        for (int v = 0; v < NV; v++) acc[r][v] = fma(wv, x[v], acc[r][v]);
+        const typename L::T wv = L::set1(wt[r * ld + k]);
+        for (int v = 0; v < NV; v++) acc[r][v] = L::fma(wv, x[v], acc[r][v]);
       }
     }
   }
-  alignas(64) float lanes[NV * W];
+  alignas(64) float lanes[NV * LW];
   for (int r = 0; r < no; r++) {
-    for (int v = 0; v < NV; v++) store(lanes + v * W, acc[r][v]);
+    for (int v = 0; v < NV; v++) L::store(lanes + v * LW, acc[r][v]);
     const float bo = bias ? bias[o0 + r] : 0.f;
     for (int64_t m = 0; m < N; m++) out[m * OC + o0 + r] = lanes[m] + bo;
+  }
+}
+
+// xT (IC, NV * L::kW) from inp (N, IC), then the output channels' blocks across the threads.
+template <class L, int NV, int QT>
+void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
+                 int64_t IC, int64_t OC, int qtype) {
+  constexpr int kR = batch_rows<L, NV>(), NP = NV * L::kW;
+  static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
+  float* xT = buf.floats((size_t)IC * NP);
+  for (int64_t k = 0; k < IC; k++)
+    for (int64_t m = 0; m < NP; m++) xT[k * NP + m] = m < N ? inp[m * IC + k] : 0.f;
+  const int64_t nblocks = (OC + kR - 1) / kR;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
+    q_batch_block<L, NV, QT>(out, xT, weight, rb, bias, N, IC, OC, o0, no, qtype);
   }
 }
 
@@ -514,28 +553,15 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
                           qtype);
     return;
   }
-  const int NV = (int)((N + W - 1) / W);
-  static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
-  float* xT = buf.floats((size_t)IC * NV * W);
-  for (int64_t k = 0; k < IC; k++)
-    for (int64_t m = 0; m < NV * W; m++) xT[k * NV * W + m] = m < N ? inp[m * IC + k] : 0.f;
-  auto run = [&](auto nv) {
-    constexpr int kNV = decltype(nv)::value, kR = batch_rows<kNV>();
-    const int64_t nblocks = (OC + kR - 1) / kR;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-      const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
-      q_batch_block<kNV, QT>(out, xT, weight, rb, bias, N, IC, OC, o0, no, qtype);
-    }
-  };
-  if (NV == 1)
-    run(std::integral_constant<int, 1>());
-  else if (NV == 2)
-    run(std::integral_constant<int, 2>());
-  else if (NV == 3)
-    run(std::integral_constant<int, 3>());
-  else
-    run(std::integral_constant<int, 4>());
+#if defined(PT_ISA_AVX512)
+  if (N <= 8) return q_batch_run<HalfLanes, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+#endif
+  switch ((N + W - 1) / W) {
+    case 1: return q_batch_run<FullLanes, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    case 2: return q_batch_run<FullLanes, 2, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    case 3: return q_batch_run<FullLanes, 3, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    default: return q_batch_run<FullLanes, 4, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+  }
 }
 }  // namespace
 
