@@ -299,12 +299,14 @@ def test_tanh_kernels_match_float64(rng):
     assert opcases.rel_err(ops.tanh_backward(to_device(g), out).numpy(), g * (1 - want * want)) <= 2e-6
 
 
-def test_importing_pytransformer_loads_no_cuda_library():
+def test_importing_pytransformer_loads_no_cuda_library(tmp_path):
     code = ("import sys, pytransformer, pytransformer.ops; "
             "maps = open('/proc/self/maps').read(); "
             "print('pytransformer._cuda' in sys.modules, 'libcublas' in maps or 'libcuda.so' in maps)")
     env = {k: v for k, v in os.environ.items() if k != "PYTRANSFORMER_CUDA_MODULE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    # (run outside the source tree: the installed package, not the checkout's sources)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-1].split() == ["False", "False"]
 
 
