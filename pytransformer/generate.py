@@ -78,7 +78,10 @@ class Sampler:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     def __call__(self, logits, seen, rng):
-        """logits (B, V), seen (B, V) bool (tokens already in each row) -> ids (B,)."""
+        """logits (B, V), seen (B, V) bool (tokens already in each row; may be None without a repetition
+        penalty) -> ids (B,)."""
+        if self.temperature == 0.0 and self.repetition_penalty == 1.0:  # greedy: the order is the same in float32
+            return np.asarray(logits).argmax(-1).astype(np.int64)
         logits = np.asarray(logits, np.float64)
         if self.repetition_penalty != 1.0:
             penalised = np.where(logits > 0, logits / self.repetition_penalty, logits * self.repetition_penalty)

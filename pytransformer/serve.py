@@ -296,8 +296,9 @@ class Engine:
     def _sample(self, job):
         """The job's next token from its logits, emitted -> the finish reason, or None to go on."""
         logits = job.logits
-        seen = np.zeros((1, logits.shape[-1]), bool)
+        seen = None
         if job.sampler.repetition_penalty != 1.0:
+            seen = np.zeros((1, logits.shape[-1]), bool)
             seen[0, job.ids + job.generated] = True
         tok = int(job.sampler(logits[None], seen, job.rng)[0])
         info = None
