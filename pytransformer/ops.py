@@ -67,7 +67,7 @@ def _matmul_quantized(inp, weight, bias, out):
     if bias is not None:
         array(bias, "bias", ("OC",), d)
     out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("bias", bias)])
-    _core.matmul_q_forward(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
+    _kernels(out).matmul_q_forward(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
     return out
 
 
@@ -548,6 +548,13 @@ class Quantized:
     def nbytes(self):
         return self.data.nbytes
 
+    def to(self, device):
+        """The same blocks on "cuda" (a DeviceArray) or "cpu" (NumPy): the products read them where they are."""
+        from .cuda import to_device, to_host
+
+        data = to_device(self.data) if device == "cuda" else to_host(self.data)
+        return self if data is self.data else Quantized(data, self.qtype, self.shape)
+
     def __repr__(self):
         return f"Quantized({self.qtype}, shape={self.shape})"
 
@@ -557,11 +564,11 @@ def dequantize(weight: Quantized, ids=None, *, out=None):
     rows, C = weight.shape
     if ids is None:
         out = output(out, "out", (rows, C), [("data", weight.data)])
-        _core.dequantize_rows(out, weight.data, weight.code, None, rows, rows, C)
+        _kernels(out).dequantize_rows(out, weight.data, weight.code, None, rows, rows, C)
         return out
     array(ids, "ids", ("...",), {}, I64)
     out = output(out, "out", ids.shape + (C,), [("data", weight.data), ("ids", ids)])
-    _core.dequantize_rows(out, weight.data, weight.code, ids, rows, ids.size, C)
+    _kernels(out).dequantize_rows(out, weight.data, weight.code, ids, rows, ids.size, C)
     return out
 
 

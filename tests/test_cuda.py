@@ -21,7 +21,7 @@ from pytransformer.cuda import DeviceArray, to_device, to_host
 
 needs_cuda = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA module and device (or emulator) here")
 
-CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized"}  # narrow weights: CPU inference
+CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights"}  # bfloat16 / int8 copies: CPU inference formats
 # The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 20,000 query-key
 # pairs (seconds each there) run on a GPU only; every other case runs everywhere.
 
@@ -29,6 +29,8 @@ CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized"}  #
 def _device(x):
     if isinstance(x, np.ndarray):
         return to_device(x)
+    if isinstance(x, ops.Quantized):
+        return x.to("cuda")
     if isinstance(x, list):
         return [_device(v) for v in x]
     return x
@@ -221,6 +223,38 @@ def test_a_llama_trains_and_generates_on_the_device_as_on_the_cpu(rng, interleav
     dev.backward()
     assert opcases.rel_err(dev.params.grad.numpy(), cpu.params.grad) <= 1e-5
     np.testing.assert_array_equal(dev.generate(idx[:, :3], 5, temperature=0), cpu.generate(idx[:, :3], 5,
+                                                                                           temperature=0))
+
+
+@needs_cuda
+def test_a_llama_with_gguf_blocks_runs_on_the_device_with_them(rng):
+    """GGUF-quantised weights (as from_pretrained leaves them) move to the device as blocks: the products and the
+    embedding lookup decode them there, with the CPU's logits and tokens."""
+    from pytransformer.models.llama import Llama, LlamaConfig
+    from pytransformer.nn import Embedding
+
+    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
+
+    def make():
+        model = Llama(cfg, seed=2).eval()
+        blocks = np.random.default_rng(7)
+        kinds = iter(["Q4_1", "Q8_0", "Q4_0"] * 20)
+        table = None
+        for m in model.modules():
+            if hasattr(m, "set_quantized") and not isinstance(m, Embedding) and m.weight is not model.embed.weight:
+                qt = next(kinds)
+                m.set_quantized(ops.Quantized(opcases.random_blocks(blocks, qt, *m.weight.shape), qt, m.weight.shape))
+        table = ops.Quantized(opcases.random_blocks(blocks, "Q8_0", 64, 64), "Q8_0", (64, 64))
+        model.embed.set_quantized(table)
+        model.lm_head.set_quantized(table)
+        return model
+
+    cpu, dev = make(), make().to("cuda")
+    assert type(dev.embed.quantized.data) is DeviceArray and type(dev.lm_head.narrow[0].data) is DeviceArray
+    ids = rng.integers(0, 64, (2, 6))
+    with cpu.evaluating(), dev.evaluating():
+        assert opcases.rel_err(dev.forward(ids).numpy(), cpu.forward(ids)) <= 1e-5
+    np.testing.assert_array_equal(dev.generate(ids[:, :3], 5, temperature=0), cpu.generate(ids[:, :3], 5,
                                                                                            temperature=0))
 
 

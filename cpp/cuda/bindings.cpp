@@ -81,6 +81,23 @@ void check_device_ids(const int64_t* ids, int64_t n, int64_t hi, const char* nam
   }
 }
 
+// Bytes of a row of C values of a GGUF type (the CPU core's table: kernels.h quant_row_bytes), or a ValueError.
+int64_t quant_row_bytes(int qtype, int64_t C) {
+  int64_t values, bytes;
+  switch (qtype) {
+    case 0: values = 1; bytes = 4; break;
+    case 1: case 30: values = 1; bytes = 2; break;
+    case 2: values = 32; bytes = 18; break;
+    case 3: values = 32; bytes = 20; break;
+    case 8: values = 32; bytes = 34; break;
+    case 12: values = 256; bytes = 144; break;
+    case 14: values = 256; bytes = 210; break;
+    default: throw py::value_error("unsupported quantised type " + std::to_string(qtype));
+  }
+  if (C < 0 || C % values) throw py::value_error("a row of " + std::to_string(C) + " values is not whole blocks");
+  return C / values * bytes;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -140,6 +157,27 @@ PYBIND11_MODULE(_cuda, m) {
     auto* w = dev<float>(weight, "weight", OC * IC);
     py::gil_scoped_release release;
     cu::matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
+  });
+  m.def("matmul_q_forward", [](py::object out, py::object inp, py::object weight, int qtype, py::object bias,
+                               int64_t N, int64_t IC, int64_t OC) {
+    const int64_t rb = quant_row_bytes(qtype, IC);
+    auto* o = dev<float>(out, "out", N * OC);
+    auto* x = dev<float>(inp, "inp", N * IC);
+    auto* w = dev<uint8_t>(weight, "weight", OC * rb);
+    auto* b = dev<float>(bias, "bias", OC, true);
+    py::gil_scoped_release release;
+    cu::matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
+  });
+  m.def("dequantize_rows", [](py::object out, py::object src, int qtype, py::object ids, int64_t rows, int64_t N,
+                              int64_t C) {
+    const int64_t rb = quant_row_bytes(qtype, C);
+    auto* o = dev<float>(out, "out", N * C);
+    auto* s = dev<uint8_t>(src, "src", rows * rb);
+    auto* id = dev<int64_t>(ids, "ids", N, true);
+    if (!id && N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
+    py::gil_scoped_release release;
+    if (id) check_device_ids(id, N, rows, "ids");
+    cu::dequantize_rows(o, s, qtype, id, N, C);
   });
   m.def("layernorm_forward", [](py::object out, py::object mean, py::object rstd, py::object inp,
                                 py::object weight, py::object bias, int64_t N, int64_t C, float eps) {

@@ -38,6 +38,12 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
                     int64_t OC);
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int64_t N, int64_t IC, int64_t OC);
+// --- quant.cu: GGUF block formats (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, by ggml type id) ---
+// out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias; weight OC rows of the type's row bytes
+void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                      int64_t IC, int64_t OC);
+// out (N, C) = dequant(src rows ids[n]) (ids null: rows 0 .. N-1)
+void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C);
 // --- layernorm.cu ---
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int64_t N, int64_t C, float eps);

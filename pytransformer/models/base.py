@@ -120,8 +120,8 @@ class Model(Module):
     def to(self, device: str) -> "Model":
         """Move the parameters and gradients to "cuda" (pytransformer.cuda: forward, backward, the optimizer
         step and generation then run there, inputs and targets given as NumPy arrays as before) or back to
-        "cpu". Narrow and GGUF-quantised weights are widened to float32 first (their products on the GPU are
-        float32). -> self"""
+        "cpu". GGUF-quantised weights move as blocks (the CUDA products decode them); bfloat16 / int8 copies
+        (set_weight_dtype) are dropped for the float32 weights. -> self"""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
@@ -130,8 +130,13 @@ class Model(Module):
             if not self.runs_on_cuda:
                 raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
             cuda.kernels()  # (a clear error when there is no CUDA module or device)
-            # narrow (bf16, int8) and GGUF-quantised weights are CPU inference: the device gets their float32 values
-            self.set_weight_dtype("float32")
+        for m in self.modules():
+            if getattr(m, "quantized", None) is not None:  # GGUF blocks: moved as they are, multiplied in place
+                m.quantized = m.quantized.to(device)
+                if getattr(m, "narrow", None) is not None:
+                    m.narrow = (m.quantized, None)
+            elif getattr(m, "narrow", None) is not None and device == "cuda":
+                m.set_weight_dtype("float32")  # bfloat16 / int8 copies are CPU formats: the float32 weights go
         self.params.to(device)
         for m in self.modules():  # products and plans made over the old buffers
             for cached in ("_qkv", "_gate_up", "_plan"):

@@ -110,8 +110,7 @@ class GPT(CausalLM):
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
         self._begin_forward()
-        if self.device == "cuda":
-            idx = to_device(idx)
+        if self.device == "cuda":  # (ids move with the embedding's lookup)
             if key_mask is not None:
                 key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.drop.forward(self.wpe.forward(self.wte.forward(idx), position_ids))

@@ -102,8 +102,7 @@ class Llama(CausalLM):
             position_ids = np.ascontiguousarray(position_ids, np.int64)
             if position_ids.shape != idx.shape:
                 raise ValueError(f"position_ids must have the shape of idx {idx.shape}, got {position_ids.shape}")
-        if self.device == "cuda":
-            idx = to_device(idx)
+        if self.device == "cuda":  # (ids move with the embedding's lookup)
             if key_mask is not None:
                 key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.embed.forward(idx)

@@ -329,7 +329,8 @@ class Embedding(Module):
             ids = np.asarray(ids)
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"ids must lie in [0, {V})")
-            return ops.dequantize(self.quantized, np.ascontiguousarray(ids, np.int64))
+            ids = np.ascontiguousarray(ids, np.int64)
+            return ops.dequantize(self.quantized, to_device(ids) if type(self.quantized.data) is DeviceArray else ids)
         if type(self.weight.data) is DeviceArray and type(ids) is not DeviceArray:  # (the model is on a GPU)
             ids = to_device(np.ascontiguousarray(ids, np.int64))
             if self.keeps_state:

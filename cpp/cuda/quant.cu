@@ -1,0 +1,159 @@
+// GGUF (ggml) block-quantised weights on the GPU: rows dequantised (an embedding lookup in a quantised table) and
+// the products with them, the formats of cpp/cpu/quant.cpp (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) with
+// the same roundings. Each value is decoded on its own from its block (quant_value), so every layout is one
+// function; a few rows (decoding) are a warp per output channel reading the blocks in place, more rows widen the
+// matrix once into scratch for cuBLAS.
+#include "device.h"
+#include "kernels.h"
+
+namespace pt {
+namespace cuda {
+
+namespace {
+enum : int { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14, kBF16 = 30 };
+constexpr int kThreads = 256;
+constexpr int kGemvRows = 8;  // at most this many input rows take the in-place product
+
+__device__ __forceinline__ uint16_t read16(const uint8_t* p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+// IEEE half -> float, exact (bits, no intrinsic: the same on the emulator)
+__device__ __forceinline__ float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  if (e == 0) {
+    const float f = (float)mant * 5.9604644775390625e-08f;
+    return sign ? -f : f;
+  }
+  const uint32_t bits = sign | (e == 31 ? 0x7F800000u | (mant << 13) : ((e + 112) << 23) | (mant << 13));
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+__device__ __forceinline__ float half_at(const uint8_t* p) { return half_to_float(read16(p)); }
+
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// value i of a row of `qtype`
+__device__ __forceinline__ float quant_value(const uint8_t* row, int qtype, int64_t i) {
+  switch (qtype) {
+    case kF32: {
+      float f;
+      memcpy(&f, row + 4 * i, 4);
+      return f;
+    }
+    case kF16: return half_at(row + 2 * i);
+    case kBF16: {
+      const uint32_t bits = (uint32_t)read16(row + 2 * i) << 16;
+      float f;
+      memcpy(&f, &bits, 4);
+      return f;
+    }
+    case kQ4_0: case kQ4_1: {
+      const int64_t nb = qtype == kQ4_0 ? 18 : 20, off = qtype == kQ4_0 ? 2 : 4;
+      const uint8_t* b = row + (i / 32) * nb;
+      const int j = (int)(i % 32);
+      const float d = half_at(b);
+      const float q = (float)(j < 16 ? b[off + j] & 15 : b[off + j - 16] >> 4);
+      return fmaf(q, d, qtype == kQ4_0 ? -8.f * d : half_at(b + 2));  // (the CPU's one rounding)
+    }
+    case kQ8_0: {
+      const uint8_t* b = row + (i / 32) * 34;
+      return (float)(int8_t)b[2 + i % 32] * half_at(b);
+    }
+    case kQ4_K: {
+      const uint8_t* b = row + (i / 256) * 144;
+      const int w = (int)(i % 256), pair = w / 64, within = w % 64, sub = 2 * pair + (within >= 32);
+      int s, m;
+      scale_min_k4(sub, b + 4, &s, &m);
+      const uint8_t* q = b + 16 + 32 * pair;
+      const float v = (float)(within < 32 ? q[within] & 15 : q[within - 32] >> 4);
+      return fmaf(v, half_at(b) * (float)s, -(half_at(b + 2) * (float)m));
+    }
+    case kQ6_K: {
+      const uint8_t* b = row + (i / 256) * 210;
+      const int w = (int)(i % 256), n = w / 128, r = w % 128, quarter = r / 32, l = r % 32, is = l / 16;
+      const uint8_t* ql = b + 64 * n;
+      const uint8_t* qh = b + 128 + 32 * n;
+      const int8_t* sc = (const int8_t*)(b + 192) + 8 * n;
+      const int low = quarter & 1 ? ql[l + 32] : ql[l];
+      const int q = ((quarter < 2 ? low & 0xF : low >> 4) | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
+      return half_at(b + 208) * (float)sc[is + 2 * quarter] * (float)q;
+    }
+    default: return 0.f;  // (types are checked by the bindings)
+  }
+}
+
+// out (N, C) = rows ids[n] (or n) of src, each of rb bytes
+__global__ void dequantize_rows_kernel(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N,
+                                       int64_t C, int64_t rb) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= N * C) return;
+  const int64_t n = idx / C, i = idx % C;
+  out[idx] = quant_value(src + (ids ? ids[n] : n) * rb, qtype, i);
+}
+
+// out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias for N <= kGemvRows: a warp per output channel, its lanes
+// striding over the row's values (each decoded once for every input row), sums over the warp in a fixed order
+__global__ void q_gemv_kernel(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,
+                              int64_t N, int64_t IC, int64_t OC, int64_t rb) {
+  const int64_t o = (int64_t)blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (o >= OC) return;
+  const uint8_t* row = weight + o * rb;
+  float acc[kGemvRows];
+  for (int m = 0; m < kGemvRows; m++) acc[m] = 0.f;
+  for (int64_t i = lane; i < IC; i += kWarp) {
+    const float w = quant_value(row, qtype, i);
+    for (int m = 0; m < kGemvRows; m++)
+      if (m < N) acc[m] += w * inp[m * IC + i];
+  }
+  for (int m = 0; m < kGemvRows; m++) {
+    const float s = warp_sum(acc[m]);
+    if (m < N && lane == 0) out[m * OC + o] = s + (bias ? bias[o] : 0.f);
+  }
+}
+
+int64_t row_bytes(int qtype, int64_t C) {
+  switch (qtype) {
+    case kF32: return 4 * C;
+    case kF16: case kBF16: return 2 * C;
+    case kQ4_0: return C / 32 * 18;
+    case kQ4_1: return C / 32 * 20;
+    case kQ8_0: return C / 32 * 34;
+    case kQ4_K: return C / 256 * 144;
+    case kQ6_K: return C / 256 * 210;
+    default: throw Error("unsupported quantised type " + std::to_string(qtype));
+  }
+}
+}  // namespace
+
+void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C) {
+  launch("dequantize_rows", dequantize_rows_kernel, dim3((unsigned)cdiv(N * C, kThreads)), dim3(kThreads), 0, out,
+         src, qtype, ids, N, C, row_bytes(qtype, C));
+}
+
+void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                      int64_t IC, int64_t OC) {
+  if (N == 0 || OC == 0) return;
+  const int64_t rb = row_bytes(qtype, IC);
+  if (N <= kGemvRows) {
+    constexpr int warps = 8;
+    launch("matmul_q_forward", q_gemv_kernel, dim3((unsigned)cdiv(OC, warps)), dim3(warps * kWarp), 0, out, inp,
+           weight, qtype, bias, N, IC, OC, rb);
+    return;
+  }
+  Scratch scratch((size_t)(OC * IC) * sizeof(float));  // the matrix widened once, then one cuBLAS product
+  float* wide = scratch.as<float>();
+  dequantize_rows(wide, weight, qtype, nullptr, OC, IC);
+  matmul_forward(out, inp, wide, bias, N, IC, OC);
+}
+
+}  // namespace cuda
+}  // namespace pt
