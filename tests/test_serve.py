@@ -177,3 +177,44 @@ def test_n_choices(server):
         for ch in chunk.choices:
             texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
     assert texts[0] == texts[1] and texts[0]  # temperature 0: both choices alike
+
+
+def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
+    """In process: a 300-token prompt goes into the batched steps 128 rows at a time, and a second request with the
+    same prompt copies its keys and values from the prefix store; both give model.generate's tokens."""
+    import threading
+
+    from pytransformer import serve as serving
+    from pytransformer.cli import resolve_model
+    from pytransformer.generate import Sampler
+    from pytransformer.io.hf import from_pretrained
+
+    model = from_pretrained(resolve_model("smollm2"))
+    tok = model.tokenizer
+
+    class Loop:
+        def call_soon_threadsafe(self, f, item):
+            f(item)
+
+    class Out:
+        def __init__(self):
+            self.items, self.done = [], threading.Event()
+
+        def put_nowait(self, item):
+            self.items.append(item)
+            if item[0] in ("done", "error"):
+                self.done.set()
+
+    engine = serving.Engine(model, tok)
+    ids = tok.encode(" ".join(["The quick brown fox jumps over the lazy dog."] * 30) + " Summarize:")
+    assert len(ids) > 2 * engine.prompt_rows
+    texts = []
+    for _ in range(2):
+        out = Out()
+        engine.submit(serving.Job(ids, 8, Sampler(0.0), 0, [], None, Loop(), out))
+        assert out.done.wait(120)
+        texts.append("".join(item[1] for item in out.items if item[0] == "token"))
+    assert len(engine.prefixes.items) == 1  # (the second prompt found the first's rows)
+    with model.evaluating():
+        want = tok.decode([int(t) for t in model.generate(np.array([ids]), 8, temperature=0)[0, len(ids):]])
+    assert texts == [want, want]
