@@ -198,15 +198,31 @@ class Engine:
             raise RequestError("the server is busy: too many requests waiting", status=503,
                                kind="server_busy") from None
 
+    def close(self, timeout=10.0):
+        """Stop the worker once the running jobs are done (waiting ones are dropped) and wait for it."""
+        self._closing = True
+        try:
+            self.waiting.put_nowait(None)
+        except queue.Full:
+            pass
+        self.thread.join(timeout)
+
+    _closing = False
+
     def _work(self):
         while True:
             if not self.running:
-                self._admit(self.waiting.get())  # (idle: wait for work)
+                job = self.waiting.get()  # (idle: wait for work)
+                if job is None or self._closing:
+                    return
+                self._admit(job)
             while len(self.running) < self.max_running:
                 try:
-                    self._admit(self.waiting.get_nowait())
+                    job = self.waiting.get_nowait()
                 except queue.Empty:
                     break
+                if job is not None and not self._closing:
+                    self._admit(job)
             try:
                 self._round()
             except Exception as e:  # a failure ends the round's jobs, never the worker

@@ -215,6 +215,8 @@ def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
         assert out.done.wait(120)
         texts.append("".join(item[1] for item in out.items if item[0] == "token"))
     assert len(engine.prefixes.items) == 1  # (the second prompt found the first's rows)
+    engine.close()
+    assert not engine.thread.is_alive()
     with model.evaluating():
         want = tok.decode([int(t) for t in model.generate(np.array([ids]), 8, temperature=0)[0, len(ids):]])
     assert texts == [want, want]
