@@ -55,22 +55,21 @@ def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
         if reads and type(reads[0][1]) is DeviceArray:  # outputs live where the op's first input does
             return DeviceArray.zeros(shape, dtype) if zero else DeviceArray.empty(shape, dtype)
         return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-    if type(out) is DeviceArray:
-        return _device_output(out, name, shape, reads, dtype, same)
-    if not isinstance(out, np.ndarray):
+    device = type(out) is DeviceArray
+    if not device and not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of {dtype} {shape}, got {type(out).__name__}")
     if out.dtype != dtype:
         raise TypeError(f"{name} must be {dtype} {shape}, got {out.dtype} {tuple(out.shape)}")
     if tuple(out.shape) != shape:
         raise ValueError(f"{name} must be {dtype} {shape}, got {out.dtype} {tuple(out.shape)}")
-    if not out.flags.c_contiguous:
+    if not device and not out.flags.c_contiguous:  # (device arrays are always contiguous and writeable)
         raise ValueError(f"{name} must be C-contiguous: outputs are written in place, never copied")
-    if not out.flags.writeable:
+    if not device and not out.flags.writeable:
         raise ValueError(f"{name} is read-only; outputs are written in place")
     for other_name, other in reads:
-        if not isinstance(other, np.ndarray) or other is out and other_name in same:
+        if not isinstance(other, DeviceArray if device else np.ndarray) or other is out and other_name in same:
             continue
-        if np.may_share_memory(out, other):
+        if out.overlaps(other) if device else np.may_share_memory(out, other):
             if other_name in same and _same_array(out, other):
                 continue
             allowed = f" (it may be {other_name} itself, not a view into it)" if other_name in same else ""
@@ -79,23 +78,9 @@ def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
     return out
 
 
-def _device_output(out, name, shape, reads, dtype, same):
-    if out.dtype != dtype or out.shape != shape:
-        raise (TypeError if out.dtype != dtype else ValueError)(
-            f"{name} must be {dtype} {shape}, got {out.dtype} {out.shape}")
-    for other_name, other in reads:
-        if type(other) is not DeviceArray or other is out and other_name in same:
-            continue
-        if out.overlaps(other):
-            if other_name in same and out.ptr == other.ptr and out.dtype == other.dtype and out.shape == other.shape:
-                continue
-            allowed = f" (it may be {other_name} itself, not a view into it)" if other_name in same else ""
-            raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing "
-                             f"{name}{allowed}")
-    return out
-
-
 def _same_array(a, b) -> bool:
+    if type(a) is DeviceArray:
+        return a.ptr == b.ptr and a.dtype == b.dtype and a.shape == b.shape
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.dtype == b.dtype
             and a.shape == b.shape and a.strides == b.strides)
 

@@ -289,6 +289,11 @@ def zeros_like(x):
     return DeviceArray.zeros(x.shape, x.dtype) if isinstance(x, DeviceArray) else np.zeros_like(x)
 
 
+def empty_like(x):
+    """An uninitialised array of x's shape and dtype where x lives (host or device)."""
+    return DeviceArray.empty(x.shape, x.dtype) if isinstance(x, DeviceArray) else np.empty_like(x)
+
+
 def to_host(x):
     """A DeviceArray copied to a NumPy array; anything else as is."""
     return x.numpy() if isinstance(x, DeviceArray) else x

@@ -22,7 +22,7 @@ import numpy as np
 from . import ops
 from . import reference as ref
 from ._runtime import matmul_precision
-from .cuda import DeviceArray
+from .cuda import DeviceArray, empty_like, zeros_like
 
 TOL = 2e-5  # float32 kernels vs the float64 reference, relative to the largest reference magnitude
 
@@ -48,14 +48,6 @@ def rel_err(actual, expected, floor=0.0) -> float:
 def empty(shape, like):
     """float32 `shape` where `like` lives (host, or a CUDA device for a DeviceArray)."""
     return DeviceArray.empty(shape) if type(like) is DeviceArray else np.empty(shape, np.float32)
-
-
-def empty_like(x):
-    return DeviceArray.empty(x.shape, x.dtype) if type(x) is DeviceArray else np.empty_like(x)
-
-
-def zeros_like(x):
-    return DeviceArray.zeros(x.shape, x.dtype) if type(x) is DeviceArray else np.zeros_like(x)
 
 
 def f32(rng, *shape, scale=1.0, shift=0.0):

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "pytransformer/kernels.h"  // (the GGUF block table: quant_row_bytes)
 
 namespace py = pybind11;
 namespace cu = pt::cuda;
@@ -81,21 +82,33 @@ void check_device_ids(const int64_t* ids, int64_t n, int64_t hi, const char* nam
   }
 }
 
-// Bytes of a row of C values of a GGUF type (the CPU core's table: kernels.h quant_row_bytes), or a ValueError.
+// Bytes of a row of C values of a GGUF type (the CPU core's table), or a ValueError.
 int64_t quant_row_bytes(int qtype, int64_t C) {
-  int64_t values, bytes;
-  switch (qtype) {
-    case 0: values = 1; bytes = 4; break;
-    case 1: case 30: values = 1; bytes = 2; break;
-    case 2: values = 32; bytes = 18; break;
-    case 3: values = 32; bytes = 20; break;
-    case 8: values = 32; bytes = 34; break;
-    case 12: values = 256; bytes = 144; break;
-    case 14: values = 256; bytes = 210; break;
-    default: throw py::value_error("unsupported quantised type " + std::to_string(qtype));
-  }
-  if (C < 0 || C % values) throw py::value_error("a row of " + std::to_string(C) + " values is not whole blocks");
-  return C / values * bytes;
+  const int64_t rb = pt::quant_row_bytes(qtype, C);
+  if (rb < 0) throw py::value_error("quantised type " + std::to_string(qtype) + ": unsupported, or " +
+                                    std::to_string(C) + " values are not whole blocks");
+  return rb;
+}
+
+// Elementwise kernels over n floats, fn(out, inp, n) and fn(out, a, b, n): one binding each, checked alike.
+void bind_map(py::module_& m, const char* name, void (*fn)(float*, const float*, int64_t), const char* out_name,
+              const char* in_name) {
+  m.def(name, [=](py::object out, py::object inp, int64_t n) {
+    auto* o = dev<float>(out, out_name, n);
+    auto* x = dev<float>(inp, in_name, n);
+    py::gil_scoped_release release;
+    fn(o, x, n);
+  });
+}
+void bind_map2(py::module_& m, const char* name, void (*fn)(float*, const float*, const float*, int64_t),
+               const char* out_name, const char* a_name, const char* b_name) {
+  m.def(name, [=](py::object out, py::object a, py::object b, int64_t n) {
+    auto* o = dev<float>(out, out_name, n);
+    auto* x = dev<float>(a, a_name, n);
+    auto* y = dev<float>(b, b_name, n);
+    py::gil_scoped_release release;
+    fn(o, x, y, n);
+  });
 }
 
 }  // namespace
@@ -237,39 +250,11 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     cu::gelu_backward(dx, x, g, n, approximate);
   });
-  m.def("tanh_forward", [](py::object out, py::object inp, int64_t n) {
-    auto* o = dev<float>(out, "out", n);
-    auto* x = dev<float>(inp, "inp", n);
-    py::gil_scoped_release release;
-    cu::tanh_forward(o, x, n);
-  });
-  m.def("tanh_backward", [](py::object dinp, py::object out, py::object dout, int64_t n) {
-    auto* dx = dev<float>(dinp, "dinp", n);
-    auto* o = dev<float>(out, "out", n);
-    auto* g = dev<float>(dout, "dout", n);
-    py::gil_scoped_release release;
-    cu::tanh_backward(dx, o, g, n);
-  });
-  m.def("relu_forward", [](py::object out, py::object inp, int64_t n) {
-    auto* o = dev<float>(out, "out", n);
-    auto* x = dev<float>(inp, "inp", n);
-    py::gil_scoped_release release;
-    cu::relu_forward(o, x, n);
-  });
-  m.def("relu_backward", [](py::object dinp, py::object inp, py::object dout, int64_t n) {
-    auto* dx = dev<float>(dinp, "dinp", n);
-    auto* x = dev<float>(inp, "inp", n);
-    auto* g = dev<float>(dout, "dout", n);
-    py::gil_scoped_release release;
-    cu::relu_backward(dx, x, g, n);
-  });
-  m.def("swiglu_forward", [](py::object out, py::object gate, py::object up, int64_t n) {
-    auto* o = dev<float>(out, "out", n);
-    auto* g = dev<float>(gate, "gate", n);
-    auto* u = dev<float>(up, "up", n);
-    py::gil_scoped_release release;
-    cu::swiglu_forward(o, g, u, n);
-  });
+  bind_map(m, "tanh_forward", cu::tanh_forward, "out", "inp");
+  bind_map2(m, "tanh_backward", cu::tanh_backward, "dinp", "out", "dout");
+  bind_map(m, "relu_forward", cu::relu_forward, "out", "inp");
+  bind_map2(m, "relu_backward", cu::relu_backward, "dinp", "inp", "dout");
+  bind_map2(m, "swiglu_forward", cu::swiglu_forward, "out", "gate", "up");
   m.def("swiglu_backward", [](py::object dgate, py::object dup, py::object dout, py::object gate, py::object up,
                               int64_t n) {
     auto* dg = dev<float>(dgate, "dgate", n, true);
@@ -331,13 +316,7 @@ PYBIND11_MODULE(_cuda, m) {
     check_device_ids(i, N, V, "ids");
     cu::embedding_backward(dt, g, i, N, V, C);
   });
-  m.def("residual_forward", [](py::object out, py::object a, py::object b, int64_t n) {
-    auto* o = dev<float>(out, "out", n);
-    auto* x = dev<float>(a, "a", n);
-    auto* y = dev<float>(b, "b", n);
-    py::gil_scoped_release release;
-    cu::residual_forward(o, x, y, n);
-  });
+  bind_map2(m, "residual_forward", cu::residual_forward, "out", "a", "b");
   m.def("scale_inplace", [](py::object x, int64_t n, float factor) {
     auto* p = dev<float>(x, "x", n);
     py::gil_scoped_release release;

@@ -5,12 +5,12 @@
 // matrix once into scratch for cuBLAS.
 #include "device.h"
 #include "kernels.h"
+#include "pytransformer/kernels.h"  // (the GGUF type ids and row sizes: pt::QType, pt::quant_row_bytes)
 
 namespace pt {
 namespace cuda {
 
 namespace {
-enum : int { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14, kBF16 = 30 };
 constexpr int kThreads = 256;
 constexpr int kGemvRows = 8;  // at most this many input rows take the in-place product
 
@@ -121,16 +121,9 @@ __global__ void q_gemv_kernel(float* out, const float* inp, const uint8_t* weigh
 }
 
 int64_t row_bytes(int qtype, int64_t C) {
-  switch (qtype) {
-    case kF32: return 4 * C;
-    case kF16: case kBF16: return 2 * C;
-    case kQ4_0: return C / 32 * 18;
-    case kQ4_1: return C / 32 * 20;
-    case kQ8_0: return C / 32 * 34;
-    case kQ4_K: return C / 256 * 144;
-    case kQ6_K: return C / 256 * 210;
-    default: throw Error("unsupported quantised type " + std::to_string(qtype));
-  }
+  const int64_t rb = quant_row_bytes(qtype, C);
+  if (rb < 0) throw Error("unsupported quantised type " + std::to_string(qtype));
+  return rb;
 }
 }  // namespace
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
                   TiedLMHead)
-from ..cuda import to_device
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 
@@ -110,9 +109,6 @@ class GPT(CausalLM):
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
         self._begin_forward()
-        if self.device == "cuda":  # (ids move with the embedding's lookup)
-            if key_mask is not None:
-                key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.drop.forward(self.wpe.forward(self.wte.forward(idx), position_ids))
         if cache is None:
             for block in self.blocks:

@@ -12,7 +12,6 @@ from .. import _core
 from ..nn import (DecoderBlock, Embedding, GatedFeedForward, Linear, MultiHeadAttention, RMSNorm, Rotary,
                   TiedLMHead)
 from ..nn.layers import FusedProduct, weight_spec
-from ..cuda import to_device
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 
@@ -102,9 +101,6 @@ class Llama(CausalLM):
             position_ids = np.ascontiguousarray(position_ids, np.int64)
             if position_ids.shape != idx.shape:
                 raise ValueError(f"position_ids must have the shape of idx {idx.shape}, got {position_ids.shape}")
-        if self.device == "cuda":  # (ids move with the embedding's lookup)
-            if key_mask is not None:
-                key_mask = to_device(np.ascontiguousarray(key_mask, bool))
         x = self.embed.forward(idx)
         start = cache.length if cache is not None else 0
         if position_ids is None:
