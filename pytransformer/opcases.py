@@ -695,7 +695,8 @@ CASES = [
       for causal in (False, True) for masked in (False, True)],
     *[case("attention", TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
       for Bt, NH, NKV, Tq, Tk, HS in [(1, 9, 3, 17, 17, 64), (2, 4, 1, 1, 130, 17), (1, 6, 2, 130, 65, 16),
-                                      (2, 4, 2, 65, 65, 8)]
+                                      (2, 4, 2, 65, 65, 8), (2, 10, 2, 1, 70, 72), (1, 9, 3, 4, 90, 64),
+                                      (3, 8, 1, 2, 40, 136)]
       for causal in (False, True) for masked in (False, True)],
     # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
     *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)

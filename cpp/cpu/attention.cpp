@@ -148,62 +148,131 @@ struct TileMask {
 };
 }  // namespace
 
-// A few queries (decoding: one new position per sequence) over many keys: one row at a time, scores in scratch,
-// then the softmax and the weighted sum of V rows, all vectorised along the keys or the head. The tiled path
-// below would pad every query block to BQ rows and do BQ times the work.
+// A few queries (decoding: one new position per sequence) over many keys: one query position at a time, scores
+// in scratch, then the softmax and the weighted sum of V rows, vectorised along the keys or the head. The query
+// heads of one key/value head (grouped-query attention) go together, up to kGroupHeads at a time: each key and
+// value row is read once for all of them, and the weighted sums are kGroupHeads x kValueVecs independent
+// accumulator chains per value row. The tiled path below would pad every query block to BQ rows and do BQ times
+// the work.
 constexpr int64_t kRowQueries = 4;
+constexpr int kGroupHeads = 4;
+constexpr int64_t kAhead = 8;  // key rows prefetched ahead
+constexpr int kValueVecs = W >= 16 ? 4 : 2;  // (beside kGroupHeads x kValueVecs accumulators: the vector registers)
+
+// O[u] (HS) = sum over keys j < kend of scores[u * ld + j] * V row j, times inv[u], for the NQ query heads u whose
+// O[u] is set (heads with no visible key have O[u] = null and zero scores).
+template <int NQ>
+void value_sums(float* const* O, const float* scores, int64_t ld, const float* inv, const float* Vv, int64_t kv_rs,
+                int64_t kend, int64_t HS) {
+  for (int64_t d0 = 0; d0 < HS; d0 += kValueVecs * W) {
+    const int nv = (int)std::min<int64_t>(kValueVecs, (HS - d0 + W - 1) / W);
+    V acc[NQ][kValueVecs];
+    for (int u = 0; u < NQ; u++)
+      for (int c = 0; c < kValueVecs; c++) acc[u][c] = zero();
+    for (int64_t j = 0; j < kend; j++) {
+      float p[NQ];
+      bool seen = false;  // (keys no head sees, e.g. padding, are skipped: their rows are never read)
+      for (int u = 0; u < NQ; u++) {
+        p[u] = O[u] ? scores[u * ld + j] : 0.f;
+        seen |= p[u] != 0.f;
+      }
+      if (!seen) continue;
+      const float* vr = Vv + j * kv_rs + d0;
+      V x[kValueVecs];
+      for (int c = 0; c < kValueVecs; c++) x[c] = c < nv ? loadn(vr + c * W, HS - d0 - c * W) : zero();
+      for (int u = 0; u < NQ; u++) {
+        const V pu = set1(p[u]);
+        for (int c = 0; c < kValueVecs; c++) acc[u][c] = fma(pu, x[c], acc[u][c]);
+      }
+    }
+    for (int u = 0; u < NQ; u++)
+      if (O[u])
+        for (int c = 0; c < nv; c++) storen(O[u] + d0 + c * W, mul(acc[u][c], set1(inv[u])), HS - d0 - c * W);
+  }
+}
 
 static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
                     int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
                     float scale, bool bthd) {
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, kv_rs = kv_heads.row_stride();
-  const int64_t rs = heads.row_stride(), offset = Tk - Tq, ntasks = B * NH * Tq;
+  const int64_t rs = heads.row_stride(), offset = Tk - Tq, ntasks = B * NKV * Tq;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
   for (int64_t t = 0; t < ntasks; t++) {
-    const int64_t bh = t / Tq, i = t % Tq, b = bh / NH, h = bh % NH;
-    const float* Q = q + heads.offset(b, h, Tq) + i * rs;
-    const float* K = k + kv_heads.offset(b, h / group, Tkv);
-    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
-    float* O = out + heads.offset(b, h, Tq) + i * rs;
+    const int64_t bg = t / Tq, i = t % Tq, b = bg / NKV, g = bg % NKV;
+    const float* K = k + kv_heads.offset(b, g, Tkv);
+    const float* Vv = v + kv_heads.offset(b, g, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
     const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
+    const int64_t ld = round_up(std::max<int64_t>(kend, 1), W);
     static thread_local ScratchBuffer buf;
-    float* sc = buf.floats((size_t)std::max<int64_t>(kend, 1) + W);
-    float m = kNegInf;
-    for (int64_t j = 0; j < kend; j++) {
-      if (mask && !mask[j]) {
-        sc[j] = kNegInf;
-        continue;
+    float* scores = buf.floats((size_t)(kGroupHeads * ld));
+    for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
+      const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
+      const float* Q[kGroupHeads];
+      float* O[kGroupHeads];
+      float m[kGroupHeads], inv[kGroupHeads];
+      for (int u = 0; u < nh; u++) {
+        Q[u] = q + heads.offset(b, h0 + u, Tq) + i * rs;
+        O[u] = out + heads.offset(b, h0 + u, Tq) + i * rs;
+        m[u] = kNegInf;
       }
-      const float* kr = K + j * kv_rs;
-      V acc = zero();
-      for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(kr + d, HS - d), acc);
-      sc[j] = reduce_add(acc) * scale;
-      m = std::max(m, sc[j]);
+      for (int64_t j = 0; j < kend; j++) {
+        if (mask && !mask[j]) {
+          for (int u = 0; u < nh; u++) scores[u * ld + j] = kNegInf;
+          continue;
+        }
+        const float* kr = K + j * kv_rs;
+        if (j + kAhead < kend)  // (the rows come from memory: a cache of many sequences outgrows the caches)
+          for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(float)) {
+            __builtin_prefetch(kr + kAhead * kv_rs + d);
+            __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
+          }
+        for (int u = 0; u < nh; u++) {
+          V acc0 = zero(), acc1 = zero();
+          int64_t d = 0;
+          for (; d + 2 * W <= HS; d += 2 * W) {
+            acc0 = fma(load(Q[u] + d), load(kr + d), acc0);
+            acc1 = fma(load(Q[u] + d + W), load(kr + d + W), acc1);
+          }
+          for (; d < HS; d += W) acc0 = fma(loadn(Q[u] + d, HS - d), loadn(kr + d, HS - d), acc0);
+          const float s = reduce_add(add(acc0, acc1)) * scale;
+          scores[u * ld + j] = s;
+          m[u] = std::max(m[u], s);
+        }
+      }
+      bool any = false;
+      for (int u = 0; u < nh; u++) {
+        const int64_t bh = b * NH + h0 + u;
+        if (m[u] == kNegInf) {  // no visible key: zeros, as the tiled path
+          for (int64_t d = 0; d < HS; d += W) storen(O[u] + d, zero(), HS - d);
+          lse[bh * Tq + i] = kNegInf;
+          continue;
+        }
+        any = true;
+        float* sc = scores + u * ld;
+        const V vm = set1(m[u]);
+        V vsum = zero();
+        for (int64_t j = 0; j < kend; j += W) {
+          const int64_t r = std::min<int64_t>(W, kend - j);
+          const V p = exp(sub(loadn(sc + j, r), vm));  // masked keys: exp(-inf) = 0
+          storen(sc + j, p, r);
+          vsum = add(vsum, r == W ? p : load_partial(sc + j, r));
+        }
+        const float l = reduce_add(vsum);
+        inv[u] = 1.f / l;
+        lse[bh * Tq + i] = m[u] + std::log(l);
+      }
+      if (!any) continue;
+      for (int u = 0; u < nh; u++)
+        if (m[u] == kNegInf) O[u] = nullptr;
+      switch (nh) {
+        case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
+        case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
+        case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
+        default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, kend, HS);
+      }
     }
-    if (m == kNegInf) {  // no visible key: zeros, as the tiled path
-      for (int64_t d = 0; d < HS; d += W) storen(O + d, zero(), HS - d);
-      lse[bh * Tq + i] = kNegInf;
-      continue;
-    }
-    const V vm = set1(m);
-    V vsum = zero();
-    for (int64_t j = 0; j < kend; j += W) {
-      const int64_t r = std::min<int64_t>(W, kend - j);
-      const V p = exp(sub(loadn(sc + j, r), vm));  // masked keys: exp(-inf) = 0
-      storen(sc + j, p, r);
-      vsum = add(vsum, r == W ? p : load_partial(sc + j, r));
-    }
-    const float l = reduce_add(vsum);
-    for (int64_t d = 0; d < HS; d += W) {
-      const int64_t nd = std::min<int64_t>(W, HS - d);
-      V acc = zero();
-      for (int64_t j = 0; j < kend; j++)
-        if (sc[j] != 0.f) acc = fma(set1(sc[j]), loadn(Vv + j * kv_rs + d, nd), acc);
-      storen(O + d, mul(acc, set1(1.f / l)), nd);
-    }
-    lse[bh * Tq + i] = m + std::log(l);
   }
 }
 
