@@ -95,7 +95,6 @@ void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* s
   float* act = gu + B * 2 * F;
   float* rstd = act + B * F;
   float* lse = rstd + B;
-  std::vector<float> gate((size_t)(B * F)), up((size_t)(B * F));
   const float scale = 1.f / std::sqrt((float)HS);
   const int nt = kernel_threads();
   for (size_t l = 0; l < layers.size(); l++) {
@@ -122,11 +121,7 @@ void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* s
     K.residual_forward(x, x, tmp, B * C);
     K.rmsnorm_forward(h, rstd, x, L.ffn_norm, B, C, eps);
     products(L.gate_up, gu, h, B);
-    for (int64_t b = 0; b < B; b++) {  // (B, 2F) rows of gate | up -> the two halves
-      std::memcpy(gate.data() + b * F, gu + b * 2 * F, sizeof(float) * F);
-      std::memcpy(up.data() + b * F, gu + b * 2 * F + F, sizeof(float) * F);
-    }
-    K.swiglu_forward(act, gate.data(), up.data(), B * F);
+    for (int64_t b = 0; b < B; b++) K.swiglu_forward(act + b * F, gu + b * 2 * F, gu + b * 2 * F + F, F);  // gate | up
     L.down.product(tmp, act, B);
     K.residual_forward(x, x, tmp, B * C);
   }

@@ -440,6 +440,35 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
 // dequantised weight serves all N rows. kR output channels at a time (kR * NV independent FMA chains); their
 // 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
 // other block types).
+#if defined(PT_ISA_AVX512)
+// r[0..15] as rows of a 16 x 16 matrix -> r[i] = its column i (lane j = the old r[j][i])
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit chunk c: r_i[4c], r_i+1[4c], r_i[4c+1], r_i+1[4c+1] | 4c+2, 4c+3
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[4q + s] chunk c: rows 4q .. 4q+3 at column 4c + s
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; i++) {  // then a 4 x 4 transpose of 128-bit chunks
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+#endif
+
 // The vectors the batch kernel accumulates in: the variant's own (W lanes), or on AVX-512 also 8-lane halves for
 // batches of at most 8 rows (half the multiply-adds of a 16-lane vector holding 8 rows).
 struct FullLanes {
@@ -485,9 +514,14 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
     rows = buf.floats((size_t)kR * IC);
     for (int r = 0; r < kR; r++) dequantize_row(rows + r * IC, w[r], qtype, IC);
   }
+  // the rows two blocks of channels on are fetched along, block by block (a burst of prefetches at the start
+  // overran the outstanding-miss slots and the block loads stalled on memory)
+  const bool ahead = (o0 + 3 * kR) * rb <= OC * rb;
   auto dequantize_block = [&](int64_t b, float* tile) {
     if constexpr (QT >= 0) {
       constexpr int64_t kB = Block32<QT>::kBytes;
+      if (ahead)
+        for (int r = 0; r < kR; r++) __builtin_prefetch(w[r] + 2 * kR * rb + b * kB, 0, 0);
       for (int r = 0; r < kR; r++) {
         const Block32<QT> blk(w[r] + b * kB);
         for (int64_t j = 0; j < 16; j += W) {
@@ -499,8 +533,6 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
       }
     }
   };
-  const int64_t first = (o0 + 2 * kR) * rb, last = std::min(OC * rb, first + kR * rb);  // the next rows, early
-  for (int64_t off = first; off < last; off += 64) __builtin_prefetch(weight + off, 0, 0);
   const int64_t nb = IC / 32;
   if (nb > 0) dequantize_block(0, tiles[0]);
   for (int64_t b = 0; b < nb; b++) {
@@ -527,6 +559,31 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
   }
 }
 
+// xT rows k0 .. k1 (lanes NP per k, lane m = input row m, zero from row N on) from inp (N, IC).
+template <int NP>
+void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC, int64_t k0, int64_t k1) {
+#if defined(PT_ISA_AVX512)
+  if (k1 - k0 == 32 && NP % 8 == 0) {  // 16 x 16 blocks transposed in registers
+    for (int64_t g = 0; g < NP; g += 16)
+      for (int64_t kk = k0; kk < k1; kk += 16) {
+        __m512 r[16];
+        for (int m = 0; m < 16; m++)
+          r[m] = g + m < N ? _mm512_loadu_ps(inp + (g + m) * IC + kk) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int j = 0; j < 16; j++) {
+          if constexpr (NP % 16 == 0)
+            _mm512_storeu_ps(xT + (kk + j) * NP + g, r[j]);
+          else
+            _mm256_storeu_ps(xT + (kk + j) * NP + g, _mm512_castps512_ps256(r[j]));
+        }
+      }
+    return;
+  }
+#endif
+  for (int64_t k = k0; k < k1; k++)
+    for (int64_t m = 0; m < NP; m++) xT[k * NP + m] = m < N ? inp[m * IC + k] : 0.f;
+}
+
 // xT (IC, NV * L::kW) from inp (N, IC), then the output channels' blocks across the threads.
 template <class L, int NV, int QT>
 void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
@@ -534,9 +591,8 @@ void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb
   constexpr int kR = batch_rows<L, NV>(), NP = NV * L::kW;
   static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
   float* xT = buf.floats((size_t)IC * NP);
-  for (int64_t k = 0; k < IC; k++)
-    for (int64_t m = 0; m < NP; m++) xT[k * NP + m] = m < N ? inp[m * IC + k] : 0.f;
   const int64_t nblocks = (OC + kR - 1) / kR;
+  for (int64_t k0 = 0; k0 < IC; k0 += 32) transpose_inputs<NP>(xT, inp, N, IC, k0, std::min<int64_t>(IC, k0 + 32));
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
