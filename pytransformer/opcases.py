@@ -712,8 +712,8 @@ CASES = [
     *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
     *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=IC, OC=OC, qtype=qtype)
       for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
-      for N, IC, OC in [(1, 256, 1), (3, 512, 67), (2, 768, 130), (5, 256, 40), (7, 512, 33), (9, 256, 33),
-                        (16, 512, 70), (70, 1536, 66)]],
+      for N, IC, OC in [(1, 256, 1), (3, 512, 67), (2, 768, 130), (4, 256, 19), (5, 256, 40), (7, 512, 33),
+                        (8, 768, 45), (9, 256, 33), (12, 256, 17), (16, 512, 70), (70, 1536, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)

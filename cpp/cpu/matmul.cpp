@@ -469,43 +469,66 @@ inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-// The vectors the batch kernel accumulates in: the variant's own (W lanes), or on AVX-512 also 8-lane halves for
-// batches of at most 8 rows (half the multiply-adds of a 16-lane vector holding 8 rows).
-struct FullLanes {
+// The batch kernel's vectors (W lanes). bcast<G>: G consecutive floats repeated across the
+// vector (G = 1: one value; 2 and 4 on AVX2 / AVX-512 only, where one broadcast load does it).
+struct Lanes {
   using T = V;
   static constexpr int kW = W, kRegs = W == 16 ? 32 : 16;
   static T zero() { return simd::zero(); }
   static T load(const float* p) { return simd::load(p); }
-  static T set1(float x) { return simd::set1(x); }
+  template <int G>
+  static T bcast(const float* p) {
+    if constexpr (G == 1) {
+      return simd::set1(*p);
+    } else {
+#if defined(PT_ISA_AVX512)
+      if constexpr (G == 2) {
+        double d;
+        std::memcpy(&d, p, sizeof d);
+        return {_mm512_castpd_ps(_mm512_set1_pd(d))};
+      } else {
+        return {_mm512_broadcast_f32x4(_mm_loadu_ps(p))};
+      }
+#elif defined(PT_ISA_AVX2)
+      if constexpr (G == 2) {
+        double d;
+        std::memcpy(&d, p, sizeof d);
+        return {_mm256_castpd_ps(_mm256_set1_pd(d))};
+      } else {
+        return {_mm256_broadcast_ps((const __m128*)p)};
+      }
+#else
+      static_assert(G == 1, "lane groups need AVX2 or AVX-512");
+      return simd::set1(*p);
+#endif
+    }
+  }
   static T fma(T a, T b, T c) { return simd::fma(a, b, c); }
   static void store(float* p, T a) { simd::store(p, a); }
 };
-#if defined(PT_ISA_AVX512)
-struct HalfLanes {
-  using T = __m256;
-  static constexpr int kW = 8, kRegs = 32;
-  static T zero() { return _mm256_setzero_ps(); }
-  static T load(const float* p) { return _mm256_loadu_ps(p); }
-  static T set1(float x) { return _mm256_set1_ps(x); }
-  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static void store(float* p, T a) { _mm256_storeu_ps(p, a); }
-};
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+constexpr int kMaxLaneGroup = 4;
+#else
+constexpr int kMaxLaneGroup = 1;
 #endif
 
-template <class L, int NV>
+template <int NV>
 constexpr int batch_rows() {  // accumulators that fit the vector registers beside the inputs and a broadcast
-  return (L::kRegs - NV - 2) / NV < 16 ? (L::kRegs - NV - 2) / NV : 16;
+  return (Lanes::kRegs - NV - 2) / NV < 16 ? (Lanes::kRegs - NV - 2) / NV : 16;
 }
 
-template <class L, int NV, int QT>
+// Output channels o0 .. o0 + no (no <= kR) of the batch in xT: per group of G input columns, NV vectors whose lane
+// m * G + j holds input row m's column j of the group; each channel's G weights of the group are one broadcast
+// load, one FMA per vector, and at the end each row's G lanes are added up.
+template <int NV, int G, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                    int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
-  constexpr int kR = batch_rows<L, NV>(), LW = L::kW;
+  constexpr int kR = batch_rows<NV>(), NP = NV * Lanes::kW;
   alignas(64) float tiles[2][kR * 32];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
                                         // loads never wait on the vector stores that wrote them
-  typename L::T acc[kR][NV];
+  V acc[kR][NV];
   for (int r = 0; r < kR; r++)
-    for (int v = 0; v < NV; v++) acc[r][v] = L::zero();
+    for (int v = 0; v < NV; v++) acc[r][v] = zero();
   const uint8_t* w[kR];
   for (int r = 0; r < kR; r++) w[r] = weight + (o0 + (r < no ? r : 0)) * rb;
   float* rows = nullptr;
@@ -539,67 +562,77 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
     if (b + 1 < nb) dequantize_block(b + 1, tiles[(b + 1) & 1]);
     const float* wt = QT >= 0 ? tiles[b & 1] : rows + b * 32;
     const int64_t ld = QT >= 0 ? 32 : IC;
-    const float* xb = xT + b * 32 * NV * LW;
+    const float* xb = xT + b * (32 / G) * NP;
 #pragma GCC unroll 2
-    for (int k = 0; k < 32; k++) {
-      typename L::T x[NV];
-      for (int v = 0; v < NV; v++) x[v] = L::load(xb + (k * NV + v) * LW);
+    for (int k = 0; k < 32 / G; k++) {
+      V x[NV];
+      for (int v = 0; v < NV; v++) x[v] = load(xb + k * NP + v * Lanes::kW);
 #pragma GCC unroll 16
       for (int r = 0; r < kR; r++) {
-        const typename L::T wv = L::set1(wt[r * ld + k]);
-        for (int v = 0; v < NV; v++) acc[r][v] = L::fma(wv, x[v], acc[r][v]);
+        const V wv = Lanes::bcast<G>(wt + r * ld + k * G);
+        for (int v = 0; v < NV; v++) acc[r][v] = fma(wv, x[v], acc[r][v]);
       }
     }
   }
-  alignas(64) float lanes[NV * LW];
+  alignas(64) float lanes[NP];
   for (int r = 0; r < no; r++) {
-    for (int v = 0; v < NV; v++) L::store(lanes + v * LW, acc[r][v]);
+    for (int v = 0; v < NV; v++) store(lanes + v * Lanes::kW, acc[r][v]);
     const float bo = bias ? bias[o0 + r] : 0.f;
-    for (int64_t m = 0; m < N; m++) out[m * OC + o0 + r] = lanes[m] + bo;
+    for (int64_t m = 0; m < N; m++) {
+      float sum = lanes[m * G];
+      for (int j = 1; j < G; j++) sum += lanes[m * G + j];
+      out[m * OC + o0 + r] = sum + bo;
+    }
   }
 }
 
-// xT rows k0 .. k1 (lanes NP per k, lane m = input row m, zero from row N on) from inp (N, IC).
-template <int NP>
+// xT columns k0 .. k1 (a multiple of G) in q_batch_block's layout: per group of G columns NP lanes, lane m * G + j
+// = inp[m, group's column j], zero from row N on.
+template <int NP, int G>
 void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC, int64_t k0, int64_t k1) {
 #if defined(PT_ISA_AVX512)
-  if (k1 - k0 == 32 && NP % 8 == 0) {  // 16 x 16 blocks transposed in registers
+  if (G == 1 && k1 - k0 == 32 && NP % 16 == 0) {  // 16 x 16 blocks transposed in registers
     for (int64_t g = 0; g < NP; g += 16)
       for (int64_t kk = k0; kk < k1; kk += 16) {
         __m512 r[16];
         for (int m = 0; m < 16; m++)
           r[m] = g + m < N ? _mm512_loadu_ps(inp + (g + m) * IC + kk) : _mm512_setzero_ps();
         transpose16(r);
-        for (int j = 0; j < 16; j++) {
-          if constexpr (NP % 16 == 0)
-            _mm512_storeu_ps(xT + (kk + j) * NP + g, r[j]);
-          else
-            _mm256_storeu_ps(xT + (kk + j) * NP + g, _mm512_castps512_ps256(r[j]));
-        }
+        for (int j = 0; j < 16; j++) _mm512_storeu_ps(xT + (kk + j) * NP + g, r[j]);
       }
     return;
   }
 #endif
-  for (int64_t k = k0; k < k1; k++)
-    for (int64_t m = 0; m < NP; m++) xT[k * NP + m] = m < N ? inp[m * IC + k] : 0.f;
-}
-
-// xT (IC, NV * L::kW) from inp (N, IC), then the output channels' blocks across the threads.
-template <class L, int NV, int QT>
-void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
-                 int64_t IC, int64_t OC, int qtype) {
-  constexpr int kR = batch_rows<L, NV>(), NP = NV * L::kW;
-  static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
-  float* xT = buf.floats((size_t)IC * NP);
-  const int64_t nblocks = (OC + kR - 1) / kR;
-  for (int64_t k0 = 0; k0 < IC; k0 += 32) transpose_inputs<NP>(xT, inp, N, IC, k0, std::min<int64_t>(IC, k0 + 32));
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
-  for (int64_t blk = 0; blk < nblocks; blk++) {
-    const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
-    q_batch_block<L, NV, QT>(out, xT, weight, rb, bias, N, IC, OC, o0, no, qtype);
+  constexpr int64_t rows = NP / G;
+  for (int64_t k = k0; k < k1; k += G) {
+    float* dst = xT + (k / G) * NP;
+    for (int64_t m = 0; m < rows; m++) {
+      if (m < N)
+        std::memcpy(dst + m * G, inp + m * IC + k, sizeof(float) * G);
+      else
+        std::fill(dst + m * G, dst + (m + 1) * G, 0.f);
+    }
   }
 }
 
+// xT from inp (N, IC), then the output channels' blocks across the threads.
+template <int NV, int G, int QT>
+void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
+                 int64_t IC, int64_t OC, int qtype) {
+  constexpr int kR = batch_rows<NV>(), NP = NV * Lanes::kW;
+  static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
+  float* xT = buf.floats((size_t)(IC / G) * NP);
+  const int64_t nblocks = (OC + kR - 1) / kR;
+  for (int64_t k0 = 0; k0 < IC; k0 += 32) transpose_inputs<NP, G>(xT, inp, N, IC, k0, std::min<int64_t>(IC, k0 + 32));
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
+    q_batch_block<NV, G, QT>(out, xT, weight, rb, bias, N, IC, OC, o0, no, qtype);
+  }
+}
+
+// A batch of 3 .. 4 * W rows: the fewer the rows, the more input columns share a vector (G = 4 for up to W / 4
+// rows, 2 for up to W / 2): the multiply-adds scale with the rows instead of the vector width.
 template <int QT>
 void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                      int64_t IC, int64_t OC, int qtype = -1) {
@@ -609,14 +642,18 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
                           qtype);
     return;
   }
-#if defined(PT_ISA_AVX512)
-  if (N <= 8) return q_batch_run<HalfLanes, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
-#endif
+  if constexpr (kMaxLaneGroup >= 4) {
+    if (4 * N <= W) return q_batch_run<1, 4, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    if (2 * N <= W) return q_batch_run<1, 2, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    // a full vector of rows as two vectors of pairs: each broadcast weight pair serves two FMAs (AVX-512: 8-10%
+    // faster than one FMA per broadcast load at 12..16 rows)
+    if (W == 16 && N <= W) return q_batch_run<2, 2, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+  }
   switch ((N + W - 1) / W) {
-    case 1: return q_batch_run<FullLanes, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
-    case 2: return q_batch_run<FullLanes, 2, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
-    case 3: return q_batch_run<FullLanes, 3, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
-    default: return q_batch_run<FullLanes, 4, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    case 1: return q_batch_run<1, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    case 2: return q_batch_run<2, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    case 3: return q_batch_run<3, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    default: return q_batch_run<4, 1, QT>(out, inp, weight, rb, bias, N, IC, OC, qtype);
   }
 }
 }  // namespace
@@ -631,11 +668,6 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
                       int64_t IC, int64_t OC) {
   const int64_t rb = quant_row_bytes(qtype, IC);
   if (N == 0 || OC == 0 || rb < 0) return;
-  const bool in_registers = qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0;
-  if (N >= 4 && N < 6 && in_registers) {  // (two passes of the in-register path beat one of the batch path here)
-    matmul_q_forward(out, inp, weight, qtype, bias, 3, IC, OC);
-    return matmul_q_forward(out + 3 * OC, inp + 3 * IC, weight, qtype, bias, N - 3, IC, OC);
-  }
   if (N < 4) {
     const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
