@@ -1,10 +1,12 @@
 """Load test of `pytransformer serve` over loopback (bounded: a fixed set of requests per run), against the same
 model run sequentially in-process and against llama.cpp's server (llama-cpp-python[server]) on the same GGUF file.
 
-    python bench/serve.py [--clients 1 4 16] [--requests 32] [--max-tokens 48] [--no-llama-cpp]
+    python bench/serve.py [--clients 1 4 16] [--rounds 2] [--max-tokens 48] [--no-llama-cpp]
 
-Each client sends its share of a fixed list of chat prompts one after another (streaming, temperature 0);
-reported: requests/s, generated tokens/s, time to first token p50/p99, latency p50/p99, errors (must be 0).
+Each client sends the fixed set of chat prompts, --rounds times, one request after another (streaming,
+temperature 0; client c starts at prompt c, so that concurrent clients ask different things); the sequential
+baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
+first token p50/p99, latency p50/p99, errors (must be 0).
 """
 
 from __future__ import annotations
@@ -67,17 +69,20 @@ def one_request(base, prompt, max_tokens):
     return first or 0.0, time.perf_counter() - t0, tokens
 
 
-def load(base, clients, requests, max_tokens):
-    work = [PROMPTS[i % len(PROMPTS)] for i in range(requests)]
-    results, errors = [], 0
+def load(base, clients, rounds, max_tokens):
+    def client(c):
+        out = []
+        for i in range(rounds * len(PROMPTS)):
+            try:
+                out.append(one_request(base, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
+            except Exception:
+                out.append(None)
+        return out
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        futures = [pool.submit(one_request, base, p, max_tokens) for p in work]
-        for f in futures:
-            try:
-                results.append(f.result())
-            except Exception:
-                errors += 1
+        done = [r for rs in pool.map(client, range(clients)) for r in rs]
+    results = [r for r in done if r is not None]
+    errors = len(done) - len(results)
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
     lat = sorted(r[1] for r in results)
@@ -90,7 +95,7 @@ def load(base, clients, requests, max_tokens):
             "errors": errors}
 
 
-def sequential(model_path, requests, max_tokens):
+def sequential(model_path, rounds, max_tokens):
     """The same prompts in-process, one after another: generated tokens/s."""
     import numpy as np
 
@@ -99,7 +104,7 @@ def sequential(model_path, requests, max_tokens):
     model = pytransformer.from_pretrained(model_path)
     tok = model.tokenizer
     t0, n = time.perf_counter(), 0
-    for i in range(requests):
+    for i in range(rounds * len(PROMPTS)):
         ids = np.array([tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]))])
         out = model.generate(ids, max_tokens, temperature=0.0, stop=tok.stop_ids)
         n += out.shape[1] - ids.shape[1]
@@ -109,7 +114,7 @@ def sequential(model_path, requests, max_tokens):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2, help="times each client sends the prompt set")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--no-llama-cpp", action="store_true")
     args = ap.parse_args()
@@ -123,9 +128,9 @@ def main():
         servers.append(("llama.cpp", [sys.executable, "-m", "llama_cpp.server", "--model", path, "--port", "{port}",
                                       "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"],
                         "/v1/models"))
-    print(f"# {os.path.basename(path)}, {args.requests} chat requests per run, {args.max_tokens} tokens at most, "
-          f"streaming, temperature 0; loopback")
-    seq = sequential(path, args.requests, args.max_tokens)
+    print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
+          f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback")
+    seq = sequential(path, args.rounds, args.max_tokens)
     print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
@@ -140,7 +145,7 @@ def main():
             wait(base + probe, proc)
             one_request(base, PROMPTS[0], 4)  # warm-up
             for c in args.clients:
-                r = load(base, c, args.requests, args.max_tokens)
+                r = load(base, c, args.rounds, args.max_tokens)
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
                       f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |", flush=True)

@@ -254,6 +254,7 @@ class Engine:
             job.slot = None
 
     prompt_rows = 128  # prompt tokens fed per step at most (a long prompt over several steps: others keep going)
+    batch_rows = 16    # rows the batched products take in one pass (kSmallBatchRows): beyond it a step costs twice
 
     def _round(self):
         going = []
@@ -281,10 +282,16 @@ class Engine:
         """One batched step: every decoding job's last token, and prompt tokens of the jobs still prefilling (rows
         of one slot in increasing positions); logits for the rows whose next token is wanted."""
         ids, slots, positions, wanted, owners, complete = [], [], [], [], [], []
-        budget = self.prompt_rows
+        # prompt rows fill the step up to batch_rows beside the decoding jobs' (a few more would double its cost
+        # for them); a backlog of prompts (many arriving at once) goes in wide steps, as a prefill would
+        decoding = sum(1 for j in going if not j.pending)
+        backlog = sum(len(j.pending) for j in going)
+        budget = self.prompt_rows if backlog >= self.prompt_rows // 2 else max(1, self.batch_rows - decoding)
         for j in going:
             if j.pending:
-                take = j.pending[:max(1, budget)]
+                take = j.pending[:budget]  # (at least one prompt row per step: the first waiting job's)
+                if not take:
+                    continue
                 budget -= len(take)
                 ids += take
                 slots += [j.slot] * len(take)

@@ -220,3 +220,56 @@ def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
     with model.evaluating():
         want = tok.decode([int(t) for t in model.generate(np.array([ids]), 8, temperature=0)[0, len(ids):]])
     assert texts == [want, want]
+
+
+def test_prompt_rows_fill_the_step_beside_decoding_jobs():
+    """Beside decoding jobs a step takes prompt rows only up to batch_rows (one at least), so the batched products
+    stay in one pass; the replies are still model.generate's."""
+    import threading
+
+    from pytransformer import serve as serving
+    from pytransformer.cli import resolve_model
+    from pytransformer.generate import Sampler
+    from pytransformer.io.hf import from_pretrained
+
+    model = from_pretrained(resolve_model("smollm2"))
+    tok = model.tokenizer
+    sizes = []
+    step = model.decode_batch
+
+    def recorded(ids, *args, **kw):
+        sizes.append(len(ids))
+        return step(ids, *args, **kw)
+
+    model.decode_batch = recorded
+
+    class Loop:
+        def call_soon_threadsafe(self, f, item):
+            f(item)
+
+    class Out:
+        def __init__(self):
+            self.items, self.done = [], threading.Event()
+
+        def put_nowait(self, item):
+            self.items.append(item)
+            if item[0] in ("done", "error"):
+                self.done.set()
+
+    engine = serving.Engine(model, tok, max_running=4)
+    engine.batch_rows = 4
+    prompts = [tok.encode(t) for t in ("The sea is", "Once upon a time there was a small village where",
+                                        "Three colors are red,")]
+    outs = [Out() for _ in prompts]
+    first = serving.Job(prompts[0], 12, Sampler(0.0), 0, [], None, Loop(), outs[0])
+    engine.submit(first)
+    while not any(item[0] == "token" for item in outs[0].items):  # (the first job decoding, the others join it)
+        time.sleep(0.001)
+    for ids, out in zip(prompts[1:], outs[1:]):
+        engine.submit(serving.Job(ids, 12, Sampler(0.0), 0, [], None, Loop(), out))
+    assert all(out.done.wait(120) for out in outs)
+    engine.close()
+    assert max(sizes[1:]) <= 4 and len(sizes) > 12  # (the first step: the first prompt alone)
+    for ids, out in zip(prompts, outs):
+        want = tok.decode([int(t) for t in model.generate(np.array([ids]), 12, temperature=0)[0, len(ids):]])
+        assert "".join(item[1] for item in out.items if item[0] == "token") == want
