@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -179,11 +180,28 @@ def test_n_choices(server):
     assert texts[0] == texts[1] and texts[0]  # temperature 0: both choices alike
 
 
+class Loop:
+    """An in-process job's event loop: items go straight to their queue."""
+
+    def call_soon_threadsafe(self, f, item):
+        f(item)
+
+
+class Out:
+    """An in-process job's queue: the items, and an event set at the end."""
+
+    def __init__(self):
+        self.items, self.done = [], threading.Event()
+
+    def put_nowait(self, item):
+        self.items.append(item)
+        if item[0] in ("done", "error"):
+            self.done.set()
+
+
 def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
     """In process: a 300-token prompt goes into the batched steps 128 rows at a time, and a second request with the
     same prompt copies its keys and values from the prefix store; both give model.generate's tokens."""
-    import threading
-
     from pytransformer import serve as serving
     from pytransformer.cli import resolve_model
     from pytransformer.generate import Sampler
@@ -191,19 +209,6 @@ def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
 
     model = from_pretrained(resolve_model("smollm2"))
     tok = model.tokenizer
-
-    class Loop:
-        def call_soon_threadsafe(self, f, item):
-            f(item)
-
-    class Out:
-        def __init__(self):
-            self.items, self.done = [], threading.Event()
-
-        def put_nowait(self, item):
-            self.items.append(item)
-            if item[0] in ("done", "error"):
-                self.done.set()
 
     engine = serving.Engine(model, tok)
     ids = tok.encode(" ".join(["The quick brown fox jumps over the lazy dog."] * 30) + " Summarize:")
@@ -225,8 +230,6 @@ def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
 def test_prompt_rows_fill_the_step_beside_decoding_jobs():
     """Beside decoding jobs a step takes prompt rows only up to batch_rows (one at least), so the batched products
     stay in one pass; the replies are still model.generate's."""
-    import threading
-
     from pytransformer import serve as serving
     from pytransformer.cli import resolve_model
     from pytransformer.generate import Sampler
@@ -242,19 +245,6 @@ def test_prompt_rows_fill_the_step_beside_decoding_jobs():
         return step(ids, *args, **kw)
 
     model.decode_batch = recorded
-
-    class Loop:
-        def call_soon_threadsafe(self, f, item):
-            f(item)
-
-    class Out:
-        def __init__(self):
-            self.items, self.done = [], threading.Event()
-
-        def put_nowait(self, item):
-            self.items.append(item)
-            if item[0] in ("done", "error"):
-                self.done.set()
 
     engine = serving.Engine(model, tok, max_running=4)
     engine.batch_rows = 4
