@@ -435,86 +435,43 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
 }
 
 // A small batch of rows (continuous batching's decode step, 4 <= N <= kSmallBatchRows) with the inputs
-// transposed: xT (IC, NV * W) holds input row m in lane m of every k's NV vectors, so one output channel's N sums
-// are NV vectors and each weight value is one broadcast FMA per NV vectors: no horizontal sums, and every
+// transposed into lanes (xT, see q_batch_block), so one output channel's N sums are NV vectors and each
+// dequantised weight (or group of G) is one broadcast FMA per vector: no horizontal sums in the loop, and every
 // dequantised weight serves all N rows. kR output channels at a time (kR * NV independent FMA chains); their
 // 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
 // other block types).
+
+// G consecutive floats from p repeated across a vector (G = 2 and 4 on AVX2 / AVX-512 only: one broadcast load).
+template <int G>
+inline V broadcast_group(const float* p) {
+  if constexpr (G == 1) {
+    return set1(*p);
+  } else if constexpr (G == 2) {
+    double d;  // (a pair of floats as one 64-bit broadcast)
+    std::memcpy(&d, p, sizeof d);
 #if defined(PT_ISA_AVX512)
-// r[0..15] as rows of a 16 x 16 matrix -> r[i] = its column i (lane j = the old r[j][i])
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {  // per 128-bit chunk c: r_i[4c], r_i+1[4c], r_i[4c+1], r_i+1[4c+1] | 4c+2, 4c+3
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // r[4q + s] chunk c: rows 4q .. 4q+3 at column 4c + s
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; i++) {  // then a 4 x 4 transpose of 128-bit chunks
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    return {_mm512_castpd_ps(_mm512_set1_pd(d))};
+#elif defined(PT_ISA_AVX2)
+    return {_mm256_castpd_ps(_mm256_set1_pd(d))};
+#endif
+  } else {
+#if defined(PT_ISA_AVX512)
+    return {_mm512_broadcast_f32x4(_mm_loadu_ps(p))};
+#elif defined(PT_ISA_AVX2)
+    return {_mm256_broadcast_ps((const __m128*)p)};
+#endif
   }
 }
-#endif
-
-// The batch kernel's vectors (W lanes). bcast<G>: G consecutive floats repeated across the
-// vector (G = 1: one value; 2 and 4 on AVX2 / AVX-512 only, where one broadcast load does it).
-struct Lanes {
-  using T = V;
-  static constexpr int kW = W, kRegs = W == 16 ? 32 : 16;
-  static T zero() { return simd::zero(); }
-  static T load(const float* p) { return simd::load(p); }
-  template <int G>
-  static T bcast(const float* p) {
-    if constexpr (G == 1) {
-      return simd::set1(*p);
-    } else {
-#if defined(PT_ISA_AVX512)
-      if constexpr (G == 2) {
-        double d;
-        std::memcpy(&d, p, sizeof d);
-        return {_mm512_castpd_ps(_mm512_set1_pd(d))};
-      } else {
-        return {_mm512_broadcast_f32x4(_mm_loadu_ps(p))};
-      }
-#elif defined(PT_ISA_AVX2)
-      if constexpr (G == 2) {
-        double d;
-        std::memcpy(&d, p, sizeof d);
-        return {_mm256_castpd_ps(_mm256_set1_pd(d))};
-      } else {
-        return {_mm256_broadcast_ps((const __m128*)p)};
-      }
-#else
-      static_assert(G == 1, "lane groups need AVX2 or AVX-512");
-      return simd::set1(*p);
-#endif
-    }
-  }
-  static T fma(T a, T b, T c) { return simd::fma(a, b, c); }
-  static void store(float* p, T a) { simd::store(p, a); }
-};
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
 constexpr int kMaxLaneGroup = 4;
 #else
 constexpr int kMaxLaneGroup = 1;
 #endif
+constexpr int kVectorRegs = W == 16 ? 32 : 16;
 
 template <int NV>
 constexpr int batch_rows() {  // accumulators that fit the vector registers beside the inputs and a broadcast
-  return (Lanes::kRegs - NV - 2) / NV < 16 ? (Lanes::kRegs - NV - 2) / NV : 16;
+  return (kVectorRegs - NV - 2) / NV < 16 ? (kVectorRegs - NV - 2) / NV : 16;
 }
 
 // Output channels o0 .. o0 + no (no <= kR) of the batch in xT: per group of G input columns, NV vectors whose lane
@@ -523,7 +480,7 @@ constexpr int batch_rows() {  // accumulators that fit the vector registers besi
 template <int NV, int G, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                    int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
-  constexpr int kR = batch_rows<NV>(), NP = NV * Lanes::kW;
+  constexpr int kR = batch_rows<NV>(), NP = NV * W;
   alignas(64) float tiles[2][kR * 32];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
                                         // loads never wait on the vector stores that wrote them
   V acc[kR][NV];
@@ -539,7 +496,7 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
   }
   // the rows two blocks of channels on are fetched along, block by block (a burst of prefetches at the start
   // overran the outstanding-miss slots and the block loads stalled on memory)
-  const bool ahead = (o0 + 3 * kR) * rb <= OC * rb;
+  const bool ahead = o0 + 3 * kR <= OC;
   auto dequantize_block = [&](int64_t b, float* tile) {
     if constexpr (QT >= 0) {
       constexpr int64_t kB = Block32<QT>::kBytes;
@@ -566,17 +523,17 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
 #pragma GCC unroll 2
     for (int k = 0; k < 32 / G; k++) {
       V x[NV];
-      for (int v = 0; v < NV; v++) x[v] = load(xb + k * NP + v * Lanes::kW);
+      for (int v = 0; v < NV; v++) x[v] = load(xb + k * NP + v * W);
 #pragma GCC unroll 16
       for (int r = 0; r < kR; r++) {
-        const V wv = Lanes::bcast<G>(wt + r * ld + k * G);
+        const V wv = broadcast_group<G>(wt + r * ld + k * G);
         for (int v = 0; v < NV; v++) acc[r][v] = fma(wv, x[v], acc[r][v]);
       }
     }
   }
   alignas(64) float lanes[NP];
   for (int r = 0; r < no; r++) {
-    for (int v = 0; v < NV; v++) store(lanes + v * Lanes::kW, acc[r][v]);
+    for (int v = 0; v < NV; v++) store(lanes + v * W, acc[r][v]);
     const float bo = bias ? bias[o0 + r] : 0.f;
     for (int64_t m = 0; m < N; m++) {
       float sum = lanes[m * G];
@@ -586,25 +543,12 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
   }
 }
 
-// xT columns k0 .. k1 (a multiple of G) in q_batch_block's layout: per group of G columns NP lanes, lane m * G + j
+// xT (IC / G groups of NP lanes) in q_batch_block's layout: per group of G columns NP lanes, lane m * G + j
 // = inp[m, group's column j], zero from row N on.
 template <int NP, int G>
-void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC, int64_t k0, int64_t k1) {
-#if defined(PT_ISA_AVX512)
-  if (G == 1 && k1 - k0 == 32 && NP % 16 == 0) {  // 16 x 16 blocks transposed in registers
-    for (int64_t g = 0; g < NP; g += 16)
-      for (int64_t kk = k0; kk < k1; kk += 16) {
-        __m512 r[16];
-        for (int m = 0; m < 16; m++)
-          r[m] = g + m < N ? _mm512_loadu_ps(inp + (g + m) * IC + kk) : _mm512_setzero_ps();
-        transpose16(r);
-        for (int j = 0; j < 16; j++) _mm512_storeu_ps(xT + (kk + j) * NP + g, r[j]);
-      }
-    return;
-  }
-#endif
+void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC) {
   constexpr int64_t rows = NP / G;
-  for (int64_t k = k0; k < k1; k += G) {
+  for (int64_t k = 0; k < IC; k += G) {
     float* dst = xT + (k / G) * NP;
     for (int64_t m = 0; m < rows; m++) {
       if (m < N)
@@ -619,11 +563,11 @@ void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC, int64_
 template <int NV, int G, int QT>
 void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                  int64_t IC, int64_t OC, int qtype) {
-  constexpr int kR = batch_rows<NV>(), NP = NV * Lanes::kW;
+  constexpr int kR = batch_rows<NV>(), NP = NV * W;
   static thread_local ScratchBuffer buf;  // the calling thread's; its team reads it
   float* xT = buf.floats((size_t)(IC / G) * NP);
   const int64_t nblocks = (OC + kR - 1) / kR;
-  for (int64_t k0 = 0; k0 < IC; k0 += 32) transpose_inputs<NP, G>(xT, inp, N, IC, k0, std::min<int64_t>(IC, k0 + 32));
+  transpose_inputs<NP, G>(xT, inp, N, IC);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     const int64_t o0 = blk * kR, no = std::min<int64_t>(kR, OC - o0);
@@ -659,11 +603,11 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 }  // namespace
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory). Few rows (decoding, N < 4; N < 6 in two passes): Q4_0, Q4_1 and Q8_0 blocks are dequantised in
-// registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows
-// into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the
-// inputs transposed so that each dequantised weight is one broadcast FMA for every row. More rows widen blocks of
-// rows for the GEMM.
+// memory). Few rows (decoding, N < 4): Q4_0, Q4_1 and Q8_0 blocks are dequantised in registers and multiplied as
+// they are read, four weight rows at a time; the other types dequantise four rows into L1 scratch and run the
+// float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs transposed into lanes
+// so that each dequantised weight (group) is one broadcast FMA for every row. More rows widen blocks of rows for
+// the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
                       int64_t IC, int64_t OC) {
   const int64_t rb = quant_row_bytes(qtype, IC);
