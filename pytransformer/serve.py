@@ -210,6 +210,10 @@ class Engine:
     _closing = False
 
     def _work(self):
+        with self.model.evaluating():  # (for the worker's lifetime: entering it walks every module, ~2 ms)
+            self._serve()
+
+    def _serve(self):
         while True:
             if not self.running:
                 job = self.waiting.get()  # (idle: wait for work)
@@ -235,14 +239,13 @@ class Engine:
         if job.cancelled:
             return
         try:
-            with self.model.evaluating():
-                if self.batched:  # the prompt is fed to the next rounds' steps, beside the other jobs' tokens
-                    job.slot = self.free.pop()
-                    job.fed = job.reused = self.prefixes.restore(job.ids, job.slot, self.k, self.v)
-                    job.pending = list(job.ids[job.fed:])
-                else:
-                    job.cache = self.model.new_cache(1, self.context)
-                    job.logits = self.model(np.array([job.ids], np.int64), cache=job.cache, last_only=True)[0, -1]
+            if self.batched:  # the prompt is fed to the next rounds' steps, beside the other jobs' tokens
+                job.slot = self.free.pop()
+                job.fed = job.reused = self.prefixes.restore(job.ids, job.slot, self.k, self.v)
+                job.pending = list(job.ids[job.fed:])
+            else:
+                job.cache = self.model.new_cache(1, self.context)
+                job.logits = self.model(np.array([job.ids], np.int64), cache=job.cache, last_only=True)[0, -1]
             self.running.append(job)
         except Exception as e:
             job.emit(("error", f"{type(e).__name__}: {e}"))
@@ -271,12 +274,11 @@ class Engine:
                 going.append(job)
         if not going:
             return
-        with self.model.evaluating():
-            if self.batched:
-                self._step(going)
-            else:
-                for j in going:
-                    j.logits = self.model(np.array([[j.generated[-1]]], np.int64), cache=j.cache)[0, -1]
+        if self.batched:
+            self._step(going)
+        else:
+            for j in going:
+                j.logits = self.model(np.array([[j.generated[-1]]], np.int64), cache=j.cache)[0, -1]
 
     def _step(self, going):
         """One batched step: every decoding job's last token, and prompt tokens of the jobs still prefilling (rows
