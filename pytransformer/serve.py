@@ -105,9 +105,19 @@ class Job:
         self.generated, self.text = [], ""
         self.cache = self.logits = self.slot = None
         self.pending, self.fed, self.reused = [], 0, 0  # prompt tokens not yet in the cache, those that are
+        self.sink = None  # the engine's list of items to deliver (None: each item on its own)
 
     def emit(self, item):
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        if self.sink is None:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        else:
+            self.sink.append((self, item))
+
+
+def _deliver(items):
+    """On the event loop: a round's items, each into its job's queue."""
+    for out, item in items:
+        out.put_nowait(item)
 
 
 def _zeros(shape):
@@ -176,6 +186,7 @@ class Engine:
         self.waiting = queue.Queue(maxsize=max_queue)
         self.max_running = max_running
         self.running: list[Job] = []
+        self.outbox: list = []  # (job, item) emitted this round, delivered by _flush
         self.context = min(model.max_positions, context)
         self.batched = hasattr(model, "decode_batch")
         if self.batched:  # one cache slot per running job, allocated once (pages cost memory only once written)
@@ -189,6 +200,7 @@ class Engine:
         self.thread.start()
 
     def submit(self, job):
+        job.sink = self.outbox
         if len(job.ids) + job.max_tokens > self.context:
             raise RequestError(f"the prompt ({len(job.ids)} tokens) and max_tokens ({job.max_tokens}) exceed the "
                                f"server's context of {self.context}", "max_tokens")
@@ -234,6 +246,17 @@ class Engine:
                     job.emit(("error", f"{type(e).__name__}: {e}"))
                     self._release(job)
                 self.running = []
+            self._flush()
+
+    def _flush(self):
+        """Deliver the items the jobs emitted since the last flush: one wake-up of each event loop per round
+        (one per item cost the loop a wake-up and a pipe write for every token of every stream)."""
+        by_loop = {}
+        for job, item in self.outbox:
+            by_loop.setdefault(job.loop, []).append((job.out, item))
+        self.outbox.clear()
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _admit(self, job):
         if job.cancelled:
