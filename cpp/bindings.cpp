@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -127,6 +128,17 @@ struct PyDecodePlan {
 using py::arg;
 using O = const py::object&;
 const auto& K() { return pt::active(); }
+
+// The GIL released for a call with at least kReleaseWork elements of work: releasing it before a
+// microsecond of work lets another Python thread (a server's event loop) take it for up to the interpreter's
+// switch interval (5 ms) before this thread gets it back.
+constexpr int64_t kReleaseWork = 1 << 16;
+struct ReleaseGilIfLarge {
+  std::optional<py::gil_scoped_release> released;
+  explicit ReleaseGilIfLarge(int64_t work) {
+    if (work >= kReleaseWork) released.emplace();
+  }
+};
 
 // out (N, OC) = inp (N, IC) @ weight (OC, IC)^T [* scale (OC)] + bias for a weight of element WT: float32,
 // bfloat16 bits (uint16) or int8 (with its scale). The arrays checked, the kernel run without the GIL.
@@ -453,7 +465,7 @@ PYBIND11_MODULE(_core, m) {
     const int64_t* id = array_data<int64_t>(ids, "ids", N, false, true);
     if (id) check_ids(id, N, rows, "ids");
     else if (N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
-    py::gil_scoped_release nogil;
+    const ReleaseGilIfLarge nogil(N * C);  // (an embedding lookup per decoding step: keep the GIL)
     K().dequantize_rows(o, s, qtype, id, N, C);
   });
 

@@ -103,7 +103,7 @@ class Job:
         self.loop, self.out = loop, out
         self.cancelled = False
         self.generated, self.text = [], ""
-        self.cache = self.logits = self.slot = None
+        self.cache = self.logits = self.slot = self.best = None  # (best: the logits' argmax, when the step has it)
         self.pending, self.fed, self.reused = [], 0, 0  # prompt tokens not yet in the cache, those that are
         self.sink = None  # the engine's list of items to deliver (None: each item on its own)
 
@@ -335,8 +335,9 @@ class Engine:
         logits = self.model.decode_batch(np.array(ids, np.int64), np.array(slots, np.int64),
                                          np.array(positions, np.int64), self.k, self.v,
                                          logit_rows=np.array(wanted, np.int64))
-        for j, row in zip(owners, logits):
-            j.logits = row
+        best = logits.argmax(-1)  # (every row's greedy token in one call: per row it cost ~10x more)
+        for j, row, b in zip(owners, logits, best.tolist()):
+            j.logits, j.best = row, b
         for j in complete:  # (after the step wrote their rows) prompts with something new to share
             if j.reused < len(j.ids) - PrefixStore.min_tokens:
                 self.prefixes.keep(j.ids, j.slot, self.k, self.v)
@@ -344,11 +345,14 @@ class Engine:
     def _sample(self, job):
         """The job's next token from its logits, emitted -> the finish reason, or None to go on."""
         logits = job.logits
-        seen = None
-        if job.sampler.repetition_penalty != 1.0:
-            seen = np.zeros((1, logits.shape[-1]), bool)
-            seen[0, job.ids + job.generated] = True
-        tok = int(job.sampler(logits[None], seen, job.rng)[0])
+        if job.best is not None and job.sampler.temperature == 0.0 and job.sampler.repetition_penalty == 1.0:
+            tok = job.best  # (greedy: the step's argmax, the Sampler's own rule)
+        else:
+            seen = None
+            if job.sampler.repetition_penalty != 1.0:
+                seen = np.zeros((1, logits.shape[-1]), bool)
+                seen[0, job.ids + job.generated] = True
+            tok = int(job.sampler(logits[None], seen, job.rng)[0])
         info = None
         if job.logprobs is not None:
             x = logits.astype(np.float64)
