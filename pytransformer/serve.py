@@ -332,8 +332,9 @@ class Engine:
                 positions.append(len(j.ids) + len(j.generated) - 1)
             wanted.append(len(ids) - 1)
             owners.append(j)
-        logits = self.model.decode_batch(np.array(ids, np.int64), np.array(slots, np.int64),
-                                         np.array(positions, np.int64), self.k, self.v,
+        ids, slots, positions = (np.array(a, np.int64) for a in (ids, slots, positions))
+        self._flush()  # (the event loop streams the last round's tokens while this step runs without the GIL)
+        logits = self.model.decode_batch(ids, slots, positions, self.k, self.v,
                                          logit_rows=np.array(wanted, np.int64))
         best = logits.argmax(-1)  # (every row's greedy token in one call: per row it cost ~10x more)
         for j, row, b in zip(owners, logits, best.tolist()):
