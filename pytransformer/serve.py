@@ -105,6 +105,7 @@ class Job:
         self.generated, self.text = [], ""
         self.cache = self.logits = self.slot = self.best = None  # (best: the logits' argmax, when the step has it)
         self.pending, self.fed, self.reused = [], 0, 0  # prompt tokens not yet in the cache, those that are
+        self.window = self.window_chars = 0  # generated[window:] is decoded per token; its first window_chars are out
         self.sink = None  # the engine's list of items to deliver (None: each item on its own)
 
     def emit(self, item):
@@ -343,6 +344,16 @@ class Engine:
             if j.reused < len(j.ids) - PrefixStore.min_tokens:
                 self.prefixes.keep(j.ids, j.slot, self.k, self.v)
 
+    context_tokens = 4  # tokens decoded before the new ones (a decoder may treat a text's first token apart)
+
+    def _slide(self, job):
+        """Move the job's decoding window up to its last context_tokens tokens (each token decodes only a few
+        tokens instead of all of them), unless that would start it inside a character."""
+        start = len(job.generated) - self.context_tokens
+        text = self.tok.decode(job.generated[start:])
+        if not text.startswith("\ufffd"):
+            job.window, job.window_chars = start, len(text)
+
     def _sample(self, job):
         """The job's next token from its logits, emitted -> the finish reason, or None to go on."""
         logits = job.logits
@@ -363,9 +374,13 @@ class Engine:
         job.generated.append(tok)
         if tok in self.tok.stop_ids:
             return "stop"
-        piece = self.tok.decode(job.generated)[len(job.text):]
+        window = self.tok.decode(job.generated[job.window:])
+        piece = window[job.window_chars:]
         if not piece.endswith("\ufffd"):  # (a character still arriving: wait for its last byte)
             job.text += piece
+            job.window_chars = len(window)
+            if len(job.generated) - job.window > 2 * self.context_tokens:
+                self._slide(job)
             cut = min((job.text.find(s) for s in job.stop if s in job.text), default=-1)
             if cut >= 0:
                 piece = piece[:max(0, len(piece) - (len(job.text) - cut))]

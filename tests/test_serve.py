@@ -263,3 +263,25 @@ def test_prompt_rows_fill_the_step_beside_decoding_jobs():
     for ids, out in zip(prompts, outs):
         want = tok.decode([int(t) for t in model.generate(np.array([ids]), 12, temperature=0)[0, len(ids):]])
         assert "".join(item[1] for item in out.items if item[0] == "token") == want
+
+
+def test_streamed_pieces_add_up_to_the_decoded_text():
+    """Each token decodes only the last few (a window that slides, never into a character): the pieces of a long
+    text with multi-byte characters add up to decoding all of its tokens."""
+    from pytransformer import serve as serving
+    from pytransformer.cli import resolve_model
+    from pytransformer.generate import Sampler
+    from pytransformer.io.hf import from_pretrained
+
+    tok = from_pretrained(resolve_model("smollm2")).tokenizer
+    text = ("Crème brûlée, naïve café — 東京タワー and 😀🎉 emoji; code: `x = [i**2 for i in range(10)]`.\n" * 6)
+    ids = tok.encode(text)
+    engine = object.__new__(serving.Engine)
+    engine.tok, engine.context = tok, 10**6
+    out = Out()
+    job = serving.Job([0], len(ids) + 1, Sampler(0.0), 0, [], None, Loop(), out)
+    for t in ids:
+        job.best, job.logits = t, None
+        assert engine._sample(job) is None
+    assert job.window > len(ids) // 2  # (it slid)
+    assert "".join(item[1] for item in out.items) == tok.decode(ids) == job.text
