@@ -445,6 +445,7 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     K().swiglu_backward(dg, du, d, g, u, n);
   });
+  m.attr("small_batch_rows") = pt::kSmallBatchRows;
   m.def("quant_row_bytes", [](int qtype, int64_t C) { return pt::quant_row_bytes(qtype, C); },
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
   m.def("matmul_q_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {

@@ -24,6 +24,7 @@ import uuid
 
 import numpy as np
 
+from . import _core
 from .generate import KVCache, Sampler
 
 
@@ -281,7 +282,7 @@ class Engine:
             job.slot = None
 
     prompt_rows = 128  # prompt tokens fed per step at most (a long prompt over several steps: others keep going)
-    batch_rows = 16    # rows the batched products take in one pass (kSmallBatchRows): beyond it a step costs twice
+    batch_rows = _core.small_batch_rows  # rows the batched products take in one pass: beyond it a step costs twice
 
     def _round(self):
         going = []

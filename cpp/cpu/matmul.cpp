@@ -336,7 +336,6 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
   narrow_weight_forward(out, inp, weight, scale, bias, N, IC, OC);
 }
 
-constexpr int64_t kSmallBatchRows = 16;  // quantised products of at most this many rows (a decode batch) skip the widened GEMM
 
 namespace {
 // One 32-value block of row u as two halves' weights (lo: values 0..15, hi: 16..31 for Q4_0 / Q4_1; Q8_0's two

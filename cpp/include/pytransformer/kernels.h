@@ -123,6 +123,10 @@ inline bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
     default: return false;
   }
 }
+// Quantised products of at most this many rows (a continuous-batching decode step) run the batch kernel, whose
+// cost per step barely grows up to it; more rows widen the weights for the GEMM.
+constexpr int64_t kSmallBatchRows = 16;
+
 // Bytes of one row of C values, or -1 for an unknown type or C not a whole number of blocks.
 inline int64_t quant_row_bytes(int qtype, int64_t C) {
   int64_t values, bytes;
