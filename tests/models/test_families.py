@@ -46,24 +46,11 @@ def test_bert_cls_head_matches_torch_mirror_over_ten_adamw_steps(torch, rng):
     ids, labels = rng.integers(0, 41, (4, 9)), rng.integers(0, 3, 4)
     mask = padded_mask(4, 9, [9, 5, 9, 3])
     P = tm.params_from(model, torch)
-    opt_t = torch.optim.AdamW(list(P.values()), lr=1e-3, weight_decay=0.0)
-    opt = AdamW(model.params, lr=1e-3, weight_decay=0.0)
-    for step in range(10):
-        opt_t.zero_grad()
-        loss_t = torch.nn.functional.cross_entropy(tm.bert_classify_logits(torch, P, ids, BERT_CFG, mask),
-                                                   torch.from_numpy(labels))
-        loss_t.backward()
-        if step == 0:
-            model.zero_grad()
-            model.classify_loss(ids, labels, mask)
-            model.backward()
-            tm.check_grads(model, P)
-        opt_t.step()
-        model.zero_grad()
-        loss = model.classify_loss(ids, labels, mask)
-        model.backward()
-        opt.step()
-        assert abs(loss - loss_t.item()) < 2e-4 * loss_t.item(), f"step {step}"
+    tm.adamw_steps_agree(
+        torch, model, P,
+        lambda step: torch.nn.functional.cross_entropy(tm.bert_classify_logits(torch, P, ids, BERT_CFG, mask),
+                                                       torch.from_numpy(labels)),
+        lambda step: model.classify_loss(ids, labels, mask))
 
 
 def test_bert_padded_batch_equals_rows_one_by_one(rng):
@@ -157,9 +144,9 @@ def test_transformer_ten_adamw_steps_match_torch(torch, rng):
     P = tm.params_from(model, torch)
     tm.adamw_steps_agree(
         torch, model, P,
-        lambda: torch.nn.functional.cross_entropy(tm.transformer_logits(torch, P, src, tgt, TR_CFG).reshape(-1, 19),
-                                                  torch.from_numpy(tgt_out).reshape(-1)),
-        lambda: model.loss(src, tgt, tgt_out))
+        lambda step: torch.nn.functional.cross_entropy(
+            tm.transformer_logits(torch, P, src, tgt, TR_CFG).reshape(-1, 19), torch.from_numpy(tgt_out).reshape(-1)),
+        lambda step: model.loss(src, tgt, tgt_out))
 
 
 def test_vit_ten_adamw_steps_match_torch(torch, rng):
@@ -168,8 +155,9 @@ def test_vit_ten_adamw_steps_match_torch(torch, rng):
     P = tm.params_from(model, torch)
     tm.adamw_steps_agree(
         torch, model, P,
-        lambda: torch.nn.functional.cross_entropy(tm.vit_logits(torch, P, images, VIT_CFG), torch.from_numpy(labels)),
-        lambda: model.loss(images, labels))
+        lambda step: torch.nn.functional.cross_entropy(tm.vit_logits(torch, P, images, VIT_CFG),
+                                                       torch.from_numpy(labels)),
+        lambda step: model.loss(images, labels))
 
 
 @pytest.mark.parametrize("config", [
