@@ -615,3 +615,94 @@ def sum_squares(x):
 def global_norm(x):
     """L2 norm of a flat gradient buffer (for clipping)."""
     return math.sqrt(sum_squares(x))
+
+
+def matmul_dinp(dout, weight, *, dinp=None):
+    """dinp (..., IC) = dout (..., OC) @ weight (OC, IC): the gradient through a frozen float32 weight (no dweight)."""
+    d = {}
+    array(weight, "weight", ("OC", "IC"), d)
+    array(dout, "dout", ("...", "OC"), d)
+    dinp = output(dinp, "dinp", dout.shape[:-1] + (d["IC"],), [("dout", dout), ("weight", weight)])
+    # (the kernel reads inp only for dweight, which is not asked for: dinp stands in for it)
+    _kernels(dout).matmul_backward(dinp, None, None, dout, dinp, weight, _rows(dout), d["IC"], d["OC"])
+    return dinp
+
+
+# --- unchecked hot-path entries ------------------------------------------------------------------------------
+# For a layer's own known-good arrays on the decoding path (~150 calls a token, where the checks above would cost
+# as much as the work): the caller guarantees a float32 C-contiguous input x (..., IC) on the CPU and a weight of
+# that input width. The bindings still check every size against the arrays. Outputs are allocated.
+
+
+def _product(kernel, x, OC, *args):
+    IC = x.shape[-1]
+    out = np.empty(x.shape[:-1] + (OC,), np.float32)
+    kernel(out, x, *args, x.size // IC if IC else _rows(x), IC, OC)
+    return out
+
+
+def unchecked_matmul(x, weight, bias=None):
+    return _product(_core.matmul_forward, x, weight.shape[0], weight, bias)
+
+
+def unchecked_matmul_bf16(x, bits, bias=None):
+    return _product(_core.matmul_w16_forward, x, bits.shape[0], bits, bias)
+
+
+def unchecked_matmul_int8(x, q, scale, bias=None):
+    return _product(_core.matmul_w8_forward, x, q.shape[0], q, scale, bias)
+
+
+def unchecked_matmul_blocks(x, blocks, bias=None):
+    return _product(_core.matmul_q_forward, x, blocks.shape[0], blocks.data, blocks.code, bias)
+
+
+def unchecked_residual(a, b):
+    out = np.empty(a.shape, np.float32)
+    _core.residual_forward(out, a, b, a.size)
+    return out
+
+
+def unchecked_layernorm(x, weight, bias, eps):
+    """-> (out, mean, rstd) over the last axis."""
+    C = x.shape[-1]
+    rows = x.size // C
+    out, mean, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32), np.empty(rows, np.float32)
+    _core.layernorm_forward(out, mean, rstd, x, weight, bias, rows, C, eps)
+    return out, mean, rstd
+
+
+def unchecked_rmsnorm(x, weight, eps):
+    """-> (out, rstd) over the last axis."""
+    C = x.shape[-1]
+    rows = x.size // C
+    out, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32)
+    _core.rmsnorm_forward(out, rstd, x, weight, rows, C, eps)
+    return out, rstd
+
+
+def unchecked_swiglu(gate, up):
+    out = np.empty(gate.shape, np.float32)
+    _core.swiglu_forward(out, gate, up, gate.size)
+    return out
+
+
+def unchecked_rope(out, x, cos, sin, positions, interleaved):
+    """x (N, H, HS) rows rotated into out (may be x) at int64 positions (N,) (each < cos.shape[0])."""
+    N, H, HS = positions.size, x.shape[-2], x.shape[-1]
+    _core.rope_forward(out, x, cos, sin, positions, N, H, HS, cos.shape[0], interleaved)
+    return out
+
+
+def unchecked_attention(q, k_cache, v_cache, end, causal):
+    """q (B, T, NH, HS) over the first `end` rows of caches (B, T_max, NKV, HS), in place -> out (B, T, NH, HS)."""
+    B, T, NH, HS = q.shape
+    out, lse = np.empty(q.shape, np.float32), np.empty((B, NH, T), np.float32)
+    _core.attention_forward(out, lse, q, k_cache, v_cache, None, B, NH, k_cache.shape[2], T, end, k_cache.shape[1],
+                            HS, causal, 1.0 / math.sqrt(HS), True)
+    return out
+
+
+def small_batch_rows() -> int:
+    """Rows up to which the batched quantised products take their small-batch path (a decode step's best width)."""
+    return _core.small_batch_rows

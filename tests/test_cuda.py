@@ -250,7 +250,7 @@ def test_a_llama_with_gguf_blocks_runs_on_the_device_with_them(rng):
         return model
 
     cpu, dev = make(), make().to("cuda")
-    assert type(dev.embed.quantized.data) is DeviceArray and type(dev.lm_head.narrow[0].data) is DeviceArray
+    assert type(dev.embed.quantized.data) is DeviceArray and type(dev.lm_head.stored.blocks.data) is DeviceArray
     ids = rng.integers(0, 64, (2, 6))
     with cpu.evaluating(), dev.evaluating():
         assert opcases.rel_err(dev.forward(ids).numpy(), cpu.forward(ids)) <= 1e-5

@@ -237,12 +237,12 @@ def test_encoder_decoder_greedy_with_the_cache_equals_recomputing(rng):
 
 
 def test_bfloat16_weights_compute_with_the_rounded_weights_exactly(rng):
-    from pytransformer.nn.layers import NarrowWeights
+    from pytransformer.nn.layers import HoldsWeight
 
     model = GPT(CFG, seed=11)
     rounded = GPT(CFG, seed=11)  # the same model with every product weight rounded to bfloat16, kept in float32
     for m in rounded.modules():
-        if isinstance(m, NarrowWeights) and m.weight is not rounded.wte.weight:
+        if isinstance(m, HoldsWeight) and m.weight is not rounded.wte.weight:
             m.weight.data[...] = ref.round_bfloat16(m.weight.data)
     ids = rng.integers(0, 41, (2, 9))
     model.set_weight_dtype("bfloat16")
@@ -360,12 +360,12 @@ def test_fused_qkv_follows_the_weights(rng):
     ids = rng.integers(0, 41, (1, 6))
     attn = model.blocks[0].attn.sublayer
     first = model.generate(ids, 6, temperature=0.0)
-    assert attn._qkv.fused[0] is not None and np.shares_memory(attn._qkv.fused[0], model.params.data)
+    assert attn._qkv.fused is not None and np.shares_memory(attn._qkv.fused.data, model.params.data)
     model.params.data[:] *= np.float32(1.5)  # as an optimizer step would, in place
     np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), recompute_greedy(model, ids, 6))
     model.set_weight_dtype("int8")
     narrow = model.generate(ids, 6, temperature=0.0)
-    assert attn._qkv.fused[1] is not None  # int8 scales
+    assert attn._qkv.fused.kind == "int8"  # one product over the concatenated int8 copies
     with model.evaluating():  # the unfused int8 path, as a check
         x = rng.standard_normal((1, 3, CFG.n_embd)).astype(np.float32)
         q, k, v = attn._qkv(x)

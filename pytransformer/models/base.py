@@ -11,7 +11,7 @@ import numpy as np
 from .. import ops
 from ..cuda import DeviceArray, to_device
 from ..generate import KVCache, generate, score, stream
-from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention
+from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, weights
 
 
 # How each family looks in Hugging Face transformers: model class -> a function of a built model giving its
@@ -130,18 +130,11 @@ class Model(Module):
             if not self.runs_on_cuda:
                 raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
             cuda.kernels()  # (a clear error when there is no CUDA module or device)
+        self.params.to(device)  # (float32 weights read their Parameters, so they follow)
         for m in self.modules():
-            if getattr(m, "quantized", None) is not None:  # GGUF blocks: moved as they are, multiplied in place
-                m.quantized = m.quantized.to(device)
-                if getattr(m, "narrow", None) is not None:
-                    m.narrow = (m.quantized, None)
-            elif getattr(m, "narrow", None) is not None and device == "cuda":
-                m.set_weight_dtype("float32")  # bfloat16 / int8 copies are CPU formats: the float32 weights go
-        self.params.to(device)
-        for m in self.modules():  # products and plans made over the old buffers
-            for cached in ("_qkv", "_gate_up", "_plan"):
-                if cached in vars(m):
-                    setattr(m, cached, None)
+            if hasattr(m, "to_device"):  # weights in other formats move (or change format) as each class decides
+                m.to_device(device)
+        weights.changed()  # fused products and decode plans made over the old buffers are stale
         self.device = device
         return self
 
@@ -149,10 +142,9 @@ class Model(Module):
         """"bfloat16" or "int8": every Linear and tied output layer multiplies with a narrow copy of its weight
         (inference: half or a quarter of the bytes a decoded token reads; int8 symmetric per output row; sums in
         float32; embeddings, norms and activations stay float32). "float32" goes back (training needs it). -> self"""
-        from ..nn.layers import Embedding, NarrowWeights
-
+        weights.check_dtype(dtype)  # (before any layer changes)
         for m in self.modules():
-            if isinstance(m, (NarrowWeights, Embedding)):
+            if hasattr(m, "set_weight_dtype") and not isinstance(m, Model):
                 m.set_weight_dtype(dtype)
         return self
 

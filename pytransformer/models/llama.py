@@ -11,7 +11,8 @@ import numpy as np
 from .. import _core
 from ..nn import (DecoderBlock, Embedding, GatedFeedForward, Linear, MultiHeadAttention, RMSNorm, Rotary,
                   TiedLMHead)
-from ..nn.layers import FusedProduct, weight_spec
+from ..nn import weights
+from ..nn.layers import FusedProduct
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 
@@ -203,4 +204,4 @@ class Llama(CausalLM):
 
 
 def _spec(layer):
-    return weight_spec(*((layer.weight.data, None) if layer.narrow is None else layer.narrow))
+    return layer.stored.spec()

@@ -10,11 +10,10 @@ place. `rope` (an nn.Rotary) rotates queries and keys by their positions (Llama)
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from .. import _core, ops
+from .. import ops
 from ..cuda import DeviceArray, to_device
 from .layers import FusedProduct, Linear
 from .module import Module
@@ -123,19 +122,14 @@ class MultiHeadAttention(Module):
             positions = self._positions(x, positions, start)
             cos, sin = self.rope.tables(int(positions.max()))
             il = self.rope.interleaved
-            _core.rope_forward(q, q, cos, sin, positions, B * T, NH, HS, cos.shape[0], il)
-            rotated = np.empty(k.shape, np.float32)
-            _core.rope_forward(rotated, np.ascontiguousarray(k), cos, sin, positions, B * T, NKV, HS, cos.shape[0],
-                               il)
-            k = rotated
+            ops.unchecked_rope(q, q, cos, sin, positions, il)
+            k = ops.unchecked_rope(np.empty(k.shape, np.float32), np.ascontiguousarray(k), cos, sin, positions, il)
         k_cache[:, start:end] = k
         v_cache[:, start:end] = v.reshape(B, T, NKV, HS)
         # read in place, grouped heads too: the kernel skips the rows past `end`
         if key_mask is None and k_cache.flags.c_contiguous and v_cache.flags.c_contiguous \
                 and k_cache.dtype == v_cache.dtype == np.float32 and k_cache.shape[2:] == (NKV, HS):
-            out, lse = np.empty(q.shape, np.float32), np.empty((B, NH, T), np.float32)
-            _core.attention_forward(out, lse, q, k_cache, v_cache, None, B, NH, NKV, T, end, k_cache.shape[1], HS,
-                                    self.causal, 1.0 / math.sqrt(HS), True)
+            out = ops.unchecked_attention(q, k_cache, v_cache, end, self.causal)
         else:
             out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))

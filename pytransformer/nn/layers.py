@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from .. import _core, ops
+from .. import ops
+from . import weights
 from ..cuda import DeviceArray, to_device
 from .module import Module, Parameter, normal, ones, zeros
 
@@ -28,82 +29,62 @@ def add(a, b):
     """a + b for two activations of one shape (the residual stream): straight to the kernel when both are ready."""
     if type(b) is np.ndarray and b.shape == a.shape and _ready(a, a.shape[-1] if a.ndim else 0) and _ready(
             b, b.shape[-1] if b.ndim else 0):
-        out = np.empty(a.shape, np.float32)
-        _core.residual_forward(out, a, b, a.size)
-        return out
+        return ops.unchecked_residual(a, b)
     return ops.residual_forward(a, b)
 
 
-def linear_product(x, weight, scale=None, bias=None):
-    """x (..., IC) @ weight^T (* scale) + bias for a weight of any kind (float32, bfloat16 bits, int8 with its row
-    scale, ops.Quantized). Weights and biases come from layers (known-good), so an input that is already float32,
-    C-contiguous and IC wide goes straight to the kernel (the per-token path of decoding makes ~150 of these
-    calls); anything else takes the checked ops call, which names the problem."""
-    OC, IC = weight.shape
-    if _ready(x, IC):
-        out = np.empty(x.shape[:-1] + (OC,), np.float32)
-        rows = x.size // IC if IC else math.prod(x.shape[:-1])
-        if type(weight) is ops.Quantized:
-            _core.matmul_q_forward(out, x, weight.data, weight.code, bias, rows, IC, OC)
-        elif scale is not None:
-            _core.matmul_w8_forward(out, x, weight, scale, bias, rows, IC, OC)
-        elif weight.dtype == _F32:
-            _core.matmul_forward(out, x, weight, bias, rows, IC, OC)
-        else:
-            _core.matmul_w16_forward(out, x, weight, bias, rows, IC, OC)
-        return out
-    return ops.matmul_forward(x, weight, bias, weight_scale=scale)
+class HoldsWeight:
+    """A layer that multiplies with a weight object (nn.weights): `stored`, by default its float32 Parameter
+    itself. set_weight_dtype("bfloat16" | "int8") swaps in a narrow copy for inference (the Parameter stays, so
+    "float32" returns to training); set_quantized swaps in GGUF blocks, and the float32 Parameter is then left
+    unwritten (no memory used) until set_weight_dtype widens the blocks into it."""
 
+    _stored = None
 
-class NarrowWeights:
-    """A layer whose product may read a narrow copy of its weight for inference: bfloat16 (half the bytes) or
-    int8 with a scale per output row (a quarter); the sums stay float32. The float32 Parameter stays, so
-    set_weight_dtype("float32") returns to training.
+    @property
+    def stored(self) -> weights.Weight:
+        if self._stored is None:
+            self._stored = weights.Float32Weight(self.weight)
+        return self._stored
 
-    A layer loaded from a GGUF file holds its weight quantised instead (`set_quantized`: an ops.Quantized, e.g.
-    Q4_1 blocks memory-mapped from the file) and its float32 Parameter is left unwritten (no memory used) until
-    set_weight_dtype widens the blocks into it."""
+    @stored.setter
+    def stored(self, weight) -> None:
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            raise ValueError(f"a {weight.kind} weight {tuple(weight.shape)} does not fit {type(self).__name__} "
+                             f"{tuple(self.weight.shape)}")
+        self._stored = weight
+        weights.changed()
 
-    narrow = None     # (weight, weight_scale or None) when narrow; (Quantized, None) when quantised
-    quantized = None  # the Quantized weight this layer's values come from, while the Parameter is unwritten
+    @property
+    def quantized(self):
+        """The ops.Quantized blocks this layer's values come from while its Parameter is unwritten, else None."""
+        return self._stored.blocks if isinstance(self._stored, weights.BlockWeight) else None
 
-    def set_quantized(self, weight) -> None:
-        if weight.shape != self.weight.shape:
-            raise ValueError(f"quantised weight {weight.shape} does not fit {type(self).__name__} {self.weight.shape}")
-        self.quantized = weight
-        self.narrow = (weight, None)
-
-    def _widen_quantized(self) -> None:
-        if self.quantized is not None:
-            ops.dequantize(self.quantized, out=self.weight.data)
-            self.quantized = None
+    def set_quantized(self, blocks) -> None:
+        self.stored = weights.BlockWeight(blocks)
 
     def set_weight_dtype(self, dtype: str) -> None:
-        if dtype in ("float32", "bfloat16", "int8"):
-            self._widen_quantized()
-        if dtype == "float32":
-            self.narrow = None
-        elif dtype == "bfloat16":
-            self.narrow = (ops.to_bfloat16(self.weight.data), None)
-        elif dtype == "int8":
-            self.narrow = ops.quantize_int8(self.weight.data)
-        else:
-            raise ValueError(f"weight dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
+        stored = weights.convert(self.weight, dtype) if self.quantized is None else None  # (checks dtype first)
+        if stored is None:
+            ops.dequantize(self.quantized, out=self.weight.data)
+            stored = weights.convert(self.weight, dtype)
+        self.stored = stored
+
+    def to_device(self, device: str) -> None:
+        """Move the weight object with the model (Model.to): each format decides what it becomes there."""
+        self.stored = self.stored.to(device) or weights.Float32Weight(self.weight)
 
     def product(self, x, bias):
-        """x (..., IC) @ weight^T + bias (linear_product)."""
-        weight, scale = (self.weight.data, None) if self.narrow is None else self.narrow
-        return linear_product(x, weight, scale, bias)
+        """x (..., IC) @ weight^T + bias, in the stored format."""
+        return self.stored.forward(x, bias)
 
     def check_trainable(self):
-        if self.narrow is not None:
-            kind = self.narrow[0].qtype if self.quantized is not None else \
-                "bfloat16" if self.narrow[1] is None else "int8"
-            raise RuntimeError(f"{type(self).__name__} multiplies with {kind} weights (inference); call "
+        if not self.stored.trainable:
+            raise RuntimeError(f"{type(self).__name__} multiplies with {self.stored.kind} weights (inference); call "
                                "model.set_weight_dtype('float32') before training")
 
 
-class Linear(NarrowWeights, Module):
+class Linear(HoldsWeight, Module):
     """y (..., out) = x (..., in) @ W^T + b; W (out, in) as in torch."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
@@ -125,100 +106,48 @@ class Linear(NarrowWeights, Module):
         return dx
 
 
-def _adjacent(arrays):
-    """One array viewing the given C-contiguous arrays when they lie back to back in one buffer, else None."""
-    root = arrays[0]
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    start = arrays[0].__array_interface__["data"][0]
-    cursor = start
-    for a in arrays:
-        if a.__array_interface__["data"][0] != cursor or a.dtype != arrays[0].dtype:
-            return None
-        cursor += a.nbytes
-    base = root.__array_interface__["data"][0]
-    if not (base <= start and cursor <= base + root.nbytes) or not root.flags.c_contiguous:
-        return None
-    flat = root.reshape(-1)
-    first = (start - base) // arrays[0].itemsize
-    return flat[first: first + (cursor - start) // arrays[0].itemsize]
-
-
-def _fuse(layers):
-    """(weight, weight_scale, bias) of Linears over one input as one product, or (None, None, None)."""
-    if any((m.bias is None) != (layers[0].bias is None) for m in layers):
-        return None, None, None
-    bias = None
-    if layers[0].bias is not None:
-        bias = _adjacent([m.bias.data for m in layers])
-        if bias is None:
-            bias = np.concatenate([m.bias.data for m in layers])
-    IC = layers[0].weight.shape[1]
-    if all(m.narrow is None for m in layers):
-        weight = _adjacent([m.weight.data for m in layers])
-        return (None if weight is None else weight.reshape(-1, IC)), None, bias
-    if any(m.narrow is None for m in layers) or len({_kind(m.narrow[0]) for m in layers}) != 1:
-        return None, None, None  # (mixed kinds, e.g. a GGUF file's Q4_K q and k with a Q6_K v: one product each)
-    if type(layers[0].narrow[0]) is ops.Quantized:  # blocks of whole rows: one view when they lie back to back;
-        data = _adjacent([m.narrow[0].data for m in layers])  # never a copy (they are a mapped file's pages)
-        if data is None:
-            return None, None, None
-        data = data.reshape(-1, layers[0].narrow[0].data.shape[1])
-        return ops.Quantized(data, layers[0].narrow[0].qtype, (data.shape[0], IC)), None, bias
-    weight = np.concatenate([m.narrow[0] for m in layers])
-    scale = None if layers[0].narrow[1] is None else np.concatenate([m.narrow[1] for m in layers])
-    return weight, scale, bias
-
-
-def _kind(weight):
-    return weight.qtype if type(weight) is ops.Quantized else weight.dtype
-
-
-def weight_spec(weight, scale=None):
-    """(kind, data, scale, OC, IC) of a weight for _core.DecodePlan: kind -1 float32, -2 bfloat16 bits, -3 int8
-    (with its row scale), else the GGUF type id of an ops.Quantized."""
-    OC, IC = weight.shape
-    if type(weight) is ops.Quantized:
-        return (weight.code, weight.data, None, OC, IC)
-    kind = {np.dtype(np.float32): -1, np.dtype(np.uint16): -2, np.dtype(np.int8): -3}[weight.dtype]
-    return (kind, weight, scale, OC, IC)
-
-
 class FusedProduct:
     """Several Linears of one input (attention's q, k, v; a gated feed-forward's gate and up) as one product for
-    inference: one kernel call, one pass of the threads over all their weights. In float32 the weights lie next to
-    each other in the model's flat buffer, so the fused weight is a view of them; narrow and quantised weights
-    (of one kind) are concatenated once per set_weight_dtype. Weights that cannot be fused (not adjacent, mixed
-    kinds) take one product each. __call__(x) -> one output per layer (views of one array)."""
+    inference: one kernel call, one pass of the threads over all their weights. The weights' own class fuses them
+    (nn.weights: float32 as a view of adjacent Parameters, GGUF blocks as a view of adjacent blocks, narrow
+    copies concatenated once); remade when any weight was swapped or moved (weights.generation). Weights that
+    cannot be fused take one product each. __call__(x) -> one output per layer (views of one array)."""
 
     def __init__(self, layers):
         self.layers = tuple(layers)
-        self.key, self.fused = None, None
+        self.generation, self.fused = None, None
         self.cuts = np.cumsum([m.weight.shape[0] for m in self.layers])[:-1].tolist()
 
-    def _current(self):
-        key = tuple(m.narrow for m in self.layers)  # the narrow copies themselves (held: never mistaken for new)
-        if self.fused is None or any(a is not b for a, b in zip(self.key, key)):
-            self.key, self.fused = key, _fuse(self.layers)
+    def weight(self):
+        """The fused weight object, or None when the layers' weights do not fuse."""
+        if self.generation != weights.generation():
+            self.fused = weights.fuse([m.stored for m in self.layers])
+            self.generation = weights.generation()
         return self.fused
 
+    def bias(self):
+        """The layers' biases side by side (a view when adjacent), or None without biases."""
+        if self.layers[0].bias is None:
+            return None
+        biases = [m.bias.data for m in self.layers]
+        joined = weights.adjacent(biases)
+        return joined if joined is not None else np.concatenate(biases)
+
     def specs(self):
-        """weight_spec of the fused weight, or of each layer's when they do not fuse (biases not included)."""
-        weight, scale, _ = self._current()
-        if weight is not None:
-            return [weight_spec(weight, scale)]
-        return [weight_spec(*((m.weight.data, None) if m.narrow is None else m.narrow)) for m in self.layers]
+        """The C++ plan's specs: the fused weight's, or each layer's when they do not fuse (biases apart)."""
+        fused = self.weight()
+        return [fused.spec()] if fused is not None else [m.stored.spec() for m in self.layers]
 
     def __call__(self, x):
-        weight, scale, bias = self._current()
-        if weight is None:
+        fused = self.weight()
+        if fused is None or any((m.bias is None) != (self.layers[0].bias is None) for m in self.layers):
             return tuple(m.forward(x) for m in self.layers)
-        y = linear_product(x, weight, scale, bias)
+        y = fused.forward(x, self.bias())
         bounds = [0] + self.cuts + [y.shape[-1]]
         return tuple(y[..., a:b] for a, b in zip(bounds, bounds[1:]))
 
 
-class TiedLMHead(NarrowWeights, Module):
+class TiedLMHead(HoldsWeight, Module):
     """logits (..., V) = x (..., C) @ table (V, C)^T (+ bias (V)): the output layer that shares its weight with
     the token embedding (GPT-2, BERT's masked-LM decoder, the 2017 paper). Holds the embedding's Parameter (and
     an optional bias Parameter the model declares), so both are stored once and the table's gradient adds up
@@ -256,9 +185,7 @@ class LayerNorm(Module):
     def forward(self, x):
         C = self.weight.shape[0]
         if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
-            rows = x.size // C
-            out, mean, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32), np.empty(rows, np.float32)
-            _core.layernorm_forward(out, mean, rstd, x, self.weight.data, self.bias.data, rows, C, self.eps)
+            out, mean, rstd = ops.unchecked_layernorm(x, self.weight.data, self.bias.data, self.eps)
         else:
             out, mean, rstd = ops.layernorm_forward(x, self.weight.data, self.bias.data, self.eps)
         if self.keeps_state:
@@ -284,9 +211,7 @@ class RMSNorm(Module):
     def forward(self, x):
         C = self.weight.shape[0]
         if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
-            rows = x.size // C
-            out, rstd = np.empty(x.shape, np.float32), np.empty(rows, np.float32)
-            _core.rmsnorm_forward(out, rstd, x, self.weight.data, rows, C, self.eps)
+            out, rstd = ops.unchecked_rmsnorm(x, self.weight.data, self.eps)
         else:
             out, rstd = ops.rmsnorm_forward(x, self.weight.data, self.eps)
         if self.keeps_state:
@@ -314,6 +239,10 @@ class Embedding(Module):
         if table.shape != self.weight.shape:
             raise ValueError(f"quantised table {table.shape} does not fit the embedding {self.weight.shape}")
         self.quantized = table
+
+    def to_device(self, device: str) -> None:
+        if self.quantized is not None:  # (GGUF blocks move as they are; lookups decode rows where they live)
+            self.quantized = self.quantized.to(device)
 
     def set_weight_dtype(self, dtype: str) -> None:
         """Any dtype widens a quantised table into the float32 Parameter (lookups are float32 either way)."""

@@ -146,7 +146,7 @@ def test_fused_gate_up_and_qkv_equal_separate_products(rng):
         g, u = ffn._gate_up(x)
         np.testing.assert_allclose(g, ffn.gate.forward(x), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(u, ffn.up.forward(x), rtol=1e-6, atol=1e-6)
-        assert np.shares_memory(ffn._gate_up.fused[0], model.params.data)
+        assert np.shares_memory(ffn._gate_up.fused.data, model.params.data)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "Q4_1", "Q8_0+Q4_K"])

@@ -1,0 +1,266 @@
+"""Weights that know their product: one small class per storage format of a (OC, IC) matrix.
+
+A layer (Linear, TiedLMHead) keeps its float32 Parameter for training and multiplies with `layer.stored`, one of:
+
+    Float32Weight   the Parameter itself (or a fused view of adjacent ones): trains, backprops
+    BFloat16Weight  bfloat16 bits (uint16), widened exactly in registers: half the bytes
+    Int8Weight      int8 with a float32 scale per output row: a quarter of the bytes
+    BlockWeight     a GGUF block format (ops.Quantized), e.g. memory-mapped from the file
+
+Each class says, and nothing else decides: its product (`forward`; `dinp` where it backprops), how siblings that
+read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a device (`to`), and the spec the
+C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
+`generation()`, which is how fused products and decode plans know they are stale (nothing clears caches by name).
+LoRA-wrapped weights and int8 activations are further classes of this one interface.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .. import ops
+
+_F32 = np.dtype(np.float32)
+_GENERATION = itertools.count(1)
+_current = [0]
+
+
+def changed() -> None:
+    """A weight somewhere was swapped or moved: every cache built over weights is stale."""
+    _current[0] = next(_GENERATION)
+
+
+def generation() -> int:
+    """A number that changes whenever any layer's weight object is swapped or moved (caches compare it)."""
+    return _current[0]
+
+
+def _ready(x, width) -> bool:
+    """x needs no checking: float32, C-contiguous, last axis `width` (the weights are known-good)."""
+    return type(x) is np.ndarray and x.dtype == _F32 and x.ndim >= 1 and x.shape[-1] == width and \
+        x.flags.c_contiguous
+
+
+class Weight:
+    """The interface. shape (OC, IC); `kind` names the format; `trainable`: its Parameter takes gradients."""
+
+    kind = "?"
+    code = None       # the C++ plan's kind: -1 float32, -2 bfloat16, -3 int8, else the GGUF type id
+    trainable = False
+
+    @property
+    def shape(self):
+        raise NotImplementedError
+
+    def forward(self, x, bias=None):
+        """x (..., IC) -> x @ W^T + bias (..., OC), float32 sums. Inputs that are already float32,
+        C-contiguous and IC wide go straight to the kernel (the decoding path makes ~150 of these calls per
+        token); anything else takes the checked ops call, which names the problem."""
+        raise NotImplementedError
+
+    def dinp(self, dout):
+        """dout (..., OC) -> dout @ W (..., IC): the gradient that flows back through a frozen weight."""
+        raise NotImplementedError(f"{self.kind} weights do not backpropagate yet (inference only); call "
+                                  "model.set_weight_dtype('float32') first")
+
+    @classmethod
+    def fuse(cls, weights):
+        """One weight of this class computing all of `weights` (of this class, one input width) side by side, or
+        None when they cannot be fused (then each takes its own product)."""
+        return None
+
+    def to(self, device: str) -> "Weight | None":
+        """This weight where the model's arrays now live ("cpu" or "cuda"), or None where the format does not
+        exist there (the layer then multiplies with its float32 Parameter)."""
+        return self
+
+    def spec(self):
+        """(code, data, scale or None, OC, IC): what the C++ decode plan reads."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.kind}, shape={self.shape})"
+
+
+class Float32Weight(Weight):
+    """The float32 matrix: a layer's Parameter (read through it, so a move to a device follows), or an array (a
+    fused view of adjacent Parameters in the flat buffer)."""
+
+    kind, code = "float32", -1
+
+    def __init__(self, source):
+        self.source = source
+        self.trainable = not isinstance(source, (np.ndarray,)) and hasattr(source, "grad")
+
+    @property
+    def data(self):
+        return self.source.data if self.trainable else self.source
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def forward(self, x, bias=None):
+        w = self.data
+        if _ready(x, w.shape[1]):
+            return ops.unchecked_matmul(x, w, bias)
+        return ops.matmul_forward(x, w, bias)
+
+    def dinp(self, dout):
+        return ops.matmul_dinp(dout, self.data)
+
+    @classmethod
+    def fuse(cls, weights):
+        view = adjacent([w.data for w in weights])
+        return None if view is None else cls(view.reshape(-1, weights[0].shape[1]))
+
+    def spec(self):
+        w = self.data
+        return (self.code, w, None, *w.shape)
+
+
+class BFloat16Weight(Weight):
+    """bfloat16 bits (uint16 (OC, IC)): each value widened exactly to float32 in registers."""
+
+    kind, code = "bfloat16", -2
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    @classmethod
+    def from_float32(cls, w):
+        return cls(ops.to_bfloat16(w))
+
+    @property
+    def shape(self):
+        return self.bits.shape
+
+    def forward(self, x, bias=None):
+        if _ready(x, self.bits.shape[1]):
+            return ops.unchecked_matmul_bf16(x, self.bits, bias)
+        return ops.matmul_forward(x, self.bits, bias)
+
+    @classmethod
+    def fuse(cls, weights):
+        return cls(np.concatenate([w.bits for w in weights]))  # (a copy made once per conversion)
+
+    def to(self, device):
+        return self if device == "cpu" else None  # (a CPU format: on a GPU the float32 weights multiply)
+
+    def spec(self):
+        return (self.code, self.bits, None, *self.bits.shape)
+
+
+class Int8Weight(Weight):
+    """int8 (OC, IC) with a float32 scale (OC,) per output row (symmetric, ops.quantize_int8)."""
+
+    kind, code = "int8", -3
+
+    def __init__(self, q, scale):
+        self.q, self.scale = q, scale
+
+    @classmethod
+    def from_float32(cls, w):
+        return cls(*ops.quantize_int8(w))
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def forward(self, x, bias=None):
+        if _ready(x, self.q.shape[1]):
+            return ops.unchecked_matmul_int8(x, self.q, self.scale, bias)
+        return ops.matmul_forward(x, self.q, bias, weight_scale=self.scale)
+
+    @classmethod
+    def fuse(cls, weights):
+        return cls(np.concatenate([w.q for w in weights]), np.concatenate([w.scale for w in weights]))
+
+    def to(self, device):
+        return self if device == "cpu" else None  # (a CPU format: on a GPU the float32 weights multiply)
+
+    def spec(self):
+        return (self.code, self.q, self.scale, *self.q.shape)
+
+
+class BlockWeight(Weight):
+    """A GGUF block format (ops.Quantized: rows of blocks, e.g. a memory-mapped slice of the file), dequantised in
+    registers by the product. Fused only as a view of blocks lying back to back (never a copy of mapped pages)."""
+
+    code = None
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.kind, self.code = blocks.qtype, blocks.code
+
+    @property
+    def shape(self):
+        return self.blocks.shape
+
+    def forward(self, x, bias=None):
+        if _ready(x, self.blocks.shape[1]):
+            return ops.unchecked_matmul_blocks(x, self.blocks, bias)
+        return ops.matmul_forward(x, self.blocks, bias)
+
+    @classmethod
+    def fuse(cls, weights):
+        if len({w.kind for w in weights}) != 1:
+            return None  # (a GGUF file's Q4_K q and k with a Q6_K v: one product each)
+        data = adjacent([w.blocks.data for w in weights])
+        if data is None:
+            return None
+        data = data.reshape(-1, weights[0].blocks.data.shape[1])
+        return cls(ops.Quantized(data, weights[0].kind, (data.shape[0], weights[0].shape[1])))
+
+    def to(self, device):
+        moved = self.blocks.to(device)
+        return self if moved is self.blocks else BlockWeight(moved)
+
+    def spec(self):
+        return (self.code, self.blocks.data, None, *self.blocks.shape)
+
+
+# dtype name -> the class that converts a float32 matrix to it (set_weight_dtype)
+FORMATS = {"float32": None, "bfloat16": BFloat16Weight, "int8": Int8Weight}
+
+
+def check_dtype(dtype) -> None:
+    if dtype not in FORMATS:
+        raise ValueError(f"weight dtype must be one of {', '.join(map(repr, FORMATS))}, got {dtype!r}")
+
+
+def convert(parameter, dtype: str) -> Weight:
+    """The weight object of a float32 Parameter stored as `dtype` ('float32', 'bfloat16' or 'int8')."""
+    check_dtype(dtype)
+    return Float32Weight(parameter) if FORMATS[dtype] is None else FORMATS[dtype].from_float32(parameter.data)
+
+
+def fuse(weights):
+    """One weight for several of one input (q|k|v, gate|up), or None: fused only within one class."""
+    first = type(weights[0])
+    if any(type(w) is not first for w in weights) or len({w.shape[1] for w in weights}) != 1:
+        return None
+    return first.fuse(list(weights))
+
+
+def adjacent(arrays):
+    """One array viewing the given C-contiguous arrays when they lie back to back in one buffer, else None."""
+    if any(type(a) is not np.ndarray for a in arrays):
+        return None
+    root = arrays[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    start = arrays[0].__array_interface__["data"][0]
+    cursor = start
+    for a in arrays:
+        if a.__array_interface__["data"][0] != cursor or a.dtype != arrays[0].dtype or not a.flags.c_contiguous:
+            return None
+        cursor += a.nbytes
+    base = root.__array_interface__["data"][0]
+    if not (base <= start and cursor <= base + root.nbytes) or not root.flags.c_contiguous:
+        return None
+    flat = root.reshape(-1)
+    first = (start - base) // arrays[0].itemsize
+    return flat[first: first + (cursor - start) // arrays[0].itemsize]
