@@ -92,34 +92,45 @@ int64_t row_bytes(int qtype, int64_t C) {
   return rb;
 }
 
-// A weight spec from Python: (kind, data, scale or None, OC, IC); kind -1 float32, -2 bfloat16 bits, -3 int8 with
-// its row scale, else a GGUF block type. The arrays are checked and kept alive by `keep`.
+// A product of sizes for the decode plan's checks, refused when it overflows int64.
+int64_t plan_size(int64_t a, int64_t b) {
+  int64_t r;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) throw py::value_error("sizes out of range");
+  return r;
+}
+
+// A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, scale or None, OC, IC,
+// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type. The arrays
+// are checked and kept alive by `keep`.
 pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) {
   auto t = py::reinterpret_borrow<py::tuple>(spec);
-  if (t.size() != 5) throw py::value_error("a weight spec is (kind, data, scale, OC, IC)");
+  if (t.size() != 6) throw py::value_error("a weight spec is (kind, data, scale, OC, IC, bias)");
   pt::WeightRef w;
   w.kind = t[0].cast<int>();
   w.OC = t[3].cast<int64_t>();
   w.IC = t[4].cast<int64_t>();
-  check_nonneg({w.OC, w.IC});
+  const int64_t n = plan_size(w.OC, w.IC);
   py::object data = py::reinterpret_borrow<py::object>(t[1]);
   switch (w.kind) {
-    case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", w.OC * w.IC); break;
-    case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", w.OC * w.IC); break;
+    case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", n); break;
+    case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", n); break;
     case pt::WeightRef::kInt8: {
-      w.data = array_data<int8_t>(data, "weight", w.OC * w.IC);
+      w.data = array_data<int8_t>(data, "weight", n);
       py::object scale = py::reinterpret_borrow<py::object>(t[2]);
       w.scale = array_data<float>(scale, "weight_scale", w.OC);
       keep.push_back(scale);
       break;
     }
-    default: w.data = array_data<uint8_t>(data, "weight", w.OC * row_bytes(w.kind, w.IC));
+    default: w.data = array_data<uint8_t>(data, "weight", plan_size(w.OC, row_bytes(w.kind, w.IC)));
   }
+  py::object bias = py::reinterpret_borrow<py::object>(t[5]);
+  w.bias = array_data<float>(bias, "bias", w.OC, false, true);
+  keep.push_back(bias);
   keep.push_back(data);
   return w;
 }
 
-// The decoding plan of a Llama-family model (decode.h) with the Python arrays it points into.
+// The decoding plan of a decoder (decode.h) with the Python arrays it points into.
 struct PyDecodePlan {
   pt::DecodePlan plan;
   std::vector<py::object> keep;
@@ -470,21 +481,43 @@ PYBIND11_MODULE(_core, m) {
     K().dequantize_rows(o, s, qtype, id, N, C);
   });
 
-  py::class_<PyDecodePlan>(m, "DecodePlan", "one decoding step of a Llama-family model in C++ (decode.h)")
-      .def(py::init([](py::tuple dims, float eps, py::list layers, O final_norm, py::tuple head, bool interleaved) {
+  py::class_<PyDecodePlan>(m, "DecodePlan", "one decoding step of a decoder described as data, in C++ (decode.h)")
+      .def(py::init([](py::dict desc, py::list layers, py::tuple final_norm, py::tuple head) {
              auto p = std::make_unique<PyDecodePlan>();
              pt::DecodePlan& d = p->plan;
-             if (dims.size() != 6) throw py::value_error("dims are (C, NH, NKV, HS, F, V)");
-             d.C = dims[0].cast<int64_t>(); d.NH = dims[1].cast<int64_t>(); d.NKV = dims[2].cast<int64_t>();
-             d.HS = dims[3].cast<int64_t>(); d.F = dims[4].cast<int64_t>(); d.V = dims[5].cast<int64_t>();
+             auto get = [&](const char* key) {
+               if (!desc.contains(key)) throw py::value_error(std::string("the plan's description lacks ") + key);
+               return desc[key];
+             };
+             d.C = get("C").cast<int64_t>(); d.NH = get("NH").cast<int64_t>(); d.NKV = get("NKV").cast<int64_t>();
+             d.HS = get("HS").cast<int64_t>(); d.F = get("F").cast<int64_t>(); d.V = get("V").cast<int64_t>();
              check_nonneg({d.C, d.NH, d.NKV, d.HS, d.F, d.V});
+             plan_size(d.NH + 2 * d.NKV, d.HS);
+             plan_size(d.V, d.C);
              check_groups(d.NH, d.NKV);
-             if (d.HS % 2) throw py::value_error("rotary attention needs an even head size");
-             d.eps = eps;
-             d.interleaved = interleaved;
-             auto vec = [&](O obj, const char* name, int64_t n) {
-               p->keep.push_back(obj);
-               return array_data<float>(obj, name, n);
+             d.eps = get("eps").cast<float>();
+             d.attn_scale = get("attn_scale").cast<float>();
+             d.layernorm = get("layernorm").cast<bool>();
+             d.rotary = get("rotary").cast<bool>();
+             d.interleaved = get("interleaved").cast<bool>();
+             d.gated = get("gated").cast<bool>();
+             d.activation = get("activation").cast<int>();
+             if (d.activation < pt::DecodePlan::kSiLU || d.activation > pt::DecodePlan::kReLU ||
+                 d.gated != (d.activation == pt::DecodePlan::kSiLU))
+               throw py::value_error("the plan's activation: SiLU when gated, else GELU (tanh or erf) or ReLU");
+             if (d.rotary && d.HS % 2) throw py::value_error("rotary attention needs an even head size");
+             auto norm = [&](const py::handle& obj, const char* name) {
+               auto t = py::reinterpret_borrow<py::tuple>(obj);
+               if (t.size() != 2) throw py::value_error(std::string(name) + " is (weight, bias or None)");
+               pt::NormRef n;
+               py::object w = py::reinterpret_borrow<py::object>(t[0]), b = py::reinterpret_borrow<py::object>(t[1]);
+               n.weight = array_data<float>(w, name, d.C);
+               n.bias = array_data<float>(b, name, d.C, false, true);
+               if (d.layernorm != (n.bias != nullptr))
+                 throw py::value_error(std::string(name) + ": a LayerNorm has a bias, an RMSNorm none");
+               p->keep.push_back(w);
+               p->keep.push_back(b);
+               return n;
              };
              auto group = [&](const py::handle& specs, int64_t in, int64_t total, const char* what) {
                std::vector<pt::WeightRef> ws;
@@ -498,108 +531,74 @@ PYBIND11_MODULE(_core, m) {
                return ws;
              };
              for (const py::handle& item : layers) {
-               auto t = py::reinterpret_borrow<py::tuple>(item);
-               if (t.size() != 6) throw py::value_error("a layer is (attn_norm, qkv, o, ffn_norm, gate_up, down)");
+               auto t = py::reinterpret_borrow<py::dict>(item);
+               for (const char* key : {"attn_norm", "qkv", "o", "ffn_norm", "up", "down"})
+                 if (!t.contains(key)) throw py::value_error(std::string("a layer lacks ") + key);
                pt::DecodeLayer L;
-               L.attn_norm = vec(py::reinterpret_borrow<py::object>(t[0]), "attn_norm", d.C);
-               L.qkv = group(t[1], d.C, (d.NH + 2 * d.NKV) * d.HS, "qkv");
-               L.o = weight_ref(t[2], p->keep);
-               L.ffn_norm = vec(py::reinterpret_borrow<py::object>(t[3]), "ffn_norm", d.C);
-               L.gate_up = group(t[4], d.C, 2 * d.F, "gate_up");
-               L.down = weight_ref(t[5], p->keep);
+               L.attn_norm = norm(t["attn_norm"], "attn_norm");
+               L.qkv = group(t["qkv"], d.C, (d.NH + 2 * d.NKV) * d.HS, "qkv");
+               L.o = weight_ref(t["o"], p->keep);
+               L.ffn_norm = norm(t["ffn_norm"], "ffn_norm");
+               L.up = group(t["up"], d.C, d.gated ? 2 * d.F : d.F, "up");
+               L.down = weight_ref(t["down"], p->keep);
                if (L.o.IC != d.NH * d.HS || L.o.OC != d.C || L.down.IC != d.F || L.down.OC != d.C)
                  throw py::value_error("o or down has the wrong shape");
-               if (L.gate_up.size() == 2 && L.gate_up[0].OC != d.F) throw py::value_error("gate_up: gate width");
+               if (d.gated && L.up.size() == 2 && L.up[0].OC != d.F) throw py::value_error("up: gate width");
                d.layers.push_back(std::move(L));
              }
-             d.final_norm = vec(final_norm, "final_norm", d.C);
+             d.final_norm = norm(final_norm, "final_norm");
              d.head = weight_ref(head, p->keep);
              if (d.head.IC != d.C || d.head.OC != d.V) throw py::value_error("head has the wrong shape");
              return p;
            }),
-           arg("dims"), arg("eps"), arg("layers"), arg("final_norm"), arg("head"), arg("interleaved") = false)
-      .def("step_batch", [](const PyDecodePlan& p, O x, O logits, O slots, O positions, py::list k, py::list v,
-                            O cos, O sin, O logit_rows) {
+           arg("description"), arg("layers"), arg("final_norm"), arg("head"))
+      .def("step", [](const PyDecodePlan& p, O x, O logits, O slots, O positions, py::list k, py::list v,
+                      O cos, O sin, O logit_rows) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();
              if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
              if (!py::isinstance<py::array>(slots)) throw py::type_error("slots must be a numpy array");
              const int64_t B = py::reinterpret_borrow<py::array>(slots).size();
-             float* xp = array_data<float>(x, "x", B * d.C, true);
+             float* xp = array_data<float>(x, "x", plan_size(B, d.C), true);
              int64_t R = B;
              const int64_t* rows = nullptr;
              if (!logit_rows.is_none()) {
                if (!py::isinstance<py::array>(logit_rows)) throw py::type_error("logit_rows must be a numpy array");
                R = py::reinterpret_borrow<py::array>(logit_rows).size();
                rows = array_data<int64_t>(logit_rows, "logit_rows", R);
-               for (int64_t r = 0; r < R; r++)
-                 if (rows[r] < 0 || rows[r] >= B) throw py::value_error("a logit row outside the batch");
              }
-             float* lp = array_data<float>(logits, "logits", R * d.V, true);
+             float* lp = array_data<float>(logits, "logits", plan_size(R, d.V), true);
              const int64_t* sp = array_data<int64_t>(slots, "slots", B);
              const int64_t* pp = array_data<int64_t>(positions, "positions", B);
              std::vector<float*> kp(n), vp(n);
-             int64_t S = -1, capacity = -1;
+             int64_t S = 0, capacity = 0;
              for (size_t l = 0; l < n; l++) {
                for (int which = 0; which < 2; which++) {
                  py::object c = which ? v[l] : k[l];
                  if (!py::isinstance<py::array>(c)) throw py::type_error("caches must be numpy arrays");
                  py::array a = py::reinterpret_borrow<py::array>(c);
                  if (a.ndim() != 4 || a.shape(2) != d.NKV || a.shape(3) != d.HS ||
-                     (S >= 0 && (a.shape(0) != S || a.shape(1) != capacity)))
+                     ((l || which) && (a.shape(0) != S || a.shape(1) != capacity)))
                    throw py::value_error("every cache must be (slots, capacity, NKV, HS), all alike");
                  S = a.shape(0);
                  capacity = a.shape(1);
                  (which ? vp : kp)[l] = array_data<float>(c, "cache", a.size(), true);
                }
              }
-             for (int64_t b = 0; b < B; b++) {
-               if (sp[b] < 0 || sp[b] >= S) throw py::value_error("a slot outside the caches");
-               if (pp[b] < 0 || pp[b] >= capacity) throw py::value_error("a position outside the cache");
-               for (int64_t c = 0; c < b; c++)  // (rows of one slot: in increasing positions, each attending the last)
-                 if (sp[c] == sp[b] && pp[c] >= pp[b])
-                   throw py::value_error("rows of one slot must come in increasing positions");
+             int64_t P = 0;
+             const float *cp = nullptr, *snp = nullptr;
+             if (d.rotary) {
+               if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
+               P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
+               cp = array_data<float>(cos, "cos", P * (d.HS / 2));
+               snp = array_data<float>(sin, "sin", P * (d.HS / 2));
              }
-             if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
-             const int64_t P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
-             const float* cp = array_data<float>(cos, "cos", P * (d.HS / 2));
-             const float* snp = array_data<float>(sin, "sin", P * (d.HS / 2));
-             for (int64_t b = 0; b < B; b++)
-               if (pp[b] >= P) throw py::value_error("a position outside the rotary tables");
+             d.validate(B, sp, pp, S, capacity, P, rows, R);
              if (n == 0 || B == 0) return;
              py::gil_scoped_release nogil;
-             d.step_batch(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);
-           }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos"), arg("sin"),
-           arg("logit_rows") = py::none())
-      .def("step", [](const PyDecodePlan& p, O x, O logits, int64_t pos, py::list k, py::list v, O cos, O sin) {
-             const pt::DecodePlan& d = p.plan;
-             const size_t n = d.layers.size();
-             if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
-             float* xp = array_data<float>(x, "x", d.C, true);
-             float* lp = array_data<float>(logits, "logits", d.V, true);
-             const int64_t row = d.NKV * d.HS;
-             int64_t capacity = -1;
-             std::vector<float*> kp(n), vp(n);
-             for (size_t l = 0; l < n; l++) {
-               for (int which = 0; which < 2; which++) {
-                 py::object c = which ? v[l] : k[l];
-                 if (!py::isinstance<py::array>(c)) throw py::type_error("caches must be numpy arrays");
-                 const int64_t size = py::reinterpret_borrow<py::array>(c).size();
-                 if (size % row || (capacity >= 0 && size / row != capacity))
-                   throw py::value_error("every cache must hold capacity x NKV x HS floats");
-                 capacity = size / row;
-                 (which ? vp : kp)[l] = array_data<float>(c, "cache", size, true);
-               }
-             }
-             if (n && (pos < 0 || pos >= capacity)) throw py::value_error("pos outside the cache");
-             if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
-             const int64_t P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
-             const float* cp = array_data<float>(cos, "cos", P * (d.HS / 2));
-             const float* sp = array_data<float>(sin, "sin", P * (d.HS / 2));
-             if (pos >= P) throw py::value_error("pos outside the rotary tables");
-             py::gil_scoped_release nogil;
-             d.step(xp, lp, pos, kp.data(), vp.data(), capacity, cp, sp, P);
-           });
+             d.step(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);
+           }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos") = py::none(),
+           arg("sin") = py::none(), arg("logit_rows") = py::none());
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,
                          float weight_decay, int64_t step) {

@@ -1,9 +1,11 @@
-// The Llama-family decoding step (decode.h): the same kernels, in the same order, as the Python layers' cached
-// path (nn/attention.py _forward_cached, nn/blocks.py GatedFeedForward, Residual), for one sequence.
+// The decoding step of a decoder described as data (decode.h): the same kernels, in the same order, as the Python
+// layers' cached path (nn/attention.py _forward_cached, nn/blocks.py, Residual), so the same numbers.
 #include "pytransformer/decode.h"
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "pytransformer/dispatch.h"
@@ -14,10 +16,10 @@ namespace pt {
 void WeightRef::product(float* out, const float* inp, int64_t N) const {
   const Kernels& K = active();
   switch (kind) {
-    case kFloat32: K.matmul_forward(out, inp, (const float*)data, nullptr, N, IC, OC); break;
-    case kBFloat16: K.matmul_w16_forward(out, inp, (const uint16_t*)data, nullptr, N, IC, OC); break;
-    case kInt8: K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, nullptr, N, IC, OC); break;
-    default: K.matmul_q_forward(out, inp, (const uint8_t*)data, kind, nullptr, N, IC, OC);
+    case kFloat32: K.matmul_forward(out, inp, (const float*)data, bias, N, IC, OC); break;
+    case kBFloat16: K.matmul_w16_forward(out, inp, (const uint16_t*)data, bias, N, IC, OC); break;
+    case kInt8: K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, bias, N, IC, OC); break;
+    default: K.matmul_q_forward(out, inp, (const uint8_t*)data, kind, bias, N, IC, OC);
   }
 }
 
@@ -41,65 +43,52 @@ void products(const std::vector<WeightRef>& ws, float* out, const float* inp, in
 }
 }  // namespace
 
-void DecodePlan::step(float* x, float* logits, int64_t pos, float* const* k, float* const* v, int64_t capacity,
-                      const float* cos, const float* sin, int64_t P) const {
-  const Kernels& K = active();
-  const int64_t QD = NH * HS, KD = NKV * HS;
-  static thread_local std::vector<float> buf;
-  buf.resize((size_t)(C + QD + 2 * KD + QD + C + 2 * F + F + 1 + NH));
-  float* h = buf.data();
-  float* qkv = h + C;
-  float* att = qkv + QD + 2 * KD;
-  float* tmp = att + QD;
-  float* gu = tmp + C;
-  float* act = gu + 2 * F;
-  float* rstd = act + F;
-  float* lse = rstd + 1;
-  const float scale = 1.f / std::sqrt((float)HS);
-  for (size_t l = 0; l < layers.size(); l++) {
-    const DecodeLayer& L = layers[l];
-    K.rmsnorm_forward(h, rstd, x, L.attn_norm, 1, C, eps);
-    products(L.qkv, qkv, h);
-    float* q = qkv;
-    const float* kn = qkv + QD;
-    const float* vn = kn + KD;
-    K.rope_forward(q, q, cos, sin, &pos, 1, NH, HS, P, interleaved);
-    K.rope_forward(k[l] + pos * KD, kn, cos, sin, &pos, 1, NKV, HS, P, interleaved);  // straight into the cache
-    std::memcpy(v[l] + pos * KD, vn, sizeof(float) * KD);
-    K.attention_forward(att, lse, q, k[l], v[l], nullptr, 1, NH, NKV, 1, pos + 1, capacity, HS, true, scale, true);
-    L.o.product(tmp, att, 1);
-    K.residual_forward(x, x, tmp, C);
-    K.rmsnorm_forward(h, rstd, x, L.ffn_norm, 1, C, eps);
-    products(L.gate_up, gu, h);
-    K.swiglu_forward(act, gu, gu + F, F);
-    L.down.product(tmp, act, 1);
-    K.residual_forward(x, x, tmp, C);
+void DecodePlan::validate(int64_t B, const int64_t* slots, const int64_t* pos, int64_t S, int64_t capacity,
+                          int64_t P, const int64_t* logit_rows, int64_t R) const {
+  auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
+  for (int64_t r = 0; logit_rows && r < R; r++)
+    if (logit_rows[r] < 0 || logit_rows[r] >= B)
+      fail("logit row " + std::to_string(logit_rows[r]) + " outside the batch of " + std::to_string(B));
+  for (int64_t b = 0; b < B; b++) {
+    if (slots[b] < 0 || slots[b] >= S)
+      fail("slot " + std::to_string(slots[b]) + " outside the caches' " + std::to_string(S));
+    if (pos[b] < 0 || pos[b] >= capacity)
+      fail("position " + std::to_string(pos[b]) + " outside the cache of " + std::to_string(capacity));
+    if (rotary && pos[b] >= P)
+      fail("position " + std::to_string(pos[b]) + " outside the rotary tables of " + std::to_string(P));
+    for (int64_t c = 0; c < b; c++)  // (rows of one slot: in increasing positions, each attending the last)
+      if (slots[c] == slots[b] && pos[c] >= pos[b]) fail("rows of one slot must come in increasing positions");
   }
-  K.rmsnorm_forward(h, rstd, x, final_norm, 1, C, eps);
-  head.product(logits, h, 1);
 }
 
-void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos,
-                            float* const* k, float* const* v, int64_t S, int64_t capacity, const float* cos,
-                            const float* sin, int64_t P, const int64_t* logit_rows, int64_t R) const {
+namespace {
+void norm(const DecodePlan& d, const NormRef& n, float* out, float* mean, float* rstd, const float* x, int64_t N) {
+  if (d.layernorm) active().layernorm_forward(out, mean, rstd, x, n.weight, n.bias, N, d.C, d.eps);
+  else active().rmsnorm_forward(out, rstd, x, n.weight, N, d.C, d.eps);
+}
+}  // namespace
+
+void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
+                      float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P,
+                      const int64_t* logit_rows, int64_t R) const {
   (void)S;
   const Kernels& K = active();
-  const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD;
+  const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD, U = gated ? 2 * F : F;
   static thread_local std::vector<float> buf;
-  buf.resize((size_t)(B * (C + QKV + QD + C + 2 * F + F + 1 + NH)));
+  buf.resize((size_t)(B * (C + QKV + QD + C + U + F + 2 + NH)));
   float* h = buf.data();
   float* qkv = h + B * C;
   float* att = qkv + B * QKV;
   float* tmp = att + B * QD;
-  float* gu = tmp + B * C;
-  float* act = gu + B * 2 * F;
-  float* rstd = act + B * F;
+  float* up = tmp + B * C;
+  float* act = up + B * U;
+  float* mean = act + B * F;
+  float* rstd = mean + B;
   float* lse = rstd + B;
-  const float scale = 1.f / std::sqrt((float)HS);
   const int nt = kernel_threads();
   for (size_t l = 0; l < layers.size(); l++) {
     const DecodeLayer& L = layers[l];
-    K.rmsnorm_forward(h, rstd, x, L.attn_norm, B, C, eps);
+    norm(*this, L.attn_norm, h, mean, rstd, x, B);
     products(L.qkv, qkv, h, B);
     // each row over its own cache, the rows split across the threads: first every row's rotary positions and
     // cache writes, then every row's attention (a prompt's rows in one slot see all of their earlier rows)
@@ -108,31 +97,43 @@ void DecodePlan::step_batch(float* x, float* logits, int64_t B, const int64_t* s
       float* q = qkv + b * QKV;
       const float* kn = q + QD;
       const float* vn = kn + KD;
-      K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, P, interleaved);
-      K.rope_forward(k[l] + (slots[b] * capacity + pos[b]) * KD, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);
+      float* krow = k[l] + (slots[b] * capacity + pos[b]) * KD;
+      if (rotary) {
+        K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, P, interleaved);
+        K.rope_forward(krow, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);  // straight into the cache
+      } else {
+        std::memcpy(krow, kn, sizeof(float) * KD);
+      }
       std::memcpy(v[l] + (slots[b] * capacity + pos[b]) * KD, vn, sizeof(float) * KD);
     }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && B > 1)
     for (int64_t b = 0; b < B; b++)
       K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + slots[b] * capacity * KD,
                           v[l] + slots[b] * capacity * KD, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
-                          scale, true);
+                          attn_scale, true);
     L.o.product(tmp, att, B);
     K.residual_forward(x, x, tmp, B * C);
-    K.rmsnorm_forward(h, rstd, x, L.ffn_norm, B, C, eps);
-    products(L.gate_up, gu, h, B);
-    for (int64_t b = 0; b < B; b++) K.swiglu_forward(act + b * F, gu + b * 2 * F, gu + b * 2 * F + F, F);  // gate | up
+    norm(*this, L.ffn_norm, h, mean, rstd, x, B);
+    products(L.up, up, h, B);
+    if (gated) {
+      for (int64_t b = 0; b < B; b++) K.swiglu_forward(act + b * F, up + b * U, up + b * U + F, F);  // gate | up
+    } else if (activation == kReLU) {
+      K.relu_forward(act, up, B * F);
+    } else {
+      K.gelu_forward(act, up, B * F, activation == kGeluTanh);
+    }
     L.down.product(tmp, act, B);
     K.residual_forward(x, x, tmp, B * C);
   }
+  const float* last = x;
   if (logit_rows) {  // only the rows whose next token is wanted (a prompt's last): the head is the largest product
     for (int64_t r = 0; r < R; r++) std::memcpy(tmp + r * C, x + logit_rows[r] * C, sizeof(float) * C);
-    K.rmsnorm_forward(h, rstd, tmp, final_norm, R, C, eps);
-    head.product(logits, h, R);
-    return;
+    last = tmp;
+  } else {
+    R = B;
   }
-  K.rmsnorm_forward(h, rstd, x, final_norm, B, C, eps);
-  head.product(logits, h, B);
+  norm(*this, final_norm, h, mean, rstd, last, R);
+  head.product(logits, h, R);
 }
 
 }  // namespace pt

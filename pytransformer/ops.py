@@ -706,3 +706,11 @@ def unchecked_attention(q, k_cache, v_cache, end, causal):
 def small_batch_rows() -> int:
     """Rows up to which the batched quantised products take their small-batch path (a decode step's best width)."""
     return _core.small_batch_rows
+
+
+def decode_plan(description: dict, layers: list, final_norm: tuple, head: tuple):
+    """The C++ decoding step of a decoder (cpp/decode.h), over the arrays these name (kept alive by the plan):
+    description {C, NH, NKV, HS, F, V, eps, attn_scale, layernorm, rotary, interleaved, gated, activation}; per
+    layer {attn_norm, qkv, o, ffn_norm, up, down}, norms (weight, bias or None), products a list of weight specs
+    (nn.weights Weight.spec() + (bias or None,)). plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows)."""
+    return _core.DecodePlan(description, layers, final_norm, head)

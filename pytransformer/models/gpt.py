@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
-
-from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, LayerNorm, LearnedPositions, MultiHeadAttention,
-                  TiedLMHead)
-from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
+from .base import count_parameters
+from .decoder import Decoder, DecoderConfig
 
 
 @dataclass
@@ -32,6 +28,19 @@ class GPTConfig:
 
     def to_dict(self):
         return asdict(self)
+
+    @property
+    def max_positions(self) -> int:
+        return self.block_size
+
+    def decoder(self) -> DecoderConfig:
+        """GPT-2 as a decoder description: pre-LayerNorm blocks, learned positions, biases everywhere, a plain GELU
+        (tanh) feed-forward of 4 x n_embd, the LM head tied to the token embedding, GPT-2's scaled init."""
+        return DecoderConfig(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                             head_dim=self.head_dim, intermediate_size=4 * self.n_embd, max_positions=self.block_size,
+                             norm="layernorm", norm_eps=self.layer_norm_eps, qkv_bias=self.bias, o_bias=self.bias,
+                             mlp_bias=self.bias, positions="learned", ffn="plain", activation="gelu_tanh",
+                             tie_word_embeddings=True, dropout=self.dropout, scaled_out_init=True)
 
     def num_params(self) -> int:
         """The parameter count of GPT(self), from the config alone (nothing allocated)."""
@@ -79,58 +88,9 @@ def gpt3_table() -> list[dict]:
     return rows
 
 
-class GPT(CausalLM):
-    """forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean cross-entropy; backward()."""
+class GPT(Decoder):
+    """GPT-2 / GPT-3 (dense attention): the decoder GPTConfig.decoder() describes, under GPT-2's parameter names
+    (wte, wpe, blocks.i..., ln_f). forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean
+    cross-entropy; backward()."""
 
-    def __init__(self, config: GPTConfig, seed: int = 0, device: str = "cpu"):
-        c = config
-        self.config = c
-        C, std, out_std = c.n_embd, 0.02, 0.02 / math.sqrt(2 * c.n_layer)
-        self.wte = Embedding(c.vocab_size, C, std)
-        self.wpe = LearnedPositions(c.block_size, C, 0.01)
-        self.drop = Dropout(c.dropout)
-        self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True, bias=c.bias, std=std,
-                                                            out_std=out_std, head_dim=c.head_dim),
-                                    ffn=FeedForward(C, 4 * C, "gelu", c.bias, std, out_std),
-                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="pre", dropout=c.dropout)
-                       for _ in range(c.n_layer)]
-        self.ln_f = LayerNorm(C, c.layer_norm_eps)
-        self.lm_head = TiedLMHead(self.wte.weight)
-        self.head = CrossEntropyHead()
-        self._build(seed)
-        if device != "cpu":
-            self.to(device)
-
-    def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False):
-        """idx (B, T) -> logits (B, T, V). For generation (pytransformer.generate): cache, a KVCache whose
-        `length` positions come before idx (the new keys and values are written into it); position_ids (B, T);
-        key_mask (B, cache.length + T), 0 for padding. last_only: logits of the last position only (B, 1, V)."""
-        idx = check_ids(idx, "idx", self.config.block_size)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"idx values must lie in [0, {self.config.vocab_size})")
-        self._begin_forward()
-        x = self.drop.forward(self.wpe.forward(self.wte.forward(idx), position_ids))
-        if cache is None:
-            for block in self.blocks:
-                x = block.forward(x, key_mask=key_mask) if key_mask is not None else block.forward(x)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = block.forward(x, cache=cache.layer(i), key_mask=key_mask)
-            cache.length += idx.shape[1]
-        if last_only:  # (generation's prefill: only the last position's next token is wanted)
-            x = last_rows(x)
-        return self.lm_head.forward(self.ln_f.forward(x))  # (B, T, V)
-
-    @property
-    def max_positions(self) -> int:
-        return self.config.block_size
-
-    def backward(self, dloss=1.0):
-        """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
-        self._begin_backward()
-        dx = self.ln_f.backward(self.lm_head.backward(self.head.backward(dloss)))
-        for i in reversed(range(len(self.blocks))):
-            dx = self.blocks[i].backward(dx)
-            if self.on_block_done is not None:
-                self.on_block_done(i)
-        self.wte.backward(self.wpe.backward(self.drop.backward(dx)))
+    NAMES = {"embed": "wte", "positions": "wpe", "final_norm": "ln_f"}

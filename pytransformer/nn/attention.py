@@ -41,7 +41,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, C: int, NH: int, causal: bool = False, bias: bool = True, std: float = 0.02,
                  out_std: float | None = None, *, n_kv_head: int | None = None, head_dim: int | None = None,
-                 rope=None):
+                 rope=None, o_bias: bool | None = None):
         if head_dim is None:
             if C % NH:
                 raise ValueError(f"channels {C} must be divisible by heads {NH} (or give head_dim)")
@@ -54,7 +54,7 @@ class MultiHeadAttention(Module):
         self.q = Linear(C, NH * head_dim, bias, std)
         self.k = Linear(C, NKV * head_dim, bias, std)
         self.v = Linear(C, NKV * head_dim, bias, std)
-        self.o = Linear(NH * head_dim, C, bias, std if out_std is None else out_std)
+        self.o = Linear(NH * head_dim, C, bias if o_bias is None else o_bias, std if out_std is None else out_std)
 
     _saved = None
     keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)

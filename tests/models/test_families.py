@@ -8,7 +8,6 @@ import pytest
 
 import torch_mirror as tm
 from pytransformer.models import GPT, BERT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig, mask_tokens
-from pytransformer.optim import AdamW
 
 BERT_CFG = BertConfig(vocab_size=41, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
                       intermediate_size=40, max_position_embeddings=20, hidden_dropout_prob=0.0, num_labels=3)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from pytransformer.models import GPT, GPTConfig
-from pytransformer.optim import AdamW
 
 import torch_mirror as tm
 

@@ -149,53 +149,6 @@ def test_fused_gate_up_and_qkv_equal_separate_products(rng):
         assert np.shares_memory(ffn._gate_up.fused.data, model.params.data)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "Q4_1", "Q8_0+Q4_K"])
-def test_cpp_decode_step_equals_the_layers_path(rng, dtype):
-    """One token of one sequence runs as one C++ call (DecodePlan): the same kernels in the same order as the
-    layers' cached path, so the same logits, for every kind of weight, over a cache that grows past 64 rows."""
-    from pytransformer import ops
-    from pytransformer.opcases import random_blocks
-
-    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
-    model = Llama(cfg, seed=2).eval()
-    if dtype in ("bfloat16", "int8"):
-        model.set_weight_dtype(dtype)
-    elif dtype != "float32":
-        kinds = dtype.split("+")
-        for i, (name, layer) in enumerate((n, m) for n, m in _linears(model)):
-            qt = kinds[i % len(kinds)]
-            OC, IC = layer.weight.shape
-            if qt.endswith("_K") and IC % 256:
-                qt = "Q8_0"
-            layer.set_quantized(ops.Quantized(random_blocks(rng, qt, OC, IC), qt, (OC, IC)))
-    ids = rng.integers(0, 64, (1, 70))
-    got = model.generate(ids, 8, temperature=0.0)
-    model.decode_in_cpp = False
-    want = model.generate(ids, 8, temperature=0.0)
-    np.testing.assert_array_equal(got, want)
-    cache_a, cache_b = model.new_cache(1, 80), model.new_cache(1, 80)
-    with model.evaluating():
-        model(ids, cache=cache_a)
-        model(ids, cache=cache_b)
-        b = model(ids[:, :1], cache=cache_b)
-        model.decode_in_cpp = True
-        a = model(ids[:, :1], cache=cache_a)
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
-    np.testing.assert_allclose(cache_a.k[1][:, :71], cache_b.k[1][:, :71], rtol=1e-6, atol=1e-6)
-
-
-def _linears(model):
-    from pytransformer.nn import Linear
-
-    return [(n, m) for n, m in _named(model) if isinstance(m, Linear)]
-
-
-def _named(module, prefix=""):
-    for name, child in module.children():
-        yield prefix + name, child
-        yield from _named(child, f"{prefix}{name}.")
-
-
 def test_interleaved_rope_model_saves_in_hugging_face_order(tmp_path, rng):
     """A model whose q and k rows are in llama.cpp's order (as loaded from GGUF) computes what its Hugging Face
     save computes in transformers."""
@@ -208,51 +161,3 @@ def test_interleaved_rope_model_saves_in_hugging_face_order(tmp_path, rng):
         assert rel(model(ids), hf(torch.from_numpy(ids)).logits.detach().numpy()) < 1e-4
     back = from_pretrained(tmp_path)  # (read back in Hugging Face's order)
     assert not back.config.rope_interleaved and rel(back(ids), model(ids)) < 1e-5
-
-
-def test_batched_decode_over_slots_equals_one_sequence_at_a_time(rng):
-    """decode_batch: rows of different lengths in slots of shared caches, one call, the same logits as each row
-    decoded alone."""
-    from pytransformer.generate import KVCache
-
-    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
-    model = Llama(cfg, seed=3).eval()
-    S, T = 4, 40
-    k = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
-    v = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
-    prompts = {3: rng.integers(0, 64, 5), 0: rng.integers(0, 64, 11), 2: rng.integers(0, 64, 2)}
-    with model.evaluating():
-        for slot, p in prompts.items():
-            model(p[None], cache=KVCache.of([a[slot:slot + 1] for a in k], [a[slot:slot + 1] for a in v]))
-        nxt = rng.integers(0, 64, 3)
-        slots = np.array(list(prompts), np.int64)
-        positions = np.array([len(p) for p in prompts.values()], np.int64)
-        got = model.decode_batch(nxt, slots, positions, k, v)
-        for row, (slot, p) in enumerate(prompts.items()):
-            want = model(np.concatenate([p, nxt[row:row + 1]])[None])[0, -1]
-            np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    with pytest.raises(ValueError, match="increasing positions"):  # rows of one slot must come in order
-        model.decode_batch(nxt, np.array([0, 0, 1]), np.array([6, 5, 2]), k, v)
-
-
-def test_a_prompt_prefilled_as_rows_of_a_decode_step(rng):
-    """decode_batch rows may share a slot in increasing positions: a prompt fed beside another sequence's decode
-    row gives the prefill's logits at its last row (logit_rows: only the rows asked for)."""
-    cfg = LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
-    model = Llama(cfg, seed=4).eval()
-    S, T = 3, 32
-    k = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
-    v = [np.zeros((S, T, 2, 16), np.float32) for _ in range(2)]
-    first, prompt = rng.integers(0, 64, 6), rng.integers(0, 64, 9)
-    with model.evaluating():
-        model.decode_batch(first, np.zeros(6, np.int64), np.arange(6), k, v)  # slot 0: a prompt alone
-        nxt = int(rng.integers(0, 64))
-        ids = np.concatenate([[nxt], prompt])
-        slots = np.array([0] + [2] * len(prompt), np.int64)
-        positions = np.concatenate([[6], np.arange(len(prompt))]).astype(np.int64)
-        got = model.decode_batch(ids, slots, positions, k, v, logit_rows=np.array([0, len(prompt)]))
-        assert got.shape == (2, 64)
-        want_decode = model(np.concatenate([first, [nxt]])[None])[0, -1]
-        want_prompt = model(prompt[None])[0, -1]
-    np.testing.assert_allclose(got[0], want_decode, rtol=1e-5, atol=1e-5 * np.abs(want_decode).max())
-    np.testing.assert_allclose(got[1], want_prompt, rtol=1e-5, atol=1e-5 * np.abs(want_prompt).max())
