@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 from ..models import BERT, GPT, BertConfig, GPTConfig, Llama, LlamaConfig, Transformer, TransformerConfig, ViT, ViTConfig
 from ..models.base import register_hf_format
-from . import hf_bert, hf_gpt2, hf_llama, hf_vit
+from . import gguf_llama, hf_bert, hf_gpt2, hf_llama, hf_vit
+from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
+
+
+@dataclass(frozen=True)
+class GGUFLayout:
+    """How a family reads llama.cpp's GGUF files: the `general.architecture` names it takes, and its reader
+    (an opened GGUFFile -> the model, its matrices kept in the file's blocks)."""
+    architectures: tuple
+    load: Callable
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class Family:
     config_class: type
     model_class: type
     hf: HFLayout | None = None     # its Hugging Face counterpart, if transformers has one
+    gguf: GGUFLayout | None = None  # its GGUF reader, if llama.cpp has it
 
     @property
     def hf_architectures(self) -> tuple:
@@ -34,7 +45,7 @@ FAMILIES = (
     Family("bert", BertConfig, BERT, hf_bert.LAYOUT),
     Family("transformer", TransformerConfig, Transformer),
     Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
-    Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT),
+    Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT, GGUFLayout(gguf_llama.ARCHITECTURES, gguf_llama.load_llama_gguf)),
 )
 
 for _family in FAMILIES:
@@ -63,3 +74,14 @@ def family_for_model_type(model_type) -> Family:
             return f
     supported = ", ".join(f.hf.model_type for f in FAMILIES if f.hf is not None)
     raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")
+
+
+def family_for_gguf(f: GGUFFile) -> Family:
+    """The family that reads this GGUF file (by its general.architecture)."""
+    arch = f.metadata.get("general.architecture")
+    for family in FAMILIES:
+        if family.gguf is not None and arch in family.gguf.architectures:
+            return family
+    supported = ", ".join(a for family in FAMILIES if family.gguf for a in family.gguf.architectures)
+    shown = repr(arch)[:60] if isinstance(arch, str) else type(arch).__name__
+    raise ValueError(f"{f.path}: unsupported GGUF architecture {shown} (supported: {supported})")

@@ -82,8 +82,9 @@ def names(c: LlamaConfig) -> dict:
 
 
 def load_llama_gguf(path, mmap=True) -> Llama:
-    """A Llama (eval mode) from a GGUF file, its matrices kept quantised; model.tokenizer from the metadata."""
-    f = GGUFFile(path, mmap)
+    """A Llama (eval mode) from a GGUF file (a path or an opened GGUFFile), its matrices kept quantised;
+    model.tokenizer from the metadata."""
+    f = path if isinstance(path, GGUFFile) else GGUFFile(path, mmap)
     config = config_from_metadata(f.metadata, f.tensors)
     mapping = names(config)
     shapes = parameter_shapes(Llama, config)

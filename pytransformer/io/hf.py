@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .families import family_for_model_type
-from .gguf import is_gguf
+from .families import family_for_gguf, family_for_model_type
+from .gguf import GGUFFile, is_gguf
 from .hf_common import load, read_config
 
 
@@ -21,9 +21,8 @@ def from_pretrained(path, mmap=True, dtype=None):
     gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks."""
     path = os.fspath(path)
     if os.path.isfile(path) and is_gguf(path):
-        from .gguf_llama import load_llama_gguf
-
-        model = load_llama_gguf(path, mmap)
+        f = GGUFFile(path, mmap)
+        model = family_for_gguf(f).gguf.load(f)
         return model if dtype is None else model.set_weight_dtype(dtype)
     if dtype is None:
         dtype = "float32"
