@@ -58,6 +58,12 @@ class Weight:
         """x (..., IC) -> x @ W^T + bias (..., OC), float32 sums. Inputs that are already float32,
         C-contiguous and IC wide go straight to the kernel (the decoding path makes ~150 of these calls per
         token); anything else takes the checked ops call, which names the problem."""
+        return self._unchecked(x, bias) if _ready(x, self.shape[1]) else self._checked(x, bias)
+
+    def _unchecked(self, x, bias):
+        raise NotImplementedError
+
+    def _checked(self, x, bias):
         raise NotImplementedError
 
     def dinp(self, dout):
@@ -102,11 +108,11 @@ class Float32Weight(Weight):
     def shape(self):
         return self.data.shape
 
-    def forward(self, x, bias=None):
-        w = self.data
-        if _ready(x, w.shape[1]):
-            return ops.unchecked_matmul(x, w, bias)
-        return ops.matmul_forward(x, w, bias)
+    def _unchecked(self, x, bias):
+        return ops.unchecked_matmul(x, self.data, bias)
+
+    def _checked(self, x, bias):
+        return ops.matmul_forward(x, self.data, bias)
 
     def dinp(self, dout):
         return ops.matmul_dinp(dout, self.data)
@@ -137,9 +143,10 @@ class BFloat16Weight(Weight):
     def shape(self):
         return self.bits.shape
 
-    def forward(self, x, bias=None):
-        if _ready(x, self.bits.shape[1]):
-            return ops.unchecked_matmul_bf16(x, self.bits, bias)
+    def _unchecked(self, x, bias):
+        return ops.unchecked_matmul_bf16(x, self.bits, bias)
+
+    def _checked(self, x, bias):
         return ops.matmul_forward(x, self.bits, bias)
 
     @classmethod
@@ -169,9 +176,10 @@ class Int8Weight(Weight):
     def shape(self):
         return self.q.shape
 
-    def forward(self, x, bias=None):
-        if _ready(x, self.q.shape[1]):
-            return ops.unchecked_matmul_int8(x, self.q, self.scale, bias)
+    def _unchecked(self, x, bias):
+        return ops.unchecked_matmul_int8(x, self.q, self.scale, bias)
+
+    def _checked(self, x, bias):
         return ops.matmul_forward(x, self.q, bias, weight_scale=self.scale)
 
     @classmethod
@@ -199,9 +207,10 @@ class BlockWeight(Weight):
     def shape(self):
         return self.blocks.shape
 
-    def forward(self, x, bias=None):
-        if _ready(x, self.blocks.shape[1]):
-            return ops.unchecked_matmul_blocks(x, self.blocks, bias)
+    def _unchecked(self, x, bias):
+        return ops.unchecked_matmul_blocks(x, self.blocks, bias)
+
+    def _checked(self, x, bias):
         return ops.matmul_forward(x, self.blocks, bias)
 
     @classmethod
