@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core
 from .cuda import DeviceArray
+from .cuda import to_device as _to_device
 from .cuda import kernels as _cuda_kernels
 from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
 
@@ -714,3 +715,104 @@ def decode_plan(description: dict, layers: list, final_norm: tuple, head: tuple)
     layer {attn_norm, qkv, o, ffn_norm, up, down}, norms (weight, bias or None), products a list of weight specs
     (nn.weights Weight.spec() + (bias or None,)). plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows)."""
     return _core.DecodePlan(description, layers, final_norm, head)
+
+
+# --- arrays where the model lives ----------------------------------------------------------------------------
+# The few array operations layers, models, the optimizer and generation need beyond the kernels, for NumPy arrays
+# and CUDA device arrays alike: the one place above the kernels that knows a device exists.
+
+
+def device_of(x) -> str:
+    """"cuda" for a device array, "cpu" for anything else."""
+    return "cuda" if type(x) is DeviceArray else "cpu"
+
+
+def like(a, x, dtype=None):
+    """The array a where x lives: a NumPy a (made C-contiguous of `dtype` when given) copied to x's device, or a
+    device a copied back to the host; as is when it already lives there."""
+    if type(a) is DeviceArray:
+        return a if type(x) is DeviceArray else a.numpy()
+    a = np.ascontiguousarray(a, dtype) if dtype is not None else a
+    return _to_device(np.ascontiguousarray(a)) if type(x) is DeviceArray else a
+
+
+def move(a, device: str):
+    """The array a on "cpu" (NumPy) or "cuda" (a device array)."""
+    return _to_device(a) if device == "cuda" else to_host(a)
+
+
+def to_host(a):
+    """A NumPy array of a (a copy of a device array; anything else as is)."""
+    return a.numpy() if type(a) is DeviceArray else a
+
+
+def zeros(shape, device="cpu", dtype=np.float32):
+    return DeviceArray.zeros(tuple(shape), dtype) if device == "cuda" else np.zeros(shape, dtype)
+
+
+def zeros_like(a):
+    return zeros(a.shape, device_of(a), a.dtype)
+
+
+def empty(shape, like_array=None, dtype=np.float32):
+    """An uninitialised array where like_array lives (the host when None)."""
+    return DeviceArray.empty(tuple(shape), dtype) if type(like_array) is DeviceArray else np.empty(shape, dtype)
+
+
+def zero_(a):
+    """a = 0, in place."""
+    if type(a) is DeviceArray:
+        a.fill_zero()
+    else:
+        a.fill(0.0)
+    return a
+
+
+def copy_into(dst, src):
+    """dst[...] = src, in place (src from either side)."""
+    if type(dst) is DeviceArray:
+        dst.copy_from(src)
+    else:
+        dst[...] = to_host(src)
+    return dst
+
+
+def contiguous(a):
+    """a as a C-contiguous array (device arrays always are)."""
+    return a if type(a) is DeviceArray else np.ascontiguousarray(a)
+
+
+def write_rows(cache, start, rows):
+    """cache (B, T_max, ...)[:, start:start + T] = rows (B, T, ...), in place, on either side."""
+    if type(cache) is DeviceArray:
+        for b in range(cache.shape[0]):
+            cache[b][start:start + rows.shape[1]].copy_from(rows[b])
+    else:
+        cache[:, start:start + rows.shape[1]] = rows
+
+
+def prepend_row(row, x):
+    """row (C,) before each sequence of x (B, N, C) -> (B, 1 + N, C), where x lives (ViT's class token)."""
+    B, N, C = x.shape
+    if type(x) is not DeviceArray:
+        return np.ascontiguousarray(np.concatenate([np.broadcast_to(row.reshape(1, 1, C), (B, 1, C)), x], axis=1))
+    out = DeviceArray.empty((B, 1 + N, C))
+    for b in range(B):
+        out[b][:1].copy_from(row.reshape(1, C))
+        out[b][1:].copy_from(x[b])
+    return out
+
+
+def split_first_row(dout, dfirst):
+    """dout (B, 1 + N, C) -> its rows after the first (B, N, C), C-contiguous; the first rows summed over the
+    batch are added into dfirst (C,) (prepend_row's backward)."""
+    B, N1, C = dout.shape
+    if type(dout) is not DeviceArray:
+        dfirst += dout[:, 0].sum(axis=0)
+        return np.ascontiguousarray(dout[:, 1:])
+    rest = DeviceArray.empty((B, N1 - 1, C))
+    for b in range(B):
+        rest[b].copy_from(dout[b][1:])
+    firsts = embedding_forward(_to_device(np.arange(B, dtype=np.int64) * N1), dout.reshape(B * N1, C))
+    embedding_backward(firsts, _to_device(np.zeros(B, np.int64)), 1, dtable=dfirst.reshape(1, C))  # (in order)
+    return rest

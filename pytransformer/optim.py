@@ -11,7 +11,6 @@ import math
 import numpy as np
 
 from . import ops
-from .cuda import DeviceArray, to_device, to_host, zeros_like
 from .nn import FlatParameters
 
 
@@ -21,15 +20,14 @@ class AdamW:
         self.params = params
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.decay_vectors = decay_vectors
-        self.m = zeros_like(params.data)
-        self.v = zeros_like(params.data)
+        self.m = ops.zeros_like(params.data)
+        self.v = ops.zeros_like(params.data)
         self.step_count = 0
 
     def step(self, lr=None):
         lr = self.lr if lr is None else lr
-        if type(self.m) is not type(self.params.data):  # the model moved (Model.to) after this was made
-            self.m, self.v = (to_device(a) if type(self.params.data) is DeviceArray else to_host(a)
-                              for a in (self.m, self.v))
+        if ops.device_of(self.m) != ops.device_of(self.params.data):  # the model moved (Model.to) since
+            self.m, self.v = (ops.like(a, self.params.data) for a in (self.m, self.v))
         self.step_count += 1
         b1, b2 = self.betas
         p, g, m, v, k = self.params.data, self.params.grad, self.m, self.v, self.params.decay_size
@@ -41,15 +39,11 @@ class AdamW:
                 ops.adamw_step(p[sl], m[sl], v[sl], g[sl], lr, b1, b2, self.eps, wd, self.step_count)
 
     def state_dict(self):
-        return {"m": to_host(self.m), "v": to_host(self.v), "step": np.array(self.step_count, np.int64)}
+        return {"m": ops.to_host(self.m), "v": ops.to_host(self.v), "step": np.array(self.step_count, np.int64)}
 
     def load_state_dict(self, state):
-        if type(self.m) is DeviceArray:
-            self.m.copy_from(np.asarray(state["m"], np.float32))
-            self.v.copy_from(np.asarray(state["v"], np.float32))
-        else:
-            self.m[...] = state["m"]
-            self.v[...] = state["v"]
+        ops.copy_into(self.m, np.asarray(state["m"], np.float32))
+        ops.copy_into(self.v, np.asarray(state["v"], np.float32))
         self.step_count = int(state["step"])
 
 

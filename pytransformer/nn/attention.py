@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..cuda import DeviceArray, to_device
 from .layers import FusedProduct, Linear
 from .module import Module
 
@@ -79,8 +78,8 @@ class MultiHeadAttention(Module):
         and values go to rows start .. start + Tq and the queries attend to rows 0 .. start + Tq (key_mask is
         then (B, start + Tq)). Inference only: nothing is kept for backward. positions (B, Tq): each query's
         position for rotary attention (default 0 .. Tq - 1, or start .. start + Tq - 1 with a cache)."""
-        if key_mask is not None and type(x) is DeviceArray and type(key_mask) is not DeviceArray:
-            key_mask = to_device(np.ascontiguousarray(key_mask, bool))  # (the model is on a GPU)
+        if key_mask is not None:
+            key_mask = ops.like(key_mask, x, bool)  # (the mask goes where the activations live)
         if cache is not None:
             return self._forward_cached(x, key_mask, *cache, positions)
         if memory_kv is not None:  # cross-attention over keys and values computed once (inference)
@@ -103,51 +102,24 @@ class MultiHeadAttention(Module):
     _qkv = None  # the fused q|k|v product used when decoding
 
     def _forward_cached(self, x, key_mask, k_cache, v_cache, start, positions=None):
-        """The per-token path of decoding: q|k|v in one product, rotary positions applied and the new keys and
-        values written into the cache, attention over the cache in place. Its arrays are the layer's own (shapes
-        and dtypes known), so the kernels are called directly; the bindings still check every size and index."""
+        """The cached path of decoding: q|k|v in one product where the weights fuse, rotary positions applied,
+        the new keys and values written into the cache, attention over the cache in place (grouped heads too:
+        the kernel skips the rows past `end`)."""
         B, T = x.shape[:2]
         end = start + T
         if end > k_cache.shape[1]:
             raise ValueError(f"the KV cache holds {k_cache.shape[1]} positions; {end} were asked for")
-        if type(x) is DeviceArray:
-            return self._forward_cached_device(x, key_mask, k_cache, v_cache, start, end, positions)
         if self._qkv is None:
             self._qkv = FusedProduct((self.q, self.k, self.v))
         NH, NKV, HS = self.NH, self.NKV, self.HS
-        q, k, v = self._qkv(x)
-        q = np.ascontiguousarray(q).reshape(B, T, NH, HS)
-        k = k.reshape(B, T, NKV, HS)
-        if self.rope is not None:
-            positions = self._positions(x, positions, start)
-            cos, sin = self.rope.tables(int(positions.max()))
-            il = self.rope.interleaved
-            ops.unchecked_rope(q, q, cos, sin, positions, il)
-            k = ops.unchecked_rope(np.empty(k.shape, np.float32), np.ascontiguousarray(k), cos, sin, positions, il)
-        k_cache[:, start:end] = k
-        v_cache[:, start:end] = v.reshape(B, T, NKV, HS)
-        # read in place, grouped heads too: the kernel skips the rows past `end`
-        if key_mask is None and k_cache.flags.c_contiguous and v_cache.flags.c_contiguous \
-                and k_cache.dtype == v_cache.dtype == np.float32 and k_cache.shape[2:] == (NKV, HS):
-            out = ops.unchecked_attention(q, k_cache, v_cache, end, self.causal)
-        else:
-            out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
-        return self.o.forward(merge_heads(out))
-
-    def _forward_cached_device(self, x, key_mask, k_cache, v_cache, start, end, positions):
-        """_forward_cached on a CUDA device: the three products, the new rows copied into each sequence's cache
-        rows start .. end, attention over the cache in place."""
-        B = x.shape[0]
-        q = heads(self.q.forward(x), self.NH)
-        k = heads(self.k.forward(x), self.NKV)
-        v = heads(self.v.forward(x), self.NKV)
+        q, k, v = (ops.contiguous(a) for a in self._qkv(x))
+        q, k, v = q.reshape(B, T, NH, HS), k.reshape(B, T, NKV, HS), v.reshape(B, T, NKV, HS)
         if self.rope is not None:
             positions = self._positions(x, positions, start)
             self.rope.forward(q, positions, out=q)
             self.rope.forward(k, positions, out=k)
-        for b in range(B):
-            k_cache[b][start:end].copy_from(k[b])
-            v_cache[b][start:end].copy_from(v[b])
+        ops.write_rows(k_cache, start, k)
+        ops.write_rows(v_cache, start, v)
         out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
         return self.o.forward(merge_heads(out))
 

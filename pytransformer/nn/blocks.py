@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 
 from .. import ops
-from ..cuda import DeviceArray
 from .layers import Activation, Dropout, FusedProduct, Linear, add
 from .module import Module
 
@@ -45,19 +43,14 @@ class GatedFeedForward(Module):
     _gate_up = None  # gate and up as one product (inference)
 
     def forward(self, x):
-        if self.keeps_state or type(x) is DeviceArray:  # (on a device: no fused product of column slices)
+        if self.keeps_state:
             g, u = self.gate.forward(x), self.up.forward(x)
-            if self.keeps_state:
-                self._saved = (g, u)
+            self._saved = (g, u)
             return self.down.forward(ops.swiglu_forward(g, u))
         if self._gate_up is None:
             self._gate_up = FusedProduct((self.gate, self.up))
-        g, u = self._gate_up(x)
-        if g.flags.c_contiguous and u.flags.c_contiguous:  # (one row: the decoding path, straight to the kernel)
-            h = ops.unchecked_swiglu(g, u)
-        else:
-            h = ops.swiglu_forward(np.ascontiguousarray(g), np.ascontiguousarray(u))
-        return self.down.forward(h)
+        g, u = self._gate_up(x)  # (column slices of one product where the weights fuse)
+        return self.down.forward(ops.swiglu_forward(ops.contiguous(g), ops.contiguous(u)))
 
     def backward(self, dout):
         g, u = self.saved(self._saved)

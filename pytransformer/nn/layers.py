@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import ops
 from . import weights
-from ..cuda import DeviceArray, to_device
 from .module import Module, Parameter, normal, ones, zeros
 
 _F32 = np.dtype(np.float32)
@@ -258,12 +257,10 @@ class Embedding(Module):
             ids = np.asarray(ids)
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"ids must lie in [0, {V})")
-            ids = np.ascontiguousarray(ids, np.int64)
-            return ops.dequantize(self.quantized, to_device(ids) if type(self.quantized.data) is DeviceArray else ids)
-        if type(self.weight.data) is DeviceArray and type(ids) is not DeviceArray:  # (the model is on a GPU)
-            ids = to_device(np.ascontiguousarray(ids, np.int64))
-            if self.keeps_state:
-                self._ids = ids
+            return ops.dequantize(self.quantized, ops.like(ids, self.quantized.data, np.int64))
+        ids = ops.like(ids, self.weight.data)  # (ids go where the table lives)
+        if self.keeps_state:
+            self._ids = ids
         return ops.embedding_forward(ids, self.weight.data)
 
     def backward(self, dout):
@@ -271,16 +268,10 @@ class Embedding(Module):
             raise RuntimeError("the embedding holds a quantised table (inference); call "
                                "model.set_weight_dtype('float32') before training")
         ids = self.saved(self._ids)
-        if self.padding_idx is not None and type(ids) is DeviceArray:  # (on a GPU: the padding row put back)
-            row = self.weight.grad[self.padding_idx].copy()
-            ops.embedding_backward(dout, ids, self.weight.shape[0], dtable=self.weight.grad)
-            self.weight.grad[self.padding_idx].copy_from(row)
-            return None
-        if self.padding_idx is not None:
-            keep = (np.asarray(ids) != self.padding_idx)[..., None]
-            if not keep.all():
-                dout = np.ascontiguousarray(np.where(keep, dout, np.float32(0)))
+        padding_row = None if self.padding_idx is None else self.weight.grad[self.padding_idx].copy()
         ops.embedding_backward(dout, ids, self.weight.shape[0], dtable=self.weight.grad)
+        if padding_row is not None:  # (the padding row takes no gradient: put back as it was)
+            ops.copy_into(self.weight.grad[self.padding_idx], padding_row)
         return None  # ids have no gradient
 
 
@@ -296,31 +287,21 @@ class LearnedPositions(Module):
         """position_ids (B, T): each row's own positions (a left-padded batch counts from its first real
         token); default 0 .. T-1 for every row."""
         T = x.shape[1]
-        if position_ids is None and type(x) is DeviceArray:  # (on a GPU: the rows gathered like embeddings)
-            position_ids = np.broadcast_to(np.arange(T, dtype=np.int64), x.shape[:2])
         if position_ids is None:
             if T > self.weight.shape[0]:
                 raise ValueError(f"sequence length {T} exceeds the {self.weight.shape[0]} learned positions")
-            if self.keeps_state:
-                self._position_ids = None
-            return ops.residual_forward(x, np.broadcast_to(self.weight.data[:T], x.shape).copy())
+            position_ids = np.broadcast_to(np.arange(T, dtype=np.int64), x.shape[:2])
         position_ids = np.asarray(position_ids)
         if position_ids.shape != x.shape[:2] or position_ids.size and (
                 position_ids.min() < 0 or position_ids.max() >= self.weight.shape[0]):
             raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.weight.shape[0]})")
-        position_ids = np.ascontiguousarray(position_ids, np.int64)
-        if type(x) is DeviceArray:
-            position_ids = to_device(position_ids)
+        position_ids = ops.like(position_ids, x, np.int64)  # (the rows gathered like embeddings)
         if self.keeps_state:
             self._position_ids = position_ids
         return ops.residual_forward(x, ops.embedding_forward(position_ids, self.weight.data))
 
     def backward(self, dout):
-        if self._position_ids is not None:
-            ops.embedding_backward(dout, self._position_ids, self.weight.shape[0], dtable=self.weight.grad)
-            return dout
-        T = dout.shape[1]
-        self.weight.grad[:T] += dout.sum(axis=0)
+        ops.embedding_backward(dout, self._position_ids, self.weight.shape[0], dtable=self.weight.grad)
         return dout
 
 
@@ -358,14 +339,10 @@ class SinusoidalPositions(Module):
             if position_ids.shape != x.shape[:2] or position_ids.size and (
                     position_ids.min() < 0 or position_ids.max() >= self.table.shape[0]):
                 raise ValueError(f"position_ids must be {x.shape[:2]} in [0, {self.table.shape[0]})")
-            return ops.residual_forward(x, self._where(x, np.ascontiguousarray(self.table[position_ids])))
+            return ops.residual_forward(x, ops.like(self.table[position_ids], x, np.float32))
         if T > self.table.shape[0]:
             raise ValueError(f"sequence length {T} exceeds the {self.table.shape[0]} positions of the table")
-        return ops.residual_forward(x, self._where(x, np.ascontiguousarray(np.broadcast_to(self.table[:T], x.shape))))
-
-    @staticmethod
-    def _where(x, rows):
-        return to_device(rows) if type(x) is DeviceArray else rows
+        return ops.residual_forward(x, ops.like(np.broadcast_to(self.table[:T], x.shape), x, np.float32))
 
     def backward(self, dout):
         return dout
@@ -387,15 +364,14 @@ class Rotary:
                                                  self.base)
         return self.cos, self.sin
 
-    _device_tables = None  # (cos, sin, positions) as DeviceArrays, for x on a CUDA device
+    _moved = None  # (cos, sin) where the last x lived, kept until the tables grow or x moves
 
     def _on(self, x, positions):
-        """The tables and positions where x lives (device copies of the tables kept until they grow)."""
-        if type(x) is not DeviceArray:
-            return self.cos, self.sin, positions
-        if self._device_tables is None or self._device_tables[0].shape != self.cos.shape:
-            self._device_tables = (to_device(self.cos), to_device(self.sin))
-        return (*self._device_tables, to_device(np.ascontiguousarray(positions, np.int64)))
+        """The tables and positions where x lives (copies kept until the tables grow)."""
+        if self._moved is None or self._moved[0].shape != self.cos.shape or \
+                ops.device_of(self._moved[0]) != ops.device_of(x):
+            self._moved = (ops.like(self.cos, x), ops.like(self.sin, x))
+        return (*self._moved, ops.like(positions, x, np.int64))
 
     def forward(self, x, positions, out=None):
         """x (B, T, H, HS), positions int64 (B, T) (checked: >= 0) -> rotated (out may be x)."""

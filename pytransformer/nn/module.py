@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..cuda import DeviceArray, to_device, to_host
+from .. import ops
 
 
 def normal(std: float) -> Callable:
@@ -173,16 +173,12 @@ class FlatParameters:
         return self.data.size
 
     def zero_grad(self) -> None:
-        if type(self.grad) is DeviceArray:
-            self.grad.fill_zero()
-        else:
-            self.grad.fill(0.0)
+        ops.zero_(self.grad)
 
     def to(self, device: str) -> None:
         """Move values and gradients to "cuda" (DeviceArrays) or "cpu" (NumPy), every Parameter's data and grad
         becoming a view into the moved buffers at the same offsets."""
-        move = to_device if device == "cuda" else to_host
-        self.data, self.grad = move(self.data), move(self.grad)
+        self.data, self.grad = ops.move(self.data, device), ops.move(self.grad, device)
         for name, p in self.named:
             offset, size = self.offsets[name]
             p.data = self.data[offset: offset + size].reshape(p.shape)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..cuda import DeviceArray, to_device
 from .layers import Linear
 from .module import Module, Parameter, normal
 
@@ -34,32 +33,12 @@ class PatchEmbedding(Module):
             raise ValueError(f"images must be (B, {self.channels}, {self.image_size}, {self.image_size}), "
                              f"got {tuple(images.shape)}")
         patches = image_to_patches(np.ascontiguousarray(images, np.float32), self.p)
-        if type(self.cls_token.data) is DeviceArray:  # (the model is on a GPU: the patches go there)
-            x = self.proj.forward(to_device(patches))
-            B, N, C = x.shape
-            out = DeviceArray.empty((B, 1 + N, C))
-            for b in range(B):
-                out[b][:1].copy_from(self.cls_token.data[0])
-                out[b][1:].copy_from(x[b])
-            return out
-        x = self.proj.forward(patches)
-        cls = np.broadcast_to(self.cls_token.data, (x.shape[0], 1, x.shape[2]))
-        return np.ascontiguousarray(np.concatenate([cls, x], axis=1))
+        x = self.proj.forward(ops.like(patches, self.cls_token.data))  # (the patches go where the model lives)
+        return ops.prepend_row(self.cls_token.data, x)
 
     def backward(self, dout):
-        if type(dout) is DeviceArray:
-            B, N1, C = dout.shape
-            rows = DeviceArray.empty((B, N1 - 1, C))
-            for b in range(B):
-                rows[b].copy_from(dout[b][1:])
-            # the class token's gradient: the B rows at position 0 summed in order (an embedding backward onto
-            # one row)
-            firsts = to_device(np.arange(B, dtype=np.int64) * N1)
-            cls_rows = ops.embedding_forward(firsts, dout.reshape(B * N1, C))
-            ops.embedding_backward(cls_rows, to_device(np.zeros(B, np.int64)), 1,
-                                   dtable=self.cls_token.grad.reshape(1, C))
-            self.proj.backward(rows)
-            return None
+        self.proj.backward(ops.split_first_row(dout, self.cls_token.grad.reshape(-1)))
+        return None
         self.cls_token.grad[0, 0] += dout[:, 0].sum(axis=0)
         self.proj.backward(np.ascontiguousarray(dout[:, 1:]))
         return None
