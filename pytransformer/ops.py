@@ -615,3 +615,9 @@ def sum_squares(x):
 def global_norm(x):
     """L2 norm of a flat gradient buffer (for clipping)."""
     return math.sqrt(sum_squares(x))
+
+
+def small_batch_rows() -> int:
+    """Rows a batched product takes in one pass (kernels.h kSmallBatchRows): a decode step of more rows costs
+    about twice as much."""
+    return int(_core.small_batch_rows)
