@@ -58,5 +58,12 @@ def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=N
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     print(f"serving {name} on http://{host}:{port}/v1 (OpenAI API)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", http=_protocol(), timeout_keep_alive=timeout_keep_alive)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config(app, timeout_keep_alive)).run(sockets=[sock])
+
+
+def config(app, timeout_keep_alive=5.0):
+    """uvicorn's settings for the application: its own logs at warnings only (the access log is ours), and
+    connections that say nothing closed after timeout_keep_alive seconds."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", http=_protocol(), timeout_keep_alive=timeout_keep_alive)
