@@ -8,7 +8,6 @@ import base64
 import concurrent.futures
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys

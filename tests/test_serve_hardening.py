@@ -26,13 +26,19 @@ MESSAGES = [{"role": "user", "content": "Name three primary colors."}]
 
 
 class SlowTokenizer:
-    """The model's tokenizer, except that a text holding SLOW takes 3 s of Python work to encode."""
+    """The model's tokenizer, except that a text holding SLOW takes 3 s of Python work to encode, and its chat
+    template refuses a tool message (as some templates do)."""
 
     def __init__(self, tok):
         self.tok = tok
 
     def __getattr__(self, name):
         return getattr(self.tok, name)
+
+    def apply_chat_template(self, messages):
+        if any(m["role"] == "tool" for m in messages):
+            raise ValueError("the chat template failed: tool messages need a tool call before them")
+        return self.tok.apply_chat_template(messages)
 
     def encode(self, text):
         if SLOW in text:
@@ -101,6 +107,12 @@ def test_non_finite_numbers_are_400s_naming_the_field(server, name, value):
     assert status == 400 and body["error"]["param"] == name
 
 
+def test_fields_are_checked_before_the_prompt_is_tokenised(server):
+    t = time.perf_counter()
+    status, body = post(server, "/v1/completions", '{"prompt": "%s", "n": NaN}' % SLOW)
+    assert status == 400 and body["error"]["param"] == "n" and time.perf_counter() - t < 2.0
+
+
 def test_top_p_zero_is_a_400(server):
     status, body = post(server, "/v1/chat/completions", chat_body(top_p=0))
     assert status == 400 and body["error"]["param"] == "top_p"
@@ -113,6 +125,11 @@ def test_top_p_zero_is_a_400(server):
 def test_lone_surrogates_are_400s_naming_the_field(server, path, body, name):
     status, reply = post(server, path, body)
     assert status == 400 and reply["error"]["param"] == name
+
+
+def test_a_chat_template_refusing_the_messages_is_a_400(server):
+    status, body = post(server, "/v1/chat/completions", json.dumps({"messages": [{"role": "tool", "content": "4"}]}))
+    assert status == 400 and body["error"]["param"] == "messages" and "tool" in body["error"]["message"]
 
 
 def test_json_nested_30000_deep_is_a_400(server):
@@ -293,3 +310,17 @@ def test_the_engine_runs_a_model_without_decode_batch_one_by_one(model):
     for ids, out in zip(prompts, outs):
         want = tok.decode([int(t) for t in model.generate(np.array([ids]), 6, temperature=0)[0, len(ids):]])
         assert "".join(item[1] for item in out.items if item[0] == "token") == want
+
+
+def test_the_cli_says_a_port_is_in_use_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "pytransformer", "serve", "smollm2", "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        f"pytransformer serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"], p.stderr

@@ -115,17 +115,27 @@ async def chat(request):
     server = request.app.state.server
     body = await read(request)
     messages = checks.chat_messages(body, server.max_chars)
+    sampling = checks.sampling(body, server.engine.context)
     tok = server.tokenizer
-    ids = await server.off_loop(lambda: tok.encode(tok.apply_chat_template(messages)))
-    return await _complete(request, server, body, ids, "chat")
+
+    def tokenize():
+        try:
+            text = tok.apply_chat_template(messages)
+        except ValueError as e:  # (a template may refuse a conversation: roles out of order, say)
+            raise RequestError(str(e), "messages") from None
+        return tok.encode(text)
+    ids = await server.off_loop(tokenize)
+    return await _complete(request, server, body, sampling, ids, "chat")
 
 
 @handler
 async def completions(request):
     server = request.app.state.server
     body = await read(request)
-    ids = await server.off_loop(server.tokenizer.encode, checks.prompt_text(body, server.max_chars))
-    return await _complete(request, server, body, ids, "completion")
+    prompt = checks.prompt_text(body, server.max_chars)
+    sampling = checks.sampling(body, server.engine.context)
+    ids = await server.off_loop(server.tokenizer.encode, prompt)
+    return await _complete(request, server, body, sampling, ids, "completion")
 
 
 @handler
@@ -172,29 +182,23 @@ def _json(obj, status=200):
 # --- completions: jobs for the engine, their items as an OpenAI response -------------------------------------------
 
 
-def _jobs(server, body, ids, out):
+def _jobs(server, body, sampling, ids, out):
     """The request's jobs (one per choice), its prompt bounded by the engine's context."""
-    field_name = "messages" if "messages" in body else "prompt"
-    if len(ids) == 0:
-        raise RequestError("the prompt is empty", field_name)
-    room = server.engine.context - len(ids)
-    if room < 1:
-        raise RequestError(f"the prompt has {len(ids)} tokens; this server's context is {server.engine.context}",
-                           field_name)
-    s = checks.sampling(body, room)
-    sampler = Sampler(s.temperature, None, s.top_p if s.top_p < 1.0 else None)
-    return Job.choices(s.n, ids, s.max_tokens, sampler, s.seed, s.stop, s.logprobs, asyncio.get_running_loop(),
-                       out)
+    max_tokens = checks.max_tokens_for(sampling, len(ids), server.engine.context,
+                                       "messages" if "messages" in body else "prompt")
+    sampler = Sampler(sampling.temperature, None, sampling.top_p if sampling.top_p < 1.0 else None)
+    return Job.choices(sampling.n, ids, max_tokens, sampler, sampling.seed, sampling.stop, sampling.logprobs,
+                       asyncio.get_running_loop(), out)
 
 
-async def _complete(request, server, body, ids, kind):
+async def _complete(request, server, body, sampling, ids, kind):
     out = asyncio.Queue()
-    jobs = _jobs(server, body, ids, out)
+    jobs = _jobs(server, body, sampling, ids, out)
     try:
         server.engine.submit(jobs)
     except Busy as e:
         raise RequestError(f"the server is busy: {e}", status=503, kind="server_busy") from None
-    reply = _Reply(kind, body.get("model") or server.model_name, len(ids), len(jobs))
+    reply = _Reply(kind, body.get("model") or server.model_name, len(ids))
     if body.get("stream"):
         from starlette.responses import StreamingResponse
 
@@ -219,8 +223,8 @@ async def _disconnected(request):
 class _Reply:
     """The OpenAI shapes of one request's reply: chunks while streaming, the whole object otherwise."""
 
-    def __init__(self, kind, model, prompt_tokens, n):
-        self.kind, self.model, self.prompt_tokens, self.n = kind, model, prompt_tokens, n
+    def __init__(self, kind, model, prompt_tokens):
+        self.kind, self.model, self.prompt_tokens = kind, model, prompt_tokens
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
     def usage(self, usages):

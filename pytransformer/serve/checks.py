@@ -160,7 +160,7 @@ def embedding_inputs(body, max_chars, max_inputs) -> list[str]:
 class Sampling:
     """A completion request's generation settings."""
 
-    max_tokens: int
+    max_tokens: int | None  # (None: as many as the prompt leaves room for, 256 at most)
     n: int
     temperature: float
     top_p: float
@@ -169,16 +169,32 @@ class Sampling:
     stop: list[str]
 
 
-def sampling(body, room) -> Sampling:
-    """The settings of a request whose prompt leaves room tokens in the context."""
+def sampling(body, context) -> Sampling:
+    """The settings of a request to a server of this context (in tokens), checked before its prompt is tokenised:
+    max_tokens is checked again against the room the prompt leaves (max_tokens_for)."""
     logprobs = body.get("logprobs")
     if isinstance(logprobs, bool):  # chat: logprobs true + top_logprobs k
         logprobs = number(body, "top_logprobs", 0, 20, 0, int) if logprobs else None
     elif logprobs is not None:
         logprobs = number(body, "logprobs", 0, 20, 0, int)
-    return Sampling(max_tokens=number(body, "max_tokens", 1, room, min(256, room), int),
+    return Sampling(max_tokens=number(body, "max_tokens", 1, context - 1, None, int),
                     n=number(body, "n", 1, 8, 1, int),
                     temperature=number(body, "temperature", 0.0, 2.0, 1.0),
                     top_p=number(body, "top_p", 0.0, 1.0, 1.0, above_lo=True),
                     seed=number(body, "seed", 0, 2**63 - 9, None, int),
                     logprobs=logprobs, stop=stops(body))
+
+
+def max_tokens_for(s: Sampling, prompt_tokens, context, prompt_field) -> int:
+    """The tokens a request may generate once its prompt is known to be prompt_tokens long."""
+    room = context - prompt_tokens
+    if prompt_tokens == 0:
+        raise RequestError("the prompt is empty", prompt_field)
+    if room < 1:
+        raise RequestError(f"the prompt has {prompt_tokens} tokens; this server's context is {context}", prompt_field)
+    if s.max_tokens is None:
+        return min(256, room)
+    if s.max_tokens > room:
+        raise RequestError(f"'max_tokens' is {s.max_tokens} but the prompt ({prompt_tokens} tokens) leaves room for "
+                           f"{room} in this server's context of {context}", "max_tokens")
+    return s.max_tokens

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..generate import KVCache, Sampler
+from ..generate import KVCache
 from ..tokenizers.textstream import TextStream
 from .sequential import SequentialRows
 from .slots import SlotRows

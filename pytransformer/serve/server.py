@@ -4,6 +4,7 @@ before anything else starts), with timeouts for connections that say nothing and
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 
@@ -15,7 +16,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        error = OSError(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}")
+        error.errno = e.errno
+        raise error from None
 
 
 def _protocol():
