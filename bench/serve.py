@@ -3,9 +3,9 @@ model run sequentially in-process and against llama.cpp's server (llama-cpp-pyth
 
     python bench/serve.py [--clients 1 4 16] [--rounds 2] [--max-tokens 48] [--no-llama-cpp] [--compare DIR]
 
-Each client sends the fixed set of chat prompts, --rounds times, one request after another (streaming,
-temperature 0; client c starts at prompt c, so that concurrent clients ask different things); the sequential
-baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
+The servers run side by side, each client count against each of them in turn. Each client sends the fixed set
+of chat prompts, --rounds times, one request after another (streaming, temperature 0; client c starts at prompt
+c, so that concurrent clients ask different things); the sequential baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
 first token p50/p99, latency p50/p99, errors (must be 0). --compare DIR also serves the model from another
 checkout of pytransformer (say, the commit before a change: `git archive` it and copy the built modules in) in the
 same run, and ends with the ratio of this tree's tokens/s to that one's at each client count.
@@ -141,23 +141,25 @@ def main():
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
     print("|---|---|---|---|---|---|---|---|")
-    rates = {}
-    for name, cmd, probe, env in servers:
-        port = free_port()
-        errors = tempfile.TemporaryFile()  # (a pipe nobody reads would fill with a load log or access log)
-        proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], stdout=subprocess.DEVNULL,
-                                stderr=errors, env=env, cwd=env and env["PYTHONPATH"])  # (-m imports from cwd)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait(base + probe, proc)
-            one_request(base, PROMPTS[0], 4)  # warm-up
-            for c in args.clients:
-                r = load(base, c, args.rounds, args.max_tokens)
+    procs, bases, rates = [], {}, {}
+    try:  # every server up at once (an idle one costs nothing), so that each client count runs them back to back
+        for name, cmd, probe, env in servers:
+            port = free_port()
+            errors = tempfile.TemporaryFile()  # (a pipe nobody reads would fill with a load log or access log)
+            procs.append(subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], stdout=subprocess.DEVNULL,
+                                          stderr=errors, env=env, cwd=env and env["PYTHONPATH"]))  # (-m: cwd first)
+            bases[name] = f"http://127.0.0.1:{port}"
+            wait(bases[name] + probe, procs[-1])
+            one_request(bases[name], PROMPTS[0], 4)  # warm-up
+        for i, c in enumerate(args.clients):
+            for name, *_ in servers[::-1] if i % 2 else servers:  # (alternating which goes first)
+                r = load(bases[name], c, args.rounds, args.max_tokens)
                 rates[name, c] = r["tokens_per_s"]
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
                       f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |", flush=True)
-        finally:
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
     if args.compare:

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..generate import Sampler
 from . import checks
-from .engine import Busy, Engine, Job
 from .checks import RequestError
+from .engine import Busy, Engine, Job, Tokenizer
 
 log = logging.getLogger("pytransformer.serve")
 
@@ -41,9 +41,9 @@ class Server:
     """Everything the handlers share."""
 
     engine: Engine
-    tokenizer: object
+    tokenizer: Tokenizer
     model_name: str
-    encoder: object = None
+    encoder: object = None  # (a SentenceEncoder, for /v1/embeddings)
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     created: int = field(default_factory=lambda: int(time.time()))
