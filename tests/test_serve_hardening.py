@@ -256,6 +256,22 @@ def test_replies_still_come(server):
     assert status == 200 and body["choices"][0]["message"]["content"] and body["usage"]["completion_tokens"] <= 4
 
 
+def test_a_stop_string_ends_the_reply_before_it_streaming_or_not(server):
+    ask = {"prompt": "Count: 1, 2, 3,", "max_tokens": 16, "temperature": 0}
+    status, whole = post(server, "/v1/completions", json.dumps(ask))
+    text = whole["choices"][0]["text"]
+    stop = text[len(text) // 2 - 1:len(text) // 2 + 2]  # (three characters from the middle: over tokens, likely)
+    want = text[:text.index(stop)]
+    status, cut = post(server, "/v1/completions", json.dumps({**ask, "stop": [stop]}))
+    assert status == 200 and cut["choices"][0]["text"] == want and cut["choices"][0]["finish_reason"] == "stop"
+    host, port, _ = server
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps({**ask, "stop": [stop], "stream": True}))
+    events = [json.loads(line[6:]) for line in conn.getresponse().read().decode().splitlines()
+              if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == want
+
+
 class Loop:
     def call_soon_threadsafe(self, f, item):
         f(item)
