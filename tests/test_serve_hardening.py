@@ -100,8 +100,8 @@ def chat_body(**fields):
 
 
 @pytest.mark.parametrize("name", ["max_tokens", "n", "seed", "top_logprobs"])
-@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e400"])
-def test_non_finite_numbers_are_400s_naming_the_field(server, name, value):
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e400", "1" + "0" * 400, "2.5"])
+def test_non_finite_huge_or_fractional_numbers_are_400s_naming_the_field(server, name, value):
     extra = ', "logprobs": true' if name == "top_logprobs" else ""
     status, body = post(server, "/v1/chat/completions", chat_body()[:-1] + f', "{name}": {value}{extra}}}')
     assert status == 400 and body["error"]["param"] == name

@@ -97,8 +97,8 @@ def number(body, name, lo, hi, default, kind=float, above_lo=False):
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            kind is int and value != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, float) and (
+            not math.isfinite(value) or kind is int and not value.is_integer()):
         raise RequestError(f"'{name}' must be {'an integer' if kind is int else 'a finite number'}, got "
                            f"{value!r:.40}", name)
     if not (lo < value if above_lo else lo <= value) or not value <= hi:
