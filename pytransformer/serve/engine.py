@@ -90,7 +90,7 @@ class Job:
         self.text = None  # its TextStream (set by the engine that takes it)
         self.cache = self.logits = self.slot = self.best = None  # (best: the logits' argmax, when the step has it)
         self.pending, self.fed, self.reused = [], 0, 0  # prompt tokens not yet in the cache, those that are
-        self.sink = None  # the engine's list of items to deliver (None: each item on its own)
+        self.sink = None  # the list of items its engine delivers after each round (set by Engine.submit)
 
     @classmethod
     def choices(cls, n, ids, max_tokens, sampler, seed, stop, logprobs, loop, out) -> list[Job]:
@@ -99,10 +99,7 @@ class Job:
                     _Tagged(out, i)) for i in range(n)]
 
     def emit(self, item):
-        if self.sink is None:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        else:
-            self.sink.append((self, item))
+        self.sink.append((self, item))
 
     def usage(self):
         return {"prompt_tokens": len(self.ids), "completion_tokens": len(self.generated),
