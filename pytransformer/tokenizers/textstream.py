@@ -26,6 +26,7 @@ class TextStream:
         self.stop = list(stop)
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        self.longest, self.firsts = max(map(len, self.stop), default=0), {s[0] for s in self.stop}
         self.window: list[int] = []  # the tokens decoded per push
         self.taken = 0               # characters of the window's decoding given out or held already
         self.held = ""               # decoded text kept back: it may begin a stop string
@@ -72,9 +73,8 @@ class TextStream:
 
     def _stop_prefix(self, text: str) -> int:
         """Length of the longest end of text that is the beginning of a stop string (0: none)."""
-        for n in range(min(len(text), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
-            end = text[-n:]
-            if any(s.startswith(end) for s in self.stop):
+        for n in range(min(len(text), self.longest - 1), 0, -1):
+            if text[-n] in self.firsts and any(s.startswith(text[-n:]) for s in self.stop):
                 return n
         return 0
 
