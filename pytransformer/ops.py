@@ -705,8 +705,9 @@ def unchecked_attention(q, k_cache, v_cache, end, causal):
 
 
 def small_batch_rows() -> int:
-    """Rows up to which the batched quantised products take their small-batch path (a decode step's best width)."""
-    return _core.small_batch_rows
+    """Rows a batched product takes in one pass (kernels.h kSmallBatchRows): a decode step of more rows costs
+    about twice as much."""
+    return int(_core.small_batch_rows)
 
 
 def decode_plan(description: dict, layers: list, final_norm: tuple, head: tuple):

@@ -10,13 +10,14 @@ tokenizers match added tokens."""
 
 from __future__ import annotations
 
-import codecs
 import json
 import sys
 import unicodedata
 from functools import lru_cache
 
 import numpy as np
+
+from .textstream import text_pieces
 
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
     from ._fast import bpe_merge as _bpe_merge_fast
@@ -266,23 +267,10 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
                         if not (skip_special_tokens and int(i) in self._special_ids))
         return data.decode("utf-8", errors="replace")
 
-    def stream_text(self, token_stream, skip_special_tokens=True):
-        """Text pieces as tokens arrive from a generation stream (arrays (1,) or ints), a multi-byte character
-        held back until its last byte has come; stop tokens end it and are not shown."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = set(self.stop_ids)
-        for tok in token_stream:
-            i = int(tok[0]) if hasattr(tok, "__len__") else int(tok)
-            if i in stops:
-                break
-            if skip_special_tokens and i in self._special_ids:
-                continue
-            piece = decoder.decode(self.token_bytes(i))
-            if piece:
-                yield piece
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+    def stream_text(self, token_stream, skip_special_tokens=True, stop=()):
+        """Text pieces as tokens arrive from a generation stream (arrays (1,) or ints): see textstream.text_pieces.
+        Stop tokens end it and are not shown; a stop string (stop=) ends it and is not shown either."""
+        return text_pieces(token_stream, lambda ids: self.decode(ids, skip_special_tokens), stop, self.stop_ids)
 
     def apply_chat_template(self, messages, add_generation_prompt=True) -> str:
         """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
