@@ -11,6 +11,7 @@ import numpy as np
 
 from .io.families import FAMILIES, family_named
 from .io.families import family_of as _family_of
+from .io.resolve import CHECKPOINT_FORMAT
 from .io.safetensors import load_file, read_metadata, save_file
 
 
@@ -24,7 +25,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
         for key, value in optimizer.state_dict().items():
             tensors[f"optim.{key}"] = np.asarray(value)
     meta = {
-        "format": "pytransformer-checkpoint-1",
+        "format": CHECKPOINT_FORMAT,
         "family": family_of(model),
         "config": json.dumps(model.config.to_dict()),
         "step": str(int(step)),
@@ -41,7 +42,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
 def load_checkpoint(path, optimizer_factory=None):
     """-> dict(model, optimizer or None, step, rngs {name: Generator}, tokenizer json or None, extra)."""
     meta = read_metadata(path)
-    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") not in {f.name for f in FAMILIES}:
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") not in {f.name for f in FAMILIES}:
         raise ValueError(f"{path}: not a pytransformer checkpoint (format {meta.get('format')!r})")
     family = family_named(meta["family"])
     model = family.model_class(family.config_class(**json.loads(meta["config"])))
@@ -54,7 +55,7 @@ def load_checkpoint(path, optimizer_factory=None):
 def restore_checkpoint(path, model, optimizer=None):
     """Load a checkpoint's state into an existing model (and optimizer) -> (step, rngs {name: Generator})."""
     meta = read_metadata(path)
-    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") != family_of(model):
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") != family_of(model):
         raise ValueError(f"{path}: not a {family_of(model)} checkpoint of pytransformer")
     # compared through the config class, so fields added since the checkpoint was written take their defaults
     if type(model.config)(**json.loads(meta["config"])).to_dict() != model.config.to_dict():
@@ -69,3 +70,14 @@ def restore_checkpoint(path, model, optimizer=None):
         rngs[name] = np.random.default_rng()
         rngs[name].bit_generator.state = state
     return int(meta["step"]), rngs
+
+
+def load_trained(path, dtype=None):
+    """The model of a checkpoint (eval mode), its tokenizer as `model.tokenizer` (None when it carries none), for
+    inference: what `pytransformer.from_pretrained` gives for a `train` run."""
+    from .tokenizers import CharTokenizer
+
+    loaded = load_checkpoint(path)
+    model = loaded["model"].eval()
+    model.tokenizer = CharTokenizer.from_json(loaded["tokenizer"]) if loaded["tokenizer"] else None
+    return model if dtype is None else model.set_weight_dtype(dtype)

@@ -66,7 +66,7 @@ def test_bad_files_are_one_line_and_exit_1(tmp_path, corpus):
              (["train", "--data", "bin.dat"], "binary"), (["train", "--data", "short.txt"], "too few"),
              (["train", "--data", "latin1.txt"], "not UTF-8"), (["train", "--data", str(tmp_path)], "folder"),
              (["train", "--data", str(corpus), "--embd", "10", "--heads", "3"], "multiple of --heads"),
-             (["sample", "missing.st"], "no such checkpoint"), (["sample", str(corpus)], "not a safetensors"),
+             (["sample", "missing.st"], "no such file or folder, not a packaged model"), (["sample", str(corpus)], "not a GGUF file, a `pytransformer train` checkpoint"),
              (["train", "--resume", "--out", "nothing-here"], "no checkpoint")]
     for args, words in cases:
         one_line_error(cli(*args, cwd=tmp_path), 1, "error:", words)
