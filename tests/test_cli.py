@@ -171,3 +171,77 @@ def test_sample_stops_at_a_stop_string(tmp_path, corpus):
             stop, cwd=tmp_path)
     out = r.stdout.splitlines()[-1]
     assert r.returncode == 0 and out == full[:full.index(stop, 3) + len(stop)]
+
+
+def test_help_says_what_the_tool_does_and_lists_every_command(tmp_path):
+    r = cli("--help", cwd=tmp_path)
+    assert r.returncode == 0 and "A transformer engine for CPU-only Python" in r.stdout
+    lines = r.stdout.splitlines()
+    for command in ("info", "train", "sample", "generate", "chat", "serve", "perplexity", "embed", "search",
+                    "attention"):
+        line = next(line for line in lines if line.split()[:1] == [command])
+        assert len(line.split()) > 2, line  # the command and what it does, on one line
+
+
+def test_every_command_takes_threads(tmp_path, corpus):
+    from pytransformer.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert any("--threads" in a.option_strings for a in sub._actions), name
+    r = cli("train", "--data", corpus, "--out", "run", "--steps", "2", "--threads", "1", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0 and ", 1 threads," in r.stdout, r.stderr
+    one_line_error(cli("train", "--threads", "0", cwd=tmp_path), 2, "--threads", ">= 1")
+
+
+def test_sample_takes_n_and_top_p(tmp_path, corpus):
+    cli("train", "--data", corpus, "--out", "run", "--steps", "20", *SMALL, cwd=tmp_path)
+    r = cli("sample", "run", "--prompt", "to ", "-n", "12", "--top-p", "0.5", cwd=tmp_path)  # (the run folder)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.rstrip("\n")) == len("to ") + 12
+    # top-p 1e-6 keeps only the likeliest character: greedy decoding, whatever the temperature
+    greedy = cli("sample", "run", "--prompt", "to ", "-n", "30", "--temperature", "0", cwd=tmp_path).stdout
+    nucleus = cli("sample", "run", "--prompt", "to ", "-n", "30", "--temperature", "1.5", "--top-p", "0.000001",
+                  cwd=tmp_path).stdout
+    assert nucleus == greedy
+    one_line_error(cli("sample", "run", "--top-p", "0", cwd=tmp_path), 2, "--top-p", "> 0.0")
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "{}"], ["perplexity", "run", "{}"],
+                                     ["embed", "--file", "{}", "--out", "e.npy"], ["search", "{}", "query"]])
+def test_unbounded_files_are_refused_before_reading(tmp_path, corpus, command):
+    """/dev/zero never ends, a FIFO blocks on open, a huge file would be read whole: each is one line, at once."""
+    cli("train", "--data", corpus, "--out", "run", "--steps", "1", *SMALL, cwd=tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate((1 << 30) + 1)  # (sparse: no disk used)
+    for path, words in (("/dev/zero", "not a regular file"), (fifo, "not a regular file"), (huge, "over the 1 GiB")):
+        r = cli(*[str(path) if a == "{}" else a for a in command], cwd=tmp_path)
+        one_line_error(r, 1, "error:", str(path), words)
+
+
+@pytest.mark.parametrize("option", [["--batch", "1000000000"], ["--layers", "1000000"], ["--embd", "1048576"]])
+def test_runs_too_large_for_memory_are_refused_before_allocating(tmp_path, corpus, option):
+    r = cli("train", "--data", corpus, "--out", "run", "--steps", "5", *SMALL, *option, cwd=tmp_path)
+    one_line_error(r, 1, "needs about", "GiB of memory", "available", "smaller --batch")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_train_checkpoint_loads_like_any_model(tmp_path, corpus):
+    import numpy as np
+
+    import pytransformer
+    from pytransformer.checkpoint import load_checkpoint
+    from pytransformer.tokenizers import CharTokenizer
+
+    cli("train", "--data", corpus, "--out", "run", "--steps", "5", *SMALL, cwd=tmp_path)
+    loaded = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
+    for name in (tmp_path / "run", tmp_path / "run" / "ckpt.safetensors"):
+        model = pytransformer.from_pretrained(name)
+        assert isinstance(model.tokenizer, CharTokenizer) and not model.training
+        ids = model.tokenizer.encode("to be or not")[None, :]
+        with model.evaluating(), loaded["model"].evaluating():
+            np.testing.assert_array_equal(model(ids), loaded["model"](ids))

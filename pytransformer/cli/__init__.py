@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from . import info, llm, sentence, train
-from .common import Parser, ShowDefaults, UsageError, every_command
+from .common import CommandList, Parser, UsageError, every_command
 from .llm import resolve_model  # (the path a model's name stands for: tests and scripts use it)
 
 DESCRIPTION = """\
@@ -21,8 +21,7 @@ Hugging Face cache; nothing is downloaded.
 
 
 def build_parser():
-    parser = Parser(prog="pytransformer", description=DESCRIPTION,
-                    formatter_class=lambda prog: ShowDefaults(prog, max_help_position=32))
+    parser = Parser(prog="pytransformer", description=DESCRIPTION, formatter_class=CommandList)
     parser.add_argument("--version", action="version", version=f"pytransformer {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     parents = [every_command()]

@@ -116,6 +116,17 @@ class ShowDefaults(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {action.default})"
 
 
+class CommandList(ShowDefaults):
+    """The top-level --help: each command and what it does on one line (argparse sizes the help column without the
+    extra indent of the command names, so a name as long as `perplexity` would push its help to the next line)."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(len(name) for name in action.choices) + self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`pytransformer train: error: argument --batch: must be >= 1, got 0`) and the
     defaults shown in --help."""

@@ -9,7 +9,7 @@ from .common import load_model
 
 
 def add_parsers(sub, parents):
-    p = sub.add_parser("info", parents=parents, help="the machine and a self-check of the kernels, or a model's sizes",
+    p = sub.add_parser("info", parents=parents, help="the machine and a self-check of the kernels, or a model's size",
                        description="Print the version, the ISA chosen, OpenMP, threads and CUDA, then check every "
                                    "kernel against the float64 reference; given a MODEL, print its architecture, "
                                    "sizes and tensor types instead.")
