@@ -112,3 +112,18 @@ def test_no_bench_script_shadows_an_installed_package():
     transformers imports, and every bench script that imported transformers crashed."""
     clashes = [p.name for p in (ROOT / "bench").glob("*.py") if importlib.util.find_spec(p.stem) is not None]
     assert not clashes, f"bench scripts named like installed modules: {clashes}"
+
+
+def test_help_pytransformer_lists_the_public_api_and_every_public_name_has_a_docstring():
+    import inspect
+
+    import pytransformer
+
+    doc = pytransformer.__doc__
+    for name in pytransformer.__all__:
+        if name != "__version__":
+            assert name in doc, f"{name} is missing from pytransformer's docstring (help(pytransformer))"
+            obj = getattr(pytransformer, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                assert (obj.__doc__ or "").strip(), f"pytransformer.{name} has no docstring"
+    assert "pytransformer --help" in doc
