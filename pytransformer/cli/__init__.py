@@ -9,7 +9,6 @@ import sys
 from .. import __version__
 from . import info, llm, sentence, train
 from .common import CommandList, Parser, UsageError, every_command
-from .llm import resolve_model  # (the path a model's name stands for: tests and scripts use it)
 
 DESCRIPTION = """\
 A transformer engine for CPU-only Python: train a small GPT, run language models from GGUF files, Hugging Face
@@ -18,6 +17,14 @@ kernels. Models are named by a path, a packaged name (smollm2, gemma3-270m, mini
 Hugging Face cache; nothing is downloaded.
 
 `pytransformer COMMAND --help` lists a command's options with their defaults."""
+
+
+def resolve_model(name):
+    """The file or folder a model's name stands for, as every command resolves it (for scripts and tests that
+    start a command's model themselves)."""
+    from ..io.resolve import resolve
+
+    return resolve(name).path
 
 
 def build_parser():

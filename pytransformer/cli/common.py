@@ -69,13 +69,13 @@ def check_memory(need, what, advice):
                          f"available; {advice}")
 
 
-def load_model(name, need_tokenizer=True, generates=True):
+def load_model(name, need_tokenizer=True):
     """pytransformer.from_pretrained(name) for a command: a path, a packaged name or a cached Hugging Face repo id;
-    UsageError when it is not a model that generates text (generates=True) or has no tokenizer."""
+    UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer)."""
     from .. import from_pretrained
 
     model = from_pretrained(name)
-    if generates and not hasattr(model, "stream"):
+    if not hasattr(model, "stream"):
         raise UsageError(f"{name}: a {type(model).__name__}, not a language model that generates text")
     if need_tokenizer and getattr(model, "tokenizer", None) is None:
         why = getattr(model, "tokenizer_error", "the folder has no tokenizer pytransformer reads")
@@ -104,9 +104,8 @@ TEMPERATURE = number(float, 0.0)
 TOP_P = number(float, 0.0, lo_open=True, hi=1.0)
 
 
-class ShowDefaults(argparse.RawDescriptionHelpFormatter):
-    """--help says every option's default (once: options whose default depends on --resume say it themselves);
-    descriptions keep their line breaks (the command list)."""
+class ShowDefaults(argparse.HelpFormatter):
+    """--help says every option's default (once: options whose default depends on --resume say it themselves)."""
 
     def _get_help_string(self, action):
         text = action.help or ""

