@@ -127,3 +127,13 @@ def test_help_pytransformer_lists_the_public_api_and_every_public_name_has_a_doc
             if inspect.isfunction(obj) or inspect.isclass(obj):
                 assert (obj.__doc__ or "").strip(), f"pytransformer.{name} has no docstring"
     assert "pytransformer --help" in doc
+
+
+def test_the_tour_page_shows_the_code_examples_tour_py_runs():
+    """docs/tour.md is written by examples/tour.py: its blocks are the steps' code, in order (a stale page fails)."""
+    import runpy
+
+    tour = runpy.run_path(str(ROOT / "examples" / "tour.py"))  # (defines the steps; runs nothing)
+    shown = [m.group("code") for m in BLOCK.finditer((ROOT / "docs" / "tour.md").read_text())
+             if m.group("lang") == "python"]
+    assert shown == [tour["source"](fn) for _, _, fn, _, _ in tour["STEPS"]]
