@@ -73,7 +73,9 @@ def test_python_block_runs_as_written(code, marker, tmp_path):
     skip, path = marker_says(marker)
     if skip:
         pytest.skip(skip)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *path]), "MPLBACKEND": "Agg"}
+    # (pytransformer as this interpreter imports it: installed, or the developer's PYTHONPATH)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [os.environ.get("PYTHONPATH")])])
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
