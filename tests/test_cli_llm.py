@@ -116,3 +116,37 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
     assert p.returncode == 0, err
     assert "[stopped]" in out and "Paris" in out.split("[stopped]", 1)[1], out
     assert "Traceback" not in err
+
+
+def test_verbose_reports_time_to_first_token_and_speed_on_stderr(tmp_path):
+    quiet = cli("generate", "smollm2", "-p", "The capital of France is", "-n", "8", cwd=tmp_path)
+    r = cli("generate", "smollm2", "-p", "The capital of France is", "-n", "8", "--verbose", "--threads", "1",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stdout(r) == stdout(quiet)  # the text is untouched: the report goes to stderr
+    line = error_lines(r)[-1]
+    assert "prompt 5 tokens" in line and "time to first token" in line and "generated 8 tokens" in line, line
+    assert float(line.split(" tokens/s after the first")[0].split()[-1]) > 0
+    r = cli("chat", "smollm2", "-n", "6", "--verbose", cwd=tmp_path, input="Hi\nHello again\n")
+    assert r.returncode == 0 and sum("time to first token" in line for line in error_lines(r)) == 2, r.stderr
+
+
+def test_a_server_that_cannot_listen_is_one_line(monkeypatch, capsys):
+    """serve() raises OSError naming the address when the port is taken: the command prints it and exits 1."""
+    import pytransformer.serve
+    from pytransformer.cli import main
+
+    def taken(*a, **kw):
+        raise OSError("127.0.0.1:8000 is in use by another program; choose another --port")
+
+    monkeypatch.setattr(pytransformer.serve, "serve", taken)
+    assert main(["serve", "smollm2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pytransformer serve: error: 127.0.0.1:8000 is in use by another program; choose another --port"]
+
+
+def test_models_by_name_resolve_everywhere(tmp_path):
+    r = cli("info", "smollm2", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith(MODEL), r.stderr
+    one_line_error(cli("generate", "nobody/nothing", "-p", "x", cwd=tmp_path), 1, "not in the Hugging Face cache",
+                   "nothing is downloaded")

@@ -1,6 +1,6 @@
 """Step 2 of the ladder: every kernel, under every ISA variant here, against the float64 reference, forward and
 backward, for every case in the one registry of op cases (pytransformer/opcases.py: awkward sizes, T = 1, HS not
-a multiple of 16, typical sizes). `pytransformer info` and bench/kernels.py iterate the same registry."""
+a multiple of 16, typical sizes). `pytransformer info` and bench/kernel_bench.py iterate the same registry."""
 
 from __future__ import annotations
 

@@ -158,3 +158,28 @@ def test_bfloat16_training_tracks_float32_and_restores_the_setting():
     assert f32[-5:].mean() < 0.8 * f32[:5].mean()  # it learns
     assert abs(bf16[-5:].mean() - f32[-5:].mean()) < 0.03 * f32[-5:].mean(), (f32[-5:], bf16[-5:])
     assert not np.array_equal(f32, bf16)  # the bf16 path really ran
+
+
+def test_context_trains_on_shorter_windows_than_the_model_holds(monkeypatch):
+    seen = []
+    model = GPT(CFG, seed=1)
+    loss = model.loss
+    monkeypatch.setattr(model, "loss", lambda x, y: seen.append(x.shape) or loss(x, y))
+    cfg = TrainConfig(steps=2, batch_size=3, warmup=1, eval_every=0, context=8)
+    train_lm(model, data(), None, cfg, log=quiet)
+    assert seen == [(3, 8), (3, 8)]
+    with pytest.raises(ValueError, match="context 17 exceeds the model's 16 positions"):
+        train_lm(GPT(CFG, seed=1), data(), None, TrainConfig(steps=1, eval_every=0, context=17), log=quiet)
+
+
+def test_a_checkpoint_keeps_a_gpt2_bpe_tokenizer_whole(tmp_path):
+    from pytransformer.checkpoint import load_trained
+    from pytransformer.tokenizers import GPT2Tokenizer
+
+    byte = {chr(c): i for i, c in enumerate(range(ord("a"), ord("z") + 1))}
+    tok = GPT2Tokenizer({**byte, "th": 26, "the": 27, "Ġ": 28, "Ġthe": 29}, [("t", "h"), ("th", "e"), ("Ġ", "the")])
+    cfg = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    save_checkpoint(tmp_path / "c.st", GPT(cfg, seed=0), tokenizer=tok)
+    back = load_trained(tmp_path / "c.st").tokenizer
+    assert type(back) is GPT2Tokenizer and back.encoder == tok.encoder and back.ranks == tok.ranks
+    assert back.encode("the theme") == tok.encode("the theme") == [27, 29, 12, 4]

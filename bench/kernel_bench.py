@@ -1,9 +1,9 @@
 """Every pytransformer kernel against NumPy and PyTorch, in one run, at 1 and 2 threads: the op-case registry's
 "bench" cases (pytransformer/opcases.py gives the inputs, our calls and the work; the peers are below).
 
-    python bench/kernels.py [--threads 1 2] [--quick] [--only matmul,attention] [--json out.json]
-    python bench/kernels.py --isa avx2 --only matmul   # all three held to AVX2 (OpenBLAS Haswell kernels)
-    python bench/kernels.py --device cuda              # the CUDA kernels against torch on the same GPU
+    python bench/kernel_bench.py [--threads 1 2] [--quick] [--only matmul,attention] [--json out.json]
+    python bench/kernel_bench.py --isa avx2 --only matmul   # all three held to AVX2 (OpenBLAS Haswell kernels)
+    python bench/kernel_bench.py --device cuda              # the CUDA kernels against torch on the same GPU
 
 Threads are pinned for all three (pytransformer.set_num_threads, torch.set_num_threads, threadpoolctl for
 NumPy's BLAS); each number is the median over repeats after warm-up. Ratios are peer time / our time, so

