@@ -265,3 +265,34 @@ def test_prompt_rows_fill_the_step_beside_decoding_jobs():
     for ids, out in zip(prompts, outs):
         want = tok.decode([int(t) for t in model.generate(np.array([ids]), 12, temperature=0)[0, len(ids):]])
         assert "".join(item[1] for item in out.items if item[0] == "token") == want
+
+
+def test_a_gpt_is_served_with_continuous_batching_like_each_request_alone():
+    """Any decoder of the description is a BatchDecoder: a GPT-2-shaped model (LayerNorm, learned positions, biases)
+    serves 4 concurrent requests in shared steps, each reply equal to model.generate's alone at temperature 0."""
+    from pytransformer import serve as serving
+    from pytransformer.generate import Sampler
+    from pytransformer.models import GPT, GPTConfig
+    from pytransformer.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .,")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=32), seed=7).eval()
+    assert isinstance(model, serving.BatchDecoder)
+    sizes = []
+    step = model.decode_batch
+
+    def recorded(ids, *args, **kw):
+        sizes.append(len(ids))
+        return step(ids, *args, **kw)
+
+    model.decode_batch = recorded
+    engine = serving.Engine(model, tok, max_running=4, context=64)
+    prompts = [tok.encode(t) for t in ("the sea is", "once upon a time", "red, green", "a")]
+    outs = [Out() for _ in prompts]
+    engine.submit([serving.Job(ids, 10, Sampler(0.0), 0, [], None, Loop(), out) for ids, out in zip(prompts, outs)])
+    assert all(out.done.wait(60) for out in outs)
+    engine.close()
+    assert max(sizes) > 1  # (the requests shared steps)
+    for ids, out in zip(prompts, outs):
+        want = tok.decode(model.generate(np.array([ids]), 10, temperature=0)[0, len(ids):])
+        assert "".join(item[1] for item in out.items if item[0] == "token") == want

@@ -8,6 +8,10 @@ import numpy as np
 
 
 class CharTokenizer:
+    """One id per character (sorted); no special tokens, so no end-of-turn ids (stop_ids is empty)."""
+
+    stop_ids = ()
+
     def __init__(self, chars):
         self.chars = list(chars)
         if len(set(self.chars)) != len(self.chars):
