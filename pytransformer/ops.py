@@ -817,3 +817,11 @@ def split_first_row(dout, dfirst):
     firsts = embedding_forward(_to_device(np.arange(B, dtype=np.int64) * N1), dout.reshape(B * N1, C))
     embedding_backward(firsts, _to_device(np.zeros(B, np.int64)), 1, dtable=dfirst.reshape(1, C))  # (in order)
     return rest
+
+
+def check_device(device: str) -> None:
+    """Raise unless arrays can live on `device` ("cpu", or "cuda" with a CUDA module and a device)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        _cuda_kernels()

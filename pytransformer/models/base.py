@@ -9,7 +9,6 @@ import threading
 import numpy as np
 
 from .. import ops
-from ..cuda import DeviceArray, to_device
 from ..generate import KVCache, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, weights
 
@@ -122,14 +121,9 @@ class Model(Module):
         step and generation then run there, inputs and targets given as NumPy arrays as before) or back to
         "cpu". GGUF-quantised weights move as blocks (the CUDA products decode them); bfloat16 / int8 copies
         (set_weight_dtype) are dropped for the float32 weights. -> self"""
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda":
-            from .. import cuda
-
-            if not self.runs_on_cuda:
-                raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
-            cuda.kernels()  # (a clear error when there is no CUDA module or device)
+        if device == "cuda" and not self.runs_on_cuda:
+            raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
+        ops.check_device(device)  # (a clear error when there is no CUDA module or device)
         self.params.to(device)  # (float32 weights read their Parameters, so they follow)
         for m in self.modules():
             if hasattr(m, "to_device"):  # weights in other formats move (or change format) as each class decides
@@ -220,30 +214,25 @@ class Model(Module):
                 p.data[...] = value
 
 
+def _rows_at(x, B, T, t):
+    """int64 (B,): the flat row of position t of each sequence, where x lives."""
+    return ops.like(np.arange(B, dtype=np.int64) * T + t % T, x)
+
+
 def row_at(x, t):
-    """x (B, T, C) -> (B, C), every sequence's position t (a [CLS] token, the last position), on x's device."""
-    if type(x) is not DeviceArray:
-        return np.ascontiguousarray(x[:, t])
+    """x (B, T, C) -> (B, C), every sequence's position t (a [CLS] token, the last position), where x lives."""
     B, T, C = x.shape
-    rows = to_device(np.arange(B, dtype=np.int64) * T + t % T)  # (gathered as embedding rows)
-    return ops.embedding_forward(rows, x.reshape(B * T, C))
+    return ops.embedding_forward(_rows_at(x, B, T, t), x.reshape(B * T, C))  # (gathered as embedding rows)
 
 
 def row_at_backward(drow, shape, t):
-    """row_at's gradient: zeros of shape (B, T, C) with drow (B, C) at position t, on drow's device."""
+    """row_at's gradient: zeros of shape (B, T, C) with drow (B, C) at position t, where drow lives."""
     B, T, C = shape
-    if type(drow) is not DeviceArray:
-        d = np.zeros(shape, np.float32)
-        d[:, t] = drow
-        return d
-    rows = to_device(np.arange(B, dtype=np.int64) * T + t % T)
-    return ops.embedding_backward(drow, rows, B * T).reshape(B, T, C)
+    return ops.embedding_backward(drow, _rows_at(drow, B, T, t), B * T).reshape(B, T, C)
 
 
 def last_rows(x):
-    """x (B, T, C) -> (B, 1, C), each sequence's last position (generation's prefill), on x's device."""
-    if type(x) is not DeviceArray:
-        return np.ascontiguousarray(x[:, -1:])
+    """x (B, T, C) -> (B, 1, C), each sequence's last position (generation's prefill), where x lives."""
     return row_at(x, -1).reshape(x.shape[0], 1, x.shape[2])
 
 
@@ -280,8 +269,7 @@ class CrossEntropyHead:
                              f"{tuple(targets.shape)}")
         flat_logits = logits.reshape(-1, V)
         flat_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
-        if type(logits) is DeviceArray:
-            flat_targets = to_device(flat_targets)
+        flat_targets = ops.like(flat_targets, logits)
         loss, _, lse = ops.crossentropy_forward(flat_logits, flat_targets, ignore_index,
                                                 label_smoothing=self.label_smoothing)
         if not np.isfinite(loss):
