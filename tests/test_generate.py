@@ -529,3 +529,22 @@ def test_beam_search_checks_its_input(rng):
     with pytest.raises(ValueError, match="exceed the model's 24 positions"):
         beam_search(model, ids, 20)
     np.testing.assert_array_equal(beam_search(model, ids, 0), ids)
+
+
+def test_the_encoder_decoder_samples_through_the_same_loop(rng):
+    """decoder_for(src) is a decoder like any other: sampling, seeds and stops work on it as on a decoder-only
+    model, and top_k=1 is greedy_decode."""
+    from pytransformer.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
+                                          d_ff=40, max_len=16), seed=5)
+    src = rng.integers(2, 13, (3, 7))
+    src_mask = np.ones((3, 7), bool)
+    src_mask[2, 5:] = False
+    bos = np.zeros((3, 1), np.int64)
+    decoder = model.decoder_for(src, src_mask)
+    greedy = model.greedy_decode(src, 0, 1, 10, src_mask=src_mask)
+    np.testing.assert_array_equal(generate(decoder, bos, 10, temperature=2.0, top_k=1, stop=1, seed=3), greedy)
+    a = generate(decoder, bos, 10, temperature=1.0, seed=4)
+    np.testing.assert_array_equal(a, generate(model.decoder_for(src, src_mask), bos, 10, temperature=1.0, seed=4))
+    assert not np.array_equal(a, generate(decoder, bos, 10, temperature=1.0, seed=5))
