@@ -3,9 +3,9 @@
 // q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS), key_mask (B, Tk) with 1 = attend (or null), out (B, NH, Tq, HS),
 // lse (B, NH, Tq) = log-sum-exp of each row's scaled scores, saved for backward (-inf for a fully masked row).
 // Non-finite input, every path alike: a row that sees no key (padding, causal) is zeros with lse -inf whatever q, k
-// and v hold; any other row whose scores or visible value rows hold a NaN or inf that softmax(S) V turns into NaN
-// (a NaN score, a +inf score, every visible score -inf, an inf value row) is NaN, lse too. What a row does not see
-// never reaches it: its hidden keys' scores and value rows are not part of its sum, not even multiplied by zero.
+// and v hold; a row whose visible scores make softmax NaN (a NaN score, a +inf score, every visible score -inf) is
+// NaN, lse too; a NaN in a visible value row makes out NaN (lse reads no value). What a row does not see never
+// reaches it: its hidden keys' scores and value rows are not part of its sum, not even multiplied by zero.
 // With bthd every (B, NH, T, HS) array (q, k, v, out and their gradients) is laid out (B, T, NH, HS) instead:
 // the (B, T, C) output of a Linear read per head in place, rows of one head NH * HS floats apart.
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
