@@ -1,11 +1,15 @@
 """Generation for every decoder model: a KV cache preallocated for the whole sequence, the prompt in one pass
-(prefill), then one position per step over the cache; samplers apart from the model.
+(prefill), then one position per step over the cache; samplers apart from the model; greedy decoding and
+sampling (`stream`, `generate`) and beam search (`beam_search`), one implementation for decoder-only models and
+the encoder-decoder alike.
 
-A model takes part by providing `new_cache(B, T_max) -> KVCache`, `max_positions` and
+A model takes part by providing `new_cache(B, T_max) -> KVCache`, `max_positions`, `device`, `evaluating()` and
 `forward(ids (B, T), cache=, position_ids=, key_mask=, last_only=) -> logits (B, T, V)` (last_only: (B, 1, V),
-the last position's) that writes the new keys and values
-into the cache. Everything runs under `model.evaluating()`: nothing is kept for backward, the dropout RNG is not
-touched, and other threads may use the model meanwhile.
+the last position's) that writes the new keys and values into the cache. A decoder-only model is one; the
+encoder-decoder gives one per batch of sources (`Transformer.decoder_for`: the sources encoded once, their
+cross-attention keys and values kept). Everything runs under `model.evaluating()`: nothing is kept for backward,
+the dropout RNG is not touched, and other threads may use the model meanwhile. Logits that are not finite (NaN or
+inf weights) raise ValueError instead of giving token 0 forever.
 
 Batches follow the Hugging Face convention: prompts left-padded to one length, `attention_mask` (B, T) with 1 for
 real tokens; positions count from each row's first real token, and each row's new tokens are those it would get
@@ -140,25 +144,24 @@ def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
     row has stopped."""
     sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
     ids, mask = _check_prompt(model, ids, attention_mask)
-    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    _check_count(max_new_tokens, "max_new_tokens", 0)
     rng = rng if rng is not None else np.random.default_rng(seed)
-    stop_ids = np.asarray([] if stop is None else np.atleast_1d(stop), np.int64)
+    stop_ids = _stop_ids(stop)
     stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     if stop_strings and decode is None:
         raise ValueError("stop_strings needs decode=, a function from token ids to text (a tokenizer's decode)")
     pad = int(pad_id) if pad_id is not None else int(stop_ids[0]) if stop_ids.size else 0
     B, T = ids.shape
     texts = [TextStream(decode, stop_strings) for _ in range(B)] if stop_strings else []
-    V = model.config.vocab_size
-    seen = np.zeros((B, V), bool)
-    np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
     done = np.zeros(B, bool)
     window = model.max_positions
     with model.evaluating():
         tokens, mask_all = ids, mask
         cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, T + max_new_tokens)
+        seen = np.zeros(logits.shape, bool)  # (B, V): the tokens in each row, for the repetition penalty
+        np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
         for _ in range(int(max_new_tokens)):
+            _check_finite(logits, ~done)
             nxt = np.where(done, pad, sampler(logits, seen, rng))
             finished = np.isin(nxt, stop_ids) & ~done if stop_ids.size else np.zeros(B, bool)
             for r in np.flatnonzero(~done & ~finished) if texts else ():
@@ -187,6 +190,94 @@ def generate(model, ids, max_new_tokens, **kw):
     return np.concatenate([np.ascontiguousarray(ids, np.int64), np.stack(new, 1)], 1)
 
 
+def beam_search(model, ids, max_new_tokens, *, beam_size=4, length_penalty=0.6, stop=None):
+    """The likeliest continuation of one prompt ids (1, T) by beam search -> (1, T + n), n <= max_new_tokens.
+
+    Each step every live beam proposes its beam_size likeliest next tokens; the candidates, ranked by their sum of
+    log-probabilities, fill up to beam_size live beams, and a candidate ending in a stop id joins the finished
+    hypotheses instead. The search ends after max_new_tokens steps, when no beam is live, or once beam_size
+    hypotheses have finished; the best finished one (the best live one if none finished) by
+    log-prob / ((5 + length) / 6) ** length_penalty (Wu et al., 2016, as the 2017 Transformer paper uses; the
+    length counts the prompt, which for an encoder-decoder is BOS alone) is returned. The beams are the rows of
+    one KV cache, reordered after each step to follow their parents."""
+    ids, mask = _check_prompt(model, ids, None)
+    if ids.shape[0] != 1:
+        raise ValueError(f"beam search decodes one prompt at a time: ids must be (1, T), got {ids.shape}")
+    _check_count(beam_size, "beam_size", 1)
+    _check_count(max_new_tokens, "max_new_tokens", 0)
+    if not np.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
+    T, n, K = ids.shape[1], int(max_new_tokens), int(beam_size)
+    if T + n > model.max_positions:
+        raise ValueError(f"the prompt's {T} tokens and max_new_tokens {n} exceed the model's "
+                         f"{model.max_positions} positions")
+    if model.device != "cpu":
+        raise NotImplementedError("beam search runs on the CPU for now (greedy decoding and sampling run on the "
+                                  "device): model.to('cpu')")
+    if n == 0:
+        return ids
+    stop_ids = set(_stop_ids(stop).tolist())
+    beams, finished = [(0.0, ids[0].tolist())], []  # (sum of log-probabilities, tokens)
+    with model.evaluating():
+        cache = model.new_cache(K, T + n)
+        live = _rows(cache, 1)
+        logits = _fill(model, live, ids, mask)
+        for step in range(n):
+            _check_finite(logits, np.ones(len(beams), bool))
+            logp = logits.astype(np.float64)
+            logp -= logp.max(-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+            candidates = [(score + row[tok], seq + [int(tok)], parent)
+                          for parent, ((score, seq), row) in enumerate(zip(beams, logp))
+                          for tok in np.argsort(row)[-K:]]
+            candidates.sort(key=lambda c: c[0], reverse=True)
+            beams, parents = [], []
+            for score, seq, parent in candidates:
+                if seq[-1] in stop_ids:
+                    finished.append((score, seq))
+                else:
+                    beams.append((score, seq))
+                    parents.append(parent)
+                if len(beams) == K:
+                    break
+            if not beams or len(finished) >= K or step == n - 1:
+                break
+            length = live.length
+            for k, v in zip(cache.k, cache.v):  # each surviving beam takes its parent's keys and values
+                k[:len(parents), :length] = k[parents, :length]
+                v[:len(parents), :length] = v[parents, :length]
+            live = _rows(cache, len(beams), length)
+            last = np.array([[seq[-1]] for _, seq in beams], np.int64)
+            logits = _decode(model, live, last, np.ones((len(beams), length + 1), bool))
+    best = max(finished or beams, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
+    return np.array([best[1]], np.int64)
+
+
+def _rows(cache, n, length=0):
+    """The first n sequences of a cache, as a cache of their own holding `length` positions (the live beams)."""
+    return KVCache.of([k[:n] for k in cache.k], [v[:n] for v in cache.v], length)
+
+
+def _check_count(value, name, least):
+    if isinstance(value, bool) or int(value) != value or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+
+
+def _stop_ids(stop):
+    return np.asarray([] if stop is None else np.atleast_1d(stop), np.int64)
+
+
+def _check_finite(logits, rows):
+    """Refuses to choose a token from logits (B, V) whose rows `rows` (B,) bool hold a NaN or an inf: every choice
+    would be meaningless (the argmax of NaN logits is token 0, forever). Two reductions; no copy when every row
+    counts."""
+    live = logits if rows.all() else logits[rows]
+    if live.size and not (np.isfinite(live.max()) and np.isfinite(live.min())):
+        bad = np.flatnonzero(rows & ~np.isfinite(logits).all(-1))
+        raise ValueError(f"the model's logits are not finite (NaN or inf) in row(s) {bad.tolist()}: its weights or "
+                         "activations hold NaN or inf (check model.params.data)")
+
+
 def _positions(mask):
     """Each row's positions counted from its first real token (pads get 0; they are masked anyway)."""
     return np.maximum(np.cumsum(mask, 1) - 1, 0)
@@ -196,9 +287,14 @@ def _prefill(model, tokens, mask, window, total):
     """A fresh cache for min(total, window) positions, filled with the prompt -> (cache, last logits (B, V))."""
     B, T = tokens.shape
     cache = model.new_cache(B, min(max(total, T), window))
+    return cache, _fill(model, cache, tokens, mask)
+
+
+def _fill(model, cache, tokens, mask):
+    """The prompt tokens (B, T) through the model into an empty cache -> the last position's logits (B, V)."""
     key_mask = None if mask.all() else mask
     logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask, last_only=True)
-    return cache, to_host(logits)[:, -1]
+    return to_host(logits)[:, -1]
 
 
 def _decode(model, cache, tokens, mask):

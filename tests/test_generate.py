@@ -316,26 +316,34 @@ def recompute_beam_search(model, src, bos, eos, max_len, beam_size, alpha, src_m
     """The definition: every step, every beam's whole prefix through the decoder."""
     with model.evaluating():
         memory = model.encode(src, src_mask)
-        beams, finished = [(0.0, [bos])], []
-        for _ in range(max_len):
-            seqs = np.array([b[1] for b in beams], np.int64)
-            mem = np.ascontiguousarray(np.repeat(memory, len(beams), axis=0))
-            mask = None if src_mask is None else np.repeat(np.asarray(src_mask), len(beams), axis=0)
-            logits = model.decode(seqs, mem, mask)[:, -1].astype(np.float64)
-            logp = logits - logits.max(-1, keepdims=True)
-            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-            candidates = [(score + row[t], seq + [int(t)]) for (score, seq), row in zip(beams, logp)
-                          for t in np.argsort(row)[-beam_size:]]
-            candidates.sort(key=lambda c: c[0], reverse=True)
-            beams = []
-            for score, seq in candidates:
-                (finished if seq[-1] == eos else beams).append((score, seq))
-                if len(beams) == beam_size:
-                    break
-            if not beams or len(finished) >= beam_size:
+
+        def next_logits(seqs):
+            mem = np.ascontiguousarray(np.repeat(memory, len(seqs), axis=0))
+            mask = None if src_mask is None else np.repeat(np.asarray(src_mask), len(seqs), axis=0)
+            return model.decode(seqs, mem, mask)[:, -1]
+        return recompute_beams(next_logits, [bos], eos, max_len, beam_size, alpha)
+
+
+def recompute_beams(next_logits, prompt, eos, max_len, beam_size, alpha):
+    """Beam search written out without a cache: next_logits(prefixes (N, T)) -> (N, V) for every live beam."""
+    beams, finished = [(0.0, list(prompt))], []
+    for _ in range(max_len):
+        seqs = np.array([b[1] for b in beams], np.int64)
+        logits = np.asarray(next_logits(seqs), np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        candidates = [(score + row[t], seq + [int(t)]) for (score, seq), row in zip(beams, logp)
+                      for t in np.argsort(row)[-beam_size:]]
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        beams = []
+        for score, seq in candidates:
+            (finished if seq[-1] == eos else beams).append((score, seq))
+            if len(beams) == beam_size:
                 break
-        pool = finished or beams
-        return max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** alpha))[1]
+        if not beams or len(finished) >= beam_size:
+            break
+    pool = finished or beams
+    return max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** alpha))[1]
 
 
 @pytest.mark.parametrize("beam_size,masked", [(1, False), (3, False), (4, True)])
@@ -389,3 +397,154 @@ def test_stop_strings_end_a_row_when_its_text_contains_them(rng):
     assert decode(free[0, 4:4 + end]) == text0[:end] and (out[0, 4 + end:] == 40).all()
     with pytest.raises(ValueError, match="decode="):
         list(stream(model, ids, 3, stop_strings=["x"]))
+
+
+def small_llama(seed):
+    from pytransformer.models import Llama, LlamaConfig
+
+    return Llama(LlamaConfig(vocab_size=29, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=48,
+                             max_positions=32), seed=seed)
+
+
+DECODERS = {"gpt": lambda seed: GPT(CFG, seed=seed), "llama": small_llama}
+
+
+@pytest.mark.parametrize("family", DECODERS)
+@pytest.mark.parametrize("beam_size,stop", [(1, None), (3, None), (4, "found"), (6, "found")])
+def test_decoder_only_beam_search_on_the_cache_equals_recomputing(rng, family, beam_size, stop):
+    from pytransformer.generate import beam_search
+
+    model = DECODERS[family](beam_size)
+    model.params.data[:] *= np.float32(8.0)  # sharper attention: a beam reading another's keys shows sooner
+    for _ in range(4):
+        ids = rng.integers(0, 20, (1, 5))
+        rule = stop
+        with model.evaluating():
+            next_logits = lambda seqs: model.forward(seqs)[:, -1]  # noqa: E731
+            if stop == "found":  # a token the search meets (a stop rule that never fires would test nothing)
+                rule = recompute_beams(next_logits, ids[0], None, 6, beam_size, 0.6)[8]
+            want = recompute_beams(next_logits, ids[0], rule, 12, beam_size, 0.6)
+        got = beam_search(model, ids, 12, beam_size=beam_size, stop=rule)
+        assert got[0].tolist() == want
+        if rule is not None:
+            assert got[0, -1] == rule and len(want) < 17  # a finished hypothesis won
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_wide_enough_beam_finds_the_likeliest_continuation(rng, family):
+    """Brute force: with beam_size >= V^(n-1) every prefix is kept, so the search is exact: the best of all V^n
+    continuations by total log-probability (one length: no length penalty decides)."""
+    from pytransformer.generate import beam_search
+
+    model = DECODERS[family](7)
+    V, n = {"gpt": 41, "llama": 29}[family], 2
+    ids = rng.integers(0, V, (1, 4))
+    every = np.array([[a, b] for a in range(V) for b in range(V)])  # (V^2, 2)
+    seqs = np.concatenate([np.repeat(ids, len(every), 0), every], 1)
+    with model.evaluating():
+        logp = log_softmax(model.forward(seqs[:, :-1]))
+    total = np.take_along_axis(logp[:, -n:], seqs[:, -n:, None], -1)[..., 0].sum(-1)
+    got = beam_search(model, ids, n, beam_size=V)
+    np.testing.assert_array_equal(got[0], seqs[total.argmax()])
+    narrow = beam_search(model, ids, n, beam_size=1)  # beam size 1: greedy
+    np.testing.assert_array_equal(narrow, model.generate(ids, n, temperature=0.0))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_beam_search_matches_transformers_num_beams(tmp_path, rng, arch):
+    """transformers' beam search keeps the 2 * num_beams best of all beams' candidates and drops EOS ones;
+    without an end token both keep the global best num_beams each step, so the results are the same sequence."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from pytransformer.generate import beam_search
+    from pytransformer.io.hf import from_pretrained
+
+    torch.manual_seed(3)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        hf = transformers.LlamaForCausalLM(cfg).eval()
+    else:
+        cfg = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=61, n_positions=64)
+        hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # larger weights: peaked distributions, so no near-tie decides
+        for p in hf.parameters():
+            p.mul_(4.0 if p.ndim == 2 else 1.0)
+    hf.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
+    hf.generation_config.eos_token_id = None  # (every token is an ordinary one, as with stop=None here)
+    for _ in range(3):
+        ids = rng.integers(0, 61, (1, 6))
+        with torch.no_grad():
+            want = hf.generate(torch.from_numpy(ids), attention_mask=torch.ones(1, 6, dtype=torch.long),
+                               num_beams=4, do_sample=False, max_new_tokens=10, length_penalty=0.0,
+                               pad_token_id=0).numpy()
+        got = beam_search(ours, ids, 10, beam_size=4, length_penalty=0.0)
+        np.testing.assert_array_equal(got, want)
+
+
+def poisoned(model, value):
+    model.params.data[model.params.size // 2] = value  # one weight in the middle of the flat buffer
+    return model
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_logits_raise_instead_of_generating(rng, value):
+    from pytransformer.generate import beam_search
+
+    ids = rng.integers(0, 41, (2, 5))
+    model = poisoned(GPT(CFG, seed=1), value)
+    with model.evaluating():
+        assert not np.isfinite(model.forward(ids)[:, -1]).all()
+    for kw in ({"temperature": 0.0}, {"temperature": 0.8, "top_k": 5, "seed": 0}, {"top_p": 0.9, "seed": 1}):
+        with pytest.raises(ValueError, match=r"logits are not finite \(NaN or inf\) in row\(s\) \[0, 1\]"):
+            model.generate(ids, 4, **kw)
+    with pytest.raises(ValueError, match="not finite"):
+        beam_search(model, ids[:1], 4, beam_size=3)
+
+
+def test_non_finite_logits_raise_in_the_encoder_decoder_too(rng):
+    from pytransformer.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=1,
+                                          d_ff=32, max_len=16), seed=1)
+    src = rng.integers(2, 11, (2, 6))
+    model.greedy_decode(src, 0, 1, 5)  # fine before
+    model.decoder[0].ffn.sublayer.fc2.weight.data[0, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        model.greedy_decode(src, 0, 1, 5)
+    with pytest.raises(ValueError, match="not finite"):
+        model.beam_search(src[:1], 0, 1, 5, beam_size=2)
+
+
+def test_beam_search_checks_its_input(rng):
+    from pytransformer.generate import beam_search
+
+    model = GPT(CFG, seed=1)
+    ids = rng.integers(0, 41, (1, 5))
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        beam_search(model, np.repeat(ids, 2, 0), 3)
+    with pytest.raises(ValueError, match="beam_size must be an integer >= 1"):
+        beam_search(model, ids, 3, beam_size=0)
+    with pytest.raises(ValueError, match="exceed the model's 24 positions"):
+        beam_search(model, ids, 20)
+    np.testing.assert_array_equal(beam_search(model, ids, 0), ids)
+
+
+def test_the_encoder_decoder_samples_through_the_same_loop(rng):
+    """decoder_for(src) is a decoder like any other: sampling, seeds and stops work on it as on a decoder-only
+    model, and top_k=1 is greedy_decode."""
+    from pytransformer.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
+                                          d_ff=40, max_len=16), seed=5)
+    src = rng.integers(2, 13, (3, 7))
+    src_mask = np.ones((3, 7), bool)
+    src_mask[2, 5:] = False
+    bos = np.zeros((3, 1), np.int64)
+    decoder = model.decoder_for(src, src_mask)
+    greedy = model.greedy_decode(src, 0, 1, 10, src_mask=src_mask)
+    np.testing.assert_array_equal(generate(decoder, bos, 10, temperature=2.0, top_k=1, stop=1, seed=3), greedy)
+    a = generate(decoder, bos, 10, temperature=1.0, seed=4)
+    np.testing.assert_array_equal(a, generate(model.decoder_for(src, src_mask), bos, 10, temperature=1.0, seed=4))
+    assert not np.array_equal(a, generate(decoder, bos, 10, temperature=1.0, seed=5))

@@ -2,6 +2,10 @@
 //
 // q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS), key_mask (B, Tk) with 1 = attend (or null), out (B, NH, Tq, HS),
 // lse (B, NH, Tq) = log-sum-exp of each row's scaled scores, saved for backward (-inf for a fully masked row).
+// Non-finite input, every path alike: a row that sees no key (padding, causal) is zeros with lse -inf whatever q, k
+// and v hold; a row whose visible scores make softmax NaN (a NaN score, a +inf score, every visible score -inf) is
+// NaN, lse too; a NaN in a visible value row makes out NaN (lse reads no value). What a row does not see never
+// reaches it: its hidden keys' scores and value rows are not part of its sum, not even multiplied by zero.
 // With bthd every (B, NH, T, HS) array (q, k, v, out and their gradients) is laid out (B, T, NH, HS) instead:
 // the (B, T, C) output of a Linear read per head in place, rows of one head NH * HS floats apart.
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
@@ -129,6 +133,26 @@ void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP, in
   }
 }
 
+// The running max of a row's scores, NaN from the first NaN score on (std::max(m, NaN) would keep m, and a row
+// of NaN scores would look like a row that sees no key).
+inline float max_keep_nan(float m, float s) { return (s > m || s != s) ? s : m; }
+
+// The first key that key_mask (Tk) lets through, Tk when none: a query sees a key iff this is below its kend.
+inline int64_t first_unmasked(const uint8_t* mask, int64_t Tk) {
+  if (!mask) return 0;
+  int64_t j = 0;
+  while (j < Tk && !mask[j]) j++;
+  return j;
+}
+
+// Whether n rows of X (len floats each, rs apart) are all finite: x * 0 is 0 for a finite x, NaN otherwise.
+inline bool rows_finite(const float* X, int64_t n, int64_t len, int64_t rs) {
+  V acc = zero();
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t d = 0; d < len; d += W) acc = add(acc, mul(loadn(X + i * rs + d, len - d), zero()));
+  return reduce_add(acc) == 0.f;
+}
+
 // Backward: scores of one tile are masked with kbias (BK): 0 for visible keys, -inf for padded-out keys and for
 // the columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit).
 struct TileMask {
@@ -159,24 +183,21 @@ constexpr int kGroupHeads = 4;
 constexpr int64_t kAhead = 8;  // key rows prefetched ahead
 constexpr int kValueVecs = W >= 16 ? 4 : 2;  // (beside kGroupHeads x kValueVecs accumulators: the vector registers)
 
-// O[u] (HS) = sum over keys j < kend of scores[u * ld + j] * V row j, times inv[u], for the NQ query heads u whose
-// O[u] is set (heads with no visible key have O[u] = null and zero scores).
+// O[u] (HS) = sum over the visible keys j < kend of scores[u * ld + j] * V row j, times inv[u], for NQ query heads.
+// Padded-out keys are skipped by the mask (their rows are never read); a visible key counts even at weight 0, so a
+// non-finite value row gives NaN as in the tiled product.
 template <int NQ>
 void value_sums(float* const* O, const float* scores, int64_t ld, const float* inv, const float* Vv, int64_t kv_rs,
-                int64_t kend, int64_t HS) {
+                const uint8_t* mask, int64_t kend, int64_t HS) {
   for (int64_t d0 = 0; d0 < HS; d0 += kValueVecs * W) {
     const int nv = (int)std::min<int64_t>(kValueVecs, (HS - d0 + W - 1) / W);
     V acc[NQ][kValueVecs];
     for (int u = 0; u < NQ; u++)
       for (int c = 0; c < kValueVecs; c++) acc[u][c] = zero();
     for (int64_t j = 0; j < kend; j++) {
+      if (mask && !mask[j]) continue;
       float p[NQ];
-      bool seen = false;  // (keys no head sees, e.g. padding, are skipped: their rows are never read)
-      for (int u = 0; u < NQ; u++) {
-        p[u] = O[u] ? scores[u * ld + j] : 0.f;
-        seen |= p[u] != 0.f;
-      }
-      if (!seen) continue;
+      for (int u = 0; u < NQ; u++) p[u] = scores[u * ld + j];
       const float* vr = Vv + j * kv_rs + d0;
       V x[kValueVecs];
       for (int c = 0; c < kValueVecs; c++) x[c] = c < nv ? loadn(vr + c * W, HS - d0 - c * W) : zero();
@@ -186,8 +207,7 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
       }
     }
     for (int u = 0; u < NQ; u++)
-      if (O[u])
-        for (int c = 0; c < nv; c++) storen(O[u] + d0 + c * W, mul(acc[u][c], set1(inv[u])), HS - d0 - c * W);
+      for (int c = 0; c < nv; c++) storen(O[u] + d0 + c * W, mul(acc[u][c], set1(inv[u])), HS - d0 - c * W);
   }
 }
 
@@ -217,11 +237,13 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
         O[u] = out + heads.offset(b, h0 + u, Tq) + i * rs;
         m[u] = kNegInf;
       }
+      bool visible = false;  // (the same for every head of the group: one mask, one kend)
       for (int64_t j = 0; j < kend; j++) {
         if (mask && !mask[j]) {
           for (int u = 0; u < nh; u++) scores[u * ld + j] = kNegInf;
           continue;
         }
+        visible = true;
         const float* kr = K + j * kv_rs;
         if (j + kAhead < kend)  // (the rows come from memory: a cache of many sequences outgrows the caches)
           for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(float)) {
@@ -238,18 +260,18 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
           for (; d < HS; d += W) acc0 = fma(loadn(Q[u] + d, HS - d), loadn(kr + d, HS - d), acc0);
           const float s = reduce_add(add(acc0, acc1)) * scale;
           scores[u * ld + j] = s;
-          m[u] = std::max(m[u], s);
+          m[u] = max_keep_nan(m[u], s);
         }
       }
-      bool any = false;
-      for (int u = 0; u < nh; u++) {
-        const int64_t bh = b * NH + h0 + u;
-        if (m[u] == kNegInf) {  // no visible key: zeros, as the tiled path
+      if (!visible) {  // no visible key: zeros, as the other paths
+        for (int u = 0; u < nh; u++) {
           for (int64_t d = 0; d < HS; d += W) storen(O[u] + d, zero(), HS - d);
-          lse[bh * Tq + i] = kNegInf;
-          continue;
+          lse[(b * NH + h0 + u) * Tq + i] = kNegInf;
         }
-        any = true;
+        continue;
+      }
+      for (int u = 0; u < nh; u++) {  // (m NaN, or -inf with every visible score -inf: the weights are NaN)
+        const int64_t bh = b * NH + h0 + u;
         float* sc = scores + u * ld;
         const V vm = set1(m[u]);
         V vsum = zero();
@@ -263,14 +285,11 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
         inv[u] = 1.f / l;
         lse[bh * Tq + i] = m[u] + std::log(l);
       }
-      if (!any) continue;
-      for (int u = 0; u < nh; u++)
-        if (m[u] == kNegInf) O[u] = nullptr;
       switch (nh) {
-        case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
-        case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
-        case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, kend, HS); break;
-        default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, kend, HS);
+        case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
+        case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
+        case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
+        default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS);
       }
     }
   }
@@ -279,7 +298,7 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
 // Fewer (sequence, head, query) rows than threads (one sequence decoding with few heads on many cores): each
 // row's keys are split into chunks across the threads (split-K), each chunk giving its running max m, sum l and
 // unnormalised output; the chunks are then merged with their log-sum-exp weights: M = max m_c,
-// L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L.
+// L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L. A chunk also says whether it saw a key.
 constexpr int64_t kSplitKeys = 256;  // keys per chunk at least
 
 static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
@@ -291,7 +310,7 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
   const int64_t csize = (Tk + chunks - 1) / chunks;
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), offset = Tk - Tq;
-  const int64_t part = HS + 2;  // o (HS), m, l
+  const int64_t part = HS + 3;  // o (HS), m, l, whether the chunk holds a visible key (1 or 0)
   static thread_local ScratchBuffer parts_buf;
   float* parts = parts_buf.floats((size_t)(rows * chunks * part));
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -308,19 +327,21 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
     static thread_local ScratchBuffer buf;
     float* sc = buf.floats((size_t)std::max<int64_t>(j1 - j0, 1) + W);
     float m = kNegInf;
+    bool visible = false;
     for (int64_t j = j0; j < j1; j++) {
       float s = kNegInf;
       if (!mask || mask[j]) {
         V acc = zero();
         for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(K + j * kv_rs + d, HS - d), acc);
         s = reduce_add(acc) * scale;
+        visible = true;
       }
       sc[j - j0] = s;
-      m = std::max(m, s);
+      m = max_keep_nan(m, s);
     }
     float l = 0.f;
     for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
-    if (m != kNegInf) {
+    if (visible) {
       for (int64_t j = j0; j < j1; j++) {
         const float p = sc[j - j0] == kNegInf ? 0.f : std::exp(sc[j - j0] - m);
         sc[j - j0] = p;
@@ -330,25 +351,30 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
         const int64_t nd = std::min<int64_t>(W, HS - d);
         V acc = zero();
         for (int64_t j = j0; j < j1; j++)
-          if (sc[j - j0] != 0.f) acc = fma(set1(sc[j - j0]), loadn(Vv + j * kv_rs + d, nd), acc);
+          if (!mask || mask[j]) acc = fma(set1(sc[j - j0]), loadn(Vv + j * kv_rs + d, nd), acc);
         storen(P + d, acc, nd);
       }
     }
     P[HS] = m;
     P[HS + 1] = l;
+    P[HS + 2] = visible ? 1.f : 0.f;
   }
   for (int64_t row = 0; row < rows; row++) {  // merge the chunks of each row
     const int64_t bh = row / Tq, i = row % Tq, b = bh / NH, h = bh % NH;
     float* O = out + heads.offset(b, h, Tq) + i * rs;
     const float* P = parts + row * chunks * part;
     float M = kNegInf;
-    for (int64_t c = 0; c < chunks; c++) M = std::max(M, P[c * part + HS]);
-    if (M == kNegInf) {  // no visible key: zeros, as the other paths
+    bool visible = false;
+    for (int64_t c = 0; c < chunks; c++) {
+      M = max_keep_nan(M, P[c * part + HS]);
+      visible |= P[c * part + HS + 2] != 0.f;
+    }
+    if (!visible) {  // no visible key: zeros, as the other paths
       for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
       lse[bh * Tq + i] = kNegInf;
       continue;
     }
-    float L = 0.f;
+    float L = 0.f;  // (0 when every visible score is -inf: out 0 / 0 and lse NaN, as the other paths)
     for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
     for (int64_t c = 0; c < chunks; c++) {
       const float mc = P[c * part + HS];
@@ -358,7 +384,7 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
       for (int64_t d = 0; d < HS; d++) O[d] += P[c * part + d] * w;
     }
     for (int64_t d = 0; d < HS; d++) O[d] /= L;
-    lse[bh * Tq + i] = M + std::log(L);
+    lse[bh * Tq + i] = L > 0.f ? M + std::log(L) : std::numeric_limits<float>::quiet_NaN();
   }
   return true;
 }
@@ -389,6 +415,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const float* K = k + kv_heads.offset(b, h / group, Tkv);
     const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
+    const int64_t first = first_unmasked(mask, Tk);
 
     static thread_local ScratchBuffer buf;
     float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ);
@@ -414,10 +441,12 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       const bool diagonal = causal && j0 + nk - 1 > i0 + offset;
       V mx[QV];
       for (int64_t u = 0; u < QV; u++) mx[u] = ninf;
+      bool padded = false;
       for (int64_t j = 0; j < nk; j++) {
         float* s = St + j * BQ;
         if (mask && !mask[j0 + j]) {  // padded-out key: no query sees it
           for (int64_t u = 0; u < QV; u++) store(s + u * W, ninf);
+          padded = true;
           continue;
         }
         const V hidden_below = set1((float)(j0 + j - i0 - offset));
@@ -447,18 +476,32 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       for (int64_t u = 0; u < QV; u++) l[u] = fma(l[u], keep[u], sum[u]);
       for (int64_t d = 0; d < HS; d++)
         for (int64_t u = 0; u < QV; u++) store(Ot + d * BQ + u * W, mul(load(Ot + d * BQ + u * W), keep[u]));
-      tile_gemm(Ot, BQ, Vv + j0 * kv_rs, 1, kv_rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
+      if ((padded || diagonal) && !rows_finite(Vv + j0 * kv_rs, nk, HS, kv_rs)) {
+        // a non-finite value row some query does not see: each query sums its own visible keys (rare, scalar),
+        // as the product would give it 0 * inf = NaN
+        for (int64_t j = 0; j < nk; j++) {
+          if (mask && !mask[j0 + j]) continue;
+          const float* vr = Vv + (j0 + j) * kv_rs;
+          for (int64_t i = diagonal ? std::max<int64_t>(0, j0 + j - i0 - offset) : 0; i < nq; i++)
+            for (int64_t d = 0; d < HS; d++) Ot[d * BQ + i] += St[j * BQ + i] * vr[d];
+        }
+      } else {
+        tile_gemm(Ot, BQ, Vv + j0 * kv_rs, 1, kv_rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
+      }
     }
-    // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible)
+    // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible;
+    // NaN when l is NaN or 0 for a row that sees keys: a NaN score, or every visible score -inf)
     alignas(64) float mf[BQ], lf[BQ], inv[BQ];  // inv: 1 / row sum
     for (int64_t u = 0; u < QV; u++) {
       store(mf + u * W, m[u]);
       store(lf + u * W, l[u]);
     }
     for (int64_t i = 0; i < BQ; i++) {
-      const bool seen = i < nq && lf[i] > 0.f;
-      inv[i] = seen ? 1.f / lf[i] : 0.f;
-      if (i < nq) lse[bh * Tq + i0 + i] = seen ? mf[i] + std::log(lf[i]) : kNegInf;
+      const bool seen = i < nq && first < (causal ? std::min(Tk, i0 + i + 1 + offset) : Tk);
+      inv[i] = seen ? 1.f / lf[i] : 0.f;  // (l = 0: inf, and O 0 * inf = NaN)
+      if (i < nq)
+        lse[bh * Tq + i0 + i] = !seen ? kNegInf : lf[i] > 0.f ? mf[i] + std::log(lf[i])
+                                                             : std::numeric_limits<float>::quiet_NaN();
     }
     float* O = out + heads.offset(b, h, Tq) + i0 * rs;
     for (int64_t i = 0; i < nq; i += W) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -24,6 +25,7 @@ def register_hf_format(model_class, make_format) -> None:
 
 
 _STEPS = itertools.count(1)  # thread-safe in CPython: each training-mode forward takes a fresh number
+_OWNERS = threading.Lock()   # makes a model's step owner (Model._owner) a check-and-set
 
 
 class _ShapesOnly(threading.local):
@@ -82,25 +84,47 @@ class Model(Module):
                 m.rng = self.dropout_rng
 
     # --- one training step at a time: loss() in training mode, then exactly one backward() --------------------
-    # A forward saves activations in the layers; another one before backward() (another thread's call, a second
-    # loss()) would replace them, and a second backward() would read dlogits that the
-    # first one wrote over the logits. Both raise RuntimeError instead of giving wrong gradients. Eval-mode
-    # Forwards under `with model.evaluating():` (generate, evaluation, attention maps) keep nothing and are never
-    # in the way; eval mode alone (dropout off) still keeps state, so gradients of an eval-mode model work.
+    # A forward saves activations in the layers; another one before backward() (a second loss(), another thread's
+    # call) would replace them, and a second backward() would read dlogits that the first one wrote over the
+    # logits. A forward that keeps state opens a step owned by its thread until that thread's backward() returns:
+    # the same thread may start afresh (its next forward replaces the state), another thread's forward or
+    # backward meanwhile raises RuntimeError before it touches anything (saved state, dropout RNG), and a
+    # backward() after a replaced forward raises too. Forwards under `with model.evaluating():` (generate,
+    # evaluation, attention maps) keep nothing and are never in the way; eval mode alone (dropout off) still keeps
+    # state, so gradients of an eval-mode model work.
     on_block_done = None  # called with each block's index as backward finishes it (distributed.GradientSync)
     _step = None       # the forward whose saved state the layers hold
     _loss_step = None  # the forward a pending loss() was computed from; None when no backward() is due
+    _owner = None      # the thread whose step is open (from a forward that keeps state to its backward's end)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "backward" in vars(cls):  # each family's backward() closes the step it finishes
+            cls.backward = _closes_step(vars(cls)["backward"])
 
     def _begin_forward(self) -> None:
         """Called by each family at the start of a forward; one that keeps state owns the layers' saved state."""
         if self.keeps_state:
-            self._step = next(_STEPS)
+            with _OWNERS:
+                self._check_owner("a forward that keeps state")
+                self._owner = threading.current_thread()
+                self._step = next(_STEPS)
+
+    def _check_owner(self, what) -> None:
+        owner, me = self._owner, threading.current_thread()
+        if owner is not None and owner is not me and owner.is_alive():
+            raise RuntimeError(f"{what} from thread {me.name!r} while thread {owner.name!r} has a training step "
+                               f"open on this {type(self).__name__} (a forward that keeps state, until its "
+                               "backward() returns): it would replace that step's saved activations. Run inference "
+                               "under `with model.evaluating():`; train one model from one thread")
 
     def _loss_computed(self) -> None:
         if self.keeps_state:
             self._loss_step = self._step
 
     def _begin_backward(self) -> None:
+        with _OWNERS:
+            self._check_owner("backward()")
         if self._loss_step is None:
             raise RuntimeError("backward() needs a loss() first, once per backward() (a second backward(), or one "
                                "after a loss() under evaluating(), has nothing to use)")
@@ -109,6 +133,11 @@ class Model(Module):
                                "call): its activations replaced the ones this backward() needs; run inference "
                                "under `with model.evaluating():`, or call loss() again")
         self._loss_step = None
+
+    def _end_step(self) -> None:
+        with _OWNERS:
+            if self._owner is threading.current_thread():
+                self._owner = None
 
     def zero_grad(self) -> None:
         self.params.zero_grad()
@@ -217,6 +246,17 @@ class Model(Module):
 def _rows_at(x, B, T, t):
     """int64 (B,): the flat row of position t of each sequence, where x lives."""
     return ops.like(np.arange(B, dtype=np.int64) * T + t % T, x)
+
+
+def _closes_step(backward):
+    """A family's backward(), which then ends the step its thread owns, whether it returns or raises."""
+    @functools.wraps(backward)
+    def run(self, *args, **kwargs):
+        try:
+            return backward(self, *args, **kwargs)
+        finally:
+            self._end_step()
+    return run
 
 
 def row_at(x, t):

@@ -1,6 +1,7 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (2017): sinusoidal positions, post-LN
 blocks, ReLU feed-forward, embeddings scaled by sqrt(d_model), the encoder output feeding every decoder
-block's cross-attention, and the output projection tied to the target embedding. Greedy and beam search."""
+block's cross-attention, and the output projection tied to the target embedding. Greedy decoding and beam search
+are pytransformer.generate's, over the decoder of a batch of sources (`decoder_for`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import numpy as np
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
                   SinusoidalPositions, TiedLMHead)
-from ..cuda import DeviceArray, to_host
-from ..generate import KVCache
-from .base import CrossEntropyHead, Model, check_ids, count_parameters
+from ..cuda import DeviceArray
+from ..generate import KVCache, beam_search, generate
+from .base import CrossEntropyHead, Model, check_ids, count_parameters, last_rows
 
 
 @dataclass
@@ -125,99 +126,73 @@ class Transformer(Model):
             dx = block.backward(dx)
         self.src_emb.backward(_scaled(self.src_pos.backward(self.src_drop.backward(dx)), self.scale))
 
-    # --- decoding ------------------------------------------------------------------------------------------
+    # --- decoding: pytransformer.generate drives the decoder of a batch of sources ---------------------------
+
+    def decoder_for(self, src, src_mask=None, copies=1):
+        """The decoder of these sources (B, S) as generation drives any decoder (pytransformer.generate): the
+        sources encoded once and each decoder layer's cross-attention keys and values computed once; each source
+        row repeated `copies` times (the beams of beam search)."""
+        with self.evaluating():
+            memory = self.encode(src, src_mask)
+            memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
+        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        if copies != 1:
+            memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, copies, axis=0)) for a in kv) for kv in memory_kv]
+            mask = None if mask is None else np.repeat(mask, copies, axis=0)
+        return _SourceDecoder(self, memory_kv, mask, memory.shape[0] * copies)
 
     def greedy_decode(self, src, bos_id, eos_id, max_len, src_mask=None):
         """-> (B, <= max_len + 1) ids starting with BOS; a finished row is padded with EOS. The decoder runs one
         position per step over a KV cache, and cross-attention's keys and values are computed once."""
-        if max_len + 1 > self.config.max_len:
-            raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_len} positions")
-        with self.evaluating():
-            memory = self.encode(src, src_mask)
-            mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
-            memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
-            B = memory.shape[0]
-            cache = KVCache.for_blocks(self.decoder, B, max_len + 1, self.device)
-            out = np.full((B, 1), bos_id, np.int64)
-            done = np.zeros(B, bool)
-            for step in range(max_len):
-                last = np.ascontiguousarray(out[:, -1:])
-                nxt = to_host(self._decode_step(last, cache, memory_kv, mask, step))[:, -1].argmax(-1)
-                nxt = np.where(done, eos_id, nxt)
-                out = np.concatenate([out, nxt[:, None]], axis=1)
-                done |= nxt == eos_id
-                if done.all():
-                    break
-        return out
-
-    def _decode_step(self, tokens, cache, memory_kv, mask, position):
-        """tokens (B, 1) at `position` -> logits (B, 1, V), the decoder's keys and values appended to the cache."""
-        y = _scaled(self.tgt_emb.forward(tokens), self.scale)
-        y = self.tgt_drop.forward(self.tgt_pos.forward(y, np.full(tokens.shape, position)))
-        for i, block in enumerate(self.decoder):
-            y = block.forward(y, None, mask, cache=cache.layer(i), memory_kv=memory_kv[i])
-        cache.length += tokens.shape[1]
-        return self.out.forward(y)
+        self._check_target_length(max_len)
+        decoder = self.decoder_for(src, src_mask)
+        bos = np.full((decoder.rows, 1), bos_id, np.int64)
+        return generate(decoder, bos, max_len, temperature=0.0, stop=eos_id)
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size=4, length_penalty=0.6, src_mask=None):
-        """One source sequence src (1, S) -> the best (1, T) ids, scored by log-prob / ((5 + len) / 6)^alpha
-        (Wu et al., 2016, as the 2017 paper uses). The beams are the rows of one KV cache, reordered after each
-        step to follow their parents; cross-attention's keys and values are computed once."""
+        """One source sequence src (1, S) -> the best (1, T) ids starting with BOS, scored by
+        log-prob / ((5 + len) / 6)^alpha (Wu et al., 2016, as the 2017 paper uses): pytransformer.generate's
+        beam_search over this source's decoder."""
         src = check_ids(src, "src")
-        if self.device != "cpu":
-            raise NotImplementedError("beam_search runs on the CPU for now (greedy_decode runs on the device): "
-                                      "model.to('cpu')")
         if src.shape[0] != 1:
             raise ValueError("beam_search decodes one sequence at a time: src must be (1, S)")
+        if self.device != "cpu":  # (before encoding: the beams' copies of the memory are CPU arrays)
+            raise NotImplementedError("beam_search runs on the CPU for now (greedy_decode runs on the device): "
+                                      "model.to('cpu')")
+        self._check_target_length(max_len)
+        decoder = self.decoder_for(src, src_mask, copies=beam_size)
+        return beam_search(decoder, np.array([[bos_id]], np.int64), max_len, beam_size=beam_size,
+                           length_penalty=length_penalty, stop=eos_id)
+
+    def _check_target_length(self, max_len):
         if max_len + 1 > self.config.max_len:
             raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_len} positions")
-        with self.evaluating():
-            memory = self.encode(src, src_mask)
-            mask = None if src_mask is None else np.repeat(np.asarray(src_mask) != 0, beam_size, axis=0)
-            memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, beam_size, axis=0))
-                               for a in block.cross.sublayer.memory_kv(memory)) for block in self.decoder]
-            cache = KVCache.for_blocks(self.decoder, beam_size, max_len + 1)
-            beams = [(0.0, [bos_id])]
-            finished = []
-            for step in range(max_len):
-                nb = len(beams)
-                rows = _CacheRows(cache, nb)
-                last = np.array([[b[1][-1]] for b in beams], np.int64)
-                kv = [(k[:nb], v[:nb]) for k, v in memory_kv]
-                logits = self._decode_step(last, rows, kv, None if mask is None else mask[:nb], step)
-                cache.length = rows.length
-                logp = logits[:, -1].astype(np.float64)
-                logp = logp - logp.max(-1, keepdims=True)
-                logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-                candidates = []
-                for parent, ((score, seq), row) in enumerate(zip(beams, logp)):
-                    for tok in np.argsort(row)[-beam_size:]:
-                        candidates.append((score + row[tok], seq + [int(tok)], parent))
-                candidates.sort(key=lambda c: c[0], reverse=True)
-                beams, parents = [], []
-                for score, seq, parent in candidates:
-                    if seq[-1] == eos_id:
-                        finished.append((score, seq))
-                    else:
-                        beams.append((score, seq))
-                        parents.append(parent)
-                    if len(beams) == beam_size:
-                        break
-                if not beams or len(finished) >= beam_size:
-                    break
-                for k, v in zip(cache.k, cache.v):  # each surviving beam takes its parent's keys and values
-                    k[:len(parents), :cache.length] = k[parents, :cache.length]
-                    v[:len(parents), :cache.length] = v[parents, :cache.length]
-            pool = finished or beams
-            best = max(pool, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
-        return np.array([best[1]], np.int64)
 
 
-class _CacheRows:
-    """The first `rows` sequences of a KVCache, as a cache of its own (the live beams of beam search)."""
+class _SourceDecoder:
+    """A Transformer's decoder over fixed encoder memory: the decoder protocol of pytransformer.generate
+    (new_cache, max_positions, device, evaluating, forward with a cache). The memory's rows are the sources; a
+    forward of fewer rows (the live beams of one source) reads the first ones."""
 
-    def __init__(self, cache, rows):
-        self.cache, self.rows, self.length = cache, rows, cache.length
+    def __init__(self, model, memory_kv, mask, rows):
+        self.model, self.memory_kv, self.mask, self.rows = model, memory_kv, mask, rows
+        self.max_positions, self.device = model.config.max_len, model.device
 
-    def layer(self, i):
-        return self.cache.k[i][:self.rows], self.cache.v[i][:self.rows], self.length
+    def new_cache(self, B, T_max):
+        return KVCache.for_blocks(self.model.decoder, B, T_max, self.device)
+
+    def evaluating(self):
+        return self.model.evaluating()
+
+    def forward(self, tokens, cache, position_ids, key_mask=None, last_only=False):
+        """tokens (N, T) at position_ids (N, T) after the cache's positions -> logits (N, T, V), or (N, 1, V)
+        with last_only; the decoder's keys and values appended to the cache."""
+        m, N = self.model, tokens.shape[0]
+        memory_kv = self.memory_kv if N == self.rows else [(k[:N], v[:N]) for k, v in self.memory_kv]
+        mask = None if self.mask is None else self.mask[:N]
+        y = _scaled(m.tgt_emb.forward(check_ids(tokens, "tokens")), m.scale)
+        y = m.tgt_drop.forward(m.tgt_pos.forward(y, position_ids))
+        for i, block in enumerate(m.decoder):
+            y = block.forward(y, None, mask, cache=cache.layer(i), key_mask=key_mask, memory_kv=memory_kv[i])
+        cache.length += tokens.shape[1]
+        return m.out.forward(last_rows(y) if last_only else y)

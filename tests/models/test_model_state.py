@@ -1,10 +1,12 @@
 """A training step's saved state belongs to that step. Gradients after loss(); backward() are the same whatever
 inference ran in between under evaluating() (any thread); a forward that keeps state in between, or a second
 backward(), raises RuntimeError instead of giving wrong gradients; threads running inference on a model while
-another thread trains it change nothing that the training computes."""
+another thread trains it change nothing that the training computes; a training step belongs to the thread that
+started it, and another thread's forward or backward while it is open raises before touching anything."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -118,6 +120,166 @@ def test_inference_threads_do_not_disturb_a_training_thread(rng):
     assert not errors
     assert got == want  # same losses (same dropout draws: inference never touched the RNG)
     np.testing.assert_array_equal(model.params.grad, serial.params.grad)
+
+
+def serial_steps(batches, seed=5):
+    """Losses and the last gradient of training a fresh GPT alone on these batches, one step each."""
+    model = GPT(CFG, seed=seed)
+    losses = []
+    for x, y in batches:
+        model.zero_grad()
+        losses.append(model.loss(x, y))
+        model.backward()
+    return losses, model.params.grad.copy()
+
+
+def test_a_plain_forward_from_another_thread_during_a_step_raises_and_changes_nothing(rng):
+    batches = [batch(rng) for _ in range(4)]
+    want_losses, want_grad = serial_steps(batches)
+    model = GPT(CFG, seed=5)
+    other = rng.integers(0, 37, (2, 11))
+    step_open, refused = threading.Barrier(2, timeout=30), []
+
+    def intruder():
+        for _ in batches:
+            step_open.wait()  # the main thread's loss() is done, its backward() not yet
+            try:
+                model(other)  # not under evaluating(): a forward that keeps state (and draws dropout)
+            except RuntimeError as e:
+                refused.append(str(e))
+            step_open.wait()
+
+    thread = threading.Thread(target=intruder, name="intruder")
+    thread.start()
+    losses = []
+    for x, y in batches:
+        model.zero_grad()
+        losses.append(model.loss(x, y))
+        step_open.wait()
+        step_open.wait()
+        model.backward()
+    thread.join()
+    assert len(refused) == len(batches)
+    assert all("thread 'intruder'" in e and "thread 'MainThread' has a training step open" in e for e in refused)
+    assert losses == want_losses  # the dropout RNG was not touched either
+    np.testing.assert_array_equal(model.params.grad, want_grad)
+
+
+def test_a_forward_from_another_thread_during_backward_raises(rng):
+    batches = [batch(rng)]
+    _, want_grad = serial_steps(batches)
+    model = GPT(CFG, seed=5)
+    midway, refused = threading.Barrier(2, timeout=30), []
+
+    def pause(i):
+        if i == CFG.n_layer - 1:  # backward has finished the last block; the first still reads its saved state
+            midway.wait()
+            midway.wait()
+
+    def intruder():
+        midway.wait()
+        try:
+            model.loss(*batch(np.random.default_rng(0)))
+        except RuntimeError as e:
+            refused.append(e)
+        midway.wait()
+
+    model.on_block_done = pause
+    thread = threading.Thread(target=intruder)
+    thread.start()
+    model.zero_grad()
+    model.loss(*batches[0])
+    model.backward()
+    thread.join()
+    assert len(refused) == 1 and "has a training step open" in str(refused[0])
+    np.testing.assert_array_equal(model.params.grad, want_grad)
+
+
+def test_two_threads_training_one_model_raise_and_a_step_ends_with_its_backward(rng):
+    (x, y), (x2, y2) = batch(rng), batch(rng)
+    want = clean_grads(x, y)[1]
+    model = GPT(CFG, seed=3)
+    opened, tried, errors = threading.Event(), threading.Event(), []
+
+    def second_trainer():
+        opened.wait(30)
+        for call in (lambda: model.loss(x2, y2), model.backward):
+            try:
+                call()
+            except RuntimeError as e:
+                errors.append(e)
+        tried.set()
+
+    thread = threading.Thread(target=second_trainer)
+    thread.start()
+    model.zero_grad()
+    model.loss(x, y)
+    opened.set()
+    assert tried.wait(30)
+    model.backward()
+    thread.join()
+    assert len(errors) == 2 and all("has a training step open" in str(e) for e in errors)
+    np.testing.assert_array_equal(model.params.grad, want)
+    # the step ended with its backward(): another thread may train the model now (the same loss, a fresh dropout
+    # draw, so a different gradient)
+    losses = []
+    thread = threading.Thread(target=lambda: (model.zero_grad(), losses.append(model.loss(x, y)), model.backward()))
+    thread.start()
+    thread.join()
+    assert len(losses) == 1 and np.isfinite(losses[0]) and np.abs(model.params.grad).sum() > 0
+
+
+def test_a_step_left_open_by_a_finished_thread_does_not_block_training(rng):
+    x, y = batch(rng)
+    model = GPT(CFG, seed=3)
+    before = model.dropout_rng.bit_generator.state
+    thread = threading.Thread(target=lambda: model(x))  # a forward that keeps state, never followed by backward
+    thread.start()
+    thread.join()
+    model.dropout_rng.bit_generator.state = before  # (the thread drew dropout masks)
+    model.zero_grad()
+    model.loss(x, y)
+    model.backward()
+    np.testing.assert_array_equal(model.params.grad, clean_grads(x, y)[1])
+
+
+def test_a_free_running_intruder_never_makes_training_silently_wrong(rng):
+    """No synchronisation: a thread calling a plain forward in a loop while the main thread trains. Whatever the
+    interleaving, each training step either raises RuntimeError or computes exactly what it computes alone."""
+    batches = [batch(rng) for _ in range(8)]
+    want_losses, _ = serial_steps(batches)
+    model = GPT(CFG, seed=5)
+    other = rng.integers(0, 37, (2, 11))
+    stop, counts = threading.Event(), {"refused": 0, "ran": 0}
+
+    def intruder():
+        while not stop.is_set():
+            try:
+                model(other)
+                counts["ran"] += 1
+            except RuntimeError:
+                counts["refused"] += 1
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the two threads finely
+    thread = threading.Thread(target=intruder)
+    thread.start()
+    losses, failure = [], None
+    try:
+        for x, y in batches:
+            model.zero_grad()
+            losses.append(model.loss(x, y))
+            model.backward()
+    except RuntimeError as e:
+        failure = e
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert counts["refused"] + counts["ran"] > 0
+    if failure is not None:  # the intruder took the model between two steps: the next step refused to start
+        assert "has a training step open" in str(failure)
+    assert losses == want_losses[:len(losses)]
 
 
 def test_generate_is_inference_in_its_own_thread_only(rng):
