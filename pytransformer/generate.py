@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cuda import DeviceArray, to_host
+from . import ops
 from .tokenizers.textstream import TextStream
 
 
@@ -31,9 +31,8 @@ class KVCache:
     `length` positions are filled (the same count for every row: a left-padded batch masks its pads)."""
 
     def __init__(self, n_layer, B, T_max, NKV, HS, device="cpu"):
-        zeros = DeviceArray.zeros if device == "cuda" else (lambda shape: np.zeros(shape, np.float32))
-        self.k = [zeros((B, T_max, NKV, HS)) for _ in range(n_layer)]
-        self.v = [zeros((B, T_max, NKV, HS)) for _ in range(n_layer)]
+        self.k = [ops.zeros((B, T_max, NKV, HS), device) for _ in range(n_layer)]
+        self.v = [ops.zeros((B, T_max, NKV, HS), device) for _ in range(n_layer)]
         self.length = 0
         self.capacity = T_max
 
@@ -294,14 +293,14 @@ def _fill(model, cache, tokens, mask):
     """The prompt tokens (B, T) through the model into an empty cache -> the last position's logits (B, V)."""
     key_mask = None if mask.all() else mask
     logits = model.forward(tokens, cache=cache, position_ids=_positions(mask), key_mask=key_mask, last_only=True)
-    return to_host(logits)[:, -1]
+    return ops.to_host(logits)[:, -1]
 
 
 def _decode(model, cache, tokens, mask):
     """One position per row over the cache -> logits (B, V)."""
     position = _positions(mask)[:, -1:]
     key_mask = None if mask.all() else np.ascontiguousarray(mask)
-    return to_host(model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask))[:, -1]
+    return ops.to_host(model.forward(tokens[:, -1:], cache=cache, position_ids=position, key_mask=key_mask))[:, -1]
 
 
 def score(model, ids, attention_mask=None):
@@ -319,7 +318,7 @@ def score(model, ids, attention_mask=None):
     if T < 2:
         return np.zeros((B, 0))
     with model.evaluating():
-        logits = to_host(model.forward(ids, position_ids=_positions(mask), key_mask=None if mask.all() else mask))
+        logits = ops.to_host(model.forward(ids, position_ids=_positions(mask), key_mask=None if mask.all() else mask))
     # a target counts when it and the position predicting it are real (a row's first real token has no context)
     targets = np.where(mask[:, 1:] & mask[:, :-1], ids[:, 1:], -100).reshape(-1)
     V = logits.shape[-1]

@@ -96,3 +96,20 @@ def test_lower_layers_never_import_upper_ones(lower, upper):
     offenders = sorted(f"{m} -> {e}" for m, edges in graph.items() if m.startswith(lower)
                        for e in edges if e.startswith(upper))
     assert not offenders, offenders
+
+
+def test_only_ops_and_the_runtime_reach_the_compiled_core():
+    """ops is the checked (and unchecked hot-path) face of every kernel, _runtime the face of threads, ISA and
+    precision: nothing else imports _core."""
+    graph = import_graph()
+    importers = sorted(m for m, edges in graph.items() if "pytransformer._core" in edges)
+    assert importers == ["pytransformer._runtime", "pytransformer.ops"], importers
+
+
+@pytest.mark.parametrize("layer", ["pytransformer.nn", "pytransformer.models", "pytransformer.optim",
+                                   "pytransformer.generate", "pytransformer.serve", "pytransformer.io"])
+def test_layers_above_ops_never_name_a_device(layer):
+    """The array namespace in ops is the one place above the kernels that knows a device exists."""
+    graph = import_graph()
+    offenders = sorted(m for m, edges in graph.items() if m.startswith(layer) and "pytransformer.cuda" in edges)
+    assert not offenders, offenders

@@ -13,7 +13,6 @@ import numpy as np
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
                   SinusoidalPositions, TiedLMHead)
-from ..cuda import DeviceArray
 from ..generate import KVCache, beam_search, generate
 from .base import CrossEntropyHead, Model, check_ids, count_parameters, last_rows
 
@@ -42,8 +41,8 @@ class TransformerConfig:
 
 
 def _scaled(x, scale):
-    """x * scale: a new array on the CPU; on a device, x (an embedding's fresh output or gradient) in place."""
-    return ops.scale_(x, float(scale)) if type(x) is DeviceArray else x * scale
+    """x * scale, in place: x is an embedding's fresh output or gradient."""
+    return ops.scale_(x, float(scale))
 
 
 class Transformer(Model):
