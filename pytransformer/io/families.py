@@ -15,6 +15,7 @@ from ..models import BERT, GPT, BertConfig, GPTConfig, Llama, LlamaConfig, Trans
 from ..models.base import register_hf_format
 from . import hf_bert, hf_gpt2, hf_llama, hf_vit
 from .hf_common import HFFormat, HFLayout
+from .safetensors import quote
 
 
 @dataclass(frozen=True)
@@ -62,4 +63,4 @@ def family_for_model_type(model_type) -> Family:
         if f.hf is not None and f.hf.model_type == model_type:
             return f
     supported = ", ".join(f.hf.model_type for f in FAMILIES if f.hf is not None)
-    raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")
+    raise ValueError(f"config.json: unsupported model_type {quote(model_type)} (supported: {supported})")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..models.llama import Llama, LlamaConfig
 import numpy as np
 
-from .hf_common import MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field, int_field, load, rule
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field,
+                        int_field, load, rule)
 
 
 class Interleaved:
@@ -15,6 +16,9 @@ class Interleaved:
 
     def __init__(self, n_head: int):
         self.n_head = n_head
+
+    def hf_shape_of(self, shapes):
+        return tuple(shapes[0])
 
     def to_ours(self, value, shapes):
         w = np.asarray(value).reshape(shapes[0])
@@ -43,9 +47,12 @@ def from_hf(cfg: dict, tensors: dict):
     n_head = int_field(cfg, "num_attention_heads")
     hidden = int_field(cfg, "hidden_size")
     head_dim = cfg.get("head_dim")
-    head_dim = None if head_dim is None or head_dim * n_head == hidden else int_field(cfg, "head_dim")
+    head_dim = None if head_dim is None or head_dim * n_head == hidden else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
     if head_dim is None and hidden % n_head:
         raise ValueError(f"config.json: hidden_size {hidden} must be a multiple of num_attention_heads {n_head}")
+    if head_dim is None and hidden // n_head > MAX_HEAD_SIZE:
+        raise ValueError(f"config.json: hidden_size / num_attention_heads = {hidden // n_head} is past the "
+                         f"{MAX_HEAD_SIZE} a head may have")
     n_kv = int_field(cfg, "num_key_value_heads", default=n_head)
     if n_head % n_kv:
         raise ValueError(f"config.json: num_key_value_heads {n_kv} must divide num_attention_heads {n_head}")

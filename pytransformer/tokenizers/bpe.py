@@ -304,11 +304,17 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
         if not isinstance(tokens, list) or not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
             raise ValueError("tokenizer.ggml.tokens and tokenizer.ggml.merges must be lists of strings")
+        if not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("tokenizer.ggml.tokens must be non-empty strings")
+        vocab = set(tokens)
+        if not vocab.issuperset(bytes_to_unicode().values()):
+            raise ValueError("tokenizer.ggml.tokens lacks some of the 256 byte symbols a byte-level vocabulary needs")
         pairs = []
         for m in merges:
             a, sep, b = m.partition(" ")
-            if not sep:
-                raise ValueError(f"tokenizer.ggml.merges: {m!r} is not two symbols separated by a space")
+            if not sep or a not in vocab or b not in vocab or a + b not in vocab:
+                raise ValueError(f"tokenizer.ggml.merges: {m[:40]!r} is not two tokens, separated by a space, whose "
+                                 f"joining is a token")
             pairs.append((a, b))
         types = metadata.get("tokenizer.ggml.token_type")
         special = {}
