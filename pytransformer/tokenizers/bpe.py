@@ -146,7 +146,8 @@ class GPT2Tokenizer:
             return cached
         word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
         word = (_bpe_merge_fast or bpe_merge)(word, self.ranks)
-        ids = [self.encoder[t] for t in word]
+        ids = [i for i in map(self.encoder.get, word) if i is not None]  # (a byte the vocabulary lacks is
+        # dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04)
         if len(self.cache) < 100_000:
             self.cache[piece] = ids
         return ids
@@ -307,8 +308,6 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         if not all(isinstance(t, str) and t for t in tokens):
             raise ValueError("tokenizer.ggml.tokens must be non-empty strings")
         vocab = set(tokens)
-        if not vocab.issuperset(bytes_to_unicode().values()):
-            raise ValueError("tokenizer.ggml.tokens lacks some of the 256 byte symbols a byte-level vocabulary needs")
         pairs = []
         for m in merges:
             a, sep, b = m.partition(" ")
