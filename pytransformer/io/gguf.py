@@ -29,10 +29,12 @@ MAX_DIMS = 4          # ggml's GGML_MAX_DIMS
 MAX_STRING = 1 << 26  # no string value (a chat template, a token) is anywhere near 64 MiB
 MAX_NAME = 1 << 12    # nor any key or tensor name near 4 KiB
 MAX_NESTING = 4
-# What the metadata may cost in memory once parsed, counted as OBJECT_COST per string or array plus its bytes: a
-# 256k-token vocabulary with 500k merges costs about 60 MiB; 24 MB of empty nested arrays would cost 2 GB
-MAX_METADATA_COST = 1 << 28
-OBJECT_COST = 64
+MAX_TENSORS = 1 << 17  # (a per-expert MoE of 256 experts and 58 layers lists 45k; each entry costs ~300 bytes read)
+# What the metadata may cost in memory once parsed (Python objects: about 64 bytes a string and 128 an array, plus
+# their bytes), charged before they are made: a 256k-token vocabulary with 500k merges costs about 60 MiB, while 24
+# MB of empty nested arrays would cost 260 MiB
+MAX_METADATA_COST = 1 << 27
+STRING_COST, ARRAY_COST = 64, 128
 
 # metadata value types -> (struct format, size) for the fixed-size ones
 _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
@@ -96,13 +98,13 @@ class _Reader:
         """Charge the parsed metadata's memory budget (MAX_METADATA_COST) before the objects are made."""
         self.budget -= cost
         if self.budget < 0:
-            self.fail(f"{what}: the metadata would take more than {MAX_METADATA_COST >> 20} MiB once read")
+            self.fail(f"{what}: the file's metadata would take more than {MAX_METADATA_COST >> 20} MiB once read")
 
     def string(self, what, limit=MAX_STRING):
         n = self.u64(f"{what} length")
         if n > limit:
             self.fail(f"{what}: a string of {n} bytes is past the {limit}-byte limit")
-        self.spend(OBJECT_COST + n, what)
+        self.spend(STRING_COST + n, what)
         raw = bytes(self.take(n, what))
         try:
             return raw.decode("utf-8")
@@ -118,7 +120,8 @@ class _Reader:
             if depth >= MAX_NESTING:
                 self.fail(f"{what}: arrays nested deeper than {MAX_NESTING}")
             itype, count = self.u32(f"{what} item type"), self.u64(f"{what} count")
-            self.spend(OBJECT_COST, what)
+            if depth == 0:
+                self.spend(ARRAY_COST, what)  # (an array inside an array was charged by its parent)
             if itype in _SCALARS:
                 size = _SCALARS[itype][1]
                 if count > self.remaining() // size:
@@ -132,11 +135,12 @@ class _Reader:
                 self.fail(f"truncated: {what} claims {count} items, {self.remaining()} bytes remain")
             if itype == STRING:
                 return self._strings(count, what)
+            self.spend(count * ARRAY_COST, what)
             return [self.value(ARRAY, f"{what}[{i}]", depth + 1) for i in range(count)]
         self.fail(f"{what}: unknown value type {vtype}")
 
     def _strings(self, count, what):
-        self.spend(count * OBJECT_COST, what)
+        self.spend(count * STRING_COST, what)
         out = []
         buf, start, end = self.buf, self.pos, len(self.buf)
         pos = start
@@ -192,6 +196,8 @@ class GGUFFile:
         # each metadata entry takes at least 8 + 4 + 1 bytes, each tensor entry at least 8 + 4 + 4 + 8
         if n_kv > r.remaining() // 13 or n_tensors > r.remaining() // 24:
             r.fail(f"truncated: {n_kv} metadata entries and {n_tensors} tensors cannot fit in {len(self.buf)} bytes")
+        if n_tensors > MAX_TENSORS:
+            r.fail(f"tensor count {n_tensors} is past the {MAX_TENSORS} this reader takes")
         self.metadata = {}
         for i in range(n_kv):
             key = r.string(f"metadata key {i}", MAX_NAME)
