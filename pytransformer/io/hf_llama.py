@@ -46,8 +46,8 @@ def from_hf(cfg: dict, tensors: dict):
         cfg = {**cfg, "rope_theta": rope["rope_theta"]}
     n_head = int_field(cfg, "num_attention_heads")
     hidden = int_field(cfg, "hidden_size")
-    head_dim = cfg.get("head_dim")
-    head_dim = None if head_dim is None or head_dim * n_head == hidden else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
+    head_dim = None if cfg.get("head_dim") is None else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
+    head_dim = None if head_dim is not None and head_dim * n_head == hidden else head_dim
     if head_dim is None and hidden % n_head:
         raise ValueError(f"config.json: hidden_size {hidden} must be a multiple of num_attention_heads {n_head}")
     if head_dim is None and hidden // n_head > MAX_HEAD_SIZE:

@@ -64,7 +64,7 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ValueError(f"{where}tensor {quote(name)}: expected keys dtype, shape, data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ValueError(f"{where}tensor {quote(name)}: unsupported dtype {quote(dtype)}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise ValueError(f"{where}tensor {quote(name)}: shape must be a list of non-negative ints, got {quote(shape)}")

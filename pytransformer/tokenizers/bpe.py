@@ -192,7 +192,7 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
     def __init__(self, tokens: list[str], merges: list[tuple[str, str]], special: dict | None = None,
                  pre: str = "gpt2", bos_id=None, eos_id=None, eot_id=None, chat_template=None, add_bos=False):
         if pre not in PRE_TOKENIZERS:
-            raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})")
+            raise ValueError(f"unsupported pre-tokenizer {pre[:40]!r} (supported: {', '.join(PRE_TOKENIZERS)})")
         # the merges' symbols are tokens already: one (interned) string object each, shared by every table
         tokens = [sys.intern(t) for t in tokens]
         merges = [(sys.intern(a), sys.intern(b)) for a, b in merges]
@@ -318,8 +318,8 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         types = metadata.get("tokenizer.ggml.token_type")
         special = {}
         if types is not None:
-            if len(types) != len(tokens):
-                raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+            if not isinstance(types, np.ndarray) or types.dtype.kind not in "iu" or len(types) != len(tokens):
+                raise ValueError(f"tokenizer.ggml.token_type must be {len(tokens)} integers, one a token")
             special = {tokens[i]: i for i in np.flatnonzero((np.asarray(types) == CONTROL) |
                                                               (np.asarray(types) == USER_DEFINED)).tolist()}
 
@@ -328,10 +328,12 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
             if v is None:
                 return None
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
-                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {v!r}")
+                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {repr(v)[:40]}")
             return v
 
         pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+        if not isinstance(pre, str) or not isinstance(metadata.get("tokenizer.chat_template", ""), str):
+            raise ValueError("tokenizer.ggml.pre and tokenizer.chat_template must be strings")
         pre = "gpt2" if pre in ("default", "gpt-2") else pre
         return cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
                    token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
