@@ -58,6 +58,7 @@ _FLOAT_FIELDS = {"F32": ("<u4", 0x7F800000, (0,)), "F16": ("<u2", 0x7C00, (0,)),
                  "Q4_K": ("<u2", 0x7C00, (0, 2)), "Q6_K": ("<u2", 0x7C00, (208,))}
 _CHECK_BLOCKS = 1 << 20  # blocks checked at a time (the temporaries stay a few MiB whatever the tensor's size)
 
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str

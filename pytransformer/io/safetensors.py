@@ -92,7 +92,8 @@ def parse_json(raw: bytes, what: str) -> dict:
     """A JSON object from untrusted bytes, or ValueError saying what is wrong with `what` (never RecursionError,
     UnicodeDecodeError or a parse that makes millions of objects out of a few bytes each)."""
     raw = bytes(raw)
-    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1  # (every value but the first follows one)
+    # every list item and every key follows one of these (and a key's value pairs with it): a bound, found at C speed
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
     if values > MAX_JSON_VALUES:
         raise ValueError(f"{what} holds about {values} JSON values, more than the {MAX_JSON_VALUES} allowed")
     try:

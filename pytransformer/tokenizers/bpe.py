@@ -328,7 +328,7 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
             if v is None:
                 return None
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
-                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {repr(v)[:40]}")
+                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {v if isinstance(v, int) else type(v).__name__}")
             return v
 
         pre = metadata.get("tokenizer.ggml.pre", "gpt2")

@@ -11,7 +11,7 @@ import pytest
 
 from pytransformer import ops
 from pytransformer import reference as ref
-from pytransformer.io.gguf import GGUFFile, read_gguf
+from pytransformer.io.gguf import read_gguf
 from pytransformer.opcases import random_blocks
 from tiny_gguf import TOKENS, write
 
