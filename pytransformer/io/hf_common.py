@@ -14,15 +14,25 @@ from typing import Callable
 import numpy as np
 
 from ..models.base import parameter_shapes
-from .safetensors import atomic_write, load_file, parse_json, quote, save_file
+from .safetensors import MAX_HEADER, atomic_write, load_file, parse_json, quote, save_file
+
+
+def read_json(path) -> dict:
+    """A JSON object from a file (config.json, an index) of at most MAX_HEADER bytes, or ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not a file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_HEADER:
+            raise ValueError(f"{path}: more than {MAX_HEADER} bytes, far more than any config or index")
+        return parse_json(f.read(size), path)  # (what it held when measured: a file that grows is cut)
 
 
 def read_config(path) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{path}: no config.json")
-    with open(cfg_path, "rb") as f:
-        return parse_json(f.read(), cfg_path)
+    return read_json(cfg_path)
 
 
 def read_folder(path, mmap=True):
@@ -34,14 +44,13 @@ def read_folder(path, mmap=True):
     if os.path.exists(single):
         return config, load_file(single, mmap=mmap)
     if os.path.exists(index):
-        with open(index, "rb") as f:
-            weight_map = parse_json(f.read(), index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{index}: expected a JSON object with a weight_map of tensor name -> shard file")
         tensors = {}
         for shard in sorted(set(weight_map.values())):
             if os.path.basename(shard) != shard or not shard:
-                raise ValueError(f"{index}: shard name {shard!r} must be a file in the folder")
+                raise ValueError(f"{index}: shard name {quote(shard)} must be a file in the folder")
             tensors.update(load_file(os.path.join(path, shard), mmap=mmap))
         return config, tensors
     raise ValueError(f"{path}: no model.safetensors (or sharded index) found")

@@ -340,3 +340,19 @@ def test_fuzzed_safetensors_headers_load_or_raise_value_error(tmp_path):
 
         outcomes.append(bounded(load, what))
     assert any(outcomes) and not all(outcomes)
+
+
+def test_a_config_json_larger_than_any_config_is_refused_unread(tmp_path, monkeypatch):
+    from pytransformer.io import hf_common
+
+    folder = folder_of("gpt2", tmp_path)
+    monkeypatch.setattr(hf_common, "MAX_HEADER", 1000)  # (a small limit stands for the 100 MB one)
+    (folder / "config.json").write_text(json.dumps({**config_of(folder), "padding": " " * 1000}))
+    refused(folder, "config.json: more than 1000 bytes")
+
+
+def test_a_config_json_that_is_a_folder_is_refused(tmp_path):
+    folder = folder_of("gpt2", tmp_path)
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    refused(folder, "config.json: not a file")
