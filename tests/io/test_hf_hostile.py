@@ -60,6 +60,7 @@ def refused(path, match=None):
         from_pretrained(path)
     message = str(e.value)
     assert message.startswith(str(path)) and "\n" not in message and len(message) < len(str(path)) + 600, message
+    assert message.count("config.json:") <= 1, message
     return message
 
 
