@@ -4,11 +4,12 @@ and of the Llama loader start from it and change one thing (a metadata field, a 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pytransformer.opcases import random_blocks
 from pytransformer.tokenizers.bpe import bytes_to_unicode
 
-gguf = __import__("pytest").importorskip("gguf")
+gguf = pytest.importorskip("gguf")
 V = gguf.GGUFValueType
 # a byte-level vocabulary: the 256 byte symbols and one merge
 TOKENS = list(bytes_to_unicode().values()) + ["Ġt"]
@@ -16,7 +17,8 @@ N_EMBD, N_HEAD, N_KV, N_FF, N_LAYER, VOCAB = 64, 4, 2, 96, 2, len(TOKENS)
 
 
 def metadata(**changes):
-    """The llama.* and tokenizer.* entries: {key: (value, GGUFValueType)}; a change of None drops the key."""
+    """The llama.* and tokenizer.* entries: {key: (value, GGUFValueType)}, with `changes` by key (its dots written
+    as "__": llama__block_count=(3, V.UINT32)); a change of None drops the key."""
     md = {"llama.block_count": (N_LAYER, V.UINT32), "llama.context_length": (128, V.UINT32),
           "llama.embedding_length": (N_EMBD, V.UINT32), "llama.feed_forward_length": (N_FF, V.UINT32),
           "llama.attention.head_count": (N_HEAD, V.UINT32), "llama.attention.head_count_kv": (N_KV, V.UINT32),
