@@ -171,12 +171,12 @@ def test_a_block_scale_of_nan_or_inf_is_a_warning_naming_the_tensor(tmp_path, qt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (none on a clean file)
         from_pretrained(path)
-    bits, _, fields = reader._FLOAT_FIELDS[qtype]
-    size = reader._BLOCKS[qtype][1]
-    for value in (0x7E00, 0x7C00) if bits == "<u2" and qtype != "BF16" else (0x7FC0, 0xFF80):  # NaN, +-inf
+    fields, size = reader._FLOAT_FIELDS[qtype][2], reader._BLOCKS[qtype][1]
+    nan_and_inf = (0x7FC0, 0xFF80) if qtype == "BF16" else (0x7E00, 0x7C00)  # (NaN, -inf in bf16; NaN, inf in fp16)
+    for at, value in [(at, value) for at in fields for value in nan_and_inf]:  # (every scale of the block: d, m)
         data = next(t[1] for t in tensors if t[0] == target)
         blocks = data.reshape(-1, size).copy()
-        blocks[17, fields[-1]:fields[-1] + 2] = np.array([value], "<u2").view(np.uint8)
+        blocks[17, at:at + 2] = np.array([value], "<u2").view(np.uint8)
         hostile = [(n, blocks.reshape(d.shape) if n == target else d, q, s) for n, d, q, s in tensors]
         bad = tiny_gguf.write(tmp_path / f"{qtype}.gguf", hostile, md)
         with pytest.warns(RuntimeWarning, match=r"NaN or inf in 1 tensor\(s\): \[blk.0.ffn_down.weight\]"):
