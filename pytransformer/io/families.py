@@ -17,6 +17,7 @@ from ..models.base import register_hf_format
 from . import gguf_llama, hf_bert, hf_gpt2, hf_llama, hf_vit
 from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
+from .safetensors import quote
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def family_for_model_type(model_type) -> Family:
         if f.hf is not None and f.hf.model_type == model_type:
             return f
     supported = ", ".join(f.hf.model_type for f in FAMILIES if f.hf is not None)
-    raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")
+    raise ValueError(f"config.json: unsupported model_type {quote(model_type)} (supported: {supported})")
+
 
 
 def family_for_gguf(f: GGUFFile) -> Family:
@@ -83,5 +85,4 @@ def family_for_gguf(f: GGUFFile) -> Family:
         if family.gguf is not None and arch in family.gguf.architectures:
             return family
     supported = ", ".join(a for family in FAMILIES if family.gguf for a in family.gguf.architectures)
-    shown = repr(arch)[:60] if isinstance(arch, str) else type(arch).__name__
-    raise ValueError(f"{f.path}: unsupported GGUF architecture {shown} (supported: {supported})")
+    raise ValueError(f"{f.path}: unsupported GGUF architecture {quote(arch)} (supported: {supported})")

@@ -9,7 +9,9 @@ at its offset from there.
 The file is a security boundary, like safetensors: every count, length and offset is checked against the bytes
 that remain before it is used (a claimed million-entry array in a 100-byte file is refused before anything is
 allocated), and a truncated or hostile file raises ValueError naming the field, never a crash, a hang or a huge
-allocation. Tensors are read-only views of the mapped file: quantised ones stay quantised (`ops.Quantized`).
+allocation: keys and names are short, the metadata's Python objects are charged against a budget before they are
+made, tensors may not share bytes, and messages quote strings from the file cut short. Tensors are read-only views
+of the mapped file: quantised ones stay quantised (`ops.Quantized`); `finite(name)` checks one for NaN and inf.
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
+from .safetensors import quote
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4          # ggml's GGML_MAX_DIMS
-MAX_STRING = 1 << 26  # no key, name or token is anywhere near 64 MiB
+MAX_STRING = 1 << 26  # no string value (a chat template, a token) is anywhere near 64 MiB
+MAX_NAME = 1 << 12    # nor any key or tensor name near 4 KiB
 MAX_NESTING = 4
+MAX_TENSORS = 1 << 17  # (a per-expert MoE of 256 experts and 58 layers lists 45k; each entry costs ~300 bytes read)
+# What the metadata may cost in memory once parsed (Python objects: about 64 bytes a string and 128 an array, plus
+# their bytes), charged before they are made: a 256k-token vocabulary with 500k merges costs about 60 MiB, while 24
+# MB of empty nested arrays would cost 260 MiB
+MAX_METADATA_COST = 1 << 27
+STRING_COST, ARRAY_COST = 64, 128
 
 # metadata value types -> (struct format, size) for the fixed-size ones
 _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
@@ -39,6 +49,14 @@ STRING, ARRAY = 8, 9
 QTYPE_NAMES = ops.QTYPE_NAMES
 _BLOCKS = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34),
            "Q4_K": (256, 144), "Q6_K": (256, 210)}
+
+# Where each type keeps its floats, for the NaN/inf check at load: (bits, exponent mask, byte offsets in a block).
+# A block's values are small integers times its scales, so its scales are all that can be NaN or inf; a float is
+# NaN or inf exactly when its exponent bits are all set.
+_FLOAT_FIELDS = {"F32": ("<u4", 0x7F800000, (0,)), "F16": ("<u2", 0x7C00, (0,)), "BF16": ("<u2", 0x7F80, (0,)),
+                 "Q4_0": ("<u2", 0x7C00, (0,)), "Q4_1": ("<u2", 0x7C00, (0, 2)), "Q8_0": ("<u2", 0x7C00, (0,)),
+                 "Q4_K": ("<u2", 0x7C00, (0, 2)), "Q6_K": ("<u2", 0x7C00, (208,))}
+_CHECK_BLOCKS = 1 << 20  # blocks checked at a time (the temporaries stay a few MiB whatever the tensor's size)
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class _Reader:
 
     def __init__(self, buf, path):
         self.buf, self.pos, self.path = buf, 0, path
+        self.budget = MAX_METADATA_COST
 
     def fail(self, what):
         raise ValueError(f"{self.path}: {what}")
@@ -78,10 +97,17 @@ class _Reader:
     def u64(self, what):
         return self.scalar("<Q", 8, what)
 
-    def string(self, what):
+    def spend(self, cost, what):
+        """Charge the parsed metadata's memory budget (MAX_METADATA_COST) before the objects are made."""
+        self.budget -= cost
+        if self.budget < 0:
+            self.fail(f"{what}: the file's metadata would take more than {MAX_METADATA_COST >> 20} MiB once read")
+
+    def string(self, what, limit=MAX_STRING):
         n = self.u64(f"{what} length")
-        if n > MAX_STRING:
-            self.fail(f"{what}: a string of {n} bytes is past the {MAX_STRING}-byte limit")
+        if n > limit:
+            self.fail(f"{what}: a string of {n} bytes is past the {limit}-byte limit")
+        self.spend(STRING_COST + n, what)
         raw = bytes(self.take(n, what))
         try:
             return raw.decode("utf-8")
@@ -97,10 +123,13 @@ class _Reader:
             if depth >= MAX_NESTING:
                 self.fail(f"{what}: arrays nested deeper than {MAX_NESTING}")
             itype, count = self.u32(f"{what} item type"), self.u64(f"{what} count")
+            if depth == 0:
+                self.spend(ARRAY_COST, what)  # (an array inside an array was charged by its parent)
             if itype in _SCALARS:
                 size = _SCALARS[itype][1]
                 if count > self.remaining() // size:
                     self.fail(f"truncated: {what} claims {count} items of {size} bytes, {self.remaining()} remain")
+                self.spend(count * 8, what)  # (at most 8 bytes an item once read)
                 values = np.frombuffer(self.take(count * size, what), _NUMPY[itype]).copy()
                 return values.astype(bool) if itype == 7 else values
             if itype not in (STRING, ARRAY):
@@ -109,12 +138,15 @@ class _Reader:
                 self.fail(f"truncated: {what} claims {count} items, {self.remaining()} bytes remain")
             if itype == STRING:
                 return self._strings(count, what)
+            self.spend(count * ARRAY_COST, what)
             return [self.value(ARRAY, f"{what}[{i}]", depth + 1) for i in range(count)]
         self.fail(f"{what}: unknown value type {vtype}")
 
     def _strings(self, count, what):
+        self.spend(count * STRING_COST, what)
         out = []
-        buf, pos, end = self.buf, self.pos, len(self.buf)
+        buf, start, end = self.buf, self.pos, len(self.buf)
+        pos = start
         for i in range(count):  # (the tokenizer's 50k strings: plain slicing, no per-item method calls)
             if end - pos < 8:
                 self.pos = pos
@@ -131,6 +163,7 @@ class _Reader:
             except UnicodeDecodeError:
                 out.append(raw.decode("utf-8", errors="replace"))
         self.pos = pos
+        self.spend(pos - start - 8 * count, what)  # (the strings' bytes: no more than the file's)
         return out
 
 
@@ -166,21 +199,24 @@ class GGUFFile:
         # each metadata entry takes at least 8 + 4 + 1 bytes, each tensor entry at least 8 + 4 + 4 + 8
         if n_kv > r.remaining() // 13 or n_tensors > r.remaining() // 24:
             r.fail(f"truncated: {n_kv} metadata entries and {n_tensors} tensors cannot fit in {len(self.buf)} bytes")
+        if n_tensors > MAX_TENSORS:
+            r.fail(f"tensor count {n_tensors} is past the {MAX_TENSORS} this reader takes")
         self.metadata = {}
         for i in range(n_kv):
-            key = r.string(f"metadata key {i}")
-            self.metadata[key] = r.value(r.u32(f"type of {key!r}"), repr(key))
+            key = r.string(f"metadata key {i}", MAX_NAME)
+            self.metadata[key] = r.value(r.u32(f"type of {quote(key)}"), quote(key))
         alignment = self.metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1) or alignment > 1 << 20:
-            r.fail(f"general.alignment must be a power of two, got {alignment!r}")
+            r.fail(f"general.alignment must be a power of two, got {quote(alignment)}")
         infos = []
         for i in range(n_tensors):
-            name = r.string(f"tensor {i} name")
-            n_dims = r.u32(f"tensor {name!r} dimension count")
+            name = r.string(f"tensor {i} name", MAX_NAME)
+            what = f"tensor {quote(name)}"
+            n_dims = r.u32(f"{what} dimension count")
             if n_dims > MAX_DIMS:
-                r.fail(f"tensor {name!r}: {n_dims} dimensions (at most {MAX_DIMS})")
-            dims = [r.u64(f"tensor {name!r} dimension") for _ in range(n_dims)]
-            code, offset = r.u32(f"tensor {name!r} type"), r.u64(f"tensor {name!r} offset")
+                r.fail(f"{what}: {n_dims} dimensions (at most {MAX_DIMS})")
+            dims = [r.u64(f"{what} dimension") for _ in range(n_dims)]
+            code, offset = r.u32(f"{what} type"), r.u64(f"{what} offset")
             infos.append((name, dims, code, offset))
         data_start = -(-r.pos // alignment) * alignment
         if data_start > len(self.buf):
@@ -189,26 +225,31 @@ class GGUFFile:
         data_len = len(self.buf) - data_start
         self.tensors = {}
         for name, dims, code, offset in infos:
+            what = f"tensor {quote(name)}"
             if name in self.tensors:
-                r.fail(f"tensor {name!r} appears twice")
+                r.fail(f"{what} appears twice")
             qtype = QTYPE_NAMES.get(code, f"type {code}")
             count = 1
             for d in dims:
                 count *= d
                 if count > data_len * 8:  # far more values than the file could hold (and no int overflow)
-                    r.fail(f"tensor {name!r}: dims {dims} claim more values than the file holds")
+                    r.fail(f"{what}: dims {dims} claim more values than the file holds")
             if qtype in _BLOCKS:
                 values, size = _BLOCKS[qtype]
                 if dims and dims[0] % values:
-                    r.fail(f"tensor {name!r}: a row of {dims[0]} values is not a whole number of {qtype} blocks "
+                    r.fail(f"{what}: a row of {dims[0]} values is not a whole number of {qtype} blocks "
                            f"of {values}")
                 nbytes = count // values * size
             else:
                 nbytes = 0  # an unknown type: listed (info shows it), refused when its data is asked for
             if offset % alignment or offset > data_len or nbytes > data_len - offset:
-                r.fail(f"tensor {name!r}: {nbytes} bytes at offset {offset} lie outside the {data_len}-byte data "
+                r.fail(f"{what}: {nbytes} bytes at offset {offset} lie outside the {data_len}-byte data "
                        f"section (or are not {alignment}-aligned)")
             self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), qtype, offset, nbytes)
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values() if t.nbytes)
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:
+                r.fail(f"tensors {quote(first)} and {quote(second)} overlap in the data section")
 
     def tensor(self, name):
         """The tensor's data: float32 arrays for F32 (other float types widened to float32), ops.Quantized (rows,
@@ -221,7 +262,7 @@ class GGUFFile:
 
     def _data(self, name, quantized):
         if name not in self.tensors:
-            raise ValueError(f"{self.path}: no tensor {name!r}")
+            raise ValueError(f"{self.path}: no tensor {quote(name)}")
         info = self.tensors[name]
         if info.qtype not in _BLOCKS:
             raise ValueError(f"{self.path}: tensor {name!r} has {info.qtype}, which pytransformer does not read "
@@ -237,6 +278,22 @@ class GGUFFile:
         if info.qtype == "F16":
             return raw.view("<f2").astype(np.float32).reshape(info.shape)
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+
+    def finite(self, name) -> bool:
+        """Whether the tensor holds no NaN or inf: its floats, or its blocks' scales, read in the file's bytes."""
+        info = self.tensors[name]
+        if info.qtype not in _BLOCKS:
+            self._data(name, quantized=True)  # (refuses the type, naming it)
+        bits, mask, fields = _FLOAT_FIELDS[info.qtype]
+        size = _BLOCKS[info.qtype][1]
+        if not info.nbytes:
+            return True  # (no values: numpy would refuse a view at its offset)
+        for at in fields:  # (one field of every block: a strided view of the mapped bytes, checked a chunk at a time)
+            field = np.ndarray((info.nbytes // size,), bits, self.buf, self.data_start + info.offset + at, (size,))
+            for start in range(0, len(field), _CHECK_BLOCKS):
+                if ((field[start:start + _CHECK_BLOCKS] & mask) == mask).any():
+                    return False
+        return True
 
     def release(self, name):
         """Tell the OS this process is done with the tensor's mapped pages (they were copied): they stop counting

@@ -19,9 +19,11 @@ from ..models.base import parameter_shapes, unwritten_parameters
 from ..models.llama import Llama, LlamaConfig
 from ..tokenizers.bpe import ByteLevelBPETokenizer
 from .gguf import GGUFFile
-from .hf_common import MAX_LAYERS, MAX_SIZE
+from .hf_common import MAX_HEAD_SIZE, MAX_LAYERS, MAX_SIZE, listed, naming_the_file, warn_not_finite
+from .safetensors import quote
 
 ARCHITECTURES = ("llama",)
+FLOAT_TYPES = ("F32", "F16", "BF16")  # what a vector (a norm's weight) may be stored as
 
 
 def _field(md, key, kind=int, lo=1, hi=MAX_SIZE, default=None):
@@ -33,28 +35,47 @@ def _field(md, key, kind=int, lo=1, hi=MAX_SIZE, default=None):
     else:
         ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and lo < value < hi
     if not ok:
-        raise ValueError(f"metadata {key} must be {'an integer in' if kind is int else 'a number in'} "
-                         f"[{lo}, {hi}], got {value!r}")
+        wanted = f"an integer in [{lo}, {hi}]" if kind is int else f"a number in ({lo}, {hi})"
+        raise ValueError(f"metadata {key} must be {wanted}, got {quote(value)}")
     return kind(value)
 
 
 def config_from_metadata(md: dict, tensors: dict) -> LlamaConfig:
     arch = md.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"metadata general.architecture {quote(arch)} is not supported "
+                         f"(supported: {', '.join(ARCHITECTURES)})")
     a = arch
     n_head = _field(md, f"{a}.attention.head_count")
     n_embd = _field(md, f"{a}.embedding_length")
-    head_dim = _field(md, f"{a}.attention.key_length", default=_field(md, f"{a}.rope.dimension_count",
-                                                                        default=n_embd // n_head))
-    if md.get(f"{a}.rope.scaling.type", "none") not in ("none", None):
-        raise ValueError(f"rope scaling {md[f'{a}.rope.scaling.type']!r} is not supported")
-    if "token_embd.weight" not in tensors:
-        raise ValueError("no token_embd.weight tensor")
-    vocab = tensors["token_embd.weight"].shape[0]
+    given = [key for key in (f"{a}.attention.key_length", f"{a}.rope.dimension_count") if key in md]
+    if given:
+        head_dim = _field(md, given[0], hi=MAX_HEAD_SIZE)
+    elif n_embd % n_head or not 1 <= n_embd // n_head <= MAX_HEAD_SIZE:
+        raise ValueError(f"metadata {a}.embedding_length {n_embd} / {a}.attention.head_count {n_head} must be a "
+                         f"whole head size in [1, {MAX_HEAD_SIZE}] (no {a}.attention.key_length gives one)")
+    else:
+        head_dim = n_embd // n_head
+    if head_dim % 2:
+        raise ValueError(f"metadata {given[0] if given else f'{a}.embedding_length'}: rotary attention needs an even "
+                         f"head size, got {head_dim}")
+    scaling = md.get(f"{a}.rope.scaling.type")
+    if not (scaling is None or isinstance(scaling, str) and scaling == "none"):
+        raise ValueError(f"metadata {a}.rope.scaling.type {quote(scaling)} is not supported")
+    embd = tensors.get("token_embd.weight")
+    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_SIZE:
+        raise ValueError(f"token_embd.weight must be a (vocabulary, {n_embd}) matrix, got "
+                         f"{'none' if embd is None else embd.shape}")
+    vocab = embd.shape[0]
+    if _field(md, f"{a}.vocab_size", default=vocab) != vocab:
+        raise ValueError(f"metadata {a}.vocab_size {md[f'{a}.vocab_size']} is not token_embd.weight's {vocab} rows")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and len(tokens) > vocab:
+        raise ValueError(f"metadata tokenizer.ggml.tokens has {len(tokens)} tokens, token_embd.weight only {vocab} "
+                         f"rows")
     n_kv = _field(md, f"{a}.attention.head_count_kv", default=n_head)
     if n_head % n_kv:
-        raise ValueError(f"key/value heads {n_kv} must divide the {n_head} query heads")
+        raise ValueError(f"metadata {a}.attention.head_count_kv {n_kv} must divide {a}.attention.head_count {n_head}")
     return LlamaConfig(vocab_size=vocab, n_layer=_field(md, f"{a}.block_count", hi=MAX_LAYERS), n_embd=n_embd,
                        n_head=n_head, n_kv_head=n_kv, intermediate_size=_field(md, f"{a}.feed_forward_length"),
                        max_positions=_field(md, f"{a}.context_length", default=2048),
@@ -83,18 +104,25 @@ def names(c: LlamaConfig) -> dict:
 
 def load_llama_gguf(path, mmap=True) -> Llama:
     """A Llama (eval mode) from a GGUF file (a path or an opened GGUFFile), its matrices kept quantised;
-    model.tokenizer from the metadata."""
+    model.tokenizer from the metadata. A tensor holding NaN or inf is loaded, with a warning that names it."""
     f = path if isinstance(path, GGUFFile) else GGUFFile(path, mmap)
-    config = config_from_metadata(f.metadata, f.tensors)
-    mapping = names(config)
-    shapes = parameter_shapes(Llama, config)
-    missing = [n for n in mapping if n not in f.tensors]
-    extra = [n for n in f.tensors if n not in mapping and n != "rope_freqs.weight"]
-    bad = [f"{n} {f.tensors[n].shape} (expected {shapes[ours]})" for n, ours in mapping.items()
-           if n in f.tensors and f.tensors[n].shape != shapes[ours]]
-    if missing or extra or bad:
-        raise ValueError(f"{path}: tensors do not fit the config: missing {missing}, unexpected {extra}, "
-                         f"mis-shaped {bad}")
+    path = f.path
+    with naming_the_file(path):
+        config = config_from_metadata(f.metadata, f.tensors)
+        mapping = names(config)
+        shapes = parameter_shapes(Llama, config)
+        missing = [n for n in mapping if n not in f.tensors]
+        extra = [quote(n) for n in f.tensors if n not in mapping and n != "rope_freqs.weight"]
+        bad = [f"{n}: expected {shapes[ours]}, found {f.tensors[n].shape}" for n, ours in mapping.items()
+               if n in f.tensors and f.tensors[n].shape != shapes[ours]]
+        if missing or extra or bad:
+            raise ValueError(f"tensors do not fit the config: missing {listed(missing)}, unexpected {listed(extra)}, "
+                             f"mis-shaped {listed(bad)}")
+        narrow = [f"{n} ({f.tensors[n].qtype})" for n in mapping
+                  if len(f.tensors[n].shape) == 1 and f.tensors[n].qtype not in FLOAT_TYPES]
+        if narrow:
+            raise ValueError(f"vectors must be stored as {', '.join(FLOAT_TYPES)}, not in blocks: {listed(narrow)}")
+        warn_not_finite(path, [n for n in mapping if not f.finite(n)])
     with unwritten_parameters():
         model = Llama(config)
     params = model.named_parameters_dict()

@@ -7,7 +7,7 @@ import os
 
 from .families import family_for_gguf, family_for_model_type
 from .gguf import GGUFFile, is_gguf
-from .hf_common import load, read_config
+from .hf_common import load, naming_the_file, read_config
 
 
 def from_pretrained(path, mmap=True, dtype=None):
@@ -26,10 +26,6 @@ def from_pretrained(path, mmap=True, dtype=None):
         return model if dtype is None else model.set_weight_dtype(dtype)
     if dtype is None:
         dtype = "float32"
-    try:
+    with naming_the_file(path):
         family = family_for_model_type(read_config(path).get("model_type"))
-        model = load(family.hf, family.model_class, path, mmap)
-    except ValueError as e:
-        message = str(e)
-        raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None
-    return model.set_weight_dtype(dtype)
+    return load(family.hf, family.model_class, path, mmap).set_weight_dtype(dtype)

@@ -6,21 +6,33 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..models.base import parameter_shapes
-from .safetensors import atomic_write, load_file, parse_json, save_file
+from .safetensors import MAX_HEADER, atomic_write, load_file, parse_json, quote, save_file
+
+
+def read_json(path) -> dict:
+    """A JSON object from a file (config.json, an index) of at most MAX_HEADER bytes, or ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not a file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_HEADER:
+            raise ValueError(f"{path}: more than {MAX_HEADER} bytes, far more than any config or index")
+        return parse_json(f.read(size), path)  # (what it held when measured: a file that grows is cut)
 
 
 def read_config(path) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{path}: no config.json")
-    with open(cfg_path, "rb") as f:
-        return parse_json(f.read(), cfg_path)
+    return read_json(cfg_path)
 
 
 def read_folder(path, mmap=True):
@@ -32,14 +44,13 @@ def read_folder(path, mmap=True):
     if os.path.exists(single):
         return config, load_file(single, mmap=mmap)
     if os.path.exists(index):
-        with open(index, "rb") as f:
-            weight_map = parse_json(f.read(), index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{index}: expected a JSON object with a weight_map of tensor name -> shard file")
         tensors = {}
         for shard in sorted(set(weight_map.values())):
             if os.path.basename(shard) != shard or not shard:
-                raise ValueError(f"{index}: shard name {shard!r} must be a file in the folder")
+                raise ValueError(f"{index}: shard name {quote(shard)} must be a file in the folder")
             tensors.update(load_file(os.path.join(path, shard), mmap=mmap))
         return config, tensors
     raise ValueError(f"{path}: no model.safetensors (or sharded index) found")
@@ -49,6 +60,7 @@ def read_folder(path, mmap=True):
 
 MAX_LAYERS = 4096   # far above any real model (GPT-3 175B has 96); a claim past it is refused before a build
 MAX_SIZE = 2**31 - 1
+MAX_HEAD_SIZE = 1 << 12  # (rotary attention builds a (positions, head size / 2) table as the model is described)
 _MISSING = object()
 
 
@@ -57,7 +69,7 @@ def int_field(cfg: dict, name: str, lo: int = 1, hi: int = MAX_SIZE, default=_MI
     if value is _MISSING:
         raise ValueError(f"config.json has no {name}")
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"config.json: {name} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise ValueError(f"config.json: {name} must be an integer in [{lo}, {hi}], got {quote(value)}")
     return value
 
 
@@ -66,7 +78,7 @@ def float_field(cfg: dict, name: str, lo: float, hi: float, default=_MISSING) ->
     if value is _MISSING:
         raise ValueError(f"config.json has no {name}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value < hi:
-        raise ValueError(f"config.json: {name} must be a number in ({lo}, {hi}), got {value!r}")
+        raise ValueError(f"config.json: {name} must be a number in ({lo}, {hi}), got {quote(value)}")
     return float(value)
 
 
@@ -92,6 +104,9 @@ class Same:
     def __init__(self, hf_shape=None):
         self.hf_shape = hf_shape
 
+    def hf_shape_of(self, shapes):
+        return tuple(shapes[0] if self.hf_shape is None else self.hf_shape)
+
     def to_ours(self, value, shapes):
         return [value.reshape(shapes[0])]
 
@@ -101,6 +116,9 @@ class Same:
 
 class Transposed:
     """GPT-2's Conv1D keeps a Linear's weight as (in, out); ours is (out, in)."""
+
+    def hf_shape_of(self, shapes):
+        return tuple(shapes[0][::-1])
 
     def to_ours(self, value, shapes):
         return [np.ascontiguousarray(value.reshape(shapes[0][::-1]).T)]
@@ -115,6 +133,10 @@ class Fused:
 
     def __init__(self, transposed: bool):
         self.transposed = transposed
+
+    def hf_shape_of(self, shapes):
+        total = sum(s[0] for s in shapes)
+        return (shapes[0][1], total) if self.transposed else (total,)
 
     def to_ours(self, value, shapes):
         sizes = [s[0] for s in shapes]
@@ -158,15 +180,16 @@ def encoder_layer_rules(prefix, n_layer, parts) -> list:
 class NameMap:
     """The rules between one model's parameters and a Hugging Face state dict. Rules whose parameters the
     model lacks (an absent head) are skipped. `to_ours` checks that every tensor the model needs is present with
-    the right size, and names whatever is missing, mis-shaped or (when strict) left over."""
+    the shape its layout gives (`hf_shape_of` our shapes), names whatever is missing, mis-shaped or (when strict)
+    left over, and warns of any that hold NaN or inf."""
 
     def __init__(self, rules, ignore=(), strict=False):
         self.rules = list(rules)
         self.ignore = tuple(ignore)  # Hugging Face names (suffixes) that are never ours: buffers, tied copies
         self.strict = strict         # unexpected tensors are an error, not skipped
 
-    def to_ours(self, hf: dict, shapes: dict) -> dict:
-        out, missing, bad, used = {}, [], [], set()
+    def to_ours(self, hf: dict, shapes: dict, source="checkpoint") -> dict:
+        out, missing, bad, used, not_finite = {}, [], [], set(), []
         for r in self.rules:
             if not all(n in shapes for n in r.ours):
                 continue
@@ -174,20 +197,49 @@ class NameMap:
             if r.hf not in hf:
                 missing.append(r.hf)
                 continue
-            value = np.asarray(hf[r.hf], np.float32)
             want = [shapes[n] for n in r.ours]
-            if value.size != sum(int(np.prod(s)) for s in want):
-                bad.append(f"{r.hf} {value.shape} (expected {' + '.join(str(s) for s in want)})")
+            expected = r.layout.hf_shape_of(want)
+            if tuple(np.shape(hf[r.hf])) != expected:
+                bad.append(f"{r.hf}: expected {expected}, found {tuple(np.shape(hf[r.hf]))}")
                 continue
+            value = np.asarray(hf[r.hf], np.float32)
+            if value.size and not (np.isfinite(value.min()) and np.isfinite(value.max())):  # (NaN and inf propagate)
+                not_finite.append(r.hf)
             out.update(zip(r.ours, r.layout.to_ours(value, want)))
-        extra = [n for n in hf if n not in used and not n.endswith(self.ignore)]
+        extra = [quote(n) for n in hf if n not in used and not n.endswith(self.ignore)]
         if missing or bad or (self.strict and extra):
-            raise ValueError(f"checkpoint does not fit the model: missing {missing}, mis-shaped {bad}, "
-                             f"unexpected {extra}")
+            raise ValueError(f"checkpoint does not fit the model: missing {listed(missing)}, mis-shaped {listed(bad)}, "
+                             f"unexpected {listed(extra)}")
+        warn_not_finite(source, not_finite)
         return out
 
     def to_hf(self, ours: dict) -> dict:
         return {r.hf: r.layout.to_hf([ours[n] for n in r.ours]) for r in self.rules if all(n in ours for n in r.ours)}
+
+
+def listed(items, shown=4) -> str:
+    """A list for an error message: its first few items, and how many more (a hostile file may name thousands)."""
+    items = list(items)
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return f"[{', '.join(items[:shown])}{more}]"
+
+
+def warn_not_finite(source, names) -> None:
+    """The one warning of a load whose weights hold NaN or inf (they are loaded as they are)."""
+    if names:
+        warnings.warn(f"{source}: NaN or inf in {len(names)} tensor(s): {listed(names)}", RuntimeWarning,
+                      stacklevel=3)
+
+
+@contextmanager
+def naming_the_file(path):
+    """ValueErrors raised inside say which file or folder they are about (once)."""
+    path = os.fspath(path)
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None
 
 
 def detect_prefix(tensors: dict, prefix: str) -> str:
@@ -198,7 +250,7 @@ def detect_prefix(tensors: dict, prefix: str) -> str:
 def check_activation(config: dict, key: str, allowed, default):
     act = config.get(key, default)
     if not isinstance(act, str) or act not in allowed:
-        raise ValueError(f"{key} {act!r} is not supported (expected one of {tuple(allowed)})")
+        raise ValueError(f"config.json: {key} {quote(act)} is not supported (expected one of {tuple(allowed)})")
 
 
 def labels(n: int) -> dict:
@@ -252,15 +304,17 @@ class HFFormat:
 def load(layout: HFLayout, model_class, path, mmap=True):
     """A model of model_class from a Hugging Face folder in this layout, in eval mode. Everything is checked
     before the model is allocated: config.json's fields (types, ranges), then every tensor the config implies
-    against the file's (names and sizes, from a shapes-only build of the model)."""
-    config_json, tensors = read_folder(path, mmap)
-    arch = (config_json.get("architectures") or [layout.architectures[0]])
-    arch = arch[0] if isinstance(arch, list) else arch
-    if arch not in layout.architectures:
-        raise ValueError(f"unsupported {layout.model_type} architecture {arch!r} "
-                         f"(supported: {', '.join(layout.architectures)})")
-    config, prefix = layout.from_hf(config_json, tensors)
-    ours = layout.names(config, prefix).to_ours(tensors, parameter_shapes(model_class, config))
+    against the file's (names and shapes, from a shapes-only build of the model); ValueErrors name the folder.
+    Weights holding NaN or inf are loaded, with a warning naming them."""
+    with naming_the_file(path):
+        config_json, tensors = read_folder(path, mmap)
+        arch = (config_json.get("architectures") or [layout.architectures[0]])
+        arch = arch[0] if isinstance(arch, list) else arch
+        if not isinstance(arch, str) or arch not in layout.architectures:
+            raise ValueError(f"config.json: unsupported {layout.model_type} architecture {quote(arch)} "
+                             f"(supported: {', '.join(layout.architectures)})")
+        config, prefix = layout.from_hf(config_json, tensors)
+        ours = layout.names(config, prefix).to_ours(tensors, parameter_shapes(model_class, config), os.fspath(path))
     model = model_class(config)
     model.load_params(ours)
     return model.eval()

@@ -6,7 +6,9 @@ from __future__ import annotations
 from ..models.llama import Llama, LlamaConfig
 import numpy as np
 
-from .hf_common import MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field, int_field, load, rule
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field,
+                        int_field, load, rule)
+from .safetensors import quote
 
 
 class Interleaved:
@@ -15,6 +17,9 @@ class Interleaved:
 
     def __init__(self, n_head: int):
         self.n_head = n_head
+
+    def hf_shape_of(self, shapes):
+        return tuple(shapes[0])
 
     def to_ours(self, value, shapes):
         w = np.asarray(value).reshape(shapes[0])
@@ -37,27 +42,29 @@ def from_hf(cfg: dict, tensors: dict):
     # rotary settings: rope_theta and rope_scaling (transformers 4), or rope_parameters (transformers 5)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"config.json: rope scaling {rope!r} is not supported (plain rotary only)")
+        raise ValueError(f"config.json: rope scaling {quote(rope)} is not supported (plain rotary only)")
     if "rope_theta" not in cfg and "rope_theta" in rope:
         cfg = {**cfg, "rope_theta": rope["rope_theta"]}
     n_head = int_field(cfg, "num_attention_heads")
     hidden = int_field(cfg, "hidden_size")
-    head_dim = cfg.get("head_dim")
-    head_dim = None if head_dim is None or head_dim * n_head == hidden else int_field(cfg, "head_dim")
+    head_dim = None if cfg.get("head_dim") is None else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
+    head_dim = None if head_dim is not None and head_dim * n_head == hidden else head_dim
     if head_dim is None and hidden % n_head:
         raise ValueError(f"config.json: hidden_size {hidden} must be a multiple of num_attention_heads {n_head}")
+    if head_dim is None and hidden // n_head > MAX_HEAD_SIZE:
+        raise ValueError(f"config.json: hidden_size / num_attention_heads = {hidden // n_head} is past the "
+                         f"{MAX_HEAD_SIZE} a head may have")
     n_kv = int_field(cfg, "num_key_value_heads", default=n_head)
     if n_head % n_kv:
         raise ValueError(f"config.json: num_key_value_heads {n_kv} must divide num_attention_heads {n_head}")
+    fields = dict(vocab_size=int_field(cfg, "vocab_size"), n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                  n_embd=hidden, n_head=n_head, n_kv_head=n_kv, intermediate_size=int_field(cfg, "intermediate_size"),
+                  max_positions=int_field(cfg, "max_position_embeddings", default=2048),
+                  rms_norm_eps=float_field(cfg, "rms_norm_eps", 0.0, 1.0, 1e-6),
+                  rope_theta=float_field(cfg, "rope_theta", 0.0, 1e12, 10000.0),
+                  tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), head_dim=head_dim)
     try:
-        config = LlamaConfig(vocab_size=int_field(cfg, "vocab_size"), n_layer=int_field(cfg, "num_hidden_layers",
-                                                                                    hi=MAX_LAYERS),
-                             n_embd=hidden, n_head=n_head, n_kv_head=n_kv,
-                             intermediate_size=int_field(cfg, "intermediate_size"),
-                             max_positions=int_field(cfg, "max_position_embeddings", default=2048),
-                             rms_norm_eps=float_field(cfg, "rms_norm_eps", 0.0, 1.0, 1e-6),
-                             rope_theta=float_field(cfg, "rope_theta", 0.0, 1e12, 10000.0),
-                             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), head_dim=head_dim)
+        config = LlamaConfig(**fields)
     except ValueError as e:
         raise ValueError(f"config.json: {e}") from None
     return config, detect_prefix(tensors, PREFIX)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import reprlib
 import struct
 import tempfile
 import threading
@@ -28,6 +29,18 @@ _NAMES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"
           np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
           np.dtype("?"): "BOOL"}
 MAX_HEADER = 100 * 1024 * 1024
+# JSON values a header (or config.json, or an index) may hold: a real header spends about 11 per tensor, so this is
+# ~190k tensors in one file; it bounds the Python objects parsing can make (each ~60 bytes) whatever the file says
+MAX_JSON_VALUES = 1 << 21
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = _QUOTE.maxlong = 40
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 2, 6, 4
+
+
+def quote(value) -> str:
+    """A value from a hostile file as an error message shows it: its repr, cut short (strings at 40 characters,
+    lists at 6 items, 2 levels deep), so a 64 MiB string never becomes a 64 MiB message."""
+    return _QUOTE.repr(value)
 
 
 def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
@@ -49,38 +62,43 @@ def parse_header(raw: bytes, file_size: int, path="") -> tuple[dict, dict, int]:
     tensors = {}
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{where}tensor {name!r}: expected keys dtype, shape, data_offsets")
+            raise ValueError(f"{where}tensor {quote(name)}: expected keys dtype, shape, data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
-            raise ValueError(f"{where}tensor {name!r}: unsupported dtype {dtype!r}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise ValueError(f"{where}tensor {quote(name)}: unsupported dtype {quote(dtype)}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise ValueError(f"{where}tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+            raise ValueError(f"{where}tensor {quote(name)}: shape must be a list of non-negative ints, got {quote(shape)}")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise ValueError(f"{where}tensor {name!r}: data_offsets must be two ints, got {offsets!r}")
+            raise ValueError(f"{where}tensor {quote(name)}: data_offsets must be two ints, got {quote(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
-            raise ValueError(f"{where}tensor {name!r}: data_offsets {offsets} outside the {data_len}-byte data")
+            raise ValueError(f"{where}tensor {quote(name)}: data_offsets {quote(offsets)} outside the {data_len}-byte data")
         count = 1
         for s in shape:
             count *= s
         if count * _DTYPES[dtype].itemsize != end - begin:
-            raise ValueError(f"{where}tensor {name!r}: shape {shape} of {dtype} needs "
+            raise ValueError(f"{where}tensor {quote(name)}: shape {quote(shape)} of {dtype} needs "
                              f"{count * _DTYPES[dtype].itemsize} bytes, data_offsets give {end - begin}")
         tensors[name] = (dtype, tuple(shape), begin, end)
     spans = sorted((b, e, name) for name, (_, _, b, e) in tensors.items() if e > b)
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
-            raise ValueError(f"{where}tensors {n0!r} and {n1!r} overlap")
+            raise ValueError(f"{where}tensors {quote(n0)} and {quote(n1)} overlap")
     return tensors, metadata, 8 + n
 
 
 def parse_json(raw: bytes, what: str) -> dict:
-    """A JSON object from untrusted bytes, or ValueError saying what is wrong with `what` (never RecursionError or
-    UnicodeDecodeError)."""
+    """A JSON object from untrusted bytes, or ValueError saying what is wrong with `what` (never RecursionError,
+    UnicodeDecodeError or a parse that makes millions of objects out of a few bytes each)."""
+    raw = bytes(raw)
+    # every list item and every key follows one of these (and a key's value pairs with it): a bound, found at C speed
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+    if values > MAX_JSON_VALUES:
+        raise ValueError(f"{what} holds about {values} JSON values, more than the {MAX_JSON_VALUES} allowed")
     try:
-        value = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # (bad UTF-8, bad JSON, an integer of more than 4300 digits)
         raise ValueError(f"{what} is not valid JSON: {e}") from None
     except RecursionError:
         raise ValueError(f"{what} is nested too deeply to be what it claims") from None
@@ -148,7 +166,7 @@ def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         key = np.dtype(arr.dtype.str.replace(">", "<").replace("=", "<"))
         if key not in _NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
+            raise ValueError(f"tensor {quote(name)}: dtype {arr.dtype} cannot be stored in safetensors")
         header[name] = {"dtype": _NAMES[key], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
         blobs.append(arr)
         offset += arr.nbytes

@@ -147,7 +147,8 @@ class GPT2Tokenizer:
             return cached
         word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
         word = (_bpe_merge_fast or bpe_merge)(word, self.ranks)
-        ids = [self.encoder[t] for t in word]
+        ids = [i for i in map(self.encoder.get, word) if i is not None]  # (a byte the vocabulary lacks is
+        # dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04)
         if len(self.cache) < 100_000:
             self.cache[piece] = ids
         return ids
@@ -192,7 +193,7 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
     def __init__(self, tokens: list[str], merges: list[tuple[str, str]], special: dict | None = None,
                  pre: str = "gpt2", bos_id=None, eos_id=None, eot_id=None, chat_template=None, add_bos=False):
         if pre not in PRE_TOKENIZERS:
-            raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {', '.join(PRE_TOKENIZERS)})")
+            raise ValueError(f"unsupported pre-tokenizer {pre[:40]!r} (supported: {', '.join(PRE_TOKENIZERS)})")
         # the merges' symbols are tokens already: one (interned) string object each, shared by every table
         tokens = [sys.intern(t) for t in tokens]
         merges = [(sys.intern(a), sys.intern(b)) for a, b in merges]
@@ -292,17 +293,21 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
         if not isinstance(tokens, list) or not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
             raise ValueError("tokenizer.ggml.tokens and tokenizer.ggml.merges must be lists of strings")
+        if not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("tokenizer.ggml.tokens must be non-empty strings")
+        vocab = set(tokens)
         pairs = []
         for m in merges:
             a, sep, b = m.partition(" ")
-            if not sep:
-                raise ValueError(f"tokenizer.ggml.merges: {m!r} is not two symbols separated by a space")
+            if not sep or a not in vocab or b not in vocab or a + b not in vocab:
+                raise ValueError(f"tokenizer.ggml.merges: {m[:40]!r} is not two tokens, separated by a space, whose "
+                                 f"joining is a token")
             pairs.append((a, b))
         types = metadata.get("tokenizer.ggml.token_type")
         special = {}
         if types is not None:
-            if len(types) != len(tokens):
-                raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+            if not isinstance(types, np.ndarray) or types.dtype.kind not in "iu" or len(types) != len(tokens):
+                raise ValueError(f"tokenizer.ggml.token_type must be {len(tokens)} integers, one a token")
             special = {tokens[i]: i for i in np.flatnonzero((np.asarray(types) == CONTROL) |
                                                               (np.asarray(types) == USER_DEFINED)).tolist()}
 
@@ -311,10 +316,12 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
             if v is None:
                 return None
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
-                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {v!r}")
+                raise ValueError(f"{key} must be a token id in [0, {len(tokens)}), got {v if isinstance(v, int) else type(v).__name__}")
             return v
 
         pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+        if not isinstance(pre, str) or not isinstance(metadata.get("tokenizer.chat_template", ""), str):
+            raise ValueError("tokenizer.ggml.pre and tokenizer.chat_template must be strings")
         pre = "gpt2" if pre in ("default", "gpt-2") else pre
         return cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
                    token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),

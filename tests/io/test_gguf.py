@@ -11,29 +11,13 @@ import pytest
 
 from pytransformer import ops
 from pytransformer import reference as ref
-from pytransformer.io.gguf import GGUFFile, read_gguf
+from pytransformer.io.gguf import read_gguf
 from pytransformer.opcases import random_blocks
+from tiny_gguf import TOKENS, write
 
 gguf = pytest.importorskip("gguf")
 QT = gguf.GGMLQuantizationType
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"]
-
-
-def write(path, tensors=(), metadata=None, arch="llama"):
-    """tensors: (name, uint8 data (rows, row_bytes) or float32 array, type name, numpy shape)."""
-    w = gguf.GGUFWriter(str(path), arch)
-    for key, (value, vtype) in (metadata or {}).items():
-        w.add_key_value(key, value, vtype)
-    for name, data, qtype, shape in tensors:
-        if qtype == "F32":
-            w.add_tensor(name, np.ascontiguousarray(data, np.float32))
-        else:
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=getattr(QT, qtype))  # (byte shape)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +169,7 @@ def test_tiny_llama_gguf_matches_transformers(tmp_path):
 
     torch.manual_seed(0)
     NH, NKV = 4, 2
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=len(TOKENS), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                    num_attention_heads=NH, num_key_value_heads=NKV, rope_theta=1000.0,
                                    rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
@@ -233,8 +217,7 @@ def test_tiny_llama_gguf_matches_transformers(tmp_path):
           "llama.attention.head_count": (NH, V.UINT32), "llama.attention.head_count_kv": (NKV, V.UINT32),
           "llama.rope.freq_base": (1000.0, V.FLOAT32), "llama.attention.layer_norm_rms_epsilon": (1e-6, V.FLOAT32),
           "tokenizer.ggml.model": ("gpt2", V.STRING),
-          "tokenizer.ggml.tokens": ([chr(0x100 + i) for i in range(64)], V.ARRAY),
-          "tokenizer.ggml.merges": (["Ā ā"], V.ARRAY)}
+          "tokenizer.ggml.tokens": (TOKENS, V.ARRAY), "tokenizer.ggml.merges": (["Ġ t"], V.ARRAY)}
     path = write(tmp_path / "tiny.gguf", tensors, md)
     model = from_pretrained(path)
     with torch.no_grad():
@@ -243,7 +226,7 @@ def test_tiny_llama_gguf_matches_transformers(tmp_path):
         want = hf(torch.from_numpy(ids)).logits.numpy()
     got = model(ids)
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
-    assert model.tokenizer is not None and model.tokenizer.vocab_size == 64
+    assert model.tokenizer is not None and model.tokenizer.vocab_size == len(TOKENS)
     # quantised in memory: the matrices are the file's blocks, nothing widened
     assert model.blocks[0].attn.sublayer.v.quantized.qtype == names["model.layers.0.self_attn.v_proj.weight"][1] \
         or names["model.layers.0.self_attn.v_proj.weight"][1] == "F32"

@@ -163,3 +163,29 @@ def test_written_files_honour_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "a.safetensors").st_mode) == 0o640
     save_file({"a": np.ones(3, np.float32)}, tmp_path / "b.safetensors")
     assert stat.S_IMODE(os.stat(tmp_path / "b.safetensors").st_mode) == 0o666 & ~old
+
+
+def test_a_megabyte_tensor_name_is_quoted_short(tmp_path):
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(raw_file({"n" * 10**6: {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)))
+    with pytest.raises(ValueError, match="tensor 'nnnn*[.][.][.]n*': unsupported dtype 'Q7'") as e:
+        load_file(path)
+    assert len(str(e.value)) < len(str(path)) + 100
+
+
+def test_an_integer_of_5000_digits_is_a_value_error_naming_the_header(tmp_path):
+    path = tmp_path / "digits.safetensors"
+    path.write_bytes(struct.pack("<Q", 5010) + b'{"x": ' + b"9" * 5000 + b"}    ")
+    with pytest.raises(ValueError, match=f"{path}: header is not valid JSON"):
+        load_file(path)
+
+
+def test_a_header_of_millions_of_tiny_values_is_refused_before_parsing(tmp_path):
+    from pytransformer.io import safetensors
+
+    raw = b'{"x": [' + b"[]," * safetensors.MAX_JSON_VALUES + b"[]]}"
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(ValueError, match=f"header holds about {2 * safetensors.MAX_JSON_VALUES + 4} JSON values, "
+                                         f"more than the {safetensors.MAX_JSON_VALUES} allowed"):
+        load_file(path)
