@@ -85,4 +85,5 @@ def family_for_gguf(f: GGUFFile) -> Family:
         if family.gguf is not None and arch in family.gguf.architectures:
             return family
     supported = ", ".join(a for family in FAMILIES if family.gguf for a in family.gguf.architectures)
-    raise ValueError(f"{f.path}: unsupported GGUF architecture {quote(arch)} (supported: {supported})")
+    raise ValueError(f"{f.path}: metadata general.architecture: unsupported GGUF architecture {quote(arch)} "
+                     f"(supported: {supported})")

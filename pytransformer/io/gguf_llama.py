@@ -111,7 +111,7 @@ def load_llama_gguf(path, mmap=True) -> Llama:
         config = config_from_metadata(f.metadata, f.tensors)
         mapping = names(config)
         shapes = parameter_shapes(Llama, config)
-        missing = [n for n in mapping if n not in f.tensors]
+        missing = [quote(n) for n in mapping if n not in f.tensors]
         extra = [quote(n) for n in f.tensors if n not in mapping and n != "rope_freqs.weight"]
         bad = [f"{n}: expected {shapes[ours]}, found {f.tensors[n].shape}" for n, ours in mapping.items()
                if n in f.tensors and f.tensors[n].shape != shapes[ours]]

@@ -195,7 +195,7 @@ class NameMap:
                 continue
             used.add(r.hf)
             if r.hf not in hf:
-                missing.append(r.hf)
+                missing.append(quote(r.hf))
                 continue
             want = [shapes[n] for n in r.ours]
             expected = r.layout.hf_shape_of(want)

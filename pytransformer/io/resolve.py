@@ -77,7 +77,7 @@ def resolve(name, filename=None) -> Resolved:
 def classify(path) -> Resolved:
     """What kind of model an existing path holds, or ValueError / FileNotFoundError saying why it holds none."""
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "config.json")):
+        if os.path.lexists(os.path.join(path, "config.json")):
             return Resolved(path, "hf")
         ckpt = os.path.join(path, CHECKPOINT_FILE)
         if os.path.isfile(ckpt):
