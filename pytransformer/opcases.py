@@ -509,9 +509,12 @@ def random_blocks(rng, qtype, rows, cols):
         return np.ascontiguousarray(rng.standard_normal((rows, cols)).astype(dense[qtype]).view(np.uint8))
     if qtype == "BF16":
         return np.ascontiguousarray(ops.to_bfloat16(f32(rng, rows, cols)).view(np.uint8))
-    size, scales = {"Q4_0": (18, [0]), "Q4_1": (20, [0, 2]), "Q8_0": (34, [0]), "Q4_K": (144, [0, 2]),
-                    "Q6_K": (210, [208])}[qtype]
-    data = rng.integers(0, 256, (rows, cols // (256 if qtype.endswith("_K") else 32) * size), dtype=np.uint8)
+    # block (values, bytes) and where its fp16 scales lie
+    values, size, scales = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]),
+                            "Q5_1": (32, 24, [0, 2]), "Q8_0": (32, 34, [0]), "IQ4_NL": (32, 18, [0]),
+                            "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]),
+                            "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208]), "IQ4_XS": (256, 136, [0])}[qtype]
+    data = rng.integers(0, 256, (rows, cols // values * size), dtype=np.uint8)
     blocks = data.reshape(-1, size)
     for at in scales:
         blocks[:, at:at + 2] = rng.uniform(-0.1, 0.1, (len(blocks), 1)).astype(np.float16).view(np.uint8)
