@@ -666,6 +666,10 @@ def case(op, tags=("test",), tol=TOL, **kw):
 # instead of read in place). "check" marks the small ones `pytransformer info` runs; "bench" the timed ones.
 
 TEST, CHECK, BENCH = ("test",), ("test", "check"), ("bench",)
+QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
+               "Q5_K", "Q6_K", "IQ4_XS")
+QUANT_IC = {qtype: (7, 33, 700) if qtype in ("F32", "F16", "BF16") else (32, 160, 800) if qtype in (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL") else (256, 768, 1536) for qtype in QUANT_TYPES}
 
 CASES = [
     *[case("matmul", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC) for N, IC, OC in [
@@ -713,10 +717,15 @@ CASES = [
                                       (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]
       for il in (False, True)],
     *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
-    *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=IC, OC=OC, qtype=qtype)
-      for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
-      for N, IC, OC in [(1, 256, 1), (3, 512, 67), (2, 768, 130), (4, 256, 19), (5, 256, 40), (7, 512, 33),
-                        (8, 768, 45), (9, 256, 33), (12, 256, 17), (16, 512, 70), (70, 1536, 66)]],
+    # every GGUF type through every row path of its product: 1 row, 2-3 (the small-M kernels), 4, 5-8, 9-16 (the
+    # batch kernel's lane groupings, which differ by ISA) and past 16 (widened GEMM); OC not a multiple of 4 or
+    # of the batch kernel's channel block; IC one, a few and many blocks (float types: widths that are not a
+    # multiple of 16; the larger products run threaded)
+    *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,
+           qtype=qtype)
+      for qtype in QUANT_TYPES
+      for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (4, 0, 19), (5, 1, 40), (7, 2, 33), (8, 0, 45),
+                       (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
