@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "pytransformer/kernels.h"
-#include "quant.h"
+#include "quant/quant.h"
 
 #include "simd.h"
 

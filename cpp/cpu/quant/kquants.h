@@ -1,0 +1,116 @@
+// ggml's k-quants: 256-value super-blocks (QK_K) of 16 or 32-value sub-blocks, each sub-block with its own scale
+// (and min) packed in a few bits, scaled again by the block's fp16 d (and dmin). Each type: its struct and the row
+// decode, which the products run too (rows dequantised into L1 scratch, quant/rows.cpp and matmul.cpp). Q4_K
+// unpacks its nibbles W at a time in vector registers; the others are plain loops over the struct, as
+// ggml-quants.c's dequantize_row_* (reordered so that each inner loop has one scale: the compiler widens them).
+#pragma once
+#include "common.h"
+
+namespace pt {
+namespace PT_NS {
+
+struct BlockQ2_K {  // 16 sub-blocks of 16: scales[s] = 4-bit scale | 4-bit min << 4, x = d sc q - dmin m; the
+  static constexpr int kValues = 256;  // 2-bit q of sub-block s = 8 h + 2 k + i: bit pair k of qs[32 h + 16 i + l]
+  uint8_t scales[16], qs[64];
+  uint16_t d, dmin;
+};
+struct BlockQ3_K {  // 16 sub-blocks of 16, six-bit scales (sc - 32) in 12 bytes: x = d sc q, q = Q2_K's 2 bits,
+  static constexpr int kValues = 256;  // less 4 unless bit 4 h + k of hmask[16 i + l] is set
+  uint8_t hmask[32], qs[64], scales[12];
+  uint16_t d;
+};
+struct BlockQ4_K {  // 8 sub-blocks of 32, six-bit (scale, min) pairs in 12 bytes: x = d sc q - dmin m; pair p of
+  static constexpr int kValues = 256;  // sub-blocks from qs[32 p ..]: the low nibbles, then the high nibbles
+  uint16_t d, dmin;
+  uint8_t scales[12], qs[128];
+};
+struct BlockQ5_K {  // Q4_K with a fifth bit: bit 2 p (low nibbles) and 2 p + 1 (high) of qh[l]
+  static constexpr int kValues = 256;
+  uint16_t d, dmin;
+  uint8_t scales[12], qh[32], qs[128];
+};
+struct BlockQ6_K {  // 16 sub-blocks of 16, int8 scales: x = d sc (q - 32), q = 4 bits of ql | 2 bits of qh << 4
+  static constexpr int kValues = 256;
+  uint8_t ql[128], qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 &&
+              sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210, "ggml-common.h's block sizes");
+
+// Q4_K and Q5_K's six-bit scale and min of sub-block j (0..7) from their 12 bytes
+inline void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+inline void decode(float* y, const BlockQ2_K& b) {
+  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
+  for (int s = 0; s < 16; s++) {
+    const uint8_t* q = b.qs + 32 * (s / 8) + 16 * (s % 2);
+    const int shift = 2 * ((s % 8) / 2);
+    const float dl = d * (float)(b.scales[s] & 15), ml = dmin * (float)(b.scales[s] >> 4);
+    for (int l = 0; l < 16; l++) y[16 * s + l] = dl * (float)((q[l] >> shift) & 3) - ml;
+  }
+}
+inline void decode(float* y, const BlockQ3_K& b) {
+  const float d = half_to_float(b.d);
+  for (int s = 0; s < 16; s++) {
+    const int low = s < 8 ? b.scales[s] & 15 : b.scales[s - 8] >> 4;
+    const int high = (b.scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+    const float dl = d * (float)((low | (high << 4)) - 32);
+    const int h = s / 8, k = (s % 8) / 2, at = 16 * (s % 2);
+    const uint8_t* q = b.qs + 32 * h + at;
+    const uint8_t* hm = b.hmask + at;
+    for (int l = 0; l < 16; l++)  // (q - 4 unless the hmask bit: arithmetic, no branch, so the loop widens)
+      y[16 * s + l] = dl * (float)((int)((q[l] >> (2 * k)) & 3) - 4 + (int)(((hm[l] >> (4 * h + k)) & 1) << 2));
+  }
+}
+inline void decode(float* y, const BlockQ4_K& b) {
+  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
+  for (int p = 0; p < 4; p++) {
+    int s1, m1, s2, m2;
+    scale_min_k4(2 * p, b.scales, &s1, &m1);
+    scale_min_k4(2 * p + 1, b.scales, &s2, &m2);
+    nibble_pairs<32>(y + 64 * p, b.qs + 32 * p, d * (float)s1, -(dmin * (float)m1), d * (float)s2,
+                     -(dmin * (float)m2));
+  }
+}
+inline void decode(float* y, const BlockQ5_K& b) {
+  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
+  for (int p = 0; p < 4; p++) {
+    int s1, m1, s2, m2;
+    scale_min_k4(2 * p, b.scales, &s1, &m1);
+    scale_min_k4(2 * p + 1, b.scales, &s2, &m2);
+    const float d1 = d * (float)s1, n1 = dmin * (float)m1, d2 = d * (float)s2, n2 = dmin * (float)m2;
+    const uint8_t* q = b.qs + 32 * p;
+    for (int l = 0; l < 32; l++) {
+      y[64 * p + l] = d1 * (float)((q[l] & 15) | (((b.qh[l] >> (2 * p)) & 1) << 4)) - n1;
+      y[64 * p + 32 + l] = d2 * (float)((q[l] >> 4) | (((b.qh[l] >> (2 * p + 1)) & 1) << 4)) - n2;
+    }
+  }
+}
+inline void decode(float* y, const BlockQ6_K& b) {  // half h, quarter k, sub-block i: scale 8 h + 2 k + i, low 4
+  const float d = half_to_float(b.d);              // bits from ql[64 h + 32 (k & 1) + 16 i + l] (low nibble for
+  for (int h = 0; h < 2; h++) {                     // k < 2, high for k >= 2), high 2 from bit pair k of
+    for (int k = 0; k < 4; k++) {                   // qh[32 h + 16 i + l]
+      for (int i = 0; i < 2; i++) {
+        const float ds = d * (float)b.scales[8 * h + 2 * k + i];
+        const uint8_t* ql = b.ql + 64 * h + 32 * (k & 1) + 16 * i;
+        const uint8_t* qh = b.qh + 32 * h + 16 * i;
+        float* out = y + 128 * h + 32 * k + 16 * i;
+        const int shift = k < 2 ? 0 : 4;
+        for (int l = 0; l < 16; l++)
+          out[l] = ds * (float)((int)(((ql[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32);
+      }
+    }
+  }
+}
+
+}  // namespace PT_NS
+}  // namespace pt

@@ -1,0 +1,68 @@
+// GGUF (ggml) rows dequantised to float32: each block type by its family's decode (legacy.h, kquants.h, iq4.h),
+// the float types widened here. An embedding lookup in a quantised table is dequantize_rows; the products with
+// many rows widen weight rows with dequantize_row (matmul.cpp).
+#include <algorithm>
+
+#include "quant.h"
+
+namespace pt {
+namespace PT_NS {
+
+namespace {
+// y (C floats) = the blocks of type B in x, one decode each
+template <class B>
+void decode_row(float* y, const uint8_t* x, int64_t C) {
+  for (int64_t i = 0; i < C / B::kValues; i++) decode(y + i * B::kValues, block_at<B>(x + i * sizeof(B)));
+}
+
+void f16_row(float* y, const uint8_t* x, int64_t C) {
+  int64_t i = 0;
+#if defined(PT_ISA_AVX512)
+  for (; i + 16 <= C; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + 2 * i))));
+#elif defined(PT_ISA_AVX2)
+  for (; i + 8 <= C; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + 2 * i))));
+#endif
+  for (; i < C; i++) y[i] = half_at(x + 2 * i);
+}
+
+void bf16_row(float* y, const uint8_t* x, int64_t C) {
+  for (int64_t i = 0; i < C; i += W) {
+    uint16_t tmp[W];
+    const int64_t r = std::min<int64_t>(W, C - i);
+    std::memcpy(tmp, x + 2 * i, (size_t)r * 2);
+    storen(y + i, loadn_bf16(tmp, r), r);
+  }
+}
+}  // namespace
+
+void dequantize_row(float* y, const uint8_t* x, int qtype, int64_t C) {
+  switch (qtype) {
+    case kF32: std::memcpy(y, x, (size_t)C * sizeof(float)); return;
+    case kF16: return f16_row(y, x, C);
+    case kBF16: return bf16_row(y, x, C);
+    case kQ4_0: return decode_row<BlockQ4_0>(y, x, C);
+    case kQ4_1: return decode_row<BlockQ4_1>(y, x, C);
+    case kQ5_0: return decode_row<BlockQ5_0>(y, x, C);
+    case kQ5_1: return decode_row<BlockQ5_1>(y, x, C);
+    case kQ8_0: return decode_row<BlockQ8_0>(y, x, C);
+    case kIQ4_NL: return decode_row<BlockIQ4_NL>(y, x, C);
+    case kQ2_K: return decode_row<BlockQ2_K>(y, x, C);
+    case kQ3_K: return decode_row<BlockQ3_K>(y, x, C);
+    case kQ4_K: return decode_row<BlockQ4_K>(y, x, C);
+    case kQ5_K: return decode_row<BlockQ5_K>(y, x, C);
+    case kQ6_K: return decode_row<BlockQ6_K>(y, x, C);
+    case kIQ4_XS: return decode_row<BlockIQ4_XS>(y, x, C);
+    default: return;  // unknown types are refused by the bindings
+  }
+}
+
+// out (N, C) = the rows ids[n] (or n) of src dequantised: an embedding lookup in a quantised table.
+void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C) {
+  const int64_t rb = quant_row_bytes(qtype, C);
+  if (rb < 0) return;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
+  for (int64_t n = 0; n < N; n++) dequantize_row(out + n * C, src + (ids ? ids[n] : n) * rb, qtype, C);
+}
+
+}  // namespace PT_NS
+}  // namespace pt
