@@ -43,6 +43,10 @@ inline B block_at(const uint8_t* p) {
   return b;
 }
 
+// y (B::kValues floats) = the values of the block of type B at p (each family specialises it for its types)
+template <class B>
+void decode(float* y, const uint8_t* p);
+
 // the low nibbles (lo) and high nibbles (hi) of W bytes, as floats, from one load
 inline void nibble_pair(const uint8_t* p, V& lo, V& hi) {
 #if defined(PT_ISA_AVX512)

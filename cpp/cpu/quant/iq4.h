@@ -52,7 +52,9 @@ inline void iq4_pair(const uint8_t* p, V& lo, V& hi) {
 }
 
 // IQ4_NL: the scalar decode, as ggml-quants.c's dequantize_row_iq4_nl
-inline void decode(float* y, const BlockIQ4_NL& b) {
+template <>
+inline void decode<BlockIQ4_NL>(float* y, const uint8_t* p) {
+  const BlockIQ4_NL b = block_at<BlockIQ4_NL>(p);
   const float d = half_to_float(b.d);
   for (int j = 0; j < 16; j++) {
     y[j] = d * (float)kIQ4Values[b.qs[j] & 15];
@@ -60,14 +62,18 @@ inline void decode(float* y, const BlockIQ4_NL& b) {
   }
 }
 // IQ4_XS: each sub-block as an IQ4_NL block, W values at a time
-inline void decode(float* y, const BlockIQ4_XS& b) {
-  const float d = half_to_float(b.d);
+template <>
+inline void decode<BlockIQ4_XS>(float* y, const uint8_t* p) {  // (the nibbles read from the row in place)
+  const float d = half_at(p + offsetof(BlockIQ4_XS, d));
+  const uint16_t scales_h = read16(p + offsetof(BlockIQ4_XS, scales_h));
+  const uint8_t* scales_l = p + offsetof(BlockIQ4_XS, scales_l);
+  const uint8_t* qs = p + offsetof(BlockIQ4_XS, qs);
   for (int s = 0; s < 8; s++) {
-    const int ls = ((b.scales_l[s / 2] >> (4 * (s % 2))) & 15) | (((b.scales_h >> (2 * s)) & 3) << 4);
+    const int ls = ((scales_l[s / 2] >> (4 * (s % 2))) & 15) | (((scales_h >> (2 * s)) & 3) << 4);
     const V dl = set1(d * (float)(ls - 32));
     for (int j = 0; j < 16; j += W) {
       V lo, hi;
-      iq4_pair(b.qs + 16 * s + j, lo, hi);
+      iq4_pair(qs + 16 * s + j, lo, hi);
       store(y + 32 * s + j, mul(lo, dl));
       store(y + 32 * s + 16 + j, mul(hi, dl));
     }

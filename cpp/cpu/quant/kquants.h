@@ -49,7 +49,9 @@ inline void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
   }
 }
 
-inline void decode(float* y, const BlockQ2_K& b) {
+template <>
+inline void decode<BlockQ2_K>(float* y, const uint8_t* p) {
+  const BlockQ2_K b = block_at<BlockQ2_K>(p);
   const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
   for (int s = 0; s < 16; s++) {
     const uint8_t* q = b.qs + 32 * (s / 8) + 16 * (s % 2);
@@ -58,7 +60,9 @@ inline void decode(float* y, const BlockQ2_K& b) {
     for (int l = 0; l < 16; l++) y[16 * s + l] = dl * (float)((q[l] >> shift) & 3) - ml;
   }
 }
-inline void decode(float* y, const BlockQ3_K& b) {
+template <>
+inline void decode<BlockQ3_K>(float* y, const uint8_t* p) {
+  const BlockQ3_K b = block_at<BlockQ3_K>(p);
   const float d = half_to_float(b.d);
   for (int s = 0; s < 16; s++) {
     const int low = s < 8 ? b.scales[s] & 15 : b.scales[s - 8] >> 4;
@@ -71,17 +75,22 @@ inline void decode(float* y, const BlockQ3_K& b) {
       y[16 * s + l] = dl * (float)((int)((q[l] >> (2 * k)) & 3) - 4 + (int)(((hm[l] >> (4 * h + k)) & 1) << 2));
   }
 }
-inline void decode(float* y, const BlockQ4_K& b) {
-  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
-  for (int p = 0; p < 4; p++) {
+template <>
+inline void decode<BlockQ4_K>(float* y, const uint8_t* p) {  // (the nibbles read from the row in place)
+  const float d = half_at(p + offsetof(BlockQ4_K, d)), dmin = half_at(p + offsetof(BlockQ4_K, dmin));
+  const uint8_t* scales = p + offsetof(BlockQ4_K, scales);
+  const uint8_t* qs = p + offsetof(BlockQ4_K, qs);
+  for (int j = 0; j < 4; j++) {
     int s1, m1, s2, m2;
-    scale_min_k4(2 * p, b.scales, &s1, &m1);
-    scale_min_k4(2 * p + 1, b.scales, &s2, &m2);
-    nibble_pairs<32>(y + 64 * p, b.qs + 32 * p, d * (float)s1, -(dmin * (float)m1), d * (float)s2,
+    scale_min_k4(2 * j, scales, &s1, &m1);
+    scale_min_k4(2 * j + 1, scales, &s2, &m2);
+    nibble_pairs<32>(y + 64 * j, qs + 32 * j, d * (float)s1, -(dmin * (float)m1), d * (float)s2,
                      -(dmin * (float)m2));
   }
 }
-inline void decode(float* y, const BlockQ5_K& b) {
+template <>
+inline void decode<BlockQ5_K>(float* y, const uint8_t* p) {
+  const BlockQ5_K b = block_at<BlockQ5_K>(p);
   const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
   for (int p = 0; p < 4; p++) {
     int s1, m1, s2, m2;
@@ -95,10 +104,15 @@ inline void decode(float* y, const BlockQ5_K& b) {
     }
   }
 }
-inline void decode(float* y, const BlockQ6_K& b) {  // half h, quarter k, sub-block i: scale 8 h + 2 k + i, low 4
-  const float d = half_to_float(b.d);              // bits from ql[64 h + 32 (k & 1) + 16 i + l] (low nibble for
-  for (int h = 0; h < 2; h++) {                     // k < 2, high for k >= 2), high 2 from bit pair k of
-    for (int k = 0; k < 4; k++) {                   // qh[32 h + 16 i + l]
+// Q6_K: half h, quarter k, sub-block i of 16 has scale 8 h + 2 k + i; its low 4 bits from
+// ql[64 h + 32 (k & 1) + 16 i + l] (the low nibble for k < 2, the high for k >= 2), its high 2 from bit pair k of
+// qh[32 h + 16 i + l]
+template <>
+inline void decode<BlockQ6_K>(float* y, const uint8_t* p) {
+  const BlockQ6_K b = block_at<BlockQ6_K>(p);
+  const float d = half_to_float(b.d);
+  for (int h = 0; h < 2; h++) {
+    for (int k = 0; k < 4; k++) {
       for (int i = 0; i < 2; i++) {
         const float ds = d * (float)b.scales[8 * h + 2 * k + i];
         const uint8_t* ql = b.ql + 64 * h + 32 * (k & 1) + 16 * i;

@@ -35,22 +35,29 @@ struct BlockQ8_0 {  // x = q d
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
               sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_0) == 34, "ggml-common.h's block sizes");
 
-// Row decodes. Q4_0, Q4_1, Q8_0: W values at a time in vector registers. (q - 8) d: q d and 8 d are exact, so the
+// Row decodes (y: the block's values from its bytes p). Q4_0, Q4_1, Q8_0: W values at a time in vector registers,
+// read from the row in place (a copy of the block would stall each vector load on the copy's smaller stores). (q - 8) d: q d and 8 d are exact, so the
 // one rounding of the fma is the rounding of the exact value.
-inline void decode(float* y, const BlockQ4_0& b) {
-  const float d = half_to_float(b.d);
-  nibble_pairs<16>(y, b.qs, d, -8.f * d, d, -8.f * d);
+template <>
+inline void decode<BlockQ4_0>(float* y, const uint8_t* p) {
+  const float d = half_at(p + offsetof(BlockQ4_0, d));
+  nibble_pairs<16>(y, p + offsetof(BlockQ4_0, qs), d, -8.f * d, d, -8.f * d);
 }
-inline void decode(float* y, const BlockQ4_1& b) {
-  const float d = half_to_float(b.d), m = half_to_float(b.m);
-  nibble_pairs<16>(y, b.qs, d, m, d, m);
+template <>
+inline void decode<BlockQ4_1>(float* y, const uint8_t* p) {
+  const float d = half_at(p + offsetof(BlockQ4_1, d)), m = half_at(p + offsetof(BlockQ4_1, m));
+  nibble_pairs<16>(y, p + offsetof(BlockQ4_1, qs), d, m, d, m);
 }
-inline void decode(float* y, const BlockQ8_0& b) {
-  const V d = set1(half_to_float(b.d));
-  for (int64_t j = 0; j < 32; j += W) store(y + j, mul(load_i8(b.qs + j), d));
+template <>
+inline void decode<BlockQ8_0>(float* y, const uint8_t* p) {
+  const V d = set1(half_at(p + offsetof(BlockQ8_0, d)));
+  const int8_t* q = (const int8_t*)(p + offsetof(BlockQ8_0, qs));
+  for (int64_t j = 0; j < 32; j += W) store(y + j, mul(load_i8(q + j), d));
 }
 // Q5_0, Q5_1: the scalar decodes, as ggml-quants.c's dequantize_row_q5_0 / _q5_1 (the compiler widens the loops)
-inline void decode(float* y, const BlockQ5_0& b) {
+template <>
+inline void decode<BlockQ5_0>(float* y, const uint8_t* p) {
+  const BlockQ5_0 b = block_at<BlockQ5_0>(p);
   const float d = half_to_float(b.d);
   uint32_t qh;
   std::memcpy(&qh, b.qh, 4);
@@ -59,7 +66,9 @@ inline void decode(float* y, const BlockQ5_0& b) {
     y[j + 16] = (float)((int)((b.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16) * d;
   }
 }
-inline void decode(float* y, const BlockQ5_1& b) {
+template <>
+inline void decode<BlockQ5_1>(float* y, const uint8_t* p) {
+  const BlockQ5_1 b = block_at<BlockQ5_1>(p);
   const float d = half_to_float(b.d), m = half_to_float(b.m);
   uint32_t qh;
   std::memcpy(&qh, b.qh, 4);

@@ -12,7 +12,7 @@ namespace {
 // y (C floats) = the blocks of type B in x, one decode each
 template <class B>
 void decode_row(float* y, const uint8_t* x, int64_t C) {
-  for (int64_t i = 0; i < C / B::kValues; i++) decode(y + i * B::kValues, block_at<B>(x + i * sizeof(B)));
+  for (int64_t i = 0; i < C / B::kValues; i++) decode<B>(y + i * B::kValues, x + i * sizeof(B));
 }
 
 void f16_row(float* y, const uint8_t* x, int64_t C) {
