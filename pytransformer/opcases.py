@@ -501,6 +501,13 @@ class SwiGLU(Op):
         return (3.0 if direction == "forward" else 5.0) * s["n"] * 4, "GB/s"
 
 
+# GGUF block types: (values, bytes) of a block and the byte offsets of its fp16 scales
+BLOCK_LAYOUT = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
+                "Q8_0": (32, 34, [0]), "IQ4_NL": (32, 18, [0]), "Q2_K": (256, 84, [80, 82]),
+                "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]),
+                "Q6_K": (256, 210, [208]), "IQ4_XS": (256, 136, [0])}
+
+
 def random_blocks(rng, qtype, rows, cols):
     """A (rows, cols) matrix in a GGUF block format from random bytes (every bit pattern of the quantised values
     is a valid block) with finite fp16 scales in +-0.1: uint8 (rows, row_bytes)."""
@@ -509,11 +516,7 @@ def random_blocks(rng, qtype, rows, cols):
         return np.ascontiguousarray(rng.standard_normal((rows, cols)).astype(dense[qtype]).view(np.uint8))
     if qtype == "BF16":
         return np.ascontiguousarray(ops.to_bfloat16(f32(rng, rows, cols)).view(np.uint8))
-    # block (values, bytes) and where its fp16 scales lie
-    values, size, scales = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]),
-                            "Q5_1": (32, 24, [0, 2]), "Q8_0": (32, 34, [0]), "IQ4_NL": (32, 18, [0]),
-                            "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]),
-                            "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208]), "IQ4_XS": (256, 136, [0])}[qtype]
+    values, size, scales = BLOCK_LAYOUT[qtype]
     data = rng.integers(0, 256, (rows, cols // values * size), dtype=np.uint8)
     blocks = data.reshape(-1, size)
     for at in scales:

@@ -21,6 +21,20 @@ void f16_row(float* y, const uint8_t* x, int64_t C) {
   for (; i + 16 <= C; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + 2 * i))));
 #elif defined(PT_ISA_AVX2)
   for (; i + 8 <= C; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + 2 * i))));
+#elif defined(__SSE2__)  // (no F16C: exponent and mantissa shifted into place and scaled by 2^112, which makes
+                         // subnormal halves normal floats exactly; infinities and NaNs take the all-ones exponent)
+  const __m128i magnitude = _mm_set1_epi32(0x7FFF), top = _mm_set1_epi32(0x7BFF), ones = _mm_set1_epi32(0x7F800000);
+  const __m128 scale = _mm_castsi128_ps(_mm_set1_epi32(0x77800000));  // 2^112
+  for (; i + 4 <= C; i += 4) {
+    const __m128i h = _mm_unpacklo_epi16(_mm_loadl_epi64((const __m128i*)(x + 2 * i)), _mm_setzero_si128());
+    const __m128i em = _mm_and_si128(h, magnitude), shifted = _mm_slli_epi32(em, 13);
+    const __m128i special = _mm_cmpgt_epi32(em, top);
+    const __m128i finite = _mm_castps_si128(_mm_mul_ps(_mm_castsi128_ps(shifted), scale));
+    const __m128i bits = _mm_or_si128(_mm_andnot_si128(special, finite),
+                                      _mm_and_si128(special, _mm_or_si128(shifted, ones)));
+    const __m128i sign = _mm_slli_epi32(_mm_andnot_si128(magnitude, h), 16);
+    _mm_storeu_ps(y + i, _mm_castsi128_ps(_mm_or_si128(bits, sign)));
+  }
 #endif
   for (; i < C; i++) y[i] = half_at(x + 2 * i);
 }
