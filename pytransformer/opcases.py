@@ -751,6 +751,9 @@ CASES = [
     *[case("matmul_quantized", BENCH, N=N, IC=IC, OC=OC, qtype=qt)
       for N, IC, OC, qt in [(1, 576, 1536, "Q4_1"), (1, 1536, 576, "Q4_1"), (1, 576, 49152, "Q8_0"),
                             (512, 576, 1536, "Q4_1"), (1, 512, 1536, "Q4_K")]],
+    # the other types of a Q4_K_M / Q5_K_M file, decoding one row and a batch of 8
+    *[case("matmul_quantized", BENCH, N=N, IC=512, OC=1536, qtype=qt)
+      for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],
     case("rmsnorm", BENCH, N=8192, C=576),
     case("swiglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),

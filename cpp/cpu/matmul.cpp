@@ -574,7 +574,7 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 }  // namespace
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory). Few rows (decoding, N < 4): the 32-value block types in_registers (quant.h) are dequantised in
+// memory). Few rows (decoding, N < 4): the 32-value RegisterBlocks (quant/quant.h) are dequantised in
 // registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows into
 // L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
 // transposed into lanes so that each dequantised weight (group) is one broadcast FMA for every row. More rows
@@ -588,8 +588,8 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
     for (int64_t blk = 0; blk < nblocks; blk++) {
       const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-      const bool done = with_block32(qtype, [&](auto qt) {
-        q_small_m_dispatch<decltype(qt)::value>(out, inp, weight, rb, bias, N, IC, OC, o0, no);
+      const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
+        q_small_m_dispatch<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC, o0, no);
       });
       if (!done) {
         static thread_local ScratchBuffer buf;
@@ -601,8 +601,8 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
     return;
   }
   if (N <= kSmallBatchRows) {
-    const bool done = with_block32(qtype, [&](auto qt) {
-      q_batch_forward<decltype(qt)::value>(out, inp, weight, rb, bias, N, IC, OC);
+    const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
+      q_batch_forward<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC);
     });
     if (!done) q_batch_forward<-1>(out, inp, weight, rb, bias, N, IC, OC, qtype);
     return;

@@ -1,8 +1,8 @@
 // GGUF (ggml) block-quantised weights on the GPU: rows dequantised (an embedding lookup in a quantised table) and
-// the products with them, the formats of cpp/cpu/quant.h (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
-// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) with the same roundings. Each value is decoded on its own from its block (quant_value), so every layout is one
-// function; a few rows (decoding) are a warp per output channel reading the blocks in place, more rows widen the
-// matrix once into scratch for cuBLAS.
+// the products with them, the formats of cpp/cpu/quant/ (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) with the same roundings. Each value is decoded on its own from its block
+// (quant_value), so every layout is one function; a few rows (decoding) are a warp per output channel reading the
+// blocks in place, more rows widen the matrix once into scratch for cuBLAS.
 #include "device.h"
 #include "kernels.h"
 #include "pytransformer/kernels.h"  // (the GGUF type ids and row sizes: pt::QType, pt::quant_row_bytes)

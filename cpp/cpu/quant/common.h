@@ -43,6 +43,21 @@ inline B block_at(const uint8_t* p) {
   return b;
 }
 
+// A block struct B (ggml type id B::kType, B::kValues values) has the size kernels.h's table gives its type
+template <class B>
+constexpr bool in_table() {
+  int64_t values = 0, bytes = 0;
+  return quant_block(B::kType, &values, &bytes) && values == B::kValues && bytes == (int64_t)sizeof(B);
+}
+
+// A list of block structs, and f(B{}) for the one whose type id is qtype (false when none is).
+template <class... B>
+struct BlockList {};
+template <class F, class... B>
+inline bool with_block(BlockList<B...>, int qtype, F&& f) {
+  return ((qtype == B::kType && (f(B{}), true)) || ...);
+}
+
 // y (B::kValues floats) = the values of the block of type B at p (each family specialises it for its types)
 template <class B>
 void decode(float* y, const uint8_t* p);

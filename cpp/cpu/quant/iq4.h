@@ -8,16 +8,17 @@ namespace pt {
 namespace PT_NS {
 
 struct BlockIQ4_NL {  // x = kIQ4Values[nibble] d
-  static constexpr int kValues = 32;
+  static constexpr int kType = kIQ4_NL, kValues = 32;
   uint16_t d;
   uint8_t qs[16];
 };
 struct BlockIQ4_XS {  // sub-block s: x = d (ls - 32) kIQ4Values[nibble], ls = 4 bits of scales_l | 2 of scales_h << 4
-  static constexpr int kValues = 256;
+  static constexpr int kType = kIQ4_XS, kValues = 256;
   uint16_t d, scales_h;
   uint8_t scales_l[4], qs[128];
 };
 static_assert(sizeof(BlockIQ4_NL) == 18 && sizeof(BlockIQ4_XS) == 136, "ggml-common.h's block sizes");
+static_assert(in_table<BlockIQ4_NL>() && in_table<BlockIQ4_XS>(), "kernels.h's quant_block");
 
 alignas(16) constexpr int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                                1,    13,   25,  38,  53,  69,  89,  113};

@@ -9,34 +9,42 @@
 namespace pt {
 namespace PT_NS {
 
-struct BlockQ2_K {  // 16 sub-blocks of 16: scales[s] = 4-bit scale | 4-bit min << 4, x = d sc q - dmin m; the
-  static constexpr int kValues = 256;  // 2-bit q of sub-block s = 8 h + 2 k + i: bit pair k of qs[32 h + 16 i + l]
+// Q2_K: 16 sub-blocks of 16, scales[s] = 4-bit scale | 4-bit min << 4, x = d sc q - dmin m; the 2-bit q of
+// sub-block s = 8 h + 2 k + i is bit pair k of qs[32 h + 16 i + l]
+struct BlockQ2_K {
+  static constexpr int kType = kQ2_K, kValues = 256;
   uint8_t scales[16], qs[64];
   uint16_t d, dmin;
 };
-struct BlockQ3_K {  // 16 sub-blocks of 16, six-bit scales (sc - 32) in 12 bytes: x = d sc q, q = Q2_K's 2 bits,
-  static constexpr int kValues = 256;  // less 4 unless bit 4 h + k of hmask[16 i + l] is set
+// Q3_K: 16 sub-blocks of 16, six-bit scales (sc - 32) in 12 bytes: x = d sc q, q = Q2_K's 2 bits less 4 unless
+// bit 4 h + k of hmask[16 i + l] is set
+struct BlockQ3_K {
+  static constexpr int kType = kQ3_K, kValues = 256;
   uint8_t hmask[32], qs[64], scales[12];
   uint16_t d;
 };
-struct BlockQ4_K {  // 8 sub-blocks of 32, six-bit (scale, min) pairs in 12 bytes: x = d sc q - dmin m; pair p of
-  static constexpr int kValues = 256;  // sub-blocks from qs[32 p ..]: the low nibbles, then the high nibbles
+// Q4_K: 8 sub-blocks of 32, six-bit (scale, min) pairs in 12 bytes: x = d sc q - dmin m; pair p of sub-blocks
+// from qs[32 p ..]: the low nibbles, then the high nibbles
+struct BlockQ4_K {
+  static constexpr int kType = kQ4_K, kValues = 256;
   uint16_t d, dmin;
   uint8_t scales[12], qs[128];
 };
 struct BlockQ5_K {  // Q4_K with a fifth bit: bit 2 p (low nibbles) and 2 p + 1 (high) of qh[l]
-  static constexpr int kValues = 256;
+  static constexpr int kType = kQ5_K, kValues = 256;
   uint16_t d, dmin;
   uint8_t scales[12], qh[32], qs[128];
 };
 struct BlockQ6_K {  // 16 sub-blocks of 16, int8 scales: x = d sc (q - 32), q = 4 bits of ql | 2 bits of qh << 4
-  static constexpr int kValues = 256;
+  static constexpr int kType = kQ6_K, kValues = 256;
   uint8_t ql[128], qh[64];
   int8_t scales[16];
   uint16_t d;
 };
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 &&
               sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210, "ggml-common.h's block sizes");
+static_assert(in_table<BlockQ2_K>() && in_table<BlockQ3_K>() && in_table<BlockQ4_K>() && in_table<BlockQ5_K>() &&
+              in_table<BlockQ6_K>(), "kernels.h's quant_block");
 
 // Q4_K and Q5_K's six-bit scale and min of sub-block j (0..7) from their 12 bytes
 inline void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {

@@ -8,36 +8,38 @@ namespace pt {
 namespace PT_NS {
 
 struct BlockQ4_0 {  // x = (q - 8) d
-  static constexpr int kValues = 32;
+  static constexpr int kType = kQ4_0, kValues = 32;
   uint16_t d;
   uint8_t qs[16];
 };
 struct BlockQ4_1 {  // x = q d + m
-  static constexpr int kValues = 32;
+  static constexpr int kType = kQ4_1, kValues = 32;
   uint16_t d, m;
   uint8_t qs[16];
 };
 struct BlockQ5_0 {  // x = (q - 16) d, q = nibble | qh bit << 4
-  static constexpr int kValues = 32;
+  static constexpr int kType = kQ5_0, kValues = 32;
   uint16_t d;
   uint8_t qh[4], qs[16];
 };
 struct BlockQ5_1 {  // x = q d + m, q as Q5_0's
-  static constexpr int kValues = 32;
+  static constexpr int kType = kQ5_1, kValues = 32;
   uint16_t d, m;
   uint8_t qh[4], qs[16];
 };
 struct BlockQ8_0 {  // x = q d
-  static constexpr int kValues = 32;
+  static constexpr int kType = kQ8_0, kValues = 32;
   uint16_t d;
   int8_t qs[32];
 };
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
               sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_0) == 34, "ggml-common.h's block sizes");
+static_assert(in_table<BlockQ4_0>() && in_table<BlockQ4_1>() && in_table<BlockQ5_0>() && in_table<BlockQ5_1>() &&
+              in_table<BlockQ8_0>(), "kernels.h's quant_block");
 
 // Row decodes (y: the block's values from its bytes p). Q4_0, Q4_1, Q8_0: W values at a time in vector registers,
-// read from the row in place (a copy of the block would stall each vector load on the copy's smaller stores). (q - 8) d: q d and 8 d are exact, so the
-// one rounding of the fma is the rounding of the exact value.
+// read from the row in place (a copy of the block would stall each vector load on the copy's smaller stores).
+// (q - 8) d: q d and 8 d are exact, so the one rounding of the fma is the rounding of the exact value.
 template <>
 inline void decode<BlockQ4_0>(float* y, const uint8_t* p) {
   const float d = half_at(p + offsetof(BlockQ4_0, d));

@@ -13,21 +13,27 @@
 namespace pt {
 namespace PT_NS {
 
-// The 32-value block types whose products dequantise in registers (Block32) rather than through rows in L1.
-constexpr bool in_registers(int qtype) {
-  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ8_0 ||
-         qtype == kIQ4_NL;
-}
+// The block types read here: the 32-value ones whose products dequantise in registers (Block32), and the rest,
+// whose products dequantise rows into L1 (dequantize_row).
+using RegisterBlocks = BlockList<BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4_NL>;
+using RowBlocks = BlockList<BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockIQ4_XS>;
+
+// the struct of type id QT in a list (void if none)
+template <int QT, class List>
+struct BlockOf {
+  using type = void;
+};
+template <int QT, class B, class... Rest>
+struct BlockOf<QT, BlockList<B, Rest...>> {
+  using type = std::conditional_t<B::kType == QT, B, typename BlockOf<QT, BlockList<Rest...>>::type>;
+};
 
 // One 32-value block as two halves' weights (lo: values j .. j + W, hi: 16 + j .. 16 + j + W, j < 16),
-// dequantised in registers: the products' decode of the types in_registers (the rows' is the family's decode).
+// dequantised in registers: the products' decode of the RegisterBlocks (their rows' is the family's decode).
 template <int QT>
 struct Block32 {
-  static_assert(in_registers(QT), "a 32-value block type");
-  using Block = std::conditional_t<
-      QT == kQ4_0, BlockQ4_0, std::conditional_t<QT == kQ4_1, BlockQ4_1, std::conditional_t<
-      QT == kQ5_0, BlockQ5_0, std::conditional_t<QT == kQ5_1, BlockQ5_1, std::conditional_t<
-      QT == kQ8_0, BlockQ8_0, BlockIQ4_NL>>>>>;
+  using Block = typename BlockOf<QT, RegisterBlocks>::type;
+  static_assert(!std::is_void_v<Block>, "one of the RegisterBlocks");
   static constexpr int64_t kBytes = sizeof(Block), kQs = offsetof(Block, qs);
   V d, m;
   const uint8_t* q;
@@ -72,20 +78,6 @@ struct Block32 {
     }
   }
 };
-
-// f(std::integral_constant<int, QT>{}) for a type in_registers (returns true), else false.
-template <class F>
-inline bool with_block32(int qtype, F&& f) {
-  switch (qtype) {
-    case kQ4_0: f(std::integral_constant<int, kQ4_0>{}); return true;
-    case kQ4_1: f(std::integral_constant<int, kQ4_1>{}); return true;
-    case kQ5_0: f(std::integral_constant<int, kQ5_0>{}); return true;
-    case kQ5_1: f(std::integral_constant<int, kQ5_1>{}); return true;
-    case kQ8_0: f(std::integral_constant<int, kQ8_0>{}); return true;
-    case kIQ4_NL: f(std::integral_constant<int, kIQ4_NL>{}); return true;
-    default: return false;
-  }
-}
 
 // y (C floats) = the C values of one row x of type qtype (C a whole number of the type's blocks).
 void dequantize_row(float* y, const uint8_t* x, int qtype, int64_t C);

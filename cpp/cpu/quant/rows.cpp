@@ -18,7 +18,8 @@ void decode_row(float* y, const uint8_t* x, int64_t C) {
 void f16_row(float* y, const uint8_t* x, int64_t C) {
   int64_t i = 0;
 #if defined(PT_ISA_AVX512)
-  for (; i + 16 <= C; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + 2 * i))));
+  for (; i + 16 <= C; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + 2 * i))));
 #elif defined(PT_ISA_AVX2)
   for (; i + 8 <= C; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + 2 * i))));
 #elif defined(__SSE2__)  // (no F16C: exponent and mantissa shifted into place and scaled by 2^112, which makes
@@ -54,19 +55,11 @@ void dequantize_row(float* y, const uint8_t* x, int qtype, int64_t C) {
     case kF32: std::memcpy(y, x, (size_t)C * sizeof(float)); return;
     case kF16: return f16_row(y, x, C);
     case kBF16: return bf16_row(y, x, C);
-    case kQ4_0: return decode_row<BlockQ4_0>(y, x, C);
-    case kQ4_1: return decode_row<BlockQ4_1>(y, x, C);
-    case kQ5_0: return decode_row<BlockQ5_0>(y, x, C);
-    case kQ5_1: return decode_row<BlockQ5_1>(y, x, C);
-    case kQ8_0: return decode_row<BlockQ8_0>(y, x, C);
-    case kIQ4_NL: return decode_row<BlockIQ4_NL>(y, x, C);
-    case kQ2_K: return decode_row<BlockQ2_K>(y, x, C);
-    case kQ3_K: return decode_row<BlockQ3_K>(y, x, C);
-    case kQ4_K: return decode_row<BlockQ4_K>(y, x, C);
-    case kQ5_K: return decode_row<BlockQ5_K>(y, x, C);
-    case kQ6_K: return decode_row<BlockQ6_K>(y, x, C);
-    case kIQ4_XS: return decode_row<BlockIQ4_XS>(y, x, C);
-    default: return;  // unknown types are refused by the bindings
+    default: {
+      auto row = [&](auto block) { decode_row<decltype(block)>(y, x, C); };
+      if (!with_block(RegisterBlocks{}, qtype, row)) with_block(RowBlocks{}, qtype, row);
+      return;  // (unknown types are refused by the bindings)
+    }
   }
 }
 

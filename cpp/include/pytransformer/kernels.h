@@ -115,7 +115,7 @@ enum QType : int {
   kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ2_K = 10, kQ3_K = 11, kQ4_K = 12,
   kQ5_K = 13, kQ6_K = 14, kIQ4_NL = 20, kIQ4_XS = 23, kBF16 = 30
 };
-inline bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
+constexpr bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
   switch (qtype) {
     case kF32: *values = 1; *bytes = 4; return true;
     case kF16: case kBF16: *values = 1; *bytes = 2; return true;
