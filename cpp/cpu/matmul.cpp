@@ -443,8 +443,8 @@ template <int NV, int G, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                    int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
   constexpr int kR = batch_rows<NV>(), NP = NV * W;
-  alignas(64) float tiles[2][kR * kTile];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
-                                        // loads never wait on the vector stores that wrote them
+  alignas(64) float tiles[2][kR * kTile];  // block b's values in tiles[b & 1], written one block ahead: the
+                                           // broadcast loads never wait on the vector stores that wrote them
   V acc[kR][NV];
   for (int r = 0; r < kR; r++)
     for (int v = 0; v < NV; v++) acc[r][v] = zero();

@@ -85,6 +85,50 @@ inline void nibble_pair(const uint8_t* p, V& lo, V& hi) {
 #endif
 }
 
+// W bytes widened to int32 lanes, and the few integer operations the k-quant decodes need on them
+#if defined(PT_ISA_AVX512)
+struct VI { __m512i v; };
+inline VI widen_bytes(const uint8_t* p) { return {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p))}; }
+inline VI shr(VI a, int s) { return {_mm512_srl_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI shl(VI a, int s) { return {_mm512_sll_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI mask(VI a, int m) { return {_mm512_and_si512(a.v, _mm512_set1_epi32(m))}; }
+inline VI bor(VI a, VI b) { return {_mm512_or_si512(a.v, b.v)}; }
+inline VI plus(VI a, int c) { return {_mm512_add_epi32(a.v, _mm512_set1_epi32(c))}; }
+inline V to_float(VI a) { return {_mm512_cvtepi32_ps(a.v)}; }
+#elif defined(PT_ISA_AVX2)
+struct VI { __m256i v; };
+inline VI widen_bytes(const uint8_t* p) { return {_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p))}; }
+inline VI shr(VI a, int s) { return {_mm256_srl_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI shl(VI a, int s) { return {_mm256_sll_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI mask(VI a, int m) { return {_mm256_and_si256(a.v, _mm256_set1_epi32(m))}; }
+inline VI bor(VI a, VI b) { return {_mm256_or_si256(a.v, b.v)}; }
+inline VI plus(VI a, int c) { return {_mm256_add_epi32(a.v, _mm256_set1_epi32(c))}; }
+inline V to_float(VI a) { return {_mm256_cvtepi32_ps(a.v)}; }
+#elif defined(__SSE2__)
+struct VI { __m128i v; };
+inline VI widen_bytes(const uint8_t* p) {
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  const __m128i z = _mm_setzero_si128();
+  return {_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(four), z), z)};
+}
+inline VI shr(VI a, int s) { return {_mm_srl_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI shl(VI a, int s) { return {_mm_sll_epi32(a.v, _mm_cvtsi32_si128(s))}; }
+inline VI mask(VI a, int m) { return {_mm_and_si128(a.v, _mm_set1_epi32(m))}; }
+inline VI bor(VI a, VI b) { return {_mm_or_si128(a.v, b.v)}; }
+inline VI plus(VI a, int c) { return {_mm_add_epi32(a.v, _mm_set1_epi32(c))}; }
+inline V to_float(VI a) { return {_mm_cvtepi32_ps(a.v)}; }
+#else
+struct VI { int32_t v; };
+inline VI widen_bytes(const uint8_t* p) { return {p[0]}; }
+inline VI shr(VI a, int s) { return {a.v >> s}; }
+inline VI shl(VI a, int s) { return {a.v << s}; }
+inline VI mask(VI a, int m) { return {a.v & m}; }
+inline VI bor(VI a, VI b) { return {a.v | b.v}; }
+inline VI plus(VI a, int c) { return {a.v + c}; }
+inline V to_float(VI a) { return {(float)a.v}; }
+#endif
+
 // y[0..n) = lo(q) d + m, y[n..2n) = hi(q) d2 + m2 over n bytes q (n a multiple of W): Q4_0 and Q4_1's blocks
 // (n = 16), Q4_K's pairs of sub-blocks (n = 32)
 template <int64_t n>

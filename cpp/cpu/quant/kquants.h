@@ -1,8 +1,7 @@
 // ggml's k-quants: 256-value super-blocks (QK_K) of 16 or 32-value sub-blocks, each sub-block with its own scale
 // (and min) packed in a few bits, scaled again by the block's fp16 d (and dmin). Each type: its struct and the row
-// decode, which the products run too (rows dequantised into L1 scratch, quant/rows.cpp and matmul.cpp). Q4_K
-// unpacks its nibbles W at a time in vector registers; the others are plain loops over the struct, as
-// ggml-quants.c's dequantize_row_* (reordered so that each inner loop has one scale: the compiler widens them).
+// decode, which the products run too (rows dequantised into L1 scratch, quant/rows.cpp and matmul.cpp), W values
+// at a time in vector registers (the scalar build: one at a time, as ggml-quants.c's dequantize_row_*).
 #pragma once
 #include "common.h"
 
@@ -57,30 +56,34 @@ inline void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
   }
 }
 
+// The decodes below read the block in place and unpack W values at a time as int32 lanes (widen_bytes): the
+// bit fields of each sub-block of 16 (or 32) values, one scale per inner loop.
 template <>
 inline void decode<BlockQ2_K>(float* y, const uint8_t* p) {
-  const BlockQ2_K b = block_at<BlockQ2_K>(p);
-  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
+  const float d = half_at(p + offsetof(BlockQ2_K, d)), dmin = half_at(p + offsetof(BlockQ2_K, dmin));
+  const uint8_t* scales = p + offsetof(BlockQ2_K, scales);
   for (int s = 0; s < 16; s++) {
-    const uint8_t* q = b.qs + 32 * (s / 8) + 16 * (s % 2);
+    const uint8_t* q = p + offsetof(BlockQ2_K, qs) + 32 * (s / 8) + 16 * (s % 2);
     const int shift = 2 * ((s % 8) / 2);
-    const float dl = d * (float)(b.scales[s] & 15), ml = dmin * (float)(b.scales[s] >> 4);
-    for (int l = 0; l < 16; l++) y[16 * s + l] = dl * (float)((q[l] >> shift) & 3) - ml;
+    const V dl = set1(d * (float)(scales[s] & 15)), ml = set1(dmin * (float)(scales[s] >> 4));
+    for (int l = 0; l < 16; l += W)
+      store(y + 16 * s + l, sub(mul(dl, to_float(mask(shr(widen_bytes(q + l), shift), 3))), ml));
   }
 }
 template <>
 inline void decode<BlockQ3_K>(float* y, const uint8_t* p) {
-  const BlockQ3_K b = block_at<BlockQ3_K>(p);
-  const float d = half_to_float(b.d);
+  const float d = half_at(p + offsetof(BlockQ3_K, d));
+  const uint8_t* sc = p + offsetof(BlockQ3_K, scales);
   for (int s = 0; s < 16; s++) {
-    const int low = s < 8 ? b.scales[s] & 15 : b.scales[s - 8] >> 4;
-    const int high = (b.scales[8 + s % 4] >> (2 * (s / 4))) & 3;
-    const float dl = d * (float)((low | (high << 4)) - 32);
+    const int low = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+    const V dl = set1(d * (float)((low | (high << 4)) - 32));
     const int h = s / 8, k = (s % 8) / 2, at = 16 * (s % 2);
-    const uint8_t* q = b.qs + 32 * h + at;
-    const uint8_t* hm = b.hmask + at;
-    for (int l = 0; l < 16; l++)  // (q - 4 unless the hmask bit: arithmetic, no branch, so the loop widens)
-      y[16 * s + l] = dl * (float)((int)((q[l] >> (2 * k)) & 3) - 4 + (int)(((hm[l] >> (4 * h + k)) & 1) << 2));
+    const uint8_t* q = p + offsetof(BlockQ3_K, qs) + 32 * h + at;
+    const uint8_t* hm = p + offsetof(BlockQ3_K, hmask) + at;
+    for (int l = 0; l < 16; l += W) {  // q = 2 bits | hmask bit << 2, less 4
+      const VI q2 = mask(shr(widen_bytes(q + l), 2 * k), 3), bit = mask(shr(widen_bytes(hm + l), 4 * h + k), 1);
+      store(y + 16 * s + l, mul(dl, to_float(plus(bor(q2, shl(bit, 2)), -4))));
+    }
   }
 }
 template <>
@@ -98,17 +101,22 @@ inline void decode<BlockQ4_K>(float* y, const uint8_t* p) {  // (the nibbles rea
 }
 template <>
 inline void decode<BlockQ5_K>(float* y, const uint8_t* p) {
-  const BlockQ5_K b = block_at<BlockQ5_K>(p);
-  const float d = half_to_float(b.d), dmin = half_to_float(b.dmin);
-  for (int p = 0; p < 4; p++) {
+  const float d = half_at(p + offsetof(BlockQ5_K, d)), dmin = half_at(p + offsetof(BlockQ5_K, dmin));
+  const uint8_t* scales = p + offsetof(BlockQ5_K, scales);
+  const uint8_t* qh = p + offsetof(BlockQ5_K, qh);
+  for (int j = 0; j < 4; j++) {
     int s1, m1, s2, m2;
-    scale_min_k4(2 * p, b.scales, &s1, &m1);
-    scale_min_k4(2 * p + 1, b.scales, &s2, &m2);
-    const float d1 = d * (float)s1, n1 = dmin * (float)m1, d2 = d * (float)s2, n2 = dmin * (float)m2;
-    const uint8_t* q = b.qs + 32 * p;
-    for (int l = 0; l < 32; l++) {
-      y[64 * p + l] = d1 * (float)((q[l] & 15) | (((b.qh[l] >> (2 * p)) & 1) << 4)) - n1;
-      y[64 * p + 32 + l] = d2 * (float)((q[l] >> 4) | (((b.qh[l] >> (2 * p + 1)) & 1) << 4)) - n2;
+    scale_min_k4(2 * j, scales, &s1, &m1);
+    scale_min_k4(2 * j + 1, scales, &s2, &m2);
+    const V d1 = set1(d * (float)s1), n1 = set1(dmin * (float)m1);
+    const V d2 = set1(d * (float)s2), n2 = set1(dmin * (float)m2);
+    const uint8_t* q = p + offsetof(BlockQ5_K, qs) + 32 * j;
+    for (int l = 0; l < 32; l += W) {
+      const VI b = widen_bytes(q + l), h = widen_bytes(qh + l);
+      const VI lo = bor(mask(b, 15), shl(mask(shr(h, 2 * j), 1), 4));
+      const VI hi = bor(shr(b, 4), shl(mask(shr(h, 2 * j + 1), 1), 4));
+      store(y + 64 * j + l, sub(mul(d1, to_float(lo)), n1));
+      store(y + 64 * j + 32 + l, sub(mul(d2, to_float(hi)), n2));
     }
   }
 }
@@ -117,18 +125,19 @@ inline void decode<BlockQ5_K>(float* y, const uint8_t* p) {
 // qh[32 h + 16 i + l]
 template <>
 inline void decode<BlockQ6_K>(float* y, const uint8_t* p) {
-  const BlockQ6_K b = block_at<BlockQ6_K>(p);
-  const float d = half_to_float(b.d);
+  const float d = half_at(p + offsetof(BlockQ6_K, d));
+  const int8_t* scales = (const int8_t*)(p + offsetof(BlockQ6_K, scales));
   for (int h = 0; h < 2; h++) {
     for (int k = 0; k < 4; k++) {
       for (int i = 0; i < 2; i++) {
-        const float ds = d * (float)b.scales[8 * h + 2 * k + i];
-        const uint8_t* ql = b.ql + 64 * h + 32 * (k & 1) + 16 * i;
-        const uint8_t* qh = b.qh + 32 * h + 16 * i;
-        float* out = y + 128 * h + 32 * k + 16 * i;
-        const int shift = k < 2 ? 0 : 4;
-        for (int l = 0; l < 16; l++)
-          out[l] = ds * (float)((int)(((ql[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32);
+        const V ds = set1(d * (float)scales[8 * h + 2 * k + i]);
+        const uint8_t* ql = p + offsetof(BlockQ6_K, ql) + 64 * h + 32 * (k & 1) + 16 * i;
+        const uint8_t* qh = p + offsetof(BlockQ6_K, qh) + 32 * h + 16 * i;
+        for (int l = 0; l < 16; l += W) {
+          const VI low = mask(shr(widen_bytes(ql + l), k < 2 ? 0 : 4), 15);
+          const VI q = bor(low, shl(mask(shr(widen_bytes(qh + l), 2 * k), 3), 4));
+          store(y + 128 * h + 32 * k + 16 * i + l, mul(ds, to_float(plus(q, -32))));
+        }
       }
     }
   }
