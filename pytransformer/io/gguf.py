@@ -47,8 +47,9 @@ _UNREAD_NAMES = {9: "Q8_1", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XX
 
 
 def type_name(code):
-    """The ggml tensor type's name ("Q4_K", "IQ1_S", ...), or "type <code>" for an id this table does not know."""
-    return QTYPE_NAMES.get(code) or _UNREAD_NAMES.get(code, f"type {code}")
+    """The ggml tensor type's name ("Q4_K", "IQ1_S", ...), or "ggml type <code>" for an id this table does not
+    know."""
+    return QTYPE_NAMES.get(code) or _UNREAD_NAMES.get(code, f"ggml type {code}")
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ class GGUFFile:
             raise ValueError(f"{self.path}: no tensor {name!r}")
         info = self.tensors[name]
         if info.qtype not in _BLOCKS:
-            raise ValueError(f"{self.path}: tensor {name!r} has type {info.qtype}, which pytransformer does not read "
+            raise ValueError(f"{self.path}: tensor {name!r} is {info.qtype}, which pytransformer does not read "
                              f"(supported: {', '.join(_BLOCKS)})")
         start = self.data_start + info.offset
         raw = np.frombuffer(self.buf, np.uint8, info.nbytes, start)
