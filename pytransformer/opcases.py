@@ -501,6 +501,13 @@ class SwiGLU(Op):
         return (3.0 if direction == "forward" else 5.0) * s["n"] * 4, "GB/s"
 
 
+# GGUF block types: (values, bytes) of a block and the byte offsets of its fp16 scales
+BLOCK_LAYOUT = {"Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
+                "Q8_0": (32, 34, [0]), "IQ4_NL": (32, 18, [0]), "Q2_K": (256, 84, [80, 82]),
+                "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]),
+                "Q6_K": (256, 210, [208]), "IQ4_XS": (256, 136, [0])}
+
+
 def random_blocks(rng, qtype, rows, cols):
     """A (rows, cols) matrix in a GGUF block format from random bytes (every bit pattern of the quantised values
     is a valid block) with finite fp16 scales in +-0.1: uint8 (rows, row_bytes)."""
@@ -509,9 +516,8 @@ def random_blocks(rng, qtype, rows, cols):
         return np.ascontiguousarray(rng.standard_normal((rows, cols)).astype(dense[qtype]).view(np.uint8))
     if qtype == "BF16":
         return np.ascontiguousarray(ops.to_bfloat16(f32(rng, rows, cols)).view(np.uint8))
-    size, scales = {"Q4_0": (18, [0]), "Q4_1": (20, [0, 2]), "Q8_0": (34, [0]), "Q4_K": (144, [0, 2]),
-                    "Q6_K": (210, [208])}[qtype]
-    data = rng.integers(0, 256, (rows, cols // (256 if qtype.endswith("_K") else 32) * size), dtype=np.uint8)
+    values, size, scales = BLOCK_LAYOUT[qtype]
+    data = rng.integers(0, 256, (rows, cols // values * size), dtype=np.uint8)
     blocks = data.reshape(-1, size)
     for at in scales:
         blocks[:, at:at + 2] = rng.uniform(-0.1, 0.1, (len(blocks), 1)).astype(np.float16).view(np.uint8)
@@ -663,6 +669,10 @@ def case(op, tags=("test",), tol=TOL, **kw):
 # instead of read in place). "check" marks the small ones `pytransformer info` runs; "bench" the timed ones.
 
 TEST, CHECK, BENCH = ("test",), ("test", "check"), ("bench",)
+QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
+               "Q5_K", "Q6_K", "IQ4_XS")
+QUANT_IC = {qtype: (7, 33, 700) if qtype in ("F32", "F16", "BF16") else (32, 160, 800) if qtype in (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL") else (256, 768, 1536) for qtype in QUANT_TYPES}
 
 CASES = [
     *[case("matmul", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC) for N, IC, OC in [
@@ -710,10 +720,15 @@ CASES = [
                                       (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]
       for il in (False, True)],
     *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
-    *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=IC, OC=OC, qtype=qtype)
-      for qtype in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
-      for N, IC, OC in [(1, 256, 1), (3, 512, 67), (2, 768, 130), (4, 256, 19), (5, 256, 40), (7, 512, 33),
-                        (8, 768, 45), (9, 256, 33), (12, 256, 17), (16, 512, 70), (70, 1536, 66)]],
+    # every GGUF type through every row path of its product: 1 row, 2-3 (the small-M kernels), 4, 5-8, 9-16 (the
+    # batch kernel's lane groupings, which differ by ISA) and past 16 (widened GEMM); OC not a multiple of 4 or
+    # of the batch kernel's channel block; IC one, a few and many blocks (float types: widths that are not a
+    # multiple of 16; the larger products run threaded)
+    *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,
+           qtype=qtype)
+      for qtype in QUANT_TYPES
+      for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (4, 0, 19), (5, 1, 40), (7, 2, 33), (8, 0, 45),
+                       (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
@@ -736,6 +751,9 @@ CASES = [
     *[case("matmul_quantized", BENCH, N=N, IC=IC, OC=OC, qtype=qt)
       for N, IC, OC, qt in [(1, 576, 1536, "Q4_1"), (1, 1536, 576, "Q4_1"), (1, 576, 49152, "Q8_0"),
                             (512, 576, 1536, "Q4_1"), (1, 512, 1536, "Q4_K")]],
+    # the other types of a Q4_K_M / Q5_K_M file, decoding one row and a batch of 8
+    *[case("matmul_quantized", BENCH, N=N, IC=512, OC=1536, qtype=qt)
+      for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],
     case("rmsnorm", BENCH, N=8192, C=576),
     case("swiglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),

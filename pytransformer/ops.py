@@ -524,7 +524,9 @@ def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
 
 # --- GGUF block-quantised weights (inference) ----------------------------------------------------------------
 
-QTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+# the GGUF (ggml) tensor types the kernels read, by name -> ggml type id (cpp/include/pytransformer/kernels.h)
+QTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11,
+          "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23, "BF16": 30}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
 
 

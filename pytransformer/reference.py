@@ -337,9 +337,34 @@ def _f16(b):
     return np.ascontiguousarray(b).view(np.float16).astype(np.float64)
 
 
+_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "IQ4_NL": 18, "Q2_K": 84, "Q3_K": 110,
+                "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_XS": 136}
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
+
+
+def _bits(b, n):
+    """The n low-first bits of the bytes b (blocks, k) as (blocks, 8 k) ints."""
+    return np.unpackbits(np.ascontiguousarray(b), axis=1, bitorder="little")[:, :n].astype(np.int64)
+
+
+def _nibbles(qs, group=16):
+    """(blocks, group k) bytes -> (blocks, 2 group k) ints: per group of bytes their low nibbles, then their high
+    nibbles."""
+    q = qs.reshape(qs.shape[0], -1, 1, group).astype(np.int64)
+    return np.concatenate([q & 15, q >> 4], axis=2).reshape(qs.shape[0], -1)
+
+
+def _scale_min_k4(sc):
+    """Q4_K / Q5_K's 12 bytes -> 8 six-bit scales, 8 six-bit mins."""
+    sc = sc.astype(np.int64)
+    scale = np.concatenate([sc[:, 0:4] & 63, (sc[:, 8:12] & 15) | ((sc[:, 0:4] >> 6) << 4)], axis=1)
+    mins = np.concatenate([sc[:, 4:8] & 63, (sc[:, 8:12] >> 4) | ((sc[:, 4:8] >> 6) << 4)], axis=1)
+    return scale, mins
+
+
 def dequantize(data, qtype, cols):
-    """uint8 (rows, row_bytes) in GGUF type qtype ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32")
-    -> float64 (rows, cols)."""
+    """uint8 (rows, row_bytes) in GGUF type qtype (a name in ops.QTYPES) -> float64 (rows, cols): ggml-quants.c's
+    dequantize_row_* written over whole blocks."""
     data = np.asarray(data, np.uint8)
     rows = data.shape[0]
     if qtype == "F32":
@@ -348,36 +373,66 @@ def dequantize(data, qtype, cols):
         return data.view(np.float16).astype(np.float64).reshape(rows, cols)
     if qtype == "BF16":
         return from_bfloat16(data.view(np.uint16)).reshape(rows, cols)
-    size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210}[qtype]
-    b = data.reshape(-1, size)
+    b = data.reshape(-1, _BLOCK_BYTES[qtype])
+    n = b.shape[0]
     if qtype == "Q8_0":
         y = _f16(b[:, :2]) * b[:, 2:].view(np.int8)
     elif qtype in ("Q4_0", "Q4_1"):
         head = 2 if qtype == "Q4_0" else 4
-        qs = b[:, head:]
-        q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float64)
+        q = _nibbles(b[:, head:]).astype(np.float64)
         d = _f16(b[:, :2])
         y = (q - 8) * d if qtype == "Q4_0" else q * d + _f16(b[:, 2:4])
-    elif qtype == "Q4_K":
+    elif qtype in ("Q5_0", "Q5_1"):
+        head = 2 if qtype == "Q5_0" else 4
+        q = (_nibbles(b[:, head + 4:]) | (_bits(b[:, head:head + 4], 32) << 4)).astype(np.float64)
+        d = _f16(b[:, :2])
+        y = (q - 16) * d if qtype == "Q5_0" else q * d + _f16(b[:, 2:4])
+    elif qtype == "IQ4_NL":
+        y = _f16(b[:, :2]) * IQ4_VALUES[_nibbles(b[:, 2:])]
+    elif qtype in ("Q4_K", "Q5_K"):
         d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
-        sc = b[:, 4:16].astype(np.int64)
-        scale = np.concatenate([sc[:, 0:4] & 63, (sc[:, 8:12] & 15) | ((sc[:, 0:4] >> 6) << 4)], axis=1)
-        mins = np.concatenate([sc[:, 4:8] & 63, (sc[:, 8:12] >> 4) | ((sc[:, 4:8] >> 6) << 4)], axis=1)
-        qs = b[:, 16:].reshape(-1, 4, 32)
-        q = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float64)  # sub-block order
+        scale, mins = _scale_min_k4(b[:, 4:16])
+        q = _nibbles(b[:, -128:], 32).reshape(n, 8, 32)  # sub-block order: pair p's low nibbles, then its high ones
+        if qtype == "Q5_K":  # bit 2 p (low nibbles), 2 p + 1 (high) of qh[l]: bit s of qh[l] for sub-block s
+            qh = b[:, 16:48].astype(np.int64)
+            q = q | (((qh[:, None, :] >> np.arange(8)[None, :, None]) & 1) << 4)
         y = (d[:, :, None] * scale[:, :, None] * q - dmin[:, :, None] * mins[:, :, None]).reshape(-1, 256)
+    elif qtype in ("Q2_K", "Q3_K"):
+        # 2-bit q: sub-block s = 8 h + 2 k + i holds bit pair k of qs[32 h + 16 i + l], l < 16
+        qs = b[:, 16:80] if qtype == "Q2_K" else b[:, 32:96]
+        q2 = (qs.reshape(n, 2, 1, 2, 16).astype(np.int64) >> (2 * np.arange(4))[None, None, :, None, None]) & 3
+        q = q2.reshape(n, 16, 16)
+        if qtype == "Q2_K":
+            sc = b[:, :16].astype(np.int64)
+            d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+            y = d[:, :, None] * (sc & 15)[:, :, None] * q - dmin[:, :, None] * (sc >> 4)[:, :, None]
+        else:  # q - 4 unless bit 4 h + k of hmask[16 i + l]; six-bit scales: low 4 bits, then 2 high bits
+            hm = b[:, :32].reshape(n, 1, 1, 2, 16).astype(np.int64)
+            high = (hm >> (np.arange(2)[:, None, None, None] * 4 + np.arange(4)[None, :, None, None])) & 1
+            q = q - 4 * (1 - high.reshape(n, 16, 16))
+            sc = b[:, 96:108].astype(np.int64)
+            low = np.concatenate([sc[:, :8] & 15, sc[:, :8] >> 4], axis=1)
+            top = (sc[:, 8:12][:, None, :] >> (2 * np.arange(4))[None, :, None]).reshape(n, 16) & 3
+            y = _f16(b[:, 108:110])[:, :, None] * ((low | (top << 4)) - 32)[:, :, None] * q
+    elif qtype == "IQ4_XS":
+        sh = b[:, 2:4].copy().view(np.uint16).astype(np.int64)
+        sl = b[:, 4:8].astype(np.int64)
+        low = np.stack([sl & 15, sl >> 4], axis=2).reshape(n, 8)
+        ls = low | (((sh >> (2 * np.arange(8))) & 3) << 4)
+        q = IQ4_VALUES[_nibbles(b[:, 8:]).reshape(n, 8, 32)]
+        y = _f16(b[:, :2])[:, :, None] * (ls - 32)[:, :, None] * q
     else:  # Q6_K
         ql, qh = b[:, :128].astype(np.int64), b[:, 128:192].astype(np.int64)
         sc = b[:, 192:208].view(np.int8).astype(np.float64)
         d = _f16(b[:, 208:210])
-        y = np.empty((b.shape[0], 256))
-        for n in range(2):
-            l_, h_ = ql[:, 64 * n: 64 * n + 64], qh[:, 32 * n: 32 * n + 32]
+        y = np.empty((n, 256))
+        for half in range(2):
+            l_, h_ = ql[:, 64 * half: 64 * half + 64], qh[:, 32 * half: 32 * half + 32]
             parts = [(l_[:, :32] & 15) | ((h_ & 3) << 4), (l_[:, 32:] & 15) | (((h_ >> 2) & 3) << 4),
                      (l_[:, :32] >> 4) | (((h_ >> 4) & 3) << 4), (l_[:, 32:] >> 4) | (((h_ >> 6) & 3) << 4)]
             for k, q in enumerate(parts):
-                s = np.repeat(sc[:, 8 * n + 2 * k: 8 * n + 2 * k + 2], 16, axis=1)
-                y[:, 128 * n + 32 * k: 128 * n + 32 * k + 32] = d * s * (q - 32)
+                s = np.repeat(sc[:, 8 * half + 2 * k: 8 * half + 2 * k + 2], 16, axis=1)
+                y[:, 128 * half + 32 * k: 128 * half + 32 * k + 32] = d * s * (q - 32)
     return y.reshape(rows, cols)
 
 

@@ -75,7 +75,7 @@ def test_swiglu_errors_and_in_place(rng):
 def test_quantized_weights_are_checked(rng):
     data = random_blocks(rng, "Q4_1", 3, 64)
     with pytest.raises(ValueError, match="unsupported"):
-        ops.Quantized(data, "Q5_K", (3, 64))
+        ops.Quantized(data, "IQ2_XXS", (3, 64))
     with pytest.raises(ValueError, match="whole number"):
         ops.Quantized(data, "Q4_1", (3, 60))
     with pytest.raises(ValueError):

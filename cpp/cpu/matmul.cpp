@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "pytransformer/kernels.h"
-#include "quant.h"
+#include "quant/quant.h"
 
 #include "simd.h"
 
@@ -338,46 +338,6 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
 
 
 namespace {
-// One 32-value block of row u as two halves' weights (lo: values 0..15, hi: 16..31 for Q4_0 / Q4_1; Q8_0's two
-// halves are values 0..15 and 16..31 as well), W lanes at a time: dequantised in registers.
-template <int QT>
-struct Block32 {
-  static constexpr int64_t kBytes = QT == kQ4_0 ? 18 : QT == kQ4_1 ? 20 : 34;
-  V d, m;
-  const uint8_t* q;
-  explicit Block32(const uint8_t* b) : q(b + (QT == kQ4_1 ? 4 : 2)) {
-#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-    if (QT == kQ4_1) {  // d and m widened together from one 4-byte load (two scalar conversions cost 15%)
-      int32_t dm;
-      std::memcpy(&dm, b, 4);
-      const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
-#if defined(PT_ISA_AVX512)
-      d.v = _mm512_broadcastss_ps(f);
-      m.v = _mm512_broadcastss_ps(_mm_movehdup_ps(f));
-#else
-      d.v = _mm256_broadcastss_ps(f);
-      m.v = _mm256_broadcastss_ps(_mm_movehdup_ps(f));
-#endif
-      return;
-    }
-#endif
-    const float df = half_at(b);
-    d = set1(df);
-    m = set1(QT == kQ4_1 ? half_at(b + 2) : QT == kQ4_0 ? -8.f * df : 0.f);
-  }
-  // values j .. j + W (j < 16) and 16 + j .. 16 + j + W
-  void halves(int64_t j, V& lo, V& hi) const {
-    if (QT == kQ8_0) {
-      lo = mul(load_i8((const int8_t*)q + j), d);
-      hi = mul(load_i8((const int8_t*)q + 16 + j), d);
-    } else {
-      nibble_pair(q + j, lo, hi);
-      lo = fma(lo, d, m);
-      hi = fma(hi, d, m);
-    }
-  }
-};
-
 // out rows o0 .. o0 + no (no <= 4) of M inputs, the blocks of four weight rows dequantised in registers and
 // multiplied as they come: each input vector loaded once for the four rows, two accumulators per (row, input).
 template <int M, int QT>
@@ -438,7 +398,10 @@ void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int
 // dequantised weight (or group of G) is one broadcast FMA per vector: no horizontal sums in the loop, and every
 // dequantised weight serves all N rows. kR output channels at a time (kR * NV independent FMA chains); their
 // 32-value blocks are dequantised into a 1 KiB tile (QT = -1: whole rows dequantised into L1 first, for the
-// other block types).
+// other block types). The loops run over whole tiles of 32 columns: a row of another width (F32, F16, BF16 rows
+// of any length) is padded with zero columns, in the dequantised rows and in the transposed inputs alike.
+constexpr int64_t kTile = 32;
+inline int64_t tiled_columns(int64_t IC) { return (IC + kTile - 1) / kTile * kTile; }
 
 // G consecutive floats from p repeated across a vector (G = 2 and 4 on AVX2 / AVX-512 only: one broadcast load).
 template <int G>
@@ -480,18 +443,22 @@ template <int NV, int G, int QT>
 void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t rb, const float* bias, int64_t N,
                    int64_t IC, int64_t OC, int64_t o0, int64_t no, int qtype) {
   constexpr int kR = batch_rows<NV>(), NP = NV * W;
-  alignas(64) float tiles[2][kR * 32];  // block b's values in tiles[b & 1], written one block ahead: the broadcast
-                                        // loads never wait on the vector stores that wrote them
+  alignas(64) float tiles[2][kR * kTile];  // block b's values in tiles[b & 1], written one block ahead: the
+                                           // broadcast loads never wait on the vector stores that wrote them
   V acc[kR][NV];
   for (int r = 0; r < kR; r++)
     for (int v = 0; v < NV; v++) acc[r][v] = zero();
   const uint8_t* w[kR];
   for (int r = 0; r < kR; r++) w[r] = weight + (o0 + (r < no ? r : 0)) * rb;
+  const int64_t ICt = tiled_columns(IC);
   float* rows = nullptr;
   if (QT < 0) {
     static thread_local ScratchBuffer buf;
-    rows = buf.floats((size_t)kR * IC);
-    for (int r = 0; r < kR; r++) dequantize_row(rows + r * IC, w[r], qtype, IC);
+    rows = buf.floats((size_t)kR * ICt);
+    for (int r = 0; r < kR; r++) {
+      dequantize_row(rows + r * ICt, w[r], qtype, IC);
+      std::fill(rows + r * ICt + IC, rows + (r + 1) * ICt, 0.f);
+    }
   }
   // the rows two blocks of channels on are fetched along, block by block (a burst of prefetches at the start
   // overran the outstanding-miss slots and the block loads stalled on memory)
@@ -512,15 +479,15 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
       }
     }
   };
-  const int64_t nb = IC / 32;
+  const int64_t nb = ICt / kTile;
   if (nb > 0) dequantize_block(0, tiles[0]);
   for (int64_t b = 0; b < nb; b++) {
     if (b + 1 < nb) dequantize_block(b + 1, tiles[(b + 1) & 1]);
-    const float* wt = QT >= 0 ? tiles[b & 1] : rows + b * 32;
-    const int64_t ld = QT >= 0 ? 32 : IC;
-    const float* xb = xT + b * (32 / G) * NP;
+    const float* wt = QT >= 0 ? tiles[b & 1] : rows + b * kTile;
+    const int64_t ld = QT >= 0 ? kTile : ICt;
+    const float* xb = xT + b * (kTile / G) * NP;
 #pragma GCC unroll 2
-    for (int k = 0; k < 32 / G; k++) {
+    for (int k = 0; k < kTile / G; k++) {
       V x[NV];
       for (int v = 0; v < NV; v++) x[v] = load(xb + k * NP + v * W);
 #pragma GCC unroll 16
@@ -542,18 +509,17 @@ void q_batch_block(float* out, const float* xT, const uint8_t* weight, int64_t r
   }
 }
 
-// xT (IC / G groups of NP lanes) in q_batch_block's layout: per group of G columns NP lanes, lane m * G + j
-// = inp[m, group's column j], zero from row N on.
+// xT (tiled_columns(IC) / G groups of NP lanes) in q_batch_block's layout: per group of G columns NP lanes, lane
+// m * G + j = inp[m, group's column j], zero from row N and from column IC on.
 template <int NP, int G>
 void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC) {
   constexpr int64_t rows = NP / G;
-  for (int64_t k = 0; k < IC; k += G) {
+  for (int64_t k = 0; k < tiled_columns(IC); k += G) {
     float* dst = xT + (k / G) * NP;
+    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(G, IC - k));  // columns of the group inside the row
     for (int64_t m = 0; m < rows; m++) {
-      if (m < N)
-        std::memcpy(dst + m * G, inp + m * IC + k, sizeof(float) * G);
-      else
-        std::fill(dst + m * G, dst + (m + 1) * G, 0.f);
+      if (m < N) std::memcpy(dst + m * G, inp + m * IC + k, sizeof(float) * n);
+      std::fill(dst + m * G + (m < N ? n : 0), dst + (m + 1) * G, 0.f);
     }
   }
 }
@@ -570,7 +536,7 @@ void q_batch_run(float* out, const float* inp, const uint8_t* weight, int64_t rb
 #pragma omp parallel num_threads(threads()) if (N * OC * IC >= kParallelGemvMacs)
   {
     static thread_local ScratchBuffer buf;
-    float* xT = buf.floats((size_t)(IC / G) * NP);
+    float* xT = buf.floats((size_t)(tiled_columns(IC) / G) * NP);
     transpose_inputs<NP, G>(xT, inp, N, IC);
 #pragma omp for schedule(guided, 4) nowait
     for (int64_t blk = 0; blk < nblocks; blk++) {
@@ -608,11 +574,11 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 }  // namespace
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory). Few rows (decoding, N < 4): Q4_0, Q4_1 and Q8_0 blocks are dequantised in registers and multiplied as
-// they are read, four weight rows at a time; the other types dequantise four rows into L1 scratch and run the
-// float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs transposed into lanes
-// so that each dequantised weight (group) is one broadcast FMA for every row. More rows widen blocks of rows for
-// the GEMM.
+// memory). Few rows (decoding, N < 4): the 32-value RegisterBlocks (quant/quant.h) are dequantised in
+// registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows into
+// L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
+// transposed into lanes so that each dequantised weight (group) is one broadcast FMA for every row. More rows
+// widen blocks of rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
                       int64_t IC, int64_t OC) {
   const int64_t rb = quant_row_bytes(qtype, IC);
@@ -622,27 +588,24 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC * IC >= kParallelGemvMacs)
     for (int64_t blk = 0; blk < nblocks; blk++) {
       const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
-      switch (qtype) {
-        case kQ4_0: q_small_m_dispatch<kQ4_0>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
-        case kQ4_1: q_small_m_dispatch<kQ4_1>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
-        case kQ8_0: q_small_m_dispatch<kQ8_0>(out, inp, weight, rb, bias, N, IC, OC, o0, no); break;
-        default: {
-          static thread_local ScratchBuffer buf;
-          float* rows = buf.floats((size_t)4 * IC);
-          for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
-          small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
-        }
+      const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
+        q_small_m_dispatch<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC, o0, no);
+      });
+      if (!done) {
+        static thread_local ScratchBuffer buf;
+        float* rows = buf.floats((size_t)4 * IC);
+        for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
+        small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
       }
     }
     return;
   }
   if (N <= kSmallBatchRows) {
-    switch (qtype) {
-      case kQ4_0: return q_batch_forward<kQ4_0>(out, inp, weight, rb, bias, N, IC, OC);
-      case kQ4_1: return q_batch_forward<kQ4_1>(out, inp, weight, rb, bias, N, IC, OC);
-      case kQ8_0: return q_batch_forward<kQ8_0>(out, inp, weight, rb, bias, N, IC, OC);
-      default: return q_batch_forward<-1>(out, inp, weight, rb, bias, N, IC, OC, qtype);
-    }
+    const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
+      q_batch_forward<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC);
+    });
+    if (!done) q_batch_forward<-1>(out, inp, weight, rb, bias, N, IC, OC, qtype);
+    return;
   }
   widened_gemm(out, inp, bias, N, IC, OC,
                [&](int64_t row, float* dst) { dequantize_row(dst, weight + row * rb, qtype, IC); });

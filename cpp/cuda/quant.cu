@@ -1,8 +1,8 @@
 // GGUF (ggml) block-quantised weights on the GPU: rows dequantised (an embedding lookup in a quantised table) and
-// the products with them, the formats of cpp/cpu/quant.cpp (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) with
-// the same roundings. Each value is decoded on its own from its block (quant_value), so every layout is one
-// function; a few rows (decoding) are a warp per output channel reading the blocks in place, more rows widen the
-// matrix once into scratch for cuBLAS.
+// the products with them, the formats of cpp/cpu/quant/ (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) with the same roundings. Each value is decoded on its own from its block
+// (quant_value), so every layout is one function; a few rows (decoding) are a warp per output channel reading the
+// blocks in place, more rows widen the matrix once into scratch for cuBLAS.
 #include "device.h"
 #include "kernels.h"
 #include "pytransformer/kernels.h"  // (the GGUF type ids and row sizes: pt::QType, pt::quant_row_bytes)
@@ -40,6 +40,16 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* d, in
   }
 }
 
+__device__ __forceinline__ uint32_t read32(const uint8_t* p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+// IQ4_NL and IQ4_XS's sixteen non-linear levels
+__device__ __forceinline__ float iq4_value(int nibble) {
+  constexpr int8_t kValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  return (float)kValues[nibble];
+}
+
 // value i of a row of `qtype`
 __device__ __forceinline__ float quant_value(const uint8_t* row, int qtype, int64_t i) {
   switch (qtype) {
@@ -63,6 +73,20 @@ __device__ __forceinline__ float quant_value(const uint8_t* row, int qtype, int6
       const float q = (float)(j < 16 ? b[off + j] & 15 : b[off + j - 16] >> 4);
       return fmaf(q, d, qtype == kQ4_0 ? -8.f * d : half_at(b + 2));  // (the CPU's one rounding)
     }
+    case kQ5_0: case kQ5_1: {  // (d [m] qh[4] qs[16]: the nibble of Q4's with bit j of qh as its fifth bit)
+      const int64_t nb = qtype == kQ5_0 ? 22 : 24, off = qtype == kQ5_0 ? 2 : 4;
+      const uint8_t* b = row + (i / 32) * nb;
+      const int j = (int)(i % 32);
+      const float d = half_at(b);
+      const int low = j < 16 ? b[off + 4 + j] & 15 : b[off + 4 + j - 16] >> 4;
+      const float q = (float)(low | (((read32(b + off) >> j) & 1) << 4));
+      return fmaf(q, d, qtype == kQ5_0 ? -16.f * d : half_at(b + 2));
+    }
+    case kIQ4_NL: {
+      const uint8_t* b = row + (i / 32) * 18;
+      const int j = (int)(i % 32);
+      return half_at(b) * iq4_value(j < 16 ? b[2 + j] & 15 : b[2 + j - 16] >> 4);
+    }
     case kQ8_0: {
       const uint8_t* b = row + (i / 32) * 34;
       return (float)(int8_t)b[2 + i % 32] * half_at(b);
@@ -75,6 +99,39 @@ __device__ __forceinline__ float quant_value(const uint8_t* row, int qtype, int6
       const uint8_t* q = b + 16 + 32 * pair;
       const float v = (float)(within < 32 ? q[within] & 15 : q[within - 32] >> 4);
       return fmaf(v, half_at(b) * (float)s, -(half_at(b + 2) * (float)m));
+    }
+    case kQ2_K: {  // scales[16] qs[64] d dmin: sub-block s = 8 h + 2 k + i of 16 is bit pair k of qs[32 h + 16 i + l]
+      const uint8_t* b = row + (i / 256) * 84;
+      const int w = (int)(i % 256), s = w / 16, l = w % 16, h = s / 8, k = (s % 8) / 2;
+      const int q = (b[16 + 32 * h + 16 * (s % 2) + l] >> (2 * k)) & 3;
+      const float dl = half_at(b + 80) * (float)(b[s] & 15), ml = half_at(b + 82) * (float)(b[s] >> 4);
+      return dl * (float)q - ml;
+    }
+    case kQ3_K: {  // hmask[32] qs[64] scales[12] d: Q2_K's bits, minus 4 unless bit 4 h + k of hmask; 6-bit scales
+      const uint8_t* b = row + (i / 256) * 110;
+      const int w = (int)(i % 256), s = w / 16, l = w % 16, h = s / 8, k = (s % 8) / 2, at = 16 * (s % 2) + l;
+      const int q = ((b[32 + 32 * h + at] >> (2 * k)) & 3) - ((b[at] >> (4 * h + k)) & 1 ? 0 : 4);
+      const uint8_t* sc = b + 96;
+      const int low = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+      return half_at(b + 108) * (float)((low | (high << 4)) - 32) * (float)q;
+    }
+    case kQ5_K: {  // Q4_K's layout with qh[32] before qs: bit sub-block of qh[within % 32] is the fifth bit
+      const uint8_t* b = row + (i / 256) * 176;
+      const int w = (int)(i % 256), pair = w / 64, within = w % 64, sub = 2 * pair + (within >= 32);
+      int s, m;
+      scale_min_k4(sub, b + 4, &s, &m);
+      const uint8_t* q = b + 48 + 32 * pair;
+      const int l = within % 32;
+      const int low = within < 32 ? q[l] & 15 : q[l] >> 4;
+      const float v = (float)(low | (((b[16 + l] >> sub) & 1) << 4));
+      return half_at(b) * (float)s * v - half_at(b + 2) * (float)m;
+    }
+    case kIQ4_XS: {  // d scales_h scales_l[4] qs[128]: 8 sub-blocks of 32 as IQ4_NL's, 6-bit scales (s - 32)
+      const uint8_t* b = row + (i / 256) * 136;
+      const int w = (int)(i % 256), s = w / 32, j = w % 32;
+      const int ls = ((b[4 + s / 2] >> (4 * (s % 2))) & 15) | (((read16(b + 2) >> (2 * s)) & 3) << 4);
+      const uint8_t* q = b + 8 + 16 * s;
+      return half_at(b) * (float)(ls - 32) * iq4_value(j < 16 ? q[j] & 15 : q[j - 16] >> 4);
     }
     case kQ6_K: {
       const uint8_t* b = row + (i / 256) * 210;

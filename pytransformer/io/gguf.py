@@ -45,17 +45,31 @@ _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 
           12: "<f8"}
 STRING, ARRAY = 8, 9
 
-# ggml tensor types this reader knows the size of (all that pytransformer computes with: ops.QTYPES)
+# ggml tensor types this reader reads (all that pytransformer computes with: ops.QTYPES): name -> (values, bytes)
+# of a block; the names of the others, so that a tensor of one is listed and refused by its name
 QTYPE_NAMES = ops.QTYPE_NAMES
-_BLOCKS = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34),
-           "Q4_K": (256, 144), "Q6_K": (256, 210)}
+_BLOCKS = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22),
+           "Q5_1": (32, 24), "Q8_0": (32, 34), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144),
+           "Q5_K": (256, 176), "Q6_K": (256, 210), "IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
+_UNREAD_NAMES = {9: "Q8_1", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 21: "IQ3_S",
+                 22: "IQ2_S", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0",
+                 35: "TQ2_0", 39: "MXFP4"}
+
+
+def type_name(code):
+    """The ggml tensor type's name ("Q4_K", "IQ1_S", ...), or "ggml type <code>" for an id this table does not
+    know."""
+    return QTYPE_NAMES.get(code) or _UNREAD_NAMES.get(code, f"ggml type {code}")
 
 # Where each type keeps its floats, for the NaN/inf check at load: (bits, exponent mask, byte offsets in a block).
 # A block's values are small integers times its scales, so its scales are all that can be NaN or inf; a float is
 # NaN or inf exactly when its exponent bits are all set.
 _FLOAT_FIELDS = {"F32": ("<u4", 0x7F800000, (0,)), "F16": ("<u2", 0x7C00, (0,)), "BF16": ("<u2", 0x7F80, (0,)),
                  "Q4_0": ("<u2", 0x7C00, (0,)), "Q4_1": ("<u2", 0x7C00, (0, 2)), "Q8_0": ("<u2", 0x7C00, (0,)),
-                 "Q4_K": ("<u2", 0x7C00, (0, 2)), "Q6_K": ("<u2", 0x7C00, (208,))}
+                 "Q4_K": ("<u2", 0x7C00, (0, 2)), "Q6_K": ("<u2", 0x7C00, (208,)),
+                 "Q5_0": ("<u2", 0x7C00, (0,)), "Q5_1": ("<u2", 0x7C00, (0, 2)), "Q5_K": ("<u2", 0x7C00, (0, 2)),
+                 "Q3_K": ("<u2", 0x7C00, (108,)), "Q2_K": ("<u2", 0x7C00, (80, 82)),
+                 "IQ4_NL": ("<u2", 0x7C00, (0,)), "IQ4_XS": ("<u2", 0x7C00, (0,))}
 _CHECK_BLOCKS = 1 << 20  # blocks checked at a time (the temporaries stay a few MiB whatever the tensor's size)
 
 
@@ -228,7 +242,7 @@ class GGUFFile:
             what = f"tensor {quote(name)}"
             if name in self.tensors:
                 r.fail(f"{what} appears twice")
-            qtype = QTYPE_NAMES.get(code, f"type {code}")
+            qtype = type_name(code)
             count = 1
             for d in dims:
                 count *= d
@@ -265,7 +279,7 @@ class GGUFFile:
             raise ValueError(f"{self.path}: no tensor {quote(name)}")
         info = self.tensors[name]
         if info.qtype not in _BLOCKS:
-            raise ValueError(f"{self.path}: tensor {name!r} has {info.qtype}, which pytransformer does not read "
+            raise ValueError(f"{self.path}: tensor {name!r} is {info.qtype}, which pytransformer does not read "
                              f"(supported: {', '.join(_BLOCKS)})")
         start = self.data_start + info.offset
         raw = np.frombuffer(self.buf, np.uint8, info.nbytes, start)

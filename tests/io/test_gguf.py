@@ -9,15 +9,38 @@ import struct
 import numpy as np
 import pytest
 
-from pytransformer import ops
+from pytransformer import _core, ops
 from pytransformer import reference as ref
+from pytransformer.io import gguf as ours
 from pytransformer.io.gguf import read_gguf
-from pytransformer.opcases import random_blocks
+from pytransformer.opcases import QUANT_TYPES, random_blocks
 from tiny_gguf import TOKENS, write
 
 gguf = pytest.importorskip("gguf")
 QT = gguf.GGMLQuantizationType
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"]
+TYPES = list(ops.QTYPES)
+
+
+def test_the_type_tables_agree_with_the_gguf_package_and_the_kernels():
+    assert sorted(QUANT_TYPES) == sorted(TYPES) == sorted(ours._BLOCKS)  # (every type has its op cases)
+    for name, (values, size) in ours._BLOCKS.items():
+        assert ops.QTYPES[name] == getattr(QT, name).value
+        assert gguf.GGML_QUANT_SIZES[getattr(QT, name)] == (values, size)
+        assert _core.quant_row_bytes(ops.QTYPES[name], 3 * values) == 3 * size
+        assert _core.quant_row_bytes(ops.QTYPES[name], 3 * values + 1) == (-1 if values > 1 else 3 * size + size)
+    for t in QT:  # (ids newer than the reader's table are named by number)
+        assert ours.type_name(t.value) in (t.name, f"ggml type {t.value}")
+    assert ours.type_name(19) == "IQ1_S" and ours.type_name(1000) == "ggml type 1000"
+
+
+@pytest.mark.parametrize("qtype", [t for t in TYPES if ours._BLOCKS[t][0] > 1])
+def test_a_row_that_is_not_whole_blocks_is_refused_by_name(tmp_path, qtype):
+    values = ours._BLOCKS[qtype][0]
+    path = tmp_path / "ragged.gguf"
+    path.write_bytes(header(n_tensors=1) + gstr("w") + struct.pack("<IQIQ", 1, values + 1, ops.QTYPES[qtype], 0)
+                     + bytes(1024))
+    with pytest.raises(ValueError, match=f"'w': a row of {values + 1} values is not a whole number of {qtype}"):
+        read_gguf(path)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +48,7 @@ def every_type(tmp_path_factory):
     rng = np.random.default_rng(0)
     tensors = []
     for i, t in enumerate(TYPES):
-        rows, cols = 3 + i, 512
+        rows, cols = 3 + i % 5, 512
         data = rng.standard_normal((rows, cols)).astype(np.float32) if t == "F32" else random_blocks(rng, t, rows, cols)
         tensors.append((f"t.{t}", data, t, (rows, cols)))
     V = gguf.GGUFValueType
@@ -74,9 +97,10 @@ def test_float_tensors_come_as_float32_arrays(every_type):
     assert f.tensor("t.F16").dtype == np.float32 and f.tensor("t.Q4_1").qtype == "Q4_1"
 
 
-def small_file(tmp_path):
+def small_file(tmp_path, qtype="Q8_0"):
     rng = np.random.default_rng(1)
-    return write(tmp_path / "small.gguf", [("w", random_blocks(rng, "Q8_0", 2, 64), "Q8_0", (2, 64)),
+    cols = 256 if qtype.endswith("K") or qtype == "IQ4_XS" else 64
+    return write(tmp_path / "small.gguf", [("w", random_blocks(rng, qtype, 2, cols), qtype, (2, cols)),
                                            ("b", np.ones(8, np.float32), "F32", (8,))],
                  {"tokens": (["x", "yy", "zzz"], gguf.GGUFValueType.ARRAY)}).read_bytes()
 
@@ -90,9 +114,11 @@ def test_every_truncation_is_refused_with_a_value_error(tmp_path):
             read_gguf(target)
 
 
-def test_random_corruption_never_crashes(tmp_path):
-    """Bytes of the header and tables flipped at random: the reader either reads a file or raises ValueError."""
-    raw = bytearray(small_file(tmp_path))
+@pytest.mark.parametrize("qtype", TYPES)
+def test_random_corruption_never_crashes(tmp_path, qtype):
+    """Bytes of the header and tables flipped at random: the reader either reads a file or raises ValueError; what
+    it reads, the kernels dequantise and multiply (a changed type or shape still fits its bytes)."""
+    raw = bytearray(small_file(tmp_path, qtype))
     rng = np.random.default_rng(2)
     target = tmp_path / "fuzz.gguf"
     header_end = raw.index(b"b") + 64  # (the tables; the data after them is not interpreted)
@@ -105,9 +131,12 @@ def test_random_corruption_never_crashes(tmp_path):
             f = read_gguf(target)
             for name in f.tensors:
                 try:
-                    f.tensor(name)
+                    t = f.tensor(name)
                 except ValueError:
-                    pass
+                    continue
+                if isinstance(t, ops.Quantized) and t.shape[0] * t.shape[1] <= 1 << 16:
+                    ops.dequantize(t)
+                    ops.matmul_forward(np.ones((5, t.shape[1]), np.float32), t)
         except ValueError:
             pass
 
@@ -145,13 +174,20 @@ def test_hostile_headers_are_refused_by_name(tmp_path, raw, match):
         read_gguf(path)
 
 
-def test_unknown_tensor_types_are_listed_but_refused_when_read(tmp_path):
+@pytest.mark.parametrize("code,name", [(19, "IQ1_S"), (16, "IQ2_XXS"), (15, "Q8_K"), (99, "ggml type 99")])
+def test_unread_tensor_types_are_listed_but_refused_by_name_when_read(tmp_path, code, name):
     path = tmp_path / "iq.gguf"
-    path.write_bytes(header(n_tensors=1) + gstr("w") + struct.pack("<IQIQ", 1, 256, 19, 0) + bytes(64))
+    path.write_bytes(header(n_tensors=1) + gstr("blk.0.ffn_up.weight") + struct.pack("<IQIQ", 1, 256, code, 0)
+                     + bytes(64))
     f = read_gguf(path)
-    assert f.tensors["w"].qtype == "type 19"
-    with pytest.raises(ValueError, match="type 19"):
-        f.tensor("w")
+    assert f.tensors["blk.0.ffn_up.weight"].qtype == name
+    for read in (f.tensor, f.quantized):
+        with pytest.raises(ValueError) as e:
+            read("blk.0.ffn_up.weight")
+        message = str(e.value)
+        assert f"'blk.0.ffn_up.weight' is {name}, which pytransformer does not read" in message
+        assert "\n" not in message
+        assert "supported: " + ", ".join(ours._BLOCKS) in message
 
 
 # --- a tiny Llama as llama.cpp's converter writes it ------------------------------------------------------------
@@ -162,24 +198,27 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def test_tiny_llama_gguf_matches_transformers(tmp_path):
+@pytest.mark.parametrize("C,FF,NH,NKV,kinds,embed,head", [
+    (64, 96, 4, 2, ["Q4_0", "Q4_1", "Q8_0", "BF16", "F32", "Q5_0", "Q5_1"], "Q8_0", "F16"),
+    # float matrices of widths that are no whole number of vectors: prompts of 4-16 rows run the batch kernel
+    (6, 7, 3, 1, ["F16", "BF16", "F16", "F32"], "F16", "BF16"),
+], ids=["blocks", "narrow-floats"])
+def test_tiny_llama_gguf_matches_transformers(tmp_path, C, FF, NH, NKV, kinds, embed, head):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     from pytransformer.io.hf import from_pretrained
 
     torch.manual_seed(0)
-    NH, NKV = 4, 2
-    cfg = transformers.LlamaConfig(vocab_size=len(TOKENS), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=len(TOKENS), hidden_size=C, intermediate_size=FF, num_hidden_layers=2,
                                    num_attention_heads=NH, num_key_value_heads=NKV, rope_theta=1000.0,
                                    rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    names = {"model.embed_tokens.weight": ("token_embd.weight", "Q8_0"), "model.norm.weight": ("output_norm.weight", "F32"),
-             "lm_head.weight": ("output.weight", "F16")}
+    names = {"model.embed_tokens.weight": ("token_embd.weight", embed),
+             "model.norm.weight": ("output_norm.weight", "F32"), "lm_head.weight": ("output.weight", head)}
     parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    kinds = ["Q4_0", "Q4_1", "Q8_0", "BF16", "F32", "Q4_0", "Q4_1"]
     for i in range(2):
         for k, (hf_part, g) in enumerate(parts.items()):
             names[f"model.layers.{i}.{hf_part}.weight"] = (f"blk.{i}.{g}.weight",
@@ -213,7 +252,7 @@ def test_tiny_llama_gguf_matches_transformers(tmp_path):
             dense[hf_name] = w.reshape(heads, hs // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
     V = gguf.GGUFValueType
     md = {"llama.block_count": (2, V.UINT32), "llama.context_length": (128, V.UINT32),
-          "llama.embedding_length": (64, V.UINT32), "llama.feed_forward_length": (96, V.UINT32),
+          "llama.embedding_length": (C, V.UINT32), "llama.feed_forward_length": (FF, V.UINT32),
           "llama.attention.head_count": (NH, V.UINT32), "llama.attention.head_count_kv": (NKV, V.UINT32),
           "llama.rope.freq_base": (1000.0, V.FLOAT32), "llama.attention.layer_norm_rms_epsilon": (1e-6, V.FLOAT32),
           "tokenizer.ggml.model": ("gpt2", V.STRING),

@@ -128,7 +128,6 @@ def test_a_writer_killed_mid_save_leaves_a_temporary_that_the_next_save_removes(
     import signal
     import subprocess
     import sys
-    import time
 
     target = tmp_path / "ckpt.safetensors"
     code = ("import time, sys; from pytransformer.io.safetensors import atomic_write\n"

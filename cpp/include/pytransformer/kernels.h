@@ -107,19 +107,29 @@
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows)
 
 namespace pt {
-// GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks:
-// F32 (1 value, 4 bytes), F16 (1, 2), BF16 (1, 2), Q4_0 (32 values, 18 bytes: fp16 d, 16 bytes of nibbles),
-// Q4_1 (32, 20: fp16 d, fp16 m), Q8_0 (32, 34: fp16 d, 32 int8), Q4_K (256, 144), Q6_K (256, 210).
-enum QType : int { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14, kBF16 = 30 };
-inline bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
+// GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);
+// the layouts are written out in cpp/cpu/quant.h. Floats: F32 (1, 4), F16 (1, 2), BF16 (1, 2). 32-value blocks:
+// Q4_0 (18), Q4_1 (20), Q5_0 (22), Q5_1 (24), Q8_0 (34), IQ4_NL (18). 256-value super-blocks: Q2_K (84),
+// Q3_K (110), Q4_K (144), Q5_K (176), Q6_K (210), IQ4_XS (136).
+enum QType : int {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ2_K = 10, kQ3_K = 11, kQ4_K = 12,
+  kQ5_K = 13, kQ6_K = 14, kIQ4_NL = 20, kIQ4_XS = 23, kBF16 = 30
+};
+constexpr bool quant_block(int qtype, int64_t* values, int64_t* bytes) {
   switch (qtype) {
     case kF32: *values = 1; *bytes = 4; return true;
     case kF16: case kBF16: *values = 1; *bytes = 2; return true;
-    case kQ4_0: *values = 32; *bytes = 18; return true;
+    case kQ4_0: case kIQ4_NL: *values = 32; *bytes = 18; return true;
     case kQ4_1: *values = 32; *bytes = 20; return true;
+    case kQ5_0: *values = 32; *bytes = 22; return true;
+    case kQ5_1: *values = 32; *bytes = 24; return true;
     case kQ8_0: *values = 32; *bytes = 34; return true;
+    case kQ2_K: *values = 256; *bytes = 84; return true;
+    case kQ3_K: *values = 256; *bytes = 110; return true;
     case kQ4_K: *values = 256; *bytes = 144; return true;
+    case kQ5_K: *values = 256; *bytes = 176; return true;
     case kQ6_K: *values = 256; *bytes = 210; return true;
+    case kIQ4_XS: *values = 256; *bytes = 136; return true;
     default: return false;
   }
 }
