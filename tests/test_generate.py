@@ -426,6 +426,7 @@ def test_decoder_only_beam_search_on_the_cache_equals_recomputing(rng, family, b
             want = recompute_beams(next_logits, ids[0], rule, 12, beam_size, 0.6)
         got = beam_search(model, ids, 12, beam_size=beam_size, stop=rule)
         assert got[0].tolist() == want
+        np.testing.assert_array_equal(model.beam_search(ids, 12, beam_size=beam_size, stop=rule), got)  # (the method)
         if rule is not None:
             assert got[0, -1] == rule and len(want) < 17  # a finished hypothesis won
 

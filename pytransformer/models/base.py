@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from .. import ops
-from ..generate import KVCache, generate, score, stream
+from ..generate import KVCache, beam_search, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, weights
 
 
@@ -361,6 +361,10 @@ class CausalLM(Model):
         options (top_p, repetition_penalty, seed, stop, attention_mask for left-padded batches): see
         pytransformer.generate.stream."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng, **kw)
+
+    def beam_search(self, idx, max_new_tokens, beam_size=4, length_penalty=0.6, stop=None):
+        """The likeliest continuation of one prompt idx (1, T) by beam search (pytransformer.generate.beam_search)."""
+        return beam_search(self, idx, max_new_tokens, beam_size=beam_size, length_penalty=length_penalty, stop=stop)
 
     def score(self, idx, attention_mask=None):
         """Per-token log-probabilities (B, T - 1) of each next token (pytransformer.generate.score)."""
