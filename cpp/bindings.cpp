@@ -210,6 +210,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("in_forked_child", &pt::in_forked_child, "True in a child made by fork(): kernels run on one thread");
   m.def("threads_capped_by_load", &pt::threads_capped_by_load,
         "True while a busy machine has kernels running on one thread (load-adaptive team size)");
+  m.def("busy_threads", [] {
+    const pt::BusyThreads busy = pt::busy_threads({});
+    return py::make_tuple(busy.own_other, busy.foreign);
+  }, "(this process's running threads but the caller, other processes' running threads): what the load probe reads");
   m.def("have_amx", &pt::have_amx, "AMX-BF16 usable here (CPU, OS permission, build)");
   m.def("amx_probe", [](int64_t iters) {
     check_nonneg({iters});
