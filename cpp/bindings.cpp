@@ -103,6 +103,29 @@ void check_ids(const int64_t* ids, int64_t n, int64_t V, const char* name, bool 
   }
 }
 
+// An array a kernel writes: its bytes.
+struct Written {
+  const void* data;
+  int64_t bytes;
+  const char* name;
+};
+template <class T>
+Written written(const T* data, int64_t n, const char* name) {
+  return {data, n * static_cast<int64_t>(sizeof(T)), name};
+}
+
+// Index arrays are checked in range before a kernel runs; an output laid over one would let the kernel rewrite the
+// indices it is reading, and read out of bounds with them.
+void check_apart(const int64_t* ids, int64_t n, const char* name, const std::vector<Written>& outputs) {
+  const auto lo = reinterpret_cast<uintptr_t>(ids), hi = lo + n * sizeof(int64_t);
+  for (const Written& w : outputs) {
+    const auto wlo = reinterpret_cast<uintptr_t>(w.data), whi = wlo + w.bytes;
+    if (n && w.bytes && wlo < hi && lo < whi)
+      throw py::value_error(std::string(w.name) + " overlaps " + name + ": the kernel reads " + name +
+                            " while writing " + w.name);
+  }
+}
+
 void check_groups(int64_t NH, int64_t NKV) {
   if (NKV < 1 || NH % NKV) throw py::value_error("key/value heads NKV must be >= 1 and divide the query heads NH");
 }
@@ -333,6 +356,7 @@ PYBIND11_MODULE(_core, m) {
     const float* x = array_data<float>(logits, "logits", {N, V});
     const int64_t* t = array_data<int64_t>(targets, "targets", {N});
     check_ids(t, N, V, "targets", true, ignore_index);
+    check_apart(t, N, "targets", {written(l, N, "losses"), written(s, N, "lse")});
     if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
     const NoGil nogil;
     return K().crossentropy_forward(l, s, x, t, N, V, ignore_index, smoothing);
@@ -345,6 +369,7 @@ PYBIND11_MODULE(_core, m) {
     const float* s = array_data<float>(lse, "lse", {N});
     const int64_t* t = array_data<int64_t>(targets, "targets", {N});
     check_ids(t, N, V, "targets", true, ignore_index);
+    check_apart(t, N, "targets", {written(dx, product({N, V}), "dlogits")});
     if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
     const NoGil nogil;
     K().crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index, smoothing);
@@ -356,6 +381,7 @@ PYBIND11_MODULE(_core, m) {
     const int64_t* id = array_data<int64_t>(ids, "ids", {N});
     const float* w = array_data<float>(table, "table", {V, C});
     check_ids(id, N, V, "ids");
+    check_apart(id, N, "ids", {written(o, product({N, C}), "out")});
     const NoGil nogil;
     K().embedding_forward(o, id, w, N, V, C);
   });
@@ -365,6 +391,7 @@ PYBIND11_MODULE(_core, m) {
     const float* g = array_data<float>(dout, "dout", {N, C});
     const int64_t* id = array_data<int64_t>(ids, "ids", {N});
     check_ids(id, N, V, "ids");
+    check_apart(id, N, "ids", {written(dw, product({V, C}), "dtable")});
     const NoGil nogil;
     K().embedding_backward(dw, g, id, N, V, C);
   });
@@ -467,6 +494,7 @@ PYBIND11_MODULE(_core, m) {
       const float* s = array_data<float>(sin, "sin", {P, HS / 2});
       const int64_t* pos = array_data<int64_t>(positions, "positions", {N});
       check_ids(pos, N, P, "positions");
+      check_apart(pos, N, "positions", {written(o, product({N, NH, HS}), forward ? "out" : "dinp")});
       const NoGil nogil;
       (forward ? K().rope_forward : K().rope_backward)(o, x, c, s, pos, N, NH, HS, P, interleaved);
     };
@@ -510,8 +538,12 @@ PYBIND11_MODULE(_core, m) {
     float* o = array_data<float>(out, "out", {N, C}, true);
     const uint8_t* s = array_data<uint8_t>(src, "src", {rows, rb});
     const int64_t* id = array_data<int64_t>(ids, "ids", {N}, false, true);
-    if (id) check_ids(id, N, rows, "ids");
-    else if (N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
+    if (id) {
+      check_ids(id, N, rows, "ids");
+      check_apart(id, N, "ids", {written(o, product({N, C}), "out")});
+    } else if (N > rows) {
+      throw py::value_error("dequantize_rows: N exceeds the rows of src");
+    }
     const NoGil nogil(product({N, C}) >= kReleaseWork);  // (an embedding lookup per decoding step: keep the GIL)
     K().dequantize_rows(o, s, qtype, id, N, C);
   });
@@ -612,6 +644,16 @@ PYBIND11_MODULE(_core, m) {
              const float* snp = array_data<float>(sin, "sin", {P, d.HS / 2});
              for (int64_t b = 0; b < B; b++)
                if (pp[b] >= P) throw py::value_error("a position outside the rotary tables");
+             std::vector<Written> outputs = {written(xp, product({B, d.C}), "x"),
+                                             written(lp, product({R, d.V}), "logits")};
+             const int64_t cache = product({S, capacity, d.NKV, d.HS});
+             for (size_t l = 0; l < n; l++) {
+               outputs.push_back(written(kp[l], cache, "a k cache"));
+               outputs.push_back(written(vp[l], cache, "a v cache"));
+             }
+             check_apart(sp, B, "slots", outputs);
+             check_apart(pp, B, "positions", outputs);
+             if (rows) check_apart(rows, R, "logit_rows", outputs);
              if (n == 0 || B == 0) return;
              const NoGil nogil;
              d.step_batch(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);

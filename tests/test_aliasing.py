@@ -92,7 +92,8 @@ def pairs():
         others = [n for n, v in args.items() if isinstance(v, (np.ndarray, ops.Quantized))] + list(fn.writes)
         for w in fn.writes:
             for other in dict.fromkeys(others):
-                value = shapes[other] if other in shapes else (arrays_of(args[other]).shape, arrays_of(args[other]).dtype)
+                blocks = arrays_of(args.get(other))
+                value = shapes[other] if other in shapes else (blocks.shape, blocks.dtype)
                 in_place = (w, other) in fn.same or (other, w) in fn.same
                 for shift in (4, 0):
                     if other != w and not (shift == 0 and in_place and value == shapes[w]):

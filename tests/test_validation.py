@@ -236,3 +236,24 @@ def test_core_private_entry_points_check_their_sizes():
         plan((4, 1, 1, 2, 1, 4), final_norm=np.ones(4, np.float32), head=(-1, e, None, 2**62, 4))
     with pytest.raises(ValueError, match="even head size"):  # HS = 0 divided the cache size by zero in step()
         plan((4, 1, 1, 0, 4, 4))
+
+
+def test_core_refuses_an_output_laid_over_the_indices_it_reads(rng):
+    """The raw kernels check indices (ids, targets, positions) in range before they run; an output over them would
+    rewrite them mid-kernel and read out of bounds with them (a segfault), so the binding refuses it too."""
+    raw = np.zeros(64 * 4 * 8, np.uint8)
+    ids, out = raw[:64].view(np.int64), raw.view(np.float32)[:64].reshape(8, 8)  # out's first rows over ids
+    table = f32(rng, 8, 8)
+    with pytest.raises(ValueError, match="out overlaps ids"):
+        _core.embedding_forward(out, ids, table, 8, 8, 8)
+    with pytest.raises(ValueError, match="dtable overlaps ids"):
+        _core.embedding_backward(out, f32(rng, 8, 8), ids, 8, 8, 8)
+    with pytest.raises(ValueError, match="losses overlaps targets"):
+        _core.crossentropy_forward(out[0], np.empty(8, np.float32), table, ids, 8, 8, -100, 0.0)
+    with pytest.raises(ValueError, match="dlogits overlaps targets"):
+        _core.crossentropy_backward(out, table, np.zeros(8, np.float32), ids, 1.0, 8, 8, -100, 0.0)
+    cos = sin = np.ones((8, 4), np.float32)
+    with pytest.raises(ValueError, match="out overlaps positions"):
+        _core.rope_forward(out.reshape(8, 1, 8), f32(rng, 8, 1, 8), cos, sin, ids, 8, 1, 8, 8, False)
+    with pytest.raises(ValueError, match="out overlaps ids"):
+        _core.dequantize_rows(out, f32(rng, 8, 8).view(np.uint8), 0, ids, 8, 8, 8)
