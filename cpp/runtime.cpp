@@ -10,10 +10,12 @@
 #include <string>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>  // sysconf
+#endif
 #ifdef __linux__
 #include <dirent.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 #ifdef PT_HAVE_OPENMP
