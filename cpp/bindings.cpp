@@ -130,12 +130,13 @@ void check_groups(int64_t NH, int64_t NKV) {
   if (NKV < 1 || NH % NKV) throw py::value_error("key/value heads NKV must be >= 1 and divide the query heads NH");
 }
 
-// Bytes of one row of C values of a GGUF type, -1 for an unknown type or C not a whole number of its blocks
-// (pt::quant_row_bytes, with its product checked).
+// Bytes of one row of C values of a GGUF type, -1 for an unknown type or C not a whole number of its blocks:
+// pt::quant_row_bytes, once its product is known to fit (a ValueError when it does not).
 int64_t checked_row_bytes(int qtype, int64_t C) {
   int64_t values, bytes;
-  if (pt::quant_row_bytes(qtype, C) < 0 || !pt::quant_block(qtype, &values, &bytes)) return -1;
-  return product({C / values, bytes});
+  if (!pt::quant_block(qtype, &values, &bytes) || C < 0) return -1;
+  product({C / values, bytes});
+  return pt::quant_row_bytes(qtype, C);
 }
 
 int64_t row_bytes(int qtype, int64_t C) {
