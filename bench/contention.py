@@ -1,12 +1,18 @@
 """How pytransformer and PyTorch degrade when the machine is busy: the same workloads quiet and with N other
-processes spinning (one per core you want taken), in one run.
+processes spinning (one per core you want taken), in one run; and how our kernels run right after another
+library's parallel work in this process (NumPy's OpenBLAS, torch), whose pool keeps spinning for a while after it.
 
-    python bench/contention.py [--busy 1] [--threads 2] [--repeats 5] [--json bench/results/contention.json]
+    python bench/contention.py [--busy 1] [--threads 2] [--repeats 5] [--cases all|busy|after]
+                               [--json bench/results/contention.json]
 
 Workloads (2 threads each unless --threads): greedy decoding of a small GPT (prefill + 32 tokens, batch 1), a
 training step of a GPT (4 layers, 256 wide, batch 16 x 128), and a small-op pair (a 1 x 768 by 768 x 768 product
 and a layernorm: the per-token path of decoding). Each number is the median over repeats; the ratio columns are
 busy / quiet for each library, and ours / torch under the same load.
+
+After another library (--cases after): GELU and LayerNorm forward over 8192 x 768 at --threads, each repeat timed
+once quiet (after 0.3 s of sleep) and once right after five 1024 x 768 x 3072 float32 matmuls of NumPy, then of
+torch; the ratio is right-after / quiet, medians over --repeats (goal: at most 1.2x).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import median_time  # noqa: E402
@@ -99,6 +107,32 @@ def workloads(repeats):
     return out
 
 
+def after_other_libraries(repeats):
+    """kernel -> {"quiet", "after numpy", "after torch"}: median seconds of one call, quiet and right after another
+    library's matmuls in this process (same repeats, interleaved)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8192, 768), dtype=np.float32)
+    y, lw, lb = np.empty_like(x), np.ones(768, np.float32), np.zeros(768, np.float32)
+    kernels = {"gelu forward 8192x768": lambda: ops.gelu_forward(x, out=y),
+               "layernorm forward 8192x768": lambda: ops.layernorm_forward(x, lw, lb, out=y)}
+    a, b = rng.standard_normal((1024, 768), dtype=np.float32), rng.standard_normal((768, 3072), dtype=np.float32)
+    others = {"after numpy": lambda: a @ b}
+    if torch:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        others["after torch"] = lambda: ta @ tb
+    times = {name: {"quiet": []} | {other: [] for other in others} for name in kernels}
+    for _ in range(repeats):
+        for name, kernel in kernels.items():
+            kernel()
+            for other, matmul in others.items():
+                time.sleep(0.3)  # every pool asleep
+                times[name]["quiet"].append(median_time(kernel, 1))
+                for _ in range(5):
+                    matmul()
+                times[name][other].append(median_time(kernel, 1))
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
 def busy_processes(n):
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
@@ -108,15 +142,31 @@ def main():
     ap.add_argument("--busy", type=int, default=1, help="spinning processes during the busy run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cases", choices=("all", "busy", "after"), default="all",
+                    help="busy: quiet vs spinning processes; after: right after NumPy's and torch's matmuls")
     ap.add_argument("--json", default="bench/results/contention.json")
     args = ap.parse_args()
     pytransformer.set_num_threads(args.threads)
     if torch:
         torch.set_num_threads(args.threads)
     info = pytransformer.cpu_info()
+    blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)" for i in threadpool_info()
+            if i["user_api"] == "blas"]
     print(f"# pytransformer {pytransformer.__version__} isa={info['isa']} threads={args.threads}, "
-          f"torch {torch.__version__ if torch else None}, {os.cpu_count()} cores, busy run: {args.busy} spinning "
-          f"process(es)")
+          f"torch {torch.__version__ if torch else None}, numpy {np.__version__} on {', '.join(blas) or '?'}, "
+          f"{os.cpu_count()} cores, busy run: {args.busy} spinning process(es)")
+    result = {"threads": args.threads, "busy": args.busy, "cpu_info": info}
+    if args.cases in ("all", "busy"):
+        result["rows"] = busy_table(args)
+    if args.cases in ("all", "after"):
+        result["after"] = after_table(args)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def busy_table(args):
     quiet = workloads(args.repeats)
     procs = busy_processes(args.busy)
     try:
@@ -138,10 +188,19 @@ def main():
             line += f" {tq:10.1f}ms {tb:9.1f}ms {tb / tq:8.2f}x {tb / ob:16.2f}x"
         print(line)
         rows.append(row)
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "busy": args.busy, "cpu_info": info, "rows": rows}, f, indent=1)
+    return rows
+
+
+def after_table(args):
+    after = after_other_libraries(args.repeats)
+    print(f"\n{'kernel':<30} {'quiet':>9} {'after numpy':>12} {'ratio':>7} {'after torch':>12} {'ratio':>7}")
+    for name, t in after.items():
+        line = f"{name:<30} {t['quiet'] * 1e3:7.2f}ms"
+        for other in ("after numpy", "after torch"):
+            if other in t:
+                line += f" {t[other] * 1e3:10.2f}ms {t[other] / t['quiet']:6.2f}x"
+        print(line)
+    return after
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -41,10 +40,39 @@ std::string shape_str(const py::array& a) {
   return s.str();
 }
 
-// The data pointer of `obj` after checking it is a C-contiguous array of T with `size` elements
-// (writeable when `out`). None gives nullptr when `optional`.
+void check_nonneg(std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes)
+    if (s < 0) throw py::value_error("sizes must be non-negative");
+}
+
+// The product of sizes (element counts, byte counts), or a ValueError when one is negative or the product does not
+// fit in int64: a wrapped product could match a small (even empty) array and hand the kernel sizes far beyond it.
+int64_t product(std::initializer_list<int64_t> sizes) {
+  check_nonneg(sizes);
+  int64_t n = 1;
+  for (int64_t s : sizes) {
+    if (__builtin_mul_overflow(n, s, &n)) {
+      std::string factors;
+      for (int64_t f : sizes) factors += (factors.empty() ? "" : " x ") + std::to_string(f);
+      throw py::value_error("sizes " + factors + " overflow int64");
+    }
+  }
+  return n;
+}
+
+int64_t sum(int64_t a, int64_t b) {
+  int64_t n;
+  if (__builtin_add_overflow(a, b, &n))
+    throw py::value_error("sizes " + std::to_string(a) + " + " + std::to_string(b) + " overflow int64");
+  return n;
+}
+
+// The data pointer of `obj` after checking it is a C-contiguous array of T with product(dims) elements
+// (writeable when `out`). None gives nullptr when `optional` (the sizes are checked all the same).
 template <class T>
-T* array_data(const py::object& obj, const char* name, int64_t size, bool out = false, bool optional = false) {
+T* array_data(const py::object& obj, const char* name, std::initializer_list<int64_t> dims, bool out = false,
+              bool optional = false) {
+  const int64_t size = product(dims);
   if (obj.is_none()) {
     if (optional) return nullptr;
     throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array, got None");
@@ -75,28 +103,48 @@ void check_ids(const int64_t* ids, int64_t n, int64_t V, const char* name, bool 
   }
 }
 
-void check_nonneg(std::initializer_list<int64_t> sizes) {
-  for (int64_t s : sizes)
-    if (s < 0) throw py::value_error("sizes must be non-negative");
+// An array a kernel writes: its bytes.
+struct Written {
+  const void* data;
+  int64_t bytes;
+  const char* name;
+};
+template <class T>
+Written written(const T* data, int64_t n, const char* name) {
+  return {data, n * static_cast<int64_t>(sizeof(T)), name};
+}
+
+// Index arrays are checked in range before a kernel runs; an output laid over one would let the kernel rewrite the
+// indices it is reading, and read out of bounds with them.
+void check_apart(const int64_t* ids, int64_t n, const char* name, const std::vector<Written>& outputs) {
+  const auto lo = reinterpret_cast<uintptr_t>(ids), hi = lo + n * sizeof(int64_t);
+  for (const Written& w : outputs) {
+    const auto wlo = reinterpret_cast<uintptr_t>(w.data), whi = wlo + w.bytes;
+    if (n && w.bytes && wlo < hi && lo < whi)
+      throw py::value_error(std::string(w.name) + " overlaps " + name + ": the kernel reads " + name +
+                            " while writing " + w.name);
+  }
 }
 
 void check_groups(int64_t NH, int64_t NKV) {
   if (NKV < 1 || NH % NKV) throw py::value_error("key/value heads NKV must be >= 1 and divide the query heads NH");
 }
 
+// Bytes of one row of C values of a GGUF type, -1 for an unknown type or C not a whole number of its blocks:
+// pt::quant_row_bytes, once its product is known to fit (a ValueError when it does not).
+int64_t checked_row_bytes(int qtype, int64_t C) {
+  int64_t values, bytes;
+  if (!pt::quant_block(qtype, &values, &bytes) || C < 0) return -1;
+  product({C / values, bytes});
+  return pt::quant_row_bytes(qtype, C);
+}
+
 int64_t row_bytes(int qtype, int64_t C) {
-  const int64_t rb = pt::quant_row_bytes(qtype, C);
+  const int64_t rb = checked_row_bytes(qtype, C);
   if (rb < 0)
     throw py::value_error("unsupported GGUF type " + std::to_string(qtype) + " or a row of " + std::to_string(C) +
                           " values that is not a whole number of its blocks");
   return rb;
-}
-
-// A product of sizes for the decode plan's checks, refused when it overflows int64.
-int64_t plan_size(int64_t a, int64_t b) {
-  int64_t r;
-  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) throw py::value_error("sizes out of range");
-  return r;
 }
 
 // A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, scale or None, OC, IC,
@@ -109,22 +157,21 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
   w.kind = t[0].cast<int>();
   w.OC = t[3].cast<int64_t>();
   w.IC = t[4].cast<int64_t>();
-  const int64_t n = plan_size(w.OC, w.IC);
   py::object data = py::reinterpret_borrow<py::object>(t[1]);
   switch (w.kind) {
-    case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", n); break;
-    case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", n); break;
+    case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", {w.OC, w.IC}); break;
+    case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", {w.OC, w.IC}); break;
     case pt::WeightRef::kInt8: {
-      w.data = array_data<int8_t>(data, "weight", n);
+      w.data = array_data<int8_t>(data, "weight", {w.OC, w.IC});
       py::object scale = py::reinterpret_borrow<py::object>(t[2]);
-      w.scale = array_data<float>(scale, "weight_scale", w.OC);
+      w.scale = array_data<float>(scale, "weight_scale", {w.OC});
       keep.push_back(scale);
       break;
     }
-    default: w.data = array_data<uint8_t>(data, "weight", plan_size(w.OC, row_bytes(w.kind, w.IC)));
+    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.kind, w.IC)});
   }
   py::object bias = py::reinterpret_borrow<py::object>(t[5]);
-  w.bias = array_data<float>(bias, "bias", w.OC, false, true);
+  w.bias = array_data<float>(bias, "bias", {w.OC}, false, true);
   keep.push_back(bias);
   keep.push_back(data);
   return w;
@@ -140,28 +187,39 @@ using py::arg;
 using O = const py::object&;
 const auto& K() { return pt::active(); }
 
-// The GIL released for a call with at least kReleaseWork elements of work: releasing it before a
-// microsecond of work lets another Python thread (a server's event loop) take it for up to the interpreter's
-// switch interval (5 ms) before this thread gets it back.
-constexpr int64_t kReleaseWork = 1 << 16;
-struct ReleaseGilIfLarge {
-  std::optional<py::gil_scoped_release> released;
-  explicit ReleaseGilIfLarge(int64_t work) {
-    if (work >= kReleaseWork) released.emplace();
+// The GIL released while a kernel runs (when `release`), taken back at the end of the scope. Unlike
+// py::gil_scoped_release, its destructor may throw: a thread that finishes a kernel while the interpreter is
+// exiting (a daemon thread) is ended by CPython inside PyEval_RestoreThread with pthread_exit, a forced unwind that
+// pybind11 lets through, but that a noexcept destructor turns into std::terminate ("terminate called without an
+// active exception", exit status 134).
+class NoGil {
+ public:
+  explicit NoGil(bool release = true) : state_(release ? PyEval_SaveThread() : nullptr) {}
+  NoGil(const NoGil&) = delete;
+  NoGil& operator=(const NoGil&) = delete;
+  ~NoGil() noexcept(false) {
+    if (state_) PyEval_RestoreThread(state_);
   }
+
+ private:
+  PyThreadState* state_;
 };
+
+// Small calls keep the GIL: releasing it before a microsecond of work lets another Python thread (a server's
+// event loop) take it for up to the interpreter's switch interval (5 ms) before this thread gets it back.
+constexpr int64_t kReleaseWork = 1 << 16;
 
 // out (N, OC) = inp (N, IC) @ weight (OC, IC)^T [* scale (OC)] + bias for a weight of element WT: float32,
 // bfloat16 bits (uint16) or int8 (with its scale). The arrays checked, the kernel run without the GIL.
 template <class WT, class Kernel>
 void product_forward(O out, O inp, O weight, O scale, O bias, int64_t N, int64_t IC, int64_t OC, Kernel kernel) {
   check_nonneg({N, IC, OC});
-  float* o = array_data<float>(out, "out", N * OC, true);
-  const float* x = array_data<float>(inp, "inp", N * IC);
-  const WT* w = array_data<WT>(weight, "weight", OC * IC);
-  const float* s = array_data<float>(scale, "weight_scale", OC, false, !std::is_same<WT, int8_t>::value);
-  const float* b = array_data<float>(bias, "bias", OC, false, true);
-  py::gil_scoped_release nogil;
+  float* o = array_data<float>(out, "out", {N, OC}, true);
+  const float* x = array_data<float>(inp, "inp", {N, IC});
+  const WT* w = array_data<WT>(weight, "weight", {OC, IC});
+  const float* s = array_data<float>(scale, "weight_scale", {OC}, false, !std::is_same<WT, int8_t>::value);
+  const float* b = array_data<float>(bias, "bias", {OC}, false, true);
+  const NoGil nogil;
   kernel(o, x, w, s, b, N, IC, OC);
 }
 
@@ -179,11 +237,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("in_forked_child", &pt::in_forked_child, "True in a child made by fork(): kernels run on one thread");
   m.def("threads_capped_by_load", &pt::threads_capped_by_load,
         "True while a busy machine has kernels running on one thread (load-adaptive team size)");
+  m.def("busy_threads", [] {
+    const pt::BusyThreads busy = pt::busy_threads({});
+    return py::make_tuple(busy.own_other, busy.foreign);
+  }, "(this process's running threads but the caller, other processes' running threads): what the load probe reads");
   m.def("have_amx", &pt::have_amx, "AMX-BF16 usable here (CPU, OS permission, build)");
   m.def("amx_probe", [](int64_t iters) {
     check_nonneg({iters});
     if (!pt::have_amx()) throw py::value_error("amx_probe: no usable AMX-BF16 here");
-    py::gil_scoped_release nogil;
+    const NoGil nogil;
     return pt::amx_probe(iters);
   }, "benchmark probe: flops done by independent bf16 tile products on every thread", arg("iters"));
   m.def("get_matmul_precision", &pt::matmul_precision);
@@ -207,164 +269,168 @@ PYBIND11_MODULE(_core, m) {
   m.def("matmul_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, int64_t N, int64_t IC,
                               int64_t OC) {
     check_nonneg({N, IC, OC});
-    float* dx = array_data<float>(dinp, "dinp", N * IC, true, true);
-    float* dw = array_data<float>(dweight, "dweight", OC * IC, true, true);
-    float* db = array_data<float>(dbias, "dbias", OC, true, true);
-    const float* g = array_data<float>(dout, "dout", N * OC);
-    const float* x = array_data<float>(inp, "inp", N * IC);
-    const float* w = array_data<float>(weight, "weight", OC * IC);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {N, IC}, true, true);
+    float* dw = array_data<float>(dweight, "dweight", {OC, IC}, true, true);
+    float* db = array_data<float>(dbias, "dbias", {OC}, true, true);
+    const float* g = array_data<float>(dout, "dout", {N, OC});
+    const float* x = array_data<float>(inp, "inp", {N, IC});
+    const float* w = array_data<float>(weight, "weight", {OC, IC});
+    const NoGil nogil;
     K().matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
   });
 
   m.def("layernorm_forward", [](O out, O mean, O rstd, O inp, O weight, O bias, int64_t N, int64_t C, float eps) {
     check_nonneg({N, C});
-    float* o = array_data<float>(out, "out", N * C, true);
-    float* mu = array_data<float>(mean, "mean", N, true);
-    float* rs = array_data<float>(rstd, "rstd", N, true);
-    const float* x = array_data<float>(inp, "inp", N * C);
-    const float* w = array_data<float>(weight, "weight", C);
-    const float* b = array_data<float>(bias, "bias", C);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {N, C}, true);
+    float* mu = array_data<float>(mean, "mean", {N}, true);
+    float* rs = array_data<float>(rstd, "rstd", {N}, true);
+    const float* x = array_data<float>(inp, "inp", {N, C});
+    const float* w = array_data<float>(weight, "weight", {C});
+    const float* b = array_data<float>(bias, "bias", {C});
+    const NoGil nogil;
     K().layernorm_forward(o, mu, rs, x, w, b, N, C, eps);
   });
   m.def("layernorm_backward", [](O dinp, O dweight, O dbias, O dout, O inp, O weight, O mean, O rstd, int64_t N,
                                  int64_t C) {
     check_nonneg({N, C});
-    float* dx = array_data<float>(dinp, "dinp", N * C, true, true);
-    float* dw = array_data<float>(dweight, "dweight", C, true, true);
-    float* db = array_data<float>(dbias, "dbias", C, true, true);
-    const float* g = array_data<float>(dout, "dout", N * C);
-    const float* x = array_data<float>(inp, "inp", N * C);
-    const float* w = array_data<float>(weight, "weight", C);
-    const float* mu = array_data<float>(mean, "mean", N);
-    const float* rs = array_data<float>(rstd, "rstd", N);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {N, C}, true, true);
+    float* dw = array_data<float>(dweight, "dweight", {C}, true, true);
+    float* db = array_data<float>(dbias, "dbias", {C}, true, true);
+    const float* g = array_data<float>(dout, "dout", {N, C});
+    const float* x = array_data<float>(inp, "inp", {N, C});
+    const float* w = array_data<float>(weight, "weight", {C});
+    const float* mu = array_data<float>(mean, "mean", {N});
+    const float* rs = array_data<float>(rstd, "rstd", {N});
+    const NoGil nogil;
     K().layernorm_backward(dx, dw, db, g, x, w, mu, rs, N, C);
   });
 
   m.def("gelu_forward", [](O out, O inp, int64_t n, bool approximate_tanh) {
     check_nonneg({n});
-    float* o = array_data<float>(out, "out", n, true);
-    const float* x = array_data<float>(inp, "inp", n);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    const NoGil nogil;
     K().gelu_forward(o, x, n, approximate_tanh ? 1 : 0);
   });
   m.def("gelu_backward", [](O dinp, O inp, O dout, int64_t n, bool approximate_tanh) {
     check_nonneg({n});
-    float* dx = array_data<float>(dinp, "dinp", n, true);
-    const float* x = array_data<float>(inp, "inp", n);
-    const float* g = array_data<float>(dout, "dout", n);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    const float* g = array_data<float>(dout, "dout", {n});
+    const NoGil nogil;
     K().gelu_backward(dx, x, g, n, approximate_tanh ? 1 : 0);
   });
   m.def("relu_forward", [](O out, O inp, int64_t n) {
     check_nonneg({n});
-    float* o = array_data<float>(out, "out", n, true);
-    const float* x = array_data<float>(inp, "inp", n);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    const NoGil nogil;
     K().relu_forward(o, x, n);
   });
   m.def("relu_backward", [](O dinp, O inp, O dout, int64_t n) {
     check_nonneg({n});
-    float* dx = array_data<float>(dinp, "dinp", n, true);
-    const float* x = array_data<float>(inp, "inp", n);
-    const float* g = array_data<float>(dout, "dout", n);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    const float* g = array_data<float>(dout, "dout", {n});
+    const NoGil nogil;
     K().relu_backward(dx, x, g, n);
   });
 
   m.def("softmax_forward", [](O out, O inp, int64_t N, int64_t C) {
     check_nonneg({N, C});
-    float* o = array_data<float>(out, "out", N * C, true);
-    const float* x = array_data<float>(inp, "inp", N * C);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {N, C}, true);
+    const float* x = array_data<float>(inp, "inp", {N, C});
+    const NoGil nogil;
     K().softmax_forward(o, x, N, C);
   });
   m.def("softmax_backward", [](O dinp, O out, O dout, int64_t N, int64_t C) {
     check_nonneg({N, C});
-    float* dx = array_data<float>(dinp, "dinp", N * C, true);
-    const float* y = array_data<float>(out, "out", N * C);
-    const float* g = array_data<float>(dout, "dout", N * C);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {N, C}, true);
+    const float* y = array_data<float>(out, "out", {N, C});
+    const float* g = array_data<float>(dout, "dout", {N, C});
+    const NoGil nogil;
     K().softmax_backward(dx, y, g, N, C);
   });
 
   m.def("crossentropy_forward", [](O losses, O lse, O logits, O targets, int64_t N, int64_t V,
                                    int64_t ignore_index, float smoothing) {
     check_nonneg({N, V});
-    float* l = array_data<float>(losses, "losses", N, true);
-    float* s = array_data<float>(lse, "lse", N, true);
-    const float* x = array_data<float>(logits, "logits", N * V);
-    const int64_t* t = array_data<int64_t>(targets, "targets", N);
+    float* l = array_data<float>(losses, "losses", {N}, true);
+    float* s = array_data<float>(lse, "lse", {N}, true);
+    const float* x = array_data<float>(logits, "logits", {N, V});
+    const int64_t* t = array_data<int64_t>(targets, "targets", {N});
     check_ids(t, N, V, "targets", true, ignore_index);
+    check_apart(t, N, "targets", {written(l, N, "losses"), written(s, N, "lse")});
     if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
-    py::gil_scoped_release nogil;
+    const NoGil nogil;
     return K().crossentropy_forward(l, s, x, t, N, V, ignore_index, smoothing);
   });
   m.def("crossentropy_backward", [](O dlogits, O logits, O lse, O targets, float dloss, int64_t N, int64_t V,
                                     int64_t ignore_index, float smoothing) {
     check_nonneg({N, V});
-    float* dx = array_data<float>(dlogits, "dlogits", N * V, true);
-    const float* x = array_data<float>(logits, "logits", N * V);
-    const float* s = array_data<float>(lse, "lse", N);
-    const int64_t* t = array_data<int64_t>(targets, "targets", N);
+    float* dx = array_data<float>(dlogits, "dlogits", {N, V}, true);
+    const float* x = array_data<float>(logits, "logits", {N, V});
+    const float* s = array_data<float>(lse, "lse", {N});
+    const int64_t* t = array_data<int64_t>(targets, "targets", {N});
     check_ids(t, N, V, "targets", true, ignore_index);
+    check_apart(t, N, "targets", {written(dx, product({N, V}), "dlogits")});
     if (!(smoothing >= 0.f && smoothing <= 1.f)) throw py::value_error("label smoothing must be in [0, 1]");
-    py::gil_scoped_release nogil;
+    const NoGil nogil;
     K().crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index, smoothing);
   });
 
   m.def("embedding_forward", [](O out, O ids, O table, int64_t N, int64_t V, int64_t C) {
     check_nonneg({N, V, C});
-    float* o = array_data<float>(out, "out", N * C, true);
-    const int64_t* id = array_data<int64_t>(ids, "ids", N);
-    const float* w = array_data<float>(table, "table", V * C);
+    float* o = array_data<float>(out, "out", {N, C}, true);
+    const int64_t* id = array_data<int64_t>(ids, "ids", {N});
+    const float* w = array_data<float>(table, "table", {V, C});
     check_ids(id, N, V, "ids");
-    py::gil_scoped_release nogil;
+    check_apart(id, N, "ids", {written(o, product({N, C}), "out")});
+    const NoGil nogil;
     K().embedding_forward(o, id, w, N, V, C);
   });
   m.def("embedding_backward", [](O dtable, O dout, O ids, int64_t N, int64_t V, int64_t C) {
     check_nonneg({N, V, C});
-    float* dw = array_data<float>(dtable, "dtable", V * C, true);
-    const float* g = array_data<float>(dout, "dout", N * C);
-    const int64_t* id = array_data<int64_t>(ids, "ids", N);
+    float* dw = array_data<float>(dtable, "dtable", {V, C}, true);
+    const float* g = array_data<float>(dout, "dout", {N, C});
+    const int64_t* id = array_data<int64_t>(ids, "ids", {N});
     check_ids(id, N, V, "ids");
-    py::gil_scoped_release nogil;
+    check_apart(id, N, "ids", {written(dw, product({V, C}), "dtable")});
+    const NoGil nogil;
     K().embedding_backward(dw, g, id, N, V, C);
   });
 
   m.def("residual_forward", [](O out, O a, O b, int64_t n) {
     check_nonneg({n});
-    float* o = array_data<float>(out, "out", n, true);
-    const float* x = array_data<float>(a, "a", n);
-    const float* y = array_data<float>(b, "b", n);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {n}, true);
+    const float* x = array_data<float>(a, "a", {n});
+    const float* y = array_data<float>(b, "b", {n});
+    const NoGil nogil;
     K().residual_forward(o, x, y, n);
   });
   m.def("residual_backward", [](O da, O db, O dout, int64_t n) {
     check_nonneg({n});
-    float* dx = array_data<float>(da, "da", n, true, true);
-    float* dy = array_data<float>(db, "db", n, true, true);
-    const float* g = array_data<float>(dout, "dout", n);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(da, "da", {n}, true, true);
+    float* dy = array_data<float>(db, "db", {n}, true, true);
+    const float* g = array_data<float>(dout, "dout", {n});
+    const NoGil nogil;
     K().residual_backward(dx, dy, g, n);
   });
 
   m.def("dropout_forward", [](O out, O inp, int64_t n, float p, uint64_t seed) {
     check_nonneg({n});
     if (!(p >= 0.f && p < 1.f)) throw py::value_error("dropout p must be in [0, 1)");
-    float* o = array_data<float>(out, "out", n, true);
-    const float* x = array_data<float>(inp, "inp", n);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    const NoGil nogil;
     K().dropout_forward(o, x, n, p, seed);
   });
   m.def("dropout_backward", [](O dinp, O dout, int64_t n, float p, uint64_t seed) {
     check_nonneg({n});
     if (!(p >= 0.f && p < 1.f)) throw py::value_error("dropout p must be in [0, 1)");
-    float* dx = array_data<float>(dinp, "dinp", n, true);
-    const float* g = array_data<float>(dout, "dout", n);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {n}, true);
+    const float* g = array_data<float>(dout, "dout", {n});
+    const NoGil nogil;
     K().dropout_backward(dx, g, n, p, seed);
   });
 
@@ -373,13 +439,13 @@ PYBIND11_MODULE(_core, m) {
     check_nonneg({B, NH, Tq, Tk, Tkv, HS});
     check_groups(NH, NKV);
     if (Tk > Tkv) throw py::value_error("attention_forward: Tk must not exceed the k/v rows Tkv");
-    float* o = array_data<float>(out, "out", B * NH * Tq * HS, true);
-    float* l = array_data<float>(lse, "lse", B * NH * Tq, true);
-    const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
-    const float* kp = array_data<float>(k, "k", B * NKV * Tkv * HS);
-    const float* vp = array_data<float>(v, "v", B * NKV * Tkv * HS);
-    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {B, NH, Tq, HS}, true);
+    float* l = array_data<float>(lse, "lse", {B, NH, Tq}, true);
+    const float* qp = array_data<float>(q, "q", {B, NH, Tq, HS});
+    const float* kp = array_data<float>(k, "k", {B, NKV, Tkv, HS});
+    const float* vp = array_data<float>(v, "v", {B, NKV, Tkv, HS});
+    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
+    const NoGil nogil;
     K().attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
@@ -387,38 +453,38 @@ PYBIND11_MODULE(_core, m) {
                                  float scale, bool bthd) {
     check_nonneg({B, NH, Tq, Tk, HS});
     check_groups(NH, NKV);
-    float* dqp = array_data<float>(dq, "dq", B * NH * Tq * HS, true);
-    float* dkp = array_data<float>(dk, "dk", B * NKV * Tk * HS, true);
-    float* dvp = array_data<float>(dv, "dv", B * NKV * Tk * HS, true);
-    const float* g = array_data<float>(dout, "dout", B * NH * Tq * HS);
-    const float* o = array_data<float>(out, "out", B * NH * Tq * HS);
-    const float* l = array_data<float>(lse, "lse", B * NH * Tq);
-    const float* qp = array_data<float>(q, "q", B * NH * Tq * HS);
-    const float* kp = array_data<float>(k, "k", B * NKV * Tk * HS);
-    const float* vp = array_data<float>(v, "v", B * NKV * Tk * HS);
-    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", B * Tk, false, true);
-    py::gil_scoped_release nogil;
+    float* dqp = array_data<float>(dq, "dq", {B, NH, Tq, HS}, true);
+    float* dkp = array_data<float>(dk, "dk", {B, NKV, Tk, HS}, true);
+    float* dvp = array_data<float>(dv, "dv", {B, NKV, Tk, HS}, true);
+    const float* g = array_data<float>(dout, "dout", {B, NH, Tq, HS});
+    const float* o = array_data<float>(out, "out", {B, NH, Tq, HS});
+    const float* l = array_data<float>(lse, "lse", {B, NH, Tq});
+    const float* qp = array_data<float>(q, "q", {B, NH, Tq, HS});
+    const float* kp = array_data<float>(k, "k", {B, NKV, Tk, HS});
+    const float* vp = array_data<float>(v, "v", {B, NKV, Tk, HS});
+    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
+    const NoGil nogil;
     K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, HS, causal, scale, bthd);
   });
 
   m.def("rmsnorm_forward", [](O out, O rstd, O inp, O weight, int64_t N, int64_t C, float eps) {
     check_nonneg({N, C});
-    float* o = array_data<float>(out, "out", N * C, true);
-    float* rs = array_data<float>(rstd, "rstd", N, true);
-    const float* x = array_data<float>(inp, "inp", N * C);
-    const float* w = array_data<float>(weight, "weight", C);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {N, C}, true);
+    float* rs = array_data<float>(rstd, "rstd", {N}, true);
+    const float* x = array_data<float>(inp, "inp", {N, C});
+    const float* w = array_data<float>(weight, "weight", {C});
+    const NoGil nogil;
     K().rmsnorm_forward(o, rs, x, w, N, C, eps);
   });
   m.def("rmsnorm_backward", [](O dinp, O dweight, O dout, O inp, O weight, O rstd, int64_t N, int64_t C) {
     check_nonneg({N, C});
-    float* dx = array_data<float>(dinp, "dinp", N * C, true, true);
-    float* dw = array_data<float>(dweight, "dweight", C, true, true);
-    const float* g = array_data<float>(dout, "dout", N * C);
-    const float* x = array_data<float>(inp, "inp", N * C);
-    const float* w = array_data<float>(weight, "weight", C);
-    const float* rs = array_data<float>(rstd, "rstd", N);
-    py::gil_scoped_release nogil;
+    float* dx = array_data<float>(dinp, "dinp", {N, C}, true, true);
+    float* dw = array_data<float>(dweight, "dweight", {C}, true, true);
+    const float* g = array_data<float>(dout, "dout", {N, C});
+    const float* x = array_data<float>(inp, "inp", {N, C});
+    const float* w = array_data<float>(weight, "weight", {C});
+    const float* rs = array_data<float>(rstd, "rstd", {N});
+    const NoGil nogil;
     K().rmsnorm_backward(dx, dw, g, x, w, rs, N, C);
   });
   auto rope = [](bool forward) {
@@ -426,13 +492,14 @@ PYBIND11_MODULE(_core, m) {
                      bool interleaved) {
       check_nonneg({N, NH, HS, P});
       if (HS % 2) throw py::value_error("rope: the head size must be even");
-      float* o = array_data<float>(out, forward ? "out" : "dinp", N * NH * HS, true);
-      const float* x = array_data<float>(inp, forward ? "inp" : "dout", N * NH * HS);
-      const float* c = array_data<float>(cos, "cos", P * (HS / 2));
-      const float* s = array_data<float>(sin, "sin", P * (HS / 2));
-      const int64_t* pos = array_data<int64_t>(positions, "positions", N);
+      float* o = array_data<float>(out, forward ? "out" : "dinp", {N, NH, HS}, true);
+      const float* x = array_data<float>(inp, forward ? "inp" : "dout", {N, NH, HS});
+      const float* c = array_data<float>(cos, "cos", {P, HS / 2});
+      const float* s = array_data<float>(sin, "sin", {P, HS / 2});
+      const int64_t* pos = array_data<int64_t>(positions, "positions", {N});
       check_ids(pos, N, P, "positions");
-      py::gil_scoped_release nogil;
+      check_apart(pos, N, "positions", {written(o, product({N, NH, HS}), forward ? "out" : "dinp")});
+      const NoGil nogil;
       (forward ? K().rope_forward : K().rope_backward)(o, x, c, s, pos, N, NH, HS, P, interleaved);
     };
   };
@@ -440,44 +507,48 @@ PYBIND11_MODULE(_core, m) {
   m.def("rope_backward", rope(false));
   m.def("swiglu_forward", [](O out, O gate, O up, int64_t n) {
     check_nonneg({n});
-    float* o = array_data<float>(out, "out", n, true);
-    const float* g = array_data<float>(gate, "gate", n);
-    const float* u = array_data<float>(up, "up", n);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {n}, true);
+    const float* g = array_data<float>(gate, "gate", {n});
+    const float* u = array_data<float>(up, "up", {n});
+    const NoGil nogil;
     K().swiglu_forward(o, g, u, n);
   });
   m.def("swiglu_backward", [](O dgate, O dup, O dout, O gate, O up, int64_t n) {
     check_nonneg({n});
-    float* dg = array_data<float>(dgate, "dgate", n, true);
-    float* du = array_data<float>(dup, "dup", n, true);
-    const float* d = array_data<float>(dout, "dout", n);
-    const float* g = array_data<float>(gate, "gate", n);
-    const float* u = array_data<float>(up, "up", n);
-    py::gil_scoped_release nogil;
+    float* dg = array_data<float>(dgate, "dgate", {n}, true);
+    float* du = array_data<float>(dup, "dup", {n}, true);
+    const float* d = array_data<float>(dout, "dout", {n});
+    const float* g = array_data<float>(gate, "gate", {n});
+    const float* u = array_data<float>(up, "up", {n});
+    const NoGil nogil;
     K().swiglu_backward(dg, du, d, g, u, n);
   });
   m.attr("small_batch_rows") = pt::kSmallBatchRows;
-  m.def("quant_row_bytes", [](int qtype, int64_t C) { return pt::quant_row_bytes(qtype, C); },
+  m.def("quant_row_bytes", &checked_row_bytes,
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
   m.def("matmul_q_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
     check_nonneg({N, IC, OC});
     const int64_t rb = row_bytes(qtype, IC);
-    float* o = array_data<float>(out, "out", N * OC, true);
-    const float* x = array_data<float>(inp, "inp", N * IC);
-    const uint8_t* w = array_data<uint8_t>(weight, "weight", OC * rb);
-    const float* b = array_data<float>(bias, "bias", OC, false, true);
-    py::gil_scoped_release nogil;
+    float* o = array_data<float>(out, "out", {N, OC}, true);
+    const float* x = array_data<float>(inp, "inp", {N, IC});
+    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+    const float* b = array_data<float>(bias, "bias", {OC}, false, true);
+    const NoGil nogil;
     K().matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
   });
   m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
     check_nonneg({rows, N, C});
     const int64_t rb = row_bytes(qtype, C);
-    float* o = array_data<float>(out, "out", N * C, true);
-    const uint8_t* s = array_data<uint8_t>(src, "src", rows * rb);
-    const int64_t* id = array_data<int64_t>(ids, "ids", N, false, true);
-    if (id) check_ids(id, N, rows, "ids");
-    else if (N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
-    const ReleaseGilIfLarge nogil(N * C);  // (an embedding lookup per decoding step: keep the GIL)
+    float* o = array_data<float>(out, "out", {N, C}, true);
+    const uint8_t* s = array_data<uint8_t>(src, "src", {rows, rb});
+    const int64_t* id = array_data<int64_t>(ids, "ids", {N}, false, true);
+    if (id) {
+      check_ids(id, N, rows, "ids");
+      check_apart(id, N, "ids", {written(o, product({N, C}), "out")});
+    } else if (N > rows) {
+      throw py::value_error("dequantize_rows: N exceeds the rows of src");
+    }
+    const NoGil nogil(product({N, C}) >= kReleaseWork);  // (an embedding lookup per decoding step: keep the GIL)
     K().dequantize_rows(o, s, qtype, id, N, C);
   });
 
@@ -492,8 +563,8 @@ PYBIND11_MODULE(_core, m) {
              d.C = get("C").cast<int64_t>(); d.NH = get("NH").cast<int64_t>(); d.NKV = get("NKV").cast<int64_t>();
              d.HS = get("HS").cast<int64_t>(); d.F = get("F").cast<int64_t>(); d.V = get("V").cast<int64_t>();
              check_nonneg({d.C, d.NH, d.NKV, d.HS, d.F, d.V});
-             plan_size(d.NH + 2 * d.NKV, d.HS);
-             plan_size(d.V, d.C);
+             product({sum(d.NH, product({2, d.NKV})), d.HS});
+             product({d.V, d.C});
              check_groups(d.NH, d.NKV);
              d.eps = get("eps").cast<float>();
              d.attn_scale = get("attn_scale").cast<float>();
@@ -505,14 +576,16 @@ PYBIND11_MODULE(_core, m) {
              if (d.activation < pt::DecodePlan::kSiLU || d.activation > pt::DecodePlan::kReLU ||
                  d.gated != (d.activation == pt::DecodePlan::kSiLU))
                throw py::value_error("the plan's activation: SiLU when gated, else GELU (tanh or erf) or ReLU");
-             if (d.rotary && d.HS % 2) throw py::value_error("rotary attention needs an even head size");
+             if (d.rotary && (d.HS < 2 || d.HS % 2))
+               throw py::value_error("rotary attention needs an even head size HS >= 2");
+             if (d.HS < 1) throw py::value_error("the head size must be >= 1");
              auto norm = [&](const py::handle& obj, const char* name) {
                auto t = py::reinterpret_borrow<py::tuple>(obj);
                if (t.size() != 2) throw py::value_error(std::string(name) + " is (weight, bias or None)");
                pt::NormRef n;
                py::object w = py::reinterpret_borrow<py::object>(t[0]), b = py::reinterpret_borrow<py::object>(t[1]);
-               n.weight = array_data<float>(w, name, d.C);
-               n.bias = array_data<float>(b, name, d.C, false, true);
+               n.weight = array_data<float>(w, name, {d.C});
+               n.bias = array_data<float>(b, name, {d.C}, false, true);
                if (d.layernorm != (n.bias != nullptr))
                  throw py::value_error(std::string(name) + ": a LayerNorm has a bias, an RMSNorm none");
                p->keep.push_back(w);
@@ -525,7 +598,7 @@ PYBIND11_MODULE(_core, m) {
                for (const py::handle& s : specs) {
                  ws.push_back(weight_ref(s, p->keep));
                  if (ws.back().IC != in) throw py::value_error(std::string(what) + ": wrong input width");
-                 out += ws.back().OC;
+                 out = sum(out, ws.back().OC);
                }
                if (out != total) throw py::value_error(std::string(what) + ": output widths do not add up");
                return ws;
@@ -536,12 +609,12 @@ PYBIND11_MODULE(_core, m) {
                  if (!t.contains(key)) throw py::value_error(std::string("a layer lacks ") + key);
                pt::DecodeLayer L;
                L.attn_norm = norm(t["attn_norm"], "attn_norm");
-               L.qkv = group(t["qkv"], d.C, (d.NH + 2 * d.NKV) * d.HS, "qkv");
+               L.qkv = group(t["qkv"], d.C, product({sum(d.NH, product({2, d.NKV})), d.HS}), "qkv");
                L.o = weight_ref(t["o"], p->keep);
                L.ffn_norm = norm(t["ffn_norm"], "ffn_norm");
-               L.up = group(t["up"], d.C, d.gated ? 2 * d.F : d.F, "up");
+               L.up = group(t["up"], d.C, d.gated ? product({2, d.F}) : d.F, "up");
                L.down = weight_ref(t["down"], p->keep);
-               if (L.o.IC != d.NH * d.HS || L.o.OC != d.C || L.down.IC != d.F || L.down.OC != d.C)
+               if (L.o.IC != product({d.NH, d.HS}) || L.o.OC != d.C || L.down.IC != d.F || L.down.OC != d.C)
                  throw py::value_error("o or down has the wrong shape");
                if (d.gated && L.up.size() == 2 && L.up[0].OC != d.F) throw py::value_error("up: gate width");
                d.layers.push_back(std::move(L));
@@ -559,17 +632,17 @@ PYBIND11_MODULE(_core, m) {
              if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
              if (!py::isinstance<py::array>(slots)) throw py::type_error("slots must be a numpy array");
              const int64_t B = py::reinterpret_borrow<py::array>(slots).size();
-             float* xp = array_data<float>(x, "x", plan_size(B, d.C), true);
+             float* xp = array_data<float>(x, "x", {B, d.C}, true);
              int64_t R = B;
              const int64_t* rows = nullptr;
              if (!logit_rows.is_none()) {
                if (!py::isinstance<py::array>(logit_rows)) throw py::type_error("logit_rows must be a numpy array");
                R = py::reinterpret_borrow<py::array>(logit_rows).size();
-               rows = array_data<int64_t>(logit_rows, "logit_rows", R);
+               rows = array_data<int64_t>(logit_rows, "logit_rows", {R});
              }
-             float* lp = array_data<float>(logits, "logits", plan_size(R, d.V), true);
-             const int64_t* sp = array_data<int64_t>(slots, "slots", B);
-             const int64_t* pp = array_data<int64_t>(positions, "positions", B);
+             float* lp = array_data<float>(logits, "logits", {R, d.V}, true);
+             const int64_t* sp = array_data<int64_t>(slots, "slots", {B});
+             const int64_t* pp = array_data<int64_t>(positions, "positions", {B});
              std::vector<float*> kp(n), vp(n);
              int64_t S = 0, capacity = 0;
              for (size_t l = 0; l < n; l++) {
@@ -582,7 +655,7 @@ PYBIND11_MODULE(_core, m) {
                    throw py::value_error("every cache must be (slots, capacity, NKV, HS), all alike");
                  S = a.shape(0);
                  capacity = a.shape(1);
-                 (which ? vp : kp)[l] = array_data<float>(c, "cache", a.size(), true);
+                 (which ? vp : kp)[l] = array_data<float>(c, "cache", {a.size()}, true);
                }
              }
              int64_t P = 0;
@@ -590,12 +663,22 @@ PYBIND11_MODULE(_core, m) {
              if (d.rotary) {
                if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
                P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
-               cp = array_data<float>(cos, "cos", P * (d.HS / 2));
-               snp = array_data<float>(sin, "sin", P * (d.HS / 2));
+               cp = array_data<float>(cos, "cos", {P, d.HS / 2});
+               snp = array_data<float>(sin, "sin", {P, d.HS / 2});
              }
+             std::vector<Written> outputs = {written(xp, product({B, d.C}), "x"),
+                                             written(lp, product({R, d.V}), "logits")};
+             const int64_t cache = product({S, capacity, d.NKV, d.HS});
+             for (size_t l = 0; l < n; l++) {
+               outputs.push_back(written(kp[l], cache, "a k cache"));
+               outputs.push_back(written(vp[l], cache, "a v cache"));
+             }
+             check_apart(sp, B, "slots", outputs);
+             check_apart(pp, B, "positions", outputs);
+             if (rows) check_apart(rows, R, "logit_rows", outputs);
              d.validate(B, sp, pp, S, capacity, P, rows, R);
              if (n == 0 || B == 0) return;
-             py::gil_scoped_release nogil;
+             const NoGil nogil;
              d.step(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);
            }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos") = py::none(),
            arg("sin") = py::none(), arg("logit_rows") = py::none());
@@ -604,23 +687,23 @@ PYBIND11_MODULE(_core, m) {
                          float weight_decay, int64_t step) {
     check_nonneg({n});
     if (step < 1) throw py::value_error("adamw step must be >= 1");
-    float* p = array_data<float>(params, "params", n, true);
-    float* mm = array_data<float>(m_, "m", n, true);
-    float* vv = array_data<float>(v_, "v", n, true);
-    const float* g = array_data<float>(grads, "grads", n);
-    py::gil_scoped_release nogil;
+    float* p = array_data<float>(params, "params", {n}, true);
+    float* mm = array_data<float>(m_, "m", {n}, true);
+    float* vv = array_data<float>(v_, "v", {n}, true);
+    const float* g = array_data<float>(grads, "grads", {n});
+    const NoGil nogil;
     K().adamw_step(p, mm, vv, g, n, lr, beta1, beta2, eps, weight_decay, step);
   });
   m.def("fma_probe", [](int64_t iters) {
     check_nonneg({iters});
     float sink = 0.f;
-    py::gil_scoped_release nogil;
+    const NoGil nogil;
     return K().fma_probe(&sink, iters);
   }, "benchmark probe: flops done by independent FMA chains on every thread", arg("iters"));
   m.def("sum_squares", [](O x, int64_t n) {
     check_nonneg({n});
-    const float* p = array_data<float>(x, "x", n);
-    py::gil_scoped_release nogil;
+    const float* p = array_data<float>(x, "x", {n});
+    const NoGil nogil;
     return K().sum_squares(p, n);
   });
 }

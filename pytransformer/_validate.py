@@ -44,15 +44,13 @@ def array(x, name, spec, dims, dtype=F32):
     return x
 
 
-def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
-    """A fresh array of `shape` when out is None, else `out` after checking it matches exactly, is writeable and
-    shares no memory with any array in `reads` ((name, array) pairs: every other argument of the op, inputs and
-    outputs, whatever their dtype), judged by memory bounds. Arguments named in `same` may be the very same
-    array as out (an in-place call: same address, dtype, shape and strides), never a shifted or partial view."""
+def output(out, name, shape, like, dtype=F32, zero=False):
+    """A fresh array of `shape` where `like` (the op's first input) lives when out is None, else `out` after checking
+    it matches exactly and is writeable. (Overlaps with the other arguments: `no_overlaps`, before the op runs.)"""
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     if out is None:
-        if reads and type(reads[0][1]) is DeviceArray:  # outputs live where the op's first input does
+        if type(like) is DeviceArray:  # outputs live where the op's first input does
             return DeviceArray.zeros(shape, dtype) if zero else DeviceArray.empty(shape, dtype)
         return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
     device = type(out) is DeviceArray
@@ -66,16 +64,31 @@ def output(out, name, shape, reads=(), dtype=F32, zero=False, same=()):
         raise ValueError(f"{name} must be C-contiguous: outputs are written in place, never copied")
     if not device and not out.flags.writeable:
         raise ValueError(f"{name} is read-only; outputs are written in place")
-    for other_name, other in reads:
-        if not isinstance(other, DeviceArray if device else np.ndarray) or other is out and other_name in same:
-            continue
-        if out.overlaps(other) if device else np.may_share_memory(out, other):
-            if other_name in same and _same_array(out, other):
+    return out
+
+
+def no_overlaps(written, args, same):
+    """Every array the op writes -- `written`, the names in `args` it was handed to write into -- shares no memory
+    with any other array in `args` (every argument of the call, by name: inputs, outputs, index arrays, masks and the
+    bytes behind a quantised weight, whatever their dtypes), judged by memory bounds. A pair in `same` ((written,
+    other) names) may be the very same array (an in-place call: same address, dtype, shape and strides), never a
+    shifted or partial view."""
+    for name in written:
+        out = args[name]
+        device = type(out) is DeviceArray
+        if not device and not isinstance(out, np.ndarray):
+            continue  # (not an array: output() names the mistake)
+        for other_name, other in args.items():
+            if other_name == name or not isinstance(other, DeviceArray if device else np.ndarray):
                 continue
-            allowed = f" (it may be {other_name} itself, not a view into it)" if other_name in same else ""
+            if not (out.overlaps(other) if device else np.may_share_memory(out, other)):
+                continue
+            in_place = (name, other_name) in same or (other_name, name) in same
+            if in_place and _same_array(out, other):
+                continue
+            allowed = f" (it may be {other_name} itself, not a view into it)" if in_place else ""
             raise ValueError(f"{name} overlaps {other_name}: this kernel reads {other_name} while writing "
                              f"{name}{allowed}")
-    return out
 
 
 def _same_array(a, b) -> bool:

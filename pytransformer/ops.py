@@ -11,6 +11,8 @@ HS head size.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -19,7 +21,7 @@ from . import _core
 from .cuda import DeviceArray
 from .cuda import to_device as _to_device
 from .cuda import kernels as _cuda_kernels
-from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, output
+from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, no_overlaps, output
 
 U16, I8 = np.dtype(np.uint16), np.dtype(np.int8)
 
@@ -29,9 +31,45 @@ def _kernels(x):
     for device arrays. Mixing the two in one call is a TypeError from the kernel module's checks."""
     return _core if type(x) is not DeviceArray else _cuda_kernels()
 
+
+def _writes(*written, same=()):
+    """Declares the arguments an op writes (keyword outputs, or in-out arguments such as adamw's params) and the
+    (output, input) pairs that may be the very same array (in-place calls). The one place aliasing is checked:
+    before the op runs, each of them that the caller handed in is checked against every other argument of the call
+    (ops.Quantized weights by their blocks), so a new argument can never be left out of the check."""
+    def decorate(fn):
+        params = inspect.signature(fn).parameters
+        names, pairs = tuple(params), frozenset(same)
+        assert {n for pair in pairs for n in pair} | set(written) <= set(names), fn.__name__
+        always = any(params[n].kind is not inspect.Parameter.KEYWORD_ONLY for n in written)  # in-out arguments
+
+        def check(args, kwargs):
+            bound = dict(zip(names, args))
+            bound.update(kwargs)
+            for n, v in bound.items():
+                if type(v) is Quantized:
+                    bound[n] = v.data
+            no_overlaps([n for n in written if bound.get(n) is not None], bound, pairs)
+
+        @functools.wraps(fn)
+        def op(*args, **kwargs):
+            if always:
+                check(args, kwargs)
+            elif kwargs:
+                for n in written:
+                    if kwargs.get(n) is not None:
+                        check(args, kwargs)
+                        break
+            return fn(*args, **kwargs)
+
+        op.writes, op.same = written, pairs
+        return op
+    return decorate
+
 # --- matmul (Linear) -----------------------------------------------------------------------------------------
 
 
+@_writes("out")
 def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). For inference the weight may also be
     narrow: bfloat16 bits in a uint16 array (to_bfloat16: widened exactly, half the bytes), or int8 with a float32
@@ -51,8 +89,7 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
         raise ValueError("weight_scale (OC,) goes with an int8 weight, and only with one")
     if kind == I8:
         array(weight_scale, "weight_scale", ("OC",), d)
-    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("weight", weight), ("bias", bias),
-                                                           ("weight_scale", weight_scale)])
+    out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
     if kind == I8:
         _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, _rows(inp), d["IC"], d["OC"])
     else:
@@ -67,7 +104,7 @@ def _matmul_quantized(inp, weight, bias, out):
     array(inp, "inp", ("...", "IC"), d)
     if bias is not None:
         array(bias, "bias", ("OC",), d)
-    out = output(out, "out", inp.shape[:-1] + (d["OC"],), [("inp", inp), ("bias", bias)])
+    out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
     _kernels(out).matmul_q_forward(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
     return out
 
@@ -92,6 +129,7 @@ def _rows(x):
     return math.prod(x.shape[:-1])  # (np.prod took 5 us, a quarter of a small matmul call's Python overhead)
 
 
+@_writes("dinp", "dweight", "dbias")
 def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, compute_dinp=True,
                     compute_dbias=True):
     """-> dinp (..., IC) overwritten, dweight (OC, IC) and dbias (OC) accumulated (None when not computed)."""
@@ -101,11 +139,9 @@ def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, c
     array(dout, "dout", ("...", "OC"), d)
     if dout.shape[:-1] != inp.shape[:-1]:
         raise ValueError(f"dout {tuple(dout.shape)} and inp {tuple(inp.shape)} must share leading dimensions")
-    reads = [("dout", dout), ("inp", inp), ("weight", weight)]
-    dinp = output(dinp, "dinp", inp.shape, reads) if compute_dinp else None
-    dweight = output(dweight, "dweight", weight.shape, reads + [("dinp", dinp)], zero=True)
-    dbias = output(dbias, "dbias", (d["OC"],), reads + [("dinp", dinp), ("dweight", dweight)],
-                   zero=True) if compute_dbias else None
+    dinp = output(dinp, "dinp", inp.shape, dout) if compute_dinp else None
+    dweight = output(dweight, "dweight", weight.shape, dout, zero=True)
+    dbias = output(dbias, "dbias", (d["OC"],), dout, zero=True) if compute_dbias else None
     _kernels(dout).matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
     return dinp, dweight, dbias
 
@@ -113,6 +149,7 @@ def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, c
 # --- layernorm -----------------------------------------------------------------------------------------------
 
 
+@_writes("out", "mean", "rstd", same=[("out", "inp")])
 def layernorm_forward(inp, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=None):
     """out (..., C) = (inp - mean) * rstd * weight + bias over the last axis -> (out, mean (N,), rstd (N,))."""
     d = {}
@@ -123,14 +160,14 @@ def layernorm_forward(inp, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=
     N = _rows(inp)
     if d["C"] == 0:
         raise ValueError(f"inp {tuple(inp.shape)} has no channels to normalise over (C = 0)")
-    reads = [("inp", inp), ("weight", weight), ("bias", bias)]
-    out = output(out, "out", inp.shape, reads, same=("inp",))
-    mean = output(mean, "mean", (N,), reads + [("out", out)])
-    rstd = output(rstd, "rstd", (N,), reads + [("out", out), ("mean", mean)])
+    out = output(out, "out", inp.shape, inp)
+    mean = output(mean, "mean", (N,), inp)
+    rstd = output(rstd, "rstd", (N,), inp)
     _kernels(out).layernorm_forward(out, mean, rstd, inp, weight, bias, N, d["C"], eps)
     return out, mean, rstd
 
 
+@_writes("dinp", "dweight", "dbias", same=[("dinp", "dout")])
 def layernorm_backward(dout, inp, weight, mean, rstd, *, dinp=None, dweight=None, dbias=None):
     """-> dinp (..., C) overwritten, dweight (C) and dbias (C) accumulated."""
     d = {}
@@ -143,10 +180,9 @@ def layernorm_backward(dout, inp, weight, mean, rstd, *, dinp=None, dweight=None
     array(rstd, "rstd", ("N",), d)
     if dout.shape != inp.shape:
         raise ValueError(f"dout {tuple(dout.shape)} must have the shape of inp {tuple(inp.shape)}")
-    reads = [("dout", dout), ("inp", inp), ("weight", weight), ("mean", mean), ("rstd", rstd)]
-    dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
-    dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
-    dbias = output(dbias, "dbias", (d["C"],), reads + [("dinp", dinp), ("dweight", dweight)], zero=True)
+    dinp = output(dinp, "dinp", inp.shape, dout)
+    dweight = output(dweight, "dweight", (d["C"],), dout, zero=True)
+    dbias = output(dbias, "dbias", (d["C"],), dout, zero=True)
     _kernels(dinp).layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, d["C"])
     return dinp, dweight, dbias
 
@@ -160,43 +196,48 @@ def _approximate(approximate):
     return approximate == "tanh"
 
 
+@_writes("out", same=[("out", "inp")])
 def gelu_forward(inp, approximate="tanh", *, out=None):
     """GELU, 'tanh' approximation (GPT-2) or 'none' (exact erf, BERT). Any shape; out may be inp."""
     array(inp, "inp", ("...",), {})
     tanh = _approximate(approximate)
-    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     _kernels(out).gelu_forward(out, inp, inp.size, tanh)
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout"), ("dinp", "inp")])
 def gelu_backward(dout, inp, approximate="tanh", *, dinp=None):
     array(inp, "inp", ("...",), {})
     _same_shape(dout, "dout", inp, "inp")
     tanh = _approximate(approximate)
-    dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
+    dinp = output(dinp, "dinp", inp.shape, dout)
     _kernels(dinp).gelu_backward(dinp, inp, dout, inp.size, tanh)
     return dinp
 
 
+@_writes("out", same=[("out", "inp")])
 def relu_forward(inp, *, out=None):
     array(inp, "inp", ("...",), {})
-    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     _kernels(out).relu_forward(out, inp, inp.size)
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout"), ("dinp", "inp")])
 def relu_backward(dout, inp, *, dinp=None):
     array(inp, "inp", ("...",), {})
     _same_shape(dout, "dout", inp, "inp")
-    dinp = output(dinp, "dinp", inp.shape, [("dout", dout), ("inp", inp)], same=("dout", "inp"))
+    dinp = output(dinp, "dinp", inp.shape, dout)
     _kernels(dinp).relu_backward(dinp, inp, dout, inp.size)
     return dinp
 
 
+@_writes("out", same=[("out", "inp")])
 def tanh_forward(inp, *, out=None):
     """tanh, elementwise (BERT's pooler): NumPy on the CPU, a kernel on a CUDA device."""
     array(inp, "inp", ("...",), {})
-    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     if type(inp) is DeviceArray:
         _cuda_kernels().tanh_forward(out, inp, inp.size)
     else:
@@ -204,11 +245,12 @@ def tanh_forward(inp, *, out=None):
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout")])
 def tanh_backward(dout, out, *, dinp=None):
     """dinp = dout * (1 - out^2), from tanh_forward's output."""
     array(out, "out", ("...",), {})
     _same_shape(dout, "dout", out, "out")
-    dinp = output(dinp, "dinp", out.shape, [("dout", dout), ("out", out)], same=("dout",))
+    dinp = output(dinp, "dinp", out.shape, dout)
     if type(out) is DeviceArray:
         _cuda_kernels().tanh_backward(dinp, out, dout, out.size)
     else:
@@ -225,24 +267,27 @@ def _same_shape(x, name, ref, ref_name, dtype=F32):
 # --- softmax and cross-entropy -------------------------------------------------------------------------------
 
 
+@_writes("out", same=[("out", "inp")])
 def softmax_forward(inp, *, out=None):
     """Softmax over the last axis of inp (..., C)."""
     d = {}
     array(inp, "inp", ("...", "C"), d)
-    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     _kernels(out).softmax_forward(out, inp, _rows(inp), d["C"])
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout")])
 def softmax_backward(dout, out, *, dinp=None):
     d = {}
     array(out, "out", ("...", "C"), d)
     _same_shape(dout, "dout", out, "out")
-    dinp = output(dinp, "dinp", out.shape, [("dout", dout), ("out", out)], same=("dout",))
+    dinp = output(dinp, "dinp", out.shape, dout)
     _kernels(dinp).softmax_backward(dinp, out, dout, _rows(out), d["C"])
     return dinp
 
 
+@_writes("losses", "lse")
 def crossentropy_forward(logits, targets, ignore_index=-100, *, label_smoothing=0.0, losses=None, lse=None):
     """Mean cross-entropy of logits (N, V) against int64 targets (N,), rows with target == ignore_index left
     out (NaN when every row is) -> (loss, losses (N,), lse (N,)). label_smoothing eps: the target distribution is
@@ -251,14 +296,14 @@ def crossentropy_forward(logits, targets, ignore_index=-100, *, label_smoothing=
     array(logits, "logits", ("N", "V"), d)
     array(targets, "targets", ("N",), d, I64)
     ignore_index = integer(ignore_index, "ignore_index")
-    reads = [("logits", logits), ("targets", targets)]
-    losses = output(losses, "losses", (d["N"],), reads)
-    lse = output(lse, "lse", (d["N"],), reads + [("losses", losses)])
+    losses = output(losses, "losses", (d["N"],), logits)
+    lse = output(lse, "lse", (d["N"],), logits)
     eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
     loss = _kernels(losses).crossentropy_forward(losses, lse, logits, targets, d["N"], d["V"], ignore_index, eps)
     return loss, losses, lse
 
 
+@_writes("dlogits", same=[("dlogits", "logits")])
 def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *, label_smoothing=0.0,
                           dlogits=None):
     """dlogits (N, V) of the mean loss times dloss; dlogits may be logits itself (in place)."""
@@ -268,8 +313,7 @@ def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *,
     array(lse, "lse", ("N",), d)
     dloss = finite_float(dloss, "dloss")
     ignore_index = integer(ignore_index, "ignore_index")
-    dlogits = output(dlogits, "dlogits", logits.shape, [("logits", logits), ("targets", targets), ("lse", lse)],
-                     same=("logits",))
+    dlogits = output(dlogits, "dlogits", logits.shape, logits)
     eps = finite_float(label_smoothing, "label_smoothing", 0.0, 1.0)
     _kernels(dlogits).crossentropy_backward(dlogits, logits, lse, targets, dloss, d["N"], d["V"], ignore_index, eps)
     return dlogits
@@ -278,16 +322,18 @@ def crossentropy_backward(logits, targets, lse, dloss=1.0, ignore_index=-100, *,
 # --- embedding -----------------------------------------------------------------------------------------------
 
 
+@_writes("out")
 def embedding_forward(ids, table, *, out=None):
     """out (..., C) = table (V, C)[ids (...)], ids int64 in [0, V)."""
     d = {}
     array(table, "table", ("V", "C"), d)
     array(ids, "ids", ("...",), d, I64)
-    out = output(out, "out", ids.shape + (d["C"],), [("ids", ids), ("table", table)])
+    out = output(out, "out", ids.shape + (d["C"],), ids)
     _kernels(out).embedding_forward(out, ids, table, ids.size, d["V"], d["C"])
     return out
 
 
+@_writes("dtable")
 def embedding_backward(dout, ids, V, *, dtable=None):
     """dtable (V, C) += scatter-add of dout (..., C) at ids (...); repeated ids add up."""
     d = {"V": integer(V, "V")}
@@ -295,7 +341,7 @@ def embedding_backward(dout, ids, V, *, dtable=None):
     array(dout, "dout", ("...", "C"), d)
     if dout.shape[:-1] != ids.shape:
         raise ValueError(f"dout {tuple(dout.shape)} must be ids.shape + (C,) with ids {tuple(ids.shape)}")
-    dtable = output(dtable, "dtable", (d["V"], d["C"]), [("dout", dout), ("ids", ids)], zero=True)
+    dtable = output(dtable, "dtable", (d["V"], d["C"]), dout, zero=True)
     _kernels(dtable).embedding_backward(dtable, dout, ids, ids.size, d["V"], d["C"])
     return dtable
 
@@ -303,29 +349,32 @@ def embedding_backward(dout, ids, V, *, dtable=None):
 # --- residual and dropout ------------------------------------------------------------------------------------
 
 
+@_writes("out", same=[("out", "a"), ("out", "b")])
 def residual_forward(a, b, *, out=None):
     """out = a + b (same shapes); out may be a or b."""
     array(a, "a", ("...",), {})
     _same_shape(b, "b", a, "a")
-    out = output(out, "out", a.shape, [("a", a), ("b", b)], same=("a", "b"))
+    out = output(out, "out", a.shape, a)
     _kernels(out).residual_forward(out, a, b, a.size)
     return out
 
 
+@_writes("dst")
 def add_into(dst, src):
     """dst += src in place (same shapes), returned: how a backward sums two gradient streams."""
     array(dst, "dst", ("...",), {})
     _same_shape(src, "src", dst, "dst")
-    output(dst, "dst", dst.shape, [("src", src)])
+    output(dst, "dst", dst.shape, dst)
     _kernels(dst).residual_forward(dst, dst, src, dst.size)
     return dst
 
 
+@_writes("da", "db", same=[("da", "dout"), ("db", "dout"), ("db", "da")])
 def residual_backward(dout, *, da=None, db=None):
     """-> (da, db), both equal to dout."""
     array(dout, "dout", ("...",), {})
-    da = output(da, "da", dout.shape, [("dout", dout)], same=("dout",))
-    db = output(db, "db", dout.shape, [("dout", dout), ("da", da)], same=("dout", "da"))
+    da = output(da, "da", dout.shape, dout)
+    db = output(db, "db", dout.shape, dout)
     _kernels(dout).residual_backward(da, db, dout, dout.size)
     return da, db
 
@@ -338,20 +387,22 @@ def _dropout_args(p, seed):
     return p, seed
 
 
+@_writes("out", same=[("out", "inp")])
 def dropout_forward(inp, p, seed, *, out=None):
     """Zero each element with probability p and scale the rest by 1 / (1 - p); the mask depends on (seed,
     element index) only, so it is reproducible and the same for any thread count."""
     array(inp, "inp", ("...",), {})
     p, seed = _dropout_args(p, seed)
-    out = output(out, "out", inp.shape, [("inp", inp)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     _kernels(out).dropout_forward(out, inp, inp.size, p, seed)
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout")])
 def dropout_backward(dout, p, seed, *, dinp=None):
     array(dout, "dout", ("...",), {})
     p, seed = _dropout_args(p, seed)
-    dinp = output(dinp, "dinp", dout.shape, [("dout", dout)], same=("dout",))
+    dinp = output(dinp, "dinp", dout.shape, dout)
     _kernels(dinp).dropout_backward(dinp, dout, dout.size, p, seed)
     return dinp
 
@@ -386,6 +437,7 @@ def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
     return d, mask, scale
 
 
+@_writes("out", "lse")
 def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None,
                       kv_len=None):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
@@ -400,14 +452,14 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
     d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout, kv_len)
-    reads = [("q", q), ("k", k), ("v", v), ("key_mask", key_mask)]
-    out = output(out, "out", q.shape, reads)
-    lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), reads + [("out", out)])
+    out = output(out, "out", q.shape, q)
+    lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), q)
     _kernels(out).attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
                             d["HS"], bool(causal), scale, layout == "bthd")
     return out, lse
 
 
+@_writes("dq", "dk", "dv")
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, layout="bhtd",
                        dq=None, dk=None, dv=None):
     """-> dq, dk, dv (overwritten, shaped like q, k, v; a grouped key/value head sums its query heads'), from the
@@ -416,10 +468,9 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     array(out, "out", _heads(layout, "Tq"), d)
     array(dout, "dout", _heads(layout, "Tq"), d)
     array(lse, "lse", ("B", "NH", "Tq"), d)
-    reads = [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout), ("lse", lse), ("key_mask", key_mask)]
-    dq = output(dq, "dq", q.shape, reads)
-    dk = output(dk, "dk", k.shape, reads + [("dq", dq)])
-    dv = output(dv, "dv", v.shape, reads + [("dq", dq), ("dk", dk)])
+    dq = output(dq, "dq", q.shape, dout)
+    dk = output(dk, "dk", k.shape, dout)
+    dv = output(dv, "dv", v.shape, dout)
     _kernels(dq).attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
                              d["Tk"], d["HS"], bool(causal), scale, layout == "bthd")
     return dq, dk, dv
@@ -428,6 +479,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
 # --- Llama parts: RMSNorm, rotary positions, SwiGLU -------------------------------------------------------------
 
 
+@_writes("out", "rstd", same=[("out", "inp")])
 def rmsnorm_forward(inp, weight, eps=1e-5, *, out=None, rstd=None):
     """out (..., C) = inp * rstd * weight, rstd (N,) = 1 / sqrt(mean(inp^2) + eps) over the last axis -> (out, rstd)."""
     d = {}
@@ -437,13 +489,13 @@ def rmsnorm_forward(inp, weight, eps=1e-5, *, out=None, rstd=None):
     if d["C"] == 0:
         raise ValueError(f"inp {tuple(inp.shape)} has no channels to normalise over (C = 0)")
     N = _rows(inp)
-    reads = [("inp", inp), ("weight", weight)]
-    out = output(out, "out", inp.shape, reads, same=("inp",))
-    rstd = output(rstd, "rstd", (N,), reads + [("out", out)])
+    out = output(out, "out", inp.shape, inp)
+    rstd = output(rstd, "rstd", (N,), inp)
     _kernels(out).rmsnorm_forward(out, rstd, inp, weight, N, d["C"], eps)
     return out, rstd
 
 
+@_writes("dinp", "dweight", same=[("dinp", "dout")])
 def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
     """-> dinp (..., C) overwritten, dweight (C) accumulated."""
     d = {}
@@ -452,9 +504,8 @@ def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
     array(weight, "weight", ("C",), d)
     d["N"] = _rows(inp)
     array(rstd, "rstd", ("N",), d)
-    reads = [("dout", dout), ("inp", inp), ("weight", weight), ("rstd", rstd)]
-    dinp = output(dinp, "dinp", inp.shape, reads, same=("dout",))
-    dweight = output(dweight, "dweight", (d["C"],), reads + [("dinp", dinp)], zero=True)
+    dinp = output(dinp, "dinp", inp.shape, dout)
+    dweight = output(dweight, "dweight", (d["C"],), dout, zero=True)
     _kernels(dinp).rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, d["N"], d["C"])
     return dinp, dweight
 
@@ -483,41 +534,44 @@ def _rope_args(x, name, cos, sin, positions):
     return d, positions.size
 
 
+@_writes("out", same=[("out", "inp")])
 def rope_forward(inp, cos, sin, positions, *, interleaved=False, out=None):
     """Rotary positions on inp (..., NH, HS): the pairs (i, i + HS/2) of each head of row n (Hugging Face's
     rotate_half; interleaved: the pairs (2i, 2i + 1), llama.cpp's) rotated by the angles of positions[n] (int64,
     shaped inp.shape[:-2], each < len(cos)); cos, sin from rope_tables. out may be inp."""
     d, N = _rope_args(inp, "inp", cos, sin, positions)
-    out = output(out, "out", inp.shape, [("inp", inp), ("cos", cos), ("sin", sin)], same=("inp",))
+    out = output(out, "out", inp.shape, inp)
     _kernels(out).rope_forward(out, inp, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return out
 
 
+@_writes("dinp", same=[("dinp", "dout")])
 def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     """dinp: dout rotated back (the rotation's transpose). dinp may be dout."""
     d, N = _rope_args(dout, "dout", cos, sin, positions)
-    dinp = output(dinp, "dinp", dout.shape, [("dout", dout), ("cos", cos), ("sin", sin)], same=("dout",))
+    dinp = output(dinp, "dinp", dout.shape, dout)
     _kernels(dinp).rope_backward(dinp, dout, cos, sin, positions, N, d["NH"], d["HS"], d["P"], bool(interleaved))
     return dinp
 
 
+@_writes("out", same=[("out", "gate"), ("out", "up")])
 def swiglu_forward(gate, up, *, out=None):
     """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
     array(gate, "gate", ("...",), {})
     _same_shape(up, "up", gate, "gate")
-    out = output(out, "out", gate.shape, [("gate", gate), ("up", up)], same=("gate", "up"))
+    out = output(out, "out", gate.shape, gate)
     _kernels(out).swiglu_forward(out, gate, up, gate.size)
     return out
 
 
+@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
 def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
     """-> (dgate, dup), both overwritten; either may be dout."""
     array(gate, "gate", ("...",), {})
     _same_shape(up, "up", gate, "gate")
     _same_shape(dout, "dout", gate, "gate")
-    reads = [("dout", dout), ("gate", gate), ("up", up)]
-    dgate = output(dgate, "dgate", gate.shape, reads, same=("dout",))
-    dup = output(dup, "dup", gate.shape, reads + [("dgate", dgate)], same=("dout",))
+    dgate = output(dgate, "dgate", gate.shape, dout)
+    dup = output(dup, "dup", gate.shape, dout)
     _kernels(dout).swiglu_backward(dgate, dup, dout, gate, up, gate.size)
     return dgate, dup
 
@@ -562,15 +616,16 @@ class Quantized:
         return f"Quantized({self.qtype}, shape={self.shape})"
 
 
+@_writes("out")
 def dequantize(weight: Quantized, ids=None, *, out=None):
     """float32 rows of a Quantized matrix: all (rows, cols), or those at int64 ids (...) -> (..., cols)."""
     rows, C = weight.shape
     if ids is None:
-        out = output(out, "out", (rows, C), [("data", weight.data)])
+        out = output(out, "out", (rows, C), weight.data)
         _kernels(out).dequantize_rows(out, weight.data, weight.code, None, rows, rows, C)
         return out
     array(ids, "ids", ("...",), {}, I64)
-    out = output(out, "out", ids.shape + (C,), [("data", weight.data), ("ids", ids)])
+    out = output(out, "out", ids.shape + (C,), weight.data)
     _kernels(out).dequantize_rows(out, weight.data, weight.code, ids, rows, ids.size, C)
     return out
 
@@ -578,6 +633,7 @@ def dequantize(weight: Quantized, ids=None, *, out=None):
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 
+@_writes("params", "m", "v")
 def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1):
     """One torch.optim.AdamW step over flat float32 buffers: params, m and v (the state, first as in the kernel)
     are updated in place from grads."""
@@ -585,9 +641,9 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     array(params, "params", ("...",), d)
     for name, x in (("grads", grads), ("m", m), ("v", v)):
         _same_shape(x, name, params, "params")
-    output(params, "params", params.shape, [("m", m), ("v", v), ("grads", grads)])
-    output(m, "m", params.shape, [("params", params), ("v", v), ("grads", grads)])
-    output(v, "v", params.shape, [("params", params), ("m", m), ("grads", grads)])
+    output(params, "params", params.shape, params)
+    output(m, "m", params.shape, params)
+    output(v, "v", params.shape, params)
     step = integer(step, "step")
     if step < 1:
         raise ValueError(f"step counts from 1, got {step}")
@@ -597,10 +653,11 @@ def adamw_step(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
     return params, m, v
 
 
+@_writes("x")
 def scale_(x, factor):
     """x *= factor in place (float32), returned: gradient clipping's rescale, on either device."""
     array(x, "x", ("...",), {})
-    output(x, "x", x.shape)
+    output(x, "x", x.shape, x)
     factor = finite_float(factor, "factor")
     if type(x) is DeviceArray:
         _cuda_kernels().scale_inplace(x, x.size, factor)

@@ -1,145 +1,167 @@
-"""Outputs never silently overlap inputs: every output of every op is checked against every array argument
-(and the other outputs) by memory bounds, whatever the dtypes; only the documented in-place calls (the very same
-array) are accepted, and they give the out-of-place result."""
+"""Outputs never silently overlap inputs: every array an op writes is checked against every other argument of the
+call (inputs, outputs, index arrays, masks, a quantised weight's blocks) by memory bounds, whatever the dtypes;
+only the documented in-place calls (the very same array) are accepted, and they give the out-of-place result.
+
+The calls swept are the op-case registry's own (pytransformer/opcases.py: every op's "check" cases, recorded as
+they run), plus the few ops the registry does not reach; so a new op or a new argument is swept without an edit
+here."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
 
-from pytransformer import ops
+from pytransformer import ops, opcases
 
 
-def f(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
+def writing_ops():
+    """name -> every public op of ops.py that writes into arrays it is handed (declared with ops._writes)."""
+    return {name: fn for name, fn in vars(ops).items() if not name.startswith("_") and hasattr(fn, "writes")}
 
 
-def op_table(rng):
-    """op name -> (call(**arrays, **outputs), {input name: array}, {output kwarg: (shape, dtype)}, in-place pairs)."""
-    N, IC, OC, C, V = 5, 6, 7, 8, 9
-    B, NH, T, HS = 2, 2, 3, 4
-    x, w, b, g = f(rng, N, IC), f(rng, OC, IC), f(rng, OC), f(rng, N, OC)
-    y = f(rng, N, C)
-    ln_w, ln_b = f(rng, C), f(rng, C)
-    _, mean, rstd = ops.layernorm_forward(y, ln_w, ln_b)
-    logits, targets = f(rng, N, V), rng.integers(0, V, N)
-    _, _, lse = ops.crossentropy_forward(logits, targets)
-    q, k, v, dq = f(rng, B, NH, T, HS), f(rng, B, NH, T, HS), f(rng, B, NH, T, HS), f(rng, B, NH, T, HS)
-    mask = np.ones((B, T), bool)
-    aout, alse = ops.attention_forward(q, k, v, True, mask)
-    sm = ops.softmax_forward(y)
-    F32 = np.float32
-    return {
-        "matmul_forward": (lambda inp, weight, bias, **o: ops.matmul_forward(inp, weight, bias, **o),
-                           dict(inp=x, weight=w, bias=b), {"out": ((N, OC), F32)}, ()),
-        "matmul_backward": (lambda dout, inp, weight, **o: ops.matmul_backward(dout, inp, weight, **o),
-                            dict(dout=g, inp=x, weight=w),
-                            {"dinp": ((N, IC), F32), "dweight": ((OC, IC), F32), "dbias": ((OC,), F32)}, ()),
-        "layernorm_forward": (lambda inp, weight, bias, **o: ops.layernorm_forward(inp, weight, bias, **o),
-                              dict(inp=y, weight=ln_w, bias=ln_b),
-                              {"out": ((N, C), F32), "mean": ((N,), F32), "rstd": ((N,), F32)}, (("out", "inp"),)),
-        "layernorm_backward": (lambda dout, inp, weight, mean, rstd, **o: ops.layernorm_backward(
-            dout, inp, weight, mean, rstd, **o), dict(dout=f(rng, N, C), inp=y, weight=ln_w, mean=mean, rstd=rstd),
-            {"dinp": ((N, C), F32), "dweight": ((C,), F32), "dbias": ((C,), F32)}, (("dinp", "dout"),)),
-        "gelu_forward": (lambda inp, **o: ops.gelu_forward(inp, **o), dict(inp=y), {"out": ((N, C), F32)},
-                         (("out", "inp"),)),
-        "gelu_backward": (lambda dout, inp, **o: ops.gelu_backward(dout, inp, **o), dict(dout=f(rng, N, C), inp=y),
-                          {"dinp": ((N, C), F32)}, (("dinp", "dout"), ("dinp", "inp"))),
-        "relu_forward": (lambda inp, **o: ops.relu_forward(inp, **o), dict(inp=y), {"out": ((N, C), F32)},
-                         (("out", "inp"),)),
-        "relu_backward": (lambda dout, inp, **o: ops.relu_backward(dout, inp, **o), dict(dout=f(rng, N, C), inp=y),
-                          {"dinp": ((N, C), F32)}, (("dinp", "dout"), ("dinp", "inp"))),
-        "softmax_forward": (lambda inp, **o: ops.softmax_forward(inp, **o), dict(inp=y), {"out": ((N, C), F32)},
-                            (("out", "inp"),)),
-        "softmax_backward": (lambda dout, out, **o: ops.softmax_backward(dout, out, **o),
-                             dict(dout=f(rng, N, C), out=sm), {"dinp": ((N, C), F32)}, (("dinp", "dout"),)),
-        "crossentropy_forward": (lambda logits, targets, **o: ops.crossentropy_forward(logits, targets, **o),
-                                 dict(logits=logits, targets=targets), {"losses": ((N,), F32), "lse": ((N,), F32)},
-                                 ()),
-        "crossentropy_backward": (lambda logits, targets, lse, **o: ops.crossentropy_backward(
-            logits, targets, lse, **o), dict(logits=logits, targets=targets, lse=lse), {"dlogits": ((N, V), F32)},
-            (("dlogits", "logits"),)),
-        "embedding_forward": (lambda ids, table, **o: ops.embedding_forward(ids, table, **o),
-                              dict(ids=targets, table=f(rng, V, C)), {"out": ((N, C), F32)}, ()),
-        "embedding_backward": (lambda dout, ids, **o: ops.embedding_backward(dout, ids, V, **o),
-                               dict(dout=y, ids=targets), {"dtable": ((V, C), F32)}, ()),
-        "residual_forward": (lambda a, b, **o: ops.residual_forward(a, b, **o), dict(a=y, b=f(rng, N, C)),
-                             {"out": ((N, C), F32)}, (("out", "a"), ("out", "b"))),
-        "residual_backward": (lambda dout, **o: ops.residual_backward(dout, **o), dict(dout=y),
-                              {"da": ((N, C), F32), "db": ((N, C), F32)}, (("da", "dout"), ("db", "dout"))),
-        "dropout_forward": (lambda inp, **o: ops.dropout_forward(inp, 0.3, 7, **o), dict(inp=y),
-                            {"out": ((N, C), F32)}, (("out", "inp"),)),
-        "dropout_backward": (lambda dout, **o: ops.dropout_backward(dout, 0.3, 7, **o), dict(dout=y),
-                             {"dinp": ((N, C), F32)}, (("dinp", "dout"),)),
-        "attention_forward": (lambda q, k, v, key_mask, **o: ops.attention_forward(q, k, v, True, key_mask, **o),
-                              dict(q=q, k=k, v=v, key_mask=mask),
-                              {"out": ((B, NH, T, HS), F32), "lse": ((B, NH, T), F32)}, ()),
-        "attention_backward": (lambda dout, q, k, v, out, lse, key_mask, **o: ops.attention_backward(
-            dout, q, k, v, out, lse, True, key_mask, **o),
-            dict(dout=dq, q=q, k=k, v=v, out=aout, lse=alse, key_mask=mask),
-            {"dq": ((B, NH, T, HS), F32), "dk": ((B, NH, T, HS), F32), "dv": ((B, NH, T, HS), F32)}, ()),
-    }
+def extra_calls(rng):
+    """Calls of the writing ops the registry does not make: (fn name, bound arguments)."""
+    x, y = opcases.f32(rng, 9, 5), opcases.f32(rng, 9, 5)
+    return [("tanh_forward", {"inp": x}), ("tanh_backward", {"dout": y, "out": np.tanh(x)}),
+            ("add_into", {"dst": y.copy(), "src": x}), ("scale_", {"x": y.copy(), "factor": 0.5})]
 
 
-CASES = [(op, out, other) for op, (_, inputs, outputs, _) in op_table(np.random.default_rng(0)).items()
-         for out in outputs for other in list(inputs) + [o for o in outputs if o != out]]
+def recorded_calls():
+    """[(label, fn name, bound arguments)]: the first call of each writing op (per set of arguments and their kinds:
+    a float32, bfloat16, int8 or quantised weight) made by the registry's "check" cases, plus extra_calls."""
+    fns, calls, seen = writing_ops(), [], set()
+
+    def recorder(name, fn):
+        def call(*args, **kwargs):
+            bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+            key = (name, tuple((n, type(v), getattr(v, "dtype", None)) for n, v in bound.items() if v is not None))
+            if key not in seen:
+                seen.add(key)
+                calls.append((f"{case.op}:{name}", name, dict(bound)))
+            return fn(*args, **kwargs)
+        return call
+
+    rng = np.random.default_rng(0)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, fn in fns.items():
+            mp.setattr(ops, name, recorder(name, fn))
+        for case in opcases.cases("check"):
+            case.spec.ours(case.make(rng), case.o)
+    return calls + [(f"extra:{name}", name, args) for name, args in extra_calls(rng)]
 
 
-def overlapping(value, shape, dtype, shift_bytes=4):
+CALLS = recorded_calls()
+
+
+def arrays_of(value):
+    return value.data if isinstance(value, ops.Quantized) else value
+
+
+def overlapping(value, shape, dtype, shift_bytes):
     """(a copy of value, an array of shape/dtype) laid over one buffer, the second starting shift_bytes into the
-    first: a partial overlap whatever the two dtypes."""
-    value = np.asarray(value)
-    raw = np.zeros(value.nbytes + int(np.prod(shape)) * np.dtype(dtype).itemsize + 64, np.uint8)
-    first = raw[: value.nbytes].view(value.dtype).reshape(value.shape)
-    first[...] = value
-    second = raw[shift_bytes: shift_bytes + int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+    first: an overlap whatever the two dtypes. A Quantized value is copied with its blocks in the buffer."""
+    blocks = arrays_of(value)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(max(blocks.nbytes, shift_bytes + size) + 64, np.uint8)
+    first = raw[: blocks.nbytes].view(blocks.dtype).reshape(blocks.shape)
+    first[...] = blocks
+    second = raw[shift_bytes: shift_bytes + size].view(dtype).reshape(shape)
+    if isinstance(value, ops.Quantized):
+        first = ops.Quantized(first, value.qtype, value.shape)
     return first, second
 
 
-@pytest.mark.parametrize("op,out_name,other", CASES, ids=[f"{o}-{a}-over-{b}" for o, a, b in CASES])
-def test_an_output_overlapping_any_other_argument_is_refused(rng, op, out_name, other):
-    call, inputs, outputs, _ = op_table(rng)[op]
-    shape, dtype = outputs[out_name]
-    args = dict(inputs)
-    outs = {}
-    if other in inputs:
-        args[other], outs[out_name] = overlapping(inputs[other], shape, dtype)
-    else:  # two outputs over each other
-        other_shape, other_dtype = outputs[other]
-        outs[other], outs[out_name] = overlapping(np.zeros(other_shape, other_dtype), shape, dtype)
-    with pytest.raises(ValueError, match="overlaps"):
-        call(**args, **outs)
+def written_arrays(name, args):
+    """name of each array the call writes -> (shape, dtype), from the call made without outputs."""
+    fn = writing_ops()[name]
+    result = fn(**{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()})
+    results = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, np.ndarray)]
+    assert len(results) == len(fn.writes), name
+    return {w: (r.shape, r.dtype) for w, r in zip(fn.writes, results)}
 
 
-def test_integer_inputs_seen_through_a_float_view_are_refused(rng):
-    """The SIGSEGV class: an output laid over ids or targets (through another dtype's view), exactly at their
-    start."""
-    ids, out = overlapping(rng.integers(0, 9, 8), (8, 4), np.float32, shift_bytes=0)
-    with pytest.raises(ValueError, match="overlaps ids"):
-        ops.embedding_forward(ids, f(rng, 9, 4), out=out)
-    targets, lse = overlapping(rng.integers(0, 5, 4), (4,), np.float32, shift_bytes=0)
-    with pytest.raises(ValueError, match="overlaps targets"):
-        ops.crossentropy_forward(f(rng, 4, 5), targets, lse=lse)
+def pairs():
+    """(label, fn name, args, written name, other argument name, shift) for every array written and every other
+    array argument of every call, at a partial overlap (4 bytes in) and at the same start through another view
+    (unless that view is the very same array of a documented in-place pair)."""
+    out = []
+    for label, name, args in CALLS:
+        fn, shapes = writing_ops()[name], written_arrays(name, args)
+        others = [n for n, v in args.items() if isinstance(v, (np.ndarray, ops.Quantized))] + list(fn.writes)
+        for w in fn.writes:
+            for other in dict.fromkeys(others):
+                blocks = arrays_of(args.get(other))
+                value = shapes[other] if other in shapes else (blocks.shape, blocks.dtype)
+                in_place = (w, other) in fn.same or (other, w) in fn.same
+                for shift in (4, 0):
+                    if other != w and not (shift == 0 and in_place and value == shapes[w]):
+                        out.append((label, name, args, w, other, shift))
+    return out
 
 
-@pytest.mark.parametrize("op", [op for op, spec in op_table(np.random.default_rng(0)).items() if spec[3]])
-def test_documented_in_place_calls_give_the_out_of_place_result(rng, op):
-    call, inputs, outputs, pairs = op_table(rng)[op]
-    want = call(**{k: v.copy() for k, v in inputs.items()})
+PAIRS = pairs()
+
+
+@pytest.mark.parametrize("label,name,args,written,other,shift", PAIRS,
+                         ids=[f"{p[0]}-{p[3]}-over-{p[4]}-at-{p[5]}" for p in PAIRS])
+def test_an_output_overlapping_any_other_argument_is_refused(label, name, args, written, other, shift):
+    shapes = written_arrays(name, args)
+    call = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    value = call[other] if other in call else np.zeros(*shapes[other])  # (another output, handed in too)
+    call[other], call[written] = overlapping(value, *shapes[written], shift)
+    with pytest.raises(ValueError, match=f"{written} overlaps {other}|{other} overlaps {written}"):
+        writing_ops()[name](**call)
+
+
+def test_the_sweep_reaches_every_op_that_writes_and_every_kind_of_argument():
+    assert {name for _, name, _ in CALLS} == set(writing_ops())
+    swept = {(name, w, o) for _, name, _, w, o, _ in PAIRS}
+    assert {("rope_forward", "out", "positions"), ("rope_backward", "dinp", "positions"),
+            ("attention_forward", "out", "key_mask"), ("embedding_forward", "out", "ids"),
+            ("dequantize", "out", "weight"), ("adamw_step", "params", "grads")} <= swept
+    assert any(name == "matmul_forward" and o == "weight" and isinstance(args["weight"], ops.Quantized)
+               for _, name, args, _, o, _ in PAIRS)
+
+
+IN_PLACE = [(label, name, args, w, a) for label, name, args in CALLS for w, a in sorted(writing_ops()[name].same)]
+
+
+@pytest.mark.parametrize("label,name,args,written,other", IN_PLACE, ids=[f"{p[0]}-{p[3]}-is-{p[4]}" for p in IN_PLACE])
+def test_documented_in_place_calls_give_the_out_of_place_result(label, name, args, written, other):
+    fn = writing_ops()[name]
+
+    def fresh():
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+
+    want = fn(**fresh())
     want = want if isinstance(want, tuple) else (want,)
-    for out_name, in_name in pairs:
-        args = {k: v.copy() for k, v in inputs.items()}
-        got = call(**args, **{out_name: args[in_name]})
-        got = got if isinstance(got, tuple) else (got,)
-        index = list(outputs).index(out_name)
-        assert got[index] is args[in_name]
-        np.testing.assert_array_equal(got[index], want[index])
+    call = fresh()
+    if other not in call:  # another output (residual_backward's db may be da)
+        call[other] = np.zeros(*written_arrays(name, args)[other])
+    call[written] = call[other]
+    got = fn(**call)
+    got = got if isinstance(got, tuple) else (got,)
+    index = [i for i, r in enumerate(want) if isinstance(r, np.ndarray)][list(fn.writes).index(written)]
+    assert got[index] is call[other]
+    np.testing.assert_array_equal(got[index], want[index])
 
 
-def test_adamw_state_buffers_may_not_overlap(rng):
-    p, grads = f(rng, 64), f(rng, 64)
-    p2, m = overlapping(p, (64,), np.float32)
-    with pytest.raises(ValueError, match="overlaps"):
-        ops.adamw_step(p2, m, np.zeros(64, np.float32), grads, 1e-3)
-    with pytest.raises(ValueError, match="overlaps"):
-        ops.adamw_step(p, np.zeros(64, np.float32), np.zeros(64, np.float32), p, 1e-3)
+def test_rope_output_laid_over_the_positions_is_refused_not_a_crash(rng):
+    """An out view over positions (int64) was accepted: the kernel rewrote the positions it was reading and read
+    the tables out of bounds."""
+    cos, sin = ops.rope_tables(16, 8)
+    positions, out = overlapping(rng.integers(0, 16, (2, 3)), (2, 3, 1, 8), np.float32, shift_bytes=0)
+    with pytest.raises(ValueError, match="out overlaps positions"):
+        ops.rope_forward(opcases.f32(rng, 2, 3, 1, 8), cos, sin, positions, out=out)
+
+
+def test_an_output_over_a_quantized_weights_blocks_is_refused(rng):
+    weight = ops.Quantized(opcases.random_blocks(rng, "Q8_0", 4, 64), "Q8_0", (4, 64))
+    weight, out = overlapping(weight, (3, 4), np.float32, shift_bytes=8)
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        ops.matmul_forward(opcases.f32(rng, 3, 64), weight, out=out)
+    weight, out = overlapping(weight, (4, 64), np.float32, shift_bytes=0)
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        ops.dequantize(weight, out=out)

@@ -96,3 +96,30 @@ def test_core_stub_names_every_bound_function_with_its_arity():
             args = re.match(rf"{name}\((.*)\) ->", signature).group(1)
             bound[name] = 0 if not args else len(re.findall(r"(?:^|, )\w+:", args))
     assert stubbed == bound
+
+
+EXIT_WITH_KERNELS_RUNNING = """
+import threading, time
+import numpy as np
+from pytransformer import ops
+
+def loop(x):
+    while True:
+        ops.matmul_forward(x, x)
+
+small, large = np.ones((64, 64), np.float32), np.ones((1024, 1024), np.float32)
+for x in (small, small, large):  # short kernels end during the interpreter's exit; a long one is running through it
+    threading.Thread(target=loop, args=(x,), daemon=True).start()
+time.sleep(0.3)
+print("exiting", flush=True)
+"""
+
+
+def test_exiting_while_daemon_threads_run_kernels_is_clean():
+    """A daemon thread that finishes a kernel while the interpreter exits is ended by CPython inside the GIL's
+    reacquisition (pthread_exit); that used to abort the process ("terminate called without an active exception",
+    exit status 134) on every run."""
+    for _ in range(3):
+        r = run_python(EXIT_WITH_KERNELS_RUNNING)
+        assert (r.returncode, r.stdout) == (0, "exiting\n"), r.stderr
+        assert "terminate" not in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -162,3 +163,42 @@ def test_split_key_attention_equals_one_thread(rng):
     for o, l in results:
         assert np.abs(o - want).max() < 2e-5 * np.abs(want).max() and np.abs(l - lse).max() < 2e-5 * np.abs(lse).max()
     np.testing.assert_allclose(o4, o1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_load_probe_tells_this_processs_busy_threads_from_other_processes():
+    """Another library's pool spinning in this process (OpenBLAS after a NumPy matmul) is not another process
+    holding the cores: busy_threads() counts this process's running threads (but the caller) apart from other
+    processes', which is what lets the probe cap kernels for the second only for a foreign load."""
+    import hashlib
+    import subprocess
+    import time
+
+    from pytransformer import _core
+
+    data, stop = b"x" * (1 << 24), threading.Event()
+
+    def spin():  # hashing releases the GIL: a thread of this process busy outside Python, like a BLAS pool's
+        while not stop.is_set():
+            hashlib.sha256(data)
+
+    spinners = [threading.Thread(target=spin) for _ in range(2)]
+    for t in spinners:
+        t.start()
+    try:
+        time.sleep(0.1)
+        own = max(_core.busy_threads()[0] for _ in range(5))
+    finally:
+        stop.set()
+        for t in spinners:
+            t.join()
+    assert own >= 2
+    others = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        counts = [_core.busy_threads() for _ in range(5)]
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+    assert min(own for own, _ in counts) == 0 and max(foreign for _, foreign in counts) >= 2

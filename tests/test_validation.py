@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import f32
@@ -137,3 +139,125 @@ def test_empty_arrays_are_fine(rng):
     x, w = np.empty((0, 8), np.float32), f32(rng, 6, 8)
     assert ops.matmul_forward(x, w).shape == (0, 6)
     assert ops.softmax_forward(np.empty((0, 5), np.float32)).shape == (0, 5)
+
+
+def recorded_core_calls():
+    """kernel name -> the positional arguments of its first call made by the op-case registry's "check" cases."""
+    from pytransformer import opcases
+
+    names = [n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))
+             and not isinstance(getattr(_core, n), type)]
+    calls = {}
+
+    def recorder(name, fn):
+        def call(*args):
+            calls.setdefault(name, args)
+            return fn(*args)
+        return call
+
+    rng = np.random.default_rng(0)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in names:
+            mp.setattr(_core, name, recorder(name, getattr(_core, name)))
+        for case in opcases.cases("check"):
+            case.spec.ours(case.make(rng), case.o)
+    return {name: args for name, args in calls.items() if any(isinstance(a, np.ndarray) for a in args)}
+
+
+CORE_CALLS = recorded_core_calls()  # (the kernels: calls with arrays)
+
+
+def size_positions(args):
+    """The sizes of a kernel call: the ints after its last array (or None for an omitted array). (Also an
+    ignore_index, a seed or a step: any value of those is fine, so they are swept too.)"""
+    last = max(i for i, a in enumerate(args) if a is None or isinstance(a, np.ndarray))
+    return [i for i in range(last + 1, len(args)) if type(args[i]) is int]
+
+
+def with_sizes(args, sizes):
+    """args with every array emptied (same dtype) and the sizes at their positions replaced."""
+    args = [np.empty(0, a.dtype) if isinstance(a, np.ndarray) else a for a in args]
+    for i, s in sizes.items():
+        args[i] = s
+    return args
+
+
+@pytest.mark.parametrize("name", sorted(CORE_CALLS))
+def test_core_refuses_sizes_whose_products_overflow(name):
+    """A product of sizes that wraps around int64 (2**62 x 4 = 0) matched empty arrays and handed the kernel sizes
+    far beyond them (a segfault). Each size huge in turn, and all of them large together, is a ValueError."""
+    fn, args = getattr(_core, name), CORE_CALLS[name]
+    positions = size_positions(args)
+    assert positions, name
+    attempts = [{i: 2**62 if i == j else 256 for i in positions} for j in positions]
+    attempts += [dict.fromkeys(positions, s) for s in (2**16, 2**21, 2**32, 2**62)]
+    for sizes in attempts:
+        with pytest.raises(ValueError):
+            fn(*with_sizes(args, sizes))
+
+
+@pytest.mark.parametrize("name", sorted(CORE_CALLS))
+def test_core_takes_a_huge_size_times_zero_as_nothing_to_do(name):
+    """A huge size times a zero describes empty arrays: the kernel returns at once (or the call is refused), never
+    a crash or a loop over the huge size."""
+    fn, args = getattr(_core, name), CORE_CALLS[name]
+    for j in size_positions(args):
+        try:
+            fn(*with_sizes(args, {i: 2**62 if i == j else 0 for i in size_positions(args)}))
+        except ValueError:
+            pass
+
+
+def test_every_core_function_that_takes_sizes_is_swept():
+    def takes_ints(fn):
+        return re.search(r": (int|typing.SupportsInt)\b", fn.__doc__.splitlines()[0]) is not None
+
+    with_ints = {n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))
+                 and not isinstance(getattr(_core, n), type) and takes_ints(getattr(_core, n))}
+    # (the rest: a thread count, the benchmark probes' loop counts and quant_row_bytes, checked below)
+    assert with_ints - set(CORE_CALLS) == {"set_num_threads", "fma_probe", "amx_probe", "quant_row_bytes"}
+
+
+def test_core_private_entry_points_check_their_sizes():
+    with pytest.raises(ValueError, match="overflow"):
+        _core.quant_row_bytes(0, 2**62)  # F32: 4 bytes a value
+    assert _core.quant_row_bytes(2, 2**62) == 2**62 // 32 * 18  # (no overflow: fewer bytes than values)
+    for probe in (_core.fma_probe, _core.amx_probe):
+        with pytest.raises(ValueError):
+            probe(-1)
+    e = np.empty(0, np.float32)
+
+    def plan(dims, layers=(), final_norm=(e, None), head=(-1, e, None, 0, 0, None)):
+        description = dict(zip(("C", "NH", "NKV", "HS", "F", "V"), dims), eps=1e-5, attn_scale=1.0, layernorm=False,
+                           rotary=True, interleaved=False, gated=True, activation=0)
+        return _core.DecodePlan(description, list(layers), final_norm, head)
+
+    empty = (-1, e, None, 0, 0, None)
+    with pytest.raises(ValueError, match="overflow"):  # (NH + 2 NKV) x HS q|k|v rows
+        plan((0, 2**62, 2**61, 2, 0, 0), [dict(attn_norm=(e, None), qkv=[], o=empty, ffn_norm=(e, None), up=[],
+                                               down=empty)])
+    with pytest.raises(ValueError, match="overflow"):  # the head's OC x IC
+        plan((4, 1, 1, 2, 1, 4), final_norm=(np.ones(4, np.float32), None), head=(-1, e, None, 2**62, 4, None))
+    with pytest.raises(ValueError, match="even head size"):  # HS = 0 divided the cache size by zero in step()
+        plan((4, 1, 1, 0, 4, 4))
+
+
+def test_core_refuses_an_output_laid_over_the_indices_it_reads(rng):
+    """The raw kernels check indices (ids, targets, positions) in range before they run; an output over them would
+    rewrite them mid-kernel and read out of bounds with them (a segfault), so the binding refuses it too."""
+    raw = np.zeros(64 * 4 * 8, np.uint8)
+    ids, out = raw[:64].view(np.int64), raw.view(np.float32)[:64].reshape(8, 8)  # out's first rows over ids
+    table = f32(rng, 8, 8)
+    with pytest.raises(ValueError, match="out overlaps ids"):
+        _core.embedding_forward(out, ids, table, 8, 8, 8)
+    with pytest.raises(ValueError, match="dtable overlaps ids"):
+        _core.embedding_backward(out, f32(rng, 8, 8), ids, 8, 8, 8)
+    with pytest.raises(ValueError, match="losses overlaps targets"):
+        _core.crossentropy_forward(out[0], np.empty(8, np.float32), table, ids, 8, 8, -100, 0.0)
+    with pytest.raises(ValueError, match="dlogits overlaps targets"):
+        _core.crossentropy_backward(out, table, np.zeros(8, np.float32), ids, 1.0, 8, 8, -100, 0.0)
+    cos = sin = np.ones((8, 4), np.float32)
+    with pytest.raises(ValueError, match="out overlaps positions"):
+        _core.rope_forward(out.reshape(8, 1, 8), f32(rng, 8, 1, 8), cos, sin, ids, 8, 1, 8, 8, False)
+    with pytest.raises(ValueError, match="out overlaps ids"):
+        _core.dequantize_rows(out, f32(rng, 8, 8).view(np.uint8), 0, ids, 8, 8, 8)
