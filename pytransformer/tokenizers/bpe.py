@@ -11,6 +11,7 @@ tokenizers match added tokens."""
 from __future__ import annotations
 
 import codecs
+import heapq
 import json
 import sys
 import unicodedata
@@ -95,27 +96,47 @@ def pre_tokenize(text: str) -> list[str]:
     return out
 
 
-def bpe_merge(word: list, ranks: dict) -> list:
-    """Merge the adjacent pair of lowest rank until none is left (pure Python; _fast.pyx is the same)."""
-    while len(word) > 1:
-        best, best_rank = None, None
-        for i in range(len(word) - 1):
-            r = ranks.get((word[i], word[i + 1]))
-            if r is not None and (best_rank is None or r < best_rank):
-                best, best_rank = i, r
-        if best is None:
-            break
-        a, b = word[best], word[best + 1]
-        merged, i = [], 0
-        while i < len(word):
-            if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
-                merged.append(a + b)
-                i += 2
-            else:
-                merged.append(word[i])
-                i += 1
-        word = merged
-    return word
+def bpe_merge(word: list, ranks) -> list:
+    """Merge the adjacent pair of lowest rank until none is left, as Hugging Face's `tokenizers` does it: a heap of
+    (rank, position) over a linked list of symbols, O(n log n) for n symbols (pure Python; _fast.pyx is the same).
+    ranks: any mapping with .get((left, right)) -> int rank or None. A popped entry whose pair has changed since it
+    was pushed is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
+    n = len(word)
+    if n < 2:
+        return list(word)
+    sym = list(word)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    get = ranks.get
+    heap = []
+    for i in range(n - 1):
+        r = get((sym[i], sym[i + 1]))
+        if r is not None:
+            heap.append((r, i, len(sym[i]) + len(sym[i + 1])))
+    heapq.heapify(heap)
+    while heap:
+        _, i, length = heapq.heappop(heap)
+        a, j = sym[i], nxt[i]
+        if a is None or j < 0:
+            continue
+        b = sym[j]
+        if len(a) + len(b) != length or get((a, b)) is None:
+            continue
+        sym[i] = a = a + b
+        sym[j] = None
+        k = nxt[i] = nxt[j]
+        if k >= 0:
+            prv[k] = i
+            r = get((a, sym[k]))
+            if r is not None:
+                heapq.heappush(heap, (r, i, len(a) + len(sym[k])))
+        p = prv[i]
+        if p >= 0:
+            r = get((sym[p], a))
+            if r is not None:
+                heapq.heappush(heap, (r, p, len(sym[p]) + len(a)))
+    return [s for s in sym if s is not None]
 
 
 class GPT2Tokenizer:
