@@ -139,6 +139,11 @@ def bpe_merge(word: list, ranks) -> list:
     return [s for s in sym if s is not None]
 
 
+def merge_symbols(word: list, ranks) -> list:
+    """bpe_merge, compiled when the Cython module is built."""
+    return (_bpe_merge_fast or bpe_merge)(word, ranks)
+
+
 class GPT2Tokenizer:
     def __init__(self, encoder: dict, merges: list[tuple[str, str]]):
         self.encoder = encoder
@@ -166,7 +171,7 @@ class GPT2Tokenizer:
         if cached is not None:
             return cached
         word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        word = (_bpe_merge_fast or bpe_merge)(word, self.ranks)
+        word = merge_symbols(word, self.ranks)
         ids = [self.encoder[t] for t in word]
         if len(self.cache) < 100_000:
             self.cache[piece] = ids

@@ -42,7 +42,28 @@ def _is_cjk(cp):
 _ASCII_CLEAN = {i: None for i in range(32)} | {9: " ", 10: " ", 13: " ", 127: None}
 
 
+def clean_text(text: str, drop_control=True, space_cjk=True) -> str:
+    """BERT's cleaning: drop NUL, U+FFFD and control characters, put spaces around CJK characters, turn every
+    whitespace into ' ' (each step as Hugging Face's BertNormalizer's clean_text / handle_chinese_chars)."""
+    if drop_control and text.isascii():
+        return text.translate(_ASCII_CLEAN)
+    chars = []
+    for ch in text:
+        cp = ord(ch)
+        if drop_control and (cp == 0 or cp == 0xFFFD or _is_control(ch)):
+            continue
+        if space_cjk and _is_cjk(cp):
+            chars += [" ", ch, " "]
+        elif drop_control and _is_whitespace(ch):
+            chars.append(" ")
+        else:
+            chars.append(ch)
+    return "".join(chars)
+
+
 class WordPieceTokenizer:
+    """BERT's tokenizer from a vocab.txt: encode(text) -> [CLS] ids [SEP] (list[int]), batch_encode, decode."""
+
     def __init__(self, vocab: list[str], lowercase=True, strip_accents=None, max_length=512,
                  unk="[UNK]", cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", max_chars_per_word=100):
         self.vocab = {tok: i for i, tok in enumerate(vocab)}
@@ -70,21 +91,7 @@ class WordPieceTokenizer:
     # --- pre-tokenization --------------------------------------------------------------------------------------
 
     def _clean(self, text: str) -> str:
-        """Drop control characters, put spaces around CJK characters, turn every whitespace into ' '."""
-        if text.isascii():
-            return text.translate(_ASCII_CLEAN)
-        chars = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
-                continue
-            if _is_cjk(cp):
-                chars += [" ", ch, " "]
-            elif _is_whitespace(ch):
-                chars.append(" ")
-            else:
-                chars.append(ch)
-        return "".join(chars)
+        return clean_text(text)
 
     def _split_chunk(self, chunk: str) -> list[str]:
         """One whitespace-free chunk -> words: lowercased, accents stripped, punctuation split off."""

@@ -1,0 +1,91 @@
+"""tokenizer.json normalizers as functions str -> str: NFC/NFD/NFKC/NFKD, Lowercase, Strip, StripAccents, Replace,
+Prepend, BertNormalizer and Sequence (what Llama 2, Gemma, Phi-3, BERT and others use), each as Hugging Face's
+`tokenizers` defines it."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from .unicode_regex import compile_pattern
+
+
+def _replace(spec):
+    pattern, content = spec.get("pattern") or {}, spec.get("content", "")
+    if "String" in pattern:
+        s = pattern["String"]
+        return lambda text: text.replace(s, content) if s else text
+    if "Regex" in pattern:
+        rx = compile_pattern(pattern["Regex"])
+        return lambda text: rx.sub(lambda m: content, text)
+    raise ValueError(f"Replace needs a String or Regex pattern, got {pattern!r}")
+
+
+def _strip(spec):
+    left, right = spec.get("strip_left", True), spec.get("strip_right", True)
+
+    def strip(text):
+        if left:
+            text = text.lstrip()
+        return text.rstrip() if right else text
+    return strip
+
+
+def strip_accents(text: str) -> str:
+    """Drop the combining marks (Mn) of the text's NFD form; the caller has decomposed it (as in `tokenizers`)."""
+    return "".join(c for c in text if unicodedata.category(c) != "Mn")
+
+
+def _bert(spec):
+    clean, chinese = spec.get("clean_text", True), spec.get("handle_chinese_chars", True)
+    lowercase = spec.get("lowercase", True)
+    accents = spec.get("strip_accents")
+    accents = lowercase if accents is None else accents
+    from .wordpiece import clean_text
+
+    def bert(text):
+        if clean or chinese:
+            text = clean_text(text, drop_control=clean, space_cjk=chinese)
+        if accents:
+            text = strip_accents(unicodedata.normalize("NFD", text))
+        return text.lower() if lowercase else text
+    return bert
+
+
+def _prepend(spec):
+    prefix = spec.get("prepend", "")
+    return lambda text: prefix + text if text else text
+
+
+def _sequence(spec):
+    steps = [build(s) for s in spec.get("normalizers", [])]
+
+    def sequence(text):
+        for step in steps:
+            text = step(text)
+        return text
+    return sequence
+
+
+_BUILDERS = {
+    "NFC": lambda s: lambda t: unicodedata.normalize("NFC", t),
+    "NFD": lambda s: lambda t: unicodedata.normalize("NFD", t),
+    "NFKC": lambda s: lambda t: unicodedata.normalize("NFKC", t),
+    "NFKD": lambda s: lambda t: unicodedata.normalize("NFKD", t),
+    "Lowercase": lambda s: str.lower,
+    "StripAccents": lambda s: strip_accents,
+    "Strip": _strip,
+    "Replace": _replace,
+    "Prepend": _prepend,
+    "BertNormalizer": _bert,
+    "Sequence": _sequence,
+}
+
+
+def build(spec):
+    """The normalizer a tokenizer.json "normalizer" object describes (None: the identity)."""
+    if spec is None:
+        return None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in _BUILDERS:
+        raise ValueError(f"unsupported normalizer {kind!r} (supported: {', '.join(_BUILDERS)})")
+    return _BUILDERS[kind](spec)
