@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .stops import stop_ids
+
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
     from ._fast import bpe_merge as _bpe_merge_fast
 except ImportError:
@@ -229,6 +231,7 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         self.pre = pre
         self.bos_id, self.eos_id, self.eot_id, self.add_bos = bos_id, eos_id, eot_id, add_bos
         self.chat_template = chat_template
+        self.source = "the GGUF file (tokenizer.chat_template)"  # where the template came from, for its errors
 
     @property
     def vocab_size(self) -> int:
@@ -236,9 +239,8 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
 
     @property
     def stop_ids(self) -> list[int]:
-        """Ids that end a generated turn: end-of-turn (ChatML's <|im_end|>) and end-of-text."""
-        ids = [self.eot_id, self.eos_id, self.special.get("<|im_end|>"), self.special.get("<|eot_id|>")]
-        return sorted({i for i in ids if i is not None})
+        """Ids that end a generated turn (stops.stop_ids: end-of-text, end-of-turn, <|im_end|> ...)."""
+        return stop_ids(self.encoder.get, [self.eot_id, self.eos_id])
 
     def _split_special(self, text: str):
         """-> [(piece, id or None)]: special tokens found left to right (longest first at each place)."""
@@ -312,17 +314,17 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
 
     def apply_chat_template(self, messages, add_generation_prompt=True) -> str:
         """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
-        jinja2's sandbox, as transformers does, when jinja2 is installed), else ChatML."""
+        chat.py's limited sandbox), else (no template) ChatML."""
         from .chat import render_chat
 
-        return render_chat(self.chat_template, messages, add_generation_prompt,
+        return render_chat(self.chat_template, messages, add_generation_prompt, source=self.source,
                            bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id))
 
     def _token(self, i):
         return "" if i is None else self.decoder[i]
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: dict) -> "ByteLevelBPETokenizer":
+    def from_gguf_metadata(cls, metadata: dict, source="the GGUF file") -> "ByteLevelBPETokenizer":
         """From a GGUF file's tokenizer.ggml.* entries (model "gpt2"); ValueError names what is missing."""
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
@@ -354,6 +356,8 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
 
         pre = metadata.get("tokenizer.ggml.pre", "gpt2")
         pre = "gpt2" if pre in ("default", "gpt-2") else pre
-        return cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
-                   token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
-                   metadata.get("tokenizer.chat_template"), bool(metadata.get("tokenizer.ggml.add_bos_token", False)))
+        tok = cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
+                  token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
+                  metadata.get("tokenizer.chat_template"), bool(metadata.get("tokenizer.ggml.add_bos_token", False)))
+        tok.source = f"{source} (tokenizer.chat_template)"
+        return tok

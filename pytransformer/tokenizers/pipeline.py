@@ -12,9 +12,7 @@ import re
 
 from .chat import render_chat
 from .decoders import cleanup
-
-END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
-
+from .stops import stop_ids
 
 class AddedToken:
     """A token matched whole in the text before anything else (tokenizer.json "added_tokens")."""
@@ -44,14 +42,6 @@ def _matcher(tokens, normalize):
         by_content.setdefault(normalize(t.content) if normalize else t.content, t)
     ordered = sorted(by_content, key=len, reverse=True)
     return re.compile("|".join(f"({by_content[c].pattern(c)})" for c in ordered)), ordered
-
-
-def stop_ids(token_id, eos_ids) -> list[int]:
-    """Ids that end a generated turn: every end-of-sequence id of the file or config, and the end-of-turn tokens
-    (END_OF_TURN) that the vocabulary has (token_id: str -> id or None)."""
-    ids = {int(i) for i in eos_ids if i is not None}
-    ids.update(i for i in map(token_id, END_OF_TURN) if i is not None)
-    return sorted(ids)
 
 
 class Tokenizer:
@@ -189,4 +179,4 @@ class Tokenizer:
         return "" if i is None else self.id_to_token.get(i, "")
 
     def __repr__(self):
-        return f"Tokenizer({self.kind}, {self.vocab_size:,} tokens, from {self.source})"
+        return f"Tokenizer({self.kind}, {self.vocab_size:,} tokens)"
