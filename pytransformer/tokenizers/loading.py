@@ -146,7 +146,7 @@ def from_vocab_txt(vocab_txt, config=None, eos_ids=(), chat_template=None, sourc
                                        "strip_accents": config.get("strip_accents")}),
                     pre_tokenizers.build({"type": "BertPreTokenizer"}), decoders.build({"type": "WordPiece"}),
                     ([vocab[cls_]], [vocab[sep]]), chat_template=chat_template, source=source or vocab_txt,
-                    clean_up=bool(config.get("clean_up_tokenization_spaces", True)), kind="WordPiece")
+                    clean_up=bool(config.get("clean_up_tokenization_spaces", False)), kind="WordPiece")
     _special_from_config(tok, config, eos_ids)
     return tok
 
