@@ -130,7 +130,7 @@ def _model_info(path) -> int:
         print(f"file: GGUF v{f.version}, {os.path.getsize(path) / 2**20:.1f} MiB, {len(f.tensors)} tensors: " +
               ", ".join(f"{n} {k} ({b / 2**20:.1f} MiB)" for k, (n, b) in sorted(kinds.items(), key=lambda x: -x[1][1])))
     if tokenizer is not None:
-        print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size:,} tokens ({tokenizer.pre} pre-tokenizer), "
+        print(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} tokens, "
               f"chat template: {'yes' if tokenizer.chat_template else 'ChatML (built in)'}")
     return 0
 

@@ -238,6 +238,10 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         return len(self.decoder)
 
     @property
+    def kind(self) -> str:
+        return f"byte-level BPE ({self.pre} pre-tokenizer)"
+
+    @property
     def stop_ids(self) -> list[int]:
         """Ids that end a generated turn (stops.stop_ids: end-of-text, end-of-turn, <|im_end|> ...)."""
         return stop_ids(self.encoder.get, [self.eot_id, self.eos_id])
