@@ -319,7 +319,7 @@ def cmd_train(args) -> int:
     else:
         text, source = stdlib_corpus(), "the Python standard library's source (no download needed)"
     tok = CharTokenizer.from_text(text)
-    data = tok.encode(text)
+    data = tok.encode_array(text)
     split = int(0.9 * len(data))
     train_data, val_data = data[:split], data[split:]
     T = settings["context"]
@@ -370,7 +370,7 @@ def cmd_train(args) -> int:
     else:
         say("(no loss curve: pip install matplotlib to draw it)")
     if args.sample_tokens:
-        prompt = tok.encode(text[split: split + 16])[None, :]
+        prompt = tok.encode_array(text[split: split + 16])[None, :]
         out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=20,
                              rng=np.random.default_rng(settings["seed"]))
         say("sample:\n" + tok.decode(out[0]))
@@ -396,7 +396,7 @@ def cmd_sample(args) -> int:
     if unknown:
         raise UsageError(f"the prompt has characters the model never saw: {''.join(unknown)!r}")
     text = args.prompt or tok.chars[0]
-    prompt = tok.encode(text)[None, :]
+    prompt = tok.encode_array(text)[None, :]
     sys.stdout.write(text)
     sys.stdout.flush()
     stream = model.stream(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
@@ -433,7 +433,7 @@ def cmd_perplexity(args) -> int:
         if unknown:
             shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
             raise UsageError(f"{args.file} has {len(unknown)} characters the model never saw: {shown!r}")
-        model, ids, unit = loaded["model"], tok.encode(text), "char"
+        model, ids, unit = loaded["model"], tok.encode_array(text), "char"
     window = min(model.max_positions, args.window) if args.window else model.max_positions
     if args.stride is not None and args.stride > window:
         raise UsageError(f"--stride {args.stride} exceeds the window of {window}")
@@ -527,7 +527,7 @@ def cmd_attention(args) -> int:
     if source.endswith(".safetensors") and os.path.isfile(source):
         loaded = load_checkpoint(source)
         model, tok = loaded["model"], CharTokenizer.from_json(loaded["tokenizer"])
-        ids = tok.encode(args.sentence)[None, :]
+        ids = tok.encode_array(args.sentence)[None, :]
         labels = list(args.sentence)
         maps = model.attention_maps(ids)
     else:
