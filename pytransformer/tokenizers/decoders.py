@@ -80,11 +80,9 @@ def _strip(spec):
 
     def strip_one(t):
         for _ in range(start):
-            if t.startswith(content):
-                t = t[len(content):]
+            t = t.removeprefix(content)
         for _ in range(stop):
-            if t.endswith(content):
-                t = t[:-len(content)]
+            t = t.removesuffix(content)
         return t
     return lambda tokens: [strip_one(t) for t in tokens]
 

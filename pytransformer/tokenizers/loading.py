@@ -9,9 +9,10 @@ import json
 import os
 
 from . import decoders, normalizers, pre_tokenizers
+from .added import AddedToken
 from .bpe import PRE_TOKENIZERS, ByteLevelBPETokenizer
 from .models import BPEModel, UnigramModel, WordPieceModel
-from .pipeline import AddedToken, Tokenizer
+from .pipeline import Tokenizer
 from .sentencepiece import from_gguf_metadata as sentencepiece_from_gguf
 
 

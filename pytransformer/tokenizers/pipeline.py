@@ -8,40 +8,10 @@ decode(ids) -> str: tokens through the decoder (skip_special_tokens drops the sp
 
 from __future__ import annotations
 
-import re
-
+from .added import AddedMatcher
 from .chat import render_chat
 from .decoders import cleanup
 from .stops import stop_ids
-
-class AddedToken:
-    """A token matched whole in the text before anything else (tokenizer.json "added_tokens")."""
-
-    __slots__ = ("id", "content", "special", "normalized", "lstrip", "rstrip", "single_word")
-
-    def __init__(self, id, content, special=False, normalized=None, lstrip=False, rstrip=False, single_word=False):
-        if isinstance(id, bool) or not isinstance(id, int) or id < 0 or not isinstance(content, str) or not content:
-            raise ValueError(f"an added token needs an integer id >= 0 and non-empty content, got {id!r}, {content!r}")
-        self.id, self.content, self.special = id, content, bool(special)
-        self.normalized = (not special) if normalized is None else bool(normalized)
-        self.lstrip, self.rstrip, self.single_word = bool(lstrip), bool(rstrip), bool(single_word)
-
-    def pattern(self, content):
-        p = re.escape(content)
-        if self.single_word:
-            p = rf"(?<!\w){p}(?!\w)"
-        return (r"\s*" if self.lstrip else "") + p + (r"\s*" if self.rstrip else "")
-
-
-def _matcher(tokens, normalize):
-    """A regex finding the tokens leftmost-longest (the longest alternative first), and content -> token."""
-    if not tokens:
-        return None, {}
-    by_content = {}
-    for t in tokens:
-        by_content.setdefault(normalize(t.content) if normalize else t.content, t)
-    ordered = sorted(by_content, key=len, reverse=True)
-    return re.compile("|".join(f"({by_content[c].pattern(c)})" for c in ordered)), ordered
 
 
 class Tokenizer:
@@ -62,11 +32,8 @@ class Tokenizer:
             self.vocab[t.content] = t.id
         self.id_to_token = {i: t for t, i in vocab.items()} | {t.id: t.content for t in self.added}
         self.special_ids = {t.id for t in self.added if t.special}
-        self._raw_rx, self._raw = _matcher([t for t in self.added if not t.normalized], None)
-        self._norm_rx, self._norm = _matcher([t for t in self.added if t.normalized], normalizer)
-        self._by_text = {t.content: t.id for t in self.added if not t.normalized}
-        self._by_text.update({(normalizer(t.content) if normalizer else t.content): t.id
-                              for t in self.added if t.normalized})
+        self._raw = AddedMatcher([t for t in self.added if not t.normalized])
+        self._normalized = AddedMatcher([t for t in self.added if t.normalized], normalizer)
         self.post_before, self.post_after = list(post[0]), list(post[1])
         self.bos_id, self.eos_ids = bos_id, [int(i) for i in eos_ids if i is not None]
         self.chat_template, self.source, self.clean_up, self.kind = chat_template, source, clean_up, kind
@@ -90,33 +57,19 @@ class Tokenizer:
 
     # --- encode ---------------------------------------------------------------------------------------------------
 
-    def _split_added(self, text, rx, order):
-        """-> [(piece, id or None)] with the added tokens that rx finds."""
-        if rx is None:
-            return [(text, None)]
-        out, prev = [], 0
-        for m in rx.finditer(text):
-            if m.start() > prev:
-                out.append((text[prev:m.start()], None))
-            out.append((m.group(), self._by_text[order[m.lastindex - 1]]))
-            prev = m.end()
-        if prev < len(text):
-            out.append((text[prev:], None))
-        return out
-
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of text (a list of int); add_special_tokens: the post-processor's BOS/CLS/SEP around them."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         ids = list(self.post_before) if add_special_tokens else []
         at_start = True
-        for raw, added_id in self._split_added(text, self._raw_rx, self._raw):
+        for raw, added_id in self._raw.split(text):
             if added_id is not None:
                 ids.append(added_id)
                 at_start = False
                 continue
             normalized = self.normalizer(raw) if self.normalizer else raw
-            for piece, norm_id in self._split_added(normalized, self._norm_rx, self._norm):
+            for piece, norm_id in self._normalized.split(normalized):
                 if norm_id is not None:
                     ids.append(norm_id)
                 else:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import decoders, normalizers, pre_tokenizers
+from .added import AddedToken
 from .models import BPEModel
-from .pipeline import AddedToken, Tokenizer
+from .pipeline import Tokenizer
 
 # GGUF token types (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

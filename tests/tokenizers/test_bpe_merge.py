@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from tokenizer_data import gpt2_files
 
 from pytransformer.tokenizers import bpe
-
-from tokenizer_data import gpt2_files
 
 
 def hundred_thousand_letters():

@@ -25,7 +25,11 @@ SPECIAL_TEXT = ["<|im_start|>user\nhi<|im_end|>\n", "a<|eot_id|>b <|begin_of_tex
 
 def corpus():
     """Training text: the standard library's docstrings (fixed by the Python version) and some non-ASCII lines."""
-    import collections, difflib, json as j, re, textwrap  # noqa: E401
+    import collections  # noqa: E401
+    import difflib
+    import json as j
+    import re
+    import textwrap
     docs = [m.__doc__ or "" for m in (collections, difflib, j, re, textwrap)]
     extra = ["Héllo Wörld naïve café déjà vu", "日本語のテキスト 中文文本", "Ωμέγα и кириллица", "don't won't 12345 3.14"]
     return [line for d in docs for line in d.split("\n")] + extra * 20
