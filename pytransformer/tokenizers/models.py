@@ -35,11 +35,11 @@ class _Cached:
     """Shared by the models: ids of a piece, remembered (bounded)."""
 
     def tokenize(self, piece: str) -> list[int]:
-        ids = self._cache.get(piece)
+        ids = self.cache.get(piece)
         if ids is None:
             ids = self._tokenize(piece)
-            if len(piece) <= CACHE_PIECE_CHARS and len(self._cache) < CACHE_SIZE:
-                self._cache[piece] = ids
+            if len(piece) <= CACHE_PIECE_CHARS and len(self.cache) < CACHE_SIZE:
+                self.cache[piece] = ids
         return ids
 
 
@@ -56,7 +56,7 @@ class BPEModel(_Cached):
             raise ValueError(f"BPE: unk_token {unk_token!r} is not in the vocabulary")
         self.byte_fallback, self.fuse_unk = byte_fallback, fuse_unk
         self.ignore_merges, self.suffix = ignore_merges, end_of_word_suffix or ""
-        self._cache: dict = {}
+        self.cache: dict = {}
 
     @classmethod
     def from_json(cls, spec) -> "BPEModel":
@@ -118,7 +118,7 @@ class WordPieceModel(_Cached):
         if unk_token not in vocab:
             raise ValueError(f"WordPiece: unk_token {unk_token!r} is not in the vocabulary")
         self.vocab, self.unk_id, self.prefix, self.max_chars = vocab, vocab[unk_token], prefix, max_chars
-        self._cache: dict = {}
+        self.cache: dict = {}
 
     @classmethod
     def from_json(cls, spec) -> "WordPieceModel":
@@ -160,7 +160,7 @@ class UnigramModel(_Cached):
         self.unk_id, self.byte_fallback = unk_id, byte_fallback
         self.unk_score = min(self.scores, default=0.0) - self.UNK_PENALTY
         self.max_len = max((len(p) for p in self.vocab), default=1)
-        self._cache: dict = {}
+        self.cache: dict = {}
 
     @classmethod
     def from_json(cls, spec) -> "UnigramModel":

@@ -52,6 +52,10 @@ class Tokenizer:
     def stop_ids(self) -> list[int]:
         return stop_ids(self.vocab.get, self.eos_ids)
 
+    def clear_cache(self):
+        """Forget the pieces the model remembers (their memory; a benchmark's cold start)."""
+        self.model.cache.clear()
+
     def token_to_id(self, token: str):
         return self.vocab.get(token)
 

@@ -148,3 +148,23 @@ def test_decode_equals_autotokenizer_on_the_torture_set(pair, skip):
 def test_encode_returns_a_list_of_int(pair):
     ids = pair[0].encode("hello world")
     assert type(ids) is list and all(type(i) is int for i in ids)
+
+
+def test_a_100k_character_word_equals_tokenizers_in_bounded_time(pair):
+    import time
+
+    import numpy as np
+
+    ours, _, theirs = pair
+    word = "".join(np.random.default_rng(25).choice(list("abcdefghijklmnopqrstuvwxyz"), 100_000))
+    t = time.perf_counter()
+    ids = ours.encode(word)
+    assert time.perf_counter() - t < 20.0  # O(n log n) merging; was quadratic (26 s for GPT-2 alone)
+    assert ids == theirs.encode(word, add_special_tokens=False).ids
+
+
+def test_streamed_text_joins_to_the_decoded_text(pair):
+    ours, auto, _ = pair
+    for text in TORTURE:
+        ids = auto.encode(text, add_special_tokens=False)
+        assert "".join(ours.stream_text(iter(ids))) == ours.decode(ids, skip_special_tokens=True), repr(text)
