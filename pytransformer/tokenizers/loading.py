@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import decoders, normalizers, pre_tokenizers
+from . import decoders, normalizers, pre_tokenizers, processors
 from .added import AddedToken
 from .bpe import PRE_TOKENIZERS, ByteLevelBPETokenizer
 from .models import BPEModel, UnigramModel, WordPieceModel
@@ -80,7 +80,7 @@ def from_tokenizer_json(path, config=None, eos_ids=(), chat_template=None, sourc
                             t.get("lstrip", False), t.get("rstrip", False), t.get("single_word", False))
                  for t in spec.get("added_tokens") or []]
         tok = Tokenizer(model, model.vocab, added, normalizer, pre_tokenizers.build(spec.get("pre_tokenizer")),
-                        decoders.build(spec.get("decoder")), decoders.post_processor(spec.get("post_processor")),
+                        decoders.build(spec.get("decoder")), processors.post_processor(spec.get("post_processor")),
                         chat_template=chat_template, source=source or path,
                         clean_up=bool(config.get("clean_up_tokenization_spaces", False)), kind=kind)
     except (TypeError, AttributeError, KeyError) as e:

@@ -31,6 +31,7 @@ class Tokenizer:
         for t in self.added:
             self.vocab[t.content] = t.id
         self.id_to_token = {i: t for t, i in vocab.items()} | {t.id: t.content for t in self.added}
+        self._vocab_size = max(self.id_to_token, default=-1) + 1
         self.special_ids = {t.id for t in self.added if t.special}
         self._raw = AddedMatcher([t for t in self.added if not t.normalized])
         self._normalized = AddedMatcher([t for t in self.added if t.normalized], normalizer)
@@ -42,7 +43,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return max(self.id_to_token, default=-1) + 1
+        return self._vocab_size
 
     @property
     def eos_id(self):
