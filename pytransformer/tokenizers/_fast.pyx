@@ -13,7 +13,7 @@ ctypedef pair[i64, PosLen] Entry  # (-rank, (-position, joint length)) in a max-
 
 def bpe_merge(list word, ranks):
     """Merge the adjacent pair of lowest rank until none is left: bpe.bpe_merge's heap of (rank, position) over a
-    linked list of symbols, O(n log n), with a C++ heap and index arrays; ranks: a mapping of pairs to int ranks."""
+    linked list of symbols, O(n log n), with a C++ heap and index arrays; ranks as bpe.bpe_merge takes them."""
     cdef Py_ssize_t n = len(word), i, j, k, p
     if n < 2:
         return list(word)
@@ -24,7 +24,7 @@ def bpe_merge(list word, ranks):
     # the lowest rank, then the leftmost, on top
     cdef priority_queue[Entry] heap
     cdef Entry top
-    get = ranks.get
+    get = ranks.get if type(ranks) is dict else ranks.__getitem__  # (see bpe.bpe_merge)
     for i in range(n):
         nxt[i] = i + 1 if i + 1 < n else -1
         prv[i] = i - 1

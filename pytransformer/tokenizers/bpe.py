@@ -101,8 +101,9 @@ def pre_tokenize(text: str) -> list[str]:
 def bpe_merge(word: list, ranks) -> list:
     """Merge the adjacent pair of lowest rank until none is left, as Hugging Face's `tokenizers` does it: a heap of
     (rank, position) over a linked list of symbols, O(n log n) for n symbols (pure Python; _fast.pyx is the same).
-    ranks: any mapping with .get((left, right)) -> int rank or None. A popped entry whose pair has changed since it
-    was pushed is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
+    ranks: a dict (left, right) -> int rank, or a dict subclass whose ranks[pair] is the rank or None (a
+    SentencePiece vocabulary's sentencepiece.ScoreRanks). A popped entry whose pair has changed since it was pushed
+    is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
     n = len(word)
     if n < 2:
         return list(word)
@@ -110,7 +111,7 @@ def bpe_merge(word: list, ranks) -> list:
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
-    get = ranks.get
+    get = ranks.get if type(ranks) is dict else ranks.__getitem__
     heap = []
     for i in range(n - 1):
         r = get((sym[i], sym[i + 1]))

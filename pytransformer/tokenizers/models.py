@@ -44,8 +44,8 @@ class _Cached:
 
 
 class BPEModel(_Cached):
-    """Byte-pair encoding over a vocabulary and ranked merges (a mapping (left, right) -> rank; any object with
-    .get, so that SentencePiece vocabularies can rank pairs by score without listing them)."""
+    """Byte-pair encoding over a vocabulary and ranked merges: a dict (left, right) -> rank, or a dict that ranks
+    pairs when asked (sentencepiece.ScoreRanks: SentencePiece vocabularies rank pairs by score, listing none)."""
 
     def __init__(self, vocab: dict, ranks, unk_token=None, byte_fallback=False, fuse_unk=False,
                  ignore_merges=False, end_of_word_suffix=""):

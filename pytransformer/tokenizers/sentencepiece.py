@@ -27,11 +27,16 @@ GEMMA = ("gemma", "gemma2", "gemma3")
 SPACE = "\u2581"
 
 
-class ScoreRanks:
-    """(left, right) -> rank for a vocabulary whose merges are implied by scores (see the module docstring).
+class ScoreRanks(dict):
+    """(left, right) -> rank for a vocabulary whose merges are implied by scores (see the module docstring), as a
+    dict that ranks a pair the first time it is asked (ranks[pair]: the rank, or None for no merge) and remembers
+    it, so that the merge loop's lookups of common pairs run at dict speed. Remembers at most MEMORY pairs.
     score: token -> score, in the order transformers iterates it (a dict; higher merges first)."""
 
+    MEMORY = 1 << 20
+
     def __init__(self, vocab: dict, score: dict):
+        super().__init__()
         self.vocab = vocab
         self.M = max((len(t) for t in score), default=1) + 1
         self.V = len(score) + 1
@@ -45,13 +50,17 @@ class ScoreRanks:
         MMV = self.M * self.M * self.V
         self.head = {t: int(d) * MMV + k for k, (t, d) in enumerate(zip(tokens, dense.tolist()))}
 
-    def get(self, pair):
+    def __missing__(self, pair):
         left, right = pair
         head = self.head.get(left + right)
-        if head is None or left not in self.vocab or right not in self.vocab:
-            return None
-        M = self.M
-        return head + ((M - 1 - len(left)) * M + (M - 1 - len(right))) * self.V
+        rank = None
+        if head is not None and left in self.vocab and right in self.vocab:
+            M = self.M
+            rank = head + ((M - 1 - len(left)) * M + (M - 1 - len(right))) * self.V
+        if len(self) >= self.MEMORY:
+            self.clear()
+        self[pair] = rank
+        return rank
 
 
 def _token_id(metadata, key, n):
