@@ -82,6 +82,25 @@ def _splitter(find, behavior, invert=False):
     return pre
 
 
+def _isolating_regex(rx):
+    """Split(regex, Isolated): the matches and the text between them. A pattern that matches every character (Llama
+    3's, Qwen2's) gives its matches straight from findall; the general split otherwise."""
+    general = _splitter(_regex_matches(rx), "Isolated")
+    if rx.groups:
+        return general
+
+    def pre(pieces, at_start):
+        out = []
+        for piece in pieces:
+            found = rx.findall(piece)
+            if sum(map(len, found)) == len(piece) and "" not in found:
+                out.extend(found)
+            else:
+                out.extend(general([piece], at_start))
+        return out
+    return pre
+
+
 def is_punctuation(c):
     """BERT's punctuation: ASCII punctuation or any Unicode P* character."""
     return (c.isascii() and not c.isalnum() and c.isprintable() and c != " ") or unicodedata.category(c)[0] == "P"
@@ -99,12 +118,15 @@ def _split(spec):
         rx = compile_pattern(pattern["Regex"])
     else:
         raise ValueError(f"Split needs a String or Regex pattern, got {pattern!r}")
-    return _splitter(_regex_matches(rx), spec.get("behavior", "Isolated"), spec.get("invert", False))
+    behavior, invert = spec.get("behavior", "Isolated"), spec.get("invert", False)
+    if behavior == "Isolated" and not invert:
+        return _isolating_regex(rx)
+    return _splitter(_regex_matches(rx), behavior, invert)
 
 
 def _byte_level(spec):
     add_prefix_space, use_regex = spec.get("add_prefix_space", True), spec.get("use_regex", True)
-    table = bytes_to_unicode()
+    table = bytes_to_unicode()  # byte -> character: str.translate over the bytes read as latin-1
 
     def pre(pieces, at_start):
         out = []
@@ -112,7 +134,7 @@ def _byte_level(spec):
             if add_prefix_space and not piece.startswith(" "):
                 piece = " " + piece
             out.extend(pre_tokenize(piece) if use_regex else [piece])
-        return ["".join(table[b] for b in p.encode("utf-8")) for p in out]
+        return [p.encode("utf-8").decode("latin-1").translate(table) for p in out]
     return pre
 
 
