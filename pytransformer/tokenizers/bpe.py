@@ -1,9 +1,8 @@
 """Byte-level BPE without the `regex` module: GPT-2's (from `encoder.json` + `vocab.bpe`) and the GGUF vocabularies
 of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the file's metadata).
 
-Text is split like GPT-2's pattern  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
-(spelt out below with unicodedata categories), each piece's UTF-8 bytes are mapped to printable characters,
-and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
+Text is split by GPT-2's pattern (GPT2_PATTERN, through unicode_regex), each piece's UTF-8 bytes are mapped to
+printable characters, and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
 (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
 control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
 tokenizers match added tokens."""
@@ -20,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from .stops import stop_ids
+from .unicode_regex import compile_pattern
 
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
     from ._fast import bpe_merge as _bpe_merge_fast
@@ -41,61 +41,13 @@ def bytes_to_unicode() -> dict:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _kind(ch):
-    if ch.isspace():
-        return "s"
-    cat = unicodedata.category(ch)
-    if cat[0] == "L":
-        return "L"
-    if cat[0] == "N":
-        return "N"
-    return "P"
-
-
-_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 def pre_tokenize(text: str) -> list[str]:
-    """GPT-2's regex split, scanning left to right with the same alternatives in the same order."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "'":
-            for c in _CONTRACTIONS:
-                if text.startswith(c, i):
-                    break
-            else:
-                c = None
-            if c:
-                out.append(c)
-                i += len(c)
-                continue
-        start = i
-        j = i + 1 if ch == " " and i + 1 < n and _kind(text[i + 1]) != "s" else i
-        k = _kind(text[j])
-        if k in ("L", "N"):
-            j += 1
-            while j < n and _kind(text[j]) == k:
-                j += 1
-            out.append(text[start:j])
-            i = j
-            continue
-        if k == "P":
-            j += 1
-            while j < n and _kind(text[j]) == "P":
-                j += 1
-            out.append(text[start:j])
-            i = j
-            continue
-        # whitespace: \s+(?!\S) takes the run but leaves its last space to the next word; else \s+
-        j = i
-        while j < n and text[j].isspace():
-            j += 1
-        if j < n and j - i > 1:
-            j -= 1  # the last whitespace character goes with the following token
-        out.append(text[i:j])
-        i = j
-    return out
+    """GPT-2's split (the pattern `tokenizers` runs in Oniguruma, translated for re: \\s is Unicode White_Space).
+    Every character falls in one alternative, so the matches are the pieces."""
+    return compile_pattern(GPT2_PATTERN).findall(text)
 
 
 def bpe_merge(word: list, ranks) -> list:

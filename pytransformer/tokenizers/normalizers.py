@@ -9,6 +9,12 @@ import unicodedata
 from .unicode_regex import compile_pattern
 
 
+def lowercase(text: str) -> str:
+    """Each character lowercased on its own, as Rust's char::to_lowercase in `tokenizers` (str.lower would write a
+    word-final capital sigma as ς)."""
+    return text.lower() if "\u03a3" not in text else "".join(c.lower() for c in text)
+
+
 def _replace(spec):
     pattern, content = spec.get("pattern") or {}, spec.get("content", "")
     if "String" in pattern:
@@ -37,9 +43,9 @@ def strip_accents(text: str) -> str:
 
 def _bert(spec):
     clean, chinese = spec.get("clean_text", True), spec.get("handle_chinese_chars", True)
-    lowercase = spec.get("lowercase", True)
+    lower = spec.get("lowercase", True)
     accents = spec.get("strip_accents")
-    accents = lowercase if accents is None else accents
+    accents = lower if accents is None else accents
     from .wordpiece import clean_text
 
     def bert(text):
@@ -47,7 +53,7 @@ def _bert(spec):
             text = clean_text(text, drop_control=clean, space_cjk=chinese)
         if accents:
             text = strip_accents(unicodedata.normalize("NFD", text))
-        return text.lower() if lowercase else text
+        return lowercase(text) if lower else text
     return bert
 
 
@@ -71,7 +77,7 @@ _BUILDERS = {
     "NFD": lambda s: lambda t: unicodedata.normalize("NFD", t),
     "NFKC": lambda s: lambda t: unicodedata.normalize("NFKC", t),
     "NFKD": lambda s: lambda t: unicodedata.normalize("NFKD", t),
-    "Lowercase": lambda s: str.lower,
+    "Lowercase": lambda s: lowercase,
     "StripAccents": lambda s: strip_accents,
     "Strip": _strip,
     "Replace": _replace,

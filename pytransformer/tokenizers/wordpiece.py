@@ -9,6 +9,8 @@ import unicodedata
 
 import numpy as np
 
+from .normalizers import lowercase
+
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python method below otherwise
     from ._fast import wordpiece as _wordpiece_fast
 except ImportError:
@@ -96,7 +98,7 @@ class WordPieceTokenizer:
     def _split_chunk(self, chunk: str) -> list[str]:
         """One whitespace-free chunk -> words: lowercased, accents stripped, punctuation split off."""
         if self.lowercase:
-            chunk = chunk.lower()
+            chunk = lowercase(chunk)
         if self.strip_accents and not chunk.isascii():
             chunk = "".join(c for c in unicodedata.normalize("NFD", chunk) if unicodedata.category(c) != "Mn")
         words, current = [], []

@@ -14,6 +14,7 @@ TORTURE = [
     "numbers 12345 3.14159 1,000,000 ١٢٣", "a--b__c!!?!..", "", " ", "  ", "\n\n\n", "mixed日本English中文",
     "Ω≈ç√∫˜µ≤≥÷", "\u200b zero width \u00a0 nbsp", "def f(x):\n    return x ** 2  # square\n\n\tpass",
     "if (a && b) { c->d[0] = \"str\"; }", "Ünïcödé\u0301 combining", "ﬁ ligature ① circled Ⅻ roman",
+    "file\x1cseparator  \x1c x\x85y \u2028 line", "İstanbul ΣΑΣ straße",
 ]
 
 
