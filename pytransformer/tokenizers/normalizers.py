@@ -9,6 +9,45 @@ import unicodedata
 from .unicode_regex import compile_pattern
 
 
+def _is_control(ch):
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch).startswith("C")
+
+
+def _is_whitespace(ch):
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_cjk(cp):
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+# ASCII fast path of the cleaning step: tab/newline/return become spaces, other control characters go
+_ASCII_CLEAN = {i: None for i in range(32)} | {9: " ", 10: " ", 13: " ", 127: None}
+
+
+def clean_text(text: str, drop_control=True, space_cjk=True) -> str:
+    """BERT's cleaning: drop NUL, U+FFFD and control characters, put spaces around CJK characters, turn every
+    whitespace into ' ' (each step as Hugging Face's BertNormalizer's clean_text / handle_chinese_chars)."""
+    if drop_control and text.isascii():
+        return text.translate(_ASCII_CLEAN)
+    chars = []
+    for ch in text:
+        cp = ord(ch)
+        if drop_control and (cp == 0 or cp == 0xFFFD or _is_control(ch)):
+            continue
+        if space_cjk and _is_cjk(cp):
+            chars += [" ", ch, " "]
+        elif drop_control and _is_whitespace(ch):
+            chars.append(" ")
+        else:
+            chars.append(ch)
+    return "".join(chars)
+
+
 def lowercase(text: str) -> str:
     """Each character lowercased on its own, as Rust's char::to_lowercase in `tokenizers` (str.lower would write a
     word-final capital sigma as ς)."""
@@ -46,8 +85,6 @@ def _bert(spec):
     lower = spec.get("lowercase", True)
     accents = spec.get("strip_accents")
     accents = lower if accents is None else accents
-    from .wordpiece import clean_text
-
     def bert(text):
         if clean or chinese:
             text = clean_text(text, drop_control=clean, space_cjk=chinese)

@@ -9,7 +9,7 @@ import unicodedata
 
 import numpy as np
 
-from .normalizers import lowercase
+from .normalizers import clean_text, lowercase, strip_accents
 
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python method below otherwise
     from ._fast import wordpiece as _wordpiece_fast
@@ -17,50 +17,11 @@ except ImportError:
     _wordpiece_fast = None
 
 
-def _is_control(ch):
-    if ch in "\t\n\r":
-        return False
-    return unicodedata.category(ch).startswith("C")
-
-
-def _is_whitespace(ch):
-    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
-
-
 def _is_punctuation(ch):
     cp = ord(ch)
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
         return True
     return unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp):
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
-
-
-# ASCII fast path of the cleaning step: tab/newline/return become spaces, other control characters go
-_ASCII_CLEAN = {i: None for i in range(32)} | {9: " ", 10: " ", 13: " ", 127: None}
-
-
-def clean_text(text: str, drop_control=True, space_cjk=True) -> str:
-    """BERT's cleaning: drop NUL, U+FFFD and control characters, put spaces around CJK characters, turn every
-    whitespace into ' ' (each step as Hugging Face's BertNormalizer's clean_text / handle_chinese_chars)."""
-    if drop_control and text.isascii():
-        return text.translate(_ASCII_CLEAN)
-    chars = []
-    for ch in text:
-        cp = ord(ch)
-        if drop_control and (cp == 0 or cp == 0xFFFD or _is_control(ch)):
-            continue
-        if space_cjk and _is_cjk(cp):
-            chars += [" ", ch, " "]
-        elif drop_control and _is_whitespace(ch):
-            chars.append(" ")
-        else:
-            chars.append(ch)
-    return "".join(chars)
 
 
 class WordPieceTokenizer:
@@ -100,7 +61,7 @@ class WordPieceTokenizer:
         if self.lowercase:
             chunk = lowercase(chunk)
         if self.strip_accents and not chunk.isascii():
-            chunk = "".join(c for c in unicodedata.normalize("NFD", chunk) if unicodedata.category(c) != "Mn")
+            chunk = strip_accents(unicodedata.normalize("NFD", chunk))
         words, current = [], []
         for ch in chunk:
             if _is_punctuation(ch):
