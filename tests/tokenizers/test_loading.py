@@ -130,3 +130,24 @@ def test_a_sentencepiece_gguf_loads_with_its_tokenizer(tmp_path):
     assert tok.encode("hi hi", add_special_tokens=True) == [1, n - 1, n - 1]
     assert tok.decode([1, n - 1, n - 1, 2], skip_special_tokens=True) == "hi hi"
     assert tok.stop_ids == [2]
+
+
+def test_a_gguf_byte_level_vocabulary_with_a_regex_pre_tokenizer_splits_as_its_pattern():
+    """tokenizer.ggml.pre "qwen2": the vocabulary and merges of a Qwen2-style BPE, split by Qwen2's pattern."""
+    from test_tokenizer_json import QWEN2_SPLIT, byte_level_bpe
+    from tokenizer_data import TORTURE
+
+    theirs = byte_level_bpe(QWEN2_SPLIT, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>",
+                            ignore_merges=False)
+    spec = json.loads(theirs.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+    ours = T.from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2",
+                                 "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+                                 "tokenizer.ggml.token_type": [3 if t in specials else 1 for t in tokens],
+                                 "tokenizer.ggml.eos_token_id": vocab["<|endoftext|>"]})
+    for text in TORTURE + ["<|im_start|>user\nhi<|im_end|>\n", "12345 67"]:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, repr(text)
+    assert ours.stop_ids == sorted({vocab["<|endoftext|>"], vocab["<|im_end|>"]})
