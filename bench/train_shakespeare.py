@@ -54,7 +54,7 @@ def main():
 
     text = open(args.data, encoding="utf-8").read()
     tok = CharTokenizer.from_text(text)
-    data = tok.encode(text)
+    data = tok.encode_array(text)
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.context, n_layer=args.layers, n_head=args.heads,

@@ -95,7 +95,7 @@ def _model_info(name) -> int:
         print(f"file: GGUF v{f.version}, {os.path.getsize(found.path) / 2**20:.1f} MiB, {len(f.tensors)} tensors: " +
               ", ".join(f"{n} {k} ({b / 2**20:.1f} MiB)" for k, (n, b) in sorted(kinds.items(), key=lambda x: -x[1][1])))
     if hasattr(tokenizer, "chat_template"):
-        print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size:,} tokens ({tokenizer.pre} pre-tokenizer), "
+        print(f"tokenizer: {getattr(tokenizer, 'kind', type(tokenizer).__name__)}, {tokenizer.vocab_size:,} tokens, "
               f"chat template: {'yes' if tokenizer.chat_template else 'ChatML (built in)'}")
     elif tokenizer is not None:
         print(f"tokenizer: {type(tokenizer).__name__}, {tokenizer.vocab_size:,} tokens")

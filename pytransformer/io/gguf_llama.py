@@ -13,11 +13,13 @@ save_pretrained writes them back in Hugging Face's order (io/hf_llama.py).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..models.base import parameter_shapes, unwritten_parameters
 from ..models.llama import Llama, LlamaConfig
-from ..tokenizers.bpe import ByteLevelBPETokenizer
+from ..tokenizers import from_gguf_metadata
 from .gguf import GGUFFile
 from .hf_common import MAX_HEAD_SIZE, MAX_LAYERS, MAX_SIZE, listed, naming_the_file, warn_not_finite
 from .safetensors import quote
@@ -135,11 +137,11 @@ def load_llama_gguf(path, mmap=True) -> Llama:
     if config.tie_word_embeddings:
         model.lm_head.set_quantized(model.embed.quantized)
     try:
-        model.tokenizer = ByteLevelBPETokenizer.from_gguf_metadata(f.metadata)
+        model.tokenizer = from_gguf_metadata(f.metadata, os.fspath(path))  # byte-level BPE or SentencePiece
     except ValueError as e:
         model.tokenizer = None
         model.tokenizer_error = str(e)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
         f.metadata.pop(key, None)  # (now the tokenizer's; 100k strings not kept twice)
     model.gguf = f
     return model.eval()

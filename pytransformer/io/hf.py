@@ -18,7 +18,8 @@ def from_pretrained(path, mmap=True, dtype=None):
     ValueError naming the file and the field. The weights are read by mmap and copied into the model's flat
     buffer; mmap=False reads each file into private memory first (no mapping that a truncation by another
     process could turn into SIGBUS while loading). dtype "float32" (a folder's default), "bfloat16" or "int8"
-    gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks."""
+    gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks. model.tokenizer is
+    the file's or folder's tokenizer (pytransformer.tokenizers), or None with model.tokenizer_error saying why."""
     path = os.fspath(path)
     if os.path.isfile(path) and is_gguf(path):
         f = GGUFFile(path, mmap)
@@ -28,4 +29,16 @@ def from_pretrained(path, mmap=True, dtype=None):
         dtype = "float32"
     with naming_the_file(path):
         family = family_for_model_type(read_config(path).get("model_type"))
-    return load(family.hf, family.model_class, path, mmap).set_weight_dtype(dtype)
+    model = load(family.hf, family.model_class, path, mmap)
+    _attach_tokenizer(model, path)
+    return model.set_weight_dtype(dtype)
+
+
+def _attach_tokenizer(model, path):
+    """model.tokenizer from the folder (tokenizers.from_folder), or None and model.tokenizer_error saying why."""
+    from ..tokenizers import from_folder
+
+    try:
+        model.tokenizer, model.tokenizer_error = from_folder(path), None
+    except ValueError as e:
+        model.tokenizer, model.tokenizer_error = None, str(e)

@@ -1,15 +1,15 @@
 """Byte-level BPE without the `regex` module: GPT-2's (from `encoder.json` + `vocab.bpe`) and the GGUF vocabularies
 of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the file's metadata).
 
-Text is split like GPT-2's pattern  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
-(spelt out below with unicodedata categories), each piece's UTF-8 bytes are mapped to printable characters,
-and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
+Text is split by GPT-2's pattern (GPT2_PATTERN, through unicode_regex), each piece's UTF-8 bytes are mapped to
+printable characters, and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
 (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
 control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
 tokenizers match added tokens."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 import unicodedata
@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 
 from .textstream import text_pieces
+from .stops import stop_ids
+from .unicode_regex import compile_pattern
 
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
     from ._fast import bpe_merge as _bpe_merge_fast
@@ -39,84 +41,62 @@ def bytes_to_unicode() -> dict:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _kind(ch):
-    if ch.isspace():
-        return "s"
-    cat = unicodedata.category(ch)
-    if cat[0] == "L":
-        return "L"
-    if cat[0] == "N":
-        return "N"
-    return "P"
-
-
-_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 def pre_tokenize(text: str) -> list[str]:
-    """GPT-2's regex split, scanning left to right with the same alternatives in the same order."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "'":
-            for c in _CONTRACTIONS:
-                if text.startswith(c, i):
-                    break
-            else:
-                c = None
-            if c:
-                out.append(c)
-                i += len(c)
-                continue
-        start = i
-        j = i + 1 if ch == " " and i + 1 < n and _kind(text[i + 1]) != "s" else i
-        k = _kind(text[j])
-        if k in ("L", "N"):
-            j += 1
-            while j < n and _kind(text[j]) == k:
-                j += 1
-            out.append(text[start:j])
-            i = j
-            continue
-        if k == "P":
-            j += 1
-            while j < n and _kind(text[j]) == "P":
-                j += 1
-            out.append(text[start:j])
-            i = j
-            continue
-        # whitespace: \s+(?!\S) takes the run but leaves its last space to the next word; else \s+
-        j = i
-        while j < n and text[j].isspace():
-            j += 1
-        if j < n and j - i > 1:
-            j -= 1  # the last whitespace character goes with the following token
-        out.append(text[i:j])
-        i = j
-    return out
+    """GPT-2's split (the pattern `tokenizers` runs in Oniguruma, translated for re: \\s is Unicode White_Space).
+    Every character falls in one alternative, so the matches are the pieces."""
+    return compile_pattern(GPT2_PATTERN).findall(text)
 
 
-def bpe_merge(word: list, ranks: dict) -> list:
-    """Merge the adjacent pair of lowest rank until none is left (pure Python; _fast.pyx is the same)."""
-    while len(word) > 1:
-        best, best_rank = None, None
-        for i in range(len(word) - 1):
-            r = ranks.get((word[i], word[i + 1]))
-            if r is not None and (best_rank is None or r < best_rank):
-                best, best_rank = i, r
-        if best is None:
-            break
-        a, b = word[best], word[best + 1]
-        merged, i = [], 0
-        while i < len(word):
-            if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
-                merged.append(a + b)
-                i += 2
-            else:
-                merged.append(word[i])
-                i += 1
-        word = merged
-    return word
+def bpe_merge(word: list, ranks) -> list:
+    """Merge the adjacent pair of lowest rank until none is left, as Hugging Face's `tokenizers` does it: a heap of
+    (rank, position) over a linked list of symbols, O(n log n) for n symbols (pure Python; _fast.pyx is the same).
+    ranks: a dict (left, right) -> int rank, or a dict subclass whose ranks[pair] is the rank or None (a
+    SentencePiece vocabulary's sentencepiece.ScoreRanks). A popped entry whose pair has changed since it was pushed
+    is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
+    n = len(word)
+    if n < 2:
+        return list(word)
+    sym = list(word)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    get = ranks.get if type(ranks) is dict else ranks.__getitem__
+    heap = []
+    for i in range(n - 1):
+        r = get((sym[i], sym[i + 1]))
+        if r is not None:
+            heap.append((r, i, len(sym[i]) + len(sym[i + 1])))
+    heapq.heapify(heap)
+    while heap:
+        _, i, length = heapq.heappop(heap)
+        a, j = sym[i], nxt[i]
+        if a is None or j < 0:
+            continue
+        b = sym[j]
+        if len(a) + len(b) != length or get((a, b)) is None:
+            continue
+        sym[i] = a = a + b
+        sym[j] = None
+        k = nxt[i] = nxt[j]
+        if k >= 0:
+            prv[k] = i
+            r = get((a, sym[k]))
+            if r is not None:
+                heapq.heappush(heap, (r, i, len(a) + len(sym[k])))
+        p = prv[i]
+        if p >= 0:
+            r = get((sym[p], a))
+            if r is not None:
+                heapq.heappush(heap, (r, p, len(sym[p]) + len(a)))
+    return [s for s in sym if s is not None]
+
+
+def merge_symbols(word: list, ranks) -> list:
+    """bpe_merge, compiled when the Cython module is built."""
+    return (_bpe_merge_fast or bpe_merge)(word, ranks)
 
 
 class GPT2Tokenizer:
@@ -146,7 +126,7 @@ class GPT2Tokenizer:
         if cached is not None:
             return cached
         word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        word = (_bpe_merge_fast or bpe_merge)(word, self.ranks)
+        word = merge_symbols(word, self.ranks)
         ids = [i for i in map(self.encoder.get, word) if i is not None]  # (a byte the vocabulary lacks is
         # dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04)
         if len(self.cache) < 100_000:
@@ -205,16 +185,20 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         self.pre = pre
         self.bos_id, self.eos_id, self.eot_id, self.add_bos = bos_id, eos_id, eot_id, add_bos
         self.chat_template = chat_template
+        self.source = "the GGUF file (tokenizer.chat_template)"  # where the template came from, for its errors
 
     @property
     def vocab_size(self) -> int:
         return len(self.decoder)
 
     @property
+    def kind(self) -> str:
+        return f"byte-level BPE ({self.pre} pre-tokenizer)"
+
+    @property
     def stop_ids(self) -> list[int]:
-        """Ids that end a generated turn: end-of-turn (ChatML's <|im_end|>) and end-of-text."""
-        ids = [self.eot_id, self.eos_id, self.special.get("<|im_end|>"), self.special.get("<|eot_id|>")]
-        return sorted({i for i in ids if i is not None})
+        """Ids that end a generated turn (stops.stop_ids: end-of-text, end-of-turn, <|im_end|> ...)."""
+        return stop_ids(self.encoder.get, [self.eot_id, self.eos_id])
 
     def _split_special(self, text: str):
         """-> [(piece, id or None)]: special tokens found left to right (longest first at each place)."""
@@ -275,17 +259,17 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
 
     def apply_chat_template(self, messages, add_generation_prompt=True) -> str:
         """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
-        jinja2's sandbox, as transformers does, when jinja2 is installed), else ChatML."""
+        chat.py's limited sandbox), else (no template) ChatML."""
         from .chat import render_chat
 
-        return render_chat(self.chat_template, messages, add_generation_prompt,
+        return render_chat(self.chat_template, messages, add_generation_prompt, source=self.source,
                            bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id))
 
     def _token(self, i):
         return "" if i is None else self.decoder[i]
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: dict) -> "ByteLevelBPETokenizer":
+    def from_gguf_metadata(cls, metadata: dict, source="the GGUF file") -> "ByteLevelBPETokenizer":
         """From a GGUF file's tokenizer.ggml.* entries (model "gpt2"); ValueError names what is missing."""
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
@@ -323,6 +307,8 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         if not isinstance(pre, str) or not isinstance(metadata.get("tokenizer.chat_template", ""), str):
             raise ValueError("tokenizer.ggml.pre and tokenizer.chat_template must be strings")
         pre = "gpt2" if pre in ("default", "gpt-2") else pre
-        return cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
-                   token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
-                   metadata.get("tokenizer.chat_template"), bool(metadata.get("tokenizer.ggml.add_bos_token", False)))
+        tok = cls(tokens, pairs, special, pre, token_id("tokenizer.ggml.bos_token_id"),
+                  token_id("tokenizer.ggml.eos_token_id"), token_id("tokenizer.ggml.eot_token_id"),
+                  metadata.get("tokenizer.chat_template"), bool(metadata.get("tokenizer.ggml.add_bos_token", False)))
+        tok.source = f"{source} (tokenizer.chat_template)"
+        return tok

@@ -8,7 +8,8 @@ import numpy as np
 
 
 class CharTokenizer:
-    """One id per character (sorted); no special tokens, so no end-of-turn ids (stop_ids is empty)."""
+    """One id per character of a fixed alphabet; encode(text) -> list[int], decode(ids) -> str; saved as JSON. No
+    special tokens, so no end-of-turn ids (stop_ids is empty)."""
 
     stop_ids = ()
 
@@ -26,11 +27,15 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str) -> list[int]:
         try:
-            return np.fromiter((self.index[c] for c in text), np.int64, len(text))
+            return [self.index[c] for c in text]
         except KeyError as e:
             raise ValueError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """encode as a 1-D int64 array (a training corpus)."""
+        return np.asarray(self.encode(text), np.int64)
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))

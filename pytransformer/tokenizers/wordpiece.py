@@ -9,20 +9,12 @@ import unicodedata
 
 import numpy as np
 
+from .normalizers import clean_text, lowercase, strip_accents
+
 try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python method below otherwise
     from ._fast import wordpiece as _wordpiece_fast
 except ImportError:
     _wordpiece_fast = None
-
-
-def _is_control(ch):
-    if ch in "\t\n\r":
-        return False
-    return unicodedata.category(ch).startswith("C")
-
-
-def _is_whitespace(ch):
-    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
 
 
 def _is_punctuation(ch):
@@ -32,17 +24,9 @@ def _is_punctuation(ch):
     return unicodedata.category(ch).startswith("P")
 
 
-def _is_cjk(cp):
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
-
-
-# ASCII fast path of the cleaning step: tab/newline/return become spaces, other control characters go
-_ASCII_CLEAN = {i: None for i in range(32)} | {9: " ", 10: " ", 13: " ", 127: None}
-
-
 class WordPieceTokenizer:
+    """BERT's tokenizer from a vocab.txt: encode(text) -> [CLS] ids [SEP] (list[int]), batch_encode, decode."""
+
     def __init__(self, vocab: list[str], lowercase=True, strip_accents=None, max_length=512,
                  unk="[UNK]", cls="[CLS]", sep="[SEP]", pad="[PAD]", mask="[MASK]", max_chars_per_word=100):
         self.vocab = {tok: i for i, tok in enumerate(vocab)}
@@ -70,28 +54,14 @@ class WordPieceTokenizer:
     # --- pre-tokenization --------------------------------------------------------------------------------------
 
     def _clean(self, text: str) -> str:
-        """Drop control characters, put spaces around CJK characters, turn every whitespace into ' '."""
-        if text.isascii():
-            return text.translate(_ASCII_CLEAN)
-        chars = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
-                continue
-            if _is_cjk(cp):
-                chars += [" ", ch, " "]
-            elif _is_whitespace(ch):
-                chars.append(" ")
-            else:
-                chars.append(ch)
-        return "".join(chars)
+        return clean_text(text)
 
     def _split_chunk(self, chunk: str) -> list[str]:
         """One whitespace-free chunk -> words: lowercased, accents stripped, punctuation split off."""
         if self.lowercase:
-            chunk = chunk.lower()
+            chunk = lowercase(chunk)
         if self.strip_accents and not chunk.isascii():
-            chunk = "".join(c for c in unicodedata.normalize("NFD", chunk) if unicodedata.category(c) != "Mn")
+            chunk = strip_accents(unicodedata.normalize("NFD", chunk))
         words, current = [], []
         for ch in chunk:
             if _is_punctuation(ch):
