@@ -242,7 +242,7 @@ def test_a_train_checkpoint_loads_like_any_model(tmp_path, corpus):
     for name in (tmp_path / "run", tmp_path / "run" / "ckpt.safetensors"):
         model = pytransformer.from_pretrained(name)
         assert isinstance(model.tokenizer, CharTokenizer) and not model.training
-        ids = model.tokenizer.encode("to be or not")[None, :]
+        ids = np.array([model.tokenizer.encode("to be or not")], np.int64)
         with model.evaluating(), loaded["model"].evaluating():
             np.testing.assert_array_equal(model(ids), loaded["model"](ids))
 

@@ -120,7 +120,7 @@ def cmd_attention(args) -> int:
         unknown = sorted(set(args.sentence) - set(model.tokenizer.chars))
         if unknown:
             raise UsageError(f"the sentence has characters the model never saw: {''.join(unknown)!r}")
-        ids = model.tokenizer.encode(args.sentence)[None, :]
+        ids = np.array([model.tokenizer.encode(args.sentence)], np.int64)
         labels = list(args.sentence)
     else:
         from ..io.hf_bert import load_bert

@@ -289,6 +289,8 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
             pairs.append((a, b))
         types = metadata.get("tokenizer.ggml.token_type")
         special = {}
+        if isinstance(types, (list, tuple)):  # (as given in Python; a file's reader gives an array)
+            types = np.asarray(types) if all(type(t) is int for t in types) else None
         if types is not None:
             if not isinstance(types, np.ndarray) or types.dtype.kind not in "iu" or len(types) != len(tokens):
                 raise ValueError(f"tokenizer.ggml.token_type must be {len(tokens)} integers, one a token")

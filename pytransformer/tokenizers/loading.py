@@ -194,6 +194,8 @@ def from_gguf_metadata(metadata: dict, source="the GGUF file"):
         raise ValueError(f"{source}: tokenizer model {model!r} is not supported (byte-level BPE 'gpt2' and "
                          f"SentencePiece 'llama' are)")
     pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+    if not isinstance(pre, str):
+        raise ValueError(f"{source}: tokenizer.ggml.pre must be a string, got {type(pre).__name__}")
     if pre in GGUF_SPLITS:
         tok = ByteLevelBPETokenizer.from_gguf_metadata(dict(metadata, **{"tokenizer.ggml.pre": "gpt2"}), source)
         special = [AddedToken(i, t, special=True, normalized=False) for t, i in tok.special.items()]
