@@ -516,7 +516,16 @@ void transpose_inputs(float* xT, const float* inp, int64_t N, int64_t IC) {
   constexpr int64_t rows = NP / G;
   for (int64_t k = 0; k < tiled_columns(IC); k += G) {
     float* dst = xT + (k / G) * NP;
-    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(G, IC - k));  // columns of the group inside the row
+    if (k + G <= IC) {  // (a whole group: a copy of G floats the compiler inlines, the hot loop of every product)
+      for (int64_t m = 0; m < rows; m++) {
+        if (m < N)
+          std::memcpy(dst + m * G, inp + m * IC + k, sizeof(float) * G);
+        else
+          std::fill(dst + m * G, dst + (m + 1) * G, 0.f);
+      }
+      continue;
+    }
+    const int64_t n = std::max<int64_t>(0, IC - k);  // the row's last columns, zero past them
     for (int64_t m = 0; m < rows; m++) {
       if (m < N) std::memcpy(dst + m * G, inp + m * IC + k, sizeof(float) * n);
       std::fill(dst + m * G + (m < N ? n : 0), dst + (m + 1) * G, 0.f);
