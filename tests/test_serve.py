@@ -11,12 +11,12 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import numpy as np
 import pytest
+from engine_doubles import Loop, Out, record_steps
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
@@ -182,25 +182,6 @@ def test_n_choices(server):
     assert texts[0] == texts[1] and texts[0]  # temperature 0: both choices alike
 
 
-class Loop:
-    """An in-process job's event loop: items go straight to their queue."""
-
-    def call_soon_threadsafe(self, f, item):
-        f(item)
-
-
-class Out:
-    """An in-process job's queue: the items, and an event set at the end."""
-
-    def __init__(self):
-        self.items, self.done = [], threading.Event()
-
-    def put_nowait(self, item):
-        self.items.append(item)
-        if item[0] in ("done", "error"):
-            self.done.set()
-
-
 def test_the_engine_feeds_long_prompts_over_steps_and_reuses_prefixes():
     """In process: a 300-token prompt goes into the batched steps 128 rows at a time, and a second request with the
     same prompt copies its keys and values from the prefix store; both give model.generate's tokens."""
@@ -239,14 +220,7 @@ def test_prompt_rows_fill_the_step_beside_decoding_jobs():
 
     model = from_pretrained(resolve_model("smollm2"))
     tok = model.tokenizer
-    sizes = []
-    step = model.decode_batch
-
-    def recorded(ids, *args, **kw):
-        sizes.append(len(ids))
-        return step(ids, *args, **kw)
-
-    model.decode_batch = recorded
+    sizes = record_steps(model)
 
     engine = serving.Engine(model, tok, max_running=4)
     engine.rows.batch_rows = 4
@@ -278,14 +252,7 @@ def test_a_gpt_is_served_with_continuous_batching_like_each_request_alone():
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .,")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=32), seed=7).eval()
     assert isinstance(model, serving.BatchDecoder)
-    sizes = []
-    step = model.decode_batch
-
-    def recorded(ids, *args, **kw):
-        sizes.append(len(ids))
-        return step(ids, *args, **kw)
-
-    model.decode_batch = recorded
+    sizes = record_steps(model)
     engine = serving.Engine(model, tok, max_running=4, context=64)
     prompts = [tok.encode(t) for t in ("the sea is", "once upon a time", "red, green", "a")]
     outs = [Out() for _ in prompts]

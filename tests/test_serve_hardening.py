@@ -16,6 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from engine_doubles import Loop, Out
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
@@ -272,21 +273,6 @@ def test_a_stop_string_ends_the_reply_before_it_streaming_or_not(server):
     events = [json.loads(line[6:]) for line in conn.getresponse().read().decode().splitlines()
               if line.startswith("data: {")]
     assert "".join(e["choices"][0]["text"] for e in events) == want
-
-
-class Loop:
-    def call_soon_threadsafe(self, f, item):
-        f(item)
-
-
-class Out:
-    def __init__(self):
-        self.items, self.done = [], threading.Event()
-
-    def put_nowait(self, item):
-        self.items.append(item)
-        if item[0] in ("done", "error"):
-            self.done.set()
 
 
 class Unbatched:
