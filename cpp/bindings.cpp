@@ -14,6 +14,7 @@
 
 #include "pytransformer/decode.h"
 #include "pytransformer/dispatch.h"
+#include "pytransformer/nogil.h"
 
 namespace py = pybind11;
 
@@ -187,23 +188,7 @@ using py::arg;
 using O = const py::object&;
 const auto& K() { return pt::active(); }
 
-// The GIL released while a kernel runs (when `release`), taken back at the end of the scope. Unlike
-// py::gil_scoped_release, its destructor may throw: a thread that finishes a kernel while the interpreter is
-// exiting (a daemon thread) is ended by CPython inside PyEval_RestoreThread with pthread_exit, a forced unwind that
-// pybind11 lets through, but that a noexcept destructor turns into std::terminate ("terminate called without an
-// active exception", exit status 134).
-class NoGil {
- public:
-  explicit NoGil(bool release = true) : state_(release ? PyEval_SaveThread() : nullptr) {}
-  NoGil(const NoGil&) = delete;
-  NoGil& operator=(const NoGil&) = delete;
-  ~NoGil() noexcept(false) {
-    if (state_) PyEval_RestoreThread(state_);
-  }
-
- private:
-  PyThreadState* state_;
-};
+using pt::NoGil;  // (pytransformer/nogil.h: the GIL released while a kernel runs)
 
 // Small calls keep the GIL: releasing it before a microsecond of work lets another Python thread (a server's
 // event loop) take it for up to the interpreter's switch interval (5 ms) before this thread gets it back.

@@ -10,6 +10,7 @@
 
 #include "kernels.h"
 #include "pytransformer/kernels.h"  // (the GGUF block table: quant_row_bytes)
+#include "pytransformer/nogil.h"
 
 namespace py = pybind11;
 namespace cu = pt::cuda;
@@ -96,7 +97,7 @@ void bind_map(py::module_& m, const char* name, void (*fn)(float*, const float*,
   m.def(name, [=](py::object out, py::object inp, int64_t n) {
     auto* o = dev<float>(out, out_name, n);
     auto* x = dev<float>(inp, in_name, n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     fn(o, x, n);
   });
 }
@@ -106,7 +107,7 @@ void bind_map2(py::module_& m, const char* name, void (*fn)(float*, const float*
     auto* o = dev<float>(out, out_name, n);
     auto* x = dev<float>(a, a_name, n);
     auto* y = dev<float>(b, b_name, n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     fn(o, x, y, n);
   });
 }
@@ -123,7 +124,7 @@ PYBIND11_MODULE(_cuda, m) {
     }
   });
   using py::arg;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  const auto nogil = py::call_guard<pt::NoGil>();
 
   // --- runtime ---
   m.def("device_count", &cu::device_count);
@@ -136,12 +137,12 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readonly("nbytes", &Buffer::nbytes);
   m.def("copy_to_device", [](uintptr_t dst, py::array src, size_t bytes) {
     const void* p = host_ptr(src, bytes, false);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::copy_to_device(reinterpret_cast<void*>(dst), p, bytes);
   });
   m.def("copy_to_host", [](py::array dst, uintptr_t src, size_t bytes) {
     void* p = host_ptr(dst, bytes, true);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::copy_to_host(p, reinterpret_cast<const void*>(src), bytes);
   });
   m.def("copy_on_device", [](uintptr_t dst, uintptr_t src, size_t bytes) {
@@ -157,7 +158,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* x = dev<float>(inp, "inp", N * IC);
     auto* w = dev<float>(weight, "weight", OC * IC);
     auto* b = dev<float>(bias, "bias", OC, true);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::matmul_forward(o, x, w, b, N, IC, OC);
   });
   m.def("matmul_backward", [](py::object dinp, py::object dweight, py::object dbias, py::object dout,
@@ -168,7 +169,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* g = dev<float>(dout, "dout", N * OC);
     auto* x = dev<float>(inp, "inp", N * IC);
     auto* w = dev<float>(weight, "weight", OC * IC);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::matmul_backward(dx, dw, db, g, x, w, N, IC, OC);
   });
   m.def("matmul_q_forward", [](py::object out, py::object inp, py::object weight, int qtype, py::object bias,
@@ -178,7 +179,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* x = dev<float>(inp, "inp", N * IC);
     auto* w = dev<uint8_t>(weight, "weight", OC * rb);
     auto* b = dev<float>(bias, "bias", OC, true);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
   });
   m.def("dequantize_rows", [](py::object out, py::object src, int qtype, py::object ids, int64_t rows, int64_t N,
@@ -188,7 +189,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* s = dev<uint8_t>(src, "src", rows * rb);
     auto* id = dev<int64_t>(ids, "ids", N, true);
     if (!id && N > rows) throw py::value_error("dequantize_rows: N exceeds the rows of src");
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     if (id) check_device_ids(id, N, rows, "ids");
     cu::dequantize_rows(o, s, qtype, id, N, C);
   });
@@ -200,7 +201,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* x = dev<float>(inp, "inp", N * C);
     auto* w = dev<float>(weight, "weight", C);
     auto* b = dev<float>(bias, "bias", C, true);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::layernorm_forward(o, mu, rs, x, w, b, N, C, eps);
   });
   m.def("layernorm_backward", [](py::object dinp, py::object dweight, py::object dbias, py::object dout,
@@ -214,7 +215,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* w = dev<float>(weight, "weight", C);
     auto* mu = dev<float>(mean, "mean", N);
     auto* rs = dev<float>(rstd, "rstd", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::layernorm_backward(dx, dw, db, g, x, w, mu, rs, N, C);
   });
   m.def("rmsnorm_forward", [](py::object out, py::object rstd, py::object inp, py::object weight, int64_t N,
@@ -223,7 +224,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* rs = dev<float>(rstd, "rstd", N, true);
     auto* x = dev<float>(inp, "inp", N * C);
     auto* w = dev<float>(weight, "weight", C);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::rmsnorm_forward(o, rs, x, w, N, C, eps);
   });
   m.def("rmsnorm_backward", [](py::object dinp, py::object dweight, py::object dout, py::object inp,
@@ -234,20 +235,20 @@ PYBIND11_MODULE(_cuda, m) {
     auto* x = dev<float>(inp, "inp", N * C);
     auto* w = dev<float>(weight, "weight", C);
     auto* rs = dev<float>(rstd, "rstd", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::rmsnorm_backward(dx, dw, g, x, w, rs, N, C);
   });
   m.def("gelu_forward", [](py::object out, py::object inp, int64_t n, int approximate) {
     auto* o = dev<float>(out, "out", n);
     auto* x = dev<float>(inp, "inp", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::gelu_forward(o, x, n, approximate);
   });
   m.def("gelu_backward", [](py::object dinp, py::object inp, py::object dout, int64_t n, int approximate) {
     auto* dx = dev<float>(dinp, "dinp", n);
     auto* x = dev<float>(inp, "inp", n);
     auto* g = dev<float>(dout, "dout", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::gelu_backward(dx, x, g, n, approximate);
   });
   bind_map(m, "tanh_forward", cu::tanh_forward, "out", "inp");
@@ -262,20 +263,20 @@ PYBIND11_MODULE(_cuda, m) {
     auto* g = dev<float>(dout, "dout", n);
     auto* x = dev<float>(gate, "gate", n);
     auto* u = dev<float>(up, "up", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::swiglu_backward(dg, du, g, x, u, n);
   });
   m.def("softmax_forward", [](py::object out, py::object inp, int64_t N, int64_t C) {
     auto* o = dev<float>(out, "out", N * C);
     auto* x = dev<float>(inp, "inp", N * C);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::softmax_forward(o, x, N, C);
   });
   m.def("softmax_backward", [](py::object dinp, py::object out, py::object dout, int64_t N, int64_t C) {
     auto* dx = dev<float>(dinp, "dinp", N * C);
     auto* o = dev<float>(out, "out", N * C);
     auto* g = dev<float>(dout, "dout", N * C);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::softmax_backward(dx, o, g, N, C);
   });
   m.def("crossentropy_forward", [](py::object losses, py::object lse, py::object logits, py::object targets,
@@ -284,7 +285,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* s = dev<float>(lse, "lse", N);
     auto* x = dev<float>(logits, "logits", N * V);
     auto* t = dev<int64_t>(targets, "targets", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(t, N, V, "targets", true, ignore_index);
     return cu::crossentropy_forward(l, s, x, t, N, V, ignore_index, smoothing);
   });
@@ -294,7 +295,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* x = dev<float>(logits, "logits", N * V);
     auto* s = dev<float>(lse, "lse", N);
     auto* t = dev<int64_t>(targets, "targets", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(t, N, V, "targets", true, ignore_index);
     cu::crossentropy_backward(dx, x, s, t, dloss, N, V, ignore_index, smoothing);
   });
@@ -303,7 +304,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* o = dev<float>(out, "out", N * C);
     auto* i = dev<int64_t>(ids, "ids", N);
     auto* t = dev<float>(table, "table", V * C);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(i, N, V, "ids");
     cu::embedding_forward(o, i, t, N, V, C);
   });
@@ -312,33 +313,33 @@ PYBIND11_MODULE(_cuda, m) {
     auto* dt = dev<float>(dtable, "dtable", V * C);
     auto* g = dev<float>(dout, "dout", N * C);
     auto* i = dev<int64_t>(ids, "ids", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(i, N, V, "ids");
     cu::embedding_backward(dt, g, i, N, V, C);
   });
   bind_map2(m, "residual_forward", cu::residual_forward, "out", "a", "b");
   m.def("scale_inplace", [](py::object x, int64_t n, float factor) {
     auto* p = dev<float>(x, "x", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::scale_inplace(p, n, factor);
   });
   m.def("residual_backward", [](py::object da, py::object db, py::object dout, int64_t n) {
     auto* x = dev<float>(da, "da", n, true);
     auto* y = dev<float>(db, "db", n, true);
     auto* g = dev<float>(dout, "dout", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::residual_backward(x, y, g, n);
   });
   m.def("dropout_forward", [](py::object out, py::object inp, int64_t n, float p, uint64_t seed) {
     auto* o = dev<float>(out, "out", n);
     auto* x = dev<float>(inp, "inp", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::dropout_forward(o, x, n, p, seed);
   });
   m.def("dropout_backward", [](py::object dinp, py::object dout, int64_t n, float p, uint64_t seed) {
     auto* dx = dev<float>(dinp, "dinp", n);
     auto* g = dev<float>(dout, "dout", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::dropout_backward(dx, g, n, p, seed);
   });
   m.def("rope_forward", [](py::object out, py::object inp, py::object cos, py::object sin, py::object positions,
@@ -348,7 +349,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* c = dev<float>(cos, "cos", P * (HS / 2));
     auto* s = dev<float>(sin, "sin", P * (HS / 2));
     auto* pos = dev<int64_t>(positions, "positions", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(pos, N, P, "positions");
     cu::rope_forward(o, x, c, s, pos, N, NH, HS, P, interleaved);
   });
@@ -359,7 +360,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* c = dev<float>(cos, "cos", P * (HS / 2));
     auto* s = dev<float>(sin, "sin", P * (HS / 2));
     auto* pos = dev<int64_t>(positions, "positions", N);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     check_device_ids(pos, N, P, "positions");
     cu::rope_backward(dx, g, c, s, pos, N, NH, HS, P, interleaved);
   });
@@ -373,7 +374,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* vp = dev<float>(v, "v", B * NKV * Tkv * HS);
     auto* mk = dev<uint8_t>(key_mask, "key_mask", B * Tk, true);
     if (NKV <= 0 || NH % NKV || Tk > Tkv) throw py::value_error("attention_forward: inconsistent sizes");
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
   });
   m.def("attention_backward", [](py::object dq, py::object dk, py::object dv, py::object dout, py::object out,
@@ -391,7 +392,7 @@ PYBIND11_MODULE(_cuda, m) {
     auto* vp = dev<float>(v, "v", B * NKV * Tk * HS);
     auto* mk = dev<uint8_t>(key_mask, "key_mask", B * Tk, true);
     if (NKV <= 0 || NH % NKV) throw py::value_error("attention_backward: inconsistent sizes");
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, HS, causal, scale, bthd);
   });
   m.def("adamw_step", [](py::object params, py::object m_, py::object v, py::object grads, int64_t n, float lr,
@@ -400,12 +401,12 @@ PYBIND11_MODULE(_cuda, m) {
     auto* mm = dev<float>(m_, "m", n);
     auto* vv = dev<float>(v, "v", n);
     auto* g = dev<float>(grads, "grads", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     cu::adamw_step(p, mm, vv, g, n, lr, beta1, beta2, eps, weight_decay, step);
   });
   m.def("sum_squares", [](py::object x, int64_t n) {
     auto* p = dev<float>(x, "x", n);
-    py::gil_scoped_release release;
+    const pt::NoGil release;
     return cu::sum_squares(p, n);
   });
 }
