@@ -325,6 +325,6 @@ def test_the_cli_says_a_port_is_in_use_in_one_line(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "pytransformer", "serve", "smollm2", "--port", str(port)],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)  # (not the checkout's sources)
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
         f"pytransformer serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"], p.stderr
