@@ -215,18 +215,31 @@ def _masked_scores(q, k, causal, key_mask, scale):
     HS = q.shape[-1]
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
     s = np.asarray(q, np.float64) @ np.swapaxes(np.asarray(k, np.float64), -1, -2) * scale
-    return np.where(attention_visible(q.shape[2], k.shape[2], causal, key_mask), s, -np.inf)
+    visible = np.broadcast_to(attention_visible(q.shape[2], k.shape[2], causal, key_mask), s.shape)
+    return np.where(visible, s, -np.inf), visible
 
 
-def _masked_softmax(s):
-    """-> p, lse over the last axis; rows that are all -inf (or empty: no key at all) give p = 0 and lse = -inf."""
-    m = s.max(-1, keepdims=True, initial=-np.inf)
-    any_visible = np.isfinite(m)
-    e = np.exp(s - np.where(any_visible, m, 0.0))
-    denom = np.where(any_visible, e.sum(-1, keepdims=True), 1.0)
-    p = np.where(any_visible, e / denom, 0.0)
-    lse = np.where(any_visible, m + np.log(denom), -np.inf)[..., 0]
+def _masked_softmax(s, visible):
+    """-> p, lse over the last axis. A row that sees no key (masked, or no key at all) gives p = 0 and lse = -inf
+    whatever its scores; a row whose visible scores hold NaN or +inf, or are all -inf, gives NaN (NaN in, NaN out,
+    as the kernels do)."""
+    sees = visible.any(-1, keepdims=True)
+    m = np.where(visible, s, -np.inf).max(-1, keepdims=True, initial=-np.inf)  # (a NaN score: m is NaN)
+    with np.errstate(invalid="ignore"):  # (inf - inf: the row is NaN, as it should be)
+        e = np.where(visible, np.exp(s - np.where(sees, m, 0.0)), 0.0)
+    denom = e.sum(-1, keepdims=True)
+    p = np.where(sees, e / np.where(sees, denom, 1.0), 0.0)
+    lse = np.where(sees, m + np.log(np.where(sees, denom, 1.0)), -np.inf)[..., 0]
     return p, lse
+
+
+def _visible_product(p, visible, v):
+    """p (..., Tq, Tk) @ v (..., Tk, HS) over the visible keys only: a hidden key's value never reaches a query (a
+    NaN there stays out), a visible one's NaN or inf does."""
+    finite = np.isfinite(v)
+    out = p @ np.where(finite, v, 0.0)
+    reached = (visible.astype(np.float64) @ (~finite).astype(np.float64)) > 0  # (..., Tq, HS)
+    return np.where(reached, np.nan, out)
 
 
 def _grouped(kv, NH):
@@ -237,13 +250,14 @@ def _grouped(kv, NH):
 def attention_forward(q, k, v, causal=False, key_mask=None, scale=None):
     """q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) -> out (B, NH, Tq, HS), lse (B, NH, Tq). Dense, O(Tq * Tk)."""
     k, v = _grouped(k, q.shape[1]), _grouped(v, q.shape[1])
-    p, lse = _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))
-    return p @ v, lse
+    s, visible = _masked_scores(q, k, causal, key_mask, scale)
+    p, lse = _masked_softmax(s, visible)
+    return _visible_product(p, visible, v), lse
 
 
 def attention_probs(q, k, causal=False, key_mask=None, scale=None):
     """The softmax weights (B, NH, Tq, Tk); rows with no visible key are 0."""
-    return _masked_softmax(_masked_scores(q, k, causal, key_mask, scale))[0]
+    return _masked_softmax(*_masked_scores(q, k, causal, key_mask, scale))[0]
 
 
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None):
@@ -252,7 +266,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
     k, v = _grouped(k, NH), _grouped(v, NH)
     q, dout, out = (np.asarray(a, np.float64) for a in (q, dout, out))
-    s = _masked_scores(q, k, causal, key_mask, scale)
+    s, _ = _masked_scores(q, k, causal, key_mask, scale)
     lse = np.asarray(lse, np.float64)[..., None]
     p = np.where(np.isfinite(s) & np.isfinite(lse), np.exp(s - np.where(np.isfinite(lse), lse, 0.0)), 0.0)
     dv = np.swapaxes(p, -1, -2) @ dout

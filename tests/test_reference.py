@@ -188,3 +188,24 @@ def test_label_smoothed_crossentropy_backward_matches_finite_differences(r):
     _, _, lse = ref.crossentropy_forward(x, t, label_smoothing=0.1)
     check(lambda: ref.crossentropy_forward(x, t, label_smoothing=0.1)[0], x,
           ref.crossentropy_backward(x, t, lse, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("causal,masked", [(False, False), (True, False), (False, True)])
+def test_attention_reference_and_kernel_agree_on_non_finite_input(rng, causal, masked):
+    """NaN in, NaN out, the same rows in the float64 spec and the kernel: a poisoned query row, a visible and a
+    hidden key or value row (a hidden one never reaches a query), a row that sees no key (zeros, lse -inf)."""
+    from pytransformer import ops
+
+    B, NH, NKV, T, HS = 2, 4, 2, 9, 8
+    mask = np.ones((B, T), bool)
+    if masked:
+        mask[1, 5:] = False  # (row 1's keys 5.. hidden)
+    for poison in ("q", "k_visible", "v_visible", "k_hidden", "v_hidden"):
+        q, k, v = (rng.standard_normal((B, h, T, HS)).astype(np.float32) for h in (NH, NKV, NKV))
+        target = {"q": q, "k_visible": k, "v_visible": v, "k_hidden": k, "v_hidden": v}[poison]
+        row = 7 if (poison.endswith("hidden") and masked) else 2
+        target[1, 0, row, 3] = np.nan
+        want_out, want_lse = ref.attention_forward(q, k, v, causal, mask if masked else None)
+        got_out, got_lse = ops.attention_forward(q, k, v, causal, mask if masked else None)
+        np.testing.assert_array_equal(np.isnan(got_out), np.isnan(want_out), err_msg=poison)
+        np.testing.assert_array_equal(np.isnan(got_lse), np.isnan(want_lse), err_msg=poison)
