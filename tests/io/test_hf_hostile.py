@@ -86,6 +86,17 @@ def bounded(load, what, seconds=5.0, peak_bytes=64 << 20):
 
 # --- config.json -----------------------------------------------------------------------------------------------
 
+def load_and_run(path, run=True):
+    """from_pretrained(path), then one forward of three tokens; a ValueError must name the path it came from."""
+    try:
+        model = from_pretrained(path)
+    except ValueError as e:
+        assert str(e).startswith(str(path)), str(e)
+        raise
+    if run:
+        model(np.array([[0, 1, 2]]))
+
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_size_field_out_of_range_is_refused_by_name(family, tmp_path):
@@ -147,13 +158,7 @@ def test_fuzzed_configs_load_or_raise_value_error_naming_the_folder(family, tmp_
         (folder / "config.json").write_text(json.dumps(cfg))
 
         def load():
-            try:
-                model = from_pretrained(folder)
-            except ValueError as e:
-                assert str(e).startswith(str(folder)), str(e)
-                raise
-            if family != "vit":
-                model(np.array([[0, 1, 2]]))
+            load_and_run(folder, run=family != "vit")
 
         outcomes.append(bounded(load, json.dumps({k: v for k, v in cfg.items() if v != good.get(k)})[:300]))
     assert any(outcomes) and not all(outcomes)
@@ -203,12 +208,7 @@ def test_fuzzed_gguf_llama_metadata_loads_or_raises_value_error_naming_the_file(
         tiny_gguf.llama(path, **changes)
 
         def load():
-            try:
-                model = from_pretrained(path)
-            except ValueError as e:
-                assert str(e).startswith(str(path)), str(e)
-                raise
-            model(np.array([[0, 1, 2]]))
+            load_and_run(path)
 
         outcomes.append(bounded(load, str(changes)[:300]))
     assert any(outcomes) and not all(outcomes)
@@ -332,12 +332,7 @@ def test_fuzzed_safetensors_headers_load_or_raise_value_error(tmp_path):
         path.write_bytes(struct.pack("<Q", length) + text + data)
 
         def load():
-            try:
-                model = from_pretrained(folder)
-            except ValueError as e:
-                assert str(e).startswith(str(folder)), str(e)
-                raise
-            model(np.array([[0, 1, 2]]))
+            load_and_run(folder)
 
         outcomes.append(bounded(load, what))
     assert any(outcomes) and not all(outcomes)
