@@ -387,11 +387,15 @@ constexpr int64_t kParallelElements = 1 << 16;
 constexpr int64_t kParallelMacs = 1 << 20;
 constexpr int64_t kParallelGemvMacs = 1 << 18;  // a product with 1-3 rows streams its weights from memory
 
-// Runs f(begin, end) over [0, n) in chunks spread over the threads; serial when n is small.
+// Runs f(begin, end) over [0, n) in chunks spread over the threads; serial when n is small. The threads take
+// chunks as they come free (dynamic), not a fixed share each: when one shares its core with another thread
+// (NumPy's OpenBLAS pool spins about 0.1 s after each call), the other takes over more of the work instead of
+// waiting for it at the end (bench/contention.py --cases after). Each element is computed alone, so the result
+// does not depend on which thread computes it.
 template <class F>
 inline void parallel_chunks(int64_t n, int64_t chunk, F f) {
   int64_t nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (nchunks > 1 && n >= kParallelElements)
+#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (nchunks > 1 && n >= kParallelElements)
   for (int64_t c = 0; c < nchunks; c++) {
     int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
     f(b, e);
