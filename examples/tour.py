@@ -230,8 +230,8 @@ def bert():
     import numpy as np
     from pytransformer.models import BERT, BertConfig, mask_tokens
 
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=0, nsp=True)
+    cfg = BertConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                     intermediate_size=64, max_positions=32, num_labels=0, nsp=True)
     model = BERT(cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 100, (2, 16))
@@ -310,8 +310,8 @@ def vit():
     import numpy as np
     from pytransformer.models import ViT, ViTConfig
 
-    model = ViT(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64, num_labels=10))
+    model = ViT(ViTConfig(image_size=8, patch_size=2, num_channels=1, n_embd=32, n_layer=2,
+                          n_head=4, intermediate_size=64, num_labels=10))
     images = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
     with model.evaluating():
         print("logits:", model(images).shape, "from", (8 // 2) ** 2, "patches + 1 class token")

@@ -215,8 +215,8 @@ def test_score_matches_transformers_loss_on_the_gpt2_fixture():
 def test_encoder_decoder_greedy_with_the_cache_equals_recomputing(rng):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=2, n_decoder_layers=2,
-                                          d_ff=40, max_len=16), seed=3)
+    model = Transformer(TransformerConfig(13, 17, n_embd=24, n_head=3, n_encoder_layer=2, n_decoder_layer=2,
+                                          intermediate_size=40, max_positions=16), seed=3)
     src = rng.integers(2, 13, (3, 9))
     src_mask = np.ones((3, 9), bool)
     src_mask[1, 6:] = False  # a padded source
@@ -350,8 +350,8 @@ def recompute_beams(next_logits, prompt, eos, max_len, beam_size, alpha):
 def test_beam_search_on_the_cache_equals_recomputing(rng, beam_size, masked):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
-                                          d_ff=32, max_len=16), seed=beam_size)
+    model = Transformer(TransformerConfig(11, 9, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=2,
+                                          intermediate_size=32, max_positions=16), seed=beam_size)
     src = rng.integers(2, 11, (1, 8))
     mask = None
     if masked:
@@ -507,8 +507,8 @@ def test_non_finite_logits_raise_instead_of_generating(rng, value):
 def test_non_finite_logits_raise_in_the_encoder_decoder_too(rng):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=1,
-                                          d_ff=32, max_len=16), seed=1)
+    model = Transformer(TransformerConfig(11, 9, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=1,
+                                          intermediate_size=32, max_positions=16), seed=1)
     src = rng.integers(2, 11, (2, 6))
     model.greedy_decode(src, 0, 1, 5)  # fine before
     model.decoder[0].ffn.sublayer.fc2.weight.data[0, 0] = np.nan
@@ -537,8 +537,8 @@ def test_the_encoder_decoder_samples_through_the_same_loop(rng):
     model, and top_k=1 is greedy_decode."""
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
-                                          d_ff=40, max_len=16), seed=5)
+    model = Transformer(TransformerConfig(13, 17, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=2,
+                                          intermediate_size=40, max_positions=16), seed=5)
     src = rng.integers(2, 13, (3, 7))
     src_mask = np.ones((3, 7), bool)
     src_mask[2, 5:] = False
