@@ -37,6 +37,11 @@ class TransformerConfig(ModelConfig):
              "intermediate_size", "max_positions")
 
 
+def _key_mask(src_mask):
+    """src_mask (B, S), nonzero = a real source token -> the attention kernels' bool key mask, or None."""
+    return None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+
+
 def _scaled(x, scale):
     """x * scale, in place: x is an embedding's fresh output or gradient."""
     return ops.scale_(x, float(scale))
@@ -80,10 +85,9 @@ class Transformer(Model):
     def encode(self, src, src_mask=None):
         """-> memory (B, S, C)."""
         src = check_ids(src, "src", self.config.max_positions)
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        mask = _key_mask(src_mask)
         self._begin_forward()
-        x = _scaled(self.src_emb.forward(src), self.scale)
-        x = self.src_drop.forward(self.src_pos.forward(x))
+        x = self._embed(self.src_emb, self.src_pos, self.src_drop, src)
         for block in self.encoder:
             x = block.forward(x, mask)
         return x
@@ -91,10 +95,9 @@ class Transformer(Model):
     def decode(self, tgt_in, memory, src_mask=None):
         """-> logits (B, T, V_tgt) for target inputs (shifted right, starting with BOS)."""
         tgt_in = check_ids(tgt_in, "tgt", self.config.max_positions)
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        mask = _key_mask(src_mask)
         self._begin_forward()
-        y = _scaled(self.tgt_emb.forward(tgt_in), self.scale)
-        y = self.tgt_drop.forward(self.tgt_pos.forward(y))
+        y = self._embed(self.tgt_emb, self.tgt_pos, self.tgt_drop, tgt_in)
         for block in self.decoder:
             y = block.forward(y, memory, mask)
         return self.out.forward(y)
@@ -117,11 +120,19 @@ class Transformer(Model):
         for block in reversed(self.decoder):
             dy, dm = block.backward(dy)
             dmemory = dm if dmemory is None else ops.add_into(dmemory, dm)
-        self.tgt_emb.backward(_scaled(self.tgt_pos.backward(self.tgt_drop.backward(dy)), self.scale))
+        self._embed_backward(self.tgt_emb, self.tgt_pos, self.tgt_drop, dy)
         dx = dmemory
         for block in reversed(self.encoder):
             dx = block.backward(dx)
-        self.src_emb.backward(_scaled(self.src_pos.backward(self.src_drop.backward(dx)), self.scale))
+        self._embed_backward(self.src_emb, self.src_pos, self.src_drop, dx)
+
+    def _embed(self, emb, pos, drop, ids, position_ids=None):
+        """ids (B, T) -> dropout(embedding * sqrt(C) + positions) (B, T, C), for the source or the target side."""
+        return drop.forward(pos.forward(_scaled(emb.forward(ids), self.scale), position_ids))
+
+    def _embed_backward(self, emb, pos, drop, dout):
+        """dout (B, T, C) -> the embedding's gradient (of the side _embed ran)."""
+        emb.backward(_scaled(pos.backward(drop.backward(dout)), self.scale))
 
     # --- decoding: pytransformer.generate drives the decoder of a batch of sources ---------------------------
 
@@ -132,7 +143,7 @@ class Transformer(Model):
         with self.evaluating():
             memory = self.encode(src, src_mask)
             memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        mask = _key_mask(src_mask)
         if copies != 1:
             memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, copies, axis=0)) for a in kv) for kv in memory_kv]
             mask = None if mask is None else np.repeat(mask, copies, axis=0)
@@ -187,8 +198,7 @@ class _SourceDecoder:
         m, N = self.model, tokens.shape[0]
         memory_kv = self.memory_kv if N == self.rows else [(k[:N], v[:N]) for k, v in self.memory_kv]
         mask = None if self.mask is None else self.mask[:N]
-        y = _scaled(m.tgt_emb.forward(check_ids(tokens, "tokens")), m.scale)
-        y = m.tgt_drop.forward(m.tgt_pos.forward(y, position_ids))
+        y = m._embed(m.tgt_emb, m.tgt_pos, m.tgt_drop, check_ids(tokens, "tokens"), position_ids)
         for i, block in enumerate(m.decoder):
             y = block.forward(y, None, mask, cache=cache.layer(i), key_mask=key_mask, memory_kv=memory_kv[i])
         cache.length += tokens.shape[1]
