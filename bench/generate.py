@@ -120,7 +120,6 @@ def main():
     tmodel = TorchKVGPT(model) if torch else None  # float32 weights
     hf = hf_gpt2(model) if torch else None
     f32_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
-    info = pytransformer.cpu_info()
     print(f"# {machine(torch=torch.__version__ if torch else None)}; "
           f"GPT-2 small {model.num_parameters() / 1e6:.0f}M, batch {args.batch}, prompt {args.prompt}, "
           f"{args.new} new tokens, greedy")
@@ -172,7 +171,7 @@ def main():
             print(line)
         model.set_weight_dtype("float32")
     if args.json:
-        write_json(args.json, {"args": vars(args), "cpu_info": info, "rows": rows})
+        write_json(args.json, {"args": vars(args), "cpu_info": pytransformer.cpu_info(), "rows": rows})
         if args.plot:
             plot(rows, os.path.splitext(args.json)[0] + ".png", args)
 

@@ -191,7 +191,6 @@ def main():
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)
     del ours
-    info = pytransformer.cpu_info()
     print(f"# {machine()}; {os.path.basename(path)} "
           f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
           f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}; each engine in its own process")
@@ -239,7 +238,8 @@ def main():
                                                         f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
             print(f"| {row['threads']} | {name} | {d:.1f} | {p:.0f} | {ratio} |")
     if args.json:
-        write_json(args.json, {"args": vars(args), "model": os.path.basename(path), "cpu_info": info,
+        write_json(args.json, {"args": vars(args), "model": os.path.basename(path),
+                               "cpu_info": pytransformer.cpu_info(),
                                "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
                                "file_MiB": size, "rows": rows})
         if args.plot:
