@@ -40,13 +40,13 @@ class SentenceEncoder:
         if os.path.exists(st_cfg):
             with open(st_cfg) as f:
                 self.max_seq_length = json.load(f).get("max_seq_length", 256)
-        self.max_seq_length = min(self.max_seq_length, self.model.config.max_position_embeddings)
+        self.max_seq_length = min(self.max_seq_length, self.model.config.max_positions)
         self.tokenizer = WordPieceTokenizer.from_file(os.path.join(path, "vocab.txt"), lowercase=lowercase,
                                                       max_length=self.max_seq_length)
 
     @property
     def dim(self) -> int:
-        return self.model.config.hidden_size
+        return self.model.config.n_embd
 
     def encode(self, sentences, batch_size: int = 32, normalize: bool = True, show_progress: bool = False):
         """list of str -> (N, dim) float32, unit-norm rows (mean pooling; normalize=False keeps the raw means).
