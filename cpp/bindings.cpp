@@ -14,24 +14,14 @@
 
 #include "pytransformer/decode.h"
 #include "pytransformer/dispatch.h"
+#include "pytransformer/dtype_name.h"
 #include "pytransformer/nogil.h"
 
 namespace py = pybind11;
 
 namespace {
 
-template <class T>
-const char* dtype_name();
-template <>
-const char* dtype_name<float>() { return "float32"; }
-template <>
-const char* dtype_name<int64_t>() { return "int64"; }
-template <>
-const char* dtype_name<uint8_t>() { return "uint8"; }
-template <>
-const char* dtype_name<uint16_t>() { return "uint16 (bfloat16 bits)"; }
-template <>
-const char* dtype_name<int8_t>() { return "int8"; }
+using pt::dtype_name;
 
 std::string shape_str(const py::array& a) {
   std::ostringstream s;

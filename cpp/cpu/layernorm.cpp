@@ -43,14 +43,7 @@ inline float row_centered_sumsq(const float* x, float mean, int64_t C) {
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int64_t N, int64_t C, float eps) {
   if (N == 0 || C == 0) return;  // C = 0 is refused by ops.layernorm_forward
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
-    const float* x = inp + n * C;
-    float* y = out + n * C;
-    if (n + 1 < N) {
-      prefetch_row(x + C, C);
-      prefetch_row_for_write(y + C, C);
-    }
+  map_rows(out, inp, N, C, [&](int64_t n, const float* x, float* y) {
     float mu = row_sum(x, C) / (float)C;
     float rs = 1.f / std::sqrt(row_centered_sumsq(x, mu, C) / (float)C + eps);
     mean[n] = mu;
@@ -66,7 +59,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
                         load_partial(bias + i, r)),
                     r);
     }
-  }
+  });
 }
 
 // dinp (N, C) overwritten; dweight, dbias (C) accumulated. dweight/dbias are summed per block of rows (the

@@ -450,6 +450,23 @@ inline void prefetch_row_for_write(float* p, int64_t n) {
   for (int64_t i = 0; i < n * 4; i += 64) __builtin_prefetch(c + i, 1, 3);
 }
 
+// A row-wise map from in (N, C) to out (N, C): row(n, x, y) for each row n (x = its input, y = its output), in
+// parallel when N * C is worth a team; while row n is computed, row n + 1 of in is fetched and of out owned for
+// writing.
+template <class Row>
+inline void map_rows(float* out, const float* in, int64_t N, int64_t C, Row row) {
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
+  for (int64_t n = 0; n < N; n++) {
+    const float* x = in + n * C;
+    float* y = out + n * C;
+    if (n + 1 < N) {
+      prefetch_row(x + C, C);
+      prefetch_row_for_write(y + C, C);
+    }
+    row(n, x, y);
+  }
+}
+
 constexpr int64_t kElementChunk = 1 << 15;
 
 // A per-thread scratch area, 64-byte aligned (a full-vector load never splits a cache line), grown on

@@ -67,21 +67,14 @@ inline float row_dot(const float* a, const float* b, int64_t C) {
 // out (N, C) = softmax(inp) over C
 void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;  // nothing to write: never loop over empty rows
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
-    const float* x = inp + n * C;
-    float* y = out + n * C;
-    if (n + 1 < N) {
-      prefetch_row(x + C, C);
-      prefetch_row_for_write(y + C, C);
-    }
+  map_rows(out, inp, N, C, [&](int64_t, const float* x, float* y) {
     float sum = row_exp_shifted(y, x, row_max(x, C), C);
     V inv = set1(1.f / sum);
     for (int64_t i = 0; i < C; i += W) {
       int64_t r = C - i < W ? C - i : W;
       storen(y + i, mul(loadn(y + i, r), inv), r);
     }
-  }
+  });
 }
 
 // dinp (N, C) = out * (dout - sum(dout * out)); dinp may alias dout

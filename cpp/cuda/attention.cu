@@ -83,6 +83,16 @@ __device__ __forceinline__ QueryRows query_rows(const Layout& L, int64_t Tk, boo
   r.kend = !causal ? Tk : needed < 0 ? 0 : needed < Tk ? needed : Tk;
   return r;
 }
+// Keys [j0, j0 + n) of the block's key/value head into k_tile and v_tile ([n][HS] each, n = min(tile, kend - j0)),
+// the whole block synchronised before (every warp is done with the previous tile) and after -> n
+__device__ __forceinline__ int64_t stage_keys(float* k_tile, float* v_tile, const float* k, const float* v,
+                                              const Layout& L, const QueryRows& r, int64_t j0, int64_t tile) {
+  const int64_t n = r.kend - j0 < tile ? r.kend - j0 : tile;
+  __syncthreads();
+  stage(k_tile, v_tile, k, v, L, true, r.b, r.g, j0, n);
+  __syncthreads();
+  return n;
+}
 
 __global__ void attention_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
                                          const uint8_t* key_mask, Layout L, int64_t Tk, bool causal, float scale,
@@ -91,46 +101,40 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* q,
   float* k_tile = smem;
   float* v_tile = smem + tile * L.HS;
   const QueryRows r = query_rows(L, Tk, causal);
-  const int64_t bh = r.bh, b = r.b, h = r.h, g = r.g, i = r.i, shift = r.shift, kend = r.kend;
-  const int lane = r.lane;
-  const bool active = r.active;
 
   float qs[kMaxSlots], acc[kMaxSlots];
-  load_slots(qs, q + L.q_row(b, h, active ? i : 0), L.HS, lane, scale);
+  load_slots(qs, q + L.q_row(r.b, r.h, r.active ? r.i : 0), L.HS, r.lane, scale);
 #pragma unroll
   for (int s = 0; s < kMaxSlots; s++) acc[s] = 0.f;
   float m = -INFINITY, l = 0.f;
-  for (int64_t j0 = 0; j0 < kend; j0 += tile) {
-    const int64_t n = kend - j0 < tile ? kend - j0 : tile;
-    __syncthreads();  // every warp is done with the previous tile
-    stage(k_tile, v_tile, k, v, L, true, b, g, j0, n);
-    __syncthreads();
-    if (!active) continue;
+  for (int64_t j0 = 0; j0 < r.kend; j0 += tile) {
+    const int64_t n = stage_keys(k_tile, v_tile, k, v, L, r, j0, tile);
+    if (!r.active) continue;
     for (int64_t jj = 0; jj < n; jj++) {
       const int64_t j = j0 + jj;
-      if (causal && j > i + shift) break;
-      if (key_mask && !key_mask[b * Tk + j]) continue;
-      const float s = dot_slots(qs, k_tile + jj * L.HS, L.HS, lane);
+      if (causal && j > r.i + r.shift) break;
+      if (key_mask && !key_mask[r.b * Tk + j]) continue;
+      const float s = dot_slots(qs, k_tile + jj * L.HS, L.HS, r.lane);
       const float m_new = fmaxf(m, s);
       const float alpha = expf(m - m_new), p = expf(s - m_new);
       l = l * alpha + p;
 #pragma unroll
       for (int t = 0; t < kMaxSlots; t++) {
-        const int64_t d = lane + kWarp * t;
+        const int64_t d = r.lane + kWarp * t;
         if (d < L.HS) acc[t] = acc[t] * alpha + p * v_tile[jj * L.HS + d];
       }
       m = m_new;
     }
   }
-  if (!active) return;
-  float* o = out + L.q_row(b, h, i);
+  if (!r.active) return;
+  float* o = out + L.q_row(r.b, r.h, r.i);
   const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
   for (int t = 0; t < kMaxSlots; t++) {
-    const int64_t d = lane + kWarp * t;
+    const int64_t d = r.lane + kWarp * t;
     if (d < L.HS) o[d] = acc[t] * inv;
   }
-  if (lane == 0) lse[bh * L.Tq + i] = l > 0.f ? m + logf(l) : -INFINITY;
+  if (r.lane == 0) lse[r.bh * L.Tq + r.i] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
 // dq_i = scale sum_j p_ij (dout_i . v_j - D_i) k_j with p_ij = exp(scale q_i . k_j - lse_i); saves D_i
@@ -141,15 +145,12 @@ __global__ void attention_dq_kernel(float* dq, float* D, const float* dout, cons
   float* k_tile = smem;
   float* v_tile = smem + tile * L.HS;
   const QueryRows r = query_rows(L, Tk, causal);
-  const int64_t bh = r.bh, b = r.b, h = r.h, g = r.g, i = r.i, shift = r.shift, kend = r.kend;
-  const int lane = r.lane;
-  const bool active = r.active;
 
-  const int64_t row = L.q_row(b, h, active ? i : 0);
+  const int64_t row = L.q_row(r.b, r.h, r.active ? r.i : 0);
   float qs[kMaxSlots], gs[kMaxSlots], os[kMaxSlots], acc[kMaxSlots];
-  load_slots(qs, q + row, L.HS, lane, scale);
-  load_slots(gs, dout + row, L.HS, lane, 1.f);
-  load_slots(os, out + row, L.HS, lane, 1.f);
+  load_slots(qs, q + row, L.HS, r.lane, scale);
+  load_slots(gs, dout + row, L.HS, r.lane, 1.f);
+  load_slots(os, out + row, L.HS, r.lane, 1.f);
   float Di = 0.f;
 #pragma unroll
   for (int t = 0; t < kMaxSlots; t++) {
@@ -157,32 +158,29 @@ __global__ void attention_dq_kernel(float* dq, float* D, const float* dout, cons
     acc[t] = 0.f;
   }
   Di = warp_sum(Di);
-  const float li = active ? lse[bh * L.Tq + i] : -INFINITY;
-  if (active && lane == 0) D[bh * L.Tq + i] = Di;
-  for (int64_t j0 = 0; j0 < kend; j0 += tile) {
-    const int64_t n = kend - j0 < tile ? kend - j0 : tile;
-    __syncthreads();
-    stage(k_tile, v_tile, k, v, L, true, b, g, j0, n);
-    __syncthreads();
-    if (!active || li == -INFINITY) continue;
+  const float li = r.active ? lse[r.bh * L.Tq + r.i] : -INFINITY;
+  if (r.active && r.lane == 0) D[r.bh * L.Tq + r.i] = Di;
+  for (int64_t j0 = 0; j0 < r.kend; j0 += tile) {
+    const int64_t n = stage_keys(k_tile, v_tile, k, v, L, r, j0, tile);
+    if (!r.active || li == -INFINITY) continue;
     for (int64_t jj = 0; jj < n; jj++) {
       const int64_t j = j0 + jj;
-      if (causal && j > i + shift) break;
-      if (key_mask && !key_mask[b * Tk + j]) continue;
-      const float p = expf(dot_slots(qs, k_tile + jj * L.HS, L.HS, lane) - li);
-      const float ds = p * (dot_slots(gs, v_tile + jj * L.HS, L.HS, lane) - Di);
+      if (causal && j > r.i + r.shift) break;
+      if (key_mask && !key_mask[r.b * Tk + j]) continue;
+      const float p = expf(dot_slots(qs, k_tile + jj * L.HS, L.HS, r.lane) - li);
+      const float ds = p * (dot_slots(gs, v_tile + jj * L.HS, L.HS, r.lane) - Di);
 #pragma unroll
       for (int t = 0; t < kMaxSlots; t++) {
-        const int64_t d = lane + kWarp * t;
+        const int64_t d = r.lane + kWarp * t;
         if (d < L.HS) acc[t] += ds * k_tile[jj * L.HS + d];
       }
     }
   }
-  if (!active) return;
+  if (!r.active) return;
   float* o = dq + row;
 #pragma unroll
   for (int t = 0; t < kMaxSlots; t++) {
-    const int64_t d = lane + kWarp * t;
+    const int64_t d = r.lane + kWarp * t;
     if (d < L.HS) o[d] = acc[t] * scale;
   }
 }

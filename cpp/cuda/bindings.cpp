@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "pytransformer/dtype_name.h"
 #include "pytransformer/kernels.h"  // (the GGUF block table: quant_row_bytes)
 #include "pytransformer/nogil.h"
 
@@ -17,14 +18,7 @@ namespace cu = pt::cuda;
 
 namespace {
 
-template <class T>
-const char* dtype_str();
-template <>
-const char* dtype_str<float>() { return "float32"; }
-template <>
-const char* dtype_str<int64_t>() { return "int64"; }
-template <>
-const char* dtype_str<uint8_t>() { return "uint8"; }
+using pt::dtype_name;
 
 // The device pointer of `obj` after checking it is a device array of T with `size` elements; None -> nullptr
 // when optional.
@@ -32,13 +26,13 @@ template <class T>
 T* dev(const py::object& obj, const char* name, int64_t size, bool optional = false) {
   if (obj.is_none()) {
     if (optional) return nullptr;
-    throw py::type_error(std::string(name) + " must be a device array of " + dtype_str<T>() + ", got None");
+    throw py::type_error(std::string(name) + " must be a device array of " + dtype_name<T>() + ", got None");
   }
   if (!py::hasattr(obj, "ptr") || !py::hasattr(obj, "dtype") || !py::hasattr(obj, "size"))
     throw py::type_error(std::string(name) + " must be a device array (pytransformer.cuda.DeviceArray), got " +
                          std::string(py::str(py::type::of(obj))));
   if (!py::dtype::from_args(obj.attr("dtype")).is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " must be " + dtype_str<T>() + ", got " +
+    throw py::type_error(std::string(name) + " must be " + dtype_name<T>() + ", got " +
                          std::string(py::str(obj.attr("dtype"))));
   const int64_t n = obj.attr("size").cast<int64_t>();
   if (n != size)
@@ -330,40 +324,32 @@ PYBIND11_MODULE(_cuda, m) {
     const pt::NoGil release;
     cu::residual_backward(x, y, g, n);
   });
-  m.def("dropout_forward", [](py::object out, py::object inp, int64_t n, float p, uint64_t seed) {
-    auto* o = dev<float>(out, "out", n);
-    auto* x = dev<float>(inp, "inp", n);
-    const pt::NoGil release;
-    cu::dropout_forward(o, x, n, p, seed);
-  });
-  m.def("dropout_backward", [](py::object dinp, py::object dout, int64_t n, float p, uint64_t seed) {
-    auto* dx = dev<float>(dinp, "dinp", n);
-    auto* g = dev<float>(dout, "dout", n);
-    const pt::NoGil release;
-    cu::dropout_backward(dx, g, n, p, seed);
-  });
-  m.def("rope_forward", [](py::object out, py::object inp, py::object cos, py::object sin, py::object positions,
-                           int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved) {
-    auto* o = dev<float>(out, "out", N * NH * HS);
-    auto* x = dev<float>(inp, "inp", N * NH * HS);
-    auto* c = dev<float>(cos, "cos", P * (HS / 2));
-    auto* s = dev<float>(sin, "sin", P * (HS / 2));
-    auto* pos = dev<int64_t>(positions, "positions", N);
-    const pt::NoGil release;
-    check_device_ids(pos, N, P, "positions");
-    cu::rope_forward(o, x, c, s, pos, N, NH, HS, P, interleaved);
-  });
-  m.def("rope_backward", [](py::object dinp, py::object dout, py::object cos, py::object sin,
-                            py::object positions, int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved) {
-    auto* dx = dev<float>(dinp, "dinp", N * NH * HS);
-    auto* g = dev<float>(dout, "dout", N * NH * HS);
-    auto* c = dev<float>(cos, "cos", P * (HS / 2));
-    auto* s = dev<float>(sin, "sin", P * (HS / 2));
-    auto* pos = dev<int64_t>(positions, "positions", N);
-    const pt::NoGil release;
-    check_device_ids(pos, N, P, "positions");
-    cu::rope_backward(dx, g, c, s, pos, N, NH, HS, P, interleaved);
-  });
+  // forward and backward take the same arguments: (out, inp) or (dinp, dout), then the same sizes
+  auto dropout = [](auto kernel, const char* out_name, const char* in_name) {
+    return [=](py::object out, py::object inp, int64_t n, float p, uint64_t seed) {
+      auto* o = dev<float>(out, out_name, n);
+      auto* x = dev<float>(inp, in_name, n);
+      const pt::NoGil release;
+      kernel(o, x, n, p, seed);
+    };
+  };
+  m.def("dropout_forward", dropout(cu::dropout_forward, "out", "inp"));
+  m.def("dropout_backward", dropout(cu::dropout_backward, "dinp", "dout"));
+  auto rope = [](auto kernel, const char* out_name, const char* in_name) {
+    return [=](py::object out, py::object inp, py::object cos, py::object sin, py::object positions, int64_t N,
+               int64_t NH, int64_t HS, int64_t P, bool interleaved) {
+      auto* o = dev<float>(out, out_name, N * NH * HS);
+      auto* x = dev<float>(inp, in_name, N * NH * HS);
+      auto* c = dev<float>(cos, "cos", P * (HS / 2));
+      auto* s = dev<float>(sin, "sin", P * (HS / 2));
+      auto* pos = dev<int64_t>(positions, "positions", N);
+      const pt::NoGil release;
+      check_device_ids(pos, N, P, "positions");
+      kernel(o, x, c, s, pos, N, NH, HS, P, interleaved);
+    };
+  };
+  m.def("rope_forward", rope(cu::rope_forward, "out", "inp"));
+  m.def("rope_backward", rope(cu::rope_backward, "dinp", "dout"));
   m.def("attention_forward", [](py::object out, py::object lse, py::object q, py::object k, py::object v,
                                 py::object key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                                 int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {

@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "pytransformer/kernels.h"  // (PT_DECLARE_ATTENTION)
+
 namespace pt {
 namespace cuda {
 
@@ -84,14 +86,8 @@ void rope_forward(float* out, const float* inp, const float* cos, const float* s
                   int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved);
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, const int64_t* positions,
                    int64_t N, int64_t NH, int64_t HS, int64_t P, bool interleaved);
-// --- attention.cu ---
-void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                       int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                        const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
-                        bool bthd);
+// --- attention.cu (the CPU core's declaration) ---
+PT_DECLARE_ATTENTION
 // --- adamw.cu ---
 void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int64_t step);

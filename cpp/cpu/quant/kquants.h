@@ -56,6 +56,17 @@ inline void scale_min_k4(int j, const uint8_t* q, int* d, int* m) {
   }
 }
 
+// Sub-blocks 2j and 2j + 1 (of 32 values each) of a Q4_K or Q5_K super-block: value = scale * q - min
+struct SubBlockPair {
+  float scale1, min1, scale2, min2;
+};
+inline SubBlockPair sub_block_pair(int j, const uint8_t* scales, float d, float dmin) {
+  int s1, m1, s2, m2;
+  scale_min_k4(2 * j, scales, &s1, &m1);
+  scale_min_k4(2 * j + 1, scales, &s2, &m2);
+  return {d * (float)s1, dmin * (float)m1, d * (float)s2, dmin * (float)m2};
+}
+
 // The decodes below read the block in place and unpack W values at a time as int32 lanes (widen_bytes): the
 // bit fields of each sub-block of 16 (or 32) values, one scale per inner loop.
 template <>
@@ -92,11 +103,8 @@ inline void decode<BlockQ4_K>(float* y, const uint8_t* p) {  // (the nibbles rea
   const uint8_t* scales = p + offsetof(BlockQ4_K, scales);
   const uint8_t* qs = p + offsetof(BlockQ4_K, qs);
   for (int j = 0; j < 4; j++) {
-    int s1, m1, s2, m2;
-    scale_min_k4(2 * j, scales, &s1, &m1);
-    scale_min_k4(2 * j + 1, scales, &s2, &m2);
-    nibble_pairs<32>(y + 64 * j, qs + 32 * j, d * (float)s1, -(dmin * (float)m1), d * (float)s2,
-                     -(dmin * (float)m2));
+    const SubBlockPair s = sub_block_pair(j, scales, d, dmin);
+    nibble_pairs<32>(y + 64 * j, qs + 32 * j, s.scale1, -s.min1, s.scale2, -s.min2);
   }
 }
 template <>
@@ -105,11 +113,8 @@ inline void decode<BlockQ5_K>(float* y, const uint8_t* p) {
   const uint8_t* scales = p + offsetof(BlockQ5_K, scales);
   const uint8_t* qh = p + offsetof(BlockQ5_K, qh);
   for (int j = 0; j < 4; j++) {
-    int s1, m1, s2, m2;
-    scale_min_k4(2 * j, scales, &s1, &m1);
-    scale_min_k4(2 * j + 1, scales, &s2, &m2);
-    const V d1 = set1(d * (float)s1), n1 = set1(dmin * (float)m1);
-    const V d2 = set1(d * (float)s2), n2 = set1(dmin * (float)m2);
+    const SubBlockPair s = sub_block_pair(j, scales, d, dmin);
+    const V d1 = set1(s.scale1), n1 = set1(s.min1), d2 = set1(s.scale2), n2 = set1(s.min2);
     const uint8_t* q = p + offsetof(BlockQ5_K, qs) + 32 * j;
     for (int l = 0; l < 32; l += W) {
       const VI b = widen_bytes(q + l), h = widen_bytes(qh + l);
