@@ -4,32 +4,12 @@ pytransformer's Llama. Linear weights are (out, in) in both; the name map is one
 from __future__ import annotations
 
 from ..models.llama import Llama, LlamaConfig
-import numpy as np
 
+from .hf_decoder import Interleaved
 from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field,
                         int_field, load, rule)
 from .safetensors import quote
 
-
-class Interleaved:
-    """A q or k projection whose rows we keep in llama.cpp's order (a model loaded from GGUF: rotary pairs
-    (2i, 2i + 1)); Hugging Face's order pairs rows i and i + HS/2 of each head (convert_hf_to_gguf's permute)."""
-
-    def __init__(self, n_head: int):
-        self.n_head = n_head
-
-    def hf_shape_of(self, shapes):
-        return tuple(shapes[0])
-
-    def to_ours(self, value, shapes):
-        w = np.asarray(value).reshape(shapes[0])
-        return [np.ascontiguousarray(w.reshape(self.n_head, 2, w.shape[0] // self.n_head // 2, -1)
-                                     .swapaxes(1, 2).reshape(w.shape))]
-
-    def to_hf(self, values):
-        w = np.asarray(values[0])
-        return np.ascontiguousarray(w.reshape(self.n_head, w.shape[0] // self.n_head // 2, 2, -1)
-                                    .swapaxes(1, 2).reshape(w.shape))
 
 PREFIX = "model."
 

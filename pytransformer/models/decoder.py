@@ -16,7 +16,7 @@ server drives. Parameter names stay each family's own (NAMES), as checkpoints re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -93,8 +93,13 @@ class DecoderConfig:
             raise ValueError(f"rotary attention needs an even head size, got {self.head_size}")
         if self.ffn == "gated" and self.activation != "silu":
             raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU is)")
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)  # (a checkpoint's JSON gives a list)
         if self.layer_types is not None and len(self.layer_types) != self.n_layer:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
+
+    def to_dict(self):
+        return asdict(self)
 
     @property
     def n_kv_head_(self) -> int:
