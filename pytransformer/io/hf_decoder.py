@@ -174,7 +174,8 @@ class HFDecoder:
                   "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head, "num_key_value_heads": d.n_kv_head_,
                   "head_dim": d.head_size, "max_position_embeddings": d.max_positions, "rms_norm_eps": d.norm_eps,
                   "rope_theta": d.rope_theta, "rope_parameters": rope, "tie_word_embeddings": d.tie_word_embeddings,
-                  "hidden_act": "silu", "sliding_window": d.sliding_window}
+                  "hidden_act": "silu", "sliding_window": d.sliding_window,
+                  "pad_token_id": None}  # (ours trains every row; Phi-3's default 32000 may be past a vocabulary)
         if not self.qkv_bias:
             config["attention_bias"] = False
         if self.windows == "qwen":
