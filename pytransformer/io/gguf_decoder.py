@@ -235,7 +235,7 @@ def _llama_config(fields: dict):
         raise ValueError(f"rope scaling and sliding windows of a llama file are not read yet, got "
                          f"{quote(fields['rope_scaling'] or fields['sliding_window'])}")
     fields = {k: v for k, v in fields.items() if k not in ("rope_scaling", "sliding_window", "layer_types")}
-    return LlamaConfig(rms_norm_eps=fields.pop("norm_eps"), **fields)
+    return LlamaConfig(**fields)
 
 
 def _described(**parts):

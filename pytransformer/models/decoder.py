@@ -16,7 +16,7 @@ server drives. Parameter names stay each family's own (NAMES), as checkpoints re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForwar
                   MultiHeadAttention, RMSNorm, Rotary, TiedLMHead, weights)
 from ..nn import rope_scaling
 from ..nn.layers import FusedProduct
+from .config import ModelConfig
 from .base import CausalLM, CrossEntropyHead, check_ids, last_rows
 
 NORMS = ("layernorm", "rmsnorm")
@@ -37,7 +38,7 @@ _LAYER_ACTIVATION = {"gelu_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"} 
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ModelConfig):
     """One decoder-only transformer. Sizes: C = n_embd, NH = n_head, NKV = n_kv_head, HS = head_dim, F =
     intermediate_size, V = vocab_size."""
 
@@ -97,9 +98,6 @@ class DecoderConfig:
             self.layer_types = tuple(self.layer_types)  # (a checkpoint's JSON gives a list)
         if self.layer_types is not None and len(self.layer_types) != self.n_layer:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
-
-    def to_dict(self):
-        return asdict(self)
 
     @property
     def n_kv_head_(self) -> int:
