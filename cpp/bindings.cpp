@@ -490,24 +490,29 @@ PYBIND11_MODULE(_core, m) {
   };
   m.def("rope_forward", rope(true));
   m.def("rope_backward", rope(false));
-  m.def("swiglu_forward", [](O out, O gate, O up, int64_t n) {
-    check_nonneg({n});
-    float* o = array_data<float>(out, "out", {n}, true);
-    const float* g = array_data<float>(gate, "gate", {n});
-    const float* u = array_data<float>(up, "up", {n});
-    const NoGil nogil;
-    K().swiglu_forward(o, g, u, n);
-  });
-  m.def("swiglu_backward", [](O dgate, O dup, O dout, O gate, O up, int64_t n) {
-    check_nonneg({n});
-    float* dg = array_data<float>(dgate, "dgate", {n}, true);
-    float* du = array_data<float>(dup, "dup", {n}, true);
-    const float* d = array_data<float>(dout, "dout", {n});
-    const float* g = array_data<float>(gate, "gate", {n});
-    const float* u = array_data<float>(up, "up", {n});
-    const NoGil nogil;
-    K().swiglu_backward(dg, du, d, g, u, n);
-  });
+  // the gated products (SwiGLU, GeGLU): out = act(gate) * up and its backward, n elements each
+  const auto gated = [&](const char* forward, const char* backward, auto kernels_forward, auto kernels_backward) {
+    m.def(forward, [kernels_forward](O out, O gate, O up, int64_t n) {
+      check_nonneg({n});
+      float* o = array_data<float>(out, "out", {n}, true);
+      const float* g = array_data<float>(gate, "gate", {n});
+      const float* u = array_data<float>(up, "up", {n});
+      const NoGil nogil;
+      (K().*kernels_forward)(o, g, u, n);
+    });
+    m.def(backward, [kernels_backward](O dgate, O dup, O dout, O gate, O up, int64_t n) {
+      check_nonneg({n});
+      float* dg = array_data<float>(dgate, "dgate", {n}, true);
+      float* du = array_data<float>(dup, "dup", {n}, true);
+      const float* d = array_data<float>(dout, "dout", {n});
+      const float* g = array_data<float>(gate, "gate", {n});
+      const float* u = array_data<float>(up, "up", {n});
+      const NoGil nogil;
+      (K().*kernels_backward)(dg, du, d, g, u, n);
+    });
+  };
+  gated("swiglu_forward", "swiglu_backward", &pt::Kernels::swiglu_forward, &pt::Kernels::swiglu_backward);
+  gated("geglu_forward", "geglu_backward", &pt::Kernels::geglu_forward, &pt::Kernels::geglu_backward);
   m.attr("small_batch_rows") = pt::kSmallBatchRows;
   m.def("quant_row_bytes", &checked_row_bytes,
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");

@@ -480,22 +480,30 @@ class Rope(Op):
         return 2.0 * s["B"] * s["T"] * s["NH"] * s["HS"] * 4, "GB/s"
 
 
-class SwiGLU(Op):
+class Gated(Op):
+    """A gated feed-forward's product act(gate) * up: SwiGLU (silu) or GeGLU (gelu_tanh), by the ops' prefix."""
+
+    def __init__(self, name, floors=None):
+        self.name, self.floors = name, floors or {}
+
     def make(self, rng, s, o):
         return {"gate": f32(rng, s["n"], scale=3.0), "up": f32(rng, s["n"]), "dout": f32(rng, s["n"])}
 
+    def _run(self, lib, x):
+        dgate, dup = getattr(lib, self.name + "_backward")(x["dout"], x["gate"], x["up"])
+        return {"out": getattr(lib, self.name + "_forward")(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+
     def ours(self, x, o):
-        dgate, dup = ops.swiglu_backward(x["dout"], x["gate"], x["up"])
-        return {"out": ops.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+        return self._run(ops, x)
 
     def reference(self, x, o):
-        dgate, dup = ref.swiglu_backward(x["dout"], x["gate"], x["up"])
-        return {"out": ref.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+        return self._run(ref, x)
 
     def calls(self, x, o):
         out, dg, du = (empty_like(x["gate"]) for _ in range(3))
-        return {"forward": lambda: ops.swiglu_forward(x["gate"], x["up"], out=out),
-                "backward": lambda: ops.swiglu_backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
+        forward, backward = getattr(ops, self.name + "_forward"), getattr(ops, self.name + "_backward")
+        return {"forward": lambda: forward(x["gate"], x["up"], out=out),
+                "backward": lambda: backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
 
     def work(self, s, o, direction):
         return (3.0 if direction == "forward" else 5.0) * s["n"] * 4, "GB/s"
@@ -604,7 +612,8 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
-       "rope": Rope(), "swiglu": SwiGLU(), "matmul_quantized": MatmulQuantized()}
+       "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
+       "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0})}  # (floors as Gelu's: gelu_tanh(x << 0))
 
 
 @dataclass(frozen=True)
@@ -719,7 +728,7 @@ CASES = [
       for Bt, Tt, NH, HS, P, base in [(1, 1, 1, 2, 1, 10000.0), (2, 5, 3, 8, 9, 10000.0), (1, 17, 9, 64, 40, 1e5),
                                       (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]
       for il in (False, True)],
-    *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
+    *[case(gated, CHECK if n == 130 else TEST, n=n) for gated in ("swiglu", "geglu") for n in [1, 3, 17, 130, 70000]],
     # every GGUF type through every row path of its product: 1 row, 2-3 (the small-M kernels), 4, 5-8, 9-16 (the
     # batch kernel's lane groupings, which differ by ISA) and past 16 (widened GEMM); OC not a multiple of 4 or
     # of the batch kernel's channel block; IC one, a few and many blocks (float types: widths that are not a
@@ -756,6 +765,7 @@ CASES = [
       for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],
     case("rmsnorm", BENCH, N=8192, C=576),
     case("swiglu", BENCH, n=512 * 1536),
+    case("geglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),
     *[case("attention", BENCH, B=1, NH=9, NKV=3, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (512,)],
 ]

@@ -559,26 +559,46 @@ def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     return dinp
 
 
-@_writes("out", same=[("out", "gate"), ("out", "up")])
-def swiglu_forward(gate, up, *, out=None):
-    """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
+def _gated_forward(kernel, gate, up, out):
     array(gate, "gate", ("...",), {})
     _same_shape(up, "up", gate, "gate")
     out = output(out, "out", gate.shape, gate)
-    _kernels(out).swiglu_forward(out, gate, up, gate.size)
+    getattr(_kernels(out), kernel)(out, gate, up, gate.size)
     return out
 
 
-@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
-def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
-    """-> (dgate, dup), both overwritten; either may be dout."""
+def _gated_backward(kernel, dout, gate, up, dgate, dup):
     array(gate, "gate", ("...",), {})
     _same_shape(up, "up", gate, "gate")
     _same_shape(dout, "dout", gate, "gate")
     dgate = output(dgate, "dgate", gate.shape, dout)
     dup = output(dup, "dup", gate.shape, dout)
-    _kernels(dout).swiglu_backward(dgate, dup, dout, gate, up, gate.size)
+    getattr(_kernels(dout), kernel)(dgate, dup, dout, gate, up, gate.size)
     return dgate, dup
+
+
+@_writes("out", same=[("out", "gate"), ("out", "up")])
+def swiglu_forward(gate, up, *, out=None):
+    """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
+    return _gated_forward("swiglu_forward", gate, up, out)
+
+
+@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
+def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
+    """-> (dgate, dup), both overwritten; either may be dout."""
+    return _gated_backward("swiglu_backward", dout, gate, up, dgate, dup)
+
+
+@_writes("out", same=[("out", "gate"), ("out", "up")])
+def geglu_forward(gate, up, *, out=None):
+    """out = gelu_tanh(gate) * up, elementwise (Gemma's gated feed-forward); out may be gate or up."""
+    return _gated_forward("geglu_forward", gate, up, out)
+
+
+@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
+def geglu_backward(dout, gate, up, *, dgate=None, dup=None):
+    """-> (dgate, dup), both overwritten; either may be dout."""
+    return _gated_backward("geglu_backward", dout, gate, up, dgate, dup)
 
 
 # --- GGUF block-quantised weights (inference) ----------------------------------------------------------------

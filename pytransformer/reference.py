@@ -344,6 +344,16 @@ def swiglu_backward(dout, gate, up):
     return d * u * s * (1.0 + g * (1.0 - s)), d * g * s
 
 
+def geglu_forward(gate, up):
+    return gelu_forward(gate, "tanh") * up
+
+
+def geglu_backward(dout, gate, up):
+    """-> dgate, dup."""
+    d = np.asarray(dout, np.float64)
+    return gelu_backward(d * up, gate, "tanh"), d * gelu_forward(gate, "tanh")
+
+
 # --- GGUF block formats (ggml-quants.c), the numbers each block stands for ------------------------------------
 
 

@@ -163,10 +163,12 @@ def test_rope_reference_is_hugging_face_rotate_half(r):
                                rtol=1e-12)
 
 
-def test_swiglu_backward_matches_finite_differences(r):
+@pytest.mark.parametrize("gated", ["swiglu", "geglu"])
+def test_gated_backward_matches_finite_differences(r, gated):
+    forward, backward = getattr(ref, gated + "_forward"), getattr(ref, gated + "_backward")
     gate, up, g = r.standard_normal(20) * 3, r.standard_normal(20), r.standard_normal(20)
-    dgate, dup = ref.swiglu_backward(g, gate, up)
-    loss = lambda: (ref.swiglu_forward(gate, up) * g).sum()
+    dgate, dup = backward(g, gate, up)
+    loss = lambda: (forward(gate, up) * g).sum()
     check(loss, gate, dgate)
     check(loss, up, dup)
 

@@ -46,6 +46,10 @@
   void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);                            \
   void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,       \
                        int64_t n);                                                                           \
+  /* GeGLU (Gemma's gated feed-forward): out = gelu_tanh(gate) * up, n elements; backward -> dgate, dup */   \
+  void geglu_forward(float* out, const float* gate, const float* up, int64_t n);                             \
+  void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,        \
+                      int64_t n);                                                                            \
   /* GGUF block-quantised weights (inference): weight (OC rows of quant_row_bytes(qtype, IC) bytes),          \
      out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias, dequantised in registers / L1, float32 sums */     \
   void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,    \
@@ -104,7 +108,8 @@
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
-  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows)
+  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows) \
+  X(geglu_forward) X(geglu_backward)
 
 namespace pt {
 // GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);
