@@ -47,14 +47,14 @@ def workloads(repeats):
     """name -> {library: seconds} for this moment's load."""
     rng = np.random.default_rng(0)
     out = {}
-    small = GPT(GPTConfig(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128), seed=0)
+    small = GPT(GPTConfig(vocab_size=96, max_positions=128, n_layer=4, n_head=4, n_embd=128), seed=0)
     prompt = rng.integers(0, 96, (1, 8))
 
     def ours_decode():
         small.generate(prompt, 32, temperature=0.0)
 
     out["decode 32 tokens (GPT 4L/128)"] = {"ours": median_time(ours_decode, repeats, warmup=2)}
-    big = GPT(GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=256), seed=0)
+    big = GPT(GPTConfig(vocab_size=65, max_positions=128, n_layer=4, n_head=4, n_embd=256), seed=0)
     opt = AdamW(big.params, lr=1e-3, weight_decay=0.1)
     xb = rng.integers(0, 65, (16, 128))
     yb = np.roll(xb, -1, 1)

@@ -41,7 +41,7 @@ class TorchKVGPT:
         self.p = {name: torch.from_numpy(p.data.copy()) for name, p in model.params}
 
     def ln(self, x, prefix):
-        return F.layer_norm(x, x.shape[-1:], self.p[prefix + "weight"], self.p[prefix + "bias"], self.c.layer_norm_eps)
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + "weight"], self.p[prefix + "bias"], self.c.norm_eps)
 
     def lin(self, x, prefix):
         return F.linear(x, self.p[prefix + "weight"], self.p[prefix + "bias"])

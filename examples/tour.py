@@ -326,7 +326,7 @@ def gpt3():
 
     for r in gpt3_table():
         print(f"{r['name']:<12} {r['parameters'] / 1e6:>10,.1f}M (paper {r['paper_parameters'] / 1e6:,.0f}M)  "
-              f"layers {r['n_layer']:>2}  d_model {r['d_model']:>5}  heads {r['n_head']:>2} x {r['d_head']:>3}  "
+              f"layers {r['n_layer']:>2}  d_model {r['n_embd']:>5}  heads {r['n_head']:>2} x {r['head_dim']:>3}  "
               f"batch {r['batch_tokens'] / 1e6:.1f}M tokens  lr {r['learning_rate']:.1e}")
 
 

@@ -510,14 +510,19 @@ def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
     return dinp, dweight
 
 
-def rope_tables(positions, head_size, base=10000.0):
-    """(cos, sin), each float32 (positions, head_size / 2): angle p * base^(-2i / head_size), computed in float64."""
+def rope_tables(positions, head_size, base=10000.0, inv_freq=None, scale=1.0):
+    """(cos, sin), each float32 (positions, head_size / 2): angle p * base^(-2i / head_size), or p * inv_freq[i]
+    (a scaled rotary's frequencies, (head_size / 2,)), computed in float64; both times scale (an attention factor)."""
     P, HS = integer(positions, "positions"), integer(head_size, "head_size")
     base = finite_float(base, "base", 1.0)
     if P < 0 or HS < 2 or HS % 2:
         raise ValueError(f"rope tables need positions >= 0 and an even head size >= 2, got {P}, {HS}")
-    angle = np.arange(P, dtype=np.float64)[:, None] * base ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    if inv_freq is None:
+        inv_freq = base ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
+    elif np.shape(inv_freq) != (HS // 2,):
+        raise ValueError(f"inv_freq must be ({HS // 2},) for a head of {HS}, got {np.shape(inv_freq)}")
+    angle = np.arange(P, dtype=np.float64)[:, None] * np.asarray(inv_freq, np.float64)
+    return (scale * np.cos(angle)).astype(np.float32), (scale * np.sin(angle)).astype(np.float32)
 
 
 def _rope_args(x, name, cos, sin, positions):

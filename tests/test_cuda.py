@@ -177,7 +177,7 @@ def test_a_gpt_trains_and_generates_on_the_device_as_on_the_cpu(rng):
     from pytransformer import optim
     from pytransformer.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    cfg = GPTConfig(vocab_size=61, max_positions=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
     cpu, dev = GPT(cfg, seed=3), GPT(cfg, seed=3, device="cuda")
     assert type(dev.params.data) is DeviceArray and type(dev.blocks[0].attn.sublayer.q.weight.data) is DeviceArray
     idx, targets = rng.integers(0, 61, (2, 9)), rng.integers(0, 61, (2, 9))
@@ -262,7 +262,7 @@ def test_a_llama_with_gguf_blocks_runs_on_the_device_with_them(rng):
 def test_narrow_weights_move_to_the_device_as_float32(rng):
     from pytransformer.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    cfg = GPTConfig(vocab_size=11, max_positions=8, n_layer=1, n_head=1, n_embd=8)
     idx = rng.integers(0, 11, (1, 5))
     cpu = GPT(cfg)
     dev = GPT(cfg).set_weight_dtype("bfloat16").to("cuda")
@@ -357,4 +357,4 @@ def test_without_cuda_device_arrays_say_why():
     with pytest.raises(RuntimeError, match="CUDA"):
         DeviceArray.from_numpy(np.ones(3, np.float32))
     with pytest.raises(RuntimeError, match="CUDA"):
-        GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), device="cuda")
+        GPT(GPTConfig(vocab_size=11, max_positions=8, n_layer=1, n_head=1, n_embd=8), device="cuda")

@@ -61,7 +61,7 @@ def residual(torch, x, P, prefix, norm, eps, sublayer):
 def gpt_logits(torch, P, idx, cfg):
     T = idx.shape[1]
     x = P["wte.weight"][torch.from_numpy(idx)] + P["wpe.weight"][:T]
-    eps = cfg.layer_norm_eps
+    eps = cfg.norm_eps
     for l in range(cfg.n_layer):
         pre = f"blocks.{l}."
         x = residual(torch, x, P, pre + "attn.", "pre", eps,

@@ -23,7 +23,9 @@ import numpy as np
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositions, Linear,
                   MultiHeadAttention, RMSNorm, Rotary, TiedLMHead, weights)
+from ..nn import rope_scaling
 from ..nn.layers import FusedProduct
+from .config import ModelConfig
 from .base import CausalLM, CrossEntropyHead, check_ids, last_rows
 
 NORMS = ("layernorm", "rmsnorm")
@@ -36,7 +38,7 @@ _LAYER_ACTIVATION = {"gelu_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"} 
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ModelConfig):
     """One decoder-only transformer. Sizes: C = n_embd, NH = n_head, NKV = n_kv_head, HS = head_dim, F =
     intermediate_size, V = vocab_size."""
 
@@ -92,6 +94,8 @@ class DecoderConfig:
             raise ValueError(f"rotary attention needs an even head size, got {self.head_size}")
         if self.ffn == "gated" and self.activation != "silu":
             raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU is)")
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)  # (a checkpoint's JSON gives a list)
         if self.layer_types is not None and len(self.layer_types) != self.n_layer:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
 
@@ -118,8 +122,8 @@ class DecoderConfig:
             gaps.append("qk_norm")
         if self.partial_rotary_factor != 1.0:
             gaps.append("partial rotary")
-        if self.rope_scaling not in (None, {}) and self.rope_scaling.get("rope_type", "default") != "default":
-            gaps.append(f"rope scaling {self.rope_scaling.get('rope_type')!r}")
+        if rope_scaling.rope_type(self.rope_scaling) not in rope_scaling.TYPES:
+            gaps.append(f"rope scaling {rope_scaling.rope_type(self.rope_scaling)!r}")
         if self.sliding_window is not None and (self.layer_types is None or "sliding" in self.layer_types):
             gaps.append("sliding-window attention")
         if self.rope_local_theta is not None:
@@ -151,7 +155,8 @@ class Decoder(CausalLM):
         if d.positions == "learned":
             setattr(self, self.NAMES["positions"], LearnedPositions(d.max_positions, C, d.positions_std))
         self.drop = Dropout(d.dropout)
-        rope = Rotary(d.head_size, d.rope_theta, 256, d.rope_interleaved) if d.positions == "rotary" else None
+        rope = Rotary(d.head_size, d.rope_theta, 256, d.rope_interleaved, d.rope_scaling, d.max_positions) \
+            if d.positions == "rotary" else None
         self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, d.n_head, causal=True, bias=d.qkv_bias, std=std,
                                                             out_std=out_std, n_kv_head=d.n_kv_head_,
                                                             head_dim=d.head_dim, rope=rope, o_bias=d.o_bias),

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .. import ops
-from . import weights
+from . import rope_scaling, weights
 from .module import Module, Parameter, normal, ones, zeros
 
 _F32 = np.dtype(np.float32)
@@ -351,33 +351,41 @@ class SinusoidalPositions(Module):
 class Rotary:
     """Rotary positions (RoPE) for one attention layer's queries and keys (B, T, heads, head_dim), base theta; no
     parameters. Pairs (i, i + head_dim / 2) as Hugging Face's rotate_half, or (2i, 2i + 1) when interleaved (q and
-    k projections whose rows are in llama.cpp's order, as GGUF files store them). The cos/sin tables (positions,
-    head_dim / 2) are computed once in float64 (rounded to float32) and grown when a longer position is asked for."""
+    k projections whose rows are in llama.cpp's order, as GGUF files store them). scaling: a Hugging Face
+    rope_scaling dict (nn.rope_scaling's rules), max_positions the model's max_position_embeddings. The cos/sin
+    tables (positions, head_dim / 2) are computed in float64 (rounded to float32) and grown when a longer position
+    is asked for; a call takes the frequency set transformers would for its largest position (longrope)."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048, interleaved: bool = False):
+    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048, interleaved: bool = False,
+                 scaling: dict | None = None, max_positions: int = 2048):
         self.head_dim, self.base, self.interleaved = head_dim, base, interleaved
-        self.cos, self.sin = ops.rope_tables(max(1, positions), head_dim, base)
+        self.frequencies = rope_scaling.frequencies(head_dim, base, scaling, max_positions)
+        self._tables = {}  # the frequency set's name -> (cos, sin)
+        self.tables(max(1, positions) - 1)
 
     def tables(self, max_position):
-        if max_position >= self.cos.shape[0]:
-            self.cos, self.sin = ops.rope_tables(max(2 * self.cos.shape[0], max_position + 1), self.head_dim,
-                                                 self.base)
-        return self.cos, self.sin
+        """(cos, sin) of the frequencies a call reaching max_position uses, holding at least its rows."""
+        name, inv_freq = self.frequencies.pick(max_position)
+        held = self._tables.get(name)
+        if held is None or max_position >= held[0].shape[0]:
+            rows = max_position + 1 if held is None else max(2 * held[0].shape[0], max_position + 1)
+            held = self._tables[name] = ops.rope_tables(rows, self.head_dim, self.base, inv_freq,
+                                                        self.frequencies.attention_factor)
+        return held
 
-    _moved = None  # (cos, sin) where the last x lived, kept until the tables grow or x moves
+    _moved = None  # (cos, its copy where the last x lived, sin's copy), kept until the tables change or x moves
 
     def _on(self, x, positions):
-        """The tables and positions where x lives (copies kept until the tables grow)."""
-        if self._moved is None or self._moved[0].shape != self.cos.shape or \
-                ops.device_of(self._moved[0]) != ops.device_of(x):
-            self._moved = (ops.like(self.cos, x), ops.like(self.sin, x))
-        return (*self._moved, ops.like(positions, x, np.int64))
+        """The call's tables and positions where x lives (copies kept until the tables change)."""
+        cos, sin = self.tables(int(positions.max()) if positions.size else 0)
+        if self._moved is None or self._moved[0] is not cos or ops.device_of(self._moved[1]) != ops.device_of(x):
+            self._moved = (cos, ops.like(cos, x), ops.like(sin, x))
+        return (*self._moved[1:], ops.like(positions, x, np.int64))
 
     def forward(self, x, positions, out=None):
         """x (B, T, H, HS), positions int64 (B, T) (checked: >= 0) -> rotated (out may be x)."""
         if positions.size and positions.min() < 0:
             raise ValueError("positions must be >= 0")
-        self.tables(int(positions.max()) if positions.size else 0)
         cos, sin, positions = self._on(x, positions)
         return ops.rope_forward(x, cos, sin, positions, interleaved=self.interleaved, out=out)
 

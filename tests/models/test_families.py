@@ -160,8 +160,8 @@ def test_vit_ten_adamw_steps_match_torch(torch, rng):
 
 
 @pytest.mark.parametrize("config", [
-    GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24),
-    GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=8, bias=False, head_dim=6),
+    GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24),
+    GPTConfig(vocab_size=11, max_positions=5, n_layer=3, n_head=2, n_embd=8, bias=False, head_dim=6),
     BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
                max_position_embeddings=16),
     BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,

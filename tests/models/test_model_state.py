@@ -14,7 +14,7 @@ import pytest
 
 from pytransformer.models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
 
-CFG = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24, dropout=0.1)
+CFG = GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24, dropout=0.1)
 
 
 def batch(rng, B=3, T=17):

@@ -74,7 +74,7 @@ def test_models_saved_here_load_in_transformers(tmp_path, rng, kind):
     from pytransformer.models import BERT, GPT, BertConfig, GPTConfig, ViT, ViTConfig
 
     if kind == "gpt2":
-        model = GPT(GPTConfig(vocab_size=60, block_size=20, n_layer=2, n_head=2, n_embd=16), seed=3)
+        model = GPT(GPTConfig(vocab_size=60, max_positions=20, n_layer=2, n_head=2, n_embd=16), seed=3)
         ids = rng.integers(0, 60, (2, 9))
         ours, load = model.forward(ids), transformers.GPT2LMHeadModel
         run = lambda hf: hf(torch.from_numpy(ids)).logits
