@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from ..models import BERT, GPT, BertConfig, GPTConfig, Llama, LlamaConfig, Transformer, TransformerConfig, ViT, ViTConfig
+from ..models import (BERT, GPT, BertConfig, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, Transformer,
+                      TransformerConfig, ViT, ViTConfig)
 from ..models.base import register_hf_format
-from . import gguf_llama, hf_bert, hf_gpt2, hf_llama, hf_vit
+from . import gguf_llama, hf_bert, hf_gemma3, hf_gpt2, hf_llama, hf_vit
 from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
 from .safetensors import quote
@@ -47,6 +48,7 @@ FAMILIES = (
     Family("transformer", TransformerConfig, Transformer),
     Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
     Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT, GGUFLayout(gguf_llama.ARCHITECTURES, gguf_llama.load_llama_gguf)),
+    Family("gemma3", DecoderConfig, Gemma3, hf_gemma3.LAYOUT),
 )
 
 for _family in FAMILIES:
