@@ -143,7 +143,7 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
       const int64_t first = L.window > 0 && pos[b] >= L.window ? pos[b] - L.window + 1 : 0;
       const int64_t row = (slots[b] * capacity + first) * KD;
       K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + row, v[l] + row, nullptr, 1, NH, NKV, 1,
-                          pos[b] + 1 - first, capacity, HS, true, attn_scale, true);
+                          pos[b] + 1 - first, capacity, HS, true, 0, attn_scale, true);
     }
     L.o.product(tmp, att, B);
     add_output(*this, L.post_attn_norm, x, tmp, h, mean, rstd, B, scaled);

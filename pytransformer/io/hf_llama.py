@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..models.llama import Llama, LlamaConfig
 
 from .hf_decoder import Interleaved
-from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field,
-                        int_field, load, rule)
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, decoder_names,
+                        detect_prefix, float_field, int_field, load, rule)
 from .safetensors import quote
 
 
@@ -51,20 +51,14 @@ def from_hf(cfg: dict, tensors: dict):
 
 
 def names(c: LlamaConfig, prefix: str = PREFIX) -> NameMap:
-    p = prefix
-    rules = [rule(f"{p}embed_tokens.weight", "embed.weight"), rule(f"{p}norm.weight", "norm.weight")]
-    for i in range(c.n_layer):
-        h, b = f"{p}layers.{i}.", f"blocks.{i}."
-        rules += [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
-                  rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight")]
+    def layer(h, b):
+        rules = [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
+                 rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight")]
         for n, heads in (("q", c.n_head), ("k", c.n_kv_head), ("v", None), ("o", None)):
             layout = Interleaved(heads) if heads and c.rope_interleaved else SAME
             rules.append(rule(f"{h}self_attn.{n}_proj.weight", f"{b}attn.sublayer.{n}.weight", layout=layout))
-        rules += [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up", "down")]
-    if not c.tie_word_embeddings:
-        rules.append(rule("lm_head.weight", "lm_head.weight"))
-    return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if c.tie_word_embeddings else ()),
-                   strict=True)
+        return rules + [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up", "down")]
+    return decoder_names(c, prefix, layer)
 
 
 def to_hf(c: LlamaConfig):
