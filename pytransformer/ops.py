@@ -791,9 +791,11 @@ def small_batch_rows() -> int:
 
 def decode_plan(description: dict, layers: list, final_norm: tuple, head: tuple):
     """The C++ decoding step of a decoder (cpp/decode.h), over the arrays these name (kept alive by the plan):
-    description {C, NH, NKV, HS, F, V, eps, attn_scale, layernorm, rotary, interleaved, gated, activation}; per
-    layer {attn_norm, qkv, o, ffn_norm, up, down}, norms (weight, bias or None), products a list of weight specs
-    (nn.weights Weight.spec() + (bias or None,)). plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows)."""
+    description {C, NH, NKV, HS, F, V, eps, attn_scale, layernorm, rotary, interleaved, gated, activation, and
+    optionally norm_offset, sandwich, qk_norm, rotary_tables}; per layer {attn_norm, qkv, o, ffn_norm, up, down, and
+    post_attn_norm, post_ffn_norm when sandwich, q_norm, k_norm when qk_norm, optionally window and rotary_table},
+    norms (weight, bias or None), products a list of weight specs (nn.weights Weight.spec() + (bias or None,)).
+    plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows, local_cos, local_sin)."""
     return _core.DecodePlan(description, layers, final_norm, head)
 
 

@@ -153,16 +153,9 @@ class DecoderConfig(ModelConfig):
         return gaps
 
     def plan_unsupported(self) -> list:
-        """The parts the layers run but the C++ decoding plan does not yet: such a model generates through the
-        layers' cached path."""
-        parts = {"post norms": self.norm_placement == "post", "norm_offset": bool(self.norm_offset),
-                 "sandwich norms": self.norm_placement == "sandwich", "qk_norm": self.qk_norm,
-                 "sliding-window attention": any(self.window(i) for i in range(self.n_layer)),
-                 "per-layer rotary bases": any(self.rope_base(i) != self.rope_theta for i in range(self.n_layer)),
-                 "embed_scale": self.embed_scale, "final_logit_softcapping": bool(self.final_logit_softcapping),
-                 "query_pre_attn_scalar": self.query_pre_attn_scalar is not None,
-                 "GeGLU": self.ffn == "gated" and self.activation != "silu"}
-        return [name for name, used in parts.items() if used]
+        """The parts the layers run but the C++ decoding plan does not: such a model generates through the layers'
+        cached path. (Norms after each residual only: no decoder family has them.)"""
+        return ["post norms"] if self.norm_placement == "post" else []
 
 
 class Decoder(CausalLM):
@@ -272,12 +265,7 @@ class Decoder(CausalLM):
         elif d.positions == "rotary" or cache is not None:
             position_ids = np.ascontiguousarray(
                 np.broadcast_to(np.arange(start, start + idx.shape[1], dtype=np.int64), idx.shape))
-        x = self.embedding.forward(idx)
-        if self.embed_scale is not None:
-            x = self.embed_scale.forward(x)
-        if self.positions_table is not None:
-            x = self.positions_table.forward(x, position_ids)
-        x = self.drop.forward(x)
+        x = self.drop.forward(self._embed(idx, position_ids))
         rotary = position_ids if d.positions == "rotary" else None
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache.layer(i)
@@ -316,12 +304,20 @@ class Decoder(CausalLM):
         return self.decode_in_cpp and self.device == "cpu" and not self.keeps_state and \
             not self.description.plan_unsupported()
 
-    def _embed_rows(self, ids, positions):
-        """ids, positions int64 (B,) -> the rows' input (B, C): embeddings (+ learned positions)."""
-        x = self.embedding.forward(ids.reshape(-1, 1))
+    def _embed(self, idx, positions):
+        """idx (B, T), positions (B, T) or None -> the layers' input (B, T, C): embeddings (times the embedding
+        scale), plus learned positions."""
+        x = self.embedding.forward(idx)
+        if self.embed_scale is not None:
+            x = self.embed_scale.forward(x)
         if self.positions_table is not None:
-            x = self.positions_table.forward(x, positions.reshape(-1, 1))
-        return np.ascontiguousarray(x.reshape(len(ids), -1))
+            x = self.positions_table.forward(x, positions)
+        return x
+
+    def _rotaries(self) -> list:
+        """The rotary tables' owners the layers use, the model's own (rope_theta) first: the plan's tables 0 and 1."""
+        return list(dict.fromkeys(r for r in [self.rope] + [b.attn.sublayer.rope for b in self.blocks]
+                                  if r is not None))
 
     def _decode_step(self, idx, cache):
         """One new token of one sequence at position cache.length: one row of decode_batch over a cache of one slot
@@ -347,16 +343,16 @@ class Decoder(CausalLM):
             raise ValueError(f"ids must lie in [0, {self.description.vocab_size})")
         if positions.size and (positions.min() < 0 or positions.max() >= self.max_positions):
             raise ValueError(f"positions must lie in [0, {self.max_positions})")
-        cos = sin = None
-        if self.rope is not None:
-            cos, sin = self.rope.tables(int(positions.max()) if positions.size else 0)
-        x = self._embed_rows(ids, positions)
+        # (cos, sin) of each rotary base, as many rows each
+        tables = [r.tables(int(positions.max()) if positions.size else 0) for r in self._rotaries()] + [(None, None)] * 2
+        x = np.ascontiguousarray(self._embed(ids.reshape(-1, 1), positions.reshape(-1, 1)).reshape(len(ids), -1))
         if logit_rows is not None:
             logit_rows = np.ascontiguousarray(logit_rows, np.int64)
         rows = len(ids) if logit_rows is None else len(logit_rows)
         logits = np.empty((rows, self.description.vocab_size), np.float32)
-        plan.step(x, logits, np.ascontiguousarray(slots, np.int64), positions, k, v, cos, sin, logit_rows)
-        return logits
+        plan.step(x, logits, np.ascontiguousarray(slots, np.int64), positions, k, v, *tables[0], logit_rows,
+                  *tables[1])
+        return logits if self.softcap is None else self.softcap.forward(logits)
 
     def new_slots(self, S, T_max):
         """Empty caches for S sequences of up to T_max positions: (k, v), per layer (S, T_max, NKV, HS)."""
@@ -391,8 +387,9 @@ class Decoder(CausalLM):
         def norm(ln):
             return (ln.weight.data, ln.bias.data if isinstance(ln, LayerNorm) else None)
 
+        rotaries = self._rotaries()
         layers = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             attn, ffn = block.attn.sublayer, block.ffn.sublayer
             if attn._qkv is None:
                 attn._qkv = FusedProduct((attn.q, attn.k, attn.v))
@@ -402,12 +399,22 @@ class Decoder(CausalLM):
                 up, down = fused(ffn._gate_up), spec(ffn.down)
             else:
                 up, down = [spec(ffn.fc1)], spec(ffn.fc2)
-            layers.append({"attn_norm": norm(block.attn.ln), "qkv": fused(attn._qkv), "o": spec(attn.o),
-                           "ffn_norm": norm(block.ffn.ln), "up": up, "down": down})
+            layer = {"attn_norm": norm(block.attn.ln), "qkv": fused(attn._qkv), "o": spec(attn.o),
+                     "ffn_norm": norm(block.ffn.ln), "up": up, "down": down, "window": d.window(i),
+                     "rotary_table": rotaries.index(attn.rope) if attn.rope is not None else 0}
+            if d.norm_placement == "sandwich":
+                layer.update(post_attn_norm=norm(block.attn.post_ln), post_ffn_norm=norm(block.ffn.post_ln))
+            if d.qk_norm:
+                layer.update(q_norm=norm(attn.q_norm), k_norm=norm(attn.k_norm))
+            layers.append(layer)
+        scale = self.blocks[0].attn.sublayer.scale if self.blocks else None
         description = {"C": d.n_embd, "NH": d.n_head, "NKV": d.n_kv_head_, "HS": d.head_size, "F": d.ffn_size,
-                       "V": d.vocab_size, "eps": d.norm_eps, "attn_scale": 1.0 / math.sqrt(d.head_size), "layernorm": d.norm == "layernorm",
-                       "rotary": d.positions == "rotary", "interleaved": d.rope_interleaved,
-                       "gated": d.ffn == "gated", "activation": _PLAN_ACTIVATION[d.activation]}
+                       "V": d.vocab_size, "eps": d.norm_eps, "layernorm": d.norm == "layernorm",
+                       "attn_scale": 1.0 / math.sqrt(d.head_size) if scale is None else scale,  # (ops' default)
+                       "norm_offset": d.norm_offset, "sandwich": d.norm_placement == "sandwich",
+                       "qk_norm": d.qk_norm, "rotary": d.positions == "rotary", "rotary_tables": max(1, len(rotaries)),
+                       "interleaved": d.rope_interleaved, "gated": d.ffn == "gated",
+                       "activation": _PLAN_ACTIVATION[d.activation]}
         return ops.decode_plan(description, layers, norm(self.final_norm), spec(self.lm_head))
 
     # --- chat -------------------------------------------------------------------------------------------------

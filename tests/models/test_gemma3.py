@@ -85,8 +85,7 @@ def test_ten_adamw_steps_match_torch(tmp_path, rng):
 
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: s[0])
 def test_greedy_generation_matches_transformers(tmp_path, rng, shape):
-    """A prompt longer than the window, then twelve tokens over the KV cache (the layers' cached path: the C++ plan
-    does not run Gemma's parts yet)."""
+    """A prompt longer than the window, then twelve tokens over the KV cache (the C++ decoding plan)."""
     hf, folder = hf_tiny(tmp_path, *shape)
     ours = from_pretrained(folder)
     prompt = rng.integers(0, V, (1, 9))
@@ -128,19 +127,6 @@ def test_config_counts_parameters_like_transformers(tmp_path):
     hf, _ = hf_tiny(tmp_path, *SHAPES[1])
     cfg = from_pretrained(tmp_path / f"gemma3-{SHAPES[1][0]}").config
     assert cfg.num_params() == sum(p.numel() for p in hf.parameters()) == Gemma3(cfg).num_parameters()
-
-
-def test_the_c_plan_refuses_what_it_does_not_run_and_llama_still_uses_it():
-    gemma = Gemma3(gemma3_config(vocab_size=20, n_layer=1, n_embd=16, n_head=2, head_dim=8, intermediate_size=24))
-    assert set(gemma.description.plan_unsupported()) >= {"norm_offset", "sandwich norms", "qk_norm", "embed_scale",
-                                                         "GeGLU"}
-    with pytest.raises(NotImplementedError, match="norm_offset"):
-        gemma.plan()
-    plain = Decoder(gemma3_config(vocab_size=20, n_layer=1, n_embd=16, n_head=2, norm_offset=0.0,
-                                  norm_placement="pre", qk_norm=False, activation="silu", embed_scale=False))
-    assert plain.description.plan_unsupported() == []
-    with plain.evaluating(), gemma.evaluating():
-        assert plain._plan_applies() and not gemma._plan_applies()
 
 
 @pytest.mark.parametrize("field,value,message", [
