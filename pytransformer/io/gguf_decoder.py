@@ -66,6 +66,7 @@ class GGUFArch:
     permuted_qk: bool = False     # convert_hf_to_gguf permutes q/k rows (llama): the model rotates adjacent pairs
     fused: bool = False           # attn_qkv and ffn_up (gate|up) instead of separate tensors (phi3)
     layer_tensors: dict = field(default_factory=dict)
+    norm_shift: float = 0.0       # what convert_hf_to_gguf added to every norm weight (Gemma's 1 + w: 1), taken off
 
     def tensor_map(self, n_layer: int, shapes: dict) -> dict:
         """GGUF tensor name -> tuple of our parameter names, for the parameters the model has."""
@@ -137,7 +138,9 @@ def decoder_fields(f: GGUFFile, arch: GGUFArch) -> dict:
                 rope_theta=field_of(md, f"{a}.rope.freq_base", float, 0.0, 1e12, 10000.0),
                 rope_scaling=_rope_scaling(f, a, head_dim), tie_word_embeddings="output.weight" not in tensors,
                 head_dim=None if head_dim * n_head == n_embd else head_dim, rope_interleaved=arch.permuted_qk,
-                sliding_window=window, layer_types=None if window is None else ("sliding",) * n_layer)
+                sliding_window=window, layer_types=None if window is None else ("sliding",) * n_layer,
+                final_logit_softcapping=None if md.get(f"{a}.final_logit_softcapping") is None else
+                field_of(md, f"{a}.final_logit_softcapping", float, 0.0, 1e6))
 
 
 def _factors(f: GGUFFile, name: str, head_dim: int) -> list:
@@ -197,7 +200,8 @@ def load_gguf(arch: GGUFArch, path, mmap=True):
     layers = dict(_named_modules(model))
     for gguf_name, ours in mapping.items():
         if len(f.tensors[gguf_name].shape) == 1:
-            params[ours[0]].data[...] = f.tensor(gguf_name)
+            shift = arch.norm_shift if gguf_name.endswith("norm.weight") else 0.0
+            params[ours[0]].data[...] = f.tensor(gguf_name) - np.float32(shift) if shift else f.tensor(gguf_name)
             continue
         blocks, start = f.quantized(gguf_name), 0  # the file's blocks, mapped: read as they are used, never copied
         for name in ours:
@@ -231,10 +235,11 @@ def _named_modules(module, prefix=""):
 
 
 def _llama_config(fields: dict):
-    if fields["rope_scaling"] is not None or fields["sliding_window"] is not None:
-        raise ValueError(f"rope scaling and sliding windows of a llama file are not read yet, got "
-                         f"{quote(fields['rope_scaling'] or fields['sliding_window'])}")
-    fields = {k: v for k, v in fields.items() if k not in ("rope_scaling", "sliding_window", "layer_types")}
+    unread = ("rope_scaling", "sliding_window", "final_logit_softcapping")
+    if any(fields[k] is not None for k in unread):
+        raise ValueError(f"rope scaling, sliding windows and logit soft-capping of a llama file are not read yet, got "
+                         f"{quote(next(fields[k] for k in unread if fields[k] is not None))}")
+    fields = {k: v for k, v in fields.items() if k not in (*unread, "layer_types")}
     return LlamaConfig(**fields)
 
 
