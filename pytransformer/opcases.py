@@ -388,29 +388,32 @@ class Attention(Op):
             x["key_mask"] = mask
         return x
 
-    def ours(self, x, o):
-        causal = o.get("causal", False)
-        out, lse = ops.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
-        dq, dk, dv = ops.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
+    @staticmethod
+    def _run(lib, x, o):
+        causal, window = o.get("causal", False), o.get("window", 0)
+        out, lse = lib.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"], window=window)
+        dq, dk, dv = lib.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"],
+                                            window=window)
         return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
 
+    def ours(self, x, o):
+        return self._run(ops, x, o)
+
     def reference(self, x, o):
-        causal = o.get("causal", False)
-        out, lse = ref.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
-        dq, dk, dv = ref.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
-        return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+        return self._run(ref, x, o)
 
     def calls(self, x, o):
         q, k, v, g, mask, causal = x["q"], x["k"], x["v"], x["dout"], x["key_mask"], o.get("causal", False)
+        window = o.get("window", 0)
         out, lse = empty_like(q), empty(q.shape[:3], like=q)
         dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
 
         def forward():
-            ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse)
+            ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse, window=window)
 
         def forward_backward():
             forward()
-            ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv)
+            ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv, window=window)
 
         return {"forward": forward, "fwd+bwd": forward_backward}
 
@@ -480,22 +483,30 @@ class Rope(Op):
         return 2.0 * s["B"] * s["T"] * s["NH"] * s["HS"] * 4, "GB/s"
 
 
-class SwiGLU(Op):
+class Gated(Op):
+    """A gated feed-forward's product act(gate) * up: SwiGLU (silu) or GeGLU (gelu_tanh), by the ops' prefix."""
+
+    def __init__(self, name, floors=None):
+        self.name, self.floors = name, floors or {}
+
     def make(self, rng, s, o):
         return {"gate": f32(rng, s["n"], scale=3.0), "up": f32(rng, s["n"]), "dout": f32(rng, s["n"])}
 
+    def _run(self, lib, x):
+        dgate, dup = getattr(lib, self.name + "_backward")(x["dout"], x["gate"], x["up"])
+        return {"out": getattr(lib, self.name + "_forward")(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+
     def ours(self, x, o):
-        dgate, dup = ops.swiglu_backward(x["dout"], x["gate"], x["up"])
-        return {"out": ops.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+        return self._run(ops, x)
 
     def reference(self, x, o):
-        dgate, dup = ref.swiglu_backward(x["dout"], x["gate"], x["up"])
-        return {"out": ref.swiglu_forward(x["gate"], x["up"]), "dgate": dgate, "dup": dup}
+        return self._run(ref, x)
 
     def calls(self, x, o):
         out, dg, du = (empty_like(x["gate"]) for _ in range(3))
-        return {"forward": lambda: ops.swiglu_forward(x["gate"], x["up"], out=out),
-                "backward": lambda: ops.swiglu_backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
+        forward, backward = getattr(ops, self.name + "_forward"), getattr(ops, self.name + "_backward")
+        return {"forward": lambda: forward(x["gate"], x["up"], out=out),
+                "backward": lambda: backward(x["dout"], x["gate"], x["up"], dgate=dg, dup=du)}
 
     def work(self, s, o, direction):
         return (3.0 if direction == "forward" else 5.0) * s["n"] * 4, "GB/s"
@@ -604,7 +615,8 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
-       "rope": Rope(), "swiglu": SwiGLU(), "matmul_quantized": MatmulQuantized()}
+       "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
+       "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0})}  # (floors as Gelu's: gelu_tanh(x << 0))
 
 
 @dataclass(frozen=True)
@@ -708,6 +720,14 @@ CASES = [
                                       (2, 4, 2, 65, 65, 8), (2, 10, 2, 1, 70, 72), (1, 9, 3, 4, 90, 64),
                                       (3, 8, 1, 2, 40, 136)]
       for causal in (False, True) for masked in (False, True)],
+    # sliding windows (causal): shorter and longer than the sequence, one key, across tile edges (64), decoding
+    # rows and the split path over a long cache, grouped heads, with and without padding
+    *[case("attention", TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk, HS=HS, causal=True, masked=masked, window=w)
+      for Bt, NH, NKV, Tq, Tk, HS, w in [(1, 1, 1, 1, 1, 1, 1), (2, 3, 3, 17, 17, 8, 4), (1, 2, 1, 130, 130, 17, 2),
+                                         (1, 2, 2, 130, 130, 16, 70), (2, 4, 2, 65, 90, 8, 33),
+                                         (1, 2, 1, 200, 200, 5, 64), (2, 4, 2, 3, 130, 17, 20),
+                                         (1, 1, 1, 1, 3000, 64, 300), (1, 2, 1, 1, 3000, 8, 2000), (1, 2, 2, 20, 20, 8, 100)]
+      for masked in (False, True)],
     # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
     *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
       for NH, Tq, Tk, HS in [(1, 1, 3000, 64), (1, 2, 1100, 17), (2, 1, 4099, 8)]
@@ -719,7 +739,7 @@ CASES = [
       for Bt, Tt, NH, HS, P, base in [(1, 1, 1, 2, 1, 10000.0), (2, 5, 3, 8, 9, 10000.0), (1, 17, 9, 64, 40, 1e5),
                                       (3, 65, 2, 34, 100, 500000.0), (1, 130, 4, 128, 2048, 10000.0)]
       for il in (False, True)],
-    *[case("swiglu", CHECK if n == 130 else TEST, n=n) for n in [1, 3, 17, 130, 70000]],
+    *[case(gated, CHECK if n == 130 else TEST, n=n) for gated in ("swiglu", "geglu") for n in [1, 3, 17, 130, 70000]],
     # every GGUF type through every row path of its product: 1 row, 2-3 (the small-M kernels), 4, 5-8, 9-16 (the
     # batch kernel's lane groupings, which differ by ISA) and past 16 (widened GEMM); OC not a multiple of 4 or
     # of the batch kernel's channel block; IC one, a few and many blocks (float types: widths that are not a
@@ -756,6 +776,7 @@ CASES = [
       for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],
     case("rmsnorm", BENCH, N=8192, C=576),
     case("swiglu", BENCH, n=512 * 1536),
+    case("geglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),
     *[case("attention", BENCH, B=1, NH=9, NKV=3, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (512,)],
 ]

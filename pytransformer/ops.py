@@ -420,8 +420,12 @@ def _heads(layout, T, H="NH"):
     return tuple(n.format(T=T, H=H) for n in _LAYOUTS[layout])
 
 
-def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
+def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=None):
     d = {}
+    window = integer(window, "window")
+    if window < 0 or (window and not causal):
+        raise ValueError(f"window must be 0 (none) or, with causal attention, a positive number of keys; got "
+                         f"{window} (causal={bool(causal)})")
     array(q, "q", _heads(layout, "Tq"), d)
     array(k, "k", _heads(layout, "Tkv", "NKV"), d)
     array(v, "v", _heads(layout, "Tkv", "NKV"), d)
@@ -434,37 +438,39 @@ def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
     if d["HS"] == 0:
         raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
-    return d, mask, scale
+    return d, mask, scale, window
 
 
 @_writes("out", "lse")
 def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None,
-                      kv_len=None):
+                      kv_len=None, window=0):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
 
     q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS) with NKV dividing NH (grouped-query attention: query head h
     reads key/value head h // (NH / NKV), in place); causal: key j visible to query i when j <= i + Tk - Tq;
-    key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
+    key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS). window > 0 (causal only): sliding-window
+    attention, key j also hidden from query i when j <= i + Tk - Tq - window (each query sees the window keys up to
+    and including its own position, so never none of them).
     layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
     to heads without a copy.
     kv_len: k and v are a KV cache holding more rows per sequence than are in use; the first kv_len are the keys
     (Tk = kv_len; key_mask is then (B, kv_len)). Read in place, no copy.
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout, kv_len)
+    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len)
     out = output(out, "out", q.shape, q)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), q)
     _kernels(out).attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
-                            d["HS"], bool(causal), scale, layout == "bthd")
+                                    d["HS"], bool(causal), window, scale, layout == "bthd")
     return out, lse
 
 
 @_writes("dq", "dk", "dv")
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, layout="bhtd",
-                       dq=None, dk=None, dv=None):
+                       dq=None, dk=None, dv=None, window=0):
     """-> dq, dk, dv (overwritten, shaped like q, k, v; a grouped key/value head sums its query heads'), from the
-    forward's out and lse."""
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
+    forward's out and lse (and the forward's causal, key_mask, scale and window)."""
+    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window)
     array(out, "out", _heads(layout, "Tq"), d)
     array(dout, "dout", _heads(layout, "Tq"), d)
     array(lse, "lse", ("B", "NH", "Tq"), d)
@@ -472,7 +478,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     dk = output(dk, "dk", k.shape, dout)
     dv = output(dv, "dv", v.shape, dout)
     _kernels(dq).attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
-                             d["Tk"], d["HS"], bool(causal), scale, layout == "bthd")
+                                     d["Tk"], d["HS"], bool(causal), window, scale, layout == "bthd")
     return dq, dk, dv
 
 
@@ -510,14 +516,19 @@ def rmsnorm_backward(dout, inp, weight, rstd, *, dinp=None, dweight=None):
     return dinp, dweight
 
 
-def rope_tables(positions, head_size, base=10000.0):
-    """(cos, sin), each float32 (positions, head_size / 2): angle p * base^(-2i / head_size), computed in float64."""
+def rope_tables(positions, head_size, base=10000.0, inv_freq=None, scale=1.0):
+    """(cos, sin), each float32 (positions, head_size / 2): angle p * base^(-2i / head_size), or p * inv_freq[i]
+    (a scaled rotary's frequencies, (head_size / 2,)), computed in float64; both times scale (an attention factor)."""
     P, HS = integer(positions, "positions"), integer(head_size, "head_size")
     base = finite_float(base, "base", 1.0)
     if P < 0 or HS < 2 or HS % 2:
         raise ValueError(f"rope tables need positions >= 0 and an even head size >= 2, got {P}, {HS}")
-    angle = np.arange(P, dtype=np.float64)[:, None] * base ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    if inv_freq is None:
+        inv_freq = base ** (-np.arange(0, HS, 2, dtype=np.float64) / HS)
+    elif np.shape(inv_freq) != (HS // 2,):
+        raise ValueError(f"inv_freq must be ({HS // 2},) for a head of {HS}, got {np.shape(inv_freq)}")
+    angle = np.arange(P, dtype=np.float64)[:, None] * np.asarray(inv_freq, np.float64)
+    return (scale * np.cos(angle)).astype(np.float32), (scale * np.sin(angle)).astype(np.float32)
 
 
 def _rope_args(x, name, cos, sin, positions):
@@ -554,26 +565,35 @@ def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     return dinp
 
 
-@_writes("out", same=[("out", "gate"), ("out", "up")])
-def swiglu_forward(gate, up, *, out=None):
-    """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
-    array(gate, "gate", ("...",), {})
-    _same_shape(up, "up", gate, "gate")
-    out = output(out, "out", gate.shape, gate)
-    _kernels(out).swiglu_forward(out, gate, up, gate.size)
-    return out
+def _gated(name, act):
+    """The checked forward and backward of a gated feed-forward's product `name`: out = act(gate) * up."""
+    @_writes("out", same=[("out", "gate"), ("out", "up")])
+    def forward(gate, up, *, out=None):
+        array(gate, "gate", ("...",), {})
+        _same_shape(up, "up", gate, "gate")
+        out = output(out, "out", gate.shape, gate)
+        getattr(_kernels(out), name + "_forward")(out, gate, up, gate.size)
+        return out
+
+    @_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
+    def backward(dout, gate, up, *, dgate=None, dup=None):
+        array(gate, "gate", ("...",), {})
+        _same_shape(up, "up", gate, "gate")
+        _same_shape(dout, "dout", gate, "gate")
+        dgate = output(dgate, "dgate", gate.shape, dout)
+        dup = output(dup, "dup", gate.shape, dout)
+        getattr(_kernels(dout), name + "_backward")(dgate, dup, dout, gate, up, gate.size)
+        return dgate, dup
+
+    forward.__name__ = forward.__qualname__ = name + "_forward"
+    backward.__name__ = backward.__qualname__ = name + "_backward"
+    forward.__doc__ = f"out = {act}(gate) * up, elementwise; out may be gate or up."
+    backward.__doc__ = "-> (dgate, dup), both overwritten; either may be dout."
+    return forward, backward
 
 
-@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
-def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
-    """-> (dgate, dup), both overwritten; either may be dout."""
-    array(gate, "gate", ("...",), {})
-    _same_shape(up, "up", gate, "gate")
-    _same_shape(dout, "dout", gate, "gate")
-    dgate = output(dgate, "dgate", gate.shape, dout)
-    dup = output(dup, "dup", gate.shape, dout)
-    _kernels(dout).swiglu_backward(dgate, dup, dout, gate, up, gate.size)
-    return dgate, dup
+swiglu_forward, swiglu_backward = _gated("swiglu", "silu")      # Llama's gated feed-forward
+geglu_forward, geglu_backward = _gated("geglu", "gelu_tanh")    # Gemma's
 
 
 # --- GGUF block-quantised weights (inference) ----------------------------------------------------------------
@@ -771,9 +791,11 @@ def small_batch_rows() -> int:
 
 def decode_plan(description: dict, layers: list, final_norm: tuple, head: tuple):
     """The C++ decoding step of a decoder (cpp/decode.h), over the arrays these name (kept alive by the plan):
-    description {C, NH, NKV, HS, F, V, eps, attn_scale, layernorm, rotary, interleaved, gated, activation}; per
-    layer {attn_norm, qkv, o, ffn_norm, up, down}, norms (weight, bias or None), products a list of weight specs
-    (nn.weights Weight.spec() + (bias or None,)). plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows)."""
+    description {C, NH, NKV, HS, F, V, eps, attn_scale, layernorm, rotary, interleaved, gated, activation, and
+    optionally norm_offset, sandwich, qk_norm, rotary_tables}; per layer {attn_norm, qkv, o, ffn_norm, up, down, and
+    post_attn_norm, post_ffn_norm when sandwich, q_norm, k_norm when qk_norm, optionally window and rotary_table},
+    norms (weight, bias or None), products a list of weight specs (nn.weights Weight.spec() + (bias or None,)).
+    plan.step(x, logits, slots, positions, k, v, cos, sin, logit_rows, local_cos, local_sin)."""
     return _core.DecodePlan(description, layers, final_norm, head)
 
 

@@ -70,6 +70,33 @@ def test_every_cuda_op_has_cases():
 
 
 @needs_cuda
+@pytest.mark.parametrize("case", [c for c in CUDA_CASES if c.op == "attention"], ids=lambda c: c.label)
+def test_a_nan_reaches_the_rows_it_reaches_on_the_cpu(rng, case):
+    """reference.attention's rule, which the CPU kernels follow (test_attention_nonfinite.py): a NaN query, or a
+    NaN key or value row that a row sees, makes that row NaN (lse too, but for a value); rows that do not see it and
+    rows that see no key are untouched."""
+    from test_attention_nonfinite import poisonings
+
+    if not _small(case):
+        pytest.skip("too large for the emulator (runs on a GPU)")
+    x = case.make(rng)
+    causal, mask, window = case.o.get("causal", False), x["key_mask"], case.o.get("window", 0)
+    visible = ref.attention_visible(x["q"].shape[2], x["k"].shape[2], causal, mask, window)
+    for what, name, index, _ in poisonings(rng, x, visible, causal):
+        poisoned = dict(x, **{name: x[name].copy()})
+        poisoned[name][index] = np.nan
+        q, k, v = (poisoned[n] for n in ("q", "k", "v"))
+        want = ops.attention_forward(q, k, v, causal, mask, window=window)
+        got = ops.attention_forward(to_device(q), to_device(k), to_device(v), causal,
+                                    None if mask is None else to_device(mask), window=window)
+        for name_, g, w in zip(("out", "lse"), got, want):
+            g = to_host(g)
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{case.label}: {what}: {name_} NaN rows")
+            np.testing.assert_allclose(g[~np.isnan(w)], w[~np.isnan(w)], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{case.label}: {what}: {name_}")
+
+
+@needs_cuda
 def test_dropout_masks_equal_the_cpus_bit_for_bit(rng):
     x = rng.standard_normal(70001).astype(np.float32)
     for p, seed in [(0.1, 0), (0.5, 2**64 - 1), (0.37, 12345)]:

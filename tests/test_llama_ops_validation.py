@@ -55,21 +55,23 @@ def test_rope_errors(rng):
     np.testing.assert_array_equal(y, z)
 
 
-def test_swiglu_errors_and_in_place(rng):
+@pytest.mark.parametrize("gated", ["swiglu", "geglu"])
+def test_gated_errors_and_in_place(rng, gated):
+    forward, backward = getattr(ops, gated + "_forward"), getattr(ops, gated + "_backward")
     g, u, d = f(rng, 5, 7), f(rng, 5, 7), f(rng, 5, 7)
     with pytest.raises(ValueError, match="shape"):
-        ops.swiglu_forward(g, f(rng, 5, 6))
-    want = ops.swiglu_forward(g, u)
+        forward(g, f(rng, 5, 6))
+    want = forward(g, u)
     uu = u.copy()
-    np.testing.assert_array_equal(ops.swiglu_forward(g, uu, out=uu), want)
-    dg, du = ops.swiglu_backward(d, g, u)
+    np.testing.assert_array_equal(forward(g, uu, out=uu), want)
+    dg, du = backward(d, g, u)
     dd = d.copy()
-    dg2, du2 = ops.swiglu_backward(dd, g, u, dgate=dd)
+    dg2, du2 = backward(dd, g, u, dgate=dd)
     np.testing.assert_array_equal(dg2, dg)
     np.testing.assert_array_equal(du2, du)
     with pytest.raises(ValueError):  # both gradients into one buffer would overwrite each other
-        ops.swiglu_backward(d.copy(), g, u, dgate=dd, dup=dd)
-    assert ops.swiglu_forward(np.zeros(0, np.float32), np.zeros(0, np.float32)).shape == (0,)
+        backward(d.copy(), g, u, dgate=dd, dup=dd)
+    assert forward(np.zeros(0, np.float32), np.zeros(0, np.float32)).shape == (0,)
 
 
 def test_quantized_weights_are_checked(rng):

@@ -186,13 +186,16 @@ def test_rmsnorm_matches_torch(torch, isa, rng):
     assert_close(dw, tw.grad.numpy(), TOL, "dweight")
 
 
-def test_swiglu_matches_torch(torch, isa, rng):
+@pytest.mark.parametrize("gated", ["swiglu", "geglu"])
+def test_gated_matches_torch(torch, isa, rng, gated):
+    act = {"swiglu": torch.nn.functional.silu,
+           "geglu": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}[gated]
     gate, up, g = f32(rng, 1000, scale=3.0), f32(rng, 1000), f32(rng, 1000)
     tg, tu = t64(torch, gate), t64(torch, up)
-    ty = torch.nn.functional.silu(tg) * tu
+    ty = act(tg) * tu
     ty.backward(torch.from_numpy(g).double())
-    assert_close(ops.swiglu_forward(gate, up), ty.detach().numpy(), TOL, "out")
-    dgate, dup = ops.swiglu_backward(g, gate, up)
+    assert_close(getattr(ops, gated + "_forward")(gate, up), ty.detach().numpy(), TOL, "out")
+    dgate, dup = getattr(ops, gated + "_backward")(g, gate, up)
     assert_close(dgate, tg.grad.numpy(), TOL, "dgate")
     assert_close(dup, tu.grad.numpy(), TOL, "dup")
 

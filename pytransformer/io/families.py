@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from ..models import BERT, GPT, BertConfig, GPTConfig, Llama, LlamaConfig, Transformer, TransformerConfig, ViT, ViTConfig
+from ..models import (BERT, GPT, BertConfig, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, Mistral, Phi3, Qwen2,
+                      Qwen3, Transformer, TransformerConfig, ViT, ViTConfig)
 from ..models.base import register_hf_format
-from . import gguf_llama, hf_bert, hf_gpt2, hf_llama, hf_vit
+from . import gguf_decoder, gguf_gemma3, hf_bert, hf_decoder, hf_gemma3, hf_gpt2, hf_llama, hf_vit
 from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
 from .safetensors import quote
@@ -26,6 +27,11 @@ class GGUFLayout:
     (an opened GGUFFile -> the model, its matrices kept in the file's blocks)."""
     architectures: tuple
     load: Callable
+
+
+def gguf_decoder_layout(arch: gguf_decoder.GGUFArch) -> GGUFLayout:
+    """The GGUF layout of a decoder architecture read by the one decoder reader (io/gguf_decoder.py)."""
+    return GGUFLayout((arch.name,), partial(gguf_decoder.load_gguf, arch))
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,12 @@ FAMILIES = (
     Family("bert", BertConfig, BERT, hf_bert.LAYOUT),
     Family("transformer", TransformerConfig, Transformer),
     Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
-    Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT, GGUFLayout(gguf_llama.ARCHITECTURES, gguf_llama.load_llama_gguf)),
+    Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT, gguf_decoder_layout(gguf_decoder.LLAMA)),
+    Family("qwen2", DecoderConfig, Qwen2, hf_decoder.QWEN2.layout(), gguf_decoder_layout(gguf_decoder.QWEN2)),
+    Family("qwen3", DecoderConfig, Qwen3, hf_decoder.QWEN3.layout(), gguf_decoder_layout(gguf_decoder.QWEN3)),
+    Family("phi3", DecoderConfig, Phi3, hf_decoder.PHI3.layout(), gguf_decoder_layout(gguf_decoder.PHI3)),
+    Family("mistral", DecoderConfig, Mistral, hf_decoder.MISTRAL.layout()),
+    Family("gemma3", DecoderConfig, Gemma3, hf_gemma3.LAYOUT, gguf_decoder_layout(gguf_gemma3.GEMMA3)),
 )
 
 for _family in FAMILIES:

@@ -128,22 +128,24 @@ class Transposed:
 
 
 class Fused:
-    """Several of ours side by side in one Hugging Face tensor (GPT-2's c_attn: q, k, v): weights (in, sum of
-    outs) concatenated along axis 1 after the Conv1D transpose, biases along axis 0."""
+    """Several of ours side by side in one Hugging Face tensor: GPT-2's c_attn (q, k, v: weights (in, sum of outs)
+    concatenated along axis 1 after the Conv1D transpose, biases along axis 0); Phi-3's qkv_proj and gate_up_proj
+    (not transposed: (out, in) weights stacked by rows)."""
 
     def __init__(self, transposed: bool):
         self.transposed = transposed
 
     def hf_shape_of(self, shapes):
         total = sum(s[0] for s in shapes)
-        return (shapes[0][1], total) if self.transposed else (total,)
+        return (shapes[0][1], total) if self.transposed else (total, *shapes[0][1:])
 
     def to_ours(self, value, shapes):
         sizes = [s[0] for s in shapes]
         cuts = np.cumsum(sizes)[:-1]
         if self.transposed:
             return [np.ascontiguousarray(part.T) for part in np.split(value.reshape(-1, sum(sizes)), cuts, axis=1)]
-        return [np.ascontiguousarray(part) for part in np.split(value.reshape(-1), cuts)]
+        return [np.ascontiguousarray(part.reshape(shape))
+                for part, shape in zip(np.split(value.reshape(sum(sizes), -1), cuts), shapes)]
 
     def to_hf(self, values):
         if self.transposed:
@@ -215,6 +217,18 @@ class NameMap:
 
     def to_hf(self, ours: dict) -> dict:
         return {r.hf: r.layout.to_hf([ours[n] for n in r.ours]) for r in self.rules if all(n in ours for n in r.ours)}
+
+
+def decoder_names(c, prefix: str, layer_rules) -> NameMap:
+    """A decoder-only family's name map (transformers' *ForCausalLM layout): the embeddings and final norm under
+    prefix, each layer's rules from layer_rules(its Hugging Face prefix, our block's prefix), the head when untied."""
+    rules = [rule(f"{prefix}embed_tokens.weight", "embed.weight"), rule(f"{prefix}norm.weight", "norm.weight")]
+    for i in range(c.n_layer):
+        rules += layer_rules(f"{prefix}layers.{i}.", f"blocks.{i}.")
+    if not c.tie_word_embeddings:
+        rules.append(rule("lm_head.weight", "lm_head.weight"))
+    return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if c.tie_word_embeddings else ()),
+                   strict=True)
 
 
 def listed(items, shown=4) -> str:

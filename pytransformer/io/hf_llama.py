@@ -4,32 +4,12 @@ pytransformer's Llama. Linear weights are (out, in) in both; the name map is one
 from __future__ import annotations
 
 from ..models.llama import Llama, LlamaConfig
-import numpy as np
 
-from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, detect_prefix, float_field,
-                        int_field, load, rule)
+from .hf_decoder import Interleaved
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, HFLayout, NameMap, check_activation, decoder_names,
+                        detect_prefix, float_field, int_field, load, rule)
 from .safetensors import quote
 
-
-class Interleaved:
-    """A q or k projection whose rows we keep in llama.cpp's order (a model loaded from GGUF: rotary pairs
-    (2i, 2i + 1)); Hugging Face's order pairs rows i and i + HS/2 of each head (convert_hf_to_gguf's permute)."""
-
-    def __init__(self, n_head: int):
-        self.n_head = n_head
-
-    def hf_shape_of(self, shapes):
-        return tuple(shapes[0])
-
-    def to_ours(self, value, shapes):
-        w = np.asarray(value).reshape(shapes[0])
-        return [np.ascontiguousarray(w.reshape(self.n_head, 2, w.shape[0] // self.n_head // 2, -1)
-                                     .swapaxes(1, 2).reshape(w.shape))]
-
-    def to_hf(self, values):
-        w = np.asarray(values[0])
-        return np.ascontiguousarray(w.reshape(self.n_head, w.shape[0] // self.n_head // 2, 2, -1)
-                                    .swapaxes(1, 2).reshape(w.shape))
 
 PREFIX = "model."
 
@@ -71,20 +51,14 @@ def from_hf(cfg: dict, tensors: dict):
 
 
 def names(c: LlamaConfig, prefix: str = PREFIX) -> NameMap:
-    p = prefix
-    rules = [rule(f"{p}embed_tokens.weight", "embed.weight"), rule(f"{p}norm.weight", "norm.weight")]
-    for i in range(c.n_layer):
-        h, b = f"{p}layers.{i}.", f"blocks.{i}."
-        rules += [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
-                  rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight")]
+    def layer(h, b):
+        rules = [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
+                 rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight")]
         for n, heads in (("q", c.n_head), ("k", c.n_kv_head), ("v", None), ("o", None)):
             layout = Interleaved(heads) if heads and c.rope_interleaved else SAME
             rules.append(rule(f"{h}self_attn.{n}_proj.weight", f"{b}attn.sublayer.{n}.weight", layout=layout))
-        rules += [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up", "down")]
-    if not c.tie_word_embeddings:
-        rules.append(rule("lm_head.weight", "lm_head.weight"))
-    return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if c.tie_word_embeddings else ()),
-                   strict=True)
+        return rules + [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up", "down")]
+    return decoder_names(c, prefix, layer)
 
 
 def to_hf(c: LlamaConfig):

@@ -22,21 +22,25 @@ import numpy as np
 
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositions, Linear,
-                  MultiHeadAttention, RMSNorm, Rotary, TiedLMHead, weights)
+                  MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, weights)
+from ..nn import rope_scaling
 from ..nn.layers import FusedProduct
-from .base import CausalLM, CrossEntropyHead, check_ids, last_rows
+from .config import ModelConfig
+from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post", "sandwich")
 POSITIONS = ("learned", "rotary")
 FFNS = ("plain", "gated")
+LAYER_TYPES = ("full", "sliding")
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU, GeGLU
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")  # gelu: the exact (erf) form
 _PLAN_ACTIVATION = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}  # cpp/decode.h DecodePlan::Activation
 _LAYER_ACTIVATION = {"gelu_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}  # nn.Activation's names
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ModelConfig):
     """One decoder-only transformer. Sizes: C = n_embd, NH = n_head, NKV = n_kv_head, HS = head_dim, F =
     intermediate_size, V = vocab_size."""
 
@@ -90,10 +94,23 @@ class DecoderConfig:
             raise ValueError(f"n_embd {self.n_embd} must be divisible by n_head {self.n_head} (or give head_dim)")
         if self.positions == "rotary" and self.head_size % 2:
             raise ValueError(f"rotary attention needs an even head size, got {self.head_size}")
-        if self.ffn == "gated" and self.activation != "silu":
-            raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU is)")
-        if self.layer_types is not None and len(self.layer_types) != self.n_layer:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
+        if self.ffn == "gated" and self.activation not in GATED_ACTIVATIONS:
+            raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU and "
+                                      f"GeGLU are)")
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)
+            if len(self.layer_types) != self.n_layer or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"layer_types must be {self.n_layer} entries of {', '.join(LAYER_TYPES)}, got "
+                                 f"{self.layer_types!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, (int, np.integer))
+                                                or self.sliding_window < 1):
+            raise ValueError(f"sliding_window must be a positive integer or None, got {self.sliding_window!r}")
+        if self.norm_offset and self.norm != "rmsnorm":
+            raise ValueError(f"norm_offset needs norm 'rmsnorm', got {self.norm!r}")
+        for name in ("final_logit_softcapping", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
 
     @property
     def n_kv_head_(self) -> int:
@@ -107,28 +124,38 @@ class DecoderConfig:
     def ffn_size(self) -> int:
         return 4 * self.n_embd if self.intermediate_size is None else self.intermediate_size
 
+    def num_params(self) -> int:
+        return count_parameters(Decoder, self)
+
+    def layer_type(self, i: int) -> str:
+        return "full" if self.layer_types is None else self.layer_types[i]
+
+    def window(self, i: int) -> int:
+        """Layer i's attention window (0: none): sliding_window on the layers layer_types marks "sliding"."""
+        return self.sliding_window if self.sliding_window and self.layer_type(i) == "sliding" else 0
+
+    def rope_base(self, i: int) -> float:
+        """Layer i's rotary base: rope_local_theta on the sliding layers when given, else rope_theta."""
+        local = self.layer_type(i) == "sliding" and self.rope_local_theta is not None
+        return self.rope_local_theta if local else self.rope_theta
+
+    @property
+    def attn_scale(self) -> float:
+        return (self.head_size if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar) ** -0.5
+
     def unsupported(self) -> list:
         """The parts of this description the engine does not run yet (each raises when a model is built)."""
         gaps = []
-        if self.norm_offset:
-            gaps.append("norm_offset")
-        if self.norm_placement == "sandwich":
-            gaps.append("sandwich norms")
-        if self.qk_norm:
-            gaps.append("qk_norm")
         if self.partial_rotary_factor != 1.0:
             gaps.append("partial rotary")
-        if self.rope_scaling not in (None, {}) and self.rope_scaling.get("rope_type", "default") != "default":
-            gaps.append(f"rope scaling {self.rope_scaling.get('rope_type')!r}")
-        if self.sliding_window is not None and (self.layer_types is None or "sliding" in self.layer_types):
-            gaps.append("sliding-window attention")
-        if self.rope_local_theta is not None:
-            gaps.append("per-layer rotary bases")
-        if self.embed_scale:
-            gaps.append("embed_scale")
-        if self.final_logit_softcapping:
-            gaps.append("final_logit_softcapping")
+        if rope_scaling.rope_type(self.rope_scaling) not in rope_scaling.TYPES:
+            gaps.append(f"rope scaling {rope_scaling.rope_type(self.rope_scaling)!r}")
         return gaps
+
+    def plan_unsupported(self) -> list:
+        """The parts the layers run but the C++ decoding plan does not: such a model generates through the layers'
+        cached path. (Norms after each residual only: no decoder family has them.)"""
+        return ["post norms"] if self.norm_placement == "post" else []
 
 
 class Decoder(CausalLM):
@@ -150,17 +177,30 @@ class Decoder(CausalLM):
         setattr(self, self.NAMES["embed"], Embedding(d.vocab_size, C, std))
         if d.positions == "learned":
             setattr(self, self.NAMES["positions"], LearnedPositions(d.max_positions, C, d.positions_std))
+        if d.embed_scale:
+            self.embed_scale = Scale(math.sqrt(C))
         self.drop = Dropout(d.dropout)
-        rope = Rotary(d.head_size, d.rope_theta, 256, d.rope_interleaved) if d.positions == "rotary" else None
+        # one rotary table per base (Gemma 3: a local base for the sliding layers; rope_scaling scales the global one)
+        ropes = {base: Rotary(d.head_size, base, 256, d.rope_interleaved,
+                              d.rope_scaling if base == d.rope_theta else None, d.max_positions)
+                 for base in {d.rope_theta, *(d.rope_base(i) for i in range(d.n_layer))}} \
+            if d.positions == "rotary" else {}
+        rope = ropes.get(d.rope_theta)
+        qk_norm = (lambda: RMSNorm(d.head_size, d.norm_eps, d.norm_offset)) if d.qk_norm else None
+        scale = None if d.query_pre_attn_scalar is None else d.attn_scale
         self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, d.n_head, causal=True, bias=d.qkv_bias, std=std,
                                                             out_std=out_std, n_kv_head=d.n_kv_head_,
-                                                            head_dim=d.head_dim, rope=rope, o_bias=d.o_bias),
+                                                            head_dim=d.head_dim, rope=ropes.get(d.rope_base(i)),
+                                                            o_bias=d.o_bias, qk_norm=qk_norm, window=d.window(i),
+                                                            scale=scale),
                                     ffn=self._feed_forward(d, out_std), norm=self._norm_factory(d),
                                     placement=d.norm_placement, dropout=d.dropout)
-                       for _ in range(d.n_layer)]
+                       for i in range(d.n_layer)]
         setattr(self, self.NAMES["final_norm"], self._norm_factory(d)())
         self.lm_head = TiedLMHead(self.embedding.weight) if d.tie_word_embeddings else \
             Linear(C, d.vocab_size, False, std)
+        if d.final_logit_softcapping:
+            self.softcap = SoftCap(d.final_logit_softcapping)
         self.head = CrossEntropyHead()
         self.tokenizer = None  # set by the loaders that know one
         self.rope = rope
@@ -173,12 +213,15 @@ class Decoder(CausalLM):
     def _norm_factory(d):
         if d.norm == "layernorm":
             return lambda: LayerNorm(d.n_embd, d.norm_eps)
-        return lambda: RMSNorm(d.n_embd, d.norm_eps)
+        return lambda: RMSNorm(d.n_embd, d.norm_eps, d.norm_offset)
+
+    embed_scale = softcap = None  # (Gemma's parts, when the description has them)
 
     @staticmethod
     def _feed_forward(d, out_std):
         if d.ffn == "gated":
-            return GatedFeedForward(d.n_embd, d.ffn_size, bias=d.mlp_bias, std=d.init_std, out_std=out_std)
+            return GatedFeedForward(d.n_embd, d.ffn_size, bias=d.mlp_bias, std=d.init_std, out_std=out_std,
+                                    activation=d.activation)
         return FeedForward(d.n_embd, d.ffn_size, _LAYER_ACTIVATION[d.activation], d.mlp_bias, d.init_std,
                            out_std)
 
@@ -222,10 +265,7 @@ class Decoder(CausalLM):
         elif d.positions == "rotary" or cache is not None:
             position_ids = np.ascontiguousarray(
                 np.broadcast_to(np.arange(start, start + idx.shape[1], dtype=np.int64), idx.shape))
-        x = self.embedding.forward(idx)
-        if self.positions_table is not None:
-            x = self.positions_table.forward(x, position_ids)
-        x = self.drop.forward(x)
+        x = self.drop.forward(self._embed(idx, position_ids))
         rotary = position_ids if d.positions == "rotary" else None
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache.layer(i)
@@ -237,12 +277,16 @@ class Decoder(CausalLM):
             cache.length += idx.shape[1]
         if last_only:  # (generation's prefill: only the last position's next token is wanted)
             x = last_rows(x)
-        return self.lm_head.forward(self.final_norm.forward(x))
+        logits = self.lm_head.forward(self.final_norm.forward(x))
+        return logits if self.softcap is None else self.softcap.forward(logits)
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
-        dx = self.final_norm.backward(self.lm_head.backward(self.head.backward(dloss)))
+        dlogits = self.head.backward(dloss)
+        if self.softcap is not None:
+            dlogits = self.softcap.backward(dlogits)
+        dx = self.final_norm.backward(self.lm_head.backward(dlogits))
         for i in reversed(range(len(self.blocks))):
             dx = self.blocks[i].backward(dx)
             if self.on_block_done is not None:
@@ -250,20 +294,30 @@ class Decoder(CausalLM):
         dx = self.drop.backward(dx)
         if self.positions_table is not None:
             dx = self.positions_table.backward(dx)
+        if self.embed_scale is not None:
+            dx = self.embed_scale.backward(dx)
         self.embedding.backward(dx)
 
     # --- decoding through the C++ plan ------------------------------------------------------------------------
 
     def _plan_applies(self) -> bool:
         return self.decode_in_cpp and self.device == "cpu" and not self.keeps_state and \
-            self.description.norm_placement == "pre"
+            not self.description.plan_unsupported()
 
-    def _embed_rows(self, ids, positions):
-        """ids, positions int64 (B,) -> the rows' input (B, C): embeddings (+ learned positions)."""
-        x = self.embedding.forward(ids.reshape(-1, 1))
+    def _embed(self, idx, positions):
+        """idx (B, T), positions (B, T) or None -> the layers' input (B, T, C): embeddings (times the embedding
+        scale), plus learned positions."""
+        x = self.embedding.forward(idx)
+        if self.embed_scale is not None:
+            x = self.embed_scale.forward(x)
         if self.positions_table is not None:
-            x = self.positions_table.forward(x, positions.reshape(-1, 1))
-        return np.ascontiguousarray(x.reshape(len(ids), -1))
+            x = self.positions_table.forward(x, positions)
+        return x
+
+    def _rotaries(self) -> list:
+        """The rotary tables' owners the layers use, the model's own (rope_theta) first: the plan's tables 0 and 1."""
+        return list(dict.fromkeys(r for r in [self.rope] + [b.attn.sublayer.rope for b in self.blocks]
+                                  if r is not None))
 
     def _decode_step(self, idx, cache):
         """One new token of one sequence at position cache.length: one row of decode_batch over a cache of one slot
@@ -289,16 +343,16 @@ class Decoder(CausalLM):
             raise ValueError(f"ids must lie in [0, {self.description.vocab_size})")
         if positions.size and (positions.min() < 0 or positions.max() >= self.max_positions):
             raise ValueError(f"positions must lie in [0, {self.max_positions})")
-        cos = sin = None
-        if self.rope is not None:
-            cos, sin = self.rope.tables(int(positions.max()) if positions.size else 0)
-        x = self._embed_rows(ids, positions)
+        # (cos, sin) of each rotary base, as many rows each
+        tables = [r.tables(int(positions.max()) if positions.size else 0) for r in self._rotaries()] + [(None, None)] * 2
+        x = np.ascontiguousarray(self._embed(ids.reshape(-1, 1), positions.reshape(-1, 1)).reshape(len(ids), -1))
         if logit_rows is not None:
             logit_rows = np.ascontiguousarray(logit_rows, np.int64)
         rows = len(ids) if logit_rows is None else len(logit_rows)
         logits = np.empty((rows, self.description.vocab_size), np.float32)
-        plan.step(x, logits, np.ascontiguousarray(slots, np.int64), positions, k, v, cos, sin, logit_rows)
-        return logits
+        plan.step(x, logits, np.ascontiguousarray(slots, np.int64), positions, k, v, *tables[0], logit_rows,
+                  *tables[1])
+        return logits if self.softcap is None else self.softcap.forward(logits)
 
     def new_slots(self, S, T_max):
         """Empty caches for S sequences of up to T_max positions: (k, v), per layer (S, T_max, NKV, HS)."""
@@ -307,6 +361,10 @@ class Decoder(CausalLM):
 
     def plan(self):
         """The C++ decoding plan over the current weights (remade when any weight was swapped or moved)."""
+        gaps = self.description.plan_unsupported()
+        if gaps:
+            raise NotImplementedError(f"the C++ decoding plan does not run {', '.join(gaps)} yet (generate() runs "
+                                      f"this model through its layers)")
         if self._plan is None or self._plan[0] != weights.generation():
             self._plan = (weights.generation(), self._make_plan())
         return self._plan[1]
@@ -329,8 +387,9 @@ class Decoder(CausalLM):
         def norm(ln):
             return (ln.weight.data, ln.bias.data if isinstance(ln, LayerNorm) else None)
 
+        rotaries = self._rotaries()
         layers = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             attn, ffn = block.attn.sublayer, block.ffn.sublayer
             if attn._qkv is None:
                 attn._qkv = FusedProduct((attn.q, attn.k, attn.v))
@@ -340,12 +399,22 @@ class Decoder(CausalLM):
                 up, down = fused(ffn._gate_up), spec(ffn.down)
             else:
                 up, down = [spec(ffn.fc1)], spec(ffn.fc2)
-            layers.append({"attn_norm": norm(block.attn.ln), "qkv": fused(attn._qkv), "o": spec(attn.o),
-                           "ffn_norm": norm(block.ffn.ln), "up": up, "down": down})
+            layer = {"attn_norm": norm(block.attn.ln), "qkv": fused(attn._qkv), "o": spec(attn.o),
+                     "ffn_norm": norm(block.ffn.ln), "up": up, "down": down, "window": d.window(i),
+                     "rotary_table": rotaries.index(attn.rope) if attn.rope is not None else 0}
+            if d.norm_placement == "sandwich":
+                layer.update(post_attn_norm=norm(block.attn.post_ln), post_ffn_norm=norm(block.ffn.post_ln))
+            if d.qk_norm:
+                layer.update(q_norm=norm(attn.q_norm), k_norm=norm(attn.k_norm))
+            layers.append(layer)
+        scale = self.blocks[0].attn.sublayer.scale if self.blocks else None
         description = {"C": d.n_embd, "NH": d.n_head, "NKV": d.n_kv_head_, "HS": d.head_size, "F": d.ffn_size,
-                       "V": d.vocab_size, "eps": d.norm_eps, "attn_scale": 1.0 / math.sqrt(d.head_size), "layernorm": d.norm == "layernorm",
-                       "rotary": d.positions == "rotary", "interleaved": d.rope_interleaved,
-                       "gated": d.ffn == "gated", "activation": _PLAN_ACTIVATION[d.activation]}
+                       "V": d.vocab_size, "eps": d.norm_eps, "layernorm": d.norm == "layernorm",
+                       "attn_scale": 1.0 / math.sqrt(d.head_size) if scale is None else scale,  # (ops' default)
+                       "norm_offset": d.norm_offset, "sandwich": d.norm_placement == "sandwich",
+                       "qk_norm": d.qk_norm, "rotary": d.positions == "rotary", "rotary_tables": max(1, len(rotaries)),
+                       "interleaved": d.rope_interleaved, "gated": d.ffn == "gated",
+                       "activation": _PLAN_ACTIVATION[d.activation]}
         return ops.decode_plan(description, layers, norm(self.final_norm), spec(self.lm_head))
 
     # --- chat -------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .. import ops
-from . import weights
+from . import rope_scaling, weights
 from .module import Module, Parameter, normal, ones, zeros
 
 _F32 = np.dtype(np.float32)
@@ -199,27 +199,32 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """Llama's norm: x * rsqrt(mean(x^2) + eps) * weight over the last axis (C); no shift."""
+    """Llama's norm: x * rsqrt(mean(x^2) + eps) * weight over the last axis (C); no shift. offset 1: the scale is
+    (1 + weight), the weight starting at 0 (Gemma); the gradient of weight is the same either way."""
 
-    def __init__(self, C: int, eps: float = 1e-5):
-        self.weight = Parameter((C,), ones)
-        self.eps = eps
+    def __init__(self, C: int, eps: float = 1e-5, offset: float = 0.0):
+        self.weight = Parameter((C,), zeros if offset else ones)
+        self.eps, self.offset = eps, offset
 
     _saved = None
+
+    def scale(self):
+        """The factor the normalised rows are multiplied by (C,): weight, or weight + offset."""
+        return self.weight.data + np.float32(self.offset) if self.offset else self.weight.data
 
     def forward(self, x):
         C = self.weight.shape[0]
         if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
-            out, rstd = ops.unchecked_rmsnorm(x, self.weight.data, self.eps)
+            out, rstd = ops.unchecked_rmsnorm(x, self.scale(), self.eps)
         else:
-            out, rstd = ops.rmsnorm_forward(x, self.weight.data, self.eps)
+            out, rstd = ops.rmsnorm_forward(x, self.scale(), self.eps)
         if self.keeps_state:
             self._saved = (x, rstd)
         return out
 
     def backward(self, dout):
         x, rstd = self.saved(self._saved)
-        dx, _ = ops.rmsnorm_backward(dout, x, self.weight.data, rstd, dweight=self.weight.grad)
+        dx, _ = ops.rmsnorm_backward(dout, x, self.scale(), rstd, dweight=self.weight.grad)
         return dx
 
 
@@ -351,33 +356,41 @@ class SinusoidalPositions(Module):
 class Rotary:
     """Rotary positions (RoPE) for one attention layer's queries and keys (B, T, heads, head_dim), base theta; no
     parameters. Pairs (i, i + head_dim / 2) as Hugging Face's rotate_half, or (2i, 2i + 1) when interleaved (q and
-    k projections whose rows are in llama.cpp's order, as GGUF files store them). The cos/sin tables (positions,
-    head_dim / 2) are computed once in float64 (rounded to float32) and grown when a longer position is asked for."""
+    k projections whose rows are in llama.cpp's order, as GGUF files store them). scaling: a Hugging Face
+    rope_scaling dict (nn.rope_scaling's rules), max_positions the model's max_position_embeddings. The cos/sin
+    tables (positions, head_dim / 2) are computed in float64 (rounded to float32) and grown when a longer position
+    is asked for; a call takes the frequency set transformers would for its largest position (longrope)."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048, interleaved: bool = False):
+    def __init__(self, head_dim: int, base: float = 10000.0, positions: int = 2048, interleaved: bool = False,
+                 scaling: dict | None = None, max_positions: int = 2048):
         self.head_dim, self.base, self.interleaved = head_dim, base, interleaved
-        self.cos, self.sin = ops.rope_tables(max(1, positions), head_dim, base)
+        self.frequencies = rope_scaling.frequencies(head_dim, base, scaling, max_positions)
+        self._tables = {}  # the frequency set's name -> (cos, sin)
+        self.tables(max(1, positions) - 1)
 
     def tables(self, max_position):
-        if max_position >= self.cos.shape[0]:
-            self.cos, self.sin = ops.rope_tables(max(2 * self.cos.shape[0], max_position + 1), self.head_dim,
-                                                 self.base)
-        return self.cos, self.sin
+        """(cos, sin) of the frequencies a call reaching max_position uses, holding at least its rows."""
+        name, inv_freq = self.frequencies.pick(max_position)
+        held = self._tables.get(name)
+        if held is None or max_position >= held[0].shape[0]:
+            rows = max_position + 1 if held is None else max(2 * held[0].shape[0], max_position + 1)
+            held = self._tables[name] = ops.rope_tables(rows, self.head_dim, self.base, inv_freq,
+                                                        self.frequencies.attention_factor)
+        return held
 
-    _moved = None  # (cos, sin) where the last x lived, kept until the tables grow or x moves
+    _moved = None  # (cos, its copy where the last x lived, sin's copy), kept until the tables change or x moves
 
     def _on(self, x, positions):
-        """The tables and positions where x lives (copies kept until the tables grow)."""
-        if self._moved is None or self._moved[0].shape != self.cos.shape or \
-                ops.device_of(self._moved[0]) != ops.device_of(x):
-            self._moved = (ops.like(self.cos, x), ops.like(self.sin, x))
-        return (*self._moved, ops.like(positions, x, np.int64))
+        """The call's tables and positions where x lives (copies kept until the tables change)."""
+        cos, sin = self.tables(int(positions.max()) if positions.size else 0)
+        if self._moved is None or self._moved[0] is not cos or ops.device_of(self._moved[1]) != ops.device_of(x):
+            self._moved = (cos, ops.like(cos, x), ops.like(sin, x))
+        return (*self._moved[1:], ops.like(positions, x, np.int64))
 
     def forward(self, x, positions, out=None):
         """x (B, T, H, HS), positions int64 (B, T) (checked: >= 0) -> rotated (out may be x)."""
         if positions.size and positions.min() < 0:
             raise ValueError("positions must be >= 0")
-        self.tables(int(positions.max()) if positions.size else 0)
         cos, sin, positions = self._on(x, positions)
         return ops.rope_forward(x, cos, sin, positions, interleaved=self.interleaved, out=out)
 
@@ -408,6 +421,39 @@ class Activation(Module):
         if self.kind == "relu":
             return ops.relu_backward(dout, x)
         return ops.gelu_backward(dout, x, "tanh" if self.kind == "gelu" else "none")
+
+
+class Scale(Module):
+    """x * factor, the factor rounded to float32 (Gemma's embeddings times sqrt(C), as transformers rounds it).
+    forward and backward overwrite their argument (the fresh output of the layer next to it)."""
+
+    def __init__(self, factor: float):
+        self.factor = float(np.float32(factor))
+
+    def forward(self, x):
+        return ops.scale_(x, self.factor)  # (in place: x is the layer below's fresh output)
+
+    def backward(self, dout):
+        return ops.scale_(dout, self.factor)
+
+
+class SoftCap(Module):
+    """cap * tanh(x / cap) (Gemma's final logit soft-capping). forward and backward overwrite their argument (the
+    fresh logits, the loss's fresh gradient)."""
+
+    def __init__(self, cap: float):
+        self.cap = float(cap)
+
+    _t = None
+
+    def forward(self, x):
+        t = ops.tanh_forward(ops.scale_(x, 1.0 / self.cap))  # (in place: x is the layer below's fresh output)
+        if self.keeps_state:
+            self._t = t
+        return ops.scale_(t.copy() if self.keeps_state else t, self.cap)
+
+    def backward(self, dout):
+        return ops.tanh_backward(dout, self.saved(self._t), dinp=dout)
 
 
 class Dropout(Module):

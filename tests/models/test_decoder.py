@@ -1,7 +1,9 @@
 """The decoder description (models/decoder.py): every decoder-only family is a DecoderConfig, built by one model
-class and decoded by one C++ plan. GPT-2 and Llama shapes here (biases or none, LayerNorm or RMSNorm, learned or
-rotary positions, plain or gated feed-forward, grouped heads, tied or untied heads, every weight format): the plan's
-step equals the layers' path, and a continuous-batching step over slots equals each sequence alone."""
+class and decoded by one C++ plan. GPT-2, Llama, Qwen3, Mistral and Gemma 3 shapes here (biases or none, LayerNorm
+or RMSNorm and its 1 + w form, sandwich norms, q/k norms, learned or rotary positions and a second rotary base, plain,
+SwiGLU or GeGLU feed-forward, grouped heads, sliding windows shorter than the sequences, a query_pre_attn_scalar,
+embedding scale and logit soft-capping, tied or untied heads, every weight format): the plan's step equals the
+layers' path, and a continuous-batching step over slots equals each sequence alone."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from pytransformer import ops
 from pytransformer.generate import KVCache
-from pytransformer.models import GPT, Decoder, DecoderConfig, GPTConfig, Llama, LlamaConfig
+from pytransformer.models import GPT, Decoder, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, gemma3_config
 from pytransformer.nn import Linear
 from pytransformer.opcases import random_blocks
 
@@ -28,7 +30,30 @@ MODELS = {
     "ln-rotary-gelu": lambda: Decoder(DecoderConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=2, norm="layernorm",
                                                     ffn="plain", activation="gelu", mlp_bias=True,
                                                     tie_word_embeddings=False), seed=4),
+    # q/k RMSNorm per head, head_dim of its own, q/k/v biases
+    "qwen3-like": lambda: _norms_drawn(Decoder(DecoderConfig(vocab_size=48, n_layer=2, n_embd=32, n_head=4, n_kv_head=2,
+                                                             head_dim=16, intermediate_size=48, qk_norm=True,
+                                                             qkv_bias=True), seed=7)),
+    # a window on every layer, shorter than the sequences
+    "mistral-like": lambda: Decoder(DecoderConfig(vocab_size=48, n_layer=2, n_embd=32, n_head=4, n_kv_head=1,
+                                                  intermediate_size=48, sliding_window=6,
+                                                  layer_types=("sliding", "sliding")), seed=8),
+    # every Gemma 3 part: 1 + w norms (drawn, not zero), sandwich, q/k norms, GeGLU, embeddings times sqrt(C), two
+    # rotary bases, sliding and full layers, query_pre_attn_scalar, logit soft-capping
+    "gemma3-like": lambda: _norms_drawn(Gemma3(gemma3_config(
+        vocab_size=64, n_layer=3, n_embd=48, n_head=4, n_kv_head=2, head_dim=16, intermediate_size=80,
+        max_positions=128, norm_eps=1e-6, sliding_window=8, layer_types=("sliding", "full", "sliding"),
+        rope_theta=1e6, rope_local_theta=1e4, query_pre_attn_scalar=24.0, final_logit_softcapping=3.0), seed=6)),
 }
+
+
+def _norms_drawn(model, seed=0):
+    """Every norm's weight drawn at random (a Gemma norm starts at 0, scaling by 1 + 0: the offset would go untested)."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters_dict().items():
+        if name.endswith("ln.weight") or name.endswith("norm.weight"):
+            p.data[...] = rng.normal(0.0, 0.5, p.data.shape)
+    return model
 
 
 def _quantise(model, rng, kinds):
@@ -97,7 +122,7 @@ def test_batched_decode_over_slots_equals_one_sequence_at_a_time(rng, name):
             model.decode_batch(nxt, np.array(slots), np.array(positions), k, v)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "gemma3-like"])
 def test_a_prompt_prefilled_as_rows_of_a_decode_step(rng, name):
     """decode_batch rows may share a slot in increasing positions: a prompt fed beside another sequence's decode
     row gives the prefill's logits at its last row (logit_rows: only the rows asked for)."""
@@ -135,7 +160,7 @@ def test_gpt_and_llama_are_instances_of_the_description():
 @pytest.mark.parametrize("field,value,match", [
     ("norm", "batchnorm", "norm must be one of"), ("activation", "swish", "activation must be one of"),
     ("n_kv_head", 3, "must divide"), ("n_embd", 30, "divisible"), ("vocab_size", 0, "positive"),
-    ("layer_types", ("full",), "layer_types has 1"),
+    ("layer_types", ("full",), "layer_types must be 2 entries"),
 ])
 def test_a_bad_description_is_a_value_error_naming_the_field(field, value, match):
     base = dict(vocab_size=10, n_layer=2, n_embd=32, n_head=4)
@@ -143,10 +168,24 @@ def test_a_bad_description_is_a_value_error_naming_the_field(field, value, match
         DecoderConfig(**(base | {field: value}))
 
 
-@pytest.mark.parametrize("field,value", [("qk_norm", True), ("norm_offset", 1.0), ("norm_placement", "sandwich"),
-                                         ("final_logit_softcapping", 30.0), ("embed_scale", True),
-                                         ("sliding_window", 8), ("partial_rotary_factor", 0.5)])
+@pytest.mark.parametrize("field,value", [("partial_rotary_factor", 0.5),
+                                         ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0})])
 def test_a_description_the_engine_cannot_run_yet_says_what(field, value):
     config = DecoderConfig(vocab_size=10, n_layer=1, n_embd=32, n_head=4, **{field: value})
     with pytest.raises(NotImplementedError, match="does not run yet"):
         Decoder(config)
+
+
+def test_a_post_norm_decoder_decodes_through_its_layers(rng):
+    """Norms after each residual only (no decoder family has them): the plan leaves them to the layers, and
+    generate() runs through the layers' cached path, the same tokens as recomputing every position."""
+    model = Decoder(DecoderConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, norm_placement="post"), seed=1).eval()
+    assert not model._plan_applies()
+    with pytest.raises(NotImplementedError, match="post norms"):
+        model.plan()
+    ids = rng.integers(0, 40, (1, 6))
+    want = ids
+    with model.evaluating():
+        for _ in range(4):
+            want = np.concatenate([want, model(want)[:, -1:].argmax(-1)], axis=1)
+    np.testing.assert_array_equal(model.generate(ids, 4, temperature=0.0), want)

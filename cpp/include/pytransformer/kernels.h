@@ -14,18 +14,20 @@
 
 // q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) (NKV divides NH: query head h reads key/value head h / (NH / NKV)),
 // key_mask (B, Tk) 1 = attend (may be null); out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible
-// to query i when j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0.
+// to query i when j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention); window > 0 (causal only) also
+// hides keys j <= i + (Tk - Tq) - window (a sliding window; 0 = none). Fully masked rows give 0.
 // bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head.
 // forward: k, v hold Tkv >= Tk rows per sequence (a KV cache's capacity), of which the first Tk are used.
 // (Declared once here for every ISA variant, the AMX build of attention.cpp and the CUDA kernels.)
 #define PT_DECLARE_ATTENTION                                                                                 \
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,            \
-                         int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);           \
+                         int64_t Tk, int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale,       \
+                         bool bthd);                                                                         \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,           \
-                          int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);
+                          int64_t Tk, int64_t HS, bool causal, int64_t window, float scale, bool bthd);
 
 #define PT_DECLARE_KERNELS                                                                                   \
   /* out (N, OC) = inp (N, IC) @ weight (OC, IC)^T + bias (OC) [bias may be null] */                         \
@@ -61,6 +63,10 @@
   void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);                            \
   void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,       \
                        int64_t n);                                                                           \
+  /* GeGLU (Gemma's gated feed-forward): out = gelu_tanh(gate) * up, n elements; backward -> dgate, dup */   \
+  void geglu_forward(float* out, const float* gate, const float* up, int64_t n);                             \
+  void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,        \
+                      int64_t n);                                                                            \
   /* GGUF block-quantised weights (inference): weight (OC rows of quant_row_bytes(qtype, IC) bytes),          \
      out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias, dequantised in registers / L1, float32 sums */     \
   void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,    \
@@ -107,7 +113,8 @@
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
-  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows)
+  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows) \
+  X(geglu_forward) X(geglu_backward)
 
 namespace pt {
 // GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);
