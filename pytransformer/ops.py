@@ -438,7 +438,7 @@ def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=Non
     if d["HS"] == 0:
         raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
-    return d, mask, scale, window
+    return d, mask, scale, 0 if window >= d["Tk"] else window  # (as wide as the keys: no window)
 
 
 @_writes("out", "lse")
