@@ -125,6 +125,11 @@ class DecoderConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> DecoderConfig:
+        """The description to_dict() wrote (how checkpoints read a family's config)."""
+        return cls(**values)
+
     def num_params(self) -> int:
         return count_parameters(Decoder, self)
 

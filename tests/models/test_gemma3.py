@@ -164,6 +164,7 @@ def test_a_train_checkpoint_round_trips(tmp_path, rng):
     back = load_checkpoint(tmp_path / "ckpt.safetensors")["model"]
     ids = rng.integers(0, 30, (1, 9))
     assert isinstance(back, Gemma3) and back.config == model.config
+    assert type(model.config).from_dict(model.config.to_dict()) == model.config
     np.testing.assert_array_equal(back(ids), model(ids))
 
 
