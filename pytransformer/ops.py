@@ -769,15 +769,6 @@ def unchecked_rope(out, x, cos, sin, positions, interleaved):
     return out
 
 
-def unchecked_attention(q, k_cache, v_cache, end, causal):
-    """q (B, T, NH, HS) over the first `end` rows of caches (B, T_max, NKV, HS), in place -> out (B, T, NH, HS)."""
-    B, T, NH, HS = q.shape
-    out, lse = np.empty(q.shape, np.float32), np.empty((B, NH, T), np.float32)
-    _core.attention_forward(out, lse, q, k_cache, v_cache, None, B, NH, k_cache.shape[2], T, end, k_cache.shape[1],
-                            HS, causal, 1.0 / math.sqrt(HS), True)
-    return out
-
-
 def small_batch_rows() -> int:
     """Rows a batched product takes in one pass (kernels.h kSmallBatchRows): a decode step of more rows costs
     about twice as much."""
