@@ -726,7 +726,7 @@ CASES = [
       for Bt, NH, NKV, Tq, Tk, HS, w in [(1, 1, 1, 1, 1, 1, 1), (2, 3, 3, 17, 17, 8, 4), (1, 2, 1, 130, 130, 17, 2),
                                          (1, 2, 2, 130, 130, 16, 70), (2, 4, 2, 65, 90, 8, 33),
                                          (1, 2, 1, 200, 200, 5, 64), (2, 4, 2, 3, 130, 17, 20),
-                                         (1, 1, 1, 1, 3000, 64, 300), (1, 2, 1, 1, 3000, 8, 2000), (1, 2, 2, 20, 20, 8, 100)]
+                                         (1, 1, 1, 1, 5000, 64, 4500), (1, 2, 1, 1, 3000, 8, 300), (1, 2, 2, 20, 20, 8, 100)]
       for masked in (False, True)],
     # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
     *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)

@@ -438,7 +438,7 @@ def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=Non
     if d["HS"] == 0:
         raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
-    return d, mask, scale, window
+    return d, mask, scale, 0 if window >= d["Tk"] else window  # (as wide as the keys: no window)
 
 
 @_writes("out", "lse")
@@ -771,15 +771,6 @@ def unchecked_rope(out, x, cos, sin, positions, interleaved):
     """x (N, H, HS) rows rotated into out (may be x) at int64 positions (N,) (each < cos.shape[0])."""
     N, H, HS = positions.size, x.shape[-2], x.shape[-1]
     _core.rope_forward(out, x, cos, sin, positions, N, H, HS, cos.shape[0], interleaved)
-    return out
-
-
-def unchecked_attention(q, k_cache, v_cache, end, causal):
-    """q (B, T, NH, HS) over the first `end` rows of caches (B, T_max, NKV, HS), in place -> out (B, T, NH, HS)."""
-    B, T, NH, HS = q.shape
-    out, lse = np.empty(q.shape, np.float32), np.empty((B, NH, T), np.float32)
-    _core.attention_forward(out, lse, q, k_cache, v_cache, None, B, NH, k_cache.shape[2], T, end, k_cache.shape[1],
-                            HS, causal, 1.0 / math.sqrt(HS), True)
     return out
 
 

@@ -112,6 +112,19 @@ def test_key_mask_must_be_bool_or_uint8_of_shape_b_tk(rng):
         ops.attention_forward(q, q, q, key_mask=np.ones((2, 4), bool))
 
 
+def test_an_attention_window_is_a_positive_int_with_causal_attention(rng):
+    q = f32(rng, 2, 1, 3, 4)
+    with pytest.raises(ValueError, match=r"window must be 0 \(none\) or, with causal attention, a positive number "
+                                         r"of keys; got -1 \(causal=True\)"):
+        ops.attention_forward(q, q, q, True, window=-1)
+    with pytest.raises(ValueError, match=r"got 2 \(causal=False\)"):
+        ops.attention_backward(q, q, q, q, q, f32(rng, 2, 1, 3), False, window=2)
+    with pytest.raises(TypeError, match="window must be an int"):
+        ops.attention_forward(q, q, q, True, window=2.5)
+    big, _ = ops.attention_forward(q, q, q, True, window=10**12)  # (longer than the keys: no window)
+    np.testing.assert_array_equal(big, ops.attention_forward(q, q, q, True)[0])
+
+
 def test_scalar_arguments_are_checked(rng):
     x = f32(rng, 10)
     with pytest.raises(ValueError, match="p must be a finite float in"):

@@ -11,8 +11,9 @@
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
 // (identical to the usual lower triangle when Tq == Tk); window > 0 (sliding-window attention, causal only) also
 // hides the keys j <= i + (Tk - Tq) - window: query i sees the window keys up to and including its own position
-// (transformers' Gemma 3 / Mistral mask), so a row that sees its own key still does. Grouped-query attention: NKV key/value heads divide the
-// NH query heads, and query head h reads key/value head h / (NH / NKV) in place (no repeated copies).
+// (transformers' Gemma 3 / Mistral mask), so a row that sees its own key still does. Grouped-query attention: NKV
+// key/value heads divide the NH query heads, and query head h reads key/value head h / (NH / NKV) in place (no
+// repeated copies).
 //
 // Every product is a small register-blocked GEMM over tiles (tile_gemm). Forward works transposed, so that
 // the online softmax runs across W queries per vector: S^T = K Q^T for a BK x BQ tile, O^T += V^T P^T (K and V
@@ -320,9 +321,10 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
                                  const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                                  int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
   const int64_t nt = threads(), rows = B * NH * Tq;
-  if (rows >= nt || Tk < 2 * kSplitKeys || B * NH * Tq * Tk * HS < kParallelMacs / 4) return false;
-  const int64_t chunks = std::min<int64_t>((nt + rows - 1) / rows, Tk / kSplitKeys);
-  const int64_t csize = (Tk + chunks - 1) / chunks;
+  const int64_t span = window > 0 ? std::min(Tk, window) : Tk;  // the most keys one row sees
+  if (rows >= nt || span < 2 * kSplitKeys || B * NH * Tq * span * HS < kParallelMacs / 4) return false;
+  const int64_t chunks = std::min<int64_t>((nt + rows - 1) / rows, span / kSplitKeys);
+  const int64_t csize = (span + chunks - 1) / chunks;
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride();
   const KeyRange keys{Tk, Tk - Tq, window, causal};
@@ -337,7 +339,7 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
     const float* K = k + kv_heads.offset(b, h / group, Tkv);
     const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
-    const int64_t j0 = std::max(c * csize, keys.begin(i)), j1 = std::min(keys.end(i), (c + 1) * csize);
+    const int64_t j0 = keys.begin(i) + c * csize, j1 = std::min(keys.end(i), j0 + csize);
     float* P = parts + t * part;
     static thread_local ScratchBuffer buf;
     float* sc = buf.floats((size_t)std::max<int64_t>(j1 - j0, 1) + W);

@@ -210,7 +210,10 @@ class RMSNorm(Module):
 
     def scale(self):
         """The factor the normalised rows are multiplied by (C,): weight, or weight + offset."""
-        return self.weight.data + np.float32(self.offset) if self.offset else self.weight.data
+        if not self.offset:
+            return self.weight.data
+        w = self.weight.data  # (C,): offset + w where w lives
+        return ops.add_into(ops.like(np.full(w.shape, self.offset, np.float32), w), w)
 
     def forward(self, x):
         C = self.weight.shape[0]

@@ -139,3 +139,47 @@ def test_config_counts_parameters_like_transformers(tmp_path):
 def test_bad_descriptions_are_one_line_errors(field, value, message):
     with pytest.raises((ValueError, NotImplementedError), match=message):
         gemma3_config(vocab_size=20, n_layer=2, n_embd=16, n_head=2, **{field: value})
+
+
+def test_a_train_checkpoint_round_trips(tmp_path, rng):
+    from pytransformer.checkpoint import load_checkpoint, save_checkpoint
+
+    model = Gemma3(gemma3_config(vocab_size=30, n_layer=2, n_embd=16, n_head=2, head_dim=8, intermediate_size=24,
+                                 sliding_window=3, layer_types=("sliding", "full"), rope_local_theta=10.0), seed=2)
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, step=3)
+    back = load_checkpoint(tmp_path / "ckpt.safetensors")["model"]
+    ids = rng.integers(0, 30, (1, 9))
+    assert isinstance(back, Gemma3) and back.config == model.config
+    assert type(model.config).from_dict(model.config.to_dict()) == model.config
+    np.testing.assert_array_equal(back(ids), model(ids))
+
+
+TRANSFORMERS_4_CONFIG = {"model_type": "gemma3_text", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+                         "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+                         "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": None, "sliding_window": 3,
+                         "sliding_window_pattern": 2, "query_pre_attn_scalar": 4}
+
+
+def test_a_transformers_4_config_is_read():
+    from pytransformer.io.hf_gemma3 import from_hf
+
+    config, prefix = from_hf(TRANSFORMERS_4_CONFIG, {"model.embed_tokens.weight": None})
+    assert prefix == "model." and config.layer_types == ("sliding", "full", "sliding", "full")
+    assert (config.rope_theta, config.rope_local_theta, config.sliding_window, config.attn_scale) == (1e6, 1e4, 3, 0.5)
+    assert [config.rope_base(i) for i in range(4)] == [1e4, 1e6, 1e4, 1e6]
+    assert [config.window(i) for i in range(4)] == [3, 0, 3, 0]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden_activation", "gelu", "hidden_activation 'gelu' is not supported"),
+    ("attn_logit_softcapping", 50.0, "attn_logit_softcapping 50.0 is not supported"),
+    ("layer_types", ["full_attention"], "layer_types must list 4"),
+    ("rope_parameters", {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "linear", "factor": 2.0}}, "sliding layers' rope scaling"),
+    ("sliding_window", 0, "sliding_window"),
+    ("query_pre_attn_scalar", -1, "query_pre_attn_scalar")])
+def test_a_bad_config_is_a_one_line_error_naming_the_field(field, value, message):
+    from pytransformer.io.hf_gemma3 import from_hf
+
+    with pytest.raises(ValueError, match=message):
+        from_hf({**TRANSFORMERS_4_CONFIG, field: value}, {})
