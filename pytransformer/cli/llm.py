@@ -23,6 +23,9 @@ def add_parsers(sub, parents):
             p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the text contains TEXT")
         else:
             p.add_argument("--system", help="a system message at the start of the conversation")
+        p.add_argument("--json-schema", dest="json_schema", metavar="FILE",
+                       help="a JSON schema file: every reply is JSON valid against it (pip install "
+                            "\"pytransformer[structured]\")")
         p.add_argument("-n", "--tokens", type=COUNT, default=128 if name == "generate" else 512,
                        help="the most tokens to generate (per reply)")
         p.add_argument("--temperature", type=TEMPERATURE, default=0.0 if name == "generate" else 0.7,
@@ -75,9 +78,30 @@ def cmd_serve(args) -> int:
     return 0  # (an OSError -- the port taken, an address not this machine's -- is main()'s one line, exit 1)
 
 
-def _sampling(args):
+def _sampling(args, tok):
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repeat_penalty, seed=args.seed)
+                repetition_penalty=args.repeat_penalty, seed=args.seed, json_schema=_json_schema(args, tok))
+
+
+def _json_schema(args, tok):
+    """The --json-schema file's schema (None without one), checked against the library before any output."""
+    if args.json_schema is None:
+        return None
+    import json
+
+    from ..constrain import Grammar
+
+    try:
+        schema = json.loads(read_text(args.json_schema, "the JSON schema"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{args.json_schema} is not JSON: {e}") from None
+    try:
+        Grammar.of(tok, json_schema=schema)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{args.json_schema}: {e}") from None
+    return schema
 
 
 class Timing:
@@ -129,11 +153,12 @@ def cmd_generate(args) -> int:
     ids = tok.encode(text)
     if not ids:
         raise UsageError("the prompt is empty")
+    sampling = _sampling(args, tok)
     if not args.chat:
         sys.stdout.write(args.prompt)
     sys.stdout.flush()
     return print_stream(_generate(model, tok, ids, args.tokens, args.verbose, stop_strings=args.stop or None,
-                                  decode=tok.decode, **_sampling(args)))
+                                  decode=tok.decode, **sampling))
 
 
 def _text_tokenizer(model, name):
@@ -165,6 +190,7 @@ def cmd_chat(args) -> int:
     model = load_model(args.model)
     tok = _text_tokenizer(model, args.model)
     history = [{"role": "system", "content": args.system}] if args.system else []
+    sampling = _sampling(args, tok)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {args.model} -- Ctrl-C stops a reply, Ctrl-D or /exit leaves, /reset starts over",
@@ -191,7 +217,7 @@ def cmd_chat(args) -> int:
         ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True))
         reply = []
         try:
-            for piece in _generate(model, tok, ids, args.tokens, args.verbose, **_sampling(args)):
+            for piece in _generate(model, tok, ids, args.tokens, args.verbose, **sampling):
                 reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
