@@ -47,6 +47,8 @@ def add_parsers(sub, parents):
     p.add_argument("--port", type=number(int, 1, hi=65535), default=8000, help="the port")
     p.add_argument("--embedding-model", dest="embedding_model",
                    help="a sentence-transformers folder, or 'minilm' (the packaged all-MiniLM-L6-v2), for /v1/embeddings")
+    p.add_argument("--alias", action="append", default=[], metavar="NAME",
+                   help="another name requests may give as their model (repeatable; /v1/models lists them)")
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
                    help="requests that may wait; more get 503 with Retry-After")
@@ -72,7 +74,7 @@ def cmd_serve(args) -> int:
               + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
     try:
         serve(model, model.tokenizer, os.path.basename(os.path.normpath(args.model)), args.host, args.port,
-              args.embedding_model, args.api_key, args.max_queue)
+              args.embedding_model, args.api_key, args.max_queue, aliases=args.alias)
     except KeyboardInterrupt:
         return 0
     return 0  # (an OSError -- the port taken, an address not this machine's -- is main()'s one line, exit 1)
