@@ -31,68 +31,63 @@ DOCUMENT = {"name": "Ada Lovelace", "age": 36, "email": "ada@analytical.org", "t
             "address": {"city": "London", "zip": "W1"}}
 
 
-def run_llguidance(tok, ids):
-    """(pytransformer.constrain, which is on llguidance)"""
+def walk(ids, allowed, consume):
+    """Seconds per token of (the mask as a (V,) bool array, the token consumed) along ids."""
+    steps = []
+    for i in ids:
+        s = time.perf_counter()
+        assert allowed()[i]
+        consume(i)
+        steps.append(time.perf_counter() - s)
+    return steps
+
+
+def run_llguidance(tok):
+    """(pytransformer.constrain, which is on llguidance) -> setup s, compile s, mask, consume."""
     t0 = time.perf_counter()
     _lltokenizer(tok)
     t1 = time.perf_counter()
     matcher = Grammar.of(tok, json_schema=SCHEMA).matcher()
-    t2 = time.perf_counter()
-    steps = []
-    for i in ids:
-        s = time.perf_counter()
-        allowed = matcher.allowed()
-        assert allowed[i]
-        matcher.consume(i)
-        steps.append(time.perf_counter() - s)
-    return t1 - t0, t2 - t1, steps
+    return t1 - t0, time.perf_counter() - t1, matcher.allowed, matcher.consume
 
 
-def run_xgrammar(tok, ids):
+def run_xgrammar(tok):
     import xgrammar as xgr
 
     t0 = time.perf_counter()
-    tokens, eos = vocabulary(tok), tok.eos_id
-    info = xgr.TokenizerInfo(tokens, xgr.VocabType.RAW, stop_token_ids=[eos])
-    compiler = xgr.GrammarCompiler(info)
+    tokens = vocabulary(tok)
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo(tokens, xgr.VocabType.RAW, stop_token_ids=[tok.eos_id]))
     t1 = time.perf_counter()
-    matcher = xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(SCHEMA), any_whitespace=False, separators=(", ", ": ")))
-    t2 = time.perf_counter()
+    matcher = xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(SCHEMA), any_whitespace=False,
+                                                              separators=(", ", ": ")))
+    compile_s = time.perf_counter() - t1
     words = xgr.allocate_token_bitmask(1, len(tokens))
-    steps = []
-    for i in ids:
-        s = time.perf_counter()
+
+    def allowed():
         matcher.fill_next_token_bitmask(words)
-        allowed = np.unpackbits(words[0].numpy().view(np.uint8), bitorder="little")[:len(tokens)].view(bool)
-        assert allowed[i]
-        matcher.accept_token(i)
-        steps.append(time.perf_counter() - s)
-    return t1 - t0, t2 - t1, steps
+        return np.unpackbits(words[0].numpy().view(np.uint8), bitorder="little")[:len(tokens)].view(bool)
+    return t1 - t0, compile_s, allowed, matcher.accept_token
 
 
-def run_outlines(tok, ids):
+def run_outlines(tok):
     from outlines_core import Guide, Index, Vocabulary
     from outlines_core.json_schema import build_regex_from_schema
 
     t0 = time.perf_counter()
-    tokens, eos = vocabulary(tok), tok.eos_id
-    by_text = {}
-    for i, b in enumerate(tokens):
-        if i != eos and b:
-            by_text.setdefault(b, []).append(i)
-    vocab = Vocabulary(eos, by_text)
+    by_bytes = {}
+    for i, b in enumerate(vocabulary(tok)):
+        if i != tok.eos_id and b:
+            by_bytes.setdefault(b, []).append(i)
+    vocab = Vocabulary(tok.eos_id, by_bytes)
     t1 = time.perf_counter()
     guide = Guide(Index(build_regex_from_schema(json.dumps(SCHEMA), r"[ ]?"), vocab))
-    t2 = time.perf_counter()
-    steps = []
-    for i in ids:
-        s = time.perf_counter()
-        allowed = np.zeros(len(tokens), bool)
-        allowed[guide.get_tokens()] = True
-        assert allowed[i]
-        guide.advance(i)
-        steps.append(time.perf_counter() - s)
-    return t1 - t0, t2 - t1, steps
+    compile_s = time.perf_counter() - t1
+
+    def allowed():
+        mask = np.zeros(tok.vocab_size, bool)
+        mask[guide.get_tokens()] = True
+        return mask
+    return t1 - t0, compile_s, allowed, guide.advance
 
 
 def decode_step(model, rows=16, repeats=5):
@@ -123,7 +118,8 @@ def main():
     for name, run, package in (("llguidance", run_llguidance, "llguidance"),
                                ("xgrammar", run_xgrammar, "xgrammar"),
                                ("outlines-core", run_outlines, "outlines-core")):
-        setup, compile_s, steps = run(tok, ids)
+        setup, compile_s, allowed, consume = run(tok)
+        steps = walk(ids, allowed, consume)
         med = float(np.median(steps))
         print(f"{name + ' ' + version(package):<22}{setup:>12.2f}{compile_s:>11.3f}{med * 1e3:>32.3f}"
               f"{np.mean(steps) * 1e3:>8.3f}{max(steps) * 1e3:>8.2f}{100 * 16 * np.mean(steps) / step:>19.1f}%")

@@ -57,6 +57,15 @@ class KVCache:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
 
 
+# The sampling defaults, one table (README "Sampling defaults"): the HTTP API follows OpenAI's; the generate command
+# is greedy; the chat command's was measured by bench/chat_defaults.py (SmolLM2 on the README's own question).
+DEFAULTS = {
+    "api": {"temperature": 1.0, "top_p": 1.0},
+    "generate": {"temperature": 0.0, "top_p": None},
+    "chat": {"temperature": 0.7, "top_p": 0.9},
+}
+
+
 @dataclass
 class Sampler:
     """How the next token is chosen from the logits (B, V).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+from ..generate import DEFAULTS
 from .common import COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, load_model, number, read_text
 
 MODEL_HELP = ("a GGUF file, a Hugging Face folder, a packaged name ('smollm2': SmolLM2-135M-Instruct Q4_1 from "
@@ -28,10 +29,10 @@ def add_parsers(sub, parents):
                             "\"pytransformer[structured]\")")
         p.add_argument("-n", "--tokens", type=COUNT, default=128 if name == "generate" else 512,
                        help="the most tokens to generate (per reply)")
-        p.add_argument("--temperature", type=TEMPERATURE, default=0.0 if name == "generate" else 0.7,
+        p.add_argument("--temperature", type=TEMPERATURE, default=DEFAULTS[name]["temperature"],
                        help="0 is greedy")
         p.add_argument("--top-k", type=POSITIVE, dest="top_k", help="sample among the k likeliest")
-        p.add_argument("--top-p", type=TOP_P, dest="top_p", default=None if name == "generate" else 0.9,
+        p.add_argument("--top-p", type=TOP_P, dest="top_p", default=DEFAULTS[name]["top_p"],
                        help="nucleus sampling")
         p.add_argument("--repeat-penalty", type=number(float, 0.0, lo_open=True), default=1.0,
                        dest="repeat_penalty", help="transformers' repetition penalty (1: none)")

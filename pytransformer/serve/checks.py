@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..generate import DEFAULTS
+
 
 class RequestError(Exception):
     """A client's mistake: an HTTP status and an OpenAI-style error object."""
@@ -267,8 +269,8 @@ def sampling(body, context) -> Sampling:
                            "one", "max_completion_tokens")
     return Sampling(max_tokens=limit if completion_limit is None else completion_limit,
                     n=number(body, "n", 1, 8, 1, int),
-                    temperature=number(body, "temperature", 0.0, 2.0, 1.0),
-                    top_p=number(body, "top_p", 0.0, 1.0, 1.0, above_lo=True),
+                    temperature=number(body, "temperature", 0.0, 2.0, DEFAULTS["api"]["temperature"]),
+                    top_p=number(body, "top_p", 0.0, 1.0, DEFAULTS["api"]["top_p"], above_lo=True),
                     seed=number(body, "seed", 0, 2**63 - 9, None, int),
                     logprobs=logprobs, stop=stops(body))
 
