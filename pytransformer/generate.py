@@ -57,6 +57,15 @@ class KVCache:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
 
 
+# The sampling defaults, one table (README "Sampling defaults"): the HTTP API follows OpenAI's; the generate command
+# is greedy; the chat command's was measured by bench/chat_defaults.py (SmolLM2 on the README's own question).
+DEFAULTS = {
+    "api": {"temperature": 1.0, "top_p": 1.0},
+    "generate": {"temperature": 0.0, "top_p": None},
+    "chat": {"temperature": 0.7, "top_p": 0.9},
+}
+
+
 @dataclass
 class Sampler:
     """How the next token is chosen from the logits (B, V).
@@ -134,18 +143,28 @@ def _check_prompt(model, ids, attention_mask):
 
 
 def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-           rng=None, seed=None, stop=None, stop_strings=None, decode=None, pad_id=None, attention_mask=None):
+           rng=None, seed=None, stop=None, stop_strings=None, decode=None, pad_id=None, attention_mask=None,
+           json_schema=None, regex=None, grammar=None, tokenizer=None):
     """Yields the next token of every row, (B,) int64, as each is generated (at most max_new_tokens times).
 
     stop: token id(s) that end a row (the id itself is yielded). stop_strings: text that ends a row once its
     generated text contains it (the token completing it is yielded); decode(ids) -> str gives that text. A
     stopped row yields pad_id from then on (default: the first stop id, else 0); the iteration ends when every
-    row has stopped."""
+    row has stopped.
+
+    json_schema (a dict or JSON text), regex or grammar (Lark or GBNF), one at most: every row's text follows it
+    (pytransformer.constrain, the `structured` extra): each step the tokens it does not allow next are masked out
+    of the logits before the sampler, and a row ends at the tokenizer's stop ids once it is complete. tokenizer:
+    whose tokens these are (default model.tokenizer)."""
     sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
     ids, mask = _check_prompt(model, ids, attention_mask)
     _check_count(max_new_tokens, "max_new_tokens", 0)
     rng = rng if rng is not None else np.random.default_rng(seed)
     stop_ids = _stop_ids(stop)
+    tokenizer = getattr(model, "tokenizer", None) if tokenizer is None else tokenizer
+    matchers = _matchers(tokenizer, ids.shape[0], json_schema, regex, grammar)
+    if matchers:
+        stop_ids = np.union1d(stop_ids, matchers[0].stop_ids)
     stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     if stop_strings and decode is None:
         raise ValueError("stop_strings needs decode=, a function from token ids to text (a tokenizer's decode)")
@@ -161,8 +180,12 @@ def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
         np.put_along_axis(seen, np.where(mask, ids, ids[:, -1:]), True, -1)
         for _ in range(int(max_new_tokens)):
             _check_finite(logits, ~done)
+            if matchers:
+                logits = _constrain(logits, matchers, done)
             nxt = np.where(done, pad, sampler(logits, seen, rng))
             finished = np.isin(nxt, stop_ids) & ~done if stop_ids.size else np.zeros(B, bool)
+            for r in np.flatnonzero(~done & ~finished) if matchers else ():
+                matchers[r].consume(nxt[r])
             for r in np.flatnonzero(~done & ~finished) if texts else ():
                 texts[r].push(int(nxt[r]))
                 finished[r] = texts[r].stopped
@@ -250,6 +273,26 @@ def beam_search(model, ids, max_new_tokens, *, beam_size=4, length_penalty=0.6, 
             logits = _decode(model, live, last, np.ones((len(beams), length + 1), bool))
     best = max(finished or beams, key=lambda c: c[0] / (((5 + len(c[1])) / 6) ** length_penalty))
     return np.array([best[1]], np.int64)
+
+
+def _matchers(tokenizer, B, json_schema, regex, grammar):
+    """One grammar matcher per row (pytransformer.constrain), or None without a constraint."""
+    if json_schema is None and regex is None and grammar is None:
+        return None
+    from .constrain import Grammar
+
+    if tokenizer is None:
+        raise ValueError("json_schema, regex and grammar need tokenizer= (the model has none)")
+    compiled = Grammar.of(tokenizer, json_schema, regex, grammar)
+    return [compiled.matcher() for _ in range(B)]
+
+
+def _constrain(logits, matchers, done):
+    """A copy of logits (B, V) with each live row's disallowed tokens at -inf."""
+    logits = np.array(logits)
+    for r in np.flatnonzero(~done):
+        matchers[r].mask(logits[r])
+    return logits
 
 
 def _rows(cache, n, length=0):

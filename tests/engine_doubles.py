@@ -1,8 +1,11 @@
-"""In-process stand-ins for what the server's event loop gives the engine, and a recorder of its steps' sizes."""
+"""In-process stand-ins for what the server's event loop gives the engine, a recorder of its steps' sizes, and an
+application served over loopback from a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 
 
 class Loop:
@@ -34,3 +37,26 @@ def record_steps(model) -> list:
 
     model.decode_batch = recorded
     return sizes
+
+
+@contextlib.contextmanager
+def loopback(app, timeout_keep_alive=5.0):
+    """The application on uvicorn over a loopback port, in a thread -> ("127.0.0.1", port); its engine closed after."""
+    import uvicorn
+
+    from pytransformer.serve import server as http_server
+
+    sock = http_server.listen("127.0.0.1", 0)
+    runner = uvicorn.Server(http_server.config(app, timeout_keep_alive=timeout_keep_alive))
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if runner.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", sock.getsockname()[1]
+    finally:
+        runner.should_exit = True
+        thread.join(10)
+        app.state.engine.close()

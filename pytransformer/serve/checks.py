@@ -11,16 +11,47 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..generate import DEFAULTS
+
 
 class RequestError(Exception):
     """A client's mistake: an HTTP status and an OpenAI-style error object."""
 
-    def __init__(self, message, param=None, status=400, kind="invalid_request_error"):
+    def __init__(self, message, param=None, status=400, kind="invalid_request_error", code=None):
         super().__init__(message)
-        self.status, self.param, self.kind = status, param, kind
+        self.status, self.param, self.kind, self.code = status, param, kind, code
 
     def body(self):
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}}
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# the fields each endpoint takes: any other is a 400 naming it (nothing a client asks for is silently ignored)
+FIELDS = {
+    "chat": {"model", "messages", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens",
+             "max_completion_tokens", "stop", "seed", "logprobs", "top_logprobs", "user", "response_format", "tools",
+             "tool_choice", "parallel_tool_calls", "presence_penalty", "frequency_penalty", "logit_bias"},
+    "completion": {"model", "prompt", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "stop",
+                   "seed", "logprobs", "user", "echo", "presence_penalty", "frequency_penalty", "logit_bias"},
+}
+
+
+def known_fields(body, endpoint) -> None:
+    """A 400 naming the first field this endpoint does not take."""
+    unknown = sorted(set(body) - FIELDS[endpoint])
+    if unknown:
+        raise RequestError(f"'{unknown[0]}' is not supported by this server", unknown[0])
+    options = body.get("stream_options")
+    if options is not None and set(options) - {"include_usage"}:
+        name = sorted(set(options) - {"include_usage"})[0]
+        raise RequestError(f"'stream_options.{name}' is not supported (only include_usage)", "stream_options")
+
+
+def model(body, names) -> None:
+    """A 404 model_not_found unless body's model (when given) is one of the served names."""
+    name = body.get("model")
+    if name is not None and name not in names:
+        raise RequestError(f"the model '{name:.100}' does not exist; this server has {', '.join(names)} "
+                           "(GET /v1/models)", "model", status=404, code="model_not_found")
 
 
 MAX_DEPTH = 32  # JSON nesting a body may have (an OpenAI request needs 4 or so)
@@ -121,17 +152,71 @@ def stops(body) -> list[str]:
     return stop
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_ABSENT = (None, [], "")  # (what a client echoing an assistant message back sends for fields it does not use)
+
+
+def _text(content, where):
+    """A message's content: a string, or a list of {"type": "text", "text": ...} parts (joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        for p in content:
+            if p.get("type") != "text" or not isinstance(p.get("text"), str) or set(p) - {"type", "text"}:
+                raise RequestError(f"{where}.content: only text parts ({{\"type\": \"text\", \"text\": ...}}) are "
+                                   f"supported, got {json.dumps(p)[:80]}", "messages")
+        return "".join(p["text"] for p in content)
+    raise RequestError(f"{where}.content must be a string or a list of text parts", "messages")
+
+
+def _tool_calls(calls, where):
+    """An assistant message's tool_calls: [{id, type: function, function: {name, arguments (JSON text)}}]."""
+    if not isinstance(calls, list) or not all(
+            isinstance(c, dict) and c.get("type", "function") == "function" and isinstance(c.get("id"), str)
+            and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+            and isinstance(c["function"].get("arguments"), str) for c in calls):
+        raise RequestError(f"{where}.tool_calls must be a list of {{id, type: 'function', function: {{name, "
+                           "arguments}}}}", "messages")
+    return [{"id": c["id"], "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}} for c in calls]
+
+
 def chat_messages(body, max_chars) -> list[dict]:
-    """The conversation: [{role, content}] strings, max_chars characters in all at most."""
+    """The conversation: [{role, content (a string)}] (developer is system), an assistant message's tool_calls and a
+    tool message's tool_call_id kept; max_chars characters in all at most."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise RequestError("'messages' must be a non-empty list of {role, content} strings", "messages")
-    chars = sum(len(m["role"]) + len(m["content"]) for m in messages)
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", "messages")
+    out, called = [], False
+    for i, m in enumerate(messages):
+        where, role = f"messages[{i}]", m.get("role")
+        if role not in ROLES:
+            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, got {str(role)[:40]!r}", "messages")
+        extra = sorted(k for k, v in m.items() if k not in ("role", "content", "tool_calls", "tool_call_id")
+                       and v not in _ABSENT)
+        if extra:
+            raise RequestError(f"{where}.{extra[0]} is not supported", "messages")
+        message = {"role": "system" if role == "developer" else role}
+        calls = m.get("tool_calls")
+        if role == "assistant" and calls not in _ABSENT:
+            message["tool_calls"], called = _tool_calls(calls, where), True
+            message["content"] = "" if m.get("content") is None else _text(m["content"], where)
+        else:
+            message["content"] = _text(m.get("content"), where)
+        if role == "tool":
+            if not called:
+                raise RequestError(f"{where}: a tool message must follow an assistant message with tool_calls",
+                                   "messages")
+            if not isinstance(m.get("tool_call_id", ""), str):
+                raise RequestError(f"{where}.tool_call_id must be a string", "messages")
+            message["tool_call_id"] = m.get("tool_call_id", "")
+        elif m.get("tool_call_id") not in _ABSENT:
+            raise RequestError(f"{where}.tool_call_id belongs to tool messages only", "messages")
+        out.append(message)
+    chars = sum(len(m["role"]) + len(m["content"]) + len(json.dumps(m.get("tool_calls", ""))) for m in out)
     if chars > max_chars:
         raise RequestError(f"'messages' has {chars} characters; this server takes {max_chars} at most", "messages")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return out
 
 
 def prompt_text(body, max_chars) -> str:
@@ -177,10 +262,15 @@ def sampling(body, context) -> Sampling:
         logprobs = number(body, "top_logprobs", 0, 20, 0, int) if logprobs else None
     elif logprobs is not None:
         logprobs = number(body, "logprobs", 0, 20, 0, int)
-    return Sampling(max_tokens=number(body, "max_tokens", 1, context - 1, None, int),
+    limit = number(body, "max_tokens", 1, context - 1, None, int)
+    completion_limit = number(body, "max_completion_tokens", 1, context - 1, None, int)
+    if limit is not None and completion_limit is not None and limit != completion_limit:
+        raise RequestError(f"'max_tokens' ({limit}) and 'max_completion_tokens' ({completion_limit}) differ: give "
+                           "one", "max_completion_tokens")
+    return Sampling(max_tokens=limit if completion_limit is None else completion_limit,
                     n=number(body, "n", 1, 8, 1, int),
-                    temperature=number(body, "temperature", 0.0, 2.0, 1.0),
-                    top_p=number(body, "top_p", 0.0, 1.0, 1.0, above_lo=True),
+                    temperature=number(body, "temperature", 0.0, 2.0, DEFAULTS["api"]["temperature"]),
+                    top_p=number(body, "top_p", 0.0, 1.0, DEFAULTS["api"]["top_p"], above_lo=True),
                     seed=number(body, "seed", 0, 2**63 - 9, None, int),
                     logprobs=logprobs, stop=stops(body))
 

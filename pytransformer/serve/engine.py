@@ -81,8 +81,9 @@ class Job:
     ("token", text, logprob info) for each token (text "" while it is held back), then one
     ("done", finish_reason, usage) or ("error", message)."""
 
-    def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out):
+    def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, matcher=None):
         self.ids, self.max_tokens, self.sampler, self.stop, self.logprobs = ids, max_tokens, sampler, stop, logprobs
+        self.matcher = matcher  # (a constrain.Matcher: its grammar's mask applies before the sampler)
         self.rng = np.random.default_rng(seed)
         self.loop, self.out = loop, out
         self.cancelled = False
@@ -93,10 +94,11 @@ class Job:
         self.sink = None  # the list of items its engine delivers after each round (set by Engine.submit)
 
     @classmethod
-    def choices(cls, n, ids, max_tokens, sampler, seed, stop, logprobs, loop, out) -> list[Job]:
-        """n jobs of one request, seeds seed, seed + 1, ...; their items reach `out` tagged by choice index."""
+    def choices(cls, n, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, grammar=None) -> list[Job]:
+        """n jobs of one request, seeds seed, seed + 1, ...; their items reach `out` tagged by choice index; each
+        has its own matcher of the grammar (a constrain.Grammar) when there is one."""
         return [cls(list(ids), max_tokens, sampler, None if seed is None else seed + i, stop, logprobs, loop,
-                    _Tagged(out, i)) for i in range(n)]
+                    _Tagged(out, i), None if grammar is None else grammar.matcher()) for i in range(n)]
 
     def emit(self, item):
         self.sink.append((self, item))
@@ -224,8 +226,12 @@ class Engine:
 
     def _sample(self, job):
         """The job's next token from its logits, its text emitted -> the finish reason, or None to go on."""
-        logits = job.logits
-        if job.best is not None and job.sampler.temperature == 0.0 and job.sampler.repetition_penalty == 1.0:
+        raw = logits = job.logits
+        if job.matcher is not None:  # (the grammar's mask before any sampler; logprobs stay the model's own)
+            logits = np.array(raw)
+            job.matcher.mask(logits)
+        if job.best is not None and job.matcher is None and job.sampler.temperature == 0.0 and \
+                job.sampler.repetition_penalty == 1.0:
             tok = job.best  # (greedy: the step's argmax, the Sampler's own rule)
         else:
             seen = None
@@ -235,11 +241,13 @@ class Engine:
             tok = int(job.sampler(logits[None], seen, job.rng)[0])
         info = None
         if job.logprobs is not None:
-            x = logits.astype(np.float64)
+            x = raw.astype(np.float64)
             lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
             top = np.argsort(-lp)[:job.logprobs]
             info = (float(lp[tok]), [(self.tok.decode([int(i)]), float(lp[i])) for i in top])
         job.generated.append(tok)
+        if job.matcher is not None and tok not in self.end_ids:
+            job.matcher.consume(tok)
         finish = None
         if tok in self.end_ids:
             piece, finish = job.text.flush(), "stop"

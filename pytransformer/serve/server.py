@@ -41,7 +41,7 @@ def _protocol():
 
 
 def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=None, api_key=None, max_queue=64,
-          limits: Limits | None = None, timeout_keep_alive=5.0):
+          limits: Limits | None = None, timeout_keep_alive=5.0, aliases=()):
     """Serve a loaded model (and an encoder from embedding_model, 'minilm' for the packaged one) until
     interrupted. OSError (one line, naming host:port) when the port cannot be had."""
     try:
@@ -54,7 +54,7 @@ def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=N
         from ..sentence import SentenceEncoder
 
         encoder = SentenceEncoder(None if embedding_model == "minilm" else embedding_model)
-    app = create_app(model, tokenizer, name, encoder, api_key, max_queue, limits)
+    app = create_app(model, tokenizer, name, encoder, api_key, max_queue, limits, aliases)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -257,13 +257,13 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
         Stop tokens end it and are not shown; a stop string (stop=) ends it and is not shown either."""
         return text_pieces(token_stream, lambda ids: self.decode(ids, skip_special_tokens), stop, self.stop_ids)
 
-    def apply_chat_template(self, messages, add_generation_prompt=True) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt=True, **extra) -> str:
         """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
-        chat.py's limited sandbox), else (no template) ChatML."""
+        chat.py's limited sandbox), else (no template) ChatML. extra: more template variables (tools=...)."""
         from .chat import render_chat
 
         return render_chat(self.chat_template, messages, add_generation_prompt, source=self.source,
-                           bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id))
+                           bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id), **extra)
 
     def _token(self, i):
         return "" if i is None else self.decoder[i]

