@@ -276,8 +276,8 @@ def animal():
 
     enc = pt.SentenceEncoder()  # all-MiniLM-L6-v2
     sentence = "The animal didn't cross the street because it was too tired"
-    ids = np.array([enc.tokenizer.encode(sentence)], np.int64)
-    tokens = [enc.tokenizer.inv[int(i)] for i in ids[0]]
+    ids = np.array([enc.batcher.token_ids(sentence)], np.int64)
+    tokens = enc.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     maps = enc.model.attention_maps(ids)  # (layers, heads, T, T)
     it, animal_at = tokens.index("it"), tokens.index("animal")
     layer, head = np.unravel_index(np.argmax(maps[:, :, it, animal_at]), maps.shape[:2])
