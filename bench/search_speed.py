@@ -42,7 +42,8 @@ def main():
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--exact-queries", type=int, default=20, dest="exact_queries",
                     help="queries timed for exact search (it reads every float32 row)")
-    ap.add_argument("--rescore", type=int, default=10)
+    ap.add_argument("--rescore", type=int, nargs="+", default=[10, 100],
+                    help="first-pass candidates kept per result (each value timed for the binary pass)")
     ap.add_argument("--folder", help="keep the index here (reused when it exists)")
     args = ap.parse_args()
     folder = args.folder or tempfile.mkdtemp(prefix="search-speed-")
@@ -64,26 +65,32 @@ def run(ix, args):
     near = np.asarray(ix.float32[np.sort(rows)]) + rng.standard_normal((args.queries, ix.dim)).astype(np.float32) \
         * (0.5 / np.sqrt(ix.dim))
     kinds = {"near a stored row": near, "random": rng.standard_normal((args.queries, ix.dim)).astype(np.float32)}
-    print(f"# {len(ix):,} stored x {ix.dim} dims ({', '.join(['float32', *ix.meta['stores']])}), top 10, rescore "
-          f"{args.rescore} (first pass keeps {10 * args.rescore}); {platform.processor() or platform.machine()}, "
-          f"isa {pytransformer.cpu_info()['isa']}, numpy {np.__version__}")
-    print(f"| threads | queries | first pass | ms per query (median) | recall@10 vs exact ({args.exact_queries} queries) |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"# {len(ix):,} stored x {ix.dim} dims ({', '.join(['float32', *ix.meta['stores']])}), top 10 (the first "
+          f"pass keeps 10 x rescore); {platform.processor() or platform.machine()}, isa "
+          f"{pytransformer.cpu_info()['isa']}, numpy {np.__version__}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall time is what a query took, CPU "
+          "time what it used (all threads); on a shared machine the wall time grows with the load")
+    print(f"| threads | queries | first pass | rescore | wall ms per query (median) | CPU ms | recall@10 vs exact "
+          f"({args.exact_queries} queries) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     exact = {k: [[h.id for h in ix.search(q, 10, first_pass="exact")] for q in qs[:args.exact_queries]]
              for k, qs in kinds.items()}
+    passes = [("binary", r) for r in args.rescore] + [("int8", args.rescore[0]), ("exact", 1)]
     for threads in (1, 2):
         pytransformer.set_num_threads(threads)
         for kind, qs in kinds.items():
-            for first_pass in ("binary", "int8", "exact"):
+            for first_pass, rescore in passes:
                 n = args.exact_queries if first_pass != "binary" else len(qs)
-                ix.search(qs[0], 10, first_pass, args.rescore)  # warm: pages mapped, threads started
-                times, got = [], []
+                ix.search(qs[0], 10, first_pass, rescore)  # warm: pages mapped, threads started
+                wall, cpu, got = [], [], []
                 for q in qs[:n]:
-                    t = time.perf_counter()
-                    got.append([h.id for h in ix.search(q, 10, first_pass, args.rescore)])
-                    times.append(time.perf_counter() - t)
+                    t, c = time.perf_counter(), time.process_time()
+                    got.append([h.id for h in ix.search(q, 10, first_pass, rescore)])
+                    wall.append(time.perf_counter() - t)
+                    cpu.append(time.process_time() - c)
                 recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact[kind])])
-                print(f"| {threads} | {kind} | {first_pass} | {1e3 * np.median(times):.1f} | {recall:.3f} |")
+                print(f"| {threads} | {kind} | {first_pass} | {rescore if first_pass != 'exact' else '-'} | "
+                      f"{1e3 * np.median(wall):.1f} | {1e3 * np.median(cpu):.1f} | {recall:.3f} |")
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ from .encoders import Batcher, check_batch_size, load_encoder, model_folder
 from .io.hf_common import read_json
 from .io.safetensors import load_file
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")  # concatenation order
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")  # the legacy order
 LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                        "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                        "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
@@ -53,7 +53,8 @@ def _module_kind(entry, path):
 
 
 def pooling_modes(cfg, path):
-    """The pooling modes of a Pooling config (new 'pooling_mode' or the legacy pooling_mode_* flags), in order."""
+    """The pooling modes of a Pooling config, in the order their outputs are concatenated: 'pooling_mode' as
+    listed, or the legacy pooling_mode_* flags in POOLING_MODES order."""
     modes = cfg.get("pooling_mode")
     if modes is None:
         modes = [m for key, m in LEGACY_POOLING_KEYS.items() if cfg.get(key)]
@@ -61,12 +62,12 @@ def pooling_modes(cfg, path):
     bad = [m for m in modes if m not in POOLING_MODES]
     if bad or not modes:
         raise ValueError(f"{path}: pooling modes must be among {POOLING_MODES}, got {modes}")
-    return sorted(modes, key=POOLING_MODES.index)
+    return modes
 
 
 def pool(hidden, mask, modes):
     """hidden (B, T, C) float32, mask (B, T) of 0/1 (padding on the right) -> (B, C * len(modes)): each mode as
-    sentence-transformers' Pooling computes it, concatenated in POOLING_MODES order."""
+    sentence-transformers' Pooling computes it, concatenated in the order given."""
     m = mask[:, :, None].astype(np.float32)
     count = np.maximum(m.sum(1), 1e-9)
     out = []
@@ -83,6 +84,17 @@ def pool(hidden, mask, modes):
         else:  # lasttoken: the last real position
             out.append(hidden[np.arange(len(hidden)), mask.shape[1] - 1 - mask[:, ::-1].argmax(1)])
     return np.concatenate(out, 1).astype(np.float32)
+
+
+def max_seq_length(folder, positions):
+    """sentence_bert_config.json's max_seq_length, else the tokenizer's model_max_length (where newer
+    sentence-transformers saves it), at most the model's positions."""
+    given = _json_in(folder, "sentence_bert_config.json", {}).get("max_seq_length")
+    if given is None:
+        given = _json_in(folder, "tokenizer_config.json", {}).get("model_max_length")
+    if not isinstance(given, int) or isinstance(given, bool) or given < 1:
+        given = DEFAULT_MAX_LENGTH
+    return min(given, positions)
 
 
 class Dense:
@@ -127,9 +139,7 @@ class SentenceEncoder:
             folder = os.path.join(path, str(entry.get("path") or ""))
             if kind == "Transformer":
                 self.model = load_encoder(folder).set_weight_dtype(dtype)
-                st = _json_in(folder, "sentence_bert_config.json", {})
-                limit = self.model.config.max_position_embeddings
-                self.max_seq_length = min(int(st.get("max_seq_length") or DEFAULT_MAX_LENGTH), limit)
+                self.max_seq_length = max_seq_length(folder, self.model.config.max_position_embeddings)
                 self.batcher = Batcher(folder, self.max_seq_length, self.model.config.pad_token_id or 0)
             elif kind == "Pooling":
                 cfg = _json_in(folder, "config.json", {}) if entry.get("path") else {}
