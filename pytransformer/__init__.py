@@ -5,6 +5,7 @@ Models
                             packaged name ("smollm2", "gemma3-270m", "minilm") or a repo id in the local HF cache
     SentenceEncoder(name)   sentence embeddings from any sentence-transformers folder (default all-MiniLM-L6-v2)
     semantic_search(q, c, k), Index(folder)   exact top-k; a saved index (Index.build) searched in milliseconds
+    CrossEncoder(name)      a reranker: predict((query, document) pairs), rank(query, documents)
     pytransformer.models    GPT, BERT, ViT, Llama, the 2017 encoder-decoder: configs and models to build and train
     pytransformer.nn        the layers, each with forward and a hand-written backward
     pytransformer.optim     AdamW, SGD, clipping, schedules; pytransformer.train: the training loop
@@ -64,8 +65,13 @@ def __getattr__(name):  # heavier pieces load on first use
         from .index import Index
 
         return Index
+    if name == "CrossEncoder":
+        from .crossencoder import CrossEncoder
+
+        return CrossEncoder
     raise AttributeError(f"module 'pytransformer' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "set_matmul_precision",
-           "get_matmul_precision", "matmul_precision", "ops", "reference", "SentenceEncoder", "semantic_search", "Index", "from_pretrained"]
+           "get_matmul_precision", "matmul_precision", "ops", "reference", "SentenceEncoder", "semantic_search", "Index", "CrossEncoder",
+           "from_pretrained"]

@@ -4,10 +4,12 @@ a maximum length, 'longest_first' for pairs)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .io.hf_bert import load_bert
-from .io.hf_common import read_config
+from .io.hf_common import read_config, read_json
 from .tokenizers import from_folder
 
 FAMILIES = ("bert",)  # encoder families (config.json model_type) a folder may hold
@@ -34,13 +36,34 @@ def load_encoder(path):
     return load_bert(path)
 
 
+DEFAULT_MAX_LENGTH = 512
+
+
+def optional_json(folder, name, default=None):
+    """The JSON object in folder/name, default when there is no such file."""
+    path = os.path.join(folder, name)
+    return read_json(path) if os.path.isfile(path) else default
+
+
+def max_seq_length(folder, positions):
+    """sentence_bert_config.json's max_seq_length, else the tokenizer's model_max_length (where newer
+    sentence-transformers saves it), at most the model's positions."""
+    given = optional_json(folder, "sentence_bert_config.json", {}).get("max_seq_length")
+    if given is None:
+        given = optional_json(folder, "tokenizer_config.json", {}).get("model_max_length")
+    if not isinstance(given, int) or isinstance(given, bool) or given < 1:
+        given = DEFAULT_MAX_LENGTH
+    return min(given, positions)
+
+
 class Batcher:
     """Texts (or pairs of texts) -> (ids (B, T) int64, attention_mask (B, T) int64, token_type_ids (B, T) int64),
-    each row [specials] text [specials] cut to max_length tokens, padded on the right."""
+    each row [specials] text [specials] cut to max_length tokens (max_seq_length: at most `positions`), padded on
+    the right with pad_id."""
 
-    def __init__(self, path, max_length, pad_id):
+    def __init__(self, path, positions, pad_id):
         self.tokenizer = from_folder(path)
-        self.max_length, self.pad_id = max_length, pad_id
+        self.max_length, self.pad_id = max_seq_length(path, positions), pad_id
         self.before, self.after = self.tokenizer.post_before, self.tokenizer.post_after
         self.roberta = read_config(path).get("model_type") in ("roberta", "xlm-roberta", "mpnet")
 
@@ -51,15 +74,18 @@ class Batcher:
 
     def pair_ids(self, a, b):
         """(ids, token types) of a pair: [CLS] a [SEP] b [SEP] (types 0 then 1), or RoBERTa's <s> a </s></s> b </s>
-        (types all 0), with the longer side cut first until it fits max_length."""
+        (types all 0), cut to max_length as transformers' 'longest_first' cuts: a side no longer than half the
+        room stays whole, else the longer side keeps the larger half (the second side, for equal lengths)."""
         ta, tb = self.tokenizer.encode(a), self.tokenizer.encode(b)
         middle = self.after * (2 if self.roberta else 1)
-        room = self.max_length - len(self.before) - len(middle) - len(self.after)
-        while len(ta) + len(tb) > max(room, 0):
+        room = max(self.max_length - len(self.before) - len(middle) - len(self.after), 0)
+        if len(ta) + len(tb) > room:
             if len(ta) > len(tb):
-                ta.pop()
+                keep_b = min(len(tb), room // 2)
+                ta, tb = ta[:room - keep_b], tb[:keep_b]
             else:
-                tb.pop()
+                keep_a = min(len(ta), room // 2)
+                ta, tb = ta[:keep_a], tb[:room - keep_a]
         first = self.before + ta + middle
         second = tb + self.after
         return first + second, [0] * len(first) + [0 if self.roberta else 1] * len(second)

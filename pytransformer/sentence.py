@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .encoders import Batcher, check_batch_size, load_encoder, model_folder
+from .encoders import Batcher, check_batch_size, load_encoder, model_folder, optional_json
 from .io.hf_common import read_json
 from .io.safetensors import load_file
 
@@ -22,16 +22,13 @@ LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens
 ACTIVATIONS = {"torch.nn.modules.activation.Tanh": np.tanh, "torch.nn.modules.linear.Identity": lambda x: x,
                "torch.nn.modules.activation.Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
                "torch.nn.modules.activation.ReLU": lambda x: np.maximum(x, 0)}
-DEFAULT_MAX_LENGTH = 512
 
 
-def _json_in(folder, name, default=None):
-    """The JSON value in folder/name (an object, or modules.json's list), default when there is no such file."""
-    path = os.path.join(folder, name)
+def read_modules(folder):
+    """modules.json's list of modules, or None when the folder has none."""
+    path = os.path.join(folder, "modules.json")
     if not os.path.isfile(path):
-        return default
-    if name != "modules.json":
-        return read_json(path)
+        return None
     if os.path.getsize(path) > 1 << 20:
         raise ValueError(f"{path}: over 1 MiB, far more than a list of modules")
     try:
@@ -86,17 +83,6 @@ def pool(hidden, mask, modes):
     return np.concatenate(out, 1).astype(np.float32)
 
 
-def max_seq_length(folder, positions):
-    """sentence_bert_config.json's max_seq_length, else the tokenizer's model_max_length (where newer
-    sentence-transformers saves it), at most the model's positions."""
-    given = _json_in(folder, "sentence_bert_config.json", {}).get("max_seq_length")
-    if given is None:
-        given = _json_in(folder, "tokenizer_config.json", {}).get("model_max_length")
-    if not isinstance(given, int) or isinstance(given, bool) or given < 1:
-        given = DEFAULT_MAX_LENGTH
-    return min(given, positions)
-
-
 class Dense:
     """A sentence-transformers Dense module: activation(x @ W.T + b) from its folder (config.json +
     model.safetensors)."""
@@ -131,7 +117,7 @@ class SentenceEncoder:
 
     def __init__(self, path=None, dtype="float32"):
         self.path = path = model_folder(None if path is None else os.fspath(path))
-        entries = _json_in(path, "modules.json") or [{"type": "Transformer", "path": ""}, {"type": "Pooling"}]
+        entries = read_modules(path) or [{"type": "Transformer", "path": ""}, {"type": "Pooling"}]
         self.steps = []  # after the encoder: ("pool", modes) / ("dense", Dense) / ("normalize", None)
         include_prompt = True
         for entry in entries:
@@ -139,17 +125,18 @@ class SentenceEncoder:
             folder = os.path.join(path, str(entry.get("path") or ""))
             if kind == "Transformer":
                 self.model = load_encoder(folder).set_weight_dtype(dtype)
-                self.max_seq_length = max_seq_length(folder, self.model.config.max_position_embeddings)
-                self.batcher = Batcher(folder, self.max_seq_length, self.model.config.pad_token_id or 0)
+                self.batcher = Batcher(folder, self.model.config.max_position_embeddings,
+                                       self.model.config.pad_token_id or 0)
+                self.max_seq_length = self.batcher.max_length
             elif kind == "Pooling":
-                cfg = _json_in(folder, "config.json", {}) if entry.get("path") else {}
+                cfg = optional_json(folder, "config.json", {}) if entry.get("path") else {}
                 self.steps.append(("pool", pooling_modes(cfg, folder) if cfg else ["mean"]))
                 include_prompt = cfg.get("include_prompt", True)
             elif kind == "Dense":
                 self.steps.append(("dense", Dense(folder)))
             else:
                 self.steps.append(("normalize", None))
-        st = _json_in(path, "config_sentence_transformers.json", {})
+        st = optional_json(path, "config_sentence_transformers.json", {})
         self.prompts = dict(st.get("prompts") or {})
         self.default_prompt_name = st.get("default_prompt_name")
         self.include_prompt = include_prompt
