@@ -18,7 +18,6 @@ torch; the ratio is right-after / quiet, medians over --repeats (goal: at most 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_time  # noqa: E402
+from timing import machine, median_time, write_json  # noqa: E402
 
 import pytransformer  # noqa: E402
 from pytransformer import ops  # noqa: E402
@@ -47,14 +46,14 @@ def workloads(repeats):
     """name -> {library: seconds} for this moment's load."""
     rng = np.random.default_rng(0)
     out = {}
-    small = GPT(GPTConfig(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128), seed=0)
+    small = GPT(GPTConfig(vocab_size=96, max_positions=128, n_layer=4, n_head=4, n_embd=128), seed=0)
     prompt = rng.integers(0, 96, (1, 8))
 
     def ours_decode():
         small.generate(prompt, 32, temperature=0.0)
 
     out["decode 32 tokens (GPT 4L/128)"] = {"ours": median_time(ours_decode, repeats, warmup=2)}
-    big = GPT(GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=256), seed=0)
+    big = GPT(GPTConfig(vocab_size=65, max_positions=128, n_layer=4, n_head=4, n_embd=256), seed=0)
     opt = AdamW(big.params, lr=1e-3, weight_decay=0.1)
     xb = rng.integers(0, 65, (16, 128))
     yb = np.roll(xb, -1, 1)
@@ -152,8 +151,8 @@ def main():
     info = pytransformer.cpu_info()
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)" for i in threadpool_info()
             if i["user_api"] == "blas"]
-    print(f"# pytransformer {pytransformer.__version__} isa={info['isa']} threads={args.threads}, "
-          f"torch {torch.__version__ if torch else None}, numpy {np.__version__} on {', '.join(blas) or '?'}, "
+    print(f"# {machine(torch=torch.__version__ if torch else None, numpy=np.__version__)} on {', '.join(blas) or '?'}, "
+          f"threads={args.threads}, "
           f"{os.cpu_count()} cores, busy run: {args.busy} spinning process(es)")
     result = {"threads": args.threads, "busy": args.busy, "cpu_info": info}
     if args.cases in ("all", "busy"):
@@ -161,9 +160,7 @@ def main():
     if args.cases in ("all", "after"):
         result["after"] = after_table(args)
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
 
 
 def busy_table(args):

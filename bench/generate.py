@@ -12,7 +12,6 @@ weights' bytes read once per token over the read bandwidth bench/limits.py measu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plotting import pyplot  # noqa: E402
+from timing import machine, write_json  # noqa: E402
 import pytransformer  # noqa: E402
 from pytransformer.models import GPT, GPTConfig  # noqa: E402
 
@@ -41,7 +41,7 @@ class TorchKVGPT:
         self.p = {name: torch.from_numpy(p.data.copy()) for name, p in model.params}
 
     def ln(self, x, prefix):
-        return F.layer_norm(x, x.shape[-1:], self.p[prefix + "weight"], self.p[prefix + "bias"], self.c.layer_norm_eps)
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + "weight"], self.p[prefix + "bias"], self.c.norm_eps)
 
     def lin(self, x, prefix):
         return F.linear(x, self.p[prefix + "weight"], self.p[prefix + "bias"])
@@ -120,8 +120,7 @@ def main():
     tmodel = TorchKVGPT(model) if torch else None  # float32 weights
     hf = hf_gpt2(model) if torch else None
     f32_bytes = model.params.data.nbytes - model.wpe.weight.data.nbytes  # every matrix read once per token
-    info = pytransformer.cpu_info()
-    print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}, torch {torch.__version__ if torch else None}; "
+    print(f"# {machine(torch=torch.__version__ if torch else None)}; "
           f"GPT-2 small {model.num_parameters() / 1e6:.0f}M, batch {args.batch}, prompt {args.prompt}, "
           f"{args.new} new tokens, greedy")
     rows = []
@@ -172,9 +171,7 @@ def main():
             print(line)
         model.set_weight_dtype("float32")
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "cpu_info": info, "rows": rows}, f, indent=1)
+        write_json(args.json, {"args": vars(args), "cpu_info": pytransformer.cpu_info(), "rows": rows})
         if args.plot:
             plot(rows, os.path.splitext(args.json)[0] + ".png", args)
 

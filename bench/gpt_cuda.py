@@ -84,7 +84,7 @@ def main():
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_positions, n_embd=cfg.n_embd,
                                         n_layer=cfg.n_layer, n_head=cfg.n_head)).cuda().eval()
         tprompt = torch.from_numpy(prompt).cuda()
 

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 # threads pinned means pinned: no load-adaptive team size while timing against peers that have none
 os.environ.setdefault("PYTRANSFORMER_ADAPTIVE_THREADS", "0")
 from plotting import pyplot  # noqa: E402
+from timing import write_json  # noqa: E402
 import pytransformer  # noqa: E402
 from pytransformer import opcases, ops  # noqa: E402
 
@@ -530,9 +531,7 @@ def main():
         rows = run_cuda([o for o in args.only.split(",") if o], args.quick)
         if args.json:
             path = args.json.replace("kernels.json", "kernels_cuda.json")
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "w") as f:
-                json.dump({"results": rows}, f, indent=1)
+            write_json(path, {"results": rows})
             print(f"# wrote {path}")
         return
     if args.from_json:
@@ -556,9 +555,7 @@ def main():
     header, rows = run(args.threads, [o for o in args.only.split(",") if o], args.quick, lim)
     header["limits"] = lim
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"machine": header, "results": rows}, f, indent=1)
+        write_json(args.json, {"machine": header, "results": rows})
         print(f"# wrote {args.json}")
     if args.plot:
         plot(rows, os.path.splitext(args.json or "bench/results/kernels.json")[0] + ".png")

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plotting import pyplot  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import machine, median_time, write_json  # noqa: E402
 import pytransformer  # noqa: E402
 
 TEXT_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
@@ -191,8 +191,7 @@ def main():
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)
     del ours
-    info = pytransformer.cpu_info()
-    print(f"# pytransformer {pytransformer.__version__} isa={info['isa']}; {os.path.basename(path)} "
+    print(f"# {machine()}; {os.path.basename(path)} "
           f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
           f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}; each engine in its own process")
     rows = []
@@ -239,11 +238,10 @@ def main():
                                                         f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
             print(f"| {row['threads']} | {name} | {d:.1f} | {p:.0f} | {ratio} |")
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "model": os.path.basename(path), "cpu_info": info,
-                       "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
-                       "file_MiB": size, "rows": rows}, f, indent=1)
+        write_json(args.json, {"args": vars(args), "model": os.path.basename(path),
+                               "cpu_info": pytransformer.cpu_info(),
+                               "weight_bytes_per_token": wbytes, "peak_rss_MiB": peak, "baseline_rss_MiB": base,
+                               "file_MiB": size, "rows": rows})
         if args.plot:
             plot(rows, engines, os.path.splitext(args.json)[0] + ".png", args, os.path.basename(path))
 

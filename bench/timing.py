@@ -1,9 +1,14 @@
-"""What every benchmark here shares: the median wall time of a call over repeats, after warm-up calls."""
+"""What every benchmark here shares: the median wall time of a call over repeats, after warm-up calls; the machine
+line every table is printed with; the JSON results file."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
+
+import pytransformer
 
 
 def median_time(fn, repeats, warmup=0):
@@ -15,3 +20,16 @@ def median_time(fn, repeats, warmup=0):
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def machine(**peers) -> str:
+    """'pytransformer VERSION isa=ISA' and each peer's 'name version': the line every table is printed with."""
+    line = f"pytransformer {pytransformer.__version__} isa={pytransformer.cpu_info()['isa']}"
+    return ", ".join([line] + [f"{name} {version}" for name, version in peers.items()])
+
+
+def write_json(path, results) -> None:
+    """The results as JSON at path, its folder made if need be."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)

@@ -22,7 +22,7 @@ class TorchGPT(torch.nn.Module):
         return F.linear(x, self.w(prefix + "weight"), self.w(prefix + "bias"))
 
     def ln(self, x, prefix):
-        return F.layer_norm(x, x.shape[-1:], self.w(prefix + "weight"), self.w(prefix + "bias"), self.cfg.layer_norm_eps)
+        return F.layer_norm(x, x.shape[-1:], self.w(prefix + "weight"), self.w(prefix + "bias"), self.cfg.norm_eps)
 
     def forward(self, idx, targets=None):
         c = self.cfg

@@ -57,7 +57,7 @@ def main():
     data = tok.encode_array(text)
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.context, n_layer=args.layers, n_head=args.heads,
+    cfg = GPTConfig(vocab_size=tok.vocab_size, max_positions=args.context, n_layer=args.layers, n_head=args.heads,
                     n_embd=args.embd)
     pytransformer.set_num_threads(args.threads)
     pytransformer.set_matmul_precision(args.precision)

@@ -230,8 +230,8 @@ def bert():
     import numpy as np
     from pytransformer.models import BERT, BertConfig, mask_tokens
 
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=0, nsp=True)
+    cfg = BertConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                     intermediate_size=64, max_positions=32, num_labels=0, nsp=True)
     model = BERT(cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 100, (2, 16))
@@ -310,8 +310,8 @@ def vit():
     import numpy as np
     from pytransformer.models import ViT, ViTConfig
 
-    model = ViT(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64, num_labels=10))
+    model = ViT(ViTConfig(image_size=8, patch_size=2, num_channels=1, n_embd=32, n_layer=2,
+                          n_head=4, intermediate_size=64, num_labels=10))
     images = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
     with model.evaluating():
         print("logits:", model(images).shape, "from", (8 // 2) ** 2, "patches + 1 class token")
@@ -326,7 +326,7 @@ def gpt3():
 
     for r in gpt3_table():
         print(f"{r['name']:<12} {r['parameters'] / 1e6:>10,.1f}M (paper {r['paper_parameters'] / 1e6:,.0f}M)  "
-              f"layers {r['n_layer']:>2}  d_model {r['d_model']:>5}  heads {r['n_head']:>2} x {r['d_head']:>3}  "
+              f"layers {r['n_layer']:>2}  d_model {r['n_embd']:>5}  heads {r['n_head']:>2} x {r['head_dim']:>3}  "
               f"batch {r['batch_tokens'] / 1e6:.1f}M tokens  lr {r['learning_rate']:.1e}")
 
 

@@ -63,8 +63,8 @@ def main():
     vocab = Vocab(text)
     train_lines = [l for l in text[:split].split("\n") if l.strip()]
     test_lines = [l for l in text[split:].split("\n") if l.strip()]
-    cfg = BertConfig(vocab_size=vocab.size, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=512, max_position_embeddings=2 * SEG + 3, hidden_dropout_prob=0.1, num_labels=2)
+    cfg = BertConfig(vocab_size=vocab.size, n_embd=128, n_layer=4, n_head=4,
+                     intermediate_size=512, max_positions=2 * SEG + 3, dropout=0.1, num_labels=2)
     model = BERT(cfg, seed=0)
     opt = AdamW(model.params, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
     rng = np.random.default_rng(0)

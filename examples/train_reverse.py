@@ -51,8 +51,8 @@ def main():
     ap.add_argument("--test", type=int, default=1000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    cfg = TransformerConfig(src_vocab_size=13, tgt_vocab_size=13, d_model=64, n_head=4, n_encoder_layers=2,
-                            n_decoder_layers=2, d_ff=256, dropout=0.0, max_len=32, share_embeddings=True)
+    cfg = TransformerConfig(src_vocab_size=13, tgt_vocab_size=13, n_embd=64, n_head=4, n_encoder_layer=2,
+                            n_decoder_layer=2, intermediate_size=256, dropout=0.0, max_positions=32, share_embeddings=True)
     model = Transformer(cfg, seed=0)
     opt = AdamW(model.params, lr=1e-3, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     # held-out strings are never trained on; they have length >= 4 so that holding them out leaves the

@@ -36,8 +36,8 @@ def main():
     order = rng.permutation(len(x))
     n_test = len(x) // 4
     test, train = order[:n_test], order[n_test:]
-    cfg = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=4,
-                    num_attention_heads=4, intermediate_size=128, num_labels=10, dropout=0.1)
+    cfg = ViTConfig(image_size=8, patch_size=2, num_channels=1, n_embd=64, n_layer=4,
+                    n_head=4, intermediate_size=128, num_labels=10, dropout=0.1)
     model = ViT(cfg, seed=0)
     opt = AdamW(model.params, lr=2e-3, weight_decay=0.05)
     steps = args.epochs * (len(train) // args.batch)

@@ -106,14 +106,14 @@ def cross_attention(model, src, mask, tgt_in):
 
 def train(steps=1200, batch=64, seed=0, log=print):
     rng = np.random.default_rng(seed)
-    cfg = TransformerConfig(src_vocab_size=len(VOCAB), tgt_vocab_size=len(VOCAB), d_model=64, n_head=4,
-                            n_encoder_layers=2, n_decoder_layers=2, d_ff=128, dropout=0.0, max_len=32,
+    cfg = TransformerConfig(src_vocab_size=len(VOCAB), tgt_vocab_size=len(VOCAB), n_embd=64, n_head=4,
+                            n_encoder_layer=2, n_decoder_layer=2, intermediate_size=128, dropout=0.0, max_positions=32,
                             share_embeddings=True, label_smoothing=0.1)
     model = Transformer(cfg, seed=seed)
     opt = AdamW(model.params, lr=1e-3, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     warmup = max(1, steps // 10)
     peak = 3e-3
-    factor = peak / inverse_sqrt_lr(warmup, cfg.d_model, warmup)  # the paper's shape, scaled to a peak for this size
+    factor = peak / inverse_sqrt_lr(warmup, cfg.n_embd, warmup)  # the paper's shape, scaled to a peak for this size
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         src, mask, tgt_in, tgt_out = encode(random_dates(rng, batch))
@@ -121,7 +121,7 @@ def train(steps=1200, batch=64, seed=0, log=print):
         loss = model.loss(src, tgt_in, tgt_out, mask)
         model.backward()
         clip_grad_norm(model.params, 1.0)
-        opt.step(inverse_sqrt_lr(step, cfg.d_model, warmup, factor))
+        opt.step(inverse_sqrt_lr(step, cfg.n_embd, warmup, factor))
         if step % 100 == 0:
             log(f"step {step:5d} loss {loss:.4f} ({time.perf_counter() - t0:.0f}s)")
     return model

@@ -45,7 +45,7 @@ def load_checkpoint(path, optimizer_factory=None):
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") not in {f.name for f in FAMILIES}:
         raise ValueError(f"{path}: not a pytransformer checkpoint (format {meta.get('format')!r})")
     family = family_named(meta["family"])
-    model = family.model_class(family.config_class(**json.loads(meta["config"])))
+    model = family.model_class(family.config_class.from_dict(json.loads(meta["config"])))
     optimizer = optimizer_factory(model) if optimizer_factory is not None else None
     step, rngs = restore_checkpoint(path, model, optimizer)
     return {"model": model, "optimizer": optimizer, "step": step, "rngs": rngs,
@@ -57,8 +57,8 @@ def restore_checkpoint(path, model, optimizer=None):
     meta = read_metadata(path)
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("family") != family_of(model):
         raise ValueError(f"{path}: not a {family_of(model)} checkpoint of pytransformer")
-    # compared through the config class, so fields added since the checkpoint was written take their defaults
-    if type(model.config)(**json.loads(meta["config"])).to_dict() != model.config.to_dict():
+    # compared through the config class, so fields added (or renamed) since the checkpoint was written are read
+    if type(model.config).from_dict(json.loads(meta["config"])) != model.config:
         raise ValueError(f"{path}: its model config differs from the model being trained")
     tensors = load_file(path)
     model.load_params({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})

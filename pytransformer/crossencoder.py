@@ -38,7 +38,7 @@ class CrossEncoder:
                              f"...ForSequenceClassification head)")
         self.num_labels = c.num_labels
         self.activation = _activation(optional_json(path, "config.json", {}), c.num_labels, path)
-        self.batcher = Batcher(path, c.max_position_embeddings, c.pad_token_id or 0)
+        self.batcher = Batcher(path, c.max_positions, c.pad_token_id or 0)
 
     def predict(self, pairs, batch_size: int = 32, activation: bool = True):
         """pairs: [(query, document), ...] -> (N,) float32 scores ((N, num_labels) for several labels); one pair

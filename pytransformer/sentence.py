@@ -125,7 +125,7 @@ class SentenceEncoder:
             folder = os.path.join(path, str(entry.get("path") or ""))
             if kind == "Transformer":
                 self.model = load_encoder(folder).set_weight_dtype(dtype)
-                self.batcher = Batcher(folder, self.model.config.max_position_embeddings,
+                self.batcher = Batcher(folder, self.model.config.max_positions,
                                        self.model.config.pad_token_id or 0)
                 self.max_seq_length = self.batcher.max_length
             elif kind == "Pooling":
@@ -147,7 +147,7 @@ class SentenceEncoder:
         return self.batcher.tokenizer
 
     def _dim(self):
-        C = self.model.config.hidden_size
+        C = self.model.config.n_embd
         for kind, step in self.steps:
             C = C * len(step) if kind == "pool" else step.weight.shape[0] if kind == "dense" else C
         return C

@@ -80,7 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     precision: str = "float32"         # matmul precision during training: "float32" or "bfloat16" (AMX)
-    context: int | None = None         # positions per training sequence (default: all the model's block_size)
+    context: int | None = None         # positions per training sequence (default: all the model's max_positions)
 
 
 @dataclass
@@ -132,9 +132,9 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not mpi.is_root:  # rank 0 speaks and writes for the job
         log = lambda msg: None  # noqa: E731
-    T = cfg.context or model.config.block_size
-    if T > model.config.block_size:
-        raise ValueError(f"context {T} exceeds the model's {model.config.block_size} positions")
+    T = cfg.context or model.config.max_positions
+    if T > model.config.max_positions:
+        raise ValueError(f"context {T} exceeds the model's {model.config.max_positions} positions")
     opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)
     data_rng = np.random.default_rng(cfg.seed)
     start = 0

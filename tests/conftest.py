@@ -22,13 +22,18 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
+def switched(request, get, put):
+    """A parametrised fixture's body: put(request.param) for the test, then put back what get() said before."""
+    before = get()
+    put(request.param)
+    yield request.param
+    put(before)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs the test once per ISA variant supported here, restoring the default afterwards."""
-    before = pytransformer.cpu_info()["isa"]
-    pytransformer.set_isa(request.param)
-    yield request.param
-    pytransformer.set_isa(before)
+    yield from switched(request, lambda: pytransformer.cpu_info()["isa"], pytransformer.set_isa)
 
 
 @pytest.fixture

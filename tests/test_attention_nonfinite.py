@@ -12,6 +12,7 @@ import pytest
 import pytransformer
 from pytransformer import opcases, ops
 from pytransformer import reference as ref
+from conftest import switched
 
 CASES = [c for c in opcases.cases("test") if c.op == "attention"]
 PRECISIONS = ["float32"] + (["bfloat16"] if pytransformer.cpu_info()["amx_bf16"] else [])
@@ -19,18 +20,13 @@ PRECISIONS = ["float32"] + (["bfloat16"] if pytransformer.cpu_info()["amx_bf16"]
 
 @pytest.fixture(params=[1, 8], ids=["1thread", "8threads"])  # 8 on any machine: one long row splits its keys
 def threads(request):
-    before = pytransformer.get_num_threads()
-    pytransformer.set_num_threads(request.param)
-    yield request.param
-    pytransformer.set_num_threads(before)
+    yield from switched(request, pytransformer.get_num_threads, pytransformer.set_num_threads)
 
 
 @pytest.fixture(params=PRECISIONS)
 def precision(request):
-    before = pytransformer.cpu_info()["matmul_precision"]
-    pytransformer.set_matmul_precision(request.param)
-    yield request.param
-    pytransformer.set_matmul_precision(before)
+    yield from switched(request, lambda: pytransformer.cpu_info()["matmul_precision"],
+                        pytransformer.set_matmul_precision)
 
 
 def poisonings(rng, x, visible, causal):

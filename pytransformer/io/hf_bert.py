@@ -25,14 +25,14 @@ def from_hf(cfg: dict, tensors: dict):
     prefix = detect_prefix(tensors, PREFIX)
     num_labels = label_count(cfg) if arch == "BertForSequenceClassification" else 0
     token_labels = label_count(cfg) if arch == "BertForTokenClassification" else 0
-    config = BertConfig(vocab_size=int_field(cfg, "vocab_size"), hidden_size=int_field(cfg, "hidden_size"),
-                        num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
-                        num_attention_heads=int_field(cfg, "num_attention_heads"),
+    config = BertConfig(vocab_size=int_field(cfg, "vocab_size"), n_embd=int_field(cfg, "hidden_size"),
+                        n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                        n_head=int_field(cfg, "num_attention_heads"),
                         intermediate_size=int_field(cfg, "intermediate_size"),
-                        max_position_embeddings=int_field(cfg, "max_position_embeddings"),
+                        max_positions=int_field(cfg, "max_position_embeddings"),
                         type_vocab_size=int_field(cfg, "type_vocab_size", default=2),
-                        layer_norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
-                        hidden_dropout_prob=0.0, num_labels=num_labels, num_token_labels=token_labels,
+                        norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
+                        dropout=0.0, num_labels=num_labels, num_token_labels=token_labels,
                         mlm=arch in ("BertForMaskedLM", "BertForPreTraining"),
                         nsp=arch in ("BertForPreTraining", "BertForNextSentencePrediction"),
                         pooler=any(k.startswith(prefix + "pooler.") for k in tensors),
@@ -49,7 +49,7 @@ def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:
              rule(f"{p}embeddings.position_embeddings.weight", "position.weight"),
              rule(f"{p}embeddings.token_type_embeddings.weight", "token_type.weight"),
              *weight_and_bias(f"{p}embeddings.LayerNorm", "emb_ln")]
-    rules += encoder_layer_rules(p, c.num_hidden_layers, LAYER_PARTS)
+    rules += encoder_layer_rules(p, c.n_layer, LAYER_PARTS)
     rules += [*weight_and_bias(f"{p}pooler.dense", "pooler"),
               *weight_and_bias("cls.predictions.transform.dense", "mlm_dense"),
               *weight_and_bias("cls.predictions.transform.LayerNorm", "mlm_ln"),
@@ -66,10 +66,10 @@ def to_hf(c: BertConfig):
             "BertForNextSentencePrediction" if c.nsp else "BertForSequenceClassification" if cls else
             "BertForTokenClassification" if c.num_token_labels else "BertModel")
     config = {"model_type": "bert", "architectures": [arch], "vocab_size": c.vocab_size,
-              "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
-              "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
-              "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
-              "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.hidden_dropout_prob,
+              "hidden_size": c.n_embd, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_positions, "type_vocab_size": c.type_vocab_size,
+              "layer_norm_eps": c.norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.dropout,
               "attention_probs_dropout_prob": 0.0, "pad_token_id": c.pad_token_id, "tie_word_embeddings": True}
     if cls or c.num_token_labels:
         config.update(labels(c.num_labels if cls else c.num_token_labels))

@@ -16,10 +16,10 @@ PREFIX = "transformer."
 
 def from_hf(cfg: dict, tensors: dict):
     check_activation(cfg, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
-    config = GPTConfig(vocab_size=int_field(cfg, "vocab_size"), block_size=int_field(cfg, "n_positions"),
+    config = GPTConfig(vocab_size=int_field(cfg, "vocab_size"), max_positions=int_field(cfg, "n_positions"),
                        n_layer=int_field(cfg, "n_layer", hi=MAX_LAYERS), n_head=int_field(cfg, "n_head"),
                        n_embd=int_field(cfg, "n_embd"), dropout=0.0,
-                       layer_norm_eps=float_field(cfg, "layer_norm_epsilon", 0.0, 1.0, 1e-5))
+                       norm_eps=float_field(cfg, "layer_norm_epsilon", 0.0, 1.0, 1e-5))
     divisible(cfg, "n_embd", "n_head")
     return config, detect_prefix(tensors, PREFIX)
 
@@ -45,8 +45,8 @@ def names(c: GPTConfig, prefix: str = PREFIX) -> NameMap:
 
 def to_hf(c: GPTConfig):
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
-              "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-              "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": c.layer_norm_eps,
+              "n_positions": c.max_positions, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+              "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
               "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0, "tie_word_embeddings": True,
               "scale_attn_weights": True}
     return config, PREFIX

@@ -60,7 +60,7 @@ def from_hf(cfg: dict, tensors: dict):
     fields = dict(vocab_size=int_field(cfg, "vocab_size"), n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
                   n_embd=hidden, n_head=n_head, n_kv_head=n_kv, intermediate_size=int_field(cfg, "intermediate_size"),
                   max_positions=int_field(cfg, "max_position_embeddings", default=2048),
-                  rms_norm_eps=float_field(cfg, "rms_norm_eps", 0.0, 1.0, 1e-6),
+                  norm_eps=float_field(cfg, "rms_norm_eps", 0.0, 1.0, 1e-6),
                   rope_theta=float_field(cfg, "rope_theta", 0.0, 1e12, 10000.0),
                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), head_dim=head_dim)
     try:
@@ -91,7 +91,7 @@ def to_hf(c: LlamaConfig):
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": c.vocab_size,
               "hidden_size": c.n_embd, "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.head_size,
-              "max_position_embeddings": c.max_positions, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+              "max_position_embeddings": c.max_positions, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
               "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
               "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu", "attention_bias": False,
               "mlp_bias": False}

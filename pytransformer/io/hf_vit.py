@@ -20,11 +20,11 @@ def from_hf(cfg: dict, tensors: dict):
     has_head = "classifier.weight" in tensors
     config = ViTConfig(image_size=int_field(cfg, "image_size"), patch_size=int_field(cfg, "patch_size"),
                        num_channels=int_field(cfg, "num_channels", default=3),
-                       hidden_size=int_field(cfg, "hidden_size"),
-                       num_hidden_layers=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
-                       num_attention_heads=int_field(cfg, "num_attention_heads"),
+                       n_embd=int_field(cfg, "hidden_size"),
+                       n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                       n_head=int_field(cfg, "num_attention_heads"),
                        intermediate_size=int_field(cfg, "intermediate_size"),
-                       layer_norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
+                       norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
                        num_labels=label_count(cfg) if has_head else 0)
     divisible(cfg, "hidden_size", "num_attention_heads")
     divisible(cfg, "image_size", "patch_size")
@@ -32,14 +32,14 @@ def from_hf(cfg: dict, tensors: dict):
 
 
 def names(c: ViTConfig, prefix: str = PREFIX) -> NameMap:
-    p, C, patch = prefix, c.hidden_size, c.patch_size
+    p, C, patch = prefix, c.n_embd, c.patch_size
     n_patches = (c.image_size // patch) ** 2
     rules = [rule(f"{p}embeddings.cls_token", "patch.cls_token"),
              rule(f"{p}embeddings.patch_embeddings.projection.weight", "patch.proj.weight",
                   layout=Same((C, c.num_channels, patch, patch))),
              rule(f"{p}embeddings.patch_embeddings.projection.bias", "patch.proj.bias"),
              rule(f"{p}embeddings.position_embeddings", "pos.weight", layout=Same((1, n_patches + 1, C)))]
-    rules += encoder_layer_rules(p, c.num_hidden_layers, LAYER_PARTS)
+    rules += encoder_layer_rules(p, c.n_layer, LAYER_PARTS)
     rules += [*weight_and_bias(f"{p}layernorm", "ln"), *weight_and_bias("classifier", "classifier")]
     return NameMap(rules, ignore=("pooler.dense.weight", "pooler.dense.bias"))
 
@@ -48,9 +48,9 @@ def to_hf(c: ViTConfig):
     head = c.num_labels > 0
     config = {"model_type": "vit", "architectures": ["ViTForImageClassification" if head else "ViTModel"],
               "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,
-              "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
-              "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
-              "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.dropout,
+              "hidden_size": c.n_embd, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "intermediate_size": c.intermediate_size,
+              "layer_norm_eps": c.norm_eps, "hidden_act": "gelu", "hidden_dropout_prob": c.dropout,
               "attention_probs_dropout_prob": 0.0, "qkv_bias": True, **labels(c.num_labels)}
     return config, PREFIX if head else ""
 

@@ -99,6 +99,8 @@ class Model(Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "config_class" in vars(cls):  # the family's config counts its parameters with this class
+            cls.config_class.model_class = cls
         if "backward" in vars(cls):  # each family's backward() closes the step it finishes
             cls.backward = _closes_step(vars(cls)["backward"])
 

@@ -5,7 +5,7 @@ backward() follows whichever head (or pair) computed it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,21 +13,22 @@ from .. import ops
 from ..nn import (Activation, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear,
                   MultiHeadAttention, Parameter, TiedLMHead)
 from ..nn.module import zeros
-from .base import CrossEntropyHead, Model, check_ids, count_parameters, row_at, row_at_backward
+from .base import CrossEntropyHead, Model, check_ids, row_at, row_at_backward
+from .config import ModelConfig
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ModelConfig):
     vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
     intermediate_size: int = 3072
-    max_position_embeddings: int = 512
+    max_positions: int = 512
     type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_dropout_prob: float = 0.1
-    hidden_act: str = "gelu_exact"
+    norm_eps: float = 1e-12
+    dropout: float = 0.1
+    activation: str = "gelu_exact"  # nn.Activation's name
     num_labels: int = 2            # [CLS] classification head (0: none)
     num_token_labels: int = 0      # token classification head (0: none)
     mlm: bool = True               # masked-LM head
@@ -35,47 +36,39 @@ class BertConfig:
     nsp: bool = False              # next-sentence prediction head (on the pooled [CLS]: is B the sentence after A?)
     pad_token_id: int | None = 0   # its embedding row gets no gradient (transformers' padding_idx)
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "BertConfig":
-        presets = {"bert-base": cls(), "bert-large": cls(hidden_size=1024, num_hidden_layers=24,
-                                                          num_attention_heads=16, intermediate_size=4096),
-                   "bert-tiny": cls(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)}
-        if name not in presets:
-            raise ValueError(f"unknown BERT preset {name!r}; choose from {', '.join(presets)}")
-        return replace(presets[name], **overrides)
+    SIZES = ("vocab_size", "n_embd", "n_layer", "n_head", "intermediate_size", "max_positions", "type_vocab_size")
 
-    def to_dict(self):
-        return asdict(self)
 
-    def num_params(self) -> int:
-        """The parameter count of BERT(self), from the config alone (nothing allocated)."""
-        return count_parameters(BERT, self)
+BertConfig.PRESETS = {"bert-base": BertConfig(),
+                      "bert-large": BertConfig(n_embd=1024, n_layer=24, n_head=16, intermediate_size=4096),
+                      "bert-tiny": BertConfig(n_embd=128, n_layer=2, n_head=2, intermediate_size=512)}
 
 
 class BERT(Model):
+    config_class = BertConfig
     runs_on_cuda = True
 
     def __init__(self, config: BertConfig, seed: int = 0):
         c = self.config = config
-        C = c.hidden_size
+        C = c.n_embd
         self.word = Embedding(c.vocab_size, C, padding_idx=c.pad_token_id)
-        self.position = LearnedPositions(c.max_position_embeddings, C)
+        self.position = LearnedPositions(c.max_positions, C)
         self.token_type = Embedding(c.type_vocab_size, C)
-        self.emb_ln = LayerNorm(C, c.layer_norm_eps)
-        self.emb_drop = Dropout(c.hidden_dropout_prob)
-        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.num_attention_heads),
-                                    ffn=FeedForward(C, c.intermediate_size, c.hidden_act),
-                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="post",
-                                    dropout=c.hidden_dropout_prob) for _ in range(c.num_hidden_layers)]
+        self.emb_ln = LayerNorm(C, c.norm_eps)
+        self.emb_drop = Dropout(c.dropout)
+        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head),
+                                    ffn=FeedForward(C, c.intermediate_size, c.activation),
+                                    norm=lambda: LayerNorm(C, c.norm_eps), placement="post",
+                                    dropout=c.dropout) for _ in range(c.n_layer)]
         if c.mlm:
             self.mlm_dense = Linear(C, C)
-            self.mlm_act = Activation(c.hidden_act)
-            self.mlm_ln = LayerNorm(C, c.layer_norm_eps)
+            self.mlm_act = Activation(c.activation)
+            self.mlm_ln = LayerNorm(C, c.norm_eps)
             self.mlm_bias = Parameter((c.vocab_size,), zeros)
             self.mlm_decoder = TiedLMHead(self.word.weight, self.mlm_bias)  # weight tied to the token embedding
         if c.pooler:
             self.pooler = Linear(C, C)
-            self.cls_drop = Dropout(c.hidden_dropout_prob)
+            self.cls_drop = Dropout(c.dropout)
             if c.num_labels:
                 self.cls_head = Linear(C, c.num_labels)
         if c.nsp:
@@ -83,7 +76,7 @@ class BERT(Model):
                 raise ValueError("the next-sentence head reads the pooled [CLS]: it needs pooler=True")
             self.nsp_head = Linear(C, 2)
         if c.num_token_labels:
-            self.tok_drop = Dropout(c.hidden_dropout_prob)
+            self.tok_drop = Dropout(c.dropout)
             self.token_head = Linear(C, c.num_token_labels)
         self.head = CrossEntropyHead()
         self.nsp_ce = CrossEntropyHead()  # (pre-training sums two losses: each keeps its own state)
@@ -93,7 +86,7 @@ class BERT(Model):
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
         """-> last hidden state (B, T, C). attention_mask (B, T): 1 = real token, 0 = padding."""
-        ids = check_ids(input_ids, "input_ids", self.config.max_position_embeddings)
+        ids = check_ids(input_ids, "input_ids", self.config.max_positions)
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
         tt = np.zeros_like(ids) if token_type_ids is None else check_ids(token_type_ids, "token_type_ids")

@@ -2,49 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
-from .base import count_parameters
+from .config import ModelConfig
 from .decoder import Decoder, DecoderConfig
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     vocab_size: int = 50257
-    block_size: int = 1024
+    max_positions: int = 1024
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-    layer_norm_eps: float = 1e-5
+    norm_eps: float = 1e-5
     head_dim: int | None = None   # channels per head; None: n_embd // n_head (attention width n_head * head_dim)
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "GPTConfig":
-        if name not in GPT_PRESETS:
-            raise ValueError(f"unknown GPT preset {name!r}; choose from {', '.join(GPT_PRESETS)}")
-        return replace(GPT_PRESETS[name], **overrides)
-
-    def to_dict(self):
-        return asdict(self)
-
-    @property
-    def max_positions(self) -> int:
-        return self.block_size
+    SIZES = ("vocab_size", "max_positions", "n_layer", "n_head", "n_embd")
 
     def decoder(self) -> DecoderConfig:
         """GPT-2 as a decoder description: pre-LayerNorm blocks, learned positions, biases everywhere, a plain GELU
         (tanh) feed-forward of 4 x n_embd, the LM head tied to the token embedding, GPT-2's scaled init."""
         return DecoderConfig(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                             head_dim=self.head_dim, intermediate_size=4 * self.n_embd, max_positions=self.block_size,
-                             norm="layernorm", norm_eps=self.layer_norm_eps, qkv_bias=self.bias, o_bias=self.bias,
+                             head_dim=self.head_dim, intermediate_size=4 * self.n_embd, max_positions=self.max_positions,
+                             norm="layernorm", norm_eps=self.norm_eps, qkv_bias=self.bias, o_bias=self.bias,
                              mlp_bias=self.bias, positions="learned", ffn="plain", activation="gelu_tanh",
                              tie_word_embeddings=True, dropout=self.dropout, scaled_out_init=True)
-
-    def num_params(self) -> int:
-        """The parameter count of GPT(self), from the config alone (nothing allocated)."""
-        return count_parameters(GPT, self)
 
 
 # GPT-2, and the GPT-3 paper's Table 2.1 as printed (n_layer, d_model, n_head, d_head; n_ctx 2048). GPT-3
@@ -53,7 +38,8 @@ class GPTConfig:
 # - XL prints 24 heads of 128 (an attention width of 3072) on d_model 2048, which would be 1.5B parameters,
 #   not the 1.3B printed; 16 heads of 128 (attention width = d_model = 2048) give 1.32B, so we take that.
 # - 13B prints d_model 5140, which is not 40 heads x 128; we use 5120 = 40 x 128 (12.9B parameters).
-GPT_PRESETS = {
+# Positional: (vocab_size, max_positions, n_layer, n_head, n_embd).
+GPT_PRESETS = GPTConfig.PRESETS = {
     "gpt2": GPTConfig(50257, 1024, 12, 12, 768),
     "gpt2-medium": GPTConfig(50257, 1024, 24, 16, 1024),
     "gpt2-large": GPTConfig(50257, 1024, 36, 20, 1280),
@@ -83,7 +69,7 @@ def gpt3_table() -> list[dict]:
     for name, (paper, batch, lr) in GPT3_TRAINING.items():
         c = GPT_PRESETS[name]
         rows.append({"name": name, "parameters": c.num_params(), "paper_parameters": paper, "n_layer": c.n_layer,
-                     "d_model": c.n_embd, "n_head": c.n_head, "d_head": c.head_dim, "batch_tokens": batch,
+                     "n_embd": c.n_embd, "n_head": c.n_head, "head_dim": c.head_dim, "batch_tokens": batch,
                      "learning_rate": lr})
     return rows
 
@@ -93,4 +79,5 @@ class GPT(Decoder):
     (wte, wpe, blocks.i..., ln_f). forward(idx (B, T) int) -> logits (B, T, V); loss(idx, targets) -> mean
     cross-entropy; backward()."""
 
+    config_class = GPTConfig
     NAMES = {"embed": "wte", "positions": "wpe", "final_norm": "ln_f"}

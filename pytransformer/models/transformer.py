@@ -6,7 +6,7 @@ are pytransformer.generate's, over the decoder of a batch of sources (`decoder_f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,30 +14,32 @@ from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
                   SinusoidalPositions, TiedLMHead)
 from ..generate import KVCache, beam_search, generate
-from .base import CrossEntropyHead, Model, check_ids, count_parameters, last_rows
+from .base import CrossEntropyHead, Model, check_ids, last_rows
+from .config import ModelConfig
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ModelConfig):
     src_vocab_size: int
     tgt_vocab_size: int
-    d_model: int = 512
+    n_embd: int = 512
     n_head: int = 8
-    n_encoder_layers: int = 6
-    n_decoder_layers: int = 6
-    d_ff: int = 2048
+    n_encoder_layer: int = 6
+    n_decoder_layer: int = 6
+    intermediate_size: int = 2048
     dropout: float = 0.1
-    max_len: int = 512
+    max_positions: int = 512
     share_embeddings: bool = False  # one table for source and target (needs equal vocabularies)
-    layer_norm_eps: float = 1e-5
+    norm_eps: float = 1e-5
     label_smoothing: float = 0.0    # the paper trained with 0.1 (section 5.4)
 
-    def to_dict(self):
-        return asdict(self)
+    SIZES = ("src_vocab_size", "tgt_vocab_size", "n_embd", "n_head", "n_encoder_layer", "n_decoder_layer",
+             "intermediate_size", "max_positions")
 
-    def num_params(self) -> int:
-        """The parameter count of Transformer(self), from the config alone (nothing allocated)."""
-        return count_parameters(Transformer, self)
+
+def _key_mask(src_mask):
+    """src_mask (B, S), nonzero = a real source token -> the attention kernels' bool key mask, or None."""
+    return None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
 
 
 def _scaled(x, scale):
@@ -46,57 +48,56 @@ def _scaled(x, scale):
 
 
 class Transformer(Model):
+    config_class = TransformerConfig
     runs_on_cuda = True
 
     """forward(src (B, S), tgt_in (B, T), src_mask (B, S) or None) -> logits (B, T, V_tgt)."""
 
     def __init__(self, config: TransformerConfig, seed: int = 0):
         c = self.config = config
-        std = c.d_model ** -0.5  # so that embedding * sqrt(d_model) has unit scale
-        self.src_emb = Embedding(c.src_vocab_size, c.d_model, std)
+        std = c.n_embd ** -0.5  # so that embedding * sqrt(n_embd) has unit scale
+        self.src_emb = Embedding(c.src_vocab_size, c.n_embd, std)
         if c.share_embeddings:
             if c.src_vocab_size != c.tgt_vocab_size:
                 raise ValueError("share_embeddings needs equal source and target vocabularies")
-            self.tgt_emb = Embedding(c.tgt_vocab_size, c.d_model, std)
+            self.tgt_emb = Embedding(c.tgt_vocab_size, c.n_embd, std)
             self.tgt_emb.weight = self.src_emb.weight  # one table, two lookups (each keeps its own ids)
         else:
-            self.tgt_emb = Embedding(c.tgt_vocab_size, c.d_model, std)
-        self.src_pos = SinusoidalPositions(c.max_len, c.d_model)
-        self.tgt_pos = SinusoidalPositions(c.max_len, c.d_model)
+            self.tgt_emb = Embedding(c.tgt_vocab_size, c.n_embd, std)
+        self.src_pos = SinusoidalPositions(c.max_positions, c.n_embd)
+        self.tgt_pos = SinusoidalPositions(c.max_positions, c.n_embd)
         self.src_drop, self.tgt_drop = Dropout(c.dropout), Dropout(c.dropout)
-        C = c.d_model
-        norm = lambda: LayerNorm(C, c.layer_norm_eps)  # noqa: E731
-        self.encoder = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head), ffn=FeedForward(C, c.d_ff, "relu"),
+        C = c.n_embd
+        norm = lambda: LayerNorm(C, c.norm_eps)  # noqa: E731
+        self.encoder = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head), ffn=FeedForward(C, c.intermediate_size, "relu"),
                                      norm=norm, placement="post", dropout=c.dropout)
-                        for _ in range(c.n_encoder_layers)]
+                        for _ in range(c.n_encoder_layer)]
         self.decoder = [DecoderBlock(attn=MultiHeadAttention(C, c.n_head, causal=True),
-                                     ffn=FeedForward(C, c.d_ff, "relu"),
+                                     ffn=FeedForward(C, c.intermediate_size, "relu"),
                                      norm=norm, placement="post", dropout=c.dropout,
                                      cross=MultiHeadAttention(C, c.n_head))
-                        for _ in range(c.n_decoder_layers)]
+                        for _ in range(c.n_decoder_layer)]
         self.out = TiedLMHead(self.tgt_emb.weight)  # the output projection shares the target embedding
         self.head = CrossEntropyHead(c.label_smoothing)
-        self.scale = np.float32(math.sqrt(c.d_model))
+        self.scale = np.float32(math.sqrt(c.n_embd))
         self._build(seed)
 
     def encode(self, src, src_mask=None):
         """-> memory (B, S, C)."""
-        src = check_ids(src, "src", self.config.max_len)
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        src = check_ids(src, "src", self.config.max_positions)
+        mask = _key_mask(src_mask)
         self._begin_forward()
-        x = _scaled(self.src_emb.forward(src), self.scale)
-        x = self.src_drop.forward(self.src_pos.forward(x))
+        x = self._embed(self.src_emb, self.src_pos, self.src_drop, src)
         for block in self.encoder:
             x = block.forward(x, mask)
         return x
 
     def decode(self, tgt_in, memory, src_mask=None):
         """-> logits (B, T, V_tgt) for target inputs (shifted right, starting with BOS)."""
-        tgt_in = check_ids(tgt_in, "tgt", self.config.max_len)
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        tgt_in = check_ids(tgt_in, "tgt", self.config.max_positions)
+        mask = _key_mask(src_mask)
         self._begin_forward()
-        y = _scaled(self.tgt_emb.forward(tgt_in), self.scale)
-        y = self.tgt_drop.forward(self.tgt_pos.forward(y))
+        y = self._embed(self.tgt_emb, self.tgt_pos, self.tgt_drop, tgt_in)
         for block in self.decoder:
             y = block.forward(y, memory, mask)
         return self.out.forward(y)
@@ -119,11 +120,19 @@ class Transformer(Model):
         for block in reversed(self.decoder):
             dy, dm = block.backward(dy)
             dmemory = dm if dmemory is None else ops.add_into(dmemory, dm)
-        self.tgt_emb.backward(_scaled(self.tgt_pos.backward(self.tgt_drop.backward(dy)), self.scale))
+        self._embed_backward(self.tgt_emb, self.tgt_pos, self.tgt_drop, dy)
         dx = dmemory
         for block in reversed(self.encoder):
             dx = block.backward(dx)
-        self.src_emb.backward(_scaled(self.src_pos.backward(self.src_drop.backward(dx)), self.scale))
+        self._embed_backward(self.src_emb, self.src_pos, self.src_drop, dx)
+
+    def _embed(self, emb, pos, drop, ids, position_ids=None):
+        """ids (B, T) -> dropout(embedding * sqrt(C) + positions) (B, T, C), for the source or the target side."""
+        return drop.forward(pos.forward(_scaled(emb.forward(ids), self.scale), position_ids))
+
+    def _embed_backward(self, emb, pos, drop, dout):
+        """dout (B, T, C) -> the embedding's gradient (of the side _embed ran)."""
+        emb.backward(_scaled(pos.backward(drop.backward(dout)), self.scale))
 
     # --- decoding: pytransformer.generate drives the decoder of a batch of sources ---------------------------
 
@@ -134,7 +143,7 @@ class Transformer(Model):
         with self.evaluating():
             memory = self.encode(src, src_mask)
             memory_kv = [block.cross.sublayer.memory_kv(memory) for block in self.decoder]
-        mask = None if src_mask is None else np.ascontiguousarray(np.asarray(src_mask) != 0)
+        mask = _key_mask(src_mask)
         if copies != 1:
             memory_kv = [tuple(np.ascontiguousarray(np.repeat(a, copies, axis=0)) for a in kv) for kv in memory_kv]
             mask = None if mask is None else np.repeat(mask, copies, axis=0)
@@ -164,8 +173,8 @@ class Transformer(Model):
                            length_penalty=length_penalty, stop=eos_id)
 
     def _check_target_length(self, max_len):
-        if max_len + 1 > self.config.max_len:
-            raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_len} positions")
+        if max_len + 1 > self.config.max_positions:
+            raise ValueError(f"max_len {max_len} + BOS exceeds the model's {self.config.max_positions} positions")
 
 
 class _SourceDecoder:
@@ -175,7 +184,7 @@ class _SourceDecoder:
 
     def __init__(self, model, memory_kv, mask, rows):
         self.model, self.memory_kv, self.mask, self.rows = model, memory_kv, mask, rows
-        self.max_positions, self.device = model.config.max_len, model.device
+        self.max_positions, self.device = model.config.max_positions, model.device
 
     def new_cache(self, B, T_max):
         return KVCache.for_blocks(self.model.decoder, B, T_max, self.device)
@@ -189,8 +198,7 @@ class _SourceDecoder:
         m, N = self.model, tokens.shape[0]
         memory_kv = self.memory_kv if N == self.rows else [(k[:N], v[:N]) for k, v in self.memory_kv]
         mask = None if self.mask is None else self.mask[:N]
-        y = _scaled(m.tgt_emb.forward(check_ids(tokens, "tokens")), m.scale)
-        y = m.tgt_drop.forward(m.tgt_pos.forward(y, position_ids))
+        y = m._embed(m.tgt_emb, m.tgt_pos, m.tgt_drop, check_ids(tokens, "tokens"), position_ids)
         for i, block in enumerate(m.decoder):
             y = block.forward(y, None, mask, cache=cache.layer(i), key_mask=key_mask, memory_kv=memory_kv[i])
         cache.length += tokens.shape[1]

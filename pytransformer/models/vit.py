@@ -3,36 +3,32 @@ positions, a pre-LN encoder with exact GELU, a final LayerNorm, and a classifica
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
+from dataclasses import dataclass
 
 from ..nn import (Dropout, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention,
                   PatchEmbedding)
-from .base import CrossEntropyHead, Model, count_parameters, row_at, row_at_backward
+from .base import CrossEntropyHead, Model, row_at, row_at_backward
+from .config import ModelConfig
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ModelConfig):
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
     intermediate_size: int = 3072
-    layer_norm_eps: float = 1e-12
+    norm_eps: float = 1e-12
     num_labels: int = 1000        # 0: no classification head (ViTModel); forward returns the hidden state
     dropout: float = 0.0
 
-    def to_dict(self):
-        return asdict(self)
-
-    def num_params(self) -> int:
-        """The parameter count of ViT(self), from the config alone (nothing allocated)."""
-        return count_parameters(ViT, self)
+    SIZES = ("image_size", "patch_size", "num_channels", "n_embd", "n_layer", "n_head", "intermediate_size")
 
 
 class ViT(Model):
+    config_class = ViTConfig
     runs_on_cuda = True
 
     """forward(pixel_values (B, Ch, H, W)) -> logits (B, num_labels)."""
@@ -40,16 +36,16 @@ class ViT(Model):
     def __init__(self, config: ViTConfig, seed: int = 0):
         c = self.config = config
         n_patches = (c.image_size // c.patch_size) ** 2
-        self.patch = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size)
-        self.pos = LearnedPositions(n_patches + 1, c.hidden_size)
+        self.patch = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.n_embd)
+        self.pos = LearnedPositions(n_patches + 1, c.n_embd)
         self.drop = Dropout(c.dropout)
-        C = c.hidden_size
-        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.num_attention_heads),
+        C = c.n_embd
+        self.blocks = [EncoderBlock(attn=MultiHeadAttention(C, c.n_head),
                                     ffn=FeedForward(C, c.intermediate_size, "gelu_exact"),
-                                    norm=lambda: LayerNorm(C, c.layer_norm_eps), placement="pre", dropout=c.dropout)
-                       for _ in range(c.num_hidden_layers)]
-        self.ln = LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.classifier = Linear(c.hidden_size, c.num_labels) if c.num_labels else None
+                                    norm=lambda: LayerNorm(C, c.norm_eps), placement="pre", dropout=c.dropout)
+                       for _ in range(c.n_layer)]
+        self.ln = LayerNorm(c.n_embd, c.norm_eps)
+        self.classifier = Linear(c.n_embd, c.num_labels) if c.num_labels else None
         self.head = CrossEntropyHead()
         self._build(seed)
 

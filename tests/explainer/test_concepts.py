@@ -17,8 +17,8 @@ def test_gpt3_table_from_the_configs():
     assert list(rows) == [n for n in GPT_PRESETS if n.startswith("gpt3")]
     for r in rows.values():  # every count within 2% of the paper's (embeddings and rounding in the paper's table)
         assert abs(r["parameters"] / r["paper_parameters"] - 1) < 0.02, r
-        assert r["n_head"] * r["d_head"] == r["d_model"]
-    assert rows["gpt3-13b"]["d_model"] == 5120 and rows["gpt3-175b"]["batch_tokens"] == 3.2e6
+        assert r["n_head"] * r["head_dim"] == r["n_embd"]
+    assert rows["gpt3-13b"]["n_embd"] == 5120 and rows["gpt3-175b"]["batch_tokens"] == 3.2e6
     assert rows["gpt3-small"]["learning_rate"] == 6.0e-4 and rows["gpt3-175b"]["learning_rate"] == 0.6e-4
 
 

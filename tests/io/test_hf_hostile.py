@@ -23,10 +23,10 @@ from pytransformer import from_pretrained
 from pytransformer.models import BERT, GPT, ViT, BertConfig, GPTConfig, Llama, LlamaConfig, ViTConfig
 
 FAMILIES = {
-    "gpt2": (GPT, GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=8)),
-    "bert": (BERT, BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=16, max_position_embeddings=16)),
-    "vit": (ViT, ViTConfig(image_size=16, patch_size=4, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    "gpt2": (GPT, GPTConfig(vocab_size=40, max_positions=16, n_layer=2, n_head=2, n_embd=8)),
+    "bert": (BERT, BertConfig(vocab_size=40, n_embd=8, n_layer=2, n_head=2,
+                              intermediate_size=16, max_positions=16)),
+    "vit": (ViT, ViTConfig(image_size=16, patch_size=4, n_embd=8, n_layer=2, n_head=2,
                            intermediate_size=16, num_labels=3)),
     "llama": (Llama, LlamaConfig(vocab_size=40, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, intermediate_size=24,
                                  max_positions=32, tie_word_embeddings=False)),

@@ -16,7 +16,7 @@ from pytransformer.io import load_file
 from pytransformer.io.safetensors import parse_header
 from pytransformer.models import GPT, GPTConfig
 
-SMALL = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=8)
+SMALL = GPTConfig(vocab_size=40, max_positions=16, n_layer=2, n_head=2, n_embd=8)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pytransformer.models import GPT, GPTConfig
 
 
 def tiny_gpt2(folder):
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=3)
+    model = GPT(GPTConfig(vocab_size=50, max_positions=16, n_layer=1, n_head=2, n_embd=16), seed=3)
     model.save_pretrained(folder)
     return model
 

@@ -66,19 +66,22 @@ def test_pretraining_heads_match_transformers(tmp_path, rng):
     check_grads(ours, hf)
 
 
-def test_next_sentence_prediction_matches_transformers(tmp_path, rng):
-    hf, folder = hf_model(tmp_path, "BertForNextSentencePrediction")
-    ours = from_pretrained(folder).train()
-    ids, tt, mask = inputs(rng)
-    nsp = np.array([1, 0, 1])
+def check_one_head(ours, hf, ids, tt, mask, labels):
+    """A one-loss head against transformers' model of it: logits, loss and every parameter's gradient."""
     out = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), token_type_ids=torch.from_numpy(tt),
-             labels=torch.from_numpy(nsp))
+             labels=torch.from_numpy(labels))
     out.loss.backward()
     assert rel(ours(ids, mask, tt), out.logits.detach().numpy()) < 1e-4
     ours.zero_grad()
-    assert abs(ours.loss(ids, nsp, mask, tt) - out.loss.item()) < 1e-5 * out.loss.item()
+    assert abs(ours.loss(ids, labels, mask, tt) - out.loss.item()) < 1e-5 * out.loss.item()
     ours.backward()
     check_grads(ours, hf)
+
+
+def test_next_sentence_prediction_matches_transformers(tmp_path, rng):
+    hf, folder = hf_model(tmp_path, "BertForNextSentencePrediction")
+    ids, tt, mask = inputs(rng)
+    check_one_head(from_pretrained(folder).train(), hf, ids, tt, mask, np.array([1, 0, 1]))
 
 
 def test_token_classification_matches_transformers(tmp_path, rng):
@@ -88,14 +91,7 @@ def test_token_classification_matches_transformers(tmp_path, rng):
     ids, tt, mask = inputs(rng)
     labels = rng.integers(0, 5, ids.shape)
     labels[2, 9:] = -100  # padding is not scored
-    out = hf(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), token_type_ids=torch.from_numpy(tt),
-             labels=torch.from_numpy(labels))
-    out.loss.backward()
-    assert rel(ours(ids, mask, tt), out.logits.detach().numpy()) < 1e-4
-    ours.zero_grad()
-    assert abs(ours.loss(ids, labels, mask, tt) - out.loss.item()) < 1e-5 * out.loss.item()
-    ours.backward()
-    check_grads(ours, hf)
+    check_one_head(ours, hf, ids, tt, mask, labels)
 
 
 @pytest.mark.parametrize("cls", ["BertForPreTraining", "BertForNextSentencePrediction", "BertForTokenClassification"])

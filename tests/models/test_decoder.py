@@ -15,8 +15,8 @@ from pytransformer.nn import Linear
 from pytransformer.opcases import random_blocks
 
 MODELS = {
-    "gpt2": lambda: GPT(GPTConfig(vocab_size=64, block_size=96, n_layer=2, n_head=4, n_embd=64), seed=2),
-    "gpt-nobias-hd": lambda: GPT(GPTConfig(vocab_size=50, block_size=96, n_layer=2, n_head=3, n_embd=48, bias=False,
+    "gpt2": lambda: GPT(GPTConfig(vocab_size=64, max_positions=96, n_layer=2, n_head=4, n_embd=64), seed=2),
+    "gpt-nobias-hd": lambda: GPT(GPTConfig(vocab_size=50, max_positions=96, n_layer=2, n_head=3, n_embd=48, bias=False,
                                            head_dim=20), seed=3),
     "llama-gqa": lambda: Llama(LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
                                            intermediate_size=96, tie_word_embeddings=False), seed=2),
@@ -120,14 +120,14 @@ def test_a_prompt_prefilled_as_rows_of_a_decode_step(rng, name):
 
 
 def test_gpt_and_llama_are_instances_of_the_description():
-    gpt = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32).decoder()
+    gpt = GPTConfig(vocab_size=50, max_positions=32, n_layer=2, n_head=4, n_embd=32).decoder()
     assert (gpt.norm, gpt.positions, gpt.ffn, gpt.activation, gpt.qkv_bias, gpt.tie_word_embeddings) == \
         ("layernorm", "learned", "plain", "gelu_tanh", True, True)
     llama = LlamaConfig(n_kv_head=1).decoder()
     assert (llama.norm, llama.positions, llama.ffn, llama.activation, llama.qkv_bias, llama.n_kv_head_) == \
         ("rmsnorm", "rotary", "gated", "silu", False, 1)
     # the same parameters, drawn in the same order, as a Decoder built from the description directly
-    a = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32), seed=3)
+    a = GPT(GPTConfig(vocab_size=50, max_positions=32, n_layer=2, n_head=4, n_embd=32), seed=3)
     b = Decoder(gpt, seed=3)
     np.testing.assert_array_equal(a.params.data, b.params.data)
 

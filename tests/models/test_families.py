@@ -9,12 +9,12 @@ import pytest
 import torch_mirror as tm
 from pytransformer.models import GPT, BERT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig, mask_tokens
 
-BERT_CFG = BertConfig(vocab_size=41, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
-                      intermediate_size=40, max_position_embeddings=20, hidden_dropout_prob=0.0, num_labels=3)
-TR_CFG = TransformerConfig(src_vocab_size=23, tgt_vocab_size=19, d_model=24, n_head=4, n_encoder_layers=2,
-                           n_decoder_layers=2, d_ff=40, dropout=0.0, max_len=32)
-VIT_CFG = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=24, num_hidden_layers=2,
-                    num_attention_heads=3, intermediate_size=40, num_labels=5)
+BERT_CFG = BertConfig(vocab_size=41, n_embd=24, n_layer=2, n_head=3,
+                      intermediate_size=40, max_positions=20, dropout=0.0, num_labels=3)
+TR_CFG = TransformerConfig(src_vocab_size=23, tgt_vocab_size=19, n_embd=24, n_head=4, n_encoder_layer=2,
+                           n_decoder_layer=2, intermediate_size=40, dropout=0.0, max_positions=32)
+VIT_CFG = ViTConfig(image_size=8, patch_size=4, num_channels=3, n_embd=24, n_layer=2,
+                    n_head=3, intermediate_size=40, num_labels=5)
 
 
 def padded_mask(B, T, lengths):
@@ -104,8 +104,8 @@ def test_transformer_matches_torch_mirror(torch, rng, shared):
 
 
 def test_transformer_shared_embeddings_and_decoding(rng):
-    cfg = TransformerConfig(src_vocab_size=12, tgt_vocab_size=12, d_model=16, n_head=2, n_encoder_layers=1,
-                            n_decoder_layers=1, d_ff=32, dropout=0.0, max_len=16, share_embeddings=True)
+    cfg = TransformerConfig(src_vocab_size=12, tgt_vocab_size=12, n_embd=16, n_head=2, n_encoder_layer=1,
+                            n_decoder_layer=1, intermediate_size=32, dropout=0.0, max_positions=16, share_embeddings=True)
     model = Transformer(cfg, seed=0)
     assert "tgt_emb.weight" not in model.named_parameters_dict()
     src = rng.integers(3, 12, (2, 5))
@@ -160,18 +160,18 @@ def test_vit_ten_adamw_steps_match_torch(torch, rng):
 
 
 @pytest.mark.parametrize("config", [
-    GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24),
-    GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=8, bias=False, head_dim=6),
-    BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
-               max_position_embeddings=16),
-    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
-               max_position_embeddings=8, mlm=False, pooler=False, num_token_labels=3),
-    TransformerConfig(20, 22, d_model=24, n_head=3, n_encoder_layers=2, n_decoder_layers=1, d_ff=40, max_len=16),
-    TransformerConfig(20, 20, d_model=16, n_head=2, n_encoder_layers=1, n_decoder_layers=2, d_ff=24, max_len=8,
+    GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24),
+    GPTConfig(vocab_size=11, max_positions=5, n_layer=3, n_head=2, n_embd=8, bias=False, head_dim=6),
+    BertConfig(vocab_size=50, n_embd=24, n_layer=2, n_head=3, intermediate_size=40,
+               max_positions=16),
+    BertConfig(vocab_size=50, n_embd=16, n_layer=1, n_head=2, intermediate_size=20,
+               max_positions=8, mlm=False, pooler=False, num_token_labels=3),
+    TransformerConfig(20, 22, n_embd=24, n_head=3, n_encoder_layer=2, n_decoder_layer=1, intermediate_size=40, max_positions=16),
+    TransformerConfig(20, 20, n_embd=16, n_head=2, n_encoder_layer=1, n_decoder_layer=2, intermediate_size=24, max_positions=8,
                       share_embeddings=True),
-    ViTConfig(image_size=8, patch_size=4, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+    ViTConfig(image_size=8, patch_size=4, n_embd=24, n_layer=2, n_head=3,
               intermediate_size=40, num_labels=5),
-    ViTConfig(image_size=8, patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    ViTConfig(image_size=8, patch_size=2, n_embd=16, n_layer=1, n_head=2,
               intermediate_size=20, num_labels=0),
 ], ids=lambda c: type(c).__name__)
 def test_num_params_from_the_config_equals_the_built_model(config):

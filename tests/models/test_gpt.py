@@ -9,7 +9,7 @@ from pytransformer.models import GPT, GPTConfig
 
 import torch_mirror as tm
 
-CFG = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24)
+CFG = GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24)
 
 
 def batch(rng, B=3, T=17, V=37):
@@ -93,7 +93,7 @@ def test_bad_ids_raise():
 
 
 def test_gpt_with_head_size_apart_from_the_width_matches_torch_mirror(torch, rng):
-    cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24, head_dim=10)  # attention 30 wide
+    cfg = GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24, head_dim=10)  # attention 30 wide
     model = GPT(cfg, seed=5)
     assert model.blocks[0].attn.sublayer.q.weight.shape == (30, 24)
     idx, targets = batch(rng)
@@ -124,7 +124,7 @@ def test_gpt3_presets_count_the_papers_parameters_without_allocating(name):
 
 
 def test_gpt3_xl_builds_with_its_heads_of_128(rng):
-    cfg = GPTConfig.preset("gpt3-xl", vocab_size=64, block_size=8, n_layer=1)  # the XL block shapes, one layer
+    cfg = GPTConfig.preset("gpt3-xl", vocab_size=64, max_positions=8, n_layer=1)  # the XL block shapes, one layer
     model = GPT(cfg)
     attn = model.blocks[0].attn.sublayer
     assert (attn.NH, attn.HS) == (16, 128)
@@ -137,7 +137,7 @@ def test_gpt2_preset_counts_124m():
 
 
 def test_dropout_is_reproducible_and_off_in_eval(rng):
-    cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
+    cfg = GPTConfig(vocab_size=37, max_positions=24, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
     idx, targets = batch(rng, T=10)
     a, b = GPT(cfg, seed=4), GPT(cfg, seed=4)
     assert a.loss(idx, targets) == b.loss(idx, targets)
@@ -168,7 +168,7 @@ def test_cli_attention_map_png(tmp_path):
     from pytransformer.tokenizers import CharTokenizer
 
     tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,!?ABCDEFGHIJKL")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, max_positions=32, n_layer=2, n_head=2, n_embd=16))
     save_checkpoint(tmp_path / "c.safetensors", model, tokenizer=tok)
     out = tmp_path / "map.png"
     r = subprocess.run([sys.executable, "-m", "pytransformer", "attention", str(tmp_path / "c.safetensors"),
@@ -182,7 +182,7 @@ def test_building_a_model_holds_one_copy_of_its_parameters():
     peak memory during the build is the parameters plus small change (inference memory = weights + cache)."""
     import tracemalloc
 
-    cfg = GPTConfig(vocab_size=20000, block_size=64, n_layer=2, n_head=4, n_embd=256)
+    cfg = GPTConfig(vocab_size=20000, max_positions=64, n_layer=2, n_head=4, n_embd=256)
     tracemalloc.start()
     try:
         model = GPT(cfg)

@@ -14,7 +14,7 @@ import pytest
 
 from pytransformer.models import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerConfig, ViT, ViTConfig
 
-CFG = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24, dropout=0.1)
+CFG = GPTConfig(vocab_size=37, max_positions=24, n_layer=2, n_head=3, n_embd=24, dropout=0.1)
 
 
 def batch(rng, B=3, T=17):
@@ -289,14 +289,14 @@ def test_generate_is_inference_in_its_own_thread_only(rng):
 
 
 @pytest.mark.parametrize("make,args", [
-    (lambda: BERT(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=20, max_position_embeddings=12, num_labels=3, mlm=False)),
+    (lambda: BERT(BertConfig(vocab_size=30, n_embd=16, n_layer=1, n_head=2,
+                             intermediate_size=20, max_positions=12, num_labels=3, mlm=False)),
      lambda rng: (rng.integers(0, 30, (2, 7)), rng.integers(0, 3, 2))),
-    (lambda: ViT(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    (lambda: ViT(ViTConfig(image_size=8, patch_size=4, n_embd=16, n_layer=1, n_head=2,
                            intermediate_size=20, num_labels=3)),
      lambda rng: (rng.standard_normal((2, 3, 8, 8)).astype(np.float32), rng.integers(0, 3, 2))),
-    (lambda: Transformer(TransformerConfig(11, 13, d_model=16, n_head=2, n_encoder_layers=1, n_decoder_layers=1,
-                                           d_ff=20, max_len=10)),
+    (lambda: Transformer(TransformerConfig(11, 13, n_embd=16, n_head=2, n_encoder_layer=1, n_decoder_layer=1,
+                                           intermediate_size=20, max_positions=10)),
      lambda rng: (rng.integers(0, 11, (2, 5)), rng.integers(0, 13, (2, 4)), rng.integers(0, 13, (2, 4)))),
 ], ids=["bert", "vit", "transformer"])
 def test_every_family_guards_its_step(rng, make, args):

@@ -25,8 +25,8 @@ def test_inverse_sqrt_schedule_is_the_papers_formula():
 
 def test_label_smoothed_loss_and_gradient_match_torch(rng):
     torch = pytest.importorskip("torch")
-    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=32, n_head=4, n_encoder_layers=1,
-                            n_decoder_layers=1, d_ff=64, dropout=0.0, share_embeddings=True, label_smoothing=0.1)
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, n_embd=32, n_head=4, n_encoder_layer=1,
+                            n_decoder_layer=1, intermediate_size=64, dropout=0.0, share_embeddings=True, label_smoothing=0.1)
     model = Transformer(cfg, seed=1)
     src, tgt = rng.integers(0, 20, (2, 7)), rng.integers(0, 20, (2, 6))
     with model.evaluating():
@@ -41,8 +41,8 @@ def test_label_smoothed_loss_and_gradient_match_torch(rng):
 
 
 def test_embeddings_are_scaled_and_shared():
-    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=36, n_head=4, n_encoder_layers=1,
-                            n_decoder_layers=1, d_ff=64, dropout=0.0, share_embeddings=True)
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, n_embd=36, n_head=4, n_encoder_layer=1,
+                            n_decoder_layer=1, intermediate_size=64, dropout=0.0, share_embeddings=True)
     model = Transformer(cfg, seed=2)
     assert model.src_emb.weight is model.tgt_emb.weight is model.out.weight  # one table, three uses
     assert model.num_parameters() == cfg.num_params()

