@@ -10,9 +10,13 @@ import numpy as np
 
 from .io.hf_bert import load_bert
 from .io.hf_common import read_config, read_json
+from .io.hf_roberta import load_roberta
 from .tokenizers import from_folder
 
-FAMILIES = ("bert",)  # encoder families (config.json model_type) a folder may hold
+# encoder families (config.json model_type) a folder may hold -> their loader; RoBERTa-shaped ones put two
+# separators between the texts of a pair and number positions after the padding index
+FAMILIES = {"bert": load_bert, "roberta": load_roberta, "xlm-roberta": load_roberta}
+ROBERTA_SHAPED = ("roberta", "xlm-roberta")
 
 
 def model_folder(name):
@@ -33,7 +37,7 @@ def load_encoder(path):
     if kind not in FAMILIES:
         raise NotImplementedError(f"{path}: encoder family {kind!r} is not supported (supported: "
                                   f"{', '.join(FAMILIES)})")
-    return load_bert(path)
+    return FAMILIES[kind](path)
 
 
 DEFAULT_MAX_LENGTH = 512
@@ -65,7 +69,7 @@ class Batcher:
         self.tokenizer = from_folder(path)
         self.max_length, self.pad_id = max_seq_length(path, positions), pad_id
         self.before, self.after = self.tokenizer.post_before, self.tokenizer.post_after
-        self.roberta = read_config(path).get("model_type") in ("roberta", "xlm-roberta", "mpnet")
+        self.roberta = read_config(path).get("model_type") in ROBERTA_SHAPED
 
     def token_ids(self, text):
         """The ids of one text as the model reads it (specials added, cut to max_length)."""

@@ -105,3 +105,13 @@ def test_pairs_are_cut_as_transformers_cuts_them(tmp_path, max_length):
             a, b = " ".join(["dog"] * n1), " ".join(["cat"] * n2)
             want = tok(a, b, truncation=True, max_length=max_length)
             assert ours.pair_ids(a, b) == (want["input_ids"], want["token_type_ids"]), (n1, n2)
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_roberta_shaped_cross_encoders_equal_sentence_transformers(tmp_path, family):
+    from pytransformer import CrossEncoder
+
+    path = bert_folder(tmp_path, num_labels=1, family=family)
+    ours = CrossEncoder(path)
+    assert ours.batcher.pair_ids("the", "cat")[1] == [0] * len(ours.batcher.pair_ids("the", "cat")[0])
+    np.testing.assert_allclose(ours.predict(PAIRS), theirs(path).predict(PAIRS), atol=TOL, rtol=0)

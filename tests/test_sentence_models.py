@@ -100,3 +100,11 @@ def test_unsupported_modules_are_named(folder, tmp_path):
                                                   '"sentence_transformers.models.LSTM"}]')
     with pytest.raises(NotImplementedError, match="'sentence_transformers.models.LSTM' is not supported"):
         ours(tmp_path / "st")
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_roberta_shaped_encoders_equal_sentence_transformers(folder, family):
+    st = sentence_model(folder / family, ["mean", "cls"], family=family)
+    enc = ours(folder / family / "st")
+    long = [" ".join(["loaf"] * 40)]  # cut at max_seq_length
+    np.testing.assert_allclose(enc.encode(TEXTS + long), st.encode(TEXTS + long), atol=TOL, rtol=0)
