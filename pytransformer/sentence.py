@@ -144,7 +144,12 @@ class SentenceEncoder:
 
     @property
     def tokenizer(self):
+        """The tokenizer (tokenizer.json); its encode gives a text's ids without the special tokens."""
         return self.batcher.tokenizer
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of text as the model reads them: special tokens added, cut at max_seq_length."""
+        return self.batcher.token_ids(text)
 
     def _dim(self):
         C = self.model.config.n_embd
