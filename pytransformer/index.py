@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .io.hf_common import read_json
 from .io.safetensors import atomic_write
 from .ops import quantize_int8
 from .search import (check_embeddings, check_top_k, hamming_candidates, int8_scores, pack_signs,
@@ -93,8 +94,7 @@ class Index:
             raise FileNotFoundError(f"{self.folder} is not an index (no meta.json: build it with `pytransformer "
                                     f"index FILE --out {self.folder}`, or finish an interrupted build)")
         try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
+            meta = read_json(meta_path)
             ok = meta["format"] == FORMAT and set(meta["stores"]) <= set(STORES)
             N, D = int(meta["count"]), int(meta["dim"])
         except (ValueError, KeyError, TypeError) as e:
@@ -207,7 +207,7 @@ class Index:
             if os.path.exists(os.path.join(folder, "meta.json")):
                 os.unlink(os.path.join(folder, "meta.json"))  # the old index is void from here on
             job = os.path.join(partial, "job.json")
-            if not os.path.isfile(job) or open(job).read() != key:
+            if not os.path.isfile(job) or open(job, "rb").read(len(key) + 1) != key.encode():
                 shutil.rmtree(partial, ignore_errors=True)
                 os.makedirs(partial)
                 atomic_write(job, [key.encode()])
