@@ -15,7 +15,7 @@ import numpy as np
 
 import pytransformer
 from pytransformer import SentenceEncoder
-from pytransformer.sentence import default_model_path
+from pytransformer.encoders import model_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
@@ -48,14 +48,14 @@ def main():
     try:
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(default_model_path(), device="cpu")
+        st = SentenceTransformer(model_folder(None), device="cpu")
         name = "sentence-transformers"
         run = lambda: st.encode(lines, batch_size=args.batch, normalize_embeddings=True)
     except ImportError:
         import transformers
 
-        tok = transformers.AutoTokenizer.from_pretrained(default_model_path())
-        model = transformers.AutoModel.from_pretrained(default_model_path()).eval()
+        tok = transformers.AutoTokenizer.from_pretrained(model_folder(None))
+        model = transformers.AutoModel.from_pretrained(model_folder(None)).eval()
         name = "transformers + mean pooling (sentence-transformers not installed)"
 
         def run():

@@ -55,9 +55,8 @@ def tokens_and_vectors():
     import pytransformer as pt
 
     enc = pt.SentenceEncoder()  # all-MiniLM-L6-v2
-    tok = enc.tokenizer
-    ids = tok.encode("Transformers turn tokens into vectors.")
-    print(ids, "=", [tok.inv[i] for i in ids])
+    ids = enc.token_ids("Transformers turn tokens into vectors.")
+    print(ids, "=", enc.tokenizer.convert_ids_to_tokens(ids))
     sentences = ["A cat sits on the mat.", "A kitten is resting on a rug.", "The stock market fell sharply today."]
     emb = enc.encode(sentences)
     print("embedding shape:", emb.shape)
@@ -276,8 +275,8 @@ def animal():
 
     enc = pt.SentenceEncoder()  # all-MiniLM-L6-v2
     sentence = "The animal didn't cross the street because it was too tired"
-    ids = np.array([enc.tokenizer.encode(sentence)], np.int64)
-    tokens = [enc.tokenizer.inv[int(i)] for i in ids[0]]
+    ids = np.array([enc.token_ids(sentence)], np.int64)
+    tokens = enc.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     maps = enc.model.attention_maps(ids)  # (layers, heads, T, T)
     it, animal_at = tokens.index("it"), tokens.index("animal")
     layer, head = np.unravel_index(np.argmax(maps[:, :, it, animal_at]), maps.shape[:2])

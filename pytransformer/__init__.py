@@ -3,7 +3,9 @@
 Models
     from_pretrained(name)   a model from a Hugging Face folder, a GGUF file, a `pytransformer train` checkpoint, a
                             packaged name ("smollm2", "gemma3-270m", "minilm") or a repo id in the local HF cache
-    SentenceEncoder()       sentence embeddings (all-MiniLM-L6-v2 without torch)
+    SentenceEncoder(name)   sentence embeddings from any sentence-transformers folder (default all-MiniLM-L6-v2)
+    semantic_search(q, c, k), Index(folder)   exact top-k; a saved index (Index.build) searched in milliseconds
+    CrossEncoder(name)      a reranker: predict((query, document) pairs), rank(query, documents)
     pytransformer.models    GPT, BERT, ViT, Llama, the 2017 encoder-decoder: configs and models to build and train
     pytransformer.nn        the layers, each with forward and a hand-written backward
     pytransformer.optim     AdamW, SGD, clipping, schedules; pytransformer.train: the training loop
@@ -55,8 +57,21 @@ def __getattr__(name):  # heavier pieces load on first use
         from .sentence import SentenceEncoder
 
         return SentenceEncoder
+    if name == "semantic_search":
+        from .search import semantic_search
+
+        return semantic_search
+    if name == "Index":
+        from .index import Index
+
+        return Index
+    if name == "CrossEncoder":
+        from .crossencoder import CrossEncoder
+
+        return CrossEncoder
     raise AttributeError(f"module 'pytransformer' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "cpu_info", "get_num_threads", "set_num_threads", "set_isa", "set_matmul_precision",
-           "get_matmul_precision", "matmul_precision", "ops", "reference", "SentenceEncoder", "from_pretrained"]
+           "get_matmul_precision", "matmul_precision", "ops", "reference", "SentenceEncoder", "semantic_search", "Index", "CrossEncoder",
+           "from_pretrained"]

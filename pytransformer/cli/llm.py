@@ -41,7 +41,7 @@ def add_parsers(sub, parents):
                        help="after each reply, print the time to first token and tokens/s to stderr")
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
     p = sub.add_parser("serve", parents=parents, help="serve a language model over the OpenAI HTTP API", description="Serve a language model over the OpenAI HTTP API "
-                       "(/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models); pip install "
+                       "(/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/models); pip install "
                        "\"pytransformer[serve]\".")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
@@ -50,6 +50,8 @@ def add_parsers(sub, parents):
                    help="a sentence-transformers folder, or 'minilm' (the packaged all-MiniLM-L6-v2), for /v1/embeddings")
     p.add_argument("--alias", action="append", default=[], metavar="NAME",
                    help="another name requests may give as their model (repeatable; /v1/models lists them)")
+    p.add_argument("--rerank-model", dest="rerank_model",
+                   help="a cross-encoder (a sequence-classification folder or cached repo id) for /v1/rerank")
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
                    help="requests that may wait; more get 503 with Retry-After")
@@ -75,7 +77,8 @@ def cmd_serve(args) -> int:
               + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
     try:
         serve(model, model.tokenizer, os.path.basename(os.path.normpath(args.model)), args.host, args.port,
-              args.embedding_model, args.api_key, args.max_queue, aliases=args.alias)
+              args.embedding_model, args.api_key, args.max_queue, aliases=args.alias,
+              rerank_model=args.rerank_model)
     except KeyboardInterrupt:
         return 0
     return 0  # (an OSError -- the port taken, an address not this machine's -- is main()'s one line, exit 1)

@@ -1,8 +1,10 @@
-"""Encoders: `embed` (sentence embeddings), `search` (lines of a file ranked by similarity to a query) and
+"""Encoders: `embed` (sentence embeddings), `index` (a file's lines embedded once into a folder), `search` (the
+texts of an index, or a file's lines, ranked by similarity to a query) and
 `attention` (one head's attention map drawn for a sentence)."""
 
 from __future__ import annotations
 
+from ..index import FIRST_PASSES
 from .common import COUNT, POSITIVE, UsageError, read_text
 
 ENCODER_HELP = ("a sentence-transformers folder, 'minilm', or a repo id in the local Hugging Face cache (default: "
@@ -20,13 +22,32 @@ def add_parsers(sub, parents):
     p.add_argument("--model", help=ENCODER_HELP)
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
     p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("search", parents=parents, help="rank a file's lines by similarity to a query",
-                       description="Rank the lines of a text file by the cosine similarity of their embeddings to "
-                                   "a query's.")
-    p.add_argument("file", help="a text file, one candidate per line")
+    p = sub.add_parser("index", parents=parents, help="embed a file's lines once into an index folder",
+                       description="Embed every non-empty line of a text file into an index folder (float32 "
+                                   "embeddings, sign bits for a fast first pass, optionally int8), for `search`. "
+                                   "Progress is saved as it goes: run the same command again to resume an "
+                                   "interrupted build. Under mpiexec the ranks share the work (a shared folder).")
+    p.add_argument("file", help="a text file, one text per line")
+    p.add_argument("--out", required=True, help="the index folder to write (an index already there is replaced)")
+    p.add_argument("--model", help=ENCODER_HELP)
+    p.add_argument("--int8", action="store_true", help="also keep int8 embeddings (a first pass 4x smaller than "
+                   "float32)")
+    p.add_argument("--no-binary", action="store_false", dest="binary", help="keep no sign bits (then search "
+                   "scans int8 or float32)")
+    p.add_argument("--prompt-name", dest="prompt_name", help="the model's prompt for the texts (e.g. 'document')")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    p.set_defaults(func=cmd_index)
+    p = sub.add_parser("search", parents=parents, help="the lines of an index (or a file) nearest a query",
+                       description="The texts nearest a query by cosine similarity: in an index folder written by "
+                                   "`index` (milliseconds), or in a small text file embedded on the spot.")
+    p.add_argument("file", help="an index folder, or a text file with one candidate per line")
     p.add_argument("query", help="the text to match")
     p.add_argument("--top", type=POSITIVE, default=5, help="lines to print")
-    p.add_argument("--model", help=ENCODER_HELP)
+    p.add_argument("--model", help=ENCODER_HELP + "; an index uses the model it was built with unless given")
+    p.add_argument("--first-pass", dest="first_pass", choices=FIRST_PASSES, help="the copy an index scans first "
+                   "(default: the smallest it keeps); its candidates are ranked by their float32 cosine")
+    p.add_argument("--rescore", type=POSITIVE, default=10, help="candidates kept per result by the first pass")
+    p.add_argument("--prompt-name", dest="prompt_name", help="the model's prompt for the query (e.g. 'query')")
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("attention", parents=parents, help="draw one head's attention map for a sentence",
@@ -40,10 +61,9 @@ def add_parsers(sub, parents):
 
 
 def _encoder(args):
-    from ..io.resolve import resolve
     from ..sentence import SentenceEncoder
 
-    return SentenceEncoder(resolve(args.model).path if args.model else None)
+    return SentenceEncoder(args.model)
 
 
 def cmd_embed(args) -> int:
@@ -96,12 +116,46 @@ def _embed_file(args) -> int:
     return 0
 
 
+def _lines(path):
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def cmd_index(args) -> int:
+    import time
+
+    from ..distributed import world
+    from ..index import Index
+
+    lines = _lines(args.file)
+    mpi = world()
+    start = time.perf_counter()
+    index = Index.build(lines, _encoder(args), args.out, ("int8",) * args.int8 + ("binary",) * args.binary,
+                        args.batch_size, args.prompt_name, show_progress=True, world=mpi)
+    if index is not None:
+        print(f"wrote {args.out}: {len(index):,} texts x {index.dim} dims, keeping "
+              f"{', '.join(['float32', *index.meta['stores']])} ({time.perf_counter() - start:.1f} s, {mpi.size} "
+              f"rank{'s' * (mpi.size > 1)})")
+    return 0
+
+
 def cmd_search(args) -> int:
-    lines = [line.strip() for line in read_text(args.file).splitlines() if line.strip()]
-    enc = _encoder(args)
-    scores = enc.encode(lines, batch_size=args.batch_size) @ enc.encode([args.query])[0]
-    for i in scores.argsort()[::-1][: args.top]:
-        print(f"{scores[i]:.4f}  {lines[i]}")
+    import os
+
+    from ..index import Index
+
+    encoder = _encoder(args) if args.model or not os.path.isdir(args.file) else None
+    if os.path.isdir(args.file):
+        hits = Index(args.file, encoder).search(args.query, args.top, args.first_pass, args.rescore,
+                                                args.prompt_name)
+    else:
+        from ..search import semantic_search
+
+        lines = _lines(args.file)
+        scores, ids = semantic_search(encoder.encode(args.query, prompt_name=args.prompt_name),
+                                      encoder.encode(lines, batch_size=args.batch_size), args.top)
+        hits = [(i, s, lines[i]) for i, s in zip(ids, scores)]
+    for _, score, text in hits:
+        print(f"{score:.4f}  {text}")
     return 0
 
 

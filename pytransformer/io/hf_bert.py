@@ -20,26 +20,31 @@ LAYER_PARTS = (("attention.self.query", "attn.sublayer.q"), ("attention.self.key
 
 
 def from_hf(cfg: dict, tensors: dict):
-    check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     arch = (cfg.get("architectures") or ["BertModel"])[0]
     prefix = detect_prefix(tensors, PREFIX)
+    return bert_config(cfg, arch, any(k.startswith(prefix + "pooler.") for k in tensors)), prefix
+
+
+def bert_config(cfg: dict, arch: str, pooler: bool, **overrides) -> BertConfig:
+    """The BertConfig of a transformers config.json of a BERT-shaped encoder; arch: the BERT architecture its
+    heads are those of; overrides: fields a relative (RoBERTa) sets otherwise."""
+    check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     num_labels = label_count(cfg) if arch == "BertForSequenceClassification" else 0
     token_labels = label_count(cfg) if arch == "BertForTokenClassification" else 0
-    config = BertConfig(vocab_size=int_field(cfg, "vocab_size"), n_embd=int_field(cfg, "hidden_size"),
-                        n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
-                        n_head=int_field(cfg, "num_attention_heads"),
-                        intermediate_size=int_field(cfg, "intermediate_size"),
-                        max_positions=int_field(cfg, "max_position_embeddings"),
-                        type_vocab_size=int_field(cfg, "type_vocab_size", default=2),
-                        norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
-                        dropout=0.0, num_labels=num_labels, num_token_labels=token_labels,
-                        mlm=arch in ("BertForMaskedLM", "BertForPreTraining"),
-                        nsp=arch in ("BertForPreTraining", "BertForNextSentencePrediction"),
-                        pooler=any(k.startswith(prefix + "pooler.") for k in tensors),
-                        pad_token_id=None if cfg.get("pad_token_id", 0) is None else int_field(cfg, "pad_token_id", 0,
-                                                                                              default=0))
+    fields = dict(vocab_size=int_field(cfg, "vocab_size"), n_embd=int_field(cfg, "hidden_size"),
+                  n_layer=int_field(cfg, "num_hidden_layers", hi=MAX_LAYERS),
+                  n_head=int_field(cfg, "num_attention_heads"),
+                  intermediate_size=int_field(cfg, "intermediate_size"),
+                  max_positions=int_field(cfg, "max_position_embeddings"),
+                  type_vocab_size=int_field(cfg, "type_vocab_size", default=2),
+                  norm_eps=float_field(cfg, "layer_norm_eps", 0.0, 1.0, 1e-12),
+                  dropout=0.0, num_labels=num_labels, num_token_labels=token_labels,
+                  mlm=arch in ("BertForMaskedLM", "BertForPreTraining"),
+                  nsp=arch in ("BertForPreTraining", "BertForNextSentencePrediction"), pooler=pooler,
+                  pad_token_id=None if cfg.get("pad_token_id", 0) is None else int_field(cfg, "pad_token_id", 0,
+                                                                                        default=0))
     divisible(cfg, "hidden_size", "num_attention_heads")
-    return config, prefix
+    return BertConfig(**(fields | overrides))
 
 
 def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:

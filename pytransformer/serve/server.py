@@ -41,9 +41,11 @@ def _protocol():
 
 
 def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=None, api_key=None, max_queue=64,
-          limits: Limits | None = None, timeout_keep_alive=5.0, aliases=()):
-    """Serve a loaded model (and an encoder from embedding_model, 'minilm' for the packaged one) until
-    interrupted. OSError (one line, naming host:port) when the port cannot be had."""
+          limits: Limits | None = None, timeout_keep_alive=5.0, aliases=(), rerank_model=None):
+    """Serve a loaded model (and an encoder from embedding_model for /v1/embeddings, a cross-encoder from
+    rerank_model for /v1/rerank: each a folder, a packaged name or a cached repo id) until interrupted; aliases:
+    other names requests may give as their model. OSError (one line, naming host:port) when the port cannot be
+    had."""
     try:
         import uvicorn
     except ImportError:
@@ -53,8 +55,13 @@ def serve(model, tokenizer, name, host="127.0.0.1", port=8000, embedding_model=N
     if embedding_model:
         from ..sentence import SentenceEncoder
 
-        encoder = SentenceEncoder(None if embedding_model == "minilm" else embedding_model)
+        encoder = SentenceEncoder(embedding_model)
     app = create_app(model, tokenizer, name, encoder, api_key, max_queue, limits, aliases)
+    if rerank_model:
+        from ..crossencoder import CrossEncoder
+        from .retrieval import register
+
+        register(app, CrossEncoder(rerank_model))
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -1,0 +1,88 @@
+"""pt.semantic_search against a float64 brute force, and the sign bits an index scans against their definition."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from pytransformer import search
+from pytransformer.search import hamming_candidates, pack_signs, semantic_search
+
+
+def brute_force(q, c, score):
+    q, c = q.astype(np.float64), c.astype(np.float64)
+    if score == "cosine":
+        q, c = q / np.linalg.norm(q, axis=1, keepdims=True), c / np.linalg.norm(c, axis=1, keepdims=True)
+    return q @ c.T
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_semantic_search_is_the_exact_top_k(rng, monkeypatch, score):
+    monkeypatch.setattr(search, "CHUNK", 64)  # several chunks: the running top-k must merge them
+    q = rng.standard_normal((5, 37)).astype(np.float32)
+    c = rng.standard_normal((300, 37)).astype(np.float32)
+    scores, ids = semantic_search(q, c, 7, score)
+    want = brute_force(q, c, score)
+    assert ids.shape == scores.shape == (5, 7) and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, np.argsort(-want, 1, kind="stable")[:, :7])
+    # float32 products of 37 terms: error ~ sqrt(37) * eps * |q| |c|
+    bound = 8 * np.sqrt(37) * np.finfo(np.float32).eps * np.abs(want).max()
+    assert np.abs(scores - np.take_along_axis(want, ids, 1)).max() < bound
+
+
+def test_one_query_gives_one_row_and_top_k_is_clamped_to_the_corpus(rng):
+    c = rng.standard_normal((4, 8)).astype(np.float32)
+    scores, ids = semantic_search(c[2], c, 100)
+    assert scores.shape == ids.shape == (4,)
+    assert ids[0] == 2 and scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert sorted(ids) == [0, 1, 2, 3] and (np.diff(scores) <= 0).all()
+
+
+def test_ties_keep_the_lower_id_first():
+    c = np.ones((6, 3), np.float32)
+    assert semantic_search(np.ones(3, np.float32), c, 4)[1].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("query, corpus, top_k, match", [
+    (np.ones(4), np.zeros((0, 4)), 1, "corpus_emb must be a non-empty"),
+    (np.ones(5), np.ones((3, 4)), 1, r"query_emb must be .*\(4,\) or \(N, 4\), got float64 \(5,\)"),
+    (np.ones((2, 2, 4)), np.ones((3, 4)), 1, "query_emb must be"),
+    (np.ones(4), np.ones((3, 4)), 0, "top_k must be an integer >= 1, got 0"),
+    (np.ones(4), np.ones((3, 4)), 2.5, "top_k must be an integer"),
+    (np.ones(4), np.ones((3, 4)), True, "top_k must be an integer"),
+    (np.full(4, np.nan), np.ones((3, 4)), 1, "query_emb holds NaN"),
+    (np.ones(4), np.array([["a"] * 4]), 1, "corpus_emb must be a non-empty array of numbers"),
+])
+def test_bad_input_is_one_line(query, corpus, top_k, match):
+    with pytest.raises(ValueError, match=match) as e:
+        semantic_search(query, corpus, top_k)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_score_is_refused():
+    with pytest.raises(ValueError, match="score must be one of"):
+        semantic_search(np.ones(3), np.ones((2, 3)), 1, score="l2")
+
+
+def test_sign_bits_are_packed_word_by_word(rng):
+    x = rng.standard_normal((9, 70)).astype(np.float32)
+    signs = pack_signs(x)
+    assert signs.shape == (2, 9) and signs.dtype == np.uint64
+    for n in range(9):
+        for d in range(70):
+            assert (int(signs[d // 64, n]) >> (d % 64)) & 1 == (x[n, d] > 0)
+        assert int(signs[1, n]) >> 6 == 0  # the padding bits are zero
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hamming_candidates_are_every_row_within_the_nth_distance(rng, monkeypatch, threads):
+    monkeypatch.setattr(search, "CHUNK", 128)
+    x = rng.standard_normal((2000, 100)).astype(np.float32)
+    q = rng.standard_normal(100).astype(np.float32)
+    dist = ((x > 0) != (q > 0)).sum(1)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        got = hamming_candidates(pack_signs(x), pack_signs(q[None])[:, 0], 30, pool, threads)
+    limit = np.sort(dist)[29]
+    np.testing.assert_array_equal(got, np.flatnonzero(dist <= limit))
