@@ -123,7 +123,7 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* q,
       if (causal && j > r.i + r.shift) break;
       if (r.hidden(j) || (key_mask && !key_mask[r.b * Tk + j])) continue;
       const float s = dot_slots(qs, k_tile + jj * L.HS, L.HS, r.lane);
-      const float m_new = isnan(s) || isnan(m) ? NAN : fmaxf(m, s);  // (fmaxf alone would drop a NaN score)
+      const float m_new = s != s || m != m ? NAN : fmaxf(m, s);  // (fmaxf alone would drop a NaN score)
       seen = true;
       const float alpha = expf(m - m_new), p = expf(s - m_new);
       l = l * alpha + p;

@@ -22,11 +22,10 @@ import numpy as np
 
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositions, Linear,
-                  MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, weights)
-from ..nn import rope_scaling
+                  MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, rope_scaling, weights)
 from ..nn.layers import FusedProduct
-from .config import ModelConfig
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
+from .config import ModelConfig
 
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post", "sandwich")
