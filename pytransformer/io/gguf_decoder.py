@@ -27,10 +27,11 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
-from ..models import DecoderConfig, Llama, LlamaConfig, Phi3, Qwen2, Qwen3
+from ..models import DecoderConfig, Llama, Phi3, Qwen2, Qwen3
 from ..models.base import parameter_shapes, unwritten_parameters
 from ..tokenizers import from_gguf_metadata
 from .gguf import GGUFFile
+from .hf_llama import llama_config
 from .hf_common import MAX_HEAD_SIZE, MAX_LAYERS, MAX_SIZE, listed, naming_the_file, warn_not_finite
 from .safetensors import quote
 
@@ -230,20 +231,12 @@ def _named_modules(module, prefix=""):
         yield from _named_modules(child, f"{prefix}{name}.")
 
 
-def _llama_config(fields: dict):
-    if fields["rope_scaling"] is not None or fields["sliding_window"] is not None:
-        raise ValueError(f"rope scaling and sliding windows of a llama file are not read yet, got "
-                         f"{quote(fields['rope_scaling'] or fields['sliding_window'])}")
-    fields = {k: v for k, v in fields.items() if k not in ("rope_scaling", "sliding_window", "layer_types")}
-    return LlamaConfig(**fields)
-
-
 def _described(**parts):
     """make_config of a family whose config is its DecoderConfig, with its own parts (biases, norms)."""
     return lambda fields: DecoderConfig(**parts, **fields)
 
 
-LLAMA = GGUFArch("llama", Llama, _llama_config, permuted_qk=True)
+LLAMA = GGUFArch("llama", Llama, llama_config, permuted_qk=True)
 QWEN2 = GGUFArch("qwen2", Qwen2, _described(qkv_bias=True))
 QWEN3 = GGUFArch("qwen3", Qwen3, _described(qk_norm=True),
                  layer_tensors={"attn_q_norm.weight": ("attn.sublayer.q_norm.weight",),

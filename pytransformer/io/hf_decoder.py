@@ -6,6 +6,7 @@ sliding windows are)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -94,6 +95,11 @@ def size_fields(cfg: dict) -> dict:
                 **rope_fields(cfg, max_positions, head_size))
 
 
+def described(config) -> DecoderConfig:
+    """The decoder description of a family's config (a DecoderConfig, or one with .decoder(): LlamaConfig)."""
+    return config.decoder() if hasattr(config, "decoder") else config
+
+
 @dataclass(frozen=True)
 class HFDecoder:
     """How one llama-like family looks in transformers.
@@ -110,6 +116,7 @@ class HFDecoder:
     qk_norm: bool = False
     fused: bool = False
     windows: str = "none"
+    make_config: Callable | None = None  # DecoderConfig's fields -> the family's config (None: a DecoderConfig)
 
     def from_hf(self, cfg: dict, tensors: dict):
         check_activation(cfg, "hidden_act", ("silu",), "silu")
@@ -119,7 +126,8 @@ class HFDecoder:
         fields = size_fields(cfg)
         fields.update(self._windows(cfg, fields["n_layer"]))
         try:
-            config = DecoderConfig(qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, **fields)
+            config = self.make_config(fields) if self.make_config else \
+                DecoderConfig(qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, **fields)
         except ValueError as e:
             raise ValueError(f"config.json: {e}") from None
         return config, detect_prefix(tensors, PREFIX)
@@ -141,8 +149,8 @@ class HFDecoder:
                              f"{quote(kinds)}")
         return dict(sliding_window=window, layer_types=tuple(LAYER_TYPES[k] for k in kinds))
 
-    def names(self, d: DecoderConfig, prefix: str = PREFIX) -> NameMap:
-        p = prefix
+    def names(self, config, prefix: str = PREFIX) -> NameMap:
+        d, p = described(config), prefix
         rules = [rule(f"{p}embed_tokens.weight", "embed.weight"), rule(f"{p}norm.weight", "norm.weight")]
         for i in range(d.n_layer):
             h, b = f"{p}layers.{i}.", f"blocks.{i}."
@@ -167,7 +175,8 @@ class HFDecoder:
         return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if d.tie_word_embeddings else ()),
                        strict=True)
 
-    def to_hf(self, d: DecoderConfig):
+    def to_hf(self, config):
+        d = described(config)
         rope = {"rope_type": "default", "rope_theta": d.rope_theta, **(d.rope_scaling or {})}
         config = {"model_type": self.model_type, "architectures": [self.architectures[0]],
                   "vocab_size": d.vocab_size, "hidden_size": d.n_embd, "intermediate_size": d.ffn_size,
