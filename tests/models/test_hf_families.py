@@ -1,4 +1,4 @@
-"""Qwen2, Phi-3 (longrope, fused qkv_proj / gate_up_proj) and Mistral from tiny random transformers checkpoints made
+"""Qwen2, Phi-3 (longrope, fused qkv_proj / gate_up_proj), Mistral and Llama 3.2 (llama3 scaling, tied) from tiny random transformers checkpoints made
 here: logits, loss, every gradient, ten AdamW steps (torch fed our parameters before each), greedy tokens over the
 KV cache, the sharded index, and save_pretrained read back by transformers."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from pytransformer import optim
 from pytransformer.io.hf import from_pretrained
-from pytransformer.models import Mistral, Phi3, Qwen2
+from pytransformer.models import Llama, Mistral, Phi3, Qwen2
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -35,6 +35,10 @@ CASES = {
     "phi3": ("Phi3Config", "Phi3ForCausalLM", Phi3, {"original_max_position_embeddings": ORIGINAL,
                                                      "rope_parameters": _longrope}),
     "mistral": ("MistralConfig", "MistralForCausalLM", Mistral, {"sliding_window": None, "head_dim": 10}),
+    # Llama 3.2's shape: llama3 rotary scaling (a smoothed band and a divided band at these sizes), tied head
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", Llama, {"tie_word_embeddings": True, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": ORIGINAL}}),
 }
 
 
