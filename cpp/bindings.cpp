@@ -420,8 +420,9 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("attention_forward", [](O out, O lse, O q, O k, O v, O key_mask, int64_t B, int64_t NH, int64_t NKV,
-                                int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
-    check_nonneg({B, NH, Tq, Tk, Tkv, HS});
+                                int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal, int64_t window,
+                                float scale, bool bthd) {
+    check_nonneg({B, NH, Tq, Tk, Tkv, HS, window});
     check_groups(NH, NKV);
     if (Tk > Tkv) throw py::value_error("attention_forward: Tk must not exceed the k/v rows Tkv");
     float* o = array_data<float>(out, "out", {B, NH, Tq, HS}, true);
@@ -431,12 +432,12 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", {B, NKV, Tkv, HS});
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
     const NoGil nogil;
-    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
+    K().attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
   });
   m.def("attention_backward", [](O dq, O dk, O dv, O dout, O out, O lse, O q, O k, O v, O key_mask, int64_t B,
                                  int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal,
-                                 float scale, bool bthd) {
-    check_nonneg({B, NH, Tq, Tk, HS});
+                                 int64_t window, float scale, bool bthd) {
+    check_nonneg({B, NH, Tq, Tk, HS, window});
     check_groups(NH, NKV);
     float* dqp = array_data<float>(dq, "dq", {B, NH, Tq, HS}, true);
     float* dkp = array_data<float>(dk, "dk", {B, NKV, Tk, HS}, true);
@@ -449,7 +450,8 @@ PYBIND11_MODULE(_core, m) {
     const float* vp = array_data<float>(v, "v", {B, NKV, Tk, HS});
     const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
     const NoGil nogil;
-    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, HS, causal, scale, bthd);
+    K().attention_backward(dqp, dkp, dvp, g, o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, HS, causal, window, scale,
+                           bthd);
   });
 
   m.def("rmsnorm_forward", [](O out, O rstd, O inp, O weight, int64_t N, int64_t C, float eps) {

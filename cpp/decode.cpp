@@ -110,7 +110,7 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
     for (int64_t b = 0; b < B; b++)
       K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + slots[b] * capacity * KD,
                           v[l] + slots[b] * capacity * KD, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
-                          attn_scale, true);
+                          0, attn_scale, true);
     L.o.product(tmp, att, B);
     K.residual_forward(x, x, tmp, B * C);
     norm(*this, L.ffn_norm, h, mean, rstd, x, B);

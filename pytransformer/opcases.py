@@ -388,29 +388,32 @@ class Attention(Op):
             x["key_mask"] = mask
         return x
 
-    def ours(self, x, o):
-        causal = o.get("causal", False)
-        out, lse = ops.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
-        dq, dk, dv = ops.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
+    @staticmethod
+    def _run(lib, x, o):
+        causal, window = o.get("causal", False), o.get("window", 0)
+        out, lse = lib.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"], window=window)
+        dq, dk, dv = lib.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"],
+                                            window=window)
         return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
 
+    def ours(self, x, o):
+        return self._run(ops, x, o)
+
     def reference(self, x, o):
-        causal = o.get("causal", False)
-        out, lse = ref.attention_forward(x["q"], x["k"], x["v"], causal, x["key_mask"])
-        dq, dk, dv = ref.attention_backward(x["dout"], x["q"], x["k"], x["v"], out, lse, causal, x["key_mask"])
-        return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+        return self._run(ref, x, o)
 
     def calls(self, x, o):
         q, k, v, g, mask, causal = x["q"], x["k"], x["v"], x["dout"], x["key_mask"], o.get("causal", False)
+        window = o.get("window", 0)
         out, lse = empty_like(q), empty(q.shape[:3], like=q)
         dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
 
         def forward():
-            ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse)
+            ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse, window=window)
 
         def forward_backward():
             forward()
-            ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv)
+            ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv, window=window)
 
         return {"forward": forward, "fwd+bwd": forward_backward}
 
@@ -717,6 +720,14 @@ CASES = [
                                       (2, 4, 2, 65, 65, 8), (2, 10, 2, 1, 70, 72), (1, 9, 3, 4, 90, 64),
                                       (3, 8, 1, 2, 40, 136)]
       for causal in (False, True) for masked in (False, True)],
+    # sliding windows (causal): shorter and longer than the sequence, one key, across tile edges (64), decoding
+    # rows and the split path over a long cache, grouped heads, with and without padding
+    *[case("attention", TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk, HS=HS, causal=True, masked=masked, window=w)
+      for Bt, NH, NKV, Tq, Tk, HS, w in [(1, 1, 1, 1, 1, 1, 1), (2, 3, 3, 17, 17, 8, 4), (1, 2, 1, 130, 130, 17, 2),
+                                         (1, 2, 2, 130, 130, 16, 70), (2, 4, 2, 65, 90, 8, 33),
+                                         (1, 2, 1, 200, 200, 5, 64), (2, 4, 2, 3, 130, 17, 20),
+                                         (1, 1, 1, 1, 3000, 64, 300), (1, 2, 1, 1, 3000, 8, 2000), (1, 2, 2, 20, 20, 8, 100)]
+      for masked in (False, True)],
     # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
     *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
       for NH, Tq, Tk, HS in [(1, 1, 3000, 64), (1, 2, 1100, 17), (2, 1, 4099, 8)]

@@ -420,8 +420,12 @@ def _heads(layout, T, H="NH"):
     return tuple(n.format(T=T, H=H) for n in _LAYOUTS[layout])
 
 
-def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
+def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=None):
     d = {}
+    window = integer(window, "window")
+    if window < 0 or (window and not causal):
+        raise ValueError(f"window must be 0 (none) or, with causal attention, a positive number of keys; got "
+                         f"{window} (causal={bool(causal)})")
     array(q, "q", _heads(layout, "Tq"), d)
     array(k, "k", _heads(layout, "Tkv", "NKV"), d)
     array(v, "v", _heads(layout, "Tkv", "NKV"), d)
@@ -434,37 +438,39 @@ def _attention_args(q, k, v, key_mask, scale, layout, kv_len=None):
     if d["HS"] == 0:
         raise ValueError(f"q, k and v have head size HS = 0, got q {tuple(q.shape)}: a head needs at least one channel")
     scale = 1.0 / math.sqrt(d["HS"]) if scale is None else finite_float(scale, "scale")
-    return d, mask, scale
+    return d, mask, scale, window
 
 
 @_writes("out", "lse")
 def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layout="bhtd", out=None, lse=None,
-                      kv_len=None):
+                      kv_len=None, window=0):
     """Scaled dot-product attention, fused (memory O(T), not O(T^2)).
 
     q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS) with NKV dividing NH (grouped-query attention: query head h
     reads key/value head h // (NH / NKV), in place); causal: key j visible to query i when j <= i + Tk - Tq;
-    key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS).
+    key_mask (B, Tk) bool/uint8, 1 = attend; scale defaults to 1/sqrt(HS). window > 0 (causal only): sliding-window
+    attention, key j also hidden from query i when j <= i + Tk - Tq - window (each query sees the window keys up to
+    and including its own position, so never none of them).
     layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
     to heads without a copy.
     kv_len: k and v are a KV cache holding more rows per sequence than are in use; the first kv_len are the keys
     (Tk = kv_len; key_mask is then (B, kv_len)). Read in place, no copy.
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout, kv_len)
+    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len)
     out = output(out, "out", q.shape, q)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), q)
     _kernels(out).attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
-                            d["HS"], bool(causal), scale, layout == "bthd")
+                                    d["HS"], bool(causal), window, scale, layout == "bthd")
     return out, lse
 
 
 @_writes("dq", "dk", "dv")
 def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, *, layout="bhtd",
-                       dq=None, dk=None, dv=None):
+                       dq=None, dk=None, dv=None, window=0):
     """-> dq, dk, dv (overwritten, shaped like q, k, v; a grouped key/value head sums its query heads'), from the
-    forward's out and lse."""
-    d, mask, scale = _attention_args(q, k, v, key_mask, scale, layout)
+    forward's out and lse (and the forward's causal, key_mask, scale and window)."""
+    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window)
     array(out, "out", _heads(layout, "Tq"), d)
     array(dout, "dout", _heads(layout, "Tq"), d)
     array(lse, "lse", ("B", "NH", "Tq"), d)
@@ -472,7 +478,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, sca
     dk = output(dk, "dk", k.shape, dout)
     dv = output(dv, "dv", v.shape, dout)
     _kernels(dq).attention_backward(dq, dk, dv, dout, out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"],
-                             d["Tk"], d["HS"], bool(causal), scale, layout == "bthd")
+                                     d["Tk"], d["HS"], bool(causal), window, scale, layout == "bthd")
     return dq, dk, dv
 
 
@@ -559,46 +565,35 @@ def rope_backward(dout, cos, sin, positions, *, interleaved=False, dinp=None):
     return dinp
 
 
-def _gated_forward(kernel, gate, up, out):
-    array(gate, "gate", ("...",), {})
-    _same_shape(up, "up", gate, "gate")
-    out = output(out, "out", gate.shape, gate)
-    getattr(_kernels(out), kernel)(out, gate, up, gate.size)
-    return out
+def _gated(name, act):
+    """The checked forward and backward of a gated feed-forward's product `name`: out = act(gate) * up."""
+    @_writes("out", same=[("out", "gate"), ("out", "up")])
+    def forward(gate, up, *, out=None):
+        array(gate, "gate", ("...",), {})
+        _same_shape(up, "up", gate, "gate")
+        out = output(out, "out", gate.shape, gate)
+        getattr(_kernels(out), name + "_forward")(out, gate, up, gate.size)
+        return out
+
+    @_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
+    def backward(dout, gate, up, *, dgate=None, dup=None):
+        array(gate, "gate", ("...",), {})
+        _same_shape(up, "up", gate, "gate")
+        _same_shape(dout, "dout", gate, "gate")
+        dgate = output(dgate, "dgate", gate.shape, dout)
+        dup = output(dup, "dup", gate.shape, dout)
+        getattr(_kernels(dout), name + "_backward")(dgate, dup, dout, gate, up, gate.size)
+        return dgate, dup
+
+    forward.__name__ = forward.__qualname__ = name + "_forward"
+    backward.__name__ = backward.__qualname__ = name + "_backward"
+    forward.__doc__ = f"out = {act}(gate) * up, elementwise; out may be gate or up."
+    backward.__doc__ = "-> (dgate, dup), both overwritten; either may be dout."
+    return forward, backward
 
 
-def _gated_backward(kernel, dout, gate, up, dgate, dup):
-    array(gate, "gate", ("...",), {})
-    _same_shape(up, "up", gate, "gate")
-    _same_shape(dout, "dout", gate, "gate")
-    dgate = output(dgate, "dgate", gate.shape, dout)
-    dup = output(dup, "dup", gate.shape, dout)
-    getattr(_kernels(dout), kernel)(dgate, dup, dout, gate, up, gate.size)
-    return dgate, dup
-
-
-@_writes("out", same=[("out", "gate"), ("out", "up")])
-def swiglu_forward(gate, up, *, out=None):
-    """out = silu(gate) * up, elementwise (Llama's gated feed-forward); out may be gate or up."""
-    return _gated_forward("swiglu_forward", gate, up, out)
-
-
-@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
-def swiglu_backward(dout, gate, up, *, dgate=None, dup=None):
-    """-> (dgate, dup), both overwritten; either may be dout."""
-    return _gated_backward("swiglu_backward", dout, gate, up, dgate, dup)
-
-
-@_writes("out", same=[("out", "gate"), ("out", "up")])
-def geglu_forward(gate, up, *, out=None):
-    """out = gelu_tanh(gate) * up, elementwise (Gemma's gated feed-forward); out may be gate or up."""
-    return _gated_forward("geglu_forward", gate, up, out)
-
-
-@_writes("dgate", "dup", same=[("dgate", "dout"), ("dup", "dout")])
-def geglu_backward(dout, gate, up, *, dgate=None, dup=None):
-    """-> (dgate, dup), both overwritten; either may be dout."""
-    return _gated_backward("geglu_backward", dout, gate, up, dgate, dup)
+swiglu_forward, swiglu_backward = _gated("swiglu", "silu")      # Llama's gated feed-forward
+geglu_forward, geglu_backward = _gated("geglu", "gelu_tanh")    # Gemma's
 
 
 # --- GGUF block-quantised weights (inference) ----------------------------------------------------------------

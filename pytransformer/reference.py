@@ -201,21 +201,25 @@ def dropout_backward(dout, p, seed):
 # --- attention -----------------------------------------------------------------------------------------------
 
 
-def attention_visible(Tq, Tk, causal=False, key_mask=None):
-    """(B or 1, 1, Tq, Tk) bool: key j visible to query i (causal: j <= i + Tk - Tq; key_mask (B, Tk))."""
+def attention_visible(Tq, Tk, causal=False, key_mask=None, window=0):
+    """(B or 1, 1, Tq, Tk) bool: key j visible to query i (causal: j <= i + Tk - Tq; window > 0 also
+    j > i + Tk - Tq - window, transformers' sliding window; key_mask (B, Tk))."""
     vis = np.ones((1, 1, Tq, Tk), bool)
+    position = np.arange(Tq)[:, None] + (Tk - Tq)  # each query's position among the keys
     if causal:
-        vis = vis & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq))
+        vis = vis & (np.arange(Tk)[None, :] <= position)
+    if window:
+        vis = vis & (np.arange(Tk)[None, :] > position - window)
     if key_mask is not None:
         vis = vis & np.asarray(key_mask, bool)[:, None, None, :]
     return vis
 
 
-def _masked_scores(q, k, causal, key_mask, scale):
+def _masked_scores(q, k, causal, key_mask, scale, window):
     HS = q.shape[-1]
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
     s = np.asarray(q, np.float64) @ np.swapaxes(np.asarray(k, np.float64), -1, -2) * scale
-    visible = np.broadcast_to(attention_visible(q.shape[2], k.shape[2], causal, key_mask), s.shape)
+    visible = np.broadcast_to(attention_visible(q.shape[2], k.shape[2], causal, key_mask, window), s.shape)
     return np.where(visible, s, -np.inf), visible
 
 
@@ -247,26 +251,26 @@ def _grouped(kv, NH):
     return np.repeat(np.asarray(kv, np.float64), NH // kv.shape[1], axis=1)
 
 
-def attention_forward(q, k, v, causal=False, key_mask=None, scale=None):
+def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, window=0):
     """q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) -> out (B, NH, Tq, HS), lse (B, NH, Tq). Dense, O(Tq * Tk)."""
     k, v = _grouped(k, q.shape[1]), _grouped(v, q.shape[1])
-    s, visible = _masked_scores(q, k, causal, key_mask, scale)
+    s, visible = _masked_scores(q, k, causal, key_mask, scale, window)
     p, lse = _masked_softmax(s, visible)
     return _visible_product(p, visible, v), lse
 
 
-def attention_probs(q, k, causal=False, key_mask=None, scale=None):
+def attention_probs(q, k, causal=False, key_mask=None, scale=None, window=0):
     """The softmax weights (B, NH, Tq, Tk); rows with no visible key are 0."""
-    return _masked_softmax(*_masked_scores(q, k, causal, key_mask, scale))[0]
+    return _masked_softmax(*_masked_scores(q, k, causal, key_mask, scale, window))[0]
 
 
-def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None):
+def attention_backward(dout, q, k, v, out, lse, causal=False, key_mask=None, scale=None, window=0):
     """-> dq, dk, dv, recomputing the probabilities from the forward's lse as the kernel does."""
     HS, NH, NKV = q.shape[-1], q.shape[1], k.shape[1]
     scale = 1.0 / math.sqrt(HS) if scale is None else scale
     k, v = _grouped(k, NH), _grouped(v, NH)
     q, dout, out = (np.asarray(a, np.float64) for a in (q, dout, out))
-    s, _ = _masked_scores(q, k, causal, key_mask, scale)
+    s, _ = _masked_scores(q, k, causal, key_mask, scale, window)
     lse = np.asarray(lse, np.float64)[..., None]
     p = np.where(np.isfinite(s) & np.isfinite(lse), np.exp(s - np.where(np.isfinite(lse), lse, 0.0)), 0.0)
     dv = np.swapaxes(p, -1, -2) @ dout

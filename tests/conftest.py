@@ -59,3 +59,14 @@ def central_difference(loss, x, indices, h):
         flat[i] = old
         out.append((up - down) / (2 * h))
     return np.array(out)
+
+
+def greedy_by_recomputation(model, ids, n):
+    """ids (B, T) and n greedy tokens, each from the whole sequence recomputed without a cache: what generate()
+    over its KV cache must equal."""
+    seq = ids
+    for _ in range(n):
+        with model.evaluating():
+            nxt = model(seq)[:, -1].argmax(-1)
+        seq = np.concatenate([seq, nxt[:, None]], 1)
+    return seq

@@ -61,15 +61,15 @@ def poisonings(rng, x, visible, causal):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
 def test_a_nan_reaches_exactly_the_rows_that_see_it(isa, threads, precision, rng, case):
     x = case.make(rng)
-    causal, mask = case.o.get("causal", False), x["key_mask"]
-    visible = ref.attention_visible(x["q"].shape[2], x["k"].shape[2], causal, mask)
-    clean_out, clean_lse = ops.attention_forward(x["q"], x["k"], x["v"], causal, mask)
+    causal, mask, window = case.o.get("causal", False), x["key_mask"], case.o.get("window", 0)
+    visible = ref.attention_visible(x["q"].shape[2], x["k"].shape[2], causal, mask, window)
+    clean_out, clean_lse = ops.attention_forward(x["q"], x["k"], x["v"], causal, mask, window=window)
     sees_nothing = ~np.broadcast_to(visible.any(-1), clean_lse.shape)
     tol = 1e-5 if precision == "float32" else 2e-2
     for what, name, index, nan_rows in poisonings(rng, x, visible, causal):
         poisoned = dict(x, **{name: x[name].copy()})
         poisoned[name][index] = np.nan
-        out, lse = ops.attention_forward(poisoned["q"], poisoned["k"], poisoned["v"], causal, mask)
+        out, lse = ops.attention_forward(poisoned["q"], poisoned["k"], poisoned["v"], causal, mask, window=window)
         lse_nan_rows = nan_rows if name != "v" else np.zeros_like(nan_rows)
         assert np.isnan(out[nan_rows]).all() and np.isnan(lse[lse_nan_rows]).all(), f"{what}: a row that sees it"
         rest, lse_rest = ~nan_rows, ~lse_nan_rows

@@ -87,9 +87,10 @@ def test_dropout_backward_matches_finite_differences(r):
     check(lambda: (ref.dropout_forward(x, 0.3, 7) * g).sum(), x, ref.dropout_backward(g, 0.3, 7))
 
 
-@pytest.mark.parametrize("causal,masked,Tq,Tk", [(False, False, 3, 5), (True, False, 4, 4), (True, True, 3, 5),
-                                                  (False, True, 4, 2)])
-def test_attention_backward_matches_finite_differences(r, causal, masked, Tq, Tk):
+@pytest.mark.parametrize("causal,masked,Tq,Tk,window", [(False, False, 3, 5, 0), (True, False, 4, 4, 0),
+                                                         (True, True, 3, 5, 0), (False, True, 4, 2, 0),
+                                                         (True, False, 5, 5, 2), (True, True, 3, 6, 3)])
+def test_attention_backward_matches_finite_differences(r, causal, masked, Tq, Tk, window):
     B, NH, HS = 2, 2, 3
     q, k, v = r.standard_normal((B, NH, Tq, HS)), r.standard_normal((B, NH, Tk, HS)), r.standard_normal((B, NH, Tk, HS))
     g = r.standard_normal((B, NH, Tq, HS))
@@ -97,9 +98,9 @@ def test_attention_backward_matches_finite_differences(r, causal, masked, Tq, Tk
     if masked:
         mask = np.ones((B, Tk), bool)
         mask[1, 1:] = False
-    out, lse = ref.attention_forward(q, k, v, causal, mask)
-    dq, dk, dv = ref.attention_backward(g, q, k, v, out, lse, causal, mask)
-    loss = lambda: (ref.attention_forward(q, k, v, causal, mask)[0] * g).sum()
+    out, lse = ref.attention_forward(q, k, v, causal, mask, window=window)
+    dq, dk, dv = ref.attention_backward(g, q, k, v, out, lse, causal, mask, window=window)
+    loss = lambda: (ref.attention_forward(q, k, v, causal, mask, window=window)[0] * g).sum()
     check(loss, q, dq)
     check(loss, k, dk)
     check(loss, v, dv)
@@ -114,6 +115,16 @@ def test_attention_reference_matches_explicit_softmax(r):
         p /= p.sum()
         np.testing.assert_allclose(out[0, 0, i], p @ v[0, 0, : i + 1], rtol=1e-12)
         np.testing.assert_allclose(lse[0, 0, i], np.log(np.exp(s[i, : i + 1]).sum()), rtol=1e-12)
+
+
+def test_attention_window_is_transformers_sliding_window():
+    """Query i sees key j when i - window < j <= i (transformers' sliding_window_overlay over its causal mask), the
+    query's position counted from the end of the keys (a KV cache); every row keeps its own key."""
+    vis = ref.attention_visible(4, 6, causal=True, window=3)[0, 0]
+    want = np.array([[j <= i + 2 and j > i + 2 - 3 for j in range(6)] for i in range(4)])
+    np.testing.assert_array_equal(vis, want)
+    assert vis[np.arange(4), np.arange(4) + 2].all()
+    np.testing.assert_array_equal(ref.attention_visible(5, 5, causal=True, window=1)[0, 0], np.eye(5, dtype=bool))
 
 
 def test_adamw_reference_matches_handwritten_step():

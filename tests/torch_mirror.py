@@ -181,3 +181,31 @@ def adamw_steps_agree(torch, model, P, torch_loss, our_loss, steps=10, lr=1e-3, 
         losses.append(loss)
     assert losses[-1] < losses[0], losses  # and it learned something
     return losses
+
+
+def adamw_steps_match(torch, hf, ours, ids_of, tol, steps=10):
+    """`steps` AdamW steps at lr 1e-2 on fresh batches (ids_of(step) -> ids). Before each, the transformers model hf
+    is fed our current parameters and must give our loss and every gradient within `tol` (one forward/backward's
+    float32 error): no trajectory is compared (Adam's normalisation turns a last-bit difference in a near-zero
+    gradient into a full step, and torch's BLAS sums in another order on another CPU). Our AdamW itself equals
+    torch's on identical gradients (test_ops_torch)."""
+    from pytransformer import optim
+
+    opt = optim.AdamW(ours.params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay_vectors=True)
+    named = dict(hf.named_parameters())
+    for step in range(steps):
+        with torch.no_grad():
+            for name, v in ours.state_dict().items():
+                named[name].copy_(torch.from_numpy(np.array(v)))
+        hf.zero_grad()
+        ids = ids_of(step)
+        out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
+        out.loss.backward()
+        ours.zero_grad()
+        loss = ours.loss(ids, labels=ids)
+        ours.backward()
+        assert abs(loss - out.loss.item()) < tol * out.loss.item(), step
+        for name, g in ours.grad_dict().items():
+            want = named[name].grad.numpy()
+            assert np.abs(g - want).max() / np.abs(want).max() < tol, (step, name)
+        opt.step()

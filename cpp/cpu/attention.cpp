@@ -9,7 +9,9 @@
 // With bthd every (B, NH, T, HS) array (q, k, v, out and their gradients) is laid out (B, T, NH, HS) instead:
 // the (B, T, C) output of a Linear read per head in place, rows of one head NH * HS floats apart.
 // causal: key j is visible to query i when j <= i + (Tk - Tq), the bottom-right alignment used with a KV cache
-// (identical to the usual lower triangle when Tq == Tk). Grouped-query attention: NKV key/value heads divide the
+// (identical to the usual lower triangle when Tq == Tk); window > 0 (sliding-window attention, causal only) also
+// hides the keys j <= i + (Tk - Tq) - window: query i sees the window keys up to and including its own position
+// (transformers' Gemma 3 / Mistral mask), so a row that sees its own key still does. Grouped-query attention: NKV key/value heads divide the
 // NH query heads, and query head h reads key/value head h / (NH / NKV) in place (no repeated copies).
 //
 // Every product is a small register-blocked GEMM over tiles (tile_gemm). Forward works transposed, so that
@@ -133,17 +135,25 @@ void pad_rows(float* dst, const float* X, int64_t n, int64_t HS, int64_t HSP, in
   }
 }
 
+// The keys query i sees: [begin(i), end(i)) (before key_mask), causal and window as in the header.
+struct KeyRange {
+  int64_t Tk, offset, window;
+  bool causal;
+  int64_t end(int64_t i) const { return causal ? std::min(Tk, i + 1 + offset) : Tk; }
+  int64_t begin(int64_t i) const { return window > 0 ? std::max<int64_t>(0, i + 1 + offset - window) : 0; }
+  // whether key_mask (Tk, or null) leaves query i a key in its range
+  bool sees_a_key(const uint8_t* mask, int64_t i) const {
+    int64_t j = begin(i);
+    const int64_t e = end(i);
+    if (mask)
+      while (j < e && !mask[j]) j++;
+    return j < e;
+  }
+};
+
 // The running max of a row's scores, NaN from the first NaN score on (std::max(m, NaN) would keep m, and a row
 // of NaN scores would look like a row that sees no key).
 inline float max_keep_nan(float m, float s) { return (s > m || s != s) ? s : m; }
-
-// The first key that key_mask (Tk) lets through, Tk when none: a query sees a key iff this is below its kend.
-inline int64_t first_unmasked(const uint8_t* mask, int64_t Tk) {
-  if (!mask) return 0;
-  int64_t j = 0;
-  while (j < Tk && !mask[j]) j++;
-  return j;
-}
 
 // Whether n rows of X (len floats each, rs apart) are all finite: x * 0 is 0 for a finite x, NaN otherwise.
 inline bool rows_finite(const float* X, int64_t n, int64_t len, int64_t rs) {
@@ -154,7 +164,8 @@ inline bool rows_finite(const float* X, int64_t n, int64_t len, int64_t rs) {
 }
 
 // Backward: scores of one tile are masked with kbias (BK): 0 for visible keys, -inf for padded-out keys and for
-// the columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit).
+// the columns past the tile's last key; on tiles that cross the causal diagonal also per row (iota > limit), and
+// on tiles that cross a window's lower edge (iota < low).
 struct TileMask {
   alignas(64) float kbias[BK];
   alignas(64) float iota[BK];
@@ -164,10 +175,12 @@ struct TileMask {
   void set(const uint8_t* key_mask, int64_t j0, int64_t nk) {
     for (int64_t j = 0; j < BK; j++) kbias[j] = (j < nk && (!key_mask || key_mask[j0 + j])) ? 0.f : kNegInf;
   }
-  // scores j .. j + W of row s: s * scale + kbias, and -inf where j > limit (limit < BK: causal)
-  V scores(const float* s, int64_t j, V scale, int64_t limit) const {
-    const V x = fma(load(s + j), scale, load(kbias + j));
-    return limit < BK ? select_gt(load(iota + j), set1((float)limit), set1(kNegInf), x) : x;
+  // scores j .. j + W of row s: s * scale + kbias, and -inf where j > limit (limit < BK: causal) or j < low
+  // (low > 0: a window)
+  V scores(const float* s, int64_t j, V scale, int64_t limit, int64_t low) const {
+    V x = fma(load(s + j), scale, load(kbias + j));
+    if (limit < BK) x = select_gt(load(iota + j), set1((float)limit), set1(kNegInf), x);
+    return low > 0 ? select_lt(load(iota + j), set1((float)low), set1(kNegInf), x) : x;
   }
 };
 }  // namespace
@@ -213,17 +226,19 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 
 static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
                     int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
-                    float scale, bool bthd) {
+                    int64_t window, float scale, bool bthd) {
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, kv_rs = kv_heads.row_stride();
-  const int64_t rs = heads.row_stride(), offset = Tk - Tq, ntasks = B * NKV * Tq;
+  const int64_t rs = heads.row_stride(), ntasks = B * NKV * Tq;
+  const KeyRange keys{Tk, Tk - Tq, window, causal};
 #pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
   for (int64_t t = 0; t < ntasks; t++) {
     const int64_t bg = t / Tq, i = t % Tq, b = bg / NKV, g = bg % NKV;
-    const float* K = k + kv_heads.offset(b, g, Tkv);
-    const float* Vv = v + kv_heads.offset(b, g, Tkv);
-    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
-    const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
+    // (the keys from the window's first on, counted from there)
+    const int64_t kbegin = keys.begin(i), kend = std::max<int64_t>(keys.end(i) - kbegin, 0);
+    const float* K = k + kv_heads.offset(b, g, Tkv) + kbegin * kv_rs;
+    const float* Vv = v + kv_heads.offset(b, g, Tkv) + kbegin * kv_rs;
+    const uint8_t* mask = key_mask ? key_mask + b * Tk + kbegin : nullptr;
     const int64_t ld = round_up(std::max<int64_t>(kend, 1), W);
     static thread_local ScratchBuffer buf;
     float* scores = buf.floats((size_t)(kGroupHeads * ld));
@@ -303,13 +318,14 @@ constexpr int64_t kSplitKeys = 256;  // keys per chunk at least
 
 static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
                                  const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                                 int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+                                 int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
   const int64_t nt = threads(), rows = B * NH * Tq;
   if (rows >= nt || Tk < 2 * kSplitKeys || B * NH * Tq * Tk * HS < kParallelMacs / 4) return false;
   const int64_t chunks = std::min<int64_t>((nt + rows - 1) / rows, Tk / kSplitKeys);
   const int64_t csize = (Tk + chunks - 1) / chunks;
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
-  const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), offset = Tk - Tq;
+  const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride();
+  const KeyRange keys{Tk, Tk - Tq, window, causal};
   const int64_t part = HS + 3;  // o (HS), m, l, whether the chunk holds a visible key (1 or 0)
   static thread_local ScratchBuffer parts_buf;
   float* parts = parts_buf.floats((size_t)(rows * chunks * part));
@@ -321,8 +337,7 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
     const float* K = k + kv_heads.offset(b, h / group, Tkv);
     const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
-    const int64_t kend = causal ? std::min(Tk, i + 1 + offset) : Tk;
-    const int64_t j0 = c * csize, j1 = std::min(kend, j0 + csize);
+    const int64_t j0 = std::max(c * csize, keys.begin(i)), j1 = std::min(keys.end(i), (c + 1) * csize);
     float* P = parts + t * part;
     static thread_local ScratchBuffer buf;
     float* sc = buf.floats((size_t)std::max<int64_t>(j1 - j0, 1) + W);
@@ -394,15 +409,17 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
 // V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                       int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+                       int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
   if (Tq <= kRowQueries) {
-    if (attention_rows_split(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd)) return;
-    return attention_rows(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, scale, bthd);
+    if (attention_rows_split(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd))
+      return;
+    return attention_rows(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
   }
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), group = NH / NKV;
   const int64_t offset = Tk - Tq;
+  const KeyRange keys{Tk, offset, window, causal};
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
@@ -415,7 +432,6 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const float* K = k + kv_heads.offset(b, h / group, Tkv);
     const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
-    const int64_t first = first_unmasked(mask, Tk);
 
     static thread_local ScratchBuffer buf;
     float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ);
@@ -433,12 +449,14 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       for (int64_t e = 0; e < W; e++) idx[e] = (float)(u * W + e);
       qi[u] = load(idx);
     }
-    const int64_t kend = causal ? std::min(Tk, i0 + nq + offset) : Tk;
-    for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+    const int64_t kend = keys.end(i0 + nq - 1);
+    for (int64_t j0 = keys.begin(i0); j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
       tile_gemm(St, BQ, K + j0 * kv_rs, kv_rs, 1, Qt, BQ, nk, BQ, HS, false);
-      // key j0 + j is hidden from query i0 + i when j0 + j > i0 + i + offset, i.e. i < j0 + j - i0 - offset
+      // key j0 + j is hidden from query i0 + i when j0 + j > i0 + i + offset, i.e. i < j0 + j - i0 - offset, and
+      // by a window when j0 + j <= i0 + i + offset - window, i.e. i > j0 + j - i0 - offset + window - 1
       const bool diagonal = causal && j0 + nk - 1 > i0 + offset;
+      const bool edge = window > 0 && keys.begin(i0 + nq - 1) > j0;
       V mx[QV];
       for (int64_t u = 0; u < QV; u++) mx[u] = ninf;
       bool padded = false;
@@ -450,9 +468,11 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           continue;
         }
         const V hidden_below = set1((float)(j0 + j - i0 - offset));
+        const V hidden_above = set1((float)(j0 + j - i0 - offset + window - 1));
         for (int64_t u = 0; u < QV; u++) {
           V x = mul(load(s + u * W), sc);
           if (diagonal) x = select_lt(qi[u], hidden_below, ninf, x);
+          if (edge) x = select_gt(qi[u], hidden_above, ninf, x);
           store(s + u * W, x);
           mx[u] = max(mx[u], x);
         }
@@ -476,13 +496,14 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       for (int64_t u = 0; u < QV; u++) l[u] = fma(l[u], keep[u], sum[u]);
       for (int64_t d = 0; d < HS; d++)
         for (int64_t u = 0; u < QV; u++) store(Ot + d * BQ + u * W, mul(load(Ot + d * BQ + u * W), keep[u]));
-      if ((padded || diagonal) && !rows_finite(Vv + j0 * kv_rs, nk, HS, kv_rs)) {
+      if ((padded || diagonal || edge) && !rows_finite(Vv + j0 * kv_rs, nk, HS, kv_rs)) {
         // a non-finite value row some query does not see: each query sums its own visible keys (rare, scalar),
         // as the product would give it 0 * inf = NaN
         for (int64_t j = 0; j < nk; j++) {
           if (mask && !mask[j0 + j]) continue;
           const float* vr = Vv + (j0 + j) * kv_rs;
-          for (int64_t i = diagonal ? std::max<int64_t>(0, j0 + j - i0 - offset) : 0; i < nq; i++)
+          const int64_t i_end = edge ? std::min<int64_t>(nq, j0 + j - i0 - offset + window) : nq;
+          for (int64_t i = diagonal ? std::max<int64_t>(0, j0 + j - i0 - offset) : 0; i < i_end; i++)
             for (int64_t d = 0; d < HS; d++) Ot[d * BQ + i] += St[j * BQ + i] * vr[d];
         }
       } else {
@@ -497,7 +518,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       store(lf + u * W, l[u]);
     }
     for (int64_t i = 0; i < BQ; i++) {
-      const bool seen = i < nq && first < (causal ? std::min(Tk, i0 + i + 1 + offset) : Tk);
+      const bool seen = i < nq && keys.sees_a_key(mask, i0 + i);
       inv[i] = seen ? 1.f / lf[i] : 0.f;  // (l = 0: inf, and O 0 * inf = NaN)
       if (i < nq)
         lse[bh * Tq + i0 + i] = !seen ? kNegInf : lf[i] > 0.f ? mf[i] + std::log(lf[i])
@@ -522,8 +543,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 // (the first head writes them, the rest add), so no two threads touch the same gradient row.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
-                        bool bthd) {
+                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, int64_t window,
+                        float scale, bool bthd) {
   if (B == 0 || NH == 0 || HS == 0) return;
   const int64_t HSP = round_up(HS, W);
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
@@ -575,9 +596,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         pad_rows(Kp, K + j0 * kv_rs, nk, HS, HSP, kv_rs);
         std::fill(dKa, dKa + 2 * BK * HSP, 0.f);  // dKa and dVa
         tm.set(mask, j0, nk);
+        // the queries that see a key of this tile: from the diagonal's to the window's last
         const int64_t i_first = causal ? std::max<int64_t>(0, j0 - offset) : 0;
-        for (int64_t i0 = i_first; i0 < Tq; i0 += BQ) {
-          const int64_t nq = std::min(BQ, Tq - i0);
+        const int64_t i_last = window > 0 ? std::min(Tq, j0 + nk - 1 - offset + window) : Tq;
+        for (int64_t i0 = i_first; i0 < i_last; i0 += BQ) {
+          const int64_t nq = std::min(BQ, i_last - i0);
           tile_gemm(P, BK, Q + i0 * rs, rs, 1, Kt, BK, nq, BK, HS, false);
           tile_gemm(dS, BK, dO + i0 * rs, rs, 1, Vt, BK, nq, BK, HS, false);
           for (int64_t i = 0; i < nq; i++) {
@@ -585,14 +608,15 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             float* ds = dS + i * BK;
             const float li = L[i0 + i];
             const int64_t limit = causal ? i0 + i + offset - j0 : BK;
-            if (li == kNegInf || limit < 0) {  // the row sees no key here: no gradient flows
+            const int64_t low = window > 0 ? i0 + i + 1 + offset - window - j0 : 0;
+            if (li == kNegInf || limit < 0 || low >= nk) {  // the row sees no key here: no gradient flows
               std::fill(p, p + BK, 0.f);
               std::fill(ds, ds + BK, 0.f);
               continue;
             }
             const V lv = set1(li), Dv = set1(D[i0 + i]), sc = set1(scale);
             for (int64_t j = 0; j < BK; j += W) {
-              const V pj = exp(sub(tm.scores(p, j, sc, limit), lv));
+              const V pj = exp(sub(tm.scores(p, j, sc, limit, low), lv));
               store(p + j, pj);
               store(ds + j, mul(mul(pj, sub(load(ds + j), Dv)), sc));
             }

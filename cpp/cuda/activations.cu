@@ -1,4 +1,4 @@
-// GELU (tanh approximation and exact erf), ReLU and SwiGLU on the GPU, forward and backward; the CPU's formulas
+// GELU (tanh approximation and exact erf), ReLU, SwiGLU and GeGLU on the GPU, forward and backward; the CPU's formulas
 // (cpp/cpu/activations.cpp). Flat arrays of n elements.
 #include "device.h"
 #include "kernels.h"
@@ -14,6 +14,16 @@ constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+// gelu_tanh(x) = x sigmoid(2u) and its derivative s + 2 x s (1 - s) u', u = sqrt(2/pi) (x + 0.044715 x^3)
+__device__ __forceinline__ void gelu_tanh_and_grad(float x, float* f, float* df) {
+  const float x2 = x * x;
+  const float u = kSqrt2OverPi * (x + kGeluCubic * x2 * x);
+  const float du = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * x2);
+  const float s = sigmoid(2.f * u);
+  *f = x * s;
+  *df = s + 2.f * x * s * (1.f - s) * du;
+}
 
 // tanh form as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3); exact form 0.5 x (1 + erf(x / sqrt 2))
 __global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n, int approximate) {
@@ -35,11 +45,8 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
   const float x = inp[i];
   float d;
   if (approximate) {
-    const float x2 = x * x;
-    const float u = kSqrt2OverPi * (x + kGeluCubic * x2 * x);
-    const float du = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * x2);
-    const float s = sigmoid(2.f * u);
-    d = s + 2.f * x * s * (1.f - s) * du;
+    float f;
+    gelu_tanh_and_grad(x, &f, &d);
   } else {
     d = 0.5f * (1.f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
   }
@@ -85,6 +92,26 @@ __global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* do
   if (dup) dup[i] = d * g * s;
 }
 
+// out = gelu_tanh(gate) * up
+__global__ void geglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float f, df;
+  gelu_tanh_and_grad(gate[i], &f, &df);
+  out[i] = f * up[i];
+}
+
+// dgate = dout up gelu_tanh'(g), dup = dout gelu_tanh(g); either may be null
+__global__ void geglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                      const float* up, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float f, df;
+  gelu_tanh_and_grad(gate[i], &f, &df);
+  if (dgate) dgate[i] = dout[i] * up[i] * df;
+  if (dup) dup[i] = dout[i] * f;
+}
+
 dim3 grid(int64_t n) { return dim3((unsigned)cdiv(n, kThreads)); }
 }  // namespace
 
@@ -111,6 +138,12 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
 }
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
   launch("swiglu_backward", swiglu_backward_kernel, grid(n), dim3(kThreads), 0, dgate, dup, dout, gate, up, n);
+}
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+  launch("geglu_forward", geglu_forward_kernel, grid(n), dim3(kThreads), 0, out, gate, up, n);
+}
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+  launch("geglu_backward", geglu_backward_kernel, grid(n), dim3(kThreads), 0, dgate, dup, dout, gate, up, n);
 }
 
 }  // namespace cuda

@@ -101,6 +101,11 @@ void bind_map(py::module_& m, const char* name, void (*fn)(float*, const float*,
     fn(o, x, n);
   });
 }
+// Sliding-window attention runs on the CPU only (the CPU kernels' window argument).
+void no_window(int64_t window) {
+  if (window != 0) throw py::value_error("attention window " + std::to_string(window) + ": the CUDA kernels run no window");
+}
+
 void bind_map2(py::module_& m, const char* name, void (*fn)(float*, const float*, const float*, int64_t),
                const char* out_name, const char* a_name, const char* b_name) {
   m.def(name, [=](py::object out, py::object a, py::object b, int64_t n) {
@@ -255,17 +260,22 @@ PYBIND11_MODULE(_cuda, m) {
   bind_map2(m, "tanh_backward", cu::tanh_backward, "dinp", "out", "dout");
   bind_map(m, "relu_forward", cu::relu_forward, "out", "inp");
   bind_map2(m, "relu_backward", cu::relu_backward, "dinp", "inp", "dout");
-  bind_map2(m, "swiglu_forward", cu::swiglu_forward, "out", "gate", "up");
-  m.def("swiglu_backward", [](py::object dgate, py::object dup, py::object dout, py::object gate, py::object up,
-                              int64_t n) {
-    auto* dg = dev<float>(dgate, "dgate", n, true);
-    auto* du = dev<float>(dup, "dup", n, true);
-    auto* g = dev<float>(dout, "dout", n);
-    auto* x = dev<float>(gate, "gate", n);
-    auto* u = dev<float>(up, "up", n);
-    const pt::NoGil release;
-    cu::swiglu_backward(dg, du, g, x, u, n);
-  });
+  // the gated products: out = act(gate) * up, and dgate, dup
+  const auto gated = [&](const char* forward, const char* backward, auto kernel_forward, auto kernel_backward) {
+    bind_map2(m, forward, kernel_forward, "out", "gate", "up");
+    m.def(backward, [kernel_backward](py::object dgate, py::object dup, py::object dout, py::object gate,
+                                      py::object up, int64_t n) {
+      auto* dg = dev<float>(dgate, "dgate", n, true);
+      auto* du = dev<float>(dup, "dup", n, true);
+      auto* g = dev<float>(dout, "dout", n);
+      auto* x = dev<float>(gate, "gate", n);
+      auto* u = dev<float>(up, "up", n);
+      const pt::NoGil release;
+      kernel_backward(dg, du, g, x, u, n);
+    });
+  };
+  gated("swiglu_forward", "swiglu_backward", cu::swiglu_forward, cu::swiglu_backward);
+  gated("geglu_forward", "geglu_backward", cu::geglu_forward, cu::geglu_backward);
   m.def("softmax_forward", [](py::object out, py::object inp, int64_t N, int64_t C) {
     auto* o = dev<float>(out, "out", N * C);
     auto* x = dev<float>(inp, "inp", N * C);
@@ -366,7 +376,8 @@ PYBIND11_MODULE(_cuda, m) {
   });
   m.def("attention_forward", [](py::object out, py::object lse, py::object q, py::object k, py::object v,
                                 py::object key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                                int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd) {
+                                int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
+    no_window(window);
     auto* o = dev<float>(out, "out", B * NH * Tq * HS);
     auto* l = dev<float>(lse, "lse", B * NH * Tq);
     auto* qp = dev<float>(q, "q", B * NH * Tq * HS);
@@ -380,7 +391,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("attention_backward", [](py::object dq, py::object dk, py::object dv, py::object dout, py::object out,
                                  py::object lse, py::object q, py::object k, py::object v, py::object key_mask,
                                  int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal,
-                                 float scale, bool bthd) {
+                                 int64_t window, float scale, bool bthd) {
+    no_window(window);
     auto* dqp = dev<float>(dq, "dq", B * NH * Tq * HS);
     auto* dkp = dev<float>(dk, "dk", B * NKV * Tk * HS);
     auto* dvp = dev<float>(dv, "dv", B * NKV * Tk * HS);

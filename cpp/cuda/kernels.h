@@ -63,6 +63,8 @@ void tanh_backward(float* dinp, const float* out, const float* dout, int64_t n);
 void relu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 // --- softmax.cu ---
 void softmax_forward(float* out, const float* inp, int64_t N, int64_t C);
 void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C);

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from ..models import (BERT, GPT, BertConfig, DecoderConfig, GPTConfig, Llama, LlamaConfig, Mistral, Phi3, Qwen2, Qwen3,
-                      Transformer, TransformerConfig, ViT, ViTConfig)
+from ..models import (BERT, GPT, BertConfig, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, Mistral, Phi3, Qwen2,
+                      Qwen3, Transformer, TransformerConfig, ViT, ViTConfig)
 from ..models.base import register_hf_format
-from . import gguf_decoder, hf_bert, hf_decoder, hf_gpt2, hf_llama, hf_vit
+from . import gguf_decoder, hf_bert, hf_decoder, hf_gemma3, hf_gpt2, hf_llama, hf_vit
 from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
 from .safetensors import quote
@@ -57,6 +57,7 @@ FAMILIES = (
     Family("qwen3", DecoderConfig, Qwen3, hf_decoder.QWEN3.layout(), gguf_decoder_layout(gguf_decoder.QWEN3)),
     Family("phi3", DecoderConfig, Phi3, hf_decoder.PHI3.layout(), gguf_decoder_layout(gguf_decoder.PHI3)),
     Family("mistral", DecoderConfig, Mistral, hf_decoder.MISTRAL.layout()),
+    Family("gemma3", DecoderConfig, Gemma3, hf_gemma3.LAYOUT),
 )
 
 for _family in FAMILIES:

@@ -219,6 +219,18 @@ class NameMap:
         return {r.hf: r.layout.to_hf([ours[n] for n in r.ours]) for r in self.rules if all(n in ours for n in r.ours)}
 
 
+def decoder_names(c, prefix: str, layer_rules) -> NameMap:
+    """A decoder-only family's name map (transformers' *ForCausalLM layout): the embeddings and final norm under
+    prefix, each layer's rules from layer_rules(its Hugging Face prefix, our block's prefix), the head when untied."""
+    rules = [rule(f"{prefix}embed_tokens.weight", "embed.weight"), rule(f"{prefix}norm.weight", "norm.weight")]
+    for i in range(c.n_layer):
+        rules += layer_rules(f"{prefix}layers.{i}.", f"blocks.{i}.")
+    if not c.tie_word_embeddings:
+        rules.append(rule("lm_head.weight", "lm_head.weight"))
+    return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if c.tie_word_embeddings else ()),
+                   strict=True)
+
+
 def listed(items, shown=4) -> str:
     """A list for an error message: its first few items, and how many more (a hostile file may name thousands)."""
     items = list(items)

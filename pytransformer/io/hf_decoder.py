@@ -12,8 +12,8 @@ import numpy as np
 
 from ..models.decoder import DecoderConfig
 from ..nn.rope_scaling import frequencies, rope_type
-from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, Fused, HFLayout, NameMap, check_activation, detect_prefix,
-                        float_field, int_field, rule)
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, Fused, HFLayout, NameMap, check_activation, decoder_names,
+                        detect_prefix, float_field, int_field, rule)
 from .safetensors import quote
 
 PREFIX = "model."
@@ -150,30 +150,28 @@ class HFDecoder:
         return dict(sliding_window=window, layer_types=tuple(LAYER_TYPES[k] for k in kinds))
 
     def names(self, config, prefix: str = PREFIX) -> NameMap:
-        d, p = described(config), prefix
-        rules = [rule(f"{p}embed_tokens.weight", "embed.weight"), rule(f"{p}norm.weight", "norm.weight")]
-        for i in range(d.n_layer):
-            h, b = f"{p}layers.{i}.", f"blocks.{i}."
-            rules += [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
-                      rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight"),
-                      rule(f"{h}self_attn.o_proj.weight", f"{b}attn.sublayer.o.weight"),
-                      rule(f"{h}mlp.down_proj.weight", f"{b}ffn.sublayer.down.weight")]
+        d = described(config)
+
+        def layer(h, b):
+            rules = [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
+                     rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight"),
+                     rule(f"{h}self_attn.o_proj.weight", f"{b}attn.sublayer.o.weight"),
+                     rule(f"{h}mlp.down_proj.weight", f"{b}ffn.sublayer.down.weight")]
+            if d.qk_norm:
+                rules += [rule(f"{h}self_attn.{n}_norm.weight", f"{b}attn.sublayer.{n}_norm.weight") for n in "qk"]
             if self.fused:
-                rules += [rule(f"{h}self_attn.qkv_proj.weight", *(f"{b}attn.sublayer.{n}.weight" for n in "qkv"),
-                               layout=Fused(False)),
-                          rule(f"{h}mlp.gate_up_proj.weight", f"{b}ffn.sublayer.gate.weight",
-                               f"{b}ffn.sublayer.up.weight", layout=Fused(False))]
-                continue
+                return rules + [rule(f"{h}self_attn.qkv_proj.weight", *(f"{b}attn.sublayer.{n}.weight" for n in "qkv"),
+                                     layout=Fused(False)),
+                                rule(f"{h}mlp.gate_up_proj.weight", f"{b}ffn.sublayer.gate.weight",
+                                     f"{b}ffn.sublayer.up.weight", layout=Fused(False))]
             for n, heads in (("q", d.n_head), ("k", d.n_kv_head_), ("v", None)):
                 layout = Interleaved(heads) if heads and d.rope_interleaved else SAME
                 rules.append(rule(f"{h}self_attn.{n}_proj.weight", f"{b}attn.sublayer.{n}.weight", layout=layout))
                 if d.qkv_bias:
                     rules.append(rule(f"{h}self_attn.{n}_proj.bias", f"{b}attn.sublayer.{n}.bias", layout=layout))
-            rules += [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up")]
-        if not d.tie_word_embeddings:
-            rules.append(rule("lm_head.weight", "lm_head.weight"))
-        return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if d.tie_word_embeddings else ()),
-                       strict=True)
+            return rules + [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up")]
+
+        return decoder_names(d, prefix, layer)
 
     def to_hf(self, config):
         d = described(config)

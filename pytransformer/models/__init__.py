@@ -4,11 +4,13 @@ encoder-decoder Transformer, ViT."""
 from .bert import BERT, BertConfig, mask_tokens
 from .decoder import Decoder, DecoderConfig
 from .decoders import Mistral, Phi3, Qwen2, Qwen3
+from .gemma3 import Gemma3, gemma3_config
 from .gpt import GPT, GPT3_TRAINING, GPT_PRESETS, GPTConfig, gpt3_table
 from .llama import Llama, LlamaConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
-__all__ = ["BERT", "BertConfig", "Decoder", "DecoderConfig", "GPT", "GPTConfig", "GPT_PRESETS", "GPT3_TRAINING", "Llama", "LlamaConfig", "Mistral", "Phi3",
-           "Qwen2", "Qwen3", "Transformer", "TransformerConfig", "ViT",
+__all__ = ["BERT", "BertConfig", "Decoder", "DecoderConfig", "GPT", "Gemma3", "gemma3_config", "GPTConfig", "GPT_PRESETS",
+           "GPT3_TRAINING", "Llama", "LlamaConfig", "Mistral", "Phi3", "Qwen2", "Qwen3", "Transformer",
+           "TransformerConfig", "ViT",
            "ViTConfig", "gpt3_table", "mask_tokens"]

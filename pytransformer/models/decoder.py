@@ -16,22 +16,24 @@ server drives. Parameter names stay each family's own (NAMES), as checkpoints re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositions, Linear,
-                  MultiHeadAttention, RMSNorm, Rotary, TiedLMHead, weights)
+                  MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, weights)
 from ..nn import rope_scaling
 from ..nn.layers import FusedProduct
+from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
 from .config import ModelConfig
-from .base import CausalLM, CrossEntropyHead, check_ids, last_rows
 
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post", "sandwich")
 POSITIONS = ("learned", "rotary")
 FFNS = ("plain", "gated")
+LAYER_TYPES = ("full", "sliding")
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU, GeGLU
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")  # gelu: the exact (erf) form
 _PLAN_ACTIVATION = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}  # cpp/decode.h DecodePlan::Activation
 _LAYER_ACTIVATION = {"gelu_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}  # nn.Activation's names
@@ -92,12 +94,23 @@ class DecoderConfig(ModelConfig):
             raise ValueError(f"n_embd {self.n_embd} must be divisible by n_head {self.n_head} (or give head_dim)")
         if self.positions == "rotary" and self.head_size % 2:
             raise ValueError(f"rotary attention needs an even head size, got {self.head_size}")
-        if self.ffn == "gated" and self.activation != "silu":
-            raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU is)")
+        if self.ffn == "gated" and self.activation not in GATED_ACTIVATIONS:
+            raise NotImplementedError(f"a gated feed-forward with {self.activation} is not implemented yet (SwiGLU and "
+                                      f"GeGLU are)")
         if self.layer_types is not None:
-            self.layer_types = tuple(self.layer_types)  # (a checkpoint's JSON gives a list)
-        if self.layer_types is not None and len(self.layer_types) != self.n_layer:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
+            self.layer_types = tuple(self.layer_types)
+            if len(self.layer_types) != self.n_layer or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"layer_types must be {self.n_layer} entries of {', '.join(LAYER_TYPES)}, got "
+                                 f"{self.layer_types!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, (int, np.integer))
+                                                or self.sliding_window < 1):
+            raise ValueError(f"sliding_window must be a positive integer or None, got {self.sliding_window!r}")
+        if self.norm_offset and self.norm != "rmsnorm":
+            raise ValueError(f"norm_offset needs norm 'rmsnorm', got {self.norm!r}")
+        for name in ("final_logit_softcapping", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
 
     @property
     def n_kv_head_(self) -> int:
@@ -111,28 +124,48 @@ class DecoderConfig(ModelConfig):
     def ffn_size(self) -> int:
         return 4 * self.n_embd if self.intermediate_size is None else self.intermediate_size
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def num_params(self) -> int:
+        return count_parameters(Decoder, self)
+
+    def layer_type(self, i: int) -> str:
+        return "full" if self.layer_types is None else self.layer_types[i]
+
+    def window(self, i: int) -> int:
+        """Layer i's attention window (0: none): sliding_window on the layers layer_types marks "sliding"."""
+        return self.sliding_window if self.sliding_window and self.layer_type(i) == "sliding" else 0
+
+    def rope_base(self, i: int) -> float:
+        """Layer i's rotary base: rope_local_theta on the sliding layers when given, else rope_theta."""
+        local = self.layer_type(i) == "sliding" and self.rope_local_theta is not None
+        return self.rope_local_theta if local else self.rope_theta
+
+    @property
+    def attn_scale(self) -> float:
+        return (self.head_size if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar) ** -0.5
+
     def unsupported(self) -> list:
         """The parts of this description the engine does not run yet (each raises when a model is built)."""
         gaps = []
-        if self.norm_offset:
-            gaps.append("norm_offset")
-        if self.norm_placement == "sandwich":
-            gaps.append("sandwich norms")
-        if self.qk_norm:
-            gaps.append("qk_norm")
         if self.partial_rotary_factor != 1.0:
             gaps.append("partial rotary")
         if rope_scaling.rope_type(self.rope_scaling) not in rope_scaling.TYPES:
             gaps.append(f"rope scaling {rope_scaling.rope_type(self.rope_scaling)!r}")
-        if self.sliding_window is not None and (self.layer_types is None or "sliding" in self.layer_types):
-            gaps.append("sliding-window attention")
-        if self.rope_local_theta is not None:
-            gaps.append("per-layer rotary bases")
-        if self.embed_scale:
-            gaps.append("embed_scale")
-        if self.final_logit_softcapping:
-            gaps.append("final_logit_softcapping")
         return gaps
+
+    def plan_unsupported(self) -> list:
+        """The parts the layers run but the C++ decoding plan does not yet: such a model generates through the
+        layers' cached path."""
+        parts = {"post norms": self.norm_placement == "post", "norm_offset": bool(self.norm_offset),
+                 "sandwich norms": self.norm_placement == "sandwich", "qk_norm": self.qk_norm,
+                 "sliding-window attention": any(self.window(i) for i in range(self.n_layer)),
+                 "per-layer rotary bases": any(self.rope_base(i) != self.rope_theta for i in range(self.n_layer)),
+                 "embed_scale": self.embed_scale, "final_logit_softcapping": bool(self.final_logit_softcapping),
+                 "query_pre_attn_scalar": self.query_pre_attn_scalar is not None,
+                 "GeGLU": self.ffn == "gated" and self.activation != "silu"}
+        return [name for name, used in parts.items() if used]
 
 
 class Decoder(CausalLM):
@@ -154,18 +187,30 @@ class Decoder(CausalLM):
         setattr(self, self.NAMES["embed"], Embedding(d.vocab_size, C, std))
         if d.positions == "learned":
             setattr(self, self.NAMES["positions"], LearnedPositions(d.max_positions, C, d.positions_std))
+        if d.embed_scale:
+            self.embed_scale = Scale(math.sqrt(C))
         self.drop = Dropout(d.dropout)
-        rope = Rotary(d.head_size, d.rope_theta, 256, d.rope_interleaved, d.rope_scaling, d.max_positions) \
-            if d.positions == "rotary" else None
+        # one rotary table per base (Gemma 3: a local base for the sliding layers, never scaled, as in transformers)
+        ropes = {base: Rotary(d.head_size, base, 256, d.rope_interleaved,
+                              d.rope_scaling if base == d.rope_theta else None, d.max_positions)
+                 for base in {d.rope_theta, *(d.rope_base(i) for i in range(d.n_layer))}} \
+            if d.positions == "rotary" else {}
+        rope = ropes.get(d.rope_theta)
+        qk_norm = (lambda: RMSNorm(d.head_size, d.norm_eps, d.norm_offset)) if d.qk_norm else None
+        scale = None if d.query_pre_attn_scalar is None else d.attn_scale
         self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, d.n_head, causal=True, bias=d.qkv_bias, std=std,
                                                             out_std=out_std, n_kv_head=d.n_kv_head_,
-                                                            head_dim=d.head_dim, rope=rope, o_bias=d.o_bias),
+                                                            head_dim=d.head_dim, rope=ropes.get(d.rope_base(i)),
+                                                            o_bias=d.o_bias, qk_norm=qk_norm, window=d.window(i),
+                                                            scale=scale),
                                     ffn=self._feed_forward(d, out_std), norm=self._norm_factory(d),
                                     placement=d.norm_placement, dropout=d.dropout)
-                       for _ in range(d.n_layer)]
+                       for i in range(d.n_layer)]
         setattr(self, self.NAMES["final_norm"], self._norm_factory(d)())
         self.lm_head = TiedLMHead(self.embedding.weight) if d.tie_word_embeddings else \
             Linear(C, d.vocab_size, False, std)
+        if d.final_logit_softcapping:
+            self.softcap = SoftCap(d.final_logit_softcapping)
         self.head = CrossEntropyHead()
         self.tokenizer = None  # set by the loaders that know one
         self.rope = rope
@@ -178,12 +223,15 @@ class Decoder(CausalLM):
     def _norm_factory(d):
         if d.norm == "layernorm":
             return lambda: LayerNorm(d.n_embd, d.norm_eps)
-        return lambda: RMSNorm(d.n_embd, d.norm_eps)
+        return lambda: RMSNorm(d.n_embd, d.norm_eps, d.norm_offset)
+
+    embed_scale = softcap = None  # (Gemma's parts, when the description has them)
 
     @staticmethod
     def _feed_forward(d, out_std):
         if d.ffn == "gated":
-            return GatedFeedForward(d.n_embd, d.ffn_size, bias=d.mlp_bias, std=d.init_std, out_std=out_std)
+            return GatedFeedForward(d.n_embd, d.ffn_size, bias=d.mlp_bias, std=d.init_std, out_std=out_std,
+                                    activation=d.activation)
         return FeedForward(d.n_embd, d.ffn_size, _LAYER_ACTIVATION[d.activation], d.mlp_bias, d.init_std,
                            out_std)
 
@@ -228,6 +276,8 @@ class Decoder(CausalLM):
             position_ids = np.ascontiguousarray(
                 np.broadcast_to(np.arange(start, start + idx.shape[1], dtype=np.int64), idx.shape))
         x = self.embedding.forward(idx)
+        if self.embed_scale is not None:
+            x = self.embed_scale.forward(x)
         if self.positions_table is not None:
             x = self.positions_table.forward(x, position_ids)
         x = self.drop.forward(x)
@@ -242,12 +292,16 @@ class Decoder(CausalLM):
             cache.length += idx.shape[1]
         if last_only:  # (generation's prefill: only the last position's next token is wanted)
             x = last_rows(x)
-        return self.lm_head.forward(self.final_norm.forward(x))
+        logits = self.lm_head.forward(self.final_norm.forward(x))
+        return logits if self.softcap is None else self.softcap.forward(logits)
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
-        dx = self.final_norm.backward(self.lm_head.backward(self.head.backward(dloss)))
+        dlogits = self.head.backward(dloss)
+        if self.softcap is not None:
+            dlogits = self.softcap.backward(dlogits)
+        dx = self.final_norm.backward(self.lm_head.backward(dlogits))
         for i in reversed(range(len(self.blocks))):
             dx = self.blocks[i].backward(dx)
             if self.on_block_done is not None:
@@ -255,13 +309,15 @@ class Decoder(CausalLM):
         dx = self.drop.backward(dx)
         if self.positions_table is not None:
             dx = self.positions_table.backward(dx)
+        if self.embed_scale is not None:
+            dx = self.embed_scale.backward(dx)
         self.embedding.backward(dx)
 
     # --- decoding through the C++ plan ------------------------------------------------------------------------
 
     def _plan_applies(self) -> bool:
         return self.decode_in_cpp and self.device == "cpu" and not self.keeps_state and \
-            self.description.norm_placement == "pre"
+            not self.description.plan_unsupported()
 
     def _embed_rows(self, ids, positions):
         """ids, positions int64 (B,) -> the rows' input (B, C): embeddings (+ learned positions)."""
@@ -312,6 +368,10 @@ class Decoder(CausalLM):
 
     def plan(self):
         """The C++ decoding plan over the current weights (remade when any weight was swapped or moved)."""
+        gaps = self.description.plan_unsupported()
+        if gaps:
+            raise NotImplementedError(f"the C++ decoding plan does not run {', '.join(gaps)} yet (generate() runs "
+                                      f"this model through its layers)")
         if self._plan is None or self._plan[0] != weights.generation():
             self._plan = (weights.generation(), self._make_plan())
         return self._plan[1]

@@ -5,7 +5,10 @@ Shapes: NH query heads and NKV key/value heads of HS channels each. Q projects C
 C -> NKV * HS, W_O projects NH * HS -> C; HS defaults to C / NH but is a parameter of its own (the GPT-3 table
 has models whose NH * HS differs from C), and NKV (default NH) must divide NH: query head h reads key/value head
 h // (NH / NKV), as in Llama's grouped-query attention; the fused attention kernel reads the grouped heads in
-place. `rope` (an nn.Rotary) rotates queries and keys by their positions (Llama) before attention.
+place. `rope` (an nn.Rotary) rotates queries and keys by their positions (Llama) before attention; `qk_norm` (a
+factory of norms over HS) normalises each query and key head before that (Qwen3, Gemma 3); `window` > 0 (causal
+only) lets each query see only the `window` latest keys up to its own (sliding-window attention, Mistral, Gemma 3);
+`scale` replaces 1 / sqrt(HS) (Gemma's query_pre_attn_scalar ** -0.5).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ..reference import attention_visible
 from .layers import FusedProduct, Linear
 from .module import Module
 
@@ -40,7 +44,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, C: int, NH: int, causal: bool = False, bias: bool = True, std: float = 0.02,
                  out_std: float | None = None, *, n_kv_head: int | None = None, head_dim: int | None = None,
-                 rope=None, o_bias: bool | None = None):
+                 rope=None, o_bias: bool | None = None, qk_norm=None, window: int = 0, scale: float | None = None):
         if head_dim is None:
             if C % NH:
                 raise ValueError(f"channels {C} must be divisible by heads {NH} (or give head_dim)")
@@ -49,13 +53,18 @@ class MultiHeadAttention(Module):
         if NKV < 1 or NH % NKV:
             raise ValueError(f"key/value heads {NKV} must divide query heads {NH}")
         self.NH, self.NKV, self.HS, self.causal = NH, NKV, head_dim, causal
-        self.rope = rope
+        if window and not causal:
+            raise ValueError(f"a window ({window}) needs causal attention")
+        self.rope, self.window, self.scale = rope, window, scale
+        if qk_norm is not None:  # (named as checkpoints name them)
+            self.q_norm, self.k_norm = qk_norm(), qk_norm()
         self.q = Linear(C, NH * head_dim, bias, std)
         self.k = Linear(C, NKV * head_dim, bias, std)
         self.v = Linear(C, NKV * head_dim, bias, std)
         self.o = Linear(NH * head_dim, C, bias if o_bias is None else o_bias, std if out_std is None else out_std)
 
     _saved = None
+    q_norm = k_norm = None
     keep_probs = False  # keep q and k under evaluating() too, for attention_probs() (Model.attention_maps)
 
     def memory_kv(self, memory):
@@ -87,17 +96,23 @@ class MultiHeadAttention(Module):
                                            layout="bthd")
             return self.o.forward(merge_heads(out))
         kv = x if memory is None else memory
-        q = heads(self.q.forward(x), self.NH)
-        k = heads(self.k.forward(kv), self.NKV)
+        q, k = self._normed(heads(self.q.forward(x), self.NH), heads(self.k.forward(kv), self.NKV))
         v = heads(self.v.forward(kv), self.NKV)
         if self.rope is not None:  # (self-attention: queries and keys share positions)
             positions = self._positions(x, positions)
             self.rope.forward(q, positions, out=q)
             self.rope.forward(k, positions, out=k)
-        out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, layout="bthd")
+        out, lse = ops.attention_forward(q, k, v, self.causal, key_mask, self.scale, layout="bthd",
+                                         window=self.window)
         if self.keeps_state or self.keep_probs:
             self._saved = (q, k, v, out, lse, key_mask, memory is not None, positions)
         return self.o.forward(merge_heads(out))
+
+    def _normed(self, q, k):
+        """q (B, T, NH, HS), k (B, T, NKV, HS) through the q/k norms (each head over HS), when there are any."""
+        if self.q_norm is None:
+            return q, k
+        return self.q_norm.forward(q), self.k_norm.forward(k)
 
     _qkv = None  # the fused q|k|v product used when decoding
 
@@ -113,23 +128,28 @@ class MultiHeadAttention(Module):
             self._qkv = FusedProduct((self.q, self.k, self.v))
         NH, NKV, HS = self.NH, self.NKV, self.HS
         q, k, v = (ops.contiguous(a) for a in self._qkv(x))
-        q, k, v = q.reshape(B, T, NH, HS), k.reshape(B, T, NKV, HS), v.reshape(B, T, NKV, HS)
+        q, k = self._normed(q.reshape(B, T, NH, HS), k.reshape(B, T, NKV, HS))
+        v = v.reshape(B, T, NKV, HS)
         if self.rope is not None:
             positions = self._positions(x, positions, start)
             self.rope.forward(q, positions, out=q)
             self.rope.forward(k, positions, out=k)
         ops.write_rows(k_cache, start, k)
         ops.write_rows(v_cache, start, v)
-        out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, layout="bthd", kv_len=end)
+        out, _ = ops.attention_forward(q, k_cache, v_cache, self.causal, key_mask, self.scale, layout="bthd",
+                                       kv_len=end, window=self.window)
         return self.o.forward(merge_heads(out))
 
     def backward(self, dout):
         q, k, v, out, lse, key_mask, cross, positions = self.saved(self._saved)
         dattn = heads(self.o.backward(dout), self.NH)
-        dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, layout="bthd")
+        dq, dk, dv = ops.attention_backward(dattn, q, k, v, out, lse, self.causal, key_mask, self.scale,
+                                            layout="bthd", window=self.window)
         if self.rope is not None:
             self.rope.backward(dq, positions)
             self.rope.backward(dk, positions)
+        if self.q_norm is not None:
+            dq, dk = self.q_norm.backward(dq), self.k_norm.backward(dk)
         dx = self.q.backward(merge_heads(dq))
         dkv = self.k.backward(merge_heads(dk))
         ops.add_into(dkv, self.v.backward(merge_heads(dv)))
@@ -143,12 +163,8 @@ class MultiHeadAttention(Module):
         k = np.repeat(k, self.NH // self.NKV, axis=2)  # grouped key heads, one per query head
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, NH, T, HS)
         Tq, Tk, HS = q.shape[2], k.shape[2], q.shape[3]
-        s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(HS))
-        visible = np.ones((1, 1, Tq, Tk), bool)
-        if self.causal:
-            visible = visible & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq))
-        if key_mask is not None:
-            visible = visible & np.asarray(key_mask, bool)[:, None, None, :]
+        s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(HS) if self.scale is None else self.scale)
+        visible = attention_visible(Tq, Tk, self.causal, key_mask, self.window)
         s = np.where(visible, s, np.float32(-1e30)).astype(np.float32)
         p = ops.softmax_forward(np.ascontiguousarray(s))
         return np.where(visible, p, 0.0).astype(np.float32)

@@ -2,6 +2,7 @@
 gets its own), each branch wrapped in a residual connection with dropout, the norm pre or post.
 
 post (2017 paper, BERT): x = norm(x + Dropout(sublayer(x)))     pre (GPT-2, ViT): x = x + Dropout(sublayer(norm(x)))
+sandwich (Gemma 2 and 3): x = x + Dropout(post_norm(sublayer(norm(x))))
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ class FeedForward(Module):
         return self.fc1.backward(self.act.backward(self.fc2.backward(dout)))
 
 
-class GatedFeedForward(Module):
-    """Llama's MLP (SwiGLU): down(silu(gate(x)) * up(x)), three Linears without bias."""
+GATED = {"silu": (ops.swiglu_forward, ops.swiglu_backward), "gelu_tanh": (ops.geglu_forward, ops.geglu_backward)}
 
-    def __init__(self, C: int, hidden: int, bias: bool = False, std: float = 0.02, out_std: float | None = None):
+
+class GatedFeedForward(Module):
+    """Llama's MLP (SwiGLU): down(silu(gate(x)) * up(x)), three Linears without bias; activation "gelu_tanh":
+    Gemma's GeGLU, down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, C: int, hidden: int, bias: bool = False, std: float = 0.02, out_std: float | None = None,
+                 activation: str = "silu"):
+        if activation not in GATED:
+            raise ValueError(f"a gated feed-forward's activation must be one of {', '.join(GATED)}, got {activation!r}")
+        self.product, self.product_backward = GATED[activation]
         self.gate = Linear(C, hidden, bias, std)
         self.up = Linear(C, hidden, bias, std)
         self.down = Linear(hidden, C, bias, std if out_std is None else out_std)
@@ -46,41 +55,54 @@ class GatedFeedForward(Module):
         if self.keeps_state:
             g, u = self.gate.forward(x), self.up.forward(x)
             self._saved = (g, u)
-            return self.down.forward(ops.swiglu_forward(g, u))
+            return self.down.forward(self.product(g, u))
         if self._gate_up is None:
             self._gate_up = FusedProduct((self.gate, self.up))
         g, u = self._gate_up(x)  # (column slices of one product where the weights fuse)
-        return self.down.forward(ops.swiglu_forward(ops.contiguous(g), ops.contiguous(u)))
+        return self.down.forward(self.product(ops.contiguous(g), ops.contiguous(u)))
 
     def backward(self, dout):
         g, u = self.saved(self._saved)
-        dg, du = ops.swiglu_backward(self.down.backward(dout), g, u)
+        dg, du = self.product_backward(self.down.backward(dout), g, u)
         return ops.add_into(self.gate.backward(dg), self.up.backward(du))
 
 
 class Residual(Module):
     """One sublayer with its norm (attribute `ln`, the name checkpoints use), dropout and the residual
-    connection, the norm placed "pre" or "post"."""
+    connection, the norm placed "pre" or "post", or "sandwich": `ln` before and `post_ln` (post_norm) after the
+    sublayer, inside the residual branch."""
 
-    def __init__(self, sublayer: Module, norm: Module, placement: str, dropout: float = 0.0):
-        if placement not in ("pre", "post"):
-            raise ValueError(f"norm placement must be 'pre' or 'post', got {placement!r}")
+    def __init__(self, sublayer: Module, norm: Module, placement: str, dropout: float = 0.0,
+                 post_norm: Module | None = None):
+        if placement not in ("pre", "post", "sandwich"):
+            raise ValueError(f"norm placement must be 'pre', 'post' or 'sandwich', got {placement!r}")
+        if (placement == "sandwich") != (post_norm is not None):
+            raise ValueError("a sandwich placement takes a post_norm, and only it does")
         self.sublayer = sublayer
         self.ln = norm
+        if post_norm is not None:
+            self.post_ln = post_norm
         self.drop = Dropout(dropout)
         self.placement = placement
 
+    post_ln = None
+
     def forward(self, x, *args, **kwargs):
-        if self.placement == "pre":
-            y = self.drop.forward(self.sublayer.forward(self.ln.forward(x), *args, **kwargs))
-            return add(x, y)
+        if self.placement != "post":
+            y = self.sublayer.forward(self.ln.forward(x), *args, **kwargs)
+            if self.post_ln is not None:
+                y = self.post_ln.forward(y)
+            return add(x, self.drop.forward(y))
         y = self.drop.forward(self.sublayer.forward(x, *args, **kwargs))
         return self.ln.forward(add(x, y))
 
     def backward(self, dout):
         """-> dx, plus the sublayer's extra input gradient (cross-attention memory) when it returns two."""
-        if self.placement == "pre":
-            dsub, extra = _pair(self.sublayer.backward(self.drop.backward(dout)))
+        if self.placement != "post":
+            dy = self.drop.backward(dout)
+            if self.post_ln is not None:
+                dy = self.post_ln.backward(dy)
+            dsub, extra = _pair(self.sublayer.backward(dy))
             dx = ops.add_into(self.ln.backward(dsub), dout)  # the norm's fresh output takes the skip path's gradient
         else:
             dh = self.ln.backward(dout)
@@ -118,9 +140,10 @@ class DecoderBlock(Module):
 
     def __init__(self, attn: Module, ffn: Module, norm: Callable[[], Module], placement: str = "pre",
                  dropout: float = 0.0, cross: Module | None = None):
-        self.attn = Residual(attn, norm(), placement, dropout)
-        self.cross = Residual(cross, norm(), placement, dropout) if cross is not None else None
-        self.ffn = Residual(ffn, norm(), placement, dropout)
+        post = norm if placement == "sandwich" else (lambda: None)
+        self.attn = Residual(attn, norm(), placement, dropout, post())
+        self.cross = Residual(cross, norm(), placement, dropout, post()) if cross is not None else None
+        self.ffn = Residual(ffn, norm(), placement, dropout, post())
 
     def forward(self, x, memory=None, memory_mask=None, cache=None, key_mask=None, memory_kv=None, positions=None):
         """cache (k, v, start) and key_mask (B, start + T): incremental decoding (MultiHeadAttention.forward);

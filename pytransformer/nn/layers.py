@@ -199,27 +199,32 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """Llama's norm: x * rsqrt(mean(x^2) + eps) * weight over the last axis (C); no shift."""
+    """Llama's norm: x * rsqrt(mean(x^2) + eps) * weight over the last axis (C); no shift. offset 1: the scale is
+    (1 + weight), the weight starting at 0 (Gemma); the gradient of weight is the same either way."""
 
-    def __init__(self, C: int, eps: float = 1e-5):
-        self.weight = Parameter((C,), ones)
-        self.eps = eps
+    def __init__(self, C: int, eps: float = 1e-5, offset: float = 0.0):
+        self.weight = Parameter((C,), zeros if offset else ones)
+        self.eps, self.offset = eps, offset
 
     _saved = None
+
+    def scale(self):
+        """The factor the normalised rows are multiplied by (C,): weight, or weight + offset."""
+        return self.weight.data + np.float32(self.offset) if self.offset else self.weight.data
 
     def forward(self, x):
         C = self.weight.shape[0]
         if C and _ready(x, C):  # (the per-token path of decoding; else the checked call)
-            out, rstd = ops.unchecked_rmsnorm(x, self.weight.data, self.eps)
+            out, rstd = ops.unchecked_rmsnorm(x, self.scale(), self.eps)
         else:
-            out, rstd = ops.rmsnorm_forward(x, self.weight.data, self.eps)
+            out, rstd = ops.rmsnorm_forward(x, self.scale(), self.eps)
         if self.keeps_state:
             self._saved = (x, rstd)
         return out
 
     def backward(self, dout):
         x, rstd = self.saved(self._saved)
-        dx, _ = ops.rmsnorm_backward(dout, x, self.weight.data, rstd, dweight=self.weight.grad)
+        dx, _ = ops.rmsnorm_backward(dout, x, self.scale(), rstd, dweight=self.weight.grad)
         return dx
 
 
@@ -416,6 +421,39 @@ class Activation(Module):
         if self.kind == "relu":
             return ops.relu_backward(dout, x)
         return ops.gelu_backward(dout, x, "tanh" if self.kind == "gelu" else "none")
+
+
+class Scale(Module):
+    """x * factor, the factor rounded to float32 (Gemma's embeddings times sqrt(C), as transformers rounds it).
+    forward and backward overwrite their argument (the fresh output of the layer next to it)."""
+
+    def __init__(self, factor: float):
+        self.factor = float(np.float32(factor))
+
+    def forward(self, x):
+        return ops.scale_(x, self.factor)  # (in place: x is the layer below's fresh output)
+
+    def backward(self, dout):
+        return ops.scale_(dout, self.factor)
+
+
+class SoftCap(Module):
+    """cap * tanh(x / cap) (Gemma's final logit soft-capping). forward and backward overwrite their argument (the
+    fresh logits, the loss's fresh gradient)."""
+
+    def __init__(self, cap: float):
+        self.cap = float(cap)
+
+    _t = None
+
+    def forward(self, x):
+        t = ops.tanh_forward(ops.scale_(x, 1.0 / self.cap))  # (in place: x is the layer below's fresh output)
+        if self.keeps_state:
+            self._t = t
+        return ops.scale_(t.copy() if self.keeps_state else t, self.cap)
+
+    def backward(self, dout):
+        return ops.tanh_backward(dout, self.saved(self._t), dinp=dout)
 
 
 class Dropout(Module):

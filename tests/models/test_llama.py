@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytransformer import optim
+from conftest import greedy_by_recomputation
+from torch_mirror import adamw_steps_match
+
 from pytransformer.io.hf import from_pretrained
 from pytransformer.models import Llama, LlamaConfig
 
@@ -54,30 +56,10 @@ def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, tie, n
 
 
 def test_ten_adamw_steps_match_torch(tmp_path, rng):
-    """Ten AdamW steps at lr 1e-2 on fresh batches. Before each, transformers is fed our current parameters and must
-    give our loss and every gradient within one forward/backward's float32 error: no trajectory is compared (Adam's
-    normalisation turns a last-bit difference in a near-zero gradient into a full step, and torch's BLAS sums in
-    another order on another CPU). Our AdamW itself equals torch's on identical gradients (test_ops_torch)."""
+    """Ten AdamW steps, transformers fed our current parameters before each (torch_mirror.adamw_steps_match)."""
     hf, folder = hf_tiny(tmp_path, False, 2)
-    hf.train()
-    ours = from_pretrained(folder).train()
-    opt = optim.AdamW(ours.params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay_vectors=True)
-    named = dict(hf.named_parameters())
-    for step in range(10):
-        with torch.no_grad():
-            for name, v in ours.state_dict().items():
-                named[name].copy_(torch.from_numpy(np.array(v)))
-        hf.zero_grad()
-        ids = rng.integers(0, 101, (2, 12))
-        out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
-        out.loss.backward()
-        ours.zero_grad()
-        loss = ours.loss(ids, labels=ids)
-        ours.backward()
-        assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item(), step
-        for name, g in ours.grad_dict().items():
-            assert rel(g, named[name].grad.numpy()) < 1e-4, (step, name)
-        opt.step()
+    adamw_steps_match(torch, hf.train(), from_pretrained(folder).train(), lambda _: rng.integers(0, 101, (2, 12)),
+                      1e-4)
 
 
 def test_greedy_generation_matches_transformers_and_batches_left_padded(tmp_path, rng):
@@ -104,13 +86,7 @@ def test_cache_decoding_equals_recomputation_past_the_table(rng):
     model = Llama(LlamaConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=40,
                               max_positions=400), seed=3).eval()
     ids = rng.integers(0, 50, (1, 250))
-    got = model.generate(ids, 10, temperature=0.0)
-    seq = ids
-    for _ in range(10):
-        with model.evaluating():
-            nxt = model(seq)[:, -1].argmax(-1)
-        seq = np.concatenate([seq, nxt[:, None]], 1)
-    np.testing.assert_array_equal(got, seq)
+    np.testing.assert_array_equal(model.generate(ids, 10, temperature=0.0), greedy_by_recomputation(model, ids, 10))
 
 
 def test_save_pretrained_loads_in_transformers(tmp_path, rng):

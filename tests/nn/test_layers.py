@@ -69,12 +69,48 @@ def decoder_block(placement, cross, activation="gelu"):
     lambda: nn.MultiHeadAttention(C, 4, causal=True, n_kv_head=1, head_dim=7, bias=False),
     lambda: encoder_block("gelu_exact", "post"), lambda: encoder_block("gelu", "pre"),
     lambda: decoder_block("pre", cross=False),
+    lambda: nn.RMSNorm(C, 1e-6, offset=1.0), lambda: nn.GatedFeedForward(C, 20, activation="gelu_tanh"),
+    lambda: nn.MultiHeadAttention(C, 4, causal=True, n_kv_head=2, head_dim=6, bias=False, rope=nn.Rotary(6, 30.0),
+                                  qk_norm=lambda: nn.RMSNorm(6, 1e-6, offset=1.0), window=2, scale=0.3),
+    # (weights of std 0.3: the post-norms divide by their sublayer's output, which must not be tiny for the differences)
+    lambda: nn.DecoderBlock(attn=nn.MultiHeadAttention(C, 3, causal=True, window=3, std=0.3),
+                            ffn=nn.GatedFeedForward(C, 20, std=0.3, activation="gelu_tanh"),
+                            norm=lambda: nn.RMSNorm(C, 1e-6, offset=1.0), placement="sandwich"),
 ], ids=["linear", "layernorm", "gelu", "gelu_exact", "relu", "learned_pos", "sinusoidal", "ffn", "mha", "mha_causal",
-        "mha_grouped_kv", "mha_head_dim", "mha_one_kv_head_dim_7", "encoder_post", "encoder_pre", "decoder_pre"])
+        "mha_grouped_kv", "mha_head_dim", "mha_one_kv_head_dim_7", "encoder_post", "encoder_pre", "decoder_pre",
+        "rmsnorm_offset", "geglu_ffn", "mha_qk_norm_window_scale", "decoder_sandwich"])
 def test_layer_backward_matches_finite_differences(make, rng):
     layer = build(make())
     x = x3(rng)
     fd_check(lambda: layer.forward(x), layer.backward, [x], params_of(layer), rng)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Scale(12 ** 0.5), lambda: nn.SoftCap(1.5)], ids=["scale", "softcap"])
+def test_in_place_layer_backward_matches_finite_differences(make, rng):
+    """Layers that write over their argument (the fresh output of the layer next to them): each call gets a copy."""
+    layer = build(make())
+    x = x3(rng) * np.float32(2.0)
+    fd_check(lambda: layer.forward(x.copy()), lambda g: layer.backward(g.copy()), [x], params_of(layer), rng)
+
+
+def test_rmsnorm_offset_scales_by_one_plus_weight(rng):
+    x, w = x3(rng), rng.standard_normal(C).astype(np.float32)
+    plain, gemma = build(nn.RMSNorm(C)), build(nn.RMSNorm(C, offset=1.0))
+    assert not gemma.weight.data.any()  # (1 + 0: the identity scale at init)
+    plain.weight.data[...] = 1.0 + w
+    gemma.weight.data[...] = w
+    np.testing.assert_allclose(gemma.forward(x), plain.forward(x), rtol=1e-6, atol=1e-6)
+
+
+def test_softcap_is_cap_tanh_of_x_over_cap(rng):
+    x = x3(rng) * np.float32(10.0)
+    np.testing.assert_allclose(nn.SoftCap(4.0).forward(x.copy()), 4.0 * np.tanh(x.astype(np.float64) / 4.0),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_window_needs_causal_attention():
+    with pytest.raises(ValueError, match="window"):
+        nn.MultiHeadAttention(C, 3, causal=False, window=2)
 
 
 def test_cross_attention_backward_matches_finite_differences(rng):
@@ -133,7 +169,7 @@ def test_attention_rejects_heads_that_do_not_fit():
         nn.MultiHeadAttention(C, 5)
     with pytest.raises(ValueError, match="must divide query heads"):
         nn.MultiHeadAttention(C, 4, n_kv_head=3)
-    with pytest.raises(ValueError, match="placement must be 'pre' or 'post'"):
+    with pytest.raises(ValueError, match="placement must be 'pre', 'post' or 'sandwich'"):
         nn.Residual(nn.Linear(C, C), nn.LayerNorm(C), "middle")
 
 

@@ -84,16 +84,18 @@
   /* q (B, NH, Tq, HS), k, v (B, NKV, Tk, HS) (NKV divides NH: query head h reads key/value head             \
      h / (NH / NKV)), key_mask (B, Tk) 1 = attend (may be null);                                              \
      out (B, NH, Tq, HS), lse (B, NH, Tq) saved. causal: key j is visible to query i when                      \
-     j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention). Fully masked rows give 0.           \
+     j <= i + (Tk - Tq) (bottom-right aligned, the KV-cache convention); window > 0 (causal only) also hides  \
+     keys j <= i + (Tk - Tq) - window (sliding window; 0 = none). Fully masked rows give 0.                    \
      bthd: q, k, v, out (and dq, dk, dv, dout) are (B, T, NH, HS) instead -- (B, T, C) read per head.        \
      forward: k, v hold Tkv >= Tk rows per sequence (a KV cache's capacity), of which the first Tk are used. */ \
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,             \
                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,            \
-                         int64_t Tk, int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);           \
+                         int64_t Tk, int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale,       \
+                         bool bthd);                                                                         \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,           \
-                          int64_t Tk, int64_t HS, bool causal, float scale, bool bthd);                      \
+                          int64_t Tk, int64_t HS, bool causal, int64_t window, float scale, bool bthd);      \
   /* one AdamW step (torch.optim.AdamW semantics) over flat buffers of n floats; step counts from 1 */        \
   void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n, float lr, float beta1,    \
                   float beta2, float eps, float weight_decay, int64_t step);                                 \
@@ -181,10 +183,10 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 namespace amx_attention {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                       int64_t Tkv, int64_t HS, bool causal, float scale, bool bthd);
+                       int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const uint8_t* key_mask, int64_t B,
-                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, float scale,
-                        bool bthd);
+                        int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, bool causal, int64_t window,
+                        float scale, bool bthd);
 }  // namespace amx_attention
 }  // namespace pt
