@@ -1,12 +1,12 @@
-"""Tiny random transformers checkpoints of the llama-like families (Qwen2, Phi-3 with longrope, Mistral, Llama 3.2
-with llama3 scaling), made here for the family tests of the Hugging Face and GGUF loaders."""
+"""Tiny random transformers checkpoints of the llama-like families (Qwen2 with and without sliding layers, Qwen3,
+Phi-3 with longrope, Mistral with and without its window, Llama 3.2 with llama3 scaling), made here for the family tests of the Hugging Face and GGUF loaders."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pytransformer.models import Llama, Mistral, Phi3, Qwen2
+from pytransformer.models import Llama, Mistral, Phi3, Qwen2, Qwen3
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -31,7 +31,11 @@ CASES = {
     "qwen2-tied": ("Qwen2Config", "Qwen2ForCausalLM", Qwen2, {"tie_word_embeddings": True}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", Phi3, {"original_max_position_embeddings": ORIGINAL,
                                                      "rope_parameters": _longrope}),
+    "qwen2-window": ("Qwen2Config", "Qwen2ForCausalLM", Qwen2, {"use_sliding_window": True, "sliding_window": 5,
+                                                                "max_window_layers": 1}),  # (layer 1 slides)
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", Qwen3, {"head_dim": 16}),  # (q/k norms; 6 * 16 != 48)
     "mistral": ("MistralConfig", "MistralForCausalLM", Mistral, {"sliding_window": None, "head_dim": 10}),
+    "mistral-window": ("MistralConfig", "MistralForCausalLM", Mistral, {"sliding_window": 7}),
     # Llama 3.2's shape: llama3 rotary scaling (a smoothed band and a divided band at these sizes), tied head
     "llama3": ("LlamaConfig", "LlamaForCausalLM", Llama, {"tie_word_embeddings": True, "rope_parameters": {
         "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

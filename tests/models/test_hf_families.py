@@ -1,4 +1,5 @@
-"""Qwen2, Phi-3 (longrope, fused qkv_proj / gate_up_proj), Mistral and Llama 3.2 (llama3 scaling, tied) from tiny random transformers checkpoints made
+"""Qwen2 (biases, sliding layers), Qwen3 (q/k norms), Phi-3 (longrope, fused qkv_proj / gate_up_proj), Mistral
+(sliding window) and Llama 3.2 (llama3 scaling, tied) from tiny random transformers checkpoints made
 here: logits, loss, every gradient, ten AdamW steps (torch fed our parameters before each), greedy tokens over the
 KV cache, the sharded index, and save_pretrained read back by transformers."""
 
@@ -34,7 +35,7 @@ def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, family
         assert rel(g, named[name].grad.numpy()) < 1e-4, name
 
 
-@pytest.mark.parametrize("family", ["qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3"])
 def test_ten_adamw_steps_match_torch(tmp_path, rng, family):
     """Before each of ten AdamW steps transformers is fed our current parameters and must give our loss and every
     gradient within one forward/backward's float32 error (no trajectory is compared: see test_llama)."""
