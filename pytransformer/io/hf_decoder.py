@@ -69,11 +69,13 @@ def rope_fields(cfg: dict, max_positions: int, head_size: int) -> dict:
     return dict(rope_theta=theta, rope_scaling=scaling, partial_rotary_factor=partial)
 
 
-def size_fields(cfg: dict) -> dict:
-    """The sizes every llama-like config.json gives, checked: DecoderConfig's names."""
+def size_fields(cfg: dict, head_dim_default=None) -> dict:
+    """The sizes every llama-like config.json gives, checked: DecoderConfig's names. head_dim_default: the family's
+    head_dim when config.json has none (None: hidden_size / num_attention_heads)."""
     n_head = int_field(cfg, "num_attention_heads")
     hidden = int_field(cfg, "hidden_size")
-    head_dim = None if cfg.get("head_dim") is None else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
+    head_dim = cfg.get("head_dim", head_dim_default)
+    head_dim = None if head_dim is None else int_field({"head_dim": head_dim}, "head_dim", hi=MAX_HEAD_SIZE)
     head_dim = None if head_dim is not None and head_dim * n_head == hidden else head_dim
     if head_dim is None and hidden % n_head:
         raise ValueError(f"config.json: hidden_size {hidden} must be a multiple of num_attention_heads {n_head}")
@@ -116,6 +118,7 @@ class HFDecoder:
     qk_norm: bool = False
     fused: bool = False
     windows: str = "none"
+    head_dim: int | None = None  # head_dim when config.json has none (Qwen3's 128; None: hidden_size / heads)
     make_config: Callable | None = None  # DecoderConfig's fields -> the family's config (None: a DecoderConfig)
 
     def from_hf(self, cfg: dict, tensors: dict):
@@ -123,13 +126,16 @@ class HFDecoder:
         for flag in ("mlp_bias",) + (() if self.qkv_bias else ("attention_bias",)):
             if cfg.get(flag):
                 raise ValueError(f"config.json: {flag} is not supported")
-        fields = size_fields(cfg)
+        fields = size_fields(cfg, self.head_dim)
         fields.update(self._windows(cfg, fields["n_layer"]))
         try:
             config = self.make_config(fields) if self.make_config else \
                 DecoderConfig(qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, **fields)
         except ValueError as e:
             raise ValueError(f"config.json: {e}") from None
+        gaps = described(config).unsupported()
+        if gaps:  # (refused here, naming the file, before anything is allocated)
+            raise ValueError(f"config.json: this decoder needs {', '.join(gaps)}, which pytransformer does not run yet")
         return config, detect_prefix(tensors, PREFIX)
 
     def _windows(self, cfg, n_layer) -> dict:
@@ -197,6 +203,6 @@ class HFDecoder:
 
 
 QWEN2 = HFDecoder("qwen2", ("Qwen2ForCausalLM", "Qwen2Model"), qkv_bias=True, windows="qwen")
-QWEN3 = HFDecoder("qwen3", ("Qwen3ForCausalLM", "Qwen3Model"), qk_norm=True, windows="qwen")
+QWEN3 = HFDecoder("qwen3", ("Qwen3ForCausalLM", "Qwen3Model"), qk_norm=True, windows="qwen", head_dim=128)
 PHI3 = HFDecoder("phi3", ("Phi3ForCausalLM", "Phi3Model"), fused=True, windows="all")
 MISTRAL = HFDecoder("mistral", ("MistralForCausalLM", "MistralModel"), windows="all")
