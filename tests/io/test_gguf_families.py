@@ -60,9 +60,10 @@ def llama3_divisors(rope):
     return np.array(out, np.float32)
 
 
-def to_gguf(hf, family, path):
+def to_gguf(hf, family, path, changes=None):
     """The file llama.cpp's converter would write (matrices alternately F16 and BF16, vectors F32), and the state
-    dict transformers must hold to compute what the file holds (the matrices' rounded values)."""
+    dict transformers must hold to compute what the file holds (the matrices' rounded values). changes: metadata
+    keys or tensor names -> a new (value, type) / array, or None to drop it."""
     cfg, arch = hf.config, ARCH[family]
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     hs = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
@@ -107,6 +108,13 @@ def to_gguf(hf, family, path):
         for which in ("long", "short"):
             factors = np.array(rope[f"{which}_factor"], np.float32)
             tensors.append((f"rope_factors_{which}.weight", factors, "F32", factors.shape))
+    for key, value in (changes or {}).items():
+        md.pop(key, None)
+        tensors = [t for t in tensors if t[0] != key]
+        if isinstance(value, np.ndarray):
+            tensors.append((key, value, "F32", value.shape))
+        elif value is not None:
+            md[key] = value
     return write(path, tensors, md, arch), dense
 
 
@@ -136,3 +144,25 @@ def test_phi3s_fused_tensors_stay_the_files_blocks(tmp_path):
     q, k, v = (layer.quantized.data for layer in (attn.q, attn.k, attn.v))
     assert not any(a.flags.owndata for a in (q, k, v))
     assert k.ctypes.data == q.ctypes.data + q.nbytes and v.ctypes.data == k.ctypes.data + k.nbytes
+
+
+@pytest.mark.parametrize("family,key,value,match", [
+    ("qwen2", "qwen2.attention.head_count_kv", (4, GV.UINT32), "metadata qwen2.attention.head_count_kv 4 must divide"),
+    ("qwen2", "qwen2.rope.scaling.type", ("yarn", GV.STRING), "metadata qwen2.rope.scaling.type 'yarn' is not"),
+    ("qwen2", "blk.1.attn_v.bias", None, r"missing \['blk.1.attn_v.bias'\]"),
+    ("qwen3", "blk.0.attn_k_norm.weight", np.ones(8, np.float32), r"blk.0.attn_k_norm.weight: expected \(16,\)"),
+    ("phi3", "rope_factors_long.weight", np.ones(3, np.float32), "rope_factors_long.weight must be 4 floats"),
+    ("phi3", "rope_factors_short.weight", -np.ones(4, np.float32), "rope_factors_short.weight must hold positive"),
+    ("phi3", "phi3.rope.scaling.attn_factor", (math.nan, GV.FLOAT32), "metadata phi3.rope.scaling.attn_factor"),
+    ("phi3", "phi3.rope.scaling.original_context_length", None,
+     "metadata has no phi3.rope.scaling.original_context_length"),
+    ("phi3", "blk.0.attn_qkv.weight", np.ones((40, 48), np.float32), r"blk.0.attn_qkv.weight: expected \(80, 48\)"),
+    ("llama3", "rope_freqs.weight", np.full(4, math.inf, np.float32), "rope_freqs.weight must hold positive"),
+    ("llama3", "llama.attention.sliding_window", (4, GV.UINT32), "sliding_window 4 is not supported by the llama"),
+])
+def test_a_familys_bad_metadata_or_tensor_is_refused_by_name(tmp_path, family, key, value, match):
+    hf, _ = hf_tiny(tmp_path, family)
+    path, _ = to_gguf(hf, family, tmp_path / f"{family}.gguf", {key: value})
+    with pytest.raises(ValueError, match=match) as e:
+        from_pretrained(path)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
