@@ -8,31 +8,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hf_families import CASES, ORIGINAL, V, hf_tiny, rel
-from pytransformer import optim
+import torch_mirror as tm
+from hf_families import CASES, ORIGINAL, V, hf_tiny
 from pytransformer.io.hf import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
+
 
 @pytest.mark.parametrize("family", CASES)
 def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, family):
     hf, folder = hf_tiny(tmp_path, family)
     ours = from_pretrained(folder).train()
     assert type(ours) is CASES[family][2]
-    ids = rng.integers(0, V, (3, 2 * ORIGINAL))  # (Phi-3: past its original length, the long factors)
-    out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
-    out.loss.backward()
-    assert rel(ours(ids), out.logits.detach().numpy()) < 1e-4
-    ours.zero_grad()
-    loss = ours.loss(ids, labels=ids)
-    assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item()
-    ours.backward()
-    grads = ours.grad_dict()
-    named = dict(hf.named_parameters())
-    assert set(grads) == set(named) - ({"lm_head.weight"} if hf.config.tie_word_embeddings else set())
-    for name, g in grads.items():
-        assert rel(g, named[name].grad.numpy()) < 1e-4, name
+    # (Phi-3: past its original length, the long factors)
+    tm.transformers_step_matches(torch, hf, ours, rng.integers(0, V, (3, 2 * ORIGINAL)))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3"])
@@ -41,24 +31,7 @@ def test_ten_adamw_steps_match_torch(tmp_path, rng, family):
     gradient within one forward/backward's float32 error (no trajectory is compared: see test_llama)."""
     hf, folder = hf_tiny(tmp_path, family)
     hf.train()
-    ours = from_pretrained(folder).train()
-    opt = optim.AdamW(ours.params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay_vectors=True)
-    named = dict(hf.named_parameters())
-    for step in range(10):
-        with torch.no_grad():
-            for name, v in ours.state_dict().items():
-                named[name].copy_(torch.from_numpy(np.array(v)))
-        hf.zero_grad()
-        ids = rng.integers(0, V, (2, 12))
-        out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
-        out.loss.backward()
-        ours.zero_grad()
-        loss = ours.loss(ids, labels=ids)
-        ours.backward()
-        assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item(), step
-        for name, g in ours.grad_dict().items():
-            assert rel(g, named[name].grad.numpy()) < 1e-4, (step, name)
-        opt.step()
+    tm.adamw_steps_match(torch, hf, from_pretrained(folder).train(), lambda step: rng.integers(0, V, (2, 12)), 1e-4)
 
 
 @pytest.mark.parametrize("family", CASES)
