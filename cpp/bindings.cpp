@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -552,6 +553,10 @@ PYBIND11_MODULE(_core, m) {
                if (!desc.contains(key)) throw py::value_error(std::string("the plan's description lacks ") + key);
                return desc[key];
              };
+             // (the parts a GPT-2 or Llama does not use may be left out: the struct's defaults)
+             auto get_or = [&](const char* key, auto fallback) {
+               return desc.contains(key) ? desc[key].cast<decltype(fallback)>() : fallback;
+             };
              d.C = get("C").cast<int64_t>(); d.NH = get("NH").cast<int64_t>(); d.NKV = get("NKV").cast<int64_t>();
              d.HS = get("HS").cast<int64_t>(); d.F = get("F").cast<int64_t>(); d.V = get("V").cast<int64_t>();
              check_nonneg({d.C, d.NH, d.NKV, d.HS, d.F, d.V});
@@ -565,24 +570,33 @@ PYBIND11_MODULE(_core, m) {
              d.interleaved = get("interleaved").cast<bool>();
              d.gated = get("gated").cast<bool>();
              d.activation = get("activation").cast<int>();
+             d.norm_offset = get_or("norm_offset", d.norm_offset);
+             d.sandwich = get_or("sandwich", d.sandwich);
+             d.qk_norm = get_or("qk_norm", d.qk_norm);
+             d.rotary_tables = get_or("rotary_tables", d.rotary_tables);
              if (d.activation < pt::DecodePlan::kSiLU || d.activation > pt::DecodePlan::kReLU ||
-                 d.gated != (d.activation == pt::DecodePlan::kSiLU))
-               throw py::value_error("the plan's activation: SiLU when gated, else GELU (tanh or erf) or ReLU");
+                 (d.gated && d.activation > pt::DecodePlan::kGeluTanh) || (!d.gated && d.activation == pt::DecodePlan::kSiLU))
+               throw py::value_error("the plan's activation: SiLU or tanh GELU when gated, else GELU (tanh or erf) or "
+                                     "ReLU");
              if (d.rotary && (d.HS < 2 || d.HS % 2))
                throw py::value_error("rotary attention needs an even head size HS >= 2");
              if (d.HS < 1) throw py::value_error("the head size must be >= 1");
-             auto norm = [&](const py::handle& obj, const char* name) {
+             if (d.rotary_tables != 1 && d.rotary_tables != 2)
+               throw py::value_error("the plan's rotary_tables must be 1 or 2, got " + std::to_string(d.rotary_tables));
+             if ((d.layernorm && (d.norm_offset != 0.f || d.qk_norm)) || !std::isfinite(d.norm_offset))
+               throw py::value_error("norm_offset and qk_norm are RMSNorm parts (a finite offset)");
+             auto norm = [&](const py::handle& obj, const char* name, int64_t n) {
                auto t = py::reinterpret_borrow<py::tuple>(obj);
                if (t.size() != 2) throw py::value_error(std::string(name) + " is (weight, bias or None)");
-               pt::NormRef n;
+               pt::NormRef r;
                py::object w = py::reinterpret_borrow<py::object>(t[0]), b = py::reinterpret_borrow<py::object>(t[1]);
-               n.weight = array_data<float>(w, name, {d.C});
-               n.bias = array_data<float>(b, name, {d.C}, false, true);
-               if (d.layernorm != (n.bias != nullptr))
+               r.weight = array_data<float>(w, name, {n});
+               r.bias = array_data<float>(b, name, {n}, false, true);
+               if (d.layernorm != (r.bias != nullptr))
                  throw py::value_error(std::string(name) + ": a LayerNorm has a bias, an RMSNorm none");
                p->keep.push_back(w);
                p->keep.push_back(b);
-               return n;
+               return r;
              };
              auto group = [&](const py::handle& specs, int64_t in, int64_t total, const char* what) {
                std::vector<pt::WeightRef> ws;
@@ -597,28 +611,46 @@ PYBIND11_MODULE(_core, m) {
              };
              for (const py::handle& item : layers) {
                auto t = py::reinterpret_borrow<py::dict>(item);
-               for (const char* key : {"attn_norm", "qkv", "o", "ffn_norm", "up", "down"})
+               std::vector<const char*> keys = {"attn_norm", "qkv", "o", "ffn_norm", "up", "down"};
+               if (d.sandwich) keys.insert(keys.end(), {"post_attn_norm", "post_ffn_norm"});
+               if (d.qk_norm) keys.insert(keys.end(), {"q_norm", "k_norm"});
+               for (const char* key : keys)
                  if (!t.contains(key)) throw py::value_error(std::string("a layer lacks ") + key);
                pt::DecodeLayer L;
-               L.attn_norm = norm(t["attn_norm"], "attn_norm");
+               L.attn_norm = norm(t["attn_norm"], "attn_norm", d.C);
                L.qkv = group(t["qkv"], d.C, product({sum(d.NH, product({2, d.NKV})), d.HS}), "qkv");
                L.o = weight_ref(t["o"], p->keep);
-               L.ffn_norm = norm(t["ffn_norm"], "ffn_norm");
+               L.ffn_norm = norm(t["ffn_norm"], "ffn_norm", d.C);
                L.up = group(t["up"], d.C, d.gated ? product({2, d.F}) : d.F, "up");
                L.down = weight_ref(t["down"], p->keep);
                if (L.o.IC != product({d.NH, d.HS}) || L.o.OC != d.C || L.down.IC != d.F || L.down.OC != d.C)
                  throw py::value_error("o or down has the wrong shape");
                if (d.gated && L.up.size() == 2 && L.up[0].OC != d.F) throw py::value_error("up: gate width");
+               if (d.sandwich) {
+                 L.post_attn_norm = norm(t["post_attn_norm"], "post_attn_norm", d.C);
+                 L.post_ffn_norm = norm(t["post_ffn_norm"], "post_ffn_norm", d.C);
+               }
+               if (d.qk_norm) {
+                 L.q_norm = norm(t["q_norm"], "q_norm", d.HS);
+                 L.k_norm = norm(t["k_norm"], "k_norm", d.HS);
+               }
+               L.window = t.contains("window") ? t["window"].cast<int64_t>() : 0;
+               L.rotary_table = t.contains("rotary_table") ? t["rotary_table"].cast<int>() : 0;
+               if (L.window < 0) throw py::value_error("a layer's window must be >= 0 (0: none), got " +
+                                                       std::to_string(L.window));
+               if (L.rotary_table < 0 || L.rotary_table >= d.rotary_tables)
+                 throw py::value_error("a layer's rotary_table must lie in [0, " + std::to_string(d.rotary_tables) +
+                                       "), got " + std::to_string(L.rotary_table));
                d.layers.push_back(std::move(L));
              }
-             d.final_norm = norm(final_norm, "final_norm");
+             d.final_norm = norm(final_norm, "final_norm", d.C);
              d.head = weight_ref(head, p->keep);
              if (d.head.IC != d.C || d.head.OC != d.V) throw py::value_error("head has the wrong shape");
              return p;
            }),
            arg("description"), arg("layers"), arg("final_norm"), arg("head"))
       .def("step", [](const PyDecodePlan& p, O x, O logits, O slots, O positions, py::list k, py::list v,
-                      O cos, O sin, O logit_rows) {
+                      O cos, O sin, O logit_rows, O local_cos, O local_sin) {
              const pt::DecodePlan& d = p.plan;
              const size_t n = d.layers.size();
              if (k.size() != n || v.size() != n) throw py::value_error("one k and one v cache per layer");
@@ -650,13 +682,16 @@ PYBIND11_MODULE(_core, m) {
                  (which ? vp : kp)[l] = array_data<float>(c, "cache", {a.size()}, true);
                }
              }
-             int64_t P = 0;
-             const float *cp = nullptr, *snp = nullptr;
+             pt::RotaryTables rope;
              if (d.rotary) {
                if (!py::isinstance<py::array>(cos)) throw py::type_error("cos must be a numpy array");
-               P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
-               cp = array_data<float>(cos, "cos", {P, d.HS / 2});
-               snp = array_data<float>(sin, "sin", {P, d.HS / 2});
+               rope.P = py::reinterpret_borrow<py::array>(cos).size() / std::max<int64_t>(1, d.HS / 2);
+               rope.cos[0] = array_data<float>(cos, "cos", {rope.P, d.HS / 2});
+               rope.sin[0] = array_data<float>(sin, "sin", {rope.P, d.HS / 2});
+               if (d.rotary_tables == 2) {  // (the sliding layers' tables: as many positions)
+                 rope.cos[1] = array_data<float>(local_cos, "local_cos", {rope.P, d.HS / 2});
+                 rope.sin[1] = array_data<float>(local_sin, "local_sin", {rope.P, d.HS / 2});
+               }
              }
              std::vector<Written> outputs = {written(xp, product({B, d.C}), "x"),
                                              written(lp, product({R, d.V}), "logits")};
@@ -668,12 +703,13 @@ PYBIND11_MODULE(_core, m) {
              check_apart(sp, B, "slots", outputs);
              check_apart(pp, B, "positions", outputs);
              if (rows) check_apart(rows, R, "logit_rows", outputs);
-             d.validate(B, sp, pp, S, capacity, P, rows, R);
+             d.validate(B, sp, pp, S, capacity, rope.P, rows, R);
              if (n == 0 || B == 0) return;
              const NoGil nogil;
-             d.step(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, cp, snp, P, rows, R);
+             d.step(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, rope, rows, R);
            }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos") = py::none(),
-           arg("sin") = py::none(), arg("logit_rows") = py::none());
+           arg("sin") = py::none(), arg("logit_rows") = py::none(), arg("local_cos") = py::none(),
+           arg("local_sin") = py::none());
 
   m.def("adamw_step", [](O params, O m_, O v_, O grads, int64_t n, float lr, float beta1, float beta2, float eps,
                          float weight_decay, int64_t step) {

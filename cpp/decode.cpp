@@ -62,20 +62,39 @@ void DecodePlan::validate(int64_t B, const int64_t* slots, const int64_t* pos, i
 }
 
 namespace {
-void norm(const DecodePlan& d, const NormRef& n, float* out, float* mean, float* rstd, const float* x, int64_t N) {
+// The weights an RMSNorm scales by: weight itself, or (norm_offset + weight) written into scaled (n floats)
+const float* scaled_weight(const DecodePlan& d, const float* weight, float* scaled, int64_t n) {
+  if (d.norm_offset == 0.f) return weight;
+  for (int64_t i = 0; i < n; i++) scaled[i] = d.norm_offset + weight[i];
+  return scaled;
+}
+
+// out (N, C) = the norm of x (N, C); scaled (C) scratch
+void norm(const DecodePlan& d, const NormRef& n, float* out, float* mean, float* rstd, const float* x, int64_t N,
+          float* scaled) {
   if (d.layernorm) active().layernorm_forward(out, mean, rstd, x, n.weight, n.bias, N, d.C, d.eps);
-  else active().rmsnorm_forward(out, rstd, x, n.weight, N, d.C, d.eps);
+  else active().rmsnorm_forward(out, rstd, x, scaled_weight(d, n.weight, scaled, d.C), N, d.C, d.eps);
+}
+
+// x (N, C) += the sub-layer's output y (N, C), normed first when the plan is a sandwich (h (N, C) scratch)
+void add_output(const DecodePlan& d, const NormRef& post, float* x, float* y, float* h, float* mean, float* rstd,
+                int64_t N, float* scaled) {
+  if (d.sandwich) {
+    norm(d, post, h, mean, rstd, y, N, scaled);
+    y = h;
+  }
+  active().residual_forward(x, x, y, N * d.C);
 }
 }  // namespace
 
 void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
-                      float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P,
+                      float* const* v, int64_t S, int64_t capacity, const RotaryTables& rope,
                       const int64_t* logit_rows, int64_t R) const {
   (void)S;
   const Kernels& K = active();
   const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD, U = gated ? 2 * F : F;
   static thread_local std::vector<float> buf;
-  buf.resize((size_t)(B * (C + QKV + QD + C + U + F + 2 + NH)));
+  buf.resize((size_t)(B * (C + QKV + QD + C + U + F + 2 + 2 * NH) + C + 2 * HS));
   float* h = buf.data();
   float* qkv = h + B * C;
   float* att = qkv + B * QKV;
@@ -85,45 +104,63 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
   float* mean = act + B * F;
   float* rstd = mean + B;
   float* lse = rstd + B;
+  float* head_rstd = lse + B * NH;  // (B, NH): the q/k norms' rstd
+  float* scaled = head_rstd + B * NH;  // (C): a norm's (norm_offset + weight)
+  float* q_scaled = scaled + C;        // (HS), (HS): the q and k norms'
+  float* k_scaled = q_scaled + HS;
   const int nt = kernel_threads();
   for (size_t l = 0; l < layers.size(); l++) {
     const DecodeLayer& L = layers[l];
-    norm(*this, L.attn_norm, h, mean, rstd, x, B);
+    const float* cos = rope.cos[L.rotary_table];
+    const float* sin = rope.sin[L.rotary_table];
+    const float* qw = qk_norm ? scaled_weight(*this, L.q_norm.weight, q_scaled, HS) : nullptr;
+    const float* kw = qk_norm ? scaled_weight(*this, L.k_norm.weight, k_scaled, HS) : nullptr;
+    norm(*this, L.attn_norm, h, mean, rstd, x, B, scaled);
     products(L.qkv, qkv, h, B);
     // each row over its own cache, the rows split across the threads: first every row's rotary positions and
     // cache writes, then every row's attention (a prompt's rows in one slot see all of their earlier rows)
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && B > 1)
     for (int64_t b = 0; b < B; b++) {
       float* q = qkv + b * QKV;
-      const float* kn = q + QD;
+      float* kn = q + QD;
       const float* vn = kn + KD;
       float* krow = k[l] + (slots[b] * capacity + pos[b]) * KD;
+      if (qk_norm) {  // (in place: each head's rows are read whole before they are written)
+        K.rmsnorm_forward(q, head_rstd + b * NH, q, qw, NH, HS, eps);
+        K.rmsnorm_forward(kn, head_rstd + b * NH, kn, kw, NKV, HS, eps);
+      }
       if (rotary) {
-        K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, P, interleaved);
-        K.rope_forward(krow, kn, cos, sin, &pos[b], 1, NKV, HS, P, interleaved);  // straight into the cache
+        K.rope_forward(q, q, cos, sin, &pos[b], 1, NH, HS, rope.P, interleaved);
+        K.rope_forward(krow, kn, cos, sin, &pos[b], 1, NKV, HS, rope.P, interleaved);  // straight into the cache
       } else {
         std::memcpy(krow, kn, sizeof(float) * KD);
       }
       std::memcpy(v[l] + (slots[b] * capacity + pos[b]) * KD, vn, sizeof(float) * KD);
     }
+    // a sliding window: the keys from the window's first on (the kernel sees a shorter cache)
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && B > 1)
-    for (int64_t b = 0; b < B; b++)
-      K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + slots[b] * capacity * KD,
-                          v[l] + slots[b] * capacity * KD, nullptr, 1, NH, NKV, 1, pos[b] + 1, capacity, HS, true,
-                          0, attn_scale, true);
+    for (int64_t b = 0; b < B; b++) {
+      const int64_t first = L.window > 0 && pos[b] >= L.window ? pos[b] - L.window + 1 : 0;
+      const int64_t row = (slots[b] * capacity + first) * KD;
+      K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + row, v[l] + row, nullptr, 1, NH, NKV, 1,
+                          pos[b] + 1 - first, capacity, HS, true, 0, attn_scale, true);
+    }
     L.o.product(tmp, att, B);
-    K.residual_forward(x, x, tmp, B * C);
-    norm(*this, L.ffn_norm, h, mean, rstd, x, B);
+    add_output(*this, L.post_attn_norm, x, tmp, h, mean, rstd, B, scaled);
+    norm(*this, L.ffn_norm, h, mean, rstd, x, B, scaled);
     products(L.up, up, h, B);
-    if (gated) {
-      for (int64_t b = 0; b < B; b++) K.swiglu_forward(act + b * F, up + b * U, up + b * U + F, F);  // gate | up
+    if (gated) {  // gate | up
+      for (int64_t b = 0; b < B; b++) {
+        if (activation == kSiLU) K.swiglu_forward(act + b * F, up + b * U, up + b * U + F, F);
+        else K.geglu_forward(act + b * F, up + b * U, up + b * U + F, F);
+      }
     } else if (activation == kReLU) {
       K.relu_forward(act, up, B * F);
     } else {
       K.gelu_forward(act, up, B * F, activation == kGeluTanh);
     }
     L.down.product(tmp, act, B);
-    K.residual_forward(x, x, tmp, B * C);
+    add_output(*this, L.post_ffn_norm, x, tmp, h, mean, rstd, B, scaled);
   }
   const float* last = x;
   if (logit_rows) {  // only the rows whose next token is wanted (a prompt's last): the head is the largest product
@@ -132,7 +169,7 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
   } else {
     R = B;
   }
-  norm(*this, final_norm, h, mean, rstd, last, R);
+  norm(*this, final_norm, h, mean, rstd, last, R, scaled);
   head.product(logits, h, R);
 }
 

