@@ -144,7 +144,7 @@ def test_a_bad_description_is_a_value_error_naming_the_field(field, value, match
 
 
 @pytest.mark.parametrize("field,value", [("partial_rotary_factor", 0.5),
-                                         ("rope_scaling", {"rope_type": "linear", "factor": 2.0})])
+                                         ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0})])
 def test_a_description_the_engine_cannot_run_yet_says_what(field, value):
     config = DecoderConfig(vocab_size=10, n_layer=1, n_embd=32, n_head=4, **{field: value})
     with pytest.raises(NotImplementedError, match="does not run yet"):
