@@ -102,7 +102,7 @@ def test_grouped_attention_heads_must_divide(rng):
         ops.attention_forward(q, f(rng, 1, 4, 3, 8), f(rng, 1, 4, 3, 8))
     with pytest.raises(ValueError):
         _core.attention_forward(np.zeros_like(q), np.zeros((1, 6, 3), np.float32), q, f(rng, 1, 4, 3, 8),
-                                f(rng, 1, 4, 3, 8), None, 1, 6, 4, 3, 3, 3, 8, False, 0.3, False)
+                                f(rng, 1, 4, 3, 8), None, 1, 6, 4, 3, 3, 3, 8, False, 0, 0.3, False)
 
 
 def test_label_smoothing_range(rng):
