@@ -179,7 +179,7 @@ class Decoder(CausalLM):
         if d.embed_scale:
             self.embed_scale = Scale(math.sqrt(C))
         self.drop = Dropout(d.dropout)
-        # one rotary table per base (Gemma 3: a local base for the sliding layers; rope_scaling scales the global one)
+        # one rotary table per base (Gemma 3: a local base for the sliding layers, never scaled, as in transformers)
         ropes = {base: Rotary(d.head_size, base, 256, d.rope_interleaved,
                               d.rope_scaling if base == d.rope_theta else None, d.max_positions)
                  for base in {d.rope_theta, *(d.rope_base(i) for i in range(d.n_layer))}} \
