@@ -209,3 +209,22 @@ def adamw_steps_match(torch, hf, ours, ids_of, tol, steps=10):
             want = named[name].grad.numpy()
             assert np.abs(g - want).max() / np.abs(want).max() < tol, (step, name)
         opt.step()
+
+
+def transformers_step_matches(torch, hf, ours, ids, tol=1e-4):
+    """One forward and backward of ids (B, T) in the transformers model hf and ours (train mode): the logits, the
+    loss and every gradient (under transformers' names; a tied head once) within tol of transformers'."""
+    out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
+    out.loss.backward()
+    want = out.logits.detach().numpy()
+    assert np.abs(ours(ids) - want).max() / np.abs(want).max() < tol
+    ours.zero_grad()
+    loss = ours.loss(ids, labels=ids)
+    assert abs(loss - out.loss.item()) < 0.1 * tol * out.loss.item()
+    ours.backward()
+    grads = ours.grad_dict()
+    named = dict(hf.named_parameters())
+    assert set(grads) == set(named) - ({"lm_head.weight"} if hf.config.tie_word_embeddings else set())
+    for name, g in grads.items():
+        want = named[name].grad.numpy()
+        assert np.abs(g - want).max() / np.abs(want).max() < tol, name

@@ -27,10 +27,11 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
-from ..models import DecoderConfig, Llama, LlamaConfig, Phi3, Qwen2, Qwen3
+from ..models import DecoderConfig, Llama, Phi3, Qwen2, Qwen3
 from ..models.base import parameter_shapes, unwritten_parameters
 from ..tokenizers import from_gguf_metadata
 from .gguf import GGUFFile
+from .hf_llama import llama_config
 from .hf_common import MAX_HEAD_SIZE, MAX_LAYERS, MAX_SIZE, listed, naming_the_file, warn_not_finite
 from .safetensors import quote
 
@@ -234,21 +235,12 @@ def _named_modules(module, prefix=""):
         yield from _named_modules(child, f"{prefix}{name}.")
 
 
-def _llama_config(fields: dict):
-    unread = ("rope_scaling", "sliding_window", "final_logit_softcapping")
-    if any(fields[k] is not None for k in unread):
-        raise ValueError(f"rope scaling, sliding windows and logit soft-capping of a llama file are not read yet, got "
-                         f"{quote(next(fields[k] for k in unread if fields[k] is not None))}")
-    fields = {k: v for k, v in fields.items() if k not in (*unread, "layer_types")}
-    return LlamaConfig(**fields)
-
-
 def _described(**parts):
     """make_config of a family whose config is its DecoderConfig, with its own parts (biases, norms)."""
     return lambda fields: DecoderConfig(**parts, **fields)
 
 
-LLAMA = GGUFArch("llama", Llama, _llama_config, permuted_qk=True)
+LLAMA = GGUFArch("llama", Llama, llama_config, permuted_qk=True)
 QWEN2 = GGUFArch("qwen2", Qwen2, _described(qkv_bias=True))
 QWEN3 = GGUFArch("qwen3", Qwen3, _described(qk_norm=True),
                  layer_tensors={"attn_q_norm.weight": ("attn.sublayer.q_norm.weight",),

@@ -6,13 +6,14 @@ sliding windows are)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..models.decoder import DecoderConfig
 from ..nn.rope_scaling import frequencies, rope_type
-from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, Fused, HFLayout, NameMap, check_activation, detect_prefix,
-                        float_field, int_field, rule)
+from .hf_common import (MAX_HEAD_SIZE, MAX_LAYERS, SAME, Fused, HFLayout, NameMap, check_activation, decoder_names,
+                        detect_prefix, float_field, int_field, rule)
 from .safetensors import quote
 
 PREFIX = "model."
@@ -68,11 +69,13 @@ def rope_fields(cfg: dict, max_positions: int, head_size: int) -> dict:
     return dict(rope_theta=theta, rope_scaling=scaling, partial_rotary_factor=partial)
 
 
-def size_fields(cfg: dict) -> dict:
-    """The sizes every llama-like config.json gives, checked: DecoderConfig's names."""
+def size_fields(cfg: dict, head_dim_default=None) -> dict:
+    """The sizes every llama-like config.json gives, checked: DecoderConfig's names. head_dim_default: the family's
+    head_dim when config.json has none (None: hidden_size / num_attention_heads)."""
     n_head = int_field(cfg, "num_attention_heads")
     hidden = int_field(cfg, "hidden_size")
-    head_dim = None if cfg.get("head_dim") is None else int_field(cfg, "head_dim", hi=MAX_HEAD_SIZE)
+    head_dim = cfg.get("head_dim", head_dim_default)
+    head_dim = None if head_dim is None else int_field({"head_dim": head_dim}, "head_dim", hi=MAX_HEAD_SIZE)
     head_dim = None if head_dim is not None and head_dim * n_head == hidden else head_dim
     if head_dim is None and hidden % n_head:
         raise ValueError(f"config.json: hidden_size {hidden} must be a multiple of num_attention_heads {n_head}")
@@ -94,6 +97,11 @@ def size_fields(cfg: dict) -> dict:
                 **rope_fields(cfg, max_positions, head_size))
 
 
+def described(config) -> DecoderConfig:
+    """The decoder description of a family's config (a DecoderConfig, or one with .decoder(): LlamaConfig)."""
+    return config.decoder() if hasattr(config, "decoder") else config
+
+
 @dataclass(frozen=True)
 class HFDecoder:
     """How one llama-like family looks in transformers.
@@ -110,18 +118,24 @@ class HFDecoder:
     qk_norm: bool = False
     fused: bool = False
     windows: str = "none"
+    head_dim: int | None = None  # head_dim when config.json has none (Qwen3's 128; None: hidden_size / heads)
+    make_config: Callable | None = None  # DecoderConfig's fields -> the family's config (None: a DecoderConfig)
 
     def from_hf(self, cfg: dict, tensors: dict):
         check_activation(cfg, "hidden_act", ("silu",), "silu")
         for flag in ("mlp_bias",) + (() if self.qkv_bias else ("attention_bias",)):
             if cfg.get(flag):
                 raise ValueError(f"config.json: {flag} is not supported")
-        fields = size_fields(cfg)
+        fields = size_fields(cfg, self.head_dim)
         fields.update(self._windows(cfg, fields["n_layer"]))
         try:
-            config = DecoderConfig(qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, **fields)
+            config = self.make_config(fields) if self.make_config else \
+                DecoderConfig(qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, **fields)
         except ValueError as e:
             raise ValueError(f"config.json: {e}") from None
+        gaps = described(config).unsupported()
+        if gaps:  # (refused here, naming the file, before anything is allocated)
+            raise ValueError(f"config.json: this decoder needs {', '.join(gaps)}, which pytransformer does not run yet")
         return config, detect_prefix(tensors, PREFIX)
 
     def _windows(self, cfg, n_layer) -> dict:
@@ -141,33 +155,32 @@ class HFDecoder:
                              f"{quote(kinds)}")
         return dict(sliding_window=window, layer_types=tuple(LAYER_TYPES[k] for k in kinds))
 
-    def names(self, d: DecoderConfig, prefix: str = PREFIX) -> NameMap:
-        p = prefix
-        rules = [rule(f"{p}embed_tokens.weight", "embed.weight"), rule(f"{p}norm.weight", "norm.weight")]
-        for i in range(d.n_layer):
-            h, b = f"{p}layers.{i}.", f"blocks.{i}."
-            rules += [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
-                      rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight"),
-                      rule(f"{h}self_attn.o_proj.weight", f"{b}attn.sublayer.o.weight"),
-                      rule(f"{h}mlp.down_proj.weight", f"{b}ffn.sublayer.down.weight")]
+    def names(self, config, prefix: str = PREFIX) -> NameMap:
+        d = described(config)
+
+        def layer(h, b):
+            rules = [rule(f"{h}input_layernorm.weight", f"{b}attn.ln.weight"),
+                     rule(f"{h}post_attention_layernorm.weight", f"{b}ffn.ln.weight"),
+                     rule(f"{h}self_attn.o_proj.weight", f"{b}attn.sublayer.o.weight"),
+                     rule(f"{h}mlp.down_proj.weight", f"{b}ffn.sublayer.down.weight")]
+            if d.qk_norm:
+                rules += [rule(f"{h}self_attn.{n}_norm.weight", f"{b}attn.sublayer.{n}_norm.weight") for n in "qk"]
             if self.fused:
-                rules += [rule(f"{h}self_attn.qkv_proj.weight", *(f"{b}attn.sublayer.{n}.weight" for n in "qkv"),
-                               layout=Fused(False)),
-                          rule(f"{h}mlp.gate_up_proj.weight", f"{b}ffn.sublayer.gate.weight",
-                               f"{b}ffn.sublayer.up.weight", layout=Fused(False))]
-                continue
+                return rules + [rule(f"{h}self_attn.qkv_proj.weight", *(f"{b}attn.sublayer.{n}.weight" for n in "qkv"),
+                                     layout=Fused(False)),
+                                rule(f"{h}mlp.gate_up_proj.weight", f"{b}ffn.sublayer.gate.weight",
+                                     f"{b}ffn.sublayer.up.weight", layout=Fused(False))]
             for n, heads in (("q", d.n_head), ("k", d.n_kv_head_), ("v", None)):
                 layout = Interleaved(heads) if heads and d.rope_interleaved else SAME
                 rules.append(rule(f"{h}self_attn.{n}_proj.weight", f"{b}attn.sublayer.{n}.weight", layout=layout))
                 if d.qkv_bias:
                     rules.append(rule(f"{h}self_attn.{n}_proj.bias", f"{b}attn.sublayer.{n}.bias", layout=layout))
-            rules += [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up")]
-        if not d.tie_word_embeddings:
-            rules.append(rule("lm_head.weight", "lm_head.weight"))
-        return NameMap(rules, ignore=(".rotary_emb.inv_freq",) + (("lm_head.weight",) if d.tie_word_embeddings else ()),
-                       strict=True)
+            return rules + [rule(f"{h}mlp.{n}_proj.weight", f"{b}ffn.sublayer.{n}.weight") for n in ("gate", "up")]
 
-    def to_hf(self, d: DecoderConfig):
+        return decoder_names(d, prefix, layer)
+
+    def to_hf(self, config):
+        d = described(config)
         rope = {"rope_type": "default", "rope_theta": d.rope_theta, **(d.rope_scaling or {})}
         config = {"model_type": self.model_type, "architectures": [self.architectures[0]],
                   "vocab_size": d.vocab_size, "hidden_size": d.n_embd, "intermediate_size": d.ffn_size,
@@ -190,6 +203,6 @@ class HFDecoder:
 
 
 QWEN2 = HFDecoder("qwen2", ("Qwen2ForCausalLM", "Qwen2Model"), qkv_bias=True, windows="qwen")
-QWEN3 = HFDecoder("qwen3", ("Qwen3ForCausalLM", "Qwen3Model"), qk_norm=True, windows="qwen")
+QWEN3 = HFDecoder("qwen3", ("Qwen3ForCausalLM", "Qwen3Model"), qk_norm=True, windows="qwen", head_dim=128)
 PHI3 = HFDecoder("phi3", ("Phi3ForCausalLM", "Phi3Model"), fused=True, windows="all")
 MISTRAL = HFDecoder("mistral", ("MistralForCausalLM", "MistralModel"), windows="all")

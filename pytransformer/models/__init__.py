@@ -11,6 +11,6 @@ from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
 __all__ = ["BERT", "BertConfig", "Decoder", "DecoderConfig", "GPT", "Gemma3", "gemma3_config", "GPTConfig", "GPT_PRESETS",
-           "GPT3_TRAINING", "Llama", "LlamaConfig", "Mistral", "Phi3", "Qwen2", "Qwen3", "Transformer", "TransformerConfig",
-           "ViT",
+           "GPT3_TRAINING", "Llama", "LlamaConfig", "Mistral", "Phi3", "Qwen2", "Qwen3", "Transformer",
+           "TransformerConfig", "ViT",
            "ViTConfig", "gpt3_table", "mask_tokens"]

@@ -25,8 +25,8 @@ from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForwar
                   MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, weights)
 from ..nn import rope_scaling
 from ..nn.layers import FusedProduct
-from .config import ModelConfig
 from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
+from .config import ModelConfig
 
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post", "sandwich")
@@ -180,7 +180,7 @@ class Decoder(CausalLM):
         if d.embed_scale:
             self.embed_scale = Scale(math.sqrt(C))
         self.drop = Dropout(d.dropout)
-        # one rotary table per base (Gemma 3: a local base for the sliding layers; rope_scaling scales the global one)
+        # one rotary table per base (Gemma 3: a local base for the sliding layers, never scaled, as in transformers)
         ropes = {base: Rotary(d.head_size, base, 256, d.rope_interleaved,
                               d.rope_scaling if base == d.rope_theta else None, d.max_positions)
                  for base in {d.rope_theta, *(d.rope_base(i) for i in range(d.n_layer))}} \

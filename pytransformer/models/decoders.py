@@ -2,7 +2,8 @@
 `Decoder` over a `DecoderConfig` (made from a Hugging Face config.json or a GGUF file's metadata by io/); the class
 names the family, so that checkpoints record it and save_pretrained writes its Hugging Face layout. Parameter names
 are Llama's: embed.weight, blocks.i.attn.ln.weight, blocks.i.attn.sublayer.{q,k,v,o}.weight (q/k/v biases in
-Qwen2), blocks.i.ffn.ln.weight, blocks.i.ffn.sublayer.{gate,up,down}.weight, norm.weight, lm_head.weight."""
+Qwen2, q_norm/k_norm in Qwen3), blocks.i.ffn.ln.weight, blocks.i.ffn.sublayer.{gate,up,down}.weight, norm.weight,
+lm_head.weight (untied)."""
 
 from __future__ import annotations
 

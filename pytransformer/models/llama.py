@@ -1,6 +1,6 @@
-"""Llama: decoder-only, pre-norm blocks with RMSNorm, rotary positions inside attention, grouped-query attention
-(n_kv_head key/value heads shared by n_head query heads), a SwiGLU feed-forward, no biases; the LM head tied to
-the token embedding or its own (SmolLM2, Llama 2/3, TinyLlama, Mistral-style configs without sliding windows)."""
+"""Llama: decoder-only, pre-norm blocks with RMSNorm, rotary positions inside attention (Llama 3's "llama3" scaling
+too), grouped-query attention (n_kv_head key/value heads shared by n_head query heads), a SwiGLU feed-forward, no
+biases; the LM head tied to the token embedding or its own (SmolLM2, Llama 2/3/3.2, TinyLlama)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class LlamaConfig(ModelConfig):
     tie_word_embeddings: bool = True
     head_dim: int | None = None      # None: n_embd // n_head
     rope_interleaved: bool = False   # q and k projection rows in llama.cpp's order (GGUF): rotary pairs (2i, 2i + 1)
+    rope_scaling: dict | None = None  # a Hugging Face rope scaling dict (Llama 3.1 / 3.2: "llama3"; nn.rope_scaling)
 
     SIZES = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "max_positions")
 
@@ -46,6 +47,7 @@ class LlamaConfig(ModelConfig):
                              n_kv_head=self.n_kv_head, head_dim=self.head_dim, intermediate_size=self.intermediate_size,
                              max_positions=self.max_positions, norm="rmsnorm", norm_eps=self.norm_eps,
                              positions="rotary", rope_theta=self.rope_theta, rope_interleaved=self.rope_interleaved,
+                             rope_scaling=self.rope_scaling,
                              ffn="gated", activation="silu", tie_word_embeddings=self.tie_word_embeddings)
 
 

@@ -73,7 +73,9 @@ def frequencies(head_dim: int, base: float, scaling: dict | None, max_positions:
         return Frequencies(inv_freq / _factor_list(scaling, "factors", dim // 2))
     if kind == "linear":
         return Frequencies(inv_freq / _number(scaling, "factor"))
-    original = int(_number(scaling, "original_max_position_embeddings", default=max_positions))
+    original = scaling.get("original_max_position_embeddings", max_positions)
+    if isinstance(original, bool) or not isinstance(original, (int, np.integer)) or original < 2:
+        raise ValueError(f"rope scaling original_max_position_embeddings must be an integer >= 2, got {original!r}")
     if kind == "llama3":
         factor, low, high = (_number(scaling, k) for k in ("factor", "low_freq_factor", "high_freq_factor"))
         if high <= low:

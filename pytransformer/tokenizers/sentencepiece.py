@@ -96,6 +96,7 @@ def from_gguf_metadata(metadata: dict, source="the GGUF file") -> Tokenizer:
     unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", n)
     bos_id = _token_id(metadata, "tokenizer.ggml.bos_token_id", n)
     eos_id = _token_id(metadata, "tokenizer.ggml.eos_token_id", n)
+    eot_id = _token_id(metadata, "tokenizer.ggml.eot_token_id", n)  # (an end of turn that is not the eos)
     model = BPEModel(vocab, ScoreRanks(vocab, score), unk_token=spelled[unk_id] if gemma and unk_id is not None
                      else None, byte_fallback=True, fuse_unk=True)
     added = [AddedToken(vocab[t], t, special=True, normalized=False)
@@ -121,5 +122,5 @@ def from_gguf_metadata(metadata: dict, source="the GGUF file") -> Tokenizer:
     post = ([bos_id] if add_bos and bos_id is not None else [], [eos_id] if add_eos and eos_id is not None else [])
     return Tokenizer(model, vocab, added, normalizer, pre, decoders.build({"type": "Sequence",
                                                                             "decoders": sentencepiece_decoder}),
-                     post, bos_id, [eos_id], metadata.get("tokenizer.chat_template"),
+                     post, bos_id, [eos_id, eot_id], metadata.get("tokenizer.chat_template"),
                      f"{source} (tokenizer.chat_template)", kind=f"SentencePiece BPE ({arch})")

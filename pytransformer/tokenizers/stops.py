@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+# Qwen / ChatML, Gemma, Llama 3 (and 3.1's end of a tool call), Phi-3
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
 
 
 def stop_ids(token_id, eos_ids) -> list[int]:

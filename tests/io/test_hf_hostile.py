@@ -1,7 +1,7 @@
 """Hostile Hugging Face folders: config.json fields out of range and safetensors headers that lie are each one
 ValueError naming the file and the field (or the tensor, with the expected and the found shape), decided before
 the model is allocated; weights holding NaN or inf load with a warning naming them. Fuzzers mutate the config of
-a small folder of every family (GPT-2, BERT, ViT, Llama) and the GGUF metadata of a tiny Llama, and the
+a small folder of every family (GPT-2, BERT, ViT, Llama, Qwen2, Qwen3, Phi-3, Mistral) and the GGUF metadata of a tiny Llama, and the
 safetensors header of a GPT-2 folder, with a seeded rng: every case loads or raises ValueError, in bounded time
 and memory."""
 
@@ -20,7 +20,11 @@ import pytest
 
 import tiny_gguf
 from pytransformer import from_pretrained
-from pytransformer.models import BERT, GPT, ViT, BertConfig, GPTConfig, Llama, LlamaConfig, ViTConfig
+from pytransformer.models import (BERT, GPT, ViT, BertConfig, DecoderConfig, GPTConfig, Llama, LlamaConfig, Mistral, Phi3,
+                                  Qwen2, Qwen3, ViTConfig)
+
+DECODER = dict(vocab_size=40, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, intermediate_size=24, max_positions=32,
+               tie_word_embeddings=False)
 
 FAMILIES = {
     "gpt2": (GPT, GPTConfig(vocab_size=40, max_positions=16, n_layer=2, n_head=2, n_embd=8)),
@@ -30,16 +34,25 @@ FAMILIES = {
                            intermediate_size=16, num_labels=3)),
     "llama": (Llama, LlamaConfig(vocab_size=40, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, intermediate_size=24,
                                  max_positions=32, tie_word_embeddings=False)),
+    "qwen2": (Qwen2, DecoderConfig(**DECODER, qkv_bias=True, sliding_window=8, layer_types=("full", "sliding"))),
+    "qwen3": (Qwen3, DecoderConfig(**DECODER, qk_norm=True, head_dim=6)),
+    "phi3": (Phi3, DecoderConfig(**DECODER, rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 2.0],
+                                                          "long_factor": [3.0, 4.0],
+                                                          "original_max_position_embeddings": 16})),
+    "mistral": (Mistral, DecoderConfig(**DECODER, sliding_window=8, layer_types=("sliding", "sliding"))),
 }
+LLAMA_SIZES = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings"]
 # the sizes each family reads from config.json (every one required to be a positive integer in range)
 SIZES = {"gpt2": ["vocab_size", "n_positions", "n_layer", "n_head", "n_embd"],
          "bert": ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size"],
          "vit": ["image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size"],
-         "llama": ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                   "num_key_value_heads", "max_position_embeddings"]}
-EPS = {"gpt2": "layer_norm_epsilon", "bert": "layer_norm_eps", "vit": "layer_norm_eps", "llama": "rms_norm_eps"}
+         "llama": LLAMA_SIZES, "qwen2": LLAMA_SIZES, "qwen3": LLAMA_SIZES, "phi3": LLAMA_SIZES,
+         "mistral": LLAMA_SIZES}
+EPS = {"gpt2": "layer_norm_epsilon", "bert": "layer_norm_eps", "vit": "layer_norm_eps", "llama": "rms_norm_eps",
+       **{family: "rms_norm_eps" for family in ("qwen2", "qwen3", "phi3", "mistral")}}
 NOT_SIZES = [0, -1, -(2**31), 2**31, 2**63, 10**30, 1.5, math.nan, math.inf, "8", True, None, [8], {"n": 8}, "x" * 10**5]
 NOT_EPS = [0.0, -1e-5, 1.0, 2.0, math.nan, math.inf, -math.inf, "1e-5", True, None, [1e-5]]
 
@@ -109,6 +122,38 @@ def test_every_size_field_out_of_range_is_refused_by_name(family, tmp_path):
             assert f"config.json: {field}" in message or "does not fit" in message, (field, value, message)
             if not isinstance(value, int) or value <= 0:
                 assert field in message, (field, value, message)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_a_sliding_window_out_of_range_is_refused_by_name(family, tmp_path):
+    folder = folder_of(family, tmp_path)
+    good = config_of(folder)
+    for value in NOT_SIZES:
+        if value is not None:  # (None: no window)
+            (folder / "config.json").write_text(json.dumps({**good, "sliding_window": value}))
+            refused(folder, "config.json: sliding_window must be an integer in")
+
+
+@pytest.mark.parametrize("family,field,value", [
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0, 2.0]}),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "short_factor": [1.0, -2.0], "long_factor": [1.0, 2.0]}),
+    ("phi3", "rope_parameters", {"rope_type": "dynamic", "factor": 2.0}),
+    ("qwen2", "rope_parameters", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                                  "high_freq_factor": 1.0}),
+    ("qwen2", "rope_parameters", {"rope_type": "linear", "factor": math.nan}),
+    ("qwen2", "rope_parameters", "linear"),
+    ("qwen2", "layer_types", ["full_attention", "local"]),
+    ("qwen2", "max_window_layers", -1),
+    ("qwen3", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "partial_rotary_factor": 0.5}),
+    ("phi3", "original_max_position_embeddings", 1), ("phi3", "original_max_position_embeddings", 16.5),
+    ("mistral", "hidden_act", "gelu"),
+    ("mistral", "attention_bias", True)])
+def test_a_familys_rotary_window_and_activation_fields_are_refused_by_name(tmp_path, family, field, value):
+    folder = folder_of(family, tmp_path)
+    config = config_of(folder)
+    config.pop("layer_types", None)  # (Qwen2's sliding layers then follow max_window_layers)
+    (folder / "config.json").write_text(json.dumps({**config, field: value, "use_sliding_window": True}))
+    refused(folder, "config.json: .*(" + "|".join((field, "factor", "dynamic", "partial rotary", "layer_types")) + ")")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import greedy_by_recomputation
-from torch_mirror import adamw_steps_match
+from torch_mirror import adamw_steps_match, transformers_step_matches
 
 from pytransformer.io.hf import from_pretrained
 from pytransformer.models import Llama, LlamaConfig
@@ -40,19 +40,7 @@ def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, tie, n
     hf, folder = hf_tiny(tmp_path, tie, n_kv, head_dim)
     ours = from_pretrained(folder).train()
     assert isinstance(ours, Llama) and ours.config.n_kv_head == n_kv
-    ids = rng.integers(0, 101, (3, 17))
-    out = hf(torch.from_numpy(ids), labels=torch.from_numpy(ids))
-    out.loss.backward()
-    assert rel(ours(ids), out.logits.detach().numpy()) < 1e-4
-    ours.zero_grad()
-    loss = ours.loss(ids, labels=ids)
-    assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item()
-    ours.backward()
-    grads = ours.grad_dict()
-    named = dict(hf.named_parameters())
-    assert set(grads) == set(named) - ({"lm_head.weight"} if tie else set())
-    for name, g in grads.items():
-        assert rel(g, named[name].grad.numpy()) < 1e-4, name
+    transformers_step_matches(torch, hf, ours, rng.integers(0, 101, (3, 17)))
 
 
 def test_ten_adamw_steps_match_torch(tmp_path, rng):

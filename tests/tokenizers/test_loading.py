@@ -31,8 +31,8 @@ def tiny_tokenizer_json(folder, extra_specials=()):
 
 
 def test_stop_ids_take_every_eos_id_and_the_end_of_turn_tokens_in_the_vocabulary():
-    vocab = {"<|im_end|>": 7, "<end_of_turn>": 9, "<|eot_id|>": 11, "<|end|>": 13, "x": 1}
-    assert stop_ids(vocab.get, [2, None, 5, 2]) == [2, 5, 7, 9, 11, 13]
+    vocab = {"<|im_end|>": 7, "<end_of_turn>": 9, "<|eot_id|>": 11, "<|eom_id|>": 12, "<|end|>": 13, "x": 1}
+    assert stop_ids(vocab.get, [2, None, 5, 2]) == [2, 5, 7, 9, 11, 12, 13]
     assert stop_ids({}.get, []) == []
 
 
@@ -104,7 +104,8 @@ def test_from_pretrained_sets_model_tokenizer(tmp_path):
 
 
 def test_a_sentencepiece_gguf_loads_with_its_tokenizer(tmp_path):
-    """A tiny Llama GGUF whose vocabulary is SentencePiece ("llama"): model.tokenizer is the SentencePiece one."""
+    """A tiny Llama GGUF whose vocabulary is SentencePiece ("llama"): model.tokenizer is the SentencePiece one, and
+    generation stops at the file's eos and end-of-turn ids."""
     gguf = pytest.importorskip("gguf")
     from pytransformer import from_pretrained
 
@@ -116,7 +117,7 @@ def test_a_sentencepiece_gguf_loads_with_its_tokenizer(tmp_path):
     w.add_tokenizer_model("llama"), w.add_token_list(pieces)
     w.add_token_scores([0.0] * 259 + [-1.0, -2.0, -3.0, -0.5, -0.1])
     w.add_token_types([2, 3, 3] + [6] * 256 + [1] * 5)
-    w.add_bos_token_id(1), w.add_eos_token_id(2)
+    w.add_bos_token_id(1), w.add_eos_token_id(2), w.add_eot_token_id(n - 2)  # (an end of turn of its own)
     rng = np.random.default_rng(0)
     shapes = {"token_embd.weight": (n, 8), "output_norm.weight": (8,), "output.weight": (n, 8),
               "blk.0.attn_norm.weight": (8,), "blk.0.ffn_norm.weight": (8,), "blk.0.attn_q.weight": (8, 8),
@@ -129,7 +130,7 @@ def test_a_sentencepiece_gguf_loads_with_its_tokenizer(tmp_path):
     assert tok.kind.startswith("SentencePiece")
     assert tok.encode("hi hi", add_special_tokens=True) == [1, n - 1, n - 1]
     assert tok.decode([1, n - 1, n - 1, 2], skip_special_tokens=True) == "hi hi"
-    assert tok.stop_ids == [2]
+    assert tok.stop_ids == [2, n - 2] and tok.eos_id == 2
 
 
 def test_a_gguf_byte_level_vocabulary_with_a_regex_pre_tokenizer_splits_as_its_pattern():
