@@ -12,11 +12,11 @@ from .safetensors import quote
 def llama_config(fields: dict) -> LlamaConfig:
     """A LlamaConfig from DecoderConfig's fields (a config.json's or a GGUF file's): the parts a Llama lacks are
     refused by name."""
-    for name, plain in (("partial_rotary_factor", 1.0), ("sliding_window", None)):
+    lacks = {"partial_rotary_factor": 1.0, "sliding_window": None, "final_logit_softcapping": None}
+    for name, plain in lacks.items():
         if fields.get(name, plain) != plain:
             raise ValueError(f"{name} {quote(fields[name])} is not supported by the llama family")
-    return LlamaConfig(**{k: v for k, v in fields.items()
-                          if k not in ("partial_rotary_factor", "sliding_window", "layer_types")})
+    return LlamaConfig(**{k: v for k, v in fields.items() if k not in (*lacks, "layer_types")})
 
 
 LAYOUT = HFDecoder("llama", ("LlamaForCausalLM", "LlamaModel"), make_config=llama_config).layout()

@@ -92,13 +92,3 @@ def test_greedy_continuation_equals_transformers(ours, reference, prompt):
     got = ours.generate(ids, NEW, temperature=0.0)[0, ids.shape[1]:]
     np.testing.assert_array_equal(got, reference[prompt][1])
 
-
-def test_a_turn_is_answered_and_stops_at_the_end_of_turn(ours):
-    """Gemma's turn format (the file carries no chat template): the reply ends at <end_of_turn>, one of the
-    tokenizer's stop ids."""
-    tok = ours.tokenizer
-    prompt = "<start_of_turn>user\nWhat is the capital of France? Answer in one word.<end_of_turn>\n<start_of_turn>model\n"
-    ids = np.array([tok.encode(prompt, add_special_tokens=True)], np.int64)
-    out = ours.generate(ids, 24, temperature=0.0, stop=tok.stop_ids)[0, ids.shape[1]:].tolist()
-    assert "Paris" in tok.decode(out)
-    assert out[-1] == tok.token_to_id("<end_of_turn>")
