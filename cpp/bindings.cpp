@@ -215,6 +215,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
   m.def("active_isa", &pt::active_isa);
+  m.def("int8_dot", &pt::int8_dot);
   m.def("set_isa", &pt::set_isa, arg("name"));
   m.def("have_openmp", &pt::have_openmp);
   m.def("get_num_threads", &pt::num_threads);
@@ -520,6 +521,19 @@ PYBIND11_MODULE(_core, m) {
     const float* b = array_data<float>(bias, "bias", {OC}, false, true);
     const NoGil nogil;
     K().matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
+  });
+  m.def("matmul_q8_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    if (qtype == pt::kF32 || qtype == pt::kF16 || qtype == pt::kBF16)
+      throw py::value_error("matmul_q8_forward: int8 activations need a GGUF integer block type, got type " +
+                            std::to_string(qtype) + " (a float type)");
+    const int64_t rb = row_bytes(qtype, IC);
+    float* o = array_data<float>(out, "out", {N, OC}, true);
+    const float* x = array_data<float>(inp, "inp", {N, IC});
+    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+    const float* b = array_data<float>(bias, "bias", {OC}, false, true);
+    const NoGil nogil;
+    K().matmul_q8_forward(o, x, w, qtype, b, N, IC, OC);
   });
   m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
     check_nonneg({rows, N, C});
