@@ -140,6 +140,13 @@ int64_t checked_row_bytes(int qtype, int64_t C) {
   return pt::quant_row_bytes(qtype, C);
 }
 
+// int8 activations are for the integer block types only
+void int8_block_type(int qtype, const char* who) {
+  if (qtype == pt::kF32 || qtype == pt::kF16 || qtype == pt::kBF16)
+    throw py::value_error(std::string(who) + ": int8 activations need a GGUF integer block type, got type " +
+                          std::to_string(qtype) + " (a float type)");
+}
+
 int64_t row_bytes(int qtype, int64_t C) {
   const int64_t rb = checked_row_bytes(qtype, C);
   if (rb < 0)
@@ -149,7 +156,8 @@ int64_t row_bytes(int qtype, int64_t C) {
 }
 
 // A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, scale or None, OC, IC,
-// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type. The arrays
+// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type (+ 1000:
+// with int8 activations). The arrays
 // are checked and kept alive by `keep`.
 pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) {
   auto t = py::reinterpret_borrow<py::tuple>(spec);
@@ -159,6 +167,7 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
   w.OC = t[3].cast<int64_t>();
   w.IC = t[4].cast<int64_t>();
   py::object data = py::reinterpret_borrow<py::object>(t[1]);
+  if (w.kind >= pt::WeightRef::kInt8Activations) int8_block_type(w.qtype(), "a weight spec");
   switch (w.kind) {
     case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", {w.OC, w.IC}); break;
     case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", {w.OC, w.IC}); break;
@@ -169,7 +178,7 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
       keep.push_back(scale);
       break;
     }
-    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.kind, w.IC)});
+    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.qtype(), w.IC)});
   }
   py::object bias = py::reinterpret_borrow<py::object>(t[5]);
   w.bias = array_data<float>(bias, "bias", {w.OC}, false, true);
@@ -524,9 +533,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("matmul_q8_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
     check_nonneg({N, IC, OC});
-    if (qtype == pt::kF32 || qtype == pt::kF16 || qtype == pt::kBF16)
-      throw py::value_error("matmul_q8_forward: int8 activations need a GGUF integer block type, got type " +
-                            std::to_string(qtype) + " (a float type)");
+    int8_block_type(qtype, "matmul_q8_forward");
     const int64_t rb = row_bytes(qtype, IC);
     float* o = array_data<float>(out, "out", {N, OC}, true);
     const float* x = array_data<float>(inp, "inp", {N, IC});

@@ -1,5 +1,6 @@
 // The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
-// and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. The
+// and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. Its
+// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant). The
 // precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles.
 #include "pytransformer/dispatch.h"
 
@@ -51,6 +52,12 @@ CpuFeatures detect() {
 }
 #endif
 
+// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it)
+bool no_vnni() {
+  const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
+  return forced && std::string(forced) == "vpmaddubsw";
+}
+
 struct Variant {
   const char* name;
   Kernels f32;         // the variant's own table (its int8 product on vpdpbusd where the CPU has it)
@@ -89,6 +96,7 @@ const std::vector<Variant>& variants() {
     auto add = [&v](const char* name, const Kernels* table, bool supported, bool vnni, decltype(
                         table->matmul_q8_forward) q8_vnni) {
       Kernels own = *table;
+      vnni = vnni && !no_vnni();
       if (vnni) own.matmul_q8_forward = q8_vnni;
       v.push_back({name, own, on_tiles(own), supported, vnni ? "vpdpbusd" : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
     };
