@@ -123,5 +123,9 @@ def test_a_model_switches_and_its_decode_plan_follows(rng):
                getattr(m, "quantized", None) is not None and hasattr(m, "stored"))
     assert 1e-4 < opcases.rel_err(int8, before) < 0.1
     np.testing.assert_array_equal(model.set_activation_dtype("float32")(ids), before)
+    model.set_activation_dtype("int8")
+    in_cpp = model.generate(ids, 6, temperature=0.0)
+    model.decode_in_cpp = False
+    np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), in_cpp)  # (the plan reads the int8 kind)
     with pytest.raises(ValueError, match="activation dtype"):
         model.set_activation_dtype("int4")
