@@ -521,27 +521,23 @@ PYBIND11_MODULE(_core, m) {
   m.attr("small_batch_rows") = pt::kSmallBatchRows;
   m.def("quant_row_bytes", &checked_row_bytes,
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
-  m.def("matmul_q_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    const int64_t rb = row_bytes(qtype, IC);
-    float* o = array_data<float>(out, "out", {N, OC}, true);
-    const float* x = array_data<float>(inp, "inp", {N, IC});
-    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
-    const float* b = array_data<float>(bias, "bias", {OC}, false, true);
-    const NoGil nogil;
-    K().matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
-  });
-  m.def("matmul_q8_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    int8_block_type(qtype, "matmul_q8_forward");
-    const int64_t rb = row_bytes(qtype, IC);
-    float* o = array_data<float>(out, "out", {N, OC}, true);
-    const float* x = array_data<float>(inp, "inp", {N, IC});
-    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
-    const float* b = array_data<float>(bias, "bias", {OC}, false, true);
-    const NoGil nogil;
-    K().matmul_q8_forward(o, x, w, qtype, b, N, IC, OC);
-  });
+  // the GGUF products, float32 activations (matmul_q_forward) or int8 ones (matmul_q8_forward, integer types only)
+  using QuantProduct = decltype(pt::Kernels::matmul_q_forward);
+  auto quant_product = [](QuantProduct pt::Kernels::*kernel, bool int8) {
+    return [kernel, int8](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
+      check_nonneg({N, IC, OC});
+      if (int8) int8_block_type(qtype, "matmul_q8_forward");
+      const int64_t rb = row_bytes(qtype, IC);
+      float* o = array_data<float>(out, "out", {N, OC}, true);
+      const float* x = array_data<float>(inp, "inp", {N, IC});
+      const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+      const float* b = array_data<float>(bias, "bias", {OC}, false, true);
+      const NoGil nogil;
+      (K().*kernel)(o, x, w, qtype, b, N, IC, OC);
+    };
+  };
+  m.def("matmul_q_forward", quant_product(&pt::Kernels::matmul_q_forward, false));
+  m.def("matmul_q8_forward", quant_product(&pt::Kernels::matmul_q8_forward, true));
   m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
     check_nonneg({rows, N, C});
     const int64_t rb = row_bytes(qtype, C);

@@ -94,9 +94,9 @@ def test_bad_input_is_a_one_line_error(rng):
         _core.matmul_q8_forward(np.empty((2, 4), np.float32), x, f16.data, ops.QTYPES["F16"], None, 2, 64, 4)
 
 
-def test_the_default_is_int8_for_integer_blocks_with_an_integer_dot_product_and_float32_otherwise(rng):
+def test_the_default_is_int8_only_for_integer_blocks_with_an_integer_dot_product(rng):
     blocks = ops.Quantized(opcases.random_blocks(rng, "Q8_0", 4, 64), "Q8_0", (4, 64))
-    want = "int8" if ops.int8_dot() != "scalar" else "float32"
+    want = "int8" if weights.INT8_BY_DEFAULT and ops.int8_dot() != "scalar" else "float32"
     assert weights.BlockWeight(blocks).activations == want
     f16 = ops.Quantized(opcases.random_blocks(rng, "F16", 4, 64), "F16", (4, 64))
     assert weights.BlockWeight(f16).activations == "float32"

@@ -143,8 +143,8 @@ class Parser(argparse.ArgumentParser):
 def add_activations(p):
     """--activations: what a GGUF model's quantised products round their input to."""
     p.add_argument("--activations", choices=("int8", "float32"),
-                   help="int8: activations quantised per block and integer dot products (the default for GGUF "
-                        "integer blocks where the CPU has one); float32: the exact path")
+                   help="int8: activations quantised per block and integer dot products; float32: the exact "
+                        "path (default: the library's, nn.weights.default_activations)")
 
 
 def every_command():

@@ -21,7 +21,7 @@ def from_pretrained(path, mmap=True, dtype=None, activation_dtype=None):
     gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks. model.tokenizer is
     the file's or folder's tokenizer (pytransformer.tokenizers), or None with model.tokenizer_error saying why.
     activation_dtype "int8" or "float32": what the GGUF blocks' products round their input to
-    (Model.set_activation_dtype); the default is int8 where the CPU has an integer dot product."""
+    (Model.set_activation_dtype; default: nn.weights.default_activations)."""
     path = os.fspath(path)
     if os.path.isfile(path) and is_gguf(path):
         f = GGUFFile(path, mmap)

@@ -177,8 +177,7 @@ class Model(Module):
     def set_activation_dtype(self, dtype: str) -> "Model":
         """"int8": the products with GGUF integer blocks quantise their input to int8 blocks (llama.cpp's Q8_0 /
         Q8_K) and sum in integers; "float32": they widen the blocks and sum in float32 (the exact path). Other
-        weights keep float32 activations. The default (nn.weights.default_activations): int8 where the CPU has an
-        integer dot product (pytransformer.cpu_info()["int8_dot"]). -> self"""
+        weights keep float32 activations. The default: nn.weights.default_activations. -> self"""
         weights.check_activations(dtype)
         for m in self.modules():
             if isinstance(m, HoldsWeight):

@@ -12,8 +12,8 @@ read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a
 C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
 `generation()`, which is how fused products and decode plans know they are stale (nothing clears caches by name).
 LoRA-wrapped weights are a further class of this one interface. Each also says what its product's input is
-rounded to (`activations`, `with_activations`): float32 everywhere except GGUF integer blocks, whose products take
-int8 activations (llama.cpp's Q8 blocks, integer dot products) where the CPU has an integer dot product.
+rounded to (`activations`, `with_activations`): float32, or for GGUF integer blocks int8 (llama.cpp's Q8 blocks and
+integer dot products; the default is default_activations).
 """
 
 from __future__ import annotations
@@ -262,10 +262,14 @@ def check_activations(dtype) -> None:
                          f"{dtype!r}")
 
 
+INT8_BY_DEFAULT = False  # (bench/NOTES.md, session 9: the int8 kernels do not beat the float ones yet)
+
+
 def default_activations(qtype: str) -> str:
-    """int8 for GGUF integer blocks on a CPU with an integer dot product (VNNI or AVX2's), else float32: the one
-    place the default is decided."""
-    return "int8" if qtype in ops.INTEGER_QTYPES and ops.int8_dot() != "scalar" else "float32"
+    """The one place the default is decided: int8 for GGUF integer blocks on a CPU with an integer dot product
+    (VNNI or AVX2's) once INT8_BY_DEFAULT says the int8 products are the faster ones, else float32."""
+    int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() != "scalar"
+    return "int8" if int8 else "float32"
 
 
 # dtype name -> the class that converts a float32 matrix to it (set_weight_dtype)

@@ -6,55 +6,39 @@ namespace PT_Q8_NS {
 namespace {
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-inline int32_t hsum(__m128i s) {
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
-}
-// |v| (u8) . a sign(v) (s8) in int32 lanes: 16 values (xmm) or 32 (ymm)
-inline __m128i dot16(__m128i v, __m128i a) {
-  const __m128i uv = _mm_sign_epi8(v, v), sa = _mm_sign_epi8(a, v);
+// |v| (u8) . a sign(v) (s8) in 8 int32 lanes, 32 values
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-  return _mm_dpbusd_epi32(_mm_setzero_si128(), uv, sa);
+#define PT_DPBUSD(w, z, u, s) w##dpbusd_epi32(z, u, s)
 #elif defined(PT_Q8_VNNI)
-  return _mm_dpbusd_avx_epi32(_mm_setzero_si128(), uv, sa);
+#define PT_DPBUSD(w, z, u, s) w##dpbusd_avx_epi32(z, u, s)
 #else
-  return _mm_madd_epi16(_mm_maddubs_epi16(uv, sa), _mm_set1_epi16(1));
+#define PT_DPBUSD(w, z, u, s) w##madd_epi16(w##maddubs_epi16(u, s), w##set1_epi16(1))  // (|a| <= 127: no saturation)
 #endif
-}
 inline __m256i dot32(__m256i v, __m256i a) {
-  const __m256i uv = _mm256_sign_epi8(v, v), sa = _mm256_sign_epi8(a, v);
-#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), uv, sa);
-#elif defined(PT_Q8_VNNI)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), uv, sa);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(uv, sa), _mm256_set1_epi16(1));
-#endif
+  return PT_DPBUSD(_mm256_, _mm256_setzero_si256(), _mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v));
 }
+#undef PT_DPBUSD
 #endif
 
-// sum_s sc[s] (v . a over sub-block s), kSub sub-blocks of kS values, exact in int32
-template <int kSub, int kS>
-inline int32_t scaled_dot(const int8_t* v, const int8_t* a, const int32_t* sc) {
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-  if constexpr (kS == 32) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int s = 0; s < kSub; s++) {
-      const __m256i p = dot32(_mm256_load_si256((const __m256i*)(v + 32 * s)),
-                              _mm256_loadu_si256((const __m256i*)(a + 32 * s)));
-      acc = kSub == 1 ? p : _mm256_add_epi32(acc, _mm256_mullo_epi32(p, _mm256_set1_epi32(sc[s])));
-    }
-    const int32_t sum = hsum(_mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)));
-    return kSub == 1 ? sum * sc[0] : sum;
-  } else {
-    __m128i acc = _mm_setzero_si128();
-    for (int s = 0; s < kSub; s++) {
-      const __m128i p = dot16(_mm_load_si128((const __m128i*)(v + 16 * s)), _mm_loadu_si128((const __m128i*)(a + 16 * s)));
-      acc = _mm_add_epi32(acc, _mm_mullo_epi32(p, _mm_set1_epi32(sc[s])));
-    }
-    return hsum(acc);
+// sum_s sc[s] (v . a over sub-block s) of one block (kSub sub-blocks of kS values) as 8 int32 lanes, exact
+template <int kSub, int kS>
+inline __m256i block_lanes(const int8_t* v, const int8_t* a, const int32_t* sc) {
+  __m256i acc = _mm256_setzero_si256();
+  for (int i = 0; i < kSub * kS / 32; i++) {
+    const __m256i p = dot32(_mm256_load_si256((const __m256i*)(v + 32 * i)),
+                            _mm256_loadu_si256((const __m256i*)(a + 32 * i)));
+    if (kSub == 1) return p;  // (the 32-value types: sc = 1)
+    const __m256i scale = kS == 32 ? _mm256_set1_epi32(sc[i])  // (16-value sub-blocks: two per 32 bytes)
+                                   : _mm256_setr_epi32(sc[2 * i], sc[2 * i], sc[2 * i], sc[2 * i], sc[2 * i + 1],
+                                                       sc[2 * i + 1], sc[2 * i + 1], sc[2 * i + 1]);
+    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, scale));
   }
+  return acc;
+}
 #else
+template <int kSub, int kS>
+inline int32_t block_sum(const int8_t* v, const int8_t* a, const int32_t* sc) {
   int32_t sum = 0;
   for (int s = 0; s < kSub; s++) {
     int32_t d = 0;
@@ -62,10 +46,12 @@ inline int32_t scaled_dot(const int8_t* v, const int8_t* a, const int32_t* sc) {
     sum += sc[s] * d;
   }
   return sum;
-#endif
 }
+#endif
 
-// out (N, OC) = the rows (q, da, sums: quantize_row_q8's, blocks of B::kValues) times weight (OC rows of B) + bias
+// out (N, OC) = the rows (q, da, sums: quantize_row_q8's, blocks of B::kValues) times weight (OC rows of B) + bias.
+// Each weight row is unpacked once into integers and read by every input row; a row's block products add up in
+// float lanes (d da times the block's integer lanes), summed across lanes once per output.
 template <class B>
 void product_of(float* out, const int8_t* q, const float* da, const int32_t* sums, const uint8_t* weight,
                 const float* bias, int64_t N, int64_t IC, int64_t OC) {
@@ -73,21 +59,34 @@ void product_of(float* out, const int8_t* q, const float* da, const int32_t* sum
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelElements)
   for (int64_t o = 0; o < OC; o++) {
-    IntBlock u;
-    for (int64_t n = 0; n < N; n++) out[n * OC + o] = bias ? bias[o] : 0.f;
-    for (int64_t b = 0; b < nb; b++) {
-      I::unpack(u, weight + o * rb + b * (int64_t)sizeof(B));
-      for (int64_t n = 0; n < N; n++) {
-        const int64_t at = n * IC + b * B::kValues;
-        float t = u.d * (float)scaled_dot<I::kSub, I::kS>(u.v, q + at, u.sc);
-        if (I::kMin) {
-          const int32_t* g = sums + at / 16;
+    static thread_local ScratchBuffer buf;
+    IntBlock* row = reinterpret_cast<IntBlock*>(buf.floats((size_t)nb * sizeof(IntBlock) / sizeof(float)));
+    for (int64_t b = 0; b < nb; b++) I::unpack(row[b], weight + o * rb + b * (int64_t)sizeof(B));
+    for (int64_t n = 0; n < N; n++) {
+      const int8_t* a = q + n * IC;
+      const float* dn = da + n * nb;
+      float mins = 0.f;  // sum over blocks of da dmin sum_s mn[s] (sum of a over s)
+      if (I::kMin)
+        for (int64_t b = 0; b < nb; b++) {
+          const int32_t* g = sums + (n * IC + b * B::kValues) / 16;
           int32_t m = 0;
-          for (int s = 0; s < I::kSub; s++) m += u.mn[s] * (I::kS == 32 ? g[2 * s] + g[2 * s + 1] : g[s]);
-          t -= u.dmin * (float)m;
+          for (int s = 0; s < I::kSub; s++) m += row[b].mn[s] * (I::kS == 32 ? g[2 * s] + g[2 * s + 1] : g[s]);
+          mins += dn[b] * row[b].dmin * (float)m;
         }
-        out[n * OC + o] += da[at / B::kValues] * t;
-      }
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; b++)
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_lanes<I::kSub, I::kS>(row[b].v, a + b * B::kValues, row[b].sc)),
+                              _mm256_set1_ps(row[b].d * dn[b]), acc);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      const float total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#else
+      float total = 0.f;
+      for (int64_t b = 0; b < nb; b++)
+        total += row[b].d * dn[b] * (float)block_sum<I::kSub, I::kS>(row[b].v, a + b * B::kValues, row[b].sc);
+#endif
+      out[n * OC + o] = total - mins + (bias ? bias[o] : 0.f);
     }
   }
 }
