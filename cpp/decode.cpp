@@ -19,7 +19,9 @@ void WeightRef::product(float* out, const float* inp, int64_t N) const {
     case kFloat32: K.matmul_forward(out, inp, (const float*)data, bias, N, IC, OC); break;
     case kBFloat16: K.matmul_w16_forward(out, inp, (const uint16_t*)data, bias, N, IC, OC); break;
     case kInt8: K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, bias, N, IC, OC); break;
-    default: K.matmul_q_forward(out, inp, (const uint8_t*)data, kind, bias, N, IC, OC);
+    default:
+      (kind >= kInt8Activations ? K.matmul_q8_forward : K.matmul_q_forward)(out, inp, (const uint8_t*)data, qtype(),
+                                                                             bias, N, IC, OC);
   }
 }
 

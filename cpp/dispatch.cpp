@@ -1,5 +1,6 @@
 // The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
-// and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. The
+// and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. Its
+// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant). The
 // precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles.
 #include "pytransformer/dispatch.h"
 
@@ -25,6 +26,7 @@ uint64_t read_xcr0() {
 
 struct CpuFeatures {
   bool avx2 = false, avx512 = false;
+  bool avx512_vnni = false, avx_vnni = false;  // vpdpbusd on zmm/ymm/xmm (AVX-512), on ymm/xmm (VEX)
 };
 
 CpuFeatures detect() {
@@ -43,15 +45,25 @@ CpuFeatures detect() {
        avx512vl = b & (1u << 31);
   f.avx2 = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+  f.avx512_vnni = f.avx512 && (c & (1u << 11));
+  __cpuid_count(7, 1, a, b, c, d);
+  f.avx_vnni = f.avx2 && (a & (1u << 4));
   return f;
 }
 #endif
 
+// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it)
+bool no_vnni() {
+  const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
+  return forced && std::string(forced) == "vpmaddubsw";
+}
+
 struct Variant {
   const char* name;
-  const Kernels* f32;  // the variant's own table
-  Kernels bf16;        // the same with the products on AMX tiles (equal to *f32 where AMX is not built)
+  Kernels f32;         // the variant's own table (its int8 product on vpdpbusd where the CPU has it)
+  Kernels bf16;        // the same with the products on AMX tiles (equal to f32 where AMX is not built)
   bool supported;
+  const char* int8_dot;  // the integer dot product its int8-activation products use
 };
 
 #ifdef PT_HAVE_AMX
@@ -81,17 +93,21 @@ const std::vector<Variant>& variants() {
 #ifdef PT_X86
     [[maybe_unused]] CpuFeatures f = detect();
 #endif
-    auto add = [&v](const char* name, const Kernels* table, bool supported) {
-      v.push_back({name, table, on_tiles(*table), supported});
+    auto add = [&v](const char* name, const Kernels* table, bool supported, bool vnni, decltype(
+                        table->matmul_q8_forward) q8_vnni) {
+      Kernels own = *table;
+      vnni = vnni && !no_vnni();
+      if (vnni) own.matmul_q8_forward = q8_vnni;
+      v.push_back({name, own, on_tiles(own), supported, vnni ? "vpdpbusd" : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
     };
 #ifdef PT_HAVE_BASELINE
-    add("baseline", baseline::kernels(), true);
+    add("baseline", baseline::kernels(), true, false, nullptr);
 #endif
 #ifdef PT_HAVE_AVX2
-    add("avx2", avx2::kernels(), f.avx2);
+    add("avx2", avx2::kernels(), f.avx2, f.avx_vnni, &avx2::matmul_q8_vnni_forward);
 #endif
 #ifdef PT_HAVE_AVX512
-    add("avx512", avx512::kernels(), f.avx512);
+    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward);
 #endif
     return v;
   }();
@@ -126,7 +142,7 @@ std::atomic<const Kernels*> g_active{nullptr};
 void choose(const Variant* variant, bool bf16) {  // with g_choice_mutex held
   g_variant = variant;
   g_bf16 = bf16;
-  g_active.store(bf16 ? &variant->bf16 : variant->f32, std::memory_order_release);
+  g_active.store(bf16 ? &variant->bf16 : &variant->f32, std::memory_order_release);
 }
 
 }  // namespace
@@ -165,6 +181,12 @@ void set_isa(const std::string& name) {
   std::string known;
   for (auto& v : variants()) known += std::string(known.empty() ? "" : ", ") + v.name;
   throw std::invalid_argument("unknown ISA '" + name + "'; this build has: " + known);
+}
+
+std::string int8_dot() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_variant->int8_dot;
 }
 
 std::string matmul_precision() {

@@ -553,6 +553,24 @@ class MatmulQuantized(InferenceProduct):
         return {"out": ref.matmul_forward(x["inp"], dense, x["bias"]), "rows": dense[x["ids"]]}
 
 
+class MatmulQuantizedInt8(MatmulQuantized):
+    """The same product with the input quantised to int8 blocks (llama.cpp's Q8_0 / Q8_K) and integer sums: against
+    reference.matmul_q8_forward, which quantises the input as the kernel does and sums exactly. What is left is
+    float32 rounding of the per-block scales and of the sum over IC / block blocks, as in the float product; a
+    quantisation that differs by one step in one value moves the output by ~1e-3 of its scale."""
+
+    def ours(self, x, o):
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"], activations="int8")}
+
+    def reference(self, x, o):
+        w = x["weight"]
+        return {"out": ref.matmul_q8_forward(x["inp"], w.data, w.qtype, x["bias"])}
+
+    def calls(self, x, o):
+        out = empty((x["inp"].shape[0], x["weight"].shape[0]), like=x["inp"])
+        return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out, activations="int8")}
+
+
 class AdamW(Op):
     group = "adamw"
     # m sums (1 - beta1) g terms that can cancel to ~1e-8: its rounding is relative to those terms (~0.1), not to m
@@ -616,7 +634,8 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
        "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
-       "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0})}  # (floors as Gelu's: gelu_tanh(x << 0))
+       "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0}),  # (floors as Gelu's: gelu_tanh(x << 0))
+       "matmul_quantized_int8": MatmulQuantizedInt8()}
 
 
 @dataclass(frozen=True)
@@ -749,6 +768,11 @@ CASES = [
       for qtype in QUANT_TYPES
       for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (4, 0, 19), (5, 1, 40), (7, 2, 33), (8, 0, 45),
                        (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
+    # int8 activations: every integer block type, one row (decode), a few (a batched step), 16 and past it (prefill)
+    *[case("matmul_quantized_int8", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,
+           qtype=qtype)
+      for qtype in QUANT_TYPES if qtype not in ("F32", "F16", "BF16")
+      for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (5, 1, 40), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
@@ -771,6 +795,9 @@ CASES = [
     *[case("matmul_quantized", BENCH, N=N, IC=IC, OC=OC, qtype=qt)
       for N, IC, OC, qt in [(1, 576, 1536, "Q4_1"), (1, 1536, 576, "Q4_1"), (1, 576, 49152, "Q8_0"),
                             (512, 576, 1536, "Q4_1"), (1, 512, 1536, "Q4_K")]],
+    *[case("matmul_quantized_int8", BENCH, N=N, IC=IC, OC=OC, qtype=qt)
+      for N, IC, OC, qt in [(1, 576, 1536, "Q4_1"), (1, 1536, 576, "Q4_1"), (1, 576, 49152, "Q8_0"),
+                            (16, 576, 1536, "Q4_1"), (512, 576, 1536, "Q4_1"), (1, 512, 1536, "Q4_K")]],
     # the other types of a Q4_K_M / Q5_K_M file, decoding one row and a batch of 8
     *[case("matmul_quantized", BENCH, N=N, IC=512, OC=1536, qtype=qt)
       for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],

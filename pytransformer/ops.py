@@ -70,13 +70,21 @@ def _writes(*written, same=()):
 
 
 @_writes("out")
-def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
+def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None, activations="float32"):
     """out (..., OC) = inp (..., IC) @ weight (OC, IC)^T + bias (OC). For inference the weight may also be
     narrow: bfloat16 bits in a uint16 array (to_bfloat16: widened exactly, half the bytes), or int8 with a float32
     weight_scale (OC,) per output row (quantize_int8: a quarter of the bytes), or a Quantized matrix in a GGUF
-    block format (dequantised in registers); the sums stay float32."""
+    block format (dequantised in registers); the sums stay float32. activations="int8" (a Quantized integer block
+    type only): inp quantised per block as llama.cpp does and integer dot products (reference.matmul_q8_forward)."""
+    if activations not in ACTIVATION_DTYPES:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_DTYPES)}, got {activations!r}")
+    if activations == "int8" and not (isinstance(weight, Quantized) and weight.qtype in INTEGER_QTYPES):
+        got = weight.qtype if isinstance(weight, Quantized) else getattr(weight, "dtype", type(weight).__name__)
+        raise ValueError(f"activations='int8' needs a Quantized weight of an integer block type, got {got}")
+    if activations == "int8" and type(inp) is DeviceArray:
+        raise TypeError("activations='int8' runs on the CPU; inp is on a CUDA device (its products keep float32)")
     if isinstance(weight, Quantized):
-        return _matmul_quantized(inp, weight, bias, out)
+        return _matmul_quantized(inp, weight, bias, out, activations == "int8")
     if type(inp) is DeviceArray and weight.dtype != F32:
         raise TypeError(f"weight must be float32 on a CUDA device (narrow weights are CPU-only), got {weight.dtype}")
     d = {}
@@ -99,13 +107,14 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None):
     return out
 
 
-def _matmul_quantized(inp, weight, bias, out):
+def _matmul_quantized(inp, weight, bias, out, int8):
     d = {"OC": weight.shape[0], "IC": weight.shape[1]}
     array(inp, "inp", ("...", "IC"), d)
     if bias is not None:
         array(bias, "bias", ("OC",), d)
     out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
-    _kernels(out).matmul_q_forward(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
+    kernel = _core.matmul_q8_forward if int8 else _kernels(out).matmul_q_forward
+    kernel(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
     return out
 
 
@@ -602,6 +611,14 @@ geglu_forward, geglu_backward = _gated("geglu", "gelu_tanh")    # Gemma's
 QTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11,
           "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23, "BF16": 30}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
+INTEGER_QTYPES = tuple(k for k in QTYPES if k not in ("F32", "F16", "BF16"))  # GGUF integer blocks
+ACTIVATION_DTYPES = ("float32", "int8")  # what a quantised product's input is rounded to
+
+
+def int8_dot() -> str:
+    """The integer dot product int8-activation products run here: vpdpbusd (AVX512-VNNI / AVX-VNNI), vpmaddubsw
+    (AVX2) or scalar."""
+    return _core.int8_dot()
 
 
 class Quantized:
@@ -733,8 +750,9 @@ def unchecked_matmul_int8(x, q, scale, bias=None):
     return _product(_core.matmul_w8_forward, x, q.shape[0], q, scale, bias)
 
 
-def unchecked_matmul_blocks(x, blocks, bias=None):
-    return _product(_core.matmul_q_forward, x, blocks.shape[0], blocks.data, blocks.code, bias)
+def unchecked_matmul_blocks(x, blocks, bias=None, int8=False):
+    kernel = _core.matmul_q8_forward if int8 else _core.matmul_q_forward
+    return _product(kernel, x, blocks.shape[0], blocks.data, blocks.code, bias)
 
 
 def unchecked_residual(a, b):

@@ -464,6 +464,47 @@ def dequantize(data, qtype, cols):
     return y.reshape(rows, cols)
 
 
+# --- int8 activations (llama.cpp's Q8 blocks): the quantised products' other operand -------------------------
+
+Q8_K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+
+
+def activation_block(qtype):
+    """The activations' block for a weight type: 256 (Q8_K) for the K types and IQ4_XS, else 32 (Q8_0 / Q8_1)."""
+    return 256 if qtype in Q8_K_TYPES else 32
+
+
+def quantize_activations(inp, block):
+    """float32 (N, C) -> int8 values q (N, C) and float64 scales d (N, C / block), x ~ d q per block. The rounding
+    is llama.cpp's, in float32 as it computes it: block 32 (quantize_row_q8_0 / q8_1, x86): id = 127 / amax,
+    q = round-half-even(x id), d = fp16(amax / 127); block 256 (quantize_row_q8_K): max = the value of largest
+    magnitude, iscale = -127 / max, q = min(127, round-half-even(iscale x)), d = 1 / iscale (float32)."""
+    x = np.asarray(inp, np.float32)
+    N, C = x.shape
+    xb = x.reshape(N, C // block, block)
+    amax = np.abs(xb).max(axis=2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if block == 32:
+            iscale = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+            d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
+        else:
+            at = np.abs(xb).argmax(axis=2)[..., None]
+            big = np.take_along_axis(xb, at, axis=2)
+            iscale = np.where(amax > 0, np.float32(-127) / big, np.float32(0)).astype(np.float32)
+            d = np.where(amax > 0, np.float32(1) / iscale, np.float32(0)).astype(np.float64)
+    q = np.minimum(np.rint(xb * iscale), 127).astype(np.int8)  # (float32 products, as the C++ computes them)
+    return q.reshape(N, C), d.reshape(N, C // block)
+
+
+def matmul_q8_forward(inp, data, qtype, bias=None):
+    """The product with int8 activations: inp (N, IC) quantised per block (quantize_activations), times the
+    (OC, IC) GGUF weight data in qtype, exactly (integer sums, float64 scales) -> float64 (N, OC) + bias."""
+    N, IC = np.shape(inp)
+    q, d = quantize_activations(inp, activation_block(qtype))
+    a = (q.reshape(N, d.shape[1], -1) * d[:, :, None]).reshape(N, IC)
+    return matmul_forward(a, dequantize(data, qtype, IC), bias)
+
+
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 

@@ -69,12 +69,13 @@ def check_memory(need, what, advice):
                          f"available; {advice}")
 
 
-def load_model(name, need_tokenizer=True):
+def load_model(name, need_tokenizer=True, activations=None):
     """pytransformer.from_pretrained(name) for a command: a path, a packaged name or a cached Hugging Face repo id;
-    UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer)."""
+    UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer).
+    activations: the GGUF products' activation dtype (--activations; None: the library's default)."""
     from .. import from_pretrained
 
-    model = from_pretrained(name)
+    model = from_pretrained(name, activation_dtype=activations)
     if not hasattr(model, "stream"):
         raise UsageError(f"{name}: a {type(model).__name__}, not a language model that generates text")
     if need_tokenizer and getattr(model, "tokenizer", None) is None:
@@ -137,6 +138,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def add_activations(p):
+    """--activations: what a GGUF model's quantised products round their input to."""
+    p.add_argument("--activations", choices=("int8", "float32"),
+                   help="int8: activations quantised per block and integer dot products; float32: the exact "
+                        "path (default: the library's, nn.weights.default_activations)")
 
 
 def every_command():

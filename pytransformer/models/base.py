@@ -12,6 +12,7 @@ import numpy as np
 from .. import ops
 from ..generate import KVCache, beam_search, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, weights
+from ..nn.layers import HoldsWeight
 
 
 # How each family looks in Hugging Face transformers: model class -> a function of a built model giving its
@@ -171,6 +172,16 @@ class Model(Module):
         for m in self.modules():
             if hasattr(m, "set_weight_dtype") and not isinstance(m, Model):
                 m.set_weight_dtype(dtype)
+        return self
+
+    def set_activation_dtype(self, dtype: str) -> "Model":
+        """"int8": the products with GGUF integer blocks quantise their input to int8 blocks (llama.cpp's Q8_0 /
+        Q8_K) and sum in integers; "float32": they widen the blocks and sum in float32 (the exact path). Other
+        weights keep float32 activations. The default: nn.weights.default_activations. -> self"""
+        weights.check_activations(dtype)
+        for m in self.modules():
+            if isinstance(m, HoldsWeight):
+                m.stored = m.stored.with_activations(dtype)
         return self
 
     def num_parameters(self) -> int:

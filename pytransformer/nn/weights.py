@@ -11,7 +11,9 @@ Each class says, and nothing else decides: its product (`forward`; `dinp` where 
 read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a device (`to`), and the spec the
 C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
 `generation()`, which is how fused products and decode plans know they are stale (nothing clears caches by name).
-LoRA-wrapped weights and int8 activations are further classes of this one interface.
+LoRA-wrapped weights are a further class of this one interface. Each also says what its product's input is
+rounded to (`activations`, `with_activations`): float32, or for GGUF integer blocks int8 (llama.cpp's Q8 blocks and
+integer dot products; the default is default_activations).
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ class Weight:
     def spec(self):
         """(code, data, scale or None, OC, IC): what the C++ decode plan reads."""
         raise NotImplementedError
+
+    activations = "float32"  # what the product rounds its input to (ops.ACTIVATION_DTYPES)
+
+    def with_activations(self, dtype: str) -> "Weight":
+        """This weight with its product's input rounded to dtype ("float32" | "int8"); formats whose products
+        have only float32 activations stay as they are."""
+        check_activations(dtype)
+        return self
 
     def __repr__(self):
         return f"{type(self).__name__}({self.kind}, shape={self.shape})"
@@ -195,40 +205,71 @@ class Int8Weight(Weight):
 
 class BlockWeight(Weight):
     """A GGUF block format (ops.Quantized: rows of blocks, e.g. a memory-mapped slice of the file), dequantised in
-    registers by the product. Fused only as a view of blocks lying back to back (never a copy of mapped pages)."""
+    registers by the product (float32 activations), or with its input quantised to int8 blocks and integer dot
+    products (int8 activations: default_activations). Fused only as a view of blocks lying back to back (never a
+    copy of mapped pages). On a CUDA device the products keep float32 activations."""
 
     code = None
+    INT8_CODE = 1000  # the C++ plan's kind for int8 activations: this + the GGUF type id (decode.h)
 
-    def __init__(self, blocks):
+    def __init__(self, blocks, activations=None):
         self.blocks = blocks
-        self.kind, self.code = blocks.qtype, blocks.code
+        self.kind = blocks.qtype
+        self.activations = default_activations(blocks.qtype) if activations is None else activations
+        self.int8 = self.activations == "int8"
+        self.code = blocks.code + (self.INT8_CODE if self.int8 else 0)
 
     @property
     def shape(self):
         return self.blocks.shape
 
     def _unchecked(self, x, bias):
-        return ops.unchecked_matmul_blocks(x, self.blocks, bias)
+        return ops.unchecked_matmul_blocks(x, self.blocks, bias, self.int8)
 
     def _checked(self, x, bias):
-        return ops.matmul_forward(x, self.blocks, bias)
+        return ops.matmul_forward(x, self.blocks, bias, activations=self.activations)
+
+    def with_activations(self, dtype):
+        check_activations(dtype)
+        if dtype == "int8" and self.kind not in ops.INTEGER_QTYPES:
+            return self  # (float blocks F32 / F16 / BF16: float32 activations)
+        return self if dtype == self.activations else BlockWeight(self.blocks, dtype)
 
     @classmethod
     def fuse(cls, weights):
-        if len({w.kind for w in weights}) != 1:
+        if len({(w.kind, w.activations) for w in weights}) != 1:
             return None  # (a GGUF file's Q4_K q and k with a Q6_K v: one product each)
         data = adjacent([w.blocks.data for w in weights])
         if data is None:
             return None
         data = data.reshape(-1, weights[0].blocks.data.shape[1])
-        return cls(ops.Quantized(data, weights[0].kind, (data.shape[0], weights[0].shape[1])))
+        return cls(ops.Quantized(data, weights[0].kind, (data.shape[0], weights[0].shape[1])),
+                   weights[0].activations)
 
     def to(self, device):
         moved = self.blocks.to(device)
-        return self if moved is self.blocks else BlockWeight(moved)
+        if moved is self.blocks:
+            return self
+        return BlockWeight(moved, "float32" if device != "cpu" else None)
 
     def spec(self):
         return (self.code, self.blocks.data, None, *self.blocks.shape)
+
+
+def check_activations(dtype) -> None:
+    if dtype not in ops.ACTIVATION_DTYPES:
+        raise ValueError(f"activation dtype must be one of {', '.join(map(repr, ops.ACTIVATION_DTYPES))}, got "
+                         f"{dtype!r}")
+
+
+INT8_BY_DEFAULT = False  # (bench/NOTES.md, session 9: the int8 kernels do not beat the float ones yet)
+
+
+def default_activations(qtype: str) -> str:
+    """The one place the default is decided: int8 for GGUF integer blocks on a CPU with an integer dot product
+    (VNNI or AVX2's) once INT8_BY_DEFAULT says the int8 products are the faster ones, else float32."""
+    int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() != "scalar"
+    return "int8" if int8 else "float32"
 
 
 # dtype name -> the class that converts a float32 matrix to it (set_weight_dtype)

@@ -27,7 +27,7 @@ PROMPTS = ["The theory of relativity says that", "def quicksort(arr):",
 def ours():
     from pytransformer import from_pretrained
 
-    return from_pretrained(os.path.join(FOLDER, FILE))
+    return from_pretrained(os.path.join(FOLDER, FILE), activation_dtype="float32")  # (the exact path)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ namespace pt {
 // (kind = its ggml type id, with `data` its OC rows of blocks); the bias (OC) is optional.
 struct WeightRef {
   static constexpr int kFloat32 = -1, kBFloat16 = -2, kInt8 = -3;
+  static constexpr int kInt8Activations = 1000;  // + a GGUF type id: its blocks with int8 activations
+  int qtype() const { return kind >= kInt8Activations ? kind - kInt8Activations : kind; }
   int kind = kFloat32;
   const void* data = nullptr;
   const float* scale = nullptr;  // int8 only

@@ -16,6 +16,8 @@ std::vector<std::string> available_isas();
 const Kernels& active();
 // The chosen ISA variant's name (the same under either precision).
 std::string active_isa();
+// The integer dot product the chosen variant's int8-activation products run: vpdpbusd, vpmaddubsw or scalar.
+std::string int8_dot();
 // Switch variant; throws std::invalid_argument when it is unknown or unsupported here.
 void set_isa(const std::string& name);
 

@@ -71,6 +71,12 @@
      out (N, OC) = inp (N, IC) @ dequant(weight)^T + bias, dequantised in registers / L1, float32 sums */     \
   void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,    \
                         int64_t N, int64_t IC, int64_t OC);                                                  \
+  /* the same with inp quantised to int8 per block (Q8_0 per 32, Q8_K per 256, llama.cpp's rounding) and       \
+     integer dot products (quant/int8.cpp); the _vnni entry is vpdpbusd's copy, which dispatch.cpp swaps in */  \
+  void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,   \
+                         int64_t N, int64_t IC, int64_t OC);                                                 \
+  void matmul_q8_vnni_forward(float* out, const float* inp, const uint8_t* weight, int qtype,                \
+                              const float* bias, int64_t N, int64_t IC, int64_t OC);                         \
   /* out (N, C) = dequant(src rows ids[n]) (ids null: rows 0 .. N-1); src rows of quant_row_bytes(qtype, C) */ \
   void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C);  \
   /* approximate: 1 = tanh approximation (GPT-2), 0 = exact erf (BERT) */                                     \
@@ -113,8 +119,8 @@
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
-  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(dequantize_rows) \
-  X(geglu_forward) X(geglu_backward)
+  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
+  X(dequantize_rows) X(geglu_forward) X(geglu_backward)
 
 namespace pt {
 // GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);

@@ -1,0 +1,232 @@
+// GGUF products with int8 activations (llama.cpp's way): each input row quantised once into int8 blocks (per 32
+// values for the 32-value types, per 256 for the K types and IQ4_XS; the rounding of quantize_row_q8_0 / q8_K),
+// each weight block unpacked once into integers, x = d sc[s] v - dmin mn[s] per sub-block s, and every row's
+// product with that block is integer sums, exact, times one float scale per block pair:
+//   out[n] += da[n] (d sum_s sc[s] (v . a[n])_s - dmin sum_s mn[s] (sum a[n])_s).
+// The integer dot product: vpdpbusd (AVX512-VNNI, AVX-VNNI: the `vnni` copy below, chosen in dispatch.cpp),
+// vpmaddubsw + vpmaddwd (AVX2), scalar (baseline). |a| <= 127, so |v| (u8) times a sign(v) (s8) never saturates.
+// Per ISA variant, like every kernel source.
+#include <algorithm>
+#include <cmath>
+
+#include "quant.h"
+
+namespace pt {
+namespace PT_NS {
+
+namespace {
+
+// One weight block as integers: value j of sub-block s (S values each) is d sc[s] v[j] - dmin mn[s].
+struct IntBlock {
+  alignas(64) int8_t v[256];
+  int32_t sc[16], mn[16];
+  float d, dmin;
+};
+
+inline void nibbles16(int8_t* v, const uint8_t* q, int offset) {  // bytes q[0..16) -> low nibbles, high nibbles
+  for (int j = 0; j < 16; j++) {
+    v[j] = (int8_t)((q[j] & 15) - offset);
+    v[16 + j] = (int8_t)((q[j] >> 4) - offset);
+  }
+}
+inline void fifth_bit(int8_t* v, const uint8_t* qh4) {  // Q5's fifth bits, 16 added where set
+  uint32_t qh;
+  std::memcpy(&qh, qh4, 4);
+  for (int j = 0; j < 32; j++) v[j] = (int8_t)(v[j] + (((qh >> j) & 1) << 4));
+}
+constexpr int8_t kIQ4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// Each block type as (sub-blocks, their size, whether it has a min) and its unpack, as reference.py's dequantize
+// lays the values out.
+template <class B> struct Int;
+template <> struct Int<BlockQ4_0> {
+  static constexpr int kSub = 1, kS = 32, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.sc[0] = 1;
+    nibbles16(u.v, p + 2, 8);
+  }
+};
+template <> struct Int<BlockQ4_1> {
+  static constexpr int kSub = 1, kS = 32, kMin = 1;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.dmin = -half_at(p + 2), u.sc[0] = u.mn[0] = 1;
+    nibbles16(u.v, p + 4, 0);
+  }
+};
+template <> struct Int<BlockQ5_0> {
+  static constexpr int kSub = 1, kS = 32, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.sc[0] = 1;
+    nibbles16(u.v, p + 6, 16);
+    fifth_bit(u.v, p + 2);
+  }
+};
+template <> struct Int<BlockQ5_1> {
+  static constexpr int kSub = 1, kS = 32, kMin = 1;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.dmin = -half_at(p + 2), u.sc[0] = u.mn[0] = 1;
+    nibbles16(u.v, p + 8, 0);
+    fifth_bit(u.v, p + 4);
+  }
+};
+template <> struct Int<BlockQ8_0> {
+  static constexpr int kSub = 1, kS = 32, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.sc[0] = 1;
+    std::memcpy(u.v, p + 2, 32);
+  }
+};
+template <> struct Int<BlockIQ4_NL> {
+  static constexpr int kSub = 1, kS = 32, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.sc[0] = 1;
+    for (int j = 0; j < 16; j++) u.v[j] = kIQ4[p[2 + j] & 15], u.v[16 + j] = kIQ4[p[2 + j] >> 4];
+  }
+};
+template <class B> struct IntK45 {  // Q4_K, Q5_K: d, dmin, 12 bytes of six-bit scales and mins, (qh[32]), qs[128]
+  static constexpr int kSub = 8, kS = 32, kMin = 1;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p), u.dmin = half_at(p + 2);
+    const uint8_t* sc = p + 4;
+    for (int s = 0; s < 4; s++) {
+      u.sc[s] = sc[s] & 63, u.mn[s] = sc[4 + s] & 63;
+      u.sc[4 + s] = (sc[8 + s] & 15) | ((sc[s] >> 6) << 4), u.mn[4 + s] = (sc[8 + s] >> 4) | ((sc[4 + s] >> 6) << 4);
+    }
+    const bool five = B::kType == kQ5_K;
+    const uint8_t* qs = p + (five ? 48 : 16);
+    for (int g = 0; g < 4; g++)
+      for (int l = 0; l < 32; l++) {
+        int lo = qs[32 * g + l] & 15, hi = qs[32 * g + l] >> 4;
+        if (five) lo |= ((p[16 + l] >> (2 * g)) & 1) << 4, hi |= ((p[16 + l] >> (2 * g + 1)) & 1) << 4;
+        u.v[64 * g + l] = (int8_t)lo, u.v[64 * g + 32 + l] = (int8_t)hi;
+      }
+  }
+};
+template <> struct Int<BlockQ4_K> : IntK45<BlockQ4_K> {};
+template <> struct Int<BlockQ5_K> : IntK45<BlockQ5_K> {};
+// Q2_K, Q3_K: 2-bit q of sub-block s = 8 h + 2 k + i from bit pair k of qs[32 h + 16 i + l], l < 16
+inline void pairs2(int8_t* v, const uint8_t* qs) {
+  for (int h = 0; h < 2; h++)
+    for (int k = 0; k < 4; k++)
+      for (int i = 0; i < 2; i++)
+        for (int l = 0; l < 16; l++) v[16 * (8 * h + 2 * k + i) + l] = (int8_t)((qs[32 * h + 16 * i + l] >> (2 * k)) & 3);
+}
+template <> struct Int<BlockQ2_K> {  // scales[16] (4-bit scale, 4-bit min), qs[64], d, dmin
+  static constexpr int kSub = 16, kS = 16, kMin = 1;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p + 80), u.dmin = half_at(p + 82);
+    for (int s = 0; s < 16; s++) u.sc[s] = p[s] & 15, u.mn[s] = p[s] >> 4;
+    pairs2(u.v, p + 16);
+  }
+};
+template <> struct Int<BlockQ3_K> {  // hmask[32], qs[64], scales[12] (six bits, - 32), d: q - 4 unless the hmask bit
+  static constexpr int kSub = 16, kS = 16, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p + 108);
+    const uint8_t* sc = p + 96;
+    for (int s = 0; s < 16; s++)
+      u.sc[s] = (((s < 8 ? sc[s] : sc[s - 8] >> 4) & 15) | (((sc[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+    pairs2(u.v, p + 32);
+    for (int h = 0; h < 2; h++)
+      for (int k = 0; k < 4; k++)
+        for (int i = 0; i < 2; i++)
+          for (int l = 0; l < 16; l++)
+            u.v[16 * (8 * h + 2 * k + i) + l] -= (int8_t)(4 * (1 - ((p[16 * i + l] >> (4 * h + k)) & 1)));
+  }
+};
+template <> struct Int<BlockQ6_K> {  // ql[128], qh[64], scales[16] (int8), d: q - 32
+  static constexpr int kSub = 16, kS = 16, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p + 208);
+    for (int s = 0; s < 16; s++) u.sc[s] = (int8_t)p[192 + s];
+    for (int h = 0; h < 2; h++) {
+      const uint8_t *ql = p + 64 * h, *qh = p + 128 + 32 * h;
+      int8_t* v = u.v + 128 * h;
+      for (int l = 0; l < 32; l++) {
+        v[l] = (int8_t)(((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32);
+        v[32 + l] = (int8_t)(((ql[32 + l] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        v[64 + l] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        v[96 + l] = (int8_t)(((ql[32 + l] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+  }
+};
+template <> struct Int<BlockIQ4_XS> {  // d, scales_h (2 bits each), scales_l[4] (nibbles), qs[128]: ls - 32
+  static constexpr int kSub = 8, kS = 32, kMin = 0;
+  static void unpack(IntBlock& u, const uint8_t* p) {
+    u.d = half_at(p);
+    const int sh = read16(p + 2);
+    for (int s = 0; s < 8; s++) u.sc[s] = (((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32;
+    for (int s = 0; s < 8; s++)
+      for (int j = 0; j < 16; j++) {
+        const uint8_t q = p[8 + 16 * s + j];
+        u.v[32 * s + j] = kIQ4[q & 15], u.v[32 * s + 16 + j] = kIQ4[q >> 4];
+      }
+  }
+};
+
+}  // namespace
+
+// q (C int8), d (C / block scales), sums (C / 16: the sums of q per 16) of one row x (C floats), block 32 or 256
+void quantize_row_q8(int8_t* q, float* d, int32_t* sums, const float* x, int64_t C, int64_t block) {
+  for (int64_t b = 0; b < C / block; b++) {
+    const float* xb = x + b * block;
+    float amax = 0.f, big = 0.f;
+    for (int64_t j = 0; j < block; j++)
+      if (std::fabs(xb[j]) > amax) amax = std::fabs(xb[j]), big = xb[j];
+    float iscale = 0.f;
+    if (block == 32) {
+      iscale = amax > 0.f ? 127.f / amax : 0.f;
+      d[b] = (float)(_Float16)(amax / 127.f);  // (stored as fp16, rounded to nearest even)
+    } else {
+      iscale = amax > 0.f ? -127.f / big : 0.f;
+      d[b] = amax > 0.f ? 1.f / iscale : 0.f;
+    }
+    for (int64_t j = 0; j < block; j++) q[b * block + j] = (int8_t)std::min(127.f, std::nearbyint(xb[j] * iscale));
+  }
+  for (int64_t g = 0; g < C / 16; g++) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) s += q[16 * g + j];
+    sums[g] = s;
+  }
+}
+
+}  // namespace PT_NS
+}  // namespace pt
+
+// The products, once plain and (where the variant can have it) once more with vpdpbusd
+#define PT_Q8_NS plain
+#include "int8_product.h"
+#undef PT_Q8_NS
+#if (defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#if defined(PT_ISA_AVX512)
+#pragma GCC target("avx512vnni")
+#else
+#pragma GCC target("avxvnni")
+#endif
+#define PT_Q8_NS vnni
+#define PT_Q8_VNNI 1
+#define PT_Q8_HAVE_VNNI 1
+#include "int8_product.h"
+#undef PT_Q8_VNNI
+#undef PT_Q8_NS
+#pragma GCC pop_options
+#endif
+
+namespace pt {
+namespace PT_NS {
+void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                       int64_t IC, int64_t OC) {
+  plain::product(out, inp, weight, qtype, bias, N, IC, OC);
+}
+void matmul_q8_vnni_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,
+                            int64_t N, int64_t IC, int64_t OC) {
+#ifdef PT_Q8_HAVE_VNNI
+  vnni::product(out, inp, weight, qtype, bias, N, IC, OC);
+#else
+  plain::product(out, inp, weight, qtype, bias, N, IC, OC);
+#endif
+}
+}  // namespace PT_NS
+}  // namespace pt

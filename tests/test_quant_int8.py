@@ -1,0 +1,131 @@
+"""Products with int8 activations (quant/int8.cpp): the activation quantisation against the gguf package's Q8_0,
+the integer dot product's AVX2 form on a VNNI machine, the knob on models, and bad input. The kernels against
+the float64 reference run for every type and row count in tests/test_op_cases.py (matmul_quantized_int8)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pytransformer import opcases, ops
+from pytransformer import reference as ref
+from pytransformer.nn import weights
+
+INTEGER = ops.INTEGER_QTYPES
+
+
+def test_activations_quantise_as_the_gguf_package_does_q8_0(rng):
+    quants = pytest.importorskip("gguf.quants")
+    gguf = pytest.importorskip("gguf")
+    x = opcases.f32(rng, 8, 32 * 40)
+    q, d = ref.quantize_activations(x, 32)
+    blocks = quants.quantize(x, gguf.GGMLQuantizationType.Q8_0).reshape(-1, 34)
+    theirs_d = blocks[:, :2].copy().view(np.float16).astype(np.float64).reshape(d.shape)
+    theirs_q = blocks[:, 2:].view(np.int8).reshape(q.shape)
+    np.testing.assert_array_equal(d, theirs_d)
+    # (they divide by amax / 127 and round half away from zero, llama.cpp's x86 path multiplies by 127 / amax and
+    # rounds half to even: at most one step apart, and only where x 127 / amax lands within float32 rounding of .5)
+    assert np.abs(q.astype(int) - theirs_q).max() <= 1
+    assert (q != theirs_q).mean() < 1e-3
+
+
+def test_q8_k_blocks_keep_the_value_of_largest_magnitude_at_minus_127_steps(rng):
+    x = opcases.f32(rng, 3, 512)
+    q, d = ref.quantize_activations(x, 256)
+    big = np.abs(x.reshape(3, 2, 256)).argmax(axis=2)
+    assert (np.take_along_axis(q.reshape(3, 2, 256), big[..., None], 2) == -127).all()
+    assert np.abs((q.reshape(3, 2, 256) * d[..., None]).reshape(3, 512) - x).max() <= np.abs(d).max() / 2 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("qtype", INTEGER)
+def test_int8_activations_differ_from_float32_ones_by_the_quantisation_only(rng, qtype):
+    """The registry's bound separates the two paths: the int8 product is within float32 rounding of the int8
+    reference and ~1e-3 (a step of the activations' grid) away from the float product."""
+    case = opcases.case("matmul_quantized_int8", N=4, IC=opcases.QUANT_IC[qtype][1], OC=33, qtype=qtype)
+    x = case.make(rng)
+    got = case.spec.ours(x, case.o)["out"]
+    w = x["weight"]
+    exact = ref.matmul_forward(x["inp"], ref.dequantize(w.data, qtype, w.shape[1]), x["bias"])
+    assert opcases.rel_err(got, ref.matmul_q8_forward(x["inp"], w.data, qtype, x["bias"])) <= case.tol
+    assert opcases.rel_err(got, exact) > 20 * case.tol
+
+
+def test_the_avx2_dot_product_runs_where_vnni_is_forced_off():
+    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU: its cases pass too."""
+    if ops.int8_dot() != "vpdpbusd":
+        pytest.skip("no vpdpbusd here: the default run already tests the other form")
+    script = ("import numpy as np, pytransformer as pt\n"
+              "from pytransformer import opcases, _core\n"
+              "assert pt.cpu_info()['int8_dot'] == 'vpmaddubsw'\n"
+              "rng = np.random.default_rng(0)\n"
+              "for isa in set(_core.available_isas()) & {'avx2', 'avx512'}:\n"
+              "    pt.set_isa(isa)\n"
+              "    for c in opcases.cases('test'):\n"
+              "        if c.op == 'matmul_quantized_int8' and c.s['N'] in (1, 5, 17):\n"
+              "            for name, (err, tol) in c.errors(c.make(rng)).items():\n"
+              "                assert err <= tol, (isa, c.label, err)\n"
+              "print('ok')\n")
+    env = dict(os.environ, PYTRANSFORMER_INT8_DOT="vpmaddubsw")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+def test_bad_input_is_a_one_line_error(rng):
+    w = ops.Quantized(opcases.random_blocks(rng, "Q4_1", 4, 64), "Q4_1", (4, 64))
+    x = opcases.f32(rng, 2, 64)
+    with pytest.raises(ValueError, match="activations must be one of float32, int8, got 'int4'"):
+        ops.matmul_forward(x, w, activations="int4")
+    with pytest.raises(ValueError, match="integer block type, got float32"):
+        ops.matmul_forward(x, opcases.f32(rng, 4, 64), activations="int8")
+    f16 = ops.Quantized(opcases.random_blocks(rng, "F16", 4, 64), "F16", (4, 64))
+    with pytest.raises(ValueError, match="integer block type, got F16"):
+        ops.matmul_forward(x, f16, activations="int8")
+    with pytest.raises(ValueError, match="IC"):
+        ops.matmul_forward(opcases.f32(rng, 2, 63), w, activations="int8")
+    buf = opcases.f32(rng, 2, 64)
+    with pytest.raises(ValueError, match="overlap|aliases|same memory"):
+        ops.matmul_forward(buf, w, out=buf[:, :4], activations="int8")
+    from pytransformer import _core
+    with pytest.raises(ValueError, match="float type"):
+        _core.matmul_q8_forward(np.empty((2, 4), np.float32), x, f16.data, ops.QTYPES["F16"], None, 2, 64, 4)
+
+
+def test_the_default_is_int8_only_for_integer_blocks_with_an_integer_dot_product(rng):
+    blocks = ops.Quantized(opcases.random_blocks(rng, "Q8_0", 4, 64), "Q8_0", (4, 64))
+    want = "int8" if weights.INT8_BY_DEFAULT and ops.int8_dot() != "scalar" else "float32"
+    assert weights.BlockWeight(blocks).activations == want
+    f16 = ops.Quantized(opcases.random_blocks(rng, "F16", 4, 64), "F16", (4, 64))
+    assert weights.BlockWeight(f16).activations == "float32"
+    assert weights.BlockWeight(f16).with_activations("int8").activations == "float32"
+    with pytest.raises(ValueError, match="activation dtype must be one of 'float32', 'int8', got 'fp8'"):
+        weights.BlockWeight(blocks).with_activations("fp8")
+
+
+def test_a_model_switches_and_its_decode_plan_follows(rng):
+    """set_activation_dtype swaps every block weight; the C++ plan (code + 1000) and the Python layers give the
+    same logits under either setting, and float32 is bit-identical to before the switch."""
+    from pytransformer.models import Llama, LlamaConfig
+
+    model = Llama(LlamaConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96,
+                              max_positions=32))
+    model.eval()
+    for layer in (m for m in model.modules() if hasattr(m, "set_quantized") and hasattr(m, "stored")):
+        OC, IC = layer.weight.shape
+        layer.set_quantized(ops.Quantized(opcases.random_blocks(rng, "Q4_1", OC, IC), "Q4_1", (OC, IC)))
+    ids = rng.integers(0, 64, (1, 9))
+    before = model.set_activation_dtype("float32")(ids)
+    int8 = model.set_activation_dtype("int8")(ids)
+    assert all(m.stored.activations == "int8" for m in model.modules() if hasattr(m, "quantized") and
+               getattr(m, "quantized", None) is not None and hasattr(m, "stored"))
+    assert 1e-4 < opcases.rel_err(int8, before) < 0.1
+    np.testing.assert_array_equal(model.set_activation_dtype("float32")(ids), before)
+    model.set_activation_dtype("int8")
+    in_cpp = model.generate(ids, 6, temperature=0.0)
+    model.decode_in_cpp = False
+    np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), in_cpp)  # (the plan reads the int8 kind)
+    with pytest.raises(ValueError, match="activation dtype"):
+        model.set_activation_dtype("int4")
