@@ -311,20 +311,22 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
   }
 }
 
-// Fewer (sequence, head, query) rows than threads (one sequence decoding with few heads on many cores): each
-// row's keys are split into chunks across the threads (split-K), each chunk giving its running max m, sum l and
+// Few (sequence, head, query) rows over long keys (one sequence decoding with few heads): each row's keys are split
+// into chunks of kSplitKeys spread over the threads (split-K), each chunk giving its running max m, sum l and
 // unnormalised output; the chunks are then merged with their log-sum-exp weights: M = max m_c,
 // L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L. A chunk also says whether it saw a key.
-constexpr int64_t kSplitKeys = 256;  // keys per chunk at least
+// Whether a call splits, and where, depends on its shape alone, never on the team size: the same bits on any
+// number of threads (tests/test_threads.py).
+constexpr int64_t kSplitKeys = 512;  // keys per chunk
+constexpr int64_t kSplitRows = 16;   // rows fewer than this split (fewer rows than the cores of most machines)
 
 static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
                                  const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                                  int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
   const int64_t nt = threads(), rows = B * NH * Tq;
   const int64_t span = window > 0 ? std::min(Tk, window) : Tk;  // the most keys one row sees
-  if (rows >= nt || span < 2 * kSplitKeys || B * NH * Tq * span * HS < kParallelMacs / 4) return false;
-  const int64_t chunks = std::min<int64_t>((nt + rows - 1) / rows, span / kSplitKeys);
-  const int64_t csize = (span + chunks - 1) / chunks;
+  if (rows >= kSplitRows || span < 2 * kSplitKeys || B * NH * Tq * span * HS < kParallelMacs / 4) return false;
+  const int64_t csize = kSplitKeys, chunks = (span + csize - 1) / csize;
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride();
   const KeyRange keys{Tk, Tk - Tq, window, causal};

@@ -95,6 +95,7 @@ void product_of(float* out, const int8_t* q, const float* da, const int32_t* sum
 
 void product(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
              int64_t IC, int64_t OC) {
+  if (N == 0 || OC == 0) return;  // (nothing to write: never a loop over the other, however large)
   const int64_t block = qtype == kQ2_K || qtype == kQ3_K || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K ||
                         qtype == kIQ4_XS ? 256 : 32;
   static thread_local ScratchBuffer buf;
