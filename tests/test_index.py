@@ -5,7 +5,6 @@ these tests model-free; the CLI test at the end runs the packaged MiniLM."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import zlib
 
@@ -186,9 +185,9 @@ def test_cli_index_then_search(tmp_path):
 
     f = tmp_path / "lines.txt"
     f.write_text("stock prices fell\nhow to bake bread\nthe cat sleeps\n\n")
-    env = os.environ | {"PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    # (outside the checkout, so the package imported is the one under test: installed, or on PYTHONPATH)
     run = lambda *a: subprocess.run([sys.executable, "-m", "pytransformer", *a], capture_output=True,  # noqa: E731
-                                    text=True, cwd=tmp_path, env=env)
+                                    text=True, cwd=tmp_path)
     r = run("index", str(f), "--out", str(tmp_path / "ix"), "--int8")
     assert r.returncode == 0, r.stderr
     assert "3 texts x 384 dims" in r.stdout

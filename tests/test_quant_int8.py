@@ -54,7 +54,7 @@ def test_int8_activations_differ_from_float32_ones_by_the_quantisation_only(rng,
     assert opcases.rel_err(got, exact) > 20 * case.tol
 
 
-def test_the_avx2_dot_product_runs_where_vnni_is_forced_off():
+def test_the_avx2_dot_product_runs_where_vnni_is_forced_off(tmp_path):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU: its cases pass too."""
     if ops.int8_dot() != "vpdpbusd":
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
@@ -70,7 +70,8 @@ def test_the_avx2_dot_product_runs_where_vnni_is_forced_off():
               "                assert err <= tol, (isa, c.label, err)\n"
               "print('ok')\n")
     env = dict(os.environ, PYTRANSFORMER_INT8_DOT="vpmaddubsw")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
 
 
