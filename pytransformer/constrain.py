@@ -19,6 +19,11 @@ import weakref
 
 import numpy as np
 
+class ConstraintError(ValueError):
+    """A sequence's grammar cannot go on: it allows no next token, refuses the chosen one, or failed in the library
+    mid-run (a lexer past its limits, say). Only that sequence ends."""
+
+
 INSTALL = 'constrained decoding needs llguidance: pip install "pytransformer[structured]"'
 
 
@@ -122,6 +127,8 @@ class Matcher:
     def __init__(self, grammar: Grammar):
         llg = _llguidance()
         self.inner = llg.LLMatcher(grammar.lltokenizer, grammar.text, log_level=0)
+        if self.inner.is_error():
+            raise ConstraintError(f"the grammar cannot start: {self.inner.get_error()}")
         self.vocab_size, self.stop_ids = grammar.vocab_size, grammar.stop_ids  # (stop ids: where it ends)
         self.words = np.zeros((grammar.vocab_size + 31) // 32, np.int32)  # (the mask, one bit a token)
 
@@ -133,16 +140,16 @@ class Matcher:
     def mask(self, logits: np.ndarray) -> None:
         """logits (V,) (V >= the tokenizer's vocabulary: a padded head's extra ids are never allowed): every token
         the grammar does not take next set to -inf, in place. ValueError when it takes none (a grammar that
-        cannot go on)."""
+        cannot go on: ConstraintError)."""
         allowed = self.allowed()
         if not allowed.any():
-            raise ValueError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")
+            raise ConstraintError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")
         logits[:self.vocab_size][~allowed] = -np.inf
         logits[self.vocab_size:] = -np.inf
 
     def consume(self, token: int) -> None:
         if not self.inner.consume_token(int(token)):
-            raise ValueError(f"token {token} does not follow the grammar: {self.inner.get_error()}")
+            raise ConstraintError(f"token {token} does not follow the grammar: {self.inner.get_error()}")
 
     @property
     def complete(self) -> bool:

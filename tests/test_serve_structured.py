@@ -107,15 +107,11 @@ def test_required_and_named_tool_calls_parse_and_validate_streamed_and_not(clien
     message = r.choices[0].message
     assert r.choices[0].finish_reason == "tool_calls" and message.content is None
     check_calls(message.tool_calls, ["add"] if isinstance(choice, dict) else SCHEMAS)
-    streamed, finish = {}, None
-    for chunk in client.chat.completions.create(**kw, stream=True):
-        for delta_call in chunk.choices[0].delta.tool_calls or ():
-            streamed.setdefault(delta_call.index, []).append(delta_call)
-        finish = chunk.choices[0].finish_reason or finish
-    assert finish == "tool_calls"
-    calls = [parts[0] for _, parts in sorted(streamed.items())]
-    check_calls(calls, ["add"] if isinstance(choice, dict) else SCHEMAS)
-    assert [(c.function.name, c.function.arguments) for c in calls] == \
+    with client.chat.completions.stream(**kw) as stream:  # (the client rebuilds the calls from their deltas)
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == "tool_calls"
+    check_calls(streamed.message.tool_calls, ["add"] if isinstance(choice, dict) else SCHEMAS)
+    assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == \
         [(c.function.name, c.function.arguments) for c in message.tool_calls]  # (greedy: the same call)
 
 

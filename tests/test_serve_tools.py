@@ -1,10 +1,7 @@
-"""serve/structured.py without a model: tool_choice and response_format checked field by field, a reply read back
-as tool calls only when it is wholly calls of offered tools, and tools offered through a template's own tool syntax
-or else the documented prompt format."""
+"""serve/structured.py without a model: tool_choice and response_format checked field by field, and tools offered
+through a template's own tool syntax or else the documented prompt format (replies read back: test_serve_calls.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
@@ -48,6 +45,7 @@ WITH_TOOLS = ("{% if tools %}TOOLS {{ tools | map(attribute='function.name') | j
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format"),
     ({"response_format": {"type": "json_object", "extra": 1}}, "response_format"),
     ({"response_format": {"type": "json_object"}, "tools": TOOLS, "tool_choice": "required"}, "response_format"),
+    ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
 ])
 def test_bad_forms_are_refused_by_name(body, param):
     with pytest.raises(RequestError) as e:
@@ -62,23 +60,6 @@ def test_required_constrains_to_a_call_of_any_tool_and_none_offers_nothing():
     assert not none.offered and not none.constraint
     assert structured.plan({"response_format": {"type": "json_object"}}).constraint == {
         "json_schema": {"type": "object"}}
-
-
-@pytest.mark.parametrize("text, names", [
-    ('<tool_call>{"name": "add", "arguments": {"a": 2}}</tool_call>', ["add"]),
-    (' <tool_call>{"name": "add", "arguments": {"a": 2}}</tool_call>\n<tool_call>{"name": "add", "arguments": {}}'
-     '</tool_call>', ["add", "add"]),
-    ('The answer is <tool_call>{"name": "add", "arguments": {"a": 2}}</tool_call>', None),
-    ('<tool_call>{"name": "mul", "arguments": {"a": 2}}</tool_call>', None),
-    ('<tool_call>{"name": "add", "arguments": "a=2"}</tool_call>', None),
-    ('<tool_call>{"name": "add", "arguments": {"a": 2}</tool_call>', None),
-    ("Two.", None),
-])
-def test_a_reply_is_tool_calls_only_when_it_is_wholly_calls_of_offered_tools(text, names):
-    calls = structured.tool_calls(text, structured.plan({"tools": TOOLS}))
-    assert (None if calls is None else [c["function"]["name"] for c in calls]) == names
-    for c in calls or ():
-        assert isinstance(json.loads(c["function"]["arguments"]), dict) and c["id"].startswith("call_")
 
 
 def test_a_template_without_tool_syntax_gets_the_documented_format():

@@ -23,7 +23,8 @@ for a bearer token. One access-log line per request goes to stderr.
     slots.py       the batched rows: slots of shared caches, one decode_batch per round, the prefix store
     sequential.py  the fallback for a model without decode_batch
     checks.py      a request body checked field by field (RequestError)
-    structured.py  response_format and tools: the grammar, the tools' prompt, tool_calls read back
+    structured.py  response_format and tools: the grammar, the tools' prompt
+    calls.py       a reply read into content and tool_calls, whole or as it streams (delta.tool_calls chunks)
     reply.py       a reply in OpenAI's shapes, whole or streamed;  metrics.py: GET /metrics
     app.py         the routes and create_app;  server.py: serve() on uvicorn
 

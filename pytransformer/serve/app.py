@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..constrain import ConstraintError
 from ..generate import Sampler
 from . import checks, metrics, structured
 from .checks import RequestError
@@ -215,35 +216,61 @@ def _json(obj, status=200):
 # --- completions: jobs for the engine, their items as an OpenAI response -------------------------------------------
 
 
-def _jobs(server, body, sampling, ids, out, grammar):
-    """The request's jobs (one per choice), its prompt bounded by the engine's context."""
+def _jobs(server, body, sampling, ids, out, reply, grammar):
+    """The request's jobs (one per choice), its prompt bounded by the engine's context; a 400 naming the field when
+    its grammar cannot start."""
     max_tokens = checks.max_tokens_for(sampling, len(ids), server.engine.context,
                                        "messages" if "messages" in body else "prompt")
     sampler = Sampler(sampling.temperature, None, sampling.top_p if sampling.top_p < 1.0 else None)
-    return Job.choices(sampling.n, ids, max_tokens, sampler, sampling.seed, sampling.stop, sampling.logprobs,
-                       asyncio.get_running_loop(), out, grammar)
+    try:
+        return Job.choices(sampling.n, ids, max_tokens, sampler, sampling.seed, sampling.stop, sampling.logprobs,
+                           asyncio.get_running_loop(), out, grammar)
+    except ConstraintError as e:
+        raise reply.constraint_error(str(e)) from None
 
 
 async def _complete(request, server, body, sampling, ids, reply, grammar=None):
+    """The reply, whole or streamed. A job that fails before the request's first token makes the response its
+    error (a 400 for its constraint); one that fails later ends its stream with an error event."""
     out = asyncio.Queue()
-    jobs = _jobs(server, body, sampling, ids, out, grammar)
+    jobs = _jobs(server, body, sampling, ids, out, reply, grammar)
     try:
         server.engine.submit(jobs)
     except Busy as e:
         raise RequestError(f"the server is busy: {e}", status=503, kind="server_busy") from None
-    if body.get("stream"):
-        from starlette.responses import StreamingResponse
-
-        return StreamingResponse(events(server.engine, jobs, out, reply), media_type="text/event-stream")
-    whole = asyncio.ensure_future(collect(jobs, out, reply))
-    gone = asyncio.ensure_future(_disconnected(request))
+    began = False
     try:
-        await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not body.get("stream"):
+            return _json(*await _unless_gone(request, collect(jobs, out, reply)))
+        first = await _unless_gone(request, out.get())
+        if first[1][0] == "error":
+            return _json(*reply.error(*first[1][1:]))
+        began = True
+    except _Gone:
+        return _json({}, 499)
+    finally:
+        if not began:  # (a reply whole or failed, or its client gone: its places free at the next round)
+            server.engine.cancel(jobs)
+    from starlette.responses import StreamingResponse
+
+    return StreamingResponse(events(server.engine, jobs, out, reply, first), media_type="text/event-stream")
+
+
+class _Gone(Exception):
+    """The client left before its response began."""
+
+
+async def _unless_gone(request, awaitable):
+    """The awaitable's result; _Gone (it cancelled) when the client leaves first."""
+    task, gone = asyncio.ensure_future(awaitable), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        whole.cancel()
-        server.engine.cancel(jobs)  # (a client gone frees its places at the next round)
-    return _json(*whole.result()) if whole.done() and not whole.cancelled() else _json({}, 499)
+        task.cancel()
+    if task.cancelled():
+        raise _Gone
+    return task.result()
 
 
 async def _disconnected(request):

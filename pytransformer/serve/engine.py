@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..constrain import ConstraintError
 from ..generate import KVCache
 from ..tokenizers.textstream import TextStream
 from .sequential import SequentialRows
@@ -79,7 +80,8 @@ class _Tagged:
 class Job:
     """One completion being generated: its prompt, sampling settings, cache and where its items go:
     ("token", text, logprob info) for each token (text "" while it is held back), then one
-    ("done", finish_reason, usage) or ("error", message)."""
+    ("done", finish_reason, usage) or ("error", message, status): 400 when its grammar cannot go on (the
+    request's constraint, a constrain.ConstraintError), 500 for any other failure."""
 
     def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, matcher=None):
         self.ids, self.max_tokens, self.sampler, self.stop, self.logprobs = ids, max_tokens, sampler, stop, logprobs
@@ -102,6 +104,10 @@ class Job:
 
     def emit(self, item):
         self.sink.append((self, item))
+
+    def fail(self, e: Exception):
+        """The job ends with the error e (its status: 400 for its grammar's, 500 for anything else)."""
+        self.emit(("error", f"{type(e).__name__}: {e}", 400 if isinstance(e, ConstraintError) else 500))
 
     def usage(self):
         return {"prompt_tokens": len(self.ids), "completion_tokens": len(self.generated),
@@ -183,9 +189,9 @@ class Engine:
                     job = self._next(wait=False) if len(self.running) < self.max_running else None
                 try:
                     self._round()
-                except Exception as e:  # a failure ends the round's jobs, never the worker
+                except Exception as e:  # a failed step ends the round's jobs, never the worker
                     for job in self.running:
-                        job.emit(("error", f"{type(e).__name__}: {e}"))
+                        job.fail(e)
                         self.rows.release(job)
                     self.running = []
                 self._flush()
@@ -207,13 +213,17 @@ class Engine:
             self.rows.admit(job)
             self.running.append(job)
         except Exception as e:
-            job.emit(("error", f"{type(e).__name__}: {e}"))
+            job.fail(e)
             self.rows.release(job)
 
     def _round(self):
         going = []
         for job in list(self.running):
-            finish = None if job.cancelled or job.pending else self._sample(job)
+            try:  # (a job's own failure -- its grammar's, its sampler's -- ends that job alone)
+                finish = None if job.cancelled or job.pending else self._sample(job)
+            except Exception as e:
+                job.fail(e)
+                job.cancelled, finish = True, None
             if job.cancelled or finish is not None:
                 if finish is not None:
                     job.emit(("done", finish, job.usage()))

@@ -1,7 +1,7 @@
 """A completion request's reply in OpenAI's shapes, from its jobs' items ("token", text, logprob info),
-("done", finish_reason, usage) and ("error", message): the whole object, or server-sent chunks while streaming.
-A chat reply that offered tools (serve/structured.py) is read back as tool_calls when it is a call; streamed, such a
-reply's text is held until it ends (it may turn out to be a call), then sent as one content or tool_calls delta."""
+("done", finish_reason, usage) and ("error", message, status): the whole object, or server-sent chunks while
+streaming. A chat reply that was offered tools is read by serve/calls.py into content and tool_calls, whole or as
+it streams (content deltas, then each call's id and name, then its arguments fragment by fragment)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import uuid
 
 import numpy as np
 
-from . import structured
+from .calls import CallReader, gather
+from .checks import RequestError
 
 
 class Reply:
@@ -31,9 +32,20 @@ class Reply:
         if self.metrics:
             self.metrics.usage(usage)
 
-    @property
-    def holds_text(self):
-        return self.kind == "chat" and self.form is not None and self.form.offered
+    def reader(self) -> CallReader | None:
+        """A reader of tool calls for one choice (None: the reply is text alone)."""
+        if self.kind == "chat" and self.form is not None and self.form.offered:
+            return CallReader(t["name"] for t in self.form.tools)
+        return None
+
+    def constraint_error(self, message) -> RequestError:
+        """The request's constraint could not go on: a 400 naming the field it came from."""
+        param = self.form.param if self.form is not None else None
+        return RequestError(f"'{param}': the reply's constraint failed: {message}", param)
+
+    def error(self, message, status):
+        """A failed job's error object and status: 400 for its constraint, else a server error."""
+        return (self.constraint_error(message).body(), 400) if status == 400 else (server_error(message), 500)
 
     def usage(self, usages):
         completion = sum(u["completion_tokens"] for u in usages)
@@ -55,12 +67,13 @@ class Reply:
 
     def message(self, pieces, finish):
         """A chat choice's message and finish reason from its (text, info) pieces."""
-        text = "".join(t for t, _ in pieces)
-        calls = structured.tool_calls(text, self.form) if self.form is not None else None
-        if calls:
-            return {"role": "assistant", "content": None, "tool_calls": calls}, \
-                "tool_calls" if finish == "stop" else finish
-        return {"role": "assistant", "content": text}, finish
+        text, reader = "".join(t for t, _ in pieces), self.reader()
+        if reader is None:
+            return {"role": "assistant", "content": text}, finish
+        content, calls = gather(reader.feed(text) + reader.end())
+        if not calls:
+            return {"role": "assistant", "content": content}, finish
+        return {"role": "assistant", "content": content or None, "tool_calls": calls}, finish_reason(finish, reader)
 
     def logprobs(self, pieces, job):
         if job.logprobs is None:
@@ -96,12 +109,17 @@ def chat_logprobs(pieces):
                         for t, info in pieces]}
 
 
+def finish_reason(finish, reader):
+    """A choice's finish reason: a reply that made calls and ended by itself ends in "tool_calls"."""
+    return "tool_calls" if finish == "stop" and reader is not None and reader.calls else finish
+
+
 def server_error(message):
     return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
 async def collect(jobs, out, reply):
-    """The whole reply's object, or (the engine failed) a server error's, and its status."""
+    """The whole reply's object, or (a job failed) its error's, and its status."""
     pieces = [[] for _ in jobs]
     finishes, usages, left = [None] * len(jobs), [], len(jobs)
     while left:
@@ -115,40 +133,40 @@ async def collect(jobs, out, reply):
             reply.done(item[2])
             left -= 1
         else:
-            return server_error(item[1]), 500
+            return reply.error(item[1], item[2])
     return reply.whole(pieces, finishes, usages, jobs), 200
 
 
-async def events(engine, jobs, out, reply):
-    """The reply's server-sent events, ending in [DONE]."""
+async def events(engine, jobs, out, reply, first):
+    """The reply's server-sent events from its first item on, ending in [DONE] (or an error event: the stream
+    ends there)."""
     try:
         if reply.kind == "chat":
             for i in range(len(jobs)):
                 yield reply.chunk(i, {"role": "assistant", "content": ""})
-        usages, left, held = [], len(jobs), [[] for _ in jobs]
+        readers = [reply.reader() for _ in jobs]
+        usages, left, item = [], len(jobs), first
         while left:
-            index, item = await out.get()
+            index, item = item or await out.get()
+            reader = readers[index]
             if item[0] == "token":
                 reply.token()
-                if reply.holds_text:
-                    held[index].append((item[1], item[2]))
-                elif item[1] or item[2] is not None:
-                    yield reply.chunk(index, {"content": item[1]},
-                                      logprobs=reply.logprobs([(item[1], item[2])], jobs[index]))
+                logprobs = reply.logprobs([(item[1], item[2])], jobs[index])
+                deltas = reader.feed(item[1]) if reader else [{"content": item[1]}] if item[1] else []
+                for k, delta in enumerate(deltas or ([{"content": ""}] if logprobs else [])):
+                    yield reply.chunk(index, delta, logprobs=None if k else logprobs)
             elif item[0] == "done":
                 usages.append(item[2])
                 reply.done(item[2])
                 left -= 1
-                finish = item[1]
-                if reply.holds_text:
-                    message, finish = reply.message(held[index], finish)
-                    delta = {"content": message["content"]} if message["content"] is not None else {
-                        "tool_calls": [dict(call, index=k) for k, call in enumerate(message["tool_calls"])]}
-                    yield reply.chunk(index, delta, logprobs=reply.logprobs(held[index], jobs[index]))
-                yield reply.chunk(index, finish=finish, usage=reply.usage(usages) if not left else None)
+                for delta in reader.end() if reader else ():
+                    yield reply.chunk(index, delta)
+                yield reply.chunk(index, finish=finish_reason(item[1], reader),
+                                  usage=reply.usage(usages) if not left else None)
             else:
-                yield "data: " + json.dumps(server_error(item[1])) + "\n\n"
+                yield "data: " + json.dumps(reply.error(item[1], item[2])[0]) + "\n\n"
                 return
+            item = None
         yield "data: [DONE]\n\n"
     finally:
         engine.cancel(jobs)  # (a client gone mid-stream frees its places at the next round)

@@ -1,6 +1,6 @@
 """Structured chat output: `response_format` (JSON, or JSON of a schema) and `tools` (function calls), checked,
-turned into the grammar the engine constrains a reply with (pytransformer.constrain), the prompt that offers the
-tools, and the reply read back as `tool_calls`.
+turned into the grammar the engine constrains a reply with (pytransformer.constrain), and the prompt that offers the
+tools; serve/calls.py reads a reply back as content and `tool_calls`, whole or as it streams.
 
 Tool calls are written `<tool_call>{"name": NAME, "arguments": {...}}</tool_call>` (the Hermes / Qwen format).
 A chat template with its own tool syntax (one that reads `tools`) gets the tools, the assistant's tool_calls and the
@@ -8,23 +8,25 @@ tool results as they came; otherwise the documented prompt format below is used:
 tools (their JSON) and how to call one, an assistant's calls written in the format above, and each tool result a
 user message `<tool_response>\\n{content}\\n</tool_response>`.
 
-tool_choice: "none" (the tools are not offered, the reply is text), "auto" (the default with tools: offered, the
-reply free; a reply that is a tool call in the format above, with a known name and object arguments, becomes
-tool_calls), "required" or {"type": "function", "function": {"name": NAME}} (the reply is constrained to one call
-of any tool / of that tool, its arguments valid against the tool's parameters schema)."""
+tool_choice: "none" (the tools are not offered, the reply is text), "auto" (the default with tools: offered; the
+reply is free text, or text and then calls: once it writes `<tool_call>` the grammar holds it to calls of offered
+tools, their arguments valid against each tool's parameters schema), "required" or {"type": "function",
+"function": {"name": NAME}} (the reply is one call of any tool / of that tool). parallel_tool_calls (true by
+default) lets an auto reply make several calls; false, one at most."""
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from .checks import RequestError
 
 TOOL_PROMPT = ("You can call these functions (each with its JSON schema of arguments):\n{tools}\n"
                "To call one, reply with nothing but <tool_call>{{\"name\": NAME, \"arguments\": {{...}}}}</tool_call>.")
-_CALL = re.compile(r"\s*<tool_call>(.*?)</tool_call>\s*", re.DOTALL)
+# text free of <tool_call>; text up to its first <tool_call> (llguidance's regex & and ~)
+_FREE = r"/(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/"
+_LEAD = r"/(?s:.*)<tool_call>/ & ~/(?s:.*)<tool_call>(?s:.+)/"
 MAX_TOOLS = 64
 
 
@@ -41,6 +43,11 @@ class Plan:
 def plan(body) -> Plan:
     """The checked response_format, tools and tool_choice of a chat request."""
     fmt, tools, choice = body.get("response_format"), body.get("tools"), body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls")
+    parallel = True if parallel is None else parallel
+    if not isinstance(parallel, bool):
+        raise RequestError(f"'parallel_tool_calls' must be true or false, got {json.dumps(parallel)[:40]}",
+                           "parallel_tool_calls")
     out = Plan(tools=_tools(tools))
     if choice is not None and not out.tools:
         raise RequestError("'tool_choice' needs 'tools'", "tool_choice")
@@ -53,10 +60,8 @@ def plan(body) -> Plan:
         raise RequestError("'response_format' and 'tools' with tool_choice other than 'none' cannot be combined",
                            "response_format")
     out.offered = True
-    if choice == "auto":
-        return out
     names = [t["name"] for t in out.tools]
-    if choice == "required":
+    if choice in ("auto", "required"):
         chosen = out.tools
     elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict) \
             and choice["function"].get("name") in names:
@@ -65,12 +70,20 @@ def plan(body) -> Plan:
         raise RequestError(f"'tool_choice' must be 'none', 'auto', 'required' or {{\"type\": \"function\", "
                            f"\"function\": {{\"name\": one of {names}}}}}, got {json.dumps(choice)[:80]}",
                            "tool_choice")
-    schema = {"anyOf": [{"type": "object", "properties": {"name": {"const": t["name"]},
-                                                          "arguments": t["parameters"]},
-                         "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]}
-    out.constraint = {"grammar": f'start: "<tool_call>" %json {json.dumps(schema)} "</tool_call>"'}
+    out.constraint = {"grammar": _calls_grammar(chosen, free=choice == "auto", parallel=parallel)}
     out.param = "tools"
     return out
+
+
+def _calls_grammar(tools, free, parallel):
+    """Lark (llguidance's) for a reply of calls of the tools: free text, or text then calls (free), else one call."""
+    schema = {"anyOf": [{"type": "object", "properties": {"name": {"const": t["name"]},
+                                                          "arguments": t["parameters"]},
+                         "required": ["name", "arguments"], "additionalProperties": False} for t in tools]}
+    calls = 'call (WS? "<tool_call>" call)* WS?' if parallel else "call WS?"
+    start = f"FREE | LEAD {calls}" if free else '"<tool_call>" call'
+    return (f"start: {start}\ncall: %json {json.dumps(schema)} \"</tool_call>\"\n"
+            f"FREE: {_FREE}\nLEAD: {_LEAD}\nWS: /[ \\t\\n]+/\n")
 
 
 def _response_format(fmt) -> dict:
@@ -150,28 +163,6 @@ def _loads(call):
         return json.loads(call["function"]["arguments"])
     except ValueError:
         return call["function"]["arguments"]
-
-
-def tool_calls(text, p: Plan) -> list | None:
-    """The reply's tool calls when it is one or more calls in the format above of the offered tools (None when it is
-    text): [{id, type, function: {name, arguments (JSON text)}}]."""
-    if not p.offered:
-        return None
-    calls, end = [], 0
-    for m in _CALL.finditer(text):
-        if m.start() != end:
-            return None
-        try:
-            call = json.loads(m.group(1))
-        except ValueError:
-            return None
-        if not isinstance(call, dict) or call.get("name") not in {t["name"] for t in p.tools} or \
-                not isinstance(call.get("arguments"), dict):
-            return None
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}})
-        end = m.end()
-    return calls if calls and end == len(text) else None
 
 
 def grammar(tokenizer, p: Plan):
