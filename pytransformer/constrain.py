@@ -139,8 +139,8 @@ class Matcher:
 
     def mask(self, logits: np.ndarray) -> None:
         """logits (V,) (V >= the tokenizer's vocabulary: a padded head's extra ids are never allowed): every token
-        the grammar does not take next set to -inf, in place. ValueError when it takes none (a grammar that
-        cannot go on: ConstraintError)."""
+        the grammar does not take next set to -inf, in place. ConstraintError when it takes none (a grammar that
+        cannot go on)."""
         allowed = self.allowed()
         if not allowed.any():
             raise ConstraintError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")

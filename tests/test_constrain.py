@@ -126,3 +126,13 @@ def test_without_llguidance_the_error_says_what_to_install(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "llguidance", None)
     with pytest.raises(ImportError, match=r"pytransformer\[structured\]"):
         Grammar.of(model.tokenizer, regex="a")
+
+
+def test_a_refused_token_is_a_constraint_error_naming_it(model):
+    from pytransformer.constrain import ConstraintError  # (a ValueError: the server ends that sequence alone)
+
+    tok = model.tokenizer
+    x = tok.encode("x")[0]
+    with pytest.raises(ConstraintError, match=f"token {x} does not follow the grammar: .*'x' fails"):
+        Grammar.of(tok, regex="ab").matcher().consume(x)
+    assert issubclass(ConstraintError, ValueError)
