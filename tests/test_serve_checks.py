@@ -95,3 +95,15 @@ def test_prompts_and_conversations_are_bounded_in_characters():
     with pytest.raises(RequestError) as e:
         checks.embedding_inputs({"input": ["a"] * 5}, max_chars=100, max_inputs=4)
     assert e.value.param == "input"
+
+
+def test_the_apis_sampling_defaults_are_openais():
+    s = checks.sampling({}, context=2048)
+    assert (s.temperature, s.top_p, s.n, s.max_tokens, s.logprobs, s.seed, s.stop) == (1.0, 1.0, 1, None, None, None, [])
+
+
+@pytest.mark.parametrize("body", [{"top_logprobs": 3}, {"logprobs": False, "top_logprobs": 3}])
+def test_top_logprobs_without_logprobs_is_refused_not_ignored(body):
+    with pytest.raises(RequestError) as e:
+        checks.sampling(body, context=2048)
+    assert e.value.param == "top_logprobs" and "logprobs" in str(e.value)

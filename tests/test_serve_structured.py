@@ -148,6 +148,14 @@ def test_chat_logprobs_are_the_models_own(client, model):
     # float32 logits of a 135M model: a few 1e-4 of rounding in a log-softmax over 49k tokens
     np.testing.assert_allclose(top, np.sort(want)[::-1][:4], atol=2e-3)
     assert abs(first.logprob - top[0]) < 1e-9  # greedy: the chosen token is the likeliest
+    streamed = [c.choices[0].logprobs for c in client.chat.completions.create(
+        model="smollm2", messages=ASK, temperature=0, max_tokens=3, logprobs=True, top_logprobs=4, stream=True)
+        if c.choices and c.choices[0].logprobs]
+    entries = [e for lp in streamed for e in lp.content]  # (streamed: each token's entry in its chunk)
+    assert [(e.token, [t.token for t in e.top_logprobs]) for e in entries] == \
+        [(e.token, [t.token for t in e.top_logprobs]) for e in r.choices[0].logprobs.content]
+    np.testing.assert_allclose([e.logprob for e in entries], [e.logprob for e in r.choices[0].logprobs.content],
+                               atol=2e-3)  # (a prompt's keys copied from the prefix store: float32 rounding apart)
 
 
 def test_max_completion_tokens_and_text_parts(client):
@@ -159,13 +167,25 @@ def test_max_completion_tokens_and_text_parts(client):
     assert same.choices[0].message.content == r.choices[0].message.content
 
 
-def test_n_seed_and_stop_lists(client):
-    kw = dict(model="smollm2", messages=ASK, temperature=1.0, max_tokens=12, n=2, seed=11, stop=["\n", "."],
-              user="someone")
+def test_n_and_seed(client):
+    kw = dict(model="smollm2", messages=ASK, temperature=1.0, max_tokens=12, n=2, seed=11, user="someone")
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
-    assert len(a.choices) == 2
-    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
-    assert not any("\n" in c.message.content or "." in c.message.content for c in a.choices)
+    assert [c.index for c in a.choices] == [0, 1] and a.usage.completion_tokens <= 24
+    assert a.choices[0].message.content != a.choices[1].message.content  # (choice i draws with seed + i)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]  # (a seed: the same)
+    other = client.chat.completions.create(**{**kw, "seed": 12})
+    assert [c.message.content for c in other.choices] != [c.message.content for c in a.choices]
+
+
+def test_a_stop_list_cuts_at_the_first_of_its_strings(client):
+    kw = dict(model="smollm2", messages=ASK, temperature=0, max_tokens=40)
+    text = client.chat.completions.create(**kw).choices[0].message.content
+    early, late = text[8:11], text[-6:-3]  # (two stretches of the greedy reply, the later one listed first)
+    want = text[:min(text.index(early), text.index(late))]
+    for stream in (False, True):
+        r = client.chat.completions.create(**kw, stop=[late, early], stream=stream)
+        got = "".join(c.choices[0].delta.content or "" for c in r) if stream else r.choices[0].message.content
+        assert got == want
 
 
 def test_sixteen_concurrent_requests_half_constrained_each_equal_its_run_alone(client):
@@ -240,5 +260,11 @@ def test_metrics_count_requests_tokens_and_the_engine(client, server):
     assert after["pytransformer_generated_tokens_total"] - before["pytransformer_generated_tokens_total"] == 3
     assert after["pytransformer_time_to_first_token_seconds_count"] == \
         before["pytransformer_time_to_first_token_seconds_count"] + 1
+    latency = 'pytransformer_request_latency_seconds_count{endpoint="/v1/chat/completions"}'
+    assert after[latency] - before.get(latency, 0.0) == 1
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=ASK, max_tokens=3, top_p=0)
+    refused = 'pytransformer_requests_total{endpoint="/v1/chat/completions",status="400"}'
+    assert scrape()[refused] - after.get(refused, 0.0) == 1
     assert after["pytransformer_queue_depth"] == 0 and after["pytransformer_running_batch_size"] == 0
     assert after["pytransformer_cache_slots_in_use"] == 0

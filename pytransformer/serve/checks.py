@@ -258,6 +258,8 @@ def sampling(body, context) -> Sampling:
     """The settings of a request to a server of this context (in tokens), checked before its prompt is tokenised:
     max_tokens is checked again against the room the prompt leaves (max_tokens_for)."""
     logprobs = body.get("logprobs")
+    if body.get("top_logprobs") is not None and logprobs is not True:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     if isinstance(logprobs, bool):  # chat: logprobs true + top_logprobs k
         logprobs = number(body, "top_logprobs", 0, 20, 0, int) if logprobs else None
     elif logprobs is not None:
