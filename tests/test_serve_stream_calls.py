@@ -66,12 +66,15 @@ class Scripted:
 
 
 class Failing:
-    """A grammar double whose matchers allow every token until the k-th mask, which finds none."""
+    """A grammar double whose matchers allow every token until the k-th mask, which finds none (k < 0: a matcher
+    cannot be made, as when the library fails to build one)."""
 
     def __init__(self, k):
         self.k = k
 
     def matcher(self):
+        if self.k < 0:
+            raise ConstraintError("the grammar cannot start: a test double's")
         return FailingMatcher(self.k)
 
 
@@ -162,12 +165,24 @@ def test_a_text_reply_offered_tools_streams_as_content(server):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_constraint_failing_before_the_first_token_is_a_400_naming_the_field(server, stream):
+@pytest.mark.parametrize("k, words", [(0, "no next token"), (-1, "cannot start")])
+def test_a_constraint_failing_before_the_first_token_is_a_400_naming_the_field(server, stream, k, words):
     with pytest.raises(openai.BadRequestError) as e:
-        r = server.chat.completions.create(model="scripted", messages=ask("json"), response_format=failing(0),
+        r = server.chat.completions.create(model="scripted", messages=ask("json"), response_format=failing(k),
                                            max_tokens=10, stream=stream)
         list(r) if stream else None
-    assert e.value.body["param"] == "response_format" and "no next token" in e.value.body["message"]
+    assert e.value.body["param"] == "response_format" and words in e.value.body["message"]
+
+
+def test_usage_streams_as_a_last_chunk_only_when_asked(server, tok):
+    kw = dict(model="scripted", messages=ask("json"), temperature=0, max_tokens=10, stream=True)
+    chunks = list(server.chat.completions.create(**kw, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(tok.encode(SCRIPTS["json"])) + 1
+    assert all(c.usage is None for c in chunks[:-1])
+    assert all(c.usage is None and c.choices for c in server.chat.completions.create(**kw))
+    with pytest.raises(openai.BadRequestError) as e:
+        server.chat.completions.create(**{**kw, "stream": False}, stream_options={"include_usage": True})
+    assert e.value.body["param"] == "stream_options"
 
 
 def test_a_constraint_failing_mid_stream_ends_that_stream_alone(server):

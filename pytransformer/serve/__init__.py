@@ -7,10 +7,12 @@
     GET  /v1/models, GET /health, GET /metrics (Prometheus)
 
 Chat takes response_format (JSON, JSON of a schema) and tools (tool_choice auto / none / required / a named
-function), the reply constrained by the grammar they give (pytransformer.constrain); chat and completions take
-logprobs, n, seed, stop lists and max_tokens (chat: max_completion_tokens). A field or value the server does not
-support is a 400 naming it, never silently ignored; a model name other than the served one and its aliases is a
-404 model_not_found.
+function; parallel_tool_calls), the reply constrained by the grammar they give (pytransformer.constrain), its tool
+calls streamed as delta.tool_calls chunks; chat and completions take logprobs, n, seed, stop lists, max_tokens
+(chat: max_completion_tokens) and stream_options.include_usage (a last chunk with the usage). A field or value the
+server does not support is a 400 naming it, never silently ignored; a model name other than the served one and
+its aliases is a 404 model_not_found. A request whose constraint cannot go on ends alone: a 400 naming the field
+before its first token, an error event after.
 
 The model runs on one worker thread (the event loop never waits on a kernel; tokenising runs on a thread pool).
 Requests join the worker's running set as they arrive and leave as they finish, one token each per round

@@ -253,7 +253,8 @@ async def _complete(request, server, body, sampling, ids, reply, grammar=None):
             server.engine.cancel(jobs)
     from starlette.responses import StreamingResponse
 
-    return StreamingResponse(events(server.engine, jobs, out, reply, first), media_type="text/event-stream")
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return StreamingResponse(events(server.engine, jobs, out, reply, first, usage), media_type="text/event-stream")
 
 
 class _Gone(Exception):

@@ -44,6 +44,10 @@ def known_fields(body, endpoint) -> None:
     if options is not None and set(options) - {"include_usage"}:
         name = sorted(set(options) - {"include_usage"})[0]
         raise RequestError(f"'stream_options.{name}' is not supported (only include_usage)", "stream_options")
+    if options is not None and not body.get("stream"):
+        raise RequestError("'stream_options' needs 'stream': true", "stream_options")
+    if not isinstance((options or {}).get("include_usage", False), bool):
+        raise RequestError("'stream_options.include_usage' must be true or false", "stream_options")
 
 
 def model(body, names) -> None:

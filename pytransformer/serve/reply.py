@@ -53,14 +53,17 @@ class Reply:
                 "total_tokens": self.prompt_tokens + completion}
 
     def chunk(self, index, delta=None, finish=None, usage=None, logprobs=None):
-        """One server-sent event: a choice's delta ({"content": text}, chat's first one with its role)."""
-        if self.kind == "chat":
+        """One server-sent event: a choice's delta ({"content": text}, chat's first one with its role), or with
+        index None no choice (the usage chunk)."""
+        if index is None:
+            choice = None
+        elif self.kind == "chat":
             choice = {"index": index, "delta": delta or {}, "finish_reason": finish, "logprobs": logprobs}
         else:
             choice = {"index": index, "text": (delta or {}).get("content", ""), "finish_reason": finish,
                       "logprobs": logprobs}
         obj = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
-               "created": int(time.time()), "model": self.model, "choices": [choice]}
+               "created": int(time.time()), "model": self.model, "choices": [] if choice is None else [choice]}
         if usage:
             obj["usage"] = usage
         return "data: " + json.dumps(obj) + "\n\n"
@@ -137,9 +140,9 @@ async def collect(jobs, out, reply):
     return reply.whole(pieces, finishes, usages, jobs), 200
 
 
-async def events(engine, jobs, out, reply, first):
+async def events(engine, jobs, out, reply, first, include_usage=False):
     """The reply's server-sent events from its first item on, ending in [DONE] (or an error event: the stream
-    ends there)."""
+    ends there); include_usage (stream_options): a last chunk of no choices with the usage, as OpenAI sends it."""
     try:
         if reply.kind == "chat":
             for i in range(len(jobs)):
@@ -161,12 +164,13 @@ async def events(engine, jobs, out, reply, first):
                 left -= 1
                 for delta in reader.end() if reader else ():
                     yield reply.chunk(index, delta)
-                yield reply.chunk(index, finish=finish_reason(item[1], reader),
-                                  usage=reply.usage(usages) if not left else None)
+                yield reply.chunk(index, finish=finish_reason(item[1], reader))
             else:
                 yield "data: " + json.dumps(reply.error(item[1], item[2])[0]) + "\n\n"
                 return
             item = None
+        if include_usage:
+            yield reply.chunk(None, usage=reply.usage(usages))
         yield "data: [DONE]\n\n"
     finally:
         engine.cancel(jobs)  # (a client gone mid-stream frees its places at the next round)
