@@ -140,12 +140,20 @@ class Matcher:
     def mask(self, logits: np.ndarray) -> None:
         """logits (V,) (V >= the tokenizer's vocabulary: a padded head's extra ids are never allowed): every token
         the grammar does not take next set to -inf, in place. ConstraintError when it takes none (a grammar that
-        cannot go on)."""
+        cannot go on). The ids of the fewer side are listed and written: a boolean-indexed write of 262k logits
+        (Gemma 3's) cost 0.29 ms of CPU a row with few allowed and 2.2 with half, these 0.16 and 0.67 (NOTES.md)."""
         allowed = self.allowed()
-        if not allowed.any():
+        count = np.count_nonzero(allowed)
+        if count == 0:
             raise ConstraintError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")
-        logits[:self.vocab_size][~allowed] = -np.inf
-        logits[self.vocab_size:] = -np.inf
+        if 2 * count < allowed.size:  # few allowed (inside JSON): keep them, all else -inf
+            ids = np.flatnonzero(allowed)
+            keep = logits[ids]
+            logits.fill(-np.inf)
+            logits[ids] = keep
+        else:  # most allowed (free text, a string's contents): -inf where not
+            logits[np.flatnonzero(~allowed)] = -np.inf
+            logits[self.vocab_size:] = -np.inf
 
     def consume(self, token: int) -> None:
         if not self.inner.consume_token(int(token)):

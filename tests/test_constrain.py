@@ -57,9 +57,11 @@ def test_after_a_consumed_token_the_mask_follows_the_rest_of_the_grammar(model):
     assert set(np.flatnonzero(matcher.allowed())) == set(tok.stop_ids)  # complete: only a stop token
 
 
-def test_a_masked_row_keeps_its_allowed_logits_and_loses_the_rest(model, rng):
+@pytest.mark.parametrize("regex, few", [("[0-9]+", True), ("[^0-9]*", False)])
+def test_a_masked_row_keeps_its_allowed_logits_and_loses_the_rest(model, rng, regex, few):
     tok = model.tokenizer
-    matcher = Grammar.of(tok, regex="[0-9]+").matcher()
+    matcher = Grammar.of(tok, regex=regex).matcher()
+    assert (2 * matcher.allowed().sum() < tok.vocab_size) == few  # (both ways of writing the mask)
     V = tok.vocab_size + 64  # a head padded past the tokenizer's vocabulary
     logits = rng.standard_normal(V).astype(np.float32)
     masked = logits.copy()
