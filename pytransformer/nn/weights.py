@@ -11,7 +11,7 @@ Each class says, and nothing else decides: its product (`forward`; `dinp` where 
 read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a device (`to`), and the spec the
 C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
 `generation()`, which is how fused products and decode plans know they are stale (nothing clears caches by name).
-LoRA-wrapped weights are a further class of this one interface. Each also says what its product's input is
+LoRA-wrapped weights are a further class of this one interface (nn/lora.py: LoRAWeight). Each also says what its product's input is
 rounded to (`activations`, `with_activations`): float32, or for GGUF integer blocks int8 (llama.cpp's Q8 blocks and
 integer dot products; the default is default_activations).
 """
@@ -72,6 +72,11 @@ class Weight:
         """dout (..., OC) -> dout @ W (..., IC): the gradient that flows back through a frozen weight."""
         raise NotImplementedError(f"{self.kind} weights do not backpropagate yet (inference only); call "
                                   "model.set_weight_dtype('float32') first")
+
+    def backward(self, dout):
+        """A frozen weight's backward while an adapter trains: the input's gradient (a LoRA weight, nn.lora, adds
+        its own and accumulates its A and B gradients)."""
+        return self.dinp(dout)
 
     @classmethod
     def fuse(cls, weights):
