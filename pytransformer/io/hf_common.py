@@ -307,12 +307,6 @@ class HFFormat:
     def to_ours(self, hf: dict) -> dict:
         return self.names.to_ours(hf, self.shapes)
 
-    def peft(self, model):
-        """The model's LoRA adapters in peft's names and files (io/peft.py)."""
-        from .peft import PeftFormat
-
-        return PeftFormat(self.names, model)
-
     def save(self, model, folder) -> None:
         """config.json + model.safetensors, as transformers writes them."""
         os.makedirs(folder, exist_ok=True)

@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from ..models.base import register_peft_format
 from ..nn import lora
 from ..nn.layers import HoldsWeight
 from .hf_common import SAME, naming_the_file, read_json
@@ -117,6 +118,9 @@ class PeftFormat:
                   "target_modules": sorted({self.modules[n][0].rsplit(".", 1)[-1] for n in adapter.layers}),
                   "inference_mode": True, "init_lora_weights": True, **PLAIN}
         atomic_write(os.path.join(folder, CONFIG), [json.dumps(config, indent=2).encode()])
+
+
+register_peft_format(PeftFormat)
 
 
 def _ends(name, target) -> bool:

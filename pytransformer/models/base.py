@@ -25,6 +25,13 @@ def register_hf_format(model_class, make_format) -> None:
     _HF_FORMATS[model_class] = make_format
 
 
+_PEFT_FORMAT: list = []  # io.peft.PeftFormat (names, model) -> a model's peft face, registered as the package loads
+
+
+def register_peft_format(make_format) -> None:
+    _PEFT_FORMAT[:] = [make_format]
+
+
 _STEPS = itertools.count(1)  # thread-safe in CPython: each training-mode forward takes a fresh number
 _OWNERS = threading.Lock()   # makes a model's step owner (Model._owner) a check-and-set
 
@@ -196,7 +203,7 @@ class Model(Module):
         fmt = self._hf()
         if fmt is None:
             raise ValueError(f"{type(self).__name__} has no Hugging Face counterpart, so no peft adapter")
-        return fmt.peft(self)
+        return _PEFT_FORMAT[0](fmt.names, self)
 
     device = "cpu"
     runs_on_cuda = False  # the families whose layers run on device arrays (GPT, Llama, BERT, ViT, Transformer)
