@@ -265,7 +265,10 @@ class Model(Module):
         return None
 
     def state_dict(self) -> dict:
-        """Parameter values under the Hugging Face names (ours for a family transformers does not have)."""
+        """Parameter values under the Hugging Face names (ours for a family transformers does not have); with an
+        adapter attached, its A and B under peft's names."""
+        if self.adapter is not None:
+            return self._peft().to_peft({name: p.data for name, p in self.adapter.params})
         fmt = self._hf()
         return fmt.to_hf(self.params_dict()) if fmt else self.params_dict()
 

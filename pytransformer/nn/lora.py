@@ -157,6 +157,6 @@ def attach(model, layers: dict, rank: int, alpha: float, dropout: float, targets
             m.frozen = True
     for layer, lora in held.values():
         lora.drop.rng = model.dropout_rng
-        lora.training = model.training
+        lora.train(model.training)
         layer.stored = lora
     return Adapter(held, int(rank), float(alpha), float(dropout), tuple(targets), params)
