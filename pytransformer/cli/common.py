@@ -69,13 +69,14 @@ def check_memory(need, what, advice):
                          f"available; {advice}")
 
 
-def load_model(name, need_tokenizer=True, activations=None):
+def load_model(name, need_tokenizer=True, activations=None, adapter=None):
     """pytransformer.from_pretrained(name) for a command: a path, a packaged name or a cached Hugging Face repo id;
     UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer).
-    activations: the GGUF products' activation dtype (--activations; None: the library's default)."""
+    activations: the GGUF products' activation dtype (--activations; None: the library's default); adapter: a LoRA
+    adapter's folder (--adapter)."""
     from .. import from_pretrained
 
-    model = from_pretrained(name, activation_dtype=activations)
+    model = from_pretrained(name, activation_dtype=activations, adapter=adapter)
     if not hasattr(model, "stream"):
         raise UsageError(f"{name}: a {type(model).__name__}, not a language model that generates text")
     if need_tokenizer and getattr(model, "tokenizer", None) is None:
@@ -138,6 +139,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def add_adapter(p):
+    """--adapter: a LoRA adapter's folder (peft's files, or `pytransformer finetune --out`)."""
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter for the model: a folder with adapter_config.json "
+                   "and adapter_model.safetensors (peft's, or `pytransformer finetune`'s --out)")
 
 
 def add_activations(p):

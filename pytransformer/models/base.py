@@ -185,7 +185,8 @@ class Model(Module):
 
     def merge_adapter(self) -> "Model":
         """Fold the adapter into float32 weights (W + alpha / rank B A; a narrow or quantised model is widened to
-        float32 first) and detach it: the model then trains, saves (save_pretrained) and decodes as any other. -> self"""
+        float32 first) and detach it: the model then trains, saves (save_pretrained) and decodes as any other.
+        -> self"""
         adapter = self._require_adapter()
         self.remove_adapter()
         self.set_weight_dtype("float32")
@@ -311,8 +312,9 @@ class Model(Module):
         return self.forward(*inputs, **kwargs)
 
     def load_params(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays (our names) into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""
-        named = self.named_parameters_dict()
+        """Copy arrays (our names) into the parameters (an attached adapter's, when there is one); a missing, extra or
+        mis-shaped tensor raises ValueError."""
+        named = {name: p for name, p in self.trainable}
         missing = [n for n in named if n not in state]
         extra = [n for n in state if n not in named]
         if strict and (missing or extra):
