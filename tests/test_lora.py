@@ -20,6 +20,7 @@ from pytransformer.io import load_file, save_file
 from pytransformer.models import Llama, LlamaConfig
 from pytransformer.nn import Linear
 from pytransformer.nn.lora import LoRAWeight
+from pytransformer.nn.weights import Float32Weight
 from pytransformer.opcases import random_blocks
 from pytransformer.optim import AdamW
 
@@ -326,3 +327,33 @@ def test_one_adapter_at_a_time_and_the_base_comes_back_whole(tmp_path, rng):
     np.testing.assert_array_equal(model(ids), before)
     with pytest.raises(ValueError, match="no adapter"):
         model.save_adapter(tmp_path / "none")
+
+
+def test_llama_cpp_row_order_takes_peft_adapters_in_hugging_face_order(tmp_path, rng):
+    """A model whose q/k rows are in llama.cpp's order (as a GGUF file gives them) reads and writes B in Hugging Face's
+    row order: the same logits as peft, and the same file back."""
+    from dataclasses import replace
+
+    pm, base, adapter = adapted(tmp_path, "llama3")
+    plain = pt.from_pretrained(base)
+    model = Llama(replace(plain.config, rope_interleaved=True))
+    model.load_state_dict(plain.state_dict())
+    pt.io.peft.load_adapter(model.eval(), adapter)
+    ids = rng.integers(0, 101, (2, 9))
+    assert rel(model(ids), pm(input_ids=torch.from_numpy(ids)).logits.detach().numpy()) < TOL
+    model.save_adapter(tmp_path / "again")
+    theirs, ours = (load_file(f / "adapter_model.safetensors") for f in (adapter, tmp_path / "again"))
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name].astype(np.float32))
+
+
+def test_a_lora_weight_backpropagates_through_base_and_update(rng):
+    """dinp of W + scale B A, against the float64 product."""
+    W = rng.standard_normal((24, 40)).astype(np.float32)
+    lora = LoRAWeight(Float32Weight(W), 4, 8.0)
+    for p in (lora.lora_A, lora.lora_B):
+        p.data, p.grad = rng.standard_normal(p.shape).astype(np.float32), np.zeros(p.shape, np.float32)
+    dout = rng.standard_normal((3, 5, 24)).astype(np.float32)
+    merged = W.astype(np.float64) + 2.0 * lora.lora_B.data.astype(np.float64) @ lora.lora_A.data
+    assert rel(lora.dinp(dout), dout @ merged) < 16 * math.sqrt(40) * EPS
+    np.testing.assert_allclose(lora.delta(), merged - W, rtol=0, atol=16 * math.sqrt(4) * EPS * np.abs(merged).max())

@@ -165,10 +165,8 @@ def load_adapter(model, folder):
     except ValueError as e:
         raise ValueError(f"{os.path.join(folder, CONFIG)}: {e}") from None
     try:
-        values = model._peft().from_peft(tensors, model.adapter, weights)
+        model.load_params(model._peft().from_peft(tensors, model.adapter, weights))
     except ValueError:
         model.remove_adapter()
         raise
-    for name, p in model.adapter.params:
-        p.data[...] = values[name]
     return model

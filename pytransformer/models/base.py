@@ -283,7 +283,11 @@ class Model(Module):
         return fmt.to_hf(grads) if fmt else grads
 
     def load_state_dict(self, state: dict) -> None:
-        """Values under the names state_dict() uses; missing, extra or mis-shaped tensors raise ValueError."""
+        """Values under the names state_dict() uses (an attached adapter's under peft's); missing, extra or
+        mis-shaped tensors raise ValueError."""
+        if self.adapter is not None:
+            self.load_params(self._peft().from_peft(state, self.adapter, "the state dict"))
+            return
         fmt = self._hf()
         self.load_params(fmt.to_ours(state) if fmt else state)
 
