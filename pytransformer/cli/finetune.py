@@ -11,12 +11,15 @@ import sys
 
 import numpy as np
 
-from .common import COUNT, POSITIVE, UsageError, load_model, number, read_text
+from .common import COUNT, POSITIVE, UsageError, load_model, number, read_text, run_settings
 
 IGNORE = -100  # the label of a token no loss is taken on (CrossEntropyHead's ignore_index)
 DEFAULTS = {"data": None, "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "targets": None, "steps": 200,
             "lr": 1e-3, "batch": 8, "accum": 1, "context": None, "eval_fraction": 0.1, "eval_every": 50, "warmup": None,
             "seed": 0}
+DESCRIPTION = ("Train a LoRA adapter (peft's files) for a language model, its weights frozen in their own format. "
+               "--data: plain text, or chat JSONL (one {\"messages\": [...]} a line; the loss on the assistant's "
+               "replies only). With --resume the run's settings come from its checkpoint: only --steps may change.")
 # settings a resumed run keeps (--steps may change)
 RUN_SETTINGS = tuple(k for k in DEFAULTS if k != "steps")
 
@@ -24,10 +27,7 @@ RUN_SETTINGS = tuple(k for k in DEFAULTS if k != "steps")
 def add_parsers(sub, parents):
     d = DEFAULTS
     p = sub.add_parser("finetune", parents=parents, help="train a LoRA adapter for a language model",
-                       description="Train a LoRA adapter (peft's files) for a language model, its weights frozen in "
-                                   "their own format. --data: plain text, or chat JSONL (one {\"messages\": [...]} a "
-                                   "line; the loss on the assistant's replies only). With --resume the run's settings "
-                                   "come from its checkpoint: only --steps may change.")
+                       description=DESCRIPTION)
     p.add_argument("model", help="a GGUF file, a Hugging Face folder, a packaged name ('smollm2') or a cached repo id")
     p.add_argument("--data", help="a UTF-8 text file, or a .jsonl file of chats")
     p.add_argument("--out", default="pytransformer-adapter", help="folder for the adapter, checkpoint and loss curve")
@@ -133,28 +133,11 @@ def trainable_base(model, say):
 
 
 def _settings(args, ckpt):
-    """The run's settings (the command line over the defaults, or the checkpoint's with --resume) and its step."""
-    from ..io.safetensors import read_metadata
-
-    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
-    if not args.resume:
-        if os.path.exists(ckpt) and not args.force:
-            raise UsageError(f"{args.out} already holds a run; continue it with --resume, or start over with --force "
-                             f"(or choose another --out)")
-        return {**DEFAULTS, **given}, 0
-    if not os.path.exists(ckpt):
-        raise UsageError(f"--resume: there is no checkpoint at {ckpt}; start the run without --resume")
-    meta = read_metadata(ckpt)
-    saved = (json.loads(meta.get("extra", "null")) or {}).get("finetune")
-    if not saved:
-        raise UsageError(f"--resume: {ckpt} was not written by `pytransformer finetune`")
-    settings = {**DEFAULTS, **saved}
-    for name in RUN_SETTINGS:
-        if name in given and given[name] != settings[name]:
-            raise UsageError(f"--{name.replace('_', '-')} {given[name]} differs from the run's {settings[name]}; leave "
-                             f"it out to resume, or start a new run (--force, or another --out)")
-    settings["steps"] = given.get("steps", settings["steps"])
-    return settings, int(meta.get("step", 0))
+    """The run's settings (common.run_settings) and its step; a run already in --out is kept without --force."""
+    if not args.resume and os.path.exists(ckpt) and not args.force:
+        raise UsageError(f"{args.out} already holds a run; continue it with --resume, or start over with --force "
+                         f"(or choose another --out)")
+    return run_settings(args, ckpt, DEFAULTS, RUN_SETTINGS, "finetune", "finetune")
 
 
 def cmd_finetune(args) -> int:
