@@ -427,7 +427,8 @@ def run(threads, only=None, quick=False, limits=None):
 # --- the CUDA kernels (--device cuda): the same registry cases on device arrays, against torch on the same GPU (the
 # CPU peers' torch calls, their tensors made on the GPU); every call timed to its device synchronisation. ---------
 
-CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized", "matmul_quantized_int8"}
+CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights", "matmul_quantized", "matmul_quantized_int8",
+            "matmul_dinp"}  # (narrow weights' dinp: CPU kernels only)
 
 
 def synced(fn, sync):

@@ -106,16 +106,20 @@ Written written(const T* data, int64_t n, const char* name) {
   return {data, n * static_cast<int64_t>(sizeof(T)), name};
 }
 
-// Index arrays are checked in range before a kernel runs; an output laid over one would let the kernel rewrite the
-// indices it is reading, and read out of bounds with them.
-void check_apart(const int64_t* ids, int64_t n, const char* name, const std::vector<Written>& outputs) {
-  const auto lo = reinterpret_cast<uintptr_t>(ids), hi = lo + n * sizeof(int64_t);
+// An array a kernel reads (`read`) must not lie under one it writes. Index arrays are checked in range before a
+// kernel runs; an output laid over one would let the kernel rewrite the indices it is reading, and read out of
+// bounds with them.
+void check_apart(const Written& read, const std::vector<Written>& outputs) {
+  const auto lo = reinterpret_cast<uintptr_t>(read.data), hi = lo + read.bytes;
   for (const Written& w : outputs) {
     const auto wlo = reinterpret_cast<uintptr_t>(w.data), whi = wlo + w.bytes;
-    if (n && w.bytes && wlo < hi && lo < whi)
-      throw py::value_error(std::string(w.name) + " overlaps " + name + ": the kernel reads " + name +
+    if (read.bytes && w.bytes && wlo < hi && lo < whi)
+      throw py::value_error(std::string(w.name) + " overlaps " + read.name + ": the kernel reads " + read.name +
                             " while writing " + w.name);
   }
+}
+void check_apart(const int64_t* ids, int64_t n, const char* name, const std::vector<Written>& outputs) {
+  check_apart(written(ids, n, name), outputs);
 }
 
 void check_groups(int64_t NH, int64_t NKV) {
@@ -138,8 +142,8 @@ void int8_block_type(int qtype, const char* who) {
                           std::to_string(qtype) + " (a float type)");
 }
 
-int64_t row_bytes(int qtype, int64_t C) {
-  const int64_t rb = checked_row_bytes(qtype, C);
+int64_t row_bytes(int64_t qtype, int64_t C) {
+  const int64_t rb = qtype == (int)qtype ? checked_row_bytes((int)qtype, C) : -1;
   if (rb < 0)
     throw py::value_error("unsupported GGUF type " + std::to_string(qtype) + " or a row of " + std::to_string(C) +
                           " values that is not a whole number of its blocks");
@@ -206,6 +210,21 @@ void product_forward(O out, O inp, O weight, O scale, O bias, int64_t N, int64_t
   const float* b = array_data<float>(bias, "bias", {OC}, false, true);
   const NoGil nogil;
   kernel(o, x, w, s, b, N, IC, OC);
+}
+
+// The gradient and output of a product through a frozen weight (already checked, its bytes in `weight`): dout
+// (N, OC) read, dinp (N, IC) written, apart from each other and from the weight.
+struct DinpArgs {
+  float* dinp;
+  const float* dout;
+};
+DinpArgs dinp_args(O dinp, O dout, const Written& weight, int64_t N, int64_t IC, int64_t OC) {
+  float* dx = array_data<float>(dinp, "dinp", {N, IC}, true);
+  const float* g = array_data<float>(dout, "dout", {N, OC});
+  const Written out = written(dx, product({N, IC}), "dinp");
+  check_apart(written(g, product({N, OC}), "dout"), {out});
+  check_apart(weight, {out});
+  return {dx, g};
 }
 
 }  // namespace
@@ -536,6 +555,24 @@ PYBIND11_MODULE(_core, m) {
   };
   m.def("matmul_q_forward", quant_product(&pt::Kernels::matmul_q_forward, false));
   m.def("matmul_q8_forward", quant_product(&pt::Kernels::matmul_q8_forward, true));
+  // the gradients through frozen narrow weights: GGUF rows of any type (bfloat16 bits as BF16), int8 + row scale
+  m.def("matmul_q_dinp", [](O dinp, O dout, O weight, int64_t qtype, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    const int64_t rb = row_bytes(qtype, IC);
+    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+    const DinpArgs a = dinp_args(dinp, dout, written(w, product({OC, rb}), "weight"), N, IC, OC);
+    const NoGil nogil(product({N, IC, OC}) >= kReleaseWork);
+    K().matmul_q_dinp(a.dinp, a.dout, w, (int)qtype, N, IC, OC);  // (a type id row_bytes knows)
+  });
+  m.def("matmul_w8_dinp", [](O dinp, O dout, O weight, O scale, int64_t N, int64_t IC, int64_t OC) {
+    check_nonneg({N, IC, OC});
+    const int8_t* w = array_data<int8_t>(weight, "weight", {OC, IC});
+    const float* s = array_data<float>(scale, "weight_scale", {OC});
+    const DinpArgs a = dinp_args(dinp, dout, written(w, product({OC, IC}), "weight"), N, IC, OC);
+    check_apart(written(s, OC, "weight_scale"), {written(a.dinp, product({N, IC}), "dinp")});
+    const NoGil nogil(product({N, IC, OC}) >= kReleaseWork);
+    K().matmul_w8_dinp(a.dinp, a.dout, w, s, N, IC, OC);
+  });
   m.def("dequantize_rows", [](O out, O src, int qtype, O ids, int64_t rows, int64_t N, int64_t C) {
     check_nonneg({rows, N, C});
     const int64_t rb = row_bytes(qtype, C);

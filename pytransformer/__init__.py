@@ -30,7 +30,7 @@ from . import ops, reference
 from .io import from_pretrained as _load_path  # also loads the model-family registry Model.state_dict() reads
 
 
-def from_pretrained(name_or_path, filename=None, mmap=True, dtype=None, activation_dtype=None):
+def from_pretrained(name_or_path, filename=None, mmap=True, dtype=None, activation_dtype=None, adapter=None):
     """A model in eval mode, with its tokenizer as `model.tokenizer` when it has one, from any of:
 
     - a path: a Hugging Face folder (config.json + model.safetensors: GPT-2, BERT, ViT, Llama), a GGUF file (the
@@ -42,7 +42,9 @@ def from_pretrained(name_or_path, filename=None, mmap=True, dtype=None, activati
 
     Nothing is downloaded; a name that is none of these raises FileNotFoundError saying what was tried. mmap and
     dtype as in `pytransformer.io.from_pretrained` (dtype "float32", "bfloat16" or "int8" weights);
-    activation_dtype "int8" or "float32" for the GGUF blocks' products (Model.set_activation_dtype)."""
+    activation_dtype "int8" or "float32" for the GGUF blocks' products (Model.set_activation_dtype). adapter: a
+    folder of a LoRA adapter as peft saves it (adapter_config.json + adapter_model.safetensors), attached to the
+    model in its own format (io.peft.load_adapter)."""
     from .io.resolve import resolve
 
     found = resolve(name_or_path, filename)
@@ -52,7 +54,12 @@ def from_pretrained(name_or_path, filename=None, mmap=True, dtype=None, activati
         model = load_trained(found.path, dtype)
     else:
         model = _load_path(found.path, mmap, dtype)
-    return model if activation_dtype is None else model.set_activation_dtype(activation_dtype)
+    model = model if activation_dtype is None else model.set_activation_dtype(activation_dtype)
+    if adapter is not None:
+        from .io.peft import load_adapter
+
+        load_adapter(model, adapter)
+    return model
 
 
 def __getattr__(name):  # heavier pieces load on first use

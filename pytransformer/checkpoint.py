@@ -20,7 +20,7 @@ def family_of(model) -> str:
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, rngs=None, tokenizer=None, extra=None) -> None:
-    tensors = {f"model.{name}": p.data for name, p in model.params}
+    tensors = {f"model.{name}": p.data for name, p in model.trainable}  # (an adapter's A and B alone, when attached)
     if optimizer is not None:
         for key, value in optimizer.state_dict().items():
             tensors[f"optim.{key}"] = np.asarray(value)

@@ -571,6 +571,41 @@ class MatmulQuantizedInt8(MatmulQuantized):
         return {"forward": lambda: ops.matmul_forward(x["inp"], x["weight"], x["bias"], out=out, activations="int8")}
 
 
+class MatmulDinp(Op):
+    """The gradient through a frozen weight (LoRA's base) in every form it is stored: o["weight"] is "float32",
+    "bfloat16", "int8" (+ a row scale) or a GGUF type name (ops.Quantized); dinp = dout @ W against the float64
+    product with W widened exactly (reference.widened, reference.dequantize)."""
+
+    group = "matmul"
+
+    def make(self, rng, s, o):
+        N, IC, OC, kind = s["N"], s["IC"], s["OC"], o["weight"]
+        x = {"dout": f32(rng, N, OC), "scale": None}
+        if kind in ops.QTYPES:
+            x["weight"] = ops.Quantized(random_blocks(rng, kind, OC, IC), kind, (OC, IC))
+        elif kind == "int8":
+            x["weight"], x["scale"] = ops.quantize_int8(f32(rng, OC, IC))
+        else:
+            w = f32(rng, OC, IC)
+            x["weight"] = ops.to_bfloat16(w) if kind == "bfloat16" else w
+        return x
+
+    def ours(self, x, o):
+        return {"dinp": ops.matmul_dinp(x["dout"], x["weight"], weight_scale=x["scale"])}
+
+    def reference(self, x, o):
+        w = x["weight"]
+        dense = ref.dequantize(w.data, w.qtype, w.shape[1]) if isinstance(w, ops.Quantized) else w
+        return {"dinp": ref.matmul_dinp(x["dout"], dense, x["scale"])}
+
+    def calls(self, x, o):
+        dinp = empty((x["dout"].shape[0], x["weight"].shape[1]), like=x["dout"])
+        return {"backward": lambda: ops.matmul_dinp(x["dout"], x["weight"], dinp=dinp, weight_scale=x["scale"])}
+
+    def work(self, s, o, direction):
+        return 2.0 * s["N"] * s["IC"] * s["OC"], "GFLOP/s"
+
+
 class AdamW(Op):
     group = "adamw"
     # m sums (1 - beta1) g terms that can cancel to ~1e-8: its rounding is relative to those terms (~0.1), not to m
@@ -630,6 +665,7 @@ class SumSquares(Op):
 
 
 OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
+       "matmul_dinp": MatmulDinp(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
@@ -705,6 +741,10 @@ QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ
 QUANT_IC = {qtype: (7, 33, 700) if qtype in ("F32", "F16", "BF16") else (32, 160, 800) if qtype in (
     "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL") else (256, 768, 1536) for qtype in QUANT_TYPES}
 
+DINP_WEIGHTS = ("float32", "bfloat16", "int8", *QUANT_TYPES)  # (matmul_dinp's stored forms)
+DINP_CHECKED = ("float32", "bfloat16", "int8", "Q4_1")  # (the self-check's: each kernel and form once)
+DINP_IC = {**QUANT_IC, "float32": QUANT_IC["F32"], "bfloat16": QUANT_IC["F32"], "int8": QUANT_IC["F32"]}
+
 CASES = [
     *[case("matmul", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC) for N, IC, OC in [
         (1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (4, 3, 1), (17, 63, 65), (65, 130, 3), (130, 65, 130),
@@ -715,6 +755,13 @@ CASES = [
     *[case("matmul_int8_weights", CHECK if (N, IC, OC) == (17, 63, 65) else TEST, N=N, IC=IC, OC=OC)
       for N, IC, OC in [(1, 1, 1), (1, 768, 130), (2, 33, 7), (3, 17, 65), (17, 63, 65), (5, 520, 3100),
                         (130, 65, 130), (64, 1024, 1100)]],
+    # the gradient through a frozen weight of every stored form: 1, 3, 16 and 37 rows (the GEMM's row tiles and
+    # their tails), OC across k-blocks (> 384), IC one, a few and many blocks (float forms: not a multiple of 16;
+    # past 1024: several column blocks, which start on block boundaries)
+    *[case("matmul_dinp", CHECK if N == 3 and kind in DINP_CHECKED else TEST, N=N, IC=DINP_IC[kind][k],
+           OC=OC, weight=kind)
+      for kind in DINP_WEIGHTS
+      for N, k, OC in [(1, 0, 1), (3, 1, 7), (16, 2, 67), (37, 1, 400), (37, 2, 45)]],
     *[case("layernorm", CHECK if (N, Ch) == (17, 63) else TEST, N=N, C=Ch)
       for N, Ch in [(1, 1), (3, 17), (17, 63), (65, 130), (2, 65), (64, 768), (130, 1024)]],
     *[case("gelu", CHECK if n == 130 else TEST, n=n, approximate=a)
@@ -801,6 +848,10 @@ CASES = [
     # the other types of a Q4_K_M / Q5_K_M file, decoding one row and a batch of 8
     *[case("matmul_quantized", BENCH, N=N, IC=512, OC=1536, qtype=qt)
       for qt in ("Q5_0", "Q3_K", "Q5_K", "Q6_K", "IQ4_XS") for N in (1, 8)],
+    # LoRA's backward through SmolLM2-135M's frozen products (256 rows), each form against the float32 widening
+    *[case("matmul_dinp", BENCH, N=256, IC=IC, OC=OC, weight=kind)
+      for IC, OC in [(576, 1536), (1536, 576)] for kind in ("float32", "bfloat16", "int8", "Q4_1", "Q4_K", "Q8_0")
+      if kind not in BLOCK_LAYOUT or IC % BLOCK_LAYOUT[kind][0] == 0],  # (Q4_K: IC of whole 256-value blocks)
     case("rmsnorm", BENCH, N=8192, C=576),
     case("swiglu", BENCH, n=512 * 1536),
     case("geglu", BENCH, n=512 * 1536),

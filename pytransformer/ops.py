@@ -83,39 +83,42 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None, activ
         raise ValueError(f"activations='int8' needs a Quantized weight of an integer block type, got {got}")
     if activations == "int8" and type(inp) is DeviceArray:
         raise TypeError("activations='int8' runs on the CPU; inp is on a CUDA device (its products keep float32)")
-    if isinstance(weight, Quantized):
-        return _matmul_quantized(inp, weight, bias, out, activations == "int8")
-    if type(inp) is DeviceArray and weight.dtype != F32:
-        raise TypeError(f"weight must be float32 on a CUDA device (narrow weights are CPU-only), got {weight.dtype}")
     d = {}
-    kind = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype in (U16, I8) else F32
-    array(weight, "weight", ("OC", "IC"), d, kind)
+    kind = _weight_format(weight, weight_scale, d, inp)
     array(inp, "inp", ("...", "IC"), d)
     if bias is not None:
         array(bias, "bias", ("OC",), d)
-    if (kind == I8) != (weight_scale is not None):
-        raise ValueError("weight_scale (OC,) goes with an int8 weight, and only with one")
-    if kind == I8:
-        array(weight_scale, "weight_scale", ("OC",), d)
     out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
-    if kind == I8:
-        _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, _rows(inp), d["IC"], d["OC"])
+    args = (_rows(inp), d["IC"], d["OC"])
+    if kind == "blocks":
+        kernel = _core.matmul_q8_forward if activations == "int8" else _kernels(out).matmul_q_forward
+        kernel(out, inp, weight.data, weight.code, bias, *args)
+    elif kind == "int8":
+        _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, *args)
     else:
         k = _kernels(out)
-        (k.matmul_w16_forward if kind == U16 else k.matmul_forward)(out, inp, weight, bias, _rows(inp), d["IC"],
-                                                                   d["OC"])
+        (k.matmul_w16_forward if kind == "bfloat16" else k.matmul_forward)(out, inp, weight, bias, *args)
     return out
 
 
-def _matmul_quantized(inp, weight, bias, out, int8):
-    d = {"OC": weight.shape[0], "IC": weight.shape[1]}
-    array(inp, "inp", ("...", "IC"), d)
-    if bias is not None:
-        array(bias, "bias", ("OC",), d)
-    out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
-    kernel = _core.matmul_q8_forward if int8 else _kernels(out).matmul_q_forward
-    kernel(out, inp, weight.data, weight.code, bias, _rows(inp), d["IC"], d["OC"])
-    return out
+def _weight_format(weight, weight_scale, d, x):
+    """The one place a product's weight format is read (matmul_forward, matmul_dinp): "float32", "bfloat16" (uint16
+    bits), "int8" (with weight_scale (OC,)) or "blocks" (a Quantized matrix), with its (OC, IC) checked into d. Narrow
+    ndarrays are CPU formats: with x (the other operand) on a CUDA device only float32 and blocks multiply."""
+    if isinstance(weight, Quantized):
+        kind = "blocks"
+        d["OC"], d["IC"] = weight.shape
+    else:
+        dtype = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype in (U16, I8) else F32
+        kind = {U16: "bfloat16", I8: "int8"}.get(dtype, "float32")
+        if type(x) is DeviceArray and kind != "float32":
+            raise TypeError(f"weight must be float32 on a CUDA device (narrow weights are CPU-only), got {dtype}")
+        array(weight, "weight", ("OC", "IC"), d, dtype)
+    if (kind == "int8") != (weight_scale is not None):
+        raise ValueError("weight_scale (OC,) goes with an int8 weight, and only with one")
+    if kind == "int8":
+        array(weight_scale, "weight_scale", ("OC",), d)
+    return kind
 
 
 def quantize_int8(x):
@@ -714,14 +717,25 @@ def global_norm(x):
     return math.sqrt(sum_squares(x))
 
 
-def matmul_dinp(dout, weight, *, dinp=None):
-    """dinp (..., IC) = dout (..., OC) @ weight (OC, IC): the gradient through a frozen float32 weight (no dweight)."""
+@_writes("dinp")
+def matmul_dinp(dout, weight, *, dinp=None, weight_scale=None):
+    """dinp (..., IC) = dout (..., OC) @ weight (OC, IC), overwritten: the gradient through a frozen weight (no
+    dweight), in any form matmul_forward takes -- float32, bfloat16 bits, int8 with its weight_scale (OC,), or a
+    Quantized matrix -- kept as it is (narrow forms widened a row segment at a time, float32 sums; CPU only)."""
     d = {}
-    array(weight, "weight", ("OC", "IC"), d)
+    kind = _weight_format(weight, weight_scale, d, dout)
     array(dout, "dout", ("...", "OC"), d)
-    dinp = output(dinp, "dinp", dout.shape[:-1] + (d["IC"],), [("dout", dout), ("weight", weight)])
-    # (the kernel reads inp only for dweight, which is not asked for: dinp stands in for it)
-    _kernels(dout).matmul_backward(dinp, None, None, dout, dinp, weight, _rows(dout), d["IC"], d["OC"])
+    if kind == "blocks" and type(dout) is DeviceArray:
+        raise TypeError("matmul_dinp through a Quantized weight runs on the CPU; dout is on a CUDA device")
+    dinp = output(dinp, "dinp", dout.shape[:-1] + (d["IC"],), dout)
+    args = (_rows(dout), d["IC"], d["OC"])
+    if kind == "float32":  # (the kernel reads inp only for dweight, which is not asked for: dinp stands in for it)
+        _kernels(dout).matmul_backward(dinp, None, None, dout, dinp, weight, *args)
+    elif kind == "int8":
+        _core.matmul_w8_dinp(dinp, dout, weight, weight_scale, *args)
+    else:  # (bfloat16 bits are GGUF BF16 rows)
+        blocks = weight if kind == "blocks" else Quantized(weight.view(np.uint8), "BF16", weight.shape)
+        _core.matmul_q_dinp(dinp, dout, blocks.data, blocks.code, *args)
     return dinp
 
 

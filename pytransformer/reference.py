@@ -19,13 +19,19 @@ def from_bfloat16(bits):
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
+def widened(weight, weight_scale=None):
+    """A weight in any form ops.matmul_forward takes but blocks (reference.dequantize widens those) -> float64
+    (OC, IC): float as it is, bfloat16 bits (uint16) exactly, int8 times weight_scale (OC,) per row."""
+    if np.asarray(weight).dtype == np.uint16:
+        return from_bfloat16(weight)
+    if np.asarray(weight).dtype == np.int8:
+        return np.asarray(weight, np.float64) * np.asarray(weight_scale, np.float64)[:, None]
+    return np.asarray(weight, np.float64)
+
+
 def matmul_forward(inp, weight, bias=None, weight_scale=None):
     """Narrow weights as ops.matmul_forward takes them: bfloat16 bits (uint16), or int8 times weight_scale."""
-    if np.asarray(weight).dtype == np.uint16:
-        weight = from_bfloat16(weight)
-    elif np.asarray(weight).dtype == np.int8:
-        weight = np.asarray(weight, np.float64) * np.asarray(weight_scale, np.float64)[:, None]
-    out = np.asarray(inp, np.float64) @ np.asarray(weight, np.float64).T
+    out = np.asarray(inp, np.float64) @ widened(weight, weight_scale).T
     return out if bias is None else out + bias
 
 
@@ -36,6 +42,12 @@ def matmul_backward(dout, inp, weight):
     inp2 = np.asarray(inp, np.float64).reshape(rows, inp.shape[-1])
     dout2 = dout.reshape(rows, dout.shape[-1])
     return dout @ np.asarray(weight, np.float64), dout2.T @ inp2, dout2.sum(0)
+
+
+def matmul_dinp(dout, weight, weight_scale=None):
+    """dinp (..., IC) = dout (..., OC) @ weight (OC, IC): the gradient through a frozen weight, narrow forms widened
+    as matmul_forward widens them (GGUF blocks: pass dequantize(data, qtype, IC))."""
+    return np.asarray(dout, np.float64) @ widened(weight, weight_scale)
 
 
 def round_bfloat16(x):

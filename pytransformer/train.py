@@ -94,18 +94,28 @@ class History:
 
 
 def get_batch(data, batch_size, block_size, rng):
-    """Random windows of a 1-D token array -> inputs (B, T) and next-token targets (B, T)."""
-    if len(data) <= block_size:
-        raise ValueError(f"the data ({len(data)} tokens) must be longer than the context ({block_size})")
-    starts = rng.integers(0, len(data) - block_size, batch_size)
-    x = np.stack([data[s: s + block_size] for s in starts])
-    y = np.stack([data[s + 1: s + 1 + block_size] for s in starts])
+    """Random windows of a 1-D token array -> inputs (B, T) and next-token targets (B, T). data may also be (2, N):
+    tokens and their labels, -100 where no loss is taken (a chat's prompts: train only on the assistant's tokens);
+    each window then holds at least one labelled target."""
+    tokens, labels = (data, data) if data.ndim == 1 else data
+    if len(tokens) <= block_size:
+        raise ValueError(f"the data ({len(tokens)} tokens) must be longer than the context ({block_size})")
+    if data.ndim == 1:
+        starts = rng.integers(0, len(data) - block_size, batch_size)
+    else:  # a labelled target p drawn, then a window around it: p - 1 - offset, held inside the data
+        labelled = np.flatnonzero(labels[1:] != -100) + 1
+        if not labelled.size:
+            raise ValueError("the data has no labelled token to learn")
+        p = labelled[rng.integers(0, labelled.size, batch_size)]
+        starts = np.clip(p - 1 - rng.integers(0, block_size, batch_size), 0, len(tokens) - block_size - 1)
+    x = np.stack([tokens[s: s + block_size] for s in starts])
+    y = np.stack([labels[s + 1: s + 1 + block_size] for s in starts])
     return x, y
 
 
 def evaluate(model, data, batch_size, block_size, batches, seed=1234):
     """Mean loss over `batches` fixed random batches (its own RNG: evaluation never shifts training batches)."""
-    if len(data) <= block_size:
+    if data.shape[-1] <= block_size:
         return float("nan")
     rng = np.random.default_rng(seed)
     with model.evaluating():
@@ -113,7 +123,8 @@ def evaluate(model, data, batch_size, block_size, batches, seed=1234):
 
 
 def train_lm(model, train_data, val_data, cfg: TrainConfig, resume=False, tokenizer=None, log=None, extra=None):
-    """Train a GPT on 1-D token arrays; returns a History (of the whole run, resumed parts included). With
+    """Train a language model (an attached LoRA adapter only, when it has one) on token arrays (get_batch);
+    returns a History (of the whole run, resumed parts included). With
     resume=True and cfg.checkpoint present, it continues from that checkpoint exactly as if never interrupted.
     cfg.precision applies while it runs. `extra` (JSON-able) is stored in every checkpoint. Ctrl-C finishes the
     step under way, saves a checkpoint and raises TrainingInterrupted; a second Ctrl-C stops at once."""
@@ -135,7 +146,7 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
     T = cfg.context or model.config.max_positions
     if T > model.config.max_positions:
         raise ValueError(f"context {T} exceeds the model's {model.config.max_positions} positions")
-    opt = AdamW(model.params, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)
+    opt = AdamW(model.trainable, cfg.lr, cfg.betas, 1e-8, cfg.weight_decay)  # (an attached adapter's A and B alone)
     data_rng = np.random.default_rng(cfg.seed)
     start = 0
     hist = History()
@@ -174,7 +185,7 @@ def _train_lm(model, train_data, val_data, cfg, resume, tokenizer, log, extra, s
             else:
                 model.backward(1.0 / cfg.accum)
             loss += mpi.mean(micro) / cfg.accum
-        norm = clip_grad_norm(model.params, cfg.grad_clip)
+        norm = clip_grad_norm(model.trainable, cfg.grad_clip)
         if not math.isfinite(norm):
             raise TrainingDiverged(_diverged(step, f"gradient norm is {norm}", saved))
         opt.step(lr)

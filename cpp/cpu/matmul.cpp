@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gemm.h"
 #include "pytransformer/kernels.h"
 #include "quant/quant.h"
 
@@ -137,9 +138,12 @@ inline void micro_kernel(int64_t kc, const float* A, int64_t lda, const float* B
   }
 }
 
-// C (M, N) = A @ B (+ bias), or C += A @ B when accumulate.
-void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc, bool accumulate,
-          const float* bias) {
+// C (M, N) = A @ B (+ bias), or C += A @ B when accumulate. B reaches the panels through pack(dst, k0, kc, j0, nc,
+// np): pack_B's layout of B (k0 .. k0 + kc, j0 .. j0 + nc) as np panels. Column blocks start at multiples of
+// `align` columns (a weight's quantisation block: whole blocks per task).
+template <class PackB>
+void gemm_packed(int64_t M, int64_t N, int64_t K, View A, PackB pack, int64_t align, float* C, int64_t ldc,
+                 bool accumulate, const float* bias) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -156,7 +160,8 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
   // step). Otherwise the columns, in a multiple of the thread count of blocks.
   const bool rows_first = M > N && (M + MR - 1) / MR >= nt;
   if (!rows_first) ncb = std::min(npanels, (ncb + nt - 1) / nt * nt);
-  const int64_t nb = (npanels + ncb - 1) / ncb * NR;  // block width, whole micro-panels
+  const int64_t group = std::max<int64_t>(1, align / NR);            // panels per quantisation block
+  const int64_t nb = ((npanels + ncb - 1) / ncb + group - 1) / group * group * NR;  // whole micro-panels
   ncb = (N + nb - 1) / nb;
   // row blocks: one per thread, or as many as the column blocks alone leave threads unfed
   const int64_t rows_panels = (M + MR - 1) / MR;
@@ -180,7 +185,7 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
     for (int64_t pc = 0; pc < K; pc += kstep) {
       const int64_t kc = std::min(kstep, K - pc);
       const bool overwrite = !accumulate && pc == 0;
-      pack_B(Bp, B, pc, kc, j0, ncur, 0, np);
+      pack(Bp, pc, kc, j0, ncur, np);
       for (int64_t ic = 0; ic < mcur; ic += MC) {
         const int64_t mc = std::min(MC, mcur - ic), ns = (mc + MR - 1) / MR;
         // full slivers of a row-major A are read in place, others packed (zero-padded rows); so are all slivers
@@ -207,6 +212,14 @@ void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc
       }
     }
   }
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc, bool accumulate,
+          const float* bias) {
+  const auto pack = [B](float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t np) {
+    pack_B(dst, B, k0, kc, j0, nc, 0, np);
+  };
+  gemm_packed(M, N, K, A, pack, 1, C, ldc, accumulate, bias);
 }
 
 // out (M, OC) = inp (M, IC) @ weight (OC, IC)^T + bias, for M < 4: one pass over each weight row. Four output
@@ -283,6 +296,21 @@ void matmul_forward_small_m(float* out, const float* inp, const WT* weight, cons
   }
 }
 }  // namespace
+
+// B's row segments widened one at a time into L1 and laid out as pack_B lays them (gemm.h).
+void gemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, RowSource B, float* C, int64_t ldc) {
+  const auto pack = [&B](float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t np) {
+    static thread_local ScratchBuffer row_buf;
+    float* row = row_buf.floats((size_t)np * NR);
+    std::fill(row + nc, row + np * NR, 0.f);  // (columns past nc: zero, as pack_B pads them)
+    for (int64_t k = 0; k < kc; k++) {
+      B.fill(B.source, k0 + k, j0, nc, row);
+      for (int64_t p = 0; p < np; p++)
+        for (int v = 0; v < NV; v++) store(dst + p * kc * NR + k * NR + v * W, load(row + p * NR + v * W));
+    }
+  };
+  gemm_packed(M, N, K, View{A, lda, 1}, pack, B.align, C, ldc, false, nullptr);
+}
 
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int64_t IC,
                     int64_t OC) {

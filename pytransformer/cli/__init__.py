@@ -7,11 +7,11 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import info, llm, sentence, train
+from . import finetune, info, llm, sentence, train
 from .common import CommandList, Parser, UsageError, every_command
 
 DESCRIPTION = """\
-A transformer engine for CPU-only Python: train a small GPT, run language models from GGUF files, Hugging Face
+A transformer engine for CPU-only Python: train a small GPT, fine-tune language models with LoRA, run them from GGUF files, Hugging Face
 folders or packages (SmolLM2, Gemma 3), serve them over the OpenAI API, embed and search sentences, and check the
 kernels. Models are named by a path, a packaged name (smollm2, gemma3-270m, minilm) or a repo id in the local
 Hugging Face cache; nothing is downloaded.
@@ -32,7 +32,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"pytransformer {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     parents = [every_command()]
-    for family in (info, train, llm, sentence):
+    for family in (info, train, finetune, llm, sentence):
         family.add_parsers(sub, parents)
     return parser
 

@@ -69,13 +69,42 @@ def check_memory(need, what, advice):
                          f"available; {advice}")
 
 
-def load_model(name, need_tokenizer=True, activations=None):
+def run_settings(args, ckpt, defaults, kept, key, command):
+    """A training run's settings and the steps it has done: the command line over the defaults (0 done), or with
+    --resume the checkpoint's (its metadata's extra[key]); options given again must agree with them (those in kept),
+    except --steps."""
+    import json
+
+    from ..io.safetensors import read_metadata
+
+    given = {k: getattr(args, k) for k in defaults if getattr(args, k) is not None}
+    if not args.resume:
+        return {**defaults, **given}, 0
+    if not os.path.exists(ckpt):
+        raise UsageError(f"--resume: there is no checkpoint at {ckpt}; start the run without --resume")
+    meta = read_metadata(ckpt)
+    saved = (json.loads(meta.get("extra", "null")) or {}).get(key)
+    if not saved:
+        raise UsageError(f"--resume: {ckpt} was not written by `pytransformer {command}`; it carries no run settings")
+    settings = {**defaults, **saved}  # (a run begun before a setting existed has its default)
+    for name in kept:
+        if name in given and given[name] != settings[name]:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {given[name]} differs from the run's {settings[name]}; leave it out to resume, "
+                             f"or start a new run (--force, or another --out)")
+    if "steps" in given:
+        settings["steps"] = given["steps"]
+    return settings, int(meta.get("step", 0))
+
+
+def load_model(name, need_tokenizer=True, activations=None, adapter=None):
     """pytransformer.from_pretrained(name) for a command: a path, a packaged name or a cached Hugging Face repo id;
     UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer).
-    activations: the GGUF products' activation dtype (--activations; None: the library's default)."""
+    activations: the GGUF products' activation dtype (--activations; None: the library's default); adapter: a LoRA
+    adapter's folder (--adapter)."""
     from .. import from_pretrained
 
-    model = from_pretrained(name, activation_dtype=activations)
+    model = from_pretrained(name, activation_dtype=activations, adapter=adapter)
     if not hasattr(model, "stream"):
         raise UsageError(f"{name}: a {type(model).__name__}, not a language model that generates text")
     if need_tokenizer and getattr(model, "tokenizer", None) is None:
@@ -138,6 +167,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def add_adapter(p):
+    """--adapter: a LoRA adapter's folder (peft's files, or `pytransformer finetune --out`)."""
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter for the model: a folder with adapter_config.json "
+                   "and adapter_model.safetensors (peft's, or `pytransformer finetune`'s --out)")
 
 
 def add_activations(p):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import _runtime
-from .common import COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, check_memory, number, read_text
+from .common import COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, check_memory, number, read_text, run_settings
 
 TRAIN_DEFAULTS = {"data": None, "init_from": None, "steps": 300, "batch": 16, "context": 128, "layers": 4, "heads": 4, "embd": 128,
                   "dropout": 0.0, "lr": 2e-3, "eval_every": 100, "seed": 0, "precision": "float32", "accum": 1,
@@ -114,35 +114,12 @@ def read_corpus(path):
 
 
 def _run_settings(args, ckpt):
-    """The run's settings: the command line over the defaults, or, with --resume, the checkpoint's (options
-    given again must agree with them, except --steps)."""
-    import json
-    import os
-
-    from ..io.safetensors import read_metadata
-
-    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
-    if given.get("init_from") and not args.resume:
-        shaped = [f"--{k}" for k in MODEL_SHAPE if k in given]
+    """The run's settings (common.run_settings: the command line, or the checkpoint's with --resume) and its step."""
+    if getattr(args, "init_from", None) and not args.resume:
+        shaped = [f"--{k}" for k in MODEL_SHAPE if getattr(args, k) is not None]
         if shaped:
-            raise UsageError(f"{' '.join(shaped)}: the model's shape comes from --init-from {given['init_from']}")
-    if not args.resume:
-        return {**TRAIN_DEFAULTS, **given}, 0
-    if not os.path.exists(ckpt):
-        raise UsageError(f"--resume: there is no checkpoint at {ckpt}; start the run without --resume")
-    meta = read_metadata(ckpt)
-    saved = (json.loads(meta.get("extra", "null")) or {}).get("cli")
-    if not saved:
-        raise UsageError(f"--resume: {ckpt} was not written by `pytransformer train`; it carries no run settings")
-    settings = {**TRAIN_DEFAULTS, **saved}  # (a run begun before a setting existed has its default)
-    for name in RUN_SETTINGS:
-        if name in given and given[name] != settings[name]:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} {given[name]} differs from the run's {settings[name]}; leave it out to resume, "
-                             f"or start a new run (--force, or another --out)")
-    if "steps" in given:
-        settings["steps"] = given["steps"]
-    return settings, int(meta.get("step", 0))
+            raise UsageError(f"{' '.join(shaped)}: the model's shape comes from --init-from {args.init_from}")
+    return run_settings(args, ckpt, TRAIN_DEFAULTS, RUN_SETTINGS, "cli", "train")
 
 
 def training_bytes(config, rows):

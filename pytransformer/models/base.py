@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import ops
 from ..generate import KVCache, beam_search, generate, score, stream
-from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, weights
+from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, lora, weights
 from ..nn.layers import HoldsWeight
 
 
@@ -23,6 +23,13 @@ _HF_FORMATS: dict = {}
 
 def register_hf_format(model_class, make_format) -> None:
     _HF_FORMATS[model_class] = make_format
+
+
+_PEFT_FORMAT: list = []  # io.peft.PeftFormat (names, model) -> a model's peft face, registered as the package loads
+
+
+def register_peft_format(make_format) -> None:
+    _PEFT_FORMAT[:] = [make_format]
 
 
 _STEPS = itertools.count(1)  # thread-safe in CPython: each training-mode forward takes a fresh number
@@ -143,7 +150,61 @@ class Model(Module):
                 self._owner = None
 
     def zero_grad(self) -> None:
-        self.params.zero_grad()
+        self.trainable.zero_grad()
+
+    # --- LoRA adapters (nn.lora; peft's names and files: io/peft.py) -------------------------------------------
+    adapter = None  # the attached nn.lora.Adapter (add_adapter), else None
+
+    @property
+    def trainable(self) -> FlatParameters:
+        """The parameters training steps: the adapter's A and B while one is attached, else the model's own."""
+        return self.params if self.adapter is None else self.adapter.params
+
+    def add_adapter(self, rank=8, alpha=16, dropout=0.0, targets=None, seed=0) -> "Model":
+        """Attach a LoRA adapter (peft's LoraConfig: r, lora_alpha, lora_dropout, target_modules): every weight
+        stays frozen in its own format and each targeted projection adds alpha / rank * dropout(x) A^T B^T, A
+        (rank, in) seeded, B (out, rank) zero. targets: module names as peft takes them (default: every attention
+        and MLP projection, q_proj ... down_proj) or one pattern. Training then steps `model.trainable`. -> self"""
+        if self.adapter is not None:
+            raise ValueError("this model has an adapter attached already; merge_adapter() or remove_adapter() first")
+        peft = self._peft()
+        layers = peft.select(targets)
+        kinds = sorted({peft.modules[n][0].rsplit(".", 1)[-1] for n in layers})
+        self.adapter = lora.attach(self, layers, rank, alpha, dropout, kinds, seed)
+        return self
+
+    def remove_adapter(self) -> "Model":
+        """Detach the adapter: the base model as it was. -> self"""
+        self._require_adapter().detach(self)
+        self.adapter = None
+        return self
+
+    def save_adapter(self, folder) -> None:
+        """adapter_config.json + adapter_model.safetensors, as peft saves them (PeftModel.from_pretrained loads it)."""
+        self._peft().save(self._require_adapter(), folder)
+
+    def merge_adapter(self) -> "Model":
+        """Fold the adapter into float32 weights (W + alpha / rank B A; a narrow or quantised model is widened to
+        float32 first) and detach it: the model then trains, saves (save_pretrained) and decodes as any other.
+        -> self"""
+        adapter = self._require_adapter()
+        self.remove_adapter()
+        self.set_weight_dtype("float32")
+        for layer, weight in adapter.layers.values():
+            ops.add_into(layer.weight.data, weight.delta())
+        weights.changed()
+        return self
+
+    def _require_adapter(self):
+        if self.adapter is None:
+            raise ValueError("this model has no adapter (add_adapter, or from_pretrained(..., adapter=DIR))")
+        return self.adapter
+
+    def _peft(self):
+        fmt = self._hf()
+        if fmt is None:
+            raise ValueError(f"{type(self).__name__} has no Hugging Face counterpart, so no peft adapter")
+        return _PEFT_FORMAT[0](fmt.names, self)
 
     device = "cpu"
     runs_on_cuda = False  # the families whose layers run on device arrays (GPT, Llama, BERT, ViT, Transformer)
@@ -169,6 +230,9 @@ class Model(Module):
         (inference: half or a quarter of the bytes a decoded token reads; int8 symmetric per output row; sums in
         float32; embeddings, norms and activations stay float32). "float32" goes back (training needs it). -> self"""
         weights.check_dtype(dtype)  # (before any layer changes)
+        if self.adapter is not None:
+            raise ValueError("set the weight dtype before add_adapter (or merge_adapter() first): an attached adapter "
+                             "keeps its base's format")
         for m in self.modules():
             if hasattr(m, "set_weight_dtype") and not isinstance(m, Model):
                 m.set_weight_dtype(dtype)
@@ -202,18 +266,28 @@ class Model(Module):
         return None
 
     def state_dict(self) -> dict:
-        """Parameter values under the Hugging Face names (ours for a family transformers does not have)."""
+        """Parameter values under the Hugging Face names (ours for a family transformers does not have); with an
+        adapter attached, its A and B under peft's names."""
+        if self.adapter is not None:
+            return self._peft().to_peft({name: p.data for name, p in self.adapter.params})
         fmt = self._hf()
         return fmt.to_hf(self.params_dict()) if fmt else self.params_dict()
 
     def grad_dict(self) -> dict:
-        """Gradients (after backward) under the same names as state_dict()."""
+        """Gradients (after backward) under the same names as state_dict(); with an adapter attached, its A and B
+        gradients under peft's names."""
+        if self.adapter is not None:  # (the adapter's, under peft's names)
+            return self._peft().to_peft({name: p.grad for name, p in self.adapter.params})
         grads = {name: p.grad for name, p in self.params}
         fmt = self._hf()
         return fmt.to_hf(grads) if fmt else grads
 
     def load_state_dict(self, state: dict) -> None:
-        """Values under the names state_dict() uses; missing, extra or mis-shaped tensors raise ValueError."""
+        """Values under the names state_dict() uses (an attached adapter's under peft's); missing, extra or
+        mis-shaped tensors raise ValueError."""
+        if self.adapter is not None:
+            self.load_params(self._peft().from_peft(state, self.adapter, "the state dict"))
+            return
         fmt = self._hf()
         self.load_params(fmt.to_ours(state) if fmt else state)
 
@@ -242,8 +316,9 @@ class Model(Module):
         return self.forward(*inputs, **kwargs)
 
     def load_params(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays (our names) into the parameters; a missing, extra or mis-shaped tensor raises ValueError."""
-        named = self.named_parameters_dict()
+        """Copy arrays (our names) into the parameters (an attached adapter's, when there is one); a missing, extra or
+        mis-shaped tensor raises ValueError."""
+        named = {name: p for name, p in self.trainable}
         missing = [n for n in named if n not in state]
         extra = [n for n in state if n not in named]
         if strict and (missing or extra):

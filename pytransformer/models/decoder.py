@@ -295,12 +295,13 @@ class Decoder(CausalLM):
             dx = self.positions_table.backward(dx)
         if self.embed_scale is not None:
             dx = self.embed_scale.backward(dx)
-        self.embedding.backward(dx)
+        if self.adapter is None:  # (an adapter trains: the frozen table takes no gradient)
+            self.embedding.backward(dx)
 
     # --- decoding through the C++ plan ------------------------------------------------------------------------
 
     def _plan_applies(self) -> bool:
-        return self.decode_in_cpp and self.device == "cpu" and not self.keeps_state and \
+        return self.decode_in_cpp and self.device == "cpu" and not self.keeps_state and self.adapter is None and \
             not self.description.plan_unsupported()
 
     def _embed(self, idx, positions):
@@ -364,6 +365,9 @@ class Decoder(CausalLM):
         if gaps:
             raise NotImplementedError(f"the C++ decoding plan does not run {', '.join(gaps)} yet (generate() runs "
                                       f"this model through its layers)")
+        if self.adapter is not None:
+            raise NotImplementedError("the C++ decoding plan does not run an unmerged LoRA adapter (generate() runs "
+                                      "the layers; merge_adapter() folds it in)")
         if self._plan is None or self._plan[0] != weights.generation():
             self._plan = (weights.generation(), self._make_plan())
         return self._plan[1]

@@ -39,6 +39,7 @@ class HoldsWeight:
     unwritten (no memory used) until set_weight_dtype widens the blocks into it."""
 
     _stored = None
+    frozen = False  # an adapter trains (nn.lora.attach): no gradient of its own, the input's flows through
 
     @property
     def stored(self) -> weights.Weight:
@@ -98,6 +99,8 @@ class Linear(HoldsWeight, Module):
         return self.product(x, self.bias.data if self.bias is not None else None)
 
     def backward(self, dout):
+        if self.frozen:
+            return self.stored.backward(dout)
         self.check_trainable()
         dx, _, _ = ops.matmul_backward(dout, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=self.bias.grad if self.bias is not None else None,
@@ -164,6 +167,8 @@ class TiedLMHead(HoldsWeight, Module):
         return self.product(x, None if self.bias is None else self.bias.data)
 
     def backward(self, dlogits):
+        if self.frozen:
+            return self.stored.backward(dlogits)
         self.check_trainable()
         dx, _, _ = ops.matmul_backward(dlogits, self.saved(self._x), self.weight.data, dweight=self.weight.grad,
                                        dbias=None if self.bias is None else self.bias.grad,

@@ -7,11 +7,11 @@ A layer (Linear, TiedLMHead) keeps its float32 Parameter for training and multip
     Int8Weight      int8 with a float32 scale per output row: a quarter of the bytes
     BlockWeight     a GGUF block format (ops.Quantized), e.g. memory-mapped from the file
 
-Each class says, and nothing else decides: its product (`forward`; `dinp` where it backprops), how siblings that
-read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a device (`to`), and the spec the
-C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
+Each class says, and nothing else decides: its product (`forward`; `dinp`, the gradient through it frozen, read in
+its own format), how siblings that read one input fuse into one product (`fuse`: q|k|v, gate|up), how it moves to a
+device (`to`), and the spec the C++ decode plan reads (`spec`). Changing a layer's format is swapping its object (`convert`); every swap bumps
 `generation()`, which is how fused products and decode plans know they are stale (nothing clears caches by name).
-LoRA-wrapped weights are a further class of this one interface. Each also says what its product's input is
+LoRA-wrapped weights are a further class of this one interface (nn/lora.py: LoRAWeight). Each also says what its product's input is
 rounded to (`activations`, `with_activations`): float32, or for GGUF integer blocks int8 (llama.cpp's Q8 blocks and
 integer dot products; the default is default_activations).
 """
@@ -69,9 +69,14 @@ class Weight:
         raise NotImplementedError
 
     def dinp(self, dout):
-        """dout (..., OC) -> dout @ W (..., IC): the gradient that flows back through a frozen weight."""
-        raise NotImplementedError(f"{self.kind} weights do not backpropagate yet (inference only); call "
-                                  "model.set_weight_dtype('float32') first")
+        """dout (..., OC) -> dout @ W (..., IC): the gradient that flows back through a frozen weight, read in its
+        own format (no float32 copy of a narrow one)."""
+        raise NotImplementedError
+
+    def backward(self, dout):
+        """A frozen weight's backward while an adapter trains: the input's gradient (a LoRA weight, nn.lora, adds
+        its own and accumulates its A and B gradients)."""
+        return self.dinp(dout)
 
     @classmethod
     def fuse(cls, weights):
@@ -159,6 +164,9 @@ class BFloat16Weight(Weight):
     def _checked(self, x, bias):
         return ops.matmul_forward(x, self.bits, bias)
 
+    def dinp(self, dout):
+        return ops.matmul_dinp(dout, self.bits)
+
     @classmethod
     def fuse(cls, weights):
         return cls(np.concatenate([w.bits for w in weights]))  # (a copy made once per conversion)
@@ -191,6 +199,9 @@ class Int8Weight(Weight):
 
     def _checked(self, x, bias):
         return ops.matmul_forward(x, self.q, bias, weight_scale=self.scale)
+
+    def dinp(self, dout):
+        return ops.matmul_dinp(dout, self.q, weight_scale=self.scale)
 
     @classmethod
     def fuse(cls, weights):
@@ -228,6 +239,9 @@ class BlockWeight(Weight):
 
     def _checked(self, x, bias):
         return ops.matmul_forward(x, self.blocks, bias, activations=self.activations)
+
+    def dinp(self, dout):  # (float32 activations either way: the gradient is float32)
+        return ops.matmul_dinp(dout, self.blocks)
 
     def with_activations(self, dtype):
         check_activations(dtype)

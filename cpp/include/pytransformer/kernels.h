@@ -42,6 +42,14 @@
   /* dinp (N, IC) = dout @ weight; dweight (OC, IC) += dout^T @ inp; dbias (OC) += sum_n dout */              \
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,       \
                        const float* weight, int64_t N, int64_t IC, int64_t OC);                              \
+  /* dinp (N, IC) = dout (N, OC) @ W, overwritten: the gradient through a frozen narrow weight W (OC, IC) kept   \
+     as stored (quant/dinp.cpp), widened a row segment at a time into L1, float32 sums. _q: OC rows of          \
+     quant_row_bytes(qtype, IC) bytes of any GGUF type (bfloat16 bits are BF16 rows); _w8: int8 (OC, IC) with   \
+     a scale (OC) per row, W = weight * scale[:, None] */                                                      \
+  void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qtype, int64_t N, int64_t IC,  \
+                     int64_t OC);                                                                            \
+  void matmul_w8_dinp(float* dinp, const float* dout, const int8_t* weight, const float* scale, int64_t N,    \
+                      int64_t IC, int64_t OC);                                                               \
   /* out (N, C); mean, rstd (N) saved for backward */                                                         \
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,        \
                          const float* bias, int64_t N, int64_t C, float eps);                                \
@@ -120,6 +128,7 @@
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
+  X(matmul_q_dinp) X(matmul_w8_dinp)                                                                        \
   X(dequantize_rows) X(geglu_forward) X(geglu_backward)
 
 namespace pt {

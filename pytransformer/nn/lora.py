@@ -1,0 +1,162 @@
+"""LoRA (Hu et al., 2021, as peft's tuners/lora/layer.py): a frozen weight of any format plus a trained low-rank
+update, one more class of the interface in nn/weights.py.
+
+    y = base(x) + scale * dropout(x) @ A^T @ B^T,   scale = alpha / r,   A (r, IC), B (OC, r)
+
+The base keeps its own format (float32, bfloat16, int8, GGUF blocks): nothing widens it; backward passes through
+its `dinp`. A and B are float32 Parameters in the adapter's own FlatParameters, so the optimizer, clipping and
+zeroing see only them. `attach` freezes every weight of a model (its products give the input's gradient only) and
+wraps the targeted ones; `Adapter.detach` puts the bases back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from .layers import Dropout, HoldsWeight
+from .module import FlatParameters, Module, Parameter, uniform, zeros
+from .weights import Weight
+
+
+class LoRAWeight(Module, Weight):
+    """A frozen base weight (OC, IC) of any class and its adapter A (r, IC), B (OC, r) (Parameters). A Module, so
+    that train/eval and evaluating() reach its dropout and what it keeps for backward. It does not fuse (q|k|v and
+    gate|up take one product each), and the C++ decode plan cannot run it (spec raises: the model decodes through
+    its layers while an adapter is attached)."""
+
+    kind, code = "lora", None
+
+    def __init__(self, base: Weight, rank: int, alpha: float, dropout: float = 0.0):
+        OC, IC = base.shape
+        self.base = base
+        self.rank, self.alpha, self.scale = rank, alpha, float(alpha) / rank
+        self.lora_A = Parameter((rank, IC), uniform(1.0 / math.sqrt(IC)))  # (peft's kaiming_uniform(a=sqrt(5)))
+        self.lora_B = Parameter((OC, rank), zeros)
+        self.drop = Dropout(dropout)
+
+    _saved = None  # (dropout(x), scale * x A^T) of the last forward that keeps state
+
+    @property
+    def shape(self):
+        return self.base.shape
+
+    @property
+    def activations(self):
+        return self.base.activations
+
+    def forward(self, x, bias=None):
+        """x (..., IC) -> base(x) + bias + scale * dropout(x) @ A^T @ B^T (..., OC)."""
+        y = self.base.forward(x, bias)
+        xd = self.drop.forward(x)
+        h = ops.scale_(ops.matmul_forward(xd, self.lora_A.data), self.scale)  # (..., r)
+        ops.add_into(y, ops.matmul_forward(h, self.lora_B.data))
+        if self.keeps_state:
+            self._saved = (xd, h)
+        return y
+
+    def backward(self, dout):
+        """dout (..., OC) -> dx (..., IC) = base.dinp(dout) + the adapter's part; dA and dB accumulate."""
+        xd, h = self.saved(self._saved)
+        dx = self.base.dinp(dout)
+        dh, _, _ = ops.matmul_backward(dout, h, self.lora_B.data, dweight=self.lora_B.grad, compute_dbias=False)
+        ops.scale_(dh, self.scale)
+        dxd, _, _ = ops.matmul_backward(dh, xd, self.lora_A.data, dweight=self.lora_A.grad, compute_dbias=False)
+        return ops.add_into(dx, self.drop.backward(dxd))
+
+    def dinp(self, dout):
+        """dout (..., OC) -> dout @ (W + scale B A) (..., IC), no gradient kept."""
+        dx = self.base.dinp(dout)
+        dh = ops.scale_(ops.matmul_dinp(dout, self.lora_B.data), self.scale)
+        return ops.add_into(dx, ops.matmul_dinp(dh, self.lora_A.data))
+
+    def delta(self) -> np.ndarray:
+        """scale * B @ A (OC, IC) in float32: what merging adds to the base."""
+        return ops.scale_(ops.matmul_forward(self.lora_B.data, np.ascontiguousarray(self.lora_A.data.T)),
+                          self.scale)
+
+    def with_activations(self, dtype):
+        self.base = self.base.with_activations(dtype)
+        return self
+
+    def to(self, device):
+        if device != "cpu":
+            raise NotImplementedError("LoRA adapters run on the CPU; merge_adapter() first to move the model")
+        return self
+
+    def spec(self):
+        raise NotImplementedError("the C++ decode plan cannot run a LoRA weight (the model decodes through its "
+                                  "layers while an adapter is attached; merge_adapter() folds it in)")
+
+
+class _Matrices(Module):
+    """The adapter's Parameters under their names, for FlatParameters."""
+
+    def __init__(self, named):
+        self._named = named
+
+    def named_parameters(self, prefix=""):
+        return iter(self._named)
+
+
+class Adapter:
+    """The LoRA adapter attached to a model: `layers` {our Linear's name: (the Linear, its LoRAWeight)}, `params`
+    (FlatParameters of every A and B, named `<linear>.lora_A` / `.lora_B`), rank, alpha, dropout, targets."""
+
+    def __init__(self, layers, rank, alpha, dropout, targets, params):
+        self.layers, self.rank, self.alpha, self.dropout, self.targets = layers, rank, alpha, dropout, targets
+        self.params = params
+
+    def detach(self, model) -> None:
+        """Every targeted layer back to its base weight, every layer of the model unfrozen."""
+        for layer, lora in self.layers.values():
+            layer.stored = lora.base
+        for m in model.modules():
+            if isinstance(m, HoldsWeight):
+                m.frozen = False
+
+
+def module_at(root, name: str):
+    """The module at a dotted name ("blocks.0.attn.sublayer.q": attributes and list indices), or None."""
+    m = root
+    for part in name.split("."):
+        m = m[int(part)] if isinstance(m, (list, tuple)) and part.isdigit() and int(part) < len(m) else \
+            getattr(m, part, None)
+        if m is None:
+            return None
+    return m
+
+
+def check_settings(rank, alpha, dropout) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not math.isfinite(alpha) \
+            or alpha <= 0:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def attach(model, layers: dict, rank: int, alpha: float, dropout: float, targets, seed: int = 0) -> Adapter:
+    """Freeze every weight of model and wrap each of layers {name: Linear} in a LoRAWeight of (rank, alpha,
+    dropout); A drawn from a seeded RNG, B zero (the adapted model starts equal to its base)."""
+    check_settings(rank, alpha, dropout)
+    if rank > min(min(layer.weight.shape) for layer in layers.values()):
+        raise ValueError(f"rank {rank} exceeds the smallest targeted matrix "
+                         f"{min((layer.weight.shape for layer in layers.values()), key=min)}")
+    held = {}
+    for name, layer in layers.items():
+        held[name] = (layer, LoRAWeight(layer.stored, int(rank), float(alpha), float(dropout)))
+    named = [(f"{name}.{part}", getattr(lora, part)) for name, (_, lora) in held.items()
+             for part in ("lora_A", "lora_B")]
+    params = FlatParameters(_Matrices(named), np.random.default_rng(seed))
+    for m in model.modules():
+        if isinstance(m, HoldsWeight):
+            m.frozen = True
+    for layer, lora in held.values():
+        lora.drop.rng = model.dropout_rng
+        lora.train(model.training)
+        layer.stored = lora
+    return Adapter(held, int(rank), float(alpha), float(dropout), tuple(targets), params)
