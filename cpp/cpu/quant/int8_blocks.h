@@ -189,6 +189,7 @@ template <> struct Vec<BlockIQ4_XS> : KType {
     int sc[8];
     for (int s = 0; s < 8; s++) sc[s] = (((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32;
     set_scales(w, sc);
+    set_coef(w, sc, 128);  // (the VNNI panels take the levels as v + 128: int8_panel.h)
     for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
   }
 };

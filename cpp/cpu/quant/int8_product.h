@@ -1,5 +1,8 @@
 // The int8-activation products of int8.cpp, included there twice: in namespace PT_Q8_NS = plain (vpmaddubsw +
 // vpmaddwd on AVX2 / AVX-512, scalar on baseline) and, under a VNNI target, vnni (vpdpbusd; PT_Q8_VNNI).
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+#include "int8_panel.h"  // (4 and more rows: VNNI panels)
+#endif
 namespace pt {
 namespace PT_NS {
 namespace PT_Q8_NS {
@@ -42,10 +45,13 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
           int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
   constexpr int R = kRowsR, kV = 32 * T::kN;
   __m256 acc[R][M];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
+    #pragma GCC unroll 8
     for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
     const WBlock<T>* wb = w + b * R;
+    #pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
       const int64_t at = (n0 + m) * IC + b * kV;
       const float dam = da[(n0 + m) * nb + b];
@@ -57,13 +63,17 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
         as = dam * (float)asum;
       }
       __m256i I[R];
+      #pragma GCC unroll 8
       for (int r = 0; r < R; r++) I[r] = init;
+      #pragma GCC unroll 8
       for (int i = 0; i < T::kN; i++) {
         const __m256i a = _mm256_loadu_si256((const __m256i*)(q + at + 32 * i));
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) I[r] = add_dot(I[r], wb[r], i, a);
       }
       const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)(sums + at / 16)) : init;
       const __m256 asv = _mm256_zextps128_ps256(_mm_set_ss(as));
+      #pragma GCC unroll 8
       for (int r = 0; r < R; r++) {
         if (T::kScales && T::kOff) I[r] = _mm256_sub_epi32(I[r], _mm256_madd_epi16(wb[r].coef, a16));
         acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r]), _mm256_set1_ps(wb[r].d * dam), acc[r][m]);
@@ -75,7 +85,9 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
       }
     }
   }
+  #pragma GCC unroll 8
   for (int m = 0; m < M; m++)
+    #pragma GCC unroll 8
     for (int r = 0; r < nr; r++) out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + (bias ? bias[o0 + r] : 0.f);
 }
 
@@ -157,7 +169,12 @@ void product(float* out, const float* inp, const uint8_t* weight, int qtype, con
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
   for (int64_t n = 0; n < N; n++)
     quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
-  auto run = [&](auto blk) { product_of<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC); };
+  auto run = [&](auto blk) {
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+    if (N >= kPanelM) return panel_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+#endif
+    product_of<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+  };
   if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
 }
 
