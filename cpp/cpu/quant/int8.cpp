@@ -176,8 +176,22 @@ void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t
   for (int64_t b = 0; b < C / block; b++) {
     const float* xb = x + b * block;
     float amax = 0.f, big = 0.f;
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t j = 0; j < block; j += 8)
+      m = _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_loadu_ps(xb + j)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    for (int64_t j = 0; block == 256 && amax > 0.f; j++)  // (the first value of that magnitude, as the scalar loop)
+      if (std::fabs(xb[j]) == amax) {
+        big = xb[j];
+        break;
+      }
+#else
     for (int64_t j = 0; j < block; j++)
       if (std::fabs(xb[j]) > amax) amax = std::fabs(xb[j]), big = xb[j];
+#endif
     float iscale = 0.f;
     if (block == 32) {
       iscale = amax > 0.f ? 127.f / amax : 0.f;
@@ -186,7 +200,20 @@ void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t
       iscale = amax > 0.f ? -127.f / big : 0.f;
       d[b] = amax > 0.f ? 1.f / iscale : 0.f;
     }
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    // x iscale rounded as nearbyint (the rounding mode's nearest even) and packed with saturation: the min(127)
+    // of the scalar loop (|x iscale| <= 127 up to one rounding), in order after the packs' lane interleave
+    const __m256 sv = _mm256_set1_ps(iscale);
+    for (int64_t j = 0; j < block; j += 32) {
+      __m256i i[4];
+      for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8 * k), sv));
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+      _mm256_storeu_si256((__m256i*)(q + b * block + j),
+                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+#else
     for (int64_t j = 0; j < block; j++) q[b * block + j] = (int8_t)std::min(127.f, std::nearbyint(xb[j] * iscale));
+#endif
   }
   for (int64_t g = 0; g < C / 16; g++) {
     int s = 0;
