@@ -25,17 +25,43 @@ struct alignas(64) Panel {
   __m512 d, m;
 };
 
-// the panel of 16 unpacked rows w[0 .. 16) (one block each), by gathers of their dwords
+// out[t] lane o = dword t of the 32 bytes at rows[o] (16 rows): rows o and o + 8 in one register, an 8 x 8
+// transpose of dwords in each half (unpacks), then each output's four 128-bit lanes picked from two registers
+inline void transpose_quads(__m512i out[8], const __m256i* const rows[16]) {
+  __m512i z[8], t[8], u[8];
+  for (int r = 0; r < 8; r++)
+    z[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(rows[r])), _mm256_load_si256(rows[r + 8]), 1);
+  for (int h = 0; h < 2; h++) {  // (rows 4 h .. 4 h + 3 and their + 8)
+    const __m512i* a = z + 4 * h;
+    t[4 * h] = _mm512_unpacklo_epi32(a[0], a[1]), t[4 * h + 1] = _mm512_unpackhi_epi32(a[0], a[1]);
+    t[4 * h + 2] = _mm512_unpacklo_epi32(a[2], a[3]), t[4 * h + 3] = _mm512_unpackhi_epi32(a[2], a[3]);
+    u[4 * h] = _mm512_unpacklo_epi64(t[4 * h], t[4 * h + 2]);      // lane L: dword 0 (L even) or 4 of 4 rows
+    u[4 * h + 1] = _mm512_unpackhi_epi64(t[4 * h], t[4 * h + 2]);  // dword 1 or 5
+    u[4 * h + 2] = _mm512_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    u[4 * h + 3] = _mm512_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(4));
+  for (int k = 0; k < 4; k++) {
+    out[k] = _mm512_permutex2var_epi32(u[k], lo, u[4 + k]);
+    out[4 + k] = _mm512_permutex2var_epi32(u[k], hi, u[4 + k]);
+  }
+}
+
+// the panel of 16 unpacked rows w[0 .. 16) (one block each): the values by transposes, the rest by gathers
 template <class T>
 void to_panel(Panel<T>& P, const WBlock<T>* w) {
   constexpr int kStride = (int)(sizeof(WBlock<T>) / 4);
   const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                           _mm512_set1_epi32(kStride));
   auto gather = [&](const void* at) { return _mm512_i32gather_epi32(rows, at, 4); };
-  for (int i = 0; i < T::kN; i++)
-    for (int t = 0; t < 8; t++)
-      P.q[i][t] = T::kSigned ? _mm512_xor_si512(gather((const int32_t*)&w->sign[i] + t), _mm512_set1_epi8((char)0x80))
-                             : gather((const int32_t*)&w->v[i] + t);
+  for (int i = 0; i < T::kN; i++) {
+    const __m256i* at[16];
+    for (int r = 0; r < 16; r++) at[r] = T::kSigned ? &w[r].sign[i] : &w[r].v[i];
+    transpose_quads(P.q[i], at);
+    if (T::kSigned)
+      for (int t = 0; t < 8; t++) P.q[i][t] = _mm512_xor_si512(P.q[i][t], _mm512_set1_epi8((char)0x80));
+  }
   if (T::kScales) {
     for (int s = 0; s < Panel<T>::kSubs; s++) {  // (lane 0 of sc[s] for kS = 32, lanes 0 / 8 of sc[s / 2] for 16)
       const int32_t* at = T::kS == 32 ? (const int32_t*)&w->sc[s] : (const int32_t*)&w->sc[s / 2] + 4 * (s % 2);
