@@ -79,27 +79,15 @@ template <class T, int M>
 void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
                 const float* bias, int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nc) {
   constexpr int PP = kPanelP, kV = 32 * T::kN, kOff = Panel<T>::kOff, kQuads = T::kScales ? T::kS / 4 : 8;
-  __m512 acc[PP][M];
-#pragma GCC unroll 8
-  for (int j = 0; j < PP; j++)
-#pragma GCC unroll 8
-    for (int m = 0; m < M; m++) acc[j][m] = _mm512_setzero_ps();
+  __m512 acc[PP][M] = {};  // (zeros)
   for (int64_t b = 0; b < nb; b++) {
     const Panel<T>* pb = p + b * PP;
     const int8_t* a[M];
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++) a[m] = q + (n0 + m) * IC + b * kV;
-    __m512i I[PP][M];
-#pragma GCC unroll 8
-    for (int j = 0; j < PP; j++)
-#pragma GCC unroll 8
-      for (int m = 0; m < M; m++) I[j][m] = _mm512_setzero_si512();
+    __m512i I[PP][M] = {};
     for (int s = 0; s < 8 * T::kN / kQuads; s++) {  // sub-blocks (one for the 32-value types)
-      __m512i D[PP][M];
-#pragma GCC unroll 8
-      for (int j = 0; j < PP; j++)
-#pragma GCC unroll 8
-        for (int m = 0; m < M; m++) D[j][m] = _mm512_setzero_si512();
+      __m512i D[PP][M] = {};
 #pragma GCC unroll 8
       for (int u = 0; u < kQuads; u++) {
         const int t = s * kQuads + u;

@@ -44,14 +44,10 @@ template <class T, int M>
 void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
           int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
   constexpr int R = kRowsR, kV = 32 * T::kN;
-  __m256 acc[R][M];
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; r++)
-    #pragma GCC unroll 8
-    for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
+  __m256 acc[R][M] = {};  // (zeros)
   for (int64_t b = 0; b < nb; b++) {
     const WBlock<T>* wb = w + b * R;
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
       const int64_t at = (n0 + m) * IC + b * kV;
       const float dam = da[(n0 + m) * nb + b];
@@ -63,17 +59,17 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
         as = dam * (float)asum;
       }
       __m256i I[R];
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int r = 0; r < R; r++) I[r] = init;
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int i = 0; i < T::kN; i++) {
         const __m256i a = _mm256_loadu_si256((const __m256i*)(q + at + 32 * i));
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) I[r] = add_dot(I[r], wb[r], i, a);
       }
       const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)(sums + at / 16)) : init;
       const __m256 asv = _mm256_zextps128_ps256(_mm_set_ss(as));
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int r = 0; r < R; r++) {
         if (T::kScales && T::kOff) I[r] = _mm256_sub_epi32(I[r], _mm256_madd_epi16(wb[r].coef, a16));
         acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r]), _mm256_set1_ps(wb[r].d * dam), acc[r][m]);
@@ -85,9 +81,9 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
       }
     }
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int m = 0; m < M; m++)
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < nr; r++) out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + (bias ? bias[o0 + r] : 0.f);
 }
 
