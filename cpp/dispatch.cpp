@@ -98,7 +98,10 @@ const std::vector<Variant>& variants() {
       Kernels own = *table;
       vnni = vnni && !no_vnni();
       if (vnni) own.matmul_q8_forward = q8_vnni;
-      v.push_back({name, own, on_tiles(own), supported, vnni ? "vpdpbusd" : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
+      // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
+      const bool zmm = name == std::string("avx512");
+      v.push_back({name, own, on_tiles(own), supported,
+                   vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
     };
 #ifdef PT_HAVE_BASELINE
     add("baseline", baseline::kernels(), true, false, nullptr);

@@ -815,11 +815,13 @@ CASES = [
       for qtype in QUANT_TYPES
       for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (4, 0, 19), (5, 1, 40), (7, 2, 33), (8, 0, 45),
                        (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
-    # int8 activations: every integer block type, one row (decode), a few (a batched step), 16 and past it (prefill)
+    # int8 activations: every integer block type, one row (decode), a few (a batched step), 16 and past it (prefill);
+    # from 4 rows the VNNI panels (32 outputs: 40 and 66 end in part of one), tiles of 4 rows (5, 7, 70: 1, 3, 2 left)
     *[case("matmul_quantized_int8", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,
            qtype=qtype)
       for qtype in QUANT_TYPES if qtype not in ("F32", "F16", "BF16")
-      for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (5, 1, 40), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
+      for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (5, 1, 40), (7, 0, 33), (16, 1, 70), (17, 0, 9),
+                       (70, 2, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)

@@ -619,8 +619,8 @@ ACTIVATION_DTYPES = ("float32", "int8")  # what a quantised product's input is r
 
 
 def int8_dot() -> str:
-    """The integer dot product int8-activation products run here: vpdpbusd (AVX512-VNNI / AVX-VNNI), vpmaddubsw
-    (AVX2) or scalar."""
+    """The integer dot product int8-activation products run here: vpdpbusd (AVX512-VNNI: 16-output panels from 4
+    rows), vpdpbusd-ymm (AVX-VNNI: row products only), vpmaddubsw (AVX2) or scalar."""
     return _core.int8_dot()
 
 

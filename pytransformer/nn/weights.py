@@ -276,13 +276,16 @@ def check_activations(dtype) -> None:
                          f"{dtype!r}")
 
 
-INT8_BY_DEFAULT = False  # (bench/NOTES.md, session 9: the int8 kernels do not beat the float ones yet)
+# (bench/NOTES.md, session 10: on AVX512-VNNI the int8 products beat the float ones 1.4-2.8x and prefill 1.5-2x,
+# but batch-1 decode of SmolLM2 / Gemma 3 is no faster yet: not the default until it is)
+INT8_BY_DEFAULT = False
 
 
 def default_activations(qtype: str) -> str:
-    """The one place the default is decided: int8 for GGUF integer blocks on a CPU with an integer dot product
-    (VNNI or AVX2's) once INT8_BY_DEFAULT says the int8 products are the faster ones, else float32."""
-    int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() != "scalar"
+    """The one place the default is decided: int8 for GGUF integer blocks where the int8 products are the faster
+    ones (INT8_BY_DEFAULT, and AVX512-VNNI: int8_dot() "vpdpbusd", whose panels serve batches and prefill; AVX2's
+    and AVX-VNNI's row products are slower than the float GEMM for many rows), else float32."""
+    int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() == "vpdpbusd"
     return "int8" if int8 else "float32"
 
 

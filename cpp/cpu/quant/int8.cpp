@@ -10,10 +10,14 @@
 #include <cmath>
 
 #include "quant.h"
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+#include "int8_blocks.h"  // (the vector unpack; the baseline's scalar one is Int<B> below)
+#endif
 
 namespace pt {
 namespace PT_NS {
 
+#if !defined(PT_ISA_AVX512) && !defined(PT_ISA_AVX2)
 namespace {
 
 // One weight block as integers: value j of sub-block s (S values each) is d sc[s] v[j] - dmin mn[s].
@@ -34,7 +38,6 @@ inline void fifth_bit(int8_t* v, const uint8_t* qh4) {  // Q5's fifth bits, 16 a
   std::memcpy(&qh, qh4, 4);
   for (int j = 0; j < 32; j++) v[j] = (int8_t)(v[j] + (((qh >> j) & 1) << 4));
 }
-constexpr int8_t kIQ4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // Each block type as (sub-blocks, their size, whether it has a min) and its unpack, as reference.py's dequantize
 // lays the values out.
@@ -80,7 +83,7 @@ template <> struct Int<BlockIQ4_NL> {
   static constexpr int kSub = 1, kS = 32, kMin = 0;
   static void unpack(IntBlock& u, const uint8_t* p) {
     u.d = half_at(p), u.sc[0] = 1;
-    for (int j = 0; j < 16; j++) u.v[j] = kIQ4[p[2 + j] & 15], u.v[16 + j] = kIQ4[p[2 + j] >> 4];
+    for (int j = 0; j < 16; j++) u.v[j] = kIQ4Values[p[2 + j] & 15], u.v[16 + j] = kIQ4Values[p[2 + j] >> 4];
   }
 };
 template <class B> struct IntK45 {  // Q4_K, Q5_K: d, dmin, 12 bytes of six-bit scales and mins, (qh[32]), qs[128]
@@ -160,20 +163,35 @@ template <> struct Int<BlockIQ4_XS> {  // d, scales_h (2 bits each), scales_l[4]
     for (int s = 0; s < 8; s++)
       for (int j = 0; j < 16; j++) {
         const uint8_t q = p[8 + 16 * s + j];
-        u.v[32 * s + j] = kIQ4[q & 15], u.v[32 * s + 16 + j] = kIQ4[q >> 4];
+        u.v[32 * s + j] = kIQ4Values[q & 15], u.v[32 * s + 16 + j] = kIQ4Values[q >> 4];
       }
   }
 };
 
 }  // namespace
+#endif
 
 // q (C int8), d (C / block scales), sums (C / 16: the sums of q per 16) of one row x (C floats), block 32 or 256
-void quantize_row_q8(int8_t* q, float* d, int32_t* sums, const float* x, int64_t C, int64_t block) {
+void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t C, int64_t block) {
   for (int64_t b = 0; b < C / block; b++) {
     const float* xb = x + b * block;
     float amax = 0.f, big = 0.f;
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t j = 0; j < block; j += 8)
+      m = _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_loadu_ps(xb + j)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    for (int64_t j = 0; block == 256 && amax > 0.f; j++)  // (the first value of that magnitude, as the scalar loop)
+      if (std::fabs(xb[j]) == amax) {
+        big = xb[j];
+        break;
+      }
+#else
     for (int64_t j = 0; j < block; j++)
       if (std::fabs(xb[j]) > amax) amax = std::fabs(xb[j]), big = xb[j];
+#endif
     float iscale = 0.f;
     if (block == 32) {
       iscale = amax > 0.f ? 127.f / amax : 0.f;
@@ -182,12 +200,25 @@ void quantize_row_q8(int8_t* q, float* d, int32_t* sums, const float* x, int64_t
       iscale = amax > 0.f ? -127.f / big : 0.f;
       d[b] = amax > 0.f ? 1.f / iscale : 0.f;
     }
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    // x iscale rounded as nearbyint (the rounding mode's nearest even) and packed with saturation: the min(127)
+    // of the scalar loop (|x iscale| <= 127 up to one rounding), in order after the packs' lane interleave
+    const __m256 sv = _mm256_set1_ps(iscale);
+    for (int64_t j = 0; j < block; j += 32) {
+      __m256i i[4];
+      for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8 * k), sv));
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+      _mm256_storeu_si256((__m256i*)(q + b * block + j),
+                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+#else
     for (int64_t j = 0; j < block; j++) q[b * block + j] = (int8_t)std::min(127.f, std::nearbyint(xb[j] * iscale));
+#endif
   }
   for (int64_t g = 0; g < C / 16; g++) {
-    int32_t s = 0;
+    int s = 0;
     for (int j = 0; j < 16; j++) s += q[16 * g + j];
-    sums[g] = s;
+    sums[g] = (int16_t)s;
   }
 }
 

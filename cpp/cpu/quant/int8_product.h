@@ -1,59 +1,126 @@
 // The int8-activation products of int8.cpp, included there twice: in namespace PT_Q8_NS = plain (vpmaddubsw +
 // vpmaddwd on AVX2 / AVX-512, scalar on baseline) and, under a VNNI target, vnni (vpdpbusd; PT_Q8_VNNI).
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+#include "int8_panel.h"  // (4 and more rows: VNNI panels)
+#endif
 namespace pt {
 namespace PT_NS {
 namespace PT_Q8_NS {
 namespace {
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-// |v| (u8) . a sign(v) (s8) in 8 int32 lanes, 32 values
+#if defined(PT_ISA_AVX512)
+constexpr int kRowsM = 4;  // input rows per register tile (4 x 4 float accumulators: 32 registers)
+#else
+constexpr int kRowsM = 2;  // (4 x 2: 16 registers)
+#endif
+constexpr int kRowsR = 4;  // weight rows per register tile: one activation load feeds four dot products
+
+// acc + the exact integer dot product of vector i of w with 32 activations a, in 8 int32 lanes (scaled by the
+// sub-block scales where T has them). |a| <= 127 and u <= 63 (or |v| <= 128), so vpmaddubsw never saturates.
+template <class T>
+inline __m256i add_dot(__m256i acc, const WBlock<T>& w, int i, __m256i a) {
+  if (T::kSigned) a = _mm256_sign_epi8(a, w.sign[i]);
+  if (T::kScales) return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w.v[i], a), w.sc[i]));
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-#define PT_DPBUSD(w, z, u, s) w##dpbusd_epi32(z, u, s)
+  return _mm256_dpbusd_epi32(acc, w.v[i], a);
 #elif defined(PT_Q8_VNNI)
-#define PT_DPBUSD(w, z, u, s) w##dpbusd_avx_epi32(z, u, s)
+  return _mm256_dpbusd_avx_epi32(acc, w.v[i], a);
 #else
-#define PT_DPBUSD(w, z, u, s) w##madd_epi16(w##maddubs_epi16(u, s), w##set1_epi16(1))  // (|a| <= 127: no saturation)
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w.v[i], a), _mm256_set1_epi16(1)));
 #endif
-inline __m256i dot32(__m256i v, __m256i a) {
-  return PT_DPBUSD(_mm256_, _mm256_setzero_si256(), _mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v));
 }
-#undef PT_DPBUSD
-#endif
 
-#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-// sum_s sc[s] (v . a over sub-block s) of one block (kSub sub-blocks of kS values) as 8 int32 lanes, exact
-template <int kSub, int kS>
-inline __m256i block_lanes(const int8_t* v, const int8_t* a, const int32_t* sc) {
-  __m256i acc = _mm256_setzero_si256();
-  for (int i = 0; i < kSub * kS / 32; i++) {
-    const __m256i p = dot32(_mm256_load_si256((const __m256i*)(v + 32 * i)),
-                            _mm256_loadu_si256((const __m256i*)(a + 32 * i)));
-    if (kSub == 1) return p;  // (the 32-value types: sc = 1)
-    const __m256i scale = kS == 32 ? _mm256_set1_epi32(sc[i])  // (16-value sub-blocks: two per 32 bytes)
-                                   : _mm256_setr_epi32(sc[2 * i], sc[2 * i], sc[2 * i], sc[2 * i], sc[2 * i + 1],
-                                                       sc[2 * i + 1], sc[2 * i + 1], sc[2 * i + 1]);
-    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, scale));
-  }
-  return acc;
+inline float hsum(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
-#else
-template <int kSub, int kS>
-inline int32_t block_sum(const int8_t* v, const int8_t* a, const int32_t* sc) {
-  int32_t sum = 0;
-  for (int s = 0; s < kSub; s++) {
-    int32_t d = 0;
-    for (int j = 0; j < kS; j++) d += (int32_t)v[kS * s + j] * a[kS * s + j];
-    sum += sc[s] * d;
-  }
-  return sum;
-}
-#endif
 
-// out (N, OC) = the rows (q, da, sums: quantize_row_q8's, blocks of B::kValues) times weight (OC rows of B) + bias.
-// Each weight row is unpacked once into integers and read by every input row; a row's block products add up in
-// float lanes (d da times the block's integer lanes), summed across lanes once per output.
+// out rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
+// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias. Per block pair
+// the integer sums (minus kOff times the activations' sums) times d da, and the min's term m da (sums) in float.
+template <class T, int M>
+void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
+          int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
+  constexpr int R = kRowsR, kV = 32 * T::kN;
+  __m256 acc[R][M] = {};  // (zeros)
+  for (int64_t b = 0; b < nb; b++) {
+    const WBlock<T>* wb = w + b * R;
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+      const int64_t at = (n0 + m) * IC + b * kV;
+      const float dam = da[(n0 + m) * nb + b];
+      __m256i init = _mm256_setzero_si256();
+      float as = 0.f;  // the 32-value types: the activations' sum (times da for the min)
+      if (!T::kScales) {
+        const int asum = sums[at / 16] + sums[at / 16 + 1];
+        if (T::kOff) init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-T::kOff * asum));
+        as = dam * (float)asum;
+      }
+      __m256i I[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) I[r] = init;
+#pragma GCC unroll 8
+      for (int i = 0; i < T::kN; i++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i*)(q + at + 32 * i));
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) I[r] = add_dot(I[r], wb[r], i, a);
+      }
+      const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)(sums + at / 16)) : init;
+      const __m256 asv = _mm256_zextps128_ps256(_mm_set_ss(as));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) {
+        if (T::kScales && T::kOff) I[r] = _mm256_sub_epi32(I[r], _mm256_madd_epi16(wb[r].coef, a16));
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r]), _mm256_set1_ps(wb[r].d * dam), acc[r][m]);
+        if (T::kMin && T::kScales)
+          acc[r][m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wb[r].coef, a16)),
+                                       _mm256_set1_ps(wb[r].m * dam), acc[r][m]);
+        else if (T::kMin)
+          acc[r][m] = _mm256_fmadd_ps(asv, _mm256_set1_ps(wb[r].m), acc[r][m]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < M; m++)
+#pragma GCC unroll 8
+    for (int r = 0; r < nr; r++) out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + (bias ? bias[o0 + r] : 0.f);
+}
+
+template <class T, int M = kRowsM>
+void tiles(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
+           int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nr) {
+  int64_t n0 = 0;
+  for (; n0 + M <= N; n0 += M) tile<T, M>(out, w, q, da, sums, bias, nb, IC, OC, n0, o0, nr);
+  if constexpr (M > 1)
+    if (n0 < N) tiles<T, M - 1>(out + n0 * OC, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC, OC,
+                                o0, nr);  // (the rows left: fewer than M)
+}
+
+// out (N, OC) = the quantised rows times weight (OC rows of B) + bias: the threads split the weight rows in groups
+// of kRowsR, each group unpacked once (scratch, L1) and read by every tile of kRowsM input rows.
 template <class B>
-void product_of(float* out, const int8_t* q, const float* da, const int32_t* sums, const uint8_t* weight,
+void product_of(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  using T = Vec<B>;
+  const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRowsR - 1) / kRowsR;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
+  for (int64_t g = 0; g < groups; g++) {
+    static thread_local ScratchBuffer buf;
+    WBlock<T>* w = reinterpret_cast<WBlock<T>*>(buf.floats((size_t)(nb * kRowsR) * sizeof(WBlock<T>) / 4));
+    const int64_t o0 = g * kRowsR, nr = std::min<int64_t>(kRowsR, OC - o0);
+    for (int64_t b = 0; b < nb; b++)
+      for (int r = 0; r < kRowsR; r++) {
+        if (r < nr) T::unpack(w[b * kRowsR + r], weight + (o0 + r) * rb + b * (int64_t)sizeof(B));
+        else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
+      }
+    tiles<T>(out, w, q, da, sums, bias, N, nb, IC, OC, o0, nr);
+  }
+}
+#else
+// The baseline: each weight row unpacked once into integers (Int<B>) and read by every input row, scalar sums.
+template <class B>
+void product_of(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                 const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using I = Int<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B);
@@ -65,31 +132,24 @@ void product_of(float* out, const int8_t* q, const float* da, const int32_t* sum
     for (int64_t n = 0; n < N; n++) {
       const int8_t* a = q + n * IC;
       const float* dn = da + n * nb;
-      float mins = 0.f;  // sum over blocks of da dmin sum_s mn[s] (sum of a over s)
-      if (I::kMin)
-        for (int64_t b = 0; b < nb; b++) {
-          const int32_t* g = sums + (n * IC + b * B::kValues) / 16;
-          int32_t m = 0;
-          for (int s = 0; s < I::kSub; s++) m += row[b].mn[s] * (I::kS == 32 ? g[2 * s] + g[2 * s + 1] : g[s]);
-          mins += dn[b] * row[b].dmin * (float)m;
+      float total = 0.f, mins = 0.f;  // mins: sum over blocks of da dmin sum_s mn[s] (sum of a over s)
+      for (int64_t b = 0; b < nb; b++) {
+        const int16_t* g = sums + (n * IC + b * B::kValues) / 16;
+        int32_t sum = 0, m = 0;
+        for (int s = 0; s < I::kSub; s++) {
+          int32_t dot = 0;
+          for (int j = 0; j < I::kS; j++) dot += (int32_t)row[b].v[I::kS * s + j] * a[b * B::kValues + I::kS * s + j];
+          sum += row[b].sc[s] * dot;
+          if (I::kMin) m += row[b].mn[s] * (I::kS == 32 ? g[2 * s] + g[2 * s + 1] : g[s]);
         }
-#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t b = 0; b < nb; b++)
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_lanes<I::kSub, I::kS>(row[b].v, a + b * B::kValues, row[b].sc)),
-                              _mm256_set1_ps(row[b].d * dn[b]), acc);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      const float total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-#else
-      float total = 0.f;
-      for (int64_t b = 0; b < nb; b++)
-        total += row[b].d * dn[b] * (float)block_sum<I::kSub, I::kS>(row[b].v, a + b * B::kValues, row[b].sc);
-#endif
+        total += row[b].d * dn[b] * (float)sum;
+        mins += dn[b] * row[b].dmin * (float)m;
+      }
       out[n * OC + o] = total - mins + (bias ? bias[o] : 0.f);
     }
   }
 }
+#endif
 
 }  // namespace
 
@@ -99,13 +159,18 @@ void product(float* out, const float* inp, const uint8_t* weight, int qtype, con
   const int64_t block = qtype == kQ2_K || qtype == kQ3_K || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K ||
                         qtype == kIQ4_XS ? 256 : 32;
   static thread_local ScratchBuffer buf;
-  float* d = buf.floats((size_t)(N * IC / 16 * 2 + N * IC / 4 + 16));
-  int32_t* sums = reinterpret_cast<int32_t*>(d + N * IC / 16);
+  float* d = buf.floats((size_t)(N * IC / 16 + N * IC / 32 + N * IC / 4 + 16));
+  int16_t* sums = reinterpret_cast<int16_t*>(d + N * IC / 16);
   int8_t* q = reinterpret_cast<int8_t*>(sums + N * IC / 16);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
   for (int64_t n = 0; n < N; n++)
     quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
-  auto run = [&](auto blk) { product_of<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC); };
+  auto run = [&](auto blk) {
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+    if (N >= kPanelM) return panel_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+#endif
+    product_of<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+  };
   if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
 }
 

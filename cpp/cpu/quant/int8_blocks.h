@@ -1,0 +1,199 @@
+// The int8 products' weight blocks in vector registers (AVX2 / AVX-512 variants; the baseline's scalar unpack is
+// int8.cpp's Int<B>): each block type's 32 values per ymm as unsigned bytes (u, 0..63, value = u - kOff: two
+// instructions per 16 bytes of nibbles) or as signed bytes with their magnitudes (Q8_0, the IQ4 levels by a byte
+// shuffle), and the K types' sub-block scales unpacked once per super-block into int16 lanes for vpmaddwd.
+// Value j of a block: d sc[s] (u_j - kOff) + m (32-value types; m = 0 without a min) or d sc[s] (u_j - kOff) - m mn[s]
+// (K types, m = dmin), s the sub-block of j.
+#pragma once
+#include "quant.h"
+
+namespace pt {
+namespace PT_NS {
+namespace {
+
+// One unpacked weight block of type T (T::kN vectors of 32 values).
+template <class T>
+struct alignas(32) WBlock {
+  __m256i v[T::kN];                       // u (unsigned types) or |v| (signed)
+  __m256i sign[T::kSigned ? T::kN : 1];   // v itself (signed types): the activations take its sign
+  __m256i sc[T::kScales ? T::kN : 1];     // int16 lanes: the scale of each pair of values (vpmaddwd)
+  __m256i coef;                           // K types: per 16 values, mn[s] (with a min) or kOff sc[s] (with an offset)
+  float d, m;
+};
+
+// bytes q[0..16) -> values 0..15 (low nibbles), 16..31 (high nibbles)
+inline __m256i nibbles32(const uint8_t* q) {
+  const __m128i x = _mm_loadu_si128((const __m128i*)q);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
+}
+// 32 bits at p -> byte j = 16 where bit j is set, else 0 (Q5's fifth bits)
+inline __m256i fifth_bits32(const uint8_t* p) {
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const __m256i pick = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
+  const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
+  const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit), _mm256_set1_epi8(16));
+}
+// bits k.. of each byte of x, masked (shifts within 16-bit lanes: the neighbour's bits are masked off)
+inline __m256i field(__m256i x, int k, int mask) {
+  return _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(k)), _mm256_set1_epi8((char)mask));
+}
+inline __m256i iq4_levels(__m256i nibbles) {
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)kIQ4Values));
+  return _mm256_shuffle_epi8(table, nibbles);
+}
+template <class T>
+inline void set_signed(WBlock<T>& w, int i, __m256i v) {
+  w.sign[i] = v;
+  w.v[i] = _mm256_sign_epi8(v, v);
+}
+// sub-block scales as int16 lanes of vector i: kS = 32 one scale, kS = 16 two (values 16 i .. and 16 i + 16 ..)
+template <class T>
+inline void set_scales(WBlock<T>& w, const int* sc) {
+  for (int i = 0; i < T::kN; i++)
+    w.sc[i] = T::kS == 32 ? _mm256_set1_epi16((short)sc[i])
+                          : _mm256_set_m128i(_mm_set1_epi16((short)sc[2 * i + 1]), _mm_set1_epi16((short)sc[2 * i]));
+}
+// coef lane g (g < 16, 16 values each) = c[g / (kS / 16)]
+template <class T>
+inline void set_coef(WBlock<T>& w, const int* c, int times) {
+  alignas(32) int16_t lanes[16];
+  for (int g = 0; g < 16; g++) lanes[g] = (int16_t)(times * c[T::kS == 32 ? g / 2 : g]);
+  w.coef = _mm256_load_si256((const __m256i*)lanes);
+}
+
+struct Legacy {  // the 32-value types
+  static constexpr int kN = 1, kS = 32, kOff = 0;
+  static constexpr bool kSigned = false, kScales = false, kMin = false;
+};
+template <class B> struct Vec;
+template <> struct Vec<BlockQ4_0> : Legacy {
+  static constexpr int kOff = 8;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) { w.d = half_at(p), w.m = 0.f, w.v[0] = nibbles32(p + 2); }
+};
+template <> struct Vec<BlockQ4_1> : Legacy {
+  static constexpr bool kMin = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = half_at(p + 2), w.v[0] = nibbles32(p + 4);
+  }
+};
+template <> struct Vec<BlockQ5_0> : Legacy {
+  static constexpr int kOff = 16;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = 0.f, w.v[0] = _mm256_or_si256(nibbles32(p + 6), fifth_bits32(p + 2));
+  }
+};
+template <> struct Vec<BlockQ5_1> : Legacy {
+  static constexpr bool kMin = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = half_at(p + 2), w.v[0] = _mm256_or_si256(nibbles32(p + 8), fifth_bits32(p + 4));
+  }
+};
+template <> struct Vec<BlockQ8_0> : Legacy {
+  static constexpr bool kSigned = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = 0.f;
+    set_signed(w, 0, _mm256_loadu_si256((const __m256i*)(p + 2)));
+  }
+};
+template <> struct Vec<BlockIQ4_NL> : Legacy {
+  static constexpr bool kSigned = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = 0.f;
+    set_signed(w, 0, iq4_levels(nibbles32(p + 2)));
+  }
+};
+
+struct KType {  // 256 values in eight vectors, sub-block scales
+  static constexpr int kN = 8, kOff = 0;
+  static constexpr bool kSigned = false, kScales = true, kMin = false;
+};
+template <class B> struct VecK45 : KType {  // Q4_K, Q5_K: vector 2g / 2g + 1: the low / high nibbles of qs[32 g ..]
+  static constexpr int kS = 32;
+  static constexpr bool kMin = true;
+  template <class W>  // (WBlock<Vec<B>>)
+  static void unpack(W& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = half_at(p + 2);
+    int sc[8], mn[8];
+    for (int s = 0; s < 8; s++) scale_min_k4(s, p + 4, &sc[s], &mn[s]);
+    set_scales(w, sc);
+    set_coef(w, mn, 1);
+    const bool five = B::kType == kQ5_K;
+    const __m256i h = five ? _mm256_loadu_si256((const __m256i*)(p + 16)) : _mm256_setzero_si256();
+    for (int g = 0; g < 4; g++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(p + (five ? 48 : 16) + 32 * g));
+      w.v[2 * g] = _mm256_and_si256(x, _mm256_set1_epi8(15));
+      w.v[2 * g + 1] = field(x, 4, 15);
+      if (five) {
+        w.v[2 * g] = _mm256_or_si256(w.v[2 * g], _mm256_slli_epi16(field(h, 2 * g, 1), 4));
+        w.v[2 * g + 1] = _mm256_or_si256(w.v[2 * g + 1], _mm256_slli_epi16(field(h, 2 * g + 1, 1), 4));
+      }
+    }
+  }
+};
+template <> struct Vec<BlockQ4_K> : VecK45<BlockQ4_K> {};
+template <> struct Vec<BlockQ5_K> : VecK45<BlockQ5_K> {};
+// Q2_K, Q3_K: vector j (sub-blocks 2 j, 2 j + 1) = bit pair k = j % 4 of the 32 bytes qs[32 (j / 4) ..]
+template <> struct Vec<BlockQ2_K> : KType {
+  static constexpr int kS = 16;
+  static constexpr bool kMin = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p + 80), w.m = half_at(p + 82);
+    int sc[16], mn[16];
+    for (int s = 0; s < 16; s++) sc[s] = p[s] & 15, mn[s] = p[s] >> 4;
+    set_scales(w, sc);
+    set_coef(w, mn, 1);
+    for (int j = 0; j < 8; j++) w.v[j] = field(_mm256_loadu_si256((const __m256i*)(p + 16 + 32 * (j / 4))), 2 * (j % 4), 3);
+  }
+};
+template <> struct Vec<BlockQ3_K> : KType {  // u = 2 bits | hmask bit 4 h + k << 2, value u - 4
+  static constexpr int kS = 16, kOff = 4;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p + 108), w.m = 0.f;
+    const uint8_t* s8 = p + 96;
+    int sc[16];
+    for (int s = 0; s < 16; s++)
+      sc[s] = (((s < 8 ? s8[s] : s8[s - 8] >> 4) & 15) | (((s8[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+    set_scales(w, sc);
+    set_coef(w, sc, kOff);
+    const __m256i hm = _mm256_loadu_si256((const __m256i*)p);
+    for (int j = 0; j < 8; j++)
+      w.v[j] = _mm256_or_si256(field(_mm256_loadu_si256((const __m256i*)(p + 32 + 32 * (j / 4))), 2 * (j % 4), 3),
+                               _mm256_slli_epi16(field(hm, j, 1), 2));
+  }
+};
+template <> struct Vec<BlockQ6_K> : KType {  // u = 4 bits of ql | 2 bits of qh << 4, value u - 32
+  static constexpr int kS = 16, kOff = 32;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p + 208), w.m = 0.f;
+    int sc[16];
+    for (int s = 0; s < 16; s++) sc[s] = (int8_t)p[192 + s];
+    set_scales(w, sc);
+    set_coef(w, sc, kOff);
+    for (int h = 0; h < 2; h++) {  // vector 4 h + k: low 4 bits from ql[64 h + 32 (k & 1)] (nibble k / 2), high
+      const __m256i qh = _mm256_loadu_si256((const __m256i*)(p + 128 + 32 * h));  // 2 from bit pair k of qh[32 h]
+      for (int k = 0; k < 4; k++) {
+        const __m256i ql = _mm256_loadu_si256((const __m256i*)(p + 64 * h + 32 * (k & 1)));
+        w.v[4 * h + k] = _mm256_or_si256(field(ql, 4 * (k / 2), 15), _mm256_slli_epi16(field(qh, 2 * k, 3), 4));
+      }
+    }
+  }
+};
+template <> struct Vec<BlockIQ4_XS> : KType {
+  static constexpr int kS = 32;
+  static constexpr bool kSigned = true;
+  static void unpack(WBlock<Vec>& w, const uint8_t* p) {
+    w.d = half_at(p), w.m = 0.f;
+    const int sh = read16(p + 2);
+    int sc[8];
+    for (int s = 0; s < 8; s++) sc[s] = (((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32;
+    set_scales(w, sc);
+    set_coef(w, sc, 128);  // (the VNNI panels take the levels as v + 128: int8_panel.h)
+    for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
+  }
+};
+
+}  // namespace
+}  // namespace PT_NS
+}  // namespace pt

@@ -1,0 +1,184 @@
+// The int8 products of 4 and more rows on AVX512-VNNI (included by int8_product.h in its vnni copy): weights in
+// panels of 16 output rows, each 32-value vector of a block as 8 zmm whose lane o holds row o's 4 bytes of a quad
+// of values (the layout of an AMX B tile), so one vpdpbusd of a broadcast activation quad makes 4 steps of 16
+// outputs' sums; 4 input rows x 2 panels in registers. No horizontal sums: lane o is output o.
+// Signed blocks (Q8_0, IQ4) go in as v + 128 (u8), their offset 128 taken off with the activations' sums.
+namespace pt {
+namespace PT_NS {
+namespace PT_Q8_NS {
+namespace {
+
+constexpr int kPanelM = 4, kPanelP = 2;  // input rows x panels of 16 outputs per register tile
+
+inline __m512i broadcast4(const void* p) {  // 4 bytes at p in every dword
+  int32_t x;
+  std::memcpy(&x, p, 4);
+  return _mm512_set1_epi32(x);
+}
+
+template <class T>
+struct alignas(64) Panel {
+  static constexpr int kSubs = T::kScales ? 32 * T::kN / T::kS : 1, kOff = T::kSigned ? 128 : T::kOff;
+  __m512i q[T::kN][8];  // quad t of vector i: lane o = row o's u[32 i + 4 t .. + 4)
+  __m512i sc[kSubs];    // int32 lanes: each row's sub-block scales (K types)
+  __m512i coef[8];      // int16 pairs: each row's c[2 p], c[2 p + 1] (kOff sc or mn per 16 values; K types)
+  __m512 d, m;
+};
+
+// out[t] lane o = dword t of the 32 bytes at rows[o] (16 rows): rows o and o + 8 in one register, an 8 x 8
+// transpose of dwords in each half (unpacks), then each output's four 128-bit lanes picked from two registers
+inline void transpose_quads(__m512i out[8], const __m256i* const rows[16]) {
+  __m512i z[8], t[8], u[8];
+  for (int r = 0; r < 8; r++)
+    z[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(rows[r])), _mm256_load_si256(rows[r + 8]), 1);
+  for (int h = 0; h < 2; h++) {  // (rows 4 h .. 4 h + 3 and their + 8)
+    const __m512i* a = z + 4 * h;
+    t[4 * h] = _mm512_unpacklo_epi32(a[0], a[1]), t[4 * h + 1] = _mm512_unpackhi_epi32(a[0], a[1]);
+    t[4 * h + 2] = _mm512_unpacklo_epi32(a[2], a[3]), t[4 * h + 3] = _mm512_unpackhi_epi32(a[2], a[3]);
+    u[4 * h] = _mm512_unpacklo_epi64(t[4 * h], t[4 * h + 2]);      // lane L: dword 0 (L even) or 4 of 4 rows
+    u[4 * h + 1] = _mm512_unpackhi_epi64(t[4 * h], t[4 * h + 2]);  // dword 1 or 5
+    u[4 * h + 2] = _mm512_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    u[4 * h + 3] = _mm512_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(4));
+  for (int k = 0; k < 4; k++) {
+    out[k] = _mm512_permutex2var_epi32(u[k], lo, u[4 + k]);
+    out[4 + k] = _mm512_permutex2var_epi32(u[k], hi, u[4 + k]);
+  }
+}
+
+// the panel of 16 unpacked rows w[0 .. 16) (one block each): the values by transposes, the rest by gathers
+template <class T>
+void to_panel(Panel<T>& P, const WBlock<T>* w) {
+  constexpr int kStride = (int)(sizeof(WBlock<T>) / 4);
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(kStride));
+  auto gather = [&](const void* at) { return _mm512_i32gather_epi32(rows, at, 4); };
+  for (int i = 0; i < T::kN; i++) {
+    const __m256i* at[16];
+    for (int r = 0; r < 16; r++) at[r] = T::kSigned ? &w[r].sign[i] : &w[r].v[i];
+    transpose_quads(P.q[i], at);
+    if (T::kSigned)
+      for (int t = 0; t < 8; t++) P.q[i][t] = _mm512_xor_si512(P.q[i][t], _mm512_set1_epi8((char)0x80));
+  }
+  if (T::kScales) {
+    for (int s = 0; s < Panel<T>::kSubs; s++) {  // (lane 0 of sc[s] for kS = 32, lanes 0 / 8 of sc[s / 2] for 16)
+      const int32_t* at = T::kS == 32 ? (const int32_t*)&w->sc[s] : (const int32_t*)&w->sc[s / 2] + 4 * (s % 2);
+      P.sc[s] = _mm512_srai_epi32(_mm512_slli_epi32(gather(at), 16), 16);
+    }
+    for (int p = 0; p < 8; p++) P.coef[p] = gather((const int32_t*)&w->coef + p);
+  }
+  P.d = _mm512_castsi512_ps(gather(&w->d));
+  P.m = _mm512_castsi512_ps(gather(&w->m));
+}
+
+// out rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at p[b kPanelP + j]) times
+// the quantised rows + bias
+template <class T, int M>
+void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+                const float* bias, int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nc) {
+  constexpr int PP = kPanelP, kV = 32 * T::kN, kOff = Panel<T>::kOff, kQuads = T::kScales ? T::kS / 4 : 8;
+  __m512 acc[PP][M] = {};  // (zeros)
+  for (int64_t b = 0; b < nb; b++) {
+    const Panel<T>* pb = p + b * PP;
+    const int8_t* a[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) a[m] = q + (n0 + m) * IC + b * kV;
+    __m512i I[PP][M] = {};
+    for (int s = 0; s < 8 * T::kN / kQuads; s++) {  // sub-blocks (one for the 32-value types)
+      __m512i D[PP][M] = {};
+#pragma GCC unroll 8
+      for (int u = 0; u < kQuads; u++) {
+        const int t = s * kQuads + u;
+        __m512i x[M];
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) x[m] = broadcast4(a[m] + 4 * t);
+#pragma GCC unroll 8
+        for (int j = 0; j < PP; j++) {
+          const __m512i wq = _mm512_load_si512(&pb[j].q[t / 8][t % 8]);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; m++) D[j][m] = _mm512_dpbusd_epi32(D[j][m], wq, x[m]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < PP; j++)
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++)
+          I[j][m] = T::kScales ? _mm512_add_epi32(I[j][m], _mm512_mullo_epi32(D[j][m], pb[j].sc[s])) : D[j][m];
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+      const int64_t at = (n0 + m) * IC + b * kV;
+      const float dam = da[(n0 + m) * nb + b];
+      const int asum = T::kScales ? 0 : sums[at / 16] + sums[at / 16 + 1];
+#pragma GCC unroll 8
+      for (int j = 0; j < PP; j++) {
+        __m512i C = _mm512_setzero_si512();  // K types: sum_g c[g] (sum of a over g)
+        if (T::kScales && (kOff || T::kMin))
+          for (int g = 0; g < 8; g++)
+            C = _mm512_add_epi32(C, _mm512_madd_epi16(pb[j].coef[g], broadcast4(sums + at / 16 + 2 * g)));
+        __m512i Ij = I[j][m];
+        if (T::kScales && kOff) Ij = _mm512_sub_epi32(Ij, C);
+        else if (kOff) Ij = _mm512_sub_epi32(Ij, _mm512_set1_epi32(kOff * asum));
+        const __m512 dd = _mm512_set1_ps(dam);
+        acc[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Ij), _mm512_mul_ps(pb[j].d, dd), acc[j][m]);
+        if (T::kMin && T::kScales)
+          acc[j][m] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(C), _mm512_mul_ps(pb[j].m, dd), acc[j][m]);
+        else if (T::kMin)
+          acc[j][m] = _mm512_fmadd_ps(pb[j].m, _mm512_set1_ps(dam * (float)asum), acc[j][m]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < PP; j++) {
+    const int64_t left = nc - 16 * j;
+    if (left <= 0) break;
+    const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + o0 + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) _mm512_mask_storeu_ps(out + (n0 + m) * OC + o0 + 16 * j, k, _mm512_add_ps(acc[j][m], bv));
+  }
+}
+
+template <class T, int M = kPanelM>
+void panel_tiles(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+                 const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nc) {
+  int64_t n0 = 0;
+  for (; n0 + M <= N; n0 += M) panel_tile<T, M>(out, p, q, da, sums, bias, nb, IC, OC, n0, o0, nc);
+  if constexpr (M > 1)
+    if (n0 < N)
+      panel_tiles<T, M - 1>(out + n0 * OC, p, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC,
+                            OC, o0, nc);  // (the rows left: fewer than M)
+}
+
+// out (N, OC) = the quantised rows times weight + bias: the threads split the weight rows in groups of 16 kPanelP,
+// each group unpacked into panels once (scratch) and read by every tile of kPanelM input rows.
+template <class B>
+void panel_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                   const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  using T = Vec<B>;
+  constexpr int kRows = 16 * kPanelP;
+  const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRows - 1) / kRows;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
+  for (int64_t g = 0; g < groups; g++) {
+    static thread_local ScratchBuffer buf;
+    Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
+    alignas(64) WBlock<T> rows[16];
+    const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
+    for (int64_t b = 0; b < nb; b++)
+      for (int j = 0; j < kPanelP; j++) {
+        for (int r = 0; r < 16; r++) {
+          if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));
+          else std::memset((void*)&rows[r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
+        }
+        to_panel(panels[b * kPanelP + j], rows);
+      }
+    panel_tiles<T>(out, panels, q, da, sums, bias, N, nb, IC, OC, o0, nc);
+  }
+}
+
+}  // namespace
+}  // namespace PT_Q8_NS
+}  // namespace PT_NS
+}  // namespace pt
