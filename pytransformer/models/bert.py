@@ -39,6 +39,15 @@ class BertConfig(ModelConfig):
     SIZES = ("vocab_size", "n_embd", "n_layer", "n_head", "intermediate_size", "max_positions", "type_vocab_size")
 
 
+@dataclass
+class RobertaConfig(BertConfig):
+    """A BERT read from a RoBERTa or XLM-RoBERTa checkpoint (io/hf_roberta.py): the same model, saved back as the
+    transformers family model_type names ("roberta" or "xlm-roberta")."""
+    type_vocab_size: int = 1
+    pad_token_id: int | None = 1
+    model_type: str = "roberta"
+
+
 BertConfig.PRESETS = {"bert-base": BertConfig(),
                       "bert-large": BertConfig(n_embd=1024, n_layer=24, n_head=16, intermediate_size=4096),
                       "bert-tiny": BertConfig(n_embd=128, n_layer=2, n_head=2, intermediate_size=512)}
@@ -235,6 +244,11 @@ class BERT(Model):
             ops.add_into(dhidden, self._nsp_backward(self.nsp_ce.backward(dloss)))
             return self._encoder_backward(dhidden)
         self._encoder_backward(self._backward_head(self.head.backward(dloss)))
+
+
+class Roberta(BERT):
+    """BERT with RoBERTa's checkpoint face: its own config, so save_pretrained writes a RoBERTa folder."""
+    config_class = RobertaConfig
 
 
 def mask_tokens(ids, rng, vocab_size, mask_id, special_ids=(), prob=0.15):
