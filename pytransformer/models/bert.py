@@ -53,6 +53,20 @@ BertConfig.PRESETS = {"bert-base": BertConfig(),
                       "bert-tiny": BertConfig(n_embd=128, n_layer=2, n_head=2, intermediate_size=512)}
 
 
+def encoder_inputs(config, input_ids, attention_mask):
+    """An encoder's checked inputs: ids (B, T) int64 within the vocabulary and positions, and the attention mask
+    (B, T) as bool (True = a real token), or None."""
+    ids = check_ids(input_ids, "input_ids", config.max_positions)
+    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {config.vocab_size})")
+    if attention_mask is None:
+        return ids, None
+    mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
+    return ids, mask
+
+
 class BERT(Model):
     config_class = BertConfig
     runs_on_cuda = True
@@ -95,17 +109,10 @@ class BERT(Model):
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
         """-> last hidden state (B, T, C). attention_mask (B, T): 1 = real token, 0 = padding."""
-        ids = check_ids(input_ids, "input_ids", self.config.max_positions)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
+        ids, mask = encoder_inputs(self.config, input_ids, attention_mask)
         tt = np.zeros_like(ids) if token_type_ids is None else check_ids(token_type_ids, "token_type_ids")
         if tt.shape != ids.shape:
             raise ValueError(f"token_type_ids {tt.shape} must match input_ids {ids.shape}")
-        mask = None
-        if attention_mask is not None:
-            mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
         self._begin_forward()
         x = ops.residual_forward(self.word.forward(ids), self.token_type.forward(tt))
         x = self.emb_drop.forward(self.emb_ln.forward(self.position.forward(x)))

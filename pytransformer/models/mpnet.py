@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
-from ..nn import Embedding, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, \
-    MultiHeadAttention, Parameter
+from ..nn import (Embedding, EncoderBlock, FeedForward, LayerNorm, LearnedPositions, Linear, MultiHeadAttention,
+                  Parameter)
 from ..nn.attention import heads, merge_heads
 from ..nn.module import normal
-from .base import Model, check_ids
+from .base import Model
+from .bert import encoder_inputs
 from .config import ModelConfig
 
 BUCKETS = 32          # transformers' compute_position_bias always reads 32 buckets
@@ -105,14 +106,7 @@ class MPNet(Model):
         """-> last hidden state (B, T, C). attention_mask (B, T): 1 = real token, 0 = padding (on the right)."""
         if self.training:
             raise NotImplementedError("MPNet runs inference only: call model.eval() first")
-        ids = check_ids(input_ids, "input_ids", self.config.max_positions)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
-        mask = None
-        if attention_mask is not None:
-            mask = np.asarray(attention_mask) != 0
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
+        ids, mask = encoder_inputs(self.config, input_ids, attention_mask)
         with self.evaluating():  # (nothing kept for a backward)
             x = self.emb_ln.forward(self.position.forward(self.word.forward(ids)))
             bias = self.position_bias(ids.shape[1])
