@@ -38,7 +38,7 @@ class MPNetConfig(ModelConfig):
     norm_eps: float = 1e-5
     activation: str = "gelu_exact"
     relative_buckets: int = 32     # rows of the bias table (at least BUCKETS)
-    pooler: bool = True
+    pooler: bool = True            # the checkpoint's pooler, kept so save_pretrained writes it back
     pad_token_id: int = 1
 
     SIZES = ("vocab_size", "n_embd", "n_layer", "n_head", "intermediate_size", "max_positions", "relative_buckets")
