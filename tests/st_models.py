@@ -1,6 +1,7 @@
 """Tiny random sentence-transformers models, made with sentence-transformers itself (test-only dependency), for
 the encoder tests to compare against: encoders of 2 layers and 32 channels (BERT over a 30-word WordPiece
-vocabulary; RoBERTa and XLM-RoBERTa over a byte-level BPE trained on the same words)."""
+vocabulary, MPNet over the same words with its own special tokens; RoBERTa and XLM-RoBERTa over a byte-level BPE
+trained on the same words)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ TEXTS = ["the cat sat on the mat", "a dog", "bake bread loaf loaf loaf the marke
          "Stock MARKET"]
 
 
-def _wordpiece(folder, max_seq_length):
+def _wordpiece(folder, max_seq_length, mpnet=False):
+    """BERT's WordPiece tokenizer, or MPNet's (<s> a </s>, padding id 1, as MPNet's positions need)."""
     import transformers
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":"] + WORDS + ["##s", "##ing"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return transformers.BertTokenizerFast(str(folder / "vocab.txt"), model_max_length=max_seq_length)
+    specials = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] if mpnet else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join(specials + [":"] + WORDS + ["##s", "##ing"]) + "\n")
+    cls = transformers.MPNetTokenizerFast if mpnet else transformers.BertTokenizerFast
+    return cls(str(folder / "vocab.txt"), model_max_length=max_seq_length)
 
 
 def _byte_level_bpe(max_seq_length):
@@ -36,7 +39,8 @@ def _byte_level_bpe(max_seq_length):
 
 FAMILIES = {"bert": ("BertConfig", "BertModel", "BertForSequenceClassification"),
             "roberta": ("RobertaConfig", "RobertaModel", "RobertaForSequenceClassification"),
-            "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForSequenceClassification")}
+            "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForSequenceClassification"),
+            "mpnet": ("MPNetConfig", "MPNetModel", "MPNetForSequenceClassification")}
 
 
 def bert_folder(folder, max_seq_length=20, num_labels=None, family="bert"):
@@ -46,14 +50,18 @@ def bert_folder(folder, max_seq_length=20, num_labels=None, family="bert"):
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _wordpiece(folder, max_seq_length) if family == "bert" else _byte_level_bpe(max_seq_length)
+    tok = _wordpiece(folder, max_seq_length, family == "mpnet") if family in ("bert", "mpnet") else \
+        _byte_level_bpe(max_seq_length)
     tok.save_pretrained(folder)
     torch.manual_seed(0)
     config_class, base, classifier = (getattr(transformers, n) for n in FAMILIES[family])
     extra = {} if family == "bert" else {"pad_token_id": 1, "type_vocab_size": 1}
     config = config_class(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=64, max_position_embeddings=64, num_labels=num_labels or 2, **extra)
-    (classifier(config) if num_labels else base(config)).eval().save_pretrained(folder)
+    model = classifier(config) if num_labels else base(config)
+    if family == "mpnet":  # a relative-position bias far larger than its init's, so a wrong bucket shows
+        torch.nn.init.normal_(model.base_model.encoder.relative_attention_bias.weight, std=1.0)
+    model.eval().save_pretrained(folder)
     return folder
 
 

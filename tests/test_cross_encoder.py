@@ -84,11 +84,12 @@ def test_bad_input_is_one_line(one_label, call, error, match):
         call(CrossEncoder(one_label))
 
 
-def test_a_plain_encoder_is_refused(tmp_path):
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_a_plain_encoder_is_refused(tmp_path, family):
     from pytransformer import CrossEncoder
 
     with pytest.raises(ValueError, match="not a sequence-classification checkpoint"):
-        CrossEncoder(bert_folder(tmp_path))
+        CrossEncoder(bert_folder(tmp_path, family=family))
 
 
 @pytest.mark.parametrize("max_length", [20, 21])

@@ -108,3 +108,11 @@ def test_roberta_shaped_encoders_equal_sentence_transformers(folder, family):
     enc = ours(folder / family / "st")
     long = [" ".join(["loaf"] * 40)]  # cut at max_seq_length
     np.testing.assert_allclose(enc.encode(TEXTS + long), st.encode(TEXTS + long), atol=TOL, rtol=0)
+
+
+def test_mpnet_equals_sentence_transformers(folder):
+    st = sentence_model(folder / "mpnet", ["mean", "cls"], family="mpnet")
+    enc = ours(folder / "mpnet" / "st")
+    assert type(enc.model).__name__ == "MPNet"
+    long = [" ".join(["loaf"] * 40), " ".join(["dog", "cat"] * 9)]  # cut at 20 tokens: distances into log buckets
+    np.testing.assert_allclose(enc.encode(TEXTS + long), st.encode(TEXTS + long), atol=TOL, rtol=0)

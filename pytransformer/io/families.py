@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from ..models import (BERT, GPT, BertConfig, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, Mistral, Phi3, Qwen2,
-                      Qwen3, Transformer, TransformerConfig, ViT, ViTConfig)
+from ..models import (BERT, GPT, BertConfig, DecoderConfig, Gemma3, GPTConfig, Llama, LlamaConfig, Mistral, MPNet,
+                      MPNetConfig, Phi3, Qwen2, Qwen3, Roberta, RobertaConfig, Transformer, TransformerConfig, ViT,
+                      ViTConfig)
 from ..models.base import register_hf_format
-from . import gguf_decoder, gguf_gemma3, hf_bert, hf_decoder, hf_gemma3, hf_gpt2, hf_llama, hf_vit
+from . import gguf_decoder, gguf_gemma3, hf_bert, hf_decoder, hf_gemma3, hf_gpt2, hf_llama, hf_mpnet, hf_roberta, hf_vit
 from .gguf import GGUFFile
 from .hf_common import HFFormat, HFLayout
 from .safetensors import quote
@@ -49,7 +50,10 @@ class Family:
 
 FAMILIES = (
     Family("gpt", GPTConfig, GPT, hf_gpt2.LAYOUT),
+    Family("roberta", RobertaConfig, Roberta, hf_roberta.LAYOUT),  # (before BERT, which they are)
+    Family("xlm-roberta", RobertaConfig, Roberta, hf_roberta.XLM_LAYOUT),
     Family("bert", BertConfig, BERT, hf_bert.LAYOUT),
+    Family("mpnet", MPNetConfig, MPNet, hf_mpnet.LAYOUT),
     Family("transformer", TransformerConfig, Transformer),
     Family("vit", ViTConfig, ViT, hf_vit.LAYOUT),
     Family("llama", LlamaConfig, Llama, hf_llama.LAYOUT, gguf_decoder_layout(gguf_decoder.LLAMA)),

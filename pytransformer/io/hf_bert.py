@@ -25,9 +25,9 @@ def from_hf(cfg: dict, tensors: dict):
     return bert_config(cfg, arch, any(k.startswith(prefix + "pooler.") for k in tensors)), prefix
 
 
-def bert_config(cfg: dict, arch: str, pooler: bool, **overrides) -> BertConfig:
-    """The BertConfig of a transformers config.json of a BERT-shaped encoder; arch: the BERT architecture its
-    heads are those of; overrides: fields a relative (RoBERTa) sets otherwise."""
+def bert_config(cfg: dict, arch: str, pooler: bool, config_class=BertConfig, **overrides) -> BertConfig:
+    """The BertConfig (or a relative's config_class) of a transformers config.json of a BERT-shaped encoder; arch:
+    the BERT architecture its heads are those of; overrides: fields a relative (RoBERTa) sets otherwise."""
     check_activation(cfg, "hidden_act", ("gelu",), "gelu")
     num_labels = label_count(cfg) if arch == "BertForSequenceClassification" else 0
     token_labels = label_count(cfg) if arch == "BertForTokenClassification" else 0
@@ -44,7 +44,7 @@ def bert_config(cfg: dict, arch: str, pooler: bool, **overrides) -> BertConfig:
                   pad_token_id=None if cfg.get("pad_token_id", 0) is None else int_field(cfg, "pad_token_id", 0,
                                                                                         default=0))
     divisible(cfg, "hidden_size", "num_attention_heads")
-    return BertConfig(**(fields | overrides))
+    return config_class(**(fields | overrides))
 
 
 def names(c: BertConfig, prefix: str = PREFIX) -> NameMap:

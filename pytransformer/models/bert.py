@@ -39,9 +39,32 @@ class BertConfig(ModelConfig):
     SIZES = ("vocab_size", "n_embd", "n_layer", "n_head", "intermediate_size", "max_positions", "type_vocab_size")
 
 
+@dataclass
+class RobertaConfig(BertConfig):
+    """A BERT read from a RoBERTa or XLM-RoBERTa checkpoint (io/hf_roberta.py): the same model, saved back as the
+    transformers family model_type names ("roberta" or "xlm-roberta")."""
+    type_vocab_size: int = 1
+    pad_token_id: int | None = 1
+    model_type: str = "roberta"
+
+
 BertConfig.PRESETS = {"bert-base": BertConfig(),
                       "bert-large": BertConfig(n_embd=1024, n_layer=24, n_head=16, intermediate_size=4096),
                       "bert-tiny": BertConfig(n_embd=128, n_layer=2, n_head=2, intermediate_size=512)}
+
+
+def encoder_inputs(config, input_ids, attention_mask):
+    """An encoder's checked inputs: ids (B, T) int64 within the vocabulary and positions, and the attention mask
+    (B, T) as bool (True = a real token), or None."""
+    ids = check_ids(input_ids, "input_ids", config.max_positions)
+    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {config.vocab_size})")
+    if attention_mask is None:
+        return ids, None
+    mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
+    return ids, mask
 
 
 class BERT(Model):
@@ -86,17 +109,10 @@ class BERT(Model):
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
         """-> last hidden state (B, T, C). attention_mask (B, T): 1 = real token, 0 = padding."""
-        ids = check_ids(input_ids, "input_ids", self.config.max_positions)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
+        ids, mask = encoder_inputs(self.config, input_ids, attention_mask)
         tt = np.zeros_like(ids) if token_type_ids is None else check_ids(token_type_ids, "token_type_ids")
         if tt.shape != ids.shape:
             raise ValueError(f"token_type_ids {tt.shape} must match input_ids {ids.shape}")
-        mask = None
-        if attention_mask is not None:
-            mask = np.ascontiguousarray(np.asarray(attention_mask) != 0)
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask {mask.shape} must match input_ids {ids.shape}")
         self._begin_forward()
         x = ops.residual_forward(self.word.forward(ids), self.token_type.forward(tt))
         x = self.emb_drop.forward(self.emb_ln.forward(self.position.forward(x)))
@@ -235,6 +251,11 @@ class BERT(Model):
             ops.add_into(dhidden, self._nsp_backward(self.nsp_ce.backward(dloss)))
             return self._encoder_backward(dhidden)
         self._encoder_backward(self._backward_head(self.head.backward(dloss)))
+
+
+class Roberta(BERT):
+    """BERT with RoBERTa's checkpoint face: its own config, so save_pretrained writes a RoBERTa folder."""
+    config_class = RobertaConfig
 
 
 def mask_tokens(ids, rng, vocab_size, mask_id, special_ids=(), prob=0.15):
