@@ -583,7 +583,7 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
   if (N == 0 || OC == 0 || rb < 0) return;
   if (N < 4) {
     const bool parallel = N * OC * IC >= kParallelGemvMacs;
-    // (the block type chosen once, outside the loop: a block of four rows is ~0.1 us of work at decode sizes)
+    // (the block type chosen once, outside the parallel loop)
     const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
       // chunks of contiguous rows (256 KiB, or a thread's share of a smaller matrix) taken as threads come free
       const int64_t nt = parallel ? threads() : 1;
