@@ -573,8 +573,8 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
 // memory). Few rows (decoding, N < 4): the 32-value RegisterBlocks (quant/quant.h) are dequantised in
-// registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows into
-// L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
+// registers and multiplied as they are read, each weight row streamed once; the other types dequantise four rows
+// into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
 // transposed into lanes so that each dequantised weight (group) is one broadcast FMA for every row. More rows
 // widen blocks of rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
