@@ -5,7 +5,8 @@ transformers on torch (the file dequantised to float32 by the gguf package), in 
                         [--json docs/llm.json] [--plot]
 
 Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
-alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt. Every engine starts from the same token ids
+alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt
+(the next token's logits only: the last position's, as generation needs). Every engine starts from the same token ids
 (real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
 reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
 run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
@@ -67,9 +68,9 @@ class Ours:
     def generate(self, ids, new):
         return self.model.generate(ids, new, temperature=0.0)[0, ids.shape[1]:]
 
-    def prefill(self, ids):
+    def prefill(self, ids):  # (the last position's logits, as generate's prefill and llama.cpp's eval compute)
         with self.model.evaluating():
-            self.model(ids, cache=self.model.new_cache(1, ids.shape[1]))
+            self.model(ids, cache=self.model.new_cache(1, ids.shape[1]), last_only=True)
 
 
 class LlamaCpp:

@@ -809,12 +809,14 @@ CASES = [
     # every GGUF type through every row path of its product: 1 row, 2-3 (the small-M kernels), 4, 5-8, 9-16 (the
     # batch kernel's lane groupings, which differ by ISA) and past 16 (widened GEMM); OC not a multiple of 4 or
     # of the batch kernel's channel block; IC one, a few and many blocks (float types: widths that are not a
-    # multiple of 16; the larger products run threaded)
+    # multiple of 16; the larger products run threaded; 1 row of 15,429 outputs: the few-row kernels' chunks of
+    # rows across the threads, the last chunk short)
     *[case("matmul_quantized", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,
            qtype=qtype)
       for qtype in QUANT_TYPES
       for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (4, 0, 19), (5, 1, 40), (7, 2, 33), (8, 0, 45),
-                       (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66)]],
+                       (9, 1, 33), (12, 2, 70), (13, 0, 23), (16, 1, 70), (17, 0, 9), (70, 2, 66),
+                       (1, 0, 15429)]],
     # int8 activations: every integer block type, one row (decode), a few (a batched step), 16 and past it (prefill);
     # from 4 rows the VNNI panels (32 outputs: 40 and 66 end in part of one), tiles of 4 rows (5, 7, 70: 1, 3, 2 left)
     *[case("matmul_quantized_int8", CHECK if (N, qtype) == (3, "Q4_1") else TEST, N=N, IC=QUANT_IC[qtype][k], OC=OC,

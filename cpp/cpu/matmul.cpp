@@ -366,59 +366,48 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
 
 
 namespace {
-// out rows o0 .. o0 + no (no <= 4) of M inputs, the blocks of four weight rows dequantised in registers and
-// multiplied as they come: each input vector loaded once for the four rows, two accumulators per (row, input).
+// Few rows (decoding) stream the weight rows from memory once: each thread reads its share of rows in order and
+// asks for the bytes kAhead on as it goes. (The hardware prefetcher, left alone, followed four rows read side by
+// side block by block at half the read bandwidth: Gemma 3's 262,144-row head 2x slower.)
+constexpr int64_t kAhead = 4096;
+
+// out[m, o] for the output rows o of [o0, o1) of M inputs: each weight row's 32-value blocks dequantised in
+// registers and multiplied with every input row as they are read, two accumulators per input row.
 template <int M, int QT>
-void q_small_m_block(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t IC,
-                     int64_t OC, int64_t o0, int64_t no) {
-  V acc[4][M][2];
-  for (int u = 0; u < 4; u++)
-    for (int m = 0; m < M; m++) acc[u][m][0] = acc[u][m][1] = zero();
-  const uint8_t* w[4];
-  for (int u = 0; u < 4; u++) w[u] = weight + (o0 + (u < no ? u : 0)) * rb;
-  // The four rows are read block by block side by side: four short strided streams that the hardware prefetcher
-  // follows poorly (a third of the bandwidth from DRAM). The rows after them lie next in memory: ask for those
-  // bytes now, one sequential stream that arrives while these rows are multiplied.
-  const int64_t first = (o0 + 8) * rb, last = std::min(OC * rb, first + 4 * rb);
-  for (int64_t off = first; off < last; off += 64) __builtin_prefetch(weight + off, 0, 0);
+void q_small_m_rows(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t IC,
+                    int64_t OC, int64_t o0, int64_t o1) {
   constexpr int64_t kB = Block32<QT>::kBytes;
-  for (int64_t b = 0; b < IC / 32; b++) {
-    Block32<QT> blk[4] = {Block32<QT>(w[0] + b * kB), Block32<QT>(w[1] + b * kB), Block32<QT>(w[2] + b * kB),
-                          Block32<QT>(w[3] + b * kB)};
+  for (int64_t o = o0; o < o1; o++) {
+    V acc[M][2];
+    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = zero();
+    const uint8_t* w = weight + o * rb;
+    for (int64_t b = 0; b < IC / 32; b++) {
+      __builtin_prefetch(w + b * kB + kAhead, 0, 3);
+      const Block32<QT> blk(w + b * kB);
 #pragma GCC unroll 4
-    for (int64_t j = 0; j < 16; j += W) {
-      V x[M][2];
-#pragma GCC unroll 4
-      for (int m = 0; m < M; m++) {
-        x[m][0] = load(inp + m * IC + b * 32 + j);
-        x[m][1] = load(inp + m * IC + b * 32 + 16 + j);
-      }
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; u++) {
+      for (int64_t j = 0; j < 16; j += W) {
         V lo, hi;
-        blk[u].halves(j, lo, hi);
+        blk.halves(j, lo, hi);
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++) {
-          acc[u][m][0] = fma(lo, x[m][0], acc[u][m][0]);
-          acc[u][m][1] = fma(hi, x[m][1], acc[u][m][1]);
+          acc[m][0] = fma(lo, load(inp + m * IC + b * 32 + j), acc[m][0]);
+          acc[m][1] = fma(hi, load(inp + m * IC + b * 32 + 16 + j), acc[m][1]);
         }
       }
     }
+    for (int m = 0; m < M; m++) out[m * OC + o] = reduce_add(add(acc[m][0], acc[m][1])) + (bias ? bias[o] : 0.f);
   }
-  for (int u = 0; u < no; u++)
-    for (int m = 0; m < M; m++)
-      out[m * OC + o0 + u] = reduce_add(add(acc[u][m][0], acc[u][m][1])) + (bias ? bias[o0 + u] : 0.f);
 }
 
 template <int QT>
 void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias,
-                        int64_t M, int64_t IC, int64_t OC, int64_t o0, int64_t no) {
+                        int64_t M, int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
   if (M == 1)
-    q_small_m_block<1, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+    q_small_m_rows<1, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
   else if (M == 2)
-    q_small_m_block<2, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+    q_small_m_rows<2, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
   else
-    q_small_m_block<3, QT>(out, inp, weight, rb, bias, IC, OC, o0, no);
+    q_small_m_rows<3, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
 }
 
 // A small batch of rows (continuous batching's decode step, 4 <= N <= kSmallBatchRows) with the inputs
@@ -612,8 +601,8 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
 // memory). Few rows (decoding, N < 4): the 32-value RegisterBlocks (quant/quant.h) are dequantised in
-// registers and multiplied as they are read, four weight rows at a time; the other types dequantise four rows into
-// L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
+// registers and multiplied as they are read, each weight row streamed once; the other types dequantise four rows
+// into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
 // transposed into lanes so that each dequantised weight (group) is one broadcast FMA for every row. More rows
 // widen blocks of rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
@@ -621,24 +610,29 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
   const int64_t rb = quant_row_bytes(qtype, IC);
   if (N == 0 || OC == 0 || rb < 0) return;
   if (N < 4) {
-    const int64_t nblocks = (OC + 3) / 4;
     const bool parallel = N * OC * IC >= kParallelGemvMacs;
-    // (the block type chosen once, outside the loop: a block of four rows is ~0.1 us of work at decode sizes)
+    // (the block type chosen once, outside the parallel loop)
     const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
-#pragma omp parallel for num_threads(threads()) schedule(static) if (parallel)
-      for (int64_t blk = 0; blk < nblocks; blk++) {
-        const int64_t o0 = blk * 4;
+      // chunks of contiguous rows (256 KiB, or a thread's share of a smaller matrix) taken as threads come free
+      const int64_t nt = parallel ? threads() : 1;
+      const int64_t chunk = std::min((OC + nt - 1) / nt, std::max<int64_t>(4, (256 << 10) / rb));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
+      for (int64_t o0 = 0; o0 < OC; o0 += chunk)
         q_small_m_dispatch<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC, o0,
-                                                   std::min<int64_t>(4, OC - o0));
-      }
+                                                   std::min(OC, o0 + chunk));
     });
     if (done) return;
+    const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (parallel)
     for (int64_t blk = 0; blk < nblocks; blk++) {
       const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
       static thread_local ScratchBuffer buf;
       float* rows = buf.floats((size_t)4 * IC);
-      for (int64_t u = 0; u < no; u++) dequantize_row(rows + u * IC, weight + (o0 + u) * rb, qtype, IC);
+      for (int64_t u = 0; u < no; u++) {
+        const uint8_t* row = weight + (o0 + u) * rb;
+        for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(row + kAhead + off, 0, 3);
+        dequantize_row(rows + u * IC, row, qtype, IC);
+      }
       small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
     }
     return;

@@ -80,20 +80,36 @@ inline void decode<BlockQ5_1>(float* y, const uint8_t* p) {
   }
 }
 
-// 16.0 in the lanes whose bit of qh (bits j .. j + W) is set, else 0: Q5's fifth bit as a float, in registers
-inline V fifth_bits(uint32_t qh, int64_t j) {
-  qh >>= j;
+// Q5's values j .. j + W (lo) and 16 + j .. 16 + j + W (hi) of a block as floats: the nibbles of the W bytes at q
+// with bit j + lane (lo) and 16 + j + lane (hi) of qh as their fifth bit, joined as integers before the one
+// conversion (the fifth bit added as a float cost two more vector operations per half)
+inline void five_bit_pair(const uint8_t* q, uint32_t qh, int64_t j, V& lo, V& hi) {
 #if defined(PT_ISA_AVX512)
-  return {_mm512_maskz_mov_ps((__mmask16)qh, _mm512_set1_ps(16.f))};
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)q)), sixteen = _mm512_set1_epi32(16);
+  const __m512i l = _mm512_and_si512(b, _mm512_set1_epi32(15)), h = _mm512_srli_epi32(b, 4);
+  lo.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(l, (__mmask16)(qh >> j), l, sixteen));
+  hi.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(h, (__mmask16)(qh >> (16 + j)), h, sixteen));
 #elif defined(PT_ISA_AVX2)
-  const __m256i b = _mm256_srlv_epi32(_mm256_set1_epi32((int)qh), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  return {_mm256_cvtepi32_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(1)), 4))};
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)q)), one = _mm256_set1_epi32(1);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  auto bits = [&](uint32_t from) {  // (bit from + lane of qh) << 4
+    return _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> from)), lanes), one), 4);
+  };
+  lo.v = _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(15)), bits((uint32_t)j)));
+  hi.v = _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(b, 4), bits((uint32_t)(16 + j))));
 #elif defined(__SSE2__)
-  const __m128i bit = _mm_setr_epi32(1, 2, 4, 8);
-  const __m128i set = _mm_cmpeq_epi32(_mm_and_si128(_mm_set1_epi32((int)qh), bit), bit);
-  return {_mm_cvtepi32_ps(_mm_and_si128(set, _mm_set1_epi32(16)))};
+  nibble_pair(q, lo, hi);
+  const __m128i bit = _mm_setr_epi32(1, 2, 4, 8), sixteen = _mm_set1_epi32(16);
+  auto bits = [&](uint32_t from) {  // 16.0 in the lanes whose bit from + lane of qh is set
+    const __m128i set = _mm_cmpeq_epi32(_mm_and_si128(_mm_set1_epi32((int)(qh >> from)), bit), bit);
+    return V{_mm_cvtepi32_ps(_mm_and_si128(set, sixteen))};
+  };
+  lo = add(lo, bits((uint32_t)j));
+  hi = add(hi, bits((uint32_t)(16 + j)));
 #else
-  return {(float)((qh & 1) << 4)};
+  nibble_pair(q, lo, hi);
+  lo = add(lo, V{(float)(((qh >> j) & 1) << 4)});
+  hi = add(hi, V{(float)(((qh >> (16 + j)) & 1) << 4)});
 #endif
 }
 

@@ -68,11 +68,8 @@ struct Block32 {
       lo = mul(lo, d);
       hi = mul(hi, d);
     } else {
-      nibble_pair(q + j, lo, hi);
-      if (QT == kQ5_0 || QT == kQ5_1) {
-        lo = add(lo, fifth_bits(qh, j));
-        hi = add(hi, fifth_bits(qh, 16 + j));
-      }
+      if (QT == kQ5_0 || QT == kQ5_1) five_bit_pair(q + j, qh, j, lo, hi);
+      else nibble_pair(q + j, lo, hi);
       lo = fma(lo, d, m);  // ((q - 8) d, (q - 16) d: q d and the offset exact, the one rounding of fma)
       hi = fma(hi, d, m);
     }
