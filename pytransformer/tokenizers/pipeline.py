@@ -18,7 +18,7 @@ class Tokenizer:
     """A tokenizer assembled from stages (see the module docstring): from_folder / from_gguf_metadata build one.
 
     vocab: token -> id of the model; added: [AddedToken]; normalizer: str -> str or None; pre_tokenizer:
-    (pieces, at_start) -> pieces or None; model: .tokenize(piece) -> ids; decoder: tokens -> pieces;
+    (pieces, at_start) -> pieces or None; model: .encode(pieces, out) appends ids; decoder: tokens -> pieces;
     post: (ids before, ids after) added by add_special_tokens. bos_id / eos_ids / chat_template / source: from
     the file or its config; clean_up: transformers' clean_up_tokenization_spaces on decode."""
 
@@ -78,10 +78,7 @@ class Tokenizer:
                 if norm_id is not None:
                     ids.append(norm_id)
                 else:
-                    pieces = self.pre_tokenizer([piece], at_start) if self.pre_tokenizer else [piece]
-                    tokenize = self.model.tokenize
-                    for p in pieces:
-                        ids.extend(tokenize(p))
+                    self.model.encode(self.pre_tokenizer([piece], at_start) if self.pre_tokenizer else [piece], ids)
                 at_start = False
         if add_special_tokens:
             ids.extend(self.post_after)
