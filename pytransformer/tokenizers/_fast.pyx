@@ -100,6 +100,55 @@ cdef class PieceCache:
         return out
 
 
+cdef struct Slot:
+    uint64_t key  # the pair's key + 1; 0: an empty slot
+    Merge merge
+
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing's multiplier, 2^64 / golden ratio
+
+
+@cython.final
+cdef class PairTable:
+    """(left << 32 | right) -> Merge, open addressing with linear probing in a power-of-two table kept at most half
+    full: one multiply and (mostly) one cache line per lookup, where std::unordered_map divides and chases a node."""
+
+    cdef vector[Slot] slots
+    cdef int shift  # 64 - log2(len(slots))
+    cdef size_t used
+
+    def __init__(self):
+        self.clear()
+
+    cdef void clear(self):
+        self.slots.assign(16, Slot(0, Merge(-1, -1)))
+        self.shift, self.used = 60, 0
+
+    cdef inline Slot* find(self, uint64_t key) noexcept:
+        """The slot holding key, else the empty slot where it goes."""
+        cdef size_t mask = self.slots.size() - 1, i = (key * GOLDEN) >> self.shift
+        while self.slots[i].key != 0 and self.slots[i].key != key + 1:
+            i = (i + 1) & mask
+        return &self.slots[i]
+
+    cdef void put(self, uint64_t key, Merge merge):
+        cdef Slot* slot = self.find(key)
+        if slot.key == 0:
+            if 2 * (self.used + 1) > self.slots.size():
+                self._grow()
+                slot = self.find(key)
+            self.used += 1
+        slot.key, slot.merge = key + 1, merge
+
+    cdef void _grow(self):
+        cdef vector[Slot] old
+        old.swap(self.slots)
+        self.slots.assign(2 * old.size(), Slot(0, Merge(-1, -1)))
+        self.shift -= 1
+        for k in range(old.size()):
+            if old[k].key != 0:
+                self.find(old[k].key - 1)[0] = old[k]
+
+
 cdef list _id_list(vector[int32_t]& ids):
     return [ids[k] for k in range(<Py_ssize_t>ids.size())]
 
@@ -115,7 +164,7 @@ cdef class BPECore(PieceCache):
     vocab: token -> id. ranks: a dict (left, right) -> rank, or a sentencepiece.ScoreRanks (pairs ranked by the
     joined token's score: head, M, V), ranked here when first asked and remembered (at most ScoreRanks.MEMORY)."""
 
-    cdef unordered_map[uint64_t, Merge] merges  # (left << 32 | right) -> Merge
+    cdef PairTable merges  # (left << 32 | right) -> Merge
     cdef unordered_map[string, int32_t] ids  # token (UTF-8) -> id
     cdef unordered_map[int32_t, int32_t] char_ids  # code point -> id of the token of that one character
     cdef int32_t byte_ids[256]  # <0xNN> -> id, -1 when absent
@@ -137,6 +186,7 @@ cdef class BPECore(PieceCache):
         self.unk_id = -1 if unk_id is None else unk_id
         self.byte_level, self.byte_fallback, self.fuse_unk = byte_level, byte_fallback, fuse_unk
         self.ignore_merges, self.implied = ignore_merges, type(ranks) is not dict
+        self.merges = PairTable()
         self.tokens.resize(size)
         self.chars.resize(size)
         for t, i in vocab.items():
@@ -157,24 +207,22 @@ cdef class BPECore(PieceCache):
         for (a, b), r in ranks.items():
             left, right, made = vocab.get(a), vocab.get(b), vocab.get(a + b)
             if left is not None and right is not None and made is not None:
-                self.merges[(<uint64_t>left << 32) | <uint32_t>right] = Merge(r, made)
+                self.merges.put((<uint64_t>left << 32) | <uint32_t>right, Merge(r, made))
 
     cdef Merge _pair(self, int32_t a, int32_t b):
         cdef uint64_t key = (<uint64_t>a << 32) | <uint32_t>b
-        cdef unordered_map[uint64_t, Merge].iterator it = self.merges.find(key)
-        if it != self.merges.end():
-            return deref(it).second
-        if not self.implied:
-            return Merge(-1, -1)
+        cdef Slot* slot = self.merges.find(key)
+        if slot.key != 0 or not self.implied:
+            return slot.merge  # (an empty slot's: no merge)
         cdef Merge m = Merge(-1, -1)
         cdef unordered_map[string, int32_t].iterator made = self.ids.find(self.tokens[a] + self.tokens[b])
         if made != self.ids.end() and self.head[deref(made).second] >= 0:
             m = Merge(self.head[deref(made).second]
                       + ((self.M - 1 - self.chars[a]) * self.M + (self.M - 1 - self.chars[b])) * self.V,
                       deref(made).second)
-        if self.merges.size() >= self.memory:
+        if self.merges.used >= self.memory:
             self.merges.clear()
-        self.merges[key] = m
+        self.merges.put(key, m)
         return m
 
     cdef void _merge(self, vector[Symbol]& sym, vector[int32_t]& out):

@@ -1,38 +1,27 @@
 """Byte-level BPE without the `regex` module: GPT-2's (from `encoder.json` + `vocab.bpe`) and the GGUF vocabularies
 of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the file's metadata).
 
-Text is split by GPT-2's pattern (splitters.GPT2), each piece's UTF-8 bytes are mapped to
-printable characters, and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
-(Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
+Text is split by GPT-2's pattern (splitters.GPT2), each piece's UTF-8 bytes are mapped to printable characters,
+and the merges are applied lowest rank first (models.BPEModel). The "smollm" pre-tokenizer first splits every digit
+off on its own (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
 control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
 tokenizers match added tokens."""
 
 from __future__ import annotations
 
-import heapq
 import json
+import re
 import sys
-import unicodedata
 from functools import lru_cache
 
 import numpy as np
 
 from . import splitters
-from .textstream import text_pieces
+from .byte_pairs import bytes_to_unicode
+from .models import BPEModel
 from .stops import stop_ids
-
-@lru_cache(maxsize=None)
-def bytes_to_unicode() -> dict:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+from .textstream import text_pieces
+from .unicode_regex import category_class
 
 
 def pre_tokenize(text: str) -> list[str]:
@@ -41,59 +30,12 @@ def pre_tokenize(text: str) -> list[str]:
     return splitters.findall(splitters.GPT2)(text)
 
 
-def bpe_merge(word: list, ranks) -> list:
-    """Merge the adjacent pair of lowest rank until none is left, as Hugging Face's `tokenizers` does it: a heap of
-    (rank, position) over a linked list of symbols, O(n log n) for n symbols (the pure-Python twin of
-    _fast.BPECore's merge, which runs on token ids).
-    ranks: a dict (left, right) -> int rank, or a dict subclass whose ranks[pair] is the rank or None (a
-    SentencePiece vocabulary's sentencepiece.ScoreRanks). A popped entry whose pair has changed since it was pushed
-    is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
-    n = len(word)
-    if n < 2:
-        return list(word)
-    sym = list(word)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = ranks.get if type(ranks) is dict else ranks.__getitem__
-    heap = []
-    for i in range(n - 1):
-        r = get((sym[i], sym[i + 1]))
-        if r is not None:
-            heap.append((r, i, len(sym[i]) + len(sym[i + 1])))
-    heapq.heapify(heap)
-    while heap:
-        _, i, length = heapq.heappop(heap)
-        a, j = sym[i], nxt[i]
-        if a is None or j < 0:
-            continue
-        b = sym[j]
-        if len(a) + len(b) != length or get((a, b)) is None:
-            continue
-        sym[i] = a = a + b
-        sym[j] = None
-        k = nxt[i] = nxt[j]
-        if k >= 0:
-            prv[k] = i
-            r = get((a, sym[k]))
-            if r is not None:
-                heapq.heappush(heap, (r, i, len(a) + len(sym[k])))
-        p = prv[i]
-        if p >= 0:
-            r = get((sym[p], a))
-            if r is not None:
-                heapq.heappush(heap, (r, p, len(sym[p]) + len(a)))
-    return [s for s in sym if s is not None]
-
-
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE: GPT-2's split, then models.BPEModel over the byte alphabet (a byte the vocabulary
     lacks is dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04).
     A merge whose joining is not a token is left out (it could only make a piece with no id)."""
 
     def __init__(self, encoder: dict, merges: list[tuple[str, str]]):
-        from .models import BPEModel  # (models builds on this module's merge and byte alphabet)
-
         self.encoder = encoder
         self.decoder = {v: k for k, v in encoder.items()}
         self.ranks = {pair: i for i, pair in enumerate(merges) if pair[0] + pair[1] in encoder}
@@ -127,18 +69,14 @@ class GPT2Tokenizer:
         return data.decode("utf-8", errors="replace")
 
 
+@lru_cache(maxsize=None)
+def _numeric() -> re.Pattern:
+    return re.compile(f"([{category_class('N')}])")
+
+
 def split_digits(text: str) -> list[str]:
     """Every numeric character (Unicode N*) a piece of its own; the runs between them kept whole."""
-    out, start = [], 0
-    for i, ch in enumerate(text):
-        if unicodedata.category(ch)[0] == "N":
-            if start < i:
-                out.append(text[start:i])
-            out.append(ch)
-            start = i + 1
-    if start < len(text):
-        out.append(text[start:])
-    return out
+    return [p for p in _numeric().split(text) if p]
 
 
 PRE_TOKENIZERS = ("gpt2", "smollm")

@@ -1,6 +1,6 @@
 """tokenizer.json models: one pre-tokenized piece -> token ids, as Hugging Face's `tokenizers` computes them.
 
-BPEModel: merges lowest rank first (the O(n log n) heap of bpe.bpe_merge), with byte fallback (<0xNN> tokens for a
+BPEModel: merges lowest rank first (the O(n log n) heap of byte_pairs.bpe_merge), with byte fallback (<0xNN> tokens for a
 character outside the vocabulary: Llama 2, Gemma), unk fusing, ignore_merges (Llama 3), an end-of-word suffix, and
 GPT-2's byte alphabet (byte_level: the piece's bytes spelled as printable characters first).
 WordPieceModel: greedy longest match with a continuation prefix (BERT's ##). UnigramModel: the Viterbi path of
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from .bpe import bpe_merge, bytes_to_unicode
+from .byte_pairs import bpe_merge, bytes_to_unicode
 
 try:  # the compiled models (Cython, built by the same CMake build); the pure-Python loops below otherwise
     from . import _fast

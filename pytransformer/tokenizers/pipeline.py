@@ -8,10 +8,14 @@ decode(ids) -> str: tokens through the decoder (skip_special_tokens drops the sp
 
 from __future__ import annotations
 
+import re
+
 from .added import AddedMatcher
 from .chat import render_chat
 from .decoders import cleanup
 from .stops import stop_ids
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer:
@@ -66,6 +70,9 @@ class Tokenizer:
         """Token ids of text (a list of int); add_special_tokens: the post-processor's BOS/CLS/SEP around them."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        bad = None if text.isascii() else _SURROGATE.search(text)  # (the compiled models read UTF-8)
+        if bad:
+            raise ValueError(f"text must be valid Unicode, got a lone surrogate {bad[0]!r} at character {bad.start()}")
         ids = list(self.post_before) if add_special_tokens else []
         at_start = True
         for raw, added_id in self._raw.split(text):
@@ -83,6 +90,10 @@ class Tokenizer:
         if add_special_tokens:
             ids.extend(self.post_after)
         return ids
+
+    def encode_batch(self, texts, add_special_tokens: bool = False) -> list[list[int]]:
+        """encode of each text, on this thread (the compiled models hold the GIL: their piece cache is a dict)."""
+        return [self.encode(text, add_special_tokens) for text in texts]
 
     # --- decode ---------------------------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ import re
 import unicodedata
 
 from . import splitters
-from .bpe import bytes_to_unicode, pre_tokenize
+from .bpe import pre_tokenize
+from .byte_pairs import bytes_to_unicode
 from .splitters import is_punctuation
 from .unicode_regex import WHITE_SPACE, compile_pattern
 

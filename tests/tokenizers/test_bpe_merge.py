@@ -10,6 +10,7 @@ import pytest
 from tokenizer_data import gpt2_files
 
 from pytransformer.tokenizers import bpe, models
+from pytransformer.tokenizers.byte_pairs import bytes_to_unicode
 
 
 @pytest.fixture(params=["python", "compiled"])
@@ -63,7 +64,7 @@ def test_unknown_characters_fall_back_to_bytes_or_fuse_into_unk(build):
 
 
 def test_byte_level_spells_the_bytes_in_gpt2s_alphabet(build):
-    alphabet = bpe.bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(alphabet.values())}
     vocab["Ġa"] = len(vocab)
     m = models.BPEModel(vocab, {("Ġ", "a"): 0}, byte_level=True)
