@@ -70,3 +70,27 @@ def test_byte_level_spells_the_bytes_in_gpt2s_alphabet(build):
     m = models.BPEModel(vocab, {("Ġ", "a"): 0}, byte_level=True)
     assert m.tokenize(" a") == [vocab["Ġa"]]
     assert m.tokenize("é") == [vocab[alphabet[0xC3]], vocab[alphabet[0xA9]]]
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_implied_merges_of_a_sentencepiece_vocabulary_agree_compiled_and_in_python(arch, monkeypatch):
+    """SentencePiece vocabularies rank their pairs by score (Gemma: by position), ties broken by the split's
+    lengths: the compiled model ranks them on first sight, the Python twin through sentencepiece.ScoreRanks."""
+    if models._fast is None:
+        pytest.skip("the Cython module is not built")
+    from pytransformer.tokenizers import sentencepiece
+
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [
+        "\u2581", "a", "b", "c", "ab", "bc", "ca", "aa", "abc", "bca", "aaa", "\u2581a", "\u2581ab", "cab", "\u2581abc"]
+    scores = [0.0] * 259 + [-1.0, -2.0, -2.0, -3.0, -1.5, -1.5, -2.5, -1.5, -1.0, -1.0, -0.5, -2.0, -1.0, -1.0, -0.1]
+    metadata = {"general.architecture": arch, "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+                "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * 15,
+                "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": False}
+    tok = sentencepiece.from_gguf_metadata(metadata)
+    assert tok.model.core is not None
+    rng = np.random.default_rng(25)
+    texts = ["".join(rng.choice(list("abc é"), rng.integers(0, 30))) for _ in range(300)] + ["abcabcaaab " * 20]
+    compiled = [tok.encode(t) for t in texts]
+    monkeypatch.setattr(tok.model, "core", None)
+    monkeypatch.setattr(tok.model, "cache", {})
+    assert [tok.encode(t) for t in texts] == compiled
