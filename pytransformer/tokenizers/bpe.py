@@ -3,9 +3,9 @@ of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the fi
 
 Text is split by GPT-2's pattern (splitters.GPT2), each piece's UTF-8 bytes are mapped to printable characters,
 and the merges are applied lowest rank first (models.BPEModel). The "smollm" pre-tokenizer first splits every digit
-off on its own (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
-control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
-tokenizers match added tokens."""
+off on its own (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF
+vocabulary's control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as
+Hugging Face's tokenizers match added tokens."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """tokenizer.json models: one pre-tokenized piece -> token ids, as Hugging Face's `tokenizers` computes them.
 
-BPEModel: merges lowest rank first (the O(n log n) heap of byte_pairs.bpe_merge), with byte fallback (<0xNN> tokens for a
-character outside the vocabulary: Llama 2, Gemma), unk fusing, ignore_merges (Llama 3), an end-of-word suffix, and
-GPT-2's byte alphabet (byte_level: the piece's bytes spelled as printable characters first).
+BPEModel: merges lowest rank first (the O(n log n) heap of byte_pairs.bpe_merge), with byte fallback (<0xNN> tokens
+for a character outside the vocabulary: Llama 2, Gemma), unk fusing, ignore_merges (Llama 3), an end-of-word suffix,
+and GPT-2's byte alphabet (byte_level: the piece's bytes spelled as printable characters first).
 WordPieceModel: greedy longest match with a continuation prefix (BERT's ##). UnigramModel: the Viterbi path of
 highest total score (XLM-R, T5), unknown characters at min score - 10, byte fallback optional.
 
