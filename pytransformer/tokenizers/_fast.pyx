@@ -191,10 +191,13 @@ cdef class BPECore(PieceCache):
         if self.implied:  # (ids are positions in a GGUF file's token list)
             self.tokens.resize(size)
             self.chars.resize(size)
+        cdef string utf8
+        self.ids.reserve(len(vocab))
         for t, i in vocab.items():
-            self.ids[_bytes_of(t)] = i
+            utf8 = _bytes_of(t)
+            self.ids[utf8] = i
             if self.implied:
-                self.tokens[i], self.chars[i] = _bytes_of(t), len(t)
+                self.tokens[i], self.chars[i] = utf8, len(t)
             if len(t) == 1:
                 self.char_ids[ord(t)] = i
         for b in range(256):
