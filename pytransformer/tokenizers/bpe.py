@@ -1,112 +1,47 @@
 """Byte-level BPE without the `regex` module: GPT-2's (from `encoder.json` + `vocab.bpe`) and the GGUF vocabularies
 of the same kind (`tokenizer.ggml.model` "gpt2": SmolLM2 and others, from the file's metadata).
 
-Text is split by GPT-2's pattern (GPT2_PATTERN, through unicode_regex), each piece's UTF-8 bytes are mapped to
-printable characters, and the merges are applied lowest rank first. The "smollm" pre-tokenizer first splits every digit off on its own
-(Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF vocabulary's
-control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as Hugging Face's
-tokenizers match added tokens."""
+Text is split by GPT-2's pattern (splitters.GPT2), each piece's UTF-8 bytes are mapped to printable characters,
+and the merges are applied lowest rank first (models.BPEModel). The "smollm" pre-tokenizer first splits every digit
+off on its own (Hugging Face's Digits(individual_digits=True), llama.cpp's \\p{N} split). Special tokens (a GGUF
+vocabulary's control and user-defined tokens: <|im_start|>, ...) are matched in the text before any of that, as
+Hugging Face's tokenizers match added tokens."""
 
 from __future__ import annotations
 
-import heapq
 import json
+import re
 import sys
-import unicodedata
 from functools import lru_cache
 
 import numpy as np
 
-from .textstream import text_pieces
+from . import splitters
+from .byte_pairs import bytes_to_unicode
+from .models import BPEModel
 from .stops import stop_ids
-from .unicode_regex import compile_pattern
-
-try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python merge below otherwise
-    from ._fast import bpe_merge as _bpe_merge_fast
-except ImportError:
-    _bpe_merge_fast = None
-
-
-@lru_cache(maxsize=None)
-def bytes_to_unicode() -> dict:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+from .textstream import text_pieces
+from .unicode_regex import category_class
 
 
 def pre_tokenize(text: str) -> list[str]:
-    """GPT-2's split (the pattern `tokenizers` runs in Oniguruma, translated for re: \\s is Unicode White_Space).
+    """GPT-2's split (splitters.GPT2: the pattern `tokenizers` runs in Oniguruma; \\s is Unicode White_Space).
     Every character falls in one alternative, so the matches are the pieces."""
-    return compile_pattern(GPT2_PATTERN).findall(text)
-
-
-def bpe_merge(word: list, ranks) -> list:
-    """Merge the adjacent pair of lowest rank until none is left, as Hugging Face's `tokenizers` does it: a heap of
-    (rank, position) over a linked list of symbols, O(n log n) for n symbols (pure Python; _fast.pyx is the same).
-    ranks: a dict (left, right) -> int rank, or a dict subclass whose ranks[pair] is the rank or None (a
-    SentencePiece vocabulary's sentencepiece.ScoreRanks). A popped entry whose pair has changed since it was pushed
-    is stale and skipped; the symbols' joint length tells (the same start and length: the same text)."""
-    n = len(word)
-    if n < 2:
-        return list(word)
-    sym = list(word)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = ranks.get if type(ranks) is dict else ranks.__getitem__
-    heap = []
-    for i in range(n - 1):
-        r = get((sym[i], sym[i + 1]))
-        if r is not None:
-            heap.append((r, i, len(sym[i]) + len(sym[i + 1])))
-    heapq.heapify(heap)
-    while heap:
-        _, i, length = heapq.heappop(heap)
-        a, j = sym[i], nxt[i]
-        if a is None or j < 0:
-            continue
-        b = sym[j]
-        if len(a) + len(b) != length or get((a, b)) is None:
-            continue
-        sym[i] = a = a + b
-        sym[j] = None
-        k = nxt[i] = nxt[j]
-        if k >= 0:
-            prv[k] = i
-            r = get((a, sym[k]))
-            if r is not None:
-                heapq.heappush(heap, (r, i, len(a) + len(sym[k])))
-        p = prv[i]
-        if p >= 0:
-            r = get((sym[p], a))
-            if r is not None:
-                heapq.heappush(heap, (r, p, len(sym[p]) + len(a)))
-    return [s for s in sym if s is not None]
-
-
-def merge_symbols(word: list, ranks) -> list:
-    """bpe_merge, compiled when the Cython module is built."""
-    return (_bpe_merge_fast or bpe_merge)(word, ranks)
+    return splitters.findall(splitters.GPT2)(text)
 
 
 class GPT2Tokenizer:
+    """GPT-2's byte-level BPE: GPT-2's split, then models.BPEModel over the byte alphabet (a byte the vocabulary
+    lacks is dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04).
+    A merge whose joining is not a token is left out (it could only make a piece with no id)."""
+
     def __init__(self, encoder: dict, merges: list[tuple[str, str]]):
         self.encoder = encoder
         self.decoder = {v: k for k, v in encoder.items()}
-        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.ranks = {pair: i for i, pair in enumerate(merges) if pair[0] + pair[1] in encoder}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
-        self.cache: dict[str, list[int]] = {}
+        self.model = BPEModel(encoder, self.ranks, byte_level=True)
 
     @classmethod
     def from_files(cls, encoder_json, vocab_bpe) -> "GPT2Tokenizer":
@@ -121,20 +56,10 @@ class GPT2Tokenizer:
     def vocab_size(self) -> int:
         return len(self.encoder)
 
-    def _bpe(self, piece: str) -> list[int]:
-        cached = self.cache.get(piece)
-        if cached is not None:
-            return cached
-        word = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        word = merge_symbols(word, self.ranks)
-        ids = [i for i in map(self.encoder.get, word) if i is not None]  # (a byte the vocabulary lacks is
-        # dropped, as Hugging Face's and llama.cpp's tokenizers drop it: SmolLM2's has no symbol for 0x04)
-        if len(self.cache) < 100_000:
-            self.cache[piece] = ids
-        return ids
-
     def encode(self, text: str) -> list[int]:
-        return [i for piece in pre_tokenize(text) for i in self._bpe(piece)]
+        ids = []
+        self.model.encode(pre_tokenize(text), ids)
+        return ids
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.array(self.encode(text), np.int64)
@@ -144,18 +69,14 @@ class GPT2Tokenizer:
         return data.decode("utf-8", errors="replace")
 
 
+@lru_cache(maxsize=None)
+def _numeric() -> re.Pattern:
+    return re.compile(f"([{category_class('N')}])")
+
+
 def split_digits(text: str) -> list[str]:
     """Every numeric character (Unicode N*) a piece of its own; the runs between them kept whole."""
-    out, start = [], 0
-    for i, ch in enumerate(text):
-        if unicodedata.category(ch)[0] == "N":
-            if start < i:
-                out.append(text[start:i])
-            out.append(ch)
-            start = i + 1
-    if start < len(text):
-        out.append(text[start:])
-    return out
+    return [p for p in _numeric().split(text) if p]
 
 
 PRE_TOKENIZERS = ("gpt2", "smollm")
@@ -235,7 +156,7 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
             if special_id is not None:
                 ids.append(special_id)
             else:
-                ids.extend(i for piece in self._pieces(part) for i in self._bpe(piece))
+                self.model.encode(self._pieces(part), ids)
         return ids
 
     def token_bytes(self, i: int) -> bytes:

@@ -4,7 +4,7 @@ Sequence."""
 
 from __future__ import annotations
 
-from .bpe import bytes_to_unicode
+from .byte_pairs import bytes_to_unicode
 
 
 def _byte_level(spec):

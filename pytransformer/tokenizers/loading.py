@@ -14,6 +14,7 @@ from .bpe import PRE_TOKENIZERS, ByteLevelBPETokenizer
 from .models import BPEModel, UnigramModel, WordPieceModel
 from .pipeline import Tokenizer
 from .sentencepiece import from_gguf_metadata as sentencepiece_from_gguf
+from .splitters import LLAMA3, QWEN2
 
 
 def _read_json(path, default=None):
@@ -57,14 +58,17 @@ def _chat_template(folder, config):
     return (template if isinstance(template, str) else None), source
 
 
-def _model(spec, path):
+def _model_and_pre_tokenizer(spec, pre_spec, path):
+    """(model, pre-tokenizer, kind); a BPE model after a ByteLevel pre-tokenizer spells the bytes itself."""
     kind = spec.get("type")
     if kind is None:  # files from old versions of `tokenizers` leave the type out
         kind = "BPE" if "merges" in spec else "Unigram" if isinstance(spec.get("vocab"), list) else "WordPiece"
     builders = {"BPE": BPEModel, "WordPiece": WordPieceModel, "Unigram": UnigramModel}
     if kind not in builders:
         raise ValueError(f"{path}: unsupported model {kind!r} (supported: BPE, WordPiece, Unigram)")
-    return builders[kind].from_json(spec), kind
+    if kind == "BPE" and pre_tokenizers.ends_in_byte_level(pre_spec):
+        return BPEModel.from_json(spec, byte_level=True), pre_tokenizers.build(pre_spec, spell_bytes=False), kind
+    return builders[kind].from_json(spec), pre_tokenizers.build(pre_spec), kind
 
 
 def from_tokenizer_json(path, config=None, eos_ids=(), chat_template=None, source=None) -> Tokenizer:
@@ -74,12 +78,12 @@ def from_tokenizer_json(path, config=None, eos_ids=(), chat_template=None, sourc
         raise ValueError(f"{path}: not a tokenizer.json (no model object)")
     config = config or {}
     try:
-        model, kind = _model(spec["model"], path)
+        model, pre_tokenizer, kind = _model_and_pre_tokenizer(spec["model"], spec.get("pre_tokenizer"), path)
         normalizer = normalizers.build(spec.get("normalizer"))
         added = [AddedToken(t.get("id"), t.get("content"), t.get("special", False), t.get("normalized"),
                             t.get("lstrip", False), t.get("rstrip", False), t.get("single_word", False))
                  for t in spec.get("added_tokens") or []]
-        tok = Tokenizer(model, model.vocab, added, normalizer, pre_tokenizers.build(spec.get("pre_tokenizer")),
+        tok = Tokenizer(model, model.vocab, added, normalizer, pre_tokenizer,
                         decoders.build(spec.get("decoder")), processors.post_processor(spec.get("post_processor")),
                         chat_template=chat_template, source=source or path,
                         clean_up=bool(config.get("clean_up_tokenization_spaces", False)), kind=kind)
@@ -117,11 +121,11 @@ def from_vocab_merges(vocab_json, merges_txt, config=None, eos_ids=(), chat_temp
     merges = [line for line in lines if line and not line.startswith("#version")]
     config = config or {}
     try:
-        model = BPEModel.from_json({"vocab": vocab, "merges": merges})
+        model = BPEModel.from_json({"vocab": vocab, "merges": merges}, byte_level=True)
     except ValueError as e:
         raise ValueError(f"{merges_txt}: {e}") from None
     tok = Tokenizer(model, model.vocab, _specials_in(config, model.vocab), None,
-                    pre_tokenizers.build({"type": "ByteLevel", "add_prefix_space": False}),
+                    pre_tokenizers.build({"type": "ByteLevel", "add_prefix_space": False}, spell_bytes=False),
                     decoders.build({"type": "ByteLevel"}), chat_template=chat_template,
                     source=source or vocab_json, kind="BPE")
     _special_from_config(tok, config, eos_ids)
@@ -177,12 +181,8 @@ def from_folder(path) -> Tokenizer:
 
 # GGUF byte-level vocabularies whose pre-tokenizer is a regex split (llama.cpp's names; the patterns transformers
 # uses for them), beside the ones ByteLevelBPETokenizer spells out by hand (bpe.PRE_TOKENIZERS)
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-           r"|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-          r"|\s+(?!\S)|\s+")
-GGUF_SPLITS = {"llama3": _LLAMA3, "llama-v3": _LLAMA3, "llama-bpe": _LLAMA3, "smaug-bpe": _LLAMA3, "dbrx": _LLAMA3,
-               "qwen2": _QWEN2, "deepseek-r1-qwen": _QWEN2}
+GGUF_SPLITS = {"llama3": LLAMA3, "llama-v3": LLAMA3, "llama-bpe": LLAMA3, "smaug-bpe": LLAMA3, "dbrx": LLAMA3,
+               "qwen2": QWEN2, "deepseek-r1-qwen": QWEN2}
 
 
 def from_gguf_metadata(metadata: dict, source="the GGUF file"):
@@ -201,8 +201,8 @@ def from_gguf_metadata(metadata: dict, source="the GGUF file"):
         special = [AddedToken(i, t, special=True, normalized=False) for t, i in tok.special.items()]
         pre_tok = pre_tokenizers.build({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": GGUF_SPLITS[pre]}, "behavior": "Isolated"},
-            {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]})
-        model = BPEModel(tok.encoder, tok.ranks)
+            {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}, spell_bytes=False)
+        model = tok.model
         return Tokenizer(model, tok.encoder, special, None, pre_tok, decoders.build({"type": "ByteLevel"}),
                          ([tok.bos_id] if tok.add_bos and tok.bos_id is not None else [], []), tok.bos_id,
                          [tok.eos_id, tok.eot_id], tok.chat_template, f"{source} (tokenizer.chat_template)",

@@ -1,20 +1,25 @@
 """tokenizer.json models: one pre-tokenized piece -> token ids, as Hugging Face's `tokenizers` computes them.
 
-BPEModel: merges lowest rank first (bpe.bpe_merge, the O(n log n) heap), with byte fallback (<0xNN> tokens for a
-character outside the vocabulary: Llama 2, Gemma), unk fusing, ignore_merges (Llama 3) and an end-of-word suffix.
+BPEModel: merges lowest rank first (the O(n log n) heap of byte_pairs.bpe_merge), with byte fallback (<0xNN> tokens
+for a character outside the vocabulary: Llama 2, Gemma), unk fusing, ignore_merges (Llama 3), an end-of-word suffix,
+and GPT-2's byte alphabet (byte_level: the piece's bytes spelled as printable characters first).
 WordPieceModel: greedy longest match with a continuation prefix (BERT's ##). UnigramModel: the Viterbi path of
-highest total score (XLM-R, T5), unknown characters at min score - 10, byte fallback optional."""
+highest total score (XLM-R, T5), unknown characters at min score - 10, byte fallback optional.
+
+Each model's encode(pieces, out) runs a whole pre-tokenized text through its compiled twin (_fast.pyx: integer ids,
+a byte trie, a piece cache) when that module is built, else through the pure-Python _tokenize here (the spec the
+tests hold the compiled one to)."""
 
 from __future__ import annotations
 
 import sys
 
-from .bpe import merge_symbols
+from .byte_pairs import bpe_merge, bytes_to_unicode
 
-try:  # compiled hot loop (Cython); the pure-Python one otherwise
-    from ._fast import wordpiece as _wordpiece_fast
+try:  # the compiled models (Cython, built by the same CMake build); the pure-Python loops below otherwise
+    from . import _fast
 except ImportError:
-    _wordpiece_fast = None
+    _fast = None
 
 CACHE_SIZE = 100_000   # pieces remembered per model (a piece's ids never change)
 CACHE_PIECE_CHARS = 256  # longer pieces are not remembered
@@ -32,15 +37,32 @@ def _vocab_dict(vocab, what) -> dict:
 
 
 class _Cached:
-    """Shared by the models: ids of a piece, remembered (bounded)."""
+    """Shared by the models: encode(pieces, out) and tokenize(piece), the ids of each piece remembered (bounded),
+    by the compiled model (self.core) when there is one."""
+
+    core = None
+
+    def _compile(self, build):
+        """self.core = build(_fast) when the compiled module is built; self.cache: the piece cache either way."""
+        self.core = build(_fast) if _fast is not None else None
+        self.cache = self.core.cache if self.core is not None else {}
+
+    def encode(self, pieces: list, out: list):
+        """Appends the ids of every piece to out."""
+        if self.core is not None:
+            return self.core.encode(pieces, out)
+        for piece in pieces:
+            out.extend(self.tokenize(piece))
 
     def tokenize(self, piece: str) -> list[int]:
+        if self.core is not None:
+            return self.core.tokenize(piece)
         ids = self.cache.get(piece)
         if ids is None:
             ids = self._tokenize(piece)
             if len(piece) <= CACHE_PIECE_CHARS and len(self.cache) < CACHE_SIZE:
                 self.cache[piece] = ids
-        return ids
+        return list(ids)
 
 
 class BPEModel(_Cached):
@@ -48,7 +70,7 @@ class BPEModel(_Cached):
     pairs when asked (sentencepiece.ScoreRanks: SentencePiece vocabularies rank pairs by score, listing none)."""
 
     def __init__(self, vocab: dict, ranks, unk_token=None, byte_fallback=False, fuse_unk=False,
-                 ignore_merges=False, end_of_word_suffix=""):
+                 ignore_merges=False, end_of_word_suffix="", byte_level=False):
         self.vocab = vocab
         self.ranks = ranks
         self.unk_id = vocab.get(unk_token) if unk_token is not None else None
@@ -56,10 +78,13 @@ class BPEModel(_Cached):
             raise ValueError(f"BPE: unk_token {unk_token!r} is not in the vocabulary")
         self.byte_fallback, self.fuse_unk = byte_fallback, fuse_unk
         self.ignore_merges, self.suffix = ignore_merges, end_of_word_suffix or ""
-        self.cache: dict = {}
+        self.byte_level = byte_level
+        self._compile(lambda fast: None if self.suffix else fast.BPECore(
+            vocab, ranks, self.unk_id, byte_level, byte_fallback, fuse_unk, ignore_merges, bytes_to_unicode(),
+            CACHE_SIZE, CACHE_PIECE_CHARS))
 
     @classmethod
-    def from_json(cls, spec) -> "BPEModel":
+    def from_json(cls, spec, byte_level=False) -> "BPEModel":
         vocab = _vocab_dict(spec.get("vocab"), "BPE")
         if spec.get("continuing_subword_prefix"):
             raise ValueError("BPE: continuing_subword_prefix is not supported")
@@ -74,7 +99,7 @@ class BPEModel(_Cached):
                 raise ValueError(f"BPE: merge {m!r} makes {pair[0] + pair[1]!r}, which is not in the vocabulary")
             ranks.setdefault((sys.intern(pair[0]), sys.intern(pair[1])), rank)
         return cls(vocab, ranks, spec.get("unk_token"), bool(spec.get("byte_fallback")), bool(spec.get("fuse_unk")),
-                   bool(spec.get("ignore_merges")), spec.get("end_of_word_suffix"))
+                   bool(spec.get("ignore_merges")), spec.get("end_of_word_suffix"), byte_level)
 
     def _symbols(self, piece):
         """The piece's characters as vocabulary symbols: a missing one as its <0xNN> bytes or unk (None)."""
@@ -96,6 +121,8 @@ class BPEModel(_Cached):
         return out
 
     def _tokenize(self, piece):
+        if self.byte_level:
+            piece = piece.encode("utf-8").decode("latin-1").translate(bytes_to_unicode())
         if self.ignore_merges and piece in self.vocab:
             return [self.vocab[piece]]
         ids, run = [], []
@@ -104,7 +131,7 @@ class BPEModel(_Cached):
                 run.append(s)
                 continue
             if run:
-                ids.extend(self.vocab[t] for t in merge_symbols(run, self.ranks))
+                ids.extend(self.vocab[t] for t in bpe_merge(run, self.ranks))
                 run = []
             ids.append(self.unk_id)
         return ids[:-1]  # (the sentinel's)
@@ -118,7 +145,8 @@ class WordPieceModel(_Cached):
         if unk_token not in vocab:
             raise ValueError(f"WordPiece: unk_token {unk_token!r} is not in the vocabulary")
         self.vocab, self.unk_id, self.prefix, self.max_chars = vocab, vocab[unk_token], prefix, max_chars
-        self.cache: dict = {}
+        self._compile(lambda fast: fast.WordPieceCore(vocab, self.unk_id, prefix, max_chars, CACHE_SIZE,
+                                                      CACHE_PIECE_CHARS))
 
     @classmethod
     def from_json(cls, spec) -> "WordPieceModel":
@@ -126,8 +154,6 @@ class WordPieceModel(_Cached):
                    spec.get("continuing_subword_prefix", "##"), int(spec.get("max_input_chars_per_word", 100)))
 
     def _tokenize(self, word):
-        if _wordpiece_fast is not None and self.prefix == "##":
-            return _wordpiece_fast(word, self.vocab, self.unk_id, self.max_chars)
         if len(word) > self.max_chars:
             return [self.unk_id]
         ids, start = [], 0
@@ -160,7 +186,8 @@ class UnigramModel(_Cached):
         self.unk_id, self.byte_fallback = unk_id, byte_fallback
         self.unk_score = min(self.scores, default=0.0) - self.UNK_PENALTY
         self.max_len = max((len(p) for p in self.vocab), default=1)
-        self.cache: dict = {}
+        self._compile(lambda fast: fast.UnigramCore(self.vocab, self.scores, unk_id, self.unk_score, byte_fallback,
+                                                    CACHE_SIZE, CACHE_PIECE_CHARS))
 
     @classmethod
     def from_json(cls, spec) -> "UnigramModel":

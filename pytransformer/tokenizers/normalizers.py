@@ -4,9 +4,11 @@ Prepend, BertNormalizer and Sequence (what Llama 2, Gemma, Phi-3, BERT and other
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from functools import lru_cache
 
-from .unicode_regex import compile_pattern
+from .unicode_regex import category_class, compile_pattern
 
 
 def _is_control(ch):
@@ -75,9 +77,14 @@ def _strip(spec):
     return strip
 
 
+@lru_cache(maxsize=None)
+def _nonspacing_marks() -> re.Pattern:
+    return re.compile(f"[{category_class('Mn')}]")
+
+
 def strip_accents(text: str) -> str:
     """Drop the combining marks (Mn) of the text's NFD form; the caller has decomposed it (as in `tokenizers`)."""
-    return "".join(c for c in text if unicodedata.category(c) != "Mn")
+    return text if text.isascii() else _nonspacing_marks().sub("", text)
 
 
 def _bert(spec):

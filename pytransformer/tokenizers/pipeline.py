@@ -8,17 +8,21 @@ decode(ids) -> str: tokens through the decoder (skip_special_tokens drops the sp
 
 from __future__ import annotations
 
+import re
+
 from .added import AddedMatcher
 from .chat import render_chat
 from .decoders import cleanup
 from .stops import stop_ids
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer:
     """A tokenizer assembled from stages (see the module docstring): from_folder / from_gguf_metadata build one.
 
     vocab: token -> id of the model; added: [AddedToken]; normalizer: str -> str or None; pre_tokenizer:
-    (pieces, at_start) -> pieces or None; model: .tokenize(piece) -> ids; decoder: tokens -> pieces;
+    (pieces, at_start) -> pieces or None; model: .encode(pieces, out) appends ids; decoder: tokens -> pieces;
     post: (ids before, ids after) added by add_special_tokens. bos_id / eos_ids / chat_template / source: from
     the file or its config; clean_up: transformers' clean_up_tokenization_spaces on decode."""
 
@@ -66,6 +70,9 @@ class Tokenizer:
         """Token ids of text (a list of int); add_special_tokens: the post-processor's BOS/CLS/SEP around them."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        bad = None if text.isascii() else _SURROGATE.search(text)  # (the compiled models read UTF-8)
+        if bad:
+            raise ValueError(f"text must be valid Unicode, got a lone surrogate {bad[0]!r} at character {bad.start()}")
         ids = list(self.post_before) if add_special_tokens else []
         at_start = True
         for raw, added_id in self._raw.split(text):
@@ -78,14 +85,15 @@ class Tokenizer:
                 if norm_id is not None:
                     ids.append(norm_id)
                 else:
-                    pieces = self.pre_tokenizer([piece], at_start) if self.pre_tokenizer else [piece]
-                    tokenize = self.model.tokenize
-                    for p in pieces:
-                        ids.extend(tokenize(p))
+                    self.model.encode(self.pre_tokenizer([piece], at_start) if self.pre_tokenizer else [piece], ids)
                 at_start = False
         if add_special_tokens:
             ids.extend(self.post_after)
         return ids
+
+    def encode_batch(self, texts, add_special_tokens: bool = False) -> list[list[int]]:
+        """encode of each text, on this thread (the compiled models hold the GIL: their piece cache is a dict)."""
+        return [self.encode(text, add_special_tokens) for text in texts]
 
     # --- decode ---------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .bpe import bytes_to_unicode, pre_tokenize
+from . import splitters
+from .bpe import pre_tokenize
+from .byte_pairs import bytes_to_unicode
+from .splitters import is_punctuation
 from .unicode_regex import WHITE_SPACE, compile_pattern
 
 _WHITE = re.compile(f"[{WHITE_SPACE}]")
@@ -101,40 +104,38 @@ def _isolating_regex(rx):
     return pre
 
 
-def is_punctuation(c):
-    """BERT's punctuation: ASCII punctuation or any Unicode P* character."""
-    return (c.isascii() and not c.isalnum() and c.isprintable() and c != " ") or unicodedata.category(c)[0] == "P"
-
-
 def _is_numeric(c):
     return unicodedata.category(c) in ("Nd", "Nl", "No")
 
 
 def _split(spec):
     pattern = spec.get("pattern") or {}
+    behavior, invert = spec.get("behavior", "Isolated"), spec.get("invert", False)
     if "String" in pattern:
         rx = re.compile(re.escape(pattern["String"]))
     elif "Regex" in pattern:
+        if pattern["Regex"] in splitters.COMPILED and behavior == "Isolated" and not invert:  # (every character
+            split = splitters.findall(pattern["Regex"])  # in a match: the matches are the pieces)
+            return lambda pieces, at_start: [p for piece in pieces for p in split(piece)]
         rx = compile_pattern(pattern["Regex"])
     else:
         raise ValueError(f"Split needs a String or Regex pattern, got {pattern!r}")
-    behavior, invert = spec.get("behavior", "Isolated"), spec.get("invert", False)
     if behavior == "Isolated" and not invert:
         return _isolating_regex(rx)
     return _splitter(_regex_matches(rx), behavior, invert)
 
 
-def _byte_level(spec):
+def _byte_level(spec, spell_bytes=True):
+    """spell_bytes=False: the split only, the model spelling the bytes itself (models.BPEModel(byte_level=True))."""
     add_prefix_space, use_regex = spec.get("add_prefix_space", True), spec.get("use_regex", True)
     table = bytes_to_unicode()  # byte -> character: str.translate over the bytes read as latin-1
 
     def pre(pieces, at_start):
-        out = []
-        for piece in pieces:
-            if add_prefix_space and not piece.startswith(" "):
-                piece = " " + piece
-            out.extend(pre_tokenize(piece) if use_regex else [piece])
-        return [p.encode("utf-8").decode("latin-1").translate(table) for p in out]
+        if add_prefix_space:
+            pieces = [p if p.startswith(" ") else " " + p for p in pieces]
+        if use_regex:
+            pieces = [q for p in pieces for q in pre_tokenize(p)]
+        return [p.encode("utf-8").decode("latin-1").translate(table) for p in pieces] if spell_bytes else pieces
     return pre
 
 
@@ -168,8 +169,9 @@ def _whitespace_split(spec):
 
 
 def _bert(spec):
-    white, punct = _whitespace_split(spec), _splitter(_char_matches(is_punctuation), "Isolated")
-    return lambda pieces, at_start: punct(white(pieces, at_start), at_start)
+    """Whitespace removed, then each punctuation character isolated (splitters: one pass)."""
+    split = splitters.findall("bert")
+    return lambda pieces, at_start: [p for piece in pieces for p in split(piece)]
 
 
 def _punctuation(spec):
@@ -180,8 +182,9 @@ def _digits(spec):
     return _splitter(_char_matches(_is_numeric), "Isolated" if spec.get("individual_digits") else "Contiguous")
 
 
-def _sequence(spec):
-    steps = [build(s) for s in spec.get("pretokenizers", [])]
+def _sequence(spec, spell_bytes=True):
+    specs = spec.get("pretokenizers", [])
+    steps = [build(s, spell_bytes or i < len(specs) - 1) for i, s in enumerate(specs)]
 
     def pre(pieces, at_start):
         for step in steps:
@@ -195,11 +198,24 @@ _BUILDERS = {"ByteLevel": _byte_level, "Split": _split, "Metaspace": _metaspace,
              "Digits": _digits, "Sequence": _sequence}
 
 
-def build(spec):
-    """The pre-tokenizer a tokenizer.json "pre_tokenizer" object describes (None: the text is one piece)."""
+def ends_in_byte_level(spec) -> bool:
+    """Whether the last step of the pre-tokenizer spec is ByteLevel (GPT-2, Llama 3, Qwen2): a BPE model can then
+    spell the bytes itself (build(spec, spell_bytes=False))."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "Sequence":
+        steps = spec.get("pretokenizers") or [None]
+        return ends_in_byte_level(steps[-1])
+    return kind == "ByteLevel"
+
+
+def build(spec, spell_bytes=True):
+    """The pre-tokenizer a tokenizer.json "pre_tokenizer" object describes (None: the text is one piece).
+    spell_bytes=False: a final ByteLevel step splits but leaves the bytes to the model (see ends_in_byte_level)."""
     if spec is None:
         return None
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in _BUILDERS:
         raise ValueError(f"unsupported pre-tokenizer {kind!r} (supported: {', '.join(_BUILDERS)})")
-    return _BUILDERS[kind](spec)
+    if spell_bytes or kind not in ("ByteLevel", "Sequence"):
+        return _BUILDERS[kind](spec)
+    return _BUILDERS[kind](spec, spell_bytes=False)

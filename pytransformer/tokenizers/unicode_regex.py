@@ -105,3 +105,19 @@ def compile_pattern(pattern: str) -> re.Pattern:
         return re.compile(translate(pattern))
     except re.error as e:
         raise ValueError(f"pattern {pattern!r} does not compile: {e}") from None
+
+
+@lru_cache(maxsize=None)
+def class_table() -> bytes:
+    """One byte per code point for the compiled splitters (_fast.Splitter): bit 1 \\p{L}, 2 \\p{N}, 4 \\s (the
+    White_Space set above), 8 \\p{P}."""
+    import numpy as np
+
+    table = np.zeros(sys.maxunicode + 1, np.uint8)
+    for category, ranges in _ranges_by_category().items():
+        bit = {"L": 1, "N": 2, "P": 8}.get(category[0], 0)
+        for first, last in ranges if bit else ():
+            table[first:last + 1] |= bit
+    for c in re.findall(f"[{WHITE_SPACE}]", "".join(map(chr, range(0x3001)))):
+        table[ord(c)] |= 4
+    return table.tobytes()

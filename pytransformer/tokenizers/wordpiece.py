@@ -9,12 +9,8 @@ import unicodedata
 
 import numpy as np
 
+from .models import WordPieceModel
 from .normalizers import clean_text, lowercase, strip_accents
-
-try:  # compiled hot loop (Cython, built by the same CMake build); the pure-Python method below otherwise
-    from ._fast import wordpiece as _wordpiece_fast
-except ImportError:
-    _wordpiece_fast = None
 
 
 def _is_punctuation(ch):
@@ -40,6 +36,7 @@ class WordPieceTokenizer:
                 raise ValueError(f"special token {tok!r} is not in the vocabulary")
             setattr(self, f"{name}_id", self.vocab[tok])
         self.mask_id = self.vocab.get(mask)
+        self.model = WordPieceModel(self.vocab, unk, "##", max_chars_per_word)
         self._chunk_cache: dict[str, list[int]] = {}
 
     @classmethod
@@ -87,29 +84,8 @@ class WordPieceTokenizer:
         return ids
 
     def wordpiece(self, word: str) -> list[int]:
-        if _wordpiece_fast is not None:
-            return _wordpiece_fast(word, self.vocab, self.unk_id, self.max_chars_per_word)
-        return self.wordpiece_python(word)
-
-    def wordpiece_python(self, word: str) -> list[int]:
-        """Greedy longest-match-first pieces of one word (the pure-Python twin of _fast.wordpiece)."""
-        if len(word) > self.max_chars_per_word:
-            return [self.unk_id]
-        ids, start = [], 0
-        while start < len(word):
-            end = len(word)
-            found = None
-            while start < end:
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in self.vocab:
-                    found = self.vocab[piece]
-                    break
-                end -= 1
-            if found is None:
-                return [self.unk_id]
-            ids.append(found)
-            start = end
-        return ids
+        """Greedy longest-match-first pieces of one word (models.WordPieceModel)."""
+        return self.model.tokenize(word)
 
     # --- public --------------------------------------------------------------------------------------------------
 

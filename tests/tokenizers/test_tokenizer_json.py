@@ -168,3 +168,20 @@ def test_streamed_text_joins_to_the_decoded_text(pair):
     for text in TORTURE:
         ids = auto.encode(text, add_special_tokens=False)
         assert "".join(ours.stream_text(iter(ids))) == ours.decode(ids, skip_special_tokens=True), repr(text)
+
+
+def test_the_compiled_model_equals_its_pure_python_twin(pair, monkeypatch):
+    ours = pair[0]
+    if ours.model.core is None:
+        pytest.skip("the Cython module is not built")
+    texts = TORTURE + SPECIAL_TEXT + ["x" * 2000]
+    compiled = [ours.encode(t) for t in texts]
+    monkeypatch.setattr(ours.model, "core", None)
+    monkeypatch.setattr(ours.model, "cache", {})
+    assert [ours.encode(t) for t in texts] == compiled
+
+
+def test_a_lone_surrogate_is_a_value_error_naming_where_it_is(pair):
+    ours = pair[0]
+    with pytest.raises(ValueError, match=r"lone surrogate '\\ud800' at character 2"):
+        ours.encode("ab\ud800c")
