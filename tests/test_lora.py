@@ -329,6 +329,21 @@ def test_one_adapter_at_a_time_and_the_base_comes_back_whole(tmp_path, rng):
         model.save_adapter(tmp_path / "none")
 
 
+def test_an_adapted_model_refuses_another_device_before_moving_anything(tmp_path, rng):
+    """to("cuda") with an adapter attached is refused before any parameter or weight moves (no GPU needed: the
+    check comes before the device's)."""
+    _, base = hf_tiny(tmp_path, "qwen2")
+    model = pt.from_pretrained(base).add_adapter()
+    ids = rng.integers(0, 101, (1, 9))
+    before = model(ids)
+    stored = [m.stored for m in model.modules() if hasattr(m, "stored")]
+    with pytest.raises(NotImplementedError, match="LoRA adapters run on the CPU, not 'cuda'; merge_adapter"):
+        model.to("cuda")
+    assert model.device == "cpu" and type(model.params.data) is np.ndarray
+    assert [m.stored for m in model.modules() if hasattr(m, "stored")] == stored
+    np.testing.assert_array_equal(model(ids), before)
+
+
 def test_llama_cpp_row_order_takes_peft_adapters_in_hugging_face_order(tmp_path, rng):
     """A model whose q/k rows are in llama.cpp's order (as a GGUF file gives them) reads and writes B in Hugging Face's
     row order: the same logits as peft, and the same file back."""

@@ -216,6 +216,8 @@ class Model(Module):
         (set_weight_dtype) are dropped for the float32 weights. -> self"""
         if device == "cuda" and not self.runs_on_cuda:
             raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
+        if self.adapter is not None:
+            lora.check_device(device)  # (before anything moves)
         ops.check_device(device)  # (a clear error when there is no CUDA module or device)
         self.params.to(device)  # (float32 weights read their Parameters, so they follow)
         for m in self.modules():

@@ -82,8 +82,7 @@ class LoRAWeight(Module, Weight):
         return self
 
     def to(self, device):
-        if device != "cpu":
-            raise NotImplementedError("LoRA adapters run on the CPU; merge_adapter() first to move the model")
+        check_device(device)
         return self
 
     def spec(self):
@@ -116,6 +115,13 @@ class Adapter:
         for m in model.modules():
             if isinstance(m, HoldsWeight):
                 m.frozen = False
+
+
+def check_device(device) -> None:
+    """LoRA weights stay on the CPU: any other device is refused (a model checks before it moves anything)."""
+    if device != "cpu":
+        raise NotImplementedError(f"LoRA adapters run on the CPU, not {device!r}; merge_adapter() first to move "
+                                  "the model")
 
 
 def module_at(root, name: str):
