@@ -170,7 +170,7 @@ class Model(Module):
         peft = self._peft()
         layers = peft.select(targets)
         kinds = sorted({peft.modules[n][0].rsplit(".", 1)[-1] for n in layers})
-        self.adapter = lora.attach(self, layers, rank, alpha, dropout, kinds, seed)
+        self.adapter = lora.attach(self, layers, rank, alpha, dropout, kinds, seed, peft.adapted(layers).values())
         return self
 
     def remove_adapter(self) -> "Model":
