@@ -477,7 +477,7 @@ class ChunkedCrossEntropy(CrossEntropyHead):
                                               label_smoothing=self.label_smoothing, dlogits=logits)
                 for layer in reversed(layers):
                     d = layer.backward(d)
-                dx[s:s + self.ROWS] = d
+                ops.copy_into(dx[s:s + self.ROWS], d)  # (rows of a device array too)
         return dx.reshape(shape)
 
 
