@@ -27,8 +27,11 @@ from pytransformer.optim import AdamW
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-FAMILIES = ["llama3", "qwen2"]  # (a Llama with llama3 scaling and a tied head; Qwen2 with q/k/v biases)
+# (a Llama with llama3 scaling and a tied head; Qwen2 with q/k/v biases; Phi-3's fused qkv_proj and gate_up_proj,
+# whose peft adapter has one A each over our separate q, k, v and gate, up)
+FAMILIES = ["llama3", "qwen2", "phi3"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FUSED_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 R, ALPHA = 4, 8
 EPS = float(np.finfo(np.float32).eps)
 # A float32 forward and backward through the model against float64: each of its 2 x 2 sub-layers (attention, MLP)
@@ -47,7 +50,8 @@ def adapted(tmp_path, family, dropout=0.0, seed=0):
     hf, folder = hf_tiny(tmp_path, family, seed)
     torch.manual_seed(seed + 1)
     pm = peft.get_peft_model(hf.double(), peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=dropout,
-                                                          target_modules=TARGETS))
+                                                          target_modules=FUSED_TARGETS if family == "phi3"
+                                                          else TARGETS))
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_B" in name:
@@ -79,7 +83,7 @@ def step_matches(pm, model, ids):
     model.backward()
     assert abs(loss - out.loss.item()) < TOL * out.loss.item()
     want, got = peft_grads(pm), model.grad_dict()
-    assert set(got) == set(want) and len(got) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    assert set(got) == set(want) and len(got) == 2 * len(pm.peft_config["default"].target_modules) * 2  # (A, B; 2 layers)
     for name, g in got.items():
         assert rel(g, want[name]) < TOL, name
     return loss
@@ -153,8 +157,30 @@ def test_what_we_save_peft_loads_with_the_same_logits(tmp_path, rng):
     assert rel(model(ids), pm(input_ids=torch.from_numpy(ids)).logits.detach().numpy()) < TOL
 
 
-def test_peft_files_round_trip_through_us_unchanged(tmp_path):
-    _, base, adapter = adapted(tmp_path, "llama3")
+def test_default_targets_on_phi3_adapt_every_projection_and_peft_loads_them(tmp_path, rng):
+    """Phi-3's fused modules by default: q, k, v share qkv_proj's A, gate and up gate_up_proj's; what we save peft
+    loads onto the transformers model with our logits."""
+    hf, base = hf_tiny(tmp_path, "phi3")
+    model = pt.from_pretrained(base).add_adapter(rank=R, alpha=ALPHA)
+    linears = [m for m in model.modules() if isinstance(m, Linear) and m is not model.lm_head]
+    assert len(linears) == 2 * 7 and all(isinstance(m.stored, LoRAWeight) for m in linears)
+    attn = model.blocks[0].attn.sublayer
+    assert attn.q.stored.lora_A is attn.k.stored.lora_A is attn.v.stored.lora_A
+    Q, K = attn.q.weight.shape[0], attn.k.weight.shape[0]  # (one A (r, in) per module: qkv, o, gate_up, down;
+    assert model.trainable.size == 2 * R * ((C + Q + C + F) + (Q + 2 * K + C + 2 * F + C))  # a B (out, r) per Linear)
+    for name, p in model.adapter.params:
+        p.data[...] = rng.normal(0.0, 0.3, p.shape)
+    model.save_adapter(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(FUSED_TARGETS)
+    pm = peft.PeftModel.from_pretrained(hf.double(), tmp_path / "ours").eval()
+    ids = rng.integers(0, 101, (2, 11))
+    assert rel(model(ids), pm(input_ids=torch.from_numpy(ids)).logits.detach().numpy()) < TOL
+
+
+@pytest.mark.parametrize("family", ["llama3", "phi3"])
+def test_peft_files_round_trip_through_us_unchanged(tmp_path, family):
+    _, base, adapter = adapted(tmp_path, family)
     pt.from_pretrained(base, adapter=adapter).save_adapter(tmp_path / "again")
     theirs, ours = (load_file(f / "adapter_model.safetensors") for f in (adapter, tmp_path / "again"))
     assert set(theirs) == set(ours)
@@ -311,6 +337,17 @@ def test_bad_adapter_settings_are_one_line_errors(tmp_path, kwargs, message):
     assert model.adapter is None
 
 
+def test_gpt2s_conv1d_modules_are_named_when_refused():
+    """GPT-2 keeps its projections as Conv1D (in, out) weights, which LoRA does not adapt yet: the default targets
+    are a one-line error naming them, never a silent subset."""
+    from pytransformer.models import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=64, max_positions=32, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="its c_attn, c_proj, c_fc are Conv1D weights .in, out., which LoRA does "
+                                         "not adapt yet"):
+        model.add_adapter()
+    assert model.adapter is None
+
+
 def test_one_adapter_at_a_time_and_the_base_comes_back_whole(tmp_path, rng):
     _, base = hf_tiny(tmp_path, "qwen2")
     model = pt.from_pretrained(base)
@@ -327,6 +364,21 @@ def test_one_adapter_at_a_time_and_the_base_comes_back_whole(tmp_path, rng):
     np.testing.assert_array_equal(model(ids), before)
     with pytest.raises(ValueError, match="no adapter"):
         model.save_adapter(tmp_path / "none")
+
+
+def test_an_adapted_model_refuses_another_device_before_moving_anything(tmp_path, rng):
+    """to("cuda") with an adapter attached is refused before any parameter or weight moves (no GPU needed: the
+    check comes before the device's)."""
+    _, base = hf_tiny(tmp_path, "qwen2")
+    model = pt.from_pretrained(base).add_adapter()
+    ids = rng.integers(0, 101, (1, 9))
+    before = model(ids)
+    stored = [m.stored for m in model.modules() if hasattr(m, "stored")]
+    with pytest.raises(NotImplementedError, match="LoRA adapters run on the CPU, not 'cuda'; merge_adapter"):
+        model.to("cuda")
+    assert model.device == "cpu" and type(model.params.data) is np.ndarray
+    assert [m.stored for m in model.modules() if hasattr(m, "stored")] == stored
+    np.testing.assert_array_equal(model(ids), before)
 
 
 def test_llama_cpp_row_order_takes_peft_adapters_in_hugging_face_order(tmp_path, rng):

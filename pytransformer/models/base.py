@@ -170,7 +170,7 @@ class Model(Module):
         peft = self._peft()
         layers = peft.select(targets)
         kinds = sorted({peft.modules[n][0].rsplit(".", 1)[-1] for n in layers})
-        self.adapter = lora.attach(self, layers, rank, alpha, dropout, kinds, seed)
+        self.adapter = lora.attach(self, layers, rank, alpha, dropout, kinds, seed, peft.adapted(layers).values())
         return self
 
     def remove_adapter(self) -> "Model":
@@ -216,6 +216,8 @@ class Model(Module):
         (set_weight_dtype) are dropped for the float32 weights. -> self"""
         if device == "cuda" and not self.runs_on_cuda:
             raise NotImplementedError(f"{type(self).__name__} runs on the CPU only")
+        if self.adapter is not None:
+            lora.check_device(device)  # (before anything moves)
         ops.check_device(device)  # (a clear error when there is no CUDA module or device)
         self.params.to(device)  # (float32 weights read their Parameters, so they follow)
         for m in self.modules():
@@ -375,6 +377,15 @@ def check_ids(ids, name, max_T=None):
     return np.ascontiguousarray(ids, dtype=np.int64)
 
 
+def check_targets(targets, shape) -> None:
+    """targets must be integers of shape (one per position)."""
+    if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer numpy array {tuple(shape)}, got "
+                        f"{getattr(targets, 'dtype', type(targets).__name__)}")
+    if targets.shape != shape:
+        raise ValueError(f"targets must have shape {tuple(shape)} (one per position), got {tuple(targets.shape)}")
+
+
 class CrossEntropyHead:
     """Mean cross-entropy over logits (..., V) with integer targets (...), -100 ignored, optionally label-smoothed
     (the target distribution (1 - eps) onehot + eps / V). With keep (the model's keeps_state) it keeps what the
@@ -389,12 +400,7 @@ class CrossEntropyHead:
 
     def loss(self, logits, targets, ignore_index=-100, keep=True):
         V = logits.shape[-1]
-        if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":
-            raise TypeError(f"targets must be an integer numpy array {tuple(logits.shape[:-1])}, got "
-                            f"{getattr(targets, 'dtype', type(targets).__name__)}")
-        if targets.shape != logits.shape[:-1]:
-            raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (one per position), got "
-                             f"{tuple(targets.shape)}")
+        check_targets(targets, logits.shape[:-1])
         flat_logits = logits.reshape(-1, V)
         flat_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
         flat_targets = ops.like(flat_targets, logits)
@@ -417,10 +423,69 @@ class CrossEntropyHead:
         return logits.reshape(shape)
 
 
+class ChunkedCrossEntropy(CrossEntropyHead):
+    """The next-token loss of a language model from its last hidden rows x (..., C) through its output layers
+    (the head product, soft-capping: modules with forward / backward), ROWS rows at a time: the (N, V) logits and
+    their gradient are never held whole (8 x 256 rows of a 49,152-token vocabulary would be 403 MB each). The
+    forward keeps x's rows and each row's log-sum-exp; backward recomputes each block's logits and takes it
+    through the cross-entropy and the output layers' backward at once."""
+
+    ROWS = 256  # a block's logits: ROWS x V float32 (48 MiB at V = 49,152)
+
+    def loss(self, x, targets, ignore_index=-100, keep=True, layers=()):
+        """x (..., C), targets (...) -> the mean cross-entropy over the targets that are not ignore_index."""
+        C = x.shape[-1]
+        check_targets(targets, x.shape[:-1])
+        rows = x.reshape(-1, C)
+        host_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)
+        flat_targets = ops.like(host_targets, x)
+        starts = range(0, len(rows), self.ROWS)
+        counts = [int(np.count_nonzero(host_targets[s:s + self.ROWS] != ignore_index)) for s in starts]
+        total, lse = 0.0, ops.zeros((len(rows),), ops.device_of(x))
+        for s, count in zip(starts, counts):
+            if count:
+                block_loss, _, _ = ops.crossentropy_forward(self._logits(rows[s:s + self.ROWS], layers),
+                                                            flat_targets[s:s + self.ROWS], ignore_index,
+                                                            label_smoothing=self.label_smoothing,
+                                                            lse=lse[s:s + self.ROWS])
+                total += block_loss * count
+        loss = total / sum(counts) if sum(counts) else float("nan")
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss}: non-finite logits, or every target is ignore_index")
+        if keep:  # (a loss under evaluating() leaves a pending training step's state alone)
+            self._saved = (rows, flat_targets, lse, ignore_index, x.shape, counts, layers)
+        return loss
+
+    @staticmethod
+    def _logits(rows, layers):
+        for layer in layers:
+            rows = layer.forward(rows)
+        return rows
+
+    def backward(self, dloss=1.0):
+        """dx (..., C): the loss's gradient at the hidden rows (the output layers' weight gradients accumulate)."""
+        if self._saved is None:
+            raise RuntimeError("backward() needs a loss() first, once per backward()")
+        rows, targets, lse, ignore, shape, counts, layers = self._saved
+        self._saved = None
+        dx = ops.zeros(rows.shape, ops.device_of(rows))
+        for s, count in zip(range(0, len(rows), self.ROWS), counts):
+            if count:
+                logits = self._logits(rows[s:s + self.ROWS], layers)
+                d = ops.crossentropy_backward(logits, targets[s:s + self.ROWS], lse[s:s + self.ROWS],
+                                              dloss * count / sum(counts), ignore,
+                                              label_smoothing=self.label_smoothing, dlogits=logits)
+                for layer in reversed(layers):
+                    d = layer.backward(d)
+                ops.copy_into(dx[s:s + self.ROWS], d)  # (rows of a device array too)
+        return dx.reshape(shape)
+
+
 class CausalLM(Model):
     """What every decoder-only language model shares (GPT, Llama): the next-token loss, KV-cache generation,
     streaming and scoring (pytransformer.generate). A family provides forward(idx, cache=, position_ids=,
-    key_mask=), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
+    key_mask=), hidden(idx) (the last hidden rows, (B, T, C)) and output_layers() (what makes them logits, in
+    order; `head` is a ChunkedCrossEntropy over them), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
 
     runs_on_cuda = True
 
@@ -440,7 +505,7 @@ class CausalLM(Model):
             labels = check_ids(labels, "labels")
             targets = np.full_like(labels, ignore_index)
             targets[:, :-1] = labels[:, 1:]
-        loss = self.head.loss(self.forward(idx), targets, ignore_index, self.keeps_state)
+        loss = self.head.loss(self.hidden(idx), targets, ignore_index, self.keeps_state, self.output_layers())
         self._loss_computed()
         return loss
 

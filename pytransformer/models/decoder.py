@@ -24,7 +24,7 @@ from .. import ops
 from ..nn import (DecoderBlock, Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositions, Linear,
                   MultiHeadAttention, RMSNorm, Rotary, Scale, SoftCap, TiedLMHead, rope_scaling, weights)
 from ..nn.layers import FusedProduct
-from .base import CausalLM, CrossEntropyHead, check_ids, count_parameters, last_rows
+from .base import CausalLM, ChunkedCrossEntropy, check_ids, count_parameters, last_rows
 from .config import ModelConfig
 
 NORMS = ("layernorm", "rmsnorm")
@@ -200,7 +200,7 @@ class Decoder(CausalLM):
             Linear(C, d.vocab_size, False, std)
         if d.final_logit_softcapping:
             self.softcap = SoftCap(d.final_logit_softcapping)
-        self.head = CrossEntropyHead()
+        self.head = ChunkedCrossEntropy()
         self.tokenizer = None  # set by the loaders that know one
         self.rope = rope
         self._plan = None      # (generation, the C++ decoding plan), made on first use
@@ -244,10 +244,11 @@ class Decoder(CausalLM):
 
     # --- forward / backward -----------------------------------------------------------------------------------
 
-    def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False):
+    def forward(self, idx, cache=None, position_ids=None, key_mask=None, last_only=False, hidden=False):
         """idx (B, T) -> logits (B, T, V). cache: a KVCache whose `length` positions come before idx;
         position_ids (B, T): each token's position (default: counting on from the cache); key_mask
-        (B, cache.length + T), 0 for padding. last_only: logits of the last position only (B, 1, V)."""
+        (B, cache.length + T), 0 for padding. last_only: logits of the last position only (B, 1, V). hidden:
+        the final norm's output (B, T, C) instead of logits."""
         d = self.description
         idx = check_ids(idx, "idx", d.max_positions if d.positions == "learned" else None)
         if idx.size and (idx.min() < 0 or idx.max() >= d.vocab_size):
@@ -276,16 +277,21 @@ class Decoder(CausalLM):
             cache.length += idx.shape[1]
         if last_only:  # (generation's prefill: only the last position's next token is wanted)
             x = last_rows(x)
-        logits = self.lm_head.forward(self.final_norm.forward(x))
-        return logits if self.softcap is None else self.softcap.forward(logits)
+        x = self.final_norm.forward(x)
+        return x if hidden else ChunkedCrossEntropy._logits(x, self.output_layers())
+
+    def hidden(self, idx):
+        """idx (B, T) -> the final norm's output (B, T, C): what the output layers make logits of."""
+        return self.forward(idx, hidden=True)
+
+    def output_layers(self) -> list:
+        """The hidden rows' way to logits: the head product, then soft-capping when the description has it."""
+        return [self.lm_head] if self.softcap is None else [self.lm_head, self.softcap]
 
     def backward(self, dloss=1.0):
         """After loss(): accumulate every parameter's gradient into the flat gradient buffer."""
         self._begin_backward()
-        dlogits = self.head.backward(dloss)
-        if self.softcap is not None:
-            dlogits = self.softcap.backward(dlogits)
-        dx = self.final_norm.backward(self.lm_head.backward(dlogits))
+        dx = self.final_norm.backward(self.head.backward(dloss))  # (through the output layers)
         for i in reversed(range(len(self.blocks))):
             dx = self.blocks[i].backward(dx)
             if self.on_block_done is not None:

@@ -29,11 +29,12 @@ class LoRAWeight(Module, Weight):
 
     kind, code = "lora", None
 
-    def __init__(self, base: Weight, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: Weight, rank: int, alpha: float, dropout: float = 0.0, lora_A: Parameter = None):
         OC, IC = base.shape
         self.base = base
         self.rank, self.alpha, self.scale = rank, alpha, float(alpha) / rank
-        self.lora_A = Parameter((rank, IC), uniform(1.0 / math.sqrt(IC)))  # (peft's kaiming_uniform(a=sqrt(5)))
+        # (peft's kaiming_uniform(a=sqrt(5)); one A shared by the Linears of a fused module: its gradient sums theirs)
+        self.lora_A = lora_A if lora_A is not None else Parameter((rank, IC), uniform(1.0 / math.sqrt(IC)))
         self.lora_B = Parameter((OC, rank), zeros)
         self.drop = Dropout(dropout)
 
@@ -82,8 +83,7 @@ class LoRAWeight(Module, Weight):
         return self
 
     def to(self, device):
-        if device != "cpu":
-            raise NotImplementedError("LoRA adapters run on the CPU; merge_adapter() first to move the model")
+        check_device(device)
         return self
 
     def spec(self):
@@ -118,6 +118,13 @@ class Adapter:
                 m.frozen = False
 
 
+def check_device(device) -> None:
+    """LoRA weights stay on the CPU: any other device is refused (a model checks before it moves anything)."""
+    if device != "cpu":
+        raise NotImplementedError(f"LoRA adapters run on the CPU, not {device!r}; merge_adapter() first to move "
+                                  "the model")
+
+
 def module_at(root, name: str):
     """The module at a dotted name ("blocks.0.attn.sublayer.q": attributes and list indices), or None."""
     m = root
@@ -139,18 +146,22 @@ def check_settings(rank, alpha, dropout) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
-def attach(model, layers: dict, rank: int, alpha: float, dropout: float, targets, seed: int = 0) -> Adapter:
+def attach(model, layers: dict, rank: int, alpha: float, dropout: float, targets, seed: int = 0,
+           groups=()) -> Adapter:
     """Freeze every weight of model and wrap each of layers {name: Linear} in a LoRAWeight of (rank, alpha,
-    dropout); A drawn from a seeded RNG, B zero (the adapted model starts equal to its base)."""
+    dropout); A drawn from a seeded RNG, B zero (the adapted model starts equal to its base). groups: lists of
+    names in layers that share one A (a fused module's Linears); it is named after the first."""
     check_settings(rank, alpha, dropout)
     if rank > min(min(layer.weight.shape) for layer in layers.values()):
         raise ValueError(f"rank {rank} exceeds the smallest targeted matrix "
                          f"{min((layer.weight.shape for layer in layers.values()), key=min)}")
+    first = {name: group[0] for group in groups for name in group}
     held = {}
     for name, layer in layers.items():
-        held[name] = (layer, LoRAWeight(layer.stored, int(rank), float(alpha), float(dropout)))
+        shared = held[first[name]][1].lora_A if first.get(name, name) != name else None
+        held[name] = (layer, LoRAWeight(layer.stored, int(rank), float(alpha), float(dropout), shared))
     named = [(f"{name}.{part}", getattr(lora, part)) for name, (_, lora) in held.items()
-             for part in ("lora_A", "lora_B")]
+             for part in ("lora_A", "lora_B") if part == "lora_B" or first.get(name, name) == name]
     params = FlatParameters(_Matrices(named), np.random.default_rng(seed))
     for m in model.modules():
         if isinstance(m, HoldsWeight):
