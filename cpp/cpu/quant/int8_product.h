@@ -143,7 +143,7 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
           if (I::kMin) m += row[b].mn[s] * (I::kS == 32 ? g[2 * s] + g[2 * s + 1] : g[s]);
         }
         total += row[b].d * dn[b] * (float)sum;
-        mins += dn[b] * row[b].dmin * (float)m;
+        if (I::kMin) mins += dn[b] * row[b].dmin * (float)m;  // (types without a min never set dmin)
       }
       out[n * OC + o] = total - mins + (bias ? bias[o] : 0.f);
     }
