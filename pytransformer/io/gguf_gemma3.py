@@ -9,7 +9,8 @@ reader (io/gguf_decoder.py): its extra tensors and the parts llama.cpp fixes in 
 - Fixed in llama-model.cpp (LLM_ARCH_GEMMA3): every sixth layer attends globally and the others through the
   sliding window (set_swa_pattern(6)); the sliding layers rotate with base 10000; attention scales by
   1 / sqrt(key_length), except the 27B (62 layers): 1 / sqrt(n_embd / n_head). `gemma3.final_logit_softcapping` is
-  read when present. Rotary scaling (the 4B+ global layers' linear factor) is not read yet.
+  read when present. The 4B+ files' linear rotary scaling applies to the global layers only (llama.cpp sets the
+  sliding layers' scale to 1, as transformers does).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ LAYERS_27B = 62        # the one size whose attention scale is 1 / sqrt(n_embd /
 
 def gemma3_fields(fields: dict) -> dict:
     """DecoderConfig's fields of a gemma3 file: the shared ones (gguf_decoder.decoder_fields) and Gemma 3's own."""
-    if fields["rope_scaling"] is not None:
-        raise ValueError(f"metadata gemma3.rope.scaling: rotary scaling of a gemma3 file is not read yet, got "
-                         f"{quote(fields['rope_scaling'])}")
+    scaling = fields["rope_scaling"]
+    if scaling is not None and scaling.get("rope_type") != "linear":
+        raise ValueError(f"metadata gemma3.rope.scaling: a gemma3 file's rotary scaling must be linear (the 4B+ "
+                         f"global layers'), got {quote(scaling)}")
     n_layer, n_head, head_dim = fields["n_layer"], fields["n_head"], fields["head_dim"]
     if head_dim is None:
         head_dim = fields["n_embd"] // n_head
     window = fields["sliding_window"]
-    return {**{k: v for k, v in fields.items() if k != "rope_scaling"},
+    return {**fields,
             "layer_types": None if window is None else tuple(
                 "full" if i % SLIDING_PATTERN == SLIDING_PATTERN - 1 else "sliding" for i in range(n_layer)),
             "rope_local_theta": None if window is None else LOCAL_ROPE_THETA,

@@ -133,10 +133,9 @@ class DecoderConfig(ModelConfig):
         """Layer i's attention window (0: none): sliding_window on the layers layer_types marks "sliding"."""
         return self.sliding_window if self.sliding_window and self.layer_type(i) == "sliding" else 0
 
-    def rope_base(self, i: int) -> float:
-        """Layer i's rotary base: rope_local_theta on the sliding layers when given, else rope_theta."""
-        local = self.layer_type(i) == "sliding" and self.rope_local_theta is not None
-        return self.rope_local_theta if local else self.rope_theta
+    def rope_local(self, i: int) -> bool:
+        """Whether layer i rotates by the local table (rope_local_theta, never scaled): Gemma 3's sliding layers."""
+        return self.layer_type(i) == "sliding" and self.rope_local_theta is not None
 
     @property
     def attn_scale(self) -> float:
@@ -179,17 +178,18 @@ class Decoder(CausalLM):
         if d.embed_scale:
             self.embed_scale = Scale(math.sqrt(C))
         self.drop = Dropout(d.dropout)
-        # one rotary table per base (Gemma 3: a local base for the sliding layers, never scaled, as in transformers)
-        ropes = {base: Rotary(d.head_size, base, 256, d.rope_interleaved,
-                              d.rope_scaling if base == d.rope_theta else None, d.max_positions)
-                 for base in {d.rope_theta, *(d.rope_base(i) for i in range(d.n_layer))}} \
+        # the global rotary table (rope_theta, rope_scaling) and Gemma 3's local one for its sliding layers (its own
+        # base, never scaled, as in transformers and llama.cpp), keyed by whether a layer is local
+        ropes = {False: Rotary(d.head_size, d.rope_theta, 256, d.rope_interleaved, d.rope_scaling, d.max_positions)} \
             if d.positions == "rotary" else {}
-        rope = ropes.get(d.rope_theta)
+        if ropes and any(d.rope_local(i) for i in range(d.n_layer)):
+            ropes[True] = Rotary(d.head_size, d.rope_local_theta, 256, d.rope_interleaved, None, d.max_positions)
+        rope = ropes.get(False)
         qk_norm = (lambda: RMSNorm(d.head_size, d.norm_eps, d.norm_offset)) if d.qk_norm else None
         scale = None if d.query_pre_attn_scalar is None else d.attn_scale
         self.blocks = [DecoderBlock(attn=MultiHeadAttention(C, d.n_head, causal=True, bias=d.qkv_bias, std=std,
                                                             out_std=out_std, n_kv_head=d.n_kv_head_,
-                                                            head_dim=d.head_dim, rope=ropes.get(d.rope_base(i)),
+                                                            head_dim=d.head_dim, rope=ropes.get(d.rope_local(i)),
                                                             o_bias=d.o_bias, qk_norm=qk_norm, window=d.window(i),
                                                             scale=scale),
                                     ffn=self._feed_forward(d, out_std), norm=self._norm_factory(d),

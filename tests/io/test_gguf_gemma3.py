@@ -5,6 +5,8 @@ scale) come out as Gemma 3's description, and the logits and greedy tokens (thro
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -76,13 +78,29 @@ def test_a_gemma3_file_reads_back_as_the_model_it_was_written_from(tmp_path, rng
     np.testing.assert_array_equal(loaded.generate(ids, 8, temperature=0.0), model.generate(ids, 8, temperature=0.0))
 
 
+def test_linear_rotary_scaling_reads_as_the_global_layers_scaling(tmp_path, rng):
+    """The 4B+ files' gemma3.rope.scaling (linear, factor 8): the global layers' table scaled, the sliding ones not
+    (llama.cpp's rope_freq_scale_train_swa = 1)."""
+    model = tiny_gemma3()
+    want_model = Gemma3(dataclasses.replace(model.config, rope_scaling={"rope_type": "linear", "factor": 8.0}))
+    want_model.load_state_dict(model.state_dict())
+    loaded = from_pretrained(write_gemma3(tmp_path / "g.gguf", model, gemma3__rope__scaling__type=("linear", V.STRING),
+                                          gemma3__rope__scaling__factor=(8.0, V.FLOAT32)))
+    assert loaded.description.rope_scaling == {"rope_type": "linear", "factor": 8.0}
+    ids = rng.integers(0, tiny_gguf.VOCAB, (1, 30))
+    with want_model.evaluating(), loaded.evaluating(), model.evaluating():
+        want, got, unscaled = want_model(ids), loaded(ids), model(ids)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(unscaled - want).max() > 1e-3 * np.abs(want).max()  # (the scaling is seen)
+
+
 @pytest.mark.parametrize("changes,message", [
-    ({"gemma3__rope__scaling__type": ("linear", V.STRING), "gemma3__rope__scaling__factor": (8.0, V.FLOAT32)},
-     "rotary scaling of a gemma3 file is not read yet"),
+    ({"gemma3__rope__scaling__type": ("yarn", V.STRING), "gemma3__rope__scaling__factor": (8.0, V.FLOAT32)},
+     "rope.scaling.type 'yarn' is not supported"),
     ({"gemma3__attention__sliding_window": (0, V.UINT32)}, None),
 ])
 def test_gemma3_metadata_refused_or_read_as_llama_cpp_does(tmp_path, changes, message):
-    """Rotary scaling is refused by name; a window of 0 is none (every layer global, one rotary base)."""
+    """Rotary scaling other than linear is refused by name; a window of 0 is none (every layer global, one base)."""
     path = write_gemma3(tmp_path / "g.gguf", tiny_gemma3(), **changes)
     if message:
         with pytest.raises(ValueError, match=message):

@@ -35,13 +35,14 @@ def rel(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
 
-def hf_tiny(tmp_path, name, tie, NH, NKV, head_dim, layer_types, window, scalar, cap, seed=0):
+def hf_tiny(tmp_path, name, tie, NH, NKV, head_dim, layer_types, window, scalar, cap, seed=0, full_scaling=None,
+            local_theta=30.0):
     torch.manual_seed(seed)
     cfg = transformers.Gemma3TextConfig(
         vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=len(layer_types),
         num_attention_heads=NH, num_key_value_heads=NKV, head_dim=head_dim, max_position_embeddings=128,
-        rms_norm_eps=1e-6, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500.0},
-                                            "sliding_attention": {"rope_type": "default", "rope_theta": 30.0}},
+        rms_norm_eps=1e-6, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500.0, **(full_scaling or {})},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}},
         sliding_window=window, layer_types=[HF_TYPES[t] for t in layer_types], query_pre_attn_scalar=scalar,
         final_logit_softcapping=cap, tie_word_embeddings=tie, attn_implementation="eager", eos_token_id=None,
         pad_token_id=None, bos_token_id=None)
@@ -75,6 +76,16 @@ def test_logits_loss_and_every_gradient_match_transformers(tmp_path, rng, shape)
     assert set(grads) == set(named) - ({"lm_head.weight"} if shape[1] else set())
     for n, g in grads.items():
         assert rel(g, named[n].grad.numpy()) < TOL, n
+
+
+def test_linear_rope_scaling_applies_to_the_full_layers_only(tmp_path, rng):
+    """Gemma 3 4B+: the full layers' linear rotary scaling; the sliding layers' table stays unscaled, even at the
+    same base (tables are per layer kind, not per base)."""
+    hf, folder = hf_tiny(tmp_path, *SHAPES[0], full_scaling={"rope_type": "linear", "factor": 4.0}, local_theta=500.0)
+    ours = from_pretrained(folder)
+    assert ours.description.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+    ids = rng.integers(0, V, (1, 23))
+    assert rel(ours(ids), hf(torch.from_numpy(ids)).logits.detach().numpy()) < TOL
 
 
 def test_ten_adamw_steps_match_torch(tmp_path, rng):
@@ -166,7 +177,7 @@ def test_a_transformers_4_config_is_read():
     config, prefix = from_hf(TRANSFORMERS_4_CONFIG, {"model.embed_tokens.weight": None})
     assert prefix == "model." and config.layer_types == ("sliding", "full", "sliding", "full")
     assert (config.rope_theta, config.rope_local_theta, config.sliding_window, config.attn_scale) == (1e6, 1e4, 3, 0.5)
-    assert [config.rope_base(i) for i in range(4)] == [1e4, 1e6, 1e4, 1e6]
+    assert [config.rope_local(i) for i in range(4)] == [True, False, True, False]
     assert [config.window(i) for i in range(4)] == [3, 0, 3, 0]
 
 
