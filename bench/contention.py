@@ -12,7 +12,9 @@ busy / quiet for each library, and ours / torch under the same load.
 
 After another library (--cases after): GELU and LayerNorm forward over 8192 x 768 at --threads, each repeat timed
 once quiet (after 0.3 s of sleep) and once right after five 1024 x 768 x 3072 float32 matmuls of NumPy, then of
-torch; the ratio is right-after / quiet, medians over --repeats (goal: at most 1.2x).
+torch; the ratio is right-after / quiet, medians over --repeats (goal: at most 1.2x). OpenBLAS's idle workers spin
+for 2^OPENBLAS_THREAD_TIMEOUT cycles (read at NumPy's import; 28 when unset) after each call: run once more with
+OPENBLAS_THREAD_TIMEOUT=4 to see the remedy README.md gives.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def main():
             if i["user_api"] == "blas"]
     print(f"# {machine(torch=torch.__version__ if torch else None, numpy=np.__version__)} on {', '.join(blas) or '?'}, "
           f"threads={args.threads}, "
-          f"{os.cpu_count()} cores, busy run: {args.busy} spinning process(es)")
+          f"{os.cpu_count()} cores, busy run: {args.busy} spinning process(es), "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}")
     result = {"threads": args.threads, "busy": args.busy, "cpu_info": info}
     if args.cases in ("all", "busy"):
         result["rows"] = busy_table(args)
