@@ -670,6 +670,45 @@ def dequantize(weight: Quantized, ids=None, *, out=None):
     return out
 
 
+# --- search: the first pass over sign bits ----------------------------------------------------------------------
+
+U64 = np.dtype(np.uint64)
+MAX_SIGN_WORDS = 1024  # words of sign bits per row a scan takes (65,536 dimensions: the binding's bound)
+
+
+def hamming_candidates_forward(signs, queries, n):
+    """signs (W, N) uint64 (search.pack_signs: word w of every row side by side), queries (Q, W) or (W,) uint64 ->
+    for each query the ids (int64, ascending) of every row within the Hamming distance of its n-th nearest row:
+    min(n, N) of them or more (every tie at that distance). A list of Q arrays (one array for a (W,) query). One
+    fused read of the rows (xor, popcount, the sum over words, a running selection per thread), read in place (a
+    memory map stays one); reference.hamming_candidates_forward is the spec."""
+    d = {}
+    array(signs, "signs", ("W", "N"), d, U64)
+    single = isinstance(queries, np.ndarray) and queries.ndim == 1
+    array(queries, "queries", ("W",) if single else ("Q", "W"), d, U64)
+    n = integer(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if d["W"] > MAX_SIGN_WORDS:
+        raise ValueError(f"signs must have at most {MAX_SIGN_WORDS} words per row, got W={d['W']}")
+    q = queries.reshape(-1, d["W"])
+    counts = np.empty(q.shape[0], np.int64)
+    capacity = min(d["N"], 2 * n + 64)  # (more only where ties crowd the n-th distance: then once more, with room)
+    while True:
+        ids = np.empty((q.shape[0], capacity), np.int64)
+        _core.hamming_candidates_forward(ids, counts, signs, q, d["N"], d["W"], q.shape[0], n, capacity)
+        if counts.max(initial=0) <= capacity:
+            break
+        capacity = int(counts.max())
+    found = [ids[i, :c] for i, c in enumerate(counts)]
+    return found[0] if single else found
+
+
+def popcount() -> str:
+    """The bit count hamming_candidates_forward runs here: vpopcntq (AVX512-VPOPCNTDQ), vpshufb or scalar."""
+    return _core.popcount()
+
+
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 

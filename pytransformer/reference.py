@@ -517,6 +517,24 @@ def matmul_q8_forward(inp, data, qtype, bias=None):
     return matmul_forward(a, dequantize(data, qtype, IC), bias)
 
 
+# --- search: the first pass over sign bits ----------------------------------------------------------------------
+
+
+def hamming_distances(signs, query):
+    """signs (W, N) uint64, query (W,) uint64 -> (N,) int64: the bits in which each row differs from the query."""
+    return sum(np.bitwise_count(signs[w] ^ query[w]).astype(np.int64) for w in range(signs.shape[0]))
+
+
+def hamming_candidates_forward(signs, queries, n):
+    """signs (W, N), queries (Q, W) uint64 -> for each query the ascending ids of every row within the distance of
+    its min(n, N)-th nearest row (ties included): a list of Q int64 arrays."""
+    found = []
+    for q in queries:
+        d = hamming_distances(signs, q)
+        found.append(np.flatnonzero(d <= np.sort(d)[min(n, d.size) - 1]))
+    return found
+
+
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 
