@@ -23,9 +23,8 @@ import numpy as np
 
 from .io.hf_common import read_json
 from .io.safetensors import atomic_write
-from .ops import quantize_int8
-from .search import (check_embeddings, check_top_k, hamming_candidates, int8_scores, pack_signs,
-                     semantic_search, unit_rows)
+from .ops import hamming_candidates_forward, quantize_int8
+from .search import check_embeddings, check_top_k, int8_scores, pack_signs, semantic_search, unit_rows
 
 FORMAT = "pytransformer-index-1"
 STORES = ("int8", "binary")         # the compressed copies an index may keep beside float32
@@ -115,7 +114,6 @@ class Index:
         if self.offsets[0] != 0 or self.offsets[-1] != self.texts.size or (np.diff(self.offsets) < 0).any():
             raise ValueError(f"{path('offsets.npy')} does not cut texts.bin ({self.texts.size} bytes) into "
                              f"{N} texts; rebuild the index")
-        self._pool, self._parts = None, 1
 
     def __len__(self):
         return self.float32.shape[0]
@@ -158,32 +156,24 @@ class Index:
         k = check_top_k(top_k, len(self))
         if isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 1:
             raise ValueError(f"rescore must be an integer >= 1, got {rescore!r}")
-        hits = [self._search_one(row, k, first_pass, k * rescore) for row in q]
+        # every query's binary candidates in one read of the sign bits
+        found = hamming_candidates_forward(self.binary, np.ascontiguousarray(pack_signs(q).T), k * rescore) \
+            if first_pass == "binary" else [None] * len(q)
+        hits = [self._search_one(row, k, first_pass, k * rescore, cand) for row, cand in zip(q, found)]
         return hits[0] if single else hits
 
-    def _search_one(self, q, k, first_pass, n):
-        """q (D,) unit -> [Hit] of the k best among the first pass's n (or more) candidates."""
+    def _search_one(self, q, k, first_pass, n, cand):
+        """q (D,) unit -> [Hit] of the k best among the first pass's n (or more) candidates (cand: the binary
+        pass's, ascending ids)."""
         if first_pass == "exact":
             scores, ids = semantic_search(q, self.float32, k, score="dot")
         else:
-            if first_pass == "binary":
-                cand = hamming_candidates(self.binary, pack_signs(q[None])[:, 0], n, self._threads(), self._parts)
-            else:
+            if first_pass == "int8":
                 approx = int8_scores(self.int8, self.int8_scale, q)
                 cand = np.sort(np.argpartition(-approx, n - 1)[:n]) if n < len(self) else np.arange(len(self))
             scores, pos = semantic_search(q, self.float32[cand], k, score="dot")
             ids = cand[pos]
         return [Hit(int(i), float(s), self.text(i)) for i, s in zip(ids, scores)]
-
-    def _threads(self):
-        from ._runtime import get_num_threads
-
-        self._parts = get_num_threads()
-        if self._pool is None and self._parts > 1:
-            import concurrent.futures
-
-            self._pool = concurrent.futures.ThreadPoolExecutor(self._parts, thread_name_prefix="pytransformer-index")
-        return self._pool
 
     @classmethod
     def build(cls, texts, encoder, folder, stores=STORES, batch_size=32, prompt_name=None, model=None,
