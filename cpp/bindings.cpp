@@ -200,6 +200,8 @@ constexpr int64_t kReleaseWork = 1 << 16;
 
 // Words of sign bits per row a Hamming scan takes (65,536 dimensions): its histograms are 64 W + 1 counts per query.
 constexpr int64_t kMaxSignWords = 1024;
+// Dimensions of an int8 row an int8 scan takes: its integer sums (at most 127 * 127 * D) stay within int32.
+constexpr int64_t kMaxInt8Dims = 65536;
 
 // out (N, OC) = inp (N, IC) @ weight (OC, IC)^T [* scale (OC)] + bias for a weight of element WT: float32,
 // bfloat16 bits (uint16) or int8 (with its scale). The arrays checked, the kernel run without the GIL.
@@ -800,5 +802,25 @@ PYBIND11_MODULE(_core, m) {
     check_apart(written(q, product({Q, W}), "queries"), {out_ids, out_counts});
     const NoGil nogil(product({N, W, Q}) >= kReleaseWork);
     K().hamming_candidates_forward(id, count, rows, q, N, W, Q, n, capacity);
+  });
+  // ... and over int8 rows: ids (Q, n) written, apart from the rows, their scales and the queries
+  m.def("int8_candidates_forward", [](O ids, O codes, O scale, O queries, int64_t N, int64_t D, int64_t Q,
+                                      int64_t n) {
+    check_nonneg({N, D, Q, n});
+    if (n > N)
+      throw py::value_error("n (" + std::to_string(n) + ") must be at most the rows N (" + std::to_string(N) + ")");
+    if (D > kMaxInt8Dims)
+      throw py::value_error("D (dimensions of an int8 row) must be at most " + std::to_string(kMaxInt8Dims) +
+                            ", got " + std::to_string(D));
+    int64_t* id = array_data<int64_t>(ids, "ids", {Q, n}, true);
+    const int8_t* rows = array_data<int8_t>(codes, "codes", {N, D});
+    const float* s = array_data<float>(scale, "scale", {N});
+    const int8_t* q = array_data<int8_t>(queries, "queries", {Q, D});
+    const Written out = written(id, product({Q, n}), "ids");
+    check_apart(written(rows, product({N, D}), "codes"), {out});
+    check_apart(written(s, N, "scale"), {out});
+    check_apart(written(q, product({Q, D}), "queries"), {out});
+    const NoGil nogil(product({N, D, Q}) >= kReleaseWork);
+    K().int8_candidates_forward(id, rows, s, q, N, D, Q, n);
   });
 }

@@ -670,7 +670,7 @@ def dequantize(weight: Quantized, ids=None, *, out=None):
     return out
 
 
-# --- search: the first pass over sign bits ----------------------------------------------------------------------
+# --- search: the first passes over sign bits and int8 rows ------------------------------------------------------
 
 U64 = np.dtype(np.uint64)
 MAX_SIGN_WORDS = 1024  # words of sign bits per row a scan takes (65,536 dimensions: the binding's bound)
@@ -702,6 +702,30 @@ def hamming_candidates_forward(signs, queries, n):
         capacity = int(counts.max())
     found = [ids[i, :c] for i, c in enumerate(counts)]
     return found[0] if single else found
+
+
+MAX_INT8_DIMS = 65536  # dimensions of an int8 row a scan takes (its integer sums stay within int32: the binding's)
+
+
+def int8_candidates_forward(codes, scale, queries, n):
+    """codes (N, D) int8 with scale (N,) float32 per row (quantize_int8), queries (Q, D) or (D,) int8 -> ids
+    (Q, k) or (k,), k = min(n, N): for each query the k rows of highest float32(codes[r] . query) * scale[r] (the
+    integer dot product exact; a NaN score ranks last; equal scores: the lower id first), ascending. One fused read
+    of the rows (integer products, scores, a heap per thread), read in place; reference.int8_candidates_forward."""
+    d = {}
+    array(codes, "codes", ("N", "D"), d, I8)
+    array(scale, "scale", ("N",), d)
+    single = isinstance(queries, np.ndarray) and queries.ndim == 1
+    array(queries, "queries", ("D",) if single else ("Q", "D"), d, I8)
+    n = integer(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if d["D"] > MAX_INT8_DIMS:
+        raise ValueError(f"codes must have at most {MAX_INT8_DIMS} dimensions, got D={d['D']}")
+    q = queries.reshape(-1, d["D"])
+    ids = np.empty((q.shape[0], min(n, d["N"])), np.int64)
+    _core.int8_candidates_forward(ids, codes, scale, q, d["N"], d["D"], q.shape[0], ids.shape[1])
+    return ids[0] if single else ids
 
 
 def popcount() -> str:

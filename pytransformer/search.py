@@ -1,6 +1,6 @@
 """Nearest embeddings: exact top-k by cosine or dot product, and the two compressed forms an index keeps for a fast
-first pass -- int8 rows with a scale per row (ops.quantize_int8, read by the int8 product kernel) and sign bits
-packed into 64-bit words (scanned by ops.hamming_candidates_forward). Letters: N corpus rows, Q queries, D
+first pass -- int8 rows with a scale per row (ops.quantize_int8, scanned by ops.int8_candidates_forward) and sign
+bits packed into 64-bit words (scanned by ops.hamming_candidates_forward). Letters: N corpus rows, Q queries, D
 dimensions, W = ceil(D / 64) words of sign bits, k results."""
 
 from __future__ import annotations
@@ -84,9 +84,3 @@ def pack_signs(x):
     bits = np.zeros((N, W * 64), np.uint8)
     bits[:, :D] = x > 0
     return np.ascontiguousarray(np.packbits(bits, axis=1, bitorder="little").view("<u8").T)
-
-
-def int8_scores(codes, scale, q):
-    """codes (N, D) int8, scale (N,) float32, q (D,) float32 -> (N,) float32 approximate dot products (the int8
-    product kernel: codes widened in registers, threaded over rows)."""
-    return ops.matmul_forward(q[None], codes, weight_scale=scale)[0]

@@ -98,7 +98,8 @@ def test_hamming_candidates_of_one_query_and_crowded_ties(rng):
 
 @pytest.mark.parametrize("signs, queries, n, err, match", [
     (np.zeros((1, 5), np.int64), np.zeros(1, np.uint64), 1, TypeError, "signs must be uint64"),
-    (np.zeros((2, 5), np.uint64), np.zeros(3, np.uint64), 1, ValueError, r"queries must be uint64 \(W\) with W=2, got uint64 \(3,\)"),
+    (np.zeros((2, 5), np.uint64), np.zeros(3, np.uint64), 1, ValueError,
+     r"queries must be uint64 \(W\) with W=2, got uint64 \(3,\)"),
     (np.zeros((2, 5), np.uint64), np.zeros((2, 2), np.uint64), 0, ValueError, "n must be >= 1"),
     (np.zeros((2, 5), np.uint64)[:, ::2], np.zeros(2, np.uint64), 1, ValueError, "C-contiguous"),
     (np.zeros((1025, 1), np.uint64), np.zeros(1025, np.uint64), 1, ValueError, "at most 1024 words"),
@@ -120,3 +121,34 @@ def test_the_binding_refuses_overlapping_outputs_and_wrong_sizes():
         _core.hamming_candidates_forward(ids, counts, signs, q, 16, 1, 1, 1, 8)
     with pytest.raises(ValueError, match="overflow int64"):
         _core.hamming_candidates_forward(ids, counts, signs, q, 8, 1, 2**62, 1, 8)
+
+
+@pytest.mark.parametrize("codes, scale, queries, n, err, match", [
+    (np.zeros((3, 4), np.uint8), np.ones(3, np.float32), np.zeros(4, np.int8), 1, TypeError, "codes must be int8"),
+    (np.zeros((3, 4), np.int8), np.ones(2, np.float32), np.zeros(4, np.int8), 1, ValueError,
+     r"scale must be float32 \(N\) with N=3"),
+    (np.zeros((3, 4), np.int8), np.ones(3, np.float32), np.zeros((2, 5), np.int8), 1, ValueError,
+     r"queries must be int8 \(Q, D\) with Q=2, D=4"),
+    (np.zeros((3, 4), np.int8), np.ones(3, np.float32), np.zeros(4, np.int8), 0, ValueError, "n must be >= 1"),
+])
+def test_int8_candidates_refuse_bad_input_in_one_line(codes, scale, queries, n, err, match):
+    with pytest.raises(err, match=match) as e:
+        ops.int8_candidates_forward(codes, scale, queries, n)
+    assert "\n" not in str(e.value)
+
+
+def test_int8_candidates_take_every_row_when_n_passes_them(rng):
+    codes = rng.integers(-127, 128, (5, 8)).astype(np.int8)
+    got = ops.int8_candidates_forward(codes, np.ones(5, np.float32), codes[:2].copy(), 50)
+    np.testing.assert_array_equal(got, [np.arange(5), np.arange(5)])
+
+
+def test_the_int8_binding_refuses_n_past_the_rows_and_overlaps():
+    from pytransformer import _core
+
+    codes, scale, q = np.zeros((4, 8), np.int8), np.ones(4, np.float32), np.zeros((1, 8), np.int8)
+    with pytest.raises(ValueError, match="at most the rows"):
+        _core.int8_candidates_forward(np.zeros((1, 5), np.int64), codes, scale, q, 4, 8, 1, 5)
+    ids = np.zeros((1, 4), np.int64)
+    with pytest.raises(ValueError, match="ids overlaps codes"):
+        _core.int8_candidates_forward(ids, ids.view(np.int8).reshape(4, 8), scale, q, 4, 8, 1, 4)

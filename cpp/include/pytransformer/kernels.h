@@ -129,7 +129,13 @@
                                   int64_t N, int64_t W, int64_t Q, int64_t n, int64_t capacity);             \
   void hamming_candidates_vpopcnt_forward(int64_t* ids, int64_t* counts, const uint64_t* signs,               \
                                           const uint64_t* queries, int64_t N, int64_t W, int64_t Q, int64_t n, \
-                                          int64_t capacity);
+                                          int64_t capacity);                                                 \
+  /* int8 candidates (search.py's first pass over int8 rows, int8_candidates.cpp): codes (N, D) int8 with a      \
+     scale (N) per row, queries (Q, D) int8 -> ids (Q, n), n <= N: for each query the n rows of highest           \
+     float32(integer codes[r] . query) * scale[r] (a NaN score ranks as -inf; equal scores: the lower row first),  \
+     ascending */                                                                                             \
+  void int8_candidates_forward(int64_t* ids, const int8_t* codes, const float* scale, const int8_t* queries,    \
+                               int64_t N, int64_t D, int64_t Q, int64_t n);
 
 #define PT_KERNEL_LIST(X)                                                                                    \
   X(matmul_forward) X(matmul_w16_forward) X(matmul_w8_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
@@ -140,7 +146,7 @@
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
   X(matmul_q_dinp) X(matmul_w8_dinp)                                                                        \
   X(dequantize_rows) X(geglu_forward) X(geglu_backward)                                                      \
-  X(hamming_candidates_forward)
+  X(hamming_candidates_forward) X(int8_candidates_forward)
 
 namespace pt {
 // GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);
