@@ -75,7 +75,7 @@ inline int32_t dot(const int8_t* codes, const int16_t* query, int64_t D) {
 constexpr int64_t kChunkRows = 1 << 13;  // rows per task (D = 384: 3 MB)
 constexpr int64_t kBlockRows = 64;       // rows every query reads in turn while they are in L1 (D = 384: 24 KB)
 constexpr int64_t kQueryGroup = 16;      // queries per read of the rows
-constexpr int64_t kAhead = 16;            // rows ahead a scan asks memory for (6 KB at D = 384)
+constexpr int64_t kAhead = 16;           // rows ahead a scan asks memory for (6 KB at D = 384)
 
 struct Scratch {
   std::vector<Best> best;        // [thread][query]
