@@ -676,6 +676,21 @@ U64 = np.dtype(np.uint64)
 MAX_SIGN_WORDS = 1024  # words of sign bits per row a scan takes (65,536 dimensions: the binding's bound)
 
 
+def _scan_args(rows, name, spec, width, dtype, queries, n, d, most, unit):
+    """The checks both first passes make: rows of dtype with dimensions spec bound into d, the one a query shares
+    (`width`) at most `most`; queries (Q, width) or (width,) of dtype; n >= 1 -> (queries as (Q, width), whether one
+    query came, n)."""
+    array(rows, name, spec, d, dtype)
+    single = isinstance(queries, np.ndarray) and queries.ndim == 1
+    array(queries, "queries", (width,) if single else ("Q", width), d, dtype)
+    n = integer(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if d[width] > most:
+        raise ValueError(f"{name} must have at most {most} {unit}, got {width}={d[width]}")
+    return queries.reshape(-1, d[width]), single, n
+
+
 def hamming_candidates_forward(signs, queries, n):
     """signs (W, N) uint64 (search.pack_signs: word w of every row side by side), queries (Q, W) or (W,) uint64 ->
     for each query the ids (int64, ascending) of every row within the Hamming distance of its n-th nearest row:
@@ -683,15 +698,7 @@ def hamming_candidates_forward(signs, queries, n):
     fused read of the rows (xor, popcount, the sum over words, a running selection per thread), read in place (a
     memory map stays one); reference.hamming_candidates_forward is the spec."""
     d = {}
-    array(signs, "signs", ("W", "N"), d, U64)
-    single = isinstance(queries, np.ndarray) and queries.ndim == 1
-    array(queries, "queries", ("W",) if single else ("Q", "W"), d, U64)
-    n = integer(n, "n")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if d["W"] > MAX_SIGN_WORDS:
-        raise ValueError(f"signs must have at most {MAX_SIGN_WORDS} words per row, got W={d['W']}")
-    q = queries.reshape(-1, d["W"])
+    q, single, n = _scan_args(signs, "signs", ("W", "N"), "W", U64, queries, n, d, MAX_SIGN_WORDS, "words per row")
     counts = np.empty(q.shape[0], np.int64)
     capacity = min(d["N"], 2 * n + 64)  # (more only where ties crowd the n-th distance: then once more, with room)
     while True:
@@ -713,16 +720,8 @@ def int8_candidates_forward(codes, scale, queries, n):
     integer dot product exact; a NaN score ranks last; equal scores: the lower id first), ascending. One fused read
     of the rows (integer products, scores, a heap per thread), read in place; reference.int8_candidates_forward."""
     d = {}
-    array(codes, "codes", ("N", "D"), d, I8)
+    q, single, n = _scan_args(codes, "codes", ("N", "D"), "D", I8, queries, n, d, MAX_INT8_DIMS, "dimensions")
     array(scale, "scale", ("N",), d)
-    single = isinstance(queries, np.ndarray) and queries.ndim == 1
-    array(queries, "queries", ("D",) if single else ("Q", "D"), d, I8)
-    n = integer(n, "n")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if d["D"] > MAX_INT8_DIMS:
-        raise ValueError(f"codes must have at most {MAX_INT8_DIMS} dimensions, got D={d['D']}")
-    q = queries.reshape(-1, d["D"])
     ids = np.empty((q.shape[0], min(n, d["N"])), np.int64)
     _core.int8_candidates_forward(ids, codes, scale, q, d["N"], d["D"], q.shape[0], ids.shape[1])
     return ids[0] if single else ids

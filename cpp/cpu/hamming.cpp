@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "simd.h"
+#include "scan_chunks.h"
 
 namespace pt {
 namespace PT_NS {
@@ -86,24 +86,17 @@ struct Scratch {
 template <class Scan>
 void candidates(int64_t* ids, int64_t* counts, const uint64_t* signs, const uint64_t* queries, int64_t N,
                 int64_t W, int64_t q0, int64_t q1, int64_t n, int64_t capacity, Scan scan) {
-  const int64_t Q = q1 - q0, nchunks = (N + kChunkRows - 1) / kChunkRows;
-  const int nt = nchunks > 1 && N * W * Q >= kParallelElements ? threads() : 1;
+  const int64_t Q = q1 - q0;
+  const int nt = scan_team(N, kChunkRows, N * W * Q);
   static thread_local Scratch scratch;  // the calling thread's, shared by its team
   scratch.nearest.resize((size_t)(nt * Q));
   for (Nearest& near : scratch.nearest) near.reset(W, n);
   Nearest* nearest = scratch.nearest.data();
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-  for (int64_t c = 0; c < nchunks; c++) {
-#ifdef _OPENMP
-    Nearest* mine = nearest + (int64_t)omp_get_thread_num() * Q;
-#else
-    Nearest* mine = nearest;
-#endif
-    const int64_t hi = std::min(N, (c + 1) * kChunkRows);
-    for (int64_t lo = c * kChunkRows; lo < hi; lo += kBlockRows)
+  scan_chunks(nearest, Q, nt, N, kChunkRows, [&](Nearest* mine, int64_t first, int64_t last) {
+    for (int64_t lo = first; lo < last; lo += kBlockRows)
       for (int64_t q = 0; q < Q; q++)
-        scan(signs, N, W, queries + (q0 + q) * W, lo, std::min(hi, lo + kBlockRows), mine[q]);
-  }
+        scan(signs, N, W, queries + (q0 + q) * W, lo, std::min(last, lo + kBlockRows), mine[q]);
+  });
   for (int64_t q = 0; q < Q; q++) {
     int64_t top = 64 * W;  // every thread's histogram is exact up to the least of their limits
     for (int t = 0; t < nt; t++) top = std::min(top, nearest[t * Q + q].limit);

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <vector>
 
-#include "simd.h"
+#include "scan_chunks.h"
 
 namespace pt {
 namespace PT_NS {
@@ -86,36 +86,29 @@ struct Scratch {
 // Queries [q0, q1) in one read of the rows.
 void candidates(int64_t* ids, const int8_t* codes, const float* scale, const int8_t* queries, int64_t N, int64_t D,
                 int64_t q0, int64_t q1, int64_t n) {
-  const int64_t Q = q1 - q0, nchunks = (N + kChunkRows - 1) / kChunkRows;
-  const int nt = nchunks > 1 && N * D * Q >= kParallelElements ? threads() : 1;
+  const int64_t Q = q1 - q0;
+  const int nt = scan_team(N, kChunkRows, N * D * Q);
   static thread_local Scratch scratch;  // the calling thread's, shared by its team
   scratch.best.resize((size_t)(nt * Q));
   for (Best& b : scratch.best) b.reset(n);
   scratch.queries.assign(queries + q0 * D, queries + q1 * D);
   Best* best = scratch.best.data();
   const int16_t* wide = scratch.queries.data();
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-  for (int64_t c = 0; c < nchunks; c++) {
-#ifdef _OPENMP
-    Best* mine = best + (int64_t)omp_get_thread_num() * Q;
-#else
-    Best* mine = best;
-#endif
-    const int64_t hi = std::min(N, (c + 1) * kChunkRows);
-    for (int64_t lo = c * kChunkRows; lo < hi; lo += kBlockRows) {
-      const int64_t end = std::min(hi, lo + kBlockRows);
+  scan_chunks(best, Q, nt, N, kChunkRows, [&](Best* mine, int64_t first, int64_t last) {
+    for (int64_t lo = first; lo < last; lo += kBlockRows) {
+      const int64_t end = std::min(last, lo + kBlockRows);
       for (int64_t q = 0; q < Q; q++) {
         Best& b = mine[q];
         for (int64_t r = lo; r < end; r++) {
           if (q == 0 && r + kAhead < N)  // (the hardware prefetcher alone leaves each row's loads waiting)
-            for (int64_t b = 0; b < D; b += 64) __builtin_prefetch(codes + (r + kAhead) * D + b, 0, 3);
+            for (int64_t i = 0; i < D; i += 64) __builtin_prefetch(codes + (r + kAhead) * D + i, 0, 3);
           const float score = (float)dot(codes + r * D, wide + q * D, D) * scale[r];
           if ((int64_t)b.heap.size() == b.n && score < b.heap.front().score) continue;  // (the common case)
           b.offer(score, r);
         }
       }
     }
-  }
+  });
   for (int64_t q = 0; q < Q; q++) {
     std::vector<Scored>& all = scratch.merged;
     all.clear();
