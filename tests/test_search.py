@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -152,3 +156,22 @@ def test_the_int8_binding_refuses_n_past_the_rows_and_overlaps():
     ids = np.zeros((1, 4), np.int64)
     with pytest.raises(ValueError, match="ids overlaps codes"):
         _core.int8_candidates_forward(ids, ids.view(np.int8).reshape(4, 8), scale, q, 4, 8, 1, 4)
+
+
+def test_the_nibble_popcount_runs_where_vpopcntq_is_forced_off(tmp_path):
+    """PYTRANSFORMER_POPCOUNT=vpshufb keeps the nibble-table bit count on a CPU with VPOPCNTDQ: its cases pass too."""
+    if ops.popcount() != "vpopcntq":
+        pytest.skip("no vpopcntq here: the default run already tests the other form")
+    script = ("import numpy as np, pytransformer as pt\n"
+              "from pytransformer import opcases\n"
+              "assert pt.cpu_info()['popcount'] == 'vpshufb'\n"
+              "rng = np.random.default_rng(0)\n"
+              "for c in opcases.cases('test'):\n"
+              "    if c.op == 'hamming_candidates':\n"
+              "        for name, (err, tol) in c.errors(c.make(rng)).items():\n"
+              "            assert err <= tol, (c.label, name, err)\n"
+              "print('ok')\n")
+    env = dict(os.environ, PYTRANSFORMER_POPCOUNT="vpshufb")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
