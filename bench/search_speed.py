@@ -68,11 +68,13 @@ def run(ix, args):
     print(f"# {len(ix):,} stored x {ix.dim} dims ({', '.join(['float32', *ix.meta['stores']])}), top 10 (the first "
           f"pass keeps 10 x rescore); {platform.processor() or platform.machine()}, isa "
           f"{pytransformer.cpu_info()['isa']}, numpy {np.__version__}")
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall time is what a query took, CPU "
-          "time what it used (all threads); on a shared machine the wall time grows with the load")
+    print(f"popcount {pytransformer.cpu_info()['popcount']}; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores: wall time is what a query took, CPU time what it used (all threads); on a shared "
+          "machine the wall time grows with the load. Peak RSS: how far the process's peak resident memory rose "
+          "above its resident memory during the timed queries (a copy of the binary file would add its size)")
     print(f"| threads | queries | first pass | rescore | wall ms per query (median) | CPU ms | recall@10 vs exact "
-          f"({args.exact_queries} queries) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          f"({args.exact_queries} queries) | peak RSS + MB | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     exact = {k: [[h.id for h in ix.search(q, 10, first_pass="exact")] for q in qs[:args.exact_queries]]
              for k, qs in kinds.items()}
     passes = [("binary", r) for r in args.rescore] + [("int8", args.rescore[0]), ("exact", 1)]
@@ -82,6 +84,7 @@ def run(ix, args):
             for first_pass, rescore in passes:
                 n = args.exact_queries if first_pass != "binary" else len(qs)
                 ix.search(qs[0], 10, first_pass, rescore)  # warm: pages mapped, threads started
+                rss = restart_peak_rss()
                 wall, cpu, got = [], [], []
                 for q in qs[:n]:
                     t, c = time.perf_counter(), time.process_time()
@@ -89,8 +92,26 @@ def run(ix, args):
                     wall.append(time.perf_counter() - t)
                     cpu.append(time.process_time() - c)
                 recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact[kind])])
+                grown = (memory("VmHWM") - rss) / 2**20 if rss is not None else float("nan")
                 print(f"| {threads} | {kind} | {first_pass} | {rescore if first_pass != 'exact' else '-'} | "
-                      f"{1e3 * np.median(wall):.1f} | {1e3 * np.median(cpu):.1f} | {recall:.3f} |")
+                      f"{1e3 * np.median(wall):.1f} | {1e3 * np.median(cpu):.1f} | {recall:.3f} | {grown:.1f} | "
+                      f"{os.getloadavg()[0]:.1f} |")
+
+def memory(field):
+    """A size from /proc/self/status (VmRSS: resident now, VmHWM: the peak) in bytes."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field)).split()[1]) * 1024
+
+
+def restart_peak_rss():
+    """Restart the peak resident memory from the present (Linux) -> the resident memory now, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return memory("VmRSS")
+    except OSError:
+        return None
+
 
 if __name__ == "__main__":
     main()

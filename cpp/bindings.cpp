@@ -198,6 +198,11 @@ using pt::NoGil;  // (pytransformer/nogil.h: the GIL released while a kernel run
 // event loop) take it for up to the interpreter's switch interval (5 ms) before this thread gets it back.
 constexpr int64_t kReleaseWork = 1 << 16;
 
+// Words of sign bits per row a Hamming scan takes (65,536 dimensions): its histograms are 64 W + 1 counts per query.
+constexpr int64_t kMaxSignWords = 1024;
+// Dimensions of an int8 row an int8 scan takes: its integer sums (at most 127 * 127 * D) stay within int32.
+constexpr int64_t kMaxInt8Dims = 65536;
+
 // out (N, OC) = inp (N, IC) @ weight (OC, IC)^T [* scale (OC)] + bias for a weight of element WT: float32,
 // bfloat16 bits (uint16) or int8 (with its scale). The arrays checked, the kernel run without the GIL.
 template <class WT, class Kernel>
@@ -235,6 +240,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
   m.def("active_isa", &pt::active_isa);
   m.def("int8_dot", &pt::int8_dot);
+  m.def("popcount", &pt::popcount);
   m.def("set_isa", &pt::set_isa, arg("name"));
   m.def("have_openmp", &pt::have_openmp);
   m.def("get_num_threads", &pt::num_threads);
@@ -777,5 +783,44 @@ PYBIND11_MODULE(_core, m) {
     const float* p = array_data<float>(x, "x", {n});
     const NoGil nogil;
     return K().sum_squares(p, n);
+  });
+
+  // search's first pass over sign bits: ids (Q, capacity) and counts (Q) written, apart from the rows and queries
+  m.def("hamming_candidates_forward", [](O ids, O counts, O signs, O queries, int64_t N, int64_t W, int64_t Q,
+                                         int64_t n, int64_t capacity) {
+    check_nonneg({N, W, Q, n, capacity});
+    if (W < 1 || W > kMaxSignWords)
+      throw py::value_error("W (words of sign bits per row) must be in [1, " + std::to_string(kMaxSignWords) +
+                            "], got " + std::to_string(W));
+    int64_t* id = array_data<int64_t>(ids, "ids", {Q, capacity}, true);
+    int64_t* count = array_data<int64_t>(counts, "counts", {Q}, true);
+    const uint64_t* rows = array_data<uint64_t>(signs, "signs", {W, N});
+    const uint64_t* q = array_data<uint64_t>(queries, "queries", {Q, W});
+    const Written out_ids = written(id, product({Q, capacity}), "ids"), out_counts = written(count, Q, "counts");
+    check_apart(out_ids, {out_counts});
+    check_apart(written(rows, product({W, N}), "signs"), {out_ids, out_counts});
+    check_apart(written(q, product({Q, W}), "queries"), {out_ids, out_counts});
+    const NoGil nogil(product({N, W, Q}) >= kReleaseWork);
+    K().hamming_candidates_forward(id, count, rows, q, N, W, Q, n, capacity);
+  });
+  // ... and over int8 rows: ids (Q, n) written, apart from the rows, their scales and the queries
+  m.def("int8_candidates_forward", [](O ids, O codes, O scale, O queries, int64_t N, int64_t D, int64_t Q,
+                                      int64_t n) {
+    check_nonneg({N, D, Q, n});
+    if (n > N)
+      throw py::value_error("n (" + std::to_string(n) + ") must be at most the rows N (" + std::to_string(N) + ")");
+    if (D > kMaxInt8Dims)
+      throw py::value_error("D (dimensions of an int8 row) must be at most " + std::to_string(kMaxInt8Dims) +
+                            ", got " + std::to_string(D));
+    int64_t* id = array_data<int64_t>(ids, "ids", {Q, n}, true);
+    const int8_t* rows = array_data<int8_t>(codes, "codes", {N, D});
+    const float* s = array_data<float>(scale, "scale", {N});
+    const int8_t* q = array_data<int8_t>(queries, "queries", {Q, D});
+    const Written out = written(id, product({Q, n}), "ids");
+    check_apart(written(rows, product({N, D}), "codes"), {out});
+    check_apart(written(s, N, "scale"), {out});
+    check_apart(written(q, product({Q, D}), "queries"), {out});
+    const NoGil nogil(product({N, D, Q}) >= kReleaseWork);
+    K().int8_candidates_forward(id, rows, s, q, N, D, Q, n);
   });
 }

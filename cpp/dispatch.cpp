@@ -1,7 +1,8 @@
 // The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
 // and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. Its
 // int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant). The
-// precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles.
+// precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles. Its Hamming
+// candidates: vpopcntq where the CPU has AVX512-VPOPCNTDQ (AVX-512 variant).
 #include "pytransformer/dispatch.h"
 
 #include <atomic>
@@ -27,6 +28,7 @@ uint64_t read_xcr0() {
 struct CpuFeatures {
   bool avx2 = false, avx512 = false;
   bool avx512_vnni = false, avx_vnni = false;  // vpdpbusd on zmm/ymm/xmm (AVX-512), on ymm/xmm (VEX)
+  bool avx512_vpopcntdq = false;               // vpopcntq on zmm
 };
 
 CpuFeatures detect() {
@@ -46,6 +48,7 @@ CpuFeatures detect() {
   f.avx2 = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   f.avx512_vnni = f.avx512 && (c & (1u << 11));
+  f.avx512_vpopcntdq = f.avx512 && (c & (1u << 14));
   __cpuid_count(7, 1, a, b, c, d);
   f.avx_vnni = f.avx2 && (a & (1u << 4));
   return f;
@@ -58,12 +61,19 @@ bool no_vnni() {
   return forced && std::string(forced) == "vpmaddubsw";
 }
 
+// PYTRANSFORMER_POPCOUNT=vpshufb keeps the nibble-table popcount on a CPU with vpopcntq (to test it)
+bool no_vpopcnt() {
+  const char* forced = std::getenv("PYTRANSFORMER_POPCOUNT");
+  return forced && std::string(forced) == "vpshufb";
+}
+
 struct Variant {
   const char* name;
   Kernels f32;         // the variant's own table (its int8 product on vpdpbusd where the CPU has it)
   Kernels bf16;        // the same with the products on AMX tiles (equal to f32 where AMX is not built)
   bool supported;
   const char* int8_dot;  // the integer dot product its int8-activation products use
+  const char* popcount;  // the bit count its Hamming candidates use
 };
 
 #ifdef PT_HAVE_AMX
@@ -94,14 +104,18 @@ const std::vector<Variant>& variants() {
     [[maybe_unused]] CpuFeatures f = detect();
 #endif
     auto add = [&v](const char* name, const Kernels* table, bool supported, bool vnni, decltype(
-                        table->matmul_q8_forward) q8_vnni) {
+                        table->matmul_q8_forward) q8_vnni, bool vpopcnt = false,
+                    decltype(table->hamming_candidates_forward) hamming_vpopcnt = nullptr) {
       Kernels own = *table;
       vnni = vnni && !no_vnni();
       if (vnni) own.matmul_q8_forward = q8_vnni;
+      vpopcnt = vpopcnt && !no_vpopcnt();
+      if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");
       v.push_back({name, own, on_tiles(own), supported,
-                   vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
+                   vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw",
+                   vpopcnt ? "vpopcntq" : name == std::string("baseline") ? "scalar" : "vpshufb"});
     };
 #ifdef PT_HAVE_BASELINE
     add("baseline", baseline::kernels(), true, false, nullptr);
@@ -110,7 +124,8 @@ const std::vector<Variant>& variants() {
     add("avx2", avx2::kernels(), f.avx2, f.avx_vnni, &avx2::matmul_q8_vnni_forward);
 #endif
 #ifdef PT_HAVE_AVX512
-    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward);
+    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward, f.avx512_vpopcntdq,
+        &avx512::hamming_candidates_vpopcnt_forward);
 #endif
     return v;
   }();
@@ -190,6 +205,12 @@ std::string int8_dot() {
   active();
   std::lock_guard<std::mutex> lock(g_choice_mutex);
   return g_variant->int8_dot;
+}
+
+std::string popcount() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_variant->popcount;
 }
 
 std::string matmul_precision() {

@@ -23,9 +23,8 @@ import numpy as np
 
 from .io.hf_common import read_json
 from .io.safetensors import atomic_write
-from .ops import quantize_int8
-from .search import (check_embeddings, check_top_k, hamming_candidates, int8_scores, pack_signs,
-                     semantic_search, unit_rows)
+from .ops import hamming_candidates_forward, int8_candidates_forward, quantize_int8
+from .search import check_embeddings, check_top_k, pack_signs, semantic_search, unit_rows
 
 FORMAT = "pytransformer-index-1"
 STORES = ("int8", "binary")         # the compressed copies an index may keep beside float32
@@ -115,7 +114,6 @@ class Index:
         if self.offsets[0] != 0 or self.offsets[-1] != self.texts.size or (np.diff(self.offsets) < 0).any():
             raise ValueError(f"{path('offsets.npy')} does not cut texts.bin ({self.texts.size} bytes) into "
                              f"{N} texts; rebuild the index")
-        self._pool, self._parts = None, 1
 
     def __len__(self):
         return self.float32.shape[0]
@@ -158,32 +156,27 @@ class Index:
         k = check_top_k(top_k, len(self))
         if isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 1:
             raise ValueError(f"rescore must be an integer >= 1, got {rescore!r}")
-        hits = [self._search_one(row, k, first_pass, k * rescore) for row in q]
+        hits = [self._search_one(row, k, cand) for row, cand in zip(q, self._first_pass(q, first_pass, k * rescore))]
         return hits[0] if single else hits
 
-    def _search_one(self, q, k, first_pass, n):
-        """q (D,) unit -> [Hit] of the k best among the first pass's n (or more) candidates."""
-        if first_pass == "exact":
+    def _first_pass(self, q, first_pass, n):
+        """q (Q, D) unit -> each query's candidates (ascending ids; None: every row), every query in one read of
+        the compressed copy: the rows within the Hamming distance of the n-th nearest (sign bits), or the n best
+        by the int8 product (the query rounded to int8 as the rows were; its scale, common to all rows, dropped)."""
+        if first_pass == "binary":
+            return hamming_candidates_forward(self.binary, np.ascontiguousarray(pack_signs(q).T), n)
+        if first_pass == "int8":
+            return int8_candidates_forward(self.int8, self.int8_scale, quantize_int8(q)[0], n)
+        return [None] * len(q)
+
+    def _search_one(self, q, k, cand):
+        """q (D,) unit -> [Hit] of the k best among the candidates (all rows where cand is None)."""
+        if cand is None:
             scores, ids = semantic_search(q, self.float32, k, score="dot")
         else:
-            if first_pass == "binary":
-                cand = hamming_candidates(self.binary, pack_signs(q[None])[:, 0], n, self._threads(), self._parts)
-            else:
-                approx = int8_scores(self.int8, self.int8_scale, q)
-                cand = np.sort(np.argpartition(-approx, n - 1)[:n]) if n < len(self) else np.arange(len(self))
             scores, pos = semantic_search(q, self.float32[cand], k, score="dot")
             ids = cand[pos]
         return [Hit(int(i), float(s), self.text(i)) for i, s in zip(ids, scores)]
-
-    def _threads(self):
-        from ._runtime import get_num_threads
-
-        self._parts = get_num_threads()
-        if self._pool is None and self._parts > 1:
-            import concurrent.futures
-
-            self._pool = concurrent.futures.ThreadPoolExecutor(self._parts, thread_name_prefix="pytransformer-index")
-        return self._pool
 
     @classmethod
     def build(cls, texts, encoder, folder, stores=STORES, batch_size=32, prompt_name=None, model=None,

@@ -664,6 +664,75 @@ class SumSquares(Op):
         return 1.0 * s["n"] * 4, "GB/s"
 
 
+class HammingCandidates(Op):
+    """Search's first pass over sign bits: every row within the distance of each query's n-th nearest. Outputs as
+    fixed shapes, exact: which rows each query selected (Q, N) and how many. Option ties: the rows are drawn from
+    three patterns, so that ties at the n-th distance crowd it (more candidates than the first output's room)."""
+
+    exact = ("selected", "count", "ascending")
+    group = "search"
+
+    def make(self, rng, s, o):
+        N, W, Q = s["N"], s["W"], s["Q"]
+        words = lambda *shape: rng.integers(0, 2**64, shape, np.uint64, endpoint=False)  # noqa: E731
+        signs = words(W, N) if not o.get("ties") else words(W, 3)[:, rng.integers(0, 3, N)]
+        return {"signs": np.ascontiguousarray(signs), "queries": words(Q, W)}
+
+    @staticmethod
+    def fixed(found, N):
+        """Each query's ids -> which rows it selected (Q, N), how many (Q,), and 1 where every list ascends."""
+        selected = np.zeros((len(found), N), np.float32)
+        for q, ids in enumerate(found):
+            selected[q, ids] = 1.0
+        return {"selected": selected, "count": np.array([len(ids) for ids in found], np.float32),
+                "ascending": np.float32(all((np.diff(ids) > 0).all() for ids in found))}
+
+    def ours(self, x, o):
+        found = ops.hamming_candidates_forward(x["signs"], x["queries"], o["take"])
+        return self.fixed(found, x["signs"].shape[1])
+
+    def reference(self, x, o):
+        return self.fixed(ref.hamming_candidates_forward(x["signs"], x["queries"], o["take"]), x["signs"].shape[1])
+
+    def calls(self, x, o):
+        return {"forward": lambda: ops.hamming_candidates_forward(x["signs"], x["queries"], o["take"])}
+
+    def work(self, s, o, direction):
+        return 8.0 * s["N"] * s["W"], "GB/s"  # the rows' words, read once
+
+
+class Int8Candidates(Op):
+    """Search's first pass over int8 rows: the n best rows by float32(integer dot) * scale, as fixed shapes, exact:
+    which rows each query selected (Q, N). Option ties: the rows are drawn from three patterns (equal scores at the
+    n-th: the lower ids win); a NaN scale in the rows (it ranks last)."""
+
+    exact = ("selected", "count", "ascending")
+    group = "search"
+
+    def make(self, rng, s, o):
+        N, D, Q = s["N"], s["D"], s["Q"]
+        ints = lambda *shape: rng.integers(-127, 128, shape).astype(np.int8)  # noqa: E731
+        codes = ints(N, D) if not o.get("ties") else ints(3, D)[rng.integers(0, 3, N)]
+        scale = np.ones(N, np.float32) if o.get("ties") else (rng.random(N) + 0.5).astype(np.float32)
+        if o.get("nan"):
+            scale[rng.integers(0, N, max(1, N // 10))] = np.nan
+        return {"codes": np.ascontiguousarray(codes), "scale": scale, "queries": ints(Q, D)}
+
+    def ours(self, x, o):
+        ids = ops.int8_candidates_forward(x["codes"], x["scale"], x["queries"], o["take"])
+        return HammingCandidates.fixed(list(ids), x["codes"].shape[0])
+
+    def reference(self, x, o):
+        ids = ref.int8_candidates_forward(x["codes"], x["scale"], x["queries"], o["take"])
+        return HammingCandidates.fixed(list(ids), x["codes"].shape[0])
+
+    def calls(self, x, o):
+        return {"forward": lambda: ops.int8_candidates_forward(x["codes"], x["scale"], x["queries"], o["take"])}
+
+    def work(self, s, o, direction):
+        return 1.0 * s["N"] * s["D"], "GB/s"  # the rows' codes, read once
+
+
 OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "matmul_dinp": MatmulDinp(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
@@ -671,7 +740,8 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
        "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
        "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0}),  # (floors as Gelu's: gelu_tanh(x << 0))
-       "matmul_quantized_int8": MatmulQuantizedInt8()}
+       "matmul_quantized_int8": MatmulQuantizedInt8(),
+       "hamming_candidates": HammingCandidates(), "int8_candidates": Int8Candidates()}
 
 
 @dataclass(frozen=True)
@@ -826,6 +896,21 @@ CASES = [
                        (70, 2, 66)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
+    # search's Hamming candidates: vector tails (N not a multiple of 8), one row, n past N, words past 31 (AVX2's
+    # byte counts widened twice), several queries (sharing a read; past 16: two reads), the threaded path (chunks of
+    # 16,384 rows), ties crowding the n-th distance
+    *[case("hamming_candidates", CHECK if (N, W) == (1000, 6) else TEST, N=N, W=W, Q=Q, take=k, ties=t)
+      for N, W, Q, k, t in [(1, 1, 1, 1, False), (7, 1, 1, 3, False), (100, 1, 2, 10, False),
+                            (1000, 6, 3, 50, False), (70001, 6, 1, 100, False), (5000, 2, 1, 6000, False),
+                            (33, 40, 2, 5, False), (65537, 1, 2, 1, False), (40000, 6, 18, 200, False),
+                            (3001, 6, 2, 10, True), (50000, 2, 1, 7, True)]],
+    # ... and over int8 rows: D past and short of the vector widths (16, 32), one row, n = N, several queries (past
+    # 16: two reads), the threaded path (chunks of 8,192 rows), ties at the n-th score, NaN scales
+    *[case("int8_candidates", CHECK if (N, D) == (1000, 48) else TEST, N=N, D=D, Q=Q, take=k, ties=t, nan=nan)
+      for N, D, Q, k, t, nan in [(1, 1, 1, 1, False, False), (7, 3, 1, 7, False, False), (100, 33, 2, 10, False, True),
+                                 (1000, 48, 3, 50, False, False), (30001, 384, 1, 100, False, False),
+                                 (20000, 17, 18, 30, False, False), (3001, 40, 2, 10, True, False),
+                                 (20000, 64, 1, 1000, True, True)]],
     # the benchmark's shapes: GPT-2 small's products and rows (N = B * T = 1024 or 8192 tokens), decode (N = 1)
     *[case("matmul", BENCH, N=N, IC=IC, OC=OC)
       for N, IC, OC in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768), (1024, 768, 50304), (1, 768, 3072)]],
@@ -857,6 +942,8 @@ CASES = [
       for IC, OC in [(576, 1536), (1536, 576)] for kind in ("float32", "bfloat16", "int8", "Q4_1", "Q4_K", "Q8_0")
       if kind not in BLOCK_LAYOUT or IC % BLOCK_LAYOUT[kind][0] == 0],  # (Q4_K: IC of whole 256-value blocks)
     case("rmsnorm", BENCH, N=8192, C=576),
+    case("hamming_candidates", BENCH, N=1_000_000, W=6, Q=1, take=1000),  # (1M rows of 384 dims, top 10 x 100)
+    case("int8_candidates", BENCH, N=1_000_000, D=384, Q=1, take=100),  # (1M rows of 384 dims, top 10 x 10)
     case("swiglu", BENCH, n=512 * 1536),
     case("geglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),

@@ -670,6 +670,68 @@ def dequantize(weight: Quantized, ids=None, *, out=None):
     return out
 
 
+# --- search: the first passes over sign bits and int8 rows ------------------------------------------------------
+
+U64 = np.dtype(np.uint64)
+MAX_SIGN_WORDS = 1024  # words of sign bits per row a scan takes (65,536 dimensions: the binding's bound)
+
+
+def _scan_args(rows, name, spec, width, dtype, queries, n, d, most, unit):
+    """The checks both first passes make: rows of dtype with dimensions spec bound into d, the one a query shares
+    (`width`) at most `most`; queries (Q, width) or (width,) of dtype; n >= 1 -> (queries as (Q, width), whether one
+    query came, n)."""
+    array(rows, name, spec, d, dtype)
+    single = isinstance(queries, np.ndarray) and queries.ndim == 1
+    array(queries, "queries", (width,) if single else ("Q", width), d, dtype)
+    n = integer(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if d[width] > most:
+        raise ValueError(f"{name} must have at most {most} {unit}, got {width}={d[width]}")
+    return queries.reshape(-1, d[width]), single, n
+
+
+def hamming_candidates_forward(signs, queries, n):
+    """signs (W, N) uint64 (search.pack_signs: word w of every row side by side), queries (Q, W) or (W,) uint64 ->
+    for each query the ids (int64, ascending) of every row within the Hamming distance of its n-th nearest row:
+    min(n, N) of them or more (every tie at that distance). A list of Q arrays (one array for a (W,) query). One
+    fused read of the rows (xor, popcount, the sum over words, a running selection per thread), read in place (a
+    memory map stays one); reference.hamming_candidates_forward is the spec."""
+    d = {}
+    q, single, n = _scan_args(signs, "signs", ("W", "N"), "W", U64, queries, n, d, MAX_SIGN_WORDS, "words per row")
+    counts = np.empty(q.shape[0], np.int64)
+    capacity = min(d["N"], 2 * n + 64)  # (more only where ties crowd the n-th distance: then once more, with room)
+    while True:
+        ids = np.empty((q.shape[0], capacity), np.int64)
+        _core.hamming_candidates_forward(ids, counts, signs, q, d["N"], d["W"], q.shape[0], n, capacity)
+        if counts.max(initial=0) <= capacity:
+            break
+        capacity = int(counts.max())
+    found = [ids[i, :c] for i, c in enumerate(counts)]
+    return found[0] if single else found
+
+
+MAX_INT8_DIMS = 65536  # dimensions of an int8 row a scan takes (its integer sums stay within int32: the binding's)
+
+
+def int8_candidates_forward(codes, scale, queries, n):
+    """codes (N, D) int8 with scale (N,) float32 per row (quantize_int8), queries (Q, D) or (D,) int8 -> ids
+    (Q, k) or (k,), k = min(n, N): for each query the k rows of highest float32(codes[r] . query) * scale[r] (the
+    integer dot product exact; a NaN score ranks last; equal scores: the lower id first), ascending. One fused read
+    of the rows (integer products, scores, a heap per thread), read in place; reference.int8_candidates_forward."""
+    d = {}
+    q, single, n = _scan_args(codes, "codes", ("N", "D"), "D", I8, queries, n, d, MAX_INT8_DIMS, "dimensions")
+    array(scale, "scale", ("N",), d)
+    ids = np.empty((q.shape[0], min(n, d["N"])), np.int64)
+    _core.int8_candidates_forward(ids, codes, scale, q, d["N"], d["D"], q.shape[0], ids.shape[1])
+    return ids[0] if single else ids
+
+
+def popcount() -> str:
+    """The bit count hamming_candidates_forward runs here: vpopcntq (AVX512-VPOPCNTDQ), vpshufb or scalar."""
+    return _core.popcount()
+
+
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 

@@ -517,6 +517,35 @@ def matmul_q8_forward(inp, data, qtype, bias=None):
     return matmul_forward(a, dequantize(data, qtype, IC), bias)
 
 
+# --- search: the first passes over sign bits and int8 rows ------------------------------------------------------
+
+
+def hamming_distances(signs, query):
+    """signs (W, N) uint64, query (W,) uint64 -> (N,) int64: the bits in which each row differs from the query."""
+    return sum(np.bitwise_count(signs[w] ^ query[w]).astype(np.int64) for w in range(signs.shape[0]))
+
+
+def hamming_candidates_forward(signs, queries, n):
+    """signs (W, N), queries (Q, W) uint64 -> for each query the ascending ids of every row within the distance of
+    its min(n, N)-th nearest row (ties included): a list of Q int64 arrays."""
+    found = []
+    for q in queries:
+        d = hamming_distances(signs, q)
+        found.append(np.flatnonzero(d <= np.sort(d)[min(n, d.size) - 1]))
+    return found
+
+
+def int8_candidates_forward(codes, scale, queries, n):
+    """codes (N, D) int8, scale (N,) float32, queries (Q, D) int8 -> ids (Q, min(n, N)): the rows of highest
+    float32(exact integer dot) * scale (float32 product; NaN ranks as -inf; ties: the lower id), ascending."""
+    dots = codes.astype(np.int64) @ queries.astype(np.int64).T  # (N, Q), exact
+    scores = dots.astype(np.float32) * scale[:, None].astype(np.float32)
+    scores[np.isnan(scores)] = -np.inf
+    rows = np.arange(codes.shape[0])
+    k = min(n, codes.shape[0])
+    return np.stack([np.sort(np.lexsort((rows, -s))[:k]) for s in scores.T])
+
+
 # --- optimizer -----------------------------------------------------------------------------------------------
 
 

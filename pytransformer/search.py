@@ -1,6 +1,7 @@
-"""Nearest embeddings: exact top-k by cosine or dot product, and the scans of the two compressed forms an index
-keeps for a fast first pass -- int8 rows with a scale per row (ops.quantize_int8, read by the int8 product kernel)
-and sign bits packed into 64-bit words. Letters: N corpus rows, Q queries, D dimensions, W = ceil(D / 64) words of sign bits, k results."""
+"""Nearest embeddings: exact top-k by cosine or dot product, and the two compressed forms an index keeps for a fast
+first pass -- int8 rows with a scale per row (ops.quantize_int8, scanned by ops.int8_candidates_forward) and sign
+bits packed into 64-bit words (scanned by ops.hamming_candidates_forward). Letters: N corpus rows, Q queries, D
+dimensions, W = ceil(D / 64) words of sign bits, k results."""
 
 from __future__ import annotations
 
@@ -76,44 +77,10 @@ def semantic_search(query_emb, corpus_emb, top_k=10, score="cosine"):
 
 def pack_signs(x):
     """x (N, D) float32 -> (W, N) uint64: bit j of word w of row n is set where x[n, 64w + j] > 0 (zero-padded).
-    Words are stored one after another over all rows, so a scan reads each word contiguously."""
+    Words are stored one after another over all rows, so a scan reads each word contiguously (ops.hamming_candidates_
+    forward: a vector of rows per load)."""
     N, D = x.shape
     W = -(-D // 64)
     bits = np.zeros((N, W * 64), np.uint8)
     bits[:, :D] = x > 0
     return np.ascontiguousarray(np.packbits(bits, axis=1, bitorder="little").view("<u8").T)
-
-
-def hamming_candidates(signs, query_signs, n, pool=None, parts=1):
-    """signs (W, N) uint64, query_signs (W,) uint64 -> ids (>= n of them, fewer only when N < n) of the rows whose
-    sign bits differ least from the query's: every row within the distance of the n-th nearest. The scan runs
-    over CHUNK rows at a time, in `parts` shares run by pool (a concurrent.futures executor) when given."""
-    W, N = signs.shape
-    dist = np.empty(N, np.uint16)
-
-    def scan(lo, hi):
-        buf, cnt = np.empty(CHUNK, np.uint64), np.empty(CHUNK, np.uint8)
-        hist = np.zeros(W * 64 + 1, np.int64)
-        for a in range(lo, hi, CHUNK):
-            b = min(a + CHUNK, hi)
-            acc = dist[a:b]
-            acc[:] = 0
-            for w in range(W):
-                np.bitwise_xor(signs[w, a:b], query_signs[w], out=buf[:b - a])
-                np.add(acc, np.bitwise_count(buf[:b - a], out=cnt[:b - a]), out=acc)
-            hist += np.bincount(acc, minlength=hist.size)
-        return hist
-
-    if pool is None or parts < 2 or N < 4 * CHUNK:
-        hist = scan(0, N)
-    else:
-        edges = [N * p // parts for p in range(parts + 1)]
-        hist = sum(pool.map(scan, edges[:-1], edges[1:]))
-    limit = int(np.searchsorted(np.cumsum(hist), min(n, N)))
-    return np.flatnonzero(dist <= limit)
-
-
-def int8_scores(codes, scale, q):
-    """codes (N, D) int8, scale (N,) float32, q (D,) float32 -> (N,) float32 approximate dot products (the int8
-    product kernel: codes widened in registers, threaded over rows)."""
-    return ops.matmul_forward(q[None], codes, weight_scale=scale)[0]

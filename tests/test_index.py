@@ -65,6 +65,58 @@ def test_a_first_pass_that_keeps_every_row_is_exact(built, first_pass):
     assert built.search(q, 5, first_pass=first_pass, rescore=len(TEXTS)) == exact
 
 
+@pytest.mark.parametrize("first_pass", ["binary", "int8"])
+def test_the_first_pass_equals_the_numpy_path_ties_included(tmp_path, small_chunks, first_pass):
+    """20 vectors, each stored 15 times: ties at the n-th distance or int8 score, and equal cosines. The kernels'
+    candidates and the ranking after them are the NumPy path's (the reference's candidates, then exact scores,
+    the lower id first)."""
+    from pytransformer import reference
+    from pytransformer.ops import quantize_int8
+    from pytransformer.search import pack_signs
+
+    texts = [f"t{i % 20}" for i in range(300)]
+    ix = Index.build(texts, StandIn(), tmp_path / "ties", stores=(first_pass,))
+    raw = StandIn().encode(["a query", "t3", "another"])
+    hits = ix.search(raw, 10, first_pass=first_pass, rescore=3)
+    q = unit_rows(raw)  # (as the index scales them)
+    for row, hit_row in zip(q, hits):
+        if first_pass == "binary":
+            cand = reference.hamming_candidates_forward(np.asarray(ix.binary), pack_signs(row[None]).T, 30)[0]
+        else:
+            cand = reference.int8_candidates_forward(np.asarray(ix.int8), np.asarray(ix.int8_scale),
+                                                     quantize_int8(row[None])[0], 30)[0]
+        scores, pos = semantic_search(row, np.asarray(ix.float32)[cand], 10, score="dot")
+        assert [h.id for h in hit_row] == cand[pos].tolist()
+        assert [h.score for h in hit_row] == scores.tolist()
+    assert all(h.id % 20 == 3 for h in hits[1])  # (the query t3: ten of its fifteen copies)
+
+
+class Numbered:
+    """encode(["i", "i+1", ...]) -> random rows seeded by the first number: a large index built fast."""
+
+    path = "numbered"
+
+    def encode(self, texts, batch_size=32, prompt_name=None):
+        return np.random.default_rng(int(texts[0])).standard_normal((len(texts), DIM), dtype=np.float32)
+
+
+def test_a_binary_search_reads_the_mapped_signs_in_place(tmp_path):
+    """No copy of the sign bits per query: what NumPy allocates during binary searches (tracemalloc sees every
+    array) peaks far below the size of the signs (400 KB)."""
+    import tracemalloc
+
+    built = Index.build([str(i) for i in range(50_000)], Numbered(), tmp_path / "big", stores=("binary",))
+    q = Numbered().encode(["7", "8"])
+    built.search(q, 5, first_pass="binary")  # (imports, scratch)
+    tracemalloc.start()
+    try:
+        built.search(q, 5, first_pass="binary", rescore=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < built.binary.nbytes // 4  # (a copy of the signs in the scan's path: a peak above their size)
+
+
 def test_the_first_pass_finds_a_near_copy_of_a_text(built, rng):
     target = StandIn().encode(TEXTS[123])
     q = target + 0.2 * rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from pytransformer import search
-from pytransformer.search import hamming_candidates, pack_signs, semantic_search
+import pytransformer
+from pytransformer import ops, search
+from pytransformer.search import pack_signs, semantic_search
 
 
 def brute_force(q, c, score):
@@ -77,12 +80,98 @@ def test_sign_bits_are_packed_word_by_word(rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_hamming_candidates_are_every_row_within_the_nth_distance(rng, monkeypatch, threads):
-    monkeypatch.setattr(search, "CHUNK", 128)
-    x = rng.standard_normal((2000, 100)).astype(np.float32)
-    q = rng.standard_normal(100).astype(np.float32)
-    dist = ((x > 0) != (q > 0)).sum(1)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        got = hamming_candidates(pack_signs(x), pack_signs(q[None])[:, 0], 30, pool, threads)
-    limit = np.sort(dist)[29]
-    np.testing.assert_array_equal(got, np.flatnonzero(dist <= limit))
+def test_hamming_candidates_are_every_row_within_the_nth_distance(isa, rng, threads):
+    x = rng.standard_normal((70001, 100)).astype(np.float32)  # (several chunks of 16,384 rows: threaded)
+    q = rng.standard_normal((3, 100)).astype(np.float32)
+    dist = ((x[None] > 0) != (q[:, None] > 0)).sum(2)
+    before = pytransformer.get_num_threads()
+    pytransformer.set_num_threads(threads)
+    try:
+        got = ops.hamming_candidates_forward(pack_signs(x), np.ascontiguousarray(pack_signs(q).T), 30)
+    finally:
+        pytransformer.set_num_threads(before)
+    for g, d in zip(got, dist):
+        np.testing.assert_array_equal(g, np.flatnonzero(d <= np.sort(d)[29]))  # ascending ids, ties included
+
+
+def test_hamming_candidates_of_one_query_and_crowded_ties(rng):
+    signs = np.ascontiguousarray(np.repeat(rng.integers(0, 2**64, (2, 3), np.uint64), 1000, axis=1))  # 3 x 1000 equal
+    got = ops.hamming_candidates_forward(signs, signs[:, 0].copy(), 5)
+    np.testing.assert_array_equal(got, np.arange(1000))  # (more than the first call's room: asked again)
+
+
+@pytest.mark.parametrize("signs, queries, n, err, match", [
+    (np.zeros((1, 5), np.int64), np.zeros(1, np.uint64), 1, TypeError, "signs must be uint64"),
+    (np.zeros((2, 5), np.uint64), np.zeros(3, np.uint64), 1, ValueError,
+     r"queries must be uint64 \(W\) with W=2, got uint64 \(3,\)"),
+    (np.zeros((2, 5), np.uint64), np.zeros((2, 2), np.uint64), 0, ValueError, "n must be >= 1"),
+    (np.zeros((2, 5), np.uint64)[:, ::2], np.zeros(2, np.uint64), 1, ValueError, "C-contiguous"),
+    (np.zeros((1025, 1), np.uint64), np.zeros(1025, np.uint64), 1, ValueError, "at most 1024 words"),
+])
+def test_hamming_candidates_refuse_bad_input_in_one_line(signs, queries, n, err, match):
+    with pytest.raises(err, match=match) as e:
+        ops.hamming_candidates_forward(signs, queries, n)
+    assert "\n" not in str(e.value)
+
+
+def test_the_binding_refuses_overlapping_outputs_and_wrong_sizes():
+    from pytransformer import _core
+
+    signs, q = np.zeros((1, 8), np.uint64), np.zeros((1, 1), np.uint64)
+    ids, counts = np.zeros((1, 8), np.int64), np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="counts overlaps ids"):
+        _core.hamming_candidates_forward(ids, ids[0, :1], signs, q, 8, 1, 1, 1, 8)
+    with pytest.raises(ValueError, match="signs must have 16 elements"):
+        _core.hamming_candidates_forward(ids, counts, signs, q, 16, 1, 1, 1, 8)
+    with pytest.raises(ValueError, match="overflow int64"):
+        _core.hamming_candidates_forward(ids, counts, signs, q, 8, 1, 2**62, 1, 8)
+
+
+@pytest.mark.parametrize("codes, scale, queries, n, err, match", [
+    (np.zeros((3, 4), np.uint8), np.ones(3, np.float32), np.zeros(4, np.int8), 1, TypeError, "codes must be int8"),
+    (np.zeros((3, 4), np.int8), np.ones(2, np.float32), np.zeros(4, np.int8), 1, ValueError,
+     r"scale must be float32 \(N\) with N=3"),
+    (np.zeros((3, 4), np.int8), np.ones(3, np.float32), np.zeros((2, 5), np.int8), 1, ValueError,
+     r"queries must be int8 \(Q, D\) with Q=2, D=4"),
+    (np.zeros((3, 4), np.int8), np.ones(3, np.float32), np.zeros(4, np.int8), 0, ValueError, "n must be >= 1"),
+])
+def test_int8_candidates_refuse_bad_input_in_one_line(codes, scale, queries, n, err, match):
+    with pytest.raises(err, match=match) as e:
+        ops.int8_candidates_forward(codes, scale, queries, n)
+    assert "\n" not in str(e.value)
+
+
+def test_int8_candidates_take_every_row_when_n_passes_them(rng):
+    codes = rng.integers(-127, 128, (5, 8)).astype(np.int8)
+    got = ops.int8_candidates_forward(codes, np.ones(5, np.float32), codes[:2].copy(), 50)
+    np.testing.assert_array_equal(got, [np.arange(5), np.arange(5)])
+
+
+def test_the_int8_binding_refuses_n_past_the_rows_and_overlaps():
+    from pytransformer import _core
+
+    codes, scale, q = np.zeros((4, 8), np.int8), np.ones(4, np.float32), np.zeros((1, 8), np.int8)
+    with pytest.raises(ValueError, match="at most the rows"):
+        _core.int8_candidates_forward(np.zeros((1, 5), np.int64), codes, scale, q, 4, 8, 1, 5)
+    ids = np.zeros((1, 4), np.int64)
+    with pytest.raises(ValueError, match="ids overlaps codes"):
+        _core.int8_candidates_forward(ids, ids.view(np.int8).reshape(4, 8), scale, q, 4, 8, 1, 4)
+
+
+def test_the_nibble_popcount_runs_where_vpopcntq_is_forced_off(tmp_path):
+    """PYTRANSFORMER_POPCOUNT=vpshufb keeps the nibble-table bit count on a CPU with VPOPCNTDQ: its cases pass too."""
+    if ops.popcount() != "vpopcntq":
+        pytest.skip("no vpopcntq here: the default run already tests the other form")
+    script = ("import numpy as np, pytransformer as pt\n"
+              "from pytransformer import opcases\n"
+              "assert pt.cpu_info()['popcount'] == 'vpshufb'\n"
+              "rng = np.random.default_rng(0)\n"
+              "for c in opcases.cases('test'):\n"
+              "    if c.op == 'hamming_candidates':\n"
+              "        for name, (err, tol) in c.errors(c.make(rng)).items():\n"
+              "            assert err <= tol, (c.label, name, err)\n"
+              "print('ok')\n")
+    env = dict(os.environ, PYTRANSFORMER_POPCOUNT="vpshufb")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]

@@ -119,7 +119,23 @@
   /* sum of squares in double, for the global gradient norm */                                                \
   double sum_squares(const float* x, int64_t n);                                                             \
   /* benchmark probe: iters rounds of 16 independent FMA chains per thread; returns the flops done */          \
-  double fma_probe(float* sink, int64_t iters);
+  double fma_probe(float* sink, int64_t iters);                                                               \
+  /* Hamming candidates (search.py's first pass over sign bits, hamming.cpp): signs (W, N) uint64, word w of    \
+     row r at signs[w * N + r]; queries (Q, W). For each query, every row within the distance of its n-th       \
+     nearest row (ties at that distance included; n clamped to N), ascending: ids (Q, capacity) gets the first  \
+     min(count, capacity), counts (Q) how many there are (more than capacity: call again with room for them).   \
+     The _vpopcnt entry is VPOPCNTDQ's copy, which dispatch.cpp swaps in */                                    \
+  void hamming_candidates_forward(int64_t* ids, int64_t* counts, const uint64_t* signs, const uint64_t* queries, \
+                                  int64_t N, int64_t W, int64_t Q, int64_t n, int64_t capacity);             \
+  void hamming_candidates_vpopcnt_forward(int64_t* ids, int64_t* counts, const uint64_t* signs,               \
+                                          const uint64_t* queries, int64_t N, int64_t W, int64_t Q, int64_t n, \
+                                          int64_t capacity);                                                 \
+  /* int8 candidates (search.py's first pass over int8 rows, int8_candidates.cpp): codes (N, D) int8 with a      \
+     scale (N) per row, queries (Q, D) int8 -> ids (Q, n), n <= N: for each query the n rows of highest           \
+     float32(integer codes[r] . query) * scale[r] (a NaN score ranks as -inf; equal scores: the lower row first),  \
+     ascending */                                                                                             \
+  void int8_candidates_forward(int64_t* ids, const int8_t* codes, const float* scale, const int8_t* queries,    \
+                               int64_t N, int64_t D, int64_t Q, int64_t n);
 
 #define PT_KERNEL_LIST(X)                                                                                    \
   X(matmul_forward) X(matmul_w16_forward) X(matmul_w8_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
@@ -129,7 +145,8 @@
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
   X(matmul_q_dinp) X(matmul_w8_dinp)                                                                        \
-  X(dequantize_rows) X(geglu_forward) X(geglu_backward)
+  X(dequantize_rows) X(geglu_forward) X(geglu_backward)                                                      \
+  X(hamming_candidates_forward) X(int8_candidates_forward)
 
 namespace pt {
 // GGUF (ggml) tensor types the quantised kernels read, by their ggml type ids, and their blocks (values, bytes);
