@@ -16,5 +16,7 @@ template <>
 inline const char* dtype_name<uint16_t>() { return "uint16 (bfloat16 bits)"; }
 template <>
 inline const char* dtype_name<int8_t>() { return "int8"; }
+template <>
+inline const char* dtype_name<int32_t>() { return "int32"; }
 
 }  // namespace pt
