@@ -226,11 +226,15 @@ def mask_rows(logits: np.ndarray, matchers) -> None:
     if not live:
         return
     compute_masks(live)
+    for m in live:
+        if not np.count_nonzero(m.words):
+            raise ConstraintError(f"the grammar allows no next token: {m.inner.get_error() or 'it cannot go on'}")
     vocab = live[0].vocab_size
-    words = np.full((N, _words(vocab)), -1, np.int32)  # (a row without a matcher: every bit set)
-    for n, m in enumerate(matchers):
-        if m is not None:
-            if not m.words.any():
-                raise ConstraintError(f"the grammar allows no next token: {m.inner.get_error() or 'it cannot go on'}")
-            words[n] = m.words
+    if N == 1:  # (one row, the engine's: its matcher's own words)
+        words = live[0].words[None]
+    else:
+        words = np.full((N, _words(vocab)), -1, np.int32)  # (a row without a matcher: every bit set)
+        for n, m in enumerate(matchers):
+            if m is not None:
+                words[n] = m.words
     ops.mask_logits(logits, words, vocab)
