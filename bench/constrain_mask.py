@@ -1,15 +1,25 @@
 """The per-token cost of a grammar's allowed-token mask on SmolLM2's vocabulary (49,152 tokens) and Gemma 3's
 (262,144), for each library that could own constrained decoding (llguidance, xgrammar, outlines-core), beside a
-16-row decode step of the same model.
+16-row decode step of the same model, and what the server's engine pays for it.
 
 Each library compiles the same JSON schema once (timed: it is paid per request), then walks the tokens of a valid
 document: per token, the mask of allowed tokens as a (V,) bool array the sampler can use, and the token consumed.
 Each token's time is the least of 3 walks (fresh matchers), the step's the least of 5: the machine is shared.
-The last rows of each table are what the server's engine pays per row and token: pytransformer.constrain's
-Matcher.mask on a row of float32 logits (disallowed tokens set to -inf) and the token consumed, for the schema and for
-a chat request offering a tool (tool_choice auto: free text, then calls) along a reply that talks, then calls.
+The "engine, one row" rows are a row's whole cost when its mask is computed on its own: Matcher.mask on a row of
+float32 logits (llguidance's bitmask, then -inf where not allowed, ops.mask_logits) and the token consumed, for the
+schema and for a chat request offering a tool (tool_choice auto: free text, then calls) along a reply that talks,
+then calls.
+
+The second table is what the engine does now for a step of 16 constrained rows (each walking the same tokens): the
+16 masks computed in one llguidance call (constrain.compute_masks) beside the model's 16-row step
+(constrain.MasksAhead), then each row masked in place and its token consumed. Per token: the step alone, the step
+with the masks computed beside it (alternated, so both meet the same load), the 16 masks applied and consumed; the
+engine's mask cost is what the step lost to the masks beside it plus the application, as a % of the step alone.
+--engine: a real 16-job batch through serve.Engine (greedy, half of the jobs constrained by the schema, against
+all 16 free): the median round and the median round less its model step.
 
     python bench/constrain_mask.py [--models smollm2 gemma3-270m] [--libraries llguidance xgrammar outlines-core]
+                                   [--engine]
 """
 
 from __future__ import annotations
@@ -17,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import threading
 import time
 from importlib.metadata import version
 
 import numpy as np
 
 import pytransformer
-from pytransformer.constrain import Grammar, _lltokenizer, vocabulary
+from pytransformer.constrain import Grammar, MasksAhead, _lltokenizer, compute_masks, vocabulary
 from pytransformer.serve import structured
 
 SCHEMA = {"type": "object", "properties": {
@@ -126,15 +137,14 @@ def run_outlines(tok, constraint):
 
 
 def run_engine(tok, constraint, V):
-    """The engine's own cost per row: a row of float32 logits (V,) copied, Matcher.mask on it (-inf where not
-    allowed), the token consumed."""
-    grammar, raw = Grammar.of(tok, **constraint), np.zeros(V, np.float32)
+    """The engine's cost per row with the row's mask computed on its own: Matcher.mask on a row of float32 logits
+    (V,) in place (-inf where not allowed), the token consumed."""
+    grammar, logits = Grammar.of(tok, **constraint), np.zeros(V, np.float32)
 
     def make():
         matcher = grammar.matcher()
 
         def mask():
-            logits = np.array(raw)
             matcher.mask(logits)
             return Finite(logits)
         return mask, matcher.consume
@@ -142,35 +152,135 @@ def run_engine(tok, constraint, V):
 
 
 class Finite:
-    """Indexed by a token id: whether the masked logits allow it."""
+    """Indexed by a token id: whether the masked logits allow it. The row is then reset (outside the timing): the
+    engine masks each step's fresh row."""
 
     def __init__(self, logits):
         self.logits = logits
 
     def __getitem__(self, i):
-        return self.logits[i] > -np.inf
+        allowed = self.logits[i] > -np.inf
+        self.logits.fill(0.0)
+        return allowed
 
 
-def decode_step(model, rows=16, repeats=5):
-    """The least seconds of `repeats` decode_batch steps of `rows` sequences at position 64."""
+def stepper(model, rows=16):
+    """One decode_batch step of `rows` sequences at position 64, as a function."""
     layout = model.new_cache(rows, 128)
     ids = np.full(rows, 42, np.int64)
     slots = np.arange(rows, dtype=np.int64)
     positions = np.full(rows, 64, np.int64)
-    times = []
+    return lambda: model.decode_batch(ids, slots, positions, layout.k, layout.v)
+
+
+def decode_step(model, rows=16, repeats=5):
+    """The least seconds of `repeats` decode_batch steps of `rows` sequences at position 64."""
+    step, times = stepper(model, rows), []
     with model.evaluating():
         for _ in range(repeats):
             s = time.perf_counter()
-            model.decode_batch(ids, slots, positions, layout.k, layout.v)
+            step()
             times.append(time.perf_counter() - s)
     return float(np.min(times))
+
+
+def batch_walk(model, tok, constraint, ids, rows=16):
+    """16 matchers walking ids together as the engine runs them -> per token (the step alone s, the step with the
+    masks computed beside it s, the masks computed alone s, the rows masked and consumed s)."""
+    grammar, step = Grammar.of(tok, **constraint), stepper(model, rows)
+    logits = np.zeros((rows, model.config.vocab_size), np.float32)
+    ahead, alone = [grammar.matcher() for _ in range(rows)], [grammar.matcher() for _ in range(rows)]
+    times = np.zeros((len(ids), 4))
+    with model.evaluating():
+        for k, i in enumerate(ids):
+            t0 = time.perf_counter()
+            step()
+            t1 = time.perf_counter()
+            with MasksAhead(ahead):
+                step()
+            t2 = time.perf_counter()
+            compute_masks(alone)
+            t3 = time.perf_counter()
+            for m, row in zip(ahead, logits):
+                m.mask(row)
+                m.consume(i)
+            t4 = time.perf_counter()
+            for m in alone:
+                m.consume(i)
+            times[k] = t1 - t0, t2 - t1, t3 - t2, t4 - t3
+    return times
+
+
+def batch_table(model, tok, walks):
+    print(f"{'16 rows a step':<26}{'step ms':>9}{'+ masks beside':>16}{'masks alone ms':>16}"
+          f"{'apply+consume ms':>18}{'mask cost, % of step':>22}  (medians; mean %)")
+    for label, constraint, ids in walks:
+        t = batch_walk(model, tok, constraint, ids) * 1e3
+        step, beside, alone, apply = np.median(t, 0)
+        cost = (t[:, 1] - t[:, 0]) + t[:, 3]
+        print(f"{label:<26}{step:>9.1f}{beside:>16.1f}{alone:>16.2f}{apply:>18.2f}"
+              f"{100 * np.median(cost) / step:>21.1f}%  ({100 * np.mean(cost) / np.mean(t[:, 0]):.1f}%)")
+
+
+def engine_rounds(model, tok, constraint, constrained, jobs=16, max_tokens=48):
+    """A batch of `jobs` greedy requests through serve.Engine, `constrained` of them under the constraint -> the
+    rounds' seconds and each round's model step's."""
+    from pytransformer.generate import Sampler
+    from pytransformer.serve.engine import Engine, Job
+
+    class Timed(Engine):
+        def _round(self):
+            s = time.perf_counter()
+            super()._round()
+            rounds.append(time.perf_counter() - s)
+
+    rounds, steps = [], []
+    engine = Timed(model, tok, max_running=jobs, context=512)
+    step = engine.rows.step
+
+    def timed_step(going, before):
+        s = time.perf_counter()
+        step(going, before)
+        steps.append(time.perf_counter() - s)
+    engine.rows.step = timed_step
+    grammar = Grammar.of(tok, **constraint)
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Describe a person as JSON."}]))
+    done, left = threading.Event(), [jobs]
+
+    class Out:  # (a job's queue: counts the jobs that ended)
+        def put_nowait(self, item):
+            if item[0] in ("done", "error"):
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+    class Loop:  # (the event loop: items delivered on the engine's thread)
+        def call_soon_threadsafe(self, f, items):
+            f(items)
+
+    engine.submit([Job(list(prompt), max_tokens, Sampler(0.0), 0, [], None, Loop(), Out(),
+                       grammar.matcher() if k < constrained else None) for k in range(jobs)])
+    done.wait(600)
+    engine.close()
+    return np.array(rounds), np.array(steps)
+
+
+def engine_table(model, tok):
+    schema = {"json_schema": SCHEMA}
+    print(f"{'serve.Engine, 16 jobs':<26}{'rounds':>8}{'round ms':>10}{'round - step ms':>17}  (medians of the "
+          "rounds where all 16 decode)")
+    for label, constrained in (("all free", 0), ("8 constrained", 8), ("all free", 0), ("8 constrained", 8)):
+        rounds, steps = engine_rounds(model, tok, schema, constrained)
+        decoding = slice(len(rounds) // 4, len(rounds) // 2)  # (past the prompts, before any job ends)
+        print(f"{label:<26}{len(rounds):>8}{np.median(rounds[decoding]) * 1e3:>10.1f}"
+              f"{np.median(rounds[decoding] - steps[decoding]) * 1e3:>17.2f}")
 
 
 LIBRARIES = {"llguidance": (run_llguidance, "llguidance"), "xgrammar": (run_xgrammar, "xgrammar"),
              "outlines-core": (run_outlines, "outlines-core")}
 
 
-def table(name, libraries):
+def table(name, libraries, engine):
     model = pytransformer.from_pretrained(name)
     tok = model.tokenizer
     ids, reply, V = tok.encode(json.dumps(DOCUMENT)), tok.encode(REPLY), model.config.vocab_size
@@ -181,7 +291,7 @@ def table(name, libraries):
           f"{'max':>8}{'16 rows, % of step':>20}{'first walk: mean':>18}{'%':>7}")
     schema, tools = {"json_schema": SCHEMA}, structured.plan(TOOLS).constraint
     rows = [(lib + " " + version(LIBRARIES[lib][1]), LIBRARIES[lib][0], schema, ids) for lib in libraries]
-    rows += [("engine: Matcher.mask", run_engine, schema, ids),
+    rows += [("engine, one row: schema", run_engine, schema, ids),
              (f"  tools, auto ({len(reply)} tok)", run_engine, tools, reply)]
     for label, run, constraint, walked in rows:
         setup, compile_s, make = run(tok, constraint, V) if run is run_engine else run(tok, constraint)
@@ -189,17 +299,21 @@ def table(name, libraries):
         print(f"{label:<26}{setup:>12.2f}{compile_s:>11.3f}{np.median(steps) * 1e3:>32.3f}"
               f"{np.mean(steps) * 1e3:>8.3f}{max(steps) * 1e3:>8.2f}{100 * 16 * np.mean(steps) / step:>19.1f}%"
               f"{np.mean(first) * 1e3:>18.3f}{100 * 16 * np.mean(first) / step:>6.1f}%")
+    batch_table(model, tok, [("schema", schema, ids), (f"tools, auto ({len(reply)} tok)", tools, reply)])
+    if engine:
+        engine_table(model, tok)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "gemma3-270m"])
     parser.add_argument("--libraries", nargs="*", default=list(LIBRARIES), choices=list(LIBRARIES))
+    parser.add_argument("--engine", action="store_true", help="also a 16-job batch through serve.Engine")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {pytransformer.get_num_threads()} threads, "
           f"{pytransformer.cpu_info()['isa']}")
     for name in args.models:
-        table(name, args.libraries)
+        table(name, args.libraries, args.engine)
 
 
 if __name__ == "__main__":

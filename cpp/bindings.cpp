@@ -363,6 +363,19 @@ PYBIND11_MODULE(_core, m) {
     K().softmax_backward(dx, y, g, N, C);
   });
 
+  // a grammar's mask on logits (N, V) in place: llguidance's bitmask words (N, ceil(vocab / 32)) int32
+  m.def("mask_logits", [](O logits, O words, int64_t N, int64_t V, int64_t vocab) {
+    check_nonneg({N, V, vocab});
+    if (vocab > V)
+      throw py::value_error("mask_logits: vocab (" + std::to_string(vocab) + ") must be <= V (" + std::to_string(V) +
+                            ")");
+    float* x = array_data<float>(logits, "logits", {N, V}, true);
+    const int32_t* w = array_data<int32_t>(words, "words", {N, (vocab + 31) / 32});
+    check_apart(written(w, product({N, (vocab + 31) / 32}), "words"), {written(x, product({N, V}), "logits")});
+    const NoGil nogil(product({N, V}) >= kReleaseWork);
+    K().mask_logits(x, reinterpret_cast<const uint32_t*>(w), N, V, vocab);
+  });
+
   m.def("crossentropy_forward", [](O losses, O lse, O logits, O targets, int64_t N, int64_t V,
                                    int64_t ignore_index, float smoothing) {
     check_nonneg({N, V});

@@ -10,14 +10,22 @@ bench/NOTES.md give why it over xgrammar and outlines-core. A tokenizer takes pa
     matcher = grammar.matcher()                          # one per generated sequence
     matcher.mask(logits)                                 # logits (V,) in place: disallowed tokens -inf
     matcher.consume(token)
+
+A batch of sequences computes its masks in one call (`compute_masks`: llguidance's threads, the GIL released), and
+`MasksAhead` runs that call beside the model's step (a mask depends only on the tokens consumed so far, so it is
+ready by the time the step's logits are); `mask_rows` applies a batch's masks to its rows of logits in one C++ pass
+(ops.mask_logits).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import weakref
 
 import numpy as np
+
+from . import ops
 
 class ConstraintError(ValueError):
     """A sequence's grammar cannot go on: it allows no next token, refuses the chosen one, or failed in the library
@@ -122,7 +130,9 @@ class Grammar:
 
 
 class Matcher:
-    """One sequence's place in its grammar: the tokens allowed next, and those chosen so far consumed."""
+    """One sequence's place in its grammar: the tokens allowed next, and those chosen so far consumed. Its mask
+    (`words`: one bit a token, llguidance's layout) is computed once per state, by `compute_masks` for a batch or
+    by the first call that needs it."""
 
     def __init__(self, grammar: Grammar):
         llg = _llguidance()
@@ -130,32 +140,22 @@ class Matcher:
         if self.inner.is_error():
             raise ConstraintError(f"the grammar cannot start: {self.inner.get_error()}")
         self.vocab_size, self.stop_ids = grammar.vocab_size, grammar.stop_ids  # (stop ids: where it ends)
-        self.words = np.zeros((grammar.vocab_size + 31) // 32, np.int32)  # (the mask, one bit a token)
+        self.words = np.zeros(_words(grammar.vocab_size), np.int32)  # (the mask of the state reached)
+        self.fresh = False  # (words is the mask of the state reached)
 
     def allowed(self) -> np.ndarray:
         """(vocab_size,) bool: the tokens the grammar takes next."""
-        self.inner.unsafe_compute_mask_ptr(self.words.ctypes.data, self.words.nbytes)
+        compute_masks([self])
         return np.unpackbits(self.words.view(np.uint8), bitorder="little")[:self.vocab_size].view(bool)
 
     def mask(self, logits: np.ndarray) -> None:
         """logits (V,) (V >= the tokenizer's vocabulary: a padded head's extra ids are never allowed): every token
         the grammar does not take next set to -inf, in place. ConstraintError when it takes none (a grammar that
-        cannot go on). The ids of the fewer side are listed and written: a boolean-indexed write of 262k logits
-        (Gemma 3's) cost 0.29 ms of CPU a row with few allowed and 2.2 with half, these 0.16 and 0.67 (NOTES.md)."""
-        allowed = self.allowed()
-        count = np.count_nonzero(allowed)
-        if count == 0:
-            raise ConstraintError(f"the grammar allows no next token: {self.inner.get_error() or 'it cannot go on'}")
-        if 2 * count < allowed.size:  # few allowed (inside JSON): keep them, all else -inf
-            ids = np.flatnonzero(allowed)
-            keep = logits[ids]
-            logits.fill(-np.inf)
-            logits[ids] = keep
-        else:  # most allowed (free text, a string's contents): -inf where not
-            logits[np.flatnonzero(~allowed)] = -np.inf
-            logits[self.vocab_size:] = -np.inf
+        cannot go on)."""
+        mask_rows(logits[None], [self])
 
     def consume(self, token: int) -> None:
+        self.fresh = False
         if not self.inner.consume_token(int(token)):
             raise ConstraintError(f"token {token} does not follow the grammar: {self.inner.get_error()}")
 
@@ -163,3 +163,77 @@ class Matcher:
     def complete(self) -> bool:
         """The grammar is satisfied and takes nothing more (only a stop token)."""
         return self.inner.is_stopped()
+
+
+def _words(vocab_size):
+    return (vocab_size + 31) // 32
+
+
+_executor = None
+
+
+def compute_masks(matchers) -> None:
+    """The masks of the matchers' states not yet computed (`fresh` false), in one llguidance call over its threads,
+    the GIL released."""
+    global _executor
+    todo = [m for m in matchers if not m.fresh]
+    if not todo:
+        return
+    if _executor is None:
+        _executor = _llguidance().LLExecutor()
+    batch = np.empty((len(todo), todo[0].words.size), np.int32)  # (each matcher keeps its row: fresh per call)
+    _executor.unsafe_compute_mask_ptr([(m.inner, k) for k, m in enumerate(todo)], batch.ctypes.data,
+                                      batch[0].nbytes, len(todo))
+    for m, words in zip(todo, batch):
+        m.words, m.fresh = words, True
+
+
+class MasksAhead:
+    """compute_masks(matchers) on the masks' worker thread, handed over when the block is entered and awaited when
+    it is left: `with MasksAhead(matchers): model step` (llguidance releases the GIL), then the masks are ready.
+    Should the batch fail, its matchers stay as they were and each computes its own mask when used, so that a
+    failure ends only its own sequence. (One worker kept for the process: starting a thread per step cost the
+    engine's thread 7 ms a round on this loaded machine, waiting for the new thread to be scheduled.)"""
+
+    def __init__(self, matchers):
+        self.stale = [m for m in matchers if not m.fresh]
+        self.future = None
+
+    def __enter__(self):
+        global _worker
+        if self.stale:
+            if _worker is None:
+                _worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pytransformer-masks")
+            self.future = _worker.submit(compute_masks, self.stale)
+        return self
+
+    def __exit__(self, *exc):
+        if self.future is not None:
+            concurrent.futures.wait([self.future])  # (its error, if any, left: the matchers stay stale)
+
+
+_worker = None
+
+
+def mask_rows(logits: np.ndarray, matchers) -> None:
+    """logits (N, V) in place (C-contiguous float32, V >= the tokenizer's vocabulary): row n masked by matchers[n]
+    in one pass (ops.mask_logits); a row whose matcher is None (a finished row) loses only the ids past the
+    tokenizer's vocabulary. ConstraintError when a matcher's grammar allows no next token (a cheap check: any
+    nonzero word)."""
+    N, V = logits.shape
+    live = [m for m in matchers if m is not None]
+    if not live:
+        return
+    compute_masks(live)
+    for m in live:
+        if not np.count_nonzero(m.words):
+            raise ConstraintError(f"the grammar allows no next token: {m.inner.get_error() or 'it cannot go on'}")
+    vocab = live[0].vocab_size
+    if N == 1:  # (one row, the engine's: its matcher's own words)
+        words = live[0].words[None]
+    else:
+        words = np.full((N, _words(vocab)), -1, np.int32)  # (a row without a matcher: every bit set)
+        for n, m in enumerate(matchers):
+            if m is not None:
+                words[n] = m.words
+    ops.mask_logits(logits, words, vocab)

@@ -196,10 +196,11 @@ def stream(model, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=Non
                 return
             tokens = np.concatenate([tokens, nxt[:, None]], 1)
             mask_all = np.concatenate([mask_all, np.ones((B, 1), bool)], 1)
-            if cache.length < cache.capacity:
-                logits = _decode(model, cache, tokens, mask_all)
-            else:  # past the model's positions: the last `window` tokens again, as recomputing would see them
-                cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, window)
+            with _masks_ahead(matchers, done):  # (the live rows' next masks computed while the model steps)
+                if cache.length < cache.capacity:
+                    logits = _decode(model, cache, tokens, mask_all)
+                else:  # past the model's positions: the last `window` tokens again, as recomputing would see them
+                    cache, logits = _prefill(model, tokens[:, -window:], mask_all[:, -window:], window, window)
 
 
 def generate(model, ids, max_new_tokens, **kw):
@@ -287,12 +288,24 @@ def _matchers(tokenizer, B, json_schema, regex, grammar):
     return [compiled.matcher() for _ in range(B)]
 
 
+def _live(matchers, done):
+    return [None if d else m for m, d in zip(matchers, done)]
+
+
 def _constrain(logits, matchers, done):
-    """A copy of logits (B, V) with each live row's disallowed tokens at -inf."""
-    logits = np.array(logits)
-    for r in np.flatnonzero(~done):
-        matchers[r].mask(logits[r])
+    """logits (B, V) with each live row's disallowed tokens at -inf (in place when contiguous)."""
+    from .constrain import mask_rows
+
+    logits = np.ascontiguousarray(logits)
+    mask_rows(logits, _live(matchers, done))
     return logits
+
+
+def _masks_ahead(matchers, done):
+    """The live rows' next masks, computed beside the model's step in its block (constrain.MasksAhead)."""
+    from .constrain import MasksAhead
+
+    return MasksAhead([m for m in _live(matchers, done) if m is not None] if matchers else [])
 
 
 def _rows(cache, n, length=0):

@@ -644,6 +644,33 @@ class AdamW(Op):
         return 7.0 * s["n"] * 4, "GB/s"  # read p, g, m, v; write p, m, v
 
 
+class MaskLogits(Op):
+    """A grammar's bitmask on logits (N, V) in place (constrained decoding): words of random bits, whole words
+    refused (0) and allowed (-1) among them; ids from `vocab` (default V) to V refused."""
+
+    exact = ("logits",)  # (each logit kept or -inf)
+
+    def make(self, rng, s, o):
+        N, V = s["N"], s["V"]
+        words = rng.integers(-2**31, 2**31, (N, (o.get("vocab", V) + 31) // 32)).astype(np.int32)
+        words[rng.random(words.shape) < 0.25] = 0
+        words[rng.random(words.shape) < 0.25] = -1
+        return {"logits": f32(rng, N, V), "words": words}
+
+    def ours(self, x, o):
+        return {"logits": ops.mask_logits(x["logits"].copy(), x["words"], o.get("vocab", x["logits"].shape[1]))}
+
+    def reference(self, x, o):
+        return {"logits": ref.mask_logits(x["logits"], x["words"], o.get("vocab", x["logits"].shape[1]))}
+
+    def calls(self, x, o):
+        logits = x["logits"].copy()
+        return {"forward": lambda: ops.mask_logits(logits, x["words"], o.get("vocab", logits.shape[1]))}
+
+    def work(self, s, o, direction):
+        return s["N"] * s["V"] * 4.0, "GB/s"  # (the row's bytes: refused entries written, the rest skipped)
+
+
 class SumSquares(Op):
     floors = {"sum": 1.0, "norm": 1.0}
 
@@ -741,7 +768,7 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
        "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0}),  # (floors as Gelu's: gelu_tanh(x << 0))
        "matmul_quantized_int8": MatmulQuantizedInt8(),
-       "hamming_candidates": HammingCandidates(), "int8_candidates": Int8Candidates()}
+       "hamming_candidates": HammingCandidates(), "int8_candidates": Int8Candidates(), "mask_logits": MaskLogits()}
 
 
 @dataclass(frozen=True)
@@ -894,6 +921,11 @@ CASES = [
       for qtype in QUANT_TYPES if qtype not in ("F32", "F16", "BF16")
       for N, k, OC in [(1, 0, 1), (2, 1, 7), (3, 2, 67), (5, 1, 40), (7, 0, 33), (16, 1, 70), (17, 0, 9),
                        (70, 2, 66)]],
+    # a grammar's mask: rows 1..17, V and the tokenizer's vocab not multiples of 32 (the last word in part) or of
+    # 512 (AVX-512's 16-bit steps), vocab < V (a padded head), SmolLM2's and Gemma 3's vocabularies
+    *[case("mask_logits", CHECK if (N, V) == (3, 100) else TEST, N=N, V=V, vocab=vocab)
+      for N, V, vocab in [(1, 1, 1), (1, 31, 31), (2, 32, 0), (3, 100, 65), (7, 520, 520), (16, 1000, 999),
+                          (17, 4099, 4097), (16, 49152, 49152), (2, 262144, 262144), (5, 262272, 262145)]],
     *[case("adamw", CHECK if n == 130 else TEST, tol=1e-5, n=n) for n in [1, 17, 130, 100001]],
     *[case("sum_squares", CHECK if n == 130 else TEST, tol=1e-6, n=n) for n in [0, 1, 17, 130, 1000003]],
     # search's Hamming candidates: vector tails (N not a multiple of 8), one row, n past N, words past 31 (AVX2's
@@ -941,6 +973,7 @@ CASES = [
     *[case("matmul_dinp", BENCH, N=256, IC=IC, OC=OC, weight=kind)
       for IC, OC in [(576, 1536), (1536, 576)] for kind in ("float32", "bfloat16", "int8", "Q4_1", "Q4_K", "Q8_0")
       if kind not in BLOCK_LAYOUT or IC % BLOCK_LAYOUT[kind][0] == 0],  # (Q4_K: IC of whole 256-value blocks)
+    *[case("mask_logits", BENCH, N=16, V=V) for V in (49152, 262144)],  # (16 constrained rows of a step)
     case("rmsnorm", BENCH, N=8192, C=576),
     case("hamming_candidates", BENCH, N=1_000_000, W=6, Q=1, take=1000),  # (1M rows of 384 dims, top 10 x 100)
     case("int8_candidates", BENCH, N=1_000_000, D=384, Q=1, take=100),  # (1M rows of 384 dims, top 10 x 10)

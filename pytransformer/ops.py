@@ -23,7 +23,7 @@ from .cuda import to_device as _to_device
 from .cuda import kernels as _cuda_kernels
 from ._validate import F32, I64, array, finite_float, integer, key_mask_bytes, no_overlaps, output
 
-U16, I8 = np.dtype(np.uint16), np.dtype(np.int8)
+U16, I8, I32 = np.dtype(np.uint16), np.dtype(np.int8), np.dtype(np.int32)
 
 
 def _kernels(x):
@@ -297,6 +297,23 @@ def softmax_backward(dout, out, *, dinp=None):
     dinp = output(dinp, "dinp", out.shape, dout)
     _kernels(dinp).softmax_backward(dinp, out, dout, _rows(out), d["C"])
     return dinp
+
+
+@_writes("logits")
+def mask_logits(logits, words, vocab):
+    """A grammar's mask (constrained decoding) on logits (N, V), in place and returned: -inf at every token i the
+    grammar refuses -- bit i % 32 of words[n, i // 32] is 0 (llguidance's bitmask: words int32 (N, ceil(vocab /
+    32)), the lowest bit first) -- and at every i >= vocab (a padded head's ids past the tokenizer's, vocab <= V).
+    The allowed logits are left as they are. CPU arrays."""
+    d = {}
+    array(logits, "logits", ("N", "V"), d)
+    vocab = integer(vocab, "vocab")
+    if not 0 <= vocab <= d["V"]:
+        raise ValueError(f"vocab must be in [0, V={d['V']}] (the logits' width), got {vocab}")
+    array(words, "words", ("N", (vocab + 31) // 32), d, I32)
+    output(logits, "logits", logits.shape, logits)
+    _core.mask_logits(logits, words, d["N"], d["V"], vocab)
+    return logits
 
 
 @_writes("losses", "lse")

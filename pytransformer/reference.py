@@ -132,6 +132,16 @@ def softmax_backward(dout, out):
     return out * (g - (g * out).sum(-1, keepdims=True))
 
 
+def mask_logits(logits, words, vocab):
+    """logits (N, V) with -inf at token i where bit i % 32 of words (N, ceil(vocab / 32)) [n, i // 32] is 0, and at
+    every i >= vocab."""
+    x = np.asarray(logits, np.float64)
+    bits = (np.asarray(words).astype(np.uint32)[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1  # (N, NW, 32)
+    allowed = np.zeros(x.shape, bool)
+    allowed[:, :vocab] = bits.reshape(x.shape[0], -1)[:, :vocab] == 1
+    return np.where(allowed, x, -np.inf)
+
+
 def crossentropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """Mean over rows whose target != ignore_index of -sum_j q_j log softmax(x)_j with the target distribution
     q = (1 - eps) onehot + eps / V (eps = label_smoothing). -> loss, losses (N,), lse (N,)."""

@@ -138,3 +138,59 @@ def test_a_refused_token_is_a_constraint_error_naming_it(model):
     with pytest.raises(ConstraintError, match=f"token {x} does not follow the grammar: .*'x' fails"):
         Grammar.of(tok, regex="ab").matcher().consume(x)
     assert issubclass(ConstraintError, ValueError)
+
+
+def test_a_grammar_that_allows_nothing_next_is_a_constraint_error(model):
+    from pytransformer.constrain import ConstraintError
+
+    matcher = Grammar.of(model.tokenizer, regex="[0-9]+").matcher()
+    matcher.words, matcher.fresh = np.zeros_like(matcher.words), True  # (a state the library found no token for)
+    with pytest.raises(ConstraintError, match="allows no next token"):
+        matcher.mask(np.zeros(model.tokenizer.vocab_size, np.float32))
+
+
+def _walked(grammar, tok, texts):
+    """A matcher per text, each having consumed its text's tokens."""
+    matchers = [grammar.matcher() for _ in texts]
+    for m, text in zip(matchers, texts):
+        for t in tok.encode(text):
+            m.consume(t)
+    return matchers
+
+
+def test_a_batch_of_masks_computed_together_or_beside_a_step_equals_each_computed_alone(model):
+    from pytransformer.constrain import MasksAhead, compute_masks
+
+    tok = model.tokenizer
+    grammar = Grammar.of(tok, json_schema=SCHEMA)
+    texts = ['{"name": "Al', '{"name": "Al", "age": 4', '', '{"name": "Bo", "age": 7, "pets": [']
+    alone = [np.unpackbits(np.frombuffer(m.inner.compute_bitmask(), np.uint8), bitorder="little")[:tok.vocab_size]
+             .view(bool) for m in _walked(grammar, tok, texts)]  # (the library's own one-matcher call)
+    together = _walked(grammar, tok, texts)
+    compute_masks(together)
+    ahead = _walked(grammar, tok, texts)
+    with MasksAhead(ahead):
+        pass
+    for m, n, want in zip(together, ahead, alone):
+        assert m.fresh and n.fresh
+        np.testing.assert_array_equal(m.allowed(), want)
+        np.testing.assert_array_equal(n.allowed(), want)
+    assert len({a.sum() for a in alone}) == len(alone)  # (four different states)
+
+
+def test_rows_masked_together_each_follow_their_own_matcher(model, rng):
+    from pytransformer.constrain import mask_rows
+
+    tok = model.tokenizer
+    grammar = Grammar.of(tok, json_schema=SCHEMA)
+    matchers = _walked(grammar, tok, ['{"name": "Al', '', '{"name": "Al", "age": 4'])
+    V = tok.vocab_size + 40  # (a padded head)
+    logits = rng.standard_normal((4, V)).astype(np.float32)
+    masked = logits.copy()
+    mask_rows(masked, matchers + [None])  # (the last row: a finished one)
+    for row, m in enumerate(matchers):
+        allowed = np.zeros(V, bool)
+        allowed[:tok.vocab_size] = m.allowed()
+        np.testing.assert_array_equal(masked[row], np.where(allowed, logits[row], -np.inf))
+    np.testing.assert_array_equal(masked[3, :tok.vocab_size], logits[3, :tok.vocab_size])
+    assert np.isneginf(masked[3, tok.vocab_size:]).all()

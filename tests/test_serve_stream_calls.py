@@ -79,6 +79,8 @@ class Failing:
 
 
 class FailingMatcher:
+    fresh = True  # (no mask to compute ahead: constrain.MasksAhead passes it by)
+
     def __init__(self, k):
         self.k = k
 

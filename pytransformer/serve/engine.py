@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..constrain import ConstraintError
+from ..constrain import ConstraintError, MasksAhead
 from ..generate import KVCache
 from ..tokenizers.textstream import TextStream
 from .sequential import SequentialRows
@@ -232,13 +232,14 @@ class Engine:
             else:
                 going.append(job)
         if going:  # (the event loop streams the last round's tokens while the step runs without the GIL)
-            self.rows.step(going, self._flush)
+            with MasksAhead([j.matcher for j in going if j.matcher is not None]):  # (the grammars' next masks)
+                self.rows.step(going, self._flush)
 
     def _sample(self, job):
         """The job's next token from its logits, its text emitted -> the finish reason, or None to go on."""
         raw = logits = job.logits
-        if job.matcher is not None:  # (the grammar's mask before any sampler; logprobs stay the model's own)
-            logits = np.array(raw)
+        if job.matcher is not None:  # (the grammar's mask before any sampler, in place; logprobs: the model's own)
+            logits = np.array(raw) if job.logprobs is not None else raw
             job.matcher.mask(logits)
         if job.best is not None and job.matcher is None and job.sampler.temperature == 0.0 and \
                 job.sampler.repetition_penalty == 1.0:

@@ -18,5 +18,6 @@ template <>
 inline const char* dtype_name<int8_t>() { return "int8"; }
 template <>
 inline const char* dtype_name<uint64_t>() { return "uint64"; }
+inline const char* dtype_name<int32_t>() { return "int32"; }
 
 }  // namespace pt

@@ -95,6 +95,9 @@
   /* softmax over the last axis of (N, C) */                                                                  \
   void softmax_forward(float* out, const float* inp, int64_t N, int64_t C);                                  \
   void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C);             \
+  /* a grammar's mask (constrained decoding, cpu/mask.cpp): logits (N, V) in place, -inf at token i where bit    \
+     i % 32 of words (N, ceil(vocab / 32)) [n, i / 32] is 0 (llguidance's bitmask) and at every i >= vocab <= V */ \
+  void mask_logits(float* logits, const uint32_t* words, int64_t N, int64_t V, int64_t vocab);               \
   /* losses (N) per row (0 where ignored), lse (N) log-sum-exp saved; returns the mean over counted rows;     \
      smoothing eps: targets (1 - eps) onehot + eps / V (label smoothing, 0: none) */                         \
   double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets,        \
@@ -140,6 +143,7 @@
 #define PT_KERNEL_LIST(X)                                                                                    \
   X(matmul_forward) X(matmul_w16_forward) X(matmul_w8_forward) X(matmul_backward) X(layernorm_forward) X(layernorm_backward) X(gelu_forward)            \
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
+  X(mask_logits)                                                                                            \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
