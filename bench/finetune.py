@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PAIRS = [("ours-float32", "torch+peft", "float32 bases"), ("ours-bf16", "torch+peft-bf16", "bf16 products")]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# one side's run: prints one JSON line {"tokens_per_s", "peak_rss_mib", "loss"}; argv: side, steps, batch, context,
+# one side's run: prints one JSON line {"tokens_per_s", "cpu_s_per_step" (every thread's: on a shared machine the
+# steadier figure), "peak_rss_mib", "loss"}; argv: side, steps, batch, context,
 # folder of the float32 Hugging Face copy
 CHILD = r"""
 import json, resource, sys, time
@@ -66,11 +67,12 @@ else:
         opt.step()
         return loss
 step()
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 losses = [step() for _ in range(steps)]
-elapsed = time.perf_counter() - t
-print(json.dumps({"tokens_per_s": steps * B * T / elapsed, "peak_rss_mib": resource.getrusage(
-    resource.RUSAGE_SELF).ru_maxrss / 1024, "loss": float(losses[-1])}))
+elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+print(json.dumps({"tokens_per_s": steps * B * T / elapsed, "cpu_s_per_step": cpu / steps,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "loss": float(losses[-1])}))
 """ % {"targets": TARGETS}
 
 # writes the float32 Hugging Face copy of the packaged model (a process of its own: no side pays for it)
@@ -106,17 +108,19 @@ def main():
     results = {"machine": line, "threads": args.threads, "batch": args.batch, "context": args.context, "sides": {}}
     with tempfile.TemporaryDirectory() as folder:
         run([sys.executable, "-c", EXPORT, folder], args.threads)
-        print(f"{'side':16s} {'tokens/s':>10s} {'peak RSS MiB':>13s} {'loss':>8s}")
+        print(f"{'side':16s} {'tokens/s':>10s} {'CPU s/step':>11s} {'peak RSS MiB':>13s} {'loss':>8s}")
         for side in args.sides.split(","):
             out = json.loads(run([sys.executable, "-c", CHILD, side, str(args.steps), str(args.batch),
                                   str(args.context), folder, str(args.threads)], args.threads).splitlines()[-1])
             results["sides"][side] = out
-            print(f"{side:16s} {out['tokens_per_s']:10.1f} {out['peak_rss_mib']:13.0f} {out['loss']:8.4f}", flush=True)
+            print(f"{side:16s} {out['tokens_per_s']:10.1f} {out['cpu_s_per_step']:11.2f} {out['peak_rss_mib']:13.0f} "
+                  f"{out['loss']:8.4f}", flush=True)
     sides = results["sides"]
     for ours, theirs, what in PAIRS:
         if ours in sides and theirs in sides:
             a, b = sides[ours], sides[theirs]
             print(f"{ours} / {theirs} ({what}): {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+                  f"{b['cpu_s_per_step'] / a['cpu_s_per_step']:.2f}x by CPU time, "
                   f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
     if args.json:
         write_json(args.json, results)
