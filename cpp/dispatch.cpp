@@ -91,6 +91,8 @@ Kernels on_tiles(const Kernels& base) {
 #ifdef PT_HAVE_AMX
   k.matmul_forward = &amx::matmul_forward;
   k.matmul_backward = &amx_matmul_backward;
+  k.matmul_w16_forward = &amx::matmul_w16_forward;
+  k.matmul_q_dinp = &amx::matmul_q_dinp;
   k.attention_forward = &amx_attention::attention_forward;
   k.attention_backward = &amx_attention::attention_backward;
 #endif

@@ -144,17 +144,20 @@ def _rows(x):
 @_writes("dinp", "dweight", "dbias")
 def matmul_backward(dout, inp, weight, *, dinp=None, dweight=None, dbias=None, compute_dinp=True,
                     compute_dbias=True):
-    """-> dinp (..., IC) overwritten, dweight (OC, IC) and dbias (OC) accumulated (None when not computed)."""
+    """-> dinp (..., IC) overwritten, dweight (OC, IC) and dbias (OC) accumulated (None when not computed).
+    weight may be None without dinp (dweight += dout^T inp alone does not read it: any out += a @ b in one pass)."""
     d = {}
-    array(weight, "weight", ("OC", "IC"), d)
+    if weight is not None or compute_dinp:
+        array(weight, "weight", ("OC", "IC"), d)
     array(inp, "inp", ("...", "IC"), d)
     array(dout, "dout", ("...", "OC"), d)
     if dout.shape[:-1] != inp.shape[:-1]:
         raise ValueError(f"dout {tuple(dout.shape)} and inp {tuple(inp.shape)} must share leading dimensions")
     dinp = output(dinp, "dinp", inp.shape, dout) if compute_dinp else None
-    dweight = output(dweight, "dweight", weight.shape, dout, zero=True)
+    dweight = output(dweight, "dweight", (d["OC"], d["IC"]), dout, zero=True)
     dbias = output(dbias, "dbias", (d["OC"],), dout, zero=True) if compute_dbias else None
-    _kernels(dout).matmul_backward(dinp, dweight, dbias, dout, inp, weight, _rows(inp), d["IC"], d["OC"])
+    _kernels(dout).matmul_backward(dinp, dweight, dbias, dout, inp, dweight if weight is None else weight,
+                                   _rows(inp), d["IC"], d["OC"])  # (the kernel reads weight only for dinp)
     return dinp, dweight, dbias
 
 

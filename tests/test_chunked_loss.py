@@ -88,3 +88,48 @@ def test_targets_of_the_wrong_shape_are_a_value_error(rng):
     with pytest.raises(ValueError, match=r"targets must have shape \(3, 10\)"):
         model.loss(rng.integers(0, 64, (B, T)), np.zeros((B, T + 1), np.int64))
     assert isinstance(model.head, ChunkedCrossEntropy)
+
+
+def _adapter_step(model, idx, targets, dloss):
+    """(loss, the adapter's gradients, the head products run) for one loss + backward."""
+    calls = []
+    forward = model.lm_head.forward
+    model.lm_head.forward = lambda x: calls.append(len(x)) or forward(x)
+    try:
+        model.zero_grad()
+        loss = model.loss(idx, targets)
+        model.backward(dloss)
+    finally:
+        del model.lm_head.forward
+    return loss, model.trainable.grad.copy(), len(calls)
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "gemma3-softcap"])
+def test_a_frozen_head_runs_each_block_once_with_the_recomputing_gradients(rng, name, monkeypatch):
+    """Under an adapter the head takes no gradient: the forward takes each block through the backward at once
+    (one head product per block, not two) and the adapter's gradients are the recomputing path's."""
+    model = MODELS[name]().add_adapter(rank=2, alpha=4).train()
+    model.trainable.data[...] = rng.normal(0.0, 0.1, model.trainable.size)  # (B nonzero: every gradient flows)
+    model.head.ROWS = 4
+    V = model.description.vocab_size
+    idx, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    targets[0, 2:8] = -100  # (a block with no target: no product at all)
+    loss, grads, products = _adapter_step(model, idx, targets, 0.5)
+    monkeypatch.setattr("pytransformer.models.base.takes_no_gradient", lambda layer: False)
+    again_loss, recomputed, again = _adapter_step(model, idx, targets, 0.5)
+    blocks = math.ceil(B * T / 4) - 1
+    assert (products, again) == (blocks, 2 * blocks)
+    assert loss == again_loss
+    # the same products in the same order; dloss = 0.5 scales dx after the blocks (exact for a power of two)
+    # instead of inside them: a few roundings of each sum at most
+    assert np.abs(grads - recomputed).max() <= 8 * EPS * np.abs(recomputed).max()
+    assert np.abs(grads).max() > 0
+
+
+def test_a_trainable_head_keeps_its_gradient_for_backward(rng):
+    """Without an adapter the head's weight gradient accumulates in backward(), for the dloss it is given: a loss
+    alone leaves every gradient at zero."""
+    model = MODELS["llama-tied"]().train()
+    model.zero_grad()
+    model.loss(rng.integers(0, 64, (B, T)), rng.integers(0, 64, (B, T)))
+    assert not model.params.grad.any()

@@ -14,6 +14,7 @@ import pytest
 import pytransformer
 from pytransformer import ops
 from pytransformer import reference as R
+from pytransformer.opcases import random_blocks
 
 from conftest import assert_close, f32
 
@@ -162,3 +163,54 @@ def test_attention_bf16_path_is_taken(rng):
     assert_close(full, want, 2e-5, "float32")
     err = np.abs(half - want).max() / np.abs(want).max()
     assert 1e-4 < err < 2e-2, f"bf16 attention error {err:.3g}"
+
+
+# bfloat16 weights under the bf16 precision: from 16 rows on tiles (the input rounded, the bits taken as they are),
+# fewer rows (decoding) on the AVX-512 products with the input exact
+W16_SHAPES = [(15, 33, 31), (16, 33, 31), (17, 63, 65), (64, 100, 96), (130, 384, 1152), (257, 1536, 576)]
+
+
+def _w16_spec(x, bits):
+    """The bf16 precision's product spec for a bf16 weight: x rounded from 16 rows on, the weight exact."""
+    return R.round_bfloat16(x) if len(x) >= 16 else x, R.from_bfloat16(bits)
+
+
+@needs_amx
+@pytest.mark.parametrize("N,IC,OC", W16_SHAPES)
+def test_bf16_weight_forward_matches_reference(bf16, rng, N, IC, OC):
+    x, bits, b = f32(rng, N, IC), ops.to_bfloat16(f32(rng, OC, IC)), f32(rng, OC)
+    rx, rw = _w16_spec(x, bits)
+    assert_close(ops.matmul_forward(x, bits, b), R.matmul_forward(rx, rw, b), 2e-6 * max(1, IC / 64) ** 0.5,
+                 "forward")
+
+
+@needs_amx
+@pytest.mark.parametrize("N,IC,OC", W16_SHAPES)
+def test_bf16_weight_dinp_matches_reference(bf16, rng, N, IC, OC):
+    dout, bits = f32(rng, N, OC), ops.to_bfloat16(f32(rng, OC, IC))
+    rd, rw = _w16_spec(dout, bits)
+    dinp = np.full((N, IC), np.nan, np.float32)
+    assert ops.matmul_dinp(dout, bits, dinp=dinp) is dinp
+    assert_close(dinp, rd @ rw, 2e-6 * max(1, OC / 64) ** 0.5, "dinp")
+
+
+@needs_amx
+def test_bf16_weights_take_the_tiles_only_under_the_bf16_precision(rng):
+    """The rounding of the input is visible from 16 rows under the precision, and absent without it."""
+    x, bits = f32(rng, 64, 256), ops.to_bfloat16(f32(rng, 96, 256))
+    exact = R.matmul_forward(x, R.from_bfloat16(bits))
+    assert_close(ops.matmul_forward(x, bits), exact, 2e-6, "float32 precision")
+    assert_close(ops.matmul_dinp(x[:, :96].copy(), bits), x[:, :96] @ R.from_bfloat16(bits), 2e-6, "float32 dinp")
+    with pytransformer.matmul_precision("bfloat16"):
+        err = np.abs(ops.matmul_forward(x, bits) - exact).max() / np.abs(exact).max()
+    assert 1e-4 < err < 2e-2, f"bf16 error {err:.3g} is not what rounding the input to 8 bits of mantissa gives"
+
+
+@needs_amx
+def test_block_dinp_is_unchanged_by_the_bf16_precision(rng):
+    """Only bf16 rows take the tiles: a GGUF block weight's dinp is the float32 kernel's, bit for bit."""
+    w = ops.Quantized(random_blocks(rng, "Q8_0", 64, 256), "Q8_0", (64, 256))
+    dout = f32(rng, 40, 64)
+    plain = ops.matmul_dinp(dout, w)
+    with pytransformer.matmul_precision("bfloat16"):
+        np.testing.assert_array_equal(ops.matmul_dinp(dout, w), plain)

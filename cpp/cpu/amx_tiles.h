@@ -19,11 +19,14 @@ namespace amx {
 
 constexpr int64_t TILE = 512;                 // bf16 elements in one 16 x 32 tile (1 KB)
 
-struct View {  // element (i, j) at p[i * rs + j * cs]
-  const float* p;
+template <class T>
+struct ViewOf {  // element (i, j) at p[i * rs + j * cs]
+  const T* p;
   int64_t rs, cs;
-  const float* at(int64_t i, int64_t j) const { return p + i * rs + j * cs; }
+  const T* at(int64_t i, int64_t j) const { return p + i * rs + j * cs; }
 };
+using View = ViewOf<float>;
+using Bf16View = ViewOf<uint16_t>;  // bfloat16 bits (a bf16 weight: B's tiles take them as they are)
 
 struct alignas(64) TileConfig {
   uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
@@ -41,6 +44,12 @@ inline __mmask16 mask16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0
 
 // 16 floats at p (the first n of them; the rest read as 0)
 inline __m512 load16(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
+// 16 bfloat16 at p (the first n of them; the rest read as 0), widened exactly to float32
+inline __m512 load16(const uint16_t* p, int64_t n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(n), p)), 16));
+}
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t bits) { return _mm512_cvtss_f32(load16(&bits, 1)); }
 
 // 32 bf16 in order: lo then hi
 inline __m512i to_bf16(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
@@ -109,7 +118,9 @@ inline void pack_A_tile(uint16_t* dst, View A, int64_t i0, int64_t k0, int64_t M
 }
 
 // dst: B tile in VNNI order, 16 k-pairs x 16 columns = B[k0 .. k0 + 32, j0 .. j0 + 16), zero outside (K, N).
-inline void pack_B_tile(uint16_t* dst, View B, int64_t k0, int64_t j0, int64_t K, int64_t N) {
+// B float32 or bfloat16 bits (widened and rounded back: exact).
+template <class T>
+inline void pack_B_tile(uint16_t* dst, ViewOf<T> B, int64_t k0, int64_t j0, int64_t K, int64_t N) {
   const int64_t kr = K - k0, nr = std::min<int64_t>(16, N - j0);
   __m512i rows[16];
   if (B.cs == 1) {  // rows contiguous along n: interleave rows 2r and 2r + 1
@@ -122,7 +133,7 @@ inline void pack_B_tile(uint16_t* dst, View B, int64_t k0, int64_t j0, int64_t K
   } else if (B.rs == 1) {  // columns contiguous along k: each column is one row of k-pairs, then transpose
     for (int n = 0; n < 16; n++) {
       if (n < nr) {
-        const float* s = B.at(k0, j0 + n);
+        const T* s = B.at(k0, j0 + n);
         rows[n] = to_bf16(load16(s, kr), load16(s + 16, kr - 16));
       } else {
         rows[n] = _mm512_setzero_si512();
@@ -133,8 +144,8 @@ inline void pack_B_tile(uint16_t* dst, View B, int64_t k0, int64_t j0, int64_t K
     alignas(64) float lo[16], hi[16];
     for (int r = 0; r < 16; r++) {
       for (int n = 0; n < 16; n++) {
-        lo[n] = (2 * r < kr && n < nr) ? *B.at(k0 + 2 * r, j0 + n) : 0.f;
-        hi[n] = (2 * r + 1 < kr && n < nr) ? *B.at(k0 + 2 * r + 1, j0 + n) : 0.f;
+        lo[n] = (2 * r < kr && n < nr) ? to_float(*B.at(k0 + 2 * r, j0 + n)) : 0.f;
+        hi[n] = (2 * r + 1 < kr && n < nr) ? to_float(*B.at(k0 + 2 * r + 1, j0 + n)) : 0.f;
       }
       rows[r] = interleave_bf16(_mm512_load_ps(lo), _mm512_load_ps(hi));
     }

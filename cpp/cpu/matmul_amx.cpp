@@ -1,6 +1,8 @@
 // Linear layers in bfloat16 on Intel AMX: the same products as matmul.cpp (forward, dinp, dweight), with the
 // inputs rounded to bfloat16 (round to nearest even) and every sum accumulated in float32 -- torch's
-// set_float32_matmul_precision("medium"). Used when pytransformer.set_matmul_precision("bfloat16") is on.
+// set_float32_matmul_precision("medium"). Used when pytransformer.set_matmul_precision("bfloat16") is on, and then
+// also for weights stored as bfloat16 (forward and dinp: LoRA fine-tuning on a bf16 base) from MIN_TILE_ROWS rows;
+// fewer rows (decoding) keep the AVX-512 products, which stream the weight once instead of packing it.
 //
 // The tiles, packing and the 2 x 2 tile kernel are in amx_tiles.h. The register block is 2 x 2 C tiles
 // (32 x 32 outputs) and the whole k range runs in the tiles, so C is written once. Blocking: all of A is packed
@@ -32,9 +34,11 @@ namespace amx {
 namespace {
 
 constexpr int64_t B_BLOCK_BYTES = 1 << 20;    // packed B column block: half of this CPU's 2 MB L2
+constexpr int64_t MIN_TILE_ROWS = 16;         // a bf16 weight's products on tiles from one A tile's rows
 
-// C (M, N) = A @ B (+ bias), or C += A @ B when accumulate; A and B rounded to bf16.
-void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc, bool accumulate,
+// C (M, N) = A @ B (+ bias), or C += A @ B when accumulate; A and B rounded to bf16 (B float32 or bf16 bits).
+template <class BView>
+void gemm(int64_t M, int64_t N, int64_t K, View A, BView B, float* C, int64_t ldc, bool accumulate,
           const float* bias) {
   if (M <= 0 || N <= 0) return;
   const int64_t nkb = std::max<int64_t>(1, (K + 31) / 32);
@@ -152,6 +156,19 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
                      int64_t N, int64_t IC, int64_t OC) {
   if (dinp) gemm(N, IC, OC, View{dout, OC, 1}, View{weight, IC, 1}, dinp, IC, false, nullptr);
   if (dweight) gemm(OC, IC, N, View{dout, 1, OC}, View{inp, IC, 1}, dweight, IC, true, nullptr);
+}
+
+void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N,
+                        int64_t IC, int64_t OC) {
+  if (N < MIN_TILE_ROWS) return avx512::kernels()->matmul_w16_forward(out, inp, weight, bias, N, IC, OC);
+  gemm(N, OC, IC, View{inp, IC, 1}, Bf16View{weight, 1, IC}, out, OC, false, bias);
+}
+
+void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qtype, int64_t N, int64_t IC,
+                   int64_t OC) {
+  if (qtype != kBF16 || N < MIN_TILE_ROWS) return avx512::kernels()->matmul_q_dinp(dinp, dout, weight, qtype, N, IC, OC);
+  gemm(N, IC, OC, View{dout, OC, 1}, Bf16View{reinterpret_cast<const uint16_t*>(weight), IC, 1}, dinp, IC, false,
+       nullptr);
 }
 
 }  // namespace amx

@@ -423,12 +423,23 @@ class CrossEntropyHead:
         return logits.reshape(shape)
 
 
+def takes_no_gradient(layer) -> bool:
+    """Whether a layer's backward leaves every Parameter alone: frozen with a plain weight (an adapter's own
+    matrices do take gradients), or without Parameters."""
+    own = getattr(layer, "stored", None) if getattr(layer, "frozen", False) else layer
+    return not isinstance(own, Module) or next(own.named_parameters(), None) is None
+
+
 class ChunkedCrossEntropy(CrossEntropyHead):
     """The next-token loss of a language model from its last hidden rows x (..., C) through its output layers
     (the head product, soft-capping: modules with forward / backward), ROWS rows at a time: the (N, V) logits and
-    their gradient are never held whole (8 x 256 rows of a 49,152-token vocabulary would be 403 MB each). The
-    forward keeps x's rows and each row's log-sum-exp; backward recomputes each block's logits and takes it
-    through the cross-entropy and the output layers' backward at once."""
+    their gradient are never held whole (8 x 256 rows of a 49,152-token vocabulary would be 403 MB each).
+
+    When the output layers take no gradient of their own (frozen under an adapter, or parameter-free), the forward
+    takes each block on through the cross-entropy's and the layers' backward while its logits are at hand and keeps
+    dx (N, C) for dloss = 1 (backward scales it): no head product is computed twice. Otherwise the forward keeps
+    x's rows and each row's log-sum-exp, and backward recomputes each block's logits (the weight's gradient then
+    accumulates in backward, for the dloss it is given)."""
 
     ROWS = 256  # a block's logits: ROWS x V float32 (48 MiB at V = 49,152)
 
@@ -441,19 +452,24 @@ class ChunkedCrossEntropy(CrossEntropyHead):
         flat_targets = ops.like(host_targets, x)
         starts = range(0, len(rows), self.ROWS)
         counts = [int(np.count_nonzero(host_targets[s:s + self.ROWS] != ignore_index)) for s in starts]
+        fused = keep and all(map(takes_no_gradient, layers))
+        dx = ops.zeros(rows.shape, ops.device_of(x)) if fused else None
         total, lse = 0.0, ops.zeros((len(rows),), ops.device_of(x))
         for s, count in zip(starts, counts):
             if count:
-                block_loss, _, _ = ops.crossentropy_forward(self._logits(rows[s:s + self.ROWS], layers),
-                                                            flat_targets[s:s + self.ROWS], ignore_index,
-                                                            label_smoothing=self.label_smoothing,
-                                                            lse=lse[s:s + self.ROWS])
+                block = slice(s, s + self.ROWS)
+                logits = self._logits(rows[block], layers)
+                block_loss, _, _ = ops.crossentropy_forward(logits, flat_targets[block], ignore_index,
+                                                            label_smoothing=self.label_smoothing, lse=lse[block])
                 total += block_loss * count
+                if fused:
+                    self._block_backward(dx[block], logits, flat_targets[block], lse[block],
+                                         count / sum(counts), ignore_index, layers)
         loss = total / sum(counts) if sum(counts) else float("nan")
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}: non-finite logits, or every target is ignore_index")
         if keep:  # (a loss under evaluating() leaves a pending training step's state alone)
-            self._saved = (rows, flat_targets, lse, ignore_index, x.shape, counts, layers)
+            self._saved = (rows, flat_targets, lse, ignore_index, x.shape, counts, layers, dx)
         return loss
 
     @staticmethod
@@ -462,22 +478,28 @@ class ChunkedCrossEntropy(CrossEntropyHead):
             rows = layer.forward(rows)
         return rows
 
+    def _block_backward(self, dx, logits, targets, lse, dloss, ignore, layers):
+        """dx (n, C) = one block's gradient at the hidden rows, from its logits (n, V) (overwritten by dlogits)."""
+        d = ops.crossentropy_backward(logits, targets, lse, dloss, ignore, label_smoothing=self.label_smoothing,
+                                      dlogits=logits)
+        for layer in reversed(layers):
+            d = layer.backward(d)
+        ops.copy_into(dx, d)  # (rows of a device array too)
+
     def backward(self, dloss=1.0):
         """dx (..., C): the loss's gradient at the hidden rows (the output layers' weight gradients accumulate)."""
         if self._saved is None:
             raise RuntimeError("backward() needs a loss() first, once per backward()")
-        rows, targets, lse, ignore, shape, counts, layers = self._saved
+        rows, targets, lse, ignore, shape, counts, layers, dx = self._saved
         self._saved = None
+        if dx is not None:  # (computed by the forward for dloss = 1)
+            return (dx if dloss == 1.0 else ops.scale_(dx, dloss)).reshape(shape)
         dx = ops.zeros(rows.shape, ops.device_of(rows))
         for s, count in zip(range(0, len(rows), self.ROWS), counts):
             if count:
-                logits = self._logits(rows[s:s + self.ROWS], layers)
-                d = ops.crossentropy_backward(logits, targets[s:s + self.ROWS], lse[s:s + self.ROWS],
-                                              dloss * count / sum(counts), ignore,
-                                              label_smoothing=self.label_smoothing, dlogits=logits)
-                for layer in reversed(layers):
-                    d = layer.backward(d)
-                ops.copy_into(dx[s:s + self.ROWS], d)  # (rows of a device array too)
+                block = slice(s, s + self.ROWS)
+                self._block_backward(dx[block], self._logits(rows[block], layers), targets[block], lse[block],
+                                     dloss * count / sum(counts), ignore, layers)
         return dx.reshape(shape)
 
 

@@ -38,7 +38,7 @@ class LoRAWeight(Module, Weight):
         self.lora_B = Parameter((OC, rank), zeros)
         self.drop = Dropout(dropout)
 
-    _saved = None  # (dropout(x), scale * x A^T) of the last forward that keeps state
+    _saved = None  # (dropout(x), scale * x A^T, whether dropout masked x) of the last forward that keeps state
 
     @property
     def shape(self):
@@ -49,29 +49,31 @@ class LoRAWeight(Module, Weight):
         return self.base.activations
 
     def forward(self, x, bias=None):
-        """x (..., IC) -> base(x) + bias + scale * dropout(x) @ A^T @ B^T (..., OC)."""
+        """x (..., IC) -> base(x) + bias + scale * dropout(x) @ A^T @ B^T (..., OC): the adapter's part added in
+        one pass over the base's output."""
         y = self.base.forward(x, bias)
         xd = self.drop.forward(x)
         h = ops.scale_(ops.matmul_forward(xd, self.lora_A.data), self.scale)  # (..., r)
-        ops.add_into(y, ops.matmul_forward(h, self.lora_B.data))
+        add_product(y, h, np.ascontiguousarray(self.lora_B.data.T))
         if self.keeps_state:
-            self._saved = (xd, h)
+            self._saved = (xd, h, xd is not x)
         return y
 
     def backward(self, dout):
-        """dout (..., OC) -> dx (..., IC) = base.dinp(dout) + the adapter's part; dA and dB accumulate."""
-        xd, h = self.saved(self._saved)
+        """dout (..., OC) -> dx (..., IC) = base.dinp(dout) + the adapter's part; dA and dB accumulate. Without a
+        dropout mask the adapter's part is added into the base's dx in one pass."""
+        xd, h, masked = self.saved(self._saved)
         dx = self.base.dinp(dout)
         dh, _, _ = ops.matmul_backward(dout, h, self.lora_B.data, dweight=self.lora_B.grad, compute_dbias=False)
         ops.scale_(dh, self.scale)
-        dxd, _, _ = ops.matmul_backward(dh, xd, self.lora_A.data, dweight=self.lora_A.grad, compute_dbias=False)
-        return ops.add_into(dx, self.drop.backward(dxd))
+        dxd, _, _ = ops.matmul_backward(dh, xd, self.lora_A.data, dweight=self.lora_A.grad, compute_dbias=False,
+                                        compute_dinp=masked)
+        return ops.add_into(dx, self.drop.backward(dxd)) if masked else add_product(dx, dh, self.lora_A.data)
 
     def dinp(self, dout):
         """dout (..., OC) -> dout @ (W + scale B A) (..., IC), no gradient kept."""
         dx = self.base.dinp(dout)
-        dh = ops.scale_(ops.matmul_dinp(dout, self.lora_B.data), self.scale)
-        return ops.add_into(dx, ops.matmul_dinp(dh, self.lora_A.data))
+        return add_product(dx, ops.scale_(ops.matmul_dinp(dout, self.lora_B.data), self.scale), self.lora_A.data)
 
     def delta(self) -> np.ndarray:
         """scale * B @ A (OC, IC) in float32: what merging adds to the base."""
@@ -89,6 +91,15 @@ class LoRAWeight(Module, Weight):
     def spec(self):
         raise NotImplementedError("the C++ decode plan cannot run a LoRA weight (the model decodes through its "
                                   "layers while an adapter is attached; merge_adapter() folds it in)")
+
+
+def add_product(out, a, b):
+    """out (..., M) += a (..., r) @ b (r, M) in place, returned: the weight-gradient product (out^T's rows are
+    out's columns) reads and writes out once, where a product and an add would write a temporary and pass twice."""
+    rows = out.reshape(-1, out.shape[-1])
+    ops.matmul_backward(np.ascontiguousarray(a.reshape(len(rows), -1).T), b, None, dweight=rows,
+                        compute_dinp=False, compute_dbias=False)
+    return out
 
 
 class _Matrices(Module):

@@ -216,6 +216,11 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
                     int64_t OC);
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                      int64_t N, int64_t IC, int64_t OC);
+// bfloat16 weights (the inputs rounded to bf16 as above) from 16 rows; fewer rows and other GGUF types: AVX-512's
+void matmul_w16_forward(float* out, const float* inp, const uint16_t* weight, const float* bias, int64_t N, int64_t IC,
+                        int64_t OC);
+void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qtype, int64_t N, int64_t IC,
+                   int64_t OC);
 }  // namespace amx
 
 // attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
