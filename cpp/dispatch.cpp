@@ -1,6 +1,7 @@
 // The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
 // and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. Its
-// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant). The
+// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant), and
+// from 16 rows AMX-INT8 tiles where the CPU has them too (AVX-512 variant). The
 // precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles.
 #include "pytransformer/dispatch.h"
 
@@ -27,6 +28,7 @@ uint64_t read_xcr0() {
 struct CpuFeatures {
   bool avx2 = false, avx512 = false;
   bool avx512_vnni = false, avx_vnni = false;  // vpdpbusd on zmm/ymm/xmm (AVX-512), on ymm/xmm (VEX)
+  bool amx_int8 = false;                        // tdpbsud (the OS permission: have_amx())
 };
 
 CpuFeatures detect() {
@@ -46,16 +48,18 @@ CpuFeatures detect() {
   f.avx2 = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   f.avx512_vnni = f.avx512 && (c & (1u << 11));
+  f.amx_int8 = f.avx512_vnni && (d & (1u << 25)) && (d & (1u << 24));  // AMX-INT8, AMX-TILE
   __cpuid_count(7, 1, a, b, c, d);
   f.avx_vnni = f.avx2 && (a & (1u << 4));
   return f;
 }
 #endif
 
-// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it)
-bool no_vnni() {
+// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd, =vpdpbusd
+// keeps the VNNI panels for 16+ rows on a CPU with AMX-INT8 (to test them, and to measure one against the other)
+bool int8_dot_forced(const char* name) {
   const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
-  return forced && std::string(forced) == "vpmaddubsw";
+  return forced && std::string(forced) == name;
 }
 
 struct Variant {
@@ -64,6 +68,7 @@ struct Variant {
   Kernels bf16;        // the same with the products on AMX tiles (equal to f32 where AMX is not built)
   bool supported;
   const char* int8_dot;  // the integer dot product its int8-activation products use
+  bool amx_int8;         // ... and from 16 rows AMX-INT8 tiles
 };
 
 #ifdef PT_HAVE_AMX
@@ -94,14 +99,19 @@ const std::vector<Variant>& variants() {
     [[maybe_unused]] CpuFeatures f = detect();
 #endif
     auto add = [&v](const char* name, const Kernels* table, bool supported, bool vnni, decltype(
-                        table->matmul_q8_forward) q8_vnni) {
+                        table->matmul_q8_forward) q8_vnni, bool tiles = false) {
       Kernels own = *table;
-      vnni = vnni && !no_vnni();
+      vnni = vnni && !int8_dot_forced("vpmaddubsw");
+      tiles = tiles && vnni && !int8_dot_forced("vpdpbusd");
       if (vnni) own.matmul_q8_forward = q8_vnni;
+#ifdef PT_HAVE_AMX
+      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni)
+#endif
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");
       v.push_back({name, own, on_tiles(own), supported,
-                   vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw"});
+                   vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw",
+                   tiles});
     };
 #ifdef PT_HAVE_BASELINE
     add("baseline", baseline::kernels(), true, false, nullptr);
@@ -110,7 +120,8 @@ const std::vector<Variant>& variants() {
     add("avx2", avx2::kernels(), f.avx2, f.avx_vnni, &avx2::matmul_q8_vnni_forward);
 #endif
 #ifdef PT_HAVE_AVX512
-    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward);
+    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward,
+        f.amx_int8 && have_amx());
 #endif
     return v;
   }();
@@ -190,6 +201,12 @@ std::string int8_dot() {
   active();
   std::lock_guard<std::mutex> lock(g_choice_mutex);
   return g_variant->int8_dot;
+}
+
+bool int8_tiles() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_variant->amx_int8;
 }
 
 std::string matmul_precision() {

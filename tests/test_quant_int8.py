@@ -1,6 +1,7 @@
-"""Products with int8 activations (quant/int8.cpp): the activation quantisation against the gguf package's Q8_0,
-the integer dot product's AVX2 form on a VNNI machine, the knob on models, and bad input. The kernels against
-the float64 reference run for every type and row count in tests/test_op_cases.py (matmul_quantized_int8)."""
+"""Products with int8 activations (quant/int8.cpp, int8_amx.cpp): the activation quantisation against the gguf
+package's Q8_0, the AMX-INT8 tiles at ragged sizes, the integer dot product's other forms where forced, the knob
+on models, and bad input. The kernels against the float64 reference run for every type and row count in
+tests/test_op_cases.py (matmul_quantized_int8)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import pytransformer as pt
 from pytransformer import opcases, ops
 from pytransformer import reference as ref
 from pytransformer.nn import weights
@@ -54,13 +56,29 @@ def test_int8_activations_differ_from_float32_ones_by_the_quantisation_only(rng,
     assert opcases.rel_err(got, exact) > 20 * case.tol
 
 
-def test_the_avx2_dot_product_runs_where_vnni_is_forced_off(tmp_path):
-    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU: its cases pass too."""
-    if not ops.int8_dot().startswith("vpdpbusd"):
+@pytest.mark.skipif(not pt.cpu_info()["int8_tiles"], reason="no AMX-INT8 here (the VNNI / AVX2 / scalar forms run)")
+@pytest.mark.parametrize("qtype", INTEGER)
+def test_the_amx_tiles_are_exact_at_ragged_row_and_output_counts(rng, qtype):
+    """From 16 rows the products run on AMX-INT8 tiles (16-row A tiles padded past N, 32-output panels cut at OC):
+    integer sums exact, so the reference's own float32 bound holds at every size."""
+    for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)]:
+        case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
+        x = case.make(rng)
+        got = case.spec.ours(x, case.o)["out"]
+        assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
+
+
+@pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
+def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
+    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
+    for 16+ rows on an AMX-INT8 CPU (what CPUs without AMX run): their cases pass too."""
+    if needs == "vpdpbusd" and not ops.int8_dot().startswith("vpdpbusd"):
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
+    if needs == "tiles" and not pt.cpu_info()["int8_tiles"]:
+        pytest.skip("no AMX-INT8 here: the default run already tests the VNNI panels")
     script = ("import numpy as np, pytransformer as pt\n"
               "from pytransformer import opcases, _core\n"
-              "assert pt.cpu_info()['int8_dot'] == 'vpmaddubsw'\n"
+              f"assert pt.cpu_info()['int8_dot'] == {forced!r} and not pt.cpu_info()['int8_tiles']\n"
               "rng = np.random.default_rng(0)\n"
               "for isa in set(_core.available_isas()) & {'avx2', 'avx512'}:\n"
               "    pt.set_isa(isa)\n"
@@ -69,7 +87,7 @@ def test_the_avx2_dot_product_runs_where_vnni_is_forced_off(tmp_path):
               "            for name, (err, tol) in c.errors(c.make(rng)).items():\n"
               "                assert err <= tol, (isa, c.label, err)\n"
               "print('ok')\n")
-    env = dict(os.environ, PYTRANSFORMER_INT8_DOT="vpmaddubsw")
+    env = dict(os.environ, PYTRANSFORMER_INT8_DOT=forced)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
                          cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
