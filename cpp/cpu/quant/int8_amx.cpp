@@ -29,105 +29,95 @@ namespace {
 
 constexpr int64_t kMinRows = 16;  // one A tile of rows; fewer go to the VNNI panels
 
-// tmm0-3: C, 16 x 16 int32; tmm4-5: A, 16 rows x K bytes; tmm6-7: B, K / 4 rows of 16 outputs' quads
-void configure(int K) {
+// tmm0-3: C, 16 x 16 int32; tmm4-5: A, 16 rows x 32 bytes; tmm6-7: B, 8 rows of 16 outputs' quads
+void configure() {
   amx::TileConfig cfg;
   for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-  cfg.colsb[4] = cfg.colsb[5] = (uint16_t)K;
-  cfg.rows[6] = cfg.rows[7] = (uint8_t)(K / 4);
+  cfg.colsb[4] = cfg.colsb[5] = 32;
+  cfg.rows[6] = cfg.rows[7] = 8;
   _tile_loadconfig(&cfg);
 }
 
-// C tiles 2 u, 2 u + 1 = step k's sums (block k / kSteps, its sub-block k % kSteps) of the 16 rows at a with the two
-// panels of p: A in tile 4 + u, B in tiles 6, 7. Issued a step ahead of the epilogue that reads them, so the tile
-// unit works while the vector unit scales the step before.
-template <class T, int u>
-inline void issue(const Panel<T>* p, const int8_t* a, int64_t IC, int64_t k) {
-  constexpr int kK = T::kScales ? T::kS : 32, kSteps = 32 * T::kN / kK, kV = 32 * T::kN;
-  const int64_t b = k / kSteps;
-  const int s = (int)(k % kSteps), i = s * kK / 32, t = s * kK % 32 / 4;  // (vector i of the block, its quad t)
-  const int8_t* A = a + b * kV + s * kK;
-  const void *B0 = &p[b * kPanelP].q[i][t], *B1 = &p[b * kPanelP + 1].q[i][t];
-  if constexpr (u == 0) {  // (the tile numbers are immediates)
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_loadd(4, A, IC);
-    _tile_loadd(6, B0, 64);
-    _tile_loadd(7, B1, 64);
-    _tile_dpbsud(0, 4, 6);
-    _tile_dpbsud(1, 4, 7);
+// C tiles 2 u, 2 u + 1 = the sums of the 16 rows at A (stride IC) with the B tiles in 6 and 7 (A in tile 4 + u).
+// Issued a row tile ahead of the epilogue that reads them, so the tile unit works while the vector unit scales.
+template <int u>
+inline void issue(const int8_t* A, int64_t IC) {
+#define PT_TILE_STEP(c0, c1, ta) /* (the tile numbers are immediates) */ \
+  _tile_zero(c0);                                                      \
+  _tile_zero(c1);                                                      \
+  _tile_loadd(ta, A, IC);                                              \
+  _tile_dpbsud(c0, ta, 6);                                             \
+  _tile_dpbsud(c1, ta, 7)
+  if constexpr (u == 0) {
+    PT_TILE_STEP(0, 1, 4);
   } else {
-    _tile_zero(2);
-    _tile_zero(3);
-    _tile_loadd(5, A, IC);
-    _tile_loadd(6, B0, 64);
-    _tile_loadd(7, B1, 64);
-    _tile_dpbsud(2, 5, 6);
-    _tile_dpbsud(3, 5, 7);
+    PT_TILE_STEP(2, 3, 5);
   }
+#undef PT_TILE_STEP
 }
 
 // out rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
-// with zero rows past N; dasum: da times the block's sum of a, the 32-value types') + bias
+// with zero rows past N; dasum: da times the block's sum of a, the 32-value types') + bias. Per 32 values (a block,
+// or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
+// floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
 template <class T>
 void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nc) {
-  constexpr int kK = T::kScales ? T::kS : 32, kSteps = 32 * T::kN / kK, kV = 32 * T::kN;
-  alignas(64) int32_t C[kPanelP][16][16];  // one step's sums, panel j
-  alignas(64) int32_t I[kPanelP][16][16];  // K types: sum_s sc[s] C_s
-  alignas(64) float acc[kPanelP][16][16];
-  for (int64_t n0 = 0; n0 < N; n0 += 16) {
+               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0,
+               int64_t nc) {
+  constexpr int kV = 32 * T::kN;
+  const int64_t tiles = (N + 15) / 16;
+  static thread_local ScratchBuffer buf;
+  float* acc = buf.floats((size_t)(tiles * 16 * 32 * (T::kScales ? 2 : 1)));  // row n, panel j: acc + 32 n + 16 j
+  int32_t* I = reinterpret_cast<int32_t*>(acc + tiles * 16 * 32);
+  std::memset(acc, 0, (size_t)(tiles * 16 * 32) * sizeof(float));
+  alignas(64) int32_t C[kPanelP][16][16];  // one row tile's sums, panel j
+  for (int64_t b = 0; b < nb; b++) {
+    const Panel<T>* pb = p + b * kPanelP;
+    __m512 mo[kPanelP];  // (the 32-value types: x = d (u - kOff) + m, so the offset and min are one term m' da sum a)
     for (int j = 0; j < kPanelP; j++)
-      for (int m = 0; m < 16; m++) _mm512_store_ps(acc[j][m], _mm512_setzero_ps());
-    const int8_t* a = q + n0 * IC;
-    issue<T, 0>(p, a, IC, 0);
-    for (int64_t k = 0; k < nb * kSteps; k++) {
-      const bool odd = k % 2;
-      if (k + 1 < nb * kSteps) {
-        if (odd) issue<T, 0>(p, a, IC, k + 1);
-        else issue<T, 1>(p, a, IC, k + 1);
-      }
-      if (odd) {
-        _tile_stored(2, C[0], 64);
-        _tile_stored(3, C[1], 64);
-      } else {
-        _tile_stored(0, C[0], 64);
-        _tile_stored(1, C[1], 64);
-      }
-      const int64_t b = k / kSteps;
-      const int s = (int)(k % kSteps);
-      const Panel<T>* pb = p + b * kPanelP;
-      if (T::kScales)
-        for (int j = 0; j < kPanelP; j++)
-          for (int m = 0; m < 16; m++) {
-            const __m512i x = _mm512_mullo_epi32(_mm512_load_si512(C[j][m]), pb[j].sc[s]);
-            _mm512_store_si512(I[j][m], s ? _mm512_add_epi32(_mm512_load_si512(I[j][m]), x) : x);
-          }
-      if (s < kSteps - 1) continue;
-      if constexpr (T::kScales) {
-        for (int m = 0; m < 16; m++) {
-          const int64_t n = n0 + m;
-          for (int j = 0; j < kPanelP; j++)
-            _mm512_store_ps(acc[j][m], add_block(_mm512_load_ps(acc[j][m]), _mm512_load_si512(I[j][m]), pb[j],
-                                                 da[n * nb + b], sums + (n * IC + b * kV) / 16));
+      mo[j] = T::kMin ? pb[j].m : _mm512_mul_ps(pb[j].d, _mm512_set1_ps(-(float)Panel<T>::kOff));
+    for (int s = 0; s < T::kN; s++) {
+      _tile_loadd(6, &pb[0].q[s][0], 64);
+      _tile_loadd(7, &pb[1].q[s][0], 64);
+      const int8_t* a = q + b * kV + 32 * s;
+      issue<0>(a, IC);
+      for (int64_t r = 0; r < tiles; r++) {
+        const bool odd = r % 2;
+        if (r + 1 < tiles) {
+          if (odd) issue<0>(a + (r + 1) * 16 * IC, IC);
+          else issue<1>(a + (r + 1) * 16 * IC, IC);
         }
-      } else {  // (the 32-value types: x = d (u - kOff) + m, so the sum's offset and min are one term m' da asum)
-        __m512 mo[kPanelP];
-        for (int j = 0; j < kPanelP; j++)
-          mo[j] = T::kMin ? pb[j].m : _mm512_mul_ps(pb[j].d, _mm512_set1_ps(-(float)Panel<T>::kOff));
+        if (odd) {
+          _tile_stored(2, C[0], 64);
+          _tile_stored(3, C[1], 64);
+        } else {
+          _tile_stored(0, C[0], 64);
+          _tile_stored(1, C[1], 64);
+        }
         for (int m = 0; m < 16; m++) {
-          const __m512 dd = _mm512_set1_ps(da[(n0 + m) * nb + b]), ds = _mm512_set1_ps(dasum[(n0 + m) * nb + b]);
-          for (int j = 0; j < kPanelP; j++)
-            _mm512_store_ps(acc[j][m], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j][m])),
-                                                       _mm512_mul_ps(pb[j].d, dd),
-                                                       _mm512_fmadd_ps(mo[j], ds, _mm512_load_ps(acc[j][m]))));
+          const int64_t n = 16 * r + m;
+          const __m512 dd = _mm512_set1_ps(da[n * nb + b]);
+          const __m512 ds = T::kScales ? dd : _mm512_set1_ps(dasum[n * nb + b]);
+          for (int j = 0; j < kPanelP; j++) {
+            float* an = acc + 32 * n + 16 * j;
+            if constexpr (T::kScales) {
+              int32_t* in = I + 32 * n + 16 * j;
+              __m512i x = _mm512_mullo_epi32(_mm512_load_si512(C[j][m]), pb[j].sc[s]);
+              if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
+              if (s < T::kN - 1) _mm512_store_si512(in, x);
+              else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], da[n * nb + b], sums + (n * IC + b * kV) / 16));
+            } else {
+              _mm512_store_ps(an, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j][m])), _mm512_mul_ps(pb[j].d, dd),
+                                                  _mm512_fmadd_ps(mo[j], ds, _mm512_load_ps(an))));
+            }
+          }
         }
       }
     }
-    for (int m = 0; m < 16 && n0 + m < N; m++)
-      for (int j = 0; j < kPanelP; j++)
-        store16(out + (n0 + m) * OC + o0 + 16 * j, _mm512_load_ps(acc[j][m]), bias, o0 + 16 * j, nc - 16 * j);
   }
+  for (int64_t n = 0; n < N; n++)
+    for (int j = 0; j < kPanelP; j++)
+      store16(out + n * OC + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
 }
 
 // out (N, OC) = inp (N, IC) quantised to int8 blocks times weight (OC rows of B) + bias, N >= 16
@@ -150,7 +140,7 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
   std::memset(sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
   for (int64_t i = 0; i < rows * IC / block && !T::kScales; i++) dasum[i] = d[i] * (float)(sums[2 * i] + sums[2 * i + 1]);
   for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<T>* panels, int64_t o0, int64_t nc) {
-    configure(T::kScales ? T::kS : 32);
+    configure();
     tile_rows<T>(out, panels, q, d, sums, dasum, bias, N, IC / block, IC, OC, o0, nc);
     _tile_release();
   });
@@ -161,8 +151,13 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
 
 void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
                        int64_t IC, int64_t OC) {
-  if (N < tiles::kMinRows || OC == 0) return avx512::matmul_q8_vnni_forward(out, inp, weight, qtype, bias, N, IC, OC);
-  auto run = [&](auto blk) { tiles::product<decltype(blk)>(out, inp, weight, bias, N, IC, OC); };
+  auto run = [&](auto blk) {
+    using B = decltype(blk);
+    // (Q2_K, Q3_K, Q6_K scale every 16 values: tile products 16 deep lost to the VNNI panels, 4.7-5.5 ms against 3.4)
+    if (N < tiles::kMinRows || OC == 0 || (Vec<B>::kScales && Vec<B>::kS == 16))
+      avx512::matmul_q8_vnni_forward(out, inp, weight, qtype, bias, N, IC, OC);
+    else tiles::product<B>(out, inp, weight, bias, N, IC, OC);
+  };
   if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
 }
 
