@@ -240,6 +240,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &pt::available_isas, "ISA variants compiled in and supported here, best last");
   m.def("active_isa", &pt::active_isa);
   m.def("int8_dot", &pt::int8_dot);
+  m.def("int8_tiles", &pt::int8_tiles);
   m.def("popcount", &pt::popcount);
   m.def("set_isa", &pt::set_isa, arg("name"));
   m.def("have_openmp", &pt::have_openmp);

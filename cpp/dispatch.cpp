@@ -1,8 +1,9 @@
 // The kernel tables and the choice among them. The variant: the best ISA that this build compiled, the CPU has
 // and the OS saves registers for (cpuid + xgetbv); PYTRANSFORMER_ISA=baseline|avx2|avx512 forces one. Its
-// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant). The
-// precision: "bfloat16" swaps the variant's table for its copy with the products on AMX tiles. Its Hamming
-// candidates: vpopcntq where the CPU has AVX512-VPOPCNTDQ (AVX-512 variant).
+// int8-activation product: vpdpbusd where the CPU has AVX512-VNNI (AVX-512 variant) or AVX-VNNI (AVX2 variant), and
+// from 16 rows AMX-INT8 tiles where the CPU has them too (AVX-512 variant). The precision: "bfloat16" swaps the
+// variant's table for its copy with the products on AMX tiles. Its Hamming candidates: vpopcntq where the CPU has
+// AVX512-VPOPCNTDQ (AVX-512 variant).
 #include "pytransformer/dispatch.h"
 
 #include <atomic>
@@ -29,6 +30,7 @@ struct CpuFeatures {
   bool avx2 = false, avx512 = false;
   bool avx512_vnni = false, avx_vnni = false;  // vpdpbusd on zmm/ymm/xmm (AVX-512), on ymm/xmm (VEX)
   bool avx512_vpopcntdq = false;               // vpopcntq on zmm
+  bool amx_int8 = false;                        // tdpbsud (the OS permission: have_amx())
 };
 
 CpuFeatures detect() {
@@ -49,16 +51,18 @@ CpuFeatures detect() {
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   f.avx512_vnni = f.avx512 && (c & (1u << 11));
   f.avx512_vpopcntdq = f.avx512 && (c & (1u << 14));
+  f.amx_int8 = f.avx512_vnni && (d & (1u << 25)) && (d & (1u << 24));  // AMX-INT8, AMX-TILE
   __cpuid_count(7, 1, a, b, c, d);
   f.avx_vnni = f.avx2 && (a & (1u << 4));
   return f;
 }
 #endif
 
-// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it)
-bool no_vnni() {
+// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd, =vpdpbusd
+// keeps the VNNI panels for 16+ rows on a CPU with AMX-INT8 (to test them, and to measure one against the other)
+bool int8_dot_forced(const char* name) {
   const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
-  return forced && std::string(forced) == "vpmaddubsw";
+  return forced && std::string(forced) == name;
 }
 
 // PYTRANSFORMER_POPCOUNT=vpshufb keeps the nibble-table popcount on a CPU with vpopcntq (to test it)
@@ -74,6 +78,7 @@ struct Variant {
   bool supported;
   const char* int8_dot;  // the integer dot product its int8-activation products use
   const char* popcount;  // the bit count its Hamming candidates use
+  bool amx_int8;         // ... and from 16 rows AMX-INT8 tiles
 };
 
 #ifdef PT_HAVE_AMX
@@ -106,18 +111,22 @@ const std::vector<Variant>& variants() {
     [[maybe_unused]] CpuFeatures f = detect();
 #endif
     auto add = [&v](const char* name, const Kernels* table, bool supported, bool vnni, decltype(
-                        table->matmul_q8_forward) q8_vnni, bool vpopcnt = false,
+                        table->matmul_q8_forward) q8_vnni, bool tiles = false, bool vpopcnt = false,
                     decltype(table->hamming_candidates_forward) hamming_vpopcnt = nullptr) {
       Kernels own = *table;
-      vnni = vnni && !no_vnni();
+      vnni = vnni && !int8_dot_forced("vpmaddubsw");
+      tiles = tiles && vnni && !int8_dot_forced("vpdpbusd");
       if (vnni) own.matmul_q8_forward = q8_vnni;
       vpopcnt = vpopcnt && !no_vpopcnt();
       if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
+#ifdef PT_HAVE_AMX
+      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni)
+#endif
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");
       v.push_back({name, own, on_tiles(own), supported,
                    vnni ? (zmm ? "vpdpbusd" : "vpdpbusd-ymm") : name == std::string("baseline") ? "scalar" : "vpmaddubsw",
-                   vpopcnt ? "vpopcntq" : name == std::string("baseline") ? "scalar" : "vpshufb"});
+                   vpopcnt ? "vpopcntq" : name == std::string("baseline") ? "scalar" : "vpshufb", tiles});
     };
 #ifdef PT_HAVE_BASELINE
     add("baseline", baseline::kernels(), true, false, nullptr);
@@ -126,8 +135,8 @@ const std::vector<Variant>& variants() {
     add("avx2", avx2::kernels(), f.avx2, f.avx_vnni, &avx2::matmul_q8_vnni_forward);
 #endif
 #ifdef PT_HAVE_AVX512
-    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward, f.avx512_vpopcntdq,
-        &avx512::hamming_candidates_vpopcnt_forward);
+    add("avx512", avx512::kernels(), f.avx512, f.avx512_vnni, &avx512::matmul_q8_vnni_forward,
+        f.amx_int8 && have_amx(), f.avx512_vpopcntdq, &avx512::hamming_candidates_vpopcnt_forward);
 #endif
     return v;
   }();
@@ -213,6 +222,12 @@ std::string popcount() {
   active();
   std::lock_guard<std::mutex> lock(g_choice_mutex);
   return g_variant->popcount;
+}
+
+bool int8_tiles() {
+  active();
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  return g_variant->amx_int8;
 }
 
 std::string matmul_precision() {

@@ -111,11 +111,13 @@ def normalize_rows(x):
 
 
 class SentenceEncoder:
-    """SentenceEncoder(name_or_path=None, dtype="float32"): a sentence-transformers model. name_or_path: a folder,
-    a packaged name ('minilm') or a repo id in the local Hugging Face cache; None: the packaged all-MiniLM-L6-v2.
-    dtype: the weights the products read ("float32", or "bfloat16" / "int8" for speed)."""
+    """SentenceEncoder(name_or_path=None, dtype="float32", activation_dtype=None): a sentence-transformers model.
+    name_or_path: a folder, a packaged name ('minilm') or a repo id in the local Hugging Face cache; None: the
+    packaged all-MiniLM-L6-v2. dtype: the weights the products read ("float32", or "bfloat16" / "int8" for speed);
+    activation_dtype: what the int8 weights' products round their input to ("int8": integer dot products,
+    "float32"; None: nn.weights.default_activations), as Model.set_activation_dtype."""
 
-    def __init__(self, path=None, dtype="float32"):
+    def __init__(self, path=None, dtype="float32", activation_dtype=None):
         self.path = path = model_folder(None if path is None else os.fspath(path))
         entries = read_modules(path) or [{"type": "Transformer", "path": ""}, {"type": "Pooling"}]
         self.steps = []  # after the encoder: ("pool", modes) / ("dense", Dense) / ("normalize", None)
@@ -125,6 +127,8 @@ class SentenceEncoder:
             folder = os.path.join(path, str(entry.get("path") or ""))
             if kind == "Transformer":
                 self.model = load_encoder(folder).set_weight_dtype(dtype)
+                if activation_dtype is not None:
+                    self.model.set_activation_dtype(activation_dtype)
                 self.batcher = Batcher(folder, self.model.config.max_positions,
                                        self.model.config.pad_token_id or 0)
                 self.max_seq_length = self.batcher.max_length

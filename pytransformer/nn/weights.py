@@ -179,12 +179,19 @@ class BFloat16Weight(Weight):
 
 
 class Int8Weight(Weight):
-    """int8 (OC, IC) with a float32 scale (OC,) per output row (symmetric, ops.quantize_int8)."""
+    """int8 (OC, IC) with a float32 scale (OC,) per output row (symmetric, ops.quantize_int8). With int8 activations
+    (IC whole blocks of 32) the same int8 rows are Q8_0 blocks of scale 1, exact in fp16, through the int8 products
+    (VNNI panels, AMX tiles), and the row scale multiplies their sums: (quantised x . q) scale + bias. The C++ decode
+    plan keeps float32 activations for them (its int8 kind has no row scale)."""
 
     kind, code = "int8", -3
 
-    def __init__(self, q, scale):
+    def __init__(self, q, scale, activations=None):
         self.q, self.scale = q, scale
+        if activations is None:
+            activations = default_activations("Q8_0") if q.shape[1] % 32 == 0 else "float32"
+        self.activations = activations
+        self.blocks = unit_q8_0(q) if activations == "int8" else None
 
     @classmethod
     def from_float32(cls, w):
@@ -195,23 +202,51 @@ class Int8Weight(Weight):
         return self.q.shape
 
     def _unchecked(self, x, bias):
-        return ops.unchecked_matmul_int8(x, self.q, self.scale, bias)
+        if self.blocks is None:
+            return ops.unchecked_matmul_int8(x, self.q, self.scale, bias)
+        return self._scaled(ops.unchecked_matmul_blocks(x, self.blocks, None, True), bias)
 
     def _checked(self, x, bias):
-        return ops.matmul_forward(x, self.q, bias, weight_scale=self.scale)
+        if self.blocks is None:
+            return ops.matmul_forward(x, self.q, bias, weight_scale=self.scale)
+        return self._scaled(ops.matmul_forward(x, self.blocks, None, activations="int8"), bias)
+
+    def _scaled(self, out, bias):
+        out *= self.scale
+        if bias is not None:
+            out += bias
+        return out
 
     def dinp(self, dout):
         return ops.matmul_dinp(dout, self.q, weight_scale=self.scale)
 
+    def with_activations(self, dtype):
+        check_activations(dtype)
+        if dtype == "int8" and self.q.shape[1] % 32:
+            return self  # (rows that are not whole blocks: float32 activations)
+        return self if dtype == self.activations else Int8Weight(self.q, self.scale, dtype)
+
     @classmethod
     def fuse(cls, weights):
-        return cls(np.concatenate([w.q for w in weights]), np.concatenate([w.scale for w in weights]))
+        if len({w.activations for w in weights}) != 1:
+            return None
+        return cls(np.concatenate([w.q for w in weights]), np.concatenate([w.scale for w in weights]),
+                   weights[0].activations)
 
     def to(self, device):
         return self if device == "cpu" else None  # (a CPU format: on a GPU the float32 weights multiply)
 
     def spec(self):
         return (self.code, self.q, self.scale, *self.q.shape)
+
+
+def unit_q8_0(q):
+    """int8 rows q (OC, IC), IC a multiple of 32, as Q8_0 blocks with d = 1 (ops.Quantized)."""
+    OC, IC = q.shape
+    blocks = np.empty((OC, IC // 32, 34), np.uint8)
+    blocks[..., :2] = np.array([1.0], np.float16).view(np.uint8)
+    blocks[..., 2:] = q.reshape(OC, IC // 32, 32).view(np.uint8)
+    return ops.Quantized(blocks.reshape(OC, IC // 32 * 34), "Q8_0", (OC, IC))
 
 
 class BlockWeight(Weight):

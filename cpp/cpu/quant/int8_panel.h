@@ -73,12 +73,37 @@ void to_panel(Panel<T>& P, const WBlock<T>* w) {
   P.m = _mm512_castsi512_ps(gather(&w->m));
 }
 
+// dst[0 .. left) = v + bias[o .. o + left) (bias may be null), left <= 16 (none where left <= 0)
+inline void store16(float* dst, __m512 v, const float* bias, int64_t o, int64_t left) {
+  if (left <= 0) return;
+  const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+  _mm512_mask_storeu_ps(dst, k, bias ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + o)) : v);
+}
+
+// acc + one block's product of an input row with a panel's 16 outputs, from its integer sums I (sum_s sc[s] (u . a)_s
+// for the K types): the offset kOff and the min taken off with the row's sums of 16 (s16: the block's), times d da
+template <class T>
+inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, float da, const int16_t* s16) {
+  constexpr int kOff = Panel<T>::kOff;
+  const int asum = T::kScales ? 0 : s16[0] + s16[1];
+  __m512i C = _mm512_setzero_si512();  // K types: sum_g c[g] (sum of a over g)
+  if (T::kScales && (kOff || T::kMin))
+    for (int g = 0; g < 8; g++) C = _mm512_add_epi32(C, _mm512_madd_epi16(p.coef[g], broadcast4(s16 + 2 * g)));
+  if (T::kScales && kOff) I = _mm512_sub_epi32(I, C);
+  else if (kOff) I = _mm512_sub_epi32(I, _mm512_set1_epi32(kOff * asum));
+  const __m512 dd = _mm512_set1_ps(da);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(p.d, dd), acc);
+  if (T::kMin && T::kScales) return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(C), _mm512_mul_ps(p.m, dd), acc);
+  if (T::kMin) return _mm512_fmadd_ps(p.m, _mm512_set1_ps(da * (float)asum), acc);
+  return acc;
+}
+
 // out rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at p[b kPanelP + j]) times
 // the quantised rows + bias
 template <class T, int M>
 void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
                 const float* bias, int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nc) {
-  constexpr int PP = kPanelP, kV = 32 * T::kN, kOff = Panel<T>::kOff, kQuads = T::kScales ? T::kS / 4 : 8;
+  constexpr int PP = kPanelP, kV = 32 * T::kN, kQuads = T::kScales ? T::kS / 4 : 8;
   __m512 acc[PP][M] = {};  // (zeros)
   for (int64_t b = 0; b < nb; b++) {
     const Panel<T>* pb = p + b * PP;
@@ -110,35 +135,14 @@ void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da,
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
       const int64_t at = (n0 + m) * IC + b * kV;
-      const float dam = da[(n0 + m) * nb + b];
-      const int asum = T::kScales ? 0 : sums[at / 16] + sums[at / 16 + 1];
 #pragma GCC unroll 8
-      for (int j = 0; j < PP; j++) {
-        __m512i C = _mm512_setzero_si512();  // K types: sum_g c[g] (sum of a over g)
-        if (T::kScales && (kOff || T::kMin))
-          for (int g = 0; g < 8; g++)
-            C = _mm512_add_epi32(C, _mm512_madd_epi16(pb[j].coef[g], broadcast4(sums + at / 16 + 2 * g)));
-        __m512i Ij = I[j][m];
-        if (T::kScales && kOff) Ij = _mm512_sub_epi32(Ij, C);
-        else if (kOff) Ij = _mm512_sub_epi32(Ij, _mm512_set1_epi32(kOff * asum));
-        const __m512 dd = _mm512_set1_ps(dam);
-        acc[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Ij), _mm512_mul_ps(pb[j].d, dd), acc[j][m]);
-        if (T::kMin && T::kScales)
-          acc[j][m] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(C), _mm512_mul_ps(pb[j].m, dd), acc[j][m]);
-        else if (T::kMin)
-          acc[j][m] = _mm512_fmadd_ps(pb[j].m, _mm512_set1_ps(dam * (float)asum), acc[j][m]);
-      }
+      for (int j = 0; j < PP; j++) acc[j][m] = add_block(acc[j][m], I[j][m], pb[j], da[(n0 + m) * nb + b], sums + at / 16);
     }
   }
 #pragma GCC unroll 8
-  for (int j = 0; j < PP; j++) {
-    const int64_t left = nc - 16 * j;
-    if (left <= 0) break;
-    const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + o0 + 16 * j) : _mm512_setzero_ps();
+  for (int j = 0; j < PP; j++)
 #pragma GCC unroll 8
-    for (int m = 0; m < M; m++) _mm512_mask_storeu_ps(out + (n0 + m) * OC + o0 + 16 * j, k, _mm512_add_ps(acc[j][m], bv));
-  }
+    for (int m = 0; m < M; m++) store16(out + (n0 + m) * OC + o0 + 16 * j, acc[j][m], bias, o0 + 16 * j, nc - 16 * j);
 }
 
 template <class T, int M = kPanelM>
@@ -152,11 +156,10 @@ void panel_tiles(float* out, const Panel<T>* p, const int8_t* q, const float* da
                             OC, o0, nc);  // (the rows left: fewer than M)
 }
 
-// out (N, OC) = the quantised rows times weight + bias: the threads split the weight rows in groups of 16 kPanelP,
-// each group unpacked into panels once (scratch) and read by every tile of kPanelM input rows.
-template <class B>
-void panel_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                   const float* bias, int64_t N, int64_t IC, int64_t OC) {
+// body(panels, o0, nc) for each group of weight rows o0 .. o0 + nc (nc <= 16 kPanelP), split among the threads,
+// each group unpacked into panels once (scratch; block b's at panels[b kPanelP ..]) for the body to read
+template <class B, class F>
+void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, F&& body) {
   using T = Vec<B>;
   constexpr int kRows = 16 * kPanelP;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRows - 1) / kRows;
@@ -174,8 +177,17 @@ void panel_product(float* out, const int8_t* q, const float* da, const int16_t* 
         }
         to_panel(panels[b * kPanelP + j], rows);
       }
-    panel_tiles<T>(out, panels, q, da, sums, bias, N, nb, IC, OC, o0, nc);
+    body(static_cast<const Panel<T>*>(panels), o0, nc);
   }
+}
+
+// out (N, OC) = the quantised rows times weight + bias: every tile of kPanelM input rows reads each group's panels
+template <class B>
+void panel_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                   const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
+    panel_tiles<Vec<B>>(out, panels, q, da, sums, bias, N, IC / B::kValues, IC, OC, o0, nc);
+  });
 }
 
 }  // namespace

@@ -18,6 +18,7 @@ template <>
 inline const char* dtype_name<int8_t>() { return "int8"; }
 template <>
 inline const char* dtype_name<uint64_t>() { return "uint64"; }
+template <>
 inline const char* dtype_name<int32_t>() { return "int32"; }
 
 }  // namespace pt

@@ -223,6 +223,13 @@ void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qt
                    int64_t OC);
 }  // namespace amx
 
+// The int8-activation products of 16 and more rows on AMX-INT8 tiles (quant/int8_amx.cpp; fewer rows: AVX-512's
+// vpdpbusd copy). Same arguments as matmul_q8_forward; used where dispatch.cpp finds AMX-INT8.
+namespace amx_int8 {
+void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                       int64_t IC, int64_t OC);
+}  // namespace amx_int8
+
 // attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
 namespace amx_attention {
 PT_DECLARE_ATTENTION

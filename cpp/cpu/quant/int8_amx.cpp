@@ -1,0 +1,165 @@
+// The int8-activation products of 16 and more rows on AMX-INT8 tiles (prefill, batched serving steps). The VNNI
+// panels of int8_panel.h are already B tiles: per 32 values of a block, 8 rows of 64 bytes, row t holding each of
+// the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
+// read in place at stride IC) by a panel's K values into a 16 x 16 tile of exact int32 sums, K = one block (32) or
+// one sub-block (32, or 16 for Q2_K, Q3_K, Q6_K), so that each block pair's scales apply to their own sums: each
+// C tile goes to L1 and int8_panel.h's add_block (the offsets, the mins, d da) adds it into float accumulators.
+// Per step 16 rows x 2 panels (32 outputs), double-buffered: tmm0-1 / tmm2-3 C, tmm4 / tmm5 A, tmm6-7 B. Fewer than 16 rows:
+// the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the AMX flags, used where dispatch.cpp finds
+// AMX-INT8 and the tile-data permission (amx::supported()).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "amx_tiles.h"
+#include "int8_blocks.h"
+#include "pytransformer/kernels.h"
+#include "quant.h"
+#define PT_Q8_NS tiles
+#include "int8_panel.h"
+
+namespace pt {
+namespace avx512 {  // (int8.cpp: the rounding of quantize_row_q8_0 / q8_K, vectorised)
+void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t C, int64_t block);
+}
+namespace PT_NS {
+namespace PT_Q8_NS {
+namespace {
+
+constexpr int64_t kMinRows = 16;  // one A tile of rows; fewer go to the VNNI panels
+
+// tmm0-3: C, 16 x 16 int32; tmm4-5: A, 16 rows x 32 bytes; tmm6-7: B, 8 rows of 16 outputs' quads
+void configure() {
+  amx::TileConfig cfg;
+  for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  cfg.colsb[4] = cfg.colsb[5] = 32;
+  cfg.rows[6] = cfg.rows[7] = 8;
+  _tile_loadconfig(&cfg);
+}
+
+// C tiles 2 u, 2 u + 1 = the sums of the 16 rows at A (stride IC) with the B tiles in 6 and 7 (A in tile 4 + u).
+// Issued a row tile ahead of the epilogue that reads them, so the tile unit works while the vector unit scales.
+template <int u>
+inline void issue(const int8_t* A, int64_t IC) {
+#define PT_TILE_STEP(c0, c1, ta) /* (the tile numbers are immediates) */ \
+  _tile_zero(c0);                                                      \
+  _tile_zero(c1);                                                      \
+  _tile_loadd(ta, A, IC);                                              \
+  _tile_dpbsud(c0, ta, 6);                                             \
+  _tile_dpbsud(c1, ta, 7)
+  if constexpr (u == 0) {
+    PT_TILE_STEP(0, 1, 4);
+  } else {
+    PT_TILE_STEP(2, 3, 5);
+  }
+#undef PT_TILE_STEP
+}
+
+// out rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
+// with zero rows past N; dasum: da times the block's sum of a, the 32-value types') + bias. Per 32 values (a block,
+// or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
+// floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
+template <class T>
+void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0,
+               int64_t nc) {
+  constexpr int kV = 32 * T::kN;
+  const int64_t tiles = (N + 15) / 16;
+  static thread_local ScratchBuffer buf;
+  float* acc = buf.floats((size_t)(tiles * 16 * 32 * (T::kScales ? 2 : 1)));  // row n, panel j: acc + 32 n + 16 j
+  int32_t* I = reinterpret_cast<int32_t*>(acc + tiles * 16 * 32);
+  std::memset(acc, 0, (size_t)(tiles * 16 * 32) * sizeof(float));
+  alignas(64) int32_t C[kPanelP][16][16];  // one row tile's sums, panel j
+  for (int64_t b = 0; b < nb; b++) {
+    const Panel<T>* pb = p + b * kPanelP;
+    __m512 mo[kPanelP];  // (the 32-value types: x = d (u - kOff) + m, so the offset and min are one term m' da sum a)
+    for (int j = 0; j < kPanelP; j++)
+      mo[j] = T::kMin ? pb[j].m : _mm512_mul_ps(pb[j].d, _mm512_set1_ps(-(float)Panel<T>::kOff));
+    for (int s = 0; s < T::kN; s++) {
+      _tile_loadd(6, &pb[0].q[s][0], 64);
+      _tile_loadd(7, &pb[1].q[s][0], 64);
+      const int8_t* a = q + b * kV + 32 * s;
+      issue<0>(a, IC);
+      for (int64_t r = 0; r < tiles; r++) {
+        const bool odd = r % 2;
+        if (r + 1 < tiles) {
+          if (odd) issue<0>(a + (r + 1) * 16 * IC, IC);
+          else issue<1>(a + (r + 1) * 16 * IC, IC);
+        }
+        if (odd) {
+          _tile_stored(2, C[0], 64);
+          _tile_stored(3, C[1], 64);
+        } else {
+          _tile_stored(0, C[0], 64);
+          _tile_stored(1, C[1], 64);
+        }
+        for (int m = 0; m < 16; m++) {
+          const int64_t n = 16 * r + m;
+          const __m512 dd = _mm512_set1_ps(da[n * nb + b]);
+          const __m512 ds = T::kScales ? dd : _mm512_set1_ps(dasum[n * nb + b]);
+          for (int j = 0; j < kPanelP; j++) {
+            float* an = acc + 32 * n + 16 * j;
+            if constexpr (T::kScales) {
+              int32_t* in = I + 32 * n + 16 * j;
+              __m512i x = _mm512_mullo_epi32(_mm512_load_si512(C[j][m]), pb[j].sc[s]);
+              if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
+              if (s < T::kN - 1) _mm512_store_si512(in, x);
+              else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], da[n * nb + b], sums + (n * IC + b * kV) / 16));
+            } else {
+              _mm512_store_ps(an, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j][m])), _mm512_mul_ps(pb[j].d, dd),
+                                                  _mm512_fmadd_ps(mo[j], ds, _mm512_load_ps(an))));
+            }
+          }
+        }
+      }
+    }
+  }
+  for (int64_t n = 0; n < N; n++)
+    for (int j = 0; j < kPanelP; j++)
+      store16(out + n * OC + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
+}
+
+// out (N, OC) = inp (N, IC) quantised to int8 blocks times weight (OC rows of B) + bias, N >= 16
+template <class B>
+void product(float* out, const float* inp, const uint8_t* weight, const float* bias, int64_t N, int64_t IC,
+             int64_t OC) {
+  using T = Vec<B>;
+  constexpr int64_t block = B::kValues;
+  const int64_t rows = (N + 15) / 16 * 16;  // (whole A tiles: the rows past N quantise to zeros, never written)
+  static thread_local ScratchBuffer buf;
+  float* d = buf.floats((size_t)(2 * rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
+  float* dasum = d + rows * IC / block;
+  int16_t* sums = reinterpret_cast<int16_t*>(dasum + rows * IC / block);
+  int8_t* q = reinterpret_cast<int8_t*>(sums + rows * IC / 16);
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
+  for (int64_t n = 0; n < N; n++)
+    avx512::quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
+  std::memset(q + N * IC, 0, (size_t)((rows - N) * IC));
+  std::memset(d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
+  std::memset(sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
+  for (int64_t i = 0; i < rows * IC / block && !T::kScales; i++) dasum[i] = d[i] * (float)(sums[2 * i] + sums[2 * i + 1]);
+  for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<T>* panels, int64_t o0, int64_t nc) {
+    configure();
+    tile_rows<T>(out, panels, q, d, sums, dasum, bias, N, IC / block, IC, OC, o0, nc);
+    _tile_release();
+  });
+}
+
+}  // namespace
+}  // namespace PT_Q8_NS
+
+void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
+                       int64_t IC, int64_t OC) {
+  auto run = [&](auto blk) {
+    using B = decltype(blk);
+    // (Q2_K, Q3_K, Q6_K scale every 16 values: tile products 16 deep lost to the VNNI panels, 4.7-5.5 ms against 3.4)
+    if (N < tiles::kMinRows || OC == 0 || (Vec<B>::kScales && Vec<B>::kS == 16))
+      avx512::matmul_q8_vnni_forward(out, inp, weight, qtype, bias, N, IC, OC);
+    else tiles::product<B>(out, inp, weight, bias, N, IC, OC);
+  };
+  if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
+}
+
+}  // namespace PT_NS
+}  // namespace pt
