@@ -40,16 +40,21 @@ def test_every_block_type_dequantises_like_the_gguf_package_at_the_edges_of_fp16
     assert np.all(np.abs(got - want) <= bound), qtype
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
+@pytest.mark.parametrize("qtype", list(BLOCK_LAYOUT))
 def test_blocks_read_in_registers_multiply_like_the_widened_rows(isa, rng, qtype):
-    """N < 4 and 4..16 rows decode 32-value blocks in registers; more rows widen them with the row decode first:
-    the same input rows give the same sums either way (up to the order of the float32 additions)."""
-    OC, IC = 37, 320
-    w = ops.Quantized(random_blocks(rng, qtype, OC, IC), qtype, (OC, IC))
+    """N < 4 and 4..16 rows decode blocks in registers; more rows widen them with the row decode first: the same
+    input rows give the same sums either way (up to the order and the grouping of the float32 additions)."""
+    values, size, scales = BLOCK_LAYOUT[qtype]
+    OC, IC = 37, 10 * values if values == 32 else 2 * values
+    data = random_blocks(rng, qtype, OC, IC)
+    w = ops.Quantized(data, qtype, (OC, IC))
     x = rng.standard_normal((40, IC)).astype(np.float32)
     widened = ops.matmul_forward(x, w)  # (40 rows: the widened GEMM)
-    dense = ops.dequantize(w).astype(np.float64)
+    magnitude = np.abs(ops.dequantize(w).astype(np.float64))
+    if qtype in ("Q4_1", "Q5_1"):  # few rows sum d v x and m x apart (x = d v + m): |d v| + |m| <= |x| + 2 |m|
+        mins = data.reshape(-1, size)[:, 2:4].copy().view(np.float16).astype(np.float64)
+        magnitude += 2 * np.abs(np.repeat(mins.reshape(OC, -1), values, axis=1))
     # each side a float32 sum of IC products: at most IC units of roundoff of the sum of magnitudes
-    bound = 2 * IC * 2.0 ** -24 * (np.abs(x).astype(np.float64) @ np.abs(dense).T)
+    bound = 2 * IC * 2.0 ** -24 * (np.abs(x).astype(np.float64) @ magnitude.T)
     for n in (1, 3, 4, 9, 16):
         assert np.all(np.abs(ops.matmul_forward(x[:n], w) - widened[:n]) <= bound[:n]), n

@@ -366,48 +366,94 @@ void matmul_w8_forward(float* out, const float* inp, const int8_t* weight, const
 
 
 namespace {
-// Few rows (decoding) stream the weight rows from memory once: each thread reads its share of rows in order and
-// asks for the bytes kAhead on as it goes. (The hardware prefetcher, left alone, followed four rows read side by
-// side block by block at half the read bandwidth: Gemma 3's 262,144-row head 2x slower.)
-constexpr int64_t kAhead = 4096;
 
-// out[m, o] for the output rows o of [o0, o1) of M inputs: each weight row's 32-value blocks dequantised in
-// registers and multiplied with every input row as they are read, two accumulators per input row.
+// out[m, o] for the output rows o of [o0, o1) of M inputs: each weight row's 32-value blocks read in registers as
+// their quantised values v (Block32::values) and multiplied with every input row as they are read, sum v x over
+// the block before one multiply by the block's d (one vector operation fewer per half than widening x = v d
+// first), alternate blocks into two accumulators per input row (two fma chains); a stored min's term is m times
+// the block's sum of x (sums: per input row and block, made once per call).
 template <int M, int QT>
 void q_small_m_rows(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias, int64_t IC,
                     int64_t OC, int64_t o0, int64_t o1) {
-  constexpr int64_t kB = Block32<QT>::kBytes;
+  using Block = Block32<QT>;
+  constexpr int64_t kB = Block::kBytes;
+  const int64_t nb = IC / 32;
+  static thread_local ScratchBuffer buf;
+  float* sums = Block::kMin ? buf.floats((size_t)(M * nb)) : nullptr;  // (M, nb)
+  if (Block::kMin)
+    for (int m = 0; m < M; m++)
+      for (int64_t b = 0; b < nb; b++) {
+        V s = zero();
+        for (int64_t j = 0; j < 32; j += W) s = add(s, load(inp + m * IC + b * 32 + j));
+        sums[m * nb + b] = reduce_add(s);
+      }
+  for (int64_t o = o0; o < o1; o++) {
+    V acc[M][2];
+    float mins[M] = {};
+    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = zero();
+    const uint8_t* w = weight + o * rb;
+    auto block = [&](int64_t b, int u) {
+      __builtin_prefetch(w + b * kB + kStreamAhead, 0, 3);
+      const Block blk(w + b * kB);
+      V t[M];
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < 16; j += W) {
+        V lo, hi;
+        blk.values(j, lo, hi);
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          const float* x = inp + m * IC + b * 32 + j;
+          t[m] = fma(hi, load(x + 16), j == 0 ? mul(lo, load(x)) : fma(lo, load(x), t[m]));
+        }
+      }
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        acc[m][u] = fma(t[m], blk.d, acc[m][u]);
+        if (Block::kMin) mins[m] += blk.mf * sums[m * nb + b];
+      }
+    };
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      block(b, 0);
+      block(b + 1, 1);
+    }
+    if (b < nb) block(b, 0);
+    for (int m = 0; m < M; m++)
+      out[m * OC + o] = reduce_add(add(acc[m][0], acc[m][1])) + mins[m] + (bias ? bias[o] : 0.f);
+  }
+}
+
+// The same for the 256-value types (RowBlocks): each block's values as Visit decodes them (v = its dequantised
+// value, W at a time), multiplied as they come, alternately into two accumulators per input row.
+template <int M, class B>
+void q_small_m_visit_rows(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias,
+                          int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
+  constexpr int64_t kB = sizeof(B), kV = B::kValues;
   for (int64_t o = o0; o < o1; o++) {
     V acc[M][2];
     for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = zero();
     const uint8_t* w = weight + o * rb;
-    for (int64_t b = 0; b < IC / 32; b++) {
-      __builtin_prefetch(w + b * kB + kAhead, 0, 3);
-      const Block32<QT> blk(w + b * kB);
-#pragma GCC unroll 4
-      for (int64_t j = 0; j < 16; j += W) {
-        V lo, hi;
-        blk.halves(j, lo, hi);
+    for (int64_t b = 0; b < IC / kV; b++) {
+      for (int64_t at = 0; at < kB; at += 64) __builtin_prefetch(w + b * kB + at + kStreamAhead, 0, 3);
+      const float* x = inp + b * kV;
+      Visit<B>::run(w + b * kB, [&](int64_t i, V v) {
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++) {
-          acc[m][0] = fma(lo, load(inp + m * IC + b * 32 + j), acc[m][0]);
-          acc[m][1] = fma(hi, load(inp + m * IC + b * 32 + 16 + j), acc[m][1]);
+          acc[m][0] = fma(v, load(x + m * IC + i), acc[m][0]);
+          std::swap(acc[m][0], acc[m][1]);
         }
-      }
+      });
     }
     for (int m = 0; m < M; m++) out[m * OC + o] = reduce_add(add(acc[m][0], acc[m][1])) + (bias ? bias[o] : 0.f);
   }
 }
 
-template <int QT>
-void q_small_m_dispatch(float* out, const float* inp, const uint8_t* weight, int64_t rb, const float* bias,
-                        int64_t M, int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
-  if (M == 1)
-    q_small_m_rows<1, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
-  else if (M == 2)
-    q_small_m_rows<2, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
-  else
-    q_small_m_rows<3, QT>(out, inp, weight, rb, bias, IC, OC, o0, o1);
+// f(std::integral_constant<int, N>{}) for N = 1, 2, 3 rows: the few-row kernels' row count as a constant
+template <class F>
+inline void with_rows(int64_t N, F&& f) {
+  if (N == 1) f(std::integral_constant<int, 1>{});
+  else if (N == 2) f(std::integral_constant<int, 2>{});
+  else f(std::integral_constant<int, 3>{});
 }
 
 // A small batch of rows (continuous batching's decode step, 4 <= N <= kSmallBatchRows) with the inputs
@@ -600,9 +646,9 @@ void q_batch_forward(float* out, const float* inp, const uint8_t* weight, int64_
 }  // namespace
 
 // GGUF block-quantised weight (OC rows of quant_row_bytes(qtype, IC) bytes; the weights stay quantised in
-// memory). Few rows (decoding, N < 4): the 32-value RegisterBlocks (quant/quant.h) are dequantised in
-// registers and multiplied as they are read, each weight row streamed once; the other types dequantise four rows
-// into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
+// memory). Few rows (decoding, N < 4): the block types (quant/quant.h: RegisterBlocks, RowBlocks) are decoded in
+// registers and multiplied as they are read, each weight row streamed once; the float types (F32, F16, BF16)
+// widen four rows into L1 scratch and run the float32 dot products. A decode batch (N <= kSmallBatchRows): q_batch_forward, the inputs
 // transposed into lanes so that each dequantised weight (group) is one broadcast FMA for every row. More rows
 // widen blocks of rows for the GEMM.
 void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
@@ -611,17 +657,26 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
   if (N == 0 || OC == 0 || rb < 0) return;
   if (N < 4) {
     const bool parallel = N * OC * IC >= kParallelGemvMacs;
-    // (the block type chosen once, outside the parallel loop)
-    const bool done = with_block(RegisterBlocks{}, qtype, [&](auto block) {
-      // chunks of contiguous rows (256 KiB, or a thread's share of a smaller matrix) taken as threads come free
+    // chunks of contiguous rows (256 KiB, or a thread's share of a smaller matrix) taken as threads come free,
+    // each through rows(o0, o1) (the block type chosen once, outside the parallel loop)
+    auto stream = [&](auto rows) {
       const int64_t nt = parallel ? threads() : 1;
       const int64_t chunk = std::min((OC + nt - 1) / nt, std::max<int64_t>(4, (256 << 10) / rb));
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
-      for (int64_t o0 = 0; o0 < OC; o0 += chunk)
-        q_small_m_dispatch<decltype(block)::kType>(out, inp, weight, rb, bias, N, IC, OC, o0,
-                                                   std::min(OC, o0 + chunk));
-    });
-    if (done) return;
+      for (int64_t o0 = 0; o0 < OC; o0 += chunk) with_rows(N, [&](auto M) { rows(M, o0, std::min(OC, o0 + chunk)); });
+    };
+    if (with_block(RegisterBlocks{}, qtype, [&](auto block) {
+          stream([&](auto M, int64_t o0, int64_t o1) {
+            q_small_m_rows<decltype(M)::value, decltype(block)::kType>(out, inp, weight, rb, bias, IC, OC, o0, o1);
+          });
+        }))
+      return;
+    if (with_block(RowBlocks{}, qtype, [&](auto block) {
+          stream([&](auto M, int64_t o0, int64_t o1) {
+            q_small_m_visit_rows<decltype(M)::value, decltype(block)>(out, inp, weight, rb, bias, IC, OC, o0, o1);
+          });
+        }))
+      return;
     const int64_t nblocks = (OC + 3) / 4;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (parallel)
     for (int64_t blk = 0; blk < nblocks; blk++) {
@@ -630,7 +685,7 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
       float* rows = buf.floats((size_t)4 * IC);
       for (int64_t u = 0; u < no; u++) {
         const uint8_t* row = weight + (o0 + u) * rb;
-        for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(row + kAhead + off, 0, 3);
+        for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(row + kStreamAhead + off, 0, 3);
         dequantize_row(rows + u * IC, row, qtype, IC);
       }
       small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);

@@ -11,6 +11,11 @@ namespace pt {
 namespace PT_NS {
 using namespace simd;
 
+// Few rows (decoding) stream the weight rows from memory once: each thread reads its share of rows in order and
+// asks for the bytes kStreamAhead on as it goes. (The hardware prefetcher, left alone, followed four rows read side
+// by side block by block at half the read bandwidth: Gemma 3's 262,144-row head 2x slower.)
+constexpr int64_t kStreamAhead = 4096;
+
 inline uint16_t read16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
@@ -58,9 +63,23 @@ inline bool with_block(BlockList<B...>, int qtype, F&& f) {
   return ((qtype == B::kType && (f(B{}), true)) || ...);
 }
 
-// y (B::kValues floats) = the values of the block of type B at p (each family specialises it for its types)
+// put(i, v) for each W values v (i .. i + W) of a block y as a sink: stored to y
+inline auto stores(float* y) {
+  return [y](int64_t i, V v) { store(y + i, v); };
+}
+
+// Visit<B>::run(p, put): put(i, v) for each W values (i .. i + W, in order) of the block of type B at p, decoded in
+// registers -- the one decode of the 256-value types, read by their rows (decode) and by the few-row products
+// (matmul.cpp), which multiply each v as it comes instead of storing it
 template <class B>
-void decode(float* y, const uint8_t* p);
+struct Visit;
+
+// y (B::kValues floats) = the values of the block of type B at p (the 32-value types specialise it; the others
+// store what Visit puts)
+template <class B>
+inline void decode(float* y, const uint8_t* p) {
+  Visit<B>::run(p, stores(y));
+}
 
 // the low nibbles (lo) and high nibbles (hi) of W bytes, as floats, from one load
 inline void nibble_pair(const uint8_t* p, V& lo, V& hi) {
@@ -129,16 +148,16 @@ inline VI plus(VI a, int c) { return {a.v + c}; }
 inline V to_float(VI a) { return {(float)a.v}; }
 #endif
 
-// y[0..n) = lo(q) d + m, y[n..2n) = hi(q) d2 + m2 over n bytes q (n a multiple of W): Q4_0 and Q4_1's blocks
-// (n = 16), Q4_K's pairs of sub-blocks (n = 32)
-template <int64_t n>
-inline void nibble_pairs(float* y, const uint8_t* q, float d, float m, float d2, float m2) {
+// put [0..n) = lo(q) d + m, [n..2n) = hi(q) d2 + m2 over n bytes q (n a multiple of W), at offset at: Q4_0 and
+// Q4_1's blocks (n = 16), Q4_K's pairs of sub-blocks (n = 32)
+template <int64_t n, class Put>
+inline void nibble_pairs(Put&& put, int64_t at, const uint8_t* q, float d, float m, float d2, float m2) {
   const V vd = set1(d), vm = set1(m), vd2 = set1(d2), vm2 = set1(m2);
   for (int64_t j = 0; j < n; j += W) {
     V lo, hi;
     nibble_pair(q + j, lo, hi);
-    store(y + j, fma(lo, vd, vm));
-    store(y + n + j, fma(hi, vd2, vm2));
+    put(at + j, fma(lo, vd, vm));
+    put(at + n + j, fma(hi, vd2, vm2));
   }
 }
 

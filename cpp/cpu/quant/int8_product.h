@@ -111,7 +111,9 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
     const int64_t o0 = g * kRowsR, nr = std::min<int64_t>(kRowsR, OC - o0);
     for (int64_t b = 0; b < nb; b++)
       for (int r = 0; r < kRowsR; r++) {
-        if (r < nr) T::unpack(w[b * kRowsR + r], weight + (o0 + r) * rb + b * (int64_t)sizeof(B));
+        const uint8_t* block = weight + (o0 + r) * rb + b * (int64_t)sizeof(B);
+        __builtin_prefetch(block + kStreamAhead, 0, 3);  // (the four rows side by side: each asks for its own)
+        if (r < nr) T::unpack(w[b * kRowsR + r], block);
         else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
       }
     tiles<T>(out, w, q, da, sums, bias, N, nb, IC, OC, o0, nr);

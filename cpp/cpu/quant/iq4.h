@@ -1,6 +1,7 @@
 // The non-linear 4-bit family: each nibble indexes sixteen fixed levels (ggml's kvalues_iq4nl) scaled by the
 // block's fp16 d. IQ4_NL: 32-value blocks laid out as Q4_0's; IQ4_XS: 256 values, 8 sub-blocks of 32 with six-bit
-// scales. Each type: its struct, the row decode (quant/rows.cpp); IQ4_NL's products decode in registers (Block32).
+// scales. Each type: its struct, the row decode (quant/rows.cpp); the products decode in registers (IQ4_NL:
+// Block32, IQ4_XS: its Visit).
 #pragma once
 #include "common.h"
 
@@ -64,22 +65,25 @@ inline void decode<BlockIQ4_NL>(float* y, const uint8_t* p) {
 }
 // IQ4_XS: each sub-block as an IQ4_NL block, W values at a time
 template <>
-inline void decode<BlockIQ4_XS>(float* y, const uint8_t* p) {  // (the nibbles read from the row in place)
-  const float d = half_at(p + offsetof(BlockIQ4_XS, d));
-  const uint16_t scales_h = read16(p + offsetof(BlockIQ4_XS, scales_h));
-  const uint8_t* scales_l = p + offsetof(BlockIQ4_XS, scales_l);
-  const uint8_t* qs = p + offsetof(BlockIQ4_XS, qs);
-  for (int s = 0; s < 8; s++) {
-    const int ls = ((scales_l[s / 2] >> (4 * (s % 2))) & 15) | (((scales_h >> (2 * s)) & 3) << 4);
-    const V dl = set1(d * (float)(ls - 32));
-    for (int j = 0; j < 16; j += W) {
-      V lo, hi;
-      iq4_pair(qs + 16 * s + j, lo, hi);
-      store(y + 32 * s + j, mul(lo, dl));
-      store(y + 32 * s + 16 + j, mul(hi, dl));
+struct Visit<BlockIQ4_XS> {
+  template <class Put>
+  static void run(const uint8_t* p, Put&& put) {  // (the nibbles read from the row in place)
+    const float d = half_at(p + offsetof(BlockIQ4_XS, d));
+    const uint16_t scales_h = read16(p + offsetof(BlockIQ4_XS, scales_h));
+    const uint8_t* scales_l = p + offsetof(BlockIQ4_XS, scales_l);
+    const uint8_t* qs = p + offsetof(BlockIQ4_XS, qs);
+    for (int s = 0; s < 8; s++) {
+      const int ls = ((scales_l[s / 2] >> (4 * (s % 2))) & 15) | (((scales_h >> (2 * s)) & 3) << 4);
+      const V dl = set1(d * (float)(ls - 32));
+      for (int j = 0; j < 16; j += W) {
+        V lo, hi;
+        iq4_pair(qs + 16 * s + j, lo, hi);
+        put(32 * s + j, mul(lo, dl));
+        put(32 * s + 16 + j, mul(hi, dl));
+      }
     }
   }
-}
+};
 
 }  // namespace PT_NS
 }  // namespace pt

@@ -43,12 +43,12 @@ static_assert(in_table<BlockQ4_0>() && in_table<BlockQ4_1>() && in_table<BlockQ5
 template <>
 inline void decode<BlockQ4_0>(float* y, const uint8_t* p) {
   const float d = half_at(p + offsetof(BlockQ4_0, d));
-  nibble_pairs<16>(y, p + offsetof(BlockQ4_0, qs), d, -8.f * d, d, -8.f * d);
+  nibble_pairs<16>(stores(y), 0, p + offsetof(BlockQ4_0, qs), d, -8.f * d, d, -8.f * d);
 }
 template <>
 inline void decode<BlockQ4_1>(float* y, const uint8_t* p) {
   const float d = half_at(p + offsetof(BlockQ4_1, d)), m = half_at(p + offsetof(BlockQ4_1, m));
-  nibble_pairs<16>(y, p + offsetof(BlockQ4_1, qs), d, m, d, m);
+  nibble_pairs<16>(stores(y), 0, p + offsetof(BlockQ4_1, qs), d, m, d, m);
 }
 template <>
 inline void decode<BlockQ8_0>(float* y, const uint8_t* p) {
@@ -82,21 +82,31 @@ inline void decode<BlockQ5_1>(float* y, const uint8_t* p) {
 
 // Q5's values j .. j + W (lo) and 16 + j .. 16 + j + W (hi) of a block as floats: the nibbles of the W bytes at q
 // with bit j + lane (lo) and 16 + j + lane (hi) of qh as their fifth bit, joined as integers before the one
-// conversion (the fifth bit added as a float cost two more vector operations per half)
+// conversion (the fifth bit added as a float cost two more vector operations per half); kCentred: less 16
+// (Q5_0's q - 16, exact; on AVX-512 16 taken where the bit is clear instead of added where it is set: no extra
+// operation)
+template <bool kCentred = false>
 inline void five_bit_pair(const uint8_t* q, uint32_t qh, int64_t j, V& lo, V& hi) {
 #if defined(PT_ISA_AVX512)
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)q)), sixteen = _mm512_set1_epi32(16);
   const __m512i l = _mm512_and_si512(b, _mm512_set1_epi32(15)), h = _mm512_srli_epi32(b, 4);
-  lo.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(l, (__mmask16)(qh >> j), l, sixteen));
-  hi.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(h, (__mmask16)(qh >> (16 + j)), h, sixteen));
+  if (kCentred) {
+    lo.v = _mm512_cvtepi32_ps(_mm512_mask_sub_epi32(l, (__mmask16)~(qh >> j), l, sixteen));
+    hi.v = _mm512_cvtepi32_ps(_mm512_mask_sub_epi32(h, (__mmask16)~(qh >> (16 + j)), h, sixteen));
+  } else {
+    lo.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(l, (__mmask16)(qh >> j), l, sixteen));
+    hi.v = _mm512_cvtepi32_ps(_mm512_mask_or_epi32(h, (__mmask16)(qh >> (16 + j)), h, sixteen));
+  }
 #elif defined(PT_ISA_AVX2)
   const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)q)), one = _mm256_set1_epi32(1);
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   auto bits = [&](uint32_t from) {  // (bit from + lane of qh) << 4
     return _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> from)), lanes), one), 4);
   };
-  lo.v = _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(15)), bits((uint32_t)j)));
-  hi.v = _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(b, 4), bits((uint32_t)(16 + j))));
+  const __m256i offset = _mm256_set1_epi32(kCentred ? 16 : 0);
+  lo.v = _mm256_cvtepi32_ps(
+      _mm256_sub_epi32(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(15)), bits((uint32_t)j)), offset));
+  hi.v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32(b, 4), bits((uint32_t)(16 + j))), offset));
 #elif defined(__SSE2__)
   nibble_pair(q, lo, hi);
   const __m128i bit = _mm_setr_epi32(1, 2, 4, 8), sixteen = _mm_set1_epi32(16);
@@ -110,6 +120,12 @@ inline void five_bit_pair(const uint8_t* q, uint32_t qh, int64_t j, V& lo, V& hi
   nibble_pair(q, lo, hi);
   lo = add(lo, V{(float)(((qh >> j) & 1) << 4)});
   hi = add(hi, V{(float)(((qh >> (16 + j)) & 1) << 4)});
+#endif
+#if !defined(PT_ISA_AVX512) && !defined(PT_ISA_AVX2)
+  if (kCentred) {
+    lo = sub(lo, set1(16.f));
+    hi = sub(hi, set1(16.f));
+  }
 #endif
 }
 

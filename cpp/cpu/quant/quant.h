@@ -13,8 +13,8 @@
 namespace pt {
 namespace PT_NS {
 
-// The block types read here: the 32-value ones whose products dequantise in registers (Block32), and the rest,
-// whose products dequantise rows into L1 (dequantize_row).
+// The block types read here: the 32-value ones whose products dequantise in registers (Block32), and the
+// 256-value ones (Visit: the few-row products decode them in registers, more rows dequantise rows into L1).
 using RegisterBlocks = BlockList<BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockIQ4_NL>;
 using RowBlocks = BlockList<BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockIQ4_XS>;
 
@@ -35,7 +35,9 @@ struct Block32 {
   using Block = typename BlockOf<QT, RegisterBlocks>::type;
   static_assert(!std::is_void_v<Block>, "one of the RegisterBlocks");
   static constexpr int64_t kBytes = sizeof(Block), kQs = offsetof(Block, qs);
+  static constexpr bool kMin = QT == kQ4_1 || QT == kQ5_1;  // (a stored min: x = q d + m)
   V d, m;
+  float mf = 0.f;  // (kMin: m as a scalar)
   const uint8_t* q;
   uint32_t qh = 0;  // (Q5: the fifth bits)
   explicit Block32(const uint8_t* b) : q(b + kQs) {
@@ -52,12 +54,14 @@ struct Block32 {
       d.v = _mm256_broadcastss_ps(f);
       m.v = _mm256_broadcastss_ps(_mm_movehdup_ps(f));
 #endif
+      mf = _mm_cvtss_f32(_mm_movehdup_ps(f));
       return;
     }
 #endif
     const float df = half_at(b);
     d = set1(df);
-    m = set1(QT == kQ4_1 || QT == kQ5_1 ? half_at(b + 2) : QT == kQ4_0 ? -8.f * df : QT == kQ5_0 ? -16.f * df : 0.f);
+    if (kMin) mf = half_at(b + 2);
+    m = set1(kMin ? mf : QT == kQ4_0 ? -8.f * df : QT == kQ5_0 ? -16.f * df : 0.f);
   }
   void halves(int64_t j, V& lo, V& hi) const {
     if (QT == kQ8_0) {
@@ -72,6 +76,24 @@ struct Block32 {
       else nibble_pair(q + j, lo, hi);
       lo = fma(lo, d, m);  // ((q - 8) d, (q - 16) d: q d and the offset exact, the one rounding of fma)
       hi = fma(hi, d, m);
+    }
+  }
+  // The halves' quantised values v, exact as floats, with x = v d (+ mf where kMin): Q4_0's q - 8, Q5_0's q - 16,
+  // IQ4_NL's table values, Q8_0's int8 (a product sums v x over the block before one multiply by d)
+  void values(int64_t j, V& lo, V& hi) const {
+    if (QT == kQ8_0) {
+      lo = load_i8((const int8_t*)q + j);
+      hi = load_i8((const int8_t*)q + 16 + j);
+    } else if (QT == kIQ4_NL) {
+      iq4_pair(q + j, lo, hi);
+    } else if (QT == kQ5_0 || QT == kQ5_1) {
+      five_bit_pair<QT == kQ5_0>(q + j, qh, j, lo, hi);
+    } else {
+      nibble_pair(q + j, lo, hi);
+      if (QT == kQ4_0) {
+        lo = sub(lo, set1(8.f));
+        hi = sub(hi, set1(8.f));
+      }
     }
   }
 };
