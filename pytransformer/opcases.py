@@ -701,7 +701,7 @@ class HammingCandidates(Op):
 
     def make(self, rng, s, o):
         N, W, Q = s["N"], s["W"], s["Q"]
-        words = lambda *shape: rng.integers(0, 2**64, shape, np.uint64, endpoint=False)  # noqa: E731
+        words = lambda *shape: rng.integers(0, 2**64, shape, np.uint64, endpoint=False)
         signs = words(W, N) if not o.get("ties") else words(W, 3)[:, rng.integers(0, 3, N)]
         return {"signs": np.ascontiguousarray(signs), "queries": words(Q, W)}
 
@@ -738,7 +738,7 @@ class Int8Candidates(Op):
 
     def make(self, rng, s, o):
         N, D, Q = s["N"], s["D"], s["Q"]
-        ints = lambda *shape: rng.integers(-127, 128, shape).astype(np.int8)  # noqa: E731
+        ints = lambda *shape: rng.integers(-127, 128, shape).astype(np.int8)
         codes = ints(N, D) if not o.get("ties") else ints(3, D)[rng.integers(0, 3, N)]
         scale = np.ones(N, np.float32) if o.get("ties") else (rng.random(N) + 0.5).astype(np.float32)
         if o.get("nan"):

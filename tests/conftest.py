@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -75,3 +78,12 @@ def greedy_by_recomputation(model, ids, n):
             nxt = model(seq)[:, -1].argmax(-1)
         seq = np.concatenate([seq, nxt[:, None]], 1)
     return seq
+
+
+def passes_in_a_child(script, cwd, **env):
+    """Runs a Python script in a fresh process with these environment variables set (a kernel choice read once at
+    import: PYTRANSFORMER_INT8_DOT, PYTRANSFORMER_POPCOUNT), from cwd (outside the checkout: the package under
+    test, not its sources); asserts that it exits 0 and prints ok."""
+    run = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env), capture_output=True, text=True,
+                         timeout=600, cwd=cwd)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]

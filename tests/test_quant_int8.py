@@ -5,10 +5,6 @@ tests/test_op_cases.py (matmul_quantized_int8)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -16,6 +12,7 @@ import pytransformer as pt
 from pytransformer import opcases, ops
 from pytransformer import reference as ref
 from pytransformer.nn import weights
+from conftest import passes_in_a_child
 
 INTEGER = ops.INTEGER_QTYPES
 
@@ -87,10 +84,7 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
               "            for name, (err, tol) in c.errors(c.make(rng)).items():\n"
               "                assert err <= tol, (isa, c.label, err)\n"
               "print('ok')\n")
-    env = dict(os.environ, PYTRANSFORMER_INT8_DOT=forced)
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 
 
 def test_bad_input_is_a_one_line_error(rng):

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import pytransformer
 from pytransformer import ops, search
 from pytransformer.search import pack_signs, semantic_search
+from conftest import passes_in_a_child
 
 
 def brute_force(q, c, score):
@@ -171,7 +168,4 @@ def test_the_nibble_popcount_runs_where_vpopcntq_is_forced_off(tmp_path):
               "        for name, (err, tol) in c.errors(c.make(rng)).items():\n"
               "            assert err <= tol, (c.label, name, err)\n"
               "print('ok')\n")
-    env = dict(os.environ, PYTRANSFORMER_POPCOUNT="vpshufb")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)  # (outside the checkout: the package under test, not its sources)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    passes_in_a_child(script, tmp_path, PYTRANSFORMER_POPCOUNT="vpshufb")
