@@ -28,6 +28,7 @@ import numpy as np
 
 from . import ops
 
+
 class ConstraintError(ValueError):
     """A sequence's grammar cannot go on: it allows no next token, refuses the chosen one, or failed in the library
     mid-run (a lexer past its limits, say). Only that sequence ends."""
@@ -227,7 +228,7 @@ def mask_rows(logits: np.ndarray, matchers) -> None:
     in one pass (ops.mask_logits); a row whose matcher is None (a finished row) loses only the ids past the
     tokenizer's vocabulary. ConstraintError when a matcher's grammar allows no next token (a cheap check: any
     nonzero word)."""
-    N, V = logits.shape
+    N = logits.shape[0]
     live = [m for m in matchers if m is not None]
     if not live:
         return
