@@ -370,9 +370,10 @@ PYBIND11_MODULE(_core, m) {
     if (vocab > V)
       throw py::value_error("mask_logits: vocab (" + std::to_string(vocab) + ") must be <= V (" + std::to_string(V) +
                             ")");
+    const int64_t NW = vocab / 32 + (vocab % 32 != 0);  // (ceil(vocab / 32), never past int64)
     float* x = array_data<float>(logits, "logits", {N, V}, true);
-    const int32_t* w = array_data<int32_t>(words, "words", {N, (vocab + 31) / 32});
-    check_apart(written(w, product({N, (vocab + 31) / 32}), "words"), {written(x, product({N, V}), "logits")});
+    const int32_t* w = array_data<int32_t>(words, "words", {N, NW});
+    check_apart(written(w, product({N, NW}), "words"), {written(x, product({N, V}), "logits")});
     const NoGil nogil(product({N, V}) >= kReleaseWork);
     K().mask_logits(x, reinterpret_cast<const uint32_t*>(w), N, V, vocab);
   });

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import weakref
 
 import numpy as np
 
 from . import ops
+
 
 class ConstraintError(ValueError):
     """A sequence's grammar cannot go on: it allows no next token, refuses the chosen one, or failed in the library
@@ -169,21 +171,18 @@ def _words(vocab_size):
     return (vocab_size + 31) // 32
 
 
-_executor = None
-
-
 def compute_masks(matchers) -> None:
     """The masks of the matchers' states not yet computed (`fresh` false), in one llguidance call over its threads,
     the GIL released."""
-    global _executor
     todo = [m for m in matchers if not m.fresh]
     if not todo:
         return
-    if _executor is None:
-        _executor = _llguidance().LLExecutor()
     batch = np.empty((len(todo), todo[0].words.size), np.int32)  # (each matcher keeps its row: fresh per call)
-    _executor.unsafe_compute_mask_ptr([(m.inner, k) for k, m in enumerate(todo)], batch.ctypes.data,
-                                      batch[0].nbytes, len(todo))
+    if len(todo) == 1:  # (one: the matcher's own call, without waking the executor's threads)
+        todo[0].inner.unsafe_compute_mask_ptr(batch.ctypes.data, batch.nbytes)
+    else:
+        _kept(_executor, lambda: _llguidance().LLExecutor()).unsafe_compute_mask_ptr(
+            [(m.inner, k) for k, m in enumerate(todo)], batch.ctypes.data, batch[0].nbytes, len(todo))
     for m, words in zip(todo, batch):
         m.words, m.fresh = words, True
 
@@ -200,11 +199,9 @@ class MasksAhead:
         self.future = None
 
     def __enter__(self):
-        global _worker
         if self.stale:
-            if _worker is None:
-                _worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pytransformer-masks")
-            self.future = _worker.submit(compute_masks, self.stale)
+            self.future = _kept(_worker, lambda: concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="pytransformer-masks")).submit(compute_masks, self.stale)
         return self
 
     def __exit__(self, *exc):
@@ -212,7 +209,18 @@ class MasksAhead:
             concurrent.futures.wait([self.future])  # (its error, if any, left: the matchers stay stale)
 
 
-_worker = None
+def _kept(held, make):
+    """held[pid] (a pool of threads, kept for the process), made on first use: a fork()ed child makes its own (its
+    parent's pool has no threads in it, and work handed to it would never run)."""
+    pid = os.getpid()
+    if pid not in held:
+        held.clear()
+        held[pid] = make()
+    return held[pid]
+
+
+_worker: dict = {}    # pid -> the masks' worker thread (a ThreadPoolExecutor of 1)
+_executor: dict = {}  # pid -> llguidance's LLExecutor
 
 
 def mask_rows(logits: np.ndarray, matchers) -> None:
@@ -220,7 +228,7 @@ def mask_rows(logits: np.ndarray, matchers) -> None:
     in one pass (ops.mask_logits); a row whose matcher is None (a finished row) loses only the ids past the
     tokenizer's vocabulary. ConstraintError when a matcher's grammar allows no next token (a cheap check: any
     nonzero word)."""
-    N, V = logits.shape
+    N = logits.shape[0]
     live = [m for m in matchers if m is not None]
     if not live:
         return

@@ -194,3 +194,28 @@ def test_rows_masked_together_each_follow_their_own_matcher(model, rng):
         np.testing.assert_array_equal(masked[row], np.where(allowed, logits[row], -np.inf))
     np.testing.assert_array_equal(masked[3, :tok.vocab_size], logits[3, :tok.vocab_size])
     assert np.isneginf(masked[3, tok.vocab_size:]).all()
+
+
+_FORKED = {}  # (what a forked child finds in its copy of the parent's memory: a grammar cannot be pickled)
+
+
+def _masks_ahead_ready():
+    """Two matchers' masks computed beside a (no-op) step -> whether both are ready."""
+    from pytransformer.constrain import MasksAhead
+
+    matchers = [_FORKED["grammar"].matcher(), _FORKED["grammar"].matcher()]
+    with MasksAhead(matchers):
+        pass
+    return all(m.fresh for m in matchers)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_computes_masks_ahead_after_its_parent_did(model):
+    """The worker thread and llguidance's executor are the process's own: a child made by fork() (multiprocessing's
+    default on Linux) makes its own instead of handing work to its parent's threads, which it does not have."""
+    import multiprocessing as mp
+
+    _FORKED["grammar"] = Grammar.of(model.tokenizer, json_schema=SCHEMA)
+    assert _masks_ahead_ready()  # (the parent's worker and executor are up now)
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_masks_ahead_ready).get(timeout=120)

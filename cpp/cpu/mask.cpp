@@ -37,7 +37,8 @@ inline void mask_word(float* x, uint32_t bits) {
 
 // logits (N, V) in place; words (N, ceil(vocab / 32)); vocab <= V
 void mask_logits(float* logits, const uint32_t* words, int64_t N, int64_t V, int64_t vocab) {
-  const int64_t NW = (vocab + 31) / 32, full = vocab / 32;  // (words, and those whose 32 tokens are all < vocab)
+  if (N == 0 || V == 0) return;  // nothing to write: never loop over empty rows
+  const int64_t full = vocab / 32, NW = full + (vocab % 32 != 0);  // (words; those whose 32 tokens are < vocab)
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N > 1 && N * V >= kParallelElements)
   for (int64_t n = 0; n < N; n++) {
     float* x = logits + n * V;
