@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import passes_in_a_child
 
 import pytransformer as pt
 from pytransformer import opcases, ops
 from pytransformer import reference as ref
 from pytransformer.nn import weights
-from conftest import passes_in_a_child
 
 INTEGER = ops.INTEGER_QTYPES
 
@@ -56,8 +56,8 @@ def test_int8_activations_differ_from_float32_ones_by_the_quantisation_only(rng,
 @pytest.mark.skipif(not pt.cpu_info()["int8_tiles"], reason="no AMX-INT8 here (the VNNI / AVX2 / scalar forms run)")
 @pytest.mark.parametrize("qtype", INTEGER)
 def test_the_amx_tiles_are_exact_at_ragged_row_and_output_counts(rng, qtype):
-    """From 16 rows the products run on AMX-INT8 tiles (16-row A tiles padded past N, 32-output panels cut at OC):
-    integer sums exact, so the reference's own float32 bound holds at every size."""
+    """From 16 rows the products run on AMX-INT8 tiles (16-row A tiles padded past N, 32-output panels cut at OC;
+    Q2_K, Q3_K, Q6_K on the VNNI panels): integer sums exact, so the reference's float32 bound holds at every size."""
     for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)]:
         case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
         x = case.make(rng)

@@ -1,12 +1,13 @@
 // The int8-activation products of 16 and more rows on AMX-INT8 tiles (prefill, batched serving steps). The VNNI
 // panels of int8_panel.h are already B tiles: per 32 values of a block, 8 rows of 64 bytes, row t holding each of
 // the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
-// read in place at stride IC) by a panel's K values into a 16 x 16 tile of exact int32 sums, K = one block (32) or
-// one sub-block (32, or 16 for Q2_K, Q3_K, Q6_K), so that each block pair's scales apply to their own sums: each
-// C tile goes to L1 and int8_panel.h's add_block (the offsets, the mins, d da) adds it into float accumulators.
-// Per step 16 rows x 2 panels (32 outputs), double-buffered: tmm0-1 / tmm2-3 C, tmm4 / tmm5 A, tmm6-7 B. Fewer than 16 rows:
-// the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the AMX flags, used where dispatch.cpp finds
-// AMX-INT8 and the tile-data permission (amx::supported()).
+// read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block) into a 16 x 16 tile of
+// exact int32 sums, so that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled
+// into float accumulators (int8_panel.h's add_block for the K types). Per 32 values both panels' B tiles (tmm6-7)
+// are loaded once and every row tile runs against them, double-buffered (tmm0-1 / tmm2-3 C, tmm4 / tmm5 A) so
+// the tile unit works while the vector unit scales. Fewer than 16 rows, and the types scaled per 16 values (Q2_K,
+// Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the AMX flags, used where
+// dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()). bench/NOTES.md, session 11.
 #include <immintrin.h>
 
 #include <algorithm>
