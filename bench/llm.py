@@ -2,7 +2,7 @@
 transformers on torch (the file dequantised to float32 by the gguf package), in one run, at 1 and 2 threads.
 
     python bench/llm.py [--model NAME_OR_FILE ...] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512]
-                        [--json docs/llm.json] [--plot]
+                        [--cpu-time] [--json docs/llm.json] [--plot]
 
 Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
 alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt
@@ -168,10 +168,12 @@ def worker(args, path):
     tok = engine.model.tokenizer if isinstance(engine, Ours) else pytransformer.from_pretrained(path).tokenizer
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine.generate(short, 4)  # warm-up
-    t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats, clock=clock)
     out = {}
-    t_total = median_time(lambda: out.__setitem__("tokens", engine.generate(short, args.new)), args.repeats)
-    t_prefill = median_time(lambda: engine.prefill(long), args.repeats)
+    t_total = median_time(lambda: out.__setitem__("tokens", engine.generate(short, args.new)), args.repeats,
+                          clock=clock)
+    t_prefill = median_time(lambda: engine.prefill(long), args.repeats, clock=clock)
     print(json.dumps({"decode": (args.new - 1) / (t_total - t_prompt), "prefill": args.prefill / t_prefill,
                       "tokens": [int(t) for t in out["tokens"]]}))
 
@@ -186,6 +188,9 @@ def main():
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-transformers", action="store_true", help="leave transformers out (slow to load)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time each engine's process in CPU time, not wall time: on a loaded machine the 1-thread "
+                         "figures the time slicing does not inflate (at n threads: n threads' CPU time)")
     ap.add_argument("--json", default="bench/results/llm.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # (one engine at one thread count, in its own process)
     ap.add_argument("--plot", action="store_true", help="also draw the JSON's PNG (needs matplotlib)")
@@ -212,7 +217,8 @@ def bench_model(args, path):
     del ours
     print(f"# {machine()}; {os.path.basename(path)} "
           f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
-          f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}; each engine in its own process")
+          f"prompt {args.prompt}, {args.new} new tokens; prefill {args.prefill}; each engine in its own process"
+          f"{'; CPU time' if args.cpu_time else ''}")
     rows = []
     for n in args.threads:
         bw = limits.read_bandwidth(n)
@@ -221,7 +227,7 @@ def bench_model(args, path):
         for name in list(engines):
             cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
                    "--new", str(args.new), "--prefill", str(args.prefill), "--repeats", str(args.repeats),
-                   "--model", path]
+                   "--model", path] + (["--cpu-time"] if args.cpu_time else [])
             r = subprocess.run(cmd, capture_output=True, text=True)
             lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
             if r.returncode or not lines:

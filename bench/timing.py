@@ -11,14 +11,14 @@ import time
 import pytransformer
 
 
-def median_time(fn, repeats, warmup=0):
+def median_time(fn, repeats, warmup=0, clock=time.perf_counter):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
