@@ -80,7 +80,10 @@ EXPORT = "import sys, pytransformer as pt; pt.from_pretrained('smollm2', dtype='
 
 
 def run(cmd, threads):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # (the children import this checkout's package: a PYTHONPATH of "." would name bench/, where they run, and
+    # they would measure whatever pytransformer site-packages holds)
+    path = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
     if r.returncode:
         raise SystemExit(f"{cmd[3] if len(cmd) > 3 else 'export'} failed:\n{r.stderr[-2000:]}")
