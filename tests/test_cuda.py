@@ -24,7 +24,8 @@ needs_cuda = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA module 
 CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights",  # bfloat16 / int8 copies: CPU inference formats
             "matmul_quantized_int8",  # (int8 activations: CUDA products keep float32 ones)
             "matmul_dinp",  # (the gradient through frozen narrow weights: CPU kernels only)
-            "hamming_candidates", "int8_candidates"}  # (search's first passes over a memory-mapped index: CPU kernels)
+            "hamming_candidates", "int8_candidates",  # (search's first passes over a memory-mapped index: CPU kernels)
+            "mask_logits"}  # (a grammar's mask: the sampler's rows are on the host)
 # The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 20,000 query-key
 # pairs (seconds each there) run on a GPU only; every other case runs everywhere.
 
