@@ -28,6 +28,8 @@ import pytransformer
 from pytransformer import SentenceEncoder
 from pytransformer.encoders import model_folder
 
+from limits import fma_peak
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "tokenizer.json",
@@ -108,6 +110,26 @@ class OnnxEncoder:
         return out
 
 
+def products_flops(folder, lines, batch):
+    """Float operations of the encoder's products (the linear layers, and attention's two T x T products) over
+    `lines` in length-sorted batches padded to their longest row, as sentence-transformers and ONNX Runtime run them
+    (ours pads the same way): a floor on any float32 engine's work, whatever its kernels."""
+    from tokenizers import Tokenizer
+
+    config = json.load(open(os.path.join(folder, "config.json")))
+    d, ff, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(json.load(open(os.path.join(folder, "sentence_bert_config.json")))["max_seq_length"])
+    lengths = np.array([len(e.ids) for e in tok.encode_batch(lines)])
+    padded = np.sort(lengths)[::-1]
+    flops = 0
+    for i in range(0, len(padded), batch):
+        rows, t = len(padded[i:i + batch]), int(padded[i])  # (the longest first: each batch pads to its first)
+        flops += layers * rows * (2 * t * (4 * d * d + 2 * d * ff) + 4 * t * t * d)
+    return flops
+
+
 def engines(folder, root, batch):
     """name -> (set_threads(n), encode()) of each engine on one model folder."""
     import torch
@@ -145,7 +167,9 @@ def main():
     print("| model | threads | engine | sentences/s (wall) | pytransformer's speed-up (wall) | sentences per CPU s | "
           "speed-up (CPU) | max abs diff to ours |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    peaks = {n: fma_peak(n) for n in args.threads}
     root = tempfile.mkdtemp(prefix="embed-speed-")
+    roofline = []
     try:
         for name in args.models:
             folder = model_folder(None) if name == "minilm" else bert12_folder(root)
@@ -169,7 +193,14 @@ def main():
                     print(f"| {name} | {threads} | {e} | {len(lines) / w:,.0f} | {f'{w / w0:.2f}x' if peer else ''} | "
                           f"{len(lines) / c:,.0f} | {f'{c / c0:.2f}x' if peer else ''} | "
                           f"{f'{np.abs(got[e] - mine).max():.1e}' if peer else ''} |", flush=True)
+                gflop = products_flops(folder, lines, args.batch) / 1e9
+                st = len(lines) / np.median(wall["sentence-transformers"])
+                roofline.append(f"{name}, {threads} thread(s): the products are {gflop / len(lines) * 1e3:.0f} MFLOP a "
+                                f"sentence; ours at {len(lines) / w0:,.0f} sentences/s run them at {gflop / w0:.0f} "
+                                f"GFLOP/s, 3x sentence-transformers ({3 * st:,.0f}/s) would need "
+                                f"{3 * st * gflop / len(lines):.0f} GFLOP/s against the FMA peak {peaks[threads]:.0f}")
             os.sched_setaffinity(0, set(range(os.cpu_count())))
+        print("\n".join(["", "Floor on the work (any float32 engine), wall time:"] + roofline))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
