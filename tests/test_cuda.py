@@ -26,8 +26,9 @@ CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights",  # bfloat16 / int8 cop
             "matmul_dinp",  # (the gradient through frozen narrow weights: CPU kernels only)
             "hamming_candidates", "int8_candidates",  # (search's first passes over a memory-mapped index: CPU kernels)
             "mask_logits"}  # (a grammar's mask: the sampler's rows are on the host)
-# The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 20,000 query-key
-# pairs (seconds each there) run on a GPU only; every other case runs everywhere.
+# The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 5,000 query-key
+# pairs and quantised products of more than 4,096 outputs (the CPU's thread chunks of 15,429 rows: 10-50 s each
+# there) run on a GPU only; every other case runs everywhere.
 
 
 def _device(x):
@@ -41,12 +42,14 @@ def _device(x):
 
 
 def _small(case):
-    if case.op != "attention" or not cuda.emulated():
-        return True
     s = case.s
+    if not cuda.emulated() or case.op not in ("attention", "matmul_quantized"):
+        return True
+    if case.op == "matmul_quantized":
+        return s["N"] * s["OC"] <= 4096
     B, NH, NKV, Tq, Tk = s["B"], s["NH"], s.get("NKV", s["NH"]), s["Tq"], s["Tk"]
     blocks = B * NH * -(-Tq // 8) + B * NKV * -(-Tk // 8)
-    return blocks <= 200 and B * NH * Tq * Tk <= 20_000
+    return blocks <= 200 and B * NH * Tq * Tk <= 5_000
 
 
 CUDA_CASES = [c for c in opcases.cases("test") if c.op not in CPU_ONLY]
