@@ -52,6 +52,7 @@ def corpus(tmp_path):
     (["sample", "x.st", "--temperature", "-1"], ["--temperature"]), (["sample", "x.st", "--top-k", "0"], ["--top-k"]),
     (["sample", "x.st", "--tokens", "-5"], ["--tokens"]), (["embed", "a", "--batch-size", "0"], ["--batch-size"]),
     (["search", "f", "q", "--top", "0"], ["--top"]), (["nonsense"], ["invalid choice"]),
+    (["embed", "a", "--dtype", "int4"], ["--dtype", "invalid choice"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, words):
     one_line_error(cli(*args, cwd=tmp_path), 2, "error:", *words)

@@ -248,5 +248,10 @@ def test_cli_index_then_search(tmp_path):
         r = run("search", str(tmp_path / "ix"), "baking a loaf", "--top", "1", "--first-pass", first_pass)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().endswith("how to bake bread")
+    # the encoder's formats: int8 weights and int8 activations find the same line; int8 activations alone are refused
+    r = run("search", str(tmp_path / "ix"), "baking a loaf", "--top", "1", "--dtype", "int8", "--activations", "int8")
+    assert r.returncode == 0 and r.stdout.strip().endswith("how to bake bread"), r.stderr
+    r = run("search", str(f), "baking a loaf", "--top", "1", "--activations", "int8")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--dtype int8" in r.stderr, r.stderr
     r = run("search", str(tmp_path / "nothing"), "q")
     assert r.returncode == 1 and r.stderr.count("\n") == 1

