@@ -20,10 +20,18 @@ def cpu_info() -> dict:
         "matmul_precision": _core.get_matmul_precision(),
         "int8_dot": _core.int8_dot(),  # the integer dot product the int8-activation products run (quant/int8.cpp)
         "int8_tiles": bool(_core.int8_tiles()),  # ... and their 16+ rows on AMX-INT8 tiles (quant/int8_amx.cpp)
+        "activations": _gguf_activations(),  # what GGUF integer blocks' products round their input to by default
         "popcount": _core.popcount(),  # the bit count search's Hamming candidates run (hamming.cpp)
         "forked_child": bool(_core.in_forked_child()),  # a fork() child runs every kernel on one thread
         "capped_by_load": bool(_core.threads_capped_by_load()),  # a busy machine: kernels on one thread for now
     }
+
+
+def _gguf_activations() -> str:
+    from . import ops
+    from .nn import weights
+
+    return weights.default_activations(ops.INTEGER_QTYPES[0])
 
 
 def _cuda_available() -> bool:

@@ -65,6 +65,18 @@ def test_the_amx_tiles_are_exact_at_ragged_row_and_output_counts(rng, qtype):
         assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
 
 
+@pytest.mark.parametrize("qtype", INTEGER)
+def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
+    """1-3 input rows (decode) stream each weight row from its bytes (int8_product.h stream_rows, every row dotted
+    as the block comes): integer sums exact, so the reference's float32 bound holds for 1, 2 and 3 rows at ragged
+    output counts, odd and even block counts, and a product large enough to split over threads."""
+    for N, k, OC in [(1, 0, 1), (1, 2, 700), (2, 1, 37), (2, 0, 5), (3, 2, 19), (3, 1, 70)]:
+        case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
+        x = case.make(rng)
+        got = case.spec.ours(x, case.o)["out"]
+        assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
+
+
 @pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
@@ -110,7 +122,9 @@ def test_bad_input_is_a_one_line_error(rng):
 def test_the_default_is_int8_only_for_integer_blocks_with_an_integer_dot_product(rng):
     blocks = ops.Quantized(opcases.random_blocks(rng, "Q8_0", 4, 64), "Q8_0", (4, 64))
     want = "int8" if weights.INT8_BY_DEFAULT and ops.int8_dot() == "vpdpbusd" else "float32"
-    assert weights.BlockWeight(blocks).activations == want
+    assert weights.BlockWeight(blocks).activations == want == pt.cpu_info()["activations"]
+    # (set_weight_dtype("int8") weights keep float32: the C++ decode plan runs them so)
+    assert weights.Int8Weight(*ops.quantize_int8(opcases.f32(rng, 4, 64))).activations == "float32"
     f16 = ops.Quantized(opcases.random_blocks(rng, "F16", 4, 64), "F16", (4, 64))
     assert weights.BlockWeight(f16).activations == "float32"
     assert weights.BlockWeight(f16).with_activations("int8").activations == "float32"

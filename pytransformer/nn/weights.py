@@ -189,7 +189,7 @@ class Int8Weight(Weight):
     def __init__(self, q, scale, activations=None):
         self.q, self.scale = q, scale
         if activations is None:
-            activations = default_activations("Q8_0") if q.shape[1] % 32 == 0 else "float32"
+            activations = default_activations(self.kind) if q.shape[1] % 32 == 0 else "float32"
         self.activations = activations
         self.blocks = unit_q8_0(q) if activations == "int8" else None
 
@@ -311,15 +311,19 @@ def check_activations(dtype) -> None:
                          f"{dtype!r}")
 
 
-# (bench/NOTES.md, session 10: on AVX512-VNNI the int8 products beat the float ones 1.4-2.8x and prefill 1.5-2x,
-# but batch-1 decode of SmolLM2 / Gemma 3 is no faster yet: not the default until it is)
+# (bench/NOTES.md, sessions 10-12: on AVX512-VNNI the int8 products beat the float ones 1.4-2.8x, prefill 2-3x, and
+# since session 12 (1-3 rows streamed) every block type's 1-row product too, and a batch-1 decode step is no slower;
+# but the int8 kernels for 1, 4+ and 16+ rows sum the blocks in different float orders, so a request served in a
+# batch is not bit-identical to its run alone (the serve tests' near-tie greedy tokens): not the default until they are)
 INT8_BY_DEFAULT = False
 
 
 def default_activations(qtype: str) -> str:
-    """The one place the default is decided: int8 for GGUF integer blocks where the int8 products are the faster
-    ones (INT8_BY_DEFAULT, and AVX512-VNNI: int8_dot() "vpdpbusd", whose panels serve batches and prefill; AVX2's
-    and AVX-VNNI's row products are slower than the float GEMM for many rows), else float32."""
+    """The one place the default is decided: int8 for GGUF integer blocks (qtype) where the int8 products are the
+    faster ones (INT8_BY_DEFAULT, and AVX512-VNNI: int8_dot() "vpdpbusd", whose panels serve batches and prefill;
+    AVX2's and AVX-VNNI's row products are slower than the float GEMM for many rows), else float32 -- and for
+    set_weight_dtype("int8") weights (qtype "int8"): the C++ decode plan runs them on float32 activations (its int8
+    kind has no row scale), so the default keeps the plan and the layers' path on the same numbers."""
     int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() == "vpdpbusd"
     return "int8" if int8 else "float32"
 

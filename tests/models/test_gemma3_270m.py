@@ -28,7 +28,7 @@ LAST = 40     # the long prompt's last positions whose logits are compared (all 
 def ours():
     from pytransformer import from_pretrained
 
-    return from_pretrained("gemma3-270m")
+    return from_pretrained("gemma3-270m", activation_dtype="float32")  # (the exact path)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,17 @@ inline __m256i fifth_bits32(const uint8_t* p) {
   const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
   return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit), _mm256_set1_epi8(16));
 }
+// nibbles32(q) with Q5's fifth bits (16 where bit j of qh is set; AVX-512: one masked byte add)
+inline __m256i nibbles32_fifth(const uint8_t* q, const uint8_t* qh) {
+#if defined(PT_ISA_AVX512)
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  const __m256i n = nibbles32(q);
+  return _mm256_mask_add_epi8(n, (__mmask32)bits, n, _mm256_set1_epi8(16));
+#else
+  return _mm256_or_si256(nibbles32(q), fifth_bits32(qh));
+#endif
+}
 // bits k.. of each byte of x, masked (shifts within 16-bit lanes: the neighbour's bits are masked off)
 inline __m256i field(__m256i x, int k, int mask) {
   return _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(k)), _mm256_set1_epi8((char)mask));
@@ -81,13 +92,13 @@ template <> struct Vec<BlockQ4_1> : Legacy {
 template <> struct Vec<BlockQ5_0> : Legacy {
   static constexpr int kOff = 16;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
-    w.d = half_at(p), w.m = 0.f, w.v[0] = _mm256_or_si256(nibbles32(p + 6), fifth_bits32(p + 2));
+    w.d = half_at(p), w.m = 0.f, w.v[0] = nibbles32_fifth(p + 6, p + 2);
   }
 };
 template <> struct Vec<BlockQ5_1> : Legacy {
   static constexpr bool kMin = true;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
-    w.d = half_at(p), w.m = half_at(p + 2), w.v[0] = _mm256_or_si256(nibbles32(p + 8), fifth_bits32(p + 4));
+    w.d = half_at(p), w.m = half_at(p + 2), w.v[0] = nibbles32_fifth(p + 8, p + 4);
   }
 };
 template <> struct Vec<BlockQ8_0> : Legacy {

@@ -37,54 +37,52 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
+// acc + one weight block w times one quantised row's block (a: its 32 T::kN values, s: their sums per 16, dam:
+// its scale): the integer sums (minus kOff times the activations' sums) times d dam; the min's term: the K types'
+// in acc, the 32-value types' m das into mins (das = dam (sum a); a scalar: no broadcast, no vector of one lane).
+template <class T>
+inline __m256 block_term(__m256 acc, float& mins, const WBlock<T>& w, const int8_t* a, const int16_t* s, float dam,
+                         float das) {
+  __m256i I = _mm256_setzero_si256();
+  if (!T::kScales && T::kOff) I = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-T::kOff * (s[0] + s[1])));
+#pragma GCC unroll 8
+  for (int i = 0; i < T::kN; i++) I = add_dot(I, w, i, _mm256_loadu_si256((const __m256i*)(a + 32 * i)));
+  const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)s) : I;
+  if (T::kScales && T::kOff) I = _mm256_sub_epi32(I, _mm256_madd_epi16(w.coef, a16));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_set1_ps(w.d * dam), acc);
+  if (T::kMin && T::kScales)
+    return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(w.coef, a16)), _mm256_set1_ps(w.m * dam), acc);
+  if (T::kMin) mins += w.m * das;
+  return acc;
+}
+
+// dam (sum a) of block b of row n (the 32-value types' min term)
+inline float das(const float* da, const int16_t* sums, int64_t nb, int64_t n, int64_t b) {
+  return da[n * nb + b] * (float)(sums[2 * (n * nb + b)] + sums[2 * (n * nb + b) + 1]);
+}
+
 // out rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
-// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias. Per block pair
-// the integer sums (minus kOff times the activations' sums) times d da, and the min's term m da (sums) in float.
+// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias.
 template <class T, int M>
 void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
           int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
   constexpr int R = kRowsR, kV = 32 * T::kN;
   __m256 acc[R][M] = {};  // (zeros)
-  for (int64_t b = 0; b < nb; b++) {
-    const WBlock<T>* wb = w + b * R;
+  float mins[R][M] = {};
+  for (int64_t b = 0; b < nb; b++)
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
       const int64_t at = (n0 + m) * IC + b * kV;
-      const float dam = da[(n0 + m) * nb + b];
-      __m256i init = _mm256_setzero_si256();
-      float as = 0.f;  // the 32-value types: the activations' sum (times da for the min)
-      if (!T::kScales) {
-        const int asum = sums[at / 16] + sums[at / 16 + 1];
-        if (T::kOff) init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-T::kOff * asum));
-        as = dam * (float)asum;
-      }
-      __m256i I[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; r++) I[r] = init;
-#pragma GCC unroll 8
-      for (int i = 0; i < T::kN; i++) {
-        const __m256i a = _mm256_loadu_si256((const __m256i*)(q + at + 32 * i));
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) I[r] = add_dot(I[r], wb[r], i, a);
-      }
-      const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)(sums + at / 16)) : init;
-      const __m256 asv = _mm256_zextps128_ps256(_mm_set_ss(as));
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++) {
-        if (T::kScales && T::kOff) I[r] = _mm256_sub_epi32(I[r], _mm256_madd_epi16(wb[r].coef, a16));
-        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[r]), _mm256_set1_ps(wb[r].d * dam), acc[r][m]);
-        if (T::kMin && T::kScales)
-          acc[r][m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wb[r].coef, a16)),
-                                       _mm256_set1_ps(wb[r].m * dam), acc[r][m]);
-        else if (T::kMin)
-          acc[r][m] = _mm256_fmadd_ps(asv, _mm256_set1_ps(wb[r].m), acc[r][m]);
-      }
+      for (int r = 0; r < R; r++)
+        acc[r][m] = block_term(acc[r][m], mins[r][m], w[b * R + r], q + at, sums + at / 16, da[(n0 + m) * nb + b],
+                               das(da, sums, nb, n0 + m, b));
     }
-  }
 #pragma GCC unroll 8
   for (int m = 0; m < M; m++)
 #pragma GCC unroll 8
-    for (int r = 0; r < nr; r++) out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + (bias ? bias[o0 + r] : 0.f);
+    for (int r = 0; r < nr; r++)
+      out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + mins[r][m] + (bias ? bias[o0 + r] : 0.f);
 }
 
 template <class T, int M = kRowsM>
@@ -97,8 +95,9 @@ void tiles(float* out, const WBlock<T>* w, const int8_t* q, const float* da, con
                                 o0, nr);  // (the rows left: fewer than M)
 }
 
-// out (N, OC) = the quantised rows times weight (OC rows of B) + bias: the threads split the weight rows in groups
-// of kRowsR, each group unpacked once (scratch, L1) and read by every tile of kRowsM input rows.
+// out (N, OC) = the quantised rows times weight (OC rows of B) + bias (rows past stream_product's and, with VNNI
+// on AVX-512, short of the panels'): the threads split the weight rows in groups of kRowsR, each group unpacked
+// once (scratch, L1) and read by every tile of kRowsM input rows.
 template <class B>
 void product_of(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                 const float* bias, int64_t N, int64_t IC, int64_t OC) {
@@ -117,6 +116,60 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
         else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
       }
     tiles<T>(out, w, q, da, sums, bias, N, nb, IC, OC, o0, nr);
+  }
+}
+
+// out (M, OC) rows o0 .. o1 = M (1-3) quantised rows times weight + bias, each weight row streamed from its bytes:
+// block by block unpacked in registers and dotted with every row at once (no scratch), two accumulators per row
+// (alternate blocks) for the FMAs' latency.
+template <class B, int M>
+void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                 const float* bias, int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
+  using T = Vec<B>;
+  constexpr int64_t kB = sizeof(B), kV = B::kValues;
+  constexpr bool kMins = T::kMin && !T::kScales;  // (the 32-value types with a min: Q4_1, Q5_1)
+  const int64_t nb = IC / kV;
+  static thread_local ScratchBuffer buf;
+  float* ms = buf.floats((size_t)(M * nb));  // (M, nb): das of each block, made once for every weight row
+  for (int64_t i = 0; kMins && i < M * nb; i++) ms[i] = das(da, sums, nb, i / nb, i % nb);
+  for (int64_t o = o0; o < o1; o++) {
+    const uint8_t* w = weight + o * nb * kB;
+    __m256 acc[M][2] = {};  // (zeros)
+    float mins[M][2] = {};
+    auto step = [&](int64_t b, int u) {
+      __builtin_prefetch(w + b * kB + kStreamAhead, 0, 3);
+      WBlock<T> blk;
+      T::unpack(blk, w + b * kB);
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++)
+        acc[m][u] = block_term(acc[m][u], mins[m][u], blk, q + m * IC + b * kV, sums + (m * IC + b * kV) / 16,
+                               da[m * nb + b], kMins ? ms[m * nb + b] : 0.f);
+    };
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) step(b, 0), step(b + 1, 1);
+    if (b < nb) step(b, 0);
+#pragma GCC unroll 4
+    for (int m = 0; m < M; m++)
+      out[m * OC + o] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) + (mins[m][0] + mins[m][1]) + (bias ? bias[o] : 0.f);
+  }
+}
+
+// out (N, OC), N < kStreamRows: the threads take chunks of contiguous weight rows (256 KiB, or a thread's share of
+// a smaller matrix) as they come free, each streamed once through stream_rows.
+constexpr int kStreamRows = 4;
+template <class B>
+void stream_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                    const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  const int64_t rb = IC / B::kValues * (int64_t)sizeof(B);
+  const bool parallel = N * IC * OC >= kParallelGemvMacs;
+  const int64_t nt = parallel ? threads() : 1;
+  const int64_t chunk = std::min((OC + nt - 1) / nt, std::max<int64_t>(4, (256 << 10) / rb));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
+  for (int64_t o0 = 0; o0 < OC; o0 += chunk) {
+    const int64_t o1 = std::min(OC, o0 + chunk);
+    if (N == 1) stream_rows<B, 1>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
+    else if (N == 2) stream_rows<B, 2>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
+    else stream_rows<B, 3>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
   }
 }
 #else
@@ -168,6 +221,9 @@ void product(float* out, const float* inp, const uint8_t* weight, int qtype, con
   for (int64_t n = 0; n < N; n++)
     quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
   auto run = [&](auto blk) {
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    if (N < kStreamRows) return stream_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+#endif
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
     if (N >= kPanelM) return panel_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
 #endif
