@@ -157,11 +157,15 @@ void panel_tiles(float* out, const Panel<T>* p, const int8_t* q, const float* da
 }
 
 // body(panels, o0, nc) for each group of weight rows o0 .. o0 + nc (nc <= 16 kPanelP), split among the threads,
-// each group unpacked into panels once (scratch; block b's at panels[b kPanelP ..]) for the body to read
+// each group unpacked into panels once (scratch; block b's at panels[b kPanelP ..]) for the body to read. A group
+// is read block by block across its 32 rows side by side, which the hardware prefetcher does not follow (half the
+// panels' time went to waiting on the weights: bench/NOTES.md, session 12); the group's rows are one run of bytes,
+// so each block step asks for its share of the next group's, in order, and the next group finds them in cache.
 template <class B, class F>
 void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, F&& body) {
   using T = Vec<B>;
   constexpr int kRows = 16 * kPanelP;
+  constexpr int64_t kStep = kRows * (int64_t)sizeof(B);  // (bytes of the next group asked for per block step)
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRows - 1) / kRows;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
   for (int64_t g = 0; g < groups; g++) {
@@ -169,7 +173,10 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
     alignas(64) WBlock<T> rows[16];
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
-    for (int64_t b = 0; b < nb; b++)
+    const uint8_t* next = weight + (o0 + nc) * rb;
+    const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
+    for (int64_t b = 0; b < nb; b++) {
+      for (int64_t i = b * kStep; i < std::min((b + 1) * kStep, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
       for (int j = 0; j < kPanelP; j++) {
         for (int r = 0; r < 16; r++) {
           if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));
@@ -177,6 +184,7 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
         }
         to_panel(panels[b * kPanelP + j], rows);
       }
+    }
     body(static_cast<const Panel<T>*>(panels), o0, nc);
   }
 }
