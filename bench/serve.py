@@ -50,9 +50,15 @@ def wait(url, proc, seconds=120):
     sys.exit(f"{url} did not come up")
 
 
-def one_request(base, prompt, max_tokens):
+def served_model(base):
+    """The first model name a server lists (GET /v1/models): ours answers 404 for a name it does not serve."""
+    with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
+        return json.load(r)["data"][0]["id"]
+
+
+def one_request(base, model, prompt, max_tokens):
     """-> (time to first token, latency, tokens) of one streamed chat completion."""
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "temperature": 0, "stream": True}).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -71,12 +77,12 @@ def one_request(base, prompt, max_tokens):
     return first or 0.0, time.perf_counter() - t0, tokens
 
 
-def load(base, clients, rounds, max_tokens):
+def load(base, model, clients, rounds, max_tokens):
     def client(c):
         out = []
         for i in range(rounds * len(PROMPTS)):
             try:
-                out.append(one_request(base, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
+                out.append(one_request(base, model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
             except Exception:
                 out.append(None)
         return out
@@ -141,7 +147,7 @@ def main():
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
     print("|---|---|---|---|---|---|---|---|")
-    procs, bases, rates = [], {}, {}
+    procs, bases, models, rates = [], {}, {}, {}
     try:  # every server up at once (an idle one costs nothing), so that each client count runs them back to back
         for name, cmd, probe, env in servers:
             port = free_port()
@@ -150,10 +156,11 @@ def main():
                                           stderr=errors, env=env, cwd=env and env["PYTHONPATH"]))  # (-m: cwd first)
             bases[name] = f"http://127.0.0.1:{port}"
             wait(bases[name] + probe, procs[-1])
-            one_request(bases[name], PROMPTS[0], 4)  # warm-up
+            models[name] = served_model(bases[name])
+            one_request(bases[name], models[name], PROMPTS[0], 4)  # warm-up
         for i, c in enumerate(args.clients):
             for name, *_ in servers[::-1] if i % 2 else servers:  # (alternating which goes first)
-                r = load(bases[name], c, args.rounds, args.max_tokens)
+                r = load(bases[name], models[name], c, args.rounds, args.max_tokens)
                 rates[name, c] = r["tokens_per_s"]
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
