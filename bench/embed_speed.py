@@ -110,10 +110,10 @@ class OnnxEncoder:
         return out
 
 
-def products_flops(folder, lines, batch):
-    """Float operations of the encoder's products (the linear layers, and attention's two T x T products) over
-    `lines` in length-sorted batches padded to their longest row, as sentence-transformers and ONNX Runtime run them
-    (ours pads the same way): a floor on any float32 engine's work, whatever its kernels."""
+def products_flops(folder, lines):
+    """Float operations of the encoder's products over `lines` (the linear layers, and attention's two T x T
+    products), each sentence at its own length: no padding, so a floor on any float32 engine's work, whatever its
+    kernels and batching."""
     from tokenizers import Tokenizer
 
     config = json.load(open(os.path.join(folder, "config.json")))
@@ -121,13 +121,8 @@ def products_flops(folder, lines, batch):
     tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(json.load(open(os.path.join(folder, "sentence_bert_config.json")))["max_seq_length"])
-    lengths = np.array([len(e.ids) for e in tok.encode_batch(lines)])
-    padded = np.sort(lengths)[::-1]
-    flops = 0
-    for i in range(0, len(padded), batch):
-        rows, t = len(padded[i:i + batch]), int(padded[i])  # (the longest first: each batch pads to its first)
-        flops += layers * rows * (2 * t * (4 * d * d + 2 * d * ff) + 4 * t * t * d)
-    return flops
+    t = np.array([len(e.ids) for e in tok.encode_batch(lines)], np.int64)
+    return int((layers * (2 * t * (4 * d * d + 2 * d * ff) + 4 * t * t * d)).sum())
 
 
 def engines(folder, root, batch):
@@ -193,7 +188,7 @@ def main():
                     print(f"| {name} | {threads} | {e} | {len(lines) / w:,.0f} | {f'{w / w0:.2f}x' if peer else ''} | "
                           f"{len(lines) / c:,.0f} | {f'{c / c0:.2f}x' if peer else ''} | "
                           f"{f'{np.abs(got[e] - mine).max():.1e}' if peer else ''} |", flush=True)
-                gflop = products_flops(folder, lines, args.batch) / 1e9
+                gflop = products_flops(folder, lines) / 1e9
                 st = len(lines) / np.median(wall["sentence-transformers"])
                 roofline.append(f"{name}, {threads} thread(s): the products are {gflop / len(lines) * 1e3:.0f} MFLOP a "
                                 f"sentence; ours at {len(lines) / w0:,.0f} sentences/s run them at {gflop / w0:.0f} "
