@@ -1,7 +1,7 @@
 """Real small LLMs, each from one GGUF file: pytransformer against llama.cpp (llama-cpp-python, the same file) and
 transformers on torch (the file dequantised to float32 by the gguf package), in one run, at 1 and 2 threads.
 
-    python bench/llm.py [--model NAME_OR_FILE ...] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512]
+    python bench/llm.py [--model NAME_OR_FILE ...] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512] [--rounds 1]
                         [--cpu-time] [--json docs/llm.json] [--plot]
 
 Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
@@ -187,6 +187,10 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every engine this many times, alternating (one process each): the figures are the "
+                         "medians, the ratios the medians of each round's ratios (a noisy machine's speed moves "
+                         "between one engine's minute and the next's)")
     ap.add_argument("--no-transformers", action="store_true", help="leave transformers out (slow to load)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time each engine's process in CPU time, not wall time: on a loaded machine the 1-thread "
@@ -223,31 +227,38 @@ def bench_model(args, path):
     for n in args.threads:
         bw = limits.read_bandwidth(n)
         row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / wbytes}
-        tokens = {}
-        for name in list(engines):
-            cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
-                   "--new", str(args.new), "--prefill", str(args.prefill), "--repeats", str(args.repeats),
-                   "--model", path] + (["--cpu-time"] if args.cpu_time else [])
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-            if r.returncode or not lines:
-                print(f"# {name} left out: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
-                engines.remove(name)
-                continue
-            result = json.loads(lines[-1])
-            row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = result["decode"], result["prefill"]
-            tokens[name] = np.array(result["tokens"])
-        for name in engines[1:]:  # how many leading greedy tokens agree with ours
+        tokens, runs = {}, {name: [] for name in engines}  # runs: each round's (decode, prefill)
+        for _ in range(args.rounds):
+            for name in list(engines):
+                cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
+                       "--new", str(args.new), "--prefill", str(args.prefill), "--repeats", str(args.repeats),
+                       "--model", path] + (["--cpu-time"] if args.cpu_time else [])
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+                if r.returncode or not lines:
+                    print(f"# {name} left out: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+                    engines.remove(name)
+                    continue
+                result = json.loads(lines[-1])
+                runs[name].append((result["decode"], result["prefill"]))
+                tokens[name] = np.array(result["tokens"])
+        for name in engines:
+            row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = np.median(runs[name], axis=0).tolist()
+        for name in engines[1:]:  # how many leading greedy tokens agree with ours; each round's ratios
             row[f"same_tokens_as_{name}"] = int(np.cumprod(tokens[name] == tokens["pytransformer"]).sum())
+            ratios = np.array(runs["pytransformer"]) / np.array(runs[name])
+            row[f"rounds_ours_over_{name}"] = ratios.tolist()
+            row[f"ours_over_{name}"] = np.median(ratios, axis=0).tolist()
         rows.append(row)
         line = (f"threads {n}: decode ours {row['pytransformer_decode_tok_s']:.1f} tok/s "
                 f"({100 * row['pytransformer_decode_tok_s'] / row['bound_tok_s']:.0f}% of the "
                 f"{row['bound_tok_s']:.0f} tok/s bound at {bw:.1f} GB/s), prefill {row['pytransformer_prefill_tok_s']:.0f} tok/s")
         for name in engines[1:]:
-            d, p = row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]
-            line += (f"; {name} decode {d:.1f} ({row['pytransformer_decode_tok_s'] / d:.2f}x), prefill {p:.0f} "
-                     f"({row['pytransformer_prefill_tok_s'] / p:.2f}x), first {row[f'same_tokens_as_{name}']} "
-                     f"greedy tokens equal")
+            (d, p), (rd, rp) = (row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]), row[f"ours_over_{name}"]
+            each = (" (rounds: " + ", ".join(f"{a:.2f}x/{b:.2f}x" for a, b in row[f"rounds_ours_over_{name}"]) + ")"
+                    if args.rounds > 1 else "")
+            line += (f"; {name} decode {d:.1f} ({rd:.2f}x), prefill {p:.0f} ({rp:.2f}x){each}, first "
+                     f"{row[f'same_tokens_as_{name}']} greedy tokens equal")
         print(line, flush=True)
     peak, base = peak_rss(path, args.new)
     size = os.path.getsize(path) / 2**20
@@ -259,8 +270,7 @@ def bench_model(args, path):
     for row in rows:
         for name in engines:
             d, p = row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]
-            ratio = "" if name == "pytransformer" else (f"{row['pytransformer_decode_tok_s'] / d:.2f}x, "
-                                                        f"{row['pytransformer_prefill_tok_s'] / p:.2f}x")
+            ratio = "" if name == "pytransformer" else "{:.2f}x, {:.2f}x".format(*row[f"ours_over_{name}"])
             print(f"| {row['threads']} | {name} | {d:.1f} | {p:.0f} | {ratio} |")
     print(flush=True)
     return {"model": os.path.basename(path), "engines": engines, "weight_bytes_per_token": wbytes,
