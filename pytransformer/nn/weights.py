@@ -188,10 +188,8 @@ class Int8Weight(Weight):
 
     def __init__(self, q, scale, activations=None):
         self.q, self.scale = q, scale
-        if activations is None:
-            activations = default_activations(self.kind) if q.shape[1] % 32 == 0 else "float32"
-        self.activations = activations
-        self.blocks = unit_q8_0(q) if activations == "int8" else None
+        self.activations = default_activations(self.kind) if activations is None else activations
+        self.blocks = unit_q8_0(q) if self.activations == "int8" else None
 
     @classmethod
     def from_float32(cls, w):
