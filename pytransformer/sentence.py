@@ -114,10 +114,13 @@ class SentenceEncoder:
     """SentenceEncoder(name_or_path=None, dtype="float32", activation_dtype=None): a sentence-transformers model.
     name_or_path: a folder, a packaged name ('minilm') or a repo id in the local Hugging Face cache; None: the
     packaged all-MiniLM-L6-v2. dtype: the weights the products read ("float32", or "bfloat16" / "int8" for speed);
-    activation_dtype: what the int8 weights' products round their input to ("int8": integer dot products,
-    "float32"; None: nn.weights.default_activations), as Model.set_activation_dtype."""
+    activation_dtype: what the int8 weights' products round their input to ("int8": integer dot products, only with
+    dtype="int8"; "float32"; None: nn.weights.default_activations), as Model.set_activation_dtype."""
 
     def __init__(self, path=None, dtype="float32", activation_dtype=None):
+        if activation_dtype == "int8" and dtype != "int8":  # (only int8 weights have int8-activation products)
+            raise ValueError(f"activation_dtype='int8' needs dtype='int8' (the CLI's --dtype int8): {dtype!r} "
+                             "weights take float32 activations")
         self.path = path = model_folder(None if path is None else os.fspath(path))
         entries = read_modules(path) or [{"type": "Transformer", "path": ""}, {"type": "Pooling"}]
         self.steps = []  # after the encoder: ("pool", modes) / ("dense", Dense) / ("normalize", None)

@@ -91,6 +91,16 @@ def test_bad_arguments_are_one_line(folder, kwargs, error, match):
         ours(folder / "bad" / "st").encode(**({"sentences": TEXTS} | kwargs))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_activations_without_int8_weights_are_refused(folder, dtype):
+    """(not quietly run as float32: only int8 weights have int8-activation products)"""
+    from pytransformer import SentenceEncoder
+
+    sentence_model(folder / "act", ["mean"])
+    with pytest.raises(ValueError, match="activation_dtype='int8' needs dtype='int8'"):
+        SentenceEncoder(folder / "act" / "st", dtype=dtype, activation_dtype="int8")
+
+
 def test_unsupported_modules_are_named(folder, tmp_path):
     import shutil
 

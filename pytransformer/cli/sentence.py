@@ -74,9 +74,6 @@ def add_parsers(sub, parents):
 def _encoder(args, model=None):
     from ..sentence import SentenceEncoder
 
-    if args.activations == "int8" and args.dtype != "int8":
-        raise UsageError(f"--activations int8 needs --dtype int8 (the encoder's {args.dtype} weights take float32 "
-                         "activations)")
     return SentenceEncoder(model or args.model, dtype=args.dtype, activation_dtype=args.activations)
 
 
