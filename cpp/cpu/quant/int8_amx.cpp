@@ -58,25 +58,21 @@ inline void issue(const int8_t* A, int64_t IC) {
 }
 
 // out rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
-// with zero rows past N; dasum: da times the block's sum of a, the 32-value types') + bias. Per 32 values (a block,
-// or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
-// floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
+// with zero rows past N) + bias. Per 32 values (a block, or a K type's sub-block) both B tiles are loaded once and
+// every row tile runs against them; acc (rows x 32 floats) and I (the K types' sum_s sc[s] C_s) are per-thread
+// scratch.
 template <class T>
 void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0,
-               int64_t nc) {
+               const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nc) {
   constexpr int kV = 32 * T::kN;
   const int64_t tiles = (N + 15) / 16;
   static thread_local ScratchBuffer buf;
-  float* acc = buf.floats((size_t)(tiles * 16 * 32 * (T::kScales ? 2 : 1)));  // row n, panel j: acc + 32 n + 16 j
+  float* acc = buf.floats((size_t)(tiles * 16 * 32 * 2));  // row n, panel j: acc + 32 n + 16 j
   int32_t* I = reinterpret_cast<int32_t*>(acc + tiles * 16 * 32);
   std::memset(acc, 0, (size_t)(tiles * 16 * 32) * sizeof(float));
   alignas(64) int32_t C[kPanelP][16][16];  // one row tile's sums, panel j
   for (int64_t b = 0; b < nb; b++) {
     const Panel<T>* pb = p + b * kPanelP;
-    __m512 mo[kPanelP];  // (the 32-value types: x = d (u - kOff) + m, so the offset and min are one term m' da sum a)
-    for (int j = 0; j < kPanelP; j++)
-      mo[j] = T::kMin ? pb[j].m : _mm512_mul_ps(pb[j].d, _mm512_set1_ps(-(float)Panel<T>::kOff));
     for (int s = 0; s < T::kN; s++) {
       _tile_loadd(6, &pb[0].q[s][0], 64);
       _tile_loadd(7, &pb[1].q[s][0], 64);
@@ -95,22 +91,16 @@ void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, 
           _tile_stored(0, C[0], 64);
           _tile_stored(1, C[1], 64);
         }
-        for (int m = 0; m < 16; m++) {
-          const int64_t n = 16 * r + m;
-          const __m512 dd = _mm512_set1_ps(da[n * nb + b]);
-          const __m512 ds = T::kScales ? dd : _mm512_set1_ps(dasum[n * nb + b]);
+        for (int m = 0; m < 16; m++) {  // (block b's sums: add_block, the panels' order, so a row is the same bits
+          const int64_t n = 16 * r + m;  // in any batch; the K types' sums of sc[s] C_s gathered in I until the last)
           for (int j = 0; j < kPanelP; j++) {
             float* an = acc + 32 * n + 16 * j;
-            if constexpr (T::kScales) {
-              int32_t* in = I + 32 * n + 16 * j;
-              __m512i x = _mm512_mullo_epi32(_mm512_load_si512(C[j][m]), pb[j].sc[s]);
-              if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
-              if (s < T::kN - 1) _mm512_store_si512(in, x);
-              else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], da[n * nb + b], sums + (n * IC + b * kV) / 16));
-            } else {
-              _mm512_store_ps(an, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j][m])), _mm512_mul_ps(pb[j].d, dd),
-                                                  _mm512_fmadd_ps(mo[j], ds, _mm512_load_ps(an))));
-            }
+            int32_t* in = I + 32 * n + 16 * j;
+            __m512i x = _mm512_load_si512(C[j][m]);
+            if (T::kScales) x = _mm512_mullo_epi32(x, pb[j].sc[s]);
+            if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
+            if (s < T::kN - 1) _mm512_store_si512(in, x);
+            else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], da[n * nb + b], sums + (n * IC + b * kV) / 16));
           }
         }
       }
@@ -129,9 +119,8 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
   constexpr int64_t block = B::kValues;
   const int64_t rows = (N + 15) / 16 * 16;  // (whole A tiles: the rows past N quantise to zeros, never written)
   static thread_local ScratchBuffer buf;
-  float* d = buf.floats((size_t)(2 * rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
-  float* dasum = d + rows * IC / block;
-  int16_t* sums = reinterpret_cast<int16_t*>(dasum + rows * IC / block);
+  float* d = buf.floats((size_t)(rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
+  int16_t* sums = reinterpret_cast<int16_t*>(d + rows * IC / block);
   int8_t* q = reinterpret_cast<int8_t*>(sums + rows * IC / 16);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
   for (int64_t n = 0; n < N; n++)
@@ -139,10 +128,9 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
   std::memset(q + N * IC, 0, (size_t)((rows - N) * IC));
   std::memset(d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
   std::memset(sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
-  for (int64_t i = 0; i < rows * IC / block && !T::kScales; i++) dasum[i] = d[i] * (float)(sums[2 * i] + sums[2 * i + 1]);
   for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<T>* panels, int64_t o0, int64_t nc) {
     configure();
-    tile_rows<T>(out, panels, q, d, sums, dasum, bias, N, IC / block, IC, OC, o0, nc);
+    tile_rows<T>(out, panels, q, d, sums, bias, N, IC / block, IC, OC, o0, nc);
     _tile_release();
   });
 }

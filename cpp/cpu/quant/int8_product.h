@@ -37,23 +37,37 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
-// acc + one weight block w times one quantised row's block (a: its 32 T::kN values, s: their sums per 16, dam:
-// its scale): the integer sums (minus kOff times the activations' sums) times d dam; the min's term: the K types'
-// in acc, the 32-value types' m das into mins (das = dam (sum a); a scalar: no broadcast, no vector of one lane).
+// The integer part of one weight block w times one quantised row's block (a: its 32 T::kN values, s: their sums
+// per 16), in 8 int32 lanes whose sum is exact: the dot products (scaled by the sub-block scales where T has them)
+// less kOff times the activations' sums; C: the K types' sum_g c[g] (sum of a over g), where T has a min.
 template <class T>
-inline __m256 block_term(__m256 acc, float& mins, const WBlock<T>& w, const int8_t* a, const int16_t* s, float dam,
-                         float das) {
+inline __m256i block_ints(const WBlock<T>& w, const int8_t* a, const int16_t* s, __m256i& C) {
   __m256i I = _mm256_setzero_si256();
   if (!T::kScales && T::kOff) I = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-T::kOff * (s[0] + s[1])));
 #pragma GCC unroll 8
   for (int i = 0; i < T::kN; i++) I = add_dot(I, w, i, _mm256_loadu_si256((const __m256i*)(a + 32 * i)));
-  const __m256i a16 = T::kScales ? _mm256_loadu_si256((const __m256i*)s) : I;
-  if (T::kScales && T::kOff) I = _mm256_sub_epi32(I, _mm256_madd_epi16(w.coef, a16));
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_set1_ps(w.d * dam), acc);
-  if (T::kMin && T::kScales)
-    return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(w.coef, a16)), _mm256_set1_ps(w.m * dam), acc);
+  if (T::kScales && (T::kOff || T::kMin)) C = _mm256_madd_epi16(w.coef, _mm256_loadu_si256((const __m256i*)s));
+  return T::kScales && T::kOff ? _mm256_sub_epi32(I, C) : I;
+}
+
+// acc + one weight block w times one quantised row's block (dam: its scale) in 8 float lanes: the integer sums
+// times d dam; the min's term: the K types' in acc, the 32-value types' m das into mins (das = dam (sum a); a
+// scalar: no broadcast, no vector of one lane).
+template <class T>
+inline __m256 block_term(__m256 acc, float& mins, const WBlock<T>& w, const int8_t* a, const int16_t* s, float dam,
+                         float das) {
+  __m256i C;
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_ints(w, a, s, C)), _mm256_set1_ps(w.d * dam), acc);
+  if (T::kMin && T::kScales) return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(C), _mm256_set1_ps(w.m * dam), acc);
   if (T::kMin) mins += w.m * das;
   return acc;
+}
+
+// 8 vectors of int32 lanes -> lane r = the sum of v[r]'s lanes (integers: exact, whatever the order)
+inline __m256i sum_lanes8(const __m256i v[8]) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
 // dam (sum a) of block b of row n (the 32-value types' min term)
@@ -119,43 +133,59 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
   }
 }
 
-// out (M, OC) rows o0 .. o1 = M (1-3) quantised rows times weight + bias, each weight row streamed from its bytes:
-// block by block unpacked in registers and dotted with every row at once (no scratch), two accumulators per row
-// (alternate blocks) for the FMAs' latency.
+// out (M, OC) rows o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at a time streamed
+// from their bytes: block by block unpacked in registers and dotted with every input row, the eight rows' integer
+// sums reduced exactly into one vector (lane r: weight row r), then per block in order one FMA of those sums times
+// d da and one of the min's term: the order of the VNNI panels and AMX tiles (int8_panel.h add_block), so that a
+// row's outputs are the same bits whatever the rows beside it (a request alone or in a serving batch).
 template <class B, int M>
 void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                  const float* bias, int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
   using T = Vec<B>;
   constexpr int64_t kB = sizeof(B), kV = B::kValues;
-  constexpr bool kMins = T::kMin && !T::kScales;  // (the 32-value types with a min: Q4_1, Q5_1)
+  constexpr bool kMins = T::kMin && !T::kScales, kC = T::kMin && T::kScales;  // (Q4_1, Q5_1 / the K types' mins)
   const int64_t nb = IC / kV;
   static thread_local ScratchBuffer buf;
   float* ms = buf.floats((size_t)(M * nb));  // (M, nb): das of each block, made once for every weight row
   for (int64_t i = 0; kMins && i < M * nb; i++) ms[i] = das(da, sums, nb, i / nb, i % nb);
-  for (int64_t o = o0; o < o1; o++) {
-    const uint8_t* w = weight + o * nb * kB;
-    __m256 acc[M][2] = {};  // (zeros)
-    float mins[M][2] = {};
-    auto step = [&](int64_t b, int u) {
-      __builtin_prefetch(w + b * kB + kStreamAhead, 0, 3);
-      WBlock<T> blk;
-      T::unpack(blk, w + b * kB);
+  for (int64_t o = o0; o < o1; o += 8) {
+    const uint8_t* w[8];  // (rows past o1: the last one again, its lanes never stored)
+    for (int r = 0; r < 8; r++) w[r] = weight + std::min(o + r, o1 - 1) * nb * kB;
+    const uint8_t* next = weight + (o + 8) * nb * kB;  // (the next group's rows: one run of bytes, asked for in
+    const int64_t next_bytes = std::max<int64_t>(0, std::min<int64_t>(8, OC - o - 8)) * nb * kB;  // order, a share
+    __m256 acc[M] = {};  // (zeros)                                                         // per block step)
+    for (int64_t b = 0; b < nb; b++) {
+      __m256i I[M][8], C[kC ? M : 1][8];
+      alignas(32) float d[8], mw[8];
+      for (int64_t i = b * 8 * kB; i < std::min((b + 1) * 8 * kB, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
+      for (int r = 0; r < 8; r++) {
+        WBlock<T> blk;
+        T::unpack(blk, w[r] + b * kB);
+        d[r] = blk.d, mw[r] = blk.m;
 #pragma GCC unroll 4
-      for (int m = 0; m < M; m++)
-        acc[m][u] = block_term(acc[m][u], mins[m][u], blk, q + m * IC + b * kV, sums + (m * IC + b * kV) / 16,
-                               da[m * nb + b], kMins ? ms[m * nb + b] : 0.f);
-    };
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) step(b, 0), step(b + 1, 1);
-    if (b < nb) step(b, 0);
+        for (int m = 0; m < M; m++)
+          I[m][r] = block_ints(blk, q + m * IC + b * kV, sums + (m * IC + b * kV) / 16, C[kC ? m : 0][r]);
+      }
+      const __m256 dw = _mm256_load_ps(d), mv = _mm256_load_ps(mw);
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(I[m])), _mm256_mul_ps(dw, dam), acc[m]);
+        if (kC) acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(C[m])), _mm256_mul_ps(mv, dam), acc[m]);
+        if (kMins) acc[m] = _mm256_fmadd_ps(mv, _mm256_set1_ps(ms[m * nb + b]), acc[m]);
+      }
+    }
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::min<int64_t>(8, o1 - o)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 4
     for (int m = 0; m < M; m++)
-      out[m * OC + o] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) + (mins[m][0] + mins[m][1]) + (bias ? bias[o] : 0.f);
+      _mm256_maskstore_ps(out + m * OC + o, keep,
+                          bias ? _mm256_add_ps(acc[m], _mm256_maskload_ps(bias + o, keep)) : acc[m]);
   }
 }
 
 // out (N, OC), N < kStreamRows: the threads take chunks of contiguous weight rows (256 KiB, or a thread's share of
-// a smaller matrix) as they come free, each streamed once through stream_rows.
+// a smaller matrix, in whole groups of eight) as they come free, each streamed once through stream_rows.
 constexpr int kStreamRows = 4;
 template <class B>
 void stream_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
@@ -163,7 +193,7 @@ void stream_product(float* out, const int8_t* q, const float* da, const int16_t*
   const int64_t rb = IC / B::kValues * (int64_t)sizeof(B);
   const bool parallel = N * IC * OC >= kParallelGemvMacs;
   const int64_t nt = parallel ? threads() : 1;
-  const int64_t chunk = std::min((OC + nt - 1) / nt, std::max<int64_t>(4, (256 << 10) / rb));
+  const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + 7) / 8 * 8;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
   for (int64_t o0 = 0; o0 < OC; o0 += chunk) {
     const int64_t o1 = std::min(OC, o0 + chunk);
