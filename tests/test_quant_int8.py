@@ -77,6 +77,26 @@ def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
         assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
 
 
+@pytest.mark.skipif(ops.int8_dot() != "vpdpbusd", reason="the row products of AVX2 / AVX-VNNI order their sums "
+                    "by row count (int8 activations are not the default there: weights.default_activations)")
+@pytest.mark.parametrize("qtype", INTEGER)
+def test_a_row_is_the_same_bits_in_any_batch(rng, qtype):
+    """1-3 rows stream, 4-15 go to the VNNI panels, 16+ to the AMX tiles where the CPU has them: all three add each
+    block's exact integer sums into an output in block order with the same float operations, so a row's outputs do
+    not depend on the rows beside it. (With int8 activations a last-bit difference is not small: the next layer's
+    rounding to the activations' grid turns it into a whole step, which a served request alone and in a batch
+    would show as different tokens.)"""
+    for k, OC, bias in [(0, 37, True), (2, 19, False), (1, 700, True)]:
+        case = opcases.case("matmul_quantized_int8", N=1, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
+        w = case.make(rng)["weight"]
+        b = opcases.f32(rng, OC) if bias else None
+        x = opcases.f32(rng, 40, w.shape[1])
+        alone = np.concatenate([ops.matmul_forward(x[i:i + 1], w, b, activations="int8") for i in range(40)])
+        for N in (2, 3, 4, 5, 15, 16, 17, 40):
+            np.testing.assert_array_equal(ops.matmul_forward(x[:N], w, b, activations="int8"), alone[:N],
+                                          err_msg=f"{N} rows, OC {OC}")
+
+
 @pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
@@ -121,7 +141,7 @@ def test_bad_input_is_a_one_line_error(rng):
 
 def test_the_default_is_int8_only_for_integer_blocks_with_an_integer_dot_product(rng):
     blocks = ops.Quantized(opcases.random_blocks(rng, "Q8_0", 4, 64), "Q8_0", (4, 64))
-    want = "int8" if weights.INT8_BY_DEFAULT and ops.int8_dot() == "vpdpbusd" else "float32"
+    want = "int8" if ops.int8_dot() == "vpdpbusd" else "float32"
     assert weights.BlockWeight(blocks).activations == want == pt.cpu_info()["activations"]
     # (set_weight_dtype("int8") weights keep float32: the C++ decode plan runs them so)
     assert weights.Int8Weight(*ops.quantize_int8(opcases.f32(rng, 4, 64))).activations == "float32"
