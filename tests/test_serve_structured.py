@@ -17,6 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import logits_as_generated
 from engine_doubles import loopback
 
 openai = pytest.importorskip("openai")
@@ -138,9 +139,7 @@ def test_chat_logprobs_are_the_models_own(client, model):
     r = client.chat.completions.create(model="smollm2", messages=ASK, temperature=0, max_tokens=3, logprobs=True,
                                        top_logprobs=4)
     tok = model.tokenizer
-    ids = np.array([tok.encode(tok.apply_chat_template(ASK))], np.int64)
-    with model.evaluating():
-        logits = np.asarray(model.forward(ids))[0, -1].astype(np.float64)
+    logits = logits_as_generated(model, tok.encode(tok.apply_chat_template(ASK)))
     want = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
     first = r.choices[0].logprobs.content[0]
     top = [t.logprob for t in first.top_logprobs]

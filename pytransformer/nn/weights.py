@@ -309,20 +309,15 @@ def check_activations(dtype) -> None:
                          f"{dtype!r}")
 
 
-# (bench/NOTES.md, sessions 10-12: on AVX512-VNNI the int8 products beat the float ones 1.4-2.8x, prefill 2-3x, and
-# since session 12 (1-3 rows streamed) every block type's 1-row product too, and a batch-1 decode step is no slower;
-# but the int8 kernels for 1, 4+ and 16+ rows sum the blocks in different float orders, so a request served in a
-# batch is not bit-identical to its run alone (the serve tests' near-tie greedy tokens): not the default until they are)
-INT8_BY_DEFAULT = False
-
-
 def default_activations(qtype: str) -> str:
-    """The one place the default is decided: int8 for GGUF integer blocks (qtype) where the int8 products are the
-    faster ones (INT8_BY_DEFAULT, and AVX512-VNNI: int8_dot() "vpdpbusd", whose panels serve batches and prefill;
-    AVX2's and AVX-VNNI's row products are slower than the float GEMM for many rows), else float32 -- and for
+    """The one place the default is decided: int8 for GGUF integer blocks (qtype) on AVX512-VNNI (int8_dot()
+    "vpdpbusd"), where the int8 products beat the float ones at every row count (bench/NOTES.md, sessions 10-13) and
+    a row's outputs are the same bits whatever rows share its product (1-3 rows streamed, VNNI panels, AMX tiles: one
+    order of float operations), so a request served in a batch equals its run alone; float32 elsewhere (AVX2's and
+    AVX-VNNI's row products lose to the float GEMM from a few rows and order their sums by row count) and for
     set_weight_dtype("int8") weights (qtype "int8"): the C++ decode plan runs them on float32 activations (its int8
     kind has no row scale), so the default keeps the plan and the layers' path on the same numbers."""
-    int8 = INT8_BY_DEFAULT and qtype in ops.INTEGER_QTYPES and ops.int8_dot() == "vpdpbusd"
+    int8 = qtype in ops.INTEGER_QTYPES and ops.int8_dot() == "vpdpbusd"
     return "int8" if int8 else "float32"
 
 
