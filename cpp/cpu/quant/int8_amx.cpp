@@ -3,11 +3,12 @@
 // the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
 // read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block) into a 16 x 16 tile of
 // exact int32 sums, so that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled
-// into float accumulators (int8_panel.h's add_block for the K types). Per 32 values both panels' B tiles (tmm6-7)
-// are loaded once and every row tile runs against them, double-buffered (tmm0-1 / tmm2-3 C, tmm4 / tmm5 A) so
-// the tile unit works while the vector unit scales. Fewer than 16 rows, and the types scaled per 16 values (Q2_K,
-// Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the AMX flags, used where
-// dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()). bench/NOTES.md, session 11.
+// into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Per 32 values
+// both panels' B tiles (tmm6-7) are loaded once and every row tile runs against them, double-buffered (tmm0-1 /
+// tmm2-3 C, tmm4 / tmm5 A) so the tile unit works while the vector unit scales. Fewer than 16 rows, and the types
+// scaled per 16 values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the
+// AMX flags, used where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()). bench/NOTES.md,
+// sessions 11 and 13.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -93,6 +94,9 @@ void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, 
         }
         for (int m = 0; m < 16; m++) {  // (block b's sums: add_block, the panels' order, so a row is the same bits
           const int64_t n = 16 * r + m;  // in any batch; the K types' sums of sc[s] C_s gathered in I until the last)
+          const int16_t* s16 = sums + (n * IC + b * kV) / 16;
+          const float dm = da[n * nb + b];
+          const __m512 dd = _mm512_set1_ps(dm), ds = T::kScales ? dd : min_term(dm, s16);
           for (int j = 0; j < kPanelP; j++) {
             float* an = acc + 32 * n + 16 * j;
             int32_t* in = I + 32 * n + 16 * j;
@@ -100,7 +104,7 @@ void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, 
             if (T::kScales) x = _mm512_mullo_epi32(x, pb[j].sc[s]);
             if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
             if (s < T::kN - 1) _mm512_store_si512(in, x);
-            else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], da[n * nb + b], sums + (n * IC + b * kV) / 16));
+            else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], dd, ds, s16));
           }
         }
       }

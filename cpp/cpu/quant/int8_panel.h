@@ -93,21 +93,24 @@ inline void store16(float* dst, __m512 v, const float* bias, int64_t o, int64_t 
 
 // acc + one block's product of an input row with a panel's 16 outputs, from its integer sums I (sum_s sc[s] (u . a)_s
 // for the K types): the offset kOff and the min taken off with the row's sums of 16 (s16: the block's), times d da
+// (dd: da in every lane; ds: da (sum a), the 32-value types' min term). The one order of float operations of every
+// int8 product of AVX512-VNNI (the rows streamed in int8_product.h, the AMX tiles): a row's bits in any batch.
 template <class T>
-inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, float da, const int16_t* s16) {
+inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, __m512 dd, __m512 ds, const int16_t* s16) {
   constexpr int kOff = Panel<T>::kOff;
-  const int asum = T::kScales ? 0 : s16[0] + s16[1];
   __m512i C = _mm512_setzero_si512();  // K types: sum_g c[g] (sum of a over g)
   if (T::kScales && (kOff || T::kMin))
     for (int g = 0; g < 8; g++) C = _mm512_add_epi32(C, _mm512_madd_epi16(p.coef[g], broadcast4(s16 + 2 * g)));
   if (T::kScales && kOff) I = _mm512_sub_epi32(I, C);
-  else if (kOff) I = _mm512_sub_epi32(I, _mm512_set1_epi32(kOff * asum));
-  const __m512 dd = _mm512_set1_ps(da);
+  else if (kOff) I = _mm512_sub_epi32(I, _mm512_set1_epi32(kOff * (s16[0] + s16[1])));
   acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(p.d, dd), acc);
   if (T::kMin && T::kScales) return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(C), _mm512_mul_ps(p.m, dd), acc);
-  if (T::kMin) return _mm512_fmadd_ps(p.m, _mm512_set1_ps(da * (float)asum), acc);
+  if (T::kMin) return _mm512_fmadd_ps(p.m, ds, acc);
   return acc;
 }
+
+// ds of add_block: da (sum a) of a 32-value block (s16: its two sums of 16)
+inline __m512 min_term(float da, const int16_t* s16) { return _mm512_set1_ps(da * (float)(s16[0] + s16[1])); }
 
 // out rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at p[b kPanelP + j]) times
 // the quantised rows + bias
@@ -145,9 +148,11 @@ void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da,
     }
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
-      const int64_t at = (n0 + m) * IC + b * kV;
+      const int16_t* s16 = sums + ((n0 + m) * IC + b * kV) / 16;
+      const float dm = da[(n0 + m) * nb + b];
+      const __m512 dd = _mm512_set1_ps(dm), ds = T::kScales ? dd : min_term(dm, s16);
 #pragma GCC unroll 8
-      for (int j = 0; j < PP; j++) acc[j][m] = add_block(acc[j][m], I[j][m], pb[j], da[(n0 + m) * nb + b], sums + at / 16);
+      for (int j = 0; j < PP; j++) acc[j][m] = add_block(acc[j][m], I[j][m], pb[j], dd, ds, s16);
     }
   }
 #pragma GCC unroll 8
