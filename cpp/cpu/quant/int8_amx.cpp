@@ -59,12 +59,13 @@ inline void issue(const int8_t* A, int64_t IC) {
 }
 
 // out rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
-// with zero rows past N) + bias. Per 32 values (a block, or a K type's sub-block) both B tiles are loaded once and
-// every row tile runs against them; acc (rows x 32 floats) and I (the K types' sum_s sc[s] C_s) are per-thread
-// scratch.
+// with zero rows past N; dasum: das() of every row's blocks, the 32-value types') + bias. Per 32 values (a block,
+// or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
+// floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
 template <class T>
 void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nc) {
+               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0,
+               int64_t nc) {
   constexpr int kV = 32 * T::kN;
   const int64_t tiles = (N + 15) / 16;
   static thread_local ScratchBuffer buf;
@@ -95,8 +96,7 @@ void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, 
         for (int m = 0; m < 16; m++) {  // (block b's sums: add_block, the panels' order, so a row is the same bits
           const int64_t n = 16 * r + m;  // in any batch; the K types' sums of sc[s] C_s gathered in I until the last)
           const int16_t* s16 = sums + (n * IC + b * kV) / 16;
-          const float dm = da[n * nb + b];
-          const __m512 dd = _mm512_set1_ps(dm), ds = T::kScales ? dd : min_term(dm, s16);
+          const __m512 dd = _mm512_set1_ps(da[n * nb + b]), ds = T::kScales ? dd : _mm512_set1_ps(dasum[n * nb + b]);
           for (int j = 0; j < kPanelP; j++) {
             float* an = acc + 32 * n + 16 * j;
             int32_t* in = I + 32 * n + 16 * j;
@@ -123,8 +123,9 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
   constexpr int64_t block = B::kValues;
   const int64_t rows = (N + 15) / 16 * 16;  // (whole A tiles: the rows past N quantise to zeros, never written)
   static thread_local ScratchBuffer buf;
-  float* d = buf.floats((size_t)(rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
-  int16_t* sums = reinterpret_cast<int16_t*>(d + rows * IC / block);
+  float* d = buf.floats((size_t)(2 * rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
+  float* dasum = d + rows * IC / block;
+  int16_t* sums = reinterpret_cast<int16_t*>(dasum + rows * IC / block);
   int8_t* q = reinterpret_cast<int8_t*>(sums + rows * IC / 16);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
   for (int64_t n = 0; n < N; n++)
@@ -132,9 +133,10 @@ void product(float* out, const float* inp, const uint8_t* weight, const float* b
   std::memset(q + N * IC, 0, (size_t)((rows - N) * IC));
   std::memset(d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
   std::memset(sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
+  for (int64_t i = 0; i < rows * IC / block && !T::kScales; i++) dasum[i] = das(d, sums, 0, 0, i);
   for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<T>* panels, int64_t o0, int64_t nc) {
     configure();
-    tile_rows<T>(out, panels, q, d, sums, bias, N, IC / block, IC, OC, o0, nc);
+    tile_rows<T>(out, panels, q, d, sums, dasum, bias, N, IC / block, IC, OC, o0, nc);
     _tile_release();
   });
 }

@@ -109,9 +109,6 @@ inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, __m512 dd, __m
   return acc;
 }
 
-// ds of add_block: da (sum a) of a 32-value block (s16: its two sums of 16)
-inline __m512 min_term(float da, const int16_t* s16) { return _mm512_set1_ps(da * (float)(s16[0] + s16[1])); }
-
 // out rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at p[b kPanelP + j]) times
 // the quantised rows + bias
 template <class T, int M>
@@ -149,8 +146,8 @@ void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da,
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++) {
       const int16_t* s16 = sums + ((n0 + m) * IC + b * kV) / 16;
-      const float dm = da[(n0 + m) * nb + b];
-      const __m512 dd = _mm512_set1_ps(dm), ds = T::kScales ? dd : min_term(dm, s16);
+      const __m512 dd = _mm512_set1_ps(da[(n0 + m) * nb + b]);
+      const __m512 ds = T::kScales ? dd : _mm512_set1_ps(das(da, sums, nb, n0 + m, b));
 #pragma GCC unroll 8
       for (int j = 0; j < PP; j++) acc[j][m] = add_block(acc[j][m], I[j][m], pb[j], dd, ds, s16);
     }

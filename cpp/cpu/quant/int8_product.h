@@ -70,11 +70,6 @@ inline __m256i sum_lanes8(const __m256i v[8]) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-// dam (sum a) of block b of row n (the 32-value types' min term)
-inline float das(const float* da, const int16_t* sums, int64_t nb, int64_t n, int64_t b) {
-  return da[n * nb + b] * (float)(sums[2 * (n * nb + b)] + sums[2 * (n * nb + b) + 1]);
-}
-
 // out rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
 // row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias.
 template <class T, int M>
