@@ -77,22 +77,21 @@ def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
         assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
 
 
-@pytest.mark.skipif(ops.int8_dot() != "vpdpbusd", reason="the row products of AVX2 / AVX-VNNI order their sums "
-                    "by row count (int8 activations are not the default there: weights.default_activations)")
 @pytest.mark.parametrize("qtype", INTEGER)
-def test_a_row_is_the_same_bits_in_any_batch(rng, qtype):
-    """1-3 rows stream, 4-15 go to the VNNI panels, 16+ to the AMX tiles where the CPU has them: all three add each
-    block's exact integer sums into an output in block order with the same float operations, so a row's outputs do
-    not depend on the rows beside it. (With int8 activations a last-bit difference is not small: the next layer's
-    rounding to the activations' grid turns it into a whole step, which a served request alone and in a batch
-    would show as different tokens.)"""
+def test_a_row_is_the_same_bits_in_any_batch(isa, rng, qtype):
+    """Every int8 product -- 1-3 rows streamed, 4+ in tiles of row pairs (AVX2, or without VNNI), the VNNI panels
+    (4+), the AMX tiles (16+) -- adds each block's exact integer sums into an output in block order with the same
+    float operations (the baseline: one scalar loop for every row count), so a row's outputs do not depend on the rows
+    beside it. (With int8 activations a last-bit difference is not small: the next layer's rounding to the
+    activations' grid turns it into a whole step, which a request served alone and in a batch would show as
+    different tokens.)"""
     for k, OC, bias in [(0, 37, True), (2, 19, False), (1, 700, True)]:
         case = opcases.case("matmul_quantized_int8", N=1, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
         w = case.make(rng)["weight"]
         b = opcases.f32(rng, OC) if bias else None
         x = opcases.f32(rng, 40, w.shape[1])
         alone = np.concatenate([ops.matmul_forward(x[i:i + 1], w, b, activations="int8") for i in range(40)])
-        for N in (2, 3, 4, 5, 15, 16, 17, 40):
+        for N in (2, 3, 4, 5, 7, 15, 16, 17, 40):
             np.testing.assert_array_equal(ops.matmul_forward(x[:N], w, b, activations="int8"), alone[:N],
                                           err_msg=f"{N} rows, OC {OC}")
 
@@ -100,21 +99,25 @@ def test_a_row_is_the_same_bits_in_any_batch(rng, qtype):
 @pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
-    for 16+ rows on an AMX-INT8 CPU (what CPUs without AMX run): their cases pass too."""
+    for 16+ rows on an AMX-INT8 CPU (what CPUs without AMX run): their cases pass too, each row the same bits alone."""
     if needs == "vpdpbusd" and not ops.int8_dot().startswith("vpdpbusd"):
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
     if needs == "tiles" and not pt.cpu_info()["int8_tiles"]:
         pytest.skip("no AMX-INT8 here: the default run already tests the VNNI panels")
     script = ("import numpy as np, pytransformer as pt\n"
-              "from pytransformer import opcases, _core\n"
+              "from pytransformer import opcases, ops, _core\n"
               f"assert pt.cpu_info()['int8_dot'] == {forced!r} and not pt.cpu_info()['int8_tiles']\n"
               "rng = np.random.default_rng(0)\n"
               "for isa in set(_core.available_isas()) & {'avx2', 'avx512'}:\n"
               "    pt.set_isa(isa)\n"
               "    for c in opcases.cases('test'):\n"
               "        if c.op == 'matmul_quantized_int8' and c.s['N'] in (1, 5, 17):\n"
-              "            for name, (err, tol) in c.errors(c.make(rng)).items():\n"
+              "            x = c.make(rng)\n"
+              "            for name, (err, tol) in c.errors(x).items():\n"
               "                assert err <= tol, (isa, c.label, err)\n"
+              "            w, b = x['weight'], x['bias']\n"
+              "            one = np.concatenate([ops.matmul_forward(r[None], w, b, activations='int8') for r in x['inp']])\n"
+              "            assert (ops.matmul_forward(x['inp'], w, b, activations='int8') == one).all(), (isa, c.label)\n"
               "print('ok')\n")
     passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 

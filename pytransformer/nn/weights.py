@@ -311,12 +311,12 @@ def check_activations(dtype) -> None:
 
 def default_activations(qtype: str) -> str:
     """The one place the default is decided: int8 for GGUF integer blocks (qtype) on AVX512-VNNI (int8_dot()
-    "vpdpbusd"), where the int8 products beat the float ones at every row count (bench/NOTES.md, sessions 10-13) and
-    a row's outputs are the same bits whatever rows share its product (1-3 rows streamed, VNNI panels, AMX tiles: one
-    order of float operations), so a request served in a batch equals its run alone; float32 elsewhere (AVX2's and
-    AVX-VNNI's row products lose to the float GEMM from a few rows and order their sums by row count) and for
+    "vpdpbusd"), where the int8 products beat the float ones at every row count (bench/NOTES.md, sessions 10-13);
+    float32 elsewhere (AVX2's and AVX-VNNI's row products lose to the float GEMM from a few rows) and for
     set_weight_dtype("int8") weights (qtype "int8"): the C++ decode plan runs them on float32 activations (its int8
-    kind has no row scale), so the default keeps the plan and the layers' path on the same numbers."""
+    kind has no row scale), so the default keeps the plan and the layers' path on the same numbers. Every int8
+    product gives a row the same bits whatever rows share it (one order of float operations), so a request served
+    in a batch equals its run alone."""
     int8 = qtype in ops.INTEGER_QTYPES and ops.int8_dot() == "vpdpbusd"
     return "int8" if int8 else "float32"
 

@@ -9,12 +9,8 @@ namespace PT_Q8_NS {
 namespace {
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-#if defined(PT_ISA_AVX512)
-constexpr int kRowsM = 4;  // input rows per register tile (4 x 4 float accumulators: 32 registers)
-#else
-constexpr int kRowsM = 2;  // (4 x 2: 16 registers)
-#endif
-constexpr int kRowsR = 4;  // weight rows per register tile: one activation load feeds four dot products
+constexpr int kRowsM = 4;  // input rows per tile: two pairs, each pair's sums with kRowsR weight rows in 8 lanes
+constexpr int kRowsR = 4;  // weight rows per tile: one activation load feeds four dot products
 
 // acc + the exact integer dot product of vector i of w with 32 activations a, in 8 int32 lanes (scaled by the
 // sub-block scales where T has them). |a| <= 127 and u <= 63 (or |v| <= 128), so vpmaddubsw never saturates.
@@ -31,12 +27,6 @@ inline __m256i add_dot(__m256i acc, const WBlock<T>& w, int i, __m256i a) {
 #endif
 }
 
-inline float hsum(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-}
-
 // The integer part of one weight block w times one quantised row's block (a: its 32 T::kN values, s: their sums
 // per 16), in 8 int32 lanes whose sum is exact: the dot products (scaled by the sub-block scales where T has them)
 // less kOff times the activations' sums; C: the K types' sum_g c[g] (sum of a over g), where T has a min.
@@ -50,19 +40,6 @@ inline __m256i block_ints(const WBlock<T>& w, const int8_t* a, const int16_t* s,
   return T::kScales && T::kOff ? _mm256_sub_epi32(I, C) : I;
 }
 
-// acc + one weight block w times one quantised row's block (dam: its scale) in 8 float lanes: the integer sums
-// times d dam; the min's term: the K types' in acc, the 32-value types' m das into mins (das = dam (sum a); a
-// scalar: no broadcast, no vector of one lane).
-template <class T>
-inline __m256 block_term(__m256 acc, float& mins, const WBlock<T>& w, const int8_t* a, const int16_t* s, float dam,
-                         float das) {
-  __m256i C;
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_ints(w, a, s, C)), _mm256_set1_ps(w.d * dam), acc);
-  if (T::kMin && T::kScales) return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(C), _mm256_set1_ps(w.m * dam), acc);
-  if (T::kMin) mins += w.m * das;
-  return acc;
-}
-
 // 8 vectors of int32 lanes -> lane r = the sum of v[r]'s lanes (integers: exact, whatever the order)
 inline __m256i sum_lanes8(const __m256i v[8]) {
   const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
@@ -70,28 +47,55 @@ inline __m256i sum_lanes8(const __m256i v[8]) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+// acc + one block's products for 8 (weight row, input row) pairs, lane by lane, from their exact integer sums (I;
+// C: the K types' min sums; block_ints reduced by sum_lanes8): I times d da, then the min's term -- the float
+// operations of int8_panel.h's add_block in its order, so every int8 product gives a row the same bits in any batch
+// (dw, mw: the weight rows' d and m; dam: the input rows' da; das: their das(), the 32-value types' min term)
+template <class T>
+inline __m256 add_sums(__m256 acc, __m256i I, const __m256i C[8], __m256 dw, __m256 mw, __m256 dam, __m256 das) {
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(dw, dam), acc);
+  if (T::kMin && T::kScales) return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(C)), _mm256_mul_ps(mw, dam), acc);
+  if (T::kMin) return _mm256_fmadd_ps(mw, das, acc);
+  return acc;
+}
+
 // out rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
-// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias.
+// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias, input rows in pairs:
+// lane r + 4 i of a pair's accumulator is weight row r times input row 2 p + i (an odd M's last pair takes its row
+// twice and stores it once).
 template <class T, int M>
 void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
           int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
-  constexpr int R = kRowsR, kV = 32 * T::kN;
-  __m256 acc[R][M] = {};  // (zeros)
-  float mins[R][M] = {};
-  for (int64_t b = 0; b < nb; b++)
+  constexpr int R = kRowsR, P = (M + 1) / 2, kV = 32 * T::kN;
+  static_assert(R == 4, "a pair of input rows fills the 8 lanes");
+  __m256 acc[P] = {};  // (zeros)
+  for (int64_t b = 0; b < nb; b++) {
+    alignas(32) float d[8], mw[8];
+    for (int r = 0; r < R; r++) d[r] = d[R + r] = w[b * R + r].d, mw[r] = mw[R + r] = w[b * R + r].m;
+    const __m256 dw = _mm256_load_ps(d), mv = _mm256_load_ps(mw);
+#pragma GCC unroll 2
+    for (int p = 0; p < P; p++) {
+      const int64_t n[2] = {n0 + 2 * p, n0 + std::min(2 * p + 1, M - 1)};
+      __m256i I[8], C[8];
 #pragma GCC unroll 8
-    for (int m = 0; m < M; m++) {
-      const int64_t at = (n0 + m) * IC + b * kV;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++)
-        acc[r][m] = block_term(acc[r][m], mins[r][m], w[b * R + r], q + at, sums + at / 16, da[(n0 + m) * nb + b],
-                               das(da, sums, nb, n0 + m, b));
+      for (int i = 0; i < 8; i++) {
+        const int64_t at = n[i / R] * IC + b * kV;
+        I[i] = block_ints(w[b * R + i % R], q + at, sums + at / 16, C[i]);
+      }
+      const __m256 dam = _mm256_set_m128(_mm_set1_ps(da[n[1] * nb + b]), _mm_set1_ps(da[n[0] * nb + b]));
+      const __m256 ds = T::kMin && !T::kScales ? _mm256_set_m128(_mm_set1_ps(das(da, sums, nb, n[1], b)),
+                                                                 _mm_set1_ps(das(da, sums, nb, n[0], b)))
+                                               : dam;
+      acc[p] = add_sums<T>(acc[p], sum_lanes8(I), C, dw, mv, dam, ds);
     }
-#pragma GCC unroll 8
-  for (int m = 0; m < M; m++)
-#pragma GCC unroll 8
-    for (int r = 0; r < nr; r++)
-      out[(n0 + m) * OC + o0 + r] = hsum(acc[r][m]) + mins[r][m] + (bias ? bias[o0 + r] : 0.f);
+  }
+  for (int p = 0; p < P; p++) {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, acc[p]);
+    for (int i = 0; i < 2 && 2 * p + i < M; i++)
+      for (int r = 0; r < nr; r++)
+        out[(n0 + 2 * p + i) * OC + o0 + r] = bias ? v[R * i + r] + bias[o0 + r] : v[R * i + r];
+  }
 }
 
 template <class T, int M = kRowsM>
@@ -165,9 +169,8 @@ void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* su
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(I[m])), _mm256_mul_ps(dw, dam), acc[m]);
-        if (kC) acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(C[m])), _mm256_mul_ps(mv, dam), acc[m]);
-        if (kMins) acc[m] = _mm256_fmadd_ps(mv, _mm256_set1_ps(ms[m * nb + b]), acc[m]);
+        acc[m] = add_sums<T>(acc[m], sum_lanes8(I[m]), C[kC ? m : 0], dw, mv, dam,
+                             kMins ? _mm256_set1_ps(ms[m * nb + b]) : dam);
       }
     }
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::min<int64_t>(8, o1 - o)),
