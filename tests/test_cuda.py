@@ -283,7 +283,7 @@ def test_a_llama_with_gguf_blocks_runs_on_the_device_with_them(rng):
         model.lm_head.set_quantized(table)
         return model
 
-    cpu, dev = make(), make().to("cuda")
+    cpu, dev = make().set_activation_dtype("float32"), make().to("cuda")  # (the device keeps float32 activations)
     assert type(dev.embed.quantized.data) is DeviceArray and type(dev.lm_head.stored.blocks.data) is DeviceArray
     ids = rng.integers(0, 64, (2, 6))
     with cpu.evaluating(), dev.evaluating():
@@ -332,7 +332,7 @@ def test_encoder_families_train_on_the_device_as_on_the_cpu(rng, family):
     """BERT (padding mask, padding_idx, masked-LM + next-sentence, the tanh pooler), ViT (patches and the class
     token) and the 2017 encoder-decoder (scaled embeddings, cross-attention, label smoothing, greedy decoding)."""
     make = {"bert": _bert, "vit": _vit, "transformer": _transformer}[family]
-    cpu, dev = make(), make().to("cuda")
+    cpu, dev = make().set_activation_dtype("float32"), make().to("cuda")  # (the device keeps float32 activations)
     ids = rng.integers(0, 40, (2, 7))
     ids[1, 5:] = 0  # padding
     if family == "bert":
