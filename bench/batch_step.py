@@ -1,0 +1,76 @@
+"""One continuous-batching decode step (`Decoder.decode_batch`: what `pytransformer serve` runs for B jobs at once)
+with int8 and with float32 activations, each in its own process, alternating rounds.
+
+    python bench/batch_step.py [--model smollm2 gemma3-270m] [--jobs 16] [--threads 1] [--steps 12] [--rounds 2]
+
+B jobs whose caches hold 56 .. 71 positions each take one greedy token per step; a step's time is CPU time (on a
+shared machine the wall clock also counts other tenants' minutes), the median over the steps after two warm-up
+steps; the ratio is float32's over int8's in each round, and its median over the rounds. bench/NOTES.md, sessions
+12-13 (issue 26's 16-row step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+from timing import machine
+
+import pytransformer
+
+
+def worker(name, activations, jobs, steps, threads):
+    """{"step_ms": median CPU ms of one decode_batch of `jobs` rows} as one JSON line."""
+    pytransformer.set_num_threads(threads)
+    model = pytransformer.from_pretrained(name, activation_dtype=activations)
+    k, v = model.new_slots(jobs, 128)
+    slots = np.arange(jobs, dtype=np.int64)
+    start = 56 + np.arange(jobs) % 16  # (caches of 56 .. 71 positions: prompts of different lengths)
+    ids = np.random.default_rng(0).integers(0, 1000, jobs).astype(np.int64)
+    times = []
+    for s in range(steps + 2):
+        t = time.process_time()
+        logits = model.decode_batch(ids, slots, start + s, k, v)
+        times.append(time.process_time() - t)
+        ids = logits.argmax(1)
+    print(json.dumps({"step_ms": 1e3 * statistics.median(times[2:])}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["smollm2", "gemma3-270m"])
+    ap.add_argument("--jobs", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "ACTIVATIONS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(*args.worker, args.jobs, args.steps, args.threads)
+    env = dict(os.environ, PYTRANSFORMER_ADAPTIVE_THREADS="0")  # (the threads asked for, not fewer for small work)
+    print(f"# {machine()}; int8_dot={pytransformer.cpu_info()['int8_dot']}; {args.jobs} jobs per step, "
+          f"{args.threads} thread(s), CPU time, medians of {args.steps} steps")
+    for name in args.model:
+        ms = {"int8": [], "float32": []}
+        for _ in range(args.rounds):
+            for act, times in ms.items():
+                cmd = [sys.executable, __file__, "--worker", name, act, "--jobs", str(args.jobs), "--steps",
+                       str(args.steps), "--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if out.returncode:
+                    sys.exit(f"{name} {act}: {(out.stderr.strip().splitlines() or ['failed'])[-1]}")
+                times.append(json.loads(out.stdout.splitlines()[-1])["step_ms"])
+        ratios = [f / i for f, i in zip(ms["float32"], ms["int8"])]
+        print(f"{name}: int8 {' '.join(f'{t:.1f}' for t in ms['int8'])} ms, float32 "
+              f"{' '.join(f'{t:.1f}' for t in ms['float32'])} ms; float32 / int8 per round "
+              f"{' '.join(f'{r:.2f}' for r in ratios)} -> {statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
