@@ -53,28 +53,31 @@ def test_int8_activations_differ_from_float32_ones_by_the_quantisation_only(rng,
     assert opcases.rel_err(got, exact) > 20 * case.tol
 
 
+def assert_within_the_reference_bound(rng, qtype, sizes):
+    """The int8 product of each (N rows, IC choice k, OC outputs) case within the registry's float32 bound of the
+    float64 reference of the quantised product."""
+    for N, k, OC in sizes:
+        case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
+        x = case.make(rng)
+        got = case.spec.ours(x, case.o)["out"]
+        assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
+
+
 @pytest.mark.skipif(not pt.cpu_info()["int8_tiles"], reason="no AMX-INT8 here (the VNNI / AVX2 / scalar forms run)")
 @pytest.mark.parametrize("qtype", INTEGER)
 def test_the_amx_tiles_are_exact_at_ragged_row_and_output_counts(rng, qtype):
     """From 16 rows the products run on AMX-INT8 tiles (16-row A tiles padded past N, 32-output panels cut at OC;
     Q2_K, Q3_K, Q6_K on the VNNI panels): integer sums exact, so the reference's float32 bound holds at every size."""
-    for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)]:
-        case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
-        x = case.make(rng)
-        got = case.spec.ours(x, case.o)["out"]
-        assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
+    assert_within_the_reference_bound(rng, qtype, [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)])
 
 
 @pytest.mark.parametrize("qtype", INTEGER)
 def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
-    """1-3 input rows (decode) stream each weight row from its bytes (int8_product.h stream_rows, every row dotted
-    as the block comes): integer sums exact, so the reference's float32 bound holds for 1, 2 and 3 rows at ragged
-    output counts, odd and even block counts, and a product large enough to split over threads."""
-    for N, k, OC in [(1, 0, 1), (1, 2, 700), (2, 1, 37), (2, 0, 5), (3, 2, 19), (3, 1, 70)]:
-        case = opcases.case("matmul_quantized_int8", N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)
-        x = case.make(rng)
-        got = case.spec.ours(x, case.o)["out"]
-        assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
+    """1-3 input rows (decode) stream the weight rows from their bytes, eight at a time (int8_product.h stream_rows,
+    every input row dotted as the block comes): integer sums exact, so the reference's float32 bound holds for 1, 2
+    and 3 rows at ragged output counts, odd and even block counts, and a product large enough to split over threads."""
+    sizes = [(1, 0, 1), (1, 2, 700), (2, 1, 37), (2, 0, 5), (3, 2, 19), (3, 1, 70)]
+    assert_within_the_reference_bound(rng, qtype, sizes)
 
 
 @pytest.mark.parametrize("qtype", INTEGER)
@@ -116,8 +119,10 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
               "            for name, (err, tol) in c.errors(x).items():\n"
               "                assert err <= tol, (isa, c.label, err)\n"
               "            w, b = x['weight'], x['bias']\n"
-              "            one = np.concatenate([ops.matmul_forward(r[None], w, b, activations='int8') for r in x['inp']])\n"
-              "            assert (ops.matmul_forward(x['inp'], w, b, activations='int8') == one).all(), (isa, c.label)\n"
+              "            def q8(rows):\n"
+              "                return ops.matmul_forward(rows, w, b, activations='int8')\n"
+              "            one = np.concatenate([q8(r[None]) for r in x['inp']])\n"
+              "            assert (q8(x['inp']) == one).all(), (isa, c.label)\n"
               "print('ok')\n")
     passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 
