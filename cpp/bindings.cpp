@@ -559,12 +559,11 @@ PYBIND11_MODULE(_core, m) {
   m.attr("small_batch_rows") = pt::kSmallBatchRows;
   m.def("quant_row_bytes", &checked_row_bytes,
         "bytes of one row of C values of a GGUF tensor type (-1: unknown type or C not whole blocks)");
-  // the GGUF products, float32 activations (matmul_q_forward) or int8 ones (matmul_q8_forward, integer types only)
+  // the GGUF products, float32 activations
   using QuantProduct = decltype(pt::Kernels::matmul_q_forward);
-  auto quant_product = [](QuantProduct pt::Kernels::*kernel, bool int8) {
-    return [kernel, int8](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
+  auto quant_product = [](QuantProduct pt::Kernels::*kernel) {
+    return [kernel](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC, int64_t OC) {
       check_nonneg({N, IC, OC});
-      if (int8) int8_block_type(qtype, "matmul_q8_forward");
       const int64_t rb = row_bytes(qtype, IC);
       float* o = array_data<float>(out, "out", {N, OC}, true);
       const float* x = array_data<float>(inp, "inp", {N, IC});
@@ -574,8 +573,42 @@ PYBIND11_MODULE(_core, m) {
       (K().*kernel)(o, x, w, qtype, b, N, IC, OC);
     };
   };
-  m.def("matmul_q_forward", quant_product(&pt::Kernels::matmul_q_forward, false));
-  m.def("matmul_q8_forward", quant_product(&pt::Kernels::matmul_q8_forward, true));
+  m.def("matmul_q_forward", quant_product(&pt::Kernels::matmul_q_forward));
+  // int8 activations (integer types only): one product, or a group of one input's (q|k|v, gate|up), its rows
+  // quantised once; each weight (OC, row bytes) uint8, out (N, OC), bias (OC) or None
+  auto q8_products = [](const std::vector<py::object>& outs, O inp, const std::vector<py::object>& weights,
+                        const std::vector<int>& qtypes, const std::vector<py::object>& biases, int64_t N, int64_t IC) {
+    const size_t n = qtypes.size();
+    if (outs.size() != n || weights.size() != n || biases.size() != n)
+      throw py::value_error("matmul_q8_group_forward: outs, weights, qtypes and biases must be as many");
+    check_nonneg({N, IC});
+    const float* x = array_data<float>(inp, "inp", {N, IC});
+    std::vector<pt::QProduct> group;
+    std::vector<Written> outputs;
+    for (size_t i = 0; i < n; i++) {
+      int8_block_type(qtypes[i], "matmul_q8_forward");
+      const int64_t rb = row_bytes(qtypes[i], IC);
+      if (!py::isinstance<py::array>(weights[i]) || py::reinterpret_borrow<py::array>(weights[i]).ndim() != 2)
+        throw py::type_error("weight must be a 2-D uint8 array (OC, bytes of a row)");
+      const int64_t OC = py::reinterpret_borrow<py::array>(weights[i]).shape(0);
+      float* out = array_data<float>(outs[i], "out", {N, OC}, true);
+      group.push_back({out, OC, array_data<uint8_t>(weights[i], "weight", {OC, rb}), qtypes[i],
+                       array_data<float>(biases[i], "bias", {OC}, false, true), OC});
+      outputs.push_back(written(out, product({N, OC}), "out"));
+    }
+    check_apart(written(x, product({N, IC}), "inp"), outputs);
+    for (size_t i = 1; i < n; i++) check_apart(outputs[i], {outputs.begin(), outputs.begin() + i});
+    const NoGil nogil;
+    K().matmul_q8_forward(group.data(), (int64_t)n, x, N, IC);
+  };
+  m.def("matmul_q8_forward", [q8_products](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC,
+                                           int64_t OC) {
+    check_nonneg({OC});
+    const int64_t rb = row_bytes(qtype, IC);
+    array_data<uint8_t>(weight, "weight", {OC, rb});
+    q8_products({out}, inp, {weight.attr("reshape")(OC, rb)}, {qtype}, {bias}, N, IC);
+  });
+  m.def("matmul_q8_group_forward", q8_products);
   // the gradients through frozen narrow weights: GGUF rows of any type (bfloat16 bits as BF16), int8 + row scale
   m.def("matmul_q_dinp", [](O dinp, O dout, O weight, int64_t qtype, int64_t N, int64_t IC, int64_t OC) {
     check_nonneg({N, IC, OC});

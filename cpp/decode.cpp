@@ -13,20 +13,22 @@
 
 namespace pt {
 
-void WeightRef::product(float* out, const float* inp, int64_t N) const {
-  const Kernels& K = active();
-  switch (kind) {
-    case kFloat32: K.matmul_forward(out, inp, (const float*)data, bias, N, IC, OC); break;
-    case kBFloat16: K.matmul_w16_forward(out, inp, (const uint16_t*)data, bias, N, IC, OC); break;
-    case kInt8: K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, bias, N, IC, OC); break;
-    default:
-      (kind >= kInt8Activations ? K.matmul_q8_forward : K.matmul_q_forward)(out, inp, (const uint8_t*)data, qtype(),
-                                                                             bias, N, IC, OC);
-  }
-}
+void WeightRef::product(float* out, const float* inp, int64_t N) const { product(out, OC, inp, N); }
 
 void WeightRef::product(float* out, int64_t ldo, const float* inp, int64_t N) const {
-  if (ldo == OC || N == 1) return product(out, inp, N);
+  const Kernels& K = active();
+  if (kind >= kInt8Activations) {
+    const QProduct p{out, ldo, (const uint8_t*)data, qtype(), bias, OC};
+    return K.matmul_q8_forward(&p, 1, inp, N, IC);
+  }
+  if (ldo == OC || N == 1) {
+    switch (kind) {
+      case kFloat32: return K.matmul_forward(out, inp, (const float*)data, bias, N, IC, OC);
+      case kBFloat16: return K.matmul_w16_forward(out, inp, (const uint16_t*)data, bias, N, IC, OC);
+      case kInt8: return K.matmul_w8_forward(out, inp, (const int8_t*)data, scale, bias, N, IC, OC);
+      default: return K.matmul_q_forward(out, inp, (const uint8_t*)data, qtype(), bias, N, IC, OC);
+    }
+  }
   static thread_local std::vector<float> tmp;  // (an unfused group's product into its columns of a wider row)
   tmp.resize((size_t)(N * OC));
   product(tmp.data(), inp, N);
@@ -34,10 +36,22 @@ void WeightRef::product(float* out, int64_t ldo, const float* inp, int64_t N) co
 }
 
 namespace {
-// products of N input rows into consecutive column slices of out (N, sum of OC) (a fused weight is one product)
+// products of N input rows into consecutive column slices of out (N, sum of OC) (a fused weight is one product;
+// GGUF blocks with int8 activations one group: the rows quantised once, one pass of the threads)
 void products(const std::vector<WeightRef>& ws, float* out, const float* inp, int64_t N = 1) {
   int64_t total = 0;
-  for (const WeightRef& w : ws) total += w.OC;
+  bool int8 = true;
+  for (const WeightRef& w : ws) total += w.OC, int8 = int8 && w.kind >= WeightRef::kInt8Activations;
+  if (int8 && ws.size() > 1) {
+    static thread_local std::vector<QProduct> group;  // (grown once)
+    group.clear();
+    int64_t at = 0;
+    for (const WeightRef& w : ws) {
+      group.push_back({out + at, total, (const uint8_t*)w.data, w.qtype(), w.bias, w.OC});
+      at += w.OC;
+    }
+    return active().matmul_q8_forward(group.data(), (int64_t)group.size(), inp, N, ws[0].IC);
+  }
   for (const WeightRef& w : ws) {
     w.product(out, total, inp, N);
     out += w.OC;

@@ -101,6 +101,41 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None, activ
     return out
 
 
+def matmul_group_forward(inp, weights, biases=None):
+    """[inp (..., IC) @ w^T + b (..., OC_w) for w, b in zip(weights, biases)]: one input's products with several
+    Quantized integer-block weights (attention's q, k, v; a gated feed-forward's gate and up) with int8
+    activations, the input quantised once for all of them and, for 1-3 rows, one pass of the threads over every
+    weight. Each output equals matmul_forward(inp, w, b, activations="int8") bit for bit."""
+    weights = list(weights)
+    biases = [None] * len(weights) if biases is None else list(biases)
+    if not weights or len(biases) != len(weights):
+        raise ValueError(f"matmul_group_forward needs one or more weights and as many biases, got {len(weights)} "
+                         f"weights and {len(biases)} biases")
+    if type(inp) is DeviceArray:
+        raise TypeError("matmul_group_forward runs on the CPU; inp is on a CUDA device")
+    d = {}
+    array(inp, "inp", ("...", "IC"), d)
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        if not (isinstance(w, Quantized) and w.qtype in INTEGER_QTYPES):
+            got = w.qtype if isinstance(w, Quantized) else getattr(w, "dtype", type(w).__name__)
+            raise ValueError(f"weights[{i}] must be a Quantized weight of an integer block type, got {got}")
+        if w.shape[1] != d["IC"]:
+            raise ValueError(f"weights[{i}] takes {w.shape[1]} inputs, inp has {d['IC']}")
+        if b is not None:
+            array(b, f"biases[{i}]", (w.shape[0],), {})
+    outs = [np.empty(inp.shape[:-1] + (w.shape[0],), np.float32) for w in weights]
+    _core.matmul_q8_group_forward(outs, inp, [w.data for w in weights], [w.code for w in weights], biases,
+                                  _rows(inp), d["IC"])
+    return outs
+
+
+def unchecked_matmul_group(x, blocks, biases):
+    outs = [np.empty(x.shape[:-1] + (b.shape[0],), np.float32) for b in blocks]
+    _core.matmul_q8_group_forward(outs, x, [b.data for b in blocks], [b.code for b in blocks], biases, _rows(x),
+                                  x.shape[-1])
+    return outs
+
+
 def _weight_format(weight, weight_scale, d, x):
     """The one place a product's weight format is read (matmul_forward, matmul_dinp): "float32", "bfloat16" (uint16
     bits), "int8" (with weight_scale (OC,)) or "blocks" (a Quantized matrix), with its (OC, IC) checked into d. Narrow

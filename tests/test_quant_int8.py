@@ -99,6 +99,52 @@ def test_a_row_is_the_same_bits_in_any_batch(isa, rng, qtype):
                                           err_msg=f"{N} rows, OC {OC}")
 
 
+def test_a_group_of_products_quantises_its_input_once_and_gives_each_products_bits(isa, rng):
+    """matmul_group_forward (q|k|v, gate|up whose GGUF weights do not fuse): one quantisation of the input per
+    block size (32 and 256 here, both), one pass of the threads for 1-3 rows, each output written at its own width:
+    every output the same bits as that weight's own product, at every path's row count (streamed, tiles, panels,
+    AMX) and output counts that cut the chunks raggedly."""
+    types = [("Q5_0", 40, True), ("Q4_K", 24, False), ("Q8_0", 9, True), ("Q6_K", 33, False), ("Q4_1", 700, True)]
+    ws = [ops.Quantized(opcases.random_blocks(rng, t, OC, 512), t, (OC, 512)) for t, OC, _ in types]
+    bs = [opcases.f32(rng, OC) if bias else None for _, OC, bias in types]
+    for N in (1, 2, 3, 4, 5, 16, 17, 33):
+        x = opcases.f32(rng, N, 512)
+        outs = ops.matmul_group_forward(x, ws, bs)
+        for (t, OC, _), w, b, out in zip(types, ws, bs, outs):
+            assert out.shape == (N, OC)
+            np.testing.assert_array_equal(out, ops.matmul_forward(x, w, b, activations="int8"), err_msg=f"{t}, {N}")
+    x3 = opcases.f32(rng, 2, 3, 512)  # (leading axes kept)
+    assert [o.shape for o in ops.matmul_group_forward(x3, ws[:2])] == [(2, 3, 40), (2, 3, 24)]
+
+
+def test_a_group_takes_bad_input_as_one_line_errors(rng):
+    w = ops.Quantized(opcases.random_blocks(rng, "Q4_1", 4, 64), "Q4_1", (4, 64))
+    f16 = ops.Quantized(opcases.random_blocks(rng, "F16", 4, 64), "F16", (4, 64))
+    x = opcases.f32(rng, 2, 64)
+    with pytest.raises(ValueError, match="as many biases"):
+        ops.matmul_group_forward(x, [w, w], [None])
+    with pytest.raises(ValueError, match="one or more weights"):
+        ops.matmul_group_forward(x, [])
+    with pytest.raises(ValueError, match=r"weights\[1\] must be a Quantized weight of an integer block type, got F16"):
+        ops.matmul_group_forward(x, [w, f16])
+    with pytest.raises(ValueError, match=r"weights\[0\] takes 64 inputs, inp has 32"):
+        ops.matmul_group_forward(opcases.f32(rng, 2, 32), [w])
+    with pytest.raises(ValueError, match=r"biases\[0\]"):
+        ops.matmul_group_forward(x, [w], [opcases.f32(rng, 5)])
+    from pytransformer import _core
+    flat = np.empty(12, np.float32)
+    with pytest.raises(ValueError, match="out overlaps out"):  # (two outputs on one buffer)
+        _core.matmul_q8_group_forward([flat[:8].reshape(2, 4), flat[4:].reshape(2, 4)], x, [w.data, w.data],
+                                      [w.code] * 2, [None] * 2, 2, 64)
+    with pytest.raises(ValueError, match="out overlaps inp"):
+        _core.matmul_q8_group_forward([x.reshape(-1)[:8].reshape(2, 4)], x, [w.data], [w.code], [None], 2, 64)
+    out = np.empty((2, 4), np.float32)
+    with pytest.raises(ValueError, match="float type"):
+        _core.matmul_q8_group_forward([out[:, :4]], x, [f16.data], [f16.code], [None], 2, 64)
+    with pytest.raises(ValueError, match="as many"):
+        _core.matmul_q8_group_forward([out], x, [w.data], [w.code, w.code], [None], 2, 64)
+
+
 @pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
@@ -184,6 +230,32 @@ def test_a_model_switches_and_its_decode_plan_follows(rng):
     np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), in_cpp)  # (the plan reads the int8 kind)
     with pytest.raises(ValueError, match="activation dtype"):
         model.set_activation_dtype("int4")
+
+
+def test_unfused_q_k_v_take_one_group_product_with_each_layers_bits(rng, monkeypatch):
+    """q, k, v of different block types (a GGUF file's Q5_0 q and k with a Q8_0 v) do not fuse; with int8
+    activations the layers' path computes them in one group call (the input quantised once), each output the bits of
+    that Linear's own forward; with float32 activations each takes its own product as before."""
+    from pytransformer.nn.layers import FusedProduct, Linear
+
+    layers = []
+    for qtype, OC in [("Q5_0", 64), ("Q5_0", 32), ("Q8_0", 32)]:
+        layer = Linear(64, OC, bias=OC == 64)
+        layer.set_quantized(ops.Quantized(opcases.random_blocks(rng, qtype, OC, 64), qtype, (OC, 64)))
+        layers.append(layer.eval() or layer)
+    for m in layers:
+        m.stored = m.stored.with_activations("int8")
+    calls = []
+    group = ops.unchecked_matmul_group
+    monkeypatch.setattr(ops, "unchecked_matmul_group", lambda *a: calls.append(len(a[1])) or group(*a))
+    x = opcases.f32(rng, 5, 64)
+    together = FusedProduct(layers)(x)
+    assert calls == [3]
+    for m, out in zip(layers, together):
+        np.testing.assert_array_equal(out, m.forward(x))
+    for m in layers:
+        m.stored = m.stored.with_activations("float32")
+    assert [o.shape for o in FusedProduct(layers)(x)] == [(5, 64), (5, 32), (5, 32)] and calls == [3]
 
 
 @pytest.mark.parametrize("N", [1, 5, 40])

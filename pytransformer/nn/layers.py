@@ -143,7 +143,9 @@ class FusedProduct:
     def __call__(self, x):
         fused = self.weight()
         if fused is None or any((m.bias is None) != (self.layers[0].bias is None) for m in self.layers):
-            return tuple(m.forward(x) for m in self.layers)
+            together = weights.products([m.stored for m in self.layers], x,
+                                        [None if m.bias is None else m.bias.data for m in self.layers])
+            return tuple(together) if together is not None else tuple(m.forward(x) for m in self.layers)
         y = fused.forward(x, self.bias())
         bounds = [0] + self.cuts + [y.shape[-1]]
         return tuple(y[..., a:b] for a, b in zip(bounds, bounds[1:]))

@@ -84,6 +84,12 @@ class Weight:
         None when they cannot be fused (then each takes its own product)."""
         return None
 
+    @classmethod
+    def products(cls, weights, x, biases):
+        """The products of one input x with all of `weights` (of this class, one input width), computed together
+        where the class shares work between them, as a list; None when it does not (then each takes its own)."""
+        return None
+
     def to(self, device: str) -> "Weight | None":
         """This weight where the model's arrays now live ("cpu" or "cuda"), or None where the format does not
         exist there (the layer then multiplies with its float32 Parameter)."""
@@ -293,6 +299,15 @@ class BlockWeight(Weight):
         return cls(ops.Quantized(data, weights[0].kind, (data.shape[0], weights[0].shape[1])),
                    weights[0].activations)
 
+    @classmethod
+    def products(cls, weights, x, biases):
+        if not all(w.int8 for w in weights):
+            return None
+        blocks = [w.blocks for w in weights]  # (int8 activations: the input quantised once for every weight)
+        if _ready(x, weights[0].shape[1]):
+            return ops.unchecked_matmul_group(x, blocks, biases)
+        return ops.matmul_group_forward(x, blocks, biases)
+
     def to(self, device):
         moved = self.blocks.to(device)
         if moved is self.blocks:
@@ -342,6 +357,15 @@ def fuse(weights):
     if any(type(w) is not first for w in weights) or len({w.shape[1] for w in weights}) != 1:
         return None
     return first.fuse(list(weights))
+
+
+def products(weights, x, biases):
+    """The products of one input x with several weights (unfused q, k, v; gate, up) computed together where their
+    class shares work between them (GGUF blocks with int8 activations: x quantised once), else None."""
+    first = type(weights[0])
+    if any(type(w) is not first for w in weights) or len({w.shape[1] for w in weights}) != 1:
+        return None
+    return first.products(list(weights), x, list(biases))
 
 
 def adjacent(arrays):

@@ -8,7 +8,10 @@
 // Per ISA variant, like every kernel source.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
+#include "int8_rows.h"
 #include "quant.h"
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
 #include "int8_blocks.h"  // (the vector unpack; the baseline's scalar one is Int<B> below)
@@ -171,7 +174,6 @@ template <> struct Int<BlockIQ4_XS> {  // d, scales_h (2 bits each), scales_l[4]
 }  // namespace
 #endif
 
-// q (C int8), d (C / block scales), sums (C / 16: the sums of q per 16) of one row x (C floats), block 32 or 256
 void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t C, int64_t block) {
   for (int64_t b = 0; b < C / block; b++) {
     const float* xb = x + b * block;
@@ -222,6 +224,32 @@ void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t
   }
 }
 
+void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC, int64_t rows) {
+  bool need[2] = {false, false};
+  for (int64_t i = 0; i < n; i++) need[q8_block(p[i].qtype) == 256] = true;
+  static thread_local ScratchBuffer buf[2];
+  for (int k = 0; k < 2; k++) {
+    q8[k] = Q8Rows{};
+    if (!need[k]) continue;
+    const int64_t block = k ? 256 : 32;
+    float* d = buf[k].floats((size_t)(rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
+    q8[k].d = d;
+    q8[k].sums = reinterpret_cast<int16_t*>(d + rows * IC / block);
+    q8[k].q = reinterpret_cast<int8_t*>(q8[k].sums + rows * IC / 16);
+    std::memset(q8[k].q + N * IC, 0, (size_t)((rows - N) * IC));
+    std::memset(q8[k].d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
+    std::memset(q8[k].sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
+  }
+  const Q8Rows* a = q8;  // (the caller's: shared by the threads)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
+  for (int64_t r = 0; r < N; r++)
+    for (int k = 0; k < 2; k++)
+      if (need[k]) {
+        const int64_t block = k ? 256 : 32;
+        quantize_row_q8(a[k].q + r * IC, a[k].d + r * IC / block, a[k].sums + r * IC / 16, inp + r * IC, IC, block);
+      }
+}
+
 }  // namespace PT_NS
 }  // namespace pt
 
@@ -247,17 +275,22 @@ void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t
 
 namespace pt {
 namespace PT_NS {
-void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
-                       int64_t IC, int64_t OC) {
-  plain::product(out, inp, weight, qtype, bias, N, IC, OC);
+void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
+  Q8Rows q8[2];
+  quantize_rows(q8, p, n, inp, N, IC, N);
+  plain::products(p, n, q8, N, IC);
 }
-void matmul_q8_vnni_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,
-                            int64_t N, int64_t IC, int64_t OC) {
+void matmul_q8_vnni_rows(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64_t IC) {
 #ifdef PT_Q8_HAVE_VNNI
-  vnni::product(out, inp, weight, qtype, bias, N, IC, OC);
+  vnni::products(p, n, q8, N, IC);
 #else
-  plain::product(out, inp, weight, qtype, bias, N, IC, OC);
+  plain::products(p, n, q8, N, IC);
 #endif
+}
+void matmul_q8_vnni_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
+  Q8Rows q8[2];
+  quantize_rows(q8, p, n, inp, N, IC, N);
+  matmul_q8_vnni_rows(p, n, q8, N, IC);
 }
 }  // namespace PT_NS
 }  // namespace pt

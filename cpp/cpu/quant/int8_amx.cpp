@@ -13,17 +13,21 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "amx_tiles.h"
 #include "int8_blocks.h"
+#include "int8_rows.h"
 #include "pytransformer/kernels.h"
 #include "quant.h"
 #define PT_Q8_NS tiles
 #include "int8_panel.h"
 
 namespace pt {
-namespace avx512 {  // (int8.cpp: the rounding of quantize_row_q8_0 / q8_K, vectorised)
-void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t C, int64_t block);
+namespace avx512 {  // (int8.cpp's, compiled for AVX-512: the rounding of quantize_row_q8_0 / q8_K, vectorised, and
+                    // the VNNI products of rows it quantised)
+void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC, int64_t rows);
+void matmul_q8_vnni_rows(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64_t IC);
 }
 namespace PT_NS {
 namespace PT_Q8_NS {
@@ -58,14 +62,13 @@ inline void issue(const int8_t* A, int64_t IC) {
 #undef PT_TILE_STEP
 }
 
-// out rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
+// out (rows ldo floats apart) rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
 // with zero rows past N; dasum: das() of every row's blocks, the 32-value types') + bias. Per 32 values (a block,
 // or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
 // floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
 template <class T>
-void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0,
-               int64_t nc) {
+void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
   constexpr int kV = 32 * T::kN;
   const int64_t tiles = (N + 15) / 16;
   static thread_local ScratchBuffer buf;
@@ -112,48 +115,47 @@ void tile_rows(float* out, const Panel<T>* p, const int8_t* q, const float* da, 
   }
   for (int64_t n = 0; n < N; n++)
     for (int j = 0; j < kPanelP; j++)
-      store16(out + n * OC + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
+      store16(out + n * ldo + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
 }
 
-// out (N, OC) = inp (N, IC) quantised to int8 blocks times weight (OC rows of B) + bias, N >= 16
+// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N; dasum: das() of every row's
+// blocks, the 32-value types')
 template <class B>
-void product(float* out, const float* inp, const uint8_t* weight, const float* bias, int64_t N, int64_t IC,
-             int64_t OC) {
-  using T = Vec<B>;
-  constexpr int64_t block = B::kValues;
-  const int64_t rows = (N + 15) / 16 * 16;  // (whole A tiles: the rows past N quantise to zeros, never written)
-  static thread_local ScratchBuffer buf;
-  float* d = buf.floats((size_t)(2 * rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
-  float* dasum = d + rows * IC / block;
-  int16_t* sums = reinterpret_cast<int16_t*>(dasum + rows * IC / block);
-  int8_t* q = reinterpret_cast<int8_t*>(sums + rows * IC / 16);
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
-  for (int64_t n = 0; n < N; n++)
-    avx512::quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
-  std::memset(q + N * IC, 0, (size_t)((rows - N) * IC));
-  std::memset(d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
-  std::memset(sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
-  for (int64_t i = 0; i < rows * IC / block && !T::kScales; i++) dasum[i] = das(d, sums, 0, 0, i);
-  for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<T>* panels, int64_t o0, int64_t nc) {
+void product(const QProduct& p, const Q8Rows& a, const float* dasum, int64_t N, int64_t IC) {
+  for_panel_groups<B>(p.weight, N, IC, p.OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
     configure();
-    tile_rows<T>(out, panels, q, d, sums, dasum, bias, N, IC / block, IC, OC, o0, nc);
+    tile_rows<Vec<B>>(p.out, p.ldo, panels, a.q, a.d, a.sums, dasum, p.bias, N, IC / B::kValues, IC, o0, nc);
     _tile_release();
   });
 }
 
+// Whether tiles take a type: not Q2_K, Q3_K, Q6_K, scaled every 16 values (tile products 16 deep lost to the VNNI
+// panels, 4.7-5.5 ms against 3.4)
+bool tiled(int qtype) { return qtype != kQ2_K && qtype != kQ3_K && qtype != kQ6_K; }
+
 }  // namespace
 }  // namespace PT_Q8_NS
 
-void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
-                       int64_t IC, int64_t OC) {
-  auto run = [&](auto blk) {
-    using B = decltype(blk);
-    // (Q2_K, Q3_K, Q6_K scale every 16 values: tile products 16 deep lost to the VNNI panels, 4.7-5.5 ms against 3.4)
-    if (N < tiles::kMinRows || OC == 0 || (Vec<B>::kScales && Vec<B>::kS == 16))
-      avx512::matmul_q8_vnni_forward(out, inp, weight, qtype, bias, N, IC, OC);
-    else tiles::product<B>(out, inp, weight, bias, N, IC, OC);
-  };
-  if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
+void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
+  using tiles::tiled;
+  const bool tile = N >= tiles::kMinRows;
+  Q8Rows q8[2];
+  avx512::quantize_rows(q8, p, n, inp, N, IC, tile ? (N + 15) / 16 * 16 : N);
+  static thread_local std::vector<QProduct> rest;  // (the products left to the VNNI panels)
+  rest.clear();
+  for (int64_t i = 0; i < n; i++)
+    if (!tile || !tiled(p[i].qtype) || p[i].OC == 0) rest.push_back(p[i]);
+  if (!rest.empty()) avx512::matmul_q8_vnni_rows(rest.data(), (int64_t)rest.size(), q8, N, IC);
+  if ((int64_t)rest.size() == n) return;
+  static thread_local ScratchBuffer buf;
+  const int64_t rows = (N + 15) / 16 * 16, nb = IC / 32;
+  float* dasum = buf.floats((size_t)(rows * nb + 16));
+  for (int64_t i = 0; q8[0].q && i < rows * nb; i++) dasum[i] = das(q8[0].d, q8[0].sums, 0, 0, i);
+  for (int64_t i = 0; i < n; i++) {
+    if (!tiled(p[i].qtype) || p[i].OC == 0) continue;
+    auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], q8[q8_block(p[i].qtype) == 256], dasum, N, IC); };
+    if (!with_block(RegisterBlocks{}, p[i].qtype, run)) with_block(RowBlocks{}, p[i].qtype, run);
+  }
 }
 
 }  // namespace PT_NS

@@ -109,11 +109,11 @@ inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, __m512 dd, __m
   return acc;
 }
 
-// out rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at p[b kPanelP + j]) times
-// the quantised rows + bias
+// out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at
+// p[b kPanelP + j]) times the quantised rows + bias
 template <class T, int M>
-void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-                const float* bias, int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nc) {
+void panel_tile(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+                const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nc) {
   constexpr int PP = kPanelP, kV = 32 * T::kN, kQuads = T::kScales ? T::kS / 4 : 8;
   __m512 acc[PP][M] = {};  // (zeros)
   for (int64_t b = 0; b < nb; b++) {
@@ -155,18 +155,18 @@ void panel_tile(float* out, const Panel<T>* p, const int8_t* q, const float* da,
 #pragma GCC unroll 8
   for (int j = 0; j < PP; j++)
 #pragma GCC unroll 8
-    for (int m = 0; m < M; m++) store16(out + (n0 + m) * OC + o0 + 16 * j, acc[j][m], bias, o0 + 16 * j, nc - 16 * j);
+    for (int m = 0; m < M; m++) store16(out + (n0 + m) * ldo + o0 + 16 * j, acc[j][m], bias, o0 + 16 * j, nc - 16 * j);
 }
 
 template <class T, int M = kPanelM>
-void panel_tiles(float* out, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-                 const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nc) {
+void panel_tiles(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
+                 const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
   int64_t n0 = 0;
-  for (; n0 + M <= N; n0 += M) panel_tile<T, M>(out, p, q, da, sums, bias, nb, IC, OC, n0, o0, nc);
+  for (; n0 + M <= N; n0 += M) panel_tile<T, M>(out, ldo, p, q, da, sums, bias, nb, IC, n0, o0, nc);
   if constexpr (M > 1)
     if (n0 < N)
-      panel_tiles<T, M - 1>(out + n0 * OC, p, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC,
-                            OC, o0, nc);  // (the rows left: fewer than M)
+      panel_tiles<T, M - 1>(out + n0 * ldo, ldo, p, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb,
+                            IC, o0, nc);  // (the rows left: fewer than M)
 }
 
 // body(panels, o0, nc) for each group of weight rows o0 .. o0 + nc (nc <= 16 kPanelP), split among the threads,
@@ -211,12 +211,13 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
   }
 }
 
-// out (N, OC) = the quantised rows times weight + bias: every tile of kPanelM input rows reads each group's panels
+// out (N, OC; rows ldo floats apart) = the quantised rows times weight + bias: every tile of kPanelM input rows
+// reads each group's panels
 template <class B>
-void panel_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                   const float* bias, int64_t N, int64_t IC, int64_t OC) {
+void panel_product(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
+                   const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
-    panel_tiles<Vec<B>>(out, panels, q, da, sums, bias, N, IC / B::kValues, IC, OC, o0, nc);
+    panel_tiles<Vec<B>>(out, ldo, panels, q, da, sums, bias, N, IC / B::kValues, IC, o0, nc);
   });
 }
 

@@ -59,13 +59,13 @@ inline __m256 add_sums(__m256 acc, __m256i I, const __m256i C[8], __m256 dw, __m
   return acc;
 }
 
-// out rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
+// out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
 // row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias, input rows in pairs:
 // lane r + 4 i of a pair's accumulator is weight row r times input row 2 p + i (an odd M's last pair takes its row
 // twice and stores it once).
 template <class T, int M>
-void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
-          int64_t nb, int64_t IC, int64_t OC, int64_t n0, int64_t o0, int64_t nr) {
+void tile(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums,
+          const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nr) {
   constexpr int R = kRowsR, P = (M + 1) / 2, kV = 32 * T::kN;
   static_assert(R == 4, "a pair of input rows fills the 8 lanes");
   __m256 acc[P] = {};  // (zeros)
@@ -94,25 +94,25 @@ void tile(float* out, const WBlock<T>* w, const int8_t* q, const float* da, cons
     _mm256_store_ps(v, acc[p]);
     for (int i = 0; i < 2 && 2 * p + i < M; i++)
       for (int r = 0; r < nr; r++)
-        out[(n0 + 2 * p + i) * OC + o0 + r] = bias ? v[R * i + r] + bias[o0 + r] : v[R * i + r];
+        out[(n0 + 2 * p + i) * ldo + o0 + r] = bias ? v[R * i + r] + bias[o0 + r] : v[R * i + r];
   }
 }
 
 template <class T, int M = kRowsM>
-void tiles(float* out, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums, const float* bias,
-           int64_t N, int64_t nb, int64_t IC, int64_t OC, int64_t o0, int64_t nr) {
+void tiles(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums,
+           const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nr) {
   int64_t n0 = 0;
-  for (; n0 + M <= N; n0 += M) tile<T, M>(out, w, q, da, sums, bias, nb, IC, OC, n0, o0, nr);
+  for (; n0 + M <= N; n0 += M) tile<T, M>(out, ldo, w, q, da, sums, bias, nb, IC, n0, o0, nr);
   if constexpr (M > 1)
-    if (n0 < N) tiles<T, M - 1>(out + n0 * OC, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC, OC,
-                                o0, nr);  // (the rows left: fewer than M)
+    if (n0 < N) tiles<T, M - 1>(out + n0 * ldo, ldo, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb,
+                                IC, o0, nr);  // (the rows left: fewer than M)
 }
 
-// out (N, OC) = the quantised rows times weight (OC rows of B) + bias (rows past stream_product's and, with VNNI
-// on AVX-512, short of the panels'): the threads split the weight rows in groups of kRowsR, each group unpacked
-// once (scratch, L1) and read by every tile of kRowsM input rows.
+// out (N, OC; rows ldo floats apart) = the quantised rows times weight (OC rows of B) + bias (rows past
+// stream_products' and, with VNNI on AVX-512, short of the panels'): the threads split the weight rows in groups of
+// kRowsR, each group unpacked once (scratch, L1) and read by every tile of kRowsM input rows.
 template <class B>
-void product_of(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                 const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using T = Vec<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRowsR - 1) / kRowsR;
@@ -128,18 +128,18 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
         if (r < nr) T::unpack(w[b * kRowsR + r], block);
         else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
       }
-    tiles<T>(out, w, q, da, sums, bias, N, nb, IC, OC, o0, nr);
+    tiles<T>(out, ldo, w, q, da, sums, bias, N, nb, IC, o0, nr);
   }
 }
 
-// out (M, OC) rows o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at a time streamed
+// out (M rows ldo floats apart) columns o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at a time streamed
 // from their bytes: block by block unpacked in registers and dotted with every input row, the eight rows' integer
 // sums reduced exactly into one vector (lane r: weight row r), then per block in order one FMA of those sums times
 // d da and one of the min's term: the order of the VNNI panels and AMX tiles (int8_panel.h add_block), so that a
 // row's outputs are the same bits whatever the rows beside it (a request alone or in a serving batch).
 template <class B, int M>
-void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                 const float* bias, int64_t IC, int64_t OC, int64_t o0, int64_t o1) {
+void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+                 const float* bias, int64_t IC, int64_t o0, int64_t o1) {
   using T = Vec<B>;
   constexpr int64_t kB = sizeof(B), kV = B::kValues;
   constexpr bool kMins = T::kMin && !T::kScales, kC = T::kMin && T::kScales;  // (Q4_1, Q5_1 / the K types' mins)
@@ -151,7 +151,7 @@ void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* su
     const uint8_t* w[8];  // (rows past o1: the last one again, its lanes never stored)
     for (int r = 0; r < 8; r++) w[r] = weight + std::min(o + r, o1 - 1) * nb * kB;
     const uint8_t* next = weight + (o + 8) * nb * kB;  // (the next group's rows: one run of bytes, asked for in
-    const int64_t next_bytes = std::max<int64_t>(0, std::min<int64_t>(8, OC - o - 8)) * nb * kB;  // order, a share
+    const int64_t next_bytes = std::max<int64_t>(0, std::min<int64_t>(8, o1 - o - 8)) * nb * kB;  // order, a share
     __m256 acc[M] = {};  // (zeros)                                                         // per block step)
     for (int64_t b = 0; b < nb; b++) {
       __m256i I[M][8], C[kC ? M : 1][8];
@@ -177,33 +177,51 @@ void stream_rows(float* out, const int8_t* q, const float* da, const int16_t* su
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 4
     for (int m = 0; m < M; m++)
-      _mm256_maskstore_ps(out + m * OC + o, keep,
+      _mm256_maskstore_ps(out + m * ldo + o, keep,
                           bias ? _mm256_add_ps(acc[m], _mm256_maskload_ps(bias + o, keep)) : acc[m]);
   }
 }
 
-// out (N, OC), N < kStreamRows: the threads take chunks of contiguous weight rows (256 KiB, or a thread's share of
-// a smaller matrix, in whole groups of eight) as they come free, each streamed once through stream_rows.
+// The products p[0 .. n) of N < kStreamRows quantised rows (q8: their blocks of 32 and of 256), in one pass of
+// the threads: each weight's rows cut in chunks of contiguous rows (256 KiB, or a thread's share of a smaller
+// matrix, in whole groups of eight), which the threads take as they come free, each streamed once by stream_rows.
 constexpr int kStreamRows = 4;
+struct Chunk {
+  int64_t product, o0, o1;
+};
 template <class B>
-void stream_product(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                    const float* bias, int64_t N, int64_t IC, int64_t OC) {
-  const int64_t rb = IC / B::kValues * (int64_t)sizeof(B);
-  const bool parallel = N * IC * OC >= kParallelGemvMacs;
+void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int64_t o0, int64_t o1) {
+  if (N == 1) stream_rows<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
+  else if (N == 2) stream_rows<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
+  else stream_rows<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
+}
+void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64_t IC) {
+  int64_t macs = 0;
+  for (int64_t i = 0; i < n; i++) macs += N * IC * p[i].OC;
+  const bool parallel = macs >= kParallelGemvMacs;
   const int64_t nt = parallel ? threads() : 1;
-  const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + 7) / 8 * 8;
+  static thread_local std::vector<Chunk> chunks;  // (grown once)
+  chunks.clear();
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t OC = p[i].OC, rb = quant_row_bytes(p[i].qtype, IC);
+    const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + 7) / 8 * 8;
+    for (int64_t o0 = 0; o0 < OC; o0 += chunk) chunks.push_back({i, o0, std::min(OC, o0 + chunk)});
+  }
+  const Chunk* c = chunks.data();  // (the calling thread's list: inside the region a thread_local is each thread's)
+  const int64_t count = (int64_t)chunks.size();
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
-  for (int64_t o0 = 0; o0 < OC; o0 += chunk) {
-    const int64_t o1 = std::min(OC, o0 + chunk);
-    if (N == 1) stream_rows<B, 1>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
-    else if (N == 2) stream_rows<B, 2>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
-    else stream_rows<B, 3>(out, q, da, sums, weight, bias, IC, OC, o0, o1);
+  for (int64_t k = 0; k < count; k++) {
+    const QProduct& pk = p[c[k].product];
+    auto run = [&](auto blk) {
+      stream_chunk<decltype(blk)>(pk, q8[q8_block(pk.qtype) == 256], N, IC, c[k].o0, c[k].o1);
+    };
+    if (!with_block(RegisterBlocks{}, pk.qtype, run)) with_block(RowBlocks{}, pk.qtype, run);
   }
 }
 #else
 // The baseline: each weight row unpacked once into integers (Int<B>) and read by every input row, scalar sums.
 template <class B>
-void product_of(float* out, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
+void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                 const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using I = Int<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B);
@@ -228,7 +246,7 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
         total += row[b].d * dn[b] * (float)sum;
         if (I::kMin) mins += dn[b] * row[b].dmin * (float)m;  // (types without a min never set dmin)
       }
-      out[n * OC + o] = total - mins + (bias ? bias[o] : 0.f);
+      out[n * ldo + o] = total - mins + (bias ? bias[o] : 0.f);
     }
   }
 }
@@ -236,28 +254,24 @@ void product_of(float* out, const int8_t* q, const float* da, const int16_t* sum
 
 }  // namespace
 
-void product(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
-             int64_t IC, int64_t OC) {
-  if (N == 0 || OC == 0) return;  // (nothing to write: never a loop over the other, however large)
-  const int64_t block = qtype == kQ2_K || qtype == kQ3_K || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K ||
-                        qtype == kIQ4_XS ? 256 : 32;
-  static thread_local ScratchBuffer buf;
-  float* d = buf.floats((size_t)(N * IC / 16 + N * IC / 32 + N * IC / 4 + 16));
-  int16_t* sums = reinterpret_cast<int16_t*>(d + N * IC / 16);
-  int8_t* q = reinterpret_cast<int8_t*>(sums + N * IC / 16);
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
-  for (int64_t n = 0; n < N; n++)
-    quantize_row_q8(q + n * IC, d + n * IC / block, sums + n * IC / 16, inp + n * IC, IC, block);
-  auto run = [&](auto blk) {
+// The products p[0 .. n) of N quantised rows (q8: their blocks of 32 and of 256, quantize_rows)
+void products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64_t IC) {
+  if (N == 0) return;
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
-    if (N < kStreamRows) return stream_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+  if (N < kStreamRows) return stream_products(p, n, q8, N, IC);
 #endif
+  for (int64_t i = 0; i < n; i++) {
+    const QProduct& pi = p[i];
+    const Q8Rows& a = q8[q8_block(pi.qtype) == 256];
+    auto run = [&](auto blk) {
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-    if (N >= kPanelM) return panel_product<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
+      if (N >= kPanelM)
+        return panel_product<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, pi.weight, pi.bias, N, IC, pi.OC);
 #endif
-    product_of<decltype(blk)>(out, q, d, sums, weight, bias, N, IC, OC);
-  };
-  if (!with_block(RegisterBlocks{}, qtype, run)) with_block(RowBlocks{}, qtype, run);
+      product_of<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, pi.weight, pi.bias, N, IC, pi.OC);
+    };
+    if (pi.OC > 0 && !with_block(RegisterBlocks{}, pi.qtype, run)) with_block(RowBlocks{}, pi.qtype, run);
+  }
 }
 
 }  // namespace PT_Q8_NS

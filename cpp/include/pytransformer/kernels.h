@@ -80,11 +80,11 @@
   void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,    \
                         int64_t N, int64_t IC, int64_t OC);                                                  \
   /* the same with inp quantised to int8 per block (Q8_0 per 32, Q8_K per 256, llama.cpp's rounding) and       \
-     integer dot products (quant/int8.cpp); the _vnni entry is vpdpbusd's copy, which dispatch.cpp swaps in */  \
-  void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias,   \
-                         int64_t N, int64_t IC, int64_t OC);                                                 \
-  void matmul_q8_vnni_forward(float* out, const float* inp, const uint8_t* weight, int qtype,                \
-                              const float* bias, int64_t N, int64_t IC, int64_t OC);                         \
+     integer dot products (quant/int8.cpp), for n weights of one input at once (q|k|v, gate|up: QProduct): the   \
+     rows quantised once per block size and, for 1-3 rows, one pass of the threads over every weight; the _vnni  \
+     entry is vpdpbusd's copy, which dispatch.cpp swaps in */                                                  \
+  void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC);             \
+  void matmul_q8_vnni_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC);        \
   /* out (N, C) = dequant(src rows ids[n]) (ids null: rows 0 .. N-1); src rows of quant_row_bytes(qtype, C) */ \
   void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C);  \
   /* approximate: 1 = tanh approximation (GPT-2), 0 = exact erf (BERT) */                                     \
@@ -190,6 +190,17 @@ inline int64_t quant_row_bytes(int qtype, int64_t C) {
   return C / values * bytes;
 }
 
+// One product of the int8-activation kernels' groups: out (N, ldo), columns 0 .. OC = inp (N, IC) @ dequant(weight)^T
+// + bias, weight OC rows of quant_row_bytes(qtype, IC) bytes (an integer type), bias (OC) or null.
+struct QProduct {
+  float* out;
+  int64_t ldo;
+  const uint8_t* weight;
+  int qtype;
+  const float* bias;
+  int64_t OC;
+};
+
 namespace baseline { PT_DECLARE_KERNELS }
 namespace avx2 { PT_DECLARE_KERNELS }
 namespace avx512 { PT_DECLARE_KERNELS }
@@ -226,8 +237,7 @@ void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qt
 // The int8-activation products of 16 and more rows on AMX-INT8 tiles (quant/int8_amx.cpp; fewer rows: AVX-512's
 // vpdpbusd copy). Same arguments as matmul_q8_forward; used where dispatch.cpp finds AMX-INT8.
 namespace amx_int8 {
-void matmul_q8_forward(float* out, const float* inp, const uint8_t* weight, int qtype, const float* bias, int64_t N,
-                       int64_t IC, int64_t OC);
+void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC);
 }  // namespace amx_int8
 
 // attention.cpp built once more with its products on AMX tiles (bf16 operands, float32 softmax and sums).
