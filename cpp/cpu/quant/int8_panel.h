@@ -84,6 +84,57 @@ inline void q8_0_panel(Panel<Vec<BlockQ8_0>>& P, const uint8_t* const rows[16]) 
   P.m = _mm512_setzero_ps();
 }
 
+// Whether a type's panel is made straight from its blocks' bytes (16 rows' dwords transposed into the quads, no
+// unpack to WBlock and back): Q8_0 (q8_0_panel) and the 4-bit types (nibble_panel; Q4_1 at 4 / 16 rows 73 / 137 us
+// against 100 / 148, bench/NOTES.md session 14). Q5's fifth bits added that way were no faster (85 / 155 us against
+// 80 / 145): they unpack to WBlock, where AVX-512 adds them with one masked add per row.
+template <class B>
+constexpr bool kDirectPanel = B::kType == kQ8_0 || B::kType == kQ4_0 || B::kType == kQ4_1 || B::kType == kIQ4_NL;
+
+// the 32 bits at offset `at` of each of 16 blocks (rows[o]: lane o)
+inline __m512i dwords16(const uint8_t* const rows[16], int at) {
+  const __m512i lo = _mm512_add_epi64(_mm512_loadu_si512(rows), _mm512_set1_epi64(at));
+  const __m512i hi = _mm512_add_epi64(_mm512_loadu_si512(rows + 8), _mm512_set1_epi64(at));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_i64gather_epi32(lo, nullptr, 1)),
+                            _mm512_i64gather_epi32(hi, nullptr, 1), 1);
+}
+
+// The panel of 16 blocks of a 4-bit type (Q4_0, Q4_1, IQ4_NL) at rows[0 .. 16), from their bytes: value j < 16 is
+// the low nibble of qs[j], 16 + j its high nibble (IQ4_NL: the nibble's level, + 128), so quad t < 4 of the panel is
+// dword t of each row's qs masked and quad 4 + t the same shifted by 4: the 16 rows' qs (16 bytes each) transposed
+// as a 16 x 4 matrix of dwords. The values, d and m are those of to_panel(Vec<B>::unpack) bit for bit.
+template <class B>
+inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
+  constexpr int kQs = (int)offsetof(B, qs);
+  constexpr bool kMin = B::kType == kQ4_1;
+  __m512i z[4];  // z[k]: rows 4 k .. 4 k + 3, one per 128-bit lane
+  for (int k = 0; k < 4; k++) {
+    z[k] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(rows[4 * k] + kQs)));
+    for (int j = 1; j < 4; j++)
+      z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i*)(rows[4 * k + j] + kQs)), j);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i b0 = _mm512_unpacklo_epi32(z[2], z[3]), b1 = _mm512_unpackhi_epi32(z[2], z[3]);
+  // c[t] dword 4 j + k = row 4 k + j's dword t: permuted so that lane o is row o's
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i c[4] = {_mm512_unpacklo_epi64(a0, b0), _mm512_unpackhi_epi64(a0, b0), _mm512_unpacklo_epi64(a1, b1),
+                        _mm512_unpackhi_epi64(a1, b1)};
+  const __m512i low = _mm512_set1_epi8(15);
+  for (int t = 0; t < 4; t++) {
+    const __m512i y = _mm512_permutexvar_epi32(order, c[t]);
+    P.q[0][t] = _mm512_and_si512(y, low);
+    P.q[0][4 + t] = _mm512_and_si512(_mm512_srli_epi16(y, 4), low);
+  }
+  if constexpr (B::kType == kIQ4_NL) {  // (signed levels, as to_panel takes them: + 128)
+    const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kIQ4Values));
+    for (int t = 0; t < 8; t++)
+      P.q[0][t] = _mm512_xor_si512(_mm512_shuffle_epi8(table, P.q[0][t]), _mm512_set1_epi8((char)0x80));
+  }
+  const __m512i dm = dwords16(rows, 0);  // (d, and m where the type has it: two halves)
+  P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+  P.m = kMin ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
+}
+
 // dst[0 .. left) = v + bias[o .. o + left) (bias may be null), left <= 16 (none where left <= 0)
 inline void store16(float* dst, __m512 v, const float* bias, int64_t o, int64_t left) {
   if (left <= 0) return;
@@ -184,7 +235,7 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
   for (int64_t g = 0; g < groups; g++) {
     static thread_local ScratchBuffer buf;
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
-    alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel; Q8_0 is read in place)
+    alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel, where it is not made from the bytes)
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
     const uint8_t* next = weight + (o0 + nc) * rb;
     const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
@@ -192,12 +243,13 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
       for (int64_t i = b * kStep; i < std::min((b + 1) * kStep, next_bytes); i += 64)
         __builtin_prefetch(next + i, 0, 3);
       for (int j = 0; j < kPanelP; j++) {
-        if constexpr (std::is_same_v<B, BlockQ8_0>) {
+        if constexpr (kDirectPanel<B>) {
           static const uint8_t zero[sizeof(B)] = {};  // (rows past OC: zeros, not written)
-          const uint8_t* at[16];
+          alignas(64) const uint8_t* at[16];
           for (int r = 0; r < 16; r++)
             at[r] = 16 * j + r < nc ? weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B) : zero;
-          q8_0_panel(panels[b * kPanelP + j], at);
+          if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(panels[b * kPanelP + j], at);
+          else nibble_panel<B>(panels[b * kPanelP + j], at);
         } else {
           for (int r = 0; r < 16; r++) {
             if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));

@@ -104,8 +104,9 @@ void tiles(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const f
   int64_t n0 = 0;
   for (; n0 + M <= N; n0 += M) tile<T, M>(out, ldo, w, q, da, sums, bias, nb, IC, n0, o0, nr);
   if constexpr (M > 1)
-    if (n0 < N) tiles<T, M - 1>(out + n0 * ldo, ldo, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb,
-                                IC, o0, nr);  // (the rows left: fewer than M)
+    if (n0 < N)
+      tiles<T, M - 1>(out + n0 * ldo, ldo, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC, o0,
+                      nr);  // (the rows left: fewer than M)
 }
 
 // out (N, OC; rows ldo floats apart) = the quantised rows times weight (OC rows of B) + bias (rows past
