@@ -81,7 +81,7 @@ inline void set_coef(WBlock<T>& w, const int* c, int times) {
 }
 
 struct Legacy {  // the 32-value types
-  static constexpr int kN = 1, kS = 32, kOff = 0;
+  static constexpr int kN = 1, kS = 32, kOff = 0, kD = 0;  // kD: d's byte in the block (a min's m at kD + 2)
   static constexpr bool kSigned = false, kScales = false, kMin = false;
 };
 template <class B> struct Vec;
@@ -123,7 +123,7 @@ template <> struct Vec<BlockIQ4_NL> : Legacy {
 };
 
 struct KType {  // 256 values in eight vectors, sub-block scales
-  static constexpr int kN = 8, kOff = 0;
+  static constexpr int kN = 8, kOff = 0, kD = 0;
   static constexpr bool kSigned = false, kScales = true, kMin = false;
 };
 template <class B> struct VecK45 : KType {  // Q4_K, Q5_K: vector 2g / 2g + 1: the low / high nibbles of qs[32 g ..]
@@ -153,10 +153,10 @@ template <> struct Vec<BlockQ4_K> : VecK45<BlockQ4_K> {};
 template <> struct Vec<BlockQ5_K> : VecK45<BlockQ5_K> {};
 // Q2_K, Q3_K: vector j (sub-blocks 2 j, 2 j + 1) = bit pair k = j % 4 of the 32 bytes qs[32 (j / 4) ..]
 template <> struct Vec<BlockQ2_K> : KType {
-  static constexpr int kS = 16;
+  static constexpr int kS = 16, kD = 80;
   static constexpr bool kMin = true;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
-    w.d = half_at(p + 80), w.m = half_at(p + 82);
+    w.d = half_at(p + kD), w.m = half_at(p + kD + 2);
     int sc[16], mn[16];
     for (int s = 0; s < 16; s++) sc[s] = p[s] & 15, mn[s] = p[s] >> 4;
     set_scales(w, sc);
@@ -165,9 +165,9 @@ template <> struct Vec<BlockQ2_K> : KType {
   }
 };
 template <> struct Vec<BlockQ3_K> : KType {  // u = 2 bits | hmask bit 4 h + k << 2, value u - 4
-  static constexpr int kS = 16, kOff = 4;
+  static constexpr int kS = 16, kOff = 4, kD = 108;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
-    w.d = half_at(p + 108), w.m = 0.f;
+    w.d = half_at(p + kD), w.m = 0.f;
     const uint8_t* s8 = p + 96;
     int sc[16];
     for (int s = 0; s < 16; s++)
@@ -181,9 +181,9 @@ template <> struct Vec<BlockQ3_K> : KType {  // u = 2 bits | hmask bit 4 h + k <
   }
 };
 template <> struct Vec<BlockQ6_K> : KType {  // u = 4 bits of ql | 2 bits of qh << 4, value u - 32
-  static constexpr int kS = 16, kOff = 32;
+  static constexpr int kS = 16, kOff = 32, kD = 208;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
-    w.d = half_at(p + 208), w.m = 0.f;
+    w.d = half_at(p + kD), w.m = 0.f;
     int sc[16];
     for (int s = 0; s < 16; s++) sc[s] = (int8_t)p[192 + s];
     set_scales(w, sc);
@@ -210,6 +210,25 @@ template <> struct Vec<BlockIQ4_XS> : KType {
     for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
   }
 };
+
+// d and m (the min's scale; unset without one) of eight blocks of type B, row r's at base + at[r]: the 32 bits
+// holding them in one gather (never past a block's end), the floats unpack makes
+template <class B>
+inline void scales8(__m256& d, __m256& m, const uint8_t* base, __m256i at) {
+  using T = Vec<B>;
+  constexpr int kAt = T::kD + 4 <= (int)sizeof(B) ? T::kD : T::kD - 2;  // (d in the low or the high half)
+  const __m256i x = _mm256_i32gather_epi32((const int*)(base + kAt), at, 1);
+  auto halves = [](__m256i v) {  // the low halves of 8 lanes -> 8 floats
+#if defined(PT_ISA_AVX512)
+    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
+#else
+    const __m256i p = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), v);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08)));
+#endif
+  };
+  d = halves(kAt == T::kD ? x : _mm256_srli_epi32(x, 16));
+  if (T::kMin) m = halves(_mm256_srli_epi32(x, 16));
+}
 
 }  // namespace
 }  // namespace PT_NS

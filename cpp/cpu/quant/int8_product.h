@@ -151,22 +151,24 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
   for (int64_t o = o0; o < o1; o += 8) {
     const uint8_t* w[8];  // (rows past o1: the last one again, its lanes never stored)
     for (int r = 0; r < 8; r++) w[r] = weight + std::min(o + r, o1 - 1) * nb * kB;
+    const __m256i at = _mm256_mullo_epi32(_mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                           _mm256_set1_epi32((int)(o1 - 1 - o))),
+                                          _mm256_set1_epi32((int)(nb * kB)));  // (w[r] - w[0])
     const uint8_t* next = weight + (o + 8) * nb * kB;  // (the next group's rows: one run of bytes, asked for in
     const int64_t next_bytes = std::max<int64_t>(0, std::min<int64_t>(8, o1 - o - 8)) * nb * kB;  // order, a share
     __m256 acc[M] = {};  // (zeros)                                                         // per block step)
     for (int64_t b = 0; b < nb; b++) {
       __m256i I[M][8], C[kC ? M : 1][8];
-      alignas(32) float d[8], mw[8];
       for (int64_t i = b * 8 * kB; i < std::min((b + 1) * 8 * kB, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
       for (int r = 0; r < 8; r++) {
         WBlock<T> blk;
-        T::unpack(blk, w[r] + b * kB);
-        d[r] = blk.d, mw[r] = blk.m;
+        T::unpack(blk, w[r] + b * kB);  // (its d and m: scales8 below, for the eight rows at once)
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++)
           I[m][r] = block_ints(blk, q + m * IC + b * kV, sums + (m * IC + b * kV) / 16, C[kC ? m : 0][r]);
       }
-      const __m256 dw = _mm256_load_ps(d), mv = _mm256_load_ps(mw);
+      __m256 dw, mv = _mm256_setzero_ps();
+      scales8<B>(dw, mv, w[0] + b * kB, at);
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
