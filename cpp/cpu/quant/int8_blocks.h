@@ -27,10 +27,11 @@ struct alignas(32) WBlock {
   float d, m;
 };
 
-// bytes q[0..16) -> values 0..15 (low nibbles), 16..31 (high nibbles)
+// bytes q[0..16) -> values 0..15 (low nibbles), 16..31 (high nibbles): the 16 bytes in both halves, the upper
+// shifted by 4
 inline __m256i nibbles32(const uint8_t* q) {
-  const __m128i x = _mm_loadu_si128((const __m128i*)q);
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
+  const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)q));
+  return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(15));
 }
 // 32 bits at p -> byte j = 16 where bit j is set, else 0 (Q5's fifth bits)
 inline __m256i fifth_bits32(const uint8_t* p) {
