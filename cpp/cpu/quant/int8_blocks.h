@@ -68,17 +68,21 @@ inline void set_signed(WBlock<T>& w, int i, __m256i v) {
 }
 // sub-block scales as int16 lanes of vector i: kS = 32 one scale, kS = 16 two (values 16 i .. and 16 i + 16 ..)
 template <class T>
-inline void set_scales(WBlock<T>& w, const int* sc) {
+inline void set_scales(WBlock<T>& w, const int16_t* sc) {
   for (int i = 0; i < T::kN; i++)
-    w.sc[i] = T::kS == 32 ? _mm256_set1_epi16((short)sc[i])
-                          : _mm256_set_m128i(_mm_set1_epi16((short)sc[2 * i + 1]), _mm_set1_epi16((short)sc[2 * i]));
+    w.sc[i] = T::kS == 32 ? _mm256_set1_epi16(sc[i])
+                          : _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
 }
-// coef lane g (g < 16, 16 values each) = c[g / (kS / 16)]
-template <class T>
-inline void set_coef(WBlock<T>& w, const int* c, int times) {
-  alignas(32) int16_t lanes[16];
-  for (int g = 0; g < 16; g++) lanes[g] = (int16_t)(times * c[T::kS == 32 ? g / 2 : g]);
-  w.coef = _mm256_load_si256((const __m256i*)lanes);
+// 8 int16 values, one per 32 values -> 16 lanes, one per 16 (the coef of the kS = 32 types)
+inline __m256i per16(const int16_t* c) {
+  const __m128i x = _mm_loadu_si128((const __m128i*)c);
+  return _mm256_set_m128i(_mm_unpackhi_epi16(x, x), _mm_unpacklo_epi16(x, x));
+}
+// 16 bytes -> 16 int16 lanes in v (scratch for set_scales), returned as a vector too
+inline __m256i widen16(int16_t* v, __m128i bytes, bool is_signed) {
+  const __m256i x = is_signed ? _mm256_cvtepi8_epi16(bytes) : _mm256_cvtepu8_epi16(bytes);
+  _mm256_storeu_si256((__m256i*)v, x);
+  return x;
 }
 
 struct Legacy {  // the 32-value types
@@ -133,10 +137,17 @@ template <class B> struct VecK45 : KType {  // Q4_K, Q5_K: vector 2g / 2g + 1: t
   template <class W>  // (WBlock<Vec<B>>)
   static void unpack(W& w, const uint8_t* p) {
     w.d = half_at(p), w.m = half_at(p + 2);
-    int sc[8], mn[8];
-    for (int s = 0; s < 8; s++) scale_min_k4(s, p + 4, &sc[s], &mn[s]);
-    set_scales(w, sc);
-    set_coef(w, mn, 1);
+    uint32_t u[4];  // scale_min_k4 of the eight sub-blocks at once: bytes sc[0 .. 8), mn[0 .. 8) (as llama.cpp)
+    std::memcpy(u, p + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    const uint32_t mins = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = mins;
+    u[0] &= 0x3f3f3f3f;
+    alignas(32) int16_t v[16];
+    widen16(v, _mm_loadu_si128((const __m128i*)u), false);
+    set_scales(w, v);
+    w.coef = per16(v + 8);
     const bool five = B::kType == kQ5_K;
     const __m256i h = five ? _mm256_loadu_si256((const __m256i*)(p + 16)) : _mm256_setzero_si256();
     for (int g = 0; g < 4; g++) {
@@ -158,10 +169,10 @@ template <> struct Vec<BlockQ2_K> : KType {
   static constexpr bool kMin = true;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p + kD), w.m = half_at(p + kD + 2);
-    int sc[16], mn[16];
-    for (int s = 0; s < 16; s++) sc[s] = p[s] & 15, mn[s] = p[s] >> 4;
+    alignas(32) int16_t sc[16], mn[16];  // (scale | min << 4 of each sub-block)
+    for (int s = 0; s < 16; s++) sc[s] = (int16_t)(p[s] & 15), mn[s] = (int16_t)(p[s] >> 4);
     set_scales(w, sc);
-    set_coef(w, mn, 1);
+    w.coef = _mm256_load_si256((const __m256i*)mn);
     for (int j = 0; j < 8; j++) w.v[j] = field(_mm256_loadu_si256((const __m256i*)(p + 16 + 32 * (j / 4))), 2 * (j % 4), 3);
   }
 };
@@ -170,11 +181,11 @@ template <> struct Vec<BlockQ3_K> : KType {  // u = 2 bits | hmask bit 4 h + k <
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p + kD), w.m = 0.f;
     const uint8_t* s8 = p + 96;
-    int sc[16];
+    alignas(32) int16_t sc[16];
     for (int s = 0; s < 16; s++)
-      sc[s] = (((s < 8 ? s8[s] : s8[s - 8] >> 4) & 15) | (((s8[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+      sc[s] = (int16_t)((((s < 8 ? s8[s] : s8[s - 8] >> 4) & 15) | (((s8[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32);
     set_scales(w, sc);
-    set_coef(w, sc, kOff);
+    w.coef = _mm256_slli_epi16(_mm256_load_si256((const __m256i*)sc), 2);  // (kOff sc)
     const __m256i hm = _mm256_loadu_si256((const __m256i*)p);
     for (int j = 0; j < 8; j++)
       w.v[j] = _mm256_or_si256(field(_mm256_loadu_si256((const __m256i*)(p + 32 + 32 * (j / 4))), 2 * (j % 4), 3),
@@ -185,10 +196,10 @@ template <> struct Vec<BlockQ6_K> : KType {  // u = 4 bits of ql | 2 bits of qh 
   static constexpr int kS = 16, kOff = 32, kD = 208;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p + kD), w.m = 0.f;
-    int sc[16];
-    for (int s = 0; s < 16; s++) sc[s] = (int8_t)p[192 + s];
+    alignas(32) int16_t sc[16];
+    const __m256i s16 = widen16(sc, _mm_loadu_si128((const __m128i*)(p + 192)), true);
     set_scales(w, sc);
-    set_coef(w, sc, kOff);
+    w.coef = _mm256_slli_epi16(s16, 5);  // (kOff sc)
     for (int h = 0; h < 2; h++) {  // vector 4 h + k: low 4 bits from ql[64 h + 32 (k & 1)] (nibble k / 2), high
       const __m256i qh = _mm256_loadu_si256((const __m256i*)(p + 128 + 32 * h));  // 2 from bit pair k of qh[32 h]
       for (int k = 0; k < 4; k++) {
@@ -204,10 +215,11 @@ template <> struct Vec<BlockIQ4_XS> : KType {
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p), w.m = 0.f;
     const int sh = read16(p + 2);
-    int sc[8];
-    for (int s = 0; s < 8; s++) sc[s] = (((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32;
+    alignas(16) int16_t sc[8];
+    for (int s = 0; s < 8; s++)
+      sc[s] = (int16_t)((((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32);
     set_scales(w, sc);
-    set_coef(w, sc, 128);  // (the VNNI panels take the levels as v + 128: int8_panel.h)
+    w.coef = _mm256_slli_epi16(per16(sc), 7);  // (128 sc: the VNNI panels take the levels as v + 128, int8_panel.h)
     for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
   }
 };
