@@ -66,7 +66,19 @@ inline void set_signed(WBlock<T>& w, int i, __m256i v) {
   w.sign[i] = v;
   w.v[i] = _mm256_sign_epi8(v, v);
 }
-// sub-block scales as int16 lanes of vector i: kS = 32 one scale, kS = 16 two (values 16 i .. and 16 i + 16 ..)
+// sub-block scales sc (int16 lanes, one per sub-block in order) as the int16 lanes of vector i: kS = 32 one scale,
+// kS = 16 two (values 16 i .. and 16 i + 16 ..), each broadcast from its dword (no round trip through memory)
+template <class T>
+inline void set_scales(WBlock<T>& w, __m256i sc) {
+  for (int i = 0; i < T::kN; i++) {
+    const __m256i pair = _mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(T::kS == 32 ? i / 2 : i));
+    const __m256i pick = T::kS == 32 ? _mm256_set1_epi16(i % 2 ? 0x0302 : 0x0100)
+                                     : _mm256_set_m128i(_mm_set1_epi16(0x0302), _mm_set1_epi16(0x0100));
+    w.sc[i] = _mm256_shuffle_epi8(pair, pick);
+  }
+}
+// the same from scales a scalar loop wrote (Q3_K, IQ4_XS): each broadcast from memory (a vector load of what was
+// just stored one by one would wait for the stores)
 template <class T>
 inline void set_scales(WBlock<T>& w, const int16_t* sc) {
   for (int i = 0; i < T::kN; i++)
@@ -74,16 +86,7 @@ inline void set_scales(WBlock<T>& w, const int16_t* sc) {
                           : _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
 }
 // 8 int16 values, one per 32 values -> 16 lanes, one per 16 (the coef of the kS = 32 types)
-inline __m256i per16(const int16_t* c) {
-  const __m128i x = _mm_loadu_si128((const __m128i*)c);
-  return _mm256_set_m128i(_mm_unpackhi_epi16(x, x), _mm_unpacklo_epi16(x, x));
-}
-// 16 bytes -> 16 int16 lanes in v (scratch for set_scales), returned as a vector too
-inline __m256i widen16(int16_t* v, __m128i bytes, bool is_signed) {
-  const __m256i x = is_signed ? _mm256_cvtepi8_epi16(bytes) : _mm256_cvtepu8_epi16(bytes);
-  _mm256_storeu_si256((__m256i*)v, x);
-  return x;
-}
+inline __m256i per16(__m128i c) { return _mm256_set_m128i(_mm_unpackhi_epi16(c, c), _mm_unpacklo_epi16(c, c)); }
 
 struct Legacy {  // the 32-value types
   static constexpr int kN = 1, kS = 32, kOff = 0, kD = 0;  // kD: d's byte in the block (a min's m at kD + 2)
@@ -144,10 +147,9 @@ template <class B> struct VecK45 : KType {  // Q4_K, Q5_K: vector 2g / 2g + 1: t
     u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
     u[2] = mins;
     u[0] &= 0x3f3f3f3f;
-    alignas(32) int16_t v[16];
-    widen16(v, _mm_loadu_si128((const __m128i*)u), false);
-    set_scales(w, v);
-    w.coef = per16(v + 8);
+    const __m128i x = _mm_loadu_si128((const __m128i*)u);
+    set_scales(w, _mm256_cvtepu8_epi16(x));
+    w.coef = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, x));  // (mn[g / 2] in lane g)
     const bool five = B::kType == kQ5_K;
     const __m256i h = five ? _mm256_loadu_si256((const __m256i*)(p + 16)) : _mm256_setzero_si256();
     for (int g = 0; g < 4; g++) {
@@ -169,10 +171,9 @@ template <> struct Vec<BlockQ2_K> : KType {
   static constexpr bool kMin = true;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p + kD), w.m = half_at(p + kD + 2);
-    alignas(32) int16_t sc[16], mn[16];  // (scale | min << 4 of each sub-block)
-    for (int s = 0; s < 16; s++) sc[s] = (int16_t)(p[s] & 15), mn[s] = (int16_t)(p[s] >> 4);
-    set_scales(w, sc);
-    w.coef = _mm256_load_si256((const __m256i*)mn);
+    const __m128i x = _mm_loadu_si128((const __m128i*)p);  // (scale | min << 4 of each sub-block)
+    set_scales(w, _mm256_cvtepu8_epi16(_mm_and_si128(x, _mm_set1_epi8(15))));
+    w.coef = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(x, 4), _mm_set1_epi8(15)));
     for (int j = 0; j < 8; j++) w.v[j] = field(_mm256_loadu_si256((const __m256i*)(p + 16 + 32 * (j / 4))), 2 * (j % 4), 3);
   }
 };
@@ -196,9 +197,8 @@ template <> struct Vec<BlockQ6_K> : KType {  // u = 4 bits of ql | 2 bits of qh 
   static constexpr int kS = 16, kOff = 32, kD = 208;
   static void unpack(WBlock<Vec>& w, const uint8_t* p) {
     w.d = half_at(p + kD), w.m = 0.f;
-    alignas(32) int16_t sc[16];
-    const __m256i s16 = widen16(sc, _mm_loadu_si128((const __m128i*)(p + 192)), true);
-    set_scales(w, sc);
+    const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 192)));
+    set_scales(w, s16);
     w.coef = _mm256_slli_epi16(s16, 5);  // (kOff sc)
     for (int h = 0; h < 2; h++) {  // vector 4 h + k: low 4 bits from ql[64 h + 32 (k & 1)] (nibble k / 2), high
       const __m256i qh = _mm256_loadu_si256((const __m256i*)(p + 128 + 32 * h));  // 2 from bit pair k of qh[32 h]
@@ -219,7 +219,7 @@ template <> struct Vec<BlockIQ4_XS> : KType {
     for (int s = 0; s < 8; s++)
       sc[s] = (int16_t)((((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32);
     set_scales(w, sc);
-    w.coef = _mm256_slli_epi16(per16(sc), 7);  // (128 sc: the VNNI panels take the levels as v + 128, int8_panel.h)
+    w.coef = _mm256_slli_epi16(per16(_mm_load_si128((const __m128i*)sc)), 7);  // (128 sc: the VNNI panels take the levels as v + 128, int8_panel.h)
     for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
   }
 };
