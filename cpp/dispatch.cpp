@@ -58,8 +58,11 @@ CpuFeatures detect() {
 }
 #endif
 
-// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd, =vpdpbusd
-// keeps the VNNI panels for 16+ rows on a CPU with AMX-INT8 (to test them, and to measure one against the other)
+// PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it);
+// =tiles runs the products of 16+ rows on AMX-INT8 tiles where the CPU has them. The tiles are not the default: on
+// the one AMX machine measured (a Sapphire Rapids Xeon) the VNNI panels were as fast at 16-512 rows and faster in
+// models (prefill 7-18%, Gemma 3's 16-row step 12%: bench/NOTES.md, sessions 11, 12 and 14) -- the per-block
+// scales store every C tile after a 32-deep product. They stay, exact and tested, to measure on newer CPUs.
 bool int8_dot_forced(const char* name) {
   const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
   return forced && std::string(forced) == name;
@@ -115,12 +118,12 @@ const std::vector<Variant>& variants() {
                     decltype(table->hamming_candidates_forward) hamming_vpopcnt = nullptr) {
       Kernels own = *table;
       vnni = vnni && !int8_dot_forced("vpmaddubsw");
-      tiles = tiles && vnni && !int8_dot_forced("vpdpbusd");
+      tiles = tiles && vnni && int8_dot_forced("tiles");
       if (vnni) own.matmul_q8_forward = q8_vnni;
       vpopcnt = vpopcnt && !no_vpopcnt();
       if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
 #ifdef PT_HAVE_AMX
-      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni)
+      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni; opt-in)
 #endif
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");

@@ -63,14 +63,6 @@ def assert_within_the_reference_bound(rng, qtype, sizes):
         assert opcases.rel_err(got, case.spec.reference(x, case.o)["out"]) <= case.tol, (N, OC)
 
 
-@pytest.mark.skipif(not pt.cpu_info()["int8_tiles"], reason="no AMX-INT8 here (the VNNI / AVX2 / scalar forms run)")
-@pytest.mark.parametrize("qtype", INTEGER)
-def test_the_amx_tiles_are_exact_at_ragged_row_and_output_counts(rng, qtype):
-    """From 16 rows the products run on AMX-INT8 tiles (16-row A tiles padded past N, 32-output panels cut at OC;
-    Q2_K, Q3_K, Q6_K on the VNNI panels): integer sums exact, so the reference's float32 bound holds at every size."""
-    assert_within_the_reference_bound(rng, qtype, [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)])
-
-
 @pytest.mark.parametrize("qtype", INTEGER)
 def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
     """1-3 input rows (decode) stream the weight rows from their bytes, eight at a time (int8_product.h stream_rows,
@@ -145,17 +137,20 @@ def test_a_group_takes_bad_input_as_one_line_errors(rng):
         _core.matmul_q8_group_forward([out], x, [w.data], [w.code, w.code], [None], 2, 64)
 
 
-@pytest.mark.parametrize("forced, needs", [("vpmaddubsw", "vpdpbusd"), ("vpdpbusd", "tiles")])
-def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
-    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU, =vpdpbusd keeps the VNNI panels
-    for 16+ rows on an AMX-INT8 CPU (what CPUs without AMX run): their cases pass too, each row the same bits alone."""
-    if needs == "vpdpbusd" and not ops.int8_dot().startswith("vpdpbusd"):
+@pytest.mark.parametrize("forced", ["vpmaddubsw", "tiles"])
+def test_the_other_dot_products_run_where_forced(tmp_path, forced):
+    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =tiles runs 16+ rows on AMX-INT8
+    tiles (not the default: slower than the VNNI panels where measured; 16-row A tiles padded past N, 32-output panels
+    cut at OC, Q2_K / Q3_K / Q6_K on the panels): every registry case within the reference's float32 bound (integer
+    sums exact), at ragged row and output counts too, and each row the same bits alone as in its batch."""
+    if forced == "vpmaddubsw" and not ops.int8_dot().startswith("vpdpbusd"):
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
-    if needs == "tiles" and not pt.cpu_info()["int8_tiles"]:
-        pytest.skip("no AMX-INT8 here: the default run already tests the VNNI panels")
+    if forced == "tiles" and not pt.cpu_info()["amx_bf16"]:
+        pytest.skip("no AMX here (it is verified on an AMX machine)")
     script = ("import numpy as np, pytransformer as pt\n"
               "from pytransformer import opcases, ops, _core\n"
-              f"assert pt.cpu_info()['int8_dot'] == {forced!r} and not pt.cpu_info()['int8_tiles']\n"
+              f"assert (pt.cpu_info()['int8_dot'], pt.cpu_info()['int8_tiles']) == "
+              f"{(forced, False) if forced == 'vpmaddubsw' else ('vpdpbusd', True)!r}\n"
               "rng = np.random.default_rng(0)\n"
               "for isa in set(_core.available_isas()) & {'avx2', 'avx512'}:\n"
               "    pt.set_isa(isa)\n"
@@ -169,6 +164,12 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced, needs):
               "                return ops.matmul_forward(rows, w, b, activations='int8')\n"
               "            one = np.concatenate([q8(r[None]) for r in x['inp']])\n"
               "            assert (q8(x['inp']) == one).all(), (isa, c.label)\n"
+              "for qtype in ops.INTEGER_QTYPES:\n"
+              "    for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)]:\n"
+              "        c = opcases.case('matmul_quantized_int8', N=N, IC=opcases.QUANT_IC[qtype][k], OC=OC, qtype=qtype)\n"
+              "        x = c.make(rng)\n"
+              "        got = c.spec.ours(x, c.o)['out']\n"
+              "        assert opcases.rel_err(got, c.spec.reference(x, c.o)['out']) <= c.tol, (qtype, N, OC)\n"
               "print('ok')\n")
     passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 

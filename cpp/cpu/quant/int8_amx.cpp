@@ -6,9 +6,10 @@
 // into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Per 32 values
 // both panels' B tiles (tmm6-7) are loaded once and every row tile runs against them, double-buffered (tmm0-1 /
 // tmm2-3 C, tmm4 / tmm5 A) so the tile unit works while the vector unit scales. Fewer than 16 rows, and the types
-// scaled per 16 values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_forward). Compiled only with the
-// AMX flags, used where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()). bench/NOTES.md,
-// sessions 11 and 13.
+// scaled per 16 values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the
+// AMX flags, used where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()) and
+// PYTRANSFORMER_INT8_DOT=tiles asks for it: no faster than the VNNI panels on the machine measured (dispatch.cpp).
+// bench/NOTES.md, sessions 11, 13 and 14.
 #include <immintrin.h>
 
 #include <algorithm>
