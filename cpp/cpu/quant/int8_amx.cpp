@@ -63,10 +63,10 @@ inline void issue(const int8_t* A, int64_t IC) {
 #undef PT_TILE_STEP
 }
 
-// out (rows ldo floats apart) rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows (row tiles of 16, padded
-// with zero rows past N; dasum: das() of every row's blocks, the 32-value types') + bias. Per 32 values (a block,
-// or a K type's sub-block) both B tiles are loaded once and every row tile runs against them; acc (rows x 32
-// floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
+// out (rows ldo floats apart) rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows
+// (row tiles of 16, padded with zero rows past N; dasum: das() of every row's blocks, the 32-value types') + bias.
+// Per 32 values (a block, or a K type's sub-block) both B tiles are loaded once and every row tile runs against
+// them; acc (rows x 32 floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
 template <class T>
 void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
                const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {

@@ -219,7 +219,8 @@ template <> struct Vec<BlockIQ4_XS> : KType {
     for (int s = 0; s < 8; s++)
       sc[s] = (int16_t)((((p[4 + s / 2] >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)) - 32);
     set_scales(w, sc);
-    w.coef = _mm256_slli_epi16(per16(_mm_load_si128((const __m128i*)sc)), 7);  // (128 sc: the VNNI panels take the levels as v + 128, int8_panel.h)
+    // (128 sc: the VNNI panels take the levels as v + 128, int8_panel.h)
+    w.coef = _mm256_slli_epi16(per16(_mm_load_si128((const __m128i*)sc)), 7);
     for (int s = 0; s < 8; s++) set_signed(w, s, iq4_levels(nibbles32(p + 8 + 16 * s)));
   }
 };

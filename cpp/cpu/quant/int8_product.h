@@ -59,10 +59,10 @@ inline __m256 add_sums(__m256 acc, __m256i I, const __m256i C[8], __m256 dw, __m
   return acc;
 }
 
-// out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked weight rows w (block b of
-// row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) + bias, input rows in pairs:
-// lane r + 4 i of a pair's accumulator is weight row r times input row 2 p + i (an odd M's last pair takes its row
-// twice and stores it once).
+// out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked
+// weight rows w (block b of row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) +
+// bias, input rows in pairs: lane r + 4 i of a pair's accumulator is weight row r times input row 2 p + i (an odd
+// M's last pair takes its row twice and stores it once).
 template <class T, int M>
 void tile(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums,
           const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nr) {
@@ -133,11 +133,12 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
   }
 }
 
-// out (M rows ldo floats apart) columns o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at a time streamed
-// from their bytes: block by block unpacked in registers and dotted with every input row, the eight rows' integer
-// sums reduced exactly into one vector (lane r: weight row r), then per block in order one FMA of those sums times
-// d da and one of the min's term: the order of the VNNI panels and AMX tiles (int8_panel.h add_block), so that a
-// row's outputs are the same bits whatever the rows beside it (a request alone or in a serving batch).
+// out (M rows ldo floats apart) columns o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at
+// a time streamed from their bytes: block by block unpacked in registers and dotted with every input row (their d
+// and m gathered for the eight at once: scales8), the eight rows' integer sums reduced exactly into one vector
+// (lane r: weight row r), then per block in order one FMA of those sums times d da and one of the min's term: the
+// order of the VNNI panels and AMX tiles (int8_panel.h add_block), so that a row's outputs are the same bits
+// whatever the rows beside it (a request alone or in a serving batch).
 template <class B, int M>
 void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
                  const float* bias, int64_t IC, int64_t o0, int64_t o1) {
