@@ -559,12 +559,15 @@ class MatmulQuantizedInt8(MatmulQuantized):
     float32 rounding of the per-block scales and of the sum over IC / block blocks, as in the float product; a
     quantisation that differs by one step in one value moves the output by ~1e-3 of its scale."""
 
-    def ours(self, x, o):
-        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"], activations="int8")}
+    def ours(self, x, o):  # (and as a group of two products of one input: q|k|v's, gate|up's)
+        group = ops.matmul_group_forward(x["inp"], [x["weight"]] * 2, [x["bias"], None])
+        return {"out": ops.matmul_forward(x["inp"], x["weight"], x["bias"], activations="int8"),
+                "group": np.concatenate(group, axis=-1)}
 
     def reference(self, x, o):
         w = x["weight"]
-        return {"out": ref.matmul_q8_forward(x["inp"], w.data, w.qtype, x["bias"])}
+        out = ref.matmul_q8_forward(x["inp"], w.data, w.qtype, x["bias"])
+        return {"out": out, "group": np.concatenate([out, ref.matmul_q8_forward(x["inp"], w.data, w.qtype)], -1)}
 
     def calls(self, x, o):
         out = empty((x["inp"].shape[0], x["weight"].shape[0]), like=x["inp"])

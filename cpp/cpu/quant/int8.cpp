@@ -276,6 +276,7 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
 namespace pt {
 namespace PT_NS {
 void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
+  if (writes_nothing(p, n, N)) return;
   Q8Rows q8[2];
   quantize_rows(q8, p, n, inp, N, IC, N);
   plain::products(p, n, q8, N, IC);
@@ -288,6 +289,7 @@ void matmul_q8_vnni_rows(const QProduct* p, int64_t n, const Q8Rows q8[2], int64
 #endif
 }
 void matmul_q8_vnni_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
+  if (writes_nothing(p, n, N)) return;
   Q8Rows q8[2];
   quantize_rows(q8, p, n, inp, N, IC, N);
   matmul_q8_vnni_rows(p, n, q8, N, IC);

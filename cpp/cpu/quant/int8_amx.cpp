@@ -139,6 +139,7 @@ bool tiled(int qtype) { return qtype != kQ2_K && qtype != kQ3_K && qtype != kQ6_
 
 void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
   using tiles::tiled;
+  if (writes_nothing(p, n, N)) return;
   const bool tile = N >= tiles::kMinRows;
   Q8Rows q8[2];
   avx512::quantize_rows(q8, p, n, inp, N, IC, tile ? (N + 15) / 16 * 16 : N);

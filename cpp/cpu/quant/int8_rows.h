@@ -22,6 +22,14 @@ constexpr int64_t q8_block(int qtype) {
              : 32;
 }
 
+// Whether a group's products write nothing (no rows, or no outputs): then nothing is quantised either -- never a loop
+// over rows, however many, that no output needs
+inline bool writes_nothing(const QProduct* p, int64_t n, int64_t N) {
+  int64_t outputs = 0;
+  for (int64_t i = 0; i < n; i++) outputs += p[i].OC;
+  return N == 0 || outputs == 0;
+}
+
 namespace PT_NS {
 // q (C int8), d (C / block scales), sums (C / 16) of one row x (C floats), block 32 or 256
 void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t C, int64_t block);
