@@ -107,12 +107,11 @@ template <class B>
 inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
   constexpr int kQs = (int)offsetof(B, qs);
   constexpr bool kMin = B::kType == kQ4_1;
-  __m512i z[4];  // z[k]: rows 4 k .. 4 k + 3, one per 128-bit lane
-  for (int k = 0; k < 4; k++) {
-    z[k] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(rows[4 * k] + kQs)));
-    for (int j = 1; j < 4; j++)
-      z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i*)(rows[4 * k + j] + kQs)), j);
-  }
+  auto qs = [&](int r) { return _mm_loadu_si128((const __m128i*)(rows[r] + kQs)); };
+  __m512i z[4];  // z[k]: rows 4 k .. 4 k + 3, one per 128-bit lane (the lane an immediate: written out)
+  for (int k = 0; k < 4; k++)
+    z[k] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(qs(4 * k)), qs(4 * k + 1),
+                                                                    1), qs(4 * k + 2), 2), qs(4 * k + 3), 3);
   const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
   const __m512i b0 = _mm512_unpacklo_epi32(z[2], z[3]), b1 = _mm512_unpackhi_epi32(z[2], z[3]);
   // c[t] dword 4 j + k = row 4 k + j's dword t: permuted so that lane o is row o's
