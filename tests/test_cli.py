@@ -53,9 +53,18 @@ def corpus(tmp_path):
     (["sample", "x.st", "--tokens", "-5"], ["--tokens"]), (["embed", "a", "--batch-size", "0"], ["--batch-size"]),
     (["search", "f", "q", "--top", "0"], ["--top"]), (["nonsense"], ["invalid choice"]),
     (["embed", "a", "--dtype", "int4"], ["--dtype", "invalid choice"]),
+    (["embed", "a", "--frobnicate", "b"], ["unrecognized arguments: --frobnicate b"]),
+    (["info", "smollm2", "extra"], ["unrecognized arguments: extra"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, words):
     one_line_error(cli(*args, cwd=tmp_path), 2, "error:", *words)
+
+
+def test_texts_may_go_on_after_an_option():
+    from pytransformer.cli import build_parser, parse
+
+    args = parse(build_parser(), ["embed", "a", "--dtype", "int8", "b", "c", "--similarity"])
+    assert args.texts == ["a", "b", "c"] and args.dtype == "int8" and args.similarity
 
 
 def test_bad_files_are_one_line_and_exit_1(tmp_path, corpus):

@@ -37,13 +37,27 @@ def build_parser():
     return parser
 
 
+def parse(parser, argv):
+    """The command's arguments. A command whose list of positionals may go on after an option names that list's
+    dest in its `interleaved` default (`embed a --dtype int8 b` embeds a and b: argparse's parse_args takes the
+    positionals before the first option only, and its parse_intermixed_args refuses subcommands); anything else
+    left over is refused as argparse refuses it."""
+    args, rest = parser.parse_known_args(argv)
+    dest = getattr(args, "interleaved", None)
+    if rest and dest and not any(a.startswith("-") for a in rest):
+        getattr(args, dest).extend(rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv=None) -> int:
     """Runs one command. A user's mistake (a bad option, a missing or malformed file) is one line on stderr and a
     non-zero exit; Ctrl-C exits with 130; a closed pipe (`| head`) ends quietly. PYTRANSFORMER_DEBUG=1 shows the
     traceback of any error instead."""
     import os
 
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         if args.threads is not None:
             from .._runtime import set_num_threads

@@ -30,7 +30,7 @@ def add_parsers(sub, parents):
     p.add_argument("--model", help=ENCODER_HELP)
     p.add_argument("--batch-size", type=POSITIVE, default=32, dest="batch_size", help="sentences per batch")
     add_formats(p)
-    p.set_defaults(func=cmd_embed)
+    p.set_defaults(func=cmd_embed, interleaved="texts")  # (texts on both sides of an option: all of them)
     p = sub.add_parser("index", parents=parents, help="embed a file's lines once into an index folder",
                        description="Embed every non-empty line of a text file into an index folder (float32 "
                                    "embeddings, sign bits for a fast first pass, optionally int8), for `search`. "
