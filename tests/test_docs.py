@@ -97,12 +97,12 @@ def commands(code):
 @pytest.mark.parametrize("code,marker", blocks("bash"))
 def test_bash_block_commands_parse(code, marker):
     """`pytransformer ...` parses with the real parser (nothing runs); `python FILE` names a file that exists."""
-    from pytransformer.cli import build_parser
+    from pytransformer.cli import build_parser, parse
 
     for words in commands(code):
         if words[0] == "pytransformer":
             try:
-                build_parser().parse_args(words[1:])
+                parse(build_parser(), words[1:])
             except SystemExit as e:
                 pytest.fail(f"{' '.join(words)}: exit {e.code}")
         elif words[0] == "python" and words[1].endswith(".py"):
