@@ -210,18 +210,26 @@ void quantize_row_q8(int8_t* q, float* d, int16_t* sums, const float* x, int64_t
       __m256i i[4];
       for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8 * k), sv));
       const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-      _mm256_storeu_si256((__m256i*)(q + b * block + j),
-                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      const __m256i v = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256((__m256i*)(q + b * block + j), v);
+      // the sums of its two halves: the bytes + 128 (unsigned) summed per 8 by vpsadbw, less 16 x 128 per half
+      const __m256i s8 = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+      const __m128i lo = _mm256_castsi256_si128(s8), hi = _mm256_extracti128_si256(s8, 1);
+      const __m128i s16 = _mm_add_epi64(_mm_unpacklo_epi64(lo, hi), _mm_unpackhi_epi64(lo, hi));
+      sums[(b * block + j) / 16] = (int16_t)(_mm_cvtsi128_si64(s16) - 16 * 128);
+      sums[(b * block + j) / 16 + 1] = (int16_t)(_mm_extract_epi64(s16, 1) - 16 * 128);
     }
 #else
     for (int64_t j = 0; j < block; j++) q[b * block + j] = (int8_t)std::min(127.f, std::nearbyint(xb[j] * iscale));
 #endif
   }
+#if !defined(PT_ISA_AVX512) && !defined(PT_ISA_AVX2)
   for (int64_t g = 0; g < C / 16; g++) {
     int s = 0;
     for (int j = 0; j < 16; j++) s += q[16 * g + j];
     sums[g] = (int16_t)s;
   }
+#endif
 }
 
 void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC, int64_t rows) {

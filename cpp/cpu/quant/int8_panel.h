@@ -73,16 +73,6 @@ void to_panel(Panel<T>& P, const WBlock<T>* w) {
   P.m = _mm512_castsi512_ps(gather(&w->m));
 }
 
-// the panel of 16 Q8_0 blocks at rows[0 .. 16) read in place: their bytes are the values (no unpack to WBlock)
-inline void q8_0_panel(Panel<Vec<BlockQ8_0>>& P, const uint8_t* const rows[16]) {
-  const __m256i* at[16];
-  alignas(32) uint16_t d[16];
-  for (int r = 0; r < 16; r++) at[r] = (const __m256i*)(rows[r] + 2), d[r] = read16(rows[r]);
-  transpose_quads(P.q[0], at);
-  for (int t = 0; t < 8; t++) P.q[0][t] = _mm512_xor_si512(P.q[0][t], _mm512_set1_epi8((char)0x80));
-  P.d = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)d));
-  P.m = _mm512_setzero_ps();
-}
 
 // Whether a type's panel is made straight from its blocks' bytes (16 rows' dwords transposed into the quads, no
 // unpack to WBlock and back): Q8_0 (q8_0_panel) and the 4-bit types (nibble_panel; Q4_1 at 4 / 16 rows 73 / 137 us
@@ -97,6 +87,17 @@ inline __m512i dwords16(const uint8_t* const rows[16], int at) {
   const __m512i hi = _mm512_add_epi64(_mm512_loadu_si512(rows + 8), _mm512_set1_epi64(at));
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_i64gather_epi32(lo, nullptr, 1)),
                             _mm512_i64gather_epi32(hi, nullptr, 1), 1);
+}
+
+// the panel of 16 Q8_0 blocks at rows[0 .. 16) read in place: their bytes are the values (no unpack to WBlock); d
+// gathered (16 half stores read back as one vector stalled on store forwarding)
+inline void q8_0_panel(Panel<Vec<BlockQ8_0>>& P, const uint8_t* const rows[16]) {
+  const __m256i* at[16];
+  for (int r = 0; r < 16; r++) at[r] = (const __m256i*)(rows[r] + 2);
+  transpose_quads(P.q[0], at);
+  for (int t = 0; t < 8; t++) P.q[0][t] = _mm512_xor_si512(P.q[0][t], _mm512_set1_epi8((char)0x80));
+  P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dwords16(rows, 0)));
+  P.m = _mm512_setzero_ps();
 }
 
 // The panel of 16 blocks of a 4-bit type (Q4_0, Q4_1, IQ4_NL) at rows[0 .. 16), from their bytes: value j < 16 is
@@ -238,20 +239,35 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
     const uint8_t* next = weight + (o0 + nc) * rb;
     const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
+    // the group's rows' blocks at[j][r] (rows past OC: a zero block, not written), advanced a block at a time by
+    // vector adds (their addresses made per block and row took as long as the panels of 16 rows' products)
+    static const uint8_t zero[sizeof(B)] = {};
+    alignas(64) const uint8_t* at[kPanelP][16];
+    __m512i ptr[kPanelP][2], step[kPanelP][2];
+    for (int j = 0; j < kPanelP; j++)
+      for (int h = 0; h < 2; h++) {
+        alignas(64) int64_t p8[8], s8[8];
+        for (int r = 0; r < 8; r++) {
+          const int64_t row = 16 * j + 8 * h + r;
+          p8[r] = row < nc ? (int64_t)(weight + (o0 + row) * rb) : (int64_t)zero;
+          s8[r] = row < nc ? (int64_t)sizeof(B) : 0;
+        }
+        ptr[j][h] = _mm512_load_si512(p8), step[j][h] = _mm512_load_si512(s8);
+      }
     for (int64_t b = 0; b < nb; b++) {
       for (int64_t i = b * kStep; i < std::min((b + 1) * kStep, next_bytes); i += 64)
         __builtin_prefetch(next + i, 0, 3);
       for (int j = 0; j < kPanelP; j++) {
+        for (int h = 0; h < 2; h++) {
+          _mm512_store_si512(at[j] + 8 * h, ptr[j][h]);
+          ptr[j][h] = _mm512_add_epi64(ptr[j][h], step[j][h]);
+        }
         if constexpr (kDirectPanel<B>) {
-          static const uint8_t zero[sizeof(B)] = {};  // (rows past OC: zeros, not written)
-          alignas(64) const uint8_t* at[16];
-          for (int r = 0; r < 16; r++)
-            at[r] = 16 * j + r < nc ? weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B) : zero;
-          if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(panels[b * kPanelP + j], at);
-          else nibble_panel<B>(panels[b * kPanelP + j], at);
+          if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(panels[b * kPanelP + j], at[j]);
+          else nibble_panel<B>(panels[b * kPanelP + j], at[j]);
         } else {
           for (int r = 0; r < 16; r++) {
-            if (16 * j + r < nc) T::unpack(rows[r], weight + (o0 + 16 * j + r) * rb + b * (int64_t)sizeof(B));
+            if (16 * j + r < nc) T::unpack(rows[r], at[j][r]);
             else std::memset((void*)&rows[r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
           }
           to_panel(panels[b * kPanelP + j], rows);
