@@ -1,5 +1,6 @@
 """This machine's limits, measured in the same run as the kernels: FMA throughput per ISA variant (independent
-FMA chains on every thread) and memory bandwidth of a threaded a + b -> out pass at an L3-resident (25 MB per
+FMA chains on every thread), the integer dot product's throughput (the instruction the int8-activation products
+use: cpu_info()["int8_dot"]) and memory bandwidth of a threaded a + b -> out pass at an L3-resident (25 MB per
 array) and a DRAM-sized (400 MB) working set.
 
     python bench/limits.py [--threads 1 2]
@@ -39,6 +40,13 @@ def fma_peak(threads, isa=None, seconds=0.3):
         pytransformer.set_isa(before)
 
 
+def int8_peak(threads, seconds=0.3):
+    """Best GOP/s (2 per multiply-add, as flops count) of independent integer dot-product chains on `threads`
+    threads, with the instruction the int8 products use (cpu_info()["int8_dot"]: vpdpbusd, vpmaddubsw, scalar)."""
+    pytransformer.set_num_threads(threads)
+    return _best_rate(lambda iters: 2 * _core.int8_dot_probe(iters), 10**5, 2 * 10**6, seconds)
+
+
 def amx_peak(threads, seconds=0.3):
     """Best GFLOP/s of independent bf16 tile products (TDPBF16PS) on `threads` threads; None without AMX."""
     if not pytransformer.cpu_info()["amx_bf16"]:
@@ -76,13 +84,15 @@ def read_bandwidth(threads, nbytes=400 * 2**20, reps=9):
 
 
 def measure(threads=(1, 2)):
-    """-> {"fma": {isa: {threads: GFLOP/s}}, "amx_bf16": {threads: GFLOP/s} (empty without AMX),
+    """-> {"fma": {isa: {threads: GFLOP/s}}, "int8": {threads: GOP/s}, "amx_bf16": {threads: GFLOP/s} (empty
+    without AMX),
     "bandwidth_l3": {threads: GB/s}, "bandwidth_dram": {...}}"""
     before = pytransformer.get_num_threads()
     isas = [i for i in pytransformer.cpu_info()["available_isas"] if i != "baseline"] or ["baseline"]
     try:
         amx = {n: amx_peak(n) for n in threads} if pytransformer.cpu_info()["amx_bf16"] else {}
-        return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas}, "amx_bf16": amx,
+        return {"fma": {isa: {n: fma_peak(n, isa) for n in threads} for isa in isas},
+                "int8": {n: int8_peak(n) for n in threads}, "amx_bf16": amx,
                 "bandwidth_l3": {n: bandwidth(n) for n in threads},
                 "bandwidth_dram": {n: bandwidth(n, 400 * 2**20, reps=5) for n in threads},
                 "bandwidth_read": {n: read_bandwidth(n) for n in threads}}
@@ -97,6 +107,8 @@ def main():
     lim = measure(args.threads)
     for isa, per in lim["fma"].items():
         print(f"FMA peak {isa:>7}: " + ", ".join(f"{n} thr {v:6.1f} GFLOP/s" for n, v in per.items()))
+    print(f"int8 dot peak ({pytransformer.cpu_info()['int8_dot']}): "
+          + ", ".join(f"{n} thr {v:6.1f} GOP/s" for n, v in lim["int8"].items()))
     if lim["amx_bf16"]:
         print("AMX bf16 peak   : " + ", ".join(f"{n} thr {v:6.1f} GFLOP/s" for n, v in lim["amx_bf16"].items()))
     for key in ("bandwidth_l3", "bandwidth_dram"):

@@ -826,6 +826,13 @@ PYBIND11_MODULE(_core, m) {
     const NoGil nogil;
     return K().fma_probe(&sink, iters);
   }, "benchmark probe: flops done by independent FMA chains on every thread", arg("iters"));
+  m.def("int8_dot_probe", [](int64_t iters) {
+    check_nonneg({iters});
+    int32_t sink = 0;
+    const NoGil nogil;
+    return K().int8_dot_probe(&sink, iters);
+  }, "benchmark probe: multiply-adds done by independent integer dot-product chains (cpu_info()['int8_dot']) on "
+     "every thread", arg("iters"));
   m.def("sum_squares", [](O x, int64_t n) {
     check_nonneg({n});
     const float* p = array_data<float>(x, "x", {n});

@@ -119,7 +119,7 @@ const std::vector<Variant>& variants() {
       Kernels own = *table;
       vnni = vnni && !int8_dot_forced("vpmaddubsw");
       tiles = tiles && vnni && int8_dot_forced("tiles");
-      if (vnni) own.matmul_q8_forward = q8_vnni;
+      if (vnni) own.matmul_q8_forward = q8_vnni, own.int8_dot_probe = own.int8_dot_vnni_probe;
       vpopcnt = vpopcnt && !no_vpopcnt();
       if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
 #ifdef PT_HAVE_AMX

@@ -175,6 +175,20 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced):
     passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 
 
+def test_the_int8_dot_probe_counts_the_multiply_adds_of_its_instruction(isa):
+    """bench/limits.py's int8 peak: 12 chains on each thread, each round one instruction of cpu_info()['int8_dot']
+    (vpdpbusd on zmm: 64 multiply-adds; on ymm, or vpmaddubsw + vpmaddwd on ymm: 32; the baseline's scalar: 1)."""
+    from pytransformer import _core
+
+    per = {"vpdpbusd": 64, "vpdpbusd-ymm": 32, "vpmaddubsw": 32, "scalar": 1}[ops.int8_dot()]
+    before = pt.get_num_threads()
+    try:
+        pt.set_num_threads(1)
+        assert _core.int8_dot_probe(1000) == 12 * per * 1000
+    finally:
+        pt.set_num_threads(before)
+
+
 def test_bad_input_is_a_one_line_error(rng):
     w = ops.Quantized(opcases.random_blocks(rng, "Q4_1", 4, 64), "Q4_1", (4, 64))
     x = opcases.f32(rng, 2, 64)

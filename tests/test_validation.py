@@ -228,14 +228,15 @@ def test_every_core_function_that_takes_sizes_is_swept():
     with_ints = {n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))
                  and not isinstance(getattr(_core, n), type) and takes_ints(getattr(_core, n))}
     # (the rest: a thread count, the benchmark probes' loop counts and quant_row_bytes, checked below)
-    assert with_ints - set(CORE_CALLS) == {"set_num_threads", "fma_probe", "amx_probe", "quant_row_bytes"}
+    assert with_ints - set(CORE_CALLS) == {"set_num_threads", "fma_probe", "amx_probe", "int8_dot_probe",
+                                           "quant_row_bytes"}
 
 
 def test_core_private_entry_points_check_their_sizes():
     with pytest.raises(ValueError, match="overflow"):
         _core.quant_row_bytes(0, 2**62)  # F32: 4 bytes a value
     assert _core.quant_row_bytes(2, 2**62) == 2**62 // 32 * 18  # (no overflow: fewer bytes than values)
-    for probe in (_core.fma_probe, _core.amx_probe):
+    for probe in (_core.fma_probe, _core.amx_probe, _core.int8_dot_probe):
         with pytest.raises(ValueError):
             probe(-1)
     e = np.empty(0, np.float32)

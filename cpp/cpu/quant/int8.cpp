@@ -296,6 +296,14 @@ void matmul_q8_vnni_rows(const QProduct* p, int64_t n, const Q8Rows q8[2], int64
   plain::products(p, n, q8, N, IC);
 #endif
 }
+double int8_dot_probe(int32_t* sink, int64_t iters) { return plain::dot_probe(sink, iters); }
+double int8_dot_vnni_probe(int32_t* sink, int64_t iters) {
+#ifdef PT_Q8_HAVE_VNNI
+  return vnni::dot_probe(sink, iters);
+#else
+  return plain::dot_probe(sink, iters);
+#endif
+}
 void matmul_q8_vnni_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
   if (writes_nothing(p, n, N)) return;
   Q8Rows q8[2];

@@ -278,6 +278,60 @@ void products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64
   }
 }
 
+// The benchmark probe (bench/limits.py's int8 peak): iters rounds of 12 independent integer dot-product chains on
+// every thread, with this copy's instruction on the widest vectors its products take (vpdpbusd: zmm where the VNNI
+// panels run, ymm for AVX-VNNI; vpmaddubsw + vpmaddwd + vpaddd on ymm without VNNI; scalar multiply-adds on the
+// baseline) -> the multiply-adds done; the sums go to sink (so that nothing is optimised away)
+double dot_probe(int32_t* sink, int64_t iters) {
+  constexpr int kChains = 12;
+  double macs = 0.0;
+#pragma omp parallel num_threads(threads()) reduction(+ : macs)
+  {
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+    using P = __m512i;
+    auto set = [](int x) { return _mm512_set1_epi8((char)x); };
+    auto step = [](P acc, P a, P b) { return _mm512_dpbusd_epi32(acc, a, b); };
+#elif defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+    using P = __m256i;
+    auto set = [](int x) { return _mm256_set1_epi8((char)x); };
+#if defined(PT_Q8_VNNI)
+    auto step = [](P acc, P a, P b) { return _mm256_dpbusd_avx_epi32(acc, a, b); };
+#else
+    auto step = [](P acc, P a, P b) {
+      return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+    };
+#endif
+#else
+    using P = uint32_t;  // (wraps, as the vector lanes do)
+    auto set = [](int x) { return (P)x; };
+    auto step = [](P acc, P a, P b) { return acc + a * b; };
+#endif
+    constexpr int kLanes = sizeof(P) / 4, kPerLane = sizeof(P) > 4 ? 4 : 1;  // (4 multiply-adds per int32 lane)
+    P acc[kChains], a = set(1);
+    const P b = set(2);
+    for (int u = 0; u < kChains; u++) acc[u] = set(u);
+    for (int64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+      for (int u = 0; u < kChains; u++) acc[u] = step(acc[u], a, b);
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+      __asm__ volatile("" : "+v"(a));  // (a unknown to the compiler: no chain folded into one multiply)
+#else
+      __asm__ volatile("" : "+r"(a));
+#endif
+    }
+    int32_t total = 0;
+    for (int u = 0; u < kChains; u++) {
+      int32_t lanes[kLanes];
+      std::memcpy(lanes, &acc[u], sizeof(P));
+      for (int l = 0; l < kLanes; l++) total += lanes[l];
+    }
+#pragma omp critical
+    sink[0] += total;
+    macs += (double)kLanes * kPerLane * kChains * (double)iters;
+  }
+  return macs;
+}
+
 }  // namespace PT_Q8_NS
 }  // namespace PT_NS
 }  // namespace pt

@@ -123,6 +123,10 @@
   double sum_squares(const float* x, int64_t n);                                                             \
   /* benchmark probe: iters rounds of 16 independent FMA chains per thread; returns the flops done */          \
   double fma_probe(float* sink, int64_t iters);                                                               \
+  /* benchmark probe: iters rounds of 12 independent integer dot-product chains per thread with the instruction  \
+     the int8 products use (the _vnni entry: vpdpbusd, swapped in with matmul_q8's); returns the multiply-adds */ \
+  double int8_dot_probe(int32_t* sink, int64_t iters);                                                        \
+  double int8_dot_vnni_probe(int32_t* sink, int64_t iters);                                                   \
   /* Hamming candidates (search.py's first pass over sign bits, hamming.cpp): signs (W, N) uint64, word w of    \
      row r at signs[w * N + r]; queries (Q, W). For each query, every row within the distance of its n-th       \
      nearest row (ties at that distance included; n clamped to N), ascending: ids (Q, capacity) gets the first  \
@@ -146,7 +150,7 @@
   X(mask_logits)                                                                                            \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
   X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
-  X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
+  X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(int8_dot_probe) X(int8_dot_vnni_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
   X(matmul_q_dinp) X(matmul_w8_dinp)                                                                        \
   X(dequantize_rows) X(geglu_forward) X(geglu_backward)                                                      \
