@@ -369,12 +369,15 @@ class pinned_threads:
 
 def limit_of(row, limits):
     """The machine limit a kernel is measured against: FMA peak of the active ISA for GFLOP/s kernels (the AMX
-    bf16 tile peak for the bf16 matmuls), for GB/s kernels the L3-resident bandwidth when the inputs fit in 64 MB
-    and the DRAM bandwidth past that -- at the same thread count."""
+    bf16 tile peak for the bf16 matmuls, the integer dot product's peak for the int8-activation products), for GB/s
+    kernels the L3-resident bandwidth when the inputs fit in 64 MB and the DRAM bandwidth past that -- at the same
+    thread count."""
     if limits is None:
         return None
     if row["group"] == "matmul_bf16":
         return limits.get("amx_bf16", {}).get(row["threads"])
+    if row["kernel"].startswith("matmul_quantized_int8") and row["unit"] == "GFLOP/s":
+        return limits.get("int8", {}).get(row["threads"])
     if row["unit"] == "GFLOP/s":
         return limits["fma"].get(pytransformer.cpu_info()["isa"], {}).get(row["threads"])
     key = "bandwidth_dram" if row["bytes"] > 64 << 20 else "bandwidth_l3"
@@ -548,6 +551,8 @@ def main():
     lim = machine_limits.measure(args.threads)
     for isa, per in lim["fma"].items():
         print(f"# FMA peak {isa}: " + ", ".join(f"{n} thr {v:.0f} GFLOP/s" for n, v in per.items()))
+    print(f"# int8 dot peak ({pytransformer.cpu_info()['int8_dot']}): "
+          + ", ".join(f"{n} thr {v:.0f} GOP/s" for n, v in lim["int8"].items()))
     if lim.get("amx_bf16"):
         print("# AMX bf16 peak: " + ", ".join(f"{n} thr {v:.0f} GFLOP/s" for n, v in lim["amx_bf16"].items()))
     for key in ("bandwidth_l3", "bandwidth_dram"):
@@ -571,7 +576,7 @@ def plot(rows, path):
     y = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(16, 0.28 * len(rows) + 2), sharey=True)
     axes[0].barh(y, [r.get("pct_limit") or 0 for r in rows], color="tab:blue")
-    axes[0].set_xlabel("% of machine limit (FMA peak or bandwidth)")
+    axes[0].set_xlabel("% of machine limit (FMA, int8 dot or AMX peak, or bandwidth)")
     axes[0].axvline(85, color="gray", ls="--", lw=0.8)
     axes[1].barh(y - 0.2, [r.get("vs_torch") or 0 for r in rows], height=0.4, label="vs torch")
     axes[1].barh(y + 0.2, [min(r.get("vs_numpy") or 0, 10) for r in rows], height=0.4, label="vs numpy (capped 10)")
