@@ -134,9 +134,13 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
     norm(*this, L.attn_norm, h, mean, rstd, x, B, scaled);
     products(L.qkv, qkv, h, B);
     // each row over its own cache, the rows split across the threads: first every row's rotary positions and
-    // cache writes, then every row's attention (a prompt's rows in one slot see all of their earlier rows)
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && B > 1)
-    for (int64_t b = 0; b < B; b++) {
+    // cache writes, then every row's attention (a prompt's rows in one slot see all of their earlier rows). One row
+    // runs outside any parallel region, so that the kernels it calls take the threads themselves: inside a region
+    // that `if` had left to one thread, a kernel's own region is nested, and libgomp starts new threads for a
+    // nested team on every call (decoding one sequence at 2 threads was 3x slower from the ~455th position on, where
+    // attention goes parallel).
+    const bool split = nt > 1 && B > 1;
+    auto rotate_and_cache = [&](int64_t b) {
       float* q = qkv + b * QKV;
       float* kn = q + QD;
       const float* vn = kn + KD;
@@ -152,14 +156,21 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
         std::memcpy(krow, kn, sizeof(float) * KD);
       }
       std::memcpy(v[l] + (slots[b] * capacity + pos[b]) * KD, vn, sizeof(float) * KD);
-    }
-    // a sliding window: the keys from the window's first on (the kernel sees a shorter cache)
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && B > 1)
-    for (int64_t b = 0; b < B; b++) {
+    };
+    auto attend = [&](int64_t b) {  // (a sliding window: the keys from the window's first on, a shorter cache)
       const int64_t first = L.window > 0 && pos[b] >= L.window ? pos[b] - L.window + 1 : 0;
       const int64_t row = (slots[b] * capacity + first) * KD;
       K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + row, v[l] + row, nullptr, 1, NH, NKV, 1,
                           pos[b] + 1 - first, capacity, HS, true, 0, attn_scale, true);
+    };
+    if (split) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+      for (int64_t b = 0; b < B; b++) rotate_and_cache(b);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+      for (int64_t b = 0; b < B; b++) attend(b);
+    } else {
+      for (int64_t b = 0; b < B; b++) rotate_and_cache(b);
+      for (int64_t b = 0; b < B; b++) attend(b);
     }
     L.o.product(tmp, att, B);
     add_output(*this, L.post_attn_norm, x, tmp, h, mean, rstd, B, scaled);
