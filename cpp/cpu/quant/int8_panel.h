@@ -240,7 +240,7 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
     const uint8_t* next = weight + (o0 + nc) * rb;
     const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
     // the group's rows' blocks at[j][r] (rows past OC: a zero block, not written), advanced a block at a time by
-X
+    // vector adds (made per block and row, with a compare each, they were ~18% of Q4_1's 16-row product in perf)
     static const uint8_t zero[sizeof(B)] = {};
     alignas(64) const uint8_t* at[kPanelP][16];
     __m512i ptr[kPanelP][2], step[kPanelP][2];
