@@ -240,13 +240,16 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
     q8[k] = Q8Rows{};
     if (!need[k]) continue;
     const int64_t block = k ? 256 : 32;
-    float* d = buf[k].floats((size_t)(rows * IC / block + rows * IC / 32 + rows * IC / 4 + 16));
+    const int64_t nds = k ? 0 : rows * IC / 32;  // (ds: blocks of 32 only)
+    float* d = buf[k].floats((size_t)(rows * IC / block + nds + rows * IC / 32 + rows * IC / 4 + 16));
     q8[k].d = d;
-    q8[k].sums = reinterpret_cast<int16_t*>(d + rows * IC / block);
+    q8[k].ds = k ? nullptr : d + rows * IC / block;
+    q8[k].sums = reinterpret_cast<int16_t*>(d + rows * IC / block + nds);
     q8[k].q = reinterpret_cast<int8_t*>(q8[k].sums + rows * IC / 16);
     std::memset(q8[k].q + N * IC, 0, (size_t)((rows - N) * IC));
     std::memset(q8[k].d + N * IC / block, 0, (size_t)((rows - N) * IC / block) * sizeof(float));
     std::memset(q8[k].sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
+    if (!k) std::memset(q8[k].ds + N * IC / 32, 0, (size_t)((rows - N) * IC / 32) * sizeof(float));
   }
   const Q8Rows* a = q8;  // (the caller's: shared by the threads)
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
@@ -255,6 +258,10 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
       if (need[k]) {
         const int64_t block = k ? 256 : 32;
         quantize_row_q8(a[k].q + r * IC, a[k].d + r * IC / block, a[k].sums + r * IC / 16, inp + r * IC, IC, block);
+        for (int64_t b = 0; !k && b < IC / 32; b++) {
+          const int64_t at = r * IC / 32 + b;
+          a[k].ds[at] = a[k].d[at] * (float)(a[k].sums[2 * at] + a[k].sums[2 * at + 1]);
+        }
       }
 }
 

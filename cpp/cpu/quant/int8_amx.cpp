@@ -64,12 +64,12 @@ inline void issue(const int8_t* A, int64_t IC) {
 }
 
 // out (rows ldo floats apart) rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows
-// (row tiles of 16, padded with zero rows past N; dasum: das() of every row's blocks, the 32-value types') + bias.
+// (row tiles of 16, padded with zero rows past N; das: Q8Rows' da (sum a), the 32-value types') + bias.
 // Per 32 values (a block, or a K type's sub-block) both B tiles are loaded once and every row tile runs against
 // them; acc (rows x 32 floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
 template <class T>
 void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* dasum, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
+               const float* das, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
   constexpr int kV = 32 * T::kN;
   const int64_t tiles = (N + 15) / 16;
   static thread_local ScratchBuffer buf;
@@ -100,7 +100,7 @@ void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, cons
         for (int m = 0; m < 16; m++) {  // (block b's sums: add_block, the panels' order, so a row is the same bits
           const int64_t n = 16 * r + m;  // in any batch; the K types' sums of sc[s] C_s gathered in I until the last)
           const int16_t* s16 = sums + (n * IC + b * kV) / 16;
-          const __m512 dd = _mm512_set1_ps(da[n * nb + b]), ds = T::kScales ? dd : _mm512_set1_ps(dasum[n * nb + b]);
+          const __m512 dd = _mm512_set1_ps(da[n * nb + b]), ds = T::kScales ? dd : _mm512_set1_ps(das[n * nb + b]);
           for (int j = 0; j < kPanelP; j++) {
             float* an = acc + 32 * n + 16 * j;
             int32_t* in = I + 32 * n + 16 * j;
@@ -119,13 +119,12 @@ void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, cons
       store16(out + n * ldo + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
 }
 
-// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N; dasum: das() of every row's
-// blocks, the 32-value types')
+// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N)
 template <class B>
-void product(const QProduct& p, const Q8Rows& a, const float* dasum, int64_t N, int64_t IC) {
+void product(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC) {
   for_panel_groups<B>(p.weight, N, IC, p.OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
     configure();
-    tile_rows<Vec<B>>(p.out, p.ldo, panels, a.q, a.d, a.sums, dasum, p.bias, N, IC / B::kValues, IC, o0, nc);
+    tile_rows<Vec<B>>(p.out, p.ldo, panels, a.q, a.d, a.sums, a.ds, p.bias, N, IC / B::kValues, IC, o0, nc);
     _tile_release();
   });
 }
@@ -149,13 +148,9 @@ void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N
     if (!tile || !tiled(p[i].qtype) || p[i].OC == 0) rest.push_back(p[i]);
   if (!rest.empty()) avx512::matmul_q8_vnni_rows(rest.data(), (int64_t)rest.size(), q8, N, IC);
   if ((int64_t)rest.size() == n) return;
-  static thread_local ScratchBuffer buf;
-  const int64_t rows = (N + 15) / 16 * 16, nb = IC / 32;
-  float* dasum = buf.floats((size_t)(rows * nb + 16));
-  for (int64_t i = 0; q8[0].q && i < rows * nb; i++) dasum[i] = das(q8[0].d, q8[0].sums, 0, 0, i);
   for (int64_t i = 0; i < n; i++) {
     if (!tiled(p[i].qtype) || p[i].OC == 0) continue;
-    auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], q8[q8_block(p[i].qtype) == 256], dasum, N, IC); };
+    auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], q8[q8_block(p[i].qtype) == 256], N, IC); };
     if (!with_block(RegisterBlocks{}, p[i].qtype, run)) with_block(RowBlocks{}, p[i].qtype, run);
   }
 }

@@ -11,12 +11,6 @@ namespace pt {
 namespace PT_NS {
 namespace {
 
-// da (sum a) of 32-value block b of quantised row n (da: the rows' block scales, sums: their sums per 16): the
-// min's term of Q4_1 / Q5_1, made by every int8 product in this one float operation
-inline float das(const float* da, const int16_t* sums, int64_t nb, int64_t n, int64_t b) {
-  return da[n * nb + b] * (float)(sums[2 * (n * nb + b)] + sums[2 * (n * nb + b) + 1]);
-}
-
 // One unpacked weight block of type T (T::kN vectors of 32 values).
 template <class T>
 struct alignas(32) WBlock {

@@ -161,10 +161,10 @@ inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, __m512 dd, __m
 }
 
 // out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nc (nc <= 16 kPanelP) = panels p (block b's at
-// p[b kPanelP + j]) times the quantised rows + bias
+// p[b kPanelP + j]) times the quantised rows (q, da, sums, das: Q8Rows') + bias
 template <class T, int M>
 void panel_tile(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-                const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nc) {
+                const float* das, const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nc) {
   constexpr int PP = kPanelP, kV = 32 * T::kN, kQuads = T::kScales ? T::kS / 4 : 8;
   __m512 acc[PP][M] = {};  // (zeros)
   for (int64_t b = 0; b < nb; b++) {
@@ -198,7 +198,7 @@ void panel_tile(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, con
     for (int m = 0; m < M; m++) {
       const int16_t* s16 = sums + ((n0 + m) * IC + b * kV) / 16;
       const __m512 dd = _mm512_set1_ps(da[(n0 + m) * nb + b]);
-      const __m512 ds = T::kScales ? dd : _mm512_set1_ps(das(da, sums, nb, n0 + m, b));
+      const __m512 ds = T::kScales ? dd : _mm512_set1_ps(das[(n0 + m) * nb + b]);
 #pragma GCC unroll 8
       for (int j = 0; j < PP; j++) acc[j][m] = add_block(acc[j][m], I[j][m], pb[j], dd, ds, s16);
     }
@@ -211,13 +211,13 @@ void panel_tile(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, con
 
 template <class T, int M = kPanelM>
 void panel_tiles(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-                 const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
+                 const float* das, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
   int64_t n0 = 0;
-  for (; n0 + M <= N; n0 += M) panel_tile<T, M>(out, ldo, p, q, da, sums, bias, nb, IC, n0, o0, nc);
+  for (; n0 + M <= N; n0 += M) panel_tile<T, M>(out, ldo, p, q, da, sums, das, bias, nb, IC, n0, o0, nc);
   if constexpr (M > 1)
     if (n0 < N)
-      panel_tiles<T, M - 1>(out + n0 * ldo, ldo, p, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb,
-                            IC, o0, nc);  // (the rows left: fewer than M)
+      panel_tiles<T, M - 1>(out + n0 * ldo, ldo, p, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16,
+                            das ? das + n0 * nb : nullptr, bias, N - n0, nb, IC, o0, nc);  // (the rows left: < M)
 }
 
 // body(panels, o0, nc) for each group of weight rows o0 .. o0 + nc (nc <= 16 kPanelP), split among the threads,
@@ -281,10 +281,10 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
 // out (N, OC; rows ldo floats apart) = the quantised rows times weight + bias: every tile of kPanelM input rows
 // reads each group's panels
 template <class B>
-void panel_product(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
+void panel_product(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
                    const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
-    panel_tiles<Vec<B>>(out, ldo, panels, q, da, sums, bias, N, IC / B::kValues, IC, o0, nc);
+    panel_tiles<Vec<B>>(out, ldo, panels, q, da, sums, das, bias, N, IC / B::kValues, IC, o0, nc);
   });
 }
 

@@ -50,7 +50,7 @@ inline __m256i sum_lanes8(const __m256i v[8]) {
 // acc + one block's products for 8 (weight row, input row) pairs, lane by lane, from their exact integer sums (I;
 // C: the K types' min sums; block_ints reduced by sum_lanes8): I times d da, then the min's term -- the float
 // operations of int8_panel.h's add_block in its order, so every int8 product gives a row the same bits in any batch
-// (dw, mw: the weight rows' d and m; dam: the input rows' da; das: their das(), the 32-value types' min term)
+// (dw, mw: the weight rows' d and m; dam: the input rows' da; das: their da (sum a), Q8Rows::ds)
 template <class T>
 inline __m256 add_sums(__m256 acc, __m256i I, const __m256i C[8], __m256 dw, __m256 mw, __m256 dam, __m256 das) {
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(dw, dam), acc);
@@ -60,12 +60,12 @@ inline __m256 add_sums(__m256 acc, __m256i I, const __m256i C[8], __m256 dw, __m
 }
 
 // out (rows ldo floats apart) rows n0 .. n0 + M, columns o0 .. o0 + nr (nr <= kRowsR) = their kRowsR unpacked
-// weight rows w (block b of row r at w[b kRowsR + r]) times the quantised rows (q, da, sums: quantize_row_q8's) +
+// weight rows w (block b of row r at w[b kRowsR + r]) times the quantised rows (q, da, sums, das: Q8Rows') +
 // bias, input rows in pairs: lane r + 4 i of a pair's accumulator is weight row r times input row 2 p + i (an odd
 // M's last pair takes its row twice and stores it once).
 template <class T, int M>
 void tile(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums,
-          const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nr) {
+          const float* das, const float* bias, int64_t nb, int64_t IC, int64_t n0, int64_t o0, int64_t nr) {
   constexpr int R = kRowsR, P = (M + 1) / 2, kV = 32 * T::kN;
   static_assert(R == 4, "a pair of input rows fills the 8 lanes");
   __m256 acc[P] = {};  // (zeros)
@@ -83,9 +83,9 @@ void tile(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const fl
         I[i] = block_ints(w[b * R + i % R], q + at, sums + at / 16, C[i]);
       }
       const __m256 dam = _mm256_set_m128(_mm_set1_ps(da[n[1] * nb + b]), _mm_set1_ps(da[n[0] * nb + b]));
-      const __m256 ds = T::kMin && !T::kScales ? _mm256_set_m128(_mm_set1_ps(das(da, sums, nb, n[1], b)),
-                                                                 _mm_set1_ps(das(da, sums, nb, n[0], b)))
-                                               : dam;
+      const __m256 ds = T::kMin && !T::kScales
+                            ? _mm256_set_m128(_mm_set1_ps(das[n[1] * nb + b]), _mm_set1_ps(das[n[0] * nb + b]))
+                            : dam;
       acc[p] = add_sums<T>(acc[p], sum_lanes8(I), C, dw, mv, dam, ds);
     }
   }
@@ -100,21 +100,21 @@ void tile(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const fl
 
 template <class T, int M = kRowsM>
 void tiles(float* out, int64_t ldo, const WBlock<T>* w, const int8_t* q, const float* da, const int16_t* sums,
-           const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nr) {
+           const float* das, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nr) {
   int64_t n0 = 0;
-  for (; n0 + M <= N; n0 += M) tile<T, M>(out, ldo, w, q, da, sums, bias, nb, IC, n0, o0, nr);
+  for (; n0 + M <= N; n0 += M) tile<T, M>(out, ldo, w, q, da, sums, das, bias, nb, IC, n0, o0, nr);
   if constexpr (M > 1)
     if (n0 < N)
-      tiles<T, M - 1>(out + n0 * ldo, ldo, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16, bias, N - n0, nb, IC, o0,
-                      nr);  // (the rows left: fewer than M)
+      tiles<T, M - 1>(out + n0 * ldo, ldo, w, q + n0 * IC, da + n0 * nb, sums + n0 * IC / 16,
+                      das ? das + n0 * nb : nullptr, bias, N - n0, nb, IC, o0, nr);  // (the rows left: fewer than M)
 }
 
 // out (N, OC; rows ldo floats apart) = the quantised rows times weight (OC rows of B) + bias (rows past
 // stream_products' and, with VNNI on AVX-512, short of the panels'): the threads split the weight rows in groups of
 // kRowsR, each group unpacked once (scratch, L1) and read by every tile of kRowsM input rows.
 template <class B>
-void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                const float* bias, int64_t N, int64_t IC, int64_t OC) {
+void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
+                const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using T = Vec<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRowsR - 1) / kRowsR;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
@@ -129,7 +129,7 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
         if (r < nr) T::unpack(w[b * kRowsR + r], block);
         else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
       }
-    tiles<T>(out, ldo, w, q, da, sums, bias, N, nb, IC, o0, nr);
+    tiles<T>(out, ldo, w, q, da, sums, das, bias, N, nb, IC, o0, nr);
   }
 }
 
@@ -140,15 +140,12 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
 // order of the VNNI panels and AMX tiles (int8_panel.h add_block), so that a row's outputs are the same bits
 // whatever the rows beside it (a request alone or in a serving batch).
 template <class B, int M>
-void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                 const float* bias, int64_t IC, int64_t o0, int64_t o1) {
+void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
+                 const uint8_t* weight, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
   using T = Vec<B>;
   constexpr int64_t kB = sizeof(B), kV = B::kValues;
   constexpr bool kMins = T::kMin && !T::kScales, kC = T::kMin && T::kScales;  // (Q4_1, Q5_1 / the K types' mins)
   const int64_t nb = IC / kV;
-  static thread_local ScratchBuffer buf;
-  float* ms = buf.floats((size_t)(M * nb));  // (M, nb): das of each block, made once for every weight row
-  for (int64_t i = 0; kMins && i < M * nb; i++) ms[i] = das(da, sums, nb, i / nb, i % nb);
   for (int64_t o = o0; o < o1; o += 8) {
     const uint8_t* w[8];  // (rows past o1: the last one again, its lanes never stored)
     for (int r = 0; r < 8; r++) w[r] = weight + std::min(o + r, o1 - 1) * nb * kB;
@@ -174,7 +171,7 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
       for (int m = 0; m < M; m++) {
         const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
         acc[m] = add_sums<T>(acc[m], sum_lanes8(I[m]), C[kC ? m : 0], dw, mv, dam,
-                             kMins ? _mm256_set1_ps(ms[m * nb + b]) : dam);
+                             kMins ? _mm256_set1_ps(das[m * nb + b]) : dam);
       }
     }
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::min<int64_t>(8, o1 - o)),
@@ -195,9 +192,9 @@ struct Chunk {
 };
 template <class B>
 void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int64_t o0, int64_t o1) {
-  if (N == 1) stream_rows<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
-  else if (N == 2) stream_rows<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
-  else stream_rows<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, p.weight, p.bias, IC, o0, o1);
+  if (N == 1) stream_rows<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
+  else if (N == 2) stream_rows<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
+  else stream_rows<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
 }
 void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64_t IC) {
   int64_t macs = 0;
@@ -225,8 +222,8 @@ void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N
 #else
 // The baseline: each weight row unpacked once into integers (Int<B>) and read by every input row, scalar sums.
 template <class B>
-void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const uint8_t* weight,
-                const float* bias, int64_t N, int64_t IC, int64_t OC) {
+void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* /*das*/,
+                const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using I = Int<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelElements)
@@ -270,9 +267,9 @@ void products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64
     auto run = [&](auto blk) {
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
       if (N >= kPanelM)
-        return panel_product<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, pi.weight, pi.bias, N, IC, pi.OC);
+        return panel_product<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, a.ds, pi.weight, pi.bias, N, IC, pi.OC);
 #endif
-      product_of<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, pi.weight, pi.bias, N, IC, pi.OC);
+      product_of<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, a.ds, pi.weight, pi.bias, N, IC, pi.OC);
     };
     if (pi.OC > 0 && !with_block(RegisterBlocks{}, pi.qtype, run)) with_block(RowBlocks{}, pi.qtype, run);
   }

@@ -8,11 +8,13 @@
 
 namespace pt {
 // Rows of IC values quantised for one block size: q (rows, IC), d (rows, IC / block: the scales), sums (rows, IC / 16:
-// the sums of q per 16 values)
+// the sums of q per 16 values); blocks of 32 also ds (rows, IC / 32): d (sum of the block's q), the min's term of
+// Q4_1 / Q5_1, made once here in this one float operation for every product that reads the rows
 struct Q8Rows {
   int8_t* q = nullptr;
   float* d = nullptr;
   int16_t* sums = nullptr;
+  float* ds = nullptr;
 };
 
 // The activations' block a type's products read: 256 values for the K types and IQ4_XS, else 32 (Q8Rows index 1, 0)
