@@ -176,7 +176,8 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
     add_output(*this, L.post_attn_norm, x, tmp, h, mean, rstd, B, scaled);
     norm(*this, L.ffn_norm, h, mean, rstd, x, B, scaled);
     products(L.up, up, h, B);
-    if (gated) {  // gate | up
+    if (gated) {  // gate | up (each row alone far below a kernel's threshold for threads: the rows split instead)
+#pragma omp parallel for num_threads(nt) schedule(static) if (split)
       for (int64_t b = 0; b < B; b++) {
         if (activation == kSiLU) K.swiglu_forward(act + b * F, up + b * U, up + b * U + F, F);
         else K.geglu_forward(act + b * F, up + b * U, up + b * U + F, F);

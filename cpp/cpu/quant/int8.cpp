@@ -251,8 +251,8 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
     std::memset(q8[k].sums + N * IC / 16, 0, (size_t)((rows - N) * IC / 16) * sizeof(int16_t));
     if (!k) std::memset(q8[k].ds + N * IC / 32, 0, (size_t)((rows - N) * IC / 32) * sizeof(float));
   }
-  const Q8Rows* a = q8;  // (the caller's: shared by the threads)
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC >= kParallelElements)
+  const Q8Rows* a = q8;  // (the caller's: shared by the threads; a 16-row step's rows split, ~6 us alone)
+#pragma omp parallel for num_threads(threads()) schedule(static) if (N > 1 && N * IC >= kParallelElements / 8)
   for (int64_t r = 0; r < N; r++)
     for (int k = 0; k < 2; k++)
       if (need[k]) {
