@@ -253,6 +253,7 @@ PYBIND11_MODULE(_core, m) {
     const pt::BusyThreads busy = pt::busy_threads({});
     return py::make_tuple(busy.own_other, busy.foreign);
   }, "(this process's running threads but the caller, other processes' running threads): what the load probe reads");
+  m.def("tune_malloc", &pt::tune_malloc, "glibc's malloc keeps freed blocks up to 32 MiB (runtime.cpp); True if it took");
   m.def("have_amx", &pt::have_amx, "AMX-BF16 usable here (CPU, OS permission, build)");
   m.def("amx_probe", [](int64_t iters) {
     check_nonneg({iters});

@@ -17,6 +17,9 @@
 #include <dirent.h>
 #include <sys/syscall.h>
 #endif
+#ifdef __GLIBC__
+#include <malloc.h>  // mallopt
+#endif
 
 #ifdef PT_HAVE_OPENMP
 #include <omp.h>
@@ -206,4 +209,22 @@ void set_num_threads(int n) {
   if (!in_forked_child()) omp_set_num_threads(n);
 #endif
 }
+// glibc's malloc serves a block over its mmap threshold (128 KiB, raised towards 32 MiB only as such blocks are
+// freed) with a fresh mapping and unmaps it on free, and trims the heap's free top: every forward pass's new NumPy
+// arrays (a 512-token prefill's activations, 1-6 MiB each) faulted their pages in again, zeroed by the kernel --
+// 19% of a SmolLM2 prefill's CPU time in page faults at 2 threads (bench/NOTES.md, session 16). A fixed threshold of
+// 32 MiB and a trim threshold of 64 MiB (where glibc's own adjustment ends once it has freed a 32 MiB block) keep
+// such blocks in the heap for the next pass, as an inference engine's arena would: a free top of the heap over 64 MiB
+// still goes back to the OS, blocks over 32 MiB are still mapped and unmapped. PYTRANSFORMER_MALLOC_TUNING=0 leaves
+// malloc as it is.
+bool tune_malloc() {
+#ifdef __GLIBC__
+  const char* v = std::getenv("PYTRANSFORMER_MALLOC_TUNING");
+  if (v && std::string(v) == "0") return false;
+  return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1;
+#else
+  return false;
+#endif
+}
+
 }  // namespace pt

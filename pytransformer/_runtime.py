@@ -6,6 +6,9 @@ from . import _core
 
 # Choose the kernel variant now, so that a bad PYTRANSFORMER_ISA fails at import with its message.
 _core.active_isa()
+# Freed blocks up to 32 MiB stay in glibc's heap: each forward pass's fresh arrays reuse them instead of faulting
+# in new pages (runtime.cpp; PYTRANSFORMER_MALLOC_TUNING=0 turns it off).
+_MALLOC_TUNED = bool(_core.tune_malloc())
 
 
 def cpu_info() -> dict:
@@ -24,6 +27,7 @@ def cpu_info() -> dict:
         "popcount": _core.popcount(),  # the bit count search's Hamming candidates run (hamming.cpp)
         "forked_child": bool(_core.in_forked_child()),  # a fork() child runs every kernel on one thread
         "capped_by_load": bool(_core.threads_capped_by_load()),  # a busy machine: kernels on one thread for now
+        "malloc_tuned": _MALLOC_TUNED,  # glibc keeps freed blocks up to 32 MiB for the next arrays (runtime.cpp)
     }
 
 

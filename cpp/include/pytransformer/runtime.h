@@ -25,4 +25,7 @@ struct BusyThreads {
   long foreign = 0;
 };
 BusyThreads busy_threads(const std::vector<long>& team);
+// glibc's malloc: blocks up to 32 MiB kept in the heap when freed instead of handed back to the OS (runtime.cpp);
+// true where it took (glibc, PYTRANSFORMER_MALLOC_TUNING not 0). Called once, at import.
+bool tune_malloc();
 }  // namespace pt
