@@ -216,10 +216,12 @@ void set_num_threads(int n) {
 // 32 MiB and a trim threshold of 64 MiB (where glibc's own adjustment ends once it has freed a 32 MiB block) keep
 // such blocks in the heap for the next pass, as an inference engine's arena would: a free top of the heap over 64 MiB
 // still goes back to the OS, blocks over 32 MiB are still mapped and unmapped. PYTRANSFORMER_MALLOC_TUNING=0 leaves
-// malloc as it is.
+// malloc as it is (1 or unset: tuned; anything else is an error at import, not a setting silently ignored).
 bool tune_malloc() {
-#ifdef __GLIBC__
   const char* v = std::getenv("PYTRANSFORMER_MALLOC_TUNING");
+  if (v && std::string(v) != "0" && std::string(v) != "1")
+    throw std::invalid_argument("PYTRANSFORMER_MALLOC_TUNING must be 0 or 1, got '" + std::string(v) + "'");
+#ifdef __GLIBC__
   if (v && std::string(v) == "0") return false;
   return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1;
 #else

@@ -44,6 +44,11 @@ def test_freed_arrays_are_reused_without_faulting_their_pages_in_again():
     assert int(faults) < 20, f"{faults} page faults ({untuned_faults} with PYTRANSFORMER_MALLOC_TUNING=0)"
 
 
+def test_a_malloc_tuning_setting_other_than_0_or_1_fails_at_import():
+    r = run_python("import pytransformer", PYTRANSFORMER_MALLOC_TUNING="off")
+    assert r.returncode != 0 and "PYTRANSFORMER_MALLOC_TUNING must be 0 or 1, got 'off'" in r.stderr
+
+
 def test_amx_is_reported_only_where_the_cpu_has_it():
     info = pytransformer.cpu_info()
     try:
