@@ -24,8 +24,17 @@ The command line: `pytransformer --help` (train, sample, generate, chat, serve, 
 """
 
 from ._version import __version__
-from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
-                       set_matmul_precision, set_num_threads)
+try:
+    from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
+                           set_matmul_precision, set_num_threads)
+except (RuntimeError, ValueError) as _error:  # a bad PYTRANSFORMER_ISA / _MALLOC_TUNING, checked at import
+    import os as _os
+    import sys as _sys
+
+    # the command line (the console script, or `python -m pytransformer` while the package loads): its one line
+    if _sys.argv and (_sys.argv[0] == "-m" or _os.path.basename(_sys.argv[0]) == "pytransformer"):
+        raise SystemExit(f"pytransformer: error: {_error}") from None
+    raise
 from . import ops, reference
 from .io import from_pretrained as _load_path  # also loads the model-family registry Model.state_dict() reads
 

@@ -81,6 +81,17 @@ def test_unknown_isa_in_the_environment_is_a_clear_error():
     assert "PYTRANSFORMER_ISA=sse9 is unknown" in r.stderr
 
 
+@pytest.mark.parametrize("setting", [{"PYTRANSFORMER_ISA": "sse9"}, {"PYTRANSFORMER_MALLOC_TUNING": "off"}])
+def test_a_bad_setting_is_one_line_from_the_command_line(setting, tmp_path):
+    script = tmp_path / "pytransformer"  # (what the console script runs, under its name)
+    script.write_text("import sys\nfrom pytransformer.cli import run\nsys.exit(run())\n")
+    env = {**os.environ, **setting, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    for argv in ([sys.executable, "-m", "pytransformer", "info"], [sys.executable, str(script), "info"]):
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/")
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("pytransformer: error: PYTRANSFORMER_"), r.stderr
+
+
 def test_set_isa_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown ISA 'mmx'"):
         pytransformer.set_isa("mmx")
