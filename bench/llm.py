@@ -58,6 +58,24 @@ def prompt_ids(tokenizer, n):
     return np.array([ids[:n]], np.int64)
 
 
+def margins(path, prompt, ours, theirs):
+    """Where another engine's greedy tokens first differ from ours (position p): our model's logit of our token
+    minus that of theirs at p, given the prefix both generated (prompt + ours[:p]), with our default activations
+    and with float32 ones -> {"position", "ours", "theirs", "margin", "margin_float32"}, or None when they agree."""
+    differ = np.flatnonzero(ours != theirs)
+    if not differ.size:
+        return None
+    p = int(differ[0])
+    ids = np.concatenate([prompt, ours[None, :p]], 1)
+    out = {"position": p, "ours": int(ours[p]), "theirs": int(theirs[p])}
+    for key, activations in (("margin", None), ("margin_float32", "float32")):
+        model = pytransformer.from_pretrained(path, activation_dtype=activations)
+        with model.evaluating():
+            logits = model(ids, cache=model.new_cache(1, ids.shape[1]), last_only=True)[0, -1]
+        out[key] = float(logits[out["ours"]] - logits[out["theirs"]])
+    return out
+
+
 class Ours:
     name = "pytransformer"
 
@@ -223,6 +241,7 @@ def bench_model(args, path):
         [] if args.no_transformers else ["transformers"])
     ours = Ours(path)
     wbytes = weight_bytes(ours.model)
+    prompt = prompt_ids(ours.model.tokenizer, args.prompt)  # (the workers' decode prompt)
     del ours
     print(f"# {machine()}; {os.path.basename(path)} "
           f"({os.path.getsize(path) / 2**20:.1f} MiB, {wbytes / 2**20:.1f} MiB read per token); greedy, batch 1, "
@@ -258,6 +277,7 @@ def bench_model(args, path):
             row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = np.median(runs[name], axis=0).tolist()
         for name in engines[1:]:  # how many leading greedy tokens agree with ours; each round's ratios
             row[f"same_tokens_as_{name}"] = int(np.cumprod(tokens[name] == tokens["pytransformer"]).sum())
+            row[f"first_difference_from_{name}"] = margins(path, prompt, tokens["pytransformer"], tokens[name])
             ratios = np.array(runs["pytransformer"]) / np.array(runs[name])
             row[f"rounds_ours_over_{name}"] = ratios.tolist()
             row[f"ours_over_{name}"] = np.median(ratios, axis=0).tolist()
@@ -271,9 +291,13 @@ def bench_model(args, path):
             (d, p), (rd, rp) = (row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]), row[f"ours_over_{name}"]
             each = (" (rounds: " + ", ".join(f"{a:.2f}x/{b:.2f}x" for a, b in row[f"rounds_ours_over_{name}"]) + ")"
                     if args.rounds > 1 else "")
+            diff = row[f"first_difference_from_{name}"]
             line += (f"; {name} decode {d:.1f} ({rd:.2f}x; {100 * row[f'{name}_share_of_bound']:.0f}% of the bound), "
                      f"prefill {p:.0f} ({rp:.2f}x){each}, first "
-                     f"{row[f'same_tokens_as_{name}']} greedy tokens equal")
+                     f"{row[f'same_tokens_as_{name}']} greedy tokens equal" + (
+                         "" if diff is None else
+                         f" (then {diff['theirs']} for our {diff['ours']}, our logit margin "
+                         f"{diff['margin']:.3f}, {diff['margin_float32']:.3f} with float32 activations)"))
         print(line, flush=True)
     peak, base = peak_rss(path, args.new)
     size = os.path.getsize(path) / 2**20
