@@ -225,6 +225,65 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
   }
 }
 
+// The query heads Q[0 .. nh) (nh <= kGroupHeads) of one key/value head over its keys 0 .. n (K, Vv: the first
+// key's rows, kv_rs floats apart; mask: theirs, or null) -> whether one was visible (if not, nothing is written).
+// Each head's running max m[u] and sum l[u] of exp(score - m[u]), and O[u] = the exp-weighted sum of the value
+// rows, divided by l[u] when `normalise` (a whole row's keys) or not (a chunk of them, merged later). Each key and
+// value row is read once for the nh heads. scores: scratch of nh x ld floats, ld >= n rounded up to W.
+static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const float* K,
+                        const float* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
+                        bool normalise, float* scores, int64_t ld) {
+  for (int u = 0; u < nh; u++) m[u] = kNegInf;
+  bool visible = false;  // (the same for every head of the group: one mask, one range)
+  for (int64_t j = 0; j < n; j++) {
+    if (mask && !mask[j]) {
+      for (int u = 0; u < nh; u++) scores[u * ld + j] = kNegInf;
+      continue;
+    }
+    visible = true;
+    const float* kr = K + j * kv_rs;
+    if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
+      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(float)) {
+        __builtin_prefetch(kr + kAhead * kv_rs + d);
+        __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
+      }
+    for (int u = 0; u < nh; u++) {
+      V acc0 = zero(), acc1 = zero();
+      int64_t d = 0;
+      for (; d + 2 * W <= HS; d += 2 * W) {
+        acc0 = fma(load(Q[u] + d), load(kr + d), acc0);
+        acc1 = fma(load(Q[u] + d + W), load(kr + d + W), acc1);
+      }
+      for (; d < HS; d += W) acc0 = fma(loadn(Q[u] + d, HS - d), loadn(kr + d, HS - d), acc0);
+      const float s = reduce_add(add(acc0, acc1)) * scale;
+      scores[u * ld + j] = s;
+      m[u] = max_keep_nan(m[u], s);
+    }
+  }
+  if (!visible) return false;
+  float inv[kGroupHeads];
+  for (int u = 0; u < nh; u++) {  // (m NaN, or -inf with every visible score -inf: the weights are NaN)
+    float* sc = scores + u * ld;
+    const V vm = set1(m[u]);
+    V vsum = zero();
+    for (int64_t j = 0; j < n; j += W) {
+      const int64_t r = std::min<int64_t>(W, n - j);
+      const V p = exp(sub(loadn(sc + j, r), vm));  // masked keys: exp(-inf) = 0
+      storen(sc + j, p, r);
+      vsum = add(vsum, r == W ? p : load_partial(sc + j, r));
+    }
+    l[u] = reduce_add(vsum);
+    inv[u] = normalise ? 1.f / l[u] : 1.f;
+  }
+  switch (nh) {
+    case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS);
+  }
+  return true;
+}
+
 static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
                     int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
                     int64_t window, float scale, bool bthd) {
@@ -247,164 +306,108 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
       const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
       const float* Q[kGroupHeads];
       float* O[kGroupHeads];
-      float m[kGroupHeads], inv[kGroupHeads];
+      float m[kGroupHeads], l[kGroupHeads];
       for (int u = 0; u < nh; u++) {
         Q[u] = q + heads.offset(b, h0 + u, Tq) + i * rs;
         O[u] = out + heads.offset(b, h0 + u, Tq) + i * rs;
-        m[u] = kNegInf;
       }
-      bool visible = false;  // (the same for every head of the group: one mask, one kend)
-      for (int64_t j = 0; j < kend; j++) {
-        if (mask && !mask[j]) {
-          for (int u = 0; u < nh; u++) scores[u * ld + j] = kNegInf;
-          continue;
-        }
-        visible = true;
-        const float* kr = K + j * kv_rs;
-        if (j + kAhead < kend)  // (the rows come from memory: a cache of many sequences outgrows the caches)
-          for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(float)) {
-            __builtin_prefetch(kr + kAhead * kv_rs + d);
-            __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
-          }
-        for (int u = 0; u < nh; u++) {
-          V acc0 = zero(), acc1 = zero();
-          int64_t d = 0;
-          for (; d + 2 * W <= HS; d += 2 * W) {
-            acc0 = fma(load(Q[u] + d), load(kr + d), acc0);
-            acc1 = fma(load(Q[u] + d + W), load(kr + d + W), acc1);
-          }
-          for (; d < HS; d += W) acc0 = fma(loadn(Q[u] + d, HS - d), loadn(kr + d, HS - d), acc0);
-          const float s = reduce_add(add(acc0, acc1)) * scale;
-          scores[u * ld + j] = s;
-          m[u] = max_keep_nan(m[u], s);
-        }
-      }
-      if (!visible) {  // no visible key: zeros, as the other paths
-        for (int u = 0; u < nh; u++) {
+      const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, kend, HS, scale, true, scores, ld);
+      for (int u = 0; u < nh; u++) {
+        if (!visible)  // no visible key: zeros, as the other paths
           for (int64_t d = 0; d < HS; d += W) storen(O[u] + d, zero(), HS - d);
-          lse[(b * NH + h0 + u) * Tq + i] = kNegInf;
-        }
-        continue;
-      }
-      for (int u = 0; u < nh; u++) {  // (m NaN, or -inf with every visible score -inf: the weights are NaN)
-        const int64_t bh = b * NH + h0 + u;
-        float* sc = scores + u * ld;
-        const V vm = set1(m[u]);
-        V vsum = zero();
-        for (int64_t j = 0; j < kend; j += W) {
-          const int64_t r = std::min<int64_t>(W, kend - j);
-          const V p = exp(sub(loadn(sc + j, r), vm));  // masked keys: exp(-inf) = 0
-          storen(sc + j, p, r);
-          vsum = add(vsum, r == W ? p : load_partial(sc + j, r));
-        }
-        const float l = reduce_add(vsum);
-        inv[u] = 1.f / l;
-        lse[bh * Tq + i] = m[u] + std::log(l);
-      }
-      switch (nh) {
-        case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
-        case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
-        case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS); break;
-        default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, mask, kend, HS);
+        lse[(b * NH + h0 + u) * Tq + i] = visible ? m[u] + std::log(l[u]) : kNegInf;
       }
     }
   }
 }
 
-// Few (sequence, head, query) rows over long keys (one sequence decoding with few heads): each row's keys are split
-// into chunks of kSplitKeys spread over the threads (split-K), each chunk giving its running max m, sum l and
-// unnormalised output; the chunks are then merged with their log-sum-exp weights: M = max m_c,
-// L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L. A chunk also says whether it saw a key.
-// Whether a call splits, and where, depends on its shape alone, never on the team size: the same bits on any
-// number of threads (tests/test_threads.py).
-constexpr int64_t kSplitKeys = 512;  // keys per chunk
-constexpr int64_t kSplitRows = 16;   // rows fewer than this split (fewer rows than the cores of most machines)
+// Few (sequence, key/value head, query) rows over many keys (one sequence decoding: a few key/value heads, or one):
+// each row's keys are split into chunks spread over the threads (split-K), each chunk giving every query head of
+// the group its running max m, sum l and unnormalised output (attend_keys); the chunks are then merged with their
+// log-sum-exp weights: M = max m_c, L = sum l_c e^(m_c - M), out = sum o_c e^(m_c - M) / L, lse = M + log L. A
+// chunk also says whether it saw a key. Whether a call splits, and where, depends on its shape alone, never on the
+// team size: the same bits on any number of threads (tests/test_threads.py), and a sequence decoding alone the same
+// bits as in a serving batch (whose rows call this one by one).
+constexpr int64_t kSplitKeys = 512;    // keys per chunk of long rows
+constexpr int64_t kSplitMinKeys = 64;  // the fewest keys per chunk
+constexpr int64_t kSplitTasks = 16;    // fewer rows than this split, into about this many tasks (or more)
 
 static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
                                  const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                                  int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
-  const int64_t nt = threads(), rows = B * NH * Tq;
+  const int64_t rows = B * NKV * Tq;
   const int64_t span = window > 0 ? std::min(Tk, window) : Tk;  // the most keys one row sees
-  if (rows >= kSplitRows || span < 2 * kSplitKeys || B * NH * Tq * span * HS < kParallelMacs / 4) return false;
-  const int64_t csize = kSplitKeys, chunks = (span + csize - 1) / csize;
+  if (rows >= kSplitTasks || B * NH * Tq * span * HS < kParallelMacs / 8) return false;
+  const int64_t per_row = (kSplitTasks + rows - 1) / rows;  // (chunks per row for about kSplitTasks tasks)
+  const int64_t csize = std::clamp(round_up((span + per_row - 1) / per_row, kSplitMinKeys), kSplitMinKeys, kSplitKeys);
+  const int64_t chunks = (span + csize - 1) / csize;
+  if (chunks < 2) return false;
   const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
   const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride();
   const KeyRange keys{Tk, Tk - Tq, window, causal};
-  const int64_t part = HS + 3;  // o (HS), m, l, whether the chunk holds a visible key (1 or 0)
+  const int64_t part = HS + 3;  // per query head and chunk: o (HS), m, l, whether the chunk holds a visible key
   static thread_local ScratchBuffer parts_buf;
-  float* parts = parts_buf.floats((size_t)(rows * chunks * part));
-#pragma omp parallel for num_threads(nt) schedule(static)
+  float* parts = parts_buf.floats((size_t)(B * NH * Tq * chunks * part));
+  auto at = [&](int64_t b, int64_t h, int64_t i, int64_t c) { return parts + (((b * NH + h) * Tq + i) * chunks + c) * part; };
+#pragma omp parallel for num_threads(threads()) schedule(static)
   for (int64_t t = 0; t < rows * chunks; t++) {
     const int64_t row = t / chunks, c = t % chunks;
-    const int64_t bh = row / Tq, i = row % Tq, b = bh / NH, h = bh % NH;
-    const float* Q = q + heads.offset(b, h, Tq) + i * rs;
-    const float* K = k + kv_heads.offset(b, h / group, Tkv);
-    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
-    const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
-    const int64_t j0 = keys.begin(i) + c * csize, j1 = std::min(keys.end(i), j0 + csize);
-    float* P = parts + t * part;
+    const int64_t bg = row / Tq, i = row % Tq, b = bg / NKV, g = bg % NKV;
+    const int64_t j0 = keys.begin(i) + c * csize, j1 = std::min(keys.end(i), j0 + csize), n = std::max<int64_t>(j1 - j0, 0);
+    const float* K = k + kv_heads.offset(b, g, Tkv) + j0 * kv_rs;
+    const float* Vv = v + kv_heads.offset(b, g, Tkv) + j0 * kv_rs;
+    const uint8_t* mask = key_mask ? key_mask + b * Tk + j0 : nullptr;
+    const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
     static thread_local ScratchBuffer buf;
-    float* sc = buf.floats((size_t)std::max<int64_t>(j1 - j0, 1) + W);
-    float m = kNegInf;
-    bool visible = false;
-    for (int64_t j = j0; j < j1; j++) {
-      float s = kNegInf;
-      if (!mask || mask[j]) {
-        V acc = zero();
-        for (int64_t d = 0; d < HS; d += W) acc = fma(loadn(Q + d, HS - d), loadn(K + j * kv_rs + d, HS - d), acc);
-        s = reduce_add(acc) * scale;
-        visible = true;
+    float* scores = buf.floats((size_t)(kGroupHeads * ld));
+    for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
+      const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
+      const float* Q[kGroupHeads];
+      float* O[kGroupHeads];
+      float m[kGroupHeads], l[kGroupHeads];
+      for (int u = 0; u < nh; u++) {
+        Q[u] = q + heads.offset(b, h0 + u, Tq) + i * rs;
+        O[u] = at(b, h0 + u, i, c);
       }
-      sc[j - j0] = s;
-      m = max_keep_nan(m, s);
-    }
-    float l = 0.f;
-    for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
-    if (visible) {
-      for (int64_t j = j0; j < j1; j++) {
-        const float p = sc[j - j0] == kNegInf ? 0.f : std::exp(sc[j - j0] - m);
-        sc[j - j0] = p;
-        l += p;
-      }
-      for (int64_t d = 0; d < HS; d += W) {
-        const int64_t nd = std::min<int64_t>(W, HS - d);
-        V acc = zero();
-        for (int64_t j = j0; j < j1; j++)
-          if (!mask || mask[j]) acc = fma(set1(sc[j - j0]), loadn(Vv + j * kv_rs + d, nd), acc);
-        storen(P + d, acc, nd);
+      const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, scale, false, scores, ld);
+      for (int u = 0; u < nh; u++) {
+        float* P = O[u];
+        if (!visible)
+          for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
+        P[HS] = visible ? m[u] : kNegInf;
+        P[HS + 1] = visible ? l[u] : 0.f;
+        P[HS + 2] = visible ? 1.f : 0.f;
       }
     }
-    P[HS] = m;
-    P[HS + 1] = l;
-    P[HS + 2] = visible ? 1.f : 0.f;
   }
-  for (int64_t row = 0; row < rows; row++) {  // merge the chunks of each row
-    const int64_t bh = row / Tq, i = row % Tq, b = bh / NH, h = bh % NH;
-    float* O = out + heads.offset(b, h, Tq) + i * rs;
-    const float* P = parts + row * chunks * part;
-    float M = kNegInf;
-    bool visible = false;
-    for (int64_t c = 0; c < chunks; c++) {
-      M = max_keep_nan(M, P[c * part + HS]);
-      visible |= P[c * part + HS + 2] != 0.f;
-    }
-    if (!visible) {  // no visible key: zeros, as the other paths
+  for (int64_t bh = 0; bh < B * NH; bh++)  // merge the chunks of each row
+    for (int64_t i = 0; i < Tq; i++) {
+      const int64_t b = bh / NH, h = bh % NH;
+      float* O = out + heads.offset(b, h, Tq) + i * rs;
+      const float* P = at(b, h, i, 0);
+      float M = kNegInf;
+      bool visible = false;
+      for (int64_t c = 0; c < chunks; c++) {
+        M = max_keep_nan(M, P[c * part + HS]);
+        visible |= P[c * part + HS + 2] != 0.f;
+      }
+      if (!visible) {  // no visible key: zeros, as the other paths
+        for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
+        lse[bh * Tq + i] = kNegInf;
+        continue;
+      }
+      float L = 0.f;  // (0 when every visible score is -inf: out 0 / 0 and lse NaN, as the other paths)
       for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
-      lse[bh * Tq + i] = kNegInf;
-      continue;
+      for (int64_t c = 0; c < chunks; c++) {
+        const float mc = P[c * part + HS];
+        if (mc == kNegInf) continue;
+        const float w = std::exp(mc - M);
+        L += P[c * part + HS + 1] * w;
+        for (int64_t d = 0; d < HS; d++) O[d] += P[c * part + d] * w;
+      }
+      for (int64_t d = 0; d < HS; d++) O[d] /= L;
+      lse[bh * Tq + i] = L > 0.f ? M + std::log(L) : std::numeric_limits<float>::quiet_NaN();
     }
-    float L = 0.f;  // (0 when every visible score is -inf: out 0 / 0 and lse NaN, as the other paths)
-    for (int64_t d = 0; d < HS; d++) O[d] = 0.f;
-    for (int64_t c = 0; c < chunks; c++) {
-      const float mc = P[c * part + HS];
-      if (mc == kNegInf) continue;
-      const float w = std::exp(mc - M);
-      L += P[c * part + HS + 1] * w;
-      for (int64_t d = 0; d < HS; d++) O[d] += P[c * part + d] * w;
-    }
-    for (int64_t d = 0; d < HS; d++) O[d] /= L;
-    lse[bh * Tq + i] = L > 0.f ? M + std::log(L) : std::numeric_limits<float>::quiet_NaN();
-  }
   return true;
 }
 
