@@ -231,8 +231,9 @@ def peers_embedding(case, x, direction):
 
 def peers_attention(case, x, direction):
     q, k, v, g = x["q"], x["k"], x["v"], x["dout"]
-    backward, HS, T = direction != "forward", q.shape[-1], q.shape[2]
-    tri = np.triu(np.ones((T, T), bool), 1)
+    backward, HS, Tq, Tk = direction != "forward", q.shape[-1], q.shape[2], k.shape[2]
+    tri = np.triu(np.ones((Tq, Tk), bool), 1 + Tk - Tq)  # (causal, bottom-right: a query sees the cache before it)
+    k, v = (np.repeat(a, q.shape[1] // a.shape[1], 1) for a in (k, v))  # (grouped-query heads, as torch's enable_gqa)
 
     def numpy_attention():
         s = q @ k.swapaxes(-1, -2) * np.float32(1 / np.sqrt(HS))
@@ -252,8 +253,10 @@ def peers_attention(case, x, direction):
         tq, tk, tv = (torch.from_numpy(a.copy()).requires_grad_(backward) for a in (q, k, v))
         tg = torch.from_numpy(g)
 
+        causal = torch.from_numpy(~tri)
+
         def torch_attention():
-            o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+            o = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=None if Tq == Tk else causal, is_causal=Tq == Tk)
             if backward:
                 torch.autograd.grad(o, (tq, tk, tv), tg)
 

@@ -415,6 +415,8 @@ class Attention(Op):
             forward()
             ops.attention_backward(g, q, k, v, out, lse, causal, mask, dq=dq, dk=dk, dv=dv, window=window)
 
+        if q.shape[2] == 1:  # (one query: decoding, which has no backward)
+            return {"forward": forward}
         return {"forward": forward, "fwd+bwd": forward_backward}
 
     def work(self, s, o, direction):
@@ -984,6 +986,9 @@ CASES = [
     case("geglu", BENCH, n=512 * 1536),
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),
     *[case("attention", BENCH, B=1, NH=9, NKV=3, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (512,)],
+    # one sequence decoding over 1,024 cached keys: SmolLM2's heads (9 over 3) and Gemma 3 270M's (4 over 1)
+    *[case("attention", BENCH, B=1, NH=NH, NKV=NKV, Tq=1, Tk=1024, HS=HS, causal=True)
+      for NH, NKV, HS in [(9, 3, 64), (4, 1, 256)]],
 ]
 
 
