@@ -241,6 +241,23 @@ def test_prompt_rows_fill_the_step_beside_decoding_jobs():
         assert "".join(item[1] for item in out.items if item[0] == "token") == want
 
 
+def test_a_step_takes_twice_the_prompt_rows_where_every_product_has_int8_activations():
+    """step_rows: the float32 products' one pass (ops.small_batch_rows) for float weights or float32 activations;
+    twice that where every product runs int8 activations (their cost per row keeps falling with the rows)."""
+    from pytransformer import ops
+    from pytransformer.cli import resolve_model
+    from pytransformer.io.hf import from_pretrained
+    from pytransformer.models import GPT, GPTConfig
+    from pytransformer.serve.slots import SlotRows, step_rows
+
+    one_pass = ops.small_batch_rows()
+    model = from_pretrained(resolve_model("smollm2"), activation_dtype="int8")
+    assert step_rows(model) == 2 * one_pass and SlotRows(model, 2, 16).batch_rows == 2 * one_pass
+    assert step_rows(model.set_activation_dtype("float32")) == one_pass
+    gpt = GPT(GPTConfig(vocab_size=11, max_positions=16, n_layer=1, n_head=2, n_embd=8))
+    assert step_rows(gpt) == one_pass
+
+
 def test_a_gpt_is_served_with_continuous_batching_like_each_request_alone():
     """Any decoder of the description is a BatchDecoder: a GPT-2-shaped model (LayerNorm, learned positions, biases)
     serves 4 concurrent requests in shared steps, each reply equal to model.generate's alone at temperature 0."""

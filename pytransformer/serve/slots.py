@@ -62,12 +62,23 @@ class PrefixStore:
         del self.items[:-self.entries]
 
 
+def step_rows(model) -> int:
+    """Rows a step takes beside its decoding jobs' before prompt rows wait for the next one. The float32 products
+    take ops.small_batch_rows() in one pass (a step of more costs about twice as much); with int8 activations (every
+    product of GGUF integer blocks) they run panels of 4-row tiles whose cost per row keeps falling with the rows
+    (SmolLM2, 2 threads: 3.0 ms of CPU a row at 16 rows, 2.4 at 24, 2.45 at 32), so twice that: a new prompt goes in
+    one or two steps instead of a few rows a step, and its first token comes about twice as soon (bench/NOTES.md,
+    session 17)."""
+    stored = [m.stored for m in getattr(model, "modules", lambda: [])() if getattr(m, "stored", None) is not None]
+    int8 = bool(stored) and all(getattr(w, "activations", None) == "int8" for w in stored)
+    return ops.small_batch_rows() * (2 if int8 else 1)
+
+
 class SlotRows:
     """Jobs in slots of shared caches k[l], v[l] (S, T, NKV, HS) (the layout of the model's new_cache, allocated
     once: pages cost memory only once written), all advanced by one model.decode_batch per round."""
 
     prompt_rows = 128  # prompt tokens fed per step at most (a long prompt over several steps: others keep going)
-    batch_rows = ops.small_batch_rows()  # rows the batched products take in one pass: beyond it a step costs twice
 
     def __init__(self, model, slots, context):
         self.model = model
@@ -76,6 +87,7 @@ class SlotRows:
         self.v = [_zeros((slots, context) + a.shape[2:]) for a in layout.v]
         self.free = list(range(slots))
         self.prefixes = PrefixStore()
+        self.batch_rows = step_rows(model)  # (the rows a step fills up to with prompt rows beside decoding ones)
 
     def admit(self, job):
         """The job takes a free slot; its prompt is fed to the next rounds' steps, beside the other jobs' tokens."""
@@ -93,8 +105,8 @@ class SlotRows:
         of one slot in increasing positions); logits for the rows whose next token is wanted. before_step() runs
         just before the model does (while it runs without the GIL)."""
         ids, slots, positions, wanted, owners, complete = [], [], [], [], [], []
-        # prompt rows fill the step up to batch_rows beside the decoding jobs' (a few more would double its cost
-        # for them); a backlog of prompts (many arriving at once) goes in wide steps, as a prefill would
+        # prompt rows fill the step up to batch_rows beside the decoding jobs' (step_rows: where more would cost the
+        # decoding jobs too much); a backlog of prompts (many arriving at once) goes in wide steps, as a prefill would
         decoding = sum(1 for j in going if not j.pending)
         backlog = sum(len(j.pending) for j in going)
         budget = self.prompt_rows if backlog >= self.prompt_rows // 2 else max(1, self.batch_rows - decoding)
