@@ -284,11 +284,47 @@ static bool attend_keys(float* const* O, float* m, float* l, const float* const*
   return true;
 }
 
+// One call's queries and keys, as the rows paths read them
+struct RowsCall {
+  const float *q, *k, *v;
+  const uint8_t* key_mask;
+  Heads heads, kv_heads;
+  int64_t Tq, Tk, Tkv;
+  float scale;
+};
+
+// Every query head of key/value head g, at query i of sequence b, over the keys j0 .. j0 + n, kGroupHeads at a
+// time (attend_keys): out(h) is where head h's output goes, done(h, O, visible, m, l) takes each head's results.
+template <class Out, class Done>
+static void attend_heads(const RowsCall& c, int64_t b, int64_t g, int64_t i, int64_t j0, int64_t n, bool normalise,
+                         Out out, Done done) {
+  const int64_t group = c.heads.NH / c.kv_heads.NH, HS = c.heads.HS, rs = c.heads.row_stride();
+  const int64_t kv_rs = c.kv_heads.row_stride();
+  const float* K = c.k + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
+  const float* Vv = c.v + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
+  const uint8_t* mask = c.key_mask ? c.key_mask + b * c.Tk + j0 : nullptr;
+  const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
+  static thread_local ScratchBuffer buf;
+  float* scores = buf.floats((size_t)(kGroupHeads * ld));
+  for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
+    const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
+    const float* Q[kGroupHeads];
+    float* O[kGroupHeads];
+    float m[kGroupHeads], l[kGroupHeads];
+    for (int u = 0; u < nh; u++) {
+      Q[u] = c.q + c.heads.offset(b, h0 + u, c.Tq) + i * rs;
+      O[u] = out(h0 + u);
+    }
+    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld);
+    for (int u = 0; u < nh; u++) done(h0 + u, O[u], visible, m[u], l[u]);
+  }
+}
+
 static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
                     int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
                     int64_t window, float scale, bool bthd) {
-  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
-  const int64_t group = NH / NKV, kv_rs = kv_heads.row_stride();
+  const Heads heads{NH, HS, bthd};
+  const RowsCall call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
   const int64_t rs = heads.row_stride(), ntasks = B * NKV * Tq;
   const KeyRange keys{Tk, Tk - Tq, window, causal};
 #pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
@@ -296,28 +332,13 @@ static void attention_rows(float* out, float* lse, const float* q, const float* 
     const int64_t bg = t / Tq, i = t % Tq, b = bg / NKV, g = bg % NKV;
     // (the keys from the window's first on, counted from there)
     const int64_t kbegin = keys.begin(i), kend = std::max<int64_t>(keys.end(i) - kbegin, 0);
-    const float* K = k + kv_heads.offset(b, g, Tkv) + kbegin * kv_rs;
-    const float* Vv = v + kv_heads.offset(b, g, Tkv) + kbegin * kv_rs;
-    const uint8_t* mask = key_mask ? key_mask + b * Tk + kbegin : nullptr;
-    const int64_t ld = round_up(std::max<int64_t>(kend, 1), W);
-    static thread_local ScratchBuffer buf;
-    float* scores = buf.floats((size_t)(kGroupHeads * ld));
-    for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
-      const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
-      const float* Q[kGroupHeads];
-      float* O[kGroupHeads];
-      float m[kGroupHeads], l[kGroupHeads];
-      for (int u = 0; u < nh; u++) {
-        Q[u] = q + heads.offset(b, h0 + u, Tq) + i * rs;
-        O[u] = out + heads.offset(b, h0 + u, Tq) + i * rs;
-      }
-      const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, kend, HS, scale, true, scores, ld);
-      for (int u = 0; u < nh; u++) {
-        if (!visible)  // no visible key: zeros, as the other paths
-          for (int64_t d = 0; d < HS; d += W) storen(O[u] + d, zero(), HS - d);
-        lse[(b * NH + h0 + u) * Tq + i] = visible ? m[u] + std::log(l[u]) : kNegInf;
-      }
-    }
+    attend_heads(
+        call, b, g, i, kbegin, kend, true, [&](int64_t h) { return out + heads.offset(b, h, Tq) + i * rs; },
+        [&](int64_t h, float* O, bool visible, float m, float l) {
+          if (!visible)  // no visible key: zeros, as the other paths
+            for (int64_t d = 0; d < HS; d += W) storen(O + d, zero(), HS - d);
+          lse[(b * NH + h) * Tq + i] = visible ? m + std::log(l) : kNegInf;
+        });
   }
 }
 
@@ -342,8 +363,9 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
   const int64_t csize = std::clamp(round_up((span + per_row - 1) / per_row, kSplitMinKeys), kSplitMinKeys, kSplitKeys);
   const int64_t chunks = (span + csize - 1) / csize;
   if (chunks < 2) return false;
-  const Heads heads{NH, HS, bthd}, kv_heads{NKV, HS, bthd};
-  const int64_t group = NH / NKV, rs = heads.row_stride(), kv_rs = kv_heads.row_stride();
+  const Heads heads{NH, HS, bthd};
+  const RowsCall call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
+  const int64_t rs = heads.row_stride();
   const KeyRange keys{Tk, Tk - Tq, window, causal};
   const int64_t part = HS + 3;  // per query head and chunk: o (HS), m, l, whether the chunk holds a visible key
   static thread_local ScratchBuffer parts_buf;
@@ -351,34 +373,17 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
   auto at = [&](int64_t b, int64_t h, int64_t i, int64_t c) { return parts + (((b * NH + h) * Tq + i) * chunks + c) * part; };
 #pragma omp parallel for num_threads(threads()) schedule(static)
   for (int64_t t = 0; t < rows * chunks; t++) {
-    const int64_t row = t / chunks, c = t % chunks;
+    const int64_t row = t / chunks, ch = t % chunks;
     const int64_t bg = row / Tq, i = row % Tq, b = bg / NKV, g = bg % NKV;
-    const int64_t j0 = keys.begin(i) + c * csize, j1 = std::min(keys.end(i), j0 + csize), n = std::max<int64_t>(j1 - j0, 0);
-    const float* K = k + kv_heads.offset(b, g, Tkv) + j0 * kv_rs;
-    const float* Vv = v + kv_heads.offset(b, g, Tkv) + j0 * kv_rs;
-    const uint8_t* mask = key_mask ? key_mask + b * Tk + j0 : nullptr;
-    const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
-    static thread_local ScratchBuffer buf;
-    float* scores = buf.floats((size_t)(kGroupHeads * ld));
-    for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
-      const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
-      const float* Q[kGroupHeads];
-      float* O[kGroupHeads];
-      float m[kGroupHeads], l[kGroupHeads];
-      for (int u = 0; u < nh; u++) {
-        Q[u] = q + heads.offset(b, h0 + u, Tq) + i * rs;
-        O[u] = at(b, h0 + u, i, c);
-      }
-      const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, scale, false, scores, ld);
-      for (int u = 0; u < nh; u++) {
-        float* P = O[u];
-        if (!visible)
-          for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
-        P[HS] = visible ? m[u] : kNegInf;
-        P[HS + 1] = visible ? l[u] : 0.f;
-        P[HS + 2] = visible ? 1.f : 0.f;
-      }
-    }
+    const int64_t j0 = keys.begin(i) + ch * csize, j1 = std::min(keys.end(i), j0 + csize);
+    attend_heads(call, b, g, i, j0, std::max<int64_t>(j1 - j0, 0), false, [&](int64_t h) { return at(b, h, i, ch); },
+                 [&](int64_t, float* P, bool visible, float m, float l) {
+                   if (!visible)
+                     for (int64_t d = 0; d < HS; d++) P[d] = 0.f;
+                   P[HS] = visible ? m : kNegInf;
+                   P[HS + 1] = visible ? l : 0.f;
+                   P[HS + 2] = visible ? 1.f : 0.f;
+                 });
   }
   for (int64_t bh = 0; bh < B * NH; bh++)  // merge the chunks of each row
     for (int64_t i = 0; i < Tq; i++) {
