@@ -305,8 +305,16 @@ def peers_matmul_bf16_weights(case, x, direction):
     return {"torch": lambda: F.linear(tx, tw, tb)}
 
 
+def peers_attention_f16_cache(case, x, direction):
+    """The peers over float32 copies of the cache's rows in use (torch and NumPy keep a float32 cache)."""
+    Tk = case.s["Tk"]
+    return peers_attention(case, dict(x, k=x["k"][:, :, :Tk].astype(np.float32),
+                                      v=x["v"][:, :, :Tk].astype(np.float32)), direction)
+
+
 PEERS = {"matmul": peers_matmul, "matmul_bf16_weights": peers_matmul_bf16_weights, "layernorm": peers_layernorm, "gelu": peers_gelu, "softmax": peers_softmax,
          "crossentropy": peers_crossentropy, "embedding": peers_embedding, "attention": peers_attention,
+         "attention_f16_cache": peers_attention_f16_cache,
          "adamw": peers_adamw}
 
 

@@ -59,30 +59,45 @@ int64_t sum(int64_t a, int64_t b) {
   return n;
 }
 
-// The data pointer of `obj` after checking it is a C-contiguous array of T with product(dims) elements
-// (writeable when `out`). None gives nullptr when `optional` (the sizes are checked all the same).
-template <class T>
-T* array_data(const py::object& obj, const char* name, std::initializer_list<int64_t> dims, bool out = false,
-              bool optional = false) {
+// The data pointer of `obj` after checking it is a C-contiguous array of dtype (named dtype_name) with
+// product(dims) elements (writeable when `out`). None gives nullptr when `optional` (the sizes are checked all the
+// same).
+void* checked_data(const py::object& obj, const char* name, std::initializer_list<int64_t> dims, const py::dtype& dtype,
+                   const std::string& dtype_name, bool out, bool optional) {
   const int64_t size = product(dims);
   if (obj.is_none()) {
     if (optional) return nullptr;
-    throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array, got None");
+    throw py::type_error(std::string(name) + " must be a " + dtype_name + " array, got None");
   }
   if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + " must be a numpy array of " + dtype_name<T>() + ", got " +
+    throw py::type_error(std::string(name) + " must be a numpy array of " + dtype_name + ", got " +
                          std::string(py::str(py::type::of(obj))));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " must be " + dtype_name<T>() + ", got " +
-                         std::string(py::str(a.dtype())));
+  if (!a.dtype().is(dtype))
+    throw py::type_error(std::string(name) + " must be " + dtype_name + ", got " + std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
   if (a.size() != size)
     throw py::value_error(std::string(name) + " must have " + std::to_string(size) + " elements, got shape " +
                           shape_str(a));
   if (out && !a.writeable()) throw py::value_error(std::string(name) + " is read-only; outputs must be writeable");
-  return static_cast<T*>(const_cast<void*>(a.data()));
+  return const_cast<void*>(a.data());
+}
+template <class T>
+T* array_data(const py::object& obj, const char* name, std::initializer_list<int64_t> dims, bool out = false,
+              bool optional = false) {
+  return static_cast<T*>(checked_data(obj, name, dims, py::dtype::of<T>(), dtype_name<T>(), out, optional));
+}
+// float16 (IEEE half) arrays: a KV cache's storage, as their uint16_t bits
+const py::dtype& float16() {
+  static const py::dtype dt("float16");
+  return dt;
+}
+uint16_t* half_data(const py::object& obj, const char* name, std::initializer_list<int64_t> dims, bool out = false) {
+  return static_cast<uint16_t*>(checked_data(obj, name, dims, float16(), "float16", out, false));
+}
+bool is_half(const py::object& obj) {
+  return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(float16());
 }
 
 void check_ids(const int64_t* ids, int64_t n, int64_t V, const char* name, bool allow_ignore = false,
@@ -435,6 +450,14 @@ PYBIND11_MODULE(_core, m) {
     const NoGil nogil;
     K().residual_forward(o, x, y, n);
   });
+  m.def("float16_from_float", [](O out, O inp, int64_t n) {
+    check_nonneg({n});
+    uint16_t* o = half_data(out, "out", {n}, true);
+    const float* x = array_data<float>(inp, "inp", {n});
+    check_apart(written(x, n, "inp"), {written(o, n, "out")});
+    const NoGil nogil;
+    K().float16_from_float(o, x, n);
+  });
   m.def("residual_backward", [](O da, O db, O dout, int64_t n) {
     check_nonneg({n});
     float* dx = array_data<float>(da, "da", {n}, true, true);
@@ -470,9 +493,15 @@ PYBIND11_MODULE(_core, m) {
     float* o = array_data<float>(out, "out", {B, NH, Tq, HS}, true);
     float* l = array_data<float>(lse, "lse", {B, NH, Tq}, true);
     const float* qp = array_data<float>(q, "q", {B, NH, Tq, HS});
+    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
+    if (is_half(k)) {  // a cache of halves: k and v both
+      const uint16_t* kp = half_data(k, "k", {B, NKV, Tkv, HS});
+      const uint16_t* vp = half_data(v, "v (like k)", {B, NKV, Tkv, HS});
+      const NoGil nogil;
+      return K().attention_forward_f16(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
+    }
     const float* kp = array_data<float>(k, "k", {B, NKV, Tkv, HS});
     const float* vp = array_data<float>(v, "v", {B, NKV, Tkv, HS});
-    const uint8_t* mk = array_data<uint8_t>(key_mask, "key_mask", {B, Tk}, false, true);
     const NoGil nogil;
     K().attention_forward(o, l, qp, kp, vp, mk, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
   });
@@ -766,8 +795,9 @@ PYBIND11_MODULE(_core, m) {
              float* lp = array_data<float>(logits, "logits", {R, d.V}, true);
              const int64_t* sp = array_data<int64_t>(slots, "slots", {B});
              const int64_t* pp = array_data<int64_t>(positions, "positions", {B});
-             std::vector<float*> kp(n), vp(n);
+             std::vector<void*> kp(n), vp(n);
              int64_t S = 0, capacity = 0;
+             const bool half = n && is_half(k[0]);  // (every cache float32, or every one float16)
              for (size_t l = 0; l < n; l++) {
                for (int which = 0; which < 2; which++) {
                  py::object c = which ? v[l] : k[l];
@@ -778,7 +808,8 @@ PYBIND11_MODULE(_core, m) {
                    throw py::value_error("every cache must be (slots, capacity, NKV, HS), all alike");
                  S = a.shape(0);
                  capacity = a.shape(1);
-                 (which ? vp : kp)[l] = array_data<float>(c, "cache", {a.size()}, true);
+                 (which ? vp : kp)[l] = half ? (void*)half_data(c, "cache (like the first)", {a.size()}, true)
+                                             : (void*)array_data<float>(c, "cache (like the first)", {a.size()}, true);
                }
              }
              pt::RotaryTables rope;
@@ -794,10 +825,10 @@ PYBIND11_MODULE(_core, m) {
              }
              std::vector<Written> outputs = {written(xp, product({B, d.C}), "x"),
                                              written(lp, product({R, d.V}), "logits")};
-             const int64_t cache = product({S, capacity, d.NKV, d.HS});
+             const int64_t cache = product({S, capacity, d.NKV, d.HS}) * (half ? 2 : 4);
              for (size_t l = 0; l < n; l++) {
-               outputs.push_back(written(kp[l], cache, "a k cache"));
-               outputs.push_back(written(vp[l], cache, "a v cache"));
+               outputs.push_back(written((const uint8_t*)kp[l], cache, "a k cache"));
+               outputs.push_back(written((const uint8_t*)vp[l], cache, "a v cache"));
              }
              check_apart(sp, B, "slots", outputs);
              check_apart(pp, B, "positions", outputs);
@@ -805,7 +836,7 @@ PYBIND11_MODULE(_core, m) {
              d.validate(B, sp, pp, S, capacity, rope.P, rows, R);
              if (n == 0 || B == 0) return;
              const NoGil nogil;
-             d.step(xp, lp, B, sp, pp, kp.data(), vp.data(), S, capacity, rope, rows, R);
+             d.step(xp, lp, B, sp, pp, pt::CacheRefs{kp.data(), vp.data(), S, capacity, half}, rope, rows, R);
            }, arg("x"), arg("logits"), arg("slots"), arg("positions"), arg("k"), arg("v"), arg("cos") = py::none(),
            arg("sin") = py::none(), arg("logit_rows") = py::none(), arg("local_cos") = py::none(),
            arg("local_sin") = py::none());

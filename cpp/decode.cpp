@@ -103,14 +103,13 @@ void add_output(const DecodePlan& d, const NormRef& post, float* x, float* y, fl
 }
 }  // namespace
 
-void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
-                      float* const* v, int64_t S, int64_t capacity, const RotaryTables& rope,
-                      const int64_t* logit_rows, int64_t R) const {
-  (void)S;
+void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos,
+                      const CacheRefs& cache, const RotaryTables& rope, const int64_t* logit_rows, int64_t R) const {
   const Kernels& K = active();
+  const int64_t capacity = cache.capacity;
   const int64_t QD = NH * HS, KD = NKV * HS, QKV = QD + 2 * KD, U = gated ? 2 * F : F;
   static thread_local std::vector<float> buf;
-  buf.resize((size_t)(B * (C + QKV + QD + C + U + F + 2 + 2 * NH) + C + 2 * HS));
+  buf.resize((size_t)(B * (C + QKV + QD + C + U + F + 2 + 2 * NH + KD) + C + 2 * HS));
   float* h = buf.data();
   float* qkv = h + B * C;
   float* att = qkv + B * QKV;
@@ -124,6 +123,7 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
   float* scaled = head_rstd + B * NH;  // (C): a norm's (norm_offset + weight)
   float* q_scaled = scaled + C;        // (HS), (HS): the q and k norms'
   float* k_scaled = q_scaled + HS;
+  float* rotated = k_scaled + HS;  // (B, KD): the rows' rotated keys, before a cache of halves takes them
   const int nt = kernel_threads();
   for (size_t l = 0; l < layers.size(); l++) {
     const DecodeLayer& L = layers[l];
@@ -144,7 +144,8 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
       float* q = qkv + b * QKV;
       float* kn = q + QD;
       const float* vn = kn + KD;
-      float* krow = k[l] + (slots[b] * capacity + pos[b]) * KD;
+      const int64_t at = (slots[b] * capacity + pos[b]) * KD;  // (where the row's key and value go)
+      float* krow = cache.half ? rotated + b * KD : static_cast<float*>(cache.k[l]) + at;
       if (qk_norm) {  // (in place: each head's rows are read whole before they are written)
         K.rmsnorm_forward(q, head_rstd + b * NH, q, qw, NH, HS, eps);
         K.rmsnorm_forward(kn, head_rstd + b * NH, kn, kw, NKV, HS, eps);
@@ -155,13 +156,24 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
       } else {
         std::memcpy(krow, kn, sizeof(float) * KD);
       }
-      std::memcpy(v[l] + (slots[b] * capacity + pos[b]) * KD, vn, sizeof(float) * KD);
+      if (cache.half) {
+        K.float16_from_float(static_cast<uint16_t*>(cache.k[l]) + at, krow, KD);
+        K.float16_from_float(static_cast<uint16_t*>(cache.v[l]) + at, vn, KD);
+      } else {
+        std::memcpy(static_cast<float*>(cache.v[l]) + at, vn, sizeof(float) * KD);
+      }
     };
     auto attend = [&](int64_t b) {  // (a sliding window: the keys from the window's first on, a shorter cache)
       const int64_t first = L.window > 0 && pos[b] >= L.window ? pos[b] - L.window + 1 : 0;
       const int64_t row = (slots[b] * capacity + first) * KD;
-      K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, k[l] + row, v[l] + row, nullptr, 1, NH, NKV, 1,
-                          pos[b] + 1 - first, capacity, HS, true, 0, attn_scale, true);
+      if (cache.half)
+        K.attention_forward_f16(att + b * QD, lse + b * NH, qkv + b * QKV, static_cast<const uint16_t*>(cache.k[l]) + row,
+                                static_cast<const uint16_t*>(cache.v[l]) + row, nullptr, 1, NH, NKV, 1,
+                                pos[b] + 1 - first, capacity, HS, true, 0, attn_scale, true);
+      else
+        K.attention_forward(att + b * QD, lse + b * NH, qkv + b * QKV, static_cast<const float*>(cache.k[l]) + row,
+                            static_cast<const float*>(cache.v[l]) + row, nullptr, 1, NH, NKV, 1, pos[b] + 1 - first,
+                            capacity, HS, true, 0, attn_scale, true);
     };
     if (split) {
 #pragma omp parallel for num_threads(nt) schedule(static)

@@ -102,6 +102,7 @@ Kernels on_tiles(const Kernels& base) {
   k.matmul_w16_forward = &amx::matmul_w16_forward;
   k.matmul_q_dinp = &amx::matmul_q_dinp;
   k.attention_forward = &amx_attention::attention_forward;
+  k.attention_forward_f16 = &amx_attention::attention_forward_f16;
   k.attention_backward = &amx_attention::attention_backward;
 #endif
   return k;

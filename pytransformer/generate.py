@@ -27,12 +27,15 @@ from .tokenizers.textstream import TextStream
 
 
 class KVCache:
-    """Keys and values of every self-attention layer: k[l], v[l] (B, T_max, NKV, HS) float32, allocated once;
-    `length` positions are filled (the same count for every row: a left-padded batch masks its pads)."""
+    """Keys and values of every self-attention layer: k[l], v[l] (B, T_max, NKV, HS), allocated once; `length`
+    positions are filled (the same count for every row: a left-padded batch masks its pads). dtype "float32", or
+    "float16" on the CPU (half the memory and the bytes a decoded token reads: rows rounded to the nearest half as
+    they are written, widened exactly as they are read; llama.cpp's default cache type)."""
 
-    def __init__(self, n_layer, B, T_max, NKV, HS, device="cpu"):
-        self.k = [ops.zeros((B, T_max, NKV, HS), device) for _ in range(n_layer)]
-        self.v = [ops.zeros((B, T_max, NKV, HS), device) for _ in range(n_layer)]
+    def __init__(self, n_layer, B, T_max, NKV, HS, device="cpu", dtype="float32"):
+        dtype = check_cache_dtype(dtype, device)
+        self.k = [ops.zeros((B, T_max, NKV, HS), device, dtype) for _ in range(n_layer)]
+        self.v = [ops.zeros((B, T_max, NKV, HS), device, dtype) for _ in range(n_layer)]
         self.length = 0
         self.capacity = T_max
 
@@ -44,10 +47,10 @@ class KVCache:
         return cache
 
     @classmethod
-    def for_blocks(cls, blocks, B, T_max, device="cpu"):
+    def for_blocks(cls, blocks, B, T_max, device="cpu", dtype="float32"):
         """A cache for the self-attention of these decoder blocks (their key/value heads and head size)."""
         attn = blocks[0].attn.sublayer if blocks else None
-        return cls(len(blocks), B, T_max, attn.NKV if attn else 1, attn.HS if attn else 1, device)
+        return cls(len(blocks), B, T_max, attn.NKV if attn else 1, attn.HS if attn else 1, device, dtype)
 
     def layer(self, i):
         return self.k[i], self.v[i], self.length
@@ -55,6 +58,16 @@ class KVCache:
     @property
     def nbytes(self):
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+
+def check_cache_dtype(dtype, device="cpu") -> np.dtype:
+    """A KV cache's element type: float32 anywhere, float16 on the CPU (the CUDA kernels read float32 caches)."""
+    if dtype not in ("float32", "float16", np.float32, np.float16):
+        raise ValueError(f"a KV cache holds 'float32' or 'float16', got {dtype!r}")
+    dtype = np.dtype(dtype)
+    if dtype == np.float16 and device != "cpu":
+        raise ValueError(f"a float16 KV cache lives on the CPU; this one is on {device} (use 'float32')")
+    return dtype
 
 
 # The sampling defaults, one table (README "Sampling defaults"): the HTTP API follows OpenAI's; the generate command

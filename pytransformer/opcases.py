@@ -426,6 +426,38 @@ class Attention(Op):
         return full / 2 if o.get("causal") else full, "GFLOP/s"
 
 
+
+class AttentionHalfCache(Attention):
+    """Attention forward over a KV cache of halves (generate.KVCache "float16"): k and v (B, NKV, Tkv, HS) float16,
+    Tkv = Tk + 5 rows of which the first Tk are in use (kv_len), widened exactly as they are read. Against the float64
+    attention over the same halves: what is left is float32 rounding, as the float32 cache's."""
+
+    def make(self, rng, s, o):
+        x = super().make(rng, dict(s, Tk=s["Tk"] + 5), o)
+        x["k"], x["v"] = x["k"].astype(np.float16), x["v"].astype(np.float16)
+        if x["key_mask"] is not None:
+            x["key_mask"] = np.ascontiguousarray(x["key_mask"][:, :s["Tk"]])
+        return x
+
+    def ours(self, x, o):
+        Tk = x["k"].shape[2] - 5
+        out, lse = ops.attention_forward(x["q"], x["k"], x["v"], o.get("causal", False), x["key_mask"], kv_len=Tk,
+                                         window=o.get("window", 0))
+        return {"out": out, "lse": lse}
+
+    def reference(self, x, o):
+        Tk = x["k"].shape[2] - 5
+        out, lse = ref.attention_forward(x["q"], x["k"][:, :, :Tk].astype(np.float64),
+                                         x["v"][:, :, :Tk].astype(np.float64), o.get("causal", False), x["key_mask"],
+                                         window=o.get("window", 0))
+        return {"out": out, "lse": lse}
+
+    def calls(self, x, o):
+        q, k, v, mask, causal, Tk = x["q"], x["k"], x["v"], x["key_mask"], o.get("causal", False), x["k"].shape[2] - 5
+        out, lse = empty_like(q), empty(q.shape[:3], like=q)
+        return {"forward": lambda: ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse, kv_len=Tk,
+                                                         window=o.get("window", 0))}
+
 class RMSNorm(Op):
     floors = {"dinp": 1.0}  # C = 1: dinp ~ eps is what remains of dnorm - norm * mean(dnorm * norm), |norm| ~ 1
 
@@ -769,7 +801,7 @@ OPS = {"matmul": Matmul(), "matmul_bf16_weights": MatmulBf16Weights(),
        "matmul_dinp": MatmulDinp(),
        "matmul_int8_weights": MatmulInt8Weights(), "layernorm": LayerNorm(), "gelu": Gelu(), "relu": Relu(), "softmax": Softmax(),
        "crossentropy": CrossEntropy(), "embedding": Embedding(), "residual": Residual(), "dropout": Dropout(),
-       "attention": Attention(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
+       "attention": Attention(), "attention_f16_cache": AttentionHalfCache(), "adamw": AdamW(), "sum_squares": SumSquares(), "rmsnorm": RMSNorm(),
        "rope": Rope(), "swiglu": Gated("swiglu"), "matmul_quantized": MatmulQuantized(),
        "geglu": Gated("geglu", {"out": 1.0, "dgate": 1.0, "dup": 1.0}),  # (floors as Gelu's: gelu_tanh(x << 0))
        "matmul_quantized_int8": MatmulQuantizedInt8(),
@@ -896,6 +928,12 @@ CASES = [
                                          (1, 2, 1, 200, 200, 5, 64), (2, 4, 2, 3, 130, 17, 20),
                                          (1, 1, 1, 1, 5000, 64, 4500), (1, 2, 1, 1, 3000, 8, 300), (1, 2, 2, 20, 20, 8, 100)]
       for masked in (False, True)],
+    # over a cache of halves: decoding rows, split keys, tiles; grouped heads, padding, windows
+    *[case("attention_f16_cache", CHECK if (Bt, Tq, Tk) == (2, 1, 70) else TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk,
+           HS=HS, causal=causal, masked=masked, window=w)
+      for Bt, NH, NKV, Tq, Tk, HS, w in [(2, 4, 2, 1, 70, 17, 0), (1, 9, 3, 1, 3000, 64, 0), (1, 4, 1, 2, 1100, 256, 0),
+                                         (2, 6, 2, 70, 130, 16, 0), (1, 2, 1, 1, 2000, 8, 700), (2, 4, 4, 65, 65, 63, 20)]
+      for causal in (False, True) for masked in (False, True) if causal or not w],
     # one query (decoding) over a long cache with fewer heads than threads: the keys split across threads
     *[case("attention", TEST, B=1, NH=NH, NKV=1, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
       for NH, Tq, Tk, HS in [(1, 1, 3000, 64), (1, 2, 1100, 17), (2, 1, 4099, 8)]
@@ -987,8 +1025,8 @@ CASES = [
     case("rope", BENCH, B=1, T=512, NH=9, HS=64, P=2048),
     *[case("attention", BENCH, B=1, NH=9, NKV=3, Tq=Tt, Tk=Tt, HS=64, causal=True) for Tt in (512,)],
     # one sequence decoding over 1,024 cached keys: SmolLM2's heads (9 over 3) and Gemma 3 270M's (4 over 1)
-    *[case("attention", BENCH, B=1, NH=NH, NKV=NKV, Tq=1, Tk=1024, HS=HS, causal=True)
-      for NH, NKV, HS in [(9, 3, 64), (4, 1, 256)]],
+    *[case(op, BENCH, B=1, NH=NH, NKV=NKV, Tq=1, Tk=1024, HS=HS, causal=True)
+      for op in ("attention", "attention_f16_cache") for NH, NKV, HS in [(9, 3, 64), (4, 1, 256)]],
 ]
 
 

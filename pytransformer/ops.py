@@ -487,15 +487,15 @@ def _heads(layout, T, H="NH"):
     return tuple(n.format(T=T, H=H) for n in _LAYOUTS[layout])
 
 
-def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=None):
+def _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len=None, kv_dtype=np.float32):
     d = {}
     window = integer(window, "window")
     if window < 0 or (window and not causal):
         raise ValueError(f"window must be 0 (none) or, with causal attention, a positive number of keys; got "
                          f"{window} (causal={bool(causal)})")
     array(q, "q", _heads(layout, "Tq"), d)
-    array(k, "k", _heads(layout, "Tkv", "NKV"), d)
-    array(v, "v", _heads(layout, "Tkv", "NKV"), d)
+    array(k, "k", _heads(layout, "Tkv", "NKV"), d, kv_dtype)
+    array(v, "v", _heads(layout, "Tkv", "NKV"), d, kv_dtype)
     if d["NKV"] == 0 or d["NH"] % d["NKV"]:
         raise ValueError(f"k and v have {d['NKV']} heads, which must divide q's {d['NH']} (grouped-query attention)")
     d["Tk"] = d["Tkv"] if kv_len is None else integer(kv_len, "kv_len")
@@ -521,10 +521,13 @@ def attention_forward(q, k, v, causal=False, key_mask=None, scale=None, *, layou
     layout="bthd" takes q, k, v and gives out as (B, T, NH, HS) instead: a Linear's (B, T, C) output reshaped
     to heads without a copy.
     kv_len: k and v are a KV cache holding more rows per sequence than are in use; the first kv_len are the keys
-    (Tk = kv_len; key_mask is then (B, kv_len)). Read in place, no copy.
+    (Tk = kv_len; key_mask is then (B, kv_len)). Read in place, no copy. k and v may both be float16 NumPy arrays (a
+    cache of halves, generate.KVCache): widened exactly as they are read, the same numbers as their float32 copies.
     -> out (shaped like q), lse (B, NH, Tq) (log-sum-exp, -inf for rows that see no key; their out is 0).
     """
-    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len)
+    half = isinstance(k, np.ndarray) and k.dtype == np.float16
+    d, mask, scale, window = _attention_args(q, k, v, key_mask, scale, layout, causal, window, kv_len,
+                                             np.float16 if half else np.float32)
     out = output(out, "out", q.shape, q)
     lse = output(lse, "lse", (d["B"], d["NH"], d["Tq"]), q)
     _kernels(out).attention_forward(out, lse, q, k, v, mask, d["B"], d["NH"], d["NKV"], d["Tq"], d["Tk"], d["Tkv"],
@@ -1005,12 +1008,18 @@ def contiguous(a):
 
 
 def write_rows(cache, start, rows):
-    """cache (B, T_max, ...)[:, start:start + T] = rows (B, T, ...), in place, on either side."""
+    """cache (B, T_max, ...)[:, start:start + T] = rows (B, T, ...), in place, on either side. A float16 cache
+    takes the rows rounded to the nearest half, saturated at +-65504 (the decoding plan's own writes, bit for bit)."""
+    end = start + rows.shape[1]
     if type(cache) is DeviceArray:
         for b in range(cache.shape[0]):
-            cache[b][start:start + rows.shape[1]].copy_from(rows[b])
+            cache[b][start:end].copy_from(rows[b])
+    elif cache.dtype == np.float16:
+        for b in range(cache.shape[0]):
+            row = np.ascontiguousarray(rows[b], np.float32)
+            _core.float16_from_float(cache[b, start:end], row, row.size)
     else:
-        cache[:, start:start + rows.shape[1]] = rows
+        cache[:, start:end] = rows
 
 
 def prepend_row(row, x):

@@ -23,6 +23,8 @@
 // and padded). Extra memory is O(T * HS) per thread, never O(Tq * Tk).
 #include <algorithm>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "simd.h"
 #ifdef PT_ATTENTION_AMX
@@ -197,11 +199,26 @@ constexpr int kGroupHeads = 4;
 constexpr int64_t kAhead = 8;  // key rows prefetched ahead
 constexpr int kValueVecs = W >= 16 ? 4 : 2;  // (beside kGroupHeads x kValueVecs accumulators: the vector registers)
 
+// A cache's rows hold float32 or halves (float16, uint16_t bits): either widened in registers, the same float
+// either way once a half is widened (tests/test_kv_cache.py: the same bits as the float32 caches of the widened
+// values).
+inline V loadn_kv(const float* p, int64_t r) { return loadn(p, r); }
+inline V loadn_kv(const uint16_t* p, int64_t r) { return loadn_f16(p, r); }
+// n rows of X (HS values each, rs apart) as float32: in place, or widened into buf (n x HS) -> (rows, their stride)
+inline std::pair<const float*, int64_t> rows_as_floats(const float* X, int64_t, int64_t, int64_t rs, float*) {
+  return {X, rs};
+}
+inline std::pair<const float*, int64_t> rows_as_floats(const uint16_t* X, int64_t n, int64_t HS, int64_t rs,
+                                                       float* buf) {
+  for (int64_t j = 0; j < n; j++) f16_to_floats(buf + j * HS, X + j * rs, HS);
+  return {buf, HS};
+}
+
 // O[u] (HS) = sum over the visible keys j < kend of scores[u * ld + j] * V row j, times inv[u], for NQ query heads.
 // Padded-out keys are skipped by the mask (their rows are never read); a visible key counts even at weight 0, so a
 // non-finite value row gives NaN as in the tiled product.
-template <int NQ>
-void value_sums(float* const* O, const float* scores, int64_t ld, const float* inv, const float* Vv, int64_t kv_rs,
+template <int NQ, class T>
+void value_sums(float* const* O, const float* scores, int64_t ld, const float* inv, const T* Vv, int64_t kv_rs,
                 const uint8_t* mask, int64_t kend, int64_t HS) {
   for (int64_t d0 = 0; d0 < HS; d0 += kValueVecs * W) {
     const int nv = (int)std::min<int64_t>(kValueVecs, (HS - d0 + W - 1) / W);
@@ -212,9 +229,9 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
       if (mask && !mask[j]) continue;
       float p[NQ];
       for (int u = 0; u < NQ; u++) p[u] = scores[u * ld + j];
-      const float* vr = Vv + j * kv_rs + d0;
+      const T* vr = Vv + j * kv_rs + d0;
       V x[kValueVecs];
-      for (int c = 0; c < kValueVecs; c++) x[c] = c < nv ? loadn(vr + c * W, HS - d0 - c * W) : zero();
+      for (int c = 0; c < kValueVecs; c++) x[c] = c < nv ? loadn_kv(vr + c * W, HS - d0 - c * W) : zero();
       for (int u = 0; u < NQ; u++) {
         const V pu = set1(p[u]);
         for (int c = 0; c < kValueVecs; c++) acc[u][c] = fma(pu, x[c], acc[u][c]);
@@ -229,10 +246,12 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 // key's rows, kv_rs floats apart; mask: theirs, or null) -> whether one was visible (if not, nothing is written).
 // Each head's running max m[u] and sum l[u] of exp(score - m[u]), and O[u] = the exp-weighted sum of the value
 // rows, divided by l[u] when `normalise` (a whole row's keys) or not (a chunk of them, merged later). Each key and
-// value row is read once for the nh heads. scores: scratch of nh x ld floats, ld >= n rounded up to W.
-static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const float* K,
-                        const float* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
-                        bool normalise, float* scores, int64_t ld) {
+// value row is read once for the nh heads (a key row of halves widened once, into krow: HS floats). scores: scratch
+// of nh x ld floats, ld >= n rounded up to W.
+template <class T>
+static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
+                        const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
+                        bool normalise, float* scores, int64_t ld, float* krow) {
   for (int u = 0; u < nh; u++) m[u] = kNegInf;
   bool visible = false;  // (the same for every head of the group: one mask, one range)
   for (int64_t j = 0; j < n; j++) {
@@ -241,12 +260,12 @@ static bool attend_keys(float* const* O, float* m, float* l, const float* const*
       continue;
     }
     visible = true;
-    const float* kr = K + j * kv_rs;
     if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
-      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(float)) {
-        __builtin_prefetch(kr + kAhead * kv_rs + d);
+      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(T)) {
+        __builtin_prefetch(K + (j + kAhead) * kv_rs + d);
         __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
       }
+    const float* kr = rows_as_floats(K + j * kv_rs, 1, HS, kv_rs, krow).first;
     for (int u = 0; u < nh; u++) {
       V acc0 = zero(), acc1 = zero();
       int64_t d = 0;
@@ -284,9 +303,11 @@ static bool attend_keys(float* const* O, float* m, float* l, const float* const*
   return true;
 }
 
-// One call's queries and keys, as the rows paths read them
+// One call's queries and keys, as the rows paths read them (T: the cache's element)
+template <class T>
 struct RowsCall {
-  const float *q, *k, *v;
+  const float* q;
+  const T *k, *v;
   const uint8_t* key_mask;
   Heads heads, kv_heads;
   int64_t Tq, Tk, Tkv;
@@ -295,17 +316,18 @@ struct RowsCall {
 
 // Every query head of key/value head g, at query i of sequence b, over the keys j0 .. j0 + n, kGroupHeads at a
 // time (attend_keys): out(h) is where head h's output goes, done(h, O, visible, m, l) takes each head's results.
-template <class Out, class Done>
-static void attend_heads(const RowsCall& c, int64_t b, int64_t g, int64_t i, int64_t j0, int64_t n, bool normalise,
+template <class T, class Out, class Done>
+static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, int64_t j0, int64_t n, bool normalise,
                          Out out, Done done) {
   const int64_t group = c.heads.NH / c.kv_heads.NH, HS = c.heads.HS, rs = c.heads.row_stride();
   const int64_t kv_rs = c.kv_heads.row_stride();
-  const float* K = c.k + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
-  const float* Vv = c.v + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
+  const T* K = c.k + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
+  const T* Vv = c.v + c.kv_heads.offset(b, g, c.Tkv) + j0 * kv_rs;
   const uint8_t* mask = c.key_mask ? c.key_mask + b * c.Tk + j0 : nullptr;
   const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
   static thread_local ScratchBuffer buf;
-  float* scores = buf.floats((size_t)(kGroupHeads * ld));
+  float* scores = buf.floats((size_t)(kGroupHeads * ld + HS));
+  float* krow = scores + kGroupHeads * ld;
   for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
     const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
     const float* Q[kGroupHeads];
@@ -315,16 +337,17 @@ static void attend_heads(const RowsCall& c, int64_t b, int64_t g, int64_t i, int
       Q[u] = c.q + c.heads.offset(b, h0 + u, c.Tq) + i * rs;
       O[u] = out(h0 + u);
     }
-    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld);
+    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld, krow);
     for (int u = 0; u < nh; u++) done(h0 + u, O[u], visible, m[u], l[u]);
   }
 }
 
-static void attention_rows(float* out, float* lse, const float* q, const float* k, const float* v, const uint8_t* key_mask,
+template <class T>
+static void attention_rows(float* out, float* lse, const float* q, const T* k, const T* v, const uint8_t* key_mask,
                     int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
                     int64_t window, float scale, bool bthd) {
   const Heads heads{NH, HS, bthd};
-  const RowsCall call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
+  const RowsCall<T> call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
   const int64_t rs = heads.row_stride(), ntasks = B * NKV * Tq;
   const KeyRange keys{Tk, Tk - Tq, window, causal};
 #pragma omp parallel for num_threads(threads()) schedule(static) if (ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4)
@@ -353,7 +376,8 @@ constexpr int64_t kSplitKeys = 512;    // keys per chunk of long rows
 constexpr int64_t kSplitMinKeys = 64;  // the fewest keys per chunk
 constexpr int64_t kSplitTasks = 16;    // fewer rows than this split, into about this many tasks (or more)
 
-static bool attention_rows_split(float* out, float* lse, const float* q, const float* k, const float* v,
+template <class T>
+static bool attention_rows_split(float* out, float* lse, const float* q, const T* k, const T* v,
                                  const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                                  int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
   const int64_t rows = B * NKV * Tq;
@@ -364,7 +388,7 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
   const int64_t chunks = (span + csize - 1) / csize;
   if (chunks < 2) return false;
   const Heads heads{NH, HS, bthd};
-  const RowsCall call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
+  const RowsCall<T> call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
   const int64_t rs = heads.row_stride();
   const KeyRange keys{Tk, Tk - Tq, window, causal};
   const int64_t part = HS + 3;  // per query head and chunk: o (HS), m, l, whether the chunk holds a visible key
@@ -418,10 +442,12 @@ static bool attention_rows_split(float* out, float* lse, const float* q, const f
 
 // Forward works on transposed tiles so that the online softmax runs across queries, W rows per vector, with no
 // horizontal reductions: S^T (keys x BQ) = K Q^T, running max / sum per query as vectors, O^T (HS x BQ) +=
-// V^T P^T. K and V are read in place as the broadcast operand; only the query block is transposed, once.
-void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                       int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
+// V^T P^T. K and V are read in place as the broadcast operand (a cache of halves: each tile's rows widened first);
+// only the query block is transposed, once.
+template <class T>
+static void forward(float* out, float* lse, const float* q, const T* k, const T* v, const uint8_t* key_mask,
+                    int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t Tkv, int64_t HS, bool causal,
+                    int64_t window, float scale, bool bthd) {
   if (B == 0 || NH == 0 || Tq == 0 || HS == 0) return;  // HS = 0 is refused by ops
   if (Tq <= kRowQueries) {
     if (attention_rows_split(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd))
@@ -441,14 +467,17 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
     const float* Q = q + heads.offset(b, h, Tq) + i0 * rs;
     // query head h reads key/value head h / group; a cache holds Tkv rows per sequence, Tk of them in use
-    const float* K = k + kv_heads.offset(b, h / group, Tkv);
-    const float* Vv = v + kv_heads.offset(b, h / group, Tkv);
+    const T* K = k + kv_heads.offset(b, h / group, Tkv);
+    const T* Vv = v + kv_heads.offset(b, h / group, Tkv);
     const uint8_t* mask = key_mask ? key_mask + b * Tk : nullptr;
 
     static thread_local ScratchBuffer buf;
-    float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ);
+    const bool widen = !std::is_same_v<T, float>;
+    float* Qt = buf.floats((size_t)2 * HS * BQ + BK * BQ + (widen ? 2 * BK * HS : 0));
     float* Ot = Qt + HS * BQ;  // (HS x BQ)
     float* St = Ot + HS * BQ;  // (BK x BQ) scores, then probabilities
+    float* Kf = St + BK * BQ;  // (BK x HS), (BK x HS): a tile's keys and values widened from halves
+    float* Vf = Kf + BK * HS;
     transpose_rows(Qt, BQ, Q, rs, nq, HS, BQ);
     std::fill(Ot, Ot + HS * BQ, 0.f);
 
@@ -464,7 +493,9 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     const int64_t kend = keys.end(i0 + nq - 1);
     for (int64_t j0 = keys.begin(i0); j0 < kend; j0 += BK) {
       const int64_t nk = std::min(BK, kend - j0);
-      tile_gemm(St, BQ, K + j0 * kv_rs, kv_rs, 1, Qt, BQ, nk, BQ, HS, false);
+      const auto [Kt, krs] = rows_as_floats(K + j0 * kv_rs, nk, HS, kv_rs, Kf);  // (the tile's rows, their stride)
+      const auto [Vt, vrs] = rows_as_floats(Vv + j0 * kv_rs, nk, HS, kv_rs, Vf);
+      tile_gemm(St, BQ, Kt, krs, 1, Qt, BQ, nk, BQ, HS, false);
       // key j0 + j is hidden from query i0 + i when j0 + j > i0 + i + offset, i.e. i < j0 + j - i0 - offset, and
       // by a window when j0 + j <= i0 + i + offset - window, i.e. i > j0 + j - i0 - offset + window - 1
       const bool diagonal = causal && j0 + nk - 1 > i0 + offset;
@@ -508,18 +539,18 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       for (int64_t u = 0; u < QV; u++) l[u] = fma(l[u], keep[u], sum[u]);
       for (int64_t d = 0; d < HS; d++)
         for (int64_t u = 0; u < QV; u++) store(Ot + d * BQ + u * W, mul(load(Ot + d * BQ + u * W), keep[u]));
-      if ((padded || diagonal || edge) && !rows_finite(Vv + j0 * kv_rs, nk, HS, kv_rs)) {
+      if ((padded || diagonal || edge) && !rows_finite(Vt, nk, HS, vrs)) {
         // a non-finite value row some query does not see: each query sums its own visible keys (rare, scalar),
         // as the product would give it 0 * inf = NaN
         for (int64_t j = 0; j < nk; j++) {
           if (mask && !mask[j0 + j]) continue;
-          const float* vr = Vv + (j0 + j) * kv_rs;
+          const float* vr = Vt + j * vrs;
           const int64_t i_end = edge ? std::min<int64_t>(nq, j0 + j - i0 - offset + window) : nq;
           for (int64_t i = diagonal ? std::max<int64_t>(0, j0 + j - i0 - offset) : 0; i < i_end; i++)
             for (int64_t d = 0; d < HS; d++) Ot[d * BQ + i] += St[j * BQ + i] * vr[d];
         }
       } else {
-        tile_gemm(Ot, BQ, Vv + j0 * kv_rs, 1, kv_rs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
+        tile_gemm(Ot, BQ, Vt, 1, vrs, St, BQ, HS, BQ, nk, true);  // O^T += V^T P^T
       }
     }
     // rows of out = columns of O^T / l, transposed back W x W; lse = m + log l (-inf when no key was visible;
@@ -548,6 +579,17 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       }
     }
   }
+}
+
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                       int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
+  forward(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
+}
+void attention_forward_f16(float* out, float* lse, const float* q, const uint16_t* k, const uint16_t* v,
+                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                           int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale, bool bthd) {
+  forward(out, lse, q, k, v, key_mask, B, NH, NKV, Tq, Tk, Tkv, HS, causal, window, scale, bthd);
 }
 
 // dq (B, NH, Tq, HS), dk, dv (B, NKV, Tk, HS) overwritten. Recomputes the probabilities from lse, tile by tile;

@@ -1,4 +1,4 @@
-// Residual add and dropout, forward and backward. Arrays are flat, n elements.
+// Residual add and dropout, forward and backward; float32 narrowed to halves. Arrays are flat, n elements.
 #include "simd.h"
 
 namespace pt {
@@ -8,6 +8,9 @@ using namespace simd;
 void residual_forward(float* out, const float* a, const float* b, int64_t n) {
   parallel_chunks(n, kElementChunk, [&](int64_t lo, int64_t hi) { map_vec2(out, a, b, lo, hi, [](V x, V y) { return add(x, y); }); });
 }
+
+// (a KV cache's rows: a step's few, a prompt's few thousand: one thread)
+void float16_from_float(uint16_t* out, const float* inp, int64_t n) { floats_to_f16(out, inp, n); }
 
 // da = db = dout (input gradients are overwritten; either may be null)
 void residual_backward(float* da, float* db, const float* dout, int64_t n) {

@@ -288,6 +288,74 @@ inline void storen(float* p, V a, int64_t r) {
     store_partial(p, a, r);
 }
 
+// IEEE half (float16: a KV cache's storage) and float32: widened exactly; narrowed to the nearest half (ties to
+// even) after saturating at +-65504, the largest finite half, so that a finite float stays finite (inf and NaN stay
+// what they are). NumPy's float16 cast of a value so saturated gives the same bits.
+inline float f16_to_float(uint16_t h) {
+  _Float16 x;
+  std::memcpy(&x, &h, 2);
+  return (float)x;
+}
+inline uint16_t float_to_f16(float f) {
+  const bool finite = std::fabs(f) <= 3.4028234663852886e38f;  // (NaN: false)
+  const _Float16 x = (_Float16)(!finite ? f : f > 65504.f ? 65504.f : f < -65504.f ? -65504.f : f);
+  uint16_t h;
+  std::memcpy(&h, &x, 2);
+  return h;
+}
+inline V load_f16(const uint16_t* p) {
+#if defined(PT_ISA_AVX512)
+  return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))};
+#elif defined(PT_ISA_AVX2)
+  return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p))};
+#else
+  alignas(64) float t[W];
+  for (int i = 0; i < W; i++) t[i] = f16_to_float(p[i]);
+  return load(t);
+#endif
+}
+inline V loadn_f16(const uint16_t* p, int64_t r) {
+  if (r >= W) return load_f16(p);
+  alignas(64) float t[W] = {};
+  for (int64_t i = 0; i < r; i++) t[i] = f16_to_float(p[i]);
+  return load(t);
+}
+// p[0 .. min(r, W)) = a narrowed to halves
+inline void storen_f16(uint16_t* p, V a, int64_t r) {
+#if defined(PT_ISA_AVX512)
+  const __m512 c = _mm512_min_ps(_mm512_set1_ps(65504.f), _mm512_max_ps(_mm512_set1_ps(-65504.f), a.v));  // (NaN: a)
+  const __m512 s = _mm512_mask_blend_ps(_mm512_fpclass_ps_mask(a.v, 0x18), c, a.v);  // (+-inf: a)
+  const __m256i h = _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if (r >= W)
+    _mm256_storeu_si256((__m256i*)p, h);
+  else
+    _mm256_mask_storeu_epi16(p, (__mmask16)tail_mask(r), h);
+#elif defined(PT_ISA_AVX2)
+  const __m256 c = _mm256_min_ps(_mm256_set1_ps(65504.f), _mm256_max_ps(_mm256_set1_ps(-65504.f), a.v));  // (NaN: a)
+  const __m256 inf = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ);
+  const __m256 s = _mm256_blendv_ps(c, a.v, inf);  // (+-inf: a)
+  const __m128i h = _mm256_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if (r >= W) {
+    _mm_storeu_si128((__m128i*)p, h);
+  } else {
+    alignas(16) uint16_t t[8];
+    _mm_store_si128((__m128i*)t, h);
+    std::memcpy(p, t, 2 * r);
+  }
+#else
+  alignas(64) float t[W];
+  store(t, a);
+  for (int64_t i = 0; i < r && i < W; i++) p[i] = float_to_f16(t[i]);
+#endif
+}
+// y[0 .. n) = x[0 .. n) as halves, and back
+inline void floats_to_f16(uint16_t* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += W) storen_f16(y + i, loadn(x + i, n - i), n - i);
+}
+inline void f16_to_floats(float* y, const uint16_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += W) storen(y + i, loadn_f16(x + i, n - i), n - i);
+}
+
 // dst[d * ldd + j] = X[j * rs + d] for the n rows j of X (len floats each, rs apart), d < len; columns
 // n .. width of dst zeroed (width a multiple of W). W x W blocks transposed in registers: the GEMM's weight
 // panels and attention's key / query tiles.

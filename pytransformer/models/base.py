@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from .. import ops
-from ..generate import KVCache, beam_search, generate, score, stream
+from ..generate import KVCache, beam_search, check_cache_dtype, generate, score, stream
 from ..nn import Dropout, FlatParameters, Module, MultiHeadAttention, lora, weights
 from ..nn.layers import HoldsWeight
 
@@ -249,6 +249,10 @@ class Model(Module):
             if isinstance(m, HoldsWeight):
                 m.stored = m.stored.with_activations(dtype)
         return self
+
+    def activation_dtypes(self) -> set:
+        """The activation dtypes its products run now ({"float32"}, {"int8"}, or both)."""
+        return {m.stored.activations for m in self.modules() if isinstance(m, HoldsWeight)}
 
     def num_parameters(self) -> int:
         return self.params.size
@@ -510,10 +514,26 @@ class CausalLM(Model):
     order; `head` is a ChunkedCrossEntropy over them), backward(), `blocks` (DecoderBlocks) and `max_positions`."""
 
     runs_on_cuda = True
+    kv_cache_dtype = None  # set_kv_cache_dtype's choice; None: cache_dtype() decides
 
     def new_cache(self, B, T_max):
-        """A KV cache for B sequences of up to T_max positions (float32, every layer, on the model's device)."""
-        return KVCache.for_blocks(self.blocks, B, T_max, self.device)
+        """A KV cache for B sequences of up to T_max positions (every layer, on the model's device, cache_dtype())."""
+        return KVCache.for_blocks(self.blocks, B, T_max, self.device, self.cache_dtype())
+
+    def cache_dtype(self) -> str:
+        """The element type of the KV caches generation and serving make: set_kv_cache_dtype's, else "float16"
+        where a product runs int8 activations on the CPU (the approximate fast path: those products round their
+        inputs to 8 bits, a half keeps 11; llama.cpp's default cache type) and "float32" otherwise (float32
+        activations stay the exact path)."""
+        if self.kv_cache_dtype is not None:
+            return self.kv_cache_dtype
+        return "float16" if self.device == "cpu" and "int8" in self.activation_dtypes() else "float32"
+
+    def set_kv_cache_dtype(self, dtype) -> "CausalLM":
+        """"float16" (half the cache's memory and the bytes each decoded token reads of it) or "float32" for the KV
+        caches new_cache makes from now on; None goes back to the default (cache_dtype). -> self"""
+        self.kv_cache_dtype = None if dtype is None else check_cache_dtype(dtype, self.device).name
+        return self
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

@@ -11,15 +11,15 @@ import numpy as np
 from .. import ops
 
 
-def _zeros(shape):
-    """float32 zeros whose pages cost memory only once written, and in 4 KiB pages: with transparent huge pages
-    a request's first rows in a fresh slot each faulted in (and zeroed) 2 MiB, 200-300 ms per prompt on this
-    machine (anonymous mmap + MADV_NOHUGEPAGE: 1.5 ms)."""
+def _zeros(shape, dtype):
+    """Zeros (float32, or float16: the model's cache_dtype) whose pages cost memory only once written, and in 4 KiB
+    pages: with transparent huge pages a request's first rows in a fresh slot each faulted in (and zeroed) 2 MiB,
+    200-300 ms per prompt on this machine (anonymous mmap + MADV_NOHUGEPAGE: 1.5 ms)."""
     n = int(np.prod(shape))
-    m = mmap.mmap(-1, max(n * 4, 1))
+    m = mmap.mmap(-1, max(n * dtype.itemsize, 1))
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         m.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(m, np.float32, n).reshape(shape)
+    return np.frombuffer(m, dtype, n).reshape(shape)
 
 
 class PrefixStore:
@@ -69,8 +69,7 @@ def step_rows(model) -> int:
     (SmolLM2, 2 threads: 3.0 ms of CPU a row at 16 rows, 2.4 at 24, 2.45 at 32), so twice that: a new prompt goes in
     one or two steps instead of a few rows a step, and its first token comes about twice as soon (bench/NOTES.md,
     session 17)."""
-    stored = [m.stored for m in getattr(model, "modules", lambda: [])() if getattr(m, "stored", None) is not None]
-    int8 = bool(stored) and all(getattr(w, "activations", None) == "int8" for w in stored)
+    int8 = getattr(model, "activation_dtypes", set)() == {"int8"}
     return ops.small_batch_rows() * (2 if int8 else 1)
 
 
@@ -83,8 +82,8 @@ class SlotRows:
     def __init__(self, model, slots, context):
         self.model = model
         layout = model.new_cache(1, 1)  # (a probe of the layout: per layer (1, 1, NKV, HS))
-        self.k = [_zeros((slots, context) + a.shape[2:]) for a in layout.k]
-        self.v = [_zeros((slots, context) + a.shape[2:]) for a in layout.v]
+        self.k = [_zeros((slots, context) + a.shape[2:], a.dtype) for a in layout.k]
+        self.v = [_zeros((slots, context) + a.shape[2:], a.dtype) for a in layout.v]
         self.free = list(range(slots))
         self.prefixes = PrefixStore()
         self.batch_rows = step_rows(model)  # (the rows a step fills up to with prompt rows beside decoding ones)

@@ -53,6 +53,15 @@ struct RotaryTables {
   int64_t P = 0;
 };
 
+// A step's KV caches: k[l], v[l] per layer, each S slots of capacity rows of NKV * HS values, float32 or (half)
+// IEEE halves (float16 bits: written rounded to nearest, saturated at +-65504; read widened exactly).
+struct CacheRefs {
+  void* const* k;
+  void* const* v;
+  int64_t S, capacity;
+  bool half;
+};
+
 struct DecodePlan {
   enum Activation { kSiLU = 0, kGeluTanh = 1, kGeluErf = 2, kReLU = 3 };
   int64_t C, NH, NKV, HS, F, V;
@@ -72,14 +81,13 @@ struct DecodePlan {
   WeightRef head;
 
   // x (B, C): the rows' embeddings (overwritten); row b is the token at position pos[b] of slot slots[b] of the
-  // layer caches k[l], v[l] (S slots of capacity rows of NKV * HS), and attends to that slot's rows 0 .. pos[b].
+  // layer caches (CacheRefs), and attends to that slot's rows 0 .. pos[b].
   // Rows may share a slot in increasing positions (a prompt prefilled within a decode step): each row's key and
   // value are written before the next row of its slot attends. The products read each weight once for all rows.
   // rope: rotary_tables pairs of (P, HS / 2) tables when rotary. logits (R, V): the rows logit_rows[0 .. R) (all B
   // rows when null, R = B).
-  void step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, float* const* k,
-            float* const* v, int64_t S, int64_t capacity, const RotaryTables& rope,
-            const int64_t* logit_rows = nullptr, int64_t R = -1) const;
+  void step(float* x, float* logits, int64_t B, const int64_t* slots, const int64_t* pos, const CacheRefs& cache,
+            const RotaryTables& rope, const int64_t* logit_rows = nullptr, int64_t R = -1) const;
   // throws std::invalid_argument (a Python ValueError) naming what a step's arguments get wrong
   void validate(int64_t B, const int64_t* slots, const int64_t* pos, int64_t S, int64_t capacity, int64_t P,
                 const int64_t* logit_rows, int64_t R) const;

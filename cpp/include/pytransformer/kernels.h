@@ -24,6 +24,11 @@
                          const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,            \
                          int64_t Tk, int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale,       \
                          bool bthd);                                                                         \
+  /* the same over a cache of halves (float16 bits): k, v widened exactly as they are read */                  \
+  void attention_forward_f16(float* out, float* lse, const float* q, const uint16_t* k, const uint16_t* v,   \
+                             const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,        \
+                             int64_t Tk, int64_t Tkv, int64_t HS, bool causal, int64_t window, float scale,   \
+                             bool bthd);                                                                     \
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,              \
                           const float* lse, const float* q, const float* k, const float* v,                  \
                           const uint8_t* key_mask, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,           \
@@ -112,6 +117,8 @@
                           int64_t C);                                                                        \
   void residual_forward(float* out, const float* a, const float* b, int64_t n);                              \
   void residual_backward(float* da, float* db, const float* dout, int64_t n);                                \
+  /* out (n) = inp (n) as IEEE halves (float16 bits: a KV cache's rows): to nearest even, saturated at +-65504 */ \
+  void float16_from_float(uint16_t* out, const float* inp, int64_t n);                                        \
   /* keep element i when uniform(seed, i) >= p, scaled by 1 / (1 - p); the mask is recomputed in backward */ \
   void dropout_forward(float* out, const float* inp, int64_t n, float p, uint64_t seed);                     \
   void dropout_backward(float* dinp, const float* dout, int64_t n, float p, uint64_t seed);                  \
@@ -149,7 +156,8 @@
   X(gelu_backward) X(relu_forward) X(relu_backward) X(softmax_forward) X(softmax_backward)                   \
   X(mask_logits)                                                                                            \
   X(crossentropy_forward) X(crossentropy_backward) X(embedding_forward) X(embedding_backward)                \
-  X(residual_forward) X(residual_backward) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
+  X(residual_forward) X(residual_backward) X(float16_from_float) X(dropout_forward) X(dropout_backward) X(attention_forward)       \
+  X(attention_forward_f16)                                                                                  \
   X(attention_backward) X(adamw_step) X(sum_squares) X(fma_probe) X(int8_dot_probe) X(int8_dot_vnni_probe) X(rmsnorm_forward) X(rmsnorm_backward)      \
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(matmul_q_forward) X(matmul_q8_forward)        \
   X(matmul_q_dinp) X(matmul_w8_dinp)                                                                        \
