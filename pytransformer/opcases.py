@@ -428,32 +428,39 @@ class Attention(Op):
 
 
 class AttentionHalfCache(Attention):
-    """Attention forward over a KV cache of halves (generate.KVCache "float16"): k and v (B, NKV, Tkv, HS) float16,
-    Tkv = Tk + 5 rows of which the first Tk are in use (kv_len), widened exactly as they are read. Against the float64
-    attention over the same halves: what is left is float32 rounding, as the float32 cache's."""
+    """A KV cache of halves (generate.KVCache "float16"): k and v (B, NKV, Tkv, HS) rounded to halves as a cache
+    stores them (ops.to_float16), Tkv = Tk + 5 rows of which the first Tk are in use (kv_len), attention forward over
+    them widened exactly as they are read. Against NumPy's float16 cast (one half-step off in a value near 1 is an
+    error of ~1e-4 of the largest) and the float64 attention over those halves: float32 rounding, as with a float32
+    cache. (Saturation and ties: tests/test_kv_cache.py, bit for bit.)"""
 
     def make(self, rng, s, o):
         x = super().make(rng, dict(s, Tk=s["Tk"] + 5), o)
-        x["k"], x["v"] = x["k"].astype(np.float16), x["v"].astype(np.float16)
         if x["key_mask"] is not None:
             x["key_mask"] = np.ascontiguousarray(x["key_mask"][:, :s["Tk"]])
         return x
 
+    @staticmethod
+    def _attend(lib, x, o, k, v):
+        Tk = k.shape[2] - 5
+        return lib.attention_forward(x["q"], k[:, :, :Tk], v[:, :, :Tk], o.get("causal", False), x["key_mask"],
+                                     window=o.get("window", 0))
+
     def ours(self, x, o):
-        Tk = x["k"].shape[2] - 5
-        out, lse = ops.attention_forward(x["q"], x["k"], x["v"], o.get("causal", False), x["key_mask"], kv_len=Tk,
+        k, v = ops.to_float16(x["k"]), ops.to_float16(x["v"])
+        Tk = k.shape[2] - 5
+        out, lse = ops.attention_forward(x["q"], k, v, o.get("causal", False), x["key_mask"], kv_len=Tk,
                                          window=o.get("window", 0))
-        return {"out": out, "lse": lse}
+        return {"out": out, "lse": lse, "k": k.astype(np.float32), "v": v.astype(np.float32)}
 
     def reference(self, x, o):
-        Tk = x["k"].shape[2] - 5
-        out, lse = ref.attention_forward(x["q"], x["k"][:, :, :Tk].astype(np.float64),
-                                         x["v"][:, :, :Tk].astype(np.float64), o.get("causal", False), x["key_mask"],
-                                         window=o.get("window", 0))
-        return {"out": out, "lse": lse}
+        k, v = (np.clip(x[n], -65504, 65504).astype(np.float16).astype(np.float64) for n in ("k", "v"))
+        out, lse = self._attend(ref, x, o, k, v)
+        return {"out": out, "lse": lse, "k": k, "v": v}
 
     def calls(self, x, o):
-        q, k, v, mask, causal, Tk = x["q"], x["k"], x["v"], x["key_mask"], o.get("causal", False), x["k"].shape[2] - 5
+        q, mask, causal = x["q"], x["key_mask"], o.get("causal", False)
+        k, v, Tk = ops.to_float16(x["k"]), ops.to_float16(x["v"]), x["k"].shape[2] - 5
         out, lse = empty_like(q), empty(q.shape[:3], like=q)
         return {"forward": lambda: ops.attention_forward(q, k, v, causal, mask, out=out, lse=lse, kv_len=Tk,
                                                          window=o.get("window", 0))}

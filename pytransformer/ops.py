@@ -172,6 +172,19 @@ def to_bfloat16(x):
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
+@_writes("out")
+def to_float16(x, *, out=None):
+    """x (...) float32 -> float16 (...): each value rounded to the nearest half (ties to even) after saturating at
+    +-65504, the largest half, so that a finite float stays finite (inf and NaN stay): a KV cache's rows as the
+    decoding plan and write_rows store them."""
+    if type(x) is DeviceArray:
+        raise TypeError("to_float16 runs on the CPU (a CUDA cache holds float32)")
+    array(x, "x", ("...",), {})
+    out = output(out, "out", x.shape, x, np.float16)
+    _core.float16_from_float(out, x, x.size)
+    return out
+
+
 def _rows(x):
     return math.prod(x.shape[:-1])  # (np.prod took 5 us, a quarter of a small matmul call's Python overhead)
 
@@ -1016,8 +1029,7 @@ def write_rows(cache, start, rows):
             cache[b][start:end].copy_from(rows[b])
     elif cache.dtype == np.float16:
         for b in range(cache.shape[0]):
-            row = np.ascontiguousarray(rows[b], np.float32)
-            _core.float16_from_float(cache[b, start:end], row, row.size)
+            to_float16(np.ascontiguousarray(rows[b], np.float32), out=cache[b, start:end])
     else:
         cache[:, start:end] = rows
 

@@ -58,8 +58,9 @@ def test_rows_are_rounded_to_the_nearest_half_and_saturated(isa, rng):
     even; subnormals) of the value saturated at +-65504 (a finite float stays finite); inf and NaN stay."""
     h = rng.integers(0, 0x7BFF, 5000).astype(np.uint16).view(np.float16).astype(np.float32)  # finite halves < 65504
     nxt = np.nextafter(h.astype(np.float16), np.float16(np.inf)).astype(np.float32)
-    x = np.concatenate([h, (h + nxt) / 2, h + (nxt - h) * 0.499, rng.standard_normal(3000) * 10.0 ** rng.integers(-9, 7, 3000),
-                        [65504, 65519.9, 65520, 1e6, 3e38, 2.9e-8, 3e-8, np.inf, -np.inf, np.nan, -0.0]]).astype(np.float32)
+    wide = rng.standard_normal(3000) * 10.0 ** rng.integers(-9, 7, 3000)  # (subnormal halves to overflowing ones)
+    special = [65504, 65519.9, 65520, 1e6, 3e38, 2.9e-8, 3e-8, np.inf, -np.inf, np.nan, -0.0]
+    x = np.concatenate([h, (h + nxt) / 2, h + (nxt - h) * 0.499, wide, special]).astype(np.float32)  # (ties: to even)
     x = np.concatenate([x, -x])
     got = np.empty(x.size, np.float16)
     pytransformer._core.float16_from_float(got, x, x.size)
