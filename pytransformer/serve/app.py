@@ -224,7 +224,7 @@ def _jobs(server, body, sampling, ids, out, reply, grammar):
     sampler = Sampler(sampling.temperature, None, sampling.top_p if sampling.top_p < 1.0 else None)
     try:
         return Job.choices(sampling.n, ids, max_tokens, sampler, sampling.seed, sampling.stop, sampling.logprobs,
-                           asyncio.get_running_loop(), out, grammar)
+                           asyncio.get_running_loop(), out, grammar, sampling.ignore_eos)
     except ConstraintError as e:
         raise reply.constraint_error(str(e)) from None
 

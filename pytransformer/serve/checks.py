@@ -29,9 +29,10 @@ class RequestError(Exception):
 FIELDS = {
     "chat": {"model", "messages", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens",
              "max_completion_tokens", "stop", "seed", "logprobs", "top_logprobs", "user", "response_format", "tools",
-             "tool_choice", "parallel_tool_calls", "presence_penalty", "frequency_penalty", "logit_bias"},
+             "tool_choice", "parallel_tool_calls", "presence_penalty", "frequency_penalty", "logit_bias", "ignore_eos"},
     "completion": {"model", "prompt", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "stop",
-                   "seed", "logprobs", "user", "echo", "presence_penalty", "frequency_penalty", "logit_bias"},
+                   "seed", "logprobs", "user", "echo", "presence_penalty", "frequency_penalty", "logit_bias",
+                   "ignore_eos"},
 }
 
 
@@ -256,6 +257,7 @@ class Sampling:
     seed: int | None
     logprobs: int | None  # top log-probabilities per token (None: none asked)
     stop: list[str]
+    ignore_eos: bool = False  # (vLLM's and llama.cpp's server's: the end-of-turn token ends nothing; for benchmarks)
 
 
 def sampling(body, context) -> Sampling:
@@ -273,12 +275,18 @@ def sampling(body, context) -> Sampling:
     if limit is not None and completion_limit is not None and limit != completion_limit:
         raise RequestError(f"'max_tokens' ({limit}) and 'max_completion_tokens' ({completion_limit}) differ: give "
                            "one", "max_completion_tokens")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise RequestError("'ignore_eos' must be true or false", "ignore_eos")
+    if ignore_eos and (body.get("response_format") or body.get("tools")):
+        raise RequestError("'ignore_eos' cannot go with 'response_format' or 'tools': a constrained reply ends where "
+                           "its grammar does", "ignore_eos")
     return Sampling(max_tokens=limit if completion_limit is None else completion_limit,
                     n=number(body, "n", 1, 8, 1, int),
                     temperature=number(body, "temperature", 0.0, 2.0, DEFAULTS["api"]["temperature"]),
                     top_p=number(body, "top_p", 0.0, 1.0, DEFAULTS["api"]["top_p"], above_lo=True),
                     seed=number(body, "seed", 0, 2**63 - 9, None, int),
-                    logprobs=logprobs, stop=stops(body))
+                    logprobs=logprobs, stop=stops(body), ignore_eos=ignore_eos)
 
 
 def max_tokens_for(s: Sampling, prompt_tokens, context, prompt_field) -> int:

@@ -83,8 +83,9 @@ class Job:
     ("done", finish_reason, usage) or ("error", message, status): 400 when its grammar cannot go on (the
     request's constraint, a constrain.ConstraintError), 500 for any other failure."""
 
-    def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, matcher=None):
+    def __init__(self, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, matcher=None, ignore_eos=False):
         self.ids, self.max_tokens, self.sampler, self.stop, self.logprobs = ids, max_tokens, sampler, stop, logprobs
+        self.ignore_eos = ignore_eos  # (an end-of-turn token is generated like any other: max_tokens always)
         self.matcher = matcher  # (a constrain.Matcher: its grammar's mask applies before the sampler)
         self.rng = np.random.default_rng(seed)
         self.loop, self.out = loop, out
@@ -96,11 +97,12 @@ class Job:
         self.sink = None  # the list of items its engine delivers after each round (set by Engine.submit)
 
     @classmethod
-    def choices(cls, n, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, grammar=None) -> list[Job]:
+    def choices(cls, n, ids, max_tokens, sampler, seed, stop, logprobs, loop, out, grammar=None,
+                ignore_eos=False) -> list[Job]:
         """n jobs of one request, seeds seed, seed + 1, ...; their items reach `out` tagged by choice index; each
         has its own matcher of the grammar (a constrain.Grammar) when there is one."""
         return [cls(list(ids), max_tokens, sampler, None if seed is None else seed + i, stop, logprobs, loop,
-                    _Tagged(out, i), None if grammar is None else grammar.matcher()) for i in range(n)]
+                    _Tagged(out, i), None if grammar is None else grammar.matcher(), ignore_eos) for i in range(n)]
 
     def emit(self, item):
         self.sink.append((self, item))
@@ -260,7 +262,7 @@ class Engine:
         if job.matcher is not None and tok not in self.end_ids:
             job.matcher.consume(tok)
         finish = None
-        if tok in self.end_ids:
+        if tok in self.end_ids and not job.ignore_eos:
             piece, finish = job.text.flush(), "stop"
         else:
             piece = job.text.push(tok)
