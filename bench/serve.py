@@ -6,7 +6,9 @@ model run sequentially in-process and against llama.cpp's server (llama-cpp-pyth
 
 The servers run side by side, each client count against each of them in turn. Each client sends the fixed set
 of chat prompts, --rounds times, one request after another (streaming, temperature 0; client c starts at prompt
-c, so that concurrent clients ask different things); the sequential baseline runs the set --rounds times through model.generate. Reported: requests/s, generated tokens/s, time to
+c, so that concurrent clients ask different things); the sequential baseline runs the set --rounds times through
+model.generate, before the servers and again after them (the mean of the two: the speed of a shared machine drifts
+between minutes, and one measurement moved the ratio by 20%). Reported: requests/s, generated tokens/s, time to
 first token p50/p99, latency p50/p99, errors (must be 0). --compare DIR also serves the model from another
 checkout of pytransformer (say, the commit before a change: `git archive` it and copy the built modules in) in the
 same run, and ends with the ratio of this tree's tokens/s to that one's at each client count. --ignore-eos: every
@@ -157,12 +159,8 @@ def main():
     print(f"# {os.path.basename(path)}: each client sends {len(PROMPTS)} chat prompts x {args.rounds}, "
           f"{args.max_tokens} tokens at most, streaming, temperature 0; loopback; activations "
           f"{args.activations or 'the default'}" + ("; ignore_eos (ours)" if args.ignore_eos else ""))
-    seq = sequential(path, args.rounds, args.max_tokens, args.activations, args.ignore_eos)
-    print(f"sequential in-process generate: {seq:.1f} tokens/s\n")
-    print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
-          "| errors |")
-    print("|---|---|---|---|---|---|---|---|")
-    procs, bases, models, rates = [], {}, {}, {}
+    seq_before = sequential(path, args.rounds, args.max_tokens, args.activations, args.ignore_eos)
+    procs, bases, models, rates, rows = [], {}, {}, {}, []
     try:  # every server up at once (an idle one costs nothing), so that each client count runs them back to back
         for name, cmd, probe, env in servers:
             port = free_port()
@@ -178,13 +176,23 @@ def main():
                 r = load(bases[name], models[name], c, args.rounds, args.max_tokens,
                          args.ignore_eos and name.startswith("pytransformer"))
                 rates[name, c] = r["tokens_per_s"]
-                print(f"| {name} | {c} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
-                      f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
-                      f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |", flush=True)
+                rows.append((name, r))
+                print(f"# {name}, {c} clients: {r['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
+    seq_after = sequential(path, args.rounds, args.max_tokens, args.activations, args.ignore_eos)
+    seq = (seq_before + seq_after) / 2
+    print(f"sequential in-process generate: {seq_before:.1f} tokens/s before the servers, {seq_after:.1f} after "
+          f"(mean {seq:.1f})\n")
+    print("| server | clients | requests/s | tokens/s | vs sequential | TTFT p50 / p99 (s) | latency p50 / p99 (s) "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
+              f"{r['tokens_per_s'] / seq:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} | "
+              f"{r['latency_p50']:.2f} / {r['latency_p99']:.2f} | {r['errors']} |")
     if args.compare:
         print("\nthis tree / " + args.compare + " (tokens/s): " + ", ".join(
             f"{c} clients {rates['pytransformer', c] / rates[servers[1][0], c]:.3f}" for c in args.clients))
