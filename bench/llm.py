@@ -4,8 +4,9 @@ transformers on torch (the file dequantised to float32 by the gguf package), in 
     python bench/llm.py [--model NAME_OR_FILE ...] [--threads 1 2] [--prompt 64] [--new 128] [--prefill 512] [--rounds 1]
                         [--cpu-time] [--json docs/llm.json] [--plot]
 
-Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt (the prompt's time, measured
-alone, subtracted). Prefill: tokens/s of one `--prefill`-token prompt
+Decode: greedy tokens/s of batch 1, `--new` tokens after a `--prompt`-token prompt, timed from the first new token
+to the last as each engine hands them over (a prompt's time measured alone and subtracted swamped the decode with a
+long prompt's noise). Prefill: tokens/s of one `--prefill`-token prompt
 (the next token's logits only: the last position's, as generation needs). Every engine starts from the same token ids
 (real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
 reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
@@ -24,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -85,8 +87,13 @@ class Ours:
     def set_threads(self, n):
         pytransformer.set_num_threads(n)
 
-    def generate(self, ids, new):
-        return self.model.generate(ids, new, temperature=0.0)[0, ids.shape[1]:]
+    def generate(self, ids, new, clock=time.perf_counter):
+        """-> (the new token ids, the clock's seconds from the first new token to the last)"""
+        tokens, times = [], []
+        for t in self.model.stream(ids, new, temperature=0.0):
+            tokens.append(int(t[0]))
+            times.append(clock())
+        return np.array(tokens), times[-1] - times[0]
 
     def prefill(self, ids):  # (the last position's logits, as generate's prefill and llama.cpp's eval compute)
         with self.model.evaluating():
@@ -105,17 +112,18 @@ class LlamaCpp:
         self.llm = self.Llama(model_path=self.path, n_ctx=self.ctx, n_batch=512, n_ubatch=512, n_threads=n,
                               n_threads_batch=n, verbose=False)
 
-    def generate(self, ids, new):
+    def generate(self, ids, new, clock=time.perf_counter):
         llm = self.llm
         llm.reset()
         llm.eval(ids[0].tolist())
-        out = []
+        out, times = [], []
         for _ in range(new):  # the last position's logits, read in place (llama_get_logits)
             tok = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
             out.append(tok)
+            times.append(clock())
             if len(out) < new:
                 llm.eval([tok])
-        return np.array(out)
+        return np.array(out), times[-1] - times[0]
 
     def prefill(self, ids):
         self.llm.reset()
@@ -137,11 +145,22 @@ class Transformers:
     def set_threads(self, n):
         self.torch.set_num_threads(n)
 
-    def generate(self, ids, new):
+    def generate(self, ids, new, clock=time.perf_counter):
+        from transformers.generation.streamers import BaseStreamer
+
+        times = []
+
+        class Stamps(BaseStreamer):  # (put: the prompt first, then each new token)
+            def put(self, value):
+                times.append(clock())
+
+            def end(self):
+                pass
+
         with self.torch.inference_mode():
             out = self.model.generate(self.torch.from_numpy(ids), max_new_tokens=new, min_new_tokens=new,
-                                      do_sample=False, pad_token_id=0)
-        return out[0, ids.shape[1]:].numpy()
+                                      do_sample=False, pad_token_id=0, streamer=Stamps())
+        return out[0, ids.shape[1]:].numpy(), times[-1] - times[1]
 
     def prefill(self, ids):
         with self.torch.inference_mode():
@@ -193,14 +212,12 @@ def worker(args, path):
     engine.generate(short, 4)  # warm-up
     clock = time.process_time if args.cpu_time else time.perf_counter
     bandwidth = limits.read_bandwidth(n)  # (at n threads: what engine.set_threads(n) set pytransformer to)
-    t_prompt = median_time(lambda: engine.generate(short, 1), args.repeats, clock=clock)
-    out = {}
-    t_total = median_time(lambda: out.__setitem__("tokens", engine.generate(short, args.new)), args.repeats,
-                          clock=clock)
+    runs = [engine.generate(short, args.new, clock) for _ in range(args.repeats)]
     bandwidth = (bandwidth + limits.read_bandwidth(n)) / 2
     t_prefill = median_time(lambda: engine.prefill(long), args.repeats, clock=clock)
-    print(json.dumps({"decode": (args.new - 1) / (t_total - t_prompt), "prefill": args.prefill / t_prefill,
-                      "tokens": [int(t) for t in out["tokens"]], "bandwidth": bandwidth}))
+    print(json.dumps({"decode": (args.new - 1) / statistics.median(s for _, s in runs),
+                      "prefill": args.prefill / t_prefill, "tokens": [int(t) for t in runs[0][0]],
+                      "bandwidth": bandwidth}))
 
 
 def main():
