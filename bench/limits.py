@@ -70,15 +70,16 @@ def bandwidth(threads, nbytes_per_array=25 * 2**20, reps=20):
     return 3 * n * 4 / float(np.median(times)) / 1e9
 
 
-def read_bandwidth(threads, nbytes=400 * 2**20, reps=9):
+def read_bandwidth(threads, nbytes=400 * 2**20, reps=9, arrays=2):
     """GB/s of reading memory only (what a decoded token does with the weights): the sum of squares of one of two
-    arrays of nbytes each, taken in turn so that neither stays in cache, median over reps."""
+    arrays of nbytes each, taken in turn so that neither stays in cache, median over reps. arrays=1: one array read
+    over and over (as a decoder re-reads its weights: whatever part of them the caches keep, this keeps too)."""
     pytransformer.set_num_threads(threads)
-    arrays = [np.ones(nbytes // 4, np.float32) for _ in range(2)]
+    arrays = [np.ones(nbytes // 4, np.float32) for _ in range(arrays)]
     times = []
     for i in range(reps + 2):
         t = time.perf_counter()
-        ops.sum_squares(arrays[i % 2])
+        ops.sum_squares(arrays[i % len(arrays)])
         times.append(time.perf_counter() - t)
     return nbytes / float(np.median(times[2:])) / 1e9
 

