@@ -39,6 +39,16 @@ def isa(request):
     yield from switched(request, lambda: pytransformer.cpu_info()["isa"], pytransformer.set_isa)
 
 
+PRECISIONS = ["float32"] + (["bfloat16"] if pytransformer.cpu_info()["amx_bf16"] else [])
+
+
+@pytest.fixture(params=PRECISIONS)
+def precision(request):
+    """Runs the test once per matmul precision this machine has (bfloat16 on AMX), restoring the default afterwards."""
+    yield from switched(request, lambda: pytransformer.cpu_info()["matmul_precision"],
+                        pytransformer.set_matmul_precision)
+
+
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")

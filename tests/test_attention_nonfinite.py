@@ -15,18 +15,11 @@ from pytransformer import reference as ref
 from conftest import switched
 
 CASES = [c for c in opcases.cases("test") if c.op == "attention"]
-PRECISIONS = ["float32"] + (["bfloat16"] if pytransformer.cpu_info()["amx_bf16"] else [])
 
 
 @pytest.fixture(params=[1, 8], ids=["1thread", "8threads"])  # 8 on any machine: one long row splits its keys
 def threads(request):
     yield from switched(request, pytransformer.get_num_threads, pytransformer.set_num_threads)
-
-
-@pytest.fixture(params=PRECISIONS)
-def precision(request):
-    yield from switched(request, lambda: pytransformer.cpu_info()["matmul_precision"],
-                        pytransformer.set_matmul_precision)
 
 
 def poisonings(rng, x, visible, causal):

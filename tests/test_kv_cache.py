@@ -14,7 +14,6 @@ from pytransformer.generate import KVCache
 from pytransformer.models import Llama, LlamaConfig
 from conftest import switched
 
-PRECISIONS = ["float32"] + (["bfloat16"] if pytransformer.cpu_info()["amx_bf16"] else [])
 # (B, NH, NKV, Tq, Tk, HS, window): decoding rows, a long row split across threads, tiles; grouped heads, windows
 SHAPES = [(2, 4, 2, 1, 70, 17, 0), (1, 9, 3, 1, 3000, 64, 0), (1, 4, 1, 3, 1500, 256, 0), (2, 6, 2, 70, 130, 16, 0),
           (1, 2, 1, 1, 2000, 8, 700), (2, 4, 4, 65, 65, 63, 20), (1, 2, 2, 130, 200, 33, 0)]
@@ -23,12 +22,6 @@ SHAPES = [(2, 4, 2, 1, 70, 17, 0), (1, 9, 3, 1, 3000, 64, 0), (1, 4, 1, 3, 1500,
 @pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
 def threads(request):
     yield from switched(request, pytransformer.get_num_threads, pytransformer.set_num_threads)
-
-
-@pytest.fixture(params=PRECISIONS)
-def precision(request):
-    yield from switched(request, lambda: pytransformer.cpu_info()["matmul_precision"],
-                        pytransformer.set_matmul_precision)
 
 
 def halves(rng, shape, scale=1.0):

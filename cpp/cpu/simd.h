@@ -269,18 +269,18 @@ inline V load_i8(const int8_t* p) {
   return {(float)p[0]};
 #endif
 }
+// r = min(W, remaining) narrow values widened: a full vector (load(p)), or a tail one value at a time (widen)
+template <class T, class Load, class Widen>
+inline V loadn_widened(const T* p, int64_t r, Load load_full, Widen widen) {
+  if (r >= W) return load_full(p);
+  alignas(64) float tmp[W] = {};
+  for (int64_t i = 0; i < r; i++) tmp[i] = widen(p[i]);
+  return load(tmp);
+}
 inline V loadn_i8(const int8_t* p, int64_t r) {
-  if (r >= W) return load_i8(p);
-  alignas(64) float tmp[W] = {};
-  for (int64_t i = 0; i < r; i++) tmp[i] = (float)p[i];
-  return load(tmp);
+  return loadn_widened(p, r, load_i8, [](int8_t x) { return (float)x; });
 }
-inline V loadn_bf16(const uint16_t* p, int64_t r) {
-  if (r >= W) return load_bf16(p);
-  alignas(64) float tmp[W] = {};
-  for (int64_t i = 0; i < r; i++) tmp[i] = bf16_to_float(p[i]);
-  return load(tmp);
-}
+inline V loadn_bf16(const uint16_t* p, int64_t r) { return loadn_widened(p, r, load_bf16, bf16_to_float); }
 inline void storen(float* p, V a, int64_t r) {
   if (r >= W)
     store(p, a);
@@ -303,22 +303,19 @@ inline uint16_t float_to_f16(float f) {
   std::memcpy(&h, &x, 2);
   return h;
 }
-inline V load_f16(const uint16_t* p) {
-#if defined(PT_ISA_AVX512)
-  return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))};
-#elif defined(PT_ISA_AVX2)
-  return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p))};
-#else
-  alignas(64) float t[W];
-  for (int i = 0; i < W; i++) t[i] = f16_to_float(p[i]);
-  return load(t);
-#endif
-}
 inline V loadn_f16(const uint16_t* p, int64_t r) {
-  if (r >= W) return load_f16(p);
-  alignas(64) float t[W] = {};
-  for (int64_t i = 0; i < r; i++) t[i] = f16_to_float(p[i]);
-  return load(t);
+#if defined(PT_ISA_AVX512)
+  const auto full = [](const uint16_t* q) { return V{_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)q))}; };
+#elif defined(PT_ISA_AVX2)
+  const auto full = [](const uint16_t* q) { return V{_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)q))}; };
+#else
+  const auto full = [](const uint16_t* q) {
+    alignas(64) float t[W];
+    for (int i = 0; i < W; i++) t[i] = f16_to_float(q[i]);
+    return load(t);
+  };
+#endif
+  return loadn_widened(p, r, full, f16_to_float);
 }
 // p[0 .. min(r, W)) = a narrowed to halves
 inline void storen_f16(uint16_t* p, V a, int64_t r) {
