@@ -25,7 +25,8 @@ CPU_ONLY = {"matmul_bf16_weights", "matmul_int8_weights",  # bfloat16 / int8 cop
             "matmul_quantized_int8",  # (int8 activations: CUDA products keep float32 ones)
             "matmul_dinp",  # (the gradient through frozen narrow weights: CPU kernels only)
             "hamming_candidates", "int8_candidates",  # (search's first passes over a memory-mapped index: CPU kernels)
-            "mask_logits"}  # (a grammar's mask: the sampler's rows are on the host)
+            "mask_logits",  # (a grammar's mask: the sampler's rows are on the host)
+            "attention_f16_cache"}  # (a KV cache of halves: a CPU model's; a CUDA cache holds float32)
 # The emulator runs CUDA threads as fibers on one core: attention cases of more than ~200 blocks or 5,000 query-key
 # pairs and quantised products of more than 4,096 outputs (the CPU's thread chunks of 15,429 rows: 10-50 s each
 # there) run on a GPU only; every other case runs everywhere.
