@@ -87,6 +87,23 @@ def test_attention_bthd_layout_reads_heads_in_place(isa, rng, B, NH, Tq, Tk, HS,
         ops.attention_forward(q, k, v, layout="bhdt")
 
 
+@pytest.mark.parametrize("NH, NKV, Tk, HS", [(9, 3, 64, 64), (4, 1, 70, 40), (3, 3, 37, 17), (8, 2, 16, 256)])
+def test_decoding_scores_of_many_keys_at_once_are_each_keys_own_sum(isa, rng, NH, NKV, Tk, HS):
+    """Decoding rows without a key mask sum W keys' dot products across their lanes together (simd reduce_adds);
+    with a mask of all True each key on its own (reduce_add): the same pairs added, so the same bits -- tails of keys
+    and of the head size included, and a NaN in a key row (NaN for every head of its group, the others untouched)."""
+    q, k, v = f32(rng, 2, NH, 1, HS), f32(rng, 2, NKV, Tk, HS), f32(rng, 2, NKV, Tk, HS)
+    k[1, 0, Tk // 2, HS // 2] = np.nan
+    every = np.ones((2, Tk), bool)
+    out, lse = ops.attention_forward(q, k, v, True)
+    want_out, want_lse = ops.attention_forward(q, k, v, True, every)
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_array_equal(lse, want_lse)
+    group = NH // NKV
+    assert np.isnan(lse[1, :group]).all() and np.isfinite(lse[0]).all() and np.isfinite(lse[1, group:]).all()
+    assert_close(out[0], ref.attention_forward(q[:1], k[:1], v[:1], True)[0][0], TOL)
+
+
 def test_attention_fully_masked_rows_are_zero_not_nan(isa, rng):
     q, k, v = f32(rng, 1, 2, 5, 8), f32(rng, 1, 2, 3, 8), f32(rng, 1, 2, 3, 8)
     out, lse = ops.attention_forward(q, k, v, causal=True)  # Tq > Tk: the first two queries see no key

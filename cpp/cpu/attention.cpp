@@ -242,42 +242,94 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
   }
 }
 
-// The query heads Q[0 .. nh) (nh <= kGroupHeads) of one key/value head over its keys 0 .. n (K, Vv: the first
-// key's rows, kv_rs floats apart; mask: theirs, or null) -> whether one was visible (if not, nothing is written).
-// Each head's running max m[u] and sum l[u] of exp(score - m[u]), and O[u] = the exp-weighted sum of the value
-// rows, divided by l[u] when `normalise` (a whole row's keys) or not (a chunk of them, merged later). Each key and
-// value row is read once for the nh heads (a key row of halves widened once, into krow: HS floats). scores: scratch
-// of nh x ld floats, ld >= n rounded up to W.
-template <class T>
-static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
-                        const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
-                        bool normalise, float* scores, int64_t ld, float* krow) {
-  for (int u = 0; u < nh; u++) m[u] = kNegInf;
-  bool visible = false;  // (the same for every head of the group: one mask, one range)
-  for (int64_t j = 0; j < n; j++) {
-    if (mask && !mask[j]) {
-      for (int u = 0; u < nh; u++) scores[u * ld + j] = kNegInf;
-      continue;
-    }
-    visible = true;
+// scores[u ld + j] = (Q[u] . key row j) * scale for the NQ query heads of one key/value head over its keys 0 .. n
+// (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null), each key row read once for all of them (halves
+// widened in registers); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
+// summed across their lanes together (reduce_adds: the bits of one reduce_add each, a third of the operations).
+// m[u]: head u's max over its visible keys, NaN from a NaN score on -> whether a key was visible.
+template <int NQ, class T>
+static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
+                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale) {
+  auto dots = [&](int64_t j, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . key row j, before their sum
     if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
       for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(T)) {
         __builtin_prefetch(K + (j + kAhead) * kv_rs + d);
         __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
       }
-    const float* kr = rows_as_floats(K + j * kv_rs, 1, HS, kv_rs, krow).first;
-    for (int u = 0; u < nh; u++) {
-      V acc0 = zero(), acc1 = zero();
-      int64_t d = 0;
-      for (; d + 2 * W <= HS; d += 2 * W) {
-        acc0 = fma(load(Q[u] + d), load(kr + d), acc0);
-        acc1 = fma(load(Q[u] + d + W), load(kr + d + W), acc1);
+    const T* kr = K + j * kv_rs;
+    V acc1[NQ];
+    for (int u = 0; u < NQ; u++) acc[u] = acc1[u] = zero();
+    int64_t d = 0;
+    for (; d + 2 * W <= HS; d += 2 * W) {
+      const V k0 = loadn_kv(kr + d, W), k1 = loadn_kv(kr + d + W, W);
+      for (int u = 0; u < NQ; u++) {
+        acc[u] = fma(load(Q[u] + d), k0, acc[u]);
+        acc1[u] = fma(load(Q[u] + d + W), k1, acc1[u]);
       }
-      for (; d < HS; d += W) acc0 = fma(loadn(Q[u] + d, HS - d), loadn(kr + d, HS - d), acc0);
-      const float s = reduce_add(add(acc0, acc1)) * scale;
-      scores[u * ld + j] = s;
-      m[u] = max_keep_nan(m[u], s);
     }
+    for (; d < HS; d += W) {
+      const V k0 = loadn_kv(kr + d, HS - d);
+      for (int u = 0; u < NQ; u++) acc[u] = fma(loadn(Q[u] + d, HS - d), k0, acc[u]);
+    }
+    for (int u = 0; u < NQ; u++) acc[u] = add(acc[u], acc1[u]);
+  };
+  float mx[NQ];
+  V mv[NQ];
+  for (int u = 0; u < NQ; u++) mx[u] = kNegInf, mv[u] = set1(kNegInf);
+  bool visible = false;  // (the same for every head of the group: one mask, one range)
+  int64_t j = 0;
+  if (!mask)
+    for (; j + W <= n; j += W) {
+      V part[NQ][W], acc[NQ];
+      for (int e = 0; e < W; e++) {
+        dots(j + e, acc);
+        for (int u = 0; u < NQ; u++) part[u][e] = acc[u];
+      }
+      for (int u = 0; u < NQ; u++) {
+        const V s = mul(reduce_adds(part[u]), set1(scale));
+        store(scores + u * ld + j, s);
+        mv[u] = max_keep_nan(mv[u], s);
+      }
+      visible = true;
+    }
+  for (; j < n; j++) {
+    if (mask && !mask[j]) {
+      for (int u = 0; u < NQ; u++) scores[u * ld + j] = kNegInf;
+      continue;
+    }
+    visible = true;
+    V acc[NQ];
+    dots(j, acc);
+    for (int u = 0; u < NQ; u++) {
+      const float s = reduce_add(acc[u]) * scale;
+      scores[u * ld + j] = s;
+      mx[u] = max_keep_nan(mx[u], s);
+    }
+  }
+  for (int u = 0; u < NQ; u++) {
+    alignas(64) float lanes[W];
+    store(lanes, mv[u]);
+    for (int e = 0; e < W; e++) mx[u] = max_keep_nan(mx[u], lanes[e]);
+    m[u] = mx[u];
+  }
+  return visible;
+}
+
+// The query heads Q[0 .. nh) (nh <= kGroupHeads) of one key/value head over its keys 0 .. n (key_scores) -> whether
+// one was visible (if not, nothing is written). Each head's running max m[u] and sum l[u] of exp(score - m[u]), and
+// O[u] = the exp-weighted sum of the value rows, divided by l[u] when `normalise` (a whole row's keys) or not (a
+// chunk of them, merged later). Each key and value row is read once for the nh heads. scores: scratch of nh x ld
+// floats, ld >= n rounded up to W.
+template <class T>
+static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
+                        const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
+                        bool normalise, float* scores, int64_t ld) {
+  bool visible;
+  switch (nh) {
+    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
+    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
+    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
+    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale);
   }
   if (!visible) return false;
   float inv[kGroupHeads];
@@ -326,8 +378,7 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
   const uint8_t* mask = c.key_mask ? c.key_mask + b * c.Tk + j0 : nullptr;
   const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
   static thread_local ScratchBuffer buf;
-  float* scores = buf.floats((size_t)(kGroupHeads * ld + HS));
-  float* krow = scores + kGroupHeads * ld;
+  float* scores = buf.floats((size_t)(kGroupHeads * ld));
   for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
     const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
     const float* Q[kGroupHeads];
@@ -337,7 +388,7 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
       Q[u] = c.q + c.heads.offset(b, h0 + u, c.Tq) + i * rs;
       O[u] = out(h0 + u);
     }
-    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld, krow);
+    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld);
     for (int u = 0; u < nh; u++) done(h0 + u, O[u], visible, m[u], l[u]);
   }
 }

@@ -67,6 +67,29 @@ inline V pow2i(V n) {
 }
 inline V select_lt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)}; }  // a < b ? x : y
 inline V select_gt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ), y.v, x.v)}; }
+// s where s > m or s is NaN, else m (lane by lane: a running max that keeps the first NaN it meets)
+inline V max_keep_nan(V m, V s) {
+  const __mmask16 k = _mm512_cmp_ps_mask(s.v, m.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(s.v, s.v, _CMP_UNORD_Q);
+  return {_mm512_mask_blend_ps(k, m.v, s.v)};
+}
+// lane k = reduce_add(x[k]), bit for bit: the same pairs (i, i + 8), (i, i + 4), (i, i + 2), (i, i + 1) added for
+// all W vectors at once, ~3 operations a vector instead of 9
+inline V reduce_adds(const V x[W]) {
+  __m512 y[8], z[4], w[2];
+  for (int p = 0; p < 8; p++)  // 256-bit halves: lanes 0-7 vector 2p's, 8-15 vector 2p + 1's
+    y[p] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * p].v, x[2 * p + 1].v, 0x44),
+                         _mm512_shuffle_f32x4(x[2 * p].v, x[2 * p + 1].v, 0xEE));
+  for (int q = 0; q < 4; q++)  // 128-bit lane r: vector 4q + r's
+    z[q] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], 0xDD));
+  for (int h = 0; h < 2; h++) {  // lane r: two of vector 8h + r's, two of 8h + 4 + r's
+    const __m512d a = _mm512_castps_pd(z[2 * h]), b = _mm512_castps_pd(z[2 * h + 1]);
+    w[h] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+  // (lane 4 r + e holds vector r + 4 e's sum)
+  return {_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r)};
+}
 
 #elif defined(PT_ISA_AVX2)
 constexpr int W = 8;
@@ -108,6 +131,21 @@ inline V pow2i(V n) {
 }
 inline V select_lt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))}; }
 inline V select_gt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ))}; }
+inline V max_keep_nan(V m, V s) {
+  return {_mm256_blendv_ps(m.v, s.v, _mm256_or_ps(_mm256_cmp_ps(s.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(s.v, s.v, _CMP_UNORD_Q)))};
+}
+inline V reduce_adds(const V x[W]) {  // (pairs (i, i + 4), (i, i + 2), (i, i + 1))
+  __m256 y[4], z[2];
+  for (int p = 0; p < 4; p++)  // lanes 0-3 vector 2p's, 4-7 vector 2p + 1's
+    y[p] = _mm256_add_ps(_mm256_permute2f128_ps(x[2 * p].v, x[2 * p + 1].v, 0x20),
+                         _mm256_permute2f128_ps(x[2 * p].v, x[2 * p + 1].v, 0x31));
+  for (int h = 0; h < 2; h++) {  // 128-bit lane r: two of vector 4h + r's, two of 4h + 2 + r's
+    const __m256d a = _mm256_castps_pd(y[2 * h]), b = _mm256_castps_pd(y[2 * h + 1]);
+    z[h] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+  }
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(z[0], z[1], 0x88), _mm256_shuffle_ps(z[0], z[1], 0xDD));
+  return {_mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))};  // (lane 4 r + e: 2 e + r's)
+}
 
 #elif defined(__SSE2__)
 constexpr int W = 4;
@@ -153,6 +191,15 @@ inline V pow2i(V n) {
 inline V select_mask(__m128 m, V x, V y) { return {_mm_or_ps(_mm_and_ps(m, x.v), _mm_andnot_ps(m, y.v))}; }
 inline V select_lt(V a, V b, V x, V y) { return select_mask(_mm_cmplt_ps(a.v, b.v), x, y); }
 inline V select_gt(V a, V b, V x, V y) { return select_mask(_mm_cmpgt_ps(a.v, b.v), x, y); }
+inline V max_keep_nan(V m, V s) { return select_mask(_mm_or_ps(_mm_cmpgt_ps(s.v, m.v), _mm_cmpunord_ps(s.v, s.v)), s, m); }
+inline V reduce_adds(const V x[W]) {  // (pairs (i, i + 2), (i, i + 1))
+  __m128 y[2];
+  for (int p = 0; p < 2; p++) {
+    const __m128d a = _mm_castps_pd(x[2 * p].v), b = _mm_castps_pd(x[2 * p + 1].v);
+    y[p] = _mm_add_ps(_mm_castpd_ps(_mm_unpacklo_pd(a, b)), _mm_castpd_ps(_mm_unpackhi_pd(a, b)));
+  }
+  return {_mm_add_ps(_mm_shuffle_ps(y[0], y[1], 0x88), _mm_shuffle_ps(y[0], y[1], 0xDD))};
+}
 
 #else  // portable scalar fallback (aarch64 and others build this as their baseline)
 constexpr int W = 1;
@@ -183,6 +230,8 @@ inline V pow2i(V n) {
 }
 inline V select_lt(V a, V b, V x, V y) { return a.v < b.v ? x : y; }
 inline V select_gt(V a, V b, V x, V y) { return a.v > b.v ? x : y; }
+inline V max_keep_nan(V m, V s) { return (s.v > m.v || s.v != s.v) ? s : m; }
+inline V reduce_adds(const V x[W]) { return x[0]; }
 #endif
 
 // r[i][j] <- r[j][i]: a W x W block of floats, one row per vector
