@@ -244,19 +244,13 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 
 // scores[u ld + j] = (Q[u] . key row j) * scale for the NQ query heads of one key/value head over its keys 0 .. n
 // (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null), each key row read once for all of them (halves
-// widened in registers); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
+// widened in registers where the ISA has F16C, else into krow: HS floats); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
 // summed across their lanes together (reduce_adds: the bits of one reduce_add each, a third of the operations).
 // m[u]: head u's max over its visible keys, NaN from a NaN score on -> whether a key was visible.
 template <int NQ, class T>
 static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
-                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale) {
-  auto dots = [&](int64_t j, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . key row j, before their sum
-    if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
-      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(T)) {
-        __builtin_prefetch(K + (j + kAhead) * kv_rs + d);
-        __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
-      }
-    const T* kr = K + j * kv_rs;
+                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow) {
+  auto dot_row = [&](const auto* kr, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . kr, before their sum
     V acc1[NQ];
     for (int u = 0; u < NQ; u++) acc[u] = acc1[u] = zero();
     int64_t d = 0;
@@ -272,6 +266,19 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
       for (int u = 0; u < NQ; u++) acc[u] = fma(loadn(Q[u] + d, HS - d), k0, acc[u]);
     }
     for (int u = 0; u < NQ; u++) acc[u] = add(acc[u], acc1[u]);
+  };
+  auto dots = [&](int64_t j, V acc[NQ]) {
+    if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
+      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(T)) {
+        __builtin_prefetch(K + (j + kAhead) * kv_rs + d);
+        __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
+      }
+    if constexpr (std::is_same_v<T, float> || kF16InRegisters) {
+      dot_row(K + j * kv_rs, acc);
+    } else {  // (widened first: the accumulators would spill around each value's conversion call)
+      f16_to_floats(krow, K + j * kv_rs, HS);
+      dot_row(static_cast<const float*>(krow), acc);
+    }
   };
   float mx[NQ];
   V mv[NQ];
@@ -323,13 +330,13 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
 template <class T>
 static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
                         const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
-                        bool normalise, float* scores, int64_t ld) {
+                        bool normalise, float* scores, int64_t ld, float* krow) {
   bool visible;
   switch (nh) {
-    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
-    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
-    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale); break;
-    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale);
+    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
+    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
+    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
+    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow);
   }
   if (!visible) return false;
   float inv[kGroupHeads];
@@ -378,7 +385,8 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
   const uint8_t* mask = c.key_mask ? c.key_mask + b * c.Tk + j0 : nullptr;
   const int64_t ld = round_up(std::max<int64_t>(n, 1), W);
   static thread_local ScratchBuffer buf;
-  float* scores = buf.floats((size_t)(kGroupHeads * ld));
+  float* scores = buf.floats((size_t)(kGroupHeads * ld + HS));
+  float* krow = scores + kGroupHeads * ld;  // (a key row of halves widened, where the ISA widens one value at a time)
   for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
     const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
     const float* Q[kGroupHeads];
@@ -388,7 +396,7 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
       Q[u] = c.q + c.heads.offset(b, h0 + u, c.Tq) + i * rs;
       O[u] = out(h0 + u);
     }
-    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld);
+    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld, krow);
     for (int u = 0; u < nh; u++) done(h0 + u, O[u], visible, m[u], l[u]);
   }
 }

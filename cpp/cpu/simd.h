@@ -352,6 +352,12 @@ inline uint16_t float_to_f16(float f) {
   std::memcpy(&h, &x, 2);
   return h;
 }
+// Whether halves widen in registers (F16C); the baseline converts one value at a time (a libgcc call on x86-64)
+#if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+constexpr bool kF16InRegisters = true;
+#else
+constexpr bool kF16InRegisters = false;
+#endif
 inline V loadn_f16(const uint16_t* p, int64_t r) {
 #if defined(PT_ISA_AVX512)
   const auto full = [](const uint16_t* q) { return V{_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)q))}; };
