@@ -154,10 +154,6 @@ struct KeyRange {
   }
 };
 
-// The running max of a row's scores, NaN from the first NaN score on (std::max(m, NaN) would keep m, and a row
-// of NaN scores would look like a row that sees no key).
-inline float max_keep_nan(float m, float s) { return (s > m || s != s) ? s : m; }
-
 // Whether n rows of X (len floats each, rs apart) are all finite: x * 0 is 0 for a finite x, NaN otherwise.
 inline bool rows_finite(const float* X, int64_t n, int64_t len, int64_t rs) {
   V acc = zero();

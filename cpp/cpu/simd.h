@@ -24,6 +24,10 @@ namespace pt {
 namespace PT_NS {
 namespace simd {
 
+// A running max of scores that turns NaN at the first NaN it meets and stays NaN (std::max(m, NaN) would keep m,
+// and a row of NaN scores would look like a row that sees no key); below, the same lane by lane (max_keep_nan(V, V))
+inline float max_keep_nan(float m, float s) { return (s > m || s != s) ? s : m; }
+
 #if defined(PT_ISA_AVX512)
 constexpr int W = 16;
 struct V { __m512 v; };
@@ -67,8 +71,7 @@ inline V pow2i(V n) {
 }
 inline V select_lt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)}; }  // a < b ? x : y
 inline V select_gt(V a, V b, V x, V y) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ), y.v, x.v)}; }
-// s where s > m or s is NaN, else m (lane by lane: a running max that keeps the first NaN it meets)
-inline V max_keep_nan(V m, V s) {
+inline V max_keep_nan(V m, V s) {  // (s where s > m or s is NaN, else m)
   const __mmask16 k = _mm512_cmp_ps_mask(s.v, m.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(s.v, s.v, _CMP_UNORD_Q);
   return {_mm512_mask_blend_ps(k, m.v, s.v)};
 }
@@ -230,7 +233,7 @@ inline V pow2i(V n) {
 }
 inline V select_lt(V a, V b, V x, V y) { return a.v < b.v ? x : y; }
 inline V select_gt(V a, V b, V x, V y) { return a.v > b.v ? x : y; }
-inline V max_keep_nan(V m, V s) { return (s.v > m.v || s.v != s.v) ? s : m; }
+inline V max_keep_nan(V m, V s) { return {max_keep_nan(m.v, s.v)}; }
 inline V reduce_adds(const V x[W]) { return x[0]; }
 #endif
 
