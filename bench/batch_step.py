@@ -58,6 +58,8 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(*args.worker, args.jobs, args.steps, args.threads)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "pytransformer", "__init__.py")):
+        sys.exit(f"--baseline {args.baseline}: not a checkout of pytransformer (no pytransformer/__init__.py there)")
     env = dict(os.environ, PYTRANSFORMER_ADAPTIVE_THREADS="0")  # (the threads asked for, not fewer for small work)
     print(f"# {machine()}; int8_dot={pytransformer.cpu_info()['int8_dot']}; {args.jobs} jobs per step, "
           f"{args.threads} thread(s), CPU time, medians of {args.steps} steps")
