@@ -23,7 +23,7 @@ import sys
 import time
 
 import numpy as np
-from timing import machine
+from timing import checkout, machine
 
 import pytransformer
 
@@ -58,8 +58,7 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(*args.worker, args.jobs, args.steps, args.threads)
-    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "pytransformer", "__init__.py")):
-        sys.exit(f"--baseline {args.baseline}: not a checkout of pytransformer (no pytransformer/__init__.py there)")
+    baseline = checkout(args.baseline) if args.baseline else None
     env = dict(os.environ, PYTRANSFORMER_ADAPTIVE_THREADS="0")  # (the threads asked for, not fewer for small work)
     print(f"# {machine()}; int8_dot={pytransformer.cpu_info()['int8_dot']}; {args.jobs} jobs per step, "
           f"{args.threads} thread(s), CPU time, medians of {args.steps} steps")
@@ -69,7 +68,7 @@ def main():
             for act, times in list(ms.items()):
                 cmd = [sys.executable, __file__, "--worker", name, "default" if act == "baseline" else act, "--jobs",
                        str(args.jobs), "--steps", str(args.steps), "--threads", str(args.threads)]
-                run_env = dict(env, PYTHONPATH=os.path.abspath(args.baseline)) if act == "baseline" else env
+                run_env = dict(env, PYTHONPATH=baseline) if act == "baseline" else env
                 out = subprocess.run(cmd, capture_output=True, text=True, env=run_env, check=False)
                 if out.returncode:
                     why = f"{name} {act}: {(out.stderr.strip().splitlines() or ['failed'])[-1]}"

@@ -32,6 +32,8 @@ import tempfile
 import time
 import urllib.request
 
+from timing import checkout
+
 PROMPTS = ["Name three primary colors.", "What is the capital of Italy?", "Write one sentence about the sea.",
            "What is 12 times 7?", "Give a synonym for happy.", "Translate 'good morning' to French.",
            "What is the boiling point of water in Celsius?", "Name a planet in the solar system."]
@@ -150,7 +152,7 @@ def main():
     serve += ["--activations", args.activations] if args.activations else []
     servers = [("pytransformer", serve, "/health", None)]
     if args.compare:
-        env = dict(os.environ, PYTHONPATH=os.path.abspath(args.compare))
+        env = dict(os.environ, PYTHONPATH=checkout(args.compare))
         servers.append((f"pytransformer ({args.compare})", serve, "/health", env))
     if not args.no_llama_cpp and importlib.util.find_spec("llama_cpp") is not None:
         servers.append(("llama.cpp", [sys.executable, "-m", "llama_cpp.server", "--model", path, "--port", "{port}",

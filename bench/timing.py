@@ -1,5 +1,5 @@
 """What every benchmark here shares: the median wall time of a call over repeats, after warm-up calls; the machine
-line every table is printed with; the JSON results file."""
+line every table is printed with; the JSON results file; another checkout to compare with."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def write_json(path, results) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
+
+
+def checkout(path) -> str:
+    """path as an absolute PYTHONPATH for another checkout of pytransformer (--compare, --baseline), or exits with a
+    one-line error: a wrong path would otherwise run whichever pytransformer is installed."""
+    if not os.path.isfile(os.path.join(path, "pytransformer", "__init__.py")):
+        raise SystemExit(f"{path}: not a checkout of pytransformer (no pytransformer/__init__.py there)")
+    return os.path.abspath(path)
