@@ -240,9 +240,10 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 
 // scores[u ld + j] = (Q[u] . key row j) * scale for the NQ query heads of one key/value head over its keys 0 .. n
 // (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null), each key row read once for all of them (halves
-// widened in registers where the ISA has F16C, else into krow: HS floats); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
-// summed across their lanes together (reduce_adds: the bits of one reduce_add each, a third of the operations).
-// m[u]: head u's max over its visible keys, NaN from a NaN score on -> whether a key was visible.
+// widened in registers where the ISA has F16C, else into krow: HS floats); -inf for a padded-out key. Without a
+// mask, W keys at a time: each head's W dot products summed across their lanes together (reduce_adds: the bits of
+// one reduce_add each, a third of the operations). m[u]: head u's max over its visible keys, NaN from a NaN score
+// on -> whether a key was visible.
 template <int NQ, class T>
 static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
                        int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow) {
@@ -322,7 +323,7 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
 // one was visible (if not, nothing is written). Each head's running max m[u] and sum l[u] of exp(score - m[u]), and
 // O[u] = the exp-weighted sum of the value rows, divided by l[u] when `normalise` (a whole row's keys) or not (a
 // chunk of them, merged later). Each key and value row is read once for the nh heads. scores: scratch of nh x ld
-// floats, ld >= n rounded up to W.
+// floats, ld >= n rounded up to W; krow: HS floats.
 template <class T>
 static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
                         const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,

@@ -135,7 +135,8 @@ inline V pow2i(V n) {
 inline V select_lt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))}; }
 inline V select_gt(V a, V b, V x, V y) { return {_mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ))}; }
 inline V max_keep_nan(V m, V s) {
-  return {_mm256_blendv_ps(m.v, s.v, _mm256_or_ps(_mm256_cmp_ps(s.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(s.v, s.v, _CMP_UNORD_Q)))};
+  const __m256 take = _mm256_or_ps(_mm256_cmp_ps(s.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(s.v, s.v, _CMP_UNORD_Q));
+  return {_mm256_blendv_ps(m.v, s.v, take)};
 }
 inline V reduce_adds(const V x[W]) {  // (pairs (i, i + 4), (i, i + 2), (i, i + 1))
   __m256 y[4], z[2];
@@ -194,7 +195,9 @@ inline V pow2i(V n) {
 inline V select_mask(__m128 m, V x, V y) { return {_mm_or_ps(_mm_and_ps(m, x.v), _mm_andnot_ps(m, y.v))}; }
 inline V select_lt(V a, V b, V x, V y) { return select_mask(_mm_cmplt_ps(a.v, b.v), x, y); }
 inline V select_gt(V a, V b, V x, V y) { return select_mask(_mm_cmpgt_ps(a.v, b.v), x, y); }
-inline V max_keep_nan(V m, V s) { return select_mask(_mm_or_ps(_mm_cmpgt_ps(s.v, m.v), _mm_cmpunord_ps(s.v, s.v)), s, m); }
+inline V max_keep_nan(V m, V s) {
+  return select_mask(_mm_or_ps(_mm_cmpgt_ps(s.v, m.v), _mm_cmpunord_ps(s.v, s.v)), s, m);
+}
 inline V reduce_adds(const V x[W]) {  // (pairs (i, i + 2), (i, i + 1))
   __m128 y[2];
   for (int p = 0; p < 2; p++) {
