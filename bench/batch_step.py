@@ -23,7 +23,7 @@ import sys
 import time
 
 import numpy as np
-from timing import checkout, machine
+from timing import checkout, machine, positive
 
 import pytransformer
 
@@ -49,10 +49,10 @@ def worker(name, activations, jobs, steps, threads):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["smollm2", "gemma3-270m"])
-    ap.add_argument("--jobs", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--jobs", type=positive, default=16)
+    ap.add_argument("--threads", type=positive, default=1)
+    ap.add_argument("--steps", type=positive, default=12)
+    ap.add_argument("--rounds", type=positive, default=2)
     ap.add_argument("--baseline", metavar="DIR", help="another checkout whose default step runs in the same rounds")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "ACTIVATIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args()

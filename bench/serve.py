@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 
-from timing import checkout
+from timing import checkout, positive
 
 PROMPTS = ["Name three primary colors.", "What is the capital of Italy?", "Write one sentence about the sea.",
            "What is 12 times 7?", "Give a synonym for happy.", "Translate 'good morning' to French.",
@@ -135,9 +135,9 @@ def sequential(model_path, rounds, max_tokens, activations, ignore_eos=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--rounds", type=int, default=2, help="times each client sends the prompt set")
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--clients", type=positive, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--rounds", type=positive, default=2, help="times each client sends the prompt set")
+    ap.add_argument("--max-tokens", type=positive, default=48)
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--activations", choices=("int8", "float32"),
                     help="the GGUF products' activations, ours on both sides (default: the library's)")

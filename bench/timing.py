@@ -1,8 +1,9 @@
 """What every benchmark here shares: the median wall time of a call over repeats, after warm-up calls; the machine
-line every table is printed with; the JSON results file; another checkout to compare with."""
+line every table is printed with; the JSON results file; another checkout to compare with; a count option."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -41,3 +42,14 @@ def checkout(path) -> str:
     if not os.path.isfile(os.path.join(path, "pytransformer", "__init__.py")):
         raise SystemExit(f"{path}: not a checkout of pytransformer (no pytransformer/__init__.py there)")
     return os.path.abspath(path)
+
+
+def positive(text) -> int:
+    """An argparse type: a whole number >= 1 (jobs, steps, rounds, clients: zero of them measures nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not >= 1")
+    return n
