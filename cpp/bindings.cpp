@@ -17,6 +17,7 @@
 #include "pytransformer/dispatch.h"
 #include "pytransformer/dtype_name.h"
 #include "pytransformer/nogil.h"
+#include "pytransformer/packed.h"
 
 namespace py = pybind11;
 
@@ -165,10 +166,18 @@ int64_t row_bytes(int64_t qtype, int64_t C) {
   return rb;
 }
 
-// A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, scale or None, OC, IC,
-// bias or None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale, else a GGUF block type (+ 1000:
-// with int8 activations). The arrays
-// are checked and kept alive by `keep`.
+// A weight's packed rows (packed.h; None: none) checked: as many bytes as its rows, a type and row count that pack
+const uint8_t* packed_rows(const py::object& packed, int qtype, int64_t OC, int64_t rb) {
+  if (packed.is_none()) return nullptr;
+  if (!pt::can_pack(qtype, OC))
+    throw py::value_error("packed rows: type " + std::to_string(qtype) + " with " + std::to_string(OC) +
+                          " rows does not pack (packable types, whole runs of 16 rows)");
+  return array_data<uint8_t>(packed, "packed", {OC, rb});
+}
+
+// A weight spec from Python (nn/weights.py Weight.spec() + the layer's bias): (kind, data, extra, OC, IC, bias or
+// None); kind -1 float32, -2 bfloat16 bits, -3 int8 with its row scale (extra), else a GGUF block type (+ 1000: with
+// int8 activations, extra its packed rows or None). The arrays are checked and kept alive by `keep`.
 pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) {
   auto t = py::reinterpret_borrow<py::tuple>(spec);
   if (t.size() != 6) throw py::value_error("a weight spec is (kind, data, scale, OC, IC, bias)");
@@ -188,7 +197,15 @@ pt::WeightRef weight_ref(const py::handle& spec, std::vector<py::object>& keep) 
       keep.push_back(scale);
       break;
     }
-    default: w.data = array_data<uint8_t>(data, "weight", {w.OC, row_bytes(w.qtype(), w.IC)});
+    default: {
+      const int64_t rb = row_bytes(w.qtype(), w.IC);
+      w.data = array_data<uint8_t>(data, "weight", {w.OC, rb});
+      if (w.kind >= pt::WeightRef::kInt8Activations) {
+        py::object packed = py::reinterpret_borrow<py::object>(t[2]);
+        w.packed = packed_rows(packed, w.qtype(), w.OC, rb);
+        keep.push_back(packed);
+      }
+    }
   }
   py::object bias = py::reinterpret_borrow<py::object>(t[5]);
   w.bias = array_data<float>(bias, "bias", {w.OC}, false, true);
@@ -607,10 +624,11 @@ PYBIND11_MODULE(_core, m) {
   // int8 activations (integer types only): one product, or a group of one input's (q|k|v, gate|up), its rows
   // quantised once; each weight (OC, row bytes) uint8, out (N, OC), bias (OC) or None
   auto q8_products = [](const std::vector<py::object>& outs, O inp, const std::vector<py::object>& weights,
-                        const std::vector<int>& qtypes, const std::vector<py::object>& biases, int64_t N, int64_t IC) {
+                        const std::vector<py::object>& packed, const std::vector<int>& qtypes,
+                        const std::vector<py::object>& biases, int64_t N, int64_t IC) {
     const size_t n = qtypes.size();
-    if (outs.size() != n || weights.size() != n || biases.size() != n)
-      throw py::value_error("matmul_q8_group_forward: outs, weights, qtypes and biases must be as many");
+    if (outs.size() != n || weights.size() != n || packed.size() != n || biases.size() != n)
+      throw py::value_error("matmul_q8_group_forward: outs, weights, packed, qtypes and biases must be as many");
     check_nonneg({N, IC});
     const float* x = array_data<float>(inp, "inp", {N, IC});
     std::vector<pt::QProduct> group;
@@ -623,7 +641,8 @@ PYBIND11_MODULE(_core, m) {
       const int64_t OC = py::reinterpret_borrow<py::array>(weights[i]).shape(0);
       float* out = array_data<float>(outs[i], "out", {N, OC}, true);
       group.push_back({out, OC, array_data<uint8_t>(weights[i], "weight", {OC, rb}), qtypes[i],
-                       array_data<float>(biases[i], "bias", {OC}, false, true), OC});
+                       array_data<float>(biases[i], "bias", {OC}, false, true), OC,
+                       packed_rows(packed[i], qtypes[i], OC, rb)});
       outputs.push_back(written(out, product({N, OC}), "out"));
     }
     check_apart(written(x, product({N, IC}), "inp"), outputs);
@@ -631,14 +650,27 @@ PYBIND11_MODULE(_core, m) {
     const NoGil nogil;
     K().matmul_q8_forward(group.data(), (int64_t)n, x, N, IC);
   };
-  m.def("matmul_q8_forward", [q8_products](O out, O inp, O weight, int qtype, O bias, int64_t N, int64_t IC,
-                                           int64_t OC) {
+  // (packed: the weight's rows packed, ops.packed_rows, or None)
+  m.def("matmul_q8_forward", [q8_products](O out, O inp, O weight, O packed, int qtype, O bias, int64_t N,
+                                           int64_t IC, int64_t OC) {
     check_nonneg({OC});
     const int64_t rb = row_bytes(qtype, IC);
     array_data<uint8_t>(weight, "weight", {OC, rb});
-    q8_products({out}, inp, {weight.attr("reshape")(OC, rb)}, {qtype}, {bias}, N, IC);
+    q8_products({out}, inp, {weight.attr("reshape")(OC, rb)}, {packed}, {qtype}, {bias}, N, IC);
   });
   m.def("matmul_q8_group_forward", q8_products);
+  // packed rows (packed.h): whether a weight of OC rows of qtype packs, and out (OC, row bytes) = weight packed
+  m.def("can_pack", [](int qtype, int64_t OC) { return pt::can_pack(qtype, OC); });
+  m.def("pack_rows", [](O out, O weight, int qtype, int64_t OC, int64_t IC) {
+    check_nonneg({OC, IC});
+    if (!pt::can_pack(qtype, OC)) throw py::value_error("pack_rows: this type and row count do not pack");
+    const int64_t rb = row_bytes(qtype, IC);
+    uint8_t* o = array_data<uint8_t>(out, "out", {OC, rb}, true);
+    const uint8_t* w = array_data<uint8_t>(weight, "weight", {OC, rb});
+    check_apart(written(w, product({OC, rb}), "weight"), {written(o, product({OC, rb}), "out")});
+    const NoGil nogil;
+    pt::pack_rows(o, w, qtype, OC, IC);
+  });
   // the gradients through frozen narrow weights: GGUF rows of any type (bfloat16 bits as BF16), int8 + row scale
   m.def("matmul_q_dinp", [](O dinp, O dout, O weight, int64_t qtype, int64_t N, int64_t IC, int64_t OC) {
     check_nonneg({N, IC, OC});

@@ -18,7 +18,7 @@ void WeightRef::product(float* out, const float* inp, int64_t N) const { product
 void WeightRef::product(float* out, int64_t ldo, const float* inp, int64_t N) const {
   const Kernels& K = active();
   if (kind >= kInt8Activations) {
-    const QProduct p{out, ldo, (const uint8_t*)data, qtype(), bias, OC};
+    const QProduct p{out, ldo, (const uint8_t*)data, qtype(), bias, OC, packed};
     return K.matmul_q8_forward(&p, 1, inp, N, IC);
   }
   if (ldo == OC || N == 1) {
@@ -47,7 +47,7 @@ void products(const std::vector<WeightRef>& ws, float* out, const float* inp, in
     group.clear();
     int64_t at = 0;
     for (const WeightRef& w : ws) {
-      group.push_back({out + at, total, (const uint8_t*)w.data, w.qtype(), w.bias, w.OC});
+      group.push_back({out + at, total, (const uint8_t*)w.data, w.qtype(), w.bias, w.OC, w.packed});
       at += w.OC;
     }
     return active().matmul_q8_forward(group.data(), (int64_t)group.size(), inp, N, ws[0].IC);

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import mmap
 
 import numpy as np
 
@@ -90,9 +91,10 @@ def matmul_forward(inp, weight, bias=None, *, out=None, weight_scale=None, activ
         array(bias, "bias", ("OC",), d)
     out = output(out, "out", inp.shape[:-1] + (d["OC"],), inp)
     args = (_rows(inp), d["IC"], d["OC"])
-    if kind == "blocks":
-        kernel = _core.matmul_q8_forward if activations == "int8" else _kernels(out).matmul_q_forward
-        kernel(out, inp, weight.data, weight.code, bias, *args)
+    if kind == "blocks" and activations == "int8":
+        _core.matmul_q8_forward(out, inp, weight.data, packed_rows(weight), weight.code, bias, *args)
+    elif kind == "blocks":
+        _kernels(out).matmul_q_forward(out, inp, weight.data, weight.code, bias, *args)
     elif kind == "int8":
         _core.matmul_w8_forward(out, inp, weight, weight_scale, bias, *args)
     else:
@@ -124,15 +126,13 @@ def matmul_group_forward(inp, weights, biases=None):
         if b is not None:
             array(b, f"biases[{i}]", (w.shape[0],), {})
     outs = [np.empty(inp.shape[:-1] + (w.shape[0],), np.float32) for w in weights]
-    _core.matmul_q8_group_forward(outs, inp, [w.data for w in weights], [w.code for w in weights], biases,
-                                  _rows(inp), d["IC"])
-    return outs
+    return unchecked_matmul_group(inp, weights, biases)
 
 
 def unchecked_matmul_group(x, blocks, biases):
     outs = [np.empty(x.shape[:-1] + (b.shape[0],), np.float32) for b in blocks]
-    _core.matmul_q8_group_forward(outs, x, [b.data for b in blocks], [b.code for b in blocks], biases, _rows(x),
-                                  x.shape[-1])
+    _core.matmul_q8_group_forward(outs, x, [b.data for b in blocks], [packed_rows(b) for b in blocks],
+                                  [b.code for b in blocks], biases, _rows(x), x.shape[-1])
     return outs
 
 
@@ -699,7 +699,7 @@ class Quantized:
     """A (rows, cols) matrix kept in a GGUF block format: data is uint8 (rows, row_bytes), e.g. a memory-mapped
     slice of the file; qtype a name in QTYPES. matmul_forward takes it as a weight; dequantize widens rows."""
 
-    __slots__ = ("data", "qtype", "code", "shape")
+    __slots__ = ("data", "qtype", "code", "shape", "_packed")
 
     def __init__(self, data, qtype, shape):
         if qtype not in QTYPES:
@@ -711,6 +711,7 @@ class Quantized:
             raise ValueError(f"a {qtype} row of {cols} values is not a whole number of blocks")
         array(data, "data", ("rows", "row_bytes"), {"rows": rows, "row_bytes": rb}, np.dtype(np.uint8))
         self.data, self.qtype, self.code, self.shape = data, qtype, code, (rows, cols)
+        self._packed = None  # (packed_rows: not yet asked; False: this weight's products read data)
 
     @property
     def nbytes(self):
@@ -725,6 +726,53 @@ class Quantized:
 
     def __repr__(self):
         return f"Quantized({self.qtype}, shape={self.shape})"
+
+
+def packed_rows(weight: Quantized):
+    """weight's rows as this CPU's int8 products read them fastest, or None where they read `data` itself: on
+    AVX512-VNNI (int8_dot() "vpdpbusd") weights of the 32-value types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) in
+    whole runs of 16 rows are packed -- each block's fields for 16 rows side by side
+    (cpp/include/pytransformer/packed.h), as many bytes as data -- once, at the first int8 product, and kept on the
+    weight beside data (which dequantize, the float32-activation products and the gradient read). The products give
+    the same bits either way. Where data maps a file (a GGUF file's tensor), its pages are then handed back to the OS
+    (they come back from the page cache if read again): the process holds one copy of the weight, not two."""
+    packed = weight._packed
+    if packed is None:
+        packed = False
+        if type(weight.data) is np.ndarray and _core.can_pack(weight.code, weight.shape[0]) and \
+                int8_dot() == "vpdpbusd":
+            packed = np.empty(weight.data.shape, np.uint8)
+            _core.pack_rows(packed, weight.data, weight.code, *weight.shape)
+            release_mapped(weight.data)
+        weight._packed = packed
+    return None if packed is False else packed
+
+
+def drop_packed(weight: Quantized) -> None:
+    """Free weight's packed rows (its products now read float32 activations and data); the next int8 product packs
+    them again."""
+    weight._packed = None
+
+
+def release_mapped(a: np.ndarray) -> None:
+    """Tell the OS this process is done for now with the whole pages of array a where a views a file mapping
+    (np.frombuffer over an mmap.mmap, as GGUF tensors are): they stop counting in its resident memory, and a later
+    read maps them again from the page cache. Nothing for any other memory (whose pages MADV_DONTNEED would zero)."""
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    view = root.base
+    if not (isinstance(view, memoryview) and isinstance(view.obj, mmap.mmap)) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if view.obj.closed or not len(view.obj):
+        return
+    whole = np.frombuffer(memoryview(view.obj), np.uint8, 1)  # (the mapping's start)
+    start = a.__array_interface__["data"][0] - whole.__array_interface__["data"][0]
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # (whole pages inside a only)
+    end = (start + a.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    del whole
+    if end > first:
+        view.obj.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 @_writes("out")
@@ -898,8 +946,10 @@ def unchecked_matmul_int8(x, q, scale, bias=None):
 
 
 def unchecked_matmul_blocks(x, blocks, bias=None, int8=False):
-    kernel = _core.matmul_q8_forward if int8 else _core.matmul_q_forward
-    return _product(kernel, x, blocks.shape[0], blocks.data, blocks.code, bias)
+    if int8:
+        return _product(_core.matmul_q8_forward, x, blocks.shape[0], blocks.data, packed_rows(blocks), blocks.code,
+                        bias)
+    return _product(_core.matmul_q_forward, x, blocks.shape[0], blocks.data, blocks.code, bias)
 
 
 def unchecked_residual(a, b):

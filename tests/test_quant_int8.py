@@ -127,14 +127,139 @@ def test_a_group_takes_bad_input_as_one_line_errors(rng):
     flat = np.empty(12, np.float32)
     with pytest.raises(ValueError, match="out overlaps out"):  # (two outputs on one buffer)
         _core.matmul_q8_group_forward([flat[:8].reshape(2, 4), flat[4:].reshape(2, 4)], x, [w.data, w.data],
-                                      [w.code] * 2, [None] * 2, 2, 64)
+                                      [None] * 2, [w.code] * 2, [None] * 2, 2, 64)
     with pytest.raises(ValueError, match="out overlaps inp"):
-        _core.matmul_q8_group_forward([x.reshape(-1)[:8].reshape(2, 4)], x, [w.data], [w.code], [None], 2, 64)
+        _core.matmul_q8_group_forward([x.reshape(-1)[:8].reshape(2, 4)], x, [w.data], [None], [w.code], [None], 2, 64)
     out = np.empty((2, 4), np.float32)
     with pytest.raises(ValueError, match="float type"):
-        _core.matmul_q8_group_forward([out[:, :4]], x, [f16.data], [f16.code], [None], 2, 64)
+        _core.matmul_q8_group_forward([out[:, :4]], x, [f16.data], [None], [f16.code], [None], 2, 64)
     with pytest.raises(ValueError, match="as many"):
-        _core.matmul_q8_group_forward([out], x, [w.data], [w.code, w.code], [None], 2, 64)
+        _core.matmul_q8_group_forward([out], x, [w.data], [None], [w.code, w.code], [None], 2, 64)
+
+
+PACKABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")
+
+
+def packed_as_specified(data, qtype):
+    """cpp/include/pytransformer/packed.h's layout in NumPy: per run of 16 rows and block, each field (d, m: 2
+    bytes; Q5's fifth bits: 8 words of 64 bits, word t holding bits 4 t .. 4 t + 3 of row r at 4 r; then the values'
+    dwords) of the 16 rows side by side."""
+    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "IQ4_NL": 18}[qtype]
+    header = 4 if qtype in ("Q4_1", "Q5_1") else 2
+    OC = data.shape[0]
+    blocks = data.reshape(OC // 16, 16, -1, size).transpose(0, 2, 1, 3)  # (run, block, row, bytes)
+    fields = [blocks[..., i:i + 2] for i in range(0, header, 2)]
+    values = header
+    if qtype in ("Q5_0", "Q5_1"):
+        qh = blocks[..., header:header + 4].copy().view("<u4")[..., 0].astype(np.uint64)  # (run, block, row)
+        nibbles = [(qh >> np.uint64(4 * t)) & np.uint64(15) for t in range(8)]
+        words = [np.bitwise_or.reduce(n << (np.uint64(4) * np.arange(16, dtype=np.uint64)), axis=-1) for n in nibbles]
+        fields.append(np.stack(words, -1).astype("<u8").view(np.uint8).reshape(blocks.shape[:2] + (1, 64)))
+        values += 4
+    fields += [blocks[..., i:i + 4] for i in range(values, size, 4)]
+    runs = np.concatenate([f.reshape(f.shape[:2] + (-1,)) for f in fields], -1)
+    return runs.reshape(data.shape)
+
+
+@pytest.mark.parametrize("qtype", PACKABLE)
+def test_packed_rows_are_the_layout_packed_h_specifies(rng, qtype):
+    from pytransformer import _core
+
+    for OC, IC in [(16, 32), (48, 96), (160, 576)]:
+        w = ops.Quantized(opcases.random_blocks(rng, qtype, OC, IC), qtype, (OC, IC))
+        out = np.empty_like(w.data)
+        _core.pack_rows(out, w.data, w.code, OC, IC)
+        np.testing.assert_array_equal(out, packed_as_specified(w.data, qtype), err_msg=f"{OC} x {IC}")
+    assert not _core.can_pack(ops.QTYPES[qtype], 40) and not _core.can_pack(ops.QTYPES["Q4_K"], 16)
+
+
+@pytest.mark.parametrize("qtype", PACKABLE)
+def test_packed_rows_give_the_products_of_the_files_layout_bit_for_bit(isa, rng, qtype):
+    """On AVX512-VNNI the int8 products read 32-value weights packed (streamed rows for 1-3 rows, panels from 4):
+    each output the bits of the same product over the file's layout, for every row count, with and without a bias,
+    in a group, over runs that split among the threads; elsewhere the packed rows are never made."""
+    for OC, k in [(16, 0), (48, 2), (704, 1)]:
+        IC = opcases.QUANT_IC[qtype][k]
+        data = opcases.random_blocks(rng, qtype, OC, IC)
+        packed, plain = ops.Quantized(data, qtype, (OC, IC)), ops.Quantized(data, qtype, (OC, IC))
+        plain._packed = False  # (the file's layout)
+        assert (ops.packed_rows(packed) is not None) == (ops.int8_dot() == "vpdpbusd")
+        b = opcases.f32(rng, OC)
+        for N in (1, 2, 3, 4, 5, 16, 17, 40):
+            x = opcases.f32(rng, N, IC)
+            for bias in (None, b):
+                np.testing.assert_array_equal(ops.matmul_forward(x, packed, bias, activations="int8"),
+                                              ops.matmul_forward(x, plain, bias, activations="int8"),
+                                              err_msg=f"{OC} x {IC}, {N} rows")
+            for got, want in zip(ops.matmul_group_forward(x, [packed, plain], [b, None]),
+                                 ops.matmul_group_forward(x, [plain, packed], [b, None])):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_packed_rows_that_do_not_fit_are_one_line_errors(rng):
+    from pytransformer import _core
+
+    w = ops.Quantized(opcases.random_blocks(rng, "Q4_1", 32, 64), "Q4_1", (32, 64))
+    k4 = ops.Quantized(opcases.random_blocks(rng, "Q4_K", 16, 256), "Q4_K", (16, 256))
+    x = opcases.f32(rng, 2, 64)
+    with pytest.raises(ValueError, match="do not pack"):
+        _core.pack_rows(np.empty_like(k4.data), k4.data, k4.code, 16, 256)
+    with pytest.raises(ValueError, match="do not pack"):
+        _core.pack_rows(np.empty((24, 40), np.uint8), w.data[:24], w.code, 24, 64)
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        _core.pack_rows(w.data, w.data, w.code, 32, 64)
+    with pytest.raises(ValueError, match="packed"):  # (a packed array of the wrong size)
+        _core.matmul_q8_forward(np.empty((2, 32), np.float32), x, w.data, w.data[:16], w.code, None, 2, 64, 32)
+    with pytest.raises(ValueError, match="does not pack"):
+        _core.matmul_q8_forward(np.empty((2, 16), np.float32), opcases.f32(rng, 2, 256), k4.data, k4.data, k4.code,
+                                None, 2, 256, 16)
+    with pytest.raises(ValueError, match="as many"):
+        _core.matmul_q8_group_forward([np.empty((2, 32), np.float32)], x, [w.data], [None, None], [w.code], [None],
+                                      2, 64)
+
+
+def mapped_rss_kb(address):
+    """The resident kB of the mapping holding address (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("no mapping")
+
+
+def test_a_packed_weight_hands_its_file_pages_back(tmp_path, rng):
+    """Packing copies a weight; where its bytes map a file (GGUF tensors) those pages are released (MADV_DONTNEED),
+    so the process holds one copy -- and the bytes still read back. Anonymous memory is never released (it would
+    read back as zeros)."""
+    import mmap
+    import os
+
+    if not os.path.exists("/proc/self/smaps"):
+        pytest.skip("no /proc/self/smaps here")
+    data = opcases.random_blocks(rng, "Q4_1", 4096, 256)  # (2.5 MB)
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"\0" * 100 + data.tobytes())  # (not page-aligned: whole pages inside the tensor only)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    w = np.frombuffer(memoryview(mapped), np.uint8, data.size, 100).reshape(data.shape)
+    address = w.__array_interface__["data"][0]
+    assert int(w.sum()) == int(data.sum())  # (every page read: resident)
+    before = mapped_rss_kb(address)
+    ops.release_mapped(w)
+    assert before >= data.nbytes // 1024 and mapped_rss_kb(address) <= 8
+    np.testing.assert_array_equal(w, data)  # (read back from the page cache)
+    copy = data.copy()
+    ops.release_mapped(copy)
+    ops.release_mapped(copy[5:])
+    np.testing.assert_array_equal(copy, data)
+    if ops.int8_dot() == "vpdpbusd":  # (packed_rows releases what it packed)
+        q = ops.Quantized(w, "Q4_1", (4096, 256))
+        assert int(w[:, :64].sum()) > 0 and mapped_rss_kb(address) > 8
+        assert ops.packed_rows(q) is not None and mapped_rss_kb(address) <= 8
 
 
 @pytest.mark.parametrize("forced", ["vpmaddubsw", "tiles"])
@@ -142,7 +267,8 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced):
     """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =tiles runs 16+ rows on AMX-INT8
     tiles (not the default: slower than the VNNI panels where measured; 16-row A tiles padded past N, 32-output panels
     cut at OC, Q2_K / Q3_K / Q6_K on the panels): every registry case within the reference's float32 bound (integer
-    sums exact), at ragged row and output counts too, and each row the same bits alone as in its batch."""
+    sums exact), at ragged row and output counts too, each row the same bits alone as in its batch, and tiles made
+    from packed rows the bits of tiles made from the file's."""
     if forced == "vpmaddubsw" and not ops.int8_dot().startswith("vpdpbusd"):
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
     if forced == "tiles" and not pt.cpu_info()["amx_bf16"]:
@@ -165,12 +291,18 @@ def test_the_other_dot_products_run_where_forced(tmp_path, forced):
               "            one = np.concatenate([q8(r[None]) for r in x['inp']])\n"
               "            assert (q8(x['inp']) == one).all(), (isa, c.label)\n"
               "for qtype in ops.INTEGER_QTYPES:\n"
-              "    for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 40), (100, 0, 66)]:\n"
+              "    for N, k, OC in [(16, 0, 16), (31, 1, 9), (33, 2, 48), (100, 0, 66)]:\n"
               "        IC = opcases.QUANT_IC[qtype][k]\n"
               "        c = opcases.case('matmul_quantized_int8', N=N, IC=IC, OC=OC, qtype=qtype)\n"
               "        x = c.make(rng)\n"
               "        got = c.spec.ours(x, c.o)['out']\n"
               "        assert opcases.rel_err(got, c.spec.reference(x, c.o)['out']) <= c.tol, (qtype, N, OC)\n"
+              "        w = x['weight']\n"
+              "        if _core.can_pack(w.code, OC):  # (packed rows: the file layout's bits)\n"
+              "            plain = ops.Quantized(w.data, w.qtype, w.shape)\n"
+              "            plain._packed = False\n"
+              "            want = ops.matmul_forward(x['inp'], plain, x['bias'], activations='int8')\n"
+              "            assert (ops.matmul_forward(x['inp'], w, x['bias'], activations='int8') == want).all()\n"
               "print('ok')\n")
     passes_in_a_child(script, tmp_path, PYTRANSFORMER_INT8_DOT=forced)
 
@@ -206,7 +338,7 @@ def test_bad_input_is_a_one_line_error(rng):
         ops.matmul_forward(buf, w, out=buf[:, :4], activations="int8")
     from pytransformer import _core
     with pytest.raises(ValueError, match="float type"):
-        _core.matmul_q8_forward(np.empty((2, 4), np.float32), x, f16.data, ops.QTYPES["F16"], None, 2, 64, 4)
+        _core.matmul_q8_forward(np.empty((2, 4), np.float32), x, f16.data, None, ops.QTYPES["F16"], None, 2, 64, 4)
 
 
 def test_the_default_is_int8_only_for_integer_blocks_with_an_integer_dot_product(rng):
@@ -242,8 +374,14 @@ def test_a_model_switches_and_its_decode_plan_follows(rng):
     np.testing.assert_array_equal(model.set_activation_dtype("float32")(ids), before)
     model.set_activation_dtype("int8")
     in_cpp = model.generate(ids, 6, temperature=0.0)
+    blocks = [m.stored.blocks for m in model.modules() if isinstance(getattr(m, "stored", None), weights.BlockWeight)]
+    packing = ops.int8_dot() == "vpdpbusd"  # (packed rows: made by the int8 products, dropped with float32)
+    assert any(b._packed is not None and b._packed is not False for b in blocks) == packing
     model.decode_in_cpp = False
     np.testing.assert_array_equal(model.generate(ids, 6, temperature=0.0), in_cpp)  # (the plan reads the int8 kind)
+    model.set_activation_dtype("float32")
+    assert all(b._packed is None for b in blocks)
+    model.set_activation_dtype("int8")
     with pytest.raises(ValueError, match="activation dtype"):
         model.set_activation_dtype("int4")
 

@@ -227,9 +227,10 @@ def test_every_core_function_that_takes_sizes_is_swept():
 
     with_ints = {n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))
                  and not isinstance(getattr(_core, n), type) and takes_ints(getattr(_core, n))}
-    # (the rest: a thread count, the benchmark probes' loop counts and quant_row_bytes, checked below)
+    # (the rest: a thread count, the benchmark probes' loop counts, quant_row_bytes, can_pack and pack_rows (made on
+    # AVX512-VNNI only), checked below)
     assert with_ints - set(CORE_CALLS) == {"set_num_threads", "fma_probe", "amx_probe", "int8_dot_probe",
-                                           "quant_row_bytes"}
+                                           "quant_row_bytes", "can_pack", "pack_rows"}
 
 
 def test_core_private_entry_points_check_their_sizes():
@@ -239,6 +240,11 @@ def test_core_private_entry_points_check_their_sizes():
     for probe in (_core.fma_probe, _core.amx_probe, _core.int8_dot_probe):
         with pytest.raises(ValueError):
             probe(-1)
+    assert not _core.can_pack(2, 2**62 + 8) and _core.can_pack(2, 2**62)
+    u8 = np.empty((0, 0), np.uint8)
+    for OC, IC in [(2**62, 32), (16, 2**62), (2**60, 2**40), (-16, 32), (16, -32)]:
+        with pytest.raises(ValueError):
+            _core.pack_rows(u8, u8, 2, OC, IC)
     e = np.empty(0, np.float32)
 
     def plan(dims, layers=(), final_norm=(e, None), head=(-1, e, None, 0, 0, None)):

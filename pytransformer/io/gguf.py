@@ -309,18 +309,6 @@ class GGUFFile:
                     return False
         return True
 
-    def release(self, name):
-        """Tell the OS this process is done with the tensor's mapped pages (they were copied): they stop counting
-        in its resident memory (the file's pages stay in the page cache). A no-op without a mapping."""
-        if self._map is None or name not in self.tensors or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        info = self.tensors[name]
-        page = mmap.PAGESIZE
-        start = -(-(self.data_start + info.offset) // page) * page  # whole pages inside the tensor only
-        end = (self.data_start + info.offset + info.nbytes) // page * page
-        if end > start:
-            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
-
     def close(self):
         self.buf = None  # arrays handed out hold their own reference to the mapping
 

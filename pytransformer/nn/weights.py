@@ -286,6 +286,8 @@ class BlockWeight(Weight):
         check_activations(dtype)
         if dtype == "int8" and self.kind not in ops.INTEGER_QTYPES:
             return self  # (float blocks F32 / F16 / BF16: float32 activations)
+        if dtype == "float32":
+            ops.drop_packed(self.blocks)  # (float32 products read the file's layout: no second copy kept)
         return self if dtype == self.activations else BlockWeight(self.blocks, dtype)
 
     @classmethod
@@ -314,8 +316,8 @@ class BlockWeight(Weight):
             return self
         return BlockWeight(moved, "float32" if device != "cpu" else None)
 
-    def spec(self):
-        return (self.code, self.blocks.data, None, *self.blocks.shape)
+    def spec(self):  # (int8 activations: the packed rows the products read, ops.packed_rows)
+        return (self.code, self.blocks.data, ops.packed_rows(self.blocks) if self.int8 else None, *self.blocks.shape)
 
 
 def check_activations(dtype) -> None:

@@ -122,7 +122,7 @@ void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, cons
 // The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N)
 template <class B>
 void product(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC) {
-  for_panel_groups<B>(p.weight, N, IC, p.OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
+  for_panel_groups<B>(p.weight, packed_rows(p), N, IC, p.OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
     configure();
     tile_rows<Vec<B>>(p.out, p.ldo, panels, a.q, a.d, a.sums, a.ds, p.bias, N, IC / B::kValues, IC, o0, nc);
     _tile_release();

@@ -3,12 +3,17 @@
 // of values (the layout of an AMX B tile), so one vpdpbusd of a broadcast activation quad makes 4 steps of 16
 // outputs' sums; 4 input rows x 2 panels in registers. No horizontal sums: lane o is output o.
 // Signed blocks (Q8_0, IQ4) go in as v + 128 (u8), their offset 128 taken off with the activations' sums.
+#include "pytransformer/packed.h"
+
 namespace pt {
 namespace PT_NS {
 namespace PT_Q8_NS {
 namespace {
 
 constexpr int kPanelM = 4, kPanelP = 2;  // input rows x panels of 16 outputs per register tile
+
+// p's packed rows where it has them and they can be read (else null: its weight as the file lays it out)
+inline const uint8_t* packed_rows(const QProduct& p) { return p.packed && can_pack(p.qtype, p.OC) ? p.packed : nullptr; }
 
 inline __m512i broadcast4(const void* p) {  // 4 bytes at p in every dword
   int32_t x;
@@ -135,6 +140,41 @@ inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
   P.m = kMin ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
 }
 
+// The panel of a packed type's block for 16 rows (packed.h; at: that block's run): quad t of the values is the run's
+// dword t of every row, loaded as it lies (the 4- and 5-bit types: masked, and shifted by 4 for quad 4 + t; Q5's
+// fifth bits one masked add), d and m one conversion each. The panel nibble_panel / q8_0_panel / to_panel make from
+// the file's bytes, bit for bit.
+template <class B>
+inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
+  constexpr int64_t kQs = kPackRows * offsetof(B, qs);
+  if constexpr (B::kType == kQ8_0) {
+    for (int t = 0; t < 8; t++)
+      P.q[0][t] = _mm512_xor_si512(_mm512_loadu_si512(at + kQs + 64 * t), _mm512_set1_epi8((char)0x80));
+  } else {
+    const __m512i low = _mm512_set1_epi8(15);
+    for (int t = 0; t < 4; t++) {
+      const __m512i y = _mm512_loadu_si512(at + kQs + 64 * t);
+      P.q[0][t] = _mm512_and_si512(y, low);
+      P.q[0][4 + t] = _mm512_and_si512(_mm512_srli_epi16(y, 4), low);
+    }
+    if constexpr (fifth_bits(B::kType)) {  // (16 added where the fifth bit is set: word t's bits are quad t's bytes')
+      const uint8_t* qh = at + kPackRows * packed_header(B::kType);
+      for (int t = 0; t < 8; t++) {
+        uint64_t bits;
+        std::memcpy(&bits, qh + 8 * t, 8);
+        P.q[0][t] = _mm512_mask_add_epi8(P.q[0][t], (__mmask64)bits, P.q[0][t], _mm512_set1_epi8(16));
+      }
+    }
+    if constexpr (B::kType == kIQ4_NL) {  // (signed levels, as to_panel takes them: + 128)
+      const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kIQ4Values));
+      for (int t = 0; t < 8; t++)
+        P.q[0][t] = _mm512_xor_si512(_mm512_shuffle_epi8(table, P.q[0][t]), _mm512_set1_epi8((char)0x80));
+    }
+  }
+  P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));
+  P.m = Vec<B>::kMin ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + 32))) : _mm512_setzero_ps();
+}
+
 // dst[0 .. left) = v + bias[o .. o + left) (bias may be null), left <= 16 (none where left <= 0)
 inline void store16(float* dst, __m512 v, const float* bias, int64_t o, int64_t left) {
   if (left <= 0) return;
@@ -225,8 +265,9 @@ void panel_tiles(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, co
 // is read block by block across its 32 rows side by side, which the hardware prefetcher does not follow (half the
 // panels' time went to waiting on the weights: bench/NOTES.md, session 12); the group's rows are one run of bytes,
 // so each block step asks for its share of the next group's, in order, and the next group finds them in cache.
+// packed: the same rows packed (packed.h) or null; a group's panels are then loads from its two runs of 16 rows.
 template <class B, class F>
-void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, F&& body) {
+void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, int64_t IC, int64_t OC, F&& body) {
   using T = Vec<B>;
   constexpr int kRows = 16 * kPanelP;
   constexpr int64_t kStep = kRows * (int64_t)sizeof(B);  // (bytes of the next group asked for per block step)
@@ -237,8 +278,8 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
     alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel, where it is not made from the bytes)
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
-    const uint8_t* next = weight + (o0 + nc) * rb;
-    const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
+    const uint8_t* next = weight + (o0 + nc) * rb;  // (packed rows: none -- read in runs, the hardware's prefetcher
+    const int64_t next_bytes = packed ? 0 : std::min<int64_t>(kRows, OC - o0 - nc) * rb;  // follows; asked, 2-3% slower)
     // the group's rows' blocks at[j][r] (rows past OC: a zero block, not written), advanced a block at a time by
     // vector adds (made per block and row, with a compare each, they were ~18% of Q4_1's 16-row product in perf)
     static const uint8_t zero[sizeof(B)] = {};
@@ -257,7 +298,14 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
     for (int64_t b = 0; b < nb; b++) {
       for (int64_t i = b * kStep; i < std::min((b + 1) * kStep, next_bytes); i += 64)
         __builtin_prefetch(next + i, 0, 3);
-      for (int j = 0; j < kPanelP; j++) {
+      for (int j = 0; j < kPanelP && packed; j++) {
+        if constexpr (packable(B::kType)) {
+          Panel<T>& P = panels[b * kPanelP + j];
+          if (16 * j < nc) packed_panel<B>(P, packed + (o0 + 16 * j) * rb + b * kPackRows * (int64_t)sizeof(B));
+          else std::memset((void*)&P, 0, sizeof(Panel<T>));  // (rows past OC: zeros, not written)
+        }
+      }
+      for (int j = 0; j < kPanelP && !packed; j++) {
         for (int h = 0; h < 2; h++) {
           _mm512_store_si512(at[j] + 8 * h, ptr[j][h]);
           ptr[j][h] = _mm512_add_epi64(ptr[j][h], step[j][h]);
@@ -282,8 +330,8 @@ void for_panel_groups(const uint8_t* weight, int64_t N, int64_t IC, int64_t OC, 
 // reads each group's panels
 template <class B>
 void panel_product(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
-                   const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
-  for_panel_groups<B>(weight, N, IC, OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
+                   const uint8_t* weight, const uint8_t* packed, const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  for_panel_groups<B>(weight, packed, N, IC, OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
     panel_tiles<Vec<B>>(out, ldo, panels, q, da, sums, das, bias, N, IC / B::kValues, IC, o0, nc);
   });
 }

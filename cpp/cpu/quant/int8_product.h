@@ -183,6 +183,99 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
   }
 }
 
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+// stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows): per block the 16 rows' dwords of values are
+// loads, each row's in its own lane (its own output), so no gather of scales and no lane sums; values as unsigned
+// bytes u = v + kPackOff (Q4_0's and Q5_0's as stored, Q8_0's and IQ4_NL's levels + 128), the offset taken off
+// with the activations' sums. The integer sums are stream_rows' exactly and the float epilogue is add_sums in its order: the
+// same bits.
+template <class B>
+constexpr int kPackOff = B::kType == kQ4_0 ? 8 : B::kType == kQ5_0 ? 16 : B::kType == kQ8_0 || B::kType == kIQ4_NL ? 128 : 0;
+template <class B, int M>
+void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
+                   const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
+  using T = Vec<B>;
+  constexpr int64_t kRun = kPackRows * (int64_t)sizeof(B);  // (a block of 16 rows)
+  constexpr int64_t kQs = kPackRows * offsetof(B, qs), kQh = kPackRows * packed_header(B::kType);
+  constexpr int kQuads = B::kType == kQ8_0 ? 8 : 4;
+  constexpr bool kNibbles = B::kType != kQ8_0;
+  const int64_t nb = IC / 32;
+  const __m256i low = _mm256_set1_epi8(15), flip = _mm256_set1_epi8((char)0x80);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)kIQ4Values));
+  const __m256i none[8] = {};  // (add_sums' K-type sums: unused here)
+  for (int64_t o = o0; o < o1; o += kPackRows) {
+    const uint8_t* run = packed + o * nb * (int64_t)sizeof(B);
+    const uint8_t* next = run + nb * kRun;  // (the next 16 rows' bytes, a share asked for per block step)
+    const int64_t next_bytes = o + kPackRows < o1 ? nb * kRun : 0;
+    __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
+    for (int64_t b = 0; b < nb; b++) {
+      for (int64_t i = b * kRun; i < std::min((b + 1) * kRun, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
+      const uint8_t* at = run + b * kRun;
+      __m256i I[2][M];
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        const int16_t* s = sums + (m * IC + b * 32) / 16;
+        I[0][m] = I[1][m] = _mm256_set1_epi32(-kPackOff<B> * (s[0] + s[1]));
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < kQuads; t++) {
+        __m256i lo[M], hi[M];  // (the activations' quad t in every lane; the 4-bit types' 4 + t too: their high nibbles)
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          int32_t x;
+          std::memcpy(&x, q + m * IC + b * 32 + 4 * t, 4);
+          lo[m] = _mm256_set1_epi32(x);
+          if constexpr (kNibbles) std::memcpy(&x, q + m * IC + b * 32 + 16 + 4 * t, 4), hi[m] = _mm256_set1_epi32(x);
+        }
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+          const __m256i w = _mm256_loadu_si256((const __m256i*)(at + kQs + 64 * t + 32 * h));
+          if constexpr (kNibbles) {
+            __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+            if constexpr (fifth_bits(B::kType)) {  // (16 where the fifth bit is set: packed.h's words t, 4 + t)
+              uint32_t b0, b1;
+              std::memcpy(&b0, at + kQh + 8 * t + 4 * h, 4);
+              std::memcpy(&b1, at + kQh + 8 * (4 + t) + 4 * h, 4);
+              u0 = _mm256_mask_add_epi8(u0, (__mmask32)b0, u0, _mm256_set1_epi8(16));
+              u1 = _mm256_mask_add_epi8(u1, (__mmask32)b1, u1, _mm256_set1_epi8(16));
+            }
+            if constexpr (B::kType == kIQ4_NL) {
+              u0 = _mm256_xor_si256(_mm256_shuffle_epi8(table, u0), flip);
+              u1 = _mm256_xor_si256(_mm256_shuffle_epi8(table, u1), flip);
+            }
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++)
+              I[h][m] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(I[h][m], u0, lo[m]), u1, hi[m]);
+          } else {
+            const __m256i u = _mm256_xor_si256(w, flip);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++) I[h][m] = _mm256_dpbusd_epi32(I[h][m], u, lo[m]);
+          }
+        }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 16 * h)));
+        const __m256 mv = T::kMin ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 32 + 16 * h)))
+                                  : _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
+          acc[h][m] = add_sums<T>(acc[h][m], I[h][m], none, dw, mv, dam, T::kMin ? _mm256_set1_ps(das[m * nb + b]) : dam);
+        }
+      }
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        float* dst = out + m * ldo + o + 8 * h;
+        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[h][m], _mm256_loadu_ps(bias + o + 8 * h)) : acc[h][m]);
+      }
+  }
+}
+#endif
+
 // The products p[0 .. n) of N < kStreamRows quantised rows (q8: their blocks of 32 and of 256), in one pass of
 // the threads: each weight's rows cut in chunks of contiguous rows (256 KiB, or a thread's share of a smaller
 // matrix, in whole groups of eight), which the threads take as they come free, each streamed once by stream_rows.
@@ -192,6 +285,14 @@ struct Chunk {
 };
 template <class B>
 void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int64_t o0, int64_t o1) {
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+  if constexpr (packable(B::kType))
+    if (const uint8_t* packed = packed_rows(p)) {
+      if (N == 1) return stream_packed<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
+      if (N == 2) return stream_packed<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
+      return stream_packed<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
+    }
+#endif
   if (N == 1) stream_rows<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
   else if (N == 2) stream_rows<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
   else stream_rows<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
@@ -205,7 +306,12 @@ void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N
   chunks.clear();
   for (int64_t i = 0; i < n; i++) {
     const int64_t OC = p[i].OC, rb = quant_row_bytes(p[i].qtype, IC);
-    const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + 7) / 8 * 8;
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+    const int64_t unit = packed_rows(p[i]) ? kPackRows : 8;  // (rows a chunk is whole of: packed runs, or groups)
+#else
+    const int64_t unit = 8;
+#endif
+    const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + unit - 1) / unit * unit;
     for (int64_t o0 = 0; o0 < OC; o0 += chunk) chunks.push_back({i, o0, std::min(OC, o0 + chunk)});
   }
   const Chunk* c = chunks.data();  // (the calling thread's list: inside the region a thread_local is each thread's)
@@ -267,7 +373,8 @@ void products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N, int64
     auto run = [&](auto blk) {
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
       if (N >= kPanelM)
-        return panel_product<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, a.ds, pi.weight, pi.bias, N, IC, pi.OC);
+        return panel_product<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, a.ds, pi.weight, packed_rows(pi),
+                                            pi.bias, N, IC, pi.OC);
 #endif
       product_of<decltype(blk)>(pi.out, pi.ldo, a.q, a.d, a.sums, a.ds, pi.weight, pi.bias, N, IC, pi.OC);
     };

@@ -19,6 +19,7 @@ struct WeightRef {
   int kind = kFloat32;
   const void* data = nullptr;
   const float* scale = nullptr;  // int8 only
+  const uint8_t* packed = nullptr;  // int8 activations: the blocks packed (QProduct::packed) or null
   const float* bias = nullptr;
   int64_t OC = 0, IC = 0;
   void product(float* out, const float* inp, int64_t N) const;  // out (N, OC) = inp (N, IC) @ W^T + bias

@@ -203,7 +203,8 @@ inline int64_t quant_row_bytes(int qtype, int64_t C) {
 }
 
 // One product of the int8-activation kernels' groups: out (N, ldo), columns 0 .. OC = inp (N, IC) @ dequant(weight)^T
-// + bias, weight OC rows of quant_row_bytes(qtype, IC) bytes (an integer type), bias (OC) or null.
+// + bias, weight OC rows of quant_row_bytes(qtype, IC) bytes (an integer type), bias (OC) or null; packed: the same
+// rows packed (packed.h; can_pack(qtype, OC)) or null -- the kernels that read that layout read it, the others weight.
 struct QProduct {
   float* out;
   int64_t ldo;
@@ -211,6 +212,7 @@ struct QProduct {
   int qtype;
   const float* bias;
   int64_t OC;
+  const uint8_t* packed = nullptr;
 };
 
 namespace baseline { PT_DECLARE_KERNELS }
