@@ -176,9 +176,9 @@ def weight_bytes(model):
     total = 0
     for m in model.modules():
         stored = getattr(m, "stored", None)  # (Linear, TiedLMHead: the weight object that knows its product)
-        if stored is not None:
-            _, data, scale = stored.spec()[:3]
-            total += data.nbytes + (0 if scale is None else scale.nbytes)
+        if stored is not None:  # (int8's row scales beside it; packed GGUF rows are read instead of data, as many)
+            kind, data, extra = stored.spec()[:3]
+            total += data.nbytes + (extra.nbytes if kind == -3 else 0)
     return total + sum(p.data.nbytes for _, p in model.params if len(p.shape) == 1)
 
 

@@ -742,8 +742,11 @@ def packed_rows(weight: Quantized):
         if type(weight.data) is np.ndarray and _core.can_pack(weight.code, weight.shape[0]) and \
                 int8_dot() == "vpdpbusd":
             packed = np.empty(weight.data.shape, np.uint8)
-            _core.pack_rows(packed, weight.data, weight.code, *weight.shape)
-            release_mapped(weight.data)
+            step = max(16, (8 << 20) // max(1, weight.data.shape[1]) // 16 * 16)  # (runs of ~8 MiB: the mapped
+            for i in range(0, weight.shape[0], step):                          # pages go as the copy grows)
+                _core.pack_rows(packed[i:i + step], weight.data[i:i + step], weight.code,
+                                min(step, weight.shape[0] - i), weight.shape[1])
+                release_mapped(weight.data[i:i + step])
         weight._packed = packed
     return None if packed is False else packed
 
