@@ -13,7 +13,9 @@ namespace {
 constexpr int kPanelM = 4, kPanelP = 2;  // input rows x panels of 16 outputs per register tile
 
 // p's packed rows where it has them and they can be read (else null: its weight as the file lays it out)
-inline const uint8_t* packed_rows(const QProduct& p) { return p.packed && can_pack(p.qtype, p.OC) ? p.packed : nullptr; }
+inline const uint8_t* packed_rows(const QProduct& p) {
+  return p.packed && can_pack(p.qtype, p.OC) ? p.packed : nullptr;
+}
 
 inline __m512i broadcast4(const void* p) {  // 4 bytes at p in every dword
   int32_t x;
@@ -144,9 +146,44 @@ inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
 // dword t of every row, loaded as it lies (the 4- and 5-bit types: masked, and shifted by 4 for quad 4 + t; Q5's
 // fifth bits one masked add), d and m one conversion each. The panel nibble_panel / q8_0_panel / to_panel make from
 // the file's bytes, bit for bit.
+// Q4_K's six-bit scales and mins of 16 rows (u[k]: dword k of each row's 12 bytes) -> bytes sc[0..3], sc[4..7],
+// mn[0..3], mn[4..7] of each row in its lane: VecK45::unpack's scale_min_k4, lane by lane
+template <class V, class And, class Or, class Shr, class Shl>
+inline void k4_scales(const V u[3], V out[4], V m6, V m4, V m2, And vand, Or vor, Shr shr, Shl shl) {
+  out[0] = vand(u[0], m6);
+  out[1] = vor(vand(u[2], m4), shl(vand(shr(u[0], 6), m2), 4));
+  out[2] = vand(u[1], m6);
+  out[3] = vor(vand(shr(u[2], 4), m4), shl(vand(shr(u[1], 6), m2), 4));
+}
+
 template <class B>
 inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
   constexpr int64_t kQs = kPackRows * offsetof(B, qs);
+  if constexpr (B::kType == kQ4_K) {  // (vector 2 g / 2 g + 1: the low / high nibbles of dwords 8 g .. 8 g + 7)
+    const __m512i low = _mm512_set1_epi8(15);
+    for (int g = 0; g < 4; g++)
+      for (int t = 0; t < 8; t++) {
+        const __m512i y = _mm512_loadu_si512(at + kQs + 64 * (8 * g + t));
+        P.q[2 * g][t] = _mm512_and_si512(y, low);
+        P.q[2 * g + 1][t] = _mm512_and_si512(_mm512_srli_epi16(y, 4), low);
+      }
+    const __m512i u[3] = {_mm512_loadu_si512(at + 64), _mm512_loadu_si512(at + 128), _mm512_loadu_si512(at + 192)};
+    __m512i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
+    k4_scales(u, x, _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03),
+              [](__m512i a, __m512i b) { return _mm512_and_si512(a, b); },
+              [](__m512i a, __m512i b) { return _mm512_or_si512(a, b); },
+              [](__m512i v, int k) { return _mm512_srli_epi32(v, k); },
+              [](__m512i v, int k) { return _mm512_slli_epi32(v, k); });
+    const __m512i byte = _mm512_set1_epi32(0xFF);
+    for (int s = 0; s < 8; s++) {
+      P.sc[s] = _mm512_and_si512(_mm512_srli_epi32(x[s / 4], 8 * (s % 4)), byte);
+      const __m512i mn = _mm512_and_si512(_mm512_srli_epi32(x[2 + s / 4], 8 * (s % 4)), byte);
+      P.coef[s] = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));  // (mn[s] for both 16-value halves)
+    }
+    P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));
+    P.m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + 32)));
+    return;
+  }
   if constexpr (B::kType == kQ8_0) {
     for (int t = 0; t < 8; t++)
       P.q[0][t] = _mm512_xor_si512(_mm512_loadu_si512(at + kQs + 64 * t), _mm512_set1_epi8((char)0x80));
@@ -278,8 +315,9 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
     alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel, where it is not made from the bytes)
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
-    const uint8_t* next = weight + (o0 + nc) * rb;  // (packed rows: none -- read in runs, the hardware's prefetcher
-    const int64_t next_bytes = packed ? 0 : std::min<int64_t>(kRows, OC - o0 - nc) * rb;  // follows; asked, 2-3% slower)
+    // (packed rows: none asked for -- read in runs, which the hardware's prefetcher follows: asked, 2-3% slower)
+    const uint8_t* next = weight + (o0 + nc) * rb;
+    const int64_t next_bytes = packed ? 0 : std::min<int64_t>(kRows, OC - o0 - nc) * rb;
     // the group's rows' blocks at[j][r] (rows past OC: a zero block, not written), advanced a block at a time by
     // vector adds (made per block and row, with a compare each, they were ~18% of Q4_1's 16-row product in perf)
     static const uint8_t zero[sizeof(B)] = {};

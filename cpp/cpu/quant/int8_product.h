@@ -187,10 +187,11 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
 // stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows): per block the 16 rows' dwords of values are
 // loads, each row's in its own lane (its own output), so no gather of scales and no lane sums; values as unsigned
 // bytes u = v + kPackOff (Q4_0's and Q5_0's as stored, Q8_0's and IQ4_NL's levels + 128), the offset taken off
-// with the activations' sums. The integer sums are stream_rows' exactly and the float epilogue is add_sums in its order: the
-// same bits.
+// with the activations' sums. The integer sums are stream_rows' exactly and the float epilogue is add_sums in its
+// order: the same bits.
 template <class B>
-constexpr int kPackOff = B::kType == kQ4_0 ? 8 : B::kType == kQ5_0 ? 16 : B::kType == kQ8_0 || B::kType == kIQ4_NL ? 128 : 0;
+constexpr int kPackOff =
+    B::kType == kQ4_0 ? 8 : B::kType == kQ5_0 ? 16 : B::kType == kQ8_0 || B::kType == kIQ4_NL ? 128 : 0;
 template <class B, int M>
 void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
                    const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
@@ -219,7 +220,7 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
       }
 #pragma GCC unroll 8
       for (int t = 0; t < kQuads; t++) {
-        __m256i lo[M], hi[M];  // (the activations' quad t in every lane; the 4-bit types' 4 + t too: their high nibbles)
+        __m256i lo[M], hi[M];  // (the activations' quad t in every lane; 4 + t too for the high nibbles)
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++) {
           int32_t x;
@@ -261,7 +262,8 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++) {
           const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
-          acc[h][m] = add_sums<T>(acc[h][m], I[h][m], none, dw, mv, dam, T::kMin ? _mm256_set1_ps(das[m * nb + b]) : dam);
+          const __m256 ds = T::kMin ? _mm256_set1_ps(das[m * nb + b]) : dam;
+          acc[h][m] = add_sums<T>(acc[h][m], I[h][m], none, dw, mv, dam, ds);
         }
       }
     }
@@ -271,6 +273,98 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
       for (int m = 0; m < M; m++) {
         float* dst = out + m * ldo + o + 8 * h;
         _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[h][m], _mm256_loadu_ps(bias + o + 8 * h)) : acc[h][m]);
+      }
+  }
+}
+#endif
+
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+// stream_packed for Q4_K (packed.h: d[16], dmin[16], the scales' 3 dwords and the nibbles' 32 dwords of 16 rows):
+// per block and 8 rows, each sub-block s's sums D_s by vpdpbusd in the rows' lanes, I = sum_s sc[s] D_s, and the
+// min's C = sum_s mn[s] (the activations' sum over s) by vpdpbusd too, each sum split as 128 h + l (l in 0..127, h
+// in -32..31: bytes): exact, as stream_rows' -- then add_sums' two float operations in its order, the same bits.
+template <int M>
+void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
+                        const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
+  constexpr int64_t kRun = kPackRows * (int64_t)sizeof(BlockQ4_K), kQs = kPackRows * offsetof(BlockQ4_K, qs);
+  const int64_t nb = IC / 256;
+  const __m256i low = _mm256_set1_epi8(15), byte = _mm256_set1_epi32(0xFF);
+  for (int64_t o = o0; o < o1; o += kPackRows) {
+    const uint8_t* run = packed + o * nb * (int64_t)sizeof(BlockQ4_K);
+    const uint8_t* next = run + nb * kRun;  // (the next 16 rows' bytes, a share asked for per block step)
+    const int64_t next_bytes = o + kPackRows < o1 ? nb * kRun : 0;
+    __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
+    for (int64_t b = 0; b < nb; b++) {
+      for (int64_t i = b * kRun; i < std::min((b + 1) * kRun, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
+      const uint8_t* at = run + b * kRun;
+      __m256i lh[M][4];  // (each input row's sub-block sums as bytes l, h: sub-blocks 0-3 and 4-7)
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        const int16_t* s16 = sums + (m * IC + b * 256) / 16;
+        uint8_t l[8], h[8];
+        for (int s = 0; s < 8; s++) {
+          const int A = s16[2 * s] + s16[2 * s + 1];
+          l[s] = (uint8_t)(A & 127), h[s] = (uint8_t)(int8_t)(A >> 7);
+        }
+        int32_t w[4];
+        std::memcpy(w, l, 8), std::memcpy(w + 2, h, 8);
+        for (int k = 0; k < 4; k++) lh[m][k] = _mm256_set1_epi32(w[k]);
+      }
+#pragma GCC unroll 2
+      for (int hf = 0; hf < 2; hf++) {
+        const __m256i u[3] = {_mm256_loadu_si256((const __m256i*)(at + 64 + 32 * hf)),
+                              _mm256_loadu_si256((const __m256i*)(at + 128 + 32 * hf)),
+                              _mm256_loadu_si256((const __m256i*)(at + 192 + 32 * hf))};
+        __m256i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
+        k4_scales(u, x, _mm256_set1_epi8(0x3f), _mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03),
+                  [](__m256i a, __m256i c) { return _mm256_and_si256(a, c); },
+                  [](__m256i a, __m256i c) { return _mm256_or_si256(a, c); },
+                  [](__m256i v, int k) { return _mm256_srli_epi32(v, k); },
+                  [](__m256i v, int k) { return _mm256_slli_epi32(v, k); });
+        __m256i I[M] = {};
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+          __m256i D0[M] = {}, D1[M] = {};  // (sub-blocks 2 g, 2 g + 1)
+#pragma GCC unroll 8
+          for (int t = 0; t < 8; t++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i*)(at + kQs + 64 * (8 * g + t) + 32 * hf));
+            const __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++) {
+              int32_t a0, a1;
+              std::memcpy(&a0, q + m * IC + b * 256 + 64 * g + 4 * t, 4);
+              std::memcpy(&a1, q + m * IC + b * 256 + 64 * g + 32 + 4 * t, 4);
+              D0[m] = _mm256_dpbusd_epi32(D0[m], u0, _mm256_set1_epi32(a0));
+              D1[m] = _mm256_dpbusd_epi32(D1[m], u1, _mm256_set1_epi32(a1));
+            }
+          }
+          const __m256i s0 = _mm256_and_si256(_mm256_srli_epi32(x[g / 2], 16 * (g % 2)), byte);
+          const __m256i s1 = _mm256_and_si256(_mm256_srli_epi32(x[g / 2], 16 * (g % 2) + 8), byte);
+#pragma GCC unroll 4
+          for (int m = 0; m < M; m++)
+            I[m] = _mm256_add_epi32(I[m],
+                                    _mm256_add_epi32(_mm256_mullo_epi32(D0[m], s0), _mm256_mullo_epi32(D1[m], s1)));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 16 * hf)));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 32 + 16 * hf)));
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          const __m256i zero = _mm256_setzero_si256();
+          const __m256i Cl = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, x[2], lh[m][0]), x[3], lh[m][1]);
+          const __m256i Ch = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, x[2], lh[m][2]), x[3], lh[m][3]);
+          const __m256i C = _mm256_add_epi32(Cl, _mm256_slli_epi32(Ch, 7));
+          const __m256 dam = _mm256_set1_ps(da[m * nb + b]);  // (add_sums: the K types' two operations)
+          acc[hf][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[m]), _mm256_mul_ps(dw, dam), acc[hf][m]);
+          acc[hf][m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(C), _mm256_mul_ps(mw, dam), acc[hf][m]);
+        }
+      }
+    }
+#pragma GCC unroll 2
+    for (int hf = 0; hf < 2; hf++)
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        float* dst = out + m * ldo + o + 8 * hf;
+        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[hf][m], _mm256_loadu_ps(bias + o + 8 * hf)) : acc[hf][m]);
       }
   }
 }
@@ -286,12 +380,19 @@ struct Chunk {
 template <class B>
 void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int64_t o0, int64_t o1) {
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-  if constexpr (packable(B::kType))
+  if constexpr (B::kType == kQ4_K) {
+    if (const uint8_t* packed = packed_rows(p)) {
+      if (N == 1) return stream_packed_q4_k<1>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      if (N == 2) return stream_packed_q4_k<2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      return stream_packed_q4_k<3>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+    }
+  } else if constexpr (packable(B::kType)) {
     if (const uint8_t* packed = packed_rows(p)) {
       if (N == 1) return stream_packed<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
       if (N == 2) return stream_packed<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
       return stream_packed<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, packed, p.bias, IC, o0, o1);
     }
+  }
 #endif
   if (N == 1) stream_rows<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
   else if (N == 2) stream_rows<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, a.ds, p.weight, p.bias, IC, o0, o1);
@@ -311,7 +412,8 @@ void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N
 #else
     const int64_t unit = 8;
 #endif
-    const int64_t chunk = (std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb)) + unit - 1) / unit * unit;
+    const int64_t rows = std::min((OC + nt - 1) / nt, std::max<int64_t>(8, (256 << 10) / rb));
+    const int64_t chunk = (rows + unit - 1) / unit * unit;
     for (int64_t o0 = 0; o0 < OC; o0 += chunk) chunks.push_back({i, o0, std::min(OC, o0 + chunk)});
   }
   const Chunk* c = chunks.data();  // (the calling thread's list: inside the region a thread_local is each thread's)

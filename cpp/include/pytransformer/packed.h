@@ -20,12 +20,15 @@ namespace pt {
 
 constexpr int64_t kPackRows = 16;
 
-// Whether the int8 products can read type qtype packed: the 32-value types
+// Whether the int8 products can read type qtype packed: the 32-value types and Q4_K (whose 12 bytes of six-bit
+// scales and mins go as three dwords a row, its 128 bytes of nibbles as 32)
 constexpr bool packable(int qtype) {
-  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ8_0 || qtype == kIQ4_NL;
+  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ8_0 || qtype == kIQ4_NL ||
+         qtype == kQ4_K;
 }
-// the bytes of a block before its fifth bits (Q5) or values: d, and m where the type has a min (halves)
-constexpr int64_t packed_header(int qtype) { return qtype == kQ4_1 || qtype == kQ5_1 ? 4 : 2; }
+// the bytes of a block before its fifth bits (Q5), scales (Q4_K) or values: d, and m or dmin where the type has a
+// min (halves)
+constexpr int64_t packed_header(int qtype) { return qtype == kQ4_1 || qtype == kQ5_1 || qtype == kQ4_K ? 4 : 2; }
 constexpr bool fifth_bits(int qtype) { return qtype == kQ5_0 || qtype == kQ5_1; }
 
 // Whether a weight of OC rows of a type can be packed: a packable type, whole runs of 16 rows
