@@ -156,9 +156,16 @@ inline void k4_scales(const V u[3], V out[4], V m6, V m4, V m2, And vand, Or vor
   out[3] = vor(vand(shr(u[2], 4), m4), shl(vand(shr(u[1], 6), m2), 4));
 }
 
+// where a packed run's values start (Q6_K: its ql, first)
+template <class B>
+constexpr int64_t packed_values() {
+  if constexpr (B::kType == kQ6_K) return 0;
+  else return kPackRows * (int64_t)offsetof(B, qs);
+}
+
 template <class B>
 inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
-  constexpr int64_t kQs = kPackRows * offsetof(B, qs);
+  constexpr int64_t kQs = packed_values<B>();
   if constexpr (B::kType == kQ4_K) {  // (vector 2 g / 2 g + 1: the low / high nibbles of dwords 8 g .. 8 g + 7)
     const __m512i low = _mm512_set1_epi8(15);
     for (int g = 0; g < 4; g++)
@@ -182,6 +189,26 @@ inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
     }
     P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));
     P.m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + 32)));
+    return;
+  }
+  if constexpr (B::kType == kQ6_K) {  // (vector 4 h + k, quad t: nibble k / 2 of ql dword 16 h + 8 (k & 1) + t,
+    constexpr int64_t kQh = kPackRows * 128, kSc = kPackRows * 192, kD = kPackRows * 208;  // bit pair k of qh's 8 h + t)
+    for (int h = 0; h < 2; h++)
+      for (int k = 0; k < 4; k++)
+        for (int t = 0; t < 8; t++) {
+          const __m512i ql = _mm512_loadu_si512(at + 64 * (16 * h + 8 * (k & 1) + t));
+          const __m512i qh = _mm512_loadu_si512(at + kQh + 64 * (8 * h + t));
+          P.q[4 * h + k][t] =
+              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4 * (k / 2)), _mm512_set1_epi8(15)),
+                              _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), _mm512_set1_epi8(3)), 4));
+        }
+    for (int s = 0; s < 16; s++)  // (each row's int8 scales, sign-extended)
+      P.sc[s] = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_loadu_si512(at + kSc + 64 * (s / 4)), 24 - 8 * (s % 4)), 24);
+    for (int p = 0; p < 8; p++)  // (kOff sc per 16 values as int16 pairs: 32 sc[2 p], 32 sc[2 p + 1])
+      P.coef[p] = _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi32(P.sc[2 * p], 5), _mm512_set1_epi32(0xFFFF)),
+                                  _mm512_slli_epi32(P.sc[2 * p + 1], 21));
+    P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + kD)));
+    P.m = _mm512_setzero_ps();
     return;
   }
   if constexpr (B::kType == kQ8_0) {

@@ -279,6 +279,9 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
 #endif
 
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+// (The K types' runs are read without asking for the next one: a block step reads 2-3 KiB of one run, which the
+// hardware's prefetcher follows, and a burst of 36-53 prefetches per step held the fill buffers the loads wait on:
+// asked for, Q4_K / Q6_K streamed 0.77x / 0.64x as fast from DRAM; bench/NOTES.md session 20.)
 // stream_packed for Q4_K (packed.h: d[16], dmin[16], the scales' 3 dwords and the nibbles' 32 dwords of 16 rows):
 // per block and 8 rows, each sub-block s's sums D_s by vpdpbusd in the rows' lanes, I = sum_s sc[s] D_s, and the
 // min's C = sum_s mn[s] (the activations' sum over s) by vpdpbusd too, each sum split as 128 h + l (l in 0..127, h
@@ -291,11 +294,8 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
   const __m256i low = _mm256_set1_epi8(15), byte = _mm256_set1_epi32(0xFF);
   for (int64_t o = o0; o < o1; o += kPackRows) {
     const uint8_t* run = packed + o * nb * (int64_t)sizeof(BlockQ4_K);
-    const uint8_t* next = run + nb * kRun;  // (the next 16 rows' bytes, a share asked for per block step)
-    const int64_t next_bytes = o + kPackRows < o1 ? nb * kRun : 0;
     __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
     for (int64_t b = 0; b < nb; b++) {
-      for (int64_t i = b * kRun; i < std::min((b + 1) * kRun, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
       const uint8_t* at = run + b * kRun;
       __m256i lh[M][4];  // (each input row's sub-block sums as bytes l, h: sub-blocks 0-3 and 4-7)
 #pragma GCC unroll 4
@@ -370,6 +370,98 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
 }
 #endif
 
+#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+// stream_packed for Q6_K (packed.h: ql as 32 dwords, qh as 16, the int8 scales as 4, then d[16] of 16 rows): per
+// block and 8 rows, each 16 values' sums D_s by vpdpbusd on u = v + 32 in the rows' lanes, I = sum_s sc[s] D_s less
+// 32 sum_s sc[s] (the activations' sum over s) -- the offset's sum by vpdpbusd on sc + 128 (unsigned bytes) and the
+// activation sums split as 128 h + l, less 128 times their total -- exact, as stream_rows'; then add_sums' float
+// operation: the same bits.
+template <int M>
+void stream_packed_q6_k(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
+                        const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
+  constexpr int64_t kRun = kPackRows * (int64_t)sizeof(BlockQ6_K);
+  constexpr int64_t kQh = kPackRows * 128, kSc = kPackRows * 192, kD = kPackRows * 208;
+  const int64_t nb = IC / 256;
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), flip = _mm256_set1_epi8((char)0x80);
+  for (int64_t o = o0; o < o1; o += kPackRows) {
+    const uint8_t* run = packed + o * nb * (int64_t)sizeof(BlockQ6_K);
+    __m256 acc[2][M] = {};  // (zeros; [hf]: rows o + 8 hf ..)
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t* at = run + b * kRun;
+      __m256i lh[M][8];  // (each input row's 16 sums as bytes l (4 dwords), then h (4 dwords))
+      int32_t total[M];  // (... and their total)
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        const int16_t* s16 = sums + (m * IC + b * 256) / 16;
+        uint8_t lo[16], hi[16];
+        total[m] = 0;
+        for (int s = 0; s < 16; s++) {
+          lo[s] = (uint8_t)(s16[s] & 127), hi[s] = (uint8_t)(int8_t)(s16[s] >> 7);
+          total[m] += s16[s];
+        }
+        int32_t w[8];
+        std::memcpy(w, lo, 16), std::memcpy(w + 4, hi, 16);
+        for (int k = 0; k < 8; k++) lh[m][k] = _mm256_set1_epi32(w[k]);
+      }
+#pragma GCC unroll 2
+      for (int hf = 0; hf < 2; hf++) {
+        __m256i sc[4];  // (row r's scales 4 j .. 4 j + 3 in lane r of sc[j])
+        for (int j = 0; j < 4; j++) sc[j] = _mm256_loadu_si256((const __m256i*)(at + kSc + 64 * j + 32 * hf));
+        __m256i I[M] = {};
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) {
+            __m256i D[2][M] = {};  // (sub-blocks 2 v, 2 v + 1 of vector v = 4 h + k: quads 0-3, 4-7)
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+              const __m256i ql = _mm256_loadu_si256((const __m256i*)(at + 64 * (16 * h + 8 * (k & 1) + t) + 32 * hf));
+              const __m256i qh = _mm256_loadu_si256((const __m256i*)(at + kQh + 64 * (8 * h + t) + 32 * hf));
+              const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql, 4 * (k / 2)), m4),
+                                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4));
+#pragma GCC unroll 4
+              for (int m = 0; m < M; m++) {
+                int32_t a;
+                std::memcpy(&a, q + m * IC + b * 256 + 128 * h + 32 * k + 4 * t, 4);
+                D[t / 4][m] = _mm256_dpbusd_epi32(D[t / 4][m], u, _mm256_set1_epi32(a));
+              }
+            }
+            const int s = 2 * (4 * h + k);  // (its scales: bytes s % 4 and s % 4 + 1 of sc[s / 4], sign-extended)
+            const __m256i s0 = _mm256_srai_epi32(_mm256_slli_epi32(sc[s / 4], 24 - 8 * (s % 4)), 24);
+            const __m256i s1 = _mm256_srai_epi32(_mm256_slli_epi32(sc[s / 4], 16 - 8 * (s % 4)), 24);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++)
+              I[m] = _mm256_add_epi32(I[m], _mm256_add_epi32(_mm256_mullo_epi32(D[0][m], s0),
+                                                             _mm256_mullo_epi32(D[1][m], s1)));
+          }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + kD + 16 * hf)));
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+          __m256i L = _mm256_setzero_si256(), H = _mm256_setzero_si256();  // (sum_s (sc[s] + 128) l_s, ... h_s)
+          for (int j = 0; j < 4; j++) {
+            const __m256i u = _mm256_xor_si256(sc[j], flip);
+            L = _mm256_dpbusd_epi32(L, u, lh[m][j]);
+            H = _mm256_dpbusd_epi32(H, u, lh[m][4 + j]);
+          }
+          const __m256i offset = _mm256_sub_epi32(_mm256_add_epi32(L, _mm256_slli_epi32(H, 7)),
+                                                  _mm256_set1_epi32(128 * total[m]));  // (sum_s sc[s] A_s)
+          const __m256i Im = _mm256_sub_epi32(I[m], _mm256_slli_epi32(offset, 5));
+          acc[hf][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Im), _mm256_mul_ps(dw, _mm256_set1_ps(da[m * nb + b])),
+                                       acc[hf][m]);  // (add_sums: one operation without a min)
+        }
+      }
+    }
+#pragma GCC unroll 2
+    for (int hf = 0; hf < 2; hf++)
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        float* dst = out + m * ldo + o + 8 * hf;
+        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[hf][m], _mm256_loadu_ps(bias + o + 8 * hf)) : acc[hf][m]);
+      }
+  }
+}
+#endif
+
 // The products p[0 .. n) of N < kStreamRows quantised rows (q8: their blocks of 32 and of 256), in one pass of
 // the threads: each weight's rows cut in chunks of contiguous rows (256 KiB, or a thread's share of a smaller
 // matrix, in whole groups of eight), which the threads take as they come free, each streamed once by stream_rows.
@@ -380,7 +472,13 @@ struct Chunk {
 template <class B>
 void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int64_t o0, int64_t o1) {
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-  if constexpr (B::kType == kQ4_K) {
+  if constexpr (B::kType == kQ6_K) {
+    if (const uint8_t* packed = packed_rows(p)) {
+      if (N == 1) return stream_packed_q6_k<1>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      if (N == 2) return stream_packed_q6_k<2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      return stream_packed_q6_k<3>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+    }
+  } else if constexpr (B::kType == kQ4_K) {
     if (const uint8_t* packed = packed_rows(p)) {
       if (N == 1) return stream_packed_q4_k<1>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
       if (N == 2) return stream_packed_q4_k<2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
