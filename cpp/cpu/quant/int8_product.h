@@ -184,6 +184,29 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
 }
 
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
+// out (M rows ldo floats apart), columns o .. o + 16 = a packed run's sums acc (rows o + 8 h .. in acc[h]) + bias
+template <int M>
+inline void store_run(float* out, int64_t ldo, const __m256 acc[2][M], const float* bias, int64_t o) {
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+    for (int m = 0; m < M; m++) {
+      float* dst = out + m * ldo + o + 8 * h;
+      _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[h][m], _mm256_loadu_ps(bias + o + 8 * h)) : acc[h][m]);
+    }
+}
+
+// n activation sums a (|a| < 2^12) as signed bytes a = 128 h + l (l in 0..127), four to a dword, in every lane:
+// lh[0 .. n / 4) the l's, lh[n / 4 .. n / 2) the h's (vpdpbusd's second operand: the K types' min and offset sums)
+template <int n>
+inline void split_sums(__m256i* lh, const int32_t* a) {
+  uint8_t bytes[2 * n];
+  for (int s = 0; s < n; s++) bytes[s] = (uint8_t)(a[s] & 127), bytes[n + s] = (uint8_t)(int8_t)(a[s] >> 7);
+  int32_t w[n / 2];
+  std::memcpy(w, bytes, sizeof(w));
+  for (int k = 0; k < n / 2; k++) lh[k] = _mm256_set1_epi32(w[k]);
+}
+
 // stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows): per block the 16 rows' dwords of values are
 // loads, each row's in its own lane (its own output), so no gather of scales and no lane sums; values as unsigned
 // bytes u = v + kPackOff (Q4_0's and Q5_0's as stored, Q8_0's and IQ4_NL's levels + 128), the offset taken off
@@ -267,18 +290,10 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
         }
       }
     }
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; h++)
-#pragma GCC unroll 4
-      for (int m = 0; m < M; m++) {
-        float* dst = out + m * ldo + o + 8 * h;
-        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[h][m], _mm256_loadu_ps(bias + o + 8 * h)) : acc[h][m]);
-      }
+    store_run<M>(out, ldo, acc, bias, o);
   }
 }
-#endif
 
-#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
 // (The K types' runs are read without asking for the next one: a block step reads 2-3 KiB of one run, which the
 // hardware's prefetcher follows, and a burst of 36-53 prefetches per step held the fill buffers the loads wait on:
 // asked for, Q4_K / Q6_K streamed 0.77x / 0.64x as fast from DRAM; bench/NOTES.md session 20.)
@@ -301,14 +316,9 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const int16_t* s16 = sums + (m * IC + b * 256) / 16;
-        uint8_t l[8], h[8];
-        for (int s = 0; s < 8; s++) {
-          const int A = s16[2 * s] + s16[2 * s + 1];
-          l[s] = (uint8_t)(A & 127), h[s] = (uint8_t)(int8_t)(A >> 7);
-        }
-        int32_t w[4];
-        std::memcpy(w, l, 8), std::memcpy(w + 2, h, 8);
-        for (int k = 0; k < 4; k++) lh[m][k] = _mm256_set1_epi32(w[k]);
+        int32_t A[8];
+        for (int s = 0; s < 8; s++) A[s] = s16[2 * s] + s16[2 * s + 1];
+        split_sums<8>(lh[m], A);
       }
 #pragma GCC unroll 2
       for (int hf = 0; hf < 2; hf++) {
@@ -359,18 +369,10 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
         }
       }
     }
-#pragma GCC unroll 2
-    for (int hf = 0; hf < 2; hf++)
-#pragma GCC unroll 4
-      for (int m = 0; m < M; m++) {
-        float* dst = out + m * ldo + o + 8 * hf;
-        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[hf][m], _mm256_loadu_ps(bias + o + 8 * hf)) : acc[hf][m]);
-      }
+    store_run<M>(out, ldo, acc, bias, o);
   }
 }
-#endif
 
-#if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
 // stream_packed for Q6_K (packed.h: ql as 32 dwords, qh as 16, the int8 scales as 4, then d[16] of 16 rows): per
 // block and 8 rows, each 16 values' sums D_s by vpdpbusd on u = v + 32 in the rows' lanes, I = sum_s sc[s] D_s less
 // 32 sum_s sc[s] (the activations' sum over s) -- the offset's sum by vpdpbusd on sc + 128 (unsigned bytes) and the
@@ -393,15 +395,10 @@ void stream_packed_q6_k(float* out, int64_t ldo, const int8_t* q, const float* d
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const int16_t* s16 = sums + (m * IC + b * 256) / 16;
-        uint8_t lo[16], hi[16];
+        int32_t A[16];
         total[m] = 0;
-        for (int s = 0; s < 16; s++) {
-          lo[s] = (uint8_t)(s16[s] & 127), hi[s] = (uint8_t)(int8_t)(s16[s] >> 7);
-          total[m] += s16[s];
-        }
-        int32_t w[8];
-        std::memcpy(w, lo, 16), std::memcpy(w + 4, hi, 16);
-        for (int k = 0; k < 8; k++) lh[m][k] = _mm256_set1_epi32(w[k]);
+        for (int s = 0; s < 16; s++) A[s] = s16[s], total[m] += s16[s];
+        split_sums<16>(lh[m], A);
       }
 #pragma GCC unroll 2
       for (int hf = 0; hf < 2; hf++) {
@@ -451,13 +448,7 @@ void stream_packed_q6_k(float* out, int64_t ldo, const int8_t* q, const float* d
         }
       }
     }
-#pragma GCC unroll 2
-    for (int hf = 0; hf < 2; hf++)
-#pragma GCC unroll 4
-      for (int m = 0; m < M; m++) {
-        float* dst = out + m * ldo + o + 8 * hf;
-        _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[hf][m], _mm256_loadu_ps(bias + o + 8 * hf)) : acc[hf][m]);
-      }
+    store_run<M>(out, ldo, acc, bias, o);
   }
 }
 #endif
