@@ -125,7 +125,6 @@ def matmul_group_forward(inp, weights, biases=None):
             raise ValueError(f"weights[{i}] takes {w.shape[1]} inputs, inp has {d['IC']}")
         if b is not None:
             array(b, f"biases[{i}]", (w.shape[0],), {})
-    outs = [np.empty(inp.shape[:-1] + (w.shape[0],), np.float32) for w in weights]
     return unchecked_matmul_group(inp, weights, biases)
 
 

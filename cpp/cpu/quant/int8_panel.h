@@ -142,18 +142,17 @@ inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
   P.m = kMin ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
 }
 
-// The panel of a packed type's block for 16 rows (packed.h; at: that block's run): quad t of the values is the run's
-// dword t of every row, loaded as it lies (the 4- and 5-bit types: masked, and shifted by 4 for quad 4 + t; Q5's
-// fifth bits one masked add), d and m one conversion each. The panel nibble_panel / q8_0_panel / to_panel make from
-// the file's bytes, bit for bit.
-// Q4_K's six-bit scales and mins of 16 rows (u[k]: dword k of each row's 12 bytes) -> bytes sc[0..3], sc[4..7],
-// mn[0..3], mn[4..7] of each row in its lane: VecK45::unpack's scale_min_k4, lane by lane
-template <class V, class And, class Or, class Shr, class Shl>
-inline void k4_scales(const V u[3], V out[4], V m6, V m4, V m2, And vand, Or vor, Shr shr, Shl shl) {
-  out[0] = vand(u[0], m6);
-  out[1] = vor(vand(u[2], m4), shl(vand(shr(u[0], 6), m2), 4));
-  out[2] = vand(u[1], m6);
-  out[3] = vor(vand(shr(u[2], 4), m4), shl(vand(shr(u[1], 6), m2), 4));
+// Q4_K's six-bit scales and mins of 8 or 16 rows (u[k]: dword k of each row's 12 bytes) -> bytes sc[0..3], sc[4..7],
+// mn[0..3], mn[4..7] of each row in its lane: VecK45::unpack's scale_min_k4, lane by lane. V is __m256i or __m512i,
+// through the compiler's vector operators (64-bit lanes: each shift is under 8 and every mask keeps bits a byte's
+// own bits land on, so the lanes' width does not matter).
+template <class V>
+inline void k4_scales(const V u[3], V x[4]) {
+  const V m6 = V{} + 0x3f3f3f3f3f3f3f3fLL, m4 = V{} + 0x0f0f0f0f0f0f0f0fLL, m2 = V{} + 0x0303030303030303LL;
+  x[0] = u[0] & m6;
+  x[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
+  x[2] = u[1] & m6;
+  x[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
 }
 
 // where a packed run's values start (Q6_K: its ql, first)
@@ -163,6 +162,10 @@ constexpr int64_t packed_values() {
   else return kPackRows * (int64_t)offsetof(B, qs);
 }
 
+// The panel of a packed type's block for 16 rows (packed.h; at: that block's run): quad t of the values is the run's
+// dword t of every row, loaded as it lies (the 4- and 5-bit types: masked, and shifted by 4 for quad 4 + t; Q5's
+// fifth bits one masked add; the K types' from their nibbles and bit pairs), d and m one conversion each. The panel
+// nibble_panel / q8_0_panel / to_panel make from the file's bytes, bit for bit.
 template <class B>
 inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
   constexpr int64_t kQs = packed_values<B>();
@@ -176,11 +179,7 @@ inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
       }
     const __m512i u[3] = {_mm512_loadu_si512(at + 64), _mm512_loadu_si512(at + 128), _mm512_loadu_si512(at + 192)};
     __m512i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
-    k4_scales(u, x, _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03),
-              [](__m512i a, __m512i b) { return _mm512_and_si512(a, b); },
-              [](__m512i a, __m512i b) { return _mm512_or_si512(a, b); },
-              [](__m512i v, int k) { return _mm512_srli_epi32(v, k); },
-              [](__m512i v, int k) { return _mm512_slli_epi32(v, k); });
+    k4_scales(u, x);
     const __m512i byte = _mm512_set1_epi32(0xFF);
     for (int s = 0; s < 8; s++) {
       P.sc[s] = _mm512_and_si512(_mm512_srli_epi32(x[s / 4], 8 * (s % 4)), byte);

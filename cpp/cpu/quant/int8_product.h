@@ -326,11 +326,7 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
                               _mm256_loadu_si256((const __m256i*)(at + 128 + 32 * hf)),
                               _mm256_loadu_si256((const __m256i*)(at + 192 + 32 * hf))};
         __m256i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
-        k4_scales(u, x, _mm256_set1_epi8(0x3f), _mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03),
-                  [](__m256i a, __m256i c) { return _mm256_and_si256(a, c); },
-                  [](__m256i a, __m256i c) { return _mm256_or_si256(a, c); },
-                  [](__m256i v, int k) { return _mm256_srli_epi32(v, k); },
-                  [](__m256i v, int k) { return _mm256_slli_epi32(v, k); });
+        k4_scales(u, x);
         __m256i I[M] = {};
 #pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
