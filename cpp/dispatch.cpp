@@ -59,10 +59,9 @@ CpuFeatures detect() {
 #endif
 
 // PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it);
-// =tiles runs the products of 16+ rows on AMX-INT8 tiles where the CPU has them. The tiles are not the default: on
-// the one AMX machine measured (a Sapphire Rapids Xeon) the VNNI panels were as fast at 16-512 rows and faster in
-// models (prefill 7-18%, Gemma 3's 16-row step 12%: bench/NOTES.md, sessions 11, 12 and 14) -- the per-block
-// scales store every C tile after a 32-deep product. They stay, exact and tested, to measure on newer CPUs.
+// =vpdpbusd keeps the products of 16+ rows on the VNNI panels on a CPU with AMX-INT8 (whose default is its tiles:
+// the 16-row step 1.11-1.12x, prefill 1.05-1.23x the panels in session 21's pipeline, bench/NOTES.md; the session
+// 14 tiles had lost to the panels: each unit's C tile waited on its scaling).
 bool int8_dot_forced(const char* name) {
   const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
   return forced && std::string(forced) == name;
@@ -119,12 +118,12 @@ const std::vector<Variant>& variants() {
                     decltype(table->hamming_candidates_forward) hamming_vpopcnt = nullptr) {
       Kernels own = *table;
       vnni = vnni && !int8_dot_forced("vpmaddubsw");
-      tiles = tiles && vnni && int8_dot_forced("tiles");
+      tiles = tiles && vnni && !int8_dot_forced("vpdpbusd");
       if (vnni) own.matmul_q8_forward = q8_vnni, own.int8_dot_probe = own.int8_dot_vnni_probe;
       vpopcnt = vpopcnt && !no_vpopcnt();
       if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
 #ifdef PT_HAVE_AMX
-      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni; opt-in)
+      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni)
 #endif
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");

@@ -264,21 +264,21 @@ def test_a_packed_weight_hands_its_file_pages_back(tmp_path, rng):
         assert ops.packed_rows(q) is not None and mapped_rss_kb(address) <= 8
 
 
-@pytest.mark.parametrize("forced", ["vpmaddubsw", "tiles"])
+@pytest.mark.parametrize("forced", ["vpmaddubsw", "vpdpbusd", "tiles"])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced):
-    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =tiles runs 16+ rows on AMX-INT8
-    tiles (not the default: slower than the VNNI panels where measured; 16-row A tiles padded past N, 32-output panels
-    cut at OC, Q2_K / Q3_K / Q6_K on the panels): every registry case within the reference's float32 bound (integer
-    sums exact), at ragged row and output counts too, each row the same bits alone as in its batch, and tiles made
-    from packed rows the bits of tiles made from the file's."""
+    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =vpdpbusd keeps 16+ rows on the
+    VNNI panels on an AMX-INT8 CPU, whose default (=tiles) runs them on AMX-INT8 tiles (16-row A tiles padded past
+    N, outputs 16 at a time cut at OC, Q2_K / Q3_K / Q6_K on the panels): every registry case within the reference's
+    float32 bound (integer sums exact), at ragged row and output counts too, each row the same bits alone as in its
+    batch, and tiles made from packed rows the bits of tiles made from the file's."""
     if forced == "vpmaddubsw" and not ops.int8_dot().startswith("vpdpbusd"):
         pytest.skip("no vpdpbusd here: the default run already tests the other form")
-    if forced == "tiles" and not pt.cpu_info()["amx_bf16"]:
+    if forced != "vpmaddubsw" and not pt.cpu_info()["amx_bf16"]:
         pytest.skip("no AMX here (it is verified on an AMX machine)")
+    want = {"vpmaddubsw": ("vpmaddubsw", False), "vpdpbusd": ("vpdpbusd", False), "tiles": ("vpdpbusd", True)}[forced]
     script = ("import numpy as np, pytransformer as pt\n"
               "from pytransformer import opcases, ops, _core\n"
-              f"assert (pt.cpu_info()['int8_dot'], pt.cpu_info()['int8_tiles']) == "
-              f"{(forced, False) if forced == 'vpmaddubsw' else ('vpdpbusd', True)!r}\n"
+              f"assert (pt.cpu_info()['int8_dot'], pt.cpu_info()['int8_tiles']) == {want!r}\n"
               "rng = np.random.default_rng(0)\n"
               "for isa in set(_core.available_isas()) & {'avx2', 'avx512'}:\n"
               "    pt.set_isa(isa)\n"

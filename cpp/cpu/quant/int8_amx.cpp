@@ -3,13 +3,12 @@
 // the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
 // read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block) into a 16 x 16 tile of
 // exact int32 sums, so that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled
-// into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Per 32 values
-// both panels' B tiles (tmm6-7) are loaded once and every row tile runs against them, double-buffered (tmm0-1 /
-// tmm2-3 C, tmm4 / tmm5 A) so the tile unit works while the vector unit scales. Fewer than 16 rows, and the types
-// scaled per 16 values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the
-// AMX flags, used where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()) and
-// PYTRANSFORMER_INT8_DOT=tiles asks for it: no faster than the VNNI panels on the machine measured (dispatch.cpp).
-// bench/NOTES.md, sessions 11, 13 and 14.
+// into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Two sets of
+// tiles (C, A, B) alternate unit by unit, so the tile unit multiplies the next 32 values while the vector unit
+// scales the last; a thread's groups of 16 outputs are one pipeline. Fewer than 16 rows, and the types scaled per 16
+// values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the AMX flags, used
+// where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()), unless
+// PYTRANSFORMER_INT8_DOT=vpdpbusd asks for the VNNI panels. bench/NOTES.md, sessions 11, 13, 14 and 21.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -36,97 +35,175 @@ namespace {
 
 constexpr int64_t kMinRows = 16;  // one A tile of rows; fewer go to the VNNI panels
 
-// tmm0-3: C, 16 x 16 int32; tmm4-5: A, 16 rows x 32 bytes; tmm6-7: B, 8 rows of 16 outputs' quads
+// Unit u's tiles (set k = u % 2): C k (16 x 16 int32), A 2 + k (16 rows x 32 bytes), B 4 + k (8 rows of the 16
+// outputs' quads)
 void configure() {
   amx::TileConfig cfg;
-  for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-  cfg.colsb[4] = cfg.colsb[5] = 32;
-  cfg.rows[6] = cfg.rows[7] = 8;
+  for (int t = 0; t < 6; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  cfg.colsb[2] = cfg.colsb[3] = 32;
+  cfg.rows[4] = cfg.rows[5] = 8;
   _tile_loadconfig(&cfg);
 }
 
-// C tiles 2 u, 2 u + 1 = the sums of the 16 rows at A (stride IC) with the B tiles in 6 and 7 (A in tile 4 + u).
-// Issued a row tile ahead of the epilogue that reads them, so the tile unit works while the vector unit scales.
-template <int u>
-inline void issue(const int8_t* A, int64_t IC) {
-#define PT_TILE_STEP(c0, c1, ta) /* (the tile numbers are immediates) */ \
-  _tile_zero(c0);                                                      \
-  _tile_zero(c1);                                                      \
-  _tile_loadd(ta, A, IC);                                              \
-  _tile_dpbsud(c0, ta, 6);                                             \
-  _tile_dpbsud(c1, ta, 7)
-  if constexpr (u == 0) {
-    PT_TILE_STEP(0, 1, 4);
+// C k = the sums of the 16 rows at A (stride IC) with the panel's 32 values at B (the tile numbers are immediates)
+template <int k>
+inline void issue(const int8_t* A, int64_t IC, const void* B) {
+#define PT_TILE_UNIT(c, ta, tb) \
+  _tile_loadd(tb, B, 64);       \
+  _tile_loadd(ta, A, IC);       \
+  _tile_zero(c);                \
+  _tile_dpbsud(c, ta, tb)
+  if constexpr (k == 0) {
+    PT_TILE_UNIT(0, 2, 4);
   } else {
-    PT_TILE_STEP(2, 3, 5);
+    PT_TILE_UNIT(1, 3, 5);
   }
-#undef PT_TILE_STEP
+#undef PT_TILE_UNIT
 }
 
-// out (rows ldo floats apart) rows 0 .. N, columns o0 .. o0 + nc = the group's panels p times the quantised rows
-// (row tiles of 16, padded with zero rows past N; das: Q8Rows' da (sum a), the 32-value types') + bias.
-// Per 32 values (a block, or a K type's sub-block) both B tiles are loaded once and every row tile runs against
-// them; acc (rows x 32 floats) and I (the K types' sum_s sc[s] C_s) are per-thread scratch.
-template <class T>
-void tile_rows(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, const float* da, const int16_t* sums,
-               const float* das, const float* bias, int64_t N, int64_t nb, int64_t IC, int64_t o0, int64_t nc) {
-  constexpr int kV = 32 * T::kN;
-  const int64_t tiles = (N + 15) / 16;
-  static thread_local ScratchBuffer buf;
-  float* acc = buf.floats((size_t)(tiles * 16 * 32 * 2));  // row n, panel j: acc + 32 n + 16 j
-  int32_t* I = reinterpret_cast<int32_t*>(acc + tiles * 16 * 32);
-  std::memset(acc, 0, (size_t)(tiles * 16 * 32) * sizeof(float));
-  alignas(64) int32_t C[kPanelP][16][16];  // one row tile's sums, panel j
-  for (int64_t b = 0; b < nb; b++) {
-    const Panel<T>* pb = p + b * kPanelP;
-    for (int s = 0; s < T::kN; s++) {
-      _tile_loadd(6, &pb[0].q[s][0], 64);
-      _tile_loadd(7, &pb[1].q[s][0], 64);
-      const int8_t* a = q + b * kV + 32 * s;
-      issue<0>(a, IC);
-      for (int64_t r = 0; r < tiles; r++) {
-        const bool odd = r % 2;
-        if (r + 1 < tiles) {
-          if (odd) issue<0>(a + (r + 1) * 16 * IC, IC);
-          else issue<1>(a + (r + 1) * 16 * IC, IC);
-        }
-        if (odd) {
-          _tile_stored(2, C[0], 64);
-          _tile_stored(3, C[1], 64);
-        } else {
-          _tile_stored(0, C[0], 64);
-          _tile_stored(1, C[1], 64);
-        }
-        for (int m = 0; m < 16; m++) {  // (block b's sums: add_block, the panels' order, so a row is the same bits
-          const int64_t n = 16 * r + m;  // in any batch; the K types' sums of sc[s] C_s gathered in I until the last)
-          const int16_t* s16 = sums + (n * IC + b * kV) / 16;
-          const __m512 dd = _mm512_set1_ps(da[n * nb + b]), ds = T::kScales ? dd : _mm512_set1_ps(das[n * nb + b]);
-          for (int j = 0; j < kPanelP; j++) {
-            float* an = acc + 32 * n + 16 * j;
-            int32_t* in = I + 32 * n + 16 * j;
-            __m512i x = _mm512_load_si512(C[j][m]);
-            if (T::kScales) x = _mm512_mullo_epi32(x, pb[j].sc[s]);
-            if (s) x = _mm512_add_epi32(_mm512_load_si512(in), x);
-            if (s < T::kN - 1) _mm512_store_si512(in, x);
-            else _mm512_store_ps(an, add_block(_mm512_load_ps(an), x, pb[j], dd, ds, s16));
+// Q8Rows' scales and sums regrouped by row tile and block, so that a unit's 16 rows are at constant offsets from one
+// pointer: d, ds (tile, block, row: 16 floats a block) and sums (tile, block, row, the block's kV / 16 sums)
+struct TileRows {
+  const int8_t* q;
+  const float *d, *ds;
+  const int16_t* sums;
+};
+
+// a (rows a whole number of tiles) regrouped for blocks of kV values (32 or 256), in this thread's scratch for that
+// size (valid until its next call for it)
+TileRows regroup(const Q8Rows& a, int64_t rows, int64_t IC, int64_t kV) {
+  const int64_t nb = IC / kV, g = kV / 16, tiles = rows / 16;
+  static thread_local ScratchBuffer bufs[2];
+  float* d = bufs[kV == 256].floats((size_t)(rows * nb * 2 + rows * IC / 32 + 16));
+  float* ds = a.ds ? d + rows * nb : nullptr;
+  int16_t* sums = reinterpret_cast<int16_t*>(d + 2 * rows * nb);
+  for (int64_t t = 0; t < tiles; t++)
+    for (int64_t b = 0; b < nb; b++)
+      for (int64_t m = 0, n = 16 * t; m < 16; m++, n++) {
+        const int64_t at = (t * nb + b) * 16 + m;
+        d[at] = a.d[n * nb + b];
+        if (ds) ds[at] = a.ds[n * nb + b];
+        std::memcpy(sums + at * g, a.sums + (n * IC + b * kV) / 16, (size_t)g * sizeof(int16_t));
+      }
+  return {a.q, d, ds, sums};
+}
+
+// Panel P = block b of the weight's 16 rows o0 .. o0 + 16 (rows past OC: zeros): from their packed run where the
+// weight has one (packed.h), else from the file's blocks (int8_panel.h's makers, as for_panel_groups)
+template <class B>
+void make_panel(Panel<Vec<B>>& P, const QProduct& p, const uint8_t* packed, int64_t o0, int64_t b, int64_t nb) {
+  using T = Vec<B>;
+  if constexpr (packable(B::kType))
+    if (packed) return packed_panel<B>(P, packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B));
+  static const uint8_t zero[sizeof(B)] = {};
+  const uint8_t* at[16];
+  for (int r = 0; r < 16; r++) at[r] = o0 + r < p.OC ? p.weight + ((o0 + r) * nb + b) * (int64_t)sizeof(B) : zero;
+  if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(P, at);
+  else if constexpr (kDirectPanel<B>) nibble_panel<B>(P, at);
+  else {
+    alignas(64) WBlock<T> rows[16];
+    for (int r = 0; r < 16; r++) T::unpack(rows[r], at[r]);
+    to_panel(P, rows);
+  }
+}
+
+// out (rows ldo floats apart) rows 0 .. N, columns 16 g0 .. 16 g1 (those under OC) = the weight's rows there times
+// the quantised rows a (row tiles of 16, padded with zero rows past N) + bias; panels: 2 nb panels' scratch (group
+// g's block b: panels[g % 2][b]).
+// A run is a row tile against a group of 16 outputs, its units 32 values each (a block, or a K type's sub-block),
+// the groups' runs one after another: each unit's C tile is stored and the next unit's product issued on the other
+// tiles (across runs and groups too) before the vector unit scales the stored sums into the run's 16 accumulators
+// (registers) by add_block, the panels' order (a row's bits in any batch); the K types' sums of sc[s] C_s gather in
+// I until a block's last sub-block. A group's first run makes each panel `ahead` blocks (counted across groups)
+// before its tile load: a tile load waits for the stores before it to reach the cache, so panels made all at once
+// before the tiles held the first load back (15% of a 16-row product), and made 2 blocks ahead each load waited
+// (the tile products alone, their scaling left out: 1.38x / 1.18x the VNNI panels' speed 2 ahead, 1.62x / 1.46x 8
+// ahead). Later runs reuse them.
+template <class B>
+void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, const TileRows& a, int64_t N,
+               int64_t IC, int64_t g0, int64_t g1) {
+  using T = Vec<B>;
+  constexpr int kV = 32 * T::kN, kS = T::kN, kG = kV / 16;
+  const int64_t nb = IC / kV, units = nb * kS, rows = (N + 15) / 16, ahead = std::min<int64_t>(8, nb);
+  if (g0 >= g1) return;
+  auto panel = [&](int64_t g) { return panels + g % 2 * nb; };  // (group g's panels)
+  auto make = [&](int64_t at) {                                   // (the at-th block of the groups from g0)
+    const int64_t g = g0 + at / nb, b = at % nb;
+    if (g < g1) make_panel<B>(panel(g)[b], p, packed, 16 * g, b, nb);
+  };
+  // unit u of the run of row tile r against group g: A rows at q + u / kS kV + 32 (u % kS), B the panel's quads
+  auto start = [&](const int8_t* q, const Panel<T>* P, int64_t u, bool odd) {
+    const int8_t* A = q + u / kS * kV + 32 * (u % kS);
+    const void* Bt = &P[u / kS].q[u % kS][0];
+    if (odd) issue<1>(A, IC, Bt);
+    else issue<0>(A, IC, Bt);
+  };
+  for (int64_t at = 0; at < ahead; at++) make(at);
+  alignas(64) int32_t C[2][16][16];  // (the sums of unit v: C[v % 2])
+  alignas(64) int32_t I[16][16];
+  start(a.q, panel(g0), 0, false);
+  bool odd = false;
+  for (int64_t g = g0; g < g1; g++)
+    for (int64_t r = 0; r < rows; r++) {
+      const int8_t* q = a.q + 16 * r * IC;
+      const Panel<T>* P = panel(g);
+      const bool last = r + 1 == rows;  // (the next run: row tile r + 1, or group g + 1's first)
+      const int8_t* q_next = last ? a.q : q + 16 * IC;
+      const Panel<T>* P_next = last ? panel(g + 1) : P;
+      const float *d = a.d + r * nb * 16, *ds = T::kScales ? d : a.ds + r * nb * 16;
+      const int16_t* s16 = a.sums + r * nb * 16 * kG;
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int m = 0; m < 16; m++) acc[m] = _mm512_setzero_ps();
+      for (int64_t u = 0; u < units; u++, odd = !odd) {
+        if (odd) _tile_stored(1, C[1], 64);
+        else _tile_stored(0, C[0], 64);
+        const int64_t b = u / kS;
+        const int s = (int)(u % kS);
+        if (r == 0 && s == 0) make((g - g0) * nb + b + ahead);  // (before the next unit's loads: it may be theirs)
+        if (u + 1 < units) start(q, P, u + 1, !odd);
+        else if (!last || g + 1 < g1) start(q_next, P_next, 0, !odd);
+        const Panel<T>& Pb = P[b];
+#pragma GCC unroll 16
+        for (int m = 0; m < 16; m++) {
+          __m512i I_m = _mm512_load_si512(C[odd][m]);
+          if constexpr (T::kScales) {
+            I_m = _mm512_mullo_epi32(I_m, Pb.sc[s]);
+            if (s) I_m = _mm512_add_epi32(_mm512_load_si512(I[m]), I_m);
+            if (s < kS - 1) {
+              _mm512_store_si512(I[m], I_m);
+              continue;
+            }
           }
+          acc[m] = add_block(acc[m], I_m, Pb, _mm512_set1_ps(d[16 * b + m]), _mm512_set1_ps(ds[16 * b + m]),
+                             s16 + (16 * b + m) * kG);
         }
       }
+#pragma GCC unroll 16
+      for (int m = 0; m < 16; m++)
+        if (16 * r + m < N) store16(p.out + (16 * r + m) * p.ldo + 16 * g, acc[m], p.bias, 16 * g, p.OC - 16 * g);
     }
-  }
-  for (int64_t n = 0; n < N; n++)
-    for (int j = 0; j < kPanelP; j++)
-      store16(out + n * ldo + o0 + 16 * j, _mm512_load_ps(acc + 32 * n + 16 * j), bias, o0 + 16 * j, nc - 16 * j);
 }
 
-// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N)
+// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N), groups of 16 outputs split
+// among the threads in runs, each thread configuring its tiles once
 template <class B>
-void product(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC) {
-  for_panel_groups<B>(p.weight, packed_rows(p), N, IC, p.OC, [&](const Panel<Vec<B>>* panels, int64_t o0, int64_t nc) {
+void product(const QProduct& p, const TileRows& a, int64_t N, int64_t IC) {
+  const uint8_t* packed = packed_rows(p);
+  const int64_t groups = (p.OC + 15) / 16;
+#pragma omp parallel num_threads((int)std::min<int64_t>(threads(), groups))
+  {
+    int64_t t = 0, nt = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num(), nt = omp_get_num_threads();
+#endif
     configure();
-    tile_rows<Vec<B>>(p.out, p.ldo, panels, a.q, a.d, a.sums, a.ds, p.bias, N, IC / B::kValues, IC, o0, nc);
+    static thread_local ScratchBuffer buf;
+    auto* panels =
+        reinterpret_cast<Panel<Vec<B>>*>(buf.floats((size_t)(2 * IC / B::kValues) * sizeof(Panel<Vec<B>>) / 4));
+    tile_rows<B>(p, packed, panels, a, N, IC, groups * t / nt, groups * (t + 1) / nt);
     _tile_release();
-  });
+  }
 }
 
 // Whether tiles take a type: not Q2_K, Q3_K, Q6_K, scaled every 16 values (tile products 16 deep lost to the VNNI
@@ -148,9 +225,12 @@ void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N
     if (!tile || !tiled(p[i].qtype) || p[i].OC == 0) rest.push_back(p[i]);
   if (!rest.empty()) avx512::matmul_q8_vnni_rows(rest.data(), (int64_t)rest.size(), q8, N, IC);
   if ((int64_t)rest.size() == n) return;
+  tiles::TileRows a[2] = {};
+  for (int k = 0; k < 2; k++)
+    if (q8[k].q) a[k] = tiles::regroup(q8[k], (N + 15) / 16 * 16, IC, k ? 256 : 32);
   for (int64_t i = 0; i < n; i++) {
     if (!tiled(p[i].qtype) || p[i].OC == 0) continue;
-    auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], q8[q8_block(p[i].qtype) == 256], N, IC); };
+    auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], a[q8_block(p[i].qtype) == 256], N, IC); };
     if (!with_block(RegisterBlocks{}, p[i].qtype, run)) with_block(RowBlocks{}, p[i].qtype, run);
   }
 }
