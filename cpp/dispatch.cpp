@@ -59,9 +59,9 @@ CpuFeatures detect() {
 #endif
 
 // PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it);
-// =vpdpbusd keeps the products of 16+ rows on the VNNI panels on a CPU with AMX-INT8 (whose default is its tiles:
-// the 16-row step 1.11-1.12x, prefill 1.05-1.23x the panels in session 21's pipeline, bench/NOTES.md; the session
-// 14 tiles had lost to the panels: each unit's C tile waited on its scaling).
+// =vpdpbusd keeps the products of 16+ rows on the VNNI panels on a CPU with AMX-INT8, whose default is its tiles:
+// session 21's pipeline runs the products of 16-64 rows 1.06-1.26x faster than the panels (a model's 16-row step
+// 1.04-1.12x, prefill 0.97-1.06x: bench/NOTES.md); session 14's tiles had lost to them.
 bool int8_dot_forced(const char* name) {
   const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
   return forced && std::string(forced) == name;

@@ -108,25 +108,26 @@ void make_panel(Panel<Vec<B>>& P, const QProduct& p, const uint8_t* packed, int6
 }
 
 // out (rows ldo floats apart) rows 0 .. N, columns 16 g0 .. 16 g1 (those under OC) = the weight's rows there times
-// the quantised rows a (row tiles of 16, padded with zero rows past N) + bias; panels: 2 nb panels' scratch (group
-// g's block b: panels[g % 2][b]).
+// the quantised rows a (row tiles of 16, padded with zero rows past N) + bias; panels: 3 nb panels' scratch (group
+// g's block b: panels[g % 3][b]).
 // A run is a row tile against a group of 16 outputs, its units 32 values each (a block, or a K type's sub-block),
 // the groups' runs one after another: each unit's C tile is stored and the next unit's product issued on the other
 // tiles (across runs and groups too) before the vector unit scales the stored sums into the run's 16 accumulators
 // (registers) by add_block, the panels' order (a row's bits in any batch); the K types' sums of sc[s] C_s gather in
-// I until a block's last sub-block. A group's first run makes each panel `ahead` blocks (counted across groups)
-// before its tile load: a tile load waits for the stores before it to reach the cache, so panels made all at once
-// before the tiles held the first load back (15% of a 16-row product), and made 2 blocks ahead each load waited
-// (the tile products alone, their scaling left out: 1.38x / 1.18x the VNNI panels' speed 2 ahead, 1.62x / 1.46x 8
-// ahead). Later runs reuse them.
+// I until a block's last sub-block. A group's first run makes each panel `ahead` blocks (2-8, counted across groups:
+// at most two groups on) before its tiles load it, after the next unit's loads: a tile load waits for the stores
+// before it to reach the cache, so panels made all at once before the tiles held the first load back (15% of a
+// 16-row product), made 2 blocks ahead each load waited (the tile products alone, their scaling left out: 1.38x /
+// 1.18x the VNNI panels' speed; 8 ahead 1.62x / 1.46x), and made before the next unit's loads those loads waited
+// (the Q4_1 3072 x 576 product at 16 rows 1.02x the panels' speed, against 1.11-1.17x after). Later runs reuse them.
 template <class B>
 void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, const TileRows& a, int64_t N,
                int64_t IC, int64_t g0, int64_t g1) {
   using T = Vec<B>;
   constexpr int kV = 32 * T::kN, kS = T::kN, kG = kV / 16;
-  const int64_t nb = IC / kV, units = nb * kS, rows = (N + 15) / 16, ahead = std::min<int64_t>(8, nb);
+  const int64_t nb = IC / kV, units = nb * kS, rows = (N + 15) / 16, ahead = std::min<int64_t>(8, nb + 1);
   if (g0 >= g1) return;
-  auto panel = [&](int64_t g) { return panels + g % 2 * nb; };  // (group g's panels)
+  auto panel = [&](int64_t g) { return panels + g % 3 * nb; };  // (group g's panels)
   auto make = [&](int64_t at) {                                   // (the at-th block of the groups from g0)
     const int64_t g = g0 + at / nb, b = at % nb;
     if (g < g1) make_panel<B>(panel(g)[b], p, packed, 16 * g, b, nb);
@@ -158,11 +159,11 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
       for (int64_t u = 0; u < units; u++, odd = !odd) {
         if (odd) _tile_stored(1, C[1], 64);
         else _tile_stored(0, C[0], 64);
-        const int64_t b = u / kS;
-        const int s = (int)(u % kS);
-        if (r == 0 && s == 0) make((g - g0) * nb + b + ahead);  // (before the next unit's loads: it may be theirs)
         if (u + 1 < units) start(q, P, u + 1, !odd);
         else if (!last || g + 1 < g1) start(q_next, P_next, 0, !odd);
+        const int64_t b = u / kS;
+        const int s = (int)(u % kS);
+        if (r == 0 && s == 0) make((g - g0) * nb + b + ahead);
         const Panel<T>& Pb = P[b];
 #pragma GCC unroll 16
         for (int m = 0; m < 16; m++) {
@@ -200,7 +201,7 @@ void product(const QProduct& p, const TileRows& a, int64_t N, int64_t IC) {
     configure();
     static thread_local ScratchBuffer buf;
     auto* panels =
-        reinterpret_cast<Panel<Vec<B>>*>(buf.floats((size_t)(2 * IC / B::kValues) * sizeof(Panel<Vec<B>>) / 4));
+        reinterpret_cast<Panel<Vec<B>>*>(buf.floats((size_t)(3 * IC / B::kValues) * sizeof(Panel<Vec<B>>) / 4));
     tile_rows<B>(p, packed, panels, a, N, IC, groups * t / nt, groups * (t + 1) / nt);
     _tile_release();
   }
