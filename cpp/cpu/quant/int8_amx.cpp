@@ -34,6 +34,11 @@ namespace PT_Q8_NS {
 namespace {
 
 constexpr int64_t kMinRows = 16;  // one A tile of rows; fewer go to the VNNI panels
+// How far ahead of a panel's packed bytes its making asks for the weight's next bytes (a prefetch never faults, past
+// the end too). A step of 16 rows reads each weight once, from memory: the few lines a panel reads came late (the
+// makers ~32% of a SmolLM2 16-row step in perf), and asked for 4 KiB on (5-36 lines a panel, 2-13 blocks) the step
+// ran 1.13-1.20x faster (1-8 KiB alike; bench/NOTES.md, session 21).
+constexpr int64_t kPrefetch = 4096;
 
 // Unit u's tiles (set k = u % 2): C k (16 x 16 int32), A 2 + k (16 rows x 32 bytes), B 4 + k (8 rows of the 16
 // outputs' quads)
@@ -128,9 +133,15 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
   const int64_t nb = IC / kV, units = nb * kS, rows = (N + 15) / 16, ahead = std::min<int64_t>(8, nb + 1);
   if (g0 >= g1) return;
   auto panel = [&](int64_t g) { return panels + g % 3 * nb; };  // (group g's panels)
-  auto make = [&](int64_t at) {                                   // (the at-th block of the groups from g0)
+  auto make = [&](int64_t at) {  // (the at-th block of the groups from g0; packed: asks for the bytes kPrefetch on)
     const int64_t g = g0 + at / nb, b = at % nb;
-    if (g < g1) make_panel<B>(panel(g)[b], p, packed, 16 * g, b, nb);
+    if (g >= g1) return;
+    make_panel<B>(panel(g)[b], p, packed, 16 * g, b, nb);
+    if constexpr (packable(B::kType))
+      if (packed) {
+        const uint8_t* next = packed + (16 * g * nb + b * kPackRows) * (int64_t)sizeof(B) + kPrefetch;
+        for (int64_t i = 0; i < kPackRows * (int64_t)sizeof(B); i += 64) __builtin_prefetch(next + i, 0, 3);
+      }
   };
   // unit u of the run of row tile r against group g: A rows at q + u / kS kV + 32 (u % kS), B the panel's quads
   auto start = [&](const int8_t* q, const Panel<T>* P, int64_t u, bool odd) {
