@@ -730,7 +730,7 @@ class Quantized:
 def packed_rows(weight: Quantized):
     """weight's rows as this CPU's int8 products read them fastest, or None where they read `data` itself: on
     AVX512-VNNI (int8_dot() "vpdpbusd") weights of the 32-value types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL),
-    Q4_K and Q6_K in whole runs of 16 rows are packed -- each block's fields for 16 rows side by side
+    Q4_K, Q5_K and Q6_K in whole runs of 16 rows are packed -- each block's fields for 16 rows side by side
     (cpp/include/pytransformer/packed.h), as many bytes as data -- once, at the first int8 product, and kept on the
     weight beside data (which dequantize, the float32-activation products and the gradient read). The products give
     the same bits either way. Where data maps a file (a GGUF file's tensor), its pages are then handed back to the OS

@@ -137,15 +137,16 @@ def test_a_group_takes_bad_input_as_one_line_errors(rng):
         _core.matmul_q8_group_forward([out], x, [w.data], [None], [w.code, w.code], [None], 2, 64)
 
 
-PACKABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q6_K")
+PACKABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K")
 
 
 def packed_as_specified(data, qtype):
     """cpp/include/pytransformer/packed.h's layout in NumPy: per run of 16 rows and block, each field (d, m or dmin:
-    2 bytes; Q5's fifth bits: 8 words of 64 bits, word t holding bits 4 t .. 4 t + 3 of row r at 4 r; then Q4_K's
-    scales and every type's values, a dword at a time; Q6_K's d last) of the 16 rows side by side."""
-    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "IQ4_NL": 18, "Q4_K": 144, "Q6_K": 210}[qtype]
-    header = 4 if qtype in ("Q4_1", "Q5_1", "Q4_K") else 0 if qtype == "Q6_K" else 2
+    2 bytes; Q5's fifth bits: 8 words of 64 bits, word t holding bits 4 t .. 4 t + 3 of row r at 4 r; then the K types'
+    scales (and Q5_K's fifth bits) and every type's values, a dword at a time; Q6_K's d last) of the 16 rows side by side."""
+    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "IQ4_NL": 18, "Q4_K": 144, "Q5_K": 176,
+            "Q6_K": 210}[qtype]
+    header = 4 if qtype in ("Q4_1", "Q5_1", "Q4_K", "Q5_K") else 0 if qtype == "Q6_K" else 2
     trailer = 2 if qtype == "Q6_K" else 0  # (its d, after the values)
     OC = data.shape[0]
     blocks = data.reshape(OC // 16, 16, -1, size).transpose(0, 2, 1, 3)  # (run, block, row, bytes)
@@ -172,7 +173,7 @@ def test_packed_rows_are_the_layout_packed_h_specifies(rng, qtype):
         out = np.empty_like(w.data)
         _core.pack_rows(out, w.data, w.code, OC, IC)
         np.testing.assert_array_equal(out, packed_as_specified(w.data, qtype), err_msg=f"{OC} x {IC}")
-    assert not _core.can_pack(ops.QTYPES[qtype], 40) and not _core.can_pack(ops.QTYPES["Q5_K"], 16)
+    assert not _core.can_pack(ops.QTYPES[qtype], 40) and not _core.can_pack(ops.QTYPES["IQ4_XS"], 16)
 
 
 @pytest.mark.parametrize("qtype", PACKABLE)
@@ -202,10 +203,10 @@ def test_packed_rows_that_do_not_fit_are_one_line_errors(rng):
     from pytransformer import _core
 
     w = ops.Quantized(opcases.random_blocks(rng, "Q4_1", 32, 64), "Q4_1", (32, 64))
-    k4 = ops.Quantized(opcases.random_blocks(rng, "Q5_K", 16, 256), "Q5_K", (16, 256))
+    xs = ops.Quantized(opcases.random_blocks(rng, "IQ4_XS", 16, 256), "IQ4_XS", (16, 256))
     x = opcases.f32(rng, 2, 64)
     with pytest.raises(ValueError, match="do not pack"):
-        _core.pack_rows(np.empty_like(k4.data), k4.data, k4.code, 16, 256)
+        _core.pack_rows(np.empty_like(xs.data), xs.data, xs.code, 16, 256)
     with pytest.raises(ValueError, match="do not pack"):
         _core.pack_rows(np.empty((24, 40), np.uint8), w.data[:24], w.code, 24, 64)
     with pytest.raises(ValueError, match="out overlaps weight"):
@@ -213,7 +214,7 @@ def test_packed_rows_that_do_not_fit_are_one_line_errors(rng):
     with pytest.raises(ValueError, match="packed"):  # (a packed array of the wrong size)
         _core.matmul_q8_forward(np.empty((2, 32), np.float32), x, w.data, w.data[:16], w.code, None, 2, 64, 32)
     with pytest.raises(ValueError, match="does not pack"):
-        _core.matmul_q8_forward(np.empty((2, 16), np.float32), opcases.f32(rng, 2, 256), k4.data, k4.data, k4.code,
+        _core.matmul_q8_forward(np.empty((2, 16), np.float32), opcases.f32(rng, 2, 256), xs.data, xs.data, xs.code,
                                 None, 2, 256, 16)
     with pytest.raises(ValueError, match="as many"):
         _core.matmul_q8_group_forward([np.empty((2, 32), np.float32)], x, [w.data], [None, None], [w.code], [None],

@@ -169,13 +169,20 @@ constexpr int64_t packed_values() {
 template <class B>
 inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
   constexpr int64_t kQs = packed_values<B>();
-  if constexpr (B::kType == kQ4_K) {  // (vector 2 g / 2 g + 1: the low / high nibbles of dwords 8 g .. 8 g + 7)
-    const __m512i low = _mm512_set1_epi8(15);
-    for (int g = 0; g < 4; g++)
+  if constexpr (B::kType == kQ4_K || B::kType == kQ5_K) {  // (vector 2 g / 2 g + 1: the low / high nibbles of
+    const __m512i low = _mm512_set1_epi8(15), one = _mm512_set1_epi8(1);  // dwords 8 g .. 8 g + 7; Q5_K: + 16 where
+    for (int g = 0; g < 4; g++)                                         // bit 2 g / 2 g + 1 of qh's dword t is set)
       for (int t = 0; t < 8; t++) {
         const __m512i y = _mm512_loadu_si512(at + kQs + 64 * (8 * g + t));
         P.q[2 * g][t] = _mm512_and_si512(y, low);
         P.q[2 * g + 1][t] = _mm512_and_si512(_mm512_srli_epi16(y, 4), low);
+        if constexpr (B::kType == kQ5_K) {
+          const __m512i h = _mm512_loadu_si512(at + kPackRows * offsetof(B, qh) + 64 * t);
+          P.q[2 * g][t] = _mm512_or_si512(P.q[2 * g][t],
+                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * g), one), 4));
+          P.q[2 * g + 1][t] = _mm512_or_si512(
+              P.q[2 * g + 1][t], _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * g + 1), one), 4));
+        }
       }
     const __m512i u[3] = {_mm512_loadu_si512(at + 64), _mm512_loadu_si512(at + 128), _mm512_loadu_si512(at + 192)};
     __m512i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)

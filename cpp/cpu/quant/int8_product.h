@@ -297,18 +297,21 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
 // (The K types' runs are read without asking for the next one: a block step reads 2-3 KiB of one run, which the
 // hardware's prefetcher follows, and a burst of 36-53 prefetches per step held the fill buffers the loads wait on:
 // asked for, Q4_K / Q6_K streamed 0.77x / 0.64x as fast from DRAM; bench/NOTES.md session 20.)
-// stream_packed for Q4_K (packed.h: d[16], dmin[16], the scales' 3 dwords and the nibbles' 32 dwords of 16 rows):
-// per block and 8 rows, each sub-block s's sums D_s by vpdpbusd in the rows' lanes, I = sum_s sc[s] D_s, and the
-// min's C = sum_s mn[s] (the activations' sum over s) by vpdpbusd too, each sum split as 128 h + l (l in 0..127, h
-// in -32..31: bytes): exact, as stream_rows' -- then add_sums' two float operations in its order, the same bits.
-template <int M>
-void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
-                        const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
-  constexpr int64_t kRun = kPackRows * (int64_t)sizeof(BlockQ4_K), kQs = kPackRows * offsetof(BlockQ4_K, qs);
+// stream_packed for Q4_K and Q5_K (B; packed.h: d[16], dmin[16], the scales' 3 dwords, Q5_K's fifth bits' 8 and
+// the nibbles' 32 dwords of 16 rows): per block and 8 rows, each sub-block s's sums D_s by vpdpbusd in the rows'
+// lanes (Q5_K: the nibbles with 16 where the fifth bit is set, bit 2 g / 2 g + 1 of the byte of qh beside them), I =
+// sum_s sc[s] D_s, and the min's C = sum_s mn[s] (the activations' sum over s) by vpdpbusd too, each sum split as
+// 128 h + l (l in 0..127, h in -32..31: bytes): exact, as stream_rows' -- then add_sums' two float operations in
+// its order, the same bits.
+template <class B, int M>
+void stream_packed_k45(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
+                       const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
+  constexpr bool kQh = B::kType == kQ5_K;
+  constexpr int64_t kRun = kPackRows * (int64_t)sizeof(B), kQs = kPackRows * offsetof(B, qs);
   const int64_t nb = IC / 256;
   const __m256i low = _mm256_set1_epi8(15), byte = _mm256_set1_epi32(0xFF);
   for (int64_t o = o0; o < o1; o += kPackRows) {
-    const uint8_t* run = packed + o * nb * (int64_t)sizeof(BlockQ4_K);
+    const uint8_t* run = packed + o * nb * (int64_t)sizeof(B);
     __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t* at = run + b * kRun;
@@ -334,7 +337,13 @@ void stream_packed_q4_k(float* out, int64_t ldo, const int8_t* q, const float* d
 #pragma GCC unroll 8
           for (int t = 0; t < 8; t++) {
             const __m256i w = _mm256_loadu_si256((const __m256i*)(at + kQs + 64 * (8 * g + t) + 32 * hf));
-            const __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+            __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+            if constexpr (kQh) {  // (qh's dword t: bit 2 g of each byte the fifth bit of u0's, 2 g + 1 of u1's)
+              const __m256i h = _mm256_loadu_si256((const __m256i*)(at + kPackRows * offsetof(B, qh) + 64 * t + 32 * hf));
+              const __m256i one = _mm256_set1_epi8(1);
+              u0 = _mm256_or_si256(u0, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+              u1 = _mm256_or_si256(u1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+            }
 #pragma GCC unroll 4
             for (int m = 0; m < M; m++) {
               int32_t a0, a1;
@@ -465,11 +474,11 @@ void stream_chunk(const QProduct& p, const Q8Rows& a, int64_t N, int64_t IC, int
       if (N == 2) return stream_packed_q6_k<2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
       return stream_packed_q6_k<3>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
     }
-  } else if constexpr (B::kType == kQ4_K) {
+  } else if constexpr (B::kType == kQ4_K || B::kType == kQ5_K) {
     if (const uint8_t* packed = packed_rows(p)) {
-      if (N == 1) return stream_packed_q4_k<1>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
-      if (N == 2) return stream_packed_q4_k<2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
-      return stream_packed_q4_k<3>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      if (N == 1) return stream_packed_k45<B, 1>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      if (N == 2) return stream_packed_k45<B, 2>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
+      return stream_packed_k45<B, 3>(p.out, p.ldo, a.q, a.d, a.sums, packed, p.bias, IC, o0, o1);
     }
   } else if constexpr (packable(B::kType)) {
     if (const uint8_t* packed = packed_rows(p)) {

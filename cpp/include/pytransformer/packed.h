@@ -20,17 +20,17 @@ namespace pt {
 
 constexpr int64_t kPackRows = 16;
 
-// Whether the int8 products can read type qtype packed: the 32-value types, Q4_K (whose 12 bytes of six-bit scales
-// and mins go as three dwords a row, its 128 bytes of nibbles as 32) and Q6_K (ql as 32 dwords, qh as 16, the 16
-// int8 scales as 4, then d)
+// Whether the int8 products can read type qtype packed: the 32-value types, Q4_K and Q5_K (whose 12 bytes of six-bit
+// scales and mins go as three dwords a row, Q5_K's 32 bytes of fifth bits as 8, the 128 bytes of nibbles as 32) and
+// Q6_K (ql as 32 dwords, qh as 16, the 16 int8 scales as 4, then d)
 constexpr bool packable(int qtype) {
   return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ8_0 || qtype == kIQ4_NL ||
-         qtype == kQ4_K || qtype == kQ6_K;
+         qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K;
 }
-// the bytes of a block before its fifth bits (Q5), scales (Q4_K) or values: d, and m or dmin where the type has a
-// min (halves); and after them (Q6_K's d)
+// the bytes of a block before its fifth bits (Q5), scales (Q4_K, Q5_K) or values: d, and m or dmin where the type
+// has a min (halves); and after them (Q6_K's d)
 constexpr int64_t packed_header(int qtype) {
-  return qtype == kQ4_1 || qtype == kQ5_1 || qtype == kQ4_K ? 4 : qtype == kQ6_K ? 0 : 2;
+  return qtype == kQ4_1 || qtype == kQ5_1 || qtype == kQ4_K || qtype == kQ5_K ? 4 : qtype == kQ6_K ? 0 : 2;
 }
 constexpr int64_t packed_trailer(int qtype) { return qtype == kQ6_K ? 2 : 0; }
 constexpr bool fifth_bits(int qtype) { return qtype == kQ5_0 || qtype == kQ5_1; }
