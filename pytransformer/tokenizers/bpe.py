@@ -180,10 +180,12 @@ class ByteLevelBPETokenizer(GPT2Tokenizer):
 
     def apply_chat_template(self, messages, add_generation_prompt=True, **extra) -> str:
         """The conversation as the model was trained to see it: the file's Jinja chat template (rendered with
-        chat.py's limited sandbox), else (no template) ChatML. extra: more template variables (tools=...)."""
-        from .chat import render_chat
+        chat.py's limited sandbox), else (no template) the turns its special tokens name (chat.untemplated).
+        extra: more template variables (tools=...)."""
+        from .chat import render_chat, untemplated
 
         return render_chat(self.chat_template, messages, add_generation_prompt, source=self.source,
+                           untemplated=untemplated(lambda t: t in self.encoder),
                            bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id), **extra)
 
     def _token(self, i):

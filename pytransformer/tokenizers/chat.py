@@ -11,8 +11,10 @@ strftime_now and a JSON tojson, as transformers renders it) with limits on what 
 
 Any failure (a syntax error, raise_exception, a limit, or OverflowError, RecursionError, ZeroDivisionError,
 TypeError... from the template's own code) is one ValueError naming the template's source. Without a template the
-conversation is written as ChatML (<|im_start|>role\\ncontent<|im_end|>\\n ..., then <|im_start|>assistant\\n); a
-template without jinja2 installed is an ImportError saying how to install it, never another prompt format.
+conversation is written in the turns the vocabulary's special tokens name: Gemma's (<start_of_turn> and
+<end_of_turn>: a GGUF file of Gemma 3 may carry no template, and its model answers ChatML with more ChatML), else
+ChatML (<|im_start|>role\\ncontent<|im_end|>\\n ..., then <|im_start|>assistant\\n); a template without jinja2
+installed is an ImportError saying how to install it, never another prompt format.
 """
 
 from __future__ import annotations
@@ -37,9 +39,26 @@ LIMITS = Limits()
 _WIDTH = re.compile(r"\d{8,}")  # a run of digits in a format string: a width or precision of 10**7 or more
 
 
-def chatml(messages, add_generation_prompt=True) -> str:
+def chatml(messages, add_generation_prompt=True, bos_token="") -> str:
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def gemma_turns(messages, add_generation_prompt=True, bos_token="") -> str:
+    """Gemma 3's chat template (its tokenizer_config.json's), written out: BOS, a system message's text and a blank
+    line opening the first turn, the assistant's turns as "model", each turn's text stripped."""
+    system = messages[0]["content"] + "\n\n" if messages[0]["role"] == "system" else ""
+    turns = messages[1:] if system else messages
+    text = bos_token + "".join(f"<start_of_turn>{'model' if m['role'] == 'assistant' else m['role']}\n"
+                               f"{system if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n"
+                               for i, m in enumerate(turns))
+    return text + ("<start_of_turn>model\n" if add_generation_prompt else "")
+
+
+def untemplated(has_token):
+    """The turns a vocabulary without a chat template is written in (has_token: str -> bool): Gemma's where it has
+    Gemma's turn tokens, else ChatML."""
+    return gemma_turns if has_token("<start_of_turn>") and has_token("<end_of_turn>") else chatml
 
 
 def check_messages(messages) -> list:
@@ -52,12 +71,12 @@ def check_messages(messages) -> list:
 
 
 def render_chat(template, messages, add_generation_prompt=True, source="the chat template", limits=LIMITS,
-                **extra) -> str:
-    """The conversation through `template` (Jinja text; None: ChatML). source names where the template came from
-    (a file and key) in errors."""
+                untemplated=chatml, **extra) -> str:
+    """The conversation through `template` (Jinja text; None: untemplated, chatml or gemma_turns, with
+    extra's bos_token). source names where the template came from (a file and key) in errors."""
     messages = check_messages(messages)
     if not template:
-        return chatml(messages, add_generation_prompt)
+        return untemplated(messages, add_generation_prompt, extra.get("bos_token") or "")
     if not isinstance(template, str):
         raise ValueError(f"{source}: a chat template must be a string, got {type(template).__name__}")
     try:

