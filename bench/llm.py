@@ -194,7 +194,11 @@ ids = np.array([m.tokenizer.encode('The history of the printing press begins')])
 m.generate(ids, {new}, temperature=0.0)
 print(rss('VmHWM'), base)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pytransformer.__file__)))  # (the package imported here,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))  # cwd /)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", env=env)
+    if out.returncode:
+        raise SystemExit(f"the peak-RSS process failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     peak, base = map(float, out.stdout.split()[-2:])
     return peak, base
 
