@@ -94,22 +94,15 @@ TileRows regroup(const Q8Rows& a, int64_t rows, int64_t IC, int64_t kV) {
 }
 
 // Panel P = block b of the weight's 16 rows o0 .. o0 + 16 (rows past OC: zeros): from their packed run where the
-// weight has one (packed.h), else from the file's blocks (int8_panel.h's makers, as for_panel_groups)
+// weight has one (packed.h), else from the file's blocks (int8_panel.h's file_panel, as for_panel_groups)
 template <class B>
 void make_panel(Panel<Vec<B>>& P, const QProduct& p, const uint8_t* packed, int64_t o0, int64_t b, int64_t nb) {
-  using T = Vec<B>;
   if constexpr (packable(B::kType))
     if (packed) return packed_panel<B>(P, packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B));
   static const uint8_t zero[sizeof(B)] = {};
   const uint8_t* at[16];
   for (int r = 0; r < 16; r++) at[r] = o0 + r < p.OC ? p.weight + ((o0 + r) * nb + b) * (int64_t)sizeof(B) : zero;
-  if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(P, at);
-  else if constexpr (kDirectPanel<B>) nibble_panel<B>(P, at);
-  else {
-    alignas(64) WBlock<T> rows[16];
-    for (int r = 0; r < 16; r++) T::unpack(rows[r], at[r]);
-    to_panel(P, rows);
-  }
+  file_panel<B>(P, at);
 }
 
 // out (rows ldo floats apart) rows 0 .. N, columns 16 g0 .. 16 g1 (those under OC) = the weight's rows there times

@@ -142,6 +142,19 @@ inline void nibble_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
   P.m = kMin ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
 }
 
+// The panel of the 16 blocks at rows[0 .. 16) as the file lays them out (rows past a weight's last: a zero block, its
+// outputs never written): from their bytes where the type allows (kDirectPanel), else unpacked to WBlock first
+template <class B>
+inline void file_panel(Panel<Vec<B>>& P, const uint8_t* const rows[16]) {
+  if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(P, rows);
+  else if constexpr (kDirectPanel<B>) nibble_panel<B>(P, rows);
+  else {
+    alignas(64) WBlock<Vec<B>> w[16];
+    for (int r = 0; r < 16; r++) Vec<B>::unpack(w[r], rows[r]);
+    to_panel(P, w);
+  }
+}
+
 // Q4_K's six-bit scales and mins of 8 or 16 rows (u[k]: dword k of each row's 12 bytes) -> bytes sc[0..3], sc[4..7],
 // mn[0..3], mn[4..7] of each row in its lane: VecK45::unpack's scale_min_k4, lane by lane. V is __m256i or __m512i,
 // through the compiler's vector operators (64-bit lanes: each shift is under 8 and every mask keeps bits a byte's
@@ -153,6 +166,13 @@ inline void k4_scales(const V u[3], V x[4]) {
   x[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
   x[2] = u[1] & m6;
   x[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
+}
+
+// Q5_K's values u (nibbles, bytes) with 16 added where bit `bit` of the same byte of h (qh's dword beside them) is
+// set; V __m256i or __m512i through the compiler's vector operators (as k4_scales: bit < 8 keeps each byte's bits)
+template <class V>
+inline V with_fifth_bit(V u, V h, int bit) {
+  return u | (((h >> bit) & (V{} + 0x0101010101010101LL)) << 4);
 }
 
 // where a packed run's values start (Q6_K: its ql, first)
@@ -170,7 +190,7 @@ template <class B>
 inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
   constexpr int64_t kQs = packed_values<B>();
   if constexpr (B::kType == kQ4_K || B::kType == kQ5_K) {  // (vector 2 g / 2 g + 1: the low / high nibbles of
-    const __m512i low = _mm512_set1_epi8(15), one = _mm512_set1_epi8(1);  // dwords 8 g .. 8 g + 7; Q5_K: + 16 where
+    const __m512i low = _mm512_set1_epi8(15);  // dwords 8 g .. 8 g + 7; Q5_K: + 16 where
     for (int g = 0; g < 4; g++)                                         // bit 2 g / 2 g + 1 of qh's dword t is set)
       for (int t = 0; t < 8; t++) {
         const __m512i y = _mm512_loadu_si512(at + kQs + 64 * (8 * g + t));
@@ -178,10 +198,8 @@ inline void packed_panel(Panel<Vec<B>>& P, const uint8_t* at) {
         P.q[2 * g + 1][t] = _mm512_and_si512(_mm512_srli_epi16(y, 4), low);
         if constexpr (B::kType == kQ5_K) {
           const __m512i h = _mm512_loadu_si512(at + kPackRows * offsetof(B, qh) + 64 * t);
-          P.q[2 * g][t] = _mm512_or_si512(P.q[2 * g][t],
-                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * g), one), 4));
-          P.q[2 * g + 1][t] = _mm512_or_si512(
-              P.q[2 * g + 1][t], _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * g + 1), one), 4));
+          P.q[2 * g][t] = with_fifth_bit(P.q[2 * g][t], h, 2 * g);
+          P.q[2 * g + 1][t] = with_fifth_bit(P.q[2 * g + 1][t], h, 2 * g + 1);
         }
       }
     const __m512i u[3] = {_mm512_loadu_si512(at + 64), _mm512_loadu_si512(at + 128), _mm512_loadu_si512(at + 192)};
@@ -346,7 +364,6 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
   for (int64_t g = 0; g < groups; g++) {
     static thread_local ScratchBuffer buf;
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
-    alignas(64) WBlock<T> rows[16];  // (the unpacked blocks of one panel, where it is not made from the bytes)
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
     // (packed rows: none asked for -- read in runs, which the hardware's prefetcher follows: asked, 2-3% slower)
     const uint8_t* next = weight + (o0 + nc) * rb;
@@ -381,16 +398,7 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
           _mm512_store_si512(at[j] + 8 * h, ptr[j][h]);
           ptr[j][h] = _mm512_add_epi64(ptr[j][h], step[j][h]);
         }
-        if constexpr (kDirectPanel<B>) {
-          if constexpr (std::is_same_v<B, BlockQ8_0>) q8_0_panel(panels[b * kPanelP + j], at[j]);
-          else nibble_panel<B>(panels[b * kPanelP + j], at[j]);
-        } else {
-          for (int r = 0; r < 16; r++) {
-            if (16 * j + r < nc) T::unpack(rows[r], at[j][r]);
-            else std::memset((void*)&rows[r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
-          }
-          to_panel(panels[b * kPanelP + j], rows);
-        }
+        file_panel<B>(panels[b * kPanelP + j], at[j]);
       }
     }
     body(static_cast<const Panel<T>*>(panels), o0, nc);

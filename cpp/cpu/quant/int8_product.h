@@ -341,9 +341,7 @@ void stream_packed_k45(float* out, int64_t ldo, const int8_t* q, const float* da
             if constexpr (kQh) {  // (qh's dword t: bit 2 g of each byte the fifth bit of u0's, 2 g + 1 of u1's)
               const uint8_t* qh = at + kPackRows * offsetof(B, qh) + 64 * t + 32 * hf;
               const __m256i h = _mm256_loadu_si256((const __m256i*)qh);
-              const __m256i one = _mm256_set1_epi8(1);
-              u0 = _mm256_or_si256(u0, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
-              u1 = _mm256_or_si256(u1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+              u0 = with_fifth_bit(u0, h, 2 * g), u1 = with_fifth_bit(u1, h, 2 * g + 1);
             }
 #pragma GCC unroll 4
             for (int m = 0; m < M; m++) {
