@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <initializer_list>
 #include <mutex>
 #include <stdexcept>
 
@@ -58,20 +59,30 @@ CpuFeatures detect() {
 }
 #endif
 
+// A kernel choice a test forces through the environment variable var: its value if one of names, "" where unset or
+// empty; any other value is an error at import (as a bad PYTRANSFORMER_ISA), never ignored
+std::string forced_choice(const char* var, std::initializer_list<const char*> names) {
+  const char* value = std::getenv(var);
+  if (!value || !*value) return "";
+  std::string expected;
+  for (const char* name : names) {
+    if (std::string(value) == name) return value;
+    expected += (expected.empty() ? "" : ", ") + std::string(name);
+  }
+  throw std::runtime_error(std::string(var) + "=" + value + " is unknown; expected one of " + expected);
+}
+
 // PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it);
 // =vpdpbusd keeps the products of 16+ rows on the VNNI panels on a CPU with AMX-INT8, whose default is its tiles:
 // session 21's pipeline runs the products of 16-64 rows 1.06-1.26x faster than the panels (a model's 16-row step
 // 1.04-1.12x, prefill 0.97-1.06x: bench/NOTES.md); session 14's tiles had lost to them.
+// (=tiles names that default.)
 bool int8_dot_forced(const char* name) {
-  const char* forced = std::getenv("PYTRANSFORMER_INT8_DOT");
-  return forced && std::string(forced) == name;
+  return forced_choice("PYTRANSFORMER_INT8_DOT", {"vpmaddubsw", "vpdpbusd", "tiles"}) == name;
 }
 
 // PYTRANSFORMER_POPCOUNT=vpshufb keeps the nibble-table popcount on a CPU with vpopcntq (to test it)
-bool no_vpopcnt() {
-  const char* forced = std::getenv("PYTRANSFORMER_POPCOUNT");
-  return forced && std::string(forced) == "vpshufb";
-}
+bool no_vpopcnt() { return forced_choice("PYTRANSFORMER_POPCOUNT", {"vpshufb"}) == "vpshufb"; }
 
 struct Variant {
   const char* name;

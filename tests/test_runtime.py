@@ -81,7 +81,8 @@ def test_unknown_isa_in_the_environment_is_a_clear_error():
     assert "PYTRANSFORMER_ISA=sse9 is unknown" in r.stderr
 
 
-@pytest.mark.parametrize("setting", [{"PYTRANSFORMER_ISA": "sse9"}, {"PYTRANSFORMER_MALLOC_TUNING": "off"}])
+@pytest.mark.parametrize("setting", [{"PYTRANSFORMER_ISA": "sse9"}, {"PYTRANSFORMER_MALLOC_TUNING": "off"},
+                                     {"PYTRANSFORMER_INT8_DOT": "tile"}, {"PYTRANSFORMER_POPCOUNT": "popcnt"}])
 def test_a_bad_setting_is_one_line_from_the_command_line(setting, tmp_path):
     script = tmp_path / "pytransformer"  # (what the console script runs, under its name)
     script.write_text("import sys\nfrom pytransformer.cli import run\nsys.exit(run())\n")
