@@ -1,14 +1,15 @@
 // The int8-activation products of 16 and more rows on AMX-INT8 tiles (prefill, batched serving steps). The VNNI
 // panels of int8_panel.h are already B tiles: per 32 values of a block, 8 rows of 64 bytes, row t holding each of
 // the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
-// read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block) into a 16 x 16 tile of
-// exact int32 sums, so that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled
-// into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Two sets of
-// tiles (C, A, B) alternate unit by unit, so the tile unit multiplies the next 32 values while the vector unit
-// scales the last; a thread's groups of 16 outputs are one pipeline. Fewer than 16 rows, and the types scaled per 16
-// values (Q2_K, Q3_K, Q6_K): the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the AMX flags, used
-// where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()), unless
-// PYTRANSFORMER_INT8_DOT=vpdpbusd asks for the VNNI panels. bench/NOTES.md, sessions 11, 13, 14 and 21.
+// read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block; `tdpbssd` for the types
+// with an offset, their panels' bytes made signed again: kSignedTile) into a 16 x 16 tile of exact int32 sums, so
+// that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled into float accumulators
+// by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Two sets of tiles (C, A, B) alternate
+// unit by unit, so the tile unit multiplies the next 32 values while the vector unit scales the last; a thread's
+// groups of 16 outputs are one pipeline. Fewer than 16 rows, and the types scaled per 16 values (Q2_K, Q3_K, Q6_K):
+// the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the AMX flags, used where dispatch.cpp finds
+// AMX-INT8 and the tile-data permission (amx::supported()), unless PYTRANSFORMER_INT8_DOT=vpdpbusd asks for the VNNI
+// panels. bench/NOTES.md, sessions 11, 13, 14, 21 and 22.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -50,14 +51,25 @@ void configure() {
   _tile_loadconfig(&cfg);
 }
 
-// C k = the sums of the 16 rows at A (stride IC) with the panel's 32 values at B (the tile numbers are immediates)
-template <int k>
+// Whether the tiles take type B's panels signed: the values v themselves, not v + kOff (tdpbssd), for the 32-value
+// types with an offset (Q4_0, Q5_0, Q8_0, IQ4_NL): their sums then need no kOff (sum of a) taken off each row of
+// each unit, the same integers (products at 64 rows 1.07-1.15x, a Gemma 3 16-row step 1.03x; bench/NOTES.md,
+// session 22). The others' values are unsigned (tdpbsud); the K types' offsets go with their scales.
+template <class B>
+constexpr bool kSignedTile = !Vec<B>::kScales && Panel<Vec<B>>::kOff != 0;
+
+// C k = the sums of the 16 rows at A (stride IC) with the panel's 32 values at B, signed or unsigned (S) (the tile
+// numbers are immediates)
+template <int k, bool S>
 inline void issue(const int8_t* A, int64_t IC, const void* B) {
-#define PT_TILE_UNIT(c, ta, tb) \
-  _tile_loadd(tb, B, 64);       \
-  _tile_loadd(ta, A, IC);       \
-  _tile_zero(c);                \
-  _tile_dpbsud(c, ta, tb)
+#define PT_TILE_UNIT(c, ta, tb)  \
+  _tile_loadd(tb, B, 64);        \
+  _tile_loadd(ta, A, IC);        \
+  _tile_zero(c);                 \
+  if constexpr (S)               \
+    _tile_dpbssd(c, ta, tb);     \
+  else                           \
+    _tile_dpbsud(c, ta, tb)
   if constexpr (k == 0) {
     PT_TILE_UNIT(0, 2, 4);
   } else {
@@ -97,12 +109,17 @@ TileRows regroup(const Q8Rows& a, int64_t rows, int64_t IC, int64_t kV) {
 // weight has one (packed.h), else from the file's blocks (int8_panel.h's file_panel, as for_panel_groups)
 template <class B>
 void make_panel(Panel<Vec<B>>& P, const QProduct& p, const uint8_t* packed, int64_t o0, int64_t b, int64_t nb) {
+  bool made = false;
   if constexpr (packable(B::kType))
-    if (packed) return packed_panel<B>(P, packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B));
-  static const uint8_t zero[sizeof(B)] = {};
-  const uint8_t* at[16];
-  for (int r = 0; r < 16; r++) at[r] = o0 + r < p.OC ? p.weight + ((o0 + r) * nb + b) * (int64_t)sizeof(B) : zero;
-  file_panel<B>(P, at);
+    if (packed) packed_panel<B>(P, packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B)), made = true;
+  if (!made) {
+    static const uint8_t zero[sizeof(B)] = {};
+    const uint8_t* at[16];
+    for (int r = 0; r < 16; r++) at[r] = o0 + r < p.OC ? p.weight + ((o0 + r) * nb + b) * (int64_t)sizeof(B) : zero;
+    file_panel<B>(P, at);
+  }
+  if constexpr (kSignedTile<B>)  // (v + kOff -> v; Q8_0's and IQ4_NL's + 128: their signed bytes again)
+    for (int t = 0; t < 8; t++) P.q[0][t] = _mm512_sub_epi8(P.q[0][t], _mm512_set1_epi8((char)Panel<Vec<B>>::kOff));
 }
 
 // out (rows ldo floats apart) rows 0 .. N, columns 16 g0 .. 16 g1 (those under OC) = the weight's rows there times
@@ -140,8 +157,8 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
   auto start = [&](const int8_t* q, const Panel<T>* P, int64_t u, bool odd) {
     const int8_t* A = q + u / kS * kV + 32 * (u % kS);
     const void* Bt = &P[u / kS].q[u % kS][0];
-    if (odd) issue<1>(A, IC, Bt);
-    else issue<0>(A, IC, Bt);
+    if (odd) issue<1, kSignedTile<B>>(A, IC, Bt);
+    else issue<0, kSignedTile<B>>(A, IC, Bt);
   };
   for (int64_t at = 0; at < ahead; at++) make(at);
   alignas(64) int32_t C[2][16][16];  // (the sums of unit v: C[v % 2])
@@ -180,7 +197,7 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
               continue;
             }
           }
-          acc[m] = add_block(acc[m], I_m, Pb, _mm512_set1_ps(d[16 * b + m]), _mm512_set1_ps(ds[16 * b + m]),
+          acc[m] = add_block<T, kSignedTile<B> ? 0 : Panel<T>::kOff>(acc[m], I_m, Pb, _mm512_set1_ps(d[16 * b + m]), _mm512_set1_ps(ds[16 * b + m]),
                              s16 + (16 * b + m) * kG);
         }
       }

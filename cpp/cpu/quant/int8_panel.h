@@ -2,7 +2,8 @@
 // panels of 16 output rows, each 32-value vector of a block as 8 zmm whose lane o holds row o's 4 bytes of a quad
 // of values (the layout of an AMX B tile), so one vpdpbusd of a broadcast activation quad makes 4 steps of 16
 // outputs' sums; 4 input rows x 2 panels in registers. No horizontal sums: lane o is output o.
-// Signed blocks (Q8_0, IQ4) go in as v + 128 (u8), their offset 128 taken off with the activations' sums.
+// Signed blocks (Q8_0, IQ4) go in as v + 128 (u8), their offset 128 taken off with the activations' sums (the AMX
+// tiles take the 32-value types' bytes back signed: int8_amx.cpp's kSignedTile).
 #include "pytransformer/packed.h"
 
 namespace pt {
@@ -274,9 +275,9 @@ inline void store16(float* dst, __m512 v, const float* bias, int64_t o, int64_t 
 // for the K types): the offset kOff and the min taken off with the row's sums of 16 (s16: the block's), times d da
 // (dd: da in every lane; ds: da (sum a), the 32-value types' min term). The one order of float operations of every
 // int8 product of AVX512-VNNI (the rows streamed in int8_product.h, the AMX tiles): a row's bits in any batch.
-template <class T>
+// kOff 0: sums of the values themselves (the AMX tiles' signed panels), the same integers.
+template <class T, int kOff = Panel<T>::kOff>
 inline __m512 add_block(__m512 acc, __m512i I, const Panel<T>& p, __m512 dd, __m512 ds, const int16_t* s16) {
-  constexpr int kOff = Panel<T>::kOff;
   __m512i C = _mm512_setzero_si512();  // K types: sum_g c[g] (sum of a over g)
   if (T::kScales && (kOff || T::kMin))
     for (int g = 0; g < 8; g++) C = _mm512_add_epi32(C, _mm512_madd_epi16(p.coef[g], broadcast4(s16 + 2 * g)));
