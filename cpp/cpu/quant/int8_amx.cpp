@@ -157,15 +157,16 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
   const int64_t nb = IC / kV, units = nb * kS, rows = (N + 15) / 16, ahead = std::min<int64_t>(8, nb + 1);
   if (g0 >= g1) return;
   auto panel = [&](int64_t g) { return panels + g % 3 * nb; };  // (group g's panels)
-  auto make = [&](int64_t at) {  // (the at-th block of the groups from g0; packed: asks for the bytes kPrefetch on)
-    const int64_t g = g0 + at / nb, b = at % nb;
-    if (g >= g1) return;
-    make_panel<B>(panel(g)[b], p, packed, 16 * g, b, nb);
+  int64_t mg = g0, mb = 0;  // (the next panel to make: group mg's block mb)
+  auto make = [&]() {  // (that panel, then the next one on; packed: asks for the bytes kPrefetch on)
+    if (mg >= g1) return;
+    make_panel<B>(panel(mg)[mb], p, packed, 16 * mg, mb, nb);
     if constexpr (packable(B::kType))
       if (packed) {
-        const uint8_t* next = packed + (16 * g * nb + b * kPackRows) * (int64_t)sizeof(B) + kPrefetch;
+        const uint8_t* next = packed + (16 * mg * nb + mb * kPackRows) * (int64_t)sizeof(B) + kPrefetch;
         for (int64_t i = 0; i < kPackRows * (int64_t)sizeof(B); i += 64) __builtin_prefetch(next + i, 0, 3);
       }
+    if (++mb == nb) mb = 0, mg++;
   };
   // unit u of the run of row tile r against group g: A rows at q + u / kS kV + 32 (u % kS), B the panel's quads (or
   // the packed run's values: kDirectTile)
@@ -177,7 +178,7 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
     if (odd) issue<1, kSignedTile<B>>(A, IC, Bt);
     else issue<0, kSignedTile<B>>(A, IC, Bt);
   };
-  for (int64_t at = 0; at < ahead; at++) make(at);
+  for (int64_t at = 0; at < ahead; at++) make();
   alignas(64) int32_t C[2][16][16];  // (the sums of unit v: C[v % 2])
   alignas(64) int32_t I[16][16];
   start(a.q, g0, 0, false);
@@ -201,7 +202,7 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
         else if (!last || g + 1 < g1) start(q_next, g_next, 0, !odd);
         const int64_t b = u / kS;
         const int s = (int)(u % kS);
-        if (r == 0 && s == 0) make((g - g0) * nb + b + ahead);
+        if (r == 0 && s == 0) make();  // (block b + ahead of the groups from g0)
         const Panel<T>& Pb = P[b];
 #pragma GCC unroll 16
         for (int m = 0; m < 16; m++) {
