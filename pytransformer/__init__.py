@@ -27,7 +27,7 @@ from ._version import __version__
 try:
     from ._runtime import (cpu_info, get_matmul_precision, get_num_threads, matmul_precision, set_isa,
                            set_matmul_precision, set_num_threads)
-except (RuntimeError, ValueError) as _error:  # a bad PYTRANSFORMER_ISA / _MALLOC_TUNING, checked at import
+except (RuntimeError, ValueError, ImportError) as _error:  # a bad PYTRANSFORMER_ISA / _MALLOC_TUNING; no core
     import os as _os
     import sys as _sys
 

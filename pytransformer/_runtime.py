@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from . import _core
+try:
+    from . import _core
+except ImportError:
+    import importlib.machinery as _machinery
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if any(_os.path.exists(_os.path.join(_here, "_core" + s)) for s in _machinery.EXTENSION_SUFFIXES):
+        raise  # (a compiled core that does not load: its own message)
+    raise ImportError(f"{_here} has no compiled core (_core): it is the source checkout, not the installed package. "
+                      f"Run Python from another folder after `pip install .`, or build in place (README's developer "
+                      f"loop)") from None
 
 # Choose the kernel variant now, so that a bad PYTRANSFORMER_ISA fails at import with its message.
 _core.active_isa()

@@ -53,8 +53,8 @@ def corpus(tmp_path):
     (["sample", "x.st", "--tokens", "-5"], ["--tokens"]), (["embed", "a", "--batch-size", "0"], ["--batch-size"]),
     (["search", "f", "q", "--top", "0"], ["--top"]), (["nonsense"], ["invalid choice"]),
     (["embed", "a", "--dtype", "int4"], ["--dtype", "invalid choice"]),
-    (["embed", "a", "--frobnicate", "b"], ["unrecognized arguments: --frobnicate b"]),
-    (["info", "smollm2", "extra"], ["unrecognized arguments: extra"]),
+    (["embed", "a", "--frobnicate", "b"], ["pytransformer embed: error: unrecognized arguments: --frobnicate b"]),
+    (["info", "smollm2", "extra"], ["pytransformer info: error: unrecognized arguments: extra"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, words):
     one_line_error(cli(*args, cwd=tmp_path), 2, "error:", *words)

@@ -39,6 +39,14 @@ def test_generate_streams_the_greedy_continuation(tmp_path):
     assert stdout(r).rstrip("\n") == want
 
 
+def test_generate_reads_the_prompt_from_stdin_with_a_dash(tmp_path):
+    """`-p -`: the prompt is stdin's text, less the newline that ends a piped line (`echo ... |`)."""
+    want = cli("generate", MODEL, "-p", "The capital of France is", "-n", "6", cwd=tmp_path)
+    r = cli("generate", MODEL, "-p", "-", "-n", "6", cwd=tmp_path, input="The capital of France is\n")
+    assert r.returncode == 0 and want.returncode == 0, r.stderr + want.stderr
+    assert stdout(r) == stdout(want)
+
+
 @pytest.mark.parametrize("cache", ["float32", "float16"])
 def test_generate_takes_the_kv_cache_dtype(tmp_path, cache):
     from pytransformer import from_pretrained

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -113,3 +116,18 @@ def test_layers_above_ops_never_name_a_device(layer):
     graph = import_graph()
     offenders = sorted(m for m, edges in graph.items() if m.startswith(layer) and "pytransformer.cuda" in edges)
     assert not offenders, offenders
+
+
+def test_the_source_folder_without_its_compiled_core_says_so(tmp_path):
+    """Python started in a checkout imports its source folder, which has no compiled core until it is built there:
+    one clear ImportError naming the folder (not a circular-import puzzle), and the command line's one line."""
+    shutil.copytree(PACKAGE, tmp_path / "pytransformer",
+                    ignore=lambda d, names: [n for n in names if n.endswith((".so", ".pyd")) or n == "__pycache__"])
+    r = subprocess.run([sys.executable, "-c", "import pytransformer"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and r.stderr.splitlines()[-1].startswith("ImportError: "), r.stderr
+    assert "has no compiled core" in r.stderr and "pip install ." in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().startswith("pytransformer: error: ") and "no compiled core" in r.stderr, r.stderr

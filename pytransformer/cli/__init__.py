@@ -34,6 +34,7 @@ def build_parser():
     parents = [every_command()]
     for family in (info, train, finetune, llm, sentence):
         family.add_parsers(sub, parents)
+    parser.commands = sub.choices  # (each command's parser: its errors name it)
     return parser
 
 
@@ -47,7 +48,7 @@ def parse(parser, argv):
     if rest and dest and not any(a.startswith("-") for a in rest):
         getattr(args, dest).extend(rest)
     elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
     return args
 
 

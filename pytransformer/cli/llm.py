@@ -20,7 +20,7 @@ def add_parsers(sub, parents):
         p = sub.add_parser(name, parents=parents, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         p.add_argument("model", help=MODEL_HELP)
         if name == "generate":
-            p.add_argument("-p", "--prompt", required=True, help="the text to continue")
+            p.add_argument("-p", "--prompt", required=True, help="the text to continue ('-': read it from stdin)")
             p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
             p.add_argument("--stop", action="append", metavar="TEXT", help="stop once the text contains TEXT")
         else:
@@ -163,6 +163,8 @@ def _generate(model, tok, ids, tokens, verbose, **kw):
 def cmd_generate(args) -> int:
     model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     tok = _text_tokenizer(model, args.model)
+    if args.prompt == "-":  # (less the newline that ends a line piped in)
+        args.prompt = sys.stdin.read().removesuffix("\n")
     text = args.prompt
     if args.chat:
         text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])

@@ -237,8 +237,8 @@ def cmd_train(args) -> int:
                       warmup=warmup, weight_decay=settings["weight_decay"], accum=settings["accum"],
                       eval_every=settings["eval_every"], checkpoint=ckpt, checkpoint_every=settings["eval_every"],
                       seed=settings["seed"], precision=settings["precision"], log_file=args.log, context=T)
-    say(f"data: {source}: {len(text):,} characters, {len(data):,} {unit}s, vocabulary {tok.vocab_size:,}, last 10% "
-        f"held out")
+    counted = f"{len(text):,} characters" + (f", {len(data):,} tokens" if unit == "token" else "")
+    say(f"data: {source}: {counted}, vocabulary {tok.vocab_size:,}, last 10% held out")
     say(("fine-tuning " + settings["init_from"] + ": " if settings["init_from"] else "") +
         f"model: GPT {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, context "
         f"{T}: {model.num_parameters():,} parameters; isa {_runtime.cpu_info()['isa']}, "
