@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -45,6 +47,12 @@ def test_generate_reads_the_prompt_from_stdin_with_a_dash(tmp_path):
     r = cli("generate", MODEL, "-p", "-", "-n", "6", cwd=tmp_path, input="The capital of France is\n")
     assert r.returncode == 0 and want.returncode == 0, r.stderr + want.stderr
     assert stdout(r) == stdout(want)
+    one_line_error(cli("generate", MODEL, "-p", "-", cwd=tmp_path, input=""), 1, "the prompt is empty")
+    one_line_error(cli("generate", MODEL, "-p", "-", cwd=tmp_path, input="word " * 30000), 1,
+                   "the prompt on stdin is longer than 131,072 characters")  # (16 x its 8,192 positions)
+    r = subprocess.run([sys.executable, "-m", "pytransformer", "generate", MODEL, "-p", "-"], cwd=tmp_path,
+                       input=b"\xff\xfe caf\xe9", capture_output=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.decode().strip().endswith("the prompt on stdin is not UTF-8 text"), r.stderr
 
 
 @pytest.mark.parametrize("cache", ["float32", "float16"])

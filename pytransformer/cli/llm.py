@@ -163,8 +163,8 @@ def _generate(model, tok, ids, tokens, verbose, **kw):
 def cmd_generate(args) -> int:
     model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     tok = _text_tokenizer(model, args.model)
-    if args.prompt == "-":  # (less the newline that ends a line piped in)
-        args.prompt = sys.stdin.read().removesuffix("\n")
+    if args.prompt == "-":
+        args.prompt = _stdin_prompt(16 * model.max_positions)
     text = args.prompt
     if args.chat:
         text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
@@ -177,6 +177,20 @@ def cmd_generate(args) -> int:
     sys.stdout.flush()
     return print_stream(_generate(model, tok, ids, args.tokens, args.verbose, stop_strings=args.stop or None,
                                   decode=tok.decode, **sampling))
+
+
+def _stdin_prompt(limit):
+    """The prompt piped in on stdin, less the newline that ends a line (`echo ... |`): UTF-8 text of at most
+    `limit` characters (16 a position of the model's context, as the server bounds a prompt), else UsageError."""
+    try:
+        text = sys.stdin.read(limit + 1)
+        text.encode("utf-8")  # (a locale's surrogateescape lets bytes that are not UTF-8 through as surrogates)
+    except UnicodeError:
+        raise UsageError("the prompt on stdin is not UTF-8 text") from None
+    if len(text) > limit:
+        raise UsageError(f"the prompt on stdin is longer than {limit:,} characters (16 a position of the model's "
+                         f"context)")
+    return text.removesuffix("\n")
 
 
 def _text_tokenizer(model, name):
