@@ -70,6 +70,10 @@ def check_cache_dtype(dtype, device="cpu") -> np.dtype:
     return dtype
 
 
+# A prompt's characters at most, per position of the model's context (the server's bound on a request's prompt and
+# the generate command's on stdin): text that long cannot fit, whatever its tokens, and is refused before tokenising.
+PROMPT_CHARS_PER_POSITION = 16
+
 # The sampling defaults, one table (README "Sampling defaults"): the HTTP API follows OpenAI's; the generate command
 # is greedy; the chat command's was measured by bench/chat_defaults.py (SmolLM2 on the README's own question).
 DEFAULTS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..generate import DEFAULTS
+from ..generate import DEFAULTS, PROMPT_CHARS_PER_POSITION
 from .common import (COUNT, POSITIVE, TEMPERATURE, TOP_P, UsageError, add_activations, add_adapter, add_kv_cache,
                      load_model, number, read_text)
 
@@ -164,7 +164,7 @@ def cmd_generate(args) -> int:
     model = load_model(args.model, activations=args.activations, adapter=args.adapter, kv_cache=args.kv_cache)
     tok = _text_tokenizer(model, args.model)
     if args.prompt == "-":
-        args.prompt = _stdin_prompt(16 * model.max_positions)
+        args.prompt = _stdin_prompt(PROMPT_CHARS_PER_POSITION * model.max_positions)
     text = args.prompt
     if args.chat:
         text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
@@ -181,15 +181,16 @@ def cmd_generate(args) -> int:
 
 def _stdin_prompt(limit):
     """The prompt piped in on stdin, less the newline that ends a line (`echo ... |`): UTF-8 text of at most
-    `limit` characters (16 a position of the model's context, as the server bounds a prompt), else UsageError."""
+    `limit` characters (PROMPT_CHARS_PER_POSITION a position of the model's context, as the server bounds a
+    prompt), else UsageError."""
     try:
         text = sys.stdin.read(limit + 1)
         text.encode("utf-8")  # (a locale's surrogateescape lets bytes that are not UTF-8 through as surrogates)
     except UnicodeError:
         raise UsageError("the prompt on stdin is not UTF-8 text") from None
     if len(text) > limit:
-        raise UsageError(f"the prompt on stdin is longer than {limit:,} characters (16 a position of the model's "
-                         f"context)")
+        raise UsageError(f"the prompt on stdin is longer than {limit:,} characters ({PROMPT_CHARS_PER_POSITION} a "
+                         f"position of the model's context)")
     return text.removesuffix("\n")
 
 

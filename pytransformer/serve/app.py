@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constrain import ConstraintError
-from ..generate import Sampler
+from ..generate import PROMPT_CHARS_PER_POSITION, Sampler
 from . import checks, metrics, structured
 from .checks import RequestError
 from .engine import Busy, Engine, Job, Tokenizer
@@ -32,7 +32,7 @@ class Limits:
 
     max_body: int = 1 << 20          # bytes (413 beyond)
     body_timeout: float = 30.0       # seconds for a body to arrive (408 beyond)
-    chars_per_token: int = 16        # a prompt's characters at most, per token of the engine's context
+    chars_per_token: int = PROMPT_CHARS_PER_POSITION  # a prompt's characters at most, per token of the context
     max_inputs: int = 64             # texts in one embeddings request
 
 
