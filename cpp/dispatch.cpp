@@ -73,7 +73,7 @@ std::string forced_choice(const char* var, std::initializer_list<const char*> na
 }
 
 // PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps the AVX2 form of the int8 dot product on a CPU with vpdpbusd (to test it);
-// =vpdpbusd keeps the products of 16+ rows on the VNNI panels on a CPU with AMX-INT8, whose default is its tiles:
+// =vpdpbusd keeps the products of 8-13+ rows on the VNNI panels on a CPU with AMX-INT8, whose default is its tiles:
 // session 21's pipeline runs the products of 16-64 rows 1.06-1.26x faster than the panels (a model's 16-row step
 // 1.04-1.12x, prefill 0.97-1.06x: bench/NOTES.md); session 14's tiles had lost to them.
 // (=tiles names that default.)
@@ -134,7 +134,7 @@ const std::vector<Variant>& variants() {
       vpopcnt = vpopcnt && !no_vpopcnt();
       if (vpopcnt) own.hamming_candidates_forward = hamming_vpopcnt;
 #ifdef PT_HAVE_AMX
-      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer than 16 rows: q8_vnni)
+      if (tiles) own.matmul_q8_forward = &amx_int8::matmul_q8_forward;  // (fewer rows: q8_vnni)
 #endif
       // (AVX-512's vpdpbusd runs the 16-output panels of 4+ rows, int8_panel.h; AVX-VNNI's only the row products)
       const bool zmm = name == std::string("avx512");

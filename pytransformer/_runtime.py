@@ -33,7 +33,7 @@ def cpu_info() -> dict:
         "amx_bf16": bool(_core.have_amx()),
         "matmul_precision": _core.get_matmul_precision(),
         "int8_dot": _core.int8_dot(),  # the integer dot product the int8-activation products run (quant/int8.cpp)
-        "int8_tiles": bool(_core.int8_tiles()),  # ... and their 16+ rows on AMX-INT8 tiles (quant/int8_amx.cpp)
+        "int8_tiles": bool(_core.int8_tiles()),  # ... and their 8-13+ rows on AMX-INT8 tiles (quant/int8_amx.cpp)
         "activations": _gguf_activations(),  # what GGUF integer blocks' products round their input to by default
         "popcount": _core.popcount(),  # the bit count search's Hamming candidates run (hamming.cpp)
         "forked_child": bool(_core.in_forked_child()),  # a fork() child runs every kernel on one thread

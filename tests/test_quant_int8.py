@@ -75,7 +75,7 @@ def test_one_to_three_rows_stream_each_weight_row_exactly(isa, rng, qtype):
 @pytest.mark.parametrize("qtype", INTEGER)
 def test_a_row_is_the_same_bits_in_any_batch(isa, rng, qtype):
     """Every int8 product -- 1-3 rows streamed, 4+ in tiles of row pairs (AVX2, or without VNNI), the VNNI panels
-    (4+), the AMX tiles (16+) -- adds each block's exact integer sums into an output in block order with the same
+    (4+), the AMX tiles (8-13+, by type) -- adds each block's exact integer sums into an output in block order with the same
     float operations (the baseline: one scalar loop for every row count), so a row's outputs do not depend on the rows
     beside it. (With int8 activations a last-bit difference is not small: the next layer's rounding to the
     activations' grid turns it into a whole step, which a request served alone and in a batch would show as
@@ -86,7 +86,7 @@ def test_a_row_is_the_same_bits_in_any_batch(isa, rng, qtype):
         b = opcases.f32(rng, OC) if bias else None
         x = opcases.f32(rng, 40, w.shape[1])
         alone = np.concatenate([ops.matmul_forward(x[i:i + 1], w, b, activations="int8") for i in range(40)])
-        for N in (2, 3, 4, 5, 7, 15, 16, 17, 40):
+        for N in (2, 3, 4, 5, 7, 8, 10, 13, 15, 16, 17, 40):
             np.testing.assert_array_equal(ops.matmul_forward(x[:N], w, b, activations="int8"), alone[:N],
                                           err_msg=f"{N} rows, OC {OC}")
 
@@ -267,9 +267,9 @@ def test_a_packed_weight_hands_its_file_pages_back(tmp_path, rng):
 
 @pytest.mark.parametrize("forced", ["vpmaddubsw", "vpdpbusd", "tiles"])
 def test_the_other_dot_products_run_where_forced(tmp_path, forced):
-    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =vpdpbusd keeps 16+ rows on the
+    """PYTRANSFORMER_INT8_DOT=vpmaddubsw keeps vpmaddubsw + vpmaddwd on a VNNI CPU; =vpdpbusd keeps 8-13+ rows on the
     VNNI panels on an AMX-INT8 CPU, whose default (=tiles) runs them on AMX-INT8 tiles (16-row A tiles padded past
-    N, outputs 16 at a time cut at OC, Q2_K / Q3_K / Q6_K on the panels): every registry case within the reference's
+    N, outputs 16 at a time cut at OC, Q2_K / Q3_K / Q6_K / IQ4_XS on the panels): every registry case within the reference's
     float32 bound (integer sums exact), at ragged row and output counts too, each row the same bits alone as in its
     batch, and tiles made from packed rows the bits of tiles made from the file's."""
     if forced == "vpmaddubsw" and not ops.int8_dot().startswith("vpdpbusd"):

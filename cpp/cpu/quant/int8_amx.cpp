@@ -1,19 +1,20 @@
-// The int8-activation products of 16 and more rows on AMX-INT8 tiles (prefill, batched serving steps). The VNNI
-// panels of int8_panel.h are already B tiles: per 32 values of a block, 8 rows of 64 bytes, row t holding each of
-// the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised activation rows (signed,
-// read in place at stride IC) by a panel's 32 values (a block, or a K type's sub-block; `tdpbssd` for the types
-// with an offset, their panels' bytes made signed again: kSignedTile) into a 16 x 16 tile of exact int32 sums, so
-// that each block pair's scales apply to their own sums: each C tile goes to L1 and is scaled into float accumulators
-// by int8_panel.h's add_block, as the panels do (a row's bits in any batch). Two sets of tiles (C, A, B) alternate
-// unit by unit, so the tile unit multiplies the next 32 values while the vector unit scales the last; a thread's
-// groups of 16 outputs are one pipeline. Fewer than 16 rows, and the types scaled per 16 values (Q2_K, Q3_K, Q6_K):
-// the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the AMX flags, used where dispatch.cpp finds
-// AMX-INT8 and the tile-data permission (amx::supported()), unless PYTRANSFORMER_INT8_DOT=vpdpbusd asks for the VNNI
-// panels. bench/NOTES.md, sessions 11, 13, 14, 21 and 22.
+// The int8-activation products of 8-13 and more rows (by type: min_rows) on AMX-INT8 tiles (prefill, batched
+// serving steps). The VNNI panels of int8_panel.h are already B tiles: per 32 values of a block, 8 rows of 64 bytes,
+// row t holding each of the 16 outputs' quad t of unsigned bytes. So one `tdpbsud` multiplies A = 16 quantised
+// activation rows (signed, read in place at stride IC; zero rows past the last) by a panel's 32 values (a block, or
+// a K type's sub-block; `tdpbssd` for the types with an offset, their panels' bytes made signed again: kSignedTile)
+// into a 16 x 16 tile of exact int32 sums, so that each block pair's scales apply to their own sums: each C tile goes
+// to L1 and is scaled into float accumulators by int8_panel.h's add_block, as the panels do (a row's bits in any
+// batch). Two sets of tiles (C, A, B) alternate unit by unit, so the tile unit multiplies the next 32 values while
+// the vector unit scales the last; a thread's groups of 16 outputs are one pipeline. Fewer rows, the types scaled
+// per 16 values (Q2_K, Q3_K, Q6_K) and IQ4_XS: the VNNI copy (avx512::matmul_q8_vnni_rows). Compiled only with the
+// AMX flags, used where dispatch.cpp finds AMX-INT8 and the tile-data permission (amx::supported()), unless
+// PYTRANSFORMER_INT8_DOT=vpdpbusd asks for the VNNI panels. bench/NOTES.md, sessions 11, 13, 14, 21 and 22.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "amx_tiles.h"
@@ -34,7 +35,6 @@ namespace PT_NS {
 namespace PT_Q8_NS {
 namespace {
 
-constexpr int64_t kMinRows = 16;  // one A tile of rows; fewer go to the VNNI panels
 // How far ahead of a panel's packed bytes its making asks for the weight's next bytes (a prefetch never faults, past
 // the end too). A step of 16 rows reads each weight once, from memory: the few lines a panel reads came late (the
 // makers ~32% of a SmolLM2 16-row step in perf), and asked for 4 KiB on (5-36 lines a panel, 2-13 blocks) the step
@@ -225,8 +225,8 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
     }
 }
 
-// The product p of N >= 16 rows quantised into a (whole row tiles: zero rows past N), groups of 16 outputs split
-// among the threads in runs, each thread configuring its tiles once
+// The product p of N rows (min_rows or more) quantised into a (whole row tiles: zero rows past N), groups of 16
+// outputs split among the threads in runs, each thread configuring its tiles once
 template <class B>
 void product(const QProduct& p, const TileRows& a, int64_t N, int64_t IC) {
   const uint8_t* packed = packed_rows(p);
@@ -246,30 +246,41 @@ void product(const QProduct& p, const TileRows& a, int64_t N, int64_t IC) {
   }
 }
 
-// Whether tiles take a type: not Q2_K, Q3_K, Q6_K, scaled every 16 values (tile products 16 deep lost to the VNNI
-// panels, 4.7-5.5 ms against 3.4)
-bool tiled(int qtype) { return qtype != kQ2_K && qtype != kQ3_K && qtype != kQ6_K; }
+// The fewest rows whose product with a weight of type qtype runs on tiles (one row tile, padded with zero rows),
+// fewer on the VNNI panels: where the tiles' product of 1536 x 1024 ran faster at one thread (bench/NOTES.md,
+// session 22). Q8_0 (B tiles read from its packed runs) 1.28x at 8 rows; the 32-value types without a min term in
+// the panels' scaling or whose panels unpack (Q4_0, Q5_0, Q5_1, IQ4_NL) 1.08-1.16x at 10; Q4_1, Q4_K, Q5_K even
+// from about 13. Never for the types scaled every 16 values (Q2_K, Q3_K, Q6_K: tile products 16 deep lost to the
+// panels, 4.7-5.5 ms against 3.4) nor IQ4_XS (0.82-0.99x at 16-64 rows).
+int64_t min_rows(int qtype) {
+  switch (qtype) {
+    case kQ8_0: return 8;
+    case kQ4_0: case kQ5_0: case kQ5_1: case kIQ4_NL: return 10;
+    case kQ4_1: case kQ4_K: case kQ5_K: return 13;
+    default: return std::numeric_limits<int64_t>::max();
+  }
+}
 
 }  // namespace
 }  // namespace PT_Q8_NS
 
 void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC) {
-  using tiles::tiled;
   if (writes_nothing(p, n, N)) return;
-  const bool tile = N >= tiles::kMinRows;
+  auto tiled = [&](const QProduct& q) { return q.OC > 0 && N >= tiles::min_rows(q.qtype); };
+  const bool tile = std::any_of(p, p + n, tiled);
   Q8Rows q8[2];
   avx512::quantize_rows(q8, p, n, inp, N, IC, tile ? (N + 15) / 16 * 16 : N);
   static thread_local std::vector<QProduct> rest;  // (the products left to the VNNI panels)
   rest.clear();
   for (int64_t i = 0; i < n; i++)
-    if (!tile || !tiled(p[i].qtype) || p[i].OC == 0) rest.push_back(p[i]);
+    if (!tiled(p[i])) rest.push_back(p[i]);
   if (!rest.empty()) avx512::matmul_q8_vnni_rows(rest.data(), (int64_t)rest.size(), q8, N, IC);
-  if ((int64_t)rest.size() == n) return;
+  if (!tile) return;
   tiles::TileRows a[2] = {};
   for (int k = 0; k < 2; k++)
     if (q8[k].q) a[k] = tiles::regroup(q8[k], (N + 15) / 16 * 16, IC, k ? 256 : 32);
   for (int64_t i = 0; i < n; i++) {
-    if (!tiled(p[i].qtype) || p[i].OC == 0) continue;
+    if (!tiled(p[i])) continue;
     auto run = [&](auto blk) { tiles::product<decltype(blk)>(p[i], a[q8_block(p[i].qtype) == 256], N, IC); };
     if (!with_block(RegisterBlocks{}, p[i].qtype, run)) with_block(RowBlocks{}, p[i].qtype, run);
   }

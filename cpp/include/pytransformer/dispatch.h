@@ -18,7 +18,7 @@ const Kernels& active();
 std::string active_isa();
 // The integer dot product the chosen variant's int8-activation products run: vpdpbusd, vpmaddubsw or scalar.
 std::string int8_dot();
-bool int8_tiles();  // ... and whether its products of 16+ rows run on AMX-INT8 tiles
+bool int8_tiles();  // ... and whether its products of 8-13+ rows run on AMX-INT8 tiles
 // The bit count the chosen variant's Hamming candidates run: vpopcntq, vpshufb or scalar.
 std::string popcount();
 // Switch variant; throws std::invalid_argument when it is unknown or unsupported here.

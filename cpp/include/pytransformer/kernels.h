@@ -248,8 +248,8 @@ void matmul_q_dinp(float* dinp, const float* dout, const uint8_t* weight, int qt
                    int64_t OC);
 }  // namespace amx
 
-// The int8-activation products of 16 and more rows on AMX-INT8 tiles (quant/int8_amx.cpp; fewer rows: AVX-512's
-// vpdpbusd copy). Same arguments as matmul_q8_forward; opt-in where dispatch.cpp finds AMX-INT8.
+// The int8-activation products of 8-13 and more rows (by type) on AMX-INT8 tiles (quant/int8_amx.cpp; fewer rows:
+// AVX-512's vpdpbusd copy). Same arguments as matmul_q8_forward; opt-in where dispatch.cpp finds AMX-INT8.
 namespace amx_int8 {
 void matmul_q8_forward(const QProduct* p, int64_t n, const float* inp, int64_t N, int64_t IC);
 }  // namespace amx_int8
