@@ -111,6 +111,12 @@ TileRows regroup(const Q8Rows& a, int64_t rows, int64_t IC, int64_t kV) {
 template <class B>
 constexpr bool kDirectTile = B::kType == kQ8_0;
 
+// The packed run of block b of the weight's 16 rows o0 .. o0 + 16 (packed.h: the runs of a group one after another)
+template <class B>
+inline const uint8_t* packed_run(const uint8_t* packed, int64_t o0, int64_t b, int64_t nb) {
+  return packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B);
+}
+
 // Panel P = block b of the weight's 16 rows o0 .. o0 + 16 (rows past OC: zeros): from their packed run where the
 // weight has one (packed.h; d alone where the run is the B tile: kDirectTile), else from the file's blocks
 // (int8_panel.h's file_panel, as for_panel_groups)
@@ -119,7 +125,7 @@ void make_panel(Panel<Vec<B>>& P, const QProduct& p, const uint8_t* packed, int6
   bool made = false;
   if constexpr (packable(B::kType))
     if (packed) {
-      const uint8_t* run = packed + (o0 * nb + b * kPackRows) * (int64_t)sizeof(B);
+      const uint8_t* run = packed_run<B>(packed, o0, b, nb);
       if constexpr (kDirectTile<B>) {
         P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)run));
         return;
@@ -163,7 +169,7 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
     make_panel<B>(panel(mg)[mb], p, packed, 16 * mg, mb, nb);
     if constexpr (packable(B::kType))
       if (packed) {
-        const uint8_t* next = packed + (16 * mg * nb + mb * kPackRows) * (int64_t)sizeof(B) + kPrefetch;
+        const uint8_t* next = packed_run<B>(packed, 16 * mg, mb, nb) + kPrefetch;
         for (int64_t i = 0; i < kPackRows * (int64_t)sizeof(B); i += 64) __builtin_prefetch(next + i, 0, 3);
       }
     if (++mb == nb) mb = 0, mg++;
@@ -173,7 +179,7 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
   const bool direct = kDirectTile<B> && packed;
   auto start = [&](const int8_t* q, int64_t g, int64_t u, bool odd) {
     const int8_t* A = q + u / kS * kV + 32 * (u % kS);
-    const void* Bt = direct ? packed + (16 * g * nb + u / kS * kPackRows) * (int64_t)sizeof(B) + packed_values<B>()
+    const void* Bt = direct ? packed_run<B>(packed, 16 * g, u / kS, nb) + packed_values<B>()
                             : (const void*)&panel(g)[u / kS].q[u % kS][0];
     if (odd) issue<1, kSignedTile<B>>(A, IC, Bt);
     else issue<0, kSignedTile<B>>(A, IC, Bt);
@@ -215,8 +221,8 @@ void tile_rows(const QProduct& p, const uint8_t* packed, Panel<Vec<B>>* panels, 
               continue;
             }
           }
-          acc[m] = add_block<T, kSignedTile<B> ? 0 : Panel<T>::kOff>(acc[m], I_m, Pb, _mm512_set1_ps(d[16 * b + m]), _mm512_set1_ps(ds[16 * b + m]),
-                             s16 + (16 * b + m) * kG);
+          acc[m] = add_block<T, kSignedTile<B> ? 0 : Panel<T>::kOff>(
+              acc[m], I_m, Pb, _mm512_set1_ps(d[16 * b + m]), _mm512_set1_ps(ds[16 * b + m]), s16 + (16 * b + m) * kG);
         }
       }
 #pragma GCC unroll 16
@@ -246,12 +252,12 @@ void product(const QProduct& p, const TileRows& a, int64_t N, int64_t IC) {
   }
 }
 
-// The fewest rows whose product with a weight of type qtype runs on tiles (one row tile, padded with zero rows),
-// fewer on the VNNI panels: where the tiles' product of 1536 x 1024 ran faster at one thread (bench/NOTES.md,
-// session 22). Q8_0 (B tiles read from its packed runs) 1.28x at 8 rows; the 32-value types without a min term in
-// the panels' scaling or whose panels unpack (Q4_0, Q5_0, Q5_1, IQ4_NL) 1.08-1.16x at 10; Q4_1, Q4_K, Q5_K even
-// from about 13. Never for the types scaled every 16 values (Q2_K, Q3_K, Q6_K: tile products 16 deep lost to the
-// panels, 4.7-5.5 ms against 3.4) nor IQ4_XS (0.82-0.99x at 16-64 rows).
+// The fewest rows whose product with a weight of type qtype runs on tiles (one row tile, padded with zero rows);
+// fewer rows go to the VNNI panels. Measured (1536 x 1024, one thread; bench/NOTES.md, session 22), tiles against
+// panels: Q8_0, its B tiles read from the packed runs, 1.28x at 8 rows; Q4_0, Q5_0, Q5_1 and IQ4_NL 1.08-1.16x at
+// 10; Q4_1, Q4_K and Q5_K about even at 12-13 (their panels are cheap, or their scaling dearer). Never: the types
+// scaled every 16 values (Q2_K, Q3_K, Q6_K: tile products 16 deep lost to the panels, 4.7-5.5 ms against 3.4) and
+// IQ4_XS (0.77-0.99x from 13 to 512 rows).
 int64_t min_rows(int qtype) {
   switch (qtype) {
     case kQ8_0: return 8;
