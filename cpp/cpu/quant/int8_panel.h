@@ -354,7 +354,10 @@ void panel_tiles(float* out, int64_t ldo, const Panel<T>* p, const int8_t* q, co
 // is read block by block across its 32 rows side by side, which the hardware prefetcher does not follow (half the
 // panels' time went to waiting on the weights: bench/NOTES.md, session 12); the group's rows are one run of bytes,
 // so each block step asks for its share of the next group's, in order, and the next group finds them in cache.
-// packed: the same rows packed (packed.h) or null; a group's panels are then loads from its two runs of 16 rows.
+// packed: the same rows packed (packed.h) or null; a group's panels are then loads from its two runs of 16 rows,
+// whose next group is the same run of bytes at the same offset, asked for the same way (on an AMD Zen 5 a 16-row
+// Q4_1 product from L3 or memory 1.16-1.39x, Q8_0 1.33x, the SmolLM2 16-row step 1.15x; on an AMX Xeon, whose tiles
+// take most 16-row products, these panels were 2-3% slower asked: bench/NOTES.md, sessions 20 and 23).
 template <class B, class F>
 void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, int64_t IC, int64_t OC, F&& body) {
   using T = Vec<B>;
@@ -366,9 +369,8 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
     static thread_local ScratchBuffer buf;
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
-    // (packed rows: none asked for -- read in runs, which the hardware's prefetcher follows: asked, 2-3% slower)
-    const uint8_t* next = weight + (o0 + nc) * rb;
-    const int64_t next_bytes = packed ? 0 : std::min<int64_t>(kRows, OC - o0 - nc) * rb;
+    const uint8_t* next = (packed ? packed : weight) + (o0 + nc) * rb;
+    const int64_t next_bytes = std::min<int64_t>(kRows, OC - o0 - nc) * rb;
     // the group's rows' blocks at[j][r] (rows past OC: a zero block, not written), advanced a block at a time by
     // vector adds (made per block and row, with a compare each, they were ~18% of Q4_1's 16-row product in perf)
     static const uint8_t zero[sizeof(B)] = {};
