@@ -193,6 +193,12 @@ struct TileMask {
 constexpr int64_t kRowQueries = 4;
 constexpr int kGroupHeads = 4;
 constexpr int64_t kAhead = 8;  // key rows prefetched ahead
+// A cache of (position, key/value head) rows (bthd) is read one head at a time, its rows kv_rs apart: key/value
+// head 0's pass asks for every head's row of each position ahead (the later heads' passes then find them in cache,
+// where the hardware prefetcher left each head's rows of a strided run waiting on memory) while a row's span of
+// keys and values fits this many bytes (L2). On an AMD Zen 5: one SmolLM2 row's attention over 84 keys, its cache
+// from memory, 1.22x; the 16-row decode step 1.04x (bench/NOTES.md, session 23)
+constexpr int64_t kSpanAheadBytes = 256 << 10;
 constexpr int kValueVecs = W >= 16 ? 4 : 2;  // (beside kGroupHeads x kValueVecs accumulators: the vector registers)
 
 // A cache's rows hold float32 or halves (float16, uint16_t bits): either widened in registers, the same float
@@ -239,14 +245,16 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 }
 
 // scores[u ld + j] = (Q[u] . key row j) * scale for the NQ query heads of one key/value head over its keys 0 .. n
-// (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null), each key row read once for all of them (halves
+// (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null; `ahead` values from each row kAhead keys on
+// asked for), each key row read once for all of them (halves
 // widened in registers where the ISA has F16C, else into krow: HS floats); -inf for a padded-out key. Without a
 // mask, W keys at a time: each head's W dot products summed across their lanes together (reduce_adds: the bits of
 // one reduce_add each, a third of the operations). m[u]: head u's max over its visible keys, NaN from a NaN score
 // on -> whether a key was visible.
 template <int NQ, class T>
 static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
-                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow) {
+                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow,
+                       int64_t ahead) {
   auto dot_row = [&](const auto* kr, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . kr, before their sum
     V acc1[NQ];
     for (int u = 0; u < NQ; u++) acc[u] = acc1[u] = zero();
@@ -266,7 +274,7 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
   };
   auto dots = [&](int64_t j, V acc[NQ]) {
     if (j + kAhead < n)  // (the rows come from memory: a cache of many sequences outgrows the caches)
-      for (int64_t d = 0; d < HS; d += 64 / (int64_t)sizeof(T)) {
+      for (int64_t d = 0; d < ahead; d += 64 / (int64_t)sizeof(T)) {
         __builtin_prefetch(K + (j + kAhead) * kv_rs + d);
         __builtin_prefetch(Vv + (j + kAhead) * kv_rs + d);
       }
@@ -327,13 +335,13 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
 template <class T>
 static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
                         const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
-                        bool normalise, float* scores, int64_t ld, float* krow) {
+                        bool normalise, float* scores, int64_t ld, float* krow, int64_t ahead) {
   bool visible;
   switch (nh) {
-    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
-    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
-    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow); break;
-    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow);
+    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead);
   }
   if (!visible) return false;
   float inv[kGroupHeads];
@@ -384,6 +392,8 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
   static thread_local ScratchBuffer buf;
   float* scores = buf.floats((size_t)(kGroupHeads * ld + HS));
   float* krow = scores + kGroupHeads * ld;  // (a key row of halves widened, where the ISA widens one value at a time)
+  const bool span = g == 0 && 2 * n * kv_rs * (int64_t)sizeof(T) <= kSpanAheadBytes;  // (kSpanAheadBytes)
+  const int64_t ahead = span ? kv_rs : HS;
   for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
     const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
     const float* Q[kGroupHeads];
@@ -393,7 +403,8 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
       Q[u] = c.q + c.heads.offset(b, h0 + u, c.Tq) + i * rs;
       O[u] = out(h0 + u);
     }
-    const bool visible = attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld, krow);
+    const bool visible =
+        attend_keys(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, c.scale, normalise, scores, ld, krow, ahead);
     for (int u = 0; u < nh; u++) done(h0 + u, O[u], visible, m[u], l[u]);
   }
 }
