@@ -246,11 +246,10 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 
 // scores[u ld + j] = (Q[u] . key row j) * scale for the NQ query heads of one key/value head over its keys 0 .. n
 // (K, Vv: the first key's rows, kv_rs apart; mask: theirs, or null; `ahead` values from each row kAhead keys on
-// asked for), each key row read once for all of them (halves
-// widened in registers where the ISA has F16C, else into krow: HS floats); -inf for a padded-out key. Without a
-// mask, W keys at a time: each head's W dot products summed across their lanes together (reduce_adds: the bits of
-// one reduce_add each, a third of the operations). m[u]: head u's max over its visible keys, NaN from a NaN score
-// on -> whether a key was visible.
+// asked for), each key row read once for all of them (halves widened in registers where the ISA has F16C, else
+// into krow: HS floats); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
+// summed across their lanes together (reduce_adds: the bits of one reduce_add each, a third of the operations).
+// m[u]: head u's max over its visible keys, NaN from a NaN score on -> whether a key was visible.
 template <int NQ, class T>
 static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
                        int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow,
@@ -392,7 +391,7 @@ static void attend_heads(const RowsCall<T>& c, int64_t b, int64_t g, int64_t i, 
   static thread_local ScratchBuffer buf;
   float* scores = buf.floats((size_t)(kGroupHeads * ld + HS));
   float* krow = scores + kGroupHeads * ld;  // (a key row of halves widened, where the ISA widens one value at a time)
-  const bool span = g == 0 && 2 * n * kv_rs * (int64_t)sizeof(T) <= kSpanAheadBytes;  // (kSpanAheadBytes)
+  const bool span = g == 0 && 2 * n * kv_rs * (int64_t)sizeof(T) <= kSpanAheadBytes;
   const int64_t ahead = span ? kv_rs : HS;
   for (int64_t h0 = g * group; h0 < (g + 1) * group; h0 += kGroupHeads) {
     const int nh = (int)std::min<int64_t>(kGroupHeads, (g + 1) * group - h0);
