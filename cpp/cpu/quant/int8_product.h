@@ -199,12 +199,20 @@ inline void store_run(float* out, int64_t ldo, const __m256 acc[2][M], const flo
 // n activation sums a (|a| < 2^12) as signed bytes a = 128 h + l (l in 0..127), four to a dword, in every lane:
 // lh[0 .. n / 4) the l's, lh[n / 4 .. n / 2) the h's (vpdpbusd's second operand: the K types' min and offset sums)
 template <int n>
-inline void split_sums(__m256i* lh, const int32_t* a) {
+inline void split_sums(__m512i* lh, const int32_t* a) {
   uint8_t bytes[2 * n];
   for (int s = 0; s < n; s++) bytes[s] = (uint8_t)(a[s] & 127), bytes[n + s] = (uint8_t)(int8_t)(a[s] >> 7);
   int32_t w[n / 2];
   std::memcpy(w, bytes, sizeof(w));
-  for (int k = 0; k < n / 2; k++) lh[k] = _mm256_set1_epi32(w[k]);
+  for (int k = 0; k < n / 2; k++) lh[k] = _mm512_set1_epi32(w[k]);
+}
+
+// out (M rows ldo floats apart), columns o .. o + 16 = a packed run's 16 sums acc[m] (a row's in each lane) + bias
+template <int M>
+inline void store_run(float* out, int64_t ldo, const __m512 acc[M], const float* bias, int64_t o) {
+#pragma GCC unroll 4
+  for (int m = 0; m < M; m++)
+    _mm512_storeu_ps(out + m * ldo + o, bias ? _mm512_add_ps(acc[m], _mm512_loadu_ps(bias + o)) : acc[m]);
 }
 
 // stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows): per block the 16 rows' dwords of values are
@@ -294,28 +302,39 @@ void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, co
   }
 }
 
-// (The K types' runs are read without asking for the next one: a block step reads 2-3 KiB of one run, which the
-// hardware's prefetcher follows, and a burst of 36-53 prefetches per step held the fill buffers the loads wait on:
-// asked for, Q4_K / Q6_K streamed 0.77x / 0.64x as fast from DRAM; bench/NOTES.md session 20.)
+// The K types' streamed runs ask for the block kRunsAhead on as they go, a share of its n lines per step of the
+// values' loop (ask_share: step i of `steps` asks for lines i n / steps .. (i + 1) n / steps). Left to the
+// hardware's prefetcher, one thread of an AMD Zen 5 streamed Q4_K / Q6_K from DRAM 0.73x / 0.52x as fast; asked for
+// in one burst of 36-53 lines per block step, the lines held the fill buffers the loads wait on (an Intel Xeon:
+// 0.77x / 0.64x; bench/NOTES.md sessions 20 and 24).
+constexpr int64_t kRunsAhead = 4;
+template <int64_t kBytes, int steps>
+inline void ask_share(const uint8_t* p, int i) {
+  constexpr int64_t lines = (kBytes + 63) / 64;
+  for (int64_t l = i * lines / steps; l < (i + 1) * lines / steps; l++) __builtin_prefetch(p + 64 * l, 0, 3);
+}
+
 // stream_packed for Q4_K and Q5_K (B; packed.h: d[16], dmin[16], the scales' 3 dwords, Q5_K's fifth bits' 8 and
-// the nibbles' 32 dwords of 16 rows): per block and 8 rows, each sub-block s's sums D_s by vpdpbusd in the rows'
-// lanes (Q5_K: the nibbles with 16 where the fifth bit is set, bit 2 g / 2 g + 1 of the byte of qh beside them), I =
-// sum_s sc[s] D_s, and the min's C = sum_s mn[s] (the activations' sum over s) by vpdpbusd too, each sum split as
-// 128 h + l (l in 0..127, h in -32..31: bytes): exact, as stream_rows' -- then add_sums' two float operations in
-// its order, the same bits.
+// the nibbles' 32 dwords of 16 rows), the 16 rows in the lanes of 512-bit vectors (the rows' dwords are 64 bytes,
+// one load): per block each sub-block s's sums D_s by vpdpbusd (Q5_K: the nibbles with 16 where the fifth bit is
+// set, bit 2 g / 2 g + 1 of the byte of qh beside them), I = sum_s sc[s] D_s, and the min's C = sum_s mn[s] (the
+// activations' sum over s) by vpdpbusd too, each sum split as 128 h + l (l in 0..127, h in -32..31: bytes): exact,
+// as stream_rows' -- then add_sums' two float operations in its order, the same bits. (256-bit halves of 8 rows
+// took twice the instructions: on an AMD Zen 5, whose 512-bit datapath does two vpdpbusd a cycle, the streamed
+// rows ran out of instructions at ~17 GB/s a thread; bench/NOTES.md session 24.)
 template <class B, int M>
 void stream_packed_k45(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
                        const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
   constexpr bool kQh = B::kType == kQ5_K;
   constexpr int64_t kRun = kPackRows * (int64_t)sizeof(B), kQs = kPackRows * offsetof(B, qs);
   const int64_t nb = IC / 256;
-  const __m256i low = _mm256_set1_epi8(15), byte = _mm256_set1_epi32(0xFF);
+  const __m512i low = _mm512_set1_epi8(15), byte = _mm512_set1_epi32(0xFF);
   for (int64_t o = o0; o < o1; o += kPackRows) {
     const uint8_t* run = packed + o * nb * (int64_t)sizeof(B);
-    __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
+    __m512 acc[M] = {};  // (zeros; lane r: row o + r)
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t* at = run + b * kRun;
-      __m256i lh[M][4];  // (each input row's sub-block sums as bytes l, h: sub-blocks 0-3 and 4-7)
+      __m512i lh[M][4];  // (each input row's sub-block sums as bytes l, h: sub-blocks 0-3 and 4-7)
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const int16_t* s16 = sums + (m * IC + b * 256) / 16;
@@ -323,78 +342,72 @@ void stream_packed_k45(float* out, int64_t ldo, const int8_t* q, const float* da
         for (int s = 0; s < 8; s++) A[s] = s16[2 * s] + s16[2 * s + 1];
         split_sums<8>(lh[m], A);
       }
-#pragma GCC unroll 2
-      for (int hf = 0; hf < 2; hf++) {
-        const __m256i u[3] = {_mm256_loadu_si256((const __m256i*)(at + 64 + 32 * hf)),
-                              _mm256_loadu_si256((const __m256i*)(at + 128 + 32 * hf)),
-                              _mm256_loadu_si256((const __m256i*)(at + 192 + 32 * hf))};
-        __m256i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
-        k4_scales(u, x);
-        __m256i I[M] = {};
+      const __m512i u[3] = {_mm512_loadu_si512(at + 64), _mm512_loadu_si512(at + 128), _mm512_loadu_si512(at + 192)};
+      __m512i x[4];  // (sc 0-3, sc 4-7, mn 0-3, mn 4-7: bytes of each row's lane)
+      k4_scales(u, x);
+      __m512i I[M] = {};
 #pragma GCC unroll 4
-        for (int g = 0; g < 4; g++) {
-          __m256i D0[M] = {}, D1[M] = {};  // (sub-blocks 2 g, 2 g + 1)
+      for (int g = 0; g < 4; g++) {
+        __m512i D0[M] = {}, D1[M] = {};  // (sub-blocks 2 g, 2 g + 1)
 #pragma GCC unroll 8
-          for (int t = 0; t < 8; t++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i*)(at + kQs + 64 * (8 * g + t) + 32 * hf));
-            __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
-            if constexpr (kQh) {  // (qh's dword t: bit 2 g of each byte the fifth bit of u0's, 2 g + 1 of u1's)
-              const uint8_t* qh = at + kPackRows * offsetof(B, qh) + 64 * t + 32 * hf;
-              const __m256i h = _mm256_loadu_si256((const __m256i*)qh);
-              u0 = with_fifth_bit(u0, h, 2 * g), u1 = with_fifth_bit(u1, h, 2 * g + 1);
-            }
-#pragma GCC unroll 4
-            for (int m = 0; m < M; m++) {
-              int32_t a0, a1;
-              std::memcpy(&a0, q + m * IC + b * 256 + 64 * g + 4 * t, 4);
-              std::memcpy(&a1, q + m * IC + b * 256 + 64 * g + 32 + 4 * t, 4);
-              D0[m] = _mm256_dpbusd_epi32(D0[m], u0, _mm256_set1_epi32(a0));
-              D1[m] = _mm256_dpbusd_epi32(D1[m], u1, _mm256_set1_epi32(a1));
-            }
+        for (int t = 0; t < 8; t++) {
+          ask_share<kRun, 32>(at + kRunsAhead * kRun, 8 * g + t);
+          const __m512i w = _mm512_loadu_si512(at + kQs + 64 * (8 * g + t));
+          __m512i u0 = _mm512_and_si512(w, low), u1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+          if constexpr (kQh) {  // (qh's dword t: bit 2 g of each byte the fifth bit of u0's, 2 g + 1 of u1's)
+            const __m512i h = _mm512_loadu_si512(at + kPackRows * offsetof(B, qh) + 64 * t);
+            u0 = with_fifth_bit(u0, h, 2 * g), u1 = with_fifth_bit(u1, h, 2 * g + 1);
           }
-          const __m256i s0 = _mm256_and_si256(_mm256_srli_epi32(x[g / 2], 16 * (g % 2)), byte);
-          const __m256i s1 = _mm256_and_si256(_mm256_srli_epi32(x[g / 2], 16 * (g % 2) + 8), byte);
 #pragma GCC unroll 4
-          for (int m = 0; m < M; m++)
-            I[m] = _mm256_add_epi32(I[m],
-                                    _mm256_add_epi32(_mm256_mullo_epi32(D0[m], s0), _mm256_mullo_epi32(D1[m], s1)));
+          for (int m = 0; m < M; m++) {
+            int32_t a0, a1;
+            std::memcpy(&a0, q + m * IC + b * 256 + 64 * g + 4 * t, 4);
+            std::memcpy(&a1, q + m * IC + b * 256 + 64 * g + 32 + 4 * t, 4);
+            D0[m] = _mm512_dpbusd_epi32(D0[m], u0, _mm512_set1_epi32(a0));
+            D1[m] = _mm512_dpbusd_epi32(D1[m], u1, _mm512_set1_epi32(a1));
+          }
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 16 * hf)));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 32 + 16 * hf)));
+        const __m512i s0 = _mm512_and_si512(_mm512_srli_epi32(x[g / 2], 16 * (g % 2)), byte);
+        const __m512i s1 = _mm512_and_si512(_mm512_srli_epi32(x[g / 2], 16 * (g % 2) + 8), byte);
 #pragma GCC unroll 4
-        for (int m = 0; m < M; m++) {
-          const __m256i zero = _mm256_setzero_si256();
-          const __m256i Cl = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, x[2], lh[m][0]), x[3], lh[m][1]);
-          const __m256i Ch = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, x[2], lh[m][2]), x[3], lh[m][3]);
-          const __m256i C = _mm256_add_epi32(Cl, _mm256_slli_epi32(Ch, 7));
-          const __m256 dam = _mm256_set1_ps(da[m * nb + b]);  // (add_sums: the K types' two operations)
-          acc[hf][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[m]), _mm256_mul_ps(dw, dam), acc[hf][m]);
-          acc[hf][m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(C), _mm256_mul_ps(mw, dam), acc[hf][m]);
-        }
+        for (int m = 0; m < M; m++)
+          I[m] = _mm512_add_epi32(I[m], _mm512_add_epi32(_mm512_mullo_epi32(D0[m], s0), _mm512_mullo_epi32(D1[m], s1)));
+      }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));
+      const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + 32)));
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        const __m512i zero = _mm512_setzero_si512();
+        const __m512i Cl = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, x[2], lh[m][0]), x[3], lh[m][1]);
+        const __m512i Ch = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, x[2], lh[m][2]), x[3], lh[m][3]);
+        const __m512i C = _mm512_add_epi32(Cl, _mm512_slli_epi32(Ch, 7));
+        const __m512 dam = _mm512_set1_ps(da[m * nb + b]);  // (add_sums: the K types' two operations)
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[m]), _mm512_mul_ps(dw, dam), acc[m]);
+        acc[m] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(C), _mm512_mul_ps(mw, dam), acc[m]);
       }
     }
     store_run<M>(out, ldo, acc, bias, o);
   }
 }
 
-// stream_packed for Q6_K (packed.h: ql as 32 dwords, qh as 16, the int8 scales as 4, then d[16] of 16 rows): per
-// block and 8 rows, each 16 values' sums D_s by vpdpbusd on u = v + 32 in the rows' lanes, I = sum_s sc[s] D_s less
-// 32 sum_s sc[s] (the activations' sum over s) -- the offset's sum by vpdpbusd on sc + 128 (unsigned bytes) and the
-// activation sums split as 128 h + l, less 128 times their total -- exact, as stream_rows'; then add_sums' float
-// operation: the same bits.
+// stream_packed for Q6_K (packed.h: ql as 32 dwords, qh as 16, the int8 scales as 4, then d[16] of 16 rows), the
+// 16 rows in the lanes of 512-bit vectors as stream_packed_k45: per block each 16 values' sums D_s by vpdpbusd on
+// u = v + 32, I = sum_s sc[s] D_s less 32 sum_s sc[s] (the activations' sum over s) -- the offset's sum by vpdpbusd
+// on sc + 128 (unsigned bytes) and the activation sums split as 128 h + l, less 128 times their total -- exact, as
+// stream_rows'; then add_sums' float operation: the same bits.
 template <int M>
 void stream_packed_q6_k(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
                         const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
   constexpr int64_t kRun = kPackRows * (int64_t)sizeof(BlockQ6_K);
   constexpr int64_t kQh = kPackRows * 128, kSc = kPackRows * 192, kD = kPackRows * 208;
   const int64_t nb = IC / 256;
-  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), flip = _mm256_set1_epi8((char)0x80);
+  const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), flip = _mm512_set1_epi8((char)0x80);
   for (int64_t o = o0; o < o1; o += kPackRows) {
     const uint8_t* run = packed + o * nb * (int64_t)sizeof(BlockQ6_K);
-    __m256 acc[2][M] = {};  // (zeros; [hf]: rows o + 8 hf ..)
+    __m512 acc[M] = {};  // (zeros; lane r: row o + r)
     for (int64_t b = 0; b < nb; b++) {
       const uint8_t* at = run + b * kRun;
-      __m256i lh[M][8];  // (each input row's 16 sums as bytes l (4 dwords), then h (4 dwords))
+      __m512i lh[M][8];  // (each input row's 16 sums as bytes l (4 dwords), then h (4 dwords))
       int32_t total[M];  // (... and their total)
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
@@ -404,52 +417,50 @@ void stream_packed_q6_k(float* out, int64_t ldo, const int8_t* q, const float* d
         for (int s = 0; s < 16; s++) A[s] = s16[s], total[m] += s16[s];
         split_sums<16>(lh[m], A);
       }
+      __m512i sc[4];  // (row r's scales 4 j .. 4 j + 3 in lane r of sc[j])
+      for (int j = 0; j < 4; j++) sc[j] = _mm512_loadu_si512(at + kSc + 64 * j);
+      __m512i I[M] = {};
 #pragma GCC unroll 2
-      for (int hf = 0; hf < 2; hf++) {
-        __m256i sc[4];  // (row r's scales 4 j .. 4 j + 3 in lane r of sc[j])
-        for (int j = 0; j < 4; j++) sc[j] = _mm256_loadu_si256((const __m256i*)(at + kSc + 64 * j + 32 * hf));
-        __m256i I[M] = {};
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++)
+      for (int h = 0; h < 2; h++)
 #pragma GCC unroll 4
-          for (int k = 0; k < 4; k++) {
-            __m256i D[2][M] = {};  // (sub-blocks 2 v, 2 v + 1 of vector v = 4 h + k: quads 0-3, 4-7)
+        for (int k = 0; k < 4; k++) {
+          __m512i D[2][M] = {};  // (sub-blocks 2 v, 2 v + 1 of vector v = 4 h + k: quads 0-3, 4-7)
 #pragma GCC unroll 8
-            for (int t = 0; t < 8; t++) {
-              const __m256i ql = _mm256_loadu_si256((const __m256i*)(at + 64 * (16 * h + 8 * (k & 1) + t) + 32 * hf));
-              const __m256i qh = _mm256_loadu_si256((const __m256i*)(at + kQh + 64 * (8 * h + t) + 32 * hf));
-              const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql, 4 * (k / 2)), m4),
-                                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4));
+          for (int t = 0; t < 8; t++) {
+            ask_share<kRun, 64>(at + kRunsAhead * kRun, 32 * h + 8 * k + t);
+            const __m512i ql = _mm512_loadu_si512(at + 64 * (16 * h + 8 * (k & 1) + t));
+            const __m512i qh = _mm512_loadu_si512(at + kQh + 64 * (8 * h + t));
+            const __m512i u = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4 * (k / 2)), m4),
+                                              _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), m2), 4));
 #pragma GCC unroll 4
-              for (int m = 0; m < M; m++) {
-                int32_t a;
-                std::memcpy(&a, q + m * IC + b * 256 + 128 * h + 32 * k + 4 * t, 4);
-                D[t / 4][m] = _mm256_dpbusd_epi32(D[t / 4][m], u, _mm256_set1_epi32(a));
-              }
+            for (int m = 0; m < M; m++) {
+              int32_t a;
+              std::memcpy(&a, q + m * IC + b * 256 + 128 * h + 32 * k + 4 * t, 4);
+              D[t / 4][m] = _mm512_dpbusd_epi32(D[t / 4][m], u, _mm512_set1_epi32(a));
             }
-            const int s = 2 * (4 * h + k);  // (its scales: bytes s % 4 and s % 4 + 1 of sc[s / 4], sign-extended)
-            const __m256i s0 = _mm256_srai_epi32(_mm256_slli_epi32(sc[s / 4], 24 - 8 * (s % 4)), 24);
-            const __m256i s1 = _mm256_srai_epi32(_mm256_slli_epi32(sc[s / 4], 16 - 8 * (s % 4)), 24);
-#pragma GCC unroll 4
-            for (int m = 0; m < M; m++)
-              I[m] = _mm256_add_epi32(I[m], _mm256_add_epi32(_mm256_mullo_epi32(D[0][m], s0),
-                                                             _mm256_mullo_epi32(D[1][m], s1)));
           }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + kD + 16 * hf)));
+          const int s = 2 * (4 * h + k);  // (its scales: bytes s % 4 and s % 4 + 1 of sc[s / 4], sign-extended)
+          const __m512i s0 = _mm512_srai_epi32(_mm512_slli_epi32(sc[s / 4], 24 - 8 * (s % 4)), 24);
+          const __m512i s1 = _mm512_srai_epi32(_mm512_slli_epi32(sc[s / 4], 16 - 8 * (s % 4)), 24);
 #pragma GCC unroll 4
-        for (int m = 0; m < M; m++) {
-          __m256i L = _mm256_setzero_si256(), H = _mm256_setzero_si256();  // (sum_s (sc[s] + 128) l_s, ... h_s)
-          for (int j = 0; j < 4; j++) {
-            const __m256i u = _mm256_xor_si256(sc[j], flip);
-            L = _mm256_dpbusd_epi32(L, u, lh[m][j]);
-            H = _mm256_dpbusd_epi32(H, u, lh[m][4 + j]);
-          }
-          const __m256i offset = _mm256_sub_epi32(_mm256_add_epi32(L, _mm256_slli_epi32(H, 7)),
-                                                  _mm256_set1_epi32(128 * total[m]));  // (sum_s sc[s] A_s)
-          const __m256i Im = _mm256_sub_epi32(I[m], _mm256_slli_epi32(offset, 5));
-          acc[hf][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Im), _mm256_mul_ps(dw, _mm256_set1_ps(da[m * nb + b])),
-                                       acc[hf][m]);  // (add_sums: one operation without a min)
+          for (int m = 0; m < M; m++)
+            I[m] = _mm512_add_epi32(I[m], _mm512_add_epi32(_mm512_mullo_epi32(D[0][m], s0),
+                                                           _mm512_mullo_epi32(D[1][m], s1)));
         }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + kD)));
+#pragma GCC unroll 4
+      for (int m = 0; m < M; m++) {
+        __m512i L = _mm512_setzero_si512(), H = _mm512_setzero_si512();  // (sum_s (sc[s] + 128) l_s, ... h_s)
+        for (int j = 0; j < 4; j++) {
+          const __m512i u = _mm512_xor_si512(sc[j], flip);
+          L = _mm512_dpbusd_epi32(L, u, lh[m][j]);
+          H = _mm512_dpbusd_epi32(H, u, lh[m][4 + j]);
+        }
+        const __m512i offset = _mm512_sub_epi32(_mm512_add_epi32(L, _mm512_slli_epi32(H, 7)),
+                                                _mm512_set1_epi32(128 * total[m]));  // (sum_s sc[s] A_s)
+        const __m512i Im = _mm512_sub_epi32(I[m], _mm512_slli_epi32(offset, 5));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Im), _mm512_mul_ps(dw, _mm512_set1_ps(da[m * nb + b])),
+                                 acc[m]);  // (add_sums: one operation without a min)
       }
     }
     store_run<M>(out, ldo, acc, bias, o);
