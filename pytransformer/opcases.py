@@ -925,7 +925,7 @@ CASES = [
     *[case("attention", TEST, B=Bt, NH=NH, NKV=NKV, Tq=Tq, Tk=Tk, HS=HS, causal=causal, masked=masked)
       for Bt, NH, NKV, Tq, Tk, HS in [(1, 9, 3, 17, 17, 64), (2, 4, 1, 1, 130, 17), (1, 6, 2, 130, 65, 16),
                                       (2, 4, 2, 65, 65, 8), (2, 10, 2, 1, 70, 72), (1, 9, 3, 4, 90, 64),
-                                      (3, 8, 1, 2, 40, 136)]
+                                      (3, 8, 1, 2, 40, 136), (2, 8, 2, 1, 90, 128)]
       for causal in (False, True) for masked in (False, True)],
     # sliding windows (causal): shorter and longer than the sequence, one key, across tile edges (64), decoding
     # rows and the split path over a long cache, grouped heads, with and without padding

@@ -219,9 +219,10 @@ inline std::pair<const float*, int64_t> rows_as_floats(const uint16_t* X, int64_
 // O[u] (HS) = sum over the visible keys j < kend of scores[u * ld + j] * V row j, times inv[u], for NQ query heads.
 // Padded-out keys are skipped by the mask (their rows are never read); a visible key counts even at weight 0, so a
 // non-finite value row gives NaN as in the tiled product.
-template <int NQ, class T>
+template <int NQ, int kHS, class T>
 void value_sums(float* const* O, const float* scores, int64_t ld, const float* inv, const T* Vv, int64_t kv_rs,
-                const uint8_t* mask, int64_t kend, int64_t HS) {
+                const uint8_t* mask, int64_t kend, int64_t head_size) {
+  const int64_t HS = kHS ? kHS : head_size;
   for (int64_t d0 = 0; d0 < HS; d0 += kValueVecs * W) {
     const int nv = (int)std::min<int64_t>(kValueVecs, (HS - d0 + W - 1) / W);
     V acc[NQ][kValueVecs];
@@ -250,10 +251,11 @@ void value_sums(float* const* O, const float* scores, int64_t ld, const float* i
 // into krow: HS floats); -inf for a padded-out key. Without a mask, W keys at a time: each head's W dot products
 // summed across their lanes together (reduce_adds: the bits of one reduce_add each, a third of the operations).
 // m[u]: head u's max over its visible keys, NaN from a NaN score on -> whether a key was visible.
-template <int NQ, class T>
+template <int NQ, int kHS, class T>
 static bool key_scores(float* scores, int64_t ld, float* m, const float* const* Q, const T* K, const T* Vv,
-                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale, float* krow,
+                       int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t head_size, float scale, float* krow,
                        int64_t ahead) {
+  const int64_t HS = kHS ? kHS : head_size;
   auto dot_row = [&](const auto* kr, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . kr, before their sum
     V acc1[NQ];
     for (int u = 0; u < NQ; u++) acc[u] = acc1[u] = zero();
@@ -331,16 +333,16 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
 // O[u] = the exp-weighted sum of the value rows, divided by l[u] when `normalise` (a whole row's keys) or not (a
 // chunk of them, merged later). Each key and value row is read once for the nh heads. scores: scratch of nh x ld
 // floats, ld >= n rounded up to W; krow: HS floats.
-template <class T>
+template <int kHS, class T>
 static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
                         const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
                         bool normalise, float* scores, int64_t ld, float* krow, int64_t ahead) {
   bool visible;
   switch (nh) {
-    case 1: visible = key_scores<1>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
-    case 2: visible = key_scores<2>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
-    case 3: visible = key_scores<3>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
-    default: visible = key_scores<4>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead);
+    case 1: visible = key_scores<1, kHS>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    case 2: visible = key_scores<2, kHS>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    case 3: visible = key_scores<3, kHS>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead); break;
+    default: visible = key_scores<4, kHS>(scores, ld, m, Q, K, Vv, kv_rs, mask, n, HS, scale, krow, ahead);
   }
   if (!visible) return false;
   float inv[kGroupHeads];
@@ -358,12 +360,30 @@ static bool attend_keys(float* const* O, float* m, float* l, const float* const*
     inv[u] = normalise ? 1.f / l[u] : 1.f;
   }
   switch (nh) {
-    case 1: value_sums<1>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
-    case 2: value_sums<2>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
-    case 3: value_sums<3>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
-    default: value_sums<4>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS);
+    case 1: value_sums<1, kHS>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    case 2: value_sums<2, kHS>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    case 3: value_sums<3, kHS>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS); break;
+    default: value_sums<4, kHS>(O, scores, ld, inv, Vv, kv_rs, mask, n, HS);
   }
   return true;
+}
+
+// attend_keys with the head size a constant where it is a common one (a row's loops unrolled, no trip counts to
+// test per key): the same operations in the same order, the same bits
+template <class T>
+static bool attend_keys(float* const* O, float* m, float* l, const float* const* Q, int nh, const T* K,
+                        const T* Vv, int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t HS, float scale,
+                        bool normalise, float* scores, int64_t ld, float* krow, int64_t ahead) {
+  const auto with = [&](auto hs) {
+    return attend_keys<decltype(hs)::value>(O, m, l, Q, nh, K, Vv, kv_rs, mask, n, HS, scale, normalise, scores, ld,
+                                            krow, ahead);
+  };
+  switch (HS) {
+    case 64: return with(std::integral_constant<int, 64>{});
+    case 128: return with(std::integral_constant<int, 128>{});
+    case 256: return with(std::integral_constant<int, 256>{});
+    default: return with(std::integral_constant<int, 0>{});
+  }
 }
 
 // One call's queries and keys, as the rows paths read them (T: the cache's element)
