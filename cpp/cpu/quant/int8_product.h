@@ -184,18 +184,6 @@ void stream_rows(float* out, int64_t ldo, const int8_t* q, const float* da, cons
 }
 
 #if defined(PT_Q8_VNNI) && defined(PT_ISA_AVX512)
-// out (M rows ldo floats apart), columns o .. o + 16 = a packed run's sums acc (rows o + 8 h .. in acc[h]) + bias
-template <int M>
-inline void store_run(float* out, int64_t ldo, const __m256 acc[2][M], const float* bias, int64_t o) {
-#pragma GCC unroll 2
-  for (int h = 0; h < 2; h++)
-#pragma GCC unroll 4
-    for (int m = 0; m < M; m++) {
-      float* dst = out + m * ldo + o + 8 * h;
-      _mm256_storeu_ps(dst, bias ? _mm256_add_ps(acc[h][m], _mm256_loadu_ps(bias + o + 8 * h)) : acc[h][m]);
-    }
-}
-
 // n activation sums a (|a| < 2^12) as signed bytes a = 128 h + l (l in 0..127), four to a dword, in every lane:
 // lh[0 .. n / 4) the l's, lh[n / 4 .. n / 2) the h's (vpdpbusd's second operand: the K types' min and offset sums)
 template <int n>
@@ -215,87 +203,79 @@ inline void store_run(float* out, int64_t ldo, const __m512 acc[M], const float*
     _mm512_storeu_ps(out + m * ldo + o, bias ? _mm512_add_ps(acc[m], _mm512_loadu_ps(bias + o)) : acc[m]);
 }
 
-// stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows): per block the 16 rows' dwords of values are
-// loads, each row's in its own lane (its own output), so no gather of scales and no lane sums; values as unsigned
-// bytes u = v + kPackOff (Q4_0's and Q5_0's as stored, Q8_0's and IQ4_NL's levels + 128), the offset taken off
-// with the activations' sums. The integer sums are stream_rows' exactly and the float epilogue is add_sums in its
-// order: the same bits.
+// stream_rows for rows packed (packed.h; o0, o1 whole runs of 16 rows), the 16 rows in the lanes of 512-bit
+// vectors: per block a dword of the 16 rows' values is one load, each row's in its own lane (its own output), so no
+// gather of scales and no lane sums; values as unsigned bytes u = v + kPackOff (Q4_0's and Q5_0's as stored, Q8_0's
+// and IQ4_NL's levels + 128), the offset taken off with the activations' sums. The integer sums are stream_rows'
+// exactly and the float epilogue is add_sums' operations in its order: the same bits. (In two 256-bit halves of 8
+// rows, as before session 24, a block took twice the instructions: on an AMD Zen 5, whose 512-bit datapath does two
+// vpdpbusd a cycle, one row's product from L3 1.0-1.3x as fast in 512-bit vectors, two or three rows' 1.2-1.5x.)
 template <class B>
 constexpr int kPackOff =
     B::kType == kQ4_0 ? 8 : B::kType == kQ5_0 ? 16 : B::kType == kQ8_0 || B::kType == kIQ4_NL ? 128 : 0;
 template <class B, int M>
 void stream_packed(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums, const float* das,
                    const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
-  using T = Vec<B>;
   constexpr int64_t kRun = kPackRows * (int64_t)sizeof(B);  // (a block of 16 rows)
   constexpr int64_t kQs = kPackRows * offsetof(B, qs), kQh = kPackRows * packed_header(B::kType);
   constexpr int kQuads = B::kType == kQ8_0 ? 8 : 4;
-  constexpr bool kNibbles = B::kType != kQ8_0;
+  constexpr bool kNibbles = B::kType != kQ8_0, kMin = Vec<B>::kMin;
   const int64_t nb = IC / 32;
-  const __m256i low = _mm256_set1_epi8(15), flip = _mm256_set1_epi8((char)0x80);
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)kIQ4Values));
-  const __m256i none[8] = {};  // (add_sums' K-type sums: unused here)
+  const __m512i low = _mm512_set1_epi8(15), flip = _mm512_set1_epi8((char)0x80);
+  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kIQ4Values));
   for (int64_t o = o0; o < o1; o += kPackRows) {
     const uint8_t* run = packed + o * nb * (int64_t)sizeof(B);
     const uint8_t* next = run + nb * kRun;  // (the next 16 rows' bytes, a share asked for per block step)
     const int64_t next_bytes = o + kPackRows < o1 ? nb * kRun : 0;
-    __m256 acc[2][M] = {};  // (zeros; [h]: rows o + 8 h ..)
+    __m512 acc[M] = {};  // (zeros; lane r: row o + r)
     for (int64_t b = 0; b < nb; b++) {
       for (int64_t i = b * kRun; i < std::min((b + 1) * kRun, next_bytes); i += 64) __builtin_prefetch(next + i, 0, 3);
       const uint8_t* at = run + b * kRun;
-      __m256i I[2][M];
+      __m512i I[M];
 #pragma GCC unroll 4
       for (int m = 0; m < M; m++) {
         const int16_t* s = sums + (m * IC + b * 32) / 16;
-        I[0][m] = I[1][m] = _mm256_set1_epi32(-kPackOff<B> * (s[0] + s[1]));
+        I[m] = _mm512_set1_epi32(-kPackOff<B> * (s[0] + s[1]));
       }
 #pragma GCC unroll 8
       for (int t = 0; t < kQuads; t++) {
-        __m256i lo[M], hi[M];  // (the activations' quad t in every lane; 4 + t too for the high nibbles)
+        const __m512i w = _mm512_loadu_si512(at + kQs + 64 * t);
+        if constexpr (kNibbles) {
+          __m512i u0 = _mm512_and_si512(w, low), u1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+          if constexpr (fifth_bits(B::kType)) {  // (16 where the fifth bit is set: packed.h's words t, 4 + t)
+            uint64_t b0, b1;
+            std::memcpy(&b0, at + kQh + 8 * t, 8);
+            std::memcpy(&b1, at + kQh + 8 * (4 + t), 8);
+            u0 = _mm512_mask_add_epi8(u0, (__mmask64)b0, u0, _mm512_set1_epi8(16));
+            u1 = _mm512_mask_add_epi8(u1, (__mmask64)b1, u1, _mm512_set1_epi8(16));
+          }
+          if constexpr (B::kType == kIQ4_NL) {
+            u0 = _mm512_xor_si512(_mm512_shuffle_epi8(table, u0), flip);
+            u1 = _mm512_xor_si512(_mm512_shuffle_epi8(table, u1), flip);
+          }
 #pragma GCC unroll 4
-        for (int m = 0; m < M; m++) {
-          int32_t x;
-          std::memcpy(&x, q + m * IC + b * 32 + 4 * t, 4);
-          lo[m] = _mm256_set1_epi32(x);
-          if constexpr (kNibbles) std::memcpy(&x, q + m * IC + b * 32 + 16 + 4 * t, 4), hi[m] = _mm256_set1_epi32(x);
-        }
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-          const __m256i w = _mm256_loadu_si256((const __m256i*)(at + kQs + 64 * t + 32 * h));
-          if constexpr (kNibbles) {
-            __m256i u0 = _mm256_and_si256(w, low), u1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
-            if constexpr (fifth_bits(B::kType)) {  // (16 where the fifth bit is set: packed.h's words t, 4 + t)
-              uint32_t b0, b1;
-              std::memcpy(&b0, at + kQh + 8 * t + 4 * h, 4);
-              std::memcpy(&b1, at + kQh + 8 * (4 + t) + 4 * h, 4);
-              u0 = _mm256_mask_add_epi8(u0, (__mmask32)b0, u0, _mm256_set1_epi8(16));
-              u1 = _mm256_mask_add_epi8(u1, (__mmask32)b1, u1, _mm256_set1_epi8(16));
-            }
-            if constexpr (B::kType == kIQ4_NL) {
-              u0 = _mm256_xor_si256(_mm256_shuffle_epi8(table, u0), flip);
-              u1 = _mm256_xor_si256(_mm256_shuffle_epi8(table, u1), flip);
-            }
+          for (int m = 0; m < M; m++) {  // (the activations' quad t, and 4 + t for the high nibbles, in every lane)
+            int32_t x0, x1;
+            std::memcpy(&x0, q + m * IC + b * 32 + 4 * t, 4);
+            std::memcpy(&x1, q + m * IC + b * 32 + 16 + 4 * t, 4);
+            I[m] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(I[m], u0, _mm512_set1_epi32(x0)), u1, _mm512_set1_epi32(x1));
+          }
+        } else {
+          const __m512i u = _mm512_xor_si512(w, flip);
 #pragma GCC unroll 4
-            for (int m = 0; m < M; m++)
-              I[h][m] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(I[h][m], u0, lo[m]), u1, hi[m]);
-          } else {
-            const __m256i u = _mm256_xor_si256(w, flip);
-#pragma GCC unroll 4
-            for (int m = 0; m < M; m++) I[h][m] = _mm256_dpbusd_epi32(I[h][m], u, lo[m]);
+          for (int m = 0; m < M; m++) {
+            int32_t x;
+            std::memcpy(&x, q + m * IC + b * 32 + 4 * t, 4);
+            I[m] = _mm512_dpbusd_epi32(I[m], u, _mm512_set1_epi32(x));
           }
         }
       }
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; h++) {
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 16 * h)));
-        const __m256 mv = T::kMin ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(at + 32 + 16 * h)))
-                                  : _mm256_setzero_ps();
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));
+      const __m512 mw = kMin ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(at + 32))) : _mm512_setzero_ps();
 #pragma GCC unroll 4
-        for (int m = 0; m < M; m++) {
-          const __m256 dam = _mm256_set1_ps(da[m * nb + b]);
-          const __m256 ds = T::kMin ? _mm256_set1_ps(das[m * nb + b]) : dam;
-          acc[h][m] = add_sums<T>(acc[h][m], I[h][m], none, dw, mv, dam, ds);
-        }
+      for (int m = 0; m < M; m++) {  // (add_sums' operations in its order)
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[m]), _mm512_mul_ps(dw, _mm512_set1_ps(da[m * nb + b])), acc[m]);
+        if constexpr (kMin) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(das[m * nb + b]), acc[m]);
       }
     }
     store_run<M>(out, ldo, acc, bias, o);
@@ -319,9 +299,9 @@ inline void ask_share(const uint8_t* p, int i) {
 // one load): per block each sub-block s's sums D_s by vpdpbusd (Q5_K: the nibbles with 16 where the fifth bit is
 // set, bit 2 g / 2 g + 1 of the byte of qh beside them), I = sum_s sc[s] D_s, and the min's C = sum_s mn[s] (the
 // activations' sum over s) by vpdpbusd too, each sum split as 128 h + l (l in 0..127, h in -32..31: bytes): exact,
-// as stream_rows' -- then add_sums' two float operations in its order, the same bits. (256-bit halves of 8 rows
-// took twice the instructions: on an AMD Zen 5, whose 512-bit datapath does two vpdpbusd a cycle, the streamed
-// rows ran out of instructions at ~17 GB/s a thread; bench/NOTES.md session 24.)
+// as stream_rows' -- then add_sums' two float operations in its order, the same bits. (In 256-bit halves of 8 rows,
+// as before session 24, the streamed rows ran out of instructions at ~17 GB/s a thread on an AMD Zen 5: 1.5-2.2x
+// slower from L3.)
 template <class B, int M>
 void stream_packed_k45(float* out, int64_t ldo, const int8_t* q, const float* da, const int16_t* sums,
                        const uint8_t* packed, const float* bias, int64_t IC, int64_t o0, int64_t o1) {
