@@ -256,6 +256,18 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
                        int64_t kv_rs, const uint8_t* mask, int64_t n, int64_t head_size, float scale, float* krow,
                        int64_t ahead) {
   const int64_t HS = kHS ? kHS : head_size;
+  // the queries' vectors held in registers where the head size is a constant and they fit (else loads: the
+  // stores of scores may alias them, so the compiler reloads them for every key)
+  constexpr int kVecs = kHS % (2 * W) == 0 ? kHS / W : 0, kHeld = W >= 16 ? 16 : 6;
+  constexpr bool kHold = kVecs > 0 && NQ * kVecs <= kHeld;
+  V held[kHold ? NQ : 1][kHold ? kVecs : 1];
+  if constexpr (kHold)
+    for (int u = 0; u < NQ; u++)
+      for (int c = 0; c < kVecs; c++) held[u][c] = load(Q[u] + c * W);
+  auto query = [&](int u, int64_t d) {  // (Q[u]'s vector at d, d a multiple of W)
+    if constexpr (kHold) return held[u][d / W];
+    else return load(Q[u] + d);
+  };
   auto dot_row = [&](const auto* kr, V acc[NQ]) {  // acc[u]: the lanes of Q[u] . kr, before their sum
     V acc1[NQ];
     for (int u = 0; u < NQ; u++) acc[u] = acc1[u] = zero();
@@ -263,8 +275,8 @@ static bool key_scores(float* scores, int64_t ld, float* m, const float* const* 
     for (; d + 2 * W <= HS; d += 2 * W) {
       const V k0 = loadn_kv(kr + d, W), k1 = loadn_kv(kr + d + W, W);
       for (int u = 0; u < NQ; u++) {
-        acc[u] = fma(load(Q[u] + d), k0, acc[u]);
-        acc1[u] = fma(load(Q[u] + d + W), k1, acc1[u]);
+        acc[u] = fma(query(u, d), k0, acc[u]);
+        acc1[u] = fma(query(u, d + W), k1, acc1[u]);
       }
     }
     for (; d < HS; d += W) {
