@@ -189,10 +189,15 @@ void DecodePlan::step(float* x, float* logits, int64_t B, const int64_t* slots, 
     norm(*this, L.ffn_norm, h, mean, rstd, x, B, scaled);
     products(L.up, up, h, B);
     if (gated) {  // gate | up (each row alone far below a kernel's threshold for threads: the rows split instead)
-#pragma omp parallel for num_threads(nt) schedule(static) if (split)
-      for (int64_t b = 0; b < B; b++) {
+      auto activate = [&](int64_t b) {
         if (activation == kSiLU) K.swiglu_forward(act + b * F, up + b * U, up + b * U + F, F);
         else K.geglu_forward(act + b * F, up + b * U, up + b * U + F, F);
+      };
+      if (split) {  // (else no OpenMP region at all: a region of one thread still costs a system call)
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t b = 0; b < B; b++) activate(b);
+      } else {
+        for (int64_t b = 0; b < B; b++) activate(b);
       }
     } else if (activation == kReLU) {
       K.relu_forward(act, up, B * F);

@@ -8,8 +8,9 @@ using namespace simd;
 // out (N, C) = table (V, C)[ids (N)]; ids are checked to lie in [0, V) by the caller.
 void embedding_forward(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V, int64_t C) {
   if (N == 0 || C == 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) std::memcpy(out + n * C, table + ids[n] * C, C * sizeof(float));
+  parallel_for(N, N * C >= kParallelElements ? threads() : 1, [&](int64_t n) {
+    std::memcpy(out + n * C, table + ids[n] * C, C * sizeof(float));
+  });
 }
 
 // dtable (V, C) += scatter-add of dout (N, C) by ids (N). Threads split the channels, not the rows, so
@@ -21,8 +22,7 @@ void embedding_backward(float* dtable, const float* dout, const int64_t* ids, in
   int64_t slice = (C + nt - 1) / nt;
   slice = (slice + 4 * W - 1) / (4 * W) * (4 * W);
   const int64_t nslices = (C + slice - 1) / slice;
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (nslices > 1)
-  for (int64_t s = 0; s < nslices; s++) {
+  parallel_for(nslices, nslices > 1 ? (int)nt : 1, [&](int64_t s) {
     const int64_t c0 = s * slice, c1 = c0 + slice < C ? c0 + slice : C;
     for (int64_t n = 0; n < N; n++) {
       float* dst = dtable + ids[n] * C;
@@ -32,7 +32,7 @@ void embedding_backward(float* dtable, const float* dout, const int64_t* ids, in
         storen(dst + c, add(loadn(dst + c, r), loadn(src + c, r)), r);
       }
     }
-  }
+  });
 }
 
 }  // namespace PT_NS

@@ -151,8 +151,7 @@ inline float row_sumsq(const float* x, int64_t C) {
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
                      float eps) {
   if (N == 0 || C == 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * C >= kParallelElements ? threads() : 1, [&](int64_t n) {
     const float* x = inp + n * C;
     float* y = out + n * C;
     const float rs = 1.f / std::sqrt(row_sumsq(x, C) / (float)C + eps);
@@ -162,7 +161,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
       const int64_t r = std::min<int64_t>(W, C - i);
       storen(y + i, mul(mul(loadn(x + i, r), vr), loadn(weight + i, r)), r);
     }
-  }
+  });
 }
 
 // dinp = rstd * (dnorm - norm * mean(dnorm * norm)), dnorm = dout * weight, norm = inp * rstd; dweight (C)

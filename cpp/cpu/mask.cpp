@@ -39,15 +39,14 @@ inline void mask_word(float* x, uint32_t bits) {
 void mask_logits(float* logits, const uint32_t* words, int64_t N, int64_t V, int64_t vocab) {
   if (N == 0 || V == 0) return;  // nothing to write: never loop over empty rows
   const int64_t full = vocab / 32, NW = full + (vocab % 32 != 0);  // (words; those whose 32 tokens are < vocab)
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N > 1 && N * V >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N > 1 && N * V >= kParallelElements ? threads() : 1, [&](int64_t n) {
     float* x = logits + n * V;
     const uint32_t* w = words + n * NW;
     for (int64_t i = 0; i < full; i++) mask_word(x + 32 * i, w[i]);
     for (int64_t i = 32 * full; i < vocab; i++)  // the last word's tokens below vocab (its other bits: none)
       if (!((w[full] >> (i - 32 * full)) & 1u)) x[i] = kNegInf;
     std::fill(x + vocab, x + V, kNegInf);  // a padded head's ids past the tokenizer's
-  }
+  });
 }
 
 }  // namespace PT_NS

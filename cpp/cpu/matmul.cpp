@@ -170,8 +170,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, View A, PackB pack, int64_t al
   const int64_t ntasks = ncb * ((M + mb - 1) / mb);
   const int64_t nrb_real = (M + mb - 1) / mb;
 
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (ntasks > 1 && M * N * K >= kParallelMacs)
-  for (int64_t t = 0; t < ntasks; t++) {
+  parallel_for(ntasks, ntasks > 1 && M * N * K >= kParallelMacs ? (int)nt : 1, [&](int64_t t) {
     // consecutive tasks (one thread's share under the static schedule) keep to one row block when splitting rows
     const int64_t jb = rows_first ? t % ncb : t / nrb_real, ib = rows_first ? t / ncb : t % nrb_real;
     const int64_t j0 = jb * nb, ncur = std::min(nb, N - j0);
@@ -211,7 +210,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, View A, PackB pack, int64_t al
         }
       }
     }
-  }
+  });
 }
 
 void gemm(int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc, bool accumulate,
@@ -289,11 +288,10 @@ void matmul_forward_small_m(float* out, const float* inp, const WT* weight, cons
                             int64_t M, int64_t IC, int64_t OC) {
   if (M <= 0) return;
   const int64_t nblocks = (OC + 3) / 4;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (M * OC * IC >= kParallelGemvMacs)
-  for (int64_t blk = 0; blk < nblocks; blk++) {
+  parallel_for(nblocks, M * OC * IC >= kParallelGemvMacs ? threads() : 1, [&](int64_t blk) {
     const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
     small_m_dispatch(out, inp, weight, scale, bias, M, IC, OC, o0, no, o0);
-  }
+  });
 }
 }  // namespace
 
@@ -330,8 +328,9 @@ void widened_gemm(float* out, const float* inp, const float* bias, int64_t N, in
   float* wf = buf.floats((size_t)std::min(rows, OC) * IC);
   for (int64_t j0 = 0; j0 < OC; j0 += rows) {
     const int64_t nr = std::min(rows, OC - j0);
-#pragma omp parallel for num_threads(threads()) schedule(static) if (nr * IC >= kParallelElements)
-    for (int64_t r = 0; r < nr; r++) widen(j0 + r, wf + r * IC);
+    parallel_for(nr, nr * IC >= kParallelElements ? threads() : 1, [&](int64_t r) {
+      widen(j0 + r, wf + r * IC);
+    });
     gemm(N, nr, IC, View{inp, IC, 1}, View{wf, 1, IC}, out + j0, OC, false, bias ? bias + j0 : nullptr);
   }
 }
@@ -662,8 +661,10 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
     auto stream = [&](auto rows) {
       const int64_t nt = parallel ? threads() : 1;
       const int64_t chunk = std::min((OC + nt - 1) / nt, std::max<int64_t>(4, (256 << 10) / rb));
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
-      for (int64_t o0 = 0; o0 < OC; o0 += chunk) with_rows(N, [&](auto M) { rows(M, o0, std::min(OC, o0 + chunk)); });
+      parallel_for<true>((OC + chunk - 1) / chunk, (int)nt, [&](int64_t c) {
+        const int64_t o0 = c * chunk;
+        with_rows(N, [&](auto M) { rows(M, o0, std::min(OC, o0 + chunk)); });
+      });
     };
     if (with_block(RegisterBlocks{}, qtype, [&](auto block) {
           stream([&](auto M, int64_t o0, int64_t o1) {
@@ -678,8 +679,7 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
         }))
       return;
     const int64_t nblocks = (OC + 3) / 4;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (parallel)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
+    parallel_for(nblocks, parallel ? threads() : 1, [&](int64_t blk) {
       const int64_t o0 = blk * 4, no = std::min<int64_t>(4, OC - o0);
       static thread_local ScratchBuffer buf;
       float* rows = buf.floats((size_t)4 * IC);
@@ -689,7 +689,7 @@ void matmul_q_forward(float* out, const float* inp, const uint8_t* weight, int q
         dequantize_row(rows + u * IC, row, qtype, IC);
       }
       small_m_dispatch(out, inp, rows, (const float*)nullptr, bias, N, IC, OC, o0, no, 0);
-    }
+    });
     return;
   }
   if (N <= kSmallBatchRows) {
@@ -714,8 +714,7 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
   if (dbias) {
     constexpr int SV = 8;
     const int64_t slice = SV * W, nslices = (OC + slice - 1) / slice;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * OC >= kParallelElements)
-    for (int64_t s = 0; s < nslices; s++) {
+    parallel_for(nslices, N * OC >= kParallelElements ? threads() : 1, [&](int64_t s) {
       const int64_t j0 = s * slice, nj = std::min(slice, OC - j0);
       V acc[SV];
       for (int v = 0; v < SV; v++) acc[v] = zero();
@@ -735,7 +734,7 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
         const int64_t r = std::min<int64_t>(W, nj - v * W);
         storen(dbias + j0 + v * W, add(loadn(dbias + j0 + v * W, r), acc[v]), r);
       }
-    }
+    });
   }
 }
 

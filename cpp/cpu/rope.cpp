@@ -20,8 +20,7 @@ void rotate(float* out, const float* inp, const float* cos, const float* sin, co
             int64_t NH, int64_t HS, float sign, bool interleaved) {
   const int64_t half = HS / 2;
   if (interleaved) {  // (a few hundred values per token: plain loops)
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * NH * HS >= kParallelElements)
-    for (int64_t n = 0; n < N; n++) {
+    parallel_for(N, N * NH * HS >= kParallelElements ? threads() : 1, [&](int64_t n) {
       const float* c = cos + positions[n] * half;
       const float* s = sin + positions[n] * half;
       for (int64_t h = 0; h < NH; h++) {
@@ -33,11 +32,10 @@ void rotate(float* out, const float* inp, const float* cos, const float* sin, co
           y[2 * i + 1] = x2 * c[i] + x1 * si;
         }
       }
-    }
+    });
     return;
   }
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * NH * HS >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * NH * HS >= kParallelElements ? threads() : 1, [&](int64_t n) {
     const float* c = cos + positions[n] * half;
     const float* s = sin + positions[n] * half;
     for (int64_t h = 0; h < NH; h++) {
@@ -51,7 +49,7 @@ void rotate(float* out, const float* inp, const float* cos, const float* sin, co
         storen(y + half + i, fma(x1, sv, mul(x2, cv)), r);
       }
     }
-  }
+  });
 }
 }  // namespace
 

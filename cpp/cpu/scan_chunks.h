@@ -19,15 +19,14 @@ inline int scan_team(int64_t N, int64_t chunk, int64_t work) {
 template <class State, class F>
 void scan_chunks(State* states, int64_t Q, int nt, int64_t N, int64_t chunk, F scan) {
   const int64_t nchunks = (N + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-  for (int64_t c = 0; c < nchunks; c++) {
+  parallel_for<true>(nchunks, nt > 1 ? nt : 1, [&](int64_t c) {
 #ifdef _OPENMP
     State* mine = states + (int64_t)omp_get_thread_num() * Q;
 #else
     State* mine = states;
 #endif
     scan(mine, c * chunk, std::min(N, (c + 1) * chunk));
-  }
+  });
 }
 
 }  // namespace PT_NS

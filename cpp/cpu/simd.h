@@ -513,6 +513,23 @@ constexpr int64_t kParallelElements = 1 << 16;
 constexpr int64_t kParallelMacs = 1 << 20;
 constexpr int64_t kParallelGemvMacs = 1 << 18;  // a product with 1-3 rows streams its weights from memory
 
+// body(i) for i in [0, n), split over nt threads (kDynamic: in chunks of one as the threads come free, else a fixed
+// share each), or with nt 1 (a kernel's work below its threshold) or n under 2 on the calling thread, outside any
+// OpenMP region: libgomp ends every region, a team of one too, in a barrier whose last thread wakes its futex with
+// a system call -- ~500 of them a decoded SmolLM2 token at one thread (bench/NOTES.md, session 24).
+template <bool kDynamic = false, class F>
+inline void parallel_for(int64_t n, int nt, F&& body) {
+  if (nt <= 1 || n < 2) {
+    for (int64_t i = 0; i < n; i++) body(i);
+  } else if constexpr (kDynamic) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; i++) body(i);
+  } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; i++) body(i);
+  }
+}
+
 // Runs f(begin, end) over [0, n) in chunks spread over the threads; serial when n is small. The threads take
 // chunks as they come free (dynamic), not a fixed share each: when one shares its core with another thread
 // (NumPy's OpenBLAS pool spins about 0.1 s after each call), the other takes over more of the work instead of
@@ -520,12 +537,11 @@ constexpr int64_t kParallelGemvMacs = 1 << 18;  // a product with 1-3 rows strea
 // does not depend on which thread computes it.
 template <class F>
 inline void parallel_chunks(int64_t n, int64_t chunk, F f) {
-  int64_t nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1) if (nchunks > 1 && n >= kParallelElements)
-  for (int64_t c = 0; c < nchunks; c++) {
-    int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  parallel_for<true>(nchunks, n >= kParallelElements ? threads() : 1, [&](int64_t c) {
+    const int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
     f(b, e);
-  }
+  });
 }
 
 // Applies a vector function elementwise over [b, e) with a masked tail: g(simd::V) -> simd::V.
@@ -581,8 +597,7 @@ inline void prefetch_row_for_write(float* p, int64_t n) {
 // writing.
 template <class Row>
 inline void map_rows(float* out, const float* in, int64_t N, int64_t C, Row row) {
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * C >= kParallelElements ? threads() : 1, [&](int64_t n) {
     const float* x = in + n * C;
     float* y = out + n * C;
     if (n + 1 < N) {
@@ -590,7 +605,7 @@ inline void map_rows(float* out, const float* in, int64_t N, int64_t C, Row row)
       prefetch_row_for_write(y + C, C);
     }
     row(n, x, y);
-  }
+  });
 }
 
 constexpr int64_t kElementChunk = 1 << 15;

@@ -80,8 +80,7 @@ void softmax_forward(float* out, const float* inp, int64_t N, int64_t C) {
 // dinp (N, C) = out * (dout - sum(dout * out)); dinp may alias dout
 void softmax_backward(float* dinp, const float* out, const float* dout, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * C >= kParallelElements ? threads() : 1, [&](int64_t n) {
     const float* y = out + n * C;
     const float* g = dout + n * C;
     float* dx = dinp + n * C;
@@ -94,7 +93,7 @@ void softmax_backward(float* dinp, const float* out, const float* dout, int64_t 
       int64_t r = C - i < W ? C - i : W;
       storen(dx + i, mul(loadn(y + i, r), sub(loadn(g + i, r), d)), r);
     }
-  }
+  });
 }
 
 // losses (N): lse - (1 - eps) logits[target] - eps mean(logits) (eps = label smoothing: the target distribution
@@ -102,12 +101,11 @@ void softmax_backward(float* dinp, const float* out, const float* dout, int64_t 
 // where ignored). Returns the mean over rows that count (NaN when none does, as torch).
 double crossentropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets, int64_t N,
                             int64_t vocab, int64_t ignore_index, float smoothing) {
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * vocab >= kParallelElements ? threads() : 1, [&](int64_t n) {
     if (targets[n] == ignore_index) {
       losses[n] = 0.f;
       lse[n] = 0.f;
-      continue;
+      return;
     }
     const float* x = logits + n * vocab;
     if (n + 1 < N) prefetch_row(x + vocab, vocab);
@@ -121,7 +119,7 @@ double crossentropy_forward(float* losses, float* lse, const float* logits, cons
       for (int64_t i = 0; i < vocab; i += W) acc = add(acc, loadn(x + i, std::min<int64_t>(W, vocab - i)));
       losses[n] = l - (1.f - smoothing) * x[targets[n]] - smoothing * reduce_add(acc) / (float)vocab;
     }
-  }
+  });
   // the mean in row order, whatever the thread count (a parallel reduction's order would depend on it)
   double total = 0.0;
   int64_t count = 0;
@@ -140,13 +138,12 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
   int64_t count = 0;
   for (int64_t n = 0; n < N; n++) count += targets[n] != ignore_index;
   const float scale = count ? dloss / (float)count : 0.f;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * vocab >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) {
+  parallel_for(N, N * vocab >= kParallelElements ? threads() : 1, [&](int64_t n) {
     const float* x = logits + n * vocab;
     float* dx = dlogits + n * vocab;
     if (targets[n] == ignore_index) {
       std::memset(dx, 0, vocab * sizeof(float));
-      continue;
+      return;
     }
     if (n + 1 < N) prefetch_row(x + vocab, vocab);
     const V l = set1(lse[n]), s = set1(scale), uniform = set1(smoothing / (float)vocab);
@@ -155,7 +152,7 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
       storen(dx + i, mul(sub(exp(sub(loadn(x + i, r), l)), uniform), s), r);
     }
     dx[targets[n]] -= scale * (1.f - smoothing);
-  }
+  });
 }
 
 }  // namespace PT_NS

@@ -252,8 +252,7 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
     if (!k) std::memset(q8[k].ds + N * IC / 32, 0, (size_t)((rows - N) * IC / 32) * sizeof(float));
   }
   const Q8Rows* a = q8;  // (the caller's: shared by the threads; a 16-row step's rows split, ~6 us alone)
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N > 1 && N * IC >= kParallelElements / 8)
-  for (int64_t r = 0; r < N; r++)
+  parallel_for(N, N * IC >= kParallelElements / 8 ? threads() : 1, [&](int64_t r) {
     for (int k = 0; k < 2; k++)
       if (need[k]) {
         const int64_t block = k ? 256 : 32;
@@ -263,6 +262,7 @@ void quantize_rows(Q8Rows q8[2], const QProduct* p, int64_t n, const float* inp,
           a[k].ds[at] = a[k].d[at] * (float)(a[k].sums[2 * at] + a[k].sums[2 * at + 1]);
         }
       }
+  });
 }
 
 }  // namespace PT_NS

@@ -364,8 +364,7 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
   constexpr int kRows = 16 * kPanelP;
   constexpr int64_t kStep = kRows * (int64_t)sizeof(B);  // (bytes of the next group asked for per block step)
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRows - 1) / kRows;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
-  for (int64_t g = 0; g < groups; g++) {
+  parallel_for(groups, N * IC * OC >= kParallelGemvMacs ? threads() : 1, [&](int64_t g) {
     static thread_local ScratchBuffer buf;
     Panel<T>* panels = reinterpret_cast<Panel<T>*>(buf.floats((size_t)(nb * kPanelP) * sizeof(Panel<T>) / 4));
     const int64_t o0 = g * kRows, nc = std::min<int64_t>(kRows, OC - o0);
@@ -405,7 +404,7 @@ void for_panel_groups(const uint8_t* weight, const uint8_t* packed, int64_t N, i
       }
     }
     body(static_cast<const Panel<T>*>(panels), o0, nc);
-  }
+  });
 }
 
 // out (N, OC; rows ldo floats apart) = the quantised rows times weight + bias: every tile of kPanelM input rows

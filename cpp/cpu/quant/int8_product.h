@@ -117,8 +117,7 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
                 const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using T = Vec<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B), groups = (OC + kRowsR - 1) / kRowsR;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelGemvMacs)
-  for (int64_t g = 0; g < groups; g++) {
+  parallel_for(groups, N * IC * OC >= kParallelGemvMacs ? threads() : 1, [&](int64_t g) {
     static thread_local ScratchBuffer buf;
     WBlock<T>* w = reinterpret_cast<WBlock<T>*>(buf.floats((size_t)(nb * kRowsR) * sizeof(WBlock<T>) / 4));
     const int64_t o0 = g * kRowsR, nr = std::min<int64_t>(kRowsR, OC - o0);
@@ -130,7 +129,7 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
         else std::memset((void*)&w[b * kRowsR + r], 0, sizeof(WBlock<T>));  // (rows past OC: zeros, not written)
       }
     tiles<T>(out, ldo, w, q, da, sums, das, bias, N, nb, IC, o0, nr);
-  }
+  });
 }
 
 // out (M rows ldo floats apart) columns o0 .. o1 = M (1-3) quantised rows times weight + bias, eight weight rows at
@@ -502,14 +501,13 @@ void stream_products(const QProduct* p, int64_t n, const Q8Rows q8[2], int64_t N
   }
   const Chunk* c = chunks.data();  // (the calling thread's list: inside the region a thread_local is each thread's)
   const int64_t count = (int64_t)chunks.size();
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (parallel)
-  for (int64_t k = 0; k < count; k++) {
+  parallel_for<true>(count, (int)nt, [&](int64_t k) {
     const QProduct& pk = p[c[k].product];
     auto run = [&](auto blk) {
       stream_chunk<decltype(blk)>(pk, q8[q8_block(pk.qtype) == 256], N, IC, c[k].o0, c[k].o1);
     };
     if (!with_block(RegisterBlocks{}, pk.qtype, run)) with_block(RowBlocks{}, pk.qtype, run);
-  }
+  });
 }
 #else
 // The baseline: each weight row unpacked once into integers (Int<B>) and read by every input row, scalar sums.
@@ -518,8 +516,7 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
                 const uint8_t* weight, const float* bias, int64_t N, int64_t IC, int64_t OC) {
   using I = Int<B>;
   const int64_t nb = IC / B::kValues, rb = nb * (int64_t)sizeof(B);
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * IC * OC >= kParallelElements)
-  for (int64_t o = 0; o < OC; o++) {
+  parallel_for(OC, N * IC * OC >= kParallelElements ? threads() : 1, [&](int64_t o) {
     static thread_local ScratchBuffer buf;
     IntBlock* row = reinterpret_cast<IntBlock*>(buf.floats((size_t)nb * sizeof(IntBlock) / sizeof(float)));
     for (int64_t b = 0; b < nb; b++) I::unpack(row[b], weight + o * rb + b * (int64_t)sizeof(B));
@@ -541,7 +538,7 @@ void product_of(float* out, int64_t ldo, const int8_t* q, const float* da, const
       }
       out[n * ldo + o] = total - mins + (bias ? bias[o] : 0.f);
     }
-  }
+  });
 }
 #endif
 

@@ -67,8 +67,9 @@ void dequantize_row(float* y, const uint8_t* x, int qtype, int64_t C) {
 void dequantize_rows(float* out, const uint8_t* src, int qtype, const int64_t* ids, int64_t N, int64_t C) {
   const int64_t rb = quant_row_bytes(qtype, C);
   if (rb < 0) return;
-#pragma omp parallel for num_threads(threads()) schedule(static) if (N * C >= kParallelElements)
-  for (int64_t n = 0; n < N; n++) dequantize_row(out + n * C, src + (ids ? ids[n] : n) * rb, qtype, C);
+  parallel_for(N, N * C >= kParallelElements ? threads() : 1, [&](int64_t n) {
+    dequantize_row(out + n * C, src + (ids ? ids[n] : n) * rb, qtype, C);
+  });
 }
 
 }  // namespace PT_NS
