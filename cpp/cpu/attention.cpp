@@ -448,7 +448,7 @@ static void attention_rows(float* out, float* lse, const float* q, const T* k, c
   const RowsCall<T> call{q, k, v, key_mask, heads, {NKV, HS, bthd}, Tq, Tk, Tkv, scale};
   const int64_t rs = heads.row_stride(), ntasks = B * NKV * Tq;
   const KeyRange keys{Tk, Tk - Tq, window, causal};
-  parallel_for(ntasks, ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t t) {
+  parallel_for(ntasks, B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t t) {
     const int64_t bg = t / Tq, i = t % Tq, b = bg / NKV, g = bg % NKV;
     // (the keys from the window's first on, counted from there)
     const int64_t kbegin = keys.begin(i), kend = std::max<int64_t>(keys.end(i) - kbegin, 0);
@@ -557,7 +557,7 @@ static void forward(float* out, float* lse, const float* q, const T* k, const T*
   const KeyRange keys{Tk, offset, window, causal};
   const int64_t nqb = (Tq + BQ - 1) / BQ;
   const int64_t ntasks = B * NH * nqb;
-  parallel_for<true>(ntasks, ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t t) {
+  parallel_for<true>(ntasks, B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t t) {
     [[maybe_unused]] const TileUse tiles;
     const int64_t bh = t / nqb, qb = t % nqb, b = bh / NH, h = bh % NH;
     const int64_t i0 = qb * BQ, nq = std::min(BQ, Tq - i0);
@@ -701,7 +701,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t rs = heads.row_stride(), kv_rs = kv_heads.row_stride(), group = NH / NKV;
   const int64_t offset = Tk - Tq;
   const int64_t ntasks = B * NKV;
-  parallel_for<true>(ntasks, ntasks > 1 && B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t bkv) {
+  parallel_for<true>(ntasks, B * NH * Tq * Tk * HS >= kParallelMacs / 4 ? threads() : 1, [&](int64_t bkv) {
     [[maybe_unused]] const TileUse tiles;
     const int64_t b = bkv / NKV, kvh = bkv % NKV;
     const int64_t k_off = kv_heads.offset(b, kvh, Tk);

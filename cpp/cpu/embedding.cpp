@@ -22,7 +22,7 @@ void embedding_backward(float* dtable, const float* dout, const int64_t* ids, in
   int64_t slice = (C + nt - 1) / nt;
   slice = (slice + 4 * W - 1) / (4 * W) * (4 * W);
   const int64_t nslices = (C + slice - 1) / slice;
-  parallel_for(nslices, nslices > 1 ? (int)nt : 1, [&](int64_t s) {
+  parallel_for(nslices, (int)nt, [&](int64_t s) {
     const int64_t c0 = s * slice, c1 = c0 + slice < C ? c0 + slice : C;
     for (int64_t n = 0; n < N; n++) {
       float* dst = dtable + ids[n] * C;

@@ -39,7 +39,7 @@ inline void mask_word(float* x, uint32_t bits) {
 void mask_logits(float* logits, const uint32_t* words, int64_t N, int64_t V, int64_t vocab) {
   if (N == 0 || V == 0) return;  // nothing to write: never loop over empty rows
   const int64_t full = vocab / 32, NW = full + (vocab % 32 != 0);  // (words; those whose 32 tokens are < vocab)
-  parallel_for(N, N > 1 && N * V >= kParallelElements ? threads() : 1, [&](int64_t n) {
+  parallel_for(N, N * V >= kParallelElements ? threads() : 1, [&](int64_t n) {
     float* x = logits + n * V;
     const uint32_t* w = words + n * NW;
     for (int64_t i = 0; i < full; i++) mask_word(x + 32 * i, w[i]);

@@ -170,7 +170,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, View A, PackB pack, int64_t al
   const int64_t ntasks = ncb * ((M + mb - 1) / mb);
   const int64_t nrb_real = (M + mb - 1) / mb;
 
-  parallel_for(ntasks, ntasks > 1 && M * N * K >= kParallelMacs ? (int)nt : 1, [&](int64_t t) {
+  parallel_for(ntasks, M * N * K >= kParallelMacs ? (int)nt : 1, [&](int64_t t) {
     // consecutive tasks (one thread's share under the static schedule) keep to one row block when splitting rows
     const int64_t jb = rows_first ? t % ncb : t / nrb_real, ib = rows_first ? t / ncb : t % nrb_real;
     const int64_t j0 = jb * nb, ncur = std::min(nb, N - j0);

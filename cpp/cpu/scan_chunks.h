@@ -19,7 +19,7 @@ inline int scan_team(int64_t N, int64_t chunk, int64_t work) {
 template <class State, class F>
 void scan_chunks(State* states, int64_t Q, int nt, int64_t N, int64_t chunk, F scan) {
   const int64_t nchunks = (N + chunk - 1) / chunk;
-  parallel_for<true>(nchunks, nt > 1 ? nt : 1, [&](int64_t c) {
+  parallel_for<true>(nchunks, nt, [&](int64_t c) {
 #ifdef _OPENMP
     State* mine = states + (int64_t)omp_get_thread_num() * Q;
 #else
